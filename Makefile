@@ -1,0 +1,47 @@
+# Two commands matter on a fresh machine:  `make demo`  and  `make test`.
+# Everything else is a building block of those two.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= /usr/share/datasets/fashion-mnist
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install data demo test test-fast lint format asan bench clean
+
+# Python environment: torch pinned to the CPU wheel on this machine's disk (an unpinned torch
+# pulls a multi-GB CUDA build), then the package with its compiled extension (editable).
+$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard src/dorefa/csrc/*)
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q scikit-build-core pybind11 ruff threadpoolctl pyyaml
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Real Fashion-MNIST from Debian (IDX files in /usr/share/datasets/fashion-mnist).
+data:
+	@if [ ! -f $(DATA_DIR)/t10k-labels-idx1-ubyte.gz ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+	  (echo "could not install dataset-fashion-mnist: run 'sudo apt-get install dataset-fashion-mnist'" && exit 1); \
+	fi
+
+demo: install data
+	$(VENV)/bin/dorefa train --model svhn --data fashion-mnist --bits 1,2,6 --epochs 3 --threads 2 --out runs/demo-svhn-w1a2g6
+	$(VENV)/bin/dorefa eval runs/demo-svhn-w1a2g6/checkpoint.pt --data fashion-mnist
+
+test: install data
+	$(PY) -m pytest -q -x --durations=15 tests
+
+lint:
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format:
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf build build-* $(VENV) runs .pytest_cache

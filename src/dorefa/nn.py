@@ -1,0 +1,144 @@
+"""DoReFa layers: quantized conv/linear with float shadow weights, activation quantizer, and
+``quantize_model`` that turns a float network into its DoReFa form (DOREFA.md section 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .bits import FLOAT, Bits, check_bits
+from .quantizers import GradQuant, quantize_activation, quantize_weight
+
+__all__ = ["QConv2d", "QLinear", "ActQuant", "GradQuant", "quantize_model", "set_grad_generator"]
+
+
+class QConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose float shadow weight passes through f_w (``quantize_weight``) on every
+    forward pass. The optimizer updates the float weight; checkpoints hold it. No bias by default
+    (a BatchNorm follows). ``w_bits = 32`` is a plain convolution."""
+
+    def __init__(self, *args, w_bits: int = 1, bias: bool = False, **kwargs) -> None:
+        super().__init__(*args, bias=bias, **kwargs)
+        self.w_bits = check_bits(w_bits, "w_bits")
+
+    def quantized_weight(self) -> Tensor:
+        return quantize_weight(self.weight, self.w_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", w_bits={self.w_bits}"
+
+
+class QLinear(nn.Linear):
+    """``nn.Linear`` with f_w on its float shadow weight (see ``QConv2d``); no bias by default."""
+
+    def __init__(self, in_features: int, out_features: int, *, w_bits: int = 1,
+                 bias: bool = False, **kwargs) -> None:
+        super().__init__(in_features, out_features, bias=bias, **kwargs)
+        self.w_bits = check_bits(w_bits, "w_bits")
+
+    def quantized_weight(self) -> Tensor:
+        return quantize_weight(self.weight, self.w_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", w_bits={self.w_bits}"
+
+
+class ActQuant(nn.Module):
+    """f_a as a module: ``quantize_k(clip(x, 0, 1))``; ``k = 32`` is ReLU.
+
+    ``quantize=False`` keeps the clip but not the rounding: the input of the float last layer
+    is clipped to [0, 1] and left in full precision (DOREFA.md section 2).
+    """
+
+    def __init__(self, k: int, quantize: bool = True) -> None:
+        super().__init__()
+        self.k = check_bits(k, "activation bits")
+        self.quantize = quantize
+
+    def forward(self, x: Tensor) -> Tensor:
+        return quantize_activation(x, self.k, self.quantize)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}" + ("" if self.quantize else ", quantize=False")
+
+
+def set_grad_generator(model: nn.Module, generator: torch.Generator | None) -> int:
+    """Point every GradQuant of ``model`` at ``generator``; returns how many were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, GradQuant):
+            module.generator = generator
+            count += 1
+    return count
+
+
+def _copy_params(src: nn.Module, dst: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if src.bias is not None and dst.bias is not None:
+            dst.bias.copy_(src.bias)
+    return dst.to(device=src.weight.device, dtype=src.weight.dtype)
+
+
+def _quantized_copy(layer: nn.Module, w_bits: int) -> nn.Module:
+    if isinstance(layer, nn.Conv2d):
+        q = QConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                    stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                    groups=layer.groups, bias=layer.bias is not None, w_bits=w_bits,
+                    padding_mode=layer.padding_mode)
+    else:
+        q = QLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                    w_bits=w_bits)
+    return _copy_params(layer, q)
+
+
+def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = True) -> nn.Module:
+    """Turn a float model built from Conv2d/Linear/BatchNorm/ReLU into its DoReFa form, in place.
+
+    * every Conv2d/Linear becomes ``Sequential(QConv2d|QLinear, GradQuant(g))`` with the same
+      weights (its state-dict keys gain a ``.0``);
+    * every ReLU becomes ``ActQuant(a)``;
+    * with ``keep_first_last`` (the default, as in the paper), the first Conv2d/Linear in module
+      order keeps float weights and its input, and the last one keeps float weights, no f_g
+      after it, and its input is clipped to [0, 1] but not quantized (the ReLU after the last
+      quantized layer becomes ``ActQuant(a, quantize=False)``).
+
+    "First" and "last" are by module registration order, which is the data-flow order for
+    sequential models; pass a model whose order differs with ``keep_first_last=False`` and handle
+    those layers yourself. Returns the model.
+    """
+    bits = Bits.parse(bits)
+    layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    if not layers:
+        raise ValueError("quantize_model found no nn.Conv2d or nn.Linear layer to quantize")
+    first, last = layers[0], layers[-1]
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    last_relu = None
+    if keep_first_last and bits.a != FLOAT:
+        before_last = [r for r in relus if order[id(r)] < order[id(last)]]
+        last_relu = before_last[-1] if before_last else None
+
+    def convert(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if type(child) in (nn.Conv2d, nn.Linear):
+                float_layer = keep_first_last and child in (first, last)
+                if float_layer:
+                    continue
+                new: nn.Module = nn.Sequential(_quantized_copy(child, bits.w), GradQuant(bits.g))
+            elif isinstance(child, nn.ReLU):
+                new = ActQuant(bits.a, quantize=child is not last_relu)
+            else:
+                convert(child)
+                continue
+            setattr(parent, name, new)
+
+    convert(model)
+    return model

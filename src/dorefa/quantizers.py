@@ -1,0 +1,158 @@
+"""DoReFa-Net quantizers (Zhou et al. 2016, arXiv:1606.06160, section 2; DOREFA.md section 1).
+
+Three maps, one per part of the (W, A, G) triple, each "off" at 32 bits:
+
+* ``quantize_k``          the k-bit uniform quantizer on [0, 1] with a straight-through gradient;
+* ``quantize_weight``     f_w, applied to the float shadow weight on every forward pass;
+* ``quantize_activation`` f_a = quantize_k(clip(x, 0, 1));
+* ``quantize_gradient``   f_g, the stochastic gradient quantizer; ``GradQuant`` applies it in the
+  backward pass of an identity module.
+
+Rounding is half-to-even (``torch.round``), as in tensorpack's reproduction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .bits import FLOAT, check_bits
+
+
+def _levels(k: int) -> int:
+    return (1 << k) - 1
+
+
+def quantize_k(x: Tensor, k: int) -> Tensor:
+    r"""k-bit uniform quantizer with a straight-through gradient.
+
+    Forward:  ``q = round((2^k - 1) * x) / (2^k - 1)``  (x is expected in [0, 1]).
+    Backward: ``dq/dx = 1`` everywhere, inside and outside [0, 1] (straight-through estimator).
+    ``k = 32`` is the identity.
+    """
+    k = check_bits(k, "k")
+    if k == FLOAT:
+        return x
+    n = _levels(k)
+    # x + (q - x).detach(): value q, gradient of x (the STE) without a custom autograd node.
+    return x + (torch.round(x * n) / n - x).detach()
+
+
+def quantize_weight(w: Tensor, k: int) -> Tensor:
+    r"""f_w: the DoReFa weight quantizer (paper section 2.3).
+
+    * ``k = 1``:  ``E * sign(w)`` with ``E = mean(|w|)`` over the whole layer, ``sign(0) = +1``.
+      E is a constant (no gradient through it); the gradient w.r.t. w is the identity (STE).
+    * ``1 < k < 32``: ``2 * quantize_k(tanh(w) / (2 * max|tanh(w)|) + 1/2) - 1``, max over the
+      whole layer. The gradient flows through tanh and through the max (not detached); the
+      rounding is straight-through. Levels are symmetric in [-1, 1] and exclude 0
+      (k = 2 gives -1, -1/3, 1/3, 1).
+    * ``k = 32``: identity.
+
+    One scale per layer, never per channel: per-channel scales would stop bit kernels from being
+    used for the backward convolution.
+    """
+    k = check_bits(k, "weight bits")
+    if k == FLOAT:
+        return w
+    if k == 1:
+        e = w.detach().abs().mean()
+        q = torch.where(w >= 0, e, -e)
+        return w + (q - w).detach()
+    t = torch.tanh(w)
+    t = t / (2 * t.abs().max()) + 0.5
+    return 2 * quantize_k(t, k) - 1
+
+
+class _ActQuantFn(torch.autograd.Function):
+    """clip(x, 0, 1) then k-bit rounding, fused; backward passes the gradient where 0 <= x <= 1."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, k: int, quantize: bool) -> Tensor:
+        ctx.save_for_backward((x >= 0) & (x <= 1))
+        y = x.clamp(0, 1)
+        if quantize:
+            n = _levels(k)
+            y.mul_(n).round_().div_(n)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def quantize_activation(x: Tensor, k: int, quantize: bool = True) -> Tensor:
+    r"""f_a: ``quantize_k(clip(x, 0, 1))`` (paper section 2.4).
+
+    Backward: the STE through the rounding times the clip's gradient, i.e. ``1`` for
+    ``0 <= x <= 1`` and ``0`` outside. ``k = 32`` gives ReLU (the unbounded activation of the
+    float network). ``quantize=False`` keeps only the clip (the input of the float last layer).
+    """
+    k = check_bits(k, "activation bits")
+    if k == FLOAT:
+        return torch.relu(x)
+    return _ActQuantFn.apply(x, k, quantize)
+
+
+def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    r"""f_g, the gradient quantizer itself (paper section 2.5), applied to a tensor.
+
+    ``f_g(dr) = 2 m [ quantize_k( clip(dr / (2m) + 1/2 + N(k), 0, 1) ) - 1/2 ]``
+
+    with ``m = max |dr|`` over every axis but the first (batch) axis, i.e. one scale per sample,
+    and ``N(k) = sigma / (2^k - 1)``, ``sigma ~ Uniform(-1/2, 1/2)`` drawn per element from
+    ``generator``. This is unbiased stochastic rounding onto 2^k levels in [-m, m] (the clip,
+    as in tensorpack, only acts at the extremes). A sample whose gradient is all zero gives zero
+    (tensorpack divides by zero there). ``k = 32`` is the identity.
+    """
+    k = check_bits(k, "gradient bits")
+    if k == FLOAT:
+        return g
+    n = _levels(k)
+    if g.dim() <= 1:
+        m = g.abs()
+    else:
+        m = g.abs().amax(dim=tuple(range(1, g.dim())), keepdim=True)  # (N, 1, ...)
+    inv = 1.0 / (2.0 * torch.where(m > 0, m, torch.ones_like(m)))
+    u = torch.rand(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+    # dr/(2m) + 1/2 + (u - 1/2)/n  ==  g*inv + (u/n + 1/2 - 1/(2n))
+    x = torch.addcmul(u.mul_(1.0 / n).add_(0.5 - 0.5 / n), g, inv)
+    x.clamp_(0, 1).mul_(n).round_()
+    # 2m (x/n - 1/2) == x * (2m/n) - m ; an all-zero sample has m = 0 and gives exactly 0.
+    return torch.addcmul(-m, x, m * (2.0 / n))
+
+
+class _GradQuantFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+        ctx.k = k
+        ctx.generator = generator
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return quantize_gradient(grad, ctx.k, ctx.generator), None, None
+
+
+class GradQuant(nn.Module):
+    """Identity in the forward pass; f_g (``quantize_gradient``) in the backward pass.
+
+    It sits right after each quantized conv/linear, so the same quantized gradient feeds both
+    backward products (input gradient and weight gradient). The noise comes from ``generator``
+    (a ``torch.Generator`` on the tensor's device) so that runs can be seeded; ``None`` uses
+    torch's global generator.
+    """
+
+    def __init__(self, k: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.k = check_bits(k, "gradient bits")
+        self.generator = generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.k == FLOAT or not (torch.is_grad_enabled() and x.requires_grad):
+            return x
+        return _GradQuantFn.apply(x, self.k, self.generator)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
