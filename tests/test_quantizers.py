@@ -1,0 +1,169 @@
+"""Quantizers against hand-computed values and closed-form gradients (DOREFA.md section 1)."""
+
+import math
+
+import pytest
+import torch
+
+import dorefa
+from dorefa import GradQuant, quantize_activation, quantize_gradient, quantize_k, quantize_weight
+
+
+def test_quantize_k_values_round_half_even():
+    x = torch.tensor([0.0, 0.1, 0.2, 0.5, 5 / 6, 1.0])
+    # 3x = 0, .3, .6, 1.5 (-> 2, half to even), 2.5 (-> 2), 3
+    expected = torch.tensor([0, 0, 1, 2, 2, 3]) / 3
+    assert torch.allclose(quantize_k(x, 2), expected)
+    assert torch.equal(quantize_k(x, 32), x)
+    assert torch.allclose(quantize_k(torch.tensor([0.49]), 1), torch.tensor([0.0]))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_quantize_k_ste_inside_and_outside(k):
+    x = torch.tensor([-0.5, 0.0, 0.3, 0.77, 1.0, 1.7], requires_grad=True)
+    w = torch.arange(1.0, 7.0)
+    (quantize_k(x, k) * w).sum().backward()
+    assert torch.equal(x.grad, w)  # straight through everywhere
+
+
+def test_weight_1bit_values_and_ste():
+    w = torch.tensor([-2.0, 0.0, 1.0, 3.0], requires_grad=True)
+    q = quantize_weight(w, 1)
+    assert torch.allclose(q, torch.tensor([-1.5, 1.5, 1.5, 1.5]))  # E = mean|w| = 1.5, sign(0)=+1
+    c = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    (q * c).sum().backward()
+    assert torch.allclose(w.grad, c)  # identity: no gradient through E
+
+
+def _closed_form_kbit(w, c):
+    """Value and gradient of sum(c * f_w(w)) for k>1 derived by hand:
+    t = tanh(w), M = max|t|, u = t/(2M) + 1/2, q = 2 round_k(u) - 1 (STE).
+    d sum(c q)/dw_i = 2 sum_j c_j du_j/dw_i,  du_j/dw_i = [i=j](1-t_i^2)/(2M) - t_j/(2M^2) dM/dw_i,
+    dM/dw_i = sign(t_i)(1-t_i^2) if i is the argmax of |t| else 0."""
+    t = [math.tanh(v) for v in w]
+    i_max = max(range(len(t)), key=lambda i: abs(t[i]))
+    m = abs(t[i_max])
+    grad = []
+    for i in range(len(w)):
+        d = 1 - t[i] ** 2
+        g = 2 * c[i] * d / (2 * m)
+        if i == i_max:
+            dm = math.copysign(1.0, t[i]) * d
+            g -= 2 * sum(c[j] * t[j] / (2 * m * m) for j in range(len(w))) * dm
+        grad.append(g)
+    return t, m, grad
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 8])
+def test_weight_kbit_values_and_gradient_through_tanh_and_max(k):
+    w_list = [-1.3, -0.2, 0.05, 0.4, 0.9]
+    c_list = [0.5, -1.0, 2.0, 1.5, -0.7]
+    w = torch.tensor(w_list, dtype=torch.float64, requires_grad=True)
+    q = quantize_weight(w, k)
+    n = 2**k - 1
+    t, m, grad = _closed_form_kbit(w_list, c_list)
+    expected = [2 * round(n * (ti / (2 * m) + 0.5)) / n - 1 for ti in t]
+    assert torch.allclose(q, torch.tensor(expected, dtype=torch.float64))
+    (q * torch.tensor(c_list, dtype=torch.float64)).sum().backward()
+    assert torch.allclose(w.grad, torch.tensor(grad, dtype=torch.float64), atol=1e-12)
+
+
+def test_weight_2bit_levels_symmetric_without_zero():
+    w = torch.randn(1000)
+    levels = set(torch.unique(quantize_weight(w, 2)).tolist())
+    assert levels <= {-1.0, -1 / 3, 1 / 3, 1.0} or len(levels) == 4
+    assert all(any(abs(v - l) < 1e-6 for l in (-1, -1 / 3, 1 / 3, 1)) for v in levels)
+    assert torch.equal(quantize_weight(w, 32), w)
+
+
+def test_activation_values_and_clip_gradient():
+    x = torch.tensor([-0.5, 0.0, 0.2, 0.5, 0.9, 1.0, 1.4], requires_grad=True)
+    y = quantize_activation(x, 2)
+    assert torch.allclose(y, torch.tensor([0, 0, 1 / 3, 2 / 3, 1, 1, 1]))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 1, 1, 1, 1, 1, 0]))  # STE inside, 0 outside
+    x32 = torch.tensor([-1.0, 0.5, 3.0])
+    assert torch.equal(quantize_activation(x32, 32), torch.tensor([0.0, 0.5, 3.0]))  # ReLU
+    assert torch.allclose(quantize_activation(torch.tensor([0.2, 3.0]), 2, quantize=False),
+                          torch.tensor([0.2, 1.0]))
+
+
+def test_gradient_quantizer_grid_scale_and_extremes():
+    g = torch.tensor([[0.3, -1.0, 0.0, 0.55], [10.0, -2.0, 5.0, 0.0]])
+    gen = torch.Generator().manual_seed(0)
+    q = quantize_gradient(g, 2, generator=gen)
+    m = g.abs().amax(1, keepdim=True)  # per-sample scale
+    # values on the grid 2m (j/3 - 1/2), j = 0..3
+    j = (q / (2 * m) + 0.5) * 3
+    assert torch.allclose(j, j.round(), atol=1e-5)
+    assert torch.isclose(q[0, 1], torch.tensor(-1.0)) and torch.isclose(q[1, 0], torch.tensor(10.0))
+    assert ((q - g).abs() <= 2 * m / 3 + 1e-6).all()  # never further than one step
+
+
+def test_gradient_quantizer_unbiased():
+    g = torch.tensor([[0.3, -0.8, 0.05, 1.0, -0.41]]).expand(20000, 5).contiguous()
+    gen = torch.Generator().manual_seed(1)
+    mean = quantize_gradient(g, 2, generator=gen).mean(0)
+    # step 2/3: per-draw std <= 1/3, over 20000 draws std of the mean <= 0.0024
+    assert torch.allclose(mean, g[0], atol=0.012)
+
+
+def test_gradient_quantizer_per_sample_scaling():
+    base = torch.randn(3, 2, 4, 4)
+    scaled = base.clone()
+    scaled[1] *= 1000.0
+    q1 = quantize_gradient(base, 4, generator=torch.Generator().manual_seed(5))
+    q2 = quantize_gradient(scaled, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(q2[1], q1[1] * 1000, rtol=1e-4)
+    assert torch.allclose(q2[0], q1[0]) and torch.allclose(q2[2], q1[2])
+
+
+def test_gradient_quantizer_zero_sample_is_zero_not_nan():
+    g = torch.zeros(2, 3, 4)
+    g[1, 0, 0] = 0.5
+    q = quantize_gradient(g, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(q).all()
+    assert torch.equal(q[0], torch.zeros(3, 4))
+
+
+def test_gradient_quantizer_seeding_and_off():
+    g = torch.randn(4, 8)
+    a = quantize_gradient(g, 3, generator=torch.Generator().manual_seed(7))
+    b = quantize_gradient(g, 3, generator=torch.Generator().manual_seed(7))
+    c = quantize_gradient(g, 3, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(quantize_gradient(g, 32), g)
+
+
+def test_gradquant_module_identity_forward_fg_backward():
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    upstream = torch.randn(4, 3, 5, 5)
+    module = GradQuant(4, generator=torch.Generator().manual_seed(3))
+    y = module(x)
+    assert torch.equal(y, x)
+    y.backward(upstream)
+    expected = quantize_gradient(upstream, 4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x.grad, expected)
+    x.grad = None
+    GradQuant(32)(x).backward(upstream)
+    assert torch.equal(x.grad, upstream)
+
+
+@pytest.mark.parametrize("bad", [0, 9, 16, 33, -1, 2.0, "2", True, None])
+@pytest.mark.parametrize("fn", [quantize_k, quantize_weight, quantize_activation,
+                                quantize_gradient])
+def test_bad_bitwidths_raise_with_name_and_value(fn, bad):
+    with pytest.raises(ValueError, match=r"bits.*1\.\.8 or 32.*got|k must"):
+        fn(torch.zeros(2, 2), bad)
+
+
+def test_bits_parse_and_errors():
+    assert dorefa.Bits.parse("1,2,6") == dorefa.Bits(1, 2, 6)
+    assert dorefa.Bits.parse("w1a2g6") == dorefa.Bits(1, 2, 6)
+    assert dorefa.Bits.parse((32, 32, 32)).is_float
+    assert dorefa.Bits(1, 2, 6).tag == "w1a2g6"
+    for bad in ["1,2", "1,2,x", "0,2,6", "1,2,9", ""]:
+        with pytest.raises(ValueError):
+            dorefa.Bits.parse(bad)
+    with pytest.raises(ValueError, match="activation bits"):
+        dorefa.Bits(1, 0, 6)
