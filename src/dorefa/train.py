@@ -194,6 +194,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     train_set, test_set = load_data(cfg, input_size(cfg.model))
     num_classes, in_channels = train_set.num_classes, train_set.in_channels
     augment = cfg.augment or default_augment(train_set.name)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg, num_classes, in_channels).to(device)
     image_size = model.input_size
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -257,6 +258,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         for images, labels in iterate_batches(train_set, perm, cfg.batch_size, cfg.workers):
             x = to_input(images.to(device, non_blocking=True), image_size, augment, aug_gen)
             labels = labels.to(device, non_blocking=True)
+            if labels.numel() < 2 and seen > 0:
+                continue  # BatchNorm cannot train on one sample (1x1 maps); drop the remainder
             logits = model(x)
             loss = F.cross_entropy(logits, labels)
             if not math.isfinite(loss.item()):
