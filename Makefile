@@ -43,5 +43,21 @@ format:
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
+# Kernel library built with -fsanitize=address,undefined in its own build dir, then the kernel
+# tests run against that build (DOREFA_KERNELS_EXTENSION points dorefa.kernels at it). python is
+# not instrumented, so libasan is preloaded, with libstdc++ so that ASan's __cxa_throw
+# interceptor finds the real one. Any sanitizer report aborts the run: non-zero exit.
+ASAN_DIR := build-asan
+asan: install
+	cmake -S . -B $(ASAN_DIR) --log-level=WARNING -DDOREFA_SANITIZE=ON \
+	  -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(ASAN_DIR) -j2
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	DOREFA_KERNELS_EXTENSION=$$(ls $(abspath $(ASAN_DIR))/_kernels*.so) \
+	PYTHONPATH=$(abspath src) \
+	$(PY) -m pytest -q -x -p no:cacheprovider --noconftest --capture=sys tests/test_kernels.py
+
 clean:
 	rm -rf build build-* $(VENV) runs .pytest_cache

@@ -1,0 +1,190 @@
+// pybind11 glue: validation, buffers, GIL release. The Python face is dorefa/kernels.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bitconv.h"
+#include "bitpack.h"
+#include "dispatch.h"
+#include "output_transform.h"
+
+namespace py = pybind11;
+
+namespace dorefa {
+namespace {
+
+using CodeArray = py::array_t<uint8_t, py::array::c_style>;
+using WordArray = py::array_t<uint64_t, py::array::c_style>;
+
+void Require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+void CheckBits(const char* name, int bits) {
+  Require(bits >= 1 && bits <= 8,
+          std::string(name) + " must be an int in 1..8, got " + std::to_string(bits));
+}
+
+// Reports the largest code when a packer's OR says some code needs more than `bits` bits.
+void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) {
+  if ((all_or >> bits) == 0) return;
+  const uint8_t* p = a.data();
+  const uint8_t mx = *std::max_element(p, p + a.size());
+  throw py::value_error(std::string(name) + " holds code " + std::to_string(mx) +
+                        " >= 2**" + std::to_string(bits) + " = " + std::to_string(1 << bits) +
+                        "; codes must be unsigned ints below 2**bits");
+}
+
+// Weight geometry from (O, C, KH, KW) and bits.
+ConvGeom WeightGeom(int64_t o, int64_t c, int64_t kh, int64_t kw, int w_bits) {
+  ConvGeom g;
+  g.n = 0;
+  g.c = c;
+  g.h = kh;
+  g.w = kw;
+  g.o = o;
+  g.kh = kh;
+  g.kw = kw;
+  g.w_bits = w_bits;
+  g.Finalize();
+  return g;
+}
+
+WordArray PackWeightsPy(const CodeArray& w, int w_bits) {
+  CheckBits("w_bits", w_bits);
+  Require(w.ndim() == 4, "w_codes must be 4-D (O, C, KH, KW)");
+  Require(w.shape(0) >= 1 && w.shape(1) >= 1 && w.shape(2) >= 1 && w.shape(3) >= 1,
+          "w_codes must have no empty dimension");
+  ConvGeom g = WeightGeom(w.shape(0), w.shape(1), w.shape(2), w.shape(3), w_bits);
+  WordArray out({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
+  uint8_t all_or;
+  {
+    py::gil_scoped_release release;
+    all_or = PackWeights(g, w.data(), out.mutable_data());
+  }
+  CheckCodes("w_codes", w, all_or, w_bits);
+  return out;
+}
+
+// mode: "acc" (int32 sum p*q), "signed" (int32 D), "requant" (uint8 codes).
+py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordArray& wpk,
+                    int64_t o, int64_t c, int64_t kh, int64_t kw, int x_bits, int w_bits,
+                    int64_t stride, int64_t padding, int threads, const std::string& mode,
+                    std::optional<py::array_t<int32_t, py::array::c_style>> thresholds,
+                    std::optional<py::array_t<int8_t, py::array::c_style>> direction) {
+  const KernelInfo& kernel = KernelFor(backend);
+  CheckBits("x_bits", x_bits);
+  CheckBits("w_bits", w_bits);
+  Require(x.ndim() == 4, "x_codes must be 4-D (N, C, H, W)");
+  Require(stride >= 1, "stride must be >= 1, got " + std::to_string(stride));
+  Require(padding >= 0, "padding must be >= 0, got " + std::to_string(padding));
+  Require(threads >= 1 && threads <= 1024, "threads must be in 1..1024");
+  Require(o >= 1 && c >= 1 && kh >= 1 && kw >= 1, "weight shape must have no empty dimension");
+  Require(x.shape(1) == c, "x_codes has " + std::to_string(x.shape(1)) +
+                               " channels but the weights expect " + std::to_string(c));
+  ConvGeom g;
+  g.n = x.shape(0);
+  g.c = c;
+  g.h = x.shape(2);
+  g.w = x.shape(3);
+  g.o = o;
+  g.kh = kh;
+  g.kw = kw;
+  g.stride = stride;
+  g.pad = padding;
+  g.x_bits = x_bits;
+  g.w_bits = w_bits;
+  Require(g.h + 2 * padding >= kh && g.w + 2 * padding >= kw,
+          "kernel larger than the padded input");
+  g.Finalize();
+  Require(wpk.ndim() == 4 && wpk.shape(0) == g.ob && wpk.shape(1) == w_bits &&
+              wpk.shape(2) == g.l && wpk.shape(3) == kLanes,
+          "packed weights do not match (O, C, KH, KW, w_bits)");
+  // Largest |result|: every product at its maximum over the whole receptive field.
+  const double bound = static_cast<double>(c * kh * kw) * ((1 << x_bits) - 1) *
+                       ((1 << w_bits) - 1);
+  Require(bound <= std::numeric_limits<int32_t>::max(),
+          "C*KH*KW*(2**x_bits-1)*(2**w_bits-1) exceeds int32; split the input channels");
+  int64_t t = 0;
+  if (mode == "requant") {
+    Require(thresholds.has_value() && direction.has_value(),
+            "requant needs thresholds and direction");
+    Require(thresholds->ndim() == 2 && thresholds->shape(0) == o,
+            "thresholds must be int32 (O, T)");
+    t = thresholds->shape(1);
+    Require(t >= 1 && t <= 255, "thresholds must have 1..255 columns");
+    Require(direction->ndim() == 1 && direction->shape(0) == o, "direction must be int8 (O,)");
+    const int8_t* dp = direction->data();
+    for (int64_t i = 0; i < o; ++i)
+      Require(dp[i] == 1 || dp[i] == -1, "direction values must be +1 or -1");
+  } else {
+    Require(mode == "acc" || mode == "signed", "mode must be acc, signed or requant");
+  }
+
+  static thread_local std::vector<uint64_t> xpk;
+  xpk.resize(static_cast<size_t>(g.XpkSize()));
+  const std::vector<int64_t> shape{g.n, g.o, g.oh, g.ow};
+  py::array_t<int32_t> acc_out;
+  std::vector<int32_t> acc_tmp;
+  int32_t* acc;
+  if (mode == "requant") {
+    acc_tmp.resize(static_cast<size_t>(g.n * g.o * g.oh * g.ow));
+    acc = acc_tmp.data();
+  } else {
+    acc_out = py::array_t<int32_t>(shape);
+    acc = acc_out.mutable_data();
+  }
+  uint8_t all_or;
+  {
+    py::gil_scoped_release release;
+    all_or = PackActivations(g, x.data(), xpk.data(), threads);
+    if ((all_or >> x_bits) == 0) {
+      BitConvAcc(kernel, g, xpk.data(), wpk.data(), acc, threads);
+      if (mode != "acc") SignedFromAcc(g, xpk.data(), acc, threads);
+    }
+  }
+  CheckCodes("x_codes", x, all_or, x_bits);
+  if (mode != "requant") return std::move(acc_out);
+  py::array_t<uint8_t> codes(shape);
+  {
+    uint8_t* dst = codes.mutable_data();
+    const int32_t* th = thresholds->data();
+    const int8_t* dir = direction->data();
+    py::gil_scoped_release release;
+    Requantize(g, acc, th, t, dir, dst, threads);
+  }
+  return std::move(codes);
+}
+
+std::string KernelName(const std::string& backend) { return KernelFor(backend).name; }
+
+}  // namespace
+}  // namespace dorefa
+
+PYBIND11_MODULE(_kernels, m) {
+  m.doc() = "dorefa bit-serial convolution kernels (see dorefa.kernels for the Python API)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+  m.def("compiled_backends", &dorefa::CompiledBackends);
+  m.def("supported_backends", &dorefa::SupportedBackends);
+  m.def("resolve_backend", &dorefa::ResolveBackend, py::arg("requested"));
+  m.def("kernel_name", &dorefa::KernelName, py::arg("backend"));
+  m.def("pack_weights", &dorefa::PackWeightsPy, py::arg("w_codes"), py::arg("w_bits"));
+  m.def("bitconv", &dorefa::BitConvPy, py::arg("backend"), py::arg("x_codes"), py::arg("wpk"),
+        py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
+        py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
+        py::arg("mode"), py::arg("thresholds") = py::none(), py::arg("direction") = py::none());
+}

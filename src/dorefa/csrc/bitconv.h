@@ -1,0 +1,108 @@
+// Bit-serial convolution of unsigned integer codes: shared geometry, packed layouts and the
+// kernel interface that every ISA variant implements.
+//
+// The maths (DOREFA.md section 3). Let x be M-bit activation codes with bit planes c_m(x)
+// and w be K-bit weight codes with bit planes c_k(w). For one output,
+//
+//   acc = sum_{c,kh,kw} x * w = sum_{m<M} sum_{k<K} 2^(m+k) * popcount(c_m(x) AND c_k(w)),
+//
+// because x = sum_m 2^m c_m(x), w = sum_k 2^k c_k(w), and for 0/1 vectors the dot product is
+// the population count of the AND. The receptive field (kh, kw, c) of one output is the
+// reduction axis; we pack it as L = KH * KW * CW 64-bit words per bit plane, where
+// CW = ceil(C / 64) words hold the channels of one input pixel (channel c is bit c % 64 of
+// word c / 64; unused high bits are zero on both sides, so they never count).
+//
+// Packed activations ("xpk"), one image after the other:
+//   xpk[n][m][hp][wp][cw],  hp = H + 2 * pad, wp = W + 2 * pad.
+// The zero padding is materialised: padded pixels are all-zero words, i.e. code 0, exactly
+// what zero padding of the codes means. Output pixel (oy, ox) then reads, for each kh, the
+// KW * CW contiguous words starting at pixel (oy * stride + kh, ox * stride).
+//
+// Packed weights ("wpk"), output channels in blocks of 8 lanes:
+//   wpk[ob][k][j][lane],  o = 8 * ob + lane,  j = (kh * KW + kw) * CW + cw.
+// Lane-interleaving lets a SIMD kernel broadcast one activation word and AND it with the same
+// word of 8 (AVX-512) or 4 (AVX2) output channels in one instruction; the popcounts then
+// accumulate per lane, i.e. per output channel. Missing channels of the last block are zero.
+#ifndef DOREFA_CSRC_BITCONV_H_
+#define DOREFA_CSRC_BITCONV_H_
+
+#include <cstdint>
+
+namespace dorefa {
+
+// Output channels per packed weight block (the lane count of the widest kernel).
+constexpr int64_t kLanes = 8;
+
+struct ConvGeom {
+  int64_t n = 0, c = 0, h = 0, w = 0;  // input codes (N, C, H, W)
+  int64_t o = 0, kh = 0, kw = 0;       // weights (O, C, KH, KW)
+  int64_t stride = 1, pad = 0;
+  int64_t oh = 0, ow = 0;  // output spatial size
+  int64_t hp = 0, wp = 0;  // padded input spatial size
+  int64_t cw = 0;          // 64-bit words per pixel per bit plane
+  int64_t l = 0;           // words per bit plane of one receptive field
+  int64_t ob = 0;          // number of 8-channel weight blocks
+  int x_bits = 1, w_bits = 1;
+
+  // Fills the derived fields; the caller has validated the inputs.
+  void Finalize() {
+    hp = h + 2 * pad;
+    wp = w + 2 * pad;
+    oh = (hp - kh) / stride + 1;
+    ow = (wp - kw) / stride + 1;
+    cw = (c + 63) / 64;
+    l = kh * kw * cw;
+    ob = (o + kLanes - 1) / kLanes;
+  }
+  int64_t PlaneStride() const { return hp * wp * cw; }  // between activation bit planes
+  int64_t RowStride() const { return wp * cw; }         // between padded input rows
+  int64_t OutPixels() const { return n * oh * ow; }
+  int64_t XpkSize() const { return n * x_bits * PlaneStride(); }
+  int64_t WpkSize() const { return ob * w_bits * l * kLanes; }
+};
+
+// Where output pixel `pix` (flattened n, oy, ox) reads its receptive field, plane 0, kh = 0;
+// and where its channel-0 output lives in the (N, O, OH, OW) result.
+struct PixelRef {
+  const uint64_t* x;
+  int64_t out;
+};
+
+inline PixelRef LocatePixel(const ConvGeom& g, const uint64_t* xpk, int64_t pix) {
+  const int64_t ohw = g.oh * g.ow;
+  const int64_t n = pix / ohw, r = pix % ohw;
+  const int64_t oy = r / g.ow, ox = r % g.ow;
+  PixelRef ref;
+  ref.x = xpk + n * g.x_bits * g.PlaneStride() +
+          (oy * g.stride * g.wp + ox * g.stride) * g.cw;
+  ref.out = n * g.o * ohw + r;
+  return ref;
+}
+
+// A tile kernel computes the unsigned accumulators `acc` (int32, layout (N, O, OH, OW)) of
+// output pixels [pix0, pix0 + npix) and channel blocks [ob0, ob0 + nob).
+using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk,
+                        int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int32_t* acc);
+
+struct KernelInfo {
+  const char* backend;  // "avx512" | "avx2" | "scalar"
+  const char* name;     // variant name, e.g. "bitconv_avx512_6x16"
+  TileFn tile;
+  int64_t pix_tile;  // output pixels a call handles best (work split granularity)
+};
+
+// Per-ISA kernels (bitconv_<isa>.cpp). The x86 ones exist only when built for x86.
+const KernelInfo& ScalarKernel();
+#ifdef DOREFA_HAVE_X86_KERNELS
+const KernelInfo& Avx2Kernel();
+const KernelInfo& Avx512Kernel();
+#endif
+
+// Runs `kernel` over all outputs with `threads` threads. Every output is computed by exactly
+// one call in a fixed order, so the result does not depend on the thread count.
+void BitConvAcc(const KernelInfo& kernel, const ConvGeom& g, const uint64_t* xpk,
+                const uint64_t* wpk, int32_t* acc, int threads);
+
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_BITCONV_H_

@@ -1,0 +1,116 @@
+// AVX2 kernel: register tile of 4 output pixels x 8 output channels (two ymm of 4 lanes).
+//
+// AVX2 has no vector popcount, so bytes are counted with a 16-entry nibble table and VPSHUFB
+// (popcount(b) = T[b & 15] + T[b >> 4]). Byte counts are at most 8 per step, so up to
+// 31 steps (248 < 256) accumulate in 8-bit lanes before VPSADBW folds each group of 8 bytes,
+// i.e. one 64-bit lane = one output channel, into the 64-bit accumulators.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "bitconv.h"
+
+namespace dorefa {
+namespace {
+
+constexpr int kTileP = 4;
+constexpr int kMaxByteSteps = 31;
+
+inline __m256i PopcountBytes(__m256i v, __m256i table, __m256i low4) {
+  const __m256i lo = _mm256_and_si256(v, low4);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
+}
+
+template <int P>
+void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
+           const uint64_t* wpk, int64_t ob, int32_t* acc) {
+  const int64_t span = g.kw * g.cw;
+  const int64_t plane = g.PlaneStride(), row = g.RowStride();
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
+                                         2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i total[P][2];
+  for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = zero;
+  for (int m = 0; m < g.x_bits; ++m) {
+    for (int k = 0; k < g.w_bits; ++k) {
+      __m256i cnt[P][2], bytes[P][2];
+      for (int p = 0; p < P; ++p) cnt[p][0] = cnt[p][1] = bytes[p][0] = bytes[p][1] = zero;
+      int steps = 0;
+      const uint64_t* wk = wpk + (ob * g.w_bits + k) * g.l * kLanes;
+      for (int64_t r = 0; r < g.kh; ++r) {
+        const int64_t xoff = m * plane + r * row;
+        const uint64_t* wr = wk + r * span * kLanes;
+        for (int64_t t = 0; t < span; ++t) {
+          const __m256i w0 =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t * kLanes));
+          const __m256i w1 =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t * kLanes + 4));
+          for (int p = 0; p < P; ++p) {
+            const __m256i xv = _mm256_set1_epi64x(static_cast<long long>(xs[p][xoff + t]));
+            bytes[p][0] = _mm256_add_epi8(
+                bytes[p][0], PopcountBytes(_mm256_and_si256(xv, w0), table, low4));
+            bytes[p][1] = _mm256_add_epi8(
+                bytes[p][1], PopcountBytes(_mm256_and_si256(xv, w1), table, low4));
+          }
+          if (++steps == kMaxByteSteps) {
+            for (int p = 0; p < P; ++p) {
+              for (int h = 0; h < 2; ++h) {
+                cnt[p][h] = _mm256_add_epi64(cnt[p][h], _mm256_sad_epu8(bytes[p][h], zero));
+                bytes[p][h] = zero;
+              }
+            }
+            steps = 0;
+          }
+        }
+      }
+      const __m128i shift = _mm_cvtsi32_si128(m + k);
+      for (int p = 0; p < P; ++p) {
+        for (int h = 0; h < 2; ++h) {
+          cnt[p][h] = _mm256_add_epi64(cnt[p][h], _mm256_sad_epu8(bytes[p][h], zero));
+          total[p][h] = _mm256_add_epi64(total[p][h], _mm256_sll_epi64(cnt[p][h], shift));
+        }
+      }
+    }
+  }
+  const int64_t ohw = g.oh * g.ow;
+  const int64_t obase = ob * kLanes;
+  const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
+  for (int p = 0; p < P; ++p) {
+    alignas(32) int64_t lanes[kLanes];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total[p][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 4), total[p][1]);
+    for (int64_t lane = 0; lane < nlanes; ++lane) {
+      acc[outs[p] + (obase + lane) * ohw] = static_cast<int32_t>(lanes[lane]);
+    }
+  }
+}
+
+using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*,
+                         const uint64_t*, int64_t, int32_t*);
+constexpr BlockFn kBlocks[kTileP] = {&Block<1>, &Block<2>, &Block<3>, &Block<4>};
+
+void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
+              int64_t npix, int64_t ob0, int64_t nob, int32_t* acc) {
+  for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
+    const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
+    const uint64_t* xs[kTileP];
+    int64_t outs[kTileP];
+    for (int p = 0; p < np; ++p) {
+      const PixelRef ref = LocatePixel(g, xpk, p0 + p);
+      xs[p] = ref.x;
+      outs[p] = ref.out;
+    }
+    for (int64_t ob = ob0; ob < ob0 + nob; ++ob) kBlocks[np - 1](g, xs, outs, wpk, ob, acc);
+  }
+}
+
+}  // namespace
+
+const KernelInfo& Avx2Kernel() {
+  static const KernelInfo info{"avx2", "bitconv_avx2_4x8", &TileAvx2, kTileP};
+  return info;
+}
+
+}  // namespace dorefa

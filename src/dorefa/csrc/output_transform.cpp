@@ -1,0 +1,63 @@
+#include "output_transform.h"
+
+#include "bitpack.h"
+
+namespace dorefa {
+
+void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int threads) {
+  const int64_t npix = g.OutPixels(), ohw = g.oh * g.ow;
+  const int64_t span = g.kw * g.cw;
+  const int64_t nw = (int64_t{1} << g.w_bits) - 1;
+#ifdef DOREFA_HAVE_OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && npix > 1)
+#endif
+  for (int64_t pix = 0; pix < npix; ++pix) {
+    const PixelRef ref = LocatePixel(g, xpk, pix);
+    int64_t s = 0;
+    for (int m = 0; m < g.x_bits; ++m) {
+      int64_t ones = 0;
+      for (int64_t r = 0; r < g.kh; ++r) {
+        const uint64_t* xr = ref.x + m * g.PlaneStride() + r * g.RowStride();
+        for (int64_t t = 0; t < span; ++t) ones += Popcount64(xr[t]);
+      }
+      s += ones << m;
+    }
+    for (int64_t o = 0; o < g.o; ++o) {
+      int32_t* a = acc + ref.out + o * ohw;
+      *a = static_cast<int32_t>(2 * static_cast<int64_t>(*a) - nw * s);
+    }
+  }
+  (void)threads;
+}
+
+void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, int64_t t,
+                const int8_t* direction, uint8_t* codes, int threads) {
+  const int64_t ohw = g.oh * g.ow;
+  const int64_t planes = g.n * g.o;
+#ifdef DOREFA_HAVE_OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && planes > 1)
+#endif
+  for (int64_t no = 0; no < planes; ++no) {
+    const int64_t o = no % g.o;
+    const int32_t* th = thresholds + o * t;
+    const int32_t* src = d + no * ohw;
+    uint8_t* dst = codes + no * ohw;
+    // Counting (rather than searching) is exact for any threshold order.
+    if (direction[o] > 0) {
+      for (int64_t i = 0; i < ohw; ++i) {
+        int c = 0;
+        for (int64_t j = 0; j < t; ++j) c += src[i] >= th[j];
+        dst[i] = static_cast<uint8_t>(c);
+      }
+    } else {
+      for (int64_t i = 0; i < ohw; ++i) {
+        int c = 0;
+        for (int64_t j = 0; j < t; ++j) c += src[i] <= th[j];
+        dst[i] = static_cast<uint8_t>(c);
+      }
+    }
+  }
+  (void)threads;
+}
+
+}  // namespace dorefa

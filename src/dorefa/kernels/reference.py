@@ -1,0 +1,265 @@
+"""Plain NumPy reference of the bit-convolution kernels: this file is the spec.
+
+Every native kernel (``dorefa/csrc``) must agree with these functions bit for bit; they are
+also the ``'reference'`` backend of :mod:`dorefa.kernels` and share its signatures.
+
+Operands are unsigned integer codes (DoReFa-Net, arXiv:1606.06160, section 3 and
+``/work/shared/DOREFA.md`` s.3): activations ``q`` in ``[0, 2**x_bits)``, weights ``p`` in
+``[0, 2**w_bits)``, stored as ``uint8``. Zero padding adds code 0. A convolution returns the
+exact integer sum over ``(c, kh, kw)`` of ``q * p`` as int32 (N, O, H', W').
+
+The signed dot of a DoReFa layer: a k-bit weight is ``2p / nw - 1`` with ``nw = 2**w_bits - 1``
+(1-bit weights: ``E * (2p - 1)``, i.e. nw = 1), so
+
+    sum (2p - nw) * q = 2 * sum p*q - nw * sum q,        D := that integer,
+
+and the layer's real output is ``scale * D``. Re-quantisation to the next layer's codes is a
+monotone step function of D per output channel, given by integer thresholds (see
+``csrc/output_transform.h`` for the derivation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_BITS = 8
+LANES = 8  # output channels per packed weight block (see csrc/bitconv.h)
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeights:
+    """Weights packed once at load time.
+
+    ``codes``: uint8 (O, C, KH, KW), read-only copy (what the reference computes with).
+    ``words``: uint64 (ceil(O/8), bits, KH*KW*ceil(C/64), 8): bit plane k of output channel
+    ``o = 8*b + lane`` at ``words[b, k, (kh*KW + kw)*CW + c//64, lane]``, bit ``c % 64``
+    (what the native kernels compute with).
+    """
+
+    codes: np.ndarray
+    bits: int
+    words: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(O, C, KH, KW)."""
+        return tuple(int(s) for s in self.codes.shape)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- validation
+def check_bits(name: str, bits: object) -> int:
+    """``bits`` must be a Python/NumPy int in 1..8."""
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
+        raise TypeError(f"{name} must be an int in 1..{MAX_BITS}, got {bits!r}")
+    if not 1 <= int(bits) <= MAX_BITS:
+        raise ValueError(f"{name} must be an int in 1..{MAX_BITS}, got {bits}")
+    return int(bits)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_code_array(name: str, a: object, layout: str) -> np.ndarray:
+    """A 4-D uint8 array (C-contiguous copy if needed); dtype and rank checked, not values."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy uint8 array {layout}, got {type(a).__name__}")
+    if a.dtype != np.uint8:
+        raise TypeError(
+            f"{name} must have dtype uint8 (unsigned codes), got {a.dtype}; "
+            "convert with .astype(np.uint8) after checking the range"
+        )
+    if a.ndim != 4:
+        raise ValueError(f"{name} must be 4-D {layout}, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def check_code_range(name: str, a: np.ndarray, bits: int) -> None:
+    """Every code must be below 2**bits (same message as the native check)."""
+    if a.size and int(a.max()) >= 1 << bits:
+        raise ValueError(
+            f"{name} holds code {int(a.max())} >= 2**{bits} = {1 << bits}; "
+            "codes must be unsigned ints below 2**bits"
+        )
+
+
+def check_conv(
+    x_codes: object,
+    pw: PackedWeights,
+    x_bits: object,
+    stride: object,
+    padding: object,
+    threads: object,
+    *,
+    check_values: bool = True,
+) -> tuple[np.ndarray, int, int, int, int]:
+    """Validates a convolution call; returns (x, x_bits, stride, padding, threads)."""
+    if not isinstance(pw, PackedWeights):
+        raise TypeError(f"weights must come from pack_weights(), got {type(pw).__name__}")
+    x = check_code_array("x_codes", x_codes, "(N, C, H, W)")
+    x_bits = check_bits("x_bits", x_bits)
+    stride = _check_int("stride", stride, 1)
+    padding = _check_int("padding", padding, 0)
+    threads = _check_int("threads", threads, 1)
+    o, c, kh, kw = pw.shape
+    if x.shape[1] != c:
+        raise ValueError(f"x_codes has {x.shape[1]} channels but the weights expect {c}")
+    h, w = x.shape[2] + 2 * padding, x.shape[3] + 2 * padding
+    if kh > h or kw > w:
+        raise ValueError(
+            f"kernel {kh}x{kw} larger than the padded input {h}x{w} "
+            f"(input {x.shape[2]}x{x.shape[3]}, padding {padding})"
+        )
+    if c * kh * kw * ((1 << x_bits) - 1) * ((1 << pw.bits) - 1) > INT32_MAX:
+        raise ValueError(
+            "C*KH*KW*(2**x_bits-1)*(2**w_bits-1) exceeds int32; split the input channels"
+        )
+    if check_values:
+        check_code_range("x_codes", x, x_bits)
+    return x, x_bits, stride, padding, threads
+
+
+def check_requant(
+    thresholds: object, direction: object, out_channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """thresholds int32 (O, T), 1 <= T <= 255; direction int8 (O,) of +1/-1."""
+    if not isinstance(thresholds, np.ndarray) or thresholds.dtype != np.int32:
+        raise TypeError("thresholds must be a numpy int32 array (O, T)")
+    if not isinstance(direction, np.ndarray) or direction.dtype != np.int8:
+        raise TypeError("direction must be a numpy int8 array (O,)")
+    if thresholds.ndim != 2 or thresholds.shape[0] != out_channels:
+        raise ValueError(f"thresholds must have shape ({out_channels}, T), got {thresholds.shape}")
+    if not 1 <= thresholds.shape[1] <= 255:
+        raise ValueError(f"thresholds must have 1..255 columns, got {thresholds.shape[1]}")
+    if direction.shape != (out_channels,):
+        raise ValueError(f"direction must have shape ({out_channels},), got {direction.shape}")
+    if not np.all(np.abs(direction.astype(np.int64)) == 1):
+        raise ValueError("direction values must be +1 or -1")
+    return np.ascontiguousarray(thresholds), np.ascontiguousarray(direction)
+
+
+# ----------------------------------------------------------------------------- packing
+def pack_weight_words(codes: np.ndarray, bits: int) -> np.ndarray:
+    """The native weight layout, built with NumPy (the spec of csrc/bitpack.cpp)."""
+    o, c, kh, kw = codes.shape
+    cw = -(-c // 64)
+    ob = -(-o // LANES)
+    planes = (codes[None] >> np.arange(bits, dtype=np.uint8)[:, None, None, None, None]) & 1
+    planes = planes.transpose(1, 0, 3, 4, 2)  # (O, K, KH, KW, C)
+    padded = np.zeros((ob * LANES, bits, kh, kw, cw * 64), np.uint8)
+    padded[:o, :, :, :, :c] = planes
+    packed = np.packbits(
+        padded.reshape(ob * LANES, bits, kh * kw * cw, 64), axis=-1, bitorder="little"
+    )  # (O8, K, L, 8) bytes: channel c%64 -> bit c%64
+    words = np.ascontiguousarray(packed).view("<u8")[..., 0].astype(np.uint64)  # (O8, K, L)
+    words = words.reshape(ob, LANES, bits, kh * kw * cw).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(words)  # (OB, K, L, 8)
+
+
+def pack_weights(w_codes: np.ndarray, w_bits: int) -> PackedWeights:
+    """Validates weight codes (O, C, KH, KW) and packs them once."""
+    w = check_code_array("w_codes", w_codes, "(O, C, KH, KW)")
+    w_bits = check_bits("w_bits", w_bits)
+    if min(w.shape) < 1:
+        raise ValueError(f"w_codes must have no empty dimension, got shape {w.shape}")
+    check_code_range("w_codes", w, w_bits)
+    codes = w.copy()
+    codes.flags.writeable = False
+    return PackedWeights(codes, w_bits, pack_weight_words(codes, w_bits))
+
+
+# ----------------------------------------------------------------------------- convolutions
+def _windows(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+    """Receptive fields (N, C, H', W', KH, KW) of the zero-padded codes, as int64."""
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return win[:, :, ::stride, ::stride]
+
+
+def _acc(x: np.ndarray, pw: PackedWeights, stride: int, padding: int) -> np.ndarray:
+    """sum over (c, kh, kw) of q * p, int64 (N, O, H', W')."""
+    _, _, kh, kw = pw.shape
+    win = _windows(x, kh, kw, stride, padding)
+    out = np.tensordot(win, pw.codes.astype(np.int64), axes=([1, 4, 5], [1, 2, 3]))
+    return out.transpose(0, 3, 1, 2)  # (N, H', W', O) -> (N, O, H', W')
+
+
+def _signed(x: np.ndarray, pw: PackedWeights, stride: int, padding: int) -> np.ndarray:
+    """D = 2 * sum p*q - nw * sum q, int64 (N, O, H', W')."""
+    _, _, kh, kw = pw.shape
+    nw = (1 << pw.bits) - 1
+    s = _windows(x, kh, kw, stride, padding).sum(axis=(1, 4, 5))  # (N, H', W')
+    return 2 * _acc(x, pw, stride, padding) - nw * s[:, None]
+
+
+def bitconv2d_packed(
+    x_codes: np.ndarray,
+    pw: PackedWeights,
+    x_bits: int,
+    stride: int = 1,
+    padding: int = 0,
+    threads: int = 1,
+) -> np.ndarray:
+    """Exact sum over (c, kh, kw) of x * w: int32 (N, O, H', W')."""
+    x, _, stride, padding, _ = check_conv(x_codes, pw, x_bits, stride, padding, threads)
+    return _acc(x, pw, stride, padding).astype(np.int32)
+
+
+def bitconv2d(
+    x_codes: np.ndarray,
+    w_codes: np.ndarray,
+    x_bits: int,
+    w_bits: int,
+    stride: int = 1,
+    padding: int = 0,
+    threads: int = 1,
+) -> np.ndarray:
+    """``bitconv2d_packed(x_codes, pack_weights(w_codes, w_bits), ...)``."""
+    return bitconv2d_packed(
+        x_codes, pack_weights(w_codes, w_bits), x_bits, stride, padding, threads
+    )
+
+
+def bitconv2d_signed(
+    x_codes: np.ndarray,
+    pw: PackedWeights,
+    x_bits: int,
+    stride: int = 1,
+    padding: int = 0,
+    threads: int = 1,
+) -> np.ndarray:
+    """D = sum (2p - nw) * q, nw = 2**w_bits - 1: int32 (N, O, H', W')."""
+    x, _, stride, padding, _ = check_conv(x_codes, pw, x_bits, stride, padding, threads)
+    return _signed(x, pw, stride, padding).astype(np.int32)
+
+
+def requantize(d: np.ndarray, thresholds: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Per channel o: +1 -> #{j : D >= t[o, j]}, -1 -> #{j : D <= t[o, j]}; uint8 codes."""
+    t = thresholds.astype(np.int64)[None, :, None, None, :]  # (1, O, 1, 1, T)
+    dd = d.astype(np.int64)[..., None]  # (N, O, H', W', 1)
+    up = (dd >= t).sum(axis=-1)
+    down = (dd <= t).sum(axis=-1)
+    return np.where(direction[None, :, None, None] > 0, up, down).astype(np.uint8)
+
+
+def bitconv2d_requant(
+    x_codes: np.ndarray,
+    pw: PackedWeights,
+    x_bits: int,
+    stride: int,
+    padding: int,
+    thresholds: np.ndarray,
+    direction: np.ndarray,
+    threads: int = 1,
+) -> np.ndarray:
+    """Fused signed conv + threshold re-quantisation: uint8 codes (N, O, H', W')."""
+    x, _, stride, padding, _ = check_conv(x_codes, pw, x_bits, stride, padding, threads)
+    thresholds, direction = check_requant(thresholds, direction, pw.shape[0])
+    return requantize(_signed(x, pw, stride, padding), thresholds, direction)

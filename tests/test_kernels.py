@@ -1,0 +1,348 @@
+"""Bit-convolution kernels: every backend bit-exact against the NumPy reference (the spec).
+
+Runs each case on every backend this CPU supports plus 'reference'; a missing ISA is simply
+not in available_backends(). No torch here: the kernels serve the torch-free runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dorefa import kernels as K
+from dorefa.kernels import reference as R
+
+BACKENDS = K.available_backends()
+NATIVE = [b for b in BACKENDS if b != "reference"]
+BITS = (1, 2, 3, 4, 8)
+ALL_BIT_PAIRS = [(xb, wb) for xb in BITS for wb in BITS]
+
+# (N, C, H, W, O, K, stride, padding): awkward channel counts around word boundaries, odd
+# batch and spatial sizes, kernels 1/3/5, strides 1/2, paddings 0/1/2, non-square inputs.
+SHAPES = [
+    (1, 1, 5, 5, 3, 3, 1, 1),
+    (3, 31, 7, 6, 9, 3, 1, 0),
+    (1, 32, 5, 7, 8, 1, 1, 0),
+    (2, 33, 6, 5, 17, 3, 2, 1),
+    (1, 63, 7, 7, 16, 5, 1, 2),
+    (3, 64, 5, 5, 5, 3, 2, 2),
+    (1, 65, 4, 9, 24, 3, 1, 1),
+    (1, 130, 5, 5, 33, 3, 1, 1),
+    (5, 3, 9, 11, 7, 5, 2, 0),
+    (1, 130, 3, 3, 8, 5, 2, 2),
+    (2, 64, 1, 1, 40, 1, 1, 0),
+    (1, 7, 2, 2, 1, 5, 1, 2),
+]
+FEW_SHAPES = [SHAPES[3], SHAPES[6], SHAPES[9]]
+FEW_BITS = [(1, 1), (2, 1), (3, 2), (8, 8)]
+
+
+def _ids(shape) -> str:
+    n, c, h, w, o, k, s, p = shape
+    return f"n{n}c{c}h{h}w{w}o{o}k{k}s{s}p{p}"
+
+
+@functools.cache
+def _case(shape, x_bits, w_bits, seed=0):
+    """Random codes, the packed weights and the reference output (cached across backends)."""
+    n, c, h, w, o, k, s, p = shape
+    rng = np.random.default_rng([seed, *shape, x_bits, w_bits])
+    x = rng.integers(0, 1 << x_bits, (n, c, h, w), dtype=np.uint8)
+    wc = rng.integers(0, 1 << w_bits, (o, c, k, k), dtype=np.uint8)
+    # Extremes matter for the plane combination: make one output channel all-max.
+    wc[0] = (1 << w_bits) - 1
+    expected = R.bitconv2d(x, wc, x_bits, w_bits, s, p)
+    return x, wc, expected
+
+
+def _direct_float64(x, w, stride, padding):
+    """An independent conv: float64 sum over kernel offsets of channel contractions."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (wd + 2 * padding - kw) // stride + 1
+    out = np.zeros((n, o, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j].astype(np.float64))
+    return out
+
+
+# ------------------------------------------------------------------------- the reference
+@pytest.mark.parametrize("shape", FEW_SHAPES + [SHAPES[0], SHAPES[8]], ids=_ids)
+@pytest.mark.parametrize("bits", [(1, 1), (2, 3), (8, 8)])
+def test_reference_matches_direct_float64_conv(shape, bits):
+    x, w, expected = _case(shape, *bits)
+    assert expected.dtype == np.int32
+    np.testing.assert_array_equal(expected, _direct_float64(x, w, shape[6], shape[7]))
+
+
+def test_reference_signed_is_affine_weight_dot():
+    x, w, _ = _case(SHAPES[3], 2, 3)
+    pw = R.pack_weights(w, 3)
+    signed_w = 2.0 * w - 7.0  # 2p - nw, nw = 2**3 - 1
+    got = R.bitconv2d_signed(x, pw, 2, stride=2, padding=1)
+    np.testing.assert_array_equal(got, _direct_float64(x, signed_w, 2, 1))
+
+
+# ------------------------------------------------------------------------- every backend
+def test_native_extension_is_built():
+    assert K._native is not None, f"dorefa._kernels failed to import: {K._native_error}"
+    assert NATIVE and NATIVE[-1] == "scalar"
+    forced = os.environ.get("DOREFA_KERNELS_EXTENSION")  # make asan: the sanitizer build
+    if forced:
+        assert os.path.samefile(K._native.__file__, forced)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits", ALL_BIT_PAIRS, ids=lambda b: f"x{b[0]}w{b[1]}")
+@pytest.mark.parametrize("shape", FEW_SHAPES[:2], ids=_ids)
+def test_all_bit_pairs(backend, bits, shape):
+    x, w, expected = _case(shape, *bits)
+    with K.use_backend(backend):
+        got = K.bitconv2d(x, w, *bits, stride=shape[6], padding=shape[7])
+    assert got.dtype == np.int32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits", FEW_BITS, ids=lambda b: f"x{b[0]}w{b[1]}")
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_all_shapes(backend, bits, shape):
+    x, w, expected = _case(shape, *bits)
+    with K.use_backend(backend):
+        got = K.bitconv2d(x, w, *bits, stride=shape[6], padding=shape[7])
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 140),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    o=st.integers(1, 20),
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    x_bits=st.sampled_from(BITS),
+    w_bits=st.sampled_from(BITS),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_shapes(n, c, h, w, o, kh, kw, stride, padding, x_bits, w_bits, seed):
+    if kh > h + 2 * padding or kw > w + 2 * padding:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 1 << x_bits, (n, c, h, w), dtype=np.uint8)
+    wc = rng.integers(0, 1 << w_bits, (o, c, kh, kw), dtype=np.uint8)
+    expected = R.bitconv2d(x, wc, x_bits, w_bits, stride, padding)
+    for b in NATIVE:
+        with K.use_backend(b):
+            got = K.bitconv2d(x, wc, x_bits, w_bits, stride, padding, threads=1 + seed % 2)
+        np.testing.assert_array_equal(got, expected, err_msg=b)
+
+
+@pytest.mark.parametrize("bits", [(1, 1), (2, 1), (4, 3), (8, 8)])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[7], SHAPES[10]], ids=_ids)
+def test_pack_weights_matches_reference_layout(shape, bits):
+    _, w, _ = _case(shape, *bits)
+    ref = R.pack_weights(w, bits[1])
+    got = K.pack_weights(w, bits[1])
+    assert got.words.dtype == np.uint64 and got.words.shape == ref.words.shape
+    np.testing.assert_array_equal(got.words, ref.words)
+    np.testing.assert_array_equal(got.codes, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits", [(1, 1), (2, 1), (2, 2), (4, 3), (8, 8)])
+@pytest.mark.parametrize("shape", FEW_SHAPES, ids=_ids)
+def test_signed(backend, bits, shape):
+    x, w, _ = _case(shape, *bits)
+    pw = R.pack_weights(w, bits[1])
+    expected = R.bitconv2d_signed(x, pw, bits[0], shape[6], shape[7])
+    with K.use_backend(backend):
+        got = K.bitconv2d_signed(x, pw, bits[0], shape[6], shape[7])
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("out_bits", [1, 2, 4])
+@pytest.mark.parametrize("shape", FEW_SHAPES[:2], ids=_ids)
+def test_requant(backend, out_bits, shape):
+    x, w, _ = _case(shape, 2, 1)
+    pw = R.pack_weights(w, 1)
+    o = w.shape[0]
+    d = R.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
+    rng = np.random.default_rng(out_bits)
+    t = (1 << out_bits) - 1
+    # Thresholds spread over the observed range of D (ties included: D == t_j counts).
+    th = np.sort(rng.choice(np.unique(d), size=(o, t)), axis=1).astype(np.int32)
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    th[direction < 0] = th[direction < 0, ::-1]
+    expected = R.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction)
+    assert expected.dtype == np.uint8 and expected.max() <= t
+    # Spot-check the reference's definition on one channel of each direction.
+    for oc in (int(np.argmax(direction > 0)), int(np.argmax(direction < 0))):
+        cmp = d[:, oc, ..., None] >= th[oc] if direction[oc] > 0 else d[:, oc, ..., None] <= th[oc]
+        np.testing.assert_array_equal(expected[:, oc], cmp.sum(-1))
+    with K.use_backend(backend):
+        got = K.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction, threads=2)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 128, 5, 5, 512, 5, 1, 0), (4, 64, 9, 9, 64, 3, 1, 1), (1, 3, 4, 4, 2, 3, 1, 1)],
+    ids=_ids,
+)
+def test_threads_identical(backend, shape):
+    x, w, expected = _case(shape, 2, 1)
+    pw = K.pack_weights(w, 1)
+    with K.use_backend(backend):
+        outs = [K.bitconv2d_packed(x, pw, 2, shape[6], shape[7], threads=t) for t in (1, 2, 3)]
+        signed = [K.bitconv2d_signed(x, pw, 2, shape[6], shape[7], threads=t) for t in (1, 2)]
+    for got in outs:
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(signed[0], signed[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    x, w, expected = _case(SHAPES[3], 2, 2)
+    xf = np.asfortranarray(x)
+    x_strided = np.zeros(x.shape[:3] + (2 * x.shape[3],), np.uint8)
+    x_strided[..., ::2] = x
+    with K.use_backend(backend):
+        np.testing.assert_array_equal(K.bitconv2d(xf, np.asfortranarray(w), 2, 2, 2, 1), expected)
+        np.testing.assert_array_equal(K.bitconv2d(x_strided[..., ::2], w, 2, 2, 2, 1), expected)
+
+
+# ------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_errors(backend):
+    x = np.ones((1, 4, 5, 5), np.uint8)
+    w = np.ones((2, 4, 3, 3), np.uint8)
+    with K.use_backend(backend):
+        with pytest.raises(TypeError, match="uint8"):
+            K.bitconv2d(x.astype(np.int32), w, 2, 1)
+        with pytest.raises(TypeError, match="uint8"):
+            K.bitconv2d(x, w.astype(np.float32), 2, 1)
+        with pytest.raises(TypeError, match="numpy uint8 array"):
+            K.bitconv2d(x.tolist(), w, 2, 1)
+        with pytest.raises(ValueError, match=r"x_codes holds code 4 >= 2\*\*2"):
+            K.bitconv2d(x * 4, w, 2, 1)
+        with pytest.raises(ValueError, match=r"w_codes holds code 2 >= 2\*\*1"):
+            K.bitconv2d(x, w * 2, 2, 1)
+        for bad in (0, 9):
+            with pytest.raises(ValueError, match=rf"x_bits must be an int in 1..8, got {bad}"):
+                K.bitconv2d(x, w, bad, 1)
+            with pytest.raises(ValueError, match=rf"w_bits must be an int in 1..8, got {bad}"):
+                K.bitconv2d(x, w, 1, bad)
+        with pytest.raises(TypeError, match="x_bits must be an int"):
+            K.bitconv2d(x, w, 2.0, 1)
+        with pytest.raises(ValueError, match="x_codes has 3 channels but the weights expect 4"):
+            K.bitconv2d(x[:, :3], w, 2, 1)
+        with pytest.raises(ValueError, match="kernel 3x3 larger than the padded input 2x2"):
+            K.bitconv2d(x[:, :, :2, :2], w, 2, 1)
+        with pytest.raises(ValueError, match="4-D"):
+            K.bitconv2d(x[0], w, 2, 1)
+        with pytest.raises(ValueError, match="stride must be an int >= 1"):
+            K.bitconv2d(x, w, 2, 1, stride=0)
+        with pytest.raises(ValueError, match="padding must be an int >= 0"):
+            K.bitconv2d(x, w, 2, 1, padding=-1)
+        with pytest.raises(ValueError, match="threads must be an int >= 1"):
+            K.bitconv2d(x, w, 2, 1, threads=0)
+        with pytest.raises(ValueError, match="exceeds int32"):
+            big = np.zeros((1, 4096, 3, 3), np.uint8)
+            K.bitconv2d(big, np.zeros((1, 4096, 3, 3), np.uint8), 8, 8)
+        pw = K.pack_weights(w, 1)
+        th = np.zeros((2, 3), np.int32)
+        with pytest.raises(ValueError, match="direction values must be"):
+            K.bitconv2d_requant(x, pw, 2, 1, 0, th, np.zeros(2, np.int8))
+        with pytest.raises(ValueError, match=r"thresholds must have shape \(2, T\)"):
+            K.bitconv2d_requant(x, pw, 2, 1, 0, th[:1], np.ones(2, np.int8))
+        with pytest.raises(TypeError, match="thresholds must be a numpy int32"):
+            K.bitconv2d_requant(x, pw, 2, 1, 0, th.astype(np.int64), np.ones(2, np.int8))
+        with pytest.raises(TypeError, match="pack_weights"):
+            K.bitconv2d_packed(x, w, 2)
+
+
+def test_native_rejects_bad_direct_calls():
+    """The extension validates on its own too: wrong sizes raise, never crash."""
+    if not NATIVE:
+        pytest.skip("no native backend")
+    x = np.ones((1, 4, 5, 5), np.uint8)
+    words = K.pack_weights(np.ones((2, 4, 3, 3), np.uint8), 1).words
+    with pytest.raises(ValueError, match="packed weights do not match"):
+        K._native.bitconv("scalar", x, words, 2, 4, 3, 5, 1, 1, 1, 0, 1, "acc")
+    with pytest.raises(ValueError, match="channels"):
+        K._native.bitconv("scalar", x, words, 2, 8, 3, 3, 1, 1, 1, 0, 1, "acc")
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        K._native.bitconv("neon", x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "acc")
+
+
+# ------------------------------------------------------------------------- which backend ran
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_default_backend_is_the_fastest_supported():
+    with K.use_backend(K.backend()):
+        K.set_backend(None)
+        if "DOREFA_KERNEL" not in os.environ:
+            assert K.backend() == BACKENDS[0]
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512_vpopcntdq"} <= flags:
+        assert "avx512" in BACKENDS
+    if "avx2" in flags:
+        assert "avx2" in BACKENDS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_use_backend_switches_and_restores(backend):
+    before = K.backend()
+    with K.use_backend(backend) as active:
+        assert active == backend == K.backend()
+        expected = "reference" if backend == "reference" else f"bitconv_{backend}_"
+        assert K.kernel_name().startswith(expected)
+    assert K.backend() == before
+
+
+def test_env_override_selects_backend_in_a_fresh_process():
+    code = "import dorefa.kernels as k, sys; print(k.backend()); print('torch' in sys.modules)"
+    env = dict(os.environ, DOREFA_KERNEL=BACKENDS[-2] if NATIVE else "reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    backend, torch_loaded = out.stdout.split()
+    assert backend == env["DOREFA_KERNEL"]
+    assert torch_loaded == "False"  # the kernels (and so the runtime) never import torch
+
+
+def test_unknown_or_unsupported_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown kernel backend 'neon'"):
+        K.set_backend("neon")
+    if K._native is not None:
+        for b in K._native.compiled_backends():
+            if b not in BACKENDS:
+                with pytest.raises(ValueError, match="needs instructions this CPU lacks"):
+                    K.set_backend(b)
