@@ -11,7 +11,7 @@ from dorefa.checkpoint import CheckpointError, load_checkpoint
 from dorefa.cli import main
 from dorefa.train import TrainConfig, train
 
-SMALL = dict(model="svhn", data="fashion-mnist", width=0.25, batch_size=64, subset=1024,
+SMALL = dict(model="svhn", data="fashion-mnist", width=0.5, batch_size=64, subset=1024,
              test_subset=500, threads=1, progress=False)
 
 
@@ -49,7 +49,7 @@ def test_run_folder_contents(run_two_epochs):
     config = json.loads((out / "config.json").read_text())
     assert config["bits"] == "1,2,6" and config["bits_tag"] == "w1a2g6"
     assert rows[1]["lr"] == pytest.approx(5e-4)  # halved at 50% of the epochs
-    # it learns (10 classes, chance 0.1): 32 steps of a 1-bit width-0.25 model
+    # it learns (10 classes, chance 0.1): 32 steps of a 1-bit width-0.5 model (0.45 seen)
     assert result["test_acc"] > 0.3
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
 
@@ -81,7 +81,7 @@ def test_init_from_float_checkpoint(tmp_path, fashion_dir):
     train(cfg, log=msgs.append)
     assert any("initialised weights from" in m for m in msgs)
     wrong = TrainConfig(bits="1,2,6", epochs=1, out=str(tmp_path / "q2"),
-                        init_from=str(float_run / "checkpoint.pt"), **(SMALL | {"width": 0.5}))
+                        init_from=str(float_run / "checkpoint.pt"), **(SMALL | {"width": 0.25}))
     with pytest.raises(CheckpointError, match="do not fit"):
         train(wrong, log=lambda m: None)
 
