@@ -1,0 +1,297 @@
+"""Export -> .dorefa -> torch-free bit runtime: agreement with torch on real Fashion-MNIST,
+threshold folding, the file format's defences (truncation, bit flips, hostile headers), and
+clear errors for models the runtime cannot run."""
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dorefa.runtime as rt
+from dorefa import kernels
+from dorefa.cli import main
+from dorefa.data import get_dataset, to_model_input
+from dorefa.export import ExportError, export, fold_thresholds
+from dorefa.kernels.reference import requantize
+from dorefa.models import create_model
+from dorefa.runtime import FormatError
+from dorefa.runtime import format as fmt
+from dorefa.train import TrainConfig, train
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+N_TEST = 1000
+
+
+@pytest.fixture(scope="module")
+def test_inputs(fashion_dir):
+    test = get_dataset("fashion-mnist", "test").subset(N_TEST)
+    x = to_model_input(test.images, 40, train=False, augment="none", generator=None)
+    return x, test.labels.numpy()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fashion_dir):
+    """svhn width 0.25 trained for 1 epoch on 2000 real images, per bits; (model, ckpt path)."""
+    cache = {}
+
+    def get(bits):
+        if bits not in cache:
+            out = tmp_path_factory.mktemp("runs") / bits.replace(",", "-")
+            train(TrainConfig(model="svhn", data="fashion-mnist", bits=bits, width=0.25,
+                              epochs=1, batch_size=32, subset=2000, test_subset=100, threads=1,
+                              progress=False, out=str(out)), log=lambda m: None)
+            from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
+
+            ckpt = out / "checkpoint.pt"
+            cache[bits] = (model_from_checkpoint(load_checkpoint(ckpt), ckpt), ckpt)
+        return cache[bits]
+
+    return get
+
+
+def _calibrated(name, bits, width, in_channels, size, seed=0):
+    """An untrained model whose BN statistics and affine parameters are non-trivial."""
+    torch.manual_seed(seed)
+    m = create_model(name, bits=bits, num_classes=10, in_channels=in_channels, width=width)
+    with torch.no_grad():
+        m.train()
+        for _ in range(2):
+            m(torch.rand(16, in_channels, size, size))
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.weight.uniform_(-1, 2)  # negative gammas exercise direction -1
+                mod.bias.uniform_(-0.5, 0.5)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory):
+    """A tiny valid .dorefa file (svhn width 0.125, 1,2,6) for the fuzzers."""
+    path = tmp_path_factory.mktemp("fuzz") / "small.dorefa"
+    export(_calibrated("svhn", "1,2,6", 0.125, 1, 40), path)
+    return path
+
+
+# ----------------------------------------------------------------------------- agreement
+@pytest.mark.parametrize("bits", ["1,2,6", "2,2,32", "1,1,32"])
+def test_runtime_matches_torch(bits, trained, test_inputs, tmp_path):
+    model, _ = trained(bits)
+    x, labels = test_inputs
+    path = tmp_path / "m.dorefa"
+    export(model, path)
+    runtime = rt.load(path)
+    got = runtime(x.numpy())
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert got.dtype == np.float32 and got.shape == (N_TEST, 10)
+    agree = (got.argmax(1) == want.argmax(1)).mean()
+    assert agree >= 0.999, f"agreement {agree}"
+    # Float rounding only (conv sum order, BN in float32 vs folded thresholds): ~1e-6. A code
+    # that flips at a rounding boundary would show up here as a larger difference.
+    rel = np.abs(got - want).max(1) / np.abs(want).max(1)
+    assert rel.max() <= 1e-3, f"max relative logit difference {rel.max()}"
+    assert (got.argmax(1) == labels).mean() > 0.2  # it learned something: chance is 0.1
+
+
+def test_backends_and_threads_give_identical_logits(small_file):
+    x = np.random.default_rng(0).random((3, 1, 40, 40), dtype=np.float32)
+    model = rt.load(small_file)
+    base = model(x)
+    assert np.array_equal(model(x, threads=2), base)
+    for name in kernels.available_backends():
+        with kernels.use_backend(name):
+            assert np.array_equal(rt.load(small_file)(x), base), name
+
+
+def test_runtime_imports_no_torch(small_file, tmp_path):
+    x = np.random.default_rng(1).random((4, 1, 40, 40), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", rt.load(small_file)(x))
+    code = (
+        "import sys, numpy as np, dorefa.runtime\n"
+        f"m = dorefa.runtime.load({str(small_file)!r})\n"
+        f"y = m(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"assert np.array_equal(y, np.load({str(tmp_path / 'want.npy')!r}))\n"
+        "assert 'torch' not in sys.modules, 'the runtime imported torch'\n"
+        "print('ok', m.bits, m.size)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ok 1,2,6")
+
+
+def test_weights_are_bit_packed_and_file_is_small(tmp_path):
+    model = _calibrated("svhn", "1,2,6", 1.0, 1, 40)
+    info = export(model, tmp_path / "m.dorefa")
+    reader = fmt.Reader(tmp_path / "m.dorefa")
+    for layer in reader.header["layers"]:
+        if layer["op"] == "bitconv":
+            count = int(np.prod(layer["weight_shape"]))
+            assert layer["weight"]["nbytes"] == layer["w_bits"] * -(-count // 8)
+    # 1-bit weights: ~32x smaller than float32, minus float first/last layers and thresholds
+    assert info["float_bytes"] / info["size"] > 20
+    assert rt.load(tmp_path / "m.dorefa").size == info["size"] == os.path.getsize(
+        tmp_path / "m.dorefa")
+
+
+def test_alexnet_grouped_convs_and_fc_as_conv(tmp_path):
+    model = _calibrated("alexnet", "1,2,6", 0.0625, 3, 224)
+    export(model, tmp_path / "a.dorefa")
+    runtime = rt.load(tmp_path / "a.dorefa")
+    assert any(getattr(la, "groups", 1) == 2 for la in runtime.layers)
+    x = torch.rand(3, 3, 224, 224)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = runtime(x.numpy())
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+# ----------------------------------------------------------------------------- thresholds
+@pytest.mark.parametrize("out_bits", [1, 2, 3, 8])
+def test_thresholds_equal_brute_force(out_bits):
+    """#{j: D >= t_j} (or <=) equals round(clip(alpha D + beta, 0, 1) n) for every D."""
+    rng = np.random.default_rng(out_bits)
+    dmax = 300
+    alpha = rng.normal(0, 0.01, 40)
+    alpha[:5] = 0  # constant code channels
+    alpha[5:10] = -np.abs(alpha[5:10])
+    beta = rng.normal(0.5, 0.8, 40)
+    t, d = fold_thresholds(alpha, beta, out_bits, dmax)
+    assert t.dtype == np.int32 and d.dtype == np.int8 and t.shape == (40, 2**out_bits - 1)
+    dd = np.arange(-dmax, dmax + 1)
+    got = requantize(np.broadcast_to(dd, (1, 40, 1, len(dd))).astype(np.int32), t, d)[0, :, 0]
+    n = 2**out_bits - 1
+    want = np.rint(np.clip(alpha[:, None] * dd[None] + beta[:, None], 0, 1) * n)
+    assert np.array_equal(got, want)
+
+
+# ----------------------------------------------------------------------------- the format
+def test_truncated_files_are_refused(small_file, tmp_path):
+    data = small_file.read_bytes()
+    lengths = sorted(set(list(range(0, 64)) + list(range(0, len(data), 97))
+                         + [len(data) - k for k in range(1, 40)]))
+    bad = tmp_path / "t.dorefa"
+    for n in lengths:
+        bad.write_bytes(data[:n])
+        with pytest.raises(FormatError, match="t.dorefa"):
+            rt.load(bad)
+    bad.write_bytes(data + b"\0")
+    with pytest.raises(FormatError):
+        rt.load(bad)
+
+
+def test_bit_flips_are_refused(small_file, tmp_path):
+    data = bytearray(small_file.read_bytes())
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "f.dorefa"
+    positions = list(rng.integers(0, len(data), 300)) + list(range(0, 40)) + [len(data) - 1]
+    for pos in positions:
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << int(rng.integers(0, 8))
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(FormatError):
+            rt.load(bad)
+
+
+def _rewrite(src: Path, dst: Path, edit=None, raw_header: bytes | None = None,
+             fixed: tuple | None = None) -> None:
+    """Copy a .dorefa file with an edited header and a *valid* checksum (a hostile writer)."""
+    data = src.read_bytes()
+    magic, version, hlen, dlen = struct.unpack_from("<8sIIQ", data)
+    header = json.loads(data[24:24 + hlen])
+    blob = data[24 + hlen:len(data) - 32]
+    text = raw_header if raw_header is not None else json.dumps(edit(header)).encode()
+    fields = fixed or (magic, version, len(text), len(blob))
+    body = struct.pack("<8sIIQ", *fields) + text + blob
+    dst.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _first(header, op):
+    return next(la for la in header["layers"] if la["op"] == op)
+
+
+HOSTILE = {
+    "huge weight_shape": lambda h: (_first(h, "bitconv").update(
+        weight_shape=[2**40, 2**40, 3, 3]), h)[1],
+    "weight_shape vs bytes": lambda h: (_first(h, "bitconv").update(
+        weight_shape=[4096, 4096, 3, 3]), h)[1],
+    "huge array shape": lambda h: (_first(h, "conv_float")["weight"].update(
+        shape=[2**39, 2**39], nbytes=2**80), h)[1],
+    "offset outside blob": lambda h: (_first(h, "conv_float")["weight"].update(
+        offset=2**62), h)[1],
+    "huge input": lambda h: h | {"input_shape": [1, 10**9, 10**9]},
+    "big input": lambda h: h | {"input_shape": [1, 60000, 60000]},
+    "wrong dtype": lambda h: (_first(h, "bitconv")["thresholds"].update(dtype="<f8"), h)[1],
+    "bad direction": lambda h: (_first(h, "bitconv").update(out_bits=3), h)[1],
+    "unknown op": lambda h: (h["layers"].insert(1, {"op": "__import__"}), h)[1],
+    "x_bits mismatch": lambda h: (_first(h, "bitconv").update(x_bits=4), h)[1],
+    "string stride": lambda h: (_first(h, "bitconv").update(stride="1"), h)[1],
+    "no layers": lambda h: h | {"layers": []},
+    "layers not list": lambda h: h | {"layers": {"a": 1}},
+    "wrong classes": lambda h: h | {"num_classes": 11},
+    "not a model": lambda h: [1, 2, 3],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_headers_are_refused(case, small_file, tmp_path):
+    bad = tmp_path / "h.dorefa"
+    _rewrite(small_file, bad, HOSTILE[case])
+    with pytest.raises(FormatError, match="h.dorefa"):
+        rt.load(bad)
+
+
+def test_hostile_fixed_header_and_json(small_file, tmp_path):
+    bad = tmp_path / "h.dorefa"
+    data = small_file.read_bytes()
+    magic, version, hlen, dlen = struct.unpack_from("<8sIIQ", data)
+    for fixed in [(magic, version, 2**32 - 1, dlen), (magic, version, hlen, 2**63),
+                  (magic, 2, hlen, dlen), (b"PK\x03\x04\0\0\0\0", version, hlen, dlen)]:
+        _rewrite(small_file, bad, lambda h: h, fixed=fixed)
+        with pytest.raises(FormatError):
+            rt.load(bad)
+    for raw in [b"[" * 200000 + b"]" * 200000, b"\xff\xfe", b"{}", b"null"]:
+        _rewrite(small_file, bad, raw_header=raw)
+        with pytest.raises(FormatError):
+            rt.load(bad)
+    with pytest.raises(FormatError, match="cannot open"):
+        rt.load(tmp_path / "missing.dorefa")
+
+
+# ----------------------------------------------------------------------------- unsupported
+@pytest.mark.parametrize("name,bits,kwargs,match", [
+    ("resnet18", "1,2,6", {}, "residual"),
+    ("svhn", "1,32,32", {}, "A = 32"),
+    ("svhn", "32,2,32", {}, "W = 32"),
+    ("svhn", "1,2,6", {"keep_first_last": False}, "quantize-first-last"),
+])
+def test_unsupported_models_fail_clearly(name, bits, kwargs, match, tmp_path):
+    model = create_model(name, bits=bits, in_channels=1, width=0.125, **kwargs)
+    with pytest.raises(ExportError, match=match):
+        export(model, tmp_path / "x.dorefa")
+    assert not (tmp_path / "x.dorefa").exists()
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_export_and_run_compare(trained, tmp_path, capsys):
+    _, ckpt = trained("1,2,6")
+    out = tmp_path / "m.dorefa"
+    assert main(["export", str(ckpt), "-o", str(out)]) == 0
+    assert main(["run", str(out), "--compare", str(ckpt), "--test-subset", "300",
+                 "--batch-size", "128"]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy:" in text and "max logit difference:" in text
+    agreement = float(text.split("agreement: ")[1].split("%")[0])
+    assert agreement >= 99.9
+    out.write_bytes(out.read_bytes()[:-5])
+    assert main(["run", str(out)]) == 2
+    assert "m.dorefa" in capsys.readouterr().err
