@@ -332,24 +332,32 @@ def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> d
            "A": cell.bits.a, "G": cell.bits.g, "width": cell.width,
            "init": str(cell.init) if cell.init else "", "subset": cfg.subset, "seed": cfg.seed}
     t0 = time.perf_counter()
-    with open(cell_dir / "train.log", "a") as logf:
-        cmd = _train_command(cfg, cell, cell_dir, init_from)
-        logf.write(f"$ {' '.join(cmd)}\n")
-        logf.flush()
-        proc = children.start(row["cell"], cmd, logf)
-        rc = proc.wait()
-        children.done(row["cell"])
-    history = _read_metrics(cell_dir / "metrics.jsonl")
-    if rc != 0 or len(history) < cfg.epochs:
+    for attempt in range(2):
+        with open(cell_dir / "train.log", "a") as logf:
+            cmd = _train_command(cfg, cell, cell_dir, init_from)
+            logf.write(f"$ {' '.join(cmd)}\n")
+            logf.flush()
+            proc = children.start(row["cell"], cmd, logf)
+            rc = proc.wait()
+            children.done(row["cell"])
+        history = _read_metrics(cell_dir / "metrics.jsonl")
+        complete = len(history) >= cfg.epochs and (cell_dir / "checkpoint.pt").exists()
+        # Killed by a signal (e.g. a shared library rebuilt under it): resume it once.
+        if complete or rc >= 0 or children.stopped or attempt == 1:
+            break
+    if not complete:
         lines = [ln for ln in (cell_dir / "train.log").read_text().splitlines() if ln.strip()]
         err = next((ln for ln in reversed(lines) if "rror" in ln), lines[-1] if lines else "")
         return row | {"status": "failed", "error": f"exit {rc}: {err.strip()[:300]}",
                       "wall_s": round(time.perf_counter() - t0, 1)}
+    # Every epoch and the checkpoint are on disk: the run is complete even if the process
+    # died on the way out (noted in the error column).
+    row["error"] = f"exit {rc} after the last epoch" if rc != 0 else ""
     conf = json.loads((cell_dir / "config.json").read_text())
     costs = cell_costs(cfg.model, cell, conf["num_classes"], conf["in_channels"])
     # wall time = the cell's epochs (train + test), summed over resumed pieces
     return row | costs | {
-        "status": "ok", "error": "", "epochs": len(history),
+        "status": "ok", "epochs": len(history),
         "best_test_acc": max(h["test_acc"] for h in history),
         "final_test_acc": history[-1]["test_acc"],
         "wall_s": round(sum(h["seconds"] for h in history), 1),

@@ -1,0 +1,162 @@
+"""Sweeps on real Fashion-MNIST subsets: outputs, kill and resume, dependencies, bad grids, report."""
+
+import csv
+import json
+
+import pytest
+
+from dorefa.bits import Bits
+from dorefa.cli import main
+from dorefa.models import create_model
+from dorefa.sweep import Cell, SweepConfig, layer_costs, load_grid, read_results, run_sweep
+
+TINY = dict(model="svhn", data="fashion-mnist", epochs=1, subset=2000, test_subset=500, seed=0,
+            batch_size=128, progress=False)
+PLOTS = ("acc_vs_g.png", "acc_vs_width.png", "curves.png")
+
+GRID3 = """\
+# float, scratch (1,2,6), and (1,2,6) initialised from the float cell
+cells:
+  - {bits: "32,32,32", widths: [0.25]}
+  - {bits: "1,2,6", width: 0.25}
+  - {bits: "1,2,6", width: 0.25, init: "32,32,32"}
+"""
+
+
+def _rows(out):
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_grid_runs_to_completion(tmp_path, fashion_dir, capsys):
+    out = tmp_path / "tiny"
+    rc = main(["sweep", "--grid", "tiny", "--data-dir", fashion_dir, "--epochs", "1",
+               "--subset", "2000", "--test-subset", "500", "--jobs", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
+    rows = _rows(out)
+    assert [r["cell"] for r in rows] == ["svhn-w32a32g32-x0.25", "svhn-w1a2g6-x0.25"]
+    for r in rows:
+        assert r["status"] == "ok" and r["epochs"] == "1"
+        assert 0.0 <= float(r["best_test_acc"]) <= 1.0
+        assert float(r["best_test_acc"]) >= float(r["final_test_acc"])
+        assert int(r["infer_bitops"]) > 0 and int(r["train_bitops"]) > int(r["infer_bitops"])
+        assert (out / "cells" / r["cell"] / "checkpoint.pt").exists()
+    assert int(rows[1]["infer_bitops"]) < int(rows[0]["infer_bitops"])
+    md = (out / "results.md").read_text()
+    assert "| 1 | 2 | 6 | 0.25 |" in md and "The paper's claims" in md
+    for p in PLOTS:
+        assert (out / p).stat().st_size > 1000
+
+
+def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir, monkeypatch):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID3)
+    out = tmp_path / "sweep"
+    cfg = SweepConfig(grid=str(grid), out=str(out), data_dir=fashion_dir, jobs=1, **TINY)
+
+    monkeypatch.setenv("DOREFA_SWEEP_STOP_AFTER", "1")  # "killed" after the first recorded cell
+    with pytest.raises(RuntimeError, match="STOP_AFTER"):
+        run_sweep(cfg, log=lambda m: None)
+    rows = _rows(out)
+    assert [(r["cell"], r["status"]) for r in rows] == [("svhn-w32a32g32-x0.25", "ok")]
+    first_ckpt = out / "cells" / "svhn-w32a32g32-x0.25" / "checkpoint.pt"
+    mtime = first_ckpt.stat().st_mtime_ns
+
+    monkeypatch.delenv("DOREFA_SWEEP_STOP_AFTER")
+    cfg.jobs = 2  # the two remaining cells run side by side; the init cell's source is done
+    rows = run_sweep(cfg, log=lambda m: None)
+    assert [r["cell"] for r in rows] == ["svhn-w32a32g32-x0.25", "svhn-w1a2g6-x0.25",
+                                         "svhn-w1a2g6-x0.25-init"]
+    assert all(r["status"] == "ok" for r in rows), [(r["cell"], r.get("error")) for r in rows]
+    assert first_ckpt.stat().st_mtime_ns == mtime  # not retrained
+    assert "--init-from" in (out / "cells" / "svhn-w1a2g6-x0.25-init" / "train.log").read_text()
+    assert read_results(out / "results.csv")[2]["init"] == "32,32,32"
+
+    # everything recorded: a third run trains nothing
+    assert len(run_sweep(cfg, log=lambda m: None)) == 3
+    assert first_ckpt.stat().st_mtime_ns == mtime
+
+    cfg.epochs = 2  # another budget in the same folder is refused
+    with pytest.raises(ValueError, match="same budget"):
+        run_sweep(cfg, log=lambda m: None)
+
+    # dorefa report re-renders the table and plots from the CSV
+    for p in PLOTS + ("results.md",):
+        (out / p).unlink()
+    assert main(["report", str(out)]) == 0
+    assert "init" in (out / "results.md").read_text()
+    for p in PLOTS:
+        assert (out / p).exists()
+
+
+@pytest.mark.parametrize("text, suffix, match", [
+    ("cells:\n  - {bits: '1,2,0'}\n", ".yaml", r"cells\[0\]: gradient bits \(g\) must be"),
+    ("cells:\n  - {bits: '1,2,6', widht: 0.5}\n", ".yaml", "unknown key"),
+    ("cells: [\n", ".yaml", "cannot parse"),
+    ("[[cells]]\nbits = '1,2,6'\nwidths = [0]\n", ".toml", "width must be"),
+    ("cells = 3\n", ".toml", "non-empty list 'cells'"),
+    ("cells:\n  - {bits: '1,2,6', init: '32,32,32'}\n", ".yaml", "not in the grid"),
+    ("cells:\n  - {bits: '1,2,6'}\n  - {bits: 'w1a2g6'}\n", ".yaml", "listed twice"),
+    ("cells: []\n", ".json", "unknown grid format"),
+])
+def test_bad_grid_file_is_a_clear_error(tmp_path, text, suffix, match, capsys):
+    path = tmp_path / f"grid{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_grid(str(path))
+    assert main(["sweep", "--grid", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "dorefa sweep: error:" in capsys.readouterr().err
+
+
+def test_missing_grid_and_report_without_results(tmp_path, capsys):
+    assert main(["sweep", "--grid", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
+    assert "not a built-in grid" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results yet" in capsys.readouterr().err
+
+
+def test_paper_grid_cells():
+    cells = load_grid("paper")
+    names = [c.name("svhn") for c in cells]
+    assert len(cells) == 22 and len(set(names)) == 22
+    assert "svhn-w1a2g6-x1.0-init" in names and "svhn-w1a2g6-x0.125" in names
+    assert Cell(Bits(1, 2, 6), 1.0, Bits(32, 32, 32)).source() == Cell(Bits(32, 32, 32), 1.0)
+
+
+def test_costs_follow_the_formulas():
+    """MACs of SVHN model A on a 1-channel 40x40 image, and the bit-op formulas on them."""
+    macs = {  # output elements * in_channels * kh * kw
+        "conv0": 36 * 36 * 48 * 1 * 25, "conv1": 18 * 18 * 64 * 48 * 9,
+        "conv2": 18 * 18 * 64 * 64 * 9, "conv3": 7 * 7 * 128 * 64 * 9,
+        "conv4": 7 * 7 * 128 * 128 * 9, "conv5": 5 * 5 * 128 * 128 * 9,
+        "conv6": 512 * 128 * 25, "fc": 512 * 10}
+    total, float_macs = sum(macs.values()), macs["conv0"] + macs["fc"]
+    q = total - float_macs
+    for bits in ("32,32,32", "1,2,6", "1,32,32"):
+        b = Bits.parse(bits)
+        model = create_model("svhn", bits=b, num_classes=10, in_channels=1)
+        c = layer_costs(model, 40, 1, b)
+        assert c["macs"] == total
+        if b.is_float:
+            assert c["float_macs"] == total and c["infer_bitops"] == total * 32 * 32
+            assert c["train_bitops"] == total * 3 * 32 * 32
+        else:
+            assert c["float_macs"] == float_macs
+            assert c["infer_bitops"] == float_macs * 1024 + q * b.w * b.a
+            assert c["train_bitops"] == float_macs * 3072 + q * (b.w * b.a + b.w * b.g + b.a * b.g)
+    c = layer_costs(create_model("svhn", bits="1,2,6", in_channels=1), 40, 1, Bits(1, 2, 6))
+    n_q = 64 * 48 * 9 + 64 * 64 * 9 + 128 * 64 * 9 + 128 * 128 * 9 * 2 + 512 * 128 * 25
+    n_f = 48 * 25 + 48 + 512 * 10 + 10
+    assert c["weight_bytes"] == n_q / 8 + n_f * 4
+
+
+def test_settings_file_records_the_budget(tmp_path, fashion_dir, monkeypatch):
+    """sweep.json holds the budget shared by all cells (checked on resume)."""
+    grid = tmp_path / "g.toml"
+    grid.write_text("[[cells]]\nbits = '1,1,32'\nwidths = [0.125]\n")
+    out = tmp_path / "s"
+    run_sweep(SweepConfig(grid=str(grid), out=str(out), data_dir=fashion_dir,
+                          **(TINY | {"subset": 500, "test_subset": 200})), log=lambda m: None)
+    settings = json.loads((out / "sweep.json").read_text())
+    assert settings["epochs"] == 1 and settings["subset"] == 500
+    assert _rows(out)[0]["cell"] == "svhn-w1a1g32-x0.125"
