@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -145,7 +146,7 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = PackActivations(g, x.data(), xpk.data(), threads);
+    all_or = kernel.pack(g, x.data(), xpk.data(), threads);
     if ((all_or >> x_bits) == 0) {
       BitConvAcc(kernel, g, xpk.data(), wpk.data(), acc, threads);
       if (mode != "acc") SignedFromAcc(g, xpk.data(), acc, threads);
@@ -166,6 +167,33 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
 
 std::string KernelName(const std::string& backend) { return KernelFor(backend).name; }
 
+// For benchmarks: runs `iterations` x 8 dependent register-register integer adds (1 cycle
+// latency each on x86 cores), so cycles ~= 8 * iterations; returns the elapsed seconds.
+// Measures the clock the core actually runs at (turbo included, and time slices lost to other
+// processes). Register-register on purpose: recent cores fold add-immediate chains at rename,
+// which would make them look faster than one add per cycle.
+double DependentAddSeconds(int64_t iterations) {
+  py::gil_scoped_release release;
+  const auto t0 = std::chrono::steady_clock::now();
+#if defined(__x86_64__)
+  uint64_t acc = 0, one = 1;
+  int64_t n = iterations;
+  __asm__ volatile(
+      "1:\n\t"
+      "add %2, %0\n\tadd %2, %0\n\tadd %2, %0\n\tadd %2, %0\n\t"
+      "add %2, %0\n\tadd %2, %0\n\tadd %2, %0\n\tadd %2, %0\n\t"
+      "dec %1\n\tjnz 1b\n\t"
+      : "+r"(acc), "+r"(n)
+      : "r"(one)
+      : "cc");
+#else
+  volatile uint64_t acc = 0;
+  for (int64_t i = 0; i < 8 * iterations; ++i) acc = acc + 1;
+#endif
+  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
 }  // namespace
 }  // namespace dorefa
 
@@ -182,6 +210,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("supported_backends", &dorefa::SupportedBackends);
   m.def("resolve_backend", &dorefa::ResolveBackend, py::arg("requested"));
   m.def("kernel_name", &dorefa::KernelName, py::arg("backend"));
+  m.def("dependent_add_seconds", &dorefa::DependentAddSeconds, py::arg("iterations"));
   m.def("pack_weights", &dorefa::PackWeightsPy, py::arg("w_codes"), py::arg("w_bits"));
   m.def("bitconv", &dorefa::BitConvPy, py::arg("backend"), py::arg("x_codes"), py::arg("wpk"),
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),

@@ -84,11 +84,15 @@ inline PixelRef LocatePixel(const ConvGeom& g, const uint64_t* xpk, int64_t pix)
 using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk,
                         int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int32_t* acc);
 
+// Activation packer (bitpack.h); returns the OR of all codes.
+using PackFn = uint8_t (*)(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads);
+
 struct KernelInfo {
   const char* backend;  // "avx512" | "avx2" | "scalar"
   const char* name;     // variant name, e.g. "bitconv_avx512_6x16"
   TileFn tile;
   int64_t pix_tile;  // output pixels a call handles best (work split granularity)
+  PackFn pack;       // the activation packer that goes with it
 };
 
 // Per-ISA kernels (bitconv_<isa>.cpp). The x86 ones exist only when built for x86.

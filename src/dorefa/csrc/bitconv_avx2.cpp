@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "bitconv.h"
+#include "bitpack.h"
 
 namespace dorefa {
 namespace {
@@ -109,7 +110,7 @@ void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64
 }  // namespace
 
 const KernelInfo& Avx2Kernel() {
-  static const KernelInfo info{"avx2", "bitconv_avx2_4x8", &TileAvx2, kTileP};
+  static const KernelInfo info{"avx2", "bitconv_avx2_4x8", &TileAvx2, kTileP, &PackActivations};
   return info;
 }
 

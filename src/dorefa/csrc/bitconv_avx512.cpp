@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "bitconv.h"
+#include "bitpack.h"
 
 namespace dorefa {
 namespace {
@@ -97,7 +98,8 @@ void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 }  // namespace
 
 const KernelInfo& Avx512Kernel() {
-  static const KernelInfo info{"avx512", "bitconv_avx512_6x16", &TileAvx512, kTileP};
+  static const KernelInfo info{"avx512", "bitconv_avx512_6x16", &TileAvx512, kTileP,
+                                   &PackActivationsAvx512};
   return info;
 }
 

@@ -4,10 +4,6 @@
 #include <cstring>
 #include <vector>
 
-#ifdef DOREFA_HAVE_OPENMP
-#include <omp.h>
-#endif
-
 namespace dorefa {
 namespace {
 
@@ -31,41 +27,63 @@ inline uint64_t GatherPlane64(const uint8_t* b, int m) {
 
 }  // namespace
 
+void Transpose64x64(uint64_t* a) {
+  uint64_t low = 0x00000000FFFFFFFFULL;  // low s bits of every 2s-bit group
+  for (int s = 32; s != 0; s >>= 1, low ^= low << s) {
+    for (int k = 0; k < 64; k = ((k | s) + 1) & ~s) {  // rows with k & s == 0
+      const uint64_t t = ((a[k] >> s) ^ a[k | s]) & low;
+      a[k | s] ^= t;
+      a[k] ^= t << s;
+    }
+  }
+}
+
+void ZeroPaddingBorder(const ConvGeom& g, uint64_t* xpk) {
+  if (g.pad == 0) return;
+  const int64_t row = g.RowStride();
+  for (int64_t np = 0; np < g.n * g.x_bits; ++np) {
+    uint64_t* plane = xpk + np * g.PlaneStride();
+    std::fill(plane, plane + g.pad * row, uint64_t{0});                     // top rows
+    std::fill(plane + (g.pad + g.h) * row, plane + g.hp * row, uint64_t{0});  // bottom rows
+    for (int64_t y = g.pad; y < g.pad + g.h; ++y) {  // left and right columns
+      std::fill(plane + y * row, plane + y * row + g.pad * g.cw, uint64_t{0});
+      std::fill(plane + y * row + (g.pad + g.w) * g.cw, plane + (y + 1) * row, uint64_t{0});
+    }
+  }
+}
+
 uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads) {
-  const int64_t cpad = g.cw * 64;
-  const int64_t plane = g.PlaneStride(), row = g.RowStride();
-  const int64_t image = g.x_bits * plane;
-  // Zero everything first: padding pixels are code 0, and interior pixels are OR-ed below.
-  std::fill(xpk, xpk + g.XpkSize(), uint64_t{0});
-  const int64_t rows = g.n * g.h;
+  ZeroPaddingBorder(g, xpk);
+  const int64_t hw = g.h * g.w;
+  const int64_t pblocks = (hw + 63) / 64;
+  const int64_t items = g.n * g.cw * pblocks;  // (image, 64-channel block, 64-pixel block)
   uint8_t all_or = 0;
 #ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1 && rows > 1) reduction(| : all_or)
+#pragma omp parallel for num_threads(threads) schedule(static) \
+    if (threads > 1 && items > 1) reduction(| : all_or)
 #endif
-  {
-    // One transposed input row: tmp[w][c] with channels contiguous, zero beyond C.
-    std::vector<uint8_t> tmp(static_cast<size_t>(g.w * cpad), 0);
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (int64_t nh = 0; nh < rows; ++nh) {
-      const int64_t n = nh / g.h, y = nh % g.h;
-      uint8_t row_or = 0;
-      for (int64_t c = 0; c < g.c; ++c) {
-        const uint8_t* src = x + ((n * g.c + c) * g.h + y) * g.w;
-        for (int64_t xx = 0; xx < g.w; ++xx) {
-          tmp[xx * cpad + c] = src[xx];
-          row_or |= src[xx];
-        }
-      }
-      all_or |= row_or;
-      uint64_t* dst0 = xpk + n * image + (y + g.pad) * row + g.pad * g.cw;
-      for (int64_t xx = 0; xx < g.w; ++xx) {
-        for (int64_t q = 0; q < g.cw; ++q) {
-          const uint8_t* b = tmp.data() + xx * cpad + q * 64;
-          for (int m = 0; m < g.x_bits; ++m) dst0[m * plane + xx * g.cw + q] = GatherPlane64(b, m);
-        }
-      }
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t n = it / (g.cw * pblocks);
+    const int64_t cb = (it / pblocks) % g.cw;
+    const int64_t q0 = (it % pblocks) * 64;
+    const int64_t npx = std::min<int64_t>(64, hw - q0);
+    const int64_t nch = std::min<int64_t>(64, g.c - cb * 64);
+    uint8_t bytes[64] = {0};
+    uint64_t bits[8][64];  // [plane][channel] -> after the transpose [plane][pixel]
+    for (int m = 0; m < g.x_bits; ++m) std::fill(bits[m] + nch, bits[m] + 64, uint64_t{0});
+    for (int64_t r = 0; r < nch; ++r) {
+      const uint8_t* src = x + ((n * g.c + cb * 64 + r) * hw + q0);
+      std::memcpy(bytes, src, static_cast<size_t>(npx));
+      for (int64_t p = 0; p < npx; ++p) all_or |= bytes[p];
+      for (int m = 0; m < g.x_bits; ++m) bits[m][r] = GatherPlane64(bytes, m);
+    }
+    for (int m = 0; m < g.x_bits; ++m) Transpose64x64(bits[m]);
+    int64_t y = q0 / g.w, xx = q0 % g.w;
+    uint64_t* dst = xpk + n * g.x_bits * g.PlaneStride() + cb;
+    for (int64_t p = 0; p < npx; ++p) {
+      uint64_t* d = dst + ((y + g.pad) * g.wp + xx + g.pad) * g.cw;
+      for (int m = 0; m < g.x_bits; ++m) d[m * g.PlaneStride()] = bits[m][p];
+      if (++xx == g.w) xx = 0, ++y;
     }
   }
   (void)threads;

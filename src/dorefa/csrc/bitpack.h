@@ -19,7 +19,31 @@ inline int64_t Popcount64(uint64_t v) {
 // Packs activation codes x (N, C, H, W), uint8, C-contiguous, into xpk (g.XpkSize() words,
 // which this function fully overwrites, padding included). Returns the bitwise OR of all
 // codes: a code >= 2^x_bits exists iff (or >> x_bits) != 0, which the caller reports.
+//
+// Method. NCHW stores each channel's H*W pixels contiguously, but xpk wants the channels of
+// one pixel in one word. So for a block of 64 channels x 64 consecutive pixels (of the
+// flattened H*W plane) and each bit plane m, first B[c] = bit m of the 64 pixels of channel c
+// (a "pixel-major" 64x64 bit matrix, cheap to extract from contiguous bytes), then transpose
+// it (Transpose64x64) so that row p holds bit m of the 64 channels of pixel p.
+// PackActivations is the portable version; PackActivationsAvx512 (bitpack_avx512.cpp) does the
+// same with VPTESTMB and a vectorised transpose.
 uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads);
+#ifdef DOREFA_HAVE_X86_KERNELS
+uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads);
+#endif
+
+// Transposes a 64x64 bit matrix in place: afterwards bit j of a[i] is the old bit i of a[j].
+//
+// Recursive block swap: at step s (32, 16, ..., 1) the matrix is viewed as 2x2 blocks of
+// s x s sub-matrices inside every 2s x 2s tile, and the two off-diagonal blocks are exchanged:
+// the high s columns of row k (k & s == 0) swap with the low s columns of row k + s. After
+// all six steps every bit (i, j) has moved to (j, i). Each swap is the xor trick:
+// t = ((a[k] >> s) ^ a[k + s]) & low_s; a[k + s] ^= t; a[k] ^= t << s.
+void Transpose64x64(uint64_t* a);
+
+// Zeroes the padding border of every plane of every image in xpk (interior words are all
+// written by the packers).
+void ZeroPaddingBorder(const ConvGeom& g, uint64_t* xpk);
 
 // Packs weight codes w (O, C, KH, KW), uint8, C-contiguous, into wpk (g.WpkSize() words).
 // Returns the bitwise OR of all codes (see PackActivations).

@@ -1,0 +1,200 @@
+"""Bit-serial convolution (dorefa.kernels) against torch fp32 and int8 convolutions.
+
+Layers: AlexNet conv3 and the conv layers of the SVHN model (40x40 input), for W1A2 and W1A1,
+batch 1 and 32, 1 and 2 threads. Every contestant runs in the same process, interleaved
+round by round; the table shows medians over rounds. The bit kernel's time includes packing
+the activations into bit planes (weights are packed once, like torch's prepacked int8 weights).
+
+MAC/cycle uses the core clock measured here: the best of many short chains of dependent
+register-register adds (one add per cycle), i.e. the clock when the core is not shared;
+/proc/cpuinfo only shows the nominal MHz.
+
+    .venv/bin/python benchmarks/bench_kernels.py            # full run, writes nothing
+    .venv/bin/python benchmarks/bench_kernels.py --quick    # a fast smoke run
+    .venv/bin/python benchmarks/bench_kernels.py --out docs/kernels.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import dorefa.kernels as K
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    c: int  # input channels
+    o: int  # output channels
+    hw: int  # input height = width
+    k: int  # kernel size
+    pad: int
+
+    @property
+    def out_hw(self) -> int:
+        return self.hw + 2 * self.pad - self.k + 1
+
+    def macs(self, n: int) -> int:
+        return n * self.o * self.out_hw**2 * self.c * self.k * self.k
+
+
+LAYERS = [
+    Layer("alexnet conv3 256->384 13x13 3x3 p1", 256, 384, 13, 3, 1),
+    Layer("svhn conv 48->64 18x18 3x3 p1", 48, 64, 18, 3, 1),
+    Layer("svhn conv 64->64 18x18 3x3 p1", 64, 64, 18, 3, 1),
+    Layer("svhn conv 64->128 9x9 3x3 valid", 64, 128, 9, 3, 0),
+    Layer("svhn conv 128->128 7x7 3x3 p1", 128, 128, 7, 3, 1),
+    Layer("svhn conv 128->128 7x7 3x3 valid", 128, 128, 7, 3, 0),
+    Layer("svhn conv 128->512 5x5 5x5 valid", 128, 512, 5, 5, 0),
+]
+
+
+def measure_clock_hz(probes: int = 60, iterations: int = 250_000) -> float:
+    """Core clock from the fastest of `probes` runs of 8 * `iterations` dependent adds."""
+    best = min(K._native.dependent_add_seconds(iterations) for _ in range(probes))
+    return 8 * iterations / best
+
+
+def nominal_mhz() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return line.split(":")[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def contestants(layer: Layer, n: int, threads: int, rng: np.random.Generator) -> dict:
+    """name -> zero-argument callable running one convolution."""
+    out = {}
+    for xb, wb in ((2, 1), (1, 1)):
+        x = rng.integers(0, 1 << xb, (n, layer.c, layer.hw, layer.hw), dtype=np.uint8)
+        w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
+        pw = K.pack_weights(w, wb)
+
+        def bit(x=x, pw=pw, xb=xb):
+            return K.bitconv2d_packed(x, pw, xb, 1, layer.pad, threads)
+
+        out[f"W{wb}A{xb}"] = bit
+    xf = torch.from_numpy(rng.random((n, layer.c, layer.hw, layer.hw), dtype=np.float32))
+    wf = torch.from_numpy(rng.standard_normal((layer.o, layer.c, layer.k, layer.k), np.float32))
+
+    def fp32():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(xf, wf, padding=layer.pad)
+
+    out["fp32"] = fp32
+    qx = torch.quantize_per_tensor(xf, 1 / 255, 0, torch.quint8)
+    qw = torch.quantize_per_tensor(wf, 0.02, 0, torch.qint8)
+    for engine in ("x86", "fbgemm"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        packed = torch.ops.quantized.conv2d_prepack(
+            qw, None, [1, 1], [layer.pad, layer.pad], [1, 1], 1
+        )
+
+        def int8(packed=packed, engine=engine):
+            torch.backends.quantized.engine = engine
+            return torch.ops.quantized.conv2d(qx, packed, 0.05, 0)
+
+        out[f"int8 {engine}"] = int8
+    return out
+
+
+def time_round(fn, min_seconds: float) -> float:
+    """Seconds per call, from enough back-to-back calls to last `min_seconds`."""
+    reps, elapsed = 0, 0.0
+    t0 = time.perf_counter()
+    while elapsed < min_seconds or reps == 0:
+        fn()
+        reps += 1
+        elapsed = time.perf_counter() - t0
+    return elapsed / reps
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few rounds, short timings")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 9)
+    min_seconds = 0.005 if args.quick else 0.03
+    batches = [int(b) for b in args.batches.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    rng = np.random.default_rng(0)
+
+    clock = measure_clock_hz()
+    header = (
+        f"backend {K.backend()} ({K.kernel_name()}), torch {torch.__version__}, "
+        f"clock {clock / 1e9:.2f} GHz measured (dependent-add chains; /proc/cpuinfo "
+        f"nominal {nominal_mhz()} MHz), {rounds} interleaved rounds, medians"
+    )
+    print(header, flush=True)
+    cols = [
+        "layer", "N", "thr", "MMAC",
+        "W1A2 us", "W1A2 GMAC/s", "W1A2 MAC/cyc",
+        "W1A1 us", "W1A1 GMAC/s", "W1A1 MAC/cyc",
+        "fp32 us", "int8 x86 us", "int8 fbgemm us",
+        "W1A2 vs fp32", "W1A2 vs int8", "W1A1 vs fp32", "W1A1 vs int8",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    print(lines[0], lines[1], sep="\n", flush=True)
+    for layer in LAYERS:
+        for n in batches:
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                fns = contestants(layer, n, threads, rng)
+                for fn in fns.values():  # warm-up (allocations, first-touch, JIT-free paths)
+                    fn()
+                samples: dict[str, list[float]] = {k: [] for k in fns}
+                for _ in range(rounds):
+                    for name, fn in fns.items():
+                        samples[name].append(time_round(fn, min_seconds))
+                med = {k: statistics.median(v) for k, v in samples.items()}
+                macs = layer.macs(n)
+                int8_best = min(v for k, v in med.items() if k.startswith("int8"))
+                row = [layer.name, str(n), str(threads), f"{macs / 1e6:.1f}"]
+                for key in ("W1A2", "W1A1"):
+                    t = med[key]
+                    row += [f"{t * 1e6:.0f}", f"{macs / t / 1e9:.1f}", f"{macs / t / clock:.1f}"]
+                row += [f"{med['fp32'] * 1e6:.0f}"]
+                row += [f"{med[k] * 1e6:.0f}" if k in med else "-" for k in ("int8 x86",
+                                                                               "int8 fbgemm")]
+                for key in ("W1A2", "W1A1"):
+                    row += [f"{med['fp32'] / med[key]:.1f}x", f"{int8_best / med[key]:.1f}x"]
+                lines.append("| " + " | ".join(row) + " |")
+                print(lines[-1], flush=True)
+
+    if args.out:
+        cmd = "python " + " ".join(["benchmarks/bench_kernels.py", *(argv or sys.argv[1:])])
+        cpu = platform.processor() or platform.machine()
+        with open(args.out, "w") as f:
+            f.write(
+                "# Bit-serial convolution kernels: speed\n\n"
+                f"Measured {datetime.date.today()} on {cpu}, with\n\n    {cmd}\n\n"
+                f"{header}.\n\n"
+                "Times are per call (microseconds). The bit kernels' times include packing "
+                "the activations into bit planes; weights are packed once, as torch's int8 "
+                "weights are prepacked. Ratios are speed-ups: torch time / bit-kernel time "
+                "(int8 = the faster of the two torch int8 engines). MAC/cyc = "
+                "(MACs / time) / measured clock.\n\n" + "\n".join(lines) + "\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
