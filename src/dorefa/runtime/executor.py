@@ -50,24 +50,35 @@ class FloatConv(Layer):
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, stride: int, padding: int):
         self.weight, self.bias, self.stride, self.padding = weight, bias, stride, padding
+        self.pool = 1  # a following k x k / k max-pool fused in (set by the loader)
         o = weight.shape[0]
-        self.wmat = np.ascontiguousarray(weight.reshape(o, -1).T)  # (C*KH*KW, O)
+        self.wmat = np.ascontiguousarray(weight.reshape(o, -1))  # (O, C*KH*KW)
+        self.bias_col = np.ascontiguousarray(bias.reshape(o, 1))
 
     def forward(self, x, threads):
         n, c, h, w = x.shape
         _, _, kh, kw = self.weight.shape
-        p = self.padding
+        p, k = self.padding, self.pool
         if p:
             x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
         win = _windows(x, kh, kw, self.stride)  # (N, C, H', W', KH, KW)
-        ho, wo = win.shape[2:4]
-        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-        y = cols @ self.wmat + self.bias  # (N*H'*W', O)
-        return np.ascontiguousarray(y.reshape(n, ho, wo, -1).transpose(0, 3, 1, 2))
+        ho, wo = win.shape[2] // k, win.shape[3] // k
+        # columns grouped by pool phase (a, b): (N, k*k, C*KH*KW, ho*wo); the GEMM's output is
+        # then NCHW per phase, and the max-pool is k*k - 1 elementwise maxima of whole blocks
+        cols = win.reshape(n, c, ho, k, wo, k, kh, kw).transpose(0, 3, 5, 1, 6, 7, 2, 4)
+        cols = cols.reshape(n, k * k, c * kh * kw, ho * wo)
+        y = np.matmul(self.wmat, cols)  # (N, k*k, O, ho*wo)
+        out = y[:, 0]
+        for t in range(1, k * k):
+            np.maximum(out, y[:, t], out=out)
+        out += self.bias_col  # max(y + b) = max(y) + b per channel
+        return out.reshape(n, -1, ho, wo)
 
     def describe(self):
         o, c, kh, kw = self.weight.shape
-        return f"conv_float {c}->{o} {kh}x{kw} /{self.stride} pad {self.padding} (float32, bias)"
+        pool = f" + maxpool {self.pool}x{self.pool} /{self.pool} (fused)" if self.pool > 1 else ""
+        return (f"conv_float {c}->{o} {kh}x{kw} /{self.stride} pad {self.padding} "
+                f"(float32, bias){pool}")
 
 
 class Quantize(Layer):
@@ -99,16 +110,18 @@ class MaxPool(Layer):
         k, s, p = self.kernel, self.stride, self.padding
         n, c, h, w = x.shape
         ho, wo = _out_size(h, k, s, p), _out_size(w, k, s, p)
-        if p == 0 and k == s and h % k == 0 and w % k == 0:
-            return x.reshape(n, c, ho, k, wo, k).max(axis=(3, 5))
         if p:
             fill = 0 if x.dtype == np.uint8 else -np.inf
             x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
-        out = None
+        # separable: max over the k row taps, then over the k column taps
+        rows = None
         for i in range(k):
-            for j in range(k):
-                tap = x[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-                out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+            tap = x[:, :, i:i + s * (ho - 1) + 1:s, :]  # (N, C, H', W + 2p)
+            rows = tap.copy() if rows is None else np.maximum(rows, tap, out=rows)
+        out = None
+        for j in range(k):
+            tap = rows[:, :, :, j:j + s * (wo - 1) + 1:s]  # (N, C, H', W')
+            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
         return out
 
     def describe(self):
@@ -229,7 +242,7 @@ class _Builder:
         if not isinstance(specs, list) or not 1 <= len(specs) <= 1000:
             raise self.r.error("'layers' must be a list of 1..1000 layers")
         kind, shape = "float", tuple(input_shape)
-        layers = []
+        layers = self.layers = []
         for i, spec in enumerate(specs):
             if not isinstance(spec, dict):
                 raise self.err(i, "is not an object")
@@ -240,7 +253,8 @@ class _Builder:
                 raise self.err(i, f"unknown op {op!r}")
             layer, kind, shape = method(i, spec, kind, shape)
             self.check_elements(i, shape)
-            layers.append(layer)
+            if layer is not None:
+                layers.append(layer)
         if kind != "float" or len(shape) != 1:
             raise self.r.error(f"the network ends in {kind} {shape}, not float logits")
         return layers, shape[0]
@@ -272,6 +286,11 @@ class _Builder:
         p = self.int_(i, spec, "padding", 0, k // 2)
         c = shape[0]
         ho, wo = self.conv_shape(i, shape, k, k, s, p)
+        prev = self.layers[-1] if self.layers else None
+        if (isinstance(prev, FloatConv) and prev.pool == 1 and p == 0 and k == s
+                and shape[1] % k == 0 and shape[2] % k == 0):
+            prev.pool = k  # fused into the GEMM's output (see FloatConv.forward)
+            return None, kind, (c, ho, wo)
         return MaxPool(k, s, p), kind, (c, ho, wo)
 
     def _bitconv(self, i, spec, kind, shape):
