@@ -1,11 +1,16 @@
-// AVX-512 kernel (F + BW + VPOPCNTDQ): register tile of 6 output pixels x 16 output channels.
+// AVX-512 kernel (F + BW + VPOPCNTDQ): register tile of 8 output pixels x 16 output channels.
 //
 // Inner step, per 64-bit activation word j of pixel p and plane m: broadcast it to all 8
 // lanes, AND with word j of 8 output channels' plane k (one zmm of the lane-interleaved
 // weights), VPOPCNTQ, add to that (p, channel-block) accumulator. Each weight load is reused
-// by 6 pixels and each broadcast by 2 channel blocks; the loop body is 12 x (AND, POPCNT,
+// by 8 pixels and each broadcast by 2 channel blocks; the loop body is 16 x (AND, POPCNT,
 // ADD), which is what ports 0 and 5 can retire: ~1.5 cycles per 512 bit-MACs.
 // Planes combine after the word loop: total += cnt << (m + k).
+//
+// Results leave the registers with one lane per output channel, but the output is
+// (N, O, OH, OW): a channel's pixels are contiguous. With 8 consecutive pixels of one image,
+// an 8x8 transpose of the (int32-narrowed) tile turns 64 scattered scalar stores into
+// 8 vector stores; this matters for thin layers, where the word loop is short.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -16,8 +21,27 @@
 namespace dorefa {
 namespace {
 
-constexpr int kTileP = 6;  // output pixels per register tile
+constexpr int kTileP = 8;  // output pixels per register tile
 constexpr int kTileQ = 2;  // 8-channel blocks per register tile
+
+// In place 8x8 transpose of int32: afterwards v[c][p] is the old v[p][c].
+inline void Transpose8x8(__m256i v[8]) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+    u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h + 0], t[4 * h + 2]);
+    u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h + 0], t[4 * h + 2]);
+    u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+    u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_permute2x128_si256(u[i], u[4 + i], 0x20);
+    v[4 + i] = _mm256_permute2x128_si256(u[i], u[4 + i], 0x31);
+  }
+}
 
 template <int P, int Q>
 void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
@@ -56,6 +80,22 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
     }
   }
   const int64_t ohw = g.oh * g.ow;
+  if constexpr (P == 8) {
+    if (outs[P - 1] == outs[0] + P - 1) {  // 8 consecutive pixels of one image
+      for (int q = 0; q < Q; ++q) {
+        __m256i v[8];
+        for (int p = 0; p < P; ++p) v[p] = _mm512_cvtepi64_epi32(total[p][q]);
+        Transpose8x8(v);
+        const int64_t obase = (ob + q) * kLanes;
+        const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
+        for (int64_t lane = 0; lane < nlanes; ++lane) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + outs[0] + (obase + lane) * ohw),
+                              v[lane]);
+        }
+      }
+      return;
+    }
+  }
   for (int p = 0; p < P; ++p) {
     for (int q = 0; q < Q; ++q) {
       alignas(64) int64_t lanes[kLanes];
@@ -75,7 +115,8 @@ using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*
 // kBlocks[p - 1][q - 1] = Block<p, q>: pixel and channel tails use smaller register tiles.
 constexpr BlockFn kBlocks[kTileP][kTileQ] = {
     {&Block<1, 1>, &Block<1, 2>}, {&Block<2, 1>, &Block<2, 2>}, {&Block<3, 1>, &Block<3, 2>},
-    {&Block<4, 1>, &Block<4, 2>}, {&Block<5, 1>, &Block<5, 2>}, {&Block<6, 1>, &Block<6, 2>}};
+    {&Block<4, 1>, &Block<4, 2>}, {&Block<5, 1>, &Block<5, 2>}, {&Block<6, 1>, &Block<6, 2>},
+    {&Block<7, 1>, &Block<7, 2>}, {&Block<8, 1>, &Block<8, 2>}};
 
 void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
                 int64_t npix, int64_t ob0, int64_t nob, int32_t* acc) {
@@ -98,7 +139,7 @@ void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 }  // namespace
 
 const KernelInfo& Avx512Kernel() {
-  static const KernelInfo info{"avx512", "bitconv_avx512_6x16", &TileAvx512, kTileP,
+  static const KernelInfo info{"avx512", "bitconv_avx512_8x16", &TileAvx512, kTileP,
                                    &PackActivationsAvx512};
   return info;
 }
