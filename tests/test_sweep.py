@@ -76,6 +76,8 @@ def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir, monkeypatch
     assert len(run_sweep(cfg, log=lambda m: None)) == 3
     assert first_ckpt.stat().st_mtime_ns == mtime
 
+    settings = json.loads((out / "sweep.json").read_text())
+    assert settings["epochs"] == 1 and settings["subset"] == 2000
     cfg.epochs = 2  # another budget in the same folder is refused
     with pytest.raises(ValueError, match="same budget"):
         run_sweep(cfg, log=lambda m: None)
@@ -115,6 +117,14 @@ def test_missing_grid_and_report_without_results(tmp_path, capsys):
     assert "no results yet" in capsys.readouterr().err
 
 
+def test_toml_grid(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text("[[cells]]\nbits = '1,1,32'\nwidths = [0.5, 0.125]\n"
+                    "[[cells]]\nbits = '1,2,6'\ninit = '1,1,32'\nwidth = 0.5\n")
+    assert [c.name("svhn") for c in load_grid(str(path))] == [
+        "svhn-w1a1g32-x0.5", "svhn-w1a1g32-x0.125", "svhn-w1a2g6-x0.5-init"]
+
+
 def test_paper_grid_cells():
     cells = load_grid("paper")
     names = [c.name("svhn") for c in cells]
@@ -148,15 +158,3 @@ def test_costs_follow_the_formulas():
     n_q = 64 * 48 * 9 + 64 * 64 * 9 + 128 * 64 * 9 + 128 * 128 * 9 * 2 + 512 * 128 * 25
     n_f = 48 * 25 + 48 + 512 * 10 + 10
     assert c["weight_bytes"] == n_q / 8 + n_f * 4
-
-
-def test_settings_file_records_the_budget(tmp_path, fashion_dir, monkeypatch):
-    """sweep.json holds the budget shared by all cells (checked on resume)."""
-    grid = tmp_path / "g.toml"
-    grid.write_text("[[cells]]\nbits = '1,1,32'\nwidths = [0.125]\n")
-    out = tmp_path / "s"
-    run_sweep(SweepConfig(grid=str(grid), out=str(out), data_dir=fashion_dir,
-                          **(TINY | {"subset": 500, "test_subset": 200})), log=lambda m: None)
-    settings = json.loads((out / "sweep.json").read_text())
-    assert settings["epochs"] == 1 and settings["subset"] == 500
-    assert _rows(out)[0]["cell"] == "svhn-w1a1g32-x0.125"
