@@ -1,4 +1,4 @@
-"""Sweeps on real Fashion-MNIST subsets: outputs, kill and resume, dependencies, bad grids, report."""
+"""Sweeps on real Fashion-MNIST subsets: outputs, kill and resume, dependencies, bad grids."""
 
 import csv
 import json
