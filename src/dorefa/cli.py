@@ -7,9 +7,11 @@ expected failures (bad arguments, missing data, corrupt files) into one-line err
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .bits import Bits
+from .recipes import list_recipes
 
 
 def _bits(text: str) -> str:
@@ -37,7 +39,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="quantize the first conv and last linear too (off in the paper)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam lr, halved at 50%% of epochs")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate (default schedule: halved at 50%% of the epochs)")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                   help="adam, or momentum SGD (0.9)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -51,30 +56,89 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="initialise weights from a (float) checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (image folders)")
+    p.add_argument("--recipe", default=None, choices=list_recipes(),
+                   help="fill every option not given explicitly from a named recipe "
+                        "(see docs/distributed.md)")
+    p.add_argument("--amp", default=None, choices=["bf16", "fp16"],
+                   help="autocast the forward pass (CPU: bf16 only); quantizers stay float32")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="data-parallel: BatchNorm statistics of the global batch (SyncBatchNorm)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="start N data-parallel worker processes here (like torchrun "
+                        "--nproc_per_node N -m dorefa train ...)")
 
 
-def config_from_args(args: argparse.Namespace):
+# argparse dest -> TrainConfig field, where the names differ
+_FIELD = {"quantize_first_last": "keep_first_last"}
+
+
+def explicit_train_options(argv: list[str]) -> set[str]:
+    """TrainConfig field names of the train options given on the command line (a recipe must
+    not override those): argv parsed again with every default suppressed."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_train_args(p)
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = p.parse_known_args(argv)
+    return {_FIELD.get(k, k) for k in vars(given)}
+
+
+def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None):
+    from .recipes import apply_recipe
     from .train import TrainConfig
 
-    bits = Bits.parse(args.bits)
-    out = args.out or f"runs/{args.model}-{bits.tag}"
-    return TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir,
-                       bits=str(bits), width=args.width,
-                       keep_first_last=not args.quantize_first_last, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       seed=args.seed, threads=args.threads, subset=args.subset,
-                       test_subset=args.test_subset, augment=args.augment, out=out,
-                       resume=args.resume, init_from=args.init_from, device=args.device,
-                       workers=args.workers)
+    recipe = getattr(args, "recipe", None)
+    if explicit is None:
+        explicit = getattr(args, "explicit", None)
+    if explicit is None:  # not from main(): treat every value as given
+        explicit = {_FIELD.get(k, k) for k in vars(args)}
+    values = dict(model=args.model, data=args.data, data_dir=args.data_dir,
+                  bits=str(Bits.parse(args.bits)), width=args.width,
+                  keep_first_last=not args.quantize_first_last, epochs=args.epochs,
+                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                  seed=args.seed, threads=args.threads, subset=args.subset,
+                  test_subset=args.test_subset, augment=args.augment, out=args.out,
+                  resume=args.resume, init_from=args.init_from, device=args.device,
+                  workers=args.workers)
+    for name in ("optimizer", "amp", "channels_last", "sync_bn"):
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    values = apply_recipe(values, explicit, recipe)
+    bits = Bits.parse(values["bits"])
+    values["bits"] = str(bits)
+    values["out"] = values["out"] or f"runs/{values['model']}-{bits.tag}"
+    return TrainConfig(**values)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = config_from_args(args)
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        if nproc > 1:
+            from .distributed import launch
+
+            return launch(nproc, _without_nproc(getattr(args, "argv", None) or sys.argv[1:]))
     result = train(cfg)
-    print(f"final test accuracy {result['test_acc']:.4f}  (best {result['best_test_acc']:.4f})"
-          f"  -> {cfg.out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final test accuracy {result['test_acc']:.4f}  (best "
+              f"{result['best_test_acc']:.4f})  -> {cfg.out}")
     return 0
 
 
@@ -147,7 +211,11 @@ def _optional_commands():
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        args.argv = argv
+        args.explicit = explicit_train_options(argv[1:])
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as exc:

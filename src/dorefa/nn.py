@@ -13,6 +13,20 @@ from .quantizers import GradQuant, quantize_activation, quantize_weight
 __all__ = ["QConv2d", "QLinear", "ActQuant", "GradQuant", "quantize_model", "set_grad_generator"]
 
 
+# Mixed precision (torch.autocast): only the conv/linear products run in bf16/fp16. The quantizers
+# must stay exact, so f_w runs with autocast off on the float32 shadow weight, a QConv2d/QLinear
+# hands its output back in float32 (so f_g sees, and returns, float32 gradients, and BatchNorm
+# normalizes in float32), and f_a casts its input to float32. Outside autocast nothing changes.
+def _float32_region(t: Tensor):
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _autocast_output(y: Tensor, like: Tensor) -> Tensor:
+    if y.dtype != like.dtype and torch.is_autocast_enabled(y.device.type):
+        return y.to(like.dtype)
+    return y
+
+
 class QConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose float shadow weight passes through f_w (``quantize_weight``) on every
     forward pass. The optimizer updates the float weight; checkpoints hold it. No bias by default
@@ -23,10 +37,12 @@ class QConv2d(nn.Conv2d):
         self.w_bits = check_bits(w_bits, "w_bits")
 
     def quantized_weight(self) -> Tensor:
-        return quantize_weight(self.weight, self.w_bits)
+        with _float32_region(self.weight):
+            return quantize_weight(self.weight, self.w_bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return _autocast_output(self._conv_forward(x, self.quantized_weight(), self.bias),
+                                self.weight)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"
@@ -41,10 +57,11 @@ class QLinear(nn.Linear):
         self.w_bits = check_bits(w_bits, "w_bits")
 
     def quantized_weight(self) -> Tensor:
-        return quantize_weight(self.weight, self.w_bits)
+        with _float32_region(self.weight):
+            return quantize_weight(self.weight, self.w_bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return _autocast_output(F.linear(x, self.quantized_weight(), self.bias), self.weight)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"
@@ -63,6 +80,9 @@ class ActQuant(nn.Module):
         self.quantize = quantize
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            with _float32_region(x):
+                return quantize_activation(x.float(), self.k, self.quantize)
         return quantize_activation(x, self.k, self.quantize)
 
     def extra_repr(self) -> str:

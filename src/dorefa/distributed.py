@@ -1,0 +1,252 @@
+"""Data-parallel training: process groups, sharding, SyncBatchNorm on CPU, the ``--nproc`` launcher.
+
+``dorefa train`` runs data-parallel when started by ``torchrun --nproc_per_node N -m dorefa train``
+(or by ``dorefa train --nproc N``, which starts the N workers itself with the same environment
+variables torchrun sets: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT).
+
+Sharding follows ``torch.utils.data.DistributedSampler`` (drop_last=False): the epoch's
+permutation (the same on every rank) is padded with its own first entries up to a multiple of the
+world size W, and rank r takes positions r, r + W, r + 2W, ... Each rank batches its shard with
+B / W images, so step k of the W ranks together covers positions [kB, (k+1)B) of the padded
+permutation: the same images as step k of a single process with batch B.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["DistInfo", "setup", "teardown", "shard", "shard_eval", "all_reduce_sum",
+           "broadcast_buffers", "state_hash", "check_replicas", "convert_sync_batchnorm",
+           "CPUSyncBatchNorm", "launch"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # None: a single process, no process group
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def setup(device_type: str) -> DistInfo:
+    """Join the process group described by torchrun's environment (nothing when WORLD_SIZE <= 1).
+
+    Backend: nccl for CUDA, gloo for CPU."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if not dist.is_available():
+        raise RuntimeError("this torch build has no torch.distributed; run a single process")
+    if not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """DistributedSampler's shard of ``indices`` (already permuted): pad by wrapping around to a
+    multiple of ``world_size``, then every ``world_size``-th entry from ``rank``."""
+    if world_size <= 1:
+        return indices
+    n = len(indices)
+    total = -(-n // world_size) * world_size
+    if total > n:
+        reps = -(-(total - n) // max(n, 1))
+        indices = torch.cat([indices, indices.repeat(reps)[: total - n]])
+    return indices[rank:total:world_size]
+
+
+def shard_eval(n: int, rank: int, world_size: int) -> torch.Tensor:
+    """Disjoint evaluation shards covering 0..n-1 exactly once (no padding: metrics stay exact)."""
+    return torch.arange(rank, n, world_size)
+
+
+def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Sum a few Python numbers over all ranks (float64); identity without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BN running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step every rank holds
+    running statistics updated with its own batch; this makes them rank 0's before evaluation and
+    checkpointing, so all replicas are identical."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for b in model.buffers():
+        dist.broadcast(b, src)
+
+
+def state_hash(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_replicas(model: nn.Module) -> list[str]:
+    """Every rank's ``state_hash``; raises RuntimeError if the replicas differ."""
+    own = state_hash(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [own]
+    hashes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(hashes, own)
+    if len(set(hashes)) != 1:
+        raise RuntimeError(f"data-parallel replicas diverged: weight hashes {hashes}")
+    return [str(h) for h in hashes]
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose batch statistics are those of the whole global batch (all ranks).
+
+    ``nn.SyncBatchNorm`` only runs on GPUs; this is the same computation for gloo/CPU:
+    per channel, S1 = sum x, S2 = sum x^2 and the count n are summed over ranks with a
+    differentiable all_reduce (its backward sums the statistics' gradients over ranks), then
+    mean = S1 / n, var = S2 / n - mean^2 (biased, for normalising; running_var gets the unbiased
+    n / (n - 1) var as nn.BatchNorm does). The all_reduces run on their own process group so
+    that they never interleave with DDP's gradient buckets on the default group.
+    """
+
+    def __init__(self, *args, process_group=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.process_group = process_group
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (N, C, ...), got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()
+        count = xf.new_full((1,), float(x.numel() // c))
+        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # (2C + 1,)
+        stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                unbiased = var * (n / (n - 1).clamp_min(1))
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
+    """Every BatchNorm{1,2,3}d -> nn.SyncBatchNorm (CUDA) or CPUSyncBatchNorm (CPU), same state."""
+    if device_type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+
+    def convert(module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                module, CPUSyncBatchNorm):
+            new = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum,
+                                   module.affine, module.track_running_stats,
+                                   process_group=group)
+            new.load_state_dict(module.state_dict())
+            new.train(module.training)
+            return new.to(next(module.buffers(), torch.empty(0)).device)
+        for name, child in module.named_children():
+            setattr(module, name, convert(child))
+        return module
+
+    return convert(model)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
+    """Start ``nproc`` local workers ``python -m dorefa ARGV`` with torchrun's environment variables
+    (a single-node stand-in for ``torchrun --nproc_per_node``). If one worker fails, the others
+    are stopped. Returns the first non-zero exit status, else 0."""
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    port = _free_port()
+    procs: list[subprocess.Popen] = []
+    for rank in range(nproc):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                   LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0",
+                   MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                   MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
+    status = 0
+    try:
+        pending = list(procs)
+        while pending:
+            for p in list(pending):
+                try:
+                    rc = p.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    continue
+                pending.remove(p)
+                if rc != 0 and status == 0:
+                    status = rc
+                    for q in pending:  # a dead rank would leave the others blocked forever
+                        q.terminate()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return status
