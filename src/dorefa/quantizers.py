@@ -69,8 +69,9 @@ class _ActQuantFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, k: int, quantize: bool) -> Tensor:
-        ctx.save_for_backward((x >= 0) & (x <= 1))
         y = x.clamp(0, 1)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(y == x)  # 1 where 0 <= x <= 1: one pass instead of three
         if quantize:
             n = _levels(k)
             y.mul_(n).round_().div_(n)
@@ -112,15 +113,30 @@ def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = Non
     n = _levels(k)
     if g.dim() <= 1:
         m = g.abs()
-    else:
-        m = g.abs().amax(dim=tuple(range(1, g.dim())), keepdim=True)  # (N, 1, ...)
-    inv = 1.0 / (2.0 * torch.where(m > 0, m, torch.ones_like(m)))
-    u = torch.rand(g.shape, generator=generator, device=g.device, dtype=g.dtype)
-    # dr/(2m) + 1/2 + (u - 1/2)/n  ==  g*inv + (u/n + 1/2 - 1/(2n))
-    x = torch.addcmul(u.mul_(1.0 / n).add_(0.5 - 0.5 / n), g, inv)
-    x.clamp_(0, 1).mul_(n).round_()
+    else:  # max|g| per sample as max(max g, -min g): two fast reductions, no |g| temporary
+        flat = g.reshape(g.shape[0], -1)
+        m = torch.maximum(flat.amax(1), -flat.amin(1)).view((-1,) + (1,) * (g.dim() - 1))
+    inv_n = n / (2.0 * torch.where(m > 0, m, torch.ones_like(m)))
+    # n * (dr/(2m) + 1/2 + (u - 1/2)/n) == g * n/(2m) + u + (n-1)/2,  u ~ U(0, 1)
+    x = _uniform16(g, generator, offset=(n - 1) / 2).addcmul_(g, inv_n)  # in place: one buffer
+    x.clamp_(0, n).round_()
     # 2m (x/n - 1/2) == x * (2m/n) - m ; an all-zero sample has m = 0 and gives exactly 0.
-    return torch.addcmul(-m, x, m * (2.0 / n))
+    return x.mul_(m * (2.0 / n)).sub_(m)
+
+
+def _uniform16(like: Tensor, generator: torch.Generator | None, offset: float = 0.0) -> Tensor:
+    """``offset`` + uniform noise in (0, 1) with 16-bit resolution, shaped like ``like``.
+
+    Four noise values per 64-bit draw: on the CPU this is about 4x faster than ``torch.rand``
+    (which spends one Mersenne-Twister draw per element), and the noise is most of f_g's cost.
+    The values are (i + 1/2) / 2^16 for i uniform in 0..2^16-1, so the stochastic rounding is
+    unbiased up to 2^-17 of one quantization step.
+    """
+    count = like.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=like.device)
+    words.random_(-(2**63), 2**63 - 1, generator=generator)
+    halves = words.view(torch.int16)[:count].view(like.shape).to(like.dtype)  # in -2^15..2^15-1
+    return halves.mul_(1.0 / 65536).add_(offset + 0.5 + 0.5 / 65536)
 
 
 class _GradQuantFn(torch.autograd.Function):
