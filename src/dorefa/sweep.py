@@ -495,6 +495,13 @@ def _fmt_ops(x) -> str:
     return f"{x:.3g}"
 
 
+def _status(r: dict) -> str:
+    err = str(r.get("error") or "").replace("|", "/")
+    if r.get("status") == "ok":
+        return f"ok ({err})" if err else "ok"
+    return f"failed: {err}"
+
+
 def _kib(x) -> str:
     return "" if x is None else f"{x / 1024:.1f}"
 
@@ -508,7 +515,6 @@ def render_table(rows: list[dict]) -> str:
             "inference bit-ops | training bit-ops | float MACs | weights (KiB) | status |")
     lines = [head, "|" + "---|" * 14]
     for r in rows:
-        ok = r.get("status") == "ok"
         lines.append(
             f"| {r['W']} | {r['A']} | {r['G']} | {r['width']:g} | {r.get('init') or ''} | "
             f"{_acc(r.get('best_test_acc'))} | {_acc(r.get('final_test_acc'))} | "
@@ -516,7 +522,7 @@ def render_table(rows: list[dict]) -> str:
             f"{_fmt_ops(r.get('infer_bitops'))} | {_fmt_ops(r.get('train_bitops'))} | "
             f"{_fmt_ops(r.get('float_macs'))} | "
             f"{_kib(r.get('weight_bytes'))} | "
-            f"{'ok' if ok else 'failed: ' + str(r.get('error', '')).replace('|', '/')} |")
+            f"{_status(r)} |")
     return "\n".join(lines)
 
 
