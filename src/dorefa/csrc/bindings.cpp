@@ -69,7 +69,8 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits) {
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = PackWeights(g, w.data(), out.mutable_data());
+    const KernelInfo& fastest = KernelFor(SupportedBackends().front());
+    all_or = PackWeights(g, w.data(), out.mutable_data(), fastest.pack);
   }
   CheckCodes("w_codes", w, all_or, w_bits);
   return out;

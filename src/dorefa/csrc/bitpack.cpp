@@ -90,26 +90,28 @@ uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int 
   return all_or;
 }
 
-uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk) {
-  const int64_t cpad = g.cw * 64;
-  const int64_t khw = g.kh * g.kw;
+uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk, PackFn pack) {
+  // Weights (O, C, KH, KW) are O "images" of C channels and KH x KW pixels; the activation
+  // packer gives [o][k][kh][kw][cw] = [o][k][j], which only needs its lanes interleaved.
+  ConvGeom as_images;
+  as_images.n = g.o;
+  as_images.c = g.c;
+  as_images.h = g.kh;
+  as_images.w = g.kw;
+  as_images.o = 1;
+  as_images.kh = 1;
+  as_images.kw = 1;
+  as_images.x_bits = g.w_bits;
+  as_images.Finalize();
+  std::vector<uint64_t> planes(static_cast<size_t>(as_images.XpkSize()));
+  const uint8_t all_or = pack(as_images, w, planes.data(), 1);
   std::fill(wpk, wpk + g.WpkSize(), uint64_t{0});
-  std::vector<uint8_t> tmp(static_cast<size_t>(cpad), 0);
-  uint8_t all_or = 0;
   for (int64_t o = 0; o < g.o; ++o) {
     const int64_t ob = o / kLanes, lane = o % kLanes;
-    for (int64_t s = 0; s < khw; ++s) {  // s = kh * KW + kw
-      for (int64_t c = 0; c < g.c; ++c) {
-        tmp[c] = w[(o * g.c + c) * khw + s];
-        all_or |= tmp[c];
-      }
-      for (int64_t q = 0; q < g.cw; ++q) {
-        const int64_t j = s * g.cw + q;
-        for (int k = 0; k < g.w_bits; ++k) {
-          wpk[((ob * g.w_bits + k) * g.l + j) * kLanes + lane] =
-              GatherPlane64(tmp.data() + q * 64, k);
-        }
-      }
+    for (int k = 0; k < g.w_bits; ++k) {
+      const uint64_t* src = planes.data() + (o * g.w_bits + k) * g.l;
+      uint64_t* dst = wpk + (ob * g.w_bits + k) * g.l * kLanes + lane;
+      for (int64_t j = 0; j < g.l; ++j) dst[j * kLanes] = src[j];
     }
   }
   return all_or;

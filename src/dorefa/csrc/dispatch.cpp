@@ -35,15 +35,18 @@ std::vector<std::string> CompiledBackends() {
 #endif
 }
 
-std::vector<std::string> SupportedBackends() {
-  std::vector<std::string> out;
-  for (const auto& b : CompiledBackends())
-    if (CpuHas(b)) out.push_back(b);
-  return out;
+const std::vector<std::string>& SupportedBackends() {
+  static const std::vector<std::string> supported = [] {  // CPUID once per process
+    std::vector<std::string> out;
+    for (const auto& b : CompiledBackends())
+      if (CpuHas(b)) out.push_back(b);
+    return out;
+  }();
+  return supported;
 }
 
 std::string ResolveBackend(const std::string& requested) {
-  const std::vector<std::string> supported = SupportedBackends();
+  const std::vector<std::string>& supported = SupportedBackends();
   if (requested.empty()) return supported.front();
   if (requested == "reference") return requested;
   for (const auto& b : supported)
@@ -60,12 +63,16 @@ std::string ResolveBackend(const std::string& requested) {
 }
 
 const KernelInfo& KernelFor(const std::string& backend) {
-  const std::string b = ResolveBackend(backend);
-  if (b == "scalar") return ScalarKernel();
+  // Fast path for the per-call lookup: a backend already known to be supported.
+  for (const auto& b : SupportedBackends()) {
+    if (b != backend) continue;
+    if (b == "scalar") return ScalarKernel();
 #ifdef DOREFA_HAVE_X86_KERNELS
-  if (b == "avx2") return Avx2Kernel();
-  if (b == "avx512") return Avx512Kernel();
+    if (b == "avx2") return Avx2Kernel();
+    if (b == "avx512") return Avx512Kernel();
 #endif
+  }
+  const std::string b = ResolveBackend(backend);  // throws the explanatory error
   throw std::invalid_argument("backend '" + b + "' is not a native kernel");
 }
 

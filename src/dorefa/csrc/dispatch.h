@@ -14,7 +14,7 @@ namespace dorefa {
 std::vector<std::string> CompiledBackends();
 
 // The subset of CompiledBackends() this CPU (and OS) can execute, fastest first.
-std::vector<std::string> SupportedBackends();
+const std::vector<std::string>& SupportedBackends();
 
 // Resolves a requested backend name: empty -> the fastest supported one; "reference" is
 // passed through (the NumPy reference lives in Python). Throws std::invalid_argument with

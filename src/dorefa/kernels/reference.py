@@ -20,7 +20,7 @@ monotone step function of D per output channel, given by integer thresholds (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,16 +42,17 @@ class PackedWeights:
     codes: np.ndarray
     bits: int
     words: np.ndarray
+    shape: tuple[int, int, int, int] = field(init=False)  # (O, C, KH, KW)
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """(O, C, KH, KW)."""
-        return tuple(int(s) for s in self.codes.shape)  # type: ignore[return-value]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.codes.shape))
 
 
 # ----------------------------------------------------------------------------- validation
 def check_bits(name: str, bits: object) -> int:
     """``bits`` must be a Python/NumPy int in 1..8."""
+    if type(bits) is int and 1 <= bits <= MAX_BITS:
+        return bits
     if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
         raise TypeError(f"{name} must be an int in 1..{MAX_BITS}, got {bits!r}")
     if not 1 <= int(bits) <= MAX_BITS:
@@ -60,6 +61,8 @@ def check_bits(name: str, bits: object) -> int:
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
+    if type(value) is int and value >= minimum:  # the common case, kept cheap
+        return value
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
     if int(value) < minimum:
@@ -69,6 +72,8 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def check_code_array(name: str, a: object, layout: str) -> np.ndarray:
     """A 4-D uint8 array (C-contiguous copy if needed); dtype and rank checked, not values."""
+    if type(a) is np.ndarray and a.dtype == np.uint8 and a.ndim == 4 and a.flags.c_contiguous:
+        return a
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy uint8 array {layout}, got {type(a).__name__}")
     if a.dtype != np.uint8:
