@@ -319,12 +319,26 @@ def test_default_backend_is_the_fastest_supported():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_use_backend_switches_and_restores(backend):
+def test_use_backend_switches_and_restores_and_that_path_runs(backend):
     before = K.backend()
+    x, w, expected = _case(SHAPES[0], 2, 1)
+    pw = K.pack_weights(w, 1)
     with K.use_backend(backend) as active:
         assert active == backend == K.backend()
-        expected = "reference" if backend == "reference" else f"bitconv_{backend}_"
-        assert K.kernel_name().startswith(expected)
+        prefix = "reference" if backend == "reference" else f"bitconv_{backend}_"
+        assert K.kernel_name().startswith(prefix)
+        calls = [
+            lambda: K.bitconv2d(x, w, 2, 1, 1, 1),
+            lambda: K.bitconv2d_packed(x, pw, 2, 1, 1),
+            lambda: K.bitconv2d_signed(x, pw, 2, 1, 1),
+            lambda: K.bitconv2d_requant(
+                x, pw, 2, 1, 1, np.zeros((3, 1), np.int32), np.ones(3, np.int8)
+            ),
+        ]
+        for call in calls:
+            K._ran("")
+            call()
+            assert K.last_kernel() == K.kernel_name()  # the kernel that actually ran
     assert K.backend() == before
 
 

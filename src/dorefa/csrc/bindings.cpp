@@ -76,6 +76,10 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits) {
   return out;
 }
 
+// Variant name of the kernel that ran the calling thread's last convolution (for tests that
+// assert which path ran, not only which one was asked for).
+thread_local const char* last_kernel = "";
+
 // mode: "acc" (int32 sum p*q), "signed" (int32 D), "requant" (uint8 codes).
 py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordArray& wpk,
                     int64_t o, int64_t c, int64_t kh, int64_t kw, int x_bits, int w_bits,
@@ -83,6 +87,7 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
                     std::optional<py::array_t<int32_t, py::array::c_style>> thresholds,
                     std::optional<py::array_t<int8_t, py::array::c_style>> direction) {
   const KernelInfo& kernel = KernelFor(backend);
+  last_kernel = kernel.name;
   CheckBits("x_bits", x_bits);
   CheckBits("w_bits", w_bits);
   Require(x.ndim() == 4, "x_codes must be 4-D (N, C, H, W)");
@@ -211,6 +216,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("supported_backends", &dorefa::SupportedBackends);
   m.def("resolve_backend", &dorefa::ResolveBackend, py::arg("requested"));
   m.def("kernel_name", &dorefa::KernelName, py::arg("backend"));
+  m.def("last_kernel", [] { return std::string(dorefa::last_kernel); });
   m.def("dependent_add_seconds", &dorefa::DependentAddSeconds, py::arg("iterations"));
   m.def("pack_weights", &dorefa::PackWeightsPy, py::arg("w_codes"), py::arg("w_bits"));
   m.def("bitconv", &dorefa::BitConvPy, py::arg("backend"), py::arg("x_codes"), py::arg("wpk"),

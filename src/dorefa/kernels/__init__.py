@@ -63,6 +63,7 @@ __all__ = [
     "bitconv2d_requant",
     "bitconv2d_signed",
     "kernel_name",
+    "last_kernel",
     "pack_weights",
     "reference",
     "set_backend",
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 _backend: str | None = None  # resolved lazily so a bad DOREFA_KERNEL does not break imports
+_last_ran = ""  # "reference" after a reference call, "native" after a native one
 
 
 def available_backends() -> list[str]:
@@ -122,6 +124,19 @@ def kernel_name(name: str | None = None) -> str:
     return "reference" if b == "reference" else _native.kernel_name(b)
 
 
+def last_kernel() -> str:
+    """Kernel that ran this thread's last convolution (``'reference'`` or a variant name such
+    as ``'bitconv_avx512_8x16'``); ``''`` before any call."""
+    if _last_ran == "native":
+        return _native.last_kernel()
+    return _last_ran
+
+
+def _ran(where: str) -> None:
+    global _last_ran
+    _last_ran = where
+
+
 def pack_weights(w_codes: np.ndarray, w_bits: int) -> PackedWeights:
     """Validates and packs weight codes (O, C, KH, KW) once, for the ``*_packed`` calls."""
     if _native is None or backend() == "reference":
@@ -142,6 +157,7 @@ def _run(x_codes, pw, x_bits, stride, padding, threads, mode, thresholds=None, d
         x_codes, pw, x_bits, stride, padding, threads, check_values=False
     )
     o, c, kh, kw = pw.shape
+    _ran("native")
     return _native.bitconv(
         b, x, pw.words, o, c, kh, kw, x_bits, pw.bits, stride, padding, threads, mode,
         thresholds, direction,
@@ -158,6 +174,7 @@ def bitconv2d_packed(
 ) -> np.ndarray:
     """Exact sum over (c, kh, kw) of x * w as int32 (N, O, H', W'); weights pre-packed."""
     if backend() == "reference":
+        _ran("reference")
         return reference.bitconv2d_packed(x_codes, pw, x_bits, stride, padding, threads)
     return _run(x_codes, pw, x_bits, stride, padding, threads, "acc")
 
@@ -177,6 +194,7 @@ def bitconv2d(
     bits in 1..8, zero padding (code 0). ``threads`` never changes the result.
     """
     if backend() == "reference":
+        _ran("reference")
         return reference.bitconv2d(x_codes, w_codes, x_bits, w_bits, stride, padding, threads)
     return bitconv2d_packed(
         x_codes, pack_weights(w_codes, w_bits), x_bits, stride, padding, threads
@@ -193,6 +211,7 @@ def bitconv2d_signed(
 ) -> np.ndarray:
     """Signed dot of a DoReFa layer, D = sum (2p - nw) * q, nw = 2**w_bits - 1: int32."""
     if backend() == "reference":
+        _ran("reference")
         return reference.bitconv2d_signed(x_codes, pw, x_bits, stride, padding, threads)
     return _run(x_codes, pw, x_bits, stride, padding, threads, "signed")
 
@@ -211,6 +230,7 @@ def bitconv2d_requant(
     ``#{j : D >= thresholds[o, j]}`` (direction +1) or ``#{j : D <= thresholds[o, j]}`` (-1).
     """
     if backend() == "reference":
+        _ran("reference")
         return reference.bitconv2d_requant(
             x_codes, pw, x_bits, stride, padding, thresholds, direction, threads
         )
