@@ -49,6 +49,8 @@ from dorefa.export import export  # noqa: E402
 from dorefa.models import create_model  # noqa: E402
 from dorefa.nn import ActQuant, QConv2d, QLinear  # noqa: E402
 
+MARKER = "<!-- end of bench_runtime.py output; text below is kept on re-runs -->"
+
 
 def calibrated_model(bits: str, width: float, in_channels: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -270,8 +272,12 @@ Agreement of the runtime with torch on real data is measured by `dorefa run --co
 `make demo`) and by tests/test_export_runtime.py (>= 99.9% equal predictions on 1000
 Fashion-MNIST test images, logits within 1e-3 relative).
 """
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(doc)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tail = ""  # hand-written sections after the marker survive a re-run
+        if out.exists() and MARKER in out.read_text():
+            tail = out.read_text().split(MARKER, 1)[1]
+        out.write_text(doc + "\n" + MARKER + tail)
         print(f"wrote {args.out}")
     return 0
 

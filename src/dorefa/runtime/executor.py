@@ -91,7 +91,9 @@ class Quantize(Layer):
         self.n = np.float32((1 << bits) - 1)
 
     def forward(self, x, threads):
-        return np.rint(np.clip(x, 0, 1) * self.n).astype(np.uint8)
+        y = np.clip(x, 0, 1)  # same float32 ops as torch: clamp, * n, round half to even
+        y *= self.n
+        return np.rint(y, out=y).astype(np.uint8)
 
     def describe(self):
         return f"quantize -> {self.bits}-bit codes"
