@@ -152,11 +152,8 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = kernel.pack(g, x.data(), xpk.data(), threads);
-    if ((all_or >> x_bits) == 0) {
-      BitConvAcc(kernel, g, xpk.data(), wpk.data(), acc, threads);
-      if (mode != "acc") SignedFromAcc(g, xpk.data(), acc, threads);
-    }
+    all_or = RunBitConv(kernel, g, x.data(), xpk.data(), wpk.data(), acc, mode != "acc",
+                        threads);
   }
   CheckCodes("x_codes", x, all_or, x_bits);
   if (mode != "requant") return std::move(acc_out);

@@ -1,12 +1,71 @@
-// Work split shared by all kernels: output pixel tiles x output channel chunks.
+// Work split shared by all kernels, and the parallel region that runs a convolution.
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "bitconv.h"
+#include "bitpack.h"
+#include "output_transform.h"
 
 namespace dorefa {
+namespace {
 
-void BitConvAcc(const KernelInfo& kernel, const ConvGeom& g, const uint64_t* xpk,
-                const uint64_t* wpk, int32_t* acc, int threads) {
+
+// Hands out [begin, end) chunks of `total` items to whichever thread asks first. Dynamic
+// rather than static shares: a thread that starts late (busy machine) finds its share
+// already taken instead of holding back the others. Which thread runs an item never changes
+// the item's result.
+class WorkQueue {
+ public:
+  WorkQueue(int64_t total, int nt)
+      : total_(total), chunk_(std::max<int64_t>(1, total / (4 * static_cast<int64_t>(nt)))) {}
+  bool Next(int64_t* begin, int64_t* end) {
+    const int64_t b = next_.fetch_add(chunk_, std::memory_order_relaxed);
+    if (b >= total_) return false;
+    *begin = b;
+    *end = std::min(total_, b + chunk_);
+    return true;
+  }
+
+ private:
+  const int64_t total_, chunk_;
+  std::atomic<int64_t> next_{0};
+};
+
+#ifndef DOREFA_HAVE_OPENMP
+// Minimal reusable barrier for the std::thread fallback (std::barrier is C++20).
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    const int64_t gen = gen_;
+    if (++waiting_ == n_) {
+      waiting_ = 0;
+      ++gen_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return gen != gen_; });
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int n_, waiting_ = 0;
+  int64_t gen_ = 0;
+};
+#endif
+
+}  // namespace
+
+uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                   const uint64_t* wpk, int32_t* acc, bool signed_output, int threads) {
+  ZeroPaddingBorder(g, xpk);
+  const int64_t pack_items = PackItems(g);
   const int64_t npix = g.OutPixels();
   const int64_t ptile = kernel.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
@@ -17,20 +76,53 @@ void BitConvAcc(const KernelInfo& kernel, const ConvGeom& g, const uint64_t* xpk
   if (threads > 1 && ntiles < 4 * threads) {
     ochunks = std::min<int64_t>(g.ob, (4 * threads + ntiles - 1) / ntiles);
   }
-  const int64_t ob_per_chunk = (g.ob + ochunks - 1) / ochunks;
+  const int64_t ob_per_chunk = std::max<int64_t>(1, (g.ob + ochunks - 1) / ochunks);
   ochunks = (g.ob + ob_per_chunk - 1) / ob_per_chunk;
-  const int64_t items = ntiles * ochunks;
+  const int64_t conv_items = ntiles * ochunks;
+  const int nt = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(threads, std::max(pack_items, conv_items))));
+
+  WorkQueue pack_q(pack_items, nt), conv_q(conv_items, nt), sign_q(npix, nt);
+  // Every thread runs this; `barrier` separates the phases (conv reads all of xpk, the
+  // signed transform rewrites acc entries written by any thread).
+  auto worker = [&](auto&& barrier) -> uint8_t {
+    uint8_t ors = 0;
+    int64_t b, e;
+    while (pack_q.Next(&b, &e)) ors |= kernel.pack(g, x, xpk, b, e);
+    barrier();
+    while (conv_q.Next(&b, &e)) {
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t t = it / ochunks, oc = it % ochunks;
+        const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
+        kernel.tile(g, xpk, wpk, pix0, std::min(ptile, npix - pix0), ob0,
+                    std::min(ob_per_chunk, g.ob - ob0), acc);
+      }
+    }
+    if (signed_output) {
+      barrier();
+      while (sign_q.Next(&b, &e)) SignedFromAcc(g, xpk, acc, b, e);
+    }
+    return ors;
+  };
+
+  uint8_t all_or = 0;
+  if (nt == 1) return worker([] {});
 #ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && items > 1)
+#pragma omp parallel num_threads(nt) reduction(| : all_or)
+  all_or |= worker([] {
+#pragma omp barrier
+  });
+#else
+  Barrier barrier(nt);
+  auto wait = [&] { barrier.Wait(); };
+  std::vector<uint8_t> ors(static_cast<size_t>(nt), 0);
+  std::vector<std::thread> pool;
+  for (int tid = 1; tid < nt; ++tid) pool.emplace_back([&, tid] { ors[tid] = worker(wait); });
+  ors[0] = worker(wait);
+  for (auto& t : pool) t.join();
+  for (uint8_t o : ors) all_or |= o;
 #endif
-  for (int64_t it = 0; it < items; ++it) {
-    const int64_t t = it / ochunks, oc = it % ochunks;
-    const int64_t pix0 = t * ptile;
-    const int64_t ob0 = oc * ob_per_chunk;
-    kernel.tile(g, xpk, wpk, pix0, std::min(ptile, npix - pix0), ob0,
-                std::min(ob_per_chunk, g.ob - ob0), acc);
-  }
-  (void)threads;
+  return all_or;
 }
 
 }  // namespace dorefa

@@ -84,8 +84,10 @@ inline PixelRef LocatePixel(const ConvGeom& g, const uint64_t* xpk, int64_t pix)
 using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk,
                         int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int32_t* acc);
 
-// Activation packer (bitpack.h); returns the OR of all codes.
-using PackFn = uint8_t (*)(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads);
+// Activation packer (bitpack.h): packs work items [item0, item1) of PackItems(g); returns the
+// OR of the codes it read.
+using PackFn = uint8_t (*)(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                           int64_t item1);
 
 struct KernelInfo {
   const char* backend;  // "avx512" | "avx2" | "scalar"
@@ -102,10 +104,15 @@ const KernelInfo& Avx2Kernel();
 const KernelInfo& Avx512Kernel();
 #endif
 
-// Runs `kernel` over all outputs with `threads` threads. Every output is computed by exactly
-// one call in a fixed order, so the result does not depend on the thread count.
-void BitConvAcc(const KernelInfo& kernel, const ConvGeom& g, const uint64_t* xpk,
-                const uint64_t* wpk, int32_t* acc, int threads);
+// The whole convolution in one parallel region of `threads` threads: pack the activations
+// x into xpk (g.XpkSize() words), then run `kernel` over all outputs into acc (N, O, OH, OW),
+// then with `signed_output` turn acc into the signed dot D (output_transform.h). One region
+// instead of one per phase saves fork/joins, which matters for the small layers of a network
+// run at batch 1. Every output is computed by exactly one tile call, the same whichever
+// thread runs it, so results do not depend on the thread count. Returns the OR of all codes
+// (the caller checks it; out-of-range codes only give wrong numbers, never bad addresses).
+uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                   const uint64_t* wpk, int32_t* acc, bool signed_output, int threads);
 
 }  // namespace dorefa
 

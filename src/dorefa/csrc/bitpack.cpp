@@ -52,17 +52,14 @@ void ZeroPaddingBorder(const ConvGeom& g, uint64_t* xpk) {
   }
 }
 
-uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads) {
-  ZeroPaddingBorder(g, xpk);
+int64_t PackItems(const ConvGeom& g) { return g.n * g.cw * ((g.h * g.w + 63) / 64); }
+
+uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                        int64_t item1) {
   const int64_t hw = g.h * g.w;
   const int64_t pblocks = (hw + 63) / 64;
-  const int64_t items = g.n * g.cw * pblocks;  // (image, 64-channel block, 64-pixel block)
   uint8_t all_or = 0;
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) \
-    if (threads > 1 && items > 1) reduction(| : all_or)
-#endif
-  for (int64_t it = 0; it < items; ++it) {
+  for (int64_t it = item0; it < item1; ++it) {
     const int64_t n = it / (g.cw * pblocks);
     const int64_t cb = (it / pblocks) % g.cw;
     const int64_t q0 = (it % pblocks) * 64;
@@ -86,7 +83,6 @@ uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int 
       if (++xx == g.w) xx = 0, ++y;
     }
   }
-  (void)threads;
   return all_or;
 }
 
@@ -104,7 +100,7 @@ uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk, PackFn p
   as_images.x_bits = g.w_bits;
   as_images.Finalize();
   std::vector<uint64_t> planes(static_cast<size_t>(as_images.XpkSize()));
-  const uint8_t all_or = pack(as_images, w, planes.data(), 1);
+  const uint8_t all_or = pack(as_images, w, planes.data(), 0, PackItems(as_images));
   std::fill(wpk, wpk + g.WpkSize(), uint64_t{0});
   for (int64_t o = 0; o < g.o; ++o) {
     const int64_t ob = o / kLanes, lane = o % kLanes;

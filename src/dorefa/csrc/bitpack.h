@@ -16,9 +16,9 @@ inline int64_t Popcount64(uint64_t v) {
   return static_cast<int64_t>((v * 0x0101010101010101ULL) >> 56);
 }
 
-// Packs activation codes x (N, C, H, W), uint8, C-contiguous, into xpk (g.XpkSize() words,
-// which this function fully overwrites, padding included). Returns the bitwise OR of all
-// codes: a code >= 2^x_bits exists iff (or >> x_bits) != 0, which the caller reports.
+// Packs activation codes x (N, C, H, W), uint8, C-contiguous, into the interior of xpk
+// (g.XpkSize() words). Returns the bitwise OR of the codes read: a code >= 2^x_bits exists
+// iff (or >> x_bits) != 0, which the caller reports.
 //
 // Method. NCHW stores each channel's H*W pixels contiguously, but xpk wants the channels of
 // one pixel in one word. So for a block of 64 channels x 64 consecutive pixels (of the
@@ -27,9 +27,15 @@ inline int64_t Popcount64(uint64_t v) {
 // it (Transpose64x64) so that row p holds bit m of the 64 channels of pixel p.
 // PackActivations is the portable version; PackActivationsAvx512 (bitpack_avx512.cpp) does the
 // same with VPTESTMB and a vectorised transpose.
-uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads);
+//
+// Work is split into PackItems(g) independent items (image, 64-channel block, 64-pixel block);
+// a call packs items [item0, item1). The padding border is not touched (ZeroPaddingBorder).
+int64_t PackItems(const ConvGeom& g);
+uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                        int64_t item1);
 #ifdef DOREFA_HAVE_X86_KERNELS
-uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads);
+uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                              int64_t item0, int64_t item1);
 #endif
 
 // Transposes a 64x64 bit matrix in place: afterwards bit j of a[i] is the old bit i of a[j].

@@ -48,17 +48,12 @@ inline void TransposeZmm(__m512i r[8]) {
 
 }  // namespace
 
-uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int threads) {
-  ZeroPaddingBorder(g, xpk);
+uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                              int64_t item0, int64_t item1) {
   const int64_t hw = g.h * g.w;
   const int64_t pblocks = (hw + 63) / 64;
-  const int64_t items = g.n * g.cw * pblocks;  // (image, 64-channel block, 64-pixel block)
   uint8_t all_or = 0;
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) \
-    if (threads > 1 && items > 1) reduction(| : all_or)
-#endif
-  for (int64_t it = 0; it < items; ++it) {
+  for (int64_t it = item0; it < item1; ++it) {
     const int64_t n = it / (g.cw * pblocks);
     const int64_t cb = (it / pblocks) % g.cw;
     const int64_t q0 = (it % pblocks) * 64;
@@ -101,7 +96,6 @@ uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk
       if (++xx == g.w) xx = 0, ++y;
     }
   }
-  (void)threads;
   return all_or;
 }
 

@@ -4,14 +4,12 @@
 
 namespace dorefa {
 
-void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int threads) {
-  const int64_t npix = g.OutPixels(), ohw = g.oh * g.ow;
+void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int64_t pix0,
+                   int64_t pix1) {
+  const int64_t ohw = g.oh * g.ow;
   const int64_t span = g.kw * g.cw;
   const int64_t nw = (int64_t{1} << g.w_bits) - 1;
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && npix > 1)
-#endif
-  for (int64_t pix = 0; pix < npix; ++pix) {
+  for (int64_t pix = pix0; pix < pix1; ++pix) {
     const PixelRef ref = LocatePixel(g, xpk, pix);
     int64_t s = 0;
     for (int m = 0; m < g.x_bits; ++m) {
@@ -27,7 +25,6 @@ void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int thr
       *a = static_cast<int32_t>(2 * static_cast<int64_t>(*a) - nw * s);
     }
   }
-  (void)threads;
 }
 
 void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, int64_t t,
@@ -35,7 +32,8 @@ void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, 
   const int64_t ohw = g.oh * g.ow;
   const int64_t planes = g.n * g.o;
 #ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && planes > 1)
+#pragma omp parallel for num_threads(threads) schedule(static) \
+    if (threads > 1 && planes * ohw * t > (int64_t{1} << 16))
 #endif
   for (int64_t no = 0; no < planes; ++no) {
     const int64_t o = no % g.o;

@@ -26,8 +26,10 @@
 
 namespace dorefa {
 
-// In place: acc (N, O, OH, OW) becomes D = 2 * acc - nw * S, nw = 2^w_bits - 1.
-void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int threads);
+// In place, for output pixels [pix0, pix1) (flattened n, oy, ox): acc (N, O, OH, OW) becomes
+// D = 2 * acc - nw * S, nw = 2^w_bits - 1.
+void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int64_t pix0,
+                   int64_t pix1);
 
 // codes[n, o, y, x] = step count of d[n, o, y, x] against thresholds[o, 0..t-1] in the
 // direction direction[o] (+1 or -1). t <= 255.
