@@ -31,8 +31,7 @@ from torch.nn import functional as F
 
 from . import distributed
 from .bits import Bits
-from .checkpoint import (FORMAT, VERSION, CheckpointError, load_checkpoint, load_weights,
-                         save_atomic)
+from .checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, load_weights, save_atomic
 from .models import create_model, input_size
 from .nn import set_grad_generator
 
@@ -79,7 +78,8 @@ class TrainConfig:
 
 
 def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed derived from (seed, epoch, rank, purpose): independent, reproducible streams."""
+    """A 63-bit seed derived from (seed, epoch, rank, purpose): independent, reproducible
+    streams."""
     words = [p if isinstance(p, int) else int.from_bytes(p.encode()[:8].ljust(8, b"\0"), "little")
              for p in parts]
     return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint64)[0] >> 1)
@@ -90,7 +90,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; "
+                         "use --device cpu")
     return device
 
 
