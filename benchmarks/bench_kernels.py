@@ -197,21 +197,40 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         cmd = "python " + " ".join(["benchmarks/bench_kernels.py", *(argv or sys.argv[1:])])
         cpu = platform.processor() or platform.machine()
-        with open(args.out, "w") as f:
-            f.write(
-                "# Bit-serial convolution kernels: speed\n\n"
-                f"Measured {datetime.date.today()} on {cpu}, with\n\n    {cmd}\n\n"
-                f"{header}.\n\n"
-                "Times are per call (microseconds). The bit kernels' times include packing "
-                "the activations into bit planes; weights are packed once, as torch's int8 "
-                "weights are prepacked. Ratios are speed-ups: torch time / bit-kernel time "
-                "(int8 = the faster of the two torch int8 engines). MAC/cyc = "
-                "(MACs / time) / measured clock. The machine is shared (other jobs run on its "
-                "2 cores), so medians include time lost to them; the second table, minimum "
-                "over rounds, is the closer estimate of an unloaded core.\n\n"
-                "## Medians over rounds\n\n" + "\n".join(tables["median"]) + "\n\n"
-                "## Minimum over rounds\n\n" + "\n".join(tables["min"]) + "\n"
-            )
+        block = (
+            f"{BEGIN}\n"
+            f"Measured {datetime.date.today()} on {cpu} (2 cores, shared), with\n\n"
+            f"    {cmd}\n\n{header}.\n\n"
+            "Times are per call (microseconds). The bit kernels' times include packing "
+            "the activations into bit planes; weights are packed once, as torch's int8 "
+            "weights are prepacked. Ratios are speed-ups: torch time / bit-kernel time "
+            "(int8 = the faster of the two torch int8 engines). MAC/cyc = "
+            "(MACs / time) / measured clock. The machine is shared (other jobs run on its "
+            "2 cores), so medians include time lost to them; the second table, minimum "
+            "over rounds, is the closer estimate of an unloaded core.\n\n"
+            "### Medians over rounds\n\n" + "\n".join(tables["median"]) + "\n\n"
+            "### Minimum over rounds\n\n" + "\n".join(tables["min"]) + f"\n{END}\n"
+        )
+        write_block(args.out, block)
+
+
+BEGIN, END = "<!-- bench_kernels:begin -->", "<!-- bench_kernels:end -->"
+
+
+def write_block(path: str, block: str) -> None:
+    """Replaces the text between the BEGIN/END markers of `path` (the whole file if absent),
+    so that hand-written notes around the table survive a re-run."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block.rstrip("\n") + old[old.index(END) + len(END) :]
+    else:
+        new = "# Bit-serial convolution kernels: speed\n\n" + block
+    with open(path, "w") as f:
+        f.write(new)
 
 
 if __name__ == "__main__":
