@@ -91,7 +91,7 @@ using PackFn = uint8_t (*)(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, i
 
 struct KernelInfo {
   const char* backend;  // "avx512" | "avx2" | "scalar"
-  const char* name;     // variant name, e.g. "bitconv_avx512_6x16"
+  const char* name;     // variant name, e.g. "bitconv_avx512_8x16"
   TileFn tile;
   int64_t pix_tile;  // output pixels a call handles best (work split granularity)
   PackFn pack;       // the activation packer that goes with it
