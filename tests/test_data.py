@@ -562,7 +562,7 @@ def test_translate_matches_reference(shape):
 def test_augment_names():
     with pytest.raises(ValueError, match="augment must be one of none, flip, crop, crop-flip"):
         to_model_input(batch(), 20, train=False, augment="rotate", generator=None)
-    assert default_augment("fashion-mnist") == "crop-flip"
+    assert default_augment("fashion-mnist") == "flip"
     assert default_augment("cifar10") == "crop-flip"
     assert default_augment("svhn") == default_augment("mnist") == "crop"
     assert default_augment("imagefolder") == "none"
