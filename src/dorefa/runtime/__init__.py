@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 
-from .executor import Model
+from typing import TYPE_CHECKING
+
 from .format import FORMAT_VERSION, FormatError
+
+if TYPE_CHECKING:
+    from .executor import Model
 
 
 def load(path: str | os.PathLike, threads: int = 1) -> Model:
@@ -23,7 +27,20 @@ def load(path: str | os.PathLike, threads: int = 1) -> Model:
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    from .executor import Model
+
     return Model(path, threads=threads)
+
+
+def __getattr__(name: str):
+    # The executor (and with it the compiled kernels) loads on first use, so that `dorefa train`
+    # and friends, which import dorefa.runtime.cli to register `dorefa run`, never map the
+    # extension.
+    if name == "Model":
+        from .executor import Model
+
+        return Model
+    raise AttributeError(f"module 'dorefa.runtime' has no attribute {name!r}")
 
 
 __all__ = ["FORMAT_VERSION", "FormatError", "Model", "load"]
