@@ -91,6 +91,21 @@ def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir, monkeypatch
         assert (out / p).exists()
 
 
+def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("cells:\n  - {bits: '32,32,32', width: 0.125}\n"
+                    "  - {bits: '1,2,6', width: 0.125, init: '32,32,32'}\n")
+    out = tmp_path / "s"
+    rc = main(["sweep", "--grid", str(grid), "--data", f"idx:{tmp_path / 'no-such-data'}",
+               "--epochs", "1", "--out", str(out)])
+    assert rc == 1
+    rows = _rows(out)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "no-such-data" in rows[0]["error"]
+    assert "source cell svhn-w32a32g32-x0.125 failed" in rows[1]["error"]
+    assert "failed: " in (out / "results.md").read_text()
+
+
 @pytest.mark.parametrize("text, suffix, match", [
     ("cells:\n  - {bits: '1,2,0'}\n", ".yaml", r"cells\[0\]: gradient bits \(g\) must be"),
     ("cells:\n  - {bits: '1,2,6', widht: 0.5}\n", ".yaml", "unknown key"),

@@ -708,6 +708,10 @@ def plot_all(rows: list[dict], out: Path, prefix: str = "") -> list[str]:
     written.append(f"{prefix}acc_vs_width.png")
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    from cycler import cycler
+
+    styles = cycler(ls=["-", "--", ":"]) * cycler(color=plt.cm.tab10.colors)  # 30 distinct lines
+    ax1.set_prop_cycle(styles), ax2.set_prop_cycle(styles)
     for r in rows:
         hist = _read_metrics(out / "cells" / r["cell"] / "metrics.jsonl")
         if not hist:
