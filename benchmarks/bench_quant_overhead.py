@@ -63,8 +63,10 @@ def main() -> None:
             for b in configs:
                 times[b].append(steps[b](phase))
         base = statistics.median(times["32,32,32"])
-        print(f"\n{phase} step, svhn width {args.width}, batch {args.batch}, "
-              f"{args.threads} thread(s), median of {args.rounds} interleaved rounds")
+        print(
+            f"\n{phase} step, svhn width {args.width}, batch {args.batch}, "
+            f"{args.threads} thread(s), median of {args.rounds} interleaved rounds"
+        )
         print("| bits | median ms | vs 32,32,32 |")
         print("|---|---:|---:|")
         for b in configs:

@@ -59,7 +59,7 @@ def worker(args: argparse.Namespace) -> None:
 
     def step(k: int) -> None:
         k %= len(perm) // local
-        idx = perm[k * local:(k + 1) * local]
+        idx = perm[k * local : (k + 1) * local]
         x = to_model_input(data.images[idx], 40, train=True, augment="crop-flip", generator=gen)
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = net(x)
@@ -89,14 +89,33 @@ def worker(args: argparse.Namespace) -> None:
 def measure(nproc: int, threads: int, amp: str | None, args: argparse.Namespace) -> float:
     from dorefa.distributed import _free_port
 
-    cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--batch",
-           str(args.batch), "--seconds", str(args.seconds), "--warmup", str(args.warmup),
-           "--width", str(args.width)] + (["--amp", amp] if amp else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--threads",
+        str(threads),
+        "--batch",
+        str(args.batch),
+        "--seconds",
+        str(args.seconds),
+        "--warmup",
+        str(args.warmup),
+        "--width",
+        str(args.width),
+    ] + (["--amp", amp] if amp else [])
     port = str(_free_port())
     procs = []
     for rank in range(nproc):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS=str(threads))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS=str(threads),
+        )
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -113,8 +132,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per measurement")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    p.add_argument("--width", type=float, default=0.5,
-                   help="channel multiplier (1.0 = the paper's model A, 0.5 = model B)")
+    p.add_argument(
+        "--width",
+        type=float,
+        default=0.5,
+        help="channel multiplier (1.0 = the paper's model A, 0.5 = model B)",
+    )
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -125,15 +148,18 @@ def main() -> None:
             results[label].append(measure(nproc, threads, amp, args))
             print(f"round {r + 1}: {label}: {results[label][-1]:.1f} img/s", file=sys.stderr)
     base = statistics.median(results[CONFIGS[0][0]])
-    print(f"svhn (1,2,6) width {args.width}, Fashion-MNIST 40x40, global batch {args.batch}, "
-          f"~{args.seconds:g} s per run x {args.rounds} rounds (interleaved), medians\n")
+    print(
+        f"svhn (1,2,6) width {args.width}, Fashion-MNIST 40x40, global batch {args.batch}, "
+        f"~{args.seconds:g} s per run x {args.rounds} rounds (interleaved), medians\n"
+    )
     print("| configuration | images/s (median) | runs | vs 1 proc x 1 thread |")
     print("|---|---:|---|---:|")
     for label, *_ in CONFIGS:
         runs = results[label]
         med = statistics.median(runs)
-        print(f"| {label} | {med:.1f} | {', '.join(f'{v:.0f}' for v in runs)} | "
-              f"{med / base:.2f}x |")
+        print(
+            f"| {label} | {med:.1f} | {', '.join(f'{v:.0f}' for v in runs)} | {med / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

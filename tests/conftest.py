@@ -14,5 +14,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def fashion_dir():
     if not os.path.exists(os.path.join(FASHION_DIR, "t10k-labels-idx1-ubyte.gz")):
-        pytest.fail(f"real Fashion-MNIST missing in {FASHION_DIR}: apt-get install dataset-fashion-mnist")
+        pytest.fail(
+            f"real Fashion-MNIST missing in {FASHION_DIR}: apt-get install dataset-fashion-mnist"
+        )
     return FASHION_DIR

@@ -25,13 +25,30 @@ from dorefa.train import TrainConfig, derive_seed, grad_seed, lr_at, train
 
 SRC = str(Path(dorefa.__file__).resolve().parent.parent)
 # 512 real Fashion-MNIST images, width 0.25 (the paper's model C), one thread per process
-TINY = ["--model", "svhn", "--width", "0.25", "--subset", "512", "--test-subset", "200",
-        "--batch-size", "64", "--threads", "1", "--seed", "0"]
+TINY = [
+    "--model",
+    "svhn",
+    "--width",
+    "0.25",
+    "--subset",
+    "512",
+    "--test-subset",
+    "200",
+    "--batch-size",
+    "64",
+    "--threads",
+    "1",
+    "--seed",
+    "0",
+]
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+    )
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(k, None)
     env.update(extra)
@@ -39,8 +56,13 @@ def _env(**extra):
 
 
 def _run_dorefa(args, timeout=240):
-    p = subprocess.run([sys.executable, "-m", "dorefa", *args], env=_env(), capture_output=True,
-                       text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "dorefa", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout
 
@@ -64,8 +86,7 @@ def test_shard_is_distributed_sampler_semantics():
     b = 6
     step0 = torch.cat([s[: b // 3] for s in shards])
     assert sorted(step0.tolist()) == sorted(padded[:b].tolist())
-    sampler = torch.utils.data.DistributedSampler(range(10), num_replicas=3, rank=1,
-                                                  shuffle=False)
+    sampler = torch.utils.data.DistributedSampler(range(10), num_replicas=3, rank=1, shuffle=False)
     assert list(sampler) == distributed.shard(torch.arange(10), 1, 3).tolist()
     assert torch.equal(distributed.shard(perm, 0, 1), perm)
     ev = [distributed.shard_eval(10, r, 3) for r in range(3)]
@@ -79,7 +100,8 @@ def test_seeds_per_rank_and_lr_milestones():
     assert grad_seed(5, 3, 1) != grad_seed(5, 4, 1)
     cfg = TrainConfig(lr=2e-4, epochs=90, lr_milestones=((60, 0.2), (75, 0.2)))
     assert [lr_at(cfg, e) for e in (0, 59, 60, 74, 75, 89)] == pytest.approx(
-        [2e-4, 2e-4, 4e-5, 4e-5, 8e-6, 8e-6])
+        [2e-4, 2e-4, 4e-5, 4e-5, 8e-6, 8e-6]
+    )
     assert lr_at(TrainConfig(lr=1e-3, epochs=4), 2) == pytest.approx(5e-4)  # paper's default
 
 
@@ -87,8 +109,19 @@ def test_seeds_per_rank_and_lr_milestones():
 
 
 def test_recipe_fills_only_what_was_not_given():
-    argv = ["train", "--model", "alexnet", "--data", "imagefolder:/x", "--bits", "1,2,6",
-            "--recipe", "alexnet-imagenet", "--batch-size", "4"]
+    argv = [
+        "train",
+        "--model",
+        "alexnet",
+        "--data",
+        "imagefolder:/x",
+        "--bits",
+        "1,2,6",
+        "--recipe",
+        "alexnet-imagenet",
+        "--batch-size",
+        "4",
+    ]
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args, explicit_train_options(argv[1:]))
     assert cfg.batch_size == 4 and cfg.lr == 2e-4 and cfg.adam_eps == 1e-5
@@ -122,13 +155,34 @@ def tiny_imagefolder(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("recipe,model", [("alexnet-imagenet", "alexnet"),
-                                          ("resnet18-imagenet", "resnet18")])
+@pytest.mark.parametrize(
+    "recipe,model", [("alexnet-imagenet", "alexnet"), ("resnet18-imagenet", "resnet18")]
+)
 def test_imagenet_recipes_end_to_end(recipe, model, tiny_imagefolder, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--model", model, "--data", f"imagefolder:{tiny_imagefolder}",
-            "--bits", "1,2,6", "--recipe", recipe, "--epochs", "1", "--batch-size", "4",
-            "--subset", "6", "--width", "0.125", "--threads", "1", "--out", str(out)]
+    argv = [
+        "train",
+        "--model",
+        model,
+        "--data",
+        f"imagefolder:{tiny_imagefolder}",
+        "--bits",
+        "1,2,6",
+        "--recipe",
+        recipe,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--subset",
+        "6",
+        "--width",
+        "0.125",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"] == recipe and config["batch_size"] == 4 and config["epochs"] == 1
@@ -137,8 +191,9 @@ def test_imagenet_recipes_end_to_end(recipe, model, tiny_imagefolder, tmp_path, 
     assert rows[0]["lr"] == pytest.approx(2e-4 if model == "alexnet" else 0.1)
     ckpt = load_checkpoint(out / "checkpoint.pt")
     groups = ckpt["optimizer"]["param_groups"]
-    assert [g["weight_decay"] for g in groups] == ([5e-6, 0.0] if model == "alexnet"
-                                                   else [1e-4, 0.0])
+    assert [g["weight_decay"] for g in groups] == (
+        [5e-6, 0.0] if model == "alexnet" else [1e-4, 0.0]
+    )
     assert "momentum_buffer" in str(ckpt["optimizer"]["state"]) or model == "alexnet"
 
 
@@ -211,11 +266,16 @@ def test_cpu_sync_batchnorm_equals_full_batch(tmp_path):
     script = tmp_path / "sync_bn.py"
     script.write_text(_SYNC_BN_SCRIPT)
     port = str(distributed._free_port())
-    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                                       MASTER_PORT=port))
-             for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     for text in outs:
@@ -236,13 +296,24 @@ def test_two_processes_match_one_process(tmp_path, fashion_dir):
     below what a wrong shard/batch split gives (loss of an untrained model ~2.3, it moves by
     ~0.45 in this epoch)."""
     common = TINY + ["--bits", "32,32,32", "--augment", "none", "--epochs", "1"]
-    out = _run_dorefa(["train", "--nproc", "2", "--sync-bn", *common, "--out",
-                       str(tmp_path / "ddp")])
+    out = _run_dorefa(
+        ["train", "--nproc", "2", "--sync-bn", *common, "--out", str(tmp_path / "ddp")]
+    )
     hashes = _replica_hashes(out)
     assert len(hashes) == 2 and hashes[0] == hashes[1]
-    cfg = TrainConfig(model="svhn", width=0.25, subset=512, test_subset=200, batch_size=64,
-                      threads=1, bits="32,32,32", augment="none", epochs=1,
-                      out=str(tmp_path / "single"), progress=False)
+    cfg = TrainConfig(
+        model="svhn",
+        width=0.25,
+        subset=512,
+        test_subset=200,
+        batch_size=64,
+        threads=1,
+        bits="32,32,32",
+        augment="none",
+        epochs=1,
+        out=str(tmp_path / "single"),
+        progress=False,
+    )
     single = train(cfg, log=lambda m: None)
     ddp = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
@@ -252,7 +323,8 @@ def test_two_processes_match_one_process(tmp_path, fashion_dir):
     assert abs(ddp["train_loss"] - 2.3) > 0.2  # it trained
     # rank 0 alone wrote the run folder; its checkpoint holds the replicas' weights
     assert {"metrics.jsonl", "config.json", "checkpoint.pt", "curves.png"} <= set(
-        os.listdir(tmp_path / "ddp"))
+        os.listdir(tmp_path / "ddp")
+    )
     model = model_from_checkpoint(load_checkpoint(tmp_path / "ddp" / "checkpoint.pt"))
     assert distributed.state_hash(model.train()) == hashes[0]
 

@@ -68,8 +68,20 @@ def test_svhn_layer_order_and_widths():
     model = create_model("svhn", bits=BITS, in_channels=1, width=0.5)
     names = list(model.features._modules)
     # conv -> f_g -> BN -> [pool] -> f_a  (DOREFA.md section 2)
-    assert names[:12] == ["conv0", "pool0", "act0", "conv1", "gq1", "bn1", "act1", "conv2", "gq2",
-                          "bn2", "pool2", "act2"]
+    assert names[:12] == [
+        "conv0",
+        "pool0",
+        "act0",
+        "conv1",
+        "gq1",
+        "bn1",
+        "act1",
+        "conv2",
+        "gq2",
+        "bn2",
+        "pool2",
+        "act2",
+    ]
     convs = [m for m in model.modules() if isinstance(m, QConv2d)]
     assert [c.out_channels for c in convs] == [24, 32, 32, 64, 64, 64, 256]  # Model B
     shapes = []
@@ -95,8 +107,17 @@ def test_float_model_has_no_quantization_and_state_dicts_match():
 def test_quantize_model_converts_a_float_network():
     torch.manual_seed(0)
     float_model = nn.Sequential(
-        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    )
     w_before = float_model[2].weight.detach().clone()
     model = quantize_model(float_model, "1,2,6")
     assert type(model[0]) is nn.Conv2d and type(model[9]) is nn.Linear  # first/last stay float
@@ -108,9 +129,11 @@ def test_quantize_model_converts_a_float_network():
     out = model(torch.rand(2, 1, 10, 10))
     out.sum().backward()
     assert out.shape == (2, 4)
-    everything = quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(),
-                                              nn.Linear(2 * 8 * 8, 3)), "2,2,32",
-                                keep_first_last=False)
+    everything = quantize_model(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 8 * 8, 3)),
+        "2,2,32",
+        keep_first_last=False,
+    )
     assert isinstance(everything[0][0], QConv2d) and isinstance(everything[3][0], QLinear)
     with pytest.raises(ValueError, match="no nn.Conv2d"):
         quantize_model(nn.Sequential(nn.ReLU()), "1,2,6")

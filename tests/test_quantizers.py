@@ -84,8 +84,9 @@ def test_activation_values_and_clip_gradient():
     assert torch.equal(x.grad, torch.tensor([0.0, 1, 1, 1, 1, 1, 0]))  # STE inside, 0 outside
     x32 = torch.tensor([-1.0, 0.5, 3.0])
     assert torch.equal(quantize_activation(x32, 32), torch.tensor([0.0, 0.5, 3.0]))  # ReLU
-    assert torch.allclose(quantize_activation(torch.tensor([0.2, 3.0]), 2, quantize=False),
-                          torch.tensor([0.2, 1.0]))
+    assert torch.allclose(
+        quantize_activation(torch.tensor([0.2, 3.0]), 2, quantize=False), torch.tensor([0.2, 1.0])
+    )
 
 
 def test_gradient_quantizer_grid_scale_and_extremes():
@@ -150,8 +151,9 @@ def test_gradquant_module_identity_forward_fg_backward():
 
 
 @pytest.mark.parametrize("bad", [0, 9, 16, 33, -1, 2.0, "2", True, None])
-@pytest.mark.parametrize("fn", [quantize_k, quantize_weight, quantize_activation,
-                                quantize_gradient])
+@pytest.mark.parametrize(
+    "fn", [quantize_k, quantize_weight, quantize_activation, quantize_gradient]
+)
 def test_bad_bitwidths_raise_with_name_and_value(fn, bad):
     with pytest.raises(ValueError, match=r"bits.*1\.\.8 or 32.*got|k must"):
         fn(torch.zeros(2, 2), bad)

@@ -10,8 +10,16 @@ from dorefa.cli import main
 from dorefa.models import create_model
 from dorefa.sweep import Cell, SweepConfig, layer_costs, load_grid, read_results, run_sweep
 
-TINY = dict(model="svhn", data="fashion-mnist", epochs=1, subset=2000, test_subset=500, seed=0,
-            batch_size=128, progress=False)
+TINY = dict(
+    model="svhn",
+    data="fashion-mnist",
+    epochs=1,
+    subset=2000,
+    test_subset=500,
+    seed=0,
+    batch_size=128,
+    progress=False,
+)
 PLOTS = ("acc_vs_g.png", "acc_vs_width.png", "curves.png")
 
 GRID3 = """\
@@ -30,8 +38,25 @@ def _rows(out):
 
 def test_tiny_grid_runs_to_completion(tmp_path, fashion_dir, capsys):
     out = tmp_path / "tiny"
-    rc = main(["sweep", "--grid", "tiny", "--data-dir", fashion_dir, "--epochs", "1",
-               "--subset", "2000", "--test-subset", "500", "--jobs", "2", "--out", str(out)])
+    rc = main(
+        [
+            "sweep",
+            "--grid",
+            "tiny",
+            "--data-dir",
+            fashion_dir,
+            "--epochs",
+            "1",
+            "--subset",
+            "2000",
+            "--test-subset",
+            "500",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr()
     rows = _rows(out)
     assert [r["cell"] for r in rows] == ["svhn-w32a32g32-x0.25", "svhn-w1a2g6-x0.25"]
@@ -65,8 +90,11 @@ def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir, monkeypatch
     monkeypatch.delenv("DOREFA_SWEEP_STOP_AFTER")
     cfg.jobs = 2  # the two remaining cells run side by side; the init cell's source is done
     rows = run_sweep(cfg, log=lambda m: None)
-    assert [r["cell"] for r in rows] == ["svhn-w32a32g32-x0.25", "svhn-w1a2g6-x0.25",
-                                         "svhn-w1a2g6-x0.25-init"]
+    assert [r["cell"] for r in rows] == [
+        "svhn-w32a32g32-x0.25",
+        "svhn-w1a2g6-x0.25",
+        "svhn-w1a2g6-x0.25-init",
+    ]
     assert all(r["status"] == "ok" for r in rows), [(r["cell"], r.get("error")) for r in rows]
     assert first_ckpt.stat().st_mtime_ns == mtime  # not retrained
     assert "--init-from" in (out / "cells" / "svhn-w1a2g6-x0.25-init" / "train.log").read_text()
@@ -93,11 +121,24 @@ def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir, monkeypatch
 
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("cells:\n  - {bits: '32,32,32', width: 0.125}\n"
-                    "  - {bits: '1,2,6', width: 0.125, init: '32,32,32'}\n")
+    grid.write_text(
+        "cells:\n  - {bits: '32,32,32', width: 0.125}\n"
+        "  - {bits: '1,2,6', width: 0.125, init: '32,32,32'}\n"
+    )
     out = tmp_path / "s"
-    rc = main(["sweep", "--grid", str(grid), "--data", f"idx:{tmp_path / 'no-such-data'}",
-               "--epochs", "1", "--out", str(out)])
+    rc = main(
+        [
+            "sweep",
+            "--grid",
+            str(grid),
+            "--data",
+            f"idx:{tmp_path / 'no-such-data'}",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 1
     rows = _rows(out)
     assert [r["status"] for r in rows] == ["failed", "failed"]
@@ -106,16 +147,19 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert "failed: " in (out / "results.md").read_text()
 
 
-@pytest.mark.parametrize("text, suffix, match", [
-    ("cells:\n  - {bits: '1,2,0'}\n", ".yaml", r"cells\[0\]: gradient bits \(g\) must be"),
-    ("cells:\n  - {bits: '1,2,6', widht: 0.5}\n", ".yaml", "unknown key"),
-    ("cells: [\n", ".yaml", "cannot parse"),
-    ("[[cells]]\nbits = '1,2,6'\nwidths = [0]\n", ".toml", "width must be"),
-    ("cells = 3\n", ".toml", "non-empty list 'cells'"),
-    ("cells:\n  - {bits: '1,2,6', init: '32,32,32'}\n", ".yaml", "not in the grid"),
-    ("cells:\n  - {bits: '1,2,6'}\n  - {bits: 'w1a2g6'}\n", ".yaml", "listed twice"),
-    ("cells: []\n", ".json", "unknown grid format"),
-])
+@pytest.mark.parametrize(
+    "text, suffix, match",
+    [
+        ("cells:\n  - {bits: '1,2,0'}\n", ".yaml", r"cells\[0\]: gradient bits \(g\) must be"),
+        ("cells:\n  - {bits: '1,2,6', widht: 0.5}\n", ".yaml", "unknown key"),
+        ("cells: [\n", ".yaml", "cannot parse"),
+        ("[[cells]]\nbits = '1,2,6'\nwidths = [0]\n", ".toml", "width must be"),
+        ("cells = 3\n", ".toml", "non-empty list 'cells'"),
+        ("cells:\n  - {bits: '1,2,6', init: '32,32,32'}\n", ".yaml", "not in the grid"),
+        ("cells:\n  - {bits: '1,2,6'}\n  - {bits: 'w1a2g6'}\n", ".yaml", "listed twice"),
+        ("cells: []\n", ".json", "unknown grid format"),
+    ],
+)
 def test_bad_grid_file_is_a_clear_error(tmp_path, text, suffix, match, capsys):
     path = tmp_path / f"grid{suffix}"
     path.write_text(text)
@@ -134,10 +178,15 @@ def test_missing_grid_and_report_without_results(tmp_path, capsys):
 
 def test_toml_grid(tmp_path):
     path = tmp_path / "g.toml"
-    path.write_text("[[cells]]\nbits = '1,1,32'\nwidths = [0.5, 0.125]\n"
-                    "[[cells]]\nbits = '1,2,6'\ninit = '1,1,32'\nwidth = 0.5\n")
+    path.write_text(
+        "[[cells]]\nbits = '1,1,32'\nwidths = [0.5, 0.125]\n"
+        "[[cells]]\nbits = '1,2,6'\ninit = '1,1,32'\nwidth = 0.5\n"
+    )
     assert [c.name("svhn") for c in load_grid(str(path))] == [
-        "svhn-w1a1g32-x0.5", "svhn-w1a1g32-x0.125", "svhn-w1a2g6-x0.5-init"]
+        "svhn-w1a1g32-x0.5",
+        "svhn-w1a1g32-x0.125",
+        "svhn-w1a2g6-x0.5-init",
+    ]
 
 
 def test_paper_grid_cells():
@@ -151,10 +200,15 @@ def test_paper_grid_cells():
 def test_costs_follow_the_formulas():
     """MACs of SVHN model A on a 1-channel 40x40 image, and the bit-op formulas on them."""
     macs = {  # output elements * in_channels * kh * kw
-        "conv0": 36 * 36 * 48 * 1 * 25, "conv1": 18 * 18 * 64 * 48 * 9,
-        "conv2": 18 * 18 * 64 * 64 * 9, "conv3": 7 * 7 * 128 * 64 * 9,
-        "conv4": 7 * 7 * 128 * 128 * 9, "conv5": 5 * 5 * 128 * 128 * 9,
-        "conv6": 512 * 128 * 25, "fc": 512 * 10}
+        "conv0": 36 * 36 * 48 * 1 * 25,
+        "conv1": 18 * 18 * 64 * 48 * 9,
+        "conv2": 18 * 18 * 64 * 64 * 9,
+        "conv3": 7 * 7 * 128 * 64 * 9,
+        "conv4": 7 * 7 * 128 * 128 * 9,
+        "conv5": 5 * 5 * 128 * 128 * 9,
+        "conv6": 512 * 128 * 25,
+        "fc": 512 * 10,
+    }
     total, float_macs = sum(macs.values()), macs["conv0"] + macs["fc"]
     q = total - float_macs
     for bits in ("32,32,32", "1,2,6", "1,32,32"):

@@ -11,8 +11,16 @@ from dorefa.checkpoint import CheckpointError, load_checkpoint
 from dorefa.cli import main
 from dorefa.train import TrainConfig, train
 
-SMALL = dict(model="svhn", data="fashion-mnist", width=0.5, batch_size=64, subset=1024,
-             test_subset=500, threads=1, progress=False)
+SMALL = dict(
+    model="svhn",
+    data="fashion-mnist",
+    width=0.5,
+    batch_size=64,
+    subset=1024,
+    test_subset=500,
+    threads=1,
+    progress=False,
+)
 
 
 class Killed(Exception):
@@ -76,12 +84,22 @@ def test_init_from_float_checkpoint(tmp_path, fashion_dir):
     float_run = tmp_path / "float"
     train(TrainConfig(bits="32,32,32", epochs=1, out=str(float_run), **SMALL), log=lambda m: None)
     msgs = []
-    cfg = TrainConfig(bits="1,2,6", epochs=1, out=str(tmp_path / "q"),
-                      init_from=str(float_run / "checkpoint.pt"), **SMALL)
+    cfg = TrainConfig(
+        bits="1,2,6",
+        epochs=1,
+        out=str(tmp_path / "q"),
+        init_from=str(float_run / "checkpoint.pt"),
+        **SMALL,
+    )
     train(cfg, log=msgs.append)
     assert any("initialised weights from" in m for m in msgs)
-    wrong = TrainConfig(bits="1,2,6", epochs=1, out=str(tmp_path / "q2"),
-                        init_from=str(float_run / "checkpoint.pt"), **(SMALL | {"width": 0.25}))
+    wrong = TrainConfig(
+        bits="1,2,6",
+        epochs=1,
+        out=str(tmp_path / "q2"),
+        init_from=str(float_run / "checkpoint.pt"),
+        **(SMALL | {"width": 0.25}),
+    )
     with pytest.raises(CheckpointError, match="do not fit"):
         train(wrong, log=lambda m: None)
 

@@ -71,18 +71,25 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
 
     meta = ckpt["meta"]
     try:
-        model = create_model(meta["model"], bits=Bits.parse(meta["bits"]),
-                             num_classes=int(meta["num_classes"]),
-                             in_channels=int(meta["in_channels"]), width=float(meta["width"]),
-                             keep_first_last=bool(meta.get("keep_first_last", True)))
+        model = create_model(
+            meta["model"],
+            bits=Bits.parse(meta["bits"]),
+            num_classes=int(meta["num_classes"]),
+            in_channels=int(meta["in_channels"]),
+            width=float(meta["width"]),
+            keep_first_last=bool(meta.get("keep_first_last", True)),
+        )
     except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or invalid: {exc}") from None
+        raise CheckpointError(
+            f"{path}: checkpoint metadata is incomplete or invalid: {exc}"
+        ) from None
     load_weights(model, ckpt["model"], path)
     return model.eval()
 
 
-def load_weights(model: torch.nn.Module, state: dict, path: str | os.PathLike = "checkpoint",
-                 strict: bool = True) -> None:
+def load_weights(
+    model: torch.nn.Module, state: dict, path: str | os.PathLike = "checkpoint", strict: bool = True
+) -> None:
     """load_state_dict with a one-line error naming the file and the first mismatch."""
     own = model.state_dict()
     if not isinstance(state, dict):

@@ -22,51 +22,92 @@ def _bits(text: str) -> str:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist | mnist | idx:DIR | svhn:DIR | cifar10:DIR | "
-                        "imagefolder:DIR (default: fashion-mnist)")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist | mnist | idx:DIR | svhn:DIR | cifar10:DIR | "
+        "imagefolder:DIR (default: fashion-mnist)",
+    )
     p.add_argument("--data-dir", default=None, help="folder overriding the dataset's default")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="svhn", help="registered model (svhn, alexnet, resnet18)")
     add_data_args(p)
-    p.add_argument("--bits", default="1,2,6", type=_bits,
-                   help="W,A,G bitwidths of weights, activations, gradients; 32 = float")
-    p.add_argument("--width", type=float, default=1.0,
-                   help="channel multiplier (0.5/0.25/0.125 = the paper's models B/C/D)")
-    p.add_argument("--quantize-first-last", action="store_true",
-                   help="quantize the first conv and last linear too (off in the paper)")
+    p.add_argument(
+        "--bits",
+        default="1,2,6",
+        type=_bits,
+        help="W,A,G bitwidths of weights, activations, gradients; 32 = float",
+    )
+    p.add_argument(
+        "--width",
+        type=float,
+        default=1.0,
+        help="channel multiplier (0.5/0.25/0.125 = the paper's models B/C/D)",
+    )
+    p.add_argument(
+        "--quantize-first-last",
+        action="store_true",
+        help="quantize the first conv and last linear too (off in the paper)",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="learning rate (default schedule: halved at 50%% of the epochs)")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
-                   help="adam, or momentum SGD (0.9)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="learning rate (default schedule: halved at 50%% of the epochs)",
+    )
+    p.add_argument(
+        "--optimizer", default="adam", choices=["adam", "sgd"], help="adam, or momentum SGD (0.9)"
+    )
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--subset", type=int, default=None, help="use the first N training images")
     p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
-    p.add_argument("--augment", default=None, choices=["none", "flip", "crop", "crop-flip"],
-                   help="train-time augmentation (default: the dataset's)")
+    p.add_argument(
+        "--augment",
+        default=None,
+        choices=["none", "flip", "crop", "crop-flip"],
+        help="train-time augmentation (default: the dataset's)",
+    )
     p.add_argument("--out", default=None, help="run folder (default: runs/MODEL-wWaAgG)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="initialise weights from a (float) checkpoint")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="initialise weights from a (float) checkpoint",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (image folders)")
-    p.add_argument("--recipe", default=None, choices=list_recipes(),
-                   help="fill every option not given explicitly from a named recipe "
-                        "(see docs/distributed.md)")
-    p.add_argument("--amp", default=None, choices=["bf16", "fp16"],
-                   help="autocast the forward pass (CPU: bf16 only); quantizers stay float32")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        choices=list_recipes(),
+        help="fill every option not given explicitly from a named recipe (see docs/distributed.md)",
+    )
+    p.add_argument(
+        "--amp",
+        default=None,
+        choices=["bf16", "fp16"],
+        help="autocast the forward pass (CPU: bf16 only); quantizers stay float32",
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="data-parallel: BatchNorm statistics of the global batch (SyncBatchNorm)")
-    p.add_argument("--nproc", type=int, default=None,
-                   help="start N data-parallel worker processes here (like torchrun "
-                        "--nproc_per_node N -m dorefa train ...)")
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="data-parallel: BatchNorm statistics of the global batch (SyncBatchNorm)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="start N data-parallel worker processes here (like torchrun "
+        "--nproc_per_node N -m dorefa train ...)",
+    )
 
 
 # argparse dest -> TrainConfig field, where the names differ
@@ -93,14 +134,28 @@ def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None)
         explicit = getattr(args, "explicit", None)
     if explicit is None:  # not from main(): treat every value as given
         explicit = {_FIELD.get(k, k) for k in vars(args)}
-    values = dict(model=args.model, data=args.data, data_dir=args.data_dir,
-                  bits=str(Bits.parse(args.bits)), width=args.width,
-                  keep_first_last=not args.quantize_first_last, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                  seed=args.seed, threads=args.threads, subset=args.subset,
-                  test_subset=args.test_subset, augment=args.augment, out=args.out,
-                  resume=args.resume, init_from=args.init_from, device=args.device,
-                  workers=args.workers)
+    values = dict(
+        model=args.model,
+        data=args.data,
+        data_dir=args.data_dir,
+        bits=str(Bits.parse(args.bits)),
+        width=args.width,
+        keep_first_last=not args.quantize_first_last,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        threads=args.threads,
+        subset=args.subset,
+        test_subset=args.test_subset,
+        augment=args.augment,
+        out=args.out,
+        resume=args.resume,
+        init_from=args.init_from,
+        device=args.device,
+        workers=args.workers,
+    )
     for name in ("optimizer", "amp", "channels_last", "sync_bn"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
@@ -137,8 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             return launch(nproc, _without_nproc(getattr(args, "argv", None) or sys.argv[1:]))
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"final test accuracy {result['test_acc']:.4f}  (best "
-              f"{result['best_test_acc']:.4f})  -> {cfg.out}")
+        print(
+            f"final test accuracy {result['test_acc']:.4f}  (best "
+            f"{result['best_test_acc']:.4f})  -> {cfg.out}"
+        )
     return 0
 
 
@@ -156,23 +213,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import get_dataset
 
     data = args.data or ckpt["meta"].get("data", "fashion-mnist")
-    test_set = get_dataset(data, "test", data_dir=args.data_dir,
-                           image_size=ckpt["meta"]["image_size"])
+    test_set = get_dataset(
+        data, "test", data_dir=args.data_dir, image_size=ckpt["meta"]["image_size"]
+    )
     if args.test_subset:
         test_set = test_set.subset(min(args.test_subset, len(test_set)))
     if test_set.in_channels != ckpt["meta"]["in_channels"]:
-        raise ValueError(f"{data} has {test_set.in_channels} channels but the checkpoint's model "
-                         f"expects {ckpt['meta']['in_channels']}")
+        raise ValueError(
+            f"{data} has {test_set.in_channels} channels but the checkpoint's model "
+            f"expects {ckpt['meta']['in_channels']}"
+        )
     ev = evaluate(model, test_set, ckpt["meta"]["image_size"], args.batch_size, device)
     meta = ckpt["meta"]
-    print(f"{meta['model']} bits {meta['bits']} width {meta['width']} on {data} "
-          f"(test, {ev['n']} images): accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}")
+    print(
+        f"{meta['model']} bits {meta['bits']} width {meta['width']} on {data} "
+        f"(test, {ev['n']} images): accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dorefa", description="DoReFa-Net: train low-bitwidth CNNs and run them on bit kernels")
+        prog="dorefa", description="DoReFa-Net: train low-bitwidth CNNs and run them on bit kernels"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a DoReFa model")
@@ -222,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dorefa {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dorefa {args.command}: interrupted (the last finished epoch is saved; "
-              "--resume continues)", file=sys.stderr)
+        print(
+            f"dorefa {args.command}: interrupted (the last finished epoch is saved; "
+            "--resume continues)",
+            file=sys.stderr,
+        )
         return 130
 
 

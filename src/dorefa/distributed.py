@@ -24,9 +24,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "setup", "teardown", "shard", "shard_eval", "all_reduce_sum",
-           "broadcast_buffers", "state_hash", "check_replicas", "convert_sync_batchnorm",
-           "CPUSyncBatchNorm", "launch"]
+__all__ = [
+    "DistInfo",
+    "setup",
+    "teardown",
+    "shard",
+    "shard_eval",
+    "all_reduce_sum",
+    "broadcast_buffers",
+    "state_hash",
+    "check_replicas",
+    "convert_sync_batchnorm",
+    "CPUSyncBatchNorm",
+    "launch",
+]
 
 
 @dataclass(frozen=True)
@@ -172,12 +183,15 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
         n = stats[-1]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                     else self.momentum)
+                m = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
                 unbiased = var * (n / (n - 1).clamp_min(1))
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
@@ -196,10 +210,16 @@ def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
 
     def convert(module: nn.Module) -> nn.Module:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
-                module, CPUSyncBatchNorm):
-            new = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum,
-                                   module.affine, module.track_running_stats,
-                                   process_group=group)
+            module, CPUSyncBatchNorm
+        ):
+            new = CPUSyncBatchNorm(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group=group,
+            )
             new.load_state_dict(module.state_dict())
             new.train(module.training)
             return new.to(next(module.buffers(), torch.empty(0)).device)
@@ -225,10 +245,16 @@ def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
     port = _free_port()
     procs: list[subprocess.Popen] = []
     for rank in range(nproc):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                   LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0",
-                   MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                   MASTER_PORT=str(port))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            LOCAL_WORLD_SIZE=str(nproc),
+            GROUP_RANK="0",
+            MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            MASTER_PORT=str(port),
+        )
         procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
     status = 0
     try:

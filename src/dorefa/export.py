@@ -129,8 +129,7 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndar
         raise ExportError(f"{bn}: BatchNorm without running statistics cannot be folded")
     mean = bn.running_mean.detach().double().cpu().numpy()
     var = bn.running_var.detach().double().cpu().numpy()
-    g = (bn.weight.detach().double().cpu().numpy() if bn.weight is not None
-         else np.ones_like(mean))
+    g = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else np.ones_like(mean)
     b = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else np.zeros_like(mean)
     inv = g / np.sqrt(var + bn.eps)
     a, c = inv, b - mean * inv
@@ -148,7 +147,8 @@ def _modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, (SVHNNet, AlexNet, nn.Sequential)):
         raise ExportError(
             f"{type(model).__name__} is not a sequential conv/BN/pool chain (e.g. resnet18 adds "
-            "residual branches), which the bit runtime cannot run; export svhn or alexnet models")
+            "residual branches), which the bit runtime cannot run; export svhn or alexnet models"
+        )
     out = []
 
     def walk(prefix, m):
@@ -167,10 +167,17 @@ def _modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _conv_params(m: nn.Conv2d, name: str) -> tuple[int, int]:
     ks, st, pd, dl = m.kernel_size, m.stride, m.padding, m.dilation
-    if not (st[0] == st[1] and isinstance(pd, tuple) and pd[0] == pd[1] and dl == (1, 1)
-            and m.padding_mode == "zeros"):
-        raise ExportError(f"{name}: only square stride/zero padding without dilation is "
-                          f"supported, got stride {st} padding {pd} dilation {dl}")
+    if not (
+        st[0] == st[1]
+        and isinstance(pd, tuple)
+        and pd[0] == pd[1]
+        and dl == (1, 1)
+        and m.padding_mode == "zeros"
+    ):
+        raise ExportError(
+            f"{name}: only square stride/zero padding without dilation is "
+            f"supported, got stride {st} padding {pd} dilation {dl}"
+        )
     del ks
     return st[0], pd[0]
 
@@ -193,16 +200,25 @@ def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
     """The runtime's layer list (header dict) and its arrays for ``model`` (see module doc)."""
     bits: Bits | None = getattr(model, "bits", None)
     if getattr(model, "keep_first_last", True) is False:
-        raise ExportError("models trained with --quantize-first-last (quantized first conv on "
-                          "the float image) are not supported by the bit runtime")
+        raise ExportError(
+            "models trained with --quantize-first-last (quantized first conv on "
+            "the float image) are not supported by the bit runtime"
+        )
     if bits is not None and bits.a == FLOAT:
-        raise ExportError(f"bits {bits}: A = 32 (unbounded ReLU activations) has no integer "
-                          "codes; the bit runtime needs A in 1..8")
+        raise ExportError(
+            f"bits {bits}: A = 32 (unbounded ReLU activations) has no integer "
+            "codes; the bit runtime needs A in 1..8"
+        )
     if bits is not None and bits.w == FLOAT:
-        raise ExportError(f"bits {bits}: W = 32 (float weights in the middle layers) cannot run "
-                          "on popcount kernels; the bit runtime needs W in 1..8")
-    mods = [(n, m) for n, m in _modules(model)
-            if not isinstance(m, (nn.Dropout, nn.Identity, GradQuant))]  # identity at inference
+        raise ExportError(
+            f"bits {bits}: W = 32 (float weights in the middle layers) cannot run "
+            "on popcount kernels; the bit runtime needs W in 1..8"
+        )
+    mods = [
+        (n, m)
+        for n, m in _modules(model)
+        if not isinstance(m, (nn.Dropout, nn.Identity, GradQuant))
+    ]  # identity at inference
     first = next((m for _, m in mods if isinstance(m, nn.Conv2d)), None)
     if first is None:
         raise ExportError("the model has no conv layer")
@@ -224,19 +240,33 @@ def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
     while i < len(mods):
         name, m = mods[i]
         if isinstance(m, (QConv2d, QLinear, nn.Conv2d, nn.Linear)) and (
-                getattr(m, "w_bits", FLOAT) == FLOAT):
+            getattr(m, "w_bits", FLOAT) == FLOAT
+        ):
             if kind == "float" and not layers and isinstance(m, nn.Conv2d):
                 stride, pad = _conv_params(m, name)
                 if m.groups != 1:
                     raise ExportError(f"{name}: grouped float first conv is not supported")
                 w = m.weight.detach().float().cpu().numpy()
-                b = (m.bias.detach().float().cpu().numpy() if m.bias is not None
-                     else np.zeros(m.out_channels, np.float32))
-                layers.append({"op": "conv_float", "stride": stride, "padding": pad,
-                               "weight": arr("weight", w), "bias": arr("bias", b)})
+                b = (
+                    m.bias.detach().float().cpu().numpy()
+                    if m.bias is not None
+                    else np.zeros(m.out_channels, np.float32)
+                )
+                layers.append(
+                    {
+                        "op": "conv_float",
+                        "stride": stride,
+                        "padding": pad,
+                        "weight": arr("weight", w),
+                        "bias": arr("bias", b),
+                    }
+                )
                 kh, kw = m.kernel_size
-                shape = (m.out_channels, (shape[1] + 2 * pad - kh) // stride + 1,
-                         (shape[2] + 2 * pad - kw) // stride + 1)
+                shape = (
+                    m.out_channels,
+                    (shape[1] + 2 * pad - kh) // stride + 1,
+                    (shape[2] + 2 * pad - kw) // stride + 1,
+                )
             elif kind == "float" and isinstance(m, nn.Linear) and i == len(mods) - 1:
                 n_in = math.prod(shape)
                 if m.in_features != n_in:
@@ -244,14 +274,20 @@ def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
                 if len(shape) > 1:
                     layers.append({"op": "flatten"})
                 w = m.weight.detach().float().cpu().numpy()
-                b = (m.bias.detach().float().cpu().numpy() if m.bias is not None
-                     else np.zeros(m.out_features, np.float32))
-                layers.append({"op": "linear_float", "weight": arr("weight", w),
-                               "bias": arr("bias", b)})
+                b = (
+                    m.bias.detach().float().cpu().numpy()
+                    if m.bias is not None
+                    else np.zeros(m.out_features, np.float32)
+                )
+                layers.append(
+                    {"op": "linear_float", "weight": arr("weight", w), "bias": arr("bias", b)}
+                )
                 shape = (m.out_features,)
             else:
-                raise ExportError(f"{name}: float-weight layer in the middle of the network "
-                                  "(W = 32 middle layers) cannot run on popcount kernels")
+                raise ExportError(
+                    f"{name}: float-weight layer in the middle of the network "
+                    "(W = 32 middle layers) cannot run on popcount kernels"
+                )
             i += 1
         elif isinstance(m, nn.MaxPool2d):
             k, s, p = _pool_params(m, name)
@@ -269,28 +305,35 @@ def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
             i += 1
         elif isinstance(m, (QConv2d, QLinear)):
             if kind == "float":
-                raise ExportError(f"{name}: quantized layer on float input (quantized first "
-                                  "layer) is not supported")
+                raise ExportError(
+                    f"{name}: quantized layer on float input (quantized first "
+                    "layer) is not supported"
+                )
             i, shape, kind = _quantized_layer(mods, i, shape, kind, layers, arr)
         else:
             raise ExportError(f"{name}: {type(m).__name__} is not supported by the bit runtime")
     if kind != "float" or len(shape) != 1:
         raise ExportError("the model must end with a float linear classifier")
     del flat_pending
-    header = {"format": fmt.FORMAT_NAME, "input_shape": [int(v) for v in
-                                                         (first.in_channels, size, size)],
-              "num_classes": int(shape[0]), "bits": str(bits) if bits else None,
-              "layers": layers}
+    header = {
+        "format": fmt.FORMAT_NAME,
+        "input_shape": [int(v) for v in (first.in_channels, size, size)],
+        "num_classes": int(shape[0]),
+        "bits": str(bits) if bits else None,
+        "layers": layers,
+    }
     return header, arrays
 
 
 def _quantized_layer(mods, i, shape, x_bits, layers, arr):
     """conv|linear (f_w) -> BN -> [max-pool] -> f_a: one bitconv (+ maxpool on codes)."""
     name, m = mods[i]
-    seq = [type(mm).__name__ for _, mm in mods[i:i + 4]]
+    seq = [type(mm).__name__ for _, mm in mods[i : i + 4]]
     if i + 2 >= len(mods) or not isinstance(mods[i + 1][1], nn.modules.batchnorm._BatchNorm):
-        raise ExportError(f"{name}: a quantized layer must be followed by BatchNorm "
-                          f"(conv -> BN -> [pool] -> f_a), got {seq}")
+        raise ExportError(
+            f"{name}: a quantized layer must be followed by BatchNorm "
+            f"(conv -> BN -> [pool] -> f_a), got {seq}"
+        )
     bn = mods[i + 1][1]
     j = i + 2
     pool = None
@@ -326,19 +369,33 @@ def _quantized_layer(mods, i, shape, x_bits, layers, arr):
     alpha, beta = s * a_bn, b_bn  # z = alpha * D + beta
     ho = (shape[1] + 2 * pad - kh) // stride + 1
     wo = (shape[2] + 2 * pad - kw) // stride + 1
-    spec = {"op": "bitconv", "x_bits": int(x_bits), "w_bits": int(m.w_bits), "stride": stride,
-            "padding": pad, "groups": int(groups), "weight_shape": [o, cg, kh, kw],
-            "weight": arr("weight", pack_planes(codes, m.w_bits))}
+    spec = {
+        "op": "bitconv",
+        "x_bits": int(x_bits),
+        "w_bits": int(m.w_bits),
+        "stride": stride,
+        "padding": pad,
+        "groups": int(groups),
+        "weight_shape": [o, cg, kh, kw],
+        "weight": arr("weight", pack_planes(codes, m.w_bits)),
+    }
     if act.quantize:
         t, d = fold_thresholds(alpha, beta, act.k, dmax)
-        spec |= {"out": "codes", "out_bits": int(act.k), "thresholds": arr("thresholds", t),
-                 "direction": arr("direction", d)}
+        spec |= {
+            "out": "codes",
+            "out_bits": int(act.k),
+            "thresholds": arr("thresholds", t),
+            "direction": arr("direction", d),
+        }
         kind = act.k
     else:
         if pool is not None:
             raise ExportError(f"{name}: max-pool before the float classifier is not supported")
-        spec |= {"out": "float", "alpha": arr("alpha", alpha.astype(np.float32)),
-                 "beta": arr("beta", beta.astype(np.float32))}
+        spec |= {
+            "out": "float",
+            "alpha": arr("alpha", alpha.astype(np.float32)),
+            "beta": arr("beta", beta.astype(np.float32)),
+        }
         kind = "float"
     layers.append(spec)
     shape = (o, ho, wo)
@@ -364,10 +421,17 @@ def export(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) 
         size = fmt.write(path, header, arrays)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"cannot write {path}: {exc}") from None
-    float_bytes = sum(t.numel() * 4 for t in model.state_dict().values()
-                      if torch.is_tensor(t) and t.is_floating_point())
-    return {"path": str(path), "size": size, "layers": len(header["layers"]),
-            "float_bytes": float_bytes}
+    float_bytes = sum(
+        t.numel() * 4
+        for t in model.state_dict().values()
+        if torch.is_tensor(t) and t.is_floating_point()
+    )
+    return {
+        "path": str(path),
+        "size": size,
+        "layers": len(header["layers"]),
+        "float_bytes": float_bytes,
+    }
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -376,24 +440,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint)
     out = args.output or str(Path(args.checkpoint).with_suffix(".dorefa"))
-    meta = dict(ckpt["meta"]) | {"checkpoint": str(args.checkpoint),
-                                 "epoch": int(ckpt.get("epoch", -1)) + 1}
+    meta = dict(ckpt["meta"]) | {
+        "checkpoint": str(args.checkpoint),
+        "epoch": int(ckpt.get("epoch", -1)) + 1,
+    }
     info = export(model, out, meta=meta)
     ckpt_float = Path(args.checkpoint)
-    print(f"exported {ckpt['meta']['model']} bits {ckpt['meta']['bits']} width "
-          f"{ckpt['meta']['width']} -> {out}: {info['layers']} layers, {info['size']} bytes "
-          f"({info['float_bytes'] / info['size']:.1f}x smaller than the float32 weights, "
-          f"{info['float_bytes']} bytes; checkpoint file {ckpt_float.stat().st_size} bytes)")
+    print(
+        f"exported {ckpt['meta']['model']} bits {ckpt['meta']['bits']} width "
+        f"{ckpt['meta']['width']} -> {out}: {info['layers']} layers, {info['size']} bytes "
+        f"({info['float_bytes'] / info['size']:.1f}x smaller than the float32 weights, "
+        f"{info['float_bytes']} bytes; checkpoint file {ckpt_float.stat().st_size} bytes)"
+    )
     return 0
 
 
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint to a .dorefa bit-runtime file")
     p.add_argument("checkpoint", help="checkpoint.pt from `dorefa train`")
-    p.add_argument("-o", "--output", default=None,
-                   help="output .dorefa file (default: the checkpoint's name with .dorefa)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="output .dorefa file (default: the checkpoint's name with .dorefa)",
+    )
     p.set_defaults(func=cmd_export)
 
 
-__all__ = ["ExportError", "build", "export", "fold_thresholds", "pack_planes", "register_cli",
-           "weight_codes"]
+__all__ = [
+    "ExportError",
+    "build",
+    "export",
+    "fold_thresholds",
+    "pack_planes",
+    "register_cli",
+    "weight_codes",
+]

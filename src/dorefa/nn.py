@@ -41,8 +41,9 @@ class QConv2d(nn.Conv2d):
             return quantize_weight(self.weight, self.w_bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _autocast_output(self._conv_forward(x, self.quantized_weight(), self.bias),
-                                self.weight)
+        return _autocast_output(
+            self._conv_forward(x, self.quantized_weight(), self.bias), self.weight
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"
@@ -51,8 +52,9 @@ class QConv2d(nn.Conv2d):
 class QLinear(nn.Linear):
     """``nn.Linear`` with f_w on its float shadow weight (see ``QConv2d``); no bias by default."""
 
-    def __init__(self, in_features: int, out_features: int, *, w_bits: int = 1,
-                 bias: bool = False, **kwargs) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, w_bits: int = 1, bias: bool = False, **kwargs
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias, **kwargs)
         self.w_bits = check_bits(w_bits, "w_bits")
 
@@ -109,13 +111,22 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> nn.Module:
 
 def _quantized_copy(layer: nn.Module, w_bits: int) -> nn.Module:
     if isinstance(layer, nn.Conv2d):
-        q = QConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                    stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                    groups=layer.groups, bias=layer.bias is not None, w_bits=w_bits,
-                    padding_mode=layer.padding_mode)
+        q = QConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            w_bits=w_bits,
+            padding_mode=layer.padding_mode,
+        )
     else:
-        q = QLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                    w_bits=w_bits)
+        q = QLinear(
+            layer.in_features, layer.out_features, bias=layer.bias is not None, w_bits=w_bits
+        )
     return _copy_params(layer, q)
 
 

@@ -32,20 +32,42 @@ RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(
-            "alexnet-imagenet", "alexnet",
+            "alexnet-imagenet",
+            "alexnet",
             "tensorpack alexnet-dorefa.py: Adam 2e-4 (eps 1e-5), batch 256, x0.2 at 60/75, 90 ep",
-            dict(model="alexnet", bits="1,2,6", batch_size=256, epochs=90, optimizer="adam",
-                 lr=2e-4, adam_eps=1e-5, lr_milestones=((60, 0.2), (75, 0.2)),
-                 weight_decay=5e-6, weight_decay_on="linear", augment="none"),
+            dict(
+                model="alexnet",
+                bits="1,2,6",
+                batch_size=256,
+                epochs=90,
+                optimizer="adam",
+                lr=2e-4,
+                adam_eps=1e-5,
+                lr_milestones=((60, 0.2), (75, 0.2)),
+                weight_decay=5e-6,
+                weight_decay_on="linear",
+                augment="none",
+            ),
         ),
         Recipe(
-            "resnet18-imagenet", "resnet18",
+            "resnet18-imagenet",
+            "resnet18",
             "tensorpack ImageNet ResNet schedule: SGD 0.9 nesterov, lr 0.1, x0.1 at 30/60/90, "
             "100 ep, wd 1e-4",
-            dict(model="resnet18", bits="1,4,32", batch_size=256, epochs=100, optimizer="sgd",
-                 lr=0.1, momentum=0.9, nesterov=True,
-                 lr_milestones=((30, 0.1), (60, 0.1), (90, 0.1)),
-                 weight_decay=1e-4, weight_decay_on="weights", augment="none"),
+            dict(
+                model="resnet18",
+                bits="1,4,32",
+                batch_size=256,
+                epochs=100,
+                optimizer="sgd",
+                lr=0.1,
+                momentum=0.9,
+                nesterov=True,
+                lr_milestones=((30, 0.1), (60, 0.1), (90, 0.1)),
+                weight_decay=1e-4,
+                weight_decay_on="weights",
+                augment="none",
+            ),
         ),
     )
 }
@@ -59,8 +81,9 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}") \
-            from None
+        raise ValueError(
+            f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}"
+        ) from None
 
 
 def apply_recipe(values: dict, explicit: set[str], name: str | None) -> dict:
@@ -70,8 +93,10 @@ def apply_recipe(values: dict, explicit: set[str], name: str | None) -> dict:
         return dict(values)
     recipe = get_recipe(name)
     if "model" in explicit and values.get("model") != recipe.model:
-        raise ValueError(f"recipe {name} is for --model {recipe.model}, got --model "
-                         f"{values.get('model')}; drop --model or pick another recipe")
+        raise ValueError(
+            f"recipe {name} is for --model {recipe.model}, got --model "
+            f"{values.get('model')}; drop --model or pick another recipe"
+        )
     out = dict(values)
     for key, value in recipe.defaults.items():
         if key not in explicit:

@@ -49,17 +49,32 @@ from .bits import FLOAT, Bits
 # trained checkpoint initialises this one.
 PAPER_GRID = {
     "cells": [
-        {"bits": b, "widths": [1.0]} for b in (
-            "32,32,32", "8,8,8", "1,32,32", "1,1,32", "1,2,32", "1,4,32", "1,1,6", "1,2,6",
-            "1,4,6", "2,2,6", "1,2,8", "1,2,4", "1,2,2", "1,1,4", "1,1,2")
-    ] + [
+        {"bits": b, "widths": [1.0]}
+        for b in (
+            "32,32,32",
+            "8,8,8",
+            "1,32,32",
+            "1,1,32",
+            "1,2,32",
+            "1,4,32",
+            "1,1,6",
+            "1,2,6",
+            "1,4,6",
+            "2,2,6",
+            "1,2,8",
+            "1,2,4",
+            "1,2,2",
+            "1,1,4",
+            "1,1,2",
+        )
+    ]
+    + [
         {"bits": "32,32,32", "widths": [0.5, 0.25, 0.125]},
         {"bits": "1,2,6", "widths": [0.5, 0.25, 0.125]},
         {"bits": "1,2,6", "widths": [1.0], "init": "32,32,32"},
     ]
 }
-TINY_GRID = {"cells": [{"bits": "32,32,32", "widths": [0.25]},
-                       {"bits": "1,2,6", "widths": [0.25]}]}
+TINY_GRID = {"cells": [{"bits": "32,32,32", "widths": [0.25]}, {"bits": "1,2,6", "widths": [0.25]}]}
 BUILTIN_GRIDS = {"paper": PAPER_GRID, "tiny": TINY_GRID}
 
 GRID_KEYS = {"bits", "width", "widths", "init"}
@@ -82,9 +97,11 @@ class Cell:
 
 def _parse_grid(obj: object, where: str) -> list[Cell]:
     if not isinstance(obj, dict) or not isinstance(obj.get("cells"), list) or not obj["cells"]:
-        raise ValueError(f"{where}: a grid needs a non-empty list 'cells', e.g. "
-                         "cells: [{bits: '1,2,6', widths: [1.0, 0.5]}, "
-                         "{bits: '1,2,6', width: 1.0, init: '32,32,32'}]")
+        raise ValueError(
+            f"{where}: a grid needs a non-empty list 'cells', e.g. "
+            "cells: [{bits: '1,2,6', widths: [1.0, 0.5]}, "
+            "{bits: '1,2,6', width: 1.0, init: '32,32,32'}]"
+        )
     cells: list[Cell] = []
     for i, entry in enumerate(obj["cells"]):
         at = f"{where}: cells[{i}]"
@@ -92,8 +109,9 @@ def _parse_grid(obj: object, where: str) -> list[Cell]:
             raise ValueError(f"{at}: each cell needs 'bits' (\"W,A,G\"), got {entry!r}")
         unknown = set(entry) - GRID_KEYS
         if unknown:
-            raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; "
-                             f"allowed: {sorted(GRID_KEYS)}")
+            raise ValueError(
+                f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(GRID_KEYS)}"
+            )
         try:
             bits = Bits.parse(entry["bits"])
             init = Bits.parse(entry["init"]) if entry.get("init") else None
@@ -112,8 +130,10 @@ def _parse_grid(obj: object, where: str) -> list[Cell]:
         raise ValueError(f"{where}: cells listed twice: {', '.join(d[2:] for d in dup)}")
     for c in cells:
         if c.init and c.source() not in cells:
-            raise ValueError(f"{where}: cell {c.bits} width {c.width} is initialised from "
-                             f"{c.init} width {c.width}, which is not in the grid; add it")
+            raise ValueError(
+                f"{where}: cell {c.bits} width {c.width} is initialised from "
+                f"{c.init} width {c.width}, which is not in the grid; add it"
+            )
     return cells
 
 
@@ -123,8 +143,9 @@ def load_grid(spec: str) -> list[Cell]:
         return _parse_grid(BUILTIN_GRIDS[spec], f"built-in grid {spec!r}")
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--grid {spec}: no such file and not a built-in grid "
-                                f"({', '.join(BUILTIN_GRIDS)})")
+        raise FileNotFoundError(
+            f"--grid {spec}: no such file and not a built-in grid ({', '.join(BUILTIN_GRIDS)})"
+        )
     text = path.read_text()
     suffix = path.suffix.lower()
     try:
@@ -165,8 +186,9 @@ def layer_costs(model, image_size: int, in_channels: int, bits: Bits) -> dict:
             macs = module.in_features * module.out_features
         layers.append((module, macs))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (QConv2d, QLinear))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (QConv2d, QLinear))
+    ]
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -193,20 +215,56 @@ def layer_costs(model, image_size: int, in_channels: int, bits: Bits) -> dict:
 def cell_costs(model_name: str, cell: Cell, num_classes: int, in_channels: int) -> dict:
     from .models import create_model, input_size
 
-    model = create_model(model_name, bits=cell.bits, num_classes=num_classes,
-                         in_channels=in_channels, width=cell.width)
+    model = create_model(
+        model_name,
+        bits=cell.bits,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=cell.width,
+    )
     return layer_costs(model, input_size(model_name), in_channels, cell.bits)
 
 
 # ------------------------------------------------------------------------------------- sweep
 
-COLUMNS = ["cell", "model", "data", "W", "A", "G", "width", "init", "status", "best_test_acc",
-           "final_test_acc", "epochs", "wall_s", "macs", "float_macs", "infer_bitops",
-           "train_bitops", "weight_bytes", "subset", "test_n", "seed", "error"]
+COLUMNS = [
+    "cell",
+    "model",
+    "data",
+    "W",
+    "A",
+    "G",
+    "width",
+    "init",
+    "status",
+    "best_test_acc",
+    "final_test_acc",
+    "epochs",
+    "wall_s",
+    "macs",
+    "float_macs",
+    "infer_bitops",
+    "train_bitops",
+    "weight_bytes",
+    "subset",
+    "test_n",
+    "seed",
+    "error",
+]
 
 # A sweep's settings: every cell gets the same budget; resuming with different ones is refused.
-SETTING_KEYS = ("model", "data", "data_dir", "grid", "epochs", "subset", "test_subset", "seed",
-                "batch_size", "lr")
+SETTING_KEYS = (
+    "model",
+    "data",
+    "data_dir",
+    "grid",
+    "epochs",
+    "subset",
+    "test_subset",
+    "seed",
+    "batch_size",
+    "lr",
+)
 
 
 @dataclass
@@ -235,8 +293,18 @@ def read_results(path: Path) -> list[dict]:
 
 def _typed(row: dict) -> dict:
     out: dict = dict(row)
-    for k in ("W", "A", "G", "epochs", "macs", "float_macs", "infer_bitops", "train_bitops",
-              "seed", "test_n"):
+    for k in (
+        "W",
+        "A",
+        "G",
+        "epochs",
+        "macs",
+        "float_macs",
+        "infer_bitops",
+        "train_bitops",
+        "seed",
+        "test_n",
+    ):
         out[k] = int(float(row[k])) if row.get(k) not in (None, "") else None
     for k in ("width", "best_test_acc", "final_test_acc", "wall_s", "weight_bytes"):
         out[k] = float(row[k]) if row.get(k) not in (None, "") else None
@@ -261,10 +329,33 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _train_command(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path | None):
-    cmd = [sys.executable, "-m", "dorefa", "train", "--model", cfg.model, "--data", cfg.data,
-           "--bits", str(cell.bits), "--width", str(cell.width), "--epochs", str(cfg.epochs),
-           "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--seed", str(cfg.seed),
-           "--threads", "1", "--out", str(cell_dir), "--resume"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dorefa",
+        "train",
+        "--model",
+        cfg.model,
+        "--data",
+        cfg.data,
+        "--bits",
+        str(cell.bits),
+        "--width",
+        str(cell.width),
+        "--epochs",
+        str(cfg.epochs),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--lr",
+        str(cfg.lr),
+        "--seed",
+        str(cfg.seed),
+        "--threads",
+        "1",
+        "--out",
+        str(cell_dir),
+        "--resume",
+    ]
     if cfg.data_dir:
         cmd += ["--data-dir", cfg.data_dir]
     if cfg.subset:
@@ -306,8 +397,13 @@ class _Children:
         with self.lock:
             if self.stopped:
                 raise RuntimeError("the sweep is stopping")
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_child_env(),
-                                    preexec_fn=_die_with_parent if os.name == "posix" else None)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=_child_env(),
+                preexec_fn=_die_with_parent if os.name == "posix" else None,
+            )
             self.procs[name] = proc
             return proc
 
@@ -328,9 +424,18 @@ def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> d
     cell_dir.mkdir(parents=True, exist_ok=True)
     src = cell.source()
     init_from = out / "cells" / src.name(cfg.model) / "checkpoint.pt" if src else None
-    row = {"cell": cell.name(cfg.model), "model": cfg.model, "data": cfg.data, "W": cell.bits.w,
-           "A": cell.bits.a, "G": cell.bits.g, "width": cell.width,
-           "init": str(cell.init) if cell.init else "", "subset": cfg.subset, "seed": cfg.seed}
+    row = {
+        "cell": cell.name(cfg.model),
+        "model": cfg.model,
+        "data": cfg.data,
+        "W": cell.bits.w,
+        "A": cell.bits.a,
+        "G": cell.bits.g,
+        "width": cell.width,
+        "init": str(cell.init) if cell.init else "",
+        "subset": cfg.subset,
+        "seed": cfg.seed,
+    }
     t0 = time.perf_counter()
     for attempt in range(2):
         with open(cell_dir / "train.log", "a") as logf:
@@ -348,20 +453,29 @@ def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> d
     if not complete:
         lines = [ln for ln in (cell_dir / "train.log").read_text().splitlines() if ln.strip()]
         err = next((ln for ln in reversed(lines) if "rror" in ln), lines[-1] if lines else "")
-        return row | {"status": "failed", "error": f"exit {rc}: {err.strip()[:300]}",
-                      "wall_s": round(time.perf_counter() - t0, 1)}
+        return row | {
+            "status": "failed",
+            "error": f"exit {rc}: {err.strip()[:300]}",
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
     # Every epoch and the checkpoint are on disk: the run is complete even if the process
     # died on the way out (noted in the error column).
     row["error"] = f"exit {rc} after the last epoch" if rc != 0 else ""
     conf = json.loads((cell_dir / "config.json").read_text())
     costs = cell_costs(cfg.model, cell, conf["num_classes"], conf["in_channels"])
     # wall time = the cell's epochs (train + test), summed over resumed pieces
-    return row | costs | {
-        "status": "ok", "epochs": len(history),
-        "best_test_acc": max(h["test_acc"] for h in history),
-        "final_test_acc": history[-1]["test_acc"],
-        "wall_s": round(sum(h["seconds"] for h in history), 1),
-        "test_n": cfg.test_subset}
+    return (
+        row
+        | costs
+        | {
+            "status": "ok",
+            "epochs": len(history),
+            "best_test_acc": max(h["test_acc"] for h in history),
+            "final_test_acc": history[-1]["test_acc"],
+            "wall_s": round(sum(h["seconds"] for h in history), 1),
+            "test_n": cfg.test_subset,
+        }
+    )
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -378,8 +492,10 @@ def _check_settings(cfg: SweepConfig, out: Path) -> None:
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(f"{out} holds a sweep with other settings ({what}); every cell must "
-                             "get the same budget: use the same arguments or another --out")
+            raise ValueError(
+                f"{out} holds a sweep with other settings ({what}); every cell must "
+                "get the same budget: use the same arguments or another --out"
+            )
     else:
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps(settings, indent=2) + "\n")
@@ -403,14 +519,22 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
     # A recorded ok cell is finished; a recorded failure is tried again.
     pending = [c for c in cells if done.get(c.name(cfg.model), {}).get("status") != "ok"]
     stop_after = int(os.environ.get("DOREFA_SWEEP_STOP_AFTER", "0") or 0)
-    log(f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(pending)} already done, "
-        f"{cfg.jobs} job(s) -> {out}")
+    log(
+        f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(pending)} already done, "
+        f"{cfg.jobs} job(s) -> {out}"
+    )
 
     from tqdm import tqdm
 
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="cells", unit="cell",
-               disable=not show, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(pending),
+        desc="cells",
+        unit="cell",
+        disable=not show,
+        dynamic_ncols=True,
+    )
     lock = threading.Lock()
     children = _Children()
     recorded = 0
@@ -423,9 +547,12 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
             write_results(csv_path, rows)
             _write_atomic(out / "results.md", render_markdown(rows, cfg_dict(cfg), out))
             recorded += 1
-        msg = (f"{row['cell']}: best {row['best_test_acc']:.4f} final "
-               f"{row['final_test_acc']:.4f} ({row['wall_s']:.0f}s)" if row["status"] == "ok"
-               else f"{row['cell']}: FAILED {row['error']}")
+        msg = (
+            f"{row['cell']}: best {row['best_test_acc']:.4f} final "
+            f"{row['final_test_acc']:.4f} ({row['wall_s']:.0f}s)"
+            if row["status"] == "ok"
+            else f"{row['cell']}: FAILED {row['error']}"
+        )
         bar.update(1)
         bar.set_postfix_str(msg[:60])
         log(msg) if not show else bar.write(msg)
@@ -445,16 +572,28 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
                     continue  # its source cell is not trained yet
                 pending.remove(cell)
                 if src and (src_row is None or src_row["status"] != "ok"):
-                    record({"cell": cell.name(cfg.model), "model": cfg.model,
-                            "data": cfg.data, "W": cell.bits.w, "A": cell.bits.a,
-                            "G": cell.bits.g, "width": cell.width, "init": str(cell.init),
-                            "status": "failed", "subset": cfg.subset, "seed": cfg.seed,
-                            "error": f"its source cell {src.name(cfg.model)} failed"})
+                    record(
+                        {
+                            "cell": cell.name(cfg.model),
+                            "model": cfg.model,
+                            "data": cfg.data,
+                            "W": cell.bits.w,
+                            "A": cell.bits.a,
+                            "G": cell.bits.g,
+                            "width": cell.width,
+                            "init": str(cell.init),
+                            "status": "failed",
+                            "subset": cfg.subset,
+                            "seed": cfg.seed,
+                            "error": f"its source cell {src.name(cfg.model)} failed",
+                        }
+                    )
                     continue
                 running[pool.submit(_run_cell, cfg, cell, out, children)] = cell
             if not running:
-                if pending and not any(c.source() is None or c.source() not in pending
-                                       for c in pending):
+                if pending and not any(
+                    c.source() is None or c.source() not in pending for c in pending
+                ):
                     raise RuntimeError("sweep scheduler: no runnable cell left")  # unreachable
                 continue
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -463,10 +602,17 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
                 try:
                     row = fut.result()
                 except Exception as exc:  # a bug in the parent's bookkeeping of this cell
-                    row = {"cell": cell.name(cfg.model), "model": cfg.model,
-                           "W": cell.bits.w, "A": cell.bits.a, "G": cell.bits.g,
-                           "width": cell.width, "init": str(cell.init or ""),
-                           "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    row = {
+                        "cell": cell.name(cfg.model),
+                        "model": cfg.model,
+                        "W": cell.bits.w,
+                        "A": cell.bits.a,
+                        "G": cell.bits.g,
+                        "width": cell.width,
+                        "init": str(cell.init or ""),
+                        "status": "failed",
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
                 record(row)
     finally:
         children.stop()  # killed or stopped: the cells in flight end now
@@ -511,8 +657,10 @@ def _acc(x) -> str:
 
 
 def render_table(rows: list[dict]) -> str:
-    head = ("| W | A | G | width | init | best acc | final acc | epochs | wall (s) | "
-            "inference bit-ops | training bit-ops | float MACs | weights (KiB) | status |")
+    head = (
+        "| W | A | G | width | init | best acc | final acc | epochs | wall (s) | "
+        "inference bit-ops | training bit-ops | float MACs | weights (KiB) | status |"
+    )
     lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
@@ -522,14 +670,18 @@ def render_table(rows: list[dict]) -> str:
             f"{_fmt_ops(r.get('infer_bitops'))} | {_fmt_ops(r.get('train_bitops'))} | "
             f"{_fmt_ops(r.get('float_macs'))} | "
             f"{_kib(r.get('weight_bytes'))} | "
-            f"{_status(r)} |")
+            f"{_status(r)} |"
+        )
     return "\n".join(lines)
 
 
 class _Lookup:
     def __init__(self, rows: list[dict]):
-        self.rows = {(r["W"], r["A"], r["G"], float(r["width"]), bool(r.get("init"))): r
-                     for r in rows if r.get("status") == "ok"}
+        self.rows = {
+            (r["W"], r["A"], r["G"], float(r["width"]), bool(r.get("init"))): r
+            for r in rows
+            if r.get("status") == "ok"
+        }
 
     def __call__(self, w, a, g, width=1.0, init=False):
         r = self.rows.get((w, a, g, float(width), init))
@@ -569,34 +721,55 @@ def claims(rows: list[dict]) -> list[str]:
         out.append(f"- **{title}** (paper: {paper}): {_verdict(verdict)}")
         out.extend(f"  - {t}" for t in texts)
 
-    section("G=6 is about as good as G=32",
-            "6-bit gradients are about as good as float ones; AlexNet (1,2,6) 46.8% vs (1,2,32) "
-            f"46.6% error), taken as holding when every G=6 cell is within {TOL} of G=32 or above",
-            [((1, a, 6), (1, a, 32)) for a in (1, 2, 4)],
-            lambda ds: all(d >= -TOL for d in ds))
-    section("G=4 and G=2 are clearly worse than G=6",
-            "4-bit gradients clearly hurt; AlexNet (1,2,4) 54.0% vs (1,2,6) 46.8% error), "
-            f"holding when every G<6 cell is more than {TOL} below its G=6 cell",
-            [((1, a, g), (1, a, 6)) for a in (1, 2) for g in (4, 2)],
-            lambda ds: all(d < -TOL for d in ds))
-    section("G=8 adds nothing over G=6", "6 bits suffice",
-            [((1, 2, 8), (1, 2, 6))], lambda ds: all(abs(d) <= TOL for d in ds))
-    section("More activation bits help: A=1 < A=2 < A=4 at W=1",
-            "accuracy rises with A; activations need more bits than weights",
-            [((1, 2, 32), (1, 1, 32)), ((1, 4, 32), (1, 2, 32)),
-             ((1, 2, 6), (1, 1, 6)), ((1, 4, 6), (1, 2, 6))],
-            lambda ds: all(d > 0 for d in ds))
-    section("1-bit weights alone cost little; activations cost more",
-            "AlexNet (1,32,32) 44.3% vs float 40.3% error, but (1,1,32) 51.5%",
-            [((1, 32, 32), (32, 32, 32)), ((1, 1, 32), (1, 32, 32))],
-            lambda ds: ds[0] > ds[-1] if len(ds) == 2 else None)
-    section("More weight bits help: (2,2,6) >= (1,2,6); (8,8,8) ~ float",
-            "AlexNet (8,8,8) 42.0% vs float 40.3% error",
-            [((2, 2, 6), (1, 2, 6)), ((8, 8, 8), (32, 32, 32))],
-            lambda ds: ds[0] >= -TOL and (len(ds) < 2 or ds[1] >= -2 * TOL))
-    section("Initialising from a trained float model helps",
-            "initialising from a float model gives higher accuracy than training from scratch",
-            [(((1, 2, 6, 1.0, True)), (1, 2, 6))], lambda ds: ds[0] > 0)
+    section(
+        "G=6 is about as good as G=32",
+        "6-bit gradients are about as good as float ones; AlexNet (1,2,6) 46.8% vs (1,2,32) "
+        f"46.6% error), taken as holding when every G=6 cell is within {TOL} of G=32 or above",
+        [((1, a, 6), (1, a, 32)) for a in (1, 2, 4)],
+        lambda ds: all(d >= -TOL for d in ds),
+    )
+    section(
+        "G=4 and G=2 are clearly worse than G=6",
+        "4-bit gradients clearly hurt; AlexNet (1,2,4) 54.0% vs (1,2,6) 46.8% error), "
+        f"holding when every G<6 cell is more than {TOL} below its G=6 cell",
+        [((1, a, g), (1, a, 6)) for a in (1, 2) for g in (4, 2)],
+        lambda ds: all(d < -TOL for d in ds),
+    )
+    section(
+        "G=8 adds nothing over G=6",
+        "6 bits suffice",
+        [((1, 2, 8), (1, 2, 6))],
+        lambda ds: all(abs(d) <= TOL for d in ds),
+    )
+    section(
+        "More activation bits help: A=1 < A=2 < A=4 at W=1",
+        "accuracy rises with A; activations need more bits than weights",
+        [
+            ((1, 2, 32), (1, 1, 32)),
+            ((1, 4, 32), (1, 2, 32)),
+            ((1, 2, 6), (1, 1, 6)),
+            ((1, 4, 6), (1, 2, 6)),
+        ],
+        lambda ds: all(d > 0 for d in ds),
+    )
+    section(
+        "1-bit weights alone cost little; activations cost more",
+        "AlexNet (1,32,32) 44.3% vs float 40.3% error, but (1,1,32) 51.5%",
+        [((1, 32, 32), (32, 32, 32)), ((1, 1, 32), (1, 32, 32))],
+        lambda ds: ds[0] > ds[-1] if len(ds) == 2 else None,
+    )
+    section(
+        "More weight bits help: (2,2,6) >= (1,2,6); (8,8,8) ~ float",
+        "AlexNet (8,8,8) 42.0% vs float 40.3% error",
+        [((2, 2, 6), (1, 2, 6)), ((8, 8, 8), (32, 32, 32))],
+        lambda ds: ds[0] >= -TOL and (len(ds) < 2 or ds[1] >= -2 * TOL),
+    )
+    section(
+        "Initialising from a trained float model helps",
+        "initialising from a float model gives higher accuracy than training from scratch",
+        [(((1, 2, 6, 1.0, True)), (1, 2, 6))],
+        lambda ds: ds[0] > 0,
+    )
 
     gaps = []
     for width in (1.0, 0.5, 0.25, 0.125):
@@ -606,22 +779,34 @@ def claims(rows: list[dict]) -> list[str]:
     verdict = None
     if len(gaps) >= 2:  # thinner = larger loss: the (1,2,6) - float gap falls as width falls
         verdict = all(b[1] <= a[1] for a, b in zip(gaps, gaps[1:], strict=False))
-    out.append(f"- **Thinner models lose more from quantization** (paper: the gap between "
-               f"(1,2,6) and float grows from model A to D): {_verdict(verdict)} "
-               "(monotone in width)")
+    out.append(
+        f"- **Thinner models lose more from quantization** (paper: the gap between "
+        f"(1,2,6) and float grows from model A to D): {_verdict(verdict)} "
+        "(monotone in width)"
+    )
     out.extend(f"  - width {w:g}: {t}" for w, _, t in gaps)
 
     f32, q = acc(32, 32, 32), acc(1, 2, 6)
-    out.append("- **The issue's targets** ((32,32,32) >= 0.930; (1,2,6) >= 0.920 and within "
-               "0.010 of float):")
+    out.append(
+        "- **The issue's targets** ((32,32,32) >= 0.930; (1,2,6) >= 0.920 and within "
+        "0.010 of float):"
+    )
     if f32 is not None:
-        out.append(f"  - (32,32,32) {f32:.4f}: {'reached' if f32 >= 0.930 else 'not reached'} "
-                   f"({f32 - 0.930:+.4f})")
+        out.append(
+            f"  - (32,32,32) {f32:.4f}: {'reached' if f32 >= 0.930 else 'not reached'} "
+            f"({f32 - 0.930:+.4f})"
+        )
     if q is not None:
-        out.append(f"  - (1,2,6) {q:.4f}: {'reached' if q >= 0.920 else 'not reached'} "
-                   f"({q - 0.920:+.4f})" + (f"; gap to float {q - f32:+.4f} "
-                                            f"({'within' if f32 - q <= 0.010 else 'outside'} 0.010)"
-                                            if f32 is not None else ""))
+        out.append(
+            f"  - (1,2,6) {q:.4f}: {'reached' if q >= 0.920 else 'not reached'} "
+            f"({q - 0.920:+.4f})"
+            + (
+                f"; gap to float {q - f32:+.4f} "
+                f"({'within' if f32 - q <= 0.010 else 'outside'} 0.010)"
+                if f32 is not None
+                else ""
+            )
+        )
     return out
 
 
@@ -632,15 +817,23 @@ def render_markdown(rows: list[dict], settings: dict | None, out: Path, plots=()
         keep = {k: settings.get(k) for k in SETTING_KEYS if k in settings}
         parts += ["Settings: " + ", ".join(f"{k}={v}" for k, v in keep.items()), ""]
     n_ok = sum(r.get("status") == "ok" for r in rows)
-    parts += [f"{n_ok} of {len(rows)} recorded cells finished. Accuracies are test accuracy "
-              "(fraction); best = best epoch, as the paper reports. Bit-ops are per image; "
-              "float layers (first conv, last linear) count as MACs x 32 x 32 inside the bit-op "
-              "totals and are also listed as float MACs. Training bit-ops = MACs x (W*A + W*G + "
-              "A*G). Weights: quantized layers at W bits, float layers and biases at 32 bits, "
-              "BatchNorm not counted. Wall time = the cell's epochs (training + test), one "
-              "thread.", "", render_table(rows), "", "## The paper's claims, checked", "",
-              f"Generated from results.csv (best test accuracy; differences below {TOL} are "
-              "treated as noise).", ""]
+    parts += [
+        f"{n_ok} of {len(rows)} recorded cells finished. Accuracies are test accuracy "
+        "(fraction); best = best epoch, as the paper reports. Bit-ops are per image; "
+        "float layers (first conv, last linear) count as MACs x 32 x 32 inside the bit-op "
+        "totals and are also listed as float MACs. Training bit-ops = MACs x (W*A + W*G + "
+        "A*G). Weights: quantized layers at W bits, float layers and biases at 32 bits, "
+        "BatchNorm not counted. Wall time = the cell's epochs (training + test), one "
+        "thread.",
+        "",
+        render_table(rows),
+        "",
+        "## The paper's claims, checked",
+        "",
+        f"Generated from results.csv (best test accuracy; differences below {TOL} are "
+        "treated as noise).",
+        "",
+    ]
     parts += claims(rows)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
@@ -691,12 +884,15 @@ def plot_all(rows: list[dict], out: Path, prefix: str = "") -> list[str]:
     written.append(f"{prefix}acc_vs_g.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    triples = sorted({(r["W"], r["A"], r["G"]) for r in rows if r.get("status") == "ok"},
-                     key=lambda t: -sum(t))
+    triples = sorted(
+        {(r["W"], r["A"], r["G"]) for r in rows if r.get("status") == "ok"}, key=lambda t: -sum(t)
+    )
     for t in triples:
-        pts = sorted((r["width"], r["best_test_acc"]) for r in rows
-                     if r.get("status") == "ok" and (r["W"], r["A"], r["G"]) == t
-                     and not r.get("init"))
+        pts = sorted(
+            (r["width"], r["best_test_acc"])
+            for r in rows
+            if r.get("status") == "ok" and (r["W"], r["A"], r["G"]) == t and not r.get("init")
+        )
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=_t(*t))
     ax.set_xscale("log", base=2)
@@ -735,8 +931,7 @@ def render_report(out: str | Path) -> list[dict]:
     out = Path(out)
     csv_path = out / "results.csv"
     if not csv_path.exists():
-        raise FileNotFoundError(f"{csv_path}: no results yet; run `dorefa sweep --out {out}` "
-                                "first")
+        raise FileNotFoundError(f"{csv_path}: no results yet; run `dorefa sweep --out {out}` first")
     try:
         rows = read_results(csv_path)
     except (KeyError, ValueError) as exc:
@@ -752,14 +947,26 @@ def render_report(out: str | Path) -> list[dict]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    cfg = SweepConfig(model=args.model, data=args.data, data_dir=args.data_dir, grid=args.grid,
-                      epochs=args.epochs, out=args.out, subset=args.subset,
-                      test_subset=args.test_subset, jobs=args.jobs, seed=args.seed,
-                      batch_size=args.batch_size, lr=args.lr)
+    cfg = SweepConfig(
+        model=args.model,
+        data=args.data,
+        data_dir=args.data_dir,
+        grid=args.grid,
+        epochs=args.epochs,
+        out=args.out,
+        subset=args.subset,
+        test_subset=args.test_subset,
+        jobs=args.jobs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+    )
     rows = run_sweep(cfg)
     failed = [r["cell"] for r in rows if r.get("status") != "ok"]
-    print(f"{len(rows) - len(failed)}/{len(rows)} cells ok -> {cfg.out}/results.md"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(rows) - len(failed)}/{len(rows)} cells ok -> {cfg.out}/results.md"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 
@@ -774,8 +981,11 @@ def register_cli(sub) -> None:
     p.add_argument("--model", default="svhn")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--grid", default="paper",
-                   help=f"built-in grid ({', '.join(BUILTIN_GRIDS)}) or a .yaml/.toml grid file")
+    p.add_argument(
+        "--grid",
+        default="paper",
+        help=f"built-in grid ({', '.join(BUILTIN_GRIDS)}) or a .yaml/.toml grid file",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--subset", type=int, default=None, help="first N training images, every cell")

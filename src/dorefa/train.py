@@ -80,8 +80,10 @@ class TrainConfig:
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed derived from (seed, epoch, rank, purpose): independent, reproducible
     streams."""
-    words = [p if isinstance(p, int) else int.from_bytes(p.encode()[:8].ljust(8, b"\0"), "little")
-             for p in parts]
+    words = [
+        p if isinstance(p, int) else int.from_bytes(p.encode()[:8].ljust(8, b"\0"), "little")
+        for p in parts
+    ]
     return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
@@ -90,8 +92,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; "
-                         "use --device cpu")
+        raise ValueError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu"
+        )
     return device
 
 
@@ -133,51 +136,76 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     """Adam or momentum SGD; weight decay on all parameters (one group, the default) or only on
     conv+linear weights / linear weights (``weight_decay_on``; two groups, decayed first)."""
     if cfg.weight_decay_on not in ("all", "weights", "linear"):
-        raise ValueError(f"weight_decay_on must be all, weights or linear, got "
-                         f"{cfg.weight_decay_on!r}")
+        raise ValueError(
+            f"weight_decay_on must be all, weights or linear, got {cfg.weight_decay_on!r}"
+        )
     if cfg.weight_decay_on == "all":
         params: list = list(model.parameters())
         wd = cfg.weight_decay
     else:
         kinds = (nn.Linear,) if cfg.weight_decay_on == "linear" else (nn.Linear, nn.Conv2d)
         decayed = {id(m.weight) for m in model.modules() if isinstance(m, kinds)}
-        params = [{"params": [p for p in model.parameters() if id(p) in decayed],
-                   "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in model.parameters() if id(p) not in decayed],
-                   "weight_decay": 0.0}]
+        params = [
+            {
+                "params": [p for p in model.parameters() if id(p) in decayed],
+                "weight_decay": cfg.weight_decay,
+            },
+            {
+                "params": [p for p in model.parameters() if id(p) not in decayed],
+                "weight_decay": 0.0,
+            },
+        ]
         wd = 0.0
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd, eps=cfg.adam_eps)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=wd)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd
+        )
     raise ValueError(f"optimizer must be adam or sgd, got {cfg.optimizer!r}")
 
 
-def iterate_batches(dataset, indices: torch.Tensor, batch_size: int, workers: int = 0,
-                    pin_memory: bool | None = None):
+def iterate_batches(
+    dataset,
+    indices: torch.Tensor,
+    batch_size: int,
+    workers: int = 0,
+    pin_memory: bool | None = None,
+):
     """Yield (uint8 images (B,C,H,W), int64 labels) for ``indices`` in order.
 
     In-memory datasets are sliced directly (fast); others go through a DataLoader (``workers``
     processes; pinned memory by default when CUDA is available)."""
     if hasattr(dataset, "images") and hasattr(dataset, "labels"):
         for start in range(0, len(indices), batch_size):
-            idx = indices[start:start + batch_size]
+            idx = indices[start : start + batch_size]
             yield dataset.images[idx], dataset.labels[idx]
         return
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
+        torch.utils.data.Subset(dataset, indices.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=False)
+        persistent_workers=False,
+    )
     yield from loader
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, image_size: int, batch_size: int = 500,
-             device: torch.device | str = "cpu", workers: int = 0, *, rank: int = 0,
-             world_size: int = 1, autocast: torch.dtype | None = None,
-             channels_last: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    dataset,
+    image_size: int,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict:
     """Accuracy (fraction) and mean cross-entropy of ``model`` (eval mode) on ``dataset``.
 
     With ``world_size > 1`` (inside a process group) each rank evaluates the disjoint shard
@@ -188,16 +216,21 @@ def evaluate(model: nn.Module, dataset, image_size: int, batch_size: int = 500,
     model.eval()
     device = torch.device(device)
     correct, total, loss_sum = 0, 0, 0.0
-    indices = (distributed.shard_eval(len(dataset), rank, world_size) if world_size > 1
-               else torch.arange(len(dataset)))
+    indices = (
+        distributed.shard_eval(len(dataset), rank, world_size)
+        if world_size > 1
+        else torch.arange(len(dataset))
+    )
     for images, labels in iterate_batches(dataset, indices, batch_size, workers):
-        x = to_model_input(images.to(device), image_size, train=False, augment="none",
-                           generator=None)
+        x = to_model_input(
+            images.to(device), image_size, train=False, augment="none", generator=None
+        )
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device)
-        with torch.autocast(device.type, dtype=autocast or torch.float32,
-                            enabled=autocast is not None):
+        with torch.autocast(
+            device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+        ):
             logits = model(x)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
@@ -225,15 +258,27 @@ def load_data(cfg: TrainConfig, image_size: int):
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
-    return create_model(cfg.model, bits=cfg.resolved_bits(), num_classes=num_classes,
-                        in_channels=in_channels, width=cfg.width,
-                        keep_first_last=cfg.keep_first_last)
+    return create_model(
+        cfg.model,
+        bits=cfg.resolved_bits(),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=cfg.width,
+        keep_first_last=cfg.keep_first_last,
+    )
 
 
 def model_meta(cfg: TrainConfig, num_classes: int, in_channels: int, image_size: int) -> dict:
-    return {"model": cfg.model, "bits": str(cfg.resolved_bits()), "width": cfg.width,
-            "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
-            "keep_first_last": cfg.keep_first_last, "data": cfg.data}
+    return {
+        "model": cfg.model,
+        "bits": str(cfg.resolved_bits()),
+        "width": cfg.width,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "keep_first_last": cfg.keep_first_last,
+        "data": cfg.data,
+    }
 
 
 def _rng_state() -> dict:
@@ -292,15 +337,19 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
     bits = cfg.resolved_bits()
     rank, world = info.rank, info.world_size
     if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by "
-                         f"the {world} processes")
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} (the global batch) must be divisible by "
+            f"the {world} processes"
+        )
     local_batch = cfg.batch_size // world
     autocast = amp_dtype(cfg.amp, device)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not cfg.resume:
-        raise ValueError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue "
-                         "it or choose another --out")
+        raise ValueError(
+            f"{out} already holds a run (checkpoint.pt); pass --resume to continue "
+            "it or choose another --out"
+        )
 
     from .data import default_augment
 
@@ -324,8 +373,10 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
         # Every rank reads rank 0's checkpoint (one shared run folder).
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         if ckpt["meta"] != meta:
-            raise CheckpointError(f"{ckpt_path}: was made with {ckpt['meta']}, which differs from "
-                                  f"this run's {meta}; use the same arguments to resume")
+            raise CheckpointError(
+                f"{ckpt_path}: was made with {ckpt['meta']}, which differs from "
+                f"this run's {meta}; use the same arguments to resume"
+            )
         load_weights(model, ckpt["model"], ckpt_path)
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -343,19 +394,27 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
 
-    config_dict = dataclasses.asdict(cfg) | {"bits": str(bits), "bits_tag": bits.tag,
-                                             "augment": augment, "image_size": image_size,
-                                             "num_classes": num_classes,
-                                             "in_channels": in_channels,
-                                             "device": str(device),
-                                             "torch_threads": torch.get_num_threads(),
-                                             "torch_version": torch.__version__}
+    config_dict = dataclasses.asdict(cfg) | {
+        "bits": str(bits),
+        "bits_tag": bits.tag,
+        "augment": augment,
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
     if info.enabled:
-        config_dict |= {"world_size": world, "backend": info.backend,
-                        "batch_size_per_rank": local_batch}
+        config_dict |= {
+            "world_size": world,
+            "backend": info.backend,
+            "batch_size_per_rank": local_batch,
+        }
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -375,8 +434,7 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
         # The permutation is shared by all ranks; augmentation, dropout and f_g noise are per rank.
         torch.manual_seed(derive_seed(cfg.seed, epoch, rank, "torch"))
         shuffle = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "shuffle"))
-        aug_gen = torch.Generator(device).manual_seed(
-            derive_seed(cfg.seed, epoch, rank, "augment"))
+        aug_gen = torch.Generator(device).manual_seed(derive_seed(cfg.seed, epoch, rank, "augment"))
         grad_gen = torch.Generator(device).manual_seed(grad_seed(cfg.seed, epoch, rank))
         set_grad_generator(model, grad_gen)
         if hasattr(train_set, "set_epoch"):
@@ -390,8 +448,9 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
         bar = _Progress(len(mine) * world, f"epoch {epoch + 1}/{cfg.epochs}", show)
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        for images, labels in iterate_batches(train_set, mine, local_batch, cfg.workers,
-                                              pin_memory=device.type == "cuda"):
+        for images, labels in iterate_batches(
+            train_set, mine, local_batch, cfg.workers, pin_memory=device.type == "cuda"
+        ):
             x = to_input(images.to(device, non_blocking=True), image_size, augment, aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -408,8 +467,9 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
                     logits = net(x)
                 loss = F.cross_entropy(logits.float(), labels)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; "
-                                         "lower --lr or check the data")
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr or check the data"
+                )
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -422,34 +482,66 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
             loss_sum += loss.item() * n
             correct += (logits.argmax(1) == labels).sum().item()
             seen += n
-            bar.update(n * world, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                       img_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
+            bar.update(
+                n * world,
+                loss=f"{loss_sum / seen:.3f}",
+                acc=f"{correct / seen:.3f}",
+                img_s=f"{seen * world / (time.perf_counter() - t0):.0f}",
+            )
         bar.close()
         if info.enabled:
             distributed.broadcast_buffers(model)  # rank 0's BN running stats everywhere
-            loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen],
-                                                                 device)
+            loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
             correct, seen = int(correct), int(seen)
         train_seconds = time.perf_counter() - t0
-        ev = evaluate(model, test_set, image_size, cfg.eval_batch_size, device, cfg.workers,
-                      rank=rank, world_size=world, autocast=autocast,
-                      channels_last=cfg.channels_last)
+        ev = evaluate(
+            model,
+            test_set,
+            image_size,
+            cfg.eval_batch_size,
+            device,
+            cfg.workers,
+            rank=rank,
+            world_size=world,
+            autocast=autocast,
+            channels_last=cfg.channels_last,
+        )
         best_acc = max(best_acc, ev["acc"])
-        result = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                  "test_loss": ev["loss"], "test_acc": ev["acc"], "best_test_acc": best_acc,
-                  "lr": lr_at(cfg, epoch), "seconds": time.perf_counter() - t0,
-                  "train_seconds": train_seconds, "images_per_s": seen / train_seconds}
+        result = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "test_loss": ev["loss"],
+            "test_acc": ev["acc"],
+            "best_test_acc": best_acc,
+            "lr": lr_at(cfg, epoch),
+            "seconds": time.perf_counter() - t0,
+            "train_seconds": train_seconds,
+            "images_per_s": seen / train_seconds,
+        }
         if info.is_main:
-            save_atomic({"format": FORMAT, "version": VERSION, "meta": meta,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch, "best_acc": best_acc, "rng": _rng_state(),
-                         "config": json.loads(json.dumps(config_dict))}, ckpt_path)
+            save_atomic(
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "meta": meta,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "best_acc": best_acc,
+                    "rng": _rng_state(),
+                    "config": json.loads(json.dumps(config_dict)),
+                },
+                ckpt_path,
+            )
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(result) + "\n")
         history.append(result)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {result['train_loss']:.4f}  "
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}  train_loss {result['train_loss']:.4f}  "
             f"train_acc {result['train_acc']:.4f}  test_acc {result['test_acc']:.4f}  "
-            f"{result['seconds']:.1f}s  {result['images_per_s']:.0f} img/s")
+            f"{result['seconds']:.1f}s  {result['images_per_s']:.0f} img/s"
+        )
         if info.is_main:
             plot_curves(history, out / "curves.png", title=f"{cfg.model} {bits.tag}")
     if info.enabled:

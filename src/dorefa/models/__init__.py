@@ -36,9 +36,15 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, bits: Bits | str = "32,32,32", num_classes: int = 10,
-                 in_channels: int = 3, width: float = 1.0, keep_first_last: bool = True,
-                 **kwargs) -> nn.Module:
+def create_model(
+    name: str,
+    bits: Bits | str = "32,32,32",
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: float = 1.0,
+    keep_first_last: bool = True,
+    **kwargs,
+) -> nn.Module:
     """Build a registered model. Raises ValueError for unknown names, listing the known ones."""
     _load_builtin()
     if name not in _MODELS:
@@ -49,8 +55,14 @@ def create_model(name: str, bits: Bits | str = "32,32,32", num_classes: int = 10
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not (isinstance(in_channels, int) and in_channels >= 1):
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-    return _MODELS[name](bits=Bits.parse(bits), num_classes=num_classes, in_channels=in_channels,
-                         width=float(width), keep_first_last=keep_first_last, **kwargs)
+    return _MODELS[name](
+        bits=Bits.parse(bits),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=float(width),
+        keep_first_last=keep_first_last,
+        **kwargs,
+    )
 
 
 def _load_builtin() -> None:

@@ -23,24 +23,42 @@ from .blocks import edge_bits, qconv_bn, qlinear_bn, scaled, sequential
 class AlexNet(nn.Module):
     input_size = 224
 
-    def __init__(self, bits: Bits, num_classes: int = 1000, in_channels: int = 3,
-                 width: float = 1.0, keep_first_last: bool = True):
+    def __init__(
+        self,
+        bits: Bits,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width: float = 1.0,
+        keep_first_last: bool = True,
+    ):
         super().__init__()
         self.bits, self.width, self.keep_first_last = bits, width, keep_first_last
         c96, c256, c384, c4096 = (scaled(c, width) for c in (96, 256, 384, 4096))
         c96, c256, c384 = (c + (c % 2) for c in (c96, c256, c384))  # groups of 2 need even
         layers = [
-            ("conv0", QConv2d(in_channels, c96, 12, stride=4, bias=True,
-                              w_bits=edge_bits(bits, keep_first_last))),
+            (
+                "conv0",
+                QConv2d(
+                    in_channels,
+                    c96,
+                    12,
+                    stride=4,
+                    bias=True,
+                    w_bits=edge_bits(bits, keep_first_last),
+                ),
+            ),
             ("act0", ActQuant(bits.a)),
         ]
-        layers += qconv_bn("conv1", c96, c256, 5, bits, padding=2, groups=2,
-                           pool=nn.MaxPool2d(3, 2, padding=1))
-        layers += qconv_bn("conv2", c256, c384, 3, bits, padding=1,
-                           pool=nn.MaxPool2d(3, 2, padding=1))
+        layers += qconv_bn(
+            "conv1", c96, c256, 5, bits, padding=2, groups=2, pool=nn.MaxPool2d(3, 2, padding=1)
+        )
+        layers += qconv_bn(
+            "conv2", c256, c384, 3, bits, padding=1, pool=nn.MaxPool2d(3, 2, padding=1)
+        )
         layers += qconv_bn("conv3", c384, c384, 3, bits, padding=1, groups=2)
-        layers += qconv_bn("conv4", c384, c256, 3, bits, padding=1, groups=2,
-                           pool=nn.MaxPool2d(3, 2))
+        layers += qconv_bn(
+            "conv4", c384, c256, 3, bits, padding=1, groups=2, pool=nn.MaxPool2d(3, 2)
+        )
         layers += [("flatten", nn.Flatten())]
         layers += qlinear_bn("fc0", c256 * 6 * 6, c4096, bits)
         layers += qlinear_bn("fc1", c4096, c4096, bits, quantize_out=not keep_first_last)

@@ -15,15 +15,29 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def qconv_bn(name: str, cin: int, cout: int, kernel: int, bits: Bits, *, stride: int = 1,
-             padding: int = 0, groups: int = 1, pool: nn.Module | None = None,
-             quantize_out: bool = True) -> list[tuple[str, nn.Module]]:
+def qconv_bn(
+    name: str,
+    cin: int,
+    cout: int,
+    kernel: int,
+    bits: Bits,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    pool: nn.Module | None = None,
+    quantize_out: bool = True,
+) -> list[tuple[str, nn.Module]]:
     """One quantized layer as Algorithm 1 runs it:
     conv (f_w, no bias) -> f_g -> BatchNorm -> [max-pool] -> f_a(clip(., 0, 1))."""
     idx = name.removeprefix("conv").removeprefix("fc")
     layers: list[tuple[str, nn.Module]] = [
-        (name, QConv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups,
-                       w_bits=bits.w)),
+        (
+            name,
+            QConv2d(
+                cin, cout, kernel, stride=stride, padding=padding, groups=groups, w_bits=bits.w
+            ),
+        ),
         (f"gq{idx}", GradQuant(bits.g)),
         (f"bn{idx}", nn.BatchNorm2d(cout)),
     ]

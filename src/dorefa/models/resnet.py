@@ -46,16 +46,29 @@ class PreActBlock(nn.Module):
 class ResNet18(nn.Module):
     input_size = 224
 
-    def __init__(self, bits: Bits, num_classes: int = 1000, in_channels: int = 3,
-                 width: float = 1.0, keep_first_last: bool = True):
+    def __init__(
+        self,
+        bits: Bits,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width: float = 1.0,
+        keep_first_last: bool = True,
+    ):
         super().__init__()
         self.bits, self.width, self.keep_first_last = bits, width, keep_first_last
         c64 = scaled(64, width)
-        self.conv0 = QConv2d(in_channels, c64, 7, stride=2, padding=3, bias=True,
-                             w_bits=edge_bits(bits, keep_first_last))
+        self.conv0 = QConv2d(
+            in_channels,
+            c64,
+            7,
+            stride=2,
+            padding=3,
+            bias=True,
+            w_bits=edge_bits(bits, keep_first_last),
+        )
         self.pool0 = nn.MaxPool2d(3, 2, padding=1)
         blocks, cin = [], c64
-        for stage, (channels, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
+        for channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             cout = scaled(channels, width)
             blocks.append(PreActBlock(cin, cout, stride, bits, project=True))
             blocks.append(PreActBlock(cout, cout, 1, bits, project=False))

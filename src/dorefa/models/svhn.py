@@ -26,14 +26,23 @@ from .blocks import edge_bits, qconv_bn, scaled, sequential
 class SVHNNet(nn.Module):
     input_size = 40
 
-    def __init__(self, bits: Bits, num_classes: int = 10, in_channels: int = 3,
-                 width: float = 1.0, keep_first_last: bool = True, dropout: float = 0.5):
+    def __init__(
+        self,
+        bits: Bits,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: float = 1.0,
+        keep_first_last: bool = True,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         self.bits, self.width, self.keep_first_last = bits, width, keep_first_last
         c48, c64, c128, c512 = (scaled(c, width) for c in (48, 64, 128, 512))
         layers = [
-            ("conv0", QConv2d(in_channels, c48, 5, bias=True,
-                              w_bits=edge_bits(bits, keep_first_last))),
+            (
+                "conv0",
+                QConv2d(in_channels, c48, 5, bias=True, w_bits=edge_bits(bits, keep_first_last)),
+            ),
             ("pool0", nn.MaxPool2d(2)),
             ("act0", ActQuant(bits.a)),
         ]

@@ -10,7 +10,6 @@ Only numpy and :mod:`dorefa.kernels` (the compiled popcount kernels) are importe
 from __future__ import annotations
 
 import os
-
 from typing import TYPE_CHECKING
 
 from .format import FORMAT_VERSION, FormatError

@@ -30,9 +30,11 @@ def compare_logits(rt_logits: np.ndarray, torch_logits: np.ndarray) -> dict:
     largest |torch logit| of the same image)."""
     diff = np.abs(rt_logits.astype(np.float64) - torch_logits)
     scale = np.maximum(np.abs(torch_logits).max(axis=1), 1e-12)
-    return {"agreement": float((rt_logits.argmax(1) == torch_logits.argmax(1)).mean()),
-            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-            "max_rel_diff": float((diff.max(axis=1) / scale).max()) if diff.size else 0.0}
+    return {
+        "agreement": float((rt_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "max_rel_diff": float((diff.max(axis=1) / scale).max()) if diff.size else 0.0,
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -49,9 +51,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.test_subset:
         test_set = test_set.subset(min(args.test_subset, len(test_set)))
     if test_set.in_channels != c or test_set.num_classes != model.num_classes:
-        raise ValueError(f"{args.data} has {test_set.in_channels} channels and "
-                         f"{test_set.num_classes} classes; {args.model} expects {c} and "
-                         f"{model.num_classes}")
+        raise ValueError(
+            f"{args.data} has {test_set.in_channels} channels and "
+            f"{test_set.num_classes} classes; {args.model} expects {c} and "
+            f"{model.num_classes}"
+        )
     torch_model = None
     if args.compare:
         import torch
@@ -75,19 +79,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     logits, labels = np.concatenate(rt_all), np.concatenate(labels_all)
     n = len(labels)
     acc = float((logits.argmax(1) == labels).mean()) if n else 0.0
-    print(f"{model.path}: bits {model.bits}, {model.size} bytes, kernel backend "
-          f"{_backend()}, threads {args.threads}")
-    print(f"test accuracy: {100 * acc:.2f}%  ({n} images of {args.data}, "
-          f"{n / max(seconds, 1e-9):.0f} img/s at batch {args.batch_size})")
+    print(
+        f"{model.path}: bits {model.bits}, {model.size} bytes, kernel backend "
+        f"{_backend()}, threads {args.threads}"
+    )
+    print(
+        f"test accuracy: {100 * acc:.2f}%  ({n} images of {args.data}, "
+        f"{n / max(seconds, 1e-9):.0f} img/s at batch {args.batch_size})"
+    )
     if torch_model is not None:
         t_logits = np.concatenate(torch_all)
         cmp = compare_logits(logits, t_logits)
         t_acc = float((t_logits.argmax(1) == labels).mean()) if n else 0.0
         print(f"torch accuracy: {100 * t_acc:.2f}%  ({args.compare}, eval mode)")
-        print(f"agreement: {100 * cmp['agreement']:.2f}%  "
-              f"({int(round(cmp['agreement'] * n))}/{n} same predicted class)")
-        print(f"max logit difference: {cmp['max_abs_diff']:.3g} absolute, "
-              f"{cmp['max_rel_diff']:.3g} relative (to the image's largest |logit|)")
+        print(
+            f"agreement: {100 * cmp['agreement']:.2f}%  "
+            f"({int(round(cmp['agreement'] * n))}/{n} same predicted class)"
+        )
+        print(
+            f"max logit difference: {cmp['max_abs_diff']:.3g} absolute, "
+            f"{cmp['max_rel_diff']:.3g} relative (to the image's largest |logit|)"
+        )
     return 0
 
 
@@ -102,8 +114,12 @@ def register_cli(subparsers) -> None:
     p.add_argument("model", help=".dorefa file from `dorefa export`")
     p.add_argument("--data", default="fashion-mnist", help="dataset spec (default fashion-mnist)")
     p.add_argument("--data-dir", default=None, help="folder overriding the dataset's default")
-    p.add_argument("--compare", default=None, metavar="CKPT",
-                   help="also run this checkpoint in torch (eval) and report agreement")
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="CKPT",
+        help="also run this checkpoint in torch (eval) and report agreement",
+    )
     p.add_argument("--threads", type=int, default=1, help="kernel threads (and torch's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--test-subset", type=int, default=None, help="first N test images only")

@@ -62,12 +62,17 @@ def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) 
         dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         key = dt.str
         if key not in DTYPES:
-            raise ValueError(f"array {name!r} has dtype {a.dtype}; the format stores "
-                             f"{', '.join(DTYPES)}")
+            raise ValueError(
+                f"array {name!r} has dtype {a.dtype}; the format stores {', '.join(DTYPES)}"
+            )
         data = a.astype(dt, copy=False).tobytes()
         blob += b"\0" * (_align(len(blob)) - len(blob))
-        entries[name] = {"dtype": key, "shape": [int(s) for s in a.shape],
-                         "offset": len(blob), "nbytes": len(data)}
+        entries[name] = {
+            "dtype": key,
+            "shape": [int(s) for s in a.shape],
+            "offset": len(blob),
+            "nbytes": len(data),
+        }
         blob += data
 
     def resolve(obj):
@@ -79,8 +84,9 @@ def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) 
             return [resolve(v) for v in obj]
         return obj
 
-    text = json.dumps(resolve(header), sort_keys=True, allow_nan=False,
-                      separators=(",", ":")).encode()
+    text = json.dumps(
+        resolve(header), sort_keys=True, allow_nan=False, separators=(",", ":")
+    ).encode()
     text += b" " * (_align(_FIXED.size + len(text)) - _FIXED.size - len(text))
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(text), len(blob)) + text + bytes(blob)
     payload = body + hashlib.sha256(body).digest()
@@ -117,40 +123,48 @@ class Reader:
         if size > MAX_FILE_BYTES:
             raise self.error(f"file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
         if size < _FIXED.size + _DIGEST:
-            raise self.error(f"file is {size} bytes, too short to be a .dorefa model "
-                             "(truncated, or not made by `dorefa export`)")
+            raise self.error(
+                f"file is {size} bytes, too short to be a .dorefa model "
+                "(truncated, or not made by `dorefa export`)"
+            )
         with open(self.path, "rb") as f:
             raw = f.read(size + 1)  # +1: notice a file that grew since stat
         if len(raw) != size:
             raise self.error("file changed while it was being read")
         magic, version, hlen, dlen = _FIXED.unpack_from(raw)
         if magic != MAGIC:
-            raise self.error("not a .dorefa model (bad magic bytes); make one with "
-                             "`dorefa export CKPT -o model.dorefa`")
+            raise self.error(
+                "not a .dorefa model (bad magic bytes); make one with "
+                "`dorefa export CKPT -o model.dorefa`"
+            )
         if version != FORMAT_VERSION:
-            raise self.error(f"format version {version} is not supported (this runtime reads "
-                             f"version {FORMAT_VERSION}); re-export the model")
+            raise self.error(
+                f"format version {version} is not supported (this runtime reads "
+                f"version {FORMAT_VERSION}); re-export the model"
+            )
         if hlen > MAX_HEADER_BYTES:
             raise self.error(f"header length {hlen} exceeds the {MAX_HEADER_BYTES}-byte limit")
         expected = _FIXED.size + hlen + dlen + _DIGEST
         if expected != size:
-            raise self.error(f"file is {size} bytes but its header describes {expected} "
-                             "(truncated or altered)")
+            raise self.error(
+                f"file is {size} bytes but its header describes {expected} (truncated or altered)"
+            )
         body = memoryview(raw)[: size - _DIGEST]
-        if hashlib.sha256(body).digest() != raw[size - _DIGEST:]:
+        if hashlib.sha256(body).digest() != raw[size - _DIGEST :]:
             raise self.error("checksum mismatch: the file is corrupt or was altered")
         try:
-            header = json.loads(bytes(body[_FIXED.size:_FIXED.size + hlen]).decode("utf-8"))
+            header = json.loads(bytes(body[_FIXED.size : _FIXED.size + hlen]).decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise self.error(f"header is not valid JSON ({type(exc).__name__})") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
             raise self.error(f"header does not describe a '{FORMAT_NAME}' model")
         self.size = size
         self.header = header
-        self._blob = body[_FIXED.size + hlen:]
+        self._blob = body[_FIXED.size + hlen :]
 
-    def array(self, entry: object, name: str, dtype: type | None = None,
-              ndim: int | None = None) -> np.ndarray:
+    def array(
+        self, entry: object, name: str, dtype: type | None = None, ndim: int | None = None
+    ) -> np.ndarray:
         """The array an entry points to (a read-only view of the file bytes), fully checked."""
         if not isinstance(entry, dict):
             raise self.error(f"array {name!r}: entry is not an object")
@@ -169,8 +183,10 @@ class Reader:
         if math.prod(shape) * itemsize != nbytes:
             raise self.error(f"array {name!r}: shape {shape} x {itemsize} bytes != nbytes {nbytes}")
         if off + nbytes > len(self._blob) or off % itemsize:
-            raise self.error(f"array {name!r}: bytes [{off}, {off + nbytes}) lie outside the "
-                             f"{len(self._blob)}-byte data blob or are misaligned")
+            raise self.error(
+                f"array {name!r}: bytes [{off}, {off + nbytes}) lie outside the "
+                f"{len(self._blob)}-byte data blob or are misaligned"
+            )
         if nbytes == 0:
             return np.zeros(shape, DTYPES[dt])
         a = np.frombuffer(self._blob, dtype=np.dtype(dt), count=math.prod(shape), offset=off)
