@@ -360,3 +360,66 @@ def test_unknown_or_unsupported_backend_is_a_clear_error():
             if b not in BACKENDS:
                 with pytest.raises(ValueError, match="needs instructions this CPU lacks"):
                     K.set_backend(b)
+
+
+# ----------------------------------------------------------- fused epilogue, first layer, pool
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_requant_all_shapes(backend, shape):
+    """The requant epilogue fused into the tile kernels, over the awkward shapes."""
+    x, w, _ = _case(shape, 2, 1)
+    pw = R.pack_weights(w, 1)
+    o = w.shape[0]
+    d = R.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
+    rng = np.random.default_rng(7)
+    th = np.sort(rng.choice(np.unique(d), size=(o, 3)), axis=1).astype(np.int32)
+    th[0] = [np.iinfo(np.int32).min, 0, np.iinfo(np.int32).max]  # extremes fold exactly
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    expected = R.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction)
+    with K.use_backend(backend):
+        got = K.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction)
+        signed = K.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(signed, d)
+
+
+# (N, C, H, W, O, K, stride, padding, pool, bits)
+FLOAT_SHAPES = [
+    (1, 1, 40, 40, 48, 5, 1, 0, 2, 2),
+    (2, 3, 9, 11, 5, 3, 1, 1, 2, 1),
+    (1, 2, 7, 37, 3, 5, 1, 2, 3, 4),
+    (3, 1, 6, 5, 4, 3, 2, 1, 1, 8),
+    (1, 1, 3, 3, 1, 3, 1, 0, 1, 2),
+    (1, 1, 12, 12, 57, 5, 1, 0, 2, 2),
+    (1, 4, 8, 8, 100, 1, 2, 0, 1, 3),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", FLOAT_SHAPES, ids=str)
+def test_conv_float_quantize(backend, shape):
+    n, c, h, w, o, k, s, p, pool, bits = shape
+    rng = np.random.default_rng(list(shape))
+    x = rng.random((n, c, h, w), dtype=np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3 + 0.3).astype(np.float32)
+    expected = R.conv_float_quantize(x, wt, b, s, p, pool, bits)
+    # an independent check of the reference: float64 conv, pool, bias, quantize
+    y = _direct_float64(x, wt, s, p).astype(np.float32)
+    ph, pw_ = y.shape[2] // pool, y.shape[3] // pool
+    y = y[:, :, : ph * pool, : pw_ * pool].reshape(n, o, ph, pool, pw_, pool).max(axis=(3, 5))
+    z = np.clip(y + b[None, :, None, None], 0, 1) * np.float32((1 << bits) - 1)
+    assert np.abs(expected.astype(np.int64) - np.rint(z)).max() <= 1
+    with K.use_backend(backend):
+        got = K.conv_float_quantize(x, wt, b, s, p, pool, bits, threads=2)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1)])
+def test_maxpool_codes(backend, kernel, stride, padding):
+    x = np.random.default_rng(kernel).integers(0, 256, (2, 5, 7, 9), dtype=np.uint8)
+    expected = R.maxpool_codes(x, kernel, stride, padding)
+    with K.use_backend(backend):
+        np.testing.assert_array_equal(K.maxpool_codes(x, kernel, stride, padding), expected)

@@ -14,6 +14,7 @@
 
 #include "bitconv.h"
 #include "bitpack.h"
+#include "conv_float.h"
 #include "dispatch.h"
 #include "output_transform.h"
 
@@ -139,6 +140,44 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
   static thread_local std::vector<uint64_t> xpk;
   xpk.resize(static_cast<size_t>(g.XpkSize()));
   const std::vector<int64_t> shape{g.n, g.o, g.oh, g.ow};
+  if (kernel.fused != nullptr && mode != "acc") {
+    // Epilogue in the tile kernel: no int32 round trip through memory.
+    Epilogue ep;
+    ep.mode = mode == "requant" ? Epilogue::kRequant : Epilogue::kSigned;
+    std::vector<int64_t> th64;
+    std::vector<uint8_t> neg;
+    py::array result;
+    int32_t* acc = nullptr;
+    if (mode == "requant") {
+      th64.assign(static_cast<size_t>(g.ob * t * kLanes), 0);
+      neg.assign(static_cast<size_t>(g.ob), 0);
+      const int32_t* th = thresholds->data();
+      const int8_t* dir = direction->data();
+      for (int64_t oc = 0; oc < o; ++oc) {
+        const int64_t ob = oc / kLanes, lane = oc % kLanes;
+        if (dir[oc] < 0) neg[ob] |= static_cast<uint8_t>(1u << lane);
+        for (int64_t j = 0; j < t; ++j)
+          th64[(ob * t + j) * kLanes + lane] = dir[oc] * static_cast<int64_t>(th[oc * t + j]);
+      }
+      ep.th = th64.data();
+      ep.neg = neg.data();
+      ep.t = t;
+      py::array_t<uint8_t> codes(shape);
+      ep.codes = codes.mutable_data();
+      result = std::move(codes);
+    } else {
+      py::array_t<int32_t> d(shape);
+      acc = d.mutable_data();
+      result = std::move(d);
+    }
+    uint8_t all_or;
+    {
+      py::gil_scoped_release release;
+      all_or = RunBitConvFused(kernel, g, x.data(), xpk.data(), wpk.data(), acc, ep, threads);
+    }
+    CheckCodes("x_codes", x, all_or, x_bits);
+    return result;
+  }
   py::array_t<int32_t> acc_out;
   std::vector<int32_t> acc_tmp;
   int32_t* acc;
@@ -166,6 +205,61 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
     Requantize(g, acc, th, t, dir, dst, threads);
   }
   return std::move(codes);
+}
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// Fused float first layer (conv_float.h); arguments validated by dorefa.kernels.
+py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& backend, const FloatArray& x,
+                                         const FloatArray& weight, const FloatArray& bias,
+                                         int64_t stride, int64_t padding, int64_t pool, int bits,
+                                         int threads) {
+  KernelFor(backend);  // a supported native backend
+  CheckBits("bits", bits);
+  Require(x.ndim() == 4 && weight.ndim() == 4 && bias.ndim() == 1, "bad ranks");
+  Require(stride >= 1 && padding >= 0 && pool >= 1, "bad stride / padding / pool");
+  Require(threads >= 1 && threads <= 1024, "threads must be in 1..1024");
+  FloatConvGeom g;
+  g.n = x.shape(0);
+  g.c = x.shape(1);
+  g.h = x.shape(2);
+  g.w = x.shape(3);
+  g.o = weight.shape(0);
+  g.kh = weight.shape(2);
+  g.kw = weight.shape(3);
+  Require(weight.shape(1) == g.c && bias.shape(0) == g.o && g.o >= 1 && g.kh >= 1 && g.kw >= 1,
+          "weight / bias do not fit the input");
+  Require(g.h + 2 * padding >= g.kh && g.w + 2 * padding >= g.kw,
+          "kernel larger than the padded input");
+  g.stride = stride;
+  g.pad = padding;
+  g.pool = pool;
+  g.bits = bits;
+  g.oh = (g.h + 2 * padding - g.kh) / stride + 1;
+  g.ow = (g.w + 2 * padding - g.kw) / stride + 1;
+  Require(g.oh >= pool && g.ow >= pool, "pool larger than the conv output");
+  g.ph = g.oh / pool;
+  g.pw = g.ow / pool;
+  py::array_t<uint8_t> out(std::vector<int64_t>{g.n, g.o, g.ph, g.pw});
+  {
+    uint8_t* dst = out.mutable_data();
+    py::gil_scoped_release release;
+    ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst,
+                      backend == "avx512", threads);
+  }
+  return out;
+}
+
+py::array_t<uint8_t> MaxPoolCodesPy(const CodeArray& x, int64_t k, int64_t s, int64_t p) {
+  Require(x.ndim() == 4, "x must be 4-D (N, C, H, W)");
+  Require(k >= 1 && s >= 1 && p >= 0 && 2 * p <= k, "bad kernel / stride / padding");
+  Require(x.shape(2) + 2 * p >= k && x.shape(3) + 2 * p >= k, "kernel larger than the input");
+  const int64_t oh = (x.shape(2) + 2 * p - k) / s + 1, ow = (x.shape(3) + 2 * p - k) / s + 1;
+  py::array_t<uint8_t> out(std::vector<int64_t>{x.shape(0), x.shape(1), oh, ow});
+  uint8_t* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  MaxPoolCodes(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst);
+  return out;
 }
 
 std::string KernelName(const std::string& backend) { return KernelFor(backend).name; }
@@ -216,6 +310,11 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("last_kernel", [] { return std::string(dorefa::last_kernel); });
   m.def("dependent_add_seconds", &dorefa::DependentAddSeconds, py::arg("iterations"));
   m.def("pack_weights", &dorefa::PackWeightsPy, py::arg("w_codes"), py::arg("w_bits"));
+  m.def("conv_float_quantize", &dorefa::ConvFloatQuantizePy, py::arg("backend"), py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+        py::arg("pool"), py::arg("bits"), py::arg("threads"));
+  m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
+        py::arg("stride"), py::arg("padding"));
   m.def("bitconv", &dorefa::BitConvPy, py::arg("backend"), py::arg("x_codes"), py::arg("wpk"),
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),

@@ -60,10 +60,11 @@ class Barrier {
 };
 #endif
 
-}  // namespace
-
-uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
-                   const uint64_t* wpk, int32_t* acc, bool signed_output, int threads) {
+// ep == nullptr: kernel.tile, then (signed_output) SignedFromAcc; else kernel.fused with *ep.
+uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+            const uint64_t* wpk, int32_t* acc, bool signed_output, int threads,
+            const Epilogue* ep) {
+  if (ep != nullptr) signed_output = false;
   ZeroPaddingBorder(g, xpk);
   const int64_t pack_items = PackItems(g);
   const int64_t npix = g.OutPixels();
@@ -94,8 +95,13 @@ uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x
       for (int64_t it = b; it < e; ++it) {
         const int64_t t = it / ochunks, oc = it % ochunks;
         const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
-        kernel.tile(g, xpk, wpk, pix0, std::min(ptile, npix - pix0), ob0,
-                    std::min(ob_per_chunk, g.ob - ob0), acc);
+        if (ep != nullptr) {
+          kernel.fused(g, xpk, wpk, pix0, std::min(ptile, npix - pix0), ob0,
+                       std::min(ob_per_chunk, g.ob - ob0), acc, *ep);
+        } else {
+          kernel.tile(g, xpk, wpk, pix0, std::min(ptile, npix - pix0), ob0,
+                      std::min(ob_per_chunk, g.ob - ob0), acc);
+        }
       }
     }
     if (signed_output) {
@@ -123,6 +129,19 @@ uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x
   for (uint8_t o : ors) all_or |= o;
 #endif
   return all_or;
+}
+
+}  // namespace
+
+uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                   const uint64_t* wpk, int32_t* acc, bool signed_output, int threads) {
+  return Run(kernel, g, x, xpk, wpk, acc, signed_output, threads, nullptr);
+}
+
+uint8_t RunBitConvFused(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x,
+                        uint64_t* xpk, const uint64_t* wpk, int32_t* acc, const Epilogue& ep,
+                        int threads) {
+  return Run(kernel, g, x, xpk, wpk, acc, false, threads, &ep);
 }
 
 }  // namespace dorefa

@@ -84,6 +84,27 @@ inline PixelRef LocatePixel(const ConvGeom& g, const uint64_t* xpk, int64_t pix)
 using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk,
                         int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int32_t* acc);
 
+// What a fused tile kernel does with the accumulators while they are still in registers.
+// kAcc: int32 acc, as TileFn. kSigned: int32 D = 2 * acc - nw * S (output_transform.h), S
+// computed per pixel from the packed planes. kRequant: uint8 codes of D against per-channel
+// thresholds, written to `codes` (N, O, OH, OW); thresholds are given lane-interleaved and
+// sign-folded: `th[(ob * t + j) * kLanes + lane]` = direction * t_j (int64) of channel
+// o = ob * kLanes + lane, and code = #{ j : direction * D >= th_j } (for direction -1,
+// D <= t_j iff -D >= -t_j). `neg[ob]` has bit `lane` set where direction is -1.
+struct Epilogue {
+  enum Mode { kAcc, kSigned, kRequant } mode = kAcc;
+  const int64_t* th = nullptr;
+  const uint8_t* neg = nullptr;
+  int64_t t = 0;
+  uint8_t* codes = nullptr;
+};
+
+// A tile kernel with the output transform fused in: writes acc / D to `acc` or codes to
+// ep.codes (then `acc` is unused and may be null).
+using FusedTileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk,
+                             int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int32_t* acc,
+                             const Epilogue& ep);
+
 // Activation packer (bitpack.h): packs work items [item0, item1) of PackItems(g); returns the
 // OR of the codes it read.
 using PackFn = uint8_t (*)(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
@@ -95,6 +116,7 @@ struct KernelInfo {
   TileFn tile;
   int64_t pix_tile;  // output pixels a call handles best (work split granularity)
   PackFn pack;       // the activation packer that goes with it
+  FusedTileFn fused = nullptr;  // optional: tile with fused signed / requant epilogue
 };
 
 // Per-ISA kernels (bitconv_<isa>.cpp). The x86 ones exist only when built for x86.
@@ -113,6 +135,12 @@ const KernelInfo& Avx512Kernel();
 // (the caller checks it; out-of-range codes only give wrong numbers, never bad addresses).
 uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
                    const uint64_t* wpk, int32_t* acc, bool signed_output, int threads);
+
+// Same with the epilogue fused into the tile kernel (kernel.fused must be set): ep.mode kAcc /
+// kSigned write acc (N, O, OH, OW) int32, kRequant writes ep.codes.
+uint8_t RunBitConvFused(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x,
+                        uint64_t* xpk, const uint64_t* wpk, int32_t* acc, const Epilogue& ep,
+                        int threads);
 
 }  // namespace dorefa
 

@@ -62,8 +62,10 @@ __all__ = [
     "bitconv2d_packed",
     "bitconv2d_requant",
     "bitconv2d_signed",
+    "conv_float_quantize",
     "kernel_name",
     "last_kernel",
+    "maxpool_codes",
     "pack_weights",
     "reference",
     "set_backend",
@@ -236,3 +238,33 @@ def bitconv2d_requant(
         )
     thresholds, direction = reference.check_requant(thresholds, direction, pw.shape[0])
     return _run(x_codes, pw, x_bits, stride, padding, threads, "requant", thresholds, direction)
+
+
+def conv_float_quantize(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    stride: int,
+    padding: int,
+    pool: int,
+    bits: int,
+    threads: int = 1,
+) -> np.ndarray:
+    """Float first layer fused: conv -> max-pool ``pool`` -> + bias -> ``bits``-bit codes
+    (uint8 (N, O, H'/pool, W'/pool)); exact semantics in :func:`reference.conv_float_quantize`.
+    """
+    if backend() == "reference":
+        _ran("reference")
+        return reference.conv_float_quantize(x, weight, bias, stride, padding, pool, bits)
+    _ran("native")
+    return _native.conv_float_quantize(
+        backend(), x, weight, bias, stride, padding, pool, bits, threads
+    )
+
+
+def maxpool_codes(x_codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """Max-pool of uint8 codes (N, C, H, W), padding = code 0: uint8 (N, C, H', W')."""
+    x = reference.check_code_array("x_codes", x_codes, "(N, C, H, W)")
+    if backend() == "reference":
+        return reference.maxpool_codes(x, kernel, stride, padding)
+    return _native.maxpool_codes(x, kernel, stride, padding)

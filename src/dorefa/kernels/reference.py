@@ -268,3 +268,60 @@ def bitconv2d_requant(
     x, _, stride, padding, _ = check_conv(x_codes, pw, x_bits, stride, padding, threads)
     thresholds, direction = check_requant(thresholds, direction, pw.shape[0])
     return requantize(_signed(x, pw, stride, padding), thresholds, direction)
+
+
+# ----------------------------------------------------------------------------- float first layer
+def conv_float_quantize(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    stride: int,
+    padding: int,
+    pool: int,
+    bits: int,
+    threads: int = 1,
+) -> np.ndarray:
+    """The float first layer, fused: conv (float32 x, weight) -> max-pool pool x pool / pool
+    (floor) -> + bias -> codes ``rint(clip(z, 0, 1) * (2**bits - 1))``: uint8 (N, O, PH, PW).
+
+    Each conv output is summed in float64 over (c, kh, kw) in that order starting from 0 (the
+    products of float32 values are exact in float64, so this order fixes every bit), then
+    rounded to float32; pooling, bias, clip, scale and round-half-to-even are float32 ops.
+    """
+    x = np.asarray(x, np.float32)
+    weight = np.asarray(weight, np.float32)
+    bias = np.asarray(bias, np.float32)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    acc = np.zeros((n, o, oh, ow))
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, ci, i : i + stride * (oh - 1) + 1 : stride,
+                           j : j + stride * (ow - 1) + 1 : stride]  # fmt: skip
+                acc += patch[:, None] * weight[:, ci, i, j].astype(np.float64)[None, :, None, None]
+    y = acc.astype(np.float32)
+    ph, pw = oh // pool, ow // pool
+    y = y[:, :, : ph * pool, : pw * pool].reshape(n, o, ph, pool, pw, pool).max(axis=(3, 5))
+    z = y + bias[None, :, None, None]
+    z = np.clip(z, np.float32(0), np.float32(1))
+    z *= np.float32((1 << bits) - 1)
+    return np.rint(z).astype(np.uint8)
+
+
+def maxpool_codes(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """Max-pool of uint8 codes (N, C, H, W); padding is code 0 (<= every code)."""
+    n, c, h, w = x.shape
+    oh = (h + 2 * padding - kernel) // stride + 1
+    ow = (w + 2 * padding - kernel) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out = np.zeros((n, c, oh, ow), np.uint8)
+    for i in range(kernel):
+        for j in range(kernel):
+            tap = xp[:, :, i : i + stride * (oh - 1) + 1 : stride,
+                     j : j + stride * (ow - 1) + 1 : stride]  # fmt: skip
+            np.maximum(out, tap, out=out)
+    return out

@@ -44,18 +44,26 @@ class Layer:
 
 
 class FloatConv(Layer):
-    """The float first layer: conv with bias on the raw image, im2col + one float32 GEMM."""
+    """The float first layer: conv with bias on the raw image, im2col + one float32 GEMM.
+
+    When the loader fuses the following max-pool and quantize into it (``pool``, ``bits``),
+    the whole step is one call of :func:`dorefa.kernels.conv_float_quantize` (float64
+    accumulation, float32 pool/bias/clip/round) that returns the codes directly."""
 
     op = "conv_float"
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, stride: int, padding: int):
         self.weight, self.bias, self.stride, self.padding = weight, bias, stride, padding
         self.pool = 1  # a following k x k / k max-pool fused in (set by the loader)
+        self.bits = None  # a following quantize fused in (set by the loader): output codes
         o = weight.shape[0]
         self.wmat = np.ascontiguousarray(weight.reshape(o, -1))  # (O, C*KH*KW)
         self.bias_col = np.ascontiguousarray(bias.reshape(o, 1))
 
     def forward(self, x, threads):
+        if self.bits is not None:
+            return kernels.conv_float_quantize(x, self.weight, self.bias, self.stride,
+                                               self.padding, self.pool, self.bits, threads)
         n, c, h, w = x.shape
         _, _, kh, kw = self.weight.shape
         p, k = self.padding, self.pool
@@ -77,8 +85,9 @@ class FloatConv(Layer):
     def describe(self):
         o, c, kh, kw = self.weight.shape
         pool = f" + maxpool {self.pool}x{self.pool} /{self.pool} (fused)" if self.pool > 1 else ""
+        quant = f" + quantize -> {self.bits}-bit codes (fused)" if self.bits is not None else ""
         return (f"conv_float {c}->{o} {kh}x{kw} /{self.stride} pad {self.padding} "
-                f"(float32, bias){pool}")
+                f"(float32, bias){pool}{quant}")
 
 
 class Quantize(Layer):
@@ -110,6 +119,8 @@ class MaxPool(Layer):
 
     def forward(self, x, threads):
         k, s, p = self.kernel, self.stride, self.padding
+        if x.dtype == np.uint8:
+            return kernels.maxpool_codes(x, k, s, p)
         n, c, h, w = x.shape
         ho, wo = _out_size(h, k, s, p), _out_size(w, k, s, p)
         if p:
@@ -151,13 +162,30 @@ class BitConv(Layer):
                                             w_bits) for g in range(groups)]
         sl = [slice(g * og, (g + 1) * og) for g in range(groups)]
         if out == "codes":
-            self.thresholds = [np.ascontiguousarray(thresholds[s]) for s in sl]
-            self.direction = [np.ascontiguousarray(direction[s]) for s in sl]
+            self.thresholds, self.direction = [], []
+            for s in sl:  # validated once here, not per call
+                t, d = kernels.reference.check_requant(thresholds[s], direction[s], og)
+                self.thresholds.append(t)
+                self.direction.append(d)
         else:
             self.alpha = alpha[None, :, None, None]
             self.beta = beta[None, :, None, None]
+        # Arguments of the native call, checked once (see forward)
+        self.native_args = [(pw.words, og, self.shape[1], self.shape[2], self.shape[3], x_bits,
+                             w_bits, stride, padding) for pw in self.packed]
 
     def forward(self, x, threads):
+        b = kernels.backend()
+        if self.groups == 1 and b != "reference" and type(x) is np.ndarray \
+                and x.dtype == np.uint8 and x.flags.c_contiguous and type(threads) is int:
+            # Fast path: the arguments were validated when the layer was built; the native
+            # call re-checks shapes and code ranges itself.
+            kernels._ran("native")
+            if self.out == "codes":
+                return kernels._native.bitconv(b, x, *self.native_args[0], threads, "requant",
+                                               self.thresholds[0], self.direction[0])
+            y = kernels._native.bitconv(b, x, *self.native_args[0], threads, "signed")
+            return np.clip(y.astype(np.float32) * self.alpha + self.beta, 0, 1)
         cg = self.shape[1]
         outs = []
         for g, pw in enumerate(self.packed):
@@ -278,6 +306,10 @@ class _Builder:
         if kind != "float":
             raise self.err(i, "quantize needs a float input")
         bits = self.int_(i, spec, "bits", 1, 8)
+        prev = self.layers[-1] if self.layers else None
+        if isinstance(prev, FloatConv) and prev.bits is None:
+            prev.bits = bits  # fused: the first conv returns codes (FloatConv.forward)
+            return None, bits, shape
         return Quantize(bits), bits, shape
 
     def _maxpool(self, i, spec, kind, shape):

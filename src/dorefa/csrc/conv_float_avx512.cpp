@@ -1,0 +1,101 @@
+// AVX-512 path of the float first conv (conv_float.h): vectorised over output channels (8
+// doubles per zmm, up to 6 zmm = 48 channels per group), NP pixels of one pooling window at a
+// time (independent FMA chains), the taps (c, kh, kw) in order for every output, so each
+// output's double sum is the same sequence of operations as the scalar path's.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "conv_float.h"
+
+namespace dorefa {
+namespace {
+
+constexpr int kVec = 6;  // channel vectors per group
+
+template <int NP, int nv>
+inline void Pixels(const double* const* src, int64_t c, int64_t hp, int64_t wp, int64_t kh,
+                   int64_t kw, const double* wt, int64_t ostride, __m512d (&mx)[kVec],
+                   bool first) {
+  __m512d a[NP][kVec];
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < kVec; ++v) a[p][v] = _mm512_setzero_pd();
+  int64_t tap = 0;
+  for (int64_t ci = 0; ci < c; ++ci)
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j, ++tap) {
+        const int64_t off = (ci * hp + i) * wp + j;
+        __m512d xb[NP];
+        for (int p = 0; p < NP; ++p) xb[p] = _mm512_set1_pd(src[p][off]);
+        const double* w = wt + tap * ostride;
+        for (int v = 0; v < kVec; ++v) {
+          if (v >= nv) break;
+          const __m512d wv = _mm512_loadu_pd(w + 8 * v);
+          for (int p = 0; p < NP; ++p) a[p][v] = _mm512_fmadd_pd(wv, xb[p], a[p][v]);
+        }
+      }
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < kVec; ++v) {
+      if (v >= nv) break;
+      mx[v] = (first && p == 0) ? a[p][v] : _mm512_max_pd(mx[v], a[p][v]);
+    }
+}
+
+// Channels [o0, o0 + 8 * nv) of pooled pixel (py, px).
+template <int nv>
+void Group(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp, const double* wt,
+           int64_t ostride, const float* bias, int64_t py, int64_t px, uint8_t* dst, int64_t o0) {
+  const int64_t k = g.pool;
+  const float levels = static_cast<float>((1 << g.bits) - 1);
+  const int64_t plane = g.ph * g.pw;
+  {
+    const double* srcs[4];
+    int np = 0;
+    bool first = true;
+    __m512d mx[kVec];
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t s = 0; s < k; ++s) {
+        const int64_t oy = py * k + r, ox = px * k + s;
+        srcs[np++] = img + oy * g.stride * wp + ox * g.stride;
+        if (np == 4) {
+          Pixels<4, nv>(srcs, g.c, hp, wp, g.kh, g.kw, wt + o0, ostride, mx, first);
+          first = false;
+          np = 0;
+        }
+      }
+    for (int p = 0; p < np; ++p) {
+      Pixels<1, nv>(srcs + p, g.c, hp, wp, g.kh, g.kw, wt + o0, ostride, mx, first);
+      first = false;
+    }
+    for (int v = 0; v < nv; ++v) {
+      const int64_t ob = o0 + 8 * v;
+      const int64_t lanes = std::min<int64_t>(8, g.o - ob);
+      const __mmask8 m = static_cast<__mmask8>((1u << lanes) - 1);
+      __m256 z = _mm256_add_ps(_mm512_cvtpd_ps(mx[v]), _mm256_maskz_loadu_ps(m, bias + ob));
+      z = _mm256_min_ps(_mm256_max_ps(z, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
+      z = _mm256_mul_ps(z, _mm256_set1_ps(levels));
+      z = _mm256_round_ps(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      alignas(32) int32_t q[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(q), _mm256_cvtps_epi32(z));
+      for (int64_t l = 0; l < lanes; ++l)
+        dst[(ob + l) * plane + py * g.pw + px] = static_cast<uint8_t>(q[l]);
+    }
+  }
+}
+
+}  // namespace
+
+void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp,
+                            const double* wt, int64_t ostride, const float* bias, int64_t py,
+                            int64_t px, uint8_t* dst) {
+  using GroupFn = void (*)(const FloatConvGeom&, const double*, int64_t, int64_t, const double*,
+                           int64_t, const float*, int64_t, int64_t, uint8_t*, int64_t);
+  constexpr GroupFn kGroups[kVec] = {&Group<1>, &Group<2>, &Group<3>,
+                                     &Group<4>, &Group<5>, &Group<6>};
+  for (int64_t o0 = 0; o0 < g.o; o0 += 8 * kVec) {
+    const int64_t nv = std::min<int64_t>(kVec, (g.o - o0 + 7) / 8);
+    kGroups[nv - 1](g, img, hp, wp, wt, ostride, bias, py, px, dst, o0);
+  }
+}
+
+}  // namespace dorefa
