@@ -261,9 +261,11 @@ bit runtime is faster.)
 {report}
 
 What is timed. *bit runtime*: `dorefa.runtime.load(file)(x)` end to end on numpy float32 input:
-float first conv (im2col + float32 GEMM), 2-bit activation codes, six popcount layers whose
-BatchNorm/clip/re-quantization are integer thresholds inside the kernel, the last of them
-returning float for the float classifier. *torch fp32*: the float-equivalent network (same
+the float first conv with its 2x2 max-pool and the quantization to 2-bit codes fused in one
+C++ call (float64 accumulation, AVX-512), six popcount layers whose BatchNorm/clip/
+re-quantization are integer thresholds applied in the kernel's register epilogue (codes written
+directly), the code max-pool in C++, the last popcount layer returning float for the float
+classifier (numpy GEMV). *torch fp32*: the float-equivalent network (same
 shapes, ReLU for f_a), eager. *torch int8*: that network after eager post-training static
 quantization (engine x86/fbgemm, conv+BN+ReLU fused, 4 calibration batches). *torch DoReFa*:
 the training-time model in eval mode (fake quantization in float32).
