@@ -8,7 +8,15 @@ import pytest
 from dorefa.bits import Bits
 from dorefa.cli import main
 from dorefa.models import create_model
-from dorefa.sweep import Cell, SweepConfig, layer_costs, load_grid, read_results, run_sweep
+from dorefa.sweep import (
+    RUNTIME_KEYS,
+    Cell,
+    SweepConfig,
+    layer_costs,
+    load_grid,
+    read_results,
+    run_sweep,
+)
 
 TINY = dict(
     model="svhn",
@@ -38,26 +46,24 @@ def _rows(out):
 
 def test_tiny_grid_runs_to_completion(tmp_path, fashion_dir, capsys):
     out = tmp_path / "tiny"
-    rc = main(
-        [
-            "sweep",
-            "--grid",
-            "tiny",
-            "--data-dir",
-            fashion_dir,
-            "--epochs",
-            "1",
-            "--subset",
-            "2000",
-            "--test-subset",
-            "500",
-            "--jobs",
-            "2",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0, capsys.readouterr()
+    args = [
+        "sweep",
+        "--grid",
+        "tiny",
+        "--data-dir",
+        fashion_dir,
+        "--epochs",
+        "1",
+        "--subset",
+        "2000",
+        "--test-subset",
+        "500",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0, capsys.readouterr()
     rows = _rows(out)
     assert [r["cell"] for r in rows] == ["svhn-w32a32g32-x0.25", "svhn-w1a2g6-x0.25"]
     for r in rows:
@@ -67,8 +73,36 @@ def test_tiny_grid_runs_to_completion(tmp_path, fashion_dir, capsys):
         assert int(r["infer_bitops"]) > 0 and int(r["train_bitops"]) > int(r["infer_bitops"])
         assert (out / "cells" / r["cell"] / "checkpoint.pt").exists()
     assert int(rows[1]["infer_bitops"]) < int(rows[0]["infer_bitops"])
+    # bit-runtime columns: empty for the float cell, measured for the exportable (1,2,6) cell
+    flt, q = rows
+    assert flt["runtime_acc"] == flt["agreement"] == flt["model_bytes"] == ""
+    assert not (out / "cells" / flt["cell"] / "model.dorefa").exists()
+    assert q["runtime_note"] == "", q["runtime_note"]
+    assert 0.0 <= float(q["runtime_acc"]) <= 1.0 and float(q["agreement"]) >= 0.99
+    dorefa_file = out / "cells" / q["cell"] / "model.dorefa"
+    assert int(q["model_bytes"]) == dorefa_file.stat().st_size > 0
+    assert abs(float(q["runtime_acc"]) - float(q["final_test_acc"])) <= 0.01
     md = (out / "results.md").read_text()
     assert "| 1 | 2 | 6 | 0.25 |" in md and "The paper's claims" in md
+    assert "popcount kernels" in md and f"min {float(q['agreement']):.4f} over 1 cell" in md
+
+    # a sweep recorded without the runtime columns (an older version) gets them on resume,
+    # without retraining; `dorefa report` keeps them
+    ckpt_mtime = (out / "cells" / q["cell"] / "checkpoint.pt").stat().st_mtime_ns
+    with open(out / "results.csv", newline="") as f:
+        old = [{k: v for k, v in r.items() if k not in RUNTIME_KEYS} for r in csv.DictReader(f)]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(old[0]))
+        w.writeheader()
+        w.writerows(old)
+    dorefa_file.unlink()
+    assert main(args) == 0, capsys.readouterr()
+    again = _rows(out)
+    assert again[1]["agreement"] == q["agreement"] and again[1]["runtime_acc"] == q["runtime_acc"]
+    assert again[0]["runtime_acc"] == "" and dorefa_file.exists()
+    assert (out / "cells" / q["cell"] / "checkpoint.pt").stat().st_mtime_ns == ckpt_mtime
+    assert main(["report", str(out)]) == 0
+    assert _rows(out) == again and "popcount kernels" in (out / "results.md").read_text()
     for p in PLOTS:
         assert (out / p).stat().st_size > 1000
 

@@ -21,6 +21,14 @@ A float layer (``w_bits == 32``: the first conv and last linear under the paper'
 totals; its MACs are also listed on their own (``float_macs``). A quantized layer has W_l = W,
 G_l = G and A_l = A, except the network's first layer, whose input is the image (A_l = 32).
 BatchNorm parameters are not counted in storage (they fold into thresholds at inference).
+
+Bit-runtime columns: after a cell trains, if its bits are exportable (W and A in 1..8, float
+first/last layers, a plain svhn/alexnet model), a small subprocess exports its final checkpoint to
+``cells/<cell>/model.dorefa`` and runs it on the bit runtime (popcount kernels, one thread) over
+the same test images: ``runtime_acc`` (test accuracy there), ``agreement`` (share of images where
+it and the torch model in eval mode predict the same class), ``model_bytes`` (the file's size).
+Other cells leave them empty. A failure of this step is a note (``runtime_note``), never a failed
+cell; a resumed sweep fills the columns in for recorded cells that lack them.
 """
 
 from __future__ import annotations
@@ -246,6 +254,10 @@ COLUMNS = [
     "infer_bitops",
     "train_bitops",
     "weight_bytes",
+    "runtime_acc",
+    "agreement",
+    "model_bytes",
+    "runtime_note",
     "subset",
     "test_n",
     "seed",
@@ -304,9 +316,18 @@ def _typed(row: dict) -> dict:
         "train_bitops",
         "seed",
         "test_n",
+        "model_bytes",
     ):
         out[k] = int(float(row[k])) if row.get(k) not in (None, "") else None
-    for k in ("width", "best_test_acc", "final_test_acc", "wall_s", "weight_bytes"):
+    for k in (
+        "width",
+        "best_test_acc",
+        "final_test_acc",
+        "wall_s",
+        "weight_bytes",
+        "runtime_acc",
+        "agreement",
+    ):
         out[k] = float(row[k]) if row.get(k) not in (None, "") else None
     out["subset"] = int(row["subset"]) if row.get("subset") not in (None, "") else None
     return out
@@ -464,7 +485,7 @@ def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> d
     conf = json.loads((cell_dir / "config.json").read_text())
     costs = cell_costs(cfg.model, cell, conf["num_classes"], conf["in_channels"])
     # wall time = the cell's epochs (train + test), summed over resumed pieces
-    return (
+    row = (
         row
         | costs
         | {
@@ -476,6 +497,117 @@ def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> d
             "test_n": cfg.test_subset,
         }
     )
+    return row | runtime_columns(cfg, row, out, children)
+
+
+# ------------------------------------------------------------------- bit-runtime columns
+
+EXPORTABLE_MODELS = ("svhn", "alexnet")  # plain conv stacks; resnets are not exportable
+RUNTIME_KEYS = ("runtime_acc", "agreement", "model_bytes", "runtime_note")
+
+
+def exportable(row: dict) -> bool:
+    """Bits (and model) the bit runtime runs: W and A in 1..8, float first/last layers (the
+    sweep always trains with the paper's keep_first_last)."""
+    w, a = row.get("W"), row.get("A")
+    return (
+        row.get("model") in EXPORTABLE_MODELS
+        and isinstance(w, int)
+        and isinstance(a, int)
+        and 1 <= w <= 8
+        and 1 <= a <= 8
+    )
+
+
+def needs_runtime(row: dict) -> bool:
+    """An ok, exportable row whose runtime columns are not recorded yet."""
+    return row.get("status") == "ok" and exportable(row) and row.get("runtime_acc") is None
+
+
+def runtime_columns(cfg: SweepConfig, row: dict, out: Path, children: _Children) -> dict:
+    """Export the cell's final checkpoint and evaluate it on the bit runtime in a subprocess
+    (a crash there cannot take the sweep down). Never raises: a failure becomes a note."""
+    empty = {k: None for k in RUNTIME_KEYS}
+    if not exportable(row):
+        return empty
+    cell_dir = out / "cells" / row["cell"]
+    result = cell_dir / "runtime.json"
+    try:
+        result.unlink(missing_ok=True)
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from dorefa.sweep import _runtime_main; sys.exit(_runtime_main())",
+            str(cell_dir),
+            cfg.data,
+            cfg.data_dir or "",
+            str(cfg.test_subset or 0),
+        ]
+        with open(cell_dir / "runtime.log", "a") as logf:
+            logf.write(f"$ {' '.join(cmd)}\n")
+            logf.flush()
+            proc = children.start(row["cell"] + ":runtime", cmd, logf)
+            try:
+                rc = proc.wait()
+            finally:
+                children.done(row["cell"] + ":runtime")
+        if rc != 0 or not result.exists():
+            lines = [ln for ln in (cell_dir / "runtime.log").read_text().splitlines() if ln.strip()]
+            err = next((ln for ln in reversed(lines) if "rror" in ln), lines[-1] if lines else "")
+            return empty | {"runtime_note": f"runtime: exit {rc}: {err.strip()[:200]}"}
+        res = json.loads(result.read_text())
+        return empty | {k: res.get(k) for k in ("runtime_acc", "agreement", "model_bytes")}
+    except Exception as exc:
+        return empty | {"runtime_note": f"runtime: {type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def _runtime_main(argv: list[str] | None = None) -> int:
+    """In the subprocess: export ``CELL_DIR/checkpoint.pt`` to ``model.dorefa``, run it and the
+    torch model on the test set, write ``runtime.json``."""
+    import numpy as np
+    import torch
+
+    from . import runtime
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .data import get_dataset
+    from .export import export
+    from .runtime.cli import _batches, compare_logits
+
+    cell_dir, data, data_dir, test_subset = argv or sys.argv[1:]
+    cell_dir = Path(cell_dir)
+    torch.set_num_threads(1)
+    ckpt_path = cell_dir / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    torch_model = model_from_checkpoint(ckpt, ckpt_path).eval()
+    meta = dict(ckpt["meta"]) | {
+        "checkpoint": str(ckpt_path),
+        "epoch": int(ckpt.get("epoch", -1)) + 1,
+    }
+    dorefa_path = cell_dir / "model.dorefa"
+    tmp = cell_dir / ".model.dorefa.tmp"
+    export(torch_model, tmp, meta=meta)
+    os.replace(tmp, dorefa_path)
+    model = runtime.load(dorefa_path, threads=1)
+    _, size, _ = model.input_shape
+    test_set = get_dataset(data, "test", data_dir=data_dir or None, image_size=size)
+    if int(test_subset):
+        test_set = test_set.subset(min(int(test_subset), len(test_set)))
+    rt_all, torch_all, labels_all = [], [], []
+    for x, labels in _batches(test_set, 256, size):
+        rt_all.append(model(x.numpy()))
+        with torch.no_grad():
+            torch_all.append(torch_model(x).numpy())
+        labels_all.append(labels)
+    logits, labels = np.concatenate(rt_all), np.concatenate(labels_all)
+    res = {
+        "runtime_acc": round(float((logits.argmax(1) == labels).mean()), 6),
+        "agreement": round(compare_logits(logits, np.concatenate(torch_all))["agreement"], 6),
+        "model_bytes": dorefa_path.stat().st_size,
+        "test_n": len(labels),
+    }
+    _write_atomic(cell_dir / "runtime.json", json.dumps(res) + "\n")
+    print(json.dumps(res))
+    return 0
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -518,10 +650,14 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
     done = {r["cell"]: r for r in read_results(csv_path) if r["cell"] in names}
     # A recorded ok cell is finished; a recorded failure is tried again.
     pending = [c for c in cells if done.get(c.name(cfg.model), {}).get("status") != "ok"]
+    # Recorded ok cells without the bit-runtime columns (an older sweep, or a sweep killed
+    # between training and recording them): evaluated again on the runtime, not retrained.
+    fills = [done[n] for n in names if n in done and needs_runtime(done[n])]
     stop_after = int(os.environ.get("DOREFA_SWEEP_STOP_AFTER", "0") or 0)
     log(
         f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(pending)} already done, "
         f"{cfg.jobs} job(s) -> {out}"
+        + (f"; {len(fills)} to run on the bit runtime" if fills else "")
     )
 
     from tqdm import tqdm
@@ -549,7 +685,7 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
             recorded += 1
         msg = (
             f"{row['cell']}: best {row['best_test_acc']:.4f} final "
-            f"{row['final_test_acc']:.4f} ({row['wall_s']:.0f}s)"
+            f"{row['final_test_acc']:.4f} ({row['wall_s']:.0f}s)" + _runtime_msg(row)
             if row["status"] == "ok"
             else f"{row['cell']}: FAILED {row['error']}"
         )
@@ -559,10 +695,23 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
         if stop_after and recorded >= stop_after:
             raise RuntimeError(f"DOREFA_SWEEP_STOP_AFTER={stop_after}: stopping the sweep")
 
-    running: dict = {}  # future -> cell
+    def record_runtime(row: dict) -> None:
+        """A recorded cell's runtime columns, filled in (not a newly recorded cell)."""
+        with lock:
+            done[row["cell"]] = row
+            rows = [done[n] for n in names if n in done]
+            write_results(csv_path, rows)
+            _write_atomic(out / "results.md", render_markdown(rows, cfg_dict(cfg), out))
+        msg = f"{row['cell']}: (recorded before)" + _runtime_msg(row)
+        log(msg) if not show else bar.write(msg)
+
+    running: dict = {}  # future -> cell, or the name of a recorded cell being filled in
     pool = ThreadPoolExecutor(max_workers=cfg.jobs)
     try:
-        while pending or running:
+        while pending or running or fills:
+            while fills and len(running) < cfg.jobs:
+                r = fills.pop(0)
+                running[pool.submit(_fill_runtime, cfg, r, out, children)] = r["cell"]
             for cell in list(pending):
                 if len(running) >= cfg.jobs:
                     break
@@ -599,6 +748,12 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 cell = running.pop(fut)
+                if isinstance(cell, str):
+                    try:
+                        record_runtime(fut.result())
+                    except Exception as exc:  # a bug; the cell stays as it was recorded
+                        log(f"{cell}: runtime columns not filled in: {type(exc).__name__}: {exc}")
+                    continue
                 try:
                     row = fut.result()
                 except Exception as exc:  # a bug in the parent's bookkeeping of this cell
@@ -623,6 +778,16 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
     return rows
 
 
+def _fill_runtime(cfg: SweepConfig, row: dict, out: Path, children: _Children) -> dict:
+    return row | runtime_columns(cfg, row, out, children)
+
+
+def _runtime_msg(row: dict) -> str:
+    if row.get("runtime_acc") is not None:
+        return f"; bit runtime {row['runtime_acc']:.4f}, agreement {row['agreement']:.4f}"
+    return f"; {row['runtime_note']}" if row.get("runtime_note") else ""
+
+
 def cfg_dict(cfg: SweepConfig) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -642,7 +807,8 @@ def _fmt_ops(x) -> str:
 
 
 def _status(r: dict) -> str:
-    err = str(r.get("error") or "").replace("|", "/")
+    err = "; ".join(str(r.get(k)) for k in ("error", "runtime_note") if r.get(k))
+    err = err.replace("|", "/")
     if r.get("status") == "ok":
         return f"ok ({err})" if err else "ok"
     return f"failed: {err}"
@@ -659,9 +825,10 @@ def _acc(x) -> str:
 def render_table(rows: list[dict]) -> str:
     head = (
         "| W | A | G | width | init | best acc | final acc | epochs | wall (s) | "
-        "inference bit-ops | training bit-ops | float MACs | weights (KiB) | status |"
+        "inference bit-ops | training bit-ops | float MACs | weights (KiB) | "
+        "runtime acc | agreement | .dorefa (KiB) | status |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         lines.append(
             f"| {r['W']} | {r['A']} | {r['G']} | {r['width']:g} | {r.get('init') or ''} | "
@@ -670,6 +837,8 @@ def render_table(rows: list[dict]) -> str:
             f"{_fmt_ops(r.get('infer_bitops'))} | {_fmt_ops(r.get('train_bitops'))} | "
             f"{_fmt_ops(r.get('float_macs'))} | "
             f"{_kib(r.get('weight_bytes'))} | "
+            f"{_acc(r.get('runtime_acc'))} | {_acc(r.get('agreement'))} | "
+            f"{_kib(r.get('model_bytes'))} | "
             f"{_status(r)} |"
         )
     return "\n".join(lines)
@@ -810,6 +979,24 @@ def claims(rows: list[dict]) -> list[str]:
     return out
 
 
+def runtime_line(rows: list[dict]) -> str:
+    """The line on the bit-runtime columns: where they come from and the worst agreement."""
+    ran = [r for r in rows if r.get("agreement") is not None]
+    text = (
+        "Runtime acc = test accuracy of the cell's final checkpoint exported to a .dorefa file "
+        "and run on the bit runtime's popcount kernels (one thread, same test images); "
+        "agreement = share of those images where it predicts the same class as the torch "
+        "model in eval mode; empty for cells the runtime cannot run (W or A = 32)."
+    )
+    if not ran:
+        return text + " No cell has been run on the bit runtime yet."
+    worst = min(ran, key=lambda r: r["agreement"])
+    return text + (
+        f" Agreement with torch: min {worst['agreement']:.4f} over {len(ran)} cell(s) "
+        f"({worst['cell']})."
+    )
+
+
 def render_markdown(rows: list[dict], settings: dict | None, out: Path, plots=()) -> str:
     settings = settings or {}
     parts = ["# DoReFa sweep results", ""]
@@ -825,6 +1012,8 @@ def render_markdown(rows: list[dict], settings: dict | None, out: Path, plots=()
         "A*G). Weights: quantized layers at W bits, float layers and biases at 32 bits, "
         "BatchNorm not counted. Wall time = the cell's epochs (training + test), one "
         "thread.",
+        "",
+        runtime_line(rows),
         "",
         render_table(rows),
         "",
