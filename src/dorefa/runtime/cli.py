@@ -34,6 +34,7 @@ def compare_logits(rt_logits: np.ndarray, torch_logits: np.ndarray) -> dict:
         "agreement": float((rt_logits.argmax(1) == torch_logits.argmax(1)).mean()),
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "max_rel_diff": float((diff.max(axis=1) / scale).max()) if diff.size else 0.0,
+        "within_1e-3": float((diff.max(axis=1) / scale <= 1e-3).mean()) if diff.size else 1.0,
     }
 
 
@@ -98,7 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         print(
             f"max logit difference: {cmp['max_abs_diff']:.3g} absolute, "
-            f"{cmp['max_rel_diff']:.3g} relative (to the image's largest |logit|)"
+            f"{cmp['max_rel_diff']:.3g} relative (to the image's largest |logit|); "
+            f"{100 * cmp['within_1e-3']:.2f}% of images within 1e-3 relative"
         )
     return 0
 
