@@ -69,13 +69,23 @@ class FloatNet(nn.Module):
     def __init__(self, dorefa_model: nn.Module):
         super().__init__()
         self.quant = torch.ao.quantization.QuantStub()
-        mods = [m for m in dorefa_model.modules() if not list(m.children()) or
-                isinstance(m, (QConv2d, QLinear))]
+        mods = [
+            m
+            for m in dorefa_model.modules()
+            if not list(m.children()) or isinstance(m, (QConv2d, QLinear))
+        ]
         body, self.fuse_groups, pending_pool = [], [], None
         for m in mods:
             if isinstance(m, QConv2d):
-                conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                                 m.padding, groups=m.groups, bias=m.bias is not None)
+                conv = nn.Conv2d(
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    groups=m.groups,
+                    bias=m.bias is not None,
+                )
                 conv.load_state_dict(m.state_dict())
                 body.append(conv)
             elif isinstance(m, nn.BatchNorm2d):
@@ -143,8 +153,12 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", "--model", default=None,
-                    help="trained svhn checkpoint (default: untrained, BN-calibrated)")
+    ap.add_argument(
+        "--checkpoint",
+        "--model",
+        default=None,
+        help="trained svhn checkpoint (default: untrained, BN-calibrated)",
+    )
     ap.add_argument("--bits", default="1,2,6")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--in-channels", type=int, default=1)
@@ -196,10 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in batches:
         x = torch.rand(n, in_ch, 40, 40, generator=gen)
         xn = x.numpy()
-        fns = {"bit runtime": lambda xn=xn: runtime(xn),
-               "torch fp32": lambda x=x: fnet(x),
-               "torch int8": lambda x=x: qnet(x),
-               "torch DoReFa": lambda x=x: model(x)}
+        fns = {
+            "bit runtime": lambda xn=xn: runtime(xn),
+            "torch fp32": lambda x=x: fnet(x),
+            "torch int8": lambda x=x: qnet(x),
+            "torch DoReFa": lambda x=x: model(x),
+        }
         with torch.no_grad():
             reps = {}
             for name, fn in fns.items():  # warm-up and calibrate repetitions
@@ -221,12 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         pass
     lines = []
     lines.append(f"model: {what}; bits {meta_bits}; input {in_ch}x40x40")
-    lines.append(f"kernel backend: {K.backend()} ({K.kernel_name()}); CPU: {cpu}; 1 thread; "
-                 f"torch {torch.__version__}, numpy {np.__version__}; {args.rounds} rounds, "
-                 "medians")
+    lines.append(
+        f"kernel backend: {K.backend()} ({K.kernel_name()}); CPU: {cpu}; 1 thread; "
+        f"torch {torch.__version__}, numpy {np.__version__}; {args.rounds} rounds, "
+        "medians"
+    )
     lines.append("")
-    head = "| batch | " + " | ".join(f"{nm} ms/batch" for nm in names) + \
-           " | fp32 / bit | int8 / bit |"
+    head = (
+        "| batch | " + " | ".join(f"{nm} ms/batch" for nm in names) + " | fp32 / bit | int8 / bit |"
+    )
     lines.append(head)
     lines.append("|" + "---|" * (len(names) + 3))
     for n in batches:
@@ -238,16 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("| images/s | " + " | ".join(names) + " |")
     lines.append("|" + "---|" * (len(names) + 1))
     for n in batches:
-        lines.append(f"| batch {n} | " + " | ".join(f"{n / med[(nm, n)]:.0f}" for nm in names)
-                     + " |")
+        lines.append(
+            f"| batch {n} | " + " | ".join(f"{n / med[(nm, n)]:.0f}" for nm in names) + " |"
+        )
     lines.append("")
-    lines.append(f"size: .dorefa file {info['size']} bytes vs torch.save(float state_dict) "
-                 f"{float_sd} bytes: {float_sd / info['size']:.1f}x smaller")
+    lines.append(
+        f"size: .dorefa file {info['size']} bytes vs torch.save(float state_dict) "
+        f"{float_sd} bytes: {float_sd / info['size']:.1f}x smaller"
+    )
     report = "\n".join(lines)
     print(report)
     if args.out:
-        cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_runtime.py " + \
-              " ".join(sys.argv[1:] if argv is None else argv)
+        cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_runtime.py " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
         doc = f"""# The bit runtime vs torch (whole network)
 
 Measured {datetime.date.today().isoformat()} with

@@ -44,9 +44,22 @@ def trained(tmp_path_factory, fashion_dir):
     def get(bits):
         if bits not in cache:
             out = tmp_path_factory.mktemp("runs") / bits.replace(",", "-")
-            train(TrainConfig(model="svhn", data="fashion-mnist", bits=bits, width=0.25,
-                              epochs=1, batch_size=32, subset=2000, test_subset=100, threads=1,
-                              progress=False, out=str(out)), log=lambda m: None)
+            train(
+                TrainConfig(
+                    model="svhn",
+                    data="fashion-mnist",
+                    bits=bits,
+                    width=0.25,
+                    epochs=1,
+                    batch_size=32,
+                    subset=2000,
+                    test_subset=100,
+                    threads=1,
+                    progress=False,
+                    out=str(out),
+                ),
+                log=lambda m: None,
+            )
             from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 
             ckpt = out / "checkpoint.pt"
@@ -123,8 +136,9 @@ def test_runtime_imports_no_torch(small_file, tmp_path):
         "print('ok', m.bits, m.size)\n"
     )
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ok 1,2,6")
 
@@ -139,8 +153,11 @@ def test_weights_are_bit_packed_and_file_is_small(tmp_path):
             assert layer["weight"]["nbytes"] == layer["w_bits"] * -(-count // 8)
     # 1-bit weights: ~32x smaller than float32, minus float first/last layers and thresholds
     assert info["float_bytes"] / info["size"] > 20
-    assert rt.load(tmp_path / "m.dorefa").size == info["size"] == os.path.getsize(
-        tmp_path / "m.dorefa")
+    assert (
+        rt.load(tmp_path / "m.dorefa").size
+        == info["size"]
+        == os.path.getsize(tmp_path / "m.dorefa")
+    )
 
 
 def test_alexnet_grouped_convs_and_fc_as_conv(tmp_path):
@@ -177,8 +194,13 @@ def test_thresholds_equal_brute_force(out_bits):
 # ----------------------------------------------------------------------------- the format
 def test_truncated_files_are_refused(small_file, tmp_path):
     data = small_file.read_bytes()
-    lengths = sorted(set(list(range(0, 64)) + list(range(0, len(data), 97))
-                         + [len(data) - k for k in range(1, 40)]))
+    lengths = sorted(
+        set(
+            list(range(0, 64))
+            + list(range(0, len(data), 97))
+            + [len(data) - k for k in range(1, 40)]
+        )
+    )
     bad = tmp_path / "t.dorefa"
     for n in lengths:
         bad.write_bytes(data[:n])
@@ -202,13 +224,14 @@ def test_bit_flips_are_refused(small_file, tmp_path):
             rt.load(bad)
 
 
-def _rewrite(src: Path, dst: Path, edit=None, raw_header: bytes | None = None,
-             fixed: tuple | None = None) -> None:
+def _rewrite(
+    src: Path, dst: Path, edit=None, raw_header: bytes | None = None, fixed: tuple | None = None
+) -> None:
     """Copy a .dorefa file with an edited header and a *valid* checksum (a hostile writer)."""
     data = src.read_bytes()
     magic, version, hlen, dlen = struct.unpack_from("<8sIIQ", data)
-    header = json.loads(data[24:24 + hlen])
-    blob = data[24 + hlen:len(data) - 32]
+    header = json.loads(data[24 : 24 + hlen])
+    blob = data[24 + hlen : len(data) - 32]
     text = raw_header if raw_header is not None else json.dumps(edit(header)).encode()
     fields = fixed or (magic, version, len(text), len(blob))
     body = struct.pack("<8sIIQ", *fields) + text + blob
@@ -220,14 +243,19 @@ def _first(header, op):
 
 
 HOSTILE = {
-    "huge weight_shape": lambda h: (_first(h, "bitconv").update(
-        weight_shape=[2**40, 2**40, 3, 3]), h)[1],
-    "weight_shape vs bytes": lambda h: (_first(h, "bitconv").update(
-        weight_shape=[4096, 4096, 3, 3]), h)[1],
-    "huge array shape": lambda h: (_first(h, "conv_float")["weight"].update(
-        shape=[2**39, 2**39], nbytes=2**80), h)[1],
-    "offset outside blob": lambda h: (_first(h, "conv_float")["weight"].update(
-        offset=2**62), h)[1],
+    "huge weight_shape": lambda h: (
+        _first(h, "bitconv").update(weight_shape=[2**40, 2**40, 3, 3]),
+        h,
+    )[1],
+    "weight_shape vs bytes": lambda h: (
+        _first(h, "bitconv").update(weight_shape=[4096, 4096, 3, 3]),
+        h,
+    )[1],
+    "huge array shape": lambda h: (
+        _first(h, "conv_float")["weight"].update(shape=[2**39, 2**39], nbytes=2**80),
+        h,
+    )[1],
+    "offset outside blob": lambda h: (_first(h, "conv_float")["weight"].update(offset=2**62), h)[1],
     "huge input": lambda h: h | {"input_shape": [1, 10**9, 10**9]},
     "big input": lambda h: h | {"input_shape": [1, 60000, 60000]},
     "wrong dtype": lambda h: (_first(h, "bitconv")["thresholds"].update(dtype="<f8"), h)[1],
@@ -254,8 +282,12 @@ def test_hostile_fixed_header_and_json(small_file, tmp_path):
     bad = tmp_path / "h.dorefa"
     data = small_file.read_bytes()
     magic, version, hlen, dlen = struct.unpack_from("<8sIIQ", data)
-    for fixed in [(magic, version, 2**32 - 1, dlen), (magic, version, hlen, 2**63),
-                  (magic, 2, hlen, dlen), (b"PK\x03\x04\0\0\0\0", version, hlen, dlen)]:
+    for fixed in [
+        (magic, version, 2**32 - 1, dlen),
+        (magic, version, hlen, 2**63),
+        (magic, 2, hlen, dlen),
+        (b"PK\x03\x04\0\0\0\0", version, hlen, dlen),
+    ]:
         _rewrite(small_file, bad, lambda h: h, fixed=fixed)
         with pytest.raises(FormatError):
             rt.load(bad)
@@ -268,12 +300,15 @@ def test_hostile_fixed_header_and_json(small_file, tmp_path):
 
 
 # ----------------------------------------------------------------------------- unsupported
-@pytest.mark.parametrize("name,bits,kwargs,match", [
-    ("resnet18", "1,2,6", {}, "residual"),
-    ("svhn", "1,32,32", {}, "A = 32"),
-    ("svhn", "32,2,32", {}, "W = 32"),
-    ("svhn", "1,2,6", {"keep_first_last": False}, "quantize-first-last"),
-])
+@pytest.mark.parametrize(
+    "name,bits,kwargs,match",
+    [
+        ("resnet18", "1,2,6", {}, "residual"),
+        ("svhn", "1,32,32", {}, "A = 32"),
+        ("svhn", "32,2,32", {}, "W = 32"),
+        ("svhn", "1,2,6", {"keep_first_last": False}, "quantize-first-last"),
+    ],
+)
 def test_unsupported_models_fail_clearly(name, bits, kwargs, match, tmp_path):
     model = create_model(name, bits=bits, in_channels=1, width=0.125, **kwargs)
     with pytest.raises(ExportError, match=match):
@@ -286,8 +321,12 @@ def test_cli_export_and_run_compare(trained, tmp_path, capsys):
     _, ckpt = trained("1,2,6")
     out = tmp_path / "m.dorefa"
     assert main(["export", str(ckpt), "-o", str(out)]) == 0
-    assert main(["run", str(out), "--compare", str(ckpt), "--test-subset", "300",
-                 "--batch-size", "128"]) == 0
+    assert (
+        main(
+            ["run", str(out), "--compare", str(ckpt), "--test-subset", "300", "--batch-size", "128"]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "test accuracy:" in text and "max logit difference:" in text
     agreement = float(text.split("agreement: ")[1].split("%")[0])

@@ -62,8 +62,9 @@ class FloatConv(Layer):
 
     def forward(self, x, threads):
         if self.bits is not None:
-            return kernels.conv_float_quantize(x, self.weight, self.bias, self.stride,
-                                               self.padding, self.pool, self.bits, threads)
+            return kernels.conv_float_quantize(
+                x, self.weight, self.bias, self.stride, self.padding, self.pool, self.bits, threads
+            )
         n, c, h, w = x.shape
         _, _, kh, kw = self.weight.shape
         p, k = self.padding, self.pool
@@ -86,8 +87,10 @@ class FloatConv(Layer):
         o, c, kh, kw = self.weight.shape
         pool = f" + maxpool {self.pool}x{self.pool} /{self.pool} (fused)" if self.pool > 1 else ""
         quant = f" + quantize -> {self.bits}-bit codes (fused)" if self.bits is not None else ""
-        return (f"conv_float {c}->{o} {kh}x{kw} /{self.stride} pad {self.padding} "
-                f"(float32, bias){pool}{quant}")
+        return (
+            f"conv_float {c}->{o} {kh}x{kw} /{self.stride} pad {self.padding} "
+            f"(float32, bias){pool}{quant}"
+        )
 
 
 class Quantize(Layer):
@@ -129,11 +132,11 @@ class MaxPool(Layer):
         # separable: max over the k row taps, then over the k column taps
         rows = None
         for i in range(k):
-            tap = x[:, :, i:i + s * (ho - 1) + 1:s, :]  # (N, C, H', W + 2p)
+            tap = x[:, :, i : i + s * (ho - 1) + 1 : s, :]  # (N, C, H', W + 2p)
             rows = tap.copy() if rows is None else np.maximum(rows, tap, out=rows)
         out = None
         for j in range(k):
-            tap = rows[:, :, :, j:j + s * (wo - 1) + 1:s]  # (N, C, H', W')
+            tap = rows[:, :, :, j : j + s * (wo - 1) + 1 : s]  # (N, C, H', W')
             out = tap.copy() if out is None else np.maximum(out, tap, out=out)
         return out
 
@@ -150,16 +153,29 @@ class BitConv(Layer):
 
     op = "bitconv"
 
-    def __init__(self, codes: np.ndarray, x_bits: int, w_bits: int, stride: int, padding: int,
-                 groups: int, out: str, out_bits: int | None = None,
-                 thresholds: np.ndarray | None = None, direction: np.ndarray | None = None,
-                 alpha: np.ndarray | None = None, beta: np.ndarray | None = None):
+    def __init__(
+        self,
+        codes: np.ndarray,
+        x_bits: int,
+        w_bits: int,
+        stride: int,
+        padding: int,
+        groups: int,
+        out: str,
+        out_bits: int | None = None,
+        thresholds: np.ndarray | None = None,
+        direction: np.ndarray | None = None,
+        alpha: np.ndarray | None = None,
+        beta: np.ndarray | None = None,
+    ):
         self.shape = codes.shape  # (O, C/groups, KH, KW)
         self.x_bits, self.w_bits, self.stride, self.padding = x_bits, w_bits, stride, padding
         self.groups, self.out, self.out_bits = groups, out, out_bits
         og = codes.shape[0] // groups
-        self.packed = [kernels.pack_weights(np.ascontiguousarray(codes[g * og:(g + 1) * og]),
-                                            w_bits) for g in range(groups)]
+        self.packed = [
+            kernels.pack_weights(np.ascontiguousarray(codes[g * og : (g + 1) * og]), w_bits)
+            for g in range(groups)
+        ]
         sl = [slice(g * og, (g + 1) * og) for g in range(groups)]
         if out == "codes":
             self.thresholds, self.direction = [], []
@@ -171,32 +187,69 @@ class BitConv(Layer):
             self.alpha = alpha[None, :, None, None]
             self.beta = beta[None, :, None, None]
         # Arguments of the native call, checked once (see forward)
-        self.native_args = [(pw.words, og, self.shape[1], self.shape[2], self.shape[3], x_bits,
-                             w_bits, stride, padding) for pw in self.packed]
+        self.native_args = [
+            (
+                pw.words,
+                og,
+                self.shape[1],
+                self.shape[2],
+                self.shape[3],
+                x_bits,
+                w_bits,
+                stride,
+                padding,
+            )
+            for pw in self.packed
+        ]
 
     def forward(self, x, threads):
         b = kernels.backend()
-        if self.groups == 1 and b != "reference" and type(x) is np.ndarray \
-                and x.dtype == np.uint8 and x.flags.c_contiguous and type(threads) is int:
+        if (
+            self.groups == 1
+            and b != "reference"
+            and type(x) is np.ndarray
+            and x.dtype == np.uint8
+            and x.flags.c_contiguous
+            and type(threads) is int
+        ):
             # Fast path: the arguments were validated when the layer was built; the native
             # call re-checks shapes and code ranges itself.
             kernels._ran("native")
             if self.out == "codes":
-                return kernels._native.bitconv(b, x, *self.native_args[0], threads, "requant",
-                                               self.thresholds[0], self.direction[0])
+                return kernels._native.bitconv(
+                    b,
+                    x,
+                    *self.native_args[0],
+                    threads,
+                    "requant",
+                    self.thresholds[0],
+                    self.direction[0],
+                )
             y = kernels._native.bitconv(b, x, *self.native_args[0], threads, "signed")
             return np.clip(y.astype(np.float32) * self.alpha + self.beta, 0, 1)
         cg = self.shape[1]
         outs = []
         for g, pw in enumerate(self.packed):
-            xg = x if self.groups == 1 else np.ascontiguousarray(x[:, g * cg:(g + 1) * cg])
+            xg = x if self.groups == 1 else np.ascontiguousarray(x[:, g * cg : (g + 1) * cg])
             if self.out == "codes":
-                outs.append(kernels.bitconv2d_requant(
-                    xg, pw, self.x_bits, self.stride, self.padding, self.thresholds[g],
-                    self.direction[g], threads))
+                outs.append(
+                    kernels.bitconv2d_requant(
+                        xg,
+                        pw,
+                        self.x_bits,
+                        self.stride,
+                        self.padding,
+                        self.thresholds[g],
+                        self.direction[g],
+                        threads,
+                    )
+                )
             else:
-                outs.append(kernels.bitconv2d_signed(xg, pw, self.x_bits, self.stride,
-                                                     self.padding, threads))
+                outs.append(
+                    kernels.bitconv2d_signed(
+                        xg, pw, self.x_bits, self.stride, self.padding, threads
+                    )
+                )
         y = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
         if self.out == "float":
             y = np.clip(y.astype(np.float32) * self.alpha + self.beta, 0, 1)
@@ -206,8 +259,10 @@ class BitConv(Layer):
         o, c, kh, kw = self.shape
         g = f" groups {self.groups}" if self.groups > 1 else ""
         out = f"{self.out_bits}-bit codes" if self.out == "codes" else "float clip[0,1]"
-        return (f"bitconv {c * self.groups}->{o} {kh}x{kw} /{self.stride} pad {self.padding}{g} "
-                f"W{self.w_bits} A{self.x_bits} -> {out}")
+        return (
+            f"bitconv {c * self.groups}->{o} {kh}x{kw} /{self.stride} pad {self.padding}{g} "
+            f"W{self.w_bits} A{self.x_bits} -> {out}"
+        )
 
 
 class Flatten(Layer):
@@ -278,8 +333,11 @@ class _Builder:
                 raise self.err(i, "is not an object")
             op = spec.get("op")
             method = getattr(self, f"_{op}", None) if isinstance(op, str) else None
-            if op not in ("conv_float", "quantize", "maxpool", "bitconv", "flatten",
-                          "linear_float") or method is None:
+            if (
+                op
+                not in ("conv_float", "quantize", "maxpool", "bitconv", "flatten", "linear_float")
+                or method is None
+            ):
                 raise self.err(i, f"unknown op {op!r}")
             layer, kind, shape = method(i, spec, kind, shape)
             self.check_elements(i, shape)
@@ -321,8 +379,14 @@ class _Builder:
         c = shape[0]
         ho, wo = self.conv_shape(i, shape, k, k, s, p)
         prev = self.layers[-1] if self.layers else None
-        if (isinstance(prev, FloatConv) and prev.pool == 1 and p == 0 and k == s
-                and shape[1] % k == 0 and shape[2] % k == 0):
+        if (
+            isinstance(prev, FloatConv)
+            and prev.pool == 1
+            and p == 0
+            and k == s
+            and shape[1] % k == 0
+            and shape[2] % k == 0
+        ):
             prev.pool = k  # fused into the GEMM's output (see FloatConv.forward)
             return None, kind, (c, ho, wo)
         return MaxPool(k, s, p), kind, (c, ho, wo)
@@ -338,9 +402,13 @@ class _Builder:
         padding = self.int_(i, spec, "padding", 0, 64)
         groups = self.int_(i, spec, "groups", 1, MAX_DIM)
         ws = spec.get("weight_shape")
-        if not (isinstance(ws, list) and len(ws) == 4
-                and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM
-                        for v in ws)):
+        if not (
+            isinstance(ws, list)
+            and len(ws) == 4
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in ws
+            )
+        ):
             raise self.err(i, f"'weight_shape' must be 4 ints in 1..{MAX_DIM}, got {ws!r}")
         o, cg, kh, kw = ws
         if o % groups or cg * groups != shape[0]:
@@ -350,10 +418,14 @@ class _Builder:
         count = o * cg * kh * kw
         packed = self.arr(i, spec, "weight", np.uint8, 1)
         if packed.size != w_bits * (-(-count // 8)):
-            raise self.err(i, f"packed weight has {packed.size} bytes, expected "
-                              f"{w_bits} bit planes of {-(-count // 8)} bytes")
-        planes = np.unpackbits(packed.reshape(w_bits, -1), axis=1, count=count,
-                               bitorder="little")  # (W, count)
+            raise self.err(
+                i,
+                f"packed weight has {packed.size} bytes, expected "
+                f"{w_bits} bit planes of {-(-count // 8)} bytes",
+            )
+        planes = np.unpackbits(
+            packed.reshape(w_bits, -1), axis=1, count=count, bitorder="little"
+        )  # (W, count)
         codes = np.zeros(count, np.uint8)
         for k in range(w_bits):
             codes |= planes[k] << k
@@ -365,20 +437,34 @@ class _Builder:
             t = self.arr(i, spec, "thresholds", np.int32, 2)
             d = self.arr(i, spec, "direction", np.int8, 1)
             if t.shape != (o, (1 << out_bits) - 1) or d.shape != (o,):
-                raise self.err(i, f"thresholds {t.shape} / direction {d.shape} do not fit "
-                                  f"{o} channels of {out_bits}-bit codes")
+                raise self.err(
+                    i,
+                    f"thresholds {t.shape} / direction {d.shape} do not fit "
+                    f"{o} channels of {out_bits}-bit codes",
+                )
             if not np.all(np.abs(d.astype(np.int16)) == 1):
                 raise self.err(i, "direction values must be +1 or -1")
-            layer = BitConv(codes, x_bits, w_bits, stride, padding, groups, "codes", out_bits,
-                            thresholds=t, direction=d)
+            layer = BitConv(
+                codes,
+                x_bits,
+                w_bits,
+                stride,
+                padding,
+                groups,
+                "codes",
+                out_bits,
+                thresholds=t,
+                direction=d,
+            )
             return layer, out_bits, (o, ho, wo)
         if out == "float":
             a = self.arr(i, spec, "alpha", np.float32, 1)
             b = self.arr(i, spec, "beta", np.float32, 1)
             if a.shape != (o,) or b.shape != (o,):
                 raise self.err(i, f"alpha {a.shape} / beta {b.shape} do not fit {o} channels")
-            layer = BitConv(codes, x_bits, w_bits, stride, padding, groups, "float",
-                            alpha=a, beta=b)
+            layer = BitConv(
+                codes, x_bits, w_bits, stride, padding, groups, "float", alpha=a, beta=b
+            )
             return layer, "float", (o, ho, wo)
         raise self.err(i, f"'out' must be 'codes' or 'float', got {out!r}")
 
@@ -407,9 +493,13 @@ class Model:
         reader = Reader(path)
         h = reader.header
         shape = h.get("input_shape")
-        if not (isinstance(shape, list) and len(shape) == 3
-                and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM
-                        for v in shape)):
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 3
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in shape
+            )
+        ):
             raise reader.error(f"'input_shape' must be 3 ints in 1..{MAX_DIM}, got {shape!r}")
         self.path = reader.path
         self.size = reader.size
@@ -428,8 +518,10 @@ class Model:
     def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input must be (N, {', '.join(map(str, self.input_shape))}) "
-                             f"float32 at the model's input size, got shape {x.shape}")
+            raise ValueError(
+                f"input must be (N, {', '.join(map(str, self.input_shape))}) "
+                f"float32 at the model's input size, got shape {x.shape}"
+            )
         x = np.ascontiguousarray(x, dtype=np.float32)
         threads = self.threads if threads is None else threads
         for layer in self.layers:
@@ -437,12 +529,16 @@ class Model:
         return x
 
     def summary(self) -> str:
-        lines = [f"{self.path}: {self.size} bytes, bits {self.bits}, input "
-                 f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} classes, "
-                 f"kernel backend {kernels.backend()}"]
+        lines = [
+            f"{self.path}: {self.size} bytes, bits {self.bits}, input "
+            f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} classes, "
+            f"kernel backend {kernels.backend()}"
+        ]
         lines += [f"  {i:2d} {layer.describe()}" for i, layer in enumerate(self.layers)]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"dorefa.runtime.Model({str(self.path)!r}, bits={self.bits}, "
-                f"layers={len(self.layers)}, size={self.size})")
+        return (
+            f"dorefa.runtime.Model({str(self.path)!r}, bits={self.bits}, "
+            f"layers={len(self.layers)}, size={self.size})"
+        )
