@@ -40,8 +40,8 @@ void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) 
   if ((all_or >> bits) == 0) return;
   const uint8_t* p = a.data();
   const uint8_t mx = *std::max_element(p, p + a.size());
-  throw py::value_error(std::string(name) + " holds code " + std::to_string(mx) +
-                        " >= 2**" + std::to_string(bits) + " = " + std::to_string(1 << bits) +
+  throw py::value_error(std::string(name) + " holds code " + std::to_string(mx) + " >= 2**" +
+                        std::to_string(bits) + " = " + std::to_string(1 << bits) +
                         "; codes must be unsigned ints below 2**bits");
 }
 
@@ -82,9 +82,9 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits) {
 thread_local const char* last_kernel = "";
 
 // mode: "acc" (int32 sum p*q), "signed" (int32 D), "requant" (uint8 codes).
-py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordArray& wpk,
-                    int64_t o, int64_t c, int64_t kh, int64_t kw, int x_bits, int w_bits,
-                    int64_t stride, int64_t padding, int threads, const std::string& mode,
+py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordArray& wpk, int64_t o,
+                    int64_t c, int64_t kh, int64_t kw, int x_bits, int w_bits, int64_t stride,
+                    int64_t padding, int threads, const std::string& mode,
                     std::optional<py::array_t<int32_t, py::array::c_style>> thresholds,
                     std::optional<py::array_t<int8_t, py::array::c_style>> direction) {
   const KernelInfo& kernel = KernelFor(backend);
@@ -117,8 +117,7 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
               wpk.shape(2) == g.l && wpk.shape(3) == kLanes,
           "packed weights do not match (O, C, KH, KW, w_bits)");
   // Largest |result|: every product at its maximum over the whole receptive field.
-  const double bound = static_cast<double>(c * kh * kw) * ((1 << x_bits) - 1) *
-                       ((1 << w_bits) - 1);
+  const double bound = static_cast<double>(c * kh * kw) * ((1 << x_bits) - 1) * ((1 << w_bits) - 1);
   Require(bound <= std::numeric_limits<int32_t>::max(),
           "C*KH*KW*(2**x_bits-1)*(2**w_bits-1) exceeds int32; split the input channels");
   int64_t t = 0;
@@ -191,8 +190,7 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = RunBitConv(kernel, g, x.data(), xpk.data(), wpk.data(), acc, mode != "acc",
-                        threads);
+    all_or = RunBitConv(kernel, g, x.data(), xpk.data(), wpk.data(), acc, mode != "acc", threads);
   }
   CheckCodes("x_codes", x, all_or, x_bits);
   if (mode != "requant") return std::move(acc_out);
@@ -244,8 +242,7 @@ py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& backend, const Float
   {
     uint8_t* dst = out.mutable_data();
     py::gil_scoped_release release;
-    ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst,
-                      backend == "avx512", threads);
+    ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, backend == "avx512", threads);
   }
   return out;
 }
@@ -311,8 +308,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("dependent_add_seconds", &dorefa::DependentAddSeconds, py::arg("iterations"));
   m.def("pack_weights", &dorefa::PackWeightsPy, py::arg("w_codes"), py::arg("w_bits"));
   m.def("conv_float_quantize", &dorefa::ConvFloatQuantizePy, py::arg("backend"), py::arg("x"),
-        py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
-        py::arg("pool"), py::arg("bits"), py::arg("threads"));
+        py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("pool"),
+        py::arg("bits"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("bitconv", &dorefa::BitConvPy, py::arg("backend"), py::arg("x_codes"), py::arg("wpk"),

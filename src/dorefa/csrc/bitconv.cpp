@@ -1,4 +1,6 @@
 // Work split shared by all kernels, and the parallel region that runs a convolution.
+#include "bitconv.h"
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -6,13 +8,11 @@
 #include <thread>
 #include <vector>
 
-#include "bitconv.h"
 #include "bitpack.h"
 #include "output_transform.h"
 
 namespace dorefa {
 namespace {
-
 
 // Hands out [begin, end) chunks of `total` items to whichever thread asks first. Dynamic
 // rather than static shares: a thread that starts late (busy machine) finds its share
@@ -80,8 +80,8 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
   const int64_t ob_per_chunk = std::max<int64_t>(1, (g.ob + ochunks - 1) / ochunks);
   ochunks = (g.ob + ob_per_chunk - 1) / ob_per_chunk;
   const int64_t conv_items = ntiles * ochunks;
-  const int nt = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(threads, std::max(pack_items, conv_items))));
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(threads, std::max(pack_items, conv_items))));
 
   WorkQueue pack_q(pack_items, nt), conv_q(conv_items, nt), sign_q(npix, nt);
   // Every thread runs this; `barrier` separates the phases (conv reads all of xpk, the

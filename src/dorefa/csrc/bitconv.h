@@ -73,16 +73,15 @@ inline PixelRef LocatePixel(const ConvGeom& g, const uint64_t* xpk, int64_t pix)
   const int64_t n = pix / ohw, r = pix % ohw;
   const int64_t oy = r / g.ow, ox = r % g.ow;
   PixelRef ref;
-  ref.x = xpk + n * g.x_bits * g.PlaneStride() +
-          (oy * g.stride * g.wp + ox * g.stride) * g.cw;
+  ref.x = xpk + n * g.x_bits * g.PlaneStride() + (oy * g.stride * g.wp + ox * g.stride) * g.cw;
   ref.out = n * g.o * ohw + r;
   return ref;
 }
 
 // A tile kernel computes the unsigned accumulators `acc` (int32, layout (N, O, OH, OW)) of
 // output pixels [pix0, pix0 + npix) and channel blocks [ob0, ob0 + nob).
-using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk,
-                        int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int32_t* acc);
+using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
+                        int64_t npix, int64_t ob0, int64_t nob, int32_t* acc);
 
 // What a fused tile kernel does with the accumulators while they are still in registers.
 // kAcc: int32 acc, as TileFn. kSigned: int32 D = 2 * acc - nw * S (output_transform.h), S
@@ -114,8 +113,8 @@ struct KernelInfo {
   const char* backend;  // "avx512" | "avx2" | "scalar"
   const char* name;     // variant name, e.g. "bitconv_avx512_8x16"
   TileFn tile;
-  int64_t pix_tile;  // output pixels a call handles best (work split granularity)
-  PackFn pack;       // the activation packer that goes with it
+  int64_t pix_tile;             // output pixels a call handles best (work split granularity)
+  PackFn pack;                  // the activation packer that goes with it
   FusedTileFn fused = nullptr;  // optional: tile with fused signed / requant epilogue
 };
 

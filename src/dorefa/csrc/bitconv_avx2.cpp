@@ -24,12 +24,12 @@ inline __m256i PopcountBytes(__m256i v, __m256i table, __m256i low4) {
 }
 
 template <int P>
-void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
-           const uint64_t* wpk, int64_t ob, int32_t* acc) {
+void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, const uint64_t* wpk,
+           int64_t ob, int32_t* acc) {
   const int64_t span = g.kw * g.cw;
   const int64_t plane = g.PlaneStride(), row = g.RowStride();
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
-                                         2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
+                                         1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
   __m256i total[P][2];
@@ -44,16 +44,15 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
         const int64_t xoff = m * plane + r * row;
         const uint64_t* wr = wk + r * span * kLanes;
         for (int64_t t = 0; t < span; ++t) {
-          const __m256i w0 =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t * kLanes));
+          const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t * kLanes));
           const __m256i w1 =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t * kLanes + 4));
           for (int p = 0; p < P; ++p) {
             const __m256i xv = _mm256_set1_epi64x(static_cast<long long>(xs[p][xoff + t]));
-            bytes[p][0] = _mm256_add_epi8(
-                bytes[p][0], PopcountBytes(_mm256_and_si256(xv, w0), table, low4));
-            bytes[p][1] = _mm256_add_epi8(
-                bytes[p][1], PopcountBytes(_mm256_and_si256(xv, w1), table, low4));
+            bytes[p][0] =
+                _mm256_add_epi8(bytes[p][0], PopcountBytes(_mm256_and_si256(xv, w0), table, low4));
+            bytes[p][1] =
+                _mm256_add_epi8(bytes[p][1], PopcountBytes(_mm256_and_si256(xv, w1), table, low4));
           }
           if (++steps == kMaxByteSteps) {
             for (int p = 0; p < P; ++p) {
@@ -88,8 +87,8 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
   }
 }
 
-using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*,
-                         const uint64_t*, int64_t, int32_t*);
+using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
+                         int64_t, int32_t*);
 constexpr BlockFn kBlocks[kTileP] = {&Block<1>, &Block<2>, &Block<3>, &Block<4>};
 
 void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,

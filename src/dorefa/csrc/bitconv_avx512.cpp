@@ -46,8 +46,8 @@ inline void Transpose8x8(__m256i v[8]) {
 // The epilogue (Epilogue in bitconv.h) on one register tile: total[p][q] holds acc of pixel
 // p, channels (ob + q) * 8 + lane; s[p] is S of pixel p (kSigned / kRequant only).
 template <int P, int Q>
-inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s,
-                   const int64_t* outs, int64_t ob, int32_t* acc, const Epilogue& ep) {
+inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, const int64_t* outs,
+                   int64_t ob, int32_t* acc, const Epilogue& ep) {
   const int64_t ohw = g.oh * g.ow;
   if (ep.mode != Epilogue::kAcc) {
     const __m512i nw = _mm512_set1_epi64((int64_t{1} << g.w_bits) - 1);
@@ -127,9 +127,8 @@ inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s,
 }
 
 template <int P, int Q>
-void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
-           const uint64_t* wpk, int64_t ob, int32_t* acc, const int64_t* s,
-           const Epilogue& ep) {
+void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, const uint64_t* wpk,
+           int64_t ob, int32_t* acc, const int64_t* s, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
   const int64_t plane = g.PlaneStride(), row = g.RowStride();
   const int64_t wob = g.w_bits * g.l * kLanes;  // distance between weight blocks
@@ -151,8 +150,8 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
           for (int p = 0; p < P; ++p) {
             const __m512i xv = _mm512_set1_epi64(static_cast<long long>(xs[p][xoff + t]));
             for (int q = 0; q < Q; ++q) {
-              cnt[p][q] = _mm512_add_epi64(cnt[p][q],
-                                           _mm512_popcnt_epi64(_mm512_and_si512(xv, wv[q])));
+              cnt[p][q] =
+                  _mm512_add_epi64(cnt[p][q], _mm512_popcnt_epi64(_mm512_and_si512(xv, wv[q])));
             }
           }
         }
@@ -166,8 +165,8 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs,
   Finish<P, Q>(g, total, s, outs, ob, acc, ep);
 }
 
-using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*,
-                         const uint64_t*, int64_t, int32_t*, const int64_t*, const Epilogue&);
+using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
+                         int64_t, int32_t*, const int64_t*, const Epilogue&);
 
 // kBlocks[p - 1][q - 1] = Block<p, q>: pixel and channel tails use smaller register tiles.
 constexpr BlockFn kBlocks[kTileP][kTileQ] = {
@@ -175,9 +174,8 @@ constexpr BlockFn kBlocks[kTileP][kTileQ] = {
     {&Block<4, 1>, &Block<4, 2>}, {&Block<5, 1>, &Block<5, 2>}, {&Block<6, 1>, &Block<6, 2>},
     {&Block<7, 1>, &Block<7, 2>}, {&Block<8, 1>, &Block<8, 2>}};
 
-void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk,
-                     int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int32_t* acc,
-                     const Epilogue& ep) {
+void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
+                     int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
   for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
     const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
@@ -212,8 +210,8 @@ void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 }  // namespace
 
 const KernelInfo& Avx512Kernel() {
-  static const KernelInfo info{"avx512", "bitconv_avx512_8x16", &TileAvx512, kTileP,
-                               &PackActivationsAvx512, &FusedTileAvx512};
+  static const KernelInfo info{"avx512", "bitconv_avx512_8x16",  &TileAvx512,
+                               kTileP,   &PackActivationsAvx512, &FusedTileAvx512};
   return info;
 }
 

@@ -43,7 +43,7 @@ void ZeroPaddingBorder(const ConvGeom& g, uint64_t* xpk) {
   const int64_t row = g.RowStride();
   for (int64_t np = 0; np < g.n * g.x_bits; ++np) {
     uint64_t* plane = xpk + np * g.PlaneStride();
-    std::fill(plane, plane + g.pad * row, uint64_t{0});                     // top rows
+    std::fill(plane, plane + g.pad * row, uint64_t{0});                       // top rows
     std::fill(plane + (g.pad + g.h) * row, plane + g.hp * row, uint64_t{0});  // bottom rows
     for (int64_t y = g.pad; y < g.pad + g.h; ++y) {  // left and right columns
       std::fill(plane + y * row, plane + y * row + g.pad * g.cw, uint64_t{0});

@@ -34,8 +34,8 @@ int64_t PackItems(const ConvGeom& g);
 uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
                         int64_t item1);
 #ifdef DOREFA_HAVE_X86_KERNELS
-uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
-                              int64_t item0, int64_t item1);
+uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                              int64_t item1);
 #endif
 
 // Transposes a 64x64 bit matrix in place: afterwards bit j of a[i] is the old bit i of a[j].

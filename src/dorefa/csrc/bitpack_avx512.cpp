@@ -14,16 +14,15 @@ namespace {
 // that sit in the same lane of registers i, i + s / 8; steps s = 4, 2, 1 pair lanes l, l ^ s
 // of one register, reached with a lane permutation.
 inline void TransposeZmm(__m512i r[8]) {
-  const uint64_t kLow[6] = {0x00000000FFFFFFFFULL, 0x0000FFFF0000FFFFULL,
-                            0x00FF00FF00FF00FFULL, 0x0F0F0F0F0F0F0F0FULL,
-                            0x3333333333333333ULL, 0x5555555555555555ULL};
+  const uint64_t kLow[6] = {0x00000000FFFFFFFFULL, 0x0000FFFF0000FFFFULL, 0x00FF00FF00FF00FFULL,
+                            0x0F0F0F0F0F0F0F0FULL, 0x3333333333333333ULL, 0x5555555555555555ULL};
   for (int step = 0; step < 3; ++step) {
     const int s = 32 >> step, d = s / 8;
     const __m512i low = _mm512_set1_epi64(static_cast<long long>(kLow[step]));
     for (int i = 0; i < 8; ++i) {
       if (i & d) continue;
-      const __m512i t = _mm512_and_si512(_mm512_xor_si512(_mm512_srli_epi64(r[i], s), r[i + d]),
-                                         low);
+      const __m512i t =
+          _mm512_and_si512(_mm512_xor_si512(_mm512_srli_epi64(r[i], s), r[i + d]), low);
       r[i + d] = _mm512_xor_si512(r[i + d], t);
       r[i] = _mm512_xor_si512(r[i], _mm512_slli_epi64(t, s));
     }
@@ -31,8 +30,8 @@ inline void TransposeZmm(__m512i r[8]) {
   for (int step = 3; step < 6; ++step) {
     const int s = 32 >> step;
     const __m512i low = _mm512_set1_epi64(static_cast<long long>(kLow[step]));
-    const __m512i partner = _mm512_xor_si512(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
-                                             _mm512_set1_epi64(s));
+    const __m512i partner =
+        _mm512_xor_si512(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(s));
     __mmask8 high = 0;  // lanes l with l & s != 0 (the "k + s" rows)
     for (int l = 0; l < 8; ++l) high |= static_cast<__mmask8>((l & s) ? 1 << l : 0);
     for (int i = 0; i < 8; ++i) {
@@ -48,8 +47,8 @@ inline void TransposeZmm(__m512i r[8]) {
 
 }  // namespace
 
-uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
-                              int64_t item0, int64_t item1) {
+uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                              int64_t item1) {
   const int64_t hw = g.h * g.w;
   const int64_t pblocks = (hw + 63) / 64;
   uint8_t all_or = 0;
@@ -79,8 +78,8 @@ uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk
       for (int i = 0; i < 8; ++i) _mm512_store_si512(bits[m] + 8 * i, rows[i]);
     }
     // Fold the 64 OR-ed bytes to one.
-    const __m256i o4 = _mm256_or_si256(_mm512_castsi512_si256(ors),
-                                       _mm512_extracti64x4_epi64(ors, 1));
+    const __m256i o4 =
+        _mm256_or_si256(_mm512_castsi512_si256(ors), _mm512_extracti64x4_epi64(ors, 1));
     __m128i o2 = _mm_or_si128(_mm256_castsi256_si128(o4), _mm256_extracti128_si256(o4, 1));
     o2 = _mm_or_si128(o2, _mm_srli_si128(o2, 8));
     o2 = _mm_or_si128(o2, _mm_srli_si128(o2, 4));

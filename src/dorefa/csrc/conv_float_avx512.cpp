@@ -15,8 +15,7 @@ constexpr int kVec = 6;  // channel vectors per group
 
 template <int NP, int nv>
 inline void Pixels(const double* const* src, int64_t c, int64_t hp, int64_t wp, int64_t kh,
-                   int64_t kw, const double* wt, int64_t ostride, __m512d (&mx)[kVec],
-                   bool first) {
+                   int64_t kw, const double* wt, int64_t ostride, __m512d (&mx)[kVec], bool first) {
   __m512d a[NP][kVec];
   for (int p = 0; p < NP; ++p)
     for (int v = 0; v < kVec; ++v) a[p][v] = _mm512_setzero_pd();

@@ -32,8 +32,8 @@ void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, 
   const int64_t ohw = g.oh * g.ow;
   const int64_t planes = g.n * g.o;
 #ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) \
-    if (threads > 1 && planes * ohw * t > (int64_t{1} << 16))
+#pragma omp parallel for num_threads(threads) \
+    schedule(static) if (threads > 1 && planes * ohw * t > (int64_t{1} << 16))
 #endif
   for (int64_t no = 0; no < planes; ++no) {
     const int64_t o = no % g.o;
