@@ -44,6 +44,8 @@ lint:
 format:
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
+	test -x $(VENV)/bin/clang-format || $(PY) -m pip install -q clang-format
+	$(VENV)/bin/clang-format -i src/dorefa/csrc/*.cpp src/dorefa/csrc/*.h
 
 # Kernel library built with -fsanitize=address,undefined in its own build dir, then the kernel
 # tests run against that build (DOREFA_KERNELS_EXTENSION points dorefa.kernels at it). python is
