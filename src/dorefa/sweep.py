@@ -584,9 +584,7 @@ def _runtime_main(argv: list[str] | None = None) -> int:
         "epoch": int(ckpt.get("epoch", -1)) + 1,
     }
     dorefa_path = cell_dir / "model.dorefa"
-    tmp = cell_dir / ".model.dorefa.tmp"
-    export(torch_model, tmp, meta=meta)
-    os.replace(tmp, dorefa_path)
+    export(torch_model, dorefa_path, meta=meta)  # written to a temp file and renamed
     model = runtime.load(dorefa_path, threads=1)
     _, size, _ = model.input_shape
     test_set = get_dataset(data, "test", data_dir=data_dir or None, image_size=size)

@@ -466,9 +466,10 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
                 with torch.autocast(device.type, dtype=autocast):
                     logits = net(x)
                 loss = F.cross_entropy(logits.float(), labels)
-            if not math.isfinite(loss.item()):
+            loss_value = loss.item()  # one device sync per step, used below too
+            if not math.isfinite(loss_value):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr or check the data"
+                    f"loss became {loss_value} at epoch {epoch + 1}; lower --lr or check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
@@ -479,7 +480,7 @@ def _train(cfg: TrainConfig, log, device: torch.device, info: distributed.DistIn
                 scaler.step(optimizer)
                 scaler.update()
             n = labels.numel()
-            loss_sum += loss.item() * n
+            loss_sum += loss_value * n
             correct += (logits.argmax(1) == labels).sum().item()
             seen += n
             bar.update(
