@@ -256,6 +256,7 @@ _SYNC_BN_SCRIPT = textwrap.dedent("""
                 (sync[0].running_var - ref.running_var).abs().max().item())
     print(f"rank {rank} dx {err:.2e} dweight {(dw - ref.weight.grad).abs().max().item():.2e} "
           f"stats {dstat:.2e}")
+    dist.barrier()  # no rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 """)
 

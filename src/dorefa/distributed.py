@@ -86,6 +86,7 @@ def setup(device_type: str) -> DistInfo:
 
 def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
 
 
@@ -150,6 +151,25 @@ def check_replicas(model: nn.Module) -> list[str]:
     return [str(h) for h in hashes]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable all_reduce (SUM): the gradient of a sum over ranks is the sum of the ranks'
+    gradients. A blocking ``dist.all_reduce`` each way (the deprecated
+    ``torch.distributed.nn.functional.all_reduce`` sometimes aborted gloo processes at exit)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose batch statistics are those of the whole global batch (all ranks).
 
@@ -173,14 +193,12 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()
         count = xf.new_full((1,), float(x.numel() // c))
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # (2C + 1,)
-        stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        stats = _AllReduceSum.apply(stats, self.process_group or dist.group.WORLD)
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
