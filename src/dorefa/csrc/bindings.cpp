@@ -143,22 +143,15 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
     // Epilogue in the tile kernel: no int32 round trip through memory.
     Epilogue ep;
     ep.mode = mode == "requant" ? Epilogue::kRequant : Epilogue::kSigned;
-    std::vector<int64_t> th64;
-    std::vector<uint8_t> neg;
+    std::vector<int32_t> u;
+    std::vector<uint16_t> neg;
     py::array result;
     int32_t* acc = nullptr;
     if (mode == "requant") {
-      th64.assign(static_cast<size_t>(g.ob * t * kLanes), 0);
-      neg.assign(static_cast<size_t>(g.ob), 0);
-      const int32_t* th = thresholds->data();
-      const int8_t* dir = direction->data();
-      for (int64_t oc = 0; oc < o; ++oc) {
-        const int64_t ob = oc / kLanes, lane = oc % kLanes;
-        if (dir[oc] < 0) neg[ob] |= static_cast<uint8_t>(1u << lane);
-        for (int64_t j = 0; j < t; ++j)
-          th64[(ob * t + j) * kLanes + lane] = dir[oc] * static_cast<int64_t>(th[oc * t + j]);
-      }
-      ep.th = th64.data();
+      u.resize(static_cast<size_t>(ExpandedThresholdsSize(g, t)));
+      neg.resize(static_cast<size_t>(g.ob * (kLanes / 2)));
+      ExpandThresholds(g, thresholds->data(), t, direction->data(), u.data(), neg.data());
+      ep.u = u.data();
       ep.neg = neg.data();
       ep.t = t;
       py::array_t<uint8_t> codes(shape);

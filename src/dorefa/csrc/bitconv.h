@@ -86,17 +86,30 @@ using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* 
 // What a fused tile kernel does with the accumulators while they are still in registers.
 // kAcc: int32 acc, as TileFn. kSigned: int32 D = 2 * acc - nw * S (output_transform.h), S
 // computed per pixel from the packed planes. kRequant: uint8 codes of D against per-channel
-// thresholds, written to `codes` (N, O, OH, OW); thresholds are given lane-interleaved and
-// sign-folded: `th[(ob * t + j) * kLanes + lane]` = direction * t_j (int64) of channel
-// o = ob * kLanes + lane, and code = #{ j : direction * D >= th_j } (for direction -1,
-// D <= t_j iff -D >= -t_j). `neg[ob]` has bit `lane` set where direction is -1.
+// thresholds, written to `codes` (N, O, OH, OW).
+//
+// Thresholds are given sign-folded and in strict form, for channel pairs: with s = direction
+// (+1 / -1) of channel o, code = #{ j : s * D > u_j }, u_j = s * t_j - 1 (s * D >= s * t_j is
+// s * D > s * t_j - 1 for integers; s * D never overflows since |D| <= INT32_MAX, and
+// u_j < INT32_MIN only when the condition always holds, so u_j is clamped to INT32_MIN).
+// Channels 2i and 2i + 1 of block ob ("pair" ob * 4 + i) share one 16-lane vector per
+// threshold: u[(pair * t + j) * 16 + k] is u_j of channel ob * 8 + 2i + k / 8, and bit k of
+// neg[pair] is set where that channel's direction is -1. This is the layout in which the
+// AVX-512 epilogue holds a channel pair's 2 x 8 pixels after its transpose.
 struct Epilogue {
   enum Mode { kAcc, kSigned, kRequant } mode = kAcc;
-  const int64_t* th = nullptr;
-  const uint8_t* neg = nullptr;
+  const int32_t* u = nullptr;
+  const uint16_t* neg = nullptr;
   int64_t t = 0;
   uint8_t* codes = nullptr;
 };
+
+// Builds Epilogue::u / Epilogue::neg from thresholds (O, T) int32 and direction (O,) int8.
+void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
+                      const int8_t* direction, int32_t* u, uint16_t* neg);
+inline int64_t ExpandedThresholdsSize(const ConvGeom& g, int64_t t) {
+  return g.ob * (kLanes / 2) * t * 2 * kLanes;
+}
 
 // A tile kernel with the output transform fused in: writes acc / D to `acc` or codes to
 // ep.codes (then `acc` is unused and may be null).
@@ -111,7 +124,7 @@ using PackFn = uint8_t (*)(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, i
 
 struct KernelInfo {
   const char* backend;  // "avx512" | "avx2" | "scalar"
-  const char* name;     // variant name, e.g. "bitconv_avx512_8x16"
+  const char* name;     // variant name, e.g. "bitconv_avx512_8x24"
   TileFn tile;
   int64_t pix_tile;             // output pixels a call handles best (work split granularity)
   PackFn pack;                  // the activation packer that goes with it

@@ -1,19 +1,33 @@
-// AVX-512 kernel (F + BW + VPOPCNTDQ): register tile of 8 output pixels x 16 output channels.
+// AVX-512 kernel (F + BW + VPOPCNTDQ): register tile of 8 output pixels x 24 output channels.
 //
 // Inner step, per 64-bit activation word j of pixel p and plane m: broadcast it to all 8
 // lanes, AND with word j of 8 output channels' plane k (one zmm of the lane-interleaved
 // weights), VPOPCNTQ, add to that (p, channel-block) accumulator. Each weight load is reused
-// by 8 pixels and each broadcast by 2 channel blocks; the loop body is 16 x (AND, POPCNT,
-// ADD), which is what ports 0 and 5 can retire: ~1.5 cycles per 512 bit-MACs.
-// Planes combine after the word loop: total += cnt << (m + k).
+// by 8 pixels and each broadcast by 3 channel blocks; the loop body is 24 x (AND, POPCNT,
+// ADD), which is what ports 0 and 5 can retire: ~1.5 cycles per 512 bit-MACs. 24 accumulators
+// + 3 weight vectors + 1 broadcast fill 28 of the 32 zmm registers; measured against 8 x 16
+// (the previous tile), 16 x 8, 12 x 16, 6 x 32 and 4 x 32 in benchmarks/bench_kernels.py's
+// setting, 8 x 24 was fastest (+2-4% over 8 x 16 on AlexNet conv3; docs/kernels.md).
+// Planes combine by Horner's rule over their weight e = m + k, highest first:
+// cnt = 2 * cnt + sum_{m + k = e} popcounts, so one set of accumulators serves all planes.
 //
 // Results leave the registers with one lane per output channel, but the output is
-// (N, O, OH, OW): a channel's pixels are contiguous. With 8 consecutive pixels of one image,
-// an 8x8 transpose of the (int32-narrowed) tile turns 64 scattered scalar stores into
-// 8 vector stores; this matters for thin layers, where the word loop is short.
+// (N, O, OH, OW): a channel's pixels are contiguous. For 8 consecutive pixels of one image the
+// epilogue narrows and transposes the tile with two-source permutes (VPERMT2D: 8 to narrow,
+// 16 to transpose, for 128 outputs) into "channel pair" vectors of 2 channels x 8 pixels of
+// int32, in which the signed transform and the threshold compares are then one instruction per
+// 16 outputs, and every channel's 8 results are one store. VPOPCNTQ runs on port 5 only, and
+// so do the shuffles: fewer shuffles are what makes the epilogue cheap (the earlier
+// VPMOVQD + unpack transpose took ~80 port-5 uops per tile, ~5% of a 256-channel tile's time).
+//
+// Loop order: a call covers up to kMacroP output pixels; channel block pairs are the outer loop
+// and 8-pixel tiles the inner one, so a block pair's weights stay in L1 while the macro tile's
+// activation words (also L1-sized) are swept once per block pair.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 
 #include "bitconv.h"
 #include "bitpack.h"
@@ -21,25 +35,114 @@
 namespace dorefa {
 namespace {
 
-constexpr int kTileP = 8;  // output pixels per register tile
-constexpr int kTileQ = 2;  // 8-channel blocks per register tile
+#ifndef DOREFA_TILE_P  // overridable for tuning experiments
+#define DOREFA_TILE_P 8
+#define DOREFA_TILE_Q 3
+#endif
+constexpr int kTileP = DOREFA_TILE_P;  // output pixels per register tile
+constexpr int kTileQ = DOREFA_TILE_Q;  // 8-channel blocks per register tile
+constexpr int kMacroP = 64;  // output pixels per call: the L1 block of activations
 
-// In place 8x8 transpose of int32: afterwards v[c][p] is the old v[p][c].
-inline void Transpose8x8(__m256i v[8]) {
-  __m256i t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+// VPERMT2D index vectors of the epilogue (see ToChannelPairs).
+struct PermIdx {
+  __m512i narrow, lo4, hi4, pair0, pair1;
+};
+
+inline PermIdx MakePermIdx() {
+  alignas(64) int32_t narrow[16], lo4[16], hi4[16], pair0[16], pair1[16];
+  for (int k = 0; k < 16; ++k) {
+    // narrow: low dwords of 8 qwords of a, then of b.
+    narrow[k] = k < 8 ? 2 * k : 16 + 2 * (k - 8);
+    // lo4 / hi4: from rows (0, 1) in a and rows (2, 3) in b, each row 8 channels, take channels
+    // 0..3 / 4..7 as [c][r]: position k = 4 * c' + r.
+    const int c = k / 4, r = k % 4;
+    lo4[k] = (r < 2 ? 0 : 16) + 8 * (r % 2) + c;
+    hi4[k] = (r < 2 ? 0 : 16) + 8 * (r % 2) + 4 + c;
+    // pair0 / pair1: from [c][r] of rows 0..3 in a and rows 4..7 in b (4 channels each), take
+    // channels (0, 1) / (2, 3) as [c][r] with r = 0..7: position k = 8 * cc + r.
+    const int cc = k / 8, rr = k % 8;
+    pair0[k] = (rr < 4 ? 0 : 16) + 4 * cc + rr % 4;
+    pair1[k] = (rr < 4 ? 0 : 16) + 4 * (2 + cc) + rr % 4;
   }
-  for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
-    u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h + 0], t[4 * h + 2]);
-    u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h + 0], t[4 * h + 2]);
-    u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
-    u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
-  }
+  return {_mm512_load_si512(narrow), _mm512_load_si512(lo4), _mm512_load_si512(hi4),
+          _mm512_load_si512(pair0), _mm512_load_si512(pair1)};
+}
+
+// total[p] (p = 0..7): int64 lanes = 8 channels of pixel p (values fit int32). Returns
+// r[i] (i = 0..3) = int32 [channel 2i: pixels 0..7 | channel 2i + 1: pixels 0..7].
+// 4 narrowing + 8 transposing permutes.
+inline void ToChannelPairs(const PermIdx& ix, const __m512i (&total)[8], __m512i (&r)[4]) {
+  __m512i n[4];  // n[j] = int32 [pixel 2j: 8 channels | pixel 2j + 1: 8 channels]
+  for (int j = 0; j < 4; ++j) n[j] = _mm512_permutex2var_epi32(total[2 * j], ix.narrow, total[2 * j + 1]);
+  // Channels 0..3 / 4..7 of pixels 0..3 (from n0, n1) and of pixels 4..7 (from n2, n3).
+  const __m512i a0 = _mm512_permutex2var_epi32(n[0], ix.lo4, n[1]);
+  const __m512i a1 = _mm512_permutex2var_epi32(n[0], ix.hi4, n[1]);
+  const __m512i b0 = _mm512_permutex2var_epi32(n[2], ix.lo4, n[3]);
+  const __m512i b1 = _mm512_permutex2var_epi32(n[2], ix.hi4, n[3]);
+  r[0] = _mm512_permutex2var_epi32(a0, ix.pair0, b0);
+  r[1] = _mm512_permutex2var_epi32(a0, ix.pair1, b0);
+  r[2] = _mm512_permutex2var_epi32(a1, ix.pair0, b1);
+  r[3] = _mm512_permutex2var_epi32(a1, ix.pair1, b1);
+}
+
+// Epilogue of 8 consecutive pixels of one image (output offsets out0 .. out0 + 7) and one
+// 8-channel block: t8[p] = acc of pixel p, ns = int32 [nw * S of pixels 0..7] twice.
+inline void Finish8(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8], __m512i ns,
+                    int64_t out0, int64_t blk, int32_t* acc, const Epilogue& ep) {
+  const int64_t ohw = g.oh * g.ow;
+  const int64_t obase = blk * kLanes;
+  const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
+  __m512i r[4];
+  ToChannelPairs(ix, t8, r);
   for (int i = 0; i < 4; ++i) {
-    v[i] = _mm256_permute2x128_si256(u[i], u[4 + i], 0x20);
-    v[4 + i] = _mm256_permute2x128_si256(u[i], u[4 + i], 0x31);
+    // D = 2 * acc - nw * S; int32 wrap-around in between is harmless: D itself fits.
+    if (ep.mode != Epilogue::kAcc) r[i] = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);
+    const int64_t c0 = 2 * i, c1 = 2 * i + 1;  // the pair's lanes in the block
+    const int64_t at0 = out0 + (obase + c0) * ohw, at1 = out0 + (obase + c1) * ohw;
+    if (ep.mode == Epilogue::kRequant) {
+      const int64_t pair = blk * (kLanes / 2) + i;
+      const __m512i sd = _mm512_mask_sub_epi32(r[i], ep.neg[pair], _mm512_setzero_si512(), r[i]);
+      const int32_t* u = ep.u + pair * ep.t * 2 * kLanes;
+      const __m512i one = _mm512_set1_epi32(1);
+      __m512i code = _mm512_setzero_si512();
+      for (int64_t j = 0; j < ep.t; ++j) {
+        const __mmask16 gt = _mm512_cmpgt_epi32_mask(sd, _mm512_loadu_si512(u + j * 2 * kLanes));
+        code = _mm512_mask_add_epi32(code, gt, code, one);
+      }
+      const __m128i bytes = _mm512_cvtepi32_epi8(code);
+      if (c0 < nlanes) _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at0), bytes);
+      if (c1 < nlanes)
+        _mm_storeh_pd(reinterpret_cast<double*>(ep.codes + at1), _mm_castsi128_pd(bytes));
+    } else {
+      if (c0 < nlanes)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at0), _mm512_castsi512_si256(r[i]));
+      if (c1 < nlanes)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at1), _mm512_extracti64x4_epi64(r[i], 1));
+    }
+  }
+}
+
+// Epilogue of one pixel and one 8-channel block, lane by lane (tails, image boundaries).
+inline void FinishLanes(const ConvGeom& g, __m512i total, int64_t s, int64_t out, int64_t blk,
+                        int32_t* acc, const Epilogue& ep) {
+  const int64_t ohw = g.oh * g.ow;
+  const int64_t nw = (int64_t{1} << g.w_bits) - 1;
+  alignas(64) int64_t lanes[kLanes];
+  _mm512_store_si512(reinterpret_cast<__m512i*>(lanes), total);
+  const int64_t nlanes = std::min<int64_t>(kLanes, g.o - blk * kLanes);
+  for (int64_t lane = 0; lane < nlanes; ++lane) {
+    const int64_t o = blk * kLanes + lane, at = out + o * ohw;
+    int64_t v = lanes[lane];
+    if (ep.mode != Epilogue::kAcc) v = 2 * v - nw * s;
+    if (ep.mode == Epilogue::kRequant) {
+      const int64_t pair = o / 2, k = (o % 2) * kLanes;
+      const int64_t sd = (ep.neg[pair] >> k) & 1 ? -v : v;
+      int code = 0;
+      for (int64_t j = 0; j < ep.t; ++j) code += sd > ep.u[(pair * ep.t + j) * 2 * kLanes + k];
+      ep.codes[at] = static_cast<uint8_t>(code);
+    } else {
+      acc[at] = static_cast<int32_t>(v);
+    }
   }
 }
 
@@ -48,82 +151,31 @@ inline void Transpose8x8(__m256i v[8]) {
 template <int P, int Q>
 inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, const int64_t* outs,
                    int64_t ob, int32_t* acc, const Epilogue& ep) {
-  const int64_t ohw = g.oh * g.ow;
-  if (ep.mode != Epilogue::kAcc) {
-    const __m512i nw = _mm512_set1_epi64((int64_t{1} << g.w_bits) - 1);
-    for (int p = 0; p < P; ++p) {
-      const __m512i ns = _mm512_mullo_epi64(nw, _mm512_set1_epi64(s[p]));
-      for (int q = 0; q < Q; ++q)
-        total[p][q] = _mm512_sub_epi64(_mm512_add_epi64(total[p][q], total[p][q]), ns);
-    }
-  }
-  if (ep.mode == Epilogue::kRequant) {
-    const __m512i one = _mm512_set1_epi64(1), zero = _mm512_setzero_si512();
-    for (int q = 0; q < Q; ++q) {
-      const __mmask8 neg = ep.neg[ob + q];
-      const int64_t* th = ep.th + (ob + q) * ep.t * kLanes;
-      __m512i code[P];
-      for (int p = 0; p < P; ++p) {
-        total[p][q] = _mm512_mask_sub_epi64(total[p][q], neg, zero, total[p][q]);
-        code[p] = zero;
+  const int64_t nw = (int64_t{1} << g.w_bits) - 1;
+  int p0 = 0;
+  if constexpr (P >= 8) {
+    const PermIdx ix = MakePermIdx();
+    for (; p0 + 8 <= P; p0 += 8) {
+      if (outs[p0 + 7] != outs[p0] + 7) {  // crosses an image boundary
+        for (int p = p0; p < p0 + 8; ++p)
+          for (int q = 0; q < Q; ++q) FinishLanes(g, total[p][q], s[p], outs[p], ob + q, acc, ep);
+        continue;
       }
-      for (int64_t j = 0; j < ep.t; ++j) {
-        const __m512i tj = _mm512_loadu_si512(th + j * kLanes);
-        for (int p = 0; p < P; ++p) {
-          const __mmask8 ge = _mm512_cmpge_epi64_mask(total[p][q], tj);
-          code[p] = _mm512_mask_add_epi64(code[p], ge, code[p], one);
-        }
+      __m512i ns = _mm512_setzero_si512();
+      if (ep.mode != Epilogue::kAcc) {
+        alignas(64) int32_t nsv[16];
+        for (int p = 0; p < 8; ++p) nsv[p] = nsv[p + 8] = static_cast<int32_t>(nw * s[p0 + p]);
+        ns = _mm512_load_si512(nsv);
       }
-      const int64_t obase = (ob + q) * kLanes;
-      const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
-      if constexpr (P == 8) {
-        if (outs[P - 1] == outs[0] + P - 1) {  // 8 consecutive pixels: one 8-byte store each
-          __m256i v[8];
-          for (int p = 0; p < P; ++p) v[p] = _mm512_cvtepi64_epi32(code[p]);
-          Transpose8x8(v);
-          for (int64_t lane = 0; lane < nlanes; ++lane) {
-            _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + outs[0] + (obase + lane) * ohw),
-                             _mm256_cvtepi32_epi8(v[lane]));
-          }
-          continue;
-        }
-      }
-      for (int p = 0; p < P; ++p) {
-        alignas(64) int64_t lanes[kLanes];
-        _mm512_store_si512(reinterpret_cast<__m512i*>(lanes), code[p]);
-        for (int64_t lane = 0; lane < nlanes; ++lane)
-          ep.codes[outs[p] + (obase + lane) * ohw] = static_cast<uint8_t>(lanes[lane]);
-      }
-    }
-    return;
-  }
-  if constexpr (P == 8) {
-    if (outs[P - 1] == outs[0] + P - 1) {  // 8 consecutive pixels of one image
       for (int q = 0; q < Q; ++q) {
-        __m256i v[8];
-        for (int p = 0; p < P; ++p) v[p] = _mm512_cvtepi64_epi32(total[p][q]);
-        Transpose8x8(v);
-        const int64_t obase = (ob + q) * kLanes;
-        const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
-        for (int64_t lane = 0; lane < nlanes; ++lane) {
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + outs[0] + (obase + lane) * ohw),
-                              v[lane]);
-        }
-      }
-      return;
-    }
-  }
-  for (int p = 0; p < P; ++p) {
-    for (int q = 0; q < Q; ++q) {
-      alignas(64) int64_t lanes[kLanes];
-      _mm512_store_si512(reinterpret_cast<__m512i*>(lanes), total[p][q]);
-      const int64_t obase = (ob + q) * kLanes;
-      const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
-      for (int64_t lane = 0; lane < nlanes; ++lane) {
-        acc[outs[p] + (obase + lane) * ohw] = static_cast<int32_t>(lanes[lane]);
+        __m512i t8[8];
+        for (int p = 0; p < 8; ++p) t8[p] = total[p0 + p][q];
+        Finish8(g, ix, t8, ns, outs[p0], ob + q, acc, ep);
       }
     }
   }
+  for (int p = p0; p < P; ++p)
+    for (int q = 0; q < Q; ++q) FinishLanes(g, total[p][q], s[p], outs[p], ob + q, acc, ep);
 }
 
 template <int P, int Q>
@@ -132,15 +184,17 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
   const int64_t span = g.kw * g.cw;
   const int64_t plane = g.PlaneStride(), row = g.RowStride();
   const int64_t wob = g.w_bits * g.l * kLanes;  // distance between weight blocks
-  __m512i total[P][Q];
+  __m512i cnt[P][Q];
   for (int p = 0; p < P; ++p)
-    for (int q = 0; q < Q; ++q) total[p][q] = _mm512_setzero_si512();
-  for (int m = 0; m < g.x_bits; ++m) {
-    for (int k = 0; k < g.w_bits; ++k) {
-      __m512i cnt[P][Q];
+    for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_setzero_si512();
+  const int top = g.x_bits + g.w_bits - 2;
+  for (int e = top; e >= 0; --e) {
+    if (e != top) {
       for (int p = 0; p < P; ++p)
-        for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_setzero_si512();
-      const uint64_t* wk = wpk + (ob * g.w_bits + k) * g.l * kLanes;
+        for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_add_epi64(cnt[p][q], cnt[p][q]);
+    }
+    for (int m = std::max(0, e - g.w_bits + 1); m <= std::min(e, g.x_bits - 1); ++m) {
+      const uint64_t* wk = wpk + (ob * g.w_bits + (e - m)) * g.l * kLanes;
       for (int64_t r = 0; r < g.kh; ++r) {
         const int64_t xoff = m * plane + r * row;
         const uint64_t* wr = wk + r * span * kLanes;
@@ -156,33 +210,30 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
           }
         }
       }
-      const __m128i shift = _mm_cvtsi32_si128(m + k);
-      for (int p = 0; p < P; ++p)
-        for (int q = 0; q < Q; ++q)
-          total[p][q] = _mm512_add_epi64(total[p][q], _mm512_sll_epi64(cnt[p][q], shift));
     }
   }
-  Finish<P, Q>(g, total, s, outs, ob, acc, ep);
+  Finish<P, Q>(g, cnt, s, outs, ob, acc, ep);
 }
 
 using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
                          int64_t, int32_t*, const int64_t*, const Epilogue&);
 
-// kBlocks[p - 1][q - 1] = Block<p, q>: pixel and channel tails use smaller register tiles.
-constexpr BlockFn kBlocks[kTileP][kTileQ] = {
-    {&Block<1, 1>, &Block<1, 2>}, {&Block<2, 1>, &Block<2, 2>}, {&Block<3, 1>, &Block<3, 2>},
-    {&Block<4, 1>, &Block<4, 2>}, {&Block<5, 1>, &Block<5, 2>}, {&Block<6, 1>, &Block<6, 2>},
-    {&Block<7, 1>, &Block<7, 2>}, {&Block<8, 1>, &Block<8, 2>}};
+// kBlocks[(p - 1) * kTileQ + q - 1] = Block<p, q>: pixel and channel tails use smaller tiles.
+template <int... I>
+constexpr std::array<BlockFn, sizeof...(I)> MakeBlocks(std::integer_sequence<int, I...>) {
+  return {{&Block<I / kTileQ + 1, I % kTileQ + 1>...}};
+}
+constexpr auto kBlocks = MakeBlocks(std::make_integer_sequence<int, kTileP * kTileQ>{});
 
 void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
                      int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
-  for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
-    const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
-    const uint64_t* xs[kTileP];
-    int64_t outs[kTileP], s[kTileP] = {0};
-    for (int p = 0; p < np; ++p) {
-      const PixelRef ref = LocatePixel(g, xpk, p0 + p);
+  for (int64_t m0 = pix0; m0 < pix0 + npix; m0 += kMacroP) {
+    const int64_t mp = std::min<int64_t>(kMacroP, pix0 + npix - m0);
+    const uint64_t* xs[kMacroP];
+    int64_t outs[kMacroP], s[kMacroP] = {0};
+    for (int64_t p = 0; p < mp; ++p) {
+      const PixelRef ref = LocatePixel(g, xpk, m0 + p);
       xs[p] = ref.x;
       outs[p] = ref.out;
       if (ep.mode == Epilogue::kAcc) continue;
@@ -197,7 +248,10 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
     }
     for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileQ) {
       const int nq = static_cast<int>(std::min<int64_t>(kTileQ, ob0 + nob - ob));
-      kBlocks[np - 1][nq - 1](g, xs, outs, wpk, ob, acc, s, ep);
+      for (int64_t p = 0; p < mp; p += kTileP) {
+        const int np = static_cast<int>(std::min<int64_t>(kTileP, mp - p));
+        kBlocks[(np - 1) * kTileQ + nq - 1](g, xs + p, outs + p, wpk, ob, acc, s + p, ep);
+      }
     }
   }
 }
@@ -210,8 +264,8 @@ void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 }  // namespace
 
 const KernelInfo& Avx512Kernel() {
-  static const KernelInfo info{"avx512", "bitconv_avx512_8x16",  &TileAvx512,
-                               kTileP,   &PackActivationsAvx512, &FusedTileAvx512};
+  static const KernelInfo info{"avx512", "bitconv_avx512_8x24",  &TileAvx512,
+                               kMacroP,  &PackActivationsAvx512, &FusedTileAvx512};
   return info;
 }
 

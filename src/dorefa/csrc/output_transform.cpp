@@ -2,6 +2,9 @@
 
 #include "bitpack.h"
 
+#include <algorithm>
+#include <limits>
+
 namespace dorefa {
 
 void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int64_t pix0,
@@ -23,6 +26,23 @@ void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int64_t
     for (int64_t o = 0; o < g.o; ++o) {
       int32_t* a = acc + ref.out + o * ohw;
       *a = static_cast<int32_t>(2 * static_cast<int64_t>(*a) - nw * s);
+    }
+  }
+}
+
+void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
+                      const int8_t* direction, int32_t* u, uint16_t* neg) {
+  const int64_t pairs = g.ob * (kLanes / 2);
+  std::fill(u, u + ExpandedThresholdsSize(g, t), std::numeric_limits<int32_t>::max());
+  std::fill(neg, neg + pairs, uint16_t{0});
+  for (int64_t o = 0; o < g.o; ++o) {
+    const int64_t pair = o / 2, k0 = (o % 2) * kLanes;
+    const int64_t s = direction[o] < 0 ? -1 : 1;
+    if (s < 0) neg[pair] |= static_cast<uint16_t>(0xFFu << k0);
+    for (int64_t j = 0; j < t; ++j) {
+      const int64_t uj = std::max<int64_t>(s * thresholds[o * t + j] - 1,
+                                           std::numeric_limits<int32_t>::min());
+      for (int64_t k = 0; k < kLanes; ++k) u[(pair * t + j) * 2 * kLanes + k0 + k] = static_cast<int32_t>(uj);
     }
   }
 }

@@ -128,7 +128,7 @@ def kernel_name(name: str | None = None) -> str:
 
 def last_kernel() -> str:
     """Kernel that ran this thread's last convolution (``'reference'`` or a variant name such
-    as ``'bitconv_avx512_8x16'``); ``''`` before any call."""
+    as ``'bitconv_avx512_8x24'``); ``''`` before any call."""
     if _last_ran == "native":
         return _native.last_kernel()
     return _last_ran
