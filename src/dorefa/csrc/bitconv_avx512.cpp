@@ -85,20 +85,23 @@ inline void ToChannelPairs(const PermIdx& ix, const __m512i (&total)[8], __m512i
   r[3] = _mm512_permutex2var_epi32(a1, ix.pair1, b1);
 }
 
-// Epilogue of 8 consecutive pixels of one image (output offsets out0 .. out0 + 7) and one
-// 8-channel block: t8[p] = acc of pixel p, ns = int32 [nw * S of pixels 0..7] twice.
+// Epilogue of 8 consecutive output pixels and one 8-channel block: t8[p] = acc of pixel p,
+// ns = int32 [nw * S of pixels 0..7] twice. Pixels 0..k-1 are consecutive outputs from out0 of
+// one image, pixels k..7 consecutive from out1 + k of the next (k = 8: one image, out1 unused);
+// the two runs are written with masked stores.
 inline void Finish8(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8], __m512i ns,
-                    int64_t out0, int64_t blk, int32_t* acc, const Epilogue& ep) {
+                    int64_t out0, int64_t out1, int k, int64_t blk, int32_t* acc,
+                    const Epilogue& ep) {
   const int64_t ohw = g.oh * g.ow;
   const int64_t obase = blk * kLanes;
   const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
+  const __mmask8 m0 = static_cast<__mmask8>((1u << k) - 1), m1 = static_cast<__mmask8>(~m0);
   __m512i r[4];
   ToChannelPairs(ix, t8, r);
   for (int i = 0; i < 4; ++i) {
     // D = 2 * acc - nw * S; int32 wrap-around in between is harmless: D itself fits.
     if (ep.mode != Epilogue::kAcc) r[i] = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);
-    const int64_t c0 = 2 * i, c1 = 2 * i + 1;  // the pair's lanes in the block
-    const int64_t at0 = out0 + (obase + c0) * ohw, at1 = out0 + (obase + c1) * ohw;
+    __m128i bytes = _mm_setzero_si128();
     if (ep.mode == Epilogue::kRequant) {
       const int64_t pair = blk * (kLanes / 2) + i;
       const __m512i sd = _mm512_mask_sub_epi32(r[i], ep.neg[pair], _mm512_setzero_si512(), r[i]);
@@ -109,15 +112,29 @@ inline void Finish8(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8]
         const __mmask16 gt = _mm512_cmpgt_epi32_mask(sd, _mm512_loadu_si512(u + j * 2 * kLanes));
         code = _mm512_mask_add_epi32(code, gt, code, one);
       }
-      const __m128i bytes = _mm512_cvtepi32_epi8(code);
-      if (c0 < nlanes) _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at0), bytes);
-      if (c1 < nlanes)
-        _mm_storeh_pd(reinterpret_cast<double*>(ep.codes + at1), _mm_castsi128_pd(bytes));
-    } else {
-      if (c0 < nlanes)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at0), _mm512_castsi512_si256(r[i]));
-      if (c1 < nlanes)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at1), _mm512_extracti64x4_epi64(r[i], 1));
+      bytes = _mm512_cvtepi32_epi8(code);
+    }
+    for (int h = 0; h < 2; ++h) {  // the pair's two channels: low and high half of r[i]
+      const int64_t c = 2 * i + h;
+      if (c >= nlanes) break;
+      const int64_t off = (obase + c) * ohw;
+      if (ep.mode == Epilogue::kRequant) {
+        const __m128i b = h == 0 ? bytes : _mm_bsrli_si128(bytes, 8);
+        if (k == 8) {
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + out0 + off), b);
+        } else {
+          _mm_mask_storeu_epi8(ep.codes + out0 + off, m0, b);
+          _mm_mask_storeu_epi8(ep.codes + out1 + off, m1, b);
+        }
+      } else {
+        const __m256i v = h == 0 ? _mm512_castsi512_si256(r[i]) : _mm512_extracti64x4_epi64(r[i], 1);
+        if (k == 8) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + out0 + off), v);
+        } else {
+          _mm256_mask_storeu_epi32(acc + out0 + off, m0, v);
+          _mm256_mask_storeu_epi32(acc + out1 + off, m1, v);
+        }
+      }
     }
   }
 }
@@ -156,11 +173,17 @@ inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, 
   if constexpr (P >= 8) {
     const PermIdx ix = MakePermIdx();
     for (; p0 + 8 <= P; p0 += 8) {
-      if (outs[p0 + 7] != outs[p0] + 7) {  // crosses an image boundary
+      // Pixels p0..p0+k-1 consecutive from outs[p0], the rest consecutive from outs[p0 + k].
+      int k = 1;
+      while (k < 8 && outs[p0 + k] == outs[p0] + k) ++k;
+      bool two_runs = true;
+      for (int j = k + 1; j < 8; ++j) two_runs = two_runs && outs[p0 + j] == outs[p0 + k] + (j - k);
+      if (!two_runs) {  // spans three images (outputs smaller than 8 pixels)
         for (int p = p0; p < p0 + 8; ++p)
           for (int q = 0; q < Q; ++q) FinishLanes(g, total[p][q], s[p], outs[p], ob + q, acc, ep);
         continue;
       }
+      const int64_t out1 = k < 8 ? outs[p0 + k] - k : 0;
       __m512i ns = _mm512_setzero_si512();
       if (ep.mode != Epilogue::kAcc) {
         alignas(64) int32_t nsv[16];
@@ -170,7 +193,7 @@ inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, 
       for (int q = 0; q < Q; ++q) {
         __m512i t8[8];
         for (int p = 0; p < 8; ++p) t8[p] = total[p0 + p][q];
-        Finish8(g, ix, t8, ns, outs[p0], ob + q, acc, ep);
+        Finish8(g, ix, t8, ns, outs[p0], out1, k, ob + q, acc, ep);
       }
     }
   }
