@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -48,7 +49,7 @@ void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) 
                         "; codes must be unsigned ints below 2**bits");
 }
 
-// Output arrays of a megabyte or more come from a small pool of reused buffers. A fresh large
+// Output arrays of 64 KiB or more come from a small pool of reused buffers. A fresh large
 // numpy array is a fresh mmap: the kernel then page-faults and zeroes every page at the first
 // store, which cost ~285 us per call for an 8 MB output (AlexNet conv3 at batch 32, int32),
 // 3% of that convolution. A buffer goes back to the pool when numpy frees the array (capsule
@@ -56,7 +57,7 @@ void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) 
 // request of between half and all of its size.
 class BufferPool {
  public:
-  static constexpr size_t kMinBytes = size_t{1} << 20;
+  static constexpr size_t kMinBytes = size_t{64} << 10;
   static constexpr size_t kPoolBytes = size_t{256} << 20;
 
   static BufferPool& Get() {
@@ -126,6 +127,39 @@ py::array_t<T> NewArray(const std::vector<int64_t>& shape) {
   return py::array_t<T>(shape, static_cast<T*>(owned->p), base);
 }
 
+// A 64-byte aligned array (capsule-owned). Packed weights are read as whole 64-byte vectors;
+// numpy only aligns to 16 bytes, and cache-line-split weight loads cost ~8% of a large layer.
+template <class T>
+py::array_t<T> AlignedArray(const std::vector<int64_t>& shape) {
+  size_t count = 1;
+  for (int64_t d : shape) count *= static_cast<size_t>(d);
+  const size_t bytes = std::max<size_t>(64, (count * sizeof(T) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  py::capsule base(p, [](void* q) { std::free(q); });
+  return py::array_t<T>(shape, static_cast<T*>(p), base);
+}
+
+// The packed weights as the kernels want them: `words` itself when 64-byte aligned (as
+// pack_weights makes them), else a copy in a per-thread aligned buffer.
+const uint64_t* AlignedWeights(const WordArray& words) {
+  const uint64_t* p = words.data();
+  if (reinterpret_cast<uintptr_t>(p) % 64 == 0) return p;
+  struct Free {
+    void operator()(void* q) const { std::free(q); }
+  };
+  static thread_local std::unique_ptr<uint64_t, Free> buf;
+  static thread_local size_t cap = 0;
+  const size_t n = static_cast<size_t>(words.size());
+  if (cap < n) {
+    buf.reset(static_cast<uint64_t*>(std::aligned_alloc(64, (n * 8 + 63) / 64 * 64)));
+    if (!buf) throw std::bad_alloc();
+    cap = n;
+  }
+  std::copy(p, p + n, buf.get());
+  return buf.get();
+}
+
 // Weight geometry from (O, C, KH, KW) and bits.
 ConvGeom WeightGeom(int64_t o, int64_t c, int64_t kh, int64_t kw, int w_bits) {
   ConvGeom g;
@@ -147,7 +181,7 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits) {
   Require(w.shape(0) >= 1 && w.shape(1) >= 1 && w.shape(2) >= 1 && w.shape(3) >= 1,
           "w_codes must have no empty dimension");
   ConvGeom g = WeightGeom(w.shape(0), w.shape(1), w.shape(2), w.shape(3), w_bits);
-  WordArray out({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
+  WordArray out = AlignedArray<uint64_t>({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
   uint8_t all_or;
   {
     py::gil_scoped_release release;
@@ -219,6 +253,7 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
 
   static thread_local std::vector<uint64_t> xpk;
   xpk.resize(static_cast<size_t>(g.XpkSize()));
+  const uint64_t* w = AlignedWeights(wpk);
   const std::vector<int64_t> shape{g.n, g.o, g.oh, g.ow};
   if (kernel.fused != nullptr && mode != "acc") {
     // Epilogue in the tile kernel: no int32 round trip through memory.
@@ -246,7 +281,7 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
     uint8_t all_or;
     {
       py::gil_scoped_release release;
-      all_or = RunBitConvFused(kernel, g, x.data(), xpk.data(), wpk.data(), acc, ep, threads);
+      all_or = RunBitConvFused(kernel, g, x.data(), xpk.data(), w, acc, ep, threads);
     }
     CheckCodes("x_codes", x, all_or, x_bits);
     return result;
@@ -264,7 +299,7 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = RunBitConv(kernel, g, x.data(), xpk.data(), wpk.data(), acc, mode != "acc", threads);
+    all_or = RunBitConv(kernel, g, x.data(), xpk.data(), w, acc, mode != "acc", threads);
   }
   CheckCodes("x_codes", x, all_or, x_bits);
   if (mode != "requant") return std::move(acc_out);
