@@ -48,24 +48,25 @@ struct PermIdx {
   __m512i narrow, lo4, hi4, pair0, pair1;
 };
 
+// narrow: the low dwords of 8 qwords of a, then of b. lo4 / hi4: from rows (0, 1) in a and
+// rows (2, 3) in b (each row 8 channels), channels 0..3 / 4..7 as [c][r], position 4c + r.
+// pair0 / pair1: from [c][r] of rows 0..3 in a and rows 4..7 in b (4 channels each), channels
+// (0, 1) / (2, 3) as [c][r] with r = 0..7, position 8c + r. (An index >= 16 selects b.)
+alignas(64) constexpr int32_t kPermNarrow[16] = {0,  2,  4,  6,  8,  10, 12, 14,
+                                                 16, 18, 20, 22, 24, 26, 28, 30};
+alignas(64) constexpr int32_t kPermLo4[16] = {0, 8, 16, 24, 1, 9, 17, 25,
+                                              2, 10, 18, 26, 3, 11, 19, 27};
+alignas(64) constexpr int32_t kPermHi4[16] = {4, 12, 20, 28, 5, 13, 21, 29,
+                                              6, 14, 22, 30, 7, 15, 23, 31};
+alignas(64) constexpr int32_t kPermPair0[16] = {0, 1, 2,  3,  16, 17, 18, 19,
+                                                4, 5, 6,  7,  20, 21, 22, 23};
+alignas(64) constexpr int32_t kPermPair1[16] = {8,  9,  10, 11, 24, 25, 26, 27,
+                                                12, 13, 14, 15, 28, 29, 30, 31};
+
 inline PermIdx MakePermIdx() {
-  alignas(64) int32_t narrow[16], lo4[16], hi4[16], pair0[16], pair1[16];
-  for (int k = 0; k < 16; ++k) {
-    // narrow: low dwords of 8 qwords of a, then of b.
-    narrow[k] = k < 8 ? 2 * k : 16 + 2 * (k - 8);
-    // lo4 / hi4: from rows (0, 1) in a and rows (2, 3) in b, each row 8 channels, take channels
-    // 0..3 / 4..7 as [c][r]: position k = 4 * c' + r.
-    const int c = k / 4, r = k % 4;
-    lo4[k] = (r < 2 ? 0 : 16) + 8 * (r % 2) + c;
-    hi4[k] = (r < 2 ? 0 : 16) + 8 * (r % 2) + 4 + c;
-    // pair0 / pair1: from [c][r] of rows 0..3 in a and rows 4..7 in b (4 channels each), take
-    // channels (0, 1) / (2, 3) as [c][r] with r = 0..7: position k = 8 * cc + r.
-    const int cc = k / 8, rr = k % 8;
-    pair0[k] = (rr < 4 ? 0 : 16) + 4 * cc + rr % 4;
-    pair1[k] = (rr < 4 ? 0 : 16) + 4 * (2 + cc) + rr % 4;
-  }
-  return {_mm512_load_si512(narrow), _mm512_load_si512(lo4), _mm512_load_si512(hi4),
-          _mm512_load_si512(pair0), _mm512_load_si512(pair1)};
+  return {_mm512_load_si512(kPermNarrow), _mm512_load_si512(kPermLo4),
+          _mm512_load_si512(kPermHi4), _mm512_load_si512(kPermPair0),
+          _mm512_load_si512(kPermPair1)};
 }
 
 // total[p] (p = 0..7): int64 lanes = 8 channels of pixel p (values fit int32). Returns
