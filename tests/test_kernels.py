@@ -230,6 +230,72 @@ def test_non_contiguous_inputs(backend):
         np.testing.assert_array_equal(K.bitconv2d(x_strided[..., ::2], w, 2, 2, 2, 1), expected)
 
 
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("bits", [(2, 1), (3, 2)], ids=lambda b: f"x{b[0]}w{b[1]}")
+def test_layer_with_many_register_tiles(backend, bits):
+    """Several 64-pixel macro tiles, 8-pixel tiles across image boundaries (169 outputs per
+    image), a pixel tail and a channel tail of one 8-channel block (50 outputs = 2 x 24 + 2):
+    acc, signed and requant against the reference."""
+    xb, wb = bits
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 1 << xb, (3, 70, 13, 13), dtype=np.uint8)
+    w = rng.integers(0, 1 << wb, (50, 70, 3, 3), dtype=np.uint8)
+    pw = K.pack_weights(w, wb)
+    acc = R.bitconv2d_packed(x, pw, xb, 1, 1)
+    signed = R.bitconv2d_signed(x, pw, xb, 1, 1)
+    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (50, 3)), axis=1).astype(np.int32)
+    th[0] = np.iinfo(np.int32).min  # always / never reached steps
+    th[1, -1] = np.iinfo(np.int32).max
+    direction = np.where(rng.random(50) < 0.5, 1, -1).astype(np.int8)
+    codes = R.bitconv2d_requant(x, pw, xb, 1, 1, th, direction)
+    with K.use_backend(backend):
+        np.testing.assert_array_equal(K.bitconv2d_packed(x, pw, xb, 1, 1), acc)
+        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, 1, 1), signed)
+        np.testing.assert_array_equal(K.bitconv2d_requant(x, pw, xb, 1, 1, th, direction), codes)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_large_outputs_are_independent_arrays(backend):
+    """Outputs of 64 KiB and more come from a reused buffer pool: a live result must never
+    be handed out again, and a freed one may be, with correct contents."""
+    rng = np.random.default_rng(3)
+    xs = [rng.integers(0, 4, (2, 64, 20, 20), dtype=np.uint8) for _ in range(3)]
+    w = rng.integers(0, 2, (96, 64, 3, 3), dtype=np.uint8)
+    pw = K.pack_weights(w, 1)
+    expected = [R.bitconv2d_packed(x, pw, 2, 1, 1) for x in xs]
+    assert expected[0].nbytes >= 64 << 10
+    with K.use_backend(backend):
+        first = K.bitconv2d_packed(xs[0], pw, 2, 1, 1)
+        second = K.bitconv2d_packed(xs[1], pw, 2, 1, 1)
+        assert not np.shares_memory(first, second)
+        first[...] = -1  # results are ordinary writable arrays
+        del first
+        for _ in range(3):  # reuses the freed buffer
+            third = K.bitconv2d_packed(xs[2], pw, 2, 1, 1)
+            np.testing.assert_array_equal(third, expected[2])
+            del third
+    np.testing.assert_array_equal(second, expected[1])
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_misaligned_packed_words_give_the_same_result(backend):
+    """pack_weights returns 64-byte aligned words; words that are not (a user's copy) are
+    copied to an aligned buffer by the kernel, with the same result."""
+    x, w, expected = _case(SHAPES[7], 2, 1)
+    pw = K.pack_weights(w, 1)
+    assert pw.words.ctypes.data % 64 == 0
+    raw = np.empty(pw.words.size + 1, np.uint64)
+    start = 1 if raw.ctypes.data % 64 == 0 else 0
+    shifted = raw[start : start + pw.words.size].reshape(pw.words.shape)
+    shifted[...] = pw.words
+    assert shifted.ctypes.data % 64 != 0
+    moved = R.PackedWeights(pw.codes, pw.bits, shifted)
+    with K.use_backend(backend):
+        np.testing.assert_array_equal(
+            K.bitconv2d_packed(x, moved, 2, SHAPES[7][6], SHAPES[7][7]), expected
+        )
+
+
 # ------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_errors(backend):
