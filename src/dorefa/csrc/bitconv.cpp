@@ -71,13 +71,17 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
   const int64_t ptile = kernel.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
   // With few pixel tiles (batch 1, tiny feature maps) also split the output channels so that
-  // every thread has work; otherwise one call covers all channels of its pixel tile, which
-  // keeps that tile's activation words hot in L1 while the weights stream from L2.
+  // every thread has work, in whole register tiles of channel blocks (kernel.ob_tile) and
+  // finely (up to 16 items per thread: the queue hands them out dynamically, so the threads
+  // finish together); otherwise one call covers all channels of its pixel tile, which keeps
+  // that tile's activation words hot in L1 while the weights stream from L2.
   int64_t ochunks = 1;
+  const int64_t ob_units = (g.ob + kernel.ob_tile - 1) / kernel.ob_tile;
   if (threads > 1 && ntiles < 4 * threads) {
-    ochunks = std::min<int64_t>(g.ob, (4 * threads + ntiles - 1) / ntiles);
+    ochunks = std::min<int64_t>(ob_units, (16 * threads + ntiles - 1) / ntiles);
   }
-  const int64_t ob_per_chunk = std::max<int64_t>(1, (g.ob + ochunks - 1) / ochunks);
+  const int64_t ob_per_chunk =
+      std::max<int64_t>(1, (ob_units + ochunks - 1) / ochunks) * kernel.ob_tile;
   ochunks = (g.ob + ob_per_chunk - 1) / ob_per_chunk;
   const int64_t conv_items = ntiles * ochunks;
   const int nt = static_cast<int>(

@@ -129,6 +129,7 @@ struct KernelInfo {
   int64_t pix_tile;             // output pixels a call handles best (work split granularity)
   PackFn pack;                  // the activation packer that goes with it
   FusedTileFn fused = nullptr;  // optional: tile with fused signed / requant epilogue
+  int64_t ob_tile = 1;          // channel blocks a call handles best (split granularity)
 };
 
 // Per-ISA kernels (bitconv_<isa>.cpp). The x86 ones exist only when built for x86.

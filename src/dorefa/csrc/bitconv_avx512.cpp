@@ -351,8 +351,13 @@ void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 }  // namespace
 
 const KernelInfo& Avx512Kernel() {
-  static const KernelInfo info{"avx512", "bitconv_avx512_8x24",  &TileAvx512,
-                               kMacroP,  &PackActivationsAvx512, &FusedTileAvx512};
+  static const KernelInfo info{"avx512",
+                               "bitconv_avx512_8x24",
+                               &TileAvx512,
+                               kMacroP,
+                               &PackActivationsAvx512,
+                               &FusedTileAvx512,
+                               kTileQ};
   return info;
 }
 
