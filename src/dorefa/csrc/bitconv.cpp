@@ -14,6 +14,9 @@
 namespace dorefa {
 namespace {
 
+// Work below which one more thread does not pay (bit-plane MACs, ~10 us at ~1.5 T bit-MAC/s).
+constexpr int64_t kMinBitMacsPerThread = int64_t{16} << 20;
+
 // Hands out [begin, end) chunks of `total` items to whichever thread asks first. Dynamic
 // rather than static shares: a thread that starts late (busy machine) finds its share
 // already taken instead of holding back the others. Which thread runs an item never changes
@@ -65,6 +68,12 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
             const uint64_t* wpk, int32_t* acc, bool signed_output, int threads,
             const Epilogue* ep) {
   if (ep != nullptr) signed_output = false;
+  // Small convolutions run on one thread: starting the others costs more than they save
+  // (waking a sleeping OpenMP thread took ~80 us on the 2-core VM this was tuned on, against
+  // 10-30 us for a whole 4-12 MMAC layer). About 10 us of single-thread work per extra thread.
+  const int64_t bit_macs = g.OutPixels() * g.o * g.c * g.kh * g.kw * g.x_bits * g.w_bits;
+  threads = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(threads, bit_macs / kMinBitMacsPerThread)));
   ZeroPaddingBorder(g, xpk);
   const int64_t pack_items = PackItems(g);
   const int64_t npix = g.OutPixels();

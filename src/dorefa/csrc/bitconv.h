@@ -139,7 +139,8 @@ const KernelInfo& Avx2Kernel();
 const KernelInfo& Avx512Kernel();
 #endif
 
-// The whole convolution in one parallel region of `threads` threads: pack the activations
+// The whole convolution in one parallel region of up to `threads` threads (fewer when the
+// work is too small to pay for waking them, ~16 M bit-plane MACs per thread): pack the activations
 // x into xpk (g.XpkSize() words), then run `kernel` over all outputs into acc (N, O, OH, OW),
 // then with `signed_output` turn acc into the signed dot D (output_transform.h). One region
 // instead of one per phase saves fork/joins, which matters for the small layers of a network
