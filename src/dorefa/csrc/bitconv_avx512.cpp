@@ -13,16 +13,16 @@
 //
 // Results leave the registers with one lane per output channel, but the output is
 // (N, O, OH, OW): a channel's pixels are contiguous. For 8 consecutive pixels of one image the
-// epilogue narrows and transposes the tile with two-source permutes (VPERMT2D: 8 to narrow,
-// 16 to transpose, for 128 outputs) into "channel pair" vectors of 2 channels x 8 pixels of
-// int32, in which the signed transform and the threshold compares are then one instruction per
-// 16 outputs, and every channel's 8 results are one store. VPOPCNTQ runs on port 5 only, and
-// so do the shuffles: fewer shuffles are what makes the epilogue cheap (the earlier
-// VPMOVQD + unpack transpose took ~80 port-5 uops per tile, ~5% of a 256-channel tile's time).
+// epilogue narrows and transposes each 8-channel block with two-source permutes (VPERMT2D: 4 to
+// narrow, 8 to transpose, per 64 outputs) into "channel pair" vectors of 2 channels x 8 pixels
+// of int32, in which the signed transform and the threshold compares are one instruction per
+// 16 outputs, and every channel's 8 results are one store. (The earlier VPMOVQD + unpack
+// transpose needed ~80 port-5 uops per 8 x 16 tile, where VPOPCNTQ runs too; the permutes need
+// 24, though in A/B runs this alone made no measurable difference.)
 //
-// Loop order: a call covers up to kMacroP output pixels; channel block pairs are the outer loop
-// and 8-pixel tiles the inner one, so a block pair's weights stay in L1 while the macro tile's
-// activation words (also L1-sized) are swept once per block pair.
+// Loop order: a call covers up to kMacroP output pixels; channel-block groups are the outer
+// loop and 8-pixel tiles the inner one, so a group's weights stay in L1 while the macro tile's
+// activation words (also L1-sized) are swept once per group.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -165,9 +165,8 @@ inline void FinishLanes(const ConvGeom& g, __m512i total, int64_t s, int64_t out
 }
 
 // The common epilogue, all in registers: 8 consecutive output pixels of one image from out0,
-// the full 8-channel block blk. Kept apart from the general Finish8 because the branches for
-// tails and image boundaries made the compiler spill all 24 accumulators around the epilogue
-// (~5% of a 256-channel layer).
+// the full 8-channel block blk. Kept apart from the general Finish8 (tails, image boundaries)
+// so that the common path has no branches: +1-2% on a 256-channel layer.
 inline void Finish8Full(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8], __m512i ns,
                         int64_t out0, int64_t blk, int32_t* acc, const Epilogue& ep) {
   const int64_t ohw = g.oh * g.ow;
