@@ -211,105 +211,133 @@ inline __m512i PixelTerms(const ConvGeom& g, const int64_t* s, const Epilogue& e
   return _mm512_load_si512(nsv);
 }
 
-// The general epilogue of a register tile of np pixels x nq channel blocks, accumulators in
-// memory: total[p * nq + q] = acc of pixel p, channels (ob + q) * 8 + lane. Tiles across an
-// image boundary keep the vector path (two masked runs), pixel tails go lane by lane.
-__attribute__((noinline)) void FinishGeneral(const ConvGeom& g, const __m512i* total, int np,
-                                             int nq, const int64_t* s, const int64_t* outs,
-                                             int64_t ob, int32_t* acc, const Epilogue& ep) {
-  int p0 = 0;
-  const PermIdx ix = MakePermIdx();
-  for (; p0 + 8 <= np; p0 += 8) {
-    // Pixels p0..p0+k-1 consecutive from outs[p0], the rest consecutive from outs[p0 + k].
-    int k = 1;
-    while (k < 8 && outs[p0 + k] == outs[p0] + k) ++k;
-    bool two_runs = true;
-    for (int j = k + 1; j < 8; ++j) two_runs = two_runs && outs[p0 + j] == outs[p0 + k] + (j - k);
-    if (!two_runs) break;  // spans three images (outputs smaller than 8 pixels)
-    const int64_t out1 = k < 8 ? outs[p0 + k] - k : 0;
-    const __m512i ns = PixelTerms(g, s + p0, ep);
-    for (int q = 0; q < nq; ++q) {
-      __m512i t8[8];
-      for (int p = 0; p < 8; ++p) t8[p] = total[(p0 + p) * nq + q];
-      Finish8(g, ix, t8, ns, outs[p0], out1, k, ob + q, acc, ep);
-    }
-  }
-  for (int p = p0; p < np; ++p)
+// The lane-by-lane epilogue of a register tile of np pixels x nq channel blocks, accumulators
+// in memory: total[p * nq + q] = acc of pixel p, channels (ob + q) * 8 + lane.
+__attribute__((noinline)) void FinishLanesTile(const ConvGeom& g, const __m512i* total, int np,
+                                               int nq, const int64_t* s, const int64_t* outs,
+                                               int64_t ob, int32_t* acc, const Epilogue& ep) {
+  for (int p = 0; p < np; ++p)
     for (int q = 0; q < nq; ++q)
       FinishLanes(g, total[p * nq + q], s[p], outs[p], ob + q, acc, ep);
 }
 
-// The epilogue (Epilogue in bitconv.h) on one register tile: total[p][q] holds acc of pixel
-// p, channels (ob + q) * 8 + lane; s[p] is S of pixel p (kSigned / kRequant only).
-template <int P, int Q>
-inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, const int64_t* outs,
-                   int64_t ob, int32_t* acc, const Epilogue& ep) {
-  if constexpr (P == 8) {
-    if (outs[7] == outs[0] + 7 && (ob + Q) * kLanes <= g.o) {
-      const PermIdx ix = MakePermIdx();
-      const __m512i ns = PixelTerms(g, s, ep);
-      for (int q = 0; q < Q; ++q) {
-        __m512i t8[8];
-        for (int p = 0; p < 8; ++p) t8[p] = total[p][q];
-        Finish8Full(g, ix, t8, ns, outs[0], ob + q, acc, ep);
-      }
-      return;
-    }
+// Pixels 0..k-1 of a tile are consecutive outputs from outs[0], pixels k..7 consecutive from
+// outs[k] (k = 8: all from outs[0]). False when 8 pixels span three images (outputs smaller
+// than 8 pixels): those tiles take the lane-by-lane epilogue.
+inline bool TwoRuns(const int64_t* outs, int* k_out) {
+  int k = 8;
+  if (outs[7] != outs[0] + 7) {  // rare: the tile crosses an image boundary
+    k = 1;
+    while (k < 8 && outs[k] == outs[0] + k) ++k;
+    for (int j = k + 1; j < 8; ++j)
+      if (outs[j] != outs[k] + (j - k)) return false;
   }
-  // A copy, so that `total` itself never has its address taken and stays in registers on the
-  // fast path above.
-  alignas(64) __m512i mem[P * Q];
-  for (int p = 0; p < P; ++p)
-    for (int q = 0; q < Q; ++q) mem[p * Q + q] = total[p][q];
-  FinishGeneral(g, mem, P, Q, s, outs, ob, acc, ep);
+  *k_out = k;
+  return true;
 }
 
-template <int P, int Q>
+// The epilogue (Epilogue in bitconv.h) on one register tile: total[p][q] holds acc of pixel
+// p, channels (ob + q) * 8 + lane; s[p] is S of pixel p (kSigned / kRequant only).
+// kVec (P == 8, and TwoRuns(outs) true, which the caller checked): the vector path, all in
+// registers. Otherwise lane by lane, out of line. The two are separate instantiations rather
+// than a branch here because at a branch to the out-of-line path GCC writes all 24
+// accumulators to the stack first.
+template <int P, int Q, bool kVec>
+inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, const int64_t* outs,
+                   int64_t ob, int32_t* acc, const Epilogue& ep) {
+  if constexpr (kVec) {
+    static_assert(P == 8, "the vector epilogue takes 8 pixels");
+    int k = 8;
+    TwoRuns(outs, &k);
+    const PermIdx ix = MakePermIdx();
+    const __m512i ns = PixelTerms(g, s, ep);
+    const bool full = k == 8 && (ob + Q) * kLanes <= g.o;
+    const int64_t out1 = k < 8 ? outs[k] - k : 0;
+    for (int q = 0; q < Q; ++q) {
+      __m512i t8[8];
+      for (int p = 0; p < 8; ++p) t8[p] = total[p][q];
+      if (full) {
+        Finish8Full(g, ix, t8, ns, outs[0], ob + q, acc, ep);
+      } else {
+        Finish8(g, ix, t8, ns, outs[0], out1, k, ob + q, acc, ep);
+      }
+    }
+  } else {
+    alignas(64) __m512i mem[P * Q];
+    for (int p = 0; p < P; ++p)
+      for (int q = 0; q < Q; ++q) mem[p * Q + q] = total[p][q];
+    FinishLanesTile(g, mem, P, Q, s, outs, ob, acc, ep);
+  }
+}
+
+template <int P, int Q, bool kVec>
 void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, const uint64_t* wpk,
            int64_t ob, int32_t* acc, const int64_t* s, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
   const int64_t plane = g.PlaneStride(), row = g.RowStride();
   const int64_t wob = g.w_bits * g.l * kLanes;  // distance between weight blocks
+  // The (m, k) plane pairs in Horner order (weight e = m + k from high to low), and whether the
+  // accumulators double before the pair (first pair of a lower weight).
+  int pm[64], pk[64];
+  bool dbl[64];
+  int npass = 0;
+  for (int e = g.x_bits + g.w_bits - 2; e >= 0; --e) {
+    for (int m = std::max(0, e - g.w_bits + 1); m <= std::min(e, g.x_bits - 1); ++m) {
+      pm[npass] = m;
+      pk[npass] = e - m;
+      dbl[npass] = npass > 0 && m == std::max(0, e - g.w_bits + 1);
+      ++npass;
+    }
+  }
   __m512i cnt[P][Q];
   for (int p = 0; p < P; ++p)
     for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_setzero_si512();
-  const int top = g.x_bits + g.w_bits - 2;
-  for (int e = top; e >= 0; --e) {
-    if (e != top) {
+  // do-while: every loop runs at least once (bits, kernel size and channels are >= 1), and
+  // saying so lets GCC keep the accumulators in registers across the whole nest.
+  int ip = 0;
+  do {
+    if (dbl[ip]) {
       for (int p = 0; p < P; ++p)
         for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_add_epi64(cnt[p][q], cnt[p][q]);
     }
-    for (int m = std::max(0, e - g.w_bits + 1); m <= std::min(e, g.x_bits - 1); ++m) {
-      const uint64_t* wk = wpk + (ob * g.w_bits + (e - m)) * g.l * kLanes;
-      for (int64_t r = 0; r < g.kh; ++r) {
-        const int64_t xoff = m * plane + r * row;
-        const uint64_t* wr = wk + r * span * kLanes;
-        for (int64_t t = 0; t < span; ++t) {
-          __m512i wv[Q];
-          for (int q = 0; q < Q; ++q) wv[q] = _mm512_loadu_si512(wr + q * wob + t * kLanes);
-          for (int p = 0; p < P; ++p) {
-            const __m512i xv = _mm512_set1_epi64(static_cast<long long>(xs[p][xoff + t]));
-            for (int q = 0; q < Q; ++q) {
-              cnt[p][q] =
-                  _mm512_add_epi64(cnt[p][q], _mm512_popcnt_epi64(_mm512_and_si512(xv, wv[q])));
-            }
+    const uint64_t* wk = wpk + (ob * g.w_bits + pk[ip]) * g.l * kLanes;
+    const int64_t xm = pm[ip] * plane;
+    int64_t r = 0;
+    do {
+      const int64_t xoff = xm + r * row;
+      const uint64_t* wr = wk + r * span * kLanes;
+      int64_t t = 0;
+      do {
+        __m512i wv[Q];
+        for (int q = 0; q < Q; ++q) wv[q] = _mm512_loadu_si512(wr + q * wob + t * kLanes);
+        for (int p = 0; p < P; ++p) {
+          const __m512i xv = _mm512_set1_epi64(static_cast<long long>(xs[p][xoff + t]));
+          for (int q = 0; q < Q; ++q) {
+            cnt[p][q] =
+                _mm512_add_epi64(cnt[p][q], _mm512_popcnt_epi64(_mm512_and_si512(xv, wv[q])));
           }
         }
-      }
-    }
-  }
-  Finish<P, Q>(g, cnt, s, outs, ob, acc, ep);
+      } while (++t < span);
+    } while (++r < g.kh);
+  } while (++ip < npass);
+  Finish<P, Q, kVec>(g, cnt, s, outs, ob, acc, ep);
 }
 
 using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
                          int64_t, int32_t*, const int64_t*, const Epilogue&);
 
-// kBlocks[(p - 1) * kTileQ + q - 1] = Block<p, q>: pixel and channel tails use smaller tiles.
+// kBlocks[(p - 1) * kTileQ + q - 1] = Block<p, q, lane epilogue>: pixel tails, channel tails
+// and tiles over three images. kVecBlocks[q - 1] = Block<8, q, vector epilogue>.
 template <int... I>
 constexpr std::array<BlockFn, sizeof...(I)> MakeBlocks(std::integer_sequence<int, I...>) {
-  return {{&Block<I / kTileQ + 1, I % kTileQ + 1>...}};
+  return {{&Block<I / kTileQ + 1, I % kTileQ + 1, false>...}};
+}
+template <int... I>
+constexpr std::array<BlockFn, sizeof...(I)> MakeVecBlocks(std::integer_sequence<int, I...>) {
+  return {{&Block<kTileP, I + 1, true>...}};
 }
 constexpr auto kBlocks = MakeBlocks(std::make_integer_sequence<int, kTileP * kTileQ>{});
+constexpr auto kVecBlocks = MakeVecBlocks(std::make_integer_sequence<int, kTileQ>{});
 
 void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
                      int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
@@ -332,11 +360,19 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
         s[p] += ones << m;
       }
     }
+    bool vec[kMacroP / kTileP];  // per 8-pixel tile: may it use the vector epilogue?
+    for (int64_t p = 0; p + kTileP <= mp; p += kTileP) {
+      int k;
+      vec[p / kTileP] = TwoRuns(outs + p, &k);
+    }
     for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileQ) {
       const int nq = static_cast<int>(std::min<int64_t>(kTileQ, ob0 + nob - ob));
       for (int64_t p = 0; p < mp; p += kTileP) {
         const int np = static_cast<int>(std::min<int64_t>(kTileP, mp - p));
-        kBlocks[(np - 1) * kTileQ + nq - 1](g, xs + p, outs + p, wpk, ob, acc, s + p, ep);
+        const BlockFn block = np == kTileP && vec[p / kTileP]
+                                  ? kVecBlocks[nq - 1]
+                                  : kBlocks[(np - 1) * kTileQ + nq - 1];
+        block(g, xs + p, outs + p, wpk, ob, acc, s + p, ep);
       }
     }
   }
