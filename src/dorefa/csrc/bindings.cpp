@@ -7,6 +7,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -59,6 +62,7 @@ class BufferPool {
  public:
   static constexpr size_t kMinBytes = size_t{64} << 10;
   static constexpr size_t kPoolBytes = size_t{256} << 20;
+  static constexpr size_t kHugeBytes = size_t{2} << 20;
 
   static BufferPool& Get() {
     static BufferPool* pool = new BufferPool;  // never destroyed: capsules may outlive exit
@@ -81,9 +85,15 @@ class BufferPool {
         return p;
       }
     }
-    *cap = (bytes + 4095) / 4096 * 4096;
-    void* p = std::aligned_alloc(64, *cap);
+    // Large buffers on 2 MiB boundaries, advised to use huge pages: an 8 MB output otherwise
+    // spans ~2000 4 KiB pages, as many as the second-level TLB holds.
+    const size_t align = bytes >= kHugeBytes ? kHugeBytes : 4096;
+    *cap = (bytes + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, *cap);
     if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (align == kHugeBytes) madvise(p, *cap, MADV_HUGEPAGE);
+#endif
     return p;
   }
   void Give(void* p, size_t cap) {
