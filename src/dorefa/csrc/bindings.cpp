@@ -75,7 +75,8 @@ class BufferPool {
       size_t best = free_.size();
       for (size_t i = 0; i < free_.size(); ++i) {
         const size_t c = free_[i].first;
-        if (c >= bytes && c / 2 <= bytes && (best == free_.size() || c < free_[best].first)) best = i;
+        if (c >= bytes && c / 2 <= bytes && (best == free_.size() || c < free_[best].first))
+          best = i;
       }
       if (best != free_.size()) {
         *cap = free_[best].first;

@@ -72,8 +72,8 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
   // (waking a sleeping OpenMP thread took ~80 us on the 2-core VM this was tuned on, against
   // 10-30 us for a whole 4-12 MMAC layer). About 10 us of single-thread work per extra thread.
   const int64_t bit_macs = g.OutPixels() * g.o * g.c * g.kh * g.kw * g.x_bits * g.w_bits;
-  threads = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(threads, bit_macs / kMinBitMacsPerThread)));
+  threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(threads, bit_macs / kMinBitMacsPerThread)));
   ZeroPaddingBorder(g, xpk);
   const int64_t pack_items = PackItems(g);
   const int64_t npix = g.OutPixels();

@@ -57,19 +57,18 @@ struct PermIdx {
 // (0, 1) / (2, 3) as [c][r] with r = 0..7, position 8c + r. (An index >= 16 selects b.)
 alignas(64) constexpr int32_t kPermNarrow[16] = {0,  2,  4,  6,  8,  10, 12, 14,
                                                  16, 18, 20, 22, 24, 26, 28, 30};
-alignas(64) constexpr int32_t kPermLo4[16] = {0, 8, 16, 24, 1, 9, 17, 25,
+alignas(64) constexpr int32_t kPermLo4[16] = {0, 8,  16, 24, 1, 9,  17, 25,
                                               2, 10, 18, 26, 3, 11, 19, 27};
 alignas(64) constexpr int32_t kPermHi4[16] = {4, 12, 20, 28, 5, 13, 21, 29,
                                               6, 14, 22, 30, 7, 15, 23, 31};
-alignas(64) constexpr int32_t kPermPair0[16] = {0, 1, 2,  3,  16, 17, 18, 19,
-                                                4, 5, 6,  7,  20, 21, 22, 23};
+alignas(64) constexpr int32_t kPermPair0[16] = {0, 1, 2, 3, 16, 17, 18, 19,
+                                                4, 5, 6, 7, 20, 21, 22, 23};
 alignas(64) constexpr int32_t kPermPair1[16] = {8,  9,  10, 11, 24, 25, 26, 27,
                                                 12, 13, 14, 15, 28, 29, 30, 31};
 
 inline PermIdx MakePermIdx() {
-  return {_mm512_load_si512(kPermNarrow), _mm512_load_si512(kPermLo4),
-          _mm512_load_si512(kPermHi4), _mm512_load_si512(kPermPair0),
-          _mm512_load_si512(kPermPair1)};
+  return {_mm512_load_si512(kPermNarrow), _mm512_load_si512(kPermLo4), _mm512_load_si512(kPermHi4),
+          _mm512_load_si512(kPermPair0), _mm512_load_si512(kPermPair1)};
 }
 
 // total[p] (p = 0..7): int64 lanes = 8 channels of pixel p (values fit int32). Returns
@@ -77,7 +76,8 @@ inline PermIdx MakePermIdx() {
 // 4 narrowing + 8 transposing permutes.
 inline void ToChannelPairs(const PermIdx& ix, const __m512i (&total)[8], __m512i (&r)[4]) {
   __m512i n[4];  // n[j] = int32 [pixel 2j: 8 channels | pixel 2j + 1: 8 channels]
-  for (int j = 0; j < 4; ++j) n[j] = _mm512_permutex2var_epi32(total[2 * j], ix.narrow, total[2 * j + 1]);
+  for (int j = 0; j < 4; ++j)
+    n[j] = _mm512_permutex2var_epi32(total[2 * j], ix.narrow, total[2 * j + 1]);
   // Channels 0..3 / 4..7 of pixels 0..3 (from n0, n1) and of pixels 4..7 (from n2, n3).
   const __m512i a0 = _mm512_permutex2var_epi32(n[0], ix.lo4, n[1]);
   const __m512i a1 = _mm512_permutex2var_epi32(n[0], ix.hi4, n[1]);
@@ -131,7 +131,8 @@ inline void Finish8(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8]
           _mm_mask_storeu_epi8(ep.codes + out1 + off, m1, b);
         }
       } else {
-        const __m256i v = h == 0 ? _mm512_castsi512_si256(r[i]) : _mm512_extracti64x4_epi64(r[i], 1);
+        const __m256i v =
+            h == 0 ? _mm512_castsi512_si256(r[i]) : _mm512_extracti64x4_epi64(r[i], 1);
         if (k == 8) {
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + out0 + off), v);
         } else {
@@ -220,8 +221,7 @@ __attribute__((noinline)) void FinishLanesTile(const ConvGeom& g, const __m512i*
                                                int nq, const int64_t* s, const int64_t* outs,
                                                int64_t ob, int32_t* acc, const Epilogue& ep) {
   for (int p = 0; p < np; ++p)
-    for (int q = 0; q < nq; ++q)
-      FinishLanes(g, total[p * nq + q], s[p], outs[p], ob + q, acc, ep);
+    for (int q = 0; q < nq; ++q) FinishLanes(g, total[p * nq + q], s[p], outs[p], ob + q, acc, ep);
 }
 
 // Pixels 0..k-1 of a tile are consecutive outputs from outs[0], pixels k..7 consecutive from
@@ -372,9 +372,8 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
       const int nq = static_cast<int>(std::min<int64_t>(kTileQ, ob0 + nob - ob));
       for (int64_t p = 0; p < mp; p += kTileP) {
         const int np = static_cast<int>(std::min<int64_t>(kTileP, mp - p));
-        const BlockFn block = np == kTileP && vec[p / kTileP]
-                                  ? kVecBlocks[nq - 1]
-                                  : kBlocks[(np - 1) * kTileQ + nq - 1];
+        const BlockFn block = np == kTileP && vec[p / kTileP] ? kVecBlocks[nq - 1]
+                                                              : kBlocks[(np - 1) * kTileQ + nq - 1];
         block(g, xs + p, outs + p, wpk, ob, acc, s + p, ep);
       }
     }
@@ -389,12 +388,8 @@ void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 }  // namespace
 
 const KernelInfo& Avx512Kernel() {
-  static const KernelInfo info{"avx512",
-                               "bitconv_avx512_8x24",
-                               &TileAvx512,
-                               kMacroP,
-                               &PackActivationsAvx512,
-                               &FusedTileAvx512,
+  static const KernelInfo info{"avx512", "bitconv_avx512_8x24",  &TileAvx512,
+                               kMacroP,  &PackActivationsAvx512, &FusedTileAvx512,
                                kTileQ};
   return info;
 }

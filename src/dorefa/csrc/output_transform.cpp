@@ -1,9 +1,9 @@
 #include "output_transform.h"
 
-#include "bitpack.h"
-
 #include <algorithm>
 #include <limits>
+
+#include "bitpack.h"
 
 namespace dorefa {
 
@@ -40,9 +40,10 @@ void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
     const int64_t s = direction[o] < 0 ? -1 : 1;
     if (s < 0) neg[pair] |= static_cast<uint16_t>(0xFFu << k0);
     for (int64_t j = 0; j < t; ++j) {
-      const int64_t uj = std::max<int64_t>(s * thresholds[o * t + j] - 1,
-                                           std::numeric_limits<int32_t>::min());
-      for (int64_t k = 0; k < kLanes; ++k) u[(pair * t + j) * 2 * kLanes + k0 + k] = static_cast<int32_t>(uj);
+      const int64_t uj =
+          std::max<int64_t>(s * thresholds[o * t + j] - 1, std::numeric_limits<int32_t>::min());
+      for (int64_t k = 0; k < kLanes; ++k)
+        u[(pair * t + j) * 2 * kLanes + k0 + k] = static_cast<int32_t>(uj);
     }
   }
 }
