@@ -202,7 +202,7 @@ inline void Finish8Full(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8
     }
     const __m128i bytes = _mm512_cvtepi32_epi8(code);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at), bytes);
-    _mm_storeh_pd(reinterpret_cast<double*>(ep.codes + at + ohw), _mm_castsi128_pd(bytes));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at + ohw), _mm_bsrli_si128(bytes, 8));
   }
 }
 
