@@ -295,8 +295,7 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
   __m512i cnt[P][Q];
   for (int p = 0; p < P; ++p)
     for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_setzero_si512();
-  // do-while: every loop runs at least once (bits, kernel size and channels are >= 1), and
-  // saying so lets GCC keep the accumulators in registers across the whole nest.
+  // do-while: every loop runs at least once (bits, kernel size and channels are >= 1).
   int ip = 0;
   do {
     if (dbl[ip]) {
