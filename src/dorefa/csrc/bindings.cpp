@@ -68,7 +68,7 @@ class BufferPool {
     static BufferPool* pool = new BufferPool;  // never destroyed: capsules may outlive exit
     return *pool;
   }
-  // Returns a 64-byte aligned buffer of >= bytes; *cap receives its size.
+  // Returns a buffer of >= bytes, aligned to 4 KiB (2 MiB when large); *cap receives its size.
   void* Take(size_t bytes, size_t* cap) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -128,14 +128,17 @@ py::array_t<T> NewArray(const std::vector<int64_t>& shape) {
     void* p;
     size_t cap;
   };
-  auto* owned = new Owned{nullptr, 0};
+  auto owned = std::make_unique<Owned>();
   owned->p = BufferPool::Get().Take(bytes, &owned->cap);
-  py::capsule base(owned, [](void* o) {
+  T* data = static_cast<T*>(owned->p);
+  // From here the capsule owns the buffer (and gives it back to the pool when freed).
+  py::capsule base(owned.get(), [](void* o) {
     auto* ow = static_cast<Owned*>(o);
     BufferPool::Get().Give(ow->p, ow->cap);
     delete ow;
   });
-  return py::array_t<T>(shape, static_cast<T*>(owned->p), base);
+  owned.release();
+  return py::array_t<T>(shape, data, base);
 }
 
 // A 64-byte aligned array (capsule-owned). Packed weights are read as whole 64-byte vectors;
