@@ -1,0 +1,100 @@
+"""A/B of two builds of the kernel extension on one layer, in one process.
+
+Loads both `_kernels*.so` files side by side (each under its own package name), checks that
+they give the same result, then times them round by round: the order rotates every round, each
+timed round follows an untimed call, and the table shows medians and the best round. On a
+shared machine this is the only comparison worth making: the same binary reads a few percent
+apart from one run to the next, while the two builds here see the same conditions.
+
+    # the extension of an older commit, built aside
+    git worktree add /tmp/old <commit> && cmake -S /tmp/old -B /tmp/old/build \\
+        -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$PWD/.venv/bin/python \\
+        && cmake --build /tmp/old/build -j2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ab.py /tmp/old/build/_kernels*.so \\
+        .venv/lib/python3.11/site-packages/dorefa/_kernels*.so
+
+Default layer: AlexNet conv3 (256->384, 13x13, 3x3, pad 1), W1A2, batch 1 and 32, 1 thread.
+Each build packs the weights with its own `pack_weights` (as a user of that build would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def load(path: str, package: str):
+    """The extension at `path` as module `<package>._kernels` (its init symbol stays valid)."""
+    spec = importlib.util.spec_from_file_location(f"{package}._kernels", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load an extension from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a", help="first _kernels*.so (e.g. an older build)")
+    ap.add_argument("b", help="second _kernels*.so")
+    ap.add_argument("--layer", default="256,384,13,3,1", help="C,O,HW,K,PAD")
+    ap.add_argument("--bits", default="2,1", help="x_bits,w_bits")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=41)
+    ap.add_argument("--macs-per-round", type=float, default=1e8)
+    args = ap.parse_args()
+
+    mods = {"A": load(args.a, "dorefa_ab_a"), "B": load(args.b, "dorefa_ab_b")}
+    c, o, hw, k, pad = (int(v) for v in args.layer.split(","))
+    xb, wb = (int(v) for v in args.bits.split(","))
+    clock = 8 * 250_000 / min(mods["B"].dependent_add_seconds(250_000) for _ in range(40))
+    ceiling = 341.33 / (xb * wb)  # MAC/cycle: 2 ports x 512 bits / 3 uops per plane pair
+    print(f"A = {args.a}\nB = {args.b}")
+    print(
+        f"layer C={c} O={o} {hw}x{hw} k{k} p{pad}, W{wb}A{xb}, {args.threads} thread(s), "
+        f"clock {clock / 1e9:.2f} GHz, ceiling {ceiling:.0f} MAC/cycle, {args.rounds} rounds"
+    )
+    rng = np.random.default_rng(0)
+    for n in (int(v) for v in args.batches.split(",")):
+        x = rng.integers(0, 1 << xb, (n, c, hw, hw), dtype=np.uint8)
+        w = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
+        words = {name: m.pack_weights(w, wb) for name, m in mods.items()}
+
+        def call(name, x=x, words=words):
+            return mods[name].bitconv(
+                "avx512", x, words[name], o, c, k, k, xb, wb, 1, pad, args.threads, "acc",
+                None, None,
+            )  # fmt: skip
+
+        if not np.array_equal(call("A"), call("B")):
+            raise SystemExit("the two builds disagree")
+        oh = hw + 2 * pad - k + 1
+        macs = n * o * oh * oh * c * k * k
+        reps = max(1, int(args.macs_per_round / macs))
+        times: dict[str, list[float]] = {name: [] for name in mods}
+        names = list(mods)
+        for r in range(args.rounds):
+            for name in names[r % 2 :] + names[: r % 2]:
+                call(name)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    call(name)
+                times[name].append((time.perf_counter() - t0) / reps)
+        for name in names:
+            med, best = statistics.median(times[name]), min(times[name])
+            print(
+                f"N={n:3d} {name}: median {med * 1e6:9.1f} us "
+                f"{macs / med / clock:6.1f} MAC/cycle ({macs / med / clock / ceiling:6.1%})   "
+                f"best {best * 1e6:9.1f} us ({macs / best / clock / ceiling:6.1%})"
+            )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    main()
