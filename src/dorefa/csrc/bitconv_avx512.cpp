@@ -89,6 +89,20 @@ inline void ToChannelPairs(const PermIdx& ix, const __m512i (&total)[8], __m512i
   r[3] = _mm512_permutex2var_epi32(a1, ix.pair1, b1);
 }
 
+// Requant of one channel pair: d = int32 D of [channel 2i: 8 pixels | channel 2i + 1: 8
+// pixels] (pair = blk * 4 + i); returns the 16 codes #{j : s * D > u_j} as bytes in that order.
+inline __m128i PairCodes(const Epilogue& ep, int64_t pair, __m512i d) {
+  const __m512i sd = _mm512_mask_sub_epi32(d, ep.neg[pair], _mm512_setzero_si512(), d);
+  const int32_t* u = ep.u + pair * ep.t * 2 * kLanes;
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i code = _mm512_setzero_si512();
+  for (int64_t j = 0; j < ep.t; ++j) {
+    const __mmask16 gt = _mm512_cmpgt_epi32_mask(sd, _mm512_loadu_si512(u + j * 2 * kLanes));
+    code = _mm512_mask_add_epi32(code, gt, code, one);
+  }
+  return _mm512_cvtepi32_epi8(code);
+}
+
 // Epilogue of 8 consecutive output pixels and one 8-channel block: t8[p] = acc of pixel p,
 // ns = int32 [nw * S of pixels 0..7] twice. Pixels 0..k-1 are consecutive outputs from out0 of
 // one image, pixels k..7 consecutive from out1 + k of the next (k = 8: one image, out1 unused);
@@ -105,19 +119,9 @@ inline void Finish8(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8]
   for (int i = 0; i < 4; ++i) {
     // D = 2 * acc - nw * S; int32 wrap-around in between is harmless: D itself fits.
     if (ep.mode != Epilogue::kAcc) r[i] = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);
-    __m128i bytes = _mm_setzero_si128();
-    if (ep.mode == Epilogue::kRequant) {
-      const int64_t pair = blk * (kLanes / 2) + i;
-      const __m512i sd = _mm512_mask_sub_epi32(r[i], ep.neg[pair], _mm512_setzero_si512(), r[i]);
-      const int32_t* u = ep.u + pair * ep.t * 2 * kLanes;
-      const __m512i one = _mm512_set1_epi32(1);
-      __m512i code = _mm512_setzero_si512();
-      for (int64_t j = 0; j < ep.t; ++j) {
-        const __mmask16 gt = _mm512_cmpgt_epi32_mask(sd, _mm512_loadu_si512(u + j * 2 * kLanes));
-        code = _mm512_mask_add_epi32(code, gt, code, one);
-      }
-      bytes = _mm512_cvtepi32_epi8(code);
-    }
+    const __m128i bytes = ep.mode == Epilogue::kRequant
+                              ? PairCodes(ep, blk * (kLanes / 2) + i, r[i])
+                              : _mm_setzero_si128();
     for (int h = 0; h < 2; ++h) {  // the pair's two channels: low and high half of r[i]
       const int64_t c = 2 * i + h;
       if (c >= nlanes) break;
@@ -191,16 +195,7 @@ inline void Finish8Full(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8
                           _mm512_extracti64x4_epi64(d, 1));
       continue;
     }
-    const int64_t pair = blk * (kLanes / 2) + i;
-    const __m512i sd = _mm512_mask_sub_epi32(d, ep.neg[pair], _mm512_setzero_si512(), d);
-    const int32_t* u = ep.u + pair * ep.t * 2 * kLanes;
-    const __m512i one = _mm512_set1_epi32(1);
-    __m512i code = _mm512_setzero_si512();
-    for (int64_t j = 0; j < ep.t; ++j) {
-      const __mmask16 gt = _mm512_cmpgt_epi32_mask(sd, _mm512_loadu_si512(u + j * 2 * kLanes));
-      code = _mm512_mask_add_epi32(code, gt, code, one);
-    }
-    const __m128i bytes = _mm512_cvtepi32_epi8(code);
+    const __m128i bytes = PairCodes(ep, blk * (kLanes / 2) + i, d);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at), bytes);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at + ohw), _mm_bsrli_si128(bytes, 8));
   }
