@@ -236,7 +236,9 @@ def bitconv2d_requant(
         return reference.bitconv2d_requant(
             x_codes, pw, x_bits, stride, padding, thresholds, direction, threads
         )
-    thresholds, direction = reference.check_requant(thresholds, direction, pw.shape[0])
+    thresholds, direction = reference.check_requant(
+        thresholds, direction, pw.shape[0], check_values=False
+    )
     return _run(x_codes, pw, x_bits, stride, padding, threads, "requant", thresholds, direction)
 
 

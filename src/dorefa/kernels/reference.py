@@ -132,9 +132,10 @@ def check_conv(
 
 
 def check_requant(
-    thresholds: object, direction: object, out_channels: int
+    thresholds: object, direction: object, out_channels: int, *, check_values: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """thresholds int32 (O, T), 1 <= T <= 255; direction int8 (O,) of +1/-1."""
+    """thresholds int32 (O, T), 1 <= T <= 255; direction int8 (O,) of +1/-1 (the values are
+    left to the native kernels when ``check_values`` is false: they check them too)."""
     if not isinstance(thresholds, np.ndarray) or thresholds.dtype != np.int32:
         raise TypeError("thresholds must be a numpy int32 array (O, T)")
     if not isinstance(direction, np.ndarray) or direction.dtype != np.int8:
@@ -145,7 +146,7 @@ def check_requant(
         raise ValueError(f"thresholds must have 1..255 columns, got {thresholds.shape[1]}")
     if direction.shape != (out_channels,):
         raise ValueError(f"direction must have shape ({out_channels},), got {direction.shape}")
-    if not np.all(np.abs(direction.astype(np.int64)) == 1):
+    if check_values and not np.all(np.abs(direction.astype(np.int64)) == 1):
         raise ValueError("direction values must be +1 or -1")
     return np.ascontiguousarray(thresholds), np.ascontiguousarray(direction)
 
