@@ -54,34 +54,46 @@ void ZeroPaddingBorder(const ConvGeom& g, uint64_t* xpk) {
 
 int64_t PackItems(const ConvGeom& g) { return g.n * g.cw * ((g.h * g.w + 63) / 64); }
 
+PackItem LocatePackItem(const ConvGeom& g, int64_t it) {
+  const int64_t hw = g.h * g.w;
+  const int64_t pblocks = (hw + 63) / 64;
+  PackItem item;
+  item.n = it / (g.cw * pblocks);
+  item.cb = (it / pblocks) % g.cw;
+  item.q0 = (it % pblocks) * 64;
+  item.npx = std::min<int64_t>(64, hw - item.q0);
+  item.nch = std::min<int64_t>(64, g.c - item.cb * 64);
+  return item;
+}
+
+void StorePackItem(const ConvGeom& g, const PackItem& item, const uint64_t (*bits)[64],
+                   uint64_t* xpk) {
+  int64_t y = item.q0 / g.w, xx = item.q0 % g.w;
+  uint64_t* dst = xpk + item.n * g.x_bits * g.PlaneStride() + item.cb;
+  for (int64_t p = 0; p < item.npx; ++p) {
+    uint64_t* d = dst + ((y + g.pad) * g.wp + xx + g.pad) * g.cw;
+    for (int m = 0; m < g.x_bits; ++m) d[m * g.PlaneStride()] = bits[m][p];
+    if (++xx == g.w) xx = 0, ++y;
+  }
+}
+
 uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
                         int64_t item1) {
   const int64_t hw = g.h * g.w;
-  const int64_t pblocks = (hw + 63) / 64;
   uint8_t all_or = 0;
   for (int64_t it = item0; it < item1; ++it) {
-    const int64_t n = it / (g.cw * pblocks);
-    const int64_t cb = (it / pblocks) % g.cw;
-    const int64_t q0 = (it % pblocks) * 64;
-    const int64_t npx = std::min<int64_t>(64, hw - q0);
-    const int64_t nch = std::min<int64_t>(64, g.c - cb * 64);
+    const PackItem item = LocatePackItem(g, it);
     uint8_t bytes[64] = {0};
     uint64_t bits[8][64];  // [plane][channel] -> after the transpose [plane][pixel]
-    for (int m = 0; m < g.x_bits; ++m) std::fill(bits[m] + nch, bits[m] + 64, uint64_t{0});
-    for (int64_t r = 0; r < nch; ++r) {
-      const uint8_t* src = x + ((n * g.c + cb * 64 + r) * hw + q0);
-      std::memcpy(bytes, src, static_cast<size_t>(npx));
-      for (int64_t p = 0; p < npx; ++p) all_or |= bytes[p];
+    for (int m = 0; m < g.x_bits; ++m) std::fill(bits[m] + item.nch, bits[m] + 64, uint64_t{0});
+    for (int64_t r = 0; r < item.nch; ++r) {
+      const uint8_t* src = x + ((item.n * g.c + item.cb * 64 + r) * hw + item.q0);
+      std::memcpy(bytes, src, static_cast<size_t>(item.npx));
+      for (int64_t p = 0; p < item.npx; ++p) all_or |= bytes[p];
       for (int m = 0; m < g.x_bits; ++m) bits[m][r] = GatherPlane64(bytes, m);
     }
     for (int m = 0; m < g.x_bits; ++m) Transpose64x64(bits[m]);
-    int64_t y = q0 / g.w, xx = q0 % g.w;
-    uint64_t* dst = xpk + n * g.x_bits * g.PlaneStride() + cb;
-    for (int64_t p = 0; p < npx; ++p) {
-      uint64_t* d = dst + ((y + g.pad) * g.wp + xx + g.pad) * g.cw;
-      for (int m = 0; m < g.x_bits; ++m) d[m * g.PlaneStride()] = bits[m][p];
-      if (++xx == g.w) xx = 0, ++y;
-    }
+    StorePackItem(g, item, bits, xpk);
   }
   return all_or;
 }

@@ -31,6 +31,17 @@ inline int64_t Popcount64(uint64_t v) {
 // Work is split into PackItems(g) independent items (image, 64-channel block, 64-pixel block);
 // a call packs items [item0, item1). The padding border is not touched (ZeroPaddingBorder).
 int64_t PackItems(const ConvGeom& g);
+
+// Work item `it` of PackItems(g): image n, 64-channel block cb, first pixel q0 of the
+// flattened H*W plane, and how many of the block's 64 pixels and 64 channels exist.
+struct PackItem {
+  int64_t n, cb, q0, npx, nch;
+};
+PackItem LocatePackItem(const ConvGeom& g, int64_t it);
+
+// Writes an item's transposed planes to xpk: bits[m][p] = plane m of the item's pixel p.
+void StorePackItem(const ConvGeom& g, const PackItem& item, const uint64_t (*bits)[64],
+                   uint64_t* xpk);
 uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
                         int64_t item1);
 #ifdef DOREFA_HAVE_X86_KERNELS

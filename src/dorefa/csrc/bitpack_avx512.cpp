@@ -50,18 +50,14 @@ inline void TransposeZmm(__m512i r[8]) {
 uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
                               int64_t item1) {
   const int64_t hw = g.h * g.w;
-  const int64_t pblocks = (hw + 63) / 64;
   uint8_t all_or = 0;
   for (int64_t it = item0; it < item1; ++it) {
-    const int64_t n = it / (g.cw * pblocks);
-    const int64_t cb = (it / pblocks) % g.cw;
-    const int64_t q0 = (it % pblocks) * 64;
-    const int64_t npx = std::min<int64_t>(64, hw - q0);
-    const int64_t nch = std::min<int64_t>(64, g.c - cb * 64);
+    const PackItem item = LocatePackItem(g, it);
+    const int64_t npx = item.npx, nch = item.nch;
     const __mmask64 pmask = npx == 64 ? ~__mmask64{0} : ((__mmask64{1} << npx) - 1);
     alignas(64) uint64_t bits[8][64];  // [plane][channel] -> after the transpose [plane][pixel]
     __m512i ors = _mm512_setzero_si512();
-    const uint8_t* src = x + (n * g.c + cb * 64) * hw + q0;
+    const uint8_t* src = x + (item.n * g.c + item.cb * 64) * hw + item.q0;
     for (int64_t r = 0; r < nch; ++r) {
       // Masked: bytes past the plane are neither read nor counted (they load as 0).
       const __m512i v = _mm512_maskz_loadu_epi8(pmask, src + r * hw);
@@ -87,13 +83,7 @@ uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk
     o2 = _mm_or_si128(o2, _mm_srli_si128(o2, 1));
     all_or |= static_cast<uint8_t>(_mm_cvtsi128_si32(o2));
 
-    int64_t y = q0 / g.w, xx = q0 % g.w;
-    uint64_t* dst = xpk + n * g.x_bits * g.PlaneStride() + cb;
-    for (int64_t p = 0; p < npx; ++p) {
-      uint64_t* d = dst + ((y + g.pad) * g.wp + xx + g.pad) * g.cw;
-      for (int m = 0; m < g.x_bits; ++m) d[m * g.PlaneStride()] = bits[m][p];
-      if (++xx == g.w) xx = 0, ++y;
-    }
+    StorePackItem(g, item, bits, xpk);
   }
   return all_or;
 }
