@@ -52,6 +52,20 @@ void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) 
                         "; codes must be unsigned ints below 2**bits");
 }
 
+// std::aligned_alloc with the size rounded up to a multiple of `align` (as it requires);
+// throws std::bad_alloc instead of returning null.
+void* AlignedAlloc(size_t bytes, size_t align) {
+  void* p = std::aligned_alloc(align, std::max(align, (bytes + align - 1) / align * align));
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+size_t Elements(const std::vector<int64_t>& shape) {
+  size_t count = 1;
+  for (int64_t d : shape) count *= static_cast<size_t>(d);
+  return count;
+}
+
 // Output arrays of 64 KiB or more come from a small pool of reused buffers. A fresh large
 // numpy array is a fresh mmap: the kernel then page-faults and zeroes every page at the first
 // store, which cost ~285 us per call for an 8 MB output (AlexNet conv3 at batch 32, int32),
@@ -90,8 +104,7 @@ class BufferPool {
     // spans ~2000 4 KiB pages, as many as the second-level TLB holds.
     const size_t align = bytes >= kHugeBytes ? kHugeBytes : 4096;
     *cap = (bytes + align - 1) / align * align;
-    void* p = std::aligned_alloc(align, *cap);
-    if (p == nullptr) throw std::bad_alloc();
+    void* p = AlignedAlloc(*cap, align);
 #ifdef MADV_HUGEPAGE
     if (align == kHugeBytes) madvise(p, *cap, MADV_HUGEPAGE);
 #endif
@@ -120,9 +133,7 @@ class BufferPool {
 
 template <class T>
 py::array_t<T> NewArray(const std::vector<int64_t>& shape) {
-  size_t count = 1;
-  for (int64_t d : shape) count *= static_cast<size_t>(d);
-  const size_t bytes = count * sizeof(T);
+  const size_t bytes = Elements(shape) * sizeof(T);
   if (bytes < BufferPool::kMinBytes) return py::array_t<T>(shape);
   struct Owned {
     void* p;
@@ -145,11 +156,7 @@ py::array_t<T> NewArray(const std::vector<int64_t>& shape) {
 // numpy only aligns to 16 bytes, and cache-line-split weight loads cost ~8% of a large layer.
 template <class T>
 py::array_t<T> AlignedArray(const std::vector<int64_t>& shape) {
-  size_t count = 1;
-  for (int64_t d : shape) count *= static_cast<size_t>(d);
-  const size_t bytes = std::max<size_t>(64, (count * sizeof(T) + 63) / 64 * 64);
-  void* p = std::aligned_alloc(64, bytes);
-  if (p == nullptr) throw std::bad_alloc();
+  void* p = AlignedAlloc(Elements(shape) * sizeof(T), 64);
   py::capsule base(p, [](void* q) { std::free(q); });
   return py::array_t<T>(shape, static_cast<T*>(p), base);
 }
@@ -166,8 +173,7 @@ const uint64_t* AlignedWeights(const WordArray& words) {
   static thread_local size_t cap = 0;
   const size_t n = static_cast<size_t>(words.size());
   if (cap < n) {
-    buf.reset(static_cast<uint64_t*>(std::aligned_alloc(64, (n * 8 + 63) / 64 * 64)));
-    if (!buf) throw std::bad_alloc();
+    buf.reset(static_cast<uint64_t*>(AlignedAlloc(n * sizeof(uint64_t), 64)));
     cap = n;
   }
   std::copy(p, p + n, buf.get());
