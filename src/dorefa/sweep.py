@@ -439,13 +439,9 @@ class _Children:
                 proc.terminate()  # the cell keeps its last epoch checkpoint; --resume continues
 
 
-def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> dict:
-    """Train one cell in a subprocess; return its result row (status ok or failed)."""
-    cell_dir = out / "cells" / cell.name(cfg.model)
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    src = cell.source()
-    init_from = out / "cells" / src.name(cfg.model) / "checkpoint.pt" if src else None
-    row = {
+def _cell_row(cfg: SweepConfig, cell: Cell, **fields) -> dict:
+    """The result row's columns that name the cell and the sweep's settings, plus `fields`."""
+    return {
         "cell": cell.name(cfg.model),
         "model": cfg.model,
         "data": cfg.data,
@@ -456,7 +452,17 @@ def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> d
         "init": str(cell.init) if cell.init else "",
         "subset": cfg.subset,
         "seed": cfg.seed,
+        **fields,
     }
+
+
+def _run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: _Children) -> dict:
+    """Train one cell in a subprocess; return its result row (status ok or failed)."""
+    cell_dir = out / "cells" / cell.name(cfg.model)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    src = cell.source()
+    init_from = out / "cells" / src.name(cfg.model) / "checkpoint.pt" if src else None
+    row = _cell_row(cfg, cell)
     t0 = time.perf_counter()
     for attempt in range(2):
         with open(cell_dir / "train.log", "a") as logf:
@@ -720,20 +726,12 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
                 pending.remove(cell)
                 if src and (src_row is None or src_row["status"] != "ok"):
                     record(
-                        {
-                            "cell": cell.name(cfg.model),
-                            "model": cfg.model,
-                            "data": cfg.data,
-                            "W": cell.bits.w,
-                            "A": cell.bits.a,
-                            "G": cell.bits.g,
-                            "width": cell.width,
-                            "init": str(cell.init),
-                            "status": "failed",
-                            "subset": cfg.subset,
-                            "seed": cfg.seed,
-                            "error": f"its source cell {src.name(cfg.model)} failed",
-                        }
+                        _cell_row(
+                            cfg,
+                            cell,
+                            status="failed",
+                            error=f"its source cell {src.name(cfg.model)} failed",
+                        )
                     )
                     continue
                 running[pool.submit(_run_cell, cfg, cell, out, children)] = cell
@@ -755,17 +753,9 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[dict]:
                 try:
                     row = fut.result()
                 except Exception as exc:  # a bug in the parent's bookkeeping of this cell
-                    row = {
-                        "cell": cell.name(cfg.model),
-                        "model": cfg.model,
-                        "W": cell.bits.w,
-                        "A": cell.bits.a,
-                        "G": cell.bits.g,
-                        "width": cell.width,
-                        "init": str(cell.init or ""),
-                        "status": "failed",
-                        "error": f"{type(exc).__name__}: {exc}",
-                    }
+                    row = _cell_row(
+                        cfg, cell, status="failed", error=f"{type(exc).__name__}: {exc}"
+                    )
                 record(row)
     finally:
         children.stop()  # killed or stopped: the cells in flight end now
