@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -87,7 +86,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(nproc: int, threads: int, amp: str | None, args: argparse.Namespace) -> float:
-    from dorefa.distributed import _free_port
+    from dorefa.distributed import _free_port, worker_env
 
     cmd = [
         sys.executable,
@@ -104,18 +103,10 @@ def measure(nproc: int, threads: int, amp: str | None, args: argparse.Namespace)
         "--width",
         str(args.width),
     ] + (["--amp", amp] if amp else [])
-    port = str(_free_port())
+    port = _free_port()
     procs = []
     for rank in range(nproc):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(nproc),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            OMP_NUM_THREADS=str(threads),
-        )
+        env = worker_env(rank, nproc, port, OMP_NUM_THREADS=str(threads))
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):

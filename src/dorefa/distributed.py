@@ -254,6 +254,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_env(rank: int, nproc: int, port: int, **extra: str) -> dict:
+    """This process's environment plus torchrun's variables for local worker `rank` of
+    `nproc` (one node), rendezvous on 127.0.0.1:`port` unless MASTER_ADDR is set."""
+    return dict(
+        os.environ,
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        GROUP_RANK="0",
+        MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        MASTER_PORT=str(port),
+        **extra,
+    )
+
+
 def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
     """Start ``nproc`` local workers ``python -m dorefa ARGV`` with torchrun's environment variables
     (a single-node stand-in for ``torchrun --nproc_per_node``). If one worker fails, the others
@@ -263,16 +279,7 @@ def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
     port = _free_port()
     procs: list[subprocess.Popen] = []
     for rank in range(nproc):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(nproc),
-            LOCAL_WORLD_SIZE=str(nproc),
-            GROUP_RANK="0",
-            MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-            MASTER_PORT=str(port),
-        )
+        env = worker_env(rank, nproc, port)
         procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
     status = 0
     try:
