@@ -19,22 +19,27 @@ constexpr int64_t kMinBitMacsPerThread = int64_t{16} << 20;
 
 // Hands out [begin, end) chunks of `total` items to whichever thread asks first. Dynamic
 // rather than static shares: a thread that starts late (busy machine) finds its share
-// already taken instead of holding back the others. Which thread runs an item never changes
-// the item's result.
+// already taken instead of holding back the others. Chunks are guided: a share of what is
+// left (1 / (2 * threads)), so they start large (few atomics) and shrink to one item at the
+// end, where a large chunk would leave the other threads idle while one finishes it. Which
+// thread runs an item never changes the item's result.
 class WorkQueue {
  public:
-  WorkQueue(int64_t total, int nt)
-      : total_(total), chunk_(std::max<int64_t>(1, total / (4 * static_cast<int64_t>(nt)))) {}
+  WorkQueue(int64_t total, int nt) : total_(total), div_(2 * static_cast<int64_t>(nt)) {}
   bool Next(int64_t* begin, int64_t* end) {
-    const int64_t b = next_.fetch_add(chunk_, std::memory_order_relaxed);
-    if (b >= total_) return false;
+    int64_t b = next_.load(std::memory_order_relaxed);
+    int64_t e;
+    do {
+      if (b >= total_) return false;
+      e = b + std::max<int64_t>(1, (total_ - b) / div_);
+    } while (!next_.compare_exchange_weak(b, e, std::memory_order_relaxed));
     *begin = b;
-    *end = std::min(total_, b + chunk_);
+    *end = e;
     return true;
   }
 
  private:
-  const int64_t total_, chunk_;
+  const int64_t total_, div_;
   std::atomic<int64_t> next_{0};
 };
 
