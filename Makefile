@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install data demo test test-fast lint format asan bench clean
+.PHONY: install data demo test test-fast lint format asan tsan bench clean
 
 # Python environment: torch pinned to the CPU wheel on this machine's disk (an unpinned torch
 # pulls a multi-GB CUDA build), then the package with its compiled extension (editable).
@@ -45,7 +45,7 @@ format:
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	test -x $(VENV)/bin/clang-format || $(PY) -m pip install -q clang-format
-	$(VENV)/bin/clang-format -i src/dorefa/csrc/*.cpp src/dorefa/csrc/*.h
+	$(VENV)/bin/clang-format -i src/dorefa/csrc/*.cpp src/dorefa/csrc/*.h tests/native/*.cpp
 
 # Kernel library built with -fsanitize=address,undefined in its own build dir, then the kernel
 # tests run against that build (DOREFA_KERNELS_EXTENSION points dorefa.kernels at it). python is
@@ -62,6 +62,15 @@ asan: install
 	DOREFA_KERNELS_EXTENSION=$$(ls $(abspath $(ASAN_DIR))/_kernels*.so) \
 	PYTHONPATH=$(abspath src) \
 	$(PY) -m pytest -q -x -p no:cacheprovider --noconftest --capture=sys tests/test_kernels.py
+
+# The kernels' thread pool under ThreadSanitizer: a native stress test (many jobs, barriers,
+# several callers at once, workers falling asleep and waking). ASLR off: some kernels' mmap
+# randomisation is wider than TSan's shadow memory allows.
+tsan:
+	mkdir -p build-tsan
+	g++ -std=c++17 -O1 -g -fsanitize=thread -Isrc/dorefa/csrc tests/native/thread_pool_stress.cpp \
+	  src/dorefa/csrc/thread_pool.cpp -o build-tsan/thread_pool_stress -lpthread
+	TSAN_OPTIONS=halt_on_error=1 setarch $$(uname -m) -R build-tsan/thread_pool_stress
 
 clean:
 	rm -rf build build-* $(VENV) runs .pytest_cache

@@ -5,9 +5,15 @@ batch 1 and 32, 1 and 2 threads. Every contestant runs in the same process, inte
 round by round; the table shows medians over rounds. The bit kernel's time includes packing
 the activations into bit planes (weights are packed once, like torch's prepacked int8 weights).
 
-MAC/cycle uses the core clock measured here: the best of many short chains of dependent
-register-register adds (one add per cycle), i.e. the clock when the core is not shared;
-/proc/cpuinfo only shows the nominal MHz.
+MAC/cycle uses the core clock measured here, for each row and with that row's number of
+threads: the best of many short chains of dependent register-register adds (one add per
+cycle) run on every thread at once, before and after the row's rounds (the higher clock of
+the two counts). /proc/cpuinfo only shows the nominal MHz, and the clock of one busy core is
+not the clock of two: on the 2-core VM this was written on, a core ran ~10% slower while the
+other was busy too, so a 2-thread row divided by the 1-core clock understates MAC/cycle.
+
+No OMP_WAIT_POLICY is set: the bit kernels use their own thread pool (not OpenMP), and torch
+runs with the default policy its users get (set it in the environment to compare).
 
     .venv/bin/python benchmarks/bench_kernels.py            # full run, writes nothing
     .venv/bin/python benchmarks/bench_kernels.py --quick    # a fast smoke run
@@ -16,25 +22,20 @@ register-register adds (one add per cycle), i.e. the clock when the core is not 
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
 
-# torch and dorefa._kernels each bring their own OpenMP runtime; with the default (spinning)
-# wait policy the idle threads of one keep a core busy while the other runs. Both read this
-# at start-up; set OMP_WAIT_POLICY=ACTIVE to compare the spinning behaviour instead.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import dorefa.kernels as K  # noqa: E402
+import dorefa.kernels as K
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,23 @@ LAYERS = [
 ]
 
 
-def measure_clock_hz(probes: int = 60, iterations: int = 250_000) -> float:
-    """Core clock from the fastest of `probes` runs of 8 * `iterations` dependent adds."""
-    best = min(K._native.dependent_add_seconds(iterations) for _ in range(probes))
-    return 8 * iterations / best
+def measure_clock_hz(threads: int = 1, probes: int = 40, iterations: int = 250_000) -> float:
+    """Core clock while `threads` cores are busy: the fastest of `probes` runs of
+    8 * `iterations` dependent adds on each of `threads` threads started together (the probe
+    releases the GIL)."""
+    best = [float("inf")] * threads
+    start = threading.Barrier(threads)
+
+    def probe(k: int) -> None:
+        start.wait()
+        best[k] = min(K._native.dependent_add_seconds(iterations) for _ in range(probes))
+
+    workers = [threading.Thread(target=probe, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return 8 * iterations / min(best)
 
 
 def nominal_mhz() -> str:
@@ -136,13 +150,20 @@ def time_round(fn, min_seconds: float) -> float:
     return elapsed / reps
 
 
+# W1A2 / W1A1 popcount ceilings per core (MAC/cycle): per 512-bit word of each plane pair,
+# AND + VPOPCNTQ + ADD, three uops on the two 512-bit ports.
+CEILING = {"W1A2": 341.33 / 2, "W1A1": 341.33}
+
+
 def table_row(layer: Layer, n: int, threads: int, t: dict[str, float], clock: float) -> str:
     """One markdown row from seconds per call of each contestant."""
     macs = layer.macs(n)
     int8_best = min(v for k, v in t.items() if k.startswith("int8"))
-    row = [layer.name, str(n), str(threads), f"{macs / 1e6:.1f}"]
+    row = [layer.name, str(n), str(threads), f"{macs / 1e6:.1f}", f"{clock / 1e9:.2f}"]
     for key in ("W1A2", "W1A1"):
-        row += [f"{t[key] * 1e6:.0f}", f"{macs / t[key] / 1e9:.1f}", f"{macs / t[key] / clock:.1f}"]
+        per_cycle = macs / t[key] / clock
+        row += [f"{t[key] * 1e6:.0f}", f"{macs / t[key] / 1e9:.1f}", f"{per_cycle:.1f}"]
+        row += [f"{per_cycle / threads / CEILING[key]:.0%}"]
     row += [f"{t['fp32'] * 1e6:.0f}"]
     row += [f"{t[k] * 1e6:.0f}" if k in t else "-" for k in ("int8 x86", "int8 fbgemm")]
     for key in ("W1A2", "W1A1"):
@@ -156,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--layers", default="", help="only the layers whose name contains this")
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = ap.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 9)
@@ -164,29 +186,29 @@ def main(argv: list[str] | None = None) -> None:
     thread_counts = [int(t) for t in args.threads.split(",")]
     rng = np.random.default_rng(0)
 
-    clock = measure_clock_hz()
     header = (
         f"backend {K.backend()} ({K.kernel_name()}), torch {torch.__version__}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
-        f"clock {clock / 1e9:.2f} GHz measured (dependent-add chains; /proc/cpuinfo "
-        f"nominal {nominal_mhz()} MHz), {rounds} interleaved rounds, medians"
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"clock measured per row on all its threads (dependent-add chains; /proc/cpuinfo "
+        f"nominal {nominal_mhz()} MHz), {rounds} interleaved rounds"
     )
     print(header, flush=True)
     cols = [
-        "layer", "N", "thr", "MMAC",
-        "W1A2 us", "W1A2 GMAC/s", "W1A2 MAC/cyc",
-        "W1A1 us", "W1A1 GMAC/s", "W1A1 MAC/cyc",
+        "layer", "N", "thr", "MMAC", "GHz",
+        "W1A2 us", "W1A2 GMAC/s", "W1A2 MAC/cyc", "W1A2 % ceil/core",
+        "W1A1 us", "W1A1 GMAC/s", "W1A1 MAC/cyc", "W1A1 % ceil/core",
         "fp32 us", "int8 x86 us", "int8 fbgemm us",
         "W1A2 vs fp32", "W1A2 vs int8", "W1A1 vs fp32", "W1A1 vs int8",
     ]  # fmt: skip
     head = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     tables: dict[str, list[str]] = {"median": list(head), "min": list(head)}
     print(*head, sep="\n", flush=True)
-    for layer in LAYERS:
+    for layer in (lay for lay in LAYERS if args.layers in lay.name):
         for n in batches:
             for threads in thread_counts:
                 torch.set_num_threads(threads)
                 fns = contestants(layer, n, threads, rng)
+                clock = measure_clock_hz(threads)
                 for fn in fns.values():  # warm-up (allocations, first touch)
                     fn()
                 samples: dict[str, list[float]] = {k: [] for k in fns}
@@ -194,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                 for r in range(rounds):  # rotate the order: no contestant always goes first
                     for name in names[r % len(names) :] + names[: r % len(names)]:
                         samples[name].append(time_round(fns[name], min_seconds))
+                clock = max(clock, measure_clock_hz(threads))
                 for stat, reduce in (("median", statistics.median), ("min", min)):
                     row = table_row(layer, n, threads, {k: reduce(v) for k, v in samples.items()},
                                     clock)  # fmt: skip
@@ -211,7 +234,10 @@ def main(argv: list[str] | None = None) -> None:
             "the activations into bit planes; weights are packed once, as torch's int8 "
             "weights are prepacked. Ratios are speed-ups: torch time / bit-kernel time "
             "(int8 = the faster of the two torch int8 engines). MAC/cyc = "
-            "(MACs / time) / measured clock. The machine is shared (other jobs run on its "
+            "(MACs / time) / the row's clock (GHz column: measured on all of the row's "
+            "threads at once); % ceil/core = MAC/cyc / threads / the popcount ceiling "
+            f"({CEILING['W1A2']:.1f} MAC/cycle for W1A2, {CEILING['W1A1']:.1f} for W1A1). "
+            "The machine is shared (other jobs run on its "
             "2 cores), so medians include time lost to them; the second table, minimum "
             "over rounds, is the closer estimate of an unloaded core.\n\n"
             "### Medians over rounds\n\n" + "\n".join(tables["median"]) + "\n\n"

@@ -10,6 +10,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -217,6 +218,91 @@ def test_threads_identical(backend, shape):
     for got in outs:
         np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(signed[0], signed[1])
+
+
+# Large enough for several threads (the kernels keep small convolutions on one): batch 1
+# splits the output channels and every thread packs its own copy of the input; batch 8
+# splits the pixels after one shared packing phase (with 3 threads it splits channels too).
+THREADED_SHAPES = [(1, 128, 13, 13, 192, 3, 1, 1), (8, 64, 12, 12, 96, 3, 1, 1)]
+
+
+@functools.cache
+def _threaded_case(shape, seed=0):
+    x, w, acc = _case(shape, 2, 1, seed)
+    pw = K.pack_weights(w, 1)
+    signed = R.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
+    rng = np.random.default_rng(5)
+    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (shape[4], 3)), axis=1)
+    direction = np.where(rng.random(shape[4]) < 0.5, 1, -1).astype(np.int8)
+    th = th.astype(np.int32)
+    codes = R.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction)
+    return x, pw, acc, signed, th, direction, codes
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("shape", THREADED_SHAPES, ids=_ids)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_splits_match_reference(backend, shape, threads):
+    s, p = shape[6], shape[7]
+    with K.use_backend(backend):
+        # Inputs alternate, so a thread that skipped its work would leave a stale result
+        # behind; the later calls find the pool's threads already running.
+        for seed in (0, 1, 0):
+            x, pw, acc, signed, th, direction, codes = _threaded_case(shape, seed)
+            np.testing.assert_array_equal(K.bitconv2d_packed(x, pw, 2, s, p, threads), acc)
+            np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, 2, s, p, threads), signed)
+            got = K.bitconv2d_requant(x, pw, 2, s, p, th, direction, threads=threads)
+            np.testing.assert_array_equal(got, codes)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_concurrent_calls_from_python_threads(backend):
+    """Calls from several Python threads at once (the GIL is released): one holds the thread
+    pool, the others run on their own thread; every result is still exact."""
+    import threading
+
+    cases = [_threaded_case(shape, seed) for shape in THREADED_SHAPES for seed in (0, 1)]
+    failures: list[str] = []
+
+    def work(k: int) -> None:
+        x, pw, acc, signed, th, direction, codes = cases[k]
+        s, p = THREADED_SHAPES[k // 2][6], THREADED_SHAPES[k // 2][7]
+        with K.use_backend(backend):
+            for _ in range(5):
+                if not np.array_equal(K.bitconv2d_packed(x, pw, 2, s, p, threads=2), acc):
+                    failures.append(f"thread {k}: acc differs")
+                got = K.bitconv2d_requant(x, pw, 2, s, p, th, direction, threads=2)
+                if not np.array_equal(got, codes):
+                    failures.append(f"thread {k}: requant differs")
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert failures == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_threads_work_in_a_forked_child():
+    """A forked child (multiprocessing, data loaders) has none of the parent's pool threads;
+    its multi-threaded calls must still finish, with the right result."""
+    x, pw, acc, *_ = _threaded_case(THREADED_SHAPES[0])
+    np.testing.assert_array_equal(K.bitconv2d_packed(x, pw, 2, 1, 1, threads=2), acc)
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only if the result is right
+        ok = np.array_equal(K.bitconv2d_packed(x, pw, 2, 1, 1, threads=2), acc)
+        os._exit(0 if ok else 1)
+    for _ in range(600):  # a child stuck waiting for threads that do not exist: fail, not hang
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's multi-threaded call did not finish within 60 s")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

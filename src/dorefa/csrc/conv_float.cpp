@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "thread_pool.h"
+
 namespace dorefa {
 namespace {
 
@@ -46,29 +48,26 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
     for (int64_t o = 0; o < g.o; ++o)
       for (int64_t t = 0; t < taps; ++t) wt[t * ostride + o] = wd[o * taps + t];
     const int64_t pix = g.n * g.ph * g.pw;
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && pix > 1)
-#endif
-    for (int64_t it = 0; it < pix; ++it) {
-      const int64_t n = it / (g.ph * g.pw), r = it % (g.ph * g.pw);
-      ConvPoolQuantizeAvx512(g, xp.data() + n * g.c * hp * wp, hp, wp, wt.data(), ostride, bias,
-                             r / g.pw, r % g.pw, out + n * g.o * g.ph * g.pw);
-    }
+    ParallelRun(pix > 1 ? threads : 1, [&](int tid, Team& team) {
+      int64_t b, e;
+      StaticShare(pix, tid, team.size(), &b, &e);
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t n = it / (g.ph * g.pw), r = it % (g.ph * g.pw);
+        ConvPoolQuantizeAvx512(g, xp.data() + n * g.c * hp * wp, hp, wp, wt.data(), ostride, bias,
+                               r / g.pw, r % g.pw, out + n * g.o * g.ph * g.pw);
+      }
+    });
     return;
   }
 #else
   vector_rows = false;
 #endif
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1 && items > 1)
-#endif
-  {
+  ParallelRun(items > 1 ? threads : 1, [&](int tid, Team& team) {
     std::vector<double> band(static_cast<size_t>(k * g.ow));  // k conv rows of one channel
     std::vector<float> pooled(static_cast<size_t>(g.pw));
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (int64_t it = 0; it < items; ++it) {
+    int64_t first, last;
+    StaticShare(items, tid, team.size(), &first, &last);
+    for (int64_t it = first; it < last; ++it) {
       const int64_t n = it / g.o, o = it % g.o;
       const double* img = xp.data() + n * g.c * hp * wp;
       const double* wo = wd.data() + o * taps;
@@ -92,8 +91,7 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
         }
       }
     }
-  }
-  (void)threads;
+  });
 }
 
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,

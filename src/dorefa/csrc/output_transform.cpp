@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "bitpack.h"
+#include "thread_pool.h"
 
 namespace dorefa {
 
@@ -52,31 +53,31 @@ void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, 
                 const int8_t* direction, uint8_t* codes, int threads) {
   const int64_t ohw = g.oh * g.ow;
   const int64_t planes = g.n * g.o;
-#ifdef DOREFA_HAVE_OPENMP
-#pragma omp parallel for num_threads(threads) \
-    schedule(static) if (threads > 1 && planes * ohw * t > (int64_t{1} << 16))
-#endif
-  for (int64_t no = 0; no < planes; ++no) {
-    const int64_t o = no % g.o;
-    const int32_t* th = thresholds + o * t;
-    const int32_t* src = d + no * ohw;
-    uint8_t* dst = codes + no * ohw;
-    // Counting (rather than searching) is exact for any threshold order.
-    if (direction[o] > 0) {
-      for (int64_t i = 0; i < ohw; ++i) {
-        int c = 0;
-        for (int64_t j = 0; j < t; ++j) c += src[i] >= th[j];
-        dst[i] = static_cast<uint8_t>(c);
-      }
-    } else {
-      for (int64_t i = 0; i < ohw; ++i) {
-        int c = 0;
-        for (int64_t j = 0; j < t; ++j) c += src[i] <= th[j];
-        dst[i] = static_cast<uint8_t>(c);
+  const bool split = threads > 1 && planes * ohw * t > (int64_t{1} << 16);
+  ParallelRun(split ? threads : 1, [&](int tid, Team& team) {
+    int64_t first, last;
+    StaticShare(planes, tid, team.size(), &first, &last);
+    for (int64_t no = first; no < last; ++no) {
+      const int64_t o = no % g.o;
+      const int32_t* th = thresholds + o * t;
+      const int32_t* src = d + no * ohw;
+      uint8_t* dst = codes + no * ohw;
+      // Counting (rather than searching) is exact for any threshold order.
+      if (direction[o] > 0) {
+        for (int64_t i = 0; i < ohw; ++i) {
+          int c = 0;
+          for (int64_t j = 0; j < t; ++j) c += src[i] >= th[j];
+          dst[i] = static_cast<uint8_t>(c);
+        }
+      } else {
+        for (int64_t i = 0; i < ohw; ++i) {
+          int c = 0;
+          for (int64_t j = 0; j < t; ++j) c += src[i] <= th[j];
+          dst[i] = static_cast<uint8_t>(c);
+        }
       }
     }
-  }
-  (void)threads;
+  });
 }
 
 }  // namespace dorefa

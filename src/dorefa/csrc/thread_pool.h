@@ -1,0 +1,44 @@
+// Persistent worker threads for the kernels (no OpenMP): a call with `threads` > 1 wakes
+// threads that already exist, and they spin for a short while after their work before they
+// sleep, so that back-to-back calls (the layers of one forward pass) do not pay a wake-up each.
+//
+// Why not OpenMP: on the 2-core VM this was tuned on, waking a sleeping thread costs 50-80 us
+// (a whole svhn layer is 10-30 us), and OpenMP's wait policy is process-wide and also read by
+// torch's own OpenMP runtime: spinning for us meant spinning for torch, and the reverse.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+
+namespace dorefa {
+
+// The threads of one ParallelRun.
+class Team {
+ public:
+  explicit Team(int size) : size_(size) {}
+  int size() const { return size_; }
+  // Every thread of the team waits here until all have arrived (spins; yields when there are
+  // more threads than cores).
+  void Barrier();
+
+ private:
+  const int size_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int64_t> generation_{0};
+};
+
+// Runs fn(tid, team) for tid = 0 .. team.size() - 1, each on its own thread (the caller runs
+// tid 0), and returns when all have returned. team.size() is `threads`, or 1 when another
+// call holds the pool (two Python threads calling at once): work split over team.size()
+// threads must give the same result for any size, as all the kernels' splits do. `fn` must
+// not throw.
+void ParallelRun(int threads, const std::function<void(int tid, Team& team)>& fn);
+
+// [begin, end) of the tid-th of `parts` contiguous, near-equal shares of `n` items.
+inline void StaticShare(int64_t n, int tid, int parts, int64_t* begin, int64_t* end) {
+  *begin = n * tid / parts;
+  *end = n * (tid + 1) / parts;
+}
+
+}  // namespace dorefa
