@@ -84,9 +84,10 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
             const uint64_t* wpk, int32_t* acc, bool signed_output, int threads,
             const Epilogue* ep) {
   if (ep != nullptr) signed_output = false;
-  // Small convolutions run on one thread: starting the others costs more than they save
-  // (waking a sleeping OpenMP thread took ~80 us on the 2-core VM this was tuned on, against
-  // 10-30 us for a whole 4-12 MMAC layer). About 10 us of single-thread work per extra thread.
+  // Small convolutions run on one thread: handing work to the others costs more than it saves
+  // (a job and its barriers cost microseconds even when the pool's threads are spinning, and
+  // waking a sleeping one took 50-80 us on the 2-core VM this was tuned on, against 10-30 us
+  // for a whole 4-12 MMAC layer). About 10 us of single-thread work per extra thread.
   const int64_t bit_macs = g.OutPixels() * g.o * g.c * g.kh * g.kw * g.x_bits * g.w_bits;
   threads = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(threads, bit_macs / kMinBitMacsPerThread)));
