@@ -119,6 +119,17 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
   // own buffer instead of sharing the packing: a few microseconds of duplicate work against a
   // barrier and packed words that would move between the cores' caches on every call.
   const bool private_pack = nt > 1 && ochunks > 1;
+  // The copies of threads 1.. are allocated here, on the calling thread, where an allocation
+  // failure is an exception for Python rather than std::terminate in a worker; kept between
+  // calls (per calling thread), like xpk itself.
+  // (A thread_local named inside the worker lambda would be the worker thread's own: the
+  // lambda captures this reference to the caller's instead.)
+  static thread_local std::vector<std::vector<uint64_t>> caller_copies;
+  std::vector<std::vector<uint64_t>>& copies = caller_copies;
+  if (private_pack) {
+    if (copies.size() < static_cast<size_t>(nt - 1)) copies.resize(static_cast<size_t>(nt - 1));
+    for (int k = 0; k < nt - 1; ++k) copies[k].resize(static_cast<size_t>(g.XpkSize()));
+  }
   WorkQueue pack_q(pack_items, nt), sign_q(npix, nt);
   HomeQueue conv_q(conv_items, nt);
   // Every thread runs this; `barrier` separates the phases (conv reads all of xpk, the
@@ -128,11 +139,9 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
     int64_t b, e;
     const uint64_t* xs = xpk;
     if (private_pack) {
-      static thread_local std::vector<uint64_t> own;
       uint64_t* mine = xpk;
       if (tid > 0) {
-        own.resize(static_cast<size_t>(g.XpkSize()));
-        mine = own.data();
+        mine = copies[tid - 1].data();
         ZeroPaddingBorder(g, mine);
       }
       ors = kernel.pack(g, x, mine, 0, pack_items);
