@@ -130,7 +130,10 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
     if (copies.size() < static_cast<size_t>(nt - 1)) copies.resize(static_cast<size_t>(nt - 1));
     for (int k = 0; k < nt - 1; ++k) copies[k].resize(static_cast<size_t>(g.XpkSize()));
   }
-  WorkQueue pack_q(pack_items, nt), sign_q(npix, nt);
+  // Packing from home ranges too: thread k packs about the images whose pixels its
+  // convolution home range covers, so most packed words are read on the core that wrote them.
+  WorkQueue sign_q(npix, nt);
+  HomeQueue pack_q(pack_items, nt);
   HomeQueue conv_q(conv_items, nt);
   // Every thread runs this; `barrier` separates the phases (conv reads all of xpk, the
   // signed transform rewrites acc entries written by any thread).
@@ -147,7 +150,8 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
       ors = kernel.pack(g, x, mine, 0, pack_items);
       xs = mine;
     } else {
-      while (pack_q.Next(&b, &e)) ors |= kernel.pack(g, x, xpk, b, e);
+      int64_t item;
+      while (pack_q.Next(tid, &item)) ors |= kernel.pack(g, x, xpk, item, item + 1);
       barrier();
     }
     int64_t it;
