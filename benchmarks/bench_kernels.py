@@ -134,12 +134,19 @@ def contestants(layer: Layer, n: int, threads: int, rng: np.random.Generator) ->
     return out
 
 
+# Pause before each round: the previous contestant's idle threads keep spinning for a while
+# after its last call (torch's OpenMP threads ~5 ms here, the bit kernels' pool 0.3 ms) and
+# would take a core from this one.
+SETTLE_SECONDS = 0.01
+
+
 def time_round(fn, min_seconds: float) -> float:
     """Seconds per call, from enough back-to-back calls to last `min_seconds`.
 
-    One untimed call first: the contestant before it has just evicted this one's weights and
-    buffers from the caches, and the table is about steady-state speed, for every contestant
-    alike."""
+    First a pause (SETTLE_SECONDS), then one untimed call: the contestant before it has just
+    evicted this one's weights and buffers from the caches (and its threads may be asleep),
+    and the table is about steady-state speed, for every contestant alike."""
+    time.sleep(SETTLE_SECONDS)
     fn()
     reps, elapsed = 0, 0.0
     t0 = time.perf_counter()
