@@ -43,12 +43,13 @@ class WorkQueue {
   std::atomic<int64_t> next_{0};
 };
 
-// Convolution items split into one contiguous home range per thread: a thread takes items
-// from its own range first, then helps the others (from the front of their ranges), so a
-// thread that starts late holds nobody back. With the same split every call, a thread keeps
-// working on the same output channels and pixels, so their weights stay in its own core's
-// caches instead of moving between cores on every call. Items come one at a time: each is
-// several microseconds of work.
+// Work items split into one contiguous home range per thread: a thread takes items from its
+// own range first, then helps the others (from the front of their ranges), so a thread that
+// starts late holds nobody back. With the same split every call, a thread keeps working on
+// the same output channels and pixels, so their weights and packed activations stay in its
+// own core's caches instead of moving between cores on every call. Items come one at a time
+// (a convolution item is microseconds of work, a packing item ~0.3 us: far more than one
+// atomic add on a line no other thread writes).
 class HomeQueue {
  public:
   HomeQueue(int64_t total, int nt) : nt_(nt), ranges_(static_cast<size_t>(nt)) {
