@@ -310,6 +310,33 @@ def test_threads_work_in_a_forked_child():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_threads_on_a_single_allowed_cpu(tmp_path):
+    """A process allowed one CPU (taskset, a container) asking for 2 and 3 threads: the pool
+    counts the CPUs of its affinity mask, and waiting threads yield rather than spin, so every
+    call finishes, with the reference result."""
+    x, pw, acc, *_ = _threaded_case(THREADED_SHAPES[0])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", pw.codes)
+    np.save(tmp_path / "acc.npy", acc)
+    code = (
+        "import os, sys, numpy as np\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "import dorefa.kernels as K\n"
+        "d = sys.argv[1]\n"
+        "x, acc = np.load(d + '/x.npy'), np.load(d + '/acc.npy')\n"
+        "pw = K.pack_weights(np.load(d + '/w.npy'), 1)\n"
+        "for t in (2, 3, 2):\n"
+        "    assert np.array_equal(K.bitconv2d_packed(x, pw, 2, 1, 1, t), acc), t\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
     x, w, expected = _case(SHAPES[3], 2, 2)
