@@ -268,37 +268,47 @@ inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, 
   }
 }
 
-template <int P, int Q, bool kVec>
-void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, const uint64_t* wpk,
-           int64_t ob, int32_t* acc, const int64_t* s, const Epilogue& ep) {
-  const int64_t span = g.kw * g.cw;
-  const int64_t plane = g.PlaneStride(), row = g.RowStride();
-  const int64_t wob = g.w_bits * g.l * kLanes;  // distance between weight blocks
-  // The (m, k) plane pairs in Horner order (weight e = m + k from high to low), and whether the
-  // accumulators double before the pair (first pair of a lower weight).
-  int pm[64], pk[64];
+// The (m, k) plane pairs in Horner order (weight e = m + k from high to low), and whether the
+// accumulators double before the pair (first pair of a lower weight). Computed once per call of
+// the tile function, not per register tile.
+struct Passes {
+  int n = 0;
+  int64_t xoff[64], woff[64];  // plane m's offset in xpk, plane k's in a weight block
   bool dbl[64];
-  int npass = 0;
+};
+
+Passes MakePasses(const ConvGeom& g) {
+  Passes ps;
   for (int e = g.x_bits + g.w_bits - 2; e >= 0; --e) {
     for (int m = std::max(0, e - g.w_bits + 1); m <= std::min(e, g.x_bits - 1); ++m) {
-      pm[npass] = m;
-      pk[npass] = e - m;
-      dbl[npass] = npass > 0 && m == std::max(0, e - g.w_bits + 1);
-      ++npass;
+      ps.xoff[ps.n] = m * g.PlaneStride();
+      ps.woff[ps.n] = (e - m) * g.l * kLanes;
+      ps.dbl[ps.n] = ps.n > 0 && m == std::max(0, e - g.w_bits + 1);
+      ++ps.n;
     }
   }
+  return ps;
+}
+
+template <int P, int Q, bool kVec>
+void Block(const ConvGeom& g, const Passes& ps, const uint64_t* const* xs, const int64_t* outs,
+           const uint64_t* wpk, int64_t ob, int32_t* acc, const int64_t* s, const Epilogue& ep) {
+  const int64_t span = g.kw * g.cw;
+  const int64_t row = g.RowStride();
+  const int64_t wob = g.w_bits * g.l * kLanes;  // distance between weight blocks
+  const uint64_t* wblk = wpk + ob * wob;
   __m512i cnt[P][Q];
   for (int p = 0; p < P; ++p)
     for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_setzero_si512();
   // do-while: every loop runs at least once (bits, kernel size and channels are >= 1).
   int ip = 0;
   do {
-    if (dbl[ip]) {
+    if (ps.dbl[ip]) {
       for (int p = 0; p < P; ++p)
         for (int q = 0; q < Q; ++q) cnt[p][q] = _mm512_add_epi64(cnt[p][q], cnt[p][q]);
     }
-    const uint64_t* wk = wpk + (ob * g.w_bits + pk[ip]) * g.l * kLanes;
-    const int64_t xm = pm[ip] * plane;
+    const uint64_t* wk = wblk + ps.woff[ip];
+    const int64_t xm = ps.xoff[ip];
     int64_t r = 0;
     do {
       const int64_t xoff = xm + r * row;
@@ -316,12 +326,12 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
         }
       } while (++t < span);
     } while (++r < g.kh);
-  } while (++ip < npass);
+  } while (++ip < ps.n);
   Finish<P, Q, kVec>(g, cnt, s, outs, ob, acc, ep);
 }
 
-using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
-                         int64_t, int32_t*, const int64_t*, const Epilogue&);
+using BlockFn = void (*)(const ConvGeom&, const Passes&, const uint64_t* const*, const int64_t*,
+                         const uint64_t*, int64_t, int32_t*, const int64_t*, const Epilogue&);
 
 // kBlocks[(p - 1) * kTileQ + q - 1] = Block<p, q, lane epilogue>: pixel tails, channel tails
 // and tiles over three images. kVecBlocks[q - 1] = Block<8, q, vector epilogue>.
@@ -339,6 +349,7 @@ constexpr auto kVecBlocks = MakeVecBlocks(std::make_integer_sequence<int, kTileQ
 void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
                      int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
+  const Passes ps = MakePasses(g);
   for (int64_t m0 = pix0; m0 < pix0 + npix; m0 += kMacroP) {
     const int64_t mp = std::min<int64_t>(kMacroP, pix0 + npix - m0);
     const uint64_t* xs[kMacroP];
@@ -368,7 +379,7 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
         const int np = static_cast<int>(std::min<int64_t>(kTileP, mp - p));
         const BlockFn block = np == kTileP && vec[p / kTileP] ? kVecBlocks[nq - 1]
                                                               : kBlocks[(np - 1) * kTileQ + nq - 1];
-        block(g, xs + p, outs + p, wpk, ob, acc, s + p, ep);
+        block(g, ps, xs + p, outs + p, wpk, ob, acc, s + p, ep);
       }
     }
   }
