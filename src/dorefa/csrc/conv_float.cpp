@@ -48,10 +48,8 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
     for (int64_t o = 0; o < g.o; ++o)
       for (int64_t t = 0; t < taps; ++t) wt[t * ostride + o] = wd[o * taps + t];
     const int64_t pix = g.n * g.ph * g.pw;
-    ParallelRun(pix > 1 ? threads : 1, [&](int tid, Team& team) {
-      int64_t b, e;
-      StaticShare(pix, tid, team.size(), &b, &e);
-      for (int64_t it = b; it < e; ++it) {
+    ParallelFor(threads, pix, [&](int64_t first, int64_t last) {
+      for (int64_t it = first; it < last; ++it) {
         const int64_t n = it / (g.ph * g.pw), r = it % (g.ph * g.pw);
         ConvPoolQuantizeAvx512(g, xp.data() + n * g.c * hp * wp, hp, wp, wt.data(), ostride, bias,
                                r / g.pw, r % g.pw, out + n * g.o * g.ph * g.pw);
@@ -62,11 +60,9 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
 #else
   vector_rows = false;
 #endif
-  ParallelRun(items > 1 ? threads : 1, [&](int tid, Team& team) {
+  ParallelFor(threads, items, [&](int64_t first, int64_t last) {
     std::vector<double> band(static_cast<size_t>(k * g.ow));  // k conv rows of one channel
     std::vector<float> pooled(static_cast<size_t>(g.pw));
-    int64_t first, last;
-    StaticShare(items, tid, team.size(), &first, &last);
     for (int64_t it = first; it < last; ++it) {
       const int64_t n = it / g.o, o = it % g.o;
       const double* img = xp.data() + n * g.c * hp * wp;

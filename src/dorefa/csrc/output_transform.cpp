@@ -54,9 +54,7 @@ void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, 
   const int64_t ohw = g.oh * g.ow;
   const int64_t planes = g.n * g.o;
   const bool split = threads > 1 && planes * ohw * t > (int64_t{1} << 16);
-  ParallelRun(split ? threads : 1, [&](int tid, Team& team) {
-    int64_t first, last;
-    StaticShare(planes, tid, team.size(), &first, &last);
+  ParallelFor(split ? threads : 1, planes, [&](int64_t first, int64_t last) {
     for (int64_t no = first; no < last; ++no) {
       const int64_t o = no % g.o;
       const int32_t* th = thresholds + o * t;

@@ -196,4 +196,12 @@ void ParallelRun(int threads, const std::function<void(int tid, Team& team)>& fn
   Pool::Get().Run(threads, fn);
 }
 
+void ParallelFor(int threads, int64_t n, const std::function<void(int64_t, int64_t)>& body) {
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
+  ParallelRun(nt, [&](int tid, Team& team) {
+    const int64_t begin = n * tid / team.size(), end = n * (tid + 1) / team.size();
+    if (begin < end) body(begin, end);
+  });
+}
+
 }  // namespace dorefa

@@ -35,10 +35,10 @@ class Team {
 // not throw.
 void ParallelRun(int threads, const std::function<void(int tid, Team& team)>& fn);
 
-// [begin, end) of the tid-th of `parts` contiguous, near-equal shares of `n` items.
-inline void StaticShare(int64_t n, int tid, int parts, int64_t* begin, int64_t* end) {
-  *begin = n * tid / parts;
-  *end = n * (tid + 1) / parts;
-}
+// Runs body(begin, end) for contiguous, near-equal shares of the items [0, n), one share per
+// thread of a ParallelRun of up to `threads` threads (no more than n); a thread whose share is
+// empty does not call it. `body` must not throw.
+void ParallelFor(int threads, int64_t n,
+                 const std::function<void(int64_t begin, int64_t end)>& body);
 
 }  // namespace dorefa
