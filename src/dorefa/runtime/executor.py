@@ -21,6 +21,15 @@ MAX_DIM = 1 << 16
 INT32_MAX = 2**31 - 1
 
 
+def _is_dims(v: object, n: int) -> bool:
+    """Whether `v` (from a file's JSON) is a list of `n` ints, each in 1..MAX_DIM."""
+    return (
+        isinstance(v, list)
+        and len(v) == n
+        and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in v)
+    )
+
+
 def _windows(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
     """(N, C, H', W', KH, KW) view of the receptive fields of an already padded x."""
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
@@ -402,13 +411,7 @@ class _Builder:
         padding = self.int_(i, spec, "padding", 0, 64)
         groups = self.int_(i, spec, "groups", 1, MAX_DIM)
         ws = spec.get("weight_shape")
-        if not (
-            isinstance(ws, list)
-            and len(ws) == 4
-            and all(
-                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in ws
-            )
-        ):
+        if not _is_dims(ws, 4):
             raise self.err(i, f"'weight_shape' must be 4 ints in 1..{MAX_DIM}, got {ws!r}")
         o, cg, kh, kw = ws
         if o % groups or cg * groups != shape[0]:
@@ -493,13 +496,7 @@ class Model:
         reader = Reader(path)
         h = reader.header
         shape = h.get("input_shape")
-        if not (
-            isinstance(shape, list)
-            and len(shape) == 3
-            and all(
-                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in shape
-            )
-        ):
+        if not _is_dims(shape, 3):
             raise reader.error(f"'input_shape' must be 3 ints in 1..{MAX_DIM}, got {shape!r}")
         self.path = reader.path
         self.size = reader.size
