@@ -173,31 +173,51 @@ inline void FinishLanes(const ConvGeom& g, __m512i total, int64_t s, int64_t out
 }
 
 // The common epilogue, all in registers: 8 consecutive output pixels of one image from out0,
-// the full 8-channel block blk. Kept apart from the general Finish8 (tails, image boundaries)
-// so that the common path has no branches: +1-2% on a 256-channel layer.
-inline void Finish8Full(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8], __m512i ns,
-                        int64_t out0, int64_t blk, int32_t* acc, const Epilogue& ep) {
+// Q full 8-channel blocks from ob. Kept apart from the general Finish8 (tails, image
+// boundaries) and compiled per mode, with the Epilogue's fields in locals: the stores may
+// alias a `const Epilogue&` (uint8 codes alias anything), and at every branch or reload GCC
+// had spilled the 24 accumulators and the channel pairs to the stack; this path cost 8-11%
+// of an AlexNet conv3 call before (A/B against an epilogue that stores nothing).
+template <int Q, Epilogue::Mode kMode>
+inline void FinishFull(const ConvGeom& g, const __m512i (&total)[8][Q], __m512i ns, int64_t out0,
+                       int64_t ob, int32_t* acc, const Epilogue& ep) {
   const int64_t ohw = g.oh * g.ow;
-  __m512i r[4];
-  ToChannelPairs(ix, t8, r);
-  for (int i = 0; i < 4; ++i) {
-    const int64_t at = out0 + (blk * kLanes + 2 * i) * ohw;  // channel 2i; 2i + 1 is ohw on
-    if (ep.mode == Epilogue::kAcc) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at), _mm512_castsi512_si256(r[i]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at + ohw),
-                          _mm512_extracti64x4_epi64(r[i], 1));
-      continue;
+  const int32_t* const u = ep.u;
+  const uint16_t* const neg = ep.neg;
+  const int64_t nt = ep.t;
+  uint8_t* const codes = ep.codes;
+  const PermIdx ix = MakePermIdx();
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q) {
+    const __m512i t8[8] = {total[0][q], total[1][q], total[2][q], total[3][q],
+                           total[4][q], total[5][q], total[6][q], total[7][q]};
+    __m512i r[4];
+    ToChannelPairs(ix, t8, r);
+    const int64_t blk = ob + q;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const int64_t at = out0 + (blk * kLanes + 2 * i) * ohw;  // channel 2i; 2i + 1 is ohw on
+      if constexpr (kMode == Epilogue::kRequant) {
+        const __m512i d = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);  // 2 acc - nw S
+        const int64_t pair = blk * (kLanes / 2) + i;
+        const __m512i sd = _mm512_mask_sub_epi32(d, neg[pair], _mm512_setzero_si512(), d);
+        const int32_t* up = u + pair * nt * 2 * kLanes;
+        __m512i code = _mm512_setzero_si512();
+        for (int64_t j = 0; j < nt; ++j) {
+          const __mmask16 gt = _mm512_cmpgt_epi32_mask(sd, _mm512_loadu_si512(up + j * 2 * kLanes));
+          code = _mm512_mask_add_epi32(code, gt, code, _mm512_set1_epi32(1));
+        }
+        const __m128i bytes = _mm512_cvtepi32_epi8(code);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + at), bytes);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + at + ohw), _mm_bsrli_si128(bytes, 8));
+      } else {
+        __m512i v = r[i];
+        if constexpr (kMode == Epilogue::kSigned) v = _mm512_sub_epi32(_mm512_add_epi32(v, v), ns);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at), _mm512_castsi512_si256(v));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at + ohw),
+                            _mm512_extracti64x4_epi64(v, 1));
+      }
     }
-    const __m512i d = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);  // D = 2 acc - nw S
-    if (ep.mode == Epilogue::kSigned) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at), _mm512_castsi512_si256(d));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at + ohw),
-                          _mm512_extracti64x4_epi64(d, 1));
-      continue;
-    }
-    const __m128i bytes = PairCodes(ep, blk * (kLanes / 2) + i, d);
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at), bytes);
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + at + ohw), _mm_bsrli_si128(bytes, 8));
   }
 }
 
@@ -234,31 +254,36 @@ inline bool TwoRuns(const int64_t* outs, int* k_out) {
   return true;
 }
 
+// How a register tile leaves the registers (chosen per tile by the caller):
+// kFull: 8 consecutive pixels of one image and Q whole channel blocks, the common case,
+// compiled per Epilogue mode (FinishFull). kMixed: 8 pixels in two runs of consecutive
+// outputs (a tile across an image boundary) or a partial last channel block (Finish8).
+// kLanes: anything else (pixel tails, 8 pixels over three images), lane by lane, out of line.
+// They are separate instantiations rather than branches here because at a branch to another
+// path GCC writes all 24 accumulators to the stack first.
+enum class Exit { kLanes, kMixed, kFull };
+
 // The epilogue (Epilogue in bitconv.h) on one register tile: total[p][q] holds acc of pixel
-// p, channels (ob + q) * 8 + lane; s[p] is S of pixel p (kSigned / kRequant only).
-// kVec (P == 8, and TwoRuns(outs) true, which the caller checked): the vector path, all in
-// registers. Otherwise lane by lane, out of line. The two are separate instantiations rather
-// than a branch here because at a branch to the out-of-line path GCC writes all 24
-// accumulators to the stack first.
-template <int P, int Q, bool kVec>
+// p, channels (ob + q) * 8 + lane; s[p] is S of pixel p (kSigned / kRequant only). kMode is
+// the epilogue's mode for kFull (the others read ep.mode).
+template <int P, int Q, Exit kExit, Epilogue::Mode kMode>
 inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, const int64_t* outs,
                    int64_t ob, int32_t* acc, const Epilogue& ep) {
-  if constexpr (kVec) {
+  if constexpr (kExit == Exit::kFull) {
+    static_assert(P == 8, "the vector epilogue takes 8 pixels");
+    const __m512i ns = kMode == Epilogue::kAcc ? _mm512_setzero_si512() : PixelTerms(g, s, ep);
+    FinishFull<Q, kMode>(g, total, ns, outs[0], ob, acc, ep);
+  } else if constexpr (kExit == Exit::kMixed) {
     static_assert(P == 8, "the vector epilogue takes 8 pixels");
     int k = 8;
     TwoRuns(outs, &k);
     const PermIdx ix = MakePermIdx();
     const __m512i ns = PixelTerms(g, s, ep);
-    const bool full = k == 8 && (ob + Q) * kLanes <= g.o;
     const int64_t out1 = k < 8 ? outs[k] - k : 0;
     for (int q = 0; q < Q; ++q) {
       __m512i t8[8];
       for (int p = 0; p < 8; ++p) t8[p] = total[p][q];
-      if (full) {
-        Finish8Full(g, ix, t8, ns, outs[0], ob + q, acc, ep);
-      } else {
-        Finish8(g, ix, t8, ns, outs[0], out1, k, ob + q, acc, ep);
-      }
+      Finish8(g, ix, t8, ns, outs[0], out1, k, ob + q, acc, ep);
     }
   } else {
     alignas(64) __m512i mem[P * Q];
@@ -290,7 +315,7 @@ Passes MakePasses(const ConvGeom& g) {
   return ps;
 }
 
-template <int P, int Q, bool kVec>
+template <int P, int Q, Exit kExit, Epilogue::Mode kMode>
 void Block(const ConvGeom& g, const Passes& ps, const uint64_t* const* xs, const int64_t* outs,
            const uint64_t* wpk, int64_t ob, int32_t* acc, const int64_t* s, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
@@ -327,24 +352,30 @@ void Block(const ConvGeom& g, const Passes& ps, const uint64_t* const* xs, const
       } while (++t < span);
     } while (++r < g.kh);
   } while (++ip < ps.n);
-  Finish<P, Q, kVec>(g, cnt, s, outs, ob, acc, ep);
+  Finish<P, Q, kExit, kMode>(g, cnt, s, outs, ob, acc, ep);
 }
 
 using BlockFn = void (*)(const ConvGeom&, const Passes&, const uint64_t* const*, const int64_t*,
                          const uint64_t*, int64_t, int32_t*, const int64_t*, const Epilogue&);
 
-// kBlocks[(p - 1) * kTileQ + q - 1] = Block<p, q, lane epilogue>: pixel tails, channel tails
-// and tiles over three images. kVecBlocks[q - 1] = Block<8, q, vector epilogue>.
+// kLaneBlocks[(p - 1) * kTileQ + q - 1] = Block<p, q, kLanes>: pixel tails, channel tails and
+// tiles over three images. kMixedBlocks[q - 1] = Block<8, q, kMixed>, kFullBlocks[mode][q - 1]
+// = Block<8, q, kFull, mode>.
 template <int... I>
-constexpr std::array<BlockFn, sizeof...(I)> MakeBlocks(std::integer_sequence<int, I...>) {
-  return {{&Block<I / kTileQ + 1, I % kTileQ + 1, false>...}};
+constexpr std::array<BlockFn, sizeof...(I)> MakeLaneBlocks(std::integer_sequence<int, I...>) {
+  return {{&Block<I / kTileQ + 1, I % kTileQ + 1, Exit::kLanes, Epilogue::kAcc>...}};
 }
-template <int... I>
+template <Exit kExit, Epilogue::Mode kMode, int... I>
 constexpr std::array<BlockFn, sizeof...(I)> MakeVecBlocks(std::integer_sequence<int, I...>) {
-  return {{&Block<kTileP, I + 1, true>...}};
+  return {{&Block<kTileP, I + 1, kExit, kMode>...}};
 }
-constexpr auto kBlocks = MakeBlocks(std::make_integer_sequence<int, kTileP * kTileQ>{});
-constexpr auto kVecBlocks = MakeVecBlocks(std::make_integer_sequence<int, kTileQ>{});
+using QSeq = std::make_integer_sequence<int, kTileQ>;
+constexpr auto kLaneBlocks = MakeLaneBlocks(std::make_integer_sequence<int, kTileP * kTileQ>{});
+constexpr auto kMixedBlocks = MakeVecBlocks<Exit::kMixed, Epilogue::kAcc>(QSeq{});
+constexpr std::array<std::array<BlockFn, kTileQ>, 3> kFullBlocks = {
+    MakeVecBlocks<Exit::kFull, Epilogue::kAcc>(QSeq{}),
+    MakeVecBlocks<Exit::kFull, Epilogue::kSigned>(QSeq{}),
+    MakeVecBlocks<Exit::kFull, Epilogue::kRequant>(QSeq{})};
 
 void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
                      int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
@@ -368,17 +399,21 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
         s[p] += ones << m;
       }
     }
-    bool vec[kMacroP / kTileP];  // per 8-pixel tile: may it use the vector epilogue?
+    int runs[kMacroP / kTileP];  // per 8-pixel tile: k of TwoRuns, or 0 (lane by lane)
     for (int64_t p = 0; p + kTileP <= mp; p += kTileP) {
       int k;
-      vec[p / kTileP] = TwoRuns(outs + p, &k);
+      runs[p / kTileP] = TwoRuns(outs + p, &k) ? k : 0;
     }
+    const auto& full_blocks = kFullBlocks[ep.mode];
     for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileQ) {
       const int nq = static_cast<int>(std::min<int64_t>(kTileQ, ob0 + nob - ob));
+      const bool whole = (ob + nq) * kLanes <= g.o;  // no missing channel in the last block
       for (int64_t p = 0; p < mp; p += kTileP) {
         const int np = static_cast<int>(std::min<int64_t>(kTileP, mp - p));
-        const BlockFn block = np == kTileP && vec[p / kTileP] ? kVecBlocks[nq - 1]
-                                                              : kBlocks[(np - 1) * kTileQ + nq - 1];
+        const int k = np == kTileP ? runs[p / kTileP] : 0;
+        const BlockFn block = k == kTileP && whole ? full_blocks[nq - 1]
+                              : k > 0              ? kMixedBlocks[nq - 1]
+                                                   : kLaneBlocks[(np - 1) * kTileQ + nq - 1];
         block(g, ps, xs + p, outs + p, wpk, ob, acc, s + p, ep);
       }
     }
