@@ -536,6 +536,34 @@ def test_env_override_selects_backend_in_a_fresh_process():
     assert torch_loaded == "False"  # the kernels (and so the runtime) never import torch
 
 
+@pytest.mark.skipif("avx512" not in BACKENDS, reason="needs the AVX-512 kernels")
+def test_avx512_packing_with_the_shift_transpose_in_a_fresh_process():
+    """The AVX-512 packer transposes its 64x64 bit blocks with GFNI where the CPU has it, else
+    with shifts and masks; DOREFA_PACK_TRANSPOSE=shift forces the latter (read once per
+    process), so the path that CPUs without GFNI take is tested here too, bit for bit."""
+    code = f"""
+import numpy as np
+import dorefa.kernels as K
+from dorefa.kernels import reference as R
+K.set_backend("avx512")
+for shape in {SHAPES!r}:
+    n, c, h, w, o, k, s, p = shape
+    for xb, wb in [(1, 1), (2, 1), (3, 2), (8, 8)]:
+        rng = np.random.default_rng([n, c, h, w, o, xb, wb])
+        x = rng.integers(0, 1 << xb, (n, c, h, w), dtype=np.uint8)
+        wc = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
+        pw = K.pack_weights(wc, wb)
+        assert np.array_equal(pw.words, R.pack_weights(wc, wb).words)
+        got = K.bitconv2d_packed(x, pw, xb, s, p, threads=2)
+        assert np.array_equal(got, R.bitconv2d(x, wc, xb, wb, s, p)), (shape, xb, wb)
+print("ok")
+"""
+    env = dict(os.environ, DOREFA_PACK_TRANSPOSE="shift")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok"]
+
+
 def test_unknown_or_unsupported_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown kernel backend 'neon'"):
         K.set_backend("neon")

@@ -1,9 +1,14 @@
 // AVX-512 activation packing (see PackActivations in bitpack.h for the method): VPTESTMB turns
 // 64 pixel bytes into the 64-bit mask of one bit plane in one instruction, and the 64x64
-// transpose runs on 8 zmm registers (register i, lane l = row 8i + l).
+// transpose runs on 8 zmm registers (register i, lane l = row 8i + l): with GFNI and VBMI
+// (Ice Lake and later) as 8x8 bit-block transposes (TransposeGfni, ~50 instructions), else
+// by shifts and masks (TransposeZmm, ~290). DOREFA_PACK_TRANSPOSE=shift forces the latter
+// (read once per process), so that one machine tests both.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "bitpack.h"
 
@@ -45,10 +50,65 @@ inline void TransposeZmm(__m512i r[8]) {
   }
 }
 
-}  // namespace
+// TransposeZmm's result with GFNI and VBMI, in four steps. Row r of the input is B[r] (a
+// channel: bit p = pixel p); block (I, J) = byte J of rows 8I..8I+7, an 8x8 bit matrix.
+// (1) VPERMB in register I: qword J = block (I, J), bytes in reverse row order.
+// (2) GF2P8AFFINEQB with the data as the matrix and x = byte i -> 1 << i: byte i of the result
+//     gets bit k = bit i of row k (the formula reads matrix byte 7 - k for bit k, hence the
+//     reversal in (1)); so qword J, byte i = channels 8I..8I+7 of pixel 8J + i.
+// (3) An 8x8 qword transpose across the registers (unpacks, then 128-bit lane shuffles):
+//     register J, qword I = qword J of register I.
+// (4) VPERMB in register J: qword i, byte I = old qword I, byte i, i.e. row 8J + i of the
+//     transpose (pixel 8J + i: bit c = channel c).
+// (Not inlined: a function compiled for more instructions cannot be inlined into Pack.)
+__attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"), noinline)) void TransposeGfni(
+    __m512i r[8]) {
+  alignas(64) static const uint8_t kBlocks[64] = {// (1): position 8J + j <- 8(7 - j) + J
+#define DOREFA_ROW(J) 56 + J, 48 + J, 40 + J, 32 + J, 24 + J, 16 + J, 8 + J, J
+                                                  DOREFA_ROW(0), DOREFA_ROW(1), DOREFA_ROW(2),
+                                                  DOREFA_ROW(3), DOREFA_ROW(4), DOREFA_ROW(5),
+                                                  DOREFA_ROW(6), DOREFA_ROW(7)
+#undef DOREFA_ROW
+  };
+  alignas(64) static const uint8_t kBytes8x8[64] = {// (4): position 8i + I <- 8I + i
+#define DOREFA_ROW(i) i, 8 + i, 16 + i, 24 + i, 32 + i, 40 + i, 48 + i, 56 + i
+                                                    DOREFA_ROW(0), DOREFA_ROW(1), DOREFA_ROW(2),
+                                                    DOREFA_ROW(3), DOREFA_ROW(4), DOREFA_ROW(5),
+                                                    DOREFA_ROW(6), DOREFA_ROW(7)
+#undef DOREFA_ROW
+  };
+  const __m512i blocks = _mm512_load_si512(kBlocks), bytes8x8 = _mm512_load_si512(kBytes8x8);
+  const __m512i diag = _mm512_set1_epi64(static_cast<long long>(0x8040201008040201ULL));
+  __m512i y[8], a[8], b[8];
+  for (int i = 0; i < 8; ++i) {
+    y[i] = _mm512_gf2p8affine_epi64_epi8(diag, _mm512_permutexvar_epi8(blocks, r[i]), 0);
+  }
+  // (3) a[2i] / a[2i + 1], 128-bit lane L: qwords 2L / 2L + 1 of y[2i] and y[2i + 1].
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi64(y[2 * i], y[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi64(y[2 * i], y[2 * i + 1]);
+  }
+  // b[4i + h]: lanes 0 and 2 of a[4i + h], then of a[4i + 2 + h] (qwords J = h, 4 + h of
+  // rows 4i..4i + 3); b[4i + 2 + h]: lanes 1 and 3 (J = 2 + h, 6 + h).
+  for (int i = 0; i < 2; ++i) {
+    for (int h = 0; h < 2; ++h) {
+      b[4 * i + h] = _mm512_shuffle_i64x2(a[4 * i + h], a[4 * i + 2 + h], 0x88);
+      b[4 * i + 2 + h] = _mm512_shuffle_i64x2(a[4 * i + h], a[4 * i + 2 + h], 0xDD);
+    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 2; ++s) {
+      const __m512i lo = b[2 * s + h], hi = b[4 + 2 * s + h];  // rows 0..3 and 4..7
+      r[2 * s + h] = _mm512_permutexvar_epi8(bytes8x8, _mm512_shuffle_i64x2(lo, hi, 0x88));
+      r[4 + 2 * s + h] = _mm512_permutexvar_epi8(bytes8x8, _mm512_shuffle_i64x2(lo, hi, 0xDD));
+    }
+  }
+}
 
-uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
-                              int64_t item1) {
+// The packer, with the transpose as a parameter.
+template <void (*Transpose)(__m512i*)>
+__attribute__((always_inline)) inline uint8_t Pack(const ConvGeom& g, const uint8_t* x,
+                                                   uint64_t* xpk, int64_t item0, int64_t item1) {
   const int64_t hw = g.h * g.w;
   uint8_t all_or = 0;
   for (int64_t it = item0; it < item1; ++it) {
@@ -70,7 +130,7 @@ uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk
       std::fill(bits[m] + nch, bits[m] + 64, uint64_t{0});
       __m512i rows[8];
       for (int i = 0; i < 8; ++i) rows[i] = _mm512_load_si512(bits[m] + 8 * i);
-      TransposeZmm(rows);
+      Transpose(rows);
       for (int i = 0; i < 8; ++i) _mm512_store_si512(bits[m] + 8 * i, rows[i]);
     }
     // Fold the 64 OR-ed bytes to one.
@@ -86,6 +146,31 @@ uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk
     StorePackItem(g, item, bits, xpk);
   }
   return all_or;
+}
+
+uint8_t PackShift(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                  int64_t item1) {
+  return Pack<TransposeZmm>(g, x, xpk, item0, item1);
+}
+
+uint8_t PackGfni(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0, int64_t item1) {
+  return Pack<TransposeGfni>(g, x, xpk, item0, item1);
+}
+
+PackFn ChoosePacker() {
+  const char* force = std::getenv("DOREFA_PACK_TRANSPOSE");
+  if (force != nullptr && std::strcmp(force, "shift") == 0) return &PackShift;
+  __builtin_cpu_init();
+  const bool gfni = __builtin_cpu_supports("gfni") && __builtin_cpu_supports("avx512vbmi");
+  return gfni ? &PackGfni : &PackShift;
+}
+
+}  // namespace
+
+uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                              int64_t item1) {
+  static const PackFn packer = ChoosePacker();  // CPUID once per process
+  return packer(g, x, xpk, item0, item1);
 }
 
 }  // namespace dorefa
