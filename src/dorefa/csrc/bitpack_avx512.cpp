@@ -60,24 +60,25 @@ inline void TransposeZmm(__m512i r[8]) {
 //     register J, qword I = qword J of register I.
 // (4) VPERMB in register J: qword i, byte I = old qword I, byte i, i.e. row 8J + i of the
 //     transpose (pixel 8J + i: bit c = channel c).
+struct ByteIndex {
+  alignas(64) uint8_t v[64];
+};
+constexpr ByteIndex MakeIndex(bool blocks) {
+  ByteIndex t{};
+  for (int a = 0; a < 8; ++a) {
+    for (int b = 0; b < 8; ++b) {
+      // blocks, step (1): position 8J + j <- 8(7 - j) + J; else step (4): 8i + I <- 8I + i.
+      t.v[8 * a + b] = static_cast<uint8_t>(blocks ? 8 * (7 - b) + a : 8 * b + a);
+    }
+  }
+  return t;
+}
+constexpr ByteIndex kBlocks = MakeIndex(true), kBytes8x8 = MakeIndex(false);
+
 // (Not inlined: a function compiled for more instructions cannot be inlined into Pack.)
 __attribute__((target("avx512f,avx512bw,avx512vbmi,gfni"), noinline)) void TransposeGfni(
     __m512i r[8]) {
-  alignas(64) static const uint8_t kBlocks[64] = {// (1): position 8J + j <- 8(7 - j) + J
-#define DOREFA_ROW(J) 56 + J, 48 + J, 40 + J, 32 + J, 24 + J, 16 + J, 8 + J, J
-                                                  DOREFA_ROW(0), DOREFA_ROW(1), DOREFA_ROW(2),
-                                                  DOREFA_ROW(3), DOREFA_ROW(4), DOREFA_ROW(5),
-                                                  DOREFA_ROW(6), DOREFA_ROW(7)
-#undef DOREFA_ROW
-  };
-  alignas(64) static const uint8_t kBytes8x8[64] = {// (4): position 8i + I <- 8I + i
-#define DOREFA_ROW(i) i, 8 + i, 16 + i, 24 + i, 32 + i, 40 + i, 48 + i, 56 + i
-                                                    DOREFA_ROW(0), DOREFA_ROW(1), DOREFA_ROW(2),
-                                                    DOREFA_ROW(3), DOREFA_ROW(4), DOREFA_ROW(5),
-                                                    DOREFA_ROW(6), DOREFA_ROW(7)
-#undef DOREFA_ROW
-  };
-  const __m512i blocks = _mm512_load_si512(kBlocks), bytes8x8 = _mm512_load_si512(kBytes8x8);
+  const __m512i blocks = _mm512_load_si512(kBlocks.v), bytes8x8 = _mm512_load_si512(kBytes8x8.v);
   const __m512i diag = _mm512_set1_epi64(static_cast<long long>(0x8040201008040201ULL));
   __m512i y[8], a[8], b[8];
   for (int i = 0; i < 8; ++i) {
