@@ -33,13 +33,20 @@ namespace {
 using CodeArray = py::array_t<uint8_t, py::array::c_style>;
 using WordArray = py::array_t<uint64_t, py::array::c_style>;
 
-void Require(bool ok, const std::string& msg) {
+void Require(bool ok, const char* msg) {
   if (!ok) throw py::value_error(msg);
 }
 
+// Require with a message built only on failure (these checks run on every kernel call).
+template <class Message>
+void RequireOr(bool ok, Message&& message) {
+  if (!ok) throw py::value_error(message());
+}
+
 void CheckBits(const char* name, int bits) {
-  Require(bits >= 1 && bits <= 8,
-          std::string(name) + " must be an int in 1..8, got " + std::to_string(bits));
+  RequireOr(bits >= 1 && bits <= 8, [&] {
+    return std::string(name) + " must be an int in 1..8, got " + std::to_string(bits);
+  });
 }
 
 // Reports the largest code when a packer's OR says some code needs more than `bits` bits.
@@ -227,12 +234,14 @@ py::array BitConvPy(const std::string& backend, const CodeArray& x, const WordAr
   CheckBits("x_bits", x_bits);
   CheckBits("w_bits", w_bits);
   Require(x.ndim() == 4, "x_codes must be 4-D (N, C, H, W)");
-  Require(stride >= 1, "stride must be >= 1, got " + std::to_string(stride));
-  Require(padding >= 0, "padding must be >= 0, got " + std::to_string(padding));
+  RequireOr(stride >= 1, [&] { return "stride must be >= 1, got " + std::to_string(stride); });
+  RequireOr(padding >= 0, [&] { return "padding must be >= 0, got " + std::to_string(padding); });
   Require(threads >= 1 && threads <= 1024, "threads must be in 1..1024");
   Require(o >= 1 && c >= 1 && kh >= 1 && kw >= 1, "weight shape must have no empty dimension");
-  Require(x.shape(1) == c, "x_codes has " + std::to_string(x.shape(1)) +
-                               " channels but the weights expect " + std::to_string(c));
+  RequireOr(x.shape(1) == c, [&] {
+    return "x_codes has " + std::to_string(x.shape(1)) + " channels but the weights expect " +
+           std::to_string(c);
+  });
   ConvGeom g;
   g.n = x.shape(0);
   g.c = c;
