@@ -106,7 +106,9 @@ inline __m128i PairCodes(const Epilogue& ep, int64_t pair, __m512i d) {
 // Epilogue of 8 consecutive output pixels and one 8-channel block: t8[p] = acc of pixel p,
 // ns = int32 [nw * S of pixels 0..7] twice. Pixels 0..k-1 are consecutive outputs from out0 of
 // one image, pixels k..7 consecutive from out1 + k of the next (k = 8: one image, out1 unused);
-// the two runs are written with masked stores.
+// the two runs are written with masked stores. Compiled per mode, with the Epilogue's fields
+// in locals (see FinishFull).
+template <Epilogue::Mode kMode>
 inline void Finish8(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8], __m512i ns,
                     int64_t out0, int64_t out1, int k, int64_t blk, int32_t* acc,
                     const Epilogue& ep) {
@@ -114,25 +116,27 @@ inline void Finish8(const ConvGeom& g, const PermIdx& ix, const __m512i (&t8)[8]
   const int64_t obase = blk * kLanes;
   const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
   const __mmask8 m0 = static_cast<__mmask8>((1u << k) - 1), m1 = static_cast<__mmask8>(~m0);
+  const Epilogue e = ep;
   __m512i r[4];
   ToChannelPairs(ix, t8, r);
   for (int i = 0; i < 4; ++i) {
     // D = 2 * acc - nw * S; int32 wrap-around in between is harmless: D itself fits.
-    if (ep.mode != Epilogue::kAcc) r[i] = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);
-    const __m128i bytes = ep.mode == Epilogue::kRequant
-                              ? PairCodes(ep, blk * (kLanes / 2) + i, r[i])
-                              : _mm_setzero_si128();
+    if constexpr (kMode != Epilogue::kAcc) {
+      r[i] = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);
+    }
+    __m128i bytes = _mm_setzero_si128();
+    if constexpr (kMode == Epilogue::kRequant) bytes = PairCodes(e, blk * (kLanes / 2) + i, r[i]);
     for (int h = 0; h < 2; ++h) {  // the pair's two channels: low and high half of r[i]
       const int64_t c = 2 * i + h;
       if (c >= nlanes) break;
       const int64_t off = (obase + c) * ohw;
-      if (ep.mode == Epilogue::kRequant) {
+      if constexpr (kMode == Epilogue::kRequant) {
         const __m128i b = h == 0 ? bytes : _mm_bsrli_si128(bytes, 8);
         if (k == 8) {
-          _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.codes + out0 + off), b);
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(e.codes + out0 + off), b);
         } else {
-          _mm_mask_storeu_epi8(ep.codes + out0 + off, m0, b);
-          _mm_mask_storeu_epi8(ep.codes + out1 + off, m1, b);
+          _mm_mask_storeu_epi8(e.codes + out0 + off, m0, b);
+          _mm_mask_storeu_epi8(e.codes + out1 + off, m1, b);
         }
       } else {
         const __m256i v =
@@ -265,7 +269,7 @@ enum class Exit { kLanes, kMixed, kFull };
 
 // The epilogue (Epilogue in bitconv.h) on one register tile: total[p][q] holds acc of pixel
 // p, channels (ob + q) * 8 + lane; s[p] is S of pixel p (kSigned / kRequant only). kMode is
-// the epilogue's mode for kFull (the others read ep.mode).
+// the epilogue's mode for kFull and kMixed (kLanes reads ep.mode).
 template <int P, int Q, Exit kExit, Epilogue::Mode kMode>
 inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, const int64_t* outs,
                    int64_t ob, int32_t* acc, const Epilogue& ep) {
@@ -278,12 +282,12 @@ inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, 
     int k = 8;
     TwoRuns(outs, &k);
     const PermIdx ix = MakePermIdx();
-    const __m512i ns = PixelTerms(g, s, ep);
+    const __m512i ns = kMode == Epilogue::kAcc ? _mm512_setzero_si512() : PixelTerms(g, s, ep);
     const int64_t out1 = k < 8 ? outs[k] - k : 0;
     for (int q = 0; q < Q; ++q) {
       __m512i t8[8];
       for (int p = 0; p < 8; ++p) t8[p] = total[p][q];
-      Finish8(g, ix, t8, ns, outs[0], out1, k, ob + q, acc, ep);
+      Finish8<kMode>(g, ix, t8, ns, outs[0], out1, k, ob + q, acc, ep);
     }
   } else {
     alignas(64) __m512i mem[P * Q];
@@ -359,8 +363,8 @@ using BlockFn = void (*)(const ConvGeom&, const Passes&, const uint64_t* const*,
                          const uint64_t*, int64_t, int32_t*, const int64_t*, const Epilogue&);
 
 // kLaneBlocks[(p - 1) * kTileQ + q - 1] = Block<p, q, kLanes>: pixel tails, channel tails and
-// tiles over three images. kMixedBlocks[q - 1] = Block<8, q, kMixed>, kFullBlocks[mode][q - 1]
-// = Block<8, q, kFull, mode>.
+// tiles over three images. kMixedBlocks[mode][q - 1] = Block<8, q, kMixed, mode>,
+// kFullBlocks[mode][q - 1] = Block<8, q, kFull, mode>.
 template <int... I>
 constexpr std::array<BlockFn, sizeof...(I)> MakeLaneBlocks(std::integer_sequence<int, I...>) {
   return {{&Block<I / kTileQ + 1, I % kTileQ + 1, Exit::kLanes, Epilogue::kAcc>...}};
@@ -371,7 +375,10 @@ constexpr std::array<BlockFn, sizeof...(I)> MakeVecBlocks(std::integer_sequence<
 }
 using QSeq = std::make_integer_sequence<int, kTileQ>;
 constexpr auto kLaneBlocks = MakeLaneBlocks(std::make_integer_sequence<int, kTileP * kTileQ>{});
-constexpr auto kMixedBlocks = MakeVecBlocks<Exit::kMixed, Epilogue::kAcc>(QSeq{});
+constexpr std::array<std::array<BlockFn, kTileQ>, 3> kMixedBlocks = {
+    MakeVecBlocks<Exit::kMixed, Epilogue::kAcc>(QSeq{}),
+    MakeVecBlocks<Exit::kMixed, Epilogue::kSigned>(QSeq{}),
+    MakeVecBlocks<Exit::kMixed, Epilogue::kRequant>(QSeq{})};
 constexpr std::array<std::array<BlockFn, kTileQ>, 3> kFullBlocks = {
     MakeVecBlocks<Exit::kFull, Epilogue::kAcc>(QSeq{}),
     MakeVecBlocks<Exit::kFull, Epilogue::kSigned>(QSeq{}),
@@ -405,6 +412,7 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
       runs[p / kTileP] = TwoRuns(outs + p, &k) ? k : 0;
     }
     const auto& full_blocks = kFullBlocks[ep.mode];
+    const auto& mixed_blocks = kMixedBlocks[ep.mode];
     for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileQ) {
       const int nq = static_cast<int>(std::min<int64_t>(kTileQ, ob0 + nob - ob));
       const bool whole = (ob + nq) * kLanes <= g.o;  // no missing channel in the last block
@@ -412,7 +420,7 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
         const int np = static_cast<int>(std::min<int64_t>(kTileP, mp - p));
         const int k = np == kTileP ? runs[p / kTileP] : 0;
         const BlockFn block = k == kTileP && whole ? full_blocks[nq - 1]
-                              : k > 0              ? kMixedBlocks[nq - 1]
+                              : k > 0              ? mixed_blocks[nq - 1]
                                                    : kLaneBlocks[(np - 1) * kTileQ + nq - 1];
         block(g, ps, xs + p, outs + p, wpk, ob, acc, s + p, ep);
       }
