@@ -78,6 +78,40 @@ inline PixelRef LocatePixel(const ConvGeom& g, const uint64_t* xpk, int64_t pix)
   return ref;
 }
 
+// LocatePixel for consecutive pixels pix, pix + 1, ... without its two divisions per pixel
+// (~1.2 us per 169-pixel image, ~1% of AlexNet conv3 on 2 threads at batch 1).
+class PixelWalker {
+ public:
+  PixelWalker(const ConvGeom& g, const uint64_t* xpk, int64_t pix)
+      : g_(g), xpk_(xpk), ref_(LocatePixel(g, xpk, pix)) {
+    const int64_t ohw = g.oh * g.ow;
+    n_ = pix / ohw;
+    oy_ = pix % ohw / g.ow;
+    ox_ = pix % g.ow;
+  }
+  const PixelRef& ref() const { return ref_; }
+  void Next() {
+    ++ref_.out;
+    ref_.x += g_.stride * g_.cw;
+    if (++ox_ < g_.ow) return;
+    ox_ = 0;
+    if (++oy_ < g_.oh) {  // the next row: back by ow pixels, down by stride padded rows
+      ref_.x += g_.stride * (g_.wp - g_.ow) * g_.cw;
+      return;
+    }
+    oy_ = 0;  // the next image
+    ++n_;
+    ref_.x = xpk_ + n_ * g_.x_bits * g_.PlaneStride();
+    ref_.out += (g_.o - 1) * g_.oh * g_.ow;
+  }
+
+ private:
+  const ConvGeom& g_;
+  const uint64_t* xpk_;
+  PixelRef ref_;
+  int64_t n_, oy_, ox_;
+};
+
 // A tile kernel computes the unsigned accumulators `acc` (int32, layout (N, O, OH, OW)) of
 // output pixels [pix0, pix0 + npix) and channel blocks [ob0, ob0 + nob).
 using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,

@@ -399,8 +399,9 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
     const int64_t mp = std::min<int64_t>(kMacroP, pix0 + npix - m0);
     const uint64_t* xs[kMacroP];
     int64_t outs[kMacroP], s[kMacroP] = {0};
-    for (int64_t p = 0; p < mp; ++p) {
-      const PixelRef ref = LocatePixel(g, xpk, m0 + p);
+    PixelWalker walk(g, xpk, m0);
+    for (int64_t p = 0; p < mp; ++p, walk.Next()) {
+      const PixelRef& ref = walk.ref();
       xs[p] = ref.x;
       outs[p] = ref.out;
       if (ep.mode == Epilogue::kAcc) continue;
