@@ -176,22 +176,21 @@ inline void FinishLanes(const ConvGeom& g, __m512i total, int64_t s, int64_t out
   }
 }
 
+// How far ahead of its stores FinishFull prefetches an int32 output row: 128 bytes.
+constexpr int64_t kPrefetchAhead = 32;
+
 // The common epilogue, all in registers: 8 consecutive output pixels of one image from out0,
 // Q full 8-channel blocks from ob. Kept apart from the general Finish8 (tails, image
-// boundaries) and compiled per mode, with the Epilogue's fields in locals: the stores may
-// alias a `const Epilogue&` (uint8 codes alias anything), and at every branch or reload GCC
-// had spilled the 24 accumulators and the channel pairs to the stack; this path cost 8-11%
-// of an AlexNet conv3 call before (A/B against an epilogue that stores nothing).
-constexpr int64_t kPrefetchAhead = 32;  // int32 outputs: 128 bytes
-
+// boundaries) and compiled per mode, with the Epilogue in a local copy: the stores may alias
+// a `const Epilogue&` (uint8 codes alias anything), so GCC reloaded its fields after every
+// store, and with the mode a run-time branch it spilled the 24 accumulators and the channel
+// pairs to the stack. The whole epilogue had cost 8-11% of an AlexNet conv3 call (against a
+// variant that only XORs the accumulators into one store); compiled this way, 3-5%.
 template <int Q, Epilogue::Mode kMode>
 inline void FinishFull(const ConvGeom& g, const __m512i (&total)[8][Q], __m512i ns, int64_t out0,
                        int64_t ob, int32_t* acc, const Epilogue& ep) {
   const int64_t ohw = g.oh * g.ow;
-  const int32_t* const u = ep.u;
-  const uint16_t* const neg = ep.neg;
-  const int64_t nt = ep.t;
-  uint8_t* const codes = ep.codes;
+  const Epilogue e = ep;
   const PermIdx ix = MakePermIdx();
 #pragma GCC unroll 4
   for (int q = 0; q < Q; ++q) {
@@ -205,26 +204,18 @@ inline void FinishFull(const ConvGeom& g, const __m512i (&total)[8][Q], __m512i 
       const int64_t at = out0 + (blk * kLanes + 2 * i) * ohw;  // channel 2i; 2i + 1 is ohw on
       if constexpr (kMode == Epilogue::kRequant) {
         const __m512i d = _mm512_sub_epi32(_mm512_add_epi32(r[i], r[i]), ns);  // 2 acc - nw S
-        const int64_t pair = blk * (kLanes / 2) + i;
-        const __m512i sd = _mm512_mask_sub_epi32(d, neg[pair], _mm512_setzero_si512(), d);
-        const int32_t* up = u + pair * nt * 2 * kLanes;
-        __m512i code = _mm512_setzero_si512();
-        for (int64_t j = 0; j < nt; ++j) {
-          const __mmask16 gt = _mm512_cmpgt_epi32_mask(sd, _mm512_loadu_si512(up + j * 2 * kLanes));
-          code = _mm512_mask_add_epi32(code, gt, code, _mm512_set1_epi32(1));
-        }
-        const __m128i bytes = _mm512_cvtepi32_epi8(code);
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + at), bytes);
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + at + ohw), _mm_bsrli_si128(bytes, 8));
+        const __m128i bytes = PairCodes(e, blk * (kLanes / 2) + i, d);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(e.codes + at), bytes);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(e.codes + at + ohw), _mm_bsrli_si128(bytes, 8));
       } else {
         __m512i v = r[i];
         if constexpr (kMode == Epilogue::kSigned) v = _mm512_sub_epi32(_mm512_add_epi32(v, v), ns);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at), _mm512_castsi512_si256(v));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + at + ohw),
                             _mm512_extracti64x4_epi64(v, 1));
-        // The lines these two channels' rows reach 4 tiles on (2 lines), fetched ahead: a
-        // store to a line not in cache waits for it. +1-1.5% at batch 32 (int32 outputs of
-        // 8 MB, in memory), neutral at batch 1 (in L2). Never faults, even past the output.
+        // The lines these two channels' rows reach 4 tiles on, fetched ahead: a store to a
+        // line not in cache waits for it. +0.6-2.2% at batch 32 (int32 outputs of 8 MB, in
+        // memory), neutral at batch 1 (in L2). A prefetch never faults, even past the output.
         _mm_prefetch(reinterpret_cast<const char*>(acc + at + kPrefetchAhead), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(acc + at + ohw + kPrefetchAhead), _MM_HINT_T0);
       }
