@@ -1,5 +1,3 @@
-
-
 // Work split shared by all kernels, and the parallel region that runs a convolution.
 #include "bitconv.h"
 

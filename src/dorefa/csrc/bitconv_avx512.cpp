@@ -223,9 +223,11 @@ inline void FinishFull(const ConvGeom& g, const __m512i (&total)[8][Q], __m512i 
   }
 }
 
-// int32 [nw * S of pixels 0..7] twice, the signed transform's per-pixel term.
-inline __m512i PixelTerms(const ConvGeom& g, const int64_t* s, const Epilogue& ep) {
-  if (ep.mode == Epilogue::kAcc) return _mm512_setzero_si512();
+// int32 [nw * S of pixels 0..7] twice, the signed transform's per-pixel term (zero for kAcc,
+// which does not use it).
+template <Epilogue::Mode kMode>
+inline __m512i PixelTerms(const ConvGeom& g, const int64_t* s) {
+  if constexpr (kMode == Epilogue::kAcc) return _mm512_setzero_si512();
   const int64_t nw = (int64_t{1} << g.w_bits) - 1;
   alignas(64) int32_t nsv[16];
   for (int p = 0; p < 8; ++p) nsv[p] = nsv[p + 8] = static_cast<int32_t>(nw * s[p]);
@@ -273,14 +275,14 @@ inline void Finish(const ConvGeom& g, __m512i (&total)[P][Q], const int64_t* s, 
                    int64_t ob, int32_t* acc, const Epilogue& ep) {
   if constexpr (kExit == Exit::kFull) {
     static_assert(P == 8, "the vector epilogue takes 8 pixels");
-    const __m512i ns = kMode == Epilogue::kAcc ? _mm512_setzero_si512() : PixelTerms(g, s, ep);
+    const __m512i ns = PixelTerms<kMode>(g, s);
     FinishFull<Q, kMode>(g, total, ns, outs[0], ob, acc, ep);
   } else if constexpr (kExit == Exit::kMixed) {
     static_assert(P == 8, "the vector epilogue takes 8 pixels");
     int k = 8;
     TwoRuns(outs, &k);
     const PermIdx ix = MakePermIdx();
-    const __m512i ns = kMode == Epilogue::kAcc ? _mm512_setzero_si512() : PixelTerms(g, s, ep);
+    const __m512i ns = PixelTerms<kMode>(g, s);
     const int64_t out1 = k < 8 ? outs[k] - k : 0;
     for (int q = 0; q < Q; ++q) {
       __m512i t8[8];
