@@ -1,0 +1,47 @@
+"""Atomic file writes: one helper for every file that a crash must not leave half-written
+(checkpoints, ``.dorefa`` models, sweep records, tables and plots).
+
+The data goes to a temporary file in the destination's folder, is flushed and fsynced, then
+renamed over the destination (``os.replace`` is atomic on POSIX within one file system), so a
+reader sees either the old file or the whole new one. A failed write removes its temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temporary binary file, fsync it, and rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """``fig.savefig`` through :func:`atomic_write` (the format is taken from ``path``'s suffix)."""
+    fmt = kwargs.pop("format", Path(path).suffix.lstrip(".") or "png")
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))

@@ -1,0 +1,29 @@
+"""Shapes and integer ranges of a convolution: one source for the facts that the kernels'
+reference, the export and the runtime's loader all check.
+
+A convolution over an ``h x w`` input, padded by ``padding`` on every side, with a ``k x k``
+kernel and ``stride``, has ``(h + 2*padding - k) // stride + 1`` output rows (the same for
+columns). A bit convolution sums ``fan_in = C_group * KH * KW`` products of unsigned codes below
+``2**x_bits`` and ``2**w_bits``, so its accumulator is at most
+``fan_in * (2**x_bits - 1) * (2**w_bits - 1)``; the kernels accumulate in int32, so that bound
+must not exceed ``INT32_MAX``.
+"""
+
+from __future__ import annotations
+
+INT32_MAX = 2**31 - 1
+
+
+def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution or pooling window along one axis (floor mode)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def accumulator_bound(fan_in: int, x_bits: int, w_bits: int) -> int:
+    """Largest value of the unsigned-code dot product sum_i x_i * w_i over ``fan_in`` terms."""
+    return fan_in * ((1 << x_bits) - 1) * ((1 << w_bits) - 1)
+
+
+def fits_int32(fan_in: int, x_bits: int, w_bits: int) -> bool:
+    """Whether a bit convolution with this fan-in and these bits accumulates exactly in int32."""
+    return accumulator_bound(fan_in, x_bits, w_bits) <= INT32_MAX
