@@ -46,10 +46,12 @@ from torch import nn  # noqa: E402
 import dorefa.kernels as K  # noqa: E402
 import dorefa.runtime as rt  # noqa: E402
 from dorefa.export import export  # noqa: E402
+from dorefa.fileio import atomic_write_text  # noqa: E402
 from dorefa.models import create_model  # noqa: E402
 from dorefa.nn import ActQuant, QConv2d, QLinear  # noqa: E402
 
-MARKER = "<!-- end of bench_runtime.py output; text below is kept on re-runs -->"
+# The generated part of the report sits between these markers; the rest of the file is kept.
+BEGIN, END = "<!-- bench_runtime:begin -->", "<!-- bench_runtime:end -->"
 
 
 def calibrated_model(bits: str, width: float, in_channels: int, seed: int = 0) -> nn.Module:
@@ -151,7 +153,7 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buf.tell()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--checkpoint",
@@ -168,54 +170,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 rounds of ~0.1 s (a smoke run)")
     ap.add_argument("--out", default=None, help="write a markdown report here (docs/runtime.md)")
     args = ap.parse_args(argv)
-    warnings.filterwarnings("ignore")  # torch.ao.quantization deprecation notices
     if args.quick:
         args.rounds, args.seconds = 3, 0.1
-    torch.set_num_threads(1)
-    try:  # numpy's BLAS may ignore the env var if it was loaded first
-        from threadpoolctl import threadpool_limits
+    return args
 
-        threadpool_limits(1)
-    except ImportError:
-        pass
 
+def load_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
+    """The DoReFa model to time and a description of it."""
     if args.checkpoint:
         from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 
         model = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)
-        what = f"trained checkpoint {args.checkpoint}"
-    else:
-        model = calibrated_model(args.bits, args.width, args.in_channels)
-        what = f"untrained svhn width {args.width} (BN calibrated on random inputs)"
-    meta_bits = str(model.bits)
-    in_ch = model.features[0].in_channels
-    tmp = Path(tempfile.mkdtemp()) / "model.dorefa"
-    info = export(model, tmp)
-    runtime = rt.load(tmp, threads=1)
-    fnet = FloatNet(model).eval()
-    gen = torch.Generator().manual_seed(0)
-    calib = [torch.rand(32, in_ch, 40, 40, generator=gen) for _ in range(4)]
-    qnet = int8_model(fnet, calib)
-    float_sd = state_dict_bytes(fnet)
+        return model, f"trained checkpoint {args.checkpoint}"
+    model = calibrated_model(args.bits, args.width, args.in_channels)
+    return model, f"untrained svhn width {args.width} (BN calibrated on random inputs)"
 
-    # sanity: the float-equivalent nets run and agree with each other roughly
-    with torch.no_grad():
-        x = calib[0][:4]
-        assert fnet(x).shape == qnet(x).shape == (4, 10)
-        assert runtime(x.numpy()).shape == (4, 10)
 
-    batches = [int(b) for b in args.batches.split(",")]
-    names = ["bit runtime", "torch fp32", "torch int8", "torch DoReFa"]
+def time_contestants(contestants: dict, in_ch: int, batches: list[int], args, gen) -> dict:
+    """Median seconds per call for every (contestant name, batch size), interleaved rounds.
+
+    ``contestants``: name -> (function, "torch" or "numpy": the input it takes). The numpy view
+    of the input is made before timing, so no contestant pays for a conversion.
+    """
     results: dict[tuple[str, int], list[float]] = {}
     for n in batches:
         x = torch.rand(n, in_ch, 40, 40, generator=gen)
-        xn = x.numpy()
-        fns = {
-            "bit runtime": lambda xn=xn: runtime(xn),
-            "torch fp32": lambda x=x: fnet(x),
-            "torch int8": lambda x=x: qnet(x),
-            "torch DoReFa": lambda x=x: model(x),
-        }
+        inputs = {"torch": x, "numpy": x.numpy()}
+        fns = {name: (lambda f=f, x=inputs[kind]: f(x)) for name, (f, kind) in contestants.items()}
         with torch.no_grad():
             reps = {}
             for name, fn in fns.items():  # warm-up and calibrate repetitions
@@ -225,28 +206,26 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for name, fn in fns.items():
                     results.setdefault((name, n), []).append(timed(fn, reps[name]))
-    med = {k: statistics.median(v) for k, v in results.items()}
+    return {k: statistics.median(v) for k, v in results.items()}
 
-    cpu = platform.processor() or platform.machine()
+
+def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    lines = []
-    lines.append(f"model: {what}; bits {meta_bits}; input {in_ch}x40x40")
+    return platform.processor() or platform.machine()
+
+
+def render_report(med: dict, names: list[str], batches: list[int], head: str, sizes) -> str:
+    """The markdown tables: ms per batch with ratios, images/s, file sizes."""
+    file_size, float_sd = sizes
+    lines = [head, ""]
     lines.append(
-        f"kernel backend: {K.backend()} ({K.kernel_name()}); CPU: {cpu}; 1 thread; "
-        f"torch {torch.__version__}, numpy {np.__version__}; {args.rounds} rounds, "
-        "medians"
-    )
-    lines.append("")
-    head = (
         "| batch | " + " | ".join(f"{nm} ms/batch" for nm in names) + " | fp32 / bit | int8 / bit |"
     )
-    lines.append(head)
     lines.append("|" + "---|" * (len(names) + 3))
     for n in batches:
         cells = [f"{1e3 * med[(nm, n)]:.3f}" for nm in names]
@@ -262,49 +241,88 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines.append("")
     lines.append(
-        f"size: .dorefa file {info['size']} bytes vs torch.save(float state_dict) "
-        f"{float_sd} bytes: {float_sd / info['size']:.1f}x smaller"
+        f"size: .dorefa file {file_size} bytes vs torch.save(float state_dict) "
+        f"{float_sd} bytes: {float_sd / file_size:.1f}x smaller"
     )
-    report = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")  # torch.ao.quantization deprecation notices
+    torch.set_num_threads(1)
+    try:  # numpy's BLAS may ignore the env var if it was loaded first
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+    model, what = load_model(args)
+    in_ch = model.features[0].in_channels
+    tmp = Path(tempfile.mkdtemp()) / "model.dorefa"
+    info = export(model, tmp)
+    runtime = rt.load(tmp, threads=1)
+    fnet = FloatNet(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.rand(32, in_ch, 40, 40, generator=gen) for _ in range(4)]
+    qnet = int8_model(fnet, calib)
+
+    # sanity: the float-equivalent nets run and agree with each other roughly
+    with torch.no_grad():
+        x = calib[0][:4]
+        assert fnet(x).shape == qnet(x).shape == (4, 10)
+        assert runtime(x.numpy()).shape == (4, 10)
+
+    contestants = {
+        "bit runtime": (runtime, "numpy"),
+        "torch fp32": (fnet, "torch"),
+        "torch int8": (qnet, "torch"),
+        "torch DoReFa": (model, "torch"),
+    }
+    batches = [int(b) for b in args.batches.split(",")]
+    med = time_contestants(contestants, in_ch, batches, args, gen)
+    head = (
+        f"model: {what}; bits {model.bits}; input {in_ch}x40x40\n"
+        f"kernel backend: {K.backend()} ({K.kernel_name()}); CPU: {cpu_name()}; 1 thread; "
+        f"torch {torch.__version__}, numpy {np.__version__}; {args.rounds} rounds, medians"
+    )
+    report = render_report(
+        med, list(contestants), batches, head, (info["size"], state_dict_bytes(fnet))
+    )
     print(report)
     if args.out:
         cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_runtime.py " + " ".join(
             sys.argv[1:] if argv is None else argv
         )
-        doc = f"""# The bit runtime vs torch (whole network)
-
+        block = f"""{BEGIN}
 Measured {datetime.date.today().isoformat()} with
 
     {cmd}
 
-(`benchmarks/bench_runtime.py`: contestants interleaved round by round in one process, medians
-over rounds, everything on 1 thread. "ratio" = torch time / bit-runtime time, so > 1 means the
-bit runtime is faster.)
-
 {report}
 
-What is timed. *bit runtime*: `dorefa.runtime.load(file)(x)` end to end on numpy float32 input:
-the float first conv with its 2x2 max-pool and the quantization to 2-bit codes fused in one
-C++ call (float64 accumulation, AVX-512), six popcount layers whose BatchNorm/clip/
-re-quantization are integer thresholds applied in the kernel's register epilogue (codes written
-directly), the code max-pool in C++, the last popcount layer returning float for the float
-classifier (numpy GEMV). *torch fp32*: the float-equivalent network (same
-shapes, ReLU for f_a), eager. *torch int8*: that network after eager post-training static
-quantization (engine x86/fbgemm, conv+BN+ReLU fused, 4 calibration batches). *torch DoReFa*:
-the training-time model in eval mode (fake quantization in float32).
-
-Agreement of the runtime with torch on real data is measured by `dorefa run --compare` (see
-`make demo`) and by tests/test_export_runtime.py (>= 99.9% equal predictions on 1000
-Fashion-MNIST test images, logits within 1e-3 relative).
-"""
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tail = ""  # hand-written sections after the marker survive a re-run
-        if out.exists() and MARKER in out.read_text():
-            tail = out.read_text().split(MARKER, 1)[1]
-        out.write_text(doc + "\n" + MARKER + tail)
+*bit runtime*: `dorefa.runtime.load(file)(x)` end to end on numpy float32 input. *torch fp32*:
+the float-equivalent network (same shapes, ReLU for f_a), eager. *torch int8*: that network after
+eager post-training static quantization (engine x86/fbgemm, conv+BN+ReLU fused, 4 calibration
+batches). *torch DoReFa*: the training-time model in eval mode (fake quantization in float32).
+"ratio" = torch time / bit-runtime time, so > 1 means the bit runtime is faster.
+{END}"""
+        write_block(Path(args.out), block)
         print(f"wrote {args.out}")
     return 0
+
+
+def write_block(path: Path, block: str) -> None:
+    """Replace the text between BEGIN and END in ``path`` (hand-written text around it stays);
+    a file without the markers gets the block appended. Written atomically."""
+    old = path.read_text() if path.exists() else "# The bit runtime vs torch (whole network)\n\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, new)
 
 
 if __name__ == "__main__":

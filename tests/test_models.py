@@ -67,7 +67,7 @@ def test_quantize_first_last_option():
 def test_svhn_layer_order_and_widths():
     model = create_model("svhn", bits=BITS, in_channels=1, width=0.5)
     names = list(model.features._modules)
-    # conv -> f_g -> BN -> [pool] -> f_a  (DOREFA.md section 2)
+    # conv -> f_g -> BN -> [pool] -> f_a  (docs/method.md section 2)
     assert names[:12] == [
         "conv0",
         "pool0",

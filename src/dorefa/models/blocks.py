@@ -1,4 +1,4 @@
-"""Shared building blocks of the paper's models (DOREFA.md section 2)."""
+"""Shared building blocks of the paper's models (docs/method.md section 2)."""
 
 from __future__ import annotations
 
