@@ -2,6 +2,11 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -11,11 +16,14 @@ from dorefa.models import create_model
 from dorefa.sweep import (
     RUNTIME_KEYS,
     Cell,
+    CellResult,
     SweepConfig,
     layer_costs,
     load_grid,
     read_results,
+    render_markdown,
     run_sweep,
+    write_results,
 )
 
 TINY = dict(
@@ -107,32 +115,53 @@ def test_tiny_grid_runs_to_completion(tmp_path, fashion_dir, capsys):
         assert (out / p).stat().st_size > 1000
 
 
-def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir, monkeypatch):
+def _sweep_until_first_record(cmd: list[str], out, timeout: float = 900.0) -> None:
+    """Start ``cmd`` (a sweep) in its own process group, wait until results.csv records a cell,
+    then kill -9 the whole group (the sweep and the cell it is training)."""
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ((out / "results.csv").exists() and _rows(out)):
+            if proc.poll() is not None:
+                pytest.fail(f"the sweep ended (exit {proc.returncode}) before recording a cell")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no cell recorded in {timeout:.0f} s")
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+
+
+def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir):
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID3)
     out = tmp_path / "sweep"
     cfg = SweepConfig(grid=str(grid), out=str(out), data_dir=fashion_dir, jobs=1, **TINY)
+    cmd = [sys.executable, "-m", "dorefa", "sweep", "--grid", str(grid), "--out", str(out)]
+    cmd += ["--data-dir", fashion_dir, "--epochs", "1", "--subset", "2000"]
+    cmd += ["--test-subset", "500", "--jobs", "1"]
 
-    monkeypatch.setenv("DOREFA_SWEEP_STOP_AFTER", "1")  # "killed" after the first recorded cell
-    with pytest.raises(RuntimeError, match="STOP_AFTER"):
-        run_sweep(cfg, log=lambda m: None)
+    _sweep_until_first_record(cmd, out)  # killed (-9) while the second cell trains
     rows = _rows(out)
     assert [(r["cell"], r["status"]) for r in rows] == [("svhn-w32a32g32-x0.25", "ok")]
     first_ckpt = out / "cells" / "svhn-w32a32g32-x0.25" / "checkpoint.pt"
     mtime = first_ckpt.stat().st_mtime_ns
 
-    monkeypatch.delenv("DOREFA_SWEEP_STOP_AFTER")
     cfg.jobs = 2  # the two remaining cells run side by side; the init cell's source is done
     rows = run_sweep(cfg, log=lambda m: None)
-    assert [r["cell"] for r in rows] == [
+    assert [r.cell for r in rows] == [
         "svhn-w32a32g32-x0.25",
         "svhn-w1a2g6-x0.25",
         "svhn-w1a2g6-x0.25-init",
     ]
-    assert all(r["status"] == "ok" for r in rows), [(r["cell"], r.get("error")) for r in rows]
+    assert all(r.ok for r in rows), [(r.cell, r.error) for r in rows]
     assert first_ckpt.stat().st_mtime_ns == mtime  # not retrained
     assert "--init-from" in (out / "cells" / "svhn-w1a2g6-x0.25-init" / "train.log").read_text()
-    assert read_results(out / "results.csv")[2]["init"] == "32,32,32"
+    assert read_results(out / "results.csv")[2].init == "32,32,32"
 
     # everything recorded: a third run trains nothing
     assert len(run_sweep(cfg, log=lambda m: None)) == 3
@@ -184,7 +213,7 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text, suffix, match",
     [
-        ("cells:\n  - {bits: '1,2,0'}\n", ".yaml", r"cells\[0\]: gradient bits \(g\) must be"),
+        ("cells:\n  - {bits: '1,2,0'}\n", ".yaml", r"cells\[0\]: .*gradient bits"),
         ("cells:\n  - {bits: '1,2,6', widht: 0.5}\n", ".yaml", "unknown key"),
         ("cells: [\n", ".yaml", "cannot parse"),
         ("[[cells]]\nbits = '1,2,6'\nwidths = [0]\n", ".toml", "width must be"),
@@ -261,3 +290,75 @@ def test_costs_follow_the_formulas():
     n_q = 64 * 48 * 9 + 64 * 64 * 9 + 128 * 64 * 9 + 128 * 128 * 9 * 2 + 512 * 128 * 25
     n_f = 48 * 25 + 48 + 512 * 10 + 10
     assert c["weight_bytes"] == n_q / 8 + n_f * 4
+
+
+def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys):
+    for flag, value, match in [
+        ("--batch-size", "0", "--batch-size must be an integer >= 1, got 0"),
+        ("--subset", "0", "--subset must be an integer >= 1, got 0"),
+        ("--lr", "-1", "--lr must be a number > 0, got -1.0"),
+        ("--epochs", "0", "--epochs must be >= 1, got 0"),
+    ]:
+        out = tmp_path / flag.strip("-")
+        assert main(["sweep", "--grid", "tiny", flag, value, "--out", str(out)]) == 2
+        assert match in capsys.readouterr().err
+        assert not out.exists()  # no sweep.json, no cell folder
+
+
+def _row(w, a, g, width=1.0, init="", acc=0.5, status="ok", **kw) -> CellResult:
+    name = f"svhn-w{w}a{a}g{g}-x{width}" + ("-init" if init else "")
+    return CellResult(name, "svhn", "fashion-mnist", w, a, g, width, init, status, acc, acc, **kw)
+
+
+def test_result_rows_round_trip_through_the_csv(tmp_path):
+    rows = [
+        _row(1, 2, 6, 0.25, epochs=2, macs=10**10, weight_bytes=284.5, runtime_acc=0.75),
+        _row(32, 32, 32, init="", status="failed", error='exit 1: boom, "quoted"\nnext'),
+    ]
+    path = tmp_path / "results.csv"
+    write_results(path, rows)
+    assert read_results(path) == rows
+    assert read_results(path)[0].to_dict() == rows[0].to_dict()
+    assert CellResult.from_dict(rows[0].to_dict() | {"unknown": 1}) == rows[0]
+    with open(path, newline="") as f:
+        raw = next(csv.DictReader(f))
+    assert raw["W"] == "1" and raw["width"] == "0.25" and raw["agreement"] == ""
+    assert raw["macs"] == "10000000000" and raw["runtime_note"] == ""
+    path.write_text("cell,W\nx,1\n")
+    with pytest.raises(ValueError, match="lacks the column"):
+        read_results(path)
+    path.write_text("cell,model,data,W,A,G,width\nx,m,d,one,1,1,1\n")
+    with pytest.raises(ValueError, match="column W: 'one' is not an integer"):
+        read_results(path)
+
+
+def test_claims_are_checked_from_the_rows():
+    """Verdicts of the claims table on made-up accuracies (docs/method.md section 4)."""
+    acc = {
+        (32, 32, 32): 0.90,
+        (1, 32, 32): 0.895,
+        (1, 1, 32): 0.80,
+        (1, 2, 32): 0.85,
+        (1, 2, 6): 0.845,
+        (1, 2, 4): 0.70,
+        (1, 2, 8): 0.95,
+    }
+    rows = [_row(*bits, acc=a) for bits, a in acc.items()]
+    rows += [_row(1, 2, 6, 1.0, init="32,32,32", acc=0.90)]
+    rows += [_row(32, 32, 32, 0.5, acc=0.88), _row(1, 2, 6, 0.5, acc=0.80)]
+    md = render_markdown(rows, None)
+    lines = md[md.index("## The paper's claims") :].splitlines()
+    verdicts = {ln.split("**")[1]: ln.rsplit(": ", 1)[1] for ln in lines if ln.startswith("- **")}
+    assert verdicts == {
+        "G=6 is about as good as G=32": "**holds**",  # -0.005: within TOL
+        "G=4 and G=2 are clearly worse than G=6": "**holds**",
+        "G=8 adds nothing over G=6": "**does not hold**",  # +0.105
+        "More activation bits help: A=1 < A=2 < A=4 at W=1": "**holds**",
+        "1-bit weights alone cost little; activations cost more": "**holds**",
+        "More weight bits help: (2,2,6) >= (1,2,6); (8,8,8) ~ float": "not measured",
+        "Initialising from a trained float model helps": "**holds**",
+        "Thinner models lose more from quantization": "**holds**",  # -0.055 then -0.08
+    }
+    assert "  - (1,2,6) init 0.9000 vs (1,2,6) 0.8450: +0.0550" in lines
+    assert "  - width 0.5: (1,2,6) x0.5 0.8000 vs (32,32,32) x0.5 0.8800: -0.0800" in lines
+    assert "target" not in md.lower()

@@ -1,0 +1,67 @@
+"""A sweep's settings (:class:`SweepConfig`) and the rule that every cell gets the same budget.
+
+``OUT/sweep.json`` keeps the settings of :data:`SETTING_KEYS` from the sweep's first run; a later
+run in the same folder with other values is refused (it would mix budgets in one table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..fileio import atomic_write_text
+
+# A sweep's settings: every cell gets the same budget; resuming with different ones is refused.
+SETTING_KEYS = (
+    "model",
+    "data",
+    "data_dir",
+    "grid",
+    "epochs",
+    "subset",
+    "test_subset",
+    "seed",
+    "batch_size",
+    "lr",
+)
+
+
+@dataclass
+class SweepConfig:
+    model: str = "svhn"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    grid: str = "paper"  # built-in name or grid file
+    epochs: int = 2
+    out: str = "runs/sweep"
+    subset: int | None = None  # first N training images, every cell
+    test_subset: int | None = None  # first N test images (None = the whole test set)
+    jobs: int = 1  # cells side by side, one torch thread each
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 1e-3
+    progress: bool | None = None  # tqdm over cells; None = only on a terminal
+
+
+def cfg_dict(cfg: SweepConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def check_settings(cfg: SweepConfig, out: Path) -> None:
+    """Write ``out/sweep.json`` on the first run; refuse a later run with other settings."""
+    settings = {k: getattr(cfg, k) for k in SETTING_KEYS}
+    path = out / "sweep.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{out} holds a sweep with other settings ({what}); every cell must "
+                "get the same budget: use the same arguments or another --out"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")

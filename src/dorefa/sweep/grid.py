@@ -1,0 +1,142 @@
+"""Grids of cells: what a sweep trains (``Cell``), the paper's grid, and grid files.
+
+A grid is ``{"cells": [entry, ...]}`` where an entry is ``{bits: "W,A,G", widths: [...]}`` (or a
+single ``width``) and optionally ``init: "W,A,G"``, the bits of the cell of the same width whose
+trained checkpoint initialises this one. ``paper`` is the SVHN bitwidth table of the paper
+(docs/method.md section 4) with the SVHN model family's widths (1 = model A, 0.5, 0.25, 0.125 =
+models B, C, D); ``tiny`` is two cells for a smoke run. A cell's folder name is
+``<model>-w1a2g6-x1.0[-init]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..bits import Bits
+
+PAPER_BITS = (
+    "32,32,32",
+    "8,8,8",
+    "1,32,32",
+    "1,1,32",
+    "1,2,32",
+    "1,4,32",
+    "1,1,6",
+    "1,2,6",
+    "1,4,6",
+    "2,2,6",
+    "1,2,8",
+    "1,2,4",
+    "1,2,2",
+    "1,1,4",
+    "1,1,2",
+)
+PAPER_GRID = {
+    "cells": [{"bits": b, "widths": [1.0]} for b in PAPER_BITS]
+    + [
+        {"bits": "32,32,32", "widths": [0.5, 0.25, 0.125]},
+        {"bits": "1,2,6", "widths": [0.5, 0.25, 0.125]},
+        {"bits": "1,2,6", "widths": [1.0], "init": "32,32,32"},
+    ]
+}
+TINY_GRID = {"cells": [{"bits": "32,32,32", "widths": [0.25]}, {"bits": "1,2,6", "widths": [0.25]}]}
+BUILTIN_GRIDS = {"paper": PAPER_GRID, "tiny": TINY_GRID}
+
+GRID_KEYS = {"bits", "width", "widths", "init"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a grid."""
+
+    bits: Bits
+    width: float = 1.0
+    init: Bits | None = None  # bits of the cell (same width) whose checkpoint initialises this one
+
+    def name(self, model: str) -> str:
+        """The cell's folder name, e.g. ``svhn-w1a2g6-x1.0-init``."""
+        return f"{model}-{self.bits.tag}-x{self.width}" + ("-init" if self.init else "")
+
+    def source(self) -> Cell | None:
+        """The cell whose checkpoint initialises this one (None: trained from scratch)."""
+        return Cell(self.init, self.width) if self.init else None
+
+
+def _parse_entry(entry: object, at: str) -> list[Cell]:
+    """The cells of one grid entry (one per width)."""
+    if not isinstance(entry, dict) or "bits" not in entry:
+        raise ValueError(f"{at}: each cell needs 'bits' (\"W,A,G\"), got {entry!r}")
+    unknown = set(entry) - GRID_KEYS
+    if unknown:
+        raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(GRID_KEYS)}")
+    try:
+        bits = Bits.parse(entry["bits"])
+        init = Bits.parse(entry["init"]) if entry.get("init") else None
+    except ValueError as exc:
+        raise ValueError(f"{at}: {exc}") from None
+    widths = entry.get("widths", [entry.get("width", 1.0)])
+    if not isinstance(widths, list) or not widths:
+        raise ValueError(f"{at}: 'widths' must be a non-empty list of numbers, got {widths!r}")
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 4:
+            raise ValueError(f"{at}: width must be a number in (0, 4], got {w!r}")
+    return [Cell(bits, float(w), init) for w in widths]
+
+
+def _check_cells(cells: list[Cell], where: str) -> None:
+    """No cell twice; every ``init`` source is in the grid."""
+    names = [c.name("m") for c in cells]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{where}: cells listed twice: {', '.join(d[2:] for d in dup)}")
+    for c in cells:
+        if c.init and c.source() not in cells:
+            raise ValueError(
+                f"{where}: cell {c.bits} width {c.width} is initialised from "
+                f"{c.init} width {c.width}, which is not in the grid; add it"
+            )
+
+
+def parse_grid(obj: object, where: str) -> list[Cell]:
+    """The cells of a grid object (a built-in grid, or a parsed grid file named ``where``)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("cells"), list) or not obj["cells"]:
+        raise ValueError(
+            f"{where}: a grid needs a non-empty list 'cells', e.g. "
+            "cells: [{bits: '1,2,6', widths: [1.0, 0.5]}, "
+            "{bits: '1,2,6', width: 1.0, init: '32,32,32'}]"
+        )
+    cells: list[Cell] = []
+    for i, entry in enumerate(obj["cells"]):
+        cells += _parse_entry(entry, f"{where}: cells[{i}]")
+    _check_cells(cells, where)
+    return cells
+
+
+def _read_grid_file(spec: str, path: Path) -> object:
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
+        raise ValueError(f"--grid {spec}: cannot parse: {str(exc).splitlines()[0]}") from None
+    raise ValueError(f"--grid {spec}: unknown grid format {suffix!r}; use .yaml or .toml")
+
+
+def load_grid(spec: str) -> list[Cell]:
+    """A built-in grid by name (``paper``, ``tiny``) or a ``.yaml``/``.yml``/``.toml`` file."""
+    if spec in BUILTIN_GRIDS:
+        return parse_grid(BUILTIN_GRIDS[spec], f"built-in grid {spec!r}")
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--grid {spec}: no such file and not a built-in grid ({', '.join(BUILTIN_GRIDS)})"
+        )
+    return parse_grid(_read_grid_file(spec, path), str(path))

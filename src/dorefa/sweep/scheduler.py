@@ -1,0 +1,283 @@
+"""Running a sweep: every cell of a grid as a normal ``dorefa train`` run in
+``OUT/cells/<model>-w1a2g6-x1.0[-init]/``, one subprocess per cell with one torch thread each,
+``--jobs`` of them side by side.
+
+The parent alone writes ``OUT/results.csv`` (atomically, after every cell), so a sweep killed at
+any point resumes where it stopped: recorded ok cells are skipped, a recorded failure is tried
+again, and the cell in flight resumes from its last epoch checkpoint (``train --resume``). A cell
+with ``init`` (e.g. the float-initialised (1,2,6)) waits for its source cell and starts from that
+cell's checkpoint (``train --init-from``); if the source failed, so does it. A cell killed by a
+signal is resumed once. When the sweep ends, or dies, its children end with it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from .children import Children, last_error
+from .config import SweepConfig, cfg_dict, check_settings
+from .costs import cell_costs
+from .grid import Cell, load_grid
+from .report import render_markdown, render_report
+from .results import CellResult, read_metrics, read_results, write_results
+from .runtime_columns import needs_runtime, runtime_columns
+
+
+def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path | None):
+    """The TrainConfig of a cell: the sweep's budget, the cell's bits and width, one thread,
+    resumed from the cell's folder if it holds a checkpoint."""
+    from ..train_config import TrainConfig
+
+    return TrainConfig(
+        model=cfg.model,
+        data=cfg.data,
+        data_dir=cfg.data_dir,
+        bits=cell.bits,
+        width=cell.width,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        threads=1,
+        subset=cfg.subset,
+        test_subset=cfg.test_subset,
+        out=str(cell_dir),
+        resume=True,
+        init_from=str(init_from) if init_from is not None else None,
+    )
+
+
+def train_command(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path | None):
+    """``python -m dorefa train ...`` for a cell (ValueError if a setting is out of range)."""
+    from ..train_flags import check_config, config_to_argv
+
+    tc = train_config(cfg, cell, cell_dir, init_from)
+    check_config(tc)
+    return [sys.executable, "-m", "dorefa", "train", *config_to_argv(tc)]
+
+
+def cell_row(cfg: SweepConfig, cell: Cell, **fields) -> CellResult:
+    """The result row's columns that name the cell and the sweep's settings, plus ``fields``."""
+    return CellResult(
+        cell=cell.name(cfg.model),
+        model=cfg.model,
+        data=cfg.data,
+        W=cell.bits.w,
+        A=cell.bits.a,
+        G=cell.bits.g,
+        width=cell.width,
+        init=str(cell.init) if cell.init else "",
+        subset=cfg.subset,
+        seed=cfg.seed,
+        **fields,
+    )
+
+
+def _train(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from, children: Children):
+    """Run the cell's training to its end (resumed once if killed by a signal);
+    returns (exit code, epochs recorded in metrics.jsonl, complete?)."""
+    name = cell.name(cfg.model)
+    cmd = train_command(cfg, cell, cell_dir, init_from)
+    for attempt in range(2):
+        rc = children.run(name, cmd, cell_dir / "train.log")
+        history = read_metrics(cell_dir / "metrics.jsonl")
+        complete = len(history) >= cfg.epochs and (cell_dir / "checkpoint.pt").exists()
+        # Killed by a signal (e.g. a shared library rebuilt under it): resume it once.
+        if complete or rc >= 0 or children.stopped or attempt == 1:
+            break
+    return rc, history, complete
+
+
+def run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: Children) -> CellResult:
+    """Train one cell in a subprocess; return its result row (status ok or failed)."""
+    cell_dir = out / "cells" / cell.name(cfg.model)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    src = cell.source()
+    init_from = out / "cells" / src.name(cfg.model) / "checkpoint.pt" if src else None
+    row = cell_row(cfg, cell)
+    t0 = time.perf_counter()
+    rc, history, complete = _train(cfg, cell, cell_dir, init_from, children)
+    if not complete:
+        err = last_error(cell_dir / "train.log")
+        return row.replace(
+            status="failed",
+            error=f"exit {rc}: {err[:300]}",
+            wall_s=round(time.perf_counter() - t0, 1),
+        )
+    # Every epoch and the checkpoint are on disk: the run is complete even if the process
+    # died on the way out (noted in the error column).
+    conf = json.loads((cell_dir / "config.json").read_text())
+    costs = cell_costs(cfg.model, cell, conf["num_classes"], conf["in_channels"])
+    row = row.replace(
+        **costs,
+        status="ok",
+        error=f"exit {rc} after the last epoch" if rc != 0 else "",
+        epochs=len(history),
+        best_test_acc=max(h["test_acc"] for h in history),
+        final_test_acc=history[-1]["test_acc"],
+        wall_s=round(sum(h["seconds"] for h in history), 1),  # train + test, resumed pieces
+        test_n=cfg.test_subset,
+    )
+    return runtime_columns(cfg, row, out, children)
+
+
+def _runtime_msg(row: CellResult) -> str:
+    if row.runtime_acc is not None:
+        return f"; bit runtime {row.runtime_acc:.4f}, agreement {row.agreement:.4f}"
+    return f"; {row.runtime_note}" if row.runtime_note else ""
+
+
+def _cell_msg(row: CellResult) -> str:
+    if not row.ok:
+        return f"{row.cell}: FAILED {row.error}"
+    return (
+        f"{row.cell}: best {row.best_test_acc:.4f} final {row.final_test_acc:.4f} "
+        f"({row.wall_s:.0f}s)" + _runtime_msg(row)
+    )
+
+
+class _Sweep:
+    """One call of :func:`run_sweep`: the grid's cells, the recorded rows, the cells running."""
+
+    def __init__(self, cfg: SweepConfig, cells: list[Cell], out: Path, log):
+        self.cfg, self.out, self.log = cfg, out, log
+        self.names = [c.name(cfg.model) for c in cells]
+        self.csv_path = out / "results.csv"
+        self.done = {r.cell: r for r in read_results(self.csv_path) if r.cell in self.names}
+        # A recorded ok cell is finished; a recorded failure is tried again.
+        self.pending = [c for c in cells if not self._ok(c)]
+        # Recorded ok cells without the bit-runtime columns (an older sweep, or a sweep killed
+        # between training and recording them): evaluated again on the runtime, not retrained.
+        self.fills = [self.done[n] for n in self.names if n in self.done]
+        self.fills = [r for r in self.fills if needs_runtime(r)]
+        self.running: dict[Future, Cell | str] = {}  # cell, or name of a row being filled in
+        self.lock = threading.Lock()
+        self.children = Children()
+        self.show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        self.total = len(cells)
+        self.bar = None  # the progress bar, while run() runs
+
+    def _ok(self, cell: Cell) -> bool:
+        row = self.done.get(cell.name(self.cfg.model))
+        return row is not None and row.ok
+
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.total,
+            initial=self.total - len(self.pending),
+            desc="cells",
+            unit="cell",
+            disable=not self.show,
+            dynamic_ncols=True,
+        )
+
+    def rows(self) -> list[CellResult]:
+        return [self.done[n] for n in self.names if n in self.done]
+
+    def _say(self, msg: str) -> None:
+        self.log(msg) if not self.show else self.bar.write(msg)
+
+    def _store(self, row: CellResult) -> None:
+        """Record ``row``: results.csv and results.md rewritten (atomically)."""
+        from ..fileio import atomic_write_text
+
+        with self.lock:
+            self.done[row.cell] = row
+            rows = self.rows()
+            write_results(self.csv_path, rows)
+            md = render_markdown(rows, cfg_dict(self.cfg), self.out)
+            atomic_write_text(self.out / "results.md", md)
+
+    def record(self, row: CellResult) -> None:
+        """A newly finished (or failed) cell."""
+        self._store(row)
+        msg = _cell_msg(row)
+        self.bar.update(1)
+        self.bar.set_postfix_str(msg[:60])
+        self._say(msg)
+
+    def record_runtime(self, row: CellResult) -> None:
+        """A recorded cell's runtime columns, filled in (not a newly recorded cell)."""
+        self._store(row)
+        self._say(f"{row.cell}: (recorded before)" + _runtime_msg(row))
+
+    def _start_ready(self, pool: ThreadPoolExecutor) -> None:
+        """Submit fills, then cells whose source cell is done, up to ``jobs`` running."""
+        cfg = self.cfg
+        while self.fills and len(self.running) < cfg.jobs:
+            r = self.fills.pop(0)
+            self.running[pool.submit(runtime_columns, cfg, r, self.out, self.children)] = r.cell
+        for cell in list(self.pending):
+            if len(self.running) >= cfg.jobs:
+                break
+            src = cell.source()
+            if src is not None and (src in self.pending or src in self.running.values()):
+                continue  # its source cell is not trained yet
+            self.pending.remove(cell)
+            if src is not None and not self._ok(src):
+                error = f"its source cell {src.name(cfg.model)} failed"
+                self.record(cell_row(cfg, cell, status="failed", error=error))
+                continue
+            self.running[pool.submit(run_cell, cfg, cell, self.out, self.children)] = cell
+
+    def _collect(self, fut: Future) -> None:
+        cell = self.running.pop(fut)
+        if isinstance(cell, str):
+            try:
+                self.record_runtime(fut.result())
+            except Exception as exc:  # a bug; the cell stays as it was recorded
+                self.log(f"{cell}: runtime columns not filled in: {type(exc).__name__}: {exc}")
+            return
+        try:
+            row = fut.result()
+        except Exception as exc:  # a bug in the parent's bookkeeping of this cell
+            row = cell_row(self.cfg, cell, status="failed", error=f"{type(exc).__name__}: {exc}")
+        self.record(row)
+
+    def run(self) -> None:
+        self.bar = self._progress_bar()
+        pool = ThreadPoolExecutor(max_workers=self.cfg.jobs)
+        try:
+            while self.pending or self.running or self.fills:
+                n_pending = len(self.pending)
+                self._start_ready(pool)
+                if not self.running:
+                    if len(self.pending) == n_pending:  # a source never trained: a bug
+                        raise RuntimeError("sweep scheduler: no runnable cell left")
+                    continue  # cells recorded as failed (their source failed): look again
+                finished, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    self._collect(fut)
+        finally:
+            self.children.stop()  # killed or stopped: the cells in flight end now
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.bar.close()
+
+
+def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
+    """Run (or resume) every cell of ``cfg.grid``; returns the result rows in grid order."""
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
+    cells = load_grid(cfg.grid)
+    out = Path(cfg.out)
+    for cell in cells:  # a setting out of range is an error now, not a failure of every cell
+        train_command(cfg, cell, out / "cells" / cell.name(cfg.model), None)
+    check_settings(cfg, out)
+    sweep = _Sweep(cfg, cells, out, log)
+    log(
+        f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(sweep.pending)} already done, "
+        f"{cfg.jobs} job(s) -> {out}"
+        + (f"; {len(sweep.fills)} to run on the bit runtime" if sweep.fills else "")
+    )
+    sweep.run()
+    render_report(out)
+    return sweep.rows()
