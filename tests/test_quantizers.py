@@ -1,4 +1,4 @@
-"""Quantizers against hand-computed values and closed-form gradients (DOREFA.md section 1)."""
+"""Quantizers against hand-computed values and closed-form gradients (docs/method.md section 1)."""
 
 import math
 
@@ -7,6 +7,7 @@ import torch
 
 import dorefa
 from dorefa import GradQuant, quantize_activation, quantize_gradient, quantize_k, quantize_weight
+from dorefa.quantizers import weight_codes
 
 
 def test_quantize_k_values_round_half_even():
@@ -74,6 +75,45 @@ def test_weight_2bit_levels_symmetric_without_zero():
     assert levels <= {-1.0, -1 / 3, 1 / 3, 1.0} or len(levels) == 4
     assert all(any(abs(v - l) < 1e-6 for l in (-1, -1 / 3, 1 / 3, 1)) for v in levels)
     assert torch.equal(quantize_weight(w, 32), w)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_weight_float_ops_unchanged(k):
+    """f_w is exactly these float32 ops (what trained checkpoints were made with)."""
+    w = torch.randn(64, 3, 3, 3, generator=torch.Generator().manual_seed(k))
+    w[0, 0] = 0.0
+    if k == 1:
+        e = w.abs().mean()
+        want = w + (torch.where(w >= 0, e, -e) - w)
+    else:
+        n = 2**k - 1
+        t = torch.tanh(w)
+        t = t / (2 * t.abs().max()) + 0.5
+        want = 2 * (t + (torch.round(t * n) / n - t)) - 1
+    assert torch.equal(quantize_weight(w, k), want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_weight_codes_are_the_codes_of_f_w(k):
+    """f_w(w) = s (2p - n): the codes export packs are the levels quantize_weight outputs."""
+    w = torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(10 + k))
+    w[0, 0, 0, 0] = 0.0  # sign(0) = +1
+    p, s = weight_codes(w, k)
+    n = 2**k - 1
+    assert p.dtype == torch.uint8 and p.shape == w.shape and int(p.max()) <= n
+    q = quantize_weight(w, k)
+    assert torch.allclose(s * (2 * p.float() - n), q, atol=1e-6, rtol=0)
+    assert torch.equal(torch.round((q / s + n) / 2).to(torch.uint8), p)
+    if k == 1:
+        assert int(p[0, 0, 0, 0]) == 1  # sign(0) = +1
+        assert s == pytest.approx(float(w.abs().mean()))
+    else:
+        assert s == 1 / n and {0, n} <= set(p.unique().tolist())  # max|tanh| reaches 0 or n
+
+
+def test_weight_codes_refuse_float_bits():
+    with pytest.raises(ValueError, match="1..8"):
+        weight_codes(torch.randn(3), 32)
 
 
 def test_activation_values_and_clip_gradient():

@@ -11,8 +11,8 @@ paper's float first/last layers. Not supported (clear ExportError): residual mod
 A = 32 (unbounded ReLU activations have no integer codes), W = 32 middle layers, and models
 trained with ``--quantize-first-last``.
 
-Threshold derivation (DOREFA.md s.2-3)
---------------------------------------
+Threshold derivation (docs/method.md sections 2-3)
+--------------------------------------------------
 A quantized layer receives activation codes q in 0..na, na = 2^A - 1 (activation = q / na) and
 has weight codes p in 0..nw, nw = 2^W - 1. Its conv output is an exact multiple of the integer
 signed dot D = sum (2p - nw) q (what ``bitconv2d_signed`` returns):
@@ -69,7 +69,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import quantizers
 from .bits import FLOAT, Bits
+from .geometry import INT32_MAX, accumulator_bound, conv_out_size, fits_int32
 from .nn import ActQuant, GradQuant, QConv2d, QLinear
 from .runtime import format as fmt
 
@@ -80,21 +82,13 @@ class ExportError(ValueError):
 
 # ----------------------------------------------------------------------------- weight codes
 def weight_codes(layer: QConv2d | QLinear) -> tuple[np.ndarray, float]:
-    """Unsigned weight codes p (uint8) exactly as f_w computes them, and the scale s_w.
+    """Unsigned weight codes p (uint8) of the layer's f_w and the scale s_w
+    (:func:`dorefa.quantizers.weight_codes` on the float32 weight):
 
-    W > 1: p = round(nw * (tanh(w) / (2 max|tanh(w)|) + 1/2)), same float32 ops as
-    ``quantize_weight``; weight = 2p/nw - 1, returns s_w = 1/nw.
-    W = 1: p = [w >= 0]; weight = E (2p - 1), returns s_w = E = mean|w|.
+    W > 1: weight = 2p/nw - 1, s_w = 1/nw.   W = 1: weight = E (2p - 1), s_w = E = mean|w|.
     """
-    k = layer.w_bits
-    w = layer.weight.detach().float().cpu()
-    if k == 1:
-        e = float(w.abs().mean())
-        return (w >= 0).to(torch.uint8).numpy(), e
-    n = (1 << k) - 1
-    t = torch.tanh(w)
-    t = t / (2 * t.abs().max()) + 0.5
-    return torch.round(t * n).to(torch.uint8).numpy(), 1.0 / n
+    codes, scale = quantizers.weight_codes(layer.weight.detach().float().cpu(), layer.w_bits)
+    return codes.numpy(), scale
 
 
 def pack_planes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -120,7 +114,7 @@ def fold_thresholds(alpha: np.ndarray, beta: np.ndarray, out_bits: int, dmax: in
     t = np.where(alpha == 0, const, t)
     t = np.clip(t, -big, big)
     direction = np.where(alpha[:, 0] < 0, -1, 1).astype(np.int8)
-    return t.astype(np.int64).clip(-(2**31 - 1), 2**31 - 1).astype(np.int32), direction
+    return t.astype(np.int64).clip(-INT32_MAX, INT32_MAX).astype(np.int32), direction
 
 
 def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
@@ -138,17 +132,61 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndar
     return a, c
 
 
+# ----------------------------------------------------------------------------- what can be exported
+EXPORTABLE_MODELS = ("svhn", "alexnet")  # plain conv/BN/pool chains; resnets have branches
+
+
+def _model_names() -> dict[type, str]:
+    from .models.alexnet import AlexNet
+    from .models.svhn import SVHNNet
+
+    return {SVHNNet: "svhn", AlexNet: "alexnet"}
+
+
+def _bits_reason(bits, keep_first_last: bool) -> str | None:
+    if not keep_first_last:
+        return (
+            "models trained with --quantize-first-last (quantized first conv on "
+            "the float image) are not supported by the bit runtime"
+        )
+    try:
+        b = Bits.parse(bits)
+    except ValueError as exc:
+        return f"{exc}; the bit runtime needs W and A in 1..8"
+    if b.a == FLOAT:
+        return (
+            f"bits {b}: A = 32 (unbounded ReLU activations) has no integer "
+            "codes; the bit runtime needs A in 1..8"
+        )
+    if b.w == FLOAT:
+        return (
+            f"bits {b}: W = 32 (float weights in the middle layers) cannot run "
+            "on popcount kernels; the bit runtime needs W in 1..8"
+        )
+    return None
+
+
+def exportable(model_name: str, bits, keep_first_last: bool = True) -> str | None:
+    """None if the bit runtime runs model ``model_name`` trained with ``bits`` (a Bits or
+    anything ``Bits.parse`` takes), else the reason it cannot (what :func:`export` raises).
+
+    Runnable: a plain conv/BN/pool chain (``svhn``, ``alexnet``), W and A in 1..8 (G is a
+    training-only setting) and the paper's float first and last layers (``keep_first_last``).
+    """
+    if model_name not in EXPORTABLE_MODELS:
+        return (
+            f"{model_name} is not a sequential conv/BN/pool chain (e.g. resnet18 adds "
+            "residual branches), which the bit runtime cannot run; export svhn or alexnet models"
+        )
+    return _bits_reason(bits, keep_first_last)
+
+
 # ----------------------------------------------------------------------------- walking the model
 def _modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's leaf modules in data-flow order (only for known sequential models)."""
     from .models.alexnet import AlexNet
     from .models.svhn import SVHNNet
 
-    if not isinstance(model, (SVHNNet, AlexNet, nn.Sequential)):
-        raise ExportError(
-            f"{type(model).__name__} is not a sequential conv/BN/pool chain (e.g. resnet18 adds "
-            "residual branches), which the bit runtime cannot run; export svhn or alexnet models"
-        )
     out = []
 
     def walk(prefix, m):
@@ -196,29 +234,29 @@ def _pool_params(m: nn.MaxPool2d, name: str) -> tuple[int, int, int]:
     return k, s, p
 
 
+def _check_exportable(model: nn.Module) -> None:
+    """Raise ExportError with :func:`exportable`'s reason if the bit runtime cannot run it."""
+    names = _model_names()
+    bits = getattr(model, "bits", None)
+    keep = getattr(model, "keep_first_last", True) is not False
+    if type(model) in names:
+        reason = exportable(names[type(model)], bits, keep)
+    elif isinstance(model, nn.Sequential):  # a hand-made chain: its layers are checked one by one
+        reason = _bits_reason(bits, keep) if bits is not None else None
+    else:
+        reason = exportable(type(model).__name__, bits, keep)
+    if reason:
+        raise ExportError(reason)
+
+
 def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
     """The runtime's layer list (header dict) and its arrays for ``model`` (see module doc)."""
-    bits: Bits | None = getattr(model, "bits", None)
-    if getattr(model, "keep_first_last", True) is False:
-        raise ExportError(
-            "models trained with --quantize-first-last (quantized first conv on "
-            "the float image) are not supported by the bit runtime"
-        )
-    if bits is not None and bits.a == FLOAT:
-        raise ExportError(
-            f"bits {bits}: A = 32 (unbounded ReLU activations) has no integer "
-            "codes; the bit runtime needs A in 1..8"
-        )
-    if bits is not None and bits.w == FLOAT:
-        raise ExportError(
-            f"bits {bits}: W = 32 (float weights in the middle layers) cannot run "
-            "on popcount kernels; the bit runtime needs W in 1..8"
-        )
+    _check_exportable(model)
     mods = [
         (n, m)
         for n, m in _modules(model)
-        if not isinstance(m, (nn.Dropout, nn.Identity, GradQuant))
-    ]  # identity at inference
+        if not isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten, GradQuant))
+    ]  # identity at inference; a flatten is implied by the layer after it
     first = next((m for _, m in mods if isinstance(m, nn.Conv2d)), None)
     if first is None:
         raise ExportError("the model has no conv layer")
@@ -229,7 +267,6 @@ def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
     layers: list[dict] = []
     arrays: dict[str, np.ndarray] = {}
     kind: str | int = "float"  # what flows: float map or k-bit codes
-    flat_pending = False  # a Flatten seen but not emitted (codes stay a (C, H, W) map)
 
     def arr(name: str, a: np.ndarray) -> dict:
         key = f"{len(layers)}.{name}"
@@ -239,69 +276,24 @@ def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
     i = 0
     while i < len(mods):
         name, m = mods[i]
-        if isinstance(m, (QConv2d, QLinear, nn.Conv2d, nn.Linear)) and (
-            getattr(m, "w_bits", FLOAT) == FLOAT
-        ):
-            if kind == "float" and not layers and isinstance(m, nn.Conv2d):
-                stride, pad = _conv_params(m, name)
-                if m.groups != 1:
-                    raise ExportError(f"{name}: grouped float first conv is not supported")
-                w = m.weight.detach().float().cpu().numpy()
-                b = (
-                    m.bias.detach().float().cpu().numpy()
-                    if m.bias is not None
-                    else np.zeros(m.out_channels, np.float32)
-                )
-                layers.append(
-                    {
-                        "op": "conv_float",
-                        "stride": stride,
-                        "padding": pad,
-                        "weight": arr("weight", w),
-                        "bias": arr("bias", b),
-                    }
-                )
-                kh, kw = m.kernel_size
-                shape = (
-                    m.out_channels,
-                    (shape[1] + 2 * pad - kh) // stride + 1,
-                    (shape[2] + 2 * pad - kw) // stride + 1,
-                )
-            elif kind == "float" and isinstance(m, nn.Linear) and i == len(mods) - 1:
-                n_in = math.prod(shape)
-                if m.in_features != n_in:
-                    raise ExportError(f"{name}: expects {m.in_features} inputs, gets {n_in}")
-                if len(shape) > 1:
-                    layers.append({"op": "flatten"})
-                w = m.weight.detach().float().cpu().numpy()
-                b = (
-                    m.bias.detach().float().cpu().numpy()
-                    if m.bias is not None
-                    else np.zeros(m.out_features, np.float32)
-                )
-                layers.append(
-                    {"op": "linear_float", "weight": arr("weight", w), "bias": arr("bias", b)}
-                )
-                shape = (m.out_features,)
-            else:
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "w_bits", FLOAT) == FLOAT:
+            if kind != "float":
                 raise ExportError(
                     f"{name}: float-weight layer in the middle of the network "
                     "(W = 32 middle layers) cannot run on popcount kernels"
                 )
+            shape = _float_layer(name, m, shape, not layers, i == len(mods) - 1, layers, arr)
             i += 1
         elif isinstance(m, nn.MaxPool2d):
             k, s, p = _pool_params(m, name)
             layers.append({"op": "maxpool", "kernel": k, "stride": s, "padding": p})
-            shape = (shape[0], (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1)
+            shape = (shape[0], conv_out_size(shape[1], k, s, p), conv_out_size(shape[2], k, s, p))
             i += 1
         elif isinstance(m, ActQuant):
             if kind != "float" or m.k == FLOAT or not m.quantize:
                 raise ExportError(f"{name}: activation {m} in an unsupported position")
             layers.append({"op": "quantize", "bits": m.k})
             kind = m.k
-            i += 1
-        elif isinstance(m, nn.Flatten):
-            flat_pending = True
             i += 1
         elif isinstance(m, (QConv2d, QLinear)):
             if kind == "float":
@@ -314,15 +306,55 @@ def build(model: nn.Module) -> tuple[dict, dict[str, np.ndarray]]:
             raise ExportError(f"{name}: {type(m).__name__} is not supported by the bit runtime")
     if kind != "float" or len(shape) != 1:
         raise ExportError("the model must end with a float linear classifier")
-    del flat_pending
     header = {
         "format": fmt.FORMAT_NAME,
         "input_shape": [int(v) for v in (first.in_channels, size, size)],
         "num_classes": int(shape[0]),
-        "bits": str(bits) if bits else None,
+        "bits": str(model.bits) if getattr(model, "bits", None) else None,
         "layers": layers,
     }
     return header, arrays
+
+
+def _float_params(m: nn.Conv2d | nn.Linear, out: int) -> tuple[np.ndarray, np.ndarray]:
+    w = m.weight.detach().float().cpu().numpy()
+    b = m.bias.detach().float().cpu().numpy() if m.bias is not None else np.zeros(out, np.float32)
+    return w, b
+
+
+def _float_layer(name, m, shape, is_first, is_last, layers, arr) -> tuple:
+    """The float first conv (``conv_float``) or the float classifier (``[flatten]
+    linear_float``), appended to ``layers``; returns the output shape."""
+    if is_first and isinstance(m, nn.Conv2d):
+        stride, pad = _conv_params(m, name)
+        if m.groups != 1:
+            raise ExportError(f"{name}: grouped float first conv is not supported")
+        w, b = _float_params(m, m.out_channels)
+        layers.append(
+            {
+                "op": "conv_float",
+                "stride": stride,
+                "padding": pad,
+                "weight": arr("weight", w),
+                "bias": arr("bias", b),
+            }
+        )
+        kh, kw = m.kernel_size
+        h, wd = conv_out_size(shape[1], kh, stride, pad), conv_out_size(shape[2], kw, stride, pad)
+        return (m.out_channels, h, wd)
+    if is_last and isinstance(m, nn.Linear):
+        n_in = math.prod(shape)
+        if m.in_features != n_in:
+            raise ExportError(f"{name}: expects {m.in_features} inputs, gets {n_in}")
+        if len(shape) > 1:
+            layers.append({"op": "flatten"})
+        w, b = _float_params(m, m.out_features)
+        layers.append({"op": "linear_float", "weight": arr("weight", w), "bias": arr("bias", b)})
+        return (m.out_features,)
+    raise ExportError(
+        f"{name}: float-weight layer in the middle of the network "
+        "(W = 32 middle layers) cannot run on popcount kernels"
+    )
 
 
 def _quantized_layer(mods, i, shape, x_bits, layers, arr):
@@ -360,15 +392,17 @@ def _quantized_layer(mods, i, shape, x_bits, layers, arr):
         stride, pad = _conv_params(m, name)
         groups = m.groups
     o, cg, kh, kw = codes.shape
-    na, nw = (1 << x_bits) - 1, (1 << m.w_bits) - 1
-    dmax = cg * kh * kw * na * nw
-    if dmax > 2**31 - 1:
-        raise ExportError(f"{name}: accumulator range {dmax} exceeds int32")
+    na = (1 << x_bits) - 1
+    dmax = accumulator_bound(cg * kh * kw, x_bits, m.w_bits)  # |D| <= dmax
+    if not fits_int32(cg * kh * kw, x_bits, m.w_bits):
+        raise ExportError(
+            f"{name}: accumulator range {dmax} exceeds int32 ({INT32_MAX}); use fewer input "
+            "channels per group or fewer bits"
+        )
     s = s_w / na  # y = s * D
     a_bn, b_bn = _bn_affine(bn)
     alpha, beta = s * a_bn, b_bn  # z = alpha * D + beta
-    ho = (shape[1] + 2 * pad - kh) // stride + 1
-    wo = (shape[2] + 2 * pad - kw) // stride + 1
+    ho, wo = conv_out_size(shape[1], kh, stride, pad), conv_out_size(shape[2], kw, stride, pad)
     spec = {
         "op": "bitconv",
         "x_bits": int(x_bits),
@@ -402,7 +436,7 @@ def _quantized_layer(mods, i, shape, x_bits, layers, arr):
     if pool is not None:
         k, ps, pp = pool
         layers.append({"op": "maxpool", "kernel": k, "stride": ps, "padding": pp})
-        shape = (o, (ho + 2 * pp - k) // ps + 1, (wo + 2 * pp - k) // ps + 1)
+        shape = (o, conv_out_size(ho, k, ps, pp), conv_out_size(wo, k, ps, pp))
     return j + 1, shape, kind
 
 
@@ -468,9 +502,11 @@ def register_cli(subparsers) -> None:
 
 
 __all__ = [
+    "EXPORTABLE_MODELS",
     "ExportError",
     "build",
     "export",
+    "exportable",
     "fold_thresholds",
     "pack_planes",
     "register_cli",

@@ -1,5 +1,5 @@
 """DoReFa layers: quantized conv/linear with float shadow weights, activation quantizer, and
-``quantize_model`` that turns a float network into its DoReFa form (DOREFA.md section 2)."""
+``quantize_model`` that turns a float network into its DoReFa form (docs/method.md section 2)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class ActQuant(nn.Module):
     """f_a as a module: ``quantize_k(clip(x, 0, 1))``; ``k = 32`` is ReLU.
 
     ``quantize=False`` keeps the clip but not the rounding: the input of the float last layer
-    is clipped to [0, 1] and left in full precision (DOREFA.md section 2).
+    is clipped to [0, 1] and left in full precision (docs/method.md section 2).
     """
 
     def __init__(self, k: int, quantize: bool = True) -> None:

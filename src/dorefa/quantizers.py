@@ -1,9 +1,10 @@
-"""DoReFa-Net quantizers (Zhou et al. 2016, arXiv:1606.06160, section 2; DOREFA.md section 1).
+"""DoReFa-Net quantizers (Zhou et al. 2016, arXiv:1606.06160, section 2; docs/method.md section 1).
 
 Three maps, one per part of the (W, A, G) triple, each "off" at 32 bits:
 
 * ``quantize_k``          the k-bit uniform quantizer on [0, 1] with a straight-through gradient;
 * ``quantize_weight``     f_w, applied to the float shadow weight on every forward pass;
+* ``weight_codes``        the unsigned integer codes f_w's values stand for (what export packs);
 * ``quantize_activation`` f_a = quantize_k(clip(x, 0, 1));
 * ``quantize_gradient``   f_g, the stochastic gradient quantizer; ``GradQuant`` applies it in the
   backward pass of an identity module.
@@ -35,7 +36,25 @@ def quantize_k(x: Tensor, k: int) -> Tensor:
         return x
     n = _levels(k)
     # x + (q - x).detach(): value q, gradient of x (the STE) without a custom autograd node.
-    return x + (torch.round(x * n) / n - x).detach()
+    return x + (_codes(x, n) / n - x).detach()
+
+
+def _codes(x: Tensor, n: int) -> Tensor:
+    """``round(n x)``: the integer code (as a float) of x in [0, 1] on n + 1 levels."""
+    return torch.round(x * n)
+
+
+def _tanh_unit(w: Tensor) -> Tensor:
+    """``u = tanh(w) / (2 max|tanh(w)|) + 1/2`` in [0, 1], max over the whole layer
+    (differentiable through tanh and the max)."""
+    t = torch.tanh(w)
+    return t / (2 * t.abs().max()) + 0.5
+
+
+def _sign_codes(w: Tensor) -> tuple[Tensor, Tensor]:
+    """1-bit f_w: ``p = [w >= 0]`` (bool; sign(0) = +1) and ``E = mean(|w|)`` (no gradient)."""
+    w = w.detach()
+    return w >= 0, w.abs().mean()
 
 
 def quantize_weight(w: Tensor, k: int) -> Tensor:
@@ -56,12 +75,29 @@ def quantize_weight(w: Tensor, k: int) -> Tensor:
     if k == FLOAT:
         return w
     if k == 1:
-        e = w.detach().abs().mean()
-        q = torch.where(w >= 0, e, -e)
+        p, e = _sign_codes(w)
+        q = torch.where(p, e, -e)
         return w + (q - w).detach()
-    t = torch.tanh(w)
-    t = t / (2 * t.abs().max()) + 0.5
-    return 2 * quantize_k(t, k) - 1
+    return 2 * quantize_k(_tanh_unit(w), k) - 1
+
+
+def weight_codes(w: Tensor, k: int) -> tuple[Tensor, float]:
+    r"""The unsigned codes p (uint8, shaped like w) of f_w(w) and the scale s such that
+    ``quantize_weight(w, k) = s (2p - n)``, n = 2^k - 1 (the same float ops decide p in both):
+
+    * ``k = 1``:      ``p = [w >= 0]``, ``s = E = mean(|w|)``;
+    * ``1 < k <= 8``: ``p = round(n u)``, ``u = tanh(w) / (2 max|tanh(w)|) + 1/2``, ``s = 1/n``.
+
+    Computed on ``w.detach()`` in w's dtype and device (export passes float32 on the CPU).
+    """
+    k = check_bits(k, "weight bits")
+    if not 1 <= k <= 8:
+        raise ValueError(f"weight codes exist for 1..8 weight bits (uint8), got {k}")
+    if k == 1:
+        p, e = _sign_codes(w)
+        return p.to(torch.uint8), float(e)
+    n = _levels(k)
+    return _codes(_tanh_unit(w.detach()), n).to(torch.uint8), 1.0 / n
 
 
 class _ActQuantFn(torch.autograd.Function):

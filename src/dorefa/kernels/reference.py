@@ -4,7 +4,7 @@ Every native kernel (``dorefa/csrc``) must agree with these functions bit for bi
 also the ``'reference'`` backend of :mod:`dorefa.kernels` and share its signatures.
 
 Operands are unsigned integer codes (DoReFa-Net, arXiv:1606.06160, section 3 and
-``/work/shared/DOREFA.md`` s.3): activations ``q`` in ``[0, 2**x_bits)``, weights ``p`` in
+docs/method.md section 3): activations ``q`` in ``[0, 2**x_bits)``, weights ``p`` in
 ``[0, 2**w_bits)``, stored as ``uint8``. Zero padding adds code 0. A convolution returns the
 exact integer sum over ``(c, kh, kw)`` of ``q * p`` as int32 (N, O, H', W').
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..geometry import INT32_MAX, accumulator_bound, conv_out_size, fits_int32
+
 MAX_BITS = 8
 LANES = 8  # output channels per packed weight block (see csrc/bitconv.h)
-INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,9 +123,11 @@ def check_conv(
             f"kernel {kh}x{kw} larger than the padded input {h}x{w} "
             f"(input {x.shape[2]}x{x.shape[3]}, padding {padding})"
         )
-    if c * kh * kw * ((1 << x_bits) - 1) * ((1 << pw.bits) - 1) > INT32_MAX:
+    if not fits_int32(c * kh * kw, x_bits, pw.bits):
+        bound = accumulator_bound(c * kh * kw, x_bits, pw.bits)
         raise ValueError(
-            "C*KH*KW*(2**x_bits-1)*(2**w_bits-1) exceeds int32; split the input channels"
+            f"C*KH*KW*(2**x_bits-1)*(2**w_bits-1) = {bound} exceeds int32 ({INT32_MAX}); "
+            "split the input channels"
         )
     if check_values:
         check_code_range("x_codes", x, x_bits)
@@ -295,8 +298,7 @@ def conv_float_quantize(
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    oh = (h + 2 * padding - kh) // stride + 1
-    ow = (w + 2 * padding - kw) // stride + 1
+    oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding)
     acc = np.zeros((n, o, oh, ow))
     for ci in range(c):
         for i in range(kh):
@@ -316,8 +318,7 @@ def conv_float_quantize(
 def maxpool_codes(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
     """Max-pool of uint8 codes (N, C, H, W); padding is code 0 (<= every code)."""
     n, c, h, w = x.shape
-    oh = (h + 2 * padding - kernel) // stride + 1
-    ow = (w + 2 * padding - kernel) // stride + 1
+    oh, ow = conv_out_size(h, kernel, stride, padding), conv_out_size(w, kernel, stride, padding)
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     out = np.zeros((n, c, oh, ow), np.uint8)
     for i in range(kernel):

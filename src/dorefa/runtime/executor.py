@@ -1,6 +1,6 @@
 """Executes a ``.dorefa`` file: float first layer, popcount middle layers, float classifier.
 
-Between the first and the last layer, activations are uint8 codes (DOREFA.md s.3): each
+Between the first and the last layer, activations are uint8 codes (docs/method.md section 3): each
 quantized layer is one call of :func:`dorefa.kernels.bitconv2d_requant`, whose integer
 thresholds (made by :mod:`dorefa.export`) fold the weight scale, BatchNorm, clip and
 re-quantization. The last quantized layer instead returns ``clip(alpha * D + beta, 0, 1)`` in
@@ -14,11 +14,11 @@ import math
 import numpy as np
 
 from .. import kernels
+from ..geometry import INT32_MAX, accumulator_bound, conv_out_size, fits_int32
 from .format import FormatError, Reader
 
 MAX_ELEMENTS = 1 << 26  # per image, per layer: refuse headers describing absurd activations
 MAX_DIM = 1 << 16
-INT32_MAX = 2**31 - 1
 
 
 def _is_dims(v: object, n: int) -> bool:
@@ -34,10 +34,6 @@ def _windows(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
     """(N, C, H', W', KH, KW) view of the receptive fields of an already padded x."""
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
     return win[:, :, ::stride, ::stride]
-
-
-def _out_size(size: int, k: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - k) // stride + 1
 
 
 class Layer:
@@ -134,7 +130,7 @@ class MaxPool(Layer):
         if x.dtype == np.uint8:
             return kernels.maxpool_codes(x, k, s, p)
         n, c, h, w = x.shape
-        ho, wo = _out_size(h, k, s, p), _out_size(w, k, s, p)
+        ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
         if p:
             fill = 0 if x.dtype == np.uint8 else -np.inf
             x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
@@ -330,7 +326,7 @@ class _Builder:
         c, h, w = shape
         if kh > h + 2 * padding or kw > w + 2 * padding:
             raise self.err(i, f"kernel {kh}x{kw} larger than the padded input {h}x{w}+{padding}")
-        return _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
+        return conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding)
 
     def build(self, specs, input_shape):
         if not isinstance(specs, list) or not 1 <= len(specs) <= 1000:
@@ -416,8 +412,9 @@ class _Builder:
         o, cg, kh, kw = ws
         if o % groups or cg * groups != shape[0]:
             raise self.err(i, f"weight_shape {ws} with groups {groups} does not fit input {shape}")
-        if cg * kh * kw * ((1 << x_bits) - 1) * ((1 << w_bits) - 1) > INT32_MAX:
-            raise self.err(i, "accumulator range exceeds int32")
+        if not fits_int32(cg * kh * kw, x_bits, w_bits):
+            bound = accumulator_bound(cg * kh * kw, x_bits, w_bits)
+            raise self.err(i, f"accumulator range {bound} exceeds int32 ({INT32_MAX})")
         count = o * cg * kh * kw
         packed = self.arr(i, spec, "weight", np.uint8, 1)
         if packed.size != w_bits * (-(-count // 8)):

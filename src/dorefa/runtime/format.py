@@ -15,7 +15,7 @@ Layout (all integers little-endian; no pickle anywhere)::
 A reader trusts nothing: the file size must be exactly what the fixed header says, the
 checksum must match, every size is bounded before anything is allocated, and every array
 entry must lie inside the blob with ``nbytes == prod(shape) * itemsize``. Anything else raises
-:class:`FormatError` naming the file. This module imports numpy only.
+:class:`FormatError` naming the file. This module imports numpy and :mod:`dorefa.fileio` only.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+
+from ..fileio import atomic_write_bytes
 
 MAGIC = b"\x89DOREFA\n"
 FORMAT_VERSION = 1
@@ -53,7 +55,8 @@ def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) 
     """Write ``header`` (JSON-able; arrays referenced as ``{"array": name}``) and ``arrays``.
 
     Each ``{"array": name}`` placeholder in the header is replaced by its blob entry. The file
-    is written to a temp name and renamed (a crash leaves no half file). Returns its size.
+    is written atomically (:func:`dorefa.fileio.atomic_write_bytes`: temp file, fsync,
+    rename). Returns its size.
     """
     blob = bytearray()
     entries: dict[str, dict] = {}
@@ -90,14 +93,7 @@ def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) 
     text += b" " * (_align(_FIXED.size + len(text)) - _FIXED.size - len(text))
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(text), len(blob)) + text + bytes(blob)
     payload = body + hashlib.sha256(body).digest()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, bytes(payload))
     return len(payload)
 
 
@@ -169,7 +165,7 @@ class Reader:
         if not isinstance(entry, dict):
             raise self.error(f"array {name!r}: entry is not an object")
         dt, shape, off, nbytes = (entry.get(k) for k in ("dtype", "shape", "offset", "nbytes"))
-        if dt not in DTYPES:
+        if not isinstance(dt, str) or dt not in DTYPES:
             raise self.error(f"array {name!r}: dtype {dt!r} is not one of {', '.join(DTYPES)}")
         if dtype is not None and DTYPES[dt] is not dtype:
             raise self.error(f"array {name!r}: dtype {dt} where {np.dtype(dtype)} is required")

@@ -1,0 +1,132 @@
+"""The bit runtime on a test set, and its agreement with the torch model it was exported from.
+
+:func:`run_test_set` is what ``dorefa run`` and the sweep's runtime columns compute; ``dorefa
+run`` only prints its result. Inputs are made by :func:`dorefa.data.to_model_input` exactly as
+``dorefa eval`` makes them, then handed to the runtime as numpy float32.
+
+This module may import torch (the data pipeline and the comparison use it), but only inside its
+functions: importing :mod:`dorefa.runtime` never maps torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+def compare_logits(rt_logits: np.ndarray, torch_logits: np.ndarray) -> dict:
+    """Agreement of the argmax and the largest logit difference.
+
+    For image i: ``d_i = max_k |rt[i,k] - torch[i,k]|`` and ``s_i = max_k |torch[i,k]|``;
+    ``max_abs_diff = max_i d_i``, ``max_rel_diff = max_i d_i / s_i``, ``within_1e-3`` the share
+    of images with ``d_i / s_i <= 1e-3``, ``agreement`` the share with the same argmax."""
+    diff = np.abs(rt_logits.astype(np.float64) - torch_logits)
+    scale = np.maximum(np.abs(torch_logits).max(axis=1), 1e-12)
+    return {
+        "agreement": float((rt_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "max_rel_diff": float((diff.max(axis=1) / scale).max()) if diff.size else 0.0,
+        "within_1e-3": float((diff.max(axis=1) / scale <= 1e-3).mean()) if diff.size else 1.0,
+    }
+
+
+def model_input_batches(test_set, batch_size: int, size: int):
+    """Yield (model input (B,C,size,size) float32 torch tensor, int64 numpy labels) in order."""
+    import torch
+
+    from ..data import to_model_input
+    from ..data.batches import iterate_batches
+
+    for images, labels in iterate_batches(test_set, torch.arange(len(test_set)), batch_size):
+        x = to_model_input(images, size, train=False, augment="none", generator=None)
+        yield x, labels.numpy()
+
+
+def load_test_set(data: str, data_dir, test_subset: int | None, model):
+    """The test split of ``data`` at the model's input size (its first ``test_subset`` images
+    if given), checked against the model's channels and classes."""
+    from ..data import get_dataset
+
+    c, size, _ = model.input_shape
+    test_set = get_dataset(data, "test", data_dir=data_dir, image_size=size)
+    if test_subset:
+        test_set = test_set.subset(min(test_subset, len(test_set)))
+    if test_set.in_channels != c or test_set.num_classes != model.num_classes:
+        raise ValueError(
+            f"{data} has {test_set.in_channels} channels and {test_set.num_classes} classes; "
+            f"{model.path} expects {c} and {model.num_classes}: pick the dataset the model was "
+            "trained on"
+        )
+    return test_set
+
+
+def _torch_model(checkpoint: str | os.PathLike, threads: int):
+    import torch
+
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+
+    torch.set_num_threads(threads)
+    return model_from_checkpoint(load_checkpoint(checkpoint), checkpoint).eval()
+
+
+def run_test_set(
+    model_path: str | os.PathLike,
+    data: str,
+    data_dir: str | os.PathLike | None = None,
+    test_subset: int | None = None,
+    compare: str | os.PathLike | None = None,
+    threads: int = 1,
+    batch_size: int = 256,
+) -> dict:
+    """Run the ``.dorefa`` file on the test set of ``data`` (and, with ``compare`` = a checkpoint
+    path, that torch model in eval mode on the same inputs).
+
+    Returns ``n``, ``accuracy``, ``seconds`` (the runtime calls only), ``images_per_s``,
+    ``model_bytes``, ``bits``, ``path``, ``kernel_backend``, ``threads``, ``batch_size``, ``data``,
+    and with ``compare``: ``torch_accuracy`` and :func:`compare_logits`'s ``agreement``,
+    ``max_abs_diff``, ``max_rel_diff``, ``within_1e-3`` (else these are None)."""
+    from .. import kernels, runtime
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    model = runtime.load(model_path, threads=threads)
+    test_set = load_test_set(data, data_dir, test_subset, model)
+    torch_model = _torch_model(compare, threads) if compare else None
+    rt_all, torch_all, labels_all, seconds = [], [], [], 0.0
+    for x, labels in model_input_batches(test_set, batch_size, model.input_shape[1]):
+        xn = x.numpy()
+        t0 = time.perf_counter()
+        rt_all.append(model(xn))
+        seconds += time.perf_counter() - t0
+        labels_all.append(labels)
+        if torch_model is not None:
+            import torch
+
+            with torch.no_grad():
+                torch_all.append(torch_model(x).numpy())
+    logits, labels = np.concatenate(rt_all), np.concatenate(labels_all)
+    n = len(labels)
+    res = {
+        "path": str(model.path),
+        "bits": model.bits,
+        "model_bytes": model.size,
+        "kernel_backend": kernels.backend(),
+        "threads": threads,
+        "batch_size": batch_size,
+        "data": data,
+        "n": n,
+        "accuracy": float((logits.argmax(1) == labels).mean()) if n else 0.0,
+        "seconds": seconds,
+        "images_per_s": n / max(seconds, 1e-9),
+        "torch_accuracy": None,
+    }
+    res |= dict.fromkeys(("agreement", "max_abs_diff", "max_rel_diff", "within_1e-3"))
+    if torch_model is not None:
+        t_logits = np.concatenate(torch_all)
+        res["torch_accuracy"] = float((t_logits.argmax(1) == labels).mean()) if n else 0.0
+        res |= compare_logits(logits, t_logits)
+    return res
