@@ -29,7 +29,7 @@ data:
 	fi
 
 demo: install data
-	$(VENV)/bin/dorefa train --model svhn --data fashion-mnist --bits 1,2,6 --epochs 3 --threads 2 --out runs/demo-svhn-w1a2g6 --resume
+	$(VENV)/bin/dorefa train --model svhn --data fashion-mnist --bits 1,2,6 --epochs 3 --out runs/demo-svhn-w1a2g6 --resume
 	$(VENV)/bin/dorefa export runs/demo-svhn-w1a2g6/checkpoint.pt -o runs/demo-svhn-w1a2g6/model.dorefa
 	$(VENV)/bin/dorefa run runs/demo-svhn-w1a2g6/model.dorefa --data fashion-mnist --compare runs/demo-svhn-w1a2g6/checkpoint.pt --threads 1
 	$(PY) benchmarks/bench_runtime.py --quick --checkpoint runs/demo-svhn-w1a2g6/checkpoint.pt

@@ -38,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
     from dorefa.data import get_dataset, to_model_input
     from dorefa.models import create_model
     from dorefa.nn import set_grad_generator
-    from dorefa.train import amp_dtype
+    from dorefa.optim import amp_dtype
 
     torch.set_num_threads(args.threads)
     info = distributed.setup("cpu")

@@ -146,3 +146,226 @@ def test_cli_argument_errors(capsys):
     assert "1..8 or 32" in capsys.readouterr().err
     assert main(["train", "--model", "nope", "--epochs", "1", "--out", "/tmp/_x_"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the flag table
+
+
+def test_flag_table_defines_the_cli_and_the_config_defaults():
+    import argparse
+
+    from dorefa.bits import Bits
+    from dorefa.cli import build_parser
+    from dorefa.train_flags import FLAGS, add_train_args, config_from_argv
+
+    p = argparse.ArgumentParser()
+    add_train_args(p)
+    assert {s for a in p._actions for s in a.option_strings} == {"-h", "--help"} | {
+        f.name for f in FLAGS
+    }
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert [a.option_strings for a in train_parser._actions] == [
+        a.option_strings for a in p._actions
+    ]
+    default = TrainConfig()
+    for flag in FLAGS:
+        if flag.field is not None and flag.field != "out":
+            assert getattr(default, flag.field) == flag.field_default(), flag.name
+    assert default.out == "runs/svhn-w1a2g6"  # --out's default, resolved
+    cfg = config_from_argv([])
+    assert cfg == default and isinstance(cfg.bits, Bits)  # parsed once, by argparse
+    assert config_from_argv(["--bits", "w1a4g32"]).bits == Bits(1, 4, 32)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(),
+        dict(bits="32,32,32", width=0.125, epochs=3, threads=1, out="/tmp/x", resume=True),
+        dict(keep_first_last=False, amp="bf16", channels_last=True, augment="none", lr=3e-4),
+        dict(init_from="a b/c.pt", data="idx:/d", data_dir="/dd", subset=7, test_subset=9),
+        dict(model="alexnet", recipe="alexnet-imagenet", epochs=1),
+    ],
+)
+def test_config_to_argv_rebuilds_the_config(fields):
+    from dorefa.recipes import apply_recipe
+    from dorefa.train_flags import config_from_argv, config_to_argv
+
+    cfg = TrainConfig(**apply_recipe(fields, set(fields), fields.get("recipe")))
+    argv = config_to_argv(cfg)
+    assert all(isinstance(a, str) for a in argv)
+    assert config_from_argv(argv) == cfg
+    if not fields:
+        assert argv == ["--out", "runs/svhn-w1a2g6"]
+
+
+def test_config_to_argv_refuses_what_no_flag_expresses():
+    from dorefa.train_flags import config_to_argv
+
+    with pytest.raises(ValueError, match="adam_eps"):
+        config_to_argv(TrainConfig(adam_eps=1e-5))
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--width", "0"),
+        ("--width", "1e6"),
+        ("--width", "nan"),
+        ("--epochs", "-1"),
+        ("--epochs", "two"),
+        ("--batch-size", "0"),
+        ("--subset", "0"),
+        ("--test-subset", "-5"),
+        ("--lr", "0"),
+        ("--lr", "inf"),
+        ("--weight-decay", "-1"),
+        ("--threads", "0"),
+        ("--seed", "-1"),
+        ("--workers", "-1"),
+        ("--nproc", "0"),
+        ("--bits", "0,2,6"),
+        ("--bits", "1,2"),
+    ],
+)
+def test_cli_rejects_nonsense_flags_in_one_line(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", flag, value, "--out", "/nonexistent/never-written"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"dorefa train: error: argument {flag}: ") and value in last
+
+
+def test_python_configs_are_checked_like_flags(tmp_path, capsys):
+    for fields, needle in (
+        (dict(epochs=0), "--epochs must be an integer >= 1, got 0"),
+        (dict(lr=-1.0), "--lr must be a number > 0"),
+        (dict(optimizer="rmsprop"), "--optimizer must be one of adam, sgd"),
+        (dict(device="nosuch"), "--device must be auto, cpu, cuda or cuda:N"),
+        (dict(batch_size=1), "BatchNorm needs 2 or more"),
+        (dict(subset=1, batch_size=2), "BatchNorm needs 2 or more"),
+    ):
+        cfg = TrainConfig(out=str(tmp_path / "never"), **(SMALL | fields))
+        with pytest.raises(ValueError, match=needle):
+            train(cfg, log=lambda m: None)
+    assert not (tmp_path / "never").exists()
+    assert main(["train", "--device", "nosuch", "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("dorefa train: error: --device")
+
+
+# ---------------------------------------------------------------- CPU-dependent defaults
+
+
+def test_thread_default_follows_the_cpus(monkeypatch):
+    from dorefa import cpuinfo
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(cpuinfo, "usable_cpus", lambda: [0, 1])
+    n, why = cpuinfo.pick_threads(None)
+    assert n == 1 and "0.57x" in why  # 2 vCPUs: one thread
+    monkeypatch.setattr(cpuinfo, "usable_cpus", lambda: list(range(8)))
+    monkeypatch.setattr(cpuinfo, "physical_cores", lambda cpus: 4)
+    assert cpuinfo.pick_threads(None)[0] == 4  # one per physical core
+    monkeypatch.setattr(cpuinfo, "physical_cores", lambda cpus: None)
+    assert cpuinfo.pick_threads(None)[0] == 4  # topology unknown: CPUs / 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cpuinfo.pick_threads(None)[0] == 1  # 2 CPUs per process
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpuinfo.pick_threads(None) == (3, "torch threads: 3 (OMP_NUM_THREADS=3)")
+    assert cpuinfo.pick_threads(2) == (2, "torch threads: 2 (--threads)")
+    n, why = cpuinfo.pick_threads(999)
+    assert n == 8 and why.startswith("warning: --threads 999 is more than the 8 CPUs")
+
+
+def test_physical_cores_from_sysfs(tmp_path):
+    from dorefa.cpuinfo import physical_cores
+
+    for cpu, core in enumerate([0, 1, 0, 1]):  # 4 CPUs, 2 cores with 2 hyperthreads each
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "core_id").write_text(f"{core}\n")
+        (topo / "physical_package_id").write_text("0\n")
+    assert physical_cores([0, 1, 2, 3], tmp_path) == 2
+    assert physical_cores([0, 2], tmp_path) == 1
+    assert physical_cores([9], tmp_path) is None
+
+
+def test_bf16_detection_and_warning(tmp_path):
+    from dorefa.cpuinfo import bf16_warning, native_bf16
+
+    cases = {
+        "flags\t\t: fpu sse2 avx2 fma\n": False,  # AMD Zen 2
+        "flags\t\t: fpu avx2 avx512f avx512_bf16\n": True,
+        "flags\t\t: fpu avx2 amx_bf16 amx_tile\n": True,
+        "Features\t: fp asimd bf16 i8mm\n": True,  # Arm
+    }
+    for i, (text, expected) in enumerate(cases.items()):
+        (tmp_path / f"c{i}").write_text("processor\t: 0\n" + text)
+        assert native_bf16(tmp_path / f"c{i}") is expected
+    assert native_bf16(tmp_path / "missing") is None
+    assert bf16_warning(True) is None
+    for native in (False, None):
+        line = bf16_warning(native)
+        assert line.startswith("warning: --amp bf16") and "21x slower" in line
+        assert "avx512_bf16" in line and "\n" not in line
+
+
+def test_bf16_on_a_cpu_without_it_warns_in_the_log(tmp_path, monkeypatch, fashion_dir):
+    import dorefa.train
+
+    monkeypatch.setattr(dorefa.train, "native_bf16", lambda: False)
+    msgs = []
+    cfg = TrainConfig(
+        amp="bf16", epochs=1, out=str(tmp_path / "run"), **(SMALL | dict(subset=128, width=0.125))
+    )
+    train(cfg, log=msgs.append)
+    assert msgs[0] == "torch threads: 1 (--threads)"
+    assert any(m.startswith("warning: --amp bf16 on a CPU without native bf16") for m in msgs)
+
+
+# ---------------------------------------------------------------- checkpoint and run folder
+
+
+def test_checkpoint_keys_and_restore_errors(run_two_epochs, tmp_path):
+    from dorefa import checkpoint
+    from dorefa.checkpoint import KEYS, VERSION, restore
+
+    out, _ = run_two_epochs
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert tuple(ckpt) == KEYS and ckpt["version"] == VERSION and ckpt["epoch"] == 1
+    assert ckpt["config"] == json.loads((out / "config.json").read_text())
+    model = checkpoint.model_from_checkpoint(ckpt).train()
+    opt = torch.optim.Adam(model.parameters())
+    assert restore(ckpt, "c.pt", meta=ckpt["meta"], model=model, optimizer=opt) == (
+        2,
+        ckpt["best_acc"],
+    )
+    with pytest.raises(CheckpointError, match="differs from this run"):
+        restore(ckpt, "c.pt", meta=ckpt["meta"] | {"width": 1.0}, model=model, optimizer=opt)
+    no_optimizer = {k: v for k, v in ckpt.items() if k != "optimizer"}
+    with pytest.raises(CheckpointError, match="optimizer"):
+        restore(no_optimizer, "c.pt", meta=ckpt["meta"], model=model, optimizer=opt)
+    checkpoint.save_atomic({"format": "x"}, tmp_path / "a.pt")
+    assert sorted(os.listdir(tmp_path)) == ["a.pt"]  # no temp file left behind
+
+
+def test_run_files_drop_rows_after_the_checkpoint_and_stale_temp_files(tmp_path):
+    from dorefa.run_files import RunFiles
+
+    files = RunFiles(tmp_path)
+    rows = [{"epoch": e, "train_loss": 1.0} for e in (1, 2, 3)]
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 4, "train_lo'
+    files.metrics.write_text(text)  # a partial last line, as a kill mid-append leaves
+    (tmp_path / ".checkpoint.pt.k2j3.tmp").write_bytes(b"half a checkpoint")
+    files.start({"a": 1}, start_epoch=2)
+    assert [h["epoch"] for h in files.history] == [1, 2]
+    assert files.metrics.read_text().splitlines() == [json.dumps(r) for r in rows[:2]]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "metrics.jsonl"]
+    files.add_epoch({"epoch": 3, "train_loss": 0.5})
+    assert len(files.metrics.read_text().splitlines()) == 3
+    silent = RunFiles(tmp_path / "rank1", enabled=False)
+    silent.start({}, 0)
+    silent.add_epoch({"epoch": 1})
+    assert not (tmp_path / "rank1").exists() and len(silent.history) == 1

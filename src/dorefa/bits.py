@@ -1,15 +1,22 @@
 """The (W, A, G) bitwidth triple that names every DoReFa configuration.
 
 ``Bits(1, 2, 6)`` means 1-bit weights, 2-bit activations, 6-bit gradients; 32 means "not
-quantized" for that part (DOREFA.md, introduction).
+quantized" for that part (docs/method.md, section 1). ``Bits.parse`` is also the argparse type
+of ``--bits``: its errors are BitsError, a ValueError that argparse prints as it is.
 """
 
 from __future__ import annotations
 
+import argparse
+import operator
 from dataclasses import dataclass
 
 FLOAT = 32
 VALID_BITS = tuple(range(1, 9)) + (FLOAT,)
+
+
+class BitsError(ValueError, argparse.ArgumentTypeError):
+    """A bitwidth spec that is not W,A,G with each in 1..8 or 32 (one-line message)."""
 
 
 def check_bits(value: object, name: str = "bits") -> int:
@@ -34,22 +41,30 @@ class Bits:
 
     @classmethod
     def parse(cls, spec: str | Bits | tuple | list) -> Bits:
-        """Parse ``"1,2,6"`` (or ``"w1a2g6"``, a tuple, or a Bits) into a Bits."""
+        """Parse ``"1,2,6"`` (or ``"w1a2g6"``, a tuple, or a Bits) into a Bits.
+
+        Raises BitsError ("bits must be ...") for anything else."""
         if isinstance(spec, Bits):
             return spec
         if isinstance(spec, (tuple, list)):
-            if len(spec) != 3:
-                raise ValueError(f"bits needs three values W,A,G, got {spec!r}")
-            return cls(*(int(v) for v in spec))
-        text = str(spec).strip().lower()
-        if text.startswith("w") and "a" in text and "g" in text:
-            text = text[1:].replace("a", ",").replace("g", ",")
-        parts = [p.strip() for p in text.split(",")]
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(
+            values = list(spec)
+        else:
+            text = str(spec).strip().lower()
+            if text.startswith("w") and "a" in text and "g" in text:
+                text = text[1:].replace("a", ",").replace("g", ",")
+            values = [p.strip() for p in text.split(",")]
+        if len(values) != 3 or not all(_is_int(v) for v in values):
+            raise BitsError(
                 f"bits must be three comma-separated integers W,A,G such as '1,2,6', got {spec!r}"
             )
-        return cls(*(int(p) for p in parts))
+        ints = [int(v) for v in values]
+        for part, value in zip(("weight", "activation", "gradient"), ints, strict=True):
+            if value not in VALID_BITS:
+                raise BitsError(
+                    f"bits must be W,A,G with each in 1..8 or 32 (32 = float), got {spec!r} "
+                    f"({part} bits {value})"
+                )
+        return cls(*ints)
 
     @property
     def tag(self) -> str:
@@ -62,3 +77,16 @@ class Bits:
     @property
     def is_float(self) -> bool:
         return self.w == FLOAT and self.a == FLOAT and self.g == FLOAT
+
+
+def _is_int(value: object) -> bool:
+    """A digit string or an integer (Python or numpy), not a bool."""
+    if isinstance(value, str):
+        return value.isdigit()
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True

@@ -1,38 +1,116 @@
-"""Checkpoints: atomic writes, safe reads (``weights_only=True``), clear one-line errors."""
+"""Checkpoints: the one place that defines their keys and format version; atomic writes
+(dorefa.fileio: temp file, fsync, rename), safe reads (``weights_only=True``), clear one-line
+errors.
+
+A training checkpoint (``checkpoint.pt`` in a run folder, written after every epoch) is a dict:
+
+    format     "dorefa-checkpoint"
+    version    VERSION (1)
+    meta       what rebuilds the model: model, bits "W,A,G", width, num_classes, in_channels,
+               image_size, keep_first_last, data
+    model      the model's state_dict
+    optimizer  the optimizer's state_dict
+    epoch      the last finished epoch, 0-based (``--resume`` continues at epoch + 1)
+    best_acc   the best test accuracy so far
+    rng        torch's global RNG state(s) (recorded only: resume re-derives every stream)
+    config     the run's config.json as a dict (recorded only)
+
+``eval``, ``export`` and ``--init-from`` need only ``meta`` and ``model``.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .fileio import atomic_write
+
 FORMAT = "dorefa-checkpoint"
 VERSION = 1
+KEYS = ("format", "version", "meta", "model", "optimizer", "epoch", "best_acc", "rng", "config")
+REQUIRED_KEYS = ("model", "meta")  # what a model can be rebuilt from
+RESUME_KEYS = ("optimizer", "epoch")  # what --resume needs besides
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, truncated or does not fit the model."""
 
 
-def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``obj`` with torch.save to a temp file in the same folder, fsync, then rename:
-    a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """torch.save ``obj`` through dorefa.fileio.atomic_write (temp file in the same folder,
+    fsync, rename): a crash mid-write leaves the previous checkpoint intact."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save(
+    path: str | os.PathLike,
+    *,
+    meta: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    best_acc: float,
+    config: dict,
+) -> Path:
+    """Write a training checkpoint (the keys above) atomically."""
+    values = {
+        "format": FORMAT,
+        "version": VERSION,
+        "meta": meta,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch),
+        "best_acc": float(best_acc),
+        "rng": _rng_state(),
+        "config": config,
+    }
+    assert tuple(values) == KEYS
+    return save_atomic(values, path)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(
+    ckpt: dict,
+    path: str | os.PathLike,
+    *,
+    meta: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[int, float]:
+    """Load a training checkpoint into ``model`` and ``optimizer`` for ``--resume``; returns
+    (the epoch to start at, 0-based; the best test accuracy so far). Raises CheckpointError if
+    the checkpoint was made with another model/bits/width/data (``meta`` differs)."""
+    if ckpt["meta"] != meta:
+        raise CheckpointError(
+            f"{path}: was made with {ckpt['meta']}, which differs from "
+            f"this run's {meta}; use the same arguments to resume"
+        )
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint has no {missing} entries to resume from")
+    load_weights(model, ckpt["model"], path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: optimizer state does not fit: {exc}") from None
+    try:
+        return int(ckpt["epoch"]) + 1, float(ckpt.get("best_acc", 0.0))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: epoch/best_acc entries are not numbers") from None
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Alias of :func:`load_checkpoint`."""
+    return load_checkpoint(path, map_location)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -58,7 +136,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: checkpoint version {ckpt.get('version')!r} is not supported (expected "
             f"{VERSION}); re-train or export with this dorefa version"
         )
-    for key in ("model", "meta"):
+    for key in REQUIRED_KEYS:
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry")
     return ckpt

@@ -10,160 +10,10 @@ import argparse
 import os
 import sys
 
-from .bits import Bits
-from .recipes import list_recipes
+from .train_flags import POSITIVE_INT, add_train_args, config_from_args
+from .train_flags import explicit_fields as explicit_train_options
 
-
-def _bits(text: str) -> str:
-    try:
-        return str(Bits.parse(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data",
-        default="fashion-mnist",
-        help="fashion-mnist | mnist | idx:DIR | svhn:DIR | cifar10:DIR | "
-        "imagefolder:DIR (default: fashion-mnist)",
-    )
-    p.add_argument("--data-dir", default=None, help="folder overriding the dataset's default")
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="svhn", help="registered model (svhn, alexnet, resnet18)")
-    add_data_args(p)
-    p.add_argument(
-        "--bits",
-        default="1,2,6",
-        type=_bits,
-        help="W,A,G bitwidths of weights, activations, gradients; 32 = float",
-    )
-    p.add_argument(
-        "--width",
-        type=float,
-        default=1.0,
-        help="channel multiplier (0.5/0.25/0.125 = the paper's models B/C/D)",
-    )
-    p.add_argument(
-        "--quantize-first-last",
-        action="store_true",
-        help="quantize the first conv and last linear too (off in the paper)",
-    )
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=1e-3,
-        help="learning rate (default schedule: halved at 50%% of the epochs)",
-    )
-    p.add_argument(
-        "--optimizer", default="adam", choices=["adam", "sgd"], help="adam, or momentum SGD (0.9)"
-    )
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--subset", type=int, default=None, help="use the first N training images")
-    p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
-    p.add_argument(
-        "--augment",
-        default=None,
-        choices=["none", "flip", "crop", "crop-flip"],
-        help="train-time augmentation (default: the dataset's)",
-    )
-    p.add_argument("--out", default=None, help="run folder (default: runs/MODEL-wWaAgG)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument(
-        "--init-from",
-        default=None,
-        metavar="CKPT",
-        help="initialise weights from a (float) checkpoint",
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (image folders)")
-    p.add_argument(
-        "--recipe",
-        default=None,
-        choices=list_recipes(),
-        help="fill every option not given explicitly from a named recipe (see docs/distributed.md)",
-    )
-    p.add_argument(
-        "--amp",
-        default=None,
-        choices=["bf16", "fp16"],
-        help="autocast the forward pass (CPU: bf16 only); quantizers stay float32",
-    )
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    p.add_argument(
-        "--sync-bn",
-        action="store_true",
-        help="data-parallel: BatchNorm statistics of the global batch (SyncBatchNorm)",
-    )
-    p.add_argument(
-        "--nproc",
-        type=int,
-        default=None,
-        help="start N data-parallel worker processes here (like torchrun "
-        "--nproc_per_node N -m dorefa train ...)",
-    )
-
-
-# argparse dest -> TrainConfig field, where the names differ
-_FIELD = {"quantize_first_last": "keep_first_last"}
-
-
-def explicit_train_options(argv: list[str]) -> set[str]:
-    """TrainConfig field names of the train options given on the command line (a recipe must
-    not override those): argv parsed again with every default suppressed."""
-    p = argparse.ArgumentParser(add_help=False)
-    add_train_args(p)
-    for action in p._actions:
-        action.default = argparse.SUPPRESS
-    given, _ = p.parse_known_args(argv)
-    return {_FIELD.get(k, k) for k in vars(given)}
-
-
-def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None):
-    from .recipes import apply_recipe
-    from .train import TrainConfig
-
-    recipe = getattr(args, "recipe", None)
-    if explicit is None:
-        explicit = getattr(args, "explicit", None)
-    if explicit is None:  # not from main(): treat every value as given
-        explicit = {_FIELD.get(k, k) for k in vars(args)}
-    values = dict(
-        model=args.model,
-        data=args.data,
-        data_dir=args.data_dir,
-        bits=str(Bits.parse(args.bits)),
-        width=args.width,
-        keep_first_last=not args.quantize_first_last,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        threads=args.threads,
-        subset=args.subset,
-        test_subset=args.test_subset,
-        augment=args.augment,
-        out=args.out,
-        resume=args.resume,
-        init_from=args.init_from,
-        device=args.device,
-        workers=args.workers,
-    )
-    for name in ("optimizer", "amp", "channels_last", "sync_bn"):
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    values = apply_recipe(values, explicit, recipe)
-    bits = Bits.parse(values["bits"])
-    values["bits"] = str(bits)
-    values["out"] = values["out"] or f"runs/{values['model']}-{bits.tag}"
-    return TrainConfig(**values)
+__all__ = ["main", "build_parser", "add_train_args", "config_from_args", "explicit_train_options"]
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -246,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data", default=None, help="dataset spec (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--test-subset", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=500)
+    p.add_argument("--test-subset", type=POSITIVE_INT, default=None)
+    p.add_argument("--threads", type=POSITIVE_INT, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -282,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as exc:
-        print(f"dorefa {args.command}: error: {exc}", file=sys.stderr)
+        # CheckpointError and DataError are ValueErrors; every message becomes one line
+        print(f"dorefa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -291,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .bits import Bits
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -37,7 +39,7 @@ RECIPES: dict[str, Recipe] = {
             "tensorpack alexnet-dorefa.py: Adam 2e-4 (eps 1e-5), batch 256, x0.2 at 60/75, 90 ep",
             dict(
                 model="alexnet",
-                bits="1,2,6",
+                bits=Bits(1, 2, 6),
                 batch_size=256,
                 epochs=90,
                 optimizer="adam",
@@ -56,7 +58,7 @@ RECIPES: dict[str, Recipe] = {
             "100 ep, wd 1e-4",
             dict(
                 model="resnet18",
-                bits="1,4,32",
+                bits=Bits(1, 4, 32),
                 batch_size=256,
                 epochs=100,
                 optimizer="sgd",
@@ -107,7 +109,7 @@ def apply_recipe(values: dict, explicit: set[str], name: str | None) -> dict:
 
 def config_with_recipe(name: str, **overrides):
     """A TrainConfig from recipe ``name``; keyword arguments override it (for use from Python)."""
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(overrides) - fields

@@ -1,0 +1,216 @@
+"""Preparing a training run: device, data, model, optimizer, the run folder and its
+configuration record; resuming it from its checkpoint (dorefa.checkpoint).
+
+:func:`prepare_run` returns a :class:`Run`, everything the epoch loop of dorefa.train needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import checkpoint, distributed
+from .models import create_model, input_size
+from .optim import amp_dtype, build_optimizer
+from .run_files import RunFiles
+from .seeds import derive_seed
+from .train_config import TrainConfig
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    device: torch.device
+    info: distributed.DistInfo
+    model: nn.Module  # the model itself (checkpoints, evaluation)
+    net: nn.Module  # what trains: the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 autocast only
+    autocast: torch.dtype | None
+    train_set: object
+    test_set: object
+    augment: str
+    image_size: int
+    local_batch: int  # images per step on this rank
+    meta: dict  # what rebuilds the model (checkpoint["meta"])
+    config: dict  # config.json
+    files: RunFiles
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    return device
+
+
+def load_data(cfg: TrainConfig, image_size: int):
+    """(train set, test set) of ``cfg.data``, cut to ``subset`` / ``test_subset`` images."""
+    from .data import get_dataset
+
+    train_set = get_dataset(cfg.data, "train", data_dir=cfg.data_dir, image_size=image_size)
+    test_set = get_dataset(cfg.data, "test", data_dir=cfg.data_dir, image_size=image_size)
+    if cfg.subset is not None:
+        if cfg.subset < 1:
+            raise ValueError(f"--subset must be a positive number of images, got {cfg.subset}")
+        train_set = train_set.subset(min(cfg.subset, len(train_set)))
+    if cfg.test_subset is not None:
+        test_set = test_set.subset(min(cfg.test_subset, len(test_set)))
+    return train_set, test_set
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    return create_model(
+        cfg.model,
+        bits=cfg.bits,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=cfg.width,
+        keep_first_last=cfg.keep_first_last,
+    )
+
+
+def model_meta(cfg: TrainConfig, num_classes: int, in_channels: int, image_size: int) -> dict:
+    """checkpoint["meta"]: what rebuilds the model (dorefa.checkpoint.model_from_checkpoint)."""
+    return {
+        "model": cfg.model,
+        "bits": str(cfg.bits),
+        "width": cfg.width,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "keep_first_last": cfg.keep_first_last,
+        "data": cfg.data,
+    }
+
+
+def _local_batch(cfg: TrainConfig, world: int) -> int:
+    """Images per step on each of ``world`` ranks (BatchNorm needs at least 2)."""
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} (the global batch) must be divisible by "
+            f"the {world} processes"
+        )
+    if cfg.batch_size < 2 * world:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} leaves fewer than 2 images per step and process; "
+            f"BatchNorm needs 2 or more: use --batch-size {2 * world} or more"
+        )
+    return cfg.batch_size // world
+
+
+def _config_record(run: Run) -> dict:
+    """config.json: the TrainConfig plus what this run resolved."""
+    cfg, info = run.cfg, run.info
+    record = dataclasses.asdict(cfg) | {
+        "bits": str(cfg.bits),
+        "bits_tag": cfg.bits.tag,
+        "augment": run.augment,
+        "image_size": run.image_size,
+        "num_classes": run.meta["num_classes"],
+        "in_channels": run.meta["in_channels"],
+        "device": str(run.device),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+    if info.enabled:
+        record |= {
+            "world_size": info.world_size,
+            "backend": info.backend,
+            "batch_size_per_rank": run.local_batch,
+        }
+    return json.loads(json.dumps(record))  # plain JSON types (tuples -> lists)
+
+
+def _wrap(cfg: TrainConfig, model: nn.Module, device: torch.device, info) -> nn.Module:
+    """DistributedDataParallel around ``model`` when data-parallel (else the model itself)."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def prepare_run(cfg: TrainConfig, device: torch.device, info: distributed.DistInfo) -> Run:
+    """Data, model (seeded from (seed, "init")), optimizer and run folder of ``cfg``."""
+    from .data import default_augment
+
+    local_batch = _local_batch(cfg, info.world_size)
+    autocast = amp_dtype(cfg.amp, device)
+    files = RunFiles(cfg.out, enabled=info.is_main)
+    files.check_fresh(cfg.resume)
+    train_set, test_set = load_data(cfg, input_size(cfg.model))
+    if len(train_set) <= info.world_size:
+        raise ValueError(
+            f"{len(train_set)} training images for {info.world_size} processes: BatchNorm needs "
+            "2 or more per process; use a larger --subset"
+        )
+    num_classes, in_channels = train_set.num_classes, train_set.in_channels
+    if device.type == "cuda" and hasattr(train_set, "images"):
+        train_set.images = train_set.images.pin_memory()  # non_blocking copies of batch slices
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg, num_classes, in_channels).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and info.enabled:
+        model = distributed.convert_sync_batchnorm(model, device.type)
+    run = Run(
+        cfg=cfg,
+        device=device,
+        info=info,
+        model=model,
+        net=model,
+        optimizer=build_optimizer(cfg, model),
+        scaler=torch.amp.GradScaler("cuda") if autocast == torch.float16 else None,
+        autocast=autocast,
+        train_set=train_set,
+        test_set=test_set,
+        augment=cfg.augment or default_augment(train_set.name),
+        image_size=model.input_size,
+        local_batch=local_batch,
+        meta=model_meta(cfg, num_classes, in_channels, model.input_size),
+        config={},
+        files=files,
+    )
+    run.config = _config_record(run)
+    return run
+
+
+def resume_or_init(run: Run, log) -> tuple[int, float]:
+    """``--resume``: load the checkpoint of the run folder (every rank reads rank 0's); returns
+    (the 0-based epoch to start at, the best test accuracy so far). ``--init-from``: load a
+    checkpoint's weights. Then wrap the model for data-parallel training."""
+    cfg, path = run.cfg, run.files.checkpoint
+    start_epoch, best_acc = 0, 0.0
+    if cfg.resume and path.exists():
+        ckpt = checkpoint.load(path, map_location=run.device)
+        start_epoch, best_acc = checkpoint.restore(
+            ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
+        )
+        log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
+    elif cfg.init_from:
+        init = checkpoint.load(cfg.init_from, map_location=run.device)
+        checkpoint.load_weights(run.model, init["model"], cfg.init_from)
+        log(f"initialised weights from {cfg.init_from}")
+    run.net = _wrap(cfg, run.model, run.device, run.info)
+    return start_epoch, best_acc

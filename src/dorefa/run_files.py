@@ -1,0 +1,104 @@
+"""The files of a run folder, written by rank 0 only, each atomically (dorefa.fileio):
+
+    config.json     the run's configuration (TrainConfig plus what was resolved: device, threads)
+    metrics.jsonl   one JSON row per finished epoch
+    checkpoint.pt   the training state after the last finished epoch (dorefa.checkpoint)
+    curves.png      loss and accuracy per epoch
+
+The checkpoint is what counts: on ``--resume`` the metrics rows of epochs after it are dropped.
+Each epoch writes metrics.jsonl before the checkpoint, so a kill between the two leaves a row
+that the next resume drops and trains again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .fileio import atomic_savefig, atomic_write_text
+
+NAMES = ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The epoch rows of metrics.jsonl; a line that is not a JSON row with an "epoch" (a
+    partial line, from an older version that appended in place) is skipped."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+    return rows
+
+
+class RunFiles:
+    """The run folder ``out``; ``enabled`` False (ranks other than 0) makes every write a no-op."""
+
+    def __init__(self, out: str | Path, enabled: bool = True):
+        self.out = Path(out)
+        self.enabled = enabled
+        self.checkpoint = self.out / "checkpoint.pt"
+        self.metrics = self.out / "metrics.jsonl"
+        self.history: list[dict] = []
+
+    def check_fresh(self, resume: bool) -> None:
+        """Refuse to start a new run over an existing one."""
+        if self.checkpoint.exists() and not resume:
+            raise ValueError(
+                f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue "
+                "it or choose another --out"
+            )
+
+    def start(self, config: dict, start_epoch: int) -> None:
+        """Write config.json; keep the metrics rows of the ``start_epoch`` finished epochs."""
+        if not self.enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in NAMES:  # temp files of writes that a kill interrupted
+            for stale in self.out.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
+        rows = _read_rows(self.metrics) if self.metrics.exists() else []
+        self.history = [h for h in rows if h["epoch"] <= start_epoch]
+        self._write_metrics()
+
+    def add_epoch(self, row: dict) -> None:
+        """Record a finished epoch (rank 0: metrics.jsonl rewritten whole, atomically)."""
+        self.history.append(row)
+        if self.enabled:
+            self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        atomic_write_text(self.metrics, "".join(json.dumps(h) + "\n" for h in self.history))
+
+    def plot(self, title: str) -> None:
+        if self.enabled:
+            plot_curves(self.history, self.out / "curves.png", title=title)
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch (matplotlib, Agg backend), saved atomically."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h.get("test_loss", float("nan")) for h in history], "o-", label="test")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy"), ax1.legend()
+    ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [h["test_acc"] for h in history], "o-", label="test")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        atomic_savefig(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
