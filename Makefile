@@ -52,6 +52,7 @@ format:
 # not instrumented, so libasan is preloaded, with libstdc++ so that ASan's __cxa_throw
 # interceptor finds the real one. Any sanitizer report aborts the run: non-zero exit.
 ASAN_DIR := build-asan
+KERNEL_TESTS := tests/test_kernels.py tests/test_kernel_selection.py tests/test_prepared_conv.py
 asan: install
 	cmake -S . -B $(ASAN_DIR) --log-level=WARNING -DDOREFA_SANITIZE=ON \
 	  -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$(abspath $(PY))
@@ -61,7 +62,7 @@ asan: install
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	DOREFA_KERNELS_EXTENSION=$$(ls $(abspath $(ASAN_DIR))/_kernels*.so) \
 	PYTHONPATH=$(abspath src) \
-	$(PY) -m pytest -q -x -p no:cacheprovider --noconftest --capture=sys tests/test_kernels.py
+	$(PY) -m pytest -q -x -p no:cacheprovider --noconftest --capture=sys $(KERNEL_TESTS)
 
 # The kernels' thread pool under ThreadSanitizer: a native stress test (many jobs, barriers,
 # several callers at once, workers falling asleep and waking). ASLR off: some kernels' mmap

@@ -1,4 +1,4 @@
-"""A/B of two builds of the kernel extension on one layer, in one process.
+"""A/B of two builds of the kernel extension (or two kernels of one) on one layer, in one process.
 
 Loads both `_kernels*.so` files side by side (each under its own package name), checks that
 they give the same result, then times them round by round: the order rotates every round, each
@@ -6,24 +6,34 @@ timed round follows an untimed call, and the table shows medians and the best ro
 shared machine this is the only comparison worth making: the same binary reads a few percent
 apart from one run to the next, while the two builds here see the same conditions.
 
-    # the extension of an older commit, built aside
-    git worktree add /tmp/old <commit> && cmake -S /tmp/old -B /tmp/old/build \\
+    # the extension of an older commit, built aside; SO = this tree's installed build
+    OLD=$(mktemp -d) && git worktree add $OLD/src <commit> && cmake -S $OLD/src -B $OLD/build \\
         -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$PWD/.venv/bin/python \\
-        && cmake --build /tmp/old/build -j2
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ab.py /tmp/old/build/_kernels*.so \\
-        .venv/lib/python3.11/site-packages/dorefa/_kernels*.so
+        && cmake --build $OLD/build -j2
+    SO=$(ls .venv/lib/python3*/site-packages/dorefa/_kernels*.so)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ab.py $OLD/build/_kernels*.so $SO
 
-Default layer: AlexNet conv3 (256->384, 13x13, 3x3, pad 1), W1A2, batch 1 and 32, 1 thread.
-Each build packs the weights with its own `pack_weights` (as a user of that build would).
+A variant (another register tile: kTileP / kTileQ in csrc/bitconv_avx512.cpp; another macro
+tile, ...) is a copy of the tree with the change, built aside the same way. Two kernels of one
+build (the two AVX-512 packers) compare with the same file twice:
+
+    .venv/bin/python benchmarks/bench_ab.py $SO $SO --kernel-a popcount-avx512/gfni \\
+        --kernel-b popcount-avx512/shift
+
+Default layer: AlexNet conv3 (256->384, 13x13, 3x3, pad 1), W1A2, batch 1 and 32, 1 thread,
+backend avx512 (a name every build knows). Each side packs the weights with its own
+`pack_weights` (as a user of that build would).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import time
 
+import cpu_clock
 import numpy as np
 
 
@@ -37,6 +47,14 @@ def load(path: str, package: str):
     return module
 
 
+def pack(module, kernel: str, w: np.ndarray, w_bits: int) -> np.ndarray:
+    """Packed weights from `module`, with `kernel`'s packer where the build has a kernel table
+    (older builds: `pack_weights(w, w_bits)` only)."""
+    if hasattr(module, "kernel_table"):
+        return module.pack_weights(w, w_bits, module.resolve_kernel(kernel))
+    return module.pack_weights(w, w_bits)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("a", help="first _kernels*.so (e.g. an older build)")
@@ -47,14 +65,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=41)
     ap.add_argument("--macs-per-round", type=float, default=1e8)
+    ap.add_argument("--kernel-a", default="avx512", help="kernel, family or backend of A")
+    ap.add_argument("--kernel-b", default="avx512", help="kernel, family or backend of B")
     args = ap.parse_args()
 
-    mods = {"A": load(args.a, "dorefa_ab_a"), "B": load(args.b, "dorefa_ab_b")}
+    mod_a = load(args.a, "dorefa_ab_a")  # one file given twice is loaded once
+    mod_b = mod_a if os.path.samefile(args.a, args.b) else load(args.b, "dorefa_ab_b")
+    mods = {"A": mod_a, "B": mod_b}
+    kernels = {"A": args.kernel_a, "B": args.kernel_b}
     c, o, hw, k, pad = (int(v) for v in args.layer.split(","))
     xb, wb = (int(v) for v in args.bits.split(","))
-    clock = 8 * 250_000 / min(mods["B"].dependent_add_seconds(250_000) for _ in range(40))
+    clock = cpu_clock.clock_hz()
     ceiling = 341.33 / (xb * wb)  # MAC/cycle: 2 ports x 512 bits / 3 uops per plane pair
-    print(f"A = {args.a}\nB = {args.b}")
+    print(f"A = {args.a} ({args.kernel_a})\nB = {args.b} ({args.kernel_b})")
     print(
         f"layer C={c} O={o} {hw}x{hw} k{k} p{pad}, W{wb}A{xb}, {args.threads} thread(s), "
         f"clock {clock / 1e9:.2f} GHz, ceiling {ceiling:.0f} MAC/cycle, {args.rounds} rounds"
@@ -63,11 +86,11 @@ def main() -> None:
     for n in (int(v) for v in args.batches.split(",")):
         x = rng.integers(0, 1 << xb, (n, c, hw, hw), dtype=np.uint8)
         w = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
-        words = {name: m.pack_weights(w, wb) for name, m in mods.items()}
+        words = {name: pack(mods[name], kernels[name], w, wb) for name in mods}
 
         def call(name, x=x, words=words):
             return mods[name].bitconv(
-                "avx512", x, words[name], o, c, k, k, xb, wb, 1, pad, args.threads, "acc",
+                kernels[name], x, words[name], o, c, k, k, xb, wb, 1, pad, args.threads, "acc",
                 None, None,
             )  # fmt: skip
 

@@ -18,6 +18,9 @@ runs with the default policy its users get (set it in the environment to compare
     .venv/bin/python benchmarks/bench_kernels.py            # full run, writes nothing
     .venv/bin/python benchmarks/bench_kernels.py --quick    # a fast smoke run
     .venv/bin/python benchmarks/bench_kernels.py --out docs/kernels.md
+    .venv/bin/python benchmarks/bench_kernels.py --kernel popcount-avx512/shift   # one kernel
+
+The clock probe is built aside (benchmarks/cpu_clock.py), not part of the kernel library.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import cpu_clock
 import numpy as np
 import torch
 
@@ -75,7 +79,7 @@ def measure_clock_hz(threads: int = 1, probes: int = 40, iterations: int = 250_0
 
     def probe(k: int) -> None:
         start.wait()
-        best[k] = min(K._native.dependent_add_seconds(iterations) for _ in range(probes))
+        best[k] = min(cpu_clock.dependent_add_seconds(iterations) for _ in range(probes))
 
     workers = [threading.Thread(target=probe, args=(k,)) for k in range(threads)]
     for w in workers:
@@ -186,7 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--layers", default="", help="only the layers whose name contains this")
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    ap.add_argument("--kernel", default="", help="kernel, family or backend (default: fastest)")
     args = ap.parse_args(argv)
+    if args.kernel:
+        K.set_backend(args.kernel)
     rounds = args.rounds or (3 if args.quick else 9)
     min_seconds = 0.005 if args.quick else 0.03
     batches = [int(b) for b in args.batches.split(",")]

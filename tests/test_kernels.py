@@ -1,7 +1,10 @@
-"""Bit-convolution kernels: every backend bit-exact against the NumPy reference (the spec).
+"""Bit-convolution kernels: every kernel bit-exact against the NumPy reference (the spec).
 
-Runs each case on every backend this CPU supports plus 'reference'; a missing ISA is simply
-not in available_backends(). No torch here: the kernels serve the torch-free runtime.
+Runs each case on every kernel of the table this CPU runs, plus 'reference': the cases are
+parametrized over ``available_kernels()`` (the supported rows of ``kernel_table()``), so a new
+table entry is tested as soon as it is added (the table itself and the choice of a kernel:
+test_kernel_selection.py; prepared calls: test_prepared_conv.py; shared cases:
+kernel_cases.py). No torch here: the kernels serve the torch-free runtime.
 """
 
 from __future__ import annotations
@@ -19,108 +22,63 @@ from hypothesis import strategies as st
 
 from dorefa import kernels as K
 from dorefa.kernels import reference as R
-
-BACKENDS = K.available_backends()
-NATIVE = [b for b in BACKENDS if b != "reference"]
-BITS = (1, 2, 3, 4, 8)
-ALL_BIT_PAIRS = [(xb, wb) for xb in BITS for wb in BITS]
-
-# (N, C, H, W, O, K, stride, padding): awkward channel counts around word boundaries, odd
-# batch and spatial sizes, kernels 1/3/5, strides 1/2, paddings 0/1/2, non-square inputs.
-SHAPES = [
-    (1, 1, 5, 5, 3, 3, 1, 1),
-    (3, 31, 7, 6, 9, 3, 1, 0),
-    (1, 32, 5, 7, 8, 1, 1, 0),
-    (2, 33, 6, 5, 17, 3, 2, 1),
-    (1, 63, 7, 7, 16, 5, 1, 2),
-    (3, 64, 5, 5, 5, 3, 2, 2),
-    (1, 65, 4, 9, 24, 3, 1, 1),
-    (1, 130, 5, 5, 33, 3, 1, 1),
-    (5, 3, 9, 11, 7, 5, 2, 0),
-    (1, 130, 3, 3, 8, 5, 2, 2),
-    (2, 64, 1, 1, 40, 1, 1, 0),
-    (1, 7, 2, 2, 1, 5, 1, 2),
-]
-FEW_SHAPES = [SHAPES[3], SHAPES[6], SHAPES[9]]
-FEW_BITS = [(1, 1), (2, 1), (3, 2), (8, 8)]
-
-
-def _ids(shape) -> str:
-    n, c, h, w, o, k, s, p = shape
-    return f"n{n}c{c}h{h}w{w}o{o}k{k}s{s}p{p}"
-
-
-@functools.cache
-def _case(shape, x_bits, w_bits, seed=0):
-    """Random codes, the packed weights and the reference output (cached across backends)."""
-    n, c, h, w, o, k, s, p = shape
-    rng = np.random.default_rng([seed, *shape, x_bits, w_bits])
-    x = rng.integers(0, 1 << x_bits, (n, c, h, w), dtype=np.uint8)
-    wc = rng.integers(0, 1 << w_bits, (o, c, k, k), dtype=np.uint8)
-    # Extremes matter for the plane combination: make one output channel all-max.
-    wc[0] = (1 << w_bits) - 1
-    expected = R.bitconv2d(x, wc, x_bits, w_bits, s, p)
-    return x, wc, expected
-
-
-def _direct_float64(x, w, stride, padding):
-    """An independent conv: float64 sum over kernel offsets of channel contractions."""
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    oh = (h + 2 * padding - kh) // stride + 1
-    ow = (wd + 2 * padding - kw) // stride + 1
-    out = np.zeros((n, o, oh, ow))
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
-            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j].astype(np.float64))
-    return out
+from kernel_cases import (
+    ALL_BIT_PAIRS,
+    BITS,
+    FEW_BITS,
+    FEW_SHAPES,
+    KERNELS,
+    NATIVE,
+    SHAPES,
+    case,
+    direct_float64,
+    ids,
+)
 
 
 # ------------------------------------------------------------------------- the reference
-@pytest.mark.parametrize("shape", FEW_SHAPES + [SHAPES[0], SHAPES[8]], ids=_ids)
+@pytest.mark.parametrize("shape", FEW_SHAPES + [SHAPES[0], SHAPES[8]], ids=ids)
 @pytest.mark.parametrize("bits", [(1, 1), (2, 3), (8, 8)])
 def test_reference_matches_direct_float64_conv(shape, bits):
-    x, w, expected = _case(shape, *bits)
+    x, w, expected = case(shape, *bits)
     assert expected.dtype == np.int32
-    np.testing.assert_array_equal(expected, _direct_float64(x, w, shape[6], shape[7]))
+    np.testing.assert_array_equal(expected, direct_float64(x, w, shape[6], shape[7]))
 
 
 def test_reference_signed_is_affine_weight_dot():
-    x, w, _ = _case(SHAPES[3], 2, 3)
+    x, w, _ = case(SHAPES[3], 2, 3)
     pw = R.pack_weights(w, 3)
     signed_w = 2.0 * w - 7.0  # 2p - nw, nw = 2**3 - 1
     got = R.bitconv2d_signed(x, pw, 2, stride=2, padding=1)
-    np.testing.assert_array_equal(got, _direct_float64(x, signed_w, 2, 1))
+    np.testing.assert_array_equal(got, direct_float64(x, signed_w, 2, 1))
 
 
-# ------------------------------------------------------------------------- every backend
+# ------------------------------------------------------------------------- every kernel
 def test_native_extension_is_built():
     assert K._native is not None, f"dorefa._kernels failed to import: {K._native_error}"
-    assert NATIVE and NATIVE[-1] == "scalar"
+    assert NATIVE and NATIVE[-1] == "popcount-scalar/portable"
     forced = os.environ.get("DOREFA_KERNELS_EXTENSION")  # make asan: the sanitizer build
     if forced:
         assert os.path.samefile(K._native.__file__, forced)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", ALL_BIT_PAIRS, ids=lambda b: f"x{b[0]}w{b[1]}")
-@pytest.mark.parametrize("shape", FEW_SHAPES[:2], ids=_ids)
-def test_all_bit_pairs(backend, bits, shape):
-    x, w, expected = _case(shape, *bits)
-    with K.use_backend(backend):
+@pytest.mark.parametrize("shape", FEW_SHAPES[:2], ids=ids)
+def test_all_bit_pairs(kernel, bits, shape):
+    x, w, expected = case(shape, *bits)
+    with K.use_kernel(kernel):
         got = K.bitconv2d(x, w, *bits, stride=shape[6], padding=shape[7])
     assert got.dtype == np.int32 and got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", FEW_BITS, ids=lambda b: f"x{b[0]}w{b[1]}")
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_all_shapes(backend, bits, shape):
-    x, w, expected = _case(shape, *bits)
-    with K.use_backend(backend):
+@pytest.mark.parametrize("shape", SHAPES, ids=ids)
+def test_all_shapes(kernel, bits, shape):
+    x, w, expected = case(shape, *bits)
+    with K.use_kernel(kernel):
         got = K.bitconv2d(x, w, *bits, stride=shape[6], padding=shape[7])
     np.testing.assert_array_equal(got, expected)
 
@@ -147,41 +105,43 @@ def test_hypothesis_shapes(n, c, h, w, o, kh, kw, stride, padding, x_bits, w_bit
     x = rng.integers(0, 1 << x_bits, (n, c, h, w), dtype=np.uint8)
     wc = rng.integers(0, 1 << w_bits, (o, c, kh, kw), dtype=np.uint8)
     expected = R.bitconv2d(x, wc, x_bits, w_bits, stride, padding)
-    for b in NATIVE:
-        with K.use_backend(b):
+    for kernel in NATIVE:
+        with K.use_kernel(kernel):
             got = K.bitconv2d(x, wc, x_bits, w_bits, stride, padding, threads=1 + seed % 2)
-        np.testing.assert_array_equal(got, expected, err_msg=b)
+        np.testing.assert_array_equal(got, expected, err_msg=kernel)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)  # each kernel packs with its own packer
 @pytest.mark.parametrize("bits", [(1, 1), (2, 1), (4, 3), (8, 8)])
-@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[7], SHAPES[10]], ids=_ids)
-def test_pack_weights_matches_reference_layout(shape, bits):
-    _, w, _ = _case(shape, *bits)
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[7], SHAPES[10]], ids=ids)
+def test_pack_weights_matches_reference_layout(kernel, shape, bits):
+    _, w, _ = case(shape, *bits)
     ref = R.pack_weights(w, bits[1])
-    got = K.pack_weights(w, bits[1])
+    with K.use_kernel(kernel):
+        got = K.pack_weights(w, bits[1])
     assert got.words.dtype == np.uint64 and got.words.shape == ref.words.shape
     np.testing.assert_array_equal(got.words, ref.words)
     np.testing.assert_array_equal(got.codes, w)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [(1, 1), (2, 1), (2, 2), (4, 3), (8, 8)])
-@pytest.mark.parametrize("shape", FEW_SHAPES, ids=_ids)
-def test_signed(backend, bits, shape):
-    x, w, _ = _case(shape, *bits)
+@pytest.mark.parametrize("shape", FEW_SHAPES, ids=ids)
+def test_signed(kernel, bits, shape):
+    x, w, _ = case(shape, *bits)
     pw = R.pack_weights(w, bits[1])
     expected = R.bitconv2d_signed(x, pw, bits[0], shape[6], shape[7])
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         got = K.bitconv2d_signed(x, pw, bits[0], shape[6], shape[7])
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("out_bits", [1, 2, 4])
-@pytest.mark.parametrize("shape", FEW_SHAPES[:2], ids=_ids)
-def test_requant(backend, out_bits, shape):
-    x, w, _ = _case(shape, 2, 1)
+@pytest.mark.parametrize("shape", FEW_SHAPES[:2], ids=ids)
+def test_requant(kernel, out_bits, shape):
+    x, w, _ = case(shape, 2, 1)
     pw = R.pack_weights(w, 1)
     o = w.shape[0]
     d = R.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
@@ -197,22 +157,22 @@ def test_requant(backend, out_bits, shape):
     for oc in (int(np.argmax(direction > 0)), int(np.argmax(direction < 0))):
         cmp = d[:, oc, ..., None] >= th[oc] if direction[oc] > 0 else d[:, oc, ..., None] <= th[oc]
         np.testing.assert_array_equal(expected[:, oc], cmp.sum(-1))
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         got = K.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction, threads=2)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("kernel", NATIVE)
 @pytest.mark.parametrize(
     "shape",
     [(1, 128, 5, 5, 512, 5, 1, 0), (4, 64, 9, 9, 64, 3, 1, 1), (1, 3, 4, 4, 2, 3, 1, 1)],
-    ids=_ids,
+    ids=ids,
 )
-def test_threads_identical(backend, shape):
-    x, w, expected = _case(shape, 2, 1)
+def test_threads_identical(kernel, shape):
+    x, w, expected = case(shape, 2, 1)
     pw = K.pack_weights(w, 1)
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         outs = [K.bitconv2d_packed(x, pw, 2, shape[6], shape[7], threads=t) for t in (1, 2, 3)]
         signed = [K.bitconv2d_signed(x, pw, 2, shape[6], shape[7], threads=t) for t in (1, 2)]
     for got in outs:
@@ -233,7 +193,7 @@ THREADED_SHAPES = [
 
 @functools.cache
 def _threaded_case(shape, seed=0):
-    x, w, acc = _case(shape, 2, 1, seed)
+    x, w, acc = case(shape, 2, 1, seed)
     pw = K.pack_weights(w, 1)
     signed = R.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
     rng = np.random.default_rng(5)
@@ -244,12 +204,12 @@ def _threaded_case(shape, seed=0):
     return x, pw, acc, signed, th, direction, codes
 
 
-@pytest.mark.parametrize("backend", NATIVE)
-@pytest.mark.parametrize("shape", THREADED_SHAPES, ids=_ids)
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("shape", THREADED_SHAPES, ids=ids)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_splits_match_reference(backend, shape, threads):
+def test_thread_splits_match_reference(kernel, shape, threads):
     s, p = shape[6], shape[7]
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         # Inputs alternate, so a thread that skipped its work would leave a stale result
         # behind; the later calls find the pool's threads already running.
         for seed in (0, 1, 0):
@@ -260,8 +220,8 @@ def test_thread_splits_match_reference(backend, shape, threads):
             np.testing.assert_array_equal(got, codes)
 
 
-@pytest.mark.parametrize("backend", NATIVE)
-def test_concurrent_calls_from_python_threads(backend):
+@pytest.mark.parametrize("kernel", NATIVE)
+def test_concurrent_calls_from_python_threads(kernel):
     """Calls from several Python threads at once (the GIL is released): one holds the thread
     pool, the others run on their own thread; every result is still exact."""
     import threading
@@ -272,7 +232,7 @@ def test_concurrent_calls_from_python_threads(backend):
     def work(k: int) -> None:
         x, pw, acc, signed, th, direction, codes = cases[k]
         s, p = THREADED_SHAPES[k // 2][6], THREADED_SHAPES[k // 2][7]
-        with K.use_backend(backend):
+        with K.use_kernel(kernel):
             for _ in range(5):
                 if not np.array_equal(K.bitconv2d_packed(x, pw, 2, s, p, threads=2), acc):
                     failures.append(f"thread {k}: acc differs")
@@ -337,20 +297,20 @@ def test_threads_on_a_single_allowed_cpu(tmp_path):
     assert out.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_inputs(backend):
-    x, w, expected = _case(SHAPES[3], 2, 2)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_non_contiguous_inputs(kernel):
+    x, w, expected = case(SHAPES[3], 2, 2)
     xf = np.asfortranarray(x)
     x_strided = np.zeros(x.shape[:3] + (2 * x.shape[3],), np.uint8)
     x_strided[..., ::2] = x
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         np.testing.assert_array_equal(K.bitconv2d(xf, np.asfortranarray(w), 2, 2, 2, 1), expected)
         np.testing.assert_array_equal(K.bitconv2d(x_strided[..., ::2], w, 2, 2, 2, 1), expected)
 
 
-@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("kernel", NATIVE)
 @pytest.mark.parametrize("bits", [(2, 1), (3, 2)], ids=lambda b: f"x{b[0]}w{b[1]}")
-def test_layer_with_many_register_tiles(backend, bits):
+def test_layer_with_many_register_tiles(kernel, bits):
     """Several 64-pixel macro tiles, 8-pixel tiles across image boundaries (169 outputs per
     image), a pixel tail and a channel tail of one 8-channel block (50 outputs = 2 x 24 + 2):
     acc, signed and requant against the reference."""
@@ -366,14 +326,14 @@ def test_layer_with_many_register_tiles(backend, bits):
     th[1, -1] = np.iinfo(np.int32).max
     direction = np.where(rng.random(50) < 0.5, 1, -1).astype(np.int8)
     codes = R.bitconv2d_requant(x, pw, xb, 1, 1, th, direction)
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         np.testing.assert_array_equal(K.bitconv2d_packed(x, pw, xb, 1, 1), acc)
         np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, 1, 1), signed)
         np.testing.assert_array_equal(K.bitconv2d_requant(x, pw, xb, 1, 1, th, direction), codes)
 
 
-@pytest.mark.parametrize("backend", NATIVE)
-def test_large_outputs_are_independent_arrays(backend):
+@pytest.mark.parametrize("kernel", NATIVE)
+def test_large_outputs_are_independent_arrays(kernel):
     """Outputs of 64 KiB and more come from a reused buffer pool: a live result must never
     be handed out again, and a freed one may be, with correct contents."""
     rng = np.random.default_rng(3)
@@ -382,7 +342,7 @@ def test_large_outputs_are_independent_arrays(backend):
     pw = K.pack_weights(w, 1)
     expected = [R.bitconv2d_packed(x, pw, 2, 1, 1) for x in xs]
     assert expected[0].nbytes >= 64 << 10
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         first = K.bitconv2d_packed(xs[0], pw, 2, 1, 1)
         second = K.bitconv2d_packed(xs[1], pw, 2, 1, 1)
         assert not np.shares_memory(first, second)
@@ -395,11 +355,11 @@ def test_large_outputs_are_independent_arrays(backend):
     np.testing.assert_array_equal(second, expected[1])
 
 
-@pytest.mark.parametrize("backend", NATIVE)
-def test_misaligned_packed_words_give_the_same_result(backend):
+@pytest.mark.parametrize("kernel", NATIVE)
+def test_misaligned_packed_words_give_the_same_result(kernel):
     """pack_weights returns 64-byte aligned words; words that are not (a user's copy) are
     copied to an aligned buffer by the kernel, with the same result."""
-    x, w, expected = _case(SHAPES[7], 2, 1)
+    x, w, expected = case(SHAPES[7], 2, 1)
     pw = K.pack_weights(w, 1)
     assert pw.words.ctypes.data % 64 == 0
     raw = np.empty(pw.words.size + 1, np.uint64)
@@ -408,18 +368,18 @@ def test_misaligned_packed_words_give_the_same_result(backend):
     shifted[...] = pw.words
     assert shifted.ctypes.data % 64 != 0
     moved = R.PackedWeights(pw.codes, pw.bits, shifted)
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         np.testing.assert_array_equal(
             K.bitconv2d_packed(x, moved, 2, SHAPES[7][6], SHAPES[7][7]), expected
         )
 
 
 # ------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_errors(backend):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_errors(kernel):
     x = np.ones((1, 4, 5, 5), np.uint8)
     w = np.ones((2, 4, 3, 3), np.uint8)
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         with pytest.raises(TypeError, match="uint8"):
             K.bitconv2d(x.astype(np.int32), w, 2, 1)
         with pytest.raises(TypeError, match="uint8"):
@@ -467,119 +427,30 @@ def test_errors(backend):
 def test_native_rejects_bad_direct_calls():
     """The extension validates on its own too: wrong sizes raise, never crash."""
     if not NATIVE:
-        pytest.skip("no native backend")
+        pytest.skip("no native kernel")
     x = np.ones((1, 4, 5, 5), np.uint8)
     words = K.pack_weights(np.ones((2, 4, 3, 3), np.uint8), 1).words
+    scalar = NATIVE[-1]
     with pytest.raises(ValueError, match="packed weights do not match"):
-        K._native.bitconv("scalar", x, words, 2, 4, 3, 5, 1, 1, 1, 0, 1, "acc")
+        K._native.bitconv(scalar, x, words, 2, 4, 3, 5, 1, 1, 1, 0, 1, "acc")
     with pytest.raises(ValueError, match="channels"):
-        K._native.bitconv("scalar", x, words, 2, 8, 3, 3, 1, 1, 1, 0, 1, "acc")
-    with pytest.raises(ValueError, match="unknown kernel backend"):
-        K._native.bitconv("neon", x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "acc")
-
-
-# ------------------------------------------------------------------------- which backend ran
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def test_default_backend_is_the_fastest_supported():
-    with K.use_backend(K.backend()):
-        K.set_backend(None)
-        if "DOREFA_KERNEL" not in os.environ:
-            assert K.backend() == BACKENDS[0]
-    flags = _cpu_flags()
-    if {"avx512f", "avx512bw", "avx512_vpopcntdq"} <= flags:
-        assert "avx512" in BACKENDS
-    if "avx2" in flags:
-        assert "avx2" in BACKENDS
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_use_backend_switches_and_restores_and_that_path_runs(backend):
-    before = K.backend()
-    x, w, expected = _case(SHAPES[0], 2, 1)
-    pw = K.pack_weights(w, 1)
-    with K.use_backend(backend) as active:
-        assert active == backend == K.backend()
-        prefix = "reference" if backend == "reference" else f"bitconv_{backend}_"
-        assert K.kernel_name().startswith(prefix)
-        calls = [
-            lambda: K.bitconv2d(x, w, 2, 1, 1, 1),
-            lambda: K.bitconv2d_packed(x, pw, 2, 1, 1),
-            lambda: K.bitconv2d_signed(x, pw, 2, 1, 1),
-            lambda: K.bitconv2d_requant(
-                x, pw, 2, 1, 1, np.zeros((3, 1), np.int32), np.ones(3, np.int8)
-            ),
-        ]
-        for call in calls:
-            K._ran("")
-            call()
-            assert K.last_kernel() == K.kernel_name()  # the kernel that actually ran
-    assert K.backend() == before
-
-
-def test_env_override_selects_backend_in_a_fresh_process():
-    code = "import dorefa.kernels as k, sys; print(k.backend()); print('torch' in sys.modules)"
-    env = dict(os.environ, DOREFA_KERNEL=BACKENDS[-2] if NATIVE else "reference")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    backend, torch_loaded = out.stdout.split()
-    assert backend == env["DOREFA_KERNEL"]
-    assert torch_loaded == "False"  # the kernels (and so the runtime) never import torch
-
-
-@pytest.mark.skipif("avx512" not in BACKENDS, reason="needs the AVX-512 kernels")
-def test_avx512_packing_with_the_shift_transpose_in_a_fresh_process():
-    """The AVX-512 packer transposes its 64x64 bit blocks with GFNI where the CPU has it, else
-    with shifts and masks; DOREFA_PACK_TRANSPOSE=shift forces the latter (read once per
-    process), so the path that CPUs without GFNI take is tested here too, bit for bit."""
-    code = f"""
-import numpy as np
-import dorefa.kernels as K
-from dorefa.kernels import reference as R
-K.set_backend("avx512")
-for shape in {SHAPES!r}:
-    n, c, h, w, o, k, s, p = shape
-    for xb, wb in [(1, 1), (2, 1), (3, 2), (8, 8)]:
-        rng = np.random.default_rng([n, c, h, w, o, xb, wb])
-        x = rng.integers(0, 1 << xb, (n, c, h, w), dtype=np.uint8)
-        wc = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
-        pw = K.pack_weights(wc, wb)
-        assert np.array_equal(pw.words, R.pack_weights(wc, wb).words)
-        got = K.bitconv2d_packed(x, pw, xb, s, p, threads=2)
-        assert np.array_equal(got, R.bitconv2d(x, wc, xb, wb, s, p)), (shape, xb, wb)
-print("ok")
-"""
-    env = dict(os.environ, DOREFA_PACK_TRANSPOSE="shift")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["ok"]
-
-
-def test_unknown_or_unsupported_backend_is_a_clear_error():
+        K._native.bitconv(scalar, x, words, 2, 8, 3, 3, 1, 1, 1, 0, 1, "acc")
+    with pytest.raises(ValueError, match="mode must be acc, signed or requant"):
+        K._native.bitconv(scalar, x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "codes")
+    with pytest.raises(ValueError, match="requant needs thresholds and direction"):
+        K._native.bitconv(scalar, x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "requant")
     with pytest.raises(ValueError, match="unknown kernel backend 'neon'"):
-        K.set_backend("neon")
-    if K._native is not None:
-        for b in K._native.compiled_backends():
-            if b not in BACKENDS:
-                with pytest.raises(ValueError, match="needs instructions this CPU lacks"):
-                    K.set_backend(b)
+        K._native.bitconv("neon", x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "acc")
+    with pytest.raises(ValueError, match="'reference' is the NumPy kernel"):
+        K._native.bitconv("reference", x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "acc")
 
 
 # ----------------------------------------------------------- fused epilogue, first layer, pool
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_requant_all_shapes(backend, shape):
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", SHAPES, ids=ids)
+def test_requant_all_shapes(kernel, shape):
     """The requant epilogue fused into the tile kernels, over the awkward shapes."""
-    x, w, _ = _case(shape, 2, 1)
+    x, w, _ = case(shape, 2, 1)
     pw = R.pack_weights(w, 1)
     o = w.shape[0]
     d = R.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
@@ -588,7 +459,7 @@ def test_requant_all_shapes(backend, shape):
     th[0] = [np.iinfo(np.int32).min, 0, np.iinfo(np.int32).max]  # extremes fold exactly
     direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
     expected = R.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction)
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         got = K.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction)
         signed = K.bitconv2d_signed(x, pw, 2, shape[6], shape[7])
     np.testing.assert_array_equal(got, expected)
@@ -607,9 +478,9 @@ FLOAT_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape", FLOAT_SHAPES, ids=str)
-def test_conv_float_quantize(backend, shape):
+def test_conv_float_quantize(kernel, shape):
     n, c, h, w, o, k, s, p, pool, bits = shape
     rng = np.random.default_rng(list(shape))
     x = rng.random((n, c, h, w), dtype=np.float32)
@@ -617,21 +488,21 @@ def test_conv_float_quantize(backend, shape):
     b = (rng.standard_normal(o) * 0.3 + 0.3).astype(np.float32)
     expected = R.conv_float_quantize(x, wt, b, s, p, pool, bits)
     # an independent check of the reference: float64 conv, pool, bias, quantize
-    y = _direct_float64(x, wt, s, p).astype(np.float32)
+    y = direct_float64(x, wt, s, p).astype(np.float32)
     ph, pw_ = y.shape[2] // pool, y.shape[3] // pool
     y = y[:, :, : ph * pool, : pw_ * pool].reshape(n, o, ph, pool, pw_, pool).max(axis=(3, 5))
     z = np.clip(y + b[None, :, None, None], 0, 1) * np.float32((1 << bits) - 1)
     assert np.abs(expected.astype(np.int64) - np.rint(z)).max() <= 1
-    with K.use_backend(backend):
+    with K.use_kernel(kernel):
         got = K.conv_float_quantize(x, wt, b, s, p, pool, bits, threads=2)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1)])
-def test_maxpool_codes(backend, kernel, stride, padding):
-    x = np.random.default_rng(kernel).integers(0, 256, (2, 5, 7, 9), dtype=np.uint8)
-    expected = R.maxpool_codes(x, kernel, stride, padding)
-    with K.use_backend(backend):
-        np.testing.assert_array_equal(K.maxpool_codes(x, kernel, stride, padding), expected)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("size,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1)])
+def test_maxpool_codes(kernel, size, stride, padding):
+    x = np.random.default_rng(size).integers(0, 256, (2, 5, 7, 9), dtype=np.uint8)
+    expected = R.maxpool_codes(x, size, stride, padding)
+    with K.use_kernel(kernel):
+        np.testing.assert_array_equal(K.maxpool_codes(x, size, stride, padding), expected)

@@ -78,9 +78,9 @@ class HomeQueue {
   std::vector<Range> ranges_;
 };
 
-// ep == nullptr: kernel.tile, then (signed_output) SignedFromAcc; else kernel.fused with *ep.
-uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
-            const uint64_t* wpk, int32_t* acc, bool signed_output, int threads,
+// ep == nullptr: tiles.acc, then (signed_output) SignedFromAcc; else tiles.fused with *ep.
+uint8_t Run(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8_t* x,
+            uint64_t* xpk, const uint64_t* wpk, int32_t* acc, bool signed_output, int threads,
             const Epilogue* ep) {
   if (ep != nullptr) signed_output = false;
   // Small convolutions run on one thread: handing work to the others costs more than it saves
@@ -93,22 +93,22 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
   ZeroPaddingBorder(g, xpk);
   const int64_t pack_items = PackItems(g);
   const int64_t npix = g.OutPixels();
-  const int64_t ptile = kernel.pix_tile;
+  const int64_t ptile = tiles.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
   // With few pixel tiles (batch 1, tiny feature maps) also split the output channels so that
-  // every thread has work, in whole register tiles of channel blocks (kernel.ob_tile), about
+  // every thread has work, in whole register tiles of channel blocks (tiles.ob_tile), about
   // two items per thread: each call sets up its pixels (addresses, image boundaries) once,
   // and with AlexNet conv3 at batch 1 on 2 threads, 16 items per thread (finer load balance)
   // were 5% slower than two, 4 were 1.5% slower. Otherwise one call covers all channels of its
   // pixel tile, which keeps that tile's activation words hot in L1 while the weights stream from
   // L2.
   int64_t ochunks = 1;
-  const int64_t ob_units = (g.ob + kernel.ob_tile - 1) / kernel.ob_tile;
+  const int64_t ob_units = (g.ob + tiles.ob_tile - 1) / tiles.ob_tile;
   if (threads > 1 && ntiles < 4 * threads) {
     ochunks = std::min<int64_t>(ob_units, (2 * threads + ntiles - 1) / ntiles);
   }
   const int64_t ob_per_chunk =
-      std::max<int64_t>(1, (ob_units + ochunks - 1) / ochunks) * kernel.ob_tile;
+      std::max<int64_t>(1, (ob_units + ochunks - 1) / ochunks) * tiles.ob_tile;
   ochunks = (g.ob + ob_per_chunk - 1) / ob_per_chunk;
   const int64_t conv_items = ntiles * ochunks;
   const int nt = static_cast<int>(
@@ -146,11 +146,11 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
         mine = copies[tid - 1].data();
         ZeroPaddingBorder(g, mine);
       }
-      ors = kernel.pack(g, x, mine, 0, pack_items);
+      ors = pack(g, x, mine, 0, pack_items);
       xs = mine;
     } else {
       int64_t item;
-      while (pack_q.Next(tid, &item)) ors |= kernel.pack(g, x, xpk, item, item + 1);
+      while (pack_q.Next(tid, &item)) ors |= pack(g, x, xpk, item, item + 1);
       barrier();
     }
     int64_t it;
@@ -160,11 +160,11 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
       const int64_t oc = it / ntiles, t = it % ntiles;
       const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
       if (ep != nullptr) {
-        kernel.fused(g, xs, wpk, pix0, std::min(ptile, npix - pix0), ob0,
-                     std::min(ob_per_chunk, g.ob - ob0), acc, *ep);
+        tiles.fused(g, xs, wpk, pix0, std::min(ptile, npix - pix0), ob0,
+                    std::min(ob_per_chunk, g.ob - ob0), acc, *ep);
       } else {
-        kernel.tile(g, xs, wpk, pix0, std::min(ptile, npix - pix0), ob0,
-                    std::min(ob_per_chunk, g.ob - ob0), acc);
+        tiles.acc(g, xs, wpk, pix0, std::min(ptile, npix - pix0), ob0,
+                  std::min(ob_per_chunk, g.ob - ob0), acc);
       }
     }
     if (signed_output) {
@@ -184,15 +184,16 @@ uint8_t Run(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint6
 
 }  // namespace
 
-uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
-                   const uint64_t* wpk, int32_t* acc, bool signed_output, int threads) {
-  return Run(kernel, g, x, xpk, wpk, acc, signed_output, threads, nullptr);
+uint8_t RunBitConv(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8_t* x,
+                   uint64_t* xpk, const uint64_t* wpk, int32_t* acc, bool signed_output,
+                   int threads) {
+  return Run(tiles, pack, g, x, xpk, wpk, acc, signed_output, threads, nullptr);
 }
 
-uint8_t RunBitConvFused(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x,
+uint8_t RunBitConvFused(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8_t* x,
                         uint64_t* xpk, const uint64_t* wpk, int32_t* acc, const Epilogue& ep,
                         int threads) {
-  return Run(kernel, g, x, xpk, wpk, acc, false, threads, &ep);
+  return Run(tiles, pack, g, x, xpk, wpk, acc, false, threads, &ep);
 }
 
 }  // namespace dorefa

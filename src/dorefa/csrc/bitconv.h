@@ -1,7 +1,7 @@
 // Bit-serial convolution of unsigned integer codes: shared geometry, packed layouts and the
 // kernel interface that every ISA variant implements.
 //
-// The maths (DOREFA.md section 3). Let x be M-bit activation codes with bit planes c_m(x)
+// The maths (docs/method.md, section 3). Let x be M-bit activation codes with bit planes c_m(x)
 // and w be K-bit weight codes with bit planes c_k(w). For one output,
 //
 //   acc = sum_{c,kh,kw} x * w = sum_{m<M} sum_{k<K} 2^(m+k) * popcount(c_m(x) AND c_k(w)),
@@ -156,21 +156,20 @@ using FusedTileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint6
 using PackFn = uint8_t (*)(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
                            int64_t item1);
 
-struct KernelInfo {
-  const char* backend;  // "avx512" | "avx2" | "scalar"
-  const char* name;     // variant name, e.g. "bitconv_avx512_8x24"
-  TileFn tile;
-  int64_t pix_tile;             // output pixels a call handles best (work split granularity)
-  PackFn pack;                  // the activation packer that goes with it
-  FusedTileFn fused = nullptr;  // optional: tile with fused signed / requant epilogue
-  int64_t ob_tile = 1;          // channel blocks a call handles best (split granularity)
+// The tile kernels of one ISA (bitconv_<isa>.cpp) and the work split they like best. The
+// kernel table (kernel_table.h) pairs each with an activation packer and a CPU check.
+struct TileKernel {
+  const char* tile;   // register tile, output pixels x output channels, e.g. "8x24"
+  TileFn acc;         // unsigned accumulators
+  FusedTileFn fused;  // nullptr, or the tile with the epilogue (signed / requant) fused in
+  int64_t pix_tile;   // output pixels a call handles best (work split granularity)
+  int64_t ob_tile;    // channel blocks a call handles best (split granularity)
 };
 
-// Per-ISA kernels (bitconv_<isa>.cpp). The x86 ones exist only when built for x86.
-const KernelInfo& ScalarKernel();
-#ifdef DOREFA_HAVE_X86_KERNELS
-const KernelInfo& Avx2Kernel();
-const KernelInfo& Avx512Kernel();
+extern const TileKernel kScalarTiles;
+#ifdef DOREFA_HAVE_X86_KERNELS  // the x86 ones exist only when built for x86
+extern const TileKernel kAvx2Tiles;
+extern const TileKernel kAvx512Tiles;
 #endif
 
 // The whole convolution in one parallel region of up to `threads` threads (fewer when the
@@ -181,12 +180,14 @@ const KernelInfo& Avx512Kernel();
 // run at batch 1. Every output is computed by exactly one tile call, the same whichever
 // thread runs it, so results do not depend on the thread count. Returns the OR of all codes
 // (the caller checks it; out-of-range codes only give wrong numbers, never bad addresses).
-uint8_t RunBitConv(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
-                   const uint64_t* wpk, int32_t* acc, bool signed_output, int threads);
+// `pack` is the activation packer (bitpack.h).
+uint8_t RunBitConv(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8_t* x,
+                   uint64_t* xpk, const uint64_t* wpk, int32_t* acc, bool signed_output,
+                   int threads);
 
-// Same with the epilogue fused into the tile kernel (kernel.fused must be set): ep.mode kAcc /
+// Same with the epilogue fused into the tile kernel (tiles.fused must be set): ep.mode kAcc /
 // kSigned write acc (N, O, OH, OW) int32, kRequant writes ep.codes.
-uint8_t RunBitConvFused(const KernelInfo& kernel, const ConvGeom& g, const uint8_t* x,
+uint8_t RunBitConvFused(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8_t* x,
                         uint64_t* xpk, const uint64_t* wpk, int32_t* acc, const Epilogue& ep,
                         int threads);
 

@@ -108,9 +108,6 @@ void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64
 
 }  // namespace
 
-const KernelInfo& Avx2Kernel() {
-  static const KernelInfo info{"avx2", "bitconv_avx2_4x8", &TileAvx2, kTileP, &PackActivations};
-  return info;
-}
+extern const TileKernel kAvx2Tiles = {"4x8", &TileAvx2, nullptr, kTileP, 1};
 
 }  // namespace dorefa

@@ -35,12 +35,10 @@
 namespace dorefa {
 namespace {
 
-#ifndef DOREFA_TILE_P  // overridable for tuning experiments
-#define DOREFA_TILE_P 8
-#define DOREFA_TILE_Q 3
-#endif
-constexpr int kTileP = DOREFA_TILE_P;  // output pixels per register tile
-constexpr int kTileQ = DOREFA_TILE_Q;  // 8-channel blocks per register tile
+// The register tile (the "8x24" of its name in the kernel table). To try another, change these
+// two and A/B the two builds with benchmarks/bench_ab.py.
+constexpr int kTileP = 8;  // output pixels per register tile
+constexpr int kTileQ = 3;  // 8-channel blocks per register tile
 // Output pixels per call: the L1 block of activations. 128 pixels of a 256-channel 3x3 layer
 // take ~11 KB of packed activations, with ~7 KB of weights per channel group (64 and 256
 // measured within 1% of it on AlexNet conv3).
@@ -436,11 +434,6 @@ void TileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 
 }  // namespace
 
-const KernelInfo& Avx512Kernel() {
-  static const KernelInfo info{"avx512", "bitconv_avx512_8x24",  &TileAvx512,
-                               kMacroP,  &PackActivationsAvx512, &FusedTileAvx512,
-                               kTileQ};
-  return info;
-}
+extern const TileKernel kAvx512Tiles = {"8x24", &TileAvx512, &FusedTileAvx512, kMacroP, kTileQ};
 
 }  // namespace dorefa

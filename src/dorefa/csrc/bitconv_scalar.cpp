@@ -42,9 +42,6 @@ void TileScalar(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int
 
 }  // namespace
 
-const KernelInfo& ScalarKernel() {
-  static const KernelInfo info{"scalar", "bitconv_scalar_1x8", &TileScalar, 4, &PackActivations};
-  return info;
-}
+extern const TileKernel kScalarTiles = {"1x8", &TileScalar, nullptr, 4, 1};
 
 }  // namespace dorefa

@@ -25,8 +25,9 @@ inline int64_t Popcount64(uint64_t v) {
 // flattened H*W plane) and each bit plane m, first B[c] = bit m of the 64 pixels of channel c
 // (a "pixel-major" 64x64 bit matrix, cheap to extract from contiguous bytes), then transpose
 // it (Transpose64x64) so that row p holds bit m of the 64 channels of pixel p.
-// PackActivations is the portable version; PackActivationsAvx512 (bitpack_avx512.cpp) does the
-// same with VPTESTMB and a vectorised transpose.
+// PackActivations is the portable version; PackActivationsAvx512Gfni / ...Shift
+// (bitpack_avx512.cpp) do the same with VPTESTMB and a vectorised transpose. Which packer a
+// kernel uses is part of its entry in the kernel table (kernel_table.h).
 //
 // Work is split into PackItems(g) independent items (image, 64-channel block, 64-pixel block);
 // a call packs items [item0, item1). The padding border is not touched (ZeroPaddingBorder).
@@ -45,8 +46,12 @@ void StorePackItem(const ConvGeom& g, const PackItem& item, const uint64_t (*bit
 uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
                         int64_t item1);
 #ifdef DOREFA_HAVE_X86_KERNELS
-uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
-                              int64_t item1);
+// The 64x64 transposes as 8x8 bit-block transposes with GFNI and VBMI (the CPU must have both).
+uint8_t PackActivationsAvx512Gfni(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                                  int64_t item1);
+// The 64x64 transposes by shifts and masks (AVX-512 F + BW only).
+uint8_t PackActivationsAvx512Shift(const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                                   int64_t item0, int64_t item1);
 #endif
 
 // Transposes a 64x64 bit matrix in place: afterwards bit j of a[i] is the old bit i of a[j].

@@ -2,13 +2,11 @@
 // 64 pixel bytes into the 64-bit mask of one bit plane in one instruction, and the 64x64
 // transpose runs on 8 zmm registers (register i, lane l = row 8i + l): with GFNI and VBMI
 // (Ice Lake and later) as 8x8 bit-block transposes (TransposeGfni, ~50 instructions), else
-// by shifts and masks (TransposeZmm, ~290). DOREFA_PACK_TRANSPOSE=shift forces the latter
-// (read once per process), so that one machine tests both.
+// by shifts and masks (TransposeZmm, ~290). Both packers are entries of the kernel table
+// (kernel_table.cpp), so one machine with GFNI tests both.
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "bitpack.h"
 
@@ -149,29 +147,16 @@ __attribute__((always_inline)) inline uint8_t Pack(const ConvGeom& g, const uint
   return all_or;
 }
 
-uint8_t PackShift(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
-                  int64_t item1) {
+}  // namespace
+
+uint8_t PackActivationsAvx512Shift(const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                                   int64_t item0, int64_t item1) {
   return Pack<TransposeZmm>(g, x, xpk, item0, item1);
 }
 
-uint8_t PackGfni(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0, int64_t item1) {
+uint8_t PackActivationsAvx512Gfni(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                                  int64_t item1) {
   return Pack<TransposeGfni>(g, x, xpk, item0, item1);
-}
-
-PackFn ChoosePacker() {
-  const char* force = std::getenv("DOREFA_PACK_TRANSPOSE");
-  if (force != nullptr && std::strcmp(force, "shift") == 0) return &PackShift;
-  __builtin_cpu_init();
-  const bool gfni = __builtin_cpu_supports("gfni") && __builtin_cpu_supports("avx512vbmi");
-  return gfni ? &PackGfni : &PackShift;
-}
-
-}  // namespace
-
-uint8_t PackActivationsAvx512(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
-                              int64_t item1) {
-  static const PackFn packer = ChoosePacker();  // CPUID once per process
-  return packer(g, x, xpk, item0, item1);
 }
 
 }  // namespace dorefa

@@ -58,7 +58,7 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
     return;
   }
 #else
-  vector_rows = false;
+  (void)vector_rows;  // no vector path in this build
 #endif
   ParallelFor(threads, items, [&](int64_t first, int64_t last) {
     std::vector<double> band(static_cast<size_t>(k * g.ow));  // k conv rows of one channel

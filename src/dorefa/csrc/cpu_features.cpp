@@ -1,0 +1,52 @@
+#include "cpu_features.h"
+
+namespace dorefa {
+namespace {
+
+struct Feature {
+  CpuFeature bit;
+  const char* name;  // as in /proc/cpuinfo
+};
+
+constexpr Feature kFeatures[] = {
+    {kAvx2, "avx2"},
+    {kAvx512F, "avx512f"},
+    {kAvx512Bw, "avx512bw"},
+    {kAvx512Dq, "avx512dq"},
+    {kAvx512Vl, "avx512vl"},
+    {kAvx512Vpopcntdq, "avx512_vpopcntdq"},
+    {kAvx512Vbmi, "avx512vbmi"},
+    {kGfni, "gfni"},
+};
+
+uint32_t Detect() {
+  uint32_t mask = 0;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();  // __builtin_cpu_supports takes a string literal: one test per feature
+  if (__builtin_cpu_supports("avx2")) mask |= kAvx2;
+  if (__builtin_cpu_supports("avx512f")) mask |= kAvx512F;
+  if (__builtin_cpu_supports("avx512bw")) mask |= kAvx512Bw;
+  if (__builtin_cpu_supports("avx512dq")) mask |= kAvx512Dq;
+  if (__builtin_cpu_supports("avx512vl")) mask |= kAvx512Vl;
+  if (__builtin_cpu_supports("avx512vpopcntdq")) mask |= kAvx512Vpopcntdq;
+  if (__builtin_cpu_supports("avx512vbmi")) mask |= kAvx512Vbmi;
+  if (__builtin_cpu_supports("gfni")) mask |= kGfni;
+#endif
+  return mask;
+}
+
+}  // namespace
+
+uint32_t CpuFeatures() {
+  static const uint32_t features = Detect();  // CPUID once per process
+  return features;
+}
+
+std::vector<std::string> FeatureNames(uint32_t mask) {
+  std::vector<std::string> names;
+  for (const Feature& f : kFeatures)
+    if (mask & f.bit) names.emplace_back(f.name);
+  return names;
+}
+
+}  // namespace dorefa

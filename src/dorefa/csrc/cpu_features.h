@@ -1,0 +1,33 @@
+// What this CPU (and OS) can execute, from CPUID: the "CPU check" of the kernel table.
+#ifndef DOREFA_CSRC_CPU_FEATURES_H_
+#define DOREFA_CSRC_CPU_FEATURES_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dorefa {
+
+// One bit per instruction-set extension a kernel may need. Names (FeatureNames) are the flag
+// names of Linux's /proc/cpuinfo, so tests can compare them with what the kernel reports.
+enum CpuFeature : uint32_t {
+  kAvx2 = 1u << 0,
+  kAvx512F = 1u << 1,
+  kAvx512Bw = 1u << 2,
+  kAvx512Dq = 1u << 3,
+  kAvx512Vl = 1u << 4,
+  kAvx512Vpopcntdq = 1u << 5,
+  kAvx512Vbmi = 1u << 6,
+  kGfni = 1u << 7,
+};
+
+// The features of this CPU, detected once per process. __builtin_cpu_supports also checks
+// that the OS saves the wider register state (XGETBV), so a set bit means "can run".
+uint32_t CpuFeatures();
+
+// The names of the bits set in `mask`, lowest bit first.
+std::vector<std::string> FeatureNames(uint32_t mask);
+
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_CPU_FEATURES_H_

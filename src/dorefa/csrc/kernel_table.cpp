@@ -1,0 +1,114 @@
+#include "kernel_table.h"
+
+#include <iterator>
+#include <stdexcept>
+
+#include "bitpack.h"
+
+namespace dorefa {
+namespace {
+
+// CPU features of the AVX-512 popcount tile kernel (files built with -mavx512f, bw, dq, vl,
+// vpopcntdq), and what the GFNI packer adds.
+constexpr uint32_t kAvx512 = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vpopcntdq;
+constexpr uint32_t kGfniVbmi = kGfni | kAvx512Vbmi;
+// Fused modes: kEpilogue = signed and requant in the tile kernel; 0 = in a second pass.
+constexpr unsigned kEpilogue = ModeBit(Epilogue::kSigned) | ModeBit(Epilogue::kRequant);
+
+constexpr Packer kPortable{"portable", &PackActivations};
+#ifdef DOREFA_HAVE_X86_KERNELS
+constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
+constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift};
+#endif
+
+// clang-format off
+const KernelEntry kTable[] = {
+  // name                     backend   needs                tiles          packer      fused
+#ifdef DOREFA_HAVE_X86_KERNELS
+  {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi, &kAvx512Tiles, kGfniPack,  kEpilogue},
+  {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, kEpilogue},
+  {"popcount-avx2/portable",  "avx2",   kAvx2,               &kAvx2Tiles,   kPortable,  0},
+#endif
+  {"popcount-scalar/portable", "scalar", 0,                  &kScalarTiles, kPortable,  0},
+};
+// clang-format on
+
+std::vector<KernelEntry> MakeTable() {
+  for (const KernelEntry& k : kTable) {
+    if (k.fused_modes != 0 && k.tiles->fused == nullptr)
+      throw std::logic_error(std::string(k.name) + ": fused modes without a fused tile kernel");
+  }
+  return {std::begin(kTable), std::end(kTable)};
+}
+
+std::string Join(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+// Names a request may use, each once, in table order: kernels, families, backends.
+std::vector<std::string> KnownNames(bool supported_only) {
+  std::vector<std::string> kernels{"reference"}, families, backends;
+  auto add = [](std::vector<std::string>& v, const std::string& n) {
+    for (const auto& m : v)
+      if (m == n) return;
+    v.push_back(n);
+  };
+  for (const KernelEntry& k : KernelTable()) {
+    if (supported_only && !k.Supported()) continue;
+    add(kernels, k.name);
+    add(families, k.Family());
+    add(backends, k.backend);
+  }
+  return {Join(kernels), Join(families), Join(backends)};
+}
+
+std::string Available() {
+  const std::vector<std::string> n = KnownNames(true);
+  return "available on this CPU: " + n[0] + " (or a family: " + n[1] + "; or a backend: " + n[2] +
+         ")";
+}
+
+bool Names(const KernelEntry& k, const std::string& request) {
+  return request.empty() || request == k.name || request == k.backend || request == k.Family();
+}
+
+}  // namespace
+
+std::string KernelEntry::Family() const {
+  const std::string n = name;
+  return n.substr(0, n.find('/'));
+}
+
+const std::vector<KernelEntry>& KernelTable() {
+  static const std::vector<KernelEntry> table = MakeTable();
+  return table;
+}
+
+const KernelEntry& FindKernel(const std::string& name) {
+  // The common case first: a full name (what dorefa.kernels passes on every call).
+  for (const KernelEntry& k : KernelTable())
+    if (k.Supported() && name == k.name) return k;
+  const KernelEntry* named = nullptr;
+  for (const KernelEntry& k : KernelTable()) {
+    if (!Names(k, name)) continue;
+    if (k.Supported()) return k;
+    if (named == nullptr) named = &k;
+  }
+  if (named != nullptr) {
+    const std::string lacks = Join(FeatureNames(named->needs & ~CpuFeatures()));
+    throw std::invalid_argument("kernel '" + name + "' needs instructions this CPU lacks (" +
+                                lacks + "); " + Available());
+  }
+  if (name == "reference") {
+    throw std::invalid_argument(
+        "'reference' is the NumPy kernel of dorefa.kernels, not a native one; " + Available());
+  }
+  const std::vector<std::string> all = KnownNames(false);
+  throw std::invalid_argument("unknown kernel backend '" + name + "'; expected a kernel (" +
+                              all[0] + "), a family (" + all[1] + ") or a backend (" + all[2] +
+                              ")");
+}
+
+}  // namespace dorefa

@@ -1,0 +1,57 @@
+#include "run_conv.h"
+
+#include <vector>
+
+#include "output_transform.h"
+
+namespace dorefa {
+namespace {
+
+// The epilogue in the tile kernel: no int32 round trip through memory.
+uint8_t RunFused(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                 const uint64_t* wpk, const ConvOutput& out, int threads) {
+  Epilogue ep;
+  ep.mode = out.mode;
+  std::vector<int32_t> u;
+  std::vector<uint16_t> neg;
+  if (out.mode == Epilogue::kRequant) {
+    u.resize(static_cast<size_t>(ExpandedThresholdsSize(g, out.t)));
+    neg.resize(static_cast<size_t>(g.ob * (kLanes / 2)));
+    ExpandThresholds(g, out.thresholds, out.t, out.direction, u.data(), neg.data());
+    ep.u = u.data();
+    ep.neg = neg.data();
+    ep.t = out.t;
+    ep.codes = out.codes;
+  }
+  return RunBitConvFused(*kernel.tiles, kernel.packer.fn, g, x, xpk, wpk, out.acc, ep, threads);
+}
+
+// Accumulators first (kSigned: transformed in the same parallel region), then for kRequant
+// the thresholds in a second pass over an int32 buffer.
+uint8_t RunTwoPass(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
+                   const uint64_t* wpk, const ConvOutput& out, int threads) {
+  std::vector<int32_t> tmp;
+  int32_t* acc = out.acc;
+  if (out.mode == Epilogue::kRequant) {
+    tmp.resize(static_cast<size_t>(g.n * g.o * g.oh * g.ow));
+    acc = tmp.data();
+  }
+  const uint8_t all_or = RunBitConv(*kernel.tiles, kernel.packer.fn, g, x, xpk, wpk, acc,
+                                    out.mode != Epilogue::kAcc, threads);
+  if (out.mode == Epilogue::kRequant)
+    Requantize(g, acc, out.thresholds, out.t, out.direction, out.codes, threads);
+  return all_or;
+}
+
+}  // namespace
+
+uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
+                const ConvOutput& out, int threads) {
+  static thread_local std::vector<uint64_t> xpk;
+  xpk.resize(static_cast<size_t>(g.XpkSize()));
+  if (kernel.fused_modes & ModeBit(out.mode))
+    return RunFused(kernel, g, x, xpk.data(), wpk, out, threads);
+  return RunTwoPass(kernel, g, x, xpk.data(), wpk, out, threads);
+}
+
+}  // namespace dorefa

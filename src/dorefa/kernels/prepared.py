@@ -1,0 +1,110 @@
+"""Prepared bit convolutions: weights, geometry and output checked once, then called per batch.
+
+A network runs the same layers on every batch, so its runtime prepares each layer once::
+
+    conv = dorefa.kernels.prepare_conv(pw, x_bits=2, stride=1, padding=1, out="requant",
+                                       thresholds=t, direction=d)
+    codes = conv(x_codes, threads=2)
+
+A call runs on the kernel selected at call time (:mod:`dorefa.kernels.selection`). Inputs that
+are already what the native kernels take (a C-contiguous uint8 numpy array, an int thread
+count) go straight to them, which re-check shapes and code ranges themselves; anything else is
+validated and converted first, as by :func:`dorefa.kernels.bitconv2d_packed`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference, selection
+from .extension import native
+from .reference import PackedWeights
+
+OUTPUTS = ("acc", "signed", "requant")
+
+
+class PreparedConv:
+    """One bit convolution of fixed packed weights ``pw`` (O, C, KH, KW); outputs per ``out``:
+
+    - ``'acc'``: int32 ``acc = sum_{c,kh,kw} q * p`` (N, O, H', W');
+    - ``'signed'``: int32 ``D = 2 * acc - nw * sum q``, nw = 2**w_bits - 1 (the DoReFa dot);
+    - ``'requant'``: uint8 per channel o ``#{j : D >= thresholds[o, j]}`` (direction +1) or
+      ``#{j : D <= thresholds[o, j]}`` (direction -1).
+    """
+
+    __slots__ = ("weights", "x_bits", "stride", "padding", "out", "thresholds", "direction")
+
+    def __init__(
+        self,
+        pw: PackedWeights,
+        x_bits: int,
+        stride: int = 1,
+        padding: int = 0,
+        out: str = "acc",
+        thresholds: np.ndarray | None = None,
+        direction: np.ndarray | None = None,
+    ):
+        if out not in OUTPUTS:
+            raise ValueError(f"out must be one of {', '.join(OUTPUTS)}, got {out!r}")
+        # Everything but the input, checked on the smallest input the kernel fits.
+        probe = np.zeros((1, *pw.shape[1:]), np.uint8) if isinstance(pw, PackedWeights) else None
+        _, x_bits, stride, padding, _ = reference.check_conv(probe, pw, x_bits, stride, padding, 1)
+        if out == "requant":
+            if thresholds is None or direction is None:
+                raise ValueError("out='requant' needs thresholds (O, T) and direction (O,)")
+            thresholds, direction = reference.check_requant(thresholds, direction, pw.shape[0])
+        elif thresholds is not None or direction is not None:
+            raise ValueError(f"thresholds and direction belong to out='requant', not {out!r}")
+        self.weights, self.x_bits, self.stride, self.padding = pw, x_bits, stride, padding
+        self.out, self.thresholds, self.direction = out, thresholds, direction
+
+    def __call__(self, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
+        """The convolution of activation codes ``x_codes`` uint8 (N, C, H, W) < 2**x_bits."""
+        kernel = selection.current_kernel()
+        if kernel == selection.REFERENCE:
+            selection.ran(selection.REFERENCE)
+            return self._reference(x_codes, threads)
+        if not (
+            type(x_codes) is np.ndarray
+            and x_codes.dtype == np.uint8
+            and x_codes.flags.c_contiguous
+            and type(threads) is int
+        ):
+            x_codes, _, _, _, threads = reference.check_conv(
+                x_codes, self.weights, self.x_bits, self.stride, self.padding, threads,
+                check_values=False,
+            )  # fmt: skip
+        pw = self.weights
+        selection.ran("native")
+        return native.bitconv(
+            kernel, x_codes, pw.words, *pw.shape, self.x_bits, pw.bits, self.stride,
+            self.padding, threads, self.out, self.thresholds, self.direction,
+        )  # fmt: skip
+
+    def _reference(self, x_codes: np.ndarray, threads: int) -> np.ndarray:
+        args = (x_codes, self.weights, self.x_bits, self.stride, self.padding)
+        if self.out == "acc":
+            return reference.bitconv2d_packed(*args, threads)
+        if self.out == "signed":
+            return reference.bitconv2d_signed(*args, threads)
+        return reference.bitconv2d_requant(*args, self.thresholds, self.direction, threads)
+
+    def __repr__(self) -> str:
+        o, c, kh, kw = self.weights.shape
+        return (
+            f"PreparedConv({c}->{o} {kh}x{kw} /{self.stride} pad {self.padding} "
+            f"W{self.weights.bits} A{self.x_bits} -> {self.out})"
+        )
+
+
+def prepare_conv(
+    pw: PackedWeights,
+    x_bits: int,
+    stride: int = 1,
+    padding: int = 0,
+    out: str = "acc",
+    thresholds: np.ndarray | None = None,
+    direction: np.ndarray | None = None,
+) -> PreparedConv:
+    """A :class:`PreparedConv`: checks everything but the input once; call it per batch."""
+    return PreparedConv(pw, x_bits, stride, padding, out, thresholds, direction)

@@ -1,0 +1,141 @@
+"""Which kernel runs: the kernel table, ``DOREFA_KERNEL`` and the switches.
+
+Names. A native kernel is ``<family>/<packer>``, e.g. ``popcount-avx512/gfni`` (the AVX-512
+popcount tile kernel, activations packed with the GFNI bit transpose). A request may also name a
+family (``popcount-avx512``) or a backend (``avx512``, ``avx2``, ``scalar``), meaning the first
+kernel of it this CPU runs, or ``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
+The table itself lives in C++ (``csrc/kernel_table.cpp``), fastest first.
+
+The kernel of a call, strongest choice first:
+
+1. :func:`use_kernel` / :func:`use_backend` around the call, in the calling thread (per thread:
+   two threads can run two kernels at once);
+2. :func:`set_backend` (process-wide);
+3. ``DOREFA_KERNEL`` (read at the first call, so a bad value does not break imports);
+4. the first kernel of the table this CPU runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .extension import native, native_error
+
+REFERENCE = "reference"
+_BACKENDS = ("avx512", "avx2", "scalar")  # the native backends of any build, for messages
+
+_process_kernel: str | None = None  # set_backend / DOREFA_KERNEL, resolved lazily
+_local = threading.local()  # .kernel: this thread's use_kernel choice; .ran: see last_kernel
+
+
+@functools.cache
+def _table() -> tuple[dict, ...]:
+    return tuple(native.kernel_table()) if native is not None else ()
+
+
+def kernel_table() -> list[dict]:
+    """Every native kernel of this build, fastest first, whether this CPU runs it or not: dicts
+    with ``name``, ``family``, ``backend``, ``needs`` (CPU flags, as in /proc/cpuinfo),
+    ``supported`` (this CPU has them all), ``tile`` (register tile, pixels x channels),
+    ``pixel_tile`` / ``channel_block_tile`` (work-split granularity), ``packer`` and
+    ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass)."""
+    return [dict(row) for row in _table()]
+
+
+def available_kernels() -> list[str]:
+    """Kernels this machine can run, fastest first; ``'reference'`` is always last."""
+    return [row["name"] for row in _table() if row["supported"]] + [REFERENCE]
+
+
+def available_backends() -> list[str]:
+    """Backends this machine can run, fastest first; ``'reference'`` is always last."""
+    names = [row["backend"] for row in _table() if row["supported"]]
+    return list(dict.fromkeys(names)) + [REFERENCE]
+
+
+def resolve(name: str) -> str:
+    """The kernel a request names (``''``: the fastest); ValueError says what is available."""
+    if native is not None:
+        return native.resolve_kernel(name)
+    if name in ("", REFERENCE):
+        return REFERENCE
+    known = "unknown kernel backend" if name not in _BACKENDS else "backend"
+    raise ValueError(
+        f"{known} {name!r} is not available: the compiled extension dorefa._kernels "
+        f"failed to import ({native_error}); available: reference"
+    )
+
+
+def current_kernel() -> str:
+    """The kernel a call made now in this thread runs (a full name, or ``'reference'``)."""
+    kernel = getattr(_local, "kernel", None)
+    if kernel is not None:
+        return kernel
+    global _process_kernel
+    if _process_kernel is None:
+        _process_kernel = resolve(os.environ.get("DOREFA_KERNEL", "").strip().lower())
+    return _process_kernel
+
+
+def backend_of(kernel: str) -> str:
+    """The backend of a kernel name: ``'avx512'`` | ``'avx2'`` | ``'scalar'`` | ``'reference'``."""
+    for row in _table():
+        if row["name"] == kernel:
+            return row["backend"]
+    return REFERENCE
+
+
+def backend() -> str:
+    """The backend in use: ``'avx512'`` | ``'avx2'`` | ``'scalar'`` | ``'reference'``."""
+    return backend_of(current_kernel())
+
+
+def kernel_name(name: str | None = None) -> str:
+    """The kernel a name selects (default: the one in use), e.g. ``'popcount-avx512/gfni'``."""
+    return current_kernel() if name is None else resolve(name)
+
+
+def set_backend(name: str | None) -> str:
+    """Selects a kernel or backend for the whole process (``None``: back to ``DOREFA_KERNEL`` /
+    the fastest); returns the previous backend. A thread inside :func:`use_kernel` keeps its
+    own choice until the block ends."""
+    global _process_kernel
+    previous = backend()
+    _process_kernel = None if name is None else resolve(name)
+    return previous
+
+
+@contextmanager
+def use_kernel(name: str) -> Iterator[str]:
+    """Context manager: the enclosed calls of this thread run kernel (or backend) ``name``;
+    yields the kernel's full name."""
+    kernel = resolve(name)
+    previous = getattr(_local, "kernel", None)
+    _local.kernel = kernel
+    try:
+        yield kernel
+    finally:
+        _local.kernel = previous
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """:func:`use_kernel` that yields the backend (``'avx512'``, ..., ``'reference'``)."""
+    with use_kernel(name) as kernel:
+        yield backend_of(kernel)
+
+
+def ran(where: str) -> None:
+    """Records what ran this thread's last bit convolution: ``'reference'`` or ``'native'``."""
+    _local.ran = where
+
+
+def last_kernel() -> str:
+    """The kernel that ran this thread's last bit convolution (``'reference'`` or a native
+    kernel's name, as the extension reports it); ``''`` before any call in this thread."""
+    where = getattr(_local, "ran", "")
+    return native.last_kernel() if where == "native" else where
