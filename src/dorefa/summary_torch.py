@@ -1,0 +1,121 @@
+"""The rows of :func:`dorefa.summary.summary` for a torch model: one eval forward pass at batch 1
+with a hook on every layer (a module without children, or one with parameters of its own).
+
+Bits travel with the tensors: an ``ActQuant`` output carries its k (32 when it only clips),
+max-pool, flatten, dropout, identity and ``GradQuant`` (identity in the forward pass) pass their
+input's bits on, anything else produces float values (32). Tensors are told apart by their
+storage (``data_ptr``), so a ``.view``/``.flatten`` in a ``forward`` keeps the bits; every
+tensor seen stays referenced until the pass ends, so no storage is reused meanwhile.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .bits import FLOAT
+from .nn import ActQuant, GradQuant
+from .summary import Row, kernel_for
+
+__all__ = ["torch_rows"]
+
+_PASS_BITS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.Identity)
+_NO_ROW = (GradQuant, nn.Dropout, nn.Identity)  # identities at inference: no row (unless params)
+
+
+class _Tracer:
+    """Forward hooks that append a Row per call and track the bits of every tensor."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.bits: dict[int, int] = {}  # data_ptr -> bits of its values
+        self.producer: dict[int, Row] = {}  # data_ptr -> the conv/linear row that made it
+        self.keep: list[torch.Tensor] = []  # keeps every storage alive (no reuse of data_ptr)
+        self.counted: set[int] = set()  # modules whose parameters are already in a row
+
+    def in_bits(self, x) -> int:
+        return self.bits.get(x.data_ptr(), FLOAT) if torch.is_tensor(x) else FLOAT
+
+    def hook(self, name: str):
+        def fn(module, inputs, output):
+            x = inputs[0] if inputs else None
+            if torch.is_tensor(output):
+                self.keep.append(output)
+                self.keep.extend(t for t in inputs if torch.is_tensor(t))
+            row = self.row(name, module, x, output)
+            if row is not None:
+                self.rows.append(row)
+
+        return fn
+
+    def row(self, name: str, m: nn.Module, x, y) -> Row | None:
+        shape = tuple(y.shape[1:]) if torch.is_tensor(y) else None
+        ptr = y.data_ptr() if torch.is_tensor(y) else None
+        if isinstance(m, ActQuant) and ptr is not None:
+            self.bits[ptr] = m.k if m.quantize else FLOAT
+        elif isinstance(m, _PASS_BITS + (GradQuant,)) and ptr is not None:
+            self.bits[ptr] = self.in_bits(x)
+        if isinstance(m, GradQuant) and torch.is_tensor(x) and x.data_ptr() in self.producer:
+            self.producer[x.data_ptr()].g = m.k
+        params = 0
+        if id(m) not in self.counted:  # a module called twice counts its parameters once
+            self.counted.add(id(m))
+            params = sum(p.numel() for p in m.parameters(recurse=False))
+        if isinstance(m, _NO_ROW) and params == 0:
+            return None
+        r = Row(name=name, type=type(m).__name__, shape=shape, params=params)
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            self.weight_row(r, m, self.in_bits(x), y, params)
+            if ptr is not None:
+                self.producer[ptr] = r
+        else:
+            r.bytes, r.is_float = 4.0 * params, params > 0
+            if isinstance(m, ActQuant):
+                r.a = m.k if m.quantize else FLOAT
+        return r
+
+    @staticmethod
+    def weight_row(r: Row, m: nn.Module, a: int, y, counted: int) -> None:
+        """A conv/linear row: bits, packed bytes, MACs, kernel."""
+        w = int(getattr(m, "w_bits", FLOAT))
+        r.w, r.a, r.g, r.is_weight, r.is_float = w, a, FLOAT, True, w == FLOAT
+        if counted:
+            bias = m.bias.numel() if m.bias is not None else 0
+            r.bytes = m.weight.numel() * w / 8 + bias * 4.0
+        out = y[0].numel() if torch.is_tensor(y) else 0
+        if isinstance(m, nn.Linear):
+            r.macs, op = out * m.in_features, "linear"
+        else:
+            r.macs, op = out * (m.in_channels // m.groups) * math.prod(m.kernel_size), "conv"
+        r.kernel = kernel_for(op, r.w, r.a)
+
+
+def torch_rows(model: nn.Module, shape: tuple[int, ...]) -> list[Row]:
+    """Rows in call order; modules with parameters that the pass never called come last (with
+    shape None), so the rows' params add up to ``sum(p.numel() for p in model.parameters())``."""
+    tracer = _Tracer()
+    handles = [
+        m.register_forward_hook(tracer.hook(name))
+        for name, m in model.named_modules()
+        if name and (not any(True for _ in m.children()) or any(m.parameters(recurse=False)))
+    ]
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, *shape, device=p.device if p is not None else "cpu")
+    if p is not None and p.is_floating_point():
+        x = x.to(p.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    for name, m in model.named_modules():
+        params = sum(p.numel() for p in m.parameters(recurse=False))
+        if params and id(m) not in tracer.counted:
+            tracer.rows.append(Row(name, type(m).__name__, None, params=params, bytes=4.0 * params))
+    return tracer.rows
