@@ -20,7 +20,7 @@ _EXPORTS = {
     "create_model": "dorefa.models",
     "list_models": "dorefa.models",
     "export": "dorefa.export",
-    "summary": "dorefa.summary",
+    "summary": "dorefa.model_summary",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

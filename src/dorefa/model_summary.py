@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -400,14 +398,3 @@ def _render(s: Summary) -> str:
         f"smaller; {_si(t['reference_bitops'])} bit-ops -> {_times(t['bitop_ratio'])} fewer",
     ]
     return "\n".join(out + [f"note: {n}" for n in s.notes])
-
-
-# ``import dorefa.summary`` (the module) replaces the lazily re-exported function
-# ``dorefa.summary`` in the package namespace; calling the module calls the function, so
-# ``dorefa.summary(model)`` works whichever of the two the name holds.
-class _CallableModule(types.ModuleType):
-    def __call__(self, model, input_size=None) -> Summary:
-        return summary(model, input_size)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,4 +1,4 @@
-"""``dorefa summary MODEL_OR_CKPT_OR_.dorefa``: :mod:`dorefa.summary`'s table (or ``--json``).
+"""``dorefa summary MODEL_OR_CKPT_OR_.dorefa``: :mod:`dorefa.model_summary`'s table (or ``--json``).
 
 The source is a ``.dorefa`` file (recognised by its magic bytes; read without importing torch),
 a training checkpoint (``dorefa.checkpoint``: its model, bits, width and image size), or a
@@ -35,10 +35,10 @@ def load_summary(
     num_classes: int | None = None,
     in_channels: int | None = None,
 ):
-    """The :class:`dorefa.summary.Summary` of a model name, a checkpoint or a .dorefa file.
+    """The :class:`dorefa.model_summary.Summary` of a model name, a checkpoint or a .dorefa file.
     Model options (bits, width, classes, channels) apply to a model name only; a file has its
     own, and a .dorefa file its own input size too."""
-    from .summary import summary_file
+    from .model_summary import summary_file
 
     path = Path(source)
     given = {"--bits": bits, "--width": width, "--num-classes": num_classes}
@@ -60,7 +60,7 @@ def load_summary(
 
 def _checkpoint_summary(path: Path, input_size: int | None):
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .summary import summary
+    from .model_summary import summary
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
@@ -71,8 +71,8 @@ def _checkpoint_summary(path: Path, input_size: int | None):
 
 
 def _model_summary(name, input_size, bits, width, num_classes, in_channels):
+    from .model_summary import summary
     from .models import create_model, list_models
-    from .summary import summary
 
     if name not in list_models():
         raise ValueError(
@@ -122,7 +122,7 @@ def register_cli(subparsers) -> None:
         description=(
             "One row per layer (W/A/G bits, parameters, bit-packed bytes, MACs, bit-ops = "
             "MACs x W x A, the runtime's kernel), totals, the float share and the ratios to the "
-            "same model in float (32,32,32). Definitions: dorefa.summary's docstring."
+            "same model in float (32,32,32). Definitions: dorefa.model_summary's docstring."
         ),
     )
     p.add_argument(

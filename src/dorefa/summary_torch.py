@@ -1,4 +1,4 @@
-"""The rows of :func:`dorefa.summary.summary` for a torch model: one eval forward pass at batch 1
+"""The rows of :func:`dorefa.summary` for a torch model: one eval forward pass at batch 1
 with a hook on every layer (a module without children, or one with parameters of its own).
 
 Bits travel with the tensors: an ``ActQuant`` output carries its k (32 when it only clips),
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .bits import FLOAT
+from .model_summary import Row, kernel_for
 from .nn import ActQuant, GradQuant
-from .summary import Row, kernel_for
 
 __all__ = ["torch_rows"]
 

@@ -1,4 +1,4 @@
-"""Cost columns of a cell, per image: the totals of :func:`dorefa.summary.summary` (one forward
+"""Cost columns of a cell, per image: the totals of :func:`dorefa.summary` (one forward
 pass with a hook on every layer; ``dorefa summary`` prints the same figures per layer):
 
     macs          sum over conv/linear layers of output elements * (in_channels / groups) * kh * kw
@@ -31,7 +31,7 @@ def layer_costs(model, image_size: int, in_channels: int, bits: Bits | None = No
     """The cost columns (module docstring) of ``model`` on a ``in_channels x image_size x
     image_size`` image. Every layer's bits are read from the model itself; ``bits`` is accepted
     for the callers that pass the cell's bits and not needed."""
-    from ..summary import summary
+    from ..model_summary import summary
 
     totals = summary(model, (in_channels, image_size, image_size)).totals
     return {key: totals[src] for key, src in zip(COST_KEYS, _SUMMARY_KEYS, strict=True)}
