@@ -130,17 +130,17 @@ def test_promise_check_accepts_flips_at_a_step_and_nothing_else(tmp_path):
     export(model, tmp_path / "m.dorefa")
     runtime = rt.load(tmp_path / "m.dorefa")
     x = torch.rand(1, 1, 40, 40, generator=torch.Generator().manual_seed(3))
-    ok, why = explain_difference(runtime, model, x)
+    ((ok, why),) = explain_difference(runtime, model, x)
     assert not ok and why.startswith("every activation code is equal"), why
     channel, dist = _nearest_step(model, x)
     bias = model.features.conv0.bias
     with torch.no_grad():  # move that activation just past its step: torch flips one code
         bias[channel] -= dist + np.sign(dist) * STEP_TOL / 10
-    ok, why = explain_difference(runtime, model, x)
+    ((ok, why),) = explain_difference(runtime, model, x)
     assert ok and why.startswith("activation map 0"), why
     with torch.no_grad():  # far past it: codes flip where no rounding explains it
         bias[channel] -= np.sign(dist) * 0.05
-    ok, why = explain_difference(runtime, model, x)
+    ((ok, why),) = explain_difference(runtime, model, x)
     assert not ok and why.startswith("activation map 0"), why
     with torch.no_grad():
         bias[channel] += dist + np.sign(dist) * (STEP_TOL / 10 + 0.05)  # back as exported
@@ -183,7 +183,7 @@ def test_weights_are_bit_packed_and_file_is_small(tmp_path):
     model = _calibrated("svhn", "1,2,6", 1.0, 1, 40)
     info = export(model, tmp_path / "m.dorefa")
     reader = fmt.Reader(tmp_path / "m.dorefa")
-    for layer in reader.header["layers"]:
+    for layer in reader.header["nodes"]:
         if layer["op"] == "bitconv":
             count = int(np.prod(layer["weight_shape"]))
             assert layer["weight"]["nbytes"] == layer["w_bits"] * -(-count // 8)
@@ -271,7 +271,7 @@ def _rewrite(
 
 
 def _first(header, op):
-    return next(la for la in header["layers"] if la["op"] == op)
+    return next(la for la in header["nodes"] if la["op"] == op)
 
 
 HOSTILE = {
@@ -292,11 +292,23 @@ HOSTILE = {
     "big input": lambda h: h | {"input_shape": [1, 60000, 60000]},
     "wrong dtype": lambda h: (_first(h, "bitconv")["thresholds"].update(dtype="<f8"), h)[1],
     "bad direction": lambda h: (_first(h, "bitconv").update(out_bits=3), h)[1],
-    "unknown op": lambda h: (h["layers"].insert(1, {"op": "__import__"}), h)[1],
+    "unknown op": lambda h: (
+        h["nodes"].insert(1, {"op": "__import__", "name": "x", "inputs": ["input"]}),
+        h,
+    )[1],
+    "input defined later": lambda h: (h["nodes"][0].update(inputs=[h["output"]]), h)[1],
+    "cycle": lambda h: (h["nodes"][1].update(inputs=[h["nodes"][1]["name"]]), h)[1],
+    "duplicate name": lambda h: (h["nodes"][1].update(name=h["nodes"][0]["name"]), h)[1],
+    "unknown output": lambda h: h | {"output": "nowhere"},
+    "output is input": lambda h: h | {"output": "input"},
+    "add of one input": lambda h: (
+        h["nodes"].append({"op": "add", "name": "s", "inputs": [h["output"]]}),
+        h | {"output": "s"},
+    )[1],
     "x_bits mismatch": lambda h: (_first(h, "bitconv").update(x_bits=4), h)[1],
     "string stride": lambda h: (_first(h, "bitconv").update(stride="1"), h)[1],
-    "no layers": lambda h: h | {"layers": []},
-    "layers not list": lambda h: h | {"layers": {"a": 1}},
+    "no nodes": lambda h: h | {"nodes": []},
+    "nodes not list": lambda h: h | {"nodes": {"a": 1}},
     "wrong classes": lambda h: h | {"num_classes": 11},
     "not a model": lambda h: [1, 2, 3],
 }
@@ -317,7 +329,8 @@ def test_hostile_fixed_header_and_json(small_file, tmp_path):
     for fixed in [
         (magic, version, 2**32 - 1, dlen),
         (magic, version, hlen, 2**63),
-        (magic, 2, hlen, dlen),
+        (magic, 99, hlen, dlen),
+        (magic, 1, hlen, dlen),  # a graph header in a version-1 (chain) file
         (b"PK\x03\x04\0\0\0\0", version, hlen, dlen),
     ]:
         _rewrite(small_file, bad, lambda h: h, fixed=fixed)
@@ -335,7 +348,7 @@ def test_hostile_fixed_header_and_json(small_file, tmp_path):
 @pytest.mark.parametrize(
     "name,bits,kwargs,match",
     [
-        ("resnet18", "1,2,6", {}, "residual"),
+        ("resnet18", "1,32,32", {}, "A = 32"),
         ("svhn", "1,32,32", {}, "A = 32"),
         ("svhn", "32,2,32", {}, "W = 32"),
         ("svhn", "1,2,6", {"keep_first_last": False}, "quantize-first-last"),
@@ -366,3 +379,25 @@ def test_cli_export_and_run_compare(trained, tmp_path, capsys):
     out.write_bytes(out.read_bytes()[:-5])
     assert main(["run", str(out)]) == 2
     assert "m.dorefa" in capsys.readouterr().err
+
+
+def test_version_1_chain_files_still_load_and_give_the_same_logits(small_file, tmp_path):
+    """A version-1 file (a chain of "layers", each feeding the next) is converted to a graph at
+    load: same logits, bit for bit, as the version-2 file of the same model."""
+    reader = fmt.Reader(small_file)
+    header = json.loads(json.dumps(reader.header))
+    arrays, layers = {}, []
+    for node in header.pop("nodes"):
+        spec = {k: v for k, v in node.items() if k not in ("name", "inputs", "source", "clip")}
+        for key, entry in list(spec.items()):
+            if isinstance(entry, dict) and "offset" in entry:
+                arrays[f"{len(layers)}.{key}"] = np.array(reader.array(entry, key))
+                spec[key] = {"array": f"{len(layers)}.{key}"}
+        layers.append(spec)
+    header.pop("output")
+    old = tmp_path / "v1.dorefa"
+    fmt.write(old, header | {"layers": layers}, arrays, version=fmt.FORMAT_VERSION_CHAIN)
+    x = np.random.default_rng(2).random((5, 1, 40, 40), dtype=np.float32)
+    v1 = rt.load(old)
+    assert v1.version == 1 and rt.load(small_file).version == fmt.FORMAT_VERSION == 2
+    assert np.array_equal(v1(x), rt.load(small_file)(x))

@@ -7,7 +7,9 @@ Layout (all integers little-endian; no pickle anywhere)::
           12   header_len   uint32   bytes of the JSON header (space-padded so data is 64-aligned)
           16   data_len     uint64   bytes of the data blob
           24   header       JSON (UTF-8): {"format", "input_shape", "num_classes", "bits",
-                            "layers": [...], "meta": {...}}; every array is an entry
+                            "nodes": [...], "output", "meta": {...}} (version 2, a graph;
+                            version 1 had a chain "layers": [...] instead of nodes and
+                            output, still read); every array is an entry
                             {"dtype", "shape", "offset", "nbytes"} pointing into the blob
      24+hlen   data         raw little-endian arrays, each 64-byte aligned
          end   sha256       32 bytes: SHA-256 of every byte before it
@@ -24,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -32,7 +35,9 @@ import numpy as np
 from ..fileio import atomic_write_bytes
 
 MAGIC = b"\x89DOREFA\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written: a graph of named nodes (dorefa.runtime.loader)
+FORMAT_VERSION_CHAIN = 1  # still read: a chain of layers, converted to a graph at load
+READ_VERSIONS = (FORMAT_VERSION_CHAIN, FORMAT_VERSION)
 FORMAT_NAME = "dorefa-runtime"
 _FIXED = struct.Struct("<8sIIQ")  # magic, version, header_len, data_len
 _DIGEST = 32
@@ -51,12 +56,18 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) -> int:
+def write(
+    path: str | os.PathLike,
+    header: dict,
+    arrays: dict[str, np.ndarray],
+    version: int = FORMAT_VERSION,
+) -> int:
     """Write ``header`` (JSON-able; arrays referenced as ``{"array": name}``) and ``arrays``.
 
     Each ``{"array": name}`` placeholder in the header is replaced by its blob entry. The file
     is written atomically (:func:`dorefa.fileio.atomic_write_bytes`: temp file, fsync,
-    rename). Returns its size.
+    rename). ``version`` goes into the fixed header (tests write version-1 chains with it).
+    Returns the file's size.
     """
     blob = bytearray()
     entries: dict[str, dict] = {}
@@ -91,7 +102,7 @@ def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) 
         resolve(header), sort_keys=True, allow_nan=False, separators=(",", ":")
     ).encode()
     text += b" " * (_align(_FIXED.size + len(text)) - _FIXED.size - len(text))
-    body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(text), len(blob)) + text + bytes(blob)
+    body = _FIXED.pack(MAGIC, version, len(text), len(blob)) + text + bytes(blob)
     payload = body + hashlib.sha256(body).digest()
     atomic_write_bytes(path, bytes(payload))
     return len(payload)
@@ -104,6 +115,7 @@ class Reader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.size = 0
+        self.version = FORMAT_VERSION
         self.header: dict = {}
         self._blob = memoryview(b"")
         self._read()
@@ -111,11 +123,15 @@ class Reader:
     def error(self, what: str) -> FormatError:
         return FormatError(f"{self.path}: {what}")
 
-    def _read(self) -> None:
+    def _read_bytes(self) -> bytes:
+        """The whole file, after checking it is a regular file of a plausible size."""
         try:
-            size = os.stat(self.path).st_size
+            st = os.stat(self.path)
         except OSError as exc:
             raise self.error(f"cannot open model file ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(st.st_mode):  # a folder, a FIFO (would block), a device
+            raise self.error("not a regular file; give the .dorefa file `dorefa export` wrote")
+        size = st.st_size
         if size > MAX_FILE_BYTES:
             raise self.error(f"file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
         if size < _FIXED.size + _DIGEST:
@@ -123,20 +139,29 @@ class Reader:
                 f"file is {size} bytes, too short to be a .dorefa model "
                 "(truncated, or not made by `dorefa export`)"
             )
-        with open(self.path, "rb") as f:
-            raw = f.read(size + 1)  # +1: notice a file that grew since stat
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read(size + 1)  # +1: notice a file that grew since stat
+        except OSError as exc:
+            raise self.error(f"cannot read model file ({exc.strerror or exc})") from None
         if len(raw) != size:
             raise self.error("file changed while it was being read")
+        return raw
+
+    def _read(self) -> None:
+        raw = self._read_bytes()
+        size = len(raw)
         magic, version, hlen, dlen = _FIXED.unpack_from(raw)
         if magic != MAGIC:
             raise self.error(
                 "not a .dorefa model (bad magic bytes); make one with "
                 "`dorefa export CKPT -o model.dorefa`"
             )
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise self.error(
                 f"format version {version} is not supported (this runtime reads "
-                f"version {FORMAT_VERSION}); re-export the model"
+                f"versions {', '.join(map(str, READ_VERSIONS))}); export it again with this "
+                "dorefa, or run it with the dorefa that wrote it"
             )
         if hlen > MAX_HEADER_BYTES:
             raise self.error(f"header length {hlen} exceeds the {MAX_HEADER_BYTES}-byte limit")
@@ -155,6 +180,7 @@ class Reader:
         if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
             raise self.error(f"header does not describe a '{FORMAT_NAME}' model")
         self.size = size
+        self.version = version
         self.header = header
         self._blob = body[_FIXED.size + hlen :]
 

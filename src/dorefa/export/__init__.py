@@ -1,0 +1,152 @@
+"""Export a trained DoReFa model to a ``.dorefa`` file for the torch-free bit runtime.
+
+``export(model, path)`` walks the model as a graph (torch.fx, :mod:`dorefa.export.walk`), packs
+the quantized weights at W bits (bit planes), folds every BatchNorm (and the weight/activation
+scales, clip and re-quantization) into per-channel integer thresholds wherever a conv's output
+feeds an f_a (:mod:`dorefa.export.folding`), keeps a float32 residual stream where the model
+adds conv outputs, and keeps the first conv and the classifier in float32
+(:mod:`dorefa.export.graph`). ``dorefa export CKPT -o model.dorefa`` does the same for a
+training checkpoint. The file layout is described in :mod:`dorefa.runtime.format`.
+
+Supported: the registered ``svhn``, ``alexnet`` and ``resnet18`` at any width, and networks
+converted with :func:`dorefa.quantize_model` built from Conv2d / BatchNorm / ReLU / MaxPool2d /
+AvgPool2d / AdaptiveAvgPool2d(1) / Flatten / Linear / residual adds / channel concatenation,
+with W and A in 1..8 and the paper's float first conv and last linear layer. Anything else is an
+:class:`ExportError` naming the module and what it does not support.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..runtime import format as fmt
+from .checks import EXPORTABLE_MODELS, check_model, exportable
+from .errors import ExportError
+from .folding import fold_thresholds, pack_planes, weight_codes
+from .walk import write_graph
+
+
+def _input_shape(model: nn.Module, input_size: int | None) -> tuple[int, int, int]:
+    size = getattr(model, "input_size", None) if input_size is None else input_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ExportError(
+            f"{type(model).__name__} has no integer input_size attribute; pass input_size="
+        )
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ExportError(f"{type(model).__name__}: the model has no conv layer")
+    return (first.in_channels, size, size)
+
+
+def _bits_label(model: nn.Module, header_nodes: list[dict]) -> str | None:
+    """The model's "W,A,G" bits, or for a quantize_model net "W,A" read off its nodes."""
+    if getattr(model, "bits", None) is not None:
+        return str(model.bits)
+    w = {n["w_bits"] for n in header_nodes if n["op"] == "bitconv"}
+    a = {n["x_bits"] for n in header_nodes if n["op"] == "bitconv"}
+    return f"{w.pop()},{a.pop()}" if len(w) == 1 and len(a) == 1 else None
+
+
+def build(model: nn.Module, input_size: int | None = None) -> tuple[dict, dict]:
+    """The runtime graph (header dict) and its arrays for ``model`` (see the module doc);
+    ``input_size`` (square, pixels) defaults to ``model.input_size``."""
+    check_model(model)
+    shape = _input_shape(model, input_size)
+    with torch.no_grad():
+        w = write_graph(model, shape)
+    header = {
+        "format": fmt.FORMAT_NAME,
+        "input_shape": [int(v) for v in shape],
+        "num_classes": int(w.num_classes),
+        "bits": _bits_label(model, w.nodes),
+        "nodes": w.nodes,
+        "output": w.output,
+    }
+    return header, w.arrays
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    meta: dict | None = None,
+    input_size: int | None = None,
+) -> dict:
+    """Write ``model`` (a DoReFa model, eval statistics) to ``path`` as a .dorefa file.
+
+    ``meta`` (JSON-able) is stored in the header; ``input_size`` (square, pixels) defaults to
+    ``model.input_size``. Returns a summary dict: ``path``, ``size`` (bytes), ``layers`` (node
+    count), ``float_bytes`` (float32 bytes of the same parameters and BN statistics). Raises
+    ExportError (a ValueError) saying what is unsupported.
+    """
+    header, arrays = build(model, input_size)
+    header["meta"] = dict(meta or {})
+    try:
+        size = fmt.write(path, header, arrays)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"cannot write {path}: {exc}") from None
+    except OSError as exc:  # a folder in the way, a missing or read-only directory, ...
+        raise ExportError(
+            f"cannot write {path}: {exc.strerror or exc}; give a writable file path with -o"
+        ) from None
+    float_bytes = sum(
+        t.numel() * 4
+        for t in model.state_dict().values()
+        if torch.is_tensor(t) and t.is_floating_point()
+    )
+    return {
+        "path": str(path),
+        "size": size,
+        "layers": len(header["nodes"]),
+        "float_bytes": float_bytes,
+    }
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
+    out = args.output or str(Path(args.checkpoint).with_suffix(".dorefa"))
+    meta = dict(ckpt["meta"]) | {
+        "checkpoint": str(args.checkpoint),
+        "epoch": int(ckpt.get("epoch", -1)) + 1,
+    }
+    info = export(model, out, meta=meta)
+    ckpt_float = Path(args.checkpoint)
+    print(
+        f"exported {ckpt['meta']['model']} bits {ckpt['meta']['bits']} width "
+        f"{ckpt['meta']['width']} -> {out}: {info['layers']} layers, {info['size']} bytes "
+        f"({info['float_bytes'] / info['size']:.1f}x smaller than the float32 weights, "
+        f"{info['float_bytes']} bytes; checkpoint file {ckpt_float.stat().st_size} bytes)"
+    )
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a checkpoint to a .dorefa bit-runtime file")
+    p.add_argument("checkpoint", help="checkpoint.pt from `dorefa train`")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="output .dorefa file (default: the checkpoint's name with .dorefa)",
+    )
+    p.set_defaults(func=cmd_export)
+
+
+__all__ = [
+    "EXPORTABLE_MODELS",
+    "ExportError",
+    "build",
+    "export",
+    "exportable",
+    "fold_thresholds",
+    "pack_planes",
+    "register_cli",
+    "weight_codes",
+]

@@ -1,0 +1,108 @@
+"""The quantized layer of the runtime: a convolution of activation codes on popcount kernels.
+
+The kernel returns the exact signed dot D = sum (2p - nw) q of the layer (docs/method.md
+section 3); the exporter folded weight scale, BatchNorm, clip and re-quantization into what
+follows it (:mod:`dorefa.export.folding`):
+
+- ``out='codes'``: uint8 codes ``#{j : D >= t_j}`` (direction +1) or ``#{j : D <= t_j}``
+  (direction -1) per channel: the next f_a's codes, straight from the kernel;
+- ``out='float'``: ``alpha * D + beta`` in float32 per channel (the layer's real output after its
+  BatchNorm), then ``clip(., 0, 1)`` when ``clip`` (the input of a float classifier).
+
+A 1-D input (N, F) (a quantized linear layer on a vector) runs as a 1x1 conv on (N, F, 1, 1).
+Imports numpy and :mod:`dorefa.kernels` only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from .ops import Layer
+
+
+def _prepared(pw, x_bits, stride, padding, mode, thresholds=None, direction=None):
+    """One convolution of fixed weights as a callable ``conv(x, threads)``, everything but the
+    input checked once here."""
+    prepare = getattr(kernels, "prepare_conv", None)
+    if prepare is not None:
+        if mode == "requant":
+            return prepare(pw, x_bits, stride, padding, mode, thresholds, direction)
+        return prepare(pw, x_bits, stride, padding, mode)
+    if mode == "requant":  # kernels without prepared convolutions
+        t, d = kernels.reference.check_requant(thresholds, direction, pw.shape[0])
+        return lambda x, threads: kernels.bitconv2d_requant(
+            x, pw, x_bits, stride, padding, t, d, threads
+        )
+    return lambda x, threads: kernels.bitconv2d_signed(x, pw, x_bits, stride, padding, threads)
+
+
+class BitConv(Layer):
+    """A quantized layer on popcount kernels; ``groups`` splits the channels (module doc)."""
+
+    op = "bitconv"
+
+    def __init__(
+        self,
+        codes: np.ndarray,
+        x_bits: int,
+        w_bits: int,
+        stride: int,
+        padding: int,
+        groups: int,
+        out: str,
+        out_bits: int | None = None,
+        thresholds: np.ndarray | None = None,
+        direction: np.ndarray | None = None,
+        alpha: np.ndarray | None = None,
+        beta: np.ndarray | None = None,
+        clip: bool = True,
+    ):
+        self.shape = codes.shape  # (O, C/groups, KH, KW)
+        self.x_bits, self.w_bits, self.stride, self.padding = x_bits, w_bits, stride, padding
+        self.groups, self.out, self.out_bits, self.clip = groups, out, out_bits, clip
+        og = codes.shape[0] // groups
+        self.packed = [
+            kernels.pack_weights(np.ascontiguousarray(codes[g * og : (g + 1) * og]), w_bits)
+            for g in range(groups)
+        ]
+        sl = [slice(g * og, (g + 1) * og) for g in range(groups)]
+        if out == "codes":
+            self.convs = [
+                _prepared(pw, x_bits, stride, padding, "requant", thresholds[s], direction[s])
+                for pw, s in zip(self.packed, sl, strict=True)
+            ]
+        else:
+            self.alpha = alpha[None, :, None, None]
+            self.beta = beta[None, :, None, None]
+            self.convs = [_prepared(pw, x_bits, stride, padding, "signed") for pw in self.packed]
+
+    def forward(self, x, threads):
+        if x.ndim == 2:
+            x = x.reshape(*x.shape, 1, 1)
+        if self.groups == 1:
+            y = self.convs[0](x, threads)
+        else:
+            cg = self.shape[1]
+            outs = [
+                conv(np.ascontiguousarray(x[:, g * cg : (g + 1) * cg]), threads)
+                for g, conv in enumerate(self.convs)
+            ]
+            y = np.concatenate(outs, axis=1)
+        if self.out == "float":
+            y = y.astype(np.float32) * self.alpha + self.beta
+            if self.clip:
+                y = np.clip(y, 0, 1)
+        return y
+
+    def describe(self):
+        o, c, kh, kw = self.shape
+        g = f" groups {self.groups}" if self.groups > 1 else ""
+        if self.out == "codes":
+            out = f"{self.out_bits}-bit codes"
+        else:
+            out = "float clip[0,1]" if self.clip else "float (scale + BN)"
+        return (
+            f"bitconv {c * self.groups}->{o} {kh}x{kw} /{self.stride} pad {self.padding}{g} "
+            f"W{self.w_bits} A{self.x_bits} -> {out}"
+        )

@@ -1,0 +1,196 @@
+"""Graph export: networks that are not plain chains (ResNet-18's float residual stream and
+average-pool shortcuts, a quantize_model user CNN with a residual block and average pooling)
+run on the bit runtime as their torch models do (the promise of runtime_promise.py), and
+modules the runtime cannot run give a one-line ExportError naming them."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import dorefa.runtime as rt
+from dorefa import quantize_model
+from dorefa.data import get_dataset, to_model_input
+from dorefa.export import ExportError, export, exportable
+from dorefa.models import create_model
+from runtime_promise import check_runtime_matches_torch
+
+N_TEST = 1000
+SIZE = 32  # Fashion-MNIST resized to 32x32: ResNet-18 downsamples 32x to a 1x1 map
+
+
+@pytest.fixture(scope="module")
+def fashion(fashion_dir):
+    """{size: (train x, train y, test x, test y)}: 4000 training and 1000 test images."""
+    cache = {}
+
+    def get(size):
+        if size not in cache:
+            tr = get_dataset("fashion-mnist", "train").subset(4000)
+            te = get_dataset("fashion-mnist", "test").subset(N_TEST)
+            prep = dict(train=False, augment="none", generator=None)
+            cache[size] = (
+                to_model_input(tr.images, size, **prep),
+                tr.labels.long(),
+                to_model_input(te.images, size, **prep),
+                te.labels.numpy(),
+            )
+        return cache[size]
+
+    return get
+
+
+def _train(model, x, y, steps=150, batch=64, lr=3e-3):
+    """A brief Adam run (enough to learn Fashion-MNIST well above chance); eval mode after."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,))
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _check(model, x_test, y_test, path, size):
+    export(model, path, input_size=size)
+    res = check_runtime_matches_torch(rt.load(path), model, x_test)
+    accuracy = float((res["got"].argmax(1) == y_test).mean())
+    assert accuracy > 0.5, accuracy  # it learned something: chance is 0.1
+    print(
+        f"{path.name}: agreement {res['agreement']:.4f}, max rel {res['max_rel']:.2g}, "
+        f"{len(res['flipped'])} images beyond 1e-3 (code flips), accuracy {accuracy:.3f}"
+    )
+    return res
+
+
+@pytest.mark.parametrize("bits", ["1,4,32", "1,2,6"])
+def test_resnet18_matches_torch(bits, fashion, tmp_path):
+    """tensorpack's pre-activation ResNet-18 (width 0.25): float residual stream, avg-pool +
+    1x1 projection shortcuts, global pooling; >= 99.9% same class on 1000 test images."""
+    assert exportable("resnet18", bits) is None
+    x, y, xt, yt = fashion(SIZE)
+    model = create_model("resnet18", bits=bits, num_classes=10, in_channels=1, width=0.25)
+    _train(model, x, y)
+    _check(model, xt, yt, tmp_path / f"resnet18-{bits.replace(',', '-')}.dorefa", SIZE)
+
+
+class _Residual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        y = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(x + self.bn2(self.conv2(y)))
+
+
+def _user_cnn():
+    """A float CNN as a user writes it: stem, residual block (its add on codes and a BN output),
+    strided conv, average and global pooling (quantize a conv's input, not an average)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 28 -> 14
+        _Residual(16),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),  # 14 -> 7
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AvgPool2d(2),  # 7 -> 3, on the clipped float input of the classifier
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+def test_quantize_model_user_cnn_matches_torch(fashion, tmp_path):
+    x, y, xt, yt = fashion(28)
+    model = quantize_model(_user_cnn(), "2,2,32")
+    _train(model, x, y)
+    _check(model, xt, yt, tmp_path / "user.dorefa", 28)
+    assert rt.load(tmp_path / "user.dorefa").bits == "2,2"
+
+
+class _Gelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.act = nn.GELU()
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.act(self.conv(x)), 1))
+
+
+class _FunctionalRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            y = -y
+        return self.fc(torch.flatten(y, 1))
+
+
+def _seq(*mid):
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        *mid,
+        nn.Flatten(),
+        nn.LazyLinear(10),
+    )
+
+
+UNSUPPORTED = {
+    "float ReLU (not quantized)": (lambda: _seq(nn.Conv2d(8, 8, 3)), None, "2: ReLU is an A = 32"),
+    "GELU module": (_Gelu, "1,2,32", "act: GELU is not supported"),
+    "functional relu": (_FunctionalRelu, "1,2,32", "function relu"),
+    "dilated conv": (
+        lambda: _seq(nn.Conv2d(8, 8, 3, dilation=2), nn.BatchNorm2d(8), nn.ReLU()),
+        "1,2,32",
+        "3.0: .*dilation",
+    ),
+    "adaptive pool to 2x2": (
+        lambda: _seq(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2)),
+        "1,2,32",
+        "6: AdaptiveAvgPool2d to 2",
+    ),
+    "A = 32": (lambda: _seq(nn.Conv2d(8, 8, 3)), "1,32,32", "2: ActQuant with A = 32"),
+    "data-dependent branch": (_Branchy, "1,2,32", "_Branchy: torch.fx cannot trace"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSUPPORTED))
+def test_unsupported_modules_give_one_line_export_error(case, tmp_path):
+    make, bits, match = UNSUPPORTED[case]
+    model = make()
+    model(torch.rand(1, 1, 28, 28))  # materialise lazy layers
+    if bits is not None:
+        model = quantize_model(model, bits)
+    with pytest.raises(ExportError, match=match) as info:
+        export(model.eval(), tmp_path / "x.dorefa", input_size=28)
+    assert "\n" not in str(info.value), str(info.value)
+    assert not (tmp_path / "x.dorefa").exists()
