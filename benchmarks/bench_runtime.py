@@ -45,7 +45,7 @@ from torch import nn  # noqa: E402
 
 import dorefa.kernels as K  # noqa: E402
 import dorefa.runtime as rt  # noqa: E402
-from dorefa.export import export  # noqa: E402
+from dorefa.exporter import export  # noqa: E402
 from dorefa.fileio import atomic_write_text  # noqa: E402
 from dorefa.models import create_model  # noqa: E402
 from dorefa.nn import ActQuant, QConv2d, QLinear  # noqa: E402

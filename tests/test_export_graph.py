@@ -11,7 +11,7 @@ from torch.nn import functional as F
 import dorefa.runtime as rt
 from dorefa import quantize_model
 from dorefa.data import get_dataset, to_model_input
-from dorefa.export import ExportError, export, exportable
+from dorefa.exporter import ExportError, export, exportable
 from dorefa.models import create_model
 from runtime_promise import check_runtime_matches_torch
 

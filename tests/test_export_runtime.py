@@ -18,7 +18,7 @@ import dorefa.runtime as rt
 from dorefa import kernels
 from dorefa.cli import main
 from dorefa.data import get_dataset, to_model_input
-from dorefa.export import ExportError, export, fold_thresholds
+from dorefa.exporter import ExportError, export, fold_thresholds
 from dorefa.kernels.reference import requantize
 from dorefa.models import create_model
 from dorefa.runtime import FormatError
@@ -401,3 +401,10 @@ def test_version_1_chain_files_still_load_and_give_the_same_logits(small_file, t
     v1 = rt.load(old)
     assert v1.version == 1 and rt.load(small_file).version == fmt.FORMAT_VERSION == 2
     assert np.array_equal(v1(x), rt.load(small_file)(x))
+
+
+def test_package_exports_the_export_function():
+    import dorefa
+    import dorefa.exporter
+
+    assert dorefa.export is dorefa.exporter.export and callable(dorefa.export)

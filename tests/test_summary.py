@@ -14,7 +14,7 @@ import dorefa
 from dorefa import kernels
 from dorefa.bits import Bits
 from dorefa.cli import main
-from dorefa.export import export
+from dorefa.exporter import export
 from dorefa.model_summary import Summary, summary, summary_file
 from dorefa.models import create_model, list_models
 from dorefa.sweep import Cell, cell_costs

@@ -19,7 +19,7 @@ _EXPORTS = {
     "quantize_model": "dorefa.nn",
     "create_model": "dorefa.models",
     "list_models": "dorefa.models",
-    "export": "dorefa.export",
+    "export": "dorefa.exporter",
     "summary": "dorefa.model_summary",
 }
 

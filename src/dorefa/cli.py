@@ -111,7 +111,7 @@ def _optional_commands():
     """Subcommands defined beside their implementation (export/run, sweep/report, ...)."""
     import importlib
 
-    for module in ("dorefa.export", "dorefa.runtime.cli", "dorefa.sweep", "dorefa.summary_cli"):
+    for module in ("dorefa.exporter", "dorefa.runtime.cli", "dorefa.sweep", "dorefa.summary_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

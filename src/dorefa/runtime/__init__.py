@@ -1,4 +1,4 @@
-"""Torch-free runtime for exported DoReFa networks (``.dorefa`` files from :mod:`dorefa.export`).
+"""Torch-free runtime for exported DoReFa networks (``.dorefa`` files from :mod:`dorefa.exporter`).
 
     import dorefa.runtime
     model = dorefa.runtime.load("model.dorefa", threads=1)

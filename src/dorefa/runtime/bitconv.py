@@ -2,7 +2,7 @@
 
 The kernel returns the exact signed dot D = sum (2p - nw) q of the layer (docs/method.md
 section 3); the exporter folded weight scale, BatchNorm, clip and re-quantization into what
-follows it (:mod:`dorefa.export.folding`):
+follows it (:mod:`dorefa.exporter.folding`):
 
 - ``out='codes'``: uint8 codes ``#{j : D >= t_j}`` (direction +1) or ``#{j : D <= t_j}``
   (direction -1) per channel: the next f_a's codes, straight from the kernel;

@@ -3,7 +3,7 @@
 
 Between the float first layer and the float classifier, activations are uint8 codes
 (docs/method.md section 3): each quantized layer is one popcount convolution whose integer
-thresholds (made by :mod:`dorefa.export`) fold the weight scale, BatchNorm, clip and
+thresholds (made by :mod:`dorefa.exporter`) fold the weight scale, BatchNorm, clip and
 re-quantization. Where the model adds conv outputs (a residual stream) the value is float32.
 Imports numpy and :mod:`dorefa.kernels` only (never torch).
 """

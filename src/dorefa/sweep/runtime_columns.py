@@ -1,5 +1,5 @@
 """Bit-runtime columns of a cell: after a cell trains, if the bit runtime can run its model
-(:func:`dorefa.export.exportable`: W and A in 1..8, float first/last layers, a plain svhn/alexnet
+(:func:`dorefa.exporter.exportable`: W and A in 1..8, float first/last layers, a plain svhn/alexnet
 model), a small subprocess exports its final checkpoint to ``cells/<cell>/model.dorefa`` and runs
 it on the bit runtime (popcount kernels, one thread) over the same test images, as ``dorefa run
 --compare`` does (:func:`dorefa.runtime.compare.run_test_set`):
@@ -29,9 +29,9 @@ RESULT_KEYS = ("runtime_acc", "agreement", "model_bytes")  # what runtime.json g
 
 def runtime_reason(row: CellResult) -> str | None:
     """None if the bit runtime runs the cell's model, else why not
-    (:func:`dorefa.export.exportable`; the sweep always trains with float first/last layers)."""
+    (:func:`dorefa.exporter.exportable`; the sweep always trains with float first/last layers)."""
     from ..bits import Bits
-    from ..export import exportable
+    from ..exporter import exportable
 
     return exportable(row.model, Bits(row.W, row.A, row.G))
 
@@ -79,7 +79,7 @@ def runtime_main(argv: list[str] | None = None) -> int:
     import torch
 
     from ..checkpoint import load_checkpoint, model_from_checkpoint
-    from ..export import export
+    from ..exporter import export
     from ..runtime.compare import run_test_set
 
     cell_dir, data, data_dir, test_subset = argv or sys.argv[1:]

@@ -1,5 +1,5 @@
 """The runtime graph of a DoReFa model, written node by node while the model is walked
-(:mod:`dorefa.export.walk`).
+(:mod:`dorefa.exporter.walk`).
 
 Every torch value becomes a :class:`Value`: float32 (a float map, or a residual stream), k-bit
 codes (an f_a's output), or *pending*: a quantized conv whose output ``alpha * D + beta``
@@ -7,7 +7,7 @@ codes (an f_a's output), or *pending*: a quantized conv whose output ``alpha * D
 
 - BatchNorm: ``alpha <- a alpha``, ``beta <- a beta + c`` (eval BN is ``a y + c`` per channel);
 - max-pool: remembered; it runs on the codes after f_a (max-pool commutes with the monotone
-  f_a, :mod:`dorefa.export.folding`);
+  f_a, :mod:`dorefa.exporter.folding`);
 - f_a (ActQuant): integer thresholds on D (``fold_thresholds``): a ``bitconv`` node giving codes;
 - f_a without rounding (the classifier's input): a ``bitconv`` giving ``clip(alpha D + beta)``;
 - anything else (an add, an avg-pool, the output, ...): a ``bitconv`` giving float32

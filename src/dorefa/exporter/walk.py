@@ -1,5 +1,5 @@
 """Walks a DoReFa model as a graph (torch.fx symbolic tracing, which sees residual adds and
-concatenations) and writes its runtime graph (:class:`dorefa.export.graph.GraphWriter`).
+concatenations) and writes its runtime graph (:class:`dorefa.exporter.graph.GraphWriter`).
 
 The DoReFa layers (QConv2d, QLinear, ActQuant, GradQuant) and torch's own modules are leaves;
 user modules are traced through. Supported: Conv2d / Linear (float first conv and float

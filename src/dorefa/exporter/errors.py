@@ -1,4 +1,4 @@
-"""The one error of :mod:`dorefa.export`."""
+"""The one error of :mod:`dorefa.exporter`."""
 
 
 class ExportError(ValueError):

@@ -1,11 +1,11 @@
 """Export a trained DoReFa model to a ``.dorefa`` file for the torch-free bit runtime.
 
-``export(model, path)`` walks the model as a graph (torch.fx, :mod:`dorefa.export.walk`), packs
+``export(model, path)`` walks the model as a graph (torch.fx, :mod:`dorefa.exporter.walk`), packs
 the quantized weights at W bits (bit planes), folds every BatchNorm (and the weight/activation
 scales, clip and re-quantization) into per-channel integer thresholds wherever a conv's output
-feeds an f_a (:mod:`dorefa.export.folding`), keeps a float32 residual stream where the model
+feeds an f_a (:mod:`dorefa.exporter.folding`), keeps a float32 residual stream where the model
 adds conv outputs, and keeps the first conv and the classifier in float32
-(:mod:`dorefa.export.graph`). ``dorefa export CKPT -o model.dorefa`` does the same for a
+(:mod:`dorefa.exporter.graph`). ``dorefa export CKPT -o model.dorefa`` does the same for a
 training checkpoint. The file layout is described in :mod:`dorefa.runtime.format`.
 
 Supported: the registered ``svhn``, ``alexnet`` and ``resnet18`` at any width, and networks
