@@ -1,17 +1,19 @@
 """Data loaders: IDX (MNIST, Fashion-MNIST), SVHN, CIFAR-10, image folders; batch transforms."""
 
 from .arrays import ArrayDataset
-from .errors import DataError
+from .errors import DataError, require_classes
 from .imagefolder import ImageFolderDataset
-from .registry import get_dataset, list_datasets
+from .registry import check_spec, get_dataset, list_datasets
 from .transforms import default_augment, to_model_input
 
 __all__ = [
     "ArrayDataset",
     "DataError",
     "ImageFolderDataset",
+    "check_spec",
     "default_augment",
     "get_dataset",
     "list_datasets",
+    "require_classes",
     "to_model_input",
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import ArrayDataset
-from .errors import DataError
+from .errors import DataError, require_folder
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
@@ -125,8 +125,7 @@ def cifar_folder(folder: Path) -> Path:
     for cand in (folder, folder / SUBDIR):
         if (cand / "test_batch").is_file() or (cand / "data_batch_1").is_file():
             return cand
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder{HINT}")
+    require_folder(folder, f"data_batch_1..5 and test_batch{HINT}")
     raise DataError(
         f"{folder}: no CIFAR-10 batches (expected data_batch_1..5 and test_batch here "
         f"or in {SUBDIR}/){HINT}"

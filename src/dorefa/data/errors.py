@@ -1,6 +1,9 @@
-"""The one exception every data loader raises for a missing, corrupt or unusable data file."""
+"""The one exception every data loader raises for a missing, corrupt or unusable data file,
+and the checks loaders and training share (the folder exists, there are classes to learn)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class DataError(ValueError):
@@ -9,3 +12,21 @@ class DataError(ValueError):
     The message is one line that names the file and says what was expected, so that a
     user can act on it without reading a numpy traceback.
     """
+
+
+def require_folder(folder: Path, expected: str) -> None:
+    """Raise DataError unless ``folder`` is a folder; ``expected`` says what it should hold."""
+    if folder.is_dir():
+        return
+    what = "is a file, not a folder" if folder.exists() else "no such folder"
+    raise DataError(f"{folder}: {what} (expected {expected})")
+
+
+def require_classes(dataset, spec: str) -> None:
+    """Training needs at least two classes; a data set of one (an image folder with one class
+    folder, IDX labels that are all 0) loads fine but cannot train a classifier."""
+    if dataset.num_classes < 2:
+        raise DataError(
+            f"{spec}: {dataset.num_classes} class only; a classifier needs at least 2 "
+            "(IDX: labels 0..K-1; image folders: one folder per class)"
+        )

@@ -11,13 +11,16 @@ dimension sizes, then the data in C order. Images are ``0x00000803`` (N, H, W), 
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .arrays import ArrayDataset
-from .errors import DataError
+from .errors import DataError, require_folder
 
 IMAGES_MAGIC = 0x00000803  # uint8, 3 dims (N, H, W)
 LABELS_MAGIC = 0x00000801  # uint8, 1 dim (N,)
@@ -26,46 +29,79 @@ _PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 _KINDS = {"images": ("images", "idx3", IMAGES_MAGIC), "labels": ("labels", "idx1", LABELS_MAGIC)}
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    if raw[:2] != b"\x1f\x8b":  # not gzip, whatever the name says
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+MAX_DATA_BYTES = 1 << 34  # 16 GiB: a header claiming more is corrupt (or a gzip bomb)
+_CHUNK = 1 << 24
 
 
-def read_idx(path: str | Path, magic: int) -> np.ndarray:
-    """Read one uint8 IDX file and check its magic; returns a read-only array of its shape."""
-    path = Path(path)
-    buf = _read_bytes(path)
+def _read_up_to(f: BinaryIO, n: int) -> bytes:
+    """At most n bytes of f, read in chunks: memory follows what is there, not what a hostile
+    header claims (one big read would allocate n bytes up front)."""
+    parts = []
+    while n > 0:
+        part = f.read(min(n, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _parse(f: BinaryIO, path: Path, magic: int, file_size: int | None) -> np.ndarray:
+    """Header, checks and data of one IDX stream (file_size: None when decompressing)."""
     what = "images" if magic == IMAGES_MAGIC else "labels"
-    if len(buf) < 4:
-        raise DataError(f"{path}: truncated: {len(buf)} bytes, too short for an IDX header")
-    got = int.from_bytes(buf[:4], "big")
+    head = _read_up_to(f, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated: {len(head)} bytes, too short for an IDX header")
+    got = int.from_bytes(head, "big")
     if got != magic:
         raise DataError(f"{path}: bad IDX magic 0x{got:08x}, expected 0x{magic:08x} for {what}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataError(f"{path}: truncated: {len(buf)} bytes, header needs {header}")
-    shape = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64))
-    dims = "x".join(map(str, shape))
-    if len(buf) < expected:
+    dims_raw = _read_up_to(f, 4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated: {4 + len(dims_raw)} bytes, header needs {header}")
+    shape = tuple(int.from_bytes(dims_raw[k : k + 4], "big") for k in range(0, 4 * ndim, 4))
+    n = math.prod(shape)  # Python ints: no overflow for hostile dims
+    expected, dims = header + n, "x".join(map(str, shape))
+    if file_size is not None and file_size < expected:
         raise DataError(
-            f"{path}: truncated: header says {dims} but file has {len(buf)} bytes "
+            f"{path}: truncated: header says {dims} but file has {file_size} bytes "
             f"(expected {expected})"
         )
-    if len(buf) > expected:
+    if n > MAX_DATA_BYTES:
         raise DataError(
-            f"{path}: header says {dims} ({expected} bytes) but file has {len(buf)} bytes"
+            f"{path}: header says {dims} ({n} bytes of data), more than the "
+            f"{MAX_DATA_BYTES}-byte limit: the file is corrupt"
         )
-    return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(shape)
+    data = _read_up_to(f, n + 1)
+    if len(data) < n:
+        raise DataError(
+            f"{path}: truncated: header says {dims} but file has {header + len(data)} bytes "
+            f"(expected {expected})"
+        )
+    if len(data) > n:
+        size = file_size if file_size is not None else f"more than {expected}"
+        raise DataError(f"{path}: header says {dims} ({expected} bytes) but file has {size} bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def read_idx(path: str | Path, magic: int) -> np.ndarray:
+    """Read one uint8 IDX file (raw, or gzip whatever its name says) and check its magic and
+    size; returns a read-only array of its shape."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            if not gz:
+                return _parse(raw, path, magic, os.fstat(raw.fileno()).st_size)
+            try:
+                with gzip.GzipFile(fileobj=raw) as f:
+                    return _parse(f, path, magic, None)
+            except (OSError, EOFError, zlib.error) as e:
+                raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    except OSError as e:  # DataError is a ValueError: only the open/read failures land here
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def find_idx_file(folder: Path, split: str, kind: str) -> Path | None:
@@ -85,10 +121,8 @@ def _require(folder: Path, split: str, kind: str, hint: str) -> Path:
     if p is None:
         word, idx, _ = _KINDS[kind]
         names = " or ".join(f"{pre}-{word}-{idx}-ubyte[.gz]" for pre in _PREFIXES[split])
-        where = (
-            f"{folder}: no {split} {kind} file" if folder.is_dir() else f"{folder}: no such folder"
-        )
-        raise DataError(f"{where} (expected {names}){hint}")
+        require_folder(folder, f"IDX files such as {names}{hint}")
+        raise DataError(f"{folder}: no {split} {kind} file (expected {names}){hint}")
     return p
 
 
@@ -111,6 +145,8 @@ def load_idx(
     lab_path = _require(folder, split, "labels", hint)
     images = read_idx(img_path, IMAGES_MAGIC)  # (N, H, W)
     labels = read_idx(lab_path, LABELS_MAGIC)  # (N,)
+    if len(images) == 0:
+        raise DataError(f"{img_path}: no images (the header says 0); the {split} split is empty")
     if len(labels) != len(images):
         raise DataError(
             f"{lab_path}: label count {len(labels)} != image count {len(images)} in {img_path.name}"

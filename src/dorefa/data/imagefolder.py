@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DataError
+from .errors import DataError, require_folder
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLIT_DIRS = {"train": ("train",), "test": ("val", "test")}
@@ -162,8 +162,7 @@ def load_imagefolder(
     folder: str | Path, split: str, image_size: int | None = None
 ) -> ImageFolderDataset:
     root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder (expected {root}/train/<class>/*.jpg and val/)")
+    require_folder(root, f"{root}/train/<class>/*.jpg and val/<class>/*")
     split_dir = next((root / d for d in SPLIT_DIRS[split] if (root / d).is_dir()), None)
     if split_dir is None:
         names = " or ".join(f"{root}/{d}/<class>/" for d in SPLIT_DIRS[split])

@@ -83,6 +83,29 @@ def _valid_specs() -> str:
     return ", ".join(n if _REGISTRY[n].default_dir else f"{n}:DIR" for n in list_datasets())
 
 
+def _parse(spec: str, data_dir: str | None) -> tuple[str, _Entry, Path | None]:
+    """(name, entry, folder given or None) of a spec; DataError for unknown or malformed ones."""
+    if not isinstance(spec, str):
+        raise DataError(f"a data set spec is a string NAME or NAME:DIR, got {spec!r}")
+    name, sep, folder = spec.partition(":")
+    name = name.strip().lower()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise DataError(f"unknown data set spec {spec!r}; valid: {_valid_specs()}")
+    if sep and not folder:
+        raise DataError(f"spec {spec!r} has an empty folder after ':'")
+    path = Path(folder) if folder else Path(data_dir) if data_dir else None
+    if path is None and entry.default_dir is None:
+        raise DataError(f"data set {name!r} needs a folder: use spec '{name}:DIR' or data_dir")
+    return name, entry, path
+
+
+def check_spec(spec: str, data_dir: str | None = None) -> str:
+    """Check a spec without reading any file (a known name, a folder where one is needed), so
+    that a command can refuse it before starting work; returns the data set's name."""
+    return _parse(spec, data_dir)[0]
+
+
 def get_dataset(
     spec: str, split: str, data_dir: str | None = None, image_size: int | None = None
 ) -> Dataset:
@@ -92,20 +115,12 @@ def get_dataset(
     ignored: :func:`to_model_input` resizes per batch); 'imagefolder' returns an
     ImageFolderDataset yielding image_size (default 224) crops.
     """
-    name, sep, folder = spec.partition(":")
-    entry = _REGISTRY.get(name.strip().lower())
-    if entry is None:
-        raise DataError(f"unknown data set spec {spec!r}; valid: {_valid_specs()}")
+    name, entry, path = _parse(spec, data_dir)
     if split not in SPLITS:
         raise DataError(f"split must be 'train', 'test' or 'val', got {split!r}")
-    if sep and not folder:
-        raise DataError(f"spec {spec!r} has an empty folder after ':'")
-    if folder:
-        path = Path(folder)
-    elif data_dir:
-        path = Path(data_dir)
-    elif entry.default_dir is not None:
+    if path is None:
         path = entry.default_dir()
-    else:
-        raise DataError(f"data set {name!r} needs a folder: use spec '{name}:DIR' or data_dir")
-    return entry.load(path.expanduser(), SPLITS[split], image_size)
+    dataset = entry.load(path.expanduser(), SPLITS[split], image_size)
+    if len(dataset) == 0:  # every loader checks this too; a new one may forget
+        raise DataError(f"{path}: the {split} split of {name!r} holds no images")
+    return dataset

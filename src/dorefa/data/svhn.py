@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import ArrayDataset
-from .errors import DataError
+from .errors import DataError, require_folder
 
 HINT = (
     "; download train_32x32.mat / test_32x32.mat (and optionally extra_32x32.mat) "
@@ -54,8 +54,7 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_svhn(folder: str | Path, split: str) -> ArrayDataset:
     folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder{HINT}")
+    require_folder(folder, f"train_32x32.mat and test_32x32.mat{HINT}")
     files = [folder / f"{split}_32x32.mat"]
     if split == "train" and (folder / "extra_32x32.mat").is_file():
         files.append(folder / "extra_32x32.mat")
