@@ -113,6 +113,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     return load_checkpoint(path, map_location)
 
 
+# What rebuilds the model (written by dorefa.run.model_meta; read by model_from_checkpoint,
+# `dorefa eval` and `dorefa summary`).
+META_KEYS = ("model", "bits", "width", "num_classes", "in_channels", "image_size")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a dorefa checkpoint with ``weights_only=True`` (an untrusted file cannot run code).
 
@@ -139,6 +144,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in REQUIRED_KEYS:
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry")
+    meta = ckpt["meta"]
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(
+            f"{path}: checkpoint meta lacks {', '.join(missing)}; it was not written by "
+            "`dorefa train`: re-train, or save it with dorefa.checkpoint.save"
+        )
     return ckpt
 
 

@@ -64,9 +64,10 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(cfg: TrainConfig, image_size: int):
     """(train set, test set) of ``cfg.data``, cut to ``subset`` / ``test_subset`` images."""
-    from .data import get_dataset
+    from .data import get_dataset, require_classes
 
     train_set = get_dataset(cfg.data, "train", data_dir=cfg.data_dir, image_size=image_size)
+    require_classes(train_set, cfg.data)
     test_set = get_dataset(cfg.data, "test", data_dir=cfg.data_dir, image_size=image_size)
     if cfg.subset is not None:
         if cfg.subset < 1:

@@ -45,7 +45,9 @@ class RunFiles:
         self.history: list[dict] = []
 
     def check_fresh(self, resume: bool) -> None:
-        """Refuse to start a new run over an existing one."""
+        """Refuse an --out that is a file, and a new run over an existing one."""
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file, not a folder; choose another --out")
         if self.checkpoint.exists() and not resume:
             raise ValueError(
                 f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..argtypes import POSITIVE_INT
 from .compare import compare_logits, run_test_set
 
 __all__ = ["cmd_run", "compare_logits", "register_cli"]
@@ -59,7 +60,9 @@ def register_cli(subparsers) -> None:
         metavar="CKPT",
         help="also run this checkpoint in torch (eval) and report agreement",
     )
-    p.add_argument("--threads", type=int, default=1, help="kernel threads (and torch's)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--test-subset", type=int, default=None, help="first N test images only")
+    p.add_argument("--threads", type=POSITIVE_INT, default=1, help="kernel threads (and torch's)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=256)
+    p.add_argument(
+        "--test-subset", type=POSITIVE_INT, default=None, help="first N test images only"
+    )
     p.set_defaults(func=cmd_run)

@@ -62,13 +62,27 @@ def load_test_set(data: str, data_dir, test_subset: int | None, model):
     return test_set
 
 
-def _torch_model(checkpoint: str | os.PathLike, threads: int):
+def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
+    """The checkpoint's torch model (eval mode), after checking that it takes the runtime
+    model's input and gives its classes (else the comparison would fail inside torch)."""
     import torch
 
     from ..checkpoint import load_checkpoint, model_from_checkpoint
 
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt["meta"]
+    c, size, _ = model.input_shape
+    theirs = (int(meta["in_channels"]), int(meta["image_size"]), int(meta["num_classes"]))
+    exported = model.meta.get("model", meta["model"])  # files written by export() name it
+    if theirs != (c, size, model.num_classes) or exported != meta["model"]:
+        raise ValueError(
+            f"--compare {checkpoint} is a {meta['model']} for {theirs[0]}x{theirs[1]}x{theirs[1]} "
+            f"inputs and {theirs[2]} classes, but {model.path} takes {c}x{size}x{size} and "
+            f"gives {model.num_classes} ({exported}): compare with the checkpoint it was "
+            "exported from"
+        )
     torch.set_num_threads(threads)
-    return model_from_checkpoint(load_checkpoint(checkpoint), checkpoint).eval()
+    return model_from_checkpoint(ckpt, checkpoint).eval()
 
 
 def run_test_set(
@@ -95,7 +109,7 @@ def run_test_set(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     model = runtime.load(model_path, threads=threads)
     test_set = load_test_set(data, data_dir, test_subset, model)
-    torch_model = _torch_model(compare, threads) if compare else None
+    torch_model = _torch_model(compare, threads, model) if compare else None
     rt_all, torch_all, labels_all, seconds = [], [], [], 0.0
     for x, labels in model_input_batches(test_set, batch_size, model.input_shape[1]):
         xn = x.numpy()

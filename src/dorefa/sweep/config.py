@@ -50,7 +50,16 @@ def cfg_dict(cfg: SweepConfig) -> dict:
 
 
 def check_settings(cfg: SweepConfig, out: Path) -> None:
-    """Write ``out/sweep.json`` on the first run; refuse a later run with other settings."""
+    """Refuse a model, data spec or --out that cannot work before any cell starts; write
+    ``out/sweep.json`` on the first run; refuse a later run with other settings."""
+    from ..data import check_spec
+    from ..models import list_models
+
+    if cfg.model not in list_models():
+        raise ValueError(f"--model {cfg.model!r} is not one of {', '.join(list_models())}")
+    check_spec(cfg.data, cfg.data_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     settings = {k: getattr(cfg, k) for k in SETTING_KEYS}
     path = out / "sweep.json"
     if path.exists():
