@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard src/dorefa/csrc/*)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q scikit-build-core pybind11 ruff threadpoolctl pyyaml
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,qonnx]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -30,6 +30,8 @@ from .errors import ExportError
 from .folding import fold_thresholds, pack_planes, weight_codes
 from .walk import write_graph
 
+FORMATS = ("dorefa", "qonnx")  # export(format=...) and `dorefa export --format`
+
 
 def _input_shape(model: nn.Module, input_size: int | None) -> tuple[int, int, int]:
     size = getattr(model, "input_size", None) if input_size is None else input_size
@@ -75,14 +77,24 @@ def export(
     path: str | os.PathLike,
     meta: dict | None = None,
     input_size: int | None = None,
+    format: str = "dorefa",
 ) -> dict:
-    """Write ``model`` (a DoReFa model, eval statistics) to ``path`` as a .dorefa file.
+    """Write ``model`` (a DoReFa model, eval statistics) to ``path`` as a .dorefa file, or with
+    ``format="qonnx"`` as QONNX for FINN (:mod:`dorefa.exporter.qonnx`; needs
+    ``pip install 'dorefa[qonnx]'``).
 
     ``meta`` (JSON-able) is stored in the header; ``input_size`` (square, pixels) defaults to
     ``model.input_size``. Returns a summary dict: ``path``, ``size`` (bytes), ``layers`` (node
-    count), ``float_bytes`` (float32 bytes of the same parameters and BN statistics). Raises
-    ExportError (a ValueError) saying what is unsupported.
+    count), ``float_bytes`` (float32 bytes of the same parameters and BN statistics); for
+    QONNX ``path``, ``size``, ``layers`` and ``weight_bits`` (layer -> W). Raises ExportError
+    (a ValueError) saying what is unsupported.
     """
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    if format == "qonnx":
+        from .qonnx import export_qonnx
+
+        return export_qonnx(model, path, meta=meta, input_size=input_size)
     header, arrays = build(model, input_size)
     header["meta"] = dict(meta or {})
     try:
@@ -111,12 +123,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint)
-    out = args.output or str(Path(args.checkpoint).with_suffix(".dorefa"))
+    fmt_name = getattr(args, "format", "dorefa")
+    suffix = ".onnx" if fmt_name == "qonnx" else ".dorefa"
+    out = args.output or str(Path(args.checkpoint).with_suffix(suffix))
     meta = dict(ckpt["meta"]) | {
         "checkpoint": str(args.checkpoint),
         "epoch": int(ckpt.get("epoch", -1)) + 1,
     }
-    info = export(model, out, meta=meta)
+    info = export(model, out, meta=meta, format=fmt_name)
+    if fmt_name == "qonnx":
+        print(
+            f"exported {ckpt['meta']['model']} bits {ckpt['meta']['bits']} width "
+            f"{ckpt['meta']['width']} -> {out}: QONNX, {info['layers']} ONNX nodes, "
+            f"{info['size']} bytes (float32 initializers; the Quant nodes carry the bits)"
+        )
+        return 0
     ckpt_float = Path(args.checkpoint)
     print(
         f"exported {ckpt['meta']['model']} bits {ckpt['meta']['bits']} width "
@@ -134,13 +155,22 @@ def register_cli(subparsers) -> None:
         "-o",
         "--output",
         default=None,
-        help="output .dorefa file (default: the checkpoint's name with .dorefa)",
+        help="output file (default: the checkpoint's name with .dorefa, or .onnx with --format "
+        "qonnx)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="dorefa",
+        help="dorefa: the bit runtime's file (default); qonnx: QONNX for FINN "
+        "(needs pip install 'dorefa[qonnx]'; default output name .onnx)",
     )
     p.set_defaults(func=cmd_export)
 
 
 __all__ = [
     "EXPORTABLE_MODELS",
+    "FORMATS",
     "ExportError",
     "build",
     "export",

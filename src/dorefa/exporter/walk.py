@@ -121,9 +121,15 @@ def _method(w: GraphWriter, node: fx.Node, args: list, kwargs: dict) -> Value:
 def write_graph(model: nn.Module, input_shape: tuple) -> GraphWriter:
     """The runtime graph of ``model`` for one (C, H, W) input; the writer holds nodes, arrays,
     and ``output`` (the logits' node name)."""
+    return walk(model, GraphWriter(input_shape))
+
+
+def walk(model: nn.Module, w):
+    """Call ``w``'s layer methods (those of :class:`GraphWriter`: ``qconv``, ``act``, ``pool``,
+    ``add``, ...) along the model's fx graph and return ``w`` with ``output`` and
+    ``num_classes`` set; the QONNX writer (:mod:`dorefa.exporter.qonnx`) walks the same way."""
     graph = trace(model)
     modules = dict(model.named_modules())
-    w = GraphWriter(input_shape)
     env: dict[fx.Node, object] = {}
     for node in graph.nodes:
         args = fx.node.map_arg(node.args, lambda n: env[n])
