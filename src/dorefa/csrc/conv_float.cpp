@@ -8,7 +8,7 @@
 namespace dorefa {
 namespace {
 
-// Scalar rows, any stride: per output the same operation order as ConvPoolQuantizeAvx512.
+// Scalar rows, any stride: per output the same operation order as the vector paths.
 void ConvRowsScalar(const FloatConvGeom& g, const double* xp, int64_t hp, int64_t wp,
                     const double* wd, int64_t oy0, int64_t rows, double* out) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -28,7 +28,7 @@ void ConvRowsScalar(const FloatConvGeom& g, const double* xp, int64_t hp, int64_
 }  // namespace
 
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
-                       const float* bias, uint8_t* out, bool vector_rows, int threads) {
+                       const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads) {
   const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
   const int64_t taps = g.c * g.kh * g.kw;
   std::vector<double> wd(static_cast<size_t>(g.o * taps));
@@ -41,8 +41,7 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   const float levels = static_cast<float>((1 << g.bits) - 1);
   const int64_t k = g.pool;
   const int64_t items = g.n * g.o;
-#ifdef DOREFA_HAVE_X86_KERNELS
-  if (vector_rows) {  // channels in vectors: weights tap-major, channel stride padded to 8
+  if (pixel != nullptr) {  // channels in vectors: weights tap-major, channel stride padded to 8
     const int64_t ostride = (g.o + 7) / 8 * 8;
     std::vector<double> wt(static_cast<size_t>(taps * ostride), 0.0);
     for (int64_t o = 0; o < g.o; ++o)
@@ -51,15 +50,12 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
     ParallelFor(threads, pix, [&](int64_t first, int64_t last) {
       for (int64_t it = first; it < last; ++it) {
         const int64_t n = it / (g.ph * g.pw), r = it % (g.ph * g.pw);
-        ConvPoolQuantizeAvx512(g, xp.data() + n * g.c * hp * wp, hp, wp, wt.data(), ostride, bias,
-                               r / g.pw, r % g.pw, out + n * g.o * g.ph * g.pw);
+        pixel(g, xp.data() + n * g.c * hp * wp, hp, wp, wt.data(), ostride, bias, r / g.pw,
+              r % g.pw, out + n * g.o * g.ph * g.pw);
       }
     });
     return;
   }
-#else
-  (void)vector_rows;  // no vector path in this build
-#endif
   ParallelFor(threads, items, [&](int64_t first, int64_t last) {
     std::vector<double> band(static_cast<size_t>(k * g.ow));  // k conv rows of one channel
     std::vector<float> pooled(static_cast<size_t>(g.pw));

@@ -23,10 +23,19 @@ struct FloatConvGeom {
   int bits = 1;
 };
 
-// out (N, O, PH, PW) uint8 codes. `vector_rows` selects the AVX-512 kernel (the caller checks
-// CPU support). threads > 1 splits (image, channel) pairs.
+// One pooled output pixel (py, px) of image `img` (padded double (C, HP, WP)), all channels:
+// weights wt in double, tap-major (taps, ostride >= O rounded up to 8, zero-filled), codes to
+// dst (O, PH, PW) of that image. The vector paths below; the kernel table (kernel_table.h)
+// says which one a kernel uses.
+using FloatConvPixelFn = void (*)(const FloatConvGeom& g, const double* img, int64_t hp,
+                                  int64_t wp, const double* wt, int64_t ostride,
+                                  const float* bias, int64_t py, int64_t px, uint8_t* dst);
+
+// out (N, O, PH, PW) uint8 codes. `pixel` is the vector path (the caller checks CPU support),
+// nullptr the portable scalar rows. threads > 1 splits pooled pixels (vector path) or
+// (image, channel) pairs (scalar rows).
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
-                       const float* bias, uint8_t* out, bool vector_rows, int threads);
+                       const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads);
 
 // Max-pool of uint8 codes x (N, C, H, W) -> out (N, C, OH, OW), kernel k, stride s, padding p
 // (padding = code 0, which is <= every code; OH = (H + 2p - k) / s + 1).
@@ -34,12 +43,14 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
                   int64_t s, int64_t p, uint8_t* out);
 
 #ifdef DOREFA_HAVE_X86_KERNELS
-// One pooled output pixel (py, px) of image `img` (padded double (C, HP, WP)), all channels:
-// weights wt in double, tap-major (taps, ostride >= O rounded up to 8, zero-filled), codes to
-// dst (O, PH, PW) of that image.
+// AVX-512F (8 doubles per zmm, 48 channels per group).
 void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp,
                             const double* wt, int64_t ostride, const float* bias, int64_t py,
                             int64_t px, uint8_t* dst);
+// AVX2 + FMA (4 doubles per ymm, 12 channels per group).
+void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp,
+                          const double* wt, int64_t ostride, const float* bias, int64_t py,
+                          int64_t px, uint8_t* dst);
 #endif
 
 }  // namespace dorefa
