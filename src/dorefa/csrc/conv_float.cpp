@@ -35,7 +35,8 @@ void ConvRowsScalar(const FloatConvGeom& g, const double* xp, int64_t hp, int64_
 bool SumErrorBounds(const FloatConvGeom& g, const float* x, const double* wd, int64_t taps,
                     float* eps) {
   double xmax = 0.0;
-  for (int64_t i = 0; i < g.n * g.c * g.h * g.w; ++i) xmax = std::max(xmax, std::fabs(double(x[i])));
+  for (int64_t i = 0; i < g.n * g.c * g.h * g.w; ++i)
+    xmax = std::max(xmax, std::fabs(static_cast<double>(x[i])));
   if (!(xmax <= 1e15) || taps >= (int64_t{1} << 20)) return false;  // also NaN
   const double unit = 2.0 * static_cast<double>(taps + 1) * std::ldexp(1.0, -24);
   for (int64_t o = 0; o < g.o; ++o) {

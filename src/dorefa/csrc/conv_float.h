@@ -43,7 +43,7 @@ struct FloatConvPlan {
   const float* wtf = nullptr;   // weights in float, tap-major
   const float* bias = nullptr;  // (ostride), zero filled
   const float* eps = nullptr;   // (ostride): E of channel o (header comment), float paths only
-  const int64_t* offs = nullptr;  // (taps): offset of tap (c, i, j) in a padded image, (c HP + i) WP + j
+  const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
 };
 
 // One pooled output pixel (py, px) of image n, all channels, codes to dst (O, PH, PW) of that

@@ -88,7 +88,8 @@ void Group(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t p
     }
     for (int64_t l = 0; l < lanes; ++l) {
       const bool ok = (proved >> l) & 1;
-      d[l * plane] = ok ? static_cast<uint8_t>(bytes >> (8 * l)) : ExactCode(g, pl, n, ob + l, py, px);
+      d[l * plane] =
+          ok ? static_cast<uint8_t>(bytes >> (8 * l)) : ExactCode(g, pl, n, ob + l, py, px);
     }
   }
 }

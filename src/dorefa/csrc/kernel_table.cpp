@@ -27,13 +27,18 @@ constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2};
 
 // clang-format off
 const KernelEntry kTable[] = {
-  // name                     backend   needs                tiles          packer      fused      float conv
+  // name                     backend   needs                tiles          packer      fused
+  //  float first layer path
 #ifdef DOREFA_HAVE_X86_KERNELS
-  {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi, &kAvx512Tiles, kGfniPack,  kEpilogue, kFloatAvx512},
-  {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, kEpilogue, kFloatAvx512},
-  {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  0,         kFloatAvx2},
+  {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi, &kAvx512Tiles, kGfniPack,  kEpilogue,
+   kFloatAvx512},
+  {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, kEpilogue,
+   kFloatAvx512},
+  {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  0,
+   kFloatAvx2},
 #endif
-  {"popcount-scalar/portable", "scalar", 0,                  &kScalarTiles, kPortable,  0,         kScalarRows},
+  {"popcount-scalar/portable", "scalar", 0,                  &kScalarTiles, kPortable,  0,
+   kScalarRows},
 };
 // clang-format on
 
