@@ -500,6 +500,45 @@ def test_conv_float_quantize(kernel, shape):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("bits", [1, 2, 8])
+def test_conv_float_quantize_at_rounding_steps(kernel, bits):
+    """Biases put one pooled value of every channel on a code step (pooled + b = (q + 1/2) /
+    levels), where a float32 sum in another order can round the other way: the codes still
+    equal the spec's (a float32 path proves each code or recomputes it in the spec's order)."""
+    n, c, h, w, o, k = 2, 3, 12, 12, 40, 5
+    rng = np.random.default_rng(bits)
+    x = rng.random((n, c, h, w), dtype=np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    pooled = direct_float64(x, wt, 1, 0).astype(np.float32).reshape(n, o, 4, 2, 4, 2)
+    pooled = pooled.max(axis=(3, 5))
+    levels = (1 << bits) - 1
+    step = (np.arange(o) % levels + 0.5) / levels
+    for py, px in [(0, 0), (1, 2), (3, 3)]:
+        b = (step - pooled[py % n, :, py, px]).astype(np.float32)
+        expected = R.conv_float_quantize(x, wt, b, 1, 0, 2, bits)
+        with K.use_kernel(kernel):
+            got = K.conv_float_quantize(x, wt, b, 1, 0, 2, bits, threads=2)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("scale", [1e16, np.inf])
+def test_conv_float_quantize_without_a_sum_error_bound(kernel, scale):
+    """|x| > 1e15 or an infinite x: no error bound for float32 sums, every code from the
+    spec's double sums (an Inf input gives +-Inf or NaN sums: NaN pools as the spec's max)."""
+    rng = np.random.default_rng(7)
+    x = rng.random((2, 1, 10, 10), dtype=np.float32)
+    x[0, 0, 3, 4] = scale
+    wt = rng.standard_normal((20, 1, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        expected = R.conv_float_quantize(x, wt, b, 1, 0, 2, 2)
+    with K.use_kernel(kernel):
+        got = K.conv_float_quantize(x, wt, b, 1, 0, 2, 2)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("size,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1)])
 def test_maxpool_codes(kernel, size, stride, padding):
     x = np.random.default_rng(size).integers(0, 256, (2, 5, 7, 9), dtype=np.uint8)

@@ -217,13 +217,12 @@ py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& kernel_name, const F
   Require(g.oh >= pool && g.ow >= pool, "pool larger than the conv output");
   g.ph = g.oh / pool;
   g.pw = g.ow / pool;
-  // The vector path is AVX-512 code: it runs with the AVX-512 kernels, so that forcing another
-  // backend also tests the scalar path.
-  const bool vector_rows = std::string(kernel.backend) == "avx512";
+  // The kernel's own float path (kernel table): forcing a backend also tests its float path.
+  const FloatConvPixelFn pixel = kernel.float_conv.fn;
   py::array_t<uint8_t> out = OutputArray<uint8_t>({g.n, g.o, g.ph, g.pw});
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, vector_rows, threads);
+  ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, pixel, threads);
   return out;
 }
 
@@ -262,6 +261,7 @@ py::list KernelTablePy() {
     row["channel_block_tile"] = k.tiles->ob_tile;
     row["packer"] = k.packer.name;
     row["fused_modes"] = ModeNames(k.fused_modes);
+    row["float_conv"] = k.float_conv.name;
     rows.append(row);
   }
   return rows;

@@ -1,6 +1,8 @@
 #include "conv_float.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "thread_pool.h"
@@ -8,7 +10,8 @@
 namespace dorefa {
 namespace {
 
-// Scalar rows, any stride: per output the same operation order as ConvPoolQuantizeAvx512.
+// Scalar rows, any stride: per output the spec's operation order (as ExactCode, the AVX-512
+// path).
 void ConvRowsScalar(const FloatConvGeom& g, const double* xp, int64_t hp, int64_t wp,
                     const double* wd, int64_t oy0, int64_t rows, double* out) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -25,10 +28,51 @@ void ConvRowsScalar(const FloatConvGeom& g, const double* xp, int64_t hp, int64_
   }
 }
 
+// E of the header comment for channel o: 2 (taps + 1) 2^-24 ||w_o||_1 max|x| (>= gamma_n of
+// float32 plus gamma_n of double, times S) + FLT_MIN (float32 underflow, <= 2^-150 a step),
+// rounded up. False (no bound: the float paths recompute every code) when an input is not
+// finite or |x|, ||w_o||_1 exceed 1e15 (so no sum can overflow).
+bool SumErrorBounds(const FloatConvGeom& g, const float* x, const double* wd, int64_t taps,
+                    float* eps) {
+  double xmax = 0.0;
+  for (int64_t i = 0; i < g.n * g.c * g.h * g.w; ++i)
+    xmax = std::max(xmax, std::fabs(static_cast<double>(x[i])));
+  if (!(xmax <= 1e15) || taps >= (int64_t{1} << 20)) return false;  // also NaN
+  const double unit = 2.0 * static_cast<double>(taps + 1) * std::ldexp(1.0, -24);
+  for (int64_t o = 0; o < g.o; ++o) {
+    double l1 = 0.0;
+    for (int64_t t = 0; t < taps; ++t) l1 += std::fabs(wd[o * taps + t]);
+    if (!(l1 <= 1e15)) return false;
+    const float e = static_cast<float>(unit * l1 * xmax + std::numeric_limits<float>::min());
+    eps[o] = std::nextafter(e, std::numeric_limits<float>::infinity());
+  }
+  return true;
+}
+
 }  // namespace
 
+uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o,
+                  int64_t py, int64_t px) {
+  const double* img = p.xd + n * g.c * p.hp * p.wp;
+  float mx = 0.0f;
+  for (int64_t r = 0; r < g.pool; ++r)
+    for (int64_t s = 0; s < g.pool; ++s) {
+      const int64_t oy = py * g.pool + r, ox = px * g.pool + s;
+      double a = 0.0;
+      const double* wt = p.wd + o * p.taps;
+      for (int64_t ci = 0; ci < g.c; ++ci)
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const double* src = img + (ci * p.hp + oy * g.stride + i) * p.wp + ox * g.stride;
+          for (int64_t j = 0; j < g.kw; ++j, ++wt) a += *wt * src[j];
+        }
+      const float y = static_cast<float>(a);
+      mx = (r == 0 && s == 0) ? y : std::max(mx, y);
+    }
+  return QuantizeCode(mx, p.bias[o], static_cast<float>((1 << g.bits) - 1));
+}
+
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
-                       const float* bias, uint8_t* out, bool vector_rows, int threads) {
+                       const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads) {
   const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
   const int64_t taps = g.c * g.kh * g.kw;
   std::vector<double> wd(static_cast<size_t>(g.o * taps));
@@ -41,28 +85,46 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   const float levels = static_cast<float>((1 << g.bits) - 1);
   const int64_t k = g.pool;
   const int64_t items = g.n * g.o;
-#ifdef DOREFA_HAVE_X86_KERNELS
-  if (vector_rows) {  // channels in vectors: weights tap-major, channel stride padded to 8
-    const int64_t ostride = (g.o + 7) / 8 * 8;
-    std::vector<double> wt(static_cast<size_t>(taps * ostride), 0.0);
-    for (int64_t o = 0; o < g.o; ++o)
-      for (int64_t t = 0; t < taps; ++t) wt[t * ostride + o] = wd[o * taps + t];
-    const int64_t pix = g.n * g.ph * g.pw;
-    ParallelFor(threads, pix, [&](int64_t first, int64_t last) {
+  if (pixel != nullptr) {  // channels in vectors: weights tap-major, channel stride padded to 8
+    FloatConvPlan p;
+    p.hp = hp;
+    p.wp = wp;
+    p.taps = taps;
+    p.ostride = (g.o + 7) / 8 * 8;
+    const size_t wsize = static_cast<size_t>(taps * p.ostride);
+    std::vector<double> wtd(wsize, 0.0);
+    std::vector<float> wtf(wsize, 0.0f), xf(xp.begin(), xp.end());
+    std::vector<float> biasp(static_cast<size_t>(p.ostride), 0.0f), eps(biasp);
+    for (int64_t o = 0; o < g.o; ++o) {
+      biasp[o] = bias[o];
+      for (int64_t t = 0; t < taps; ++t) {
+        wtd[t * p.ostride + o] = wd[o * taps + t];
+        wtf[t * p.ostride + o] = weight[o * taps + t];
+      }
+    }
+    p.xd = xp.data();
+    p.xf = xf.data();
+    p.wd = wd.data();
+    p.wtd = wtd.data();
+    p.wtf = wtf.data();
+    p.bias = biasp.data();
+    std::vector<int64_t> offs;
+    for (int64_t ci = 0; ci < g.c; ++ci)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) offs.push_back((ci * hp + i) * wp + j);
+    p.offs = offs.data();
+    p.eps = SumErrorBounds(g, x, wd.data(), taps, eps.data()) ? eps.data() : nullptr;
+    const int64_t plane = g.ph * g.pw;
+    ParallelFor(threads, g.n * plane, [&](int64_t first, int64_t last) {
       for (int64_t it = first; it < last; ++it) {
-        const int64_t n = it / (g.ph * g.pw), r = it % (g.ph * g.pw);
-        ConvPoolQuantizeAvx512(g, xp.data() + n * g.c * hp * wp, hp, wp, wt.data(), ostride, bias,
-                               r / g.pw, r % g.pw, out + n * g.o * g.ph * g.pw);
+        const int64_t n = it / plane, r = it % plane;
+        pixel(g, p, n, r / g.pw, r % g.pw, out + n * g.o * plane);
       }
     });
     return;
   }
-#else
-  (void)vector_rows;  // no vector path in this build
-#endif
   ParallelFor(threads, items, [&](int64_t first, int64_t last) {
     std::vector<double> band(static_cast<size_t>(k * g.ow));  // k conv rows of one channel
-    std::vector<float> pooled(static_cast<size_t>(g.pw));
     for (int64_t it = first; it < last; ++it) {
       const int64_t n = it / g.o, o = it % g.o;
       const double* img = xp.data() + n * g.c * hp * wp;
@@ -75,15 +137,7 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
           for (int64_t r = 0; r < k; ++r)
             for (int64_t s = 0; s < k; ++s)
               mx = std::max(mx, static_cast<float>(band[r * g.ow + px * k + s]));
-          pooled[px] = mx;
-        }
-        const float b = bias[o];
-        for (int64_t px = 0; px < g.pw; ++px) {
-          float z = pooled[px] + b;
-          z = z > 0.0f ? (z < 1.0f ? z : 1.0f) : 0.0f;  // clip (NaN -> 0)
-          z *= levels;  // in [0, 255]: adding and removing 2^23 rounds half to even (rint)
-          const float r = (z + 8388608.0f) - 8388608.0f;
-          dst[py * g.pw + px] = static_cast<uint8_t>(r);
+          dst[py * g.pw + px] = QuantizeCode(mx, bias[o], levels);
         }
       }
     }

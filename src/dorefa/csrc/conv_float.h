@@ -1,13 +1,21 @@
 // The float first layer of a network, fused: conv (no bias) -> max-pool k x k / k ->
 // + bias -> f_a quantization to `bits`-bit codes, for float32 input (N, C, H, W).
 //
-// Exactness. Each conv output is accumulated in double, sequentially over (c, kh, kw) from 0.0:
-// a product of two floats is exact in double (24 + 24 bits < 53), so every step is one
-// rounding whether or not it is fused (FMA), and the vector and scalar paths give identical
-// bits. The sum is then rounded to float32, pooled (max; rounding is monotone, so pooling
-// before or after it is the same), and, in float32 as torch/numpy do it:
-//   z = pooled + bias;  code = rint(clip(z, 0, 1) * (2^bits - 1))   (rint: half to even).
-// The spec is conv_float_quantize in dorefa/kernels/reference.py.
+// Exactness. The codes are those of one spec (conv_float_quantize in
+// dorefa/kernels/reference.py): each conv output accumulated in double, sequentially over
+// (c, kh, kw) from 0.0 (a product of two floats is exact in double, 24 + 24 bits < 53, so every
+// step is one rounding, fused (FMA) or not), rounded to float32, pooled (max; rounding is
+// monotone, so pooling before or after it is the same), and, in float32 as torch/numpy do it:
+//   z = pooled + bias;  code = Q(pooled) = rint(clip(z, 0, 1) * (2^bits - 1))  (rint: half even).
+// The scalar rows and the AVX-512 path compute exactly that. The AVX2 path sums in float32
+// (twice the lanes) and proves each code instead: a float32 FMA dot product of n taps is within
+// gamma_n * S of the exact sum (gamma_n = n u / (1 - n u), u = 2^-24, S = sum |w x| <=
+// ||w_o||_1 * max|x|), the double sum within gamma_n(2^-53) * S, so with E >= both together
+// (FloatConvPlan::eps) the spec's pooled value lies in [M - E, M + E] (M = the float32 pooled
+// sum; max is 1-Lipschitz, rounding to float32 monotone). Q is monotone, so when
+// Q(M - E) == Q(M + E) that is the code; otherwise (a value within E of a step: ~1e-5 of the
+// codes) the code is recomputed by the spec's double sums (ExactCode). Inputs for which the
+// bound is not finite (NaN, Inf, |x| or ||w_o||_1 > 1e15) take the scalar rows.
 #ifndef DOREFA_CSRC_CONV_FLOAT_H_
 #define DOREFA_CSRC_CONV_FLOAT_H_
 
@@ -23,10 +31,45 @@ struct FloatConvGeom {
   int bits = 1;
 };
 
-// out (N, O, PH, PW) uint8 codes. `vector_rows` selects the AVX-512 kernel (the caller checks
-// CPU support). threads > 1 splits (image, channel) pairs.
+// The operands of the vector paths, prepared once per call by ConvFloatQuantize. Inputs are
+// zero padded (N, C, HP, WP); "tap-major" weights are (taps, ostride) with ostride = O
+// rounded up to 8 and the extra channels zero.
+struct FloatConvPlan {
+  int64_t hp = 0, wp = 0, taps = 0, ostride = 0;
+  const double* xd = nullptr;   // input in double
+  const float* xf = nullptr;    // input in float
+  const double* wd = nullptr;   // weights in double, (O, taps) as given
+  const double* wtd = nullptr;  // weights in double, tap-major
+  const float* wtf = nullptr;   // weights in float, tap-major
+  const float* bias = nullptr;  // (ostride), zero filled
+  const float* eps = nullptr;   // (ostride): E of channel o (header comment), float paths only
+  const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
+};
+
+// One pooled output pixel (py, px) of image n, all channels, codes to dst (O, PH, PW) of that
+// image. The vector paths below; the kernel table (kernel_table.h) says which one a kernel uses.
+using FloatConvPixelFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n,
+                                  int64_t py, int64_t px, uint8_t* dst);
+
+// out (N, O, PH, PW) uint8 codes. `pixel` is the vector path (the caller checks CPU support),
+// nullptr the portable scalar rows. threads > 1 splits pooled pixels (vector path) or
+// (image, channel) pairs (scalar rows).
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
-                       const float* bias, uint8_t* out, bool vector_rows, int threads);
+                       const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads);
+
+// Q(pooled) of the header comment, in float32: z = pooled + b; clip to [0, 1] (NaN -> 0);
+// times levels = 2^bits - 1; round half to even (adding and removing 2^23 does that on [0, 255]).
+inline uint8_t QuantizeCode(float pooled, float b, float levels) {
+  float z = pooled + b;
+  z = z > 0.0f ? (z < 1.0f ? z : 1.0f) : 0.0f;
+  z *= levels;
+  const float r = (z + 8388608.0f) - 8388608.0f;
+  return static_cast<uint8_t>(r);
+}
+
+// The spec's code of channel o at pooled pixel (py, px) of image n (scalar double sums).
+uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o,
+                  int64_t py, int64_t px);
 
 // Max-pool of uint8 codes x (N, C, H, W) -> out (N, C, OH, OW), kernel k, stride s, padding p
 // (padding = code 0, which is <= every code; OH = (H + 2p - k) / s + 1).
@@ -34,12 +77,12 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
                   int64_t s, int64_t p, uint8_t* out);
 
 #ifdef DOREFA_HAVE_X86_KERNELS
-// One pooled output pixel (py, px) of image `img` (padded double (C, HP, WP)), all channels:
-// weights wt in double, tap-major (taps, ostride >= O rounded up to 8, zero-filled), codes to
-// dst (O, PH, PW) of that image.
-void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp,
-                            const double* wt, int64_t ostride, const float* bias, int64_t py,
+// AVX-512F: double sums, 8 per zmm, 48 channels per group.
+void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
                             int64_t px, uint8_t* dst);
+// AVX2 + FMA: float32 sums, 8 per ymm, 24 channels per group, each code proved or recomputed.
+void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
+                          int64_t px, uint8_t* dst);
 #endif
 
 }  // namespace dorefa

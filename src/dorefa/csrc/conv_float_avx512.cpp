@@ -84,9 +84,12 @@ void Group(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp, co
 
 }  // namespace
 
-void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp,
-                            const double* wt, int64_t ostride, const float* bias, int64_t py,
-                            int64_t px, uint8_t* dst) {
+void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n,
+                            int64_t py, int64_t px, uint8_t* dst) {
+  const int64_t hp = pl.hp, wp = pl.wp, ostride = pl.ostride;
+  const double* img = pl.xd + n * g.c * hp * wp;
+  const double* wt = pl.wtd;
+  const float* bias = pl.bias;
   using GroupFn = void (*)(const FloatConvGeom&, const double*, int64_t, int64_t, const double*,
                            int64_t, const float*, int64_t, int64_t, uint8_t*, int64_t);
   constexpr GroupFn kGroups[kVec] = {&Group<1>, &Group<2>, &Group<3>,

@@ -16,20 +16,29 @@ constexpr uint32_t kGfniVbmi = kGfni | kAvx512Vbmi;
 constexpr unsigned kEpilogue = ModeBit(Epilogue::kSigned) | ModeBit(Epilogue::kRequant);
 
 constexpr Packer kPortable{"portable", &PackActivations};
+// Float first layer paths; the AVX2 one also needs FMA (its double FMA chains).
+constexpr FloatConvPath kScalarRows{"scalar", nullptr};
 #ifdef DOREFA_HAVE_X86_KERNELS
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift};
+constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512};
+constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2};
 #endif
 
 // clang-format off
 const KernelEntry kTable[] = {
   // name                     backend   needs                tiles          packer      fused
+  //  float first layer path
 #ifdef DOREFA_HAVE_X86_KERNELS
-  {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi, &kAvx512Tiles, kGfniPack,  kEpilogue},
-  {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, kEpilogue},
-  {"popcount-avx2/portable",  "avx2",   kAvx2,               &kAvx2Tiles,   kPortable,  0},
+  {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi, &kAvx512Tiles, kGfniPack,  kEpilogue,
+   kFloatAvx512},
+  {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, kEpilogue,
+   kFloatAvx512},
+  {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  0,
+   kFloatAvx2},
 #endif
-  {"popcount-scalar/portable", "scalar", 0,                  &kScalarTiles, kPortable,  0},
+  {"popcount-scalar/portable", "scalar", 0,                  &kScalarTiles, kPortable,  0,
+   kScalarRows},
 };
 // clang-format on
 

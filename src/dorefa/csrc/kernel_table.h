@@ -1,7 +1,8 @@
 // The kernel table: every convolution kernel compiled into this build, fastest first, and the
 // one place that chooses among them. An entry is one line of kernel_table.cpp: its name, the
 // backend it belongs to, the CPU features it needs (CPUID), its tile kernels, its activation
-// packer and the output modes its tile kernel finishes in registers.
+// packer, the output modes its tile kernel finishes in registers, and the path of the float
+// first layer (conv_float.h) that runs with it.
 //
 // Names. A kernel is "<family>/<packer>", e.g. "popcount-avx512/gfni" (the bit-serial AVX-512
 // tile kernel with the GFNI packer). A request may also name a family ("popcount-avx512") or
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "bitconv.h"
+#include "conv_float.h"
 #include "cpu_features.h"
 
 namespace dorefa {
@@ -28,6 +30,13 @@ struct Packer {
   PackFn fn;
 };
 
+// A path of the float first layer (conv_float.h): its name and its per-pooled-pixel vector
+// function (nullptr: the portable scalar rows).
+struct FloatConvPath {
+  const char* name;
+  FloatConvPixelFn fn;
+};
+
 struct KernelEntry {
   const char* name;         // "<family>/<packer>"
   const char* backend;      // "avx512" | "avx2" | "scalar"
@@ -36,6 +45,7 @@ struct KernelEntry {
   Packer packer;            // activation packer, also used for the weights
   unsigned fused_modes;     // ModeBit()s finished in the tile kernel; the others in a second
                             // pass over int32 accumulators (output_transform.h)
+  FloatConvPath float_conv;  // the float first layer under this kernel
   bool Supported() const { return (CpuFeatures() & needs) == needs; }
   std::string Family() const;  // the name up to '/'
 };

@@ -41,8 +41,9 @@ def kernel_table() -> list[dict]:
     """Every native kernel of this build, fastest first, whether this CPU runs it or not: dicts
     with ``name``, ``family``, ``backend``, ``needs`` (CPU flags, as in /proc/cpuinfo),
     ``supported`` (this CPU has them all), ``tile`` (register tile, pixels x channels),
-    ``pixel_tile`` / ``channel_block_tile`` (work-split granularity), ``packer`` and
-    ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass)."""
+    ``pixel_tile`` / ``channel_block_tile`` (work-split granularity), ``packer``,
+    ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass) and
+    ``float_conv`` (the path of the float first layer under this kernel: avx512, avx2, scalar)."""
     return [dict(row) for row in _table()]
 
 

@@ -1,0 +1,115 @@
+// AVX2 + FMA path of the float first conv (conv_float.h), the AVX-512 path's structure on 16
+// ymm registers, in float32: vectorised over output channels (8 floats per ymm, up to 3 ymm =
+// 24 channels per group), NP pixels of one pooling window at a time (NP x 3 = 12 independent
+// FMA chains, enough for the FMA latency of Zen 2/Zen 4 on 2 pipes), the taps (c, kh, kw) in
+// order. Registers: 12 accumulators + 3 weight vectors + 1 broadcast pixel = 16.
+// Each code is proved equal to the spec's (conv_float.h): Q(M - E) == Q(M + E), M the float32
+// pooled sum, E the channel's error bound; a code at a step is recomputed by ExactCode.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "conv_float.h"
+
+namespace dorefa {
+namespace {
+
+constexpr int kVec = 3;  // channel vectors per group
+
+template <int NP, int nv>
+inline void Pixels(const float* const* src, const int64_t* offs, int64_t taps, const float* wt,
+                   int64_t ostride, __m256 (&mx)[kVec], bool first) {
+  __m256 a[NP][kVec];
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < kVec; ++v) a[p][v] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < taps; ++t) {  // one loop over (c, kh, kw): one exit to predict
+    const int64_t off = offs[t];
+    const float* w = wt + t * ostride;
+    __m256 wv[kVec];
+    for (int v = 0; v < nv; ++v) wv[v] = _mm256_loadu_ps(w + 8 * v);
+    for (int p = 0; p < NP; ++p) {
+      const __m256 xb = _mm256_broadcast_ss(src[p] + off);
+      for (int v = 0; v < nv; ++v) a[p][v] = _mm256_fmadd_ps(wv[v], xb, a[p][v]);
+    }
+  }
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < nv; ++v)
+      mx[v] = (first && p == 0) ? a[p][v] : _mm256_max_ps(mx[v], a[p][v]);
+}
+
+// Q (conv_float.h) of 8 pooled values: rint(clip(pooled + b, 0, 1) * levels); NaN -> 0.
+inline __m256 Quantize(__m256 pooled, __m256 b, __m256 levels) {
+  __m256 z = _mm256_add_ps(pooled, b);
+  z = _mm256_min_ps(_mm256_max_ps(z, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
+  return _mm256_round_ps(_mm256_mul_ps(z, levels), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// Channels [o0, o0 + 8 * nv) of pooled pixel (py, px) of image n.
+template <int nv>
+void Group(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+           uint8_t* dst, int64_t o0) {
+  const int64_t k = g.pool, hp = pl.hp, wp = pl.wp;
+  const float* img = pl.xf + n * g.c * hp * wp;
+  const float* wt = pl.wtf + o0;
+  const int64_t plane = g.ph * g.pw;
+  const float* srcs[4];
+  int np = 0;
+  bool first = true;
+  __m256 mx[kVec];
+  for (int64_t r = 0; r < k; ++r)
+    for (int64_t s = 0; s < k; ++s) {
+      const int64_t oy = py * k + r, ox = px * k + s;
+      srcs[np++] = img + oy * g.stride * wp + ox * g.stride;
+      if (np == 4) {
+        Pixels<4, nv>(srcs, pl.offs, pl.taps, wt, pl.ostride, mx, first);
+        first = false;
+        np = 0;
+      }
+    }
+  for (int p = 0; p < np; ++p) {
+    Pixels<1, nv>(srcs + p, pl.offs, pl.taps, wt, pl.ostride, mx, first);
+    first = false;
+  }
+  const __m256 levels = _mm256_set1_ps(static_cast<float>((1 << g.bits) - 1));
+  for (int v = 0; v < nv; ++v) {
+    const int64_t ob = o0 + 8 * v;  // ob + 8 <= ostride: bias and eps are padded
+    const __m256 b = _mm256_loadu_ps(pl.bias + ob), e = _mm256_loadu_ps(pl.eps + ob);
+    const __m256 lo = Quantize(_mm256_sub_ps(mx[v], e), b, levels);
+    const __m256 hi = Quantize(_mm256_add_ps(mx[v], e), b, levels);
+    const int proved = _mm256_movemask_ps(_mm256_cmp_ps(lo, hi, _CMP_EQ_OQ));
+    const __m256i q = _mm256_cvtps_epi32(hi);  // codes <= 255: pack to 8 bytes
+    const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    const uint64_t bytes = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_packus_epi16(q16, q16)));
+    uint8_t* d = dst + ob * plane + py * g.pw + px;
+    const int64_t lanes = std::min<int64_t>(8, g.o - ob);
+    if (proved == 0xff && lanes == 8) {  // the common case: no branch per channel
+      for (int l = 0; l < 8; ++l) d[l * plane] = static_cast<uint8_t>(bytes >> (8 * l));
+      continue;
+    }
+    for (int64_t l = 0; l < lanes; ++l) {
+      const bool ok = (proved >> l) & 1;
+      d[l * plane] =
+          ok ? static_cast<uint8_t>(bytes >> (8 * l)) : ExactCode(g, pl, n, ob + l, py, px);
+    }
+  }
+}
+
+}  // namespace
+
+void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
+                          int64_t px, uint8_t* dst) {
+  if (p.eps == nullptr) {  // no error bound for this input: every code from the spec's sums
+    for (int64_t o = 0; o < g.o; ++o)
+      dst[o * g.ph * g.pw + py * g.pw + px] = ExactCode(g, p, n, o, py, px);
+    return;
+  }
+  using GroupFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
+                           uint8_t*, int64_t);
+  constexpr GroupFn kGroups[kVec] = {&Group<1>, &Group<2>, &Group<3>};
+  for (int64_t o0 = 0; o0 < g.o; o0 += 8 * kVec) {
+    const int64_t nv = std::min<int64_t>(kVec, (g.o - o0 + 7) / 8);
+    kGroups[nv - 1](g, p, n, py, px, dst, o0);
+  }
+}
+
+}  // namespace dorefa
