@@ -17,6 +17,7 @@ constexpr Feature kFeatures[] = {
     {kAvx512Vpopcntdq, "avx512_vpopcntdq"},
     {kAvx512Vbmi, "avx512vbmi"},
     {kGfni, "gfni"},
+    {kAvx512Vnni, "avx512_vnni"},
 };
 
 uint32_t Detect() {
@@ -31,6 +32,7 @@ uint32_t Detect() {
   if (__builtin_cpu_supports("avx512vpopcntdq")) mask |= kAvx512Vpopcntdq;
   if (__builtin_cpu_supports("avx512vbmi")) mask |= kAvx512Vbmi;
   if (__builtin_cpu_supports("gfni")) mask |= kGfni;
+  if (__builtin_cpu_supports("avx512vnni")) mask |= kAvx512Vnni;
 #endif
   return mask;
 }

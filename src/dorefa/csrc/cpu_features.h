@@ -19,6 +19,7 @@ enum CpuFeature : uint32_t {
   kAvx512Vpopcntdq = 1u << 5,
   kAvx512Vbmi = 1u << 6,
   kGfni = 1u << 7,
+  kAvx512Vnni = 1u << 8,  // CPUID leaf 7, ECX bit 11: VPDPBUSD on 128/256/512-bit registers
 };
 
 // The features of this CPU, detected once per process. __builtin_cpu_supports also checks

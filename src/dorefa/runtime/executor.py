@@ -191,10 +191,9 @@ class BitConv(Layer):
         else:
             self.alpha = alpha[None, :, None, None]
             self.beta = beta[None, :, None, None]
-        # Arguments of the native call, checked once (see forward)
+        # Arguments of the native call after the weights, checked once (see forward)
         self.native_args = [
             (
-                pw.words,
                 og,
                 self.shape[1],
                 self.shape[2],
@@ -208,7 +207,7 @@ class BitConv(Layer):
         ]
 
     def forward(self, x, threads):
-        b = kernels.backend()
+        b = kernels.kernel_name()
         if (
             self.groups == 1
             and b != "reference"
@@ -224,13 +223,15 @@ class BitConv(Layer):
                 return kernels._native.bitconv(
                     b,
                     x,
+                    kernels.weight_words(self.packed[0], b),
                     *self.native_args[0],
                     threads,
                     "requant",
                     self.thresholds[0],
                     self.direction[0],
                 )
-            y = kernels._native.bitconv(b, x, *self.native_args[0], threads, "signed")
+            words = kernels.weight_words(self.packed[0], b)
+            y = kernels._native.bitconv(b, x, words, *self.native_args[0], threads, "signed")
             return np.clip(y.astype(np.float32) * self.alpha + self.beta, 0, 1)
         cg = self.shape[1]
         outs = []
