@@ -99,8 +99,9 @@ def _run(kernel, x_codes, pw, x_bits, stride, padding, threads, mode, thresholds
     )
     o, c, kh, kw = pw.shape
     _ran("native")
+    words = weight_words(pw, kernel)
     return _native.bitconv(
-        kernel, x, weight_words(pw, kernel), o, c, kh, kw, x_bits, pw.bits, stride, padding, threads, mode,
+        kernel, x, words, o, c, kh, kw, x_bits, pw.bits, stride, padding, threads, mode,
         thresholds, direction,
     )  # fmt: skip
 
