@@ -20,7 +20,11 @@ def test_kernel_table_rows():
     names = [row["name"] for row in TABLE]
     assert len(set(names)) == len(names)
     for row in TABLE:
-        assert row["name"] == f"{row['family']}/{row['packer']}"
+        if row["weights"] == "int8":  # int8 kernels are named by their family
+            assert row["name"] == row["family"] and row["name"].startswith("int8-")
+        else:
+            assert row["weights"] == "bitplanes" and row["name"].startswith("popcount-")
+            assert row["name"] == f"{row['family']}/{row['packer']}"
         assert row["backend"] in ("avx512", "avx2", "scalar")
         assert set(row["fused_modes"]) <= {"acc", "signed", "requant"}
         assert re.fullmatch(r"\d+x\d+", row["tile"]), row["tile"]
@@ -63,6 +67,16 @@ def test_family_and_backend_names_select_their_first_supported_kernel():
 
 
 # ------------------------------------------------------------------------- which kernel ran
+def test_int8_kernels_are_listed_where_the_cpu_runs_them_and_never_the_default():
+    flags = cpu_flags()
+    rows = {r["name"]: r for r in TABLE}
+    if "int8-avx2" in rows:  # x86 builds
+        assert ("int8-avx2" in KERNELS) == ("avx2" in flags or not flags)
+        assert ("int8-vnni" in KERNELS) == (set(rows["int8-vnni"]["needs"]) <= flags or not flags)
+        assert "avx512_vnni" in rows["int8-vnni"]["needs"]
+    assert not KERNELS[0].startswith("int8-")
+
+
 def test_default_kernel_is_the_first_supported_entry():
     code = "import dorefa.kernels as k; print(k.kernel_name(), k.backend())"
     assert fresh_process(code) == [KERNELS[0], BACKENDS[0]]

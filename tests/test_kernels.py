@@ -73,6 +73,37 @@ def test_all_bit_pairs(kernel, bits, shape):
     np.testing.assert_array_equal(got, expected)
 
 
+EVERY_BIT_PAIR = [(xb, wb) for xb in range(1, 9) for wb in range(1, 9)]
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("bits", EVERY_BIT_PAIR, ids=lambda b: f"x{b[0]}w{b[1]}")
+def test_every_bit_pair_at_the_extreme_codes(kernel, bits):
+    """All 64 bit pairs with codes at 0 and at their maximum only, so that every receptive
+    field holds runs of the largest products: the int8 kernels' int16 pair sums and int16
+    accumulation (int8-avx2) and the shifted activations (x_bits 7, 8) sit at their bounds.
+    Acc, signed and requant against the reference."""
+    xb, wb = bits
+    rng = np.random.default_rng([xb, wb])
+    x = ((1 << xb) - 1) * rng.integers(0, 2, (2, 37, 6, 7), dtype=np.uint8)
+    x[0] = (1 << xb) - 1
+    w = ((1 << wb) - 1) * rng.integers(0, 2, (19, 37, 3, 3), dtype=np.uint8)
+    w[:2] = (1 << wb) - 1
+    pw = R.pack_weights(w, wb)
+    signed = R.bitconv2d_signed(x, pw, xb, 1, 1)
+    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (19, 3)), axis=1).astype(np.int32)
+    direction = np.where(rng.random(19) < 0.5, 1, -1).astype(np.int8)
+    with K.use_kernel(kernel):
+        np.testing.assert_array_equal(
+            K.bitconv2d_packed(x, pw, xb, 1, 1, threads=2), R.bitconv2d_packed(x, pw, xb, 1, 1)
+        )
+        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, 1, 1), signed)
+        np.testing.assert_array_equal(
+            K.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
+            R.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
+        )
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", FEW_BITS, ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)

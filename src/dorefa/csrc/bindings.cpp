@@ -16,6 +16,7 @@
 #include "bitpack.h"
 #include "buffers.h"
 #include "conv_float.h"
+#include "int8conv.h"
 #include "cpu_features.h"
 #include "kernel_table.h"
 #include "run_conv.h"
@@ -86,11 +87,14 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits, const std::string& kerne
   Require(w.shape(0) >= 1 && w.shape(1) >= 1 && w.shape(2) >= 1 && w.shape(3) >= 1,
           "w_codes must have no empty dimension");
   ConvGeom g = WeightGeom(w.shape(0), w.shape(1), w.shape(2), w.shape(3), w_bits);
-  WordArray out = AlignedArray<uint64_t>({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
+  const bool int8 = kernel.int8 != nullptr;
+  WordArray out = int8 ? AlignedArray<uint64_t>({Int8Geom(g).WeightWords()})
+                       : AlignedArray<uint64_t>({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn);
+    all_or = int8 ? PackWeightsInt8(g, w.data(), out.mutable_data())
+                  : PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn);
   }
   CheckCodes("w_codes", w, all_or, w_bits);
   return out;
@@ -159,9 +163,15 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
   last_kernel = kernel.name;
   CheckThreads(threads);
   const ConvGeom g = ConvGeomOf(x, o, c, kh, kw, x_bits, w_bits, stride, padding);
-  Require(wpk.ndim() == 4 && wpk.shape(0) == g.ob && wpk.shape(1) == w_bits &&
-              wpk.shape(2) == g.l && wpk.shape(3) == kLanes,
-          "packed weights do not match (O, C, KH, KW, w_bits)");
+  if (kernel.int8 != nullptr) {
+    Require(wpk.ndim() == 1 && wpk.shape(0) == Int8Geom(g).WeightWords(),
+            "packed weights do not match (O, C, KH, KW) in the int8 layout; pack them with "
+            "pack_weights(w_codes, w_bits, kernel) for this kernel");
+  } else {
+    Require(wpk.ndim() == 4 && wpk.shape(0) == g.ob && wpk.shape(1) == w_bits &&
+                wpk.shape(2) == g.l && wpk.shape(3) == kLanes,
+            "packed weights do not match (O, C, KH, KW, w_bits)");
+  }
   ConvOutput out;
   out.mode = ParseMode(mode);
   if (out.mode == Epilogue::kRequant) SetRequant(o, thresholds, direction, &out);
@@ -256,9 +266,10 @@ py::list KernelTablePy() {
     row["backend"] = k.backend;
     row["needs"] = FeatureNames(k.needs);
     row["supported"] = k.Supported();
-    row["tile"] = k.tiles->tile;
-    row["pixel_tile"] = k.tiles->pix_tile;
-    row["channel_block_tile"] = k.tiles->ob_tile;
+    row["tile"] = k.Tile();
+    row["pixel_tile"] = k.PixelTile();
+    row["channel_block_tile"] = k.BlockTile();
+    row["weights"] = k.Weights();
     row["packer"] = k.packer.name;
     row["fused_modes"] = ModeNames(k.fused_modes);
     row["float_conv"] = k.float_conv.name;

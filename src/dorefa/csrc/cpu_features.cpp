@@ -18,6 +18,7 @@ constexpr Feature kFeatures[] = {
     {kAvx512Vbmi, "avx512vbmi"},
     {kGfni, "gfni"},
     {kFma, "fma"},
+    {kAvx512Vnni, "avx512_vnni"},
 };
 
 uint32_t Detect() {
@@ -33,6 +34,7 @@ uint32_t Detect() {
   if (__builtin_cpu_supports("avx512vbmi")) mask |= kAvx512Vbmi;
   if (__builtin_cpu_supports("gfni")) mask |= kGfni;
   if (__builtin_cpu_supports("fma")) mask |= kFma;
+  if (__builtin_cpu_supports("avx512vnni")) mask |= kAvx512Vnni;
 #endif
   return mask;
 }

@@ -20,6 +20,7 @@ enum CpuFeature : uint32_t {
   kAvx512Vbmi = 1u << 6,
   kGfni = 1u << 7,
   kFma = 1u << 8,
+  kAvx512Vnni = 1u << 9,  // CPUID leaf 7, ECX bit 11: VPDPBUSD on 128/256/512-bit registers
 };
 
 // The features of this CPU, detected once per process. __builtin_cpu_supports also checks

@@ -14,6 +14,9 @@ constexpr uint32_t kAvx512 = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx
 constexpr uint32_t kGfniVbmi = kGfni | kAvx512Vbmi;
 // Fused modes: kEpilogue = signed and requant in the tile kernel; 0 = in a second pass.
 constexpr unsigned kEpilogue = ModeBit(Epilogue::kSigned) | ModeBit(Epilogue::kRequant);
+// The int8 kernels: AVX-512 F/BW/VL (their file is built with -mavx512dq too) and VNNI; AVX2.
+constexpr uint32_t kVnni = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vnni;
+constexpr Packer kNhwc{"nhwc", nullptr};  // int8: codes in NHWC bytes (int8conv.h)
 
 constexpr Packer kPortable{"portable", &PackActivations};
 // Float first layer paths; the AVX2 one also needs FMA (its double FMA chains).
@@ -27,24 +30,30 @@ constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2};
 
 // clang-format off
 const KernelEntry kTable[] = {
-  // name                     backend   needs                tiles          packer      fused
+  // name                     backend   needs                tiles          packer      int8        fused
   //  float first layer path
 #ifdef DOREFA_HAVE_X86_KERNELS
-  {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi, &kAvx512Tiles, kGfniPack,  kEpilogue,
+  {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi, &kAvx512Tiles, kGfniPack,  nullptr,    kEpilogue,
    kFloatAvx512},
-  {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, kEpilogue,
+  {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, nullptr,    kEpilogue,
    kFloatAvx512},
-  {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  0,
+  {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  nullptr,    0,
+   kFloatAvx2},
+  {"int8-vnni",               "avx512", kVnni | kFma,        nullptr,       kNhwc,      &kInt8Vnni, kEpilogue,
+   kFloatAvx2},
+  {"int8-avx2",               "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kInt8Avx2, kEpilogue,
    kFloatAvx2},
 #endif
-  {"popcount-scalar/portable", "scalar", 0,                  &kScalarTiles, kPortable,  0,
+  {"popcount-scalar/portable", "scalar", 0,                  &kScalarTiles, kPortable,  nullptr,    0,
    kScalarRows},
 };
 // clang-format on
 
 std::vector<KernelEntry> MakeTable() {
   for (const KernelEntry& k : kTable) {
-    if (k.fused_modes != 0 && k.tiles->fused == nullptr)
+    if ((k.tiles == nullptr) == (k.int8 == nullptr))
+      throw std::logic_error(std::string(k.name) + ": needs popcount tiles or an int8 kernel");
+    if (k.tiles != nullptr && k.fused_modes != 0 && k.tiles->fused == nullptr)
       throw std::logic_error(std::string(k.name) + ": fused modes without a fused tile kernel");
   }
   return {std::begin(kTable), std::end(kTable)};

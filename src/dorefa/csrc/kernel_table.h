@@ -1,13 +1,19 @@
-// The kernel table: every convolution kernel compiled into this build, fastest first, and the
-// one place that chooses among them. An entry is one line of kernel_table.cpp: its name, the
-// backend it belongs to, the CPU features it needs (CPUID), its tile kernels, its activation
-// packer, the output modes its tile kernel finishes in registers, and the path of the float
-// first layer (conv_float.h) that runs with it.
+// The kernel table: every convolution kernel compiled into this build and the one place that
+// chooses among them. An entry is one line of kernel_table.cpp: its name, the backend it
+// belongs to, the CPU features it needs (CPUID), its kernel (bit-serial popcount tile kernels
+// with an activation packer, or an int8 dot-product kernel, int8conv.h), the output modes it
+// finishes without a second pass over int32 accumulators, and the path of the float first
+// layer (conv_float.h) that runs with it.
 //
-// Names. A kernel is "<family>/<packer>", e.g. "popcount-avx512/gfni" (the bit-serial AVX-512
-// tile kernel with the GFNI packer). A request may also name a family ("popcount-avx512") or
-// a backend ("avx512", "avx2", "scalar": the names of the first versions, still accepted by
-// DOREFA_KERNEL): it then means the first entry of that family or backend the CPU can run.
+// Order: the popcount kernels fastest first, the int8 kernels after the popcount kernels of
+// their ISA, the portable scalar kernel last; the first entry the CPU runs is the default (a
+// popcount kernel: the int8 kernels are taken by name until a per-layer choice exists).
+//
+// Names. A popcount kernel is "<family>/<packer>", e.g. "popcount-avx512/gfni" (the bit-serial
+// AVX-512 tile kernel with the GFNI packer); an int8 kernel is its family ("int8-vnni"). A
+// request may also name a family ("popcount-avx512") or a backend ("avx512", "avx2", "scalar":
+// the names of the first versions, still accepted by DOREFA_KERNEL): it then means the first
+// entry of that family or backend the CPU can run.
 #ifndef DOREFA_CSRC_KERNEL_TABLE_H_
 #define DOREFA_CSRC_KERNEL_TABLE_H_
 
@@ -18,6 +24,7 @@
 #include "bitconv.h"
 #include "conv_float.h"
 #include "cpu_features.h"
+#include "int8conv.h"
 
 namespace dorefa {
 
@@ -38,19 +45,24 @@ struct FloatConvPath {
 };
 
 struct KernelEntry {
-  const char* name;         // "<family>/<packer>"
+  const char* name;         // "<family>/<packer>" (popcount) or "<family>" (int8)
   const char* backend;      // "avx512" | "avx2" | "scalar"
-  uint32_t needs;           // CpuFeature bits its tile kernels and its packer execute
-  const TileKernel* tiles;  // tile kernels and work split (bitconv.h)
-  Packer packer;            // activation packer, also used for the weights
+  uint32_t needs;           // CpuFeature bits its kernel and its packer execute
+  const TileKernel* tiles;  // popcount: tile kernels and work split (bitconv.h); int8: nullptr
+  Packer packer;            // popcount: activation packer, also used for the weights
+  const Int8Kernel* int8;   // int8: the int8 kernel (int8conv.h), own layouts; else nullptr
   unsigned fused_modes;     // ModeBit()s finished in the tile kernel; the others in a second
                             // pass over int32 accumulators (output_transform.h)
   FloatConvPath float_conv;  // the float first layer under this kernel
   bool Supported() const { return (CpuFeatures() & needs) == needs; }
   std::string Family() const;  // the name up to '/'
+  const char* Weights() const { return int8 != nullptr ? "int8" : "bitplanes"; }  // layout
+  const char* Tile() const { return int8 != nullptr ? int8->tile : tiles->tile; }
+  int64_t PixelTile() const { return int8 != nullptr ? int8->pix_tile : tiles->pix_tile; }
+  int64_t BlockTile() const { return int8 != nullptr ? int8->ob_tile : tiles->ob_tile; }
 };
 
-// All entries, fastest first.
+// All entries, in the order above.
 const std::vector<KernelEntry>& KernelTable();
 
 // The entry a request names (see the names above; "" is the first entry this CPU runs).

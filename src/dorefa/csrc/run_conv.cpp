@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "int8conv.h"
 #include "output_transform.h"
 
 namespace dorefa {
@@ -47,6 +48,7 @@ uint8_t RunTwoPass(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* 
 
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
                 const ConvOutput& out, int threads) {
+  if (kernel.int8 != nullptr) return RunInt8Conv(*kernel.int8, g, x, wpk, out, threads);
   static thread_local std::vector<uint64_t> xpk;
   xpk.resize(static_cast<size_t>(g.XpkSize()));
   if (kernel.fused_modes & ModeBit(out.mode))

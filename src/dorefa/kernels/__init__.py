@@ -4,7 +4,9 @@ Operands are unsigned integer codes; see :mod:`dorefa.kernels.reference` (the sp
 ``'reference'`` kernel) for the exact semantics. The native kernels form one table
 (:func:`kernel_table`, fastest first), e.g. ``popcount-avx512/gfni`` (VPOPCNTQ tile kernel,
 GFNI bit transpose in the packer), ``popcount-avx512/shift``, ``popcount-avx2/portable``
-(nibble-table popcount), ``popcount-scalar/portable`` (portable C++).
+(nibble-table popcount), ``popcount-scalar/portable`` (portable C++), and the int8
+dot-product kernels ``int8-vnni`` (AVX-512 VPDPBUSD) and ``int8-avx2`` (VPMADDUBSW), which
+are used when named.
 
 The fastest kernel the CPU runs is the default. ``DOREFA_KERNEL=<kernel, family or backend>``
 (backends: ``reference|scalar|avx2|avx512``) forces one (an error names what is available if
@@ -22,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import extension, reference
-from .prepared import PreparedConv, prepare_conv
+from . import extension, reference, selection
+from .prepared import PreparedConv, prepare_conv, weight_words
 from .reference import PackedWeights
 from .selection import REFERENCE as _REFERENCE
 from .selection import (
@@ -64,6 +66,7 @@ __all__ = [
     "set_backend",
     "use_backend",
     "use_kernel",
+    "weight_words",
 ]
 
 
@@ -77,10 +80,16 @@ def pack_weights(w_codes: np.ndarray, w_bits: int) -> PackedWeights:
     w_bits = reference.check_bits("w_bits", w_bits)
     if min(w.shape) < 1:
         raise ValueError(f"w_codes must have no empty dimension, got shape {w.shape}")
-    words = _native.pack_weights(w, w_bits, kernel)  # also checks the code range
+    # The bit-plane words always (with the default kernel's packer when `kernel` reads another
+    # layout); that other layout too, now rather than at the first call.
+    bitplanes = selection.weight_layout(kernel) == "bitplanes"
+    words = _native.pack_weights(w, w_bits, kernel if bitplanes else "")  # checks the codes
     codes = w.copy()
     codes.flags.writeable = False
-    return PackedWeights(codes, w_bits, words)
+    pw = PackedWeights(codes, w_bits, words)
+    if not bitplanes:
+        weight_words(pw, kernel)
+    return pw
 
 
 def _run(kernel, x_codes, pw, x_bits, stride, padding, threads, mode, thresholds=None,
@@ -90,8 +99,9 @@ def _run(kernel, x_codes, pw, x_bits, stride, padding, threads, mode, thresholds
     )
     o, c, kh, kw = pw.shape
     _ran("native")
+    words = weight_words(pw, kernel)
     return _native.bitconv(
-        kernel, x, pw.words, o, c, kh, kw, x_bits, pw.bits, stride, padding, threads, mode,
+        kernel, x, words, o, c, kh, kw, x_bits, pw.bits, stride, padding, threads, mode,
         thresholds, direction,
     )  # fmt: skip
 

@@ -23,6 +23,19 @@ from .reference import PackedWeights
 OUTPUTS = ("acc", "signed", "requant")
 
 
+def weight_words(pw: PackedWeights, kernel: str) -> np.ndarray:
+    """The packed weights native ``kernel`` reads: ``pw.words`` (bit planes, the popcount
+    kernels) or another layout, packed from ``pw.codes`` at its first use and kept in
+    ``pw.layouts`` (the int8 kernels: ``csrc/int8conv.h``)."""
+    layout = selection.weight_layout(kernel)
+    if layout == "bitplanes":
+        return pw.words
+    words = pw.layouts.get(layout)
+    if words is None:
+        words = pw.layouts[layout] = native.pack_weights(pw.codes, pw.bits, kernel)
+    return words
+
+
 class PreparedConv:
     """One bit convolution of fixed packed weights ``pw`` (O, C, KH, KW); outputs per ``out``:
 
@@ -77,7 +90,7 @@ class PreparedConv:
         pw = self.weights
         selection.ran("native")
         return native.bitconv(
-            kernel, x_codes, pw.words, *pw.shape, self.x_bits, pw.bits, self.stride,
+            kernel, x_codes, weight_words(pw, kernel), *pw.shape, self.x_bits, pw.bits, self.stride,
             self.padding, threads, self.out, self.thresholds, self.direction,
         )  # fmt: skip
 

@@ -1,10 +1,12 @@
 """Which kernel runs: the kernel table, ``DOREFA_KERNEL`` and the switches.
 
-Names. A native kernel is ``<family>/<packer>``, e.g. ``popcount-avx512/gfni`` (the AVX-512
-popcount tile kernel, activations packed with the GFNI bit transpose). A request may also name a
+Names. A native popcount kernel is ``<family>/<packer>``, e.g. ``popcount-avx512/gfni`` (the
+AVX-512 popcount tile kernel, activations packed with the GFNI bit transpose); an int8
+dot-product kernel is its family, ``int8-vnni`` or ``int8-avx2``. A request may also name a
 family (``popcount-avx512``) or a backend (``avx512``, ``avx2``, ``scalar``), meaning the first
 kernel of it this CPU runs, or ``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
-The table itself lives in C++ (``csrc/kernel_table.cpp``), fastest first.
+The table itself lives in C++ (``csrc/kernel_table.cpp``): popcount kernels fastest first (the
+first one the CPU runs is the default), the int8 kernels after them (chosen by name).
 
 The kernel of a call, strongest choice first:
 
@@ -42,9 +44,21 @@ def kernel_table() -> list[dict]:
     with ``name``, ``family``, ``backend``, ``needs`` (CPU flags, as in /proc/cpuinfo),
     ``supported`` (this CPU has them all), ``tile`` (register tile, pixels x channels),
     ``pixel_tile`` / ``channel_block_tile`` (work-split granularity), ``packer``,
-    ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass) and
-    ``float_conv`` (the path of the float first layer under this kernel: avx512, avx2, scalar)."""
+    ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass),
+    ``float_conv`` (the path of the float first layer under this kernel: avx512, avx2, scalar) and
+    ``weights`` (the packed-weight layout: ``'bitplanes'`` or ``'int8'``)."""
     return [dict(row) for row in _table()]
+
+
+@functools.cache
+def _layouts() -> dict[str, str]:
+    return {row["name"]: row["weights"] for row in _table()}
+
+
+def weight_layout(kernel: str) -> str:
+    """The packed-weight layout a native kernel reads: ``'bitplanes'`` (the popcount kernels,
+    :attr:`PackedWeights.words`) or ``'int8'`` (the int8 kernels, ``csrc/int8conv.h``)."""
+    return _layouts()[kernel]
 
 
 def available_kernels() -> list[str]:

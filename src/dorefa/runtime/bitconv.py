@@ -1,4 +1,4 @@
-"""The quantized layer of the runtime: a convolution of activation codes on popcount kernels.
+"""The quantized layer of the runtime: a convolution of activation codes on the integer kernels.
 
 The kernel returns the exact signed dot D = sum (2p - nw) q of the layer (docs/method.md
 section 3); the exporter folded weight scale, BatchNorm, clip and re-quantization into what
@@ -23,22 +23,14 @@ from .ops import Layer
 
 def _prepared(pw, x_bits, stride, padding, mode, thresholds=None, direction=None):
     """One convolution of fixed weights as a callable ``conv(x, threads)``, everything but the
-    input checked once here."""
-    prepare = getattr(kernels, "prepare_conv", None)
-    if prepare is not None:
-        if mode == "requant":
-            return prepare(pw, x_bits, stride, padding, mode, thresholds, direction)
-        return prepare(pw, x_bits, stride, padding, mode)
-    if mode == "requant":  # kernels without prepared convolutions
-        t, d = kernels.reference.check_requant(thresholds, direction, pw.shape[0])
-        return lambda x, threads: kernels.bitconv2d_requant(
-            x, pw, x_bits, stride, padding, t, d, threads
-        )
-    return lambda x, threads: kernels.bitconv2d_signed(x, pw, x_bits, stride, padding, threads)
+    input checked once (:func:`dorefa.kernels.prepare_conv`)."""
+    if mode == "requant":
+        return kernels.prepare_conv(pw, x_bits, stride, padding, mode, thresholds, direction)
+    return kernels.prepare_conv(pw, x_bits, stride, padding, mode)
 
 
 class BitConv(Layer):
-    """A quantized layer on popcount kernels; ``groups`` splits the channels (module doc)."""
+    """A quantized layer on the integer kernels; ``groups`` splits the channels (module doc)."""
 
     op = "bitconv"
 

@@ -1,0 +1,136 @@
+"""Int8 dot-product kernels against the popcount kernel and torch (fp32, int8), same process.
+
+For each layer (AlexNet conv3 and the 3x3 layers of the SVHN model), batch and bit pair (W1A2,
+W2A2, W1A4, W8A8), every contestant runs interleaved round by round (bench_kernels.py's
+time_round: a settle pause and an untimed call first); the table shows medians. Kernel times
+include packing the activations; weights are packed once (torch's int8 weights are prepacked
+too). Torch runs one conv of the same shape: its time does not depend on the bit pair.
+
+MAC/cyc divides by the clock measured on the row's threads (dependent-add chains,
+bench_kernels.measure_clock_hz). With 1 thread (the default) times are the calling thread's
+CPU time (time.thread_time: every contestant, torch included, runs on the calling thread), so
+time lost to other processes on a shared machine is not counted; with more, wall time.
+
+    .venv/bin/python benchmarks/bench_int8.py                 # batch 1 and 32, 1 thread
+    .venv/bin/python benchmarks/bench_int8.py --threads 2 --batches 1 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from bench_kernels import LAYERS, SETTLE_SECONDS, measure_clock_hz
+
+import dorefa.kernels as K
+
+BIT_PAIRS = ((1, 2), (2, 2), (1, 4), (8, 8))  # (w_bits, x_bits)
+KERNELS = ("popcount", "int8-vnni", "int8-avx2")
+
+
+def torch_contestants(layer, n: int, rng: np.random.Generator) -> dict:
+    """fp32 and the faster-on-the-day torch int8 engines, as in bench_kernels.py."""
+    xf = torch.from_numpy(rng.random((n, layer.c, layer.hw, layer.hw), dtype=np.float32))
+    wf = torch.from_numpy(rng.standard_normal((layer.o, layer.c, layer.k, layer.k), np.float32))
+    out = {}
+
+    def fp32():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(xf, wf, padding=layer.pad)
+
+    out["torch fp32"] = fp32
+    qx = torch.quantize_per_tensor(xf, 1 / 255, 0, torch.quint8)
+    qw = torch.quantize_per_tensor(wf, 0.02, 0, torch.qint8)
+    for engine in ("x86", "fbgemm"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        packed = torch.ops.quantized.conv2d_prepack(
+            qw, None, [1, 1], [layer.pad, layer.pad], [1, 1], 1
+        )
+
+        def int8(packed=packed, engine=engine):
+            torch.backends.quantized.engine = engine
+            return torch.ops.quantized.conv2d(qx, packed, 0.05, 0)
+
+        out[f"torch int8 {engine}"] = int8
+    return out
+
+
+def kernel_contestants(layer, n: int, threads: int, rng: np.random.Generator) -> dict:
+    """(kernel, 'W?A?') -> one prepared 'signed' convolution on that kernel."""
+    out = {}
+    available = K.available_kernels()
+    for wb, xb in BIT_PAIRS:
+        x = rng.integers(0, 1 << xb, (n, layer.c, layer.hw, layer.hw), dtype=np.uint8)
+        w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
+        pw = K.pack_weights(w, wb)
+        conv = K.prepare_conv(pw, xb, 1, layer.pad, "signed")
+        for kernel in KERNELS:
+            name = K.kernel_name("") if kernel == "popcount" else kernel
+            if name not in available:
+                continue
+
+            def run(conv=conv, x=x, name=name):
+                with K.use_kernel(name):
+                    return conv(x, threads)
+
+            run()  # packs the int8 layout once, outside the timing
+            out[kernel, f"W{wb}A{xb}"] = run
+    return out
+
+
+def time_round(fn, min_seconds: float, clock) -> float:
+    """Seconds per call on `clock`, after a pause and one untimed call (bench_kernels.py)."""
+    time.sleep(SETTLE_SECONDS)
+    fn()
+    reps, t0 = 0, clock()
+    while clock() - t0 < min_seconds or reps == 0:
+        fn()
+        reps += 1
+    return (clock() - t0) / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--layers", default="", help="only the layers whose name contains this")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    torch.set_num_threads(args.threads)
+    timer = time.thread_time if args.threads == 1 else time.perf_counter
+    cols = ["layer", "N", "GHz", "bits", "kernel", "us", "GMAC/s", "MAC/cyc", "vs int8", "vs fp32"]
+    print(f"threads {args.threads}, popcount = {K.kernel_name()}, medians of {args.rounds}")
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
+    layers = [la for la in LAYERS if la.k == 3 and args.layers in la.name]
+    for layer in layers:
+        for n in (int(b) for b in args.batches.split(",")):
+            fns = {
+                **torch_contestants(layer, n, rng),
+                **kernel_contestants(layer, n, args.threads, rng),
+            }
+            clock = measure_clock_hz(args.threads)
+            samples: dict = {k: [] for k in fns}
+            names = list(fns)
+            for r in range(args.rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    samples[name].append(time_round(fns[name], 0.02, timer))
+            clock = max(clock, measure_clock_hz(args.threads))
+            t = {k: statistics.median(v) for k, v in samples.items()}
+            macs = layer.macs(n)
+            int8 = min(v for k, v in t.items() if isinstance(k, str) and "int8" in k)
+            for key in names:
+                kernel, bits = key if isinstance(key, tuple) else (key, "-")
+                row = [layer.name, n, f"{clock / 1e9:.2f}", bits, kernel, f"{t[key] * 1e6:.0f}"]
+                row += [f"{macs / t[key] / 1e9:.1f}", f"{macs / t[key] / clock:.1f}"]
+                row += [f"{int8 / t[key]:.2f}x", f"{t['torch fp32'] / t[key]:.1f}x"]
+                print("| " + " | ".join(map(str, row)) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

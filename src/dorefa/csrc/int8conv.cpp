@@ -1,0 +1,214 @@
+// The shared parts of the int8 kernels (int8conv.h): packing, the output transform of a tile,
+// the parallel region.
+#include "int8conv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "run_conv.h"
+#include "thread_pool.h"
+#include "work_queue.h"
+
+namespace dorefa {
+namespace {
+
+// Work below which one more thread does not pay: ~10 us at ~100 G int8 MAC/s.
+constexpr int64_t kMinMacsPerThread = int64_t{1} << 20;
+
+// Packs padded row yp of image n into xq (and the per-pixel channel sums, when wanted); returns
+// the OR of the codes read. Every byte of the row is written: padding and the extra channels
+// hold code 0, stored as -z.
+uint8_t PackRow(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t z, int64_t n,
+                int64_t yp, uint8_t* xq, int32_t* pixsum) {
+  uint8_t* dst = xq + n * q.image + yp * q.row;
+  const uint8_t zero = static_cast<uint8_t>(-z);  // code 0, shifted (mod 256)
+  int32_t* sums = pixsum != nullptr ? pixsum + (n * g.hp + yp) * g.wp : nullptr;
+  const int64_t y = yp - g.pad;
+  if (y < 0 || y >= g.h) {
+    std::memset(dst, zero, static_cast<size_t>(q.row));
+    if (sums != nullptr) std::fill(sums, sums + g.wp, 0);
+    return 0;
+  }
+  std::memset(dst, zero, static_cast<size_t>(g.pad * q.pixel));
+  std::memset(dst + (g.pad + g.w) * q.pixel, zero, static_cast<size_t>(g.pad * q.pixel));
+  uint8_t* interior = dst + g.pad * q.pixel;
+  for (int64_t xx = 0; xx < g.w; ++xx)
+    std::memset(interior + xx * q.pixel + g.c, zero, static_cast<size_t>(q.cp - g.c));
+  uint8_t ors = 0;
+  const int64_t hw = g.h * g.w;
+  const uint8_t* src = x + n * g.c * hw + y * g.w;
+  for (int64_t c = 0; c < g.c; ++c) {  // contiguous reads, strided writes
+    const uint8_t* s = src + c * hw;
+    uint8_t* d = interior + c;
+    for (int64_t xx = 0; xx < g.w; ++xx) {
+      ors |= s[xx];
+      d[xx * q.pixel] = static_cast<uint8_t>(s[xx] - z);
+    }
+  }
+  if (sums != nullptr) {
+    std::fill(sums, sums + g.wp, 0);
+    for (int64_t c = 0; c < g.c; ++c)
+      for (int64_t xx = 0; xx < g.w; ++xx) sums[g.pad + xx] += src[c * hw + xx];
+  }
+  return ors;
+}
+
+// Sum of the activation codes over the receptive field of output (n, oy, ox).
+int64_t FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
+  const ConvGeom& g = *c.g;
+  int64_t s = 0;
+  for (int64_t r = 0; r < g.kh; ++r) {
+    const int32_t* row = c.pixsum + (n * g.hp + oy * g.stride + r) * g.wp + ox * g.stride;
+    for (int64_t k = 0; k < g.kw; ++k) s += row[k];
+  }
+  return s;
+}
+
+// Step count of d against channel o's thresholds (output_transform.h).
+uint8_t Requant(const Int8Conv& c, int64_t o, int32_t d) {
+  const int32_t* th = c.thresholds + o * c.t;
+  int n = 0;
+  if (c.direction[o] > 0) {
+    for (int64_t j = 0; j < c.t; ++j) n += d >= th[j];
+  } else {
+    for (int64_t j = 0; j < c.t; ++j) n += d <= th[j];
+  }
+  return static_cast<uint8_t>(n);
+}
+
+}  // namespace
+
+uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
+  const Int8Geom q(g);
+  auto* bytes = reinterpret_cast<uint8_t*>(wq);
+  auto* wsum = reinterpret_cast<int32_t*>(bytes + q.WeightBytes());
+  std::memset(bytes, 0, static_cast<size_t>(q.WeightWords() * 8));
+  uint8_t ors = 0;
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t o = 0; o < g.o; ++o) {
+    uint8_t* block = bytes + (o / kInt8Lanes) * q.groups * 64 + (o % kInt8Lanes) * 4;
+    int64_t sum = 0;
+    for (int64_t c = 0; c < g.c; ++c) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const uint8_t v = w[(o * g.c + c) * taps + t];
+        ors |= v;
+        sum += v;
+        const int64_t j = t * (q.cp / 4) + c / 4;
+        block[j * 64 + c % 4] = v;
+      }
+    }
+    // Fits int32 for codes in range (the caller's bound); out-of-range codes are reported.
+    wsum[o] = static_cast<int32_t>(static_cast<uint32_t>(sum));
+  }
+  return ors;
+}
+
+const int8_t* Int8Conv::Field(int64_t pix) const {
+  const int64_t ohw = g->oh * g->ow;
+  const int64_t n = pix / ohw, r = pix % ohw;
+  const int64_t oy = r / g->ow, ox = r % g->ow;
+  return xq + n * q.image + oy * g->stride * q.row + ox * g->stride * q.pixel;
+}
+
+void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
+                   const int32_t* raw) {
+  const ConvGeom& g = *c.g;
+  const int64_t ohw = g.oh * g.ow;
+  const int64_t nw = (int64_t{1} << g.w_bits) - 1;
+  const int64_t o_end = std::min<int64_t>(g.o, (ob0 + nb) * kInt8Lanes);
+  const auto z = static_cast<uint32_t>(c.shift);
+  for (int p = 0; p < np; ++p) {
+    const int64_t pix = pix0 + p;
+    const int64_t n = pix / ohw, r = pix % ohw;
+    const int64_t base = n * g.o * ohw + r;
+    int64_t s = 0;
+    if (c.mode != Epilogue::kAcc) s = FieldSum(c, n, r / g.ow, r % g.ow);
+    const int32_t* row = raw + p * nb * kInt8Lanes;
+    for (int64_t o = ob0 * kInt8Lanes; o < o_end; ++o) {
+      // acc = sum x' * w + z * Wsum, modulo 2^32 (exact: the true value fits int32).
+      const auto acc = static_cast<int32_t>(static_cast<uint32_t>(row[o - ob0 * kInt8Lanes]) +
+                                            z * static_cast<uint32_t>(c.wsum[o]));
+      if (c.mode == Epilogue::kAcc) {
+        c.acc[base + o * ohw] = acc;
+        continue;
+      }
+      const auto d = static_cast<int32_t>(2 * static_cast<int64_t>(acc) - nw * s);
+      if (c.mode == Epilogue::kSigned) {
+        c.acc[base + o * ohw] = d;
+      } else {
+        c.codes[base + o * ohw] = Requant(c, o, d);
+      }
+    }
+  }
+}
+
+uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
+                    const uint64_t* wq, const ConvOutput& out, int threads) {
+  static thread_local std::vector<uint8_t> xbuf;
+  static thread_local std::vector<int32_t> sums;
+  Int8Conv c;
+  c.g = &g;
+  c.q = Int8Geom(g);
+  xbuf.resize(static_cast<size_t>(g.n * c.q.image));
+  c.xq = reinterpret_cast<const int8_t*>(xbuf.data());
+  c.wq = reinterpret_cast<const uint8_t*>(wq);
+  c.wsum = reinterpret_cast<const int32_t*>(c.wq + c.q.WeightBytes());
+  c.shift = kernel.shift(g.x_bits);
+  c.mode = out.mode;
+  c.acc = out.acc;
+  c.codes = out.codes;
+  c.thresholds = out.thresholds;
+  c.t = out.t;
+  c.direction = out.direction;
+  if (out.mode != Epilogue::kAcc) {
+    sums.resize(static_cast<size_t>(g.n * g.hp * g.wp));
+    c.pixsum = sums.data();
+  }
+  uint8_t* xq = xbuf.data();
+  int32_t* pixsum = out.mode != Epilogue::kAcc ? sums.data() : nullptr;
+
+  const int64_t macs = g.OutPixels() * g.o * g.c * g.kh * g.kw;
+  threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(threads, macs / kMinMacsPerThread)));
+  const int64_t pack_items = g.n * g.hp;
+  const int64_t npix = g.OutPixels();
+  const int64_t ptile = kernel.pix_tile;
+  const int64_t ntiles = (npix + ptile - 1) / ptile;
+  // As bitconv.cpp: with few pixel tiles, also split the output channels (in whole register
+  // tiles), about two items per thread; otherwise one item covers all channels of its pixels.
+  int64_t ochunks = 1;
+  const int64_t ob_units = (c.q.ob + kernel.ob_tile - 1) / kernel.ob_tile;
+  if (threads > 1 && ntiles < 4 * threads)
+    ochunks = std::min<int64_t>(ob_units, (2 * threads + ntiles - 1) / ntiles);
+  const int64_t ob_per_chunk =
+      std::max<int64_t>(1, (ob_units + ochunks - 1) / ochunks) * kernel.ob_tile;
+  ochunks = (c.q.ob + ob_per_chunk - 1) / ob_per_chunk;
+  const int64_t conv_items = ntiles * ochunks;
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(threads, std::max(pack_items, conv_items))));
+
+  HomeQueue pack_q(pack_items, nt);
+  HomeQueue conv_q(conv_items, nt);
+  auto worker = [&](int tid, auto&& barrier) -> uint8_t {
+    uint8_t ors = 0;
+    int64_t item;
+    while (pack_q.Next(tid, &item))
+      ors |= PackRow(g, c.q, x, c.shift, item / g.hp, item % g.hp, xq, pixsum);
+    barrier();
+    while (conv_q.Next(tid, &item)) {
+      const int64_t oc = item / ntiles, t = item % ntiles;
+      const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
+      kernel.run(c, pix0, std::min(ptile, npix - pix0), ob0, std::min(ob_per_chunk, c.q.ob - ob0));
+    }
+    return ors;
+  };
+  if (nt == 1) return worker(0, [] {});
+  std::vector<uint8_t> ors(static_cast<size_t>(nt), 0);
+  ParallelRun(nt, [&](int tid, Team& team) { ors[tid] = worker(tid, [&] { team.Barrier(); }); });
+  uint8_t all_or = 0;
+  for (uint8_t o : ors) all_or |= o;
+  return all_or;
+}
+
+}  // namespace dorefa

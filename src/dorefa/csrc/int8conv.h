@@ -1,0 +1,117 @@
+// Int8 dot-product convolution of unsigned codes: the layouts, the shared parts (packing, the
+// output transform, the parallel region) and the tile-kernel interface of the AVX2 and
+// AVX-512 VNNI kernels (int8conv_avx2.cpp, int8conv_vnni.cpp).
+//
+// The maths. Codes are small unsigned integers, x < 2^x_bits and w < 2^w_bits (bits 1..8),
+// so one output acc = sum_{c,kh,kw} x * w is an exact integer dot product; the callers check
+// that it fits int32. The instructions multiply an UNSIGNED byte by a SIGNED byte (VPMADDUBSW,
+// VPDPBUSD): the weights (<= 255) are the unsigned operand, the activations the signed one.
+// Activations that do not fit s8 (or, for VPMADDUBSW, whose pair sums would saturate int16)
+// are stored shifted, x' = x - z with z = ActivationShift(kernel, x_bits), and
+//
+//   sum x * w = sum (x' + z) * w = sum x' * w + z * Wsum[o],   Wsum[o] = sum_{c,kh,kw} w,
+//
+// a constant per output channel (zero padding is code 0, stored as -z like every other 0, so
+// it is covered by the same identity). All sums are taken modulo 2^32 (VPDPBUSD and VPADDD
+// wrap, the correction is added as uint32): the true result fits int32, so it comes out exact.
+//
+// Packed activations ("xq", int8), one image after the other, zero padding materialised:
+//   xq[n][hp][wp][cp],  cp = C rounded up to a multiple of 4 (the extra channels hold -z).
+// The receptive field of output pixel (oy, ox) is, for each kh, the KW * cp contiguous bytes
+// from padded pixel (oy * stride + kh, ox * stride): KW * cp / 4 groups of 4 bytes.
+//
+// Packed weights ("wq", uint8), output channels in blocks of 16, groups of 4 channels:
+//   wq[ob][j][lane][i],  o = 16 * ob + lane,  j = (kh * KW + kw) * cp / 4 + c / 4,  i = c % 4,
+// i.e. 64 bytes per (block, group): one zmm for VPDPBUSD (16 lanes x 4 bytes), two ymm for
+// AVX2. Missing channels (c >= C, o >= O) are zero. After the ob16 blocks come Wsum, 16 int32
+// per block. The whole array is handed around as uint64 words (Int8WeightWords of them).
+#ifndef DOREFA_CSRC_INT8CONV_H_
+#define DOREFA_CSRC_INT8CONV_H_
+
+#include <cstdint>
+
+#include "bitconv.h"
+
+namespace dorefa {
+
+constexpr int64_t kInt8Lanes = 16;  // output channels per packed weight block
+
+// Derived sizes of the int8 layouts for a geometry (ConvGeom holds the shape).
+struct Int8Geom {
+  int64_t cp = 0;       // channels padded to a multiple of 4
+  int64_t groups = 0;   // 4-byte groups per receptive field: KH * KW * cp / 4
+  int64_t ob = 0;       // 16-channel blocks
+  int64_t pixel = 0;    // bytes per padded pixel (= cp)
+  int64_t row = 0;      // bytes per padded row
+  int64_t image = 0;    // bytes per padded image
+  explicit Int8Geom(const ConvGeom& g)
+      : cp((g.c + 3) / 4 * 4),
+        groups(g.kh * g.kw * cp / 4),
+        ob((g.o + kInt8Lanes - 1) / kInt8Lanes),
+        pixel(cp),
+        row(g.wp * cp),
+        image(g.hp * g.wp * cp) {}
+  int64_t WeightBytes() const { return ob * groups * 64; }  // then ob * 16 int32 sums
+  int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4) / 8; }
+};
+
+// Packs weight codes w (O, C, KH, KW) into wq (Int8Geom(g).WeightWords() words); returns the
+// OR of all codes.
+uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq);
+
+// What a tile kernel needs: the geometry, the packed operands, and where the outputs go.
+struct Int8Conv {
+  const ConvGeom* g = nullptr;
+  Int8Geom q{ConvGeom{}};
+  const int8_t* xq = nullptr;   // packed activations
+  const uint8_t* wq = nullptr;  // packed weights (Wsum follows)
+  const int32_t* wsum = nullptr;
+  const int32_t* pixsum = nullptr;  // per padded pixel, sum over channels of x (signed modes)
+  int32_t shift = 0;                // z
+  Epilogue::Mode mode = Epilogue::kAcc;
+  int32_t* acc = nullptr;  // kAcc / kSigned output (N, O, OH, OW)
+  uint8_t* codes = nullptr;  // kRequant output (N, O, OH, OW)
+  const int32_t* thresholds = nullptr;  // kRequant (O, t)
+  int64_t t = 0;
+  const int8_t* direction = nullptr;  // kRequant (O,)
+
+  // The first byte of the receptive field of output pixel `pix` (flattened n, oy, ox).
+  const int8_t* Field(int64_t pix) const;
+};
+
+// Writes the outputs of pixels [pix0, pix0 + np) and channel blocks [ob0, ob0 + nb) from the
+// raw sums raw[p * nb * 16 + b * 16 + lane] = sum x' * w (mod 2^32): adds z * Wsum, then per
+// c.mode stores acc, D = 2 * acc - nw * S (S = sum of x over the receptive field), or the
+// requantized code of D (output_transform.h).
+void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
+                   const int32_t* raw);
+
+// A tile kernel: outputs of pixels [pix0, pix0 + npix) and blocks [ob0, ob0 + nob).
+using Int8TileFn = void (*)(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0,
+                            int64_t nob);
+// z for x_bits (the kernel's choice): activations are stored as x - z (see the maths above).
+using Int8ShiftFn = int32_t (*)(int x_bits);
+
+struct Int8Kernel {
+  const char* tile;    // register tile, output pixels x output channels, e.g. "6x64"
+  Int8TileFn run;
+  Int8ShiftFn shift;
+  int64_t pix_tile;    // output pixels a call handles best (work split granularity)
+  int64_t ob_tile;     // 16-channel blocks a call handles best
+};
+
+#ifdef DOREFA_HAVE_X86_KERNELS
+extern const Int8Kernel kInt8Avx2;
+extern const Int8Kernel kInt8Vnni;
+#endif
+
+// The whole convolution (packing, tiles, output transform) in one parallel region of up to
+// `threads` threads: x (N, C, H, W) codes, wq packed by PackWeightsInt8 (64-byte aligned).
+// Returns the OR of all activation codes. Results do not depend on the thread count.
+struct ConvOutput;
+uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
+                    const uint64_t* wq, const ConvOutput& out, int threads);
+
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_INT8CONV_H_

@@ -1,0 +1,151 @@
+// AVX2 int8 kernel: register tile of 4 output pixels (3 for W8A8) x 16 output channels (two
+// ymm of 8 lanes, one packed weight block).
+//
+// VPMADDUBSW t, w, x: per 16-bit lane, t = u8(w_a) * s8(x_a) + u8(w_b) * s8(x_b), SATURATED
+// to int16; VPMADDWD t, ones then sums lane pairs into int32 (exact), giving per 32-bit lane
+// (one output channel) the 4 products of a group. Weights (<= 255) are the unsigned operand;
+// activations are the signed one, stored as x' = x - z (int8conv.h) with
+//   z = 0 for x_bits <= 6 (x' in [0, 63]), z = 2^(x_bits - 1) for x_bits = 7, 8
+//   (x' in [-z, z - 1]); so |x'| <= a with a = 63, 64, 128 for x_bits <= 6, 7, 8.
+// A pair sum is exact while 2 * wmax * a <= 32767 (wmax = 2^w_bits - 1):
+//   x_bits <= 6: 2 * 255 * 63 = 32130, x_bits = 7: 2 * 255 * 64 = 32640: every w_bits;
+//   x_bits = 8: 2 * 127 * 128 = 32512 for w_bits <= 7; 2 * 255 * 128 = 65280 for W8A8: no.
+// W8A8 splits the weights into nibbles, w = 16 * h + l (h, l <= 15: 2 * 15 * 128 = 3840), and
+// sums VPMADDWD(t_l, 1) + VPMADDWD(t_h, 16).
+// Low bit counts add several VPMADDUBSW results in int16 before one VPMADDWD: m of them stay
+// exact while m * 2 * wmax * a <= 32767 (W1A2: m = 5461), so most groups cost one multiply
+// and one add per ymm instead of two multiplies and an add.
+//
+// Ceilings (Zen 4, measured with independent register-only chains, 32 MACs per ymm step):
+// VPMADDUBSW + VPADDW 0.64 cycle -> 50 MAC/cycle (int16 accumulation); VPMADDUBSW + VPMADDWD
+// + VPADDD 1.03 cycles -> 31 MAC/cycle; W8A8 (nibbles: 2 x VPMADDUBSW, 2 x VPMADDWD, 3 adds
+// per 32 MACs) ~15 MAC/cycle.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "int8conv.h"
+
+namespace dorefa {
+namespace {
+
+constexpr int kTileP = 4;
+enum Path { kMadd32, kMadd16, kNibble };
+
+int32_t Shift(int x_bits) { return x_bits >= 7 ? 1 << (x_bits - 1) : 0; }
+
+// Largest |pair sum| of VPMADDUBSW for this bit pair (see above).
+int64_t PairBound(int x_bits, int w_bits) {
+  const int64_t a = x_bits <= 6 ? (1 << x_bits) - 1 : Shift(x_bits);
+  return 2 * ((int64_t{1} << w_bits) - 1) * a;
+}
+
+inline __m256i Bcast(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+template <int P, Path kPath>
+void Block(const Int8Conv& c, const int8_t* const* xs, int64_t ob, int64_t m, int32_t* raw) {
+  const ConvGeom& g = *c.g;
+  const int64_t span = g.kw * c.q.cp / 4;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i sixteens = _mm256_set1_epi16(16);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  __m256i acc[P][2], acc16[P][2];
+  for (int p = 0; p < P; ++p)
+    for (int h = 0; h < 2; ++h) acc[p][h] = acc16[p][h] = _mm256_setzero_si256();
+  int64_t left = m;  // kMadd16: groups until the int16 sums must be folded into int32
+  const uint8_t* w0 = c.wq + ob * c.q.groups * 64;
+  for (int64_t r = 0; r < g.kh; ++r) {
+    const int8_t* xr[P];
+    for (int p = 0; p < P; ++p) xr[p] = xs[p] + r * c.q.row;
+    const uint8_t* wr = w0 + r * span * 64;
+    for (int64_t j = 0; j < span; ++j) {
+      __m256i w[2];
+      for (int h = 0; h < 2; ++h)
+        w[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64 + 32 * h));
+      if constexpr (kPath == kNibble) {
+        __m256i lo[2], hi[2];
+        for (int h = 0; h < 2; ++h) {
+          lo[h] = _mm256_and_si256(w[h], low4);
+          hi[h] = _mm256_and_si256(_mm256_srli_epi16(w[h], 4), low4);
+        }
+        for (int p = 0; p < P; ++p) {
+          const __m256i xv = Bcast(xr[p] + 4 * j);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i tl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[h], xv), ones);
+            const __m256i th = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[h], xv), sixteens);
+            acc[p][h] = _mm256_add_epi32(acc[p][h], _mm256_add_epi32(tl, th));
+          }
+        }
+      } else if constexpr (kPath == kMadd32) {
+        for (int p = 0; p < P; ++p) {
+          const __m256i xv = Bcast(xr[p] + 4 * j);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(w[h], xv), ones);
+            acc[p][h] = _mm256_add_epi32(acc[p][h], t);
+          }
+        }
+      } else {
+        for (int p = 0; p < P; ++p) {
+          const __m256i xv = Bcast(xr[p] + 4 * j);
+          for (int h = 0; h < 2; ++h)
+            acc16[p][h] = _mm256_add_epi16(acc16[p][h], _mm256_maddubs_epi16(w[h], xv));
+        }
+        if (--left == 0) {
+          for (int p = 0; p < P; ++p) {
+            for (int h = 0; h < 2; ++h) {
+              acc[p][h] = _mm256_add_epi32(acc[p][h], _mm256_madd_epi16(acc16[p][h], ones));
+              acc16[p][h] = _mm256_setzero_si256();
+            }
+          }
+          left = m;
+        }
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    for (int h = 0; h < 2; ++h) {
+      if constexpr (kPath == kMadd16)
+        acc[p][h] = _mm256_add_epi32(acc[p][h], _mm256_madd_epi16(acc16[p][h], ones));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + p * kInt8Lanes + 8 * h), acc[p][h]);
+    }
+  }
+}
+
+using BlockFn = void (*)(const Int8Conv&, const int8_t* const*, int64_t, int64_t, int32_t*);
+
+template <Path kPath>
+constexpr BlockFn kBlocks[kTileP] = {&Block<1, kPath>, &Block<2, kPath>, &Block<3, kPath>,
+                                     &Block<4, kPath>};
+
+void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
+  const ConvGeom& g = *c.g;
+  // kMadd16 folds every m groups; m = 1 would fold after every group: kMadd32 does that in
+  // registers.
+  const int64_t m = 32767 / PairBound(g.x_bits, g.w_bits);
+  const bool nibble = g.x_bits == 8 && g.w_bits == 8;
+  const Path path = nibble ? kNibble : (m >= 2 ? kMadd16 : kMadd32);
+  const int tile = nibble ? 3 : kTileP;  // W8A8: 4 nibble vectors + 2 constants in registers
+  const BlockFn* blocks =
+      path == kNibble ? kBlocks<kNibble> : (path == kMadd16 ? kBlocks<kMadd16> : kBlocks<kMadd32>);
+  alignas(32) int32_t raw[kTileP * kInt8Lanes];
+  for (int64_t ob = ob0; ob < ob0 + nob; ++ob) {
+    for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += tile) {
+      const int np = static_cast<int>(std::min<int64_t>(tile, pix0 + npix - p0));
+      const int8_t* xs[kTileP];
+      for (int p = 0; p < np; ++p) xs[p] = c.Field(p0 + p);
+      blocks[np - 1](c, xs, ob, m, raw);
+      StoreInt8Tile(c, p0, np, ob, 1, raw);
+    }
+  }
+}
+
+}  // namespace
+
+extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1};
+
+}  // namespace dorefa
