@@ -87,9 +87,10 @@ def resolve(name: str) -> str:
 
 def current_kernel() -> str:
     """The kernel a call made now in this thread runs (a full name, or ``'reference'``)."""
-    kernel = getattr(_local, "kernel", None)
-    if kernel is not None:
-        return kernel
+    try:
+        return _local.kernel  # set by use_kernel in this thread
+    except AttributeError:
+        pass
     global _process_kernel
     if _process_kernel is None:
         _process_kernel = resolve(os.environ.get("DOREFA_KERNEL", "").strip().lower())
@@ -134,7 +135,10 @@ def use_kernel(name: str) -> Iterator[str]:
     try:
         yield kernel
     finally:
-        _local.kernel = previous
+        if previous is None:
+            del _local.kernel  # current_kernel() reads the attribute's absence as "no choice"
+        else:
+            _local.kernel = previous
 
 
 @contextmanager
