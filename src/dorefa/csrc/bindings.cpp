@@ -16,8 +16,8 @@
 #include "bitpack.h"
 #include "buffers.h"
 #include "conv_float.h"
-#include "int8conv.h"
 #include "cpu_features.h"
+#include "int8conv.h"
 #include "kernel_table.h"
 #include "run_conv.h"
 

@@ -111,12 +111,7 @@ uint8_t Run(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8
     return ors;
   };
 
-  if (nt == 1) return worker(0, [] {});
-  std::vector<uint8_t> ors(static_cast<size_t>(nt), 0);
-  ParallelRun(nt, [&](int tid, Team& team) { ors[tid] = worker(tid, [&] { team.Barrier(); }); });
-  uint8_t all_or = 0;
-  for (uint8_t o : ors) all_or |= o;
-  return all_or;
+  return ParallelOr(nt, worker);
 }
 
 }  // namespace

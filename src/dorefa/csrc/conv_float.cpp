@@ -51,8 +51,8 @@ bool SumErrorBounds(const FloatConvGeom& g, const float* x, const double* wd, in
 
 }  // namespace
 
-uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o,
-                  int64_t py, int64_t px) {
+uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o, int64_t py,
+                  int64_t px) {
   const double* img = p.xd + n * g.c * p.hp * p.wp;
   float mx = 0.0f;
   for (int64_t r = 0; r < g.pool; ++r)

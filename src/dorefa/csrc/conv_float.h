@@ -36,13 +36,13 @@ struct FloatConvGeom {
 // rounded up to 8 and the extra channels zero.
 struct FloatConvPlan {
   int64_t hp = 0, wp = 0, taps = 0, ostride = 0;
-  const double* xd = nullptr;   // input in double
-  const float* xf = nullptr;    // input in float
-  const double* wd = nullptr;   // weights in double, (O, taps) as given
-  const double* wtd = nullptr;  // weights in double, tap-major
-  const float* wtf = nullptr;   // weights in float, tap-major
-  const float* bias = nullptr;  // (ostride), zero filled
-  const float* eps = nullptr;   // (ostride): E of channel o (header comment), float paths only
+  const double* xd = nullptr;     // input in double
+  const float* xf = nullptr;      // input in float
+  const double* wd = nullptr;     // weights in double, (O, taps) as given
+  const double* wtd = nullptr;    // weights in double, tap-major
+  const float* wtf = nullptr;     // weights in float, tap-major
+  const float* bias = nullptr;    // (ostride), zero filled
+  const float* eps = nullptr;     // (ostride): E of channel o (header comment), float paths only
   const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
 };
 
@@ -68,8 +68,8 @@ inline uint8_t QuantizeCode(float pooled, float b, float levels) {
 }
 
 // The spec's code of channel o at pooled pixel (py, px) of image n (scalar double sums).
-uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o,
-                  int64_t py, int64_t px);
+uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o, int64_t py,
+                  int64_t px);
 
 // Max-pool of uint8 codes x (N, C, H, W) -> out (N, C, OH, OW), kernel k, stride s, padding p
 // (padding = code 0, which is <= every code; OH = (H + 2p - k) / s + 1).

@@ -84,8 +84,8 @@ void Group(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp, co
 
 }  // namespace
 
-void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n,
-                            int64_t py, int64_t px, uint8_t* dst) {
+void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py,
+                            int64_t px, uint8_t* dst) {
   const int64_t hp = pl.hp, wp = pl.wp, ostride = pl.ostride;
   const double* img = pl.xd + n * g.c * hp * wp;
   const double* wt = pl.wtd;

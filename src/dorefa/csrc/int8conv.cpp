@@ -169,8 +169,8 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
   int32_t* pixsum = out.mode != Epilogue::kAcc ? sums.data() : nullptr;
 
   const int64_t macs = g.OutPixels() * g.o * g.c * g.kh * g.kw;
-  threads = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(threads, macs / kMinMacsPerThread)));
+  threads =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, macs / kMinMacsPerThread)));
   const int64_t pack_items = g.n * g.hp;
   const int64_t npix = g.OutPixels();
   const int64_t ptile = kernel.pix_tile;
@@ -203,12 +203,7 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
     }
     return ors;
   };
-  if (nt == 1) return worker(0, [] {});
-  std::vector<uint8_t> ors(static_cast<size_t>(nt), 0);
-  ParallelRun(nt, [&](int tid, Team& team) { ors[tid] = worker(tid, [&] { team.Barrier(); }); });
-  uint8_t all_or = 0;
-  for (uint8_t o : ors) all_or |= o;
-  return all_or;
+  return ParallelOr(nt, worker);
 }
 
 }  // namespace dorefa

@@ -38,12 +38,12 @@ constexpr int64_t kInt8Lanes = 16;  // output channels per packed weight block
 
 // Derived sizes of the int8 layouts for a geometry (ConvGeom holds the shape).
 struct Int8Geom {
-  int64_t cp = 0;       // channels padded to a multiple of 4
-  int64_t groups = 0;   // 4-byte groups per receptive field: KH * KW * cp / 4
-  int64_t ob = 0;       // 16-channel blocks
-  int64_t pixel = 0;    // bytes per padded pixel (= cp)
-  int64_t row = 0;      // bytes per padded row
-  int64_t image = 0;    // bytes per padded image
+  int64_t cp = 0;      // channels padded to a multiple of 4
+  int64_t groups = 0;  // 4-byte groups per receptive field: KH * KW * cp / 4
+  int64_t ob = 0;      // 16-channel blocks
+  int64_t pixel = 0;   // bytes per padded pixel (= cp)
+  int64_t row = 0;     // bytes per padded row
+  int64_t image = 0;   // bytes per padded image
   explicit Int8Geom(const ConvGeom& g)
       : cp((g.c + 3) / 4 * 4),
         groups(g.kh * g.kw * cp / 4),
@@ -69,8 +69,8 @@ struct Int8Conv {
   const int32_t* pixsum = nullptr;  // per padded pixel, sum over channels of x (signed modes)
   int32_t shift = 0;                // z
   Epilogue::Mode mode = Epilogue::kAcc;
-  int32_t* acc = nullptr;  // kAcc / kSigned output (N, O, OH, OW)
-  uint8_t* codes = nullptr;  // kRequant output (N, O, OH, OW)
+  int32_t* acc = nullptr;               // kAcc / kSigned output (N, O, OH, OW)
+  uint8_t* codes = nullptr;             // kRequant output (N, O, OH, OW)
   const int32_t* thresholds = nullptr;  // kRequant (O, t)
   int64_t t = 0;
   const int8_t* direction = nullptr;  // kRequant (O,)
@@ -93,11 +93,11 @@ using Int8TileFn = void (*)(const Int8Conv& c, int64_t pix0, int64_t npix, int64
 using Int8ShiftFn = int32_t (*)(int x_bits);
 
 struct Int8Kernel {
-  const char* tile;    // register tile, output pixels x output channels, e.g. "6x64"
+  const char* tile;  // register tile, output pixels x output channels, e.g. "6x64"
   Int8TileFn run;
   Int8ShiftFn shift;
-  int64_t pix_tile;    // output pixels a call handles best (work split granularity)
-  int64_t ob_tile;     // 16-channel blocks a call handles best
+  int64_t pix_tile;  // output pixels a call handles best (work split granularity)
+  int64_t ob_tile;   // 16-channel blocks a call handles best
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS

@@ -45,14 +45,14 @@ struct FloatConvPath {
 };
 
 struct KernelEntry {
-  const char* name;         // "<family>/<packer>" (popcount) or "<family>" (int8)
-  const char* backend;      // "avx512" | "avx2" | "scalar"
-  uint32_t needs;           // CpuFeature bits its kernel and its packer execute
-  const TileKernel* tiles;  // popcount: tile kernels and work split (bitconv.h); int8: nullptr
-  Packer packer;            // popcount: activation packer, also used for the weights
-  const Int8Kernel* int8;   // int8: the int8 kernel (int8conv.h), own layouts; else nullptr
-  unsigned fused_modes;     // ModeBit()s finished in the tile kernel; the others in a second
-                            // pass over int32 accumulators (output_transform.h)
+  const char* name;          // "<family>/<packer>" (popcount) or "<family>" (int8)
+  const char* backend;       // "avx512" | "avx2" | "scalar"
+  uint32_t needs;            // CpuFeature bits its kernel and its packer execute
+  const TileKernel* tiles;   // popcount: tile kernels and work split (bitconv.h); int8: nullptr
+  Packer packer;             // popcount: activation packer, also used for the weights
+  const Int8Kernel* int8;    // int8: the int8 kernel (int8conv.h), own layouts; else nullptr
+  unsigned fused_modes;      // ModeBit()s finished in the tile kernel; the others in a second
+                             // pass over int32 accumulators (output_transform.h)
   FloatConvPath float_conv;  // the float first layer under this kernel
   bool Supported() const { return (CpuFeatures() & needs) == needs; }
   std::string Family() const;  // the name up to '/'

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace dorefa {
 
@@ -40,5 +41,19 @@ void ParallelRun(int threads, const std::function<void(int tid, Team& team)>& fn
 // empty does not call it. `body` must not throw.
 void ParallelFor(int threads, int64_t n,
                  const std::function<void(int64_t begin, int64_t end)>& body);
+
+// Runs worker(tid, barrier) on `threads` threads of a ParallelRun (inline on the caller when
+// threads == 1, with a barrier that does nothing) and returns the OR of the uint8_t flags the
+// threads return (the kernels' "some output needs a second pass" flags).
+template <class Worker>
+uint8_t ParallelOr(int threads, Worker&& worker) {
+  if (threads == 1) return worker(0, [] {});
+  std::vector<uint8_t> ors(static_cast<size_t>(threads), 0);
+  ParallelRun(threads,
+              [&](int tid, Team& team) { ors[tid] = worker(tid, [&] { team.Barrier(); }); });
+  uint8_t all = 0;
+  for (uint8_t o : ors) all |= o;
+  return all;
+}
 
 }  // namespace dorefa
