@@ -5,10 +5,12 @@ Operands are unsigned integer codes; see :mod:`dorefa.kernels.reference` (the sp
 (:func:`kernel_table`, fastest first), e.g. ``popcount-avx512/gfni`` (VPOPCNTQ tile kernel,
 GFNI bit transpose in the packer), ``popcount-avx512/shift``, ``popcount-avx2/portable``
 (nibble-table popcount), ``popcount-scalar/portable`` (portable C++), and the int8
-dot-product kernels ``int8-vnni`` (AVX-512 VPDPBUSD) and ``int8-avx2`` (VPMADDUBSW), which
-are used when named.
+dot-product kernels ``int8-vnni`` (AVX-512 VPDPBUSD) and ``int8-avx2`` (VPMADDUBSW).
 
-The fastest kernel the CPU runs is the default. ``DOREFA_KERNEL=<kernel, family or backend>``
+When no kernel is forced, each bit convolution runs the kernel chosen for its layer shape, bits
+and output mode (:mod:`dorefa.kernels.choose`: a cost model proposes, a short measurement
+decides, cached per process; ``DOREFA_KERNEL_CHOICE=model`` skips the measurement).
+``DOREFA_KERNEL=<kernel, family or backend>``
 (backends: ``reference|scalar|avx2|avx512``) forces one (an error names what is available if
 the CPU lacks it), :func:`set_backend` switches the process, and :func:`use_kernel` /
 :func:`use_backend` the calling thread (see :mod:`dorefa.kernels.selection`)::
@@ -24,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import extension, reference, selection
+from . import choose, extension, reference, selection
+from .choose import Choice
 from .prepared import PreparedConv, prepare_conv, weight_words
 from .reference import PackedWeights
 from .selection import REFERENCE as _REFERENCE
@@ -32,6 +35,7 @@ from .selection import (
     available_backends,
     available_kernels,
     backend,
+    forced_kernel,
     kernel_name,
     kernel_table,
     last_kernel,
@@ -46,6 +50,7 @@ _native = extension.native  # the compiled module, or None (then _native_error s
 _native_error = extension.native_error
 
 __all__ = [
+    "Choice",
     "PackedWeights",
     "PreparedConv",
     "available_backends",
@@ -55,7 +60,9 @@ __all__ = [
     "bitconv2d_packed",
     "bitconv2d_requant",
     "bitconv2d_signed",
+    "choose",
     "conv_float_quantize",
+    "forced_kernel",
     "kernel_name",
     "kernel_table",
     "last_kernel",
@@ -94,9 +101,12 @@ def pack_weights(w_codes: np.ndarray, w_bits: int) -> PackedWeights:
 
 def _run(kernel, x_codes, pw, x_bits, stride, padding, threads, mode, thresholds=None,
          direction=None):  # fmt: skip
+    """A one-off native call: on ``kernel`` when forced, else (None) on the layer's choice."""
     x, x_bits, stride, padding, threads = reference.check_conv(
         x_codes, pw, x_bits, stride, padding, threads, check_values=False
     )
+    if kernel is None:
+        return prepare_conv(pw, x_bits, stride, padding, mode, thresholds, direction)(x, threads)
     o, c, kh, kw = pw.shape
     _ran("native")
     words = weight_words(pw, kernel)
@@ -115,7 +125,7 @@ def bitconv2d_packed(
     threads: int = 1,
 ) -> np.ndarray:
     """Exact sum over (c, kh, kw) of x * w as int32 (N, O, H', W'); weights pre-packed."""
-    kernel = _current_kernel()
+    kernel = forced_kernel()
     if kernel == _REFERENCE:
         _ran(_REFERENCE)
         return reference.bitconv2d_packed(x_codes, pw, x_bits, stride, padding, threads)
@@ -153,7 +163,7 @@ def bitconv2d_signed(
     threads: int = 1,
 ) -> np.ndarray:
     """Signed dot of a DoReFa layer, D = sum (2p - nw) * q, nw = 2**w_bits - 1: int32."""
-    kernel = _current_kernel()
+    kernel = forced_kernel()
     if kernel == _REFERENCE:
         _ran(_REFERENCE)
         return reference.bitconv2d_signed(x_codes, pw, x_bits, stride, padding, threads)
@@ -173,7 +183,7 @@ def bitconv2d_requant(
     """D as in :func:`bitconv2d_signed`, then per channel o the uint8 code
     ``#{j : D >= thresholds[o, j]}`` (direction +1) or ``#{j : D <= thresholds[o, j]}`` (-1).
     """
-    kernel = _current_kernel()
+    kernel = forced_kernel()
     if kernel == _REFERENCE:
         _ran(_REFERENCE)
         return reference.bitconv2d_requant(

@@ -6,7 +6,9 @@ A network runs the same layers on every batch, so its runtime prepares each laye
                                        thresholds=t, direction=d)
     codes = conv(x_codes, threads=2)
 
-A call runs on the kernel selected at call time (:mod:`dorefa.kernels.selection`). Inputs that
+A call runs on the kernel forced at call time (:mod:`dorefa.kernels.selection`), else on the
+kernel chosen for this layer and input size (:mod:`dorefa.kernels.choose`: cost model, then a
+short measurement, cached per process; looked up per call in a dict by (H, W)). Inputs that
 are already what the native kernels take (a C-contiguous uint8 numpy array, an int thread
 count) go straight to them, which re-check shapes and code ranges themselves; anything else is
 validated and converted first, as by :func:`dorefa.kernels.bitconv2d_packed`.
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import reference, selection
+from ..geometry import conv_out_size
+from . import choose, reference, selection
 from .extension import native
 from .reference import PackedWeights
 
@@ -54,6 +57,7 @@ class PreparedConv:
         "thresholds",
         "direction",
         "_words",
+        "_chosen",
     )
 
     def __init__(
@@ -80,10 +84,11 @@ class PreparedConv:
         self.weights, self.x_bits, self.stride, self.padding = pw, x_bits, stride, padding
         self.out, self.thresholds, self.direction = out, thresholds, direction
         self._words: dict[str, np.ndarray] = {}  # kernel name -> the weights it reads
+        self._chosen: dict[tuple, choose.Choice] = {}  # input (H, W) -> its kernel
 
     def __call__(self, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
         """The convolution of activation codes ``x_codes`` uint8 (N, C, H, W) < 2**x_bits."""
-        kernel = selection.current_kernel()
+        kernel = selection.forced_kernel()
         if kernel == selection.REFERENCE:
             selection.ran(selection.REFERENCE)
             return self._reference(x_codes, threads)
@@ -91,12 +96,24 @@ class PreparedConv:
             type(x_codes) is np.ndarray
             and x_codes.dtype == np.uint8
             and x_codes.flags.c_contiguous
+            and x_codes.ndim == 4
             and type(threads) is int
         ):
             x_codes, _, _, _, threads = reference.check_conv(
                 x_codes, self.weights, self.x_bits, self.stride, self.padding, threads,
                 check_values=False,
             )  # fmt: skip
+        if kernel is None:
+            choice = self._chosen.get(x_codes.shape[2:])
+            kernel = (choice or self.choice(x_codes.shape[2:])).kernel
+        return self.run_on(kernel, x_codes, threads)
+
+    def run_on(self, kernel: str, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
+        """The convolution on native ``kernel`` (or ``'reference'``); ``x_codes`` as the
+        native kernels take it (C-contiguous uint8 (N, C, H, W)), ``threads`` an int."""
+        if kernel == selection.REFERENCE:
+            selection.ran(selection.REFERENCE)
+            return self._reference(x_codes, threads)
         pw = self.weights
         words = self._words.get(kernel)
         if words is None:
@@ -106,6 +123,27 @@ class PreparedConv:
             kernel, x_codes, words, *pw.shape, self.x_bits, pw.bits, self.stride,
             self.padding, threads, self.out, self.thresholds, self.direction,
         )  # fmt: skip
+
+    def choice(self, hw: tuple[int, int]) -> choose.Choice:
+        """The kernel of this layer on (N, C, ``hw``) inputs (:func:`dorefa.kernels.choose.choose`):
+        the one forced in this thread (timed alone), else the per-layer choice (cached)."""
+        hw = (int(hw[0]), int(hw[1]))
+        forced = selection.forced_kernel()
+        if forced is None and hw in self._chosen:
+            return self._chosen[hw]
+        o, c, kh, kw = self.weights.shape
+        key = (self.weights.shape, hw, self.weights.bits, self.x_bits, self.stride, self.padding,
+               self.out)  # fmt: skip
+        zeros = np.zeros((1, c, *hw), np.uint8)
+        ho = conv_out_size(hw[0], kh, self.stride, self.padding)
+        wo = conv_out_size(hw[1], kw, self.stride, self.padding)
+        macs = o * c * kh * kw * max(ho, 0) * max(wo, 0)
+        got = choose.choose(
+            key, self.weights.bits, self.x_bits, macs, lambda k: self.run_on(k, zeros, 1), forced
+        )
+        if forced is None:
+            self._chosen[hw] = got
+        return got
 
     def _reference(self, x_codes: np.ndarray, threads: int) -> np.ndarray:
         args = (x_codes, self.weights, self.x_bits, self.stride, self.padding)

@@ -14,7 +14,11 @@ The kernel of a call, strongest choice first:
    two threads can run two kernels at once);
 2. :func:`set_backend` (process-wide);
 3. ``DOREFA_KERNEL`` (read at the first call, so a bad value does not break imports);
-4. the first kernel of the table this CPU runs.
+4. nothing forced: each bit convolution runs the kernel chosen for its layer shape, bits and
+   output mode (:mod:`dorefa.kernels.choose`); everything else (weight packing, the float first
+   layer, max-pool) runs the default, the first kernel of the table this CPU runs.
+
+:func:`forced_kernel` tells 1-3 from 4; :func:`last_kernel` says what a call actually ran.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from .extension import native, native_error
 REFERENCE = "reference"
 _BACKENDS = ("avx512", "avx2", "scalar")  # the native backends of any build, for messages
 
-_process_kernel: str | None = None  # set_backend / DOREFA_KERNEL, resolved lazily
+_process_kernel: str | None = None  # set_backend / DOREFA_KERNEL / default, resolved lazily
+_process_forced = False  # _process_kernel came from set_backend or DOREFA_KERNEL
 _local = threading.local()  # .kernel: this thread's use_kernel choice; .ran: see last_kernel
 
 
@@ -85,16 +90,39 @@ def resolve(name: str) -> str:
     )
 
 
+def _process() -> str:
+    """The process-wide kernel (resolving ``DOREFA_KERNEL`` at the first call)."""
+    global _process_kernel, _process_forced
+    if _process_kernel is None:
+        name = os.environ.get("DOREFA_KERNEL", "").strip().lower()
+        kernel = resolve(name)
+        _process_forced = bool(name) or native is None  # no extension: the reference only
+        _process_kernel = kernel
+    return _process_kernel
+
+
 def current_kernel() -> str:
-    """The kernel a call made now in this thread runs (a full name, or ``'reference'``)."""
+    """The kernel forced in this thread (use_kernel, set_backend, ``DOREFA_KERNEL``), else the
+    default (the table's first this CPU runs): what packing, the float first layer and max-pool
+    run, and a bit convolution when forced (else it runs its layer's choice, :func:`forced_kernel`).
+    """
     try:
         return _local.kernel  # set by use_kernel in this thread
     except AttributeError:
         pass
-    global _process_kernel
-    if _process_kernel is None:
-        _process_kernel = resolve(os.environ.get("DOREFA_KERNEL", "").strip().lower())
-    return _process_kernel
+    return _process_kernel if _process_kernel is not None else _process()
+
+
+def forced_kernel() -> str | None:
+    """The kernel forced in this thread (use_kernel, set_backend or ``DOREFA_KERNEL``; always
+    ``'reference'`` without the extension), or None: then a bit convolution runs the kernel
+    chosen for its layer (:mod:`dorefa.kernels.choose`)."""
+    try:
+        return _local.kernel
+    except AttributeError:
+        pass
+    kernel = _process_kernel if _process_kernel is not None else _process()
+    return kernel if _process_forced else None
 
 
 def backend_of(kernel: str) -> str:
@@ -111,17 +139,22 @@ def backend() -> str:
 
 
 def kernel_name(name: str | None = None) -> str:
-    """The kernel a name selects (default: the one in use), e.g. ``'popcount-avx512/gfni'``."""
+    """The kernel a name selects (default: :func:`current_kernel`, the one forced, else the
+    default kernel), e.g. ``'popcount-avx512/gfni'``. When nothing is forced a bit convolution
+    runs its layer's choice (:mod:`dorefa.kernels.choose`): :func:`last_kernel` names it."""
     return current_kernel() if name is None else resolve(name)
 
 
 def set_backend(name: str | None) -> str:
     """Selects a kernel or backend for the whole process (``None``: back to ``DOREFA_KERNEL`` /
-    the fastest); returns the previous backend. A thread inside :func:`use_kernel` keeps its
-    own choice until the block ends."""
-    global _process_kernel
+    the per-layer choice); returns the previous backend. A thread inside :func:`use_kernel`
+    keeps its own choice until the block ends."""
+    global _process_kernel, _process_forced
     previous = backend()
-    _process_kernel = None if name is None else resolve(name)
+    if name is None:
+        _process_kernel = None  # DOREFA_KERNEL / the per-layer choice, resolved again
+    else:
+        _process_kernel, _process_forced = resolve(name), True
     return previous
 
 
@@ -149,7 +182,8 @@ def use_backend(name: str) -> Iterator[str]:
 
 
 def ran(where: str) -> None:
-    """Records what ran this thread's last bit convolution: ``'reference'`` or ``'native'``."""
+    """Records what ran this thread's last bit convolution: ``'reference'``, ``'native'`` (the
+    extension knows which kernel) or a kernel's name (restored after a measurement)."""
     _local.ran = where
 
 

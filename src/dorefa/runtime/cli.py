@@ -16,7 +16,15 @@ __all__ = ["cmd_run", "compare_logits", "register_cli"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Print :func:`dorefa.runtime.compare.run_test_set`'s result."""
+    """Print :func:`dorefa.runtime.compare.run_test_set`'s result (``--explain``: the kernel
+    plan, :meth:`dorefa.runtime.Model.plan`, and nothing else)."""
+    if args.explain:
+        from .. import runtime
+
+        model = runtime.load(args.model, threads=args.threads)
+        print(f"{model.path}: bits {model.bits}, kernel plan (batch 1, 1 thread)")
+        print(model.plan())
+        return 0
     r = run_test_set(
         args.model,
         args.data,
@@ -59,6 +67,11 @@ def register_cli(subparsers) -> None:
         default=None,
         metavar="CKPT",
         help="also run this checkpoint in torch (eval) and report agreement",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print the kernel each layer runs and its time, then exit (no test set)",
     )
     p.add_argument("--threads", type=POSITIVE_INT, default=1, help="kernel threads (and torch's)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=256)

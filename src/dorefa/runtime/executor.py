@@ -17,6 +17,7 @@ from .bitconv import BitConv
 from .format import FORMAT_VERSION_CHAIN, Reader
 from .loader import INPUT, MAX_DIM, GraphBuilder, _is_dims, chain_to_graph
 from .ops import FloatConv, Layer, Linear, MaxPool, Quantize
+from .plan import Plan, model_plan
 
 __all__ = ["BitConv", "FloatConv", "Layer", "Linear", "MaxPool", "Model", "Quantize"]
 
@@ -70,6 +71,22 @@ class Model:
             )
             for i, layer in enumerate(self.layers)
         ]
+        self._choose_kernels()
+
+    def _choose_kernels(self) -> None:
+        """Nothing forced: one batch-1 run on zeros makes every layer's kernel choice now
+        (:mod:`dorefa.kernels.choose`), not at the first real call."""
+        try:
+            forced = kernels.forced_kernel()
+        except ValueError:  # a DOREFA_KERNEL this CPU lacks: the first call says so
+            return
+        if forced is None:
+            self.run(np.zeros((1, *self.input_shape), np.float32), threads=1)
+
+    def plan(self) -> Plan:
+        """Per bit convolution: node, shape, bits, output mode, the kernel it runs (chosen, or
+        forced) and its best batch-1 time in us; ``print(model.plan())`` shows the table."""
+        return model_plan(self)
 
     def _check_input(self, x) -> np.ndarray:
         x = np.asarray(x)

@@ -1,0 +1,171 @@
+"""The one place that picks a bit convolution's kernel when none is forced.
+
+Every native kernel gives the same integers, so the pick is only about speed. For one layer (its
+weight shape, input H x W, bits, stride, padding and output mode; the batch and thread count
+are not part of it):
+
+1. the cost model (:func:`model_cost`) ranks the families this CPU runs (the first kernel of
+   each family in the table) and keeps the cheapest of each kind, popcount and int8 (at most
+   :data:`CANDIDATES`; two popcount families differ by a known factor, not worth timing);
+2. a short measurement decides: each candidate runs the layer on a zero input at batch 1, one
+   thread, in interleaved rounds (at least :data:`MIN_ROUNDS`, at most :data:`MAX_ROUNDS`,
+   stopping after :data:`BUDGET_S` seconds), best time of each; the fastest wins;
+3. the result is cached for the process (:func:`cache_info`, :func:`clear_cache`).
+
+``DOREFA_KERNEL_CHOICE`` selects the method: ``measure`` (default, 1-3), ``model`` (the cost
+model alone: deterministic, no timing) or ``first`` (no choice: the table's first kernel, the
+behaviour before the choice existed). A forced kernel (``DOREFA_KERNEL``, :func:`use_kernel`,
+:func:`set_backend`) bypasses all of this.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import selection
+
+CHOICE_ENV = "DOREFA_KERNEL_CHOICE"
+METHODS = ("measure", "model", "first")
+CANDIDATES = 2  # families measured per layer
+MIN_ROUNDS, MAX_ROUNDS = 2, 5
+BUDGET_S = 0.004  # measurement time per layer, once MIN_ROUNDS are done
+
+# Throughput on one Zen 4 core at batch 1 (docs/kernels.md): popcount kernels in G plane-pair
+# MAC/s (a W-bit x A-bit MAC is W*A plane pairs), int8 kernels in GMAC/s whatever the bits.
+POPCOUNT_RATE = {"popcount-avx512": 900.0, "popcount-avx2": 300.0, "popcount-scalar": 50.0}
+INT8_RATE = {"int8-vnni": 130.0, "int8-avx2": 110.0}
+INT8_AVX2_W8A8_RATE = 40.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the nibble path
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernel of one layer: ``how`` is ``'measured'``, ``'model'``, ``'first'`` or
+    ``'forced'``; ``us`` its best measured time at batch 1 (None when not measured);
+    ``candidates`` ((kernel, model us, measured us or None), ...) in the model's order."""
+
+    kernel: str
+    how: str
+    us: float | None
+    candidates: tuple[tuple[str, float, float | None], ...]
+
+
+def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
+    """Predicted microseconds of ``macs`` multiply-adds on one core:
+
+    - popcount kernels: ``macs * w_bits * x_bits / rate`` (one AND + popcount per bit-plane
+      pair, so the cost grows with W * A);
+    - int8 kernels: ``macs / rate``, flat in the bits (one 8-bit multiply-add per MAC), except
+      int8-avx2 at W8A8 (``INT8_AVX2_W8A8_RATE``).
+
+    Rates in G/s (``POPCOUNT_RATE``, ``INT8_RATE``); an unknown family gets the slowest rate of
+    its kind. Only the order matters: the measurement decides between the best two."""
+    if family.startswith("int8-"):
+        rate = INT8_RATE.get(family, min(INT8_RATE.values()))
+        if family == "int8-avx2" and w_bits == x_bits == 8:
+            rate = INT8_AVX2_W8A8_RATE
+        return macs / rate / 1e3
+    rate = POPCOUNT_RATE.get(family, min(POPCOUNT_RATE.values()))
+    return macs * w_bits * x_bits / rate / 1e3
+
+
+def method() -> str:
+    """``DOREFA_KERNEL_CHOICE`` (default ``measure``); ValueError names the valid values."""
+    value = os.environ.get(CHOICE_ENV, "").strip().lower() or "measure"
+    if value not in METHODS:
+        raise ValueError(f"{CHOICE_ENV}={value!r} is not one of {', '.join(METHODS)}")
+    return value
+
+
+def families() -> list[str]:
+    """The first kernel of each family this CPU runs, in table order."""
+    first: dict[str, str] = {}
+    for row in selection.kernel_table():
+        if row["supported"]:
+            first.setdefault(row["family"], row["name"])
+    return list(first.values())
+
+
+def _family(kernel: str) -> str:
+    return kernel.split("/")[0]
+
+
+def measure(run: Callable[[str], object], kernels: list[str]) -> dict[str, float]:
+    """Best microseconds of ``run(kernel)`` per kernel: one warm-up call each (it also packs the
+    weights in the kernel's layout), then interleaved timed rounds (module doc)."""
+    best = dict.fromkeys(kernels, math.inf)
+    for kernel in kernels:
+        run(kernel)
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and time.perf_counter() - start < BUDGET_S):
+        for kernel in kernels:
+            t0 = time.perf_counter()
+            run(kernel)
+            best[kernel] = min(best[kernel], time.perf_counter() - t0)
+        rounds += 1
+    return {k: v * 1e6 for k, v in best.items()}
+
+
+_cache: dict[tuple, Choice] = {}
+_stats = {"hits": 0, "misses": 0}
+_lock = threading.RLock()  # one measurement at a time: two would time each other
+
+
+def cache_info() -> dict[str, int]:
+    """``hits``, ``misses`` and ``size`` of the per-process choice cache."""
+    return {**_stats, "size": len(_cache)}
+
+
+def clear_cache() -> None:
+    """Forgets every choice (the next layer of each shape is chosen again)."""
+    with _lock:
+        _cache.clear()
+        _stats.update(hits=0, misses=0)
+
+
+def choose(
+    key: tuple, w_bits: int, x_bits: int, macs: int, run: Callable[[str], object],
+    forced: str | None = None,
+) -> Choice:  # fmt: skip
+    """The :class:`Choice` for the layer ``key`` (hashable: shape, bits, stride, padding, mode),
+    cached; ``run(kernel)`` runs the layer once at batch 1 on zeros. With ``forced`` the choice
+    is that kernel, measured alone (for :meth:`dorefa.runtime.Model.plan`)."""
+    how = "forced" if forced else method()
+    full_key = (key, how, forced)
+    with _lock:
+        choice = _cache.get(full_key)
+        if choice is not None:
+            _stats["hits"] += 1
+            return choice
+        _stats["misses"] += 1
+        choice = _cache[full_key] = _decide(how, w_bits, x_bits, macs, run, forced)
+    return choice
+
+
+def _decide(how, w_bits, x_bits, macs, run, forced) -> Choice:
+    if forced:
+        ranked = [(forced, model_cost(_family(forced), w_bits, x_bits, macs))]
+    else:
+        costs = [(k, model_cost(_family(k), w_bits, x_bits, macs)) for k in families()]
+        ranked = costs[:1] if how == "first" else sorted(costs, key=lambda kc: kc[1])
+        kinds: dict[str, tuple[str, float]] = {}
+        for kernel, cost in ranked:
+            kinds.setdefault(kernel.split("-")[0], (kernel, cost))  # the cheapest of each kind
+        ranked = list(kinds.values())[:CANDIDATES]
+    if how in ("model", "first"):
+        kernel, _ = ranked[0]
+        return Choice(kernel, "model" if how == "model" else "first", None,
+                      tuple((k, c, None) for k, c in ranked))  # fmt: skip
+    last = selection.last_kernel()
+    try:
+        times = measure(run, [k for k, _ in ranked])
+    finally:
+        selection.ran(last)  # the measurement is not a call of this thread: keep its answer
+    kernel = min(times, key=times.__getitem__)
+    rows = tuple((k, c, times[k]) for k, c in ranked)
+    return Choice(kernel, "forced" if forced else "measured", times[kernel], rows)

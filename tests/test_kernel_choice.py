@@ -1,0 +1,183 @@
+"""The per-layer kernel choice (dorefa.kernels.choose): the cost model's picks, identical
+integers whatever is picked, the per-process cache, forcing over choosing, Model.plan() and
+`dorefa run --explain`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dorefa.runtime as rt
+from dorefa import kernels as K
+from dorefa.cli import main
+from dorefa.exporter import export
+from dorefa.kernels import choose
+from dorefa.kernels import reference as R
+from dorefa.models import create_model
+from dorefa.runtime.bitconv import BitConv
+from kernel_cases import KERNELS, NATIVE
+
+HAS_INT8 = any(k.startswith("int8-") for k in K.available_kernels())
+needs_native = pytest.mark.skipif(not NATIVE, reason="the compiled extension did not import")
+
+
+def _layer(w_bits, x_bits, c=48, o=64, k=3, size=14, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(0, 2**w_bits, (o, c, k, k)).astype(np.uint8)
+    x = rng.integers(0, 2**x_bits, (2, c, size, size)).astype(np.uint8)
+    return w, x
+
+
+@pytest.fixture
+def model_only(monkeypatch):
+    monkeypatch.setenv(choose.CHOICE_ENV, "model")
+    choose.clear_cache()
+    yield
+    choose.clear_cache()
+
+
+@needs_native
+@pytest.mark.skipif(not HAS_INT8, reason="this CPU runs no int8 kernel")
+@pytest.mark.parametrize("bits, kind", [((8, 8), "int8-"), ((1, 2), "popcount-")])
+def test_cost_model_picks_int8_for_w8a8_and_popcount_for_w1a2(model_only, bits, kind):
+    w, x = _layer(*bits)
+    conv = K.prepare_conv(K.pack_weights(w, bits[0]), bits[1], 1, 1, "signed")
+    choice = conv.choice(x.shape[2:])
+    assert choice.how == "model" and choice.us is None
+    assert choice.kernel.startswith(kind), choice
+    conv(x)
+    assert K.last_kernel() == choice.kernel  # the call ran the choice
+
+
+@needs_native
+@pytest.mark.parametrize("method", ["measure", "model"])
+@pytest.mark.parametrize("bits", [(1, 2), (2, 4), (8, 8), (3, 1)])
+def test_results_identical_whatever_is_picked(monkeypatch, method, bits):
+    monkeypatch.setenv(choose.CHOICE_ENV, method)
+    w_bits, x_bits = bits
+    for shape in [dict(c=3, o=5, k=3, size=9), dict(c=48, o=64, k=3, size=14), dict(k=1)]:
+        w, x = _layer(w_bits, x_bits, **shape)
+        pw = K.pack_weights(w, w_bits)
+        signed = R.bitconv2d_signed(x, pw, x_bits, 2, 1)
+        th = np.sort(np.random.default_rng(1).choice(np.unique(signed), (w.shape[0], 3)), axis=1)
+        d = np.where(np.arange(w.shape[0]) % 2, 1, -1).astype(np.int8)
+        th = th.astype(np.int32)
+        chosen = {
+            "acc": K.bitconv2d(x, w, x_bits, w_bits, 2, 1),
+            "signed": K.bitconv2d_signed(x, pw, x_bits, 2, 1),
+            "requant": K.prepare_conv(pw, x_bits, 2, 1, "requant", th, d)(x),
+        }
+        assert choose.cache_info()["size"] >= 1
+        for kernel in KERNELS:
+            with K.use_kernel(kernel):
+                np.testing.assert_array_equal(
+                    chosen["acc"], K.bitconv2d(x, w, x_bits, w_bits, 2, 1)
+                )
+                np.testing.assert_array_equal(chosen["signed"], signed)
+                got = K.prepare_conv(pw, x_bits, 2, 1, "requant", th, d)(x)
+                np.testing.assert_array_equal(chosen["requant"], got)
+
+
+@needs_native
+def test_the_cache_is_hit_the_second_time():
+    choose.clear_cache()
+    w, x = _layer(1, 2)
+    pw = K.pack_weights(w, 1)
+    first = K.prepare_conv(pw, 2, 1, 1, "signed")
+    a = first.choice(x.shape[2:])
+    assert choose.cache_info() == {"hits": 0, "misses": 1, "size": 1}
+    assert a.how == "measured" and a.us > 0 and a.kernel in K.available_kernels()
+    assert a.kernel in [k for k, _, _ in a.candidates] and len(a.candidates) <= 2
+    second = K.prepare_conv(pw, 2, 1, 1, "signed")  # another layer of the same shape
+    assert second.choice(x.shape[2:]) is a
+    assert choose.cache_info() == {"hits": 1, "misses": 1, "size": 1}
+    second(x)
+    second(x)  # later calls read the layer's own table: no cache lookup
+    assert choose.cache_info()["hits"] == 1
+    K.prepare_conv(pw, 2, 1, 0, "signed").choice(x.shape[2:])  # another padding: a new entry
+    assert choose.cache_info()["misses"] == 2
+
+
+@needs_native
+def test_measurement_leaves_last_kernel_alone():
+    choose.clear_cache()
+    w, x = _layer(2, 2)
+    pw = K.pack_weights(w, 2)
+    K._ran("")
+    K.prepare_conv(pw, 2, 1, 1, "signed").choice(x.shape[2:])  # runs candidates
+    assert K.last_kernel() == ""  # no call of this thread ran yet
+
+
+@needs_native
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_forcing_overrides_the_choice(monkeypatch, kernel):
+    monkeypatch.setenv(choose.CHOICE_ENV, "model")
+    w, x = _layer(8, 8)
+    conv = K.prepare_conv(K.pack_weights(w, 8), 8, 1, 1, "signed")
+    conv(x)  # chosen
+    with K.use_kernel(kernel):
+        assert K.forced_kernel() == kernel
+        conv(x)
+        assert K.last_kernel() == kernel
+        forced = conv.choice(x.shape[2:])
+        assert (forced.kernel, forced.how) == (kernel, "forced") and forced.us > 0
+    K.set_backend(kernel)
+    try:
+        conv(x)
+        assert K.last_kernel() == kernel
+    finally:
+        K.set_backend(None)
+    assert K.forced_kernel() is None
+
+
+def test_unknown_choice_method_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(choose.CHOICE_ENV, "fastest")
+    with pytest.raises(ValueError, match="DOREFA_KERNEL_CHOICE='fastest' is not one of measure"):
+        choose.method()
+
+
+def test_cost_model_grows_with_the_planes_only_for_popcount():
+    macs = 10**6
+    pop = [choose.model_cost("popcount-avx512", w, a, macs) for w, a in [(1, 1), (2, 2), (8, 8)]]
+    assert pop[0] * 4 == pytest.approx(pop[1]) and pop[0] * 64 == pytest.approx(pop[2])
+    assert choose.model_cost("int8-vnni", 1, 1, macs) == choose.model_cost("int8-vnni", 8, 8, macs)
+
+
+def _export(tmp_path, bits):
+    torch.manual_seed(0)
+    m = create_model("svhn", bits=bits, num_classes=10, in_channels=1, width=0.25)
+    with torch.no_grad():
+        m.train()
+        m(torch.rand(8, 1, 40, 40))
+    path = tmp_path / f"m{bits.replace(',', '')}.dorefa"
+    export(m.eval(), path)
+    return path
+
+
+@needs_native
+@pytest.mark.parametrize("bits", ["1,2,6", "8,8,8"])
+def test_plan_lists_every_bitconv_node(tmp_path, bits):
+    model = rt.load(_export(tmp_path, bits))
+    plan = model.plan()
+    nodes = [la.name for la in model.layers if isinstance(la, BitConv)]
+    assert [row.node for row in plan] == nodes and nodes
+    w, a = bits.split(",")[:2]
+    assert all(row.kernel in K.available_kernels() for row in plan)
+    assert all(row.bits == f"W{w}A{a}" for row in plan)
+    text = str(plan)
+    assert all(node in text for node in nodes) and "kernel" in text.splitlines()[0]
+    with K.use_kernel(NATIVE[-1]):
+        assert {(row.kernel, row.how) for row in model.plan()} == {(NATIVE[-1], "forced")}
+
+
+@needs_native
+def test_dorefa_run_explain_prints_the_plan(tmp_path, capsys):
+    path = _export(tmp_path, "1,2,6")
+    assert main(["run", str(path), "--explain"]) == 0
+    out = capsys.readouterr().out
+    model = rt.load(path)
+    for layer in model.layers:
+        if isinstance(layer, BitConv):
+            assert layer.name in out
+    assert "W1A2" in out and "kernel plan" in out
