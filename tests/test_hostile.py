@@ -45,7 +45,6 @@ ERROR_LINE = re.compile(r"^dorefa(?: [a-z]+)?: error: \S")
 def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
-    env.pop("DOREFA_SWEEP_STOP_AFTER", None)
     return env
 
 
