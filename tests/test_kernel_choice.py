@@ -29,6 +29,20 @@ def _layer(w_bits, x_bits, c=48, o=64, k=3, size=14, seed=0):
     return w, x
 
 
+@pytest.fixture(autouse=True)
+def unforced(monkeypatch):
+    """This file tests the choice itself: a DOREFA_KERNEL of the whole run (the suite is also
+    run with DOREFA_KERNEL=avx2 / scalar) would bypass it, so it is cleared here."""
+    from dorefa.kernels import selection
+
+    monkeypatch.delenv("DOREFA_KERNEL", raising=False)
+    monkeypatch.setattr(selection, "_process_kernel", None)
+    monkeypatch.setattr(selection, "_process_forced", False)
+    choose.clear_cache()
+    yield
+    choose.clear_cache()
+
+
 @pytest.fixture
 def model_only(monkeypatch):
     monkeypatch.setenv(choose.CHOICE_ENV, "model")
