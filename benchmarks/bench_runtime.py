@@ -1,24 +1,28 @@
 """The whole exported network on the bit runtime against the same network in torch.
 
-Contestants, all single-threaded (torch.set_num_threads(1), runtime threads=1, BLAS pinned to 1
-thread), interleaved round by round in one process; the table shows medians over rounds:
+Contestants, interleaved round by round in one process (the table shows medians over rounds),
+each row at one thread count for all (runtime threads, torch.set_num_threads and numpy's BLAS):
 
-- ``bit runtime``: the .dorefa file (float first conv + popcount middle layers with folded
-  thresholds + float classifier), numpy + dorefa.kernels;
-- ``torch fp32``: the float-equivalent network (plain Conv2d/BN/ReLU/MaxPool/Linear, same
-  shapes), eager;
+- ``bit runtime``: the .dorefa file (float first conv + integer middle layers with folded
+  thresholds, each on the kernel the runtime picked for it + float classifier; residual adds in
+  float), numpy + dorefa.kernels, loaded with ``dorefa.runtime.load(path, threads=t)``;
+- ``torch fp32``: the float-equivalent network (plain Conv2d/BN/ReLU/pools/Linear, same shapes,
+  FloatFunctional residual adds; ``benchmarks/float_equivalent.py``), eager;
 - ``torch int8``: that network after eager-mode post-training static quantization
-  (torch.ao.quantization, engine 'x86', conv+BN+ReLU fused, calibrated on a few batches);
+  (torch.ao.quantization, conv+BN+ReLU fused, calibrated on a few batches), on the engines
+  ``x86`` and ``fbgemm``; the table shows the faster one per row (best engine);
 - ``torch DoReFa``: the DoReFa model itself in eval mode (fake quantization in float: what
   training runs; shown for reference).
 
-The speed does not depend on the weights' values, so by default the model is an untrained
-svhn (width 1.0, bits 1,2,6, 1 input channel as Fashion-MNIST) with calibrated BN statistics;
-``--checkpoint`` uses a trained one instead. Sizes: the .dorefa file vs torch.save of the float
-state_dict.
+The speed does not depend on the weights' values, so by default each model is untrained with
+BN statistics calibrated on random inputs; ``--checkpoint`` uses a trained one instead. Sizes:
+the .dorefa file vs torch.save of the float state_dict. Rounds are time-boxed: at most
+``--rounds``, at least 3, fewer when a round takes long (``--budget`` seconds per row).
 
-    .venv/bin/python benchmarks/bench_runtime.py --out docs/runtime.md   # full run, writes docs
+    .venv/bin/python benchmarks/bench_runtime.py --out docs/runtime.md   # svhn, writes docs
     .venv/bin/python benchmarks/bench_runtime.py --quick --checkpoint runs/X/checkpoint.pt
+    .venv/bin/python benchmarks/bench_runtime.py --model resnet18 alexnet \\
+        --bits resnet18:1,2,6 resnet18:1,4,32 alexnet:1,2,6 --batches 1,8 --threads 1,2
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from __future__ import annotations
 import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"  # before numpy/torch load their BLAS: the runtime's GEMMs on 1 thread
+    os.environ[_var] = "1"  # before numpy/torch load their BLAS; each row then sets its count
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import io  # noqa: E402
 import platform  # noqa: E402
@@ -37,107 +42,54 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from float_equivalent import float_equivalent, int8_model  # noqa: E402
 from torch import nn  # noqa: E402
 
 import dorefa.kernels as K  # noqa: E402
 import dorefa.runtime as rt  # noqa: E402
 from dorefa.exporter import export  # noqa: E402
 from dorefa.fileio import atomic_write_text  # noqa: E402
-from dorefa.models import create_model  # noqa: E402
-from dorefa.nn import ActQuant, QConv2d, QLinear  # noqa: E402
+from dorefa.models import create_model, input_size, list_models  # noqa: E402
+from dorefa.nn import QConv2d  # noqa: E402
 
 # The generated part of the report sits between these markers; the rest of the file is kept.
+# svhn keeps the original markers; every other model has its own block (see markers()).
 BEGIN, END = "<!-- bench_runtime:begin -->", "<!-- bench_runtime:end -->"
+ENGINES = ("x86", "fbgemm")  # torch int8 runs on both; the table shows the faster per row
+NAMES = ["bit runtime", "torch fp32", "torch int8", "torch DoReFa"]  # the table's columns
+MODEL_NAMES = {"SVHNNet": "svhn", "AlexNet": "alexnet", "ResNet18": "resnet18"}
 
 
-def calibrated_model(bits: str, width: float, in_channels: int, seed: int = 0) -> nn.Module:
+def markers(model_name: str) -> tuple[str, str]:
+    if model_name == "svhn":
+        return BEGIN, END
+    return f"<!-- bench_runtime:{model_name}:begin -->", f"<!-- bench_runtime:{model_name}:end -->"
+
+
+def calibrated_model(name: str, bits: str, args, size: int, seed: int = 0) -> nn.Module:
+    """An untrained ``name`` model whose BN statistics come from 3 random batches."""
     torch.manual_seed(seed)
-    m = create_model("svhn", bits=bits, num_classes=10, in_channels=in_channels, width=width)
+    m = create_model(
+        name,
+        bits=bits,
+        num_classes=args.num_classes or (10 if name == "svhn" else 1000),
+        in_channels=args.in_channels or (1 if name == "svhn" else 3),
+        width=args.width,
+    )
     m.train()
     with torch.no_grad():
         for _ in range(3):
-            m(torch.rand(32, in_channels, 40, 40))
+            m(torch.rand(32 if size <= 64 else 8, first_conv(m).in_channels, size, size))
     return m.eval()
 
 
-class FloatNet(nn.Module):
-    """The float-equivalent of a sequential DoReFa model: same convs/BN/pools, ReLU for f_a
-    (moved before the pool, where it commutes, so conv+BN+ReLU fuse for int8)."""
-
-    def __init__(self, dorefa_model: nn.Module):
-        super().__init__()
-        self.quant = torch.ao.quantization.QuantStub()
-        mods = [
-            m
-            for m in dorefa_model.modules()
-            if not list(m.children()) or isinstance(m, (QConv2d, QLinear))
-        ]
-        body, self.fuse_groups, pending_pool = [], [], None
-        for m in mods:
-            if isinstance(m, QConv2d):
-                conv = nn.Conv2d(
-                    m.in_channels,
-                    m.out_channels,
-                    m.kernel_size,
-                    m.stride,
-                    m.padding,
-                    groups=m.groups,
-                    bias=m.bias is not None,
-                )
-                conv.load_state_dict(m.state_dict())
-                body.append(conv)
-            elif isinstance(m, nn.BatchNorm2d):
-                bn = nn.BatchNorm2d(m.num_features)
-                bn.load_state_dict(m.state_dict())
-                body.append(bn)
-            elif isinstance(m, nn.MaxPool2d):
-                pending_pool = nn.MaxPool2d(m.kernel_size, m.stride, m.padding)
-            elif isinstance(m, ActQuant):
-                body.append(nn.ReLU())
-                if pending_pool is not None:
-                    body.append(pending_pool)
-                    pending_pool = None
-            elif isinstance(m, QLinear):
-                self.fc = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-                self.fc.load_state_dict(m.state_dict())
-        self.body = nn.Sequential(*body)
-        self.dequant = torch.ao.quantization.DeQuantStub()
-        names = [str(i) for i in range(len(body))]
-        i = 0
-        while i < len(body):  # conv, bn, relu  |  conv, relu
-            if isinstance(body[i], nn.Conv2d):
-                j = i + 1
-                while j < len(body) and isinstance(body[j], (nn.BatchNorm2d, nn.ReLU)):
-                    j += 1
-                self.fuse_groups.append([f"body.{n}" for n in names[i:j]])
-                i = j
-            else:
-                i += 1
-
-    def forward(self, x):
-        x = self.body(self.quant(x))  # (N, 512, 1, 1)
-        return self.dequant(self.fc(x.flatten(1)))  # (N, classes)
-
-
-def int8_model(float_net: FloatNet, calib: list[torch.Tensor]) -> nn.Module:
-    import copy
-
-    from torch.ao import quantization as tq
-
-    torch.backends.quantized.engine = "x86"
-    m = copy.deepcopy(float_net).eval()
-    m = tq.fuse_modules(m, m.fuse_groups)
-    m.qconfig = tq.get_default_qconfig("x86")
-    tq.prepare(m, inplace=True)
-    with torch.no_grad():
-        for x in calib:
-            m(x)
-    tq.convert(m, inplace=True)
-    return m
+def first_conv(model: nn.Module) -> QConv2d:
+    return next(m for m in model.modules() if isinstance(m, QConv2d))
 
 
 def timed(fn, reps: int) -> float:
@@ -155,58 +107,112 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default=None, help="trained checkpoint (default: untrained)")
+    ap.add_argument("--model", nargs="+", default=["svhn"], choices=list_models())
     ap.add_argument(
-        "--checkpoint",
-        "--model",
-        default=None,
-        help="trained svhn checkpoint (default: untrained, BN-calibrated)",
+        "--bits",
+        nargs="+",
+        default=["1,2,6"],
+        help="W,A,G for every model, or MODEL:W,A,G for one (e.g. resnet18:1,4,32)",
     )
-    ap.add_argument("--bits", default="1,2,6")
     ap.add_argument("--width", type=float, default=1.0)
-    ap.add_argument("--in-channels", type=int, default=1)
-    ap.add_argument("--batches", default="1,32", help="batch sizes")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--in-channels", type=int, default=None, help="default 1 svhn, 3 others")
+    ap.add_argument("--num-classes", type=int, default=None, help="default 10 svhn, 1000 others")
+    ap.add_argument("--input-size", type=int, default=None, help="default: the model's (40, 224)")
+    ap.add_argument("--batches", default=None, help="batch sizes (default 1,32 svhn, 1,8 others)")
+    ap.add_argument("--threads", default="1", help="thread counts, one row each (e.g. 1,2)")
+    ap.add_argument("--rounds", type=int, default=15, help="at most this many rounds per row")
     ap.add_argument("--seconds", type=float, default=0.25, help="per contestant per round")
+    ap.add_argument("--budget", type=float, default=30.0, help="seconds per row (fewer rounds)")
     ap.add_argument("--quick", action="store_true", help="3 rounds of ~0.1 s (a smoke run)")
     ap.add_argument("--out", default=None, help="write a markdown report here (docs/runtime.md)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.rounds, args.seconds = 3, 0.1
+        args.rounds, args.seconds, args.budget = 3, 0.1, 1.0
+    args.thread_counts = [int(t) for t in args.threads.split(",")]
+    if min(args.thread_counts) < 1:
+        ap.error(f"--threads must be counts >= 1, got {args.threads!r}")
+    for spec in args.bits:
+        if ":" in spec and spec.split(":", 1)[0] not in args.model:
+            ap.error(f"--bits {spec}: {spec.split(':', 1)[0]!r} is not among --model")
     return args
 
 
-def load_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """The DoReFa model to time and a description of it."""
+def cases(args) -> list[tuple[str, str]]:
+    """(model name, bits) pairs to measure, in order; a MODEL:W,A,G spec names its model."""
+    out = []
+    for name in args.model:
+        for spec in args.bits:
+            model, _, bits = spec.rpartition(":")
+            if model in ("", name):
+                out.append((name, bits))
+    return out
+
+
+def load_model(args, name: str, bits: str) -> tuple[nn.Module, str, int]:
+    """The DoReFa model to time, a description of it and its input size."""
     if args.checkpoint:
         from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 
         model = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)
-        return model, f"trained checkpoint {args.checkpoint}"
-    model = calibrated_model(args.bits, args.width, args.in_channels)
-    return model, f"untrained svhn width {args.width} (BN calibrated on random inputs)"
+        return model, f"trained checkpoint {args.checkpoint}", args.input_size or model.input_size
+    size = args.input_size or input_size(name)
+    model = calibrated_model(name, bits, args, size)
+    return model, f"untrained {name} width {args.width} (BN calibrated on random inputs)", size
 
 
-def time_contestants(contestants: dict, in_ch: int, batches: list[int], args, gen) -> dict:
-    """Median seconds per call for every (contestant name, batch size), interleaved rounds.
+def time_contestants(contestants: dict, shape: tuple, batches: list[int], args, gen) -> tuple:
+    """Median seconds per call for every (contestant, batch, threads), interleaved rounds,
+    and the rounds each row ran.
 
-    ``contestants``: name -> (function, "torch" or "numpy": the input it takes). The numpy view
-    of the input is made before timing, so no contestant pays for a conversion.
+    ``contestants``: name -> (function(x, threads), "torch" or "numpy": the input it takes).
+    The numpy view of the input is made before timing, so no contestant pays for a
+    conversion. Each row runs ``args.rounds`` rounds, fewer (at least 3) when one round would
+    take more than ``args.budget / args.rounds`` seconds.
     """
-    results: dict[tuple[str, int], list[float]] = {}
+    results: dict[tuple[str, int, int], list[float]] = {}
+    rounds_run = {}
     for n in batches:
-        x = torch.rand(n, in_ch, 40, 40, generator=gen)
+        x = torch.rand(n, *shape, generator=gen)
         inputs = {"torch": x, "numpy": x.numpy()}
-        fns = {name: (lambda f=f, x=inputs[kind]: f(x)) for name, (f, kind) in contestants.items()}
-        with torch.no_grad():
-            reps = {}
-            for name, fn in fns.items():  # warm-up and calibrate repetitions
-                fn()
-                t = timed(fn, 2)
-                reps[name] = max(1, int(args.seconds / max(t, 1e-6)))
-            for _ in range(args.rounds):
-                for name, fn in fns.items():
-                    results.setdefault((name, n), []).append(timed(fn, reps[name]))
-    return {k: statistics.median(v) for k, v in results.items()}
+        for t in args.thread_counts:
+            torch.set_num_threads(t)
+            fns = {
+                name: (lambda f=f, x=inputs[kind], t=t: f(x, t))
+                for name, (f, kind) in contestants.items()
+            }
+            with torch.no_grad(), blas_threads(t):
+                reps, round_s = {}, 0.0
+                for name, fn in fns.items():  # warm-up and calibrate repetitions
+                    fn()
+                    s = timed(fn, 1 if args.quick else 2)
+                    reps[name] = max(1, int(args.seconds / max(s, 1e-6)))
+                    round_s += reps[name] * s
+                rounds = max(3, min(args.rounds, int(args.budget / max(round_s, 1e-6))))
+                rounds_run[(n, t)] = rounds
+                for _ in range(rounds):
+                    for name, fn in fns.items():
+                        results.setdefault((name, n, t), []).append(timed(fn, reps[name]))
+    return {k: statistics.median(v) for k, v in results.items()}, rounds_run
+
+
+def blas_threads(t: int):
+    """numpy's BLAS (the runtime's float layers) on ``t`` threads inside the block."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(t)
+
+
+def best_int8(med: dict) -> dict:
+    """Add ("torch int8", n, t) = the fastest engine's time; returns (n, t) -> that engine."""
+    picked = {}
+    for n, t in {(n, t) for (_, n, t) in med}:
+        engine = min(ENGINES, key=lambda e: med[(f"torch int8 {e}", n, t)])
+        med[("torch int8", n, t)] = med[(f"torch int8 {engine}", n, t)]
+        picked[(n, t)] = engine
+    return picked
 
 
 def cpu_name() -> str:
@@ -219,25 +225,48 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def render_report(med: dict, names: list[str], batches: list[int], head: str, sizes) -> str:
+def kernel_summary(runtime) -> str:
+    """One line: the kernels the loaded model's bit convolutions picked, with counts."""
+    counts = Counter(row.kernel for row in runtime.plan())
+    return ", ".join(f"{k} x{c}" for k, c in counts.items()) or "none (no bit convolution)"
+
+
+def row_label(n: int, t: int, threads: list[int], table: str) -> str:
+    if table == "ms":
+        return f"| {n} |" if len(threads) == 1 else f"| {n} | {t} |"
+    return f"| batch {n} |" if len(threads) == 1 else f"| batch {n}, {t} thr |"
+
+
+def render_report(med: dict, rows: list[tuple[int, int]], threads: list[int], head: str, sizes):
     """The markdown tables: ms per batch with ratios, images/s, file sizes."""
     file_size, float_sd = sizes
+    tcol = "" if len(threads) == 1 else " threads |"
     lines = [head, ""]
     lines.append(
-        "| batch | " + " | ".join(f"{nm} ms/batch" for nm in names) + " | fp32 / bit | int8 / bit |"
+        f"| batch |{tcol} "
+        + " | ".join(f"{nm} ms/batch" for nm in NAMES)
+        + " | fp32 / bit | int8 / bit |"
     )
-    lines.append("|" + "---|" * (len(names) + 3))
-    for n in batches:
-        cells = [f"{1e3 * med[(nm, n)]:.3f}" for nm in names]
-        r32 = med[("torch fp32", n)] / med[("bit runtime", n)]
-        r8 = med[("torch int8", n)] / med[("bit runtime", n)]
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {r32:.2f}x | {r8:.2f}x |")
-    lines.append("")
-    lines.append("| images/s | " + " | ".join(names) + " |")
-    lines.append("|" + "---|" * (len(names) + 1))
-    for n in batches:
+    lines.append("|" + "---|" * (len(NAMES) + 3 + (len(threads) > 1)))
+    for n, t in rows:
+        cells = [f"{1e3 * med[(nm, n, t)]:.3f}" for nm in NAMES]
+        r32 = med[("torch fp32", n, t)] / med[("bit runtime", n, t)]
+        r8 = med[("torch int8", n, t)] / med[("bit runtime", n, t)]
         lines.append(
-            f"| batch {n} | " + " | ".join(f"{n / med[(nm, n)]:.0f}" for nm in names) + " |"
+            row_label(n, t, threads, "ms")
+            + " "
+            + " | ".join(cells)
+            + f" | {r32:.2f}x | {r8:.2f}x |"
+        )
+    lines.append("")
+    lines.append("| images/s | " + " | ".join(NAMES) + " |")
+    lines.append("|" + "---|" * (len(NAMES) + 1))
+    for n, t in rows:
+        lines.append(
+            row_label(n, t, threads, "ips")
+            + " "
+            + " | ".join(f"{n / med[(nm, n, t)]:.0f}" for nm in NAMES)
+            + " |"
         )
     lines.append("")
     lines.append(
@@ -247,78 +276,102 @@ def render_report(med: dict, names: list[str], batches: list[int], head: str, si
     return "\n".join(lines)
 
 
+def contestants_for(model: nn.Module, path: Path, args, calib: list[torch.Tensor]) -> tuple:
+    """name -> (function(x, threads), input kind) for one model, and the runtimes by threads."""
+    runtimes = {t: rt.load(path, threads=t) for t in args.thread_counts}
+    fnet = float_equivalent(model)
+    qnets = {e: int8_model(fnet, calib, e) for e in ENGINES}
+    with torch.no_grad():  # sanity: every contestant runs and gives (N, classes)
+        x = calib[0][:2]
+        shapes = {tuple(f(x).shape) for f in (fnet, *qnets.values(), model)}
+        shapes.add(runtimes[args.thread_counts[0]](x.numpy()).shape)
+        assert len(shapes) == 1, f"contestants disagree on the output shape: {shapes}"
+    contestants = {"bit runtime": (lambda x, t: runtimes[t](x), "numpy")}
+    contestants["torch fp32"] = (lambda x, t: fnet(x), "torch")
+    for e, q in qnets.items():
+        contestants[f"torch int8 {e}"] = (lambda x, t, q=q: q(x), "torch")
+    contestants["torch DoReFa"] = (lambda x, t: model(x), "torch")
+    return contestants, runtimes, fnet
+
+
+def measure(args, name: str, bits: str) -> tuple[str, str]:
+    """One (model, bits) case: export, time, and its report; returns (model name, report)."""
+    model, what, size = load_model(args, name, bits)
+    name = MODEL_NAMES.get(type(model).__name__, name)
+    in_ch = first_conv(model).in_channels
+    path = Path(tempfile.mkdtemp()) / "model.dorefa"
+    info = export(model, path, input_size=size)
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.rand(32 if size <= 64 else 8, in_ch, size, size, generator=gen) for _ in "abcd"]
+    contestants, runtimes, fnet = contestants_for(model, path, args, calib)
+    batches = [int(b) for b in (args.batches or ("1,32" if name == "svhn" else "1,8")).split(",")]
+    med, rounds = time_contestants(contestants, (in_ch, size, size), batches, args, gen)
+    engines = best_int8(med)
+    rows = [(n, t) for n in batches for t in args.thread_counts]
+    tc = args.thread_counts
+    thr = "1 thread" if tc == [1] else f"threads {args.threads} (runtime and torch alike)"
+    lo, hi = min(rounds.values()), max(rounds.values())
+    head = (
+        f"model: {what}; bits {model.bits}; input {in_ch}x{size}x{size}\n"
+        f"kernel backend: {K.backend()} ({K.kernel_name()}); CPU: {cpu_name()}; {thr}; "
+        f"torch {torch.__version__}, numpy {np.__version__}; "
+        f"{hi if lo == hi else f'{lo}-{hi}'} rounds, medians\n"
+        f"kernels: {kernel_summary(runtimes[tc[0]])}\n"
+        "torch int8 engine (faster per row): "
+        + ", ".join(
+            f"batch {n}{'' if len(tc) == 1 else f' {t} thr'} {engines[(n, t)]}" for n, t in rows
+        )
+    )
+    sizes = (info["size"], state_dict_bytes(fnet))
+    return name, render_report(med, rows, tc, head, sizes)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")  # torch.ao.quantization deprecation notices
-    torch.set_num_threads(1)
-    try:  # numpy's BLAS may ignore the env var if it was loaded first
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
-
-    model, what = load_model(args)
-    in_ch = model.features[0].in_channels
-    tmp = Path(tempfile.mkdtemp()) / "model.dorefa"
-    info = export(model, tmp)
-    runtime = rt.load(tmp, threads=1)
-    fnet = FloatNet(model).eval()
-    gen = torch.Generator().manual_seed(0)
-    calib = [torch.rand(32, in_ch, 40, 40, generator=gen) for _ in range(4)]
-    qnet = int8_model(fnet, calib)
-
-    # sanity: the float-equivalent nets run and agree with each other roughly
-    with torch.no_grad():
-        x = calib[0][:4]
-        assert fnet(x).shape == qnet(x).shape == (4, 10)
-        assert runtime(x.numpy()).shape == (4, 10)
-
-    contestants = {
-        "bit runtime": (runtime, "numpy"),
-        "torch fp32": (fnet, "torch"),
-        "torch int8": (qnet, "torch"),
-        "torch DoReFa": (model, "torch"),
-    }
-    batches = [int(b) for b in args.batches.split(",")]
-    med = time_contestants(contestants, in_ch, batches, args, gen)
-    head = (
-        f"model: {what}; bits {model.bits}; input {in_ch}x40x40\n"
-        f"kernel backend: {K.backend()} ({K.kernel_name()}); CPU: {cpu_name()}; 1 thread; "
-        f"torch {torch.__version__}, numpy {np.__version__}; {args.rounds} rounds, medians"
-    )
-    report = render_report(
-        med, list(contestants), batches, head, (info["size"], state_dict_bytes(fnet))
-    )
-    print(report)
+    todo = [(None, None)] if args.checkpoint else cases(args)
+    if not todo:
+        sys.exit(f"no bits for {args.model}: give --bits W,A,G or MODEL:W,A,G")
+    reports: dict[str, list[str]] = {}
+    for name, bits in todo:
+        name, report = measure(args, name or "svhn", bits)
+        print(report + "\n", flush=True)
+        reports.setdefault(name, []).append(report)
     if args.out:
         cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_runtime.py " + " ".join(
             sys.argv[1:] if argv is None else argv
         )
-        block = f"""{BEGIN}
-Measured {datetime.date.today().isoformat()} with
-
-    {cmd}
-
-{report}
-
-*bit runtime*: `dorefa.runtime.load(file)(x)` end to end on numpy float32 input. *torch fp32*:
-the float-equivalent network (same shapes, ReLU for f_a), eager. *torch int8*: that network after
-eager post-training static quantization (engine x86/fbgemm, conv+BN+ReLU fused, 4 calibration
-batches). *torch DoReFa*: the training-time model in eval mode (fake quantization in float32).
-"ratio" = torch time / bit-runtime time, so > 1 means the bit runtime is faster.
-{END}"""
-        write_block(Path(args.out), block)
+        for name, parts in reports.items():
+            write_block(Path(args.out), report_block(name, cmd, parts), *markers(name))
         print(f"wrote {args.out}")
     return 0
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replace the text between BEGIN and END in ``path`` (hand-written text around it stays);
-    a file without the markers gets the block appended. Written atomically."""
+def report_block(name: str, cmd: str, parts: list[str]) -> str:
+    begin, end = markers(name)
+    tables = "\n\n".join(parts)
+    return f"""{begin}
+Measured {datetime.date.today().isoformat()} with
+
+    {cmd}
+
+{tables}
+
+*bit runtime*: `dorefa.runtime.load(file, threads=t)(x)` end to end on numpy float32 input.
+*torch fp32*: the float-equivalent network (same shapes, ReLU for f_a), eager. *torch int8*:
+that network after eager post-training static quantization (engines x86 and fbgemm, the faster
+shown per row; conv+BN+ReLU fused, 4 calibration batches). *torch DoReFa*: the training-time
+model in eval mode (fake quantization in float32). "ratio" = torch time / bit-runtime time, so
+> 1 means the bit runtime is faster.
+{end}"""
+
+
+def write_block(path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between ``begin`` and ``end`` in ``path`` (hand-written text around it
+    stays); a file without the markers gets the block appended. Written atomically."""
     old = path.read_text() if path.exists() else "# The bit runtime vs torch (whole network)\n\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
