@@ -14,17 +14,27 @@ from dorefa.bits import Bits
 from dorefa.cli import main
 from dorefa.models import create_model
 from dorefa.sweep import (
+    FAILS,
+    HOLDS,
     RUNTIME_KEYS,
+    SAME,
     Cell,
     CellResult,
+    Diff,
     SweepConfig,
     layer_costs,
     load_grid,
+    parse_seeds,
+    read_records,
     read_results,
     render_markdown,
     run_sweep,
+    with_seeds,
     write_results,
 )
+from dorefa.sweep.claims import directed, non_increasing
+from dorefa.sweep.page import BEGIN as PAGE_BEGIN
+from dorefa.sweep.page import END as PAGE_END
 
 TINY = dict(
     model="svhn",
@@ -306,7 +316,8 @@ def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys
 
 
 def _row(w, a, g, width=1.0, init="", acc=0.5, status="ok", **kw) -> CellResult:
-    name = f"svhn-w{w}a{a}g{g}-x{width}" + ("-init" if init else "")
+    seed = kw.get("seed") or 0
+    name = f"svhn-w{w}a{a}g{g}-x{width}" + ("-init" if init else "") + (f"-s{seed}" if seed else "")
     return CellResult(name, "svhn", "fashion-mnist", w, a, g, width, init, status, acc, acc, **kw)
 
 
@@ -362,3 +373,136 @@ def test_claims_are_checked_from_the_rows():
     assert "  - (1,2,6) init 0.9000 vs (1,2,6) 0.8450: +0.0550" in lines
     assert "  - width 0.5: (1,2,6) x0.5 0.8000 vs (32,32,32) x0.5 0.8800: -0.0800" in lines
     assert "target" not in md.lower()
+
+
+# --- seeds, committed cell records, the page from records (the converged study's machinery) ---
+
+
+def test_seeds_are_grid_cells_and_the_headline_grid():
+    c = Cell(Bits.parse("1,2,6"), 1.0, Bits.parse("32,32,32"))
+    assert c.name("svhn") == "svhn-w1a2g6-x1.0-init"  # seed 0: the names of older sweeps
+    c1 = with_seeds([c], (0, 1))[1]
+    assert c1.name("svhn") == "svhn-w1a2g6-x1.0-init-s1" and c1.source().seed == 1
+    assert parse_seeds("0, 1") == (0, 1) and parse_seeds(3) == (3,)
+    for bad in ("0,0", "-1", "a", ""):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+    head = load_grid("headline")
+    assert {(str(c.bits), c.width, str(c.init) if c.init else "") for c in head} == {
+        ("32,32,32", 1.0, ""),
+        ("1,2,6", 1.0, ""),
+        ("1,2,32", 1.0, ""),
+        ("1,2,4", 1.0, ""),
+        ("1,1,6", 1.0, ""),
+        ("1,4,6", 1.0, ""),
+        ("8,8,8", 1.0, ""),
+        ("1,2,6", 1.0, "32,32,32"),
+    }
+
+
+def test_records_are_written_and_taken_as_done(tmp_path, fashion_dir, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("cells:\n  - {bits: '1,2,6', width: 0.125}\n")
+    rec_dir = tmp_path / "docs" / "results" / "cells" / "smoke"
+    args = ["sweep", "--grid", str(grid), "--data-dir", fashion_dir, "--epochs", "1"]
+    args += ["--subset", "256", "--test-subset", "256", "--seeds", "0,1"]
+    args += ["--records", str(rec_dir)]
+    out = tmp_path / "a"
+    assert main([*args, "--out", str(out)]) == 0, capsys.readouterr()
+    names = ["svhn-w1a2g6-x0.125", "svhn-w1a2g6-x0.125-s1"]
+    assert sorted(p.stem for p in rec_dir.glob("*.json")) == names  # seeds: distinct cells
+    recs = {r["cell"]: r for r in read_records(rec_dir)}
+    for seed, name in enumerate(names):
+        rec = recs[name]
+        conf = rec["config"]
+        assert conf["seed"] == seed and rec["train_config"]["seed"] == seed
+        assert conf["bits"] == "1,2,6" and conf["width"] == 0.125 and conf["epochs"] == 1
+        assert conf["subset"] == 256 and conf["lr"] == 1e-3 and conf["batch_size"] == 128
+        assert "out" not in rec["train_config"] and str(tmp_path) not in json.dumps(rec)
+        assert len(rec["metrics"]) == 1 and {"train_loss", "test_acc"} <= set(rec["metrics"][0])
+        assert rec["best_test_acc"] == rec["metrics"][0]["test_acc"] == rec["final_test_acc"]
+        assert rec["row"]["runtime_acc"] is not None and rec["row"]["seed"] == seed
+    assert recs[names[0]]["metrics"] != recs[names[1]]["metrics"]
+    capsys.readouterr()
+
+    # another machine (a new --out): both cells are done by record, nothing trains
+    mtimes = {p: p.stat().st_mtime_ns for p in rec_dir.glob("*.json")}
+    out_b = tmp_path / "b"
+    assert main([*args, "--out", str(out_b)]) == 0
+    log = capsys.readouterr().out
+    assert "2 already done (2 by record" in log, log
+    assert not (out_b / "cells").exists() and len(_rows(out_b)) == 2
+    assert {p: p.stat().st_mtime_ns for p in rec_dir.glob("*.json")} == mtimes
+
+    # a record with other settings is not done: that cell alone trains again, and says why
+    path = rec_dir / f"{names[1]}.json"
+    rec = json.loads(path.read_text())
+    rec["config"]["epochs"] = 5
+    path.write_text(json.dumps(rec))
+    assert main([*args, "--out", str(out_b)]) == 0
+    log = capsys.readouterr().out
+    assert f"{names[1]}: the record" in log and "epochs: 5 there, 1 here" in log, log
+    assert "1 already done (1 by record" in log
+    assert (out_b / "cells" / names[1] / "train.log").exists()
+    assert not (out_b / "cells" / names[0]).exists()
+    assert json.loads(path.read_text())["config"]["epochs"] == 1  # replaced
+    assert (rec_dir / f"{names[0]}.json").stat().st_mtime_ns == mtimes[rec_dir / f"{names[0]}.json"]
+
+    # the page re-renders from the records; the prose around the markers stays
+    page = tmp_path / "docs" / "results.md"
+    page.write_text(f"# Study\n\nprose before\n\n{PAGE_BEGIN}\nold\n{PAGE_END}\n\nprose after\n")
+    assert main(["report", "--records", str(rec_dir), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Study\n\nprose before") and text.endswith("prose after\n")
+    assert "\nold\n" not in text and "| 1 | 2 | 6 | 0.125 |  | 2 |" in text
+    assert "## The paper's claims, checked" in text and "(paper: " in text
+    csv_rows = _rows(tmp_path / "docs" / "results")
+    assert sorted((r["cell"], r["seed"]) for r in csv_rows) == [(names[0], "0"), (names[1], "1")]
+    for p in PLOTS:
+        assert (tmp_path / "docs" / "results" / p).stat().st_size > 1000
+        assert f"](results/{p})" in text
+
+
+def _seed_rows(accs: dict) -> list[CellResult]:
+    """Rows of made-up accuracies: bits -> one accuracy per seed."""
+    return [
+        _row(*bits, acc=a, seed=s) for bits, values in accs.items() for s, a in enumerate(values)
+    ]
+
+
+def _verdicts(rows) -> dict[str, str]:
+    md = render_markdown(rows, None)
+    lines = md[md.index("## The paper's claims") :].splitlines()
+    return {ln.split("**")[1]: ln.rsplit(": ", 1)[1] for ln in lines if ln.startswith("- **")}
+
+
+def test_a_difference_inside_the_seeds_spread_is_no_difference():
+    g4_worse = "G=4 and G=2 are clearly worse than G=6"
+    more_a = "More activation bits help: A=1 < A=2 < A=4 at W=1"
+    # (1,2,4) is 0.015 below (1,2,6) on average, but the seeds spread over 0.04
+    accs = {(1, 2, 4): [0.80, 0.84], (1, 2, 6): [0.82, 0.85], (1, 1, 6): [0.70, 0.71]}
+    v = _verdicts(_seed_rows(accs))
+    assert v[g4_worse] == "**no difference**"
+    assert v[more_a] == "**holds**"  # (1,2,6) - (1,1,6) = +0.13, far outside the spread
+    # the same means with one seed each: no spread measured, TOL (0.01) stands in for it
+    means = {k: [sum(x) / len(x)] for k, x in accs.items()}
+    assert _verdicts(_seed_rows(means))[g4_worse] == "**holds**"
+    # beyond the spread the other way: does not hold
+    accs[(1, 2, 4)] = [0.90, 0.91]
+    assert _verdicts(_seed_rows(accs))[g4_worse] == "**does not hold**"
+    # each claim shows the paper's number beside ours; the pair lines show mean and spread
+    md = render_markdown(_seed_rows(accs), None)
+    head = next(ln for ln in md.splitlines() if ln.startswith(f"- **{g4_worse}"))
+    assert "AlexNet (1,2,4) 54.0% vs (1,2,6) 46.8% error | ours: +0.0700;" in head
+    assert "(1,2,4) 0.9050 [0.9000-0.9100, n=2] vs (1,2,6) 0.8350 [0.8200-0.8500, n=2]" in md
+    assert "## Mean and spread over seeds" in md
+
+
+def test_claim_tests_on_diffs():
+    assert directed(1)([Diff(0.02, 0.01), None]) == HOLDS
+    assert directed(1)([Diff(0.02, 0.01), Diff(0.005, 0.01)]) == SAME
+    assert directed(1)([Diff(0.02, 0.01), Diff(-0.02, 0.01)]) == FAILS
+    assert directed(1)([None]) is None
+    assert non_increasing([Diff(-0.01, 0.01), Diff(-0.015, 0.01)]) == SAME
+    assert non_increasing([Diff(-0.01, 0.01), Diff(-0.03, 0.01)]) == HOLDS
+    assert non_increasing([Diff(-0.03, 0.01), Diff(-0.01, 0.01)]) == FAILS

@@ -1,5 +1,5 @@
 """``dorefa sweep`` (train every cell of a grid, resumable) and ``dorefa report`` (re-render a
-sweep's results.md and plots from its results.csv)."""
+sweep's results.md and plots from its results.csv, or a page from committed cell records)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from .config import SweepConfig
-from .grid import BUILTIN_GRIDS
+from .grid import BUILTIN_GRIDS, parse_seeds
+from .page import render_records_page
 from .report import render_report
 from .scheduler import run_sweep
 
@@ -24,6 +25,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         test_subset=args.test_subset,
         jobs=args.jobs,
         seed=args.seed,
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
+        records=args.records,
         batch_size=args.batch_size,
         lr=args.lr,
     )
@@ -37,6 +40,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.records:
+        csv_path = args.csv or str(Path(args.out).with_suffix("") / "results.csv")
+        rows = render_records_page(args.records, args.out, csv_path)
+        print(f"{len(rows)} cell records -> {args.out}, {csv_path}")
+        return 0
+    if args.sweep is None:
+        raise ValueError("dorefa report: give a sweep folder, or --records DIR (cell records)")
     rows = render_report(args.sweep)
     print(f"{len(rows)} cells -> {Path(args.sweep) / 'results.md'}")
     return 0
@@ -57,11 +67,43 @@ def register_cli(sub) -> None:
     p.add_argument("--subset", type=int, default=None, help="first N training images, every cell")
     p.add_argument("--test-subset", type=int, default=None, help="first N test images")
     p.add_argument("--jobs", type=int, default=1, help="cells side by side, one thread each")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed (one seed; see --seeds)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="seeds of the grid, e.g. 0,1: every cell once per seed (default: --seed); "
+        "cells of seed N != 0 are named ...-sN",
+    )
+    p.add_argument(
+        "--records",
+        default=None,
+        metavar="DIR",
+        help="folder of committed cell records (e.g. docs/results/cells/NAME): each finished "
+        "cell writes DIR/<cell>.json; a record with the same settings counts as done",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-render a sweep's results.md and plots from its CSV")
-    p.add_argument("sweep", help="the sweep folder (holding results.csv)")
+    p.add_argument("sweep", nargs="?", help="the sweep folder (holding results.csv)")
+    p.add_argument(
+        "--records",
+        action="append",
+        metavar="DIR",
+        help="render a page from the cell records of DIR instead (repeatable): mean and spread "
+        "over seeds, the claims, the curves",
+    )
+    p.add_argument(
+        "--out",
+        default="docs/results.md",
+        help="with --records: the page; only the part between the report markers is replaced "
+        "if it has them (default: docs/results.md)",
+    )
+    p.add_argument(
+        "--csv",
+        default=None,
+        help="with --records: results.csv of every cell and seed (default: beside --out, "
+        "docs/results/results.csv for docs/results.md); plots go to the same folder",
+    )
     p.set_defaults(func=cmd_report)

@@ -1,7 +1,8 @@
 """A sweep's settings (:class:`SweepConfig`) and the rule that every cell gets the same budget.
 
 ``OUT/sweep.json`` keeps the settings of :data:`SETTING_KEYS` from the sweep's first run; a later
-run in the same folder with other values is refused (it would mix budgets in one table).
+run in the same folder with other values is refused (it would mix budgets in one table). The seeds
+are not among them: they are part of the grid (a later run may add seeds to a sweep).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ SETTING_KEYS = (
     "epochs",
     "subset",
     "test_subset",
-    "seed",
     "batch_size",
     "lr",
 )
@@ -39,10 +39,17 @@ class SweepConfig:
     subset: int | None = None  # first N training images, every cell
     test_subset: int | None = None  # first N test images (None = the whole test set)
     jobs: int = 1  # cells side by side, one torch thread each
-    seed: int = 0
+    seed: int = 0  # the seed when ``seeds`` is None (``--seed``)
+    seeds: tuple[int, ...] | None = None  # the grid's seeds (``--seeds 0,1``); None = (seed,)
+    records: str | None = None  # folder of committed cell records (``--records``), see .records
     batch_size: int = 128
     lr: float = 1e-3
     progress: bool | None = None  # tqdm over cells; None = only on a terminal
+
+
+def sweep_seeds(cfg: SweepConfig) -> tuple[int, ...]:
+    """The seeds every cell of the grid is trained with."""
+    return tuple(cfg.seeds) if cfg.seeds else (cfg.seed,)
 
 
 def cfg_dict(cfg: SweepConfig) -> dict:

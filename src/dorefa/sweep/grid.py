@@ -4,12 +4,16 @@ A grid is ``{"cells": [entry, ...]}`` where an entry is ``{bits: "W,A,G", widths
 single ``width``) and optionally ``init: "W,A,G"``, the bits of the cell of the same width whose
 trained checkpoint initialises this one. ``paper`` is the SVHN bitwidth table of the paper
 (docs/method.md section 4) with the SVHN model family's widths (1 = model A, 0.5, 0.25, 0.125 =
-models B, C, D); ``tiny`` is two cells for a smoke run. A cell's folder name is
-``<model>-w1a2g6-x1.0[-init]``.
+models B, C, D); ``headline`` is the cells the converged study reports with seeds (float, (1,2,6),
+(1,2,32), (1,2,4), (1,1,6), (1,4,6), (8,8,8) and (1,2,6) from float, model A); ``tiny`` is two
+cells for a smoke run. Seeds are part of the grid (:func:`with_seeds`): a cell is (bits, width,
+init, seed), and its folder name is ``<model>-w1a2g6-x1.0[-init][-s<seed>]``, the seed suffix only
+for a seed other than 0 (so the names of sweeps run before seeds were a grid axis stay valid).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +44,13 @@ PAPER_GRID = {
         {"bits": "1,2,6", "widths": [1.0], "init": "32,32,32"},
     ]
 }
+HEADLINE_BITS = ("32,32,32", "1,2,6", "1,2,32", "1,2,4", "1,1,6", "1,4,6", "8,8,8")
+HEADLINE_GRID = {
+    "cells": [{"bits": b, "widths": [1.0]} for b in HEADLINE_BITS]
+    + [{"bits": "1,2,6", "widths": [1.0], "init": "32,32,32"}]
+}
 TINY_GRID = {"cells": [{"bits": "32,32,32", "widths": [0.25]}, {"bits": "1,2,6", "widths": [0.25]}]}
-BUILTIN_GRIDS = {"paper": PAPER_GRID, "tiny": TINY_GRID}
+BUILTIN_GRIDS = {"paper": PAPER_GRID, "headline": HEADLINE_GRID, "tiny": TINY_GRID}
 
 GRID_KEYS = {"bits", "width", "widths", "init"}
 
@@ -53,14 +62,35 @@ class Cell:
     bits: Bits
     width: float = 1.0
     init: Bits | None = None  # bits of the cell (same width) whose checkpoint initialises this one
+    seed: int = 0  # the training seed (data order, initialisation)
 
     def name(self, model: str) -> str:
-        """The cell's folder name, e.g. ``svhn-w1a2g6-x1.0-init``."""
-        return f"{model}-{self.bits.tag}-x{self.width}" + ("-init" if self.init else "")
+        """The cell's folder name, e.g. ``svhn-w1a2g6-x1.0-init`` (seed 0) or
+        ``svhn-w1a2g6-x1.0-init-s1`` (seed 1)."""
+        suffix = ("-init" if self.init else "") + (f"-s{self.seed}" if self.seed else "")
+        return f"{model}-{self.bits.tag}-x{self.width}" + suffix
 
     def source(self) -> Cell | None:
-        """The cell whose checkpoint initialises this one (None: trained from scratch)."""
-        return Cell(self.init, self.width) if self.init else None
+        """The cell whose checkpoint initialises this one (same width and seed; None: trained
+        from scratch)."""
+        return Cell(self.init, self.width, seed=self.seed) if self.init else None
+
+
+def parse_seeds(text: str | int | list) -> tuple[int, ...]:
+    """``"0,1"`` -> (0, 1); ValueError for anything but distinct integers >= 0."""
+    items = text if isinstance(text, list | tuple) else str(text).split(",")
+    try:
+        seeds = tuple(int(str(s).strip()) for s in items)
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: give integers separated by commas, e.g. 0,1") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give distinct integers >= 0, e.g. 0,1")
+    return seeds
+
+
+def with_seeds(cells: list[Cell], seeds: tuple[int, ...]) -> list[Cell]:
+    """Every cell once per seed, seed by seed (the whole grid at seed 0 first, then seed 1...)."""
+    return [dataclasses.replace(c, seed=s) for s in seeds for c in cells]
 
 
 def _parse_entry(entry: object, at: str) -> list[Cell]:
@@ -131,7 +161,8 @@ def _read_grid_file(spec: str, path: Path) -> object:
 
 
 def load_grid(spec: str) -> list[Cell]:
-    """A built-in grid by name (``paper``, ``tiny``) or a ``.yaml``/``.yml``/``.toml`` file."""
+    """A built-in grid by name (``paper``, ``headline``, ``tiny``) or a ``.yaml``/``.yml``/
+    ``.toml`` file."""
     if spec in BUILTIN_GRIDS:
         return parse_grid(BUILTIN_GRIDS[spec], f"built-in grid {spec!r}")
     path = Path(spec)

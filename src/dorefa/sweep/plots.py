@@ -1,5 +1,6 @@
-"""A sweep's plots, from its results and its cells' ``metrics.jsonl``: accuracy against the
-gradient bits, accuracy against the width, and every cell's training curves. Written atomically
+"""A sweep's plots, from its results and its cells' metrics per epoch (``metrics.jsonl``, or the
+cell records): accuracy against the gradient bits, accuracy against the width, and every cell's
+training curves, each a mean over the cell's seeds. Written atomically
 (:func:`dorefa.fileio.atomic_savefig`)."""
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..fileio import atomic_savefig
-from .claims import Ref, best_accuracies
+from .claims import best_accuracies
 from .results import CellResult, read_metrics
+from .seeds import Ref, group_rows
 
 G_AXIS = (2, 4, 6, 8, 32)
 
@@ -54,11 +56,14 @@ def plot_acc_vs_g(plt, rows: list[CellResult], path: Path) -> str:
 
 
 def plot_acc_vs_width(plt, rows: list[CellResult], path: Path) -> str:
-    """Best accuracy against the width, one line per (W, A, G) with at least two widths."""
+    """Mean best accuracy over seeds against the width, one line per (W, A, G) with at least two
+    widths."""
     ok = [r for r in rows if r.ok]
+    acc = best_accuracies(rows)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for t in sorted({r.bits for r in ok}, key=lambda t: -sum(t)):
-        pts = sorted((r.width, r.best_test_acc) for r in ok if r.bits == t and not r.init)
+        widths = sorted({float(r.width) for r in ok if r.bits == t and not r.init})
+        pts = [(w, acc(Ref(*t, w))) for w in widths]
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=Ref(*t).label())
     ax.set_xscale("log", base=2)
@@ -68,34 +73,47 @@ def plot_acc_vs_width(plt, rows: list[CellResult], path: Path) -> str:
     return _save(plt, fig, path)
 
 
-def plot_curves(plt, rows: list[CellResult], out: Path, path: Path) -> str:
-    """Training loss and test accuracy per epoch of every cell (``out/cells/*/metrics.jsonl``)."""
+def mean_curve(hists: list[list[dict]], key: str) -> list[float]:
+    """``key`` per epoch averaged over the seeds' histories, for the epochs all of them have."""
+    n = min(len(h) for h in hists)
+    return [sum(h[i][key] for h in hists) / len(hists) for i in range(n)]
+
+
+def plot_curves(plt, rows: list[CellResult], history, path: Path) -> str:
+    """Training loss and test accuracy per epoch of every cell, mean over its seeds;
+    ``history(row)`` is a row's metrics per epoch."""
     from cycler import cycler
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     styles = cycler(ls=["-", "--", ":"]) * cycler(color=plt.cm.tab10.colors)  # 30 distinct lines
     ax1.set_prop_cycle(styles), ax2.set_prop_cycle(styles)
-    for r in rows:
-        hist = read_metrics(out / "cells" / r.cell / "metrics.jsonl")
-        if not hist:
+    for ref, rs in group_rows(rows).items():
+        hists = [h for h in (history(r) for r in rs) if h]
+        if not hists:
             continue
-        ep = [h["epoch"] for h in hist]
-        label = r.cell.split("-", 1)[1]
-        ax1.plot(ep, [h["train_loss"] for h in hist], "o-", ms=3, label=label)
-        ax2.plot(ep, [h["test_acc"] for h in hist], "o-", ms=3, label=label)
+        ep = list(range(1, min(len(h) for h in hists) + 1))
+        label = ref.label() + (f" ({len(hists)} seeds)" if len(hists) > 1 else "")
+        ax1.plot(ep, mean_curve(hists, "train_loss"), "o-", ms=3, label=label)
+        ax2.plot(ep, mean_curve(hists, "test_acc"), "o-", ms=3, label=label)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("training loss")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("test accuracy")
     _legend(ax2, fontsize=6, ncol=2, loc="lower right")
-    fig.suptitle("training curves of all cells")
+    fig.suptitle("training curves of all cells (mean over seeds)")
     return _save(plt, fig, path)
 
 
-def plot_all(rows: list[CellResult], out: Path, prefix: str = "") -> list[str]:
-    """acc_vs_g.png, acc_vs_width.png, curves.png in ``out``; returns the file names written."""
+def plot_all(rows: list[CellResult], out: Path, prefix: str = "", history=None) -> list[str]:
+    """acc_vs_g.png, acc_vs_width.png, curves.png in ``out``; returns the file names written.
+    ``history(row)``: the row's metrics per epoch (default: ``out/cells/<cell>/metrics.jsonl``)."""
     plt = _plt()
     out = Path(out)
+    if history is None:
+
+        def history(r: CellResult) -> list[dict]:
+            return read_metrics(out / "cells" / r.cell / "metrics.jsonl")
+
     return [
         plot_acc_vs_g(plt, rows, out / f"{prefix}acc_vs_g.png"),
         plot_acc_vs_width(plt, rows, out / f"{prefix}acc_vs_width.png"),
-        plot_curves(plt, rows, out, out / f"{prefix}curves.png"),
+        plot_curves(plt, rows, history, out / f"{prefix}curves.png"),
     ]

@@ -12,12 +12,13 @@ import math
 from pathlib import Path
 
 from ..fileio import atomic_write_text
-from .claims import CLAIMS, TOL, Claim, best_accuracies
+from .claims import CLAIMS, TOL, Claim, pair_diff
 from .config import SETTING_KEYS
 from .results import CellResult, read_results
+from .seeds import Spread, group_rows, seed_accuracies, std
 
 TABLE_HEAD = (
-    "| W | A | G | width | init | best acc | final acc | epochs | wall (s) | "
+    "| W | A | G | width | init | seed | best acc | final acc | epochs | wall (s) | "
     "inference bit-ops | training bit-ops | float MACs | weights (KiB) | "
     "runtime acc | agreement | .dorefa (KiB) | status |"
 )
@@ -51,7 +52,7 @@ def _acc(x) -> str:
 
 def render_table(rows: list[CellResult]) -> str:
     """The results table in markdown, one line per cell."""
-    lines = [TABLE_HEAD, "|" + "---|" * 17]
+    lines = [TABLE_HEAD, "|" + "---|" * 18]
     for r in rows:
         cols = [
             r.W,
@@ -59,6 +60,7 @@ def render_table(rows: list[CellResult]) -> str:
             r.G,
             f"{r.width:g}",
             r.init,
+            "" if r.seed is None else r.seed,
             _acc(r.best_test_acc),
             _acc(r.final_test_acc),
             r.epochs or "",
@@ -76,33 +78,81 @@ def render_table(rows: list[CellResult]) -> str:
     return "\n".join(lines)
 
 
-def _verdict(ok: bool | None) -> str:
-    return {True: "**holds**", False: "**does not hold**", None: "not measured"}[ok]
+def _verdict(v: str | None) -> str:
+    return "not measured" if v is None else f"**{v}**"
+
+
+def _stat(s: Spread) -> str:
+    """``0.9012`` (one seed) or ``0.9012 [0.9000-0.9024, n=2]``."""
+    return f"{s.mean:.4f}" if s.n < 2 else f"{s.mean:.4f} [{s.lo:.4f}-{s.hi:.4f}, n={s.n}]"
 
 
 def check_claim(claim: Claim, acc) -> list[str]:
-    """The claim's markdown lines: heading with its verdict, then one line per measured pair
-    ('(1,2,6) 0.9012 vs (1,2,32) 0.9050: -0.0038')."""
+    """The claim's markdown lines: heading with the paper's number, ours and the verdict, then
+    one line per measured pair ('(1,2,6) 0.9012 vs (1,2,32) 0.9050: -0.0038'); ``acc(ref)`` is
+    the cell's :class:`~dorefa.sweep.seeds.Spread` over seeds."""
     diffs, texts = [], []
     labels = claim.pair_labels or ("",) * len(claim.pairs)
     for (a, b), label in zip(claim.pairs, labels, strict=True):
-        va, vb = acc(a), acc(b)
-        if va is None or vb is None:
-            diffs.append(None)
+        sa, sb = acc(a), acc(b)
+        diff = pair_diff(sa, sb)
+        diffs.append(diff)
+        if diff is None:
             continue
-        diffs.append(va - vb)
-        texts.append(f"{label}{a.label()} {va:.4f} vs {b.label()} {vb:.4f}: {va - vb:+.4f}")
+        noise = f" (inside +-{diff.noise:.4f}: same)" if diff.sign() == 0 else ""
+        noise = noise if min(sa.n, sb.n) >= 2 else ""
+        texts.append(f"{label}{a.label()} {_stat(sa)} vs {b.label()} {_stat(sb)}: {diff.d:+.4f}")
+        texts[-1] += noise
+    ours = ", ".join(f"{d.d:+.4f}" for d in diffs if d is not None) or "not measured"
     paper = claim.paper + (f"; {claim.paper_figure}" if claim.paper_figure else "")
     verdict = claim.test(diffs) if texts else None
-    head = f"- **{claim.claim}** (paper: {paper}; holds when {claim.holds_when}): "
+    head = f"- **{claim.claim}** (paper: {paper} | ours: {ours}; holds when {claim.holds_when}): "
     return [head + _verdict(verdict)] + [f"  - {t}" for t in texts]
 
 
 def claims(rows: list[CellResult]) -> list[str]:
-    """The paper's claims (:data:`dorefa.sweep.claims.CLAIMS`), each checked with the sweep's
-    best accuracies, as markdown lines."""
-    acc = best_accuracies(rows)
+    """The paper's claims (:data:`dorefa.sweep.claims.CLAIMS`), each judged with the mean best
+    accuracies over seeds and their spread, as markdown lines."""
+    acc = seed_accuracies(rows)
     return [line for claim in CLAIMS for line in check_claim(claim, acc)]
+
+
+SEED_HEAD = (
+    "| W | A | G | width | init | seeds | best acc (mean) | best min-max | best std | "
+    "final acc (mean) | last-epoch change | epochs | wall (s) | runtime acc (mean) |"
+)
+
+
+def render_seed_table(rows: list[CellResult], histories=None) -> str:
+    """One line per cell over its finished seeds: n, mean, min-max and std of the best test
+    accuracy, mean final accuracy, mean change of the test accuracy over the last epoch
+    (``histories``: cell name -> metrics per epoch; flat at convergence), mean wall time."""
+    lines = [SEED_HEAD, "|" + "---|" * 14]
+    for ref, rs in group_rows(rows).items():
+        best = [r.best_test_acc for r in rs if r.best_test_acc is not None]
+        final = [r.final_test_acc for r in rs if r.final_test_acc is not None]
+        run = [r.runtime_acc for r in rs if r.runtime_acc is not None]
+        hs = [(histories or {}).get(r.cell) or [] for r in rs]
+        last = [h[-1]["test_acc"] - h[-2]["test_acc"] for h in hs if len(h) >= 2]
+        walls = [r.wall_s for r in rs if r.wall_s is not None]
+        cols = [
+            ref.w,
+            ref.a,
+            ref.g,
+            f"{ref.width:g}",
+            rs[0].init,
+            len(rs),
+            _acc(sum(best) / len(best)) if best else "",
+            f"{min(best):.4f}-{max(best):.4f}" if best else "",
+            f"{std(best):.4f}" if len(best) > 1 else "",
+            _acc(sum(final) / len(final)) if final else "",
+            f"{sum(last) / len(last):+.4f}" if last else "",
+            "/".join(sorted({str(r.epochs) for r in rs})),
+            f"{sum(walls) / len(walls):.1f}" if walls else "",
+            _acc(sum(run) / len(run)) if run else "",
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def runtime_line(rows: list[CellResult]) -> str:
@@ -120,6 +170,18 @@ def runtime_line(rows: list[CellResult]) -> str:
     return text + (
         f" Agreement with torch: min {worst.agreement:.4f} over {len(ran)} cell(s) ({worst.cell})."
     )
+
+
+def claims_section(rows: list[CellResult], source: str = "results.csv") -> list[str]:
+    """The claims' heading, the rule, and the claims."""
+    return [
+        "## The paper's claims, checked",
+        "",
+        f"Generated from {source} (mean best test accuracy over seeds; a difference inside "
+        "the larger seed spread (max - min) of the two cells is 'no difference'; with fewer "
+        f"than 2 seeds the spread is taken as {TOL}).",
+        "",
+    ] + claims(rows)
 
 
 SUMMARY = (
@@ -148,13 +210,10 @@ def render_markdown(
         "",
         render_table(rows),
         "",
-        "## The paper's claims, checked",
-        "",
-        f"Generated from results.csv (best test accuracy; differences below {TOL} are "
-        "treated as noise).",
-        "",
     ]
-    parts += claims(rows)
+    if any(len(rs) > 1 for rs in group_rows(rows).values()):
+        parts += ["## Mean and spread over seeds", "", render_seed_table(rows), ""]
+    parts += claims_section(rows)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(parts) + "\n"

@@ -8,6 +8,12 @@ again, and the cell in flight resumes from its last epoch checkpoint (``train --
 with ``init`` (e.g. the float-initialised (1,2,6)) waits for its source cell and starts from that
 cell's checkpoint (``train --init-from``); if the source failed, so does it. A cell killed by a
 signal is resumed once. When the sweep ends, or dies, its children end with it.
+
+Seeds are part of the grid (``cfg.seeds``): every cell runs once per seed. With ``cfg.records``
+every finished cell also writes its record there (:mod:`.records`), and a record with the sweep's
+settings counts as done even where this machine has no folder for the cell; a record with other
+settings is not done (the log says which differ) and the cell is trained again. A cell done by
+record whose checkpoint initialises a pending cell but is not on this machine is trained again.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .children import Children, last_error
-from .config import SweepConfig, cfg_dict, check_settings
+from .config import SweepConfig, cfg_dict, check_settings, sweep_seeds
 from .costs import cell_costs
-from .grid import Cell, load_grid
+from .grid import Cell, load_grid, with_seeds
+from .records import make_record, read_record, record_path, record_row, settings_diff, write_record
 from .report import render_markdown, render_report
 from .results import CellResult, read_metrics, read_results, write_results
 from .runtime_columns import needs_runtime, runtime_columns
@@ -42,7 +49,7 @@ def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path |
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        seed=cfg.seed,
+        seed=cell.seed,
         threads=1,
         subset=cfg.subset,
         test_subset=cfg.test_subset,
@@ -73,7 +80,7 @@ def cell_row(cfg: SweepConfig, cell: Cell, **fields) -> CellResult:
         width=cell.width,
         init=str(cell.init) if cell.init else "",
         subset=cfg.subset,
-        seed=cfg.seed,
+        seed=cell.seed,
         **fields,
     )
 
@@ -146,15 +153,20 @@ class _Sweep:
 
     def __init__(self, cfg: SweepConfig, cells: list[Cell], out: Path, log):
         self.cfg, self.out, self.log = cfg, out, log
-        self.names = [c.name(cfg.model) for c in cells]
+        self.cells = {c.name(cfg.model): c for c in cells}
+        self.names = list(self.cells)
         self.csv_path = out / "results.csv"
         self.done = {r.cell: r for r in read_results(self.csv_path) if r.cell in self.names}
+        self.by_record: set[str] = set()  # cells done by a record, not by this folder
+        if cfg.records:
+            self._read_records()
         # A recorded ok cell is finished; a recorded failure is tried again.
         self.pending = [c for c in cells if not self._ok(c)]
+        self._retrain_missing_sources()
         # Recorded ok cells without the bit-runtime columns (an older sweep, or a sweep killed
         # between training and recording them): evaluated again on the runtime, not retrained.
         self.fills = [self.done[n] for n in self.names if n in self.done]
-        self.fills = [r for r in self.fills if needs_runtime(r)]
+        self.fills = [r for r in self.fills if needs_runtime(r) and self._ckpt(r.cell).exists()]
         self.running: dict[Future, Cell | str] = {}  # cell, or name of a row being filled in
         self.lock = threading.Lock()
         self.children = Children()
@@ -164,7 +176,53 @@ class _Sweep:
 
     def _ok(self, cell: Cell) -> bool:
         row = self.done.get(cell.name(self.cfg.model))
-        return row is not None and row.ok
+        # a row of another seed (a folder of a sweep run with --seed N before seeds were a
+        # grid axis) is not this cell
+        return row is not None and row.ok and row.seed in (None, cell.seed)
+
+    def _ckpt(self, name: str) -> Path:
+        return self.out / "cells" / name / "checkpoint.pt"
+
+    def _read_records(self) -> None:
+        """Cells with a record of the same settings are done; ok rows of this folder without a
+        record get one (a sweep first run without ``--records``)."""
+        for name, cell in self.cells.items():
+            path = record_path(self.cfg.records, name)
+            if not path.exists():
+                row = self.done.get(name)
+                if row is not None and self._ok(cell) and (self.out / "cells" / name).is_dir():
+                    cell_dir = self.out / "cells" / name
+                    write_record(self.cfg.records, make_record(self.cfg, cell, row, cell_dir))
+                continue
+            rec = read_record(path)
+            diff = settings_diff(rec, self.cfg, cell)
+            if diff:
+                what = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+                self.log(
+                    f"{name}: the record {path} has other settings ({what}): not done, "
+                    "trained again (its record will be replaced)"
+                )
+                self.done.pop(name, None)
+                continue
+            self.done[name] = record_row(rec)
+            self.by_record.add(name)
+
+    def _retrain_missing_sources(self) -> None:
+        """A cell done only by record whose checkpoint a pending cell starts from: trained
+        again here (checkpoints are not committed)."""
+        for cell in list(self.pending):
+            src = cell.source()
+            if src is None or src in self.pending or not self._ok(src):
+                continue
+            name = src.name(self.cfg.model)
+            if not self._ckpt(name).exists():
+                self.log(
+                    f"{name}: done by record, but its checkpoint (which initialises "
+                    f"{cell.name(self.cfg.model)}) is not on this machine: trained again"
+                )
+                self.done.pop(name)
+                self.by_record.discard(name)
+                self.pending.insert(self.pending.index(cell), src)
 
     def _progress_bar(self):
         from tqdm import tqdm
@@ -184,20 +242,29 @@ class _Sweep:
     def _say(self, msg: str) -> None:
         self.log(msg) if not self.show else self.bar.write(msg)
 
-    def _store(self, row: CellResult) -> None:
-        """Record ``row``: results.csv and results.md rewritten (atomically)."""
+    def _store(self, row: CellResult | None) -> None:
+        """Record ``row`` (None: only rewrite): results.csv and results.md (atomically)."""
         from ..fileio import atomic_write_text
 
         with self.lock:
-            self.done[row.cell] = row
+            if row is not None:
+                self.done[row.cell] = row
             rows = self.rows()
             write_results(self.csv_path, rows)
             md = render_markdown(rows, cfg_dict(self.cfg), self.out)
             atomic_write_text(self.out / "results.md", md)
 
+    def _write_record(self, row: CellResult) -> None:
+        """The cell's committed record (``--records``), for a finished cell."""
+        if self.cfg.records and row.ok:
+            cell_dir = self.out / "cells" / row.cell
+            cell = self.cells[row.cell]
+            write_record(self.cfg.records, make_record(self.cfg, cell, row, cell_dir))
+
     def record(self, row: CellResult) -> None:
         """A newly finished (or failed) cell."""
         self._store(row)
+        self._write_record(row)
         msg = _cell_msg(row)
         self.bar.update(1)
         self.bar.set_postfix_str(msg[:60])
@@ -206,6 +273,7 @@ class _Sweep:
     def record_runtime(self, row: CellResult) -> None:
         """A recorded cell's runtime columns, filled in (not a newly recorded cell)."""
         self._store(row)
+        self._write_record(row)
         self._say(f"{row.cell}: (recorded before)" + _runtime_msg(row))
 
     def _start_ready(self, pool: ThreadPoolExecutor) -> None:
@@ -267,17 +335,20 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
     if cfg.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
-    cells = load_grid(cfg.grid)
+    cells = with_seeds(load_grid(cfg.grid), sweep_seeds(cfg))
     out = Path(cfg.out)
     for cell in cells:  # a setting out of range is an error now, not a failure of every cell
         train_command(cfg, cell, out / "cells" / cell.name(cfg.model), None)
     check_settings(cfg, out)
     sweep = _Sweep(cfg, cells, out, log)
     log(
-        f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(sweep.pending)} already done, "
-        f"{cfg.jobs} job(s) -> {out}"
+        f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(sweep.pending)} already done"
+        + (f" ({len(sweep.by_record)} by record in {cfg.records})" if cfg.records else "")
+        + f", {cfg.jobs} job(s) -> {out}"
         + (f"; {len(sweep.fills)} to run on the bit runtime" if sweep.fills else "")
     )
+    if sweep.by_record:
+        sweep._store(None)  # the cells done by record, in this folder's results.csv too
     sweep.run()
     render_report(out)
     return sweep.rows()

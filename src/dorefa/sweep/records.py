@@ -1,0 +1,118 @@
+"""Committed cell records: one small JSON file per finished cell, so a sweep survives machines.
+
+With ``dorefa sweep --records DIR`` every finished cell writes ``DIR/<cell>.json`` (atomically,
+:mod:`dorefa.fileio`): the cell's settings (model, data, bits, width, init, seed, epochs, subset,
+test subset, lr, batch size), the training run's ``config.json`` (the recipe's knobs: schedule,
+weight decay, augmentation, ...; machine paths left out), the metrics of every epoch (train loss
+and accuracy, test accuracy, seconds), the final and best test accuracy, the result row
+(:class:`~dorefa.sweep.results.CellResult`: costs and bit-runtime columns) and the dorefa git
+commit. Committed to the repository, the records let a later sweep on another machine skip the
+finished cells: a record counts as done only when its settings are the sweep's
+(:func:`settings_diff`); ``dorefa report --records DIR`` renders a page from them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from ..fileio import atomic_write_text
+from .results import CellResult, read_metrics
+
+FORMAT = 1
+# Settings a record must share with the sweep to count as done (data_dir and the grid's name are
+# not among them: the same cell from another machine or grid is the same cell).
+BUDGET_KEYS = ("model", "data", "epochs", "subset", "test_subset", "batch_size", "lr")
+# Keys of the training run's config.json that name this machine's files, left out of a record.
+LOCAL_KEYS = ("out", "data_dir", "init_from", "progress", "resume", "threads", "workers")
+
+
+def cell_settings(cfg, cell) -> dict:
+    """What a cell's record must match to count as done: the sweep's budget and the cell."""
+    return {k: getattr(cfg, k) for k in BUDGET_KEYS} | {
+        "bits": str(cell.bits),
+        "width": cell.width,
+        "init": str(cell.init) if cell.init else "",
+        "seed": cell.seed,
+    }
+
+
+def settings_diff(record: dict, cfg, cell) -> dict:
+    """``{key: (recorded, wanted)}`` for every setting where ``record`` differs from the sweep."""
+    got = record.get("config", {})
+    want = cell_settings(cfg, cell)
+    return {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+
+
+def git_commit() -> str:
+    """The commit of the dorefa checkout this package runs from ("" when not a git checkout)."""
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def make_record(cfg, cell, row: CellResult, cell_dir: Path) -> dict:
+    """The record of a finished cell from its result row and its run folder."""
+    conf_path = cell_dir / "config.json"
+    train_conf = json.loads(conf_path.read_text()) if conf_path.exists() else {}
+    history = read_metrics(cell_dir / "metrics.jsonl")
+    return {
+        "format": FORMAT,
+        "cell": row.cell,
+        "config": cell_settings(cfg, cell),
+        "train_config": {k: v for k, v in train_conf.items() if k not in LOCAL_KEYS},
+        "metrics": history,
+        "final_test_acc": row.final_test_acc,
+        "best_test_acc": row.best_test_acc,
+        "seconds": row.wall_s,
+        "row": row.to_dict(),
+        "commit": git_commit(),
+    }
+
+
+def record_path(records: str | Path, name: str) -> Path:
+    return Path(records) / f"{name}.json"
+
+
+def write_record(records: str | Path, record: dict) -> Path:
+    """``records/<cell>.json``, written atomically (a reader never sees half a record)."""
+    path = record_path(records, record["cell"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def read_record(path: Path) -> dict:
+    """One record; ValueError naming the file if it is not one."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        msg = f"{path}: not a cell record ({exc}); delete it to train the cell again"
+        raise ValueError(msg) from None
+    if not isinstance(rec, dict) or "row" not in rec or "config" not in rec:
+        raise ValueError(f"{path}: not a cell record (no 'row'/'config'); delete it or move it")
+    return rec
+
+
+def read_records(folders) -> list[dict]:
+    """Every record (``*.json``) of the folders, in file-name order per folder."""
+    out = []
+    for folder in [folders] if isinstance(folders, str | Path) else folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--records {folder}: no such folder")
+        out += [read_record(p) for p in sorted(Path(folder).glob("*.json"))]
+    return out
+
+
+def record_row(record: dict) -> CellResult:
+    """The result row a record holds."""
+    return CellResult.from_dict(record["row"])
