@@ -113,7 +113,7 @@ void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
     int64_t s = 0;
     if (c.mode != Epilogue::kAcc) s = FieldSum(c, n, r / g.ow, r % g.ow);
     const int32_t* row = raw + p * nb * kInt8Lanes;
-    int32_t dq[kInt8Lanes * kMaxStoreBlocks];  // kRequant: D of this pixel's channels, then one search call
+    int32_t dq[kInt8Lanes * kMaxStoreBlocks];  // kRequant: D of this pixel's channels
     const int64_t o0 = ob0 * kInt8Lanes;
     for (int64_t o = o0; o < o_end; ++o) {
       // acc = sum x' * w + z * Wsum, modulo 2^32 (exact: the true value fits int32).

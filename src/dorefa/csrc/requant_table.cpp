@@ -36,7 +36,8 @@ uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d) {
   int64_t pos = 0;
   if (tab.sorted) {
     // Invariant: row[0 .. pos) < sd. row[width - 1] is padding, so pos ends <= width - 1.
-    for (int64_t half = tab.width / 2; half > 0; half /= 2) pos += row[pos + half - 1] < sd ? half : 0;
+    for (int64_t half = tab.width / 2; half > 0; half /= 2)
+      pos += row[pos + half - 1] < sd ? half : 0;
   } else {
     for (int64_t j = 0; j < tab.t; ++j) pos += row[j] < sd;
   }

@@ -2,7 +2,7 @@
 // table that a search reads in O(log T) per output instead of T compares.
 //
 // Sign folding (as Epilogue in bitconv.h): with s = direction of channel o (+1 / -1),
-//   code = #{ j : s * D > u_j },   u_j = s * t_j - 1  (clamped to INT32_MIN, where it always holds),
+//   code = #{ j : s * D > u_j },   u_j = s * t_j - 1  (clamped to INT32_MIN: it always holds),
 // i.e. code = the number of u_j below sd = s * D. The exporter's thresholds (exporter/folding.py)
 // rise with j for direction +1 and fall for -1, so u is non-decreasing in both cases; then
 //   code = #{ j : u_j < sd } = the insertion point of sd in the sorted row,
@@ -25,6 +25,9 @@
 namespace dorefa {
 
 constexpr int64_t kGroup = 16;  // thresholds per group (one zmm of int32)
+// From this many thresholds on, the popcount kernels search the table; below it they keep their
+// linear vector count (t compares per 16 outputs beat ~10 instructions per output there).
+constexpr int64_t kSearchMinT = 32;
 
 struct ThresholdTable {
   int64_t t = 0;
