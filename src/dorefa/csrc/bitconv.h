@@ -130,8 +130,12 @@ using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* 
 // threshold: u[(pair * t + j) * 16 + k] is u_j of channel ob * 8 + 2i + k / 8, and bit k of
 // neg[pair] is set where that channel's direction is -1. This is the layout in which the
 // AVX-512 epilogue holds a channel pair's 2 x 8 pixels after its transpose.
+struct ThresholdTable;  // requant_table.h
+// With `table` set (many thresholds, kSearchMinT), the kRequant codes come from a search of the
+// table instead, and u / neg are unused.
 struct Epilogue {
   enum Mode { kAcc, kSigned, kRequant } mode = kAcc;
+  const ThresholdTable* table = nullptr;
   const int32_t* u = nullptr;
   const uint16_t* neg = nullptr;
   int64_t t = 0;

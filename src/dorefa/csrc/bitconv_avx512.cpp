@@ -31,6 +31,7 @@
 
 #include "bitconv.h"
 #include "bitpack.h"
+#include "requant_avx512.h"
 
 namespace dorefa {
 namespace {
@@ -90,6 +91,14 @@ inline void ToChannelPairs(const PermIdx& ix, const __m512i (&total)[8], __m512i
 // Requant of one channel pair: d = int32 D of [channel 2i: 8 pixels | channel 2i + 1: 8
 // pixels] (pair = blk * 4 + i); returns the 16 codes #{j : s * D > u_j} as bytes in that order.
 inline __m128i PairCodes(const Epilogue& ep, int64_t pair, __m512i d) {
+  if (ep.table != nullptr) {  // many thresholds: a search per output (requant_table.h)
+    alignas(64) int32_t dv[2 * kLanes];
+    alignas(16) uint8_t cv[2 * kLanes];
+    _mm512_store_si512(dv, d);
+    RequantChannelAvx512(*ep.table, 2 * pair, dv, kLanes, cv);
+    RequantChannelAvx512(*ep.table, 2 * pair + 1, dv + kLanes, kLanes, cv + kLanes);
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(cv));
+  }
   const __m512i sd = _mm512_mask_sub_epi32(d, ep.neg[pair], _mm512_setzero_si512(), d);
   const int32_t* u = ep.u + pair * ep.t * 2 * kLanes;
   const __m512i one = _mm512_set1_epi32(1);
@@ -163,6 +172,10 @@ inline void FinishLanes(const ConvGeom& g, __m512i total, int64_t s, int64_t out
     int64_t v = lanes[lane];
     if (ep.mode != Epilogue::kAcc) v = 2 * v - nw * s;
     if (ep.mode == Epilogue::kRequant) {
+      if (ep.table != nullptr) {
+        ep.codes[at] = RequantCode(*ep.table, o, static_cast<int32_t>(v));
+        continue;
+      }
       const int64_t pair = o / 2, k = (o % 2) * kLanes;
       const int64_t sd = (ep.neg[pair] >> k) & 1 ? -v : v;
       int code = 0;

@@ -65,18 +65,6 @@ int64_t FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
   return s;
 }
 
-// Step count of d against channel o's thresholds (output_transform.h).
-uint8_t Requant(const Int8Conv& c, int64_t o, int32_t d) {
-  const int32_t* th = c.thresholds + o * c.t;
-  int n = 0;
-  if (c.direction[o] > 0) {
-    for (int64_t j = 0; j < c.t; ++j) n += d >= th[j];
-  } else {
-    for (int64_t j = 0; j < c.t; ++j) n += d <= th[j];
-  }
-  return static_cast<uint8_t>(n);
-}
-
 }  // namespace
 
 uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
@@ -125,7 +113,9 @@ void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
     int64_t s = 0;
     if (c.mode != Epilogue::kAcc) s = FieldSum(c, n, r / g.ow, r % g.ow);
     const int32_t* row = raw + p * nb * kInt8Lanes;
-    for (int64_t o = ob0 * kInt8Lanes; o < o_end; ++o) {
+    int32_t dq[kInt8Lanes * kMaxStoreBlocks];  // kRequant: D of this pixel's channels
+    const int64_t o0 = ob0 * kInt8Lanes;
+    for (int64_t o = o0; o < o_end; ++o) {
       // acc = sum x' * w + z * Wsum, modulo 2^32 (exact: the true value fits int32).
       const auto acc = static_cast<int32_t>(static_cast<uint32_t>(row[o - ob0 * kInt8Lanes]) +
                                             z * static_cast<uint32_t>(c.wsum[o]));
@@ -137,9 +127,11 @@ void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
       if (c.mode == Epilogue::kSigned) {
         c.acc[base + o * ohw] = d;
       } else {
-        c.codes[base + o * ohw] = Requant(c, o, d);
+        dq[o - o0] = d;
       }
     }
+    if (c.mode == Epilogue::kRequant)
+      c.requant(*c.table, o0, o_end - o0, dq, c.codes + base + o0 * ohw, ohw);
   }
 }
 
@@ -158,9 +150,12 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
   c.mode = out.mode;
   c.acc = out.acc;
   c.codes = out.codes;
-  c.thresholds = out.thresholds;
-  c.t = out.t;
-  c.direction = out.direction;
+  static thread_local ThresholdTable table;
+  if (out.mode == Epilogue::kRequant) {
+    table.Build(g.o, out.thresholds, out.t, out.direction);
+    c.table = &table;
+    c.requant = kernel.requant;
+  }
   if (out.mode != Epilogue::kAcc) {
     sums.resize(static_cast<size_t>(g.n * g.hp * g.wp));
     c.pixsum = sums.data();

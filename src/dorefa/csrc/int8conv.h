@@ -31,6 +31,7 @@
 #include <cstdint>
 
 #include "bitconv.h"
+#include "requant_table.h"
 
 namespace dorefa {
 
@@ -71,9 +72,8 @@ struct Int8Conv {
   Epilogue::Mode mode = Epilogue::kAcc;
   int32_t* acc = nullptr;               // kAcc / kSigned output (N, O, OH, OW)
   uint8_t* codes = nullptr;             // kRequant output (N, O, OH, OW)
-  const int32_t* thresholds = nullptr;  // kRequant (O, t)
-  int64_t t = 0;
-  const int8_t* direction = nullptr;  // kRequant (O,)
+  const ThresholdTable* table = nullptr;  // kRequant: the thresholds (requant_table.h)
+  RequantPixelFn requant = nullptr;       // kRequant: the kernel's search over the table
 
   // The first byte of the receptive field of output pixel `pix` (flattened n, oy, ox).
   const int8_t* Field(int64_t pix) const;
@@ -82,7 +82,8 @@ struct Int8Conv {
 // Writes the outputs of pixels [pix0, pix0 + np) and channel blocks [ob0, ob0 + nb) from the
 // raw sums raw[p * nb * 16 + b * 16 + lane] = sum x' * w (mod 2^32): adds z * Wsum, then per
 // c.mode stores acc, D = 2 * acc - nw * S (S = sum of x over the receptive field), or the
-// requantized code of D (output_transform.h).
+// requantized code of D (output_transform.h; c.requant over c.table). nb <= kMaxStoreBlocks.
+constexpr int kMaxStoreBlocks = 8;
 void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
                    const int32_t* raw);
 
@@ -98,6 +99,7 @@ struct Int8Kernel {
   Int8ShiftFn shift;
   int64_t pix_tile;  // output pixels a call handles best (work split granularity)
   int64_t ob_tile;   // 16-channel blocks a call handles best
+  RequantPixelFn requant;  // codes of one pixel's channels from D (requant_table.h)
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS

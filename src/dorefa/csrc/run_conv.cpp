@@ -4,6 +4,7 @@
 
 #include "int8conv.h"
 #include "output_transform.h"
+#include "requant_table.h"
 
 namespace dorefa {
 namespace {
@@ -15,7 +16,13 @@ uint8_t RunFused(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
   ep.mode = out.mode;
   std::vector<int32_t> u;
   std::vector<uint16_t> neg;
-  if (out.mode == Epilogue::kRequant) {
+  ThresholdTable table;
+  if (out.mode == Epilogue::kRequant && out.t >= kSearchMinT) {
+    table.Build(g.o, out.thresholds, out.t, out.direction);
+    ep.table = &table;
+    ep.t = out.t;
+    ep.codes = out.codes;
+  } else if (out.mode == Epilogue::kRequant) {
     u.resize(static_cast<size_t>(ExpandedThresholdsSize(g, out.t)));
     neg.resize(static_cast<size_t>(g.ob * (kLanes / 2)));
     ExpandThresholds(g, out.thresholds, out.t, out.direction, u.data(), neg.data());

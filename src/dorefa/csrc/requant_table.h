@@ -1,0 +1,59 @@
+// Threshold re-quantisation by search: the per-channel thresholds of output_transform.h in a
+// table that a search reads in O(log T) per output instead of T compares.
+//
+// Sign folding (as Epilogue in bitconv.h): with s = direction of channel o (+1 / -1),
+//   code = #{ j : s * D > u_j },   u_j = s * t_j - 1  (clamped to INT32_MIN: it always holds),
+// i.e. code = the number of u_j below sd = s * D. The exporter's thresholds (exporter/folding.py)
+// rise with j for direction +1 and fall for -1, so u is non-decreasing in both cases; then
+//   code = #{ j : u_j < sd } = the insertion point of sd in the sorted row,
+// found by a search. A row that is not sorted (the reference accepts any order) is counted
+// linearly instead: the table records, once per call, whether every row is sorted.
+//
+// Layout: rows of `width` int32 per channel, width = a power of two >= max(16, T + 1); entries
+// j >= T hold INT32_MAX, which is never below sd (|D| <= INT32_MAX), so padding never counts.
+// A row is `width / 16` groups of 16 (one zmm each); tops[o][g] = u[o][16 g + 15] for the first
+// width / 16 - 1 groups (INT32_MAX after), so for a sorted row
+//   G = #{ g : tops[o][g] < sd },   code = 16 G + #{ i : u[o][16 G + i] < sd }
+// (groups before G lie wholly below sd; group G holds the insertion point, or is the last one).
+// Rows exist for `rows` channels (O rounded up to 16); the extra rows are padding (code 0).
+#ifndef DOREFA_CSRC_REQUANT_TABLE_H_
+#define DOREFA_CSRC_REQUANT_TABLE_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace dorefa {
+
+constexpr int64_t kGroup = 16;  // thresholds per group (one zmm of int32)
+// From this many thresholds on, the popcount kernels search the table; below it they keep their
+// linear vector count (t compares per 16 outputs beat ~10 instructions per output there).
+constexpr int64_t kSearchMinT = 32;
+
+struct ThresholdTable {
+  int64_t t = 0;
+  int64_t width = 0;    // entries per row
+  int64_t rows = 0;     // channels with a row (O rounded up to 16)
+  bool sorted = false;  // every row non-decreasing: the search is exact
+  std::vector<int32_t> u;     // (rows, width), sign-folded, INT32_MAX padded
+  std::vector<int32_t> tops;  // (rows, 16)
+  std::vector<int8_t> neg;    // (rows,) 1 where direction is -1
+
+  // Fills the table from thresholds (O, T) int32 and direction (O,) int8 (+1 / -1).
+  void Build(int64_t o, const int32_t* thresholds, int64_t t, const int8_t* direction);
+  // s * d for channel o.
+  int32_t Folded(int64_t o, int32_t d) const { return neg[o] ? -d : d; }
+};
+
+// Code of d in channel o: a branch-free binary search over the row when sorted, else a count
+// (portable; the AVX-512 kernels use requant_avx512.h).
+uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d);
+
+// Codes of one pixel's channels o0 .. o0 + n - 1: codes[i * stride] from d[i].
+using RequantPixelFn = void (*)(const ThresholdTable& tab, int64_t o0, int64_t n,
+                                const int32_t* d, uint8_t* codes, int64_t stride);
+void RequantPixelScalar(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
+                        uint8_t* codes, int64_t stride);
+
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_REQUANT_TABLE_H_

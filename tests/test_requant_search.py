@@ -1,0 +1,62 @@
+"""Re-quantisation with many thresholds (5- to 8-bit outputs), on every kernel.
+
+From 32 thresholds on, the native kernels find a code by a search over each channel's sorted,
+sign-folded thresholds (src/dorefa/csrc/requant_table.h) instead of counting them; rows that
+are not sorted (the reference accepts any order) are counted. Both must equal the reference
+``#{j : D >= t_j}`` (direction +1) / ``#{j : D <= t_j}`` (-1) exactly, including D equal to a
+threshold and the codes 0 and T at both ends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dorefa import kernels as K
+from dorefa.kernels import reference as R
+from kernel_cases import KERNELS, SHAPES, case, ids
+
+INT32 = np.iinfo(np.int32)
+
+
+def thresholds(d: np.ndarray, t: int, order: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(O, t) thresholds drawn from each channel's observed D above its minimum, so that the
+    minimum gets code 0, the maximum code t, and many outputs tie with a threshold; rows rise
+    for direction +1 and fall for -1 as the exporter writes them, or are shuffled."""
+    rng = np.random.default_rng(seed)
+    o = d.shape[1]
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    th = np.empty((o, t), np.int32)
+    for c in range(o):
+        v = np.unique(d[:, c])
+        pool = v[1:] if direction[c] > 0 else v[:-1]  # the other end stays outside
+        row = np.sort(rng.choice(pool if pool.size else v, size=t))
+        th[c] = row if direction[c] > 0 else row[::-1]
+    # Channel 0 as the exporter writes a constant code: thresholds always / never met.
+    k = t // 3
+    th[0] = np.r_[np.full(k, INT32.min + 1), np.full(t - k, INT32.max)].astype(np.int32)
+    direction[0] = 1
+    if order == "shuffled":
+        th = rng.permuted(th, axis=1)
+    return np.ascontiguousarray(th), direction
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("t", [255, 63, 32, 31])
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[6], SHAPES[7]], ids=ids)
+def test_requant_many_thresholds(kernel, t, order, shape):
+    x, w, _ = case(shape, 3, 2)
+    pw = R.pack_weights(w, 2)
+    s, p = shape[6], shape[7]
+    d = R.bitconv2d_signed(x, pw, 3, s, p)
+    th, direction = thresholds(d, t, order, seed=t)
+    expected = R.bitconv2d_requant(x, pw, 3, s, p, th, direction)
+    # The case covers what it claims: both end codes, and D equal to a threshold.
+    live = expected[:, 1:]
+    assert live.min() == 0 and live.max() == t
+    assert np.isin(d[:, 1:], th[1:]).any()
+    with K.use_kernel(kernel):
+        for threads in (1, 2):
+            got = K.bitconv2d_requant(x, pw, 3, s, p, th, direction, threads=threads)
+            np.testing.assert_array_equal(got, expected)
