@@ -70,8 +70,8 @@ struct Int8Conv {
   const int32_t* pixsum = nullptr;  // per padded pixel, sum over channels of x (signed modes)
   int32_t shift = 0;                // z
   Epilogue::Mode mode = Epilogue::kAcc;
-  int32_t* acc = nullptr;               // kAcc / kSigned output (N, O, OH, OW)
-  uint8_t* codes = nullptr;             // kRequant output (N, O, OH, OW)
+  int32_t* acc = nullptr;                 // kAcc / kSigned output (N, O, OH, OW)
+  uint8_t* codes = nullptr;               // kRequant output (N, O, OH, OW)
   const ThresholdTable* table = nullptr;  // kRequant: the thresholds (requant_table.h)
   RequantPixelFn requant = nullptr;       // kRequant: the kernel's search over the table
 
@@ -97,8 +97,8 @@ struct Int8Kernel {
   const char* tile;  // register tile, output pixels x output channels, e.g. "6x64"
   Int8TileFn run;
   Int8ShiftFn shift;
-  int64_t pix_tile;  // output pixels a call handles best (work split granularity)
-  int64_t ob_tile;   // 16-channel blocks a call handles best
+  int64_t pix_tile;        // output pixels a call handles best (work split granularity)
+  int64_t ob_tile;         // 16-channel blocks a call handles best
   RequantPixelFn requant;  // codes of one pixel's channels from D (requant_table.h)
 };
 

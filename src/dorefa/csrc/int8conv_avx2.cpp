@@ -146,7 +146,6 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
 
 }  // namespace
 
-extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1,
-                                     &RequantPixelScalar};
+extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1, &RequantPixelScalar};
 
 }  // namespace dorefa

@@ -84,7 +84,7 @@ void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
 
 }  // namespace
 
-extern const Int8Kernel kInt8Vnni = {"6x64",     &TileVnni, &Shift, 8 * kTileP,
-                                     kTileB,     &RequantPixelAvx512};
+extern const Int8Kernel kInt8Vnni = {"6x64",     &TileVnni, &Shift,
+                                     8 * kTileP, kTileB,    &RequantPixelAvx512};
 
 }  // namespace dorefa

@@ -31,9 +31,9 @@ constexpr int64_t kSearchMinT = 32;
 
 struct ThresholdTable {
   int64_t t = 0;
-  int64_t width = 0;    // entries per row
-  int64_t rows = 0;     // channels with a row (O rounded up to 16)
-  bool sorted = false;  // every row non-decreasing: the search is exact
+  int64_t width = 0;          // entries per row
+  int64_t rows = 0;           // channels with a row (O rounded up to 16)
+  bool sorted = false;        // every row non-decreasing: the search is exact
   std::vector<int32_t> u;     // (rows, width), sign-folded, INT32_MAX padded
   std::vector<int32_t> tops;  // (rows, 16)
   std::vector<int8_t> neg;    // (rows,) 1 where direction is -1
@@ -49,8 +49,8 @@ struct ThresholdTable {
 uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d);
 
 // Codes of one pixel's channels o0 .. o0 + n - 1: codes[i * stride] from d[i].
-using RequantPixelFn = void (*)(const ThresholdTable& tab, int64_t o0, int64_t n,
-                                const int32_t* d, uint8_t* codes, int64_t stride);
+using RequantPixelFn = void (*)(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
+                                uint8_t* codes, int64_t stride);
 void RequantPixelScalar(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
                         uint8_t* codes, int64_t stride);
 
