@@ -175,6 +175,13 @@ def _uniform16(like: Tensor, generator: torch.Generator | None, offset: float = 
     return halves.mul_(1.0 / 65536).add_(offset + 0.5 + 0.5 / 65536)
 
 
+def gradient_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The noise ``sigma`` in (-1/2, 1/2) that ``quantize_gradient(like, k, generator)`` adds
+    (``(i + 1/2) / 2^16 - 1/2``, exact in float32): the same draws from the same generator
+    state, for specs that take the noise as an input (``dorefa.kernels.reference_grad``)."""
+    return _uniform16(like, generator, offset=-0.5)
+
+
 class _GradQuantFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:

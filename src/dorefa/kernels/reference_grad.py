@@ -1,0 +1,288 @@
+"""NumPy spec of the integer products of DoReFa training: f_g's codes and both backward
+convolutions as exact integer sums of unsigned codes (DoReFa-Net, arXiv:1606.06160, sections
+2.1 and 2.5; docs/method.md sections 1 and 3).
+
+Every native training kernel must equal these functions bit for bit: the integer parts exactly,
+the float parts by following the float operations written in each docstring, in that order.
+
+The affine code maps (docs/method.md section 3), with ``n_k = 2**k - 1``:
+
+* gradient, G bits:  ``f_g(dy) = (2 m_b / n_g) (c - n_g/2) = (m_b / n_g) (2c - n_g)``,
+  ``c`` in ``0..n_g``, one ``m_b = max|dy|`` per sample b;
+* weight, W > 1:     ``f_w(W) = s (2p - n_w)``, ``s = 1 / n_w``; W = 1: ``s = E = mean|W|``,
+  ``n_w = 1`` (:func:`dorefa.quantizers.weight_codes` returns ``p`` and ``s``);
+* activation:        ``f_a(x) = q / n_a``, ``q`` in ``0..n_a``.
+
+``2c - n_g`` and ``2p - n_w`` are odd integers (n is odd), so doubling keeps every sum integral
+and the only non-integers left are one scale per sample.
+
+Input gradient (the transposed convolution of f_g(dy) with f_w(W), summed over output channels o
+and kernel taps), with ``T(a, b)`` the transposed convolution of integer arrays ``a`` (N, O, H',
+W') and ``b`` (O, C, KH, KW), ``1`` an array of ones::
+
+    dx = sum f_g f_w = (m_b s / n_g) * D,
+    D  = sum (2c - n_g)(2p - n_w)
+       = 4 T(c, p) - 2 n_w T(c, 1) - 2 n_g T(1, p) + n_g n_w T(1, 1).
+
+Only ``T(c, p)`` multiplies codes; ``T(c, 1)`` is a box sum of the gradient codes (the same for
+every input channel), ``T(1, p)`` and ``T(1, 1)`` depend on the weights and the geometry only
+(the same for every sample; ``T(1, 1)`` counts the (o, tap) pairs that reach a pixel, fewer at
+the borders and between strides).
+
+Weight gradient (a correlation of f_g(dy) with f_a(x) over batch and output pixels; ``U`` sums
+over the output pixels of one sample, ``q`` zero-padded with code 0)::
+
+    dW  = sum_b (m_b / (n_g n_a)) * S_b,
+    S_b = sum_pixels (2c - n_g) q = 2 U(c, q) - n_g U(1, q).
+
+``S_b`` is an exact integer per sample; the per-sample scale forbids summing codes over the batch
+before scaling, so the batch sum is a float64 sum of ``scale_b * S_b`` in order b = 0, 1, ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..geometry import conv_out_size
+from .reference import check_bits, check_code_array, check_code_range
+
+__all__ = [
+    "InputGrad",
+    "WeightGrad",
+    "gradient_codes",
+    "gradient_values",
+    "conv_input_grad_codes",
+    "input_grad_float",
+    "conv_weight_grad_codes",
+    "weight_grad_float",
+]
+
+
+# ----------------------------------------------------------------------------- f_g's codes
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``float32(a * b + c)`` rounded once (C's ``fmaf``) for float32 arrays.
+
+    ``a * b`` is exact in float64 (24 + 24 bits); the sum with ``c`` is formed as TwoSum
+    ``s + e`` exactly, then ``s`` is rounded to odd (moved one float64 ulp towards ``e`` when
+    ``e != 0`` and ``s`` is even) so that the final float64 -> float32 rounding is correct
+    (rounding to odd with >= 2 extra bits makes double rounding innocuous).
+    """
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = c.astype(np.float64)
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)
+    even = (s.view(np.int64) & 1) == 0
+    nudge = (e != 0) & even & np.isfinite(s)
+    s = np.where(nudge, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+def _sample_max(dy: np.ndarray) -> np.ndarray:
+    """``m_b = max|dy|`` over every axis but the first, float32 (N,) (exact: a max)."""
+    if dy.ndim == 1:
+        return np.abs(dy)
+    flat = dy.reshape(dy.shape[0], -1)
+    return np.maximum(flat.max(axis=1), -flat.min(axis=1))
+
+
+def gradient_codes(dy: np.ndarray, g_bits: int, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""f_g's codes: ``(c, m)``, ``c`` uint8 shaped like ``dy`` in ``0..n``, ``m`` float32 (N,).
+
+    With ``n = 2**g_bits - 1`` and ``sigma = noise`` in (-1/2, 1/2), one per element::
+
+        c = round_half_even( n * clip(dy / (2m) + 1/2 + sigma / n, 0, 1) ),
+        f_g(dy) = (2m/n) (c - n/2),
+
+    computed in float32 exactly as :func:`dorefa.quantizers.quantize_gradient` does:
+
+        m    = max(max dy, -min dy) per sample      (exact)
+        inv  = fl(fl(1 / (2 m')) * n),  m' = m if m > 0 else 1   (torch's ``n / t`` is
+               ``reciprocal(t) * n``)
+        base = fl(n/2 + sigma)                       (exact for the 16-bit noise and G <= 8)
+        x    = fmaf(dy, inv, base)                   (one rounding: torch's CPU ``addcmul`` is
+                                                      fused on FMA CPUs)
+        c    = rint(clip(x, 0, n))
+
+    A sample with ``m = 0`` has ``dy = 0`` so ``x = base`` and ``c`` is ``n/2 +- 1/2`` by the
+    noise; its value ``(2m/n)(c - n/2)`` is exactly 0 because ``m = 0``.
+
+    ``noise`` is what :func:`dorefa.quantizers.gradient_noise` draws (``(i + 1/2) / 2**16 - 1/2``
+    for a uniform 16-bit i, exact in float32), so tests can feed torch's own noise.
+    """
+    g_bits = check_bits("g_bits", g_bits)
+    dy = np.asarray(dy, np.float32)
+    noise = np.asarray(noise, np.float32)
+    if dy.ndim < 1:
+        raise ValueError("dy needs a batch axis (at least 1-D); reshape a scalar to (1,)")
+    if noise.shape != dy.shape:
+        raise ValueError(f"noise has shape {noise.shape} but dy has {dy.shape}; draw one per dy")
+    n = np.float32((1 << g_bits) - 1)
+    m = _sample_max(dy)
+    safe = np.where(m > 0, m, np.float32(1)).reshape((-1,) + (1,) * (dy.ndim - 1))
+    inv = (np.float32(1) / (np.float32(2) * safe)) * n
+    base = n / np.float32(2) + noise
+    x = _fma32(dy, np.broadcast_to(inv, dy.shape), base)
+    return np.rint(np.clip(x, np.float32(0), n)).astype(np.uint8), m
+
+
+def gradient_values(codes: np.ndarray, m: np.ndarray, g_bits: int) -> np.ndarray:
+    """The float32 f_g(dy) of torch's ``quantize_gradient``: ``fl(fl(c * fl(m * fl(2/n))) - m)``
+    (two roundings away from the exact ``(2m/n)(c - n/2)``: within ``8 * 2**-24 * m``)."""
+    n = (1 << check_bits("g_bits", g_bits)) - 1
+    mm = np.asarray(m, np.float32).reshape((-1,) + (1,) * (codes.ndim - 1))
+    return codes.astype(np.float32) * (mm * np.float32(2.0 / n)) - mm
+
+
+# ----------------------------------------------------------------------------- input gradient
+@dataclass(frozen=True)
+class InputGrad:
+    """``dx = scale[b] * d[b]``; ``d = 4 t_cp - 2 n_w t_c1 - 2 n_g t_1p + n_g n_w t_11``.
+
+    ``t_cp`` (N, C, H, W), ``t_c1`` (N, 1, H, W), ``t_1p`` (1, C, H, W), ``t_11`` (1, 1, H, W),
+    ``d`` (N, C, H, W): int64; ``scale`` float64 (N,) = ``float64(m_b) * w_scale / n_g``.
+    """
+
+    t_cp: np.ndarray
+    t_c1: np.ndarray
+    t_1p: np.ndarray
+    t_11: np.ndarray
+    d: np.ndarray
+    scale: np.ndarray
+
+
+def _transposed(
+    a: np.ndarray, b: np.ndarray, stride: int, padding: int, hw: tuple[int, int]
+) -> np.ndarray:
+    """``T(a, b)``: int64 (N, C, H, W) = sum over o, taps of a[n, o, i, j] * b[o, c, kh, kw]
+    scattered to padded pixel (i*stride + kh, j*stride + kw), then the padding cropped."""
+    n, _, oh, ow = a.shape
+    _, c, kh, kw = b.shape
+    h, w = hw
+    out = np.zeros((n, c, h + 2 * padding, w + 2 * padding), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            tap = np.einsum("nohw,oc->nchw", a, b[:, :, i, j])
+            out[:, :, i : i + stride * (oh - 1) + 1 : stride,
+                j : j + stride * (ow - 1) + 1 : stride] += tap  # fmt: skip
+    return out[:, :, padding : padding + h, padding : padding + w]
+
+
+def _codes(name: str, a: object, bits: int, layout: str) -> np.ndarray:
+    """A 4-D uint8 code array below 2**bits, as int64."""
+    a = check_code_array(name, a, layout)
+    check_code_range(name, a, bits)
+    return a.astype(np.int64)
+
+
+def _check_geometry(
+    out_hw: tuple[int, int], kernel: tuple[int, int], stride: int, padding: int, hw: tuple
+) -> tuple[int, int]:
+    h, w = (int(v) for v in hw)
+    want = (
+        conv_out_size(h, kernel[0], stride, padding),
+        conv_out_size(w, kernel[1], stride, padding),
+    )
+    if tuple(out_hw) != want:
+        raise ValueError(
+            f"gradient codes have spatial shape {tuple(out_hw)} but a {kernel} convolution with "
+            f"stride {stride}, padding {padding} of a {h}x{w} input gives {want}; pass the "
+            "forward input's (H, W) as input_hw"
+        )
+    return h, w
+
+
+def conv_input_grad_codes(
+    c: np.ndarray,
+    m: np.ndarray,
+    g_bits: int,
+    w_codes: np.ndarray,
+    w_scale: float,
+    w_bits: int,
+    stride: int,
+    padding: int,
+    input_hw: tuple[int, int],
+) -> InputGrad:
+    """The input gradient of a convolution as integer transposed convolutions of codes.
+
+    ``c`` uint8 (N, O, H', W') gradient codes and ``m`` (N,) from :func:`gradient_codes`;
+    ``w_codes`` uint8 (O, C, KH, KW) and ``w_scale`` from ``weight_codes``; ``input_hw`` the
+    forward input's (H, W) (needed: with stride > 1 it is not a function of H', W').
+    See the module docstring for ``D``; here ``dx = (m_b s / n_g) D``.
+    """
+    ng = (1 << check_bits("g_bits", g_bits)) - 1
+    nw = (1 << check_bits("w_bits", w_bits)) - 1
+    cc = _codes("c", c, g_bits, "(N, O, H', W')")
+    p = _codes("w_codes", w_codes, w_bits, "(O, C, KH, KW)")
+    hw = _check_geometry(cc.shape[2:], p.shape[2:], stride, padding, input_hw)
+    t_cp = _transposed(cc, p, stride, padding, hw)
+    t_c1 = _transposed(cc, np.ones((p.shape[0], 1) + p.shape[2:], np.int64), stride, padding, hw)
+    one = np.ones((1,) + cc.shape[1:], np.int64)
+    t_1p = _transposed(one, p, stride, padding, hw)
+    t_11 = _transposed(one, np.ones((p.shape[0], 1) + p.shape[2:], np.int64), stride, padding, hw)
+    d = 4 * t_cp - 2 * nw * t_c1 - 2 * ng * t_1p + ng * nw * t_11
+    scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
+    return InputGrad(t_cp, t_c1, t_1p, t_11, d, scale)
+
+
+def input_grad_float(parts: InputGrad) -> np.ndarray:
+    """dx in float64 (N, C, H, W): ``scale[b] * float64(D)`` (one rounding per element)."""
+    return parts.scale[:, None, None, None] * parts.d.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- weight gradient
+@dataclass(frozen=True)
+class WeightGrad:
+    """``dW = sum_b scale[b] * s[b]``; ``s = 2 u_cq - n_g u_1q`` int64 (N, O, C, KH, KW) with
+    ``u_cq`` (N, O, C, KH, KW), ``u_1q`` (N, 1, C, KH, KW); ``scale`` float64 (N,) =
+    ``float64(m_b) / (n_g * n_a)``."""
+
+    u_cq: np.ndarray
+    u_1q: np.ndarray
+    s: np.ndarray
+    scale: np.ndarray
+
+
+def conv_weight_grad_codes(
+    c: np.ndarray,
+    m: np.ndarray,
+    g_bits: int,
+    a_codes: np.ndarray,
+    a_bits: int,
+    stride: int,
+    padding: int,
+    kernel: tuple[int, int],
+) -> WeightGrad:
+    """The weight gradient of a convolution as per-sample integer correlations of codes.
+
+    ``c`` uint8 (N, O, H', W') and ``m`` (N,) from :func:`gradient_codes`; ``a_codes`` uint8
+    (N, C, H, W) the forward input's activation codes; ``kernel`` (KH, KW). Per sample b,
+    ``U(c, q)[o, ci, kh, kw] = sum_{i, j} c[o, i, j] q_pad[ci, i*stride + kh, j*stride + kw]``.
+    """
+    ng = (1 << check_bits("g_bits", g_bits)) - 1
+    na = (1 << check_bits("a_bits", a_bits)) - 1
+    cc = _codes("c", c, g_bits, "(N, O, H', W')")
+    q = _codes("a_codes", a_codes, a_bits, "(N, C, H, W)")
+    kh, kw = (int(k) for k in kernel)
+    _check_geometry(cc.shape[2:], (kh, kw), stride, padding, q.shape[2:])
+    qp = np.pad(q, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    win = np.lib.stride_tricks.sliding_window_view(qp, (kh, kw), axis=(2, 3))
+    win = win[:, :, ::stride, ::stride][
+        :, :, : cc.shape[2], : cc.shape[3]
+    ]  # (N, C, H', W', KH, KW)
+    u_cq = np.einsum("nohw,nchwij->nocij", cc, win)
+    u_1q = win.sum(axis=(2, 3))[:, None]
+    s = 2 * u_cq - ng * u_1q
+    scale = np.asarray(m, np.float32).astype(np.float64) / (ng * na)
+    return WeightGrad(u_cq, u_1q, s, scale)
+
+
+def weight_grad_float(parts: WeightGrad) -> np.ndarray:
+    """dW in float64 (O, C, KH, KW): ``sum_b scale[b] * float64(S_b)``, summed from 0 in batch
+    order (the order fixes every bit)."""
+    out = np.zeros(parts.s.shape[1:], np.float64)
+    for b in range(parts.s.shape[0]):
+        out += parts.scale[b] * parts.s[b].astype(np.float64)
+    return out
