@@ -114,11 +114,12 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
         for (int64_t j = 0; j < g.kw; ++j) offs.push_back((ci * hp + i) * wp + j);
     p.offs = offs.data();
     p.eps = SumErrorBounds(g, x, wd.data(), taps, eps.data()) ? eps.data() : nullptr;
-    const int64_t plane = g.ph * g.pw;
-    ParallelFor(threads, g.n * plane, [&](int64_t first, int64_t last) {
-      for (int64_t it = first; it < last; ++it) {
-        const int64_t n = it / plane, r = it % plane;
-        pixel(g, p, n, r / g.pw, r % g.pw, out + n * g.o * plane);
+    const int64_t plane = g.ph * g.pw, runs = (g.pw + kPixelRun - 1) / kPixelRun;
+    ParallelFor(threads, g.n * g.ph * runs, [&](int64_t first, int64_t last) {
+      for (int64_t it = first; it < last; ++it) {  // it = (n, py, run of kPixelRun pixels)
+        const int64_t n = it / (g.ph * runs), r = it % (g.ph * runs);
+        const int64_t px = r % runs * kPixelRun;
+        pixel(g, p, n, r / runs, px, std::min(kPixelRun, g.pw - px), out + n * g.o * plane);
       }
     });
     return;
@@ -147,6 +148,7 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
                   int64_t s, int64_t p, uint8_t* out) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
+  std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p));  // one padded row of maxima
   for (int64_t nc = 0; nc < n * c; ++nc) {
     const uint8_t* src = x + nc * h * w;
     uint8_t* dst = out + nc * oh * ow;
@@ -162,19 +164,23 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
       }
       continue;
     }
-    for (int64_t oy = 0; oy < oh; ++oy)
+    // Separable: per output row, the max of its k input rows (valid rows only: padding is
+    // code 0) into a zero-padded row buffer, then the max of k taps of that buffer per column.
+    for (int64_t oy = 0; oy < oh; ++oy) {
+      uint8_t* rowp = row.data();
+      std::fill(row.begin(), row.end(), uint8_t{0});
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t y = oy * s + i - p;
+        if (y < 0 || y >= h) continue;
+        const uint8_t* r = src + y * w;
+        for (int64_t xx = 0; xx < w; ++xx) rowp[p + xx] = std::max(rowp[p + xx], r[xx]);
+      }
       for (int64_t ox = 0; ox < ow; ++ox) {
-        uint8_t mx = 0;
-        for (int64_t i = 0; i < k; ++i) {
-          const int64_t y = oy * s + i - p;
-          if (y < 0 || y >= h) continue;
-          for (int64_t j = 0; j < k; ++j) {
-            const int64_t xx = ox * s + j - p;
-            if (xx >= 0 && xx < w) mx = std::max(mx, src[y * w + xx]);
-          }
-        }
+        uint8_t mx = rowp[ox * s];
+        for (int64_t j = 1; j < k; ++j) mx = std::max(mx, rowp[ox * s + j]);
         dst[oy * ow + ox] = mx;
       }
+    }
   }
 }
 

@@ -46,10 +46,12 @@ struct FloatConvPlan {
   const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
 };
 
-// One pooled output pixel (py, px) of image n, all channels, codes to dst (O, PH, PW) of that
-// image. The vector paths below; the kernel table (kernel_table.h) says which one a kernel uses.
+// Pooled output pixels (py, px .. px + count - 1) of image n (count in 1..kPixelRun), all
+// channels, codes to dst (O, PH, PW) of that image. The vector paths below; the kernel table
+// (kernel_table.h) says which one a kernel uses.
 using FloatConvPixelFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n,
-                                  int64_t py, int64_t px, uint8_t* dst);
+                                  int64_t py, int64_t px, int64_t count, uint8_t* dst);
+constexpr int64_t kPixelRun = 4;  // pixels of one row per call (4 FMA chains without a pool)
 
 // out (N, O, PH, PW) uint8 codes. `pixel` is the vector path (the caller checks CPU support),
 // nullptr the portable scalar rows. threads > 1 splits pooled pixels (vector path) or
@@ -79,10 +81,10 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
 #ifdef DOREFA_HAVE_X86_KERNELS
 // AVX-512F: double sums, 8 per zmm, 48 channels per group.
 void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
-                            int64_t px, uint8_t* dst);
+                            int64_t px, int64_t count, uint8_t* dst);
 // AVX2 + FMA: float32 sums, 8 per ymm, 24 channels per group, each code proved or recomputed.
 void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
-                          int64_t px, uint8_t* dst);
+                          int64_t px, int64_t count, uint8_t* dst);
 #endif
 
 }  // namespace dorefa

@@ -85,7 +85,7 @@ void Group(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp, co
 }  // namespace
 
 void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py,
-                            int64_t px, uint8_t* dst) {
+                            int64_t px0, int64_t count, uint8_t* dst) {
   const int64_t hp = pl.hp, wp = pl.wp, ostride = pl.ostride;
   const double* img = pl.xd + n * g.c * hp * wp;
   const double* wt = pl.wtd;
@@ -94,10 +94,11 @@ void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& pl, int
                            int64_t, const float*, int64_t, int64_t, uint8_t*, int64_t);
   constexpr GroupFn kGroups[kVec] = {&Group<1>, &Group<2>, &Group<3>,
                                      &Group<4>, &Group<5>, &Group<6>};
-  for (int64_t o0 = 0; o0 < g.o; o0 += 8 * kVec) {
-    const int64_t nv = std::min<int64_t>(kVec, (g.o - o0 + 7) / 8);
-    kGroups[nv - 1](g, img, hp, wp, wt, ostride, bias, py, px, dst, o0);
-  }
+  for (int64_t px = px0; px < px0 + count; ++px)
+    for (int64_t o0 = 0; o0 < g.o; o0 += 8 * kVec) {
+      const int64_t nv = std::min<int64_t>(kVec, (g.o - o0 + 7) / 8);
+      kGroups[nv - 1](g, img, hp, wp, wt, ostride, bias, py, px, dst, o0);
+    }
 }
 
 }  // namespace dorefa

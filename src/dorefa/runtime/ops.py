@@ -22,6 +22,13 @@ def _windows(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
     return win[:, :, ::stride, ::stride]
 
 
+def _tap_range(i: int, p: int, s: int, n_out: int, n_in: int) -> tuple[int, int]:
+    """Outputs [r0, r1) whose tap i reads inside the input: 0 <= r s + i - p < n_in."""
+    r0 = max(0, -((i - p) // s))  # ceil((p - i) / s)
+    r1 = min(n_out, (n_in - 1 - i + p) // s + 1)
+    return r0, max(r0, r1)
+
+
 class Layer:
     """One node of the network: ``name``, ``inputs`` (value names), ``source`` (the torch module
     whose output this node reproduces, if the exporter recorded it)."""
@@ -137,7 +144,9 @@ class Affine(Layer):
         self.shift = shift.reshape(1, -1, *tail)
 
     def forward(self, x, threads):
-        return x * self.scale + self.shift
+        y = x * self.scale  # one new array, the shift added in place (same float32 ops)
+        y += self.shift
+        return y
 
     def describe(self):
         return f"affine {self.scale.size} channels (float32 BatchNorm)"
@@ -185,17 +194,20 @@ class MaxPool(Layer):
             return kernels.maxpool_codes(x, k, s, p)
         n, c, h, w = x.shape
         ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
-        if p:
-            x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
-        # separable: max over the k row taps, then over the k column taps
-        rows = None
+        # separable, no padded copy: max over the k row taps, then over the k column taps; tap
+        # i of output row r reads input row r s + i - p, and the padding (-inf) never wins
+        rows = np.full((n, c, ho, w), -np.inf, np.float32)
         for i in range(k):
-            tap = x[:, :, i : i + s * (ho - 1) + 1 : s, :]  # (N, C, H', W + 2p)
-            rows = tap.copy() if rows is None else np.maximum(rows, tap, out=rows)
-        out = None
+            r0, r1 = _tap_range(i, p, s, ho, h)
+            if r0 < r1:
+                src = x[:, :, r0 * s + i - p : (r1 - 1) * s + i - p + 1 : s]
+                np.maximum(rows[:, :, r0:r1], src, out=rows[:, :, r0:r1])
+        out = np.full((n, c, ho, wo), -np.inf, np.float32)
         for j in range(k):
-            tap = rows[:, :, :, j : j + s * (wo - 1) + 1 : s]  # (N, C, H', W')
-            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+            c0, c1 = _tap_range(j, p, s, wo, w)
+            if c0 < c1:
+                src = rows[:, :, :, c0 * s + j - p : (c1 - 1) * s + j - p + 1 : s]
+                np.maximum(out[:, :, :, c0:c1], src, out=out[:, :, :, c0:c1])
         return out
 
     def describe(self):
