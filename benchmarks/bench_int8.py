@@ -21,6 +21,7 @@ import argparse
 import statistics
 import time
 
+import bench_kernels
 import numpy as np
 import torch
 from bench_kernels import LAYERS, SETTLE_SECONDS, measure_clock_hz
@@ -32,32 +33,10 @@ KERNELS = ("popcount", "int8-vnni", "int8-avx2")
 
 
 def torch_contestants(layer, n: int, rng: np.random.Generator) -> dict:
-    """fp32 and the faster-on-the-day torch int8 engines, as in bench_kernels.py."""
-    xf = torch.from_numpy(rng.random((n, layer.c, layer.hw, layer.hw), dtype=np.float32))
-    wf = torch.from_numpy(rng.standard_normal((layer.o, layer.c, layer.k, layer.k), np.float32))
-    out = {}
-
-    def fp32():
-        with torch.no_grad():
-            return torch.nn.functional.conv2d(xf, wf, padding=layer.pad)
-
-    out["torch fp32"] = fp32
-    qx = torch.quantize_per_tensor(xf, 1 / 255, 0, torch.quint8)
-    qw = torch.quantize_per_tensor(wf, 0.02, 0, torch.qint8)
-    for engine in ("x86", "fbgemm"):
-        if engine not in torch.backends.quantized.supported_engines:
-            continue
-        torch.backends.quantized.engine = engine
-        packed = torch.ops.quantized.conv2d_prepack(
-            qw, None, [1, 1], [layer.pad, layer.pad], [1, 1], 1
-        )
-
-        def int8(packed=packed, engine=engine):
-            torch.backends.quantized.engine = engine
-            return torch.ops.quantized.conv2d(qx, packed, 0.05, 0)
-
-        out[f"torch int8 {engine}"] = int8
-    return out
+    """fp32 and the torch int8 engines of bench_kernels.py, named ``torch ...``."""
+    return {
+        f"torch {name}": fn for name, fn in bench_kernels.torch_contestants(layer, n, rng).items()
+    }
 
 
 def kernel_contestants(layer, n: int, threads: int, rng: np.random.Generator) -> dict:

@@ -100,18 +100,10 @@ def nominal_mhz() -> str:
     return "?"
 
 
-def contestants(layer: Layer, n: int, threads: int, rng: np.random.Generator) -> dict:
-    """name -> zero-argument callable running one convolution."""
+def torch_contestants(layer: Layer, n: int, rng: np.random.Generator) -> dict:
+    """torch's own convolution of the layer: ``fp32`` and ``int8 <engine>`` for each quantized
+    engine this torch has (x86 / fbgemm: the faster one on the day is the competitor)."""
     out = {}
-    for xb, wb in ((2, 1), (1, 1)):
-        x = rng.integers(0, 1 << xb, (n, layer.c, layer.hw, layer.hw), dtype=np.uint8)
-        w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
-        pw = K.pack_weights(w, wb)
-
-        def bit(x=x, pw=pw, xb=xb):
-            return K.bitconv2d_packed(x, pw, xb, 1, layer.pad, threads)
-
-        out[f"W{wb}A{xb}"] = bit
     xf = torch.from_numpy(rng.random((n, layer.c, layer.hw, layer.hw), dtype=np.float32))
     wf = torch.from_numpy(rng.standard_normal((layer.o, layer.c, layer.k, layer.k), np.float32))
 
@@ -136,6 +128,21 @@ def contestants(layer: Layer, n: int, threads: int, rng: np.random.Generator) ->
 
         out[f"int8 {engine}"] = int8
     return out
+
+
+def contestants(layer: Layer, n: int, threads: int, rng: np.random.Generator) -> dict:
+    """name -> zero-argument callable running one convolution."""
+    out = {}
+    for xb, wb in ((2, 1), (1, 1)):
+        x = rng.integers(0, 1 << xb, (n, layer.c, layer.hw, layer.hw), dtype=np.uint8)
+        w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
+        pw = K.pack_weights(w, wb)
+
+        def bit(x=x, pw=pw, xb=xb):
+            return K.bitconv2d_packed(x, pw, xb, 1, layer.pad, threads)
+
+        out[f"W{wb}A{xb}"] = bit
+    return out | torch_contestants(layer, n, rng)
 
 
 # Pause before each round: the previous contestant's idle threads keep spinning for a while
