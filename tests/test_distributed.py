@@ -20,6 +20,7 @@ from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 from dorefa.cli import build_parser, config_from_args, explicit_train_options, main
 from dorefa.nn import ActQuant, GradQuant, QConv2d, QLinear
 from dorefa.quantizers import quantize_activation, quantize_weight
+from dorefa.bits import Bits
 from dorefa.recipes import apply_recipe, config_with_recipe, list_recipes
 from dorefa.train import TrainConfig, derive_seed, grad_seed, lr_at, train
 
@@ -133,7 +134,7 @@ def test_recipe_fills_only_what_was_not_given():
     assert cfg.lr == 0.05 and cfg.batch_size == 256
     with pytest.raises(ValueError, match="recipe alexnet-imagenet is for --model alexnet"):
         apply_recipe({"model": "svhn"}, {"model"}, "alexnet-imagenet")
-    assert set(list_recipes()) == {"alexnet-imagenet", "resnet18-imagenet"}
+    assert set(list_recipes()) == {"alexnet-imagenet", "resnet18-imagenet", "svhn-fashion-mnist"}
     # without --recipe the defaults are the old ones (single group Adam, paper schedule)
     argv = ["train", "--epochs", "2"]
     cfg = config_from_args(build_parser().parse_args(argv), explicit_train_options(argv[1:]))
@@ -195,6 +196,21 @@ def test_imagenet_recipes_end_to_end(recipe, model, tiny_imagefolder, tmp_path, 
         [5e-6, 0.0] if model == "alexnet" else [1e-4, 0.0]
     )
     assert "momentum_buffer" in str(ckpt["optimizer"]["state"]) or model == "alexnet"
+
+
+def test_weight_decay_on_float_layers_only():
+    """weight_decay_on="float": the first conv and last linear of a quantized model (w_bits 32),
+    every conv/linear weight of a float one; never BN or the quantized layers' latent weights."""
+    from dorefa.models import create_model
+    from dorefa.optim import build_optimizer
+
+    for bits, n_decayed in (((1, 2, 6), 2), ((32, 32, 32), 8)):
+        cfg = config_with_recipe("svhn-fashion-mnist", bits=Bits(*bits), width=0.125)
+        model = create_model("svhn", bits=Bits(*bits), width=0.125)
+        decayed, rest = build_optimizer(cfg, model).param_groups
+        assert decayed["weight_decay"] == 1e-4 and rest["weight_decay"] == 0.0
+        assert len(decayed["params"]) == n_decayed
+        assert all(p.dim() in (2, 4) for p in decayed["params"])
 
 
 def test_recipe_from_python():

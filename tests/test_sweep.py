@@ -506,3 +506,25 @@ def test_claim_tests_on_diffs():
     assert non_increasing([Diff(-0.01, 0.01), Diff(-0.015, 0.01)]) == SAME
     assert non_increasing([Diff(-0.01, 0.01), Diff(-0.03, 0.01)]) == HOLDS
     assert non_increasing([Diff(-0.03, 0.01), Diff(-0.01, 0.01)]) == FAILS
+
+
+def test_a_recipe_sets_every_cells_knobs_and_is_part_of_the_budget(tmp_path):
+    from dorefa.sweep.records import cell_settings, settings_diff
+    from dorefa.sweep.scheduler import train_command, train_config
+    from dorefa.train_flags import config_from_argv
+
+    cell = Cell(Bits(1, 2, 6), 0.25, seed=1)
+    cfg = SweepConfig(recipe="svhn-fashion-mnist", epochs=3, out=str(tmp_path))
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (3, 128, 1e-3)  # explicit, then the recipe's
+    tc = train_config(cfg, cell, tmp_path / "c", None)
+    assert tc.recipe == "svhn-fashion-mnist" and tc.epochs == 3 and tc.seed == 1
+    assert tc.lr_milestones == ((6, 0.2), (9, 0.2)) and tc.weight_decay_on == "float"
+    assert tc.augment == "crop-flip" and tc.bits == Bits(1, 2, 6) and tc.width == 0.25
+    argv = train_command(cfg, cell, tmp_path / "c", None)[4:]
+    assert config_from_argv(argv) == tc  # the child process trains exactly this
+    assert SweepConfig(recipe="svhn-fashion-mnist").epochs == 12
+    assert SweepConfig().epochs == 2 and SweepConfig().lr == 1e-3  # no recipe: the old budget
+    # a record trained without the recipe does not count as done for a sweep with it
+    old = {"config": cell_settings(SweepConfig(epochs=3), cell)}
+    assert settings_diff(old, cfg, cell) == {"recipe": (None, "svhn-fashion-mnist")}
+    assert settings_diff({"config": cell_settings(cfg, cell)}, cfg, cell) == {}

@@ -42,16 +42,29 @@ def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     return AMP_DTYPES[amp]
 
 
+# Which parameters weight decay applies to: every one; conv+linear weights; linear weights only;
+# the weights of the layers that stay float (w_bits 32: the first conv and last linear of a
+# quantized model, every layer of a float one). Quantized weights pass through tanh and a
+# rounding, so an L2 pull on their latent values is not a pull on what the layer computes.
+WEIGHT_DECAY_ON = ("all", "weights", "linear", "float")
+
+
 def _param_groups(cfg, model: nn.Module) -> tuple[list, float]:
     """(parameters or groups, the optimizer-wide weight decay) for ``weight_decay_on``."""
-    if cfg.weight_decay_on not in ("all", "weights", "linear"):
+    if cfg.weight_decay_on not in WEIGHT_DECAY_ON:
         raise ValueError(
-            f"weight_decay_on must be all, weights or linear, got {cfg.weight_decay_on!r}"
+            f"weight_decay_on must be one of {', '.join(WEIGHT_DECAY_ON)}, "
+            f"got {cfg.weight_decay_on!r}"
         )
     if cfg.weight_decay_on == "all":
         return list(model.parameters()), cfg.weight_decay
     kinds = (nn.Linear,) if cfg.weight_decay_on == "linear" else (nn.Linear, nn.Conv2d)
-    decayed = {id(m.weight) for m in model.modules() if isinstance(m, kinds)}
+    decayed = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, kinds)
+        and (cfg.weight_decay_on != "float" or getattr(m, "w_bits", 32) >= 32)
+    }
     groups = [
         {
             "params": [p for p in model.parameters() if id(p) in decayed],

@@ -12,6 +12,9 @@ always wins. See docs/distributed.md for where each number comes from.
   (``examples/ResNet/imagenet-resnet.py``), whose ImageNetModel the DoReFa script builds on:
   momentum SGD 0.9 (Nesterov), lr 0.1 for batch 256, x0.1 at epochs 30, 60, 90, 100 epochs,
   weight decay 1e-4 on every conv and fc weight (ImageNetModel's ``'.*/W'``).
+* ``svhn-fashion-mnist``: Model A trained to its plateau on Fashion-MNIST (the converged study,
+  docs/results.md, which says how it was chosen): Adam lr 1e-3, x0.2 at epochs 6 and 9, 12
+  epochs, batch 128, random crop + flip, L2 weight decay 1e-4 on the layers that stay float.
 """
 
 from __future__ import annotations
@@ -69,6 +72,24 @@ RECIPES: dict[str, Recipe] = {
                 weight_decay=1e-4,
                 weight_decay_on="weights",
                 augment="none",
+            ),
+        ),
+        Recipe(
+            "svhn-fashion-mnist",
+            "svhn",
+            "Model A to its plateau on Fashion-MNIST: Adam 1e-3, x0.2 at 6/9, 12 ep, crop-flip, "
+            "wd 1e-4 on float layers",
+            dict(
+                model="svhn",
+                data="fashion-mnist",
+                batch_size=128,
+                epochs=12,
+                optimizer="adam",
+                lr=1e-3,
+                lr_milestones=((6, 0.2), (9, 0.2)),
+                weight_decay=1e-4,
+                weight_decay_on="float",
+                augment="crop-flip",
             ),
         ),
     )

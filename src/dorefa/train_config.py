@@ -42,7 +42,7 @@ class TrainConfig:
     nesterov: bool = False  # sgd only
     lr_milestones: tuple | None = None  # ((epoch, factor), ...): lr *= factor from that 0-based
     #                                     epoch on; None = the paper's halving at 50% of epochs
-    weight_decay_on: str = "all"  # all params | weights (conv+linear weights) | linear (fc weights)
+    weight_decay_on: str = "all"  # all | weights (conv+linear) | linear (fc) | float (w_bits 32)
     amp: str | None = default("amp")  # None | bf16 | fp16 (CUDA only): autocast of the forward
     channels_last: bool = default("channels_last")  # NHWC memory format for model and input
     sync_bn: bool = default("sync_bn")  # data-parallel: BatchNorm statistics of the global batch

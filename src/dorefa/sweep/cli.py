@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..recipes import list_recipes
 from .config import SweepConfig
 from .grid import BUILTIN_GRIDS, parse_seeds
 from .page import render_records_page
@@ -29,6 +30,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         records=args.records,
         batch_size=args.batch_size,
         lr=args.lr,
+        recipe=args.recipe,
     )
     rows = run_sweep(cfg)
     failed = [r.cell for r in rows if not r.ok]
@@ -62,7 +64,9 @@ def register_cli(sub) -> None:
         default="paper",
         help=f"built-in grid ({', '.join(BUILTIN_GRIDS)}) or a .yaml/.toml grid file",
     )
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument(
+        "--epochs", type=int, default=None, help="default: the recipe's, else 2"
+    )
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--subset", type=int, default=None, help="first N training images, every cell")
     p.add_argument("--test-subset", type=int, default=None, help="first N test images")
@@ -81,8 +85,19 @@ def register_cli(sub) -> None:
         help="folder of committed cell records (e.g. docs/results/cells/NAME): each finished "
         "cell writes DIR/<cell>.json; a record with the same settings counts as done",
     )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default: the recipe's, else 128"
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="default: the recipe's, else 1e-3"
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        choices=list_recipes(),
+        help="train every cell with this recipe's schedule, weight decay and augmentation "
+        "(dorefa train --recipe); the sweep's own flags win",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-render a sweep's results.md and plots from its CSV")

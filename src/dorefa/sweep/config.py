@@ -25,7 +25,10 @@ SETTING_KEYS = (
     "test_subset",
     "batch_size",
     "lr",
+    "recipe",
 )
+# The budget when neither the command line nor a recipe gives it.
+BUDGET_DEFAULTS = {"epochs": 2, "batch_size": 128, "lr": 1e-3}
 
 
 @dataclass
@@ -34,7 +37,7 @@ class SweepConfig:
     data: str = "fashion-mnist"
     data_dir: str | None = None
     grid: str = "paper"  # built-in name or grid file
-    epochs: int = 2
+    epochs: int | None = None  # None: the recipe's, else BUDGET_DEFAULTS
     out: str = "runs/sweep"
     subset: int | None = None  # first N training images, every cell
     test_subset: int | None = None  # first N test images (None = the whole test set)
@@ -42,9 +45,19 @@ class SweepConfig:
     seed: int = 0  # the seed when ``seeds`` is None (``--seed``)
     seeds: tuple[int, ...] | None = None  # the grid's seeds (``--seeds 0,1``); None = (seed,)
     records: str | None = None  # folder of committed cell records (``--records``), see .records
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int | None = None
+    lr: float | None = None
+    recipe: str | None = None  # dorefa.recipes name: every cell's training knobs (``--recipe``)
     progress: bool | None = None  # tqdm over cells; None = only on a terminal
+
+    def __post_init__(self) -> None:
+        """Fill the budget the caller left None: from the recipe, else BUDGET_DEFAULTS."""
+        from ..recipes import get_recipe
+
+        recipe = get_recipe(self.recipe).defaults if self.recipe else {}
+        for key, fallback in BUDGET_DEFAULTS.items():
+            if getattr(self, key) is None:
+                setattr(self, key, recipe.get(key, fallback))
 
 
 def sweep_seeds(cfg: SweepConfig) -> tuple[int, ...]:

@@ -2,7 +2,8 @@
 
 With ``dorefa sweep --records DIR`` every finished cell writes ``DIR/<cell>.json`` (atomically,
 :mod:`dorefa.fileio`): the cell's settings (model, data, bits, width, init, seed, epochs, subset,
-test subset, lr, batch size), the training run's ``config.json`` (the recipe's knobs: schedule,
+test subset, lr, batch size,
+recipe), the training run's ``config.json`` (the recipe's knobs: schedule,
 weight decay, augmentation, ...; machine paths left out), the metrics of every epoch (train loss
 and accuracy, test accuracy, seconds), the final and best test accuracy, the result row
 (:class:`~dorefa.sweep.results.CellResult`: costs and bit-runtime columns) and the dorefa git
@@ -23,7 +24,7 @@ from .results import CellResult, read_metrics
 FORMAT = 1
 # Settings a record must share with the sweep to count as done (data_dir and the grid's name are
 # not among them: the same cell from another machine or grid is the same cell).
-BUDGET_KEYS = ("model", "data", "epochs", "subset", "test_subset", "batch_size", "lr")
+BUDGET_KEYS = ("model", "data", "epochs", "subset", "test_subset", "batch_size", "lr", "recipe")
 # Keys of the training run's config.json that name this machine's files, left out of a record.
 LOCAL_KEYS = ("out", "data_dir", "init_from", "progress", "resume", "threads", "workers")
 

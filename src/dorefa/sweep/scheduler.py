@@ -37,10 +37,12 @@ from .runtime_columns import needs_runtime, runtime_columns
 
 def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path | None):
     """The TrainConfig of a cell: the sweep's budget, the cell's bits and width, one thread,
-    resumed from the cell's folder if it holds a checkpoint."""
+    resumed from the cell's folder if it holds a checkpoint; the sweep's recipe (if any) fills
+    every other knob (schedule, weight decay, augmentation)."""
+    from ..recipes import apply_recipe
     from ..train_config import TrainConfig
 
-    return TrainConfig(
+    values = dict(
         model=cfg.model,
         data=cfg.data,
         data_dir=cfg.data_dir,
@@ -57,6 +59,7 @@ def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path |
         resume=True,
         init_from=str(init_from) if init_from is not None else None,
     )
+    return TrainConfig(**apply_recipe(values, set(values), cfg.recipe))
 
 
 def train_command(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path | None):
