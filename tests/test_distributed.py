@@ -16,11 +16,11 @@ from PIL import Image
 
 import dorefa
 from dorefa import distributed
+from dorefa.bits import Bits
 from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 from dorefa.cli import build_parser, config_from_args, explicit_train_options, main
 from dorefa.nn import ActQuant, GradQuant, QConv2d, QLinear
 from dorefa.quantizers import quantize_activation, quantize_weight
-from dorefa.bits import Bits
 from dorefa.recipes import apply_recipe, config_with_recipe, list_recipes
 from dorefa.train import TrainConfig, derive_seed, grad_seed, lr_at, train
 

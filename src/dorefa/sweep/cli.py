@@ -64,9 +64,7 @@ def register_cli(sub) -> None:
         default="paper",
         help=f"built-in grid ({', '.join(BUILTIN_GRIDS)}) or a .yaml/.toml grid file",
     )
-    p.add_argument(
-        "--epochs", type=int, default=None, help="default: the recipe's, else 2"
-    )
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's, else 2")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--subset", type=int, default=None, help="first N training images, every cell")
     p.add_argument("--test-subset", type=int, default=None, help="first N test images")
@@ -85,12 +83,8 @@ def register_cli(sub) -> None:
         help="folder of committed cell records (e.g. docs/results/cells/NAME): each finished "
         "cell writes DIR/<cell>.json; a record with the same settings counts as done",
     )
-    p.add_argument(
-        "--batch-size", type=int, default=None, help="default: the recipe's, else 128"
-    )
-    p.add_argument(
-        "--lr", type=float, default=None, help="default: the recipe's, else 1e-3"
-    )
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's, else 128")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's, else 1e-3")
     p.add_argument(
         "--recipe",
         default=None,
