@@ -10,7 +10,15 @@ from torch.nn import functional as F
 from .bits import FLOAT, Bits, check_bits
 from .quantizers import GradQuant, quantize_activation, quantize_weight
 
-__all__ = ["QConv2d", "QLinear", "ActQuant", "GradQuant", "quantize_model", "set_grad_generator"]
+__all__ = [
+    "QConv2d",
+    "QLinear",
+    "ActQuant",
+    "GradQuant",
+    "quantize_model",
+    "set_engine",
+    "set_grad_generator",
+]
 
 
 # Mixed precision (torch.autocast): only the conv/linear products run in bf16/fp16. The quantizers
@@ -32,6 +40,8 @@ class QConv2d(nn.Conv2d):
     forward pass. The optimizer updates the float weight; checkpoints hold it. No bias by default
     (a BatchNorm follows). ``w_bits = 32`` is a plain convolution."""
 
+    int_engine = None  # dorefa.engine.IntLayer when set_engine(model, "int") put it there
+
     def __init__(self, *args, w_bits: int = 1, bias: bool = False, **kwargs) -> None:
         super().__init__(*args, bias=bias, **kwargs)
         self.w_bits = check_bits(w_bits, "w_bits")
@@ -41,6 +51,8 @@ class QConv2d(nn.Conv2d):
             return quantize_weight(self.weight, self.w_bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.int_engine is not None and (y := self.int_engine.run(self, x)) is not None:
+            return y
         return _autocast_output(
             self._conv_forward(x, self.quantized_weight(), self.bias), self.weight
         )
@@ -51,6 +63,8 @@ class QConv2d(nn.Conv2d):
 
 class QLinear(nn.Linear):
     """``nn.Linear`` with f_w on its float shadow weight (see ``QConv2d``); no bias by default."""
+
+    int_engine = None  # dorefa.engine.IntLayer (see QConv2d)
 
     def __init__(
         self, in_features: int, out_features: int, *, w_bits: int = 1, bias: bool = False, **kwargs
@@ -63,6 +77,8 @@ class QLinear(nn.Linear):
             return quantize_weight(self.weight, self.w_bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.int_engine is not None and (y := self.int_engine.run(self, x)) is not None:
+            return y
         return _autocast_output(F.linear(x, self.quantized_weight(), self.bias), self.weight)
 
     def extra_repr(self) -> str:
@@ -89,6 +105,15 @@ class ActQuant(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}" + ("" if self.quantize else ", quantize=False")
+
+
+def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[str, str]:
+    """Train ``model``'s quantized layers on ``engine``: "torch" (float32 emulation, the
+    default) or "int" (the integer kernels: :func:`dorefa.engine.set_engine`, which this is).
+    Returns, per QConv2d/QLinear, "int" or "torch: <why>"."""
+    from .engine import set_engine as _set_engine
+
+    return _set_engine(model, engine, bits)
 
 
 def set_grad_generator(model: nn.Module, generator: torch.Generator | None) -> int:

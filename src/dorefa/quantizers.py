@@ -147,6 +147,19 @@ def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = Non
     if k == FLOAT:
         return g
     n = _levels(k)
+    x, m = gradient_codes(g, k, generator)
+    # 2m (x/n - 1/2) == x * (2m/n) - m ; an all-zero sample has m = 0 and gives exactly 0.
+    return x.mul_(m * (2.0 / n)).sub_(m)
+
+
+def gradient_codes(
+    g: Tensor, k: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """f_g's unsigned codes and scales in one pass: ``(c, m)``, ``c`` float with integer values
+    in 0..n shaped like ``g`` (``f_g(g) = (2m/n)(c - n/2)``), ``m = max|g|`` per sample shaped
+    to broadcast against ``g``. The same noise draws as :func:`quantize_gradient` (which is
+    this, then the affine map)."""
+    n = _levels(check_bits(k, "gradient bits"))
     if g.dim() <= 1:
         m = g.abs()
     else:  # max|g| per sample as max(max g, -min g): two fast reductions, no |g| temporary
@@ -155,9 +168,7 @@ def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = Non
     inv_n = n / (2.0 * torch.where(m > 0, m, torch.ones_like(m)))
     # n * (dr/(2m) + 1/2 + (u - 1/2)/n) == g * n/(2m) + u + (n-1)/2,  u ~ U(0, 1)
     x = _uniform16(g, generator, offset=(n - 1) / 2).addcmul_(g, inv_n)  # in place: one buffer
-    x.clamp_(0, n).round_()
-    # 2m (x/n - 1/2) == x * (2m/n) - m ; an all-zero sample has m = 0 and gives exactly 0.
-    return x.mul_(m * (2.0 / n)).sub_(m)
+    return x.clamp_(0, n).round_(), m
 
 
 def _uniform16(like: Tensor, generator: torch.Generator | None, offset: float = 0.0) -> Tensor:
@@ -208,9 +219,13 @@ class GradQuant(nn.Module):
         self.k = check_bits(k, "gradient bits")
         self.generator = generator
 
+    fused = None  # dorefa.engine.IntLayer whose backward performs this f_g (engine "int")
+
     def forward(self, x: Tensor) -> Tensor:
         if self.k == FLOAT or not (torch.is_grad_enabled() and x.requires_grad):
             return x
+        if self.fused is not None and self.fused.take(x):
+            return x  # the integer layer that produced x applies f_g in its backward
         return _GradQuantFn.apply(x, self.k, self.generator)
 
     def extra_repr(self) -> str:

@@ -97,6 +97,10 @@ def fit(run: Run, log=print) -> dict:
     """The epoch loop: resume, then per epoch re-seed, train, evaluate, record, checkpoint."""
     cfg, info = run.cfg, run.info
     start_epoch, best_acc = resume_or_init(run, log)
+    if cfg.engine == "int":
+        from .engine import use_int_engine
+
+        log(use_int_engine(run.model, run.device))
     run.files.start(run.config, start_epoch)
     show = (cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and info.is_main
     result: dict = {}

@@ -44,6 +44,7 @@ class TrainConfig:
     #                                     epoch on; None = the paper's halving at 50% of epochs
     weight_decay_on: str = "all"  # all | weights (conv+linear) | linear (fc) | float (w_bits 32)
     amp: str | None = default("amp")  # None | bf16 | fp16 (CUDA only): autocast of the forward
+    engine: str = default("engine")  # torch | int: the products on the integer kernels
     channels_last: bool = default("channels_last")  # NHWC memory format for model and input
     sync_bn: bool = default("sync_bn")  # data-parallel: BatchNorm statistics of the global batch
     recipe: str | None = default("recipe")  # name of the recipe that filled the defaults

@@ -142,6 +142,14 @@ FLAGS: tuple[Flag, ...] = (
         help="autocast the forward pass (CPU: bf16 only); quantizers stay float32",
         choices=("bf16", "fp16"),
     ),
+    Flag(
+        "--engine",
+        "engine",
+        "torch",
+        help="torch: quantization emulated in float32; int: every quantized conv/linear runs "
+        "its forward and both backward products on the integer kernels (CPU; docs/training.md)",
+        choices=("torch", "int"),
+    ),
     Flag("--channels-last", "channels_last", False, help="NHWC memory format", flag=True),
     Flag(
         "--sync-bn",

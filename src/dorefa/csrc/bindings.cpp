@@ -20,6 +20,7 @@
 #include "int8conv.h"
 #include "kernel_table.h"
 #include "run_conv.h"
+#include "wgrad.h"
 
 namespace py = pybind11;
 
@@ -284,6 +285,70 @@ std::string ResolveKernel(const std::string& requested) {
   return FindKernel(requested).name;
 }
 
+// Weight gradient of integer training (wgrad.h): without `scale`, the per-sample sums S
+// (N, O, C*KH*KW) int32; with it (N float64), dW (O, C*KH*KW) float64 = sum_b scale_b S_b.
+py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const CodeArray& x,
+                       int g_bits, int a_bits, int64_t kh, int64_t kw, int64_t stride,
+                       int64_t padding, int threads,
+                       std::optional<py::array_t<double, py::array::c_style>> scale) {
+  CheckBits("g_bits", g_bits);
+  CheckBits("a_bits", a_bits);
+  CheckThreads(threads);
+  Require(c.ndim() == 4 && x.ndim() == 4,
+          "c and x_codes must be 4-D: (N, O, OH, OW) and (N, C, H, W)");
+  Require(c.shape(0) == x.shape(0), "c and x_codes must have the same batch size");
+  Require(kh >= 1 && kw >= 1 && stride >= 1 && padding >= 0 && padding < 4096,
+          "kernel >= 1, stride >= 1 and 0 <= padding < 4096 are required");
+  WgradGeom g;
+  g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3);
+  g.o = c.shape(1), g.oh = c.shape(2), g.ow = c.shape(3);
+  g.kh = kh, g.kw = kw, g.stride = stride, g.padding = padding;
+  g.g_bits = g_bits, g.a_bits = a_bits;
+  Require(g.h + 2 * padding >= kh && g.w + 2 * padding >= kw &&
+              g.oh == (g.h + 2 * padding - kh) / stride + 1 &&
+              g.ow == (g.w + 2 * padding - kw) / stride + 1,
+          "c's spatial shape is not the convolution's output shape for x_codes");
+  Require(std::min({g.n, g.o, g.c}) >= 1, "c and x_codes must not be empty");
+  // |2 (U + z Csum) - n_g Xsum| <= 3 * P * n_g * 255: the sums before the transform included.
+  const double bound = 3.0 * static_cast<double>(g.P()) * ((1 << g_bits) - 1) * 255.0;
+  Require(bound < 2147483647.0,
+          "the weight-gradient sums may overflow int32 for this many output pixels; use the "
+          "reference kernel");
+  const WgradKernel* kernel = nullptr;
+  for (int i = 0; i < WgradKernelCount(); ++i)
+    if (kernel_name == WgradKernelAt(i).name) kernel = &WgradKernelAt(i);
+  RequireOr(kernel != nullptr, [&] {
+    return "weight-gradient kernel " + kernel_name + " is not available on this CPU";
+  });
+  WgradOutput out;
+  py::array result;
+  if (scale) {
+    Require(scale->ndim() == 1 && scale->shape(0) == g.n, "scale must be (N,) float64");
+    py::array_t<double> dw = OutputArray<double>({g.o, g.K()});
+    out.scale = scale->data();
+    out.dw = dw.mutable_data();
+    result = std::move(dw);
+  } else {
+    py::array_t<int32_t> s = OutputArray<int32_t>({g.n, g.o, g.K()});
+    out.s = s.mutable_data();
+    result = std::move(s);
+  }
+  uint32_t ors;
+  {
+    py::gil_scoped_release release;
+    ors = RunWeightGrad(*kernel, g, c.data(), x.data(), out, threads);
+  }
+  CheckCodes("c", c, static_cast<uint8_t>(ors & 0xff), g_bits);
+  CheckCodes("x_codes", x, static_cast<uint8_t>(ors >> 8), a_bits);
+  return result;
+}
+
+std::vector<std::string> WgradKernelsPy() {
+  std::vector<std::string> names;
+  for (int i = 0; i < WgradKernelCount(); ++i) names.emplace_back(WgradKernelAt(i).name);
+  return names;
+}
+
 }  // namespace
 }  // namespace dorefa
 
@@ -307,6 +372,10 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("bits"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
+  m.def("wgrad_kernels", &dorefa::WgradKernelsPy);
+  m.def("weight_grad", &dorefa::WeightGradPy, py::arg("kernel"), py::arg("c"), py::arg("x_codes"),
+        py::arg("g_bits"), py::arg("a_bits"), py::arg("kh"), py::arg("kw"), py::arg("stride"),
+        py::arg("padding"), py::arg("threads"), py::arg("scale") = py::none());
   m.def("bitconv", &dorefa::BitConvPy, py::arg("kernel"), py::arg("x_codes"), py::arg("wpk"),
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),

@@ -57,6 +57,7 @@ __all__ = [
     "input_grad_float",
     "conv_weight_grad_codes",
     "weight_grad_float",
+    "scaled_batch_sum",
 ]
 
 
@@ -280,9 +281,14 @@ def conv_weight_grad_codes(
 
 
 def weight_grad_float(parts: WeightGrad) -> np.ndarray:
-    """dW in float64 (O, C, KH, KW): ``sum_b scale[b] * float64(S_b)``, summed from 0 in batch
-    order (the order fixes every bit)."""
-    out = np.zeros(parts.s.shape[1:], np.float64)
-    for b in range(parts.s.shape[0]):
-        out += parts.scale[b] * parts.s[b].astype(np.float64)
+    """dW in float64 (O, C, KH, KW): :func:`scaled_batch_sum` of the parts."""
+    return scaled_batch_sum(parts.scale, parts.s)
+
+
+def scaled_batch_sum(scale: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``sum_b scale[b] * float64(s[b])`` summed from 0 in batch order (the order fixes every
+    bit): float64, shaped like ``s[0]``."""
+    out = np.zeros(s.shape[1:], np.float64)
+    for b in range(s.shape[0]):
+        out += scale[b] * s[b].astype(np.float64)
     return out

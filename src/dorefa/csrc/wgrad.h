@@ -1,0 +1,90 @@
+// Weight gradient of a DoReFa convolution, per sample, as exact integer sums (integer training,
+// dorefa/kernels/training.py; the spec is dorefa/kernels/reference_grad.py):
+//
+//   S_b[o, k] = sum_p (2 c_b[o, p] - n_g) * X_b[p, k],   k = (ci, kh, kw), p = (oy, ox),
+//   X_b[p, k] = x_b[ci, oy * stride + kh - padding, ox * stride + kw - padding] (0 outside),
+//
+// with c the gradient codes (G bits) and x the activation codes (A bits). Computed as
+//   U = sum_p c * X  (unsigned codes: the int8 dot-product instructions),
+//   S = 2 U - n_g * Xsum[k],   Xsum[k] = sum_p X[p, k].
+//
+// Per sample the operands are packed into quads of 4 pixels (the 4 bytes VPDPBUSD sums):
+//   cq[o][pq][i]        = c[o, 4 pq + i]                   (uint8, 0 for p >= P)
+//   xq[kb][pq][lane][i] = X[4 pq + i, 16 kb + lane] - z    (int8; -z for p >= P: c is 0 there)
+// where z is the kernel's activation shift (x' = x - z must fit its signed operand without
+// saturating): sum c * x = sum c * x' + z * Csum[o], Csum[o] = sum_p c[o, p]. Padding pixels
+// (p >= P) hold c = 0, so their x' never counts; padding columns (k >= K) are never stored.
+#ifndef DOREFA_CSRC_WGRAD_H_
+#define DOREFA_CSRC_WGRAD_H_
+
+#include <cstdint>
+
+namespace dorefa {
+
+struct WgradGeom {
+  int64_t n = 0, o = 0, c = 0, h = 0, w = 0;  // gradient codes (N, O, OH, OW), x (N, C, H, W)
+  int64_t kh = 0, kw = 0, stride = 1, padding = 0, oh = 0, ow = 0;
+  int g_bits = 1, a_bits = 1;
+  int64_t P() const { return oh * ow; }
+  int64_t PQ() const { return (P() + 3) / 4; }
+  int64_t K() const { return c * kh * kw; }
+  int64_t KB() const { return (K() + 15) / 16; }
+};
+
+// One sample's packed operands (see the layout above).
+struct WgradSample {
+  const WgradGeom* g = nullptr;
+  const uint8_t* cq = nullptr;  // [O][PQ][4]
+  const int8_t* xq = nullptr;   // [KB][PQ][16][4]
+};
+
+// A block kernel: u[r][j] = sum_p c * x' (mod 2^32) for channels o0 .. o0 + nr - 1 and columns
+// 16 kb0 .. 16 (kb0 + nb) - 1 of one sample (nr <= rows, nb <= blocks of its kernel), u with
+// row stride nb * 16.
+using WgradBlockFn = void (*)(const WgradSample& s, int64_t o0, int nr, int64_t kb0, int nb,
+                              int32_t* u);
+// z for (g_bits, a_bits), or -1 when the kernel's products cannot hold the codes exactly.
+using WgradShiftFn = int32_t (*)(int g_bits, int a_bits);
+struct WgradFinish;
+using WgradFinishFn = void (*)(const WgradFinish& f);  // wgrad_finish.h, in the kernel's ISA
+
+struct WgradKernel {
+  const char* name;  // "wgrad-vnni", "wgrad-avx2", "wgrad-scalar"
+  uint32_t cpu;      // CpuFeature bits it needs
+  WgradBlockFn block;
+  WgradShiftFn shift;
+  WgradFinishFn finish;
+  int rows;    // output channels per block call
+  int blocks;  // 16-column blocks per block call
+};
+
+// Kernels usable on this CPU, fastest first (the scalar one always).
+int WgradKernelCount();
+const WgradKernel& WgradKernelAt(int i);
+
+// Where the results go: per-sample sums S (N, O, K) int32 when `s` is set, else
+// dw[o, k] = sum_b scale[b] * double(S_b[o, k]), summed from 0 in batch order (double
+// multiply, then add: the spec's float steps), into dw (O, K).
+struct WgradOutput {
+  int32_t* s = nullptr;
+  const double* scale = nullptr;
+  double* dw = nullptr;
+};
+
+// The weight gradient from gradient codes c (N, O, OH, OW) and activation codes x
+// (N, C, H, W) on `kernel` (the scalar kernel for bit pairs its shift refuses): the samples
+// are packed in parallel, then the (channel, column) blocks are split over up to `threads`
+// threads, each running the whole batch in order (results do not depend on the thread count).
+// Returns the OR of all codes of c (low byte) and of x (second byte).
+uint32_t RunWeightGrad(const WgradKernel& kernel, const WgradGeom& g, const uint8_t* c,
+                       const uint8_t* x, const WgradOutput& out, int threads);
+
+#ifdef DOREFA_HAVE_X86_KERNELS
+extern const WgradKernel kWgradAvx2;
+extern const WgradKernel kWgradVnni;
+#endif
+extern const WgradKernel kWgradScalar;
+
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_WGRAD_H_

@@ -1,0 +1,210 @@
+"""Integer training: every quantized conv/linear runs its three products on the library's
+integer kernels (``dorefa train --engine int``, :func:`set_engine`).
+
+A DoReFa layer ``conv (f_w) -> f_g -> ...`` fed by f_a has three products, all of small
+unsigned codes (docs/training.md, section "Integer training"):
+
+* forward      ``y  = (s / n_a) sum (2p - n_w) q``                  (activation x weight codes)
+* input grad   ``dx = (m_b s / n_g) sum (2c - n_g)(2p - n_w)``      (gradient x weight codes)
+* weight grad  ``dW = sum_b (m_b / (n_g n_a)) sum (2c - n_g) q``    (gradient x activation codes)
+
+with ``q = round(n_a x)`` the activation codes, ``p, s`` the weight codes and scale
+(:func:`dorefa.quantizers.weight_codes`), ``c, m_b`` f_g's codes and per-sample scales
+(:func:`dorefa.quantizers.gradient_codes`, drawn from the layer's GradQuant generator, so the
+same seed gives the same noise as the torch engine). The integer parts run in
+:mod:`dorefa.kernels.training` (forward: ``bitconv2d_signed``); the scales are applied in float64
+and rounded once to float32. f_g is fused into the conv's backward: the GradQuant right after an
+integer layer passes its gradient through untouched.
+
+A layer runs on the torch path instead (:func:`set_engine` returns why, per layer) when one of
+W, A, G is 32, it has groups, dilation or asymmetric padding, or no GradQuant follows it; a call
+falls back when its input is not A-bit codes, is on CUDA or is not float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .bits import FLOAT, Bits
+from .quantizers import GradQuant, gradient_codes, weight_codes
+
+ENGINES = ("torch", "int")
+
+
+@dataclass
+class IntLayer:
+    """What the integer path of one QConv2d/QLinear needs: its bits and geometry, and the
+    GradQuant whose f_g it performs (and whose generator draws the noise)."""
+
+    a_bits: int
+    w_bits: int
+    g_bits: int
+    stride: int
+    padding: int
+    grad_quant: GradQuant
+    pending: Tensor | None = None  # this layer's last integer output, until f_g is skipped
+
+    def codes(self, x: Tensor) -> np.ndarray | None:
+        """x's A-bit codes ``round(n_a x)`` (uint8), or None if x is not exactly codes / n_a."""
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            return None
+        n = (1 << self.a_bits) - 1
+        q = torch.round(x * n)
+        if not torch.equal(q / n, x) or (q.numel() and (q.min() < 0 or q.max() > n)):
+            return None
+        return q.to(torch.uint8).numpy()
+
+    def run(self, module: nn.Module, x: Tensor) -> Tensor | None:
+        """The layer's output on the integer path, or None (then the caller runs torch)."""
+        x4 = x if isinstance(module, nn.Conv2d) else x.reshape(x.shape[0], -1, 1, 1)
+        q = self.codes(x4) if x4.dim() == 4 else None
+        if q is None:
+            return None
+        y = _IntConvFn.apply(x4, module.quantized_weight(), module, self, q)
+        if module.bias is not None:
+            y = y + module.bias.view(1, -1, 1, 1)
+        y = y if isinstance(module, nn.Conv2d) else y.reshape(y.shape[0], -1)
+        self.pending = y
+        return y
+
+    def take(self, x: Tensor) -> bool:
+        """True (once) if ``x`` is this layer's integer output: its f_g already ran."""
+        if self.pending is not None and x is self.pending:
+            self.pending = None
+            return True
+        return False
+
+
+def _weights(module: nn.Module) -> tuple[np.ndarray, float]:
+    """The layer's weight codes (O, C, KH, KW) uint8 and scale s (f_w = s (2p - n_w))."""
+    p, s = weight_codes(module.weight.detach(), module.w_bits)
+    p = p.numpy()
+    return (p if p.ndim == 4 else p.reshape(p.shape + (1, 1))), s
+
+
+class _IntConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, wq: Tensor, module: nn.Module, layer: IntLayer, q: np.ndarray):
+        from .kernels import bitconv2d_signed, pack_weights
+
+        p, s = _weights(module)
+        threads = torch.get_num_threads()
+        d = bitconv2d_signed(
+            q, pack_weights(p, layer.w_bits), layer.a_bits, layer.stride, layer.padding, threads
+        )
+        n_a = (1 << layer.a_bits) - 1
+        ctx.layer, ctx.q, ctx.p, ctx.s, ctx.threads = layer, q, p, s, threads
+        ctx.wq_shape = wq.shape
+        return torch.from_numpy((d * (s / n_a)).astype(np.float32))
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        from .kernels.training import conv_input_grad, conv_weight_grad
+
+        layer, q, p = ctx.layer, ctx.q, ctx.p
+        c, m = gradient_codes(dy.contiguous(), layer.g_bits, layer.grad_quant.generator)
+        c = c.to(torch.uint8).numpy()
+        m = m.reshape(-1).numpy()
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = conv_input_grad(
+                c, m, layer.g_bits, p, ctx.s, layer.w_bits, layer.stride, layer.padding,
+                q.shape[2:], ctx.threads,
+            )  # fmt: skip
+            dx = torch.from_numpy(dx)
+        if ctx.needs_input_grad[1]:
+            dw = conv_weight_grad(
+                c, m, layer.g_bits, q, layer.a_bits, layer.stride, layer.padding, p.shape[2:],
+                ctx.threads,
+            )  # fmt: skip
+            dw = torch.from_numpy(dw).reshape(ctx.wq_shape)
+        return dx, dw, None, None, None
+
+
+def _geometry(module: nn.Module) -> tuple[int, int] | str:
+    """(stride, padding) of a conv the integer path runs, or why it cannot."""
+    if isinstance(module, nn.Linear):
+        return 1, 0
+    if module.groups != 1 or tuple(module.dilation) != (1, 1):
+        return "groups or dilation"
+    stride, padding = tuple(module.stride), module.padding
+    if isinstance(padding, str) or len(set(stride)) != 1 or len(set(padding)) != 1:
+        return "asymmetric stride or padding"
+    if module.padding_mode != "zeros":
+        return f"padding mode {module.padding_mode}"
+    return stride[0], padding[0]
+
+
+def _pairs(model: nn.Module):
+    """(name, QConv2d/QLinear, the GradQuant registered right after it in the same parent)."""
+    from .nn import QConv2d, QLinear
+
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if isinstance(child, QConv2d | QLinear):
+                after = children[i + 1][1] if i + 1 < len(children) else None
+                full = f"{parent_name}.{name}" if parent_name else name
+                yield full, child, after if isinstance(after, GradQuant) else None
+
+
+def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[str, str]:
+    """Run ``model``'s quantized layers on ``engine`` ("int" or "torch"); returns, per
+    QConv2d/QLinear, "int" or "torch: <why>". ``bits`` (default: ``model.bits``) gives the
+    activation bits A of the layers' inputs."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    bits = bits if bits is not None else getattr(model, "bits", None)
+    report = {}
+    for name, module, gq in _pairs(model):
+        module.int_engine = None
+        if gq is not None:
+            gq.fused = None
+        if engine == "torch":
+            report[name] = "torch"
+            continue
+        why = _refusal(module, gq, bits)
+        if why:
+            report[name] = f"torch: {why}"
+            continue
+        stride, padding = _geometry(module)
+        layer = IntLayer(bits.a, module.w_bits, gq.k, stride, padding, gq)
+        module.int_engine, gq.fused = layer, layer
+        report[name] = "int"
+    return report
+
+
+def _refusal(module: nn.Module, gq: GradQuant | None, bits: Bits | None) -> str:
+    if bits is None:
+        return "the model has no .bits; pass set_engine(model, 'int', bits=...)"
+    if FLOAT in (module.w_bits, bits.a) or not 1 <= module.w_bits <= 8 or bits.a > 8:
+        return f"W={module.w_bits}, A={bits.a}: float weights or inputs"
+    if gq is None:
+        return "no GradQuant follows it"
+    if gq.k == FLOAT or gq.k > 8:
+        return f"G={gq.k}: a float gradient"
+    geometry = _geometry(module)
+    return geometry if isinstance(geometry, str) else ""
+
+
+def engine_summary(report: dict[str, str]) -> str:
+    """One log line: how many layers run on the integer kernels, and why the others do not."""
+    on_int = [k for k, v in report.items() if v == "int"]
+    others = [f"{k} ({v.removeprefix('torch: ')})" for k, v in report.items() if v != "int"]
+    line = f"engine int: {len(on_int)} of {len(report)} quantized layers on the integer kernels"
+    return line + (f"; on torch: {', '.join(others)}" if others else "")
+
+
+def use_int_engine(model: nn.Module, device: torch.device) -> str:
+    """``dorefa train --engine int``: the integer path for ``model`` on ``device``; returns the
+    line to log (which layers run where, and why)."""
+    if device.type != "cpu":
+        return (
+            f"engine int: the integer kernels run on the CPU; on {device} every layer runs on "
+            "the torch path"
+        )
+    return engine_summary(set_engine(model, "int"))

@@ -1,0 +1,211 @@
+"""The backward products of a DoReFa convolution on the library's integer kernels (the entry
+points of integer training, ``dorefa train --engine int``).
+
+Both backward products are rewritten as forward convolutions of unsigned codes in the kernels'
+``signed`` output mode, ``sum (2p - n_w) x`` (:func:`dorefa.kernels.bitconv2d_signed`), so every
+kernel of the table (popcount, int8 dot products, the reference) runs them, chosen per shape as
+for inference. :mod:`dorefa.kernels.reference_grad` is the spec: the integers returned here equal
+its ``d`` and ``s`` bit for bit, and the float results follow its float steps.
+
+Input gradient (spec: ``D = sum (2c - n_g)(2p - n_w)`` over output channels and taps that reach
+an input pixel)::
+
+    D  = 2 K1 - n_g K2
+    K1 = corr(scatter(c), flip(p)) in signed mode   = sum (2p - n_w) c
+    K2 = corr(scatter(1), flip(p)) in signed mode   = sum (2p - n_w)      (weights only)
+
+``scatter`` places the gradient codes at the input pixels they came from (stride s: every s-th
+pixel, zero between; code 0 adds nothing to an unsigned sum), padded by ``k - 1 - padding``, and
+``flip(p)`` is the kernel rotated by 180 degrees with input and output channels swapped: a
+transposed convolution is a stride-1 correlation of the scattered codes with the flipped kernel.
+
+Weight gradient (spec: per sample ``S_b = sum_pixels (2c - n_g) q``): both operands change
+with the sample, and the sum runs over the output pixels, so it has its own native kernels
+(``csrc/wgrad*.cpp``: ``wgrad-vnni`` VPDPBUSD, ``wgrad-avx2`` VPMADDUBSW, ``wgrad-scalar``): one
+call per layer, samples split over threads, ``S_b[o, k] = sum_p (2c - n_g) X_b[p, k]`` with
+``X_b[p, k]`` sample b's activation window (k = (input channel, tap)); then
+``dW = sum_b (m_b / (n_g n_a)) S_b``. Which one runs follows the kernel in force: the ISA of
+a forced kernel or backend (``DOREFA_KERNEL``, ``use_kernel``), else the fastest this CPU has;
+``reference`` runs the spec itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..geometry import conv_out_size
+from . import bitconv2d_signed, pack_weights
+from .reference import check_bits
+from .reference_grad import scaled_batch_sum
+from .selection import REFERENCE
+
+__all__ = [
+    "conv_input_grad",
+    "conv_weight_grad",
+    "input_grad_codes",
+    "weight_grad_codes",
+    "weight_grad_kernel",
+]
+
+
+def _scatter(
+    a: np.ndarray, kernel: tuple[int, int], stride: int, padding: int, hw: tuple[int, int]
+) -> np.ndarray:
+    """(N, O, H', W') codes -> (N, O, H + KH - 1, W + KW - 1): ``a[i, j]`` at
+    ``(KH - 1 - padding + i*stride, KW - 1 - padding + j*stride)``, zero elsewhere; positions
+    outside the array only ever reach the cropped padding and are dropped."""
+    n, o, oh, ow = a.shape
+    (kh, kw), (h, w) = kernel, hw
+    out = np.zeros((n, o, h + kh - 1, w + kw - 1), np.uint8)
+    rows = kh - 1 - padding + stride * np.arange(oh)
+    cols = kw - 1 - padding + stride * np.arange(ow)
+    ri = np.nonzero((rows >= 0) & (rows < out.shape[2]))[0]
+    ci = np.nonzero((cols >= 0) & (cols < out.shape[3]))[0]
+    out[:, :, rows[ri][:, None], cols[ci][None, :]] = a[:, :, ri[:, None], ci[None, :]]
+    return out
+
+
+def _check_hw(out_hw, kernel, stride: int, padding: int, hw) -> tuple[int, int]:
+    h, w = (int(v) for v in hw)
+    want = (
+        conv_out_size(h, kernel[0], stride, padding),
+        conv_out_size(w, kernel[1], stride, padding),
+    )
+    if tuple(out_hw) != want:
+        raise ValueError(
+            f"gradient codes have spatial shape {tuple(out_hw)} but a {tuple(kernel)} "
+            f"convolution with stride {stride}, padding {padding} of a {h}x{w} input gives "
+            f"{want}; pass the forward input's (H, W) as input_hw"
+        )
+    return h, w
+
+
+def input_grad_codes(
+    c: np.ndarray,
+    g_bits: int,
+    w_codes: np.ndarray,
+    w_bits: int,
+    stride: int,
+    padding: int,
+    input_hw: tuple[int, int],
+    threads: int = 1,
+) -> np.ndarray:
+    """``D`` int64 (N, C, H, W) of the spec (``reference_grad.conv_input_grad_codes(...).d``)
+    for gradient codes ``c`` uint8 (N, O, H', W') and weight codes (O, C, KH, KW)."""
+    ng = (1 << check_bits("g_bits", g_bits)) - 1
+    c = np.ascontiguousarray(c, np.uint8)
+    w_codes = np.asarray(w_codes)
+    kernel = w_codes.shape[2:]
+    hw = _check_hw(c.shape[2:], kernel, stride, padding, input_hw)
+    flipped = np.ascontiguousarray(w_codes[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), np.uint8)
+    pw = pack_weights(flipped, w_bits)
+    k1 = bitconv2d_signed(_scatter(c, kernel, stride, padding, hw), pw, g_bits, 1, 0, threads)
+    ones = np.ones((1,) + c.shape[1:], np.uint8)
+    k2 = bitconv2d_signed(_scatter(ones, kernel, stride, padding, hw), pw, 1, 1, 0, threads)
+    return 2 * k1.astype(np.int64) - ng * k2.astype(np.int64)
+
+
+def conv_input_grad(
+    c: np.ndarray,
+    m: np.ndarray,
+    g_bits: int,
+    w_codes: np.ndarray,
+    w_scale: float,
+    w_bits: int,
+    stride: int,
+    padding: int,
+    input_hw: tuple[int, int],
+    threads: int = 1,
+) -> np.ndarray:
+    """dx float32 (N, C, H, W) = ``float32(float64(m_b) * w_scale / n_g * float64(D))``: the
+    spec's ``input_grad_float`` rounded once to float32."""
+    ng = (1 << check_bits("g_bits", g_bits)) - 1
+    d = input_grad_codes(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
+    scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
+    return (scale[:, None, None, None] * d.astype(np.float64)).astype(np.float32)
+
+
+def weight_grad_kernel() -> str:
+    """The weight-gradient kernel for the kernel in force: the native one of its ISA (avx512:
+    ``wgrad-vnni`` where the CPU has VNNI; avx2; scalar), the fastest when nothing is forced,
+    ``reference`` for the reference kernel or without the extension."""
+    from .extension import native
+    from .selection import REFERENCE, backend_of, forced_kernel
+
+    forced = forced_kernel()
+    if native is None or forced == REFERENCE:
+        return REFERENCE
+    usable = native.wgrad_kernels()  # fastest first
+    if forced is None:
+        return usable[0]
+    order = {"avx512": 0, "avx2": 1, "scalar": 2}[backend_of(forced)]
+    ranked = ("wgrad-vnni", "wgrad-avx2", "wgrad-scalar")[order:]
+    return next(name for name in ranked if name in usable)
+
+
+def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, scale):
+    """The native weight gradient: S (N, O, C, KH, KW) int64 when ``scale`` is None, else dW
+    float64 (O, C, KH, KW) = ``sum_b scale[b] * S_b`` in batch order; None when the reference
+    must run (forced, no extension, or sums that could pass int32)."""
+    from .extension import native
+
+    kh, kw = (int(k) for k in kernel)
+    q = np.asarray(a_codes)
+    _check_hw(np.shape(c)[2:], (kh, kw), stride, padding, q.shape[2:])
+    name = weight_grad_kernel()
+    pixels = int(np.prod(np.shape(c)[2:]))
+    if name == REFERENCE or 3 * pixels * ((1 << check_bits("g_bits", g_bits)) - 1) * 255 >= 2**31:
+        return None
+    c = np.ascontiguousarray(c, np.uint8)
+    q = np.ascontiguousarray(q, np.uint8)
+    out = native.weight_grad(name, c, q, g_bits, a_bits, kh, kw, stride, padding, threads, scale)
+    shape = (q.shape[1], kh, kw)
+    return (
+        out.reshape(c.shape[1:2] + shape)
+        if scale is not None
+        else (out.astype(np.int64).reshape(c.shape[:2] + shape))
+    )
+
+
+def weight_grad_codes(
+    c: np.ndarray,
+    g_bits: int,
+    a_codes: np.ndarray,
+    a_bits: int,
+    stride: int,
+    padding: int,
+    kernel: tuple[int, int],
+    threads: int = 1,
+) -> np.ndarray:
+    """``S`` int64 (N, O, C, KH, KW) of the spec (``reference_grad.conv_weight_grad_codes(...).s``)
+    for gradient codes ``c`` uint8 (N, O, H', W') and activation codes ``a_codes`` (N, C, H, W)."""
+    from .reference_grad import conv_weight_grad_codes
+
+    s = _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, None)
+    if s is None:
+        m = np.ones(len(a_codes), np.float32)  # the scales do not enter S
+        s = conv_weight_grad_codes(c, m, g_bits, a_codes, a_bits, stride, padding, kernel).s
+    return s
+
+
+def conv_weight_grad(
+    c: np.ndarray,
+    m: np.ndarray,
+    g_bits: int,
+    a_codes: np.ndarray,
+    a_bits: int,
+    stride: int,
+    padding: int,
+    kernel: tuple[int, int],
+    threads: int = 1,
+) -> np.ndarray:
+    """dW float32 (O, C, KH, KW): the spec's ``weight_grad_float`` (``sum_b scale_b S_b`` in
+    float64, batch order) rounded once to float32, ``scale_b = float64(m_b) / (n_g n_a)``."""
+    ng = (1 << check_bits("g_bits", g_bits)) - 1
+    na = (1 << check_bits("a_bits", a_bits)) - 1
+    scale = np.asarray(m, np.float32).astype(np.float64) / (ng * na)
+    dw = _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, scale)
+    if dw is None:
+        s = weight_grad_codes(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads)
+        dw = scaled_batch_sum(scale, s)
+    return dw.astype(np.float32)
