@@ -10,6 +10,12 @@ interleaved round by round and the table gives the median over ``--rounds``.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py          # docs/distributed.md
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --seconds 2 --rounds 1  # quick
+
+``--engines`` instead compares the training engines in one process (``train_engines.py``):
+``--engine int`` vs ``--engine torch`` vs float vs float bf16 per step, and each conv's three
+products on the integer kernels vs torch fp32 (docs/training.md)::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --engines
 """
 
 from __future__ import annotations
@@ -117,6 +123,11 @@ def measure(nproc: int, threads: int, amp: str | None, args: argparse.Namespace)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--engines",
+        action="store_true",
+        help="compare the training engines in one process (train_engines.py), width 1.0",
+    )
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--amp", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=128, help="global batch (the paper's 128)")
@@ -130,6 +141,11 @@ def main() -> None:
         help="channel multiplier (1.0 = the paper's model A, 0.5 = model B)",
     )
     args = p.parse_args()
+    if args.engines:
+        import train_engines
+
+        train_engines.main(args.batch, args.seconds / 2, args.rounds)
+        return
     if args.worker:
         worker(args)
         return

@@ -77,7 +77,7 @@ def test_backward_products_equal_the_spec_on_every_kernel(kernel, geometry, bits
     assert np.array_equal(dw, R.weight_grad_float(want_s).astype(np.float32))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 3),
     c=st.integers(1, 70),
@@ -101,6 +101,41 @@ def test_hypothesis_shapes(n, c, hw, o, k, stride, padding, bits, seed):
                           want_d.d)  # fmt: skip
     assert np.array_equal(T.weight_grad_codes(g, bits[2], a, bits[1], stride, padding, (k, k)),
                           want_s.s)  # fmt: skip
+
+
+WGRAD = K._native.wgrad_kernels() if K._native is not None else []
+
+
+@pytest.mark.parametrize("name", WGRAD)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 1, 1)])
+def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
+    """Each native weight-gradient kernel by name (AVX2 runs G=8 with A=8 on the portable
+    kernel), both outputs (per-sample S, scaled batch sum), any thread count."""
+    n, c, h, w, o, k, stride, padding = geometry
+    g, m, _, a = _operands(geometry, bits, seed=7)
+    want = R.conv_weight_grad_codes(g, m, bits[2], a, bits[1], stride, padding, (k, k))
+    for threads in (1, 2, 3):
+        s = K._native.weight_grad(name, g, a, bits[2], bits[1], k, k, stride, padding, threads)
+        dw = K._native.weight_grad(
+            name, g, a, bits[2], bits[1], k, k, stride, padding, threads, want.scale
+        )
+        assert np.array_equal(s.reshape(want.s.shape), want.s)
+        assert np.array_equal(dw.reshape(o, c, k, k), R.weight_grad_float(want))
+
+
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def test_weight_grad_kernel_refuses_bad_input():
+    g, _, _, a = _operands((2, 3, 6, 6, 4, 3, 1, 1), (1, 2, 4), 0)
+    native = K._native
+    with pytest.raises(ValueError, match="c holds code 15 >= 2\\*\\*2"):
+        native.weight_grad("wgrad-scalar", g | 8, a, 2, 2, 3, 3, 1, 1, 1)
+    with pytest.raises(ValueError, match="not the convolution's output shape"):
+        native.weight_grad("wgrad-scalar", g, a, 4, 2, 3, 3, 2, 1, 1)
+    with pytest.raises(ValueError, match="not available on this CPU"):
+        native.weight_grad("wgrad-neon", g, a, 4, 2, 3, 3, 1, 1, 1)
+    with pytest.raises(ValueError, match="scale must be"):
+        native.weight_grad("wgrad-scalar", g, a, 4, 2, 3, 3, 1, 1, 1, np.ones(3))
 
 
 def test_entry_points_refuse_a_wrong_geometry():
@@ -277,3 +312,38 @@ def test_linear_layers_run_as_1x1_convolutions():
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ dorefa train --engine int
+def test_train_engine_int_resumes_bit_identical(tmp_path, fashion_dir):
+    """``--engine int`` trains (the log says which layers run where), and a run killed after
+    epoch 1 and resumed ends with the same weights as an uninterrupted one."""
+    from dorefa.checkpoint import load_checkpoint
+    from dorefa.cli import main
+    from dorefa.train import TrainConfig, train
+
+    small = dict(model="svhn", width=0.25, batch_size=32, subset=256, test_subset=128,
+                 threads=1, progress=False, bits="1,2,6", engine="int")  # fmt: skip
+    msgs = []
+    train(TrainConfig(epochs=2, out=str(tmp_path / "straight"), **small), log=msgs.append)
+    assert any(m.startswith("engine int: 6 of 8 quantized layers") for m in msgs), msgs
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(msg):
+        if msg.startswith("epoch 1/"):
+            raise Killed
+
+    cfg = TrainConfig(epochs=2, out=str(tmp_path / "killed"), **small)
+    with pytest.raises(Killed):
+        train(cfg, log=kill_after_first)
+    cfg.resume = True
+    train(cfg, log=lambda m: None)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    argv = ["train", "--width", "0.25", "--subset", "128", "--test-subset", "64", "--epochs", "1",
+            "--threads", "1", "--engine", "int", "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert main(argv) == 0
+    assert '"engine": "int"' in (tmp_path / "cli" / "config.json").read_text()

@@ -15,6 +15,9 @@
 namespace dorefa {
 namespace {
 
+// floor(a / b) for b > 0 (C++ division truncates towards zero).
+int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 // X[p, k] - z of one sample into xq (layout in wgrad.h), through `rows` (K x PQ*4 bytes of
 // scratch: the window matrix, one contiguous row per column k, built from runs of input row);
 // returns the OR of the codes read and writes xsum[k] = sum_p X[p, k].
@@ -30,8 +33,9 @@ uint8_t PackWindows(const WgradGeom& g, const uint8_t* x, int32_t z, int8_t* xq,
       for (int64_t t = 0; t < g.kw; ++t, ++k) {
         uint8_t* row = rows.data() + k * width;
         // output columns whose input column t - padding + ox * stride is inside [0, w)
-        const int64_t first = std::max<int64_t>(0, (g.padding - t + g.stride - 1) / g.stride);
-        const int64_t last = std::min<int64_t>(g.ow, (g.w - 1 + g.padding - t) / g.stride + 1);
+        const int64_t first = std::max<int64_t>(0, -FloorDiv(t - g.padding, g.stride));
+        const int64_t last =
+            std::min<int64_t>(g.ow, FloorDiv(g.w - 1 + g.padding - t, g.stride) + 1);
         for (int64_t oy = 0; oy < g.oh; ++oy) {
           const int64_t iy = oy * g.stride + r - g.padding;
           if (iy < 0 || iy >= g.h || first >= last) continue;

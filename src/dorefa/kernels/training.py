@@ -97,12 +97,23 @@ def input_grad_codes(
     w_codes = np.asarray(w_codes)
     kernel = w_codes.shape[2:]
     hw = _check_hw(c.shape[2:], kernel, stride, padding, input_hw)
-    flipped = np.ascontiguousarray(w_codes[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), np.uint8)
-    pw = pack_weights(flipped, w_bits)
-    k1 = bitconv2d_signed(_scatter(c, kernel, stride, padding, hw), pw, g_bits, 1, 0, threads)
     ones = np.ones((1,) + c.shape[1:], np.uint8)
-    k2 = bitconv2d_signed(_scatter(ones, kernel, stride, padding, hw), pw, 1, 1, 0, threads)
-    return 2 * k1.astype(np.int64) - ng * k2.astype(np.int64)
+    if c.shape[2:] == (1, 1) and padding == 0 and hw == kernel:
+        # One output pixel whose window is the whole input: dx[c, y, x] = sum_o g[o] w[o, c, y, x],
+        # a 1x1 convolution with the weights' (C, KH, KW) as output channels.
+        o = w_codes.shape[0]
+        wt = np.ascontiguousarray(w_codes.reshape(o, -1).T.reshape(-1, o, 1, 1), np.uint8)
+        pw = pack_weights(wt, w_bits)
+        k1 = bitconv2d_signed(c, pw, g_bits, 1, 0, threads).reshape((len(c), -1) + hw)
+        k2 = bitconv2d_signed(ones, pw, 1, 1, 0, threads).reshape((1, -1) + hw)
+    else:
+        flipped = np.ascontiguousarray(w_codes[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), np.uint8)
+        pw = pack_weights(flipped, w_bits)
+        k1 = bitconv2d_signed(_scatter(c, kernel, stride, padding, hw), pw, g_bits, 1, 0, threads)
+        k2 = bitconv2d_signed(_scatter(ones, kernel, stride, padding, hw), pw, 1, 1, 0, threads)
+    d = np.multiply(k1, 2, dtype=np.int64)
+    d -= ng * k2.astype(np.int64)
+    return d
 
 
 def conv_input_grad(
@@ -122,7 +133,9 @@ def conv_input_grad(
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     d = input_grad_codes(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
     scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
-    return (scale[:, None, None, None] * d.astype(np.float64)).astype(np.float32)
+    dx = d.astype(np.float64)
+    dx *= scale[:, None, None, None]
+    return dx.astype(np.float32)
 
 
 def weight_grad_kernel() -> str:
