@@ -312,38 +312,3 @@ def test_linear_layers_run_as_1x1_convolutions():
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
-
-
-# ------------------------------------------------------------------ dorefa train --engine int
-def test_train_engine_int_resumes_bit_identical(tmp_path, fashion_dir):
-    """``--engine int`` trains (the log says which layers run where), and a run killed after
-    epoch 1 and resumed ends with the same weights as an uninterrupted one."""
-    from dorefa.checkpoint import load_checkpoint
-    from dorefa.cli import main
-    from dorefa.train import TrainConfig, train
-
-    small = dict(model="svhn", width=0.25, batch_size=32, subset=256, test_subset=128,
-                 threads=1, progress=False, bits="1,2,6", engine="int")  # fmt: skip
-    msgs = []
-    train(TrainConfig(epochs=2, out=str(tmp_path / "straight"), **small), log=msgs.append)
-    assert any(m.startswith("engine int: 6 of 8 quantized layers") for m in msgs), msgs
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first(msg):
-        if msg.startswith("epoch 1/"):
-            raise Killed
-
-    cfg = TrainConfig(epochs=2, out=str(tmp_path / "killed"), **small)
-    with pytest.raises(Killed):
-        train(cfg, log=kill_after_first)
-    cfg.resume = True
-    train(cfg, log=lambda m: None)
-    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    argv = ["train", "--width", "0.25", "--subset", "128", "--test-subset", "64", "--epochs", "1",
-            "--threads", "1", "--engine", "int", "--out", str(tmp_path / "cli")]  # fmt: skip
-    assert main(argv) == 0
-    assert '"engine": "int"' in (tmp_path / "cli" / "config.json").read_text()
