@@ -80,19 +80,9 @@ def _check_hw(out_hw, kernel, stride: int, padding: int, hw) -> tuple[int, int]:
     return h, w
 
 
-def input_grad_codes(
-    c: np.ndarray,
-    g_bits: int,
-    w_codes: np.ndarray,
-    w_bits: int,
-    stride: int,
-    padding: int,
-    input_hw: tuple[int, int],
-    threads: int = 1,
-) -> np.ndarray:
-    """``D`` int64 (N, C, H, W) of the spec (``reference_grad.conv_input_grad_codes(...).d``)
-    for gradient codes ``c`` uint8 (N, O, H', W') and weight codes (O, C, KH, KW)."""
-    ng = (1 << check_bits("g_bits", g_bits)) - 1
+def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
+    """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
+    check_bits("g_bits", g_bits)
     c = np.ascontiguousarray(c, np.uint8)
     w_codes = np.asarray(w_codes)
     kernel = w_codes.shape[2:]
@@ -109,8 +99,33 @@ def input_grad_codes(
     else:
         flipped = np.ascontiguousarray(w_codes[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), np.uint8)
         pw = pack_weights(flipped, w_bits)
-        k1 = bitconv2d_signed(_scatter(c, kernel, stride, padding, hw), pw, g_bits, 1, 0, threads)
-        k2 = bitconv2d_signed(_scatter(ones, kernel, stride, padding, hw), pw, 1, 1, 0, threads)
+        if stride == 1 and kernel[0] == kernel[1] and padding <= kernel[0] - 1:
+            # scattering with stride 1 is zero padding by K - 1 - padding: the kernel pads
+            pad = kernel[0] - 1 - padding
+            k1 = bitconv2d_signed(c, pw, g_bits, 1, pad, threads)
+            k2 = bitconv2d_signed(ones, pw, 1, 1, pad, threads)
+        else:
+            k1 = bitconv2d_signed(_scatter(c, kernel, stride, padding, hw), pw, g_bits, 1, 0,
+                                  threads)  # fmt: skip
+            k2 = bitconv2d_signed(_scatter(ones, kernel, stride, padding, hw), pw, 1, 1, 0,
+                                  threads)  # fmt: skip
+    return k1, k2
+
+
+def input_grad_codes(
+    c: np.ndarray,
+    g_bits: int,
+    w_codes: np.ndarray,
+    w_bits: int,
+    stride: int,
+    padding: int,
+    input_hw: tuple[int, int],
+    threads: int = 1,
+) -> np.ndarray:
+    """``D`` int64 (N, C, H, W) of the spec (``reference_grad.conv_input_grad_codes(...).d``)
+    for gradient codes ``c`` uint8 (N, O, H', W') and weight codes (O, C, KH, KW)."""
+    ng = (1 << check_bits("g_bits", g_bits)) - 1
+    k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
     d = np.multiply(k1, 2, dtype=np.int64)
     d -= ng * k2.astype(np.int64)
     return d
@@ -131,10 +146,12 @@ def conv_input_grad(
     """dx float32 (N, C, H, W) = ``float32(float64(m_b) * w_scale / n_g * float64(D))``: the
     spec's ``input_grad_float`` rounded once to float32."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
-    d = input_grad_codes(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
+    k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
     scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
-    dx = d.astype(np.float64)
-    dx *= scale[:, None, None, None]
+    dx = k1.astype(np.float64)
+    dx *= 2.0
+    dx -= ng * k2.astype(np.float64)  # dx = D exactly so far: integers below 2**53
+    dx *= scale[:, None, None, None]  # the one rounding of the spec
     return dx.astype(np.float32)
 
 
