@@ -531,6 +531,25 @@ def test_conv_float_quantize(kernel, shape):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", FLOAT_SHAPES + [(2, 3, 23, 23, 64, 7, 2, 3, 1, 1)], ids=str)
+def test_conv_float_output(kernel, shape):
+    """The float-output first layer (ResNet's stem) against the float64 reference: the vector
+    paths sum the taps in float32, so within (taps + 2) * 2**-24 * (sum |w x| + |b|)."""
+    n, c, h, w, o, k, s, p = shape[:8]
+    rng = np.random.default_rng(list(shape))
+    x = (rng.random((n, c, h, w), dtype=np.float32) - 0.3).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    expected = R.conv_float(x, wt, b, s, p)
+    np.testing.assert_allclose(expected, direct_float64(x, wt, s, p) + b[:, None, None], atol=1e-5)
+    bound = direct_float64(np.abs(x), np.abs(wt), s, p) + np.abs(b)[:, None, None]
+    with K.use_kernel(kernel):
+        got = K.conv_float(x, wt, b, s, p, threads=2)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.all(np.abs(got - expected) <= (c * k * k + 2) * 2.0**-24 * bound)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [1, 2, 8])
 def test_conv_float_quantize_at_rounding_steps(kernel, bits):
     """Biases put one pooled value of every channel on a code step (pooled + b = (q + 1/2) /

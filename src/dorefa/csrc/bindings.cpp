@@ -198,12 +198,8 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
 }
 
 // Fused float first layer (conv_float.h); arguments validated by dorefa.kernels.
-py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& kernel_name, const FloatArray& x,
-                                         const FloatArray& weight, const FloatArray& bias,
-                                         int64_t stride, int64_t padding, int64_t pool, int bits,
-                                         int threads) {
-  const KernelEntry& kernel = FindKernel(kernel_name);
-  CheckBits("bits", bits);
+FloatConvGeom FloatGeomOf(const FloatArray& x, const FloatArray& weight, const FloatArray& bias,
+                          int64_t stride, int64_t padding, int64_t pool, int threads) {
   Require(x.ndim() == 4 && weight.ndim() == 4 && bias.ndim() == 1, "bad ranks");
   Require(stride >= 1 && padding >= 0 && pool >= 1, "bad stride / padding / pool");
   CheckThreads(threads);
@@ -222,18 +218,40 @@ py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& kernel_name, const F
   g.stride = stride;
   g.pad = padding;
   g.pool = pool;
-  g.bits = bits;
   g.oh = (g.h + 2 * padding - g.kh) / stride + 1;
   g.ow = (g.w + 2 * padding - g.kw) / stride + 1;
   Require(g.oh >= pool && g.ow >= pool, "pool larger than the conv output");
   g.ph = g.oh / pool;
   g.pw = g.ow / pool;
+  return g;
+}
+
+py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& kernel_name, const FloatArray& x,
+                                         const FloatArray& weight, const FloatArray& bias,
+                                         int64_t stride, int64_t padding, int64_t pool, int bits,
+                                         int threads) {
+  const KernelEntry& kernel = FindKernel(kernel_name);
+  CheckBits("bits", bits);
+  FloatConvGeom g = FloatGeomOf(x, weight, bias, stride, padding, pool, threads);
+  g.bits = bits;
   // The kernel's own float path (kernel table): forcing a backend also tests its float path.
   const FloatConvPixelFn pixel = kernel.float_conv.fn;
   py::array_t<uint8_t> out = OutputArray<uint8_t>({g.n, g.o, g.ph, g.pw});
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
   ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, pixel, threads);
+  return out;
+}
+
+py::array_t<float> ConvFloatPy(const std::string& kernel_name, const FloatArray& x,
+                               const FloatArray& weight, const FloatArray& bias, int64_t stride,
+                               int64_t padding, int threads) {
+  const KernelEntry& kernel = FindKernel(kernel_name);
+  const FloatConvGeom g = FloatGeomOf(x, weight, bias, stride, padding, 1, threads);
+  py::array_t<float> out = OutputArray<float>({g.n, g.o, g.oh, g.ow});
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  ConvFloatOut(g, x.data(), weight.data(), bias.data(), dst, kernel.float_conv.out_fn, threads);
   return out;
 }
 
@@ -370,6 +388,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("conv_float_quantize", &dorefa::ConvFloatQuantizePy, py::arg("kernel"), py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("pool"),
         py::arg("bits"), py::arg("threads"));
+  m.def("conv_float", &dorefa::ConvFloatPy, py::arg("kernel"), py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);

@@ -145,6 +145,57 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   });
 }
 
+void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
+                  float* out, FloatConvOutFn fn, int threads) {
+  const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad, taps = g.c * g.kh * g.kw;
+  const int64_t plane = g.oh * g.ow;
+  if (fn == nullptr) {  // scalar rows: double sums, rounded once, + bias
+    std::vector<double> wd(weight, weight + g.o * taps);
+    std::vector<double> xp(static_cast<size_t>(g.n * g.c * hp * wp), 0.0);
+    for (int64_t nc = 0; nc < g.n * g.c; ++nc)
+      for (int64_t y = 0; y < g.h; ++y)
+        for (int64_t xx = 0; xx < g.w; ++xx)
+          xp[(nc * hp + y + g.pad) * wp + xx + g.pad] = x[(nc * g.h + y) * g.w + xx];
+    ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
+      std::vector<double> rows(static_cast<size_t>(plane));
+      for (int64_t it = first; it < last; ++it) {
+        const int64_t n = it / g.o, o = it % g.o;
+        ConvRowsScalar(g, xp.data() + n * g.c * hp * wp, hp, wp, wd.data() + o * taps, 0, g.oh,
+                       rows.data());
+        for (int64_t i = 0; i < plane; ++i)
+          out[it * plane + i] = static_cast<float>(rows[i]) + bias[o];
+      }
+    });
+    return;
+  }
+  FloatConvPlan p;
+  p.hp = hp, p.wp = wp, p.taps = taps, p.ostride = (g.o + 7) / 8 * 8;
+  std::vector<float> xf(static_cast<size_t>(g.n * g.c * hp * wp), 0.0f);
+  for (int64_t nc = 0; nc < g.n * g.c; ++nc)
+    for (int64_t y = 0; y < g.h; ++y)
+      std::copy(x + (nc * g.h + y) * g.w, x + (nc * g.h + y + 1) * g.w,
+                xf.begin() + (nc * hp + y + g.pad) * wp + g.pad);
+  std::vector<float> wtf(static_cast<size_t>(taps * p.ostride), 0.0f);
+  std::vector<float> biasp(static_cast<size_t>(p.ostride), 0.0f);
+  for (int64_t o = 0; o < g.o; ++o) {
+    biasp[o] = bias[o];
+    for (int64_t t = 0; t < taps; ++t) wtf[t * p.ostride + o] = weight[o * taps + t];
+  }
+  std::vector<int64_t> offs;
+  for (int64_t ci = 0; ci < g.c; ++ci)
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) offs.push_back((ci * hp + i) * wp + j);
+  p.xf = xf.data(), p.wtf = wtf.data(), p.bias = biasp.data(), p.offs = offs.data();
+  const int64_t runs = (g.ow + kPixelRun - 1) / kPixelRun;
+  ParallelFor(threads, g.n * g.oh * runs, [&](int64_t first, int64_t last) {
+    for (int64_t it = first; it < last; ++it) {  // it = (n, oy, run of kPixelRun pixels)
+      const int64_t n = it / (g.oh * runs), r = it % (g.oh * runs);
+      const int64_t ox = r % runs * kPixelRun;
+      fn(g, p, n, r / runs, ox, std::min(kPixelRun, g.ow - ox), out + n * g.o * plane);
+    }
+  });
+}
+
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
                   int64_t s, int64_t p, uint8_t* out) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;

@@ -59,6 +59,17 @@ constexpr int64_t kPixelRun = 4;  // pixels of one row per call (4 FMA chains wi
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
                        const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads);
 
+// The float-output form (a first layer whose output stays float: ResNet's 7x7/2 stem feeding a
+// max-pool with padding and a residual stream): out (N, O, OH, OW) = conv + bias in float32.
+// Not a spec to the bit (the runtime's float stream is compared within rounding): the vector
+// path sums the taps in order with float32 FMAs, the scalar rows in double, rounded once.
+// Output pixels (oy, ox .. ox + count - 1) of image n (count in 1..kPixelRun), all channels,
+// to dst (O, OH, OW) of that image:
+using FloatConvOutFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n,
+                                int64_t oy, int64_t ox, int64_t count, float* dst);
+void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
+                  float* out, FloatConvOutFn fn, int threads);
+
 // Q(pooled) of the header comment, in float32: z = pooled + b; clip to [0, 1] (NaN -> 0);
 // times levels = 2^bits - 1; round half to even (adding and removing 2^23 does that on [0, 255]).
 inline uint8_t QuantizeCode(float pooled, float b, float levels) {
@@ -85,6 +96,9 @@ void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int6
 // AVX2 + FMA: float32 sums, 8 per ymm, 24 channels per group, each code proved or recomputed.
 void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
                           int64_t px, int64_t count, uint8_t* dst);
+// AVX2 + FMA, float output: the same float32 sums (4 pixels x 24 channels), + bias, stored.
+void ConvFloatOutAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
+                      int64_t ox, int64_t count, float* dst);
 #endif
 
 }  // namespace dorefa

@@ -166,7 +166,46 @@ void Run(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py,
   if (count > 3) Store<nv>(g, pl, n, py, px + 3, dst, o0, a[3]);
 }
 
+// Float output: channels [o0, o0 + 8 * nv) of pixel (oy, ox) = sums + bias.
+template <int nv>
+inline void StoreOut(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t oy, int64_t ox,
+                     float* dst, int64_t o0, const __m256 (&sums)[kVec]) {
+  const int64_t plane = g.oh * g.ow;
+  for (int v = 0; v < nv; ++v) {
+    const int64_t ob = o0 + 8 * v;  // bias is padded to ostride
+    alignas(32) float lane[8];
+    _mm256_store_ps(lane, _mm256_add_ps(sums[v], _mm256_loadu_ps(pl.bias + ob)));
+    const int64_t lanes = std::min<int64_t>(8, g.o - ob);
+    float* d = dst + ob * plane + oy * g.ow + ox;
+    for (int64_t l = 0; l < lanes; ++l) d[l * plane] = lane[l];
+  }
+}
+
+template <int nv>
+void RunOut(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t oy, int64_t ox,
+            int64_t count, float* dst, int64_t o0) {
+  const float* img = pl.xf + n * g.c * pl.hp * pl.wp;
+  const float* srcs[kPixelRun];
+  for (int64_t p = 0; p < kPixelRun; ++p)  // a short run repeats its last pixel (not stored)
+    srcs[p] = img + oy * g.stride * pl.wp + (ox + std::min(p, count - 1)) * g.stride;
+  __m256 a[kPixelRun][kVec];
+  Sums<kPixelRun, nv>(srcs, pl.offs, pl.taps, pl.wtf + o0, pl.ostride, a);
+  StoreOut<nv>(g, pl, oy, ox, dst, o0, a[0]);  // constant indices, as in Run
+  if (count > 1) StoreOut<nv>(g, pl, oy, ox + 1, dst, o0, a[1]);
+  if (count > 2) StoreOut<nv>(g, pl, oy, ox + 2, dst, o0, a[2]);
+  if (count > 3) StoreOut<nv>(g, pl, oy, ox + 3, dst, o0, a[3]);
+}
+
 }  // namespace
+
+void ConvFloatOutAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
+                      int64_t ox, int64_t count, float* dst) {
+  using RunFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
+                         int64_t, float*, int64_t);
+  constexpr RunFn kRuns[kVec] = {&RunOut<1>, &RunOut<2>, &RunOut<3>};
+  for (int64_t o0 = 0; o0 < g.o; o0 += 8 * kVec)
+    kRuns[std::min<int64_t>(kVec, (g.o - o0 + 7) / 8) - 1](g, p, n, oy, ox, count, dst, o0);
+}
 
 void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
                           int64_t px0, int64_t count, uint8_t* dst) {

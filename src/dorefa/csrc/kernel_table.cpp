@@ -20,12 +20,12 @@ constexpr Packer kNhwc{"nhwc", nullptr};  // int8: codes in NHWC bytes (int8conv
 
 constexpr Packer kPortable{"portable", &PackActivations};
 // Float first layer paths; the AVX2 one also needs FMA (its double FMA chains).
-constexpr FloatConvPath kScalarRows{"scalar", nullptr};
+constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr};
 #ifdef DOREFA_HAVE_X86_KERNELS
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift};
-constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512};
-constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2};
+constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx2};
+constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2};
 #endif
 
 // The float first layer: the AVX2 path (float32 FMA sums, codes checked against an error bound)

@@ -41,7 +41,8 @@ struct Packer {
 // function (nullptr: the portable scalar rows).
 struct FloatConvPath {
   const char* name;
-  FloatConvPixelFn fn;
+  FloatConvPixelFn fn;    // fused conv -> pool -> quantize (nullptr: the scalar rows)
+  FloatConvOutFn out_fn;  // float output (nullptr: the scalar rows)
 };
 
 struct KernelEntry {

@@ -61,6 +61,7 @@ __all__ = [
     "bitconv2d_requant",
     "bitconv2d_signed",
     "choose",
+    "conv_float",
     "conv_float_quantize",
     "forced_kernel",
     "kernel_name",
@@ -216,6 +217,22 @@ def conv_float_quantize(
     return _native.conv_float_quantize(
         kernel, x, weight, bias, stride, padding, pool, bits, threads
     )
+
+
+def conv_float(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    stride: int,
+    padding: int,
+    threads: int = 1,
+) -> np.ndarray:
+    """A float first layer whose output stays float: conv + bias, float32 (N, O, H', W') (the
+    kernel's vector path sums in float32; :func:`reference.conv_float` sums in float64)."""
+    kernel = _current_kernel()
+    if kernel == _REFERENCE:
+        return reference.conv_float(x, weight, bias, stride, padding)
+    return _native.conv_float(kernel, x, weight, bias, stride, padding, threads)
 
 
 def maxpool_codes(x_codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:

@@ -318,6 +318,24 @@ def conv_float_quantize(
     return np.rint(z).astype(np.uint8)
 
 
+def conv_float(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int, padding: int
+) -> np.ndarray:
+    """A float conv with bias, float32 output (N, O, H', W'): each output summed in float64 over
+    (c, kh, kw), rounded to float32, plus the bias in float32. The native paths are checked
+    against it within float32 rounding (their sums are float32 FMAs), not to the bit."""
+    x = np.asarray(x, np.float32)
+    weight = np.asarray(weight, np.float32)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    win = win[:, :, ::stride, ::stride][:, :, :oh, :ow]  # (N, C, H', W', KH, KW)
+    acc = np.einsum("nchwij,ocij->nohw", win, weight.astype(np.float64))
+    return acc.astype(np.float32) + np.asarray(bias, np.float32)[None, :, None, None]
+
+
 def maxpool_codes(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
     """Max-pool of uint8 codes (N, C, H, W); padding is code 0 (<= every code)."""
     n, c, h, w = x.shape

@@ -49,11 +49,13 @@ class Layer:
 
 
 class FloatConv(Layer):
-    """A float conv with bias (the first layer), im2col + one float32 GEMM.
+    """A float conv with bias (the first layer).
 
     When the loader fuses the following max-pool and quantize into it (``pool``, ``bits``),
     the whole step is one call of :func:`dorefa.kernels.conv_float_quantize` (float64
-    accumulation, float32 pool/bias/clip/round) that returns the codes directly."""
+    accumulation, float32 pool/bias/clip/round) that returns the codes directly. With a float
+    output and no fused pool (ResNet's stem) it is :func:`dorefa.kernels.conv_float`; with a
+    fused pool and a float output, im2col + one float32 GEMM per pool phase."""
 
     op = "conv_float"
 
@@ -70,6 +72,8 @@ class FloatConv(Layer):
             return kernels.conv_float_quantize(
                 x, self.weight, self.bias, self.stride, self.padding, self.pool, self.bits, threads
             )
+        if self.pool == 1:  # float output (ResNet's stem): the kernel's direct conv
+            return kernels.conv_float(x, self.weight, self.bias, self.stride, self.padding, threads)
         n, c, h, w = x.shape
         _, _, kh, kw = self.weight.shape
         p, k = self.padding, self.pool
