@@ -550,6 +550,26 @@ def test_conv_float_output(kernel, shape):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("geom", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2), (1, 1, 0)])
+def test_maxpool_float(kernel, geom):
+    """Float max-pool: equal to the reference and to a padded brute force (padding -inf), NaN
+    propagates, at any thread count."""
+    k, s, p = geom
+    rng = np.random.default_rng(k * 100 + s * 10 + p)
+    x = rng.standard_normal((2, 3, 11, 8)).astype(np.float32)
+    x[0, 1, 4, 4] = np.nan
+    x[1, 2, 0, 0] = -np.inf
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    brute = win.max(axis=(4, 5))  # NaN propagates through max
+    with K.use_kernel(kernel):
+        for threads in (1, 2):
+            got = K.maxpool_float(x, k, s, p, threads)
+            np.testing.assert_array_equal(got, brute)
+    np.testing.assert_array_equal(R.maxpool_float(x, k, s, p), brute)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [1, 2, 8])
 def test_conv_float_quantize_at_rounding_steps(kernel, bits):
     """Biases put one pooled value of every channel on a code step (pooled + b = (q + 1/2) /

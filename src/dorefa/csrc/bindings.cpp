@@ -255,6 +255,20 @@ py::array_t<float> ConvFloatPy(const std::string& kernel_name, const FloatArray&
   return out;
 }
 
+py::array_t<float> MaxPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p,
+                                  int threads) {
+  Require(x.ndim() == 4, "x must be 4-D (N, C, H, W)");
+  Require(k >= 1 && s >= 1 && p >= 0 && 2 * p <= k, "bad kernel / stride / padding");
+  Require(x.shape(2) + 2 * p >= k && x.shape(3) + 2 * p >= k, "kernel larger than the input");
+  CheckThreads(threads);
+  const int64_t oh = (x.shape(2) + 2 * p - k) / s + 1, ow = (x.shape(3) + 2 * p - k) / s + 1;
+  py::array_t<float> out = OutputArray<float>({x.shape(0), x.shape(1), oh, ow});
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  MaxPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst, threads);
+  return out;
+}
+
 py::array_t<uint8_t> MaxPoolCodesPy(const CodeArray& x, int64_t k, int64_t s, int64_t p) {
   Require(x.ndim() == 4, "x must be 4-D (N, C, H, W)");
   Require(k >= 1 && s >= 1 && p >= 0 && 2 * p <= k, "bad kernel / stride / padding");
@@ -390,6 +404,8 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("bits"), py::arg("threads"));
   m.def("conv_float", &dorefa::ConvFloatPy, py::arg("kernel"), py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
+  m.def("maxpool_float", &dorefa::MaxPoolFloatPy, py::arg("x"), py::arg("kernel"),
+        py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);

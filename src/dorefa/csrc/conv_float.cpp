@@ -196,10 +196,47 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
   });
 }
 
+namespace {
+
+// The larger of a and b (no NaN: vectorizes to one max instruction), and the same with NaN
+// winning (as numpy's maximum and torch's max-pool), for planes that hold a NaN.
+template <class T>
+inline T Max(T a, T b) {
+  return b > a ? b : a;
+}
+template <class T>
+inline T MaxNan(T a, T b) {
+  return (b > a || b != b) ? b : a;
+}
+
+// Separable max-pool of one plane: per output row, the max of its k input rows (valid rows
+// only) into a row buffer padded with `pad`, then the max of k taps of that buffer per column.
+template <class T, T (*M)(T, T)>
+void PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oh,
+               int64_t ow, T pad, std::vector<T>& row, T* dst) {
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    std::fill(row.begin(), row.end(), pad);
+    T* rowp = row.data() + p;
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t y = oy * s + i - p;
+      if (y < 0 || y >= h) continue;
+      const T* r = src + y * w;
+      for (int64_t xx = 0; xx < w; ++xx) rowp[xx] = M(rowp[xx], r[xx]);
+    }
+    for (int64_t ox = 0; ox < ow; ++ox) {
+      T mx = row[ox * s];
+      for (int64_t j = 1; j < k; ++j) mx = M(mx, row[ox * s + j]);
+      dst[oy * ow + ox] = mx;
+    }
+  }
+}
+
+}  // namespace
+
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
                   int64_t s, int64_t p, uint8_t* out) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
-  std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p));  // one padded row of maxima
+  std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p + k));  // one padded row of maxima
   for (int64_t nc = 0; nc < n * c; ++nc) {
     const uint8_t* src = x + nc * h * w;
     uint8_t* dst = out + nc * oh * ow;
@@ -215,24 +252,26 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
       }
       continue;
     }
-    // Separable: per output row, the max of its k input rows (valid rows only: padding is
-    // code 0) into a zero-padded row buffer, then the max of k taps of that buffer per column.
-    for (int64_t oy = 0; oy < oh; ++oy) {
-      uint8_t* rowp = row.data();
-      std::fill(row.begin(), row.end(), uint8_t{0});
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t y = oy * s + i - p;
-        if (y < 0 || y >= h) continue;
-        const uint8_t* r = src + y * w;
-        for (int64_t xx = 0; xx < w; ++xx) rowp[p + xx] = std::max(rowp[p + xx], r[xx]);
-      }
-      for (int64_t ox = 0; ox < ow; ++ox) {
-        uint8_t mx = rowp[ox * s];
-        for (int64_t j = 1; j < k; ++j) mx = std::max(mx, rowp[ox * s + j]);
-        dst[oy * ow + ox] = mx;
-      }
-    }
+    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, dst);  // pad: code 0
   }
+}
+
+void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
+                  int64_t p, float* out, int threads) {
+  const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
+  ParallelFor(threads, n * c, [&](int64_t first, int64_t last) {
+    std::vector<float> row(static_cast<size_t>(w + 2 * p + k));
+    constexpr float kPad = -std::numeric_limits<float>::infinity();
+    for (int64_t nc = first; nc < last; ++nc) {
+      const float* src = x + nc * h * w;
+      bool nan = false;
+      for (int64_t i = 0; i < h * w; ++i) nan |= src[i] != src[i];
+      if (nan)
+        PoolPlane<float, MaxNan<float>>(src, h, w, k, s, p, oh, ow, kPad, row, out + nc * oh * ow);
+      else
+        PoolPlane<float, Max<float>>(src, h, w, k, s, p, oh, ow, kPad, row, out + nc * oh * ow);
+    }
+  });
 }
 
 }  // namespace dorefa

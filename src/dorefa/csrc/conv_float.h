@@ -89,6 +89,11 @@ uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
                   int64_t s, int64_t p, uint8_t* out);
 
+// Max-pool of float32 x (N, C, H, W) -> out (N, C, OH, OW), padding -inf, NaN propagating;
+// planes split over up to `threads` threads.
+void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
+                  int64_t p, float* out, int threads);
+
 #ifdef DOREFA_HAVE_X86_KERNELS
 // AVX-512F: double sums, 8 per zmm, 48 channels per group.
 void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,

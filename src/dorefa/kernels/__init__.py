@@ -68,6 +68,7 @@ __all__ = [
     "kernel_table",
     "last_kernel",
     "maxpool_codes",
+    "maxpool_float",
     "pack_weights",
     "prepare_conv",
     "reference",
@@ -233,6 +234,17 @@ def conv_float(
     if kernel == _REFERENCE:
         return reference.conv_float(x, weight, bias, stride, padding)
     return _native.conv_float(kernel, x, weight, bias, stride, padding, threads)
+
+
+def maxpool_float(
+    x: np.ndarray, kernel: int, stride: int, padding: int, threads: int = 1
+) -> np.ndarray:
+    """Max-pool of a float32 map (N, C, H, W), padding -inf, NaN propagating (as torch):
+    float32 (N, C, H', W'); exact (a max), so every path gives the same array."""
+    x = np.ascontiguousarray(x, np.float32)
+    if _current_kernel() == _REFERENCE:
+        return reference.maxpool_float(x, kernel, stride, padding)
+    return _native.maxpool_float(x, kernel, stride, padding, threads)
 
 
 def maxpool_codes(x_codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:

@@ -336,6 +336,35 @@ def conv_float(
     return acc.astype(np.float32) + np.asarray(bias, np.float32)[None, :, None, None]
 
 
+def _tap_range(i: int, p: int, s: int, n_out: int, n_in: int) -> tuple[int, int]:
+    """Outputs [r0, r1) whose tap i reads inside the input: 0 <= r s + i - p < n_in."""
+    r0 = max(0, -((i - p) // s))  # ceil((p - i) / s)
+    r1 = min(n_out, (n_in - 1 - i + p) // s + 1)
+    return r0, max(r0, r1)
+
+
+def maxpool_float(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """Max-pool of a float32 map (N, C, H, W), padding -inf (never wins), NaN propagating:
+    float32 (N, C, H', W'). Separable: the max over the k row taps, then the column taps."""
+    x = np.asarray(x, np.float32)
+    k, s, p = kernel, stride, padding
+    n, c, h, w = x.shape
+    ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    rows = np.full((n, c, ho, w), -np.inf, np.float32)
+    for i in range(k):
+        r0, r1 = _tap_range(i, p, s, ho, h)
+        if r0 < r1:
+            src = x[:, :, r0 * s + i - p : (r1 - 1) * s + i - p + 1 : s]
+            np.maximum(rows[:, :, r0:r1], src, out=rows[:, :, r0:r1])
+    out = np.full((n, c, ho, wo), -np.inf, np.float32)
+    for j in range(k):
+        c0, c1 = _tap_range(j, p, s, wo, w)
+        if c0 < c1:
+            src = rows[:, :, :, c0 * s + j - p : (c1 - 1) * s + j - p + 1 : s]
+            np.maximum(out[:, :, :, c0:c1], src, out=out[:, :, :, c0:c1])
+    return out
+
+
 def maxpool_codes(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
     """Max-pool of uint8 codes (N, C, H, W); padding is code 0 (<= every code)."""
     n, c, h, w = x.shape

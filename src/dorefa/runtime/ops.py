@@ -22,13 +22,6 @@ def _windows(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
     return win[:, :, ::stride, ::stride]
 
 
-def _tap_range(i: int, p: int, s: int, n_out: int, n_in: int) -> tuple[int, int]:
-    """Outputs [r0, r1) whose tap i reads inside the input: 0 <= r s + i - p < n_in."""
-    r0 = max(0, -((i - p) // s))  # ceil((p - i) / s)
-    r1 = min(n_out, (n_in - 1 - i + p) // s + 1)
-    return r0, max(r0, r1)
-
-
 class Layer:
     """One node of the network: ``name``, ``inputs`` (value names), ``source`` (the torch module
     whose output this node reproduces, if the exporter recorded it)."""
@@ -196,23 +189,7 @@ class MaxPool(Layer):
         k, s, p = self.kernel, self.stride, self.padding
         if x.dtype == np.uint8:
             return kernels.maxpool_codes(x, k, s, p)
-        n, c, h, w = x.shape
-        ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
-        # separable, no padded copy: max over the k row taps, then over the k column taps; tap
-        # i of output row r reads input row r s + i - p, and the padding (-inf) never wins
-        rows = np.full((n, c, ho, w), -np.inf, np.float32)
-        for i in range(k):
-            r0, r1 = _tap_range(i, p, s, ho, h)
-            if r0 < r1:
-                src = x[:, :, r0 * s + i - p : (r1 - 1) * s + i - p + 1 : s]
-                np.maximum(rows[:, :, r0:r1], src, out=rows[:, :, r0:r1])
-        out = np.full((n, c, ho, wo), -np.inf, np.float32)
-        for j in range(k):
-            c0, c1 = _tap_range(j, p, s, wo, w)
-            if c0 < c1:
-                src = rows[:, :, :, c0 * s + j - p : (c1 - 1) * s + j - p + 1 : s]
-                np.maximum(out[:, :, :, c0:c1], src, out=out[:, :, :, c0:c1])
-        return out
+        return kernels.maxpool_float(x, k, s, p, threads)
 
     def describe(self):
         return f"maxpool {self.kernel}x{self.kernel} /{self.stride} pad {self.padding}"
