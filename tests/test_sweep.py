@@ -519,7 +519,7 @@ def test_a_recipe_sets_every_cells_knobs_and_is_part_of_the_budget(tmp_path):
     tc = train_config(cfg, cell, tmp_path / "c", None)
     assert tc.recipe == "svhn-fashion-mnist" and tc.epochs == 3 and tc.seed == 1
     assert tc.lr_milestones == ((6, 0.2), (9, 0.2)) and tc.weight_decay_on == "float"
-    assert tc.augment == "crop-flip" and tc.bits == Bits(1, 2, 6) and tc.width == 0.25
+    assert tc.augment == "flip" and tc.bits == Bits(1, 2, 6) and tc.width == 0.25
     argv = train_command(cfg, cell, tmp_path / "c", None)[4:]
     assert config_from_argv(argv) == tc  # the child process trains exactly this
     assert SweepConfig(recipe="svhn-fashion-mnist").epochs == 12

@@ -14,7 +14,7 @@ always wins. See docs/distributed.md for where each number comes from.
   weight decay 1e-4 on every conv and fc weight (ImageNetModel's ``'.*/W'``).
 * ``svhn-fashion-mnist``: Model A trained to its plateau on Fashion-MNIST (the converged study,
   docs/results.md, which says how it was chosen): Adam lr 1e-3, x0.2 at epochs 6 and 9, 12
-  epochs, batch 128, random crop + flip, L2 weight decay 1e-4 on the layers that stay float.
+  epochs, batch 128, random flips, L2 weight decay 1e-4 on the layers that stay float.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "svhn-fashion-mnist",
             "svhn",
-            "Model A to its plateau on Fashion-MNIST: Adam 1e-3, x0.2 at 6/9, 12 ep, crop-flip, "
+            "Model A to its plateau on Fashion-MNIST: Adam 1e-3, x0.2 at 6/9, 12 ep, flip, "
             "wd 1e-4 on float layers",
             dict(
                 model="svhn",
@@ -89,7 +89,7 @@ RECIPES: dict[str, Recipe] = {
                 lr_milestones=((6, 0.2), (9, 0.2)),
                 weight_decay=1e-4,
                 weight_decay_on="float",
-                augment="crop-flip",
+                augment="flip",
             ),
         ),
     )
