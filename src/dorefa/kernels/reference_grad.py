@@ -178,9 +178,11 @@ def _codes(name: str, a: object, bits: int, layout: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _check_geometry(
+def check_geometry(
     out_hw: tuple[int, int], kernel: tuple[int, int], stride: int, padding: int, hw: tuple
 ) -> tuple[int, int]:
+    """The forward input's (H, W); ValueError unless the gradient's spatial shape ``out_hw`` is
+    what a ``kernel`` conv with this stride and padding makes of it."""
     h, w = (int(v) for v in hw)
     want = (
         conv_out_size(h, kernel[0], stride, padding),
@@ -217,7 +219,7 @@ def conv_input_grad_codes(
     nw = (1 << check_bits("w_bits", w_bits)) - 1
     cc = _codes("c", c, g_bits, "(N, O, H', W')")
     p = _codes("w_codes", w_codes, w_bits, "(O, C, KH, KW)")
-    hw = _check_geometry(cc.shape[2:], p.shape[2:], stride, padding, input_hw)
+    hw = check_geometry(cc.shape[2:], p.shape[2:], stride, padding, input_hw)
     t_cp = _transposed(cc, p, stride, padding, hw)
     t_c1 = _transposed(cc, np.ones((p.shape[0], 1) + p.shape[2:], np.int64), stride, padding, hw)
     one = np.ones((1,) + cc.shape[1:], np.int64)
@@ -267,7 +269,7 @@ def conv_weight_grad_codes(
     cc = _codes("c", c, g_bits, "(N, O, H', W')")
     q = _codes("a_codes", a_codes, a_bits, "(N, C, H, W)")
     kh, kw = (int(k) for k in kernel)
-    _check_geometry(cc.shape[2:], (kh, kw), stride, padding, q.shape[2:])
+    check_geometry(cc.shape[2:], (kh, kw), stride, padding, q.shape[2:])
     qp = np.pad(q, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     win = np.lib.stride_tricks.sliding_window_view(qp, (kh, kw), axis=(2, 3))
     win = win[:, :, ::stride, ::stride][

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import conv_out_size
 from . import bitconv2d_signed, pack_weights
 from .reference import check_bits
-from .reference_grad import scaled_batch_sum
+from .reference_grad import check_geometry, scaled_batch_sum
 from .selection import REFERENCE
 
 __all__ = [
@@ -65,28 +64,13 @@ def _scatter(
     return out
 
 
-def _check_hw(out_hw, kernel, stride: int, padding: int, hw) -> tuple[int, int]:
-    h, w = (int(v) for v in hw)
-    want = (
-        conv_out_size(h, kernel[0], stride, padding),
-        conv_out_size(w, kernel[1], stride, padding),
-    )
-    if tuple(out_hw) != want:
-        raise ValueError(
-            f"gradient codes have spatial shape {tuple(out_hw)} but a {tuple(kernel)} "
-            f"convolution with stride {stride}, padding {padding} of a {h}x{w} input gives "
-            f"{want}; pass the forward input's (H, W) as input_hw"
-        )
-    return h, w
-
-
 def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
     """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
     check_bits("g_bits", g_bits)
     c = np.ascontiguousarray(c, np.uint8)
     w_codes = np.asarray(w_codes)
     kernel = w_codes.shape[2:]
-    hw = _check_hw(c.shape[2:], kernel, stride, padding, input_hw)
+    hw = check_geometry(c.shape[2:], kernel, stride, padding, input_hw)
     ones = np.ones((1,) + c.shape[1:], np.uint8)
     if c.shape[2:] == (1, 1) and padding == 0 and hw == kernel:
         # One output pixel whose window is the whole input: dx[c, y, x] = sum_o g[o] w[o, c, y, x],
@@ -181,7 +165,7 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
 
     kh, kw = (int(k) for k in kernel)
     q = np.asarray(a_codes)
-    _check_hw(np.shape(c)[2:], (kh, kw), stride, padding, q.shape[2:])
+    check_geometry(np.shape(c)[2:], (kh, kw), stride, padding, q.shape[2:])
     name = weight_grad_kernel()
     pixels = int(np.prod(np.shape(c)[2:]))
     if name == REFERENCE or 3 * pixels * ((1 << check_bits("g_bits", g_bits)) - 1) * 255 >= 2**31:
