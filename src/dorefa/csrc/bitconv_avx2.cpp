@@ -1,9 +1,17 @@
-// AVX2 kernel: register tile of 4 output pixels x 8 output channels (two ymm of 4 lanes).
+// AVX2 kernel: register tile of 3 output pixels x 8 output channels (two ymm of 4 lanes).
 //
 // AVX2 has no vector popcount, so bytes are counted with a 16-entry nibble table and VPSHUFB
 // (popcount(b) = T[b & 15] + T[b >> 4]). Byte counts are at most 8 per step, so up to
 // 31 steps (248 < 256) accumulate in 8-bit lanes before VPSADBW folds each group of 8 bytes,
 // i.e. one 64-bit lane = one output channel, into the 64-bit accumulators.
+//
+// Ceiling (docs/kernels.md): per activation word, pixel and 8 channels (512 binary MACs),
+// 2 x (VPAND x&w, VPAND low nibbles, VPSRLW, VPAND, 2 VPSHUFB, VPADDB, VPADDB into the byte
+// counts) = 16 vector ops, 4 of them shuffles and 2 shifts; on Zen 2 and Zen 4 (4 vector pipes,
+// shuffles and shifts on two of them) that is 4 cycles: 128 binary MAC/cycle, 64 for W1A2.
+// Tile: 3 pixels keep the 6 byte counters, 2 weight vectors, the table, the mask, the
+// broadcast word and the temporaries in the 16 ymm registers; with 4 pixels GCC spilled in the
+// inner loop (Zen 4, AlexNet conv3 batch 32: 30 -> 44 W1A2 MAC/cycle going from 4 to 3).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -14,7 +22,7 @@
 namespace dorefa {
 namespace {
 
-constexpr int kTileP = 4;
+constexpr int kTileP = 3;
 constexpr int kMaxByteSteps = 31;
 
 inline __m256i PopcountBytes(__m256i v, __m256i table, __m256i low4) {
@@ -89,7 +97,7 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
 
 using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
                          int64_t, int32_t*);
-constexpr BlockFn kBlocks[kTileP] = {&Block<1>, &Block<2>, &Block<3>, &Block<4>};
+constexpr BlockFn kBlocks[kTileP] = {&Block<1>, &Block<2>, &Block<3>};
 
 void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
               int64_t npix, int64_t ob0, int64_t nob, int32_t* acc) {
@@ -108,6 +116,6 @@ void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64
 
 }  // namespace
 
-extern const TileKernel kAvx2Tiles = {"4x8", &TileAvx2, nullptr, kTileP, 1};
+extern const TileKernel kAvx2Tiles = {"3x8", &TileAvx2, nullptr, kTileP, 1};
 
 }  // namespace dorefa
