@@ -170,7 +170,18 @@ def time_round(fn, min_seconds: float) -> float:
 
 # W1A2 / W1A1 popcount ceilings per core (MAC/cycle): per 512-bit word of each plane pair,
 # AND + VPOPCNTQ + ADD, three uops on the two 512-bit ports.
-CEILING = {"W1A2": 341.33 / 2, "W1A1": 341.33}
+# Binary MACs per cycle and core of the popcount kernels (docs/kernels.md derives both): AVX-512
+# 24 products in 36 cycles (Sapphire Rapids), AVX2 16 vector ops per 512 binary MACs on 4 pipes.
+BINARY_CEILING = {"avx512": 341.33, "avx2": 128.0}
+
+
+def ceiling() -> dict[str, float]:
+    """W1A2 / W1A1 MAC/cycle ceilings of the backend in use (NaN where none is derived)."""
+    binary = BINARY_CEILING.get(K.backend(), float("nan"))
+    return {"W1A2": binary / 2, "W1A1": binary}
+
+
+CEILING = ceiling()
 
 
 def table_row(layer: Layer, n: int, threads: int, t: dict[str, float], clock: float) -> str:
@@ -201,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.kernel:
         K.set_backend(args.kernel)
+    CEILING.update(ceiling())
     rounds = args.rounds or (3 if args.quick else 9)
     min_seconds = 0.005 if args.quick else 0.03
     batches = [int(b) for b in args.batches.split(",")]
