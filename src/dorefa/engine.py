@@ -12,24 +12,31 @@ with ``q = round(n_a x)`` the activation codes, ``p, s`` the weight codes and sc
 (:func:`dorefa.quantizers.weight_codes`), ``c, m_b`` f_g's codes and per-sample scales
 (:func:`dorefa.quantizers.gradient_codes`, drawn from the layer's GradQuant generator, so the
 same seed gives the same noise as the torch engine). The integer parts run in
-:mod:`dorefa.kernels.training` (forward: ``bitconv2d_signed``); the scales are applied in float64
-and rounded once to float32. f_g is fused into the conv's backward: the GradQuant right after an
+:mod:`dorefa.kernels.training` (forward: ``bitconv2d_signed``); the scales (themselves float64
+roundings of ``s / n_a`` and ``m_b s / n_g``) multiply the exact integers in float64, then one
+rounding to float32. f_g is fused into the conv's backward: the GradQuant right after an
 integer layer passes its gradient through untouched.
 
 A layer runs on the torch path instead (:func:`set_engine` returns why, per layer) when one of
-W, A, G is 32, it has groups, dilation or asymmetric padding, or no GradQuant follows it; a call
-falls back when its input is not A-bit codes, is on CUDA or is not float32.
+W, A, G is 32, it has a bias, groups, dilation or asymmetric padding, sums that could pass
+int32, or no GradQuant follows it; a call falls back when its input is not A-bit codes, is on
+CUDA, is not float32, is empty, or (Linear) is not (N, C). The GradQuant must take the conv's
+output directly (``gq(conv(x))``, as every registered model does): it raises otherwise, rather
+than quantize the gradient twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .bits import FLOAT, Bits
+from .geometry import fits_int32
 from .quantizers import GradQuant, gradient_codes, weight_codes
 
 ENGINES = ("torch", "int")
@@ -46,7 +53,9 @@ class IntLayer:
     stride: int
     padding: int
     grad_quant: GradQuant
-    pending: Tensor | None = None  # this layer's last integer output, until f_g is skipped
+    # integer outputs whose f_g this layer's backward performs, until their GradQuant sees them
+    # (a dict by id: weak sets compare tensors with ==, which is elementwise)
+    untaken: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
 
     def codes(self, x: Tensor) -> np.ndarray | None:
         """x's A-bit codes ``round(n_a x)`` (uint8), or None if x is not exactly codes / n_a."""
@@ -60,22 +69,33 @@ class IntLayer:
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor | None:
         """The layer's output on the integer path, or None (then the caller runs torch)."""
-        x4 = x if isinstance(module, nn.Conv2d) else x.reshape(x.shape[0], -1, 1, 1)
-        q = self.codes(x4) if x4.dim() == 4 else None
+        conv = isinstance(module, nn.Conv2d)
+        if x.numel() == 0 or x.dim() != (4 if conv else 2):
+            return None  # empty batches and Linear inputs other than (N, C): torch
+        x4 = x if conv else x.reshape(x.shape[0], -1, 1, 1)
+        q = self.codes(x4)
         if q is None:
             return None
         y = _IntConvFn.apply(x4, module.quantized_weight(), module, self, q)
-        if module.bias is not None:
-            y = y + module.bias.view(1, -1, 1, 1)
-        y = y if isinstance(module, nn.Conv2d) else y.reshape(y.shape[0], -1)
-        self.pending = y
+        y = y if conv else y.reshape(y.shape[0], -1)
+        if torch.is_grad_enabled() and y.requires_grad:
+            y._dorefa_fg = self  # this layer's backward applies f_g to y's gradient
+            self.untaken[id(y)] = y
         return y
 
     def take(self, x: Tensor) -> bool:
-        """True (once) if ``x`` is this layer's integer output: its f_g already ran."""
-        if self.pending is not None and x is self.pending:
-            self.pending = None
+        """True if ``x`` is this layer's integer output (its f_g runs in the conv's backward);
+        RuntimeError if an integer output of this layer is still waiting and ``x`` is another
+        tensor: the GradQuant would quantize the gradient a second time."""
+        if getattr(x, "_dorefa_fg", None) is self:
+            self.untaken.pop(id(x), None)
             return True
+        if len(self.untaken):
+            raise RuntimeError(
+                f"{self.grad_quant!r} received a tensor that is not its integer conv's output: "
+                "the int engine needs the GradQuant applied directly to the conv's output "
+                "(gq(conv(x))); use set_engine(model, 'torch') for this model"
+            )
         return False
 
 
@@ -102,6 +122,7 @@ class _IntConvFn(torch.autograd.Function):
         return torch.from_numpy((d * (s / n_a)).astype(np.float32))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy: Tensor):
         from .kernels.training import conv_input_grad, conv_weight_grad
 
@@ -187,8 +208,18 @@ def _refusal(module: nn.Module, gq: GradQuant | None, bits: Bits | None) -> str:
         return "no GradQuant follows it"
     if gq.k == FLOAT or gq.k > 8:
         return f"G={gq.k}: a float gradient"
+    if module.bias is not None:
+        return "a bias (its gradient would need f_g's values)"
     geometry = _geometry(module)
-    return geometry if isinstance(geometry, str) else ""
+    if isinstance(geometry, str):
+        return geometry
+    o, c = module.weight.shape[:2]
+    taps = int(np.prod(module.weight.shape[2:]))
+    if not fits_int32(c * taps, bits.a, module.w_bits) or not fits_int32(
+        o * taps, gq.k, module.w_bits
+    ):
+        return "fan-in too large for int32 sums"
+    return ""
 
 
 def engine_summary(report: dict[str, str]) -> str:

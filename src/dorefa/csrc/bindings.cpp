@@ -341,11 +341,12 @@ py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const
               g.ow == (g.w + 2 * padding - kw) / stride + 1,
           "c's spatial shape is not the convolution's output shape for x_codes");
   Require(std::min({g.n, g.o, g.c}) >= 1, "c and x_codes must not be empty");
-  // |2 (U + z Csum) - n_g Xsum| <= 3 * P * n_g * 255: the sums before the transform included.
-  const double bound = 3.0 * static_cast<double>(g.P()) * ((1 << g_bits) - 1) * 255.0;
-  Require(bound < 2147483647.0,
-          "the weight-gradient sums may overflow int32 for this many output pixels; use the "
-          "reference kernel");
+  // The kernels sum modulo 2^32; only S (|S| <= P n_g n_a), Xsum and Csum must fit int32.
+  const double bound = static_cast<double>(g.P()) * ((1 << g_bits) - 1) * ((1 << a_bits) - 1);
+  RequireOr(bound <= 2147483647.0, [&] {
+    return "the weight-gradient sums of " + std::to_string(g.P()) +
+           " output pixels may pass int32 (P * n_g * n_a > 2^31 - 1); use the reference kernel";
+  });
   const WgradKernel* kernel = nullptr;
   for (int i = 0; i < WgradKernelCount(); ++i)
     if (kernel_name == WgradKernelAt(i).name) kernel = &WgradKernelAt(i);

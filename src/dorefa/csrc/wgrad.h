@@ -10,7 +10,7 @@
 //
 // Per sample the operands are packed into quads of 4 pixels (the 4 bytes VPDPBUSD sums):
 //   cq[o][pq][i]        = c[o, 4 pq + i]                   (uint8, 0 for p >= P)
-//   xq[kb][pq][lane][i] = X[4 pq + i, 16 kb + lane] - z    (int8; -z for p >= P: c is 0 there)
+//   xq[kb][pq][lane][i] = X[4 pq + i, 16 kb + lane] - z    (int8; 0 for p >= P: c is 0 there)
 // where z is the kernel's activation shift (x' = x - z must fit its signed operand without
 // saturating): sum c * x = sum c * x' + z * Csum[o], Csum[o] = sum_p c[o, p]. Padding pixels
 // (p >= P) hold c = 0, so their x' never counts; padding columns (k >= K) are never stored.

@@ -52,9 +52,9 @@ void BlockAvx2(const WgradSample& s, int64_t o0, int nr, int64_t kb0, int, int32
   kTable[nr - 1](s, o0, kb0, u);
 }
 
-// x' = x - z must be s8: z = 0 when n_a <= 127 and 2 n_g n_a fits, else z = 2^(A-1)
-// (max|x'| = 2^(A-1)); -1 if even
-// that lets a pair sum 2 * n_g * max|x'| pass int16.
+// x' = x - z must be s8 and keep VPMADDUBSW's pair sums 2 n_g max|x'| within int16:
+// z = 0 when n_a <= 127 and 2 n_g n_a <= 32767; else z = 2^(A-1) (max|x'| = 2^(A-1)) when
+// 2 n_g 2^(A-1) <= 32767; else -1 (G = 8 with A = 8: the portable kernel runs it).
 int32_t ShiftAvx2(int g_bits, int a_bits) {
   const int32_t ng = (1 << g_bits) - 1, na = (1 << a_bits) - 1, half = 1 << (a_bits - 1);
   if (na <= 127 && 2 * ng * na <= 32767) return 0;

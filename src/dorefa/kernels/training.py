@@ -31,6 +31,8 @@ a forced kernel or backend (``DOREFA_KERNEL``, ``use_kernel``), else the fastest
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import bitconv2d_signed, pack_weights
@@ -168,7 +170,16 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     check_geometry(np.shape(c)[2:], (kh, kw), stride, padding, q.shape[2:])
     name = weight_grad_kernel()
     pixels = int(np.prod(np.shape(c)[2:]))
-    if name == REFERENCE or 3 * pixels * ((1 << check_bits("g_bits", g_bits)) - 1) * 255 >= 2**31:
+    n_g, n_a = (1 << check_bits("g_bits", g_bits)) - 1, (1 << check_bits("a_bits", a_bits)) - 1
+    if name == REFERENCE:
+        return None
+    if pixels * n_g * n_a > 2**31 - 1:  # S could pass int32: the NumPy spec (int64)
+        warnings.warn(
+            f"weight gradient of {pixels} output pixels at G={g_bits}, A={a_bits}: sums may "
+            "pass int32, computed by the NumPy reference (slow)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     c = np.ascontiguousarray(c, np.uint8)
     q = np.ascontiguousarray(q, np.uint8)
