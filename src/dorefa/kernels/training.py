@@ -204,13 +204,16 @@ def weight_grad_codes(
 ) -> np.ndarray:
     """``S`` int64 (N, O, C, KH, KW) of the spec (``reference_grad.conv_weight_grad_codes(...).s``)
     for gradient codes ``c`` uint8 (N, O, H', W') and activation codes ``a_codes`` (N, C, H, W)."""
+    s = _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, None)
+    return s if s is not None else _spec_sums(c, g_bits, a_codes, a_bits, stride, padding, kernel)
+
+
+def _spec_sums(c, g_bits, a_codes, a_bits, stride, padding, kernel) -> np.ndarray:
+    """S from the NumPy spec itself (the reference kernel, or sums that could pass int32)."""
     from .reference_grad import conv_weight_grad_codes
 
-    s = _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, None)
-    if s is None:
-        m = np.ones(len(a_codes), np.float32)  # the scales do not enter S
-        s = conv_weight_grad_codes(c, m, g_bits, a_codes, a_bits, stride, padding, kernel).s
-    return s
+    m = np.ones(len(a_codes), np.float32)  # the scales do not enter S
+    return conv_weight_grad_codes(c, m, g_bits, a_codes, a_bits, stride, padding, kernel).s
 
 
 def conv_weight_grad(
@@ -230,7 +233,7 @@ def conv_weight_grad(
     na = (1 << check_bits("a_bits", a_bits)) - 1
     scale = np.asarray(m, np.float32).astype(np.float64) / (ng * na)
     dw = _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, scale)
-    if dw is None:
-        s = weight_grad_codes(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads)
+    if dw is None:  # _weight_grad said why (and warned once): the spec's sums
+        s = _spec_sums(c, g_bits, a_codes, a_bits, stride, padding, kernel)
         dw = scaled_batch_sum(scale, s)
     return dw.astype(np.float32)
