@@ -7,7 +7,7 @@
 //
 // Order: the popcount kernels fastest first, the int8 kernels after the popcount kernels of
 // their ISA, the portable scalar kernel last; the first entry the CPU runs is the default (a
-// popcount kernel: the int8 kernels are taken by name until a per-layer choice exists).
+// popcount kernel: the int8 kernels run when forced by name or picked per layer, choose.py).
 //
 // Names. A popcount kernel is "<family>/<packer>", e.g. "popcount-avx512/gfni" (the bit-serial
 // AVX-512 tile kernel with the GFNI packer); an int8 kernel is its family ("int8-vnni"). A

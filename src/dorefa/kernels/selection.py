@@ -6,7 +6,8 @@ dot-product kernel is its family, ``int8-vnni`` or ``int8-avx2``. A request may 
 family (``popcount-avx512``) or a backend (``avx512``, ``avx2``, ``scalar``), meaning the first
 kernel of it this CPU runs, or ``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
 The table itself lives in C++ (``csrc/kernel_table.cpp``): popcount kernels fastest first (the
-first one the CPU runs is the default), the int8 kernels after them (chosen by name).
+first one the CPU runs is the default), the int8 kernels after them (forced by name, or picked
+per layer by :mod:`dorefa.kernels.choose`).
 
 The kernel of a call, strongest choice first:
 
