@@ -41,6 +41,7 @@ GEOMETRIES = [
     (2, 3, 8, 8, 5, 3, 3, 4),
     (3, 64, 1, 1, 17, 1, 1, 0),
     (1, 16, 5, 5, 65, 5, 1, 0),
+    (2, 6, 2, 2, 13, 3, 3, 1),
 ]
 BIT_TRIPLES = TRIPLES + [(8, 8, 8), (3, 1, 2), (4, 3, 1)]
 
@@ -111,17 +112,22 @@ WGRAD = K._native.wgrad_kernels() if K._native is not None else []
 @pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 1, 1)])
 def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     """Each native weight-gradient kernel by name (AVX2 runs G=8 with A=8 on the portable
-    kernel), both outputs (per-sample S, scaled batch sum), any thread count."""
+    kernel), both outputs (per-sample S, scaled batch sum), any thread count; scales that are
+    float32 values (training's m_b: exact terms, the FMA paths may run) and scales with all 53
+    bits (multiply, then add)."""
     n, c, h, w, o, k, stride, padding = geometry
     g, m, _, a = _operands(geometry, bits, seed=7)
     want = R.conv_weight_grad_codes(g, m, bits[2], a, bits[1], stride, padding, (k, k))
+    wide = want.scale * (1 + 2.0**-40) + 2.0**-30
+    assert not np.array_equal(wide.astype(np.float32), wide)
     for threads in (1, 2, 3):
         s = K._native.weight_grad(name, g, a, bits[2], bits[1], k, k, stride, padding, threads)
-        dw = K._native.weight_grad(
-            name, g, a, bits[2], bits[1], k, k, stride, padding, threads, want.scale
-        )
         assert np.array_equal(s.reshape(want.s.shape), want.s)
-        assert np.array_equal(dw.reshape(o, c, k, k), R.weight_grad_float(want))
+        for scale in (want.scale, wide):
+            dw = K._native.weight_grad(
+                name, g, a, bits[2], bits[1], k, k, stride, padding, threads, scale
+            )
+            assert np.array_equal(dw.reshape(o, c, k, k), R.scaled_batch_sum(scale, want.s))
 
 
 @pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")

@@ -318,11 +318,13 @@ std::string ResolveKernel(const std::string& requested) {
 }
 
 // Weight gradient of integer training (wgrad.h): without `scale`, the per-sample sums S
-// (N, O, C*KH*KW) int32; with it (N float64), dW (O, C*KH*KW) float64 = sum_b scale_b S_b.
+// (N, O, C*KH*KW) int32; with it (N float64), dW (O, C*KH*KW) float64 = sum_b scale_b S_b;
+// with `divisor` too, float32(dW / divisor) (the training entry point's last two steps).
 py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const CodeArray& x,
                        int g_bits, int a_bits, int64_t kh, int64_t kw, int64_t stride,
                        int64_t padding, int threads,
-                       std::optional<py::array_t<double, py::array::c_style>> scale) {
+                       std::optional<py::array_t<double, py::array::c_style>> scale,
+                       std::optional<double> divisor) {
   CheckBits("g_bits", g_bits);
   CheckBits("a_bits", a_bits);
   CheckThreads(threads);
@@ -353,14 +355,22 @@ py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const
   RequireOr(kernel != nullptr, [&] {
     return "weight-gradient kernel " + kernel_name + " is not available on this CPU";
   });
+  Require(!divisor || scale, "divisor needs scale");
   WgradOutput out;
   py::array result;
+  std::vector<double> sums;  // dW before the division, when there is one
   if (scale) {
     Require(scale->ndim() == 1 && scale->shape(0) == g.n, "scale must be (N,) float64");
-    py::array_t<double> dw = OutputArray<double>({g.o, g.K()});
     out.scale = scale->data();
-    out.dw = dw.mutable_data();
-    result = std::move(dw);
+    if (divisor) {
+      sums.resize(static_cast<size_t>(g.o * g.K()));
+      out.dw = sums.data();
+      result = OutputArray<float>({g.o, g.K()});
+    } else {
+      py::array_t<double> dw = OutputArray<double>({g.o, g.K()});
+      out.dw = dw.mutable_data();
+      result = std::move(dw);
+    }
   } else {
     py::array_t<int32_t> s = OutputArray<int32_t>({g.n, g.o, g.K()});
     out.s = s.mutable_data();
@@ -370,6 +380,10 @@ py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const
   {
     py::gil_scoped_release release;
     ors = RunWeightGrad(*kernel, g, c.data(), x.data(), out, threads);
+    if (divisor) {
+      float* dst = static_cast<float*>(result.mutable_data());
+      for (size_t i = 0; i < sums.size(); ++i) dst[i] = static_cast<float>(sums[i] / *divisor);
+    }
   }
   CheckCodes("c", c, static_cast<uint8_t>(ors & 0xff), g_bits);
   CheckCodes("x_codes", x, static_cast<uint8_t>(ors >> 8), a_bits);
@@ -412,7 +426,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);
   m.def("weight_grad", &dorefa::WeightGradPy, py::arg("kernel"), py::arg("c"), py::arg("x_codes"),
         py::arg("g_bits"), py::arg("a_bits"), py::arg("kh"), py::arg("kw"), py::arg("stride"),
-        py::arg("padding"), py::arg("threads"), py::arg("scale") = py::none());
+        py::arg("padding"), py::arg("threads"), py::arg("scale") = py::none(),
+        py::arg("divisor") = py::none());
   m.def("bitconv", &dorefa::BitConvPy, py::arg("kernel"), py::arg("x_codes"), py::arg("wpk"),
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),

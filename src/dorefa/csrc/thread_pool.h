@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <new>
 #include <vector>
 
 namespace dorefa {
@@ -41,6 +42,22 @@ void ParallelRun(int threads, const std::function<void(int tid, Team& team)>& fn
 // empty does not call it. `body` must not throw.
 void ParallelFor(int threads, int64_t n,
                  const std::function<void(int64_t begin, int64_t end)>& body);
+
+// ParallelFor for a body that may fail to allocate scratch: std::bad_alloc thrown by any share
+// is carried out of the parallel region and rethrown on the calling thread (pybind11 turns it
+// into MemoryError); the other shares still run.
+template <class Body>
+void ParallelForOrThrow(int threads, int64_t n, Body&& body) {
+  std::atomic<bool> out_of_memory{false};
+  ParallelFor(threads, n, [&](int64_t begin, int64_t end) {
+    try {
+      body(begin, end);
+    } catch (const std::bad_alloc&) {
+      out_of_memory = true;
+    }
+  });
+  if (out_of_memory) throw std::bad_alloc();
+}
 
 // Runs worker(tid, barrier) on `threads` threads of a ParallelRun (inline on the caller when
 // threads == 1, with a barrier that does nothing) and returns the OR of the uint8_t flags the

@@ -191,48 +191,36 @@ const WgradKernel& WgradKernelAt(int i) { return *Table()[static_cast<size_t>(i)
 uint32_t RunWeightGrad(const WgradKernel& kernel, const WgradGeom& g, const uint8_t* c,
                        const uint8_t* x, const WgradOutput& out, int threads) {
   int32_t z = kernel.shift(g.g_bits, g.a_bits);
+  if (z >= 0 && kernel.direct != nullptr && (g.stride == 1 || g.P() == 1))
+    return kernel.direct(g, c, x, z, out, threads);
   const WgradKernel& k = z < 0 ? kWgradScalar : kernel;
   if (z < 0) z = kWgradScalar.shift(g.g_bits, g.a_bits);
   Packed pk(g);
   std::atomic<uint32_t> ors{0};
-  // ParallelFor bodies must not throw: a failed scratch allocation is carried out of the
-  // parallel region and rethrown on the calling thread (pybind11: MemoryError).
-  std::atomic<bool> out_of_memory{false};
-  ParallelFor(threads, g.n, [&](int64_t begin, int64_t end) {
-    try {
-      std::vector<uint8_t> rows;
-      uint32_t mine = 0;
-      for (int64_t b = begin; b < end; ++b) {
-        mine |= PackGrads(g, c + b * g.o * g.P(), pk.cq.data() + b * pk.cq_size,
-                          pk.csum.data() + b * g.o);
-        mine |= uint32_t{PackWindows(g, x + b * g.c * g.h * g.w, z, pk.xq.data() + b * pk.xq_size,
-                                     pk.xsum.data() + b * g.K(), rows)}
-                << 8;
-      }
-      ors.fetch_or(mine);
-    } catch (const std::bad_alloc&) {
-      out_of_memory = true;
+  ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> rows;
+    uint32_t mine = 0;
+    for (int64_t b = begin; b < end; ++b) {
+      mine |= PackGrads(g, c + b * g.o * g.P(), pk.cq.data() + b * pk.cq_size,
+                        pk.csum.data() + b * g.o);
+      mine |= uint32_t{PackWindows(g, x + b * g.c * g.h * g.w, z, pk.xq.data() + b * pk.xq_size,
+                                   pk.xsum.data() + b * g.K(), rows)}
+              << 8;
     }
+    ors.fetch_or(mine);
   });
-  if (out_of_memory) throw std::bad_alloc();
   const int64_t tile_rows = std::max<int64_t>(k.rows, kTileRows / k.rows * k.rows);
   const int64_t row_tiles = (g.o + tile_rows - 1) / tile_rows;
   const int64_t col_blocks = (g.KB() + k.blocks - 1) / k.blocks;
-  ParallelFor(threads, row_tiles * col_blocks, [&](int64_t begin, int64_t end) {
-    try {
-      std::vector<int32_t> u(static_cast<size_t>(k.rows * k.blocks * 16));
-      std::vector<double> acc(out.s != nullptr ? 0
-                                               : static_cast<size_t>(tile_rows * k.blocks * 16));
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t o_begin = (t % row_tiles) * tile_rows, kb0 = (t / row_tiles) * k.blocks;
-        const int nb = static_cast<int>(std::min<int64_t>(k.blocks, g.KB() - kb0));
-        RunTile(k, g, pk, z, out, o_begin, std::min(g.o, o_begin + tile_rows), kb0, nb, u, acc);
-      }
-    } catch (const std::bad_alloc&) {
-      out_of_memory = true;
+  ParallelForOrThrow(threads, row_tiles * col_blocks, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> u(static_cast<size_t>(k.rows * k.blocks * 16));
+    std::vector<double> acc(out.s != nullptr ? 0 : static_cast<size_t>(tile_rows * k.blocks * 16));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t o_begin = (t % row_tiles) * tile_rows, kb0 = (t / row_tiles) * k.blocks;
+      const int nb = static_cast<int>(std::min<int64_t>(k.blocks, g.KB() - kb0));
+      RunTile(k, g, pk, z, out, o_begin, std::min(g.o, o_begin + tile_rows), kb0, nb, u, acc);
     }
   });
-  if (out_of_memory) throw std::bad_alloc();
   return ors.load();
 }
 

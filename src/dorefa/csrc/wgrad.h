@@ -47,6 +47,11 @@ using WgradBlockFn = void (*)(const WgradSample& s, int64_t o0, int nr, int64_t 
 using WgradShiftFn = int32_t (*)(int g_bits, int a_bits);
 struct WgradFinish;
 using WgradFinishFn = void (*)(const WgradFinish& f);  // wgrad_finish.h, in the kernel's ISA
+struct WgradOutput;
+// A whole stride-1 weight gradient that reads the activations in place (no window matrix):
+// same results as the packed path; returns the OR of the codes as RunWeightGrad does.
+using WgradDirectFn = uint32_t (*)(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
+                                   int32_t z, const WgradOutput& out, int threads);
 
 struct WgradKernel {
   const char* name;  // "wgrad-vnni", "wgrad-avx2", "wgrad-scalar"
@@ -54,8 +59,9 @@ struct WgradKernel {
   WgradBlockFn block;
   WgradShiftFn shift;
   WgradFinishFn finish;
-  int rows;    // output channels per block call
-  int blocks;  // 16-column blocks per block call
+  int rows;                        // output channels per block call
+  int blocks;                      // 16-column blocks per block call
+  WgradDirectFn direct = nullptr;  // stride 1 or P = 1, when set (wgrad_vnni_direct.cpp)
 };
 
 // Kernels usable on this CPU, fastest first (the scalar one always).
@@ -82,6 +88,14 @@ uint32_t RunWeightGrad(const WgradKernel& kernel, const WgradGeom& g, const uint
 #ifdef DOREFA_HAVE_X86_KERNELS
 extern const WgradKernel kWgradAvx2;
 extern const WgradKernel kWgradVnni;
+// The VNNI kernel's `direct` (wgrad_vnni_direct.cpp): stride 1, or one output pixel at any
+// stride; P = 1 in dW mode with float32-valued scales goes to the float64 outer-product sum
+// (wgrad_outer.cpp).
+uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_t* x, int32_t z,
+                              const WgradOutput& out, int threads);
+bool WeightGradOuterApplies(const WgradGeom& g, const WgradOutput& out);
+uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
+                         const WgradOutput& out, int threads);
 #endif
 extern const WgradKernel kWgradScalar;
 

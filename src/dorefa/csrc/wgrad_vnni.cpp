@@ -57,6 +57,6 @@ void FinishVnni(const WgradFinish& f) { FinishBlock(f); }
 extern const WgradKernel kWgradVnni = {"wgrad-vnni", kAvx512F | kAvx512Bw | kAvx512Vl | kAvx512Vnni,
                                        &BlockVnni,   &ShiftVnni,
                                        &FinishVnni,  kRows,
-                                       kBlocks};
+                                       kBlocks,      &WeightGradDirectVnni};
 
 }  // namespace dorefa

@@ -32,11 +32,13 @@ the borders and between strides).
 Weight gradient (a correlation of f_g(dy) with f_a(x) over batch and output pixels; ``U`` sums
 over the output pixels of one sample, ``q`` zero-padded with code 0)::
 
-    dW  = sum_b (m_b / (n_g n_a)) * S_b,
+    dW  = (sum_b m_b * S_b) / (n_g n_a),
     S_b = sum_pixels (2c - n_g) q = 2 U(c, q) - n_g U(1, q).
 
 ``S_b`` is an exact integer per sample; the per-sample scale forbids summing codes over the batch
-before scaling, so the batch sum is a float64 sum of ``scale_b * S_b`` in order b = 0, 1, ...
+before scaling, so the batch sum is a float64 sum of ``m_b * S_b`` in order b = 0, 1, ..., then
+one division. ``m_b`` is a float32 value (24 significant bits), so each term ``m_b * S_b`` is
+exact in float64 while ``|S_b| < 2**29``: a kernel may add it with one FMA.
 """
 
 from __future__ import annotations
@@ -238,14 +240,15 @@ def input_grad_float(parts: InputGrad) -> np.ndarray:
 # ----------------------------------------------------------------------------- weight gradient
 @dataclass(frozen=True)
 class WeightGrad:
-    """``dW = sum_b scale[b] * s[b]``; ``s = 2 u_cq - n_g u_1q`` int64 (N, O, C, KH, KW) with
-    ``u_cq`` (N, O, C, KH, KW), ``u_1q`` (N, 1, C, KH, KW); ``scale`` float64 (N,) =
-    ``float64(m_b) / (n_g * n_a)``."""
+    """``dW = (sum_b scale[b] * s[b]) / divisor``; ``s = 2 u_cq - n_g u_1q`` int64 (N, O, C, KH,
+    KW) with ``u_cq`` (N, O, C, KH, KW), ``u_1q`` (N, 1, C, KH, KW); ``scale`` float64 (N,) =
+    ``float64(m_b)``; ``divisor = n_g * n_a``."""
 
     u_cq: np.ndarray
     u_1q: np.ndarray
     s: np.ndarray
     scale: np.ndarray
+    divisor: int
 
 
 def conv_weight_grad_codes(
@@ -278,13 +281,14 @@ def conv_weight_grad_codes(
     u_cq = np.einsum("nohw,nchwij->nocij", cc, win)
     u_1q = win.sum(axis=(2, 3))[:, None]
     s = 2 * u_cq - ng * u_1q
-    scale = np.asarray(m, np.float32).astype(np.float64) / (ng * na)
-    return WeightGrad(u_cq, u_1q, s, scale)
+    scale = np.asarray(m, np.float32).astype(np.float64)
+    return WeightGrad(u_cq, u_1q, s, scale, ng * na)
 
 
 def weight_grad_float(parts: WeightGrad) -> np.ndarray:
-    """dW in float64 (O, C, KH, KW): :func:`scaled_batch_sum` of the parts."""
-    return scaled_batch_sum(parts.scale, parts.s)
+    """dW in float64 (O, C, KH, KW): :func:`scaled_batch_sum` of the parts, then divided by
+    ``n_g n_a`` (one rounding)."""
+    return scaled_batch_sum(parts.scale, parts.s) / parts.divisor
 
 
 def scaled_batch_sum(scale: np.ndarray, s: np.ndarray) -> np.ndarray:

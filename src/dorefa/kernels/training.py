@@ -24,7 +24,7 @@ with the sample, and the sum runs over the output pixels, so it has its own nati
 (``csrc/wgrad*.cpp``: ``wgrad-vnni`` VPDPBUSD, ``wgrad-avx2`` VPMADDUBSW, ``wgrad-scalar``): one
 call per layer, samples split over threads, ``S_b[o, k] = sum_p (2c - n_g) X_b[p, k]`` with
 ``X_b[p, k]`` sample b's activation window (k = (input channel, tap)); then
-``dW = sum_b (m_b / (n_g n_a)) S_b``. Which one runs follows the kernel in force: the ISA of
+``dW = (sum_b m_b S_b) / (n_g n_a)``. Which one runs follows the kernel in force: the ISA of
 a forced kernel or backend (``DOREFA_KERNEL``, ``use_kernel``), else the fastest this CPU has;
 ``reference`` runs the spec itself.
 """
@@ -159,10 +159,11 @@ def weight_grad_kernel() -> str:
     return next(name for name in ranked if name in usable)
 
 
-def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, scale):
+def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, scale, divisor=None):
     """The native weight gradient: S (N, O, C, KH, KW) int64 when ``scale`` is None, else dW
-    float64 (O, C, KH, KW) = ``sum_b scale[b] * S_b`` in batch order; None when the reference
-    must run (forced, no extension, or sums that could pass int32)."""
+    float32 (O, C, KH, KW) = ``float32((sum_b scale[b] * S_b) / divisor)``, the sum in float64
+    in batch order; None when the reference must run (forced, no extension, or sums that could
+    pass int32)."""
     from .extension import native
 
     kh, kw = (int(k) for k in kernel)
@@ -183,7 +184,9 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
         return None
     c = np.ascontiguousarray(c, np.uint8)
     q = np.ascontiguousarray(q, np.uint8)
-    out = native.weight_grad(name, c, q, g_bits, a_bits, kh, kw, stride, padding, threads, scale)
+    out = native.weight_grad(
+        name, c, q, g_bits, a_bits, kh, kw, stride, padding, threads, scale, divisor
+    )
     shape = (q.shape[1], kh, kw)
     return (
         out.reshape(c.shape[1:2] + shape)
@@ -227,13 +230,13 @@ def conv_weight_grad(
     kernel: tuple[int, int],
     threads: int = 1,
 ) -> np.ndarray:
-    """dW float32 (O, C, KH, KW): the spec's ``weight_grad_float`` (``sum_b scale_b S_b`` in
-    float64, batch order) rounded once to float32, ``scale_b = float64(m_b) / (n_g n_a)``."""
+    """dW float32 (O, C, KH, KW): the spec's ``weight_grad_float`` (``sum_b m_b S_b`` in
+    float64, batch order, divided by ``n_g n_a``) rounded once to float32."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     na = (1 << check_bits("a_bits", a_bits)) - 1
-    scale = np.asarray(m, np.float32).astype(np.float64) / (ng * na)
-    dw = _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, scale)
+    scale = np.asarray(m, np.float32).astype(np.float64)
+    args = (c, g_bits, a_codes, a_bits, stride, padding, kernel)
+    dw = _weight_grad(*args, threads, scale, float(ng * na))
     if dw is None:  # _weight_grad said why (and warned once): the spec's sums
-        s = _spec_sums(c, g_bits, a_codes, a_bits, stride, padding, kernel)
-        dw = scaled_batch_sum(scale, s)
-    return dw.astype(np.float32)
+        dw = (scaled_batch_sum(scale, _spec_sums(*args)) / (ng * na)).astype(np.float32)
+    return dw

@@ -1,0 +1,110 @@
+// Weight gradient of a layer with one output pixel (P = 1: the last conv of a network, a
+// linear layer) as a float64 outer-product sum, AVX-512 (wgrad.h has the sums):
+//
+//   S_b[o, k] = (2 c_b[o] - n_g) X_b[k],   dW[o, k] = sum_b scale_b S_b[o, k]  (batch order)
+//
+// With one pixel there is nothing to reduce in integers; the cost is the batch sum itself, one
+// float64 step per (sample, output). When every scale_b is a float32 value (24 significant
+// bits), A_b[o] = scale_b (2 c_b[o] - n_g) is exact in double (24 + 9 bits), and so is
+// A_b[o] X_b[k] = scale_b S_b[o, k] (+ 8 bits): then acc + scale_b S_b, rounded once, is one
+// FMA, and dW is a register-blocked double GEMM over the batch in order that equals the spec's
+// multiply-then-add bit for bit. Training passes scale_b = m_b (a float32 max); other scales
+// take the general path.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "thread_pool.h"
+#include "wgrad.h"
+
+namespace dorefa {
+namespace {
+
+constexpr int kRows = 6;   // output channels per register tile
+constexpr int kVecs = 4;   // 8-column vectors per register tile
+constexpr int kCols = 32;  // kVecs * 8
+
+int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// One register tile: channels [o0, o0 + 6) x columns [k0, k0 + 32) of the padded A, X; the
+// whole batch in order, accumulators in registers.
+void Tile(const double* a, const double* xd, int64_t n, int64_t op, int64_t kp, int64_t o0,
+          int64_t k0, double* acc) {
+  __m512d s[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_setzero_pd();
+  for (int64_t b = 0; b < n; ++b) {
+    const double* xb = xd + b * kp + k0;
+    __m512d xv[kVecs];
+    for (int v = 0; v < kVecs; ++v) xv[v] = _mm512_loadu_pd(xb + v * 8);
+    const double* ab = a + b * op + o0;
+    for (int r = 0; r < kRows; ++r) {
+      const __m512d av = _mm512_set1_pd(ab[r]);
+      for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_fmadd_pd(av, xv[v], s[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) _mm512_storeu_pd(acc + r * kCols + v * 8, s[r][v]);
+}
+
+bool Float32Values(const double* scale, int64_t n) {
+  for (int64_t b = 0; b < n; ++b)
+    if (static_cast<double>(static_cast<float>(scale[b])) != scale[b]) return false;
+  return true;
+}
+
+}  // namespace
+
+bool WeightGradOuterApplies(const WgradGeom& g, const WgradOutput& out) {
+  return g.P() == 1 && out.s == nullptr && Float32Values(out.scale, g.n);
+}
+
+uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
+                         const WgradOutput& out, int threads) {
+  const int64_t op = RoundUp(g.o, kRows), kp = RoundUp(g.K(), kCols);
+  std::vector<double> a(static_cast<size_t>(g.n * op), 0.0), xd(static_cast<size_t>(g.n * kp));
+  const double ng = static_cast<double>((1 << g.g_bits) - 1);
+  std::atomic<uint32_t> ors{0};
+  ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
+    uint32_t mine = 0;
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t o = 0; o < g.o; ++o) {
+        const uint8_t v = c[b * g.o + o];
+        mine |= v;
+        a[b * op + o] = out.scale[b] * (2.0 * v - ng);  // exact: see the top of the file
+      }
+      // X_b[k] for k = (ci, r, t): the input pixel (r - padding, t - padding), or 0.
+      double* row = xd.data() + b * kp;
+      std::fill(row, row + kp, 0.0);
+      for (int64_t ci = 0, k = 0; ci < g.c; ++ci)
+        for (int64_t r = 0; r < g.kh; ++r)
+          for (int64_t t = 0; t < g.kw; ++t, ++k) {
+            const int64_t iy = r - g.padding, ix = t - g.padding;
+            if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+            const uint8_t v = x[((b * g.c + ci) * g.h + iy) * g.w + ix];
+            row[k] = v;
+          }
+      // every code of x counts towards the OR, including pixels no window reaches
+      for (int64_t i = 0; i < g.c * g.h * g.w; ++i)
+        mine |= uint32_t{x[b * g.c * g.h * g.w + i]} << 8;
+    }
+    ors.fetch_or(mine);
+  });
+  const int64_t row_tiles = op / kRows, col_tiles = kp / kCols;
+  ParallelForOrThrow(threads, row_tiles * col_tiles, [&](int64_t begin, int64_t end) {
+    alignas(64) double acc[kRows * kCols];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t o0 = (t % row_tiles) * kRows, k0 = (t / row_tiles) * kCols;
+      Tile(a.data(), xd.data(), g.n, op, kp, o0, k0, acc);
+      const int64_t rows = std::min<int64_t>(kRows, g.o - o0);
+      const int64_t cols = std::min<int64_t>(kCols, g.K() - k0);
+      for (int64_t r = 0; r < rows; ++r)
+        std::copy(acc + r * kCols, acc + r * kCols + cols, out.dw + (o0 + r) * g.K() + k0);
+    }
+  });
+  return ors.load();
+}
+
+}  // namespace dorefa
