@@ -53,19 +53,29 @@ class IntLayer:
     stride: int
     padding: int
     grad_quant: GradQuant
+    # the factor of a Dropout right before the layer in training (1 / (1 - p)): its input is
+    # then codes * factor / n_a
+    input_factor: float = 1.0
     # integer outputs whose f_g this layer's backward performs, until their GradQuant sees them
     # (a dict by id: weak sets compare tensors with ==, which is elementwise)
     untaken: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
 
-    def codes(self, x: Tensor) -> np.ndarray | None:
-        """x's A-bit codes ``round(n_a x)`` (uint8), or None if x is not exactly codes / n_a."""
+    def codes(self, x: Tensor) -> tuple[np.ndarray, float] | None:
+        """x's A-bit codes q (uint8) and the factor f with ``x == q * f / n_a`` (f = 1, or the
+        Dropout factor), or None if x is neither. An ActQuant's tag (:func:`tag_codes`) is
+        taken as is; other tensors are checked."""
         if x.device.type != "cpu" or x.dtype != torch.float32:
             return None
+        tag = getattr(x, "_dorefa_codes", None)
+        if tag is not None and tag[0] == self.a_bits and tag[1] == x._version:
+            return tag[2], 1.0
         n = (1 << self.a_bits) - 1
-        q = torch.round(x * n)
-        if not torch.equal(q / n, x) or (q.numel() and (q.min() < 0 or q.max() > n)):
-            return None
-        return q.to(torch.uint8).numpy()
+        for factor in dict.fromkeys((self.input_factor, 1.0)):
+            q = torch.round(x * (n / factor)) if factor != 1.0 else torch.round(x * n)
+            y = q / n if factor == 1.0 else q / n * factor
+            if torch.equal(y, x) and not (q.numel() and (q.min() < 0 or q.max() > n)):
+                return q.to(torch.uint8).numpy(), factor
+        return None
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor | None:
         """The layer's output on the integer path, or None (then the caller runs torch)."""
@@ -73,10 +83,10 @@ class IntLayer:
         if x.numel() == 0 or x.dim() != (4 if conv else 2):
             return None  # empty batches and Linear inputs other than (N, C): torch
         x4 = x if conv else x.reshape(x.shape[0], -1, 1, 1)
-        q = self.codes(x4)
-        if q is None:
+        found = self.codes(x4)
+        if found is None:
             return None
-        y = _IntConvFn.apply(x4, module.quantized_weight(), module, self, q)
+        y = _IntConvFn.apply(x4, module.quantized_weight(), module, self, *found)
         y = y if conv else y.reshape(y.shape[0], -1)
         if torch.is_grad_enabled() and y.requires_grad:
             y._dorefa_fg = self  # this layer's backward applies f_g to y's gradient
@@ -99,6 +109,14 @@ class IntLayer:
         return False
 
 
+def tag_codes(y: Tensor, k: int, codes: Tensor) -> Tensor:
+    """Mark an ActQuant output ``y = codes / n_k`` with its uint8 codes, so that the integer
+    layer it feeds skips the check (an in-place change to ``y`` bumps its version: the tag then
+    no longer counts)."""
+    y._dorefa_codes = (k, y._version, codes.numpy())
+    return y
+
+
 def _weights(module: nn.Module) -> tuple[np.ndarray, float]:
     """The layer's weight codes (O, C, KH, KW) uint8 and scale s (f_w = s (2p - n_w))."""
     p, s = weight_codes(module.weight.detach(), module.w_bits)
@@ -108,7 +126,7 @@ def _weights(module: nn.Module) -> tuple[np.ndarray, float]:
 
 class _IntConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, wq: Tensor, module: nn.Module, layer: IntLayer, q: np.ndarray):
+    def forward(ctx, x, wq, module: nn.Module, layer: IntLayer, q: np.ndarray, factor: float):
         from .kernels import bitconv2d_signed, pack_weights
 
         p, s = _weights(module)
@@ -118,8 +136,10 @@ class _IntConvFn(torch.autograd.Function):
         )
         n_a = (1 << layer.a_bits) - 1
         ctx.layer, ctx.q, ctx.p, ctx.s, ctx.threads = layer, q, p, s, threads
-        ctx.wq_shape = wq.shape
-        return torch.from_numpy((d * (s / n_a)).astype(np.float32))
+        ctx.wq_shape, ctx.factor = wq.shape, factor
+        y = np.empty(d.shape, np.float32)  # float32(d * float64(s f / n_a)), no float64 copy
+        np.multiply(d, s * factor / n_a, out=y, casting="unsafe")
+        return torch.from_numpy(y)
 
     @staticmethod
     @once_differentiable
@@ -140,10 +160,10 @@ class _IntConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dw = conv_weight_grad(
                 c, m, layer.g_bits, q, layer.a_bits, layer.stride, layer.padding, p.shape[2:],
-                ctx.threads,
+                ctx.threads, ctx.factor,
             )  # fmt: skip
             dw = torch.from_numpy(dw).reshape(ctx.wq_shape)
-        return dx, dw, None, None, None
+        return dx, dw, None, None, None, None
 
 
 def _geometry(module: nn.Module) -> tuple[int, int] | str:
@@ -161,7 +181,8 @@ def _geometry(module: nn.Module) -> tuple[int, int] | str:
 
 
 def _pairs(model: nn.Module):
-    """(name, QConv2d/QLinear, the GradQuant registered right after it in the same parent)."""
+    """(name, QConv2d/QLinear, the GradQuant registered right after it in the same parent, the
+    module registered right before it or None)."""
     from .nn import QConv2d, QLinear
 
     for parent_name, parent in model.named_modules():
@@ -169,8 +190,16 @@ def _pairs(model: nn.Module):
         for i, (name, child) in enumerate(children):
             if isinstance(child, QConv2d | QLinear):
                 after = children[i + 1][1] if i + 1 < len(children) else None
+                before = children[i - 1][1] if i > 0 else None
                 full = f"{parent_name}.{name}" if parent_name else name
-                yield full, child, after if isinstance(after, GradQuant) else None
+                yield full, child, after if isinstance(after, GradQuant) else None, before
+
+
+def _dropout_factor(module: nn.Module | None) -> float:
+    """1 / (1 - p) of a Dropout (what it multiplies kept elements by in training), else 1."""
+    if isinstance(module, nn.Dropout) and 0 < module.p < 1:
+        return 1.0 / (1.0 - module.p)
+    return 1.0
 
 
 def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[str, str]:
@@ -181,7 +210,12 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     bits = bits if bits is not None else getattr(model, "bits", None)
     report = {}
-    for name, module, gq in _pairs(model):
+    from .nn import ActQuant
+
+    for module in model.modules():
+        if isinstance(module, ActQuant):
+            module.emit_codes = engine == "int"
+    for name, module, gq, before in _pairs(model):
         module.int_engine = None
         if gq is not None:
             gq.fused = None
@@ -193,7 +227,7 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
             report[name] = f"torch: {why}"
             continue
         stride, padding = _geometry(module)
-        layer = IntLayer(bits.a, module.w_bits, gq.k, stride, padding, gq)
+        layer = IntLayer(bits.a, module.w_bits, gq.k, stride, padding, gq, _dropout_factor(before))
         module.int_engine, gq.fused = layer, layer
         report[name] = "int"
     return report

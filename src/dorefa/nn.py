@@ -96,12 +96,19 @@ class ActQuant(nn.Module):
         super().__init__()
         self.k = check_bits(k, "activation bits")
         self.quantize = quantize
+        # set by the int engine: tag each output with its codes (dorefa.engine.tag_codes)
+        self.emit_codes = False
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_autocast_enabled(x.device.type):
             with _float32_region(x):
                 return quantize_activation(x.float(), self.k, self.quantize)
-        return quantize_activation(x, self.k, self.quantize)
+        if not (self.emit_codes and self.quantize and self.k != FLOAT and x.device.type == "cpu"):
+            return quantize_activation(x, self.k, self.quantize)
+        from .engine import tag_codes
+
+        codes: list = []
+        return tag_codes(quantize_activation(x, self.k, True, codes), self.k, codes[0])
 
     def extra_repr(self) -> str:
         return f"k={self.k}" + ("" if self.quantize else ", quantize=False")

@@ -101,35 +101,42 @@ def weight_codes(w: Tensor, k: int) -> tuple[Tensor, float]:
 
 
 class _ActQuantFn(torch.autograd.Function):
-    """clip(x, 0, 1) then k-bit rounding, fused; backward passes the gradient where 0 <= x <= 1."""
+    """clip(x, 0, 1) then k-bit rounding, fused; backward passes the gradient where 0 <= x <= 1.
+    With a list ``codes``, the uint8 codes ``round(n clip(x))`` are appended to it."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, k: int, quantize: bool) -> Tensor:
+    def forward(ctx, x: Tensor, k: int, quantize: bool, codes: list | None = None) -> Tensor:
         y = x.clamp(0, 1)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(y == x)  # 1 where 0 <= x <= 1: one pass instead of three
         if quantize:
             n = _levels(k)
-            y.mul_(n).round_().div_(n)
+            y.mul_(n).round_()
+            if codes is not None:
+                codes.append(y.to(torch.uint8))
+            y.div_(n)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None
+        return grad * inside, None, None, None
 
 
-def quantize_activation(x: Tensor, k: int, quantize: bool = True) -> Tensor:
+def quantize_activation(
+    x: Tensor, k: int, quantize: bool = True, codes: list | None = None
+) -> Tensor:
     r"""f_a: ``quantize_k(clip(x, 0, 1))`` (paper section 2.4).
 
     Backward: the STE through the rounding times the clip's gradient, i.e. ``1`` for
     ``0 <= x <= 1`` and ``0`` outside. ``k = 32`` gives ReLU (the unbounded activation of the
     float network). ``quantize=False`` keeps only the clip (the input of the float last layer).
+    A list ``codes`` receives the uint8 codes ``round(n clip(x))`` (k < 32 and quantize only).
     """
     k = check_bits(k, "activation bits")
     if k == FLOAT:
         return torch.relu(x)
-    return _ActQuantFn.apply(x, k, quantize)
+    return _ActQuantFn.apply(x, k, quantize, codes)
 
 
 def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:

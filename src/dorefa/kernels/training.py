@@ -229,14 +229,18 @@ def conv_weight_grad(
     padding: int,
     kernel: tuple[int, int],
     threads: int = 1,
+    factor: float = 1.0,
 ) -> np.ndarray:
     """dW float32 (O, C, KH, KW): the spec's ``weight_grad_float`` (``sum_b m_b S_b`` in
-    float64, batch order, divided by ``n_g n_a``) rounded once to float32."""
+    float64, batch order, divided by ``n_g n_a``) rounded once to float32. ``factor``: the
+    layer's input is ``a_codes * factor / n_a`` (a Dropout's 1 / (1 - p)); the divisor is then
+    ``n_g n_a / factor``."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     na = (1 << check_bits("a_bits", a_bits)) - 1
     scale = np.asarray(m, np.float32).astype(np.float64)
     args = (c, g_bits, a_codes, a_bits, stride, padding, kernel)
-    dw = _weight_grad(*args, threads, scale, float(ng * na))
+    divisor = ng * na / factor
+    dw = _weight_grad(*args, threads, scale, divisor)
     if dw is None:  # _weight_grad said why (and warned once): the spec's sums
-        dw = (scaled_batch_sum(scale, _spec_sums(*args)) / (ng * na)).astype(np.float32)
+        dw = (scaled_batch_sum(scale, _spec_sums(*args)) / divisor).astype(np.float32)
     return dw
