@@ -134,11 +134,11 @@ def conv_input_grad(
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
     scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
-    dx = k1.astype(np.float64)
-    dx *= 2.0
-    dx -= ng * k2.astype(np.float64)  # dx = D exactly so far: integers below 2**53
-    dx *= scale[:, None, None, None]  # the one rounding of the spec
-    return dx.astype(np.float32)
+    d = np.multiply(k1, 2, dtype=np.int64)
+    d -= ng * k2.astype(np.int64)  # D exactly
+    dx = np.empty(d.shape, np.float32)  # float32(float64 product): the spec's rounding
+    np.multiply(d, scale[:, None, None, None], out=dx, casting="unsafe")
+    return dx
 
 
 def weight_grad_kernel() -> str:
