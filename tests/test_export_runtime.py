@@ -150,13 +150,21 @@ def test_promise_check_accepts_flips_at_a_step_and_nothing_else(tmp_path):
 
 
 def test_backends_and_threads_give_identical_logits(small_file):
+    """Every native backend and thread count gives the same logits (the integer layers are
+    exact, the float last layer sums in one fixed order); the NumPy reference sums the float
+    last layer in float64: within float32 rounding, the same classes."""
     x = np.random.default_rng(0).random((3, 1, 40, 40), dtype=np.float32)
     model = rt.load(small_file)
     base = model(x)
     assert np.array_equal(model(x, threads=2), base)
     for name in kernels.available_backends():
         with kernels.use_backend(name):
-            assert np.array_equal(rt.load(small_file)(x), base), name
+            got = rt.load(small_file)(x)
+        if name == "reference":
+            np.testing.assert_allclose(got, base, rtol=1e-5, atol=1e-5)
+            assert np.array_equal(got.argmax(1), base.argmax(1))
+        else:
+            assert np.array_equal(got, base), name
 
 
 def test_runtime_imports_no_torch(small_file, tmp_path):

@@ -550,6 +550,30 @@ def test_conv_float_output(kernel, shape):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(1, 512, 10), (3, 37, 5), (8, 8, 1), (5, 1, 9), (2, 300, 7)])
+def test_linear_float(kernel, shape):
+    """The runtime's float linear layer: every native path gives the same bits (one summation
+    order, csrc/linear_float.h) at any thread count, within (C + 3) 2**-24 (sum |x w| + |b|) of
+    the float64 reference."""
+    n, c, o = shape
+    rng = np.random.default_rng(list(shape))
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    w = rng.standard_normal((o, c)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    expected = R.linear_float(x, w, b)
+    bound = (c + 3) * 2.0**-24 * (np.abs(x) @ np.abs(w).T + np.abs(b))
+    with K.use_kernel("scalar"):
+        portable = K.linear_float(x, w, b)
+    with K.use_kernel(kernel):
+        for threads in (1, 2, 3):
+            got = K.linear_float(x, w, b, threads)
+            assert got.dtype == np.float32 and got.shape == (n, o)
+            assert np.all(np.abs(got - expected) <= bound)
+            if kernel != "reference":
+                np.testing.assert_array_equal(got, portable)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("geom", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2), (1, 1, 0)])
 def test_maxpool_float(kernel, geom):
     """Float max-pool: equal to the reference and to a padded brute force (padding -inf), NaN

@@ -19,6 +19,7 @@
 #include "cpu_features.h"
 #include "int8conv.h"
 #include "kernel_table.h"
+#include "linear_float.h"
 #include "run_conv.h"
 #include "wgrad.h"
 
@@ -255,6 +256,22 @@ py::array_t<float> ConvFloatPy(const std::string& kernel_name, const FloatArray&
   return out;
 }
 
+// Float linear layer (linear_float.h): x (N, C), weight (O, C), bias (O) -> (N, O) float32.
+py::array_t<float> LinearFloatPy(const FloatArray& x, const FloatArray& weight,
+                                 const FloatArray& bias, bool vector, int threads) {
+  Require(x.ndim() == 2 && weight.ndim() == 2 && bias.ndim() == 1,
+          "x (N, C), weight (O, C) and bias (O,) are required");
+  Require(x.shape(1) == weight.shape(1) && bias.shape(0) == weight.shape(0),
+          "x's C must match weight's, and bias must have O entries");
+  CheckThreads(threads);
+  const int64_t n = x.shape(0), c = x.shape(1), o = weight.shape(0);
+  py::array_t<float> out = OutputArray<float>({n, o});
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  LinearFloat(x.data(), weight.data(), bias.data(), n, c, o, dst, vector, threads);
+  return out;
+}
+
 py::array_t<float> MaxPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p,
                                   int threads) {
   Require(x.ndim() == 4, "x must be 4-D (N, C, H, W)");
@@ -419,6 +436,8 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("bits"), py::arg("threads"));
   m.def("conv_float", &dorefa::ConvFloatPy, py::arg("kernel"), py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
+  m.def("linear_float", &dorefa::LinearFloatPy, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("vector"), py::arg("threads"));
   m.def("maxpool_float", &dorefa::MaxPoolFloatPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),

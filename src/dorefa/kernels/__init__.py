@@ -43,6 +43,7 @@ from .selection import (
     use_backend,
     use_kernel,
 )
+from .selection import backend_of as _backend_of
 from .selection import current_kernel as _current_kernel
 from .selection import ran as _ran
 
@@ -62,6 +63,7 @@ __all__ = [
     "bitconv2d_signed",
     "choose",
     "conv_float",
+    "linear_float",
     "conv_float_quantize",
     "forced_kernel",
     "kernel_name",
@@ -234,6 +236,20 @@ def conv_float(
     if kernel == _REFERENCE:
         return reference.conv_float(x, weight, bias, stride, padding)
     return _native.conv_float(kernel, x, weight, bias, stride, padding, threads)
+
+
+def linear_float(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, threads: int = 1
+) -> np.ndarray:
+    """A float linear layer ``x @ weight.T + bias``, float32 (N, O), without BLAS (whose thread
+    pool would spin beside the kernels' own): one fixed summation order on every native path
+    (8 partial FMA sums, csrc/linear_float.h; the scalar backend runs the portable rows), so
+    they give the same bits; :func:`reference.linear_float` sums in float64."""
+    kernel = _current_kernel()
+    if kernel == _REFERENCE:
+        return reference.linear_float(x, weight, bias)
+    vector = _backend_of(kernel) != "scalar"
+    return _native.linear_float(x, weight, bias, vector, threads)
 
 
 def maxpool_float(

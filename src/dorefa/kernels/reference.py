@@ -336,6 +336,15 @@ def conv_float(
     return acc.astype(np.float32) + np.asarray(bias, np.float32)[None, :, None, None]
 
 
+def linear_float(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """A float linear layer, float32 (N, O): ``x @ weight.T`` summed in float64, rounded to
+    float32, plus the bias in float32. The native paths (float32 FMA sums in a fixed order) are
+    checked against it within float32 rounding."""
+    x = np.asarray(x, np.float32).astype(np.float64)
+    acc = x @ np.asarray(weight, np.float32).astype(np.float64).T
+    return acc.astype(np.float32) + np.asarray(bias, np.float32)
+
+
 def _tap_range(i: int, p: int, s: int, n_out: int, n_in: int) -> tuple[int, int]:
     """Outputs [r0, r1) whose tap i reads inside the input: 0 <= r s + i - p < n_in."""
     r0 = max(0, -((i - p) // s))  # ceil((p - i) / s)

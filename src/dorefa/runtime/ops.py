@@ -237,16 +237,16 @@ class Flatten(Layer):
 
 
 class Linear(Layer):
-    """A float linear layer: ``x @ W.T + b`` in float32."""
+    """A float linear layer: ``x @ W.T + b`` in float32 (the kernels' linear_float: no BLAS)."""
 
     op = "linear_float"
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray):
-        self.weight, self.bias = weight, bias
-        self.wt = np.ascontiguousarray(weight.T)
+        self.weight = np.ascontiguousarray(weight, np.float32)
+        self.bias = np.ascontiguousarray(bias, np.float32)
 
     def forward(self, x, threads):
-        return x.astype(np.float32, copy=False) @ self.wt + self.bias
+        return kernels.linear_float(x, self.weight, self.bias, threads)
 
     def describe(self):
         o, i = self.weight.shape
