@@ -4,7 +4,6 @@
 #include "wgrad.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -196,18 +195,12 @@ uint32_t RunWeightGrad(const WgradKernel& kernel, const WgradGeom& g, const uint
   const WgradKernel& k = z < 0 ? kWgradScalar : kernel;
   if (z < 0) z = kWgradScalar.shift(g.g_bits, g.a_bits);
   Packed pk(g);
-  std::atomic<uint32_t> ors{0};
-  ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> rows;
-    uint32_t mine = 0;
-    for (int64_t b = begin; b < end; ++b) {
-      mine |= PackGrads(g, c + b * g.o * g.P(), pk.cq.data() + b * pk.cq_size,
-                        pk.csum.data() + b * g.o);
-      mine |= uint32_t{PackWindows(g, x + b * g.c * g.h * g.w, z, pk.xq.data() + b * pk.xq_size,
-                                   pk.xsum.data() + b * g.K(), rows)}
-              << 8;
-    }
-    ors.fetch_or(mine);
+  const uint32_t ors = PackSamples<std::vector<uint8_t>>(threads, g.n, [&](int64_t b, auto& rows) {
+    const uint32_t cs =
+        PackGrads(g, c + b * g.o * g.P(), pk.cq.data() + b * pk.cq_size, pk.csum.data() + b * g.o);
+    const uint32_t xs = PackWindows(g, x + b * g.c * g.h * g.w, z, pk.xq.data() + b * pk.xq_size,
+                                    pk.xsum.data() + b * g.K(), rows);
+    return cs | xs << 8;
   });
   const int64_t tile_rows = std::max<int64_t>(k.rows, kTileRows / k.rows * k.rows);
   const int64_t row_tiles = (g.o + tile_rows - 1) / tile_rows;
@@ -221,7 +214,7 @@ uint32_t RunWeightGrad(const WgradKernel& kernel, const WgradGeom& g, const uint
       RunTile(k, g, pk, z, out, o_begin, std::min(g.o, o_begin + tile_rows), kb0, nb, u, acc);
     }
   });
-  return ors.load();
+  return ors;
 }
 
 }  // namespace dorefa

@@ -17,7 +17,10 @@
 #ifndef DOREFA_CSRC_WGRAD_H_
 #define DOREFA_CSRC_WGRAD_H_
 
+#include <atomic>
 #include <cstdint>
+
+#include "thread_pool.h"
 
 namespace dorefa {
 
@@ -84,6 +87,20 @@ struct WgradOutput {
 // Returns the OR of all codes of c (low byte) and of x (second byte).
 uint32_t RunWeightGrad(const WgradKernel& kernel, const WgradGeom& g, const uint8_t* c,
                        const uint8_t* x, const WgradOutput& out, int threads);
+
+// Runs pack(b, scratch) for every sample b, samples split over threads (one Scratch per
+// thread), and returns the OR of its results (the codes' OR: c low byte, x second byte).
+template <class Scratch, class PackOne>
+uint32_t PackSamples(int threads, int64_t n, PackOne&& pack) {
+  std::atomic<uint32_t> ors{0};
+  ParallelForOrThrow(threads, n, [&](int64_t begin, int64_t end) {
+    Scratch scratch;
+    uint32_t mine = 0;
+    for (int64_t b = begin; b < end; ++b) mine |= pack(b, scratch);
+    ors.fetch_or(mine);
+  });
+  return ors.load();
+}
 
 #ifdef DOREFA_HAVE_X86_KERNELS
 extern const WgradKernel kWgradAvx2;

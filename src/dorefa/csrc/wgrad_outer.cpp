@@ -13,7 +13,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 #include "thread_pool.h"
@@ -66,31 +65,27 @@ uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
   const int64_t op = RoundUp(g.o, kRows), kp = RoundUp(g.K(), kCols);
   std::vector<double> a(static_cast<size_t>(g.n * op), 0.0), xd(static_cast<size_t>(g.n * kp));
   const double ng = static_cast<double>((1 << g.g_bits) - 1);
-  std::atomic<uint32_t> ors{0};
-  ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
+  struct None {};
+  const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
     uint32_t mine = 0;
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t o = 0; o < g.o; ++o) {
-        const uint8_t v = c[b * g.o + o];
-        mine |= v;
-        a[b * op + o] = out.scale[b] * (2.0 * v - ng);  // exact: see the top of the file
-      }
-      // X_b[k] for k = (ci, r, t): the input pixel (r - padding, t - padding), or 0.
-      double* row = xd.data() + b * kp;
-      std::fill(row, row + kp, 0.0);
-      for (int64_t ci = 0, k = 0; ci < g.c; ++ci)
-        for (int64_t r = 0; r < g.kh; ++r)
-          for (int64_t t = 0; t < g.kw; ++t, ++k) {
-            const int64_t iy = r - g.padding, ix = t - g.padding;
-            if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
-            const uint8_t v = x[((b * g.c + ci) * g.h + iy) * g.w + ix];
-            row[k] = v;
-          }
-      // every code of x counts towards the OR, including pixels no window reaches
-      for (int64_t i = 0; i < g.c * g.h * g.w; ++i)
-        mine |= uint32_t{x[b * g.c * g.h * g.w + i]} << 8;
+    for (int64_t o = 0; o < g.o; ++o) {
+      const uint8_t v = c[b * g.o + o];
+      mine |= v;
+      a[b * op + o] = out.scale[b] * (2.0 * v - ng);  // exact: see the top of the file
     }
-    ors.fetch_or(mine);
+    // X_b[k] for k = (ci, r, t): the input pixel (r - padding, t - padding), or 0.
+    double* row = xd.data() + b * kp;
+    std::fill(row, row + kp, 0.0);
+    for (int64_t ci = 0, k = 0; ci < g.c; ++ci)
+      for (int64_t r = 0; r < g.kh; ++r)
+        for (int64_t t = 0; t < g.kw; ++t, ++k) {
+          const int64_t iy = r - g.padding, ix = t - g.padding;
+          if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
+            row[k] = x[((b * g.c + ci) * g.h + iy) * g.w + ix];
+        }
+    // every code of x counts towards the OR, including pixels no window reaches
+    for (int64_t i = 0; i < g.c * g.h * g.w; ++i) mine |= uint32_t{x[b * g.c * g.h * g.w + i]} << 8;
+    return mine;
   });
   const int64_t row_tiles = op / kRows, col_tiles = kp / kCols;
   ParallelForOrThrow(threads, row_tiles * col_tiles, [&](int64_t begin, int64_t end) {
@@ -104,7 +99,7 @@ uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
         std::copy(acc + r * kCols, acc + r * kCols + cols, out.dw + (o0 + r) * g.K() + k0);
     }
   });
-  return ors.load();
+  return ors;
 }
 
 }  // namespace dorefa

@@ -17,7 +17,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -242,18 +241,12 @@ uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_
                               const WgradOutput& out, int threads) {
   if (WeightGradOuterApplies(g, out)) return WeightGradOuter(g, c, x, out, threads);
   Packed pk(g);
-  std::atomic<uint32_t> ors{0};
-  ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> sat;
-    uint32_t mine = 0;
-    for (int64_t b = begin; b < end; ++b) {
-      mine |= PackGrads(g, pk.l, c + b * g.o * g.P(), z, pk.cq.data() + b * pk.l.cq_size,
-                        pk.zc.data() + b * pk.l.ov * 16);
-      mine |= uint32_t{PackInput(g, pk.l, x + b * g.c * g.h * g.w, z,
-                                 pk.xs.data() + b * pk.l.xs_size, pk.nx.data() + b * g.K(), sat)}
-              << 8;
-    }
-    ors.fetch_or(mine);
+  const uint32_t ors = PackSamples<std::vector<int32_t>>(threads, g.n, [&](int64_t b, auto& sat) {
+    const uint32_t cs = PackGrads(g, pk.l, c + b * g.o * g.P(), z, pk.cq.data() + b * pk.l.cq_size,
+                                  pk.zc.data() + b * pk.l.ov * 16);
+    const uint32_t xs = PackInput(g, pk.l, x + b * g.c * g.h * g.w, z,
+                                  pk.xs.data() + b * pk.l.xs_size, pk.nx.data() + b * g.K(), sat);
+    return cs | xs << 8;
   });
   const int64_t row_tiles = (pk.l.ov + kVectors - 1) / kVectors;
   const int64_t col_tiles = (g.K() + kChunk - 1) / kChunk;
@@ -266,7 +259,7 @@ uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_
       RunWorkTile(g, pk, out, v0, nv, k0, nk, acc);
     }
   });
-  return ors.load();
+  return ors;
 }
 
 }  // namespace dorefa
