@@ -6,8 +6,10 @@ time_round: a settle pause and an untimed call first); the table shows medians. 
 include packing the activations; weights are packed once (torch's int8 weights are prepacked
 too). Torch runs one conv of the same shape: its time does not depend on the bit pair.
 
-MAC/cyc divides by the clock measured on the row's threads (dependent-add chains,
-bench_kernels.measure_clock_hz). With 1 thread (the default) times are the calling thread's
+Rows: each kernel forced, and "pick: <kernel>", the engine's own per-layer choice
+(kernels/choose.py) with nothing forced. MAC/cyc is per core: it divides by the clock measured
+on the row's threads (dependent-add chains, bench_kernels.measure_clock_hz) and by the thread
+count; "of ceiling" is its share of the kernel's derived ceiling at that bit pair. With 1 thread (the default) times are the calling thread's
 CPU time (time.thread_time: every contestant, torch included, runs on the calling thread), so
 time lost to other processes on a shared machine is not counted; with more, wall time.
 
@@ -30,6 +32,24 @@ import dorefa.kernels as K
 
 BIT_PAIRS = ((1, 2), (2, 2), (1, 4), (8, 8))  # (w_bits, x_bits)
 KERNELS = ("popcount", "int8-vnni", "int8-avx2")
+PICK = "pick"  # the engine's per-layer choice (kernels/choose.py), nothing forced
+
+# MAC/cycle ceilings per core (derivations in docs/kernels.md, "Ceilings"): popcount kernels
+# from bench_kernels.BINARY_CEILING divided by the W * A plane pairs; int8 kernels flat in the
+# bits (one VPDPBUSD zmm per cycle = 64; AVX2 VPMADDUBSW + VPMADDWD: 50, the W8A8 nibble path 15).
+INT8_CEILING = {"int8-vnni": 64.0, "int8-avx2": 50.0}
+INT8_AVX2_W8A8_CEILING = 15.0
+
+
+def ceiling(kernel: str, wb: int, xb: int) -> float:
+    """MAC/cycle ceiling of a kernel name at W = wb, A = xb (NaN where none is derived)."""
+    family = kernel.split("/")[0]
+    if family == "int8-avx2" and wb == xb == 8:
+        return INT8_AVX2_W8A8_CEILING
+    if family in INT8_CEILING:
+        return INT8_CEILING[family]
+    backend = family.removeprefix("popcount-")
+    return bench_kernels.BINARY_CEILING.get(backend, float("nan")) / (wb * xb)
 
 
 def torch_contestants(layer, n: int, rng: np.random.Generator) -> dict:
@@ -48,18 +68,30 @@ def kernel_contestants(layer, n: int, threads: int, rng: np.random.Generator) ->
         w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
         pw = K.pack_weights(w, wb)
         conv = K.prepare_conv(pw, xb, 1, layer.pad, "signed")
-        for kernel in KERNELS:
+        for kernel in (*KERNELS, PICK):
             name = K.kernel_name("") if kernel == "popcount" else kernel
-            if name not in available:
+            if kernel != PICK and name not in available:
                 continue
 
-            def run(conv=conv, x=x, name=name):
+            def run(conv=conv, x=x, name=name, pick=kernel == PICK):
+                if pick:
+                    return conv(x, threads)
                 with K.use_kernel(name):
                     return conv(x, threads)
 
-            run()  # packs the int8 layout once, outside the timing
-            out[kernel, f"W{wb}A{xb}"] = run
+            run()  # packs the int8 layout once (and makes the pick), outside the timing
+            label = f"pick: {K.last_kernel()}" if kernel == PICK else name
+            out[label, f"W{wb}A{xb}"] = run
     return out
+
+
+def _share(key, per_cycle: float) -> str:
+    """The share of the kernel's ceiling (per core), or '-' for torch."""
+    if not isinstance(key, tuple):
+        return "-"
+    kernel, bits = key
+    wb, xb = (int(v) for v in bits[1:].split("A"))
+    return f"{per_cycle / ceiling(kernel.removeprefix('pick: '), wb, xb):.0%}"
 
 
 def time_round(fn, min_seconds: float, clock) -> float:
@@ -83,7 +115,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     torch.set_num_threads(args.threads)
     timer = time.thread_time if args.threads == 1 else time.perf_counter
-    cols = ["layer", "N", "GHz", "bits", "kernel", "us", "GMAC/s", "MAC/cyc", "vs int8", "vs fp32"]
+    cols = ["layer", "N", "GHz", "bits", "kernel", "us", "GMAC/s", "MAC/cyc", "of ceiling"]
+    cols += ["vs int8", "vs fp32"]
     print(f"threads {args.threads}, popcount = {K.kernel_name()}, medians of {args.rounds}")
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
     layers = [la for la in LAYERS if la.k == 3 and args.layers in la.name]
@@ -106,7 +139,8 @@ def main() -> None:
             for key in names:
                 kernel, bits = key if isinstance(key, tuple) else (key, "-")
                 row = [layer.name, n, f"{clock / 1e9:.2f}", bits, kernel, f"{t[key] * 1e6:.0f}"]
-                row += [f"{macs / t[key] / 1e9:.1f}", f"{macs / t[key] / clock:.1f}"]
+                per_cycle = macs / t[key] / clock / args.threads
+                row += [f"{macs / t[key] / 1e9:.1f}", f"{per_cycle:.1f}", _share(key, per_cycle)]
                 row += [f"{int8 / t[key]:.2f}x", f"{t['torch fp32'] / t[key]:.1f}x"]
                 print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
