@@ -383,3 +383,19 @@ def test_codes_behind_a_dropout_carry_its_factor():
     set_engine(model, "int")
     assert model.features.conv6.int_engine.input_factor == 2.0  # Dropout(0.5) before it
     assert model.features.conv5.int_engine.input_factor == 1.0
+
+
+def test_nan_activations_reach_the_output_and_inference_mode_runs():
+    """A NaN input is not tagged with code 0: the layer goes to torch and the NaN propagates;
+    inference_mode (tensors without a version counter) runs the model."""
+    model = torch.nn.Sequential(
+        ActQuant(2), QConv2d(3, 4, 3, padding=1, bias=False, w_bits=2), GradQuant(4)
+    )
+    set_engine(model, "int", Bits(2, 2, 4))
+    x = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    x[0, 1, 2, 2] = float("nan")
+    y = model(x)
+    assert torch.isnan(y[0]).any() and not torch.isnan(y[1]).any()
+    with torch.inference_mode():
+        z = model(x[1:])
+    assert torch.allclose(z, y[1:], atol=1e-6)

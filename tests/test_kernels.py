@@ -573,6 +573,18 @@ def test_linear_float(kernel, shape):
                 np.testing.assert_array_equal(got, portable)
 
 
+@pytest.mark.parametrize("c", [9, 17])
+def test_linear_float_keeps_negative_zero(c):
+    """Products that all underflow to -0.0 and a -0.0 bias give -0.0 on every native path
+    (the vector path's lanes past C must not turn a -0.0 partial sum into +0.0)."""
+    x = np.full((1, c), 1e-30, np.float32)
+    w = np.full((1, c), -1e-30, np.float32)
+    b = np.array([-0.0], np.float32)
+    for kernel in (k for k in KERNELS if k != "reference"):
+        with K.use_kernel(kernel):
+            assert np.signbit(K.linear_float(x, w, b)[0, 0]), kernel
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("geom", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2), (1, 1, 0)])
 def test_maxpool_float(kernel, geom):

@@ -6,7 +6,7 @@ unsigned codes (docs/training.md, section "Integer training"):
 
 * forward      ``y  = (s / n_a) sum (2p - n_w) q``                  (activation x weight codes)
 * input grad   ``dx = (m_b s / n_g) sum (2c - n_g)(2p - n_w)``      (gradient x weight codes)
-* weight grad  ``dW = sum_b (m_b / (n_g n_a)) sum (2c - n_g) q``    (gradient x activation codes)
+* weight grad  ``dW = (sum_b m_b sum (2c - n_g) q) / (n_g n_a)``    (gradient x activation codes)
 
 with ``q = round(n_a x)`` the activation codes, ``p, s`` the weight codes and scale
 (:func:`dorefa.quantizers.weight_codes`), ``c, m_b`` f_g's codes and per-sample scales
@@ -111,9 +111,12 @@ class IntLayer:
 
 def tag_codes(y: Tensor, k: int, codes: Tensor) -> Tensor:
     """Mark an ActQuant output ``y = codes / n_k`` with its uint8 codes, so that the integer
-    layer it feeds skips the check (an in-place change to ``y`` bumps its version: the tag then
-    no longer counts)."""
-    y._dorefa_codes = (k, y._version, codes.numpy())
+    layer it feeds skips the check. Not when y holds a NaN (its uint8 code would be 0: the
+    check path then sends the layer to torch, which propagates it). An in-place change to
+    ``y`` bumps its version, which drops the tag; writes that bypass autograd's version
+    counter (``y.data``, a numpy view) are not seen, as they are not by autograd itself."""
+    if y.numel() == 0 or not torch.isnan(y.max()):  # one reduction; max propagates NaN
+        y._dorefa_codes = (k, y._version, codes.numpy())
     return y
 
 

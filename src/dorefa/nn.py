@@ -103,7 +103,13 @@ class ActQuant(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             with _float32_region(x):
                 return quantize_activation(x.float(), self.k, self.quantize)
-        if not (self.emit_codes and self.quantize and self.k != FLOAT and x.device.type == "cpu"):
+        if not (
+            self.emit_codes
+            and self.quantize
+            and self.k != FLOAT
+            and x.device.type == "cpu"
+            and not torch.is_inference_mode_enabled()  # inference tensors have no version
+        ):
             return quantize_activation(x, self.k, self.quantize)
         from .engine import tag_codes
 

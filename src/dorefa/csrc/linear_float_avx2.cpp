@@ -1,6 +1,6 @@
 // Float linear layer, AVX2 + FMA (linear_float.h): 2 samples x up to 4 outputs at once, one
-// 8-lane accumulator each (lane j holds the partial sum p_j), the tail of C by masked loads (zeros
-// leave a partial sum as it is: fma(0, 0, p) = p).
+// 8-lane accumulator each (lane j holds the partial sum p_j), the tail of C by masked loads,
+// the lanes past C left as they are (blend: fma(0, 0, -0.0) would give +0.0).
 #include <immintrin.h>
 
 #include "linear_float.h"
@@ -39,9 +39,11 @@ void Tile(const float* x, const float* w, const float* b, int64_t c, int64_t o, 
     const __m256i tail = TailMask(c - full);
     __m256 wv[K];
     for (int k = 0; k < K; ++k) wv[k] = _mm256_maskload_ps(w + (o0 + k) * c + full, tail);
+    const __m256 keep = _mm256_castsi256_ps(tail);
     for (int s = 0; s < S; ++s) {
       const __m256 xv = _mm256_maskload_ps(x + (i + s) * c + full, tail);
-      for (int k = 0; k < K; ++k) acc[s][k] = _mm256_fmadd_ps(xv, wv[k], acc[s][k]);
+      for (int k = 0; k < K; ++k)  // lanes past C keep their sum (even a -0.0)
+        acc[s][k] = _mm256_blendv_ps(acc[s][k], _mm256_fmadd_ps(xv, wv[k], acc[s][k]), keep);
     }
   }
   for (int s = 0; s < S; ++s)

@@ -77,9 +77,9 @@ void CopyShifted(const uint8_t* src, int64_t n, int8_t shift, int8_t* dst, __m51
 }
 
 // cur[i] = above[i] + sum_{j <= i} row[j]: one row of a summed-area table.
-void RowPrefix(const uint8_t* __restrict row, int64_t n, const int32_t* __restrict above,
-               int32_t* __restrict cur) {
-  int32_t run = 0;
+void RowPrefix(const uint8_t* __restrict row, int64_t n, const uint32_t* __restrict above,
+               uint32_t* __restrict cur) {
+  uint32_t run = 0;
   for (int64_t i = 0; i < n; ++i) {
     run += row[i];
     cur[i] = above[i] + run;
@@ -97,7 +97,7 @@ uint8_t OrBytes(__m512i v) {
 // x' of one sample, and n_g * Xsum from each channel's summed-area table of the input (a
 // window's box clipped to the input: padding codes are 0). Returns the OR of the codes.
 uint8_t PackInput(const WgradGeom& g, const Layout& l, const uint8_t* __restrict x, int32_t z,
-                  int8_t* __restrict xs, uint32_t* __restrict nx, std::vector<int32_t>& sat) {
+                  int8_t* __restrict xs, uint32_t* __restrict nx, std::vector<uint32_t>& sat) {
   const int64_t h = g.h, w = g.w, p = g.padding, wp = l.wp, hp = l.hp, sw = w + 1;
   const int8_t shift = static_cast<int8_t>(z);
   std::fill(xs, xs + l.xs_size - kSlack, static_cast<int8_t>(-shift));
@@ -118,9 +118,9 @@ uint8_t PackInput(const WgradGeom& g, const Layout& l, const uint8_t* __restrict
       for (int64_t t = 0; t < g.kw; ++t) {
         const int64_t x0 = std::clamp<int64_t>(t - p, 0, w);
         const int64_t x1 = std::clamp<int64_t>(t - p + g.ow, 0, w);
-        const int32_t box =
+        const uint32_t box =  // modulo 2^32 (n_g Xsum is only needed modulo 2^32)
             sat[y1 * sw + x1] - sat[y0 * sw + x1] - sat[y1 * sw + x0] + sat[y0 * sw + x0];
-        *out++ = ng * static_cast<uint32_t>(box);
+        *out++ = ng * box;
       }
     }
   }
@@ -241,7 +241,7 @@ uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_
                               const WgradOutput& out, int threads) {
   if (WeightGradOuterApplies(g, out)) return WeightGradOuter(g, c, x, out, threads);
   Packed pk(g);
-  const uint32_t ors = PackSamples<std::vector<int32_t>>(threads, g.n, [&](int64_t b, auto& sat) {
+  const uint32_t ors = PackSamples<std::vector<uint32_t>>(threads, g.n, [&](int64_t b, auto& sat) {
     const uint32_t cs = PackGrads(g, pk.l, c + b * g.o * g.P(), z, pk.cq.data() + b * pk.l.cq_size,
                                   pk.zc.data() + b * pk.l.ov * 16);
     const uint32_t xs = PackInput(g, pk.l, x + b * g.c * g.h * g.w, z,
