@@ -17,6 +17,7 @@
 #include "buffers.h"
 #include "conv_float.h"
 #include "cpu_features.h"
+#include "input_grad.h"
 #include "int8conv.h"
 #include "kernel_table.h"
 #include "linear_float.h"
@@ -407,6 +408,25 @@ py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const
   return result;
 }
 
+// Input gradient's last step (input_grad.h): k1 (N, C, H, W) int32, k2 (1, C, H, W) int32,
+// scale (N,) float64 -> dx (N, C, H, W) float32.
+py::array_t<float> InputGradFinishPy(const py::array_t<int32_t, py::array::c_style>& k1,
+                                     const py::array_t<int32_t, py::array::c_style>& k2, int64_t ng,
+                                     const py::array_t<double, py::array::c_style>& scale,
+                                     int threads) {
+  Require(k1.ndim() == 4 && k2.ndim() == 4 && k2.shape(0) == 1, "k1 (N, C, H, W), k2 (1, C, H, W)");
+  for (int i = 1; i < 4; ++i)
+    Require(k1.shape(i) == k2.shape(i), "k1 and k2 must match in C, H, W");
+  Require(scale.ndim() == 1 && scale.shape(0) == k1.shape(0), "scale must be (N,) float64");
+  CheckThreads(threads);
+  const int64_t n = k1.shape(0), chw = k1.shape(1) * k1.shape(2) * k1.shape(3);
+  py::array_t<float> out = OutputArray<float>({n, k1.shape(1), k1.shape(2), k1.shape(3)});
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  InputGradFinish(k1.data(), k2.data(), n, chw, ng, scale.data(), dst, threads);
+  return out;
+}
+
 std::vector<std::string> WgradKernelsPy() {
   std::vector<std::string> names;
   for (int i = 0; i < WgradKernelCount(); ++i) names.emplace_back(WgradKernelAt(i).name);
@@ -443,6 +463,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);
+  m.def("input_grad_finish", &dorefa::InputGradFinishPy, py::arg("k1"), py::arg("k2"),
+        py::arg("ng"), py::arg("scale"), py::arg("threads"));
   m.def("weight_grad", &dorefa::WeightGradPy, py::arg("kernel"), py::arg("c"), py::arg("x_codes"),
         py::arg("g_bits"), py::arg("a_bits"), py::arg("kh"), py::arg("kw"), py::arg("stride"),
         py::arg("padding"), py::arg("threads"), py::arg("scale") = py::none(),

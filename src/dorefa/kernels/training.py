@@ -134,6 +134,12 @@ def conv_input_grad(
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
     scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
+    from .extension import native
+    from .selection import current_kernel
+
+    native_ok = native is not None and current_kernel() != REFERENCE
+    if native_ok and k1.dtype == np.int32 and k2.dtype == np.int32:
+        return native.input_grad_finish(k1, k2, ng, scale, threads)  # the same, one pass
     d = np.multiply(k1, 2, dtype=np.int64)
     d -= ng * k2.astype(np.int64)  # D exactly
     dx = np.empty(d.shape, np.float32)  # float32(float64 product): the spec's rounding

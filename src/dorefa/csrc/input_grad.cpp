@@ -1,0 +1,27 @@
+// Input gradient's finishing pass (input_grad.h).
+#include "input_grad.h"
+
+#include "thread_pool.h"
+
+namespace dorefa {
+
+void InputGradFinish(const int32_t* k1, const int32_t* k2, int64_t n, int64_t chw, int64_t ng,
+                     const double* scale, float* dx, int threads) {
+  constexpr int64_t kChunk = 4096;  // elements per work item
+  const int64_t chunks = (chw + kChunk - 1) / kChunk;
+  ParallelFor(threads, n * chunks, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks, i0 = item % chunks * kChunk;
+      const int64_t i1 = i0 + kChunk < chw ? i0 + kChunk : chw;
+      const int32_t* a = k1 + b * chw;
+      float* out = dx + b * chw;
+      const double s = scale[b];
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t d = 2 * int64_t{a[i]} - ng * int64_t{k2[i]};
+        out[i] = static_cast<float>(s * static_cast<double>(d));
+      }
+    }
+  });
+}
+
+}  // namespace dorefa
