@@ -160,13 +160,17 @@ def _products(conv, gq, x, dy, seed):
     x = x.detach().requires_grad_()
     wq = conv.quantized_weight().detach().requires_grad_()
     conv.quantized_weight = lambda: wq  # the instance attribute shadows the method
+    conv.weight.grad = None
     try:
         gq.generator = torch.Generator().manual_seed(seed)
         y = gq(conv(x))
         y.backward(dy)
     finally:
         del conv.quantized_weight
-    return y.detach(), x.grad.detach(), wq.grad.detach()
+    # W = 1 on the int engine routes the product to the weight itself (f_w's gradient is the
+    # identity there): the same dL/d f_w(W)
+    dw = wq.grad if wq.grad is not None else conv.weight.grad
+    return y.detach(), x.grad.detach(), dw.detach()
 
 
 def _bounds(conv, gq, x, dy, seed):

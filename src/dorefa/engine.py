@@ -86,7 +86,10 @@ class IntLayer:
         found = self.codes(x4)
         if found is None:
             return None
-        y = _IntConvFn.apply(x4, module.quantized_weight(), module, self, *found)
+        # The weight input only routes dL/d f_w(W) back to W: for W = 1, f_w's straight-through
+        # gradient is the identity, so the weight itself does (no float f_w(W) to compute).
+        wq = module.weight if self.w_bits == 1 else module.quantized_weight()
+        y = _IntConvFn.apply(x4, wq, module, self, *found)
         y = y if conv else y.reshape(y.shape[0], -1)
         if torch.is_grad_enabled() and y.requires_grad:
             y._dorefa_fg = self  # this layer's backward applies f_g to y's gradient
