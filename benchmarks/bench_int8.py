@@ -9,9 +9,10 @@ too). Torch runs one conv of the same shape: its time does not depend on the bit
 Rows: each kernel forced, and "pick: <kernel>", the engine's own per-layer choice
 (kernels/choose.py) with nothing forced. MAC/cyc is per core: it divides by the clock measured
 on the row's threads (dependent-add chains, bench_kernels.measure_clock_hz) and by the thread
-count; "of ceiling" is its share of the kernel's derived ceiling at that bit pair. With 1 thread (the default) times are the calling thread's
-CPU time (time.thread_time: every contestant, torch included, runs on the calling thread), so
-time lost to other processes on a shared machine is not counted; with more, wall time.
+count; "of ceiling" is its share of the kernel's derived ceiling at that bit pair. With 1
+thread (the default) times are the calling thread's CPU time (time.thread_time: every
+contestant, torch included, runs on the calling thread), so time lost to other processes on a
+shared machine is not counted; with more, wall time.
 
     .venv/bin/python benchmarks/bench_int8.py                 # batch 1 and 32, 1 thread
     .venv/bin/python benchmarks/bench_int8.py --threads 2 --batches 1 --rounds 3
