@@ -112,6 +112,11 @@ def input_grad_codes(
     for gradient codes ``c`` uint8 (N, O, H', W') and weight codes (O, C, KH, KW)."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
+    return _signed_sum(k1, k2, ng)
+
+
+def _signed_sum(k1: np.ndarray, k2: np.ndarray, ng: int) -> np.ndarray:
+    """``D = 2 K1 - n_g K2`` exactly, int64 (N, C, H, W)."""
     d = np.multiply(k1, 2, dtype=np.int64)
     d -= ng * k2.astype(np.int64)
     return d
@@ -140,8 +145,7 @@ def conv_input_grad(
     native_ok = native is not None and current_kernel() != REFERENCE
     if native_ok and k1.dtype == np.int32 and k2.dtype == np.int32:
         return native.input_grad_finish(k1, k2, ng, scale, threads)  # the same, one pass
-    d = np.multiply(k1, 2, dtype=np.int64)
-    d -= ng * k2.astype(np.int64)  # D exactly
+    d = _signed_sum(k1, k2, ng)
     dx = np.empty(d.shape, np.float32)  # float32(float64 product): the spec's rounding
     np.multiply(d, scale[:, None, None, None], out=dx, casting="unsafe")
     return dx
