@@ -146,18 +146,24 @@ void Group(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t p
   Store<nv>(g, pl, n, py, px, dst, o0, mx);
 }
 
-// Without a pool (k = 1): channels [o0, o0 + 8 * nv) of pixels (py, px .. px + count - 1),
-// their sums side by side (up to 4 x nv FMA chains). Each pixel's sum is the same sequence
-// of FMAs as Group's, so the codes are the same.
+// Without a pool (k = 1): channels [o0, o0 + 8 * nv) of pixels (y, x .. x + count - 1),
+// their sums side by side (up to 4 x nv FMA chains), into a[p]. Each pixel's sum is the same
+// sequence of FMAs as Group's, so the codes are the same. Run stores codes, RunOut floats.
 template <int nv>
-void Run(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
-         int64_t count, uint8_t* dst, int64_t o0) {
+inline void RunSums(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t y,
+                    int64_t x, int64_t count, int64_t o0, __m256 (&a)[kPixelRun][kVec]) {
   const float* img = pl.xf + n * g.c * pl.hp * pl.wp;
   const float* srcs[kPixelRun];
   for (int64_t p = 0; p < kPixelRun; ++p)  // a short run repeats its last pixel (not stored)
-    srcs[p] = img + py * g.stride * pl.wp + (px + std::min(p, count - 1)) * g.stride;
-  __m256 a[kPixelRun][kVec];
+    srcs[p] = img + y * g.stride * pl.wp + (x + std::min(p, count - 1)) * g.stride;
   Sums<kPixelRun, nv>(srcs, pl.offs, pl.taps, pl.wtf + o0, pl.ostride, a);
+}
+
+template <int nv>
+void Run(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+         int64_t count, uint8_t* dst, int64_t o0) {
+  __m256 a[kPixelRun][kVec];
+  RunSums<nv>(g, pl, n, py, px, count, o0, a);
   // Constant indices into a (no loop over p): an array indexed at run time lives in memory, and
   // then GCC stores the accumulators at every tap (the loads there might alias it).
   Store<nv>(g, pl, n, py, px, dst, o0, a[0]);
@@ -184,12 +190,8 @@ inline void StoreOut(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t oy
 template <int nv>
 void RunOut(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t oy, int64_t ox,
             int64_t count, float* dst, int64_t o0) {
-  const float* img = pl.xf + n * g.c * pl.hp * pl.wp;
-  const float* srcs[kPixelRun];
-  for (int64_t p = 0; p < kPixelRun; ++p)  // a short run repeats its last pixel (not stored)
-    srcs[p] = img + oy * g.stride * pl.wp + (ox + std::min(p, count - 1)) * g.stride;
   __m256 a[kPixelRun][kVec];
-  Sums<kPixelRun, nv>(srcs, pl.offs, pl.taps, pl.wtf + o0, pl.ostride, a);
+  RunSums<nv>(g, pl, n, oy, ox, count, o0, a);
   StoreOut<nv>(g, pl, oy, ox, dst, o0, a[0]);  // constant indices, as in Run
   if (count > 1) StoreOut<nv>(g, pl, oy, ox + 1, dst, o0, a[1]);
   if (count > 2) StoreOut<nv>(g, pl, oy, ox + 2, dst, o0, a[2]);
