@@ -295,21 +295,9 @@ def conv_float_quantize(
     products of float32 values are exact in float64, so this order fixes every bit), then
     rounded to float32; pooling, bias, clip, scale and round-half-to-even are float32 ops.
     """
-    x = np.asarray(x, np.float32)
-    weight = np.asarray(weight, np.float32)
     bias = np.asarray(bias, np.float32)
-    n, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding)
-    acc = np.zeros((n, o, oh, ow))
-    for ci in range(c):
-        for i in range(kh):
-            for j in range(kw):
-                patch = xp[:, ci, i : i + stride * (oh - 1) + 1 : stride,
-                           j : j + stride * (ow - 1) + 1 : stride]  # fmt: skip
-                acc += patch[:, None] * weight[:, ci, i, j].astype(np.float64)[None, :, None, None]
-    y = acc.astype(np.float32)
+    y = _conv_sums64(x, weight, stride, padding).astype(np.float32)
+    n, o, oh, ow = y.shape
     ph, pw = oh // pool, ow // pool
     y = y[:, :, : ph * pool, : pw * pool].reshape(n, o, ph, pool, pw, pool).max(axis=(3, 5))
     z = y + bias[None, :, None, None]
@@ -324,16 +312,28 @@ def conv_float(
     """A float conv with bias, float32 output (N, O, H', W'): each output summed in float64 over
     (c, kh, kw), rounded to float32, plus the bias in float32. The native paths are checked
     against it within float32 rounding (their sums are float32 FMAs), not to the bit."""
+    acc = _conv_sums64(x, weight, stride, padding)
+    return acc.astype(np.float32) + np.asarray(bias, np.float32)[None, :, None, None]
+
+
+def _conv_sums64(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """The float64 sums (N, O, H', W') of a conv of float32 ``x`` with float32 ``weight``,
+    zero padding, taken in order over (c, kh, kw) from 0.0 (each product is exact in
+    float64, so this order fixes every bit)."""
     x = np.asarray(x, np.float32)
     weight = np.asarray(weight, np.float32)
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w, kw, stride, padding)
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-    win = win[:, :, ::stride, ::stride][:, :, :oh, :ow]  # (N, C, H', W', KH, KW)
-    acc = np.einsum("nchwij,ocij->nohw", win, weight.astype(np.float64))
-    return acc.astype(np.float32) + np.asarray(bias, np.float32)[None, :, None, None]
+    acc = np.zeros((n, o, oh, ow))
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, ci, i : i + stride * (oh - 1) + 1 : stride,
+                           j : j + stride * (ow - 1) + 1 : stride]  # fmt: skip
+                acc += patch[:, None] * weight[:, ci, i, j].astype(np.float64)[None, :, None, None]
+    return acc
 
 
 def linear_float(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
