@@ -71,7 +71,7 @@ class IntLayer:
             return tag[2], 1.0
         n = (1 << self.a_bits) - 1
         for factor in dict.fromkeys((self.input_factor, 1.0)):
-            q = torch.round(x * (n / factor)) if factor != 1.0 else torch.round(x * n)
+            q = torch.round(x * (n / factor))  # n / 1.0 is n exactly
             y = q / n if factor == 1.0 else q / n * factor
             if torch.equal(y, x) and not (q.numel() and (q.min() < 0 or q.max() > n)):
                 return q.to(torch.uint8).numpy(), factor

@@ -38,10 +38,10 @@ struct Layout {
       : hp(g.h + 2 * g.padding),
         wp(g.w + 2 * g.padding),
         qw((g.ow + 3) / 4),
-        pq(g.oh * ((g.ow + 3) / 4)),
+        pq(g.oh * qw),  // members initialise in declaration order
         ov((g.o + 15) / 16),
         xs_size(g.c * hp * wp + kSlack),
-        cq_size(((g.o + 15) / 16) * pq * 64) {}
+        cq_size(ov * pq * 64) {}
 };
 
 struct Packed {
