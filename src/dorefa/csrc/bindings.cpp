@@ -376,14 +376,14 @@ py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const
   Require(!divisor || scale, "divisor needs scale");
   WgradOutput out;
   py::array result;
-  std::vector<double> sums;  // dW before the division, when there is one
   if (scale) {
     Require(scale->ndim() == 1 && scale->shape(0) == g.n, "scale must be (N,) float64");
     out.scale = scale->data();
     if (divisor) {
-      sums.resize(static_cast<size_t>(g.o * g.K()));
-      out.dw = sums.data();
-      result = OutputArray<float>({g.o, g.K()});
+      py::array_t<float> dw = OutputArray<float>({g.o, g.K()});
+      out.dw32 = dw.mutable_data();
+      out.divisor = *divisor;
+      result = std::move(dw);
     } else {
       py::array_t<double> dw = OutputArray<double>({g.o, g.K()});
       out.dw = dw.mutable_data();
@@ -398,10 +398,6 @@ py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const
   {
     py::gil_scoped_release release;
     ors = RunWeightGrad(*kernel, g, c.data(), x.data(), out, threads);
-    if (divisor) {
-      float* dst = static_cast<float*>(result.mutable_data());
-      for (size_t i = 0; i < sums.size(); ++i) dst[i] = static_cast<float>(sums[i] / *divisor);
-    }
   }
   CheckCodes("c", c, static_cast<uint8_t>(ors & 0xff), g_bits);
   CheckCodes("x_codes", x, static_cast<uint8_t>(ors >> 8), a_bits);

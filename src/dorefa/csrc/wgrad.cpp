@@ -178,8 +178,7 @@ void RunTile(const WgradKernel& k, const WgradGeom& g, const Packed& pk, int32_t
   }
   if (out.s != nullptr) return;
   for (int64_t o = o_begin; o < o_end; ++o)
-    std::copy(acc.begin() + (o - o_begin) * width, acc.begin() + (o - o_begin) * width + cols,
-              out.dw + o * g.K() + k0);
+    out.Write(o * g.K() + k0, acc.data() + (o - o_begin) * width, cols);
 }
 
 }  // namespace

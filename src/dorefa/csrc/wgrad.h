@@ -73,11 +73,24 @@ const WgradKernel& WgradKernelAt(int i);
 
 // Where the results go: per-sample sums S (N, O, K) int32 when `s` is set, else
 // dw[o, k] = sum_b scale[b] * double(S_b[o, k]), summed from 0 in batch order (double
-// multiply, then add: the spec's float steps), into dw (O, K).
+// multiply, then add: the spec's float steps), into dw (O, K); or, with dw32 set,
+// dw32[o, k] = float(dw[o, k] / divisor) (the training entry point's last two steps).
 struct WgradOutput {
   int32_t* s = nullptr;
   const double* scale = nullptr;
   double* dw = nullptr;
+  float* dw32 = nullptr;
+  double divisor = 1.0;
+  // Writes dw[o, k0 .. k0 + n - 1] from the batch sums v[0 .. n - 1] (stride `step`).
+  void Write(int64_t index, const double* v, int64_t n, int64_t step = 1) const {
+    for (int64_t j = 0; j < n; ++j) {
+      if (dw32 != nullptr) {
+        dw32[index + j] = static_cast<float>(v[j * step] / divisor);
+      } else {
+        dw[index + j] = v[j * step];
+      }
+    }
+  }
 };
 
 // The weight gradient from gradient codes c (N, O, OH, OW) and activation codes x

@@ -95,8 +95,7 @@ uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
       Tile(a.data(), xd.data(), g.n, op, kp, o0, k0, acc);
       const int64_t rows = std::min<int64_t>(kRows, g.o - o0);
       const int64_t cols = std::min<int64_t>(kCols, g.K() - k0);
-      for (int64_t r = 0; r < rows; ++r)
-        std::copy(acc + r * kCols, acc + r * kCols + cols, out.dw + (o0 + r) * g.K() + k0);
+      for (int64_t r = 0; r < rows; ++r) out.Write((o0 + r) * g.K() + k0, acc + r * kCols, cols);
     }
   });
   return ors;

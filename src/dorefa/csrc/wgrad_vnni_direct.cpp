@@ -232,7 +232,7 @@ void RunWorkTile(const WgradGeom& g, const Packed& pk, const WgradOutput& out, i
   if (out.s != nullptr) return;
   const int64_t o_end = std::min(g.o, (v0 + nv) * 16);
   for (int64_t o = v0 * 16; o < o_end; ++o)
-    for (int j = 0; j < nk; ++j) out.dw[o * g.K() + k0 + j] = acc[j * 64 + (o - v0 * 16)];
+    out.Write(o * g.K() + k0, acc.data() + (o - v0 * 16), nk, 64);
 }
 
 }  // namespace
