@@ -81,7 +81,7 @@ struct WgradOutput {
   double* dw = nullptr;
   float* dw32 = nullptr;
   double divisor = 1.0;
-  // Writes dw[o, k0 .. k0 + n - 1] from the batch sums v[0 .. n - 1] (stride `step`).
+  // Writes the outputs index .. index + n - 1 from the batch sums v[0], v[step], ...
   void Write(int64_t index, const double* v, int64_t n, int64_t step = 1) const {
     for (int64_t j = 0; j < n; ++j) {
       if (dw32 != nullptr) {
