@@ -78,15 +78,22 @@ TABLE = K.kernel_table()  # every row of this build's table, supported or not
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's flags from /proc/cpuinfo (empty where there is none)."""
+    """The CPU's flags from /proc/cpuinfo (empty where there is none), less those that
+    ``DOREFA_CPU_FEATURES`` hides from the library (a kernel flag not in its list)."""
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return set()
+    keep = os.environ.get("DOREFA_CPU_FEATURES")
+    if keep is not None:
+        needed = {flag for row in TABLE for flag in row["needs"]}
+        flags -= needed - set(keep.split(","))
+    return flags
 
 
 def fresh_process(code: str, **env: str) -> list[str]:

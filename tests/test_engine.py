@@ -130,6 +130,26 @@ def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
             assert np.array_equal(dw.reshape(o, c, k, k), R.scaled_batch_sum(scale, want.s))
 
 
+@pytest.mark.parametrize("name", WGRAD)
+@pytest.mark.parametrize("bits", [(1, 2, 6), (1, 8, 6), (1, 7, 8), (1, 1, 1), (1, 4, 4)])
+@pytest.mark.parametrize("x_code", ["max", "zero"])
+def test_weight_grad_extreme_codes_on_a_large_map(name, bits, x_code):
+    """Every gradient code at n_g and every activation at n_a (or 0) over 30 x 30 = 900 output
+    pixels (225 pixel quads, 18 channels): the largest sums the kernels' narrow accumulators
+    see (AVX2 adds up to 32767 / (2 n_g max|x - z|) quads in int16 before widening)."""
+    _, ab, gb = bits
+    geometry = (2, 3, 30, 30, 18, 3, 1, 1)
+    g, m, _, a = _operands(geometry, bits, seed=3)
+    g[:] = (1 << gb) - 1
+    a[:] = (1 << ab) - 1 if x_code == "max" else 0
+    want = R.conv_weight_grad_codes(g, m, gb, a, ab, 1, 1, (3, 3))
+    for threads in (1, 2):
+        s = K._native.weight_grad(name, g, a, gb, ab, 3, 3, 1, 1, threads)
+        assert np.array_equal(s.reshape(want.s.shape), want.s)
+        dw = K._native.weight_grad(name, g, a, gb, ab, 3, 3, 1, 1, threads, want.scale)
+        assert np.array_equal(dw.reshape(18, 3, 3, 3), R.scaled_batch_sum(want.scale, want.s))
+
+
 @pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
 def test_weight_grad_kernel_refuses_bad_input():
     g, _, _, a = _operands((2, 3, 6, 6, 4, 3, 1, 1), (1, 2, 4), 0)

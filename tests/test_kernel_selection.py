@@ -4,7 +4,10 @@ kernel actually ran (last_kernel, per thread)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -61,7 +64,11 @@ def test_every_table_entry_runs_or_names_what_the_cpu_lacks(row):
 def test_family_and_backend_names_select_their_first_supported_kernel():
     for row in TABLE:
         for alias in ("family", "backend"):
-            first = next(r for r in TABLE if r[alias] == row[alias] and r["supported"])
+            first = next((r for r in TABLE if r[alias] == row[alias] and r["supported"]), None)
+            if first is None:  # e.g. the AVX-512 family on an AVX2-only CPU
+                with pytest.raises(ValueError, match="lacks"):
+                    K.kernel_name(row[alias])
+                continue
             assert K.kernel_name(row[alias]) == first["name"]
     assert K.kernel_name("reference") == "reference"
 
@@ -185,6 +192,39 @@ print("ok")
 """
     shift = "popcount-avx512/shift"
     assert fresh_process(code, DOREFA_KERNEL=shift) == [shift, shift, "ok"]
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs the compiled kernels")
+def test_cpu_features_env_runs_an_avx2_machine_on_any_cpu():
+    """DOREFA_CPU_FEATURES=avx2,fma hides every other extension: the kernels, the weight-gradient
+    kernels and the default are those of an AVX2-only CPU (Zen 2), and their results the
+    reference's; an unknown feature name is a clear error."""
+    code = f"""
+import numpy as np
+import dorefa.kernels as K
+from dorefa.kernels import reference as R
+print(*K.available_kernels(), *K._native.wgrad_kernels(), sep=",")
+n, c, h, w, o, k, s, p = {SHAPES[6]!r}
+rng = np.random.default_rng(0)
+x = rng.integers(0, 4, (n, c, h, w), dtype=np.uint8)
+wc = rng.integers(0, 2, (o, c, k, k), dtype=np.uint8)
+got = K.bitconv2d_packed(x, K.pack_weights(wc, 1), 2, s, p, threads=2)
+assert np.array_equal(got, R.bitconv2d(x, wc, 2, 1, s, p))
+print(K.last_kernel())
+"""
+    if "avx2" in cpu_flags():
+        names, ran = fresh_process(code, DOREFA_CPU_FEATURES="avx2,fma")
+        assert not any("avx512" in n or "vnni" in n for n in names.split(",")), names
+        assert names.split(",")[0] == "popcount-avx2/portable"
+        assert {"int8-avx2", "wgrad-avx2", "wgrad-scalar", "reference"} <= set(names.split(","))
+        assert ran in names.split(",")
+    bad = subprocess.run(
+        [sys.executable, "-c", "import dorefa.kernels as K; K.available_kernels()"],
+        env={**os.environ, "DOREFA_CPU_FEATURES": "avx3"},
+        capture_output=True,
+        text=True,
+    )
+    assert "DOREFA_CPU_FEATURES: unknown feature 'avx3'; use a comma-separated" in bad.stderr
 
 
 def test_unknown_kernel_is_a_clear_error():

@@ -1,5 +1,9 @@
 #include "cpu_features.h"
 
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+
 namespace dorefa {
 namespace {
 
@@ -39,10 +43,34 @@ uint32_t Detect() {
   return mask;
 }
 
+// DOREFA_CPU_FEATURES=avx2,fma: run as if the CPU had only these of its features (an AVX2-only
+// machine on an AVX-512 one, for tests and benchmarks); never adds a feature.
+uint32_t EnvMask() {
+  const char* env = std::getenv("DOREFA_CPU_FEATURES");
+  if (env == nullptr) return ~0u;
+  uint32_t keep = 0;
+  std::stringstream list(env);
+  std::string name;
+  while (std::getline(list, name, ',')) {
+    if (name.empty()) continue;
+    bool known = false;
+    for (const Feature& f : kFeatures) {
+      if (name == f.name) keep |= f.bit, known = true;
+    }
+    if (!known) {
+      std::string all;
+      for (const Feature& f : kFeatures) all += std::string(all.empty() ? "" : ", ") + f.name;
+      throw std::invalid_argument("DOREFA_CPU_FEATURES: unknown feature '" + name +
+                                  "'; use a comma-separated list of: " + all);
+    }
+  }
+  return keep;
+}
+
 }  // namespace
 
 uint32_t CpuFeatures() {
-  static const uint32_t features = Detect();  // CPUID once per process
+  static const uint32_t features = Detect() & EnvMask();  // CPUID once per process
   return features;
 }
 

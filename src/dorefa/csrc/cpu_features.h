@@ -25,6 +25,8 @@ enum CpuFeature : uint32_t {
 
 // The features of this CPU, detected once per process. __builtin_cpu_supports also checks
 // that the OS saves the wider register state (XGETBV), so a set bit means "can run".
+// DOREFA_CPU_FEATURES (a comma-separated list of names) keeps only those features, so an
+// AVX-512 machine can run as an AVX2-only one; an unknown name is a std::invalid_argument.
 uint32_t CpuFeatures();
 
 // The names of the bits set in `mask`, lowest bit first.

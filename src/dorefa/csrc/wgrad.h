@@ -64,7 +64,7 @@ struct WgradKernel {
   WgradFinishFn finish;
   int rows;                        // output channels per block call
   int blocks;                      // 16-column blocks per block call
-  WgradDirectFn direct = nullptr;  // stride 1 or P = 1, when set (wgrad_vnni_direct.cpp)
+  WgradDirectFn direct = nullptr;  // stride 1 or P = 1, when set (wgrad_direct.h)
 };
 
 // Kernels usable on this CPU, fastest first (the scalar one always).
@@ -118,14 +118,13 @@ uint32_t PackSamples(int threads, int64_t n, PackOne&& pack) {
 #ifdef DOREFA_HAVE_X86_KERNELS
 extern const WgradKernel kWgradAvx2;
 extern const WgradKernel kWgradVnni;
-// The VNNI kernel's `direct` (wgrad_vnni_direct.cpp): stride 1, or one output pixel at any
-// stride; P = 1 in dW mode with float32-valued scales goes to the float64 outer-product sum
-// (wgrad_outer.cpp).
+// The kernels' `direct` (wgrad_vnni_direct.cpp, wgrad_avx2_direct.cpp on wgrad_direct.h):
+// stride 1, or one output pixel at any stride; P = 1 in dW mode with float32-valued scales goes
+// to the float64 outer-product sum (wgrad_outer.h).
 uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_t* x, int32_t z,
                               const WgradOutput& out, int threads);
-bool WeightGradOuterApplies(const WgradGeom& g, const WgradOutput& out);
-uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
-                         const WgradOutput& out, int threads);
+uint32_t WeightGradDirectAvx2(const WgradGeom& g, const uint8_t* c, const uint8_t* x, int32_t z,
+                              const WgradOutput& out, int threads);
 #endif
 extern const WgradKernel kWgradScalar;
 

@@ -67,6 +67,6 @@ void FinishAvx2(const WgradFinish& f) { FinishBlock(f); }
 }  // namespace
 
 extern const WgradKernel kWgradAvx2 = {"wgrad-avx2", kAvx2, &BlockAvx2, &ShiftAvx2,
-                                       &FinishAvx2,  kRows, 1};
+                                       &FinishAvx2,  kRows, 1,          &WeightGradDirectAvx2};
 
 }  // namespace dorefa

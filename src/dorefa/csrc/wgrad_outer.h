@@ -1,5 +1,6 @@
 // Weight gradient of a layer with one output pixel (P = 1: the last conv of a network, a
-// linear layer) as a float64 outer-product sum, AVX-512 (wgrad.h has the sums):
+// linear layer) as a float64 outer-product sum (wgrad.h has the sums), the driver shared by the
+// AVX-512 and AVX2 files:
 //
 //   S_b[o, k] = (2 c_b[o] - n_g) X_b[k],   dW[o, k] = sum_b scale_b S_b[o, k]  (batch order)
 //
@@ -10,59 +11,37 @@
 // FMA, and dW is a register-blocked double GEMM over the batch in order that equals the spec's
 // multiply-then-add bit for bit. Training passes scale_b = m_b (a float32 max); other scales
 // take the general path.
-#include <immintrin.h>
+//
+// Isa::OuterTile(a, xd, n, op, kp, o0, k0, acc): channels [o0, o0 + kRows) x columns
+// [k0, k0 + kCols) of the padded A (n x op) and X (n x kp), the whole batch in order, into acc
+// (kRows x kCols). Internal linkage for the same reason as wgrad_direct.h.
+#ifndef DOREFA_CSRC_WGRAD_OUTER_H_
+#define DOREFA_CSRC_WGRAD_OUTER_H_
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "thread_pool.h"
 #include "wgrad.h"
 
 namespace dorefa {
-namespace {
+namespace {  // NOLINT(build/namespaces): one copy per ISA
 
-constexpr int kRows = 6;   // output channels per register tile
-constexpr int kVecs = 4;   // 8-column vectors per register tile
-constexpr int kCols = 32;  // kVecs * 8
-
-int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-
-// One register tile: channels [o0, o0 + 6) x columns [k0, k0 + 32) of the padded A, X; the
-// whole batch in order, accumulators in registers.
-void Tile(const double* a, const double* xd, int64_t n, int64_t op, int64_t kp, int64_t o0,
-          int64_t k0, double* acc) {
-  __m512d s[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_setzero_pd();
-  for (int64_t b = 0; b < n; ++b) {
-    const double* xb = xd + b * kp + k0;
-    __m512d xv[kVecs];
-    for (int v = 0; v < kVecs; ++v) xv[v] = _mm512_loadu_pd(xb + v * 8);
-    const double* ab = a + b * op + o0;
-    for (int r = 0; r < kRows; ++r) {
-      const __m512d av = _mm512_set1_pd(ab[r]);
-      for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_fmadd_pd(av, xv[v], s[r][v]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVecs; ++v) _mm512_storeu_pd(acc + r * kCols + v * 8, s[r][v]);
-}
-
-bool Float32Values(const double* scale, int64_t n) {
-  for (int64_t b = 0; b < n; ++b)
-    if (static_cast<double>(static_cast<float>(scale[b])) != scale[b]) return false;
+bool OuterApplies(const WgradGeom& g, const WgradOutput& out) {
+  if (g.P() != 1 || out.s != nullptr) return false;
+  for (int64_t b = 0; b < g.n; ++b)
+    if (static_cast<double>(static_cast<float>(out.scale[b])) != out.scale[b]) return false;
   return true;
 }
 
-}  // namespace
+int64_t OuterRoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-bool WeightGradOuterApplies(const WgradGeom& g, const WgradOutput& out) {
-  return g.P() == 1 && out.s == nullptr && Float32Values(out.scale, g.n);
-}
-
-uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
-                         const WgradOutput& out, int threads) {
-  const int64_t op = RoundUp(g.o, kRows), kp = RoundUp(g.K(), kCols);
+template <class Isa>
+uint32_t WeightGradOuterWith(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
+                             const WgradOutput& out, int threads) {
+  constexpr int64_t kRows = Isa::kRows, kCols = Isa::kCols;
+  const int64_t op = OuterRoundUp(g.o, kRows), kp = OuterRoundUp(g.K(), kCols);
   std::vector<double> a(static_cast<size_t>(g.n * op), 0.0), xd(static_cast<size_t>(g.n * kp));
   const double ng = static_cast<double>((1 << g.g_bits) - 1);
   struct None {};
@@ -92,7 +71,7 @@ uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
     alignas(64) double acc[kRows * kCols];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o0 = (t % row_tiles) * kRows, k0 = (t / row_tiles) * kCols;
-      Tile(a.data(), xd.data(), g.n, op, kp, o0, k0, acc);
+      Isa::OuterTile(a.data(), xd.data(), g.n, op, kp, o0, k0, acc);
       const int64_t rows = std::min<int64_t>(kRows, g.o - o0);
       const int64_t cols = std::min<int64_t>(kCols, g.K() - k0);
       for (int64_t r = 0; r < rows; ++r) out.Write((o0 + r) * g.K() + k0, acc + r * kCols, cols);
@@ -101,4 +80,7 @@ uint32_t WeightGradOuter(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
   return ors;
 }
 
+}  // namespace
 }  // namespace dorefa
+
+#endif  // DOREFA_CSRC_WGRAD_OUTER_H_
