@@ -423,3 +423,41 @@ def test_nan_activations_reach_the_output_and_inference_mode_runs():
     with torch.inference_mode():
         z = model(x[1:])
     assert torch.allclose(z, y[1:], atol=1e-6)
+
+
+# ------------------------------------------------------------------ the int engine's max-pool
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+@pytest.mark.parametrize("k, hw", [(2, (9, 8)), (2, (36, 36)), (3, (7, 10)), (1, (3, 4))])
+def test_int_max_pool_equals_torch_bit_for_bit(k, hw):
+    """Values from a few levels (many ties), +-0.0, +-inf and NaN; odd sizes (floor mode);
+    gradients with -0.0: the maxima, the gradient positions and their bits are torch's."""
+    from dorefa.engine_pool import IntMaxPool2d
+
+    rng = np.random.default_rng(k)
+    levels = np.array([-np.inf, -1.0, -0.0, 0.0, 0.5, 1.0, np.inf, np.nan], np.float32)
+    x = torch.from_numpy(levels[rng.integers(0, 8, (3, 5) + hw)])
+    x[0] = torch.from_numpy(rng.integers(0, 3, (5,) + hw).astype(np.float32))  # ties, no NaN
+    dy = torch.from_numpy(levels[rng.integers(1, 6, (3, 5, hw[0] // k, hw[1] // k))])
+    outs = []
+    for cls in (torch.nn.MaxPool2d, IntMaxPool2d):
+        xi = x.clone().requires_grad_()
+        y = cls(k)(xi)
+        y.backward(dy)
+        outs.append((y.detach().view(torch.int32), xi.grad.view(torch.int32)))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1], outs[1][1])
+
+
+def test_int_engine_switches_plain_max_pools_only():
+    from dorefa.engine_pool import IntMaxPool2d
+
+    model = create_model("svhn", bits="1,2,6", num_classes=10, in_channels=1, width=0.25)
+    overlapping = torch.nn.MaxPool2d(3, stride=2)
+    model.add_module("extra", overlapping)
+    set_engine(model, "int")
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert sum(type(m) is IntMaxPool2d for m in pools) == len(pools) == 3
+    x = torch.rand(2, 3, 9, 9, requires_grad=True)
+    assert torch.equal(overlapping(x), torch.nn.functional.max_pool2d(x, 3, 2))  # torch's path
+    set_engine(model, "torch")
+    assert all(type(m) is torch.nn.MaxPool2d for m in pools)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .bits import FLOAT, Bits
+from .engine_pool import set_pools
 from .geometry import fits_int32
 from .quantizers import GradQuant, gradient_codes, weight_codes
 
@@ -221,6 +222,7 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
     for module in model.modules():
         if isinstance(module, ActQuant):
             module.emit_codes = engine == "int"
+    set_pools(model, engine)
     for name, module, gq, before in _pairs(model):
         module.int_engine = None
         if gq is not None:

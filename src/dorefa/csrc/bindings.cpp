@@ -21,6 +21,7 @@
 #include "int8conv.h"
 #include "kernel_table.h"
 #include "linear_float.h"
+#include "pool_train.h"
 #include "run_conv.h"
 #include "wgrad.h"
 
@@ -423,6 +424,47 @@ py::array_t<float> InputGradFinishPy(const py::array_t<int32_t, py::array::c_sty
   return out;
 }
 
+// Integer training's max-pool (pool_train.h): x (N, C, H, W) float32, window k = stride ->
+// (y float32, pos uint8), (N, C, H / k, W / k).
+py::tuple MaxPoolTrainPy(const py::array_t<float, py::array::c_style>& x, int64_t k, int threads) {
+  Require(x.ndim() == 4, "x must be 4-D (N, C, H, W)");
+  Require(k >= 1 && k <= 15, "kernel must be 1..15");
+  Require(x.shape(2) >= k && x.shape(3) >= k, "kernel larger than the input");
+  CheckThreads(threads);
+  const std::vector<int64_t> shape{x.shape(0), x.shape(1), x.shape(2) / k, x.shape(3) / k};
+  py::array_t<float> y = OutputArray<float>(shape);
+  py::array_t<uint8_t> pos = OutputArray<uint8_t>(shape);
+  float* yd = y.mutable_data();
+  uint8_t* pd = pos.mutable_data();
+  {
+    py::gil_scoped_release release;
+    MaxPoolTrainForward(x.data(), x.shape(0) * x.shape(1), x.shape(2), x.shape(3), k, yd, pd,
+                        threads);
+  }
+  return py::make_tuple(y, pos);
+}
+
+// Its backward: dy, pos (N, C, H / k, W / k) -> dx (N, C, H, W).
+py::array_t<float> MaxPoolTrainBackwardPy(const py::array_t<float, py::array::c_style>& dy,
+                                          const CodeArray& pos, int64_t h, int64_t w, int64_t k,
+                                          int threads) {
+  Require(dy.ndim() == 4 && pos.ndim() == 4, "dy and pos must be 4-D");
+  Require(k >= 1 && k <= 15 && h >= k && w >= k, "bad kernel or input size");
+  const std::vector<int64_t> shape{dy.shape(0), dy.shape(1), h / k, w / k};
+  for (int i = 0; i < 4; ++i)
+    Require(dy.shape(i) == shape[i] && pos.shape(i) == shape[i], "dy, pos: (N, C, H / k, W / k)");
+  CheckThreads(threads);
+  const uint8_t* p = pos.data();
+  uint8_t most = 0;
+  for (int64_t i = 0, n = pos.size(); i < n; ++i) most = std::max(most, p[i]);
+  Require(most < k * k, "pos holds a position >= k * k");
+  py::array_t<float> dx = OutputArray<float>({dy.shape(0), dy.shape(1), h, w});
+  float* dst = dx.mutable_data();
+  py::gil_scoped_release release;
+  MaxPoolTrainBackward(dy.data(), p, dy.shape(0) * dy.shape(1), h, w, k, dst, threads);
+  return dx;
+}
+
 std::vector<std::string> WgradKernelsPy() {
   std::vector<std::string> names;
   for (int i = 0; i < WgradKernelCount(); ++i) names.emplace_back(WgradKernelAt(i).name);
@@ -459,6 +501,10 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);
+  m.def("maxpool_train", &dorefa::MaxPoolTrainPy, py::arg("x"), py::arg("kernel"),
+        py::arg("threads"));
+  m.def("maxpool_train_backward", &dorefa::MaxPoolTrainBackwardPy, py::arg("dy"), py::arg("pos"),
+        py::arg("h"), py::arg("w"), py::arg("kernel"), py::arg("threads"));
   m.def("input_grad_finish", &dorefa::InputGradFinishPy, py::arg("k1"), py::arg("k2"),
         py::arg("ng"), py::arg("scale"), py::arg("threads"));
   m.def("weight_grad", &dorefa::WeightGradPy, py::arg("kernel"), py::arg("c"), py::arg("x_codes"),
