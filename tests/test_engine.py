@@ -29,7 +29,7 @@ from dorefa.kernels import training as T
 from dorefa.models import create_model, list_models
 from dorefa.nn import ActQuant, GradQuant, QConv2d, QLinear, set_engine, set_grad_generator
 from dorefa.quantizers import quantize_gradient
-from kernel_cases import KERNELS
+from kernel_cases import KERNELS, fresh_process
 
 U32 = 2.0**-24
 TRIPLES = [(1, 2, 6), (1, 1, 4), (2, 2, 6), (1, 4, 8)]
@@ -461,3 +461,36 @@ def test_int_engine_switches_plain_max_pools_only():
     assert torch.equal(overlapping(x), torch.nn.functional.max_pool2d(x, 3, 2))  # torch's path
     set_engine(model, "torch")
     assert all(type(m) is torch.nn.MaxPool2d for m in pools)
+
+
+# ------------------------------------------------------------------- f_g's codes, native pass
+_FG_CASE = """
+import numpy as np, torch
+from types import SimpleNamespace
+from dorefa.engine import _gradient_codes
+from dorefa.quantizers import gradient_codes
+torch.manual_seed(0)
+for k in (1, 2, 4, 6, 8):
+    for shape in [(32, 16, 9, 9), (5, 7), (3, 2, 1, 1)]:
+        scale = torch.rand(shape[0], *([1] * (len(shape) - 1))) ** 4
+        g = torch.randn(*shape) * scale
+        g[0] = 0  # a zero sample: m = 0
+        g[-1] = (g[-1] * 8).round() / 8  # many equal values
+        layer = SimpleNamespace(g_bits=k, grad_quant=SimpleNamespace(
+            generator=torch.Generator().manual_seed(k)))
+        want_c, want_m = gradient_codes(g, k, torch.Generator().manual_seed(k))
+        c, m = _gradient_codes(g, layer, 2)
+        assert c.dtype == np.uint8 and c.shape == g.shape
+        assert np.array_equal(c, want_c.to(torch.uint8).numpy()), (k, shape)
+        assert np.array_equal(np.abs(m), np.abs(want_m.reshape(-1).numpy())), (k, shape)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def test_native_gradient_codes_equal_torch_f_g():
+    """The int engine's one-pass f_g (csrc/grad_codes.h) against quantizers.gradient_codes,
+    same generator: the same codes for G = 1..8 (m up to the sign of a zero), here (the FMA
+    instruction where the CPU has one) and with every CPU feature hidden (libm's fmaf)."""
+    exec(_FG_CASE, {})
+    assert fresh_process(_FG_CASE, DOREFA_CPU_FEATURES="") == ["ok"]

@@ -38,7 +38,7 @@ from torch.autograd.function import once_differentiable
 from .bits import FLOAT, Bits
 from .engine_pool import set_pools
 from .geometry import fits_int32
-from .quantizers import GradQuant, gradient_codes, weight_codes
+from .quantizers import GradQuant, gradient_codes, noise_draws, weight_codes
 
 ENGINES = ("torch", "int")
 
@@ -131,6 +131,22 @@ def _weights(module: nn.Module) -> tuple[np.ndarray, float]:
     return (p if p.ndim == 4 else p.reshape(p.shape + (1, 1))), s
 
 
+def _gradient_codes(dy: Tensor, layer: IntLayer, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """f_g's codes uint8 (shaped like dy) and per-sample scales m float32 (N,): the native
+    one-pass kernel (``csrc/grad_codes.h``: the same float32 steps and noise draws as
+    :func:`dorefa.quantizers.gradient_codes`), or that function itself without the extension."""
+    from .kernels.extension import native
+
+    gen = layer.grad_quant.generator
+    if native is None or dy.dtype != torch.float32 or dy.dim() < 2:
+        c, m = gradient_codes(dy, layer.g_bits, gen)
+        return c.to(torch.uint8).numpy(), m.reshape(-1).numpy()
+    draws = noise_draws(dy, gen).numpy()
+    flat = dy.reshape(len(dy), -1).numpy()
+    c, m = native.gradient_codes(flat, draws, (1 << layer.g_bits) - 1, threads)
+    return c.reshape(dy.shape), m
+
+
 class _IntConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, wq, module: nn.Module, layer: IntLayer, q: np.ndarray, factor: float):
@@ -154,9 +170,7 @@ class _IntConvFn(torch.autograd.Function):
         from .kernels.training import conv_input_grad, conv_weight_grad
 
         layer, q, p = ctx.layer, ctx.q, ctx.p
-        c, m = gradient_codes(dy.contiguous(), layer.g_bits, layer.grad_quant.generator)
-        c = c.to(torch.uint8).numpy()
-        m = m.reshape(-1).numpy()
+        c, m = _gradient_codes(dy.contiguous(), layer, ctx.threads)
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dx = conv_input_grad(

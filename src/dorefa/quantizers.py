@@ -186,11 +186,17 @@ def _uniform16(like: Tensor, generator: torch.Generator | None, offset: float = 
     The values are (i + 1/2) / 2^16 for i uniform in 0..2^16-1, so the stochastic rounding is
     unbiased up to 2^-17 of one quantization step.
     """
+    halves = noise_draws(like, generator).view(like.shape).to(like.dtype)  # in -2^15..2^15-1
+    return halves.mul_(1.0 / 65536).add_(offset + 0.5 + 0.5 / 65536)
+
+
+def noise_draws(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """The int16 draws behind :func:`_uniform16`'s noise, flat (``like.numel()``): four per
+    64-bit word of ``generator``."""
     count = like.numel()
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=like.device)
     words.random_(-(2**63), 2**63 - 1, generator=generator)
-    halves = words.view(torch.int16)[:count].view(like.shape).to(like.dtype)  # in -2^15..2^15-1
-    return halves.mul_(1.0 / 65536).add_(offset + 0.5 + 0.5 / 65536)
+    return words.view(torch.int16)[:count]
 
 
 def gradient_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:

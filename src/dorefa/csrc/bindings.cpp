@@ -17,6 +17,7 @@
 #include "buffers.h"
 #include "conv_float.h"
 #include "cpu_features.h"
+#include "grad_codes.h"
 #include "input_grad.h"
 #include "int8conv.h"
 #include "kernel_table.h"
@@ -465,6 +466,26 @@ py::array_t<float> MaxPoolTrainBackwardPy(const py::array_t<float, py::array::c_
   return dx;
 }
 
+// f_g's codes (grad_codes.h): g (N, L) float32, noise (N * L) int16 -> (codes uint8 (N, L),
+// m float32 (N,)).
+py::tuple GradientCodesPy(const py::array_t<float, py::array::c_style>& g,
+                          const py::array_t<int16_t, py::array::c_style>& noise, int levels,
+                          int threads) {
+  Require(g.ndim() == 2, "g must be 2-D (N, L)");
+  Require(noise.ndim() == 1 && noise.shape(0) == g.size(), "noise must hold N * L int16 values");
+  Require(levels >= 1 && levels <= 255, "levels must be 1..255");
+  CheckThreads(threads);
+  py::array_t<uint8_t> codes = OutputArray<uint8_t>({g.shape(0), g.shape(1)});
+  py::array_t<float> m = OutputArray<float>({g.shape(0)});
+  uint8_t* cd = codes.mutable_data();
+  float* md = m.mutable_data();
+  {
+    py::gil_scoped_release release;
+    GradientCodes(g.data(), noise.data(), g.shape(0), g.shape(1), levels, cd, md, threads);
+  }
+  return py::make_tuple(codes, m);
+}
+
 std::vector<std::string> WgradKernelsPy() {
   std::vector<std::string> names;
   for (int i = 0; i < WgradKernelCount(); ++i) names.emplace_back(WgradKernelAt(i).name);
@@ -501,6 +522,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);
+  m.def("gradient_codes", &dorefa::GradientCodesPy, py::arg("g"), py::arg("noise"),
+        py::arg("levels"), py::arg("threads"));
   m.def("maxpool_train", &dorefa::MaxPoolTrainPy, py::arg("x"), py::arg("kernel"),
         py::arg("threads"));
   m.def("maxpool_train_backward", &dorefa::MaxPoolTrainBackwardPy, py::arg("dy"), py::arg("pos"),
