@@ -60,3 +60,23 @@ def test_requant_many_thresholds(kernel, t, order, shape):
         for threads in (1, 2):
             got = K.bitconv2d_requant(x, pw, 3, s, p, th, direction, threads=threads)
             np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_threshold_tables_are_cached_by_value(kernel):
+    """The native kernels keep the last 8 threshold tables per thread (matched by value, not by
+    address): the same array rewritten in place, and ten different tables in turn, each give
+    their own codes."""
+    x, w, _ = case(SHAPES[6], 3, 2)
+    pw = R.pack_weights(w, 2)
+    s, p = SHAPES[6][6], SHAPES[6][7]
+    d = R.bitconv2d_signed(x, pw, 3, s, p)
+    tables = [thresholds(d, 63, "sorted", seed) for seed in range(10)]
+    th = tables[0][0].copy()
+    with K.use_kernel(kernel):
+        for _ in range(2):
+            for i, (t_i, direction) in enumerate(tables):
+                th[:] = t_i  # one array, new values
+                want = R.bitconv2d_requant(x, pw, 3, s, p, t_i, direction)
+                got = K.bitconv2d_requant(x, pw, 3, s, p, th, direction)
+                assert np.array_equal(got, want), i

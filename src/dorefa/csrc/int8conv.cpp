@@ -150,10 +150,8 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
   c.mode = out.mode;
   c.acc = out.acc;
   c.codes = out.codes;
-  static thread_local ThresholdTable table;
   if (out.mode == Epilogue::kRequant) {
-    table.Build(g.o, out.thresholds, out.t, out.direction);
-    c.table = &table;
+    c.table = &CachedThresholdTable(g.o, out.thresholds, out.t, out.direction);
     c.requant = kernel.requant;
   }
   if (out.mode != Epilogue::kAcc) {

@@ -55,15 +55,15 @@ void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, 
   const int64_t ohw = g.oh * g.ow;
   const int64_t planes = g.n * g.o;
   const bool split = threads > 1 && planes * ohw * t > (int64_t{1} << 16);
-  ThresholdTable table;  // many thresholds: a search per output (requant_table.h)
-  const bool search = t >= kSearchMinT;
-  if (search) table.Build(g.o, thresholds, t, direction);
+  const bool search = t >= kSearchMinT;  // many thresholds: a search per output
+  const ThresholdTable* table =
+      search ? &CachedThresholdTable(g.o, thresholds, t, direction) : nullptr;
   ParallelFor(split ? threads : 1, planes, [&](int64_t first, int64_t last) {
     for (int64_t no = first; no < last; ++no) {
       const int64_t o = no % g.o;
       if (search) {
         for (int64_t i = 0; i < ohw; ++i)
-          codes[no * ohw + i] = RequantCode(table, o, d[no * ohw + i]);
+          codes[no * ohw + i] = RequantCode(*table, o, d[no * ohw + i]);
         continue;
       }
       const int32_t* th = thresholds + o * t;

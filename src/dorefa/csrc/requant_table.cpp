@@ -30,6 +30,31 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
   }
 }
 
+const ThresholdTable& CachedThresholdTable(int64_t o, const int32_t* thresholds, int64_t t,
+                                           const int8_t* direction) {
+  struct Entry {
+    std::vector<int32_t> thresholds;
+    std::vector<int8_t> direction;
+    ThresholdTable table;
+  };
+  constexpr int kEntries = 8;
+  static thread_local Entry cache[kEntries];
+  static thread_local int next = 0;
+  const size_t nt = static_cast<size_t>(o * t), nd = static_cast<size_t>(o);
+  for (Entry& e : cache) {
+    if (e.thresholds.size() == nt && e.direction.size() == nd && e.table.t == t &&
+        std::equal(thresholds, thresholds + nt, e.thresholds.begin()) &&
+        std::equal(direction, direction + nd, e.direction.begin()))
+      return e.table;
+  }
+  Entry& e = cache[next];
+  next = (next + 1) % kEntries;
+  e.thresholds.assign(thresholds, thresholds + nt);
+  e.direction.assign(direction, direction + nd);
+  e.table.Build(o, thresholds, t, direction);
+  return e.table;
+}
+
 uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d) {
   const int32_t sd = tab.Folded(o, d);
   const int32_t* row = tab.u.data() + o * tab.width;

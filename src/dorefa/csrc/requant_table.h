@@ -44,6 +44,13 @@ struct ThresholdTable {
   int32_t Folded(int64_t o, int32_t d) const { return neg[o] ? -d : d; }
 };
 
+// The table of thresholds (O, T) and direction (O,), built on the first call with these values
+// and kept in a small per-thread cache (8 tables, matched by value: a model's layers call with
+// the same thresholds every time; building a 255-threshold table took as long as the layer's
+// convolution at batch 1). Valid until this thread's 9th table after it.
+const ThresholdTable& CachedThresholdTable(int64_t o, const int32_t* thresholds, int64_t t,
+                                           const int8_t* direction);
+
 // Code of d in channel o: a branch-free binary search over the row when sorted, else a count
 // (portable; the AVX-512 kernels use requant_avx512.h).
 uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d);

@@ -16,10 +16,8 @@ uint8_t RunFused(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
   ep.mode = out.mode;
   std::vector<int32_t> u;
   std::vector<uint16_t> neg;
-  ThresholdTable table;
   if (out.mode == Epilogue::kRequant && out.t >= kSearchMinT) {
-    table.Build(g.o, out.thresholds, out.t, out.direction);
-    ep.table = &table;
+    ep.table = &CachedThresholdTable(g.o, out.thresholds, out.t, out.direction);
     ep.t = out.t;
     ep.codes = out.codes;
   } else if (out.mode == Epilogue::kRequant) {
