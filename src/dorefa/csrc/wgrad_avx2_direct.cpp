@@ -31,6 +31,29 @@ struct Avx2Direct {
   static constexpr int kCols = 6;     // columns per register tile
   static constexpr int kChunk = 24;   // columns per work tile
 
+  // 16-byte steps, the last one overlapping the one before (rewriting the same values); rows
+  // shorter than 16 bytes byte by byte.
+  static uint8_t CopyShifted(const uint8_t* src, int64_t n, int8_t shift, int8_t* dst) {
+    if (n < 16) {
+      uint8_t any = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        any |= src[i];
+        dst[i] = static_cast<int8_t>(src[i] - shift);
+      }
+      return any;
+    }
+    const __m128i z = _mm_set1_epi8(shift);
+    __m128i any = _mm_setzero_si128();
+    for (int64_t i = 0;; i += 16) {
+      const int64_t at = i + 16 <= n ? i : n - 16;
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + at));
+      any = _mm_or_si128(any, v);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + at), _mm_sub_epi8(v, z));
+      if (at + 16 >= n) break;
+    }
+    return OrLanes(any);
+  }
+
   template <int V, int C>
   static void Fold(__m256i (&s16)[V][C], int32_t (*u32)[C][8]) {
     const __m256i ones = _mm256_set1_epi16(1);

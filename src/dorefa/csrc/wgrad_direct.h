@@ -24,6 +24,8 @@
 #ifndef DOREFA_CSRC_WGRAD_DIRECT_H_
 #define DOREFA_CSRC_WGRAD_DIRECT_H_
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -38,6 +40,15 @@ namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA, see above
 
 constexpr int64_t kDirectSlack = 64;
+
+// The OR of 16 bytes.
+inline uint8_t OrLanes(__m128i v) {
+  alignas(16) uint8_t b[16];
+  _mm_store_si128(reinterpret_cast<__m128i*>(b), v);
+  uint8_t all = 0;
+  for (uint8_t x : b) all |= x;
+  return all;
+}
 
 struct DirectLayout {
   int64_t lanes, hp, wp, qw, pq, ov, xs_size, cq_size;  // padded input, quads per row / sample
@@ -76,6 +87,9 @@ struct DirectPacked {
 
 // x' of one sample, and n_g * Xsum from each channel's summed-area table of the input (a
 // window's box clipped to the input: padding codes are 0). Returns the OR of the codes.
+// Isa::CopyShifted(src, n, shift, dst): dst[i] = src[i] - shift (int8 bits) for i < n; returns
+// the OR of src (rows are short: 7-40 bytes, so a plain loop would run its scalar tail only).
+template <class Isa>
 uint8_t PackDirectInput(const WgradGeom& g, const DirectLayout& l, const uint8_t* __restrict x,
                         int32_t z, int8_t* __restrict xs, uint32_t* __restrict nx,
                         std::vector<uint32_t>& sat) {
@@ -91,11 +105,7 @@ uint8_t PackDirectInput(const WgradGeom& g, const DirectLayout& l, const uint8_t
     const uint8_t* src = x + ci * h * w;
     for (int64_t y = 0; y < h; ++y) {
       const uint8_t* __restrict row = src + y * w;
-      int8_t* __restrict dst = xs + (ci * hp + y + p) * wp + p;
-      for (int64_t i = 0; i < w; ++i) {  // vectorizes in the ISA of the including file
-        any |= row[i];
-        dst[i] = static_cast<int8_t>(row[i] - shift);
-      }
+      any |= Isa::CopyShifted(row, w, shift, xs + (ci * hp + y + p) * wp + p);
       const uint32_t* above = sat.data() + y * sw + 1;
       uint32_t* cur = sat.data() + (y + 1) * sw + 1;
       uint32_t run = 0;
@@ -217,8 +227,8 @@ uint32_t WeightGradDirectWith(const WgradGeom& g, const uint8_t* c, const uint8_
     const uint32_t cs = PackDirectGrads(g, l, c + b * g.o * g.P(), z, pk.cq.data() + b * l.cq_size,
                                         pk.zc.data() + b * l.ov * l.lanes);
     const uint32_t xs =
-        PackDirectInput(g, l, x + b * g.c * g.h * g.w, z, pk.xs.data() + b * l.xs_size,
-                        pk.nx.data() + b * g.K(), sat);
+        PackDirectInput<Isa>(g, l, x + b * g.c * g.h * g.w, z, pk.xs.data() + b * l.xs_size,
+                             pk.nx.data() + b * g.K(), sat);
     return cs | xs << 8;
   });
   const int64_t row_tiles = (l.ov + Isa::kVectors - 1) / Isa::kVectors;

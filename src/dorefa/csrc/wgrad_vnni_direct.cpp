@@ -21,6 +21,21 @@ struct VnniDirect {
   static constexpr int kCols = 6;     // columns per register tile
   static constexpr int kChunk = 24;   // columns per work tile (its double sums stay in L1)
 
+  static uint8_t CopyShifted(const uint8_t* src, int64_t n, int8_t shift, int8_t* dst) {
+    const __m512i z = _mm512_set1_epi8(shift);
+    __m512i any = _mm512_setzero_si512();
+    for (int64_t i = 0; i < n; i += 64) {
+      const __mmask64 m = n - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - i)) - 1;
+      const __m512i v = _mm512_maskz_loadu_epi8(m, src + i);
+      any = _mm512_or_si512(any, v);
+      _mm512_mask_storeu_epi8(dst + i, m, _mm512_sub_epi8(v, z));
+    }
+    const __m256i a =
+        _mm256_or_si256(_mm512_castsi512_si256(any), _mm512_extracti64x4_epi64(any, 1));
+    const __m128i b = _mm_or_si128(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    return OrLanes(b);
+  }
+
   template <int V, int C>
   static void Tile(const DirectTileArgs& a) {
     const DirectLayout& l = a.pk->l;
