@@ -144,15 +144,21 @@ def test_hypothesis_shapes(n, c, h, w, o, kh, kw, stride, padding, x_bits, w_bit
 
 @pytest.mark.parametrize("kernel", KERNELS)  # each kernel packs with its own packer
 @pytest.mark.parametrize("bits", [(1, 1), (2, 1), (4, 3), (8, 8)])
-@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[7], SHAPES[10]], ids=ids)
+@pytest.mark.parametrize(
+    "shape", [SHAPES[1], SHAPES[7], SHAPES[10], (2, 130, 1, 1, 70, 1, 1, 0)], ids=ids
+)
 def test_pack_weights_matches_reference_layout(kernel, shape, bits):
-    _, w, _ = case(shape, *bits)
+    """Also 1x1 weights and a 1x1 input over 130 channels (the packers' one-pixel path: no
+    transpose, a partial last channel word)."""
+    x, w, expected = case(shape, *bits)
     ref = R.pack_weights(w, bits[1])
     with K.use_kernel(kernel):
         got = K.pack_weights(w, bits[1])
+        conv = K.bitconv2d_packed(x, got, bits[0], shape[6], shape[7])
     assert got.words.dtype == np.uint64 and got.words.shape == ref.words.shape
     np.testing.assert_array_equal(got.words, ref.words)
     np.testing.assert_array_equal(got.codes, w)
+    np.testing.assert_array_equal(conv, expected)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -117,7 +117,15 @@ __attribute__((always_inline)) inline uint8_t Pack(const ConvGeom& g, const uint
     alignas(64) uint64_t bits[8][64];  // [plane][channel] -> after the transpose [plane][pixel]
     __m512i ors = _mm512_setzero_si512();
     const uint8_t* src = x + (item.n * g.c + item.cb * 64) * hw + item.q0;
-    for (int64_t r = 0; r < nch; ++r) {
+    if (hw == 1) {  // one pixel (1x1 weights as images): its channels are contiguous bytes,
+      // and bit m of each is the packed word itself: no transpose
+      const __mmask64 cmask = nch == 64 ? ~__mmask64{0} : ((__mmask64{1} << nch) - 1);
+      const __m512i v = _mm512_maskz_loadu_epi8(cmask, src);
+      for (int m = 0; m < g.x_bits; ++m)
+        bits[m][0] = _mm512_test_epi8_mask(v, _mm512_set1_epi8(static_cast<char>(1 << m)));
+      ors = v;
+    }
+    for (int64_t r = 0; hw != 1 && r < nch; ++r) {
       // Masked: bytes past the plane are neither read nor counted (they load as 0).
       const __m512i v = _mm512_maskz_loadu_epi8(pmask, src + r * hw);
       ors = _mm512_or_si512(ors, v);
@@ -125,7 +133,7 @@ __attribute__((always_inline)) inline uint8_t Pack(const ConvGeom& g, const uint
         bits[m][r] = _mm512_test_epi8_mask(v, _mm512_set1_epi8(static_cast<char>(1 << m)));
       }
     }
-    for (int m = 0; m < g.x_bits; ++m) {
+    for (int m = 0; hw != 1 && m < g.x_bits; ++m) {
       std::fill(bits[m] + nch, bits[m] + 64, uint64_t{0});
       __m512i rows[8];
       for (int i = 0; i < 8; ++i) rows[i] = _mm512_load_si512(bits[m] + 8 * i);
