@@ -90,7 +90,7 @@ uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int6
     const PackItem item = LocatePackItem(g, it);
     uint8_t bytes[64] = {0};
     uint64_t bits[8][64];  // [plane][channel] -> after the transpose [plane][pixel]
-    if (hw == 1) {  // one pixel (1x1 weights as images): its channels are contiguous bytes
+    if (hw == 1) {         // one pixel (1x1 weights as images): its channels are contiguous bytes
       const uint8_t* src = x + item.n * g.c + item.cb * 64;
       std::memcpy(bytes, src, static_cast<size_t>(item.nch));
       for (int64_t r = 0; r < item.nch; ++r) all_or |= bytes[r];

@@ -125,29 +125,14 @@ struct Avx2Direct {
   }
 };
 
-struct Avx2Outer {
-  static constexpr int kRows = 6;  // output channels per register tile
-  static constexpr int kVecs = 2;  // 4-column vectors per register tile
-  static constexpr int kCols = 8;  // kVecs * 4
-
-  static void OuterTile(const double* a, const double* xd, int64_t n, int64_t op, int64_t kp,
-                        int64_t o0, int64_t k0, double* acc) {
-    __m256d s[kRows][kVecs];
-    for (int r = 0; r < kRows; ++r)
-      for (int v = 0; v < kVecs; ++v) s[r][v] = _mm256_setzero_pd();
-    for (int64_t b = 0; b < n; ++b) {
-      const double* xb = xd + b * kp + k0;
-      __m256d xv[kVecs];
-      for (int v = 0; v < kVecs; ++v) xv[v] = _mm256_loadu_pd(xb + v * 4);
-      const double* ab = a + b * op + o0;
-      for (int r = 0; r < kRows; ++r) {
-        const __m256d av = _mm256_set1_pd(ab[r]);
-        for (int v = 0; v < kVecs; ++v) s[r][v] = _mm256_fmadd_pd(av, xv[v], s[r][v]);
-      }
-    }
-    for (int r = 0; r < kRows; ++r)
-      for (int v = 0; v < kVecs; ++v) _mm256_storeu_pd(acc + r * kCols + v * 4, s[r][v]);
-  }
+struct Avx2Outer {  // 6 channels x 2 vectors of 4 doubles
+  static constexpr int kRows = 6, kVecs = 2, kWidth = 4;
+  using Vec = __m256d;
+  static Vec Zero() { return _mm256_setzero_pd(); }
+  static Vec Load(const double* p) { return _mm256_loadu_pd(p); }
+  static Vec Set1(double v) { return _mm256_set1_pd(v); }
+  static Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_pd(a, b, c); }
+  static void Store(double* p, Vec v) { _mm256_storeu_pd(p, v); }
 };
 
 }  // namespace

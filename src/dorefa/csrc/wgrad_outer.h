@@ -12,9 +12,9 @@
 // multiply-then-add bit for bit. Training passes scale_b = m_b (a float32 max); other scales
 // take the general path.
 //
-// Isa::OuterTile(a, xd, n, op, kp, o0, k0, acc): channels [o0, o0 + kRows) x columns
-// [k0, k0 + kCols) of the padded A (n x op) and X (n x kp), the whole batch in order, into acc
-// (kRows x kCols). Internal linkage for the same reason as wgrad_direct.h.
+// Isa gives the register tile (kRows channels x kVecs vectors of kWidth doubles) and its vector
+// operations (Vec, Zero, Load, Set1, Fma, Store). Internal linkage for the same reason as
+// wgrad_direct.h.
 #ifndef DOREFA_CSRC_WGRAD_OUTER_H_
 #define DOREFA_CSRC_WGRAD_OUTER_H_
 
@@ -37,10 +37,33 @@ bool OuterApplies(const WgradGeom& g, const WgradOutput& out) {
 
 int64_t OuterRoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
+// One register tile: channels [o0, o0 + kRows) x columns [k0, k0 + kVecs kWidth) of the padded
+// A (n x op) and X (n x kp), the whole batch in order, accumulators in registers, into acc.
+template <class Isa>
+void OuterTile(const double* a, const double* xd, int64_t n, int64_t op, int64_t kp, int64_t o0,
+               int64_t k0, double* acc) {
+  constexpr int kRows = Isa::kRows, kVecs = Isa::kVecs, kWidth = Isa::kWidth;
+  typename Isa::Vec s[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) s[r][v] = Isa::Zero();
+  for (int64_t b = 0; b < n; ++b) {
+    const double* xb = xd + b * kp + k0;
+    typename Isa::Vec xv[kVecs];
+    for (int v = 0; v < kVecs; ++v) xv[v] = Isa::Load(xb + v * kWidth);
+    const double* ab = a + b * op + o0;
+    for (int r = 0; r < kRows; ++r) {
+      const typename Isa::Vec av = Isa::Set1(ab[r]);
+      for (int v = 0; v < kVecs; ++v) s[r][v] = Isa::Fma(av, xv[v], s[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) Isa::Store(acc + (r * kVecs + v) * kWidth, s[r][v]);
+}
+
 template <class Isa>
 uint32_t WeightGradOuterWith(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                              const WgradOutput& out, int threads) {
-  constexpr int64_t kRows = Isa::kRows, kCols = Isa::kCols;
+  constexpr int64_t kRows = Isa::kRows, kCols = Isa::kVecs * Isa::kWidth;
   const int64_t op = OuterRoundUp(g.o, kRows), kp = OuterRoundUp(g.K(), kCols);
   std::vector<double> a(static_cast<size_t>(g.n * op), 0.0), xd(static_cast<size_t>(g.n * kp));
   const double ng = static_cast<double>((1 << g.g_bits) - 1);
@@ -71,7 +94,7 @@ uint32_t WeightGradOuterWith(const WgradGeom& g, const uint8_t* c, const uint8_t
     alignas(64) double acc[kRows * kCols];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o0 = (t % row_tiles) * kRows, k0 = (t / row_tiles) * kCols;
-      Isa::OuterTile(a.data(), xd.data(), g.n, op, kp, o0, k0, acc);
+      OuterTile<Isa>(a.data(), xd.data(), g.n, op, kp, o0, k0, acc);
       const int64_t rows = std::min<int64_t>(kRows, g.o - o0);
       const int64_t cols = std::min<int64_t>(kCols, g.K() - k0);
       for (int64_t r = 0; r < rows; ++r) out.Write((o0 + r) * g.K() + k0, acc + r * kCols, cols);

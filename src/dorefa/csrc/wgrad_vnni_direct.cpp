@@ -83,29 +83,14 @@ struct VnniDirect {
   }
 };
 
-struct Avx512Outer {
-  static constexpr int kRows = 6;   // output channels per register tile
-  static constexpr int kVecs = 4;   // 8-column vectors per register tile
-  static constexpr int kCols = 32;  // kVecs * 8
-
-  static void OuterTile(const double* a, const double* xd, int64_t n, int64_t op, int64_t kp,
-                        int64_t o0, int64_t k0, double* acc) {
-    __m512d s[kRows][kVecs];
-    for (int r = 0; r < kRows; ++r)
-      for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_setzero_pd();
-    for (int64_t b = 0; b < n; ++b) {
-      const double* xb = xd + b * kp + k0;
-      __m512d xv[kVecs];
-      for (int v = 0; v < kVecs; ++v) xv[v] = _mm512_loadu_pd(xb + v * 8);
-      const double* ab = a + b * op + o0;
-      for (int r = 0; r < kRows; ++r) {
-        const __m512d av = _mm512_set1_pd(ab[r]);
-        for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_fmadd_pd(av, xv[v], s[r][v]);
-      }
-    }
-    for (int r = 0; r < kRows; ++r)
-      for (int v = 0; v < kVecs; ++v) _mm512_storeu_pd(acc + r * kCols + v * 8, s[r][v]);
-  }
+struct Avx512Outer {  // 6 channels x 4 vectors of 8 doubles
+  static constexpr int kRows = 6, kVecs = 4, kWidth = 8;
+  using Vec = __m512d;
+  static Vec Zero() { return _mm512_setzero_pd(); }
+  static Vec Load(const double* p) { return _mm512_loadu_pd(p); }
+  static Vec Set1(double v) { return _mm512_set1_pd(v); }
+  static Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
+  static void Store(double* p, Vec v) { _mm512_storeu_pd(p, v); }
 };
 
 }  // namespace
