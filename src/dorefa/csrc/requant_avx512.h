@@ -1,6 +1,8 @@
-// The search of requant_table.h with AVX-512 compares: per output, one compare of sd against
-// a channel's 16 group tops, then one against the group that holds the insertion point (sorted
-// rows), or one per group (unsorted rows, or a single group). Built with AVX-512 F/BW.
+// requant_table.h with AVX-512: rows with a line take it for 16 outputs at a time (64-bit
+// multiply-add and shift, no table read); other rows are searched per output: one compare of sd
+// against a channel's 16 group tops, then one against the group that holds the insertion point
+// (sorted rows), or one per group (unsorted rows, or a single group). Built with AVX-512
+// F/BW/VL/DQ.
 #ifndef DOREFA_CSRC_REQUANT_AVX512_H_
 #define DOREFA_CSRC_REQUANT_AVX512_H_
 

@@ -1,6 +1,7 @@
 #include "requant_table.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace dorefa {
@@ -15,6 +16,12 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
   u.assign(static_cast<size_t>(rows * width), kNever);
   tops.assign(static_cast<size_t>(rows * kGroup), kNever);
   neg.assign(static_cast<size_t>(rows), 0);
+  // Padding rows: x * 0 + 0 gives code 0 (their thresholds never count either).
+  line.assign(static_cast<size_t>(rows), 1);
+  mul.assign(static_cast<size_t>(rows), 0);
+  add.assign(static_cast<size_t>(rows), 0);
+  lo.assign(static_cast<size_t>(rows), 0);
+  hi.assign(static_cast<size_t>(rows), 0);
   sorted = true;
   const int64_t groups = width / kGroup;
   for (int64_t c = 0; c < o; ++c) {
@@ -28,6 +35,64 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
     }
     for (int64_t g = 0; g + 1 < groups; ++g) tops[c * kGroup + g] = row[g * kGroup + kGroup - 1];
   }
+  for (int64_t c = 0; c < o; ++c) line[c] = FitLine(c);
+}
+
+// Fits row c's line (requant_table.h) and checks it against every code's interval of sd.
+bool ThresholdTable::FitLine(int64_t c) {
+  constexpr int64_t kMin = std::numeric_limits<int32_t>::min();
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const int32_t* row = u.data() + c * width;
+  for (int64_t j = 1; j < t; ++j)
+    if (row[j] < row[j - 1]) return false;
+  // step in (step_lo, step_hi); rho in (max_j u_j - j step, min_j u_j + 1 - j step].
+  const double span = double{row[t - 1]} - row[0];
+  double step_lo = t > 1 ? (span - 1) / static_cast<double>(t - 1) : 0.5;
+  double step_hi = t > 1 ? (span + 1) / static_cast<double>(t - 1) : 1.5;
+  double step = 1, rho_lo = 0, rho_hi = -1;
+  for (int round = 0; round < 64 && step_lo < step_hi; ++round) {
+    step = (step_lo + step_hi) / 2;
+    int64_t ja = 0, jb = 0;
+    rho_lo = -HUGE_VAL;
+    rho_hi = HUGE_VAL;
+    for (int64_t j = 0; j < t; ++j) {
+      const double jd = static_cast<double>(j) * step;
+      if (row[j] - jd > rho_lo) {
+        rho_lo = row[j] - jd;
+        ja = j;
+      }
+      if (row[j] + 1 - jd < rho_hi) {
+        rho_hi = row[j] + 1 - jd;
+        jb = j;
+      }
+    }
+    if (rho_lo < rho_hi) break;
+    // Rows ja and jb cannot both hold: their pair bounds the step.
+    if (ja < jb) {
+      step_hi = std::min(step_hi, (double{row[jb]} + 1 - row[ja]) / static_cast<double>(jb - ja));
+    } else {
+      step_lo = std::max(step_lo, (double{row[ja]} - row[jb] - 1) / static_cast<double>(ja - jb));
+    }
+  }
+  if (!(rho_lo < rho_hi) || !(step > 0)) return false;
+  const double rho = (rho_lo + rho_hi) / 2, scale = std::ldexp(1.0, kLineShift);
+  const int64_t top = std::min<int64_t>(int64_t{row[t - 1]} + 1, kMax);
+  // |x * mul + add| < 2^62 for x <= top - u_0: no overflow.
+  const double m = scale / step, a = scale * (row[0] - rho + step) / step;
+  if (!(static_cast<double>(top - row[0]) * m + std::fabs(a) < std::ldexp(1.0, 62))) return false;
+  mul[c] = std::llround(m);
+  add[c] = std::llround(a);
+  lo[c] = row[0];
+  hi[c] = static_cast<int32_t>(top);
+  for (int64_t code = 0; code <= t; ++code) {
+    const int64_t first = code == 0 ? kMin : int64_t{row[code - 1]} + 1;
+    const int64_t last = code == t ? kMax : int64_t{row[code]};
+    if (first > last) continue;  // no sd has this code
+    if (OnLine(c, static_cast<int32_t>(first)) != code ||
+        OnLine(c, static_cast<int32_t>(last)) != code)
+      return false;
+  }
+  return true;
 }
 
 const ThresholdTable& CachedThresholdTable(int64_t o, const int32_t* thresholds, int64_t t,
@@ -57,6 +122,7 @@ const ThresholdTable& CachedThresholdTable(int64_t o, const int32_t* thresholds,
 
 uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d) {
   const int32_t sd = tab.Folded(o, d);
+  if (tab.line[o]) return static_cast<uint8_t>(tab.OnLine(o, sd));
   const int32_t* row = tab.u.data() + o * tab.width;
   int64_t pos = 0;
   if (tab.sorted) {

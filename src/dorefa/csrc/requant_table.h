@@ -16,9 +16,25 @@
 //   G = #{ g : tops[o][g] < sd },   code = 16 G + #{ i : u[o][16 G + i] < sd }
 // (groups before G lie wholly below sd; group G holds the insertion point, or is the last one).
 // Rows exist for `rows` channels (O rounded up to 16); the extra rows are padding (code 0).
+//
+// The line (most rows, no table read at all): the exporter's thresholds come from an affine map
+// (exporter/folding.py: t_j = ceil(r_0 + j * step), r_j real), so in folded form
+//   u_j = ceil(rho + j * step) - 1   and   code = #{ j : rho + j * step <= sd }
+//                                              = clamp(floor((sd - rho) / step) + 1, 0, T).
+// Build fits (rho, step) to the row: rho + j * step must lie in (u_j, u_j + 1] for every j; the
+// step starts from the end points and each violated pair of rows (the highest lower bound above
+// the lowest upper bound) narrows its range, a few rounds at most; rho is then the middle of its
+// interval. The kernels evaluate the line in 64-bit fixed point, exactly the same on every path:
+//   x = min(max(sd, lo), hi) - lo,   lo = u_0,  hi = u_{T-1} + 1   (clamping keeps the code),
+//   code = clamp((x * mul + add) >> 48, 0, T),
+//   mul = round(2^48 / step),  add = round(2^48 * (lo - rho + step) / step).
+// That is monotone in sd, so Build checks both ends of every code's interval of sd and marks the
+// row `line` only if all agree with the thresholds; other rows (rows that are not sorted, rows
+// clipped at +-(dmax + 1) or of one constant code, a fit that misses by a rounding) are searched.
 #ifndef DOREFA_CSRC_REQUANT_TABLE_H_
 #define DOREFA_CSRC_REQUANT_TABLE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -37,11 +53,25 @@ struct ThresholdTable {
   std::vector<int32_t> u;     // (rows, width), sign-folded, INT32_MAX padded
   std::vector<int32_t> tops;  // (rows, 16)
   std::vector<int8_t> neg;    // (rows,) 1 where direction is -1
+  // The line, per row (see above); rows with line[o] == 0 are searched.
+  std::vector<int8_t> line;
+  std::vector<int64_t> mul, add;
+  std::vector<int32_t> lo, hi;
+  static constexpr int kLineShift = 48;
 
   // Fills the table from thresholds (O, T) int32 and direction (O,) int8 (+1 / -1).
   void Build(int64_t o, const int32_t* thresholds, int64_t t, const int8_t* direction);
   // s * d for channel o.
   int32_t Folded(int64_t o, int32_t d) const { return neg[o] ? -d : d; }
+  // The code of folded sd on row o's line (the vector kernels compute the same).
+  int32_t OnLine(int64_t o, int32_t sd) const {
+    const int64_t x = int64_t{std::min(std::max(sd, lo[o]), hi[o])} - lo[o];
+    const int64_t q = (x * mul[o] + add[o]) >> kLineShift;
+    return static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(q, 0), t));
+  }
+
+ private:
+  bool FitLine(int64_t o);
 };
 
 // The table of thresholds (O, T) and direction (O,), built on the first call with these values
@@ -51,8 +81,8 @@ struct ThresholdTable {
 const ThresholdTable& CachedThresholdTable(int64_t o, const int32_t* thresholds, int64_t t,
                                            const int8_t* direction);
 
-// Code of d in channel o: a branch-free binary search over the row when sorted, else a count
-// (portable; the AVX-512 kernels use requant_avx512.h).
+// Code of d in channel o: its line where the row has one, else a branch-free binary search over
+// the row when sorted, else a count (portable; the AVX-512 kernels use requant_avx512.h).
 uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d);
 
 // Codes of one pixel's channels o0 .. o0 + n - 1: codes[i * stride] from d[i].
