@@ -161,9 +161,14 @@ def test_pack_weights_matches_reference_layout(kernel, shape, bits):
     np.testing.assert_array_equal(conv, expected)
 
 
+# Rows wider than 16 pixels (the int8 packer transposes 16 channels x 16 pixels at a time, with
+# a partial last block), over whole and partial 16-channel blocks.
+WIDE_SHAPES = [(2, 48, 3, 37, 20, 3, 1, 1), (1, 33, 3, 18, 8, 3, 2, 0)]
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [(1, 1), (2, 1), (2, 2), (4, 3), (8, 8)])
-@pytest.mark.parametrize("shape", FEW_SHAPES, ids=ids)
+@pytest.mark.parametrize("shape", FEW_SHAPES + WIDE_SHAPES, ids=ids)
 def test_signed(kernel, bits, shape):
     x, w, _ = case(shape, *bits)
     pw = R.pack_weights(w, bits[1])

@@ -2,6 +2,10 @@
 // the parallel region.
 #include "int8conv.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -16,6 +20,72 @@ namespace {
 // Work below which one more thread does not pay: ~10 us at ~100 G int8 MAC/s.
 constexpr int64_t kMinMacsPerThread = int64_t{1} << 20;
 
+#if defined(__SSE2__)
+// In place: r[i] holds bytes M[i][0..15] on entry, M[0..15][i] on return (4 rounds of unpacks).
+void Transpose16x16(__m128i (&r)[16]) {
+  __m128i a[16], b[16];
+  for (int i = 0; i < 8; ++i) {  // rows 2i, 2i+1 interleaved: columns 0-7, then 8-15
+    a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+    a[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // b[q * 4 + i]: rows 4i..4i+3 of columns 4q..4q+3
+    for (int i = 0; i < 4; ++i) {
+      b[h * 8 + i] = _mm_unpacklo_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
+      b[h * 8 + 4 + i] = _mm_unpackhi_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
+    }
+  }
+  for (int q = 0; q < 4; ++q) {  // a[q * 4 + 2h (+1)]: rows 8h..8h+7 of columns 4q, 4q+1 (+2)
+    for (int h = 0; h < 2; ++h) {
+      a[q * 4 + 2 * h] = _mm_unpacklo_epi32(b[q * 4 + 2 * h], b[q * 4 + 2 * h + 1]);
+      a[q * 4 + 2 * h + 1] = _mm_unpackhi_epi32(b[q * 4 + 2 * h], b[q * 4 + 2 * h + 1]);
+    }
+    r[4 * q] = _mm_unpacklo_epi64(a[q * 4], a[q * 4 + 2]);
+    r[4 * q + 1] = _mm_unpackhi_epi64(a[q * 4], a[q * 4 + 2]);
+    r[4 * q + 2] = _mm_unpacklo_epi64(a[q * 4 + 1], a[q * 4 + 3]);
+    r[4 * q + 3] = _mm_unpackhi_epi64(a[q * 4 + 1], a[q * 4 + 3]);
+  }
+}
+
+// Channels c0 .. c0 + 15 of the row's pixels (image row src, C x W bytes with stride hw) into
+// their packed pixels: 16 x 16 byte transposes; sums[x] += the 16 codes of pixel x. Returns the
+// OR of the codes packed. A row's last block reads 16 bytes whenever that stays before `end`
+// (the input's end; the bytes past the row are not used), else copies the row's last pixels.
+uint8_t PackChannels16(const uint8_t* src, const uint8_t* end, int64_t hw, int64_t w, int64_t pixel,
+                       int32_t z, uint8_t* dst, int32_t* sums) {
+  const __m128i shift = _mm_set1_epi8(static_cast<char>(z));
+  __m128i ors = _mm_setzero_si128();
+  for (int64_t x0 = 0; x0 < w; x0 += 16) {
+    const int64_t m = std::min<int64_t>(16, w - x0);
+    __m128i r[16];
+    for (int i = 0; i < 16; ++i) {
+      const uint8_t* s = src + i * hw + x0;
+      if (m == 16 || end - s >= 16) {
+        r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+      } else {
+        alignas(16) uint8_t tail[16] = {};
+        std::memcpy(tail, s, static_cast<size_t>(m));
+        r[i] = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+      }
+    }
+    Transpose16x16(r);
+    for (int64_t k = 0; k < m; ++k) {
+      ors = _mm_or_si128(ors, r[k]);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (x0 + k) * pixel),
+                       _mm_sub_epi8(r[k], shift));
+      if (sums != nullptr) {
+        const __m128i s2 = _mm_sad_epu8(r[k], _mm_setzero_si128());
+        sums[x0 + k] += _mm_cvtsi128_si32(s2) + _mm_cvtsi128_si32(_mm_srli_si128(s2, 8));
+      }
+    }
+  }
+  alignas(16) uint8_t v[16];
+  _mm_store_si128(reinterpret_cast<__m128i*>(v), ors);
+  uint8_t all = 0;
+  for (uint8_t b : v) all |= b;
+  return all;
+}
+#endif
+
 // Packs padded row yp of image n into xq (and the per-pixel channel sums, when wanted); returns
 // the OR of the codes read. Every byte of the row is written: padding and the extra channels
 // hold code 0, stored as -z.
@@ -24,32 +94,35 @@ uint8_t PackRow(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t 
   uint8_t* dst = xq + n * q.image + yp * q.row;
   const uint8_t zero = static_cast<uint8_t>(-z);  // code 0, shifted (mod 256)
   int32_t* sums = pixsum != nullptr ? pixsum + (n * g.hp + yp) * g.wp : nullptr;
+  if (sums != nullptr) std::fill(sums, sums + g.wp, 0);
   const int64_t y = yp - g.pad;
   if (y < 0 || y >= g.h) {
     std::memset(dst, zero, static_cast<size_t>(q.row));
-    if (sums != nullptr) std::fill(sums, sums + g.wp, 0);
     return 0;
   }
   std::memset(dst, zero, static_cast<size_t>(g.pad * q.pixel));
   std::memset(dst + (g.pad + g.w) * q.pixel, zero, static_cast<size_t>(g.pad * q.pixel));
   uint8_t* interior = dst + g.pad * q.pixel;
+  int32_t* isums = sums != nullptr ? sums + g.pad : nullptr;
   for (int64_t xx = 0; xx < g.w; ++xx)
     std::memset(interior + xx * q.pixel + g.c, zero, static_cast<size_t>(q.cp - g.c));
   uint8_t ors = 0;
   const int64_t hw = g.h * g.w;
   const uint8_t* src = x + n * g.c * hw + y * g.w;
-  for (int64_t c = 0; c < g.c; ++c) {  // contiguous reads, strided writes
+  int64_t c = 0;
+#if defined(__SSE2__)
+  for (; c + 16 <= g.c; c += 16)
+    ors |=
+        PackChannels16(src + c * hw, x + g.n * g.c * hw, hw, g.w, q.pixel, z, interior + c, isums);
+#endif
+  for (; c < g.c; ++c) {  // contiguous reads, strided writes
     const uint8_t* s = src + c * hw;
     uint8_t* d = interior + c;
     for (int64_t xx = 0; xx < g.w; ++xx) {
       ors |= s[xx];
       d[xx * q.pixel] = static_cast<uint8_t>(s[xx] - z);
+      if (isums != nullptr) isums[xx] += s[xx];
     }
-  }
-  if (sums != nullptr) {
-    std::fill(sums, sums + g.wp, 0);
-    for (int64_t c = 0; c < g.c; ++c)
-      for (int64_t xx = 0; xx < g.w; ++xx) sums[g.pad + xx] += src[c * hw + xx];
   }
   return ors;
 }
