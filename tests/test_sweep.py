@@ -528,3 +528,22 @@ def test_a_recipe_sets_every_cells_knobs_and_is_part_of_the_budget(tmp_path):
     old = {"config": cell_settings(SweepConfig(epochs=3), cell)}
     assert settings_diff(old, cfg, cell) == {"recipe": (None, "svhn-fashion-mnist")}
     assert settings_diff({"config": cell_settings(cfg, cell)}, cfg, cell) == {}
+
+
+def test_the_sweeps_engine_trains_every_cell_and_is_not_part_of_the_budget(tmp_path):
+    """``dorefa sweep --engine int`` passes the engine to every cell's training; a record
+    trained by the torch engine still counts as done (both train the same model)."""
+    from dorefa.sweep.records import cell_settings, settings_diff
+    from dorefa.sweep.scheduler import train_command, train_config
+    from dorefa.train_flags import config_from_argv
+
+    cell = Cell(Bits(1, 2, 6), 0.25, seed=0)
+    cfg = SweepConfig(recipe="svhn-fashion-mnist", out=str(tmp_path), engine="int")
+    tc = train_config(cfg, cell, tmp_path / "c", None)
+    assert tc.engine == "int"
+    assert config_from_argv(train_command(cfg, cell, tmp_path / "c", None)[4:]) == tc
+    assert train_config(SweepConfig(out=str(tmp_path)), cell, tmp_path / "c", None).engine == (
+        "torch"
+    )
+    torch_record = {"config": cell_settings(SweepConfig(recipe="svhn-fashion-mnist"), cell)}
+    assert settings_diff(torch_record, cfg, cell) == {}

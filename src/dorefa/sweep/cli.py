@@ -31,6 +31,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         recipe=args.recipe,
+        engine=args.engine,
     )
     rows = run_sweep(cfg)
     failed = [r.cell for r in rows if not r.ok]
@@ -91,6 +92,13 @@ def register_cli(sub) -> None:
         choices=list_recipes(),
         help="train every cell with this recipe's schedule, weight decay and augmentation "
         "(dorefa train --recipe); the sweep's own flags win",
+    )
+    p.add_argument(
+        "--engine",
+        default="torch",
+        choices=("torch", "int"),
+        help="dorefa train --engine of every cell (int: the integer kernels, faster on CPU; "
+        "a finished cell counts as done whichever engine trained it)",
     )
     p.set_defaults(func=cmd_sweep)
 

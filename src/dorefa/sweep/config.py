@@ -49,6 +49,9 @@ class SweepConfig:
     lr: float | None = None
     recipe: str | None = None  # dorefa.recipes name: every cell's training knobs (``--recipe``)
     progress: bool | None = None  # tqdm over cells; None = only on a terminal
+    # Training engine of every cell (``--engine``): not a budget setting, as both train the same
+    # model (docs/training.md); a sweep may switch to the faster one between runs.
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         """Fill the budget the caller left None: from the recipe, else BUDGET_DEFAULTS."""

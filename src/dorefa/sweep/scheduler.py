@@ -52,6 +52,7 @@ def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path |
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         seed=cell.seed,
+        engine=cfg.engine,
         threads=1,
         subset=cfg.subset,
         test_subset=cfg.test_subset,
