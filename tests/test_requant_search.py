@@ -15,7 +15,7 @@ import pytest
 from dorefa import kernels as K
 from dorefa.exporter.folding import fold_thresholds
 from dorefa.kernels import reference as R
-from kernel_cases import KERNELS, SHAPES, case, ids
+from kernel_cases import KERNELS, NATIVE, SHAPES, case, ids
 
 INT32 = np.iinfo(np.int32)
 
@@ -126,3 +126,32 @@ def test_requant_exporter_thresholds(kernel, t, bits, shape):
         for threads in (1, 2):
             got = K.bitconv2d_requant(x, pw, bits, s, p, th, direction, threads=threads)
             np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("t", [255, 32, 3, 1])
+def test_requant_lines_of_any_step(kernel, t):
+    """Rows t_j = ceil(rho + j step) with steps from 0.05 (runs of equal thresholds: codes no D
+    reaches) to 1e7 (lines far wider than D, clipped to int32), rho anywhere around D's range,
+    both directions: every row's line, or its search when the fit is refused, equals the
+    reference on 8-bit outputs of a layer whose D spans about +-2^27."""
+    shape = (2, 130, 5, 5, 40, 5, 1, 2)
+    x, w, _ = case(shape, 8, 8)
+    pw = R.pack_weights(w, 8)
+    d = R.bitconv2d_signed(x, pw, 8, 1, 2)
+    rng = np.random.default_rng(t)
+    o = d.shape[1]
+    step = np.exp(rng.uniform(np.log(0.05), np.log(1e7), o))
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    sd = d * direction[None, :, None, None]  # D sign-folded: the rows rise in it
+    centre = rng.uniform(sd.min(axis=(0, 2, 3)), sd.max(axis=(0, 2, 3)))
+    rho = centre - step * rng.uniform(0, t, o)
+    j = np.arange(t)
+    th = np.ceil(rho[:, None] + j[None, :] * step[:, None])
+    th = np.where(direction[:, None] > 0, th, -th)  # falling rows for direction -1
+    th = np.clip(th, INT32.min, INT32.max).astype(np.int32)
+    expected = R.bitconv2d_requant(x, pw, 8, 1, 2, th, direction)
+    assert len(np.unique(expected)) >= min(t + 1, 4)  # the rows cut through D
+    with K.use_kernel(kernel):
+        got = K.bitconv2d_requant(x, pw, 8, 1, 2, th, direction, threads=2)
+    np.testing.assert_array_equal(got, expected)
