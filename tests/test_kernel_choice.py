@@ -114,6 +114,32 @@ def test_the_cache_is_hit_the_second_time():
 
 
 @needs_native
+def test_calls_of_many_images_are_chosen_at_their_own_batch_class():
+    """Batches of BATCHED_FROM images or more get their own choice, timed at MEASURE_BATCH (the
+    fastest kernel for one image is not always the fastest for many); smaller ones share the
+    batch-1 choice. Whatever is picked, the integers are the same."""
+    from dorefa.kernels.prepared import BATCHED_FROM, MEASURE_BATCH, batch_class
+
+    assert BATCHED_FROM == 8 and MEASURE_BATCH == 32
+    assert [batch_class(n) for n in (1, 7, 8, 128)] == [1, 1, 32, 32]
+    choose.clear_cache()
+    w, _ = _layer(1, 2)
+    pw = K.pack_weights(w, 1)
+    conv = K.prepare_conv(pw, 2, 1, 1, "signed")
+    rng = np.random.default_rng(3)
+    one = rng.integers(0, 4, (1, w.shape[1], 6, 6), dtype=np.uint8)
+    many = rng.integers(0, 4, (9, w.shape[1], 6, 6), dtype=np.uint8)
+    np.testing.assert_array_equal(conv(one), R.bitconv2d_signed(one, pw, 2, 1, 1))
+    np.testing.assert_array_equal(conv(many), R.bitconv2d_signed(many, pw, 2, 1, 1))
+    assert choose.cache_info() == {"hits": 0, "misses": 2, "size": 2}
+    conv(many[:3])  # below MEASURE_BATCH: the batch-1 choice, no new measurement
+    assert conv.choice((6, 6), 3) is conv.choice((6, 6))
+    assert choose.cache_info()["misses"] == 2
+    batched = conv.choice((6, 6), 9)
+    assert batched is not conv.choice((6, 6)) and batched.how == "measured" and batched.us > 0
+
+
+@needs_native
 def test_measurement_leaves_last_kernel_alone():
     choose.clear_cache()
     w, x = _layer(2, 2)

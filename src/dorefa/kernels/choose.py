@@ -1,15 +1,17 @@
 """The one place that picks a bit convolution's kernel when none is forced.
 
 Every native kernel gives the same integers, so the pick is only about speed. For one layer (its
-weight shape, input H x W, bits, stride, padding and output mode; the batch and thread count
-are not part of it):
+weight shape, input H x W, bits, stride, padding, output mode and batch class: 1, or 32 for
+calls of 8 images or more, :func:`dorefa.kernels.prepared.batch_class`; the thread count is not
+part of it):
 
 1. the cost model (:func:`model_cost`) ranks the families this CPU runs (the first kernel of
    each family in the table) and keeps the cheapest of each kind, popcount and int8 (at most
    :data:`CANDIDATES`; two popcount families differ by a known factor, not worth timing);
-2. a short measurement decides: each candidate runs the layer on a zero input at batch 1, one
-   thread, in interleaved rounds (at least :data:`MIN_ROUNDS`, at most :data:`MAX_ROUNDS`,
-   stopping after :data:`BUDGET_S` seconds), best time of each; the fastest wins;
+2. a short measurement decides: each candidate runs the layer on a zero input at the batch
+   class's batch, one thread, in interleaved rounds (at least :data:`MIN_ROUNDS`, at most
+   :data:`MAX_ROUNDS`, stopping after :data:`BUDGET_S` seconds), best time of each; the fastest
+   wins;
 3. the result is cached for the process (:func:`cache_info`, :func:`clear_cache`).
 
 ``DOREFA_KERNEL_CHOICE`` selects the method: ``measure`` (default, 1-3), ``model`` (the cost
@@ -45,7 +47,7 @@ INT8_AVX2_W8A8_RATE = 40.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the n
 @dataclass(frozen=True)
 class Choice:
     """The kernel of one layer: ``how`` is ``'measured'``, ``'model'``, ``'first'`` or
-    ``'forced'``; ``us`` its best measured time at batch 1 (None when not measured);
+    ``'forced'``; ``us`` its best measured time at its batch class (None when not measured);
     ``candidates`` ((kernel, model us, measured us or None), ...) in the model's order."""
 
     kernel: str
@@ -132,9 +134,10 @@ def choose(
     key: tuple, w_bits: int, x_bits: int, macs: int, run: Callable[[str], object],
     forced: str | None = None,
 ) -> Choice:  # fmt: skip
-    """The :class:`Choice` for the layer ``key`` (hashable: shape, bits, stride, padding, mode),
-    cached; ``run(kernel)`` runs the layer once at batch 1 on zeros. With ``forced`` the choice
-    is that kernel, measured alone (for :meth:`dorefa.runtime.Model.plan`)."""
+    """The :class:`Choice` for the layer ``key`` (hashable: shape, batch class, bits, stride,
+    padding, mode), cached; ``run(kernel)`` runs the layer once on zeros at the key's batch
+    class. With ``forced`` the choice is that kernel, measured alone (for
+    :meth:`dorefa.runtime.Model.plan`)."""
     how = "forced" if forced else method()
     full_key = (key, how, forced)
     with _lock:

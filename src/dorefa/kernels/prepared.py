@@ -8,10 +8,14 @@ A network runs the same layers on every batch, so its runtime prepares each laye
 
 A call runs on the kernel forced at call time (:mod:`dorefa.kernels.selection`), else on the
 kernel chosen for this layer and input size (:mod:`dorefa.kernels.choose`: cost model, then a
-short measurement, cached per process; looked up per call in a dict by (H, W)). Inputs that
-are already what the native kernels take (a C-contiguous uint8 numpy array, an int thread
-count) go straight to them, which re-check shapes and code ranges themselves; anything else is
-validated and converted first, as by :func:`dorefa.kernels.bitconv2d_packed`.
+short measurement, cached per process; looked up per call in a dict by (H, W) and batch class:
+calls of :data:`BATCHED_FROM` images or more are chosen by a measurement at
+:data:`MEASURE_BATCH`, since the fastest kernel at batch 1 is not always the fastest on many
+images: the training's input gradient of svhn conv6 at batch 128, a 1x1 convolution to 3200
+channels, took 2.5 ms on the popcount kernel chosen at batch 1 and 1.5 ms on int8-vnni, Zen 4).
+Inputs that are already what the native kernels take (a C-contiguous uint8 numpy array, an int
+thread count) go straight to them, which re-check shapes and code ranges themselves; anything
+else is validated and converted first, as by :func:`dorefa.kernels.bitconv2d_packed`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ from .extension import native
 from .reference import PackedWeights
 
 OUTPUTS = ("acc", "signed", "requant")
+BATCHED_FROM = 8  # calls of this many images or more ...
+MEASURE_BATCH = 32  # ... have their kernel chosen at this batch
+
+
+def batch_class(n: int) -> int:
+    """The batch a call of ``n`` images is chosen at: 1, or :data:`MEASURE_BATCH` from
+    :data:`BATCHED_FROM` images on."""
+    return MEASURE_BATCH if n >= BATCHED_FROM else 1
 
 
 def weight_words(pw: PackedWeights, kernel: str) -> np.ndarray:
@@ -84,7 +96,7 @@ class PreparedConv:
         self.weights, self.x_bits, self.stride, self.padding = pw, x_bits, stride, padding
         self.out, self.thresholds, self.direction = out, thresholds, direction
         self._words: dict[str, np.ndarray] = {}  # kernel name -> the weights it reads
-        self._chosen: dict[tuple, choose.Choice] = {}  # input (H, W) -> its kernel
+        self._chosen: dict[tuple, choose.Choice] = {}  # ((H, W), batch class) -> its kernel
 
     def __call__(self, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
         """The convolution of activation codes ``x_codes`` uint8 (N, C, H, W) < 2**x_bits."""
@@ -104,8 +116,9 @@ class PreparedConv:
                 check_values=False,
             )  # fmt: skip
         if kernel is None:
-            choice = self._chosen.get(x_codes.shape[2:])
-            kernel = (choice or self.choice(x_codes.shape[2:])).kernel
+            n = x_codes.shape[0]
+            choice = self._chosen.get((x_codes.shape[2:], batch_class(n)))
+            kernel = (choice or self.choice(x_codes.shape[2:], n)).kernel
         return self.run_on(kernel, x_codes, threads)
 
     def run_on(self, kernel: str, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -124,25 +137,26 @@ class PreparedConv:
             self.padding, threads, self.out, self.thresholds, self.direction,
         )  # fmt: skip
 
-    def choice(self, hw: tuple[int, int]) -> choose.Choice:
-        """The kernel of this layer on (N, C, ``hw``) inputs (:func:`dorefa.kernels.choose.choose`):
-        the one forced in this thread (timed alone), else the per-layer choice (cached)."""
-        hw = (int(hw[0]), int(hw[1]))
+    def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:
+        """The kernel of this layer on (``batch``, C, ``hw``) inputs
+        (:func:`dorefa.kernels.choose.choose`, timed at :func:`batch_class` of ``batch``): the
+        one forced in this thread (timed alone), else the per-layer choice (cached)."""
+        hw, b = (int(hw[0]), int(hw[1])), batch_class(batch)
         forced = selection.forced_kernel()
-        if forced is None and hw in self._chosen:
-            return self._chosen[hw]
+        if forced is None and (hw, b) in self._chosen:
+            return self._chosen[(hw, b)]
         o, c, kh, kw = self.weights.shape
-        key = (self.weights.shape, hw, self.weights.bits, self.x_bits, self.stride, self.padding,
-               self.out)  # fmt: skip
-        zeros = np.zeros((1, c, *hw), np.uint8)
+        key = (self.weights.shape, hw, b, self.weights.bits, self.x_bits, self.stride,
+               self.padding, self.out)  # fmt: skip
+        zeros = np.zeros((b, c, *hw), np.uint8)
         ho = conv_out_size(hw[0], kh, self.stride, self.padding)
         wo = conv_out_size(hw[1], kw, self.stride, self.padding)
-        macs = o * c * kh * kw * max(ho, 0) * max(wo, 0)
+        macs = b * o * c * kh * kw * max(ho, 0) * max(wo, 0)
         got = choose.choose(
             key, self.weights.bits, self.x_bits, macs, lambda k: self.run_on(k, zeros, 1), forced
         )
         if forced is None:
-            self._chosen[hw] = got
+            self._chosen[(hw, b)] = got
         return got
 
     def _reference(self, x_codes: np.ndarray, threads: int) -> np.ndarray:
