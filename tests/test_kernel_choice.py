@@ -140,6 +140,22 @@ def test_calls_of_many_images_are_chosen_at_their_own_batch_class():
 
 
 @needs_native
+def test_a_clear_win_of_the_cost_model_is_not_timed():
+    """W8A8: popcount runs 64 plane pairs, priced far above int8 (> CLEAR_WIN): only the int8
+    kernel is measured. W1A2 is close enough to time both kinds."""
+    if not any(k.startswith("int8-") for k in K.available_kernels()):
+        pytest.skip("no int8 kernel on this CPU: nothing to compare")  # non-x86 builds
+    choose.clear_cache()
+    for bits, kinds in ((8, {"int8"}), (1, {"int8", "popcount"})):
+        w, x = _layer(bits, 2 if bits == 1 else 8)
+        choice = K.prepare_conv(K.pack_weights(w, bits), 2 if bits == 1 else 8, 1, 1).choice(
+            x.shape[2:]
+        )
+        assert {k.split("-")[0] for k, _, _ in choice.candidates} == kinds, bits
+        assert all(us is not None for _, _, us in choice.candidates)
+
+
+@needs_native
 def test_measurement_leaves_last_kernel_alone():
     choose.clear_cache()
     w, x = _layer(2, 2)

@@ -83,12 +83,13 @@ def test_threshold_tables_are_cached_by_value(kernel):
                 assert np.array_equal(got, want), i
 
 
-def folded(d: np.ndarray, t: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def folded(d: np.ndarray, t: int, seed: int, pure: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(O, t) thresholds as the exporter folds them (exporter/folding.py) from a per-channel
     affine map that spreads each channel's observed D over a little more than the codes 0..t,
     in either direction; then rows nudged by +-1 (a row must still rise or fall), a constant-code
     row and a row clipped at +-(dmax + 1). The native kernels compute the affine rows' codes on
-    their line (requant_table.h) and must fall back to the search for the others."""
+    their line (requant_table.h) and must fall back to the search for the others. ``pure``:
+    only affine rows (a table with a line on every row: int8-vnni's vector store)."""
     rng = np.random.default_rng(seed)
     o = d.shape[1]
     lo, hi = d.min(axis=(0, 2, 3)).astype(np.float64), d.max(axis=(0, 2, 3)).astype(np.float64)
@@ -96,11 +97,12 @@ def folded(d: np.ndarray, t: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     sign = np.where(rng.random(o) < 0.5, 1.0, -1.0)
     alpha = sign / span
     beta = np.where(sign > 0, -lo / span, hi / span) + rng.uniform(-0.08, 0.0, o)
-    alpha[1] = 0.0  # constant code
-    alpha[2] = 1e-9  # thresholds clipped at both ends
+    if not pure:
+        alpha[1] = 0.0  # constant code
+        alpha[2] = 1e-9  # thresholds clipped at both ends
     dmax = int(np.abs(d).max()) + 1
     th, direction = fold_thresholds(alpha, beta, int(np.log2(t + 1)), dmax)
-    for c in range(3, o, 4):  # nudged rows, still monotone
+    for c in range(3, o if not pure else 0, 4):  # nudged rows, still monotone
         row = th[c].astype(np.int64) + rng.integers(-1, 2, t)
         row = np.sort(row) if direction[c] > 0 else np.sort(row)[::-1]
         th[c] = row.astype(np.int32)
@@ -110,13 +112,14 @@ def folded(d: np.ndarray, t: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("t", [255, 63, 31, 3])
 @pytest.mark.parametrize("bits", [8, 3])
+@pytest.mark.parametrize("pure", [False, True], ids=["mixed", "pure"])
 @pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[7], SHAPES[10]], ids=ids)
-def test_requant_exporter_thresholds(kernel, t, bits, shape):
+def test_requant_exporter_thresholds(kernel, t, bits, pure, shape):
     x, w, _ = case(shape, bits, bits)
     pw = R.pack_weights(w, bits)
     s, p = shape[6], shape[7]
     d = R.bitconv2d_signed(x, pw, bits, s, p)
-    th, direction = folded(d, t, seed=t)
+    th, direction = folded(d, t, seed=t, pure=pure)
     expected = R.bitconv2d_requant(x, pw, bits, s, p, th, direction)
     live = expected[:, 3:]
     assert live.min() == 0 and live.max() == t  # both end codes are reached

@@ -127,17 +127,6 @@ uint8_t PackRow(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t 
   return ors;
 }
 
-// Sum of the activation codes over the receptive field of output (n, oy, ox).
-int64_t FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
-  const ConvGeom& g = *c.g;
-  int64_t s = 0;
-  for (int64_t r = 0; r < g.kh; ++r) {
-    const int32_t* row = c.pixsum + (n * g.hp + oy * g.stride + r) * g.wp + ox * g.stride;
-    for (int64_t k = 0; k < g.kw; ++k) s += row[k];
-  }
-  return s;
-}
-
 }  // namespace
 
 uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
@@ -165,6 +154,17 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   return ors;
 }
 
+// Sum of the activation codes over the receptive field of output (n, oy, ox).
+int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
+  const ConvGeom& g = *c.g;
+  int64_t s = 0;
+  for (int64_t r = 0; r < g.kh; ++r) {
+    const int32_t* row = c.pixsum + (n * g.hp + oy * g.stride + r) * g.wp + ox * g.stride;
+    for (int64_t k = 0; k < g.kw; ++k) s += row[k];
+  }
+  return s;
+}
+
 const int8_t* Int8Conv::Field(int64_t pix) const {
   const int64_t ohw = g->oh * g->ow;
   const int64_t n = pix / ohw, r = pix % ohw;
@@ -184,7 +184,7 @@ void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
     const int64_t n = pix / ohw, r = pix % ohw;
     const int64_t base = n * g.o * ohw + r;
     int64_t s = 0;
-    if (c.mode != Epilogue::kAcc) s = FieldSum(c, n, r / g.ow, r % g.ow);
+    if (c.mode != Epilogue::kAcc) s = Int8FieldSum(c, n, r / g.ow, r % g.ow);
     const int32_t* row = raw + p * nb * kInt8Lanes;
     int32_t dq[kInt8Lanes * kMaxStoreBlocks];  // kRequant: D of this pixel's channels
     const int64_t o0 = ob0 * kInt8Lanes;

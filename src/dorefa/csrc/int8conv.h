@@ -79,6 +79,9 @@ struct Int8Conv {
   const int8_t* Field(int64_t pix) const;
 };
 
+// Sum of the activation codes over the receptive field of output (n, oy, ox) (c.pixsum).
+int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox);
+
 // Writes the outputs of pixels [pix0, pix0 + np) and channel blocks [ob0, ob0 + nb) from the
 // raw sums raw[p * nb * 16 + b * 16 + lane] = sum x' * w (mod 2^32): adds z * Wsum, then per
 // c.mode stores acc, D = 2 * acc - nw * S (S = sum of x over the receptive field), or the

@@ -40,25 +40,6 @@ struct Rows {
   }
 };
 
-// ThresholdTable::OnLine for 8 lanes of x (already clamped, minus lo) as int64.
-inline __m512i LineHalf(__m256i x, __m512i mul, __m512i add) {
-  const __m512i q = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_cvtepu32_epi64(x), mul), add);
-  return _mm512_srai_epi64(q, ThresholdTable::kLineShift);
-}
-
-// The codes of 16 folded sd on their rows' lines: lo, hi per lane, mul and add for lanes 0-7 and
-// 8-15.
-inline __m512i OnLine(const ThresholdTable& tab, __m512i sd, __m512i lo, __m512i hi,
-                      const __m512i (&mul)[2], const __m512i (&add)[2]) {
-  const __m512i x = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(sd, lo), hi), lo);
-  const __m256i q0 = _mm512_cvtepi64_epi32(LineHalf(_mm512_castsi512_si256(x), mul[0], add[0]));
-  const __m256i q1 =
-      _mm512_cvtepi64_epi32(LineHalf(_mm512_extracti64x4_epi64(x, 1), mul[1], add[1]));
-  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
-  return _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()),
-                          _mm512_set1_epi32(static_cast<int32_t>(tab.t)));
-}
-
 }  // namespace
 
 void RequantChannelAvx512(const ThresholdTable& tab, int64_t o, const int32_t* d, int64_t n,
@@ -75,7 +56,7 @@ void RequantChannelAvx512(const ThresholdTable& tab, int64_t o, const int32_t* d
     const __mmask16 live = n - i >= kGroup ? 0xFFFF : (1u << (n - i)) - 1;
     __m512i sd = _mm512_maskz_loadu_epi32(live, d + i);
     if (tab.neg[o]) sd = _mm512_sub_epi32(_mm512_setzero_si512(), sd);
-    _mm512_mask_cvtepi32_storeu_epi8(codes + i, live, OnLine(tab, sd, lo, hi, mul, add));
+    _mm512_mask_cvtepi32_storeu_epi8(codes + i, live, RequantOnLines(tab, sd, lo, hi, mul, add));
   }
 }
 
@@ -96,12 +77,7 @@ void RequantPixelAvx512(const ThresholdTable& tab, int64_t o0, int64_t n, const 
     const __m128i on = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.line.data() + o));
     __m512i sd = _mm512_maskz_loadu_epi32(live, d + i);
     sd = _mm512_mask_sub_epi32(sd, _mm_test_epi8_mask(neg, neg), _mm512_setzero_si512(), sd);
-    const __m512i mul[2] = {_mm512_loadu_si512(tab.mul.data() + o),
-                            _mm512_loadu_si512(tab.mul.data() + o + 8)};
-    const __m512i add[2] = {_mm512_loadu_si512(tab.add.data() + o),
-                            _mm512_loadu_si512(tab.add.data() + o + 8)};
-    const __m512i code = OnLine(tab, sd, _mm512_loadu_si512(tab.lo.data() + o),
-                                _mm512_loadu_si512(tab.hi.data() + o), mul, add);
+    const __m512i code = RequantOnLines(tab, o, sd);
     alignas(16) uint8_t cv[kGroup];
     _mm_store_si128(reinterpret_cast<__m128i*>(cv), _mm512_cvtepi32_epi8(code));
     for (__mmask16 off = live & ~_mm_test_epi8_mask(on, on); off != 0; off &= off - 1) {

@@ -6,11 +6,43 @@
 #ifndef DOREFA_CSRC_REQUANT_AVX512_H_
 #define DOREFA_CSRC_REQUANT_AVX512_H_
 
+#include <immintrin.h>
+
 #include <cstdint>
 
 #include "requant_table.h"
 
 namespace dorefa {
+
+// ThresholdTable::OnLine for 8 lanes of x (already clamped, minus lo) as int64.
+inline __m512i RequantLineHalf(__m256i x, __m512i mul, __m512i add) {
+  const __m512i q = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_cvtepu32_epi64(x), mul), add);
+  return _mm512_srai_epi64(q, ThresholdTable::kLineShift);
+}
+
+// The codes of 16 folded sd on their rows' lines: lo, hi per lane, mul and add for lanes 0-7
+// and 8-15 (exact for the lanes whose row has a line).
+inline __m512i RequantOnLines(const ThresholdTable& tab, __m512i sd, __m512i lo, __m512i hi,
+                              const __m512i (&mul)[2], const __m512i (&add)[2]) {
+  const __m512i x = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(sd, lo), hi), lo);
+  const __m256i q0 =
+      _mm512_cvtepi64_epi32(RequantLineHalf(_mm512_castsi512_si256(x), mul[0], add[0]));
+  const __m256i q1 =
+      _mm512_cvtepi64_epi32(RequantLineHalf(_mm512_extracti64x4_epi64(x, 1), mul[1], add[1]));
+  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+  return _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()),
+                          _mm512_set1_epi32(static_cast<int32_t>(tab.t)));
+}
+
+// The same for the 16 rows o .. o + 15 (o + 16 <= tab.rows), their parameters from the table.
+inline __m512i RequantOnLines(const ThresholdTable& tab, int64_t o, __m512i sd) {
+  const __m512i mul[2] = {_mm512_loadu_si512(tab.mul.data() + o),
+                          _mm512_loadu_si512(tab.mul.data() + o + 8)};
+  const __m512i add[2] = {_mm512_loadu_si512(tab.add.data() + o),
+                          _mm512_loadu_si512(tab.add.data() + o + 8)};
+  return RequantOnLines(tab, sd, _mm512_loadu_si512(tab.lo.data() + o),
+                        _mm512_loadu_si512(tab.hi.data() + o), mul, add);
+}
 
 // n codes of channel o: codes[i] from d[i] (consecutive pixels of one channel).
 void RequantChannelAvx512(const ThresholdTable& tab, int64_t o, const int32_t* d, int64_t n,

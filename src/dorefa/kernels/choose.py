@@ -7,7 +7,8 @@ part of it):
 
 1. the cost model (:func:`model_cost`) ranks the families this CPU runs (the first kernel of
    each family in the table) and keeps the cheapest of each kind, popcount and int8 (at most
-   :data:`CANDIDATES`; two popcount families differ by a known factor, not worth timing);
+   :data:`CANDIDATES`; two popcount families differ by a known factor, not worth timing), less
+   any priced at more than :data:`CLEAR_WIN` times the cheapest;
 2. a short measurement decides: each candidate runs the layer on a zero input at the batch
    class's batch, one thread, in interleaved rounds (at least :data:`MIN_ROUNDS`, at most
    :data:`MAX_ROUNDS`, stopping after :data:`BUDGET_S` seconds), best time of each; the fastest
@@ -34,6 +35,10 @@ from . import selection
 CHOICE_ENV = "DOREFA_KERNEL_CHOICE"
 METHODS = ("measure", "model", "first")
 CANDIDATES = 2  # families measured per layer
+# A candidate the model prices at more than this many times the cheapest is not measured: the
+# model is not that far off, and timing a 64-plane-pair popcount run of a W8A8 layer at batch 32
+# took ~70 ms a layer.
+CLEAR_WIN = 4.0
 MIN_ROUNDS, MAX_ROUNDS = 2, 5
 BUDGET_S = 0.004  # measurement time per layer, once MIN_ROUNDS are done
 
@@ -160,6 +165,7 @@ def _decide(how, w_bits, x_bits, macs, run, forced) -> Choice:
         for kernel, cost in ranked:
             kinds.setdefault(kernel.split("-")[0], (kernel, cost))  # the cheapest of each kind
         ranked = list(kinds.values())[:CANDIDATES]
+        ranked = [(k, c) for k, c in ranked if c <= CLEAR_WIN * ranked[0][1]]
     if how in ("model", "first"):
         kernel, _ = ranked[0]
         return Choice(kernel, "model" if how == "model" else "first", None,
