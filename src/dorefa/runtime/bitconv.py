@@ -81,10 +81,12 @@ class BitConv(Layer):
                 for g, conv in enumerate(self.convs)
             ]
             y = np.concatenate(outs, axis=1)
-        if self.out == "float":
-            y = y.astype(np.float32) * self.alpha + self.beta
+        if self.out == "float":  # float32(float32(D) * alpha) + beta, in place
+            y = y.astype(np.float32)
+            np.multiply(y, self.alpha, out=y)
+            np.add(y, self.beta, out=y)
             if self.clip:
-                y = np.clip(y, 0, 1)
+                np.clip(y, 0, 1, out=y)
         return y
 
     def describe(self):
