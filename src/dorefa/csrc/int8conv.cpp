@@ -136,6 +136,20 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   std::memset(bytes, 0, static_cast<size_t>(q.WeightWords() * 8));
   uint8_t ors = 0;
   const int64_t taps = g.kh * g.kw;
+  if (taps == 1 && g.c % 4 == 0) {  // 1x1: each lane's 4 channels are 4 neighbouring bytes
+    for (int64_t o = 0; o < g.o; ++o) {
+      uint8_t* block = bytes + (o / kInt8Lanes) * q.groups * 64 + (o % kInt8Lanes) * 4;
+      const uint8_t* row = w + o * g.c;
+      uint32_t sum = 0;
+      for (int64_t c = 0; c < g.c; c += 4) {
+        std::memcpy(block + c / 4 * 64, row + c, 4);
+        sum += uint32_t{row[c]} + row[c + 1] + row[c + 2] + row[c + 3];
+        ors |= row[c] | row[c + 1] | row[c + 2] | row[c + 3];
+      }
+      wsum[o] = static_cast<int32_t>(sum);
+    }
+    return ors;
+  }
   for (int64_t o = 0; o < g.o; ++o) {
     uint8_t* block = bytes + (o / kInt8Lanes) * q.groups * 64 + (o % kInt8Lanes) * 4;
     int64_t sum = 0;
