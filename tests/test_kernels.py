@@ -432,6 +432,8 @@ def test_errors(kernel):
             K.bitconv2d(x * 4, w, 2, 1)
         with pytest.raises(ValueError, match=r"w_codes holds code 2 >= 2\*\*1"):
             K.bitconv2d(x, w * 2, 2, 1)
+        with pytest.raises(ValueError, match=r"w_codes holds code 2 >= 2\*\*1"):
+            K.bitconv2d(x, w[:, :, :1, :1] * 2, 2, 1)  # 1x1 (the int8 packers' 1x1 path)
         for bad in (0, 9):
             with pytest.raises(ValueError, match=rf"x_bits must be an int in 1..8, got {bad}"):
                 K.bitconv2d(x, w, bad, 1)
