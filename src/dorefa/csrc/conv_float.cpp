@@ -212,9 +212,14 @@ inline T MaxNan(T a, T b) {
 
 // Separable max-pool of one plane: per output row, the max of its k input rows (valid rows
 // only) into a row buffer padded with `pad`, then the max of k taps of that buffer per column.
+// The window maxima of the row are taken at every column (tap by tap: whole-row loops that
+// vectorize), then every s-th is kept; the same M applications in the same order as a loop
+// over each window's taps.
 template <class T, T (*M)(T, T)>
 void PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oh,
                int64_t ow, T pad, std::vector<T>& row, T* dst) {
+  const int64_t span = (ow - 1) * s + 1;  // columns where a window starts
+  std::vector<T> win(static_cast<size_t>(span));
   for (int64_t oy = 0; oy < oh; ++oy) {
     std::fill(row.begin(), row.end(), pad);
     T* rowp = row.data() + p;
@@ -224,11 +229,12 @@ void PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t
       const T* r = src + y * w;
       for (int64_t xx = 0; xx < w; ++xx) rowp[xx] = M(rowp[xx], r[xx]);
     }
-    for (int64_t ox = 0; ox < ow; ++ox) {
-      T mx = row[ox * s];
-      for (int64_t j = 1; j < k; ++j) mx = M(mx, row[ox * s + j]);
-      dst[oy * ow + ox] = mx;
+    std::copy(row.begin(), row.begin() + span, win.begin());
+    for (int64_t j = 1; j < k; ++j) {
+      const T* tap = row.data() + j;
+      for (int64_t x = 0; x < span; ++x) win[x] = M(win[x], tap[x]);
     }
+    for (int64_t ox = 0; ox < ow; ++ox) dst[oy * ow + ox] = win[ox * s];
   }
 }
 
