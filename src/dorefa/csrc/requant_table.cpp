@@ -38,44 +38,72 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
   for (int64_t c = 0; c < o; ++c) line[c] = FitLine(c);
 }
 
-// Fits row c's line (requant_table.h) and checks it against every code's interval of sd.
+namespace {
+
+// rho's interval for a step: (max_j u_j - j step, min_j u_j + 1 - j step]; ja / jb the rows
+// that set its ends. Empty (lo >= hi) when no line of this step fits the row.
+struct RhoRange {
+  double lo = -HUGE_VAL, hi = HUGE_VAL;
+  int64_t ja = 0, jb = 0;
+  RhoRange(const int32_t* row, int64_t t, double step) {
+    for (int64_t j = 0; j < t; ++j) {
+      const double jd = static_cast<double>(j) * step;
+      if (row[j] - jd > lo) lo = row[j] - jd, ja = j;
+      if (row[j] + 1 - jd < hi) hi = row[j] + 1 - jd, jb = j;
+    }
+  }
+  bool Fits() const { return lo < hi; }
+};
+
+// The end of the steps that fit between `inside` (fits) and `outside`, by bisection.
+double FitEdge(const int32_t* row, int64_t t, double inside, double outside) {
+  for (int i = 0; i < 40; ++i) {
+    const double mid = (inside + outside) / 2;
+    (RhoRange(row, t, mid).Fits() ? inside : outside) = mid;
+  }
+  return inside;
+}
+
+}  // namespace
+
+// Fits row c's line (requant_table.h): a step that fits (each violated pair of rows narrows the
+// step's range), rho in the middle of its interval; if the fixed-point line then misses a code
+// by a rounding, once more from the middle of all the steps that fit (the widest margins).
 bool ThresholdTable::FitLine(int64_t c) {
-  constexpr int64_t kMin = std::numeric_limits<int32_t>::min();
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   const int32_t* row = u.data() + c * width;
   for (int64_t j = 1; j < t; ++j)
     if (row[j] < row[j - 1]) return false;
-  // step in (step_lo, step_hi); rho in (max_j u_j - j step, min_j u_j + 1 - j step].
   const double span = double{row[t - 1]} - row[0];
   double step_lo = t > 1 ? (span - 1) / static_cast<double>(t - 1) : 0.5;
   double step_hi = t > 1 ? (span + 1) / static_cast<double>(t - 1) : 1.5;
-  double step = 1, rho_lo = 0, rho_hi = -1;
   for (int round = 0; round < 64 && step_lo < step_hi; ++round) {
-    step = (step_lo + step_hi) / 2;
-    int64_t ja = 0, jb = 0;
-    rho_lo = -HUGE_VAL;
-    rho_hi = HUGE_VAL;
-    for (int64_t j = 0; j < t; ++j) {
-      const double jd = static_cast<double>(j) * step;
-      if (row[j] - jd > rho_lo) {
-        rho_lo = row[j] - jd;
-        ja = j;
-      }
-      if (row[j] + 1 - jd < rho_hi) {
-        rho_hi = row[j] + 1 - jd;
-        jb = j;
-      }
+    const double step = (step_lo + step_hi) / 2;
+    const RhoRange r(row, t, step);
+    if (r.Fits()) {
+      if (TryLine(c, step, (r.lo + r.hi) / 2)) return true;
+      const double first = FitEdge(row, t, step, step_lo), last = FitEdge(row, t, step, step_hi);
+      const double mid = (first + last) / 2;
+      const RhoRange m(row, t, mid);
+      return m.Fits() && TryLine(c, mid, (m.lo + m.hi) / 2);
     }
-    if (rho_lo < rho_hi) break;
     // Rows ja and jb cannot both hold: their pair bounds the step.
-    if (ja < jb) {
-      step_hi = std::min(step_hi, (double{row[jb]} + 1 - row[ja]) / static_cast<double>(jb - ja));
+    if (r.ja < r.jb) {
+      step_hi = std::min(step_hi, (double{row[r.jb]} + 1 - row[r.ja]) / double(r.jb - r.ja));
     } else {
-      step_lo = std::max(step_lo, (double{row[ja]} - row[jb] - 1) / static_cast<double>(ja - jb));
+      step_lo = std::max(step_lo, (double{row[r.ja]} - row[r.jb] - 1) / double(r.ja - r.jb));
     }
   }
-  if (!(rho_lo < rho_hi) || !(step > 0)) return false;
-  const double rho = (rho_lo + rho_hi) / 2, scale = std::ldexp(1.0, kLineShift);
+  return false;
+}
+
+// Row c's fixed-point line for (step, rho), checked against both ends of every code's interval
+// of sd (the line is monotone in sd).
+bool ThresholdTable::TryLine(int64_t c, double step, double rho) {
+  constexpr int64_t kMin = std::numeric_limits<int32_t>::min();
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const int32_t* row = u.data() + c * width;
+  if (!(step > 0)) return false;
+  const double scale = std::ldexp(1.0, kLineShift);
   const int64_t top = std::min<int64_t>(int64_t{row[t - 1]} + 1, kMax);
   // |x * mul + add| < 2^62 for x <= top - u_0: no overflow.
   const double m = scale / step, a = scale * (row[0] - rho + step) / step;

@@ -24,7 +24,9 @@
 // Build fits (rho, step) to the row: rho + j * step must lie in (u_j, u_j + 1] for every j; the
 // step starts from the end points and each violated pair of rows (the highest lower bound above
 // the lowest upper bound) narrows its range, a few rounds at most; rho is then the middle of its
-// interval. The kernels evaluate the line in 64-bit fixed point, exactly the same on every path:
+// interval (and if the fixed-point line misses a code by a rounding, the fit is redone from the
+// middle of all the steps that fit). The kernels evaluate the line in 64-bit fixed point, exactly
+// the same on every path:
 //   x = min(max(sd, lo), hi) - lo,   lo = u_0,  hi = u_{T-1} + 1   (clamping keeps the code),
 //   code = clamp((x * mul + add) >> 48, 0, T),
 //   mul = round(2^48 / step),  add = round(2^48 * (lo - rho + step) / step).
@@ -72,6 +74,7 @@ struct ThresholdTable {
 
  private:
   bool FitLine(int64_t o);
+  bool TryLine(int64_t o, double step, double rho);
 };
 
 // The table of thresholds (O, T) and direction (O,), built on the first call with these values
