@@ -26,6 +26,7 @@
 #include <cstring>
 
 #include "int8conv.h"
+#include "int8conv_store.h"
 
 namespace dorefa {
 namespace {
@@ -122,6 +123,61 @@ template <Path kPath>
 constexpr BlockFn kBlocks[kTileP] = {&Block<1, kPath>, &Block<2, kPath>, &Block<3, kPath>,
                                      &Block<4, kPath>};
 
+// ThresholdTable::OnLine for 4 lanes of x (clamped, minus lo; zero-extended to 64 bits): the
+// 64-bit product from two 32 x 32 -> 64 multiplies (x < 2^32; the table checked that the true
+// value fits), and the arithmetic shift by 48 as a logical one with negative sums set to 0 (the
+// code's clamp makes them 0 anyway).
+inline __m256i LineQuarter(__m256i x, __m256i mul, __m256i add) {
+  const __m256i lo = _mm256_mul_epu32(x, mul);
+  const __m256i hi = _mm256_slli_epi64(_mm256_mul_epu32(x, _mm256_srli_epi64(mul, 32)), 32);
+  const __m256i q = _mm256_add_epi64(_mm256_add_epi64(lo, hi), add);
+  const __m256i negative = _mm256_cmpgt_epi64(_mm256_setzero_si256(), q);
+  return _mm256_andnot_si256(negative, _mm256_srli_epi64(q, ThresholdTable::kLineShift));
+}
+
+// The vector requant store (int8conv_store.h) on ymm: 8 lanes.
+struct Avx2Store {
+  static constexpr int kLanes = 8;
+  struct Lanes {
+    const ThresholdTable* tab;
+    int64_t o;
+    __m256i zw, neg;
+    Lanes(const ThresholdTable& t, int64_t o0, const int32_t* wsum, int32_t z) : tab(&t), o(o0) {
+      zw = _mm256_mullo_epi32(_mm256_set1_epi32(z),
+                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum)));
+      int64_t neg8;
+      std::memcpy(&neg8, t.neg.data() + o0, 8);
+      neg =
+          _mm256_cmpgt_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(neg8)), _mm256_setzero_si256());
+    }
+    void Codes(const int32_t* raw, int32_t nws, int32_t* d, uint8_t* codes) const {
+      const ThresholdTable& t = *tab;
+      const __m256i acc =
+          _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw)), zw);
+      const __m256i dv = _mm256_sub_epi32(_mm256_slli_epi32(acc, 1), _mm256_set1_epi32(nws));
+      const __m256i sd = _mm256_blendv_epi8(dv, _mm256_sub_epi32(_mm256_setzero_si256(), dv), neg);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), dv);
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lo.data() + o));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.hi.data() + o));
+      const __m256i x = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(sd, lo), hi), lo);
+      const auto* mul = reinterpret_cast<const __m256i*>(t.mul.data() + o);
+      const auto* add = reinterpret_cast<const __m256i*>(t.add.data() + o);
+      const __m256i q0 = LineQuarter(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(x)),
+                                     _mm256_loadu_si256(mul), _mm256_loadu_si256(add));
+      const __m256i q1 = LineQuarter(_mm256_cvtepu32_epi64(_mm256_extracti128_si256(x, 1)),
+                                     _mm256_loadu_si256(mul + 1), _mm256_loadu_si256(add + 1));
+      // The low dword of each 64-bit lane, lanes 0-3 then 4-7, clamped to T.
+      const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+      const __m256i q = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(q0, pick),
+                                           _mm256_permutevar8x32_epi32(q1, pick), 0xF0);
+      const __m256i code = _mm256_min_epi32(q, _mm256_set1_epi32(static_cast<int32_t>(t.t)));
+      alignas(32) int32_t lanes[kLanes];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), code);
+      for (int l = 0; l < kLanes; ++l) codes[l] = static_cast<uint8_t>(lanes[l]);
+    }
+  };
+};
+
 void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
   const ConvGeom& g = *c.g;
   // kMadd16 folds every m groups; m = 1 would fold after every group: kMadd32 does that in
@@ -139,7 +195,7 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
       const int8_t* xs[kTileP];
       for (int p = 0; p < np; ++p) xs[p] = c.Field(p0 + p);
       blocks[np - 1](c, xs, ob, m, raw);
-      StoreInt8Tile(c, p0, np, ob, 1, raw);
+      if (!StoreCodesWith<Avx2Store>(c, p0, np, ob, 1, raw)) StoreInt8Tile(c, p0, np, ob, 1, raw);
     }
   }
 }

@@ -24,6 +24,7 @@
 #include <cstring>
 
 #include "int8conv.h"
+#include "int8conv_store.h"
 #include "requant_avx512.h"
 
 namespace dorefa {
@@ -62,58 +63,31 @@ void Block(const Int8Conv& c, const int8_t* const* xs, int64_t ob, int32_t* raw)
     for (int b = 0; b < NB; ++b) _mm512_storeu_si512(raw + (p * NB + b) * kInt8Lanes, acc[p][b]);
 }
 
-// kRequant outputs of a tile whose pixels lie in one image: per pixel and 16-channel block,
-// D = 2 (raw + z Wsum) - nw S and its codes on the rows' lines in vectors (requant_table.h; as
-// StoreInt8Tile: modulo 2^32, the true D fits int32; a row without a line is searched, lane by
-// lane), then each channel's np codes as one run of bytes (the tile's pixels are neighbours in
-// the NCHW plane). False: not this case, StoreInt8Tile writes it.
-bool StoreCodesVnni(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
-                    const int32_t* raw) {
-  const ConvGeom& g = *c.g;
-  const int64_t ohw = g.oh * g.ow;
-  const int64_t n = pix0 / ohw, r0 = pix0 % ohw;
-  if (c.mode != Epilogue::kRequant || r0 + np > ohw) return false;
-  const ThresholdTable& tab = *c.table;
-  const auto nw = static_cast<uint32_t>((1 << g.w_bits) - 1);
-  __m512i nws[kTileP];
-  for (int p = 0; p < np; ++p) {
-    const int64_t r = r0 + p;
-    const auto s = static_cast<uint32_t>(Int8FieldSum(c, n, r / g.ow, r % g.ow));
-    nws[p] = _mm512_set1_epi32(static_cast<int32_t>(nw * s));
-  }
-  const __m512i z = _mm512_set1_epi32(c.shift);
-  uint8_t* dst = c.codes + n * g.o * ohw + r0;
-  for (int b = 0; b < nb; ++b) {
-    const int64_t o0 = (ob0 + b) * kInt8Lanes;
-    const __m512i zw = _mm512_mullo_epi32(z, _mm512_loadu_si512(c.wsum + o0));
-    const __mmask16 neg = _mm_test_epi8_mask(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.neg.data() + o0)), _mm_set1_epi8(1));
-    const __mmask16 searched = static_cast<__mmask16>(~_mm_test_epi8_mask(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.line.data() + o0)), _mm_set1_epi8(1)));
-    alignas(16) uint8_t codes[kTileP][kInt8Lanes];
-    for (int p = 0; p < np; ++p) {
-      const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw + (p * nb + b) * kInt8Lanes), zw);
-      const __m512i d = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), nws[p]);
-      const __m512i sd = _mm512_mask_sub_epi32(d, neg, _mm512_setzero_si512(), d);
-      _mm_store_si128(reinterpret_cast<__m128i*>(codes[p]),
-                      _mm512_cvtepi32_epi8(RequantOnLines(tab, o0, sd)));
-      if (searched != 0) {
-        alignas(64) int32_t dv[kInt8Lanes];
-        _mm512_store_si512(dv, d);
-        for (__mmask16 m = searched; m != 0; m &= m - 1) {
-          const int l = __builtin_ctz(m);
-          codes[p][l] = RequantCode(tab, o0 + l, dv[l]);
-        }
-      }
+// The vector requant store (int8conv_store.h) on zmm: 16 lanes.
+struct VnniStore {
+  static constexpr int kLanes = 16;
+  struct Lanes {
+    const ThresholdTable* tab;
+    int64_t o;
+    __m512i zw;
+    __mmask16 neg;
+    Lanes(const ThresholdTable& t, int64_t o0, const int32_t* wsum, int32_t z)
+        : tab(&t),
+          o(o0),
+          zw(_mm512_mullo_epi32(_mm512_set1_epi32(z), _mm512_loadu_si512(wsum))),
+          neg(_mm_test_epi8_mask(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t.neg.data() + o0)),
+              _mm_set1_epi8(1))) {}
+    void Codes(const int32_t* raw, int32_t nws, int32_t* d, uint8_t* codes) const {
+      const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw), zw);
+      const __m512i dv = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(nws));
+      const __m512i sd = _mm512_mask_sub_epi32(dv, neg, _mm512_setzero_si512(), dv);
+      _mm512_storeu_si512(d, dv);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes),
+                       _mm512_cvtepi32_epi8(RequantOnLines(*tab, o, sd)));
     }
-    const int64_t lanes = std::min<int64_t>(kInt8Lanes, g.o - o0);
-    for (int64_t l = 0; l < lanes; ++l) {
-      uint8_t* run = dst + (o0 + l) * ohw;
-      for (int p = 0; p < np; ++p) run[p] = codes[p][l];
-    }
-  }
-  return true;
-}
+  };
+};
 
 using BlockFn = void (*)(const Int8Conv&, const int8_t* const*, int64_t, int32_t*);
 
@@ -130,7 +104,7 @@ void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
       const int8_t* xs[kTileP];
       for (int p = 0; p < np; ++p) xs[p] = c.Field(p0 + p);
       kBlocks[np - 1][nb - 1](c, xs, ob, raw);
-      if (!StoreCodesVnni(c, p0, np, ob, nb, raw)) StoreInt8Tile(c, p0, np, ob, nb, raw);
+      if (!StoreCodesWith<VnniStore>(c, p0, np, ob, nb, raw)) StoreInt8Tile(c, p0, np, ob, nb, raw);
     }
   }
 }
