@@ -11,8 +11,9 @@ kernel chosen for this layer and input size (:mod:`dorefa.kernels.choose`: cost 
 short measurement, cached per process; looked up per call in a dict by (H, W) and batch class:
 calls of :data:`BATCHED_FROM` images or more are chosen by a measurement at
 :data:`MEASURE_BATCH`, since the fastest kernel at batch 1 is not always the fastest on many
-images: the training's input gradient of svhn conv6 at batch 128, a 1x1 convolution to 3200
-channels, took 2.5 ms on the popcount kernel chosen at batch 1 and 1.5 ms on int8-vnni, Zen 4).
+images: the 1x1 convolution of 6-bit gradient codes to 3200 channels in the training's input
+gradient of svhn conv6 is 1.7x faster on popcount than on int8-vnni at batch 1, 1.2x slower at
+batch 32 and 1.13x slower at batch 128, Zen 4).
 Inputs that are already what the native kernels take (a C-contiguous uint8 numpy array, an int
 thread count) go straight to them, which re-check shapes and code ranges themselves; anything
 else is validated and converted first, as by :func:`dorefa.kernels.bitconv2d_packed`.
