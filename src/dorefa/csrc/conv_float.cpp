@@ -217,9 +217,9 @@ inline T MaxNan(T a, T b) {
 // over each window's taps.
 template <class T, T (*M)(T, T)>
 void PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oh,
-               int64_t ow, T pad, std::vector<T>& row, T* dst) {
+               int64_t ow, T pad, std::vector<T>& row, std::vector<T>& win, T* dst) {
   const int64_t span = (ow - 1) * s + 1;  // columns where a window starts
-  std::vector<T> win(static_cast<size_t>(span));
+  win.resize(static_cast<size_t>(span));
   for (int64_t oy = 0; oy < oh; ++oy) {
     std::fill(row.begin(), row.end(), pad);
     T* rowp = row.data() + p;
@@ -244,6 +244,7 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
                   int64_t s, int64_t p, uint8_t* out) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p + k));  // one padded row of maxima
+  std::vector<uint8_t> win;                                      // its window maxima
   for (int64_t nc = 0; nc < n * c; ++nc) {
     const uint8_t* src = x + nc * h * w;
     uint8_t* dst = out + nc * oh * ow;
@@ -259,7 +260,7 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
       }
       continue;
     }
-    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, dst);  // pad: code 0
+    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, win, dst);  // pad: 0
   }
 }
 
@@ -267,7 +268,7 @@ void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, in
                   int64_t p, float* out, int threads) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   ParallelFor(threads, n * c, [&](int64_t first, int64_t last) {
-    std::vector<float> row(static_cast<size_t>(w + 2 * p + k));
+    std::vector<float> row(static_cast<size_t>(w + 2 * p + k)), win;
     constexpr float kPad = -std::numeric_limits<float>::infinity();
     for (int64_t nc = first; nc < last; ++nc) {
       const float* src = x + nc * h * w;
@@ -280,9 +281,11 @@ void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, in
         special |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
       }
       if (special != 0)
-        PoolPlane<float, MaxNan<float>>(src, h, w, k, s, p, oh, ow, kPad, row, out + nc * oh * ow);
+        PoolPlane<float, MaxNan<float>>(src, h, w, k, s, p, oh, ow, kPad, row, win,
+                                        out + nc * oh * ow);
       else
-        PoolPlane<float, Max<float>>(src, h, w, k, s, p, oh, ow, kPad, row, out + nc * oh * ow);
+        PoolPlane<float, Max<float>>(src, h, w, k, s, p, oh, ow, kPad, row, win,
+                                     out + nc * oh * ow);
     }
   });
 }
