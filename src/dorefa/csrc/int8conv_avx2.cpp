@@ -135,45 +135,50 @@ inline __m256i LineQuarter(__m256i x, __m256i mul, __m256i add) {
   return _mm256_andnot_si256(negative, _mm256_srli_epi64(q, ThresholdTable::kLineShift));
 }
 
-// The vector requant store (int8conv_store.h) on ymm: 8 lanes.
+// The vector store (int8conv_store.h) on ymm: 8 lanes.
 struct Avx2Store {
   static constexpr int kLanes = 8;
+  using Vec = __m256i;
+  static Vec Zero() { return _mm256_setzero_si256(); }
+  static Vec Or(Vec a, Vec b) { return _mm256_or_si256(a, b); }
+  static Vec Shl(Vec a, int bits) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(bits)); }
+  static void Store(uint32_t* dst, Vec a) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(dst), a);
+  }
   struct Lanes {
-    const ThresholdTable* tab;
-    int64_t o;
-    __m256i zw, neg;
-    Lanes(const ThresholdTable& t, int64_t o0, const int32_t* wsum, int32_t z) : tab(&t), o(o0) {
-      zw = _mm256_mullo_epi32(_mm256_set1_epi32(z),
-                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum)));
+    __m256i zw, neg, lo, hi, mul[2], add[2], t;
+    Lanes(const ThresholdTable& tab, int64_t o, const int32_t* wsum, int32_t z) {
+      zw = _mm256_mullo_epi32(_mm256_set1_epi32(z), Load(wsum));
       int64_t neg8;
-      std::memcpy(&neg8, t.neg.data() + o0, 8);
+      std::memcpy(&neg8, tab.neg.data() + o, 8);
       neg =
           _mm256_cmpgt_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(neg8)), _mm256_setzero_si256());
+      lo = Load(tab.lo.data() + o);
+      hi = Load(tab.hi.data() + o);
+      for (int i = 0; i < 2; ++i) {
+        mul[i] = Load(tab.mul.data() + o + 4 * i);
+        add[i] = Load(tab.add.data() + o + 4 * i);
+      }
+      t = _mm256_set1_epi32(static_cast<int32_t>(tab.t));
     }
-    void Codes(const int32_t* raw, int32_t nws, int32_t* d, uint8_t* codes) const {
-      const ThresholdTable& t = *tab;
-      const __m256i acc =
-          _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw)), zw);
+    template <class T>
+    static __m256i Load(const T* p) {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    }
+    Vec Codes(const int32_t* raw, int32_t nws) const {
+      const __m256i acc = _mm256_add_epi32(Load(raw), zw);
       const __m256i dv = _mm256_sub_epi32(_mm256_slli_epi32(acc, 1), _mm256_set1_epi32(nws));
       const __m256i sd = _mm256_blendv_epi8(dv, _mm256_sub_epi32(_mm256_setzero_si256(), dv), neg);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), dv);
-      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lo.data() + o));
-      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.hi.data() + o));
       const __m256i x = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(sd, lo), hi), lo);
-      const auto* mul = reinterpret_cast<const __m256i*>(t.mul.data() + o);
-      const auto* add = reinterpret_cast<const __m256i*>(t.add.data() + o);
-      const __m256i q0 = LineQuarter(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(x)),
-                                     _mm256_loadu_si256(mul), _mm256_loadu_si256(add));
-      const __m256i q1 = LineQuarter(_mm256_cvtepu32_epi64(_mm256_extracti128_si256(x, 1)),
-                                     _mm256_loadu_si256(mul + 1), _mm256_loadu_si256(add + 1));
+      const __m256i q0 =
+          LineQuarter(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(x)), mul[0], add[0]);
+      const __m256i q1 =
+          LineQuarter(_mm256_cvtepu32_epi64(_mm256_extracti128_si256(x, 1)), mul[1], add[1]);
       // The low dword of each 64-bit lane, lanes 0-3 then 4-7, clamped to T.
       const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
       const __m256i q = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(q0, pick),
                                            _mm256_permutevar8x32_epi32(q1, pick), 0xF0);
-      const __m256i code = _mm256_min_epi32(q, _mm256_set1_epi32(static_cast<int32_t>(t.t)));
-      alignas(32) int32_t lanes[kLanes];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), code);
-      for (int l = 0; l < kLanes; ++l) codes[l] = static_cast<uint8_t>(lanes[l]);
+      return _mm256_min_epi32(q, t);
     }
   };
 };
@@ -195,7 +200,7 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
       const int8_t* xs[kTileP];
       for (int p = 0; p < np; ++p) xs[p] = c.Field(p0 + p);
       blocks[np - 1](c, xs, ob, m, raw);
-      if (!StoreCodesWith<Avx2Store>(c, p0, np, ob, 1, raw)) StoreInt8Tile(c, p0, np, ob, 1, raw);
+      if (!StoreTileWith<Avx2Store>(c, p0, np, ob, 1, raw)) StoreInt8Tile(c, p0, np, ob, 1, raw);
     }
   }
 }

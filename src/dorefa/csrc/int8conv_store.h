@@ -1,22 +1,29 @@
-// The vector kRequant store of the int8 kernels' tiles, shared by the AVX-512 VNNI and AVX2
-// files: for a tile whose pixels lie in one image, per pixel and 16-channel block,
-//   D = 2 (raw + z Wsum) - nw S      (modulo 2^32 as StoreInt8Tile: the true D fits int32)
-// and its codes on the rows' lines (requant_table.h) in vectors; a row without a line is
-// searched, lane by lane; then each channel's np codes go out as one run of bytes (the tile's
-// pixels are neighbours in the NCHW plane), not one strided byte per code.
+// The vector store of the int8 kernels' tiles, shared by the AVX-512 VNNI and AVX2 files: for
+// a tile whose np <= 8 pixels lie in one image (so each channel's outputs are a run of np
+// neighbours in the NCHW plane), per 16-channel block,
+//   acc = raw + z Wsum,   D = 2 acc - nw S      (modulo 2^32 as StoreInt8Tile: the true
+//                                                 values fit int32)
+// and, in kRequant, the codes of D on the rows' lines (requant_table.h) in vectors (a row
+// without a line is searched, lane by lane); then the block's np x 16 values are transposed in
+// registers (8 x 8 int32; codes by shifts into one byte per pixel of a lane's two
+// words) and each channel's run goes out as a few plain stores,
+// not one strided store per output.
 //
-// Isa provides kLanes (channels per vector: 16 or 8) and a type Lanes, made once per block
-// for channels o .. o + kLanes - 1 (Lanes(tab, o, wsum, z): z Wsum and the signs in
-// registers) with Codes(raw, nws, d, codes): one pixel's D into d[] and its line codes into
-// codes[] (exact where tab.line is set).
-// Internal linkage, one copy per ISA file (as wgrad_direct.h).
+// Isa provides kLanes (channels per vector: 16 or 8), its vector type Vec of int32 lanes with
+// Zero(), Or(a, b), Shl(a, bits) and Store(uint32_t*, a), and a type Lanes, made once per block
+// for channels o .. o + kLanes - 1 (Lanes(tab, o, wsum, z): z Wsum, the signs and the lines
+// in registers) with Codes(raw, nws): one pixel's codes of D on the lines (exact where
+// tab.line is set; in [0, T] on every lane).
+// Internal linkage, one copy per ISA file (as wgrad_direct.h); AVX2 instructions only outside
+// Isa.
 #ifndef DOREFA_CSRC_INT8CONV_STORE_H_
 #define DOREFA_CSRC_INT8CONV_STORE_H_
 
+#include <immintrin.h>
+
 #include <algorithm>
-#include <array>
 #include <cstdint>
-#include <utility>
+#include <cstring>
 
 #include "int8conv.h"
 
@@ -25,54 +32,148 @@ namespace {  // NOLINT(build/namespaces): one copy per ISA
 
 constexpr int kMaxStorePixels = 8;
 
-// Isa::Lanes of channels o, o + kLanes, ... (one per half of a 16-channel block).
-template <class Isa, size_t... H>
-std::array<typename Isa::Lanes, sizeof...(H)> MakeHalves(const ThresholdTable& tab, int64_t o,
-                                                         const int32_t* wsum, int32_t z,
-                                                         std::index_sequence<H...>) {
-  return {typename Isa::Lanes(tab, o + H * Isa::kLanes, wsum + H * Isa::kLanes, z)...};
+// The first np (<= 8) int32 lanes of v to dst, by plain stores.
+inline void StoreRun32(int32_t* dst, __m256i v, int np) {
+  if (np == 8) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
+    return;
+  }
+  __m128i part = _mm256_castsi256_si128(v);
+  if (np & 4) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), part);
+    part = _mm256_extracti128_si256(v, 1);
+    dst += 4;
+  }
+  if (np & 2) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), part);
+    part = _mm_srli_si128(part, 8);
+    dst += 2;
+  }
+  if (np & 1) *dst = _mm_cvtsi128_si32(part);
+}
+
+// The first np (<= 8) bytes of q (little-endian) to dst, by plain stores.
+inline void StoreRun8(uint8_t* dst, uint64_t q, int np) {
+  if (np == 8) {
+    std::memcpy(dst, &q, 8);
+    return;
+  }
+  if (np & 4) {
+    const auto v = static_cast<uint32_t>(q);
+    std::memcpy(dst, &v, 4);
+    q >>= 32;
+    dst += 4;
+  }
+  if (np & 2) {
+    const auto v = static_cast<uint16_t>(q);
+    std::memcpy(dst, &v, 2);
+    q >>= 16;
+    dst += 2;
+  }
+  if (np & 1) *dst = static_cast<uint8_t>(q);
+}
+
+// v[p][l] (p < 8, l < 16) -> dst[l * stride + p] for p < np, l < lanes: per 8 lanes an 8 x 8
+// transpose (unpack 32, unpack 64, 128-bit halves), then one run per lane.
+inline void TransposeStore32(const int32_t (*v)[kInt8Lanes], int np, int32_t* dst, int64_t stride,
+                             int64_t lanes) {
+  for (int h = 0; h < 2 && 8 * h < lanes; ++h) {
+    __m256i r[8], t[8], u[8];
+    for (int p = 0; p < 8; ++p)
+      r[p] = _mm256_load_si256(reinterpret_cast<const __m256i*>(v[p] + 8 * h));
+    for (int p = 0; p < 8; p += 2) {
+      t[p] = _mm256_unpacklo_epi32(r[p], r[p + 1]);      // lanes 4k, 4k+1 of rows p, p+1
+      t[p + 1] = _mm256_unpackhi_epi32(r[p], r[p + 1]);  // lanes 4k+2, 4k+3
+    }
+    for (int q = 0; q < 8; q += 4) {
+      u[q] = _mm256_unpacklo_epi64(t[q], t[q + 2]);      // lane 4k, rows q..q+3
+      u[q + 1] = _mm256_unpackhi_epi64(t[q], t[q + 2]);  // lane 4k+1
+      u[q + 2] = _mm256_unpacklo_epi64(t[q + 1], t[q + 3]);
+      u[q + 3] = _mm256_unpackhi_epi64(t[q + 1], t[q + 3]);
+    }
+    for (int j = 0; j < 4; ++j) {
+      const int64_t l = 8 * h + j;
+      if (l < lanes)
+        StoreRun32(dst + l * stride, _mm256_permute2x128_si256(u[j], u[j + 4], 0x20), np);
+      if (l + 4 < lanes)
+        StoreRun32(dst + (l + 4) * stride, _mm256_permute2x128_si256(u[j], u[j + 4], 0x31), np);
+    }
+  }
+}
+
+// Codes of the block at channel o0 for np pixels to dst[lane * stride + p]. Pixel p's code
+// (< 256) is shifted into byte p % 4 of the lane's word p / 4, in registers, so a lane's two
+// words are its run of np bytes (StoreRun8). Lanes whose row has no line get their codes from
+// the search afterwards, D recomputed as above.
+template <class Isa>
+void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int nb, int b, const int32_t* raw,
+                     const int32_t* nws, uint8_t* dst, int64_t stride, int64_t lanes) {
+  using Vec = typename Isa::Vec;
+  const ThresholdTable& tab = *c.table;
+  alignas(64) uint32_t word[2][kInt8Lanes];
+  for (int h = 0; h < kInt8Lanes; h += Isa::kLanes) {
+    const typename Isa::Lanes line(tab, o0 + h, c.wsum + o0 + h, c.shift);
+    const int32_t* in = raw + b * kInt8Lanes + h;
+    const int64_t step = nb * kInt8Lanes;
+    Vec lo = Isa::Zero(), hi = Isa::Zero();
+    for (int p = 0; p < std::min(np, 4); ++p)
+      lo = Isa::Or(lo, Isa::Shl(line.Codes(in + p * step, nws[p]), 8 * p));
+    for (int p = 4; p < np; ++p)
+      hi = Isa::Or(hi, Isa::Shl(line.Codes(in + p * step, nws[p]), 8 * (p - 4)));
+    Isa::Store(word[0] + h, lo);
+    Isa::Store(word[1] + h, hi);
+  }
+  const auto z = static_cast<uint32_t>(c.shift);
+  for (int l = 0; l < kInt8Lanes; ++l) {
+    if (tab.line[o0 + l]) continue;
+    for (int p = 0; p < np; ++p) {
+      const uint32_t acc = static_cast<uint32_t>(raw[(p * nb + b) * kInt8Lanes + l]) +
+                           z * static_cast<uint32_t>(c.wsum[o0 + l]);
+      const auto d = static_cast<int32_t>(2 * acc - static_cast<uint32_t>(nws[p]));
+      const int shift = 8 * (p % 4);
+      uint32_t& w = word[p / 4][l];
+      w = (w & ~(0xFFu << shift)) | uint32_t{RequantCode(tab, o0 + l, d)} << shift;
+    }
+  }
+  for (int64_t l = 0; l < lanes; ++l)
+    StoreRun8(dst + l * stride, word[0][l] | uint64_t{word[1][l]} << 32, np);
 }
 
 // False (nothing written) when the tile is not the case above: StoreInt8Tile writes it.
 template <class Isa>
-bool StoreCodesWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
-                    const int32_t* raw) {
+bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
+                   const int32_t* raw) {
   const ConvGeom& g = *c.g;
   const int64_t ohw = g.oh * g.ow;
   const int64_t n = pix0 / ohw, r0 = pix0 % ohw;
-  if (c.mode != Epilogue::kRequant || r0 + np > ohw || np > kMaxStorePixels) return false;
-  const ThresholdTable& tab = *c.table;
+  if (r0 + np > ohw || np > kMaxStorePixels) return false;
   const auto nw = static_cast<uint32_t>((1 << g.w_bits) - 1);
-  int32_t nws[kMaxStorePixels];  // nw S per pixel, modulo 2^32
-  for (int p = 0; p < np; ++p) {
+  int32_t nws[kMaxStorePixels] = {};  // nw S per pixel, modulo 2^32
+  for (int p = 0; c.mode != Epilogue::kAcc && p < np; ++p) {
     const int64_t r = r0 + p;
     nws[p] =
         static_cast<int32_t>(nw * static_cast<uint32_t>(Int8FieldSum(c, n, r / g.ow, r % g.ow)));
   }
-  uint8_t* dst = c.codes + n * g.o * ohw + r0;
-  constexpr int kHalves = kInt8Lanes / Isa::kLanes;
+  const int64_t base = n * g.o * ohw + r0;
+  const auto z = static_cast<uint32_t>(c.shift);
   for (int b = 0; b < nb; ++b) {
     const int64_t o0 = (ob0 + b) * kInt8Lanes;
-    bool searched = false;  // a row of the block without a line
-    for (int l = 0; l < kInt8Lanes; ++l) searched |= !tab.line[o0 + l];
-    const auto half =
-        MakeHalves<Isa>(tab, o0, c.wsum + o0, c.shift, std::make_index_sequence<kHalves>{});
-    alignas(64) uint8_t codes[kMaxStorePixels][kInt8Lanes];
+    const int64_t lanes = std::min<int64_t>(kInt8Lanes, g.o - o0);
+    if (c.mode == Epilogue::kRequant) {
+      StoreBlockCodes<Isa>(c, o0, np, nb, b, raw, nws, c.codes + base + o0 * ohw, ohw, lanes);
+      continue;
+    }
+    alignas(64) int32_t v[kMaxStorePixels][kInt8Lanes] = {};
+    const uint32_t two = c.mode == Epilogue::kAcc ? 1 : 2;
     for (int p = 0; p < np; ++p) {
-      alignas(64) int32_t d[kInt8Lanes];
-      for (int h = 0; h < kHalves; ++h)
-        half[h].Codes(raw + (p * nb + b) * kInt8Lanes + h * Isa::kLanes, nws[p],
-                      d + h * Isa::kLanes, codes[p] + h * Isa::kLanes);
-      if (searched) {
-        for (int l = 0; l < kInt8Lanes; ++l)
-          if (!tab.line[o0 + l]) codes[p][l] = RequantCode(tab, o0 + l, d[l]);
+      const int32_t* in = raw + (p * nb + b) * kInt8Lanes;
+      for (int l = 0; l < kInt8Lanes; ++l) {
+        const uint32_t acc =
+            static_cast<uint32_t>(in[l]) + z * static_cast<uint32_t>(c.wsum[o0 + l]);
+        v[p][l] = static_cast<int32_t>(two * acc - static_cast<uint32_t>(nws[p]));
       }
     }
-    const int64_t lanes = std::min<int64_t>(kInt8Lanes, g.o - o0);
-    for (int64_t l = 0; l < lanes; ++l) {
-      uint8_t* run = dst + (o0 + l) * ohw;
-      for (int p = 0; p < np; ++p) run[p] = codes[p][l];
-    }
+    TransposeStore32(v, np, c.acc + base + o0 * ohw, ohw, lanes);
   }
   return true;
 }

@@ -63,28 +63,33 @@ void Block(const Int8Conv& c, const int8_t* const* xs, int64_t ob, int32_t* raw)
     for (int b = 0; b < NB; ++b) _mm512_storeu_si512(raw + (p * NB + b) * kInt8Lanes, acc[p][b]);
 }
 
-// The vector requant store (int8conv_store.h) on zmm: 16 lanes.
+// The vector store (int8conv_store.h) on zmm: 16 lanes.
 struct VnniStore {
   static constexpr int kLanes = 16;
+  using Vec = __m512i;
+  static Vec Zero() { return _mm512_setzero_si512(); }
+  static Vec Or(Vec a, Vec b) { return _mm512_or_si512(a, b); }
+  static Vec Shl(Vec a, int bits) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(bits)); }
+  static void Store(uint32_t* dst, Vec a) { _mm512_store_si512(dst, a); }
   struct Lanes {
     const ThresholdTable* tab;
-    int64_t o;
-    __m512i zw;
+    __m512i zw, lo, hi, mul[2], add[2];
     __mmask16 neg;
-    Lanes(const ThresholdTable& t, int64_t o0, const int32_t* wsum, int32_t z)
+    Lanes(const ThresholdTable& t, int64_t o, const int32_t* wsum, int32_t z)
         : tab(&t),
-          o(o0),
           zw(_mm512_mullo_epi32(_mm512_set1_epi32(z), _mm512_loadu_si512(wsum))),
+          lo(_mm512_loadu_si512(t.lo.data() + o)),
+          hi(_mm512_loadu_si512(t.hi.data() + o)),
+          mul{_mm512_loadu_si512(t.mul.data() + o), _mm512_loadu_si512(t.mul.data() + o + 8)},
+          add{_mm512_loadu_si512(t.add.data() + o), _mm512_loadu_si512(t.add.data() + o + 8)},
           neg(_mm_test_epi8_mask(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t.neg.data() + o0)),
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t.neg.data() + o)),
               _mm_set1_epi8(1))) {}
-    void Codes(const int32_t* raw, int32_t nws, int32_t* d, uint8_t* codes) const {
+    Vec Codes(const int32_t* raw, int32_t nws) const {
       const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw), zw);
       const __m512i dv = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(nws));
       const __m512i sd = _mm512_mask_sub_epi32(dv, neg, _mm512_setzero_si512(), dv);
-      _mm512_storeu_si512(d, dv);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes),
-                       _mm512_cvtepi32_epi8(RequantOnLines(*tab, o, sd)));
+      return RequantOnLines(*tab, sd, lo, hi, mul, add);
     }
   };
 };
@@ -104,7 +109,7 @@ void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
       const int8_t* xs[kTileP];
       for (int p = 0; p < np; ++p) xs[p] = c.Field(p0 + p);
       kBlocks[np - 1][nb - 1](c, xs, ob, raw);
-      if (!StoreCodesWith<VnniStore>(c, p0, np, ob, nb, raw)) StoreInt8Tile(c, p0, np, ob, nb, raw);
+      if (!StoreTileWith<VnniStore>(c, p0, np, ob, nb, raw)) StoreInt8Tile(c, p0, np, ob, nb, raw);
     }
   }
 }
