@@ -179,11 +179,16 @@ int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
   return s;
 }
 
-const int8_t* Int8Conv::Field(int64_t pix) const {
+void Int8Conv::Fields(int64_t pix0, int np, const int8_t** xs) const {
   const int64_t ohw = g->oh * g->ow;
-  const int64_t n = pix / ohw, r = pix % ohw;
-  const int64_t oy = r / g->ow, ox = r % g->ow;
-  return xq + n * q.image + oy * g->stride * q.row + ox * g->stride * q.pixel;
+  int64_t n = pix0 / ohw, oy = pix0 % ohw / g->ow, ox = pix0 % g->ow;
+  for (int p = 0; p < np; ++p) {
+    xs[p] = xq + n * q.image + oy * g->stride * q.row + ox * g->stride * q.pixel;
+    if (++ox == g->ow) {
+      ox = 0;
+      if (++oy == g->oh) oy = 0, ++n;
+    }
+  }
 }
 
 void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,

@@ -75,8 +75,9 @@ struct Int8Conv {
   const ThresholdTable* table = nullptr;  // kRequant: the thresholds (requant_table.h)
   RequantPixelFn requant = nullptr;       // kRequant: the kernel's search over the table
 
-  // The first byte of the receptive field of output pixel `pix` (flattened n, oy, ox).
-  const int8_t* Field(int64_t pix) const;
+  // The first byte of the receptive field of output pixels pix0 .. pix0 + np - 1 (flattened
+  // n, oy, ox) into xs[0 .. np - 1]: one division, then stepping along the rows.
+  void Fields(int64_t pix0, int np, const int8_t** xs) const;
 };
 
 // Sum of the activation codes over the receptive field of output (n, oy, ox) (c.pixsum).

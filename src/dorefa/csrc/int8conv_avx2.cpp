@@ -198,7 +198,7 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
     for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += tile) {
       const int np = static_cast<int>(std::min<int64_t>(tile, pix0 + npix - p0));
       const int8_t* xs[kTileP];
-      for (int p = 0; p < np; ++p) xs[p] = c.Field(p0 + p);
+      c.Fields(p0, np, xs);
       blocks[np - 1](c, xs, ob, m, raw);
       if (!StoreTileWith<Avx2Store>(c, p0, np, ob, 1, raw)) StoreInt8Tile(c, p0, np, ob, 1, raw);
     }

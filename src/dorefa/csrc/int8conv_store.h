@@ -149,10 +149,9 @@ bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
   if (r0 + np > ohw || np > kMaxStorePixels) return false;
   const auto nw = static_cast<uint32_t>((1 << g.w_bits) - 1);
   int32_t nws[kMaxStorePixels] = {};  // nw S per pixel, modulo 2^32
-  for (int p = 0; c.mode != Epilogue::kAcc && p < np; ++p) {
-    const int64_t r = r0 + p;
-    nws[p] =
-        static_cast<int32_t>(nw * static_cast<uint32_t>(Int8FieldSum(c, n, r / g.ow, r % g.ow)));
+  for (int64_t p = 0, oy = r0 / g.ow, ox = r0 % g.ow; c.mode != Epilogue::kAcc && p < np; ++p) {
+    nws[p] = static_cast<int32_t>(nw * static_cast<uint32_t>(Int8FieldSum(c, n, oy, ox)));
+    if (++ox == g.ow) ox = 0, ++oy;  // the tile's pixels lie in one image
   }
   const int64_t base = n * g.o * ohw + r0;
   const auto z = static_cast<uint32_t>(c.shift);

@@ -107,7 +107,7 @@ void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
     for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
       const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
       const int8_t* xs[kTileP];
-      for (int p = 0; p < np; ++p) xs[p] = c.Field(p0 + p);
+      c.Fields(p0, np, xs);
       kBlocks[np - 1][nb - 1](c, xs, ob, raw);
       if (!StoreTileWith<VnniStore>(c, p0, np, ob, nb, raw)) StoreInt8Tile(c, p0, np, ob, nb, raw);
     }
