@@ -493,6 +493,9 @@ std::vector<std::string> WgradKernelsPy() {
 }
 
 }  // namespace
+
+void BindStreamOps(py::module_& m);  // bindings_stream.cpp
+
 }  // namespace dorefa
 
 PYBIND11_MODULE(_kernels, m) {
@@ -538,4 +541,5 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
         py::arg("mode"), py::arg("thresholds") = py::none(), py::arg("direction") = py::none());
+  dorefa::BindStreamOps(m);
 }

@@ -72,6 +72,9 @@ __all__ = [
     "maxpool_codes",
     "maxpool_float",
     "pack_weights",
+    "quantize_float",
+    "affine_float",
+    "scale_int_float",
     "prepare_conv",
     "reference",
     "set_backend",
@@ -269,3 +272,41 @@ def maxpool_codes(x_codes: np.ndarray, kernel: int, stride: int, padding: int) -
     if _current_kernel() == _REFERENCE:
         return reference.maxpool_codes(x, kernel, stride, padding)
     return _native.maxpool_codes(x, kernel, stride, padding)
+
+
+def quantize_float(x: np.ndarray, bits: int) -> np.ndarray:
+    """f_a's uint8 codes of a float32 map, ``rint(clip(x, 0, 1) * (2^bits - 1))`` in float32
+    (:func:`reference.quantize_float` is the spec; one native pass gives the same codes)."""
+    x = np.ascontiguousarray(x, np.float32)
+    if _current_kernel() == _REFERENCE:
+        return reference.quantize_float(x, bits)
+    return _native.quantize_float(x, bits)
+
+
+def _check_channels(x: np.ndarray, *vectors: np.ndarray) -> None:
+    """Each per-channel vector holds C = x.shape[1] entries."""
+    c = x.shape[1] if x.ndim >= 2 else None
+    if c is None or any(np.shape(v) != (c,) for v in vectors):
+        raise ValueError(
+            f"x must be (N, C, ...) and the per-channel vectors hold C = {c} floats each; got "
+            f"x {x.shape} and vectors {[np.shape(v) for v in vectors]}"
+        )
+
+
+def affine_float(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Per-channel ``x * scale + shift`` of an (N, C, ...) float32 map, the same float32 bits
+    as :func:`reference.affine_float` (one native pass)."""
+    x = np.ascontiguousarray(x, np.float32)
+    _check_channels(x, scale, shift)
+    if _current_kernel() == _REFERENCE:
+        return reference.affine_float(x, scale, shift)
+    return _native.affine_float(x, scale, shift)
+
+
+def scale_int_float(d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bool) -> np.ndarray:
+    """A bit convolution's float32 output ``float32(D) * alpha + beta`` per channel (then
+    clipped to [0, 1] when ``clip``), the same bits as :func:`reference.scale_int_float`."""
+    _check_channels(d, alpha, beta)
+    if _current_kernel() == _REFERENCE:
+        return reference.scale_int_float(d, alpha, beta, clip)
+    return _native.scale_int_float(np.ascontiguousarray(d, np.int32), alpha, beta, clip)

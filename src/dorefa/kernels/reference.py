@@ -386,3 +386,37 @@ def maxpool_codes(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.n
                      j : j + stride * (ow - 1) + 1 : stride]  # fmt: skip
             np.maximum(out, tap, out=out)
     return out
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """A (C,) vector shaped to broadcast over (N, C, ...) of ``ndim`` dimensions."""
+    return np.asarray(v, np.float32).reshape(1, -1, *(1,) * (ndim - 2))
+
+
+def quantize_float(x: np.ndarray, bits: int) -> np.ndarray:
+    """f_a's codes of a float32 map, as torch computes them: ``rint(clip(x, 0, 1) * n)`` in
+    float32 (``n = 2^bits - 1``, ties to even); a NaN gives code 0."""
+    y = np.clip(np.asarray(x, np.float32), np.float32(0), np.float32(1))
+    y *= np.float32((1 << bits) - 1)
+    np.rint(y, out=y)
+    y[np.isnan(y)] = 0
+    return y.astype(np.uint8)
+
+
+def affine_float(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Per-channel ``x * scale + shift`` of an (N, C, ...) float32 array: a product, then a
+    sum, each rounded to float32 (an eval BatchNorm)."""
+    y = np.asarray(x, np.float32) * _per_channel(scale, x.ndim)
+    y += _per_channel(shift, x.ndim)
+    return y
+
+
+def scale_int_float(d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bool) -> np.ndarray:
+    """A bit convolution's float output from its int32 D (N, C, ...): ``float32(D) * alpha +
+    beta`` per channel, each step rounded to float32, then ``clip(., 0, 1)`` when ``clip``."""
+    y = d.astype(np.float32)
+    np.multiply(y, _per_channel(alpha, d.ndim), out=y)
+    np.add(y, _per_channel(beta, d.ndim), out=y)
+    if clip:
+        np.clip(y, np.float32(0), np.float32(1), out=y)
+    return y

@@ -65,8 +65,8 @@ class BitConv(Layer):
                 for pw, s in zip(self.packed, sl, strict=True)
             ]
         else:
-            self.alpha = alpha[None, :, None, None]
-            self.beta = beta[None, :, None, None]
+            self.alpha = np.ascontiguousarray(alpha, np.float32).reshape(-1)
+            self.beta = np.ascontiguousarray(beta, np.float32).reshape(-1)
             self.convs = [_prepared(pw, x_bits, stride, padding, "signed") for pw in self.packed]
 
     def forward(self, x, threads):
@@ -81,12 +81,8 @@ class BitConv(Layer):
                 for g, conv in enumerate(self.convs)
             ]
             y = np.concatenate(outs, axis=1)
-        if self.out == "float":  # float32(float32(D) * alpha) + beta, in place
-            y = y.astype(np.float32)
-            np.multiply(y, self.alpha, out=y)
-            np.add(y, self.beta, out=y)
-            if self.clip:
-                np.clip(y, 0, 1, out=y)
+        if self.out == "float":  # float32(float32(D) * alpha) + beta [clipped], one pass
+            y = kernels.scale_int_float(y, self.alpha, self.beta, self.clip)
         return y
 
     def describe(self):

@@ -105,9 +105,7 @@ class Quantize(Layer):
         self.n = np.float32((1 << bits) - 1)
 
     def forward(self, x, threads):
-        y = np.clip(x, 0, 1)  # same float32 ops as torch: clamp, * n, round half to even
-        y *= self.n
-        return np.rint(y, out=y).astype(np.uint8)
+        return kernels.quantize_float(x, self.bits)  # torch's float32 ops, one native pass
 
     def describe(self):
         return f"quantize -> {self.bits}-bit codes"
@@ -136,14 +134,12 @@ class Affine(Layer):
     op = "affine"
 
     def __init__(self, scale: np.ndarray, shift: np.ndarray, ndim: int):
-        tail = (1,) * (ndim - 2)  # ndim of the batch (N, C, ...)
-        self.scale = scale.reshape(1, -1, *tail)
-        self.shift = shift.reshape(1, -1, *tail)
+        self.ndim = ndim  # of the batch (N, C, ...)
+        self.scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
+        self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
 
     def forward(self, x, threads):
-        y = x * self.scale  # one new array, the shift added in place (same float32 ops)
-        y += self.shift
-        return y
+        return kernels.affine_float(x, self.scale, self.shift)
 
     def describe(self):
         return f"affine {self.scale.size} channels (float32 BatchNorm)"

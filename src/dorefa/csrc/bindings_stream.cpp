@@ -1,0 +1,80 @@
+// pybind11 glue of the float stream's elementwise operations (stream_float.h): checks the
+// arrays, releases the GIL. The Python face is dorefa.kernels (quantize_float, affine_float,
+// scale_int_float).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "buffers.h"
+#include "stream_float.h"
+
+namespace py = pybind11;
+
+namespace dorefa {
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IntArray = py::array_t<int32_t, py::array::c_style>;
+
+std::vector<int64_t> ShapeOf(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+// (N, C, HW) of a (N, C, ...) array whose per-channel vectors p and q have C entries.
+void ChannelShape(const py::array& x, const FloatArray& p, const FloatArray& q, int64_t* n,
+                  int64_t* c, int64_t* hw) {
+  if (x.ndim() < 2) throw std::invalid_argument("x must be (N, C, ...)");
+  *n = x.shape(0);
+  *c = x.shape(1);
+  *hw = 1;
+  for (py::ssize_t i = 2; i < x.ndim(); ++i) *hw *= x.shape(i);
+  if (p.ndim() != 1 || q.ndim() != 1 || p.shape(0) != *c || q.shape(0) != *c)
+    throw std::invalid_argument("the per-channel vectors must hold C = " + std::to_string(*c) +
+                                " floats each");
+}
+
+py::array_t<uint8_t> QuantizeFloatPy(const FloatArray& x, int bits) {
+  if (bits < 1 || bits > 8) throw std::invalid_argument("bits must be in 1..8");
+  py::array_t<uint8_t> out = OutputArray<uint8_t>(ShapeOf(x));
+  uint8_t* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  QuantizeFloat(x.data(), static_cast<int64_t>(x.size()), bits, dst);
+  return out;
+}
+
+py::array_t<float> AffineFloatPy(const FloatArray& x, const FloatArray& scale,
+                                 const FloatArray& shift) {
+  int64_t n, c, hw;
+  ChannelShape(x, scale, shift, &n, &c, &hw);
+  py::array_t<float> out = OutputArray<float>(ShapeOf(x));
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  AffineFloat(x.data(), n, c, hw, scale.data(), shift.data(), dst);
+  return out;
+}
+
+py::array_t<float> ScaleIntFloatPy(const IntArray& d, const FloatArray& alpha,
+                                   const FloatArray& beta, bool clip) {
+  int64_t n, c, hw;
+  ChannelShape(d, alpha, beta, &n, &c, &hw);
+  py::array_t<float> out = OutputArray<float>(ShapeOf(d));
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  ScaleIntFloat(d.data(), n, c, hw, alpha.data(), beta.data(), clip, dst);
+  return out;
+}
+
+}  // namespace
+
+void BindStreamOps(py::module_& m) {
+  m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"));
+  m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"));
+  m.def("scale_int_float", &ScaleIntFloatPy, py::arg("d"), py::arg("alpha"), py::arg("beta"),
+        py::arg("clip"));
+}
+
+}  // namespace dorefa

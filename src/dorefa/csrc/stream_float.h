@@ -1,0 +1,30 @@
+// Elementwise float32 operations of the runtime's float stream (the values between layers that
+// are not codes: a residual sum, a BatchNorm on it, a bit convolution's float output), each one
+// pass over its array with the same float32 operations, in the same order, as its NumPy spec in
+// kernels/reference.py, so every path gives the same bits:
+//
+//   QuantizeFloat:   code = rint(clip(x, 0, 1) * n),   n = 2^bits - 1, ties to even; NaN -> 0
+//   AffineFloat:     y = x * scale[c] + shift[c]       (two roundings: built without FMA
+//                                                       contraction)
+//   ScaleIntFloat:   y = float(D) * alpha[c] + beta[c], then clip(y, 0, 1) when clip
+//
+// clip is NumPy's: x unless x < 0 (-> 0) or x > 1 (-> 1), so NaN and -0 pass unchanged. rint: v =
+// clip(x) * n lies in [0, 255], and for 0 <= v < 2^23 the float32 sum (v + 2^23) has no bits below
+// 1, so (v + 2^23) - 2^23 is v rounded to the nearest integer, ties to even (the rounding mode).
+// Arrays are (N, C, HW) contiguous; scale, shift, alpha, beta have C entries.
+#ifndef DOREFA_CSRC_STREAM_FLOAT_H_
+#define DOREFA_CSRC_STREAM_FLOAT_H_
+
+#include <cstdint>
+
+namespace dorefa {
+
+void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes);
+void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
+                 const float* shift, float* y);
+void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
+                   const float* beta, bool clip, float* y);
+
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_STREAM_FLOAT_H_

@@ -1,0 +1,110 @@
+"""The runtime's float-stream operations (quantize to codes, per-channel affine, a bit
+convolution's float output): every kernel gives the NumPy reference's float32 bits, which are
+torch's operations in torch's order (kernels/reference.py), including ties, NaN, infinities,
+-0, and lengths that are not a multiple of the vector width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dorefa import kernels as K
+from dorefa.kernels import reference as R
+from kernel_cases import KERNELS
+
+SPECIAL = np.array(
+    [
+        np.nan,
+        np.inf,
+        -np.inf,
+        -0.0,
+        0.0,
+        1.0,
+        -1.0,
+        1e-45,
+        -1e-45,
+        0.5,
+        1.0000001,
+        0.99999994,
+        3e38,
+    ],
+    np.float32,
+)
+
+
+def _stream(bits: int, size: int, seed: int) -> np.ndarray:
+    """Specials, every tie (q + 1/2) / n of the bit width, then random values in and around
+    [0, 1], cut to ``size`` values."""
+    n = (1 << bits) - 1
+    ties = ((np.arange(2 * n + 1) + 0.5) / (2 * n)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    rest = (rng.standard_normal(size) * 0.7 + 0.4).astype(np.float32)
+    return np.concatenate([SPECIAL, ties, rest])[:size]
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 1000, 4099])
+def test_quantize_float(kernel, bits, size):
+    x = _stream(bits, size, bits * 7 + size).reshape(1, 1, -1)
+    with K.use_kernel(kernel):
+        got = K.quantize_float(x, bits)
+    _same_bits(got, R.quantize_float(x, bits))
+
+
+def test_quantize_float_is_torchs_f_a():
+    """The spec is torch's f_a in float32 (clamp, * n, round half to even) off NaN."""
+    x = _stream(3, 5000, 1)
+    x = x[~np.isnan(x)]
+    t = torch.from_numpy(x)
+    want = torch.round(torch.clamp(t, 0, 1) * 7).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(R.quantize_float(x, 3), want)
+    assert R.quantize_float(np.array([np.nan], np.float32), 3)[0] == 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(1, 3), (2, 5, 1, 1), (3, 7, 5, 9), (2, 4, 33)])
+def test_affine_float(kernel, shape):
+    rng = np.random.default_rng(sum(shape))
+    with np.errstate(over="ignore"):  # 3e38 * 50: inf, on purpose
+        x = _stream(8, int(np.prod(shape)), 3).reshape(shape) * np.float32(50)
+    scale = rng.standard_normal(shape[1]).astype(np.float32)
+    shift = rng.standard_normal(shape[1]).astype(np.float32)
+    with K.use_kernel(kernel):
+        got = K.affine_float(x, scale, shift)
+    _same_bits(got, R.affine_float(x, scale, shift))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (3, 7, 5, 9), (2, 16, 17, 3)])
+def test_scale_int_float(kernel, clip, shape):
+    """Any int32 D (the float conversion rounds above 2^24), signed scales, zero products
+    (-0 survives the clip as in NumPy)."""
+    rng = np.random.default_rng(sum(shape) + clip)
+    d = rng.integers(-(2**31), 2**31, shape, dtype=np.int64).astype(np.int32)
+    d.reshape(-1)[: d.size // 3] //= 1 << 20
+    d.reshape(-1)[0] = 0
+    alpha = (rng.standard_normal(shape[1]) * 1e-6).astype(np.float32)
+    beta = rng.standard_normal(shape[1]).astype(np.float32) * 0.5
+    alpha[0], beta[0] = -1.0, -0.0
+    with K.use_kernel(kernel):
+        got = K.scale_int_float(d, alpha, beta, clip)
+    _same_bits(got, R.scale_int_float(d, alpha, beta, clip))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_stream_ops_check_the_channel_vectors(kernel):
+    x = np.zeros((2, 3, 4), np.float32)
+    with K.use_kernel(kernel), pytest.raises(ValueError, match="C = 3"):
+        K.affine_float(x, np.ones(2, np.float32), np.ones(3, np.float32))
+    with K.use_kernel(kernel), pytest.raises(ValueError, match="C = 3"):
+        K.scale_int_float(x.astype(np.int32), np.ones(3, np.float32), np.ones(4, np.float32), True)
+    with K.use_kernel(kernel), pytest.raises(ValueError, match="C = None"):
+        K.affine_float(np.zeros(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32))
