@@ -562,6 +562,27 @@ def test_conv_float_output(kernel, shape):
     assert np.all(np.abs(got - expected) <= (c * k * k + 2) * 2.0**-24 * bound)
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 23, 23, 64, 7, 2, 3), (2, 2, 9, 11, 70, 3, 1, 1)], ids=str)
+def test_conv_float_output_same_bits_on_vector_paths(shape):
+    """The float-output vector paths (ymm on AVX2, zmm on AVX-512) run each output's float32 FMAs
+    over the taps in the same order: the same bits, at any thread count (outputs in runs of 1-4
+    pixels, 70 channels = a full and a partial group of either width)."""
+    n, c, h, w, o, k, s, p = shape
+    rng = np.random.default_rng(list(shape))
+    x = (rng.random((n, c, h, w), dtype=np.float32) - 0.3).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    vector = [k for k in NATIVE if not k.startswith("popcount-scalar")]
+    outs = {}
+    for kernel in vector:
+        with K.use_kernel(kernel):
+            outs[kernel] = [K.conv_float(x, wt, b, s, p, threads=t) for t in (1, 2)]
+    for kernel, (one, two) in outs.items():
+        np.testing.assert_array_equal(one.view(np.uint32), two.view(np.uint32), err_msg=kernel)
+        first = outs[vector[0]][0]
+        np.testing.assert_array_equal(one.view(np.uint32), first.view(np.uint32), err_msg=kernel)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape", [(1, 512, 10), (3, 37, 5), (8, 8, 1), (5, 1, 9), (2, 300, 7)])
 def test_linear_float(kernel, shape):

@@ -170,7 +170,8 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
     return;
   }
   FloatConvPlan p;
-  p.hp = hp, p.wp = wp, p.taps = taps, p.ostride = (g.o + 7) / 8 * 8;
+  // ostride: channels rounded up to 16 (whole ymm on AVX2, whole zmm on AVX-512).
+  p.hp = hp, p.wp = wp, p.taps = taps, p.ostride = (g.o + 15) / 16 * 16;
   std::vector<float> xf(static_cast<size_t>(g.n * g.c * hp * wp), 0.0f);
   for (int64_t nc = 0; nc < g.n * g.c; ++nc)
     for (int64_t y = 0; y < g.h; ++y)

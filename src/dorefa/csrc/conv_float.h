@@ -104,6 +104,9 @@ void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_
 // AVX2 + FMA, float output: the same float32 sums (4 pixels x 24 channels), + bias, stored.
 void ConvFloatOutAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
                       int64_t ox, int64_t count, float* dst);
+// AVX-512F, float output: the same float32 sums on zmm (4 pixels x 64 channels), the same bits.
+void ConvFloatOutAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
+                        int64_t ox, int64_t count, float* dst);
 #endif
 
 }  // namespace dorefa

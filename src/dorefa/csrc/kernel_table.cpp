@@ -24,8 +24,10 @@ constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr};
 #ifdef DOREFA_HAVE_X86_KERNELS
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift};
-constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx2};
+constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512};
 constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2};
+// Codes from the AVX2 path, float output on zmm (entries that have AVX-512F).
+constexpr FloatConvPath kFloatAvx2Zmm{"avx2/zmm-out", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx512};
 #endif
 
 // The float first layer: the AVX2 path (float32 FMA sums, codes checked against an error bound)
@@ -38,13 +40,13 @@ const KernelEntry kTable[] = {
   //  float first layer path
 #ifdef DOREFA_HAVE_X86_KERNELS
   {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi | kFma, &kAvx512Tiles, kGfniPack, nullptr, kEpilogue,
-   kFloatAvx2},
+   kFloatAvx2Zmm},
   {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, nullptr,    kEpilogue,
    kFloatAvx512},
   {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  nullptr,    0,
    kFloatAvx2},
   {"int8-vnni",               "avx512", kVnni | kFma,        nullptr,       kNhwc,      &kInt8Vnni, kEpilogue,
-   kFloatAvx2},
+   kFloatAvx2Zmm},
   {"int8-avx2",               "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kInt8Avx2, kEpilogue,
    kFloatAvx2},
 #endif
