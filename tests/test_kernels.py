@@ -562,7 +562,9 @@ def test_conv_float_output(kernel, shape):
     assert np.all(np.abs(got - expected) <= (c * k * k + 2) * 2.0**-24 * bound)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 23, 23, 64, 7, 2, 3), (2, 2, 9, 11, 70, 3, 1, 1)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 23, 23, 64, 7, 2, 3), (2, 2, 9, 11, 70, 3, 1, 1)], ids=str
+)
 def test_conv_float_output_same_bits_on_vector_paths(shape):
     """The float-output vector paths (ymm on AVX2, zmm on AVX-512) run each output's float32 FMAs
     over the taps in the same order: the same bits, at any thread count (outputs in runs of 1-4

@@ -15,6 +15,7 @@ from dorefa import kernels
 from dorefa.bits import Bits
 from dorefa.cli import main
 from dorefa.exporter import export
+from dorefa.kernels import choose
 from dorefa.model_summary import Summary, summary, summary_file
 from dorefa.models import create_model, list_models
 from dorefa.sweep import Cell, cell_costs
@@ -28,6 +29,25 @@ def _rows(s: Summary) -> dict:
 
 def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def test_kernel_column_is_the_runtimes_pick():
+    """The kernel column: the cost model's pick per layer when nothing is forced (an int8
+    kernel for W8A8 where this CPU has one, popcount for W1A2), the forced kernel otherwise."""
+    rows = summary(create_model("svhn", bits="8,8,8", num_classes=10)).rows
+    bit_rows = [r for r in rows if r.w == 8]
+    forced = kernels.forced_kernel()
+    assert bit_rows and all(
+        r.kernel == (forced or choose.model_pick(8, 8, r.macs)) for r in bit_rows
+    )
+    if forced is None and any(k.startswith("int8-") for k in kernels.available_kernels()):
+        assert all(r.kernel.startswith("int8-") for r in bit_rows)
+    rows = summary(create_model("svhn", bits="1,2,6", num_classes=10)).rows
+    assert all(r.kernel.startswith(("popcount-", "reference")) for r in rows if r.w == 1)
+    for kernel in kernels.available_kernels():
+        with kernels.use_kernel(kernel):
+            rows = summary(create_model("svhn", bits="8,8,8", num_classes=10)).rows
+        assert all(r.kernel == kernel for r in rows if r.w == 8)
 
 
 def test_svhn_model_a_by_hand():
@@ -48,7 +68,7 @@ def test_svhn_model_a_by_hand():
     assert conv1.bytes == 64 * 48 * 9 * 1 / 8  # 1 bit per weight, no bias
     assert conv4.bitops == conv4.macs * 1 * 2
     assert conv4.train_bitops == conv4.macs * (1 * 2 + 1 * 6 + 2 * 6)
-    assert conv1.kernel == kernels.kernel_name()
+    assert conv1.kernel == (kernels.forced_kernel() or choose.model_pick(1, 2, conv1.macs))
     assert rows["features.bn1"].params == 128 and rows["features.bn1"].bytes == 128 * 4
     assert rows["features.act1"].a == 2 and rows["features.act6"].a == 32  # clip only
     fc = rows["fc"]

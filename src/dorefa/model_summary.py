@@ -17,9 +17,10 @@ One row per layer (in the order the forward pass calls them), with per-image fig
                 costs k * j popcount bit-operations; a float layer counts W = A = 32)
     train bit-ops  MACs * (W*A + W*G + A*G): forward, backward to the input, backward to the
                 weights
-    kernel      what the bit runtime runs: ``dorefa.kernels.kernel_name()`` for a layer with
-                W and A in 1..8, ``conv_float`` / ``linear`` for a float-weight conv / linear,
-                ``-`` otherwise
+    kernel      what the bit runtime runs: for a layer with W and A in 1..8 the forced kernel,
+                else the kernel cost model's pick for its bits and MACs on this CPU (the
+                runtime times the best two when it loads: ``dorefa run --explain``);
+                ``conv_float`` / ``linear`` for a float-weight conv / linear, ``-`` otherwise
 
 Totals add the rows. ``weight_bytes`` is the bytes of the conv/linear rows only (BatchNorm
 excluded: what ``dorefa sweep`` reports). The float share is that of float-weight conv/linear
@@ -134,18 +135,22 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def kernel_for(op: str, w: int | None, a: int | None) -> str:
-    """The runtime's kernel for a ``"conv"`` or ``"linear"`` layer with these bits."""
+def kernel_for(op: str, w: int | None, a: int | None, macs: int = 0) -> str:
+    """The runtime's kernel for a ``"conv"`` or ``"linear"`` layer with these bits and MACs:
+    the forced kernel if one is, else the cost model's pick among this CPU's kernel families
+    (:func:`dorefa.kernels.choose.model_pick`; the runtime then times the best two, and
+    ``dorefa run --explain`` shows what it measured)."""
     if w == FLOAT:
         return "conv_float" if op == "conv" else "linear"
     if w is None or a is None or a == FLOAT:
         return "-"  # float input into quantized weights: no popcount kernel takes it
-    from .kernels import kernel_name
+    from .kernels import choose, forced_kernel
 
     try:
-        return kernel_name()
+        forced = forced_kernel()
     except ValueError:  # DOREFA_KERNEL names a backend this machine lacks
         return "unavailable"
+    return forced or choose.model_pick(w, a, max(macs, 1))
 
 
 # ----------------------------------------------------------------------------- torch models
@@ -326,7 +331,7 @@ def _file_conv(row: Row, op: str, spec: dict, arr, shape: tuple, g: int) -> tupl
     s, p = int(spec["stride"]), int(spec["padding"])
     out = (o, conv_out_size(h, kh, s, p), conv_out_size(w, kw, s, p))
     row.macs, row.is_weight = math.prod(out) * cg * kh * kw, True
-    row.kernel = kernel_for("conv", row.w, row.a)
+    row.kernel = kernel_for("conv", row.w, row.a, row.macs)
     return out
 
 

@@ -89,7 +89,7 @@ class _Tracer:
             r.macs, op = out * m.in_features, "linear"
         else:
             r.macs, op = out * (m.in_channels // m.groups) * math.prod(m.kernel_size), "conv"
-        r.kernel = kernel_for(op, r.w, r.a)
+        r.kernel = kernel_for(op, r.w, r.a, r.macs)
 
 
 def torch_rows(model: nn.Module, shape: tuple[int, ...]) -> list[Row]:

@@ -80,6 +80,12 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
     return macs * w_bits * x_bits / rate / 1e3
 
 
+def model_pick(w_bits: int, x_bits: int, macs: int) -> str:
+    """The kernel the cost model alone picks for these bits and MACs (method ``model``): the
+    first kernel of the cheapest family this CPU runs."""
+    return min(families(), key=lambda k: model_cost(_family(k), w_bits, x_bits, macs))
+
+
 def method() -> str:
     """``DOREFA_KERNEL_CHOICE`` (default ``measure``); ValueError names the valid values."""
     value = os.environ.get(CHOICE_ENV, "").strip().lower() or "measure"
