@@ -85,26 +85,60 @@ void Group(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp, co
 
 // Float output (ConvFloatOut): the AVX2 path's float32 sums on zmm, 16 channels per vector, up
 // to 4 vectors (64 channels) x 4 pixels = 16 accumulators; each output is the same sequence of
-// FMAs over the taps in order as on AVX2, so the same bits. On Zen 4 a zmm FMA does the work of
-// two ymm ones in one instruction, which the AVX2 loop (12 ymm FMAs and 7 loads a tap) could
-// not issue fast enough; Sapphire Rapids has twice the zmm FMA throughput as well.
-constexpr int kOutVec = 4;
+// FMAs over the taps in order as on AVX2, so the same bits. On Zen 4 a zmm FMA does the work of two
+// ymm ones in one instruction, which the AVX2 loop (12 ymm FMAs, 7 loads a tap) could not issue
+// fast enough; Sapphire Rapids has twice the zmm FMA throughput as well.
+constexpr int kZVec = 4;
 
 template <size_t... V>
-inline void FmaZ(__m512 (&acc)[kOutVec], const __m512 (&w)[kOutVec], const float* x,
+inline void FmaZ(__m512 (&acc)[kZVec], const __m512 (&w)[kZVec], const float* x,
                  std::index_sequence<V...>) {
   const __m512 xb = _mm512_set1_ps(*x);
   ((acc[V] = _mm512_fmadd_ps(w[V], xb, acc[V])), ...);
 }
 
+// The float32 sums of NP (1 or 4) pixels (src[p] + the tap offsets) for channels o0 .. o0 +
+// 16 nv, taps in order, into out[p][v]. Pointers and accumulators in registers (as AVX2 Sums).
+template <int NP, int nv>
+inline void SumsZ(const float* const* src, const FloatConvPlan& pl, int64_t o0,
+                  __m512 (&out)[4][kZVec]) {
+  static_assert(NP == 1 || NP == 4, "1 or 4 pixels");
+  constexpr auto kV = std::make_index_sequence<nv>();
+  const float* s0 = src[0];
+  const float* s1 = src[NP == 4 ? 1 : 0];
+  const float* s2 = src[NP == 4 ? 2 : 0];
+  const float* s3 = src[NP == 4 ? 3 : 0];
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a0[kZVec] = {z, z, z, z}, a1[kZVec] = {z, z, z, z};
+  __m512 a2[kZVec] = {z, z, z, z}, a3[kZVec] = {z, z, z, z};
+  for (int64_t t = 0; t < pl.taps; ++t) {
+    const int64_t off = pl.offs[t];
+    const float* w = pl.wtf + t * pl.ostride + o0;  // ostride: a multiple of 16
+    const __m512 wv[kZVec] = {_mm512_loadu_ps(w), nv > 1 ? _mm512_loadu_ps(w + 16) : z,
+                              nv > 2 ? _mm512_loadu_ps(w + 32) : z,
+                              nv > 3 ? _mm512_loadu_ps(w + 48) : z};
+    FmaZ(a0, wv, s0 + off, kV);
+    if constexpr (NP == 4) {
+      FmaZ(a1, wv, s1 + off, kV);
+      FmaZ(a2, wv, s2 + off, kV);
+      FmaZ(a3, wv, s3 + off, kV);
+    }
+  }
+  for (int v = 0; v < nv; ++v) {
+    out[0][v] = a0[v];
+    out[1][v] = a1[v];
+    out[2][v] = a2[v];
+    out[3][v] = a3[v];
+  }
+}
+
 // Channels [ob, ob + lanes) of 4 neighbouring pixels: a 4 x 16 transpose (unpack 32, unpack
 // 64), then per channel its 4 pixels as one 16-byte store.
-inline void StoreFour(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float* d, int64_t plane,
-                      int64_t lanes) {
-  const __m512d t0 = _mm512_castps_pd(_mm512_unpacklo_ps(a0, a1));
-  const __m512d t1 = _mm512_castps_pd(_mm512_unpackhi_ps(a0, a1));
-  const __m512d t2 = _mm512_castps_pd(_mm512_unpacklo_ps(a2, a3));
-  const __m512d t3 = _mm512_castps_pd(_mm512_unpackhi_ps(a2, a3));
+inline void StoreFour(const __m512 (&a)[4], float* d, int64_t plane, int64_t lanes) {
+  const __m512d t0 = _mm512_castps_pd(_mm512_unpacklo_ps(a[0], a[1]));
+  const __m512d t1 = _mm512_castps_pd(_mm512_unpackhi_ps(a[0], a[1]));
+  const __m512d t2 = _mm512_castps_pd(_mm512_unpacklo_ps(a[2], a[3]));
+  const __m512d t3 = _mm512_castps_pd(_mm512_unpackhi_ps(a[2], a[3]));
   // r[j]: in 128-bit lane k, channel 4k + j's 4 pixels.
   alignas(64) float r[4][16];
   _mm512_store_ps(r[0], _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)));
@@ -118,38 +152,22 @@ inline void StoreFour(__m512 a0, __m512 a1, __m512 a2, __m512 a3, float* d, int6
 template <int nv>
 void RunOutZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t oy, int64_t ox,
              int64_t count, float* dst, int64_t o0) {
-  constexpr auto kV = std::make_index_sequence<nv>();
-  const float* img = pl.xf + n * g.c * pl.hp * pl.wp;
-  const float* row = img + oy * g.stride * pl.wp;
-  // A short run repeats its last pixel (not stored); pointers in registers (see AVX2 Sums).
-  const float* s0 = row + ox * g.stride;
-  const float* s1 = row + (ox + std::min<int64_t>(1, count - 1)) * g.stride;
-  const float* s2 = row + (ox + std::min<int64_t>(2, count - 1)) * g.stride;
-  const float* s3 = row + (ox + std::min<int64_t>(3, count - 1)) * g.stride;
-  const __m512 z = _mm512_setzero_ps();
-  __m512 a0[kOutVec] = {z, z, z, z}, a1[kOutVec] = {z, z, z, z};
-  __m512 a2[kOutVec] = {z, z, z, z}, a3[kOutVec] = {z, z, z, z};
-  for (int64_t t = 0; t < pl.taps; ++t) {
-    const int64_t off = pl.offs[t];
-    const float* w = pl.wtf + t * pl.ostride + o0;  // ostride: a multiple of 16 here
-    const __m512 wv[kOutVec] = {_mm512_loadu_ps(w), nv > 1 ? _mm512_loadu_ps(w + 16) : z,
-                                nv > 2 ? _mm512_loadu_ps(w + 32) : z,
-                                nv > 3 ? _mm512_loadu_ps(w + 48) : z};
-    FmaZ(a0, wv, s0 + off, kV);
-    FmaZ(a1, wv, s1 + off, kV);
-    FmaZ(a2, wv, s2 + off, kV);
-    FmaZ(a3, wv, s3 + off, kV);
-  }
+  const float* row = pl.xf + n * g.c * pl.hp * pl.wp + oy * g.stride * pl.wp;
+  const float* src[4];
+  for (int64_t p = 0; p < 4; ++p)  // a short run repeats its last pixel (not stored)
+    src[p] = row + (ox + std::min(p, count - 1)) * g.stride;
+  __m512 a[4][kZVec];
+  SumsZ<4, nv>(src, pl, o0, a);
   const int64_t plane = g.oh * g.ow;
   for (int v = 0; v < nv; ++v) {
     const int64_t ob = o0 + 16 * v;
     const __m512 b = _mm512_loadu_ps(pl.bias + ob);
-    const __m512 sums[4] = {_mm512_add_ps(a0[v], b), _mm512_add_ps(a1[v], b),
-                            _mm512_add_ps(a2[v], b), _mm512_add_ps(a3[v], b)};
+    const __m512 sums[4] = {_mm512_add_ps(a[0][v], b), _mm512_add_ps(a[1][v], b),
+                            _mm512_add_ps(a[2][v], b), _mm512_add_ps(a[3][v], b)};
     const int64_t lanes = std::min<int64_t>(16, g.o - ob);
     float* d = dst + ob * plane + oy * g.ow + ox;
     if (count == 4) {
-      StoreFour(sums[0], sums[1], sums[2], sums[3], d, plane, lanes);
+      StoreFour(sums, d, plane, lanes);
       continue;
     }
     for (int64_t p = 0; p < count; ++p) {
@@ -166,9 +184,9 @@ void ConvFloatOutAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t 
                         int64_t ox, int64_t count, float* dst) {
   using RunFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
                          int64_t, float*, int64_t);
-  constexpr RunFn kRuns[kOutVec] = {&RunOutZ<1>, &RunOutZ<2>, &RunOutZ<3>, &RunOutZ<4>};
-  for (int64_t o0 = 0; o0 < g.o; o0 += 16 * kOutVec)
-    kRuns[std::min<int64_t>(kOutVec, (g.o - o0 + 15) / 16) - 1](g, p, n, oy, ox, count, dst, o0);
+  constexpr RunFn kRuns[kZVec] = {&RunOutZ<1>, &RunOutZ<2>, &RunOutZ<3>, &RunOutZ<4>};
+  for (int64_t o0 = 0; o0 < g.o; o0 += 16 * kZVec)
+    kRuns[std::min<int64_t>(kZVec, (g.o - o0 + 15) / 16) - 1](g, p, n, oy, ox, count, dst, o0);
 }
 
 void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py,
