@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "thread_pool.h"
@@ -211,32 +212,56 @@ inline T MaxNan(T a, T b) {
   return (b > a || b != b) ? b : a;
 }
 
+// 1 when the float's exponent bits are all set (NaN or inf), as an integer test that
+// vectorizes (a float compare per element did not); 0 for integer types.
+template <class T>
+inline uint32_t Special(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    return static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+  }
+  return 0;
+}
+
 // Separable max-pool of one plane: per output row, the max of its k input rows (valid rows
-// only) into a row buffer padded with `pad`, then the max of k taps of that buffer per column.
-// The window maxima of the row are taken at every column (tap by tap: whole-row loops that
-// vectorize), then every s-th is kept; the same M applications in the same order as a loop
-// over each window's taps.
+// only: the first copied, the others max-ed in) into a row buffer whose padding columns hold
+// `pad`, then per output column the max of its k taps of that buffer, tap by tap in order
+// (whole rows, which vectorize with stride 1; independent columns otherwise). The same result
+// as a loop over each window's taps with `pad` for the padding (M(pad, x) = x). Returns the OR
+// of Special over the input rows it read (every input a window covers).
 template <class T, T (*M)(T, T)>
-void PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oh,
-               int64_t ow, T pad, std::vector<T>& row, std::vector<T>& win, T* dst) {
-  const int64_t span = (ow - 1) * s + 1;  // columns where a window starts
-  win.resize(static_cast<size_t>(span));
+uint32_t PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oh,
+                   int64_t ow, T pad, std::vector<T>& row, T* dst) {
+  std::fill(row.begin(), row.end(), pad);
+  T* rowp = row.data() + p;
+  uint32_t special = 0;
   for (int64_t oy = 0; oy < oh; ++oy) {
-    std::fill(row.begin(), row.end(), pad);
-    T* rowp = row.data() + p;
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t y = oy * s + i - p;
-      if (y < 0 || y >= h) continue;
-      const T* r = src + y * w;
-      for (int64_t xx = 0; xx < w; ++xx) rowp[xx] = M(rowp[xx], r[xx]);
+    const int64_t y0 = std::max<int64_t>(0, oy * s - p), y1 = std::min(h, oy * s - p + k);
+    if (y0 < y1) {
+      const T* r0 = src + y0 * w;
+      for (int64_t xx = 0; xx < w; ++xx) {
+        rowp[xx] = r0[xx];
+        special |= Special(r0[xx]);
+      }
+      for (int64_t y = y0 + 1; y < y1; ++y) {
+        const T* r = src + y * w;
+        for (int64_t xx = 0; xx < w; ++xx) {
+          rowp[xx] = M(rowp[xx], r[xx]);
+          special |= Special(r[xx]);
+        }
+      }
+    } else {
+      std::fill(rowp, rowp + w, pad);
     }
-    std::copy(row.begin(), row.begin() + span, win.begin());
+    T* out = dst + oy * ow;
+    for (int64_t ox = 0; ox < ow; ++ox) out[ox] = row[ox * s];
     for (int64_t j = 1; j < k; ++j) {
       const T* tap = row.data() + j;
-      for (int64_t x = 0; x < span; ++x) win[x] = M(win[x], tap[x]);
+      for (int64_t ox = 0; ox < ow; ++ox) out[ox] = M(out[ox], tap[ox * s]);
     }
-    for (int64_t ox = 0; ox < ow; ++ox) dst[oy * ow + ox] = win[ox * s];
   }
+  return special;
 }
 
 }  // namespace
@@ -245,7 +270,6 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
                   int64_t s, int64_t p, uint8_t* out) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p + k));  // one padded row of maxima
-  std::vector<uint8_t> win;                                      // its window maxima
   for (int64_t nc = 0; nc < n * c; ++nc) {
     const uint8_t* src = x + nc * h * w;
     uint8_t* dst = out + nc * oh * ow;
@@ -261,7 +285,7 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
       }
       continue;
     }
-    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, win, dst);  // pad: 0
+    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, dst);  // pad: 0
   }
 }
 
@@ -269,24 +293,14 @@ void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, in
                   int64_t p, float* out, int threads) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   ParallelFor(threads, n * c, [&](int64_t first, int64_t last) {
-    std::vector<float> row(static_cast<size_t>(w + 2 * p + k)), win;
+    std::vector<float> row(static_cast<size_t>(w + 2 * p + k));
     constexpr float kPad = -std::numeric_limits<float>::infinity();
     for (int64_t nc = first; nc < last; ++nc) {
       const float* src = x + nc * h * w;
-      // Any NaN (or inf: the exponent bits all set) takes the NaN-aware max; an integer test
-      // so that the scan vectorizes (a float compare per element did not).
-      uint32_t special = 0;
-      for (int64_t i = 0; i < h * w; ++i) {
-        uint32_t u;
-        std::memcpy(&u, src + i, sizeof u);
-        special |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
-      }
-      if (special != 0)
-        PoolPlane<float, MaxNan<float>>(src, h, w, k, s, p, oh, ow, kPad, row, win,
-                                        out + nc * oh * ow);
-      else
-        PoolPlane<float, Max<float>>(src, h, w, k, s, p, oh, ow, kPad, row, win,
-                                     out + nc * oh * ow);
+      float* dst = out + nc * oh * ow;
+      // A plane that holds a NaN (or inf: the same exponent test) again with the NaN-aware max.
+      if (PoolPlane<float, Max<float>>(src, h, w, k, s, p, oh, ow, kPad, row, dst) != 0)
+        PoolPlane<float, MaxNan<float>>(src, h, w, k, s, p, oh, ow, kPad, row, dst);
     }
   });
 }
