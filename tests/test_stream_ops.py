@@ -108,3 +108,22 @@ def test_stream_ops_check_the_channel_vectors(kernel):
         K.scale_int_float(x.astype(np.int32), np.ones(3, np.float32), np.ones(4, np.float32), True)
     with K.use_kernel(kernel), pytest.raises(ValueError, match="C = None"):
         K.affine_float(np.zeros(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("geom", [(2, 2, 0), (3, 1, 1), (3, 2, 1), (2, 1, 1), (1, 1, 0), (5, 3, 2)])
+@pytest.mark.parametrize("shape", [(2, 3, 11, 9), (1, 2, 6, 21)])
+def test_avgpool_float(kernel, geom, shape):
+    """Window sums in float32 from 0, taps row by row (a padding tap adds 0), / k^2: the same
+    bits as the reference, and torch's avg_pool2d within float rounding; NaN and inf spread."""
+    k, s, p = geom
+    with np.errstate(over="ignore", invalid="ignore"):  # inf + -inf: NaN, on purpose
+        x = _stream(8, int(np.prod(shape)), sum(geom)).reshape(shape) * np.float32(3)
+        x[0, 0, 0, 0] = -0.0
+        with K.use_kernel(kernel):
+            got = K.avgpool_float(x, k, s, p)
+        _same_bits(got, R.avgpool_float(x, k, s, p))
+    finite = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    want = torch.nn.functional.avg_pool2d(torch.from_numpy(finite), k, s, p).numpy()
+    with K.use_kernel(kernel):
+        np.testing.assert_allclose(K.avgpool_float(finite, k, s, p), want, rtol=1e-6, atol=1e-6)

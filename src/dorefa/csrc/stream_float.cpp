@@ -1,6 +1,9 @@
 // The float stream's elementwise operations (stream_float.h has the spec): loops the compiler
-// vectorizes, SSE2 for the quantization; built with -ffp-contract=off (CMakeLists.txt).
+// vectorizes, SSE2 for the quantization and 2x2 average pools; built with -ffp-contract=off
+// (CMakeLists.txt).
 #include "stream_float.h"
+
+#include <algorithm>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -65,6 +68,51 @@ void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const flo
       for (int64_t i = 0; i < hw; ++i) dst[i] = Clip01(static_cast<float>(src[i]) * a + b);
     } else {
       for (int64_t i = 0; i < hw; ++i) dst[i] = static_cast<float>(src[i]) * a + b;
+    }
+  }
+}
+
+// A padding tap adds +0, which changes no sum: a sum from +0 is never -0 (x + -x is +0 when
+// rounding to nearest), and s + 0 = s for every other float, NaN and inf included. So only the
+// taps inside the image are added, over each tap's range of output columns, no test per tap.
+void AvgPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
+                  int64_t p, float* y) {
+  const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
+  const auto area = static_cast<float>(k * k);
+  for (int64_t nc = 0; nc < n * c; ++nc) {
+    const float* src = x + nc * h * w;
+    for (int64_t oy = 0; oy < oh; ++oy) {
+      float* __restrict__ out = y + (nc * oh + oy) * ow;
+      int64_t done = 0;  // columns finished by the vector case
+#if defined(__SSE2__)
+      if (k == 2 && s == 2 && p == 0) {  // 4 outputs from 8 columns of 2 rows, the same adds
+        const float* r0 = src + 2 * oy * w;
+        const float* r1 = r0 + w;
+        const __m128 a = _mm_set1_ps(area);
+        for (; done + 4 <= ow; done += 4) {
+          const __m128 u0 = _mm_loadu_ps(r0 + 2 * done), u1 = _mm_loadu_ps(r0 + 2 * done + 4);
+          const __m128 v0 = _mm_loadu_ps(r1 + 2 * done), v1 = _mm_loadu_ps(r1 + 2 * done + 4);
+          __m128 sum = _mm_add_ps(_mm_setzero_ps(), _mm_shuffle_ps(u0, u1, 0x88));  // + x_00
+          sum = _mm_add_ps(sum, _mm_shuffle_ps(u0, u1, 0xDD));                      // + x_01
+          sum = _mm_add_ps(sum, _mm_shuffle_ps(v0, v1, 0x88));                      // + x_10
+          sum = _mm_add_ps(sum, _mm_shuffle_ps(v0, v1, 0xDD));                      // + x_11
+          _mm_storeu_ps(out + done, _mm_div_ps(sum, a));
+        }
+      }
+#endif
+      for (int64_t ox = done; ox < ow; ++ox) out[ox] = 0.0f;
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t iy = oy * s + i - p;
+        if (iy < 0 || iy >= h) continue;
+        for (int64_t j = 0; j < k; ++j) {
+          // ox with 0 <= ox * s + j - p < w
+          const int64_t lo = std::max<int64_t>(0, (p - j + s - 1) / s);
+          const int64_t hi = std::min<int64_t>(ow, (w - 1 + p - j) / s + 1);
+          const float* __restrict__ r = src + iy * w + j - p;
+          for (int64_t ox = std::max(lo, done); ox < hi; ++ox) out[ox] += r[ox * s];
+        }
+      }
+      for (int64_t ox = done; ox < ow; ++ox) out[ox] /= area;
     }
   }
 }

@@ -7,6 +7,8 @@
 //   AffineFloat:     y = x * scale[c] + shift[c]       (two roundings: built without FMA
 //                                                       contraction)
 //   ScaleIntFloat:   y = float(D) * alpha[c] + beta[c], then clip(y, 0, 1) when clip
+//   AvgPoolFloat:    y = (((0 + x_00) + x_01) + ... + x_(k-1)(k-1)) / k^2, the window's taps
+//                    row by row, a padding tap adding 0 (torch's count_include_pad)
 //
 // clip is NumPy's: x unless x < 0 (-> 0) or x > 1 (-> 1), so NaN and -0 pass unchanged. rint: v =
 // clip(x) * n lies in [0, 255], and for 0 <= v < 2^23 the float32 sum (v + 2^23) has no bits below
@@ -24,6 +26,9 @@ void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* 
                  const float* shift, float* y);
 void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
                    const float* beta, bool clip, float* y);
+// x (N, C, H, W) -> y (N, C, OH, OW), OH = (H + 2p - k) / s + 1.
+void AvgPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
+                  int64_t p, float* y);
 
 }  // namespace dorefa
 

@@ -75,6 +75,7 @@ __all__ = [
     "quantize_float",
     "affine_float",
     "scale_int_float",
+    "avgpool_float",
     "prepare_conv",
     "reference",
     "set_backend",
@@ -310,3 +311,12 @@ def scale_int_float(d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bo
     if _current_kernel() == _REFERENCE:
         return reference.scale_int_float(d, alpha, beta, clip)
     return _native.scale_int_float(np.ascontiguousarray(d, np.int32), alpha, beta, clip)
+
+
+def avgpool_float(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """Average pool of a float32 map (N, C, H, W), zero padding counted (torch's default): the
+    same float32 bits as :func:`reference.avgpool_float` (one native pass)."""
+    x = np.ascontiguousarray(x, np.float32)
+    if _current_kernel() == _REFERENCE:
+        return reference.avgpool_float(x, kernel, stride, padding)
+    return _native.avgpool_float(x, kernel, stride, padding)

@@ -420,3 +420,18 @@ def scale_int_float(d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bo
     if clip:
         np.clip(y, np.float32(0), np.float32(1), out=y)
     return y
+
+
+def avgpool_float(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """Average pool of a float32 map (N, C, H, W): per window, 0 plus its taps row by row in
+    float32 (a padding tap adds 0: torch's ``count_include_pad=True``), then / k^2."""
+    k, s, p = kernel, stride, padding
+    n, c, h, w = x.shape
+    ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    if p:
+        x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    out = np.zeros((n, c, ho, wo), np.float32)
+    for i in range(k):
+        for j in range(k):
+            out += x[:, :, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s]
+    return out / np.float32(k * k)

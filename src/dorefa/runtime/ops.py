@@ -13,7 +13,6 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..geometry import conv_out_size
 
 
 def _windows(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
@@ -201,16 +200,7 @@ class AvgPool(Layer):
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
     def forward(self, x, threads):
-        k, s, p = self.kernel, self.stride, self.padding
-        n, c, h, w = x.shape
-        ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
-        if p:
-            x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        out = np.zeros((n, c, ho, wo), np.float32)
-        for i in range(k):
-            for j in range(k):
-                out += x[:, :, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s]
-        return out / np.float32(k * k)
+        return kernels.avgpool_float(x, self.kernel, self.stride, self.padding)
 
     def describe(self):
         return f"avgpool {self.kernel}x{self.kernel} /{self.stride} pad {self.padding}"
