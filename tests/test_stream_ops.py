@@ -106,6 +106,8 @@ def test_stream_ops_check_the_channel_vectors(kernel):
         K.affine_float(x, np.ones(2, np.float32), np.ones(3, np.float32))
     with K.use_kernel(kernel), pytest.raises(ValueError, match="C = 3"):
         K.scale_int_float(x.astype(np.int32), np.ones(3, np.float32), np.ones(4, np.float32), True)
+    with K.use_kernel(kernel), pytest.raises(ValueError, match="bits"):
+        K.quantize_float(x, 9)
     with K.use_kernel(kernel), pytest.raises(ValueError, match="C = None"):
         K.affine_float(np.zeros(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32))
 

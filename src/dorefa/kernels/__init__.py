@@ -278,6 +278,7 @@ def maxpool_codes(x_codes: np.ndarray, kernel: int, stride: int, padding: int) -
 def quantize_float(x: np.ndarray, bits: int) -> np.ndarray:
     """f_a's uint8 codes of a float32 map, ``rint(clip(x, 0, 1) * (2^bits - 1))`` in float32
     (:func:`reference.quantize_float` is the spec; one native pass gives the same codes)."""
+    bits = reference.check_bits("bits", bits)
     x = np.ascontiguousarray(x, np.float32)
     if _current_kernel() == _REFERENCE:
         return reference.quantize_float(x, bits)
