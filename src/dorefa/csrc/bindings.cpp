@@ -24,6 +24,7 @@
 #include "linear_float.h"
 #include "pool_train.h"
 #include "run_conv.h"
+#include "stream_float.h"
 #include "wgrad.h"
 
 namespace py = pybind11;
@@ -275,26 +276,35 @@ py::array_t<float> LinearFloatPy(const FloatArray& x, const FloatArray& weight,
   return out;
 }
 
-py::array_t<float> MaxPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p,
-                                  int threads) {
+// The output shape (N, C, OH, OW) of a k x k / s pool with padding p of x (N, C, H, W), checked.
+std::vector<int64_t> PoolShape(const py::array& x, int64_t k, int64_t s, int64_t p) {
   Require(x.ndim() == 4, "x must be 4-D (N, C, H, W)");
   Require(k >= 1 && s >= 1 && p >= 0 && 2 * p <= k, "bad kernel / stride / padding");
   Require(x.shape(2) + 2 * p >= k && x.shape(3) + 2 * p >= k, "kernel larger than the input");
+  return {x.shape(0), x.shape(1), (x.shape(2) + 2 * p - k) / s + 1,
+          (x.shape(3) + 2 * p - k) / s + 1};
+}
+
+py::array_t<float> MaxPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p,
+                                  int threads) {
   CheckThreads(threads);
-  const int64_t oh = (x.shape(2) + 2 * p - k) / s + 1, ow = (x.shape(3) + 2 * p - k) / s + 1;
-  py::array_t<float> out = OutputArray<float>({x.shape(0), x.shape(1), oh, ow});
+  py::array_t<float> out = OutputArray<float>(PoolShape(x, k, s, p));
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
   MaxPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst, threads);
   return out;
 }
 
+py::array_t<float> AvgPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p) {
+  py::array_t<float> out = OutputArray<float>(PoolShape(x, k, s, p));
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  AvgPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst);
+  return out;
+}
+
 py::array_t<uint8_t> MaxPoolCodesPy(const CodeArray& x, int64_t k, int64_t s, int64_t p) {
-  Require(x.ndim() == 4, "x must be 4-D (N, C, H, W)");
-  Require(k >= 1 && s >= 1 && p >= 0 && 2 * p <= k, "bad kernel / stride / padding");
-  Require(x.shape(2) + 2 * p >= k && x.shape(3) + 2 * p >= k, "kernel larger than the input");
-  const int64_t oh = (x.shape(2) + 2 * p - k) / s + 1, ow = (x.shape(3) + 2 * p - k) / s + 1;
-  py::array_t<uint8_t> out = OutputArray<uint8_t>({x.shape(0), x.shape(1), oh, ow});
+  py::array_t<uint8_t> out = OutputArray<uint8_t>(PoolShape(x, k, s, p));
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
   MaxPoolCodes(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst);
@@ -522,6 +532,8 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("vector"), py::arg("threads"));
   m.def("maxpool_float", &dorefa::MaxPoolFloatPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"), py::arg("threads"));
+  m.def("avgpool_float", &dorefa::AvgPoolFloatPy, py::arg("x"), py::arg("kernel"),
+        py::arg("stride"), py::arg("padding"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);

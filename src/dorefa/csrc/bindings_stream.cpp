@@ -1,6 +1,6 @@
 // pybind11 glue of the float stream's elementwise operations (stream_float.h): checks the
 // arrays, releases the GIL. The Python face is dorefa.kernels (quantize_float, affine_float,
-// scale_int_float, avgpool_float).
+// scale_int_float; the average pool's glue sits beside the other pools' in bindings.cpp).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -68,20 +68,6 @@ py::array_t<float> ScaleIntFloatPy(const IntArray& d, const FloatArray& alpha,
   return out;
 }
 
-py::array_t<float> AvgPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p) {
-  if (x.ndim() != 4) throw std::invalid_argument("x must be 4-D (N, C, H, W)");
-  if (k < 1 || s < 1 || p < 0 || 2 * p > k)
-    throw std::invalid_argument("bad kernel / stride / padding");
-  if (x.shape(2) + 2 * p < k || x.shape(3) + 2 * p < k)
-    throw std::invalid_argument("kernel larger than the input");
-  const int64_t oh = (x.shape(2) + 2 * p - k) / s + 1, ow = (x.shape(3) + 2 * p - k) / s + 1;
-  py::array_t<float> out = OutputArray<float>({x.shape(0), x.shape(1), oh, ow});
-  float* dst = out.mutable_data();
-  py::gil_scoped_release release;
-  AvgPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst);
-  return out;
-}
-
 }  // namespace
 
 void BindStreamOps(py::module_& m) {
@@ -89,8 +75,6 @@ void BindStreamOps(py::module_& m) {
   m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"));
   m.def("scale_int_float", &ScaleIntFloatPy, py::arg("d"), py::arg("alpha"), py::arg("beta"),
         py::arg("clip"));
-  m.def("avgpool_float", &AvgPoolFloatPy, py::arg("x"), py::arg("kernel"), py::arg("stride"),
-        py::arg("padding"));
 }
 
 }  // namespace dorefa
