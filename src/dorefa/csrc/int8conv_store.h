@@ -4,10 +4,10 @@
 //   acc = raw + z Wsum,   D = 2 acc - nw S      (modulo 2^32 as StoreInt8Tile: the true
 //                                                 values fit int32)
 // and, in kRequant, the codes of D on the rows' lines (requant_table.h) in vectors (a row
-// without a line is searched, lane by lane); then the block's np x 16 values are transposed in
-// registers (8 x 8 int32; codes by shifts into one byte per pixel of a lane's two
-// words) and each channel's run goes out as a few plain stores,
-// not one strided store per output.
+// without a line is searched, lane by lane). The block's np x 16 values then go out channel by
+// channel, each channel's run as a few plain stores, not one strided store per output: int32
+// values through 8 x 8 transposes, codes shifted into one byte per pixel of the lane's two
+// words, in registers.
 //
 // Isa provides kLanes (channels per vector: 16 or 8), its vector type Vec of int32 lanes with
 // Zero(), Or(a, b), Shl(a, bits) and Store(uint32_t*, a), and a type Lanes, made once per block
