@@ -58,6 +58,30 @@ def test_quantize_float(kernel, bits, size):
     _same_bits(got, R.quantize_float(x, bits))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_stream_ops_at_any_thread_count(kernel):
+    """Large enough to be split over threads (and with a ragged last share): the same bits
+    at 1, 2 and 3 threads, for every operation."""
+    shape = (3, 5, 97, 89)
+    rng = np.random.default_rng(3)
+    x = _stream(6, int(np.prod(shape)), 5).reshape(shape)
+    d = rng.integers(-(2**20), 2**20, shape, dtype=np.int64).astype(np.int32)
+    a, b = (rng.standard_normal(5).astype(np.float32) for _ in range(2))
+    with K.use_kernel(kernel), np.errstate(invalid="ignore"):  # inf + -inf in a window
+        runs = [
+            (
+                K.quantize_float(x, 6, t),
+                K.affine_float(x, a, b, t),
+                K.scale_int_float(d, a, b, True, t),
+                K.avgpool_float(x, 3, 2, 1, t),
+            )
+            for t in (1, 2, 3)
+        ]
+    for other in runs[1:]:
+        for one, two in zip(runs[0], other, strict=True):
+            _same_bits(one, two)
+
+
 def test_quantize_float_is_torchs_f_a():
     """The spec is torch's f_a in float32 (clamp, * n, round half to even) off NaN."""
     x = _stream(3, 5000, 1)

@@ -295,11 +295,13 @@ py::array_t<float> MaxPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int
   return out;
 }
 
-py::array_t<float> AvgPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p) {
+py::array_t<float> AvgPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p,
+                                  int threads) {
+  CheckThreads(threads);
   py::array_t<float> out = OutputArray<float>(PoolShape(x, k, s, p));
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  AvgPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst);
+  AvgPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst, threads);
   return out;
 }
 
@@ -533,7 +535,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("maxpool_float", &dorefa::MaxPoolFloatPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("avgpool_float", &dorefa::AvgPoolFloatPy, py::arg("x"), py::arg("kernel"),
-        py::arg("stride"), py::arg("padding"));
+        py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);

@@ -37,44 +37,52 @@ void ChannelShape(const py::array& x, const FloatArray& p, const FloatArray& q, 
                                 " floats each");
 }
 
-py::array_t<uint8_t> QuantizeFloatPy(const FloatArray& x, int bits) {
+void CheckThreadCount(int threads) {
+  if (threads < 1 || threads > 1024) throw std::invalid_argument("threads must be in 1..1024");
+}
+
+py::array_t<uint8_t> QuantizeFloatPy(const FloatArray& x, int bits, int threads) {
   if (bits < 1 || bits > 8) throw std::invalid_argument("bits must be in 1..8");
+  CheckThreadCount(threads);
   py::array_t<uint8_t> out = OutputArray<uint8_t>(ShapeOf(x));
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  QuantizeFloat(x.data(), static_cast<int64_t>(x.size()), bits, dst);
+  QuantizeFloat(x.data(), static_cast<int64_t>(x.size()), bits, dst, threads);
   return out;
 }
 
 py::array_t<float> AffineFloatPy(const FloatArray& x, const FloatArray& scale,
-                                 const FloatArray& shift) {
+                                 const FloatArray& shift, int threads) {
+  CheckThreadCount(threads);
   int64_t n, c, hw;
   ChannelShape(x, scale, shift, &n, &c, &hw);
   py::array_t<float> out = OutputArray<float>(ShapeOf(x));
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  AffineFloat(x.data(), n, c, hw, scale.data(), shift.data(), dst);
+  AffineFloat(x.data(), n, c, hw, scale.data(), shift.data(), dst, threads);
   return out;
 }
 
 py::array_t<float> ScaleIntFloatPy(const IntArray& d, const FloatArray& alpha,
-                                   const FloatArray& beta, bool clip) {
+                                   const FloatArray& beta, bool clip, int threads) {
+  CheckThreadCount(threads);
   int64_t n, c, hw;
   ChannelShape(d, alpha, beta, &n, &c, &hw);
   py::array_t<float> out = OutputArray<float>(ShapeOf(d));
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  ScaleIntFloat(d.data(), n, c, hw, alpha.data(), beta.data(), clip, dst);
+  ScaleIntFloat(d.data(), n, c, hw, alpha.data(), beta.data(), clip, dst, threads);
   return out;
 }
 
 }  // namespace
 
 void BindStreamOps(py::module_& m) {
-  m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"));
-  m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"));
+  m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"), py::arg("threads"));
+  m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"),
+        py::arg("threads"));
   m.def("scale_int_float", &ScaleIntFloatPy, py::arg("d"), py::arg("alpha"), py::arg("beta"),
-        py::arg("clip"));
+        py::arg("clip"), py::arg("threads"));
 }
 
 }  // namespace dorefa

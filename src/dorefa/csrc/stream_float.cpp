@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "thread_pool.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -12,12 +14,25 @@
 namespace dorefa {
 namespace {
 
+// Elements a thread takes at least (fewer threads for small arrays: waking one costs more).
+constexpr int64_t kMinPerThread = 32 << 10;
+
+// Up to `threads` shares of `items` items of `size` elements each, at least kMinPerThread
+// elements a share.
+void Split(int threads, int64_t items, int64_t size,
+           const std::function<void(int64_t, int64_t)>& body) {
+  const int64_t most = std::max<int64_t>(1, items * size / kMinPerThread);
+  ParallelFor(static_cast<int>(std::min<int64_t>(threads, most)), items, body);
+}
+
 // NumPy's clip(v, 0, 1): v unless it is below 0 or above 1 (NaN and -0 kept).
 inline float Clip01(float v) { return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v); }
 
 }  // namespace
 
-void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes) {
+namespace {
+
+void QuantizeRange(const float* x, int64_t count, int bits, uint8_t* codes) {
   const auto n = static_cast<float>((1 << bits) - 1);
   constexpr float kRound = 8388608.0f;  // 2^23
   int64_t i = 0;
@@ -48,73 +63,89 @@ void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes) {
   }
 }
 
+}  // namespace
+
+void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, int threads) {
+  constexpr int64_t kChunk = 4096;
+  Split(threads, (count + kChunk - 1) / kChunk, kChunk, [&](int64_t first, int64_t last) {
+    const int64_t begin = first * kChunk, end = std::min(count, last * kChunk);
+    QuantizeRange(x + begin, end - begin, bits, codes + begin);
+  });
+}
+
 void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
-                 const float* shift, float* y) {
-  for (int64_t p = 0; p < n * c; ++p) {
-    const float a = scale[p % c], b = shift[p % c];
-    const float* src = x + p * hw;
-    float* dst = y + p * hw;
-    for (int64_t i = 0; i < hw; ++i) dst[i] = src[i] * a + b;
-  }
+                 const float* shift, float* y, int threads) {
+  Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
+    for (int64_t p = first; p < last; ++p) {
+      const float a = scale[p % c], b = shift[p % c];
+      const float* src = x + p * hw;
+      float* dst = y + p * hw;
+      for (int64_t i = 0; i < hw; ++i) dst[i] = src[i] * a + b;
+    }
+  });
 }
 
 void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
-                   const float* beta, bool clip, float* y) {
-  for (int64_t p = 0; p < n * c; ++p) {
-    const float a = alpha[p % c], b = beta[p % c];
-    const int32_t* src = d + p * hw;
-    float* dst = y + p * hw;
-    if (clip) {
-      for (int64_t i = 0; i < hw; ++i) dst[i] = Clip01(static_cast<float>(src[i]) * a + b);
-    } else {
-      for (int64_t i = 0; i < hw; ++i) dst[i] = static_cast<float>(src[i]) * a + b;
+                   const float* beta, bool clip, float* y, int threads) {
+  Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
+    for (int64_t p = first; p < last; ++p) {
+      const float a = alpha[p % c], b = beta[p % c];
+      const int32_t* src = d + p * hw;
+      float* dst = y + p * hw;
+      if (clip) {
+        for (int64_t i = 0; i < hw; ++i) dst[i] = Clip01(static_cast<float>(src[i]) * a + b);
+      } else {
+        for (int64_t i = 0; i < hw; ++i) dst[i] = static_cast<float>(src[i]) * a + b;
+      }
     }
-  }
+  });
 }
 
 // A padding tap adds +0, which changes no sum: a sum from +0 is never -0 (x + -x is +0 when
 // rounding to nearest), and s + 0 = s for every other float, NaN and inf included. So only the
 // taps inside the image are added, over each tap's range of output columns, no test per tap.
 void AvgPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
-                  int64_t p, float* y) {
+                  int64_t p, float* y, int threads) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   const auto area = static_cast<float>(k * k);
-  for (int64_t nc = 0; nc < n * c; ++nc) {
-    const float* src = x + nc * h * w;
-    for (int64_t oy = 0; oy < oh; ++oy) {
-      float* __restrict__ out = y + (nc * oh + oy) * ow;
-      int64_t done = 0;  // columns finished by the vector case
+  Split(threads, n * c, h * w, [&](int64_t first, int64_t last) {
+    for (int64_t nc = first; nc < last; ++nc) {
+      const float* src = x + nc * h * w;
+      for (int64_t oy = 0; oy < oh; ++oy) {
+        float* __restrict__ out = y + (nc * oh + oy) * ow;
+        int64_t done = 0;  // columns finished by the vector case
 #if defined(__SSE2__)
-      if (k == 2 && s == 2 && p == 0) {  // 4 outputs from 8 columns of 2 rows, the same adds
-        const float* r0 = src + 2 * oy * w;
-        const float* r1 = r0 + w;
-        const __m128 a = _mm_set1_ps(area);
-        for (; done + 4 <= ow; done += 4) {
-          const __m128 u0 = _mm_loadu_ps(r0 + 2 * done), u1 = _mm_loadu_ps(r0 + 2 * done + 4);
-          const __m128 v0 = _mm_loadu_ps(r1 + 2 * done), v1 = _mm_loadu_ps(r1 + 2 * done + 4);
-          __m128 sum = _mm_add_ps(_mm_setzero_ps(), _mm_shuffle_ps(u0, u1, 0x88));  // + x_00
-          sum = _mm_add_ps(sum, _mm_shuffle_ps(u0, u1, 0xDD));                      // + x_01
-          sum = _mm_add_ps(sum, _mm_shuffle_ps(v0, v1, 0x88));                      // + x_10
-          sum = _mm_add_ps(sum, _mm_shuffle_ps(v0, v1, 0xDD));                      // + x_11
-          _mm_storeu_ps(out + done, _mm_div_ps(sum, a));
+        if (k == 2 && s == 2 && p == 0) {  // 4 outputs from 8 columns of 2 rows, the same adds
+          const float* r0 = src + 2 * oy * w;
+          const float* r1 = r0 + w;
+          const __m128 a = _mm_set1_ps(area);
+          for (; done + 4 <= ow; done += 4) {
+            const __m128 u0 = _mm_loadu_ps(r0 + 2 * done), u1 = _mm_loadu_ps(r0 + 2 * done + 4);
+            const __m128 v0 = _mm_loadu_ps(r1 + 2 * done), v1 = _mm_loadu_ps(r1 + 2 * done + 4);
+            __m128 sum = _mm_add_ps(_mm_setzero_ps(), _mm_shuffle_ps(u0, u1, 0x88));  // + x_00
+            sum = _mm_add_ps(sum, _mm_shuffle_ps(u0, u1, 0xDD));                      // + x_01
+            sum = _mm_add_ps(sum, _mm_shuffle_ps(v0, v1, 0x88));                      // + x_10
+            sum = _mm_add_ps(sum, _mm_shuffle_ps(v0, v1, 0xDD));                      // + x_11
+            _mm_storeu_ps(out + done, _mm_div_ps(sum, a));
+          }
         }
-      }
 #endif
-      for (int64_t ox = done; ox < ow; ++ox) out[ox] = 0.0f;
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t iy = oy * s + i - p;
-        if (iy < 0 || iy >= h) continue;
-        for (int64_t j = 0; j < k; ++j) {
-          // ox with 0 <= ox * s + j - p < w
-          const int64_t lo = std::max<int64_t>(0, (p - j + s - 1) / s);
-          const int64_t hi = std::min<int64_t>(ow, (w - 1 + p - j) / s + 1);
-          const float* __restrict__ r = src + iy * w;  // column ox * s + j - p of row iy
-          for (int64_t ox = std::max(lo, done); ox < hi; ++ox) out[ox] += r[ox * s + j - p];
+        for (int64_t ox = done; ox < ow; ++ox) out[ox] = 0.0f;
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t iy = oy * s + i - p;
+          if (iy < 0 || iy >= h) continue;
+          for (int64_t j = 0; j < k; ++j) {
+            // ox with 0 <= ox * s + j - p < w
+            const int64_t lo = std::max<int64_t>(0, (p - j + s - 1) / s);
+            const int64_t hi = std::min<int64_t>(ow, (w - 1 + p - j) / s + 1);
+            const float* __restrict__ r = src + iy * w;  // column ox * s + j - p of row iy
+            for (int64_t ox = std::max(lo, done); ox < hi; ++ox) out[ox] += r[ox * s + j - p];
+          }
         }
+        for (int64_t ox = done; ox < ow; ++ox) out[ox] /= area;
       }
-      for (int64_t ox = done; ox < ow; ++ox) out[ox] /= area;
     }
-  }
+  });
 }
 
 }  // namespace dorefa

@@ -13,7 +13,9 @@
 // clip is NumPy's: x unless x < 0 (-> 0) or x > 1 (-> 1), so NaN and -0 pass unchanged. rint: v =
 // clip(x) * n lies in [0, 255], and for 0 <= v < 2^23 the float32 sum (v + 2^23) has no bits below
 // 1, so (v + 2^23) - 2^23 is v rounded to the nearest integer, ties to even (the rounding mode).
-// Arrays are (N, C, HW) contiguous; scale, shift, alpha, beta have C entries.
+// Arrays are (N, C, HW) contiguous; scale, shift, alpha, beta have C entries. `threads` splits
+// the elements (planes) over up to that many threads of the kernels' pool when there are
+// enough of them; the result does not depend on it (each output is computed alone).
 #ifndef DOREFA_CSRC_STREAM_FLOAT_H_
 #define DOREFA_CSRC_STREAM_FLOAT_H_
 
@@ -21,14 +23,14 @@
 
 namespace dorefa {
 
-void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes);
+void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, int threads);
 void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
-                 const float* shift, float* y);
+                 const float* shift, float* y, int threads);
 void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
-                   const float* beta, bool clip, float* y);
+                   const float* beta, bool clip, float* y, int threads);
 // x (N, C, H, W) -> y (N, C, OH, OW), OH = (H + 2p - k) / s + 1.
 void AvgPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
-                  int64_t p, float* y);
+                  int64_t p, float* y, int threads);
 
 }  // namespace dorefa
 

@@ -275,14 +275,14 @@ def maxpool_codes(x_codes: np.ndarray, kernel: int, stride: int, padding: int) -
     return _native.maxpool_codes(x, kernel, stride, padding)
 
 
-def quantize_float(x: np.ndarray, bits: int) -> np.ndarray:
+def quantize_float(x: np.ndarray, bits: int, threads: int = 1) -> np.ndarray:
     """f_a's uint8 codes of a float32 map, ``rint(clip(x, 0, 1) * (2^bits - 1))`` in float32
     (:func:`reference.quantize_float` is the spec; one native pass gives the same codes)."""
     bits = reference.check_bits("bits", bits)
     x = np.ascontiguousarray(x, np.float32)
     if _current_kernel() == _REFERENCE:
         return reference.quantize_float(x, bits)
-    return _native.quantize_float(x, bits)
+    return _native.quantize_float(x, bits, threads)
 
 
 def _check_channels(x: np.ndarray, *vectors: np.ndarray) -> None:
@@ -295,29 +295,35 @@ def _check_channels(x: np.ndarray, *vectors: np.ndarray) -> None:
         )
 
 
-def affine_float(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def affine_float(
+    x: np.ndarray, scale: np.ndarray, shift: np.ndarray, threads: int = 1
+) -> np.ndarray:
     """Per-channel ``x * scale + shift`` of an (N, C, ...) float32 map, the same float32 bits
     as :func:`reference.affine_float` (one native pass)."""
     x = np.ascontiguousarray(x, np.float32)
     _check_channels(x, scale, shift)
     if _current_kernel() == _REFERENCE:
         return reference.affine_float(x, scale, shift)
-    return _native.affine_float(x, scale, shift)
+    return _native.affine_float(x, scale, shift, threads)
 
 
-def scale_int_float(d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bool) -> np.ndarray:
+def scale_int_float(
+    d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bool, threads: int = 1
+) -> np.ndarray:
     """A bit convolution's float32 output ``float32(D) * alpha + beta`` per channel (then
     clipped to [0, 1] when ``clip``), the same bits as :func:`reference.scale_int_float`."""
     _check_channels(d, alpha, beta)
     if _current_kernel() == _REFERENCE:
         return reference.scale_int_float(d, alpha, beta, clip)
-    return _native.scale_int_float(np.ascontiguousarray(d, np.int32), alpha, beta, clip)
+    return _native.scale_int_float(np.ascontiguousarray(d, np.int32), alpha, beta, clip, threads)
 
 
-def avgpool_float(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+def avgpool_float(
+    x: np.ndarray, kernel: int, stride: int, padding: int, threads: int = 1
+) -> np.ndarray:
     """Average pool of a float32 map (N, C, H, W), zero padding counted (torch's default): the
     same float32 bits as :func:`reference.avgpool_float` (one native pass)."""
     x = np.ascontiguousarray(x, np.float32)
     if _current_kernel() == _REFERENCE:
         return reference.avgpool_float(x, kernel, stride, padding)
-    return _native.avgpool_float(x, kernel, stride, padding)
+    return _native.avgpool_float(x, kernel, stride, padding, threads)

@@ -82,7 +82,7 @@ class BitConv(Layer):
             ]
             y = np.concatenate(outs, axis=1)
         if self.out == "float":  # float32(float32(D) * alpha) + beta [clipped], one pass
-            y = kernels.scale_int_float(y, self.alpha, self.beta, self.clip)
+            y = kernels.scale_int_float(y, self.alpha, self.beta, self.clip, threads)
         return y
 
     def describe(self):

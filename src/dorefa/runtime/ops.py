@@ -104,7 +104,7 @@ class Quantize(Layer):
         self.n = np.float32((1 << bits) - 1)
 
     def forward(self, x, threads):
-        return kernels.quantize_float(x, self.bits)  # torch's float32 ops, one native pass
+        return kernels.quantize_float(x, self.bits, threads)  # torch's float32 ops, one pass
 
     def describe(self):
         return f"quantize -> {self.bits}-bit codes"
@@ -138,7 +138,7 @@ class Affine(Layer):
         self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
 
     def forward(self, x, threads):
-        return kernels.affine_float(x, self.scale, self.shift)
+        return kernels.affine_float(x, self.scale, self.shift, threads)
 
     def describe(self):
         return f"affine {self.scale.size} channels (float32 BatchNorm)"
@@ -200,7 +200,7 @@ class AvgPool(Layer):
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
     def forward(self, x, threads):
-        return kernels.avgpool_float(x, self.kernel, self.stride, self.padding)
+        return kernels.avgpool_float(x, self.kernel, self.stride, self.padding, threads)
 
     def describe(self):
         return f"avgpool {self.kernel}x{self.kernel} /{self.stride} pad {self.padding}"
