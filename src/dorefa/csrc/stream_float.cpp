@@ -4,6 +4,7 @@
 #include "stream_float.h"
 
 #include <algorithm>
+#include <functional>
 
 #include "thread_pool.h"
 
@@ -27,10 +28,6 @@ void Split(int threads, int64_t items, int64_t size,
 
 // NumPy's clip(v, 0, 1): v unless it is below 0 or above 1 (NaN and -0 kept).
 inline float Clip01(float v) { return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v); }
-
-}  // namespace
-
-namespace {
 
 void QuantizeRange(const float* x, int64_t count, int bits, uint8_t* codes) {
   const auto n = static_cast<float>((1 << bits) - 1);
