@@ -138,11 +138,13 @@ def test_stream_ops_check_the_channel_vectors(kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("geom", [(2, 2, 0), (3, 1, 1), (3, 2, 1), (2, 1, 1), (1, 1, 0), (5, 3, 2)])
-@pytest.mark.parametrize("shape", [(2, 3, 11, 9), (1, 2, 6, 21)])
+@pytest.mark.parametrize("shape", [(2, 3, 11, 9), (1, 2, 6, 21), (1, 1, 3, 1), (1, 2, 4, 2)])
 def test_avgpool_float(kernel, geom, shape):
     """Window sums in float32 from 0, taps row by row (a padding tap adds 0), / k^2: the same
     bits as the reference, and torch's avg_pool2d within float rounding; NaN and inf spread."""
     k, s, p = geom
+    if shape[2] + 2 * p < k or shape[3] + 2 * p < k:
+        return  # the window is larger than the padded input: no such pool
     with np.errstate(over="ignore", invalid="ignore"):  # inf + -inf: NaN, on purpose
         x = _stream(8, int(np.prod(shape)), sum(geom)).reshape(shape) * np.float32(3)
         x[0, 0, 0, 0] = -0.0
@@ -153,3 +155,21 @@ def test_avgpool_float(kernel, geom, shape):
     want = torch.nn.functional.avg_pool2d(torch.from_numpy(finite), k, s, p).numpy()
     with K.use_kernel(kernel):
         np.testing.assert_allclose(K.avgpool_float(finite, k, s, p), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("geom", [(3, 2, 1), (4, 2, 1), (5, 3, 2), (3, 3, 1)])
+@pytest.mark.parametrize("w", [1, 2, 3])
+def test_avgpool_float_narrower_than_its_window(kernel, geom, w):
+    """Inputs narrower than a window's reach (k > w + p): a tap past the row's end adds
+    nothing, it does not read the next row."""
+    k, s, p = geom
+    h = k  # enough rows for one output row
+    if w + 2 * p < k:
+        return
+    x = np.arange(1, 2 * h * w + 1, dtype=np.float32).reshape(1, 2, h, w)
+    with K.use_kernel(kernel):
+        got = K.avgpool_float(x, k, s, p)
+    _same_bits(got, R.avgpool_float(x, k, s, p))
+    want = torch.nn.functional.avg_pool2d(torch.from_numpy(x), k, s, p).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -134,7 +134,8 @@ void AvgPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, in
           for (int64_t j = 0; j < k; ++j) {
             // ox with 0 <= ox * s + j - p < w
             const int64_t lo = std::max<int64_t>(0, (p - j + s - 1) / s);
-            const int64_t hi = std::min<int64_t>(ow, (w - 1 + p - j) / s + 1);
+            const int64_t last = w - 1 + p - j;  // ox * s <= last; none when it is < 0
+            const int64_t hi = last < 0 ? 0 : std::min<int64_t>(ow, last / s + 1);
             const float* __restrict__ r = src + iy * w;  // column ox * s + j - p of row iy
             for (int64_t ox = std::max(lo, done); ox < hi; ++ox) out[ox] += r[ox * s + j - p];
           }

@@ -417,8 +417,8 @@ def scale_int_float(d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bo
     y = d.astype(np.float32)
     np.multiply(y, _per_channel(alpha, d.ndim), out=y)
     np.add(y, _per_channel(beta, d.ndim), out=y)
-    if clip:
-        np.clip(y, np.float32(0), np.float32(1), out=y)
+    if clip:  # y unless below 0 or above 1: NaN and -0 pass (NumPy's clip before 2.1 made -0 +0)
+        y = np.where(y < 0, np.float32(0), np.where(y > 1, np.float32(1), y))
     return y
 
 
