@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings_checks.h"
 #include "bitconv.h"
 #include "bitpack.h"
 #include "buffers.h"
@@ -34,29 +35,8 @@ namespace {
 
 using CodeArray = py::array_t<uint8_t, py::array::c_style>;
 using WordArray = py::array_t<uint64_t, py::array::c_style>;
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using ThresholdArray = py::array_t<int32_t, py::array::c_style>;
 using DirectionArray = py::array_t<int8_t, py::array::c_style>;
-
-void Require(bool ok, const char* msg) {
-  if (!ok) throw py::value_error(msg);
-}
-
-// Require with a message built only on failure (these checks run on every kernel call).
-template <class Message>
-void RequireOr(bool ok, Message&& message) {
-  if (!ok) throw py::value_error(message());
-}
-
-void CheckBits(const char* name, int bits) {
-  RequireOr(bits >= 1 && bits <= 8, [&] {
-    return std::string(name) + " must be an int in 1..8, got " + std::to_string(bits);
-  });
-}
-
-void CheckThreads(int threads) {
-  Require(threads >= 1 && threads <= 1024, "threads must be in 1..1024");
-}
 
 // Reports the largest code when a packer's OR says some code needs more than `bits` bits.
 void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) {
@@ -285,23 +265,15 @@ std::vector<int64_t> PoolShape(const py::array& x, int64_t k, int64_t s, int64_t
           (x.shape(3) + 2 * p - k) / s + 1};
 }
 
-py::array_t<float> MaxPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p,
-                                  int threads) {
+// A float pool (MaxPoolFloat, AvgPoolFloat: the same signature) of x (N, C, H, W).
+template <void (*kPool)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                        float*, int)>
+py::array_t<float> FloatPoolPy(const FloatArray& x, int64_t k, int64_t s, int64_t p, int threads) {
   CheckThreads(threads);
   py::array_t<float> out = OutputArray<float>(PoolShape(x, k, s, p));
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  MaxPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst, threads);
-  return out;
-}
-
-py::array_t<float> AvgPoolFloatPy(const FloatArray& x, int64_t k, int64_t s, int64_t p,
-                                  int threads) {
-  CheckThreads(threads);
-  py::array_t<float> out = OutputArray<float>(PoolShape(x, k, s, p));
-  float* dst = out.mutable_data();
-  py::gil_scoped_release release;
-  AvgPoolFloat(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst, threads);
+  kPool(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst, threads);
   return out;
 }
 
@@ -532,10 +504,10 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("linear_float", &dorefa::LinearFloatPy, py::arg("x"), py::arg("weight"), py::arg("bias"),
         py::arg("vector"), py::arg("threads"));
-  m.def("maxpool_float", &dorefa::MaxPoolFloatPy, py::arg("x"), py::arg("kernel"),
-        py::arg("stride"), py::arg("padding"), py::arg("threads"));
-  m.def("avgpool_float", &dorefa::AvgPoolFloatPy, py::arg("x"), py::arg("kernel"),
-        py::arg("stride"), py::arg("padding"), py::arg("threads"));
+  m.def("maxpool_float", &dorefa::FloatPoolPy<&dorefa::MaxPoolFloat>, py::arg("x"),
+        py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
+  m.def("avgpool_float", &dorefa::FloatPoolPy<&dorefa::AvgPoolFloat>, py::arg("x"),
+        py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"));
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);

@@ -5,10 +5,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bindings_checks.h"
 #include "buffers.h"
 #include "stream_float.h"
 
@@ -17,7 +17,6 @@ namespace py = pybind11;
 namespace dorefa {
 namespace {
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IntArray = py::array_t<int32_t, py::array::c_style>;
 
 std::vector<int64_t> ShapeOf(const py::array& a) {
@@ -27,23 +26,19 @@ std::vector<int64_t> ShapeOf(const py::array& a) {
 // (N, C, HW) of a (N, C, ...) array whose per-channel vectors p and q have C entries.
 void ChannelShape(const py::array& x, const FloatArray& p, const FloatArray& q, int64_t* n,
                   int64_t* c, int64_t* hw) {
-  if (x.ndim() < 2) throw std::invalid_argument("x must be (N, C, ...)");
+  Require(x.ndim() >= 2, "x must be (N, C, ...)");
   *n = x.shape(0);
   *c = x.shape(1);
   *hw = 1;
   for (py::ssize_t i = 2; i < x.ndim(); ++i) *hw *= x.shape(i);
-  if (p.ndim() != 1 || q.ndim() != 1 || p.shape(0) != *c || q.shape(0) != *c)
-    throw std::invalid_argument("the per-channel vectors must hold C = " + std::to_string(*c) +
-                                " floats each");
-}
-
-void CheckThreadCount(int threads) {
-  if (threads < 1 || threads > 1024) throw std::invalid_argument("threads must be in 1..1024");
+  RequireOr(p.ndim() == 1 && q.ndim() == 1 && p.shape(0) == *c && q.shape(0) == *c, [&] {
+    return "the per-channel vectors must hold C = " + std::to_string(*c) + " floats each";
+  });
 }
 
 py::array_t<uint8_t> QuantizeFloatPy(const FloatArray& x, int bits, int threads) {
-  if (bits < 1 || bits > 8) throw std::invalid_argument("bits must be in 1..8");
-  CheckThreadCount(threads);
+  CheckBits("bits", bits);
+  CheckThreads(threads);
   py::array_t<uint8_t> out = OutputArray<uint8_t>(ShapeOf(x));
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
@@ -53,7 +48,7 @@ py::array_t<uint8_t> QuantizeFloatPy(const FloatArray& x, int bits, int threads)
 
 py::array_t<float> AffineFloatPy(const FloatArray& x, const FloatArray& scale,
                                  const FloatArray& shift, int threads) {
-  CheckThreadCount(threads);
+  CheckThreads(threads);
   int64_t n, c, hw;
   ChannelShape(x, scale, shift, &n, &c, &hw);
   py::array_t<float> out = OutputArray<float>(ShapeOf(x));
@@ -65,7 +60,7 @@ py::array_t<float> AffineFloatPy(const FloatArray& x, const FloatArray& scale,
 
 py::array_t<float> ScaleIntFloatPy(const IntArray& d, const FloatArray& alpha,
                                    const FloatArray& beta, bool clip, int threads) {
-  CheckThreadCount(threads);
+  CheckThreads(threads);
   int64_t n, c, hw;
   ChannelShape(d, alpha, beta, &n, &c, &hw);
   py::array_t<float> out = OutputArray<float>(ShapeOf(d));

@@ -204,7 +204,7 @@ class GraphBuilder:
         shift = self.arr(i, spec, "shift", np.float32, 1)
         if scale.shape != (shape[0],) or shift.shape != (shape[0],):
             raise self.err(i, f"scale {scale.shape} / shift {shift.shape} do not fit {shape}")
-        return ops.Affine(scale, shift, len(shape) + 1), "float", shape
+        return ops.Affine(scale, shift), "float", shape
 
     def _clip(self, i, spec, ins):
         return ops.Clip(), "float", self._float_in(i, ins, "clip")

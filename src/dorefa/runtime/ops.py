@@ -101,7 +101,6 @@ class Quantize(Layer):
 
     def __init__(self, bits: int):
         self.bits = bits
-        self.n = np.float32((1 << bits) - 1)
 
     def forward(self, x, threads):
         return kernels.quantize_float(x, self.bits, threads)  # torch's float32 ops, one pass
@@ -132,8 +131,7 @@ class Affine(Layer):
 
     op = "affine"
 
-    def __init__(self, scale: np.ndarray, shift: np.ndarray, ndim: int):
-        self.ndim = ndim  # of the batch (N, C, ...)
+    def __init__(self, scale: np.ndarray, shift: np.ndarray):
         self.scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
         self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
 

@@ -1,0 +1,37 @@
+// Argument checks shared by the pybind11 glue files (bindings.cpp, bindings_stream.cpp): each
+// failure is a Python ValueError whose message says what was expected.
+#ifndef DOREFA_CSRC_BINDINGS_CHECKS_H_
+#define DOREFA_CSRC_BINDINGS_CHECKS_H_
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+namespace dorefa {
+
+using FloatArray = pybind11::array_t<float, pybind11::array::c_style | pybind11::array::forcecast>;
+
+inline void Require(bool ok, const char* msg) {
+  if (!ok) throw pybind11::value_error(msg);
+}
+
+// Require with a message built only on failure (these checks run on every kernel call).
+template <class Message>
+void RequireOr(bool ok, Message&& message) {
+  if (!ok) throw pybind11::value_error(message());
+}
+
+inline void CheckBits(const char* name, int bits) {
+  RequireOr(bits >= 1 && bits <= 8, [&] {
+    return std::string(name) + " must be an int in 1..8, got " + std::to_string(bits);
+  });
+}
+
+inline void CheckThreads(int threads) {
+  Require(threads >= 1 && threads <= 1024, "threads must be in 1..1024");
+}
+
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_BINDINGS_CHECKS_H_
