@@ -434,6 +434,15 @@ def test_records_are_written_and_taken_as_done(tmp_path, fashion_dir, capsys):
     assert not (out_b / "cells").exists() and len(_rows(out_b)) == 2
     assert {p: p.stat().st_mtime_ns for p in rec_dir.glob("*.json")} == mtimes
 
+    # --records again: another grid's folder whose records count as done, never written to
+    other = tmp_path / "docs" / "results" / "cells" / "other"
+    args_two = [*args[:-2], "--records", str(other), "--records", str(rec_dir)]
+    assert main([*args_two, "--out", str(tmp_path / "c")]) == 0
+    log = capsys.readouterr().out
+    assert f"2 already done (2 by record in {other}, {rec_dir})" in log, log
+    assert not list(other.glob("*.json")) and not (tmp_path / "c" / "cells").exists()
+    assert {p: p.stat().st_mtime_ns for p in rec_dir.glob("*.json")} == mtimes
+
     # a record with other settings is not done: that cell alone trains again, and says why
     path = rec_dir / f"{names[1]}.json"
     rec = json.loads(path.read_text())

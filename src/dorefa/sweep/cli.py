@@ -27,7 +27,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         seed=args.seed,
         seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
-        records=args.records,
+        records=args.records[0] if args.records else None,
+        done_records=tuple(args.records[1:]) if args.records else (),
         batch_size=args.batch_size,
         lr=args.lr,
         recipe=args.recipe,
@@ -79,10 +80,12 @@ def register_cli(sub) -> None:
     )
     p.add_argument(
         "--records",
+        action="append",
         default=None,
         metavar="DIR",
         help="folder of committed cell records (e.g. docs/results/cells/NAME): each finished "
-        "cell writes DIR/<cell>.json; a record with the same settings counts as done",
+        "cell writes DIR/<cell>.json; a record with the same settings counts as done. "
+        "Repeatable: new records go to the first DIR, a record in any of them counts as done",
     )
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's, else 128")
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's, else 1e-3")

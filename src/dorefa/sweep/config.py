@@ -45,6 +45,8 @@ class SweepConfig:
     seed: int = 0  # the seed when ``seeds`` is None (``--seed``)
     seeds: tuple[int, ...] | None = None  # the grid's seeds (``--seeds 0,1``); None = (seed,)
     records: str | None = None  # folder of committed cell records (``--records``), see .records
+    # more folders whose records count as done (``--records`` given again), never written
+    done_records: tuple[str, ...] = ()
     batch_size: int | None = None
     lr: float | None = None
     recipe: str | None = None  # dorefa.recipes name: every cell's training knobs (``--recipe``)

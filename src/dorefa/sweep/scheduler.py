@@ -14,6 +14,8 @@ every finished cell also writes its record there (:mod:`.records`), and a record
 settings counts as done even where this machine has no folder for the cell; a record with other
 settings is not done (the log says which differ) and the cell is trained again. A cell done by
 record whose checkpoint initialises a pending cell but is not on this machine is trained again.
+``cfg.done_records`` are further folders (``--records`` given again, e.g. another grid's) whose
+records count as done too; new records go to ``cfg.records`` only.
 """
 
 from __future__ import annotations
@@ -188,27 +190,28 @@ class _Sweep:
         return self.out / "cells" / name / "checkpoint.pt"
 
     def _read_records(self) -> None:
-        """Cells with a record of the same settings are done; ok rows of this folder without a
-        record get one (a sweep first run without ``--records``)."""
+        """Cells with a record of the same settings (in ``--records`` or one of the further
+        folders) are done; ok rows of this folder without a record get one (a sweep first run
+        without ``--records``)."""
+        folders = (self.cfg.records, *self.cfg.done_records)
         for name, cell in self.cells.items():
-            path = record_path(self.cfg.records, name)
-            if not path.exists():
+            paths = [p for p in (record_path(f, name) for f in folders) if p.exists()]
+            if not paths:
                 row = self.done.get(name)
                 if row is not None and self._ok(cell) and (self.out / "cells" / name).is_dir():
                     cell_dir = self.out / "cells" / name
                     write_record(self.cfg.records, make_record(self.cfg, cell, row, cell_dir))
                 continue
-            rec = read_record(path)
-            diff = settings_diff(rec, self.cfg, cell)
-            if diff:
-                what = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
-                self.log(
-                    f"{name}: the record {path} has other settings ({what}): not done, "
-                    "trained again (its record will be replaced)"
-                )
+            diffs = {p: settings_diff(read_record(p), self.cfg, cell) for p in paths}
+            same = [p for p, diff in diffs.items() if not diff]
+            if not same:
+                for path, diff in diffs.items():
+                    what = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+                    self.log(f"{name}: the record {path} has other settings ({what})")
+                self.log(f"{name}: not done, trained again (its record goes to {self.cfg.records})")
                 self.done.pop(name, None)
                 continue
-            self.done[name] = record_row(rec)
+            self.done[name] = record_row(read_record(same[0]))
             self.by_record.add(name)
 
     def _retrain_missing_sources(self) -> None:
@@ -347,7 +350,11 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
     sweep = _Sweep(cfg, cells, out, log)
     log(
         f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(sweep.pending)} already done"
-        + (f" ({len(sweep.by_record)} by record in {cfg.records})" if cfg.records else "")
+        + (
+            f" ({len(sweep.by_record)} by record in {', '.join((cfg.records, *cfg.done_records))})"
+            if cfg.records
+            else ""
+        )
         + f", {cfg.jobs} job(s) -> {out}"
         + (f"; {len(sweep.fills)} to run on the bit runtime" if sweep.fills else "")
     )
