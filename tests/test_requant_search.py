@@ -158,3 +158,40 @@ def test_requant_lines_of_any_step(kernel, t):
     with K.use_kernel(kernel):
         got = K.bitconv2d_requant(x, pw, 8, 1, 2, th, direction, threads=2)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("t", [255, 31])
+def test_prepared_layers_build_their_table_once(kernel, t):
+    """A prepared layer (the runtime's) hands the native call a RequantTable built at its first
+    call, not the arrays to match by value: the same codes as the reference on every kernel, the
+    thresholds frozen (the table would not see a change), and mixed or mismatched arguments
+    refused."""
+    from dorefa.kernels.extension import native
+
+    shape = SHAPES[7]
+    x, w, _ = case(shape, 8, 8)
+    pw = R.pack_weights(w, 8)
+    s, p = shape[6], shape[7]
+    d = R.bitconv2d_signed(x, pw, 8, s, p)
+    th, direction = folded(d, t, seed=t)
+    expected = R.bitconv2d_requant(x, pw, 8, s, p, th, direction)
+    layer = K.prepare_conv(pw, 8, s, p, "requant", th, direction)
+    for threads in (1, 2, 1):
+        np.testing.assert_array_equal(layer.run_on(kernel, x, threads), expected)
+    assert layer._table is not None and layer._table.t == t
+    with pytest.raises(ValueError, match="read-only"):
+        layer.thresholds[0, 0] = 0
+    th[0, 0] += 1  # the caller's array is not the layer's
+    np.testing.assert_array_equal(layer.run_on(kernel, x, 1), expected)
+
+    o, c, kh, kw = pw.shape
+    words = K.weight_words(pw, kernel)
+    args = (kernel, x, words, o, c, kh, kw, 8, 8, s, p, 1, "requant")
+    with pytest.raises(ValueError, match="either table or thresholds"):
+        native.bitconv(*args, th, direction, table=layer._table)
+    other = native.RequantTable(np.zeros((o + 1, t), np.int32), np.ones(o + 1, np.int8))
+    with pytest.raises(ValueError, match="another number of channels"):
+        native.bitconv(*args, table=other)
+    with pytest.raises(ValueError, match=r"\+1 or -1"):
+        native.RequantTable(th, np.zeros(o, np.int8))

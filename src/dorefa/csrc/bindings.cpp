@@ -24,6 +24,7 @@
 #include "kernel_table.h"
 #include "linear_float.h"
 #include "pool_train.h"
+#include "requant_table.h"
 #include "run_conv.h"
 #include "stream_float.h"
 #include "wgrad.h"
@@ -123,20 +124,39 @@ Epilogue::Mode ParseMode(const std::string& mode) {
   return Epilogue::kRequant;
 }
 
-// Thresholds (O, T) int32 with 1 <= T <= 255 and directions (O,) of +1 / -1 into `out`.
-void SetRequant(int64_t o, const std::optional<ThresholdArray>& thresholds,
-                const std::optional<DirectionArray>& direction, ConvOutput* out) {
-  Require(thresholds.has_value() && direction.has_value(),
-          "requant needs thresholds and direction");
-  Require(thresholds->ndim() == 2 && thresholds->shape(0) == o, "thresholds must be int32 (O, T)");
-  out->t = thresholds->shape(1);
-  Require(out->t >= 1 && out->t <= 255, "thresholds must have 1..255 columns");
-  Require(direction->ndim() == 1 && direction->shape(0) == o, "direction must be int8 (O,)");
-  const int8_t* dp = direction->data();
+// Thresholds (O, T) int32 with 1 <= T <= 255 and directions (O,) of +1 / -1.
+void CheckRequant(const ThresholdArray& thresholds, const DirectionArray& direction) {
+  Require(thresholds.ndim() == 2, "thresholds must be int32 (O, T)");
+  const int64_t o = thresholds.shape(0);
+  Require(thresholds.shape(1) >= 1 && thresholds.shape(1) <= 255,
+          "thresholds must have 1..255 columns");
+  Require(direction.ndim() == 1 && direction.shape(0) == o, "direction must be int8 (O,)");
+  const int8_t* dp = direction.data();
   for (int64_t i = 0; i < o; ++i)
     Require(dp[i] == 1 || dp[i] == -1, "direction values must be +1 or -1");
+}
+
+// The requant parameters of a call into `out`: a built table (RequantTable), else the arrays.
+void SetRequant(int64_t o, const std::optional<ThresholdArray>& thresholds,
+                const std::optional<DirectionArray>& direction, const RequantParams* table,
+                ConvOutput* out) {
+  if (table != nullptr) {
+    Require(!thresholds.has_value() && !direction.has_value(),
+            "give either table or thresholds and direction");
+    Require(table->o == o, "the requant table has another number of channels than the weights");
+    out->t = table->t;
+    out->thresholds = table->thresholds.data();
+    out->direction = table->direction.data();
+    out->table = &table->table;
+    return;
+  }
+  Require(thresholds.has_value() && direction.has_value(),
+          "requant needs thresholds and direction (or a RequantTable)");
+  CheckRequant(*thresholds, *direction);
+  Require(thresholds->shape(0) == o, "thresholds must be int32 (O, T)");
+  out->t = thresholds->shape(1);
   out->thresholds = thresholds->data();
-  out->direction = dp;
+  out->direction = direction->data();
 }
 
 // mode: "acc" (int32 sum p*q), "signed" (int32 D), "requant" (uint8 codes).
@@ -144,7 +164,7 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
                     int64_t o, int64_t c, int64_t kh, int64_t kw, int x_bits, int w_bits,
                     int64_t stride, int64_t padding, int threads, const std::string& mode,
                     std::optional<ThresholdArray> thresholds,
-                    std::optional<DirectionArray> direction) {
+                    std::optional<DirectionArray> direction, const RequantParams* table) {
   const KernelEntry& kernel = FindKernel(kernel_name);
   last_kernel = kernel.name;
   CheckThreads(threads);
@@ -160,7 +180,7 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
   }
   ConvOutput out;
   out.mode = ParseMode(mode);
-  if (out.mode == Epilogue::kRequant) SetRequant(o, thresholds, direction, &out);
+  if (out.mode == Epilogue::kRequant) SetRequant(o, thresholds, direction, table, &out);
   const std::vector<int64_t> shape{g.n, g.o, g.oh, g.ow};
   py::array result;
   if (out.mode == Epilogue::kRequant) {
@@ -526,6 +546,17 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("bitconv", &dorefa::BitConvPy, py::arg("kernel"), py::arg("x_codes"), py::arg("wpk"),
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
-        py::arg("mode"), py::arg("thresholds") = py::none(), py::arg("direction") = py::none());
+        py::arg("mode"), py::arg("thresholds") = py::none(), py::arg("direction") = py::none(),
+        py::arg("table") = nullptr);
+  // A layer's requant thresholds with their table, built once; pass it as bitconv's `table`.
+  py::class_<dorefa::RequantParams>(m, "RequantTable")
+      .def(py::init([](const dorefa::ThresholdArray& thresholds,
+                       const dorefa::DirectionArray& direction) {
+             dorefa::CheckRequant(thresholds, direction);
+             return new dorefa::RequantParams(thresholds.shape(0), thresholds.data(),
+                                              thresholds.shape(1), direction.data());
+           }),
+           py::arg("thresholds"), py::arg("direction"))
+      .def_readonly("t", &dorefa::RequantParams::t);
   dorefa::BindStreamOps(m);
 }

@@ -243,7 +243,7 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
   c.acc = out.acc;
   c.codes = out.codes;
   if (out.mode == Epilogue::kRequant) {
-    c.table = &CachedThresholdTable(g.o, out.thresholds, out.t, out.direction);
+    c.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
     c.requant = kernel.requant;
   }
   if (out.mode != Epilogue::kAcc) {

@@ -51,13 +51,12 @@ void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
 }
 
 void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, int64_t t,
-                const int8_t* direction, uint8_t* codes, int threads) {
+                const int8_t* direction, const ThresholdTable* given, uint8_t* codes, int threads) {
   const int64_t ohw = g.oh * g.ow;
   const int64_t planes = g.n * g.o;
   const bool split = threads > 1 && planes * ohw * t > (int64_t{1} << 16);
   const bool search = t >= kSearchMinT;  // many thresholds: a search per output
-  const ThresholdTable* table =
-      search ? &CachedThresholdTable(g.o, thresholds, t, direction) : nullptr;
+  const ThresholdTable* table = search ? &TableOf(given, g.o, thresholds, t, direction) : nullptr;
   ParallelFor(split ? threads : 1, planes, [&](int64_t first, int64_t last) {
     for (int64_t no = first; no < last; ++no) {
       const int64_t o = no % g.o;

@@ -32,9 +32,10 @@ void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int64_t
                    int64_t pix1);
 
 // codes[n, o, y, x] = step count of d[n, o, y, x] against thresholds[o, 0..t-1] in the
-// direction direction[o] (+1 or -1). t <= 255.
+// direction direction[o] (+1 or -1). t <= 255. `table`: theirs if built (else cached when
+// searched).
 void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, int64_t t,
-                const int8_t* direction, uint8_t* codes, int threads);
+                const int8_t* direction, const ThresholdTable* table, uint8_t* codes, int threads);
 
 }  // namespace dorefa
 

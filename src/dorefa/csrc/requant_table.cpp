@@ -148,6 +148,11 @@ const ThresholdTable& CachedThresholdTable(int64_t o, const int32_t* thresholds,
   return e.table;
 }
 
+RequantParams::RequantParams(int64_t o_, const int32_t* th, int64_t t_, const int8_t* dir)
+    : o(o_), t(t_), thresholds(th, th + o_ * t_), direction(dir, dir + o_) {
+  table.Build(o, thresholds.data(), t, direction.data());
+}
+
 uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d) {
   const int32_t sd = tab.Folded(o, d);
   if (tab.line[o]) return static_cast<uint8_t>(tab.OnLine(o, sd));

@@ -17,7 +17,7 @@ uint8_t RunFused(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
   std::vector<int32_t> u;
   std::vector<uint16_t> neg;
   if (out.mode == Epilogue::kRequant && out.t >= kSearchMinT) {
-    ep.table = &CachedThresholdTable(g.o, out.thresholds, out.t, out.direction);
+    ep.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
     ep.t = out.t;
     ep.codes = out.codes;
   } else if (out.mode == Epilogue::kRequant) {
@@ -45,7 +45,7 @@ uint8_t RunTwoPass(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* 
   const uint8_t all_or = RunBitConv(*kernel.tiles, kernel.packer.fn, g, x, xpk, wpk, acc,
                                     out.mode != Epilogue::kAcc, threads);
   if (out.mode == Epilogue::kRequant)
-    Requantize(g, acc, out.thresholds, out.t, out.direction, out.codes, threads);
+    Requantize(g, acc, out.thresholds, out.t, out.direction, out.table, out.codes, threads);
   return all_or;
 }
 

@@ -19,7 +19,8 @@ struct ConvOutput {
   uint8_t* codes = nullptr;             // kRequant: step counts of D against the thresholds
   const int32_t* thresholds = nullptr;  // kRequant: (O, t) int32, 1 <= t <= 255
   int64_t t = 0;
-  const int8_t* direction = nullptr;  // kRequant: (O,) int8, +1 or -1
+  const int8_t* direction = nullptr;      // kRequant: (O,) int8, +1 or -1
+  const ThresholdTable* table = nullptr;  // kRequant: their table if built (else cached)
 };
 
 // Runs the convolution of codes x (N, C, H, W) with packed weights wpk (64-byte aligned,

@@ -71,6 +71,7 @@ class PreparedConv:
         "direction",
         "_words",
         "_chosen",
+        "_table",
     )
 
     def __init__(
@@ -92,12 +93,15 @@ class PreparedConv:
             if thresholds is None or direction is None:
                 raise ValueError("out='requant' needs thresholds (O, T) and direction (O,)")
             thresholds, direction = reference.check_requant(thresholds, direction, pw.shape[0])
+            thresholds, direction = thresholds.copy(), direction.copy()  # their table is built
+            thresholds.flags.writeable = direction.flags.writeable = False  # once: frozen
         elif thresholds is not None or direction is not None:
             raise ValueError(f"thresholds and direction belong to out='requant', not {out!r}")
         self.weights, self.x_bits, self.stride, self.padding = pw, x_bits, stride, padding
         self.out, self.thresholds, self.direction = out, thresholds, direction
         self._words: dict[str, np.ndarray] = {}  # kernel name -> the weights it reads
         self._chosen: dict[tuple, choose.Choice] = {}  # ((H, W), batch class) -> its kernel
+        self._table = None  # out='requant': the native RequantTable, built at the first call
 
     def __call__(self, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
         """The convolution of activation codes ``x_codes`` uint8 (N, C, H, W) < 2**x_bits."""
@@ -133,9 +137,16 @@ class PreparedConv:
         if words is None:
             words = self._words[kernel] = weight_words(pw, kernel)
         selection._local.ran = "native"  # selection.ran("native"), inlined: ~1 us a call
+        if self.out == "requant":  # the thresholds' table, built once (not matched per call)
+            if self._table is None:
+                self._table = native.RequantTable(self.thresholds, self.direction)
+            return native.bitconv(
+                kernel, x_codes, words, *pw.shape, self.x_bits, pw.bits, self.stride,
+                self.padding, threads, self.out, table=self._table,
+            )  # fmt: skip
         return native.bitconv(
             kernel, x_codes, words, *pw.shape, self.x_bits, pw.bits, self.stride,
-            self.padding, threads, self.out, self.thresholds, self.direction,
+            self.padding, threads, self.out,
         )  # fmt: skip
 
     def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:
