@@ -494,3 +494,25 @@ def test_native_gradient_codes_equal_torch_f_g():
     instruction where the CPU has one) and with every CPU feature hidden (libm's fmaf)."""
     exec(_FG_CASE, {})
     assert fresh_process(_FG_CASE, DOREFA_CPU_FEATURES="") == ["ok"]
+
+
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_forward_scaling_rounds_once_like_numpy(threads):
+    """The forward product's float output (csrc/input_grad.h, ScaleToFloat): float32 of the
+    float64 product, the same bits as NumPy's cast-and-multiply, over the whole int32 range,
+    scales that overflow float32 or go subnormal, zeros times a negative scale (-0), lengths
+    that do and do not fill the per-thread chunks."""
+    from dorefa.engine import _scaled
+
+    rng = np.random.default_rng(threads)
+    for shape in [(1,), (7, 3), (5, 64, 18, 18), (2, 16384 * 4 + 5)]:
+        d = rng.integers(-(2**31), 2**31, shape, dtype=np.int64).astype(np.int32)
+        d.reshape(-1)[: min(d.size, 5)] = [0, 1, -1, 2**31 - 1, -(2**31)][: min(d.size, 5)]
+        for scale in [0.1 / 3, -0.25, 1e-42, 3.7e30, 1.0]:
+            want = np.empty(d.shape, np.float32)
+            np.multiply(d, scale, out=want, casting="unsafe")
+            got = K._native.scale_to_float(d, scale, threads)
+            assert got.shape == d.shape and got.dtype == np.float32
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            assert np.array_equal(_scaled(d, scale, threads).view(np.int32), want.view(np.int32))

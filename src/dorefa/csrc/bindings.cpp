@@ -429,6 +429,18 @@ py::array_t<float> InputGradFinishPy(const py::array_t<int32_t, py::array::c_sty
   return out;
 }
 
+// The forward product's float output (input_grad.h): d int32, any shape -> float32(scale * d).
+py::array_t<float> ScaleToFloatPy(const py::array_t<int32_t, py::array::c_style>& d, double scale,
+                                  int threads) {
+  CheckThreads(threads);
+  py::array_t<float> out =
+      OutputArray<float>(std::vector<int64_t>(d.shape(), d.shape() + d.ndim()));
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  ScaleToFloat(d.data(), d.size(), scale, dst, threads);
+  return out;
+}
+
 // Integer training's max-pool (pool_train.h): x (N, C, H, W) float32, window k = stride ->
 // (y float32, pos uint8), (N, C, H / k, W / k).
 py::tuple MaxPoolTrainPy(const py::array_t<float, py::array::c_style>& x, int64_t k, int threads) {
@@ -537,6 +549,8 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("threads"));
   m.def("maxpool_train_backward", &dorefa::MaxPoolTrainBackwardPy, py::arg("dy"), py::arg("pos"),
         py::arg("h"), py::arg("w"), py::arg("kernel"), py::arg("threads"));
+  m.def("scale_to_float", &dorefa::ScaleToFloatPy, py::arg("d"), py::arg("scale"),
+        py::arg("threads"));
   m.def("input_grad_finish", &dorefa::InputGradFinishPy, py::arg("k1"), py::arg("k2"),
         py::arg("ng"), py::arg("scale"), py::arg("threads"));
   m.def("weight_grad", &dorefa::WeightGradPy, py::arg("kernel"), py::arg("c"), py::arg("x_codes"),

@@ -1,4 +1,4 @@
-// Input gradient's finishing pass (input_grad.h).
+// Integer training's float finishing passes (input_grad.h).
 #include "input_grad.h"
 
 #include "thread_pool.h"
@@ -21,6 +21,16 @@ void InputGradFinish(const int32_t* k1, const int32_t* k2, int64_t n, int64_t ch
         out[i] = static_cast<float>(s * static_cast<double>(d));
       }
     }
+  });
+}
+
+void ScaleToFloat(const int32_t* d, int64_t len, double scale, float* y, int threads) {
+  constexpr int64_t kChunk = 16384;  // elements per work item
+  const int64_t chunks = (len + kChunk - 1) / kChunk;
+  ParallelFor(len > 4 * kChunk ? threads : 1, chunks, [&](int64_t begin, int64_t end) {
+    const int64_t i1 = end * kChunk < len ? end * kChunk : len;
+    for (int64_t i = begin * kChunk; i < i1; ++i)
+      y[i] = static_cast<float>(scale * static_cast<double>(d[i]));
   });
 }
 
