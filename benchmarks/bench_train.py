@@ -141,6 +141,9 @@ def main() -> None:
         help="channel multiplier (1.0 = the paper's model A, 0.5 = model B)",
     )
     args = p.parse_args()
+    from dorefa.heap import keep_freed_memory
+
+    keep_freed_memory()  # as `dorefa train` does (every configuration of this process gets it)
     if args.engines:
         import train_engines
 

@@ -404,3 +404,35 @@ def test_train_engine_int_resumes_bit_identical(tmp_path, fashion_dir):
             "--threads", "1", "--engine", "int", "--out", str(tmp_path / "cli")]  # fmt: skip
     assert main(argv) == 0
     assert '"engine": "int"' in (tmp_path / "cli" / "config.json").read_text()
+
+
+_HEAP_CASE = """
+import ctypes, resource
+from dorefa.heap import keep_freed_memory
+applied = keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):  # as torch allocates (NumPy asks for huge pages: fewer faults)
+    p = libc.malloc(48 << 20)  # 48 MB: above glibc's largest adaptive mmap threshold
+    ctypes.memset(p, 1, 48 << 20)
+    libc.free(p)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+"""
+
+
+def test_training_keeps_freed_memory_in_the_heap():
+    """``dorefa train`` raises glibc's mmap threshold (dorefa/heap.py): ten 48 MB blocks in turn
+    then fault their pages in once, not ten times (12k faults each); DOREFA_KEEP_HEAP=0 leaves
+    the allocator alone."""
+    import sys
+
+    from kernel_cases import fresh_process
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt is glibc's")
+    applied, faults = fresh_process(_HEAP_CASE)
+    assert applied == "True" and int(faults) < 3 * 12288, faults
+    applied, faults = fresh_process(_HEAP_CASE, DOREFA_KEEP_HEAP="0")
+    assert applied == "False" and int(faults) > 9 * 12288, faults

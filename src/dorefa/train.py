@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from . import checkpoint, distributed
 from .cpuinfo import bf16_warning, native_bf16, pick_threads
 from .data.batches import iterate_batches
+from .heap import keep_freed_memory
 from .nn import set_grad_generator
 from .optim import amp_dtype, build_optimizer, lr_at, set_lr
 from .run import (
@@ -70,6 +71,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     Inside a torchrun-style environment (WORLD_SIZE > 1) this process is one data-parallel rank:
     it joins the process group, trains its shard, and only rank 0 logs and writes files."""
     check_config(cfg)
+    keep_freed_memory()  # large tensors reused from the heap, not page-faulted in every step
     threads, threads_line = pick_threads(cfg.threads)
     torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
