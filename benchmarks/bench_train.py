@@ -16,6 +16,7 @@ interleaved round by round and the table gives the median over ``--rounds``.
 products on the integer kernels vs torch fp32 (docs/training.md)::
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --engines
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --engines --passive-openmp
 """
 
 from __future__ import annotations
@@ -140,10 +141,19 @@ def main() -> None:
         default=0.5,
         help="channel multiplier (1.0 = the paper's model A, 0.5 = model B)",
     )
+    p.add_argument(
+        "--passive-openmp",
+        action="store_true",
+        help="OMP_WAIT_POLICY=PASSIVE for every configuration, as `dorefa train --engine int` "
+        "runs (the torch configurations' own default is torch's)",
+    )
     args = p.parse_args()
-    from dorefa.heap import keep_freed_memory
+    from dorefa.process import keep_freed_memory, passive_openmp
 
-    keep_freed_memory()  # as `dorefa train` does (every configuration of this process gets it)
+    # as `dorefa train` runs (every configuration of this process): before torch loads
+    if args.passive_openmp:
+        passive_openmp()
+    keep_freed_memory()
     if args.engines:
         import train_engines
 

@@ -408,7 +408,7 @@ def test_train_engine_int_resumes_bit_identical(tmp_path, fashion_dir):
 
 _HEAP_CASE = """
 import ctypes, resource
-from dorefa.heap import keep_freed_memory
+from dorefa.process import keep_freed_memory
 applied = keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -423,7 +423,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def test_training_keeps_freed_memory_in_the_heap():
-    """``dorefa train`` raises glibc's mmap threshold (dorefa/heap.py): ten 48 MB blocks in turn
+    """``dorefa train`` raises glibc's mmap threshold (dorefa/process.py): ten 48 MB blocks in turn
     then fault their pages in once, not ten times (12k faults each); DOREFA_KEEP_HEAP=0 leaves
     the allocator alone."""
     import sys
@@ -436,3 +436,42 @@ def test_training_keeps_freed_memory_in_the_heap():
     assert applied == "True" and int(faults) < 3 * 12288, faults
     applied, faults = fresh_process(_HEAP_CASE, DOREFA_KEEP_HEAP="0")
     assert applied == "False" and int(faults) > 9 * 12288, faults
+
+
+_OMP_CASE = """
+import contextlib, io, os, sys
+from dorefa import cli
+from dorefa.process import passive_openmp
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    cli.main(sys.argv[1:])
+print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules, passive_openmp())
+"""
+
+
+@pytest.mark.parametrize(
+    "preset, args, want",
+    [
+        (None, ["train", "--engine", "int", "--help"], "PASSIVE"),
+        (None, ["train", "--engine=int", "--help"], "PASSIVE"),
+        ("ACTIVE", ["train", "--engine", "int", "--help"], "ACTIVE"),
+        (None, ["train", "--help"], "None"),  # the torch engine: torch's own default
+        (None, ["sweep", "--engine", "int", "--help"], "None"),
+    ],
+)
+def test_int_engine_training_lets_idle_openmp_threads_sleep(preset, args, want):
+    """``dorefa train --engine int`` sets OMP_WAIT_POLICY=PASSIVE before the subcommands import
+    torch (whose OpenMP runtime reads it once, on loading: dorefa/process.py), unless the user
+    set it; other commands leave it; asked once torch is loaded, passive_openmp says it is too
+    late."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    out = subprocess.run(
+        [sys.executable, "-c", _OMP_CASE, *args], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == [want, "True"], out.stdout + out.stderr
+    assert out.stdout.split()[2] == "False"  # too late now, whatever the variable says

@@ -122,9 +122,22 @@ def _optional_commands():
             yield mod.register_cli
 
 
+def _int_engine_training(argv: list[str]) -> bool:
+    """``dorefa train ... --engine int``, read from the raw arguments: the parser's subcommands
+    import torch, which reads the OpenMP wait policy as it loads (dorefa/process.py)."""
+    pairs = zip(argv, argv[1:] + [""], strict=True)
+    return argv[:1] == ["train"] and any(
+        a == "--engine=int" or (a, b) == ("--engine", "int") for a, b in pairs
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _int_engine_training(argv):  # its kernels' threads need the cores torch's OpenMP spins on
+        from .process import passive_openmp
+
+        passive_openmp()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":
         args.argv = argv

@@ -27,9 +27,9 @@ from torch.nn import functional as F
 from . import checkpoint, distributed
 from .cpuinfo import bf16_warning, native_bf16, pick_threads
 from .data.batches import iterate_batches
-from .heap import keep_freed_memory
 from .nn import set_grad_generator
 from .optim import amp_dtype, build_optimizer, lr_at, set_lr
+from .process import keep_freed_memory
 from .run import (
     Run,
     build_model,
