@@ -15,8 +15,9 @@ did not change). Raising the mmap and trim thresholds keeps freed blocks for the
 set; ``dorefa train --engine int`` only). With 2 threads, torch's OpenMP worker spins after each
 of torch's parallel regions, on the core the integer kernels' own threads need next: the int
 engine's 2-thread step took 205 ms, its native products running no faster than on one thread
-(the max-pool's backward 2.3 -> 5.7 ms), and 147 ms with the workers asleep; torch's own steps
-(float, the torch engine) lose 0-9% to it, so the other commands leave the policy alone. It is
+(the max-pool's backward 2.3 -> 5.7 ms), and 147 ms with the workers asleep (separate
+processes; in interleaved benchmark runs 189 vs 184 ms: the host's noise is that large); torch's
+own steps (float, the torch engine) lose 0-9% to it, so the other commands leave it alone. It is
 read when torch loads its OpenMP runtime: set before the first ``import torch`` or not at all.
 """
 
