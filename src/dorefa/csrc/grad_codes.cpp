@@ -70,13 +70,9 @@ __attribute__((target("avx2"))) float SampleMaxAvx2(const float* g, int64_t len)
     top = std::max(top, h[k]);
     bottom = std::min(bottom, l[k]);
   }
-  bool any_nan = _mm256_movemask_ps(nan) != 0;
-  for (; i < len; ++i) {
-    top = std::max(top, g[i]);
-    bottom = std::min(bottom, g[i]);
-    any_nan |= g[i] != g[i];
-  }
-  return any_nan ? NAN : std::max(top, -bottom);
+  const float rest = SampleMax(g + i, len - i);  // the last len % 16 (-inf when none)
+  if (_mm256_movemask_ps(nan) != 0 || rest != rest) return NAN;
+  return std::max(std::max(top, -bottom), rest);
 }
 
 __attribute__((target("avx2,fma"))) void SampleCodesFma(const float* gb, const int16_t* hb,

@@ -2,7 +2,8 @@
 // Input gradient (dorefa/kernels/training.py, conv_input_grad; spec:
 // reference_grad.input_grad_float):
 //   dx[b, c, y, x] = float32(scale[b] * double(2 K1[b, c, y, x] - n_g K2[c, y, x]))
-// D = 2 K1 - n_g K2 exact in int64, one double product, one rounding to float32.
+// D = 2 K1 - n_g K2 exact (formed in double: every term and the difference < 2^40), one double
+// product, one rounding to float32.
 // Forward (dorefa/engine.py): y[i] = float32(scale * double(D[i])), the same single rounding.
 #ifndef DOREFA_CSRC_INPUT_GRAD_H_
 #define DOREFA_CSRC_INPUT_GRAD_H_

@@ -137,16 +137,11 @@ class PreparedConv:
         if words is None:
             words = self._words[kernel] = weight_words(pw, kernel)
         selection._local.ran = "native"  # selection.ran("native"), inlined: ~1 us a call
-        if self.out == "requant":  # the thresholds' table, built once (not matched per call)
-            if self._table is None:
-                self._table = native.RequantTable(self.thresholds, self.direction)
-            return native.bitconv(
-                kernel, x_codes, words, *pw.shape, self.x_bits, pw.bits, self.stride,
-                self.padding, threads, self.out, table=self._table,
-            )  # fmt: skip
+        if self.out == "requant" and self._table is None:  # built once, not matched per call
+            self._table = native.RequantTable(self.thresholds, self.direction)
         return native.bitconv(
             kernel, x_codes, words, *pw.shape, self.x_bits, pw.bits, self.stride,
-            self.padding, threads, self.out,
+            self.padding, threads, self.out, table=self._table,
         )  # fmt: skip
 
     def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:

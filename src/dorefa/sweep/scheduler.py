@@ -202,7 +202,8 @@ class _Sweep:
                     cell_dir = self.out / "cells" / name
                     write_record(self.cfg.records, make_record(self.cfg, cell, row, cell_dir))
                 continue
-            diffs = {p: settings_diff(read_record(p), self.cfg, cell) for p in paths}
+            recs = {p: read_record(p) for p in paths}
+            diffs = {p: settings_diff(rec, self.cfg, cell) for p, rec in recs.items()}
             same = [p for p, diff in diffs.items() if not diff]
             if not same:
                 for path, diff in diffs.items():
@@ -211,7 +212,7 @@ class _Sweep:
                 self.log(f"{name}: not done, trained again (its record goes to {self.cfg.records})")
                 self.done.pop(name, None)
                 continue
-            self.done[name] = record_row(read_record(same[0]))
+            self.done[name] = record_row(recs[same[0]])
             self.by_record.add(name)
 
     def _retrain_missing_sources(self) -> None:
