@@ -362,3 +362,28 @@ def test_two_process_resume_continues(tmp_path, fashion_dir):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
+def test_torchrun_group_of_one_equals_a_plain_run(tmp_path, fashion_dir):
+    """``torchrun --nproc_per_node 1`` (WORLD_SIZE=1 with a rendezvous) joins a process group of
+    one and trains through DDP; with one rank the all-reduced gradients are the rank's own, so
+    the weights equal a plain run's bit for bit (1,2,6: f_g noise from rank 0's stream)."""
+    common = TINY + ["--bits", "1,2,6", "--epochs", "1"]
+    env = _env(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+    env["MASTER_PORT"] = str(distributed._free_port())
+    args = [sys.executable, "-m", "dorefa", "train", *common, "--out", str(tmp_path / "one")]
+    p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert len(_replica_hashes(p.stdout)) == 1
+    config = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert config["world_size"] == 1 and config["backend"] == "gloo"
+    _run_dorefa(["train", *common, "--out", str(tmp_path / "plain")])
+    plain = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert "world_size" not in plain  # the plain run joined no group
+    hashes = [
+        distributed.state_hash(
+            model_from_checkpoint(load_checkpoint(tmp_path / d / "checkpoint.pt"))
+        )
+        for d in ("one", "plain")
+    ]
+    assert hashes[0] == hashes[1]

@@ -49,7 +49,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """In a process group (DDP, sharding, rank 0 writes), also a group of one process."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -67,11 +68,13 @@ def _env_int(name: str, default: int) -> int:
 
 
 def setup(device_type: str) -> DistInfo:
-    """Join the process group described by torchrun's environment (nothing when WORLD_SIZE <= 1).
+    """Join the process group described by torchrun's environment: WORLD_SIZE > 1, or
+    WORLD_SIZE = 1 with a rendezvous (MASTER_PORT) as ``torchrun --nproc_per_node 1`` gives (a
+    group of one process runs the data-parallel code path: DDP, all-reduce). Nothing otherwise.
 
     Backend: nccl for CUDA, gloo for CPU."""
     world = _env_int("WORLD_SIZE", 1)
-    if world <= 1:
+    if world < 1 or (world == 1 and not os.environ.get("MASTER_PORT")):
         return DistInfo()
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     backend = "nccl" if device_type == "cuda" else "gloo"

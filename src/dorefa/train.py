@@ -68,7 +68,7 @@ __all__ = [  # the names other modules and the tests use (some defined in the mo
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) a training run; returns the last epoch's metrics plus ``best_test_acc``.
 
-    Inside a torchrun-style environment (WORLD_SIZE > 1) this process is one data-parallel rank:
+    Inside a torchrun-style environment (dorefa.distributed.setup) this process is one data-parallel rank:
     it joins the process group, trains its shard, and only rank 0 logs and writes files."""
     check_config(cfg)
     keep_freed_memory()  # large tensors reused from the heap, not page-faulted in every step
