@@ -22,8 +22,10 @@ BEGIN = "<!-- dorefa report --records: begin (generated, do not edit) -->"
 END = "<!-- dorefa report --records: end -->"
 
 
-def records_markdown(rows: list[CellResult], histories: dict, sources, csv_rel: str, plots) -> str:
-    """The generated part of the page."""
+def records_markdown(
+    rows: list[CellResult], histories: dict, sources, csv_rel: str, plots, trained_on=None
+) -> str:
+    """The generated part of the page (``trained_on``: cell name -> "engine device")."""
     settings = sorted({(r.model, r.data, r.subset, r.test_n) for r in rows}, key=str)
     seeds = sorted({r.seed for r in rows if r.seed is not None})
     parts = [
@@ -36,15 +38,23 @@ def records_markdown(rows: list[CellResult], histories: dict, sources, csv_rel: 
         "",
         "Best acc = the best epoch's test accuracy (as the paper reports), mean over seeds with "
         "min-max and sample std; last-epoch change = test accuracy of the last epoch minus the "
-        "one before, mean over seeds (flat at convergence).",
+        "one before, for each seed (flat at convergence); trained on = the training engine and "
+        "device of the cell's seeds (the engines train the same model; wall times are "
+        "comparable only between runs on the same device and load).",
         "",
-        render_seed_table(rows, histories),
+        render_seed_table(rows, histories, trained_on),
         "",
     ]
     parts += claims_section(rows, "the cell records")
     if plots:
         parts += ["", "### Plots", ""] + [f"![{Path(p).name}]({p})" for p in plots]
     return "\n".join(parts) + "\n"
+
+
+def _trained_on(train_config: dict) -> str:
+    """ "int cpu", "torch cuda", ... from a record's training config ("" if it says nothing)."""
+    device = str(train_config.get("device", "")).split(":")[0]
+    return " ".join(x for x in (train_config.get("engine", ""), device) if x)
 
 
 def _splice(page: Path, generated: str) -> str:
@@ -69,12 +79,15 @@ def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> li
         )
     rows = [record_row(r) for r in records]
     histories = {r["cell"]: r.get("metrics", []) for r in records}
+    trained_on = {r["cell"]: _trained_on(r.get("train_config", {})) for r in records}
     out_md, csv_path = Path(out_md), Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     write_results(csv_path, rows)
     names = plot_all(rows, csv_path.parent, history=lambda r: histories.get(r.cell, []))
     rel = Path(os.path.relpath(csv_path.parent.resolve(), out_md.parent.resolve()))
     plots = [(rel / n).as_posix() for n in names]
-    md = records_markdown(rows, histories, sources, (rel / csv_path.name).as_posix(), plots)
+    md = records_markdown(
+        rows, histories, sources, (rel / csv_path.name).as_posix(), plots, trained_on
+    )
     atomic_write_text(out_md, _splice(out_md, md))
     return rows

@@ -104,7 +104,8 @@ def check_claim(claim: Claim, acc) -> list[str]:
         texts.append(f"{label}{a.label()} {_stat(sa)} vs {b.label()} {_stat(sb)}: {diff.d:+.4f}")
         texts[-1] += noise
     ours = ", ".join(f"{d.d:+.4f}" for d in diffs if d is not None) or "not measured"
-    paper = claim.paper + (f"; {claim.paper_figure}" if claim.paper_figure else "")
+    figure = claim.paper_figure or "no figure quoted for it"
+    paper = f"{claim.paper}; {figure}"
     verdict = claim.test(diffs) if texts else None
     head = f"- **{claim.claim}** (paper: {paper} | ours: {ours}; holds when {claim.holds_when}): "
     return [head + _verdict(verdict)] + [f"  - {t}" for t in texts]
@@ -119,15 +120,17 @@ def claims(rows: list[CellResult]) -> list[str]:
 
 SEED_HEAD = (
     "| W | A | G | width | init | seeds | best acc (mean) | best min-max | best std | "
-    "final acc (mean) | last-epoch change | epochs | wall (s) | runtime acc (mean) |"
+    "final acc (mean) | last-epoch change per seed | epochs | trained on | wall (s) | "
+    "runtime acc (mean) |"
 )
 
 
-def render_seed_table(rows: list[CellResult], histories=None) -> str:
+def render_seed_table(rows: list[CellResult], histories=None, trained_on=None) -> str:
     """One line per cell over its finished seeds: n, mean, min-max and std of the best test
-    accuracy, mean final accuracy, mean change of the test accuracy over the last epoch
-    (``histories``: cell name -> metrics per epoch; flat at convergence), mean wall time."""
-    lines = [SEED_HEAD, "|" + "---|" * 14]
+    accuracy, mean final accuracy, each seed's change of the test accuracy over the last epoch
+    (``histories``: cell name -> metrics per epoch; flat at convergence), where each seed ran
+    (``trained_on``: cell name -> "engine device"), mean wall time."""
+    lines = [SEED_HEAD, "|" + "---|" * 15]
     for ref, rs in group_rows(rows).items():
         best = [r.best_test_acc for r in rs if r.best_test_acc is not None]
         final = [r.final_test_acc for r in rs if r.final_test_acc is not None]
@@ -146,8 +149,9 @@ def render_seed_table(rows: list[CellResult], histories=None) -> str:
             f"{min(best):.4f}-{max(best):.4f}" if best else "",
             f"{std(best):.4f}" if len(best) > 1 else "",
             _acc(sum(final) / len(final)) if final else "",
-            f"{sum(last) / len(last):+.4f}" if last else "",
+            " / ".join(f"{d:+.4f}" for d in last),
             "/".join(sorted({str(r.epochs) for r in rs})),
+            ", ".join(sorted({(trained_on or {}).get(r.cell, "") for r in rs} - {""})),
             f"{sum(walls) / len(walls):.1f}" if walls else "",
             _acc(sum(run) / len(run)) if run else "",
         ]
