@@ -68,8 +68,9 @@ __all__ = [  # the names other modules and the tests use (some defined in the mo
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) a training run; returns the last epoch's metrics plus ``best_test_acc``.
 
-    Inside a torchrun-style environment (dorefa.distributed.setup) this process is one data-parallel rank:
-    it joins the process group, trains its shard, and only rank 0 logs and writes files."""
+    Inside a torchrun-style environment (:func:`dorefa.distributed.setup`) this process is one
+    data-parallel rank: it joins the process group, trains its shard, and only rank 0 logs and
+    writes files."""
     check_config(cfg)
     keep_freed_memory()  # large tensors reused from the heap, not page-faulted in every step
     threads, threads_line = pick_threads(cfg.threads)
