@@ -69,12 +69,14 @@ def _env_int(name: str, default: int) -> int:
 
 def setup(device_type: str) -> DistInfo:
     """Join the process group described by torchrun's environment: WORLD_SIZE > 1, or
-    WORLD_SIZE = 1 with a rendezvous (MASTER_PORT) as ``torchrun --nproc_per_node 1`` gives (a
-    group of one process runs the data-parallel code path: DDP, all-reduce). Nothing otherwise.
+    WORLD_SIZE = 1 with RANK and a rendezvous (MASTER_ADDR, MASTER_PORT) as ``torchrun
+    --nproc_per_node 1`` sets them (a group of one process runs the data-parallel code path:
+    DDP, all-reduce). Nothing otherwise.
 
     Backend: nccl for CUDA, gloo for CPU."""
     world = _env_int("WORLD_SIZE", 1)
-    if world < 1 or (world == 1 and not os.environ.get("MASTER_PORT")):
+    launched = all(os.environ.get(k) for k in ("RANK", "MASTER_ADDR", "MASTER_PORT"))
+    if world < 1 or (world == 1 and not launched):
         return DistInfo()
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     backend = "nccl" if device_type == "cuda" else "gloo"
