@@ -62,10 +62,10 @@ def products(m: int, k: int, n: int) -> dict[str, tuple[int, int, int]]:
 
 
 def measure(a: int, b: int, c: int, dev: torch.device) -> dict:
-    """One (a x b) . (b x c) GEMM in each dtype; _int_mm's operands padded as cuBLASLt asks
-    (rows > 16, inner and outer sizes multiples of 8)."""
+    """One (a x b) . (b x c) GEMM in each dtype; _int_mm's operands alone padded as it asks
+    (rows > 16, inner and outer sizes multiples of 8, at least 16)."""
     rows, inner, cols = max(a, 17), max(16, -(-b // 8) * 8), max(16, -(-c // 8) * 8)
-    xf, yf = torch.randn(rows, inner, device=dev), torch.randn(inner, cols, device=dev)
+    xf, yf = torch.randn(a, b, device=dev), torch.randn(b, c, device=dev)
     xb, yb = xf.bfloat16(), yf.bfloat16()
     xi = torch.randint(0, 4, (rows, inner), device=dev, dtype=torch.int8)
     yi = torch.randint(0, 4, (inner, cols), device=dev, dtype=torch.int8)
@@ -78,7 +78,7 @@ def measure(a: int, b: int, c: int, dev: torch.device) -> dict:
     try:
         row["int_mm_exact"] = torch.equal(torch._int_mm(xi, yi).double(), xi.double() @ yi.double())
         row["int_mm_us"] = cuda_us(lambda: torch._int_mm(xi, yi))
-    except RuntimeError as exc:  # cuBLASLt refuses some shapes (e.g. a 25-wide operand)
+    except RuntimeError as exc:  # cuBLASLt refuses some shapes (CUBLAS_STATUS_NOT_SUPPORTED)
         row["int_mm_error"] = str(exc).splitlines()[0][:160]
     return row
 

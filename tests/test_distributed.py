@@ -69,7 +69,7 @@ def _run_dorefa(args, timeout=240):
 
 
 def _replica_hashes(stdout):
-    m = re.search(r"replicas in sync: (\d+) ranks, weights sha256 ([0-9a-f ]+)", stdout)
+    m = re.search(r"replicas in sync: (\d+) ranks?, weights sha256 ([0-9a-f ]+)", stdout)
     assert m, stdout
     return m.group(2).split()
 
@@ -362,6 +362,32 @@ def test_two_process_resume_continues(tmp_path, fashion_dir):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
+def test_only_a_launched_worker_joins_a_process_group(monkeypatch):
+    """setup() joins a group only when a launcher set WORLD_SIZE, RANK, MASTER_ADDR and
+    MASTER_PORT; a stray rendezvous variable (a cluster's environment, WORLD_SIZE unset) leaves
+    a plain run, and a sweep's cells do not inherit a launcher's variables."""
+    from dorefa.sweep.children import child_env
+
+    for k in distributed.LAUNCHER_VARS:
+        monkeypatch.delenv(k, raising=False)
+    partial = [
+        {"MASTER_PORT": "29500"},
+        {"RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},  # no WORLD_SIZE
+        {"WORLD_SIZE": "2", "RANK": "0"},  # no rendezvous
+    ]
+    for env in partial:
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert not distributed.launched()
+            assert distributed.setup("cpu") == distributed.DistInfo()  # no group, no init
+    full = {"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    for k, v in full.items():
+        monkeypatch.setenv(k, v)
+    assert distributed.launched()
+    assert not set(distributed.LAUNCHER_VARS) & set(child_env())
 
 
 def test_torchrun_group_of_one_equals_a_plain_run(tmp_path, fashion_dir):

@@ -29,11 +29,12 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import launched
     from .train import train
 
     cfg = config_from_args(args)
     nproc = getattr(args, "nproc", None)
-    if nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if nproc is not None and not launched():  # a worker already: --nproc does not nest
         if nproc < 1:
             raise ValueError(f"--nproc must be >= 1, got {nproc}")
         if nproc > 1:

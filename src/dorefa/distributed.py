@@ -67,16 +67,33 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
+# What torchrun (and ``launch``) set in each worker's environment; a subprocess that is not a
+# worker (a sweep's cells) must not inherit them.
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def launched() -> bool:
+    """Whether a launcher started this process as a worker: WORLD_SIZE, RANK, MASTER_ADDR and
+    MASTER_PORT all set (torchrun sets them even with one process)."""
+    return all(os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def setup(device_type: str) -> DistInfo:
-    """Join the process group described by torchrun's environment: WORLD_SIZE > 1, or
-    WORLD_SIZE = 1 with RANK and a rendezvous (MASTER_ADDR, MASTER_PORT) as ``torchrun
-    --nproc_per_node 1`` sets them (a group of one process runs the data-parallel code path:
-    DDP, all-reduce). Nothing otherwise.
+    """Join the process group described by torchrun's environment when :func:`launched`, with
+    WORLD_SIZE >= 1 (``torchrun --nproc_per_node 1`` gives a group of one process, which runs the
+    data-parallel code path: DDP, all-reduce). Nothing otherwise.
 
     Backend: nccl for CUDA, gloo for CPU."""
     world = _env_int("WORLD_SIZE", 1)
-    launched = all(os.environ.get(k) for k in ("RANK", "MASTER_ADDR", "MASTER_PORT"))
-    if world < 1 or (world == 1 and not launched):
+    if world < 1 or not launched():
         return DistInfo()
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     backend = "nccl" if device_type == "cuda" else "gloo"

@@ -173,7 +173,7 @@ def prepare_run(cfg: TrainConfig, device: torch.device, info: distributed.DistIn
     model = build_model(cfg, num_classes, in_channels).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and info.enabled:
+    if cfg.sync_bn and info.world_size > 1:  # one process: its batch is the global batch
         model = distributed.convert_sync_batchnorm(model, device.type)
     run = Run(
         cfg=cfg,

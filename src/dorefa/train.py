@@ -156,7 +156,8 @@ def _end_of_run(run: Run, result: dict, best_acc: float, log) -> dict:
     is its last recorded epoch."""
     if run.info.enabled:
         hashes = distributed.check_replicas(run.model)  # raises if the replicas diverged
-        log(f"replicas in sync: {run.info.world_size} ranks, weights sha256 {' '.join(hashes)}")
+        ranks = f"{run.info.world_size} rank{'s' if run.info.world_size > 1 else ''}"
+        log(f"replicas in sync: {ranks}, weights sha256 {' '.join(hashes)}")
         result["replica_hashes"] = hashes
     if not result and run.files.history:
         result = dict(run.files.history[-1])

@@ -22,8 +22,11 @@ def _die_with_parent() -> None:
 
 
 def child_env() -> dict:
-    """This environment, with this dorefa package first on PYTHONPATH and one thread."""
-    env = dict(os.environ)
+    """This environment, with this dorefa package first on PYTHONPATH and one thread; without a
+    launcher's variables (a sweep run under torchrun: each cell is its own single run)."""
+    from ..distributed import LAUNCHER_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     src = str(Path(__file__).resolve().parents[2])  # the folder holding this dorefa package
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"

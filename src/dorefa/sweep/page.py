@@ -38,9 +38,10 @@ def records_markdown(
         "",
         "Best acc = the best epoch's test accuracy (as the paper reports), mean over seeds with "
         "min-max and sample std; last-epoch change = test accuracy of the last epoch minus the "
-        "one before, for each seed (flat at convergence); trained on = the training engine and "
-        "device of the cell's seeds (the engines train the same model; wall times are "
-        "comparable only between runs on the same device and load).",
+        "one before, for each seed sN (flat at convergence); trained on = the training engine "
+        "and device of the cell's seeds (the engines train the same model; wall times are "
+        "comparable only between runs on the same device and load, and left blank where a "
+        "cell's seeds ran on different engines or devices).",
         "",
         render_seed_table(rows, histories, trained_on),
         "",

@@ -125,19 +125,34 @@ SEED_HEAD = (
 )
 
 
+def _where(rows: list[CellResult], where: list[str]) -> str:
+    """Where a cell's seeds trained: one entry when they all ran alike, else one per seed."""
+    if len(set(where)) <= 1:
+        return where[0] if where else ""
+    return ", ".join(f"s{r.seed or 0} {w}" for r, w in zip(rows, where, strict=True) if w)
+
+
 def render_seed_table(rows: list[CellResult], histories=None, trained_on=None) -> str:
     """One line per cell over its finished seeds: n, mean, min-max and std of the best test
     accuracy, mean final accuracy, each seed's change of the test accuracy over the last epoch
     (``histories``: cell name -> metrics per epoch; flat at convergence), where each seed ran
-    (``trained_on``: cell name -> "engine device"), mean wall time."""
+    (``trained_on``: cell name -> "engine device"), mean wall time (blank when the seeds ran on
+    different engines or devices)."""
     lines = [SEED_HEAD, "|" + "---|" * 15]
     for ref, rs in group_rows(rows).items():
+        rs = sorted(rs, key=lambda r: r.seed or 0)
         best = [r.best_test_acc for r in rs if r.best_test_acc is not None]
         final = [r.final_test_acc for r in rs if r.final_test_acc is not None]
         run = [r.runtime_acc for r in rs if r.runtime_acc is not None]
         hs = [(histories or {}).get(r.cell) or [] for r in rs]
-        last = [h[-1]["test_acc"] - h[-2]["test_acc"] for h in hs if len(h) >= 2]
-        walls = [r.wall_s for r in rs if r.wall_s is not None]
+        last = [
+            f"s{r.seed or 0} {h[-1]['test_acc'] - h[-2]['test_acc']:+.4f}"
+            for r, h in zip(rs, hs, strict=True)
+            if len(h) >= 2
+        ]
+        where = [(trained_on or {}).get(r.cell, "") for r in rs]
+        # wall times of different engines or devices do not average into anything
+        walls = [r.wall_s for r in rs if r.wall_s is not None] if len(set(where)) == 1 else []
         cols = [
             ref.w,
             ref.a,
@@ -149,9 +164,9 @@ def render_seed_table(rows: list[CellResult], histories=None, trained_on=None) -
             f"{min(best):.4f}-{max(best):.4f}" if best else "",
             f"{std(best):.4f}" if len(best) > 1 else "",
             _acc(sum(final) / len(final)) if final else "",
-            " / ".join(f"{d:+.4f}" for d in last),
+            " / ".join(last),
             "/".join(sorted({str(r.epochs) for r in rs})),
-            ", ".join(sorted({(trained_on or {}).get(r.cell, "") for r in rs} - {""})),
+            _where(rs, where),
             f"{sum(walls) / len(walls):.1f}" if walls else "",
             _acc(sum(run) / len(run)) if run else "",
         ]
