@@ -519,6 +519,8 @@ FLOAT_SHAPES = [
     (1, 1, 3, 3, 1, 3, 1, 0, 1, 2),
     (1, 1, 12, 12, 57, 5, 1, 0, 2, 2),
     (1, 4, 8, 8, 100, 1, 2, 0, 1, 3),
+    (1, 3, 22, 22, 96, 6, 4, 0, 1, 2),  # AlexNet's first layer in small: one group of 6 zmm
+    (2, 1, 11, 14, 200, 3, 1, 1, 1, 8),  # 13 zmm: groups of 5, 5, 3
 ]
 
 
@@ -643,23 +645,26 @@ def test_maxpool_float(kernel, geom):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [1, 2, 8])
-def test_conv_float_quantize_at_rounding_steps(kernel, bits):
+@pytest.mark.parametrize("pool", [1, 2])
+def test_conv_float_quantize_at_rounding_steps(kernel, bits, pool):
     """Biases put one pooled value of every channel on a code step (pooled + b = (q + 1/2) /
     levels), where a float32 sum in another order can round the other way: the codes still
-    equal the spec's (a float32 path proves each code or recomputes it in the spec's order)."""
+    equal the spec's (a float32 path proves each code or recomputes it in the spec's order),
+    in a run of 4 pixels (no pool) and in a pooling window."""
     n, c, h, w, o, k = 2, 3, 12, 12, 40, 5
     rng = np.random.default_rng(bits)
     x = rng.random((n, c, h, w), dtype=np.float32)
     wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
-    pooled = direct_float64(x, wt, 1, 0).astype(np.float32).reshape(n, o, 4, 2, 4, 2)
+    side = 8 // pool
+    pooled = direct_float64(x, wt, 1, 0).astype(np.float32).reshape(n, o, side, pool, side, pool)
     pooled = pooled.max(axis=(3, 5))
     levels = (1 << bits) - 1
     step = (np.arange(o) % levels + 0.5) / levels
-    for py, px in [(0, 0), (1, 2), (3, 3)]:
+    for py, px in [(0, 0), (1, 2), (3, 3), (side - 1, side - 2)]:
         b = (step - pooled[py % n, :, py, px]).astype(np.float32)
-        expected = R.conv_float_quantize(x, wt, b, 1, 0, 2, bits)
+        expected = R.conv_float_quantize(x, wt, b, 1, 0, pool, bits)
         with K.use_kernel(kernel):
-            got = K.conv_float_quantize(x, wt, b, 1, 0, 2, bits, threads=2)
+            got = K.conv_float_quantize(x, wt, b, 1, 0, pool, bits, threads=2)
         np.testing.assert_array_equal(got, expected)
 
 

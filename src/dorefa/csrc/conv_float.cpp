@@ -12,38 +12,42 @@
 namespace dorefa {
 namespace {
 
-// Scalar rows, any stride: per output the spec's operation order (as ExactCode, the AVX-512
-// path).
-void ConvRowsScalar(const FloatConvGeom& g, const double* xp, int64_t hp, int64_t wp,
-                    const double* wd, int64_t oy0, int64_t rows, double* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t ox = 0; ox < g.ow; ++ox) {
-      double a = 0.0;
-      const double* wt = wd;
-      for (int64_t ci = 0; ci < g.c; ++ci)
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const double* src = xp + (ci * hp + (oy0 + r) * g.stride + i) * wp + ox * g.stride;
-          for (int64_t j = 0; j < g.kw; ++j, ++wt) a += *wt * src[j];
-        }
-      out[r * g.ow + ox] = a;
+// The spec's sum of one output (oy, ox) for the channel whose weights are w (taps in order):
+// double, from 0.0, one rounding a step (a float converts exactly, a product of two is exact).
+inline double SpecSum(const FloatConvGeom& g, const float* img, int64_t hp, int64_t wp,
+                      const float* w, int64_t oy, int64_t ox) {
+  double a = 0.0;
+  for (int64_t ci = 0; ci < g.c; ++ci)
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const float* src = img + (ci * hp + oy * g.stride + i) * wp + ox * g.stride;
+      for (int64_t j = 0; j < g.kw; ++j, ++w)
+        a += static_cast<double>(*w) * static_cast<double>(src[j]);
     }
-  }
+  return a;
 }
 
 // E of the header comment for channel o: 2 (taps + 1) 2^-24 ||w_o||_1 max|x| (>= gamma_n of
 // float32 plus gamma_n of double, times S) + FLT_MIN (float32 underflow, <= 2^-150 a step),
 // rounded up. False (no bound: the float paths recompute every code) when an input is not
 // finite or |x|, ||w_o||_1 exceed 1e15 (so no sum can overflow).
-bool SumErrorBounds(const FloatConvGeom& g, const float* x, const double* wd, int64_t taps,
+bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int64_t taps,
                     float* eps) {
-  double xmax = 0.0;
-  for (int64_t i = 0; i < g.n * g.c * g.h * g.w; ++i)
-    xmax = std::max(xmax, std::fabs(static_cast<double>(x[i])));
+  // max|x| in float32 (exact), as an integer max over the bits without the sign (the same order
+  // as the floats for finite values and inf; NaN's bits are larger still): vectorizes.
+  uint32_t bits = 0;
+  for (int64_t i = 0; i < g.n * g.c * g.h * g.w; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, sizeof u);
+    bits = std::max(bits, u & 0x7fffffffu);
+  }
+  float xmaxf;
+  std::memcpy(&xmaxf, &bits, sizeof xmaxf);
+  const double xmax = xmaxf;
   if (!(xmax <= 1e15) || taps >= (int64_t{1} << 20)) return false;  // also NaN
   const double unit = 2.0 * static_cast<double>(taps + 1) * std::ldexp(1.0, -24);
   for (int64_t o = 0; o < g.o; ++o) {
     double l1 = 0.0;
-    for (int64_t t = 0; t < taps; ++t) l1 += std::fabs(wd[o * taps + t]);
+    for (int64_t t = 0; t < taps; ++t) l1 += std::fabs(static_cast<double>(w[o * taps + t]));
     if (!(l1 <= 1e15)) return false;
     const float e = static_cast<float>(unit * l1 * xmax + std::numeric_limits<float>::min());
     eps[o] = std::nextafter(e, std::numeric_limits<float>::infinity());
@@ -51,23 +55,66 @@ bool SumErrorBounds(const FloatConvGeom& g, const float* x, const double* wd, in
   return true;
 }
 
+// The calling thread's scratch, kept between calls (fresh buffers cost a page fault per 4 KB,
+// as much as the convolution itself on AlexNet's first layer).
+struct Scratch {
+  std::vector<float> padded, wt, bias, eps;
+  std::vector<int64_t> offs;
+};
+Scratch& ThreadScratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+// x (N, C, H, W) zero padded to (N, C, HP, WP): x itself without padding, else a copy in buf.
+const float* PaddedInput(const FloatConvGeom& g, const float* x, std::vector<float>& buf) {
+  if (g.pad == 0) return x;
+  const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
+  buf.assign(static_cast<size_t>(g.n * g.c * hp * wp), 0.0f);
+  for (int64_t nc = 0; nc < g.n * g.c; ++nc)
+    for (int64_t y = 0; y < g.h; ++y)
+      std::copy(x + (nc * g.h + y) * g.w, x + (nc * g.h + y + 1) * g.w,
+                buf.begin() + (nc * hp + y + g.pad) * wp + g.pad);
+  return buf.data();
+}
+
+// The vector paths' operands (FloatConvPlan) in the calling thread's scratch: weights
+// tap-major with the channel stride `ostride`, bias padded with zeros, tap offsets.
+FloatConvPlan MakePlan(const FloatConvGeom& g, const float* x, const float* weight,
+                       const float* bias, int64_t ostride, Scratch& s) {
+  FloatConvPlan p;
+  p.hp = g.h + 2 * g.pad;
+  p.wp = g.w + 2 * g.pad;
+  p.taps = g.c * g.kh * g.kw;
+  p.ostride = ostride;
+  p.xf = PaddedInput(g, x, s.padded);
+  p.w = weight;
+  s.wt.assign(static_cast<size_t>(p.taps * ostride), 0.0f);
+  s.bias.assign(static_cast<size_t>(ostride), 0.0f);
+  for (int64_t o = 0; o < g.o; ++o) {
+    s.bias[o] = bias[o];
+    for (int64_t t = 0; t < p.taps; ++t) s.wt[t * ostride + o] = weight[o * p.taps + t];
+  }
+  s.offs.clear();
+  for (int64_t ci = 0; ci < g.c; ++ci)
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) s.offs.push_back((ci * p.hp + i) * p.wp + j);
+  p.wtf = s.wt.data();
+  p.bias = s.bias.data();
+  p.offs = s.offs.data();
+  return p;
+}
+
 }  // namespace
 
 uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o, int64_t py,
                   int64_t px) {
-  const double* img = p.xd + n * g.c * p.hp * p.wp;
+  const float* img = p.xf + n * g.c * p.hp * p.wp;
   float mx = 0.0f;
   for (int64_t r = 0; r < g.pool; ++r)
     for (int64_t s = 0; s < g.pool; ++s) {
-      const int64_t oy = py * g.pool + r, ox = px * g.pool + s;
-      double a = 0.0;
-      const double* wt = p.wd + o * p.taps;
-      for (int64_t ci = 0; ci < g.c; ++ci)
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const double* src = img + (ci * p.hp + oy * g.stride + i) * p.wp + ox * g.stride;
-          for (int64_t j = 0; j < g.kw; ++j, ++wt) a += *wt * src[j];
-        }
-      const float y = static_cast<float>(a);
+      const float y = static_cast<float>(
+          SpecSum(g, img, p.hp, p.wp, p.w + o * p.taps, py * g.pool + r, px * g.pool + s));
       mx = (r == 0 && s == 0) ? y : std::max(mx, y);
     }
   return QuantizeCode(mx, p.bias[o], static_cast<float>((1 << g.bits) - 1));
@@ -75,120 +122,52 @@ uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int
 
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
                        const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads) {
-  const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
-  const int64_t taps = g.c * g.kh * g.kw;
-  std::vector<double> wd(static_cast<size_t>(g.o * taps));
-  for (size_t i = 0; i < wd.size(); ++i) wd[i] = weight[i];
-  std::vector<double> xp(static_cast<size_t>(g.n * g.c * hp * wp), 0.0);  // zero padded
-  for (int64_t nc = 0; nc < g.n * g.c; ++nc)
-    for (int64_t y = 0; y < g.h; ++y)
-      for (int64_t xx = 0; xx < g.w; ++xx)
-        xp[(nc * hp + y + g.pad) * wp + xx + g.pad] = x[(nc * g.h + y) * g.w + xx];
-  const float levels = static_cast<float>((1 << g.bits) - 1);
-  const int64_t k = g.pool;
-  const int64_t items = g.n * g.o;
-  if (pixel != nullptr) {  // channels in vectors: weights tap-major, channel stride padded to 8
-    FloatConvPlan p;
-    p.hp = hp;
-    p.wp = wp;
-    p.taps = taps;
-    p.ostride = (g.o + 7) / 8 * 8;
-    const size_t wsize = static_cast<size_t>(taps * p.ostride);
-    std::vector<double> wtd(wsize, 0.0);
-    std::vector<float> wtf(wsize, 0.0f), xf(xp.begin(), xp.end());
-    std::vector<float> biasp(static_cast<size_t>(p.ostride), 0.0f), eps(biasp);
-    for (int64_t o = 0; o < g.o; ++o) {
-      biasp[o] = bias[o];
-      for (int64_t t = 0; t < taps; ++t) {
-        wtd[t * p.ostride + o] = wd[o * taps + t];
-        wtf[t * p.ostride + o] = weight[o * taps + t];
-      }
-    }
-    p.xd = xp.data();
-    p.xf = xf.data();
-    p.wd = wd.data();
-    p.wtd = wtd.data();
-    p.wtf = wtf.data();
-    p.bias = biasp.data();
-    std::vector<int64_t> offs;
-    for (int64_t ci = 0; ci < g.c; ++ci)
-      for (int64_t i = 0; i < g.kh; ++i)
-        for (int64_t j = 0; j < g.kw; ++j) offs.push_back((ci * hp + i) * wp + j);
-    p.offs = offs.data();
-    p.eps = SumErrorBounds(g, x, wd.data(), taps, eps.data()) ? eps.data() : nullptr;
-    const int64_t plane = g.ph * g.pw, runs = (g.pw + kPixelRun - 1) / kPixelRun;
-    ParallelFor(threads, g.n * g.ph * runs, [&](int64_t first, int64_t last) {
-      for (int64_t it = first; it < last; ++it) {  // it = (n, py, run of kPixelRun pixels)
-        const int64_t n = it / (g.ph * runs), r = it % (g.ph * runs);
-        const int64_t px = r % runs * kPixelRun;
-        pixel(g, p, n, r / runs, px, std::min(kPixelRun, g.pw - px), out + n * g.o * plane);
-      }
+  Scratch& s = ThreadScratch();
+  const int64_t plane = g.ph * g.pw;
+  // Channels in vectors: weights tap-major, channel stride padded to 16 (whole zmm).
+  const FloatConvPlan p = MakePlan(g, x, weight, bias, (g.o + 15) / 16 * 16, s);
+  if (pixel == nullptr) {  // scalar rows: every code from the spec's sums
+    ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
+      for (int64_t it = first; it < last; ++it)  // it = (n, o)
+        for (int64_t py = 0; py < g.ph; ++py)
+          for (int64_t px = 0; px < g.pw; ++px)
+            out[it * plane + py * g.pw + px] = ExactCode(g, p, it / g.o, it % g.o, py, px);
     });
     return;
   }
-  ParallelFor(threads, items, [&](int64_t first, int64_t last) {
-    std::vector<double> band(static_cast<size_t>(k * g.ow));  // k conv rows of one channel
-    for (int64_t it = first; it < last; ++it) {
-      const int64_t n = it / g.o, o = it % g.o;
-      const double* img = xp.data() + n * g.c * hp * wp;
-      const double* wo = wd.data() + o * taps;
-      uint8_t* dst = out + it * g.ph * g.pw;
-      for (int64_t py = 0; py < g.ph; ++py) {
-        ConvRowsScalar(g, img, hp, wp, wo, py * k, k, band.data());
-        for (int64_t px = 0; px < g.pw; ++px) {
-          float mx = static_cast<float>(band[px * k]);
-          for (int64_t r = 0; r < k; ++r)
-            for (int64_t s = 0; s < k; ++s)
-              mx = std::max(mx, static_cast<float>(band[r * g.ow + px * k + s]));
-          dst[py * g.pw + px] = QuantizeCode(mx, bias[o], levels);
-        }
-      }
+  s.eps.assign(static_cast<size_t>(p.ostride), 0.0f);
+  FloatConvPlan pv = p;
+  pv.eps = SumErrorBounds(g, x, weight, p.taps, s.eps.data()) ? s.eps.data() : nullptr;
+  const int64_t runs = (g.pw + kPixelRun - 1) / kPixelRun;
+  ParallelFor(threads, g.n * g.ph * runs, [&](int64_t first, int64_t last) {
+    for (int64_t it = first; it < last; ++it) {  // it = (n, py, run of kPixelRun pixels)
+      const int64_t n = it / (g.ph * runs), r = it % (g.ph * runs);
+      const int64_t px = r % runs * kPixelRun;
+      pixel(g, pv, n, r / runs, px, std::min(kPixelRun, g.pw - px), out + n * g.o * plane);
     }
   });
 }
 
 void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
                   float* out, FloatConvOutFn fn, int threads) {
-  const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad, taps = g.c * g.kh * g.kw;
+  Scratch& s = ThreadScratch();
   const int64_t plane = g.oh * g.ow;
+  // ostride: channels rounded up to 16 (whole ymm on AVX2, whole zmm on AVX-512).
+  const FloatConvPlan p = MakePlan(g, x, weight, bias, (g.o + 15) / 16 * 16, s);
   if (fn == nullptr) {  // scalar rows: double sums, rounded once, + bias
-    std::vector<double> wd(weight, weight + g.o * taps);
-    std::vector<double> xp(static_cast<size_t>(g.n * g.c * hp * wp), 0.0);
-    for (int64_t nc = 0; nc < g.n * g.c; ++nc)
-      for (int64_t y = 0; y < g.h; ++y)
-        for (int64_t xx = 0; xx < g.w; ++xx)
-          xp[(nc * hp + y + g.pad) * wp + xx + g.pad] = x[(nc * g.h + y) * g.w + xx];
     ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
-      std::vector<double> rows(static_cast<size_t>(plane));
-      for (int64_t it = first; it < last; ++it) {
+      for (int64_t it = first; it < last; ++it) {  // it = (n, o)
         const int64_t n = it / g.o, o = it % g.o;
-        ConvRowsScalar(g, xp.data() + n * g.c * hp * wp, hp, wp, wd.data() + o * taps, 0, g.oh,
-                       rows.data());
-        for (int64_t i = 0; i < plane; ++i)
-          out[it * plane + i] = static_cast<float>(rows[i]) + bias[o];
+        const float* img = p.xf + n * g.c * p.hp * p.wp;
+        for (int64_t oy = 0; oy < g.oh; ++oy)
+          for (int64_t ox = 0; ox < g.ow; ++ox)
+            out[it * plane + oy * g.ow + ox] =
+                static_cast<float>(SpecSum(g, img, p.hp, p.wp, weight + o * p.taps, oy, ox)) +
+                bias[o];
       }
     });
     return;
   }
-  FloatConvPlan p;
-  // ostride: channels rounded up to 16 (whole ymm on AVX2, whole zmm on AVX-512).
-  p.hp = hp, p.wp = wp, p.taps = taps, p.ostride = (g.o + 15) / 16 * 16;
-  std::vector<float> xf(static_cast<size_t>(g.n * g.c * hp * wp), 0.0f);
-  for (int64_t nc = 0; nc < g.n * g.c; ++nc)
-    for (int64_t y = 0; y < g.h; ++y)
-      std::copy(x + (nc * g.h + y) * g.w, x + (nc * g.h + y + 1) * g.w,
-                xf.begin() + (nc * hp + y + g.pad) * wp + g.pad);
-  std::vector<float> wtf(static_cast<size_t>(taps * p.ostride), 0.0f);
-  std::vector<float> biasp(static_cast<size_t>(p.ostride), 0.0f);
-  for (int64_t o = 0; o < g.o; ++o) {
-    biasp[o] = bias[o];
-    for (int64_t t = 0; t < taps; ++t) wtf[t * p.ostride + o] = weight[o * taps + t];
-  }
-  std::vector<int64_t> offs;
-  for (int64_t ci = 0; ci < g.c; ++ci)
-    for (int64_t i = 0; i < g.kh; ++i)
-      for (int64_t j = 0; j < g.kw; ++j) offs.push_back((ci * hp + i) * wp + j);
-  p.xf = xf.data(), p.wtf = wtf.data(), p.bias = biasp.data(), p.offs = offs.data();
   const int64_t runs = (g.ow + kPixelRun - 1) / kPixelRun;
   ParallelFor(threads, g.n * g.oh * runs, [&](int64_t first, int64_t last) {
     for (int64_t it = first; it < last; ++it) {  // it = (n, oy, run of kPixelRun pixels)

@@ -36,11 +36,9 @@ struct FloatConvGeom {
 // rounded up to 8 and the extra channels zero.
 struct FloatConvPlan {
   int64_t hp = 0, wp = 0, taps = 0, ostride = 0;
-  const double* xd = nullptr;     // input in double
-  const float* xf = nullptr;      // input in float
-  const double* wd = nullptr;     // weights in double, (O, taps) as given
-  const double* wtd = nullptr;    // weights in double, tap-major
-  const float* wtf = nullptr;     // weights in float, tap-major
+  const float* xf = nullptr;      // input, zero padded (the caller's array without padding)
+  const float* w = nullptr;       // weights, (O, taps) as given
+  const float* wtf = nullptr;     // weights, tap-major
   const float* bias = nullptr;    // (ostride), zero filled
   const float* eps = nullptr;     // (ostride): E of channel o (header comment), float paths only
   const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
@@ -101,6 +99,10 @@ void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int6
 // AVX2 + FMA: float32 sums, 8 per ymm, 24 channels per group, each code proved or recomputed.
 void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
                           int64_t px, int64_t count, uint8_t* dst);
+// AVX-512F + FMA, codes: the float32 sums of ConvFloatOutAvx512 (4 pixels, of a row or of a
+// pooling window, x up to 96 channels on zmm), each code proved or recomputed as on AVX2.
+void ConvPoolQuantizeZmm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
+                         int64_t px, int64_t count, uint8_t* dst);
 // AVX2 + FMA, float output: the same float32 sums (4 pixels x 24 channels), + bias, stored.
 void ConvFloatOutAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
                       int64_t ox, int64_t count, float* dst);

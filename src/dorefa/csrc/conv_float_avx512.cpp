@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "conv_float.h"
@@ -15,8 +16,8 @@ namespace {
 constexpr int kVec = 6;  // channel vectors per group
 
 template <int NP, int nv>
-inline void Pixels(const double* const* src, int64_t c, int64_t hp, int64_t wp, int64_t kh,
-                   int64_t kw, const double* wt, int64_t ostride, __m512d (&mx)[kVec], bool first) {
+inline void Pixels(const float* const* src, int64_t c, int64_t hp, int64_t wp, int64_t kh,
+                   int64_t kw, const float* wt, int64_t ostride, __m512d (&mx)[kVec], bool first) {
   __m512d a[NP][kVec];
   for (int p = 0; p < NP; ++p)
     for (int v = 0; v < kVec; ++v) a[p][v] = _mm512_setzero_pd();
@@ -26,11 +27,11 @@ inline void Pixels(const double* const* src, int64_t c, int64_t hp, int64_t wp, 
       for (int64_t j = 0; j < kw; ++j, ++tap) {
         const int64_t off = (ci * hp + i) * wp + j;
         __m512d xb[NP];
-        for (int p = 0; p < NP; ++p) xb[p] = _mm512_set1_pd(src[p][off]);
-        const double* w = wt + tap * ostride;
+        for (int p = 0; p < NP; ++p) xb[p] = _mm512_set1_pd(static_cast<double>(src[p][off]));
+        const float* w = wt + tap * ostride;
         for (int v = 0; v < kVec; ++v) {
           if (v >= nv) break;
-          const __m512d wv = _mm512_loadu_pd(w + 8 * v);
+          const __m512d wv = _mm512_cvtps_pd(_mm256_loadu_ps(w + 8 * v));  // exact
           for (int p = 0; p < NP; ++p) a[p][v] = _mm512_fmadd_pd(wv, xb[p], a[p][v]);
         }
       }
@@ -43,13 +44,13 @@ inline void Pixels(const double* const* src, int64_t c, int64_t hp, int64_t wp, 
 
 // Channels [o0, o0 + 8 * nv) of pooled pixel (py, px).
 template <int nv>
-void Group(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp, const double* wt,
+void Group(const FloatConvGeom& g, const float* img, int64_t hp, int64_t wp, const float* wt,
            int64_t ostride, const float* bias, int64_t py, int64_t px, uint8_t* dst, int64_t o0) {
   const int64_t k = g.pool;
   const float levels = static_cast<float>((1 << g.bits) - 1);
   const int64_t plane = g.ph * g.pw;
   {
-    const double* srcs[4];
+    const float* srcs[4];
     int np = 0;
     bool first = true;
     __m512d mx[kVec];
@@ -84,11 +85,11 @@ void Group(const FloatConvGeom& g, const double* img, int64_t hp, int64_t wp, co
 }
 
 // Float output (ConvFloatOut): the AVX2 path's float32 sums on zmm, 16 channels per vector, up
-// to 4 vectors (64 channels) x 4 pixels = 16 accumulators; each output is the same sequence of
+// to 6 vectors (96 channels) x 4 pixels = 24 accumulators; each output is the same sequence of
 // FMAs over the taps in order as on AVX2, so the same bits. On Zen 4 a zmm FMA does the work of two
 // ymm ones in one instruction, which the AVX2 loop (12 ymm FMAs, 7 loads a tap) could not issue
 // fast enough; Sapphire Rapids has twice the zmm FMA throughput as well.
-constexpr int kZVec = 4;
+constexpr int kZVec = 6;  // 24 accumulators + 6 weights + 1 broadcast of the 32 zmm
 
 template <size_t... V>
 inline void FmaZ(__m512 (&acc)[kZVec], const __m512 (&w)[kZVec], const float* x,
@@ -109,14 +110,17 @@ inline void SumsZ(const float* const* src, const FloatConvPlan& pl, int64_t o0,
   const float* s2 = src[NP == 4 ? 2 : 0];
   const float* s3 = src[NP == 4 ? 3 : 0];
   const __m512 z = _mm512_setzero_ps();
-  __m512 a0[kZVec] = {z, z, z, z}, a1[kZVec] = {z, z, z, z};
-  __m512 a2[kZVec] = {z, z, z, z}, a3[kZVec] = {z, z, z, z};
+  __m512 a0[kZVec] = {z, z, z, z, z, z}, a1[kZVec] = {z, z, z, z, z, z};
+  __m512 a2[kZVec] = {z, z, z, z, z, z}, a3[kZVec] = {z, z, z, z, z, z};
   for (int64_t t = 0; t < pl.taps; ++t) {
     const int64_t off = pl.offs[t];
     const float* w = pl.wtf + t * pl.ostride + o0;  // ostride: a multiple of 16
-    const __m512 wv[kZVec] = {_mm512_loadu_ps(w), nv > 1 ? _mm512_loadu_ps(w + 16) : z,
+    const __m512 wv[kZVec] = {_mm512_loadu_ps(w),
+                              nv > 1 ? _mm512_loadu_ps(w + 16) : z,
                               nv > 2 ? _mm512_loadu_ps(w + 32) : z,
-                              nv > 3 ? _mm512_loadu_ps(w + 48) : z};
+                              nv > 3 ? _mm512_loadu_ps(w + 48) : z,
+                              nv > 4 ? _mm512_loadu_ps(w + 64) : z,
+                              nv > 5 ? _mm512_loadu_ps(w + 80) : z};
     FmaZ(a0, wv, s0 + off, kV);
     if constexpr (NP == 4) {
       FmaZ(a1, wv, s1 + off, kV);
@@ -178,24 +182,158 @@ void RunOutZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t
   }
 }
 
+// Q (conv_float.h) of 16 values: rint(clip(v + b, 0, 1) * levels); NaN -> 0 (max returns its
+// second operand on NaN), as the AVX2 path's Quantize.
+inline __m512 QuantizeZ(__m512 v, __m512 b, __m512 levels) {
+  __m512 z = _mm512_add_ps(v, b);
+  z = _mm512_min_ps(_mm512_max_ps(z, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
+  return _mm512_roundscale_ps(_mm512_mul_ps(z, levels),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// The codes of 16 channels whose float32 (pooled) sums are v, to codes[0..16), and the lanes
+// whose code is proved (conv_float.h: Q(v - e) == Q(v + e)).
+inline __mmask16 CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, uint8_t* codes) {
+  const __m512 lo = QuantizeZ(_mm512_sub_ps(v, e), b, levels);
+  const __m512 hi = QuantizeZ(_mm512_add_ps(v, e), b, levels);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes),
+                   _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(hi)));  // codes <= 255
+  return _mm512_cmp_ps_mask(lo, hi, _CMP_EQ_OQ);
+}
+
+// Codes without a pool (ConvPoolQuantizeZmm): channels [o0, o0 + 16 nv) of pixels (py, px ..
+// px + count - 1) from the zmm sums, each code proved by the error bound or recomputed by
+// ExactCode, as on AVX2 (the bound holds for any float32 summation order).
+template <int nv>
+void RunCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+               int64_t count, uint8_t* dst, int64_t o0) {
+  const float* row = pl.xf + n * g.c * pl.hp * pl.wp + py * g.stride * pl.wp;
+  const float* src[4];
+  for (int64_t p = 0; p < 4; ++p)  // a short run repeats its last pixel (not stored)
+    src[p] = row + (px + std::min(p, count - 1)) * g.stride;
+  __m512 a[4][kZVec];
+  SumsZ<4, nv>(src, pl, o0, a);
+  const int64_t plane = g.ph * g.pw;
+  const __m512 levels = _mm512_set1_ps(static_cast<float>((1 << g.bits) - 1));
+  for (int v = 0; v < nv; ++v) {
+    const int64_t ob = o0 + 16 * v;  // bias and eps are padded to ostride (a multiple of 16)
+    const __m512 b = _mm512_loadu_ps(pl.bias + ob), e = _mm512_loadu_ps(pl.eps + ob);
+    const int64_t lanes = std::min<int64_t>(16, g.o - ob);
+    uint8_t codes[4][16];
+    __mmask16 proved[4];
+    for (int p = 0; p < 4; ++p) proved[p] = CodesZ(a[p][v], b, e, levels, codes[p]);
+    uint8_t* d = dst + ob * plane + py * g.pw + px;
+    if (count == 4 && (proved[0] & proved[1] & proved[2] & proved[3]) == 0xffff) {
+      for (int64_t l = 0; l < lanes; ++l) {  // the common case: 4 bytes a channel
+        const uint32_t four = codes[0][l] | codes[1][l] << 8 | codes[2][l] << 16 |
+                              static_cast<uint32_t>(codes[3][l]) << 24;
+        std::memcpy(d + l * plane, &four, 4);
+      }
+      continue;
+    }
+    for (int64_t l = 0; l < lanes; ++l)
+      for (int64_t p = 0; p < count; ++p)
+        d[l * plane + p] =
+            (proved[p] >> l) & 1 ? codes[p][l] : ExactCode(g, pl, n, ob + l, py, px + p);
+  }
+}
+
+// Codes with a pool k x k (ConvPoolQuantizeZmm): channels [o0, o0 + 16 nv) of pooled pixel
+// (py, px), the window's sums 4 pixels at a time, max-pooled, then proved or recomputed.
+template <int nv>
+void GroupCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+                 uint8_t* dst, int64_t o0) {
+  const float* img = pl.xf + n * g.c * pl.hp * pl.wp;
+  __m512 mx[kZVec];
+  bool first = true;
+  auto pool = [&](const float* const* srcs, int np) {
+    __m512 a[4][kZVec];
+    if (np == 4)
+      SumsZ<4, nv>(srcs, pl, o0, a);
+    else
+      SumsZ<1, nv>(srcs, pl, o0, a);
+    for (int p = 0; p < np; ++p)
+      for (int v = 0; v < nv; ++v)
+        mx[v] = (first && p == 0) ? a[p][v] : _mm512_max_ps(mx[v], a[p][v]);
+    first = false;
+  };
+  const float* srcs[4];
+  int np = 0;
+  for (int64_t r = 0; r < g.pool; ++r)
+    for (int64_t s = 0; s < g.pool; ++s) {
+      srcs[np++] = img + (py * g.pool + r) * g.stride * pl.wp + (px * g.pool + s) * g.stride;
+      if (np == 4) {
+        pool(srcs, 4);
+        np = 0;
+      }
+    }
+  for (int p = 0; p < np; ++p) pool(srcs + p, 1);
+  const int64_t plane = g.ph * g.pw;
+  const __m512 levels = _mm512_set1_ps(static_cast<float>((1 << g.bits) - 1));
+  for (int v = 0; v < nv; ++v) {
+    const int64_t ob = o0 + 16 * v;
+    uint8_t codes[16];
+    const __mmask16 proved =
+        CodesZ(mx[v], _mm512_loadu_ps(pl.bias + ob), _mm512_loadu_ps(pl.eps + ob), levels, codes);
+    uint8_t* d = dst + ob * plane + py * g.pw + px;
+    const int64_t lanes = std::min<int64_t>(16, g.o - ob);
+    for (int64_t l = 0; l < lanes; ++l)
+      d[l * plane] = (proved >> l) & 1 ? codes[l] : ExactCode(g, pl, n, ob + l, py, px);
+  }
+}
+
+// Channel vectors per group: o channels in as few groups of <= kZVec vectors as possible, split
+// evenly (128 channels: 4 + 4, not 6 + 2: a group of few vectors has few FMA chains a tap).
+inline int64_t ZmmPerGroup(int64_t o) {
+  const int64_t vecs = (o + 15) / 16, groups = (vecs + kZVec - 1) / kZVec;
+  return (vecs + groups - 1) / groups;
+}
+
 }  // namespace
 
 void ConvFloatOutAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
                         int64_t ox, int64_t count, float* dst) {
   using RunFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
                          int64_t, float*, int64_t);
-  constexpr RunFn kRuns[kZVec] = {&RunOutZ<1>, &RunOutZ<2>, &RunOutZ<3>, &RunOutZ<4>};
-  for (int64_t o0 = 0; o0 < g.o; o0 += 16 * kZVec)
-    kRuns[std::min<int64_t>(kZVec, (g.o - o0 + 15) / 16) - 1](g, p, n, oy, ox, count, dst, o0);
+  constexpr RunFn kRuns[kZVec] = {&RunOutZ<1>, &RunOutZ<2>, &RunOutZ<3>,
+                                  &RunOutZ<4>, &RunOutZ<5>, &RunOutZ<6>};
+  const int64_t nv = ZmmPerGroup(g.o);
+  for (int64_t o0 = 0; o0 < g.o; o0 += 16 * nv)
+    kRuns[std::min<int64_t>(nv, (g.o - o0 + 15) / 16) - 1](g, p, n, oy, ox, count, dst, o0);
+}
+
+void ConvPoolQuantizeZmm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
+                         int64_t px, int64_t count, uint8_t* dst) {
+  if (p.eps == nullptr || p.ostride % 16 != 0) {
+    ConvPoolQuantizeAvx2(g, p, n, py, px, count, dst);  // no error bound: every code exactly
+    return;
+  }
+  using RunFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
+                         int64_t, uint8_t*, int64_t);
+  using GroupFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
+                           uint8_t*, int64_t);
+  constexpr RunFn kRuns[kZVec] = {&RunCodesZ<1>, &RunCodesZ<2>, &RunCodesZ<3>,
+                                  &RunCodesZ<4>, &RunCodesZ<5>, &RunCodesZ<6>};
+  constexpr GroupFn kGroups[kZVec] = {&GroupCodesZ<1>, &GroupCodesZ<2>, &GroupCodesZ<3>,
+                                      &GroupCodesZ<4>, &GroupCodesZ<5>, &GroupCodesZ<6>};
+  const int64_t nv = ZmmPerGroup(g.o);
+  for (int64_t o0 = 0; o0 < g.o; o0 += 16 * nv) {
+    const int64_t v = std::min<int64_t>(nv, (g.o - o0 + 15) / 16) - 1;
+    if (g.pool == 1) {
+      kRuns[v](g, p, n, py, px, count, dst, o0);
+      continue;
+    }
+    for (int64_t x = px; x < px + count; ++x) kGroups[v](g, p, n, py, x, dst, o0);
+  }
 }
 
 void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py,
                             int64_t px0, int64_t count, uint8_t* dst) {
   const int64_t hp = pl.hp, wp = pl.wp, ostride = pl.ostride;
-  const double* img = pl.xd + n * g.c * hp * wp;
-  const double* wt = pl.wtd;
+  const float* img = pl.xf + n * g.c * hp * wp;
+  const float* wt = pl.wtf;
   const float* bias = pl.bias;
-  using GroupFn = void (*)(const FloatConvGeom&, const double*, int64_t, int64_t, const double*,
+  using GroupFn = void (*)(const FloatConvGeom&, const float*, int64_t, int64_t, const float*,
                            int64_t, const float*, int64_t, int64_t, uint8_t*, int64_t);
   constexpr GroupFn kGroups[kVec] = {&Group<1>, &Group<2>, &Group<3>,
                                      &Group<4>, &Group<5>, &Group<6>};

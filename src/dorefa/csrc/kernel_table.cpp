@@ -26,8 +26,8 @@ constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift};
 constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512};
 constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2};
-// Codes from the AVX2 path, float output on zmm (entries that have AVX-512F).
-constexpr FloatConvPath kFloatAvx2Zmm{"avx2/zmm-out", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx512};
+// Float32 sums on zmm (entries that have AVX-512F), codes and float output.
+constexpr FloatConvPath kFloatZmm{"zmm", &ConvPoolQuantizeZmm, &ConvFloatOutAvx512};
 #endif
 
 // The float first layer: the AVX2 path (float32 FMA sums, codes checked against an error bound)
@@ -40,13 +40,13 @@ const KernelEntry kTable[] = {
   //  float first layer path
 #ifdef DOREFA_HAVE_X86_KERNELS
   {"popcount-avx512/gfni",    "avx512", kAvx512 | kGfniVbmi | kFma, &kAvx512Tiles, kGfniPack, nullptr, kEpilogue,
-   kFloatAvx2Zmm},
+   kFloatZmm},
   {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, nullptr,    kEpilogue,
    kFloatAvx512},
   {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  nullptr,    0,
    kFloatAvx2},
   {"int8-vnni",               "avx512", kVnni | kFma,        nullptr,       kNhwc,      &kInt8Vnni, kEpilogue,
-   kFloatAvx2Zmm},
+   kFloatZmm},
   {"int8-avx2",               "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kInt8Avx2, kEpilogue,
    kFloatAvx2},
 #endif
