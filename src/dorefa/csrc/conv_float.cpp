@@ -58,7 +58,7 @@ bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int6
 // The calling thread's scratch, kept between calls (fresh buffers cost a page fault per 4 KB,
 // as much as the convolution itself on AlexNet's first layer).
 struct Scratch {
-  std::vector<float> padded, wt, bias, eps;
+  std::vector<float> padded, wt, blocked, bias, eps;
   std::vector<int64_t> offs;
 };
 Scratch& ThreadScratch() {
@@ -79,7 +79,8 @@ const float* PaddedInput(const FloatConvGeom& g, const float* x, std::vector<flo
 }
 
 // The vector paths' operands (FloatConvPlan) in the calling thread's scratch: weights
-// tap-major with the channel stride `ostride`, bias padded with zeros, tap offsets.
+// tap-major with the channel stride `ostride` and in blocks of kBlock channels, bias padded
+// with zeros, tap offsets.
 FloatConvPlan MakePlan(const FloatConvGeom& g, const float* x, const float* weight,
                        const float* bias, int64_t ostride, Scratch& s) {
   FloatConvPlan p;
@@ -99,7 +100,13 @@ FloatConvPlan MakePlan(const FloatConvGeom& g, const float* x, const float* weig
   for (int64_t ci = 0; ci < g.c; ++ci)
     for (int64_t i = 0; i < g.kh; ++i)
       for (int64_t j = 0; j < g.kw; ++j) s.offs.push_back((ci * p.hp + i) * p.wp + j);
+  const int64_t blocks = (g.o + kBlock - 1) / kBlock;
+  s.blocked.assign(static_cast<size_t>(blocks * p.taps * kBlock), 0.0f);
+  for (int64_t o = 0; o < g.o; ++o)
+    for (int64_t t = 0; t < p.taps; ++t)
+      s.blocked[(o / kBlock * p.taps + t) * kBlock + o % kBlock] = weight[o * p.taps + t];
   p.wtf = s.wt.data();
+  p.wtb = s.blocked.data();
   p.bias = s.bias.data();
   p.offs = s.offs.data();
   return p;

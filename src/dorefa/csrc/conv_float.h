@@ -36,11 +36,12 @@ struct FloatConvGeom {
 // rounded up to 8 and the extra channels zero.
 struct FloatConvPlan {
   int64_t hp = 0, wp = 0, taps = 0, ostride = 0;
-  const float* xf = nullptr;      // input, zero padded (the caller's array without padding)
-  const float* w = nullptr;       // weights, (O, taps) as given
-  const float* wtf = nullptr;     // weights, tap-major
-  const float* bias = nullptr;    // (ostride), zero filled
-  const float* eps = nullptr;     // (ostride): E of channel o (header comment), float paths only
+  const float* xf = nullptr;    // input, zero padded (the caller's array without padding)
+  const float* w = nullptr;     // weights, (O, taps) as given
+  const float* wtf = nullptr;   // weights, tap-major
+  const float* wtb = nullptr;   // weights in blocks of kBlock channels: (O / kBlock, taps, kBlock)
+  const float* bias = nullptr;  // (ostride), zero filled
+  const float* eps = nullptr;   // (ostride): E of channel o (header comment), float paths only
   const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
 };
 
@@ -49,6 +50,10 @@ struct FloatConvPlan {
 // (kernel_table.h) says which one a kernel uses.
 using FloatConvPixelFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n,
                                   int64_t py, int64_t px, int64_t count, uint8_t* dst);
+// The AVX2 path's channel group: its weights one contiguous stream a group (tap-major rows of
+// all O channels put 2-3 cache lines a tap between a group's loads; AlexNet's 12x12 x 3 taps
+// then overflow the L1).
+constexpr int64_t kBlock = 24;
 constexpr int64_t kPixelRun = 4;  // pixels of one row per call (4 FMA chains without a pool)
 
 // out (N, O, PH, PW) uint8 codes. `pixel` is the vector path (the caller checks CPU support),

@@ -17,6 +17,7 @@ namespace dorefa {
 namespace {
 
 constexpr int kVec = 3;  // channel vectors per group (Sums spells out 3)
+static_assert(8 * kVec == kBlock, "a group is one block of the blocked weights");
 
 // acc[v] += w[v] * x for the channel vectors v in V (0 .. nv - 1). The indices are constants
 // in the source (a pack, not a loop): GCC scalarises arrays before it unrolls loops, and with
@@ -124,7 +125,7 @@ void Group(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t p
            uint8_t* dst, int64_t o0) {
   const int64_t k = g.pool, hp = pl.hp, wp = pl.wp;
   const float* img = pl.xf + n * g.c * hp * wp;
-  const float* wt = pl.wtf + o0;
+  const float* wt = pl.wtb + o0 * pl.taps;  // this group's block (o0: a multiple of 24)
   const float* srcs[4];
   int np = 0;
   bool first = true;
@@ -134,13 +135,13 @@ void Group(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t p
       const int64_t oy = py * k + r, ox = px * k + s;
       srcs[np++] = img + oy * g.stride * wp + ox * g.stride;
       if (np == 4) {
-        Pixels<4, nv>(srcs, pl.offs, pl.taps, wt, pl.ostride, mx, first);
+        Pixels<4, nv>(srcs, pl.offs, pl.taps, wt, kBlock, mx, first);
         first = false;
         np = 0;
       }
     }
   for (int p = 0; p < np; ++p) {
-    Pixels<1, nv>(srcs + p, pl.offs, pl.taps, wt, pl.ostride, mx, first);
+    Pixels<1, nv>(srcs + p, pl.offs, pl.taps, wt, kBlock, mx, first);
     first = false;
   }
   Store<nv>(g, pl, n, py, px, dst, o0, mx);
@@ -156,7 +157,7 @@ inline void RunSums(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, 
   const float* srcs[kPixelRun];
   for (int64_t p = 0; p < kPixelRun; ++p)  // a short run repeats its last pixel (not stored)
     srcs[p] = img + y * g.stride * pl.wp + (x + std::min(p, count - 1)) * g.stride;
-  Sums<kPixelRun, nv>(srcs, pl.offs, pl.taps, pl.wtf + o0, pl.ostride, a);
+  Sums<kPixelRun, nv>(srcs, pl.offs, pl.taps, pl.wtb + o0 * pl.taps, kBlock, a);
 }
 
 template <int nv>
