@@ -210,6 +210,18 @@ inline uint32_t Special(T v) {
   return 0;
 }
 
+// out[ox] = the max of row[ox s + j], j = 0 .. k - 1, tap by tap in order (kS: s as a
+// constant, 0 when only known at run time).
+template <class T, T (*M)(T, T), int kS>
+inline void Across(const T* row, int64_t k, int64_t s_run, int64_t ow, T* out) {
+  const int64_t s = kS > 0 ? kS : s_run;
+  for (int64_t ox = 0; ox < ow; ++ox) out[ox] = row[ox * s];
+  for (int64_t j = 1; j < k; ++j) {
+    const T* tap = row + j;
+    for (int64_t ox = 0; ox < ow; ++ox) out[ox] = M(out[ox], tap[ox * s]);
+  }
+}
+
 // Separable max-pool of one plane: per output row, the max of its k input rows (valid rows
 // only: the first copied, the others max-ed in) into a row buffer whose padding columns hold
 // `pad`, then per output column the max of its k taps of that buffer, tap by tap in order
@@ -240,12 +252,10 @@ uint32_t PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int
     } else {
       std::fill(rowp, rowp + w, pad);
     }
-    T* out = dst + oy * ow;
-    for (int64_t ox = 0; ox < ow; ++ox) out[ox] = row[ox * s];
-    for (int64_t j = 1; j < k; ++j) {
-      const T* tap = row.data() + j;
-      for (int64_t ox = 0; ox < ow; ++ox) out[ox] = M(out[ox], tap[ox * s]);
-    }
+    if (s == 2)  // the common stride as a constant: the strided reads vectorize
+      Across<T, M, 2>(row.data(), k, 2, ow, dst + oy * ow);
+    else
+      Across<T, M, 0>(row.data(), k, s, ow, dst + oy * ow);
   }
   return special;
 }
