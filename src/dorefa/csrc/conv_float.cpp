@@ -112,6 +112,19 @@ FloatConvPlan MakePlan(const FloatConvGeom& g, const float* x, const float* weig
   return p;
 }
 
+// body(n, row, col, count) on every run of up to kPixelRun pixels of every row of `images`
+// images of rows x cols pixels, the runs split over `threads` threads.
+template <class Body>
+void OverRuns(int threads, int64_t images, int64_t rows, int64_t cols, const Body& body) {
+  const int64_t runs = (cols + kPixelRun - 1) / kPixelRun;
+  ParallelFor(threads, images * rows * runs, [&](int64_t first, int64_t last) {
+    for (int64_t it = first; it < last; ++it) {  // it = (image, row, run)
+      const int64_t r = it % (rows * runs), col = r % runs * kPixelRun;
+      body(it / (rows * runs), r / runs, col, std::min(kPixelRun, cols - col));
+    }
+  });
+}
+
 }  // namespace
 
 uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o, int64_t py,
@@ -145,13 +158,8 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   s.eps.assign(static_cast<size_t>(p.ostride), 0.0f);
   FloatConvPlan pv = p;
   pv.eps = SumErrorBounds(g, x, weight, p.taps, s.eps.data()) ? s.eps.data() : nullptr;
-  const int64_t runs = (g.pw + kPixelRun - 1) / kPixelRun;
-  ParallelFor(threads, g.n * g.ph * runs, [&](int64_t first, int64_t last) {
-    for (int64_t it = first; it < last; ++it) {  // it = (n, py, run of kPixelRun pixels)
-      const int64_t n = it / (g.ph * runs), r = it % (g.ph * runs);
-      const int64_t px = r % runs * kPixelRun;
-      pixel(g, pv, n, r / runs, px, std::min(kPixelRun, g.pw - px), out + n * g.o * plane);
-    }
+  OverRuns(threads, g.n, g.ph, g.pw, [&](int64_t n, int64_t py, int64_t px, int64_t count) {
+    pixel(g, pv, n, py, px, count, out + n * g.o * plane);
   });
 }
 
@@ -175,13 +183,8 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
     });
     return;
   }
-  const int64_t runs = (g.ow + kPixelRun - 1) / kPixelRun;
-  ParallelFor(threads, g.n * g.oh * runs, [&](int64_t first, int64_t last) {
-    for (int64_t it = first; it < last; ++it) {  // it = (n, oy, run of kPixelRun pixels)
-      const int64_t n = it / (g.oh * runs), r = it % (g.oh * runs);
-      const int64_t ox = r % runs * kPixelRun;
-      fn(g, p, n, r / runs, ox, std::min(kPixelRun, g.ow - ox), out + n * g.o * plane);
-    }
+  OverRuns(threads, g.n, g.oh, g.ow, [&](int64_t n, int64_t oy, int64_t ox, int64_t count) {
+    fn(g, p, n, oy, ox, count, out + n * g.o * plane);
   });
 }
 

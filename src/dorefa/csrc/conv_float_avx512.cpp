@@ -136,6 +136,17 @@ inline void SumsZ(const float* const* src, const FloatConvPlan& pl, int64_t o0,
   }
 }
 
+// The sums of pixels (y, x .. x + count - 1) of image n (count <= 4) side by side; a short run
+// repeats its last pixel (not to be stored).
+template <int nv>
+inline void RowRunZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t y,
+                    int64_t x, int64_t count, int64_t o0, __m512 (&a)[4][kZVec]) {
+  const float* row = pl.xf + n * g.c * pl.hp * pl.wp + y * g.stride * pl.wp;
+  const float* src[4];
+  for (int64_t p = 0; p < 4; ++p) src[p] = row + (x + std::min(p, count - 1)) * g.stride;
+  SumsZ<4, nv>(src, pl, o0, a);
+}
+
 // Channels [ob, ob + lanes) of 4 neighbouring pixels: a 4 x 16 transpose (unpack 32, unpack
 // 64), then per channel its 4 pixels as one 16-byte store.
 inline void StoreFour(const __m512 (&a)[4], float* d, int64_t plane, int64_t lanes) {
@@ -156,12 +167,8 @@ inline void StoreFour(const __m512 (&a)[4], float* d, int64_t plane, int64_t lan
 template <int nv>
 void RunOutZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t oy, int64_t ox,
              int64_t count, float* dst, int64_t o0) {
-  const float* row = pl.xf + n * g.c * pl.hp * pl.wp + oy * g.stride * pl.wp;
-  const float* src[4];
-  for (int64_t p = 0; p < 4; ++p)  // a short run repeats its last pixel (not stored)
-    src[p] = row + (ox + std::min(p, count - 1)) * g.stride;
   __m512 a[4][kZVec];
-  SumsZ<4, nv>(src, pl, o0, a);
+  RowRunZ<nv>(g, pl, n, oy, ox, count, o0, a);
   const int64_t plane = g.oh * g.ow;
   for (int v = 0; v < nv; ++v) {
     const int64_t ob = o0 + 16 * v;
@@ -207,12 +214,8 @@ inline __mmask16 CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, uint8_t* co
 template <int nv>
 void RunCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
                int64_t count, uint8_t* dst, int64_t o0) {
-  const float* row = pl.xf + n * g.c * pl.hp * pl.wp + py * g.stride * pl.wp;
-  const float* src[4];
-  for (int64_t p = 0; p < 4; ++p)  // a short run repeats its last pixel (not stored)
-    src[p] = row + (px + std::min(p, count - 1)) * g.stride;
   __m512 a[4][kZVec];
-  SumsZ<4, nv>(src, pl, o0, a);
+  RowRunZ<nv>(g, pl, n, py, px, count, o0, a);
   const int64_t plane = g.ph * g.pw;
   const __m512 levels = _mm512_set1_ps(static_cast<float>((1 << g.bits) - 1));
   for (int v = 0; v < nv; ++v) {
