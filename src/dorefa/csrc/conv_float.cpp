@@ -61,10 +61,28 @@ struct Scratch {
   std::vector<float> padded, wt, blocked, bias, eps;
   std::vector<int64_t> offs;
 };
-Scratch& ThreadScratch() {
-  static thread_local Scratch s;
-  return s;
-}
+// A padded input above this many floats (16 MB: a large batch of large images) is freed after
+// its call instead of kept.
+constexpr size_t kKeepFloats = size_t{4} << 20;
+
+// The calling thread's scratch for one call: trimmed when the call ends.
+class CallScratch {
+ public:
+  CallScratch() : s_(Get()) {}
+  ~CallScratch() {
+    if (s_.padded.capacity() > kKeepFloats) std::vector<float>().swap(s_.padded);
+  }
+  CallScratch(const CallScratch&) = delete;
+  CallScratch& operator=(const CallScratch&) = delete;
+  Scratch& operator*() { return s_; }
+
+ private:
+  static Scratch& Get() {
+    static thread_local Scratch s;
+    return s;
+  }
+  Scratch& s_;
+};
 
 // x (N, C, H, W) zero padded to (N, C, HP, WP): x itself without padding, else a copy in buf.
 const float* PaddedInput(const FloatConvGeom& g, const float* x, std::vector<float>& buf) {
@@ -142,7 +160,8 @@ uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int
 
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
                        const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads) {
-  Scratch& s = ThreadScratch();
+  CallScratch scratch;
+  Scratch& s = *scratch;
   const int64_t plane = g.ph * g.pw;
   // Channels in vectors: weights tap-major, channel stride padded to 16 (whole zmm).
   const FloatConvPlan p = MakePlan(g, x, weight, bias, (g.o + 15) / 16 * 16, s);
@@ -165,7 +184,8 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
 
 void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
                   float* out, FloatConvOutFn fn, int threads) {
-  Scratch& s = ThreadScratch();
+  CallScratch scratch;
+  Scratch& s = *scratch;
   const int64_t plane = g.oh * g.ow;
   // ostride: channels rounded up to 16 (whole ymm on AVX2, whole zmm on AVX-512).
   const FloatConvPlan p = MakePlan(g, x, weight, bias, (g.o + 15) / 16 * 16, s);
