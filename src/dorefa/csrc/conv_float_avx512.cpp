@@ -208,14 +208,13 @@ inline __mmask16 CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, uint8_t* co
   return _mm512_cmp_ps_mask(lo, hi, _CMP_EQ_OQ);
 }
 
-// Codes without a pool (ConvPoolQuantizeZmm): channels [o0, o0 + 16 nv) of pixels (py, px ..
-// px + count - 1) from the zmm sums, each code proved by the error bound or recomputed by
-// ExactCode, as on AVX2 (the bound holds for any float32 summation order).
+// The codes of channels [o0, o0 + 16 nv) of (pooled) pixels (py, px .. px + count - 1), count
+// <= 4, from their float32 (pooled) sums a[p][v], each proved by the error bound or recomputed
+// by ExactCode, as on AVX2 (the bound holds for any float32 summation order); 4 codes a channel
+// as one write.
 template <int nv>
-void RunCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
-               int64_t count, uint8_t* dst, int64_t o0) {
-  __m512 a[4][kZVec];
-  RowRunZ<nv>(g, pl, n, py, px, count, o0, a);
+void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+                 int64_t count, uint8_t* dst, int64_t o0, const __m512 (&a)[4][kZVec]) {
   const int64_t plane = g.ph * g.pw;
   const __m512 levels = _mm512_set1_ps(static_cast<float>((1 << g.bits) - 1));
   for (int v = 0; v < nv; ++v) {
@@ -241,13 +240,20 @@ void RunCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64
   }
 }
 
-// Codes with a pool k x k (ConvPoolQuantizeZmm): channels [o0, o0 + 16 nv) of pooled pixel
-// (py, px), the window's sums 4 pixels at a time, max-pooled, then proved or recomputed.
+// Codes without a pool (ConvPoolQuantizeZmm): pixels (py, px .. px + count - 1), count <= 4.
 template <int nv>
-void GroupCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
-                 uint8_t* dst, int64_t o0) {
+void RunCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+               int64_t count, uint8_t* dst, int64_t o0) {
+  __m512 a[4][kZVec];
+  RowRunZ<nv>(g, pl, n, py, px, count, o0, a);
+  StoreCodesZ<nv>(g, pl, n, py, px, count, dst, o0, a);
+}
+
+// The max-pooled sums of pooled pixel (py, px): its k x k window's sums 4 pixels at a time.
+template <int nv>
+void PooledSumsZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+                 int64_t o0, __m512 (&mx)[kZVec]) {
   const float* img = pl.xf + n * g.c * pl.hp * pl.wp;
-  __m512 mx[kZVec];
   bool first = true;
   auto pool = [&](const float* const* srcs, int np) {
     __m512 a[4][kZVec];
@@ -271,18 +277,22 @@ void GroupCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
       }
     }
   for (int p = 0; p < np; ++p) pool(srcs + p, 1);
-  const int64_t plane = g.ph * g.pw;
-  const __m512 levels = _mm512_set1_ps(static_cast<float>((1 << g.bits) - 1));
-  for (int v = 0; v < nv; ++v) {
-    const int64_t ob = o0 + 16 * v;
-    uint8_t codes[16];
-    const __mmask16 proved =
-        CodesZ(mx[v], _mm512_loadu_ps(pl.bias + ob), _mm512_loadu_ps(pl.eps + ob), levels, codes);
-    uint8_t* d = dst + ob * plane + py * g.pw + px;
-    const int64_t lanes = std::min<int64_t>(16, g.o - ob);
-    for (int64_t l = 0; l < lanes; ++l)
-      d[l * plane] = (proved >> l) & 1 ? codes[l] : ExactCode(g, pl, n, ob + l, py, px);
+}
+
+// Codes with a pool k x k (ConvPoolQuantizeZmm): pooled pixels (py, px .. px + count - 1),
+// count <= 4 (a short run repeats its last pixel's sums: not stored).
+template <int nv>
+void GroupCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+                 int64_t count, uint8_t* dst, int64_t o0) {
+  __m512 a[4][kZVec];
+  for (int64_t p = 0; p < 4; ++p) {
+    if (p < count) {
+      PooledSumsZ<nv>(g, pl, n, py, px + p, o0, a[p]);
+    } else {
+      for (int v = 0; v < nv; ++v) a[p][v] = a[count - 1][v];
+    }
   }
+  StoreCodesZ<nv>(g, pl, n, py, px, count, dst, o0, a);
 }
 
 // Channel vectors per group: o channels in as few groups of <= kZVec vectors as possible, split
@@ -313,20 +323,14 @@ void ConvPoolQuantizeZmm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t
   }
   using RunFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
                          int64_t, uint8_t*, int64_t);
-  using GroupFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,
-                           uint8_t*, int64_t);
   constexpr RunFn kRuns[kZVec] = {&RunCodesZ<1>, &RunCodesZ<2>, &RunCodesZ<3>,
                                   &RunCodesZ<4>, &RunCodesZ<5>, &RunCodesZ<6>};
-  constexpr GroupFn kGroups[kZVec] = {&GroupCodesZ<1>, &GroupCodesZ<2>, &GroupCodesZ<3>,
-                                      &GroupCodesZ<4>, &GroupCodesZ<5>, &GroupCodesZ<6>};
+  constexpr RunFn kGroups[kZVec] = {&GroupCodesZ<1>, &GroupCodesZ<2>, &GroupCodesZ<3>,
+                                    &GroupCodesZ<4>, &GroupCodesZ<5>, &GroupCodesZ<6>};
   const int64_t nv = ZmmPerGroup(g.o);
   for (int64_t o0 = 0; o0 < g.o; o0 += 16 * nv) {
     const int64_t v = std::min<int64_t>(nv, (g.o - o0 + 15) / 16) - 1;
-    if (g.pool == 1) {
-      kRuns[v](g, p, n, py, px, count, dst, o0);
-      continue;
-    }
-    for (int64_t x = px; x < px + count; ++x) kGroups[v](g, p, n, py, x, dst, o0);
+    (g.pool == 1 ? kRuns : kGroups)[v](g, p, n, py, px, count, dst, o0);
   }
 }
 
