@@ -686,6 +686,25 @@ def test_conv_float_quantize_without_a_sum_error_bound(kernel, scale):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+def test_conv_float_quantize_nan_in_a_pooling_window(kernel):
+    """+inf beside -inf makes NaN sums (inf - inf) at the first and at a later position of a
+    pooling window: the pooled value is NaN wherever one is (numpy's max, the spec), code 0."""
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    x[0, 0, 1, 1], x[0, 0, 1, 2] = np.inf, -np.inf  # NaN at window position (0, 1)
+    x[0, 0, 4, 4], x[0, 0, 4, 5] = -np.inf, np.inf  # NaN at window position (0, 0)
+    w = np.ones((3, 1, 2, 2), np.float32)
+    w[1] = -1
+    w[2, 0, 0, 0] = 0.5
+    b = np.full(3, 0.5, np.float32)
+    with np.errstate(invalid="ignore"):
+        expected = R.conv_float_quantize(x, w, b, 1, 0, 2, 2)
+        assert np.isnan(direct_float64(x, w, 1, 0)).any()
+        with K.use_kernel(kernel):
+            got = K.conv_float_quantize(x, w, b, 1, 0, 2, 2)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("size,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1)])
 def test_maxpool_codes(kernel, size, stride, padding):
     x = np.random.default_rng(size).integers(0, 256, (2, 5, 7, 9), dtype=np.uint8)

@@ -153,7 +153,7 @@ uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int
     for (int64_t s = 0; s < g.pool; ++s) {
       const float y = static_cast<float>(
           SpecSum(g, img, p.hp, p.wp, p.w + o * p.taps, py * g.pool + r, px * g.pool + s));
-      mx = (r == 0 && s == 0) ? y : std::max(mx, y);
+      if ((r == 0 && s == 0) || y > mx || y != y) mx = y;  // a NaN stays, as numpy's max
     }
   return QuantizeCode(mx, p.bias[o], static_cast<float>((1 << g.bits) - 1));
 }

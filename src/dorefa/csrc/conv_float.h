@@ -15,7 +15,7 @@
 // sum; max is 1-Lipschitz, rounding to float32 monotone). Q is monotone, so when
 // Q(M - E) == Q(M + E) that is the code; otherwise (a value within E of a step: ~1e-5 of the
 // codes) the code is recomputed by the spec's double sums (ExactCode). Inputs for which the
-// bound is not finite (NaN, Inf, |x| or ||w_o||_1 > 1e15) take the scalar rows.
+// bound is not finite (NaN, Inf, |x| or ||w_o||_1 > 1e15) have every code recomputed so.
 #ifndef DOREFA_CSRC_CONV_FLOAT_H_
 #define DOREFA_CSRC_CONV_FLOAT_H_
 
@@ -31,17 +31,17 @@ struct FloatConvGeom {
   int bits = 1;
 };
 
-// The operands of the vector paths, prepared once per call by ConvFloatQuantize. Inputs are
-// zero padded (N, C, HP, WP); "tap-major" weights are (taps, ostride) with ostride = O
-// rounded up to 8 and the extra channels zero.
+// The operands of every path, prepared once per call by ConvFloatQuantize and ConvFloatOut in
+// the calling thread's scratch. Inputs are zero padded (N, C, HP, WP); "tap-major" weights are
+// (taps, ostride) with ostride = O rounded up to 16 and the extra channels zero.
 struct FloatConvPlan {
   int64_t hp = 0, wp = 0, taps = 0, ostride = 0;
-  const float* xf = nullptr;    // input, zero padded (the caller's array without padding)
-  const float* w = nullptr;     // weights, (O, taps) as given
-  const float* wtf = nullptr;   // weights, tap-major
-  const float* wtb = nullptr;   // weights in blocks of kBlock channels: (O / kBlock, taps, kBlock)
-  const float* bias = nullptr;  // (ostride), zero filled
-  const float* eps = nullptr;   // (ostride): E of channel o (header comment), float paths only
+  const float* xf = nullptr;      // input, zero padded (the caller's array without padding)
+  const float* w = nullptr;       // weights, (O, taps) as given
+  const float* wtf = nullptr;     // weights, tap-major
+  const float* wtb = nullptr;     // in blocks of kBlock channels: (ceil(O / kBlock), taps, kBlock)
+  const float* bias = nullptr;    // (ostride), zero filled
+  const float* eps = nullptr;     // (ostride): E of channel o (header comment), float paths only
   const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
 };
 
@@ -111,7 +111,8 @@ void ConvPoolQuantizeZmm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t
 // AVX2 + FMA, float output: the same float32 sums (4 pixels x 24 channels), + bias, stored.
 void ConvFloatOutAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
                       int64_t ox, int64_t count, float* dst);
-// AVX-512F, float output: the same float32 sums on zmm (4 pixels x 64 channels), the same bits.
+// AVX-512F, float output: the same float32 sums on zmm (4 pixels x up to 96 channels), the same
+// bits.
 void ConvFloatOutAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
                         int64_t ox, int64_t count, float* dst);
 #endif

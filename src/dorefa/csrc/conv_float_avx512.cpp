@@ -1,7 +1,9 @@
-// AVX-512 path of the float first conv (conv_float.h): vectorised over output channels (8
-// doubles per zmm, up to 6 zmm = 48 channels per group), NP pixels of one pooling window at a
-// time (independent FMA chains), the taps (c, kh, kw) in order for every output, so each
-// output's double sum is the same sequence of operations as the scalar path's.
+// AVX-512 paths of the float first conv (conv_float.h). The double path (ConvPoolQuantizeAvx512):
+// vectorised over output channels (8 doubles per zmm, up to 6 zmm = 48 channels per group), NP
+// pixels of one pooling window at a time (independent FMA chains), the taps (c, kh, kw) in order
+// for every output, so each output's double sum is the same sequence of operations as the
+// spec's. The zmm paths (ConvPoolQuantizeZmm, ConvFloatOutAvx512): float32 sums of 4 pixels x up
+// to 96 channels, codes proved by the error bound or recomputed (ExactCode).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -38,7 +40,11 @@ inline void Pixels(const float* const* src, int64_t c, int64_t hp, int64_t wp, i
   for (int p = 0; p < NP; ++p)
     for (int v = 0; v < kVec; ++v) {
       if (v >= nv) break;
-      mx[v] = (first && p == 0) ? a[p][v] : _mm512_max_pd(mx[v], a[p][v]);
+      // max_pd returns its second operand when either is NaN: a NaN in mx is kept by hand, so
+      // a NaN anywhere in the window stays, as numpy's max (only non-finite inputs make one)
+      const __mmask8 nan = _mm512_cmp_pd_mask(mx[v], mx[v], _CMP_UNORD_Q);
+      mx[v] = (first && p == 0) ? a[p][v]
+                                : _mm512_mask_blend_pd(nan, _mm512_max_pd(mx[v], a[p][v]), mx[v]);
     }
 }
 
@@ -317,7 +323,7 @@ void ConvFloatOutAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t 
 
 void ConvPoolQuantizeZmm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
                          int64_t px, int64_t count, uint8_t* dst) {
-  if (p.eps == nullptr || p.ostride % 16 != 0) {
+  if (p.eps == nullptr) {
     ConvPoolQuantizeAvx2(g, p, n, py, px, count, dst);  // no error bound: every code exactly
     return;
   }

@@ -19,7 +19,7 @@ constexpr uint32_t kVnni = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx51
 constexpr Packer kNhwc{"nhwc", nullptr};  // int8: codes in NHWC bytes (int8conv.h)
 
 constexpr Packer kPortable{"portable", &PackActivations};
-// Float first layer paths; the AVX2 one also needs FMA (its double FMA chains).
+// Float first layer paths; the ymm and zmm ones also need FMA (their float32 FMA chains).
 constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr};
 #ifdef DOREFA_HAVE_X86_KERNELS
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
@@ -30,10 +30,10 @@ constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutA
 constexpr FloatConvPath kFloatZmm{"zmm", &ConvPoolQuantizeZmm, &ConvFloatOutAvx512};
 #endif
 
-// The float first layer: the AVX2 path (float32 FMA sums, codes checked against an error bound)
-// ran 1->48 5x5 + pool + quantize in 72 us where the AVX-512 path (double sums) took 98 us on
-// a Zen 4, so the default AVX-512 entry takes it; the shift entry keeps the AVX-512 path so that
-// it stays selectable and tested.
+// The float first layer: the float32 paths (FMA sums, codes proved against an error bound) ran
+// svhn's 1->48 5x5 + pool + quantize in 72 us where the AVX-512 double path took 98 us on a Zen
+// 4, so the default AVX-512 entry takes the zmm one; the shift entry keeps the double path so
+// that it stays selectable and tested.
 // clang-format off
 const KernelEntry kTable[] = {
   // name                     backend   needs                tiles          packer      int8        fused

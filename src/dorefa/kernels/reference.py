@@ -289,7 +289,8 @@ def conv_float_quantize(
     threads: int = 1,
 ) -> np.ndarray:
     """The float first layer, fused: conv (float32 x, weight) -> max-pool pool x pool / pool
-    (floor) -> + bias -> codes ``rint(clip(z, 0, 1) * (2**bits - 1))``: uint8 (N, O, PH, PW).
+    (floor) -> + bias -> codes ``rint(clip(z, 0, 1) * (2**bits - 1))``: uint8 (N, O, PH, PW);
+    a NaN anywhere in a pooling window makes its value NaN (numpy's max), whose code is 0.
 
     Each conv output is summed in float64 over (c, kh, kw) in that order starting from 0 (the
     products of float32 values are exact in float64, so this order fixes every bit), then
@@ -303,6 +304,7 @@ def conv_float_quantize(
     z = y + bias[None, :, None, None]
     z = np.clip(z, np.float32(0), np.float32(1))
     z *= np.float32((1 << bits) - 1)
+    z[np.isnan(z)] = 0  # a NaN sum (inf - inf from non-finite inputs) pools to NaN: code 0
     return np.rint(z).astype(np.uint8)
 
 
