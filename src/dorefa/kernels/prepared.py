@@ -139,9 +139,9 @@ class PreparedConv:
         selection._local.ran = "native"  # selection.ran("native"), inlined: ~1 us a call
         if self.out == "requant" and self._table is None:  # built once, not matched per call
             self._table = native.RequantTable(self.thresholds, self.direction)
-        return native.bitconv(
+        return native.bitconv(  # all positional: a keyword argument cost pybind11 ~1 us a call
             kernel, x_codes, words, *pw.shape, self.x_bits, pw.bits, self.stride,
-            self.padding, threads, self.out, table=self._table,
+            self.padding, threads, self.out, None, None, self._table,
         )  # fmt: skip
 
     def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:

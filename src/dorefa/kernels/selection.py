@@ -107,10 +107,11 @@ def current_kernel() -> str:
     default (the table's first this CPU runs): what packing, the float first layer and max-pool
     run, and a bit convolution when forced (else it runs its layer's choice, :func:`forced_kernel`).
     """
-    try:
-        return _local.kernel  # set by use_kernel in this thread
-    except AttributeError:
-        pass
+    # Set by use_kernel in this thread (never None). Read from the thread's own __dict__: an
+    # AttributeError raised and caught, or getattr's default, cost ~0.5 us a call, this 0.06.
+    kernel = _local.__dict__.get("kernel")
+    if kernel is not None:
+        return kernel
     return _process_kernel if _process_kernel is not None else _process()
 
 
@@ -118,10 +119,9 @@ def forced_kernel() -> str | None:
     """The kernel forced in this thread (use_kernel, set_backend or ``DOREFA_KERNEL``; always
     ``'reference'`` without the extension), or None: then a bit convolution runs the kernel
     chosen for its layer (:mod:`dorefa.kernels.choose`)."""
-    try:
-        return _local.kernel
-    except AttributeError:
-        pass
+    kernel = _local.__dict__.get("kernel")  # as current_kernel
+    if kernel is not None:
+        return kernel
     kernel = _process_kernel if _process_kernel is not None else _process()
     return kernel if _process_forced else None
 
