@@ -685,6 +685,46 @@ def test_conv_float_quantize_without_a_sum_error_bound(kernel, scale):
     np.testing.assert_array_equal(got, expected)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 3),
+    h=st.integers(1, 14),
+    w=st.integers(1, 14),
+    o=st.integers(1, 130),
+    k=st.integers(1, 6),
+    stride=st.integers(1, 4),
+    padding=st.integers(0, 3),
+    pool=st.integers(1, 3),
+    bits=st.sampled_from([1, 2, 4, 8]),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_first_layer(n, c, h, w, o, k, stride, padding, pool, bits, seed):
+    """The float first layer on random shapes (channel groups of every width, short runs, pools
+    at the edges): codes equal the spec's on every kernel; the float output equal on every
+    vector path to the bit and within float32 rounding of the spec's."""
+    oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    if min(oh, ow) < pool:
+        return
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, c, h, w), dtype=np.float32) * 2 - 0.5).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.4).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3 + 0.3).astype(np.float32)
+    expected = R.conv_float_quantize(x, wt, b, stride, padding, pool, bits)
+    spec = R.conv_float(x, wt, b, stride, padding)
+    bound = direct_float64(np.abs(x), np.abs(wt), stride, padding) + np.abs(b)[:, None, None]
+    first = None
+    for kernel in NATIVE:
+        with K.use_kernel(kernel):
+            got = K.conv_float_quantize(x, wt, b, stride, padding, pool, bits, threads=1 + seed % 2)
+            out = K.conv_float(x, wt, b, stride, padding, threads=1 + seed % 2)
+        np.testing.assert_array_equal(got, expected, err_msg=kernel)
+        assert np.all(np.abs(out - spec) <= (c * k * k + 2) * 2.0**-24 * bound), kernel
+        if not kernel.startswith("popcount-scalar"):  # the vector paths: one FMA order
+            first = out if first is None else first
+            np.testing.assert_array_equal(out.view(np.uint32), first.view(np.uint32), kernel)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_conv_float_quantize_nan_in_a_pooling_window(kernel):
     """+inf beside -inf makes NaN sums (inf - inf) at the first and at a later position of a
