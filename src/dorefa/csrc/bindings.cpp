@@ -240,11 +240,11 @@ py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& kernel_name, const F
   FloatConvGeom g = FloatGeomOf(x, weight, bias, stride, padding, pool, threads);
   g.bits = bits;
   // The kernel's own float path (kernel table): forcing a backend also tests its float path.
-  const FloatConvPixelFn pixel = kernel.float_conv.fn;
+  const FloatConvPath& path = kernel.float_conv;
   py::array_t<uint8_t> out = OutputArray<uint8_t>({g.n, g.o, g.ph, g.pw});
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, pixel, threads);
+  ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, path.fn, path.weights, threads);
   return out;
 }
 
@@ -256,7 +256,8 @@ py::array_t<float> ConvFloatPy(const std::string& kernel_name, const FloatArray&
   py::array_t<float> out = OutputArray<float>({g.n, g.o, g.oh, g.ow});
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  ConvFloatOut(g, x.data(), weight.data(), bias.data(), dst, kernel.float_conv.out_fn, threads);
+  const FloatConvPath& path = kernel.float_conv;
+  ConvFloatOut(g, x.data(), weight.data(), bias.data(), dst, path.out_fn, path.weights, threads);
   return out;
 }
 

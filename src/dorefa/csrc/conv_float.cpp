@@ -58,7 +58,7 @@ bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int6
 // The calling thread's scratch, kept between calls (fresh buffers cost a page fault per 4 KB,
 // as much as the convolution itself on AlexNet's first layer).
 struct Scratch {
-  std::vector<float> padded, wt, blocked, bias, eps;
+  std::vector<float> padded, wt, bias, eps;
   std::vector<int64_t> offs;
 };
 // A padded input above this many floats (16 MB: a large batch of large images) is freed after
@@ -96,35 +96,36 @@ const float* PaddedInput(const FloatConvGeom& g, const float* x, std::vector<flo
   return buf.data();
 }
 
-// The vector paths' operands (FloatConvPlan) in the calling thread's scratch: weights
-// tap-major with the channel stride `ostride` and in blocks of kBlock channels, bias padded
-// with zeros, tap offsets.
+// A path's operands (FloatConvPlan) in the calling thread's scratch: the channel stride O
+// rounded up to 16 (whole ymm and zmm), the weights in the one layout the path reads, bias
+// padded with zeros, tap offsets.
 FloatConvPlan MakePlan(const FloatConvGeom& g, const float* x, const float* weight,
-                       const float* bias, int64_t ostride, Scratch& s) {
+                       const float* bias, FloatWeights layout, Scratch& s) {
   FloatConvPlan p;
   p.hp = g.h + 2 * g.pad;
   p.wp = g.w + 2 * g.pad;
   p.taps = g.c * g.kh * g.kw;
-  p.ostride = ostride;
+  p.ostride = (g.o + 15) / 16 * 16;
   p.xf = PaddedInput(g, x, s.padded);
   p.w = weight;
-  s.wt.assign(static_cast<size_t>(p.taps * ostride), 0.0f);
-  s.bias.assign(static_cast<size_t>(ostride), 0.0f);
-  for (int64_t o = 0; o < g.o; ++o) {
-    s.bias[o] = bias[o];
-    for (int64_t t = 0; t < p.taps; ++t) s.wt[t * ostride + o] = weight[o * p.taps + t];
-  }
+  s.bias.assign(static_cast<size_t>(p.ostride), 0.0f);
+  std::copy(bias, bias + g.o, s.bias.begin());
   s.offs.clear();
   for (int64_t ci = 0; ci < g.c; ++ci)
     for (int64_t i = 0; i < g.kh; ++i)
       for (int64_t j = 0; j < g.kw; ++j) s.offs.push_back((ci * p.hp + i) * p.wp + j);
-  const int64_t blocks = (g.o + kBlock - 1) / kBlock;
-  s.blocked.assign(static_cast<size_t>(blocks * p.taps * kBlock), 0.0f);
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t t = 0; t < p.taps; ++t)
-      s.blocked[(o / kBlock * p.taps + t) * kBlock + o % kBlock] = weight[o * p.taps + t];
-  p.wtf = s.wt.data();
-  p.wtb = s.blocked.data();
+  if (layout == FloatWeights::kTapMajor) {  // (taps, ostride)
+    s.wt.assign(static_cast<size_t>(p.taps * p.ostride), 0.0f);
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t t = 0; t < p.taps; ++t) s.wt[t * p.ostride + o] = weight[o * p.taps + t];
+    p.wtf = s.wt.data();
+  } else if (layout == FloatWeights::kBlocked) {  // (blocks, taps, kBlock)
+    s.wt.assign(static_cast<size_t>((g.o + kBlock - 1) / kBlock * p.taps * kBlock), 0.0f);
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t t = 0; t < p.taps; ++t)
+        s.wt[(o / kBlock * p.taps + t) * kBlock + o % kBlock] = weight[o * p.taps + t];
+    p.wtb = s.wt.data();
+  }
   p.bias = s.bias.data();
   p.offs = s.offs.data();
   return p;
@@ -159,12 +160,12 @@ uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int
 }
 
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
-                       const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads) {
+                       const float* bias, uint8_t* out, FloatConvPixelFn pixel,
+                       FloatWeights weights, int threads) {
   CallScratch scratch;
   Scratch& s = *scratch;
   const int64_t plane = g.ph * g.pw;
-  // Channels in vectors: weights tap-major, channel stride padded to 16 (whole zmm).
-  const FloatConvPlan p = MakePlan(g, x, weight, bias, (g.o + 15) / 16 * 16, s);
+  const FloatConvPlan p = MakePlan(g, x, weight, bias, weights, s);
   if (pixel == nullptr) {  // scalar rows: every code from the spec's sums
     ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
       for (int64_t it = first; it < last; ++it)  // it = (n, o)
@@ -183,12 +184,11 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
 }
 
 void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
-                  float* out, FloatConvOutFn fn, int threads) {
+                  float* out, FloatConvOutFn fn, FloatWeights weights, int threads) {
   CallScratch scratch;
   Scratch& s = *scratch;
   const int64_t plane = g.oh * g.ow;
-  // ostride: channels rounded up to 16 (whole ymm on AVX2, whole zmm on AVX-512).
-  const FloatConvPlan p = MakePlan(g, x, weight, bias, (g.o + 15) / 16 * 16, s);
+  const FloatConvPlan p = MakePlan(g, x, weight, bias, weights, s);
   if (fn == nullptr) {  // scalar rows: double sums, rounded once, + bias
     ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
       for (int64_t it = first; it < last; ++it) {  // it = (n, o)

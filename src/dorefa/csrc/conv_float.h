@@ -38,8 +38,8 @@ struct FloatConvPlan {
   int64_t hp = 0, wp = 0, taps = 0, ostride = 0;
   const float* xf = nullptr;      // input, zero padded (the caller's array without padding)
   const float* w = nullptr;       // weights, (O, taps) as given
-  const float* wtf = nullptr;     // weights, tap-major
-  const float* wtb = nullptr;     // in blocks of kBlock channels: (ceil(O / kBlock), taps, kBlock)
+  const float* wtf = nullptr;     // weights tap-major (FloatWeights::kTapMajor plans only)
+  const float* wtb = nullptr;     // (ceil(O / kBlock), taps, kBlock) (kBlocked plans only)
   const float* bias = nullptr;    // (ostride), zero filled
   const float* eps = nullptr;     // (ostride): E of channel o (header comment), float paths only
   const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
@@ -54,13 +54,18 @@ using FloatConvPixelFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p
 // all O channels put 2-3 cache lines a tap between a group's loads; AlexNet's 12x12 x 3 taps
 // then overflow the L1).
 constexpr int64_t kBlock = 24;
+
+// The weight layout a path reads from its FloatConvPlan; the plan holds only that one: tap-major
+// `wtf` (zmm, AVX-512 double), blocked `wtb` (ymm), neither (the scalar rows read `w`).
+enum class FloatWeights : uint8_t { kNone, kTapMajor, kBlocked };
 constexpr int64_t kPixelRun = 4;  // pixels of one row per call (4 FMA chains without a pool)
 
 // out (N, O, PH, PW) uint8 codes. `pixel` is the vector path (the caller checks CPU support),
 // nullptr the portable scalar rows. threads > 1 splits pooled pixels (vector path) or
 // (image, channel) pairs (scalar rows).
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
-                       const float* bias, uint8_t* out, FloatConvPixelFn pixel, int threads);
+                       const float* bias, uint8_t* out, FloatConvPixelFn pixel,
+                       FloatWeights weights, int threads);
 
 // The float-output form (a first layer whose output stays float: ResNet's 7x7/2 stem feeding a
 // max-pool with padding and a residual stream): out (N, O, OH, OW) = conv + bias in float32.
@@ -71,7 +76,7 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
 using FloatConvOutFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n,
                                 int64_t oy, int64_t ox, int64_t count, float* dst);
 void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
-                  float* out, FloatConvOutFn fn, int threads);
+                  float* out, FloatConvOutFn fn, FloatWeights weights, int threads);
 
 // Q(pooled) of the header comment, in float32: z = pooled + b; clip to [0, 1] (NaN -> 0);
 // times levels = 2^bits - 1; round half to even (adding and removing 2^23 does that on [0, 255]).

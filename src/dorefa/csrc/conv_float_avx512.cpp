@@ -324,7 +324,9 @@ void ConvFloatOutAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t 
 void ConvPoolQuantizeZmm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
                          int64_t px, int64_t count, uint8_t* dst) {
   if (p.eps == nullptr) {
-    ConvPoolQuantizeAvx2(g, p, n, py, px, count, dst);  // no error bound: every code exactly
+    // No error bound: every code from the spec's sums (ExactCode reads `w`, not the ymm path's
+    // blocked weights, which this plan lacks).
+    ConvPoolQuantizeAvx2(g, p, n, py, px, count, dst);
     return;
   }
   using RunFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,

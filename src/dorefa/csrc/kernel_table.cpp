@@ -20,14 +20,17 @@ constexpr Packer kNhwc{"nhwc", nullptr};  // int8: codes in NHWC bytes (int8conv
 
 constexpr Packer kPortable{"portable", &PackActivations};
 // Float first layer paths; the ymm and zmm ones also need FMA (their float32 FMA chains).
-constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr};
+constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr, FloatWeights::kNone};
 #ifdef DOREFA_HAVE_X86_KERNELS
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift};
-constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512};
-constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2};
+constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512,
+                                     FloatWeights::kTapMajor};
+constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2,
+                                   FloatWeights::kBlocked};
 // Float32 sums on zmm (entries that have AVX-512F), codes and float output.
-constexpr FloatConvPath kFloatZmm{"zmm", &ConvPoolQuantizeZmm, &ConvFloatOutAvx512};
+constexpr FloatConvPath kFloatZmm{"zmm", &ConvPoolQuantizeZmm, &ConvFloatOutAvx512,
+                                  FloatWeights::kTapMajor};
 #endif
 
 // The float first layer: the float32 paths (FMA sums, codes proved against an error bound) ran

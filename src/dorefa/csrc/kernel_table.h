@@ -43,6 +43,7 @@ struct FloatConvPath {
   const char* name;
   FloatConvPixelFn fn;    // fused conv -> pool -> quantize (nullptr: the scalar rows)
   FloatConvOutFn out_fn;  // float output (nullptr: the scalar rows)
+  FloatWeights weights;   // the weight layout both read (conv_float.h)
 };
 
 struct KernelEntry {
