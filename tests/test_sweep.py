@@ -457,6 +457,17 @@ def test_records_are_written_and_taken_as_done(tmp_path, fashion_dir, capsys):
     assert json.loads(path.read_text())["config"]["epochs"] == 1  # replaced
     assert (rec_dir / f"{names[0]}.json").stat().st_mtime_ns == mtimes[rec_dir / f"{names[0]}.json"]
 
+    # a record that stops before its schedule's end (here: no epoch recorded) trains again
+    path = rec_dir / f"{names[0]}.json"
+    rec = json.loads(path.read_text())
+    rec["metrics"] = []
+    path.write_text(json.dumps(rec))
+    assert main([*args, "--out", str(out_b)]) == 0
+    log = capsys.readouterr().out
+    assert f"{names[0]}: the record {path} stops after 0 epochs" in log, log
+    assert (out_b / "cells" / names[0] / "train.log").exists()
+    assert len(json.loads(path.read_text())["metrics"]) == 1  # replaced
+
     # the page re-renders from the records; the prose around the markers stays
     page = tmp_path / "docs" / "results.md"
     page.write_text(f"# Study\n\nprose before\n\n{PAGE_BEGIN}\nold\n{PAGE_END}\n\nprose after\n")
@@ -528,7 +539,8 @@ def test_a_recipe_sets_every_cells_knobs_and_is_part_of_the_budget(tmp_path):
     assert (cfg.epochs, cfg.batch_size, cfg.lr) == (3, 128, 1e-3)  # explicit, then the recipe's
     tc = train_config(cfg, cell, tmp_path / "c", None)
     assert tc.recipe == "svhn-fashion-mnist" and tc.epochs == 3 and tc.seed == 1
-    assert tc.lr_milestones == ((6, 0.2), (9, 0.2)) and tc.weight_decay_on == "float"
+    assert tc.lr_milestones == ((6, 0.2), (9, 0.2), (12, 0.2)) and tc.until_flat == (0.003, 4)
+    assert tc.weight_decay_on == "float"
     assert tc.augment == "flip" and tc.bits == Bits(1, 2, 6) and tc.width == 0.25
     argv = train_command(cfg, cell, tmp_path / "c", None)[4:]
     assert config_from_argv(argv) == tc  # the child process trains exactly this

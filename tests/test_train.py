@@ -9,6 +9,7 @@ import torch
 
 from dorefa.checkpoint import CheckpointError, load_checkpoint
 from dorefa.cli import main
+from dorefa.optim import training_done
 from dorefa.train import TrainConfig, train
 
 SMALL = dict(
@@ -78,6 +79,41 @@ def test_resume_gives_identical_weights(run_two_epochs, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_training_done_follows_epochs_then_the_until_flat_rule():
+    assert not training_done(3, None, [0.5, 0.6]) and training_done(3, None, [0.5, 0.6, 0.7])
+    flat = (0.003, 2)  # continue while the last two epochs differ by > 0.3 points, <= 2 more
+    assert training_done(2, flat, [0.70, 0.702])  # flat at the scheduled end: no extension
+    assert not training_done(2, flat, [0.70, 0.71]) and not training_done(1, flat, [0.7])
+    assert training_done(2, flat, [0.70, 0.71, 0.7125])  # flat after one more
+    assert not training_done(2, flat, [0.70, 0.71, 0.72])
+    assert training_done(2, flat, [0.70, 0.71, 0.72, 0.73])  # at most 2 more
+    assert training_done(2, flat, [0.70, 0.71, float("nan")])  # unknown: no further epoch
+
+
+def test_until_flat_extends_a_run_and_resume_gives_identical_weights(tmp_path, fashion_dir):
+    """epochs=1 with until_flat: a second epoch always (one accuracy has nothing to compare
+    with), then more while the accuracy moves (tolerance -1: always, up to 2 more); the
+    extension's lr follows the milestones; a run killed inside the extension resumes to the
+    same weights as an uninterrupted one."""
+    knobs = dict(bits="1,2,6", epochs=1, lr_milestones=((1, 0.5),), **SMALL)
+    out = tmp_path / "straight"
+    train(TrainConfig(out=str(out), until_flat=(-1.0, 2), **knobs), log=lambda m: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 5e-4, 5e-4])
+    killed = TrainConfig(out=str(tmp_path / "killed"), until_flat=(-1.0, 2), **knobs)
+    with pytest.raises(Killed):
+        train(killed, log=_kill_after(2))
+    killed.resume = True
+    train(killed, log=lambda m: None)
+    a = load_checkpoint(out / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    short = tmp_path / "short"  # any change within 100 points is flat: one extra epoch
+    train(TrainConfig(out=str(short), until_flat=(1.0, 2), **knobs), log=lambda m: None)
+    assert len((short / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_init_from_float_checkpoint(tmp_path, fashion_dir):

@@ -1,7 +1,8 @@
 """Optimizer, learning-rate schedule and autocast dtype of a training run.
 
 Adam (the paper's) or momentum SGD (recipes); the paper's schedule halves the learning rate at
-50% of the epochs, ``lr_milestones`` (recipes) multiply it at given epochs instead.
+50% of the epochs, ``lr_milestones`` (recipes) multiply it at given epochs instead, and
+``until_flat`` (recipes) continues a run past its epochs until its test accuracy is flat.
 """
 
 from __future__ import annotations
@@ -24,6 +25,23 @@ def lr_at(cfg, epoch: int) -> float:
                 lr *= float(factor)
         return lr
     return cfg.lr * (0.5 if epoch >= max(1, cfg.epochs // 2) and cfg.epochs > 1 else 1.0)
+
+
+def training_done(epochs: int, until_flat, test_accs: list[float]) -> bool:
+    """Whether a run whose finished epochs had test accuracies ``test_accs`` has trained its
+    schedule: ``epochs`` epochs, then with ``until_flat = (tolerance, extra)`` (recipes) one more
+    epoch at a time while the last two epochs' test accuracies differ by more than
+    ``tolerance``, at most ``extra`` more epochs. Their learning rate follows ``lr_milestones``
+    (a milestone at ``epochs`` lowers it for the extension)."""
+    n = len(test_accs)
+    if n < epochs:
+        return False
+    if not until_flat or n >= epochs + int(until_flat[1]):
+        return True
+    if n < 2:
+        return False  # one epoch: nothing to compare it with yet
+    # not (change > tolerance): an unknown (NaN) accuracy ends the run rather than extends it
+    return not abs(test_accs[-1] - test_accs[-2]) > float(until_flat[0]) + 1e-9
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -55,7 +55,10 @@ class RunFiles:
             )
 
     def start(self, config: dict, start_epoch: int) -> None:
-        """Write config.json; keep the metrics rows of the ``start_epoch`` finished epochs."""
+        """Write config.json; keep the metrics rows of the ``start_epoch`` finished epochs (read
+        on every rank: the flatness rule of ``until_flat`` needs them)."""
+        rows = _read_rows(self.metrics) if self.metrics.exists() else []
+        self.history = [h for h in rows if h["epoch"] <= start_epoch]
         if not self.enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +66,6 @@ class RunFiles:
             for stale in self.out.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
-        rows = _read_rows(self.metrics) if self.metrics.exists() else []
-        self.history = [h for h in rows if h["epoch"] <= start_epoch]
         self._write_metrics()
 
     def add_epoch(self, row: dict) -> None:

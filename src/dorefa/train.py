@@ -28,7 +28,7 @@ from . import checkpoint, distributed
 from .cpuinfo import bf16_warning, native_bf16, pick_threads
 from .data.batches import iterate_batches
 from .nn import set_grad_generator
-from .optim import amp_dtype, build_optimizer, lr_at, set_lr
+from .optim import amp_dtype, build_optimizer, lr_at, set_lr, training_done
 from .process import keep_freed_memory
 from .run import (
     Run,
@@ -107,7 +107,8 @@ def fit(run: Run, log=print) -> dict:
     run.files.start(run.config, start_epoch)
     show = (cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and info.is_main
     result: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    epoch = start_epoch
+    while not training_done(cfg.epochs, cfg.until_flat, _test_accs(run, epoch)):
         # Every random stream restarts from (seed, epoch[, rank]): resume == uninterrupted run.
         streams = epoch_streams(cfg.seed, epoch, info.rank, run.device)
         set_grad_generator(run.model, streams.grad)
@@ -135,7 +136,15 @@ def fit(run: Run, log=print) -> dict:
         _save_checkpoint(run, epoch, best_acc)
         log(_epoch_line(cfg, result))
         run.files.plot(title=f"{cfg.model} {cfg.bits.tag}")
+        epoch += 1
     return _end_of_run(run, result, best_acc, log)
+
+
+def _test_accs(run: Run, epochs_run: int) -> list[float]:
+    """The test accuracies of the first ``epochs_run`` epochs (every rank reads the same
+    metrics rows, so every rank decides alike whether to continue)."""
+    accs = [h["test_acc"] for h in run.files.history[:epochs_run]]
+    return accs if len(accs) == epochs_run else [float("nan")] * epochs_run
 
 
 def _save_checkpoint(run: Run, epoch: int, best_acc: float) -> None:
@@ -166,8 +175,9 @@ def _end_of_run(run: Run, result: dict, best_acc: float, log) -> dict:
 
 
 def _epoch_line(cfg: TrainConfig, r: dict) -> str:
+    more = " (until flat)" if r["epoch"] > cfg.epochs else ""
     return (
-        f"epoch {r['epoch']}/{cfg.epochs}  train_loss {r['train_loss']:.4f}  "
+        f"epoch {r['epoch']}/{cfg.epochs}{more}  train_loss {r['train_loss']:.4f}  "
         f"train_acc {r['train_acc']:.4f}  test_acc {r['test_acc']:.4f}  "
         f"{r['seconds']:.1f}s  {r['images_per_s']:.0f} img/s"
     )

@@ -42,6 +42,8 @@ class TrainConfig:
     nesterov: bool = False  # sgd only
     lr_milestones: tuple | None = None  # ((epoch, factor), ...): lr *= factor from that 0-based
     #                                     epoch on; None = the paper's halving at 50% of epochs
+    until_flat: tuple | None = None  # (tolerance, extra): after `epochs`, continue one epoch at a
+    #   time while the last two test accuracies differ by > tolerance, <= extra more (optim.py)
     weight_decay_on: str = "all"  # all | weights (conv+linear) | linear (fc) | float (w_bits 32)
     amp: str | None = default("amp")  # None | bf16 | fp16 (CUDA only): autocast of the forward
     engine: str = default("engine")  # torch | int: the products on the integer kernels

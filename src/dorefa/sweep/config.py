@@ -65,6 +65,16 @@ class SweepConfig:
                 setattr(self, key, recipe.get(key, fallback))
 
 
+def cell_done(cfg: SweepConfig, history: list[dict]) -> bool:
+    """Whether a cell whose run recorded ``history`` (metrics per epoch) has trained the whole
+    schedule: the sweep's epochs, and past them while the recipe's ``until_flat`` asks."""
+    from ..optim import training_done
+    from ..recipes import get_recipe
+
+    until_flat = get_recipe(cfg.recipe).defaults.get("until_flat") if cfg.recipe else None
+    return training_done(cfg.epochs, until_flat, [h["test_acc"] for h in history])
+
+
 def sweep_seeds(cfg: SweepConfig) -> tuple[int, ...]:
     """The seeds every cell of the grid is trained with."""
     return tuple(cfg.seeds) if cfg.seeds else (cfg.seed,)

@@ -28,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .children import Children, last_error
-from .config import SweepConfig, cfg_dict, check_settings, sweep_seeds
+from .config import SweepConfig, cell_done, cfg_dict, check_settings, sweep_seeds
 from .costs import cell_costs
 from .grid import Cell, load_grid, with_seeds
 from .records import make_record, read_record, record_path, record_row, settings_diff, write_record
@@ -99,7 +99,7 @@ def _train(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from, children: Ch
     for attempt in range(2):
         rc = children.run(name, cmd, cell_dir / "train.log")
         history = read_metrics(cell_dir / "metrics.jsonl")
-        complete = len(history) >= cfg.epochs and (cell_dir / "checkpoint.pt").exists()
+        complete = cell_done(cfg, history) and (cell_dir / "checkpoint.pt").exists()
         # Killed by a signal (e.g. a shared library rebuilt under it): resume it once.
         if complete or rc >= 0 or children.stopped or attempt == 1:
             break
@@ -212,6 +212,16 @@ class _Sweep:
                 self.log(f"{name}: not done, trained again (its record goes to {self.cfg.records})")
                 self.done.pop(name, None)
                 continue
+            finished = [p for p in same if cell_done(self.cfg, recs[p].get("metrics", []))]
+            if not finished:
+                epochs = len(recs[same[0]].get("metrics", []))
+                self.log(
+                    f"{name}: the record {same[0]} stops after {epochs} epochs, before the end "
+                    "of its schedule (--epochs, then the recipe's until-flat rule): trained again"
+                )
+                self.done.pop(name, None)
+                continue
+            same = finished
             self.done[name] = record_row(recs[same[0]])
             self.by_record.add(name)
 
