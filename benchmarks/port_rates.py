@@ -1,0 +1,237 @@
+"""Measured ceilings: each kernel's inner-loop instruction mix, alone, on this core.
+
+docs/kernels.md derives every kernel's ceiling from its instruction mix and the CPU's pipes.
+This script measures the same mixes with nothing else around them: one iteration is one step
+of the kernel's register tile (the same instructions, the same loads from an L1-resident
+buffer, the same independent accumulator chains), timed in a loop, and converted to cycles
+with the core clock measured beside it (benchmarks/cpu_clock.py). The result is the rate the
+kernel's loop could reach if nothing but its inner step ran: the ceiling "measured" in the
+table of docs/kernels.md, beside the derived one.
+
+    .venv/bin/python benchmarks/port_rates.py            # every mix this CPU can run
+    .venv/bin/python benchmarks/port_rates.py --repeat 9 # more runs, the fastest kept
+
+Mixes (MACs per iteration in brackets; a W-bit x A-bit MAC of a popcount kernel is W x A
+binary MACs, so W1A2 runs at half the binary rate):
+
+- ``popcount-avx512``: bitconv_avx512.cpp's 8 x 24 tile, one activation word: 3 weight
+  loads, 8 broadcasts, 24 x (VPANDQ, VPOPCNTQ, VPADDQ) on zmm [24 x 512 binary];
+- ``popcount-avx512 regs``: the same 72 operations without the loads;
+- ``popcount-avx2``: bitconv_avx2.cpp's 3 x 8 tile, one activation word: 2 weight loads,
+  3 broadcasts, per pixel and half 8 ops (VPAND x&w, VPAND, VPSRLW, VPAND, 2 VPSHUFB, 2 VPADDB)
+  [3 x 2 x 256 binary];
+- ``int8-vnni``: int8conv_vnni.cpp's 6 x 64 tile, one group of 4 channels: 4 weight loads,
+  24 VPDPBUSD with an embedded {1to16} broadcast [24 x 64];
+- ``float conv zmm`` / ``float conv ymm``: the float first layer, one tap of its 4-pixel run:
+  6 (3) weight loads, 4 broadcasts, 24 (12) VFMADD231PS on zmm (ymm) [24 x 16 / 12 x 8].
+
+Register-only dependent chains would measure latency, not throughput: every mix keeps at least
+as many independent accumulators as the kernel does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_clock import clock_hz  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Mix:
+    name: str
+    flags: tuple[str, ...]  # /proc/cpuinfo flags the mix needs
+    macs: int  # MACs (binary MACs for popcount mixes) per iteration
+    binary: bool  # popcount mix: a W x A MAC is W * A of these
+    body: tuple[str, ...]  # AT&T lines of one iteration; %[b] is the L1 buffer
+
+
+def _popcount_avx512(loads: bool) -> tuple[str, ...]:
+    lines = []
+    if loads:
+        lines += [f"vmovdqu64 {64 * q}(%[b]), %%zmm{24 + q}" for q in range(3)]
+    for p in range(8):
+        if loads:
+            lines.append(f"vpbroadcastq {256 + 8 * p}(%[b]), %%zmm27")
+        for q in range(3):
+            t = 28 + (3 * p + q) % 4
+            lines += [
+                f"vpandq %%zmm{24 + q}, %%zmm27, %%zmm{t}",
+                f"vpopcntq %%zmm{t}, %%zmm{t}",
+                f"vpaddq %%zmm{t}, %%zmm{3 * p + q}, %%zmm{3 * p + q}",
+            ]
+    return tuple(lines)
+
+
+def _popcount_avx2() -> tuple[str, ...]:
+    # ymm0-5 byte counters, 6-7 weights, 8 table, 9 mask, 10 word, 11-13 temporaries
+    lines = ["vmovdqu 0(%[b]), %%ymm6", "vmovdqu 32(%[b]), %%ymm7"]
+    for p in range(3):
+        lines.append(f"vpbroadcastq {256 + 8 * p}(%[b]), %%ymm10")
+        for h in range(2):
+            acc = 2 * p + h
+            lines += [
+                f"vpand %%ymm{6 + h}, %%ymm10, %%ymm11",
+                "vpand %%ymm9, %%ymm11, %%ymm12",
+                "vpsrlw $4, %%ymm11, %%ymm13",
+                "vpand %%ymm9, %%ymm13, %%ymm13",
+                "vpshufb %%ymm12, %%ymm8, %%ymm12",
+                "vpshufb %%ymm13, %%ymm8, %%ymm13",
+                "vpaddb %%ymm12, %%ymm13, %%ymm12",
+                f"vpaddb %%ymm12, %%ymm{acc}, %%ymm{acc}",
+            ]
+    return tuple(lines)
+
+
+def _vnni() -> tuple[str, ...]:
+    lines = [f"vmovdqu64 {64 * q}(%[b]), %%zmm{24 + q}" for q in range(4)]
+    for p in range(6):
+        for q in range(4):
+            lines.append(
+                f"vpdpbusd {256 + 4 * p}(%[b])%{{1to16%}}, %%zmm{24 + q}, %%zmm{4 * p + q}"
+            )
+    return tuple(lines)
+
+
+def _fma(reg: str, blocks: int) -> tuple[str, ...]:
+    """One tap of the float first layer: 4 pixels x ``blocks`` vectors of channels (zmm: 6
+    blocks of 16, conv_float_avx512.cpp; ymm: 3 of 8, conv_float_avx2.cpp)."""
+    w0 = 4 * blocks  # accumulators 0 .. 4 * blocks - 1, then the weights, then the word
+    lines = [f"vmovups {64 * q}(%[b]), %%{reg}{w0 + q}" for q in range(blocks)]
+    for p in range(4):
+        x = w0 + blocks + p % 2
+        lines.append(f"vbroadcastss {512 + 4 * p}(%[b]), %%{reg}{x}")
+        lines += [
+            f"vfmadd231ps %%{reg}{w0 + q}, %%{reg}{x}, %%{reg}{blocks * p + q}"
+            for q in range(blocks)
+        ]
+    return tuple(lines)
+
+
+MIXES = (
+    Mix("popcount-avx512", ("avx512f", "avx512_vpopcntdq"), 24 * 512, True, _popcount_avx512(True)),
+    Mix(
+        "popcount-avx512 regs",
+        ("avx512f", "avx512_vpopcntdq"),
+        24 * 512,
+        True,
+        _popcount_avx512(False),
+    ),
+    Mix("popcount-avx2", ("avx2",), 3 * 2 * 256, True, _popcount_avx2()),
+    Mix("int8-vnni", ("avx512f", "avx512_vnni"), 24 * 64, False, _vnni()),
+    Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),
+    Mix("float conv ymm", ("avx2", "fma"), 12 * 8, False, _fma("ymm", 3)),
+)
+
+
+def _function(index: int, mix: Mix) -> str:
+    zmm = any("zmm" in line for line in mix.body)
+    regs = range(32) if zmm else range(16)
+    clobbers = ", ".join(f'"xmm{r}"' for r in regs)
+    asm = "\n".join(f'      "{line}\\n\\t"' for line in mix.body)
+    target = '__attribute__((target("avx512f"))) ' if zmm else ""  # to clobber zmm16-31
+    return f"""
+{target}double mix{index}(int64_t iterations, const void* buf) {{
+  struct timespec t0, t1;
+  int64_t n = iterations;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  __asm__ volatile(
+      "1:\\n\\t"
+{asm}
+      "dec %[n]\\n\\tjnz 1b\\n\\t"
+      : [n] "+r"(n)
+      : [b] "r"(buf)
+      : "cc", "memory", {clobbers});
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+}}
+"""
+
+
+def source() -> str:
+    head = "#include <stdint.h>\n#include <time.h>\n"
+    return head + "".join(_function(i, m) for i, m in enumerate(MIXES))
+
+
+BUILD_DIR = Path(__file__).resolve().parent.parent / "build" / "bench-ports"
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    text = source()
+    tag = hashlib.sha256(text.encode()).hexdigest()[:12]
+    lib = BUILD_DIR / f"port_rates-{tag}.so"
+    if not lib.exists():
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        src = BUILD_DIR / f"port_rates-{tag}.c"
+        src.write_text(text)
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        cc = os.environ.get("CC", "cc")
+        cmd = [cc, "-O2", "-shared", "-fPIC", str(src), "-o", str(tmp)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"could not build the mixes with {cc!r}:\n{done.stderr.strip()}")
+        tmp.replace(lib)
+    so = ctypes.CDLL(str(lib))
+    for i in range(len(MIXES)):
+        fn = getattr(so, f"mix{i}")
+        fn.restype = ctypes.c_double
+        fn.argtypes = [ctypes.c_int64, ctypes.c_void_p]
+    return so
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cycles_per_iteration(index: int, hz: float, iterations: int, repeat: int) -> float:
+    buf = (ctypes.c_uint8 * 4096)()  # zeros: no float specials, every load hits L1
+    fn = getattr(_library(), f"mix{index}")
+    fn(iterations // 10, ctypes.addressof(buf))  # warm-up (clock ramp, page)
+    best = min(fn(iterations, ctypes.addressof(buf)) for _ in range(repeat))
+    return best * hz / iterations
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=2_000_000)
+    p.add_argument("--repeat", type=int, default=5, help="runs per mix; the fastest is kept")
+    args = p.parse_args(argv)
+    if platform.machine() not in ("x86_64", "AMD64"):
+        raise SystemExit("the mixes are x86-64 assembly; this machine is " + platform.machine())
+    flags = cpu_flags()
+    hz = clock_hz()
+    print(f"core clock {hz / 1e9:.3f} GHz (dependent adds); fastest of {args.repeat} runs\n")
+    print("| mix | instructions / iteration | cycles / iteration | MAC/cycle | W1A2 MAC/cycle |")
+    print("|---|---:|---:|---:|---:|")
+    for i, mix in enumerate(MIXES):
+        if not set(mix.flags) <= flags:
+            print(f"| {mix.name} | {len(mix.body)} | (needs {', '.join(mix.flags)}) | | |")
+            continue
+        # re-measure the clock around each mix: a shared host's speed drifts
+        hz = clock_hz(probes=10)
+        cyc = cycles_per_iteration(i, hz, args.iterations, args.repeat)
+        rate = mix.macs / cyc
+        w1a2 = f"{rate / 2:.1f}" if mix.binary else ""
+        print(f"| {mix.name} | {len(mix.body)} | {cyc:.2f} | {rate:.1f} | {w1a2} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
