@@ -19,7 +19,7 @@ binary MACs, so W1A2 runs at half the binary rate):
 - ``popcount-avx512 regs``: the same 72 operations without the loads;
 - ``popcount-avx2``: bitconv_avx2.cpp's 3 x 8 tile, one activation word: 2 weight loads,
   3 broadcasts, per pixel and half 8 ops (VPAND x&w, VPAND, VPSRLW, VPAND, 2 VPSHUFB, 2 VPADDB)
-  [3 x 2 x 256 binary];
+  [3 x 2 x 256 binary]; ``popcount-avx2 regs``: the same 48 operations without the loads;
 - ``int8-vnni``: int8conv_vnni.cpp's 6 x 64 tile, one group of 4 channels: 4 weight loads,
   24 VPDPBUSD with an embedded {1to16} broadcast [24 x 64];
 - ``float conv zmm`` / ``float conv ymm``: the float first layer, one tap of its 4-pixel run:
@@ -72,11 +72,12 @@ def _popcount_avx512(loads: bool) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _popcount_avx2() -> tuple[str, ...]:
+def _popcount_avx2(loads: bool) -> tuple[str, ...]:
     # ymm0-5 byte counters, 6-7 weights, 8 table, 9 mask, 10 word, 11-13 temporaries
-    lines = ["vmovdqu 0(%[b]), %%ymm6", "vmovdqu 32(%[b]), %%ymm7"]
+    lines = ["vmovdqu 0(%[b]), %%ymm6", "vmovdqu 32(%[b]), %%ymm7"] if loads else []
     for p in range(3):
-        lines.append(f"vpbroadcastq {256 + 8 * p}(%[b]), %%ymm10")
+        if loads:
+            lines.append(f"vpbroadcastq {256 + 8 * p}(%[b]), %%ymm10")
         for h in range(2):
             acc = 2 * p + h
             lines += [
@@ -126,7 +127,8 @@ MIXES = (
         True,
         _popcount_avx512(False),
     ),
-    Mix("popcount-avx2", ("avx2",), 3 * 2 * 256, True, _popcount_avx2()),
+    Mix("popcount-avx2", ("avx2",), 3 * 2 * 256, True, _popcount_avx2(True)),
+    Mix("popcount-avx2 regs", ("avx2",), 3 * 2 * 256, True, _popcount_avx2(False)),
     Mix("int8-vnni", ("avx512f", "avx512_vnni"), 24 * 64, False, _vnni()),
     Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),
     Mix("float conv ymm", ("avx2", "fma"), 12 * 8, False, _fma("ymm", 3)),
