@@ -9,7 +9,7 @@ kernel's loop could reach if nothing but its inner step ran: the ceiling "measur
 table of docs/kernels.md, beside the derived one.
 
     .venv/bin/python benchmarks/port_rates.py            # every mix this CPU can run
-    .venv/bin/python benchmarks/port_rates.py --repeat 9 # more runs, the fastest kept
+    .venv/bin/python benchmarks/port_rates.py --repeat 40 # more rounds, the fastest kept
 
 Mixes (MACs per iteration in brackets; a W-bit x A-bit MAC of a popcount kernel is W x A
 binary MACs, so W1A2 runs at half the binary rate):
@@ -202,36 +202,46 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cycles_per_iteration(index: int, hz: float, iterations: int, repeat: int) -> float:
+def cycles_per_iteration(indices: list[int], iterations: int, repeat: int) -> dict[int, float]:
+    """Fewest cycles per iteration of each mix over ``repeat`` rounds; a round runs every mix
+    once, each beside its own clock probe, so every mix is sampled across the whole run (on a
+    shared host another guest on the core's sibling thread slows the vector pipes for seconds
+    at a time, which the integer clock probe does not see)."""
     buf = (ctypes.c_uint8 * 4096)()  # zeros: no float specials, every load hits L1
-    fn = getattr(_library(), f"mix{index}")
-    fn(iterations // 10, ctypes.addressof(buf))  # warm-up (clock ramp, page)
-    best = min(fn(iterations, ctypes.addressof(buf)) for _ in range(repeat))
-    return best * hz / iterations
+    fns = {i: getattr(_library(), f"mix{i}") for i in indices}
+    for fn in fns.values():
+        fn(iterations // 10, ctypes.addressof(buf))  # warm-up (clock ramp, page)
+    best = {i: float("inf") for i in indices}
+    for _ in range(repeat):
+        for i, fn in fns.items():
+            hz = clock_hz(probes=5, iterations=100_000)
+            best[i] = min(best[i], fn(iterations, ctypes.addressof(buf)) * hz / iterations)
+    return best
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", type=int, default=2_000_000)
-    p.add_argument("--repeat", type=int, default=5, help="runs per mix; the fastest is kept")
+    p.add_argument("--iterations", type=int, default=500_000)
+    p.add_argument("--repeat", type=int, default=15, help="rounds; each mix's fastest is kept")
     args = p.parse_args(argv)
     if platform.machine() not in ("x86_64", "AMD64"):
         raise SystemExit("the mixes are x86-64 assembly; this machine is " + platform.machine())
     flags = cpu_flags()
-    hz = clock_hz()
-    print(f"core clock {hz / 1e9:.3f} GHz (dependent adds); fastest of {args.repeat} runs\n")
+    runnable = [i for i, m in enumerate(MIXES) if set(m.flags) <= flags]
+    cycles = cycles_per_iteration(runnable, args.iterations, args.repeat)
+    print(
+        f"core clock {clock_hz() / 1e9:.3f} GHz (dependent adds); fewest cycles of "
+        f"{args.repeat} rounds\n"
+    )
     print("| mix | instructions / iteration | cycles / iteration | MAC/cycle | W1A2 MAC/cycle |")
     print("|---|---:|---:|---:|---:|")
     for i, mix in enumerate(MIXES):
-        if not set(mix.flags) <= flags:
+        if i not in cycles:
             print(f"| {mix.name} | {len(mix.body)} | (needs {', '.join(mix.flags)}) | | |")
             continue
-        # re-measure the clock around each mix: a shared host's speed drifts
-        hz = clock_hz(probes=10)
-        cyc = cycles_per_iteration(i, hz, args.iterations, args.repeat)
-        rate = mix.macs / cyc
+        rate = mix.macs / cycles[i]
         w1a2 = f"{rate / 2:.1f}" if mix.binary else ""
-        print(f"| {mix.name} | {len(mix.body)} | {cyc:.2f} | {rate:.1f} | {w1a2} |")
+        print(f"| {mix.name} | {len(mix.body)} | {cycles[i]:.2f} | {rate:.1f} | {w1a2} |")
     return 0
 
 
