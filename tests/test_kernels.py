@@ -510,6 +510,25 @@ def test_requant_all_shapes(kernel, shape):
     np.testing.assert_array_equal(signed, d)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("out_bits", [2, 4])
+def test_transforms_over_long_planes(kernel, out_bits):
+    """Signed and requant outputs of planes longer than the output passes' runs (64 and 256
+    outputs): 342 outputs a plane, two images, thresholds of both directions."""
+    shape = (2, 5, 19, 18, 7, 3, 1, 1)
+    x, w, _ = case(shape, 2, 1)
+    pw = R.pack_weights(w, 1)
+    d = R.bitconv2d_signed(x, pw, 2, 1, 1)
+    rng = np.random.default_rng(out_bits)
+    th = np.sort(rng.choice(np.unique(d), size=(7, (1 << out_bits) - 1)), axis=1)
+    direction = np.where(np.arange(7) % 2 == 0, 1, -1).astype(np.int8)
+    th = np.where(direction[:, None] < 0, th[:, ::-1], th).astype(np.int32)
+    expected = R.bitconv2d_requant(x, pw, 2, 1, 1, th, direction)
+    with K.use_kernel(kernel):
+        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, 2, 1, 1), d)
+        np.testing.assert_array_equal(K.bitconv2d_requant(x, pw, 2, 1, 1, th, direction), expected)
+
+
 # (N, C, H, W, O, K, stride, padding, pool, bits)
 FLOAT_SHAPES = [
     (1, 1, 40, 40, 48, 5, 1, 0, 2, 2),

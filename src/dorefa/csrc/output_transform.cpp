@@ -9,26 +9,67 @@
 
 namespace dorefa {
 
+namespace {
+
+// S = sum over the receptive field of x (the activation codes), of the pixel at ref.
+int64_t FieldSum(const ConvGeom& g, const PixelRef& ref) {
+  const int64_t span = g.kw * g.cw;
+  int64_t s = 0;
+  for (int m = 0; m < g.x_bits; ++m) {
+    int64_t ones = 0;
+    for (int64_t r = 0; r < g.kh; ++r) {
+      const uint64_t* xr = ref.x + m * g.PlaneStride() + r * g.RowStride();
+      for (int64_t t = 0; t < span; ++t) ones += Popcount64(xr[t]);
+    }
+    s += ones << m;
+  }
+  return s;
+}
+
+constexpr int64_t kSignedRun = 256;  // pixels of one image per pass over the channels
+constexpr int64_t kCountRun = 64;    // outputs per pass over the thresholds
+
+// dst[i] = #{j : src[i] >= th[j]} (or <= th[j] when `below`) for i < n: per run of outputs, one
+// pass of compares per threshold (vectorizes over the outputs; t <= 255 fits a byte).
+void CountAbove(const int32_t* src, int64_t n, const int32_t* th, int64_t t, bool below,
+                uint8_t* dst) {
+  for (int64_t i0 = 0; i0 < n; i0 += kCountRun) {
+    const int64_t m = std::min(kCountRun, n - i0);
+    const int32_t* s = src + i0;
+    int32_t c[kCountRun] = {};
+    for (int64_t j = 0; j < t; ++j) {
+      const int32_t tj = th[j];
+      if (below)
+        for (int64_t i = 0; i < m; ++i) c[i] += s[i] <= tj;
+      else
+        for (int64_t i = 0; i < m; ++i) c[i] += s[i] >= tj;
+    }
+    for (int64_t i = 0; i < m; ++i) dst[i0 + i] = static_cast<uint8_t>(c[i]);
+  }
+}
+
+}  // namespace
+
+// Per run of up to kSignedRun pixels of one image: nw S per pixel, then per channel its run of
+// the NCHW plane (contiguous, vectorizes). D = 2 acc - nw S in uint32: the same bits as the
+// int64 expression cast to int32 (both modulo 2^32; D itself fits int32).
 void SignedFromAcc(const ConvGeom& g, const uint64_t* xpk, int32_t* acc, int64_t pix0,
                    int64_t pix1) {
   const int64_t ohw = g.oh * g.ow;
-  const int64_t span = g.kw * g.cw;
-  const int64_t nw = (int64_t{1} << g.w_bits) - 1;
-  for (int64_t pix = pix0; pix < pix1; ++pix) {
-    const PixelRef ref = LocatePixel(g, xpk, pix);
-    int64_t s = 0;
-    for (int m = 0; m < g.x_bits; ++m) {
-      int64_t ones = 0;
-      for (int64_t r = 0; r < g.kh; ++r) {
-        const uint64_t* xr = ref.x + m * g.PlaneStride() + r * g.RowStride();
-        for (int64_t t = 0; t < span; ++t) ones += Popcount64(xr[t]);
-      }
-      s += ones << m;
-    }
+  const auto nw = static_cast<uint32_t>((int64_t{1} << g.w_bits) - 1);
+  uint32_t nws[kSignedRun];
+  for (int64_t pix = pix0; pix < pix1;) {
+    const int64_t run = std::min({pix1 - pix, ohw - pix % ohw, kSignedRun});
+    PixelWalker walk(g, xpk, pix);
+    const int64_t out0 = walk.ref().out;
+    for (int64_t i = 0; i < run; ++i, walk.Next())
+      nws[i] = nw * static_cast<uint32_t>(FieldSum(g, walk.ref()));
     for (int64_t o = 0; o < g.o; ++o) {
-      int32_t* a = acc + ref.out + o * ohw;
-      *a = static_cast<int32_t>(2 * static_cast<int64_t>(*a) - nw * s);
+      int32_t* a = acc + out0 + o * ohw;
+      for (int64_t i = 0; i < run; ++i)
+        a[i] = static_cast<int32_t>(2 * static_cast<uint32_t>(a[i]) - nws[i]);
     }
+    pix += run;
   }
 }
 
@@ -65,23 +106,8 @@ void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, 
           codes[no * ohw + i] = RequantCode(*table, o, d[no * ohw + i]);
         continue;
       }
-      const int32_t* th = thresholds + o * t;
-      const int32_t* src = d + no * ohw;
-      uint8_t* dst = codes + no * ohw;
       // Counting (rather than searching) is exact for any threshold order.
-      if (direction[o] > 0) {
-        for (int64_t i = 0; i < ohw; ++i) {
-          int c = 0;
-          for (int64_t j = 0; j < t; ++j) c += src[i] >= th[j];
-          dst[i] = static_cast<uint8_t>(c);
-        }
-      } else {
-        for (int64_t i = 0; i < ohw; ++i) {
-          int c = 0;
-          for (int64_t j = 0; j < t; ++j) c += src[i] <= th[j];
-          dst[i] = static_cast<uint8_t>(c);
-        }
-      }
+      CountAbove(d + no * ohw, ohw, thresholds + o * t, t, direction[o] < 0, codes + no * ohw);
     }
   });
 }
