@@ -179,6 +179,22 @@ int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
   return s;
 }
 
+void Int8FieldTerms(const Int8Conv& c, int64_t pix0, int64_t np, int32_t* terms) {
+  const ConvGeom& g = *c.g;
+  const auto nw = static_cast<uint32_t>((1 << g.w_bits) - 1);
+  const int64_t ohw = g.oh * g.ow;
+  int64_t n = pix0 / ohw, oy = pix0 % ohw / g.ow, ox = pix0 % g.ow;
+  for (int64_t p = 0; p < np; ++p) {
+    terms[p] = c.mode == Epilogue::kAcc
+                   ? 0
+                   : static_cast<int32_t>(nw * static_cast<uint32_t>(Int8FieldSum(c, n, oy, ox)));
+    if (++ox == g.ow) {
+      ox = 0;
+      if (++oy == g.oh) oy = 0, ++n;
+    }
+  }
+}
+
 void Int8Conv::Fields(int64_t pix0, int np, const int8_t** xs) const {
   const int64_t ohw = g->oh * g->ow;
   int64_t n = pix0 / ohw, oy = pix0 % ohw / g->ow, ox = pix0 % g->ow;

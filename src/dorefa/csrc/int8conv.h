@@ -83,6 +83,12 @@ struct Int8Conv {
 // Sum of the activation codes over the receptive field of output (n, oy, ox) (c.pixsum).
 int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox);
 
+// nw S modulo 2^32 (nw = 2^w_bits - 1, S = Int8FieldSum) of output pixels [pix0, pix0 + np),
+// np <= kMaxCallPixels, into terms[0 .. np): a tile call computes them once for all its
+// channel blocks (0 in kAcc mode, which has no such term).
+constexpr int64_t kMaxCallPixels = 64;
+void Int8FieldTerms(const Int8Conv& c, int64_t pix0, int64_t np, int32_t* terms);
+
 // Writes the outputs of pixels [pix0, pix0 + np) and channel blocks [ob0, ob0 + nb) from the
 // raw sums raw[p * nb * 16 + b * 16 + lane] = sum x' * w (mod 2^32): adds z * Wsum, then per
 // c.mode stores acc, D = 2 * acc - nw * S (S = sum of x over the receptive field), or the

@@ -140,19 +140,14 @@ void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int nb, int b, const
 }
 
 // False (nothing written) when the tile is not the case above: StoreInt8Tile writes it.
+// nws: nw S of the tile's pixels (Int8FieldTerms).
 template <class Isa>
-bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
-                   const int32_t* raw) {
+bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb, const int32_t* raw,
+                   const int32_t* nws) {
   const ConvGeom& g = *c.g;
   const int64_t ohw = g.oh * g.ow;
   const int64_t n = pix0 / ohw, r0 = pix0 % ohw;
   if (r0 + np > ohw || np > kMaxStorePixels) return false;
-  const auto nw = static_cast<uint32_t>((1 << g.w_bits) - 1);
-  int32_t nws[kMaxStorePixels] = {};  // nw S per pixel, modulo 2^32
-  for (int64_t p = 0, oy = r0 / g.ow, ox = r0 % g.ow; c.mode != Epilogue::kAcc && p < np; ++p) {
-    nws[p] = static_cast<int32_t>(nw * static_cast<uint32_t>(Int8FieldSum(c, n, oy, ox)));
-    if (++ox == g.ow) ox = 0, ++oy;  // the tile's pixels lie in one image
-  }
   const int64_t base = n * g.o * ohw + r0;
   const auto z = static_cast<uint32_t>(c.shift);
   for (int b = 0; b < nb; ++b) {
