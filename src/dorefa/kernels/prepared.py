@@ -70,6 +70,7 @@ class PreparedConv:
         "thresholds",
         "direction",
         "_words",
+        "_calls",
         "_chosen",
         "_table",
     )
@@ -100,6 +101,7 @@ class PreparedConv:
         self.weights, self.x_bits, self.stride, self.padding = pw, x_bits, stride, padding
         self.out, self.thresholds, self.direction = out, thresholds, direction
         self._words: dict[str, np.ndarray] = {}  # kernel name -> the weights it reads
+        self._calls: dict[str, tuple] = {}  # kernel name -> native.bitconv's other arguments
         self._chosen: dict[tuple, choose.Choice] = {}  # ((H, W), batch class) -> its kernel
         self._table = None  # out='requant': the native RequantTable, built at the first call
 
@@ -122,9 +124,15 @@ class PreparedConv:
             )  # fmt: skip
         if kernel is None:
             n = x_codes.shape[0]
-            choice = self._chosen.get((x_codes.shape[2:], batch_class(n)))
+            choice = self._chosen.get(
+                (x_codes.shape[2:], MEASURE_BATCH if n >= BATCHED_FROM else 1)
+            )
             kernel = (choice or self.choice(x_codes.shape[2:], n)).kernel
-        return self.run_on(kernel, x_codes, threads)
+        call = self._calls.get(kernel)  # run_on, inlined for a prepared kernel: ~1 us a call
+        if call is None:
+            return self.run_on(kernel, x_codes, threads)
+        selection._local.ran = "native"
+        return native.bitconv(kernel, x_codes, *call[0], threads, *call[1])
 
     def run_on(self, kernel: str, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
         """The convolution on native ``kernel`` (or ``'reference'``); ``x_codes`` as the
@@ -132,17 +140,19 @@ class PreparedConv:
         if kernel == selection.REFERENCE:
             selection.ran(selection.REFERENCE)
             return self._reference(x_codes, threads)
-        pw = self.weights
-        words = self._words.get(kernel)
-        if words is None:
-            words = self._words[kernel] = weight_words(pw, kernel)
+        call = self._calls.get(kernel)
+        if call is None:
+            pw = self.weights
+            words = self._words.get(kernel)
+            if words is None:
+                words = self._words[kernel] = weight_words(pw, kernel)
+            if self.out == "requant" and self._table is None:  # built once, not matched per call
+                self._table = native.RequantTable(self.thresholds, self.direction)
+            head = (words, *pw.shape, self.x_bits, pw.bits, self.stride, self.padding)
+            call = self._calls[kernel] = (head, (self.out, None, None, self._table))
         selection._local.ran = "native"  # selection.ran("native"), inlined: ~1 us a call
-        if self.out == "requant" and self._table is None:  # built once, not matched per call
-            self._table = native.RequantTable(self.thresholds, self.direction)
-        return native.bitconv(  # all positional: a keyword argument cost pybind11 ~1 us a call
-            kernel, x_codes, words, *pw.shape, self.x_bits, pw.bits, self.stride,
-            self.padding, threads, self.out, None, None, self._table,
-        )  # fmt: skip
+        # all positional: a keyword argument cost pybind11 ~1 us a call
+        return native.bitconv(kernel, x_codes, *call[0], threads, *call[1])
 
     def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:
         """The kernel of this layer on (``batch``, C, ``hw``) inputs

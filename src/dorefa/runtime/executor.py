@@ -68,6 +68,7 @@ class Model:
                 layer,
                 layer.inputs,
                 tuple(n for n in layer.inputs if last_use[n] == i and n != self.output),
+                layer.inputs[0] if len(layer.inputs) == 1 else None,  # single input
             )
             for i, layer in enumerate(self.layers)
         ]
@@ -106,7 +107,16 @@ class Model:
         ``watch(layer, output, inputs)`` (optional) sees every node's output as it is made."""
         threads = self.threads if threads is None else threads
         values = {INPUT: self._check_input(x)}
-        for layer, names, done in self._steps:
+        if watch is None and not keep:  # the plain call: no per-node bookkeeping beyond this
+            for layer, names, done, single in self._steps:
+                if single is not None:
+                    values[layer.name] = layer.forward(values[single], threads)
+                else:
+                    values[layer.name] = layer.run([values[n] for n in names], threads)
+                for n in done:
+                    del values[n]
+            return values[self.output]
+        for layer, names, done, _ in self._steps:
             inputs = [values[n] for n in names]
             y = layer.forward(inputs[0], threads) if len(names) == 1 else layer.run(inputs, threads)
             values[layer.name] = y
