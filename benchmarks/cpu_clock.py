@@ -47,28 +47,36 @@ double dependent_add_seconds(int64_t iterations) {
 }
 """
 
-BUILD_DIR = Path(__file__).resolve().parent.parent / "build" / "bench-clock"
+BUILD_DIR = Path(__file__).resolve().parent.parent / "build"
 
 
-@functools.cache
-def _library() -> ctypes.CDLL:
-    tag = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
-    lib = BUILD_DIR / f"dependent_adds-{tag}.so"
+def compile_c(source: str, stem: str, what: str) -> ctypes.CDLL:
+    """``source`` built once with the system C compiler (``$CC``, else ``cc``) into
+    ``build/bench-<stem>/<stem>-<hash>.so`` (ignored by git) and loaded; ``what`` names it in
+    the error a failed build raises."""
+    folder = BUILD_DIR / f"bench-{stem}"
+    tag = hashlib.sha256(source.encode()).hexdigest()[:12]
+    lib = folder / f"{stem}-{tag}.so"
     if not lib.exists():
-        BUILD_DIR.mkdir(parents=True, exist_ok=True)
-        src = BUILD_DIR / f"dependent_adds-{tag}.c"
-        src.write_text(SOURCE)
+        folder.mkdir(parents=True, exist_ok=True)
+        src = folder / f"{stem}-{tag}.c"
+        src.write_text(source)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         cc = os.environ.get("CC", "cc")
         cmd = [cc, "-O2", "-shared", "-fPIC", str(src), "-o", str(tmp)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(
-                f"could not build the clock probe with {cc!r} ({done.stderr.strip()}); "
+                f"could not build {what} with {cc!r} ({done.stderr.strip()}); "
                 "install a C compiler or set CC"
             )
         tmp.replace(lib)
-    so = ctypes.CDLL(str(lib))
+    return ctypes.CDLL(str(lib))
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    so = compile_c(SOURCE, "clock", "the clock probe")
     so.dependent_add_seconds.restype = ctypes.c_double
     so.dependent_add_seconds.argtypes = [ctypes.c_int64]
     return so

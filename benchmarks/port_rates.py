@@ -34,16 +34,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
-import hashlib
-import os
 import platform
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_clock import clock_hz  # noqa: E402
+from cpu_clock import clock_hz, compile_c  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -164,26 +161,9 @@ def source() -> str:
     return head + "".join(_function(i, m) for i, m in enumerate(MIXES))
 
 
-BUILD_DIR = Path(__file__).resolve().parent.parent / "build" / "bench-ports"
-
-
 @functools.cache
 def _library() -> ctypes.CDLL:
-    text = source()
-    tag = hashlib.sha256(text.encode()).hexdigest()[:12]
-    lib = BUILD_DIR / f"port_rates-{tag}.so"
-    if not lib.exists():
-        BUILD_DIR.mkdir(parents=True, exist_ok=True)
-        src = BUILD_DIR / f"port_rates-{tag}.c"
-        src.write_text(text)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cc = os.environ.get("CC", "cc")
-        cmd = [cc, "-O2", "-shared", "-fPIC", str(src), "-o", str(tmp)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"could not build the mixes with {cc!r}:\n{done.stderr.strip()}")
-        tmp.replace(lib)
-    so = ctypes.CDLL(str(lib))
+    so = compile_c(source(), "ports", "the instruction mixes")
     for i in range(len(MIXES)):
         fn = getattr(so, f"mix{i}")
         fn.restype = ctypes.c_double
