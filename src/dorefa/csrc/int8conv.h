@@ -107,7 +107,7 @@ struct Int8Kernel {
   const char* tile;  // register tile, output pixels x output channels, e.g. "6x64"
   Int8TileFn run;
   Int8ShiftFn shift;
-  int64_t pix_tile;        // output pixels a call handles best (work split granularity)
+  int64_t pix_tile;        // output pixels a call handles best and at most (<= kMaxCallPixels)
   int64_t ob_tile;         // 16-channel blocks a call handles best
   RequantPixelFn requant;  // codes of one pixel's channels from D (requant_table.h)
 };

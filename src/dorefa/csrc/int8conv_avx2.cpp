@@ -194,25 +194,23 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
   const BlockFn* blocks =
       path == kNibble ? kBlocks<kNibble> : (path == kMadd16 ? kBlocks<kMadd16> : kBlocks<kMadd32>);
   alignas(32) int32_t raw[kTileP * kInt8Lanes];
-  int32_t terms[kMaxCallPixels];
-  for (int64_t q0 = pix0; q0 < pix0 + npix; q0 += kMaxCallPixels) {
-    const int64_t q1 = std::min(pix0 + npix, q0 + kMaxCallPixels);
-    Int8FieldTerms(c, q0, q1 - q0, terms);
-    for (int64_t ob = ob0; ob < ob0 + nob; ++ob) {
-      for (int64_t p0 = q0; p0 < q1; p0 += tile) {
-        const int np = static_cast<int>(std::min<int64_t>(tile, q1 - p0));
-        const int8_t* xs[kTileP];
-        c.Fields(p0, np, xs);
-        blocks[np - 1](c, xs, ob, m, raw);
-        if (!StoreTileWith<Avx2Store>(c, p0, np, ob, 1, raw, terms + (p0 - q0)))
-          StoreInt8Tile(c, p0, np, ob, 1, raw);
-      }
+  int32_t terms[kMaxCallPixels];  // npix <= the kernel's pix_tile (below)
+  Int8FieldTerms(c, pix0, npix, terms);
+  for (int64_t ob = ob0; ob < ob0 + nob; ++ob) {
+    for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += tile) {
+      const int np = static_cast<int>(std::min<int64_t>(tile, pix0 + npix - p0));
+      const int8_t* xs[kTileP];
+      c.Fields(p0, np, xs);
+      blocks[np - 1](c, xs, ob, m, raw);
+      if (!StoreTileWith<Avx2Store>(c, p0, np, ob, 1, raw, terms + (p0 - pix0)))
+        StoreInt8Tile(c, p0, np, ob, 1, raw);
     }
   }
 }
 
 }  // namespace
 
+static_assert(8 * kTileP <= kMaxCallPixels, "a call's pixels fit its field terms");
 extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1, &RequantPixelScalar};
 
 }  // namespace dorefa

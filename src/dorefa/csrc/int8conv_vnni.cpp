@@ -102,26 +102,24 @@ constexpr const BlockFn* kBlocks[kTileP] = {kRow<1>, kRow<2>, kRow<3>, kRow<4>, 
 
 void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
   alignas(64) int32_t raw[kTileP * kTileB * kInt8Lanes];
-  int32_t terms[kMaxCallPixels];
-  for (int64_t q0 = pix0; q0 < pix0 + npix; q0 += kMaxCallPixels) {
-    const int64_t q1 = std::min(pix0 + npix, q0 + kMaxCallPixels);
-    Int8FieldTerms(c, q0, q1 - q0, terms);
-    for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileB) {
-      const int nb = static_cast<int>(std::min<int64_t>(kTileB, ob0 + nob - ob));
-      for (int64_t p0 = q0; p0 < q1; p0 += kTileP) {
-        const int np = static_cast<int>(std::min<int64_t>(kTileP, q1 - p0));
-        const int8_t* xs[kTileP];
-        c.Fields(p0, np, xs);
-        kBlocks[np - 1][nb - 1](c, xs, ob, raw);
-        if (!StoreTileWith<VnniStore>(c, p0, np, ob, nb, raw, terms + (p0 - q0)))
-          StoreInt8Tile(c, p0, np, ob, nb, raw);
-      }
+  int32_t terms[kMaxCallPixels];  // npix <= the kernel's pix_tile (below)
+  Int8FieldTerms(c, pix0, npix, terms);
+  for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileB) {
+    const int nb = static_cast<int>(std::min<int64_t>(kTileB, ob0 + nob - ob));
+    for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
+      const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
+      const int8_t* xs[kTileP];
+      c.Fields(p0, np, xs);
+      kBlocks[np - 1][nb - 1](c, xs, ob, raw);
+      if (!StoreTileWith<VnniStore>(c, p0, np, ob, nb, raw, terms + (p0 - pix0)))
+        StoreInt8Tile(c, p0, np, ob, nb, raw);
     }
   }
 }
 
 }  // namespace
 
+static_assert(8 * kTileP <= kMaxCallPixels, "a call's pixels fit its field terms");
 extern const Int8Kernel kInt8Vnni = {"6x64",     &TileVnni, &Shift,
                                      8 * kTileP, kTileB,    &RequantPixelAvx512};
 

@@ -69,7 +69,6 @@ class PreparedConv:
         "out",
         "thresholds",
         "direction",
-        "_words",
         "_calls",
         "_chosen",
         "_table",
@@ -100,8 +99,8 @@ class PreparedConv:
             raise ValueError(f"thresholds and direction belong to out='requant', not {out!r}")
         self.weights, self.x_bits, self.stride, self.padding = pw, x_bits, stride, padding
         self.out, self.thresholds, self.direction = out, thresholds, direction
-        self._words: dict[str, np.ndarray] = {}  # kernel name -> the weights it reads
-        self._calls: dict[str, tuple] = {}  # kernel name -> native.bitconv's other arguments
+        # kernel name -> native.bitconv's arguments but the input and threads (its weights)
+        self._calls: dict[str, tuple] = {}
         self._chosen: dict[tuple, choose.Choice] = {}  # ((H, W), batch class) -> its kernel
         self._table = None  # out='requant': the native RequantTable, built at the first call
 
@@ -124,15 +123,9 @@ class PreparedConv:
             )  # fmt: skip
         if kernel is None:
             n = x_codes.shape[0]
-            choice = self._chosen.get(
-                (x_codes.shape[2:], MEASURE_BATCH if n >= BATCHED_FROM else 1)
-            )
+            choice = self._chosen.get((x_codes.shape[2:], batch_class(n)))
             kernel = (choice or self.choice(x_codes.shape[2:], n)).kernel
-        call = self._calls.get(kernel)  # run_on, inlined for a prepared kernel: ~1 us a call
-        if call is None:
-            return self.run_on(kernel, x_codes, threads)
-        selection._local.ran = "native"
-        return native.bitconv(kernel, x_codes, *call[0], threads, *call[1])
+        return self.run_on(kernel, x_codes, threads)
 
     def run_on(self, kernel: str, x_codes: np.ndarray, threads: int = 1) -> np.ndarray:
         """The convolution on native ``kernel`` (or ``'reference'``); ``x_codes`` as the
@@ -143,9 +136,7 @@ class PreparedConv:
         call = self._calls.get(kernel)
         if call is None:
             pw = self.weights
-            words = self._words.get(kernel)
-            if words is None:
-                words = self._words[kernel] = weight_words(pw, kernel)
+            words = weight_words(pw, kernel)
             if self.out == "requant" and self._table is None:  # built once, not matched per call
                 self._table = native.RequantTable(self.thresholds, self.direction)
             head = (words, *pw.shape, self.x_bits, pw.bits, self.stride, self.padding)

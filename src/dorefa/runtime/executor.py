@@ -68,7 +68,6 @@ class Model:
                 layer,
                 layer.inputs,
                 tuple(n for n in layer.inputs if last_use[n] == i and n != self.output),
-                layer.inputs[0] if len(layer.inputs) == 1 else None,  # single input
             )
             for i, layer in enumerate(self.layers)
         ]
@@ -107,21 +106,14 @@ class Model:
         ``watch(layer, output, inputs)`` (optional) sees every node's output as it is made."""
         threads = self.threads if threads is None else threads
         values = {INPUT: self._check_input(x)}
-        if watch is None and not keep:  # the plain call: no per-node bookkeeping beyond this
-            for layer, names, done, single in self._steps:
-                if single is not None:
-                    values[layer.name] = layer.forward(values[single], threads)
-                else:
-                    values[layer.name] = layer.run([values[n] for n in names], threads)
-                for n in done:
-                    del values[n]
-            return values[self.output]
-        for layer, names, done, _ in self._steps:
-            inputs = [values[n] for n in names]
-            y = layer.forward(inputs[0], threads) if len(names) == 1 else layer.run(inputs, threads)
+        for layer, names, done in self._steps:
+            if len(names) == 1:
+                y = layer.forward(values[names[0]], threads)
+            else:
+                y = layer.run([values[n] for n in names], threads)
             values[layer.name] = y
             if watch is not None:
-                watch(layer, y, inputs)
+                watch(layer, y, [values[n] for n in names])
             if not keep:
                 for n in done:
                     del values[n]
