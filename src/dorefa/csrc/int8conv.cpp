@@ -20,6 +20,15 @@ namespace {
 // Work below which one more thread does not pay: ~10 us at ~100 G int8 MAC/s.
 constexpr int64_t kMinMacsPerThread = int64_t{1} << 20;
 
+// Where the packing of an image's rows puts its interior pixels: pixel j of the image plane
+// (row j / w, column j % w) goes to out + row * (j / w) + pixel * (j % w), its channel sum to
+// sums[wp * (j / w) + j % w] (sums == nullptr: none).
+struct PlaneDst {
+  uint8_t* out;
+  int64_t w, row, pixel, wp;
+  int32_t* sums;
+};
+
 #if defined(__SSE2__)
 // In place: r[i] holds bytes M[i][0..15] on entry, M[0..15][i] on return (4 rounds of unpacks).
 void Transpose16x16(__m128i (&r)[16]) {
@@ -46,20 +55,22 @@ void Transpose16x16(__m128i (&r)[16]) {
   }
 }
 
-// Channels c0 .. c0 + 15 of the row's pixels (image row src, C x W bytes with stride hw) into
-// their packed pixels: 16 x 16 byte transposes; sums[x] += the 16 codes of pixel x. Returns the
-// OR of the codes packed. A row's last block reads 16 bytes whenever that stays before `end`
-// (the input's end; the bytes past the row are not used), else copies the row's last pixels.
-uint8_t PackChannels16(const uint8_t* src, const uint8_t* end, int64_t hw, int64_t w, int64_t pixel,
-                       int32_t z, uint8_t* dst, int32_t* sums) {
+// Channels c0 .. c0 + 15 of the plane's pixels [j0, j1) (src: channel c0's plane, stride hw
+// between channels) into their packed pixels: 16 x 16 byte transposes along the plane, so one
+// block of 16 pixels may span image rows. Returns the OR of the codes packed. A block reads 16
+// bytes of a channel whenever that stays before `end` (the input's end; bytes past j1 are not
+// used), else copies the pixels left.
+uint8_t PackChannels16(const uint8_t* src, const uint8_t* end, int64_t hw, int64_t j0, int64_t j1,
+                       int32_t z, const PlaneDst& d) {
   const __m128i shift = _mm_set1_epi8(static_cast<char>(z));
   __m128i ors = _mm_setzero_si128();
-  for (int64_t x0 = 0; x0 < w; x0 += 16) {
-    const int64_t m = std::min<int64_t>(16, w - x0);
+  int64_t y = j0 / d.w, x = j0 % d.w;
+  for (int64_t j = j0; j < j1; j += 16) {
+    const int64_t m = std::min<int64_t>(16, j1 - j);
     __m128i r[16];
     for (int i = 0; i < 16; ++i) {
-      const uint8_t* s = src + i * hw + x0;
-      if (m == 16 || end - s >= 16) {
+      const uint8_t* s = src + i * hw + j;
+      if (end - s >= 16) {
         r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
       } else {
         alignas(16) uint8_t tail[16] = {};
@@ -70,12 +81,13 @@ uint8_t PackChannels16(const uint8_t* src, const uint8_t* end, int64_t hw, int64
     Transpose16x16(r);
     for (int64_t k = 0; k < m; ++k) {
       ors = _mm_or_si128(ors, r[k]);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (x0 + k) * pixel),
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(d.out + y * d.row + x * d.pixel),
                        _mm_sub_epi8(r[k], shift));
-      if (sums != nullptr) {
+      if (d.sums != nullptr) {
         const __m128i s2 = _mm_sad_epu8(r[k], _mm_setzero_si128());
-        sums[x0 + k] += _mm_cvtsi128_si32(s2) + _mm_cvtsi128_si32(_mm_srli_si128(s2, 8));
+        d.sums[y * d.wp + x] += _mm_cvtsi128_si32(s2) + _mm_cvtsi128_si32(_mm_srli_si128(s2, 8));
       }
+      if (++x == d.w) x = 0, ++y;
     }
   }
   alignas(16) uint8_t v[16];
@@ -86,46 +98,60 @@ uint8_t PackChannels16(const uint8_t* src, const uint8_t* end, int64_t hw, int64
 }
 #endif
 
-// Packs padded row yp of image n into xq (and the per-pixel channel sums, when wanted); returns
-// the OR of the codes read. Every byte of the row is written: padding and the extra channels
-// hold code 0, stored as -z.
-uint8_t PackRow(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t z, int64_t n,
-                int64_t yp, uint8_t* xq, int32_t* pixsum) {
-  uint8_t* dst = xq + n * q.image + yp * q.row;
+// Padded rows [yp0, yp1) of image n into xq (and the per-pixel channel sums, when wanted);
+// returns the OR of the codes read. Every byte of the rows is written: padding and the extra
+// channels hold code 0, stored as -z. The image rows inside the band are one run of each
+// channel's plane, packed 16 channels x 16 pixels at a time.
+uint8_t PackBand(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t z, int64_t n,
+                 int64_t yp0, int64_t yp1, uint8_t* xq, int32_t* pixsum) {
   const uint8_t zero = static_cast<uint8_t>(-z);  // code 0, shifted (mod 256)
-  int32_t* sums = pixsum != nullptr ? pixsum + (n * g.hp + yp) * g.wp : nullptr;
-  if (sums != nullptr) std::fill(sums, sums + g.wp, 0);
-  const int64_t y = yp - g.pad;
-  if (y < 0 || y >= g.h) {
-    std::memset(dst, zero, static_cast<size_t>(q.row));
-    return 0;
+  uint8_t* image = xq + n * q.image;
+  int32_t* sums = pixsum != nullptr ? pixsum + n * g.hp * g.wp : nullptr;
+  for (int64_t yp = yp0; yp < yp1; ++yp) {
+    uint8_t* dst = image + yp * q.row;
+    if (sums != nullptr) std::fill(sums + yp * g.wp, sums + (yp + 1) * g.wp, 0);
+    if (yp < g.pad || yp >= g.pad + g.h) {
+      std::memset(dst, zero, static_cast<size_t>(q.row));
+      continue;
+    }
+    std::memset(dst, zero, static_cast<size_t>(g.pad * q.pixel));
+    std::memset(dst + (g.pad + g.w) * q.pixel, zero, static_cast<size_t>(g.pad * q.pixel));
+    for (int64_t xx = 0; xx < g.w; ++xx)
+      std::memset(dst + (g.pad + xx) * q.pixel + g.c, zero, static_cast<size_t>(q.cp - g.c));
   }
-  std::memset(dst, zero, static_cast<size_t>(g.pad * q.pixel));
-  std::memset(dst + (g.pad + g.w) * q.pixel, zero, static_cast<size_t>(g.pad * q.pixel));
-  uint8_t* interior = dst + g.pad * q.pixel;
-  int32_t* isums = sums != nullptr ? sums + g.pad : nullptr;
-  for (int64_t xx = 0; xx < g.w; ++xx)
-    std::memset(interior + xx * q.pixel + g.c, zero, static_cast<size_t>(q.cp - g.c));
+  const int64_t y0 = std::max<int64_t>(yp0 - g.pad, 0), y1 = std::min(yp1 - g.pad, g.h);
+  if (y0 >= y1) return 0;
+  const int64_t hw = g.h * g.w, j0 = y0 * g.w, j1 = y1 * g.w;
+  const uint8_t* src = x + n * g.c * hw;
+  PlaneDst d{image + g.pad * (q.row + q.pixel),
+             g.w,
+             q.row,
+             q.pixel,
+             g.wp,
+             sums != nullptr ? sums + g.pad * (g.wp + 1) : nullptr};
   uint8_t ors = 0;
-  const int64_t hw = g.h * g.w;
-  const uint8_t* src = x + n * g.c * hw + y * g.w;
   int64_t c = 0;
 #if defined(__SSE2__)
-  for (; c + 16 <= g.c; c += 16)
-    ors |=
-        PackChannels16(src + c * hw, x + g.n * g.c * hw, hw, g.w, q.pixel, z, interior + c, isums);
+  for (; c + 16 <= g.c; c += 16) {
+    PlaneDst dc = d;
+    dc.out += c;
+    ors |= PackChannels16(src + c * hw, x + g.n * g.c * hw, hw, j0, j1, z, dc);
+  }
 #endif
   for (; c < g.c; ++c) {  // contiguous reads, strided writes
     const uint8_t* s = src + c * hw;
-    uint8_t* d = interior + c;
-    for (int64_t xx = 0; xx < g.w; ++xx) {
-      ors |= s[xx];
-      d[xx * q.pixel] = static_cast<uint8_t>(s[xx] - z);
-      if (isums != nullptr) isums[xx] += s[xx];
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t yy = j / g.w, xx = j % g.w;
+      ors |= s[j];
+      d.out[yy * q.row + xx * q.pixel + c] = static_cast<uint8_t>(s[j] - z);
+      if (d.sums != nullptr) d.sums[yy * g.wp + xx] += s[j];
     }
   }
   return ors;
 }
+
+// Padded rows per packing item: about 128 pixels of the plane (8 transposes), at least one row.
+int64_t BandRows(const ConvGeom& g) { return std::max<int64_t>(1, (128 + g.w - 1) / g.w); }
 
 }  // namespace
 
@@ -272,7 +298,8 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
   const int64_t macs = g.OutPixels() * g.o * g.c * g.kh * g.kw;
   threads =
       static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, macs / kMinMacsPerThread)));
-  const int64_t pack_items = g.n * g.hp;
+  const int64_t band = BandRows(g), bands = (g.hp + band - 1) / band;
+  const int64_t pack_items = g.n * bands;
   const int64_t npix = g.OutPixels();
   const int64_t ptile = kernel.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
@@ -295,7 +322,8 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
     uint8_t ors = 0;
     int64_t item;
     while (pack_q.Next(tid, &item))
-      ors |= PackRow(g, c.q, x, c.shift, item / g.hp, item % g.hp, xq, pixsum);
+      ors |= PackBand(g, c.q, x, c.shift, item / bands, item % bands * band,
+                      std::min(g.hp, (item % bands + 1) * band), xq, pixsum);
     barrier();
     while (conv_q.Next(tid, &item)) {
       const int64_t oc = item / ntiles, t = item % ntiles;

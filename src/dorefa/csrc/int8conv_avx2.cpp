@@ -202,7 +202,7 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
       const int8_t* xs[kTileP];
       c.Fields(p0, np, xs);
       blocks[np - 1](c, xs, ob, m, raw);
-      if (!StoreTileWith<Avx2Store>(c, p0, np, ob, 1, raw, terms + (p0 - pix0)))
+      if (!StoreTileWith<Avx2Store>(c, p0, np, ob, 1, raw, terms + (p0 - pix0), pix0 + npix))
         StoreInt8Tile(c, p0, np, ob, 1, raw);
     }
   }

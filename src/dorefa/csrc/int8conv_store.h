@@ -103,11 +103,12 @@ inline void TransposeStore32(const int32_t (*v)[kInt8Lanes], int np, int32_t* ds
 
 // Codes of the block at channel o0 for np pixels to dst[lane * stride + p]. Pixel p's code
 // (< 256) is shifted into byte p % 4 of the lane's word p / 4, in registers, so a lane's two
-// words are its run of np bytes (StoreRun8). Lanes whose row has no line get their codes from
-// the search afterwards, D recomputed as above.
+// words are its run of bytes (StoreRun8: run >= np bytes, the ones past np zero). Lanes whose
+// row has no line get their codes from the search afterwards, D recomputed as above.
 template <class Isa>
-void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int nb, int b, const int32_t* raw,
-                     const int32_t* nws, uint8_t* dst, int64_t stride, int64_t lanes) {
+void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int run, int nb, int b,
+                     const int32_t* raw, const int32_t* nws, uint8_t* dst, int64_t stride,
+                     int64_t lanes) {
   using Vec = typename Isa::Vec;
   const ThresholdTable& tab = *c.table;
   alignas(64) uint32_t word[2][kInt8Lanes];
@@ -123,8 +124,11 @@ void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int nb, int b, const
     Isa::Store(word[0] + h, lo);
     Isa::Store(word[1] + h, hi);
   }
+  const __m128i has_line =
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.line.data() + o0));  // rows >= o0 + 16
+  const bool all_lines = _mm_movemask_epi8(_mm_cmpeq_epi8(has_line, _mm_setzero_si128())) == 0;
   const auto z = static_cast<uint32_t>(c.shift);
-  for (int l = 0; l < kInt8Lanes; ++l) {
+  for (int l = 0; l < kInt8Lanes && !all_lines; ++l) {
     if (tab.line[o0 + l]) continue;
     for (int p = 0; p < np; ++p) {
       const uint32_t acc = static_cast<uint32_t>(raw[(p * nb + b) * kInt8Lanes + l]) +
@@ -135,26 +139,44 @@ void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int nb, int b, const
       w = (w & ~(0xFFu << shift)) | uint32_t{RequantCode(tab, o0 + l, d)} << shift;
     }
   }
-  for (int64_t l = 0; l < lanes; ++l)
-    StoreRun8(dst + l * stride, word[0][l] | uint64_t{word[1][l]} << 32, np);
+  int64_t l = 0;
+  if (run == kMaxStorePixels) {  // 4 lanes at a time: their two words interleaved to 8 bytes
+    for (; l + 4 <= lanes; l += 4) {
+      const __m128i w0 = _mm_load_si128(reinterpret_cast<const __m128i*>(word[0] + l));
+      const __m128i w1 = _mm_load_si128(reinterpret_cast<const __m128i*>(word[1] + l));
+      const __m128i q01 = _mm_unpacklo_epi32(w0, w1), q23 = _mm_unpackhi_epi32(w0, w1);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + l * stride), q01);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + (l + 1) * stride),
+                       _mm_unpackhi_epi64(q01, q01));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + (l + 2) * stride), q23);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + (l + 3) * stride),
+                       _mm_unpackhi_epi64(q23, q23));
+    }
+  }
+  for (; l < lanes; ++l) StoreRun8(dst + l * stride, word[0][l] | uint64_t{word[1][l]} << 32, run);
 }
 
 // False (nothing written) when the tile is not the case above: StoreInt8Tile writes it.
-// nws: nw S of the tile's pixels (Int8FieldTerms).
+// nws: nw S of the tile's pixels (Int8FieldTerms). The caller's tiles run in ascending pixel
+// order up to its pixel `end`, all stored by this thread: when the next 8 pixels lie before
+// `end` and in the tile's image, each channel's run is written as 8 outputs (one or two plain
+// stores), the ones past np as 0 until the next tile overwrites them.
 template <class Isa>
 bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb, const int32_t* raw,
-                   const int32_t* nws) {
+                   const int32_t* nws, int64_t end) {
   const ConvGeom& g = *c.g;
   const int64_t ohw = g.oh * g.ow;
   const int64_t n = pix0 / ohw, r0 = pix0 % ohw;
   if (r0 + np > ohw || np > kMaxStorePixels) return false;
+  const int run =
+      pix0 + kMaxStorePixels <= end && r0 + kMaxStorePixels <= ohw ? kMaxStorePixels : np;
   const int64_t base = n * g.o * ohw + r0;
   const auto z = static_cast<uint32_t>(c.shift);
   for (int b = 0; b < nb; ++b) {
     const int64_t o0 = (ob0 + b) * kInt8Lanes;
     const int64_t lanes = std::min<int64_t>(kInt8Lanes, g.o - o0);
     if (c.mode == Epilogue::kRequant) {
-      StoreBlockCodes<Isa>(c, o0, np, nb, b, raw, nws, c.codes + base + o0 * ohw, ohw, lanes);
+      StoreBlockCodes<Isa>(c, o0, np, run, nb, b, raw, nws, c.codes + base + o0 * ohw, ohw, lanes);
       continue;
     }
     alignas(64) int32_t v[kMaxStorePixels][kInt8Lanes] = {};
@@ -167,7 +189,7 @@ bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
         v[p][l] = static_cast<int32_t>(two * acc - static_cast<uint32_t>(nws[p]));
       }
     }
-    TransposeStore32(v, np, c.acc + base + o0 * ohw, ohw, lanes);
+    TransposeStore32(v, run, c.acc + base + o0 * ohw, ohw, lanes);
   }
   return true;
 }

@@ -111,7 +111,7 @@ void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
       const int8_t* xs[kTileP];
       c.Fields(p0, np, xs);
       kBlocks[np - 1][nb - 1](c, xs, ob, raw);
-      if (!StoreTileWith<VnniStore>(c, p0, np, ob, nb, raw, terms + (p0 - pix0)))
+      if (!StoreTileWith<VnniStore>(c, p0, np, ob, nb, raw, terms + (p0 - pix0), pix0 + npix))
         StoreInt8Tile(c, p0, np, ob, nb, raw);
     }
   }
