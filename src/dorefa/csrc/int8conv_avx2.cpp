@@ -196,12 +196,12 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
   alignas(32) int32_t raw[kTileP * kInt8Lanes];
   int32_t terms[kMaxCallPixels];  // npix <= the kernel's pix_tile (below)
   Int8FieldTerms(c, pix0, npix, terms);
+  const int8_t* fields[kMaxCallPixels];
+  c.Fields(pix0, static_cast<int>(npix), fields);
   for (int64_t ob = ob0; ob < ob0 + nob; ++ob) {
     for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += tile) {
       const int np = static_cast<int>(std::min<int64_t>(tile, pix0 + npix - p0));
-      const int8_t* xs[kTileP];
-      c.Fields(p0, np, xs);
-      blocks[np - 1](c, xs, ob, m, raw);
+      blocks[np - 1](c, fields + (p0 - pix0), ob, m, raw);
       if (!StoreTileWith<Avx2Store>(c, p0, np, ob, 1, raw, terms + (p0 - pix0), pix0 + npix))
         StoreInt8Tile(c, p0, np, ob, 1, raw);
     }

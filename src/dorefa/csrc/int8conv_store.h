@@ -1,6 +1,6 @@
 // The vector store of the int8 kernels' tiles, shared by the AVX-512 VNNI and AVX2 files: for
-// a tile whose np <= 8 pixels lie in one image (so each channel's outputs are a run of np
-// neighbours in the NCHW plane), per 16-channel block,
+// a tile of np <= 8 pixels, split where it crosses into the next image (so each channel's
+// outputs in a segment are a run of neighbours in the NCHW plane), per 16-channel block,
 //   acc = raw + z Wsum,   D = 2 acc - nw S      (modulo 2^32 as StoreInt8Tile: the true
 //                                                 values fit int32)
 // and, in kRequant, the codes of D on the rows' lines (requant_table.h) in vectors (a row
@@ -156,21 +156,14 @@ void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int run, int nb, int
   for (; l < lanes; ++l) StoreRun8(dst + l * stride, word[0][l] | uint64_t{word[1][l]} << 32, run);
 }
 
-// False (nothing written) when the tile is not the case above: StoreInt8Tile writes it.
-// nws: nw S of the tile's pixels (Int8FieldTerms). The caller's tiles run in ascending pixel
-// order up to its pixel `end`, all stored by this thread: when the next 8 pixels lie before
-// `end` and in the tile's image, each channel's run is written as 8 outputs (one or two plain
-// stores), the ones past np as 0 until the next tile overwrites them.
+// np <= 8 pixels of one image, starting at output offset `base` (n O OH OW + row-major pixel),
+// written as runs of `run` >= np outputs per channel (the ones past np: 0); raw and nws start
+// at the segment's first pixel.
 template <class Isa>
-bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb, const int32_t* raw,
-                   const int32_t* nws, int64_t end) {
+void StoreSegment(const Int8Conv& c, int64_t base, int np, int run, int64_t ob0, int nb,
+                  const int32_t* raw, const int32_t* nws) {
   const ConvGeom& g = *c.g;
   const int64_t ohw = g.oh * g.ow;
-  const int64_t n = pix0 / ohw, r0 = pix0 % ohw;
-  if (r0 + np > ohw || np > kMaxStorePixels) return false;
-  const int run =
-      pix0 + kMaxStorePixels <= end && r0 + kMaxStorePixels <= ohw ? kMaxStorePixels : np;
-  const int64_t base = n * g.o * ohw + r0;
   const auto z = static_cast<uint32_t>(c.shift);
   for (int b = 0; b < nb; ++b) {
     const int64_t o0 = (ob0 + b) * kInt8Lanes;
@@ -190,6 +183,28 @@ bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
       }
     }
     TransposeStore32(v, run, c.acc + base + o0 * ohw, ohw, lanes);
+  }
+}
+
+// Stores a tile of np pixels from pix0 (false, nothing written, when np > 8: StoreInt8Tile
+// writes it), one segment per image it touches. nws: nw S of the tile's pixels
+// (Int8FieldTerms). The caller's tiles run in ascending pixel order up to its pixel `end`, all
+// stored by this thread: when the next 8 pixels lie before `end` and in the segment's image,
+// each channel's run is written as 8 outputs (one or two plain stores), the ones past the
+// segment as 0 until the next tile overwrites them.
+template <class Isa>
+bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb, const int32_t* raw,
+                   const int32_t* nws, int64_t end) {
+  const ConvGeom& g = *c.g;
+  const int64_t ohw = g.oh * g.ow;
+  if (np > kMaxStorePixels) return false;
+  int64_t n = pix0 / ohw, r = pix0 % ohw;
+  for (int s = 0; s < np; r = 0, ++n) {
+    const int cnt = static_cast<int>(std::min<int64_t>(np - s, ohw - r));
+    const int run =
+        pix0 + s + kMaxStorePixels <= end && r + kMaxStorePixels <= ohw ? kMaxStorePixels : cnt;
+    StoreSegment<Isa>(c, n * g.o * ohw + r, cnt, run, ob0, nb, raw + s * nb * kInt8Lanes, nws + s);
+    s += cnt;
   }
   return true;
 }

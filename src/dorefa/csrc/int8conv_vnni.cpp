@@ -104,13 +104,13 @@ void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
   alignas(64) int32_t raw[kTileP * kTileB * kInt8Lanes];
   int32_t terms[kMaxCallPixels];  // npix <= the kernel's pix_tile (below)
   Int8FieldTerms(c, pix0, npix, terms);
+  const int8_t* fields[kMaxCallPixels];
+  c.Fields(pix0, static_cast<int>(npix), fields);
   for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileB) {
     const int nb = static_cast<int>(std::min<int64_t>(kTileB, ob0 + nob - ob));
     for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
       const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
-      const int8_t* xs[kTileP];
-      c.Fields(p0, np, xs);
-      kBlocks[np - 1][nb - 1](c, xs, ob, raw);
+      kBlocks[np - 1][nb - 1](c, fields + (p0 - pix0), ob, raw);
       if (!StoreTileWith<VnniStore>(c, p0, np, ob, nb, raw, terms + (p0 - pix0), pix0 + npix))
         StoreInt8Tile(c, p0, np, ob, nb, raw);
     }
