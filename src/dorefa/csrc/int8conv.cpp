@@ -207,14 +207,36 @@ int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
 
 void Int8FieldTerms(const Int8Conv& c, int64_t pix0, int64_t np, int32_t* terms) {
   const ConvGeom& g = *c.g;
+  if (c.mode == Epilogue::kAcc) {
+    std::fill(terms, terms + np, 0);
+    return;
+  }
   const auto nw = static_cast<uint32_t>((1 << g.w_bits) - 1);
   const int64_t ohw = g.oh * g.ow;
   int64_t n = pix0 / ohw, oy = pix0 % ohw / g.ow, ox = pix0 % g.ow;
-  for (int64_t p = 0; p < np; ++p) {
-    terms[p] = c.mode == Epilogue::kAcc
-                   ? 0
-                   : static_cast<int32_t>(nw * static_cast<uint32_t>(Int8FieldSum(c, n, oy, ox)));
-    if (++ox == g.ow) {
+  // Per run of pixels along an output row: the field's column sums (kh rows of pixsum) once,
+  // then kw of them per pixel (sums modulo 2^32, as nw S is used).
+  constexpr int64_t kCols = 256;
+  uint32_t col[kCols];
+  const int64_t most = g.kw <= kCols ? (kCols - g.kw) / g.stride + 1 : 0;
+  for (int64_t p = 0; p < np;) {
+    const int64_t cnt = std::min({np - p, g.ow - ox, std::max<int64_t>(most, 1)});
+    if (most == 0) {  // a field wider than col: one pixel at a time
+      terms[p] = static_cast<int32_t>(nw * static_cast<uint32_t>(Int8FieldSum(c, n, oy, ox)));
+    } else {
+      const int64_t width = (cnt - 1) * g.stride + g.kw;
+      const int32_t* rows = c.pixsum + (n * g.hp + oy * g.stride) * g.wp + ox * g.stride;
+      for (int64_t x = 0; x < width; ++x) col[x] = static_cast<uint32_t>(rows[x]);
+      for (int64_t r = 1; r < g.kh; ++r)
+        for (int64_t x = 0; x < width; ++x) col[x] += static_cast<uint32_t>(rows[r * g.wp + x]);
+      for (int64_t i = 0; i < cnt; ++i) {
+        uint32_t sum = 0;
+        for (int64_t k = 0; k < g.kw; ++k) sum += col[i * g.stride + k];
+        terms[p + i] = static_cast<int32_t>(nw * sum);
+      }
+    }
+    p += cnt;
+    if ((ox += cnt) == g.ow) {
       ox = 0;
       if (++oy == g.oh) oy = 0, ++n;
     }
