@@ -395,6 +395,27 @@ constexpr std::array<std::array<BlockFn, kTileQ>, 3> kFullBlocks = {
     MakeVecBlocks<Exit::kFull, Epilogue::kSigned>(QSeq{}),
     MakeVecBlocks<Exit::kFull, Epilogue::kRequant>(QSeq{})};
 
+// S = sum_m 2^m popcount(plane m of the field at x): each of its kh rows of span words per
+// plane in zmm chunks of 8 (the last one masked), 2^m applied per chunk, one reduction.
+inline int64_t FieldSum(const ConvGeom& g, const uint64_t* x, int64_t span) {
+  const __mmask8 tail = static_cast<__mmask8>((1u << (span % 8 == 0 ? 8 : span % 8)) - 1);
+  __m512i total = _mm512_setzero_si512();
+  for (int m = 0; m < g.x_bits; ++m) {
+    const __m128i shift = _mm_cvtsi32_si128(m);
+    for (int64_t r = 0; r < g.kh; ++r) {
+      const uint64_t* xr = x + m * g.PlaneStride() + r * g.RowStride();
+      int64_t t = 0;
+      for (; t + 8 < span; t += 8)
+        total = _mm512_add_epi64(
+            total, _mm512_sll_epi64(_mm512_popcnt_epi64(_mm512_loadu_si512(xr + t)), shift));
+      total = _mm512_add_epi64(
+          total,
+          _mm512_sll_epi64(_mm512_popcnt_epi64(_mm512_maskz_loadu_epi64(tail, xr + t)), shift));
+    }
+  }
+  return _mm512_reduce_add_epi64(total);
+}
+
 void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
                      int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
@@ -408,15 +429,7 @@ void FusedTileAvx512(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk
       const PixelRef& ref = walk.ref();
       xs[p] = ref.x;
       outs[p] = ref.out;
-      if (ep.mode == Epilogue::kAcc) continue;
-      for (int m = 0; m < g.x_bits; ++m) {  // S = sum_m 2^m popcount(plane m of the field)
-        int64_t ones = 0;
-        for (int64_t r = 0; r < g.kh; ++r) {
-          const uint64_t* xr = ref.x + m * g.PlaneStride() + r * g.RowStride();
-          for (int64_t t = 0; t < span; ++t) ones += _mm_popcnt_u64(xr[t]);
-        }
-        s[p] += ones << m;
-      }
+      if (ep.mode != Epilogue::kAcc) s[p] = FieldSum(g, ref.x, span);
     }
     int runs[kMacroP / kTileP];  // per 8-pixel tile: k of TwoRuns, or 0 (lane by lane)
     for (int64_t p = 0; p + kTileP <= mp; p += kTileP) {
