@@ -180,9 +180,11 @@ def test_signed(kernel, bits, shape):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("out_bits", [1, 2, 4])
+@pytest.mark.parametrize("out_bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("shape", FEW_SHAPES[:2], ids=ids)
-def test_requant(kernel, out_bits, shape):
+@pytest.mark.parametrize("shuffled", [False, True], ids=["in-order", "shuffled"])
+def test_requant(kernel, out_bits, shape, shuffled):
+    """Codes #{j : D >= t_j} (or <=): the count does not depend on the thresholds' order."""
     x, w, _ = case(shape, 2, 1)
     pw = R.pack_weights(w, 1)
     o = w.shape[0]
@@ -193,6 +195,8 @@ def test_requant(kernel, out_bits, shape):
     th = np.sort(rng.choice(np.unique(d), size=(o, t)), axis=1).astype(np.int32)
     direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
     th[direction < 0] = th[direction < 0, ::-1]
+    if shuffled:
+        th = rng.permuted(th, axis=1)
     expected = R.bitconv2d_requant(x, pw, 2, shape[6], shape[7], th, direction)
     assert expected.dtype == np.uint8 and expected.max() <= t
     # Spot-check the reference's definition on one channel of each direction.

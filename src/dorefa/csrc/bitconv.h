@@ -137,6 +137,7 @@ struct Epilogue {
   enum Mode { kAcc, kSigned, kRequant } mode = kAcc;
   const ThresholdTable* table = nullptr;
   const int32_t* u = nullptr;
+  const int32_t* rows = nullptr;  // kSearchRowsMinT <= t <= 15: sorted rows (SearchRows)
   const uint16_t* neg = nullptr;
   int64_t t = 0;
   uint8_t* codes = nullptr;
@@ -148,6 +149,17 @@ void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
 inline int64_t ExpandedThresholdsSize(const ConvGeom& g, int64_t t) {
   return g.ob * (kLanes / 2) * t * 2 * kLanes;
 }
+
+// From this many thresholds up to 15, the AVX-512 popcount epilogue counts by a binary search
+// over each channel's sorted row (4 steps of one two-source permute and one compare per 16
+// outputs) instead of one compare per threshold.
+constexpr int64_t kSearchRowsMinT = 4;
+// Epilogue::rows for 1 <= t <= 15: per channel pair, channel 2i's sign-folded u_j (as in
+// ExpandThresholds), sorted, padded to 16 with INT32_MAX, then channel 2i + 1's:
+// #{j : sd > u_j} does not depend on their order.
+void SearchRows(const ConvGeom& g, const int32_t* thresholds, int64_t t, const int8_t* direction,
+                int32_t* rows);
+inline int64_t SearchRowsSize(const ConvGeom& g) { return g.ob * (kLanes / 2) * 2 * 16; }
 
 // A tile kernel with the output transform fused in: writes acc / D to `acc` or codes to
 // ep.codes (then `acc` is unused and may be null).

@@ -91,6 +91,19 @@ void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
   }
 }
 
+void SearchRows(const ConvGeom& g, const int32_t* thresholds, int64_t t, const int8_t* direction,
+                int32_t* rows) {
+  std::fill(rows, rows + SearchRowsSize(g), std::numeric_limits<int32_t>::max());
+  for (int64_t o = 0; o < g.o; ++o) {
+    const int64_t s = direction[o] < 0 ? -1 : 1;
+    int32_t* row = rows + o * 16;  // pair o / 2, half o % 2
+    for (int64_t j = 0; j < t; ++j)
+      row[j] = static_cast<int32_t>(
+          std::max<int64_t>(s * thresholds[o * t + j] - 1, std::numeric_limits<int32_t>::min()));
+    std::sort(row, row + t);
+  }
+}
+
 void Requantize(const ConvGeom& g, const int32_t* d, const int32_t* thresholds, int64_t t,
                 const int8_t* direction, const ThresholdTable* given, uint8_t* codes, int threads) {
   const int64_t ohw = g.oh * g.ow;

@@ -14,16 +14,22 @@ uint8_t RunFused(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
                  const uint64_t* wpk, const ConvOutput& out, int threads) {
   Epilogue ep;
   ep.mode = out.mode;
-  std::vector<int32_t> u;
+  std::vector<int32_t> u, rows;
   std::vector<uint16_t> neg;
   if (out.mode == Epilogue::kRequant && out.t >= kSearchMinT) {
     ep.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
     ep.t = out.t;
     ep.codes = out.codes;
   } else if (out.mode == Epilogue::kRequant) {
-    u.resize(static_cast<size_t>(ExpandedThresholdsSize(g, out.t)));
     neg.resize(static_cast<size_t>(g.ob * (kLanes / 2)));
-    ExpandThresholds(g, out.thresholds, out.t, out.direction, u.data(), neg.data());
+    const bool search = out.t >= kSearchRowsMinT && out.t <= 15;
+    u.resize(static_cast<size_t>(ExpandedThresholdsSize(g, search ? 0 : out.t)));
+    ExpandThresholds(g, out.thresholds, search ? 0 : out.t, out.direction, u.data(), neg.data());
+    if (search) {
+      rows.resize(static_cast<size_t>(SearchRowsSize(g)));
+      SearchRows(g, out.thresholds, out.t, out.direction, rows.data());
+      ep.rows = rows.data();
+    }
     ep.u = u.data();
     ep.neg = neg.data();
     ep.t = out.t;
