@@ -116,7 +116,7 @@ uint8_t PackBand(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t
     }
     std::memset(dst, zero, static_cast<size_t>(g.pad * q.pixel));
     std::memset(dst + (g.pad + g.w) * q.pixel, zero, static_cast<size_t>(g.pad * q.pixel));
-    for (int64_t xx = 0; xx < g.w; ++xx)
+    for (int64_t xx = 0; xx < g.w && q.cp > g.c; ++xx)  // the channels past C, if any
       std::memset(dst + (g.pad + xx) * q.pixel + g.c, zero, static_cast<size_t>(q.cp - g.c));
   }
   const int64_t y0 = std::max<int64_t>(yp0 - g.pad, 0), y1 = std::min(yp1 - g.pad, g.h);
