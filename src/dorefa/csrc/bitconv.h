@@ -137,7 +137,7 @@ struct Epilogue {
   enum Mode { kAcc, kSigned, kRequant } mode = kAcc;
   const ThresholdTable* table = nullptr;
   const int32_t* u = nullptr;
-  const int32_t* rows = nullptr;  // kSearchRowsMinT <= t <= 15: sorted rows (SearchRows)
+  const int32_t* rows = nullptr;  // kSearchRowsMinT <= t < kSearchRow: sorted rows (SearchRows)
   const uint16_t* neg = nullptr;
   int64_t t = 0;
   uint8_t* codes = nullptr;
@@ -150,16 +150,17 @@ inline int64_t ExpandedThresholdsSize(const ConvGeom& g, int64_t t) {
   return g.ob * (kLanes / 2) * t * 2 * kLanes;
 }
 
-// From this many thresholds up to 15, the AVX-512 popcount epilogue counts by a binary search
-// over each channel's sorted row (4 steps of one two-source permute and one compare per 16
-// outputs) instead of one compare per threshold.
+// From kSearchRowsMinT thresholds up to kSearchRow - 1 (15), the AVX-512 popcount epilogue
+// counts by a binary search over each channel's sorted row (4 steps of one two-source permute
+// and one compare per 16 outputs) instead of one compare per threshold.
 constexpr int64_t kSearchRowsMinT = 4;
-// Epilogue::rows for 1 <= t <= 15: per channel pair, channel 2i's sign-folded u_j (as in
-// ExpandThresholds), sorted, padded to 16 with INT32_MAX, then channel 2i + 1's:
-// #{j : sd > u_j} does not depend on their order.
+constexpr int64_t kSearchRow = 16;  // int32 per channel's row: one zmm
+// Epilogue::rows for 1 <= t < kSearchRow: per channel pair, channel 2i's sign-folded u_j (as in
+// ExpandThresholds), sorted, padded with INT32_MAX, then channel 2i + 1's: #{j : sd > u_j}
+// does not depend on their order.
 void SearchRows(const ConvGeom& g, const int32_t* thresholds, int64_t t, const int8_t* direction,
                 int32_t* rows);
-inline int64_t SearchRowsSize(const ConvGeom& g) { return g.ob * (kLanes / 2) * 2 * 16; }
+inline int64_t SearchRowsSize(const ConvGeom& g) { return g.ob * kLanes * kSearchRow; }
 
 // A tile kernel with the output transform fused in: writes acc / D to `acc` or codes to
 // ep.codes (then `acc` is unused and may be null).

@@ -100,9 +100,10 @@ inline __m128i PairCodes(const Epilogue& ep, int64_t pair, __m512i d) {
     return _mm_load_si128(reinterpret_cast<const __m128i*>(cv));
   }
   const __m512i sd = _mm512_mask_sub_epi32(d, ep.neg[pair], _mm512_setzero_si512(), d);
-  if (ep.rows != nullptr) {  // t <= 15: branchless binary search over the pair's sorted rows
-    const __m512i ra = _mm512_loadu_si512(ep.rows + pair * 32);
-    const __m512i rb = _mm512_loadu_si512(ep.rows + pair * 32 + 16);
+  if (ep.rows != nullptr) {  // t < 16: branchless binary search over the pair's sorted rows
+    static_assert(kSearchRow == 16, "one zmm per row");
+    const __m512i ra = _mm512_loadu_si512(ep.rows + 2 * pair * kSearchRow);
+    const __m512i rb = _mm512_loadu_si512(ep.rows + (2 * pair + 1) * kSearchRow);
     const __m512i half = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i pos = _mm512_setzero_si512();  // #{j : sd > u_j} among the slots passed
     for (int step = 8; step >= 1; step /= 2) {
@@ -192,7 +193,7 @@ inline void FinishLanes(const ConvGeom& g, __m512i total, int64_t s, int64_t out
       const int64_t sd = (ep.neg[pair] >> k) & 1 ? -v : v;
       int code = 0;
       for (int64_t j = 0; j < ep.t; ++j)
-        code += sd > (ep.rows != nullptr ? ep.rows[o * 16 + j]
+        code += sd > (ep.rows != nullptr ? ep.rows[o * kSearchRow + j]
                                          : ep.u[(pair * ep.t + j) * 2 * kLanes + k]);
       ep.codes[at] = static_cast<uint8_t>(code);
     } else {

@@ -83,10 +83,8 @@ void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
     const int64_t s = direction[o] < 0 ? -1 : 1;
     if (s < 0) neg[pair] |= static_cast<uint16_t>(0xFFu << k0);
     for (int64_t j = 0; j < t; ++j) {
-      const int64_t uj =
-          std::max<int64_t>(s * thresholds[o * t + j] - 1, std::numeric_limits<int32_t>::min());
-      for (int64_t k = 0; k < kLanes; ++k)
-        u[(pair * t + j) * 2 * kLanes + k0 + k] = static_cast<int32_t>(uj);
+      const int32_t uj = FoldedThreshold(s, thresholds[o * t + j]);
+      for (int64_t k = 0; k < kLanes; ++k) u[(pair * t + j) * 2 * kLanes + k0 + k] = uj;
     }
   }
 }
@@ -96,10 +94,8 @@ void SearchRows(const ConvGeom& g, const int32_t* thresholds, int64_t t, const i
   std::fill(rows, rows + SearchRowsSize(g), std::numeric_limits<int32_t>::max());
   for (int64_t o = 0; o < g.o; ++o) {
     const int64_t s = direction[o] < 0 ? -1 : 1;
-    int32_t* row = rows + o * 16;  // pair o / 2, half o % 2
-    for (int64_t j = 0; j < t; ++j)
-      row[j] = static_cast<int32_t>(
-          std::max<int64_t>(s * thresholds[o * t + j] - 1, std::numeric_limits<int32_t>::min()));
+    int32_t* row = rows + o * kSearchRow;  // pair o / 2, half o % 2
+    for (int64_t j = 0; j < t; ++j) row[j] = FoldedThreshold(s, thresholds[o * t + j]);
     std::sort(row, row + t);
   }
 }

@@ -29,8 +29,7 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
     neg[c] = s < 0;
     int32_t* row = u.data() + c * width;
     for (int64_t j = 0; j < t; ++j) {
-      row[j] = static_cast<int32_t>(
-          std::max<int64_t>(s * thresholds[c * t + j] - 1, std::numeric_limits<int32_t>::min()));
+      row[j] = FoldedThreshold(s, thresholds[c * t + j]);
       if (j > 0 && row[j] < row[j - 1]) sorted = false;
     }
     for (int64_t g = 0; g + 1 < groups; ++g) tops[c * kGroup + g] = row[g * kGroup + kGroup - 1];

@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace dorefa {
@@ -46,6 +47,11 @@ constexpr int64_t kGroup = 16;  // thresholds per group (one zmm of int32)
 // From this many thresholds on, the popcount kernels search the table; below it they keep their
 // linear vector count (t compares per 16 outputs beat ~10 instructions per output there).
 constexpr int64_t kSearchMinT = 32;
+
+// u_j of threshold t_j for direction s (+1 / -1), as above: s t_j - 1 clamped to INT32_MIN.
+inline int32_t FoldedThreshold(int64_t s, int32_t t) {
+  return static_cast<int32_t>(std::max<int64_t>(s * t - 1, std::numeric_limits<int32_t>::min()));
+}
 
 struct ThresholdTable {
   int64_t t = 0;

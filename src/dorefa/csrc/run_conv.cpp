@@ -22,7 +22,7 @@ uint8_t RunFused(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
     ep.codes = out.codes;
   } else if (out.mode == Epilogue::kRequant) {
     neg.resize(static_cast<size_t>(g.ob * (kLanes / 2)));
-    const bool search = out.t >= kSearchRowsMinT && out.t <= 15;
+    const bool search = out.t >= kSearchRowsMinT && out.t < kSearchRow;
     u.resize(static_cast<size_t>(ExpandedThresholdsSize(g, search ? 0 : out.t)));
     ExpandThresholds(g, out.thresholds, search ? 0 : out.t, out.direction, u.data(), neg.data());
     if (search) {
