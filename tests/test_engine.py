@@ -108,13 +108,17 @@ WGRAD = K._native.wgrad_kernels() if K._native is not None else []
 
 
 @pytest.mark.parametrize("name", WGRAD)
-@pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 1, 1)])
+@pytest.mark.parametrize("geometry", GEOMETRIES + [(20, 5, 9, 9, 7, 3, 1, 1)])
+@pytest.mark.parametrize(
+    "bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 8, 7), (1, 1, 1)]
+)
 def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
-    """Each native weight-gradient kernel by name (AVX2 runs G=8 with A=8 on the portable
-    kernel), both outputs (per-sample S, scaled batch sum), any thread count; scales that are
-    float32 values (training's m_b: exact terms, the FMA paths may run) and scales with all 53
-    bits (multiply, then add)."""
+    """Each native weight-gradient kernel by name, both outputs (per-sample S, scaled batch
+    sum), any thread count; scales that are float32 values (training's m_b: exact terms, the
+    FMA paths may run) and scales with all 53 bits (multiply, then add). The bit triples take
+    every route: the direct kernels (G <= 7; AVX2 only while 2 n_g n_a <= 32767, so (1,8,7)
+    goes to its packed path), the packed path (G = 8), AVX2's portable fallback (G = 8 with
+    A = 8); 20 samples span several of the direct kernels' batch blocks."""
     n, c, h, w, o, k, stride, padding = geometry
     g, m, _, a = _operands(geometry, bits, seed=7)
     want = R.conv_weight_grad_codes(g, m, bits[2], a, bits[1], stride, padding, (k, k))

@@ -188,9 +188,8 @@ const WgradKernel& WgradKernelAt(int i) { return *Table()[static_cast<size_t>(i)
 
 uint32_t RunWeightGrad(const WgradKernel& kernel, const WgradGeom& g, const uint8_t* c,
                        const uint8_t* x, const WgradOutput& out, int threads) {
+  if (DirectFits(kernel, g)) return kernel.direct(g, c, x, out, threads);
   int32_t z = kernel.shift(g.g_bits, g.a_bits);
-  if (z >= 0 && kernel.direct != nullptr && (g.stride == 1 || g.P() == 1))
-    return kernel.direct(g, c, x, z, out, threads);
   const WgradKernel& k = z < 0 ? kWgradScalar : kernel;
   if (z < 0) z = kWgradScalar.shift(g.g_bits, g.a_bits);
   Packed pk(g);

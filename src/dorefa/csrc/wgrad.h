@@ -54,7 +54,7 @@ struct WgradOutput;
 // A whole stride-1 weight gradient that reads the activations in place (no window matrix):
 // same results as the packed path; returns the OR of the codes as RunWeightGrad does.
 using WgradDirectFn = uint32_t (*)(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
-                                   int32_t z, const WgradOutput& out, int threads);
+                                   const WgradOutput& out, int threads);
 
 struct WgradKernel {
   const char* name;  // "wgrad-vnni", "wgrad-avx2", "wgrad-scalar"
@@ -65,7 +65,17 @@ struct WgradKernel {
   int rows;                        // output channels per block call
   int blocks;                      // 16-column blocks per block call
   WgradDirectFn direct = nullptr;  // stride 1 or P = 1, when set (wgrad_direct.h)
+  // The direct kernel's bound on 2 n_g n_a (its pair sums' range; 0: none), beside n_g <= 127.
+  int64_t direct_pair_bound = 0;
 };
+
+// True when `k`'s direct kernel computes this layer: stride 1 (or one output pixel), the
+// gradient factor 2c - n_g an int8 (n_g <= 127), and the kernel's pair sums in range.
+inline bool DirectFits(const WgradKernel& k, const WgradGeom& g) {
+  const int64_t ng = (int64_t{1} << g.g_bits) - 1, na = (int64_t{1} << g.a_bits) - 1;
+  return k.direct != nullptr && (g.stride == 1 || g.P() == 1) && ng <= 127 &&
+         (k.direct_pair_bound == 0 || 2 * ng * na <= k.direct_pair_bound);
+}
 
 // Kernels usable on this CPU, fastest first (the scalar one always).
 int WgradKernelCount();
@@ -121,9 +131,9 @@ extern const WgradKernel kWgradVnni;
 // The kernels' `direct` (wgrad_vnni_direct.cpp, wgrad_avx2_direct.cpp on wgrad_direct.h):
 // stride 1, or one output pixel at any stride; P = 1 in dW mode with float32-valued scales goes
 // to the float64 outer-product sum (wgrad_outer.h).
-uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_t* x, int32_t z,
+uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                               const WgradOutput& out, int threads);
-uint32_t WeightGradDirectAvx2(const WgradGeom& g, const uint8_t* c, const uint8_t* x, int32_t z,
+uint32_t WeightGradDirectAvx2(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                               const WgradOutput& out, int threads);
 #endif
 extern const WgradKernel kWgradScalar;

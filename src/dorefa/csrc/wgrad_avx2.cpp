@@ -66,7 +66,14 @@ void FinishAvx2(const WgradFinish& f) { FinishBlock(f); }
 
 }  // namespace
 
-extern const WgradKernel kWgradAvx2 = {"wgrad-avx2", kAvx2, &BlockAvx2, &ShiftAvx2,
-                                       &FinishAvx2,  kRows, 1,          &WeightGradDirectAvx2};
+extern const WgradKernel kWgradAvx2 = {"wgrad-avx2",
+                                       kAvx2,
+                                       &BlockAvx2,
+                                       &ShiftAvx2,
+                                       &FinishAvx2,
+                                       kRows,
+                                       1,
+                                       &WeightGradDirectAvx2,
+                                       /*direct_pair_bound=*/32767};
 
 }  // namespace dorefa
