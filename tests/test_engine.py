@@ -109,9 +109,7 @@ WGRAD = K._native.wgrad_kernels() if K._native is not None else []
 
 @pytest.mark.parametrize("name", WGRAD)
 @pytest.mark.parametrize("geometry", GEOMETRIES + [(20, 5, 9, 9, 7, 3, 1, 1)])
-@pytest.mark.parametrize(
-    "bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 8, 7), (1, 1, 1)]
-)
+@pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 8, 7), (1, 1, 1)])
 def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     """Each native weight-gradient kernel by name, both outputs (per-sample S, scaled batch
     sum), any thread count; scales that are float32 values (training's m_b: exact terms, the
