@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -28,6 +29,23 @@ constexpr size_t kPoolMinBytes = size_t{64} << 10;
 // *cap receives its size, to give back with PoolGive. Thread-safe.
 void* PoolTake(size_t bytes, size_t* cap);
 void PoolGive(void* p, size_t cap);
+
+// Uninitialised scratch of >= n elements of T from the pool (so a kernel's large packing
+// buffers are not mapped and page-faulted afresh every call), given back when destroyed.
+template <class T>
+class PoolScratch {
+ public:
+  explicit PoolScratch(size_t n)
+      : p_(static_cast<T*>(PoolTake(std::max<size_t>(n, 1) * sizeof(T), &cap_))) {}
+  ~PoolScratch() { PoolGive(p_, cap_); }
+  PoolScratch(const PoolScratch&) = delete;
+  PoolScratch& operator=(const PoolScratch&) = delete;
+  T* data() const { return p_; }
+
+ private:
+  size_t cap_ = 0;
+  T* p_;
+};
 
 size_t Elements(const std::vector<int64_t>& shape);
 

@@ -30,34 +30,44 @@ struct Avx2Direct {
   static constexpr int kCols = 6;     // columns per register tile
   static constexpr int kChunk = 24;   // columns per work tile
 
-  // n bytes of each of `rows` rows: 16-byte steps, the last one overlapping the one before;
-  // two overlapping 8- or 4-byte steps for shorter rows, bytes below 4.
-  static void CopyRows(const uint8_t* src, int64_t src_pitch, int64_t n, int64_t rows, uint8_t* dst,
-                       int64_t dst_pitch) {
-    for (int64_t y = 0; y < rows; ++y, src += src_pitch, dst += dst_pitch) {
-      if (n >= 16) {
-        for (int64_t i = 0;; i += 16) {
-          const int64_t at = i + 16 <= n ? i : n - 16;
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + at),
-                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + at)));
-          if (at + 16 >= n) break;
-        }
-      } else if (n >= 8) {
-        uint64_t lo, hi;
-        std::memcpy(&lo, src, 8);
-        std::memcpy(&hi, src + n - 8, 8);
-        std::memcpy(dst, &lo, 8);
-        std::memcpy(dst + n - 8, &hi, 8);
-      } else if (n >= 4) {
-        uint32_t lo, hi;
-        std::memcpy(&lo, src, 4);
-        std::memcpy(&hi, src + n - 4, 4);
-        std::memcpy(dst, &lo, 4);
-        std::memcpy(dst + n - 4, &hi, 4);
-      } else {
-        std::memcpy(dst, src, static_cast<size_t>(n));
+  // One strip plane (wgrad_direct.h): zeroed, then the data columns of each row copied.
+  static void StripPlane(const uint8_t* src, int64_t h, int64_t w, int64_t p, int64_t first,
+                         int64_t last, int64_t shift, uint8_t* dst, int64_t ow, int64_t hp) {
+    std::memset(dst, 0, static_cast<size_t>(hp * ow));
+    const int64_t n = last - first;
+    for (int64_t y = 0; y < h && n > 0; ++y)
+      CopyRow(src + y * w + first + shift, n, dst + (y + p) * ow + first);
+  }
+
+  // n bytes: 16-byte steps, the last one overlapping the one before; two overlapping 8- or
+  // 4-byte steps for shorter rows, bytes below 4.
+  static void CopyRow(const uint8_t* src, int64_t n, uint8_t* dst) {
+    if (n >= 16) {
+      for (int64_t i = 0;; i += 16) {
+        const int64_t at = i + 16 <= n ? i : n - 16;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + at),
+                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + at)));
+        if (at + 16 >= n) break;
       }
+    } else if (n >= 8) {
+      uint64_t lo, hi;
+      std::memcpy(&lo, src, 8);
+      std::memcpy(&hi, src + n - 8, 8);
+      std::memcpy(dst, &lo, 8);
+      std::memcpy(dst + n - 8, &hi, 8);
+    } else if (n >= 4) {
+      uint32_t lo, hi;
+      std::memcpy(&lo, src, 4);
+      std::memcpy(&hi, src + n - 4, 4);
+      std::memcpy(dst, &lo, 4);
+      std::memcpy(dst + n - 4, &hi, 4);
+    } else {
+      std::memcpy(dst, src, static_cast<size_t>(n));
     }
+  }
+
+  static void PackGrads(const WgradGeom& g, const DirectLayout& l, const uint8_t* c, int8_t* gq) {
+    PackDirectGrads(g, l, c, gq);
   }
 
   template <int V, int C>

@@ -38,6 +38,7 @@
 #include <utility>
 #include <vector>
 
+#include "buffers.h"
 #include "thread_pool.h"
 #include "wgrad.h"
 
@@ -76,8 +77,8 @@ inline bool DirectExactProducts(const WgradGeom& g, const WgradOutput& out) {
 struct DirectPacked {
   DirectLayout l;
   bool exact;                // DirectExactProducts
-  std::vector<uint8_t> xs;   // [N][KW][C][H + 2 padding][OW] strips of x (padding 0), slack
-  std::vector<int8_t> gq;    // [N][OV][PQ][L][4] g = 2c - n_g
+  PoolScratch<uint8_t> xs;   // [N][KW][C][H + 2 padding][OW] strips of x (padding 0), slack
+  PoolScratch<int8_t> gq;    // [N][OV][PQ][L][4] g = 2c - n_g
   std::vector<int64_t> col;  // [K] offset of column k's strip in a sample's xs
   DirectPacked(const WgradGeom& g, int64_t lanes, const WgradOutput& out)
       : l(g, lanes),
@@ -92,24 +93,26 @@ struct DirectPacked {
   }
 };
 
-// The strips of one sample. Isa::CopyRows(src, src_pitch, n, rows, dst, dst_pitch) copies n
-// bytes of each of `rows` rows (n <= 64 in one masked step on AVX-512).
+// The strips of one sample: Isa::StripPlane(src, h, w, first, last, shift, dst, ow, hp) writes
+// one plane: hp rows of ow bytes, row y + padding = x row y at columns [first, last) (read from
+// src + y w + ox + shift), zeros elsewhere.
 template <class Isa>
 void PackDirectInput(const WgradGeom& g, const DirectLayout& l, const uint8_t* __restrict x,
                      uint8_t* __restrict xs) {
-  const int64_t h = g.h, w = g.w, p = g.padding, ow = g.ow;
-  std::memset(xs, 0, static_cast<size_t>(l.xs_size));
+  const int64_t h = g.h, w = g.w, p = g.padding, ow = g.ow, hp = h + 2 * p;
   for (int64_t t = 0; t < g.kw; ++t) {
     // output columns whose input column ox + t - p is inside [0, w)
-    const int64_t first = std::max<int64_t>(0, p - t), last = std::min(ow, w + p - t);
-    if (first >= last) continue;
+    const int64_t first = std::max<int64_t>(0, p - t),
+                  last = std::max(first, std::min(ow, w + p - t));
     for (int64_t ci = 0; ci < g.c; ++ci)
-      Isa::CopyRows(x + ci * h * w + first + t - p, w, last - first, h,
-                    xs + (t * g.c + ci) * l.plane + p * ow + first, ow);
+      Isa::StripPlane(x + ci * h * w, h, w, p, first, last, t - p, xs + (t * g.c + ci) * l.plane,
+                      ow, hp);
   }
+  std::memset(xs + l.xs_size - kDirectSlack, 0, kDirectSlack);
 }
 
-// g = 2c - n_g of one sample into L-channel x 4-pixel vectors (n_g <= 127: no overflow).
+// g = 2c - n_g of one sample into L-channel x 4-pixel vectors (n_g <= 127: no overflow); the
+// portable packer (the AVX-512 file transposes 16 x 16 quads in registers instead).
 void PackDirectGrads(const WgradGeom& g, const DirectLayout& l, const uint8_t* __restrict c,
                      int8_t* __restrict gq) {
   const int64_t p_count = g.P(), full = p_count / 4, vb = l.VectorBytes();
@@ -216,7 +219,7 @@ uint32_t WeightGradDirectWith(const WgradGeom& g, const uint8_t* c, const uint8_
   const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
     const uint8_t* cb = c + b * g.o * g.P();
     const uint8_t* xb = x + b * g.c * g.h * g.w;
-    PackDirectGrads(g, l, cb, pk.gq.data() + b * l.gq_size);
+    Isa::PackGrads(g, l, cb, pk.gq.data() + b * l.gq_size);
     PackDirectInput<Isa>(g, l, xb, pk.xs.data() + b * l.xs_size);
     return uint32_t{OrBytes(cb, g.o * g.P())} | uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
   });

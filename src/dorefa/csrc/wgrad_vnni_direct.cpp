@@ -8,6 +8,7 @@
 // Outer tile: 6 channels x 32 columns (4 zmm of 8 doubles), one FMA per (sample, output).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "wgrad.h"
@@ -23,14 +24,73 @@ struct VnniDirect {
   static constexpr int kCols = 4;     // columns per register tile
   static constexpr int kChunk = 24;   // columns per work tile (its double sums stay in L1)
 
-  // n bytes of each of `rows` rows; one masked step per row for n <= 64.
-  static void CopyRows(const uint8_t* src, int64_t src_pitch, int64_t n, int64_t rows, uint8_t* dst,
-                       int64_t dst_pitch) {
-    for (int64_t i = 0; i < n; i += 64) {
-      const __mmask64 m = n - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - i)) - 1;
-      for (int64_t y = 0; y < rows; ++y)
-        _mm512_mask_storeu_epi8(dst + y * dst_pitch + i, m,
-                                _mm512_maskz_loadu_epi8(m, src + y * src_pitch + i));
+  // One strip plane (wgrad_direct.h): rows of ow bytes in 64-byte masked steps, the data
+  // columns loaded under their mask (the rest read as 0), the padding rows stored as zeros.
+  static void StripPlane(const uint8_t* src, int64_t h, int64_t w, int64_t p, int64_t first,
+                         int64_t last, int64_t shift, uint8_t* dst, int64_t ow, int64_t hp) {
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t i = 0; i < ow; i += 64) {
+      const __mmask64 row = Span(i, ow), data = row & ~Span(i, first) & Span(i, last);
+      for (int64_t y = 0; y < hp; ++y) {
+        const int64_t iy = y - p;
+        const __m512i v = iy < 0 || iy >= h || data == 0
+                              ? zero
+                              : _mm512_maskz_loadu_epi8(data, src + iy * w + i + shift);
+        _mm512_mask_storeu_epi8(dst + y * ow + i, row, v);
+      }
+    }
+  }
+  // Bytes [i, end) of a 64-byte step starting at i, as a mask (all of them from end - i >= 64).
+  static __mmask64 Span(int64_t i, int64_t end) {
+    const int64_t n = end - i;
+    return n >= 64 ? ~__mmask64{0} : n <= 0 ? __mmask64{0} : (__mmask64{1} << n) - 1;
+  }
+
+  // g = 2c - n_g of one sample into 16-channel x 4-pixel vectors: per 16 channels and 16 quads,
+  // 16 rows of 64 code bytes (masked: 0 past P and past O), transformed, then transposed as a
+  // 16 x 16 matrix of 4-byte quads.
+  static void PackGrads(const WgradGeom& g, const DirectLayout& l, const uint8_t* c, int8_t* gq) {
+    const int64_t p_count = g.P();
+    const __m512i ng = _mm512_set1_epi8(static_cast<char>((1 << g.g_bits) - 1));
+    for (int64_t v = 0; v < l.ov; ++v) {
+      for (int64_t q0 = 0; q0 < l.pq; q0 += 16) {
+        const __mmask64 m = Span(q0 * 4, p_count);
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i) {
+          const int64_t o = v * 16 + i;
+          const __m512i x = o < g.o ? _mm512_maskz_loadu_epi8(m, c + o * p_count + q0 * 4)
+                                    : _mm512_setzero_si512();
+          r[i] = o < g.o ? _mm512_maskz_sub_epi8(m, _mm512_add_epi8(x, x), ng) : x;
+        }
+        Transpose16(r);
+        const int64_t n = std::min<int64_t>(16, l.pq - q0);
+        for (int64_t j = 0; j < n; ++j) _mm512_storeu_si512(gq + (v * l.pq + q0 + j) * 64, r[j]);
+      }
+    }
+  }
+
+  // r[i] holds row i's 16 dwords; afterwards r[j] holds column j (row 0's dword j first).
+  static void Transpose16(__m512i (&r)[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {  // u[4i + e], lane k: rows 4i .. 4i + 3 of dword 4k + e
+      u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+      u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+      u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+      u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int e = 0; e < 4; ++e) {  // column 4k + e: lane k of u[e], u[4 + e], u[8 + e], u[12 + e]
+      const __m512i a0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88);
+      const __m512i a1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xDD);
+      const __m512i b0 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88);
+      const __m512i b1 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xDD);
+      r[e] = _mm512_shuffle_i32x4(a0, b0, 0x88);
+      r[8 + e] = _mm512_shuffle_i32x4(a0, b0, 0xDD);
+      r[4 + e] = _mm512_shuffle_i32x4(a1, b1, 0x88);
+      r[12 + e] = _mm512_shuffle_i32x4(a1, b1, 0xDD);
     }
   }
 
