@@ -34,20 +34,9 @@ namespace py = pybind11;
 namespace dorefa {
 namespace {
 
-using CodeArray = py::array_t<uint8_t, py::array::c_style>;
 using WordArray = py::array_t<uint64_t, py::array::c_style>;
 using ThresholdArray = py::array_t<int32_t, py::array::c_style>;
 using DirectionArray = py::array_t<int8_t, py::array::c_style>;
-
-// Reports the largest code when a packer's OR says some code needs more than `bits` bits.
-void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) {
-  if ((all_or >> bits) == 0) return;
-  const uint8_t* p = a.data();
-  const uint8_t mx = *std::max_element(p, p + a.size());
-  throw py::value_error(std::string(name) + " holds code " + std::to_string(mx) + " >= 2**" +
-                        std::to_string(bits) + " = " + std::to_string(1 << bits) +
-                        "; codes must be unsigned ints below 2**bits");
-}
 
 // Variant name of the kernel that ran the calling thread's last bit convolution (for tests
 // that assert which path ran, not only which one was asked for).
@@ -512,6 +501,7 @@ std::vector<std::string> WgradKernelsPy() {
 }  // namespace
 
 void BindStreamOps(py::module_& m);  // bindings_stream.cpp
+void BindInputGrad(py::module_& m);  // bindings_igrad.cpp
 
 }  // namespace dorefa
 
@@ -574,4 +564,5 @@ PYBIND11_MODULE(_kernels, m) {
            py::arg("thresholds"), py::arg("direction"))
       .def_readonly("t", &dorefa::RequantParams::t);
   dorefa::BindStreamOps(m);
+  dorefa::BindInputGrad(m);
 }

@@ -1,4 +1,4 @@
-// Argument checks shared by the pybind11 glue files (bindings.cpp, bindings_stream.cpp): each
+// Argument checks shared by the pybind11 glue files (bindings*.cpp): each
 // failure is a Python ValueError whose message says what was expected.
 #ifndef DOREFA_CSRC_BINDINGS_CHECKS_H_
 #define DOREFA_CSRC_BINDINGS_CHECKS_H_
@@ -6,11 +6,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 
 namespace dorefa {
 
 using FloatArray = pybind11::array_t<float, pybind11::array::c_style | pybind11::array::forcecast>;
+using CodeArray = pybind11::array_t<uint8_t, pybind11::array::c_style>;
 
 inline void Require(bool ok, const char* msg) {
   if (!ok) throw pybind11::value_error(msg);
@@ -30,6 +33,16 @@ inline void CheckBits(const char* name, int bits) {
 
 inline void CheckThreads(int threads) {
   Require(threads >= 1 && threads <= 1024, "threads must be in 1..1024");
+}
+
+// Reports the largest code when a packer's OR says some code needs more than `bits` bits.
+inline void CheckCodes(const char* name, const CodeArray& a, uint8_t all_or, int bits) {
+  if ((all_or >> bits) == 0) return;
+  const uint8_t* p = a.data();
+  const uint8_t mx = *std::max_element(p, p + a.size());
+  throw pybind11::value_error(std::string(name) + " holds code " + std::to_string(mx) + " >= 2**" +
+                              std::to_string(bits) + " = " + std::to_string(1 << bits) +
+                              "; codes must be unsigned ints below 2**bits");
 }
 
 }  // namespace dorefa

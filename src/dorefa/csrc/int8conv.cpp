@@ -155,6 +155,12 @@ int64_t BandRows(const ConvGeom& g) { return std::max<int64_t>(1, (128 + g.w - 1
 
 }  // namespace
 
+uint8_t PackInt8Image(const ConvGeom& g, const uint8_t* x, int32_t z, int64_t n, uint8_t* dst) {
+  ConvGeom one = g;  // image n alone: PackBand reads no byte past its end
+  one.n = 1;
+  return PackBand(one, Int8Geom(one), x + n * g.c * g.h * g.w, z, 0, 0, one.hp, dst, nullptr);
+}
+
 uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   const Int8Geom q(g);
   auto* bytes = reinterpret_cast<uint8_t*>(wq);

@@ -56,6 +56,11 @@ struct Int8Geom {
   int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4) / 8; }
 };
 
+// Image n of the codes x (N, C, H, W) in the packed activation layout above (Int8Geom(g).image
+// bytes at dst: padding and the channels past C hold code 0, stored as -z); returns the OR of
+// its codes. Also the input gradient's packer (igrad.h).
+uint8_t PackInt8Image(const ConvGeom& g, const uint8_t* x, int32_t z, int64_t n, uint8_t* dst);
+
 // Packs weight codes w (O, C, KH, KW) into wq (Int8Geom(g).WeightWords() words); returns the
 // OR of all codes.
 uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq);

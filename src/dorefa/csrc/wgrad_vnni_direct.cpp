@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "avx512_transpose.h"
 #include "wgrad.h"
 #include "wgrad_direct.h"
 #include "wgrad_outer.h"
@@ -30,7 +31,7 @@ struct VnniDirect {
                          int64_t last, int64_t shift, uint8_t* dst, int64_t ow, int64_t hp) {
     const __m512i zero = _mm512_setzero_si512();
     for (int64_t i = 0; i < ow; i += 64) {
-      const __mmask64 row = Span(i, ow), data = row & ~Span(i, first) & Span(i, last);
+      const __mmask64 row = ByteSpan(i, ow), data = row & ~ByteSpan(i, first) & ByteSpan(i, last);
       for (int64_t y = 0; y < hp; ++y) {
         const int64_t iy = y - p;
         const __m512i v = iy < 0 || iy >= h || data == 0
@@ -40,12 +41,6 @@ struct VnniDirect {
       }
     }
   }
-  // Bytes [i, end) of a 64-byte step starting at i, as a mask (all of them from end - i >= 64).
-  static __mmask64 Span(int64_t i, int64_t end) {
-    const int64_t n = end - i;
-    return n >= 64 ? ~__mmask64{0} : n <= 0 ? __mmask64{0} : (__mmask64{1} << n) - 1;
-  }
-
   // g = 2c - n_g of one sample into 16-channel x 4-pixel vectors: per 16 channels and 16 quads,
   // 16 rows of 64 code bytes (masked: 0 past P and past O), transformed, then transposed as a
   // 16 x 16 matrix of 4-byte quads.
@@ -54,7 +49,7 @@ struct VnniDirect {
     const __m512i ng = _mm512_set1_epi8(static_cast<char>((1 << g.g_bits) - 1));
     for (int64_t v = 0; v < l.ov; ++v) {
       for (int64_t q0 = 0; q0 < l.pq; q0 += 16) {
-        const __mmask64 m = Span(q0 * 4, p_count);
+        const __mmask64 m = ByteSpan(q0 * 4, p_count);
         __m512i r[16];
         for (int i = 0; i < 16; ++i) {
           const int64_t o = v * 16 + i;
@@ -62,35 +57,10 @@ struct VnniDirect {
                                     : _mm512_setzero_si512();
           r[i] = o < g.o ? _mm512_maskz_sub_epi8(m, _mm512_add_epi8(x, x), ng) : x;
         }
-        Transpose16(r);
+        Transpose16Dwords(r);
         const int64_t n = std::min<int64_t>(16, l.pq - q0);
         for (int64_t j = 0; j < n; ++j) _mm512_storeu_si512(gq + (v * l.pq + q0 + j) * 64, r[j]);
       }
-    }
-  }
-
-  // r[i] holds row i's 16 dwords; afterwards r[j] holds column j (row 0's dword j first).
-  static void Transpose16(__m512i (&r)[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 8; ++i) {
-      t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-      t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; ++i) {  // u[4i + e], lane k: rows 4i .. 4i + 3 of dword 4k + e
-      u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-      u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-      u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-      u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    for (int e = 0; e < 4; ++e) {  // column 4k + e: lane k of u[e], u[4 + e], u[8 + e], u[12 + e]
-      const __m512i a0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88);
-      const __m512i a1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xDD);
-      const __m512i b0 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88);
-      const __m512i b1 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xDD);
-      r[e] = _mm512_shuffle_i32x4(a0, b0, 0x88);
-      r[8 + e] = _mm512_shuffle_i32x4(a0, b0, 0xDD);
-      r[4 + e] = _mm512_shuffle_i32x4(a1, b1, 0x88);
-      r[12 + e] = _mm512_shuffle_i32x4(a1, b1, 0xDD);
     }
   }
 

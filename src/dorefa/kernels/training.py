@@ -44,6 +44,7 @@ __all__ = [
     "conv_input_grad",
     "conv_weight_grad",
     "input_grad_codes",
+    "input_grad_kernel",
     "weight_grad_codes",
     "weight_grad_kernel",
 ]
@@ -66,14 +67,38 @@ def _scatter(
     return out
 
 
+def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> str:
+    """What computes the input gradient's sums: ``'igrad-vnni'`` (the GEMM and scatter of
+    ``csrc/igrad.h``) where it computes fewer products than the convolution route (more than one
+    output pixel, and fewer output than input pixels: a valid or strided layer, whose transposed
+    convolution multiplies padding or inserted zeros), this CPU has AVX-512 VNNI, W <= 7 and no
+    kernel other than ``int8-vnni`` is forced; else ``'conv'``, the transposed convolution as a
+    forward convolution on the kernel in force (or the layer's choice)."""
+    from .extension import native
+    from .selection import forced_kernel
+
+    pixels = int(np.prod(np.shape(c)[2:]))
+    fewer = 1 < pixels < input_hw[0] * input_hw[1]
+    if native is None or not fewer or forced_kernel() not in (None, "int8-vnni"):
+        return "conv"
+    fits = native.input_grad_gemm_fits(c, w_codes, g_bits, w_bits, stride, padding, *input_hw)
+    return "igrad-vnni" if fits else "conv"
+
+
 def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
     """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
     check_bits("g_bits", g_bits)
     c = np.ascontiguousarray(c, np.uint8)
-    w_codes = np.asarray(w_codes)
+    w_codes = np.ascontiguousarray(w_codes, np.uint8)
     kernel = w_codes.shape[2:]
     hw = check_geometry(c.shape[2:], kernel, stride, padding, input_hw)
     ones = np.ones((1,) + c.shape[1:], np.uint8)
+    if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
+        from .extension import native
+
+        args = (w_codes, w_bits, stride, padding, *hw)
+        k1 = native.input_grad_gemm(c, args[0], g_bits, *args[1:], threads)
+        return k1, native.input_grad_gemm(ones, args[0], 1, *args[1:], 1)
     if c.shape[2:] == (1, 1) and padding == 0 and hw == kernel:
         # One output pixel whose window is the whole input: dx[c, y, x] = sum_o g[o] w[o, c, y, x],
         # a 1x1 convolution with the weights' (C, KH, KW) as output channels.
