@@ -2,9 +2,12 @@
 // Python face is dorefa.kernels.training (input_grad_codes, conv_input_grad).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "bindings_checks.h"
 #include "buffers.h"
@@ -51,25 +54,40 @@ bool InputGradGemmFitsPy(const CodeArray& c, const CodeArray& w, int g_bits, int
 #endif
 }
 
-// K1 (N, C, H, W) int32 of the input gradient (igrad.h).
-py::array_t<int32_t> InputGradGemmPy(const CodeArray& c, const CodeArray& w, int g_bits, int w_bits,
-                                     int64_t stride, int64_t padding, int64_t h, int64_t wd,
-                                     int threads) {
+// The input gradient's sums (igrad.h): (K1 (N, C, H, W), K2 (1, C, H, W)) int32, or with
+// `scale` ((N,) float64) dx (N, C, H, W) float32 = float32(scale * double(2 K1 - n_g K2)).
+py::object InputGradGemmPy(const CodeArray& c, const CodeArray& w, int g_bits, int w_bits,
+                           int64_t stride, int64_t padding, int64_t h, int64_t wd, int threads,
+                           std::optional<py::array_t<double, py::array::c_style>> scale) {
   CheckThreads(threads);
   const IgradGeom g = Geometry(c, w, g_bits, w_bits, stride, padding, h, wd);
 #ifdef DOREFA_HAVE_X86_KERNELS
   Require(InputGradGemmFits(g),
           "the input-gradient GEMM needs AVX-512 VNNI and w_bits <= 7; check "
           "input_grad_gemm_fits first");
-  py::array_t<int32_t> k1 = OutputArray<int32_t>({g.n, g.c, g.h, g.w});
+  Require(!scale || (scale->ndim() == 1 && scale->shape(0) == g.n), "scale must be (N,) float64");
+  py::array_t<int32_t> k2 = OutputArray<int32_t>({1, g.c, g.h, g.w});
+  IgradOut out;
+  out.k2 = k2.mutable_data();
+  py::array result;
+  if (scale) {
+    py::array_t<float> dx = OutputArray<float>({g.n, g.c, g.h, g.w});
+    out.dx = dx.mutable_data(), out.scale = scale->data();
+    result = std::move(dx);
+  } else {
+    py::array_t<int32_t> k1 = OutputArray<int32_t>({g.n, g.c, g.h, g.w});
+    out.k1 = k1.mutable_data();
+    result = std::move(k1);
+  }
   uint32_t ors;
   {
     py::gil_scoped_release release;
-    ors = InputGradGemm(g, c.data(), w.data(), k1.mutable_data(), threads);
+    ors = InputGradGemm(g, c.data(), w.data(), out, threads);
   }
   CheckCodes("c", c, static_cast<uint8_t>(ors & 0xff), g_bits);
   CheckCodes("w_codes", w, static_cast<uint8_t>(ors >> 8), w_bits);
-  return k1;
+  if (scale) return result;
+  return py::make_tuple(result, k2);
 #else
   throw py::value_error("the input-gradient GEMM needs the x86 kernels");
 #endif
@@ -83,7 +101,7 @@ void BindInputGrad(py::module_& m) {
         py::arg("w"));
   m.def("input_grad_gemm", &InputGradGemmPy, py::arg("c"), py::arg("w_codes"), py::arg("g_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("h"), py::arg("w"),
-        py::arg("threads"));
+        py::arg("threads"), py::arg("scale") = py::none());
 }
 
 }  // namespace dorefa

@@ -15,7 +15,8 @@
 // Layouts (VNNI, VPDPBUSD: u8 codes x s8 weight factors, int32 sums without saturation):
 //   wq[r][t][cg][oq][lane][i] = 2 p[4 oq + i, 16 cg + lane, r, t] - n_w   (0 past O and C)
 //   cq[oy][ox][o]             = c[b, o, oy, ox]   (int8conv.h's packed activations, 0 past O)
-//   acc[iy][ix][ci]           int32, per sample, then transposed into K1[b] (C, H, W).
+//   acc[iy][ix][ci]           int32, per sample, then transposed into K1[b] (C, H, W), or
+//                             finished into dx[b] on the way.
 #ifndef DOREFA_CSRC_IGRAD_H_
 #define DOREFA_CSRC_IGRAD_H_
 
@@ -32,9 +33,19 @@ struct IgradGeom {
 // True when this CPU runs the VNNI kernel and the layer fits it (n_w <= 127).
 bool InputGradGemmFits(const IgradGeom& g);
 
-// K1 (N, C, H, W) int32 from codes c (N, O, OH, OW) and weight codes w (O, C, KH, KW), samples
-// over up to `threads` threads; returns the OR of c's codes (low byte) and w's (second byte).
-uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, int32_t* k1,
+// Where the sums go: K2 (C, H, W) = sum of 2p - n_w over the (o, r, t) reaching each pixel
+// (always), and either K1 (N, C, H, W) or, with dx set, the input gradient itself,
+// dx[b] = float32(scale[b] * double(2 K1[b] - n_g K2)) (input_grad.h's finish, fused).
+struct IgradOut {
+  int32_t* k2 = nullptr;
+  int32_t* k1 = nullptr;
+  float* dx = nullptr;
+  const double* scale = nullptr;
+};
+
+// The sums from codes c (N, O, OH, OW) and weight codes w (O, C, KH, KW), samples over up to
+// `threads` threads; returns the OR of c's codes (low byte) and w's (second byte).
+uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, const IgradOut& out,
                        int threads);
 
 }  // namespace dorefa

@@ -1,8 +1,7 @@
 // The input-gradient GEMM on AVX-512 VNNI (igrad.h). Register tile: up to 4 vectors of 16 input
 // channels x 4 output pixels = 16 zmm of int32 sums; per group of 4 output channels, 4 weight
 // vectors and 4 broadcast code quads feed 16 VPDPBUSD. A tile covers one tap (r, t), so its sums
-// go to 4 input pixels: one load, add and store per vector and pixel after O / 4 steps. (GCC 12
-// keeps some of a 24-sum tile on the stack, stored at every step: 4 x 6 ran 1.5-2x slower.)
+// go to 4 input pixels: one load, add and store per vector and pixel after O / 4 steps.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -18,12 +17,13 @@
 #include "igrad.h"
 #include "int8conv.h"
 #include "thread_pool.h"
+#include "unroll.h"
 
 namespace dorefa {
 namespace {
 
 constexpr int kVectors = 4;  // 16-channel groups per register tile
-constexpr int kPixels = 4;   // output pixels per register tile (more: GCC 12 spills the sums)
+constexpr int kPixels = 6;   // output pixels per register tile (more: GCC 12 spills the sums)
 
 struct IgradPacked {
   const IgradGeom* g;
@@ -38,24 +38,24 @@ void Tile(const IgradPacked& k, int64_t r, int64_t t, int64_t cg0, int64_t p0) {
   const IgradGeom& g = *k.g;
   const int8_t* w = k.wq + ((r * g.kw + t) * k.cg + cg0) * k.oq * 64;
   __m512i s[V][J];
-  for (int v = 0; v < V; ++v)
-    for (int j = 0; j < J; ++j) s[v][j] = _mm512_setzero_si512();
+  DOREFA_UNROLL for (int v = 0; v < V; ++v) {
+    DOREFA_UNROLL for (int j = 0; j < J; ++j) s[v][j] = _mm512_setzero_si512();
+  }
   const uint8_t* cq = k.cq + p0 * k.op;
   for (int64_t q = 0; q < k.oq; ++q) {
     __m512i wv[V];
-    for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(w + (v * k.oq + q) * 64);
-    for (int j = 0; j < J; ++j) {
+    DOREFA_UNROLL for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(w + (v * k.oq + q) * 64);
+    DOREFA_UNROLL for (int j = 0; j < J; ++j) {
       int32_t quad;
       std::memcpy(&quad, cq + j * k.op + 4 * q, 4);
       const __m512i cv = _mm512_set1_epi32(quad);
-      for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], cv, wv[v]);
+      DOREFA_UNROLL for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], cv, wv[v]);
     }
   }
-  // Out of registers first, with constant indices (a scatter loop indexing s itself would keep
-  // s in memory, stored at every step).
   alignas(64) int32_t raw[J][V][16];
-  for (int j = 0; j < J; ++j)
-    for (int v = 0; v < V; ++v) _mm512_store_si512(raw[j][v], s[v][j]);
+  DOREFA_UNROLL for (int j = 0; j < J; ++j) {
+    DOREFA_UNROLL for (int v = 0; v < V; ++v) _mm512_store_si512(raw[j][v], s[v][j]);
+  }
   for (int j = 0; j < J; ++j) {
     const int64_t oy = (p0 + j) / g.ow, ox = (p0 + j) % g.ow;
     const int64_t iy = oy * g.stride + r - g.padding, ix = ox * g.stride + t - g.padding;
@@ -78,26 +78,57 @@ constexpr auto TileTable(std::integer_sequence<int, I...>) {
   return std::array{TileRow<I + 1>(std::make_integer_sequence<int, kPixels>{})...};
 }
 
-// Weight factors into wq (layout in igrad.h); returns the OR of the codes.
+// Weight factors into wq (layout in igrad.h), written in order (each 64-byte vector from four
+// output channels' runs of 16 x KH KW bytes); returns the OR of the codes.
 uint8_t PackWeights(const IgradGeom& g, int64_t cg, int64_t oq, const uint8_t* w, int8_t* wq) {
   const int32_t nw = (1 << g.w_bits) - 1;
-  std::memset(wq, 0, static_cast<size_t>(g.kh * g.kw * cg * oq * 64));
+  const int64_t kk = g.kh * g.kw;
   uint8_t ors = 0;
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t ci = 0; ci < g.c; ++ci)
-      for (int64_t r = 0; r < g.kh; ++r)
-        for (int64_t t = 0; t < g.kw; ++t) {
-          const uint8_t code = w[((o * g.c + ci) * g.kh + r) * g.kw + t];
-          ors |= code;
-          const int64_t at = (((r * g.kw + t) * cg + ci / 16) * oq + o / 4) * 64 + ci % 16 * 4;
-          wq[at + o % 4] = static_cast<int8_t>(2 * code - nw);
-        }
+  for (int64_t rt = 0; rt < kk; ++rt)
+    for (int64_t c0 = 0; c0 < cg * 16; c0 += 16)
+      for (int64_t o0 = 0; o0 < oq * 4; o0 += 4, wq += 64)
+        for (int64_t lane = 0; lane < 16; ++lane)
+          for (int64_t i = 0; i < 4; ++i) {
+            const int64_t o = o0 + i, ci = c0 + lane;
+            if (o >= g.o || ci >= g.c) {
+              wq[lane * 4 + i] = 0;
+              continue;
+            }
+            const uint8_t code = w[(o * g.c + ci) * kk + rt];
+            ors |= code;
+            wq[lane * 4 + i] = static_cast<int8_t>(2 * code - nw);
+          }
   return ors;
 }
 
-// acc [HW][cg * 16] -> k1 (C, HW): 16 x 16 transposes.
-void StoreTransposed(const IgradGeom& g, int64_t cg, const int32_t* acc, int32_t* k1) {
+// K2 (C, HW) = sum over (o, r, t) reaching each input pixel of 2 p - n_w: per tap the column
+// sums of the weight factors, added at the input pixels the tap's output pixels reach.
+void WeightSums(const IgradGeom& g, const uint8_t* w, int32_t* k2) {
+  const int32_t nw = (1 << g.w_bits) - 1;
+  const int64_t kk = g.kh * g.kw, hw = g.h * g.w;
+  std::vector<int32_t> tap(static_cast<size_t>(g.c * kk), 0);  // [ci][rt]
+  for (int64_t o = 0; o < g.o; ++o)
+    for (int64_t i = 0; i < g.c * kk; ++i) tap[i] += 2 * w[o * g.c * kk + i] - nw;
+  std::fill(k2, k2 + g.c * hw, 0);
+  for (int64_t r = 0; r < g.kh; ++r)
+    for (int64_t t = 0; t < g.kw; ++t)
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          const int64_t iy = oy * g.stride + r - g.padding, ix = ox * g.stride + t - g.padding;
+          if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+          for (int64_t ci = 0; ci < g.c; ++ci)
+            k2[ci * hw + iy * g.w + ix] += tap[ci * kk + r * g.kw + t];
+        }
+}
+
+// acc [HW][cg * 16] -> 16 x 16 transposes -> either K1 (C, HW) as is, or dx (C, HW) =
+// float32(scale * double(2 K1 - n_g K2)): D formed exactly in double (|2 K1| < 2^32,
+// |n_g K2| < 2^39), one double product, one rounding to float32 (input_grad.h's finish).
+void StoreTransposed(const IgradGeom& g, int64_t cg, const int32_t* acc, const IgradOut& out,
+                     int64_t b) {
   const int64_t hw = g.h * g.w;
+  const __m512d two = _mm512_set1_pd(2.0), ng = _mm512_set1_pd((1 << g.g_bits) - 1);
+  const __m512d scale = _mm512_set1_pd(out.dx != nullptr ? out.scale[b] : 0.0);
   for (int64_t c0 = 0; c0 < g.c; c0 += 16) {
     for (int64_t p0 = 0; p0 < hw; p0 += 16) {
       const int64_t np = std::min<int64_t>(16, hw - p0), nc = std::min<int64_t>(16, g.c - c0);
@@ -106,7 +137,25 @@ void StoreTransposed(const IgradGeom& g, int64_t cg, const int32_t* acc, int32_t
         r[i] = i < np ? _mm512_loadu_si512(acc + (p0 + i) * cg * 16 + c0) : _mm512_setzero_si512();
       Transpose16Dwords(r);
       const __mmask16 m = static_cast<__mmask16>((1u << np) - 1);
-      for (int64_t i = 0; i < nc; ++i) _mm512_mask_storeu_epi32(k1 + (c0 + i) * hw + p0, m, r[i]);
+      for (int64_t i = 0; i < nc; ++i) {
+        const int64_t at = (c0 + i) * hw + p0;
+        if (out.dx == nullptr) {
+          _mm512_mask_storeu_epi32(out.k1 + b * g.c * hw + at, m, r[i]);
+          continue;
+        }
+        const __m512i k2 = _mm512_maskz_loadu_epi32(m, out.k2 + at);
+        __m256 half[2];
+        for (int h = 0; h < 2; ++h) {
+          const __m256i a =
+              h == 0 ? _mm512_castsi512_si256(r[i]) : _mm512_extracti64x4_epi64(r[i], 1);
+          const __m256i k = h == 0 ? _mm512_castsi512_si256(k2) : _mm512_extracti64x4_epi64(k2, 1);
+          const __m512d d = _mm512_sub_pd(_mm512_mul_pd(two, _mm512_cvtepi32_pd(a)),
+                                          _mm512_mul_pd(ng, _mm512_cvtepi32_pd(k)));
+          half[h] = _mm512_cvtpd_ps(_mm512_mul_pd(scale, d));
+        }
+        const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(half[0]), half[1], 1);
+        _mm512_mask_storeu_ps(out.dx + b * g.c * hw + at, m, y);
+      }
     }
   }
 }
@@ -114,11 +163,11 @@ void StoreTransposed(const IgradGeom& g, int64_t cg, const int32_t* acc, int32_t
 }  // namespace
 
 bool InputGradGemmFits(const IgradGeom& g) {
-  constexpr uint32_t kNeeds = kAvx512F | kAvx512Bw | kAvx512Vl | kAvx512Vnni;
+  constexpr uint32_t kNeeds = kAvx512F | kAvx512Bw | kAvx512Vl | kAvx512Dq | kAvx512Vnni;
   return (CpuFeatures() & kNeeds) == kNeeds && g.w_bits <= 7;
 }
 
-uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, int32_t* k1,
+uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, const IgradOut& out,
                        int threads) {
   static constexpr auto kTiles = TileTable(std::make_integer_sequence<int, kVectors>{});
   ConvGeom cg_geom;  // the codes as an int8conv input: (N, O, OH, OW), no padding
@@ -129,6 +178,7 @@ uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, i
   const int64_t cg = (g.c + 15) / 16, oq = q.cp / 4, p = g.oh * g.ow, hw = g.h * g.w;
   PoolScratch<int8_t> wq(static_cast<size_t>(g.kh * g.kw * cg * oq * 64));
   const uint8_t w_ors = PackWeights(g, cg, oq, w, wq.data());
+  WeightSums(g, w, out.k2);
   std::atomic<uint32_t> ors{0};
   ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
     PoolScratch<uint8_t> cq(static_cast<size_t>(q.image + 64));
@@ -145,7 +195,7 @@ uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, i
             for (int64_t p0 = 0; p0 < p; p0 += kPixels)
               kTiles[nv - 1][std::min<int64_t>(kPixels, p - p0) - 1](k, r, t, cg0, p0);
       }
-      StoreTransposed(g, cg, acc.data(), k1 + b * g.c * hw);
+      StoreTransposed(g, cg, acc.data(), out, b);
     }
     ors.fetch_or(mine);
   });

@@ -96,9 +96,7 @@ def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, thre
     if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
         from .extension import native
 
-        args = (w_codes, w_bits, stride, padding, *hw)
-        k1 = native.input_grad_gemm(c, args[0], g_bits, *args[1:], threads)
-        return k1, native.input_grad_gemm(ones, args[0], 1, *args[1:], 1)
+        return native.input_grad_gemm(c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
     if c.shape[2:] == (1, 1) and padding == 0 and hw == kernel:
         # One output pixel whose window is the whole input: dx[c, y, x] = sum_o g[o] w[o, c, y, x],
         # a 1x1 convolution with the weights' (C, KH, KW) as output channels.
@@ -162,10 +160,17 @@ def conv_input_grad(
     """dx float32 (N, C, H, W) = ``float32(float64(m_b) * w_scale / n_g * float64(D))``: the
     spec's ``input_grad_float`` rounded once to float32."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
-    k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
     scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
     from .extension import native
     from .selection import current_kernel
+
+    hw = tuple(int(v) for v in input_hw)
+    if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
+        c = np.ascontiguousarray(c, np.uint8)  # the sums finished into dx in the same pass
+        w_codes = np.ascontiguousarray(w_codes, np.uint8)
+        args = (c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
+        return native.input_grad_gemm(*args, scale=scale)
+    k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
 
     native_ok = native is not None and current_kernel() != REFERENCE
     if native_ok and k1.dtype == np.int32 and k2.dtype == np.int32:
