@@ -26,6 +26,7 @@
 #include "int8conv.h"
 #include "int8conv_store.h"
 #include "requant_avx512.h"
+#include "unroll.h"
 
 namespace dorefa {
 namespace {
@@ -41,26 +42,31 @@ void Block(const Int8Conv& c, const int8_t* const* xs, int64_t ob, int32_t* raw)
   const int64_t span = g.kw * c.q.cp / 4;  // groups per kernel row
   const int64_t bstride = c.q.groups * 64;
   __m512i acc[P][NB];
-  for (int p = 0; p < P; ++p)
-    for (int b = 0; b < NB; ++b) acc[p][b] = _mm512_setzero_si512();
+  DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+    DOREFA_UNROLL for (int b = 0; b < NB; ++b) acc[p][b] = _mm512_setzero_si512();
+  }
   const uint8_t* w0 = c.wq + ob * bstride;
   for (int64_t r = 0; r < g.kh; ++r) {
     const int8_t* xr[P];
-    for (int p = 0; p < P; ++p) xr[p] = xs[p] + r * c.q.row;
+    DOREFA_UNROLL for (int p = 0; p < P; ++p) xr[p] = xs[p] + r * c.q.row;
     const uint8_t* wr = w0 + r * span * 64;
     for (int64_t j = 0; j < span; ++j) {
       __m512i wv[NB];
-      for (int b = 0; b < NB; ++b) wv[b] = _mm512_loadu_si512(wr + b * bstride + j * 64);
-      for (int p = 0; p < P; ++p) {
+      DOREFA_UNROLL for (int b = 0; b < NB; ++b) wv[b] =
+          _mm512_loadu_si512(wr + b * bstride + j * 64);
+      DOREFA_UNROLL for (int p = 0; p < P; ++p) {
         int32_t v;
         std::memcpy(&v, xr[p] + 4 * j, 4);
         const __m512i xv = _mm512_set1_epi32(v);
-        for (int b = 0; b < NB; ++b) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], wv[b], xv);
+        DOREFA_UNROLL for (int b = 0; b < NB; ++b) acc[p][b] =
+            _mm512_dpbusd_epi32(acc[p][b], wv[b], xv);
       }
     }
   }
-  for (int p = 0; p < P; ++p)
-    for (int b = 0; b < NB; ++b) _mm512_storeu_si512(raw + (p * NB + b) * kInt8Lanes, acc[p][b]);
+  DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+    DOREFA_UNROLL for (int b = 0; b < NB; ++b)
+        _mm512_storeu_si512(raw + (p * NB + b) * kInt8Lanes, acc[p][b]);
+  }
 }
 
 // The vector store (int8conv_store.h) on zmm: 16 lanes.

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "cpu_features.h"
+#include "unroll.h"
 #include "wgrad.h"
 #include "wgrad_finish.h"
 
@@ -21,21 +22,26 @@ template <int R, int NB>
 void Block(const WgradSample& s, int64_t o0, int64_t kb0, int32_t* u) {
   const int64_t pq_count = s.g->PQ();
   __m512i acc[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
+  DOREFA_UNROLL for (int r = 0; r < R; ++r) {
+    DOREFA_UNROLL for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
+  }
   const int8_t* x0 = s.xq + kb0 * pq_count * 64;
   for (int64_t pq = 0; pq < pq_count; ++pq) {
     __m512i xv[NB];
-    for (int b = 0; b < NB; ++b) xv[b] = _mm512_loadu_si512(x0 + (b * pq_count + pq) * 64);
-    for (int r = 0; r < R; ++r) {
+    DOREFA_UNROLL for (int b = 0; b < NB; ++b) xv[b] =
+        _mm512_loadu_si512(x0 + (b * pq_count + pq) * 64);
+    DOREFA_UNROLL for (int r = 0; r < R; ++r) {
       int32_t v;
       std::memcpy(&v, s.cq + ((o0 + r) * pq_count + pq) * 4, 4);
       const __m512i cv = _mm512_set1_epi32(v);
-      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], cv, xv[b]);
+      DOREFA_UNROLL for (int b = 0; b < NB; ++b) acc[r][b] =
+          _mm512_dpbusd_epi32(acc[r][b], cv, xv[b]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) _mm512_storeu_si512(u + (r * NB + b) * 16, acc[r][b]);
+  DOREFA_UNROLL for (int r = 0; r < R; ++r) {
+    DOREFA_UNROLL for (int b = 0; b < NB; ++b)
+        _mm512_storeu_si512(u + (r * NB + b) * 16, acc[r][b]);
+  }
 }
 
 using BlockFn = void (*)(const WgradSample&, int64_t, int64_t, int32_t*);
