@@ -36,6 +36,7 @@ IgradGeom Geometry(const CodeArray& c, const CodeArray& w, int g_bits, int w_bit
               g.ow == (wd + 2 * padding - g.kw) / stride + 1,
           "c's spatial shape is not the convolution's output shape for this input size");
   Require(g.n >= 1 && g.o >= 1 && g.c >= 1, "c and w_codes must not be empty");
+  Require(h * wd < (int64_t{1} << 31), "the input must have fewer than 2^31 pixels");
   const double bound =
       static_cast<double>(g.o * g.kh * g.kw) * ((1 << g_bits) - 1) * ((1 << w_bits) - 1);
   RequireOr(bound <= 2147483647.0, [&] {

@@ -23,15 +23,31 @@ namespace dorefa {
 namespace {
 
 constexpr int kVectors = 4;  // 16-channel groups per register tile
-constexpr int kPixels = 6;   // output pixels per register tile (more: GCC 12 spills the sums)
+constexpr int kPixels = 4;   // output pixels per register tile (more: GCC 12 spills the sums)
 
 struct IgradPacked {
   const IgradGeom* g;
   int64_t cg, oq, op, p;  // channel groups, output-channel quads, code bytes per pixel, pixels
   const int8_t* wq;
-  const uint8_t* cq;  // this sample's codes
-  int32_t* acc;       // this sample's sums, [H][W][cg * 16]
+  const int32_t* target;  // [KH KW][P]: the input pixel iy W + ix of tap (r, t) and pixel p, or -1
+  const uint8_t* cq;      // this sample's codes
+  int32_t* acc;           // this sample's sums, [H][W][cg * 16]
 };
+
+// The targets of IgradPacked: where each tap's output pixels land (-1: in the padding).
+std::vector<int32_t> Targets(const IgradGeom& g) {
+  std::vector<int32_t> target;
+  target.reserve(static_cast<size_t>(g.kh * g.kw * g.oh * g.ow));
+  for (int64_t r = 0; r < g.kh; ++r)
+    for (int64_t t = 0; t < g.kw; ++t)
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          const int64_t iy = oy * g.stride + r - g.padding, ix = ox * g.stride + t - g.padding;
+          const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+          target.push_back(inside ? static_cast<int32_t>(iy * g.w + ix) : -1);
+        }
+  return target;
+}
 
 template <int V, int J>
 void Tile(const IgradPacked& k, int64_t r, int64_t t, int64_t cg0, int64_t p0) {
@@ -52,18 +68,13 @@ void Tile(const IgradPacked& k, int64_t r, int64_t t, int64_t cg0, int64_t p0) {
       DOREFA_UNROLL for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], cv, wv[v]);
     }
   }
-  alignas(64) int32_t raw[J][V][16];
+  const int32_t* target = k.target + (r * g.kw + t) * k.p + p0;
   DOREFA_UNROLL for (int j = 0; j < J; ++j) {
-    DOREFA_UNROLL for (int v = 0; v < V; ++v) _mm512_store_si512(raw[j][v], s[v][j]);
-  }
-  for (int j = 0; j < J; ++j) {
-    const int64_t oy = (p0 + j) / g.ow, ox = (p0 + j) % g.ow;
-    const int64_t iy = oy * g.stride + r - g.padding, ix = ox * g.stride + t - g.padding;
-    if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;  // the forward's padding
-    int32_t* dst = k.acc + ((iy * g.w + ix) * k.cg + cg0) * 16;
-    for (int v = 0; v < V; ++v) {
+    if (target[j] < 0) continue;  // the forward's padding
+    int32_t* dst = k.acc + (target[j] * k.cg + cg0) * 16;
+    DOREFA_UNROLL for (int v = 0; v < V; ++v) {
       const __m512i old = _mm512_loadu_si512(dst + v * 16);
-      _mm512_storeu_si512(dst + v * 16, _mm512_add_epi32(old, _mm512_load_si512(raw[j][v])));
+      _mm512_storeu_si512(dst + v * 16, _mm512_add_epi32(old, s[v][j]));
     }
   }
 }
@@ -179,6 +190,7 @@ uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, c
   PoolScratch<int8_t> wq(static_cast<size_t>(g.kh * g.kw * cg * oq * 64));
   const uint8_t w_ors = PackWeights(g, cg, oq, w, wq.data());
   WeightSums(g, w, out.k2);
+  const std::vector<int32_t> target = Targets(g);
   std::atomic<uint32_t> ors{0};
   ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
     PoolScratch<uint8_t> cq(static_cast<size_t>(q.image + 64));
@@ -187,7 +199,7 @@ uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, c
     for (int64_t b = begin; b < end; ++b) {
       mine |= PackInt8Image(cg_geom, c, 0, b, cq.data());
       std::memset(acc.data(), 0, static_cast<size_t>(hw * cg * 16) * sizeof(int32_t));
-      const IgradPacked k{&g, cg, oq, q.cp, p, wq.data(), cq.data(), acc.data()};
+      const IgradPacked k{&g, cg, oq, q.cp, p, wq.data(), target.data(), cq.data(), acc.data()};
       for (int64_t cg0 = 0; cg0 < cg; cg0 += kVectors) {
         const int nv = static_cast<int>(std::min<int64_t>(kVectors, cg - cg0));
         for (int64_t r = 0; r < g.kh; ++r)

@@ -69,17 +69,18 @@ def _scatter(
 
 def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> str:
     """What computes the input gradient's sums: ``'igrad-vnni'`` (the GEMM and scatter of
-    ``csrc/igrad.h``) where it computes fewer products than the convolution route (more than one
-    output pixel, and fewer output than input pixels: a valid or strided layer, whose transposed
-    convolution multiplies padding or inserted zeros), this CPU has AVX-512 VNNI, W <= 7 and no
-    kernel other than ``int8-vnni`` is forced; else ``'conv'``, the transposed convolution as a
-    forward convolution on the kernel in force (or the layer's choice)."""
+    ``csrc/igrad.h``) for layers with more than one output pixel where this CPU has AVX-512
+    VNNI, W <= 7 and no kernel other than ``int8-vnni`` is forced; else ``'conv'``, the
+    transposed convolution as a forward convolution on the kernel in force (or the layer's
+    choice; one output pixel: a 1x1 convolution over the weights' taps)."""
     from .extension import native
     from .selection import forced_kernel
 
-    pixels = int(np.prod(np.shape(c)[2:]))
-    fewer = 1 < pixels < input_hw[0] * input_hw[1]
-    if native is None or not fewer or forced_kernel() not in (None, "int8-vnni"):
+    if (
+        native is None
+        or np.prod(np.shape(c)[2:]) == 1
+        or forced_kernel() not in (None, "int8-vnni")
+    ):
         return "conv"
     fits = native.input_grad_gemm_fits(c, w_codes, g_bits, w_bits, stride, padding, *input_hw)
     return "igrad-vnni" if fits else "conv"
