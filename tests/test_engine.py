@@ -167,6 +167,28 @@ def test_weight_grad_kernel_refuses_bad_input():
         native.weight_grad("wgrad-scalar", g, a, 4, 2, 3, 3, 1, 1, 1, np.ones(3))
 
 
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def test_input_grad_gemm_refuses_bad_input():
+    """The GEMM's checks; where the CPU lacks VNNI (or W = 8) it says so instead of running."""
+    g, _, wc, _ = _operands((2, 3, 6, 6, 4, 3, 1, 1), (1, 2, 4), 0)
+    native = K._native
+    assert not native.input_grad_gemm_fits(g, wc, 4, 8, 1, 1, 6, 6)  # 2p - 255 is not an int8
+    with pytest.raises(ValueError, match="c and w_codes must have the same O"):
+        native.input_grad_gemm(g, wc[:3], 4, 1, 1, 1, 6, 6, 1)
+    with pytest.raises(ValueError, match="not the convolution's output shape"):
+        native.input_grad_gemm(g, wc, 4, 1, 2, 1, 6, 6, 1)
+    if not native.input_grad_gemm_fits(g, wc, 4, 1, 1, 1, 6, 6):
+        with pytest.raises(ValueError, match="needs AVX-512 VNNI"):
+            native.input_grad_gemm(g, wc, 4, 1, 1, 1, 6, 6, 1)
+        return
+    with pytest.raises(ValueError, match="c holds code 15 >= 2\\*\\*2"):
+        native.input_grad_gemm(g | 8, wc, 2, 1, 1, 1, 6, 6, 1)
+    with pytest.raises(ValueError, match="w_codes holds code 2 >= 2\\*\\*1"):
+        native.input_grad_gemm(g, wc + 1, 4, 1, 1, 1, 6, 6, 1)
+    with pytest.raises(ValueError, match="scale must be"):
+        native.input_grad_gemm(g, wc, 4, 1, 1, 1, 6, 6, 1, scale=np.ones(3))
+
+
 def test_entry_points_refuse_a_wrong_geometry():
     g, m, wc, a = _operands((1, 3, 6, 6, 2, 3, 1, 1), (1, 2, 4), 0)
     with pytest.raises(ValueError, match="pass the forward input's"):
