@@ -49,37 +49,41 @@ std::vector<int32_t> Targets(const IgradGeom& g) {
   return target;
 }
 
+// Pixel tiles p0, p0 + J, ... below p1 of tap (r, t) and channel groups cg0 .. cg0 + V - 1 (one
+// call per run of tiles: the call and its pointers cost as much as a tile's epilogue).
 template <int V, int J>
-void Tile(const IgradPacked& k, int64_t r, int64_t t, int64_t cg0, int64_t p0) {
+void Tile(const IgradPacked& k, int64_t r, int64_t t, int64_t cg0, int64_t p0, int64_t p1) {
   const IgradGeom& g = *k.g;
   const int8_t* w = k.wq + ((r * g.kw + t) * k.cg + cg0) * k.oq * 64;
-  __m512i s[V][J];
-  DOREFA_UNROLL for (int v = 0; v < V; ++v) {
-    DOREFA_UNROLL for (int j = 0; j < J; ++j) s[v][j] = _mm512_setzero_si512();
-  }
-  const uint8_t* cq = k.cq + p0 * k.op;
-  for (int64_t q = 0; q < k.oq; ++q) {
-    __m512i wv[V];
-    DOREFA_UNROLL for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(w + (v * k.oq + q) * 64);
-    DOREFA_UNROLL for (int j = 0; j < J; ++j) {
-      int32_t quad;
-      std::memcpy(&quad, cq + j * k.op + 4 * q, 4);
-      const __m512i cv = _mm512_set1_epi32(quad);
-      DOREFA_UNROLL for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], cv, wv[v]);
-    }
-  }
-  const int32_t* target = k.target + (r * g.kw + t) * k.p + p0;
-  DOREFA_UNROLL for (int j = 0; j < J; ++j) {
-    if (target[j] < 0) continue;  // the forward's padding
-    int32_t* dst = k.acc + (target[j] * k.cg + cg0) * 16;
+  const int32_t* target = k.target + (r * g.kw + t) * k.p;
+  for (; p0 + J <= p1; p0 += J) {
+    __m512i s[V][J];
     DOREFA_UNROLL for (int v = 0; v < V; ++v) {
-      const __m512i old = _mm512_loadu_si512(dst + v * 16);
-      _mm512_storeu_si512(dst + v * 16, _mm512_add_epi32(old, s[v][j]));
+      DOREFA_UNROLL for (int j = 0; j < J; ++j) s[v][j] = _mm512_setzero_si512();
+    }
+    const uint8_t* cq = k.cq + p0 * k.op;
+    for (int64_t q = 0; q < k.oq; ++q) {
+      __m512i wv[V];
+      DOREFA_UNROLL for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(w + (v * k.oq + q) * 64);
+      DOREFA_UNROLL for (int j = 0; j < J; ++j) {
+        int32_t quad;
+        std::memcpy(&quad, cq + j * k.op + 4 * q, 4);
+        const __m512i cv = _mm512_set1_epi32(quad);
+        DOREFA_UNROLL for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], cv, wv[v]);
+      }
+    }
+    DOREFA_UNROLL for (int j = 0; j < J; ++j) {
+      if (target[p0 + j] < 0) continue;  // the forward's padding
+      int32_t* dst = k.acc + (target[p0 + j] * k.cg + cg0) * 16;
+      DOREFA_UNROLL for (int v = 0; v < V; ++v) {
+        const __m512i old = _mm512_loadu_si512(dst + v * 16);
+        _mm512_storeu_si512(dst + v * 16, _mm512_add_epi32(old, s[v][j]));
+      }
     }
   }
 }
 
-using TileFn = void (*)(const IgradPacked&, int64_t, int64_t, int64_t, int64_t);
+using TileFn = void (*)(const IgradPacked&, int64_t, int64_t, int64_t, int64_t, int64_t);
 template <int V, int... J>
 constexpr std::array<TileFn, sizeof...(J)> TileRow(std::integer_sequence<int, J...>) {
   return {&Tile<V, J + 1>...};
@@ -202,10 +206,12 @@ uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, c
       const IgradPacked k{&g, cg, oq, q.cp, p, wq.data(), target.data(), cq.data(), acc.data()};
       for (int64_t cg0 = 0; cg0 < cg; cg0 += kVectors) {
         const int nv = static_cast<int>(std::min<int64_t>(kVectors, cg - cg0));
+        const int64_t full = p / kPixels * kPixels;
         for (int64_t r = 0; r < g.kh; ++r)
-          for (int64_t t = 0; t < g.kw; ++t)
-            for (int64_t p0 = 0; p0 < p; p0 += kPixels)
-              kTiles[nv - 1][std::min<int64_t>(kPixels, p - p0) - 1](k, r, t, cg0, p0);
+          for (int64_t t = 0; t < g.kw; ++t) {
+            kTiles[nv - 1][kPixels - 1](k, r, t, cg0, 0, full);
+            if (full < p) kTiles[nv - 1][p - full - 1](k, r, t, cg0, full, p);
+          }
       }
       StoreTransposed(g, cg, acc.data(), out, b);
     }
