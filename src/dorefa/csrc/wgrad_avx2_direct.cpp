@@ -50,20 +50,22 @@ struct Avx2Direct {
         if (at + 16 >= n) break;
       }
     } else if (n >= 8) {
-      uint64_t lo, hi;
-      std::memcpy(&lo, src, 8);
-      std::memcpy(&hi, src + n - 8, 8);
-      std::memcpy(dst, &lo, 8);
-      std::memcpy(dst + n - 8, &hi, 8);
+      CopyOverlapped<uint64_t>(src, n, dst);
     } else if (n >= 4) {
-      uint32_t lo, hi;
-      std::memcpy(&lo, src, 4);
-      std::memcpy(&hi, src + n - 4, 4);
-      std::memcpy(dst, &lo, 4);
-      std::memcpy(dst + n - 4, &hi, 4);
+      CopyOverlapped<uint32_t>(src, n, dst);
     } else {
       std::memcpy(dst, src, static_cast<size_t>(n));
     }
+  }
+
+  // n bytes (sizeof(Word) <= n <= 2 sizeof(Word)) as a first and a last word, overlapping.
+  template <class Word>
+  static void CopyOverlapped(const uint8_t* src, int64_t n, uint8_t* dst) {
+    Word lo, hi;
+    std::memcpy(&lo, src, sizeof(Word));
+    std::memcpy(&hi, src + n - sizeof(Word), sizeof(Word));
+    std::memcpy(dst, &lo, sizeof(Word));
+    std::memcpy(dst + n - sizeof(Word), &hi, sizeof(Word));
   }
 
   static void PackGrads(const WgradGeom& g, const DirectLayout& l, const uint8_t* c, int8_t* gq) {
