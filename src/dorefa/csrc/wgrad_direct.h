@@ -93,8 +93,8 @@ struct DirectPacked {
   }
 };
 
-// The strips of one sample: Isa::StripPlane(src, h, w, first, last, shift, dst, ow, hp) writes
-// one plane: hp rows of ow bytes, row y + padding = x row y at columns [first, last) (read from
+// The strips of one sample: Isa::StripPlane(src, h, w, p, first, last, shift, dst, ow, hp) writes
+// one plane: hp rows of ow bytes, row y + p = x row y at columns [first, last) (read from
 // src + y w + ox + shift), zeros elsewhere.
 template <class Isa>
 void PackDirectInput(const WgradGeom& g, const DirectLayout& l, const uint8_t* __restrict x,

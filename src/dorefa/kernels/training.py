@@ -18,6 +18,9 @@ an input pixel)::
 pixel, zero between; code 0 adds nothing to an unsigned sum), padded by ``k - 1 - padding``, and
 ``flip(p)`` is the kernel rotated by 180 degrees with input and output channels swapped: a
 transposed convolution is a stride-1 correlation of the scattered codes with the flipped kernel.
+On AVX-512 VNNI the same integers come from ``igrad-vnni`` (``csrc/igrad.h``, see
+:func:`input_grad_kernel`): per sample one GEMM of the weight factors and the codes, each sum
+added at the input pixel its tap reaches, so no product has a padding or inserted zero operand.
 
 Weight gradient (spec: per sample ``S_b = sum_pixels (2c - n_g) q``): both operands change
 with the sample, and the sum runs over the output pixels, so it has its own native kernels
@@ -165,12 +168,12 @@ def conv_input_grad(
     from .extension import native
     from .selection import current_kernel
 
-    hw = tuple(int(v) for v in input_hw)
+    c = np.ascontiguousarray(c, np.uint8)
+    w_codes = np.ascontiguousarray(w_codes, np.uint8)
+    hw = check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
     if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
-        c = np.ascontiguousarray(c, np.uint8)  # the sums finished into dx in the same pass
-        w_codes = np.ascontiguousarray(w_codes, np.uint8)
         args = (c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
-        return native.input_grad_gemm(*args, scale=scale)
+        return native.input_grad_gemm(*args, scale=scale)  # sums and finish in one pass
     k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
 
     native_ok = native is not None and current_kernel() != REFERENCE
