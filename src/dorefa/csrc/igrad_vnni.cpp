@@ -23,7 +23,7 @@ namespace dorefa {
 namespace {
 
 constexpr int kVectors = 4;  // 16-channel groups per register tile
-constexpr int kPixels = 4;   // output pixels per register tile (more: GCC 12 spills the sums)
+constexpr int kPixels = 4;   // output pixels per register tile (6 measured the same)
 
 struct IgradPacked {
   const IgradGeom* g;
@@ -117,23 +117,22 @@ uint8_t PackWeights(const IgradGeom& g, int64_t cg, int64_t oq, const uint8_t* w
 }
 
 // K2 (C, HW) = sum over (o, r, t) reaching each input pixel of 2 p - n_w: per tap the column
-// sums of the weight factors, added at the input pixels the tap's output pixels reach.
-void WeightSums(const IgradGeom& g, const uint8_t* w, int32_t* k2) {
+// sums of the weight factors, added at the input pixels the tap's output pixels reach
+// (Targets).
+void WeightSums(const IgradGeom& g, const uint8_t* w, const std::vector<int32_t>& target,
+                int32_t* k2) {
   const int32_t nw = (1 << g.w_bits) - 1;
-  const int64_t kk = g.kh * g.kw, hw = g.h * g.w;
+  const int64_t kk = g.kh * g.kw, hw = g.h * g.w, p = g.oh * g.ow;
   std::vector<int32_t> tap(static_cast<size_t>(g.c * kk), 0);  // [ci][rt]
   for (int64_t o = 0; o < g.o; ++o)
     for (int64_t i = 0; i < g.c * kk; ++i) tap[i] += 2 * w[o * g.c * kk + i] - nw;
   std::fill(k2, k2 + g.c * hw, 0);
-  for (int64_t r = 0; r < g.kh; ++r)
-    for (int64_t t = 0; t < g.kw; ++t)
-      for (int64_t oy = 0; oy < g.oh; ++oy)
-        for (int64_t ox = 0; ox < g.ow; ++ox) {
-          const int64_t iy = oy * g.stride + r - g.padding, ix = ox * g.stride + t - g.padding;
-          if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
-          for (int64_t ci = 0; ci < g.c; ++ci)
-            k2[ci * hw + iy * g.w + ix] += tap[ci * kk + r * g.kw + t];
-        }
+  for (int64_t rt = 0; rt < kk; ++rt)
+    for (int64_t j = 0; j < p; ++j) {
+      const int32_t at = target[rt * p + j];
+      if (at < 0) continue;
+      for (int64_t ci = 0; ci < g.c; ++ci) k2[ci * hw + at] += tap[ci * kk + rt];
+    }
 }
 
 // acc [HW][cg * 16] -> 16 x 16 transposes -> either K1 (C, HW) as is, or dx (C, HW) =
@@ -193,8 +192,8 @@ uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, c
   const int64_t cg = (g.c + 15) / 16, oq = q.cp / 4, p = g.oh * g.ow, hw = g.h * g.w;
   PoolScratch<int8_t> wq(static_cast<size_t>(g.kh * g.kw * cg * oq * 64));
   const uint8_t w_ors = PackWeights(g, cg, oq, w, wq.data());
-  WeightSums(g, w, out.k2);
   const std::vector<int32_t> target = Targets(g);
+  WeightSums(g, w, target, out.k2);
   std::atomic<uint32_t> ors{0};
   ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
     PoolScratch<uint8_t> cq(static_cast<size_t>(q.image + 64));
