@@ -103,6 +103,15 @@ struct WgradOutput {
   }
 };
 
+// True when every scale is a float32 value (24 significant bits): then scale_b times an integer
+// below 2^29 is exact in double, and a kernel may add it with one FMA (wgrad_outer.h,
+// wgrad_direct.h).
+inline bool Float32Scales(const WgradGeom& g, const WgradOutput& out) {
+  for (int64_t b = 0; b < g.n; ++b)
+    if (static_cast<double>(static_cast<float>(out.scale[b])) != out.scale[b]) return false;
+  return true;
+}
+
 // The weight gradient from gradient codes c (N, O, OH, OW) and activation codes x
 // (N, C, H, W) on `kernel` (the scalar kernel for bit pairs its shift refuses): the samples
 // are packed in parallel, then the (channel, column) blocks are split over up to `threads`

@@ -68,10 +68,7 @@ struct DirectLayout {
 inline bool DirectExactProducts(const WgradGeom& g, const WgradOutput& out) {
   if (out.s != nullptr) return false;
   const int64_t bound = g.P() * ((int64_t{1} << g.g_bits) - 1) * ((int64_t{1} << g.a_bits) - 1);
-  if (bound >= (int64_t{1} << 29)) return false;
-  for (int64_t b = 0; b < g.n; ++b)
-    if (static_cast<double>(static_cast<float>(out.scale[b])) != out.scale[b]) return false;
-  return true;
+  return bound < (int64_t{1} << 29) && Float32Scales(g, out);
 }
 
 struct DirectPacked {

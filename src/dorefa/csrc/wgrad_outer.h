@@ -29,10 +29,7 @@ namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA
 
 bool OuterApplies(const WgradGeom& g, const WgradOutput& out) {
-  if (g.P() != 1 || out.s != nullptr) return false;
-  for (int64_t b = 0; b < g.n; ++b)
-    if (static_cast<double>(static_cast<float>(out.scale[b])) != out.scale[b]) return false;
-  return true;
+  return g.P() == 1 && out.s == nullptr && Float32Scales(g, out);
 }
 
 int64_t OuterRoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
