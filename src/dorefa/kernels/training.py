@@ -89,18 +89,28 @@ def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> 
     return "igrad-vnni" if fits else "conv"
 
 
-def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
-    """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
+def _input_operands(c, g_bits, w_codes, stride, padding, input_hw):
+    """(codes uint8, weight codes uint8, the forward input's (H, W)), checked."""
     check_bits("g_bits", g_bits)
     c = np.ascontiguousarray(c, np.uint8)
     w_codes = np.ascontiguousarray(w_codes, np.uint8)
-    kernel = w_codes.shape[2:]
-    hw = check_geometry(c.shape[2:], kernel, stride, padding, input_hw)
-    ones = np.ones((1,) + c.shape[1:], np.uint8)
+    return c, w_codes, check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
+
+
+def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
+    """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
+    c, w_codes, hw = _input_operands(c, g_bits, w_codes, stride, padding, input_hw)
     if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
         from .extension import native
 
         return native.input_grad_gemm(c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
+    return _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads)
+
+
+def _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads):
+    """K1, K2 as forward convolutions (checked uint8 operands, ``hw`` the input's size)."""
+    kernel = w_codes.shape[2:]
+    ones = np.ones((1,) + c.shape[1:], np.uint8)
     if c.shape[2:] == (1, 1) and padding == 0 and hw == kernel:
         # One output pixel whose window is the whole input: dx[c, y, x] = sum_o g[o] w[o, c, y, x],
         # a 1x1 convolution with the weights' (C, KH, KW) as output channels.
@@ -168,13 +178,11 @@ def conv_input_grad(
     from .extension import native
     from .selection import current_kernel
 
-    c = np.ascontiguousarray(c, np.uint8)
-    w_codes = np.ascontiguousarray(w_codes, np.uint8)
-    hw = check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
+    c, w_codes, hw = _input_operands(c, g_bits, w_codes, stride, padding, input_hw)
     if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
         args = (c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
         return native.input_grad_gemm(*args, scale=scale)  # sums and finish in one pass
-    k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
+    k1, k2 = _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads)
 
     native_ok = native is not None and current_kernel() != REFERENCE
     if native_ok and k1.dtype == np.int32 and k2.dtype == np.int32:
