@@ -12,18 +12,44 @@
 namespace dorefa {
 namespace {
 
-// The spec's sum of one output (oy, ox) for the channel whose weights are w (taps in order):
-// double, from 0.0, one rounding a step (a float converts exactly, a product of two is exact).
-inline double SpecSum(const FloatConvGeom& g, const float* img, int64_t hp, int64_t wp,
-                      const float* w, int64_t oy, int64_t ox) {
-  double a = 0.0;
-  for (int64_t ci = 0; ci < g.c; ++ci)
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const float* src = img + (ci * hp + oy * g.stride + i) * wp + ox * g.stride;
-      for (int64_t j = 0; j < g.kw; ++j, ++w)
-        a += static_cast<double>(*w) * static_cast<double>(src[j]);
-    }
-  return a;
+// The spec's sums of k <= kChains outputs: output i's window starts at src[i] (image, row and
+// column of its first tap) and its channel's weights are w[i] (taps in order). Each in double,
+// from 0.0, one rounding a step (a float converts exactly, a product of two is exact, so a fused
+// multiply-add rounds the same); the k chains run in lockstep, independent of one another.
+constexpr int kChains = 8;
+inline void SpecSums(const FloatConvPlan& p, const float* const* src, const float* const* w, int k,
+                     double* out) {
+  double a[kChains] = {};
+  const float* s[kChains];
+  const float* ws[kChains];
+  for (int i = 0; i < kChains; ++i) {  // unused chains repeat the first
+    s[i] = src[i < k ? i : 0];
+    ws[i] = w[i < k ? i : 0];
+  }
+  for (int64_t t = 0; t < p.taps; ++t) {
+    const int64_t off = p.offs[t];
+    for (int i = 0; i < kChains; ++i)
+      a[i] += static_cast<double>(ws[i][t]) * static_cast<double>(s[i][off]);
+  }
+  for (int i = 0; i < k; ++i) out[i] = a[i];
+}
+
+// The first tap of conv output (oy, ox) of image n in the padded input.
+inline const float* Window(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t oy,
+                           int64_t ox) {
+  return p.xf + ((n * g.c * p.hp) + oy * g.stride) * p.wp + ox * g.stride;
+}
+
+// The code from a pooled pixel's window sums (pool x pool, row by row): each rounded to float32,
+// their max (a NaN stays, as numpy's max), then Q.
+inline uint8_t CodeOfWindow(const FloatConvGeom& g, const FloatConvPlan& p, int64_t o,
+                            const double* sums) {
+  float mx = 0.0f;
+  for (int64_t i = 0; i < g.pool * g.pool; ++i) {
+    const float y = static_cast<float>(sums[i]);
+    if (i == 0 || y > mx || y != y) mx = y;
+  }
+  return QuantizeCode(mx, p.bias[o], static_cast<float>((1 << g.bits) - 1));
 }
 
 // E of the header comment for channel o: 2 (taps + 1) 2^-24 ||w_o||_1 max|x| (>= gamma_n of
@@ -131,32 +157,37 @@ FloatConvPlan MakePlan(const FloatConvGeom& g, const float* x, const float* weig
   return p;
 }
 
-// body(n, row, col, count) on every run of up to kPixelRun pixels of every row of `images`
-// images of rows x cols pixels, the runs split over `threads` threads.
-template <class Body>
-void OverRuns(int threads, int64_t images, int64_t rows, int64_t cols, const Body& body) {
-  const int64_t runs = (cols + kPixelRun - 1) / kPixelRun;
-  ParallelFor(threads, images * rows * runs, [&](int64_t first, int64_t last) {
-    for (int64_t it = first; it < last; ++it) {  // it = (image, row, run)
-      const int64_t r = it % (rows * runs), col = r % runs * kPixelRun;
-      body(it / (rows * runs), r / runs, col, std::min(kPixelRun, cols - col));
-    }
-  });
+// Run `it` of `images` images of rows x cols pixels, a run being up to kPixelRun pixels of a row:
+// image n, its row, first column, pixel count.
+struct Run {
+  int64_t n, row, col, count;
+};
+inline int64_t RunsPerRow(int64_t cols) { return (cols + kPixelRun - 1) / kPixelRun; }
+inline Run RunAt(int64_t it, int64_t rows, int64_t cols) {
+  const int64_t runs = RunsPerRow(cols), r = it % (rows * runs), col = r % runs * kPixelRun;
+  return {it / (rows * runs), r / runs, col, std::min(kPixelRun, cols - col)};
 }
 
 }  // namespace
 
-uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o, int64_t py,
-                  int64_t px) {
-  const float* img = p.xf + n * g.c * p.hp * p.wp;
-  float mx = 0.0f;
-  for (int64_t r = 0; r < g.pool; ++r)
-    for (int64_t s = 0; s < g.pool; ++s) {
-      const float y = static_cast<float>(
-          SpecSum(g, img, p.hp, p.wp, p.w + o * p.taps, py * g.pool + r, px * g.pool + s));
-      if ((r == 0 && s == 0) || y > mx || y != y) mx = y;  // a NaN stays, as numpy's max
+void PendingCodes::Flush(const FloatConvGeom& g, const FloatConvPlan& p) {
+  const int64_t win = g.pool * g.pool, total = static_cast<int64_t>(items_.size()) * win;
+  sums_.resize(static_cast<size_t>(total));
+  const float* src[kChains];
+  const float* w[kChains];
+  for (int64_t j0 = 0; j0 < total; j0 += kChains) {  // j = item * win + window position
+    const int k = static_cast<int>(std::min<int64_t>(kChains, total - j0));
+    for (int i = 0; i < k; ++i) {
+      const Item& it = items_[static_cast<size_t>((j0 + i) / win)];
+      const int64_t r = (j0 + i) % win / g.pool, s = (j0 + i) % g.pool;
+      src[i] = Window(g, p, it.n, it.py * g.pool + r, it.px * g.pool + s);
+      w[i] = p.w + it.o * p.taps;
     }
-  return QuantizeCode(mx, p.bias[o], static_cast<float>((1 << g.bits) - 1));
+    SpecSums(p, src, w, k, sums_.data() + j0);
+  }
+  for (size_t i = 0; i < items_.size(); ++i)
+    *items_[i].dst = CodeOfWindow(g, p, items_[i].o, sums_.data() + i * win);
+  items_.clear();
 }
 
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
@@ -167,19 +198,32 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   const int64_t plane = g.ph * g.pw;
   const FloatConvPlan p = MakePlan(g, x, weight, bias, weights, s);
   if (pixel == nullptr) {  // scalar rows: every code from the spec's sums
-    ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
-      for (int64_t it = first; it < last; ++it)  // it = (n, o)
+    ParallelForOrThrow(threads, g.n * g.o, [&](int64_t first, int64_t last) {
+      PendingCodes codes;
+      for (int64_t it = first; it < last; ++it) {  // it = (n, o)
         for (int64_t py = 0; py < g.ph; ++py)
           for (int64_t px = 0; px < g.pw; ++px)
-            out[it * plane + py * g.pw + px] = ExactCode(g, p, it / g.o, it % g.o, py, px);
+            codes.Add(it / g.o, it % g.o, py, px, out + it * plane + py * g.pw + px);
+        codes.Flush(g, p);
+      }
     });
     return;
   }
   s.eps.assign(static_cast<size_t>(p.ostride), 0.0f);
   FloatConvPlan pv = p;
   pv.eps = SumErrorBounds(g, x, weight, p.taps, s.eps.data()) ? s.eps.data() : nullptr;
-  OverRuns(threads, g.n, g.ph, g.pw, [&](int64_t n, int64_t py, int64_t px, int64_t count) {
-    pixel(g, pv, n, py, px, count, out + n * g.o * plane);
+  // Each thread's share of the runs; the codes it could not prove (PendingCodes) computed a
+  // batch at a time.
+  ParallelForOrThrow(threads, g.n * g.ph * RunsPerRow(g.pw), [&](int64_t first, int64_t last) {
+    PendingCodes pending;
+    FloatConvPlan mine = pv;
+    mine.pending = &pending;
+    for (int64_t it = first; it < last; ++it) {
+      const Run r = RunAt(it, g.ph, g.pw);
+      pixel(g, mine, r.n, r.row, r.col, r.count, out + r.n * g.o * plane);
+      if (pending.size() >= 8 * kChains) pending.Flush(g, mine);  // their inputs still in cache
+    }
+    pending.Flush(g, mine);
   });
 }
 
@@ -193,18 +237,26 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
     ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
       for (int64_t it = first; it < last; ++it) {  // it = (n, o)
         const int64_t n = it / g.o, o = it % g.o;
-        const float* img = p.xf + n * g.c * p.hp * p.wp;
-        for (int64_t oy = 0; oy < g.oh; ++oy)
-          for (int64_t ox = 0; ox < g.ow; ++ox)
-            out[it * plane + oy * g.ow + ox] =
-                static_cast<float>(SpecSum(g, img, p.hp, p.wp, weight + o * p.taps, oy, ox)) +
-                bias[o];
+        const float* w[kChains];
+        std::fill(w, w + kChains, weight + o * p.taps);
+        for (int64_t j0 = 0; j0 < plane; j0 += kChains) {  // j = oy OW + ox
+          const int k = static_cast<int>(std::min<int64_t>(kChains, plane - j0));
+          const float* src[kChains];
+          double sums[kChains];
+          for (int i = 0; i < k; ++i) src[i] = Window(g, p, n, (j0 + i) / g.ow, (j0 + i) % g.ow);
+          SpecSums(p, src, w, k, sums);
+          for (int i = 0; i < k; ++i)
+            out[it * plane + j0 + i] = static_cast<float>(sums[i]) + bias[o];
+        }
       }
     });
     return;
   }
-  OverRuns(threads, g.n, g.oh, g.ow, [&](int64_t n, int64_t oy, int64_t ox, int64_t count) {
-    fn(g, p, n, oy, ox, count, out + n * g.o * plane);
+  ParallelFor(threads, g.n * g.oh * RunsPerRow(g.ow), [&](int64_t first, int64_t last) {
+    for (int64_t it = first; it < last; ++it) {
+      const Run r = RunAt(it, g.oh, g.ow);
+      fn(g, p, r.n, r.row, r.col, r.count, out + r.n * g.o * plane);
+    }
   });
 }
 

@@ -14,12 +14,14 @@
 // (FloatConvPlan::eps) the spec's pooled value lies in [M - E, M + E] (M = the float32 pooled
 // sum; max is 1-Lipschitz, rounding to float32 monotone). Q is monotone, so when
 // Q(M - E) == Q(M + E) that is the code; otherwise (a value within E of a step: ~1e-5 of the
-// codes) the code is recomputed by the spec's double sums (ExactCode). Inputs for which the
+// codes) the code is recomputed by the spec's double sums (PendingCodes). Inputs for which the
 // bound is not finite (NaN, Inf, |x| or ||w_o||_1 > 1e15) have every code recomputed so.
 #ifndef DOREFA_CSRC_CONV_FLOAT_H_
 #define DOREFA_CSRC_CONV_FLOAT_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace dorefa {
 
@@ -31,18 +33,43 @@ struct FloatConvGeom {
   int bits = 1;
 };
 
+// Codes a vector path could not prove (header comment), queued by the thread that found them
+// and computed when its share of the pixels is done (ConvFloatQuantize): the spec's double sums
+// of kChains outputs in lockstep over the taps, independent chains, instead of one chain a code
+// whose every add waits for the one before (a code took ~4 cycles a tap; 10-12% of AlexNet's
+// and svhn's first layers with 2- and 8-bit codes on Zen 4).
+struct FloatConvPlan;
+class PendingCodes {
+ public:
+  void Add(int64_t n, int64_t o, int64_t py, int64_t px, uint8_t* dst) {
+    items_.push_back({n, o, py, px, dst});
+  }
+  size_t size() const { return items_.size(); }
+  // Writes every queued code (the spec's, from double sums) to its place; empties the queue.
+  void Flush(const FloatConvGeom& g, const FloatConvPlan& p);
+
+ private:
+  struct Item {
+    int64_t n, o, py, px;
+    uint8_t* dst;
+  };
+  std::vector<Item> items_;
+  std::vector<double> sums_;
+};
+
 // The operands of every path, prepared once per call by ConvFloatQuantize and ConvFloatOut in
 // the calling thread's scratch. Inputs are zero padded (N, C, HP, WP); "tap-major" weights are
 // (taps, ostride) with ostride = O rounded up to 16 and the extra channels zero.
 struct FloatConvPlan {
   int64_t hp = 0, wp = 0, taps = 0, ostride = 0;
-  const float* xf = nullptr;      // input, zero padded (the caller's array without padding)
-  const float* w = nullptr;       // weights, (O, taps) as given
-  const float* wtf = nullptr;     // weights tap-major (FloatWeights::kTapMajor plans only)
-  const float* wtb = nullptr;     // (ceil(O / kBlock), taps, kBlock) (kBlocked plans only)
-  const float* bias = nullptr;    // (ostride), zero filled
-  const float* eps = nullptr;     // (ostride): E of channel o (header comment), float paths only
-  const int64_t* offs = nullptr;  // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
+  const float* xf = nullptr;        // input, zero padded (the caller's array without padding)
+  const float* w = nullptr;         // weights, (O, taps) as given
+  const float* wtf = nullptr;       // weights tap-major (FloatWeights::kTapMajor plans only)
+  const float* wtb = nullptr;       // (ceil(O / kBlock), taps, kBlock) (kBlocked plans only)
+  const float* bias = nullptr;      // (ostride), zero filled
+  const float* eps = nullptr;       // (ostride): E of channel o (header comment), float paths only
+  const int64_t* offs = nullptr;    // (taps): tap (c, i, j)'s offset in an image, (c HP + i) WP + j
+  PendingCodes* pending = nullptr;  // the calling thread's queue (codes paths with a bound)
 };
 
 // Pooled output pixels (py, px .. px + count - 1) of image n (count in 1..kPixelRun), all
@@ -87,10 +114,6 @@ inline uint8_t QuantizeCode(float pooled, float b, float levels) {
   const float r = (z + 8388608.0f) - 8388608.0f;
   return static_cast<uint8_t>(r);
 }
-
-// The spec's code of channel o at pooled pixel (py, px) of image n (scalar double sums).
-uint8_t ExactCode(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t o, int64_t py,
-                  int64_t px);
 
 // Max-pool of uint8 codes x (N, C, H, W) -> out (N, C, OH, OW), kernel k, stride s, padding p
 // (padding = code 0, which is <= every code; OH = (H + 2p - k) / s + 1).

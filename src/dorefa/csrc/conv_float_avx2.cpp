@@ -5,7 +5,7 @@
 // neighbouring pixels of one row instead: Run), the taps (c, kh, kw) in order. Registers: 12
 // accumulators + 3 weight vectors + 1 broadcast pixel = 16. Each code is proved equal to the spec's
 // (conv_float.h): Q(M - E) == Q(M + E), M the float32 pooled sum, E the channel's error bound; a
-// code at a step is recomputed by ExactCode.
+// code at a step is recomputed from the spec's sums (PendingCodes).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -90,7 +90,7 @@ inline __m256 Quantize(__m256 pooled, __m256 b, __m256 levels) {
 }
 
 // Codes of channels [o0, o0 + 8 * nv) of pooled pixel (py, px) from their float32 pooled sums
-// mx: each proved by the error bound or recomputed by ExactCode (conv_float.h).
+// mx: each proved by the error bound or queued for the spec's sums (PendingCodes).
 template <int nv>
 inline void Store(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py,
                   int64_t px, uint8_t* dst, int64_t o0, const __m256 (&mx)[kVec]) {
@@ -112,9 +112,10 @@ inline void Store(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, in
       continue;
     }
     for (int64_t l = 0; l < lanes; ++l) {
-      const bool ok = (proved >> l) & 1;
-      d[l * plane] =
-          ok ? static_cast<uint8_t>(bytes >> (8 * l)) : ExactCode(g, pl, n, ob + l, py, px);
+      if ((proved >> l) & 1)
+        d[l * plane] = static_cast<uint8_t>(bytes >> (8 * l));
+      else
+        pl.pending->Add(n, ob + l, py, px, d + l * plane);
     }
   }
 }
@@ -215,7 +216,7 @@ void ConvPoolQuantizeAvx2(const FloatConvGeom& g, const FloatConvPlan& p, int64_
   if (p.eps == nullptr) {  // no error bound for this input: every code from the spec's sums
     for (int64_t px = px0; px < px0 + count; ++px)
       for (int64_t o = 0; o < g.o; ++o)
-        dst[o * g.ph * g.pw + py * g.pw + px] = ExactCode(g, p, n, o, py, px);
+        p.pending->Add(n, o, py, px, dst + o * g.ph * g.pw + py * g.pw + px);
     return;
   }
   using GroupFn = void (*)(const FloatConvGeom&, const FloatConvPlan&, int64_t, int64_t, int64_t,

@@ -3,7 +3,7 @@
 // pixels of one pooling window at a time (independent FMA chains), the taps (c, kh, kw) in order
 // for every output, so each output's double sum is the same sequence of operations as the
 // spec's. The zmm paths (ConvPoolQuantizeZmm, ConvFloatOutAvx512): float32 sums of 4 pixels x up
-// to 96 channels, codes proved by the error bound or recomputed (ExactCode).
+// to 96 channels, codes proved by the error bound or recomputed (PendingCodes).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -216,8 +216,8 @@ inline __mmask16 CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, uint8_t* co
 
 // The codes of channels [o0, o0 + 16 nv) of (pooled) pixels (py, px .. px + count - 1), count
 // <= 4, from their float32 (pooled) sums a[p][v], each proved by the error bound or recomputed
-// by ExactCode, as on AVX2 (the bound holds for any float32 summation order); 4 codes a channel
-// as one write.
+// from the spec's sums (PendingCodes), as on AVX2 (the bound holds for any float32 summation
+// order); 4 codes a channel as one write.
 template <int nv>
 void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
                  int64_t count, uint8_t* dst, int64_t o0, const __m512 (&a)[4][kZVec]) {
@@ -240,9 +240,12 @@ void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
       continue;
     }
     for (int64_t l = 0; l < lanes; ++l)
-      for (int64_t p = 0; p < count; ++p)
-        d[l * plane + p] =
-            (proved[p] >> l) & 1 ? codes[p][l] : ExactCode(g, pl, n, ob + l, py, px + p);
+      for (int64_t p = 0; p < count; ++p) {
+        if ((proved[p] >> l) & 1)
+          d[l * plane + p] = codes[p][l];
+        else
+          pl.pending->Add(n, ob + l, py, px + p, d + l * plane + p);
+      }
   }
 }
 
@@ -324,8 +327,8 @@ void ConvFloatOutAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t 
 void ConvPoolQuantizeZmm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
                          int64_t px, int64_t count, uint8_t* dst) {
   if (p.eps == nullptr) {
-    // No error bound: every code from the spec's sums (ExactCode reads `w`, not the ymm path's
-    // blocked weights, which this plan lacks).
+    // No error bound: every code from the spec's sums (the queued codes read `w`, not the ymm
+    // path's blocked weights, which this plan lacks).
     ConvPoolQuantizeAvx2(g, p, n, py, px, count, dst);
     return;
   }
