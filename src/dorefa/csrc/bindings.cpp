@@ -23,6 +23,7 @@
 #include "int8conv.h"
 #include "kernel_table.h"
 #include "linear_float.h"
+#include "pool.h"
 #include "pool_train.h"
 #include "requant_table.h"
 #include "run_conv.h"

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "thread_pool.h"
@@ -256,122 +255,6 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
     for (int64_t it = first; it < last; ++it) {
       const Run r = RunAt(it, g.oh, g.ow);
       fn(g, p, r.n, r.row, r.col, r.count, out + r.n * g.o * plane);
-    }
-  });
-}
-
-namespace {
-
-// The larger of a and b (no NaN: vectorizes to one max instruction), and the same with NaN
-// winning (as numpy's maximum and torch's max-pool), for planes that hold a NaN.
-template <class T>
-inline T Max(T a, T b) {
-  return b > a ? b : a;
-}
-template <class T>
-inline T MaxNan(T a, T b) {
-  return (b > a || b != b) ? b : a;
-}
-
-// 1 when the float's exponent bits are all set (NaN or inf), as an integer test that
-// vectorizes (a float compare per element did not); 0 for integer types.
-template <class T>
-inline uint32_t Special(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    return static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
-  }
-  return 0;
-}
-
-// out[ox] = the max of row[ox s + j], j = 0 .. k - 1, tap by tap in order (kS: s as a
-// constant, 0 when only known at run time).
-template <class T, T (*M)(T, T), int kS>
-inline void Across(const T* row, int64_t k, int64_t s_run, int64_t ow, T* out) {
-  const int64_t s = kS > 0 ? kS : s_run;
-  for (int64_t ox = 0; ox < ow; ++ox) out[ox] = row[ox * s];
-  for (int64_t j = 1; j < k; ++j) {
-    const T* tap = row + j;
-    for (int64_t ox = 0; ox < ow; ++ox) out[ox] = M(out[ox], tap[ox * s]);
-  }
-}
-
-// Separable max-pool of one plane: per output row, the max of its k input rows (valid rows
-// only: the first copied, the others max-ed in) into a row buffer whose padding columns hold
-// `pad`, then per output column the max of its k taps of that buffer, tap by tap in order
-// (whole rows, which vectorize with stride 1; independent columns otherwise). The same result
-// as a loop over each window's taps with `pad` for the padding (M(pad, x) = x). Returns the OR
-// of Special over the input rows it read (every input a window covers).
-template <class T, T (*M)(T, T)>
-uint32_t PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oh,
-                   int64_t ow, T pad, std::vector<T>& row, T* dst) {
-  std::fill(row.begin(), row.end(), pad);
-  T* rowp = row.data() + p;
-  uint32_t special = 0;
-  for (int64_t oy = 0; oy < oh; ++oy) {
-    const int64_t y0 = std::max<int64_t>(0, oy * s - p), y1 = std::min(h, oy * s - p + k);
-    if (y0 < y1) {
-      const T* r0 = src + y0 * w;
-      for (int64_t xx = 0; xx < w; ++xx) {
-        rowp[xx] = r0[xx];
-        special |= Special(r0[xx]);
-      }
-      for (int64_t y = y0 + 1; y < y1; ++y) {
-        const T* r = src + y * w;
-        for (int64_t xx = 0; xx < w; ++xx) {
-          rowp[xx] = M(rowp[xx], r[xx]);
-          special |= Special(r[xx]);
-        }
-      }
-    } else {
-      std::fill(rowp, rowp + w, pad);
-    }
-    if (s == 2)  // the common stride as a constant: the strided reads vectorize
-      Across<T, M, 2>(row.data(), k, 2, ow, dst + oy * ow);
-    else
-      Across<T, M, 0>(row.data(), k, s, ow, dst + oy * ow);
-  }
-  return special;
-}
-
-}  // namespace
-
-void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
-                  int64_t s, int64_t p, uint8_t* out) {
-  const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
-  std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p + k));  // one padded row of maxima
-  for (int64_t nc = 0; nc < n * c; ++nc) {
-    const uint8_t* src = x + nc * h * w;
-    uint8_t* dst = out + nc * oh * ow;
-    if (k == 2 && s == 2 && p == 0) {  // the common case, branch-free
-      for (int64_t oy = 0; oy < oh; ++oy) {
-        const uint8_t* r0 = src + 2 * oy * w;
-        const uint8_t* r1 = r0 + w;
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          const uint8_t a = std::max(r0[2 * ox], r0[2 * ox + 1]);
-          const uint8_t b = std::max(r1[2 * ox], r1[2 * ox + 1]);
-          dst[oy * ow + ox] = std::max(a, b);
-        }
-      }
-      continue;
-    }
-    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, dst);  // pad: 0
-  }
-}
-
-void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
-                  int64_t p, float* out, int threads) {
-  const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
-  ParallelFor(threads, n * c, [&](int64_t first, int64_t last) {
-    std::vector<float> row(static_cast<size_t>(w + 2 * p + k));
-    constexpr float kPad = -std::numeric_limits<float>::infinity();
-    for (int64_t nc = first; nc < last; ++nc) {
-      const float* src = x + nc * h * w;
-      float* dst = out + nc * oh * ow;
-      // A plane that holds a NaN (or inf: the same exponent test) again with the NaN-aware max.
-      if (PoolPlane<float, Max<float>>(src, h, w, k, s, p, oh, ow, kPad, row, dst) != 0)
-        PoolPlane<float, MaxNan<float>>(src, h, w, k, s, p, oh, ow, kPad, row, dst);
     }
   });
 }

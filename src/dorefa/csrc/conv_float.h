@@ -115,16 +115,6 @@ inline uint8_t QuantizeCode(float pooled, float b, float levels) {
   return static_cast<uint8_t>(r);
 }
 
-// Max-pool of uint8 codes x (N, C, H, W) -> out (N, C, OH, OW), kernel k, stride s, padding p
-// (padding = code 0, which is <= every code; OH = (H + 2p - k) / s + 1).
-void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
-                  int64_t s, int64_t p, uint8_t* out);
-
-// Max-pool of float32 x (N, C, H, W) -> out (N, C, OH, OW), padding -inf, NaN propagating;
-// planes split over up to `threads` threads.
-void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
-                  int64_t p, float* out, int threads);
-
 #ifdef DOREFA_HAVE_X86_KERNELS
 // AVX-512F: double sums, 8 per zmm, 48 channels per group.
 void ConvPoolQuantizeAvx512(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,

@@ -1,0 +1,288 @@
+"""The float layers of the runtime on every kernel of the table: the fused first layer (conv ->
+pool -> f_a codes, exact against the NumPy spec, including codes at the rounding steps and
+inputs without an error bound), its float-output form, the float linear layer and the float
+max-pool. No torch here (bit convolutions: test_kernels.py; the float stream's element-wise
+operations: test_stream_ops.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dorefa import kernels as K
+from dorefa.kernels import reference as R
+from kernel_cases import (
+    KERNELS,
+    NATIVE,
+    direct_float64,
+)
+
+# (N, C, H, W, O, K, stride, padding, pool, bits)
+FLOAT_SHAPES = [
+    (1, 1, 40, 40, 48, 5, 1, 0, 2, 2),
+    (2, 3, 9, 11, 5, 3, 1, 1, 2, 1),
+    (1, 2, 7, 37, 3, 5, 1, 2, 3, 4),
+    (3, 1, 6, 5, 4, 3, 2, 1, 1, 8),
+    (1, 1, 3, 3, 1, 3, 1, 0, 1, 2),
+    (1, 1, 12, 12, 57, 5, 1, 0, 2, 2),
+    (1, 4, 8, 8, 100, 1, 2, 0, 1, 3),
+    (1, 3, 22, 22, 96, 6, 4, 0, 1, 2),  # AlexNet's first layer in small: one group of 6 zmm
+    (2, 1, 11, 14, 200, 3, 1, 1, 1, 8),  # 13 zmm: groups of 5, 5, 3
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", FLOAT_SHAPES, ids=str)
+def test_conv_float_quantize(kernel, shape):
+    n, c, h, w, o, k, s, p, pool, bits = shape
+    rng = np.random.default_rng(list(shape))
+    x = rng.random((n, c, h, w), dtype=np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3 + 0.3).astype(np.float32)
+    expected = R.conv_float_quantize(x, wt, b, s, p, pool, bits)
+    # an independent check of the reference: float64 conv, pool, bias, quantize
+    y = direct_float64(x, wt, s, p).astype(np.float32)
+    ph, pw_ = y.shape[2] // pool, y.shape[3] // pool
+    y = y[:, :, : ph * pool, : pw_ * pool].reshape(n, o, ph, pool, pw_, pool).max(axis=(3, 5))
+    z = np.clip(y + b[None, :, None, None], 0, 1) * np.float32((1 << bits) - 1)
+    assert np.abs(expected.astype(np.int64) - np.rint(z)).max() <= 1
+    with K.use_kernel(kernel):
+        got = K.conv_float_quantize(x, wt, b, s, p, pool, bits, threads=2)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", FLOAT_SHAPES + [(2, 3, 23, 23, 64, 7, 2, 3, 1, 1)], ids=str)
+def test_conv_float_output(kernel, shape):
+    """The float-output first layer (ResNet's stem) against the float64 reference: the vector
+    paths sum the taps in float32, so within (taps + 2) * 2**-24 * (sum |w x| + |b|)."""
+    n, c, h, w, o, k, s, p = shape[:8]
+    rng = np.random.default_rng(list(shape))
+    x = (rng.random((n, c, h, w), dtype=np.float32) - 0.3).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    expected = R.conv_float(x, wt, b, s, p)
+    np.testing.assert_allclose(expected, direct_float64(x, wt, s, p) + b[:, None, None], atol=1e-5)
+    bound = direct_float64(np.abs(x), np.abs(wt), s, p) + np.abs(b)[:, None, None]
+    with K.use_kernel(kernel):
+        got = K.conv_float(x, wt, b, s, p, threads=2)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.all(np.abs(got - expected) <= (c * k * k + 2) * 2.0**-24 * bound)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 23, 23, 64, 7, 2, 3), (2, 2, 9, 11, 70, 3, 1, 1)], ids=str
+)
+def test_conv_float_output_same_bits_on_vector_paths(shape):
+    """The float-output vector paths (ymm on AVX2, zmm on AVX-512) run each output's float32 FMAs
+    over the taps in the same order: the same bits, at any thread count (outputs in runs of 1-4
+    pixels, 70 channels = a full and a partial group of either width)."""
+    n, c, h, w, o, k, s, p = shape
+    rng = np.random.default_rng(list(shape))
+    x = (rng.random((n, c, h, w), dtype=np.float32) - 0.3).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    vector = [k for k in NATIVE if not k.startswith("popcount-scalar")]
+    outs = {}
+    for kernel in vector:
+        with K.use_kernel(kernel):
+            outs[kernel] = [K.conv_float(x, wt, b, s, p, threads=t) for t in (1, 2)]
+    for kernel, (one, two) in outs.items():
+        np.testing.assert_array_equal(one.view(np.uint32), two.view(np.uint32), err_msg=kernel)
+        first = outs[vector[0]][0]
+        np.testing.assert_array_equal(one.view(np.uint32), first.view(np.uint32), err_msg=kernel)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(1, 512, 10), (3, 37, 5), (8, 8, 1), (5, 1, 9), (2, 300, 7)])
+def test_linear_float(kernel, shape):
+    """The runtime's float linear layer: every native path gives the same bits (one summation
+    order, csrc/linear_float.h) at any thread count, within (C + 3) 2**-24 (sum |x w| + |b|) of
+    the float64 reference."""
+    n, c, o = shape
+    rng = np.random.default_rng(list(shape))
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    w = rng.standard_normal((o, c)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    expected = R.linear_float(x, w, b)
+    bound = (c + 3) * 2.0**-24 * (np.abs(x) @ np.abs(w).T + np.abs(b))
+    with K.use_kernel("scalar"):
+        portable = K.linear_float(x, w, b)
+    with K.use_kernel(kernel):
+        for threads in (1, 2, 3):
+            got = K.linear_float(x, w, b, threads)
+            assert got.dtype == np.float32 and got.shape == (n, o)
+            assert np.all(np.abs(got - expected) <= bound)
+            if kernel != "reference":
+                np.testing.assert_array_equal(got, portable)
+
+
+@pytest.mark.parametrize("c", [9, 17])
+def test_linear_float_keeps_negative_zero(c):
+    """Products that all underflow to -0.0 and a -0.0 bias give -0.0 on every native path
+    (the vector path's lanes past C must not turn a -0.0 partial sum into +0.0)."""
+    x = np.full((1, c), 1e-30, np.float32)
+    w = np.full((1, c), -1e-30, np.float32)
+    b = np.array([-0.0], np.float32)
+    for kernel in (k for k in KERNELS if k != "reference"):
+        with K.use_kernel(kernel):
+            assert np.signbit(K.linear_float(x, w, b)[0, 0]), kernel
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("geom", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2), (1, 1, 0)])
+def test_maxpool_float(kernel, geom):
+    """Float max-pool: equal to the reference and to a padded brute force (padding -inf), NaN
+    propagates, at any thread count."""
+    k, s, p = geom
+    rng = np.random.default_rng(k * 100 + s * 10 + p)
+    x = rng.standard_normal((2, 3, 11, 8)).astype(np.float32)
+    x[0, 1, 4, 4] = np.nan
+    x[1, 2, 0, 0] = -np.inf
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    brute = win.max(axis=(4, 5))  # NaN propagates through max
+    with K.use_kernel(kernel):
+        for threads in (1, 2):
+            got = K.maxpool_float(x, k, s, p, threads)
+            np.testing.assert_array_equal(got, brute)
+    np.testing.assert_array_equal(R.maxpool_float(x, k, s, p), brute)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("bits", [1, 2, 8])
+@pytest.mark.parametrize("pool", [1, 2])
+def test_conv_float_quantize_at_rounding_steps(kernel, bits, pool):
+    """Biases put one pooled value of every channel on a code step (pooled + b = (q + 1/2) /
+    levels), where a float32 sum in another order can round the other way: the codes still
+    equal the spec's (a float32 path proves each code or recomputes it in the spec's order),
+    in a run of 4 pixels (no pool) and in a pooling window."""
+    n, c, h, w, o, k = 2, 3, 12, 12, 40, 5
+    rng = np.random.default_rng(bits)
+    x = rng.random((n, c, h, w), dtype=np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    side = 8 // pool
+    pooled = direct_float64(x, wt, 1, 0).astype(np.float32).reshape(n, o, side, pool, side, pool)
+    pooled = pooled.max(axis=(3, 5))
+    levels = (1 << bits) - 1
+    step = (np.arange(o) % levels + 0.5) / levels
+    for py, px in [(0, 0), (1, 2), (3, 3), (side - 1, side - 2)]:
+        b = (step - pooled[py % n, :, py, px]).astype(np.float32)
+        expected = R.conv_float_quantize(x, wt, b, 1, 0, pool, bits)
+        with K.use_kernel(kernel):
+            got = K.conv_float_quantize(x, wt, b, 1, 0, pool, bits, threads=2)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("scale", [1e16, np.inf])
+def test_conv_float_quantize_without_a_sum_error_bound(kernel, scale):
+    """|x| > 1e15 or an infinite x: no error bound for float32 sums, every code from the
+    spec's double sums (an Inf input gives +-Inf or NaN sums: NaN pools as the spec's max)."""
+    rng = np.random.default_rng(7)
+    x = rng.random((2, 1, 10, 10), dtype=np.float32)
+    x[0, 0, 3, 4] = scale
+    wt = rng.standard_normal((20, 1, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        expected = R.conv_float_quantize(x, wt, b, 1, 0, 2, 2)
+    with K.use_kernel(kernel):
+        got = K.conv_float_quantize(x, wt, b, 1, 0, 2, 2)
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 3),
+    h=st.integers(1, 14),
+    w=st.integers(1, 14),
+    o=st.integers(1, 130),
+    k=st.integers(1, 6),
+    stride=st.integers(1, 4),
+    padding=st.integers(0, 3),
+    pool=st.integers(1, 3),
+    bits=st.sampled_from([1, 2, 4, 8]),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_first_layer(n, c, h, w, o, k, stride, padding, pool, bits, seed):
+    """The float first layer on random shapes (channel groups of every width, short runs, pools
+    at the edges): codes equal the spec's on every kernel; the float output equal on every
+    vector path to the bit and within float32 rounding of the spec's."""
+    oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    if min(oh, ow) < pool:
+        return
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, c, h, w), dtype=np.float32) * 2 - 0.5).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.4).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3 + 0.3).astype(np.float32)
+    expected = R.conv_float_quantize(x, wt, b, stride, padding, pool, bits)
+    spec = R.conv_float(x, wt, b, stride, padding)
+    bound = direct_float64(np.abs(x), np.abs(wt), stride, padding) + np.abs(b)[:, None, None]
+    first = None
+    for kernel in NATIVE:
+        with K.use_kernel(kernel):
+            got = K.conv_float_quantize(x, wt, b, stride, padding, pool, bits, threads=1 + seed % 2)
+            out = K.conv_float(x, wt, b, stride, padding, threads=1 + seed % 2)
+        np.testing.assert_array_equal(got, expected, err_msg=kernel)
+        assert np.all(np.abs(out - spec) <= (c * k * k + 2) * 2.0**-24 * bound), kernel
+        if not kernel.startswith("popcount-scalar"):  # the vector paths: one FMA order
+            first = out if first is None else first
+            np.testing.assert_array_equal(out.view(np.uint32), first.view(np.uint32), kernel)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_conv_float_quantize_nan_in_a_pooling_window(kernel):
+    """+inf beside -inf makes NaN sums (inf - inf) at the first and at a later position of a
+    pooling window: the pooled value is NaN wherever one is (numpy's max, the spec), code 0."""
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    x[0, 0, 1, 1], x[0, 0, 1, 2] = np.inf, -np.inf  # NaN at window position (0, 1)
+    x[0, 0, 4, 4], x[0, 0, 4, 5] = -np.inf, np.inf  # NaN at window position (0, 0)
+    w = np.ones((3, 1, 2, 2), np.float32)
+    w[1] = -1
+    w[2, 0, 0, 0] = 0.5
+    b = np.full(3, 0.5, np.float32)
+    with np.errstate(invalid="ignore"):
+        expected = R.conv_float_quantize(x, w, b, 1, 0, 2, 2)
+        assert np.isnan(direct_float64(x, w, 1, 0)).any()
+        with K.use_kernel(kernel):
+            got = K.conv_float_quantize(x, w, b, 1, 0, 2, 2)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("size,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1)])
+def test_maxpool_codes(kernel, size, stride, padding):
+    x = np.random.default_rng(size).integers(0, 256, (2, 5, 7, 9), dtype=np.uint8)
+    expected = R.maxpool_codes(x, size, stride, padding)
+    with K.use_kernel(kernel):
+        np.testing.assert_array_equal(K.maxpool_codes(x, size, stride, padding), expected)
+
+
+# The 3 x 3 / 2 path reads rows 16 bytes at a time (never past the input's end) and writes a
+# plane's last outputs 8 at a time into the next plane's (not past the output's end): planes
+# narrower and wider than 16 and 32, odd and even sizes, outputs of fewer than 8 codes, one plane.
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 9),
+    h=st.integers(1, 40),
+    w=st.integers(1, 70),
+    k=st.sampled_from([2, 3]),
+    s=st.integers(1, 3),
+    p=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_maxpool_codes_hypothesis_shapes(n, c, h, w, k, s, p, seed):
+    p = min(p, k // 2)  # torch's bound, which the native pools check
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    x = np.random.default_rng(seed).integers(0, 256, (n, c, h, w), dtype=np.uint8)
+    expected = R.maxpool_codes(x, k, s, p)
+    for kernel in NATIVE:
+        with K.use_kernel(kernel):
+            np.testing.assert_array_equal(K.maxpool_codes(x, k, s, p), expected)
