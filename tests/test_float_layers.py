@@ -286,3 +286,63 @@ def test_maxpool_codes_hypothesis_shapes(n, c, h, w, k, s, p, seed):
     for kernel in NATIVE:
         with K.use_kernel(kernel):
             np.testing.assert_array_equal(K.maxpool_codes(x, k, s, p), expected)
+
+
+# (N, C, H, W, O, K, stride, padding, pool k, pool s, pool p): ResNet's stem in small, windows
+# wider than their stride, strides above the window, pools whose rows start in the padding.
+FUSED_POOL_SHAPES = [
+    (1, 3, 30, 30, 64, 7, 2, 3, 3, 2, 1),
+    (2, 2, 13, 11, 20, 3, 1, 1, 3, 2, 1),
+    (3, 1, 9, 9, 17, 3, 1, 0, 2, 2, 0),
+    (1, 4, 12, 10, 33, 5, 1, 2, 2, 3, 1),
+    (2, 3, 16, 16, 96, 3, 2, 1, 5, 1, 2),
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", FUSED_POOL_SHAPES, ids=str)
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "nan-inf"])
+def test_conv_float_with_a_fused_max_pool(kernel, shape, special):
+    """The fused pool gives exactly the pooled output of the unfused conv, on every thread
+    count (bands of rows split differently), NaN and inf included."""
+    n, c, h, w, o, k, s, p, pk, ps, pp = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    if special:
+        x[0, 0, h // 2, w // 3] = np.nan
+        x[-1, -1, 0, -1] = np.inf
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    with K.use_kernel(kernel), np.errstate(invalid="ignore"):
+        conv = K.conv_float(x, wt, b, s, p)
+        expected = K.maxpool_float(conv, pk, ps, pp)
+        for threads in (1, 2, 3):
+            got = K.conv_float(x, wt, b, s, p, threads, pool=(pk, ps, pp))
+            np.testing.assert_array_equal(got, expected)
+
+
+# The 3 x 3 / 2 float rows run 4 floats a step with a scalar tail, and fall back to the
+# NaN-aware max for a row whose window holds a NaN or inf: widths around multiples of 4 and 8.
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    c=st.integers(1, 4),
+    h=st.integers(1, 20),
+    w=st.integers(1, 40),
+    k=st.sampled_from([2, 3]),
+    s=st.integers(1, 3),
+    p=st.integers(0, 1),
+    specials=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_maxpool_float_hypothesis_shapes(c, h, w, k, s, p, specials, seed):
+    p = min(p, k // 2)
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    for v in (np.nan, np.inf, -np.inf)[:specials]:
+        x[rng.integers(2), rng.integers(c), rng.integers(h), rng.integers(w)] = v
+    expected = R.maxpool_float(x, k, s, p)
+    for kernel in NATIVE:
+        with K.use_kernel(kernel):
+            np.testing.assert_array_equal(K.maxpool_float(x, k, s, p, 1 + seed % 2), expected)

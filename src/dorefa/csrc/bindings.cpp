@@ -238,15 +238,30 @@ py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& kernel_name, const F
   return out;
 }
 
+// pool_k > 0: followed by a pool_k x pool_k / pool_s max-pool with padding pool_p, fused.
 py::array_t<float> ConvFloatPy(const std::string& kernel_name, const FloatArray& x,
                                const FloatArray& weight, const FloatArray& bias, int64_t stride,
-                               int64_t padding, int threads) {
+                               int64_t padding, int threads, int64_t pool_k, int64_t pool_s,
+                               int64_t pool_p) {
   const KernelEntry& kernel = FindKernel(kernel_name);
   const FloatConvGeom g = FloatGeomOf(x, weight, bias, stride, padding, 1, threads);
+  const FloatConvPath& path = kernel.float_conv;
+  if (pool_k > 0) {
+    Require(pool_s >= 1 && pool_p >= 0 && 2 * pool_p <= pool_k && g.oh + 2 * pool_p >= pool_k &&
+                g.ow + 2 * pool_p >= pool_k,
+            "bad pool kernel / stride / padding for the conv's output");
+    py::array_t<float> out =
+        OutputArray<float>({g.n, g.o, (g.oh + 2 * pool_p - pool_k) / pool_s + 1,
+                            (g.ow + 2 * pool_p - pool_k) / pool_s + 1});
+    float* dst = out.mutable_data();
+    py::gil_scoped_release release;
+    ConvFloatOutMaxPool(g, x.data(), weight.data(), bias.data(), pool_k, pool_s, pool_p, dst,
+                        path.out_fn, path.weights, threads);
+    return out;
+  }
   py::array_t<float> out = OutputArray<float>({g.n, g.o, g.oh, g.ow});
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  const FloatConvPath& path = kernel.float_conv;
   ConvFloatOut(g, x.data(), weight.data(), bias.data(), dst, path.out_fn, path.weights, threads);
   return out;
 }
@@ -525,7 +540,8 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("pool"),
         py::arg("bits"), py::arg("threads"));
   m.def("conv_float", &dorefa::ConvFloatPy, py::arg("kernel"), py::arg("x"), py::arg("weight"),
-        py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
+        py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
+        py::arg("pool_k") = 0, py::arg("pool_s") = 1, py::arg("pool_p") = 0);
   m.def("linear_float", &dorefa::LinearFloatPy, py::arg("x"), py::arg("weight"), py::arg("bias"),
         py::arg("vector"), py::arg("threads"));
   m.def("maxpool_float", &dorefa::FloatPoolPy<&dorefa::MaxPoolFloat>, py::arg("x"),

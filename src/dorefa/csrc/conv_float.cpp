@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "pool.h"
 #include "thread_pool.h"
 
 namespace dorefa {
@@ -255,6 +256,50 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
     for (int64_t it = first; it < last; ++it) {
       const Run r = RunAt(it, g.oh, g.ow);
       fn(g, p, r.n, r.row, r.col, r.count, out + r.n * g.o * plane);
+    }
+  });
+}
+
+void ConvFloatOutMaxPool(const FloatConvGeom& g, const float* x, const float* weight,
+                         const float* bias, int64_t k, int64_t s, int64_t p, float* out,
+                         FloatConvOutFn fn, FloatWeights weights, int threads) {
+  const int64_t ph = (g.oh + 2 * p - k) / s + 1, pw = (g.ow + 2 * p - k) / s + 1;
+  if (fn == nullptr) {  // the scalar rows: the whole conv, then the pool
+    std::vector<float> conv(static_cast<size_t>(g.n * g.o * g.oh * g.ow));
+    ConvFloatOut(g, x, weight, bias, conv.data(), nullptr, weights, threads);
+    MaxPoolFloat(conv.data(), g.n, g.o, g.oh, g.ow, k, s, p, out, threads);
+    return;
+  }
+  CallScratch scratch;
+  const FloatConvPlan pl = MakePlan(g, x, weight, bias, weights, *scratch);
+  // One band of pooled rows per image on one thread (no conv row computed twice); with more
+  // threads about two bands per thread (a band's first rows may repeat the previous band's last).
+  const int64_t bands = threads > 1 ? std::min(ph, (2 * threads + g.n - 1) / g.n) : 1;
+  FloatConvGeom ring_g = g;
+  ring_g.oh = k;  // the ring's planes: k rows of OW
+  ParallelForOrThrow(threads, g.n * bands, [&](int64_t first, int64_t last) {
+    std::vector<float> ring(static_cast<size_t>(g.o * k * g.ow));
+    std::vector<const float*> rows(static_cast<size_t>(k));
+    MaxPoolFloatRows pool(g.ow, k, s, p);
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t n = item / bands, band = item % bands;
+      const int64_t py0 = band * ph / bands, py1 = (band + 1) * ph / bands;
+      int64_t next = 0;  // the first conv row not in the ring yet
+      for (int64_t py = py0; py < py1; ++py) {
+        const int64_t lo = std::max<int64_t>(0, py * s - p), hi = std::min(g.oh, py * s - p + k);
+        for (next = std::max(next, lo); next < hi; ++next) {  // conv row `next` into its slot
+          const int64_t slot = next % k;
+          FloatConvPlan shifted = pl;  // input rows as if the conv row were row `slot`
+          shifted.xf = pl.xf + (next - slot) * g.stride * pl.wp;
+          for (int64_t ox = 0; ox < g.ow; ox += kPixelRun)
+            fn(ring_g, shifted, n, slot, ox, std::min(kPixelRun, g.ow - ox), ring.data());
+        }
+        for (int64_t o = 0; o < g.o; ++o) {
+          for (int64_t r = lo; r < hi; ++r)
+            rows[static_cast<size_t>(r - lo)] = ring.data() + (o * k + r % k) * g.ow;
+          pool.Row(rows.data(), static_cast<int>(hi - lo), out + ((n * g.o + o) * ph + py) * pw);
+        }
+      }
     }
   });
 }

@@ -105,6 +105,17 @@ using FloatConvOutFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, 
 void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
                   float* out, FloatConvOutFn fn, FloatWeights weights, int threads);
 
+// ConvFloatOut followed by a k x k / s max-pool with padding p (MaxPoolFloat's values: padding
+// -inf, NaN propagating): out (N, O, PH, PW), the conv's output never whole in memory. Each
+// thread takes bands of pooled rows of an image and computes the conv rows they need, each once
+// within its band, into a ring of k rows (O x k x OW floats), pooling each output row as soon
+// as its window's rows are there (ResNet's stem and its 3 x 3 / 2 pool: 3.2 MB of conv output
+// neither written nor read back). The same bits as ConvFloatOut then MaxPoolFloat: the same
+// sums, and a max is exact.
+void ConvFloatOutMaxPool(const FloatConvGeom& g, const float* x, const float* weight,
+                         const float* bias, int64_t k, int64_t s, int64_t p, float* out,
+                         FloatConvOutFn fn, FloatWeights weights, int threads);
+
 // Q(pooled) of the header comment, in float32: z = pooled + b; clip to [0, 1] (NaN -> 0);
 // times levels = 2^bits - 1; round half to even (adding and removing 2^23 does that on [0, 255]).
 inline uint8_t QuantizeCode(float pooled, float b, float levels) {

@@ -52,40 +52,58 @@ inline void Across(const T* row, int64_t k, int64_t s_run, int64_t ow, T* out) {
   }
 }
 
-// Separable max-pool of one plane: per output row, the max of its k input rows (valid rows
-// only: the first copied, the others max-ed in) into a row buffer whose padding columns hold
-// `pad`, then per output column the max of its k taps of that buffer, tap by tap in order
-// (whole rows, which vectorize with stride 1; independent columns otherwise). The same result
-// as a loop over each window's taps with `pad` for the padding (M(pad, x) = x). Returns the OR
-// of Special over the input rows it read (every input a window covers).
+// One output row of a separable max-pool: the max down its window's rows inside the image,
+// rows[0 .. nrows) in order (the first copied, the others max-ed in), into the row buffer
+// (w + 2p + k entries, whose padding columns hold `pad`), then per output column the max of its
+// k taps of that buffer, tap by tap in order (whole rows, which vectorize with stride 1;
+// independent columns otherwise). The same result as a loop over each window's taps with `pad`
+// for the padding (M(pad, x) = x). Returns the OR of Special over the rows it read.
+template <class T, T (*M)(T, T)>
+uint32_t PoolRow(const T* const* rows, int nrows, int64_t w, int64_t k, int64_t s, int64_t p,
+                 int64_t ow, T pad, T* buf, T* out) {
+  T* rowp = buf + p;
+  uint32_t special = 0;
+  if (nrows > 0) {
+    for (int64_t xx = 0; xx < w; ++xx) {
+      rowp[xx] = rows[0][xx];
+      special |= Special(rows[0][xx]);
+    }
+    for (int r = 1; r < nrows; ++r) {
+      const T* in = rows[r];
+      for (int64_t xx = 0; xx < w; ++xx) {
+        rowp[xx] = M(rowp[xx], in[xx]);
+        special |= Special(in[xx]);
+      }
+    }
+  } else {
+    std::fill(rowp, rowp + w, pad);
+  }
+  if (s == 2)  // the common stride as a constant: the strided reads vectorize
+    Across<T, M, 2>(buf, k, 2, ow, out);
+  else
+    Across<T, M, 0>(buf, k, s, ow, out);
+  return special;
+}
+
+// The rows of output row oy's window inside a plane of h rows (at most k of them).
+template <class T>
+int WindowRows(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oy,
+               const T** rows) {
+  int n = 0;
+  for (int64_t y = std::max<int64_t>(0, oy * s - p); y < std::min(h, oy * s - p + k); ++y)
+    rows[n++] = src + y * w;
+  return n;
+}
+
+// A whole plane, row by row (PoolRow); returns the OR of Special over the rows it read.
 template <class T, T (*M)(T, T)>
 uint32_t PoolPlane(const T* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p, int64_t oh,
-                   int64_t ow, T pad, std::vector<T>& row, T* dst) {
-  std::fill(row.begin(), row.end(), pad);
-  T* rowp = row.data() + p;
+                   int64_t ow, T pad, std::vector<T>& buf, std::vector<const T*>& rows, T* dst) {
+  std::fill(buf.begin(), buf.end(), pad);
   uint32_t special = 0;
   for (int64_t oy = 0; oy < oh; ++oy) {
-    const int64_t y0 = std::max<int64_t>(0, oy * s - p), y1 = std::min(h, oy * s - p + k);
-    if (y0 < y1) {
-      const T* r0 = src + y0 * w;
-      for (int64_t xx = 0; xx < w; ++xx) {
-        rowp[xx] = r0[xx];
-        special |= Special(r0[xx]);
-      }
-      for (int64_t y = y0 + 1; y < y1; ++y) {
-        const T* r = src + y * w;
-        for (int64_t xx = 0; xx < w; ++xx) {
-          rowp[xx] = M(rowp[xx], r[xx]);
-          special |= Special(r[xx]);
-        }
-      }
-    } else {
-      std::fill(rowp, rowp + w, pad);
-    }
-    if (s == 2)  // the common stride as a constant: the strided reads vectorize
-      Across<T, M, 2>(row.data(), k, 2, ow, dst + oy * ow);
-    else
-      Across<T, M, 0>(row.data(), k, s, ow, dst + oy * ow);
+    const int n = WindowRows(src, h, w, k, s, p, oy, rows.data());
+    special |= PoolRow<T, M>(rows.data(), n, w, k, s, p, ow, pad, buf.data(), dst + oy * ow);
   }
   return special;
 }
@@ -152,6 +170,54 @@ void PoolPlane3x3Stride2(const uint8_t* src, const uint8_t* end, int64_t h, int6
   }
 }
 
+// PoolRow<float, Max> for 3 x 3 / 2 windows on SSE2 rows: 4 floats a step down the rows into
+// the buffer, 4 outputs a step along it (even and odd columns by shuffles), the same maxima in
+// the same order (Max(a, b) = b > a ? b : a is MAXPS with b first). Returns the same flag.
+uint32_t PoolRow3x3Stride2(const float* const* rows, int nrows, int64_t w, int64_t p, int64_t ow,
+                           float* buf, float* out) {
+  float* rowp = buf + p;
+  uint32_t special = 0;
+  int64_t x = 0;
+#if defined(__SSE2__)
+  const __m128i exp = _mm_set1_epi32(0x7f800000);
+  __m128i sp = _mm_setzero_si128();
+  for (; x + 4 <= w; x += 4) {
+    __m128 m = _mm_loadu_ps(rows[0] + x);
+    sp = _mm_or_si128(sp, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(m), exp), exp));
+    for (int r = 1; r < nrows; ++r) {
+      const __m128 v = _mm_loadu_ps(rows[r] + x);
+      sp = _mm_or_si128(sp, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(v), exp), exp));
+      m = _mm_max_ps(v, m);
+    }
+    _mm_storeu_ps(rowp + x, m);
+  }
+  special = _mm_movemask_epi8(sp) != 0;
+#endif
+  for (; x < w; ++x) {
+    float m = rows[0][x];
+    special |= Special(m);
+    for (int r = 1; r < nrows; ++r) {
+      m = Max(m, rows[r][x]);
+      special |= Special(rows[r][x]);
+    }
+    rowp[x] = m;
+  }
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i + 4 <= ow; i += 4) {  // reads buf[2i .. 2i + 9] (< w + 2p + 3 entries)
+    const float* b = buf + 2 * i;
+    const __m128 v0 = _mm_loadu_ps(b), v1 = _mm_loadu_ps(b + 4);
+    const __m128 v2 = _mm_loadu_ps(b + 2), v3 = _mm_loadu_ps(b + 6);
+    const __m128 even = _mm_shuffle_ps(v0, v1, _MM_SHUFFLE(2, 0, 2, 0));  // b0 b2 b4 b6
+    const __m128 odd = _mm_shuffle_ps(v0, v1, _MM_SHUFFLE(3, 1, 3, 1));   // b1 b3 b5 b7
+    const __m128 next = _mm_shuffle_ps(v2, v3, _MM_SHUFFLE(2, 0, 2, 0));  // b2 b4 b6 b8
+    _mm_storeu_ps(out + i, _mm_max_ps(next, _mm_max_ps(odd, even)));
+  }
+#endif
+  for (; i < ow; ++i) out[i] = Max(Max(buf[2 * i], buf[2 * i + 1]), buf[2 * i + 2]);
+  return special;
+}
+
 }  // namespace
 
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
@@ -159,6 +225,7 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   // one padded row of maxima; 32 bytes past it for the vector paths' reads, code 0
   std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p + k + 32), 0);
+  std::vector<const uint8_t*> rows(static_cast<size_t>(k));
   const bool three = k == 3 && s == 2 && p <= 1;  // (the caller checks 2p <= k <= H + 2p)
   const uint8_t* end = x + n * c * h * w;
   for (int64_t nc = 0; nc < n * c; ++nc) {
@@ -180,7 +247,7 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
       }
       continue;
     }
-    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, dst);  // pad: 0
+    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, rows, dst);  // pad: 0
   }
 }
 
@@ -188,16 +255,34 @@ void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, in
                   int64_t p, float* out, int threads) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
   ParallelFor(threads, n * c, [&](int64_t first, int64_t last) {
-    std::vector<float> row(static_cast<size_t>(w + 2 * p + k));
-    constexpr float kPad = -std::numeric_limits<float>::infinity();
+    MaxPoolFloatRows pool(w, k, s, p);
+    std::vector<const float*> rows(static_cast<size_t>(k));
     for (int64_t nc = first; nc < last; ++nc) {
       const float* src = x + nc * h * w;
-      float* dst = out + nc * oh * ow;
-      // A plane that holds a NaN (or inf: the same exponent test) again with the NaN-aware max.
-      if (PoolPlane<float, Max<float>>(src, h, w, k, s, p, oh, ow, kPad, row, dst) != 0)
-        PoolPlane<float, MaxNan<float>>(src, h, w, k, s, p, oh, ow, kPad, row, dst);
+      for (int64_t oy = 0; oy < oh; ++oy)
+        pool.Row(rows.data(), WindowRows(src, h, w, k, s, p, oy, rows.data()),
+                 out + (nc * oh + oy) * ow);
     }
   });
+}
+
+MaxPoolFloatRows::MaxPoolFloatRows(int64_t w, int64_t k, int64_t s, int64_t p)
+    : w_(w),
+      k_(k),
+      s_(s),
+      p_(p),
+      ow_((w + 2 * p - k) / s + 1),
+      buf_(static_cast<size_t>(w + 2 * p + k), -std::numeric_limits<float>::infinity()) {}
+
+void MaxPoolFloatRows::Row(const float* const* rows, int nrows, float* out) {
+  constexpr float kPad = -std::numeric_limits<float>::infinity();
+  // A row whose window holds a NaN (or inf: the same exponent test) again with the NaN-aware max.
+  const uint32_t special =
+      k_ == 3 && s_ == 2 && nrows > 0
+          ? PoolRow3x3Stride2(rows, nrows, w_, p_, ow_, buf_.data(), out)
+          : PoolRow<float, Max<float>>(rows, nrows, w_, k_, s_, p_, ow_, kPad, buf_.data(), out);
+  if (special != 0)
+    PoolRow<float, MaxNan<float>>(rows, nrows, w_, k_, s_, p_, ow_, kPad, buf_.data(), out);
 }
 
 }  // namespace dorefa

@@ -6,6 +6,7 @@
 #define DOREFA_CSRC_POOL_H_
 
 #include <cstdint>
+#include <vector>
 
 namespace dorefa {
 
@@ -18,6 +19,20 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
 // planes split over up to `threads` threads.
 void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
                   int64_t p, float* out, int threads);
+
+// One output row at a time of MaxPoolFloat (the same values) from the rows of its window that
+// lie inside the plane, for a caller that makes those rows itself (a conv whose output only the
+// pool reads: ConvFloatOutMaxPool); input rows w floats, a k x k / s window, padding p.
+class MaxPoolFloatRows {
+ public:
+  MaxPoolFloatRows(int64_t w, int64_t k, int64_t s, int64_t p);
+  // out[0 .. OW) from rows[0 .. nrows), the window's rows inside the plane, in order.
+  void Row(const float* const* rows, int nrows, float* out);
+
+ private:
+  int64_t w_, k_, s_, p_, ow_;
+  std::vector<float> buf_;  // one padded row of maxima, padding -inf
+};
 
 }  // namespace dorefa
 

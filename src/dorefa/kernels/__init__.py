@@ -233,13 +233,20 @@ def conv_float(
     stride: int,
     padding: int,
     threads: int = 1,
+    pool: tuple[int, int, int] | None = None,
 ) -> np.ndarray:
     """A float first layer whose output stays float: conv + bias, float32 (N, O, H', W') (the
-    kernel's vector path sums in float32; :func:`reference.conv_float` sums in float64)."""
+    kernel's vector path sums in float32; :func:`reference.conv_float` sums in float64). With
+    ``pool = (k, s, p)`` the max-pool that follows it (:func:`maxpool_float`) is fused in: the
+    same values as pooling this function's output, without making that output whole."""
     kernel = _current_kernel()
     if kernel == _REFERENCE:
-        return reference.conv_float(x, weight, bias, stride, padding)
-    return _native.conv_float(kernel, x, weight, bias, stride, padding, threads)
+        y = reference.conv_float(x, weight, bias, stride, padding)
+        return y if pool is None else reference.maxpool_float(y, *pool)
+    if pool is None:
+        return _native.conv_float(kernel, x, weight, bias, stride, padding, threads)
+    k, s, p = pool
+    return _native.conv_float(kernel, x, weight, bias, stride, padding, threads, k, s, p)
 
 
 def linear_float(

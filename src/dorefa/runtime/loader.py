@@ -187,7 +187,7 @@ class GraphBuilder:
         shape = self._float_in(i, ins, "quantize")
         bits = self.int_(i, spec, "bits", 1, 8)
         prev = self._fusable(spec, ops.FloatConv)
-        if prev is not None and prev.bits is None:
+        if prev is not None and prev.bits is None and prev.maxpool is None:
             prev.bits = bits  # fused: the conv returns codes (FloatConv.forward)
             return None, bits, shape
         return ops.Quantize(bits), bits, shape
@@ -246,6 +246,9 @@ class GraphBuilder:
             and shape[2] % k == 0
         ):
             prev.pool = k  # fused into the GEMM's output (see FloatConv.forward)
+            return None, kind, out
+        if prev is not None and prev.pool == 1 and prev.bits is None and prev.maxpool is None:
+            prev.maxpool = (k, s, p)  # float output: pooled as the conv's rows are made
             return None, kind, out
         return ops.MaxPool(k, s, p), kind, out
 

@@ -46,8 +46,10 @@ class FloatConv(Layer):
     When the loader fuses the following max-pool and quantize into it (``pool``, ``bits``),
     the whole step is one call of :func:`dorefa.kernels.conv_float_quantize` (float64
     accumulation, float32 pool/bias/clip/round) that returns the codes directly. With a float
-    output and no fused pool (ResNet's stem) it is :func:`dorefa.kernels.conv_float`; with a
-    fused pool and a float output, im2col + one float32 GEMM per pool phase."""
+    output it is :func:`dorefa.kernels.conv_float`, with a following max-pool of any window
+    fused in when the loader found one (``maxpool = (k, s, p)``: ResNet's stem and its 3x3/2
+    pool); a fused k x k / k pool with a float output and no quantize takes im2col + one float32
+    GEMM per pool phase."""
 
     op = "conv_float"
 
@@ -55,6 +57,7 @@ class FloatConv(Layer):
         self.weight, self.bias, self.stride, self.padding = weight, bias, stride, padding
         self.pool = 1  # a following k x k / k max-pool fused in (set by the loader)
         self.bits = None  # a following quantize fused in (set by the loader): output codes
+        self.maxpool = None  # (k, s, p) of a following max-pool fused in, float output
         o = weight.shape[0]
         self.wmat = np.ascontiguousarray(weight.reshape(o, -1))  # (O, C*KH*KW)
         self.bias_col = np.ascontiguousarray(bias.reshape(o, 1))
@@ -65,7 +68,9 @@ class FloatConv(Layer):
                 x, self.weight, self.bias, self.stride, self.padding, self.pool, self.bits, threads
             )
         if self.pool == 1:  # float output (ResNet's stem): the kernel's direct conv
-            return kernels.conv_float(x, self.weight, self.bias, self.stride, self.padding, threads)
+            return kernels.conv_float(
+                x, self.weight, self.bias, self.stride, self.padding, threads, self.maxpool
+            )
         n, c, h, w = x.shape
         _, _, kh, kw = self.weight.shape
         p, k = self.padding, self.pool
@@ -87,6 +92,9 @@ class FloatConv(Layer):
     def describe(self):
         o, c, kh, kw = self.weight.shape
         pool = f" + maxpool {self.pool}x{self.pool} /{self.pool} (fused)" if self.pool > 1 else ""
+        if self.maxpool is not None:
+            k, s, p = self.maxpool
+            pool = f" + maxpool {k}x{k} /{s} pad {p} (fused)"
         quant = f" + quantize -> {self.bits}-bit codes (fused)" if self.bits is not None else ""
         return (
             f"conv_float {c}->{o} {kh}x{kw} /{self.stride} pad {self.padding} "
