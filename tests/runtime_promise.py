@@ -27,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dorefa import kernels
 from dorefa.nn import ActQuant
-from dorefa.runtime.executor import Quantize
+from dorefa.runtime.ops import Affine, Quantize
 
 MIN_AGREEMENT = 0.999  # share of images with the same predicted class
 REL_TOL = 1e-3  # logit difference relative to the image's largest |torch logit|
@@ -98,7 +99,12 @@ def _runtime_codes(runtime, x: np.ndarray, rows) -> dict[str, tuple]:
 
     def watch(layer, codes, inputs):
         if layer.source is not None and codes.dtype == np.uint8:
-            pre = inputs[0][rows].reshape(len(rows), -1) if isinstance(layer, Quantize) else None
+            pre = None
+            if isinstance(layer, Quantize):
+                pre = inputs[0][rows]
+            elif isinstance(layer, Affine):  # a BatchNorm with its quantize fused in
+                pre = kernels.affine_float(inputs[0][rows], layer.scale, layer.shift)
+            pre = None if pre is None else pre.reshape(len(rows), -1)
             out[layer.source] = (codes[rows].reshape(len(rows), -1).astype(np.int64), pre)
 
     runtime.run(x, 1, watch=watch)

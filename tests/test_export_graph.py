@@ -3,6 +3,7 @@ average-pool shortcuts, a quantize_model user CNN with a residual block and aver
 run on the bit runtime as their torch models do (the promise of runtime_promise.py), and
 modules the runtime cannot run give a one-line ExportError naming them."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from dorefa import quantize_model
 from dorefa.data import get_dataset, to_model_input
 from dorefa.exporter import ExportError, export, exportable
 from dorefa.models import create_model
+from dorefa.runtime.loader import GraphBuilder
 from runtime_promise import check_runtime_matches_torch
 
 N_TEST = 1000
@@ -194,3 +196,26 @@ def test_unsupported_modules_give_one_line_export_error(case, tmp_path):
         export(model.eval(), tmp_path / "x.dorefa", input_size=28)
     assert "\n" not in str(info.value), str(info.value)
     assert not (tmp_path / "x.dorefa").exists()
+
+
+def test_fused_nodes_give_the_same_logits(tmp_path, monkeypatch):
+    """ResNet-18's fusions (stem + max-pool, BatchNorm + quantize, a bit convolution's float
+    output + the residual add) change no bit of the logits, at one and two threads."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", bits="1,2,6", num_classes=10, in_channels=1, width=0.25)
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics from random batches: an untrained network
+        for _ in range(3):
+            model(torch.rand(16, 1, SIZE, SIZE))
+    path = tmp_path / "resnet18.dorefa"
+    export(model.eval(), path, input_size=SIZE)
+    fused = rt.load(path)
+    monkeypatch.setattr(GraphBuilder, "fuse", False)
+    alone = rt.load(path)
+    text = fused.summary()
+    for what in ("maxpool 3x3 /2 pad 1 (fused)", "quantize -> 2-bit codes (fused)", "residual"):
+        assert what in text, what
+    assert len(fused.layers) < len(alone.layers)
+    x = np.random.default_rng(0).random((3, 1, SIZE, SIZE), dtype=np.float32)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(fused(x, threads), alone(x, threads))

@@ -124,6 +124,46 @@ def test_scale_int_float(kernel, clip, shape):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("shape", [(1, 3), (2, 5, 1, 1), (3, 7, 5, 9), (1, 2, 40, 33)])
+def test_affine_quantize_float_is_affine_then_quantize(kernel, bits, shape):
+    """The fused BatchNorm + f_a: the codes of affine_float's output (planes longer than the
+    native chunk of 1024 included), specials and ties among the inputs."""
+    rng = np.random.default_rng(sum(shape) + bits)
+    x = _stream(bits, int(np.prod(shape)), 5).reshape(shape)
+    scale = (1 + rng.standard_normal(shape[1]) * 0.1).astype(np.float32)
+    shift = (rng.standard_normal(shape[1]) * 0.1).astype(np.float32)
+    scale[0], shift[0] = 1.0, 0.0  # the ties and specials themselves in channel 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = R.quantize_float(R.affine_float(x, scale, shift), bits)
+        with K.use_kernel(kernel):
+            for threads in (1, 2):
+                _same_bits(K.affine_quantize_float(x, scale, shift, bits, threads), expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (3, 7, 5, 9), (2, 16, 17, 3)])
+def test_scale_int_float_with_a_residual_is_the_sum(kernel, shape):
+    """A residual add fused into a bit convolution's float output: float32(D) * alpha + beta,
+    then + r, each step rounded (r with specials: inf, NaN, -0)."""
+    rng = np.random.default_rng(sum(shape))
+    d = rng.integers(-(2**20), 2**20, shape, dtype=np.int32)
+    alpha = (rng.standard_normal(shape[1]) * 1e-3).astype(np.float32)
+    beta = rng.standard_normal(shape[1]).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # 3e38 * 3: inf, on purpose
+        r = _stream(8, int(np.prod(shape)), 9).reshape(shape) * np.float32(3)
+        expected = R.scale_int_float(d, alpha, beta, False) + r
+        with K.use_kernel(kernel):
+            for threads in (1, 2):
+                _same_bits(K.scale_int_float(d, alpha, beta, False, threads, r), expected)
+    if kernel != "reference":
+        with K.use_kernel(kernel), pytest.raises(ValueError, match="unclipped"):
+            K.scale_int_float(d, alpha, beta, True, 1, r)
+        with K.use_kernel(kernel), pytest.raises(ValueError, match="shape of d"):
+            K.scale_int_float(d, alpha, beta, False, 1, r[:, :1])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_stream_ops_check_the_channel_vectors(kernel):
     x = np.zeros((2, 3, 4), np.float32)
     with K.use_kernel(kernel), pytest.raises(ValueError, match="C = 3"):

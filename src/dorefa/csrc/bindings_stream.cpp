@@ -3,8 +3,10 @@
 // scale_int_float; the average pool's glue sits beside the other pools' in bindings.cpp).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,15 +60,36 @@ py::array_t<float> AffineFloatPy(const FloatArray& x, const FloatArray& scale,
   return out;
 }
 
+py::array_t<uint8_t> AffineQuantizeFloatPy(const FloatArray& x, const FloatArray& scale,
+                                           const FloatArray& shift, int bits, int threads) {
+  CheckBits("bits", bits);
+  CheckThreads(threads);
+  int64_t n, c, hw;
+  ChannelShape(x, scale, shift, &n, &c, &hw);
+  py::array_t<uint8_t> out = OutputArray<uint8_t>(ShapeOf(x));
+  uint8_t* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  AffineQuantizeFloat(x.data(), n, c, hw, scale.data(), shift.data(), bits, dst, threads);
+  return out;
+}
+
+// residual: None, or a float32 array of d's shape added last (clip must be false).
 py::array_t<float> ScaleIntFloatPy(const IntArray& d, const FloatArray& alpha,
-                                   const FloatArray& beta, bool clip, int threads) {
+                                   const FloatArray& beta, bool clip, int threads,
+                                   const std::optional<FloatArray>& residual) {
   CheckThreads(threads);
   int64_t n, c, hw;
   ChannelShape(d, alpha, beta, &n, &c, &hw);
+  const float* r = nullptr;
+  if (residual.has_value()) {
+    Require(!clip, "a residual is added to an unclipped output only");
+    Require(ShapeOf(*residual) == ShapeOf(d), "the residual must have the shape of d");
+    r = residual->data();
+  }
   py::array_t<float> out = OutputArray<float>(ShapeOf(d));
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  ScaleIntFloat(d.data(), n, c, hw, alpha.data(), beta.data(), clip, dst, threads);
+  ScaleIntFloat(d.data(), n, c, hw, alpha.data(), beta.data(), clip, r, dst, threads);
   return out;
 }
 
@@ -76,8 +99,10 @@ void BindStreamOps(py::module_& m) {
   m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"), py::arg("threads"));
   m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"),
         py::arg("threads"));
+  m.def("affine_quantize_float", &AffineQuantizeFloatPy, py::arg("x"), py::arg("scale"),
+        py::arg("shift"), py::arg("bits"), py::arg("threads"));
   m.def("scale_int_float", &ScaleIntFloatPy, py::arg("d"), py::arg("alpha"), py::arg("beta"),
-        py::arg("clip"), py::arg("threads"));
+        py::arg("clip"), py::arg("threads"), py::arg("residual") = py::none());
 }
 
 }  // namespace dorefa

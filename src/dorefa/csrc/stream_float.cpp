@@ -83,7 +83,7 @@ void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* 
 }
 
 void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
-                   const float* beta, bool clip, float* y, int threads) {
+                   const float* beta, bool clip, const float* residual, float* y, int threads) {
   Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) {
       const float a = alpha[p % c], b = beta[p % c];
@@ -91,8 +91,28 @@ void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const flo
       float* dst = y + p * hw;
       if (clip) {
         for (int64_t i = 0; i < hw; ++i) dst[i] = Clip01(static_cast<float>(src[i]) * a + b);
+      } else if (residual != nullptr) {
+        const float* r = residual + p * hw;
+        for (int64_t i = 0; i < hw; ++i) dst[i] = (static_cast<float>(src[i]) * a + b) + r[i];
       } else {
         for (int64_t i = 0; i < hw; ++i) dst[i] = static_cast<float>(src[i]) * a + b;
+      }
+    }
+  });
+}
+
+void AffineQuantizeFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
+                         const float* shift, int bits, uint8_t* codes, int threads) {
+  constexpr int64_t kChunk = 1024;  // the affine values of a chunk, then its codes (in L1)
+  Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
+    float y[kChunk];
+    for (int64_t p = first; p < last; ++p) {
+      const float a = scale[p % c], b = shift[p % c];
+      for (int64_t i0 = 0; i0 < hw; i0 += kChunk) {
+        const int64_t m = std::min(kChunk, hw - i0);
+        const float* src = x + p * hw + i0;
+        for (int64_t i = 0; i < m; ++i) y[i] = src[i] * a + b;
+        QuantizeRange(y, m, bits, codes + p * hw + i0);
       }
     }
   });

@@ -6,7 +6,9 @@
 //   QuantizeFloat:   code = rint(clip(x, 0, 1) * n),   n = 2^bits - 1, ties to even; NaN -> 0
 //   AffineFloat:     y = x * scale[c] + shift[c]       (two roundings: built without FMA
 //                                                       contraction)
-//   ScaleIntFloat:   y = float(D) * alpha[c] + beta[c], then clip(y, 0, 1) when clip
+//   ScaleIntFloat:   y = float(D) * alpha[c] + beta[c], then clip(y, 0, 1) when clip, or
+//                    + residual when given (a residual add fused in: y = (...) + r)
+//   AffineQuantizeFloat: the codes of AffineFloat's y (QuantizeFloat of it, fused: one pass)
 //   AvgPoolFloat:    y = (((0 + x_00) + x_01) + ... + x_(k-1)(k-1)) / k^2, the window's taps
 //                    row by row, a padding tap adding 0 (torch's count_include_pad)
 //
@@ -26,8 +28,11 @@ namespace dorefa {
 void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, int threads);
 void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
                  const float* shift, float* y, int threads);
+void AffineQuantizeFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
+                         const float* shift, int bits, uint8_t* codes, int threads);
+// residual: nullptr, or (N, C, HW) float32 added last (not with clip).
 void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
-                   const float* beta, bool clip, float* y, int threads);
+                   const float* beta, bool clip, const float* residual, float* y, int threads);
 // x (N, C, H, W) -> y (N, C, OH, OW), OH = (H + 2p - k) / s + 1.
 void AvgPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
                   int64_t p, float* y, int threads);

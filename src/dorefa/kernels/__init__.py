@@ -74,6 +74,7 @@ __all__ = [
     "pack_weights",
     "quantize_float",
     "affine_float",
+    "affine_quantize_float",
     "scale_int_float",
     "avgpool_float",
     "prepare_conv",
@@ -314,15 +315,39 @@ def affine_float(
     return _native.affine_float(x, scale, shift, threads)
 
 
+def affine_quantize_float(
+    x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bits: int, threads: int = 1
+) -> np.ndarray:
+    """:func:`quantize_float` of :func:`affine_float` (a BatchNorm, then f_a) in one native
+    pass: the same codes as the two calls."""
+    bits = reference.check_bits("bits", bits)
+    x = np.ascontiguousarray(x, np.float32)
+    _check_channels(x, scale, shift)
+    if _current_kernel() == _REFERENCE:
+        return reference.quantize_float(reference.affine_float(x, scale, shift), bits)
+    return _native.affine_quantize_float(x, scale, shift, bits, threads)
+
+
 def scale_int_float(
-    d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, clip: bool, threads: int = 1
+    d: np.ndarray,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    clip: bool,
+    threads: int = 1,
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
     """A bit convolution's float32 output ``float32(D) * alpha + beta`` per channel (then
-    clipped to [0, 1] when ``clip``), the same bits as :func:`reference.scale_int_float`."""
+    clipped to [0, 1] when ``clip``), the same bits as :func:`reference.scale_int_float`; with
+    ``residual`` (float32, D's shape; not with ``clip``) that output plus it, one pass (a residual
+    addition fused in: the same bits as adding afterwards)."""
     _check_channels(d, alpha, beta)
+    if residual is not None:
+        residual = np.ascontiguousarray(residual, np.float32)
     if _current_kernel() == _REFERENCE:
-        return reference.scale_int_float(d, alpha, beta, clip)
-    return _native.scale_int_float(np.ascontiguousarray(d, np.int32), alpha, beta, clip, threads)
+        y = reference.scale_int_float(d, alpha, beta, clip)
+        return y if residual is None else y + residual
+    d = np.ascontiguousarray(d, np.int32)
+    return _native.scale_int_float(d, alpha, beta, clip, threads, residual)
 
 
 def avgpool_float(

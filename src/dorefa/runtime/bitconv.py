@@ -7,7 +7,8 @@ follows it (:mod:`dorefa.exporter.folding`):
 - ``out='codes'``: uint8 codes ``#{j : D >= t_j}`` (direction +1) or ``#{j : D <= t_j}``
   (direction -1) per channel: the next f_a's codes, straight from the kernel;
 - ``out='float'``: ``alpha * D + beta`` in float32 per channel (the layer's real output after its
-  BatchNorm), then ``clip(., 0, 1)`` when ``clip`` (the input of a float classifier).
+  BatchNorm), then ``clip(., 0, 1)`` when ``clip`` (the input of a float classifier); with a
+  residual addition fused in by the loader (``residual``), plus the node's second input.
 
 A 1-D input (N, F) (a quantized linear layer on a vector) runs as a 1x1 conv on (N, F, 1, 1).
 Imports numpy and :mod:`dorefa.kernels` only.
@@ -53,6 +54,7 @@ class BitConv(Layer):
         self.shape = codes.shape  # (O, C/groups, KH, KW)
         self.x_bits, self.w_bits, self.stride, self.padding = x_bits, w_bits, stride, padding
         self.groups, self.out, self.out_bits, self.clip = groups, out, out_bits, clip
+        self.residual = False  # a following add fused in (set by the loader): run(x, r)
         og = codes.shape[0] // groups
         self.packed = [
             kernels.pack_weights(np.ascontiguousarray(codes[g * og : (g + 1) * og]), w_bits)
@@ -69,7 +71,10 @@ class BitConv(Layer):
             self.beta = np.ascontiguousarray(beta, np.float32).reshape(-1)
             self.convs = [_prepared(pw, x_bits, stride, padding, "signed") for pw in self.packed]
 
-    def forward(self, x, threads):
+    def run(self, xs, threads):  # (x, the residual added to the float output)
+        return self.forward(xs[0], threads, xs[1])
+
+    def forward(self, x, threads, residual=None):
         if x.ndim == 2:
             x = x.reshape(*x.shape, 1, 1)
         if self.groups == 1:
@@ -81,8 +86,8 @@ class BitConv(Layer):
                 for g, conv in enumerate(self.convs)
             ]
             y = np.concatenate(outs, axis=1)
-        if self.out == "float":  # float32(float32(D) * alpha) + beta [clipped], one pass
-            y = kernels.scale_int_float(y, self.alpha, self.beta, self.clip, threads)
+        if self.out == "float":  # float32(float32(D) * alpha) + beta [clipped] [+ r], one pass
+            y = kernels.scale_int_float(y, self.alpha, self.beta, self.clip, threads, residual)
         return y
 
     def describe(self):
@@ -92,6 +97,7 @@ class BitConv(Layer):
             out = f"{self.out_bits}-bit codes"
         else:
             out = "float clip[0,1]" if self.clip else "float (scale + BN)"
+            out += " + residual add (fused)" if self.residual else ""
         return (
             f"bitconv {c * self.groups}->{o} {kh}x{kw} /{self.stride} pad {self.padding}{g} "
             f"W{self.w_bits} A{self.x_bits} -> {out}"

@@ -76,6 +76,12 @@ def chain_to_graph(layers: object) -> tuple[object, object]:
 class GraphBuilder:
     """Checks a graph's nodes and makes its Layers (see the module doc)."""
 
+    # Nodes joined to the node making their input where one native call does both: a float
+    # conv and its max-pool / quantize, a BatchNorm and its quantize, a bit convolution's float
+    # output and the residual add it feeds. The same bits either way (each fused op is its
+    # unfused sequence, tested); False builds every node alone (tests compare the two).
+    fuse = True
+
     def __init__(self, reader: Reader):
         self.r = reader
 
@@ -129,6 +135,7 @@ class GraphBuilder:
         self.uses = self._names(specs, output)
         self.values = {INPUT: ("float", tuple(input_shape))}
         self.producer: dict[str, ops.Layer] = {}
+        self.fused_src = None  # the input whose producer a fused node joined, if not the first
         self.layers: list[ops.Layer] = []
         for i, spec in enumerate(specs):
             op = spec.get("op")
@@ -143,7 +150,8 @@ class GraphBuilder:
                 raise self.err(i, f"activation shape {shape} exceeds {MAX_ELEMENTS} elements")
             self.values[spec["name"]] = (kind, shape)
             if layer is None:  # fused into the node producing its input: that node renamed
-                layer = self.producer.pop(spec["inputs"][0])
+                layer = self.producer.pop(self.fused_src or spec["inputs"][0])
+                self.fused_src = None
             else:
                 self.layers.append(layer)
                 layer.inputs = tuple(spec["inputs"])
@@ -161,7 +169,7 @@ class GraphBuilder:
         else reads (so it may compute this node's output instead)."""
         src = spec["inputs"][0]
         prev = self.producer.get(src)
-        return prev if isinstance(prev, cls) and self.uses[src] == 1 else None
+        return prev if self.fuse and isinstance(prev, cls) and self.uses[src] == 1 else None
 
     # ------------------------------------------------------------------------- float ops
     def _float_in(self, i, ins, op, ndim=None):
@@ -190,6 +198,10 @@ class GraphBuilder:
         if prev is not None and prev.bits is None and prev.maxpool is None:
             prev.bits = bits  # fused: the conv returns codes (FloatConv.forward)
             return None, bits, shape
+        prev = self._fusable(spec, ops.Affine)
+        if prev is not None and prev.bits is None:
+            prev.bits = bits  # fused: the BatchNorm returns codes (Affine.forward)
+            return None, bits, shape
         return ops.Quantize(bits), bits, shape
 
     def _dequantize(self, i, spec, ins):
@@ -212,7 +224,30 @@ class GraphBuilder:
     def _add(self, i, spec, ins):
         if ins[0] != ins[1] or ins[0][0] != "float":
             raise self.err(i, f"add needs two float inputs of one shape, got {ins}")
+        a, b = spec["inputs"]
+        for src, other in ((b, a), (a, b)) if self.fuse else ():  # into the bitconv making one
+            prev = self.producer.get(src)
+            if (
+                isinstance(prev, BitConv)
+                and prev.out == "float"
+                and not prev.clip
+                and not prev.residual
+                and self.uses[src] == 1
+                and src != other
+                and self._made_before(other, prev)
+            ):
+                prev.residual = True  # run(x, other): its float output plus `other`
+                prev.inputs = (*prev.inputs, other)
+                self.fused_src = src
+                return None, "float", ins[0][1]
         return ops.Add(), "float", ins[0][1]
+
+    def _made_before(self, name: str, layer: ops.Layer) -> bool:
+        """Whether value ``name`` exists when ``layer`` runs (the input, or an earlier node's)."""
+        if name == INPUT:
+            return True
+        made = self.producer.get(name)
+        return made is not None and self.layers.index(made) < self.layers.index(layer)
 
     def _concat(self, i, spec, ins):
         kinds = {k for k, _ in ins}

@@ -135,19 +135,24 @@ class Dequantize(Layer):
 
 
 class Affine(Layer):
-    """Per-channel ``x * scale + shift`` in float32 (an eval BatchNorm on a float value)."""
+    """Per-channel ``x * scale + shift`` in float32 (an eval BatchNorm on a float value); with a
+    following quantize fused in by the loader (``bits``), that quantize's codes, one pass."""
 
     op = "affine"
 
     def __init__(self, scale: np.ndarray, shift: np.ndarray):
         self.scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
         self.shift = np.ascontiguousarray(shift, np.float32).reshape(-1)
+        self.bits = None  # a following quantize fused in (set by the loader): output codes
 
     def forward(self, x, threads):
+        if self.bits is not None:
+            return kernels.affine_quantize_float(x, self.scale, self.shift, self.bits, threads)
         return kernels.affine_float(x, self.scale, self.shift, threads)
 
     def describe(self):
-        return f"affine {self.scale.size} channels (float32 BatchNorm)"
+        quant = f" + quantize -> {self.bits}-bit codes (fused)" if self.bits is not None else ""
+        return f"affine {self.scale.size} channels (float32 BatchNorm){quant}"
 
 
 class Clip(Layer):
