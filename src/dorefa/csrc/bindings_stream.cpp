@@ -38,13 +38,13 @@ void ChannelShape(const py::array& x, const FloatArray& p, const FloatArray& q, 
   });
 }
 
-py::array_t<uint8_t> QuantizeFloatPy(const FloatArray& x, int bits, int threads) {
+py::array_t<uint8_t> QuantizeFloatPy(const FloatArray& x, int bits, bool vector, int threads) {
   CheckBits("bits", bits);
   CheckThreads(threads);
   py::array_t<uint8_t> out = OutputArray<uint8_t>(ShapeOf(x));
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  QuantizeFloat(x.data(), static_cast<int64_t>(x.size()), bits, dst, threads);
+  QuantizeFloat(x.data(), static_cast<int64_t>(x.size()), bits, dst, vector, threads);
   return out;
 }
 
@@ -61,7 +61,8 @@ py::array_t<float> AffineFloatPy(const FloatArray& x, const FloatArray& scale,
 }
 
 py::array_t<uint8_t> AffineQuantizeFloatPy(const FloatArray& x, const FloatArray& scale,
-                                           const FloatArray& shift, int bits, int threads) {
+                                           const FloatArray& shift, int bits, bool vector,
+                                           int threads) {
   CheckBits("bits", bits);
   CheckThreads(threads);
   int64_t n, c, hw;
@@ -69,7 +70,7 @@ py::array_t<uint8_t> AffineQuantizeFloatPy(const FloatArray& x, const FloatArray
   py::array_t<uint8_t> out = OutputArray<uint8_t>(ShapeOf(x));
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  AffineQuantizeFloat(x.data(), n, c, hw, scale.data(), shift.data(), bits, dst, threads);
+  AffineQuantizeFloat(x.data(), n, c, hw, scale.data(), shift.data(), bits, dst, vector, threads);
   return out;
 }
 
@@ -96,11 +97,12 @@ py::array_t<float> ScaleIntFloatPy(const IntArray& d, const FloatArray& alpha,
 }  // namespace
 
 void BindStreamOps(py::module_& m) {
-  m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"), py::arg("threads"));
+  m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"), py::arg("vector"),
+        py::arg("threads"));
   m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"),
         py::arg("threads"));
   m.def("affine_quantize_float", &AffineQuantizeFloatPy, py::arg("x"), py::arg("scale"),
-        py::arg("shift"), py::arg("bits"), py::arg("threads"));
+        py::arg("shift"), py::arg("bits"), py::arg("vector"), py::arg("threads"));
   m.def("scale_int_float", &ScaleIntFloatPy, py::arg("d"), py::arg("alpha"), py::arg("beta"),
         py::arg("clip"), py::arg("threads"), py::arg("residual") = py::none());
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "cpu_features.h"
 #include "thread_pool.h"
 
 #if defined(__SSE2__)
@@ -60,13 +61,26 @@ void QuantizeRange(const float* x, int64_t count, int bits, uint8_t* codes) {
   }
 }
 
+using QuantizeRangeFn = void (*)(const float*, int64_t, int, uint8_t*);
+
+// The rows QuantizeFloat runs (stream_float.h).
+QuantizeRangeFn QuantizeRows(bool vector) {
+#ifdef DOREFA_HAVE_X86_KERNELS
+  if (vector && (CpuFeatures() & kAvx512F) != 0) return &QuantizeRangeAvx512;
+#endif
+  (void)vector;
+  return &QuantizeRange;
+}
+
 }  // namespace
 
-void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, int threads) {
+void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, bool vector,
+                   int threads) {
   constexpr int64_t kChunk = 4096;
+  const QuantizeRangeFn rows = QuantizeRows(vector);
   Split(threads, (count + kChunk - 1) / kChunk, kChunk, [&](int64_t first, int64_t last) {
     const int64_t begin = first * kChunk, end = std::min(count, last * kChunk);
-    QuantizeRange(x + begin, end - begin, bits, codes + begin);
+    rows(x + begin, end - begin, bits, codes + begin);
   });
 }
 
@@ -102,8 +116,9 @@ void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const flo
 }
 
 void AffineQuantizeFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
-                         const float* shift, int bits, uint8_t* codes, int threads) {
+                         const float* shift, int bits, uint8_t* codes, bool vector, int threads) {
   constexpr int64_t kChunk = 1024;  // the affine values of a chunk, then its codes (in L1)
+  const QuantizeRangeFn rows = QuantizeRows(vector);
   Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
     float y[kChunk];
     for (int64_t p = first; p < last; ++p) {
@@ -112,7 +127,7 @@ void AffineQuantizeFloat(const float* x, int64_t n, int64_t c, int64_t hw, const
         const int64_t m = std::min(kChunk, hw - i0);
         const float* src = x + p * hw + i0;
         for (int64_t i = 0; i < m; ++i) y[i] = src[i] * a + b;
-        QuantizeRange(y, m, bits, codes + p * hw + i0);
+        rows(y, m, bits, codes + p * hw + i0);
       }
     }
   });

@@ -25,17 +25,25 @@
 
 namespace dorefa {
 
-void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, int threads);
+// `vector`: the AVX-512 rows when the CPU has AVX-512F (CpuFeatures), else SSE2 (the same
+// codes: tests compare every path with the NumPy spec).
+void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, bool vector,
+                   int threads);
 void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
                  const float* shift, float* y, int threads);
 void AffineQuantizeFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
-                         const float* shift, int bits, uint8_t* codes, int threads);
+                         const float* shift, int bits, uint8_t* codes, bool vector, int threads);
 // residual: nullptr, or (N, C, HW) float32 added last (not with clip).
 void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
                    const float* beta, bool clip, const float* residual, float* y, int threads);
 // x (N, C, H, W) -> y (N, C, OH, OW), OH = (H + 2p - k) / s + 1.
 void AvgPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
                   int64_t p, float* y, int threads);
+
+#ifdef DOREFA_HAVE_X86_KERNELS
+// QuantizeFloat's codes of x[0 .. count) on 16 lanes (stream_float_avx512.cpp).
+void QuantizeRangeAvx512(const float* x, int64_t count, int bits, uint8_t* codes);
+#endif
 
 }  // namespace dorefa
 

@@ -288,9 +288,10 @@ def quantize_float(x: np.ndarray, bits: int, threads: int = 1) -> np.ndarray:
     (:func:`reference.quantize_float` is the spec; one native pass gives the same codes)."""
     bits = reference.check_bits("bits", bits)
     x = np.ascontiguousarray(x, np.float32)
-    if _current_kernel() == _REFERENCE:
+    kernel = _current_kernel()
+    if kernel == _REFERENCE:
         return reference.quantize_float(x, bits)
-    return _native.quantize_float(x, bits, threads)
+    return _native.quantize_float(x, bits, _backend_of(kernel) != "scalar", threads)
 
 
 def _check_channels(x: np.ndarray, *vectors: np.ndarray) -> None:
@@ -323,9 +324,11 @@ def affine_quantize_float(
     bits = reference.check_bits("bits", bits)
     x = np.ascontiguousarray(x, np.float32)
     _check_channels(x, scale, shift)
-    if _current_kernel() == _REFERENCE:
+    kernel = _current_kernel()
+    if kernel == _REFERENCE:
         return reference.quantize_float(reference.affine_float(x, scale, shift), bits)
-    return _native.affine_quantize_float(x, scale, shift, bits, threads)
+    vector = _backend_of(kernel) != "scalar"
+    return _native.affine_quantize_float(x, scale, shift, bits, vector, threads)
 
 
 def scale_int_float(
