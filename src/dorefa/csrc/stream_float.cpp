@@ -66,7 +66,8 @@ using QuantizeRangeFn = void (*)(const float*, int64_t, int, uint8_t*);
 // The rows QuantizeFloat runs (stream_float.h).
 QuantizeRangeFn QuantizeRows(bool vector) {
 #ifdef DOREFA_HAVE_X86_KERNELS
-  if (vector && (CpuFeatures() & kAvx512F) != 0) return &QuantizeRangeAvx512;
+  constexpr uint32_t kNeeds = kAvx512F | kAvx512Bw | kAvx512Vl;  // the masked byte store
+  if (vector && (CpuFeatures() & kNeeds) == kNeeds) return &QuantizeRangeAvx512;
 #endif
   (void)vector;
   return &QuantizeRange;

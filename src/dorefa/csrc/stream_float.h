@@ -25,7 +25,7 @@
 
 namespace dorefa {
 
-// `vector`: the AVX-512 rows when the CPU has AVX-512F (CpuFeatures), else SSE2 (the same
+// `vector`: the AVX-512 rows when the CPU has AVX-512F/BW/VL (CpuFeatures), else SSE2 (the same
 // codes: tests compare every path with the NumPy spec).
 void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, bool vector,
                    int threads);
