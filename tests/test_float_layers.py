@@ -346,3 +346,20 @@ def test_maxpool_float_hypothesis_shapes(c, h, w, k, s, p, specials, seed):
     for kernel in NATIVE:
         with K.use_kernel(kernel):
             np.testing.assert_array_equal(K.maxpool_float(x, k, s, p, 1 + seed % 2), expected)
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("geom", [(3, 2, 1), (3, 2, 0), (2, 2, 0), (3, 1, 1)])
+@pytest.mark.parametrize("hw", [(54, 54), (27, 13), (5, 3)])
+def test_maxpool_codes_split_over_threads(kernel, geom, hw):
+    """Planes split over 2 and 3 threads (inputs above 64 KB a thread): the 3x3/2 rows that
+    write past their outputs stay inside their thread's planes; the same codes as one thread."""
+    k, s, p = geom
+    h, w = hw
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    x = np.random.default_rng(h * w + k).integers(0, 256, (3, 400, h, w), dtype=np.uint8)
+    expected = R.maxpool_codes(x, k, s, p)
+    with K.use_kernel(kernel):
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(K.maxpool_codes(x, k, s, p, threads), expected)

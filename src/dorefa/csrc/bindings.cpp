@@ -303,11 +303,13 @@ py::array_t<float> FloatPoolPy(const FloatArray& x, int64_t k, int64_t s, int64_
   return out;
 }
 
-py::array_t<uint8_t> MaxPoolCodesPy(const CodeArray& x, int64_t k, int64_t s, int64_t p) {
+py::array_t<uint8_t> MaxPoolCodesPy(const CodeArray& x, int64_t k, int64_t s, int64_t p,
+                                    int threads) {
+  CheckThreads(threads);
   py::array_t<uint8_t> out = OutputArray<uint8_t>(PoolShape(x, k, s, p));
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  MaxPoolCodes(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst);
+  MaxPoolCodes(x.data(), x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, dst, threads);
   return out;
 }
 
@@ -549,7 +551,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("avgpool_float", &dorefa::FloatPoolPy<&dorefa::AvgPoolFloat>, py::arg("x"),
         py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
-        py::arg("stride"), py::arg("padding"));
+        py::arg("stride"), py::arg("padding"), py::arg("threads") = 1);
   m.def("wgrad_kernels", &dorefa::WgradKernelsPy);
   m.def("gradient_codes", &dorefa::GradientCodesPy, py::arg("g"), py::arg("noise"),
         py::arg("levels"), py::arg("threads"));

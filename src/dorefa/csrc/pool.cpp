@@ -221,34 +221,41 @@ uint32_t PoolRow3x3Stride2(const float* const* rows, int nrows, int64_t w, int64
 }  // namespace
 
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
-                  int64_t s, int64_t p, uint8_t* out) {
+                  int64_t s, int64_t p, uint8_t* out, int threads) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
-  // one padded row of maxima; 32 bytes past it for the vector paths' reads, code 0
-  std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p + k + 32), 0);
-  std::vector<const uint8_t*> rows(static_cast<size_t>(k));
   const bool three = k == 3 && s == 2 && p <= 1;  // (the caller checks 2p <= k <= H + 2p)
   const uint8_t* end = x + n * c * h * w;
-  for (int64_t nc = 0; nc < n * c; ++nc) {
-    const uint8_t* src = x + nc * h * w;
-    uint8_t* dst = out + nc * oh * ow;
-    if (three) {  // AlexNet's pools: vector rows
-      PoolPlane3x3Stride2(src, end, h, w, p, oh, ow, row.data(), dst, out + n * c * oh * ow);
-      continue;
-    }
-    if (k == 2 && s == 2 && p == 0) {  // svhn's pools: branch-free, vectorized by the compiler
-      for (int64_t oy = 0; oy < oh; ++oy) {
-        const uint8_t* r0 = src + 2 * oy * w;
-        const uint8_t* r1 = r0 + w;
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          const uint8_t a = std::max(r0[2 * ox], r0[2 * ox + 1]);
-          const uint8_t b = std::max(r1[2 * ox], r1[2 * ox + 1]);
-          dst[oy * ow + ox] = std::max(a, b);
+  // Planes split over the threads when there is enough to split (64 KB of input a thread).
+  const int64_t most = std::max<int64_t>(1, n * c * h * w / (int64_t{1} << 16));
+  ParallelForOrThrow(
+      static_cast<int>(std::min<int64_t>(threads, most)), n * c, [&](int64_t first, int64_t last) {
+        // one padded row of maxima; 32 bytes past it for the vector paths' reads, code 0
+        std::vector<uint8_t> row(static_cast<size_t>(w + 2 * p + k + 32), 0);
+        std::vector<const uint8_t*> rows(static_cast<size_t>(k));
+        uint8_t* const share_end = out + last * oh * ow;  // a row's spill stays in this share
+        for (int64_t nc = first; nc < last; ++nc) {
+          const uint8_t* src = x + nc * h * w;
+          uint8_t* dst = out + nc * oh * ow;
+          if (three) {  // AlexNet's pools: vector rows
+            PoolPlane3x3Stride2(src, end, h, w, p, oh, ow, row.data(), dst, share_end);
+            continue;
+          }
+          if (k == 2 && s == 2 &&
+              p == 0) {  // svhn's pools: branch-free, vectorized by the compiler
+            for (int64_t oy = 0; oy < oh; ++oy) {
+              const uint8_t* r0 = src + 2 * oy * w;
+              const uint8_t* r1 = r0 + w;
+              for (int64_t ox = 0; ox < ow; ++ox) {
+                const uint8_t a = std::max(r0[2 * ox], r0[2 * ox + 1]);
+                const uint8_t b = std::max(r1[2 * ox], r1[2 * ox + 1]);
+                dst[oy * ow + ox] = std::max(a, b);
+              }
+            }
+            continue;
+          }
+          PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, rows, dst);  // pad 0
         }
-      }
-      continue;
-    }
-    PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, rows, dst);  // pad: 0
-  }
+      });
 }
 
 void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,

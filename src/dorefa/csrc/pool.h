@@ -13,7 +13,7 @@ namespace dorefa {
 // Max-pool of uint8 codes x (N, C, H, W) -> out (N, C, OH, OW), kernel k, stride s, padding p
 // (padding = code 0, which is <= every code; OH = (H + 2p - k) / s + 1).
 void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
-                  int64_t s, int64_t p, uint8_t* out);
+                  int64_t s, int64_t p, uint8_t* out, int threads);
 
 // Max-pool of float32 x (N, C, H, W) -> out (N, C, OH, OW), padding -inf, NaN propagating;
 // planes split over up to `threads` threads.

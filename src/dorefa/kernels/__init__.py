@@ -275,12 +275,14 @@ def maxpool_float(
     return _native.maxpool_float(x, kernel, stride, padding, threads)
 
 
-def maxpool_codes(x_codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+def maxpool_codes(
+    x_codes: np.ndarray, kernel: int, stride: int, padding: int, threads: int = 1
+) -> np.ndarray:
     """Max-pool of uint8 codes (N, C, H, W), padding = code 0: uint8 (N, C, H', W')."""
     x = reference.check_code_array("x_codes", x_codes, "(N, C, H, W)")
     if _current_kernel() == _REFERENCE:
         return reference.maxpool_codes(x, kernel, stride, padding)
-    return _native.maxpool_codes(x, kernel, stride, padding)
+    return _native.maxpool_codes(x, kernel, stride, padding, threads)
 
 
 def quantize_float(x: np.ndarray, bits: int, threads: int = 1) -> np.ndarray:

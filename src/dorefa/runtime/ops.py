@@ -194,7 +194,7 @@ class MaxPool(Layer):
     def forward(self, x, threads):
         k, s, p = self.kernel, self.stride, self.padding
         if x.dtype == np.uint8:
-            return kernels.maxpool_codes(x, k, s, p)
+            return kernels.maxpool_codes(x, k, s, p, threads)
         return kernels.maxpool_float(x, k, s, p, threads)
 
     def describe(self):
