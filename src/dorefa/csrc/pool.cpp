@@ -1,5 +1,6 @@
 // Max-pools (pool.h): a separable loop for any window, and faster paths for the windows the
-// networks use on codes (3 x 3 / 2: AlexNet, on SSE2 rows; 2 x 2 / 2: svhn).
+// networks use: 3 x 3 / 2 on SSE2 rows, of codes (AlexNet) and of floats (ResNet's stem);
+// 2 x 2 / 2 of codes (svhn). Both split their planes over the threads.
 #include "pool.h"
 
 #if defined(__SSE2__)
@@ -153,7 +154,8 @@ void DownRows(const uint8_t* const* rows, int nrows, int64_t w, const uint8_t* e
 // down its valid input rows into a padded row buffer (row: w + 2p + 32 bytes), then along it.
 // `end`, `out_end`: the ends of the input and the output arrays. Rows past the plane's may be
 // read (never past `end`); a row's last step may write up to 7 bytes past its outputs when that
-// many remain before `out_end` (they belong to later rows, written after it).
+// many remain before `out_end` (they belong to later rows of the caller's share of planes,
+// written after it).
 void PoolPlane3x3Stride2(const uint8_t* src, const uint8_t* end, int64_t h, int64_t w, int64_t p,
                          int64_t oh, int64_t ow, uint8_t* row, uint8_t* dst,
                          const uint8_t* out_end) {
