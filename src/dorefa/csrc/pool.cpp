@@ -162,9 +162,7 @@ void PoolPlane3x3Stride2(const uint8_t* src, const uint8_t* end, int64_t h, int6
   uint8_t* in = row + p;  // row[0, p) is code 0; row[p + w, 2p + w) is restored to it
   for (int64_t oy = 0; oy < oh; ++oy) {
     const uint8_t* rows[3];
-    int nrows = 0;
-    for (int64_t y = 2 * oy - p; y < 2 * oy - p + 3; ++y)
-      if (y >= 0 && y < h) rows[nrows++] = src + y * w;
+    const int nrows = WindowRows(src, h, w, 3, 2, p, oy, rows);
     DownRows(rows, nrows, w, end, in);  // >= 1 row: padding never fills a whole window
     for (int64_t x = w; x < w + p; ++x) in[x] = 0;
     uint8_t* out = dst + oy * ow;
