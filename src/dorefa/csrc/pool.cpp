@@ -261,7 +261,7 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
 void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s,
                   int64_t p, float* out, int threads) {
   const int64_t oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
-  ParallelFor(threads, n * c, [&](int64_t first, int64_t last) {
+  ParallelForOrThrow(threads, n * c, [&](int64_t first, int64_t last) {  // allocates (as codes)
     MaxPoolFloatRows pool(w, k, s, p);
     std::vector<const float*> rows(static_cast<size_t>(k));
     for (int64_t nc = first; nc < last; ++nc) {
