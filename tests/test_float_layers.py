@@ -288,6 +288,21 @@ def test_maxpool_codes_hypothesis_shapes(n, c, h, w, k, s, p, seed):
             np.testing.assert_array_equal(K.maxpool_codes(x, k, s, p), expected)
 
 
+# The 2 x 2 / 2 path pools 8 outputs a step from 16 bytes of two rows, its last step moved
+# back to end at the row's last output: widths with fewer than 8 outputs, exactly 8, one more
+# than a step, odd widths (the last column unused), and one or several planes.
+@pytest.mark.parametrize("w", [2, 3, 14, 15, 16, 17, 18, 19, 31, 32, 33, 34, 50, 65])
+@pytest.mark.parametrize("n,c,h", [(1, 1, 2), (2, 3, 5), (1, 7, 18)])
+def test_maxpool_codes_2x2_stride_2_widths(w, n, c, h):
+    x = np.random.default_rng(w * 100 + h).integers(0, 256, (n, c, h, w), dtype=np.uint8)
+    expected = R.maxpool_codes(x, 2, 2, 0)
+    for kernel in NATIVE:
+        for threads in (1, 2):
+            with K.use_kernel(kernel):
+                got = K.maxpool_codes(x, 2, 2, 0, threads)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{kernel} {threads}")
+
+
 # (N, C, H, W, O, K, stride, padding, pool k, pool s, pool p): ResNet's stem in small, windows
 # wider than their stride, strides above the window, pools whose rows start in the padding.
 FUSED_POOL_SHAPES = [

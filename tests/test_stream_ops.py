@@ -124,6 +124,35 @@ def test_scale_int_float(kernel, clip, shape):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+def test_per_channel_ops_on_values_of_one_pixel(kernel):
+    """(N, C, 1, 1) values run along the channels (stream_float.cpp PlaneRuns): enough of them
+    for two threads, whose shares then start and end inside an image (33 x 2049 values)."""
+    shape = (33, 2049, 1, 1)
+    rng = np.random.default_rng(11)
+    d = rng.integers(-(2**24), 2**24, shape, dtype=np.int32)
+    x = _stream(4, int(np.prod(shape)), 13).reshape(shape)
+    alpha = (rng.standard_normal(shape[1]) * 1e-6).astype(np.float32)
+    beta = (rng.standard_normal(shape[1]) * 0.5).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = [
+            R.scale_int_float(d, alpha, beta, True),
+            R.scale_int_float(d, alpha, beta, False) + x,
+            R.affine_float(x, alpha * 1e6, beta),
+            R.quantize_float(R.affine_float(x, alpha * 1e6, beta), 4),
+        ]
+        with K.use_kernel(kernel):
+            for threads in (1, 2):
+                got = [
+                    K.scale_int_float(d, alpha, beta, True, threads),
+                    K.scale_int_float(d, alpha, beta, False, threads, x),
+                    K.affine_float(x, alpha * 1e6, beta, threads),
+                    K.affine_quantize_float(x, alpha * 1e6, beta, 4, threads),
+                ]
+                for g, e in zip(got, expected, strict=True):
+                    _same_bits(g, e)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("shape", [(1, 3), (2, 5, 1, 1), (3, 7, 5, 9), (1, 2, 40, 33)])
 def test_affine_quantize_float_is_affine_then_quantize(kernel, bits, shape):

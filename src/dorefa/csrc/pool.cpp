@@ -1,6 +1,6 @@
 // Max-pools (pool.h): a separable loop for any window, and faster paths for the windows the
 // networks use: 3 x 3 / 2 on SSE2 rows, of codes (AlexNet) and of floats (ResNet's stem);
-// 2 x 2 / 2 of codes (svhn). Both split their planes over the threads.
+// 2 x 2 / 2 of codes on SSE2 rows (svhn). Both split their planes over the threads.
 #include "pool.h"
 
 #if defined(__SSE2__)
@@ -170,6 +170,39 @@ void PoolPlane3x3Stride2(const uint8_t* src, const uint8_t* end, int64_t h, int6
   }
 }
 
+// A plane's 2 x 2 / 2 pool of codes without padding (svhn): out[oy][ox] = the max of rows 2oy
+// and 2oy + 1 at columns 2ox and 2ox + 1. On SSE2 8 outputs a step: the two rows' 16 bytes
+// max-ed, then each byte pair (one 16-bit lane) max-ed with its high byte; a row's last step
+// is moved back to end at its last output (it rewrites some outputs with the same values), so
+// every read stays inside the row's 2 ow <= w bytes. Rows of fewer than 8 outputs: one at a time.
+void PoolPlane2x2Stride2(const uint8_t* src, int64_t w, int64_t oh, int64_t ow, uint8_t* dst) {
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    const uint8_t* r0 = src + 2 * oy * w;
+    const uint8_t* r1 = r0 + w;
+    uint8_t* out = dst + oy * ow;
+    int64_t ox = 0;
+#if defined(__SSE2__)
+    if (ow >= 8) {
+      const __m128i low = _mm_set1_epi16(0x00ff);
+      for (int64_t step = 0; step < ow; step += 8) {
+        ox = std::min(step, ow - 8);
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + 2 * ox));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1 + 2 * ox));
+        const __m128i m = _mm_max_epu8(a, b);
+        const __m128i pair = _mm_and_si128(_mm_max_epu8(m, _mm_srli_epi16(m, 8)), low);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + ox), _mm_packus_epi16(pair, pair));
+      }
+      continue;
+    }
+#endif
+    for (; ox < ow; ++ox) {
+      const uint8_t a = std::max(r0[2 * ox], r0[2 * ox + 1]);
+      const uint8_t b = std::max(r1[2 * ox], r1[2 * ox + 1]);
+      out[ox] = std::max(a, b);
+    }
+  }
+}
+
 // PoolRow<float, Max> for 3 x 3 / 2 windows on SSE2 rows: 4 floats a step down the rows into
 // the buffer, 4 outputs a step along it (even and odd columns by shuffles), the same maxima in
 // the same order (Max(a, b) = b > a ? b : a is MAXPS with b first). Returns the same flag.
@@ -240,17 +273,8 @@ void MaxPoolCodes(const uint8_t* x, int64_t n, int64_t c, int64_t h, int64_t w, 
             PoolPlane3x3Stride2(src, end, h, w, p, oh, ow, row.data(), dst, share_end);
             continue;
           }
-          if (k == 2 && s == 2 &&
-              p == 0) {  // svhn's pools: branch-free, vectorized by the compiler
-            for (int64_t oy = 0; oy < oh; ++oy) {
-              const uint8_t* r0 = src + 2 * oy * w;
-              const uint8_t* r1 = r0 + w;
-              for (int64_t ox = 0; ox < ow; ++ox) {
-                const uint8_t a = std::max(r0[2 * ox], r0[2 * ox + 1]);
-                const uint8_t b = std::max(r1[2 * ox], r1[2 * ox + 1]);
-                dst[oy * ow + ox] = std::max(a, b);
-              }
-            }
+          if (k == 2 && s == 2 && p == 0) {  // svhn's pools
+            PoolPlane2x2Stride2(src, w, oh, ow, dst);
             continue;
           }
           PoolPlane<uint8_t, Max<uint8_t>>(src, h, w, k, s, p, oh, ow, 0, row, rows, dst);  // pad 0

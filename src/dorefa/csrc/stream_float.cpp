@@ -30,6 +30,40 @@ void Split(int threads, int64_t items, int64_t size,
 // NumPy's clip(v, 0, 1): v unless it is below 0 or above 1 (NaN and -0 kept).
 inline float Clip01(float v) { return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v); }
 
+// A per-channel value seen from a run of elements (PlaneRuns): one channel's (Same) or one per
+// element (Each).
+struct Same {
+  float v;
+  float operator[](int64_t) const { return v; }
+};
+struct Each {
+  const float* v;
+  float operator[](int64_t i) const { return v[i]; }
+};
+
+// Planes [first, last) of an (N, C, HW) array as runs of elements: op(e, m, a, b) for elements
+// e .. e + m - 1, a[i] and b[i] the per-channel values (alpha, beta) of element e + i's channel.
+// hw > 1: a run per plane (Same values); hw == 1 ((N, C) values, e.g. a layer with a 1 x 1
+// output): a run along an image's channels (Each), so the loop vectorizes over the channels
+// instead of paying a plane's setup for every value (32 x 512 values: 36 -> 7 us a call).
+template <class Op>
+void PlaneRuns(int64_t first, int64_t last, int64_t c, int64_t hw, const float* alpha,
+               const float* beta, const Op& op) {
+  if (hw == 1) {
+    for (int64_t p = first; p < last;) {
+      const int64_t ch = p % c, m = std::min(c - ch, last - p);
+      op(p, m, Each{alpha + ch}, Each{beta + ch});
+      p += m;
+    }
+    return;
+  }
+  int64_t ch = first % c;
+  for (int64_t p = first; p < last; ++p) {
+    op(p * hw, hw, Same{alpha[ch]}, Same{beta[ch]});
+    if (++ch == c) ch = 0;
+  }
+}
+
 void QuantizeRange(const float* x, int64_t count, int bits, uint8_t* codes) {
   const auto n = static_cast<float>((1 << bits) - 1);
   constexpr float kRound = 8388608.0f;  // 2^23
@@ -88,31 +122,27 @@ void QuantizeFloat(const float* x, int64_t count, int bits, uint8_t* codes, bool
 void AffineFloat(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
                  const float* shift, float* y, int threads) {
   Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
-    for (int64_t p = first; p < last; ++p) {
-      const float a = scale[p % c], b = shift[p % c];
-      const float* src = x + p * hw;
-      float* dst = y + p * hw;
-      for (int64_t i = 0; i < hw; ++i) dst[i] = src[i] * a + b;
-    }
+    PlaneRuns(first, last, c, hw, scale, shift, [&](int64_t e, int64_t m, auto a, auto b) {
+      for (int64_t i = 0; i < m; ++i) y[e + i] = x[e + i] * a[i] + b[i];
+    });
   });
 }
 
 void ScaleIntFloat(const int32_t* d, int64_t n, int64_t c, int64_t hw, const float* alpha,
                    const float* beta, bool clip, const float* residual, float* y, int threads) {
   Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
-    for (int64_t p = first; p < last; ++p) {
-      const float a = alpha[p % c], b = beta[p % c];
-      const int32_t* src = d + p * hw;
-      float* dst = y + p * hw;
+    PlaneRuns(first, last, c, hw, alpha, beta, [&](int64_t e, int64_t m, auto a, auto b) {
+      const int32_t* src = d + e;
+      float* dst = y + e;
       if (clip) {
-        for (int64_t i = 0; i < hw; ++i) dst[i] = Clip01(static_cast<float>(src[i]) * a + b);
+        for (int64_t i = 0; i < m; ++i) dst[i] = Clip01(static_cast<float>(src[i]) * a[i] + b[i]);
       } else if (residual != nullptr) {
-        const float* r = residual + p * hw;
-        for (int64_t i = 0; i < hw; ++i) dst[i] = (static_cast<float>(src[i]) * a + b) + r[i];
+        const float* r = residual + e;
+        for (int64_t i = 0; i < m; ++i) dst[i] = (static_cast<float>(src[i]) * a[i] + b[i]) + r[i];
       } else {
-        for (int64_t i = 0; i < hw; ++i) dst[i] = static_cast<float>(src[i]) * a + b;
+        for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<float>(src[i]) * a[i] + b[i];
       }
-    }
+    });
   });
 }
 
@@ -122,15 +152,14 @@ void AffineQuantizeFloat(const float* x, int64_t n, int64_t c, int64_t hw, const
   const QuantizeRangeFn rows = QuantizeRows(vector);
   Split(threads, n * c, hw, [&](int64_t first, int64_t last) {
     float y[kChunk];
-    for (int64_t p = first; p < last; ++p) {
-      const float a = scale[p % c], b = shift[p % c];
-      for (int64_t i0 = 0; i0 < hw; i0 += kChunk) {
-        const int64_t m = std::min(kChunk, hw - i0);
-        const float* src = x + p * hw + i0;
-        for (int64_t i = 0; i < m; ++i) y[i] = src[i] * a + b;
-        rows(y, m, bits, codes + p * hw + i0);
+    PlaneRuns(first, last, c, hw, scale, shift, [&](int64_t e, int64_t m, auto a, auto b) {
+      for (int64_t i0 = 0; i0 < m; i0 += kChunk) {
+        const int64_t k = std::min(kChunk, m - i0);
+        const float* src = x + e + i0;
+        for (int64_t i = 0; i < k; ++i) y[i] = src[i] * a[i0 + i] + b[i0 + i];
+        rows(y, k, bits, codes + e + i0);
       }
-    }
+    });
   });
 }
 
