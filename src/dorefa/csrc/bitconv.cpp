@@ -6,6 +6,7 @@
 
 #include "bitpack.h"
 #include "output_transform.h"
+#include "scratch.h"
 #include "thread_pool.h"
 #include "work_queue.h"
 
@@ -60,11 +61,13 @@ uint8_t Run(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8
   // calls (per calling thread), like xpk itself.
   // (A thread_local named inside the worker lambda would be the worker thread's own: the
   // lambda captures this reference to the caller's instead.)
-  static thread_local std::vector<std::vector<uint64_t>> caller_copies;
-  std::vector<std::vector<uint64_t>>& copies = caller_copies;
+  static thread_local std::vector<Scratch<uint64_t>> caller_copies;
+  std::vector<uint64_t*> copies;
   if (private_pack) {
-    if (copies.size() < static_cast<size_t>(nt - 1)) copies.resize(static_cast<size_t>(nt - 1));
-    for (int k = 0; k < nt - 1; ++k) copies[k].resize(static_cast<size_t>(g.XpkSize()));
+    if (caller_copies.size() < static_cast<size_t>(nt - 1))
+      caller_copies.resize(static_cast<size_t>(nt - 1));
+    for (int k = 0; k < nt - 1; ++k)
+      copies.push_back(caller_copies[k].Get(static_cast<size_t>(g.XpkSize())));
   }
   // Packing from home ranges too: thread k packs about the images whose pixels its
   // convolution home range covers, so most packed words are read on the core that wrote them.
@@ -80,7 +83,7 @@ uint8_t Run(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8
     if (private_pack) {
       uint64_t* mine = xpk;
       if (tid > 0) {
-        mine = copies[tid - 1].data();
+        mine = copies[tid - 1];
         ZeroPaddingBorder(g, mine);
       }
       ors = pack(g, x, mine, 0, pack_items);

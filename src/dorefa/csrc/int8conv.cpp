@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "run_conv.h"
+#include "scratch.h"
 #include "thread_pool.h"
 #include "work_queue.h"
 
@@ -299,13 +300,13 @@ void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
 
 uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
                     const uint64_t* wq, const ConvOutput& out, int threads) {
-  static thread_local std::vector<uint8_t> xbuf;
-  static thread_local std::vector<int32_t> sums;
+  static thread_local Scratch<uint8_t> xbuf;
+  static thread_local Scratch<int32_t> sums;
   Int8Conv c;
   c.g = &g;
   c.q = Int8Geom(g);
-  xbuf.resize(static_cast<size_t>(g.n * c.q.image));
-  c.xq = reinterpret_cast<const int8_t*>(xbuf.data());
+  uint8_t* xq = xbuf.Get(static_cast<size_t>(g.n * c.q.image));
+  c.xq = reinterpret_cast<const int8_t*>(xq);
   c.wq = reinterpret_cast<const uint8_t*>(wq);
   c.wsum = reinterpret_cast<const int32_t*>(c.wq + c.q.WeightBytes());
   c.shift = kernel.shift(g.x_bits);
@@ -316,12 +317,11 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
     c.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
     c.requant = kernel.requant;
   }
+  int32_t* pixsum = nullptr;
   if (out.mode != Epilogue::kAcc) {
-    sums.resize(static_cast<size_t>(g.n * g.hp * g.wp));
-    c.pixsum = sums.data();
+    pixsum = sums.Get(static_cast<size_t>(g.n * g.hp * g.wp));
+    c.pixsum = pixsum;
   }
-  uint8_t* xq = xbuf.data();
-  int32_t* pixsum = out.mode != Epilogue::kAcc ? sums.data() : nullptr;
 
   const int64_t macs = g.OutPixels() * g.o * g.c * g.kh * g.kw;
   threads =

@@ -5,6 +5,7 @@
 #include "int8conv.h"
 #include "output_transform.h"
 #include "requant_table.h"
+#include "scratch.h"
 
 namespace dorefa {
 namespace {
@@ -60,11 +61,10 @@ uint8_t RunTwoPass(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* 
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
                 const ConvOutput& out, int threads) {
   if (kernel.int8 != nullptr) return RunInt8Conv(*kernel.int8, g, x, wpk, out, threads);
-  static thread_local std::vector<uint64_t> xpk;
-  xpk.resize(static_cast<size_t>(g.XpkSize()));
-  if (kernel.fused_modes & ModeBit(out.mode))
-    return RunFused(kernel, g, x, xpk.data(), wpk, out, threads);
-  return RunTwoPass(kernel, g, x, xpk.data(), wpk, out, threads);
+  static thread_local Scratch<uint64_t> scratch;
+  uint64_t* xpk = scratch.Get(static_cast<size_t>(g.XpkSize()));
+  if (kernel.fused_modes & ModeBit(out.mode)) return RunFused(kernel, g, x, xpk, wpk, out, threads);
+  return RunTwoPass(kernel, g, x, xpk, wpk, out, threads);
 }
 
 }  // namespace dorefa
