@@ -18,6 +18,7 @@
 #include "buffers.h"
 #include "conv_float.h"
 #include "cpu_features.h"
+#include "fields.h"
 #include "grad_codes.h"
 #include "input_grad.h"
 #include "int8conv.h"
@@ -154,12 +155,20 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
                     int64_t o, int64_t c, int64_t kh, int64_t kw, int x_bits, int w_bits,
                     int64_t stride, int64_t padding, int threads, const std::string& mode,
                     std::optional<ThresholdArray> thresholds,
-                    std::optional<DirectionArray> direction, const RequantParams* table) {
+                    std::optional<DirectionArray> direction, const RequantParams* table,
+                    bool fields) {
   const KernelEntry& kernel = FindKernel(kernel_name);
   last_kernel = kernel.name;
   CheckThreads(threads);
   const ConvGeom g = ConvGeomOf(x, o, c, kh, kw, x_bits, w_bits, stride, padding);
-  if (kernel.int8 != nullptr) {
+  if (fields) {
+    Require(kernel.int8 == nullptr, "fields=True is for the popcount kernels only");
+    const ConvGeom gf = FieldGeom(g);
+    Require(wpk.ndim() == 4 && wpk.shape(0) == gf.ob && wpk.shape(1) == w_bits &&
+                wpk.shape(2) == gf.l && wpk.shape(3) == kLanes,
+            "packed weights do not match the dense fields of (O, C, KH, KW, w_bits); pack "
+            "w_codes.transpose(0, 2, 3, 1) as (O, KH * KW * C, 1, 1) codes");
+  } else if (kernel.int8 != nullptr) {
     Require(wpk.ndim() == 1 && wpk.shape(0) == Int8Geom(g).WeightWords(),
             "packed weights do not match (O, C, KH, KW) in the int8 layout; pack them with "
             "pack_weights(w_codes, w_bits, kernel) for this kernel");
@@ -186,7 +195,7 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = RunConv(kernel, g, x.data(), w, out, threads);
+    all_or = RunConv(kernel, g, x.data(), w, out, threads, fields);
   }
   CheckCodes("x_codes", x, all_or, x_bits);
   return result;
@@ -571,7 +580,7 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
         py::arg("mode"), py::arg("thresholds") = py::none(), py::arg("direction") = py::none(),
-        py::arg("table") = nullptr);
+        py::arg("table") = nullptr, py::arg("fields") = false);
   // A layer's requant thresholds with their table, built once; pass it as bitconv's `table`.
   py::class_<dorefa::RequantParams>(m, "RequantTable")
       .def(py::init([](const dorefa::ThresholdArray& thresholds,

@@ -28,8 +28,8 @@ uint8_t Run(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8
   const int64_t bit_macs = g.OutPixels() * g.o * g.c * g.kh * g.kw * g.x_bits * g.w_bits;
   threads = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(threads, bit_macs / kMinBitMacsPerThread)));
-  ZeroPaddingBorder(g, xpk);
-  const int64_t pack_items = PackItems(g);
+  if (pack != nullptr) ZeroPaddingBorder(g, xpk);
+  const int64_t pack_items = pack != nullptr ? PackItems(g) : 0;
   const int64_t npix = g.OutPixels();
   const int64_t ptile = tiles.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
@@ -55,7 +55,7 @@ uint8_t Run(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8
   // When the channels are split (small inputs), every thread packs the whole input into its
   // own buffer instead of sharing the packing: a few microseconds of duplicate work against a
   // barrier and packed words that would move between the cores' caches on every call.
-  const bool private_pack = nt > 1 && ochunks > 1;
+  const bool private_pack = pack != nullptr && nt > 1 && ochunks > 1;
   // The copies of threads 1.. are allocated here, on the calling thread, where an allocation
   // failure is an exception for Python rather than std::terminate in a worker; kept between
   // calls (per calling thread), like xpk itself.
@@ -91,7 +91,7 @@ uint8_t Run(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8
     } else {
       int64_t item;
       while (pack_q.Next(tid, &item)) ors |= pack(g, x, xpk, item, item + 1);
-      barrier();
+      if (pack != nullptr) barrier();
     }
     int64_t it;
     while (conv_q.Next(tid, &it)) {

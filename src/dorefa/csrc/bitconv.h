@@ -197,7 +197,7 @@ extern const TileKernel kAvx512Tiles;
 // run at batch 1. Every output is computed by exactly one tile call, the same whichever
 // thread runs it, so results do not depend on the thread count. Returns the OR of all codes
 // (the caller checks it; out-of-range codes only give wrong numbers, never bad addresses).
-// `pack` is the activation packer (bitpack.h).
+// `pack` is the activation packer (bitpack.h); nullptr when xpk is already packed (fields.h).
 uint8_t RunBitConv(const TileKernel& tiles, PackFn pack, const ConvGeom& g, const uint8_t* x,
                    uint64_t* xpk, const uint64_t* wpk, int32_t* acc, bool signed_output,
                    int threads);

@@ -16,14 +16,14 @@ constexpr uint32_t kGfniVbmi = kGfni | kAvx512Vbmi;
 constexpr unsigned kEpilogue = ModeBit(Epilogue::kSigned) | ModeBit(Epilogue::kRequant);
 // The int8 kernels: AVX-512 F/BW/VL (their file is built with -mavx512dq too) and VNNI; AVX2.
 constexpr uint32_t kVnni = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vnni;
-constexpr Packer kNhwc{"nhwc", nullptr};  // int8: codes in NHWC bytes (int8conv.h)
+constexpr Packer kNhwc{"nhwc", nullptr, nullptr};  // int8: codes in NHWC bytes (int8conv.h)
 
-constexpr Packer kPortable{"portable", &PackActivations};
+constexpr Packer kPortable{"portable", &PackActivations, &BuildFieldRow};
 // Float first layer paths; the ymm and zmm ones also need FMA (their float32 FMA chains).
 constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr, FloatWeights::kNone};
 #ifdef DOREFA_HAVE_X86_KERNELS
-constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni};
-constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift};
+constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni, &BuildFieldRowVbmi};
+constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift, &BuildFieldRow};
 constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512,
                                      FloatWeights::kTapMajor};
 constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2,

@@ -24,6 +24,7 @@
 #include "bitconv.h"
 #include "conv_float.h"
 #include "cpu_features.h"
+#include "fields.h"
 #include "int8conv.h"
 
 namespace dorefa {
@@ -31,10 +32,12 @@ namespace dorefa {
 // Output modes (Epilogue::Mode) as bits of a mask.
 constexpr unsigned ModeBit(Epilogue::Mode mode) { return 1u << mode; }
 
-// An activation packer (bitpack.h) and the name of its 64x64 bit transpose.
+// An activation packer (bitpack.h), the name of its 64x64 bit transpose, and the builder of
+// dense receptive fields from what it packed (fields.h; nullptr for the int8 layouts).
 struct Packer {
   const char* name;
   PackFn fn;
+  FieldRowFn fields;
 };
 
 // A path of the float first layer (conv_float.h): its name and its per-pooled-pixel vector

@@ -27,9 +27,10 @@ struct ConvOutput {
 // layout of bitconv.h, or of int8conv.h for an int8 kernel) on up to `threads` threads; the
 // arguments are validated by the caller. Returns the OR of all activation codes (the caller reports
 // codes >= 2^x_bits). Uses a per-thread buffer for the packed activations (kept between calls).
-// Call without the GIL.
+// With `fields` (popcount kernels), wpk holds the weights of FieldGeom(g) and the convolution
+// runs over the dense receptive fields (fields.h); int8 kernels ignore it. Call without the GIL.
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
-                const ConvOutput& out, int threads);
+                const ConvOutput& out, int threads, bool fields = false);
 
 }  // namespace dorefa
 
