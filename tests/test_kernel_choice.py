@@ -223,6 +223,14 @@ def test_plan_lists_every_bitconv_node(tmp_path, bits):
     assert all(row.bits == f"W{w}A{a}" for row in plan)
     text = str(plan)
     assert all(node in text for node in nodes) and "kernel" in text.splitlines()[0]
+    # dense receptive fields: shown where a popcount kernel runs a layer that takes them
+    # (at width 0.25 the 12- to 32-channel layers do)
+    convs = [la.convs[0] for la in model.layers if isinstance(la, BitConv)]
+    runs = zip(convs, plan, strict=True)
+    assert [row.fields for row in plan] == [
+        conv.fields and row.kernel.startswith("popcount") for conv, row in runs
+    ]
+    assert ("+fields" in text) == any(row.fields for row in plan)
     with K.use_kernel(NATIVE[-1]):
         assert {(row.kernel, row.how) for row in model.plan()} == {(NATIVE[-1], "forced")}
 

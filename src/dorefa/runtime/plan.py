@@ -17,8 +17,10 @@ from .bitconv import BitConv
 @dataclass(frozen=True)
 class PlanRow:
     """One bit convolution: ``node`` name, ``shape`` (C->O KHxKW /stride pad on HxW), ``bits``
-    (``W1A2``), ``mode`` (kernel output), ``kernel``, ``how`` (measured, model, first, forced)
-    and ``us`` (best batch-1 time of all its groups, None when not measured)."""
+    (``W1A2``), ``mode`` (kernel output), ``kernel``, ``how`` (measured, model, first, forced),
+    ``us`` (best batch-1 time of all its groups, None when not measured) and ``fields`` (a
+    popcount kernel over dense receptive fields, :func:`dorefa.kernels.prepared.dense_fields_pay`;
+    printed as ``+fields`` after the kernel)."""
 
     node: str
     shape: str
@@ -27,6 +29,7 @@ class PlanRow:
     kernel: str
     how: str
     us: float | None
+    fields: bool = False
 
 
 class Plan(list):
@@ -40,7 +43,7 @@ class Plan(list):
                 r.shape,
                 r.bits,
                 r.mode,
-                r.kernel,
+                r.kernel + (" +fields" if r.fields else ""),
                 r.how,
                 "-" if r.us is None else f"{r.us:.1f}",
             )
@@ -75,6 +78,7 @@ def model_plan(model) -> Plan:
                 kernel=choices[0].kernel,
                 how=choices[0].how,
                 us=None if None in times else sum(times),
+                fields=layer.convs[0].fields and choices[0].kernel.startswith("popcount"),
             )
         )
 
