@@ -91,6 +91,21 @@ def test_hypothesis_dense_fields(n, c, h, w, o, kh, kw, stride, padding, x_bits,
         _check(kernel, n, c, h, w, o, kh, kw, stride, padding, x_bits, w_bits, seed)
 
 
+def test_batches_whose_fields_pass_the_buffer_run_in_chunks_of_images():
+    """With the field buffer set to less than two images' fields, a batch of 5 runs in chunks
+    (csrc/run_conv.cpp RunFields): the same outputs in every mode."""
+    per_image = 2 * 9 * 9 * 7 * 8  # planes x output pixels x L' words (48 x 3 x 3 bits: 7)
+    old = native.field_buffer_bytes(per_image + 1)
+    try:
+        for kernel in POPCOUNT:
+            _check(kernel, 5, 48, 9, 9, 16, 3, 3, 1, 1, 2, 1, seed=3)
+        native.field_buffer_bytes(1)  # less than one image: one image at a time
+        _check(POPCOUNT[0], 3, 48, 9, 9, 16, 3, 3, 1, 1, 2, 1, seed=4)
+    finally:
+        assert native.field_buffer_bytes(old) == 1
+    assert native.field_buffer_bytes() == old
+
+
 def test_the_rule_takes_dense_fields_where_they_pay():
     pay = prepared.dense_fields_pay
     assert pay((128, 48, 5, 5), 1)  # AlexNet conv1's groups: 19 words a field instead of 25

@@ -581,6 +581,9 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
         py::arg("mode"), py::arg("thresholds") = py::none(), py::arg("direction") = py::none(),
         py::arg("table") = nullptr, py::arg("fields") = false);
+  m.def("field_buffer_bytes", &dorefa::FieldBufferBytes, py::arg("bytes") = 0,
+        "The largest dense-field buffer a bitconv builds at once (bytes); bytes > 0 sets it "
+        "and returns the previous value.");
   // A layer's requant thresholds with their table, built once; pass it as bitconv's `table`.
   py::class_<dorefa::RequantParams>(m, "RequantTable")
       .def(py::init([](const dorefa::ThresholdArray& thresholds,

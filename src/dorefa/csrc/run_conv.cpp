@@ -1,5 +1,7 @@
 #include "run_conv.h"
 
+#include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "fields.h"
@@ -55,25 +57,53 @@ uint8_t RunTwoPass(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, co
   return all_or;
 }
 
+// The dense fields take about KH * KW times the packed activations' memory (fields.h): a batch
+// whose fields would pass this many bytes runs in chunks of images, each packed and convolved
+// in turn (outputs are image-major), so the per-thread buffer stays bounded whatever the batch
+// (AlexNet conv1's groups: 0.9 MB an image, 36 images a chunk).
+std::atomic<int64_t> field_bytes{int64_t{32} << 20};
+
+uint8_t RunFields(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
+                  const uint64_t* wpk, const ConvOutput& out, int threads, bool fused) {
+  static thread_local Scratch<uint64_t> scratch, field_scratch;
+  ConvGeom one = g;
+  one.n = 1;
+  const int64_t image_bytes = FieldGeom(one).XpkSize() * int64_t{8};
+  const int64_t chunk = std::clamp<int64_t>(field_bytes.load() / image_bytes, 1, g.n);
+  uint8_t all_or = 0;
+  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
+    ConvGeom gc = g;
+    gc.n = std::min(chunk, g.n - n0);
+    ConvOutput oc = out;
+    const int64_t skip = n0 * g.o * g.oh * g.ow;  // outputs of the images before the chunk
+    if (oc.acc != nullptr) oc.acc += skip;
+    if (oc.codes != nullptr) oc.codes += skip;
+    const ConvGeom gf = FieldGeom(gc);
+    uint64_t* xpk = scratch.Get(static_cast<size_t>(gc.XpkSize()));
+    uint64_t* xf = field_scratch.Get(static_cast<size_t>(gf.XpkSize()));
+    all_or |= PackFields(kernel.packer.fn, kernel.packer.fields, gc, x + n0 * g.c * g.h * g.w, xpk,
+                         xf, threads);
+    if (fused)
+      RunFused(kernel, nullptr, gf, nullptr, xf, wpk, oc, threads);
+    else
+      RunTwoPass(kernel, nullptr, gf, nullptr, xf, wpk, oc, threads);
+  }
+  return all_or;
+}
+
 }  // namespace
+
+int64_t FieldBufferBytes(int64_t bytes) {
+  return bytes > 0 ? field_bytes.exchange(bytes) : field_bytes.load();
+}
 
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
                 const ConvOutput& out, int threads, bool fields) {
   if (kernel.int8 != nullptr) return RunInt8Conv(*kernel.int8, g, x, wpk, out, threads);
-  static thread_local Scratch<uint64_t> scratch, field_scratch;
-  uint64_t* xpk = scratch.Get(static_cast<size_t>(g.XpkSize()));
   const bool fused = (kernel.fused_modes & ModeBit(out.mode)) != 0;
-  if (fields) {  // packed first, then the 1 x 1 convolution over the dense fields (fields.h)
-    const ConvGeom gf = FieldGeom(g);
-    uint64_t* xf = field_scratch.Get(static_cast<size_t>(gf.XpkSize()));
-    const uint8_t all_or =
-        PackFields(kernel.packer.fn, kernel.packer.fields, g, x, xpk, xf, threads);
-    if (fused)
-      RunFused(kernel, nullptr, gf, nullptr, xf, wpk, out, threads);
-    else
-      RunTwoPass(kernel, nullptr, gf, nullptr, xf, wpk, out, threads);
-    return all_or;
-  }
+  if (fields) return RunFields(kernel, g, x, wpk, out, threads, fused);
+  static thread_local Scratch<uint64_t> scratch;
+  uint64_t* xpk = scratch.Get(static_cast<size_t>(g.XpkSize()));
   if (fused) return RunFused(kernel, kernel.packer.fn, g, x, xpk, wpk, out, threads);
   return RunTwoPass(kernel, kernel.packer.fn, g, x, xpk, wpk, out, threads);
 }

@@ -32,6 +32,10 @@ struct ConvOutput {
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
                 const ConvOutput& out, int threads, bool fields = false);
 
+// The largest dense-field buffer a call builds at once, in bytes (larger batches run in chunks
+// of images); `bytes` > 0 sets it (tests make it small) and the previous value is returned.
+int64_t FieldBufferBytes(int64_t bytes = 0);
+
 }  // namespace dorefa
 
 #endif  // DOREFA_CSRC_RUN_CONV_H_
