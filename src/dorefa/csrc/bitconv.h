@@ -133,12 +133,17 @@ using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* 
 struct ThresholdTable;  // requant_table.h
 // With `table` set (many thresholds, kSearchMinT), the kRequant codes come from a search of the
 // table instead, and u / neg are unused.
+// The AVX2 kernel, whose lanes are the 8 channels of a block, reads the same thresholds as
+// lanes: lane_u[(ob * t + j) * 8 + lane] = u_j of channel ob * 8 + lane and lane_neg[ob * 8 +
+// lane] = -1 where that channel's direction is -1, else 0 (for t < kSearchMinT).
 struct Epilogue {
   enum Mode { kAcc, kSigned, kRequant } mode = kAcc;
   const ThresholdTable* table = nullptr;
   const int32_t* u = nullptr;
   const int32_t* rows = nullptr;  // kSearchRowsMinT <= t < kSearchRow: sorted rows (SearchRows)
   const uint16_t* neg = nullptr;
+  const int32_t* lane_u = nullptr;
+  const int32_t* lane_neg = nullptr;
   int64_t t = 0;
   uint8_t* codes = nullptr;
 };
@@ -146,6 +151,9 @@ struct Epilogue {
 // Builds Epilogue::u / Epilogue::neg from thresholds (O, T) int32 and direction (O,) int8.
 void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
                       const int8_t* direction, int32_t* u, uint16_t* neg);
+// Builds Epilogue::lane_u (g.ob * t * kLanes) and lane_neg (g.ob * kLanes) the same way.
+void LaneThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
+                    const int8_t* direction, int32_t* lane_u, int32_t* lane_neg);
 inline int64_t ExpandedThresholdsSize(const ConvGeom& g, int64_t t) {
   return g.ob * (kLanes / 2) * t * 2 * kLanes;
 }

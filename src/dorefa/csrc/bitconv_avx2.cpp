@@ -18,6 +18,7 @@
 
 #include "bitconv.h"
 #include "bitpack.h"
+#include "requant_table.h"
 
 namespace dorefa {
 namespace {
@@ -31,9 +32,47 @@ inline __m256i PopcountBytes(__m256i v, __m256i table, __m256i low4) {
   return _mm256_add_epi8(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
 }
 
-template <int P>
+// What leaves the registers (Epilogue in bitconv.h), lane by lane: acc, D = 2 acc - nw S, or
+// the codes of D (for t < kSearchMinT as one vector: sd = s * D against each lane's t folded
+// thresholds, code = #{j : sd > u_j}; else per output from the table).
+template <Epilogue::Mode kMode>
+inline void Finish(const ConvGeom& g, const __m256i (&total)[2], int64_t s, int64_t out, int64_t ob,
+                   int32_t* acc, const Epilogue& ep) {
+  const int64_t ohw = g.oh * g.ow;
+  const int64_t obase = ob * kLanes;
+  const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
+  alignas(32) int64_t lanes[kLanes];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total[0]);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 4), total[1]);
+  const int64_t nws = ((int64_t{1} << g.w_bits) - 1) * s;
+  alignas(32) int32_t d[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l)  // D fits int32 (bindings check |D| <= INT32_MAX)
+    d[l] = static_cast<int32_t>(kMode == Epilogue::kAcc ? lanes[l] : 2 * lanes[l] - nws);
+  if constexpr (kMode != Epilogue::kRequant) {
+    for (int64_t l = 0; l < nlanes; ++l) acc[out + (obase + l) * ohw] = d[l];
+  } else if (ep.table != nullptr) {
+    for (int64_t l = 0; l < nlanes; ++l)
+      ep.codes[out + (obase + l) * ohw] = RequantCode(*ep.table, obase + l, d[l]);
+  } else {
+    const __m256i neg = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.lane_neg + obase));
+    const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d));
+    const __m256i sd = _mm256_sub_epi32(_mm256_xor_si256(dv, neg), neg);  // -D where s = -1
+    const int32_t* u = ep.lane_u + ob * ep.t * kLanes;
+    __m256i code = _mm256_setzero_si256();
+    for (int64_t j = 0; j < ep.t; ++j)  // cmpgt is -1 where sd > u_j
+      code = _mm256_sub_epi32(
+          code, _mm256_cmpgt_epi32(
+                    sd, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j * kLanes))));
+    alignas(32) int32_t c[kLanes];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(c), code);
+    for (int64_t l = 0; l < nlanes; ++l)
+      ep.codes[out + (obase + l) * ohw] = static_cast<uint8_t>(c[l]);
+  }
+}
+
+template <int P, Epilogue::Mode kMode>
 void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, const uint64_t* wpk,
-           int64_t ob, int32_t* acc) {
+           int64_t ob, int32_t* acc, const int64_t* s, const Epilogue& ep) {
   const int64_t span = g.kw * g.cw;
   const int64_t plane = g.PlaneStride(), row = g.RowStride();
   const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
@@ -82,40 +121,55 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
       }
     }
   }
-  const int64_t ohw = g.oh * g.ow;
-  const int64_t obase = ob * kLanes;
-  const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
-  for (int p = 0; p < P; ++p) {
-    alignas(32) int64_t lanes[kLanes];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total[p][0]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 4), total[p][1]);
-    for (int64_t lane = 0; lane < nlanes; ++lane) {
-      acc[outs[p] + (obase + lane) * ohw] = static_cast<int32_t>(lanes[lane]);
+  for (int p = 0; p < P; ++p) Finish<kMode>(g, total[p], s[p], outs[p], ob, acc, ep);
+}
+
+// S = sum_m 2^m popcount(plane m of the field at x), for D = 2 acc - nw S.
+inline int64_t FieldSum(const ConvGeom& g, const uint64_t* x) {
+  const int64_t span = g.kw * g.cw;
+  int64_t total = 0;
+  for (int m = 0; m < g.x_bits; ++m) {
+    int64_t plane = 0;
+    for (int64_t r = 0; r < g.kh; ++r) {
+      const uint64_t* xr = x + m * g.PlaneStride() + r * g.RowStride();
+      for (int64_t t = 0; t < span; ++t) plane += _mm_popcnt_u64(xr[t]);
     }
+    total += plane << m;
   }
+  return total;
 }
 
 using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
-                         int64_t, int32_t*);
-constexpr BlockFn kBlocks[kTileP] = {&Block<1>, &Block<2>, &Block<3>};
+                         int64_t, int32_t*, const int64_t*, const Epilogue&);
+template <Epilogue::Mode kMode>
+constexpr BlockFn kBlocks[kTileP] = {&Block<1, kMode>, &Block<2, kMode>, &Block<3, kMode>};
+constexpr const BlockFn* kModeBlocks[3] = {kBlocks<Epilogue::kAcc>, kBlocks<Epilogue::kSigned>,
+                                           kBlocks<Epilogue::kRequant>};
 
-void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
-              int64_t npix, int64_t ob0, int64_t nob, int32_t* acc) {
+void FusedTileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
+                   int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
+  const BlockFn* blocks = kModeBlocks[ep.mode];
   for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
     const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
     const uint64_t* xs[kTileP];
-    int64_t outs[kTileP];
+    int64_t outs[kTileP], s[kTileP] = {0, 0, 0};
     for (int p = 0; p < np; ++p) {
       const PixelRef ref = LocatePixel(g, xpk, p0 + p);
       xs[p] = ref.x;
       outs[p] = ref.out;
+      if (ep.mode != Epilogue::kAcc) s[p] = FieldSum(g, ref.x);
     }
-    for (int64_t ob = ob0; ob < ob0 + nob; ++ob) kBlocks[np - 1](g, xs, outs, wpk, ob, acc);
+    for (int64_t ob = ob0; ob < ob0 + nob; ++ob) blocks[np - 1](g, xs, outs, wpk, ob, acc, s, ep);
   }
+}
+
+void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
+              int64_t npix, int64_t ob0, int64_t nob, int32_t* acc) {
+  FusedTileAvx2(g, xpk, wpk, pix0, npix, ob0, nob, acc, Epilogue{});
 }
 
 }  // namespace
 
-extern const TileKernel kAvx2Tiles = {"3x8", &TileAvx2, nullptr, kTileP, 1};
+extern const TileKernel kAvx2Tiles = {"3x8", &TileAvx2, &FusedTileAvx2, kTileP, 1};
 
 }  // namespace dorefa

@@ -89,6 +89,19 @@ void ExpandThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
   }
 }
 
+void LaneThresholds(const ConvGeom& g, const int32_t* thresholds, int64_t t,
+                    const int8_t* direction, int32_t* lane_u, int32_t* lane_neg) {
+  std::fill(lane_u, lane_u + g.ob * t * kLanes, std::numeric_limits<int32_t>::max());
+  std::fill(lane_neg, lane_neg + g.ob * kLanes, 0);
+  for (int64_t o = 0; o < g.o; ++o) {
+    const int64_t ob = o / kLanes, lane = o % kLanes;
+    const int64_t s = direction[o] < 0 ? -1 : 1;
+    lane_neg[o] = s < 0 ? -1 : 0;
+    for (int64_t j = 0; j < t; ++j)
+      lane_u[(ob * t + j) * kLanes + lane] = FoldedThreshold(s, thresholds[o * t + j]);
+  }
+}
+
 void SearchRows(const ConvGeom& g, const int32_t* thresholds, int64_t t, const int8_t* direction,
                 int32_t* rows) {
   std::fill(rows, rows + SearchRowsSize(g), std::numeric_limits<int32_t>::max());

@@ -18,7 +18,7 @@ uint8_t RunFused(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, cons
                  uint64_t* xpk, const uint64_t* wpk, const ConvOutput& out, int threads) {
   Epilogue ep;
   ep.mode = out.mode;
-  std::vector<int32_t> u, rows;
+  std::vector<int32_t> u, rows, lane_u, lane_neg;
   std::vector<uint16_t> neg;
   if (out.mode == Epilogue::kRequant && out.t >= kSearchMinT) {
     ep.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
@@ -34,8 +34,13 @@ uint8_t RunFused(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, cons
       SearchRows(g, out.thresholds, out.t, out.direction, rows.data());
       ep.rows = rows.data();
     }
+    lane_u.resize(static_cast<size_t>(g.ob * out.t * kLanes));
+    lane_neg.resize(static_cast<size_t>(g.ob * kLanes));
+    LaneThresholds(g, out.thresholds, out.t, out.direction, lane_u.data(), lane_neg.data());
     ep.u = u.data();
     ep.neg = neg.data();
+    ep.lane_u = lane_u.data();
+    ep.lane_neg = lane_neg.data();
     ep.t = out.t;
     ep.codes = out.codes;
   }
