@@ -27,7 +27,8 @@ def _check(kernel, n, c, h, w, o, kh, kw, stride, padding, x_bits, w_bits, seed)
     pw = R.pack_weights(rng.integers(0, 1 << w_bits, (o, c, kh, kw), dtype=np.uint8), w_bits)
     words = prepared.weight_words(pw, kernel, fields=True)
     signed = R.bitconv2d_signed(x, pw, x_bits, stride, padding)
-    th = np.sort(rng.choice(np.unique(signed), (o, 3)), axis=1).astype(np.int32)
+    steps = np.unique(signed) if signed.size else np.arange(-4, 5)  # (no image: any steps)
+    th = np.sort(rng.choice(steps, (o, 3)), axis=1).astype(np.int32)
     direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
     expected = {
         "acc": R.bitconv2d_packed(x, pw, x_bits, stride, padding),
@@ -59,6 +60,8 @@ SHAPES = [
     (1, 16, 11, 14, 8, 1, 9, 1, 4),
     (1, 40, 9, 20, 8, 1, 8, 1, 0),
     (1, 24, 10, 4, 8, 5, 1, 1, 2),
+    (1, 64, 3, 10, 8, 1, 8, 1, 0),  # whole words: a kernel row of 64 bytes
+    (0, 48, 5, 5, 8, 3, 3, 1, 1),  # no image
 ]
 
 

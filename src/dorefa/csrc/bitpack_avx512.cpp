@@ -173,7 +173,7 @@ uint8_t PackActivationsAvx512Gfni(const ConvGeom& g, const uint8_t* x, uint64_t*
 // out byte i = in byte (i / b) * 8 + i % b.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void BuildFieldRowVbmi(
     const ConvGeom& g, const uint64_t* xpk, int64_t n, int m, int64_t oy, uint64_t* xf) {
-  if (g.cw != 1 || g.c % 8 != 0 || g.kw > 8) {
+  if (g.cw != 1 || g.c % 8 != 0 || g.c > 56 || g.kw > 8) {  // a kernel row: < 64 bytes
     BuildFieldRow(g, xpk, n, m, oy, xf);
     return;
   }

@@ -12,9 +12,11 @@
 // (w.transpose(0, 2, 3, 1)).
 //
 // The fields are built from the ordinary packed activations (the kernel's own packer), one
-// output row at a time: per tap, its CW words are OR-ed in at bit offset (kh * KW + kw) * C.
-// That is ~KH * KW * CW shifts per output pixel and plane, against the O / 8 * L words the
-// convolution then reads per output pixel: worth it for layers of 32 or more output channels.
+// output row at a time, each tap's bits placed at bit offset (kh * KW + kw) * C: whole-byte
+// taps by plain stores at their byte offsets, others through a register bit writer, one-word
+// taps of a kernel row by a byte permute (BuildFieldRowVbmi). That is ~KH * KW * CW stores per
+// output pixel and plane, against the (O / 8) * W * (L - L') words the convolution saves per
+// output pixel and plane (the rule that takes the fields: kernels/prepared.py).
 #ifndef DOREFA_CSRC_FIELDS_H_
 #define DOREFA_CSRC_FIELDS_H_
 

@@ -71,6 +71,7 @@ std::atomic<int64_t> field_bytes{int64_t{32} << 20};
 uint8_t RunFields(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
                   const uint64_t* wpk, const ConvOutput& out, int threads, bool fused) {
   static thread_local Scratch<uint64_t> scratch, field_scratch;
+  if (g.n == 0) return 0;
   ConvGeom one = g;
   one.n = 1;
   const int64_t image_bytes = FieldGeom(one).XpkSize() * int64_t{8};
