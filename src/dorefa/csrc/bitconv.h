@@ -198,7 +198,7 @@ extern const TileKernel kAvx512Tiles;
 #endif
 
 // The whole convolution in one parallel region of up to `threads` threads (fewer when the
-// work is too small to pay for waking them, ~16 M bit-plane MACs per thread): pack the activations
+// work is too small to pay for waking them, ~4 M bit-plane MACs per thread): pack the activations
 // x into xpk (g.XpkSize() words), then run `kernel` over all outputs into acc (N, O, OH, OW),
 // then with `signed_output` turn acc into the signed dot D (output_transform.h). One region
 // instead of one per phase saves fork/joins, which matters for the small layers of a network

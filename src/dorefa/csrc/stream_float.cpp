@@ -16,8 +16,9 @@
 namespace dorefa {
 namespace {
 
-// Elements a thread takes at least (fewer threads for small arrays: waking one costs more).
-constexpr int64_t kMinPerThread = 32 << 10;
+// Elements a thread takes at least (fewer threads for small arrays: waking one costs more; 32 K
+// before 2026-12-05, lowered with bitconv.cpp's threshold: ResNet-18's deep BatchNorms now split).
+constexpr int64_t kMinPerThread = 8 << 10;
 
 // Up to `threads` shares of `items` items of `size` elements each, at least kMinPerThread
 // elements a share.
