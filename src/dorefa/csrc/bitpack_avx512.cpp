@@ -174,21 +174,21 @@ uint8_t PackActivationsAvx512Gfni(const ConvGeom& g, const uint8_t* x, uint64_t*
 // first, for the bytes past it). (Plain 64-byte stores where they stay inside the output row
 // measured the same on Zen 4.)
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void BuildFieldRowVbmi(
-    const ConvGeom& g, const uint64_t* xpk, int64_t n, int m, int64_t oy, uint64_t* xf) {
+    const ConvGeom& g, const ConvGeom& gf, const uint64_t* xpk, int64_t n, int m, int64_t oy,
+    uint64_t* xf) {
   if (g.cw != 1 || g.c % 8 != 0 || g.c > 56 || g.kw > 8) {  // a kernel row: < 64 bytes
-    BuildFieldRow(g, xpk, n, m, oy, xf);
+    BuildFieldRow(g, gf, xpk, n, m, oy, xf);
     return;
   }
-  const int64_t kh = g.kh, ow = g.ow, step = g.stride, row = g.RowStride();
-  const int64_t lw = (g.kh * g.kw * g.c + 63) / 64;  // FieldGeom(g).cw
-  const int64_t b = g.c / 8, rb = g.kw * b;          // bytes per tap, per kernel row (<= 56)
+  const int64_t kh = g.kh, lw = gf.cw, ow = g.ow, step = g.stride, row = g.RowStride();
+  const int64_t b = g.c / 8, rb = g.kw * b;  // bytes per tap, per kernel row (<= 56)
   alignas(64) uint8_t idx[64];
   for (int64_t i = 0; i < 64; ++i) idx[i] = static_cast<uint8_t>(i < rb ? i / b * 8 + i % b : 0);
   const __m512i perm = _mm512_load_si512(idx);
   const __mmask64 in = g.kw == 8 ? ~__mmask64{0} : (__mmask64{1} << (8 * g.kw)) - 1;
   const __mmask64 out = (__mmask64{1} << rb) - 1;
   const uint64_t* x0 = xpk + (n * g.x_bits + m) * g.PlaneStride() + oy * g.stride * row;
-  uint64_t* dst = xf + ((n * g.x_bits + m) * g.oh + oy) * ow * lw;
+  uint64_t* dst = xf + (n * gf.x_bits + m) * gf.PlaneStride() + oy * ow * lw;
   for (int64_t ox = 0; ox < ow; ++ox, dst += lw, x0 += step) {
     dst[lw - 1] = 0;
     auto* o8 = reinterpret_cast<unsigned char*>(dst);

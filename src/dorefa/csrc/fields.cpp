@@ -35,17 +35,16 @@ class BitWriter {
   int fill_ = 0;
 };
 
+}  // namespace
+
 // The dense fields of output row (n, plane m, oy): for each output pixel its L' words, from
 // the packed taps of g (bitconv.h layout) in (kh, kw, c) order. With C a multiple of 8 every
 // tap starts on a byte: its words are stored whole at its byte offset, the zero high bytes of
 // its last word (< 8) overwritten by the next tap's or the next pixel's stores (the field's
 // last word is zeroed first, for the bytes past the field). The row's last pixel stores only
 // its taps' own bytes: the next row may be another thread's. Other C bit by bit (BitWriter).
-}  // namespace
-
-void BuildFieldRow(const ConvGeom& g, const uint64_t* xpk, int64_t n, int m, int64_t oy,
-                   uint64_t* xf) {
-  const ConvGeom gf = FieldGeom(g);
+void BuildFieldRow(const ConvGeom& g, const ConvGeom& gf, const uint64_t* xpk, int64_t n, int m,
+                   int64_t oy, uint64_t* xf) {
   // The geometry in locals: the stores below may alias a ConvGeom's fields, so GCC would
   // reload them after every store.
   const int64_t kh = g.kh, kw = g.kw, cw = g.cw, lw = gf.cw, ow = g.ow, step = g.stride * cw;
@@ -104,6 +103,7 @@ ConvGeom FieldGeom(const ConvGeom& g) {
 
 uint8_t PackFields(PackFn pack, FieldRowFn row, const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
                    uint64_t* xf, int threads) {
+  const ConvGeom gf = FieldGeom(g);
   ZeroPaddingBorder(g, xpk);
   const int64_t pack_items = PackItems(g), rows = g.n * g.x_bits * g.oh;
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, rows)));
@@ -116,7 +116,7 @@ uint8_t PackFields(PackFn pack, FieldRowFn row, const ConvGeom& g, const uint8_t
     barrier();  // a field row reads taps packed by any thread
     while (row_q.Next(tid, &item)) {
       const int64_t oy = item % g.oh, nm = item / g.oh;
-      row(g, xpk, nm / g.x_bits, static_cast<int>(nm % g.x_bits), oy, xf);
+      row(g, gf, xpk, nm / g.x_bits, static_cast<int>(nm % g.x_bits), oy, xf);
     }
     return ors;
   });

@@ -31,18 +31,18 @@ namespace dorefa {
 ConvGeom FieldGeom(const ConvGeom& g);
 
 // Builds the dense fields of output row oy of image n, plane m, from xpk (packed for g) into
-// xf (layout of FieldGeom(g), bitconv.h).
-using FieldRowFn = void (*)(const ConvGeom& g, const uint64_t* xpk, int64_t n, int m, int64_t oy,
-                            uint64_t* xf);
+// xf (layout of gf = FieldGeom(g), bitconv.h).
+using FieldRowFn = void (*)(const ConvGeom& g, const ConvGeom& gf, const uint64_t* xpk, int64_t n,
+                            int m, int64_t oy, uint64_t* xf);
 // Portable: taps of whole bytes (C % 8 == 0) stored at their byte offsets, others bit by bit.
-void BuildFieldRow(const ConvGeom& g, const uint64_t* xpk, int64_t n, int m, int64_t oy,
-                   uint64_t* xf);
+void BuildFieldRow(const ConvGeom& g, const ConvGeom& gf, const uint64_t* xpk, int64_t n, int m,
+                   int64_t oy, uint64_t* xf);
 #ifdef DOREFA_HAVE_X86_KERNELS
 // AVX-512 VBMI (with F and BW): a kernel row's taps of one word each (C <= 56, C % 8 == 0,
 // KW <= 8) as one load, one byte permute (VPERMB) and one masked store; other shapes as
 // BuildFieldRow.
-void BuildFieldRowVbmi(const ConvGeom& g, const uint64_t* xpk, int64_t n, int m, int64_t oy,
-                       uint64_t* xf);
+void BuildFieldRowVbmi(const ConvGeom& g, const ConvGeom& gf, const uint64_t* xpk, int64_t n, int m,
+                       int64_t oy, uint64_t* xf);
 #endif
 
 // Packs x (N, C, H, W) into xpk (g.XpkSize() words) with `pack`, then builds the dense fields
