@@ -112,6 +112,23 @@ class PixelWalker {
   int64_t n_, oy_, ox_;
 };
 
+// S = sum_m 2^m popcount(plane m of the receptive field at x): the sum of the field's codes
+// (D = 2 acc - nw S), with the caller's `popcount` (portable, or POPCNT in files built for it).
+template <class Popcount>
+inline int64_t FieldCodeSum(const ConvGeom& g, const uint64_t* x, Popcount popcount) {
+  const int64_t span = g.kw * g.cw;
+  int64_t s = 0;
+  for (int m = 0; m < g.x_bits; ++m) {
+    int64_t ones = 0;
+    for (int64_t r = 0; r < g.kh; ++r) {
+      const uint64_t* xr = x + m * g.PlaneStride() + r * g.RowStride();
+      for (int64_t t = 0; t < span; ++t) ones += popcount(xr[t]);
+    }
+    s += ones << m;
+  }
+  return s;
+}
+
 // A tile kernel computes the unsigned accumulators `acc` (int32, layout (N, O, OH, OW)) of
 // output pixels [pix0, pix0 + npix) and channel blocks [ob0, ob0 + nob).
 using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
@@ -133,9 +150,10 @@ using TileFn = void (*)(const ConvGeom& g, const uint64_t* xpk, const uint64_t* 
 struct ThresholdTable;  // requant_table.h
 // With `table` set (many thresholds, kSearchMinT), the kRequant codes come from a search of the
 // table instead, and u / neg are unused.
-// The AVX2 kernel, whose lanes are the 8 channels of a block, reads the same thresholds as
-// lanes: lane_u[(ob * t + j) * 8 + lane] = u_j of channel ob * 8 + lane and lane_neg[ob * 8 +
-// lane] = -1 where that channel's direction is -1, else 0 (for t < kSearchMinT).
+// A kernel whose lanes are the 8 channels of a block (TileKernel::lane_thresholds: the AVX2
+// one) reads the same thresholds as lanes instead of u / neg / rows: lane_u[(ob * t + j) * 8 +
+// lane] = u_j of channel ob * 8 + lane and lane_neg[ob * 8 + lane] = -1 where that channel's
+// direction is -1, else 0 (for t < kSearchMinT).
 struct Epilogue {
   enum Mode { kAcc, kSigned, kRequant } mode = kAcc;
   const ThresholdTable* table = nullptr;
@@ -189,6 +207,8 @@ struct TileKernel {
   FusedTileFn fused;  // nullptr, or the tile with the epilogue (signed / requant) fused in
   int64_t pix_tile;   // output pixels a call handles best (work split granularity)
   int64_t ob_tile;    // channel blocks a call handles best (split granularity)
+  bool lane_thresholds = false;  // its fused requant reads Epilogue::lane_u / lane_neg (else u,
+                                 // neg, rows)
 };
 
 extern const TileKernel kScalarTiles;

@@ -124,21 +124,6 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
   for (int p = 0; p < P; ++p) Finish<kMode>(g, total[p], s[p], outs[p], ob, acc, ep);
 }
 
-// S = sum_m 2^m popcount(plane m of the field at x), for D = 2 acc - nw S.
-inline int64_t FieldSum(const ConvGeom& g, const uint64_t* x) {
-  const int64_t span = g.kw * g.cw;
-  int64_t total = 0;
-  for (int m = 0; m < g.x_bits; ++m) {
-    int64_t plane = 0;
-    for (int64_t r = 0; r < g.kh; ++r) {
-      const uint64_t* xr = x + m * g.PlaneStride() + r * g.RowStride();
-      for (int64_t t = 0; t < span; ++t) plane += _mm_popcnt_u64(xr[t]);
-    }
-    total += plane << m;
-  }
-  return total;
-}
-
 using BlockFn = void (*)(const ConvGeom&, const uint64_t* const*, const int64_t*, const uint64_t*,
                          int64_t, int32_t*, const int64_t*, const Epilogue&);
 template <Epilogue::Mode kMode>
@@ -157,7 +142,8 @@ void FusedTileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, 
       const PixelRef ref = LocatePixel(g, xpk, p0 + p);
       xs[p] = ref.x;
       outs[p] = ref.out;
-      if (ep.mode != Epilogue::kAcc) s[p] = FieldSum(g, ref.x);
+      if (ep.mode != Epilogue::kAcc)
+        s[p] = FieldCodeSum(g, ref.x, [](uint64_t v) { return int64_t{_mm_popcnt_u64(v)}; });
     }
     for (int64_t ob = ob0; ob < ob0 + nob; ++ob) blocks[np - 1](g, xs, outs, wpk, ob, acc, s, ep);
   }
@@ -170,6 +156,6 @@ void TileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64
 
 }  // namespace
 
-extern const TileKernel kAvx2Tiles = {"3x8", &TileAvx2, &FusedTileAvx2, kTileP, 1};
+extern const TileKernel kAvx2Tiles = {"3x8", &TileAvx2, &FusedTileAvx2, kTileP, 1, true};
 
 }  // namespace dorefa

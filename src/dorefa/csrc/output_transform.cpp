@@ -11,19 +11,9 @@ namespace dorefa {
 
 namespace {
 
-// S = sum over the receptive field of x (the activation codes), of the pixel at ref.
+// S of the pixel at ref (FieldCodeSum, portable popcount).
 int64_t FieldSum(const ConvGeom& g, const PixelRef& ref) {
-  const int64_t span = g.kw * g.cw;
-  int64_t s = 0;
-  for (int m = 0; m < g.x_bits; ++m) {
-    int64_t ones = 0;
-    for (int64_t r = 0; r < g.kh; ++r) {
-      const uint64_t* xr = ref.x + m * g.PlaneStride() + r * g.RowStride();
-      for (int64_t t = 0; t < span; ++t) ones += Popcount64(xr[t]);
-    }
-    s += ones << m;
-  }
-  return s;
+  return FieldCodeSum(g, ref.x, Popcount64);
 }
 
 constexpr int64_t kSignedRun = 256;  // pixels of one image per pass over the channels

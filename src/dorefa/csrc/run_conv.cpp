@@ -24,6 +24,14 @@ uint8_t RunFused(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, cons
     ep.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
     ep.t = out.t;
     ep.codes = out.codes;
+  } else if (out.mode == Epilogue::kRequant && kernel.tiles->lane_thresholds) {
+    lane_u.resize(static_cast<size_t>(g.ob * out.t * kLanes));
+    lane_neg.resize(static_cast<size_t>(g.ob * kLanes));
+    LaneThresholds(g, out.thresholds, out.t, out.direction, lane_u.data(), lane_neg.data());
+    ep.lane_u = lane_u.data();
+    ep.lane_neg = lane_neg.data();
+    ep.t = out.t;
+    ep.codes = out.codes;
   } else if (out.mode == Epilogue::kRequant) {
     neg.resize(static_cast<size_t>(g.ob * (kLanes / 2)));
     const bool search = out.t >= kSearchRowsMinT && out.t < kSearchRow;
@@ -34,13 +42,8 @@ uint8_t RunFused(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, cons
       SearchRows(g, out.thresholds, out.t, out.direction, rows.data());
       ep.rows = rows.data();
     }
-    lane_u.resize(static_cast<size_t>(g.ob * out.t * kLanes));
-    lane_neg.resize(static_cast<size_t>(g.ob * kLanes));
-    LaneThresholds(g, out.thresholds, out.t, out.direction, lane_u.data(), lane_neg.data());
     ep.u = u.data();
     ep.neg = neg.data();
-    ep.lane_u = lane_u.data();
-    ep.lane_neg = lane_neg.data();
     ep.t = out.t;
     ep.codes = out.codes;
   }
@@ -62,6 +65,18 @@ uint8_t RunTwoPass(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, co
   return all_or;
 }
 
+// The calling thread's packed activations (bitconv.h layout), kept between calls.
+thread_local Scratch<uint64_t> packed;
+
+// The tile kernel with the epilogue fused in where it has the mode, else two passes; `pack`
+// nullptr when xpk is already packed.
+uint8_t RunTiles(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, const uint8_t* x,
+                 uint64_t* xpk, const uint64_t* wpk, const ConvOutput& out, int threads) {
+  if (kernel.fused_modes & ModeBit(out.mode))
+    return RunFused(kernel, pack, g, x, xpk, wpk, out, threads);
+  return RunTwoPass(kernel, pack, g, x, xpk, wpk, out, threads);
+}
+
 // The dense fields take about KH * KW times the packed activations' memory (fields.h): a batch
 // whose fields would pass this many bytes runs in chunks of images, each packed and convolved
 // in turn (outputs are image-major), so the per-thread buffer stays bounded whatever the batch
@@ -69,8 +84,8 @@ uint8_t RunTwoPass(const KernelEntry& kernel, PackFn pack, const ConvGeom& g, co
 std::atomic<int64_t> field_bytes{int64_t{32} << 20};
 
 uint8_t RunFields(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x,
-                  const uint64_t* wpk, const ConvOutput& out, int threads, bool fused) {
-  static thread_local Scratch<uint64_t> scratch, field_scratch;
+                  const uint64_t* wpk, const ConvOutput& out, int threads) {
+  static thread_local Scratch<uint64_t> field_scratch;
   if (g.n == 0) return 0;
   ConvGeom one = g;
   one.n = 1;
@@ -85,14 +100,11 @@ uint8_t RunFields(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x
     if (oc.acc != nullptr) oc.acc += skip;
     if (oc.codes != nullptr) oc.codes += skip;
     const ConvGeom gf = FieldGeom(gc);
-    uint64_t* xpk = scratch.Get(static_cast<size_t>(gc.XpkSize()));
+    uint64_t* xpk = packed.Get(static_cast<size_t>(gc.XpkSize()));
     uint64_t* xf = field_scratch.Get(static_cast<size_t>(gf.XpkSize()));
     all_or |= PackFields(kernel.packer.fn, kernel.packer.fields, gc, x + n0 * g.c * g.h * g.w, xpk,
                          xf, threads);
-    if (fused)
-      RunFused(kernel, nullptr, gf, nullptr, xf, wpk, oc, threads);
-    else
-      RunTwoPass(kernel, nullptr, gf, nullptr, xf, wpk, oc, threads);
+    RunTiles(kernel, nullptr, gf, nullptr, xf, wpk, oc, threads);
   }
   return all_or;
 }
@@ -106,12 +118,9 @@ int64_t FieldBufferBytes(int64_t bytes) {
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
                 const ConvOutput& out, int threads, bool fields) {
   if (kernel.int8 != nullptr) return RunInt8Conv(*kernel.int8, g, x, wpk, out, threads);
-  const bool fused = (kernel.fused_modes & ModeBit(out.mode)) != 0;
-  if (fields) return RunFields(kernel, g, x, wpk, out, threads, fused);
-  static thread_local Scratch<uint64_t> scratch;
-  uint64_t* xpk = scratch.Get(static_cast<size_t>(g.XpkSize()));
-  if (fused) return RunFused(kernel, kernel.packer.fn, g, x, xpk, wpk, out, threads);
-  return RunTwoPass(kernel, kernel.packer.fn, g, x, xpk, wpk, out, threads);
+  if (fields) return RunFields(kernel, g, x, wpk, out, threads);
+  uint64_t* xpk = packed.Get(static_cast<size_t>(g.XpkSize()));
+  return RunTiles(kernel, kernel.packer.fn, g, x, xpk, wpk, out, threads);
 }
 
 }  // namespace dorefa
