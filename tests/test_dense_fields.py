@@ -17,7 +17,7 @@ from dorefa.kernels.extension import native
 from kernel_cases import NATIVE
 
 POPCOUNT = [k for k in NATIVE if k.startswith("popcount")]
-INT8 = [k for k in NATIVE if k.startswith("int8")]
+BYTE_LAYOUTS = [k for k in NATIVE if not k.startswith("popcount")]  # int8 and lut: no fields
 
 
 def _check(kernel, n, c, h, w, o, kh, kw, stride, padding, x_bits, w_bits, seed):
@@ -136,7 +136,7 @@ def test_prepared_layers_take_dense_fields_with_the_same_results(kernel, monkeyp
             np.testing.assert_array_equal(conv(x, 2), expected)
     assert dense.fields and "dense fields" in repr(dense)
     assert not plain.fields
-    assert "fields" in pw.layouts or kernel == "reference" or kernel in INT8
+    assert "fields" in pw.layouts or kernel == "reference" or kernel in BYTE_LAYOUTS
 
 
 def test_dense_fields_errors():
@@ -145,6 +145,6 @@ def test_dense_fields_errors():
     args = (x, pw.words, 16, 48, 3, 3, 2, 1, 1, 1, 1, "acc", None, None, None, True)
     with pytest.raises(ValueError, match=r"transpose\(0, 2, 3, 1\)"):
         native.bitconv(POPCOUNT[0], *args)  # the word-per-tap weights
-    for kernel in INT8:
+    for kernel in BYTE_LAYOUTS:
         with pytest.raises(ValueError, match="popcount kernels only"):
             native.bitconv(kernel, *args)

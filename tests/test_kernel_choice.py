@@ -53,8 +53,13 @@ def model_only(monkeypatch):
 
 @needs_native
 @pytest.mark.skipif(not HAS_INT8, reason="this CPU runs no int8 kernel")
-@pytest.mark.parametrize("bits, kind", [((8, 8), "int8-"), ((1, 2), "popcount-")])
-def test_cost_model_picks_int8_for_w8a8_and_popcount_for_w1a2(model_only, bits, kind):
+@pytest.mark.parametrize("bits", [(8, 8), (1, 2), (1, 4)])
+def test_cost_model_picks_int8_for_w8a8_popcount_for_w1a2_lut_for_w1a4(model_only, bits):
+    """W1A2 goes to lut only where the popcount kernel has no VPOPCNTQ (AVX2-only CPUs)."""
+    zmm_popcount = "popcount-avx512/gfni" in K.available_kernels() or (
+        "popcount-avx512/shift" in K.available_kernels()
+    )
+    kind = {(8, 8): "int8-", (1, 2): "popcount-" if zmm_popcount else "lut-", (1, 4): "lut-"}[bits]
     w, x = _layer(*bits)
     conv = K.prepare_conv(K.pack_weights(w, bits[0]), bits[1], 1, 1, "signed")
     choice = conv.choice(x.shape[2:])
@@ -102,7 +107,7 @@ def test_the_cache_is_hit_the_second_time():
     a = first.choice(x.shape[2:])
     assert choose.cache_info() == {"hits": 0, "misses": 1, "size": 1}
     assert a.how == "measured" and a.us > 0 and a.kernel in K.available_kernels()
-    assert a.kernel in [k for k, _, _ in a.candidates] and len(a.candidates) <= 2
+    assert a.kernel in [k for k, _, _ in a.candidates] and len(a.candidates) <= choose.CANDIDATES
     second = K.prepare_conv(pw, 2, 1, 1, "signed")  # another layer of the same shape
     assert second.choice(x.shape[2:]) is a
     assert choose.cache_info() == {"hits": 1, "misses": 1, "size": 1}
@@ -141,12 +146,15 @@ def test_calls_of_many_images_are_chosen_at_their_own_batch_class():
 
 @needs_native
 def test_a_clear_win_of_the_cost_model_is_not_timed():
-    """W8A8: popcount runs 64 plane pairs, priced far above int8 (> CLEAR_WIN): only the int8
-    kernel is measured. W1A2 is close enough to time both kinds."""
+    """W8A8: popcount runs 64 plane pairs and lut 16 lookups, priced far above int8-vnni
+    (> CLEAR_WIN): only the int8 kernel is measured. W1A2 is close enough to time every kind."""
     if not any(k.startswith("int8-") for k in K.available_kernels()):
         pytest.skip("no int8 kernel on this CPU: nothing to compare")  # non-x86 builds
     choose.clear_cache()
-    for bits, kinds in ((8, {"int8"}), (1, {"int8", "popcount"})):
+    lut = {"lut"} if any(k.startswith("lut-") for k in K.available_kernels()) else set()
+    # AVX2-only CPUs: int8-avx2's W8A8 nibble path is slow enough that lut is timed too.
+    w8a8 = {"int8"} | (lut if "int8-vnni" not in K.available_kernels() else set())
+    for bits, kinds in ((8, w8a8), (1, {"int8", "popcount"} | lut)):
         w, x = _layer(bits, 2 if bits == 1 else 8)
         choice = K.prepare_conv(K.pack_weights(w, bits), 2 if bits == 1 else 8, 1, 1).choice(
             x.shape[2:]

@@ -24,6 +24,7 @@
 #include "int8conv.h"
 #include "kernel_table.h"
 #include "linear_float.h"
+#include "lut.h"
 #include "pool.h"
 #include "pool_train.h"
 #include "requant_table.h"
@@ -65,14 +66,17 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits, const std::string& kerne
   Require(w.shape(0) >= 1 && w.shape(1) >= 1 && w.shape(2) >= 1 && w.shape(3) >= 1,
           "w_codes must have no empty dimension");
   ConvGeom g = WeightGeom(w.shape(0), w.shape(1), w.shape(2), w.shape(3), w_bits);
-  const bool int8 = kernel.int8 != nullptr;
-  WordArray out = int8 ? AlignedArray<uint64_t>({Int8Geom(g).WeightWords()})
-                       : AlignedArray<uint64_t>({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
+  const bool int8 = kernel.int8 != nullptr, lut = int8 && kernel.int8->tables != nullptr;
+  WordArray out = lut ? AlignedArray<uint64_t>({LutGeom(g).WeightWords()})
+                  : int8
+                      ? AlignedArray<uint64_t>({Int8Geom(g).WeightWords()})
+                      : AlignedArray<uint64_t>({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = int8 ? PackWeightsInt8(g, w.data(), out.mutable_data())
-                  : PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn);
+    all_or = lut    ? PackWeightsLut(g, w.data(), out.mutable_data())
+             : int8 ? PackWeightsInt8(g, w.data(), out.mutable_data())
+                    : PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn);
   }
   CheckCodes("w_codes", w, all_or, w_bits);
   return out;
@@ -169,9 +173,11 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
             "packed weights do not match the dense fields of (O, C, KH, KW, w_bits); pack "
             "w_codes.transpose(0, 2, 3, 1) as (O, KH * KW * C, 1, 1) codes");
   } else if (kernel.int8 != nullptr) {
-    Require(wpk.ndim() == 1 && wpk.shape(0) == Int8Geom(g).WeightWords(),
-            "packed weights do not match (O, C, KH, KW) in the int8 layout; pack them with "
-            "pack_weights(w_codes, w_bits, kernel) for this kernel");
+    const bool lut = kernel.int8->tables != nullptr;
+    Require(wpk.ndim() == 1 &&
+                wpk.shape(0) == (lut ? LutGeom(g).WeightWords() : Int8Geom(g).WeightWords()),
+            "packed weights do not match (O, C, KH, KW, w_bits) in this kernel's layout; pack "
+            "them with pack_weights(w_codes, w_bits, kernel) for this kernel");
   } else {
     Require(wpk.ndim() == 4 && wpk.shape(0) == g.ob && wpk.shape(1) == w_bits &&
                 wpk.shape(2) == g.l && wpk.shape(3) == kLanes,

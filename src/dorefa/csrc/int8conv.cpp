@@ -2,6 +2,8 @@
 // the parallel region.
 #include "int8conv.h"
 
+#include "lut.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -302,13 +304,15 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
                     const uint64_t* wq, const ConvOutput& out, int threads) {
   static thread_local Scratch<uint8_t> xbuf;
   static thread_local Scratch<int32_t> sums;
+  static thread_local Scratch<uint8_t> tbuf;
   Int8Conv c;
   c.g = &g;
   c.q = Int8Geom(g);
   uint8_t* xq = xbuf.Get(static_cast<size_t>(g.n * c.q.image));
   c.xq = reinterpret_cast<const int8_t*>(xq);
   c.wq = reinterpret_cast<const uint8_t*>(wq);
-  c.wsum = reinterpret_cast<const int32_t*>(c.wq + c.q.WeightBytes());
+  const int64_t wbytes = kernel.tables != nullptr ? LutGeom(g).WeightBytes() : c.q.WeightBytes();
+  c.wsum = reinterpret_cast<const int32_t*>(c.wq + wbytes);  // the sums after the weights
   c.shift = kernel.shift(g.x_bits);
   c.mode = out.mode;
   c.acc = out.acc;
@@ -316,6 +320,16 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
   if (out.mode == Epilogue::kRequant) {
     c.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
     c.requant = kernel.requant;
+  }
+  uint8_t* tq = nullptr;
+  if (kernel.tables != nullptr) {  // lut kernels: each slice's tables, kLutSlack after them
+    const int slices = LutSlices(g.x_bits).count;
+    c.tslice = (4 * g.n * c.q.image + kLutSlack + 63) / 64 * 64;
+    tq = tbuf.Get(static_cast<size_t>(slices * c.tslice));
+    for (int s = 0; s < slices; ++s)
+      std::memset(tq + s * c.tslice + 4 * g.n * c.q.image, 0,
+                  static_cast<size_t>(c.tslice - 4 * g.n * c.q.image));
+    c.tq = tq;
   }
   int32_t* pixsum = nullptr;
   if (out.mode != Epilogue::kAcc) {
@@ -349,9 +363,15 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
   auto worker = [&](int tid, auto&& barrier) -> uint8_t {
     uint8_t ors = 0;
     int64_t item;
-    while (pack_q.Next(tid, &item))
-      ors |= PackBand(g, c.q, x, c.shift, item / bands, item % bands * band,
-                      std::min(g.hp, (item % bands + 1) * band), xq, pixsum);
+    while (pack_q.Next(tid, &item)) {
+      const int64_t n = item / bands, r0 = item % bands * band;
+      const int64_t r1 = std::min(g.hp, r0 + band);
+      ors |= PackBand(g, c.q, x, c.shift, n, r0, r1, xq, pixsum);
+      if (tq != nullptr) {
+        const int64_t off = n * c.q.image + r0 * c.q.row;
+        kernel.tables(xq + off, (r1 - r0) * c.q.row, g.x_bits, c.tslice, tq + 4 * off);
+      }
+    }
     barrier();
     while (conv_q.Next(tid, &item)) {
       const int64_t oc = item / ntiles, t = item % ntiles;

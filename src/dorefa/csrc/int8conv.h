@@ -79,6 +79,8 @@ struct Int8Conv {
   uint8_t* codes = nullptr;               // kRequant output (N, O, OH, OW)
   const ThresholdTable* table = nullptr;  // kRequant: the thresholds (requant_table.h)
   RequantPixelFn requant = nullptr;       // kRequant: the kernel's search over the table
+  const uint8_t* tq = nullptr;            // lut kernels: the activation tables (lut.h)
+  int64_t tslice = 0;                     // lut kernels: bytes per slice of tq
 
   // The first byte of the receptive field of output pixels pix0 .. pix0 + np - 1 (flattened
   // n, oy, ox) into xs[0 .. np - 1]: one division, then stepping along the rows.
@@ -107,14 +109,20 @@ using Int8TileFn = void (*)(const Int8Conv& c, int64_t pix0, int64_t npix, int64
                             int64_t nob);
 // z for x_bits (the kernel's choice): activations are stored as x - z (see the maths above).
 using Int8ShiftFn = int32_t (*)(int x_bits);
+// lut kernels (lut.h): the tables of packed bytes xq[0 .. bytes) into tq (slice s at
+// tq + s * slice_bytes, each at 4 x its offset in xq).
+using LutTablesFn = void (*)(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,
+                             uint8_t* tq);
 
 struct Int8Kernel {
   const char* tile;  // register tile, output pixels x output channels, e.g. "6x64"
   Int8TileFn run;
   Int8ShiftFn shift;
-  int64_t pix_tile;        // output pixels a call handles best and at most (<= kMaxCallPixels)
-  int64_t ob_tile;         // 16-channel blocks a call handles best
-  RequantPixelFn requant;  // codes of one pixel's channels from D (requant_table.h)
+  int64_t pix_tile;             // output pixels a call handles best and at most (<= kMaxCallPixels)
+  int64_t ob_tile;              // 16-channel blocks a call handles best
+  RequantPixelFn requant;       // codes of one pixel's channels from D (requant_table.h)
+  const char* layout = "int8";  // packed weights: "int8" (above) or "lut" (lut.h)
+  LutTablesFn tables = nullptr;  // lut: the activation tables built after packing
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS

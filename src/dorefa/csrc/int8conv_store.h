@@ -172,14 +172,25 @@ void StoreSegment(const Int8Conv& c, int64_t base, int np, int run, int64_t ob0,
       StoreBlockCodes<Isa>(c, o0, np, run, nb, b, raw, nws, c.codes + base + o0 * ohw, ohw, lanes);
       continue;
     }
-    alignas(64) int32_t v[kMaxStorePixels][kInt8Lanes] = {};
-    const uint32_t two = c.mode == Epilogue::kAcc ? 1 : 2;
-    for (int p = 0; p < np; ++p) {
+    // acc = raw + z Wsum, then acc (kAcc: nws = 0) or 2 acc - nws, 8 lanes a vector (written
+    // as whole vectors: the transpose reads them back without a store-forwarding stall).
+    alignas(64) int32_t v[kMaxStorePixels][kInt8Lanes];
+    const __m128i one = _mm_cvtsi32_si128(c.mode == Epilogue::kAcc ? 0 : 1);
+    const __m256i zv = _mm256_set1_epi32(static_cast<int32_t>(z));
+    __m256i zw[2];
+    for (int h = 0; h < 2; ++h)
+      zw[h] = _mm256_mullo_epi32(
+          zv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.wsum + o0 + 8 * h)));
+    for (int p = 0; p < kMaxStorePixels; ++p) {
       const int32_t* in = raw + (p * nb + b) * kInt8Lanes;
-      for (int l = 0; l < kInt8Lanes; ++l) {
-        const uint32_t acc =
-            static_cast<uint32_t>(in[l]) + z * static_cast<uint32_t>(c.wsum[o0 + l]);
-        v[p][l] = static_cast<int32_t>(two * acc - static_cast<uint32_t>(nws[p]));
+      for (int h = 0; h < 2; ++h) {
+        __m256i d = _mm256_setzero_si256();
+        if (p < np) {
+          const __m256i acc = _mm256_add_epi32(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 8 * h)), zw[h]);
+          d = _mm256_sub_epi32(_mm256_sll_epi32(acc, one), _mm256_set1_epi32(nws[p]));
+        }
+        _mm256_store_si256(reinterpret_cast<__m256i*>(v[p] + 8 * h), d);
       }
     }
     TransposeStore32(v, run, c.acc + base + o0 * ohw, ohw, lanes);

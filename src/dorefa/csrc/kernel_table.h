@@ -1,19 +1,20 @@
 // The kernel table: every convolution kernel compiled into this build and the one place that
 // chooses among them. An entry is one line of kernel_table.cpp: its name, the backend it
 // belongs to, the CPU features it needs (CPUID), its kernel (bit-serial popcount tile kernels
-// with an activation packer, or an int8 dot-product kernel, int8conv.h), the output modes it
-// finishes without a second pass over int32 accumulators, and the path of the float first
-// layer (conv_float.h) that runs with it.
+// with an activation packer, or an int8 dot-product or table-lookup kernel: int8conv.h,
+// lut.h), the output modes it finishes without a second pass over int32 accumulators, and the
+// path of the float first layer (conv_float.h) that runs with it.
 //
 // Order: the popcount kernels fastest first, the int8 kernels after the popcount kernels of
-// their ISA, the portable scalar kernel last; the first entry the CPU runs is the default (a
-// popcount kernel: the int8 kernels run when forced by name or picked per layer, choose.py).
+// their ISA, the lut kernels after the int8 ones, the portable scalar kernel last; the first
+// entry the CPU runs is the default (a popcount kernel: the int8 and lut kernels run when
+// forced by name or picked per layer, choose.py).
 //
 // Names. A popcount kernel is "<family>/<packer>", e.g. "popcount-avx512/gfni" (the bit-serial
-// AVX-512 tile kernel with the GFNI packer); an int8 kernel is its family ("int8-vnni"). A
-// request may also name a family ("popcount-avx512") or a backend ("avx512", "avx2", "scalar":
-// the names of the first versions, still accepted by DOREFA_KERNEL): it then means the first
-// entry of that family or backend the CPU can run.
+// AVX-512 tile kernel with the GFNI packer); an int8 or lut kernel is its family ("int8-vnni",
+// "lut-avx2"). A request may also name a family ("popcount-avx512") or a backend ("avx512",
+// "avx2", "scalar": the names of the first versions, still accepted by DOREFA_KERNEL): it then
+// means the first entry of that family or backend the CPU can run.
 #ifndef DOREFA_CSRC_KERNEL_TABLE_H_
 #define DOREFA_CSRC_KERNEL_TABLE_H_
 
@@ -26,6 +27,7 @@
 #include "cpu_features.h"
 #include "fields.h"
 #include "int8conv.h"
+#include "lut.h"
 
 namespace dorefa {
 
@@ -61,7 +63,7 @@ struct KernelEntry {
   FloatConvPath float_conv;  // the float first layer under this kernel
   bool Supported() const { return (CpuFeatures() & needs) == needs; }
   std::string Family() const;  // the name up to '/'
-  const char* Weights() const { return int8 != nullptr ? "int8" : "bitplanes"; }  // layout
+  const char* Weights() const { return int8 != nullptr ? int8->layout : "bitplanes"; }  // layout
   const char* Tile() const { return int8 != nullptr ? int8->tile : tiles->tile; }
   int64_t PixelTile() const { return int8 != nullptr ? int8->pix_tile : tiles->pix_tile; }
   int64_t BlockTile() const { return int8 != nullptr ? int8->ob_tile : tiles->ob_tile; }

@@ -6,8 +6,8 @@ calls of 8 images or more, :func:`dorefa.kernels.prepared.batch_class`; the thre
 part of it):
 
 1. the cost model (:func:`model_cost`) ranks the families this CPU runs (the first kernel of
-   each family in the table) and keeps the cheapest of each kind, popcount and int8 (at most
-   :data:`CANDIDATES`; two popcount families differ by a known factor, not worth timing), less
+   each family in the table) and keeps the cheapest of each kind, popcount, int8 and lut (at
+   most :data:`CANDIDATES`; two families of a kind differ by a known factor, not worth timing), less
    any priced at more than :data:`CLEAR_WIN` times the cheapest;
 2. a short measurement decides: each candidate runs the layer on a zero input at the batch
    class's batch, one thread, in interleaved rounds (at least :data:`MIN_ROUNDS`, at most
@@ -34,7 +34,7 @@ from . import selection
 
 CHOICE_ENV = "DOREFA_KERNEL_CHOICE"
 METHODS = ("measure", "model", "first")
-CANDIDATES = 2  # families measured per layer
+CANDIDATES = 3  # families measured per layer
 # A candidate the model prices at more than this many times the cheapest is not measured: the
 # model is not that far off, and timing a 64-plane-pair popcount run of a W8A8 layer at batch 32
 # took ~70 ms a layer.
@@ -43,9 +43,11 @@ MIN_ROUNDS, MAX_ROUNDS = 2, 5
 BUDGET_S = 0.004  # measurement time per layer, once MIN_ROUNDS are done
 
 # Throughput on one Zen 4 core at batch 1 (docs/kernels.md): popcount kernels in G plane-pair
-# MAC/s (a W-bit x A-bit MAC is W*A plane pairs), int8 kernels in GMAC/s whatever the bits.
+# MAC/s (a W-bit x A-bit MAC is W*A plane pairs), int8 kernels in GMAC/s whatever the bits,
+# lut kernels in G lookup-MAC/s (one weight plane, one activation slice, :func:`lut_lookups`).
 POPCOUNT_RATE = {"popcount-avx512": 900.0, "popcount-avx2": 300.0, "popcount-scalar": 50.0}
 INT8_RATE = {"int8-vnni": 130.0, "int8-avx2": 110.0}
+LUT_RATE = {"lut-avx512": 450.0, "lut-avx2": 420.0}
 INT8_AVX2_W8A8_RATE = 40.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the nibble path
 
 
@@ -69,8 +71,14 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
     - int8 kernels: ``macs / rate``, flat in the bits (one 8-bit multiply-add per MAC), except
       int8-avx2 at W8A8 (``INT8_AVX2_W8A8_RATE``).
 
-    Rates in G/s (``POPCOUNT_RATE``, ``INT8_RATE``); an unknown family gets the slowest rate of
-    its kind. Only the order matters: the measurement decides between the best two."""
+    - lut kernels: ``macs * lut_lookups(w_bits, x_bits) / rate``.
+
+    Rates in G/s (``POPCOUNT_RATE``, ``INT8_RATE``, ``LUT_RATE``); an unknown family gets the
+    slowest rate of its kind. Only the order matters: the measurement decides between the best
+    of each kind."""
+    if family.startswith("lut-"):
+        rate = LUT_RATE.get(family, min(LUT_RATE.values()))
+        return macs * lut_lookups(w_bits, x_bits) / rate / 1e3
     if family.startswith("int8-"):
         rate = INT8_RATE.get(family, min(INT8_RATE.values()))
         if family == "int8-avx2" and w_bits == x_bits == 8:
@@ -78,6 +86,15 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
         return macs / rate / 1e3
     rate = POPCOUNT_RATE.get(family, min(POPCOUNT_RATE.values()))
     return macs * w_bits * x_bits / rate / 1e3
+
+
+def lut_lookups(w_bits: int, x_bits: int) -> float:
+    """Relative work of a lut kernel (``csrc/lut.h``) per MAC: one byte lookup and add per weight
+    plane and activation slice (x_bits <= 6: one slice; 7, 8: two of ceil(x_bits / 2) bits),
+    plus the widening of the byte sums every ``255 // maxv`` lookups (2 instructions per lookup
+    slot, ``maxv = 4 (2**bits - 1)``), relative to a lookup and an add."""
+    widths = [x_bits] if x_bits <= 6 else [(x_bits + 1) // 2, x_bits - (x_bits + 1) // 2]
+    return w_bits * sum(1.0 + 2.0 / (255 // (4 * (2**b - 1))) for b in widths)
 
 
 def model_pick(w_bits: int, x_bits: int, macs: int) -> str:

@@ -2,12 +2,13 @@
 
 Names. A native popcount kernel is ``<family>/<packer>``, e.g. ``popcount-avx512/gfni`` (the
 AVX-512 popcount tile kernel, activations packed with the GFNI bit transpose); an int8
-dot-product kernel is its family, ``int8-vnni`` or ``int8-avx2``. A request may also name a
+dot-product kernel is its family, ``int8-vnni`` or ``int8-avx2``, and so is a table-lookup
+kernel, ``lut-avx512`` or ``lut-avx2``. A request may also name a
 family (``popcount-avx512``) or a backend (``avx512``, ``avx2``, ``scalar``), meaning the first
 kernel of it this CPU runs, or ``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
 The table itself lives in C++ (``csrc/kernel_table.cpp``): popcount kernels fastest first (the
-first one the CPU runs is the default), the int8 kernels after them (forced by name, or picked
-per layer by :mod:`dorefa.kernels.choose`).
+first one the CPU runs is the default), the int8 and lut kernels after them (forced by name,
+or picked per layer by :mod:`dorefa.kernels.choose`).
 
 The kernel of a call, strongest choice first:
 
@@ -52,7 +53,7 @@ def kernel_table() -> list[dict]:
     ``pixel_tile`` / ``channel_block_tile`` (work-split granularity), ``packer``,
     ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass),
     ``float_conv`` (the path of the float first layer under this kernel: avx512, avx2, scalar) and
-    ``weights`` (the packed-weight layout: ``'bitplanes'`` or ``'int8'``)."""
+    ``weights`` (the packed-weight layout: ``'bitplanes'``, ``'int8'`` or ``'lut'``)."""
     return [dict(row) for row in _table()]
 
 
@@ -63,7 +64,8 @@ def _layouts() -> dict[str, str]:
 
 def weight_layout(kernel: str) -> str:
     """The packed-weight layout a native kernel reads: ``'bitplanes'`` (the popcount kernels,
-    :attr:`PackedWeights.words`) or ``'int8'`` (the int8 kernels, ``csrc/int8conv.h``)."""
+    :attr:`PackedWeights.words`), ``'int8'`` (the int8 kernels, ``csrc/int8conv.h``) or ``'lut'``
+    (the table-lookup kernels, ``csrc/lut.h``)."""
     return _layouts()[kernel]
 
 

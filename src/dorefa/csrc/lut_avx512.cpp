@@ -1,0 +1,83 @@
+// AVX-512 lut kernel (lut.h, lut_tile.h): zmm steps of 4 tables (4 groups of 4 channels) per
+// pixel, register tile of 2 output pixels x 64 output channels (4 blocks): per step 4 weight
+// loads and 2 table loads for 8 VPSHUFB + 8 VPADDB. AVX-512 F/BW only.
+//
+// Ceiling (Zen 4: four 256-bit pipes, a zmm op takes two of them; VPSHUFB on two): per 256
+// MACs of a W1 plane, 1 VPSHUFB + 1 VPADDB, plus the widening (2 VPUNPCK + 2 VPADDW) every
+// k8 = 255 / maxv steps: W1A4 (k8 = 4) 3 zmm ops per 256 MACs -> 170.7 MAC/cycle, W1A2
+// (k8 = 21) 2.2 ops -> ~233, against the shuffle pipes' 256. docs/kernels.md.
+#include <immintrin.h>
+
+#include "int8conv_store_avx512.h"
+#include "lut_tile.h"
+#include "requant_avx512.h"
+
+namespace dorefa {
+namespace {
+
+struct Zmm {
+  static constexpr int kBytes = 64;
+  using Vec = __m512i;
+  static Vec Load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  static Vec Zero() { return _mm512_setzero_si512(); }
+  static Vec Lookup(Vec t, Vec i) { return _mm512_shuffle_epi8(t, i); }
+  static Vec AddB(Vec a, Vec b) { return _mm512_add_epi8(a, b); }
+  static void Widen(Vec a8, Vec* lo, Vec* hi) {
+    *lo = _mm512_add_epi16(*lo, _mm512_unpacklo_epi8(a8, _mm512_setzero_si512()));
+    *hi = _mm512_add_epi16(*hi, _mm512_unpackhi_epi8(a8, _mm512_setzero_si512()));
+  }
+  // The 4 lanes of 16-bit words summed as uint32, << shift, added to m[0 .. 8).
+  static void Fold(Vec w, int shift, uint32_t* m) {
+    const __m512i a = _mm512_add_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(w)),
+                                       _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(w, 1)));
+    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+    const __m256i v = _mm256_sll_epi32(h, _mm_cvtsi32_si128(shift));
+    auto* dst = reinterpret_cast<__m256i*>(m);
+    _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst), v));
+  }
+  static void Flush(Vec lo, Vec hi, int shift, uint32_t* m) {
+    Fold(lo, shift, m);
+    Fold(hi, shift, m + 8);
+  }
+};
+
+int32_t NoShift(int) { return 0; }
+
+// The tables of 16 groups (64 bytes of xq) at a time: each group's 4 codes broadcast to its
+// lane, T[m] = sum_i (bit i of m ? x_i : 0) as 4 VPSHUFB (index 0x80 gives 0) and 3 adds.
+void BuildTablesZmm(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,
+                    uint8_t* tq) {
+  alignas(64) uint8_t pick[4][64];
+  for (int i = 0; i < 4; ++i)
+    for (int b = 0; b < 64; ++b)
+      pick[i][b] = (b >> i) & 1 ? static_cast<uint8_t>(4 * (b / 16) + i) : 0x80;
+  const __m512i p0 = _mm512_load_si512(pick[0]), p1 = _mm512_load_si512(pick[1]);
+  const __m512i p2 = _mm512_load_si512(pick[2]), p3 = _mm512_load_si512(pick[3]);
+  const LutSlices slices(x_bits);
+  const int64_t whole = bytes / 16 * 16;
+  for (int s = 0; s < slices.count; ++s) {
+    const __m128i shift = _mm_cvtsi32_si128(s * slices.width);
+    const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << slices.Bits(s, x_bits)) - 1));
+    uint8_t* out = tq + s * slice_bytes;
+    for (int64_t k = 0; k < whole; k += 16) {
+      const __m512i src =
+          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + k)));
+      const __m512i x = _mm512_and_si512(_mm512_srl_epi16(src, shift), mask);
+      const __m512i t =
+          _mm512_add_epi8(_mm512_add_epi8(_mm512_shuffle_epi8(x, p0), _mm512_shuffle_epi8(x, p1)),
+                          _mm512_add_epi8(_mm512_shuffle_epi8(x, p2), _mm512_shuffle_epi8(x, p3)));
+      _mm512_storeu_si512(out + 4 * k, t);
+    }
+  }
+  if (whole < bytes)
+    BuildTablesScalar(xq + whole, bytes - whole, x_bits, slice_bytes, tq + 4 * whole);
+}
+
+}  // namespace
+
+extern const Int8Kernel kLutAvx512 = {"2x64",   &TileLut<Zmm, VnniStore, 2, 4>,
+                                      &NoShift, kMaxLutPixels,
+                                      4,        &RequantPixelAvx512,
+                                      "lut",    &BuildTablesZmm};
+
+}  // namespace dorefa

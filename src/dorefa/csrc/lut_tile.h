@@ -1,0 +1,157 @@
+// The lut kernels' tile (lut.h for the maths and layouts), for one vector ISA. Per activation
+// slice s and weight plane b, over the receptive field's kernel rows, each vector step loads
+// the tables of 4 (zmm) or 2 (ymm) groups of each of the tile's P pixels and the matching
+// weight indices of its NB 16-channel blocks, and adds P x NB lookups into byte counters:
+//
+//   a8[p][k] += VPSHUFB(tables[p], index[k])       (per byte: one entry <= maxv of T_s)
+//
+// every k8 = 255 / maxv steps the bytes are widened into 16-bit counters (their lane's low 8
+// and high 8 bytes), every k16 = 65535 / maxv steps those into 32-bit sums in memory, shifted
+// by b + width s. The last step folds the 128-bit lanes: output channel o of a block is the
+// sum over lanes of byte o.
+//
+// Isa provides kBytes (bytes per vector: 64 or 32), Vec, Load, Zero, Lookup (VPSHUFB), AddB,
+// Widen(a8, lo, hi) (lo += bytes 0-7, hi += bytes 8-15 of each lane, as 16-bit words) and
+// Flush(lo, hi, shift, m) (m[o] += the sum over lanes of channel o's word, as uint32 << shift,
+// o < 16); Store is the int8 store's Isa (int8conv_store.h). Internal linkage, one copy per ISA
+// file.
+#ifndef DOREFA_CSRC_LUT_TILE_H_
+#define DOREFA_CSRC_LUT_TILE_H_
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "int8conv.h"
+#include "int8conv_store.h"
+#include "lut.h"
+#include "unroll.h"
+
+namespace dorefa {
+namespace {  // NOLINT(build/namespaces): one copy per ISA
+
+// Adds the sums of kernel rows [r0, r1) of activation slice s and weight plane b, for P pixels
+// (table pointers tp, slice 0, at the field's first group) and NB blocks from ob, into
+// m[p * ms + 16 * k + o] (ms: uint32 per pixel).
+template <class Isa, int P, int NB>
+void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int64_t ob, int s,
+              int b, int64_t r0, int64_t r1, uint32_t* m, int64_t ms) {
+  using Vec = typename Isa::Vec;
+  const ConvGeom& g = *c.g;
+  const LutSlices slices(g.x_bits);
+  const int maxv = 4 * ((1 << slices.Bits(s, g.x_bits)) - 1);
+  const int64_t k8 = 255 / maxv, k16 = 65535 / maxv;
+  const int shift = b + s * slices.width;
+  const int64_t row_t = 4 * c.q.row;                 // table bytes per padded row
+  const int64_t steps = l.quads * 64 / Isa::kBytes;  // vector steps per kernel row
+  Vec lo[P][NB], hi[P][NB];
+  DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+    DOREFA_UNROLL for (int k = 0; k < NB; ++k) lo[p][k] = hi[p][k] = Isa::Zero();
+  }
+  auto flush = [&] {
+    DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+      DOREFA_UNROLL for (int k = 0; k < NB; ++k) {
+        Isa::Flush(lo[p][k], hi[p][k], shift, m + p * ms + kInt8Lanes * k);
+        lo[p][k] = hi[p][k] = Isa::Zero();
+      }
+    }
+  };
+  int64_t since = 0;  // steps in the 16-bit counters
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = c.wq + ob * l.block + b * l.plane + r * l.quads * 64;
+    const uint8_t* tr[P];
+    DOREFA_UNROLL for (int p = 0; p < P; ++p) tr[p] = tp[p] + s * c.tslice + r * row_t;
+    for (int64_t q0 = 0; q0 < steps; q0 += k8) {
+      const int64_t n = std::min(k8, steps - q0);
+      if (since + n > k16) {
+        flush();
+        since = 0;
+      }
+      Vec a8[P][NB];
+      DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+        DOREFA_UNROLL for (int k = 0; k < NB; ++k) a8[p][k] = Isa::Zero();
+      }
+      for (int64_t q = q0; q < q0 + n; ++q) {
+        Vec wv[NB];
+        DOREFA_UNROLL for (int k = 0; k < NB; ++k) wv[k] =
+            Isa::Load(wr + k * l.block + q * Isa::kBytes);
+        DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+          const Vec t = Isa::Load(tr[p] + q * Isa::kBytes);
+          DOREFA_UNROLL for (int k = 0; k < NB; ++k) a8[p][k] =
+              Isa::AddB(a8[p][k], Isa::Lookup(t, wv[k]));
+        }
+      }
+      DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+        DOREFA_UNROLL for (int k = 0; k < NB; ++k) Isa::Widen(a8[p][k], &lo[p][k], &hi[p][k]);
+      }
+      since += n;
+    }
+  }
+  flush();
+}
+
+template <class Isa>
+using LutBlockFn = void (*)(const Int8Conv&, const LutGeom&, const uint8_t* const*, int64_t, int,
+                            int, int64_t, int64_t, uint32_t*, int64_t);
+
+// [0: 1 pixel, 1: P pixels][blocks - 1] for up to sizeof...(Bs) blocks.
+template <class Isa, int P, int... Bs>
+constexpr std::array<std::array<LutBlockFn<Isa>, sizeof...(Bs)>, 2> LutBlocks(
+    std::integer_sequence<int, Bs...>) {
+  return {{{&LutBlock<Isa, 1, Bs + 1>...}, {&LutBlock<Isa, P, Bs + 1>...}}};
+}
+
+// Weight bytes a row chunk may take (NB blocks x rows x quads x 64), so that they stay in L1
+// while the call's pixels pass over them.
+constexpr int64_t kLutChunkBytes = 16 << 10;
+
+// The tile kernel (Int8TileFn) with register tiles of at most P pixels x NB blocks. Per group
+// of nb <= NB blocks, the sums of all the call's pixels (<= kMaxLutPixels) grow in memory, as
+// the int8 store reads them (raw[p][nb][16]), a chunk of kernel rows at a time over every pixel
+// (the chunk's weights stay in L1), then go out 8 pixels at a time (int8conv_store.h).
+constexpr int kMaxLutPixels = 32;
+template <class Isa, class Store, int P, int NB>
+void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
+  static_assert(kMaxLutPixels % P == 0, "whole register tiles");
+  static constexpr auto kBlocks = LutBlocks<Isa, P>(std::make_integer_sequence<int, NB>{});
+  const ConvGeom& g = *c.g;
+  const LutGeom l(g);
+  const LutSlices slices(g.x_bits);
+  const int64_t rows = std::clamp<int64_t>(kLutChunkBytes / (NB * l.quads * 64), 1, g.kh);
+  alignas(64) uint32_t m[kMaxLutPixels * NB * kInt8Lanes];
+  int32_t terms[kMaxLutPixels];  // npix <= the kernel's pix_tile = kMaxLutPixels
+  Int8FieldTerms(c, pix0, npix, terms);
+  const int8_t* fields[kMaxLutPixels];
+  c.Fields(pix0, static_cast<int>(npix), fields);
+  const uint8_t* tp[kMaxLutPixels];
+  for (int64_t i = 0; i < npix; ++i) tp[i] = c.tq + 4 * (fields[i] - c.xq);
+  for (int64_t ob = ob0; ob < ob0 + nob; ob += NB) {
+    const int nb = static_cast<int>(std::min<int64_t>(NB, ob0 + nob - ob));
+    const int64_t ms = nb * kInt8Lanes;
+    std::memset(m, 0, sizeof(uint32_t) * static_cast<size_t>(npix * ms));
+    for (int s = 0; s < slices.count; ++s) {
+      for (int b = 0; b < g.w_bits; ++b) {
+        for (int64_t r0 = 0; r0 < g.kh; r0 += rows) {
+          const int64_t r1 = std::min(g.kh, r0 + rows);
+          int64_t p = 0;
+          for (; p + P <= npix; p += P)
+            kBlocks[1][nb - 1](c, l, tp + p, ob, s, b, r0, r1, m + p * ms, ms);
+          for (; p < npix; ++p) kBlocks[0][nb - 1](c, l, tp + p, ob, s, b, r0, r1, m + p * ms, ms);
+        }
+      }
+    }
+    const auto* raw = reinterpret_cast<const int32_t*>(m);
+    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
+      const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
+      if (!StoreTileWith<Store>(c, pix0 + p0, np, ob, nb, raw + p0 * ms, terms + p0, pix0 + npix))
+        StoreInt8Tile(c, pix0 + p0, np, ob, nb, raw + p0 * ms);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_LUT_TILE_H_
