@@ -38,7 +38,7 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl) {
               const uint8_t v = w[((o * g.c + c0 + i) * g.kh + r) * g.kw + kw];
               m |= static_cast<uint8_t>(((v >> b) & 1) << i);
             }
-            lane[o - 16 * ob] = m;
+            lane[LutByte(o - 16 * ob)] = m;
           }
         }
       }

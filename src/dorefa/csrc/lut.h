@@ -27,8 +27,10 @@
 // switch off (below). The table arrays carry kLutSlack bytes after them for that.
 //
 // Weights ("lut" layout, uint8), output channels in blocks of 16:
-//   wl[ob][b][r][q][lane][o],  lane < 4: the group j = 4 q + lane of kernel row r,
+//   wl[ob][b][r][q][lane][LutByte(o)],  lane < 4: the group j = 4 q + lane of kernel row r,
 //   byte = m_b(j) of output channel 16 ob + o, or 0x80 when j >= span (VPSHUFB gives 0),
+// channels 0-7 in the even bytes of a lane and 8-15 in the odd ones (the tile widens byte sums
+// as 16-bit words: even + 256 odd, and odd),
 // i.e. 64 bytes per (block, plane, row, quad), then Wsum, 16 int32 per block (as the int8
 // layout, for the shared store; z = 0 leaves it unused in the sums).
 #ifndef DOREFA_CSRC_LUT_H_
@@ -67,6 +69,9 @@ struct LutGeom {
   int64_t WeightBytes() const { return ob * block; }  // then ob * 16 int32 sums
   int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4 + 7) / 8; }
 };
+
+// The byte of output channel o (< 16) in a lane of the lut weight layout.
+constexpr int LutByte(int64_t o) { return static_cast<int>(o < 8 ? 2 * o : 2 * (o - 8) + 1); }
 
 // Packs weight codes w (O, C, KH, KW) < 2^g.w_bits into wl (LutGeom(g).WeightWords() words);
 // returns the OR of all codes.

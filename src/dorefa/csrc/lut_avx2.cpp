@@ -2,9 +2,9 @@
 // pixel, register tile of 2 output pixels x 32 output channels (2 blocks): per step 2 weight
 // loads and 2 table loads for 4 VPSHUFB + 4 VPADDB, in 12 of the 16 ymm registers.
 //
-// Ceiling (Zen 2 / Zen 4: four 256-bit pipes, VPSHUFB on two): per 128 MACs of a W1 plane,
-// 1 VPSHUFB + 1 VPADDB, plus 2 VPUNPCK + 2 VPADDW every k8 = 255 / maxv steps: W1A4 3 ops per
-// 128 MACs -> 170.7 MAC/cycle... halved by the 2 shuffle pipes' share: docs/kernels.md.
+// Ceiling (Zen 2 and Zen 4: four 256-bit pipes, VPSHUFB on two of them): per 128 MACs of a W1
+// plane, 1 VPSHUFB + 1 VPADDB, plus VPADDW, VPSRLW, VPADDW every k8 = 255 / maxv steps: W1A4
+// 2.75 ymm ops -> 186 MAC/cycle, W1A2 2.14 -> 239 (docs/kernels.md), as the zmm kernel on Zen 4.
 #include <immintrin.h>
 
 #include <cstring>
@@ -24,9 +24,9 @@ struct Ymm {
   static Vec Zero() { return _mm256_setzero_si256(); }
   static Vec Lookup(Vec t, Vec i) { return _mm256_shuffle_epi8(t, i); }
   static Vec AddB(Vec a, Vec b) { return _mm256_add_epi8(a, b); }
-  static void Widen(Vec a8, Vec* lo, Vec* hi) {
-    *lo = _mm256_add_epi16(*lo, _mm256_unpacklo_epi8(a8, _mm256_setzero_si256()));
-    *hi = _mm256_add_epi16(*hi, _mm256_unpackhi_epi8(a8, _mm256_setzero_si256()));
+  static void Widen(Vec a8, Vec* w, Vec* odd) {
+    *w = _mm256_add_epi16(*w, a8);
+    *odd = _mm256_add_epi16(*odd, _mm256_srli_epi16(a8, 8));
   }
   // The 2 lanes of 16-bit words summed as uint32, << shift, added to m[0 .. 8).
   static void Fold(Vec w, int shift, uint32_t* m) {
@@ -36,9 +36,9 @@ struct Ymm {
     auto* dst = reinterpret_cast<__m256i*>(m);
     _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst), v));
   }
-  static void Flush(Vec lo, Vec hi, int shift, uint32_t* m) {
-    Fold(lo, shift, m);
-    Fold(hi, shift, m + 8);
+  static void Flush(Vec w, Vec odd, int shift, uint32_t* m) {
+    Fold(_mm256_sub_epi16(w, _mm256_slli_epi16(odd, 8)), shift, m);  // the even bytes' sums
+    Fold(odd, shift, m + 8);
   }
 };
 

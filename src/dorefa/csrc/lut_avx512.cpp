@@ -2,10 +2,10 @@
 // pixel, register tile of 2 output pixels x 64 output channels (4 blocks): per step 4 weight
 // loads and 2 table loads for 8 VPSHUFB + 8 VPADDB. AVX-512 F/BW only.
 //
-// Ceiling (Zen 4: four 256-bit pipes, a zmm op takes two of them; VPSHUFB on two): per 256
-// MACs of a W1 plane, 1 VPSHUFB + 1 VPADDB, plus the widening (2 VPUNPCK + 2 VPADDW) every
-// k8 = 255 / maxv steps: W1A4 (k8 = 4) 3 zmm ops per 256 MACs -> 170.7 MAC/cycle, W1A2
-// (k8 = 21) 2.2 ops -> ~233, against the shuffle pipes' 256. docs/kernels.md.
+// Ceiling (Zen 4: four 256-bit pipes, a zmm op takes two; VPSHUFB on two of them): per 256
+// MACs of a W1 plane, 1 VPSHUFB + 1 VPADDB, plus the widening (VPADDW, VPSRLW, VPADDW) every
+// k8 = 255 / maxv steps: W1A4 (k8 = 4) 2.75 zmm ops -> 186 MAC/cycle, W1A2 (k8 = 21) 2.14 ->
+// 239, below the shuffle pipes' 256 (docs/kernels.md).
 #include <immintrin.h>
 
 #include "int8conv_store_avx512.h"
@@ -22,9 +22,9 @@ struct Zmm {
   static Vec Zero() { return _mm512_setzero_si512(); }
   static Vec Lookup(Vec t, Vec i) { return _mm512_shuffle_epi8(t, i); }
   static Vec AddB(Vec a, Vec b) { return _mm512_add_epi8(a, b); }
-  static void Widen(Vec a8, Vec* lo, Vec* hi) {
-    *lo = _mm512_add_epi16(*lo, _mm512_unpacklo_epi8(a8, _mm512_setzero_si512()));
-    *hi = _mm512_add_epi16(*hi, _mm512_unpackhi_epi8(a8, _mm512_setzero_si512()));
+  static void Widen(Vec a8, Vec* w, Vec* odd) {
+    *w = _mm512_add_epi16(*w, a8);
+    *odd = _mm512_add_epi16(*odd, _mm512_srli_epi16(a8, 8));
   }
   // The 4 lanes of 16-bit words summed as uint32, << shift, added to m[0 .. 8).
   static void Fold(Vec w, int shift, uint32_t* m) {
@@ -35,9 +35,9 @@ struct Zmm {
     auto* dst = reinterpret_cast<__m256i*>(m);
     _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst), v));
   }
-  static void Flush(Vec lo, Vec hi, int shift, uint32_t* m) {
-    Fold(lo, shift, m);
-    Fold(hi, shift, m + 8);
+  static void Flush(Vec w, Vec odd, int shift, uint32_t* m) {
+    Fold(_mm512_sub_epi16(w, _mm512_slli_epi16(odd, 8)), shift, m);  // the even bytes' sums
+    Fold(odd, shift, m + 8);
   }
 };
 

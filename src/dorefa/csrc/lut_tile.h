@@ -5,15 +5,15 @@
 //
 //   a8[p][k] += VPSHUFB(tables[p], index[k])       (per byte: one entry <= maxv of T_s)
 //
-// every k8 = 255 / maxv steps the bytes are widened into 16-bit counters (their lane's low 8
-// and high 8 bytes), every k16 = 65535 / maxv steps those into 32-bit sums in memory, shifted
-// by b + width s. The last step folds the 128-bit lanes: output channel o of a block is the
-// sum over lanes of byte o.
+// every k8 = 255 / maxv steps the bytes are widened into two 16-bit counters per word,
+//   w += a8 (as words: even byte + 256 odd byte, modulo 2^16),   odd += a8 >> 8,
+// (channels 0-7 sit in the even bytes, 8-15 in the odd ones: lut.h), so even = w - 256 odd
+// (exact: the sum is below 2^16), and every k16 = 65535 / maxv steps those into 32-bit sums
+// in memory, shifted by b + width s, the 128-bit lanes added up.
 //
 // Isa provides kBytes (bytes per vector: 64 or 32), Vec, Load, Zero, Lookup (VPSHUFB), AddB,
-// Widen(a8, lo, hi) (lo += bytes 0-7, hi += bytes 8-15 of each lane, as 16-bit words) and
-// Flush(lo, hi, shift, m) (m[o] += the sum over lanes of channel o's word, as uint32 << shift,
-// o < 16); Store is the int8 store's Isa (int8conv_store.h). Internal linkage, one copy per ISA
+// Widen(a8, w, odd) (above) and Flush(w, odd, shift, m) (m[o] += channel o's sum over the
+// lanes, as uint32 << shift, o < 16); Store is the int8 store's Isa (int8conv_store.h). Internal linkage, one copy per ISA
 // file.
 #ifndef DOREFA_CSRC_LUT_TILE_H_
 #define DOREFA_CSRC_LUT_TILE_H_
