@@ -1,4 +1,5 @@
-"""Int8 dot-product kernels against the popcount kernel and torch (fp32, int8), same process.
+"""Int8 dot-product and lut kernels against the popcount kernel and torch (fp32, int8), same
+process.
 
 For each layer (AlexNet conv3 and the 3x3 layers of the SVHN model), batch and bit pair (W1A2,
 W2A2, W1A4, W8A8), every contestant runs interleaved round by round (bench_kernels.py's
@@ -30,9 +31,10 @@ import torch
 from bench_kernels import LAYERS, SETTLE_SECONDS, measure_clock_hz
 
 import dorefa.kernels as K
+from dorefa.kernels import choose
 
 BIT_PAIRS = ((1, 2), (2, 2), (1, 4), (8, 8))  # (w_bits, x_bits)
-KERNELS = ("popcount", "int8-vnni", "int8-avx2")
+KERNELS = ("popcount", "int8-vnni", "int8-avx2", "lut-avx512", "lut-avx2")
 PICK = "pick"  # the engine's per-layer choice (kernels/choose.py), nothing forced
 
 # MAC/cycle ceilings per core (derivations in docs/kernels.md, "Ceilings"): popcount kernels
@@ -42,9 +44,21 @@ INT8_CEILING = {"int8-vnni": 64.0, "int8-avx2": 50.0}
 INT8_AVX2_W8A8_CEILING = 15.0
 
 
+# lut kernels (Zen 4 / Zen 2: four 256-bit pipes): per 256 MACs of one weight plane and one
+# activation slice, 2 zmm ops (VPSHUFB, VPADDB) plus 3 (widening) every 255 // maxv lookups,
+# 2 zmm ops a cycle; VPSHUFB on two of the pipes caps it at 256.
+def lut_ceiling(wb: int, xb: int) -> float:
+    """MAC/cycle ceiling of the lut kernels at W = wb, A = xb."""
+    slices = choose.lut_slices(xb)
+    ops = sum(2.0 + 3.0 / (255 // (4 * (2**b - 1))) for b in slices)
+    return min(512.0 / ops, 256.0 / len(slices)) / wb
+
+
 def ceiling(kernel: str, wb: int, xb: int) -> float:
     """MAC/cycle ceiling of a kernel name at W = wb, A = xb (NaN where none is derived)."""
     family = kernel.split("/")[0]
+    if family.startswith("lut-"):
+        return lut_ceiling(wb, xb)
     if family == "int8-avx2" and wb == xb == 8:
         return INT8_AVX2_W8A8_CEILING
     if family in INT8_CEILING:

@@ -22,6 +22,9 @@ binary MACs, so W1A2 runs at half the binary rate):
   [3 x 2 x 256 binary]; ``popcount-avx2 regs``: the same 48 operations without the loads;
 - ``int8-vnni``: int8conv_vnni.cpp's 6 x 64 tile, one group of 4 channels: 4 weight loads,
   24 VPDPBUSD with an embedded {1to16} broadcast [24 x 64];
+- ``lut-avx512 W1A4`` / ``W1A2``: lut_tile.h's 2 x 4 zmm tile, k8 = 4 (21) steps of 4 index
+  loads, 2 table loads, 8 x (VPSHUFB, VPADDB), then the widening, 8 x (VPADDW, VPSRLW, VPADDW)
+  [k8 x 8 x 256]; ``lut-avx2 W1A4`` / ``W1A2``: the 2 x 2 ymm tile [k8 x 4 x 128];
 - ``float conv zmm`` / ``float conv ymm``: the float first layer, one tap of its 4-pixel run:
   6 (3) weight loads, 4 broadcasts, 24 (12) VFMADD231PS on zmm (ymm) [24 x 16 / 12 x 8].
 
@@ -100,6 +103,36 @@ def _vnni() -> tuple[str, ...]:
     return tuple(lines)
 
 
+def _lut(reg: str, pixels: int, blocks: int, k8: int) -> tuple[str, ...]:
+    """lut_tile.h's step on zmm (2 x 4 tile) or ymm (2 x 2), k8 steps then one widening: per
+    step ``blocks`` index loads, per pixel a table load, per pair VPSHUFB + VPADDB; the widening
+    VPADDW, VPSRLW, VPADDW per pair, the byte counters zeroed (a zeroing idiom)."""
+    pairs = pixels * blocks  # byte counters 0.., 16-bit w then odd counters, indices, table, tmp
+    w, odd, idx = pairs, 2 * pairs, 3 * pairs
+    table, tmp = idx + blocks, idx + blocks + 1
+    lines = []
+    for step in range(k8):
+        lines += [
+            f"vmovdqu64 {64 * (step * blocks + k)}(%[b]), %%{reg}{idx + k}" for k in range(blocks)
+        ]
+        for p in range(pixels):
+            lines.append(f"vmovdqu64 {2048 + 64 * (step * pixels + p)}(%[b]), %%{reg}{table}")
+            for k in range(blocks):
+                a = p * blocks + k
+                lines += [
+                    f"vpshufb %%{reg}{idx + k}, %%{reg}{table}, %%{reg}{tmp}",
+                    f"vpaddb %%{reg}{tmp}, %%{reg}{a}, %%{reg}{a}",
+                ]
+    for a in range(pairs):
+        lines += [
+            f"vpaddw %%{reg}{a}, %%{reg}{w + a}, %%{reg}{w + a}",
+            f"vpsrlw $8, %%{reg}{a}, %%{reg}{tmp}",
+            f"vpaddw %%{reg}{tmp}, %%{reg}{odd + a}, %%{reg}{odd + a}",
+            f"vpxor %%xmm{a}, %%xmm{a}, %%xmm{a}",  # zeroes the whole register
+        ]
+    return tuple(line.replace("vmovdqu64", "vmovdqu") if reg == "ymm" else line for line in lines)
+
+
 def _fma(reg: str, blocks: int) -> tuple[str, ...]:
     """One tap of the float first layer: 4 pixels x ``blocks`` vectors of channels (zmm: 6
     blocks of 16, conv_float_avx512.cpp; ymm: 3 of 8, conv_float_avx2.cpp)."""
@@ -127,6 +160,10 @@ MIXES = (
     Mix("popcount-avx2", ("avx2",), 3 * 2 * 256, True, _popcount_avx2(True)),
     Mix("popcount-avx2 regs", ("avx2",), 3 * 2 * 256, True, _popcount_avx2(False)),
     Mix("int8-vnni", ("avx512f", "avx512_vnni"), 24 * 64, False, _vnni()),
+    Mix("lut-avx512 W1A4", ("avx512bw",), 4 * 8 * 256, False, _lut("zmm", 2, 4, 4)),
+    Mix("lut-avx512 W1A2", ("avx512bw",), 21 * 8 * 256, False, _lut("zmm", 2, 4, 21)),
+    Mix("lut-avx2 W1A4", ("avx2",), 4 * 4 * 128, False, _lut("ymm", 2, 2, 4)),
+    Mix("lut-avx2 W1A2", ("avx2",), 21 * 4 * 128, False, _lut("ymm", 2, 2, 21)),
     Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),
     Mix("float conv ymm", ("avx2", "fma"), 12 * 8, False, _fma("ymm", 3)),
 )
@@ -187,7 +224,7 @@ def cycles_per_iteration(indices: list[int], iterations: int, repeat: int) -> di
     once, each beside its own clock probe, so every mix is sampled across the whole run (on a
     shared host another guest on the core's sibling thread slows the vector pipes for seconds
     at a time, which the integer clock probe does not see)."""
-    buf = (ctypes.c_uint8 * 4096)()  # zeros: no float specials, every load hits L1
+    buf = (ctypes.c_uint8 * 16384)()  # zeros: no float specials, every load hits L1
     fns = {i: getattr(_library(), f"mix{i}") for i in indices}
     for fn in fns.values():
         fn(iterations // 10, ctypes.addressof(buf))  # warm-up (clock ramp, page)

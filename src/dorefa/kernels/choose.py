@@ -91,10 +91,14 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
 def lut_lookups(w_bits: int, x_bits: int) -> float:
     """Relative work of a lut kernel (``csrc/lut.h``) per MAC: one byte lookup and add per weight
     plane and activation slice (x_bits <= 6: one slice; 7, 8: two of ceil(x_bits / 2) bits),
-    plus the widening of the byte sums every ``255 // maxv`` lookups (2 instructions per lookup
-    slot, ``maxv = 4 (2**bits - 1)``), relative to a lookup and an add."""
-    widths = [x_bits] if x_bits <= 6 else [(x_bits + 1) // 2, x_bits - (x_bits + 1) // 2]
-    return w_bits * sum(1.0 + 2.0 / (255 // (4 * (2**b - 1))) for b in widths)
+    plus the widening of the byte sums every ``255 // maxv`` lookups (3 instructions against
+    the lookup's 2, ``maxv = 4 (2**bits - 1)``)."""
+    return w_bits * sum(1.0 + 1.5 / (255 // (4 * (2**b - 1))) for b in lut_slices(x_bits))
+
+
+def lut_slices(x_bits: int) -> list[int]:
+    """Bits of each activation slice of the lut kernels: one slice up to 6 bits, else two."""
+    return [x_bits] if x_bits <= 6 else [(x_bits + 1) // 2, x_bits - (x_bits + 1) // 2]
 
 
 def model_pick(w_bits: int, x_bits: int, macs: int) -> str:
