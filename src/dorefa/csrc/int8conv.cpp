@@ -300,8 +300,11 @@ void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
   }
 }
 
-uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
-                    const uint64_t* wq, const ConvOutput& out, int threads) {
+namespace {
+
+// The whole convolution of the images of g in one parallel region (RunInt8Conv).
+uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wq,
+                  const ConvOutput& out, int threads) {
   static thread_local Scratch<uint8_t> xbuf;
   static thread_local Scratch<int32_t> sums;
   static thread_local Scratch<uint8_t> tbuf;
@@ -381,6 +384,28 @@ uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* 
     return ors;
   };
   return ParallelOr(nt, worker);
+}
+
+}  // namespace
+
+uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
+                    const uint64_t* wq, const ConvOutput& out, int threads) {
+  if (kernel.tables == nullptr) return RunImages(kernel, g, x, wq, out, threads);
+  // lut kernels: the batch in chunks of images whose tables fit kLutTableBytes (at least one
+  // image), packed and then convolved while their tables are still in L2.
+  const int64_t per_image = 4 * Int8Geom(g).image * LutSlices(g.x_bits).count;
+  const int64_t chunk = std::clamp<int64_t>(kLutTableBytes / per_image, 1, g.n);
+  const int64_t in = g.c * g.h * g.w, res = g.o * g.oh * g.ow;
+  uint8_t ors = 0;
+  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
+    ConvGeom part = g;
+    part.n = std::min(chunk, g.n - n0);
+    ConvOutput o = out;
+    if (o.acc != nullptr) o.acc += n0 * res;
+    if (o.codes != nullptr) o.codes += n0 * res;
+    ors |= RunImages(kernel, part, x + n0 * in, wq, o, threads);
+  }
+  return ors;
 }
 
 }  // namespace dorefa

@@ -43,6 +43,10 @@
 namespace dorefa {
 
 constexpr int64_t kLutSlack = 64;  // bytes readable past each slice's tables
+// Tables a call builds at once: a batch runs in chunks of images (RunInt8Conv) so that they
+// are read back from L2, not memory (svhn's 6-bit input gradient at batch 32, 64->64 18x18:
+// 3.3 MB of tables in one go).
+constexpr int64_t kLutTableBytes = 384 << 10;
 
 // Activation slices of a bit width: count and bits per slice (the last may have fewer).
 struct LutSlices {

@@ -13,8 +13,8 @@
 //
 // Isa provides kBytes (bytes per vector: 64 or 32), Vec, Load, Zero, Lookup (VPSHUFB), AddB,
 // Widen(a8, w, odd) (above) and Flush(w, odd, shift, m) (m[o] += channel o's sum over the
-// lanes, as uint32 << shift, o < 16); Store is the int8 store's Isa (int8conv_store.h). Internal linkage, one copy per ISA
-// file.
+// lanes, as uint32 << shift, o < 16); Store is the int8 store's Isa (int8conv_store.h). Internal
+// linkage, one copy per ISA file.
 #ifndef DOREFA_CSRC_LUT_TILE_H_
 #define DOREFA_CSRC_LUT_TILE_H_
 
@@ -34,15 +34,16 @@ namespace {  // NOLINT(build/namespaces): one copy per ISA
 
 // Adds the sums of kernel rows [r0, r1) of activation slice s and weight plane b, for P pixels
 // (table pointers tp, slice 0, at the field's first group) and NB blocks from ob, into
-// m[p * ms + 16 * k + o] (ms: uint32 per pixel).
-template <class Isa, int P, int NB>
+// m[p * ms + 16 * k + o] (ms: uint32 per pixel). K8 = 255 / maxv of the slice's bits, the
+// steps between widenings, fixed at compile time so that short runs unroll (K8 = 1, 6-bit
+// slices: each lookup is widened at once).
+template <class Isa, int P, int NB, int K8>
 void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int64_t ob, int s,
               int b, int64_t r0, int64_t r1, uint32_t* m, int64_t ms) {
   using Vec = typename Isa::Vec;
   const ConvGeom& g = *c.g;
   const LutSlices slices(g.x_bits);
-  const int maxv = 4 * ((1 << slices.Bits(s, g.x_bits)) - 1);
-  const int64_t k8 = 255 / maxv, k16 = 65535 / maxv;
+  const int64_t k16 = 65535 / (4 * ((1 << slices.Bits(s, g.x_bits)) - 1));
   const int shift = b + s * slices.width;
   const int64_t row_t = 4 * c.q.row;                 // table bytes per padded row
   const int64_t steps = l.quads * 64 / Isa::kBytes;  // vector steps per kernel row
@@ -58,34 +59,44 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
       }
     }
   };
+  const uint8_t* wr;
+  const uint8_t* tr[P];
+  // n (<= K8) steps from step q into byte counters, then widened.
+  auto run = [&](int64_t q, int64_t n) {
+    Vec a8[P][NB];
+    auto step = [&](int64_t i, bool first) {
+      Vec wv[NB];
+      DOREFA_UNROLL for (int k = 0; k < NB; ++k) wv[k] =
+          Isa::Load(wr + k * l.block + i * Isa::kBytes);
+      DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+        const Vec t = Isa::Load(tr[p] + i * Isa::kBytes);
+        DOREFA_UNROLL for (int k = 0; k < NB; ++k) {
+          const Vec v = Isa::Lookup(t, wv[k]);
+          a8[p][k] = first ? v : Isa::AddB(a8[p][k], v);
+        }
+      }
+    };
+    step(q, true);
+    if constexpr (K8 <= 9) {
+      DOREFA_UNROLL for (int64_t j = 1; j < K8; ++j) if (j < n) step(q + j, false);
+    } else {
+      for (int64_t j = 1; j < n; ++j) step(q + j, false);
+    }
+    DOREFA_UNROLL for (int p = 0; p < P; ++p) {
+      DOREFA_UNROLL for (int k = 0; k < NB; ++k) Isa::Widen(a8[p][k], &lo[p][k], &hi[p][k]);
+    }
+  };
   int64_t since = 0;  // steps in the 16-bit counters
   for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* wr = c.wq + ob * l.block + b * l.plane + r * l.quads * 64;
-    const uint8_t* tr[P];
+    wr = c.wq + ob * l.block + b * l.plane + r * l.quads * 64;
     DOREFA_UNROLL for (int p = 0; p < P; ++p) tr[p] = tp[p] + s * c.tslice + r * row_t;
-    for (int64_t q0 = 0; q0 < steps; q0 += k8) {
-      const int64_t n = std::min(k8, steps - q0);
+    for (int64_t q = 0; q < steps; q += K8) {
+      const int64_t n = std::min<int64_t>(K8, steps - q);
       if (since + n > k16) {
         flush();
         since = 0;
       }
-      Vec a8[P][NB];
-      DOREFA_UNROLL for (int p = 0; p < P; ++p) {
-        DOREFA_UNROLL for (int k = 0; k < NB; ++k) a8[p][k] = Isa::Zero();
-      }
-      for (int64_t q = q0; q < q0 + n; ++q) {
-        Vec wv[NB];
-        DOREFA_UNROLL for (int k = 0; k < NB; ++k) wv[k] =
-            Isa::Load(wr + k * l.block + q * Isa::kBytes);
-        DOREFA_UNROLL for (int p = 0; p < P; ++p) {
-          const Vec t = Isa::Load(tr[p] + q * Isa::kBytes);
-          DOREFA_UNROLL for (int k = 0; k < NB; ++k) a8[p][k] =
-              Isa::AddB(a8[p][k], Isa::Lookup(t, wv[k]));
-        }
-      }
-      DOREFA_UNROLL for (int p = 0; p < P; ++p) {
-        DOREFA_UNROLL for (int k = 0; k < NB; ++k) Isa::Widen(a8[p][k], &lo[p][k], &hi[p][k]);
-      }
+      run(q, n);
       since += n;
     }
   }
@@ -96,11 +107,21 @@ template <class Isa>
 using LutBlockFn = void (*)(const Int8Conv&, const LutGeom&, const uint8_t* const*, int64_t, int,
                             int, int64_t, int64_t, uint32_t*, int64_t);
 
-// [0: 1 pixel, 1: P pixels][blocks - 1] for up to sizeof...(Bs) blocks.
-template <class Isa, int P, int... Bs>
-constexpr std::array<std::array<LutBlockFn<Isa>, sizeof...(Bs)>, 2> LutBlocks(
+// Steps between widenings for slices of 1 .. 6 bits: 255 / (4 (2^bits - 1)).
+constexpr int kLutK8[6] = {63, 21, 9, 4, 2, 1};
+
+// [slice bits - 1][0: 1 pixel, 1: P pixels][blocks - 1] for up to sizeof...(Bs) blocks.
+template <class Isa, int P, int K8, int... Bs>
+constexpr std::array<std::array<LutBlockFn<Isa>, sizeof...(Bs)>, 2> LutBlocksK(
     std::integer_sequence<int, Bs...>) {
-  return {{{&LutBlock<Isa, 1, Bs + 1>...}, {&LutBlock<Isa, P, Bs + 1>...}}};
+  return {{{&LutBlock<Isa, 1, Bs + 1, K8>...}, {&LutBlock<Isa, P, Bs + 1, K8>...}}};
+}
+template <class Isa, int P, int NB>
+constexpr std::array<std::array<std::array<LutBlockFn<Isa>, NB>, 2>, 6> LutBlocks() {
+  constexpr auto kBs = std::make_integer_sequence<int, NB>{};
+  return {LutBlocksK<Isa, P, kLutK8[0]>(kBs), LutBlocksK<Isa, P, kLutK8[1]>(kBs),
+          LutBlocksK<Isa, P, kLutK8[2]>(kBs), LutBlocksK<Isa, P, kLutK8[3]>(kBs),
+          LutBlocksK<Isa, P, kLutK8[4]>(kBs), LutBlocksK<Isa, P, kLutK8[5]>(kBs)};
 }
 
 // Weight bytes a row chunk may take (NB blocks x rows x quads x 64), so that they stay in L1
@@ -115,7 +136,7 @@ constexpr int kMaxLutPixels = 32;
 template <class Isa, class Store, int P, int NB>
 void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
   static_assert(kMaxLutPixels % P == 0, "whole register tiles");
-  static constexpr auto kBlocks = LutBlocks<Isa, P>(std::make_integer_sequence<int, NB>{});
+  static constexpr auto kBlocks = LutBlocks<Isa, P, NB>();
   const ConvGeom& g = *c.g;
   const LutGeom l(g);
   const LutSlices slices(g.x_bits);
@@ -132,13 +153,14 @@ void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     const int64_t ms = nb * kInt8Lanes;
     std::memset(m, 0, sizeof(uint32_t) * static_cast<size_t>(npix * ms));
     for (int s = 0; s < slices.count; ++s) {
+      const auto& blocks = kBlocks[slices.Bits(s, g.x_bits) - 1];
       for (int b = 0; b < g.w_bits; ++b) {
         for (int64_t r0 = 0; r0 < g.kh; r0 += rows) {
           const int64_t r1 = std::min(g.kh, r0 + rows);
           int64_t p = 0;
           for (; p + P <= npix; p += P)
-            kBlocks[1][nb - 1](c, l, tp + p, ob, s, b, r0, r1, m + p * ms, ms);
-          for (; p < npix; ++p) kBlocks[0][nb - 1](c, l, tp + p, ob, s, b, r0, r1, m + p * ms, ms);
+            blocks[1][nb - 1](c, l, tp + p, ob, s, b, r0, r1, m + p * ms, ms);
+          for (; p < npix; ++p) blocks[0][nb - 1](c, l, tp + p, ob, s, b, r0, r1, m + p * ms, ms);
         }
       }
     }
