@@ -1,6 +1,7 @@
 // Int8 dot-product convolution of unsigned codes: the layouts, the shared parts (packing, the
 // output transform, the parallel region) and the tile-kernel interface of the AVX2 and
-// AVX-512 VNNI kernels (int8conv_avx2.cpp, int8conv_vnni.cpp).
+// AVX-512 VNNI kernels (int8conv_avx2.cpp, int8conv_vnni.cpp), which the table-lookup kernels
+// share too (lut.h: their own weight layout and activation tables on the same packing).
 //
 // The maths. Codes are small unsigned integers, x < 2^x_bits and w < 2^w_bits (bits 1..8),
 // so one output acc = sum_{c,kh,kw} x * w is an exact integer dot product; the callers check
@@ -131,8 +132,9 @@ extern const Int8Kernel kInt8Vnni;
 #endif
 
 // The whole convolution (packing, tiles, output transform) in one parallel region of up to
-// `threads` threads: x (N, C, H, W) codes, wq packed by PackWeightsInt8 (64-byte aligned).
-// Returns the OR of all activation codes. Results do not depend on the thread count.
+// `threads` threads (a lut kernel: one per chunk of images, lut.h): x (N, C, H, W) codes, wq
+// packed by PackWeightsInt8 or, for a lut kernel, PackWeightsLut (64-byte aligned). Returns
+// the OR of all activation codes. Results do not depend on the thread count.
 struct ConvOutput;
 uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
                     const uint64_t* wq, const ConvOutput& out, int threads);

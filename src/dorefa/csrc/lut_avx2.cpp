@@ -16,10 +16,20 @@ namespace dorefa {
 namespace {
 
 struct Ymm {
-  static constexpr int kBytes = 32;
+  static constexpr int kBytes = 32, kGroups = 2;
   using Vec = __m256i;
   static Vec Load(const uint8_t* p) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static void Store(uint8_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static Vec Groups(const uint8_t* xq) {  // 8 bytes to both lanes
+    int64_t v;
+    std::memcpy(&v, xq, 8);
+    return _mm256_set1_epi64x(v);
+  }
+  static Vec Slice(Vec x, int shift, int mask) {  // (x >> shift) & mask per byte
+    return _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(shift)),
+                            _mm256_set1_epi8(static_cast<char>(mask)));
   }
   static Vec Zero() { return _mm256_setzero_si256(); }
   static Vec Lookup(Vec t, Vec i) { return _mm256_shuffle_epi8(t, i); }
@@ -44,40 +54,11 @@ struct Ymm {
 
 int32_t NoShift(int) { return 0; }
 
-// The tables of 8 groups (32 bytes of xq) at a time, as BuildTablesZmm with 2 lanes.
-void BuildTablesYmm(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,
-                    uint8_t* tq) {
-  alignas(32) uint8_t pick[4][32];
-  for (int i = 0; i < 4; ++i)
-    for (int b = 0; b < 32; ++b)
-      pick[i][b] = (b >> i) & 1 ? static_cast<uint8_t>(4 * (b / 16) + i) : 0x80;
-  __m256i p[4];
-  for (int i = 0; i < 4; ++i) p[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(pick[i]));
-  const LutSlices slices(x_bits);
-  const int64_t whole = bytes / 8 * 8;
-  for (int s = 0; s < slices.count; ++s) {
-    const __m128i shift = _mm_cvtsi32_si128(s * slices.width);
-    const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << slices.Bits(s, x_bits)) - 1));
-    uint8_t* out = tq + s * slice_bytes;
-    for (int64_t k = 0; k < whole; k += 8) {
-      int64_t v;
-      std::memcpy(&v, xq + k, 8);
-      const __m256i x = _mm256_and_si256(_mm256_srl_epi16(_mm256_set1_epi64x(v), shift), mask);
-      const __m256i t = _mm256_add_epi8(
-          _mm256_add_epi8(_mm256_shuffle_epi8(x, p[0]), _mm256_shuffle_epi8(x, p[1])),
-          _mm256_add_epi8(_mm256_shuffle_epi8(x, p[2]), _mm256_shuffle_epi8(x, p[3])));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * k), t);
-    }
-  }
-  if (whole < bytes)
-    BuildTablesScalar(xq + whole, bytes - whole, x_bits, slice_bytes, tq + 4 * whole);
-}
-
 }  // namespace
 
 extern const Int8Kernel kLutAvx2 = {"2x32",   &TileLut<Ymm, Avx2Store, 2, 2>,
                                     &NoShift, kMaxLutPixels,
                                     2,        &RequantPixelScalar,
-                                    "lut",    &BuildTablesYmm};
+                                    "lut",    &BuildTables<Ymm>};
 
 }  // namespace dorefa

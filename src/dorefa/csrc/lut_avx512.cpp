@@ -16,9 +16,17 @@ namespace dorefa {
 namespace {
 
 struct Zmm {
-  static constexpr int kBytes = 64;
+  static constexpr int kBytes = 64, kGroups = 4;
   using Vec = __m512i;
   static Vec Load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  static void Store(uint8_t* p, Vec v) { _mm512_storeu_si512(p, v); }
+  static Vec Groups(const uint8_t* xq) {  // 16 bytes to every lane
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq)));
+  }
+  static Vec Slice(Vec x, int shift, int mask) {  // (x >> shift) & mask per byte
+    return _mm512_and_si512(_mm512_srl_epi16(x, _mm_cvtsi32_si128(shift)),
+                            _mm512_set1_epi8(static_cast<char>(mask)));
+  }
   static Vec Zero() { return _mm512_setzero_si512(); }
   static Vec Lookup(Vec t, Vec i) { return _mm512_shuffle_epi8(t, i); }
   static Vec AddB(Vec a, Vec b) { return _mm512_add_epi8(a, b); }
@@ -43,41 +51,11 @@ struct Zmm {
 
 int32_t NoShift(int) { return 0; }
 
-// The tables of 16 groups (64 bytes of xq) at a time: each group's 4 codes broadcast to its
-// lane, T[m] = sum_i (bit i of m ? x_i : 0) as 4 VPSHUFB (index 0x80 gives 0) and 3 adds.
-void BuildTablesZmm(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,
-                    uint8_t* tq) {
-  alignas(64) uint8_t pick[4][64];
-  for (int i = 0; i < 4; ++i)
-    for (int b = 0; b < 64; ++b)
-      pick[i][b] = (b >> i) & 1 ? static_cast<uint8_t>(4 * (b / 16) + i) : 0x80;
-  const __m512i p0 = _mm512_load_si512(pick[0]), p1 = _mm512_load_si512(pick[1]);
-  const __m512i p2 = _mm512_load_si512(pick[2]), p3 = _mm512_load_si512(pick[3]);
-  const LutSlices slices(x_bits);
-  const int64_t whole = bytes / 16 * 16;
-  for (int s = 0; s < slices.count; ++s) {
-    const __m128i shift = _mm_cvtsi32_si128(s * slices.width);
-    const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << slices.Bits(s, x_bits)) - 1));
-    uint8_t* out = tq + s * slice_bytes;
-    for (int64_t k = 0; k < whole; k += 16) {
-      const __m512i src =
-          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + k)));
-      const __m512i x = _mm512_and_si512(_mm512_srl_epi16(src, shift), mask);
-      const __m512i t =
-          _mm512_add_epi8(_mm512_add_epi8(_mm512_shuffle_epi8(x, p0), _mm512_shuffle_epi8(x, p1)),
-                          _mm512_add_epi8(_mm512_shuffle_epi8(x, p2), _mm512_shuffle_epi8(x, p3)));
-      _mm512_storeu_si512(out + 4 * k, t);
-    }
-  }
-  if (whole < bytes)
-    BuildTablesScalar(xq + whole, bytes - whole, x_bits, slice_bytes, tq + 4 * whole);
-}
-
 }  // namespace
 
 extern const Int8Kernel kLutAvx512 = {"2x64",   &TileLut<Zmm, VnniStore, 2, 4>,
                                       &NoShift, kMaxLutPixels,
                                       4,        &RequantPixelAvx512,
-                                      "lut",    &BuildTablesZmm};
+                                      "lut",    &BuildTables<Zmm>};
 
 }  // namespace dorefa

@@ -11,9 +11,11 @@
 // (exact: the sum is below 2^16), and every k16 = 65535 / maxv steps those into 32-bit sums
 // in memory, shifted by b + width s, the 128-bit lanes added up.
 //
-// Isa provides kBytes (bytes per vector: 64 or 32), Vec, Load, Zero, Lookup (VPSHUFB), AddB,
-// Widen(a8, w, odd) (above) and Flush(w, odd, shift, m) (m[o] += channel o's sum over the
-// lanes, as uint32 << shift, o < 16); Store is the int8 store's Isa (int8conv_store.h). Internal
+// Isa provides kBytes (bytes per vector: 64 or 32), kGroups (kBytes / 16), Vec, Load, Store,
+// Zero, Lookup (VPSHUFB), AddB, Widen(a8, w, odd) (above), Flush(w, odd, shift, m) (m[o] +=
+// channel o's sum over the lanes, as uint32 << shift, o < 16), and for the tables Groups and
+// Slice (BuildTables); Store (the template argument) is the int8 store's Isa
+// (int8conv_store.h). Internal
 // linkage, one copy per ISA file.
 #ifndef DOREFA_CSRC_LUT_TILE_H_
 #define DOREFA_CSRC_LUT_TILE_H_
@@ -47,15 +49,15 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
   const int shift = b + s * slices.width;
   const int64_t row_t = 4 * c.q.row;                 // table bytes per padded row
   const int64_t steps = l.quads * 64 / Isa::kBytes;  // vector steps per kernel row
-  Vec lo[P][NB], hi[P][NB];
+  Vec w16[P][NB], odd[P][NB];                        // the 16-bit counters (file comment)
   DOREFA_UNROLL for (int p = 0; p < P; ++p) {
-    DOREFA_UNROLL for (int k = 0; k < NB; ++k) lo[p][k] = hi[p][k] = Isa::Zero();
+    DOREFA_UNROLL for (int k = 0; k < NB; ++k) w16[p][k] = odd[p][k] = Isa::Zero();
   }
   auto flush = [&] {
     DOREFA_UNROLL for (int p = 0; p < P; ++p) {
       DOREFA_UNROLL for (int k = 0; k < NB; ++k) {
-        Isa::Flush(lo[p][k], hi[p][k], shift, m + p * ms + kInt8Lanes * k);
-        lo[p][k] = hi[p][k] = Isa::Zero();
+        Isa::Flush(w16[p][k], odd[p][k], shift, m + p * ms + kInt8Lanes * k);
+        w16[p][k] = odd[p][k] = Isa::Zero();
       }
     }
   };
@@ -83,7 +85,7 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
       for (int64_t j = 1; j < n; ++j) step(q + j, false);
     }
     DOREFA_UNROLL for (int p = 0; p < P; ++p) {
-      DOREFA_UNROLL for (int k = 0; k < NB; ++k) Isa::Widen(a8[p][k], &lo[p][k], &hi[p][k]);
+      DOREFA_UNROLL for (int k = 0; k < NB; ++k) Isa::Widen(a8[p][k], &w16[p][k], &odd[p][k]);
     }
   };
   int64_t since = 0;  // steps in the 16-bit counters
@@ -122,6 +124,34 @@ constexpr std::array<std::array<std::array<LutBlockFn<Isa>, NB>, 2>, 6> LutBlock
   return {LutBlocksK<Isa, P, kLutK8[0]>(kBs), LutBlocksK<Isa, P, kLutK8[1]>(kBs),
           LutBlocksK<Isa, P, kLutK8[2]>(kBs), LutBlocksK<Isa, P, kLutK8[3]>(kBs),
           LutBlocksK<Isa, P, kLutK8[4]>(kBs), LutBlocksK<Isa, P, kLutK8[5]>(kBs)};
+}
+
+// The tables of xq[0 .. bytes) (lut.h; LutTablesFn), Isa::kGroups groups of 4 codes a vector:
+// Isa::Groups broadcasts group L's 4 codes to lane L, and T[m] = sum_i (bit i of m ? x_i : 0)
+// is 4 lookups (index 0x80 gives 0) and 3 adds; the tail, past whole vectors, is scalar.
+template <class Isa>
+void BuildTables(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes, uint8_t* tq) {
+  using Vec = typename Isa::Vec;
+  alignas(64) uint8_t pick[4][Isa::kBytes];
+  for (int i = 0; i < 4; ++i)
+    for (int b = 0; b < Isa::kBytes; ++b)  // byte b: entry b % 16 of lane b / 16
+      pick[i][b] = (b >> i) & 1 ? static_cast<uint8_t>(4 * (b / 16) + i) : 0x80;
+  Vec p[4];
+  for (int i = 0; i < 4; ++i) p[i] = Isa::Load(pick[i]);
+  const LutSlices slices(x_bits);
+  const int64_t step = 4 * Isa::kGroups, whole = bytes / step * step;
+  for (int s = 0; s < slices.count; ++s) {
+    const int shift = s * slices.width, mask = (1 << slices.Bits(s, x_bits)) - 1;
+    uint8_t* out = tq + s * slice_bytes;
+    for (int64_t k = 0; k < whole; k += step) {
+      const Vec x = Isa::Slice(Isa::Groups(xq + k), shift, mask);
+      const Vec t = Isa::AddB(Isa::AddB(Isa::Lookup(x, p[0]), Isa::Lookup(x, p[1])),
+                              Isa::AddB(Isa::Lookup(x, p[2]), Isa::Lookup(x, p[3])));
+      Isa::Store(out + 4 * k, t);
+    }
+  }
+  if (whole < bytes)
+    BuildTablesScalar(xq + whole, bytes - whole, x_bits, slice_bytes, tq + 4 * whole);
 }
 
 // Weight bytes a row chunk may take (NB blocks x rows x quads x 64), so that they stay in L1

@@ -24,11 +24,12 @@ struct ConvOutput {
 };
 
 // Runs the convolution of codes x (N, C, H, W) with packed weights wpk (64-byte aligned,
-// layout of bitconv.h, or of int8conv.h for an int8 kernel) on up to `threads` threads; the
-// arguments are validated by the caller. Returns the OR of all activation codes (the caller reports
-// codes >= 2^x_bits). Uses a per-thread buffer for the packed activations (kept between calls).
-// With `fields` (popcount kernels), wpk holds the weights of FieldGeom(g) and the convolution
-// runs over the dense receptive fields (fields.h); int8 kernels ignore it. Call without the GIL.
+// layout of bitconv.h, or int8conv.h / lut.h for an int8 / lut kernel) on up to `threads`
+// threads; the arguments are validated by the caller. Returns the OR of all activation codes
+// (the caller reports codes >= 2^x_bits). Uses a per-thread buffer for the packed activations
+// (kept between calls). With `fields` (popcount kernels), wpk holds the weights of
+// FieldGeom(g) and the convolution runs over the dense receptive fields (fields.h); int8 and
+// lut kernels ignore it. Call without the GIL.
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
                 const ConvOutput& out, int threads, bool fields = false);
 
