@@ -5,41 +5,56 @@
 
 namespace dorefa {
 
+namespace {
+
+// Bit b of each byte of v (4 codes) as a nibble, code i at bit i.
+inline uint8_t PlaneNibble(uint32_t v, int b) {
+  const uint64_t bits = (v >> b) & 0x01010101u;
+  return static_cast<uint8_t>(((bits * 0x01020408u) >> 24) & 0xF);  // bit 8i -> bit 24 + i
+}
+
+}  // namespace
+
 uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl) {
   const LutGeom l(g);
-  const int64_t cp = Int8Geom(g).cp;
+  const int64_t cp = Int8Geom(g).cp, taps = g.kh * g.kw;
   auto* bytes = reinterpret_cast<uint8_t*>(wl);
   auto* wsum = reinterpret_cast<int32_t*>(bytes + l.WeightBytes());
   std::memset(bytes, 0, static_cast<size_t>(l.WeightBytes()));
   std::memset(wsum, 0, static_cast<size_t>(l.ob * kInt8Lanes * 4));
+  // Groups past a row's span: index 0x80 on every lane (VPSHUFB gives 0).
+  for (int64_t row = 0; row < l.ob * g.w_bits * g.kh; ++row)
+    for (int64_t j = l.span; j < 4 * l.quads; ++j)
+      std::memset(bytes + row * l.quads * 64 + (j / 4) * 64 + (j % 4) * kInt8Lanes, 0x80,
+                  kInt8Lanes);
+  // Locals: the byte stores below may alias g and l as far as the compiler knows.
+  const int64_t kh = g.kh, kwn = g.kw, c = g.c, row_bytes = l.quads * 64, plane = l.plane;
+  const int w_bits = g.w_bits;
   uint8_t ors = 0;
   for (int64_t o = 0; o < g.o; ++o) {
+    const uint8_t* wo = w + o * c * taps;
     uint32_t sum = 0;
-    for (int64_t i = 0; i < g.c * g.kh * g.kw; ++i) {
-      ors |= w[o * g.c * g.kh * g.kw + i];
-      sum += w[o * g.c * g.kh * g.kw + i];
+    for (int64_t i = 0; i < c * taps; ++i) {
+      ors |= wo[i];
+      sum += wo[i];
     }
     wsum[o] = static_cast<int32_t>(sum);  // fits for codes in range (the caller's bound)
-  }
-  for (int64_t ob = 0; ob < l.ob; ++ob) {
-    for (int b = 0; b < g.w_bits; ++b) {
-      for (int64_t r = 0; r < g.kh; ++r) {
-        uint8_t* row = bytes + ob * l.block + b * l.plane + r * l.quads * 64;
-        for (int64_t j = 0; j < 4 * l.quads; ++j) {  // group j of the row: lane j % 4
+    uint8_t* block = bytes + (o / kInt8Lanes) * l.block + LutByte(o % kInt8Lanes);
+    for (int64_t r = 0; r < kh; ++r) {
+      for (int64_t kw = 0; kw < kwn; ++kw) {
+        const uint8_t* src = wo + r * kwn + kw;  // channel ch at src[ch * taps]
+        uint8_t* row = block + r * row_bytes;
+        for (int64_t c0 = 0; c0 < c; c0 += 4) {
+          uint32_t v = 0;  // the group's 4 codes, channels past C are 0
+          if (taps == 1 && c0 + 4 <= c) {
+            std::memcpy(&v, src + c0, 4);
+          } else {
+            for (int64_t i = 0; i < 4 && c0 + i < c; ++i)
+              v |= uint32_t{src[(c0 + i) * taps]} << (8 * i);
+          }
+          const auto j = static_cast<uint64_t>(kw * cp + c0) / 4;  // the group within row r
           uint8_t* lane = row + (j / 4) * 64 + (j % 4) * kInt8Lanes;
-          if (j >= l.span) {
-            std::memset(lane, 0x80, kInt8Lanes);
-            continue;
-          }
-          const int64_t kw = 4 * j / cp, c0 = 4 * j % cp;  // the group's tap and channels
-          for (int64_t o = 16 * ob; o < std::min<int64_t>(g.o, 16 * ob + 16); ++o) {
-            uint8_t m = 0;
-            for (int64_t i = 0; i < 4 && c0 + i < g.c; ++i) {
-              const uint8_t v = w[((o * g.c + c0 + i) * g.kh + r) * g.kw + kw];
-              m |= static_cast<uint8_t>(((v >> b) & 1) << i);
-            }
-            lane[LutByte(o - 16 * ob)] = m;
-          }
+          for (int b = 0; b < w_bits; ++b) lane[b * plane] = PlaneNibble(v, b);
         }
       }
     }
