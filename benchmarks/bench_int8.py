@@ -45,13 +45,11 @@ INT8_AVX2_W8A8_CEILING = 15.0
 
 
 # lut kernels (Zen 4 / Zen 2: four 256-bit pipes): per 256 MACs of one weight plane and one
-# activation slice, 2 zmm ops (VPSHUFB, VPADDB) plus 3 (widening) every 255 // maxv lookups,
+# activation slice, 2 zmm ops (VPSHUFB, VPADDB) plus the widening, i.e. 2 x lut_lookups ops,
 # 2 zmm ops a cycle; VPSHUFB on two of the pipes caps it at 256.
 def lut_ceiling(wb: int, xb: int) -> float:
     """MAC/cycle ceiling of the lut kernels at W = wb, A = xb."""
-    slices = choose.lut_slices(xb)
-    ops = sum(2.0 + 3.0 / (255 // (4 * (2**b - 1))) for b in slices)
-    return min(512.0 / ops, 256.0 / len(slices)) / wb
+    return min(256.0 / choose.lut_lookups(1, xb), 256.0 / len(choose.lut_slices(xb))) / wb
 
 
 def ceiling(kernel: str, wb: int, xb: int) -> float:

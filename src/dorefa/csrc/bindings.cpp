@@ -66,17 +66,15 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits, const std::string& kerne
   Require(w.shape(0) >= 1 && w.shape(1) >= 1 && w.shape(2) >= 1 && w.shape(3) >= 1,
           "w_codes must have no empty dimension");
   ConvGeom g = WeightGeom(w.shape(0), w.shape(1), w.shape(2), w.shape(3), w_bits);
-  const bool int8 = kernel.int8 != nullptr, lut = int8 && kernel.int8->tables != nullptr;
-  WordArray out = lut ? AlignedArray<uint64_t>({LutGeom(g).WeightWords()})
-                  : int8
-                      ? AlignedArray<uint64_t>({Int8Geom(g).WeightWords()})
+  const Int8Kernel* bytes = kernel.int8;  // int8 or lut layout; else bit planes
+  WordArray out = bytes != nullptr
+                      ? AlignedArray<uint64_t>({ByteWeightWords(*bytes, g)})
                       : AlignedArray<uint64_t>({g.ob, static_cast<int64_t>(w_bits), g.l, kLanes});
   uint8_t all_or;
   {
     py::gil_scoped_release release;
-    all_or = lut    ? PackWeightsLut(g, w.data(), out.mutable_data())
-             : int8 ? PackWeightsInt8(g, w.data(), out.mutable_data())
-                    : PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn);
+    all_or = bytes != nullptr ? PackByteWeights(*bytes, g, w.data(), out.mutable_data())
+                              : PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn);
   }
   CheckCodes("w_codes", w, all_or, w_bits);
   return out;
@@ -173,9 +171,7 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
             "packed weights do not match the dense fields of (O, C, KH, KW, w_bits); pack "
             "w_codes.transpose(0, 2, 3, 1) as (O, KH * KW * C, 1, 1) codes");
   } else if (kernel.int8 != nullptr) {
-    const bool lut = kernel.int8->tables != nullptr;
-    Require(wpk.ndim() == 1 &&
-                wpk.shape(0) == (lut ? LutGeom(g).WeightWords() : Int8Geom(g).WeightWords()),
+    Require(wpk.ndim() == 1 && wpk.shape(0) == ByteWeightWords(*kernel.int8, g),
             "packed weights do not match (O, C, KH, KW, w_bits) in this kernel's layout; pack "
             "them with pack_weights(w_codes, w_bits, kernel) for this kernel");
   } else {

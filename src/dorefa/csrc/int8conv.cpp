@@ -314,8 +314,7 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   uint8_t* xq = xbuf.Get(static_cast<size_t>(g.n * c.q.image));
   c.xq = reinterpret_cast<const int8_t*>(xq);
   c.wq = reinterpret_cast<const uint8_t*>(wq);
-  const int64_t wbytes = kernel.tables != nullptr ? LutGeom(g).WeightBytes() : c.q.WeightBytes();
-  c.wsum = reinterpret_cast<const int32_t*>(c.wq + wbytes);  // the sums after the weights
+  c.wsum = reinterpret_cast<const int32_t*>(c.wq + ByteWeightBytes(kernel, g));  // after them
   c.shift = kernel.shift(g.x_bits);
   c.mode = out.mode;
   c.acc = out.acc;

@@ -119,11 +119,12 @@ struct Int8Kernel {
   const char* tile;  // register tile, output pixels x output channels, e.g. "6x64"
   Int8TileFn run;
   Int8ShiftFn shift;
-  int64_t pix_tile;             // output pixels a call handles best and at most (<= kMaxCallPixels)
-  int64_t ob_tile;              // 16-channel blocks a call handles best
-  RequantPixelFn requant;       // codes of one pixel's channels from D (requant_table.h)
-  const char* layout = "int8";  // packed weights: "int8" (above) or "lut" (lut.h)
+  int64_t pix_tile;        // output pixels a call handles best and at most (<= kMaxCallPixels)
+  int64_t ob_tile;         // 16-channel blocks a call handles best
+  RequantPixelFn requant;  // codes of one pixel's channels from D (requant_table.h)
   LutTablesFn tables = nullptr;  // lut: the activation tables built after packing
+  // The packed weights' layout: "int8" (above), or "lut" (lut.h) for a kernel with tables.
+  const char* Layout() const { return tables != nullptr ? "lut" : "int8"; }
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS

@@ -63,7 +63,7 @@ struct KernelEntry {
   FloatConvPath float_conv;  // the float first layer under this kernel
   bool Supported() const { return (CpuFeatures() & needs) == needs; }
   std::string Family() const;  // the name up to '/'
-  const char* Weights() const { return int8 != nullptr ? int8->layout : "bitplanes"; }  // layout
+  const char* Weights() const { return int8 != nullptr ? int8->Layout() : "bitplanes"; }
   const char* Tile() const { return int8 != nullptr ? int8->tile : tiles->tile; }
   int64_t PixelTile() const { return int8 != nullptr ? int8->pix_tile : tiles->pix_tile; }
   int64_t BlockTile() const { return int8 != nullptr ? int8->ob_tile : tiles->ob_tile; }

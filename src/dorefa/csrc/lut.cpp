@@ -62,6 +62,10 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl) {
   return ors;
 }
 
+uint8_t PackByteWeights(const Int8Kernel& k, const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
+  return k.tables != nullptr ? PackWeightsLut(g, w, wq) : PackWeightsInt8(g, w, wq);
+}
+
 void BuildTablesScalar(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,
                        uint8_t* tq) {
   const LutSlices slices(x_bits);

@@ -74,6 +74,16 @@ struct LutGeom {
   int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4 + 7) / 8; }
 };
 
+// The packed weights of an int8 or lut kernel (Int8Kernel::Layout): bytes before Wsum, words
+// in all, and packing (returns the OR of all codes).
+inline int64_t ByteWeightBytes(const Int8Kernel& k, const ConvGeom& g) {
+  return k.tables != nullptr ? LutGeom(g).WeightBytes() : Int8Geom(g).WeightBytes();
+}
+inline int64_t ByteWeightWords(const Int8Kernel& k, const ConvGeom& g) {
+  return k.tables != nullptr ? LutGeom(g).WeightWords() : Int8Geom(g).WeightWords();
+}
+uint8_t PackByteWeights(const Int8Kernel& k, const ConvGeom& g, const uint8_t* w, uint64_t* wq);
+
 // The byte of output channel o (< 16) in a lane of the lut weight layout.
 constexpr int LutByte(int64_t o) { return static_cast<int>(o < 8 ? 2 * o : 2 * (o - 8) + 1); }
 

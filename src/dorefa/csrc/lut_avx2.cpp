@@ -56,9 +56,12 @@ int32_t NoShift(int) { return 0; }
 
 }  // namespace
 
-extern const Int8Kernel kLutAvx2 = {"2x32",   &TileLut<Ymm, Avx2Store, 2, 2>,
-                                    &NoShift, kMaxLutPixels,
-                                    2,        &RequantPixelScalar,
-                                    "lut",    &BuildTables<Ymm>};
+extern const Int8Kernel kLutAvx2 = {"2x32",
+                                    &TileLut<Ymm, Avx2Store, 2, 2>,
+                                    &NoShift,
+                                    kMaxLutPixels,
+                                    2,
+                                    &RequantPixelScalar,
+                                    &BuildTables<Ymm>};
 
 }  // namespace dorefa

@@ -53,9 +53,12 @@ int32_t NoShift(int) { return 0; }
 
 }  // namespace
 
-extern const Int8Kernel kLutAvx512 = {"2x64",   &TileLut<Zmm, VnniStore, 2, 4>,
-                                      &NoShift, kMaxLutPixels,
-                                      4,        &RequantPixelAvx512,
-                                      "lut",    &BuildTables<Zmm>};
+extern const Int8Kernel kLutAvx512 = {"2x64",
+                                      &TileLut<Zmm, VnniStore, 2, 4>,
+                                      &NoShift,
+                                      kMaxLutPixels,
+                                      4,
+                                      &RequantPixelAvx512,
+                                      &BuildTables<Zmm>};
 
 }  // namespace dorefa
