@@ -31,6 +31,7 @@ FLOAT_SHAPES = [
     (1, 4, 8, 8, 100, 1, 2, 0, 1, 3),
     (1, 3, 22, 22, 96, 6, 4, 0, 1, 2),  # AlexNet's first layer in small: one group of 6 zmm
     (2, 1, 11, 14, 200, 3, 1, 1, 1, 8),  # 13 zmm: groups of 5, 5, 3
+    (2, 2, 13, 15, 20, 3, 2, 1, 2, 8),  # pairs of 2 x 2 windows at stride 2, 2 zmm
 ]
 
 

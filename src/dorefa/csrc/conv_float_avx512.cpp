@@ -195,29 +195,45 @@ void RunOutZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t
   }
 }
 
-// Q (conv_float.h) of 16 values: rint(clip(v + b, 0, 1) * levels); NaN -> 0 (max returns its
-// second operand on NaN), as the AVX2 path's Quantize.
-inline __m512 QuantizeZ(__m512 v, __m512 b, __m512 levels) {
+// Q (conv_float.h) of 16 values as int32 lanes: rint(clip(v + b, 0, 1) * levels), the rounding
+// (to nearest even) in the conversion; NaN -> 0 (max returns its second operand on NaN), as the
+// AVX2 path's Quantize.
+inline __m512i QuantizeZ(__m512 v, __m512 b, __m512 levels) {
   __m512 z = _mm512_add_ps(v, b);
   z = _mm512_min_ps(_mm512_max_ps(z, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
-  return _mm512_roundscale_ps(_mm512_mul_ps(z, levels),
-                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_cvt_roundps_epi32(_mm512_mul_ps(z, levels),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
-// The codes of 16 channels whose float32 (pooled) sums are v, to codes[0..16), and the lanes
-// whose code is proved (conv_float.h: Q(v - e) == Q(v + e)).
-inline __mmask16 CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, uint8_t* codes) {
-  const __m512 lo = QuantizeZ(_mm512_sub_ps(v, e), b, levels);
-  const __m512 hi = QuantizeZ(_mm512_add_ps(v, e), b, levels);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes),
-                   _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(hi)));  // codes <= 255
-  return _mm512_cmp_ps_mask(lo, hi, _CMP_EQ_OQ);
+// The codes (int32 lanes, <= 255) of 16 channels whose float32 (pooled) sums are v, and in
+// *proved the lanes whose code is proved (conv_float.h: Q(v - e) == Q(v + e)).
+inline __m512i CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, __mmask16* proved) {
+  const __m512i lo = QuantizeZ(_mm512_sub_ps(v, e), b, levels);
+  const __m512i hi = QuantizeZ(_mm512_add_ps(v, e), b, levels);
+  *proved = _mm512_cmpeq_epi32_mask(lo, hi);
+  return hi;
+}
+
+// Bytes 0 .. count - 1 (count <= 4) of `word` (little-endian) to dst.
+inline void StoreCodeRun(uint8_t* dst, uint32_t word, int64_t count) {
+  if (count == 4) {
+    std::memcpy(dst, &word, 4);
+    return;
+  }
+  if (count & 2) {
+    const auto two = static_cast<uint16_t>(word);
+    std::memcpy(dst, &two, 2);
+    word >>= 16;
+    dst += 2;
+  }
+  if (count & 1) *dst = static_cast<uint8_t>(word);
 }
 
 // The codes of channels [o0, o0 + 16 nv) of (pooled) pixels (py, px .. px + count - 1), count
 // <= 4, from their float32 (pooled) sums a[p][v], each proved by the error bound or recomputed
 // from the spec's sums (PendingCodes), as on AVX2 (the bound holds for any float32 summation
-// order); 4 codes a channel as one write.
+// order). Pixel p's code goes to byte p of its channel's int32 lane, in registers: a channel's 4
+// codes are one write.
 template <int nv>
 void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
                  int64_t count, uint8_t* dst, int64_t o0, const __m512 (&a)[4][kZVec]) {
@@ -227,22 +243,24 @@ void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
     const int64_t ob = o0 + 16 * v;  // bias and eps are padded to ostride (a multiple of 16)
     const __m512 b = _mm512_loadu_ps(pl.bias + ob), e = _mm512_loadu_ps(pl.eps + ob);
     const int64_t lanes = std::min<int64_t>(16, g.o - ob);
-    uint8_t codes[4][16];
     __mmask16 proved[4];
-    for (int p = 0; p < 4; ++p) proved[p] = CodesZ(a[p][v], b, e, levels, codes[p]);
+    __m512i four = CodesZ(a[0][v], b, e, levels, &proved[0]);
+    for (int p = 1; p < 4; ++p)
+      four = _mm512_or_si512(
+          four, _mm512_slli_epi32(CodesZ(a[p][v], b, e, levels, &proved[p]), 8 * p));
+    alignas(64) uint32_t words[16];
+    _mm512_store_si512(words, four);
     uint8_t* d = dst + ob * plane + py * g.pw + px;
-    if (count == 4 && (proved[0] & proved[1] & proved[2] & proved[3]) == 0xffff) {
-      for (int64_t l = 0; l < lanes; ++l) {  // the common case: 4 bytes a channel
-        const uint32_t four = codes[0][l] | codes[1][l] << 8 | codes[2][l] << 16 |
-                              static_cast<uint32_t>(codes[3][l]) << 24;
-        std::memcpy(d + l * plane, &four, 4);
-      }
+    __mmask16 all = proved[0];
+    for (int p = 1; p < count; ++p) all &= proved[p];
+    if (all == 0xffff) {  // the common case
+      for (int64_t l = 0; l < lanes; ++l) StoreCodeRun(d + l * plane, words[l], count);
       continue;
     }
     for (int64_t l = 0; l < lanes; ++l)
       for (int64_t p = 0; p < count; ++p) {
         if ((proved[p] >> l) & 1)
-          d[l * plane + p] = codes[p][l];
+          d[l * plane + p] = static_cast<uint8_t>(words[l] >> (8 * p));
         else
           pl.pending->Add(n, ob + l, py, px + p, d + l * plane + p);
       }
@@ -288,6 +306,41 @@ void PooledSumsZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
   for (int p = 0; p < np; ++p) pool(srcs + p, 1);
 }
 
+// The max-pooled sums of two neighbouring pooled pixels (py, px), (py, px + 1) of a 2 x 2 pool,
+// nv <= 3: their 8 pixels' sums side by side (24 accumulators), taps in order.
+template <int nv>
+void PooledPairZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
+                 int64_t o0, __m512 (&mx0)[kZVec], __m512 (&mx1)[kZVec]) {
+  static_assert(nv <= 3, "24 accumulators");
+  const float* img = pl.xf + n * g.c * pl.hp * pl.wp;
+  const float* src[8];
+  for (int q = 0; q < 2; ++q)
+    for (int r = 0; r < 2; ++r)
+      for (int s = 0; s < 2; ++s)
+        src[4 * q + 2 * r + s] =
+            img + (py * 2 + r) * g.stride * pl.wp + ((px + q) * 2 + s) * g.stride;
+  __m512 a[8][3];
+  for (int p = 0; p < 8; ++p)
+    for (int v = 0; v < 3; ++v) a[p][v] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < pl.taps; ++t) {
+    const int64_t off = pl.offs[t];
+    const float* w = pl.wtf + t * pl.ostride + o0;
+    __m512 wv[3];
+#pragma GCC unroll 3
+    for (int v = 0; v < nv; ++v) wv[v] = _mm512_loadu_ps(w + 16 * v);
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; ++p) {
+      const __m512 xb = _mm512_set1_ps(src[p][off]);
+#pragma GCC unroll 3
+      for (int v = 0; v < nv; ++v) a[p][v] = _mm512_fmadd_ps(wv[v], xb, a[p][v]);
+    }
+  }
+  for (int v = 0; v < nv; ++v) {
+    mx0[v] = _mm512_max_ps(_mm512_max_ps(a[0][v], a[1][v]), _mm512_max_ps(a[2][v], a[3][v]));
+    mx1[v] = _mm512_max_ps(_mm512_max_ps(a[4][v], a[5][v]), _mm512_max_ps(a[6][v], a[7][v]));
+  }
+}
+
 // Codes with a pool k x k (ConvPoolQuantizeZmm): pooled pixels (py, px .. px + count - 1),
 // count <= 4 (a short run repeats its last pixel's sums: not stored).
 template <int nv>
@@ -295,6 +348,13 @@ void GroupCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
                  int64_t count, uint8_t* dst, int64_t o0) {
   __m512 a[4][kZVec];
   for (int64_t p = 0; p < 4; ++p) {
+    if constexpr (nv <= 3) {
+      if (g.pool == 2 && p + 1 < count) {
+        PooledPairZ<nv>(g, pl, n, py, px + p, o0, a[p], a[p + 1]);
+        ++p;
+        continue;
+      }
+    }
     if (p < count) {
       PooledSumsZ<nv>(g, pl, n, py, px + p, o0, a[p]);
     } else {
