@@ -105,6 +105,29 @@ def test_every_bit_pair_at_the_extreme_codes(kernel, bits):
         )
 
 
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("bits", [(1, 1), (2, 1), (3, 2), (8, 8)], ids=lambda b: f"x{b[0]}w{b[1]}")
+@pytest.mark.parametrize("field", [(256, 3, 3), (200, 5, 3)], ids=lambda f: "c{}k{}x{}".format(*f))
+def test_long_fields_at_the_extreme_codes(kernel, bits, field):
+    """Receptive fields of 36 and 60 words a bit plane, codes at their maximum in one image:
+    the byte counters' folds (every 31 words on popcount-avx2) fall inside kernel rows and
+    between them, at full counts."""
+    (xb, wb), (c, kh, kw) = bits, field
+    rng = np.random.default_rng([xb, wb, c])
+    x = ((1 << xb) - 1) * rng.integers(0, 2, (2, c, 5, 6), dtype=np.uint8)
+    x[0] = (1 << xb) - 1
+    w = ((1 << wb) - 1) * rng.integers(0, 2, (19, c, kh, kw), dtype=np.uint8)
+    w[:2] = (1 << wb) - 1
+    pw = R.pack_weights(w, wb)
+    with K.use_kernel(kernel):
+        np.testing.assert_array_equal(
+            K.bitconv2d_packed(x, pw, xb, 1, 1), R.bitconv2d_packed(x, pw, xb, 1, 1)
+        )
+        np.testing.assert_array_equal(
+            K.bitconv2d_signed(x, pw, xb, 1, 1), R.bitconv2d_signed(x, pw, xb, 1, 1)
+        )
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", FEW_BITS, ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)

@@ -83,42 +83,41 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
   for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = zero;
   for (int m = 0; m < g.x_bits; ++m) {
     for (int k = 0; k < g.w_bits; ++k) {
-      __m256i cnt[P][2], bytes[P][2];
-      for (int p = 0; p < P; ++p) cnt[p][0] = cnt[p][1] = bytes[p][0] = bytes[p][1] = zero;
-      int steps = 0;
-      const uint64_t* wk = wpk + (ob * g.w_bits + k) * g.l * kLanes;
-      for (int64_t r = 0; r < g.kh; ++r) {
-        const int64_t xoff = m * plane + r * row;
-        const uint64_t* wr = wk + r * span * kLanes;
-        for (int64_t t = 0; t < span; ++t) {
-          const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t * kLanes));
-          const __m256i w1 =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t * kLanes + 4));
+      // The kh x span steps (kernel rows of span words; the weights are one run) in chunks of
+      // at most kMaxByteSteps, each counted in bytes and then folded: the 64-bit counts stay
+      // out of the step loop (folded inside it, GCC kept moving them through the stack).
+      __m256i cnt[P][2];
+      for (int p = 0; p < P; ++p) cnt[p][0] = cnt[p][1] = zero;
+      const uint64_t* w = wpk + (ob * g.w_bits + k) * g.l * kLanes;
+      int64_t xoff = m * plane, t = 0;
+      for (int64_t left = g.kh * span; left > 0; left -= kMaxByteSteps) {
+        __m256i bytes[P][2];
+        for (int p = 0; p < P; ++p) bytes[p][0] = bytes[p][1] = zero;
+        for (int64_t i = std::min<int64_t>(left, kMaxByteSteps); i > 0; --i) {
+          const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+          const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 4));
           for (int p = 0; p < P; ++p) {
-            const __m256i xv = _mm256_set1_epi64x(static_cast<long long>(xs[p][xoff + t]));
+            const __m256i xv = _mm256_set1_epi64x(static_cast<long long>(xs[p][xoff]));
             bytes[p][0] =
                 _mm256_add_epi8(bytes[p][0], PopcountBytes(_mm256_and_si256(xv, w0), table, low4));
             bytes[p][1] =
                 _mm256_add_epi8(bytes[p][1], PopcountBytes(_mm256_and_si256(xv, w1), table, low4));
           }
-          if (++steps == kMaxByteSteps) {
-            for (int p = 0; p < P; ++p) {
-              for (int h = 0; h < 2; ++h) {
-                cnt[p][h] = _mm256_add_epi64(cnt[p][h], _mm256_sad_epu8(bytes[p][h], zero));
-                bytes[p][h] = zero;
-              }
-            }
-            steps = 0;
+          w += kLanes;
+          ++xoff;
+          if (++t == span) {  // the next kernel row
+            t = 0;
+            xoff += row - span;
           }
         }
+        for (int p = 0; p < P; ++p)
+          for (int h = 0; h < 2; ++h)
+            cnt[p][h] = _mm256_add_epi64(cnt[p][h], _mm256_sad_epu8(bytes[p][h], zero));
       }
       const __m128i shift = _mm_cvtsi32_si128(m + k);
-      for (int p = 0; p < P; ++p) {
-        for (int h = 0; h < 2; ++h) {
-          cnt[p][h] = _mm256_add_epi64(cnt[p][h], _mm256_sad_epu8(bytes[p][h], zero));
+      for (int p = 0; p < P; ++p)
+        for (int h = 0; h < 2; ++h)
           total[p][h] = _mm256_add_epi64(total[p][h], _mm256_sll_epi64(cnt[p][h], shift));
-        }
-      }
     }
   }
   for (int p = 0; p < P; ++p) Finish<kMode>(g, total[p], s[p], outs[p], ob, acc, ep);
