@@ -246,8 +246,8 @@ void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
     __mmask16 proved[4];
     __m512i four = CodesZ(a[0][v], b, e, levels, &proved[0]);
     for (int p = 1; p < 4; ++p)
-      four = _mm512_or_si512(
-          four, _mm512_slli_epi32(CodesZ(a[p][v], b, e, levels, &proved[p]), 8 * p));
+      four = _mm512_or_si512(four,
+                             _mm512_slli_epi32(CodesZ(a[p][v], b, e, levels, &proved[p]), 8 * p));
     alignas(64) uint32_t words[16];
     _mm512_store_si512(words, four);
     uint8_t* d = dst + ob * plane + py * g.pw + px;
