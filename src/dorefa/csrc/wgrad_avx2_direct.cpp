@@ -9,6 +9,7 @@
 // Outer tile: 6 channels x 8 columns (2 ymm of 4 doubles), one FMA per (sample, output).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "wgrad.h"
@@ -101,22 +102,23 @@ struct Avx2Direct {
     alignas(32) int32_t u32[V][C][8] = {};
     for (int v = 0; v < V; ++v)
       for (int j = 0; j < C; ++j) s16[v][j] = _mm256_setzero_si256();
-    int64_t left = fold;
-    for (int64_t q = 0; q < pq; ++q) {
-      __m256i gv[V];
-      for (int v = 0; v < V; ++v)
-        gv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gq + (v * pq + q) * 32));
-      for (int j = 0; j < C; ++j) {
-        int32_t run;
-        std::memcpy(&run, xs + col[j] + 4 * q, 4);
-        const __m256i xv = _mm256_set1_epi32(run);
+    // Runs of `fold` quads, folded after each (a fold inside the quad loop made GCC move the
+    // int16 sums through the stack at every quad).
+    for (int64_t q0 = 0; q0 < pq; q0 += fold) {
+      const int64_t q1 = std::min(pq, q0 + fold);
+      for (int64_t q = q0; q < q1; ++q) {
+        __m256i gv[V];
         for (int v = 0; v < V; ++v)
-          s16[v][j] = _mm256_add_epi16(s16[v][j], _mm256_maddubs_epi16(xv, gv[v]));
+          gv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gq + (v * pq + q) * 32));
+        for (int j = 0; j < C; ++j) {
+          int32_t run;
+          std::memcpy(&run, xs + col[j] + 4 * q, 4);
+          const __m256i xv = _mm256_set1_epi32(run);
+          for (int v = 0; v < V; ++v)
+            s16[v][j] = _mm256_add_epi16(s16[v][j], _mm256_maddubs_epi16(xv, gv[v]));
+        }
       }
-      if (--left == 0) {
-        Fold<V, C>(s16, u32);
-        left = fold;
-      }
+      if (q1 < pq) Fold<V, C>(s16, u32);
     }
     Fold<V, C>(s16, u32);
     const __m256d scale = _mm256_set1_pd(a.out->s != nullptr ? 0.0 : a.out->scale[b]);
