@@ -73,14 +73,16 @@ struct Avx2Direct {
     PackDirectGrads(g, l, c, gq);
   }
 
+  // The int16 sums widened (VPMADDWD by 1) into the int32 sums u32: stored on the first fold,
+  // added after it; the int16 sums cleared.
   template <int V, int C>
-  static void Fold(__m256i (&s16)[V][C], int32_t (*u32)[C][8]) {
+  static void Fold(__m256i (&s16)[V][C], int32_t (*u32)[C][8], bool first) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int v = 0; v < V; ++v) {
       for (int j = 0; j < C; ++j) {
         __m256i* u = reinterpret_cast<__m256i*>(u32[v][j]);
-        _mm256_store_si256(
-            u, _mm256_add_epi32(_mm256_load_si256(u), _mm256_madd_epi16(s16[v][j], ones)));
+        const __m256i w = _mm256_madd_epi16(s16[v][j], ones);
+        _mm256_store_si256(u, first ? w : _mm256_add_epi32(_mm256_load_si256(u), w));
         s16[v][j] = _mm256_setzero_si256();
       }
     }
@@ -88,22 +90,24 @@ struct Avx2Direct {
 
   template <int V, int C>
   static void Tile(const DirectTileArgs& a) {
-    for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C>(a, b);
+    const int64_t fold = FoldQuads(a.g->g_bits, a.g->a_bits);
+    for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C>(a, b, fold);
   }
 
   template <int V, int C>
-  static void Sample(const DirectTileArgs& a, int64_t b) {
+  static void Sample(const DirectTileArgs& a, int64_t b, int64_t fold) {
     const int64_t pq = a.pk->l.pq;
     const uint8_t* xs = a.Xs(b);
     const int8_t* gq = a.Gq(b);
     const int64_t* col = a.Col();
-    const int64_t fold = FoldQuads(a.g->g_bits, a.g->a_bits);
     __m256i s16[V][C];
-    alignas(32) int32_t u32[V][C][8] = {};
+    alignas(32) int32_t u32[V][C][8];  // the int32 sums of the runs folded so far
     for (int v = 0; v < V; ++v)
       for (int j = 0; j < C; ++j) s16[v][j] = _mm256_setzero_si256();
-    // Runs of `fold` quads, folded after each (a fold inside the quad loop made GCC move the
-    // int16 sums through the stack at every quad).
+    // Runs of `fold` quads, folded after each but the last (a fold inside the quad loop made
+    // GCC move the int16 sums through the stack at every quad); the last run's sums are
+    // widened in registers below.
+    bool folded = false;
     for (int64_t q0 = 0; q0 < pq; q0 += fold) {
       const int64_t q1 = std::min(pq, q0 + fold);
       for (int64_t q = q0; q < q1; ++q) {
@@ -118,17 +122,23 @@ struct Avx2Direct {
             s16[v][j] = _mm256_add_epi16(s16[v][j], _mm256_maddubs_epi16(xv, gv[v]));
         }
       }
-      if (q1 < pq) Fold<V, C>(s16, u32);
+      if (q1 < pq) {
+        Fold<V, C>(s16, u32, !folded);
+        folded = true;
+      }
     }
-    Fold<V, C>(s16, u32);
+    const __m256i ones = _mm256_set1_epi16(1);
     const __m256d scale = _mm256_set1_pd(a.out->s != nullptr ? 0.0 : a.out->scale[b]);
     for (int v = 0; v < V; ++v) {
       for (int j = 0; j < C; ++j) {
+        __m256i s = _mm256_madd_epi16(s16[v][j], ones);
+        if (folded)
+          s = _mm256_add_epi32(s, _mm256_load_si256(reinterpret_cast<const __m256i*>(u32[v][j])));
         if (a.out->s != nullptr) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(u32[v][j]), s);
           a.StoreS(b, v, j, u32[v][j]);
           continue;
         }
-        const __m256i s = _mm256_load_si256(reinterpret_cast<const __m256i*>(u32[v][j]));
         double* acc = a.acc + j * kVectors * kLanes + v * 8;
         const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(s));
         const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(s, 1));
