@@ -76,7 +76,10 @@ def main() -> None:
     c, o, hw, k, pad = (int(v) for v in args.layer.split(","))
     xb, wb = (int(v) for v in args.bits.split(","))
     clock = cpu_clock.clock_hz()
-    ceiling = 341.33 / (xb * wb)  # MAC/cycle: 2 ports x 512 bits / 3 uops per plane pair
+    # MAC/cycle of the AVX-512 popcount kernels (2 ports x 512 bits / 3 uops per plane pair);
+    # the int8 and lut kernels have their own (docs/kernels.md): no share for them
+    popcount = not any(k.startswith(("int8", "lut")) for k in kernels.values())
+    ceiling = 341.33 / (xb * wb) if popcount else float("nan")
     print(f"A = {args.a} ({args.kernel_a})\nB = {args.b} ({args.kernel_b})")
     print(
         f"layer C={c} O={o} {hw}x{hw} k{k} p{pad}, W{wb}A{xb}, {args.threads} thread(s), "

@@ -587,7 +587,8 @@ PYBIND11_MODULE(_kernels, m) {
         "The largest dense-field buffer a bitconv builds at once (bytes); bytes > 0 sets it "
         "and returns the previous value.");
   // A layer's requant thresholds with their table, built once; pass it as bitconv's `table`.
-  py::class_<dorefa::RequantParams>(m, "RequantTable")
+  // Module-local: two builds loaded side by side (benchmarks/bench_ab.py) each keep their own.
+  py::class_<dorefa::RequantParams>(m, "RequantTable", py::module_local())
       .def(py::init([](const dorefa::ThresholdArray& thresholds,
                        const dorefa::DirectionArray& direction) {
              dorefa::CheckRequant(thresholds, direction);

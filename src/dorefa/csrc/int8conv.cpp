@@ -58,39 +58,61 @@ void Transpose16x16(__m128i (&r)[16]) {
   }
 }
 
-// Channels c0 .. c0 + 15 of the plane's pixels [j0, j1) (src: channel c0's plane, stride hw
-// between channels) into their packed pixels: 16 x 16 byte transposes along the plane, so one
-// block of 16 pixels may span image rows. Returns the OR of the codes packed. A block reads 16
-// bytes of a channel whenever that stays before `end` (the input's end; bytes past j1 are not
-// used), else copies the pixels left.
-uint8_t PackChannels16(const uint8_t* src, const uint8_t* end, int64_t hw, int64_t j0, int64_t j1,
-                       int32_t z, const PlaneDst& d) {
+// The 16-channel groups [0, groups) of the plane's pixels [j0, j1) (src: channel 0's plane,
+// stride hw between channels) into their packed pixels, a block of 16 pixels (which may span
+// image rows) at a time: per group a 16 x 16 byte transpose, and the block's channel sums added
+// up in vectors (16-bit per group, then 32-bit) and added to d.sums once per block. Returns the
+// OR of the codes packed. A group reads 16 bytes of a channel whenever that stays before `end`
+// (the input's end; bytes past j1 are not used), else copies the pixels left.
+uint8_t PackGroups16(const uint8_t* src, const uint8_t* end, int64_t hw, int64_t groups, int64_t j0,
+                     int64_t j1, int32_t z, const PlaneDst& d) {
   const __m128i shift = _mm_set1_epi8(static_cast<char>(z));
-  __m128i ors = _mm_setzero_si128();
+  const __m128i zero = _mm_setzero_si128();
+  __m128i ors = zero;
   int64_t y = j0 / d.w, x = j0 % d.w;
   for (int64_t j = j0; j < j1; j += 16) {
     const int64_t m = std::min<int64_t>(16, j1 - j);
-    __m128i r[16];
-    for (int i = 0; i < 16; ++i) {
-      const uint8_t* s = src + i * hw + j;
-      if (end - s >= 16) {
-        r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
-      } else {
-        alignas(16) uint8_t tail[16] = {};
-        std::memcpy(tail, s, static_cast<size_t>(m));
-        r[i] = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+    int64_t out[16], at[16];  // pixel k's packed offset and its place in d.sums
+    for (int64_t k = 0; k < m; ++k) {
+      out[k] = y * d.row + x * d.pixel;
+      at[k] = y * d.wp + x;
+      if (++x == d.w) x = 0, ++y;
+    }
+    __m128i s32[4] = {zero, zero, zero, zero};  // pixels 4i .. 4i + 3
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      __m128i r[16];
+      for (int i = 0; i < 16; ++i) {
+        const uint8_t* s = src + (16 * gi + i) * hw + j;
+        if (end - s >= 16) {
+          r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+        } else {
+          alignas(16) uint8_t tail[16] = {};
+          std::memcpy(tail, s, static_cast<size_t>(m));
+          r[i] = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+        }
+      }
+      if (d.sums != nullptr) {  // channel sums of the 16 pixels: <= 16 x 255 in 16 bits
+        __m128i lo = zero, hi = zero;
+        for (int i = 0; i < 16; ++i) {
+          lo = _mm_add_epi16(lo, _mm_unpacklo_epi8(r[i], zero));
+          hi = _mm_add_epi16(hi, _mm_unpackhi_epi8(r[i], zero));
+        }
+        s32[0] = _mm_add_epi32(s32[0], _mm_unpacklo_epi16(lo, zero));
+        s32[1] = _mm_add_epi32(s32[1], _mm_unpackhi_epi16(lo, zero));
+        s32[2] = _mm_add_epi32(s32[2], _mm_unpacklo_epi16(hi, zero));
+        s32[3] = _mm_add_epi32(s32[3], _mm_unpackhi_epi16(hi, zero));
+      }
+      Transpose16x16(r);
+      uint8_t* dst = d.out + 16 * gi;
+      for (int64_t k = 0; k < m; ++k) {
+        ors = _mm_or_si128(ors, r[k]);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + out[k]), _mm_sub_epi8(r[k], shift));
       }
     }
-    Transpose16x16(r);
-    for (int64_t k = 0; k < m; ++k) {
-      ors = _mm_or_si128(ors, r[k]);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(d.out + y * d.row + x * d.pixel),
-                       _mm_sub_epi8(r[k], shift));
-      if (d.sums != nullptr) {
-        const __m128i s2 = _mm_sad_epu8(r[k], _mm_setzero_si128());
-        d.sums[y * d.wp + x] += _mm_cvtsi128_si32(s2) + _mm_cvtsi128_si32(_mm_srli_si128(s2, 8));
-      }
-      if (++x == d.w) x = 0, ++y;
+    if (d.sums != nullptr) {
+      alignas(16) int32_t sum[16];
+      for (int i = 0; i < 4; ++i) _mm_store_si128(reinterpret_cast<__m128i*>(sum + 4 * i), s32[i]);
+      for (int64_t k = 0; k < m; ++k) d.sums[at[k]] += sum[k];
     }
   }
   alignas(16) uint8_t v[16];
@@ -135,10 +157,9 @@ uint8_t PackBand(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t
   uint8_t ors = 0;
   int64_t c = 0;
 #if defined(__SSE2__)
-  for (; c + 16 <= g.c; c += 16) {
-    PlaneDst dc = d;
-    dc.out += c;
-    ors |= PackChannels16(src + c * hw, x + g.n * g.c * hw, hw, j0, j1, z, dc);
+  if (g.c >= 16) {
+    ors |= PackGroups16(src, x + g.n * g.c * hw, hw, g.c / 16, j0, j1, z, d);
+    c = g.c / 16 * 16;
   }
 #endif
   for (; c < g.c; ++c) {  // contiguous reads, strided writes
