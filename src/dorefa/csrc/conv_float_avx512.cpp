@@ -10,6 +10,7 @@
 #include <cstring>
 #include <utility>
 
+#include "byte_runs.h"
 #include "conv_float.h"
 
 namespace dorefa {
@@ -214,21 +215,6 @@ inline __m512i CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, __mmask16* pr
   return hi;
 }
 
-// Bytes 0 .. count - 1 (count <= 4) of `word` (little-endian) to dst.
-inline void StoreCodeRun(uint8_t* dst, uint32_t word, int64_t count) {
-  if (count == 4) {
-    std::memcpy(dst, &word, 4);
-    return;
-  }
-  if (count & 2) {
-    const auto two = static_cast<uint16_t>(word);
-    std::memcpy(dst, &two, 2);
-    word >>= 16;
-    dst += 2;
-  }
-  if (count & 1) *dst = static_cast<uint8_t>(word);
-}
-
 // The codes of channels [o0, o0 + 16 nv) of (pooled) pixels (py, px .. px + count - 1), count
 // <= 4, from their float32 (pooled) sums a[p][v], each proved by the error bound or recomputed
 // from the spec's sums (PendingCodes), as on AVX2 (the bound holds for any float32 summation
@@ -254,7 +240,8 @@ void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
     __mmask16 all = proved[0];
     for (int p = 1; p < count; ++p) all &= proved[p];
     if (all == 0xffff) {  // the common case
-      for (int64_t l = 0; l < lanes; ++l) StoreCodeRun(d + l * plane, words[l], count);
+      for (int64_t l = 0; l < lanes; ++l)
+        StoreRun8(d + l * plane, words[l], static_cast<int>(count));
       continue;
     }
     for (int64_t l = 0; l < lanes; ++l)

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "byte_runs.h"
 #include "int8conv.h"
 
 namespace dorefa {
@@ -50,27 +51,6 @@ inline void StoreRun32(int32_t* dst, __m256i v, int np) {
     dst += 2;
   }
   if (np & 1) *dst = _mm_cvtsi128_si32(part);
-}
-
-// The first np (<= 8) bytes of q (little-endian) to dst, by plain stores.
-inline void StoreRun8(uint8_t* dst, uint64_t q, int np) {
-  if (np == 8) {
-    std::memcpy(dst, &q, 8);
-    return;
-  }
-  if (np & 4) {
-    const auto v = static_cast<uint32_t>(q);
-    std::memcpy(dst, &v, 4);
-    q >>= 32;
-    dst += 4;
-  }
-  if (np & 2) {
-    const auto v = static_cast<uint16_t>(q);
-    std::memcpy(dst, &v, 2);
-    q >>= 16;
-    dst += 2;
-  }
-  if (np & 1) *dst = static_cast<uint8_t>(q);
 }
 
 // v[p][l] (p < 8, l < 16) -> dst[l * stride + p] for p < np, l < lanes: per 8 lanes an 8 x 8
