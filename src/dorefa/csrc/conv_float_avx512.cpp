@@ -12,6 +12,7 @@
 
 #include "byte_runs.h"
 #include "conv_float.h"
+#include "unroll.h"
 
 namespace dorefa {
 namespace {
@@ -294,7 +295,8 @@ void PooledSumsZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
 }
 
 // The max-pooled sums of two neighbouring pooled pixels (py, px), (py, px + 1) of a 2 x 2 pool,
-// nv <= 3: their 8 pixels' sums side by side (24 accumulators), taps in order.
+// nv <= 3: their 8 pixels' sums side by side (24 accumulators), taps in order. (The max's order
+// differs from PooledSumsZ's: only a NaN would tell, and a non-finite bound proves no code.)
 template <int nv>
 void PooledPairZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t py, int64_t px,
                  int64_t o0, __m512 (&mx0)[kZVec], __m512 (&mx1)[kZVec]) {
@@ -313,13 +315,10 @@ void PooledPairZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
     const int64_t off = pl.offs[t];
     const float* w = pl.wtf + t * pl.ostride + o0;
     __m512 wv[3];
-#pragma GCC unroll 3
-    for (int v = 0; v < nv; ++v) wv[v] = _mm512_loadu_ps(w + 16 * v);
-#pragma GCC unroll 8
-    for (int p = 0; p < 8; ++p) {
+    DOREFA_UNROLL for (int v = 0; v < nv; ++v) wv[v] = _mm512_loadu_ps(w + 16 * v);
+    DOREFA_UNROLL for (int p = 0; p < 8; ++p) {
       const __m512 xb = _mm512_set1_ps(src[p][off]);
-#pragma GCC unroll 3
-      for (int v = 0; v < nv; ++v) a[p][v] = _mm512_fmadd_ps(wv[v], xb, a[p][v]);
+      DOREFA_UNROLL for (int v = 0; v < nv; ++v) a[p][v] = _mm512_fmadd_ps(wv[v], xb, a[p][v]);
     }
   }
   for (int v = 0; v < nv; ++v) {
