@@ -52,13 +52,11 @@ struct Ymm {
   }
 };
 
-int32_t NoShift(int) { return 0; }
-
 }  // namespace
 
 extern const Int8Kernel kLutAvx2 = {"2x32",
                                     &TileLut<Ymm, Avx2Store, 2, 2>,
-                                    &NoShift,
+                                    &LutShift,
                                     kMaxLutPixels,
                                     2,
                                     &RequantPixelScalar,

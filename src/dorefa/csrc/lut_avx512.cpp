@@ -49,13 +49,11 @@ struct Zmm {
   }
 };
 
-int32_t NoShift(int) { return 0; }
-
 }  // namespace
 
 extern const Int8Kernel kLutAvx512 = {"2x64",
                                       &TileLut<Zmm, VnniStore, 2, 4>,
-                                      &NoShift,
+                                      &LutShift,
                                       kMaxLutPixels,
                                       4,
                                       &RequantPixelAvx512,

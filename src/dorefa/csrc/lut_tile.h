@@ -154,6 +154,9 @@ void BuildTables(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_byt
     BuildTablesScalar(xq + whole, bytes - whole, x_bits, slice_bytes, tq + 4 * whole);
 }
 
+// z of the lut kernels (Int8ShiftFn): activations packed unshifted (lut.h), whatever x_bits.
+inline int32_t LutShift(int) { return 0; }
+
 // Weight bytes a row chunk may take (NB blocks x rows x quads x 64), so that they stay in L1
 // while the call's pixels pass over them.
 constexpr int64_t kLutChunkBytes = 16 << 10;
