@@ -2,8 +2,9 @@
 the shared matrix of shapes and bit pairs is in test_kernels.py, as for every kernel.
 
 - Long receptive fields: byte sums are widened to 16-bit counters every 255 // maxv lookups and
-  those to 32 bits every 65535 // maxv, within a kernel row when one row is longer than that
-  (6-bit codes: 260 steps; a zmm step is 16 channels, a ymm step 8).
+  those, their vector lanes added in 16 bits, to 32 bits every 65535 // (lanes maxv) steps,
+  within a kernel row when one row is longer than that (6-bit codes: 65 zmm steps of 16
+  channels, 130 ymm steps of 8).
 - Codes of 7 and 8 bits run as two slices with their own tables.
 - All-maximum operands: every table entry and byte counter at its bound.
 """

@@ -38,17 +38,18 @@ struct Ymm {
     *w = _mm256_add_epi16(*w, a8);
     *odd = _mm256_add_epi16(*odd, _mm256_srli_epi16(a8, 8));
   }
-  // The 2 lanes of 16-bit words summed as uint32, << shift, added to m[0 .. 8).
-  static void Fold(Vec w, int shift, uint32_t* m) {
-    const __m256i a = _mm256_add_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(w)),
-                                       _mm256_cvtepu16_epi32(_mm256_extracti128_si256(w, 1)));
-    const __m256i v = _mm256_sll_epi32(a, _mm_cvtsi32_si128(shift));
-    auto* dst = reinterpret_cast<__m256i*>(m);
-    _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst), v));
-  }
+  // m[o] += (channel o's sum over the 2 lanes) << shift, o < 16: the lanes added as 16-bit
+  // words (w and odd), even = w - 256 odd, then both widened to uint32 (lut_tile.h).
   static void Flush(Vec w, Vec odd, int shift, uint32_t* m) {
-    Fold(_mm256_sub_epi16(w, _mm256_slli_epi16(odd, 8)), shift, m);  // the even bytes' sums
-    Fold(odd, shift, m + 8);
+    const __m128i wl = _mm_add_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    const __m128i ol = _mm_add_epi16(_mm256_castsi256_si128(odd), _mm256_extracti128_si256(odd, 1));
+    const __m128i el = _mm_sub_epi16(wl, _mm_slli_epi16(ol, 8));
+    const __m128i sh = _mm_cvtsi32_si128(shift);
+    auto* dst = reinterpret_cast<__m256i*>(m);
+    _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst),
+                                             _mm256_sll_epi32(_mm256_cvtepu16_epi32(el), sh)));
+    _mm256_store_si256(dst + 1, _mm256_add_epi32(_mm256_load_si256(dst + 1),
+                                                 _mm256_sll_epi32(_mm256_cvtepu16_epi32(ol), sh)));
   }
 };
 

@@ -34,18 +34,18 @@ struct Zmm {
     *w = _mm512_add_epi16(*w, a8);
     *odd = _mm512_add_epi16(*odd, _mm512_srli_epi16(a8, 8));
   }
-  // The 4 lanes of 16-bit words summed as uint32, << shift, added to m[0 .. 8).
-  static void Fold(Vec w, int shift, uint32_t* m) {
-    const __m512i a = _mm512_add_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(w)),
-                                       _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(w, 1)));
-    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
-    const __m256i v = _mm256_sll_epi32(h, _mm_cvtsi32_si128(shift));
-    auto* dst = reinterpret_cast<__m256i*>(m);
-    _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst), v));
-  }
+  // m[o] += (channel o's sum over the 4 lanes) << shift, o < 16: the lanes added as 16-bit
+  // words (w and odd), even = w - 256 odd, then [even | odd] widened to uint32 (lut_tile.h).
   static void Flush(Vec w, Vec odd, int shift, uint32_t* m) {
-    Fold(_mm512_sub_epi16(w, _mm512_slli_epi16(odd, 8)), shift, m);  // the even bytes' sums
-    Fold(odd, shift, m + 8);
+    const __m256i w2 = _mm256_add_epi16(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
+    const __m256i o2 =
+        _mm256_add_epi16(_mm512_castsi512_si256(odd), _mm512_extracti64x4_epi64(odd, 1));
+    const __m256i s = _mm256_add_epi16(_mm256_permute2x128_si256(w2, o2, 0x20),   // [w | odd]
+                                       _mm256_permute2x128_si256(w2, o2, 0x31));  // lanes 1, 3
+    const __m256i odd256 = _mm256_permute2x128_si256(s, s, 0x81);                 // [odd | 0]
+    const __m256i e = _mm256_sub_epi16(s, _mm256_slli_epi16(odd256, 8));
+    const __m512i v = _mm512_sll_epi32(_mm512_cvtepu16_epi32(e), _mm_cvtsi32_si128(shift));
+    _mm512_store_si512(m, _mm512_add_epi32(_mm512_load_si512(m), v));
   }
 };
 

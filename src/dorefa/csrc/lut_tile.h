@@ -7,9 +7,10 @@
 //
 // every k8 = 255 / maxv steps the bytes are widened into two 16-bit counters per word,
 //   w += a8 (as words: even byte + 256 odd byte, modulo 2^16),   odd += a8 >> 8,
-// (channels 0-7 sit in the even bytes, 8-15 in the odd ones: lut.h), so even = w - 256 odd
-// (exact: the sum is below 2^16), and every k16 = 65535 / maxv steps those into 32-bit sums
-// in memory, shifted by b + width s, the 128-bit lanes added up.
+// (channels 0-7 sit in the even bytes, 8-15 in the odd ones: lut.h), and every
+// k16 = 65535 / (kGroups maxv) steps (the end of a run of rows included) flushed: the
+// kGroups 128-bit lanes added as 16-bit words, even = w - 256 odd (exact: each sum is below
+// 2^16), then widened to 32-bit sums in memory, shifted by b + width s.
 //
 // Isa provides kBytes (bytes per vector: 64 or 32), kGroups (kBytes / 16), Vec, Load, Store,
 // Zero, Lookup (VPSHUFB), AddB, Widen(a8, w, odd) (above), Flush(w, odd, shift, m) (m[o] +=
@@ -24,6 +25,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "int8conv.h"
@@ -45,7 +47,8 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
   using Vec = typename Isa::Vec;
   const ConvGeom& g = *c.g;
   const LutSlices slices(g.x_bits);
-  const int64_t k16 = 65535 / (4 * ((1 << slices.Bits(s, g.x_bits)) - 1));
+  // Steps between flushes: the flush adds the Isa::kGroups lanes in 16 bits (file comment).
+  const int64_t k16 = 65535 / (Isa::kGroups * 4 * ((1 << slices.Bits(s, g.x_bits)) - 1));
   const int shift = b + s * slices.width;
   const int64_t row_t = 4 * c.q.row;                 // table bytes per padded row
   const int64_t steps = l.quads * 64 / Isa::kBytes;  // vector steps per kernel row
@@ -63,8 +66,8 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
   };
   const uint8_t* wr;
   const uint8_t* tr[P];
-  // n (<= K8) steps from step q into byte counters, then widened.
-  auto run = [&](int64_t q, int64_t n) {
+  // n (<= K8) steps from step q into byte counters, then widened; Full: n == K8 (no tests).
+  auto run = [&](int64_t q, int64_t n, auto full) {
     Vec a8[P][NB];
     auto step = [&](int64_t i, bool first) {
       Vec wv[NB];
@@ -79,7 +82,9 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
       }
     };
     step(q, true);
-    if constexpr (K8 <= 9) {
+    if constexpr (decltype(full)::value && K8 <= 9) {
+      DOREFA_UNROLL for (int64_t j = 1; j < K8; ++j) step(q + j, false);
+    } else if constexpr (K8 <= 9) {
       DOREFA_UNROLL for (int64_t j = 1; j < K8; ++j) if (j < n) step(q + j, false);
     } else {
       for (int64_t j = 1; j < n; ++j) step(q + j, false);
@@ -98,7 +103,7 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
         flush();
         since = 0;
       }
-      run(q, n);
+      run(q, n, std::false_type{});
       since += n;
     }
   }
