@@ -128,6 +128,22 @@ def test_long_fields_at_the_extreme_codes(kernel, bits, field):
         )
 
 
+@pytest.mark.parametrize("kernel", NATIVE)
+def test_outputs_past_a_megabyte(kernel):
+    """int32 outputs of more than 1 MiB a call, where the int8 and lut stores fetch their lines
+    ahead (int8conv.cpp, kPrefetchOutputBytes): the same integers, to the last output."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 16, (3, 16, 47, 46), dtype=np.uint8)
+    w = rng.integers(0, 2, (70, 16, 3, 3), dtype=np.uint8)
+    pw = R.pack_weights(w, 1)
+    with K.use_kernel(kernel):
+        got = K.bitconv2d_packed(x, pw, 4, 1, 1)
+        signed = K.bitconv2d_signed(x, pw, 4, 1, 1)
+    assert got.nbytes > 1 << 20
+    np.testing.assert_array_equal(got, R.bitconv2d_packed(x, pw, 4, 1, 1))
+    np.testing.assert_array_equal(signed, R.bitconv2d_signed(x, pw, 4, 1, 1))
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", FEW_BITS, ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)

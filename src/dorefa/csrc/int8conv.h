@@ -77,6 +77,7 @@ struct Int8Conv {
   int32_t shift = 0;                // z
   Epilogue::Mode mode = Epilogue::kAcc;
   int32_t* acc = nullptr;                 // kAcc / kSigned output (N, O, OH, OW)
+  bool prefetch = false;                  // kAcc / kSigned: the store fetches its lines ahead
   uint8_t* codes = nullptr;               // kRequant output (N, O, OH, OW)
   const ThresholdTable* table = nullptr;  // kRequant: the thresholds (requant_table.h)
   RequantPixelFn requant = nullptr;       // kRequant: the kernel's search over the table
