@@ -18,6 +18,7 @@ from kernel_cases import (
     KERNELS,
     NATIVE,
     direct_float64,
+    fresh_process,
 )
 
 # (N, C, H, W, O, K, stride, padding, pool, bits)
@@ -152,6 +153,30 @@ def test_maxpool_float(kernel, geom):
             got = K.maxpool_float(x, k, s, p, threads)
             np.testing.assert_array_equal(got, brute)
     np.testing.assert_array_equal(R.maxpool_float(x, k, s, p), brute)
+
+
+_STEM_POOL_CASE = """
+import numpy as np
+from dorefa import kernels as K
+from dorefa.kernels import reference as R
+rng = np.random.default_rng(5)
+for w in range(1, 71):
+    x = rng.standard_normal((2, 3, 7, w)).astype(np.float32)
+    x[1, 0, rng.integers(7), rng.integers(w)] = np.nan
+    x[1, 2, rng.integers(7), rng.integers(w)] = np.inf
+    got = K.maxpool_float(x, 3, 2, 1, 1)
+    np.testing.assert_array_equal(got, R.maxpool_float(x, 3, 2, 1))
+print("ok")
+"""
+
+
+def test_stem_pool_rows_at_every_width():
+    """3 x 3 / 2 windows with padding 1 (ResNet's stem pool: AVX-512 rows where the CPU has
+    them, pool_avx512.cpp; SSE2 rows otherwise) at widths 1-70 (every tail of the 32-column
+    blocks), NaN and inf among the values: equal to the spec, on this CPU and as an AVX2-only
+    one."""
+    exec(_STEM_POOL_CASE)
+    assert fresh_process(_STEM_POOL_CASE, DOREFA_CPU_FEATURES="avx2,fma") == ["ok"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -1,5 +1,6 @@
 // Max-pools (pool.h): a separable loop for any window, and faster paths for the windows the
-// networks use: 3 x 3 / 2 on SSE2 rows, of codes (AlexNet) and of floats (ResNet's stem);
+// networks use: 3 x 3 / 2 on SSE2 rows, of codes (AlexNet) and of floats (ResNet's stem; with
+// padding 1 on AVX-512 rows in pool_avx512.cpp where the CPU has them);
 // 2 x 2 / 2 of codes on SSE2 rows (svhn). Both split their planes over the threads.
 #include "pool.h"
 
@@ -13,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_features.h"
 #include "thread_pool.h"
 
 namespace dorefa {
@@ -303,15 +305,27 @@ MaxPoolFloatRows::MaxPoolFloatRows(int64_t w, int64_t k, int64_t s, int64_t p)
       s_(s),
       p_(p),
       ow_((w + 2 * p - k) / s + 1),
-      buf_(static_cast<size_t>(w + 2 * p + k), -std::numeric_limits<float>::infinity()) {}
+      avx512_(false),
+      buf_(static_cast<size_t>(w + 2 * p + k), -std::numeric_limits<float>::infinity()) {
+#ifdef DOREFA_HAVE_X86_KERNELS
+  avx512_ = p == 1 && (CpuFeatures() & (kAvx512F | kAvx512Dq)) == (kAvx512F | kAvx512Dq);
+#endif
+}
 
 void MaxPoolFloatRows::Row(const float* const* rows, int nrows, float* out) {
   constexpr float kPad = -std::numeric_limits<float>::infinity();
   // A row whose window holds a NaN (or inf: the same exponent test) again with the NaN-aware max.
-  const uint32_t special =
-      k_ == 3 && s_ == 2 && nrows > 0
-          ? PoolRow3x3Stride2(rows, nrows, w_, p_, ow_, buf_.data(), out)
-          : PoolRow<float, Max<float>>(rows, nrows, w_, k_, s_, p_, ow_, kPad, buf_.data(), out);
+  uint32_t special;
+  if (k_ == 3 && s_ == 2 && nrows > 0) {
+#ifdef DOREFA_HAVE_X86_KERNELS
+    special = avx512_ ? PoolRow3x3Stride2Pad1Avx512(rows, nrows, w_, ow_, out)
+                      : PoolRow3x3Stride2(rows, nrows, w_, p_, ow_, buf_.data(), out);
+#else
+    special = PoolRow3x3Stride2(rows, nrows, w_, p_, ow_, buf_.data(), out);
+#endif
+  } else {
+    special = PoolRow<float, Max<float>>(rows, nrows, w_, k_, s_, p_, ow_, kPad, buf_.data(), out);
+  }
   if (special != 0)
     PoolRow<float, MaxNan<float>>(rows, nrows, w_, k_, s_, p_, ow_, kPad, buf_.data(), out);
 }

@@ -25,14 +25,24 @@ void MaxPoolFloat(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, in
 // pool reads: ConvFloatOutMaxPool); input rows w floats, a k x k / s window, padding p.
 class MaxPoolFloatRows {
  public:
+  // 3 x 3 / 2 windows with padding 1 on AVX-512 rows where the CPU has them (CpuFeatures).
   MaxPoolFloatRows(int64_t w, int64_t k, int64_t s, int64_t p);
   // out[0 .. OW) from rows[0 .. nrows), the window's rows inside the plane, in order.
   void Row(const float* const* rows, int nrows, float* out);
 
  private:
   int64_t w_, k_, s_, p_, ow_;
+  bool avx512_;
   std::vector<float> buf_;  // one padded row of maxima, padding -inf
 };
+
+#ifdef DOREFA_HAVE_X86_KERNELS
+// A 3 x 3 / 2 output row with padding 1 from rows[0 .. nrows) (nrows >= 1) of w floats;
+// returns 1 if any value read is NaN or inf (the caller redoes the row NaN-aware).
+// pool_avx512.cpp.
+uint32_t PoolRow3x3Stride2Pad1Avx512(const float* const* rows, int nrows, int64_t w, int64_t ow,
+                                     float* out);
+#endif
 
 }  // namespace dorefa
 
