@@ -219,3 +219,46 @@ def test_fused_nodes_give_the_same_logits(tmp_path, monkeypatch):
     x = np.random.default_rng(0).random((3, 1, SIZE, SIZE), dtype=np.float32)
     for threads in (1, 2):
         np.testing.assert_array_equal(fused(x, threads), alone(x, threads))
+
+
+def test_batch_shares_give_the_same_logits(tmp_path, monkeypatch):
+    """A batch on several threads as shares of images, one thread each (executor.SPLIT_MACS,
+    here lowered so that a small ResNet-18 takes that path): the same logits as one thread, a
+    kernel forced in the calling thread forced in every share, and a share's error raised in
+    the caller."""
+    from dorefa import kernels as K
+    from dorefa.runtime import executor
+
+    torch.manual_seed(1)
+    model = create_model("resnet18", bits="1,4,32", num_classes=10, in_channels=1, width=0.25)
+    path = tmp_path / "resnet18.dorefa"
+    export(model.eval(), path, input_size=SIZE)
+    m = rt.load(path)
+    assert 0 < m.macs < executor.SPLIT_MACS
+    x = np.random.default_rng(0).random((5, 1, SIZE, SIZE), dtype=np.float32)
+    one = m(x, 1)
+    monkeypatch.setattr(executor, "SPLIT_MACS", 0)
+    seen, fail = [], []
+    forward = m._forward
+
+    def spy(part, threads, *rest):
+        seen.append((len(part), threads, K.forced_kernel()))
+        if fail and len(part) == 3:  # the second share of 5 images (bounds 0, 2, 5)
+            raise RuntimeError("a share failed")
+        return forward(part, threads, *rest)
+
+    monkeypatch.setattr(m, "_forward", spy)
+    for threads, shares in ((2, [(3, 1), (2, 1)]), (3, [(2, 1), (1, 1), (2, 1)]), (8, None)):
+        seen.clear()
+        np.testing.assert_array_equal(m(x, threads), one)
+        if shares is not None:
+            assert sorted(s[:2] for s in seen) == sorted(shares)
+    np.testing.assert_array_equal(m(x[:2], 4), one[:2])  # 2 shares of 2 threads
+    assert sorted(s[:2] for s in seen[-2:]) == [(1, 2), (1, 2)]
+    with K.use_kernel("popcount-scalar/portable") as name:
+        seen.clear()
+        np.testing.assert_array_equal(m(x, 2), one)
+    assert [s[2] for s in seen] == [name, name]
+    fail.append(True)
+    with pytest.raises(RuntimeError, match="a share failed"):
+        m(x, 2)

@@ -52,6 +52,7 @@ class BitConv(Layer):
         clip: bool = True,
     ):
         self.shape = codes.shape  # (O, C/groups, KH, KW)
+        self.fan_in = codes[0].size  # MACs per output value
         self.x_bits, self.w_bits, self.stride, self.padding = x_bits, w_bits, stride, padding
         self.groups, self.out, self.out_bits, self.clip = groups, out, out_bits, clip
         self.residual = False  # a following add fused in (set by the loader): run(x, r)

@@ -137,6 +137,7 @@ class GraphBuilder:
         self.producer: dict[str, ops.Layer] = {}
         self.fused_src = None  # the input whose producer a fused node joined, if not the first
         self.layers: list[ops.Layer] = []
+        self.macs = 0  # multiply-accumulates per image (convolutions and linear layers)
         for i, spec in enumerate(specs):
             op = spec.get("op")
             if not isinstance(op, str) or op not in OPS:
@@ -149,6 +150,7 @@ class GraphBuilder:
             if math.prod(shape) > MAX_ELEMENTS:
                 raise self.err(i, f"activation shape {shape} exceeds {MAX_ELEMENTS} elements")
             self.values[spec["name"]] = (kind, shape)
+            self.macs += math.prod(shape) * getattr(layer, "fan_in", 0)
             if layer is None:  # fused into the node producing its input: that node renamed
                 layer = self.producer.pop(self.fused_src or spec["inputs"][0])
                 self.fused_src = None

@@ -29,6 +29,7 @@ class Layer:
     name = ""
     inputs: tuple[str, ...] = ()
     source: str | None = None
+    fan_in = 0  # multiply-accumulates per output value (convolutions, linear layers)
 
     def forward(self, x: np.ndarray, threads: int) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -59,6 +60,7 @@ class FloatConv(Layer):
         self.bits = None  # a following quantize fused in (set by the loader): output codes
         self.maxpool = None  # (k, s, p) of a following max-pool fused in, float output
         o = weight.shape[0]
+        self.fan_in = weight[0].size  # MACs per output value
         self.wmat = np.ascontiguousarray(weight.reshape(o, -1))  # (O, C*KH*KW)
         self.bias_col = np.ascontiguousarray(bias.reshape(o, 1))
 
@@ -241,6 +243,7 @@ class Linear(Layer):
     def __init__(self, weight: np.ndarray, bias: np.ndarray):
         self.weight = np.ascontiguousarray(weight, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
+        self.fan_in = weight.shape[1]  # MACs per output value
 
     def forward(self, x, threads):
         return kernels.linear_float(x, self.weight, self.bias, threads)
