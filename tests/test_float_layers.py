@@ -179,6 +179,46 @@ def test_stem_pool_rows_at_every_width():
     assert fresh_process(_STEM_POOL_CASE, DOREFA_CPU_FEATURES="avx2,fma") == ["ok"]
 
 
+# Layers the vector paths run by Winograd F(2x2, 4x4) on the stride-2 phases
+# (csrc/conv_float_winograd.h): stride 2, kernels 7 and 8, odd and even output sizes, rows of
+# several 16-tile blocks with a partial last one, channel counts off the 16 (and 8 / 4) of a
+# pass. (N, C, H, W, O, K, padding)
+WINOGRAD_SHAPES = [
+    (1, 3, 61, 75, 64, 7, 3),
+    (2, 1, 20, 33, 20, 8, 3),
+    (1, 5, 18, 18, 9, 7, 0),
+    (3, 2, 9, 70, 33, 8, 4),
+]
+
+
+@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
+def test_conv_float_output_by_winograd(shape):
+    """Winograd layers: within the direct sums' bound of the float64 reference ((taps + 2) *
+    2**-24 * (sum |w x| + |b|), test_conv_float_output) on every vector path, the same bits on
+    ymm and zmm and at 1-3 threads (each tile computed alone, every lane the same operations),
+    and the fused max-pool equal to pooling that output."""
+    n, c, h, w, o, k, p = shape
+    rng = np.random.default_rng(list(shape))
+    x = (rng.random((n, c, h, w), dtype=np.float32) - 0.3).astype(np.float32)
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(o) * 0.3).astype(np.float32)
+    expected = R.conv_float(x, wt, b, 2, p)
+    bound = (c * k * k + 2) * 2.0**-24 * (
+        direct_float64(np.abs(x), np.abs(wt), 2, p) + np.abs(b)[:, None, None]
+    )
+    vector = [kn for kn in NATIVE if not kn.startswith("popcount-scalar")]
+    first = None
+    for kernel in vector:
+        with K.use_kernel(kernel):
+            for threads in (1, 2, 3):
+                got = K.conv_float(x, wt, b, 2, p, threads=threads)
+                assert np.all(np.abs(got - expected) <= bound), (kernel, threads)
+                first = got if first is None else first
+                np.testing.assert_array_equal(got.view(np.uint32), first.view(np.uint32))
+            pooled = K.conv_float(x, wt, b, 2, p, 2, pool=(3, 2, 1))
+            np.testing.assert_array_equal(pooled, K.maxpool_float(got, 3, 2, 1))
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [1, 2, 8])
 @pytest.mark.parametrize("pool", [1, 2])

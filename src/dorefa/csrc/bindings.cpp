@@ -267,13 +267,14 @@ py::array_t<float> ConvFloatPy(const std::string& kernel_name, const FloatArray&
     float* dst = out.mutable_data();
     py::gil_scoped_release release;
     ConvFloatOutMaxPool(g, x.data(), weight.data(), bias.data(), pool_k, pool_s, pool_p, dst,
-                        path.out_fn, path.weights, threads);
+                        path.out_fn, path.weights, path.winograd, threads);
     return out;
   }
   py::array_t<float> out = OutputArray<float>({g.n, g.o, g.oh, g.ow});
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-  ConvFloatOut(g, x.data(), weight.data(), bias.data(), dst, path.out_fn, path.weights, threads);
+  ConvFloatOut(g, x.data(), weight.data(), bias.data(), dst, path.out_fn, path.weights,
+               path.winograd, threads);
   return out;
 }
 

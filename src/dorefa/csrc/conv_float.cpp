@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "conv_float_winograd.h"
 #include "pool.h"
 #include "thread_pool.h"
 
@@ -168,6 +169,48 @@ inline Run RunAt(int64_t it, int64_t rows, int64_t cols) {
   return {it / (rows * runs), r / runs, col, std::min(kPixelRun, cols - col)};
 }
 
+// Bands of rows per image a call splits into: one on one thread (no row computed twice), else
+// about two per thread.
+int64_t Bands(int64_t rows, int64_t n, int threads) {
+  return threads > 1 ? std::min(rows, (2 * threads + n - 1) / n) : 1;
+}
+
+// ConvFloatOutMaxPool on Winograd rows: per band of pooled rows, the tile rows its windows
+// need, each into a ring of k + 2 conv rows (a tile row writes two rows, one of them possibly
+// past the window: rows [lo, hi + 1] live at once), every pooled row pooled as soon as the
+// last row of its window is there.
+void PoolWinogradRows(const FloatConvGeom& g, const FloatConvPlan& pl, const WinogradPlan& w,
+                      FloatWinogradFn winograd, int64_t k, int64_t s, int64_t p, int64_t bands,
+                      float* out, int threads) {
+  const int64_t ph = (g.oh + 2 * p - k) / s + 1, pw = (g.ow + 2 * p - k) / s + 1;
+  const int64_t ring_rows = k + 2;
+  ParallelForOrThrow(threads, g.n * bands, [&](int64_t first, int64_t last) {
+    std::vector<float> ring(static_cast<size_t>(g.o * ring_rows * g.ow));
+    std::vector<const float*> rows(static_cast<size_t>(k));
+    MaxPoolFloatRows pool(g.ow, k, s, p);
+    const ConvRows dst{ring.data(), ring_rows * g.ow, g.ow, ring_rows};
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t n = item / bands, band = item % bands;
+      const int64_t py0 = band * ph / bands, py1 = (band + 1) * ph / bands;
+      auto lo = [&](int64_t py) { return std::max<int64_t>(0, py * s - p); };
+      auto hi = [&](int64_t py) { return std::min(g.oh, py * s - p + k); };
+      int64_t py = py0;
+      const TileRowDone done = [&](int64_t ty) {
+        const int64_t ready = std::min(g.oh, 2 * ty + 2);  // conv rows [.., ready) are there
+        for (; py < py1 && hi(py) <= ready; ++py) {
+          for (int64_t o = 0; o < g.o; ++o) {
+            for (int64_t r = lo(py); r < hi(py); ++r)
+              rows[static_cast<size_t>(r - lo(py))] = dst.Row(o, r);
+            pool.Row(rows.data(), static_cast<int>(hi(py) - lo(py)),
+                     out + ((n * g.o + o) * ph + py) * pw);
+          }
+        }
+      };
+      winograd(g, pl, w, n, lo(py0) / 2, (hi(py1 - 1) + 1) / 2, dst, &done);
+    }
+  });
+}
+
 }  // namespace
 
 void PendingCodes::Flush(const FloatConvGeom& g, const FloatConvPlan& p) {
@@ -228,11 +271,25 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
 }
 
 void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
-                  float* out, FloatConvOutFn fn, FloatWeights weights, int threads) {
+                  float* out, FloatConvOutFn fn, FloatWeights weights, FloatWinogradFn winograd,
+                  int threads) {
   CallScratch scratch;
   Scratch& s = *scratch;
   const int64_t plane = g.oh * g.ow;
   const FloatConvPlan p = MakePlan(g, x, weight, bias, weights, s);
+  if (fn != nullptr && winograd != nullptr && WinogradFits(g)) {
+    WinogradPlan w;
+    MakeWinogradPlan(g, weight, bias, &w);
+    const int64_t bands = Bands(w.th, g.n, threads);
+    ParallelForOrThrow(threads, g.n * bands, [&](int64_t first, int64_t last) {
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t n = item / bands, band = item % bands;
+        const ConvRows rows{out + n * g.o * plane, plane, g.ow, 0};
+        winograd(g, p, w, n, band * w.th / bands, (band + 1) * w.th / bands, rows, nullptr);
+      }
+    });
+    return;
+  }
   if (fn == nullptr) {  // scalar rows: double sums, rounded once, + bias
     ParallelFor(threads, g.n * g.o, [&](int64_t first, int64_t last) {
       for (int64_t it = first; it < last; ++it) {  // it = (n, o)
@@ -262,11 +319,12 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
 
 void ConvFloatOutMaxPool(const FloatConvGeom& g, const float* x, const float* weight,
                          const float* bias, int64_t k, int64_t s, int64_t p, float* out,
-                         FloatConvOutFn fn, FloatWeights weights, int threads) {
+                         FloatConvOutFn fn, FloatWeights weights, FloatWinogradFn winograd,
+                         int threads) {
   const int64_t ph = (g.oh + 2 * p - k) / s + 1, pw = (g.ow + 2 * p - k) / s + 1;
   if (fn == nullptr) {  // the scalar rows: the whole conv, then the pool
     std::vector<float> conv(static_cast<size_t>(g.n * g.o * g.oh * g.ow));
-    ConvFloatOut(g, x, weight, bias, conv.data(), nullptr, weights, threads);
+    ConvFloatOut(g, x, weight, bias, conv.data(), nullptr, weights, nullptr, threads);
     MaxPoolFloat(conv.data(), g.n, g.o, g.oh, g.ow, k, s, p, out, threads);
     return;
   }
@@ -274,7 +332,13 @@ void ConvFloatOutMaxPool(const FloatConvGeom& g, const float* x, const float* we
   const FloatConvPlan pl = MakePlan(g, x, weight, bias, weights, *scratch);
   // One band of pooled rows per image on one thread (no conv row computed twice); with more
   // threads about two bands per thread (a band's first rows may repeat the previous band's last).
-  const int64_t bands = threads > 1 ? std::min(ph, (2 * threads + g.n - 1) / g.n) : 1;
+  const int64_t bands = Bands(ph, g.n, threads);
+  if (winograd != nullptr && WinogradFits(g)) {
+    WinogradPlan w;
+    MakeWinogradPlan(g, weight, bias, &w);
+    PoolWinogradRows(g, pl, w, winograd, k, s, p, bands, out, threads);
+    return;
+  }
   FloatConvGeom ring_g = g;
   ring_g.oh = k;  // the ring's planes: k rows of OW
   ParallelForOrThrow(threads, g.n * bands, [&](int64_t first, int64_t last) {

@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace dorefa {
@@ -102,8 +103,17 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
 // to dst (O, OH, OW) of that image:
 using FloatConvOutFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n,
                                 int64_t oy, int64_t ox, int64_t count, float* dst);
+// `winograd` (nullptr: none): the path's Winograd rows, for the layers they fit
+// (conv_float_winograd.h), instead of fn.
+struct WinogradPlan;
+struct ConvRows;
+using TileRowDone = std::function<void(int64_t ty)>;
+using FloatWinogradFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p,
+                                 const WinogradPlan& w, int64_t n, int64_t ty0, int64_t ty1,
+                                 const ConvRows& dst, const TileRowDone* done);
 void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, const float* bias,
-                  float* out, FloatConvOutFn fn, FloatWeights weights, int threads);
+                  float* out, FloatConvOutFn fn, FloatWeights weights, FloatWinogradFn winograd,
+                  int threads);
 
 // ConvFloatOut followed by a k x k / s max-pool with padding p (MaxPoolFloat's values: padding
 // -inf, NaN propagating): out (N, O, PH, PW), the conv's output never whole in memory. Each
@@ -114,7 +124,8 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
 // sums, and a max is exact.
 void ConvFloatOutMaxPool(const FloatConvGeom& g, const float* x, const float* weight,
                          const float* bias, int64_t k, int64_t s, int64_t p, float* out,
-                         FloatConvOutFn fn, FloatWeights weights, int threads);
+                         FloatConvOutFn fn, FloatWeights weights, FloatWinogradFn winograd,
+                         int threads);
 
 // Q(pooled) of the header comment, in float32: z = pooled + b; clip to [0, 1] (NaN -> 0);
 // times levels = 2^bits - 1; round half to even (adding and removing 2^23 does that on [0, 255]).

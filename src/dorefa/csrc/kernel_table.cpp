@@ -27,12 +27,12 @@ constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr, FloatWeights::kN
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni, &BuildFieldRowVbmi};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift, &BuildFieldRow};
 constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512,
-                                     FloatWeights::kTapMajor};
+                                     FloatWeights::kTapMajor, &ConvFloatWinogradAvx512};
 constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2,
-                                   FloatWeights::kBlocked};
+                                   FloatWeights::kBlocked, &ConvFloatWinogradAvx2};
 // Float32 sums on zmm (entries that have AVX-512F), codes and float output.
 constexpr FloatConvPath kFloatZmm{"zmm", &ConvPoolQuantizeZmm, &ConvFloatOutAvx512,
-                                  FloatWeights::kTapMajor};
+                                  FloatWeights::kTapMajor, &ConvFloatWinogradAvx512};
 #endif
 
 // The float first layer: the float32 paths (FMA sums, codes proved against an error bound) ran

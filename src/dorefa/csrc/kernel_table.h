@@ -24,6 +24,7 @@
 
 #include "bitconv.h"
 #include "conv_float.h"
+#include "conv_float_winograd.h"
 #include "cpu_features.h"
 #include "fields.h"
 #include "int8conv.h"
@@ -46,9 +47,10 @@ struct Packer {
 // function (nullptr: the portable scalar rows).
 struct FloatConvPath {
   const char* name;
-  FloatConvPixelFn fn;    // fused conv -> pool -> quantize (nullptr: the scalar rows)
-  FloatConvOutFn out_fn;  // float output (nullptr: the scalar rows)
-  FloatWeights weights;   // the weight layout both read (conv_float.h)
+  FloatConvPixelFn fn;                 // fused conv -> pool -> quantize (nullptr: the scalar rows)
+  FloatConvOutFn out_fn;               // float output (nullptr: the scalar rows)
+  FloatWeights weights;                // the weight layout both read (conv_float.h)
+  FloatWinogradFn winograd = nullptr;  // float output of the layers it fits (WinogradFits)
 };
 
 struct KernelEntry {
