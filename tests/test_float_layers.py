@@ -203,8 +203,10 @@ def test_conv_float_output_by_winograd(shape):
     wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
     b = (rng.standard_normal(o) * 0.3).astype(np.float32)
     expected = R.conv_float(x, wt, b, 2, p)
-    bound = (c * k * k + 2) * 2.0**-24 * (
-        direct_float64(np.abs(x), np.abs(wt), 2, p) + np.abs(b)[:, None, None]
+    bound = (
+        (c * k * k + 2)
+        * 2.0**-24
+        * (direct_float64(np.abs(x), np.abs(wt), 2, p) + np.abs(b)[:, None, None])
     )
     vector = [kn for kn in NATIVE if not kn.startswith("popcount-scalar")]
     first = None
