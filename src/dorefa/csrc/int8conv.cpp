@@ -12,6 +12,8 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_features.h"
+#include "int8pack.h"
 #include "run_conv.h"
 #include "scratch.h"
 #include "thread_pool.h"
@@ -22,15 +24,6 @@ namespace {
 
 // Work below which one more thread does not pay: ~10 us at ~100 G int8 MAC/s.
 constexpr int64_t kMinMacsPerThread = int64_t{1} << 20;
-
-// Where the packing of an image's rows puts its interior pixels: pixel j of the image plane
-// (row j / w, column j % w) goes to out + row * (j / w) + pixel * (j % w), its channel sum to
-// sums[wp * (j / w) + j % w] (sums == nullptr: none).
-struct PlaneDst {
-  uint8_t* out;
-  int64_t w, row, pixel, wp;
-  int32_t* sums;
-};
 
 #if defined(__SSE2__)
 // In place: r[i] holds bytes M[i][0..15] on entry, M[0..15][i] on return (4 rounds of unpacks).
@@ -156,9 +149,19 @@ uint8_t PackBand(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t
              sums != nullptr ? sums + g.pad * (g.wp + 1) : nullptr};
   uint8_t ors = 0;
   int64_t c = 0;
+  const uint8_t* end = x + g.n * g.c * hw;
+#ifdef DOREFA_HAVE_X86_KERNELS
+  constexpr uint32_t kBw = kAvx512F | kAvx512Bw;
+  if (g.c >= 64 && (CpuFeatures() & kBw) == kBw) {
+    ors |= PackGroups64Avx512(src, end, hw, g.c / 64, j0, j1, z, d);
+    c = g.c / 64 * 64;
+  }
+#endif
 #if defined(__SSE2__)
-  if (g.c >= 16) {
-    ors |= PackGroups16(src, x + g.n * g.c * hw, hw, g.c / 16, j0, j1, z, d);
+  if (g.c - c >= 16) {
+    PlaneDst rest = d;
+    rest.out += c;
+    ors |= PackGroups16(src + c * hw, end, hw, (g.c - c) / 16, j0, j1, z, rest);
     c = g.c / 16 * 16;
   }
 #endif
