@@ -23,8 +23,9 @@ def test_kernel_table_rows():
     names = [row["name"] for row in TABLE]
     assert len(set(names)) == len(names)
     for row in TABLE:
-        if row["weights"] in ("int8", "lut"):  # int8 and lut kernels: named by their family
-            assert row["name"] == row["family"] and row["name"].startswith(f"{row['weights']}-")
+        if row["weights"] in ("int8", "lut", "lutdp"):  # int8 and lut kernels: by family
+            family = row["weights"].removesuffix("dp")
+            assert row["name"] == row["family"] and row["name"].startswith(f"{family}-")
         else:
             assert row["weights"] == "bitplanes" and row["name"].startswith("popcount-")
             assert row["name"] == f"{row['family']}/{row['packer']}"

@@ -124,8 +124,10 @@ struct Int8Kernel {
   int64_t ob_tile;         // 16-channel blocks a call handles best
   RequantPixelFn requant;  // codes of one pixel's channels from D (requant_table.h)
   LutTablesFn tables = nullptr;  // lut: the activation tables built after packing
-  // The packed weights' layout: "int8" (above), or "lut" (lut.h) for a kernel with tables.
-  const char* Layout() const { return tables != nullptr ? "lut" : "int8"; }
+  bool dot_lanes = false;        // lut: the "lutdp" weight layout (lut.h), channels in dwords
+  // The packed weights' layout: "int8" (above), or "lut" / "lutdp" (lut.h) for a kernel with
+  // tables.
+  const char* Layout() const { return tables == nullptr ? "int8" : dot_lanes ? "lutdp" : "lut"; }
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS

@@ -16,7 +16,8 @@ constexpr uint32_t kGfniVbmi = kGfni | kAvx512Vbmi;
 constexpr unsigned kEpilogue = ModeBit(Epilogue::kSigned) | ModeBit(Epilogue::kRequant);
 // The int8 kernels: AVX-512 F/BW/VL (their file is built with -mavx512dq too) and VNNI; AVX2.
 constexpr uint32_t kVnni = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vnni;
-// The lut kernels (lut.h): AVX-512 F/BW/VL (their file is built with -mavx512dq too); AVX2.
+// The lut kernels (lut.h): AVX-512 F/BW/VL (their file is built with -mavx512dq too), with
+// VBMI and VNNI for lut-vnni; AVX2.
 constexpr uint32_t kLutZmm = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl;
 constexpr Packer kNhwc{"nhwc", nullptr, nullptr};  // int8: codes in NHWC bytes (int8conv.h)
 
@@ -54,6 +55,8 @@ const KernelEntry kTable[] = {
    kFloatZmm},
   {"int8-avx2",               "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kInt8Avx2, kEpilogue,
    kFloatAvx2},
+  {"lut-vnni",                "avx512", kLutZmm | kAvx512Vbmi | kAvx512Vnni | kFma, nullptr, kNhwc, &kLutVnni,
+   kEpilogue, kFloatZmm},
   {"lut-avx512",              "avx512", kLutZmm | kFma,      nullptr,       kNhwc,      &kLutAvx512, kEpilogue,
    kFloatZmm},
   {"lut-avx2",                "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kLutAvx2,  kEpilogue,

@@ -15,18 +15,22 @@ inline uint8_t PlaneNibble(uint32_t v, int b) {
 
 }  // namespace
 
-uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl) {
+uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool dot_lanes) {
   const LutGeom l(g);
   const int64_t cp = Int8Geom(g).cp, taps = g.kh * g.kw;
   auto* bytes = reinterpret_cast<uint8_t*>(wl);
   auto* wsum = reinterpret_cast<int32_t*>(bytes + l.WeightBytes());
-  std::memset(bytes, 0, static_cast<size_t>(l.WeightBytes()));
   std::memset(wsum, 0, static_cast<size_t>(l.ob * kInt8Lanes * 4));
-  // Groups past a row's span: index 0x80 on every lane (VPSHUFB gives 0).
-  for (int64_t row = 0; row < l.ob * g.w_bits * g.kh; ++row)
-    for (int64_t j = l.span; j < 4 * l.quads; ++j)
-      std::memset(bytes + row * l.quads * 64 + (j / 4) * 64 + (j % 4) * kInt8Lanes, 0x80,
-                  kInt8Lanes);
+  if (dot_lanes) {  // every byte entry 0 of its group's table (the empty sum), patterns OR-ed in
+    for (int64_t i = 0; i < l.WeightBytes(); ++i) bytes[i] = static_cast<uint8_t>(16 * (i % 4));
+  } else {
+    std::memset(bytes, 0, static_cast<size_t>(l.WeightBytes()));
+    // Groups past a row's span: index 0x80 on every lane (VPSHUFB gives 0).
+    for (int64_t row = 0; row < l.ob * g.w_bits * g.kh; ++row)
+      for (int64_t j = l.span; j < 4 * l.quads; ++j)
+        std::memset(bytes + row * l.quads * 64 + (j / 4) * 64 + (j % 4) * kInt8Lanes, 0x80,
+                    kInt8Lanes);
+  }
   // Locals: the byte stores below may alias g and l as far as the compiler knows.
   const int64_t kh = g.kh, kwn = g.kw, c = g.c, row_bytes = l.quads * 64, plane = l.plane;
   const int w_bits = g.w_bits;
@@ -39,7 +43,10 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl) {
       sum += wo[i];
     }
     wsum[o] = static_cast<int32_t>(sum);  // fits for codes in range (the caller's bound)
-    uint8_t* block = bytes + (o / kInt8Lanes) * l.block + LutByte(o % kInt8Lanes);
+    // lut: lane i of a quad at 16 i, channel o at LutByte(o); lutdp: channel o's dword, byte i
+    const int64_t at = dot_lanes ? 4 * (o % kInt8Lanes) : LutByte(o % kInt8Lanes);
+    const int64_t lane_step = dot_lanes ? 1 : kInt8Lanes;
+    uint8_t* block = bytes + (o / kInt8Lanes) * l.block + at;
     for (int64_t r = 0; r < kh; ++r) {
       for (int64_t kw = 0; kw < kwn; ++kw) {
         const uint8_t* src = wo + r * kwn + kw;  // channel ch at src[ch * taps]
@@ -53,8 +60,8 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl) {
               v |= uint32_t{src[(c0 + i) * taps]} << (8 * i);
           }
           const auto j = static_cast<uint64_t>(kw * cp + c0) / 4;  // the group within row r
-          uint8_t* lane = row + (j / 4) * 64 + (j % 4) * kInt8Lanes;
-          for (int b = 0; b < w_bits; ++b) lane[b * plane] = PlaneNibble(v, b);
+          uint8_t* lane = row + (j / 4) * 64 + (j % 4) * lane_step;
+          for (int b = 0; b < w_bits; ++b) lane[b * plane] |= PlaneNibble(v, b);
         }
       }
     }
@@ -63,7 +70,7 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl) {
 }
 
 uint8_t PackByteWeights(const Int8Kernel& k, const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
-  return k.tables != nullptr ? PackWeightsLut(g, w, wq) : PackWeightsInt8(g, w, wq);
+  return k.tables != nullptr ? PackWeightsLut(g, w, wq, k.dot_lanes) : PackWeightsInt8(g, w, wq);
 }
 
 void BuildTablesScalar(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,

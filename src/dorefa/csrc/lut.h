@@ -33,6 +33,11 @@
 // as 16-bit words: even + 256 odd, and odd),
 // i.e. 64 bytes per (block, plane, row, quad), then Wsum, 16 int32 per block (as the int8
 // layout, for the shared store; z = 0 leaves it unused in the sums).
+//
+// The "lutdp" layout (lut-vnni, lut_vnni.cpp): the same 64 bytes per (block, plane, row, quad),
+// arranged for a 64-entry lookup (VPERMB) of the 4 tables side by side and a sum of each dword's
+// 4 bytes (VPDPBUSD with ones): byte 4 o + i = 16 i + m_b(j) of output channel 16 ob + o for the
+// group j = 4 q + i, and 16 i (entry 0 of a table, the empty sum: 0) when j >= span.
 #ifndef DOREFA_CSRC_LUT_H_
 #define DOREFA_CSRC_LUT_H_
 
@@ -75,7 +80,7 @@ struct LutGeom {
 };
 
 // The packed weights of an int8 or lut kernel (Int8Kernel::Layout): bytes before Wsum, words
-// in all, and packing (returns the OR of all codes).
+// in all, and packing (returns the OR of all codes). Both lut layouts have the same size.
 inline int64_t ByteWeightBytes(const Int8Kernel& k, const ConvGeom& g) {
   return k.tables != nullptr ? LutGeom(g).WeightBytes() : Int8Geom(g).WeightBytes();
 }
@@ -89,7 +94,7 @@ constexpr int LutByte(int64_t o) { return static_cast<int>(o < 8 ? 2 * o : 2 * (
 
 // Packs weight codes w (O, C, KH, KW) < 2^g.w_bits into wl (LutGeom(g).WeightWords() words);
 // returns the OR of all codes.
-uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl);
+uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool dot_lanes = false);
 
 // The tables of xq[0 .. bytes) (bytes a multiple of 4) for each activation slice of x_bits:
 // slice s's at tq + s * slice_bytes + 4 * (offset in xq). Portable reference of the vector
@@ -100,6 +105,10 @@ void BuildTablesScalar(const uint8_t* xq, int64_t bytes, int x_bits, int64_t sli
 #ifdef DOREFA_HAVE_X86_KERNELS
 extern const Int8Kernel kLutAvx512;
 extern const Int8Kernel kLutAvx2;
+extern const Int8Kernel kLutVnni;
+// The zmm table builder (lut_avx512.cpp), shared by lut-avx512 and lut-vnni.
+void LutTablesAvx512(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,
+                     uint8_t* tq);
 #endif
 
 }  // namespace dorefa

@@ -51,12 +51,17 @@ struct Zmm {
 
 }  // namespace
 
+void LutTablesAvx512(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,
+                     uint8_t* tq) {
+  BuildTables<Zmm>(xq, bytes, x_bits, slice_bytes, tq);
+}
+
 extern const Int8Kernel kLutAvx512 = {"2x64",
                                       &TileLut<Zmm, VnniStore, 2, 4>,
                                       &LutShift,
                                       kMaxLutPixels,
                                       4,
                                       &RequantPixelAvx512,
-                                      &BuildTables<Zmm>};
+                                      &LutTablesAvx512};
 
 }  // namespace dorefa

@@ -171,10 +171,16 @@ constexpr int64_t kLutChunkBytes = 16 << 10;
 // the int8 store reads them (raw[p][nb][16]), a chunk of kernel rows at a time over every pixel
 // (the chunk's weights stay in L1), then go out 8 pixels at a time (int8conv_store.h).
 constexpr int kMaxLutPixels = 32;
-template <class Isa, class Store, int P, int NB>
+// Blocks: the register tiles' functions, [slice bits - 1][0: 1 pixel, 1: P pixels][blocks - 1]
+// (LutBlocks below for the byte counters; lut_vnni.cpp's dword sums).
+template <class Isa, int P, int NB>
+struct ByteCounters {
+  static constexpr auto kTable = LutBlocks<Isa, P, NB>();
+};
+template <class Isa, class Store, int P, int NB, class Blocks = ByteCounters<Isa, P, NB>>
 void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
   static_assert(kMaxLutPixels % P == 0, "whole register tiles");
-  static constexpr auto kBlocks = LutBlocks<Isa, P, NB>();
+  static constexpr auto kBlocks = Blocks::kTable;
   const ConvGeom& g = *c.g;
   const LutGeom l(g);
   const LutSlices slices(g.x_bits);

@@ -47,7 +47,8 @@ BUDGET_S = 0.004  # measurement time per layer, once MIN_ROUNDS are done
 # lut kernels in G lookup-MAC/s (one weight plane, one activation slice, :func:`lut_lookups`).
 POPCOUNT_RATE = {"popcount-avx512": 900.0, "popcount-avx2": 300.0, "popcount-scalar": 50.0}
 INT8_RATE = {"int8-vnni": 130.0, "int8-avx2": 110.0}
-LUT_RATE = {"lut-avx512": 450.0, "lut-avx2": 420.0}
+LUT_RATE = {"lut-vnni": 430.0, "lut-avx512": 450.0, "lut-avx2": 420.0}
+LUT_DWORD_SUMS = ("lut-vnni",)  # lut kernels that sum in dwords: no byte sums to widen
 INT8_AVX2_W8A8_RATE = 40.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the nibble path
 
 
@@ -78,7 +79,8 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
     of each kind."""
     if family.startswith("lut-"):
         rate = LUT_RATE.get(family, min(LUT_RATE.values()))
-        return macs * lut_lookups(w_bits, x_bits) / rate / 1e3
+        widen = family not in LUT_DWORD_SUMS
+        return macs * lut_lookups(w_bits, x_bits, widen) / rate / 1e3
     if family.startswith("int8-"):
         rate = INT8_RATE.get(family, min(INT8_RATE.values()))
         if family == "int8-avx2" and w_bits == x_bits == 8:
@@ -88,12 +90,13 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
     return macs * w_bits * x_bits / rate / 1e3
 
 
-def lut_lookups(w_bits: int, x_bits: int) -> float:
+def lut_lookups(w_bits: int, x_bits: int, widen: bool = True) -> float:
     """Relative work of a lut kernel (``csrc/lut.h``) per MAC: one byte lookup and add per weight
     plane and activation slice (x_bits <= 6: one slice; 7, 8: two of ceil(x_bits / 2) bits),
-    plus the widening of the byte sums every ``255 // maxv`` lookups (3 instructions against
-    the lookup's 2, ``maxv = 4 (2**bits - 1)``)."""
-    return w_bits * sum(1.0 + 1.5 / (255 // (4 * (2**b - 1))) for b in lut_slices(x_bits))
+    plus, with ``widen`` (the byte-counter kernels), the widening of the byte sums every
+    ``255 // maxv`` lookups (3 instructions against the lookup's 2, ``maxv = 4 (2**bits - 1)``)."""
+    w = 1.5 if widen else 0.0
+    return w_bits * sum(1.0 + w / (255 // (4 * (2**b - 1))) for b in lut_slices(x_bits))
 
 
 def lut_slices(x_bits: int) -> list[int]:

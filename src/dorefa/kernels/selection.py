@@ -53,7 +53,8 @@ def kernel_table() -> list[dict]:
     ``pixel_tile`` / ``channel_block_tile`` (work-split granularity), ``packer``,
     ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass),
     ``float_conv`` (the path of the float first layer under this kernel: avx512, avx2, scalar) and
-    ``weights`` (the packed-weight layout: ``'bitplanes'``, ``'int8'`` or ``'lut'``)."""
+    ``weights`` (the packed-weight layout: ``'bitplanes'``, ``'int8'``, ``'lut'`` or
+    ``'lutdp'``)."""
     return [dict(row) for row in _table()]
 
 
@@ -64,8 +65,8 @@ def _layouts() -> dict[str, str]:
 
 def weight_layout(kernel: str) -> str:
     """The packed-weight layout a native kernel reads: ``'bitplanes'`` (the popcount kernels,
-    :attr:`PackedWeights.words`), ``'int8'`` (the int8 kernels, ``csrc/int8conv.h``) or ``'lut'``
-    (the table-lookup kernels, ``csrc/lut.h``)."""
+    :attr:`PackedWeights.words`), ``'int8'`` (the int8 kernels, ``csrc/int8conv.h``), ``'lut'``
+    or ``'lutdp'`` (the table-lookup kernels, ``csrc/lut.h``)."""
     return _layouts()[kernel]
 
 
