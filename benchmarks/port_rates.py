@@ -25,6 +25,8 @@ binary MACs, so W1A2 runs at half the binary rate):
 - ``lut-avx512 W1A4`` / ``W1A2``: lut_tile.h's 2 x 4 zmm tile, k8 = 4 (21) steps of 4 index
   loads, 2 table loads, 8 x (VPSHUFB, VPADDB), then the widening, 8 x (VPADDW, VPSRLW, VPADDW)
   [k8 x 8 x 256]; ``lut-avx2 W1A4`` / ``W1A2``: the 2 x 2 ymm tile [k8 x 4 x 128];
+- ``lut-vnni``: lut_vnni.cpp's 4 x 4 tile, one step: 4 index loads, 4 table loads, 16 x
+  (VPERMB, VPDPBUSD) [16 x 256], whatever the activation bits;
 - ``float conv zmm`` / ``float conv ymm``: the float first layer, one tap of its 4-pixel run:
   6 (3) weight loads, 4 broadcasts, 24 (12) VFMADD231PS on zmm (ymm) [24 x 16 / 12 x 8].
 
@@ -133,6 +135,20 @@ def _lut(reg: str, pixels: int, blocks: int, k8: int) -> tuple[str, ...]:
     return tuple(line.replace("vmovdqu64", "vmovdqu") if reg == "ymm" else line for line in lines)
 
 
+def _lut_vnni() -> tuple[str, ...]:
+    """lut_vnni.cpp's step: 4 index loads, per pixel of 4 a table load, per pair VPERMB + an
+    in-place VPDPBUSD against ones (zmm0-15 sums, 16-19 indices, 20 table, 21 ones, 22 tmp)."""
+    lines = [f"vmovdqu64 {64 * k}(%[b]), %%zmm{16 + k}" for k in range(4)]
+    for p in range(4):
+        lines.append(f"vmovdqu64 {2048 + 64 * p}(%[b]), %%zmm20")
+        for k in range(4):
+            lines += [
+                f"vpermb %%zmm20, %%zmm{16 + k}, %%zmm22",
+                f"vpdpbusd %%zmm21, %%zmm22, %%zmm{4 * p + k}",
+            ]
+    return tuple(lines)
+
+
 def _fma(reg: str, blocks: int) -> tuple[str, ...]:
     """One tap of the float first layer: 4 pixels x ``blocks`` vectors of channels (zmm: 6
     blocks of 16, conv_float_avx512.cpp; ymm: 3 of 8, conv_float_avx2.cpp)."""
@@ -162,6 +178,7 @@ MIXES = (
     Mix("int8-vnni", ("avx512f", "avx512_vnni"), 24 * 64, False, _vnni()),
     Mix("lut-avx512 W1A4", ("avx512bw",), 4 * 8 * 256, False, _lut("zmm", 2, 4, 4)),
     Mix("lut-avx512 W1A2", ("avx512bw",), 21 * 8 * 256, False, _lut("zmm", 2, 4, 21)),
+    Mix("lut-vnni", ("avx512vbmi", "avx512_vnni"), 16 * 256, False, _lut_vnni()),
     Mix("lut-avx2 W1A4", ("avx2",), 4 * 4 * 128, False, _lut("ymm", 2, 2, 4)),
     Mix("lut-avx2 W1A2", ("avx2",), 21 * 4 * 128, False, _lut("ymm", 2, 2, 21)),
     Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),
