@@ -34,7 +34,7 @@ import dorefa.kernels as K
 from dorefa.kernels import choose
 
 BIT_PAIRS = ((1, 2), (2, 2), (1, 4), (8, 8))  # (w_bits, x_bits)
-KERNELS = ("popcount", "int8-vnni", "int8-avx2", "lut-avx512", "lut-avx2")
+KERNELS = ("popcount", "int8-vnni", "int8-avx2", "lut-vnni", "lut-avx512", "lut-avx2")
 PICK = "pick"  # the engine's per-layer choice (kernels/choose.py), nothing forced
 
 # MAC/cycle ceilings per core (derivations in docs/kernels.md, "Ceilings"): popcount kernels
@@ -46,17 +46,21 @@ INT8_AVX2_W8A8_CEILING = 15.0
 
 # lut kernels (Zen 4 / Zen 2: four 256-bit pipes): per 256 MACs of one weight plane and one
 # activation slice, 2 zmm ops (VPSHUFB, VPADDB) plus the widening, i.e. 2 x lut_lookups ops,
-# 2 zmm ops a cycle; VPSHUFB on two of the pipes caps it at 256.
-def lut_ceiling(wb: int, xb: int) -> float:
-    """MAC/cycle ceiling of the lut kernels at W = wb, A = xb."""
-    return min(256.0 / choose.lut_lookups(1, xb), 256.0 / len(choose.lut_slices(xb))) / wb
+# 2 zmm ops a cycle; VPSHUFB on two of the pipes caps it at 256. lut-vnni: one VPERMB and one
+# VPDPBUSD, on different pipes: 256 per plane and slice.
+def lut_ceiling(wb: int, xb: int, family: str = "lut-avx512") -> float:
+    """MAC/cycle ceiling of a lut kernel family at W = wb, A = xb."""
+    slices = len(choose.lut_slices(xb))
+    if family in choose.LUT_DWORD_SUMS:
+        return 256.0 / slices / wb
+    return min(256.0 / choose.lut_lookups(1, xb), 256.0 / slices) / wb
 
 
 def ceiling(kernel: str, wb: int, xb: int) -> float:
     """MAC/cycle ceiling of a kernel name at W = wb, A = xb (NaN where none is derived)."""
     family = kernel.split("/")[0]
     if family.startswith("lut-"):
-        return lut_ceiling(wb, xb)
+        return lut_ceiling(wb, xb, family)
     if family == "int8-avx2" and wb == xb == 8:
         return INT8_AVX2_W8A8_CEILING
     if family in INT8_CEILING:
