@@ -66,11 +66,7 @@ uint8_t PackGroups16(const uint8_t* src, const uint8_t* end, int64_t hw, int64_t
   for (int64_t j = j0; j < j1; j += 16) {
     const int64_t m = std::min<int64_t>(16, j1 - j);
     int64_t out[16], at[16];  // pixel k's packed offset and its place in d.sums
-    for (int64_t k = 0; k < m; ++k) {
-      out[k] = y * d.row + x * d.pixel;
-      at[k] = y * d.wp + x;
-      if (++x == d.w) x = 0, ++y;
-    }
+    d.Pixels(m, &y, &x, out, at);
     __m128i s32[4] = {zero, zero, zero, zero};  // pixels 4i .. 4i + 3
     for (int64_t gi = 0; gi < groups; ++gi) {
       __m128i r[16];

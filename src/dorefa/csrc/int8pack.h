@@ -15,6 +15,15 @@ struct PlaneDst {
   uint8_t* out;
   int64_t w, row, pixel, wp;
   int32_t* sums;
+  // The next m (<= 16) pixels from the walk's position (*y, *x), which advances: pixel k's
+  // packed offset out[k] and its place in sums at[k].
+  void Pixels(int64_t m, int64_t* y, int64_t* x, int64_t* out, int64_t* at) const {
+    for (int64_t k = 0; k < m; ++k) {
+      out[k] = *y * row + *x * pixel;
+      at[k] = *y * wp + *x;
+      if (++*x == w) *x = 0, ++*y;
+    }
+  }
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS

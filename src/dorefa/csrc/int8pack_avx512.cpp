@@ -54,11 +54,7 @@ uint8_t PackGroups64Avx512(const uint8_t* src, const uint8_t* end, int64_t hw, i
   for (int64_t j = j0; j < j1; j += 16) {
     const int64_t m = std::min<int64_t>(16, j1 - j);
     int64_t out[16], at[16];  // pixel k's packed offset and its place in d.sums
-    for (int64_t k = 0; k < m; ++k) {
-      out[k] = y * d.row + x * d.pixel;
-      at[k] = y * d.wp + x;
-      if (++x == d.w) x = 0, ++y;
-    }
+    d.Pixels(m, &y, &x, out, at);
     __m512i s32 = zero;  // pixel k's sum in lane k
     for (int64_t bi = 0; bi < blocks; ++bi) {
       __m512i r[16];  // lane l: channel 64 bi + 16 l + i
