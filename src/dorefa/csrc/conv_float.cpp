@@ -277,7 +277,7 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
   Scratch& s = *scratch;
   const int64_t plane = g.oh * g.ow;
   const FloatConvPlan p = MakePlan(g, x, weight, bias, weights, s);
-  if (fn != nullptr && winograd != nullptr && WinogradFits(g)) {
+  if (winograd != nullptr && WinogradFits(g)) {
     WinogradPlan w;
     MakeWinogradPlan(g, weight, bias, &w);
     const int64_t bands = Bands(w.th, g.n, threads);

@@ -18,19 +18,20 @@
 //         [ 0  2 -3  1  0 ]       [ -1/6  1/6  -1/6   1/6  ]
 //         [ 0 -1  0  1  0 ]       [  1/6  1/3   2/3   4/3  ]
 //         [ 0  2 -1 -2  1 ]       [   0    0     0     1   ]
-// per tile 25 x 4C x O multiplies against 4 x 49 C x O: 0.51x (R = 4C x 25, against 196 C).
+// per tile 25 x 4C x O multiplies against 4 x 49 C x O: 0.51x.
 // U is computed once per call in double and rounded to float32; the rest is float32. Its
 // rounding differs from the direct sums' (the float-output conv is compared within rounding:
 // conv_float.h); Winograd with these points is as accurate as the direct float32 sums on the
-// stem (max error ~6e-7 of the largest output, 5e-7 direct).
+// stem (max error 5.5e-7 of the largest output, 5e-7 direct).
 //
 // Vectors hold L neighbouring tiles of one tile row (16 on zmm, 8 on ymm), every step per lane,
 // so both widths give the same bits. Per block of L tiles: the phase patches come from R, the
 // phase planes split by column parity, R[k][par][u][t] = P_k[u][2t + par], so the L values of
 // d_k[a'][b'] are L consecutive floats (R[k][b' % 2][2ty + a'][tx + b' / 2]); V_k transformed
-// in registers to Vb[xi][k][L]; per 16 channels o, M[xi][o] = sum_k U[xi][k][o] V[xi][k] (FMAs
-// in k order, U broadcast) to Mb[xi][o][L]; per channel Y = A^T M A + bias, the two columns of
-// each tile interleaved, two rows of 2L outputs stored.
+// in registers to Vb[xi][k][L]; per row i of positions and a few channels o (8 on zmm, 4 on
+// ymm), M[i][j][o] = sum_k U[i j][k][o] V[i j][k] (FMAs in k order, U broadcast) and A^T along
+// j in registers to S[i][s][o]; per channel Y = A^T S + bias along i, the two columns of each
+// tile interleaved, two rows of 2L outputs stored.
 #ifndef DOREFA_CSRC_CONV_FLOAT_WINOGRAD_H_
 #define DOREFA_CSRC_CONV_FLOAT_WINOGRAD_H_
 

@@ -25,7 +25,6 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <utility>
 
 #include "int8conv.h"
@@ -66,8 +65,8 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
   };
   const uint8_t* wr;
   const uint8_t* tr[P];
-  // n (<= K8) steps from step q into byte counters, then widened; Full: n == K8 (no tests).
-  auto run = [&](int64_t q, int64_t n, auto full) {
+  // n (<= K8) steps from step q into byte counters, then widened.
+  auto run = [&](int64_t q, int64_t n) {
     Vec a8[P][NB];
     auto step = [&](int64_t i, bool first) {
       Vec wv[NB];
@@ -82,9 +81,7 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
       }
     };
     step(q, true);
-    if constexpr (decltype(full)::value && K8 <= 9) {
-      DOREFA_UNROLL for (int64_t j = 1; j < K8; ++j) step(q + j, false);
-    } else if constexpr (K8 <= 9) {
+    if constexpr (K8 <= 9) {
       DOREFA_UNROLL for (int64_t j = 1; j < K8; ++j) if (j < n) step(q + j, false);
     } else {
       for (int64_t j = 1; j < n; ++j) step(q + j, false);
@@ -103,7 +100,7 @@ void LutBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
         flush();
         since = 0;
       }
-      run(q, n, std::false_type{});
+      run(q, n);
       since += n;
     }
   }

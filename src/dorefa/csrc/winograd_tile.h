@@ -1,9 +1,9 @@
 // The Winograd tile rows of conv_float_winograd.h for one vector ISA (WinogradRows<Isa>).
 //
 // Isa provides kLanes (tiles per vector), kOuts (channels a pass of the sums), Vec, Load, Store,
-// Set1, Add, Sub, Fma(a, b, c) = a b
-// + c and Fnma(a, b, c) = c - a b (one rounding each), and Interleave(y0, y1, ncols, dst): the
-// lanes of y0 and y1 alternated (y0[0], y1[0], y0[1], ...) to dst[0 .. ncols), ncols <= 2 L.
+// Set1, Add, Sub, Fma(a, b, c) = a b + c and Fnma(a, b, c) = c - a b (one rounding each), and
+// Interleave(y0, y1, ncols, dst): the lanes of y0 and y1 alternated (y0[0], y1[0], y0[1], ...)
+// to dst[0 .. ncols), ncols <= 2 L.
 // Every lane runs the same operations in the same order, so every width gives the same bits.
 // Internal linkage, one copy per ISA file (as lut_tile.h).
 #ifndef DOREFA_CSRC_WINOGRAD_TILE_H_

@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 
 from . import bitconv2d_signed, pack_weights
-from .choose import lut_slices
+from .choose import LUT_DWORD_SUMS, lut_slices
 from .reference import check_bits
 from .reference_grad import check_geometry, scaled_batch_sum
 from .selection import REFERENCE
@@ -76,11 +76,12 @@ def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> 
     ``csrc/igrad.h``) for layers with more than one output pixel where this CPU has AVX-512
     VNNI, W <= 7 and no kernel other than ``int8-vnni`` is forced; else ``'conv'``, the
     transposed convolution as a forward convolution on the kernel in force (or the layer's
-    choice; one output pixel: a 1x1 convolution over the weights' taps). Where the CPU runs
-    ``lut-vnni`` and nothing is forced, the convolution route also takes the layers whose lut
-    work is at most two lookups a MAC (W x activation slices <= 2): svhn's (1,2,6) input
-    gradients at batch 128 ran 1.1-1.7x faster on it than on the GEMM (Zen 4: conv2 9.86 ->
-    6.30 ms, conv4 5.01 -> 2.92 ms; the same integers)."""
+    choice; one output pixel: a 1x1 convolution over the weights' taps). Where the CPU runs a
+    lut kernel that sums in dwords (``choose.LUT_DWORD_SUMS``: ``lut-vnni``) and nothing is
+    forced, the convolution route also takes the layers whose lut work is at most two lookups
+    a MAC (W x activation slices <= 2): svhn's (1,2,6) input gradients at batch 128 ran
+    1.1-1.7x faster on it than on the GEMM (Zen 4: conv2 9.86 -> 6.30 ms, conv4 5.01 -> 2.92
+    ms; the same integers)."""
     from .extension import native
     from .selection import available_kernels, forced_kernel
 
@@ -89,7 +90,7 @@ def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> 
         return "conv"
     if (
         forced is None
-        and "lut-vnni" in available_kernels()
+        and any(k in LUT_DWORD_SUMS for k in available_kernels())
         and w_bits * len(lut_slices(g_bits)) <= 2
     ):
         return "conv"

@@ -11,6 +11,7 @@ Imports numpy and :mod:`dorefa.kernels` only (never torch).
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -150,11 +151,8 @@ class Model:
         def share(i: int) -> None:
             t = threads // parts + (i < threads % parts)
             try:
-                if forced is None:
+                with kernels.use_kernel(forced) if forced is not None else nullcontext():
                     outs[i] = self._forward(x[bounds[i] : bounds[i + 1]], t)
-                else:
-                    with kernels.use_kernel(forced):
-                        outs[i] = self._forward(x[bounds[i] : bounds[i + 1]], t)
             except BaseException as e:  # re-raised in the calling thread
                 errors.append(e)
 
