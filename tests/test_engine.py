@@ -189,6 +189,21 @@ def test_input_grad_gemm_refuses_bad_input():
         native.input_grad_gemm(g, wc, 4, 1, 1, 1, 6, 6, 1, scale=np.ones(3))
 
 
+TRANSPOSE_SHAPES = [(1, 1), (1, 40), (40, 1), (16, 16), (15, 17), (33, 70), (512, 48)]
+
+
+@pytest.mark.parametrize("shape", TRANSPOSE_SHAPES)
+def test_transpose_codes_is_the_transpose(shape):
+    """The native byte transpose of the one-pixel input-gradient route: 16 x 16 blocks and the
+    edges, every element where numpy's transpose puts it."""
+    a = np.random.default_rng(shape[0] * 100 + shape[1]).integers(0, 256, shape, dtype=np.uint8)
+    t = K._native.transpose_codes(a)
+    assert t.flags.c_contiguous
+    np.testing.assert_array_equal(t, a.T)
+    with pytest.raises(ValueError, match="2-D uint8"):
+        K._native.transpose_codes(a.reshape(1, *shape))
+
+
 def test_entry_points_refuse_a_wrong_geometry():
     g, m, wc, a = _operands((1, 3, 6, 6, 2, 3, 1, 1), (1, 2, 4), 0)
     with pytest.raises(ValueError, match="pass the forward input's"):

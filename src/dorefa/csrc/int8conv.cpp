@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "byte_transpose.h"
 #include "cpu_features.h"
 #include "int8pack.h"
 #include "run_conv.h"
@@ -26,31 +27,6 @@ namespace {
 constexpr int64_t kMinMacsPerThread = int64_t{1} << 20;
 
 #if defined(__SSE2__)
-// In place: r[i] holds bytes M[i][0..15] on entry, M[0..15][i] on return (4 rounds of unpacks).
-void Transpose16x16(__m128i (&r)[16]) {
-  __m128i a[16], b[16];
-  for (int i = 0; i < 8; ++i) {  // rows 2i, 2i+1 interleaved: columns 0-7, then 8-15
-    a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
-    a[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
-  }
-  for (int h = 0; h < 2; ++h) {  // b[q * 4 + i]: rows 4i..4i+3 of columns 4q..4q+3
-    for (int i = 0; i < 4; ++i) {
-      b[h * 8 + i] = _mm_unpacklo_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
-      b[h * 8 + 4 + i] = _mm_unpackhi_epi16(a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
-    }
-  }
-  for (int q = 0; q < 4; ++q) {  // a[q * 4 + 2h (+1)]: rows 8h..8h+7 of columns 4q, 4q+1 (+2)
-    for (int h = 0; h < 2; ++h) {
-      a[q * 4 + 2 * h] = _mm_unpacklo_epi32(b[q * 4 + 2 * h], b[q * 4 + 2 * h + 1]);
-      a[q * 4 + 2 * h + 1] = _mm_unpackhi_epi32(b[q * 4 + 2 * h], b[q * 4 + 2 * h + 1]);
-    }
-    r[4 * q] = _mm_unpacklo_epi64(a[q * 4], a[q * 4 + 2]);
-    r[4 * q + 1] = _mm_unpackhi_epi64(a[q * 4], a[q * 4 + 2]);
-    r[4 * q + 2] = _mm_unpacklo_epi64(a[q * 4 + 1], a[q * 4 + 3]);
-    r[4 * q + 3] = _mm_unpackhi_epi64(a[q * 4 + 1], a[q * 4 + 3]);
-  }
-}
-
 // The 16-channel groups [0, groups) of the plane's pixels [j0, j1) (src: channel 0's plane,
 // stride hw between channels) into their packed pixels, a block of 16 pixels (which may span
 // image rows) at a time: per group a 16 x 16 byte transpose, and the block's channel sums added

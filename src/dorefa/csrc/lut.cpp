@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace dorefa {
 
@@ -21,7 +22,7 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
   auto* bytes = reinterpret_cast<uint8_t*>(wl);
   auto* wsum = reinterpret_cast<int32_t*>(bytes + l.WeightBytes());
   std::memset(wsum, 0, static_cast<size_t>(l.ob * kInt8Lanes * 4));
-  if (dot_lanes) {  // every byte entry 0 of its group's table (the empty sum), patterns OR-ed in
+  if (dot_lanes) {  // every byte entry 0 of its group's table (the empty sum): channels past O
     for (int64_t i = 0; i < l.WeightBytes(); ++i) bytes[i] = static_cast<uint8_t>(16 * (i % 4));
   } else {
     std::memset(bytes, 0, static_cast<size_t>(l.WeightBytes()));
@@ -32,8 +33,12 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
                     kInt8Lanes);
   }
   // Locals: the byte stores below may alias g and l as far as the compiler knows.
-  const int64_t kh = g.kh, kwn = g.kw, c = g.c, row_bytes = l.quads * 64, plane = l.plane;
+  const int64_t kh = g.kh, kwn = g.kw, c = g.c, span = l.span, row_bytes = l.quads * 64;
+  const int64_t plane = l.plane, block_bytes = l.block;
   const int w_bits = g.w_bits;
+  // One kernel row's codes in table order, (kw, channel) with the channels padded to cp: group
+  // j is the 4 bytes at 4 j. Each byte of the layout is written once (no read-modify-write).
+  std::vector<uint8_t> row(static_cast<size_t>(4 * span), 0);
   uint8_t ors = 0;
   for (int64_t o = 0; o < g.o; ++o) {
     const uint8_t* wo = w + o * c * taps;
@@ -43,25 +48,33 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
       sum += wo[i];
     }
     wsum[o] = static_cast<int32_t>(sum);  // fits for codes in range (the caller's bound)
-    // lut: lane i of a quad at 16 i, channel o at LutByte(o); lutdp: channel o's dword, byte i
-    const int64_t at = dot_lanes ? 4 * (o % kInt8Lanes) : LutByte(o % kInt8Lanes);
-    const int64_t lane_step = dot_lanes ? 1 : kInt8Lanes;
-    uint8_t* block = bytes + (o / kInt8Lanes) * l.block + at;
+    uint8_t* block = bytes + (o / kInt8Lanes) * block_bytes;
+    const int64_t lane = o % kInt8Lanes;
     for (int64_t r = 0; r < kh; ++r) {
       for (int64_t kw = 0; kw < kwn; ++kw) {
         const uint8_t* src = wo + r * kwn + kw;  // channel ch at src[ch * taps]
-        uint8_t* row = block + r * row_bytes;
-        for (int64_t c0 = 0; c0 < c; c0 += 4) {
-          uint32_t v = 0;  // the group's 4 codes, channels past C are 0
-          if (taps == 1 && c0 + 4 <= c) {
-            std::memcpy(&v, src + c0, 4);
-          } else {
-            for (int64_t i = 0; i < 4 && c0 + i < c; ++i)
-              v |= uint32_t{src[(c0 + i) * taps]} << (8 * i);
+        uint8_t* dst = row.data() + kw * cp;
+        if (taps == 1) {
+          std::memcpy(dst, src, static_cast<size_t>(c));
+        } else {
+          for (int64_t ch = 0; ch < c; ++ch) dst[ch] = src[ch * taps];
+        }
+      }
+      uint8_t* line = block + r * row_bytes;
+      for (int64_t j = 0; j < span; j += 4) {
+        uint32_t v[4] = {0, 0, 0, 0};  // groups past the span: code 0 (their entries as set)
+        std::memcpy(v, row.data() + 4 * j, static_cast<size_t>(4 * std::min<int64_t>(4, span - j)));
+        uint8_t* quad = line + (j / 4) * 64;
+        for (int b = 0; b < w_bits; ++b) {
+          if (dot_lanes) {  // lutdp: channel o's dword, byte i = 16 i + m_b(j + i)
+            uint32_t d = 0x30201000u;
+            for (int i = 0; i < 4 && j + i < span; ++i)
+              d |= uint32_t{PlaneNibble(v[i], b)} << (8 * i);
+            std::memcpy(quad + b * plane + 4 * lane, &d, 4);
+          } else {  // lut: lane i of the quad at 16 i, channel o at LutByte(o)
+            for (int i = 0; i < 4 && j + i < span; ++i)
+              quad[b * plane + 16 * i + LutByte(lane)] = PlaneNibble(v[i], b);
           }
-          const auto j = static_cast<uint64_t>(kw * cp + c0) / 4;  // the group within row r
-          uint8_t* lane = row + (j / 4) * 64 + (j % 4) * lane_step;
-          for (int b = 0; b < w_bits; ++b) lane[b * plane] |= PlaneNibble(v, b);
         }
       }
     }

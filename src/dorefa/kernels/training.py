@@ -124,7 +124,7 @@ def _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads):
         # One output pixel whose window is the whole input: dx[c, y, x] = sum_o g[o] w[o, c, y, x],
         # a 1x1 convolution with the weights' (C, KH, KW) as output channels.
         o = w_codes.shape[0]
-        wt = np.ascontiguousarray(w_codes.reshape(o, -1).T.reshape(-1, o, 1, 1), np.uint8)
+        wt = _transposed(w_codes.reshape(o, -1)).reshape(-1, o, 1, 1)
         pw = pack_weights(wt, w_bits)
         k1 = bitconv2d_signed(c, pw, g_bits, 1, 0, threads).reshape((len(c), -1) + hw)
         k2 = bitconv2d_signed(ones, pw, 1, 1, 0, threads).reshape((1, -1) + hw)
@@ -142,6 +142,15 @@ def _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads):
             k2 = bitconv2d_signed(_scatter(ones, kernel, stride, padding, hw), pw, 1, 1, 0,
                                   threads)  # fmt: skip
     return k1, k2
+
+
+def _transposed(a: np.ndarray) -> np.ndarray:
+    """``a.T`` of a contiguous uint8 matrix, contiguous (natively where the extension is)."""
+    from .extension import native
+
+    if native is None:
+        return np.ascontiguousarray(a.T)
+    return native.transpose_codes(a)
 
 
 def input_grad_codes(
