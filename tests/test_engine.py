@@ -189,7 +189,7 @@ def test_input_grad_gemm_refuses_bad_input():
         native.input_grad_gemm(g, wc, 4, 1, 1, 1, 6, 6, 1, scale=np.ones(3))
 
 
-TRANSPOSE_SHAPES = [(1, 1), (1, 40), (40, 1), (16, 16), (15, 17), (33, 70), (512, 48)]
+TRANSPOSE_SHAPES = [(1, 1), (1, 40), (40, 1), (16, 16), (15, 17), (33, 70), (512, 48), (700, 1100)]
 
 
 @pytest.mark.parametrize("shape", TRANSPOSE_SHAPES)

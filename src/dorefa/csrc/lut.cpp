@@ -8,10 +8,11 @@ namespace dorefa {
 
 namespace {
 
-// Bit b of each byte of v (4 codes) as a nibble, code i at bit i.
-inline uint8_t PlaneNibble(uint32_t v, int b) {
-  const uint64_t bits = (v >> b) & 0x01010101u;
-  return static_cast<uint8_t>(((bits * 0x01020408u) >> 24) & 0xF);  // bit 8i -> bit 24 + i
+// Bit b of each byte of x as the nibbles of its two groups of 4 codes (code i at bit i): bytes
+// 0-3 at bits 24-27, bytes 4-7 at bits 56-59. The multiply moves bit 8 i to 24 + i and bit
+// 32 + 8 i to 56 + i; its other products land on bits of their own (no carries).
+inline uint64_t PairNibbles(uint64_t x, int b) {
+  return ((x >> b) & 0x0101010101010101u) * 0x01020408u;
 }
 
 }  // namespace
@@ -37,8 +38,8 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
   const int64_t plane = l.plane, block_bytes = l.block;
   const int w_bits = g.w_bits;
   // One kernel row's codes in table order, (kw, channel) with the channels padded to cp: group
-  // j is the 4 bytes at 4 j. Each byte of the layout is written once (no read-modify-write).
-  std::vector<uint8_t> row(static_cast<size_t>(4 * span), 0);
+  // j is the 4 bytes at 4 j; zeros up to whole quads. Each byte of the layout is written once.
+  std::vector<uint8_t> row(static_cast<size_t>(16 * l.quads), 0);
   uint8_t ors = 0;
   for (int64_t o = 0; o < g.o; ++o) {
     const uint8_t* wo = w + o * c * taps;
@@ -62,18 +63,20 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
       }
       uint8_t* line = block + r * row_bytes;
       for (int64_t j = 0; j < span; j += 4) {
-        uint32_t v[4] = {0, 0, 0, 0};  // groups past the span: code 0 (their entries as set)
-        std::memcpy(v, row.data() + 4 * j, static_cast<size_t>(4 * std::min<int64_t>(4, span - j)));
+        uint64_t x[2];  // groups j, j + 1 and j + 2, j + 3 (past the span: code 0)
+        std::memcpy(x, row.data() + 4 * j, 16);
         uint8_t* quad = line + (j / 4) * 64;
         for (int b = 0; b < w_bits; ++b) {
+          const uint64_t lo = PairNibbles(x[0], b), hi = PairNibbles(x[1], b);
+          const uint32_t m =
+              static_cast<uint32_t>(((lo >> 24) & 0xF) | ((lo >> 48) & 0xF00) |
+                                    ((hi >> 8) & 0xF0000) | ((hi >> 32) & 0xF000000));
           if (dot_lanes) {  // lutdp: channel o's dword, byte i = 16 i + m_b(j + i)
-            uint32_t d = 0x30201000u;
-            for (int i = 0; i < 4 && j + i < span; ++i)
-              d |= uint32_t{PlaneNibble(v[i], b)} << (8 * i);
+            const uint32_t d = 0x30201000u | m;
             std::memcpy(quad + b * plane + 4 * lane, &d, 4);
           } else {  // lut: lane i of the quad at 16 i, channel o at LutByte(o)
             for (int i = 0; i < 4 && j + i < span; ++i)
-              quad[b * plane + 16 * i + LutByte(lane)] = PlaneNibble(v[i], b);
+              quad[b * plane + 16 * i + LutByte(lane)] = static_cast<uint8_t>(m >> (8 * i));
           }
         }
       }
