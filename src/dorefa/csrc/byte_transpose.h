@@ -39,8 +39,9 @@ inline void Transpose16x16(__m128i (&r)[16]) {
 }
 #endif
 
-// dst (cols, rows) = src (rows, cols) transposed, both row-major and contiguous. One thread: on
-// two, svhn conv6's 1.6 MB took 3x as long (the fresh output's page faults contend).
+// dst (cols, rows) = src (rows, cols) transposed, both row-major and contiguous. One thread: split
+// over two, svhn conv6's 1.6 MB took 3x as long (measured; most likely the two threads' page
+// faults on the fresh output).
 void TransposeBytes(const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
 
 }  // namespace dorefa
