@@ -4,6 +4,8 @@
 #include <cstring>
 #include <vector>
 
+#include "byte_transpose.h"
+
 namespace dorefa {
 
 namespace {
@@ -40,6 +42,7 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
   // One kernel row's codes in table order, (kw, channel) with the channels padded to cp: group
   // j is the 4 bytes at 4 j; zeros up to whole quads. Each byte of the layout is written once.
   std::vector<uint8_t> row(static_cast<size_t>(16 * l.quads), 0);
+  std::vector<uint8_t> tap_major(static_cast<size_t>(taps > 1 ? c * taps : 0));
   uint8_t ors = 0;
   for (int64_t o = 0; o < g.o; ++o) {
     const uint8_t* wo = w + o * c * taps;
@@ -51,16 +54,15 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
     wsum[o] = static_cast<int32_t>(sum);  // fits for codes in range (the caller's bound)
     uint8_t* block = bytes + (o / kInt8Lanes) * block_bytes;
     const int64_t lane = o % kInt8Lanes;
+    // The channel's (C, taps) codes as (taps, C): each tap's channels contiguous.
+    const uint8_t* by_tap = wo;
+    if (taps > 1) {
+      TransposeBytes(wo, c, taps, tap_major.data());
+      by_tap = tap_major.data();
+    }
     for (int64_t r = 0; r < kh; ++r) {
-      for (int64_t kw = 0; kw < kwn; ++kw) {
-        const uint8_t* src = wo + r * kwn + kw;  // channel ch at src[ch * taps]
-        uint8_t* dst = row.data() + kw * cp;
-        if (taps == 1) {
-          std::memcpy(dst, src, static_cast<size_t>(c));
-        } else {
-          for (int64_t ch = 0; ch < c; ++ch) dst[ch] = src[ch * taps];
-        }
-      }
+      for (int64_t kw = 0; kw < kwn; ++kw)
+        std::memcpy(row.data() + kw * cp, by_tap + (r * kwn + kw) * c, static_cast<size_t>(c));
       uint8_t* line = block + r * row_bytes;
       for (int64_t j = 0; j < span; j += 4) {
         uint64_t x[2];  // groups j, j + 1 and j + 2, j + 3 (past the span: code 0)
