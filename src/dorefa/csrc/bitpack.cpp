@@ -121,18 +121,22 @@ namespace {
 // packer's items of 25 pixels).
 uint8_t PackWeightsByTap(const ConvGeom& g, const uint8_t* w, uint64_t* wpk) {
   const int64_t taps = g.kh * g.kw, c = g.c;
-  std::vector<uint8_t> tap_major(static_cast<size_t>(c * taps));
+  std::vector<uint8_t> tap_major(static_cast<size_t>(taps > 1 ? c * taps : 0));
   uint8_t all_or = 0;
   for (int64_t o = 0; o < g.o; ++o) {
     const uint8_t* wo = w + o * c * taps;
     for (int64_t i = 0; i < c * taps; ++i) all_or |= wo[i];
-    TransposeBytes(wo, c, taps, tap_major.data());
+    const uint8_t* by_tap = wo;  // one tap: already (taps, C)
+    if (taps > 1) {
+      TransposeBytes(wo, c, taps, tap_major.data());
+      by_tap = tap_major.data();
+    }
     uint64_t* dst = wpk + (o / kLanes) * g.w_bits * g.l * kLanes + o % kLanes;
     for (int64_t j = 0; j < taps; ++j) {
       for (int64_t cb = 0; cb < g.cw; ++cb) {
         uint8_t bytes[64] = {0};
         const int64_t n = std::min<int64_t>(64, c - cb * 64);
-        std::memcpy(bytes, tap_major.data() + j * c + cb * 64, static_cast<size_t>(n));
+        std::memcpy(bytes, by_tap + j * c + cb * 64, static_cast<size_t>(n));
         for (int k = 0; k < g.w_bits; ++k)
           dst[(k * g.l + j * g.cw + cb) * kLanes] = GatherPlane64(bytes, k);
       }
