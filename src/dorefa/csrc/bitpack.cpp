@@ -126,11 +126,7 @@ uint8_t PackWeightsByTap(const ConvGeom& g, const uint8_t* w, uint64_t* wpk) {
   for (int64_t o = 0; o < g.o; ++o) {
     const uint8_t* wo = w + o * c * taps;
     for (int64_t i = 0; i < c * taps; ++i) all_or |= wo[i];
-    const uint8_t* by_tap = wo;  // one tap: already (taps, C)
-    if (taps > 1) {
-      TransposeBytes(wo, c, taps, tap_major.data());
-      by_tap = tap_major.data();
-    }
+    const uint8_t* by_tap = TapMajor(wo, c, taps, tap_major.data());
     uint64_t* dst = wpk + (o / kLanes) * g.w_bits * g.l * kLanes + o % kLanes;
     for (int64_t j = 0; j < taps; ++j) {
       for (int64_t cb = 0; cb < g.cw; ++cb) {

@@ -1,6 +1,7 @@
 // Byte matrix transposes: a 16 x 16 block in SSE2 registers (the int8 packing, int8conv.cpp)
 // and a whole row-major matrix (TransposeBytes: the training engine's one-pixel input gradient
-// takes its weights as (C KH KW, O), kernels/training.py).
+// takes its weights as (C KH KW, O), kernels/training.py; the weight packers read each output
+// channel's codes tap by tap, TapMajor).
 #ifndef DOREFA_CSRC_BYTE_TRANSPOSE_H_
 #define DOREFA_CSRC_BYTE_TRANSPOSE_H_
 
@@ -43,6 +44,14 @@ inline void Transpose16x16(__m128i (&r)[16]) {
 // over two, svhn conv6's 1.6 MB took 3x as long (measured; most likely the two threads' page
 // faults on the fresh output).
 void TransposeBytes(const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
+
+// One output channel's (C, taps) weight codes w as (taps, C): w itself for one tap, else
+// transposed into buf (C * taps bytes).
+inline const uint8_t* TapMajor(const uint8_t* w, int64_t c, int64_t taps, uint8_t* buf) {
+  if (taps == 1) return w;
+  TransposeBytes(w, c, taps, buf);
+  return buf;
+}
 
 }  // namespace dorefa
 

@@ -54,12 +54,7 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
     wsum[o] = static_cast<int32_t>(sum);  // fits for codes in range (the caller's bound)
     uint8_t* block = bytes + (o / kInt8Lanes) * block_bytes;
     const int64_t lane = o % kInt8Lanes;
-    // The channel's (C, taps) codes as (taps, C): each tap's channels contiguous.
-    const uint8_t* by_tap = wo;
-    if (taps > 1) {
-      TransposeBytes(wo, c, taps, tap_major.data());
-      by_tap = tap_major.data();
-    }
+    const uint8_t* by_tap = TapMajor(wo, c, taps, tap_major.data());  // each tap's C contiguous
     for (int64_t r = 0; r < kh; ++r) {
       for (int64_t kw = 0; kw < kwn; ++kw)
         std::memcpy(row.data() + kw * cp, by_tap + (r * kwn + kw) * c, static_cast<size_t>(c));
