@@ -33,6 +33,14 @@ FLOAT_SHAPES = [
     (1, 3, 22, 22, 96, 6, 4, 0, 1, 2),  # AlexNet's first layer in small: one group of 6 zmm
     (2, 1, 11, 14, 200, 3, 1, 1, 1, 8),  # 13 zmm: groups of 5, 5, 3
     (2, 2, 13, 15, 20, 3, 2, 1, 2, 8),  # pairs of 2 x 2 windows at stride 2, 2 zmm
+    # Winograd codes (conv_float_winograd.h): F(2x2, 3x3) over 16 C phases (AlexNet's 12x12/4
+    # and kernels 9-11 with partial phase kernels, odd output sizes, tile rows of several
+    # 16-tile blocks), F(2x2, 4x4) over 4 C phases (7x7/2 and 8x8/2)
+    (2, 3, 71, 83, 96, 12, 4, 0, 1, 2),
+    (1, 2, 40, 37, 33, 9, 4, 1, 1, 8),
+    (3, 1, 27, 30, 17, 11, 4, 2, 1, 1),
+    (1, 3, 30, 31, 20, 7, 2, 3, 1, 4),
+    (2, 1, 19, 24, 9, 8, 2, 0, 1, 2),
 ]
 
 
@@ -179,15 +187,18 @@ def test_stem_pool_rows_at_every_width():
     assert fresh_process(_STEM_POOL_CASE, DOREFA_CPU_FEATURES="avx2,fma") == ["ok"]
 
 
-# Layers the vector paths run by Winograd F(2x2, 4x4) on the stride-2 phases
-# (csrc/conv_float_winograd.h): stride 2, kernels 7 and 8, odd and even output sizes, rows of
-# several 16-tile blocks with a partial last one, channel counts off the 16 (and 8 / 4) of a
-# pass. (N, C, H, W, O, K, padding)
+# Layers the vector paths run by Winograd (csrc/conv_float_winograd.h): F(2x2, 4x4) on the
+# stride-2 phases of kernels 7 and 8, F(2x2, 3x3) on the stride-4 phases of kernels 9-12; odd
+# and even output sizes, rows of several 16-tile blocks with a partial last one, channel counts
+# off the 16 (and 8) of a pass. (N, C, H, W, O, K, stride, padding)
 WINOGRAD_SHAPES = [
-    (1, 3, 61, 75, 64, 7, 3),
-    (2, 1, 20, 33, 20, 8, 3),
-    (1, 5, 18, 18, 9, 7, 0),
-    (3, 2, 9, 70, 33, 8, 4),
+    (1, 3, 61, 75, 64, 7, 2, 3),
+    (2, 1, 20, 33, 20, 8, 2, 3),
+    (1, 5, 18, 18, 9, 7, 2, 0),
+    (3, 2, 9, 70, 33, 8, 2, 4),
+    (1, 3, 95, 139, 96, 12, 4, 0),
+    (2, 2, 29, 34, 20, 9, 4, 2),
+    (1, 1, 16, 150, 7, 10, 4, 1),
 ]
 
 
@@ -197,53 +208,83 @@ def test_conv_float_output_by_winograd(shape):
     2**-24 * (sum |w x| + |b|), test_conv_float_output) on every vector path, the same bits on
     ymm and zmm and at 1-3 threads (each tile computed alone, every lane the same operations),
     and the fused max-pool equal to pooling that output."""
-    n, c, h, w, o, k, p = shape
+    n, c, h, w, o, k, s, p = shape
     rng = np.random.default_rng(list(shape))
     x = (rng.random((n, c, h, w), dtype=np.float32) - 0.3).astype(np.float32)
     wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
     b = (rng.standard_normal(o) * 0.3).astype(np.float32)
-    expected = R.conv_float(x, wt, b, 2, p)
+    expected = R.conv_float(x, wt, b, s, p)
     bound = (
         (c * k * k + 2)
         * 2.0**-24
-        * (direct_float64(np.abs(x), np.abs(wt), 2, p) + np.abs(b)[:, None, None])
+        * (direct_float64(np.abs(x), np.abs(wt), s, p) + np.abs(b)[:, None, None])
     )
     vector = [kn for kn in NATIVE if not kn.startswith("popcount-scalar")]
     first = None
     for kernel in vector:
         with K.use_kernel(kernel):
             for threads in (1, 2, 3):
-                got = K.conv_float(x, wt, b, 2, p, threads=threads)
+                got = K.conv_float(x, wt, b, s, p, threads=threads)
                 assert np.all(np.abs(got - expected) <= bound), (kernel, threads)
                 first = got if first is None else first
                 np.testing.assert_array_equal(got.view(np.uint32), first.view(np.uint32))
-            pooled = K.conv_float(x, wt, b, 2, p, 2, pool=(3, 2, 1))
+            pooled = K.conv_float(x, wt, b, s, p, 2, pool=(3, 2, 1))
             np.testing.assert_array_equal(pooled, K.maxpool_float(got, 3, 2, 1))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", [1, 2, 8])
-@pytest.mark.parametrize("pool", [1, 2])
-def test_conv_float_quantize_at_rounding_steps(kernel, bits, pool):
+@pytest.mark.parametrize(
+    "geom", [(5, 1, 1), (5, 1, 2), (12, 4, 1), (8, 2, 1)], ids=["run", "pool", "f23", "f24"]
+)
+def test_conv_float_quantize_at_rounding_steps(kernel, bits, geom):
     """Biases put one pooled value of every channel on a code step (pooled + b = (q + 1/2) /
     levels), where a float32 sum in another order can round the other way: the codes still
     equal the spec's (a float32 path proves each code or recomputes it in the spec's order),
-    in a run of 4 pixels (no pool) and in a pooling window."""
-    n, c, h, w, o, k = 2, 3, 12, 12, 40, 5
+    in a run of 4 pixels (no pool), in a pooling window and in Winograd tiles of both sizes.
+    (kernel, stride, pool)"""
+    k, stride, pool = geom
+    n, c, o, side = 2, 3, 40, 8
+    h = w = (side * pool - 1) * stride + k
     rng = np.random.default_rng(bits)
     x = rng.random((n, c, h, w), dtype=np.float32)
     wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
-    side = 8 // pool
-    pooled = direct_float64(x, wt, 1, 0).astype(np.float32).reshape(n, o, side, pool, side, pool)
-    pooled = pooled.max(axis=(3, 5))
+    conv = direct_float64(x, wt, stride, 0).astype(np.float32)
+    pooled = conv.reshape(n, o, side, pool, side, pool).max(axis=(3, 5))
     levels = (1 << bits) - 1
     step = (np.arange(o) % levels + 0.5) / levels
     for py, px in [(0, 0), (1, 2), (3, 3), (side - 1, side - 2)]:
         b = (step - pooled[py % n, :, py, px]).astype(np.float32)
-        expected = R.conv_float_quantize(x, wt, b, 1, 0, pool, bits)
+        expected = R.conv_float_quantize(x, wt, b, stride, 0, pool, bits)
         with K.use_kernel(kernel):
-            got = K.conv_float_quantize(x, wt, b, 1, 0, pool, bits, threads=2)
+            got = K.conv_float_quantize(x, wt, b, stride, 0, pool, bits, threads=2)
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_winograd_plan_follows_the_weights(kernel):
+    """The Winograd plan is kept between calls with the same weights (csrc/conv_float.cpp):
+    weights changed in place (the same array), a changed bias and another geometry are seen."""
+    rng = np.random.default_rng(3)
+    x = rng.random((1, 3, 52, 52), dtype=np.float32)
+    wt = (rng.standard_normal((24, 3, 12, 12)) * 0.1).astype(np.float32)
+    b = (rng.standard_normal(24) * 0.3).astype(np.float32)
+    with K.use_kernel(kernel):
+        for step in range(4):
+            if step == 1:
+                wt[5, 1, 3, 7] += 1.0
+            if step == 2:
+                b[3] -= 0.5
+            xs = x if step < 3 else x[:, :, :48, :44]
+            got = K.conv_float_quantize(xs, wt, b, 4, 0, 1, 2)
+            np.testing.assert_array_equal(got, R.conv_float_quantize(xs, wt, b, 4, 0, 1, 2))
+            out = K.conv_float(xs, wt, b, 4, 0)
+            bound = (
+                (3 * 144 + 2)
+                * 2.0**-24
+                * (direct_float64(np.abs(xs), np.abs(wt), 4, 0) + np.abs(b)[:, None, None])
+            )
+            assert np.all(np.abs(out - R.conv_float(xs, wt, b, 4, 0)) <= bound)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -267,10 +308,10 @@ def test_conv_float_quantize_without_a_sum_error_bound(kernel, scale):
 @given(
     n=st.integers(1, 2),
     c=st.integers(1, 3),
-    h=st.integers(1, 14),
-    w=st.integers(1, 14),
+    h=st.integers(1, 30),
+    w=st.integers(1, 30),
     o=st.integers(1, 130),
-    k=st.integers(1, 6),
+    k=st.integers(1, 12),
     stride=st.integers(1, 4),
     padding=st.integers(0, 3),
     pool=st.integers(1, 3),

@@ -245,7 +245,8 @@ py::array_t<uint8_t> ConvFloatQuantizePy(const std::string& kernel_name, const F
   py::array_t<uint8_t> out = OutputArray<uint8_t>({g.n, g.o, g.ph, g.pw});
   uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, path.fn, path.weights, threads);
+  ConvFloatQuantize(g, x.data(), weight.data(), bias.data(), dst, path.fn, path.weights,
+                    path.winograd_codes, threads);
   return out;
 }
 

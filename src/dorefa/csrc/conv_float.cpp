@@ -55,10 +55,10 @@ inline uint8_t CodeOfWindow(const FloatConvGeom& g, const FloatConvPlan& p, int6
 
 // E of the header comment for channel o: 2 (taps + 1) 2^-24 ||w_o||_1 max|x| (>= gamma_n of
 // float32 plus gamma_n of double, times S) + FLT_MIN (float32 underflow, <= 2^-150 a step),
-// rounded up. False (no bound: the float paths recompute every code) when an input is not
-// finite or |x|, ||w_o||_1 exceed 1e15 (so no sum can overflow).
+// rounded up; max|x| to *xmax_out. False (no bound: the float paths recompute every code) when an
+// input is not finite or |x|, ||w_o||_1 exceed 1e15 (so no sum can overflow).
 bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int64_t taps,
-                    float* eps) {
+                    float* eps, double* xmax_out) {
   // max|x| in float32 (exact), as an integer max over the bits without the sign (the same order
   // as the floats for finite values and inf; NaN's bits are larger still): vectorizes.
   uint32_t bits = 0;
@@ -71,6 +71,7 @@ bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int6
   std::memcpy(&xmaxf, &bits, sizeof xmaxf);
   const double xmax = xmaxf;
   if (!(xmax <= 1e15) || taps >= (int64_t{1} << 20)) return false;  // also NaN
+  *xmax_out = xmax;
   const double unit = 2.0 * static_cast<double>(taps + 1) * std::ldexp(1.0, -24);
   for (int64_t o = 0; o < g.o; ++o) {
     double l1 = 0.0;
@@ -211,6 +212,49 @@ void PoolWinogradRows(const FloatConvGeom& g, const FloatConvPlan& pl, const Win
   });
 }
 
+// The Winograd plan of a call (bias nullptr: none): the calling thread's last one when the
+// geometry, the weights and the bias are the same bits (a model calls its first layer with the
+// same weights every time; U took ~0.1 ms of AlexNet's ~2.5 ms first layer), else made afresh.
+const WinogradPlan& CachedWinogradPlan(const FloatConvGeom& g, const float* weight,
+                                       const float* bias) {
+  struct Entry {
+    int64_t key[8] = {};
+    std::vector<float> weight, bias;
+    WinogradPlan plan;
+  };
+  static thread_local Entry last;
+  const int64_t key[8] = {g.c, g.o, g.kh, g.kw, g.stride, g.oh, g.ow, bias != nullptr};
+  const size_t nw = static_cast<size_t>(g.o * g.c * g.kh * g.kw);
+  const size_t nb = bias != nullptr ? static_cast<size_t>(g.o) : 0;
+  if (std::memcmp(key, last.key, sizeof key) == 0 && last.weight.size() == nw &&
+      std::memcmp(weight, last.weight.data(), nw * sizeof(float)) == 0 &&
+      (nb == 0 || std::memcmp(bias, last.bias.data(), nb * sizeof(float)) == 0))
+    return last.plan;
+  std::memcpy(last.key, key, sizeof key);
+  last.weight.assign(weight, weight + nw);
+  last.bias.assign(bias, bias + nb);
+  MakeWinogradPlan(g, weight, bias, &last.plan);
+  return last.plan;
+}
+
+// ConvFloatQuantize's Winograd codes (no pool): bands of tile rows per image as ConvFloatOut,
+// each thread's unproved codes computed at the end of its share.
+void WinogradCodes(const FloatConvGeom& g, const FloatConvPlan& pv, const WinogradPlan& w,
+                   uint8_t* out, FloatWinogradCodesFn winograd, int threads) {
+  const int64_t bands = Bands(w.th, g.n, threads);
+  ParallelForOrThrow(threads, g.n * bands, [&](int64_t first, int64_t last) {
+    PendingCodes pending;
+    FloatConvPlan mine = pv;
+    mine.pending = &pending;
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t n = item / bands, band = item % bands;
+      winograd(g, mine, w, n, band * w.th / bands, (band + 1) * w.th / bands,
+               out + n * g.o * g.oh * g.ow);
+    }
+    pending.Flush(g, mine);
+  });
+}
+
 }  // namespace
 
 void PendingCodes::Flush(const FloatConvGeom& g, const FloatConvPlan& p) {
@@ -235,7 +279,7 @@ void PendingCodes::Flush(const FloatConvGeom& g, const FloatConvPlan& p) {
 
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
                        const float* bias, uint8_t* out, FloatConvPixelFn pixel,
-                       FloatWeights weights, int threads) {
+                       FloatWeights weights, FloatWinogradCodesFn winograd, int threads) {
   CallScratch scratch;
   Scratch& s = *scratch;
   const int64_t plane = g.ph * g.pw;
@@ -254,7 +298,14 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   }
   s.eps.assign(static_cast<size_t>(p.ostride), 0.0f);
   FloatConvPlan pv = p;
-  pv.eps = SumErrorBounds(g, x, weight, p.taps, s.eps.data()) ? s.eps.data() : nullptr;
+  double xmax = 0.0;
+  pv.eps = SumErrorBounds(g, x, weight, p.taps, s.eps.data(), &xmax) ? s.eps.data() : nullptr;
+  if (winograd != nullptr && pv.eps != nullptr && g.pool == 1 && WinogradFits(g) && g.c <= 1024) {
+    const WinogradPlan& w = CachedWinogradPlan(g, weight, nullptr);
+    WinogradErrorBounds(g, w, xmax, s.eps.data());
+    WinogradCodes(g, pv, w, out, winograd, threads);
+    return;
+  }
   // Each thread's share of the runs; the codes it could not prove (PendingCodes) computed a
   // batch at a time.
   ParallelForOrThrow(threads, g.n * g.ph * RunsPerRow(g.pw), [&](int64_t first, int64_t last) {
@@ -278,8 +329,7 @@ void ConvFloatOut(const FloatConvGeom& g, const float* x, const float* weight, c
   const int64_t plane = g.oh * g.ow;
   const FloatConvPlan p = MakePlan(g, x, weight, bias, weights, s);
   if (winograd != nullptr && WinogradFits(g)) {
-    WinogradPlan w;
-    MakeWinogradPlan(g, weight, bias, &w);
+    const WinogradPlan& w = CachedWinogradPlan(g, weight, bias);
     const int64_t bands = Bands(w.th, g.n, threads);
     ParallelForOrThrow(threads, g.n * bands, [&](int64_t first, int64_t last) {
       for (int64_t item = first; item < last; ++item) {
@@ -334,8 +384,7 @@ void ConvFloatOutMaxPool(const FloatConvGeom& g, const float* x, const float* we
   // threads about two bands per thread (a band's first rows may repeat the previous band's last).
   const int64_t bands = Bands(ph, g.n, threads);
   if (winograd != nullptr && WinogradFits(g)) {
-    WinogradPlan w;
-    MakeWinogradPlan(g, weight, bias, &w);
+    const WinogradPlan& w = CachedWinogradPlan(g, weight, bias);
     PoolWinogradRows(g, pl, w, winograd, k, s, p, bands, out, threads);
     return;
   }

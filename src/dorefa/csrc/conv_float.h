@@ -88,12 +88,19 @@ constexpr int64_t kBlock = 24;
 enum class FloatWeights : uint8_t { kNone, kTapMajor, kBlocked };
 constexpr int64_t kPixelRun = 4;  // pixels of one row per call (4 FMA chains without a pool)
 
+// The Winograd codes of the layers it fits without a pool (conv_float_winograd.h).
+struct WinogradPlan;
+using FloatWinogradCodesFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p,
+                                      const WinogradPlan& w, int64_t n, int64_t ty0, int64_t ty1,
+                                      uint8_t* out);
+
 // out (N, O, PH, PW) uint8 codes. `pixel` is the vector path (the caller checks CPU support),
-// nullptr the portable scalar rows. threads > 1 splits pooled pixels (vector path) or
+// nullptr the portable scalar rows; `winograd` (nullptr: none) the path's Winograd codes, for
+// the layers they fit. threads > 1 splits pooled pixels or bands of tile rows (vector paths) or
 // (image, channel) pairs (scalar rows).
 void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weight,
                        const float* bias, uint8_t* out, FloatConvPixelFn pixel,
-                       FloatWeights weights, int threads);
+                       FloatWeights weights, FloatWinogradCodesFn winograd, int threads);
 
 // The float-output form (a first layer whose output stays float: ResNet's 7x7/2 stem feeding a
 // max-pool with padding and a residual stream): out (N, O, OH, OW) = conv + bias in float32.
@@ -105,7 +112,6 @@ using FloatConvOutFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p, 
                                 int64_t oy, int64_t ox, int64_t count, float* dst);
 // `winograd` (nullptr: none): the path's Winograd rows, for the layers they fit
 // (conv_float_winograd.h), instead of fn.
-struct WinogradPlan;
 struct ConvRows;
 using TileRowDone = std::function<void(int64_t ty)>;
 using FloatWinogradFn = void (*)(const FloatConvGeom& g, const FloatConvPlan& p,

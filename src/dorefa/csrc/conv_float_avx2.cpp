@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "conv_float.h"
+#include "float_codes_simd.h"
 
 namespace dorefa {
 namespace {
@@ -80,13 +81,6 @@ inline void Pixels(const float* const* src, const int64_t* offs, int64_t taps, c
   for (int p = 0; p < NP; ++p)
     for (int v = 0; v < nv; ++v)
       mx[v] = (first && p == 0) ? a[p][v] : _mm256_max_ps(mx[v], a[p][v]);
-}
-
-// Q (conv_float.h) of 8 pooled values: rint(clip(pooled + b, 0, 1) * levels); NaN -> 0.
-inline __m256 Quantize(__m256 pooled, __m256 b, __m256 levels) {
-  __m256 z = _mm256_add_ps(pooled, b);
-  z = _mm256_min_ps(_mm256_max_ps(z, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
-  return _mm256_round_ps(_mm256_mul_ps(z, levels), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 // Codes of channels [o0, o0 + 8 * nv) of pooled pixel (py, px) from their float32 pooled sums

@@ -12,6 +12,7 @@
 
 #include "byte_runs.h"
 #include "conv_float.h"
+#include "float_codes_simd.h"
 #include "unroll.h"
 
 namespace dorefa {
@@ -195,25 +196,6 @@ void RunOutZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int64_t
       for (int64_t l = 0; l < lanes; ++l) d[l * plane + p] = lane[l];
     }
   }
-}
-
-// Q (conv_float.h) of 16 values as int32 lanes: rint(clip(v + b, 0, 1) * levels), the rounding
-// (to nearest even) in the conversion; NaN -> 0 (max returns its second operand on NaN), as the
-// AVX2 path's Quantize.
-inline __m512i QuantizeZ(__m512 v, __m512 b, __m512 levels) {
-  __m512 z = _mm512_add_ps(v, b);
-  z = _mm512_min_ps(_mm512_max_ps(z, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
-  return _mm512_cvt_roundps_epi32(_mm512_mul_ps(z, levels),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
-// The codes (int32 lanes, <= 255) of 16 channels whose float32 (pooled) sums are v, and in
-// *proved the lanes whose code is proved (conv_float.h: Q(v - e) == Q(v + e)).
-inline __m512i CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, __mmask16* proved) {
-  const __m512i lo = QuantizeZ(_mm512_sub_ps(v, e), b, levels);
-  const __m512i hi = QuantizeZ(_mm512_add_ps(v, e), b, levels);
-  *proved = _mm512_cmpeq_epi32_mask(lo, hi);
-  return hi;
 }
 
 // The codes of channels [o0, o0 + 16 nv) of (pooled) pixels (py, px .. px + count - 1), count

@@ -1,47 +1,123 @@
 // The call-wide part of conv_float_winograd.h: U = G w_k G^T for every phase channel and output
-// channel, in double, rounded once to float32.
+// channel, in double, rounded once to float32; the codes' error bounds.
 #include "conv_float_winograd.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 namespace dorefa {
+namespace {
+
+// One F(2, r): its G (N x r), |B^T|'s row sums and |A^T| (2 x N), N = r + 1.
+struct Transform {
+  int r, n;
+  double g[5][4];
+  double b_abs[5];
+  double a_abs[2][5];
+};
+constexpr Transform kF23{3,
+                         4,
+                         {{1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0.0, 0.0, 1.0}},
+                         {2, 2, 2, 2},
+                         {{1, 1, 1, 0}, {0, 1, 1, 1}}};
+constexpr Transform kF24{4,
+                         5,
+                         {{0.5, 0.0, 0.0, 0.0},
+                          {-0.5, -0.5, -0.5, -0.5},
+                          {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6},
+                          {1.0 / 6, 1.0 / 3, 2.0 / 3, 4.0 / 3},
+                          {0.0, 0.0, 0.0, 1.0}},
+                         {6, 4, 6, 2, 6},
+                         {{1, 1, 1, 1, 0}, {0, 1, 1, 2, 1}}};
+const Transform& TransformOf(const FloatConvGeom& g) {
+  return WinogradPhaseKernel(g) == 3 ? kF23 : kF24;
+}
+
+// Phase kernel w_k[a][b] = w[o][c][s a + pi][s b + pj] of phase channel k = (c s + pi) s + pj,
+// 0 past the kernel, to wk[a][b] (a, b < r).
+void PhaseKernel(const FloatConvGeom& g, const float* weight, int r, int64_t o, int64_t k,
+                 double (&wk)[4][4]) {
+  const int64_t s = g.stride, c = k / (s * s), pi = k / s % s, pj = k % s;
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < 4; ++b) {
+      const int64_t i = s * a + pi, j = s * b + pj;
+      wk[a][b] = a < r && b < r && i < g.kh && j < g.kw
+                     ? weight[((o * g.c + c) * g.kh + i) * g.kw + j]
+                     : 0.0;
+    }
+}
+
+// (G w G^T)[i][j] for every position of one r x r kernel wk: G w (N x r), then times G^T; with
+// G's entries as given or (abs) their absolute values (wk then >= 0).
+void Sandwich(const Transform& t, const double (&wk)[4][4], bool abs, double (&out)[5][5]) {
+  double gw[5][4];
+  for (int i = 0; i < t.n; ++i)
+    for (int b = 0; b < t.r; ++b) {
+      double s = 0.0;
+      for (int a = 0; a < t.r; ++a) s += (abs ? std::fabs(t.g[i][a]) : t.g[i][a]) * wk[a][b];
+      gw[i][b] = s;
+    }
+  for (int i = 0; i < t.n; ++i)
+    for (int j = 0; j < t.n; ++j) {
+      double s = 0.0;
+      for (int b = 0; b < t.r; ++b) s += gw[i][b] * (abs ? std::fabs(t.g[j][b]) : t.g[j][b]);
+      out[i][j] = s;
+    }
+}
+
+}  // namespace
 
 void MakeWinogradPlan(const FloatConvGeom& g, const float* weight, const float* bias,
                       WinogradPlan* w) {
-  static constexpr double kG[5][4] = {{0.5, 0.0, 0.0, 0.0},
-                                      {-0.5, -0.5, -0.5, -0.5},
-                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6},
-                                      {1.0 / 6, 1.0 / 3, 2.0 / 3, 4.0 / 3},
-                                      {0.0, 0.0, 0.0, 1.0}};
-  w->k = 4 * g.c;
+  const Transform& t = TransformOf(g);
+  w->s = g.stride;
+  w->r = t.r;
+  w->n = t.n;
+  w->k = g.stride * g.stride * g.c;
   w->op = (g.o + 15) / 16 * 16;
   w->th = (g.oh + 1) / 2;
   w->tw = (g.ow + 1) / 2;
-  w->u.assign(static_cast<size_t>(25 * w->k * w->op), 0.0f);
+  const int64_t xis = int64_t{t.n} * t.n;
+  w->u.assign(static_cast<size_t>(xis * w->k * w->op), 0.0f);
   w->bias.assign(static_cast<size_t>(w->op), 0.0f);
-  std::copy(bias, bias + g.o, w->bias.begin());
+  if (bias != nullptr) std::copy(bias, bias + g.o, w->bias.begin());
+  w->tmax.assign(static_cast<size_t>(g.o), 0.0);
   for (int64_t o = 0; o < g.o; ++o) {
-    for (int64_t c = 0; c < g.c; ++c) {
-      for (int pi = 0; pi < 2; ++pi) {
-        for (int pj = 0; pj < 2; ++pj) {
-          double wk[4][4] = {};  // w_k[a][b] = w[o][c][2a + pi][2b + pj], 0 past the kernel
-          for (int a = 0; a < 4; ++a)
-            for (int b = 0; b < 4; ++b)
-              if (2 * a + pi < g.kh && 2 * b + pj < g.kw)
-                wk[a][b] = weight[((o * g.c + c) * g.kh + 2 * a + pi) * g.kw + 2 * b + pj];
-          const int64_t k = (c * 2 + pi) * 2 + pj;
-          for (int i = 0; i < 5; ++i) {
-            for (int j = 0; j < 5; ++j) {
-              double s = 0.0;
-              for (int a = 0; a < 4; ++a)
-                for (int b = 0; b < 4; ++b) s += kG[i][a] * wk[a][b] * kG[j][b];
-              w->u[static_cast<size_t>(((i * 5 + j) * w->k + k) * w->op + o)] =
-                  static_cast<float>(s);
-            }
-          }
-        }
-      }
+    double wabs[4][4] = {};  // sum_k |w_k|: sum_k |G| |w_k| |G^T| = |G| (sum_k |w_k|) |G^T|
+    for (int64_t k = 0; k < w->k; ++k) {
+      double wk[4][4], uk[5][5];
+      PhaseKernel(g, weight, t.r, o, k, wk);
+      Sandwich(t, wk, false, uk);
+      for (int i = 0; i < t.n; ++i)
+        for (int j = 0; j < t.n; ++j)
+          w->u[static_cast<size_t>(((i * t.n + j) * w->k + k) * w->op + o)] =
+              static_cast<float>(uk[i][j]);
+      for (int a = 0; a < t.r; ++a)
+        for (int b = 0; b < t.r; ++b) wabs[a][b] += std::fabs(wk[a][b]);
     }
+    double ut[5][5];
+    Sandwich(t, wabs, true, ut);
+    for (int rr = 0; rr < 2; ++rr)  // the largest T / X of a tile's four outputs
+      for (int ss = 0; ss < 2; ++ss) {
+        double s = 0.0;
+        for (int i = 0; i < t.n; ++i)
+          for (int j = 0; j < t.n; ++j)
+            s += t.a_abs[rr][i] * t.a_abs[ss][j] * t.b_abs[i] * t.b_abs[j] * ut[i][j];
+        w->tmax[static_cast<size_t>(o)] = std::max(w->tmax[static_cast<size_t>(o)], s);
+      }
+  }
+}
+
+void WinogradErrorBounds(const FloatConvGeom& g, const WinogradPlan& w, double xmax, float* eps) {
+  // gamma_D <= 1.01 D u for D u < 0.0099 (D = K + 12 <= 2^16 here); the spec's double sums
+  // within 1.01 taps 2^-53 S, S <= T.
+  const double taps = static_cast<double>(g.c * g.kh * g.kw);
+  const double unit =
+      1.01 * (static_cast<double>(w.k + 12) * std::ldexp(1.0, -24) + taps * std::ldexp(1.0, -53));
+  for (int64_t o = 0; o < g.o; ++o) {
+    const double e = unit * w.tmax[static_cast<size_t>(o)] * xmax + 1e-30;
+    eps[o] = std::nextafter(static_cast<float>(e), std::numeric_limits<float>::infinity());
   }
 }
 

@@ -1,28 +1,51 @@
-// Winograd F(2x2, 4x4) for the float-output first conv of stride 2 and a 7x7 or 8x8 kernel
-// (ResNet's stem), about half the multiplies of the direct sums (conv_float.h).
+// Winograd F(2x2, 3x3) and F(2x2, 4x4) for float first convs of stride s = 2 or 4 whose kernel
+// splits into phase kernels of 3 x 3 or 4 x 4 (ResNet's 7x7/2 stem: 4 x 4 over 4C phases;
+// AlexNet's 12x12/4: 3 x 3 over 16C phases): 0.51x and 0.44x the multiplies of the direct sums
+// (conv_float.h).
 //
-// Phases. With the input zero padded (xf, C x HP x WP) and i = 2a + pi, j = 2b + pj,
-//   out[o][y][x] = sum_{c,i,j} w[o][c][i][j] xf[c][2y + i][2x + j]
-//                = sum_k sum_{a,b < 4} w_k[o][a][b] P_k[y + a][x + b],
-// k = (c, pi, pj) one of 4C phase channels, w_k[o][a][b] = w[o][c][2a + pi][2b + pj] (0 past
-// the kernel), P_k[u][v] = xf[c][2u + pi][2v + pj] (0 past the padded input): a stride-1 4x4
-// correlation of 4C channels.
+// Phases. With the input zero padded (xf, C x HP x WP) and i = s a + pi, j = s b + pj,
+//   out[o][y][x] = sum_{c,i,j} w[o][c][i][j] xf[c][s y + i][s x + j]
+//                = sum_k sum_{a,b < r} w_k[o][a][b] P_k[y + a][x + b],
+// k = (c, pi, pj) one of s^2 C phase channels, w_k[o][a][b] = w[o][c][s a + pi][s b + pj] (0
+// past the kernel), P_k[u][v] = xf[c][s u + pi][s v + pj] (0 past the padded input): a stride-1
+// r x r correlation of s^2 C channels, r = ceil(kernel / s).
 //
-// Winograd (Lavin and Gray's F(m, r) from the points 0, 1, -1, 2 and infinity, m = 2, r = 4):
-// for each 2x2 tile of outputs (rows 2ty, 2ty + 1, columns 2tx, 2tx + 1) and its 5x5 patch d_k
-// of each phase channel (P_k[2ty + a'][2tx + b'], a', b' < 5),
+// Winograd (Lavin and Gray's F(m, r), m = 2, from the points 0, 1, -1 (, 2) and infinity): for
+// each 2x2 tile of outputs (rows 2ty, 2ty + 1, columns 2tx, 2tx + 1) and its N x N patch d_k of
+// each phase channel (P_k[2ty + a'][2tx + b'], a', b' < N = r + 1),
 //   Y = A^T [ sum_k U_k (.) V_k ] A,   U_k = G w_k G^T (per o),   V_k = B^T d_k B,
-// with (x) the product of two 5x5 arrays element by element, the 25 positions xi = (i, j):
+// with (.) the product of two N x N arrays element by element, the N^2 positions xi = (i, j).
+// F(2, 4), N = 5:
 //   B^T = [ 2 -1 -2  1  0 ]   G = [  1/2    0     0     0  ]   A^T = [ 1  1  1  1  0 ]
 //         [ 0 -2 -1  1  0 ]       [ -1/2 -1/2  -1/2  -1/2  ]         [ 0  1 -1  2  1 ]
 //         [ 0  2 -3  1  0 ]       [ -1/6  1/6  -1/6   1/6  ]
 //         [ 0 -1  0  1  0 ]       [  1/6  1/3   2/3   4/3  ]
 //         [ 0  2 -1 -2  1 ]       [   0    0     0     1   ]
-// per tile 25 x 4C x O multiplies against 4 x 49 C x O: 0.51x.
+// F(2, 3), N = 4:
+//   B^T = [ 1  0 -1  0 ]      G = [  1    0    0  ]          A^T = [ 1  1  1  0 ]
+//         [ 0  1  1  0 ]          [ 1/2  1/2  1/2 ]                [ 0  1 -1 -1 ]
+//         [ 0 -1  1  0 ]          [ 1/2 -1/2  1/2 ]
+//         [ 0  1  0 -1 ]          [  0    0    1  ]
+// per tile N^2 s^2 C O multiplies against 4 (s r)^2 C O.
 // U is computed once per call in double and rounded to float32; the rest is float32. Its
 // rounding differs from the direct sums' (the float-output conv is compared within rounding:
 // conv_float.h); Winograd with these points is as accurate as the direct float32 sums on the
 // stem (max error 5.5e-7 of the largest output, 5e-7 direct).
+//
+// Codes (the fused first layer without a pool: ConvFloatQuantize). The float32 Winograd value
+// M of an output is proved against the spec's as the direct float32 sums are (conv_float.h),
+// with its own E. Every step above is a +, -, x or FMA rounded once (U's rounding from double
+// one more), at most D = K + 12 of them on any path from an input to an output (2 or 4 in V,
+// 1 in U, K in the sum over phase channels, 4 or 6 in A), so M is within gamma_D T of the
+// exact sum, T the same algorithm evaluated exactly on |d|, |U| and the absolute values of
+// B, G and A (T >= S = sum |w x|: each aligned product's coefficients add up to 1); with
+// |d| <= X = max|x|, T <= X max over the 4 outputs of a tile of sum_xi |A|(xi) beta(xi)
+// sum_k (|G| |w_k| |G^T|)(xi), beta(xi) the product of row i's and row j's absolute sums in B^T
+// (WinogradErrorBounds). The spec's double sums are within gamma_taps(2^-53) S of the exact
+// sum, and M - E, M + E, Q are monotone roundings, so
+//   E = 1.01 (D 2^-24 + taps 2^-53) T + 1e-30 (underflow)
+// suffices (gamma_n <= 1.01 n u while n u < 0.0099); codes that Q(M - E) and Q(M + E) do not
+// agree on are recomputed from the spec's double sums (PendingCodes).
 //
 // Vectors hold L neighbouring tiles of one tile row (16 on zmm, 8 on ymm), every step per lane,
 // so both widths give the same bits. Per block of L tiles: the phase patches come from R, the
@@ -42,22 +65,34 @@
 
 namespace dorefa {
 
-// The layers it runs: stride 2, kernel 7 or 8 in both directions (phase kernels of 4 x 4).
-inline bool WinogradFits(const FloatConvGeom& g) {
-  return g.stride == 2 && g.kh >= 7 && g.kh <= 8 && g.kw >= 7 && g.kw <= 8;
+// The phase kernel size r (3 or 4) of the layers it runs, 0 for any other layer: stride 2 with
+// kernels 7 and 8 (r = 4), stride 4 with kernels 9 to 12 (r = 3), in both directions.
+inline int WinogradPhaseKernel(const FloatConvGeom& g) {
+  if (g.stride == 2 && g.kh >= 7 && g.kh <= 8 && g.kw >= 7 && g.kw <= 8) return 4;
+  if (g.stride == 4 && g.kh >= 9 && g.kh <= 12 && g.kw >= 9 && g.kw <= 12) return 3;
+  return 0;
 }
+inline bool WinogradFits(const FloatConvGeom& g) { return WinogradPhaseKernel(g) != 0; }
 
 // What every tile row of a call reads: U, the sizes, the bias.
 struct WinogradPlan {
-  int64_t k = 0;            // phase channels: 4 C
-  int64_t op = 0;           // O rounded up to 16
-  int64_t th = 0;           // tile rows: ceil(OH / 2)
-  int64_t tw = 0;           // tiles per row: ceil(OW / 2)
-  std::vector<float> u;     // (25, k, op): G w_k G^T, zero past O
-  std::vector<float> bias;  // (op)
+  int64_t s = 0;             // stride
+  int r = 0;                 // phase kernel: r x r
+  int n = 0;                 // patch: N x N, N = r + 1
+  int64_t k = 0;             // phase channels: s^2 C
+  int64_t op = 0;            // O rounded up to 16
+  int64_t th = 0;            // tile rows: ceil(OH / 2)
+  int64_t tw = 0;            // tiles per row: ceil(OW / 2)
+  std::vector<float> u;      // (N^2, k, op): G w_k G^T, zero past O
+  std::vector<float> bias;   // (op)
+  std::vector<double> tmax;  // (O): T / X of the codes' error bound (WinogradErrorBounds)
 };
+// bias nullptr: none (the codes add theirs after the conv).
 void MakeWinogradPlan(const FloatConvGeom& g, const float* weight, const float* bias,
                       WinogradPlan* w);
+
+// E of the header comment for each channel o to eps[o], rounded up; xmax = max|x|.
+void WinogradErrorBounds(const FloatConvGeom& g, const WinogradPlan& w, double xmax, float* eps);
 
 // Where conv row r of channel o goes: base + o * o_stride + (ring ? r % ring : r) * ow.
 struct ConvRows {
@@ -71,7 +106,11 @@ struct ConvRows {
 // FloatWinogradFn (conv_float.h): conv rows 2 ty .. 2 ty + 1 (those < OH) of image n for the
 // tile rows [ty0, ty1), every channel, + bias, to dst; p.xf the padded input (FloatConvPlan).
 // `done` (if given) is called with ty after each tile row (a fused pool takes the rows it
-// completes). Per ISA: WinogradRows<Isa> (winograd_tile.h).
+// completes). Per ISA: WinogradRows<Isa, F> (winograd_tile.h).
+//
+// FloatWinogradCodesFn (conv_float.h): the codes (no pool) of the conv rows of tile rows
+// [ty0, ty1) of image n to out (O, OH, OW) of that image, each proved by p.eps or queued in
+// p.pending; w made without a bias (p.bias is added before Q).
 
 #ifdef DOREFA_HAVE_X86_KERNELS
 void ConvFloatWinogradAvx512(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
@@ -80,6 +119,10 @@ void ConvFloatWinogradAvx512(const FloatConvGeom& g, const FloatConvPlan& p, con
 void ConvFloatWinogradAvx2(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
                            int64_t n, int64_t ty0, int64_t ty1, const ConvRows& dst,
                            const TileRowDone* done);
+void WinogradCodesAvx512(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
+                         int64_t n, int64_t ty0, int64_t ty1, uint8_t* out);
+void WinogradCodesAvx2(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
+                       int64_t n, int64_t ty0, int64_t ty1, uint8_t* out);
 #endif
 
 }  // namespace dorefa

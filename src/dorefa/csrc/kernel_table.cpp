@@ -29,11 +29,19 @@ constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni, &BuildFieldRowVbm
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift, &BuildFieldRow};
 constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512,
                                      FloatWeights::kTapMajor, &ConvFloatWinogradAvx512};
-constexpr FloatConvPath kFloatAvx2{"avx2", &ConvPoolQuantizeAvx2, &ConvFloatOutAvx2,
-                                   FloatWeights::kBlocked, &ConvFloatWinogradAvx2};
+constexpr FloatConvPath kFloatAvx2{"avx2",
+                                   &ConvPoolQuantizeAvx2,
+                                   &ConvFloatOutAvx2,
+                                   FloatWeights::kBlocked,
+                                   &ConvFloatWinogradAvx2,
+                                   &WinogradCodesAvx2};
 // Float32 sums on zmm (entries that have AVX-512F), codes and float output.
-constexpr FloatConvPath kFloatZmm{"zmm", &ConvPoolQuantizeZmm, &ConvFloatOutAvx512,
-                                  FloatWeights::kTapMajor, &ConvFloatWinogradAvx512};
+constexpr FloatConvPath kFloatZmm{"zmm",
+                                  &ConvPoolQuantizeZmm,
+                                  &ConvFloatOutAvx512,
+                                  FloatWeights::kTapMajor,
+                                  &ConvFloatWinogradAvx512,
+                                  &WinogradCodesAvx512};
 #endif
 
 // The float first layer: the float32 paths (FMA sums, codes proved against an error bound) ran

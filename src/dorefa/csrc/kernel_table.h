@@ -51,6 +51,7 @@ struct FloatConvPath {
   FloatConvOutFn out_fn;               // float output (nullptr: the scalar rows)
   FloatWeights weights;                // the weight layout both read (conv_float.h)
   FloatWinogradFn winograd = nullptr;  // float output of the layers it fits (WinogradFits)
+  FloatWinogradCodesFn winograd_codes = nullptr;  // their codes, without a pool
 };
 
 struct KernelEntry {

@@ -2,6 +2,7 @@
 // same operations per lane as on zmm (the same bits). AVX2 + FMA.
 #include <immintrin.h>
 
+#include "float_codes_simd.h"
 #include "winograd_tile.h"
 
 namespace dorefa {
@@ -9,7 +10,7 @@ namespace {
 
 struct YmmTiles {
   static constexpr int kLanes = 8;
-  static constexpr int kOuts = 4;  // channels a pass: 4 sums + 8 partial results of 16 ymm
+  static constexpr int kOuts = 8;  // channels a pass: 8 FMA chains (2 pipes x latency 4)
   using Vec = __m256;
   static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
   static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
@@ -17,6 +18,10 @@ struct YmmTiles {
   static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
   static Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
   static Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static uint32_t Codes(const float* v, int64_t count, float b, float e, float levels,
+                        uint8_t* dst) {
+    return ProvedCodesY(v, count, b, e, levels, dst);
+  }
   static Vec Fnma(Vec a, Vec b, Vec c) { return _mm256_fnmadd_ps(a, b, c); }
   static void Interleave(Vec y0, Vec y1, int64_t ncols, float* dst) {
     const __m256 lo = _mm256_unpacklo_ps(y0, y1);  // columns 0-3 | 8-11
@@ -40,6 +45,11 @@ void ConvFloatWinogradAvx2(const FloatConvGeom& g, const FloatConvPlan& p, const
                            int64_t n, int64_t ty0, int64_t ty1, const ConvRows& dst,
                            const TileRowDone* done) {
   WinogradRows<YmmTiles>(g, p, w, n, ty0, ty1, dst, done);
+}
+
+void WinogradCodesAvx2(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
+                       int64_t n, int64_t ty0, int64_t ty1, uint8_t* out) {
+  WinogradCodeRows<YmmTiles>(g, p, w, n, ty0, ty1, out);
 }
 
 }  // namespace dorefa

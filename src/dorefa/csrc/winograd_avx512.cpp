@@ -2,6 +2,7 @@
 // AVX-512F.
 #include <immintrin.h>
 
+#include "float_codes_simd.h"
 #include "winograd_tile.h"
 
 namespace dorefa {
@@ -17,6 +18,10 @@ struct ZmmTiles {
   static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static Vec Sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
   static Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static uint32_t Codes(const float* v, int64_t count, float b, float e, float levels,
+                        uint8_t* dst) {
+    return ProvedCodesZ(v, count, b, e, levels, dst);
+  }
   static Vec Fnma(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a, b, c); }
   static void Interleave(Vec y0, Vec y1, int64_t ncols, float* dst) {
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -35,6 +40,11 @@ void ConvFloatWinogradAvx512(const FloatConvGeom& g, const FloatConvPlan& p, con
                              int64_t n, int64_t ty0, int64_t ty1, const ConvRows& dst,
                              const TileRowDone* done) {
   WinogradRows<ZmmTiles>(g, p, w, n, ty0, ty1, dst, done);
+}
+
+void WinogradCodesAvx512(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
+                         int64_t n, int64_t ty0, int64_t ty1, uint8_t* out) {
+  WinogradCodeRows<ZmmTiles>(g, p, w, n, ty0, ty1, out);
 }
 
 }  // namespace dorefa

@@ -19,101 +19,133 @@
 namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA
 
-constexpr int kWinoN = 5;                 // a tile's patch: 5 x 5
-constexpr int kWinoXi = kWinoN * kWinoN;  // transform positions
-
-// v = B^T d (conv_float_winograd.h), 5 subtractions and 4 FMAs (2 x is exact):
-//   v0 = 2 (d0 - d2) + (d3 - d1)   v1 = (d3 - d2) - 2 d1   v2 = 2 (d1 - d2) + (d3 - d2)
-//   v3 = d3 - d1                   v4 = (d4 - d2) - 2 (d3 - d1)
-template <class Isa>
-inline void TransformB(const typename Isa::Vec (&d)[kWinoN], typename Isa::Vec (&v)[kWinoN]) {
-  const typename Isa::Vec two = Isa::Set1(2.0f);
-  const auto s31 = Isa::Sub(d[3], d[1]), s32 = Isa::Sub(d[3], d[2]);
-  v[0] = Isa::Fma(two, Isa::Sub(d[0], d[2]), s31);
-  v[1] = Isa::Fnma(two, d[1], s32);
-  v[2] = Isa::Fma(two, Isa::Sub(d[1], d[2]), s32);
-  v[3] = s31;
-  v[4] = Isa::Fnma(two, s31, Isa::Sub(d[4], d[2]));
-}
-
-// (y0, y1) = A^T m, one m_j at a time (AddA(j, m_j, ..), j = 0 .. 4, in order):
-//   y0 = ((m0 + m1) + m2) + m3,   y1 = ((m1 - m2) + 2 m3) + m4.
-template <class Isa>
-inline void AddA(int j, typename Isa::Vec m, typename Isa::Vec* y0, typename Isa::Vec* y1) {
-  switch (j) {
-    case 0:
-      *y0 = m;
-      break;
-    case 1:
-      *y0 = Isa::Add(*y0, m);
-      *y1 = m;
-      break;
-    case 2:
-      *y0 = Isa::Add(*y0, m);
-      *y1 = Isa::Sub(*y1, m);
-      break;
-    case 3:
-      *y0 = Isa::Add(*y0, m);
-      *y1 = Isa::Fma(Isa::Set1(2.0f), m, *y1);
-      break;
-    default:
-      *y1 = Isa::Add(*y1, m);
-      break;
+// F(2, 4): a tile's patch 5 x 5 (conv_float_winograd.h).
+struct F24 {
+  static constexpr int kN = 5;
+  // v = B^T d, 5 subtractions and 4 FMAs (2 x is exact):
+  //   v0 = 2 (d0 - d2) + (d3 - d1)   v1 = (d3 - d2) - 2 d1   v2 = 2 (d1 - d2) + (d3 - d2)
+  //   v3 = d3 - d1                   v4 = (d4 - d2) - 2 (d3 - d1)
+  template <class Isa>
+  static void TransformB(const typename Isa::Vec (&d)[kN], typename Isa::Vec (&v)[kN]) {
+    const typename Isa::Vec two = Isa::Set1(2.0f);
+    const auto s31 = Isa::Sub(d[3], d[1]), s32 = Isa::Sub(d[3], d[2]);
+    v[0] = Isa::Fma(two, Isa::Sub(d[0], d[2]), s31);
+    v[1] = Isa::Fnma(two, d[1], s32);
+    v[2] = Isa::Fma(two, Isa::Sub(d[1], d[2]), s32);
+    v[3] = s31;
+    v[4] = Isa::Fnma(two, s31, Isa::Sub(d[4], d[2]));
   }
-}
+  // (y0, y1) = A^T m, one m_j at a time (AddA(j, m_j, ..), j = 0 .. 4, in order):
+  //   y0 = ((m0 + m1) + m2) + m3,   y1 = ((m1 - m2) + 2 m3) + m4.
+  template <class Isa>
+  static void AddA(int j, typename Isa::Vec m, typename Isa::Vec* y0, typename Isa::Vec* y1) {
+    switch (j) {
+      case 0:
+        *y0 = m;
+        break;
+      case 1:
+        *y0 = Isa::Add(*y0, m);
+        *y1 = m;
+        break;
+      case 2:
+        *y0 = Isa::Add(*y0, m);
+        *y1 = Isa::Sub(*y1, m);
+        break;
+      case 3:
+        *y0 = Isa::Add(*y0, m);
+        *y1 = Isa::Fma(Isa::Set1(2.0f), m, *y1);
+        break;
+      default:
+        *y1 = Isa::Add(*y1, m);
+        break;
+    }
+  }
+};
 
-// R for padded-input rows of phase row u in [u0, u0 + nu) of image n: r[((k * 2 + par) * nu
-// + u - u0) * rt + t] = P_k[u][2t + par], t < rt (zero past the padded input). Column 4t + m of
-// an input row goes to pj = m % 2, par = m / 2: one pass over the row into its four planes (a
-// group of four loads GCC turns into vector permutes).
-inline void PhasePlanes(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t u0,
-                        int64_t nu, int64_t rt, float* r) {
-  const int64_t whole = std::min(rt, p.wp / 4);  // t with all four columns inside the row
+// F(2, 3): a tile's patch 4 x 4 (conv_float_winograd.h).
+struct F23 {
+  static constexpr int kN = 4;
+  // v = B^T d: v0 = d0 - d2, v1 = d1 + d2, v2 = d2 - d1, v3 = d1 - d3.
+  template <class Isa>
+  static void TransformB(const typename Isa::Vec (&d)[kN], typename Isa::Vec (&v)[kN]) {
+    v[0] = Isa::Sub(d[0], d[2]);
+    v[1] = Isa::Add(d[1], d[2]);
+    v[2] = Isa::Sub(d[2], d[1]);
+    v[3] = Isa::Sub(d[1], d[3]);
+  }
+  // (y0, y1) = A^T m, in order: y0 = (m0 + m1) + m2, y1 = (m1 - m2) - m3.
+  template <class Isa>
+  static void AddA(int j, typename Isa::Vec m, typename Isa::Vec* y0, typename Isa::Vec* y1) {
+    switch (j) {
+      case 0:
+        *y0 = m;
+        break;
+      case 1:
+        *y0 = Isa::Add(*y0, m);
+        *y1 = m;
+        break;
+      case 2:
+        *y0 = Isa::Add(*y0, m);
+        *y1 = Isa::Sub(*y1, m);
+        break;
+      default:
+        *y1 = Isa::Sub(*y1, m);
+        break;
+    }
+  }
+};
+
+// R for padded-input rows of phase row u in [u0, u0 + nu) of image n, stride S: r[((k * 2 +
+// par) * nu + u - u0) * rt + t] = P_k[u][2t + par], t < rt (zero past the padded input), k =
+// (c S + pi) S + pj. Column 2 S t + m of an input row goes to pj = m % S, par = m / S: one pass
+// over the row into its 2 S planes.
+template <int S>
+void PhasePlanes(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t u0, int64_t nu,
+                 int64_t rt, float* r) {
+  constexpr int kM = 2 * S;
+  const int64_t whole = std::min(rt, p.wp / kM);  // t with all 2 S columns inside the row
   for (int64_t c = 0; c < g.c; ++c) {
     const float* img = p.xf + (n * g.c + c) * p.hp * p.wp;
-    for (int pi = 0; pi < 2; ++pi) {
+    for (int pi = 0; pi < S; ++pi) {
       for (int64_t u = u0; u < u0 + nu; ++u) {
-        float* dst[4];  // m = 2 par + pj
-        for (int m = 0; m < 4; ++m)
-          dst[m] = r + (((((c * 2 + pi) * 2 + m % 2) * 2 + m / 2) * nu) + u - u0) * rt;
-        const int64_t row = 2 * u + pi;
+        float* dst[kM];
+        for (int m = 0; m < kM; ++m)
+          dst[m] = r + ((((c * S + pi) * S + m % S) * 2 + m / S) * nu + u - u0) * rt;
+        const int64_t row = S * u + pi;
         int64_t t = 0;
         if (row < p.hp) {
           const float* src = img + row * p.wp;
-          float* d0 = dst[0];
-          float* d1 = dst[1];
-          float* d2 = dst[2];
-          float* d3 = dst[3];
-          for (; t < whole; ++t) {
-            d0[t] = src[4 * t];
-            d1[t] = src[4 * t + 1];
-            d2[t] = src[4 * t + 2];
-            d3[t] = src[4 * t + 3];
-          }
-          for (int m = 0; m < 4; ++m)
-            for (int64_t i = t; i < rt; ++i) dst[m][i] = 4 * i + m < p.wp ? src[4 * i + m] : 0.0f;
+          for (; t < whole; ++t)
+            DOREFA_UNROLL for (int m = 0; m < kM; ++m) dst[m][t] = src[kM * t + m];
+          for (int m = 0; m < kM; ++m)
+            for (int64_t i = t; i < rt; ++i) dst[m][i] = kM * i + m < p.wp ? src[kM * i + m] : 0.0f;
         } else {
-          for (int m = 0; m < 4; ++m) std::fill(dst[m], dst[m] + rt, 0.0f);
+          for (int m = 0; m < kM; ++m) std::fill(dst[m], dst[m] + rt, 0.0f);
         }
       }
     }
   }
 }
 
-template <class Isa>
-void WinogradRows(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w, int64_t n,
-                  int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done) {
+template <class Isa, class F>
+void WinogradRowsF(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w, int64_t n,
+                   int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done) {
+  constexpr int kWinoN = F::kN;
+  constexpr int kWinoXi = kWinoN * kWinoN;
   using Vec = typename Isa::Vec;
   constexpr int64_t L = Isa::kLanes;
   const int64_t K = w.k;
   const int64_t blocks = (w.tw + L - 1) / L;
   const int64_t rt = blocks * L + 2;  // the last block reads 2 past its tiles (b' / 2)
-  const int64_t u0 = 2 * ty0, nu = 2 * (ty1 - ty0) + 3;
+  const int64_t u0 = 2 * ty0, nu = 2 * (ty1 - ty0) + kWinoN - 2;
   static thread_local std::vector<float> rbuf, vbuf, sbuf;
   rbuf.resize(static_cast<size_t>(K * 2 * nu * rt));
   vbuf.resize(static_cast<size_t>(kWinoXi * K * L));
   sbuf.resize(static_cast<size_t>(kWinoN * 2 * w.op * L));
-  PhasePlanes(g, p, n, u0, nu, rt, rbuf.data());
+  if (w.s == 4)
+    PhasePlanes<4>(g, p, n, u0, nu, rt, rbuf.data());
+  else
+    PhasePlanes<2>(g, p, n, u0, nu, rt, rbuf.data());
   float* vb = vbuf.data();
   float* sb = sbuf.data();
   for (int64_t ty = ty0; ty < ty1; ++ty) {
@@ -126,12 +158,13 @@ void WinogradRows(const FloatConvGeom& g, const FloatConvPlan& p, const Winograd
           Vec d[kWinoN];
           DOREFA_UNROLL for (int b = 0; b < kWinoN; ++b) d[b] = Isa::Load(
               rbuf.data() + ((k * 2 + b % 2) * nu + 2 * (ty - ty0) + a) * rt + t0 + b / 2);
-          TransformB<Isa>(d, rows[a]);
+          F::template TransformB<Isa>(d, rows[a]);
         }
         DOREFA_UNROLL for (int j = 0; j < kWinoN; ++j) {
-          const Vec col[kWinoN] = {rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j]};
+          Vec col[kWinoN];
+          DOREFA_UNROLL for (int a = 0; a < kWinoN; ++a) col[a] = rows[a][j];
           Vec v[kWinoN];
-          TransformB<Isa>(col, v);
+          F::template TransformB<Isa>(col, v);
           DOREFA_UNROLL for (int i = 0; i < kWinoN; ++i)
               Isa::Store(vb + ((i * kWinoN + j) * K + k) * L, v[i]);
         }
@@ -153,7 +186,8 @@ void WinogradRows(const FloatConvGeom& g, const FloatConvPlan& p, const Winograd
               DOREFA_UNROLL for (int o = 0; o < kO; ++o) acc[o] =
                   Isa::Fma(Isa::Set1(u[k * w.op + o]), vk, acc[o]);
             }
-            DOREFA_UNROLL for (int o = 0; o < kO; ++o) AddA<Isa>(j, acc[o], &s0[o], &s1[o]);
+            DOREFA_UNROLL for (int o = 0; o < kO; ++o)
+                F::template AddA<Isa>(j, acc[o], &s0[o], &s1[o]);
           }
           DOREFA_UNROLL for (int o = 0; o < kO; ++o) {
             Isa::Store(sb + ((i * 2) * w.op + ob + o) * L, s0[o]);
@@ -166,8 +200,8 @@ void WinogradRows(const FloatConvGeom& g, const FloatConvPlan& p, const Winograd
       for (int64_t o = 0; o < g.o; ++o) {
         Vec y00, y10, y01, y11;  // y[r][s]: row 2 ty + r, column 2 tx + s
         DOREFA_UNROLL for (int i = 0; i < kWinoN; ++i) {
-          AddA<Isa>(i, Isa::Load(sb + ((i * 2) * w.op + o) * L), &y00, &y10);
-          AddA<Isa>(i, Isa::Load(sb + ((i * 2 + 1) * w.op + o) * L), &y01, &y11);
+          F::template AddA<Isa>(i, Isa::Load(sb + ((i * 2) * w.op + o) * L), &y00, &y10);
+          F::template AddA<Isa>(i, Isa::Load(sb + ((i * 2 + 1) * w.op + o) * L), &y01, &y11);
         }
         const Vec b = Isa::Set1(w.bias[o]);
         Isa::Interleave(Isa::Add(y00, b), Isa::Add(y01, b), ncols, dst.Row(o, 2 * ty) + 2 * t0);
@@ -178,6 +212,44 @@ void WinogradRows(const FloatConvGeom& g, const FloatConvPlan& p, const Winograd
     }
     if (done != nullptr) (*done)(ty);
   }
+}
+
+// FloatWinogradFn (conv_float_winograd.h) on Isa: F(2, 3) or F(2, 4) by the plan.
+template <class Isa>
+void WinogradRows(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w, int64_t n,
+                  int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done) {
+  if (w.n == F23::kN)
+    WinogradRowsF<Isa, F23>(g, p, w, n, ty0, ty1, dst, done);
+  else
+    WinogradRowsF<Isa, F24>(g, p, w, n, ty0, ty1, dst, done);
+}
+
+// FloatWinogradCodesFn (conv_float_winograd.h) on Isa: each tile row's two conv rows into a
+// ring, then their codes, the unproved ones queued in p.pending.
+template <class Isa>
+void WinogradCodeRows(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
+                      int64_t n, int64_t ty0, int64_t ty1, uint8_t* out) {
+  static thread_local std::vector<float> ring;
+  ring.resize(static_cast<size_t>(g.o * 2 * g.ow));
+  const ConvRows rows{ring.data(), 2 * g.ow, g.ow, 2};
+  const float levels = static_cast<float>((1 << g.bits) - 1);
+  const int64_t plane = g.oh * g.ow;
+  const TileRowDone done = [&](int64_t ty) {
+    for (int64_t y = 2 * ty; y < std::min(g.oh, 2 * ty + 2); ++y)
+      for (int64_t o = 0; o < g.o; ++o) {
+        const float* v = rows.Row(o, y);
+        uint8_t* d = out + o * plane + y * g.ow;
+        for (int64_t x0 = 0; x0 < g.ow; x0 += Isa::kLanes) {
+          uint32_t bad = Isa::Codes(v + x0, std::min<int64_t>(Isa::kLanes, g.ow - x0), p.bias[o],
+                                    p.eps[o], levels, d + x0);
+          for (; bad != 0; bad &= bad - 1) {
+            const int64_t x = x0 + __builtin_ctz(bad);
+            p.pending->Add(n, o, y, x, d + x);
+          }
+        }
+      }
+  };
+  WinogradRows<Isa>(g, p, w, n, ty0, ty1, rows, &done);
 }
 
 }  // namespace
