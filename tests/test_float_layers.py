@@ -289,18 +289,22 @@ def test_winograd_plan_follows_the_weights(kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("scale", [1e16, np.inf])
-def test_conv_float_quantize_without_a_sum_error_bound(kernel, scale):
+@pytest.mark.parametrize("geom", [(5, 1, 2), (12, 4, 1)], ids=["direct", "winograd"])
+def test_conv_float_quantize_without_a_sum_error_bound(kernel, scale, geom):
     """|x| > 1e15 or an infinite x: no error bound for float32 sums, every code from the
-    spec's double sums (an Inf input gives +-Inf or NaN sums: NaN pools as the spec's max)."""
+    spec's double sums (an Inf input gives +-Inf or NaN sums: NaN pools as the spec's max), on
+    the direct and the Winograd layers. (kernel, stride, pool)"""
+    k, stride, pool = geom
     rng = np.random.default_rng(7)
-    x = rng.random((2, 1, 10, 10), dtype=np.float32)
+    side = 9 * stride + k
+    x = rng.random((2, 1, side, side), dtype=np.float32)
     x[0, 0, 3, 4] = scale
-    wt = rng.standard_normal((20, 1, 5, 5)).astype(np.float32)
+    wt = rng.standard_normal((20, 1, k, k)).astype(np.float32)
     b = rng.standard_normal(20).astype(np.float32)
     with np.errstate(invalid="ignore"):
-        expected = R.conv_float_quantize(x, wt, b, 1, 0, 2, 2)
+        expected = R.conv_float_quantize(x, wt, b, stride, 0, pool, 2)
     with K.use_kernel(kernel):
-        got = K.conv_float_quantize(x, wt, b, 1, 0, 2, 2)
+        got = K.conv_float_quantize(x, wt, b, stride, 0, pool, 2)
     np.testing.assert_array_equal(got, expected)
 
 
