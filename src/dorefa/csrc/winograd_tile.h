@@ -1,9 +1,11 @@
-// The Winograd tile rows of conv_float_winograd.h for one vector ISA (WinogradRows<Isa>).
+// The Winograd tile rows of conv_float_winograd.h for one vector ISA (WinogradRows<Isa>: float
+// rows; WinogradCodeRows<Isa>: their codes), F(2, 3) and F(2, 4) (the structs F23, F24).
 //
 // Isa provides kLanes (tiles per vector), kOuts (channels a pass of the sums), Vec, Load, Store,
-// Set1, Add, Sub, Fma(a, b, c) = a b + c and Fnma(a, b, c) = c - a b (one rounding each), and
+// Set1, Add, Sub, Fma(a, b, c) = a b + c and Fnma(a, b, c) = c - a b (one rounding each),
 // Interleave(y0, y1, ncols, dst): the lanes of y0 and y1 alternated (y0[0], y1[0], y0[1], ...)
-// to dst[0 .. ncols), ncols <= 2 L.
+// to dst[0 .. ncols), ncols <= 2 L, and Codes(v, count, b, e, levels, dst): the codes of count
+// <= L floats proved against e (float_codes_simd.h), the mask of those not proved.
 // Every lane runs the same operations in the same order, so every width gives the same bits.
 // Internal linkage, one copy per ISA file (as lut_tile.h).
 #ifndef DOREFA_CSRC_WINOGRAD_TILE_H_
@@ -18,6 +20,21 @@
 
 namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA
+
+// The first three steps of A^T m shared by F(2, 4) and F(2, 3) (their first two rows of A^T
+// start 1 1 1 / 0 1 -1): y0 = (m0 + m1) + m2, y1 = m1 - m2; j < 3.
+template <class Isa>
+inline void AddAFirst(int j, typename Isa::Vec m, typename Isa::Vec* y0, typename Isa::Vec* y1) {
+  if (j == 0) {
+    *y0 = m;
+  } else if (j == 1) {
+    *y0 = Isa::Add(*y0, m);
+    *y1 = m;
+  } else {
+    *y0 = Isa::Add(*y0, m);
+    *y1 = Isa::Sub(*y1, m);
+  }
+}
 
 // F(2, 4): a tile's patch 5 x 5 (conv_float_winograd.h).
 struct F24 {
@@ -39,25 +56,13 @@ struct F24 {
   //   y0 = ((m0 + m1) + m2) + m3,   y1 = ((m1 - m2) + 2 m3) + m4.
   template <class Isa>
   static void AddA(int j, typename Isa::Vec m, typename Isa::Vec* y0, typename Isa::Vec* y1) {
-    switch (j) {
-      case 0:
-        *y0 = m;
-        break;
-      case 1:
-        *y0 = Isa::Add(*y0, m);
-        *y1 = m;
-        break;
-      case 2:
-        *y0 = Isa::Add(*y0, m);
-        *y1 = Isa::Sub(*y1, m);
-        break;
-      case 3:
-        *y0 = Isa::Add(*y0, m);
-        *y1 = Isa::Fma(Isa::Set1(2.0f), m, *y1);
-        break;
-      default:
-        *y1 = Isa::Add(*y1, m);
-        break;
+    if (j < 3) {
+      AddAFirst<Isa>(j, m, y0, y1);
+    } else if (j == 3) {
+      *y0 = Isa::Add(*y0, m);
+      *y1 = Isa::Fma(Isa::Set1(2.0f), m, *y1);
+    } else {
+      *y1 = Isa::Add(*y1, m);
     }
   }
 };
@@ -76,22 +81,10 @@ struct F23 {
   // (y0, y1) = A^T m, in order: y0 = (m0 + m1) + m2, y1 = (m1 - m2) - m3.
   template <class Isa>
   static void AddA(int j, typename Isa::Vec m, typename Isa::Vec* y0, typename Isa::Vec* y1) {
-    switch (j) {
-      case 0:
-        *y0 = m;
-        break;
-      case 1:
-        *y0 = Isa::Add(*y0, m);
-        *y1 = m;
-        break;
-      case 2:
-        *y0 = Isa::Add(*y0, m);
-        *y1 = Isa::Sub(*y1, m);
-        break;
-      default:
-        *y1 = Isa::Sub(*y1, m);
-        break;
-    }
+    if (j < 3)
+      AddAFirst<Isa>(j, m, y0, y1);
+    else
+      *y1 = Isa::Sub(*y1, m);
   }
 };
 
