@@ -4,12 +4,14 @@
 
 #include "float_codes_simd.h"
 #include "winograd_tile.h"
+#include "winograd_ymm.h"
 
 namespace dorefa {
 namespace {
 
 struct ZmmTiles {
   static constexpr int kLanes = 16;
+  using Half = YmmTiles;           // a row's last <= 8 tiles
   static constexpr int kOuts = 8;  // channels a pass: 8 sums + 16 partial results of 32 zmm
   using Vec = __m512;
   static Vec Load(const float* p) { return _mm512_loadu_ps(p); }

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "conv_float_winograd.h"
@@ -120,88 +121,118 @@ void PhasePlanes(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int6
   }
 }
 
+// What every block of a band of tile rows reads and writes (WinogradRowsF).
+struct WinogradBand {
+  const FloatConvGeom* g;
+  const WinogradPlan* w;
+  const ConvRows* dst;
+  const float* r;       // the band's phase planes (PhasePlanes)
+  int64_t rt, nu, ty0;  // their row length and rows; the band's first tile row
+  float* vb;            // V of the block: (N^2, K, L)
+  float* sb;            // A^T along j of the block's sums: (N, 2, op, L)
+};
+
+// The tiles [t0, t0 + Isa::kLanes) of tile row ty: V, the sums, Y (tiles past tw are computed
+// from the zero padding of the planes and not stored).
+template <class Isa, class F>
+void WinogradBlock(const WinogradBand& band, int64_t ty, int64_t t0) {
+  constexpr int kWinoN = F::kN;
+  constexpr int64_t L = Isa::kLanes;
+  using Vec = typename Isa::Vec;
+  const FloatConvGeom& g = *band.g;
+  const WinogradPlan& w = *band.w;
+  const int64_t K = w.k;
+  float* vb = band.vb;
+  float* sb = band.sb;
+  // V_k = B^T d_k B for every phase channel: rows, then columns.
+  for (int64_t k = 0; k < K; ++k) {
+    Vec rows[kWinoN][kWinoN];  // rows[a'][j] = (B^T applied along b') of patch row a'
+    DOREFA_UNROLL for (int a = 0; a < kWinoN; ++a) {
+      Vec d[kWinoN];
+      DOREFA_UNROLL for (int b = 0; b < kWinoN; ++b) d[b] = Isa::Load(
+          band.r + ((k * 2 + b % 2) * band.nu + 2 * (ty - band.ty0) + a) * band.rt + t0 + b / 2);
+      F::template TransformB<Isa>(d, rows[a]);
+    }
+    DOREFA_UNROLL for (int j = 0; j < kWinoN; ++j) {
+      Vec col[kWinoN];
+      DOREFA_UNROLL for (int a = 0; a < kWinoN; ++a) col[a] = rows[a][j];
+      Vec v[kWinoN];
+      F::template TransformB<Isa>(col, v);
+      DOREFA_UNROLL for (int i = 0; i < kWinoN; ++i)
+          Isa::Store(vb + ((i * kWinoN + j) * K + k) * L, v[i]);
+    }
+  }
+  // Per row i of the positions and Isa::kOuts channels: M[i][j][o] = sum_k U[i j][k][o]
+  // V[i j][k] (FMAs in k order), then (s0, s1)[i][o] = A^T along j, in registers.
+  constexpr int kO = Isa::kOuts;
+  for (int i = 0; i < kWinoN; ++i) {
+    for (int64_t ob = 0; ob < w.op; ob += kO) {
+      Vec s0[kO], s1[kO];
+      DOREFA_UNROLL for (int j = 0; j < kWinoN; ++j) {
+        const int xi = i * kWinoN + j;
+        const float* u = w.u.data() + xi * K * w.op + ob;
+        const float* v = vb + xi * K * L;
+        Vec acc[kO];
+        DOREFA_UNROLL for (int o = 0; o < kO; ++o) acc[o] = Isa::Set1(0.0f);
+        for (int64_t k = 0; k < K; ++k) {
+          const Vec vk = Isa::Load(v + k * L);
+          DOREFA_UNROLL for (int o = 0; o < kO; ++o) acc[o] =
+              Isa::Fma(Isa::Set1(u[k * w.op + o]), vk, acc[o]);
+        }
+        DOREFA_UNROLL for (int o = 0; o < kO; ++o) F::template AddA<Isa>(j, acc[o], &s0[o], &s1[o]);
+      }
+      DOREFA_UNROLL for (int o = 0; o < kO; ++o) {
+        Isa::Store(sb + ((i * 2) * w.op + ob + o) * L, s0[o]);
+        Isa::Store(sb + ((i * 2 + 1) * w.op + ob + o) * L, s1[o]);
+      }
+    }
+  }
+  // Y = A^T S + bias per channel (along i), the tiles' two columns interleaved.
+  const int64_t ncols = std::min<int64_t>(2 * L, g.ow - 2 * t0);
+  for (int64_t o = 0; o < g.o; ++o) {
+    Vec y00, y10, y01, y11;  // y[r][s]: row 2 ty + r, column 2 tx + s
+    DOREFA_UNROLL for (int i = 0; i < kWinoN; ++i) {
+      F::template AddA<Isa>(i, Isa::Load(sb + ((i * 2) * w.op + o) * L), &y00, &y10);
+      F::template AddA<Isa>(i, Isa::Load(sb + ((i * 2 + 1) * w.op + o) * L), &y01, &y11);
+    }
+    const Vec b = Isa::Set1(w.bias[o]);
+    Isa::Interleave(Isa::Add(y00, b), Isa::Add(y01, b), ncols, band.dst->Row(o, 2 * ty) + 2 * t0);
+    if (2 * ty + 1 < g.oh)
+      Isa::Interleave(Isa::Add(y10, b), Isa::Add(y11, b), ncols,
+                      band.dst->Row(o, 2 * ty + 1) + 2 * t0);
+  }
+}
+
+// The tile rows [ty0, ty1) of image n: the band's phase planes, then every row's blocks of
+// Isa::kLanes tiles; a row's last few tiles, if Isa::Half (narrower vectors, the same
+// operations a lane) holds them, in one Half block (ResNet's stem: 56 tiles a row = 3 x 16 on
+// zmm + 8 on ymm, not 4 x 16).
 template <class Isa, class F>
 void WinogradRowsF(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w, int64_t n,
                    int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done) {
-  constexpr int kWinoN = F::kN;
-  constexpr int kWinoXi = kWinoN * kWinoN;
-  using Vec = typename Isa::Vec;
+  using Half = typename Isa::Half;
   constexpr int64_t L = Isa::kLanes;
-  const int64_t K = w.k;
-  const int64_t blocks = (w.tw + L - 1) / L;
-  const int64_t rt = blocks * L + 2;  // the last block reads 2 past its tiles (b' / 2)
-  const int64_t u0 = 2 * ty0, nu = 2 * (ty1 - ty0) + kWinoN - 2;
+  const int64_t K = w.k, xis = int64_t{F::kN} * F::kN;
+  const int64_t rt = (w.tw + L - 1) / L * L + 2;  // the last block reads 2 past its tiles
+  const int64_t nu = 2 * (ty1 - ty0) + F::kN - 2;
   static thread_local std::vector<float> rbuf, vbuf, sbuf;
   rbuf.resize(static_cast<size_t>(K * 2 * nu * rt));
-  vbuf.resize(static_cast<size_t>(kWinoXi * K * L));
-  sbuf.resize(static_cast<size_t>(kWinoN * 2 * w.op * L));
+  vbuf.resize(static_cast<size_t>(xis * K * L));
+  sbuf.resize(static_cast<size_t>(F::kN * 2 * w.op * L));
   if (w.s == 4)
-    PhasePlanes<4>(g, p, n, u0, nu, rt, rbuf.data());
+    PhasePlanes<4>(g, p, n, 2 * ty0, nu, rt, rbuf.data());
   else
-    PhasePlanes<2>(g, p, n, u0, nu, rt, rbuf.data());
-  float* vb = vbuf.data();
-  float* sb = sbuf.data();
+    PhasePlanes<2>(g, p, n, 2 * ty0, nu, rt, rbuf.data());
+  const WinogradBand band{&g, &w, &dst, rbuf.data(), rt, nu, ty0, vbuf.data(), sbuf.data()};
   for (int64_t ty = ty0; ty < ty1; ++ty) {
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t t0 = blk * L;
-      // V_k = B^T d_k B for every phase channel: rows, then columns.
-      for (int64_t k = 0; k < K; ++k) {
-        Vec rows[kWinoN][kWinoN];  // rows[a'][j] = (B^T applied along b') of patch row a'
-        DOREFA_UNROLL for (int a = 0; a < kWinoN; ++a) {
-          Vec d[kWinoN];
-          DOREFA_UNROLL for (int b = 0; b < kWinoN; ++b) d[b] = Isa::Load(
-              rbuf.data() + ((k * 2 + b % 2) * nu + 2 * (ty - ty0) + a) * rt + t0 + b / 2);
-          F::template TransformB<Isa>(d, rows[a]);
-        }
-        DOREFA_UNROLL for (int j = 0; j < kWinoN; ++j) {
-          Vec col[kWinoN];
-          DOREFA_UNROLL for (int a = 0; a < kWinoN; ++a) col[a] = rows[a][j];
-          Vec v[kWinoN];
-          F::template TransformB<Isa>(col, v);
-          DOREFA_UNROLL for (int i = 0; i < kWinoN; ++i)
-              Isa::Store(vb + ((i * kWinoN + j) * K + k) * L, v[i]);
+    for (int64_t t0 = 0; t0 < w.tw; t0 += L) {
+      if constexpr (!std::is_void_v<Half>) {
+        if (w.tw - t0 <= Half::kLanes) {
+          WinogradBlock<Half, F>(band, ty, t0);
+          continue;
         }
       }
-      // Per row i of the positions and Isa::kOuts channels: M[i][j][o] = sum_k U[i j][k][o]
-      // V[i j][k] (FMAs in k order), then (s0, s1)[i][o] = A^T along j, in registers.
-      constexpr int kO = Isa::kOuts;
-      for (int i = 0; i < kWinoN; ++i) {
-        for (int64_t ob = 0; ob < w.op; ob += kO) {
-          Vec s0[kO], s1[kO];
-          DOREFA_UNROLL for (int j = 0; j < kWinoN; ++j) {
-            const int xi = i * kWinoN + j;
-            const float* u = w.u.data() + xi * K * w.op + ob;
-            const float* v = vb + xi * K * L;
-            Vec acc[kO];
-            DOREFA_UNROLL for (int o = 0; o < kO; ++o) acc[o] = Isa::Set1(0.0f);
-            for (int64_t k = 0; k < K; ++k) {
-              const Vec vk = Isa::Load(v + k * L);
-              DOREFA_UNROLL for (int o = 0; o < kO; ++o) acc[o] =
-                  Isa::Fma(Isa::Set1(u[k * w.op + o]), vk, acc[o]);
-            }
-            DOREFA_UNROLL for (int o = 0; o < kO; ++o)
-                F::template AddA<Isa>(j, acc[o], &s0[o], &s1[o]);
-          }
-          DOREFA_UNROLL for (int o = 0; o < kO; ++o) {
-            Isa::Store(sb + ((i * 2) * w.op + ob + o) * L, s0[o]);
-            Isa::Store(sb + ((i * 2 + 1) * w.op + ob + o) * L, s1[o]);
-          }
-        }
-      }
-      // Y = A^T S + bias per channel (along i), the tiles' two columns interleaved.
-      const int64_t ncols = std::min<int64_t>(2 * L, g.ow - 2 * t0);
-      for (int64_t o = 0; o < g.o; ++o) {
-        Vec y00, y10, y01, y11;  // y[r][s]: row 2 ty + r, column 2 tx + s
-        DOREFA_UNROLL for (int i = 0; i < kWinoN; ++i) {
-          F::template AddA<Isa>(i, Isa::Load(sb + ((i * 2) * w.op + o) * L), &y00, &y10);
-          F::template AddA<Isa>(i, Isa::Load(sb + ((i * 2 + 1) * w.op + o) * L), &y01, &y11);
-        }
-        const Vec b = Isa::Set1(w.bias[o]);
-        Isa::Interleave(Isa::Add(y00, b), Isa::Add(y01, b), ncols, dst.Row(o, 2 * ty) + 2 * t0);
-        if (2 * ty + 1 < g.oh)
-          Isa::Interleave(Isa::Add(y10, b), Isa::Add(y11, b), ncols,
-                          dst.Row(o, 2 * ty + 1) + 2 * t0);
-      }
+      WinogradBlock<Isa, F>(band, ty, t0);
     }
     if (done != nullptr) (*done)(ty);
   }
