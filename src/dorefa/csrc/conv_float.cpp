@@ -230,10 +230,11 @@ const WinogradPlan& CachedWinogradPlan(const FloatConvGeom& g, const float* weig
       std::memcmp(weight, last.weight.data(), nw * sizeof(float)) == 0 &&
       (nb == 0 || std::memcmp(bias, last.bias.data(), nb * sizeof(float)) == 0))
     return last.plan;
-  std::memcpy(last.key, key, sizeof key);
-  last.weight.assign(weight, weight + nw);
-  last.bias.assign(bias, bias + nb);
+  last.weight.clear();  // no entry while the new one is made (an allocation may throw)
   MakeWinogradPlan(g, weight, bias, &last.plan);
+  last.bias.assign(bias, bias + nb);
+  last.weight.assign(weight, weight + nw);
+  std::memcpy(last.key, key, sizeof key);
   return last.plan;
 }
 

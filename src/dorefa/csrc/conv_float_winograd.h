@@ -45,7 +45,15 @@
 // sum, and M - E, M + E, Q are monotone roundings, so
 //   E = 1.01 (D 2^-24 + taps 2^-53) T + 1e-30 (underflow)
 // suffices (gamma_n <= 1.01 n u while n u < 0.0099); codes that Q(M - E) and Q(M + E) do not
-// agree on are recomputed from the spec's double sums (PendingCodes).
+// agree on are recomputed from the spec's double sums (PendingCodes). The 1.01 leaves >= 0.009 D
+// 2^-24 T of slack, which covers U's own double error (~10 2^-53 |G| |w| |G^T|) and, since
+// T >= ||w_o||_1 X, the underflow of subnormal U or V entries unless ||w_o||_1 X < ~1e-30, when
+// no sum can move fl(v + b) across a step of Q. Inputs with no finite bound (NaN, Inf, |x| or
+// ||w_o||_1 > 1e15) take the spec's double sums for every code, as on the direct paths.
+//
+// Float output (ConvFloatOut): within rounding of the direct sums for finite inputs; a phase
+// tap of zero weight reads input the direct sums skip, so an Inf input makes the whole 2 x 2
+// tile NaN (0 x Inf, Inf - Inf in B^T d B) where the direct sums give +-Inf or a finite value.
 //
 // Vectors hold L neighbouring tiles of one tile row (16 on zmm, 8 on ymm), every step per lane,
 // so both widths give the same bits. Per block of L tiles: the phase patches come from R, the
