@@ -284,7 +284,11 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   CallScratch scratch;
   Scratch& s = *scratch;
   const int64_t plane = g.ph * g.pw;
-  const FloatConvPlan p = MakePlan(g, x, weight, bias, weights, s);
+  // A layer for the Winograd codes needs no weight layout (its plan has U; the spec's sums read
+  // the weights as given), unless its input has no error bound (below: then made again).
+  const bool wino =
+      winograd != nullptr && pixel != nullptr && g.pool == 1 && WinogradFits(g) && g.c <= 1024;
+  FloatConvPlan p = MakePlan(g, x, weight, bias, wino ? FloatWeights::kNone : weights, s);
   if (pixel == nullptr) {  // scalar rows: every code from the spec's sums
     ParallelForOrThrow(threads, g.n * g.o, [&](int64_t first, int64_t last) {
       PendingCodes codes;
@@ -301,11 +305,15 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
   FloatConvPlan pv = p;
   double xmax = 0.0;
   pv.eps = SumErrorBounds(g, x, weight, p.taps, s.eps.data(), &xmax) ? s.eps.data() : nullptr;
-  if (winograd != nullptr && pv.eps != nullptr && g.pool == 1 && WinogradFits(g) && g.c <= 1024) {
+  if (wino && pv.eps != nullptr) {
     const WinogradPlan& w = CachedWinogradPlan(g, weight, nullptr);
     WinogradErrorBounds(g, w, xmax, s.eps.data());
     WinogradCodes(g, pv, w, out, winograd, threads);
     return;
+  }
+  if (wino) {  // no bound: the vector path (which recomputes every code) with its layout
+    p = MakePlan(g, x, weight, bias, weights, s);
+    pv = p;
   }
   // Each thread's share of the runs; the codes it could not prove (PendingCodes) computed a
   // batch at a time.
