@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace dorefa {
@@ -83,19 +84,31 @@ void MakeWinogradPlan(const FloatConvGeom& g, const float* weight, const float* 
   w->bias.assign(static_cast<size_t>(w->op), 0.0f);
   if (bias != nullptr) std::copy(bias, bias + g.o, w->bias.begin());
   w->tmax.assign(static_cast<size_t>(g.o), 0.0);
+  w->wa.assign(static_cast<size_t>(4 * xis * w->op), 0.0f);
+  w->row_unit = static_cast<float>(1.01 * static_cast<double>(w->k + 7) * std::ldexp(1.0, -24));
   for (int64_t o = 0; o < g.o; ++o) {
     double wabs[4][4] = {};  // sum_k |w_k|: sum_k |G| |w_k| |G^T| = |G| (sum_k |w_k|) |G^T|
+    double uabs[5][5] = {};  // sum_k |U'_k| (the float32 U)
     for (int64_t k = 0; k < w->k; ++k) {
       double wk[4][4], uk[5][5];
       PhaseKernel(g, weight, t.r, o, k, wk);
       Sandwich(t, wk, false, uk);
       for (int i = 0; i < t.n; ++i)
-        for (int j = 0; j < t.n; ++j)
-          w->u[static_cast<size_t>(((i * t.n + j) * w->k + k) * w->op + o)] =
-              static_cast<float>(uk[i][j]);
+        for (int j = 0; j < t.n; ++j) {
+          const float u = static_cast<float>(uk[i][j]);
+          w->u[static_cast<size_t>(((i * t.n + j) * w->k + k) * w->op + o)] = u;
+          uabs[i][j] += std::fabs(static_cast<double>(u));
+        }
       for (int a = 0; a < t.r; ++a)
         for (int b = 0; b < t.r; ++b) wabs[a][b] += std::fabs(wk[a][b]);
     }
+    for (int rs = 0; rs < 4; ++rs)
+      for (int i = 0; i < t.n; ++i)
+        for (int j = 0; j < t.n; ++j) {
+          const double a = t.a_abs[rs / 2][i] * t.a_abs[rs % 2][j] * uabs[i][j];
+          w->wa[static_cast<size_t>((rs * xis + i * t.n + j) * w->op + o)] =
+              std::nextafter(static_cast<float>(a), std::numeric_limits<float>::infinity());
+        }
     double ut[5][5];
     Sandwich(t, wabs, true, ut);
     for (int rr = 0; rr < 2; ++rr)  // the largest T / X of a tile's four outputs
@@ -110,14 +123,33 @@ void MakeWinogradPlan(const FloatConvGeom& g, const float* weight, const float* 
 }
 
 void WinogradErrorBounds(const FloatConvGeom& g, const WinogradPlan& w, double xmax, float* eps) {
-  // gamma_D <= 1.01 D u for D u < 0.0099 (D = K + 12 <= 2^16 here); the spec's double sums
-  // within 1.01 taps 2^-53 S, S <= T.
   const double taps = static_cast<double>(g.c * g.kh * g.kw);
-  const double unit =
-      1.01 * (static_cast<double>(w.k + 12) * std::ldexp(1.0, -24) + taps * std::ldexp(1.0, -53));
+  const double unit = 1.01 * (4.0 * std::ldexp(1.0, -24) + taps * std::ldexp(1.0, -53));
   for (int64_t o = 0; o < g.o; ++o) {
     const double e = unit * w.tmax[static_cast<size_t>(o)] * xmax + 1e-30;
     eps[o] = std::nextafter(static_cast<float>(e), std::numeric_limits<float>::infinity());
+  }
+}
+
+void WinogradRowBounds(const WinogradPlan& w, const uint32_t* vmax, const float* eps, float* out) {
+  const int xis = w.n * w.n;
+  const int64_t op = w.op;
+  static thread_local std::vector<float> acc;
+  acc.assign(static_cast<size_t>(4 * op), 0.0f);
+  for (int rs = 0; rs < 4; ++rs)
+    for (int xi = 0; xi < xis; ++xi) {
+      float v;
+      std::memcpy(&v, vmax + xi, sizeof v);
+      const float* wa = w.wa.data() + (rs * xis + xi) * op;
+      float* a = acc.data() + rs * op;
+      for (int64_t o = 0; o < op; ++o) a[o] += v * wa[o];
+    }
+  // Sums of non-negative float32 terms (at most 26 roundings, each < 2^-24 relative) and the
+  // final two: 1.001 covers them.
+  for (int64_t o = 0; o < op; ++o) {
+    const float m =
+        std::max(std::max(acc[o], acc[op + o]), std::max(acc[2 * op + o], acc[3 * op + o]));
+    out[o] = (eps[o] + w.row_unit * m) * 1.001f;
   }
 }
 

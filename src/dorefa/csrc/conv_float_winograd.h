@@ -34,22 +34,29 @@
 //
 // Codes (the fused first layer without a pool: ConvFloatQuantize). The float32 Winograd value
 // M of an output is proved against the spec's as the direct float32 sums are (conv_float.h),
-// with its own E. Every step above is a +, -, x or FMA rounded once (U's rounding from double
-// one more), at most D = K + 12 of them on any path from an input to an output (2 or 4 in V,
-// 1 in U, K in the sum over phase channels, 4 or 6 in A), so M is within gamma_D T of the
-// exact sum, T the same algorithm evaluated exactly on |d|, |U| and the absolute values of
-// B, G and A (T >= S = sum |w x|: each aligned product's coefficients add up to 1); with
-// |d| <= X = max|x|, T <= X max over the 4 outputs of a tile of sum_xi |A|(xi) beta(xi)
-// sum_k (|G| |w_k| |G^T|)(xi), beta(xi) the product of row i's and row j's absolute sums in B^T
-// (WinogradErrorBounds). The spec's double sums are within gamma_taps(2^-53) S of the exact
-// sum, and M - E, M + E, Q are monotone roundings, so
-//   E = 1.01 (D 2^-24 + taps 2^-53) T + 1e-30 (underflow)
-// suffices (gamma_n <= 1.01 n u while n u < 0.0099); codes that Q(M - E) and Q(M + E) do not
-// agree on are recomputed from the spec's double sums (PendingCodes). The 1.01 leaves >= 0.009 D
-// 2^-24 T of slack, which covers U's own double error (~10 2^-53 |G| |w| |G^T|) and, since
-// T >= ||w_o||_1 X, the underflow of subnormal U or V entries unless ||w_o||_1 X < ~1e-30, when
-// no sum can move fl(v + b) across a step of Q. Inputs with no finite bound (NaN, Inf, |x| or
-// ||w_o||_1 > 1e15) take the spec's double sums for every code, as on the direct paths.
+// with its own E. Every step above is a +, -, x or FMA rounded once (U's rounding from double one
+// more): nB <= 4 roundings in V, 1 in U, K in the sum over phase channels, nA <= 6 in A. With V',
+// U', M' the computed values and V, U the exact ones, the output's error is at most
+//   gamma_nA sum_xi alpha |M'|  +  sum_xi alpha |M' - sum_k U' V'|  +  sum_xi alpha sum_k |U' V' -
+//   U V|
+// (alpha(xi) = |A^T|(r, i) |A^T|(s, j) for the tile's output (r, s)), so, with gamma_n <= 1.01 n u
+// while n u < 0.0099 (K <= 16384 here):
+//   E = 1.01 (K + 7) u max_rs sum_xi alpha(xi) Vmax(xi) sum_k |U'_k(xi)|      (the row's part)
+//     + 1.01 (4 u + taps 2^-53) T + 1e-30                                       (the static part)
+// where Vmax(xi) = max |V'_k(xi)| over the phase channels and the tile row's tiles (computed, so
+// it follows the data), T the algorithm evaluated exactly on |d| <= X = max|x|, |U| and the
+// absolute values of B, G and A (the rounding of V: gamma_nB |B^T| |d| |B| <= gamma_nB beta X;
+// T >= S = sum |w x|, each aligned product's coefficients adding up to 1, so the spec's double
+// sums, within gamma_taps(2^-53) S, are covered too); T <= X max over the 4 outputs of a tile of
+// sum_xi alpha(xi) beta(xi) sum_k (|G| |w_k| |G^T|)(xi), beta(xi) the product of row i's and
+// row j's absolute sums in B^T. M - E, M + E and Q are monotone roundings, so a code with
+// Q(M - E) == Q(M + E) is the spec's; the others are recomputed from the spec's double sums
+// (PendingCodes). The 1.01 leaves >= 0.009 of each gamma as slack, which covers U's own double
+// error (~10 2^-53 |G| |w| |G^T|), the float32 sums of E itself (WinogradRowBounds rounds up)
+// and, since T >= ||w_o||_1 X, the underflow of subnormal U or V entries unless ||w_o||_1 X <
+// ~1e-30, when no sum can move fl(v + b) across a step of Q. Inputs with no finite bound (NaN,
+// Inf, |x| or ||w_o||_1 > 1e15) take the spec's double sums for every code, as on the direct
+// paths.
 //
 // Float output (ConvFloatOut): within rounding of the direct sums for finite inputs; a phase
 // tap of zero weight reads input the direct sums skip, so an Inf input makes the whole 2 x 2
@@ -81,6 +88,7 @@ inline int WinogradPhaseKernel(const FloatConvGeom& g) {
   return 0;
 }
 inline bool WinogradFits(const FloatConvGeom& g) { return WinogradPhaseKernel(g) != 0; }
+constexpr int kMaxWinoXi = 25;  // transform positions of the larger tile, F(2, 4)
 
 // What every tile row of a call reads: U, the sizes, the bias.
 struct WinogradPlan {
@@ -94,13 +102,19 @@ struct WinogradPlan {
   std::vector<float> u;      // (N^2, k, op): G w_k G^T, zero past O
   std::vector<float> bias;   // (op)
   std::vector<double> tmax;  // (O): T / X of the codes' error bound (WinogradErrorBounds)
+  std::vector<float> wa;  // (4, N^2, op): |A^T|(r, i) |A^T|(s, j) sum_k |U_k(xi)[o]|, rs = 2r + s
+  float row_unit = 0.0f;  // 1.01 (K + 7) 2^-24 (WinogradRowBounds)
 };
 // bias nullptr: none (the codes add theirs after the conv).
 void MakeWinogradPlan(const FloatConvGeom& g, const float* weight, const float* bias,
                       WinogradPlan* w);
 
-// E of the header comment for each channel o to eps[o], rounded up; xmax = max|x|.
+// The part of E (header comment) that does not depend on V, for each channel o, to eps[o],
+// rounded up; xmax = max|x|.
 void WinogradErrorBounds(const FloatConvGeom& g, const WinogradPlan& w, double xmax, float* eps);
+// E of one tile row for each channel o to out[o]: eps[o] + row_unit max_rs sum_xi vmax[xi]
+// wa[rs][xi][o], rounded up; vmax the bits of the row's max |V| at each position.
+void WinogradRowBounds(const WinogradPlan& w, const uint32_t* vmax, const float* eps, float* out);
 
 // Where conv row r of channel o goes: base + o * o_stride + (ring ? r % ring : r) * ow.
 struct ConvRows {

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -130,7 +131,23 @@ struct WinogradBand {
   int64_t rt, nu, ty0;  // their row length and rows; the band's first tile row
   float* vb;            // V of the block: (N^2, K, L)
   float* sb;            // A^T along j of the block's sums: (N, 2, op, L)
+  uint32_t* vmax;       // nullptr, or (N^2): the bits of max |V| over the row's blocks
 };
+
+// vmax[xi] = max(vmax[xi], max |v|) over a block's V (finite values: their bits without the
+// sign order as the floats do; an integer max vectorizes).
+inline void MaxAbsV(const float* vb, int xis, int64_t per_xi, uint32_t* vmax) {
+  for (int xi = 0; xi < xis; ++xi) {
+    uint32_t m = vmax[xi];
+    const float* v = vb + xi * per_xi;
+    for (int64_t i = 0; i < per_xi; ++i) {
+      uint32_t b;
+      std::memcpy(&b, v + i, sizeof b);
+      m = std::max(m, b & 0x7fffffffu);
+    }
+    vmax[xi] = m;
+  }
+}
 
 // The tiles [t0, t0 + Isa::kLanes) of tile row ty: V, the sums, Y (tiles past tw are computed
 // from the zero padding of the planes and not stored).
@@ -162,6 +179,7 @@ void WinogradBlock(const WinogradBand& band, int64_t ty, int64_t t0) {
           Isa::Store(vb + ((i * kWinoN + j) * K + k) * L, v[i]);
     }
   }
+  if (band.vmax != nullptr) MaxAbsV(vb, kWinoN * kWinoN, K * L, band.vmax);
   // Per row i of the positions and Isa::kOuts channels: M[i][j][o] = sum_k U[i j][k][o]
   // V[i j][k] (FMAs in k order), then (s0, s1)[i][o] = A^T along j, in registers.
   constexpr int kO = Isa::kOuts;
@@ -209,7 +227,8 @@ void WinogradBlock(const WinogradBand& band, int64_t ty, int64_t t0) {
 // zmm + 8 on ymm, not 4 x 16).
 template <class Isa, class F>
 void WinogradRowsF(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w, int64_t n,
-                   int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done) {
+                   int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done,
+                   uint32_t* vmax) {
   using Half = typename Isa::Half;
   constexpr int64_t L = Isa::kLanes;
   const int64_t K = w.k, xis = int64_t{F::kN} * F::kN;
@@ -223,7 +242,7 @@ void WinogradRowsF(const FloatConvGeom& g, const FloatConvPlan& p, const Winogra
     PhasePlanes<4>(g, p, n, 2 * ty0, nu, rt, rbuf.data());
   else
     PhasePlanes<2>(g, p, n, 2 * ty0, nu, rt, rbuf.data());
-  const WinogradBand band{&g, &w, &dst, rbuf.data(), rt, nu, ty0, vbuf.data(), sbuf.data()};
+  const WinogradBand band{&g, &w, &dst, rbuf.data(), rt, nu, ty0, vbuf.data(), sbuf.data(), vmax};
   for (int64_t ty = ty0; ty < ty1; ++ty) {
     for (int64_t t0 = 0; t0 < w.tw; t0 += L) {
       if constexpr (!std::is_void_v<Half>) {
@@ -238,34 +257,41 @@ void WinogradRowsF(const FloatConvGeom& g, const FloatConvPlan& p, const Winogra
   }
 }
 
-// FloatWinogradFn (conv_float_winograd.h) on Isa: F(2, 3) or F(2, 4) by the plan.
+// FloatWinogradFn (conv_float_winograd.h) on Isa: F(2, 3) or F(2, 4) by the plan; vmax
+// (nullptr: none) collects max |V| of each tile row's blocks for `done`.
 template <class Isa>
 void WinogradRows(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w, int64_t n,
-                  int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done) {
+                  int64_t ty0, int64_t ty1, const ConvRows& dst, const TileRowDone* done,
+                  uint32_t* vmax = nullptr) {
   if (w.n == F23::kN)
-    WinogradRowsF<Isa, F23>(g, p, w, n, ty0, ty1, dst, done);
+    WinogradRowsF<Isa, F23>(g, p, w, n, ty0, ty1, dst, done, vmax);
   else
-    WinogradRowsF<Isa, F24>(g, p, w, n, ty0, ty1, dst, done);
+    WinogradRowsF<Isa, F24>(g, p, w, n, ty0, ty1, dst, done, vmax);
 }
 
 // FloatWinogradCodesFn (conv_float_winograd.h) on Isa: each tile row's two conv rows into a
-// ring, then their codes, the unproved ones queued in p.pending.
+// ring, then their codes, each proved by the row's E (WinogradRowBounds, from the row's max |V|)
+// or queued in p.pending.
 template <class Isa>
 void WinogradCodeRows(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
                       int64_t n, int64_t ty0, int64_t ty1, uint8_t* out) {
-  static thread_local std::vector<float> ring;
+  static thread_local std::vector<float> ring, eps;
   ring.resize(static_cast<size_t>(g.o * 2 * g.ow));
+  eps.resize(static_cast<size_t>(w.op));
   const ConvRows rows{ring.data(), 2 * g.ow, g.ow, 2};
   const float levels = static_cast<float>((1 << g.bits) - 1);
   const int64_t plane = g.oh * g.ow;
+  uint32_t vmax[kMaxWinoXi] = {};
   const TileRowDone done = [&](int64_t ty) {
+    WinogradRowBounds(w, vmax, p.eps, eps.data());
+    std::fill(vmax, vmax + kMaxWinoXi, 0u);
     for (int64_t y = 2 * ty; y < std::min(g.oh, 2 * ty + 2); ++y)
       for (int64_t o = 0; o < g.o; ++o) {
         const float* v = rows.Row(o, y);
         uint8_t* d = out + o * plane + y * g.ow;
         for (int64_t x0 = 0; x0 < g.ow; x0 += Isa::kLanes) {
           uint32_t bad = Isa::Codes(v + x0, std::min<int64_t>(Isa::kLanes, g.ow - x0), p.bias[o],
-                                    p.eps[o], levels, d + x0);
+                                    eps[o], levels, d + x0);
           for (; bad != 0; bad &= bad - 1) {
             const int64_t x = x0 + __builtin_ctz(bad);
             p.pending->Add(n, o, y, x, d + x);
@@ -273,7 +299,7 @@ void WinogradCodeRows(const FloatConvGeom& g, const FloatConvPlan& p, const Wino
         }
       }
   };
-  WinogradRows<Isa>(g, p, w, n, ty0, ty1, rows, &done);
+  WinogradRows<Isa>(g, p, w, n, ty0, ty1, rows, &done, vmax);
 }
 
 }  // namespace
