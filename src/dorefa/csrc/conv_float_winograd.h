@@ -27,7 +27,8 @@
 //         [ 0 -1  1  0 ]          [ 1/2 -1/2  1/2 ]
 //         [ 0  1  0 -1 ]          [  0    0    1  ]
 // per tile N^2 s^2 C O multiplies against 4 (s r)^2 C O.
-// U is computed once per call in double and rounded to float32; the rest is float32. Its
+// U is computed in double and rounded to float32 (once per weights: the calling thread keeps
+// the last plan, conv_float.cpp); the rest is float32. Its
 // rounding differs from the direct sums' (the float-output conv is compared within rounding:
 // conv_float.h); Winograd with these points is as accurate as the direct float32 sums on the
 // stem (max error 5.5e-7 of the largest output, 5e-7 direct).
@@ -37,10 +38,9 @@
 // with its own E. Every step above is a +, -, x or FMA rounded once (U's rounding from double one
 // more): nB <= 4 roundings in V, 1 in U, K in the sum over phase channels, nA <= 6 in A. With V',
 // U', M' the computed values and V, U the exact ones, the output's error is at most
-//   gamma_nA sum_xi alpha |M'|  +  sum_xi alpha |M' - sum_k U' V'|  +  sum_xi alpha sum_k |U' V' -
-//   U V|
-// (alpha(xi) = |A^T|(r, i) |A^T|(s, j) for the tile's output (r, s)), so, with gamma_n <= 1.01 n u
-// while n u < 0.0099 (K <= 16384 here):
+//   gamma_nA sum alpha |M'| + sum alpha |M' - sum_k U' V'| + sum alpha sum_k |U' V' - U V|
+// (sums over xi; |U' V' - U V| <= |U' - U| |V'| + |U| |V' - V|; alpha(xi) = |A^T|(r, i) |A^T|(s, j)
+// for the tile's output (r, s)), so, with gamma_n <= 1.01 n u while n u < 0.0099 (K <= 16384 here):
 //   E = 1.01 (K + 7) u max_rs sum_xi alpha(xi) Vmax(xi) sum_k |U'_k(xi)|      (the row's part)
 //     + 1.01 (4 u + taps 2^-53) T + 1e-30                                       (the static part)
 // where Vmax(xi) = max |V'_k(xi)| over the phase channels and the tile row's tiles (computed, so
@@ -66,10 +66,10 @@
 // so both widths give the same bits. Per block of L tiles: the phase patches come from R, the
 // phase planes split by column parity, R[k][par][u][t] = P_k[u][2t + par], so the L values of
 // d_k[a'][b'] are L consecutive floats (R[k][b' % 2][2ty + a'][tx + b' / 2]); V_k transformed
-// in registers to Vb[xi][k][L]; per row i of positions and a few channels o (8 on zmm, 4 on
-// ymm), M[i][j][o] = sum_k U[i j][k][o] V[i j][k] (FMAs in k order, U broadcast) and A^T along
-// j in registers to S[i][s][o]; per channel Y = A^T S + bias along i, the two columns of each
-// tile interleaved, two rows of 2L outputs stored.
+// in registers to Vb[xi][k][L]; per row i of positions and 8 channels o, M[i][j][o] = sum_k
+// U[i j][k][o] V[i j][k] (FMAs in k order, U broadcast) and A^T along j in registers to
+// S[i][s][o]; per channel Y = A^T S + bias along i, the two columns of each tile interleaved,
+// two rows of 2L outputs stored. On zmm a row's last 8 or fewer tiles take one ymm block.
 #ifndef DOREFA_CSRC_CONV_FLOAT_WINOGRAD_H_
 #define DOREFA_CSRC_CONV_FLOAT_WINOGRAD_H_
 
