@@ -59,14 +59,7 @@ inline uint8_t CodeOfWindow(const FloatConvGeom& g, const FloatConvPlan& p, int6
 // input is not finite or |x|, ||w_o||_1 exceed 1e15 (so no sum can overflow).
 bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int64_t taps,
                     float* eps, double* xmax_out) {
-  // max|x| in float32 (exact), as an integer max over the bits without the sign (the same order
-  // as the floats for finite values and inf; NaN's bits are larger still): vectorizes.
-  uint32_t bits = 0;
-  for (int64_t i = 0; i < g.n * g.c * g.h * g.w; ++i) {
-    uint32_t u;
-    std::memcpy(&u, x + i, sizeof u);
-    bits = std::max(bits, u & 0x7fffffffu);
-  }
+  const uint32_t bits = MaxAbsBits(x, g.n * g.c * g.h * g.w, 0);  // max|x|, exact
   float xmaxf;
   std::memcpy(&xmaxf, &bits, sizeof xmaxf);
   const double xmax = xmaxf;

@@ -19,8 +19,10 @@
 #ifndef DOREFA_CSRC_CONV_FLOAT_H_
 #define DOREFA_CSRC_CONV_FLOAT_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -132,6 +134,18 @@ void ConvFloatOutMaxPool(const FloatConvGeom& g, const float* x, const float* we
                          const float* bias, int64_t k, int64_t s, int64_t p, float* out,
                          FloatConvOutFn fn, FloatWeights weights, FloatWinogradFn winograd,
                          int threads);
+
+// max(start, the bits of |p[i]|) over p[0 .. n): max|p| in float32 as an integer max over the
+// bits without the sign (the same order as the floats for finite values and inf; NaN's bits
+// are larger still), so it vectorizes. Static: every ISA's file keeps its own copy.
+static inline uint32_t MaxAbsBits(const float* p, int64_t n, uint32_t start) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, p + i, sizeof u);
+    start = std::max(start, u & 0x7fffffffu);
+  }
+  return start;
+}
 
 // Q(pooled) of the header comment, in float32: z = pooled + b; clip to [0, 1] (NaN -> 0);
 // times levels = 2^bits - 1; round half to even (adding and removing 2^23 does that on [0, 255]).

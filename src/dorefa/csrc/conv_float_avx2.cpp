@@ -93,12 +93,8 @@ inline void Store(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, in
   for (int v = 0; v < nv; ++v) {
     const int64_t ob = o0 + 8 * v;  // ob + 8 <= ostride: bias and eps are padded
     const __m256 b = _mm256_loadu_ps(pl.bias + ob), e = _mm256_loadu_ps(pl.eps + ob);
-    const __m256 lo = Quantize(_mm256_sub_ps(mx[v], e), b, levels);
-    const __m256 hi = Quantize(_mm256_add_ps(mx[v], e), b, levels);
-    const int proved = _mm256_movemask_ps(_mm256_cmp_ps(lo, hi, _CMP_EQ_OQ));
-    const __m256i q = _mm256_cvtps_epi32(hi);  // codes <= 255: pack to 8 bytes
-    const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    const uint64_t bytes = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_packus_epi16(q16, q16)));
+    uint32_t proved;
+    const uint64_t bytes = CodesY(mx[v], b, e, levels, &proved);
     uint8_t* d = dst + ob * plane + py * g.pw + px;
     const int64_t lanes = std::min<int64_t>(8, g.o - ob);
     if (proved == 0xff && lanes == 8) {  // the common case: no branch per channel

@@ -73,7 +73,6 @@ void MakeWinogradPlan(const FloatConvGeom& g, const float* weight, const float* 
                       WinogradPlan* w) {
   const Transform& t = TransformOf(g);
   w->s = g.stride;
-  w->r = t.r;
   w->n = t.n;
   w->k = g.stride * g.stride * g.c;
   w->op = (g.o + 15) / 16 * 16;

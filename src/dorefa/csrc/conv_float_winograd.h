@@ -93,7 +93,6 @@ constexpr int kMaxWinoXi = 25;  // transform positions of the larger tile, F(2, 
 // What every tile row of a call reads: U, the sizes, the bias.
 struct WinogradPlan {
   int64_t s = 0;             // stride
-  int r = 0;                 // phase kernel: r x r
   int n = 0;                 // patch: N x N, N = r + 1
   int64_t k = 0;             // phase channels: s^2 C
   int64_t op = 0;            // O rounded up to 16

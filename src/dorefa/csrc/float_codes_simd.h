@@ -20,20 +20,25 @@ inline __m256 Quantize(__m256 pooled, __m256 b, __m256 levels) {
   return _mm256_round_ps(_mm256_mul_ps(z, levels), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
+// The codes of 8 (pooled) sums v as 8 bytes (lane l in byte l), and in *proved the bit mask of
+// the lanes whose code is proved (conv_float.h: Q(v - e) == Q(v + e)).
+inline uint64_t CodesY(__m256 v, __m256 b, __m256 e, __m256 levels, uint32_t* proved) {
+  const __m256 lo = Quantize(_mm256_sub_ps(v, e), b, levels);
+  const __m256 hi = Quantize(_mm256_add_ps(v, e), b, levels);
+  *proved = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(lo, hi, _CMP_EQ_OQ)));
+  const __m256i q = _mm256_cvtps_epi32(hi);  // codes <= 255: pack to 8 bytes
+  const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+  return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_packus_epi16(q16, q16)));
+}
+
 // The codes of count (<= 8) values v[0 .. count) to dst; returns the mask of those not proved.
 inline uint32_t ProvedCodesY(const float* v, int64_t count, float b, float e, float levels,
                              uint8_t* dst) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), lane);
-  const __m256 x = _mm256_maskload_ps(v, in);
-  const __m256 bv = _mm256_set1_ps(b), ev = _mm256_set1_ps(e), lv = _mm256_set1_ps(levels);
-  const __m256 lo = Quantize(_mm256_sub_ps(x, ev), bv, lv);
-  const __m256 hi = Quantize(_mm256_add_ps(x, ev), bv, lv);
-  const uint32_t proved =
-      static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(lo, hi, _CMP_EQ_OQ)));
-  const __m256i q = _mm256_cvtps_epi32(hi);  // codes <= 255: pack to 8 bytes
-  const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-  const uint64_t bytes = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_packus_epi16(q16, q16)));
+  uint32_t proved;
+  const uint64_t bytes = CodesY(_mm256_maskload_ps(v, in), _mm256_set1_ps(b), _mm256_set1_ps(e),
+                                _mm256_set1_ps(levels), &proved);
   for (int64_t l = 0; l < count; ++l) dst[l] = static_cast<uint8_t>(bytes >> (8 * l));
   return ~proved & ((1u << count) - 1);
 }

@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -134,19 +133,9 @@ struct WinogradBand {
   uint32_t* vmax;       // nullptr, or (N^2): the bits of max |V| over the row's blocks
 };
 
-// vmax[xi] = max(vmax[xi], max |v|) over a block's V (finite values: their bits without the
-// sign order as the floats do; an integer max vectorizes).
+// vmax[xi] = max(vmax[xi], max |v|) over a block's V (as bits: MaxAbsBits).
 inline void MaxAbsV(const float* vb, int xis, int64_t per_xi, uint32_t* vmax) {
-  for (int xi = 0; xi < xis; ++xi) {
-    uint32_t m = vmax[xi];
-    const float* v = vb + xi * per_xi;
-    for (int64_t i = 0; i < per_xi; ++i) {
-      uint32_t b;
-      std::memcpy(&b, v + i, sizeof b);
-      m = std::max(m, b & 0x7fffffffu);
-    }
-    vmax[xi] = m;
-  }
+  for (int xi = 0; xi < xis; ++xi) vmax[xi] = MaxAbsBits(vb + xi * per_xi, per_xi, vmax[xi]);
 }
 
 // The tiles [t0, t0 + Isa::kLanes) of tile row ty: V, the sums, Y (tiles past tw are computed
