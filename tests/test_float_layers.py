@@ -262,6 +262,32 @@ def test_conv_float_quantize_at_rounding_steps(kernel, bits, geom):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("geom", [(5, 1, 1), (5, 1, 2), (3, 2, 3)], ids=["run", "pool2", "pool3"])
+def test_conv_float_quantize_near_steps_beside_an_outlier(kernel, geom):
+    """One huge input value in another image makes the bound from max|x| useless, so the codes
+    near a step are proved (or not) by the per-window bound ||w_o||_2 ||x_win||_2: pooled values
+    put at a code step plus offsets from -1e-4 to 1e-4 (about the window bound's size) still
+    give the spec's codes. (kernel, stride, pool)"""
+    k, stride, pool = geom
+    n, c, o, side, bits = 3, 3, 40, 6, 8
+    h = w = (side * pool - 1) * stride + k
+    rng = np.random.default_rng(7)
+    x = rng.random((n, c, h, w), dtype=np.float32)
+    x[2, 1, h // 2, w // 2] = 1e4
+    wt = (rng.standard_normal((o, c, k, k)) * 0.3).astype(np.float32)
+    conv = direct_float64(x, wt, stride, 0).astype(np.float32)
+    pooled = conv.reshape(n, o, side, pool, side, pool).max(axis=(3, 5))
+    levels = (1 << bits) - 1
+    step = (np.arange(o) % levels + 0.5) / levels + np.linspace(-1e-4, 1e-4, o)
+    for py, px in [(0, 0), (2, 3), (side - 1, side - 1)]:
+        b = (step - pooled[py % 2, :, py, px]).astype(np.float32)
+        expected = R.conv_float_quantize(x, wt, b, stride, 0, pool, bits)
+        with K.use_kernel(kernel):
+            got = K.conv_float_quantize(x, wt, b, stride, 0, pool, bits, threads=2)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_winograd_plan_follows_the_weights(kernel):
     """The Winograd plan is kept between calls with the same weights (csrc/conv_float.cpp):
     weights changed in place (the same array), a changed bias and another geometry are seen."""

@@ -55,10 +55,12 @@ inline uint8_t CodeOfWindow(const FloatConvGeom& g, const FloatConvPlan& p, int6
 
 // E of the header comment for channel o: 2 (taps + 1) 2^-24 ||w_o||_1 max|x| (>= gamma_n of
 // float32 plus gamma_n of double, times S) + FLT_MIN (float32 underflow, <= 2^-150 a step),
-// rounded up; max|x| to *xmax_out. False (no bound: the float paths recompute every code) when an
-// input is not finite or |x|, ||w_o||_1 exceed 1e15 (so no sum can overflow).
+// rounded up; max|x| to *xmax_out. eps2[o]: the same factor times ||w_o||_2, times 1 + 2^-20
+// (the norm's double rounding, and the float32 product eps2 N_p the store rounds to nearest),
+// rounded up. False (no bound: the float paths recompute every code) when an input is not
+// finite or |x|, ||w_o||_1 exceed 1e15 (so no sum can overflow).
 bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int64_t taps,
-                    float* eps, double* xmax_out) {
+                    float* eps, float* eps2, double* xmax_out) {
   const uint32_t bits = MaxAbsBits(x, g.n * g.c * g.h * g.w, 0);  // max|x|, exact
   float xmaxf;
   std::memcpy(&xmaxf, &bits, sizeof xmaxf);
@@ -66,12 +68,19 @@ bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int6
   if (!(xmax <= 1e15) || taps >= (int64_t{1} << 20)) return false;  // also NaN
   *xmax_out = xmax;
   const double unit = 2.0 * static_cast<double>(taps + 1) * std::ldexp(1.0, -24);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
   for (int64_t o = 0; o < g.o; ++o) {
-    double l1 = 0.0;
-    for (int64_t t = 0; t < taps; ++t) l1 += std::fabs(static_cast<double>(w[o * taps + t]));
+    double l1 = 0.0, l2 = 0.0;
+    for (int64_t t = 0; t < taps; ++t) {
+      const double v = w[o * taps + t];
+      l1 += std::fabs(v);
+      l2 += v * v;  // exact products, nonnegative terms: relative error <= taps 2^-53
+    }
     if (!(l1 <= 1e15)) return false;
     const float e = static_cast<float>(unit * l1 * xmax + std::numeric_limits<float>::min());
-    eps[o] = std::nextafter(e, std::numeric_limits<float>::infinity());
+    eps[o] = std::nextafter(e, kInf);
+    const double e2 = unit * std::sqrt(l2) * (1.0 + std::ldexp(1.0, -20));
+    eps2[o] = std::nextafter(static_cast<float>(e2), kInf);
   }
   return true;
 }
@@ -79,7 +88,7 @@ bool SumErrorBounds(const FloatConvGeom& g, const float* x, const float* w, int6
 // The calling thread's scratch, kept between calls (fresh buffers cost a page fault per 4 KB,
 // as much as the convolution itself on AlexNet's first layer).
 struct Scratch {
-  std::vector<float> padded, wt, bias, eps;
+  std::vector<float> padded, wt, bias, eps, eps2;
   std::vector<int64_t> offs;
 };
 // A padded input above this many floats (16 MB: a large batch of large images) is freed after
@@ -251,6 +260,38 @@ void WinogradCodes(const FloatConvGeom& g, const FloatConvPlan& pv, const Winogr
 
 }  // namespace
 
+float WindowNorm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int64_t py,
+                 int64_t px) {
+  double best = 0.0;
+  for (int64_t r = 0; r < g.pool; ++r)
+    for (int64_t s = 0; s < g.pool; ++s) {
+      const float* src = Window(g, p, n, py * g.pool + r, px * g.pool + s);
+      // exact squares, nonnegative terms (in 4 chains: any order has relative error <= taps
+      // 2^-53)
+      double sum[4] = {};
+      int64_t t = 0;
+      for (; t + 4 <= p.taps; t += 4)
+        for (int i = 0; i < 4; ++i) {
+          const double v = src[p.offs[t + i]];
+          sum[i] += v * v;
+        }
+      for (; t < p.taps; ++t) {
+        const double v = src[p.offs[t]];
+        sum[0] += v * v;
+      }
+      best = std::max(best, (sum[0] + sum[1]) + (sum[2] + sum[3]));
+    }
+  // times 1 + 2^-30 (the sum's and the root's roundings, taps < 2^20), then rounded up: the
+  // float's bits + 1 (it is >= 0)
+  const float f = static_cast<float>(std::sqrt(best) * (1.0 + std::ldexp(1.0, -30)));
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  ++bits;
+  float up;
+  std::memcpy(&up, &bits, sizeof up);
+  return up;
+}
+
 void PendingCodes::Flush(const FloatConvGeom& g, const FloatConvPlan& p) {
   const int64_t win = g.pool * g.pool, total = static_cast<int64_t>(items_.size()) * win;
   sums_.resize(static_cast<size_t>(total));
@@ -295,9 +336,11 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
     return;
   }
   s.eps.assign(static_cast<size_t>(p.ostride), 0.0f);
+  s.eps2.assign(static_cast<size_t>(p.ostride), 0.0f);
   FloatConvPlan pv = p;
   double xmax = 0.0;
-  pv.eps = SumErrorBounds(g, x, weight, p.taps, s.eps.data(), &xmax) ? s.eps.data() : nullptr;
+  const bool bound = SumErrorBounds(g, x, weight, p.taps, s.eps.data(), s.eps2.data(), &xmax);
+  pv.eps = bound ? s.eps.data() : nullptr;
   if (wino && pv.eps != nullptr) {
     const WinogradPlan& w = CachedWinogradPlan(g, weight, nullptr);
     WinogradErrorBounds(g, w, xmax, s.eps.data());
@@ -308,6 +351,7 @@ void ConvFloatQuantize(const FloatConvGeom& g, const float* x, const float* weig
     p = MakePlan(g, x, weight, bias, weights, s);
     pv = p;
   }
+  if (pv.eps != nullptr) pv.eps2 = s.eps2.data();  // the per-window bound (header comment)
   // Each thread's share of the runs; the codes it could not prove (PendingCodes) computed a
   // batch at a time.
   ParallelForOrThrow(threads, g.n * g.ph * RunsPerRow(g.pw), [&](int64_t first, int64_t last) {

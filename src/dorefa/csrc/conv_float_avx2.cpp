@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "conv_float.h"
@@ -90,13 +91,21 @@ inline void Store(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, in
                   int64_t px, uint8_t* dst, int64_t o0, const __m256 (&mx)[kVec]) {
   const int64_t plane = g.ph * g.pw;
   const __m256 levels = _mm256_set1_ps(static_cast<float>((1 << g.bits) - 1));
+  float norm = -1.0f;  // N_p (conv_float.h), made when first needed
   for (int v = 0; v < nv; ++v) {
-    const int64_t ob = o0 + 8 * v;  // ob + 8 <= ostride: bias and eps are padded
+    const int64_t ob = o0 + 8 * v;  // ob + 8 <= ostride: bias, eps and eps2 are padded
     const __m256 b = _mm256_loadu_ps(pl.bias + ob), e = _mm256_loadu_ps(pl.eps + ob);
-    uint32_t proved;
-    const uint64_t bytes = CodesY(mx[v], b, e, levels, &proved);
-    uint8_t* d = dst + ob * plane + py * g.pw + px;
     const int64_t lanes = std::min<int64_t>(8, g.o - ob);
+    const uint32_t in = (1u << lanes) - 1;
+    uint32_t proved;
+    uint64_t bytes = CodesY(mx[v], b, e, levels, &proved);
+    if ((proved & in) != in) {  // again with the window bound: E = min(eps, eps2 N_p + 2 FLT_MIN)
+      if (norm < 0.0f) norm = WindowNorm(g, pl, n, py, px);
+      const __m256 e2 = _mm256_fmadd_ps(_mm256_loadu_ps(pl.eps2 + ob), _mm256_set1_ps(norm),
+                                        _mm256_set1_ps(2 * std::numeric_limits<float>::min()));
+      bytes = CodesY(mx[v], b, _mm256_min_ps(e, e2), levels, &proved);
+    }
+    uint8_t* d = dst + ob * plane + py * g.pw + px;
     if (proved == 0xff && lanes == 8) {  // the common case: no branch per channel
       for (int l = 0; l < 8; ++l) d[l * plane] = static_cast<uint8_t>(bytes >> (8 * l));
       continue;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "byte_runs.h"
@@ -208,21 +209,31 @@ void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
                  int64_t count, uint8_t* dst, int64_t o0, const __m512 (&a)[4][kZVec]) {
   const int64_t plane = g.ph * g.pw;
   const __m512 levels = _mm512_set1_ps(static_cast<float>((1 << g.bits) - 1));
+  float norm[4] = {-1.0f, -1.0f, -1.0f, -1.0f};  // N_p (conv_float.h), made when first needed
   for (int v = 0; v < nv; ++v) {
     const int64_t ob = o0 + 16 * v;  // bias and eps are padded to ostride (a multiple of 16)
     const __m512 b = _mm512_loadu_ps(pl.bias + ob), e = _mm512_loadu_ps(pl.eps + ob);
     const int64_t lanes = std::min<int64_t>(16, g.o - ob);
     __mmask16 proved[4];
-    __m512i four = CodesZ(a[0][v], b, e, levels, &proved[0]);
-    for (int p = 1; p < 4; ++p)
-      four = _mm512_or_si512(four,
-                             _mm512_slli_epi32(CodesZ(a[p][v], b, e, levels, &proved[p]), 8 * p));
+    __m512i code[4];
+    DOREFA_UNROLL for (int p = 0; p < 4; ++p) code[p] = CodesZ(a[p][v], b, e, levels, &proved[p]);
+    const __mmask16 in = static_cast<__mmask16>((1u << lanes) - 1);
+    for (int p = 0; p < count; ++p) {
+      if ((proved[p] & in) == in) continue;
+      // again with the window bound: E = min(eps, eps2 N_p + 2 FLT_MIN)
+      if (norm[p] < 0.0f) norm[p] = WindowNorm(g, pl, n, py, px + p);
+      const __m512 e2 = _mm512_fmadd_ps(_mm512_loadu_ps(pl.eps2 + ob), _mm512_set1_ps(norm[p]),
+                                        _mm512_set1_ps(2 * std::numeric_limits<float>::min()));
+      code[p] = CodesZ(a[p][v], b, _mm512_min_ps(e, e2), levels, &proved[p]);
+    }
+    __m512i four = code[0];
+    for (int p = 1; p < 4; ++p) four = _mm512_or_si512(four, _mm512_slli_epi32(code[p], 8 * p));
     alignas(64) uint32_t words[16];
     _mm512_store_si512(words, four);
     uint8_t* d = dst + ob * plane + py * g.pw + px;
     __mmask16 all = proved[0];
     for (int p = 1; p < count; ++p) all &= proved[p];
-    if (all == 0xffff) {  // the common case
+    if ((all & in) == in) {  // the common case
       for (int64_t l = 0; l < lanes; ++l)
         StoreRun8(d + l * plane, words[l], static_cast<int>(count));
       continue;
