@@ -47,12 +47,15 @@ INT8_AVX2_W8A8_CEILING = 15.0
 # lut kernels (Zen 4 / Zen 2: four 256-bit pipes): per 256 MACs of one weight plane and one
 # activation slice, 2 zmm ops (VPSHUFB, VPADDB) plus the widening, i.e. 2 x lut_lookups ops,
 # 2 zmm ops a cycle; VPSHUFB on two of the pipes caps it at 256. lut-vnni: one VPERMB and one
-# VPDPBUSD, on different pipes: 256 per plane and slice.
+# VPDPBUSD, four 256-bit halves on three pipes: 192 per plane and slice.
+LUT_VNNI_CEILING = 192.0
+
+
 def lut_ceiling(wb: int, xb: int, family: str = "lut-avx512") -> float:
     """MAC/cycle ceiling of a lut kernel family at W = wb, A = xb."""
     slices = len(choose.lut_slices(xb))
     if family in choose.LUT_DWORD_SUMS:
-        return 256.0 / slices / wb
+        return LUT_VNNI_CEILING / slices / wb
     return min(256.0 / choose.lut_lookups(1, xb), 256.0 / slices) / wb
 
 

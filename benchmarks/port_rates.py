@@ -26,7 +26,8 @@ binary MACs, so W1A2 runs at half the binary rate):
   loads, 2 table loads, 8 x (VPSHUFB, VPADDB), then the widening, 8 x (VPADDW, VPSRLW, VPADDW)
   [k8 x 8 x 256]; ``lut-avx2 W1A4`` / ``W1A2``: the 2 x 2 ymm tile [k8 x 4 x 128];
 - ``lut-vnni``: lut_vnni.cpp's 4 x 4 tile, one step: 4 index loads, 4 table loads, 16 x
-  (VPERMB, VPDPBUSD) [16 x 256], whatever the activation bits;
+  (VPERMB, VPDPBUSD) [16 x 256], whatever the activation bits; ``lut-vnni regs``: the same 32
+  operations without the loads;
 - ``float conv zmm`` / ``float conv ymm``: the float first layer, one tap of its 4-pixel run:
   6 (3) weight loads, 4 broadcasts, 24 (12) VFMADD231PS on zmm (ymm) [24 x 16 / 12 x 8].
 
@@ -135,12 +136,14 @@ def _lut(reg: str, pixels: int, blocks: int, k8: int) -> tuple[str, ...]:
     return tuple(line.replace("vmovdqu64", "vmovdqu") if reg == "ymm" else line for line in lines)
 
 
-def _lut_vnni() -> tuple[str, ...]:
+def _lut_vnni(loads: bool = True) -> tuple[str, ...]:
     """lut_vnni.cpp's step: 4 index loads, per pixel of 4 a table load, per pair VPERMB + an
-    in-place VPDPBUSD against ones (zmm0-15 sums, 16-19 indices, 20 table, 21 ones, 22 tmp)."""
-    lines = [f"vmovdqu64 {64 * k}(%[b]), %%zmm{16 + k}" for k in range(4)]
+    in-place VPDPBUSD against ones (zmm0-15 sums, 16-19 indices, 20 table, 21 ones, 22 tmp);
+    without ``loads`` the same 32 operations on registers only."""
+    lines = [f"vmovdqu64 {64 * k}(%[b]), %%zmm{16 + k}" for k in range(4)] if loads else []
     for p in range(4):
-        lines.append(f"vmovdqu64 {2048 + 64 * p}(%[b]), %%zmm20")
+        if loads:
+            lines.append(f"vmovdqu64 {2048 + 64 * p}(%[b]), %%zmm20")
         for k in range(4):
             lines += [
                 f"vpermb %%zmm20, %%zmm{16 + k}, %%zmm22",
@@ -179,6 +182,7 @@ MIXES = (
     Mix("lut-avx512 W1A4", ("avx512bw",), 4 * 8 * 256, False, _lut("zmm", 2, 4, 4)),
     Mix("lut-avx512 W1A2", ("avx512bw",), 21 * 8 * 256, False, _lut("zmm", 2, 4, 21)),
     Mix("lut-vnni", ("avx512vbmi", "avx512_vnni"), 16 * 256, False, _lut_vnni()),
+    Mix("lut-vnni regs", ("avx512vbmi", "avx512_vnni"), 16 * 256, False, _lut_vnni(False)),
     Mix("lut-avx2 W1A4", ("avx2",), 4 * 4 * 128, False, _lut("ymm", 2, 2, 4)),
     Mix("lut-avx2 W1A2", ("avx2",), 21 * 4 * 128, False, _lut("ymm", 2, 2, 21)),
     Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),

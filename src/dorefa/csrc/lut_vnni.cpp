@@ -5,10 +5,10 @@
 //   acc[p][k] += dpbusd(VPERMB(index[k], tables[p]), 1)       (16 channels, 256 MACs a W1 plane)
 //
 // no byte counters to widen and no flush: 2 zmm instructions per 256 MACs against the byte
-// counters' 2.5-2.75 (lut_tile.h), on different pipes of Zen 4 (VPERMB on the shuffle pipes,
-// VPDPBUSD on the multiply pipes): ~256 MAC/cycle for the pair alone, measured. Register tile 4
-// pixels x 64 channels (16 sums), sums << (b + width s) added to the call's m at the end of a
-// run of rows. The tables and the store are lut-avx512's. AVX-512 F/BW/VL/DQ + VBMI + VNNI.
+// counters' 2.5-2.75 (lut_tile.h); on Zen 4 their pipe pairs share one pipe, so a pair takes
+// 4/3 cycles: 192 MAC/cycle (docs/kernels.md, measured by benchmarks/port_rates.py). Register tile
+// 4 pixels x 64 channels (16 sums), sums << (b + width s) added to the call's m at the end of a run
+// of rows. The tables and the store are lut-avx512's. AVX-512 F/BW/VL/DQ + VBMI + VNNI.
 #include <immintrin.h>
 
 #include "int8conv_store_avx512.h"
