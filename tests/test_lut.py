@@ -6,6 +6,9 @@ the shared matrix of shapes and bit pairs is in test_kernels.py, as for every ke
   within a kernel row when one row is longer than that (6-bit codes: 65 zmm steps of 16
   channels, 130 ymm steps of 8).
 - Codes of 7 and 8 bits run as two slices with their own tables.
+- lut-vnni stores its sums in one pass (no zeroing) when a call has one slice, one weight plane
+  and one chunk of kernel rows (the shared matrix's W1 layers), and adds them otherwise: more
+  planes or slices (below) or rows in several chunks (the 3x3 long fields).
 - All-maximum operands: every table entry and byte counter at its bound.
 """
 

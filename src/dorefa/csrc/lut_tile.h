@@ -25,6 +25,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "int8conv.h"
@@ -174,14 +175,29 @@ template <class Isa, int P, int NB>
 struct ByteCounters {
   static constexpr auto kTable = LutBlocks<Isa, P, NB>();
 };
+// Blocks whose kStoreTable stores its sums (a call with one slice, one weight plane and one
+// chunk of rows: one pass) instead of adding them to m, which then needs no zeroing.
+template <class Blocks, class = void>
+struct StoresOnePass : std::false_type {};
+template <class Blocks>
+struct StoresOnePass<Blocks, std::void_t<decltype(Blocks::kStoreTable)>> : std::true_type {};
+
 template <class Isa, class Store, int P, int NB, class Blocks = ByteCounters<Isa, P, NB>>
 void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
   static_assert(kMaxLutPixels % P == 0, "whole register tiles");
-  static constexpr auto kBlocks = Blocks::kTable;
   const ConvGeom& g = *c.g;
   const LutGeom l(g);
   const LutSlices slices(g.x_bits);
   const int64_t rows = std::clamp<int64_t>(kLutChunkBytes / (NB * l.quads * 64), 1, g.kh);
+  bool one_pass = false;
+  if constexpr (StoresOnePass<Blocks>::value)
+    one_pass = slices.count == 1 && g.w_bits == 1 && rows >= g.kh;
+  const auto& kBlocks = [&]() -> const auto& {
+    if constexpr (StoresOnePass<Blocks>::value) {
+      if (one_pass) return Blocks::kStoreTable;
+    }
+    return Blocks::kTable;
+  }();
   alignas(64) uint32_t m[kMaxLutPixels * NB * kInt8Lanes];
   int32_t terms[kMaxLutPixels];  // npix <= the kernel's pix_tile = kMaxLutPixels
   Int8FieldTerms(c, pix0, npix, terms);
@@ -192,7 +208,7 @@ void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
   for (int64_t ob = ob0; ob < ob0 + nob; ob += NB) {
     const int nb = static_cast<int>(std::min<int64_t>(NB, ob0 + nob - ob));
     const int64_t ms = nb * kInt8Lanes;
-    std::memset(m, 0, sizeof(uint32_t) * static_cast<size_t>(npix * ms));
+    if (!one_pass) std::memset(m, 0, sizeof(uint32_t) * static_cast<size_t>(npix * ms));
     for (int s = 0; s < slices.count; ++s) {
       const auto& blocks = kBlocks[slices.Bits(s, g.x_bits) - 1];
       for (int b = 0; b < g.w_bits; ++b) {

@@ -19,8 +19,9 @@ namespace dorefa {
 namespace {
 
 // The sums of kernel rows [r0, r1) of slice s and weight plane b for P pixels (tp) and NB
-// blocks from ob, added to m[p * ms + 16 k + o] << (b + width s) (LutBlock's contract).
-template <int P, int NB>
+// blocks from ob, added to m[p * ms + 16 k + o] << (b + width s) (LutBlock's contract); with
+// kStore, stored there instead (the call's only pass: TileLut skips zeroing m).
+template <int P, int NB, bool kStore = false>
 void DotBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int64_t ob, int s,
               int b, int64_t r0, int64_t r1, uint32_t* m, int64_t ms) {
   const LutSlices slices(c.g->x_bits);
@@ -52,23 +53,27 @@ void DotBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
   DOREFA_UNROLL for (int p = 0; p < P; ++p) {
     DOREFA_UNROLL for (int k = 0; k < NB; ++k) {
       uint32_t* dst = m + p * ms + kInt8Lanes * k;
-      _mm512_store_si512(
-          dst, _mm512_add_epi32(_mm512_load_si512(dst), _mm512_sll_epi32(acc[p][k], shift)));
+      const __m512i sum = _mm512_sll_epi32(acc[p][k], shift);
+      _mm512_store_si512(dst, kStore ? sum : _mm512_add_epi32(_mm512_load_si512(dst), sum));
     }
   }
 }
 
-// TileLut's table of register tiles: the same functions for every slice width.
-template <int P, int NB, int... Bs>
+// TileLut's table of register tiles: the same functions for every slice width; kStoreTable
+// for a call's only pass.
+template <int P, int NB, bool kStore, int... Bs>
 constexpr std::array<std::array<LutBlockFn<void>, sizeof...(Bs)>, 2> DotBlocksK(
     std::integer_sequence<int, Bs...>) {
-  return {{{&DotBlock<1, Bs + 1>...}, {&DotBlock<P, Bs + 1>...}}};
+  return {{{&DotBlock<1, Bs + 1, kStore>...}, {&DotBlock<P, Bs + 1, kStore>...}}};
 }
 template <int P, int NB>
 struct DotLanes {
-  static constexpr auto kRow = DotBlocksK<P, NB>(std::make_integer_sequence<int, NB>{});
-  static constexpr std::array<std::array<std::array<LutBlockFn<void>, NB>, 2>, 6> kTable = {
-      kRow, kRow, kRow, kRow, kRow, kRow};
+  using Table = std::array<std::array<std::array<LutBlockFn<void>, NB>, 2>, 6>;
+  static constexpr auto kRow = DotBlocksK<P, NB, false>(std::make_integer_sequence<int, NB>{});
+  static constexpr auto kStoreRow = DotBlocksK<P, NB, true>(std::make_integer_sequence<int, NB>{});
+  static constexpr Table kTable = {kRow, kRow, kRow, kRow, kRow, kRow};
+  static constexpr Table kStoreTable = {kStoreRow, kStoreRow, kStoreRow,
+                                        kStoreRow, kStoreRow, kStoreRow};
 };
 
 }  // namespace
