@@ -162,8 +162,9 @@ inline int32_t LutShift(int) { return 0; }
 
 // Weight bytes a row chunk may take (NB blocks x rows x quads x 64), so that they stay in L1
 // (32 KB on Zen 2 and 4) while the call's pixels pass over them. 20 KB holds the three rows of a
-// 3x3 kernel over 128 channels, 18 KB, so such a layer is one pass (lut-vnni: 2-3% faster on
-// 128->128 layers than with 16 KB; lut-avx2 the same).
+// 3x3 kernel over 128 channels for the 4-block zmm tiles (18 KB), so lut-vnni runs such a layer
+// in one pass (2-3% faster on 128->128 layers than with 16 KB); lut-avx512's chunks grow the
+// same way, lut-avx2's 2-block tiles from ~256 channels on (lut-avx2 on 128->128: unchanged).
 constexpr int64_t kLutChunkBytes = 20 << 10;
 
 // The tile kernel (Int8TileFn) with register tiles of at most P pixels x NB blocks. Per group

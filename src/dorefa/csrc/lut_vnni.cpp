@@ -8,7 +8,8 @@
 // counters' 2.5-2.75 (lut_tile.h); on Zen 4 their pipe pairs share one pipe, so a pair takes
 // 4/3 cycles: 192 MAC/cycle (docs/kernels.md, measured by benchmarks/port_rates.py). Register tile
 // 4 pixels x 64 channels (16 sums), sums << (b + width s) added to the call's m at the end of a run
-// of rows. The tables and the store are lut-avx512's. AVX-512 F/BW/VL/DQ + VBMI + VNNI.
+// of rows, or stored there when the call is one pass (TileLut). The tables and the store are
+// lut-avx512's. AVX-512 F/BW/VL/DQ + VBMI + VNNI.
 #include <immintrin.h>
 
 #include "int8conv_store_avx512.h"
