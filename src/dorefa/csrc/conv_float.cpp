@@ -281,15 +281,9 @@ float WindowNorm(const FloatConvGeom& g, const FloatConvPlan& p, int64_t n, int6
       }
       best = std::max(best, (sum[0] + sum[1]) + (sum[2] + sum[3]));
     }
-  // times 1 + 2^-30 (the sum's and the root's roundings, taps < 2^20), then rounded up: the
-  // float's bits + 1 (it is >= 0)
+  // times 1 + 2^-30 (the sum's and the root's roundings, taps < 2^20), then rounded up
   const float f = static_cast<float>(std::sqrt(best) * (1.0 + std::ldexp(1.0, -30)));
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  ++bits;
-  float up;
-  std::memcpy(&up, &bits, sizeof up);
-  return up;
+  return std::nextafter(f, std::numeric_limits<float>::infinity());
 }
 
 void PendingCodes::Flush(const FloatConvGeom& g, const FloatConvPlan& p) {

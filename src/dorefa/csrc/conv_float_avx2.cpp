@@ -9,7 +9,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <limits>
 #include <utility>
 
 #include "conv_float.h"
@@ -101,9 +100,7 @@ inline void Store(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, in
     uint64_t bytes = CodesY(mx[v], b, e, levels, &proved);
     if ((proved & in) != in) {  // again with the window bound: E = min(eps, eps2 N_p + 2 FLT_MIN)
       if (norm < 0.0f) norm = WindowNorm(g, pl, n, py, px);
-      const __m256 e2 = _mm256_fmadd_ps(_mm256_loadu_ps(pl.eps2 + ob), _mm256_set1_ps(norm),
-                                        _mm256_set1_ps(2 * std::numeric_limits<float>::min()));
-      bytes = CodesY(mx[v], b, _mm256_min_ps(e, e2), levels, &proved);
+      bytes = CodesY(mx[v], b, WindowBoundY(e, pl.eps2 + ob, norm), levels, &proved);
     }
     uint8_t* d = dst + ob * plane + py * g.pw + px;
     if (proved == 0xff && lanes == 8) {  // the common case: no branch per channel

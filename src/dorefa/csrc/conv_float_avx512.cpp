@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <utility>
 
 #include "byte_runs.h"
@@ -222,9 +221,7 @@ void StoreCodesZ(const FloatConvGeom& g, const FloatConvPlan& pl, int64_t n, int
       if ((proved[p] & in) == in) continue;
       // again with the window bound: E = min(eps, eps2 N_p + 2 FLT_MIN)
       if (norm[p] < 0.0f) norm[p] = WindowNorm(g, pl, n, py, px + p);
-      const __m512 e2 = _mm512_fmadd_ps(_mm512_loadu_ps(pl.eps2 + ob), _mm512_set1_ps(norm[p]),
-                                        _mm512_set1_ps(2 * std::numeric_limits<float>::min()));
-      code[p] = CodesZ(a[p][v], b, _mm512_min_ps(e, e2), levels, &proved[p]);
+      code[p] = CodesZ(a[p][v], b, WindowBoundZ(e, pl.eps2 + ob, norm[p]), levels, &proved[p]);
     }
     __m512i four = code[0];
     for (int p = 1; p < 4; ++p) four = _mm512_or_si512(four, _mm512_slli_epi32(code[p], 8 * p));

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA
@@ -29,6 +30,13 @@ inline uint64_t CodesY(__m256 v, __m256 b, __m256 e, __m256 levels, uint32_t* pr
   const __m256i q = _mm256_cvtps_epi32(hi);  // codes <= 255: pack to 8 bytes
   const __m128i q16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
   return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_packus_epi16(q16, q16)));
+}
+
+// E of 8 channels with the per-window bound (conv_float.h): min(e, eps2 N_p + 2 FLT_MIN),
+// eps2 the channels' factors, norm N_p.
+inline __m256 WindowBoundY(__m256 e, const float* eps2, float norm) {
+  const __m256 tiny = _mm256_set1_ps(2 * std::numeric_limits<float>::min());
+  return _mm256_min_ps(e, _mm256_fmadd_ps(_mm256_loadu_ps(eps2), _mm256_set1_ps(norm), tiny));
 }
 
 // The codes of count (<= 8) values v[0 .. count) to dst; returns the mask of those not proved.
@@ -62,6 +70,12 @@ inline __m512i CodesZ(__m512 v, __m512 b, __m512 e, __m512 levels, __mmask16* pr
   const __m512i hi = QuantizeZ(_mm512_add_ps(v, e), b, levels);
   *proved = _mm512_cmpeq_epi32_mask(lo, hi);
   return hi;
+}
+
+// WindowBoundY on 16 channels.
+inline __m512 WindowBoundZ(__m512 e, const float* eps2, float norm) {
+  const __m512 tiny = _mm512_set1_ps(2 * std::numeric_limits<float>::min());
+  return _mm512_min_ps(e, _mm512_fmadd_ps(_mm512_loadu_ps(eps2), _mm512_set1_ps(norm), tiny));
 }
 
 // The codes of count (<= 16) values v[0 .. count) to dst; returns the mask of those not proved.

@@ -6,7 +6,6 @@
 #include "winograd_ymm.h"
 
 namespace dorefa {
-namespace {}  // namespace
 
 void ConvFloatWinogradAvx2(const FloatConvGeom& g, const FloatConvPlan& p, const WinogradPlan& w,
                            int64_t n, int64_t ty0, int64_t ty1, const ConvRows& dst,
