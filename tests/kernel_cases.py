@@ -21,7 +21,8 @@ BITS = (1, 2, 3, 4, 8)
 ALL_BIT_PAIRS = [(xb, wb) for xb in BITS for wb in BITS]
 
 # (N, C, H, W, O, K, stride, padding): awkward channel counts around word boundaries, odd
-# batch and spatial sizes, kernels 1/3/5, strides 1/2, paddings 0/1/2, non-square inputs.
+# batch and spatial sizes, kernels 1/3/5, strides 1/2, paddings 0/1/2, non-square inputs, and
+# padding wider than the kernel (border pixels whose fields lie wholly in the padding).
 SHAPES = [
     (1, 1, 5, 5, 3, 3, 1, 1),
     (3, 31, 7, 6, 9, 3, 1, 0),
@@ -35,6 +36,7 @@ SHAPES = [
     (1, 130, 3, 3, 8, 5, 2, 2),
     (2, 64, 1, 1, 40, 1, 1, 0),
     (1, 7, 2, 2, 1, 5, 1, 2),
+    (2, 5, 3, 4, 17, 1, 2, 2),
 ]
 FEW_SHAPES = [SHAPES[3], SHAPES[6], SHAPES[9]]
 FEW_BITS = [(1, 1), (2, 1), (3, 2), (8, 8)]

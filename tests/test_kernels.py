@@ -144,6 +144,34 @@ def test_outputs_past_a_megabyte(kernel):
     np.testing.assert_array_equal(signed, R.bitconv2d_signed(x, pw, 4, 1, 1))
 
 
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("bits", [(8, 8), (8, 3), (2, 1)], ids=lambda b: f"x{b[0]}w{b[1]}")
+@pytest.mark.parametrize("hw", [(30, 29), (7, 6)], ids=lambda s: "h{}w{}".format(*s))
+def test_padding_summed_or_skipped(kernel, bits, hw):
+    """Padded layers where the padding is a small share of the taps and a large one; the
+    int8-vnni kernel leaves the padding's taps out, in tiles of pixels with the same taps
+    (for 8-bit activations starting its sums at the skipped taps' correction), the others
+    sum it as code 0: acc, signed and requant exact."""
+    (xb, wb), (h, w) = bits, hw
+    rng = np.random.default_rng([xb, wb, h])
+    x = rng.integers(0, 1 << xb, (3, 20, h, w), dtype=np.uint8)
+    wc = rng.integers(0, 1 << wb, (40, 20, 3, 3), dtype=np.uint8)
+    wc[0] = (1 << wb) - 1
+    pw = K.pack_weights(wc, wb)
+    signed = R.bitconv2d_signed(x, pw, xb, 1, 1)
+    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (40, 5)), axis=1).astype(np.int32)
+    direction = np.where(rng.random(40) < 0.5, 1, -1).astype(np.int8)
+    with K.use_kernel(kernel):
+        np.testing.assert_array_equal(
+            K.bitconv2d_packed(x, pw, xb, 1, 1), R.bitconv2d_packed(x, pw, xb, 1, 1)
+        )
+        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, 1, 1), signed)
+        np.testing.assert_array_equal(
+            K.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
+            R.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
+        )
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", FEW_BITS, ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)

@@ -164,9 +164,12 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   const Int8Geom q(g);
   auto* bytes = reinterpret_cast<uint8_t*>(wq);
   auto* wsum = reinterpret_cast<int32_t*>(bytes + q.WeightBytes());
+  auto* tsum = wsum + q.ob * kInt8Lanes;  // Tsum[ob][t][lane]
   std::memset(bytes, 0, static_cast<size_t>(q.WeightWords() * 8));
   uint8_t ors = 0;
-  const int64_t taps = g.kh * g.kw;
+  const int64_t taps = q.taps;
+  // Sums modulo 2^32: they fit int32 for codes in range (the caller's bound); out-of-range
+  // codes are reported.
   if (taps == 1 && g.c % 4 == 0) {  // 1x1: each lane's 4 channels are 4 neighbouring bytes
     for (int64_t o = 0; o < g.o; ++o) {
       uint8_t* block = bytes + (o / kInt8Lanes) * q.groups * 64 + (o % kInt8Lanes) * 4;
@@ -177,26 +180,95 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
         sum += uint32_t{row[c]} + row[c + 1] + row[c + 2] + row[c + 3];
         ors |= row[c] | row[c + 1] | row[c + 2] | row[c + 3];
       }
-      wsum[o] = static_cast<int32_t>(sum);
+      wsum[o] = tsum[o] = static_cast<int32_t>(sum);  // one tap: o / 16 * 16 + o % 16 = o
     }
     return ors;
   }
   for (int64_t o = 0; o < g.o; ++o) {
     uint8_t* block = bytes + (o / kInt8Lanes) * q.groups * 64 + (o % kInt8Lanes) * 4;
-    int64_t sum = 0;
-    for (int64_t c = 0; c < g.c; ++c) {
-      for (int64_t t = 0; t < taps; ++t) {
+    int32_t* ot = tsum + (o / kInt8Lanes) * taps * kInt8Lanes + o % kInt8Lanes;
+    uint32_t sum = 0;
+    for (int64_t t = 0; t < taps; ++t) {
+      uint32_t tap = 0;
+      for (int64_t c = 0; c < g.c; ++c) {
         const uint8_t v = w[(o * g.c + c) * taps + t];
         ors |= v;
-        sum += v;
+        tap += v;
         const int64_t j = t * (q.cp / 4) + c / 4;
         block[j * 64 + c % 4] = v;
       }
+      ot[t * kInt8Lanes] = static_cast<int32_t>(tap);
+      sum += tap;
     }
-    // Fits int32 for codes in range (the caller's bound); out-of-range codes are reported.
-    wsum[o] = static_cast<int32_t>(static_cast<uint32_t>(sum));
+    wsum[o] = static_cast<int32_t>(sum);
   }
   return ors;
+}
+
+void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) {
+  PixelClasses& k = *out;
+  const auto kh = static_cast<int32_t>(g.kh), kw = static_cast<int32_t>(g.kw);
+  k.start[0] = 0;
+  if (g.pad == 0) {  // every field inside the image
+    k.count = 1;
+    k.start[1] = np;
+    k.taps[0] = FieldTaps{0, kh, 0, kw};
+    for (int p = 0; p < np; ++p) k.order[p] = static_cast<uint8_t>(p);
+    return;
+  }
+  // The taps inside [0, size) of a field starting at padded position `at` (= o * stride):
+  // t in [pad - at, size + pad - at), clipped to [0, taps).
+  auto inside = [&](int64_t at, int64_t size, int32_t taps, int32_t* t0, int32_t* t1) {
+    *t0 = static_cast<int32_t>(std::clamp<int64_t>(g.pad - at, 0, taps));
+    *t1 = static_cast<int32_t>(std::clamp<int64_t>(size + g.pad - at, *t0, taps));
+  };
+  // Output columns [x0, x1) have every column tap inside the image.
+  const int64_t x0 = std::min(g.ow, (g.pad + g.stride - 1) / g.stride);
+  const int64_t last = g.w + g.pad - g.kw;  // the last such column starts at <= last
+  const int64_t x1 = last < 0 ? x0 : std::max(x0, std::min(g.ow, last / g.stride + 1));
+  const int64_t ohw = g.oh * g.ow;
+  int64_t oy = pix0 % ohw / g.ow, ox = pix0 % g.ow;
+  uint8_t cls[kMaxCallPixels];
+  int counts[kMaxCallPixels];
+  k.count = 0;
+  auto class_of = [&](const FieldTaps& t) {
+    int i = 0;
+    while (i < k.count && !(k.taps[i] == t)) ++i;
+    if (i == k.count) {
+      k.taps[k.count++] = t;
+      counts[i] = 0;
+    }
+    return i;
+  };
+  for (int p = 0; p < np;) {  // a run of pixels along one output row
+    const int n = static_cast<int>(std::min<int64_t>(np - p, g.ow - ox));
+    FieldTaps t;
+    inside(oy * g.stride, g.h, kh, &t.r0, &t.r1);
+    for (int i = 0; i < n;) {
+      const int64_t x = ox + i;
+      int m = 1;  // pixels of this class from x on: the inside columns at once
+      if (x >= x0 && x < x1) {
+        t.k0 = 0, t.k1 = kw;
+        m = static_cast<int>(std::min<int64_t>(n - i, x1 - x));
+      } else {
+        inside(x * g.stride, g.w, kw, &t.k0, &t.k1);
+      }
+      const int c = class_of(t);
+      counts[c] += m;
+      std::fill(cls + p + i, cls + p + i + m, static_cast<uint8_t>(c));
+      i += m;
+    }
+    p += n;
+    ox += n;
+    if (ox == g.ow) {
+      ox = 0;
+      if (++oy == g.oh) oy = 0;
+    }
+  }
+  for (int i = 0; i < k.count; ++i) k.start[i + 1] = k.start[i] + counts[i];
+  int at[kMaxCallPixels];
+  std::copy(k.start, k.start + k.count, at);
+  for (int p = 0; p < np; ++p) k.order[at[cls[p]]++] = static_cast<uint8_t>(p);
 }
 
 // Sum of the activation codes over the receptive field of output (n, oy, ox).
@@ -315,6 +387,7 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   c.xq = reinterpret_cast<const int8_t*>(xq);
   c.wq = reinterpret_cast<const uint8_t*>(wq);
   c.wsum = reinterpret_cast<const int32_t*>(c.wq + ByteWeightBytes(kernel, g));  // after them
+  if (kernel.tables == nullptr) c.tsum = c.wsum + c.q.ob * kInt8Lanes;
   c.shift = kernel.shift(g.x_bits);
   c.mode = out.mode;
   c.acc = out.acc;

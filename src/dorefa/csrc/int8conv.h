@@ -25,7 +25,15 @@
 //   wq[ob][j][lane][i],  o = 16 * ob + lane,  j = (kh * KW + kw) * cp / 4 + c / 4,  i = c % 4,
 // i.e. 64 bytes per (block, group): one zmm for VPDPBUSD (16 lanes x 4 bytes), two ymm for
 // AVX2. Missing channels (c >= C, o >= O) are zero. After the ob16 blocks come Wsum, 16 int32
-// per block. The whole array is handed around as uint64 words (Int8WeightWords of them).
+// per block, then the per-tap sums Tsum[ob][t][lane] = sum_c w (t = kh * KW + kw), 16 int32
+// per block and tap. The whole array is handed around as uint64 words (WeightWords of them).
+//
+// Skipping the padding (int8conv_vnni.cpp): a pixel near the border has taps in the zero
+// padding. A tile may leave them out: its pixels share the taps inside the image, kernel rows
+// [r0, r1) x columns [k0, k1) (FieldTaps), and only those are summed. The padding's codes are
+// 0, so the true sum over the skipped taps is 0, but the identity above counts them as
+// x' = -z: the tile starts its sums at z (R - Wsum[o]) instead of 0, R = sum of Tsum[o] over
+// the taps it keeps, so that raw + z Wsum = sum x' w + z R = sum of x w over the kept taps.
 #ifndef DOREFA_CSRC_INT8CONV_H_
 #define DOREFA_CSRC_INT8CONV_H_
 
@@ -46,15 +54,17 @@ struct Int8Geom {
   int64_t pixel = 0;   // bytes per padded pixel (= cp)
   int64_t row = 0;     // bytes per padded row
   int64_t image = 0;   // bytes per padded image
+  int64_t taps = 0;    // KH * KW
   explicit Int8Geom(const ConvGeom& g)
       : cp((g.c + 3) / 4 * 4),
         groups(g.kh * g.kw * cp / 4),
         ob((g.o + kInt8Lanes - 1) / kInt8Lanes),
         pixel(cp),
         row(g.wp * cp),
-        image(g.hp * g.wp * cp) {}
-  int64_t WeightBytes() const { return ob * groups * 64; }  // then ob * 16 int32 sums
-  int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4) / 8; }
+        image(g.hp * g.wp * cp),
+        taps(g.kh * g.kw) {}
+  int64_t WeightBytes() const { return ob * groups * 64; }  // then Wsum and Tsum
+  int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4 * (1 + taps)) / 8; }
 };
 
 // Image n of the codes x (N, C, H, W) in the packed activation layout above (Int8Geom(g).image
@@ -73,6 +83,7 @@ struct Int8Conv {
   const int8_t* xq = nullptr;   // packed activations
   const uint8_t* wq = nullptr;  // packed weights (Wsum follows)
   const int32_t* wsum = nullptr;
+  const int32_t* tsum = nullptr;    // int8 layout: Tsum (after Wsum), else null
   const int32_t* pixsum = nullptr;  // per padded pixel, sum over channels of x (signed modes)
   int32_t shift = 0;                // z
   Epilogue::Mode mode = Epilogue::kAcc;
@@ -97,6 +108,26 @@ int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox);
 // channel blocks (0 in kAcc mode, which has no such term).
 constexpr int64_t kMaxCallPixels = 64;
 void Int8FieldTerms(const Int8Conv& c, int64_t pix0, int64_t np, int32_t* terms);
+
+// The taps of a receptive field inside the image (not in the zero padding): kernel rows
+// [r0, r1) and columns [k0, k1) (empty ranges where the field lies wholly in the padding).
+struct FieldTaps {
+  int32_t r0, r1, k0, k1;
+  bool operator==(const FieldTaps& o) const {
+    return r0 == o.r0 && r1 == o.r1 && k0 == o.k0 && k1 == o.k1;
+  }
+};
+
+// The pixels [pix0, pix0 + np) of a call grouped by their FieldTaps: class k holds the pixels
+// pix0 + order[i] for i in [start[k], start[k + 1]), ascending, with taps[k]. Without padding
+// there is one class, all taps, in pixel order.
+struct PixelClasses {  // no initialisers: one is filled per call
+  int count;
+  int start[kMaxCallPixels + 1];
+  FieldTaps taps[kMaxCallPixels];
+  uint8_t order[kMaxCallPixels];
+};
+void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out);
 
 // Writes the outputs of pixels [pix0, pix0 + np) and channel blocks [ob0, ob0 + nb) from the
 // raw sums raw[p * nb * 16 + b * 16 + lane] = sum x' * w (mod 2^32): adds z * Wsum, then per
