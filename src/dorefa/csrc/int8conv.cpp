@@ -228,19 +228,12 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
   const int64_t x1 = last < 0 ? x0 : std::max(x0, std::min(g.ow, last / g.stride + 1));
   const int64_t ohw = g.oh * g.ow;
   int64_t oy = pix0 % ohw / g.ow, ox = pix0 % g.ow;
-  uint8_t cls[kMaxCallPixels];
-  int counts[kMaxCallPixels];
+  // Runs of neighbouring pixels of one class (at most 3 an output row), then each class's
+  // runs in order.
+  int run_at[kMaxCallPixels], run_len[kMaxCallPixels], run_cls[kMaxCallPixels];
+  int runs = 0;
   k.count = 0;
-  auto class_of = [&](const FieldTaps& t) {
-    int i = 0;
-    while (i < k.count && !(k.taps[i] == t)) ++i;
-    if (i == k.count) {
-      k.taps[k.count++] = t;
-      counts[i] = 0;
-    }
-    return i;
-  };
-  for (int p = 0; p < np;) {  // a run of pixels along one output row
+  for (int p = 0; p < np;) {  // the pixels along one output row
     const int n = static_cast<int>(std::min<int64_t>(np - p, g.ow - ox));
     FieldTaps t;
     inside(oy * g.stride, g.h, kh, &t.r0, &t.r1);
@@ -253,9 +246,10 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
       } else {
         inside(x * g.stride, g.w, kw, &t.k0, &t.k1);
       }
-      const int c = class_of(t);
-      counts[c] += m;
-      std::fill(cls + p + i, cls + p + i + m, static_cast<uint8_t>(c));
+      int c = 0;
+      while (c < k.count && !(k.taps[c] == t)) ++c;
+      if (c == k.count) k.taps[k.count++] = t;
+      run_at[runs] = p + i, run_len[runs] = m, run_cls[runs++] = c;
       i += m;
     }
     p += n;
@@ -265,10 +259,14 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
       if (++oy == g.oh) oy = 0;
     }
   }
-  for (int i = 0; i < k.count; ++i) k.start[i + 1] = k.start[i] + counts[i];
-  int at[kMaxCallPixels];
-  std::copy(k.start, k.start + k.count, at);
-  for (int p = 0; p < np; ++p) k.order[at[cls[p]]++] = static_cast<uint8_t>(p);
+  int at = 0;
+  for (int c = 0; c < k.count; ++c) {
+    for (int r = 0; r < runs; ++r) {
+      if (run_cls[r] != c) continue;
+      for (int i = 0; i < run_len[r]; ++i) k.order[at++] = static_cast<uint8_t>(run_at[r] + i);
+    }
+    k.start[c + 1] = at;
+  }
 }
 
 // Sum of the activation codes over the receptive field of output (n, oy, ox).
