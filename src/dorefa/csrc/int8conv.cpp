@@ -269,6 +269,28 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
   }
 }
 
+void StartSums(const Int8Conv& c, const FieldTaps& t, int64_t ob, int nb, int32_t* init) {
+  const ConvGeom& g = *c.g;
+  const int64_t lanes = nb * kInt8Lanes;
+  if (c.shift == 0 || (t.r0 == 0 && t.r1 == g.kh && t.k0 == 0 && t.k1 == g.kw)) {
+    std::fill(init, init + lanes, 0);
+    return;
+  }
+  const auto z = static_cast<uint32_t>(c.shift);
+  for (int b = 0; b < nb; ++b) {
+    const int32_t* ts = c.tsum + (ob + b) * c.q.taps * kInt8Lanes;
+    uint32_t r[kInt8Lanes] = {};
+    for (int64_t kh = t.r0; kh < t.r1; ++kh)
+      for (int64_t kw = t.k0; kw < t.k1; ++kw)
+        for (int l = 0; l < kInt8Lanes; ++l)
+          r[l] += static_cast<uint32_t>(ts[(kh * g.kw + kw) * kInt8Lanes + l]);
+    for (int l = 0; l < kInt8Lanes; ++l) {
+      const auto wsum = static_cast<uint32_t>(c.wsum[(ob + b) * kInt8Lanes + l]);
+      init[b * kInt8Lanes + l] = static_cast<int32_t>(z * (r[l] - wsum));
+    }
+  }
+}
+
 // Sum of the activation codes over the receptive field of output (n, oy, ox).
 int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
   const ConvGeom& g = *c.g;

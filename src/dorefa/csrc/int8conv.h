@@ -129,6 +129,11 @@ struct PixelClasses {  // no initialisers: one is filled per call
 };
 void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out);
 
+// z (R - Wsum[o]) for the channels of blocks ob .. ob + nb - 1 into init[0 .. 16 nb), R the
+// sum of Tsum[o] over taps t: where a tile over taps t starts its sums (0 where t is every
+// tap or z = 0). Modulo 2^32, as every sum of the kernels.
+void StartSums(const Int8Conv& c, const FieldTaps& t, int64_t ob, int nb, int32_t* init);
+
 // Writes the outputs of pixels [pix0, pix0 + np) and channel blocks [ob0, ob0 + nb) from the
 // raw sums raw[p * nb * 16 + b * 16 + lane] = sum x' * w (mod 2^32): adds z * Wsum, then per
 // c.mode stores acc, D = 2 * acc - nw * S (S = sum of x over the receptive field), or the

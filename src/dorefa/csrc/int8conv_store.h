@@ -213,6 +213,50 @@ bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
   return true;
 }
 
+// A call of an int8 kernel that leaves the padding out (int8conv.h): per group of up to
+// `group` blocks, the sums of every pixel class (ClassifyPixels: pixels whose fields have the
+// same taps inside the image) in tiles of up to `tile` (<= 8) of its pixels,
+//   block(taps, np, nb, xs, ob, init, out): np pixels (fields xs) x nb blocks from ob over
+//   taps, started at init[16 b ..] (StartSums), to out[p] + 16 b,
+// into a buffer in pixel order; then the store, 8 neighbouring pixels at a time. (Against
+// tiles of neighbouring pixels over every tap, each stored as soon as summed: on int8-vnni
+// 1.6-12% faster on every padded layer measured, 7x7 to 56x56; the same without padding.)
+template <class Isa, class Block>
+void TileClasses(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob, int tile,
+                 int group, Block&& block) {
+  constexpr int kMaxTile = 8, kMaxGroup = 4;
+  alignas(64) int32_t raw[kMaxCallPixels * kMaxGroup * kInt8Lanes];
+  alignas(64) int32_t init[kMaxGroup * kInt8Lanes];
+  int32_t terms[kMaxCallPixels];
+  Int8FieldTerms(c, pix0, npix, terms);
+  const int8_t* fields[kMaxCallPixels];
+  c.Fields(pix0, static_cast<int>(npix), fields);
+  PixelClasses cls;
+  ClassifyPixels(*c.g, pix0, static_cast<int>(npix), &cls);
+  for (int64_t ob = ob0; ob < ob0 + nob; ob += group) {
+    const int nb = static_cast<int>(std::min<int64_t>(group, ob0 + nob - ob));
+    for (int k = 0; k < cls.count; ++k) {
+      StartSums(c, cls.taps[k], ob, nb, init);
+      for (int i = cls.start[k]; i < cls.start[k + 1]; i += tile) {
+        const int np = std::min(tile, cls.start[k + 1] - i);
+        const int8_t* xs[kMaxTile];
+        int32_t* out[kMaxTile];
+        for (int p = 0; p < np; ++p) {
+          xs[p] = fields[cls.order[i + p]];
+          out[p] = raw + cls.order[i + p] * nb * kInt8Lanes;
+        }
+        block(cls.taps[k], np, nb, xs, ob, init, out);
+      }
+    }
+    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
+      const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
+      const int32_t* r = raw + p0 * nb * kInt8Lanes;
+      if (!StoreTileWith<Isa>(c, pix0 + p0, np, ob, nb, r, terms + p0, pix0 + npix))
+        StoreInt8Tile(c, pix0 + p0, np, ob, nb, r);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dorefa
 

@@ -37,39 +37,18 @@ constexpr int kTileB = 4;
 
 int32_t Shift(int x_bits) { return x_bits == 8 ? 128 : 0; }
 
-// z (R - Wsum) for blocks ob .. ob + nb - 1, R = the sum of Tsum over taps t (int8conv.h:
-// what a tile that skips the padding starts its sums at), or 0 where nothing is skipped or
-// z = 0. Modulo 2^32, as every sum of the kernel.
-void StartSums(const Int8Conv& c, const FieldTaps& t, int64_t ob, int nb, __m512i* init) {
-  const ConvGeom& g = *c.g;
-  const bool all = t.r0 == 0 && t.r1 == g.kh && t.k0 == 0 && t.k1 == g.kw;
-  for (int b = 0; b < nb; ++b) {
-    if (all || c.shift == 0) {
-      init[b] = _mm512_setzero_si512();
-      continue;
-    }
-    const int32_t* ts = c.tsum + (ob + b) * c.q.taps * kInt8Lanes;
-    __m512i r = _mm512_setzero_si512();
-    for (int64_t kh = t.r0; kh < t.r1; ++kh)
-      for (int64_t kw = t.k0; kw < t.k1; ++kw)
-        r = _mm512_add_epi32(r, _mm512_loadu_si512(ts + (kh * g.kw + kw) * kInt8Lanes));
-    r = _mm512_sub_epi32(r, _mm512_loadu_si512(c.wsum + (ob + b) * kInt8Lanes));
-    init[b] = _mm512_mullo_epi32(r, _mm512_set1_epi32(c.shift));
-  }
-}
-
-// The sums of P pixels (fields xs) x NB blocks from ob over taps t, started at init, to
-// out[p] + 16 b.
+// The sums of P pixels (fields xs) x NB blocks from ob over taps t, started at init[16 b ..],
+// to out[p] + 16 b.
 template <int P, int NB>
 void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob,
-           const __m512i* init, int32_t* const* out) {
+           const int32_t* init, int32_t* const* out) {
   const ConvGeom& g = *c.g;
   const int64_t span = g.kw * c.q.cp / 4;  // groups per kernel row
   const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
   const int64_t bstride = c.q.groups * 64;
   __m512i acc[P][NB];
   DOREFA_UNROLL for (int p = 0; p < P; ++p) {
-    DOREFA_UNROLL for (int b = 0; b < NB; ++b) acc[p][b] = init[b];
+    DOREFA_UNROLL for (int b = 0; b < NB; ++b) acc[p][b] = _mm512_load_si512(init + b * kInt8Lanes);
   }
   const uint8_t* w0 = c.wq + ob * bstride;
   for (int64_t r = t.r0; r < t.r1; ++r) {
@@ -96,48 +75,19 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
 }
 
 using BlockFn = void (*)(const Int8Conv&, const FieldTaps&, const int8_t* const*, int64_t,
-                         const __m512i*, int32_t* const*);
+                         const int32_t*, int32_t* const*);
 
 template <int P>
 constexpr BlockFn kRow[kTileB] = {&Block<P, 1>, &Block<P, 2>, &Block<P, 3>, &Block<P, 4>};
 constexpr const BlockFn* kBlocks[kTileP] = {kRow<1>, kRow<2>, kRow<3>, kRow<4>, kRow<5>, kRow<6>};
 
-// A call: per group of up to 4 blocks, the sums of every pixel class (ClassifyPixels: pixels
-// whose fields have the same taps inside the image, the padding left out) in tiles of up to 6
-// of its pixels, into raw in pixel order; then the store, 8 neighbouring pixels at a time.
-// (Against tiles of 6 neighbouring pixels over every tap, stored as soon as summed: 1.6-10%
-// faster on every padded layer measured, 18x18 to 56x56 included; the same without padding.)
+// A call: TileClasses (int8conv_store.h), the padding left out.
 void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
-  alignas(64) int32_t raw[kMaxCallPixels * kTileB * kInt8Lanes];
-  int32_t terms[kMaxCallPixels];  // npix <= the kernel's pix_tile (below)
-  Int8FieldTerms(c, pix0, npix, terms);
-  const int8_t* fields[kMaxCallPixels];
-  c.Fields(pix0, static_cast<int>(npix), fields);
-  PixelClasses cls;
-  ClassifyPixels(*c.g, pix0, static_cast<int>(npix), &cls);
-  for (int64_t ob = ob0; ob < ob0 + nob; ob += kTileB) {
-    const int nb = static_cast<int>(std::min<int64_t>(kTileB, ob0 + nob - ob));
-    for (int k = 0; k < cls.count; ++k) {
-      __m512i init[kTileB];
-      StartSums(c, cls.taps[k], ob, nb, init);
-      for (int i = cls.start[k]; i < cls.start[k + 1]; i += kTileP) {
-        const int np = std::min(kTileP, cls.start[k + 1] - i);
-        const int8_t* xs[kTileP];
-        int32_t* out[kTileP];
-        for (int p = 0; p < np; ++p) {
-          xs[p] = fields[cls.order[i + p]];
-          out[p] = raw + cls.order[i + p] * nb * kInt8Lanes;
-        }
-        kBlocks[np - 1][nb - 1](c, cls.taps[k], xs, ob, init, out);
-      }
-    }
-    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
-      const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
-      const int32_t* r = raw + p0 * nb * kInt8Lanes;
-      if (!StoreTileWith<VnniStore>(c, pix0 + p0, np, ob, nb, r, terms + p0, pix0 + npix))
-        StoreInt8Tile(c, pix0 + p0, np, ob, nb, r);
-    }
-  }
+  TileClasses<VnniStore>(c, pix0, npix, ob0, nob, kTileP, kTileB,
+                         [&](const FieldTaps& t, int np, int nb, const int8_t* const* xs,
+                             int64_t ob, const int32_t* init, int32_t* const* out) {
+                           kBlocks[np - 1][nb - 1](c, t, xs, ob, init, out);
+                         });
 }
 
 }  // namespace
