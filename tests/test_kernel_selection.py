@@ -199,7 +199,8 @@ print("ok")
 def test_cpu_features_env_runs_an_avx2_machine_on_any_cpu():
     """DOREFA_CPU_FEATURES=avx2,fma hides every other extension: the kernels, the weight-gradient
     kernels and the default are those of an AVX2-only CPU (Zen 2), and their results the
-    reference's; an unknown feature name is a clear error."""
+    reference's (the int8 and lut kernels' packing by SSE2 16 x 16 transposes included); an
+    unknown feature name is a clear error."""
     code = f"""
 import numpy as np
 import dorefa.kernels as K
@@ -211,6 +212,12 @@ x = rng.integers(0, 4, (n, c, h, w), dtype=np.uint8)
 wc = rng.integers(0, 2, (o, c, k, k), dtype=np.uint8)
 got = K.bitconv2d_packed(x, K.pack_weights(wc, 1), 2, s, p, threads=2)
 assert np.array_equal(got, R.bitconv2d(x, wc, 2, 1, s, p))
+x8 = rng.integers(0, 256, (2, 53, 6, 7), dtype=np.uint8)  # 3 x 16 channels + a tail of 5
+pw8 = K.pack_weights(rng.integers(0, 256, (20, 53, 3, 3), dtype=np.uint8), 8)
+for kernel in ("int8-avx2", "lut-avx2"):
+    with K.use_kernel(kernel):
+        got8 = K.bitconv2d_signed(x8, pw8, 8, 1, 1)
+    assert np.array_equal(got8, R.bitconv2d_signed(x8, pw8, 8, 1, 1)), kernel
 print(K.last_kernel())
 """
     if "avx2" in cpu_flags():
