@@ -77,6 +77,26 @@ def test_all_bit_pairs(kernel, bits, shape):
 EVERY_BIT_PAIR = [(xb, wb) for xb in range(1, 9) for wb in range(1, 9)]
 
 
+def assert_every_output(kernel, x, pw, xb, rng, thresholds, threads=1):
+    """The kernel's acc (on `threads` threads), signed and requant outputs of a stride-1,
+    padding-1 layer equal the reference's; random sorted thresholds, random directions."""
+    o = pw.shape[0]
+    signed = R.bitconv2d_signed(x, pw, xb, 1, 1)
+    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (o, thresholds)), axis=1)
+    th = th.astype(np.int32)
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    with K.use_kernel(kernel):
+        np.testing.assert_array_equal(
+            K.bitconv2d_packed(x, pw, xb, 1, 1, threads=threads),
+            R.bitconv2d_packed(x, pw, xb, 1, 1),
+        )
+        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, 1, 1), signed)
+        np.testing.assert_array_equal(
+            K.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
+            R.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
+        )
+
+
 @pytest.mark.parametrize("kernel", NATIVE)
 @pytest.mark.parametrize("bits", EVERY_BIT_PAIR, ids=lambda b: f"x{b[0]}w{b[1]}")
 def test_every_bit_pair_at_the_extreme_codes(kernel, bits):
@@ -90,19 +110,7 @@ def test_every_bit_pair_at_the_extreme_codes(kernel, bits):
     x[0] = (1 << xb) - 1
     w = ((1 << wb) - 1) * rng.integers(0, 2, (19, 37, 3, 3), dtype=np.uint8)
     w[:2] = (1 << wb) - 1
-    pw = R.pack_weights(w, wb)
-    signed = R.bitconv2d_signed(x, pw, xb, 1, 1)
-    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (19, 3)), axis=1).astype(np.int32)
-    direction = np.where(rng.random(19) < 0.5, 1, -1).astype(np.int8)
-    with K.use_kernel(kernel):
-        np.testing.assert_array_equal(
-            K.bitconv2d_packed(x, pw, xb, 1, 1, threads=2), R.bitconv2d_packed(x, pw, xb, 1, 1)
-        )
-        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, 1, 1), signed)
-        np.testing.assert_array_equal(
-            K.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
-            R.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
-        )
+    assert_every_output(kernel, x, R.pack_weights(w, wb), xb, rng, thresholds=3, threads=2)
 
 
 @pytest.mark.parametrize("kernel", NATIVE)
@@ -148,28 +156,16 @@ def test_outputs_past_a_megabyte(kernel):
 @pytest.mark.parametrize("bits", [(8, 8), (8, 3), (2, 1)], ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("hw", [(30, 29), (7, 6)], ids=lambda s: "h{}w{}".format(*s))
 def test_padding_summed_or_skipped(kernel, bits, hw):
-    """Padded layers where the padding is a small share of the taps and a large one; the
-    int8-vnni kernel leaves the padding's taps out, in tiles of pixels with the same taps
-    (for 8-bit activations starting its sums at the skipped taps' correction), the others
-    sum it as code 0: acc, signed and requant exact."""
+    """Padded layers where the padding is a small share of the taps (4%) and a large one
+    (20%). The int8 kernels leave the padding's taps out, in tiles of pixels with the same taps
+    (for 8-bit activations starting their sums at the skipped taps' correction); the others sum
+    it as code 0: acc, signed and requant exact either way."""
     (xb, wb), (h, w) = bits, hw
     rng = np.random.default_rng([xb, wb, h])
     x = rng.integers(0, 1 << xb, (3, 20, h, w), dtype=np.uint8)
     wc = rng.integers(0, 1 << wb, (40, 20, 3, 3), dtype=np.uint8)
     wc[0] = (1 << wb) - 1
-    pw = K.pack_weights(wc, wb)
-    signed = R.bitconv2d_signed(x, pw, xb, 1, 1)
-    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (40, 5)), axis=1).astype(np.int32)
-    direction = np.where(rng.random(40) < 0.5, 1, -1).astype(np.int8)
-    with K.use_kernel(kernel):
-        np.testing.assert_array_equal(
-            K.bitconv2d_packed(x, pw, xb, 1, 1), R.bitconv2d_packed(x, pw, xb, 1, 1)
-        )
-        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, 1, 1), signed)
-        np.testing.assert_array_equal(
-            K.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
-            R.bitconv2d_requant(x, pw, xb, 1, 1, th, direction),
-        )
+    assert_every_output(kernel, x, K.pack_weights(wc, wb), xb, rng, thresholds=5)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
