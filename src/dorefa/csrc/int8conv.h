@@ -28,12 +28,13 @@
 // per block, then the per-tap sums Tsum[ob][t][lane] = sum_c w (t = kh * KW + kw), 16 int32
 // per block and tap. The whole array is handed around as uint64 words (WeightWords of them).
 //
-// Skipping the padding (int8conv_vnni.cpp): a pixel near the border has taps in the zero
-// padding. A tile may leave them out: its pixels share the taps inside the image, kernel rows
-// [r0, r1) x columns [k0, k1) (FieldTaps), and only those are summed. The padding's codes are
-// 0, so the true sum over the skipped taps is 0, but the identity above counts them as
-// x' = -z: the tile starts its sums at z (R - Wsum[o]) instead of 0, R = sum of Tsum[o] over
-// the taps it keeps, so that raw + z Wsum = sum x' w + z R = sum of x w over the kept taps.
+// Skipping the padding (both int8 kernels: TileClasses, int8conv_store.h): a pixel near the
+// border has taps in the zero padding. A tile leaves them out: its pixels share the taps
+// inside the image, kernel rows [r0, r1) x columns [k0, k1) (FieldTaps), and only those are
+// summed. The padding's codes are 0, so the true sum over the skipped taps is 0, but the
+// identity above counts them as x' = -z: the tile starts its sums at z (R - Wsum[o]) instead
+// of 0, R = sum of Tsum[o] over the taps it keeps, so that
+//   raw + z Wsum = sum x' w + z R = sum of x w over the kept taps.
 #ifndef DOREFA_CSRC_INT8CONV_H_
 #define DOREFA_CSRC_INT8CONV_H_
 
