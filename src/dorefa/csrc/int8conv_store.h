@@ -248,11 +248,10 @@ void TileClasses(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int
         block(cls.taps[k], np, nb, xs, ob, init, out);
       }
     }
-    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
+    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {  // np <= 8: always stored
       const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
-      const int32_t* r = raw + p0 * nb * kInt8Lanes;
-      if (!StoreTileWith<Isa>(c, pix0 + p0, np, ob, nb, r, terms + p0, pix0 + npix))
-        StoreInt8Tile(c, pix0 + p0, np, ob, nb, r);
+      StoreTileWith<Isa>(c, pix0 + p0, np, ob, nb, raw + p0 * nb * kInt8Lanes, terms + p0,
+                         pix0 + npix);
     }
   }
 }
