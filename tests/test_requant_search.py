@@ -195,3 +195,49 @@ def test_prepared_layers_build_their_table_once(kernel, t):
         native.bitconv(*args, table=other)
     with pytest.raises(ValueError, match=r"\+1 or -1"):
         native.RequantTable(th, np.zeros(o, np.int8))
+
+
+def _line_rows(sd: np.ndarray, t: int, step: np.ndarray, rng) -> np.ndarray:
+    """Rows u_j = ceil(rho + j step) (rising in sign-folded D) centred in each channel's D."""
+    centre = rng.uniform(np.percentile(sd, 30, axis=(0, 2, 3)), np.percentile(sd, 70, axis=(0, 2, 3)))
+    rho = centre - step * t / 2
+    return np.ceil(rho[:, None] + np.arange(t)[None, :] * step[:, None])
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("t", [255, 15, 3])
+def test_requant_float_and_fixed_point_lines(kernel, t):
+    """The vector stores take a block of rows' codes from the float line (3 operations a vector)
+    when every row of the block has one, else from the 64-bit fixed-point line, and search the
+    rows without a line (requant_table.h). Rows 0-15 here have float lines (small steps), rows
+    16-31 mix the three kinds, rows 32-39 have no float line; every kernel equals the reference,
+    and the table reports each kind present."""
+    from dorefa.kernels.extension import native
+
+    shape = (2, 130, 5, 5, 40, 5, 1, 2)  # D spans about +-2^27
+    x, w, _ = case(shape, 8, 8)
+    pw = R.pack_weights(w, 8)
+    d = R.bitconv2d_signed(x, pw, 8, 1, 2)
+    rng = np.random.default_rng(t)
+    o = d.shape[1]
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    sd = d * direction[None, :, None, None]
+    span = np.percentile(sd, 99, axis=(0, 2, 3)) - np.percentile(sd, 1, axis=(0, 2, 3))
+    kind = np.array([0] * 16 + [0, 1, 2] * 5 + [1] + [1, 2] * 4)  # 0 float, 1 fixed, 2 none
+    # fixed-point rows: at T = 255 a float32 line misses codes by a rounding; at T = 3 and 15
+    # their lines span more than 2^24 (x not exact in float32)
+    step = np.where(kind == 0, 2.0 if t == 255 else 4e3, np.maximum(span / t, 2**25 / (t - 1)))
+    th = _line_rows(sd, t, step, rng)
+    th[kind == 2] += rng.integers(-2, 3, (int((kind == 2).sum()), t))  # no line fits
+    th[kind == 2] = np.sort(th[kind == 2], axis=1)
+    th = np.where(direction[:, None] > 0, th, -th)
+    th = np.clip(th, INT32.min, INT32.max).astype(np.int32)
+    table = native.RequantTable(th, direction)
+    lines, floats = table.lines
+    assert floats >= 16 and lines - floats >= 1 and o - lines >= 1, (lines, floats)
+    expected = R.bitconv2d_requant(x, pw, 8, 1, 2, th, direction)
+    assert len(np.unique(expected)) > min(t, 3)
+    with K.use_kernel(kernel):
+        for threads in (1, 2):
+            got = K.bitconv2d_requant(x, pw, 8, 1, 2, th, direction, threads=threads)
+            np.testing.assert_array_equal(got, expected)

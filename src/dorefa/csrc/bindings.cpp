@@ -598,7 +598,16 @@ PYBIND11_MODULE(_kernels, m) {
                                               thresholds.shape(1), direction.data());
            }),
            py::arg("thresholds"), py::arg("direction"))
-      .def_readonly("t", &dorefa::RequantParams::t);
+      .def_readonly("t", &dorefa::RequantParams::t)
+      // (rows on a line, rows on the float line): how the kernels compute the codes
+      .def_property_readonly("lines", [](const dorefa::RequantParams& p) {
+        int64_t lines = 0, floats = 0;
+        for (int64_t o = 0; o < p.o; ++o) {
+          lines += p.table.line[o] != 0;
+          floats += p.table.line[o] != 0 && p.table.fline[o] != 0;
+        }
+        return std::make_pair(lines, floats);
+      });
   dorefa::BindStreamOps(m);
   dorefa::BindInputGrad(m);
 }

@@ -38,6 +38,8 @@ struct Avx2Store {
   }
   struct Lanes {
     __m256i zw, neg, lo, hi, mul[2], add[2], t;
+    __m256 fmul, fadd;
+    bool flt;  // every row takes the float line (requant_table.h)
     Lanes(const ThresholdTable& tab, int64_t o, const int32_t* wsum, int32_t z) {
       zw = _mm256_mullo_epi32(_mm256_set1_epi32(z), Load(wsum));
       int64_t neg8;
@@ -51,6 +53,9 @@ struct Avx2Store {
         add[i] = Load(tab.add.data() + o + 4 * i);
       }
       t = _mm256_set1_epi32(static_cast<int32_t>(tab.t));
+      fmul = _mm256_loadu_ps(tab.fmul.data() + o);
+      fadd = _mm256_loadu_ps(tab.fadd.data() + o);
+      flt = tab.FloatRows(o, kLanes);
     }
     template <class T>
     static __m256i Load(const T* p) {
@@ -61,6 +66,7 @@ struct Avx2Store {
       const __m256i dv = _mm256_sub_epi32(_mm256_slli_epi32(acc, 1), _mm256_set1_epi32(nws));
       const __m256i sd = _mm256_blendv_epi8(dv, _mm256_sub_epi32(_mm256_setzero_si256(), dv), neg);
       const __m256i x = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(sd, lo), hi), lo);
+      if (flt) return _mm256_cvttps_epi32(_mm256_fmadd_ps(_mm256_cvtepi32_ps(x), fmul, fadd));
       const __m256i q0 =
           LineQuarter(_mm256_cvtepu32_epi64(_mm256_castsi256_si128(x)), mul[0], add[0]);
       const __m256i q1 =

@@ -25,7 +25,9 @@ struct VnniStore {
   struct Lanes {
     const ThresholdTable* tab;
     __m512i zw, lo, hi, mul[2], add[2];
+    __m512 fmul, fadd;
     __mmask16 neg;
+    bool flt;  // every row takes the float line
     Lanes(const ThresholdTable& t, int64_t o, const int32_t* wsum, int32_t z)
         : tab(&t),
           zw(_mm512_mullo_epi32(_mm512_set1_epi32(z), _mm512_loadu_si512(wsum))),
@@ -33,14 +35,18 @@ struct VnniStore {
           hi(_mm512_loadu_si512(t.hi.data() + o)),
           mul{_mm512_loadu_si512(t.mul.data() + o), _mm512_loadu_si512(t.mul.data() + o + 8)},
           add{_mm512_loadu_si512(t.add.data() + o), _mm512_loadu_si512(t.add.data() + o + 8)},
+          fmul(_mm512_loadu_ps(t.fmul.data() + o)),
+          fadd(_mm512_loadu_ps(t.fadd.data() + o)),
           neg(_mm_test_epi8_mask(
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(t.neg.data() + o)),
-              _mm_set1_epi8(1))) {}
+              _mm_set1_epi8(1))),
+          flt(FloatRows16(t, o)) {}
     Vec Codes(const int32_t* raw, int32_t nws) const {
       const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw), zw);
       const __m512i dv = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(nws));
       const __m512i sd = _mm512_mask_sub_epi32(dv, neg, _mm512_setzero_si512(), dv);
-      return RequantOnLines(*tab, sd, lo, hi, mul, add);
+      return flt ? RequantOnFloatLines(sd, lo, hi, fmul, fadd)
+                 : RequantOnLines(*tab, sd, lo, hi, mul, add);
     }
   };
 };

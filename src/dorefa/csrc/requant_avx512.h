@@ -34,8 +34,25 @@ inline __m512i RequantOnLines(const ThresholdTable& tab, __m512i sd, __m512i lo,
                           _mm512_set1_epi32(static_cast<int32_t>(tab.t)));
 }
 
+// The codes of 16 folded sd on their rows' float lines (requant_table.h: exact for the lanes
+// whose row has one, 0 for a row without any line).
+inline __m512i RequantOnFloatLines(__m512i sd, __m512i lo, __m512i hi, __m512 fmul, __m512 fadd) {
+  const __m512i x = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(sd, lo), hi), lo);
+  return _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(x), fmul, fadd));
+}
+
+// Whether the 16 rows o .. o + 15 (o + 16 <= tab.rows) can all take the float line.
+inline bool FloatRows16(const ThresholdTable& tab, int64_t o) {
+  const __m128i f = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.fline.data() + o));
+  return _mm_test_epi8_mask(f, f) == 0xFFFF;
+}
+
 // The same for the 16 rows o .. o + 15 (o + 16 <= tab.rows), their parameters from the table.
 inline __m512i RequantOnLines(const ThresholdTable& tab, int64_t o, __m512i sd) {
+  if (FloatRows16(tab, o))
+    return RequantOnFloatLines(
+        sd, _mm512_loadu_si512(tab.lo.data() + o), _mm512_loadu_si512(tab.hi.data() + o),
+        _mm512_loadu_ps(tab.fmul.data() + o), _mm512_loadu_ps(tab.fadd.data() + o));
   const __m512i mul[2] = {_mm512_loadu_si512(tab.mul.data() + o),
                           _mm512_loadu_si512(tab.mul.data() + o + 8)};
   const __m512i add[2] = {_mm512_loadu_si512(tab.add.data() + o),

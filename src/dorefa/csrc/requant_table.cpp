@@ -22,6 +22,9 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
   add.assign(static_cast<size_t>(rows), 0);
   lo.assign(static_cast<size_t>(rows), 0);
   hi.assign(static_cast<size_t>(rows), 0);
+  fmul.assign(static_cast<size_t>(rows), 0.0f);
+  fadd.assign(static_cast<size_t>(rows), 0.0f);
+  fline.assign(static_cast<size_t>(rows), 1);
   sorted = true;
   const int64_t groups = width / kGroup;
   for (int64_t c = 0; c < o; ++c) {
@@ -34,7 +37,11 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
     }
     for (int64_t g = 0; g + 1 < groups; ++g) tops[c * kGroup + g] = row[g * kGroup + kGroup - 1];
   }
-  for (int64_t c = 0; c < o; ++c) line[c] = FitLine(c);
+  for (int64_t c = 0; c < o; ++c) {
+    line[c] = FitLine(c);
+    if (!line[c]) lo[c] = hi[c] = 0;  // searched: the float line's x = 0, code 0 (fmul = 0)
+    if (line[c] != 0 && fmul[c] == 0.0f) fline[c] = 0;  // the 64-bit line only
+  }
 }
 
 namespace {
@@ -95,10 +102,26 @@ bool ThresholdTable::FitLine(int64_t c) {
   return false;
 }
 
+// Whether code(sd) gives row c's code at both ends of every code's interval of sd (enough for a
+// code monotone in sd).
+template <class Code>
+bool ThresholdTable::Checked(int64_t c, Code code) const {
+  constexpr int64_t kMin = std::numeric_limits<int32_t>::min();
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const int32_t* row = u.data() + c * width;
+  for (int64_t k = 0; k <= t; ++k) {
+    const int64_t first = k == 0 ? kMin : int64_t{row[k - 1]} + 1;
+    const int64_t last = k == t ? kMax : int64_t{row[k]};
+    if (first > last) continue;  // no sd has this code
+    if (code(static_cast<int32_t>(first)) != k || code(static_cast<int32_t>(last)) != k)
+      return false;
+  }
+  return true;
+}
+
 // Row c's fixed-point line for (step, rho), checked against both ends of every code's interval
 // of sd (the line is monotone in sd).
 bool ThresholdTable::TryLine(int64_t c, double step, double rho) {
-  constexpr int64_t kMin = std::numeric_limits<int32_t>::min();
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   const int32_t* row = u.data() + c * width;
   if (!(step > 0)) return false;
@@ -111,15 +134,20 @@ bool ThresholdTable::TryLine(int64_t c, double step, double rho) {
   add[c] = std::llround(a);
   lo[c] = row[0];
   hi[c] = static_cast<int32_t>(top);
-  for (int64_t code = 0; code <= t; ++code) {
-    const int64_t first = code == 0 ? kMin : int64_t{row[code - 1]} + 1;
-    const int64_t last = code == t ? kMax : int64_t{row[code]};
-    if (first > last) continue;  // no sd has this code
-    if (OnLine(c, static_cast<int32_t>(first)) != code ||
-        OnLine(c, static_cast<int32_t>(last)) != code)
-      return false;
-  }
+  if (!Checked(c, [&](int32_t sd) { return OnLine(c, sd); })) return false;
+  if (!TryFloatLine(c, step, rho)) fmul[c] = fadd[c] = 0.0f;
   return true;
+}
+
+// Row c's float line for the (step, rho) of its line (lo, hi set), checked the same way.
+bool ThresholdTable::TryFloatLine(int64_t c, double step, double rho) {
+  if (int64_t{hi[c]} - lo[c] > kFloatSpan) return false;
+  fmul[c] = static_cast<float>(1.0 / step);
+  fadd[c] = static_cast<float>((lo[c] - rho + step) / step);
+  // fadd far from a denormal (a CPU flushing those would round the FMA otherwise), fmul > 0
+  if (!(fmul[c] > 0) || !std::isfinite(fadd[c]) || (fadd[c] != 0 && std::fabs(fadd[c]) < 1e-30f))
+    return false;
+  return Checked(c, [&](int32_t sd) { return OnFloatLine(c, sd); });
 }
 
 const ThresholdTable& CachedThresholdTable(int64_t o, const int32_t* thresholds, int64_t t,
