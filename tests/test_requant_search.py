@@ -199,7 +199,8 @@ def test_prepared_layers_build_their_table_once(kernel, t):
 
 def _line_rows(sd: np.ndarray, t: int, step: np.ndarray, rng) -> np.ndarray:
     """Rows u_j = ceil(rho + j step) (rising in sign-folded D) centred in each channel's D."""
-    centre = rng.uniform(np.percentile(sd, 30, axis=(0, 2, 3)), np.percentile(sd, 70, axis=(0, 2, 3)))
+    low, high = np.percentile(sd, [30, 70], axis=(0, 2, 3))
+    centre = rng.uniform(low, high)
     rho = centre - step * t / 2
     return np.ceil(rho[:, None] + np.arange(t)[None, :] * step[:, None])
 
