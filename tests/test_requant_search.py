@@ -207,12 +207,12 @@ def _line_rows(sd: np.ndarray, t: int, step: np.ndarray, rng) -> np.ndarray:
 
 @pytest.mark.parametrize("kernel", NATIVE)
 @pytest.mark.parametrize("t", [255, 15, 3])
-def test_requant_float_and_fixed_point_lines(kernel, t):
-    """The vector stores take a block of rows' codes from the float line (3 operations a vector)
-    when every row of the block has one, else from the 64-bit fixed-point line, and search the
-    rows without a line (requant_table.h). Rows 0-15 here have float lines (small steps), rows
-    16-31 mix the three kinds, rows 32-39 have no float line; every kernel equals the reference,
-    and the table reports each kind present."""
+def test_requant_float32_and_float64_lines(kernel, t):
+    """The vector stores take a block of rows' codes from the float32 line (3 operations a
+    vector) when every row of the block has one, else from the float64 line, and search the rows
+    without a line (requant_table.h). Rows 0-15 here have float32 lines (small steps), rows 16-31
+    mix the three kinds, rows 32-39 have none; every kernel equals the reference, and the table
+    reports each kind present."""
     from dorefa.kernels.extension import native
 
     shape = (2, 130, 5, 5, 40, 5, 1, 2)  # D spans about +-2^27
@@ -224,8 +224,8 @@ def test_requant_float_and_fixed_point_lines(kernel, t):
     direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
     sd = d * direction[None, :, None, None]
     span = np.percentile(sd, 99, axis=(0, 2, 3)) - np.percentile(sd, 1, axis=(0, 2, 3))
-    kind = np.array([0] * 16 + [0, 1, 2] * 5 + [1] + [1, 2] * 4)  # 0 float, 1 fixed, 2 none
-    # fixed-point rows: at T = 255 a float32 line misses codes by a rounding; at T = 3 and 15
+    kind = np.array([0] * 16 + [0, 1, 2] * 5 + [1] + [1, 2] * 4)  # 0 float32, 1 float64, 2 none
+    # float64-only rows: at T = 255 a float32 line misses codes by a rounding; at T = 3 and 15
     # their lines span more than 2^24 (x not exact in float32)
     step = np.where(kind == 0, 2.0 if t == 255 else 4e3, np.maximum(span / t, 2**25 / (t - 1)))
     th = _line_rows(sd, t, step, rng)

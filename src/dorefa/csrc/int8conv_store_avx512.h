@@ -24,7 +24,8 @@ struct VnniStore {
   static void Store(uint32_t* dst, Vec a) { _mm512_store_si512(dst, a); }
   struct Lanes {
     const ThresholdTable* tab;
-    __m512i zw, lo, hi, mul[2], add[2];
+    __m512i zw, lo, hi;
+    __m512d mul[2], add[2];
     __m512 fmul, fadd;
     __mmask16 neg;
     bool flt;  // every row takes the float line
@@ -33,8 +34,8 @@ struct VnniStore {
           zw(_mm512_mullo_epi32(_mm512_set1_epi32(z), _mm512_loadu_si512(wsum))),
           lo(_mm512_loadu_si512(t.lo.data() + o)),
           hi(_mm512_loadu_si512(t.hi.data() + o)),
-          mul{_mm512_loadu_si512(t.mul.data() + o), _mm512_loadu_si512(t.mul.data() + o + 8)},
-          add{_mm512_loadu_si512(t.add.data() + o), _mm512_loadu_si512(t.add.data() + o + 8)},
+          mul{_mm512_loadu_pd(t.mul.data() + o), _mm512_loadu_pd(t.mul.data() + o + 8)},
+          add{_mm512_loadu_pd(t.add.data() + o), _mm512_loadu_pd(t.add.data() + o + 8)},
           fmul(_mm512_loadu_ps(t.fmul.data() + o)),
           fadd(_mm512_loadu_ps(t.fadd.data() + o)),
           neg(_mm_test_epi8_mask(
@@ -46,7 +47,7 @@ struct VnniStore {
       const __m512i dv = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(nws));
       const __m512i sd = _mm512_mask_sub_epi32(dv, neg, _mm512_setzero_si512(), dv);
       return flt ? RequantOnFloatLines(sd, lo, hi, fmul, fadd)
-                 : RequantOnLines(*tab, sd, lo, hi, mul, add);
+                 : RequantOnLines(sd, lo, hi, mul, add);
     }
   };
 };

@@ -61,13 +61,13 @@ void RequantChannelAvx512(const ThresholdTable& tab, int64_t o, const int32_t* d
     }
     return;
   }
-  const __m512i mul[2] = {_mm512_set1_epi64(tab.mul[o]), _mm512_set1_epi64(tab.mul[o])};
-  const __m512i add[2] = {_mm512_set1_epi64(tab.add[o]), _mm512_set1_epi64(tab.add[o])};
+  const __m512d mul[2] = {_mm512_set1_pd(tab.mul[o]), _mm512_set1_pd(tab.mul[o])};
+  const __m512d add[2] = {_mm512_set1_pd(tab.add[o]), _mm512_set1_pd(tab.add[o])};
   for (int64_t i = 0; i < n; i += kGroup) {
     const __mmask16 live = n - i >= kGroup ? 0xFFFF : (1u << (n - i)) - 1;
     __m512i sd = _mm512_maskz_loadu_epi32(live, d + i);
     if (tab.neg[o]) sd = _mm512_sub_epi32(_mm512_setzero_si512(), sd);
-    _mm512_mask_cvtepi32_storeu_epi8(codes + i, live, RequantOnLines(tab, sd, lo, hi, mul, add));
+    _mm512_mask_cvtepi32_storeu_epi8(codes + i, live, RequantOnLines(sd, lo, hi, mul, add));
   }
 }
 

@@ -1,8 +1,8 @@
-// requant_table.h with AVX-512: rows with a line take it for 16 outputs at a time (64-bit
-// multiply-add and shift, no table read); other rows are searched per output: one compare of sd
-// against a channel's 16 group tops, then one against the group that holds the insertion point
-// (sorted rows), or one per group (unsorted rows, or a single group). Built with AVX-512
-// F/BW/VL/DQ.
+// requant_table.h with AVX-512: rows with a line take it for 16 outputs at a time (a float32 or
+// float64 multiply-add and a truncation, no table read); other rows are searched per output: one
+// compare of sd against a channel's 16 group tops, then one against the group that holds the
+// insertion point (sorted rows), or one per group (unsorted rows, or a single group). Built with
+// AVX-512 F/BW/VL/DQ.
 #ifndef DOREFA_CSRC_REQUANT_AVX512_H_
 #define DOREFA_CSRC_REQUANT_AVX512_H_
 
@@ -14,24 +14,16 @@
 
 namespace dorefa {
 
-// ThresholdTable::OnLine for 8 lanes of x (already clamped, minus lo) as int64.
-inline __m512i RequantLineHalf(__m256i x, __m512i mul, __m512i add) {
-  const __m512i q = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_cvtepu32_epi64(x), mul), add);
-  return _mm512_srai_epi64(q, ThresholdTable::kLineShift);
-}
-
-// The codes of 16 folded sd on their rows' lines: lo, hi per lane, mul and add for lanes 0-7
-// and 8-15 (exact for the lanes whose row has a line).
-inline __m512i RequantOnLines(const ThresholdTable& tab, __m512i sd, __m512i lo, __m512i hi,
-                              const __m512i (&mul)[2], const __m512i (&add)[2]) {
-  const __m512i x = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(sd, lo), hi), lo);
-  const __m256i q0 =
-      _mm512_cvtepi64_epi32(RequantLineHalf(_mm512_castsi512_si256(x), mul[0], add[0]));
-  const __m256i q1 =
-      _mm512_cvtepi64_epi32(RequantLineHalf(_mm512_extracti64x4_epi64(x, 1), mul[1], add[1]));
-  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
-  return _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()),
-                          _mm512_set1_epi32(static_cast<int32_t>(tab.t)));
+// The codes of 16 folded sd on their rows' lines (requant_table.h): lo, hi per lane, mul and
+// add for lanes 0-7 and 8-15 (exact for the lanes whose row has a line, 0 for a row without).
+inline __m512i RequantOnLines(__m512i sd, __m512i lo, __m512i hi, const __m512d (&mul)[2],
+                              const __m512d (&add)[2]) {
+  const __m512i x = _mm512_min_epi32(_mm512_max_epi32(sd, lo), hi);
+  const __m256i q0 = _mm512_cvttpd_epi32(
+      _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(x)), mul[0], add[0]));
+  const __m256i q1 = _mm512_cvttpd_epi32(
+      _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(x, 1)), mul[1], add[1]));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
 }
 
 // The codes of 16 folded sd on their rows' float lines (requant_table.h: exact for the lanes
@@ -53,11 +45,11 @@ inline __m512i RequantOnLines(const ThresholdTable& tab, int64_t o, __m512i sd) 
     return RequantOnFloatLines(
         sd, _mm512_loadu_si512(tab.lo.data() + o), _mm512_loadu_si512(tab.hi.data() + o),
         _mm512_loadu_ps(tab.fmul.data() + o), _mm512_loadu_ps(tab.fadd.data() + o));
-  const __m512i mul[2] = {_mm512_loadu_si512(tab.mul.data() + o),
-                          _mm512_loadu_si512(tab.mul.data() + o + 8)};
-  const __m512i add[2] = {_mm512_loadu_si512(tab.add.data() + o),
-                          _mm512_loadu_si512(tab.add.data() + o + 8)};
-  return RequantOnLines(tab, sd, _mm512_loadu_si512(tab.lo.data() + o),
+  const __m512d mul[2] = {_mm512_loadu_pd(tab.mul.data() + o),
+                          _mm512_loadu_pd(tab.mul.data() + o + 8)};
+  const __m512d add[2] = {_mm512_loadu_pd(tab.add.data() + o),
+                          _mm512_loadu_pd(tab.add.data() + o + 8)};
+  return RequantOnLines(sd, _mm512_loadu_si512(tab.lo.data() + o),
                         _mm512_loadu_si512(tab.hi.data() + o), mul, add);
 }
 

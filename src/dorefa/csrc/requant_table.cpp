@@ -18,8 +18,8 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
   neg.assign(static_cast<size_t>(rows), 0);
   // Padding rows: x * 0 + 0 gives code 0 (their thresholds never count either).
   line.assign(static_cast<size_t>(rows), 1);
-  mul.assign(static_cast<size_t>(rows), 0);
-  add.assign(static_cast<size_t>(rows), 0);
+  mul.assign(static_cast<size_t>(rows), 0.0);
+  add.assign(static_cast<size_t>(rows), 0.0);
   lo.assign(static_cast<size_t>(rows), 0);
   hi.assign(static_cast<size_t>(rows), 0);
   fmul.assign(static_cast<size_t>(rows), 0.0f);
@@ -39,8 +39,11 @@ void ThresholdTable::Build(int64_t o, const int32_t* thresholds, int64_t t_,
   }
   for (int64_t c = 0; c < o; ++c) {
     line[c] = FitLine(c);
-    if (!line[c]) lo[c] = hi[c] = 0;  // searched: the float line's x = 0, code 0 (fmul = 0)
-    if (line[c] != 0 && fmul[c] == 0.0f) fline[c] = 0;  // the 64-bit line only
+    if (!line[c]) {  // searched: code 0 on either line, replaced
+      lo[c] = hi[c] = 0;
+      mul[c] = add[c] = 0.0;
+    }
+    if (line[c] != 0 && fmul[c] == 0.0f) fline[c] = 0;  // the float64 line only
   }
 }
 
@@ -73,7 +76,7 @@ double FitEdge(const int32_t* row, int64_t t, double inside, double outside) {
 }  // namespace
 
 // Fits row c's line (requant_table.h): a step that fits (each violated pair of rows narrows the
-// step's range), rho in the middle of its interval; if the fixed-point line then misses a code
+// step's range), rho in the middle of its interval; if the line then misses a code
 // by a rounding, once more from the middle of all the steps that fit (the widest margins).
 bool ThresholdTable::FitLine(int64_t c) {
   const int32_t* row = u.data() + c * width;
@@ -119,21 +122,17 @@ bool ThresholdTable::Checked(int64_t c, Code code) const {
   return true;
 }
 
-// Row c's fixed-point line for (step, rho), checked against both ends of every code's interval
-// of sd (the line is monotone in sd).
+// Row c's line for (step, rho), checked against both ends of every code's interval of sd (the
+// line is monotone in sd).
 bool ThresholdTable::TryLine(int64_t c, double step, double rho) {
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   const int32_t* row = u.data() + c * width;
   if (!(step > 0)) return false;
-  const double scale = std::ldexp(1.0, kLineShift);
-  const int64_t top = std::min<int64_t>(int64_t{row[t - 1]} + 1, kMax);
-  // |x * mul + add| < 2^62 for x <= top - u_0: no overflow.
-  const double m = scale / step, a = scale * (row[0] - rho + step) / step;
-  if (!(static_cast<double>(top - row[0]) * m + std::fabs(a) < std::ldexp(1.0, 62))) return false;
-  mul[c] = std::llround(m);
-  add[c] = std::llround(a);
+  mul[c] = 1.0 / step;
+  add[c] = 1.0 - rho / step;
+  if (!std::isfinite(mul[c]) || !std::isfinite(add[c])) return false;
   lo[c] = row[0];
-  hi[c] = static_cast<int32_t>(top);
+  hi[c] = static_cast<int32_t>(
+      std::min<int64_t>(int64_t{row[t - 1]} + 1, std::numeric_limits<int32_t>::max()));
   if (!Checked(c, [&](int32_t sd) { return OnLine(c, sd); })) return false;
   if (!TryFloatLine(c, step, rho)) fmul[c] = fadd[c] = 0.0f;
   return true;

@@ -24,25 +24,27 @@
 // Build fits (rho, step) to the row: rho + j * step must lie in (u_j, u_j + 1] for every j; the
 // step starts from the end points and each violated pair of rows (the highest lower bound above
 // the lowest upper bound) narrows its range, a few rounds at most; rho is then the middle of its
-// interval (and if the fixed-point line misses a code by a rounding, the fit is redone from the
-// middle of all the steps that fit). The kernels evaluate the line in 64-bit fixed point, exactly
-// the same on every path:
-//   x = min(max(sd, lo), hi) - lo,   lo = u_0,  hi = u_{T-1} + 1   (clamping keeps the code),
-//   code = clamp((x * mul + add) >> 48, 0, T),
-//   mul = round(2^48 / step),  add = round(2^48 * (lo - rho + step) / step).
-// That is monotone in sd, so Build checks both ends of every code's interval of sd and marks the
-// row `line` only if all agree with the thresholds; other rows (rows that are not sorted, rows
-// clipped at +-(dmax + 1) or of one constant code, a fit that misses by a rounding) are searched.
+// interval (and if the line misses a code by a rounding, the fit is redone from the middle of all
+// the steps that fit). The kernels evaluate the line in float64, exactly the same on every path:
+//   code = trunc(fma(double(min(max(sd, lo), hi)), mul, add)),   lo = u_0,  hi = u_{T-1} + 1,
+//   mul = 1 / step,  add = 1 - rho / step   (each rounded to float64),
+// one rounding (the FMA: std::fma and the vector FMAs give the same bits; sd is exact in float64)
+// and a truncation. Clamping sd to [lo, hi] keeps its code. The line is monotone in sd, so Build
+// checks both ends of every code's interval of sd and marks the row `line` only if all agree
+// with the thresholds (those ends include sd = lo, code 0, and sd = hi, code T: the line needs no
+// clamp of the code); other rows (rows that are not sorted, rows clipped at +-(dmax + 1) or of
+// one constant code, a fit that misses by a rounding) are searched, with lo = hi = mul = add = 0
+// on the line (code 0, replaced).
 //
-// The float line (the vector stores' fast path: 3 operations per vector, against ~15 for the
-// 64-bit products): where hi - lo <= 2^24 (x exact in float32),
-//   code = trunc(fma(float(x), fmul, fadd)),   fmul = float(1 / step),
-//                                              fadd = float((lo - rho + step) / step),
-// one rounding (the FMA; the same on every path, scalar std::fmaf or a vector FMA) and a
-// truncation. It is monotone in sd too, and Build checks it the same way; its ends x = 0 and
-// x = hi - lo are checked codes 0 and T, so it needs no clamp. fline[o] = 1 where row o's codes
-// may come from the float line: it has one, or it has no line at all (fmul = fadd = 0, code 0,
-// searched afterwards as before); a vector of rows takes the float line when all of them can.
+// The float line (the vector stores' fast path: 3 operations per 16 codes, against 8 for the
+// float64 line): where hi - lo <= 2^24 (x exact in float32),
+//   code = trunc(fma(float(x), fmul, fadd)),   x = min(max(sd, lo), hi) - lo,
+//   fmul = float(1 / step),  fadd = float((lo - rho + step) / step),
+// checked the same way. It holds where float32 resolves every code's boundary: T = 3 or 15
+// outputs, small steps; at T = 255 the boundaries lie closer than its rounding. fline[o] = 1
+// where row o's codes may come from the float line: it has one, or it has no line at all
+// (fmul = fadd = 0: code 0, replaced); a vector of rows takes the float line when all of them
+// can.
 #ifndef DOREFA_CSRC_REQUANT_TABLE_H_
 #define DOREFA_CSRC_REQUANT_TABLE_H_
 
@@ -74,11 +76,10 @@ struct ThresholdTable {
   std::vector<int8_t> neg;    // (rows,) 1 where direction is -1
   // The line, per row (see above); rows with line[o] == 0 are searched.
   std::vector<int8_t> line;
-  std::vector<int64_t> mul, add;
+  std::vector<double> mul, add;
   std::vector<int32_t> lo, hi;
   std::vector<float> fmul, fadd;  // the float line (above), per row
   std::vector<int8_t> fline;      // 1: the row's codes may come from the float line
-  static constexpr int kLineShift = 48;
   static constexpr int64_t kFloatSpan = int64_t{1} << 24;  // hi - lo of a float line, at most
 
   // Fills the table from thresholds (O, T) int32 and direction (O,) int8 (+1 / -1).
@@ -86,15 +87,19 @@ struct ThresholdTable {
   // s * d for channel o.
   int32_t Folded(int64_t o, int32_t d) const { return neg[o] ? -d : d; }
   // The code of folded sd on row o's line (the vector kernels compute the same).
+  // (A value outside [-1, T + 1] is returned as -1 or T + 1, where the vector truncation would
+  // give INT32_MIN: neither is a code, so Build refuses such a line either way.)
   int32_t OnLine(int64_t o, int32_t sd) const {
-    const int64_t x = int64_t{std::min(std::max(sd, lo[o]), hi[o])} - lo[o];
-    const int64_t q = (x * mul[o] + add[o]) >> kLineShift;
-    return static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(q, 0), t));
+    const auto x = static_cast<double>(std::min(std::max(sd, lo[o]), hi[o]));
+    return Truncated(std::fma(x, mul[o], add[o]));
   }
   // The code of folded sd on row o's float line (the vector kernels compute the same).
   int32_t OnFloatLine(int64_t o, int32_t sd) const {
     const auto x = static_cast<float>(std::min(std::max(sd, lo[o]), hi[o]) - lo[o]);
-    return static_cast<int32_t>(std::fmaf(x, fmul[o], fadd[o]));
+    return Truncated(std::fmaf(x, fmul[o], fadd[o]));
+  }
+  int32_t Truncated(double v) const {
+    return static_cast<int32_t>(std::min(std::max(v, -1.0), static_cast<double>(t) + 1));
   }
   // Whether rows o .. o + n - 1 (n <= 16, o + n <= rows) can all take the float line.
   bool FloatRows(int64_t o, int64_t n) const {
