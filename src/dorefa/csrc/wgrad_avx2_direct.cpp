@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "unroll.h"
 #include "wgrad.h"
 #include "wgrad_direct.h"
 #include "wgrad_outer.h"
@@ -88,13 +89,24 @@ struct Avx2Direct {
     }
   }
 
+  enum class Mode { kS, kMulAdd, kFma };
+
   template <int V, int C>
   static void Tile(const DirectTileArgs& a) {
     const int64_t fold = FoldQuads(a.g->g_bits, a.g->a_bits);
-    for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C>(a, b, fold);
+    if (a.out->s != nullptr) {
+      for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, Mode::kS>(a, b, fold);
+    } else if (a.pk->exact) {
+      for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, Mode::kFma>(a, b, fold);
+    } else {
+      for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, Mode::kMulAdd>(a, b, fold);
+    }
   }
 
-  template <int V, int C>
+  // Sample b's sums of the tile, then (M) their float64 terms added to the tile's sums in L1:
+  // scale_b * S by one FMA where that product is exact (DirectExactProducts), else multiply,
+  // then add (the spec's steps); or S stored (kS).
+  template <int V, int C, Mode M>
   static void Sample(const DirectTileArgs& a, int64_t b, int64_t fold) {
     const int64_t pq = a.pk->l.pq;
     const uint8_t* xs = a.Xs(b);
@@ -102,8 +114,9 @@ struct Avx2Direct {
     const int64_t* col = a.Col();
     __m256i s16[V][C];
     alignas(32) int32_t u32[V][C][8];  // the int32 sums of the runs folded so far
-    for (int v = 0; v < V; ++v)
-      for (int j = 0; j < C; ++j) s16[v][j] = _mm256_setzero_si256();
+    DOREFA_UNROLL for (int v = 0; v < V; ++v) {
+      DOREFA_UNROLL for (int j = 0; j < C; ++j) s16[v][j] = _mm256_setzero_si256();
+    }
     // Runs of `fold` quads, folded after each but the last (a fold inside the quad loop made
     // GCC move the int16 sums through the stack at every quad); the last run's sums are
     // widened in registers below.
@@ -112,14 +125,14 @@ struct Avx2Direct {
       const int64_t q1 = std::min(pq, q0 + fold);
       for (int64_t q = q0; q < q1; ++q) {
         __m256i gv[V];
-        for (int v = 0; v < V; ++v)
-          gv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gq + (v * pq + q) * 32));
-        for (int j = 0; j < C; ++j) {
+        DOREFA_UNROLL for (int v = 0; v < V; ++v) gv[v] =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gq + (v * pq + q) * 32));
+        DOREFA_UNROLL for (int j = 0; j < C; ++j) {
           int32_t run;
           std::memcpy(&run, xs + col[j] + 4 * q, 4);
           const __m256i xv = _mm256_set1_epi32(run);
-          for (int v = 0; v < V; ++v)
-            s16[v][j] = _mm256_add_epi16(s16[v][j], _mm256_maddubs_epi16(xv, gv[v]));
+          DOREFA_UNROLL for (int v = 0; v < V; ++v) s16[v][j] =
+              _mm256_add_epi16(s16[v][j], _mm256_maddubs_epi16(xv, gv[v]));
         }
       }
       if (q1 < pq) {
@@ -128,23 +141,28 @@ struct Avx2Direct {
       }
     }
     const __m256i ones = _mm256_set1_epi16(1);
-    const __m256d scale = _mm256_set1_pd(a.out->s != nullptr ? 0.0 : a.out->scale[b]);
-    for (int v = 0; v < V; ++v) {
-      for (int j = 0; j < C; ++j) {
+    const __m256d scale = _mm256_set1_pd(M == Mode::kS ? 0.0 : a.out->scale[b]);
+    DOREFA_UNROLL for (int v = 0; v < V; ++v) {
+      DOREFA_UNROLL for (int j = 0; j < C; ++j) {
         __m256i s = _mm256_madd_epi16(s16[v][j], ones);
         if (folded)
           s = _mm256_add_epi32(s, _mm256_load_si256(reinterpret_cast<const __m256i*>(u32[v][j])));
-        if (a.out->s != nullptr) {
+        if constexpr (M == Mode::kS) {
           _mm256_store_si256(reinterpret_cast<__m256i*>(u32[v][j]), s);
           a.StoreS(b, v, j, u32[v][j]);
-          continue;
+        } else {
+          double* acc = a.acc + j * kVectors * kLanes + v * 8;
+          const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(s));
+          const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(s, 1));
+          if constexpr (M == Mode::kFma) {
+            _mm256_storeu_pd(acc, _mm256_fmadd_pd(scale, lo, _mm256_loadu_pd(acc)));
+            _mm256_storeu_pd(acc + 4, _mm256_fmadd_pd(scale, hi, _mm256_loadu_pd(acc + 4)));
+          } else {
+            _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), _mm256_mul_pd(scale, lo)));
+            _mm256_storeu_pd(acc + 4,
+                             _mm256_add_pd(_mm256_loadu_pd(acc + 4), _mm256_mul_pd(scale, hi)));
+          }
         }
-        double* acc = a.acc + j * kVectors * kLanes + v * 8;
-        const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(s));
-        const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(s, 1));
-        _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), _mm256_mul_pd(scale, lo)));
-        _mm256_storeu_pd(acc + 4,
-                         _mm256_add_pd(_mm256_loadu_pd(acc + 4), _mm256_mul_pd(scale, hi)));
       }
     }
   }
