@@ -70,8 +70,52 @@ struct Avx2Direct {
     std::memcpy(dst + n - sizeof(Word), &hi, sizeof(Word));
   }
 
+  // g = 2c - n_g of one sample into 8-channel x 4-pixel vectors: per 8 channels and 8 quads,
+  // 8 rows of 32 code bytes (0 past P and past O; the last run of a row through a zeroed
+  // buffer), transformed, then transposed as an 8 x 8 matrix of 4-byte quads.
   static void PackGrads(const WgradGeom& g, const DirectLayout& l, const uint8_t* c, int8_t* gq) {
-    PackDirectGrads(g, l, c, gq);
+    const int64_t p_count = g.P();
+    const __m256i ng = _mm256_set1_epi8(static_cast<char>((1 << g.g_bits) - 1));
+    const __m256i index =
+        _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                         21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int64_t v = 0; v < l.ov; ++v) {
+      for (int64_t q0 = 0; q0 < l.pq; q0 += 8) {
+        const int64_t n = std::min<int64_t>(32, p_count - q0 * 4);  // code bytes of each row
+        const __m256i live = _mm256_cmpgt_epi8(_mm256_set1_epi8(static_cast<char>(n)), index);
+        __m256i r[8];
+        for (int i = 0; i < 8; ++i) {
+          const int64_t o = v * 8 + i;
+          if (o >= g.o) {
+            r[i] = _mm256_setzero_si256();
+            continue;
+          }
+          const uint8_t* src = c + o * p_count + q0 * 4;
+          alignas(32) uint8_t tail[32] = {};
+          if (n < 32) src = static_cast<const uint8_t*>(std::memcpy(tail, src, n));
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+          r[i] = _mm256_and_si256(live, _mm256_sub_epi8(_mm256_add_epi8(x, x), ng));
+        }
+        __m256i t[8], u[8];
+        for (int i = 0; i < 8; i += 2) {
+          t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+          t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+          u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+          u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+          u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+          u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+        }
+        const int64_t quads = std::min<int64_t>(8, l.pq - q0);
+        for (int64_t j = 0; j < quads; ++j) {  // quad j: u[j % 4] and u[j % 4 + 4], one half
+          const int k = static_cast<int>(j % 4);
+          const __m256i out = j < 4 ? _mm256_permute2x128_si256(u[k], u[k + 4], 0x20)
+                                    : _mm256_permute2x128_si256(u[k], u[k + 4], 0x31);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(gq + (v * l.pq + q0 + j) * 32), out);
+        }
+      }
+    }
   }
 
   // The int16 sums widened (VPMADDWD by 1) into the int32 sums u32: stored on the first fold,

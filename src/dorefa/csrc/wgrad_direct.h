@@ -108,25 +108,8 @@ void PackDirectInput(const WgradGeom& g, const DirectLayout& l, const uint8_t* _
   std::memset(xs + l.xs_size - kDirectSlack, 0, kDirectSlack);
 }
 
-// g = 2c - n_g of one sample into L-channel x 4-pixel vectors (n_g <= 127: no overflow); the
-// portable packer (the AVX-512 file transposes 16 x 16 quads in registers instead).
-void PackDirectGrads(const WgradGeom& g, const DirectLayout& l, const uint8_t* __restrict c,
-                     int8_t* __restrict gq) {
-  const int64_t p_count = g.P(), full = p_count / 4, vb = l.VectorBytes();
-  const int32_t ng = (1 << g.g_bits) - 1;
-  std::memset(gq, 0, static_cast<size_t>(l.gq_size));
-  for (int64_t o = 0; o < g.o; ++o) {
-    int8_t* lane = gq + (o / l.lanes) * l.pq * vb + (o % l.lanes) * 4;
-    const uint8_t* row = c + o * p_count;
-    for (int64_t q = 0; q < full; ++q) {
-      int8_t quad[4];
-      for (int i = 0; i < 4; ++i) quad[i] = static_cast<int8_t>(2 * row[4 * q + i] - ng);
-      std::memcpy(lane + q * vb, quad, 4);
-    }
-    for (int64_t i = full * 4; i < p_count; ++i)
-      lane[full * vb + i - full * 4] = static_cast<int8_t>(2 * row[i] - ng);
-  }
-}
+// Isa::PackGrads(g, l, c, gq) packs one sample's g = 2c - n_g (n_g <= 127: no overflow) as
+// above, 0 for pixels past P and channels past O (by register transposes of 4-byte quads).
 
 // The OR of n bytes.
 inline uint8_t OrBytes(const uint8_t* p, int64_t n) {
