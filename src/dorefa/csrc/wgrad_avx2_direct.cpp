@@ -216,7 +216,9 @@ struct Avx2Outer {  // 6 channels x 2 vectors of 4 doubles
   static constexpr int kRows = 6, kVecs = 2, kWidth = 4;
   using Vec = __m256d;
   static Vec Zero() { return _mm256_setzero_pd(); }
-  static Vec Load(const double* p) { return _mm256_loadu_pd(p); }
+  static Vec LoadX(const int32_t* p) {
+    return _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static Vec Set1(double v) { return _mm256_set1_pd(v); }
   static Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_pd(a, b, c); }
   static void Store(double* p, Vec v) { _mm256_storeu_pd(p, v); }

@@ -137,7 +137,9 @@ struct Avx512Outer {  // 6 channels x 4 vectors of 8 doubles
   static constexpr int kRows = 6, kVecs = 4, kWidth = 8;
   using Vec = __m512d;
   static Vec Zero() { return _mm512_setzero_pd(); }
-  static Vec Load(const double* p) { return _mm512_loadu_pd(p); }
+  static Vec LoadX(const int32_t* p) {
+    return _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static Vec Set1(double v) { return _mm512_set1_pd(v); }
   static Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
   static void Store(double* p, Vec v) { _mm512_storeu_pd(p, v); }
