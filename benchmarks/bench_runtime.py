@@ -47,6 +47,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_kernels import SETTLE_SECONDS  # noqa: E402
 from float_equivalent import float_equivalent, int8_model  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -93,6 +94,11 @@ def first_conv(model: nn.Module) -> QConv2d:
 
 
 def timed(fn, reps: int) -> float:
+    """Seconds per call over ``reps`` calls, after a pause (SETTLE_SECONDS: the contestant
+    before this one leaves its idle threads spinning, torch's OpenMP workers for milliseconds,
+    on the core this one's second thread needs) and one untimed call (its caches)."""
+    time.sleep(SETTLE_SECONDS)
+    fn()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
