@@ -66,8 +66,10 @@ void FinishAvx2(const WgradFinish& f) { FinishBlock(f); }
 
 }  // namespace
 
+// Needs FMA beside AVX2 (the direct finish and the one-pixel tiles use it), as the AVX2
+// forward kernels do.
 extern const WgradKernel kWgradAvx2 = {"wgrad-avx2",
-                                       kAvx2,
+                                       kAvx2 | kFma,
                                        &BlockAvx2,
                                        &ShiftAvx2,
                                        &FinishAvx2,
