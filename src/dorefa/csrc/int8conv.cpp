@@ -352,42 +352,6 @@ void Int8Conv::Fields(int64_t pix0, int np, const int8_t** xs) const {
   }
 }
 
-void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
-                   const int32_t* raw) {
-  const ConvGeom& g = *c.g;
-  const int64_t ohw = g.oh * g.ow;
-  const int64_t nw = (int64_t{1} << g.w_bits) - 1;
-  const int64_t o_end = std::min<int64_t>(g.o, (ob0 + nb) * kInt8Lanes);
-  const auto z = static_cast<uint32_t>(c.shift);
-  for (int p = 0; p < np; ++p) {
-    const int64_t pix = pix0 + p;
-    const int64_t n = pix / ohw, r = pix % ohw;
-    const int64_t base = n * g.o * ohw + r;
-    int64_t s = 0;
-    if (c.mode != Epilogue::kAcc) s = Int8FieldSum(c, n, r / g.ow, r % g.ow);
-    const int32_t* row = raw + p * nb * kInt8Lanes;
-    int32_t dq[kInt8Lanes * kMaxStoreBlocks];  // kRequant: D of this pixel's channels
-    const int64_t o0 = ob0 * kInt8Lanes;
-    for (int64_t o = o0; o < o_end; ++o) {
-      // acc = sum x' * w + z * Wsum, modulo 2^32 (exact: the true value fits int32).
-      const auto acc = static_cast<int32_t>(static_cast<uint32_t>(row[o - ob0 * kInt8Lanes]) +
-                                            z * static_cast<uint32_t>(c.wsum[o]));
-      if (c.mode == Epilogue::kAcc) {
-        c.acc[base + o * ohw] = acc;
-        continue;
-      }
-      const auto d = static_cast<int32_t>(2 * static_cast<int64_t>(acc) - nw * s);
-      if (c.mode == Epilogue::kSigned) {
-        c.acc[base + o * ohw] = d;
-      } else {
-        dq[o - o0] = d;
-      }
-    }
-    if (c.mode == Epilogue::kRequant)
-      c.requant(*c.table, o0, o_end - o0, dq, c.codes + base + o0 * ohw, ohw);
-  }
-}
-
 namespace {
 
 // int32 outputs of more bytes than this (the whole call's) are stored with their lines
@@ -415,7 +379,6 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   c.codes = out.codes;
   if (out.mode == Epilogue::kRequant) {
     c.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
-    c.requant = kernel.requant;
   }
   uint8_t* tq = nullptr;
   if (kernel.tables != nullptr) {  // lut kernels: each slice's tables, kLutSlack after them

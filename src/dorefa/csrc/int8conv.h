@@ -92,7 +92,6 @@ struct Int8Conv {
   bool prefetch = false;                  // kAcc / kSigned: the store fetches its lines ahead
   uint8_t* codes = nullptr;               // kRequant output (N, O, OH, OW)
   const ThresholdTable* table = nullptr;  // kRequant: the thresholds (requant_table.h)
-  RequantPixelFn requant = nullptr;       // kRequant: the kernel's search over the table
   const uint8_t* tq = nullptr;            // lut kernels: the activation tables (lut.h)
   int64_t tslice = 0;                     // lut kernels: bytes per slice of tq
 
@@ -135,14 +134,6 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out);
 // tap or z = 0). Modulo 2^32, as every sum of the kernels.
 void StartSums(const Int8Conv& c, const FieldTaps& t, int64_t ob, int nb, int32_t* init);
 
-// Writes the outputs of pixels [pix0, pix0 + np) and channel blocks [ob0, ob0 + nb) from the
-// raw sums raw[p * nb * 16 + b * 16 + lane] = sum x' * w (mod 2^32): adds z * Wsum, then per
-// c.mode stores acc, D = 2 * acc - nw * S (S = sum of x over the receptive field), or the
-// requantized code of D (output_transform.h; c.requant over c.table). nb <= kMaxStoreBlocks.
-constexpr int kMaxStoreBlocks = 8;
-void StoreInt8Tile(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
-                   const int32_t* raw);
-
 // A tile kernel: outputs of pixels [pix0, pix0 + npix) and blocks [ob0, ob0 + nob).
 using Int8TileFn = void (*)(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0,
                             int64_t nob);
@@ -157,9 +148,8 @@ struct Int8Kernel {
   const char* tile;  // register tile, output pixels x output channels, e.g. "6x64"
   Int8TileFn run;
   Int8ShiftFn shift;
-  int64_t pix_tile;        // output pixels a call handles best and at most (<= kMaxCallPixels)
-  int64_t ob_tile;         // 16-channel blocks a call handles best
-  RequantPixelFn requant;  // codes of one pixel's channels from D (requant_table.h)
+  int64_t pix_tile;  // output pixels a call handles best and at most (<= kMaxCallPixels)
+  int64_t ob_tile;   // 16-channel blocks a call handles best
   LutTablesFn tables = nullptr;  // lut: the activation tables built after packing
   bool dot_lanes = false;        // lut: the "lutdp" weight layout (lut.h), channels in dwords
   // The packed weights' layout: "int8" (above), or "lut" / "lutdp" (lut.h) for a kernel with

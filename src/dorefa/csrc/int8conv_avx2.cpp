@@ -155,6 +155,6 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
 }  // namespace
 
 static_assert(8 * kTileP <= kMaxCallPixels, "a call's pixels fit its field terms");
-extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1, &RequantPixelScalar};
+extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1};
 
 }  // namespace dorefa

@@ -1,8 +1,7 @@
 // The vector store of the int8 kernels' tiles, shared by the AVX-512 VNNI and AVX2 files: for
 // a tile of np <= 8 pixels, split where it crosses into the next image (so each channel's
 // outputs in a segment are a run of neighbours in the NCHW plane), per 16-channel block,
-//   acc = raw + z Wsum,   D = 2 acc - nw S      (modulo 2^32 as StoreInt8Tile: the true
-//                                                 values fit int32)
+//   acc = raw + z Wsum,   D = 2 acc - nw S      (modulo 2^32: the true values fit int32)
 // and, in kRequant, the codes of D on the rows' lines (requant_table.h) in vectors (a row
 // without a line is searched, lane by lane). The block's np x 16 values then go out channel by
 // channel, each channel's run as a few plain stores, not one strided store per output: int32
@@ -190,18 +189,16 @@ void StoreSegment(const Int8Conv& c, int64_t base, int np, int run, int64_t ob0,
   }
 }
 
-// Stores a tile of np pixels from pix0 (false, nothing written, when np > 8: StoreInt8Tile
-// writes it), one segment per image it touches. nws: nw S of the tile's pixels
-// (Int8FieldTerms). The caller's tiles run in ascending pixel order up to its pixel `end`, all
-// stored by this thread: when the next 8 pixels lie before `end` and in the segment's image,
-// each channel's run is written as 8 outputs (one or two plain stores), the ones past the
-// segment as 0 until the next tile overwrites them.
+// Stores a tile of np <= kMaxStorePixels pixels from pix0, one segment per image it touches. nws:
+// nw S of the tile's pixels (Int8FieldTerms). The caller's tiles run in ascending pixel order up to
+// its pixel `end`, all stored by this thread: when the next 8 pixels lie before `end` and in the
+// segment's image, each channel's run is written as 8 outputs (one or two plain stores), the ones
+// past the segment as 0 until the next tile overwrites them.
 template <class Isa>
-bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb, const int32_t* raw,
+void StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb, const int32_t* raw,
                    const int32_t* nws, int64_t end) {
   const ConvGeom& g = *c.g;
   const int64_t ohw = g.oh * g.ow;
-  if (np > kMaxStorePixels) return false;
   int64_t n = pix0 / ohw, r = pix0 % ohw;
   for (int s = 0; s < np; r = 0, ++n) {
     const int cnt = static_cast<int>(std::min<int64_t>(np - s, ohw - r));
@@ -210,7 +207,6 @@ bool StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
     StoreSegment<Isa>(c, n * g.o * ohw + r, cnt, run, ob0, nb, raw + s * nb * kInt8Lanes, nws + s);
     s += cnt;
   }
-  return true;
 }
 
 // A call of an int8 kernel that leaves the padding out (int8conv.h): per group of up to
@@ -248,7 +244,7 @@ void TileClasses(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int
         block(cls.taps[k], np, nb, xs, ob, init, out);
       }
     }
-    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {  // np <= 8: always stored
+    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
       const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
       StoreTileWith<Isa>(c, pix0 + p0, np, ob, nb, raw + p0 * nb * kInt8Lanes, terms + p0,
                          pix0 + npix);

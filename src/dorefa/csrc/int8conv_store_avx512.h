@@ -41,7 +41,7 @@ struct VnniStore {
           neg(_mm_test_epi8_mask(
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(t.neg.data() + o)),
               _mm_set1_epi8(1))),
-          flt(FloatRows16(t, o)) {}
+          flt(t.FloatRows(o, kLanes)) {}
     Vec Codes(const int32_t* raw, int32_t nws) const {
       const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw), zw);
       const __m512i dv = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(nws));

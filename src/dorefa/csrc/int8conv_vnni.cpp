@@ -93,7 +93,6 @@ void TileVnni(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
 }  // namespace
 
 static_assert(8 * kTileP <= kMaxCallPixels, "a call's pixels fit its field terms");
-extern const Int8Kernel kInt8Vnni = {"6x64",     &TileVnni, &Shift,
-                                     8 * kTileP, kTileB,    &RequantPixelAvx512};
+extern const Int8Kernel kInt8Vnni = {"6x64", &TileVnni, &Shift, 8 * kTileP, kTileB};
 
 }  // namespace dorefa

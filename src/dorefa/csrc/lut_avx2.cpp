@@ -55,12 +55,7 @@ struct Ymm {
 
 }  // namespace
 
-extern const Int8Kernel kLutAvx2 = {"2x32",
-                                    &TileLut<Ymm, Avx2Store, 2, 2>,
-                                    &LutShift,
-                                    kMaxLutPixels,
-                                    2,
-                                    &RequantPixelScalar,
-                                    &BuildTables<Ymm>};
+extern const Int8Kernel kLutAvx2 = {
+    "2x32", &TileLut<Ymm, Avx2Store, 2, 2>, &LutShift, kMaxLutPixels, 2, &BuildTables<Ymm>};
 
 }  // namespace dorefa

@@ -10,7 +10,6 @@
 
 #include "int8conv_store_avx512.h"
 #include "lut_tile.h"
-#include "requant_avx512.h"
 
 namespace dorefa {
 namespace {
@@ -56,12 +55,7 @@ void LutTablesAvx512(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice
   BuildTables<Zmm>(xq, bytes, x_bits, slice_bytes, tq);
 }
 
-extern const Int8Kernel kLutAvx512 = {"2x64",
-                                      &TileLut<Zmm, VnniStore, 2, 4>,
-                                      &LutShift,
-                                      kMaxLutPixels,
-                                      4,
-                                      &RequantPixelAvx512,
-                                      &LutTablesAvx512};
+extern const Int8Kernel kLutAvx512 = {
+    "2x64", &TileLut<Zmm, VnniStore, 2, 4>, &LutShift, kMaxLutPixels, 4, &LutTablesAvx512};
 
 }  // namespace dorefa

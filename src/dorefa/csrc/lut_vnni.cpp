@@ -14,7 +14,6 @@
 
 #include "int8conv_store_avx512.h"
 #include "lut_tile.h"
-#include "requant_avx512.h"
 
 namespace dorefa {
 namespace {
@@ -79,13 +78,9 @@ struct DotLanes {
 
 }  // namespace
 
-extern const Int8Kernel kLutVnni = {"4x64",
-                                    &TileLut<void, VnniStore, 4, 4, DotLanes<4, 4>>,
-                                    &LutShift,
-                                    kMaxLutPixels,
-                                    4,
-                                    &RequantPixelAvx512,
-                                    &LutTablesAvx512,
+extern const Int8Kernel kLutVnni = {"4x64",    &TileLut<void, VnniStore, 4, 4, DotLanes<4, 4>>,
+                                    &LutShift, kMaxLutPixels,
+                                    4,         &LutTablesAvx512,
                                     true};
 
 }  // namespace dorefa

@@ -71,37 +71,4 @@ void RequantChannelAvx512(const ThresholdTable& tab, int64_t o, const int32_t* d
   }
 }
 
-// Channels o0 .. o0 + n - 1 in lanes, 16 at a time while whole vectors of rows exist; lanes
-// whose row has no line are searched one by one.
-void RequantPixelAvx512(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
-                        uint8_t* codes, int64_t stride) {
-  const Rows rows(tab);
-  for (int64_t i = 0; i < n; i += kGroup) {
-    const int64_t o = o0 + i;
-    if (o + kGroup > tab.rows) {
-      for (int64_t k = i; k < n; ++k)
-        codes[k * stride] = static_cast<uint8_t>(rows.Code(o0 + k, d[k]));
-      return;
-    }
-    const __mmask16 live = n - i >= kGroup ? 0xFFFF : (1u << (n - i)) - 1;
-    const __m128i neg = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.neg.data() + o));
-    const __m128i on = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.line.data() + o));
-    __m512i sd = _mm512_maskz_loadu_epi32(live, d + i);
-    sd = _mm512_mask_sub_epi32(sd, _mm_test_epi8_mask(neg, neg), _mm512_setzero_si512(), sd);
-    const __m512i code = RequantOnLines(tab, o, sd);
-    alignas(16) uint8_t cv[kGroup];
-    _mm_store_si128(reinterpret_cast<__m128i*>(cv), _mm512_cvtepi32_epi8(code));
-    for (__mmask16 off = live & ~_mm_test_epi8_mask(on, on); off != 0; off &= off - 1) {
-      const int k = __builtin_ctz(off);
-      cv[k] = static_cast<uint8_t>(rows.Code(o + k, d[i + k]));
-    }
-    const int64_t m = std::min<int64_t>(kGroup, n - i);
-    if (stride == 1) {
-      std::memcpy(codes + i, cv, static_cast<size_t>(m));
-    } else {
-      for (int64_t k = 0; k < m; ++k) codes[(i + k) * stride] = cv[k];
-    }
-  }
-}
-
 }  // namespace dorefa

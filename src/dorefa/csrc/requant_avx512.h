@@ -33,32 +33,9 @@ inline __m512i RequantOnFloatLines(__m512i sd, __m512i lo, __m512i hi, __m512 fm
   return _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(x), fmul, fadd));
 }
 
-// Whether the 16 rows o .. o + 15 (o + 16 <= tab.rows) can all take the float line.
-inline bool FloatRows16(const ThresholdTable& tab, int64_t o) {
-  const __m128i f = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab.fline.data() + o));
-  return _mm_test_epi8_mask(f, f) == 0xFFFF;
-}
-
-// The same for the 16 rows o .. o + 15 (o + 16 <= tab.rows), their parameters from the table.
-inline __m512i RequantOnLines(const ThresholdTable& tab, int64_t o, __m512i sd) {
-  if (FloatRows16(tab, o))
-    return RequantOnFloatLines(
-        sd, _mm512_loadu_si512(tab.lo.data() + o), _mm512_loadu_si512(tab.hi.data() + o),
-        _mm512_loadu_ps(tab.fmul.data() + o), _mm512_loadu_ps(tab.fadd.data() + o));
-  const __m512d mul[2] = {_mm512_loadu_pd(tab.mul.data() + o),
-                          _mm512_loadu_pd(tab.mul.data() + o + 8)};
-  const __m512d add[2] = {_mm512_loadu_pd(tab.add.data() + o),
-                          _mm512_loadu_pd(tab.add.data() + o + 8)};
-  return RequantOnLines(sd, _mm512_loadu_si512(tab.lo.data() + o),
-                        _mm512_loadu_si512(tab.hi.data() + o), mul, add);
-}
-
 // n codes of channel o: codes[i] from d[i] (consecutive pixels of one channel).
 void RequantChannelAvx512(const ThresholdTable& tab, int64_t o, const int32_t* d, int64_t n,
                           uint8_t* codes);
-// As RequantPixelFn (requant_table.h): channels o0 .. o0 + n - 1 of one pixel.
-void RequantPixelAvx512(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
-                        uint8_t* codes, int64_t stride);
 
 }  // namespace dorefa
 

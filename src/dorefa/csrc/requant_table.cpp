@@ -194,9 +194,4 @@ uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d) {
   return static_cast<uint8_t>(pos);
 }
 
-void RequantPixelScalar(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
-                        uint8_t* codes, int64_t stride) {
-  for (int64_t i = 0; i < n; ++i) codes[i * stride] = RequantCode(tab, o0 + i, d[i]);
-}
-
 }  // namespace dorefa

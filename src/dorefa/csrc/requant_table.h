@@ -51,6 +51,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -101,10 +102,14 @@ struct ThresholdTable {
   int32_t Truncated(double v) const {
     return static_cast<int32_t>(std::min(std::max(v, -1.0), static_cast<double>(t) + 1));
   }
-  // Whether rows o .. o + n - 1 (n <= 16, o + n <= rows) can all take the float line.
+  // Whether rows o .. o + n - 1 (n a multiple of 8, o + n <= rows) can all take the float
+  // line: 8 flags (each 0 or 1) a word, on the vector stores' path once per block of rows.
   bool FloatRows(int64_t o, int64_t n) const {
-    for (int64_t i = 0; i < n; ++i)
-      if (!fline[o + i]) return false;
+    for (int64_t i = 0; i < n; i += 8) {
+      uint64_t flags;
+      std::memcpy(&flags, fline.data() + o + i, 8);
+      if (flags != 0x0101010101010101u) return false;
+    }
     return true;
   }
 
@@ -144,12 +149,6 @@ inline const ThresholdTable& TableOf(const ThresholdTable* given, int64_t o,
 // Code of d in channel o: its line where the row has one, else a branch-free binary search over
 // the row when sorted, else a count (portable; the AVX-512 kernels use requant_avx512.h).
 uint8_t RequantCode(const ThresholdTable& tab, int64_t o, int32_t d);
-
-// Codes of one pixel's channels o0 .. o0 + n - 1: codes[i * stride] from d[i].
-using RequantPixelFn = void (*)(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
-                                uint8_t* codes, int64_t stride);
-void RequantPixelScalar(const ThresholdTable& tab, int64_t o0, int64_t n, const int32_t* d,
-                        uint8_t* codes, int64_t stride);
 
 }  // namespace dorefa
 
