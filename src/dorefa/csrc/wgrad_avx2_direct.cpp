@@ -133,24 +133,25 @@ struct Avx2Direct {
     }
   }
 
-  enum class Mode { kS, kMulAdd, kFma };
-
   template <int V, int C>
   static void Tile(const DirectTileArgs& a) {
     const int64_t fold = FoldQuads(a.g->g_bits, a.g->a_bits);
-    if (a.out->s != nullptr) {
-      for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, Mode::kS>(a, b, fold);
-    } else if (a.pk->exact) {
-      for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, Mode::kFma>(a, b, fold);
-    } else {
-      for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, Mode::kMulAdd>(a, b, fold);
+    switch (a.Mode()) {
+      case DirectMode::kS:
+        for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, DirectMode::kS>(a, b, fold);
+        return;
+      case DirectMode::kFma:
+        for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, DirectMode::kFma>(a, b, fold);
+        return;
+      case DirectMode::kMulAdd:
+        for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, DirectMode::kMulAdd>(a, b, fold);
+        return;
     }
   }
 
-  // Sample b's sums of the tile, then (M) their float64 terms added to the tile's sums in L1:
-  // scale_b * S by one FMA where that product is exact (DirectExactProducts), else multiply,
-  // then add (the spec's steps); or S stored (kS).
-  template <int V, int C, Mode M>
+  // Sample b's sums of the tile, then as M says (wgrad_direct.h): stored, or their float64
+  // terms added to the tile's sums in L1.
+  template <int V, int C, DirectMode M>
   static void Sample(const DirectTileArgs& a, int64_t b, int64_t fold) {
     const int64_t pq = a.pk->l.pq;
     const uint8_t* xs = a.Xs(b);
@@ -185,20 +186,20 @@ struct Avx2Direct {
       }
     }
     const __m256i ones = _mm256_set1_epi16(1);
-    const __m256d scale = _mm256_set1_pd(M == Mode::kS ? 0.0 : a.out->scale[b]);
+    const __m256d scale = _mm256_set1_pd(M == DirectMode::kS ? 0.0 : a.out->scale[b]);
     DOREFA_UNROLL for (int v = 0; v < V; ++v) {
       DOREFA_UNROLL for (int j = 0; j < C; ++j) {
         __m256i s = _mm256_madd_epi16(s16[v][j], ones);
         if (folded)
           s = _mm256_add_epi32(s, _mm256_load_si256(reinterpret_cast<const __m256i*>(u32[v][j])));
-        if constexpr (M == Mode::kS) {
+        if constexpr (M == DirectMode::kS) {
           _mm256_store_si256(reinterpret_cast<__m256i*>(u32[v][j]), s);
           a.StoreS(b, v, j, u32[v][j]);
         } else {
           double* acc = a.acc + j * kVectors * kLanes + v * 8;
           const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(s));
           const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(s, 1));
-          if constexpr (M == Mode::kFma) {
+          if constexpr (M == DirectMode::kFma) {
             _mm256_storeu_pd(acc, _mm256_fmadd_pd(scale, lo, _mm256_loadu_pd(acc)));
             _mm256_storeu_pd(acc + 4, _mm256_fmadd_pd(scale, hi, _mm256_loadu_pd(acc + 4)));
           } else {

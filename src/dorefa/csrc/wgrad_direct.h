@@ -125,6 +125,11 @@ inline uint8_t OrBytes(const uint8_t* p, int64_t n) {
   return static_cast<uint8_t>(acc);
 }
 
+// What a register tile does with a sample's sums S: store them (S mode), or add scale_b * S to
+// the float64 sums by one FMA where that product is exact (DirectExactProducts), else by a
+// multiply, then an add (the spec's steps).
+enum class DirectMode { kS, kMulAdd, kFma };
+
 // One register tile over a block of samples: channel vectors v0 .. v0 + V - 1, columns
 // k0 .. k0 + C - 1, samples b0 .. b1 - 1 in order.
 struct DirectTileArgs {
@@ -141,6 +146,9 @@ struct DirectTileArgs {
     return pk->gq.data() + b * pk->l.gq_size + v0 * pk->l.pq * pk->l.VectorBytes();
   }
   const int64_t* Col() const { return pk->col.data() + k0; }
+  DirectMode Mode() const {
+    return out->s != nullptr ? DirectMode::kS : pk->exact ? DirectMode::kFma : DirectMode::kMulAdd;
+  }
   // S mode: the L lanes of vector v, column j, of sample b stored into S (N, O, K).
   void StoreS(int64_t b, int v, int j, const int32_t* lanes) const {
     const int64_t o0 = (v0 + v) * pk->l.lanes, n = std::min<int64_t>(pk->l.lanes, g->o - o0);

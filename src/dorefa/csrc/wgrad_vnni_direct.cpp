@@ -64,9 +64,7 @@ struct VnniDirect {
     }
   }
 
-  enum class Mode { kS, kMulAdd, kFma };
-
-  template <int V, int C, Mode M>
+  template <int V, int C, DirectMode M>
   static void Run(const DirectTileArgs& a) {
     const int64_t* col = a.Col();
     const int64_t pq = a.pk->l.pq;
@@ -75,8 +73,8 @@ struct VnniDirect {
     for (int v = 0; v < V; ++v)
       for (int j = 0; j < C; ++j)
         for (int h = 0; h < 2; ++h)
-          acc[v][j][h] = M == Mode::kS ? _mm512_setzero_pd()
-                                       : _mm512_loadu_pd(a.acc + j * kRow + v * 16 + h * 8);
+          acc[v][j][h] = M == DirectMode::kS ? _mm512_setzero_pd()
+                                             : _mm512_loadu_pd(a.acc + j * kRow + v * 16 + h * 8);
     for (int64_t b = a.b0; b < a.b1; ++b) {
       const uint8_t* xs = a.Xs(b);
       const int8_t* gq = a.Gq(b);
@@ -93,7 +91,7 @@ struct VnniDirect {
           for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], xv, gv[v]);
         }
       }
-      if constexpr (M == Mode::kS) {
+      if constexpr (M == DirectMode::kS) {
         for (int v = 0; v < V; ++v)
           for (int j = 0; j < C; ++j) {
             alignas(64) int32_t lanes[16];
@@ -107,7 +105,7 @@ struct VnniDirect {
         for (int j = 0; j < C; ++j) {
           const __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(s[v][j]));
           const __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s[v][j], 1));
-          if constexpr (M == Mode::kFma) {
+          if constexpr (M == DirectMode::kFma) {
             acc[v][j][0] = _mm512_fmadd_pd(scale, lo, acc[v][j][0]);
             acc[v][j][1] = _mm512_fmadd_pd(scale, hi, acc[v][j][1]);
           } else {
@@ -117,7 +115,7 @@ struct VnniDirect {
         }
       }
     }
-    if constexpr (M != Mode::kS) {
+    if constexpr (M != DirectMode::kS) {
       for (int v = 0; v < V; ++v)
         for (int j = 0; j < C; ++j)
           for (int h = 0; h < 2; ++h)
@@ -127,9 +125,14 @@ struct VnniDirect {
 
   template <int V, int C>
   static void Tile(const DirectTileArgs& a) {
-    if (a.out->s != nullptr) return Run<V, C, Mode::kS>(a);
-    if (a.pk->exact) return Run<V, C, Mode::kFma>(a);
-    Run<V, C, Mode::kMulAdd>(a);
+    switch (a.Mode()) {
+      case DirectMode::kS:
+        return Run<V, C, DirectMode::kS>(a);
+      case DirectMode::kFma:
+        return Run<V, C, DirectMode::kFma>(a);
+      case DirectMode::kMulAdd:
+        return Run<V, C, DirectMode::kMulAdd>(a);
+    }
   }
 };
 
