@@ -205,6 +205,18 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   return ors;
 }
 
+namespace {
+
+// The taps [t0, t1) of a kernel axis of `taps` taps inside [0, size) for a field starting at
+// padded position `at` (= output position * stride): t in [pad - at, size + pad - at),
+// clipped to [0, taps).
+void TapsInside(int64_t at, int64_t size, int64_t pad, int32_t taps, int32_t* t0, int32_t* t1) {
+  *t0 = static_cast<int32_t>(std::clamp<int64_t>(pad - at, 0, taps));
+  *t1 = static_cast<int32_t>(std::clamp<int64_t>(size + pad - at, *t0, taps));
+}
+
+}  // namespace
+
 void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) {
   PixelClasses& k = *out;
   const auto kh = static_cast<int32_t>(g.kh), kw = static_cast<int32_t>(g.kw);
@@ -216,11 +228,8 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
     for (int p = 0; p < np; ++p) k.order[p] = static_cast<uint8_t>(p);
     return;
   }
-  // The taps inside [0, size) of a field starting at padded position `at` (= o * stride):
-  // t in [pad - at, size + pad - at), clipped to [0, taps).
   auto inside = [&](int64_t at, int64_t size, int32_t taps, int32_t* t0, int32_t* t1) {
-    *t0 = static_cast<int32_t>(std::clamp<int64_t>(g.pad - at, 0, taps));
-    *t1 = static_cast<int32_t>(std::clamp<int64_t>(size + g.pad - at, *t0, taps));
+    TapsInside(at, size, g.pad, taps, t0, t1);
   };
   // Output columns [x0, x1) have every column tap inside the image.
   const int64_t x0 = std::min(g.ow, (g.pad + g.stride - 1) / g.stride);
@@ -289,6 +298,32 @@ void StartSums(const Int8Conv& c, const FieldTaps& t, int64_t ob, int nb, int32_
       init[b * kInt8Lanes + l] = static_cast<int32_t>(z * (r[l] - wsum));
     }
   }
+}
+
+void StartTable::Build(const Int8Conv& c) {
+  const ConvGeom& g = *c.g;
+  taps_.clear();
+  lanes_ = c.q.ob * kInt8Lanes;
+  if (c.shift == 0 || g.pad == 0) return;
+  // The distinct ranges along one axis, over every output position.
+  auto ranges = [&](int64_t outs, int64_t size, int64_t taps) {
+    std::vector<std::pair<int32_t, int32_t>> out;
+    for (int64_t o = 0; o < outs; ++o) {
+      std::pair<int32_t, int32_t> r;
+      TapsInside(o * g.stride, size, g.pad, static_cast<int32_t>(taps), &r.first, &r.second);
+      if (std::find(out.begin(), out.end(), r) == out.end()) out.push_back(r);
+    }
+    return out;
+  };
+  for (const auto& [r0, r1] : ranges(g.oh, g.h, g.kh))
+    for (const auto& [k0, k1] : ranges(g.ow, g.w, g.kw)) taps_.push_back(FieldTaps{r0, r1, k0, k1});
+  int32_t* init = init_.Get(taps_.size() * static_cast<size_t>(lanes_));
+  rows_ = init;
+  for (size_t i = 0; i < taps_.size(); ++i)
+    for (int64_t ob = 0; ob < c.q.ob; ob += 4) {
+      const int nb = static_cast<int>(std::min<int64_t>(4, c.q.ob - ob));
+      StartSums(c, taps_[i], ob, nb, init + static_cast<int64_t>(i) * lanes_ + ob * kInt8Lanes);
+    }
 }
 
 // Sum of the activation codes over the receptive field of output (n, oy, ox).
@@ -371,8 +406,13 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   c.xq = reinterpret_cast<const int8_t*>(xq);
   c.wq = reinterpret_cast<const uint8_t*>(wq);
   c.wsum = reinterpret_cast<const int32_t*>(c.wq + ByteWeightBytes(kernel, g));  // after them
-  if (kernel.tables == nullptr) c.tsum = c.wsum + c.q.ob * kInt8Lanes;
   c.shift = kernel.shift(g.x_bits);
+  static thread_local StartTable starts;
+  if (kernel.tables == nullptr) {
+    c.tsum = c.wsum + c.q.ob * kInt8Lanes;
+    starts.Build(c);
+    c.starts = &starts;
+  }
   c.mode = out.mode;
   c.acc = out.acc;
   c.prefetch = prefetch;

@@ -232,7 +232,11 @@ void TileClasses(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int
   for (int64_t ob = ob0; ob < ob0 + nob; ob += group) {
     const int nb = static_cast<int>(std::min<int64_t>(group, ob0 + nob - ob));
     for (int k = 0; k < cls.count; ++k) {
-      StartSums(c, cls.taps[k], ob, nb, init);
+      const int32_t* start = c.starts != nullptr ? c.starts->Find(cls.taps[k], ob) : nullptr;
+      if (start == nullptr) {
+        StartSums(c, cls.taps[k], ob, nb, init);
+        start = init;
+      }
       for (int i = cls.start[k]; i < cls.start[k + 1]; i += tile) {
         const int np = std::min(tile, cls.start[k + 1] - i);
         const int8_t* xs[kMaxTile];
@@ -241,7 +245,7 @@ void TileClasses(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int
           xs[p] = fields[cls.order[i + p]];
           out[p] = raw + cls.order[i + p] * nb * kInt8Lanes;
         }
-        block(cls.taps[k], np, nb, xs, ob, init, out);
+        block(cls.taps[k], np, nb, xs, ob, start, out);
       }
     }
     for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
