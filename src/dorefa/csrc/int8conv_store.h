@@ -9,7 +9,8 @@
 // words, in registers.
 //
 // Isa provides kLanes (channels per vector: 16 or 8), its vector type Vec of int32 lanes with
-// Zero(), Or(a, b), Shl(a, bits) and Store(uint32_t*, a), and a type Lanes, made once per block
+// Zero(), Or(a, b), Shl(a, bits) and Store(uint32_t*, a), StoreInt32 (a block's int32 outputs,
+// as StoreInt32Ymm below), and a type Lanes, made once per block
 // for channels o .. o + kLanes - 1 (Lanes(tab, o, wsum, z): z Wsum, the signs and the lines
 // in registers) with Codes(raw, nws): one pixel's codes of D on the lines (exact where
 // tab.line is set; in [0, T] on every lane).
@@ -89,6 +90,37 @@ void TransposeStore32(const int32_t (*v)[kInt8Lanes], int np, int32_t* dst, int6
   }
 }
 
+// The int32 outputs of a block (channels o0 ..) for np <= 8 pixels (pixel p's raw sums at
+// raw + p * step) to dst[l * stride + p] for p < run, l < lanes: acc = raw + z Wsum, then acc
+// (kAcc) or D = 2 acc - nws[p], 8 lanes a vector (written as whole vectors: the transpose
+// reads them back without a store-forwarding stall), then TransposeStore32. On ymm (AVX2).
+inline void StoreInt32Ymm(const Int8Conv& c, int64_t o0, const int32_t* raw, int64_t step,
+                          const int32_t* nws, int np, int run, int32_t* dst, int64_t stride,
+                          int64_t lanes) {
+  alignas(64) int32_t v[kMaxStorePixels][kInt8Lanes];
+  const __m128i one = _mm_cvtsi32_si128(c.mode == Epilogue::kAcc ? 0 : 1);
+  const __m256i zv = _mm256_set1_epi32(c.shift);
+  __m256i zw[2];
+  for (int h = 0; h < 2; ++h)
+    zw[h] = _mm256_mullo_epi32(
+        zv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.wsum + o0 + 8 * h)));
+  for (int p = 0; p < kMaxStorePixels; ++p) {
+    for (int h = 0; h < 2; ++h) {
+      __m256i d = _mm256_setzero_si256();
+      if (p < np) {
+        const __m256i acc = _mm256_add_epi32(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + p * step + 8 * h)), zw[h]);
+        d = _mm256_sub_epi32(_mm256_sll_epi32(acc, one), _mm256_set1_epi32(nws[p]));
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(v[p] + 8 * h), d);
+    }
+  }
+  if (c.prefetch)
+    TransposeStore32<true>(v, run, dst, stride, lanes);
+  else
+    TransposeStore32<false>(v, run, dst, stride, lanes);
+}
+
 // Codes of the block at channel o0 for np pixels to dst[lane * stride + p]. Pixel p's code
 // (< 256) is shifted into byte p % 4 of the lane's word p / 4, in registers, so a lane's two
 // words are its run of bytes (StoreRun8: run >= np bytes, the ones past np zero). Lanes whose
@@ -152,7 +184,6 @@ void StoreSegment(const Int8Conv& c, int64_t base, int np, int run, int64_t ob0,
                   const int32_t* raw, const int32_t* nws) {
   const ConvGeom& g = *c.g;
   const int64_t ohw = g.oh * g.ow;
-  const auto z = static_cast<uint32_t>(c.shift);
   for (int b = 0; b < nb; ++b) {
     const int64_t o0 = (ob0 + b) * kInt8Lanes;
     const int64_t lanes = std::min<int64_t>(kInt8Lanes, g.o - o0);
@@ -160,32 +191,8 @@ void StoreSegment(const Int8Conv& c, int64_t base, int np, int run, int64_t ob0,
       StoreBlockCodes<Isa>(c, o0, np, run, nb, b, raw, nws, c.codes + base + o0 * ohw, ohw, lanes);
       continue;
     }
-    // acc = raw + z Wsum, then acc (kAcc: nws = 0) or 2 acc - nws, 8 lanes a vector (written
-    // as whole vectors: the transpose reads them back without a store-forwarding stall).
-    alignas(64) int32_t v[kMaxStorePixels][kInt8Lanes];
-    const __m128i one = _mm_cvtsi32_si128(c.mode == Epilogue::kAcc ? 0 : 1);
-    const __m256i zv = _mm256_set1_epi32(static_cast<int32_t>(z));
-    __m256i zw[2];
-    for (int h = 0; h < 2; ++h)
-      zw[h] = _mm256_mullo_epi32(
-          zv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.wsum + o0 + 8 * h)));
-    for (int p = 0; p < kMaxStorePixels; ++p) {
-      const int32_t* in = raw + (p * nb + b) * kInt8Lanes;
-      for (int h = 0; h < 2; ++h) {
-        __m256i d = _mm256_setzero_si256();
-        if (p < np) {
-          const __m256i acc = _mm256_add_epi32(
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 8 * h)), zw[h]);
-          d = _mm256_sub_epi32(_mm256_sll_epi32(acc, one), _mm256_set1_epi32(nws[p]));
-        }
-        _mm256_store_si256(reinterpret_cast<__m256i*>(v[p] + 8 * h), d);
-      }
-    }
-    int32_t* dst = c.acc + base + o0 * ohw;
-    if (c.prefetch)
-      TransposeStore32<true>(v, run, dst, ohw, lanes);
-    else
-      TransposeStore32<false>(v, run, dst, ohw, lanes);
+    Isa::StoreInt32(c, o0, raw + b * kInt8Lanes, nb * kInt8Lanes, nws, np, run,
+                    c.acc + base + o0 * ohw, ohw, lanes);
   }
 }
 

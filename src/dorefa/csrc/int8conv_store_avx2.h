@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "int8conv_store.h"
 #include "requant_table.h"
 
 namespace dorefa {
@@ -23,6 +24,11 @@ struct Avx2Store {
   static Vec Shl(Vec a, int bits) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(bits)); }
   static void Store(uint32_t* dst, Vec a) {
     _mm256_store_si256(reinterpret_cast<__m256i*>(dst), a);
+  }
+  static void StoreInt32(const Int8Conv& c, int64_t o0, const int32_t* raw, int64_t step,
+                         const int32_t* nws, int np, int run, int32_t* dst, int64_t stride,
+                         int64_t lanes) {
+    StoreInt32Ymm(c, o0, raw, step, nws, np, run, dst, stride, lanes);
   }
   struct Lanes {
     __m256i zw, neg, lo, hi;

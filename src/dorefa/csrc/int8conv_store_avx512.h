@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "int8conv_store.h"
 #include "requant_avx512.h"
 #include "requant_table.h"
 
@@ -22,6 +23,50 @@ struct VnniStore {
   static Vec Or(Vec a, Vec b) { return _mm512_or_si512(a, b); }
   static Vec Shl(Vec a, int bits) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(bits)); }
   static void Store(uint32_t* dst, Vec a) { _mm512_store_si512(dst, a); }
+  // StoreInt32Ymm (int8conv_store.h) on zmm: a pixel's 16 values in one vector, then the
+  // 8 x 16 transpose in registers (unpack 32, unpack 64, VPERMT2Q pairing the 128-bit
+  // quarters), each zmm two lanes' runs (its halves).
+  static void StoreInt32(const Int8Conv& c, int64_t o0, const int32_t* raw, int64_t step,
+                         const int32_t* nws, int np, int run, int32_t* dst, int64_t stride,
+                         int64_t lanes) {
+    const __m512i zw =
+        _mm512_mullo_epi32(_mm512_set1_epi32(c.shift), _mm512_loadu_si512(c.wsum + o0));
+    const bool signed_d = c.mode != Epilogue::kAcc;
+    __m512i r[kMaxStorePixels], t[kMaxStorePixels], u[kMaxStorePixels];
+    for (int p = 0; p < kMaxStorePixels; ++p) {
+      r[p] = _mm512_setzero_si512();
+      if (p >= np) continue;
+      const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw + p * step), zw);
+      r[p] =
+          signed_d ? _mm512_sub_epi32(_mm512_add_epi32(acc, acc), _mm512_set1_epi32(nws[p])) : acc;
+    }
+    for (int p = 0; p < 8; p += 2) {
+      t[p] = _mm512_unpacklo_epi32(r[p], r[p + 1]);  // per quarter q: lanes 4q, 4q+1
+      t[p + 1] = _mm512_unpackhi_epi32(r[p], r[p + 1]);
+    }
+    for (int q = 0; q < 8; q += 4) {  // u[q + j], quarter k: lane 4k + j, rows q .. q + 3
+      u[q] = _mm512_unpacklo_epi64(t[q], t[q + 2]);
+      u[q + 1] = _mm512_unpackhi_epi64(t[q], t[q + 2]);
+      u[q + 2] = _mm512_unpacklo_epi64(t[q + 1], t[q + 3]);
+      u[q + 3] = _mm512_unpackhi_epi64(t[q + 1], t[q + 3]);
+    }
+    const __m512i quarters01 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i quarters23 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    auto run_of = [&](int64_t l, __m256i v) {
+      if (l >= lanes) return;
+      StoreRun32(dst + l * stride, v, run);
+      if (c.prefetch)
+        _mm_prefetch(reinterpret_cast<const char*>(dst + l * stride + kPrefetchInt32), _MM_HINT_T1);
+    };
+    for (int j = 0; j < 4; ++j) {
+      const __m512i a = _mm512_permutex2var_epi64(u[j], quarters01, u[j + 4]);  // lanes j, 4 + j
+      const __m512i b = _mm512_permutex2var_epi64(u[j], quarters23, u[j + 4]);  // 8 + j, 12 + j
+      run_of(j, _mm512_castsi512_si256(a));
+      run_of(4 + j, _mm512_extracti64x4_epi64(a, 1));
+      run_of(8 + j, _mm512_castsi512_si256(b));
+      run_of(12 + j, _mm512_extracti64x4_epi64(b, 1));
+    }
+  }
   struct Lanes {
     const ThresholdTable* tab;
     __m512i zw, lo, hi;
