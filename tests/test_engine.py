@@ -43,6 +43,7 @@ GEOMETRIES = [
     (1, 16, 5, 5, 65, 5, 1, 0),
     (2, 6, 2, 2, 13, 3, 3, 1),
     (2, 20, 7, 7, 35, 3, 1, 0),
+    (1, 3, 3, 3, 600, 3, 1, 0),  # one pixel, O > 2 x 257: the column sums' blocks
 ]
 BIT_TRIPLES = TRIPLES + [(8, 8, 8), (3, 1, 2), (4, 3, 1)]
 
@@ -202,6 +203,15 @@ def test_transpose_codes_is_the_transpose(shape):
     np.testing.assert_array_equal(t, a.T)
     with pytest.raises(ValueError, match="2-D uint8"):
         K._native.transpose_codes(a.reshape(1, *shape))
+
+
+def test_one_pixel_input_grad_with_the_largest_weight_codes():
+    """The one-pixel route sums the weights' columns in blocks of 257 rows in uint16: 600
+    output channels of code 255 (w_bits 8) cross two block boundaries at the largest sums."""
+    g = np.random.default_rng(7).integers(0, 16, (2, 600, 1, 1), dtype=np.uint8)
+    wc = np.full((600, 2, 3, 3), 255, np.uint8)
+    want = R.conv_input_grad_codes(g, np.ones(2, np.float32), 4, wc, 1.0, 8, 1, 0, (3, 3))
+    assert np.array_equal(T.input_grad_codes(g, 4, wc, 8, 1, 0, (3, 3)), want.d)
 
 
 def test_entry_points_refuse_a_wrong_geometry():

@@ -225,6 +225,23 @@ def test_pack_weights_matches_reference_layout(kernel, shape, bits):
     np.testing.assert_array_equal(conv, expected)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_weights_packed_without_bit_planes_pack_them_at_first_use(kernel):
+    """pack_weights(..., planes=False) (the training's one-call weights) leaves the bit planes
+    out; a popcount kernel packs them from the codes at its first call, the same words."""
+    x, w, expected = case(SHAPES[7], 2, 3)
+    got = K.pack_weights(w, 3, planes=False)
+    assert got.words is None
+    with K.use_kernel(kernel):
+        conv = K.bitconv2d_packed(x, got, 2, SHAPES[7][6], SHAPES[7][7])
+    np.testing.assert_array_equal(conv, expected)
+    planes = got.layouts.get("bitplanes")
+    if planes is not None:
+        np.testing.assert_array_equal(planes, R.pack_weights(w, 3).words)
+    with pytest.raises(ValueError, match="codes must be unsigned ints below 2"):
+        K.pack_weights(w | 8, 3, planes=False)
+
+
 # Rows wider than 16 pixels (the int8 packer transposes 16 channels x 16 pixels at a time, with
 # a partial last block), over whole and partial 16-channel blocks.
 WIDE_SHAPES = [(2, 48, 3, 37, 20, 3, 1, 1), (1, 33, 3, 18, 8, 3, 2, 0)]

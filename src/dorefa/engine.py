@@ -168,7 +168,12 @@ class _IntConvFn(torch.autograd.Function):
         p, s = _weights(module)
         threads = torch.get_num_threads()
         d = bitconv2d_signed(
-            q, pack_weights(p, layer.w_bits), layer.a_bits, layer.stride, layer.padding, threads
+            q,
+            pack_weights(p, layer.w_bits, planes=False),
+            layer.a_bits,
+            layer.stride,
+            layer.padding,
+            threads,
         )
         n_a = (1 << layer.a_bits) - 1
         ctx.layer, ctx.q, ctx.p, ctx.s, ctx.threads = layer, q, p, s, threads

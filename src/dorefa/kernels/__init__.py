@@ -86,9 +86,11 @@ __all__ = [
 ]
 
 
-def pack_weights(w_codes: np.ndarray, w_bits: int) -> PackedWeights:
+def pack_weights(w_codes: np.ndarray, w_bits: int, planes: bool = True) -> PackedWeights:
     """Validates and packs weight codes (O, C, KH, KW) once, for the ``*_packed`` calls and
-    :func:`prepare_conv` (with the packer of the kernel in use)."""
+    :func:`prepare_conv` (with the packer of the kernel in use). ``planes=False`` leaves the
+    bit planes to the first call that runs a popcount kernel (weights packed for one call, as in
+    training, where the layer's kernel mostly reads another layout)."""
     kernel = _current_kernel()
     if _native is None or kernel == _REFERENCE:
         return reference.pack_weights(w_codes, w_bits)
@@ -99,7 +101,11 @@ def pack_weights(w_codes: np.ndarray, w_bits: int) -> PackedWeights:
     # The bit-plane words always (with the default kernel's packer when `kernel` reads another
     # layout); that other layout too, now rather than at the first call.
     bitplanes = selection.weight_layout(kernel) == "bitplanes"
-    words = _native.pack_weights(w, w_bits, kernel if bitplanes else "")  # checks the codes
+    if planes:
+        words = _native.pack_weights(w, w_bits, kernel if bitplanes else "")  # checks the codes
+    else:
+        words = None
+        reference.check_code_range("w_codes", w, w_bits)
     codes = w.copy()
     codes.flags.writeable = False
     pw = PackedWeights(codes, w_bits, words)

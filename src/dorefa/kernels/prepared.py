@@ -63,14 +63,15 @@ def weight_words(pw: PackedWeights, kernel: str, fields: bool = False) -> np.nda
     """The packed weights native ``kernel`` reads: ``pw.words`` (bit planes, the popcount
     kernels), with ``fields`` the same planes in dense-field order (the codes as (O, KH * KW
     * C, 1, 1)), or another layout (the int8 kernels: ``csrc/int8conv.h``); all but
-    ``pw.words`` packed from ``pw.codes`` at their first use and kept in ``pw.layouts``."""
+    ``pw.words`` (and those too where :func:`dorefa.kernels.pack_weights` left them out) packed
+    from ``pw.codes`` at their first use and kept in ``pw.layouts``."""
     layout = selection.weight_layout(kernel)
-    if layout == "bitplanes" and not fields:
+    if layout == "bitplanes" and not fields and pw.words is not None:
         return pw.words
-    key = "fields" if layout == "bitplanes" else layout
+    key = ("fields" if fields else "bitplanes") if layout == "bitplanes" else layout
     words = pw.layouts.get(key)
     if words is None:
-        codes = pw.codes
+        codes = pw.codes  # "bitplanes": pack_weights(..., planes=False) left them to now
         if key == "fields":
             o, c, kh, kw = pw.shape
             codes = np.ascontiguousarray(codes.transpose(0, 2, 3, 1).reshape(o, kh * kw * c, 1, 1))

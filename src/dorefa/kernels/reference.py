@@ -37,14 +37,15 @@ class PackedWeights:
     ``codes``: uint8 (O, C, KH, KW), read-only copy (what the reference computes with).
     ``words``: uint64 (ceil(O/8), bits, KH*KW*ceil(C/64), 8): bit plane k of output channel
     ``o = 8*b + lane`` at ``words[b, k, (kh*KW + kw)*CW + c//64, lane]``, bit ``c % 64``
-    (what the native popcount kernels compute with).
+    (what the native popcount kernels compute with); None where
+    ``dorefa.kernels.pack_weights(..., planes=False)`` left them to the first popcount call.
     ``layouts``: the other layouts of native kernels (e.g. ``'int8'``), made from ``codes`` at
     their first use and kept (:func:`dorefa.kernels.weight_words`).
     """
 
     codes: np.ndarray
     bits: int
-    words: np.ndarray
+    words: np.ndarray | None
     shape: tuple[int, int, int, int] = field(init=False)  # (O, C, KH, KW)
     layouts: dict = field(init=False, default_factory=dict, repr=False)
 

@@ -119,18 +119,20 @@ def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, thre
 def _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads):
     """K1, K2 as forward convolutions (checked uint8 operands, ``hw`` the input's size)."""
     kernel = w_codes.shape[2:]
-    ones = np.ones((1,) + c.shape[1:], np.uint8)
     if c.shape[2:] == (1, 1) and padding == 0 and hw == kernel:
         # One output pixel whose window is the whole input: dx[c, y, x] = sum_o g[o] w[o, c, y, x],
         # a 1x1 convolution with the weights' (C, KH, KW) as output channels.
+        # K2 (the same on ones) = sum_o (2 w[o, k] - n_w): the weights' column sums.
         o = w_codes.shape[0]
         wt = _transposed(w_codes.reshape(o, -1)).reshape(-1, o, 1, 1)
-        pw = pack_weights(wt, w_bits)
+        pw = pack_weights(wt, w_bits, planes=False)
         k1 = bitconv2d_signed(c, pw, g_bits, 1, 0, threads).reshape((len(c), -1) + hw)
-        k2 = bitconv2d_signed(ones, pw, 1, 1, 0, threads).reshape((1, -1) + hw)
+        sums = _column_sums(w_codes.reshape(o, -1))
+        k2 = (2 * sums - ((1 << w_bits) - 1) * o).astype(np.int32).reshape((1, -1) + hw)
     else:
+        ones = np.ones((1,) + c.shape[1:], np.uint8)
         flipped = np.ascontiguousarray(w_codes[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), np.uint8)
-        pw = pack_weights(flipped, w_bits)
+        pw = pack_weights(flipped, w_bits, planes=False)
         if stride == 1 and kernel[0] == kernel[1] and padding <= kernel[0] - 1:
             # scattering with stride 1 is zero padding by K - 1 - padding: the kernel pads
             pad = kernel[0] - 1 - padding
@@ -142,6 +144,15 @@ def _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads):
             k2 = bitconv2d_signed(_scatter(ones, kernel, stride, padding, hw), pw, 1, 1, 0,
                                   threads)  # fmt: skip
     return k1, k2
+
+
+def _column_sums(a: np.ndarray) -> np.ndarray:
+    """The sums over the rows of a uint8 matrix, int64: blocks of 257 rows summed in uint16
+    (257 x 255 < 2**16; numpy's fastest reduction of the kinds tried, ~4x int64), then added."""
+    out = np.zeros(a.shape[1], np.int64)
+    for i in range(0, a.shape[0], 257):
+        out += np.add.reduce(a[i : i + 257], axis=0, dtype=np.uint16)
+    return out
 
 
 def _transposed(a: np.ndarray) -> np.ndarray:
