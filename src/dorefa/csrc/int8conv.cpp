@@ -228,9 +228,6 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
     for (int p = 0; p < np; ++p) k.order[p] = static_cast<uint8_t>(p);
     return;
   }
-  auto inside = [&](int64_t at, int64_t size, int32_t taps, int32_t* t0, int32_t* t1) {
-    TapsInside(at, size, g.pad, taps, t0, t1);
-  };
   // Output columns [x0, x1) have every column tap inside the image.
   const int64_t x0 = std::min(g.ow, (g.pad + g.stride - 1) / g.stride);
   const int64_t last = g.w + g.pad - g.kw;  // the last such column starts at <= last
@@ -245,7 +242,7 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
   for (int p = 0; p < np;) {  // the pixels along one output row
     const int n = static_cast<int>(std::min<int64_t>(np - p, g.ow - ox));
     FieldTaps t;
-    inside(oy * g.stride, g.h, kh, &t.r0, &t.r1);
+    TapsInside(oy * g.stride, g.h, g.pad, kh, &t.r0, &t.r1);
     for (int i = 0; i < n;) {
       const int64_t x = ox + i;
       int m = 1;  // pixels of this class from x on: the inside columns at once
@@ -253,7 +250,7 @@ void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) 
         t.k0 = 0, t.k1 = kw;
         m = static_cast<int>(std::min<int64_t>(n - i, x1 - x));
       } else {
-        inside(x * g.stride, g.w, kw, &t.k0, &t.k1);
+        TapsInside(x * g.stride, g.w, g.pad, kw, &t.k0, &t.k1);
       }
       int c = 0;
       while (c < k.count && !(k.taps[c] == t)) ++c;
