@@ -98,8 +98,8 @@ def pack_weights(w_codes: np.ndarray, w_bits: int, planes: bool = True) -> Packe
     w_bits = reference.check_bits("w_bits", w_bits)
     if min(w.shape) < 1:
         raise ValueError(f"w_codes must have no empty dimension, got shape {w.shape}")
-    # The bit-plane words always (with the default kernel's packer when `kernel` reads another
-    # layout); that other layout too, now rather than at the first call.
+    # The bit-plane words unless `planes` is False (with the default kernel's packer when
+    # `kernel` reads another layout); that other layout too, now rather than at the first call.
     bitplanes = selection.weight_layout(kernel) == "bitplanes"
     if planes:
         words = _native.pack_weights(w, w_bits, kernel if bitplanes else "")  # checks the codes
