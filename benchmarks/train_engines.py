@@ -121,7 +121,8 @@ def _products(c, o, k, pad, h, n, threads, rng):
     gf = torch.from_numpy(g.astype(np.float32) / 31.5 - 1)
     return {
         "forward": (
-            lambda: bitconv2d_signed(q, pack_weights(p, 1), 2, 1, pad, threads),
+            # the step's weights packed as the int engine packs them (engine.py)
+            lambda: bitconv2d_signed(q, pack_weights(p, 1, planes=False), 2, 1, pad, threads),
             lambda: F.conv2d(xf, wf, padding=pad),
         ),
         "input grad": (
