@@ -317,10 +317,7 @@ void StartTable::Build(const Int8Conv& c) {
   int32_t* init = init_.Get(taps_.size() * static_cast<size_t>(lanes_));
   rows_ = init;
   for (size_t i = 0; i < taps_.size(); ++i)
-    for (int64_t ob = 0; ob < c.q.ob; ob += 4) {
-      const int nb = static_cast<int>(std::min<int64_t>(4, c.q.ob - ob));
-      StartSums(c, taps_[i], ob, nb, init + static_cast<int64_t>(i) * lanes_ + ob * kInt8Lanes);
-    }
+    StartSums(c, taps_[i], 0, static_cast<int>(c.q.ob), init + static_cast<int64_t>(i) * lanes_);
 }
 
 // Sum of the activation codes over the receptive field of output (n, oy, ox).

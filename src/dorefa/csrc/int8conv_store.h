@@ -57,17 +57,18 @@ inline void StoreRun32(int32_t* dst, __m256i v, int np) {
   if (np & 1) *dst = _mm_cvtsi128_si32(part);
 }
 
+// A channel's run of np outputs (StoreRun32) and, with prefetch, a fetch of its line
+// kPrefetchInt32 outputs on.
+inline void StoreChannelRun(int32_t* dst, __m256i v, int np, bool prefetch) {
+  StoreRun32(dst, v, np);
+  if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(dst + kPrefetchInt32), _MM_HINT_T1);
+}
+
 // v[p][l] (p < 8, l < 16) -> dst[l * stride + p] for p < np, l < lanes: per 8 lanes an 8 x 8
-// transpose (unpack 32, unpack 64, 128-bit halves), then one run per lane, and with prefetch
-// the line kPrefetchInt32 outputs on.
-template <bool kPrefetch>
-void TransposeStore32(const int32_t (*v)[kInt8Lanes], int np, int32_t* dst, int64_t stride,
-                      int64_t lanes) {
-  auto run = [&](int64_t l, __m256i r) {
-    StoreRun32(dst + l * stride, r, np);
-    if constexpr (kPrefetch)
-      _mm_prefetch(reinterpret_cast<const char*>(dst + l * stride + kPrefetchInt32), _MM_HINT_T1);
-  };
+// transpose (unpack 32, unpack 64, 128-bit halves), then one StoreChannelRun per lane.
+inline void TransposeStore32(const int32_t (*v)[kInt8Lanes], int np, int32_t* dst, int64_t stride,
+                             int64_t lanes, bool prefetch) {
+  auto run = [&](int64_t l, __m256i r) { StoreChannelRun(dst + l * stride, r, np, prefetch); };
   for (int h = 0; h < 2 && 8 * h < lanes; ++h) {
     __m256i r[8], t[8], u[8];
     for (int p = 0; p < 8; ++p)
@@ -115,10 +116,7 @@ inline void StoreInt32Ymm(const Int8Conv& c, int64_t o0, const int32_t* raw, int
       _mm256_store_si256(reinterpret_cast<__m256i*>(v[p] + 8 * h), d);
     }
   }
-  if (c.prefetch)
-    TransposeStore32<true>(v, run, dst, stride, lanes);
-  else
-    TransposeStore32<false>(v, run, dst, stride, lanes);
+  TransposeStore32(v, run, dst, stride, lanes, c.prefetch);
 }
 
 // Codes of the block at channel o0 for np pixels to dst[lane * stride + p]. Pixel p's code

@@ -53,10 +53,7 @@ struct VnniStore {
     const __m512i quarters01 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i quarters23 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
     auto run_of = [&](int64_t l, __m256i v) {
-      if (l >= lanes) return;
-      StoreRun32(dst + l * stride, v, run);
-      if (c.prefetch)
-        _mm_prefetch(reinterpret_cast<const char*>(dst + l * stride + kPrefetchInt32), _MM_HINT_T1);
+      if (l < lanes) StoreChannelRun(dst + l * stride, v, run, c.prefetch);
     };
     for (int j = 0; j < 4; ++j) {
       const __m512i a = _mm512_permutex2var_epi64(u[j], quarters01, u[j + 4]);  // lanes j, 4 + j
