@@ -9,6 +9,9 @@ the torch engine rounds its operands (f_w, f_g values: a few roundings each, wit
 most K * 2**-24 of the sum of absolute values, blocked sums do better). So
 ``|int - torch| <= (K + 10) * 2**-24 * B``, B the same product on absolute values, K the number
 of terms of one output (C*KH*KW forward, O*KH*KW input gradient, N*H'*W' weight gradient).
+The weight gradient's scales sit on an integer grid (reference_grad.grid_scales: each within
+``M / (2Q)`` of m_b, M the batch's largest, Q = 2**24 - 1), which adds ``M / (2Q) * sum |f_a|``
+over a weight's terms.
 """
 
 from __future__ import annotations
@@ -132,6 +135,63 @@ def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
                 name, g, a, bits[2], bits[1], k, k, stride, padding, threads, scale
             )
             assert np.array_equal(dw.reshape(o, c, k, k), R.scaled_batch_sum(scale, want.s))
+
+
+# one output pixel: (N, C, H, W, O, K, stride, padding), sizes off the digit tile's 4 samples,
+# 4 channels and 32 columns; a padded window (the gathered columns); 130 samples
+ONE_PIXEL = [
+    (1, 1, 1, 1, 1, 1, 1, 0),
+    (5, 3, 5, 5, 17, 5, 1, 0),
+    (13, 40, 1, 1, 70, 1, 1, 0),
+    (6, 7, 3, 3, 9, 5, 1, 1),
+    (130, 33, 2, 2, 35, 2, 1, 0),
+]
+
+
+@pytest.mark.parametrize("name", WGRAD)
+@pytest.mark.parametrize("geometry", ONE_PIXEL)
+@pytest.mark.parametrize(
+    "bits", [(1, 1, 6), (1, 2, 6), (1, 3, 7), (1, 4, 6), (1, 5, 6), (1, 2, 1), (1, 8, 7), (1, 2, 8)]
+)
+@pytest.mark.parametrize("codes", ["random", "extreme"])
+def test_one_pixel_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
+    """One output pixel with training's integer scales (reference_grad.grid_scales), where the
+    VNNI kernel sums the batch by the scales' digits in int8 multiply-adds (wgrad_digits.h:
+    A = 1..4 take 3..6 digits; A >= 5 and G = 8 other routes): equal to the spec's float64
+    batch-order sum bit for bit at 1-3 threads, with a zero scale, the largest (Q) and, for
+    "extreme", every gradient code at 0 or n_g and every activation at n_a (the largest digit
+    products and sums)."""
+    n, c, h, w, o, k, stride, padding = geometry
+    _, ab, gb = bits
+    g, m, _, a = _operands(geometry, bits, seed=11 + n)
+    m[0] = 0.0
+    if codes == "extreme":
+        g[:] = np.where(np.arange(o) % 3 == 0, 0, (1 << gb) - 1)[None, :, None, None]
+        a[:] = (1 << ab) - 1
+        m[1:] = 1.0
+    want = R.conv_weight_grad_codes(g, m, gb, a, ab, stride, padding, (k, k))
+    assert want.scale[0] == 0 and (n == 1 or want.scale.max() == R.GRID)
+    for threads in (1, 2, 3):
+        args = (name, g, a, gb, ab, k, k, stride, padding, threads, want.scale)
+        dw = K._native.weight_grad(*args)
+        assert np.array_equal(dw.reshape(o, c, k, k), R.scaled_batch_sum(want.scale, want.s))
+        dw32 = K._native.weight_grad(*args, want.divisor)
+        want32 = R.weight_grad_float(want).astype(np.float32)
+        assert np.array_equal(dw32.reshape(o, c, k, k), want32)
+
+
+def test_scale_grid_edges():
+    """grid_scales: the largest scale on Q, zero scales at 0, a NaN or inf anywhere makes every
+    scale NaN (so every dW is NaN), an all-zero batch gives zeros."""
+    m = np.array([0.5, 0.25, 0.0, 1e-30], np.float32)
+    q, divisor = R.grid_scales(m, 63, 3)
+    assert q.tolist() == [R.GRID, np.rint(R.GRID / 2), 0.0, 0.0]
+    assert divisor == 63 * 3 * R.GRID / 0.5
+    for bad in (np.nan, np.inf):
+        q, _ = R.grid_scales(np.array([1.0, bad], np.float32), 63, 3)
+        assert np.isnan(q).all()
+    q, divisor = R.grid_scales(np.zeros(3, np.float32), 63, 3, factor=2.0)
+    assert not q.any() and divisor == 63 * 3 / 2.0
 
 
 @pytest.mark.parametrize("name", WGRAD)
@@ -260,15 +320,22 @@ def _bounds(conv, gq, x, dy, seed):
         stride, padding = conv.stride, conv.padding
     n, o, oh, ow = g.shape
     c, kh, kw = wq.shape[1:]
+    # the weight gradient's scales on their grid (reference_grad.grid_scales): each within
+    # M / (2Q) of m_b, times the sum of |f_a| over a weight's terms
+    ones = torch.ones(g.shape, dtype=torch.float64)
+    grid = float(dy.abs().max()) / (2 * R.GRID) * conv2d_weight(x64, wq.shape, ones, stride=stride,
+                                                                 padding=padding)  # fmt: skip
     return (
-        (F.conv2d(x64, wq, stride=stride, padding=padding), c * kh * kw),
-        (conv2d_input(x64.shape, wq, g, stride=stride, padding=padding), o * kh * kw),
-        (conv2d_weight(x64, wq.shape, g, stride=stride, padding=padding), n * oh * ow),
+        (F.conv2d(x64, wq, stride=stride, padding=padding), c * kh * kw, 0.0),
+        (conv2d_input(x64.shape, wq, g, stride=stride, padding=padding), o * kh * kw, 0.0),
+        (conv2d_weight(x64, wq.shape, g, stride=stride, padding=padding), n * oh * ow, grid),
     )
 
 
-def _check_close(name, got, want, bound, terms):
-    tol = (terms + 10) * U32 * bound.reshape(want.shape) + 1e-30
+def _check_close(name, got, want, bound, terms, grid=0.0):
+    if not isinstance(grid, float):
+        grid = grid.reshape(want.shape)
+    tol = (terms + 10) * U32 * bound.reshape(want.shape) + grid + 1e-30
     err = (got.double() - want.double()).abs()
     worst = float((err / tol).max())
     assert worst <= 1.0, f"{name}: error {worst:.2f}x the float32 rounding bound"
@@ -324,10 +391,10 @@ def test_int_engine_equals_torch_engine_per_layer(model_name, bits):
         got = _products(module, gq, xin, dy, seed=5)
         set_engine(model, "torch")
         want = _products(module, gq, xin, dy, seed=5)
-        for what, g, w, (bound, terms) in zip(
+        for what, g, w, (bound, terms, grid) in zip(
             ("y", "dx", "dW"), got, want, _bounds(module, gq, xin, dy, seed=5), strict=True
         ):
-            _check_close(f"{model_name} {bits} {name} {what}", g, w, bound, terms)
+            _check_close(f"{model_name} {bits} {name} {what}", g, w, bound, terms, grid)
 
 
 @pytest.mark.parametrize("bits", TRIPLES)

@@ -163,5 +163,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(lines) or type(exc).__name__
 
 
+def exit_process(status: int) -> None:
+    """Exit with ``status``. A data-parallel worker (``distributed.launched()``: its process
+    group is already torn down) leaves by ``os._exit`` after flushing its output: gloo's
+    threads can abort the interpreter's own shutdown ("terminate called without an active
+    exception", seen once in `make test` after a run had finished and saved everything)."""
+    from . import distributed
+
+    if distributed.launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status & 0xFF)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

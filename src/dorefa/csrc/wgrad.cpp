@@ -177,6 +177,7 @@ void RunTile(const WgradKernel& k, const WgradGeom& g, const Packed& pk, int32_t
     }
   }
   if (out.s != nullptr) return;
+  out.Divide(acc.data(), (o_end - o_begin) * width);
   for (int64_t o = o_begin; o < o_end; ++o)
     out.Write(o * g.K() + k0, acc.data() + (o - o_begin) * width, cols);
 }

@@ -91,11 +91,18 @@ struct WgradOutput {
   double* dw = nullptr;
   float* dw32 = nullptr;
   double divisor = 1.0;
-  // Writes the outputs index .. index + n - 1 from the batch sums v[0], v[step], ...
+  // dw32 mode: the spec's division v[j] = v[j] / divisor, in place over n contiguous sums (one
+  // loop the compiler vectorizes: the same IEEE division per element); a no-op in dw mode.
+  void Divide(double* v, int64_t n) const {
+    if (dw32 == nullptr) return;
+    for (int64_t j = 0; j < n; ++j) v[j] = v[j] / divisor;
+  }
+  // Writes the outputs index .. index + n - 1 from the batch sums v[0], v[step], ... after
+  // Divide: dw32 = float(v) (the spec's one rounding), or dw = v.
   void Write(int64_t index, const double* v, int64_t n, int64_t step = 1) const {
     for (int64_t j = 0; j < n; ++j) {
       if (dw32 != nullptr) {
-        dw32[index + j] = static_cast<float>(v[j * step] / divisor);
+        dw32[index + j] = static_cast<float>(v[j * step]);
       } else {
         dw[index + j] = v[j * step];
       }

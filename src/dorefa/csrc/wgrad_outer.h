@@ -109,6 +109,7 @@ uint32_t WeightGradOuterWith(const WgradGeom& g, const uint8_t* c, const uint8_t
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o0 = (t % row_tiles) * kRows, k0 = (t / row_tiles) * kCols;
       OuterTile<Isa>(a.data() + o0 * g.n, xd.data() + k0 * g.n, g.n, acc);
+      out.Divide(acc, kRows * kCols);
       const int64_t rows = std::min<int64_t>(kRows, g.o - o0);
       const int64_t cols = std::min<int64_t>(kCols, g.K() - k0);
       for (int64_t r = 0; r < rows; ++r) out.Write((o0 + r) * g.K() + k0, acc + r * kCols, cols);

@@ -32,13 +32,22 @@ the borders and between strides).
 Weight gradient (a correlation of f_g(dy) with f_a(x) over batch and output pixels; ``U`` sums
 over the output pixels of one sample, ``q`` zero-padded with code 0)::
 
-    dW  = (sum_b m_b * S_b) / (n_g n_a),
+    dW  = sum_b m_b S_b / (n_g n_a),
     S_b = sum_pixels (2c - n_g) q = 2 U(c, q) - n_g U(1, q).
 
 ``S_b`` is an exact integer per sample; the per-sample scale forbids summing codes over the batch
-before scaling, so the batch sum is a float64 sum of ``m_b * S_b`` in order b = 0, 1, ..., then
-one division. ``m_b`` is a float32 value (24 significant bits), so each term ``m_b * S_b`` is
-exact in float64 while ``|S_b| < 2**29``: a kernel may add it with one FMA.
+before scaling. The scales are put on an integer grid set by the batch's largest, ``M = max_b
+m_b`` (:func:`grid_scales`)::
+
+    q_b = rint(m_b Q / M)  in 0..Q,  Q = 2**24 - 1,
+    dW  = (sum_b q_b S_b) / divisor,  divisor = (n_g n_a) Q / M,
+
+the batch sum a float64 sum of ``q_b * S_b`` in order b = 0, 1, ..., then one division. The
+grid moves each scale by at most ``M / (2Q)`` (as a float32 rounding of the largest scale), and
+makes every term an integer: ``q_b * S_b`` is exact in float64 while ``|S_b| < 2**29`` (a
+kernel may add it with one FMA), and while ``N Q max|S_b| < 2**53`` every partial sum is an exact
+integer, so the sum does not depend on its order (a one-pixel layer's kernels sum it in int8
+multiply-adds, digit by digit). A NaN or inf scale (a NaN or inf in dy) makes every dW NaN.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ __all__ = [
     "conv_weight_grad_codes",
     "weight_grad_float",
     "scaled_batch_sum",
+    "grid_scales",
+    "GRID",
 ]
 
 
@@ -238,17 +249,35 @@ def input_grad_float(parts: InputGrad) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- weight gradient
+GRID = 2**24 - 1  # Q: the weight gradient's integer grid of per-sample scales
+
+
+def grid_scales(m: np.ndarray, n_g: int, n_a: int, factor: float = 1.0) -> tuple[np.ndarray, float]:
+    """``(q, divisor)`` of the weight gradient (module docstring): ``q`` float64 (N,) =
+    ``rint(float64(m_b) * Q / M)``, ``divisor = ((n_g * n_a / factor) * Q) / M``, float64 steps
+    in that order; ``factor`` scales the layer's input (a Dropout's 1 / (1 - p)). ``M = 0``: q = 0
+    and divisor ``n_g n_a / factor``; a non-finite ``M``: q = NaN."""
+    m64 = np.asarray(m, np.float32).astype(np.float64).reshape(-1)
+    base = n_g * n_a / factor
+    top = float(m64.max()) if m64.size else 0.0
+    if not np.isfinite(top):
+        return np.full_like(m64, np.nan), base
+    if top == 0.0:
+        return np.zeros_like(m64), base
+    return np.rint(m64 * GRID / top), base * GRID / top
+
+
 @dataclass(frozen=True)
 class WeightGrad:
     """``dW = (sum_b scale[b] * s[b]) / divisor``; ``s = 2 u_cq - n_g u_1q`` int64 (N, O, C, KH,
-    KW) with ``u_cq`` (N, O, C, KH, KW), ``u_1q`` (N, 1, C, KH, KW); ``scale`` float64 (N,) =
-    ``float64(m_b)``; ``divisor = n_g * n_a``."""
+    KW) with ``u_cq`` (N, O, C, KH, KW), ``u_1q`` (N, 1, C, KH, KW); ``scale`` float64 (N,) and
+    ``divisor`` from :func:`grid_scales`."""
 
     u_cq: np.ndarray
     u_1q: np.ndarray
     s: np.ndarray
     scale: np.ndarray
-    divisor: int
+    divisor: float
 
 
 def conv_weight_grad_codes(
@@ -260,11 +289,13 @@ def conv_weight_grad_codes(
     stride: int,
     padding: int,
     kernel: tuple[int, int],
+    factor: float = 1.0,
 ) -> WeightGrad:
     """The weight gradient of a convolution as per-sample integer correlations of codes.
 
     ``c`` uint8 (N, O, H', W') and ``m`` (N,) from :func:`gradient_codes`; ``a_codes`` uint8
-    (N, C, H, W) the forward input's activation codes; ``kernel`` (KH, KW). Per sample b,
+    (N, C, H, W) the forward input's activation codes (the layer's input is ``a_codes * factor /
+    n_a``); ``kernel`` (KH, KW). Per sample b,
     ``U(c, q)[o, ci, kh, kw] = sum_{i, j} c[o, i, j] q_pad[ci, i*stride + kh, j*stride + kw]``.
     """
     ng = (1 << check_bits("g_bits", g_bits)) - 1
@@ -281,13 +312,13 @@ def conv_weight_grad_codes(
     u_cq = np.einsum("nohw,nchwij->nocij", cc, win)
     u_1q = win.sum(axis=(2, 3))[:, None]
     s = 2 * u_cq - ng * u_1q
-    scale = np.asarray(m, np.float32).astype(np.float64)
-    return WeightGrad(u_cq, u_1q, s, scale, ng * na)
+    scale, divisor = grid_scales(m, ng, na, factor)
+    return WeightGrad(u_cq, u_1q, s, scale, divisor)
 
 
 def weight_grad_float(parts: WeightGrad) -> np.ndarray:
-    """dW in float64 (O, C, KH, KW): :func:`scaled_batch_sum` of the parts, then divided by
-    ``n_g n_a`` (one rounding)."""
+    """dW in float64 (O, C, KH, KW): :func:`scaled_batch_sum` of the parts, then divided by the
+    divisor (one rounding)."""
     return scaled_batch_sum(parts.scale, parts.s) / parts.divisor
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
 from .reference import check_bits
-from .reference_grad import check_geometry, scaled_batch_sum
+from .reference_grad import check_geometry, grid_scales, scaled_batch_sum
 from .selection import REFERENCE
 
 __all__ = [
@@ -312,15 +312,14 @@ def conv_weight_grad(
     threads: int = 1,
     factor: float = 1.0,
 ) -> np.ndarray:
-    """dW float32 (O, C, KH, KW): the spec's ``weight_grad_float`` (``sum_b m_b S_b`` in
-    float64, batch order, divided by ``n_g n_a``) rounded once to float32. ``factor``: the
-    layer's input is ``a_codes * factor / n_a`` (a Dropout's 1 / (1 - p)); the divisor is then
-    ``n_g n_a / factor``."""
+    """dW float32 (O, C, KH, KW): the spec's ``weight_grad_float`` (``sum_b q_b S_b`` in
+    float64, batch order, divided by ``n_g n_a Q / M``: the scales on the integer grid of
+    ``reference_grad.grid_scales``) rounded once to float32. ``factor``: the layer's input is
+    ``a_codes * factor / n_a`` (a Dropout's 1 / (1 - p))."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     na = (1 << check_bits("a_bits", a_bits)) - 1
-    scale = np.asarray(m, np.float32).astype(np.float64)
+    scale, divisor = grid_scales(m, ng, na, factor)
     args = (c, g_bits, a_codes, a_bits, stride, padding, kernel)
-    divisor = ng * na / factor
     dw = _weight_grad(*args, threads, scale, divisor)
     if dw is None:  # _weight_grad said why (and warned once): the spec's sums
         dw = (scaled_batch_sum(scale, _spec_sums(*args)) / divisor).astype(np.float32)

@@ -1,0 +1,108 @@
+// Weight gradient of a layer with one output pixel (P = 1: the last conv of a network, a linear
+// layer) whose batch scales are integers, as int8 multiply-adds over the batch; the driver
+// shared by the AVX-512 and AVX2 files (wgrad.h has the sums, wgrad_outer.h the float64 route):
+//
+//   dW[o, k] = sum_b q_b S_b[o, k],   S_b[o, k] = g_b[o] X_b[k],   g = 2c - n_g.
+//
+// Training's scales are integers: q_b = rint(m_b Q / max m) in 0..Q, Q = 2^24 - 1
+// (reference_grad.grid_scales). When every q_b is an integer in [0, 2^24) and
+// N max(q) n_g n_a < 2^53, every partial sum of the spec's float64 batch-order sum is an exact
+// integer, so the sum does not depend on its order and any exact integer evaluation equals it
+// bit for bit. Write q_b in base beta, digits d_bj (j < D), with (beta - 1) n_a <= xmax, the
+// largest unsigned operand the ISA's tile takes (255; AVX2 with G = 7: 127, its int16 pair sums):
+//
+//   dW[o, k] = sum_j beta^j T_j[o, k],   T_j[o, k] = sum_b g_b[o] (d_bj X_b[k]).
+//
+// The tiles run T_j with the columns k in the vector lanes (16 in a zmm) and 4 samples in each
+// lane's bytes: VPDPBUSD of the packed u8 operand d_bj X_b[k] and a broadcast of 4 samples'
+// s8 gradient factors of one channel o; beta^j T_j (exact integers below 2^53) is added to
+// float64 sums in registers, so a channel's row of dW leaves the tile as whole vectors. The
+// batch sum runs at the multiply-add instruction's rate, D times over (A = 1: 3 digits, A = 2:
+// 4, A = 4: 6), instead of one float64 FMA per (sample, output).
+//
+// Internal linkage for the same reason as wgrad_direct.h.
+#ifndef DOREFA_CSRC_WGRAD_DIGITS_H_
+#define DOREFA_CSRC_WGRAD_DIGITS_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "buffers.h"
+#include "byte_transpose.h"
+#include "wgrad.h"
+#include "wgrad_direct.h"
+
+namespace dorefa {
+namespace {  // NOLINT(build/namespaces): one copy per ISA
+
+// More digits than this: the float64 outer-product sum is as fast (8 float64 FMAs a cycle
+// against 64 / D int8 multiply-adds).
+constexpr int kMaxDigits = 6;
+
+struct DigitPlan {
+  int digits = 0;    // D (0: the route does not apply)
+  int64_t base = 0;  // beta: (beta - 1) n_a <= 255
+};
+
+// The plan, or digits = 0 when the route does not apply: P = 1, dW mode, integer scales in
+// [0, 2^24), exact partial sums (N max(q) n_g n_a < 2^53), g an int8 (n_g <= 127), each T_j
+// within int32 (N n_g 255 < 2^31), and D <= kMaxDigits.
+inline DigitPlan PlanDigits(const WgradGeom& g, const WgradOutput& out) {
+  DigitPlan plan;
+  const int64_t ng = (int64_t{1} << g.g_bits) - 1, na = (int64_t{1} << g.a_bits) - 1;
+  if (g.P() != 1 || out.s != nullptr || g.n == 0 || ng > 127 || g.n * ng * 255 >= (1LL << 31))
+    return plan;
+  double top = 0.0;
+  for (int64_t b = 0; b < g.n; ++b) {
+    const double q = out.scale[b];
+    if (!(q >= 0.0 && q < 16777216.0) || q != std::floor(q)) return plan;
+    top = std::max(top, q);
+  }
+  if (static_cast<double>(g.n) * top * static_cast<double>(ng * na) >= 9007199254740992.0)
+    return plan;
+  const int64_t base = 255 / na + 1;
+  int digits = 1;
+  for (double reach = static_cast<double>(base); reach <= top; reach *= static_cast<double>(base))
+    ++digits;
+  if (base < 2 || digits > kMaxDigits) return plan;
+  plan.digits = digits, plan.base = base;
+  return plan;
+}
+
+// The one-pixel layer's X (N, K) transposed: xt (K, N). X_b[k] = x_b[ci, r - padding,
+// t - padding], 0 outside; x_b itself when the window is the whole unpadded input.
+inline void OnePixelColumns(const WgradGeom& g, const uint8_t* x, uint8_t* xt) {
+  const int64_t n = g.n, k_count = g.K();
+  if (g.padding == 0 && g.kh == g.h && g.kw == g.w) return TransposeBytes(x, n, k_count, xt);
+  PoolScratch<uint8_t> gathered(static_cast<size_t>(n * k_count));
+  uint8_t* dst = gathered.data();
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t ci = 0, k = 0; ci < g.c; ++ci)
+      for (int64_t r = 0; r < g.kh; ++r)
+        for (int64_t t = 0; t < g.kw; ++t, ++k) {
+          const int64_t iy = r - g.padding, ix = t - g.padding;
+          const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+          dst[b * k_count + k] = inside ? x[((b * g.c + ci) * g.h + iy) * g.w + ix] : 0;
+        }
+  TransposeBytes(dst, n, k_count, xt);
+}
+
+// The digits of the scales: d[j * n + b] = digit j of q_b in base beta.
+inline std::vector<uint8_t> ScaleDigits(const WgradGeom& g, const DigitPlan& plan,
+                                        const WgradOutput& out) {
+  std::vector<uint8_t> d(static_cast<size_t>(plan.digits * g.n));
+  for (int64_t b = 0; b < g.n; ++b) {
+    auto q = static_cast<int64_t>(out.scale[b]);
+    for (int64_t j = 0; j < plan.digits; ++j, q /= plan.base)
+      d[j * g.n + b] = static_cast<uint8_t>(q % plan.base);
+  }
+  return d;
+}
+
+}  // namespace
+}  // namespace dorefa
+
+#endif  // DOREFA_CSRC_WGRAD_DIGITS_H_
