@@ -169,49 +169,64 @@ struct VnniDigits {
       for (int64_t j = 0; j < count; ++j) _mm512_storeu_si512(dst + (q0 + j) * 64, r[j]);
     }
   }
-  // acc[r][16 v + lane] = sum_j weight[j] T_j for channels o0 + r, columns of vectors kv0 + v:
-  // gt the gradient factors [O][nq 4] (s8, 0 past N), xv the packed operands of all digits.
+  // dW rows o0 .. o0 + rows - 1, columns 16 kv0 .. 16 kv0 + cols - 1: sum_j weight[j] T_j over
+  // gt, the gradient factors [O][nq 4] (s8, 0 past N), and xv, the packed operands of all
+  // digits; written as out.Write would (divided, rounded to float32 in dw32 mode), from the
+  // registers.
   static void Tile(const int8_t* gt, const uint8_t* xv, int64_t nq, int64_t digit_bytes, int digits,
-                   const double* weight, int64_t o0, int64_t kv0, double* out) {
+                   const double* weight, int64_t o0, int64_t kv0, int64_t rows, int64_t cols,
+                   int64_t k_count, const WgradOutput& out) {
     __m512d acc[kRows][kVecs][2];
-    DOREFA_UNROLL
-    for (int r = 0; r < kRows; ++r) DOREFA_UNROLL
-    for (int v = 0; v < kVecs; ++v) acc[r][v][0] = acc[r][v][1] = _mm512_setzero_pd();
+    DOREFA_UNROLL for (int r = 0; r < kRows; ++r) {
+      DOREFA_UNROLL for (int v = 0; v < kVecs; ++v) acc[r][v][0] = acc[r][v][1] =
+          _mm512_setzero_pd();
+    }
     const int8_t* grow = gt + o0 * nq * 4;
     for (int j = 0; j < digits; ++j) {
       const uint8_t* xj = xv + j * digit_bytes + kv0 * nq * 64;
       __m512i s[kRows][kVecs];
-      DOREFA_UNROLL
-      for (int r = 0; r < kRows; ++r) DOREFA_UNROLL
-      for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_setzero_si512();
+      DOREFA_UNROLL for (int r = 0; r < kRows; ++r) {
+        DOREFA_UNROLL for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_setzero_si512();
+      }
       for (int64_t q = 0; q < nq; ++q) {
         __m512i xq[kVecs];
-        DOREFA_UNROLL
-        for (int v = 0; v < kVecs; ++v) xq[v] = _mm512_loadu_si512(xj + (v * nq + q) * 64);
-        DOREFA_UNROLL
-        for (int r = 0; r < kRows; ++r) {
+        DOREFA_UNROLL for (int v = 0; v < kVecs; ++v) xq[v] =
+            _mm512_loadu_si512(xj + (v * nq + q) * 64);
+        DOREFA_UNROLL for (int r = 0; r < kRows; ++r) {
           int32_t run;
           std::memcpy(&run, grow + r * nq * 4 + 4 * q, 4);
           const __m512i gb = _mm512_set1_epi32(run);
-          DOREFA_UNROLL
-          for (int v = 0; v < kVecs; ++v) s[r][v] = _mm512_dpbusd_epi32(s[r][v], xq[v], gb);
+          DOREFA_UNROLL for (int v = 0; v < kVecs; ++v) s[r][v] =
+              _mm512_dpbusd_epi32(s[r][v], xq[v], gb);
         }
       }
       const __m512d w = _mm512_set1_pd(weight[j]);  // w T_j and the sums: exact integers
-      DOREFA_UNROLL
-      for (int r = 0; r < kRows; ++r) DOREFA_UNROLL
-      for (int v = 0; v < kVecs; ++v) {
-        const __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(s[r][v]));
-        const __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s[r][v], 1));
-        acc[r][v][0] = _mm512_fmadd_pd(w, lo, acc[r][v][0]);
-        acc[r][v][1] = _mm512_fmadd_pd(w, hi, acc[r][v][1]);
+      DOREFA_UNROLL for (int r = 0; r < kRows; ++r) {
+        DOREFA_UNROLL for (int v = 0; v < kVecs; ++v) {
+          const __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(s[r][v]));
+          const __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s[r][v], 1));
+          acc[r][v][0] = _mm512_fmadd_pd(w, lo, acc[r][v][0]);
+          acc[r][v][1] = _mm512_fmadd_pd(w, hi, acc[r][v][1]);
+        }
       }
     }
-    DOREFA_UNROLL
-    for (int r = 0; r < kRows; ++r) DOREFA_UNROLL
-    for (int v = 0; v < kVecs; ++v) DOREFA_UNROLL
-    for (int h = 0; h < 2; ++h)
-      _mm512_storeu_pd(out + r * kVecs * 16 + v * 16 + h * 8, acc[r][v][h]);
+    const __m512d divisor = _mm512_set1_pd(out.divisor);
+    DOREFA_UNROLL for (int r = 0; r < kRows; ++r) {
+      if (r >= rows) break;
+      DOREFA_UNROLL for (int v = 0; v < kVecs; ++v) {
+        DOREFA_UNROLL for (int h = 0; h < 2; ++h) {
+          const int64_t col = v * 16 + h * 8, index = (o0 + r) * k_count + kv0 * 16 + col;
+          if (col >= cols) continue;
+          const auto m = static_cast<__mmask8>(cols - col >= 8 ? 0xFF : (1u << (cols - col)) - 1);
+          if (out.dw32 != nullptr) {  // float(v / divisor), as WgradOutput::Divide and Write
+            const __m256 f = _mm512_cvtpd_ps(_mm512_div_pd(acc[r][v][h], divisor));
+            _mm256_mask_storeu_ps(out.dw32 + index, m, f);
+          } else {
+            _mm512_mask_storeu_pd(out.dw + index, m, acc[r][v][h]);
+          }
+        }
+      }
+    }
   }
 };
 
@@ -247,16 +262,11 @@ uint32_t WeightGradDigitsVnni(const WgradGeom& g, const DigitPlan& plan, const u
     weight[static_cast<size_t>(j)] = j == 0 ? 1.0 : weight[j - 1] * static_cast<double>(plan.base);
   constexpr int64_t kWidth = T::kVecs * 16;
   ParallelForOrThrow(threads, kv_count / T::kVecs, [&](int64_t begin, int64_t end) {
-    alignas(64) double acc[T::kRows * kWidth];
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t kv0 = t * T::kVecs, k0 = kv0 * 16, cols = std::min(kWidth, k_count - k0);
-      for (int64_t o0 = 0; o0 < o_rows; o0 += T::kRows) {
-        T::Tile(gt.data(), xv.data(), nq, digit_bytes, plan.digits, weight.data(), o0, kv0, acc);
-        out.Divide(acc, T::kRows * kWidth);
-        const int64_t rows = std::min<int64_t>(T::kRows, g.o - o0);
-        for (int64_t r = 0; r < rows; ++r)
-          out.Write((o0 + r) * k_count + k0, acc + r * kWidth, cols);
-      }
+      const int64_t kv0 = t * T::kVecs, cols = std::min(kWidth, k_count - kv0 * 16);
+      for (int64_t o0 = 0; o0 < o_rows; o0 += T::kRows)
+        T::Tile(gt.data(), xv.data(), nq, digit_bytes, plan.digits, weight.data(), o0, kv0,
+                std::min<int64_t>(T::kRows, g.o - o0), cols, k_count, out);
     }
   });
   return uint32_t{OrBytes(c, n * g.o)} | uint32_t{OrBytes(x, n * g.c * g.h * g.w)} << 8;
