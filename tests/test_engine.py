@@ -78,9 +78,12 @@ def test_backward_products_equal_the_spec_on_every_kernel(kernel, geometry, bits
         s = T.weight_grad_codes(g, gb, a, ab, stride, padding, (k, k))
         dx = T.conv_input_grad(g, m, gb, wc, 0.25, wb, stride, padding, (h, w))
         dw = T.conv_weight_grad(g, m, gb, a, ab, stride, padding, (k, k))
+        dw_drop = T.conv_weight_grad(g, m, gb, a, ab, stride, padding, (k, k), factor=1 / 0.7)
     assert np.array_equal(d, want_d.d) and np.array_equal(s, want_s.s)
     assert np.array_equal(dx, R.input_grad_float(want_d).astype(np.float32))
     assert np.array_equal(dw, R.weight_grad_float(want_s).astype(np.float32))
+    drop = R.conv_weight_grad_codes(g, m, gb, a, ab, stride, padding, (k, k), factor=1 / 0.7)
+    assert np.array_equal(dw_drop, R.weight_grad_float(drop).astype(np.float32))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -113,15 +116,19 @@ WGRAD = K._native.wgrad_kernels() if K._native is not None else []
 
 
 @pytest.mark.parametrize("name", WGRAD)
-@pytest.mark.parametrize("geometry", GEOMETRIES + [(20, 5, 9, 9, 7, 3, 1, 1)])
+@pytest.mark.parametrize(
+    "geometry", GEOMETRIES + [(20, 5, 9, 9, 7, 3, 1, 1), (100, 3, 18, 18, 5, 3, 1, 1)]
+)
 @pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 8, 7), (1, 1, 1)])
 def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     """Each native weight-gradient kernel by name, both outputs (per-sample S, scaled batch
-    sum), any thread count; scales that are float32 values (training's m_b: exact terms, the
-    FMA paths may run) and scales with all 53 bits (multiply, then add). The bit triples take
+    sum), any thread count; training's integer scales (reference_grad.grid_scales), fractional
+    float32 values (exact terms, the FMA paths may run) and scales with all 53 bits (multiply,
+    then add). The bit triples take
     every route: the direct kernels (G <= 7; AVX2 only while 2 n_g n_a <= 32767, so (1,8,7)
     goes to its packed path), the packed path (G = 8), AVX2's portable fallback (G = 8 with
-    A = 8); 20 samples span several of the direct kernels' batch blocks."""
+    A = 8); 20 samples span several of the direct kernels' batch blocks; 100 samples of an
+    18 x 18 map take the direct kernels' row-first tile order."""
     n, c, h, w, o, k, stride, padding = geometry
     g, m, _, a = _operands(geometry, bits, seed=7)
     want = R.conv_weight_grad_codes(g, m, bits[2], a, bits[1], stride, padding, (k, k))
@@ -130,7 +137,7 @@ def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     for threads in (1, 2, 3):
         s = K._native.weight_grad(name, g, a, bits[2], bits[1], k, k, stride, padding, threads)
         assert np.array_equal(s.reshape(want.s.shape), want.s)
-        for scale in (want.scale, wide):
+        for scale in (want.scale, m.astype(np.float64), wide):
             dw = K._native.weight_grad(
                 name, g, a, bits[2], bits[1], k, k, stride, padding, threads, scale
             )
@@ -155,29 +162,55 @@ ONE_PIXEL = [
 )
 @pytest.mark.parametrize("codes", ["random", "extreme"])
 def test_one_pixel_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
-    """One output pixel with training's integer scales (reference_grad.grid_scales), where the
-    VNNI kernel sums the batch by the scales' digits in int8 multiply-adds (wgrad_digits.h:
-    A = 1..4 take 3..6 digits; A >= 5 and G = 8 other routes): equal to the spec's float64
-    batch-order sum bit for bit at 1-3 threads, with a zero scale, the largest (Q) and, for
-    "extreme", every gradient code at 0 or n_g and every activation at n_a (the largest digit
-    products and sums)."""
+    """One output pixel with training's integer scales (reference_grad.grid_scales), where
+    `wgrad-vnni` sums the batch by the scales' digits in int8 multiply-adds (wgrad_digits.h:
+    A = 1..4 take 3..6 digits, checked by its plan; A >= 5 and G = 8 other routes): equal to
+    the spec's float64 batch-order sum bit for bit at 1-3 threads, with a zero scale (when
+    N > 1) and the largest (Q); "extreme": every gradient code at 0 or n_g, every activation at
+    n_a, and scales whose digits are all beta - 1 (the largest digit products and sums)."""
     n, c, h, w, o, k, stride, padding = geometry
     _, ab, gb = bits
     g, m, _, a = _operands(geometry, bits, seed=11 + n)
-    m[0] = 0.0
+    if n > 1:
+        m[0] = 0.0
+    want = R.conv_weight_grad_codes(g, m, gb, a, ab, stride, padding, (k, k))
+    assert want.scale.max() == R.GRID and (n == 1 or want.scale[0] == 0)
+    scales = [want.scale]
     if codes == "extreme":
         g[:] = np.where(np.arange(o) % 3 == 0, 0, (1 << gb) - 1)[None, :, None, None]
         a[:] = (1 << ab) - 1
-        m[1:] = 1.0
-    want = R.conv_weight_grad_codes(g, m, gb, a, ab, stride, padding, (k, k))
-    assert want.scale[0] == 0 and (n == 1 or want.scale.max() == R.GRID)
-    for threads in (1, 2, 3):
-        args = (name, g, a, gb, ab, k, k, stride, padding, threads, want.scale)
-        dw = K._native.weight_grad(*args)
-        assert np.array_equal(dw.reshape(o, c, k, k), R.scaled_batch_sum(want.scale, want.s))
-        dw32 = K._native.weight_grad(*args, want.divisor)
-        want32 = R.weight_grad_float(want).astype(np.float32)
-        assert np.array_equal(dw32.reshape(o, c, k, k), want32)
+        want = R.conv_weight_grad_codes(g, m, gb, a, ab, stride, padding, (k, k))
+        beta = 255 // ((1 << ab) - 1) + 1
+        top = beta ** int(np.floor(np.log(R.GRID) / np.log(beta))) - 1  # digits beta - 1
+        scales = [np.resize([top, R.GRID, 0.0, top], n).astype(np.float64)]
+    for scale in scales:
+        digits, _ = K._native.wgrad_digit_plan(gb, ab, scale)
+        assert (digits > 0) == (ab <= 4 and gb <= 7), (digits, bits)
+        for threads in (1, 2, 3):
+            args = (name, g, a, gb, ab, k, k, stride, padding, threads, scale)
+            dw = K._native.weight_grad(*args)
+            assert np.array_equal(dw.reshape(o, c, k, k), R.scaled_batch_sum(scale, want.s))
+            dw32 = K._native.weight_grad(*args, want.divisor)
+            want32 = (R.scaled_batch_sum(scale, want.s) / want.divisor).astype(np.float32)
+            assert np.array_equal(dw32.reshape(o, c, k, k), want32)
+
+
+def test_digit_plan():
+    """The one-pixel digit route's plan: digits of base floor(255 / n_a) + 1 covering the
+    largest scale, refused for fractional, negative, too large or NaN scales, G = 8, more than
+    6 digits and batches whose digit sums could pass int32."""
+    q = np.array([R.GRID, 5.0, 0.0])
+    plans = [K._native.wgrad_digit_plan(6, a, q) for a in (1, 2, 3, 4)]
+    assert plans == [(3, 256), (4, 86), (5, 37), (6, 18)]
+    assert K._native.wgrad_digit_plan(6, 2, np.array([85.0, 0.0])) == (1, 86)
+    assert K._native.wgrad_digit_plan(6, 2, np.array([86.0])) == (2, 86)
+    for bad in ([0.5], [-1.0], [2.0**24], [np.nan]):
+        assert K._native.wgrad_digit_plan(6, 2, np.array(bad)) == (0, 0)
+    assert K._native.wgrad_digit_plan(8, 2, q) == (0, 0)  # n_g = 255: not an int8 factor
+    assert K._native.wgrad_digit_plan(6, 5, q) == (0, 0)  # 11 digits
+    fits = 2**31 // (63 * 255)  # N n_g 255 < 2^31: T_j within int32 (and then N Q n_g n_a < 2^53)
+    assert K._native.wgrad_digit_plan(6, 2, np.full(fits, 1.0)) == (1, 86)
+    assert K._native.wgrad_digit_plan(6, 2, np.full(fits + 1, 1.0)) == (0, 0)
 
 
 def test_scale_grid_edges():
@@ -304,7 +337,8 @@ def _products(conv, gq, x, dy, seed):
 
 
 def _bounds(conv, gq, x, dy, seed):
-    """(B, K) of y, dx and dW: B the product on absolute values (float64), K its terms. The
+    """(B, K, grid) of y, dx and dW: B the product on absolute values (float64), K its terms,
+    grid the weight gradient's scale-grid term (0 for y and dx). The
     operands' own rounding errors are relative to m_b (f_g's c (2m/n) - m cancels near c = n/2)
     and to max|f_w| (2 p/n - 1), so those are added to the absolute values."""
     wq = conv.quantized_weight().detach().double().abs()

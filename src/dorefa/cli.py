@@ -170,10 +170,12 @@ def exit_process(status: int) -> None:
     exception", seen once in `make test` after a run had finished and saved everything)."""
     from . import distributed
 
-    if distributed.launched():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status & 0xFF)
+    if distributed.launched():  # `python -m dorefa` only: the console script exits normally
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status & 0xFF)
     sys.exit(status)
 
 

@@ -6,7 +6,8 @@ unsigned codes (docs/training.md, section "Integer training"):
 
 * forward      ``y  = (s / n_a) sum (2p - n_w) q``                  (activation x weight codes)
 * input grad   ``dx = (m_b s / n_g) sum (2c - n_g)(2p - n_w)``      (gradient x weight codes)
-* weight grad  ``dW = (sum_b m_b sum (2c - n_g) q) / (n_g n_a)``    (gradient x activation codes)
+* weight grad  ``dW = (sum_b m_b sum (2c - n_g) q) / (n_g n_a)``    (gradient x activation codes;
+  the m_b on an integer grid, ``kernels.reference_grad.grid_scales``)
 
 with ``q = round(n_a x)`` the activation codes, ``p, s`` the weight codes and scale
 (:func:`dorefa.quantizers.weight_codes`), ``c, m_b`` f_g's codes and per-sample scales

@@ -30,7 +30,6 @@
 #include "requant_table.h"
 #include "run_conv.h"
 #include "stream_float.h"
-#include "wgrad.h"
 
 namespace py = pybind11;
 
@@ -362,75 +361,6 @@ std::string ResolveKernel(const std::string& requested) {
   return FindKernel(requested).name;
 }
 
-// Weight gradient of integer training (wgrad.h): without `scale`, the per-sample sums S
-// (N, O, C*KH*KW) int32; with it (N float64), dW (O, C*KH*KW) float64 = sum_b scale_b S_b;
-// with `divisor` too, float32(dW / divisor) (the training entry point's last two steps).
-py::array WeightGradPy(const std::string& kernel_name, const CodeArray& c, const CodeArray& x,
-                       int g_bits, int a_bits, int64_t kh, int64_t kw, int64_t stride,
-                       int64_t padding, int threads,
-                       std::optional<py::array_t<double, py::array::c_style>> scale,
-                       std::optional<double> divisor) {
-  CheckBits("g_bits", g_bits);
-  CheckBits("a_bits", a_bits);
-  CheckThreads(threads);
-  Require(c.ndim() == 4 && x.ndim() == 4,
-          "c and x_codes must be 4-D: (N, O, OH, OW) and (N, C, H, W)");
-  Require(c.shape(0) == x.shape(0), "c and x_codes must have the same batch size");
-  Require(kh >= 1 && kw >= 1 && stride >= 1 && padding >= 0 && padding < 4096,
-          "kernel >= 1, stride >= 1 and 0 <= padding < 4096 are required");
-  WgradGeom g;
-  g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3);
-  g.o = c.shape(1), g.oh = c.shape(2), g.ow = c.shape(3);
-  g.kh = kh, g.kw = kw, g.stride = stride, g.padding = padding;
-  g.g_bits = g_bits, g.a_bits = a_bits;
-  Require(g.h + 2 * padding >= kh && g.w + 2 * padding >= kw &&
-              g.oh == (g.h + 2 * padding - kh) / stride + 1 &&
-              g.ow == (g.w + 2 * padding - kw) / stride + 1,
-          "c's spatial shape is not the convolution's output shape for x_codes");
-  Require(std::min({g.n, g.o, g.c}) >= 1, "c and x_codes must not be empty");
-  // The kernels sum modulo 2^32; only S (|S| <= P n_g n_a), Xsum and Csum must fit int32.
-  const double bound = static_cast<double>(g.P()) * ((1 << g_bits) - 1) * ((1 << a_bits) - 1);
-  RequireOr(bound <= 2147483647.0, [&] {
-    return "the weight-gradient sums of " + std::to_string(g.P()) +
-           " output pixels may pass int32 (P * n_g * n_a > 2^31 - 1); use the reference kernel";
-  });
-  const WgradKernel* kernel = nullptr;
-  for (int i = 0; i < WgradKernelCount(); ++i)
-    if (kernel_name == WgradKernelAt(i).name) kernel = &WgradKernelAt(i);
-  RequireOr(kernel != nullptr, [&] {
-    return "weight-gradient kernel " + kernel_name + " is not available on this CPU";
-  });
-  Require(!divisor || scale, "divisor needs scale");
-  WgradOutput out;
-  py::array result;
-  if (scale) {
-    Require(scale->ndim() == 1 && scale->shape(0) == g.n, "scale must be (N,) float64");
-    out.scale = scale->data();
-    if (divisor) {
-      py::array_t<float> dw = OutputArray<float>({g.o, g.K()});
-      out.dw32 = dw.mutable_data();
-      out.divisor = *divisor;
-      result = std::move(dw);
-    } else {
-      py::array_t<double> dw = OutputArray<double>({g.o, g.K()});
-      out.dw = dw.mutable_data();
-      result = std::move(dw);
-    }
-  } else {
-    py::array_t<int32_t> s = OutputArray<int32_t>({g.n, g.o, g.K()});
-    out.s = s.mutable_data();
-    result = std::move(s);
-  }
-  uint32_t ors;
-  {
-    py::gil_scoped_release release;
-    ors = RunWeightGrad(*kernel, g, c.data(), x.data(), out, threads);
-  }
-  CheckCodes("c", c, static_cast<uint8_t>(ors & 0xff), g_bits);
-  CheckCodes("x_codes", x, static_cast<uint8_t>(ors >> 8), a_bits);
-  return result;
-}
-
 // Input gradient's last step (input_grad.h): k1 (N, C, H, W) int32, k2 (1, C, H, W) int32,
 // scale (N,) float64 -> dx (N, C, H, W) float32.
 py::array_t<float> InputGradFinishPy(const py::array_t<int32_t, py::array::c_style>& k1,
@@ -523,16 +453,11 @@ py::tuple GradientCodesPy(const py::array_t<float, py::array::c_style>& g,
   return py::make_tuple(codes, m);
 }
 
-std::vector<std::string> WgradKernelsPy() {
-  std::vector<std::string> names;
-  for (int i = 0; i < WgradKernelCount(); ++i) names.emplace_back(WgradKernelAt(i).name);
-  return names;
-}
-
 }  // namespace
 
-void BindStreamOps(py::module_& m);  // bindings_stream.cpp
-void BindInputGrad(py::module_& m);  // bindings_igrad.cpp
+void BindStreamOps(py::module_& m);   // bindings_stream.cpp
+void BindInputGrad(py::module_& m);   // bindings_igrad.cpp
+void BindWeightGrad(py::module_& m);  // bindings_wgrad.cpp
 
 }  // namespace dorefa
 
@@ -565,7 +490,6 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("threads"));
   m.def("maxpool_codes", &dorefa::MaxPoolCodesPy, py::arg("x"), py::arg("kernel"),
         py::arg("stride"), py::arg("padding"), py::arg("threads") = 1);
-  m.def("wgrad_kernels", &dorefa::WgradKernelsPy);
   m.def("gradient_codes", &dorefa::GradientCodesPy, py::arg("g"), py::arg("noise"),
         py::arg("levels"), py::arg("threads"));
   m.def("maxpool_train", &dorefa::MaxPoolTrainPy, py::arg("x"), py::arg("kernel"),
@@ -576,10 +500,6 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("threads"));
   m.def("input_grad_finish", &dorefa::InputGradFinishPy, py::arg("k1"), py::arg("k2"),
         py::arg("ng"), py::arg("scale"), py::arg("threads"));
-  m.def("weight_grad", &dorefa::WeightGradPy, py::arg("kernel"), py::arg("c"), py::arg("x_codes"),
-        py::arg("g_bits"), py::arg("a_bits"), py::arg("kh"), py::arg("kw"), py::arg("stride"),
-        py::arg("padding"), py::arg("threads"), py::arg("scale") = py::none(),
-        py::arg("divisor") = py::none());
   m.def("bitconv", &dorefa::BitConvPy, py::arg("kernel"), py::arg("x_codes"), py::arg("wpk"),
         py::arg("o"), py::arg("c"), py::arg("kh"), py::arg("kw"), py::arg("x_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
@@ -610,4 +530,5 @@ PYBIND11_MODULE(_kernels, m) {
       });
   dorefa::BindStreamOps(m);
   dorefa::BindInputGrad(m);
+  dorefa::BindWeightGrad(m);
 }

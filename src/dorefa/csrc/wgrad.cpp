@@ -184,6 +184,33 @@ void RunTile(const WgradKernel& k, const WgradGeom& g, const Packed& pk, int32_t
 
 }  // namespace
 
+bool DirectFits(const WgradKernel& k, const WgradGeom& g) {
+  const int64_t ng = (int64_t{1} << g.g_bits) - 1, na = (int64_t{1} << g.a_bits) - 1;
+  return k.direct != nullptr && (g.stride == 1 || g.P() == 1) && ng <= 127 &&
+         (k.direct_pair_bound == 0 || 2 * ng * na <= k.direct_pair_bound);
+}
+
+bool Float32Scales(const WgradGeom& g, const WgradOutput& out) {
+  for (int64_t b = 0; b < g.n; ++b)
+    if (static_cast<double>(static_cast<float>(out.scale[b])) != out.scale[b]) return false;
+  return true;
+}
+
+void WgradOutput::Divide(double* v, int64_t n) const {
+  if (dw32 == nullptr) return;
+  for (int64_t j = 0; j < n; ++j) v[j] = v[j] / divisor;
+}
+
+void WgradOutput::Write(int64_t index, const double* v, int64_t n, int64_t step) const {
+  for (int64_t j = 0; j < n; ++j) {
+    if (dw32 != nullptr) {
+      dw32[index + j] = static_cast<float>(v[j * step]);
+    } else {
+      dw[index + j] = v[j * step];
+    }
+  }
+}
+
 int WgradKernelCount() { return static_cast<int>(Table().size()); }
 const WgradKernel& WgradKernelAt(int i) { return *Table()[static_cast<size_t>(i)]; }
 

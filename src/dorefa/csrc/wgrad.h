@@ -71,11 +71,9 @@ struct WgradKernel {
 
 // True when `k`'s direct kernel computes this layer: stride 1 (or one output pixel), the
 // gradient factor 2c - n_g an int8 (n_g <= 127), and the kernel's pair sums in range.
-inline bool DirectFits(const WgradKernel& k, const WgradGeom& g) {
-  const int64_t ng = (int64_t{1} << g.g_bits) - 1, na = (int64_t{1} << g.a_bits) - 1;
-  return k.direct != nullptr && (g.stride == 1 || g.P() == 1) && ng <= 127 &&
-         (k.direct_pair_bound == 0 || 2 * ng * na <= k.direct_pair_bound);
-}
+// (This and the other helpers used by several ISA files are out of line in wgrad.cpp: an inline
+// copy compiled with one ISA file's flags could be the one the linker keeps for all.)
+bool DirectFits(const WgradKernel& k, const WgradGeom& g);
 
 // Kernels usable on this CPU, fastest first (the scalar one always).
 int WgradKernelCount();
@@ -91,33 +89,18 @@ struct WgradOutput {
   double* dw = nullptr;
   float* dw32 = nullptr;
   double divisor = 1.0;
-  // dw32 mode: the spec's division v[j] = v[j] / divisor, in place over n contiguous sums (one
-  // loop the compiler vectorizes: the same IEEE division per element); a no-op in dw mode.
-  void Divide(double* v, int64_t n) const {
-    if (dw32 == nullptr) return;
-    for (int64_t j = 0; j < n; ++j) v[j] = v[j] / divisor;
-  }
+  // dw32 mode: the spec's division v[j] = v[j] / divisor, in place over n contiguous sums; a
+  // no-op in dw mode (out of line, as DirectFits).
+  void Divide(double* v, int64_t n) const;
   // Writes the outputs index .. index + n - 1 from the batch sums v[0], v[step], ... after
   // Divide: dw32 = float(v) (the spec's one rounding), or dw = v.
-  void Write(int64_t index, const double* v, int64_t n, int64_t step = 1) const {
-    for (int64_t j = 0; j < n; ++j) {
-      if (dw32 != nullptr) {
-        dw32[index + j] = static_cast<float>(v[j * step]);
-      } else {
-        dw[index + j] = v[j * step];
-      }
-    }
-  }
+  void Write(int64_t index, const double* v, int64_t n, int64_t step = 1) const;
 };
 
 // True when every scale is a float32 value (24 significant bits): then scale_b times an integer
 // below 2^29 is exact in double, and a kernel may add it with one FMA (wgrad_outer.h,
 // wgrad_direct.h).
-inline bool Float32Scales(const WgradGeom& g, const WgradOutput& out) {
-  for (int64_t b = 0; b < g.n; ++b)
-    if (static_cast<double>(static_cast<float>(out.scale[b])) != out.scale[b]) return false;
-  return true;
-}
+bool Float32Scales(const WgradGeom& g, const WgradOutput& out);
 
 // The weight gradient from gradient codes c (N, O, OH, OW) and activation codes x
 // (N, C, H, W) on `kernel` (the scalar kernel for bit pairs its shift refuses): the samples
@@ -145,8 +128,9 @@ uint32_t PackSamples(int threads, int64_t n, PackOne&& pack) {
 extern const WgradKernel kWgradAvx2;
 extern const WgradKernel kWgradVnni;
 // The kernels' `direct` (wgrad_vnni_direct.cpp, wgrad_avx2_direct.cpp on wgrad_direct.h):
-// stride 1, or one output pixel at any stride; P = 1 in dW mode with float32-valued scales goes
-// to the float64 outer-product sum (wgrad_outer.h).
+// stride 1, or one output pixel at any stride; P = 1 in dW mode goes to the scales' digits
+// (wgrad_digits.h, VNNI, integer scales) or else, with float32-valued scales, to the float64
+// outer-product sum (wgrad_outer.h).
 uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                               const WgradOutput& out, int threads);
 uint32_t WeightGradDirectAvx2(const WgradGeom& g, const uint8_t* c, const uint8_t* x,

@@ -1,6 +1,7 @@
 // Weight gradient of a layer with one output pixel (P = 1: the last conv of a network, a linear
-// layer) whose batch scales are integers, as int8 multiply-adds over the batch; the driver
-// shared by the AVX-512 and AVX2 files (wgrad.h has the sums, wgrad_outer.h the float64 route):
+// layer) whose batch scales are integers, as int8 multiply-adds over the batch: the plan and the
+// packing (the VNNI tile is in wgrad_vnni_direct.cpp; wgrad.h has the sums, wgrad_outer.h the
+// float64 route):
 //
 //   dW[o, k] = sum_b q_b S_b[o, k],   S_b[o, k] = g_b[o] X_b[k],   g = 2c - n_g.
 //
@@ -8,8 +9,8 @@
 // (reference_grad.grid_scales). When every q_b is an integer in [0, 2^24) and
 // N max(q) n_g n_a < 2^53, every partial sum of the spec's float64 batch-order sum is an exact
 // integer, so the sum does not depend on its order and any exact integer evaluation equals it
-// bit for bit. Write q_b in base beta, digits d_bj (j < D), with (beta - 1) n_a <= xmax, the
-// largest unsigned operand the ISA's tile takes (255; AVX2 with G = 7: 127, its int16 pair sums):
+// bit for bit. Write q_b in base beta = floor(255 / n_a) + 1, digits d_bj (j < D), so that
+// d_bj X_b[k] <= 255 is an unsigned byte:
 //
 //   dW[o, k] = sum_j beta^j T_j[o, k],   T_j[o, k] = sum_b g_b[o] (d_bj X_b[k]).
 //
@@ -18,7 +19,9 @@
 // s8 gradient factors of one channel o; beta^j T_j (exact integers below 2^53) is added to
 // float64 sums in registers, so a channel's row of dW leaves the tile as whole vectors. The
 // batch sum runs at the multiply-add instruction's rate, D times over (A = 1: 3 digits, A = 2:
-// 4, A = 4: 6), instead of one float64 FMA per (sample, output).
+// 4, A = 4: 6), instead of one float64 FMA per (sample, output). No AVX2 tile: VPMADDUBSW +
+// VPMADDWD per 32 products and digit would run 8 products a cycle at 4 digits, as the
+// outer-product sum's 8 float64 FMAs do.
 //
 // Internal linkage for the same reason as wgrad_direct.h.
 #ifndef DOREFA_CSRC_WGRAD_DIGITS_H_
@@ -27,13 +30,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "buffers.h"
 #include "byte_transpose.h"
 #include "wgrad.h"
-#include "wgrad_direct.h"
 
 namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA
@@ -67,7 +68,7 @@ inline DigitPlan PlanDigits(const WgradGeom& g, const WgradOutput& out) {
   int digits = 1;
   for (double reach = static_cast<double>(base); reach <= top; reach *= static_cast<double>(base))
     ++digits;
-  if (base < 2 || digits > kMaxDigits) return plan;
+  if (digits > kMaxDigits) return plan;
   plan.digits = digits, plan.base = base;
   return plan;
 }

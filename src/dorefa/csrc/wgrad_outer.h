@@ -9,8 +9,8 @@
 // bits), A_b[o] = scale_b (2 c_b[o] - n_g) is exact in double (24 + 9 bits), and so is
 // A_b[o] X_b[k] = scale_b S_b[o, k] (+ 8 bits): then acc + scale_b S_b, rounded once, is one
 // FMA, and dW is a register-blocked double GEMM over the batch in order that equals the spec's
-// multiply-then-add bit for bit. Training passes scale_b = m_b (a float32 max); other scales
-// take the general path.
+// multiply-then-add bit for bit. Training passes integers below 2^24 (the scales' grid; on
+// VNNI the digit route takes them first, wgrad_digits.h); other scales take the general path.
 //
 // Isa gives the register tile (kRows channels x kVecs vectors of kWidth doubles) and its vector
 // operations (Vec, Zero, LoadX: kWidth int32 codes as doubles, Set1, Fma, Store). Internal linkage

@@ -43,11 +43,12 @@ m_b`` (:func:`grid_scales`)::
     dW  = (sum_b q_b S_b) / divisor,  divisor = (n_g n_a) Q / M,
 
 the batch sum a float64 sum of ``q_b * S_b`` in order b = 0, 1, ..., then one division. The
-grid moves each scale by at most ``M / (2Q)`` (as a float32 rounding of the largest scale), and
-makes every term an integer: ``q_b * S_b`` is exact in float64 while ``|S_b| < 2**29`` (a
-kernel may add it with one FMA), and while ``N Q max|S_b| < 2**53`` every partial sum is an exact
-integer, so the sum does not depend on its order (a one-pixel layer's kernels sum it in int8
-multiply-adds, digit by digit). A NaN or inf scale (a NaN or inf in dy) makes every dW NaN.
+grid moves each scale by about ``M / (2Q)`` at most (as a float32 rounding of the largest
+scale), and makes every term an integer: ``q_b * S_b`` is exact in float64 while ``|S_b| <
+2**29`` (a kernel may add it with one FMA), and while ``N Q max|S_b| < 2**53`` every partial sum
+is an exact integer, so the sum does not depend on its order (a one-pixel layer's kernels sum
+it in int8 multiply-adds, digit by digit). A NaN or inf scale (a NaN or inf in dy) makes every
+dW NaN.
 """
 
 from __future__ import annotations

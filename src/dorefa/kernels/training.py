@@ -27,7 +27,8 @@ with the sample, and the sum runs over the output pixels, so it has its own nati
 (``csrc/wgrad*.cpp``: ``wgrad-vnni`` VPDPBUSD, ``wgrad-avx2`` VPMADDUBSW, ``wgrad-scalar``): one
 call per layer, samples split over threads, ``S_b[o, k] = sum_p (2c - n_g) X_b[p, k]`` with
 ``X_b[p, k]`` sample b's activation window (k = (input channel, tap)); then
-``dW = (sum_b m_b S_b) / (n_g n_a)``. Which one runs follows the kernel in force: the ISA of
+``dW = (sum_b q_b S_b) / divisor`` with the scales on an integer grid
+(``reference_grad.grid_scales``). Which one runs follows the kernel in force: the ISA of
 a forced kernel or backend (``DOREFA_KERNEL``, ``use_kernel``), else the fastest this CPU has;
 ``reference`` runs the spec itself.
 """
