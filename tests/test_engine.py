@@ -127,8 +127,8 @@ def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     then add). The bit triples take
     every route: the direct kernels (G <= 7; AVX2 only while 2 n_g n_a <= 32767, so (1,8,7)
     goes to its packed path), the packed path (G = 8), AVX2's portable fallback (G = 8 with
-    A = 8); 20 samples span several of the direct kernels' batch blocks; 100 samples of an
-    18 x 18 map take the direct kernels' row-first tile order."""
+    A = 8); 20 samples span several of the direct kernels' batch blocks, 100 samples of an
+    18 x 18 map many more (1 MB of packed gradients)."""
     n, c, h, w, o, k, stride, padding = geometry
     g, m, _, a = _operands(geometry, bits, seed=7)
     want = R.conv_weight_grad_codes(g, m, bits[2], a, bits[1], stride, padding, (k, k))

@@ -49,7 +49,6 @@ constexpr int64_t kDirectSlack = 64;
 // Packed gradient bytes of one sample's work-tile vectors that a batch block may hold (half of
 // a 32 KiB L1 data cache, beside the strips and the float64 sums).
 constexpr int64_t kBlockBytes = 16384;
-constexpr int64_t kL2Share = 512 * 1024;  // half of a 1 MiB L2 (Zen 4; Zen 2 and 3: 512 KiB)
 
 struct DirectLayout {
   int64_t lanes, plane, pq, ov, xs_size, gq_size;  // strips and quads per sample
@@ -215,17 +214,11 @@ uint32_t WeightGradDirectWith(const WgradGeom& g, const uint8_t* c, const uint8_
   });
   const int64_t row_tiles = (l.ov + Isa::kVectors - 1) / Isa::kVectors;
   const int64_t col_tiles = (g.K() + Isa::kChunk - 1) / Isa::kChunk;
-  // Column tiles first when a row tile's packed gradients over the batch fit in half of L2
-  // (read again for each column tile): svhn's 7x7 maps ran 6-8% faster so, its 18x18 maps
-  // (1.3 MB of them) 2-8% slower than with row tiles first, which keep a column tile's strips.
-  const bool columns_first = g.n * Isa::kVectors * l.pq * l.VectorBytes() <= kL2Share;
   ParallelForOrThrow(threads, row_tiles * col_tiles, [&](int64_t begin, int64_t end) {
     const int64_t acc_size = Isa::kChunk * Isa::kVectors * Isa::kLanes;
     std::vector<double> acc(out.s != nullptr ? 0 : static_cast<size_t>(acc_size));
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = columns_first ? t / col_tiles : t % row_tiles;
-      const int64_t v0 = row * Isa::kVectors;
-      const int64_t k0 = (columns_first ? t % col_tiles : t / row_tiles) * Isa::kChunk;
+      const int64_t v0 = (t % row_tiles) * Isa::kVectors, k0 = (t / row_tiles) * Isa::kChunk;
       const int nv = static_cast<int>(std::min<int64_t>(Isa::kVectors, l.ov - v0));
       const int nk = static_cast<int>(std::min<int64_t>(Isa::kChunk, g.K() - k0));
       RunDirectWorkTile<Isa>(g, pk, out, v0, nv, k0, nk, acc);
