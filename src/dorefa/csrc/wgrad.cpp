@@ -177,7 +177,6 @@ void RunTile(const WgradKernel& k, const WgradGeom& g, const Packed& pk, int32_t
     }
   }
   if (out.s != nullptr) return;
-  out.Divide(acc.data(), (o_end - o_begin) * width);
   for (int64_t o = o_begin; o < o_end; ++o)
     out.Write(o * g.K() + k0, acc.data() + (o - o_begin) * width, cols);
 }
@@ -196,15 +195,25 @@ bool Float32Scales(const WgradGeom& g, const WgradOutput& out) {
   return true;
 }
 
-void WgradOutput::Divide(double* v, int64_t n) const {
-  if (dw32 == nullptr) return;
-  for (int64_t j = 0; j < n; ++j) v[j] = v[j] / divisor;
+bool WindowIsInput(const WgradGeom& g) { return g.padding == 0 && g.kh == g.h && g.kw == g.w; }
+
+const uint8_t* OnePixelWindow(const WgradGeom& g, const uint8_t* x, int64_t b, uint8_t* row) {
+  const uint8_t* xb = x + b * g.c * g.h * g.w;
+  if (WindowIsInput(g)) return xb;
+  for (int64_t ci = 0, k = 0; ci < g.c; ++ci)
+    for (int64_t r = 0; r < g.kh; ++r)
+      for (int64_t t = 0; t < g.kw; ++t, ++k) {
+        const int64_t iy = r - g.padding, ix = t - g.padding;
+        const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+        row[k] = inside ? xb[(ci * g.h + iy) * g.w + ix] : 0;
+      }
+  return row;
 }
 
 void WgradOutput::Write(int64_t index, const double* v, int64_t n, int64_t step) const {
   for (int64_t j = 0; j < n; ++j) {
     if (dw32 != nullptr) {
-      dw32[index + j] = static_cast<float>(v[j * step]);
+      dw32[index + j] = static_cast<float>(v[j * step] / divisor);
     } else {
       dw[index + j] = v[j * step];
     }

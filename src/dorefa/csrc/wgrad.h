@@ -89,11 +89,8 @@ struct WgradOutput {
   double* dw = nullptr;
   float* dw32 = nullptr;
   double divisor = 1.0;
-  // dw32 mode: the spec's division v[j] = v[j] / divisor, in place over n contiguous sums; a
-  // no-op in dw mode (out of line, as DirectFits).
-  void Divide(double* v, int64_t n) const;
-  // Writes the outputs index .. index + n - 1 from the batch sums v[0], v[step], ... after
-  // Divide: dw32 = float(v) (the spec's one rounding), or dw = v.
+  // Writes the outputs index .. index + n - 1 from the batch sums v[0], v[step], ... (out of
+  // line, as DirectFits).
   void Write(int64_t index, const double* v, int64_t n, int64_t step = 1) const;
 };
 
@@ -101,6 +98,13 @@ struct WgradOutput {
 // below 2^29 is exact in double, and a kernel may add it with one FMA (wgrad_outer.h,
 // wgrad_direct.h).
 bool Float32Scales(const WgradGeom& g, const WgradOutput& out);
+
+// A layer with one output pixel (P = 1): sample b's window X_b[k], k = (ci, r, t), the input
+// pixel (r - padding, t - padding) or 0. Returns x_b itself when the window is the whole
+// unpadded input (WindowIsInput: a conv over its map, a linear layer), else row (K bytes)
+// filled with it.
+bool WindowIsInput(const WgradGeom& g);
+const uint8_t* OnePixelWindow(const WgradGeom& g, const uint8_t* x, int64_t b, uint8_t* row);
 
 // The weight gradient from gradient codes c (N, O, OH, OW) and activation codes x
 // (N, C, H, W) on `kernel` (the scalar kernel for bit pairs its shift refuses): the samples

@@ -73,22 +73,13 @@ inline DigitPlan PlanDigits(const WgradGeom& g, const WgradOutput& out) {
   return plan;
 }
 
-// The one-pixel layer's X (N, K) transposed: xt (K, N). X_b[k] = x_b[ci, r - padding,
-// t - padding], 0 outside; x_b itself when the window is the whole unpadded input.
+// The one-pixel layer's windows X (N, K) transposed: xt (K, N) (OnePixelWindow, wgrad.h).
 inline void OnePixelColumns(const WgradGeom& g, const uint8_t* x, uint8_t* xt) {
   const int64_t n = g.n, k_count = g.K();
-  if (g.padding == 0 && g.kh == g.h && g.kw == g.w) return TransposeBytes(x, n, k_count, xt);
+  if (WindowIsInput(g)) return TransposeBytes(x, n, k_count, xt);
   PoolScratch<uint8_t> gathered(static_cast<size_t>(n * k_count));
-  uint8_t* dst = gathered.data();
-  for (int64_t b = 0; b < n; ++b)
-    for (int64_t ci = 0, k = 0; ci < g.c; ++ci)
-      for (int64_t r = 0; r < g.kh; ++r)
-        for (int64_t t = 0; t < g.kw; ++t, ++k) {
-          const int64_t iy = r - g.padding, ix = t - g.padding;
-          const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
-          dst[b * k_count + k] = inside ? x[((b * g.c + ci) * g.h + iy) * g.w + ix] : 0;
-        }
-  TransposeBytes(dst, n, k_count, xt);
+  for (int64_t b = 0; b < n; ++b) OnePixelWindow(g, x, b, gathered.data() + b * k_count);
+  TransposeBytes(gathered.data(), n, k_count, xt);
 }
 
 // The digits of the scales: d[j * n + b] = digit j of q_b in base beta.

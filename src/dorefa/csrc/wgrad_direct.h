@@ -192,7 +192,6 @@ void RunDirectWorkTile(const WgradGeom& g, const DirectPacked& pk, const WgradOu
     }
   }
   if (out.s != nullptr) return;
-  out.Divide(acc.data(), static_cast<int64_t>(acc.size()));
   const int64_t o_end = std::min(g.o, (v0 + nv) * Isa::kLanes);
   for (int64_t o = v0 * Isa::kLanes; o < o_end; ++o)
     out.Write(o * g.K() + k0, acc.data() + (o - v0 * Isa::kLanes), nk, kStride);

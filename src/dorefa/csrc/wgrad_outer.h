@@ -70,9 +70,7 @@ uint32_t WeightGradOuterWith(const WgradGeom& g, const uint8_t* c, const uint8_t
   std::vector<double> a(static_cast<size_t>(g.n * op), 0.0);
   std::vector<int32_t> xd(static_cast<size_t>(g.n * kp), 0);
   const double ng = static_cast<double>((1 << g.g_bits) - 1);
-  const bool whole = g.padding == 0 && g.kh == g.h && g.kw == g.w;
-  struct None {};
-  const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
+  const uint32_t ors = PackSamples<std::vector<uint8_t>>(threads, g.n, [&](int64_t b, auto& row) {
     uint32_t mine = 0;
     for (int64_t o = 0; o < g.o; ++o) {
       const uint8_t v = c[b * g.o + o];
@@ -80,24 +78,12 @@ uint32_t WeightGradOuterWith(const WgradGeom& g, const uint8_t* c, const uint8_t
       // exact: see the top of the file
       a[(o / kRows * g.n + b) * kRows + o % kRows] = out.scale[b] * (2.0 * v - ng);
     }
-    // X_b[k] for k = (ci, r, t): the input pixel (r - padding, t - padding), or 0; x_b itself
-    // when the window is the whole unpadded input (a conv over its map, a linear layer).
-    if (whole) {
-      const uint8_t* xb = x + b * g.K();
-      for (int64_t k0 = 0; k0 < g.K(); k0 += kCols) {
-        int32_t* dst = xd.data() + (k0 / kCols * g.n + b) * kCols;
-        const int64_t m = std::min(kCols, g.K() - k0);
-        for (int64_t j = 0; j < m; ++j) dst[j] = xb[k0 + j];
-      }
-    } else {
-      for (int64_t ci = 0, k = 0; ci < g.c; ++ci)
-        for (int64_t r = 0; r < g.kh; ++r)
-          for (int64_t t = 0; t < g.kw; ++t, ++k) {
-            const int64_t iy = r - g.padding, ix = t - g.padding;
-            if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
-              xd[(k / kCols * g.n + b) * kCols + k % kCols] =
-                  x[((b * g.c + ci) * g.h + iy) * g.w + ix];
-          }
+    row.resize(static_cast<size_t>(g.K()));
+    const uint8_t* xb = OnePixelWindow(g, x, b, row.data());
+    for (int64_t k0 = 0; k0 < g.K(); k0 += kCols) {
+      int32_t* dst = xd.data() + (k0 / kCols * g.n + b) * kCols;
+      const int64_t m = std::min(kCols, g.K() - k0);
+      for (int64_t j = 0; j < m; ++j) dst[j] = xb[k0 + j];
     }
     // every code of x counts towards the OR, including pixels no window reaches
     for (int64_t i = 0; i < g.c * g.h * g.w; ++i) mine |= uint32_t{x[b * g.c * g.h * g.w + i]} << 8;
@@ -109,7 +95,6 @@ uint32_t WeightGradOuterWith(const WgradGeom& g, const uint8_t* c, const uint8_t
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o0 = (t % row_tiles) * kRows, k0 = (t / row_tiles) * kCols;
       OuterTile<Isa>(a.data() + o0 * g.n, xd.data() + k0 * g.n, g.n, acc);
-      out.Divide(acc, kRows * kCols);
       const int64_t rows = std::min<int64_t>(kRows, g.o - o0);
       const int64_t cols = std::min<int64_t>(kCols, g.K() - k0);
       for (int64_t r = 0; r < rows; ++r) out.Write((o0 + r) * g.K() + k0, acc + r * kCols, cols);

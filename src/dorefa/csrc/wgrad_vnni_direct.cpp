@@ -218,7 +218,7 @@ struct VnniDigits {
           const int64_t col = v * 16 + h * 8, index = (o0 + r) * k_count + kv0 * 16 + col;
           if (col >= cols) continue;
           const auto m = static_cast<__mmask8>(cols - col >= 8 ? 0xFF : (1u << (cols - col)) - 1);
-          if (out.dw32 != nullptr) {  // float(v / divisor), as WgradOutput::Divide and Write
+          if (out.dw32 != nullptr) {  // float(v / divisor), as WgradOutput::Write
             const __m256 f = _mm512_cvtpd_ps(_mm512_div_pd(acc[r][v][h], divisor));
             _mm256_mask_storeu_ps(out.dw32 + index, m, f);
           } else {
