@@ -34,13 +34,14 @@ import dorefa.kernels as K
 from dorefa.kernels import choose
 
 BIT_PAIRS = ((1, 2), (2, 2), (1, 4), (8, 8))  # (w_bits, x_bits)
-KERNELS = ("popcount", "int8-vnni", "int8-avx2", "lut-vnni", "lut-avx512", "lut-avx2")
+KERNELS = ("popcount", "int8-amx", "int8-vnni", "int8-avx2", "lut-vnni", "lut-avx512", "lut-avx2")
 PICK = "pick"  # the engine's per-layer choice (kernels/choose.py), nothing forced
 
 # MAC/cycle ceilings per core (derivations in docs/kernels.md, "Ceilings"): popcount kernels
 # from bench_kernels.BINARY_CEILING divided by the W * A plane pairs; int8 kernels flat in the
-# bits (one VPDPBUSD zmm per cycle = 64; AVX2 VPMADDUBSW + VPMADDWD: 50, the W8A8 nibble path 15).
-INT8_CEILING = {"int8-vnni": 64.0, "int8-avx2": 50.0}
+# bits (one VPDPBUSD zmm per cycle = 64; AVX2 VPMADDUBSW + VPMADDWD: 50, the W8A8 nibble path 15;
+# AMX: one TDPBUUD of 16 x 16 x 64 MACs per 16 cycles = 1024).
+INT8_CEILING = {"int8-amx": 1024.0, "int8-vnni": 64.0, "int8-avx2": 50.0}
 INT8_AVX2_W8A8_CEILING = 15.0
 
 

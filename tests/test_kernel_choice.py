@@ -55,11 +55,14 @@ def model_only(monkeypatch):
 @pytest.mark.skipif(not HAS_INT8, reason="this CPU runs no int8 kernel")
 @pytest.mark.parametrize("bits", [(8, 8), (1, 2), (1, 4)])
 def test_cost_model_picks_int8_for_w8a8_popcount_for_w1a2_lut_for_w1a4(model_only, bits):
-    """W1A2 goes to lut only where the popcount kernel has no VPOPCNTQ (AVX2-only CPUs)."""
+    """W1A2 goes to lut only where the popcount kernel has no VPOPCNTQ (AVX2-only CPUs); with
+    AMX (int8-amx, priced at 600 GMAC/s) every bit pair goes to int8."""
     zmm_popcount = "popcount-avx512/gfni" in K.available_kernels() or (
         "popcount-avx512/shift" in K.available_kernels()
     )
     kind = {(8, 8): "int8-", (1, 2): "popcount-" if zmm_popcount else "lut-", (1, 4): "lut-"}[bits]
+    if "int8-amx" in K.available_kernels():
+        kind = "int8-"
     w, x = _layer(*bits)
     conv = K.prepare_conv(K.pack_weights(w, bits[0]), bits[1], 1, 1, "signed")
     choice = conv.choice(x.shape[2:])

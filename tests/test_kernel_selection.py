@@ -82,6 +82,9 @@ def test_int8_kernels_are_listed_where_the_cpu_runs_them_and_never_the_default()
         assert ("int8-avx2" in KERNELS) == ("avx2" in flags or not flags)
         assert ("int8-vnni" in KERNELS) == (set(rows["int8-vnni"]["needs"]) <= flags or not flags)
         assert "avx512_vnni" in rows["int8-vnni"]["needs"]
+        # AMX also needs the OS's permission for the tile data, which Linux grants by default.
+        assert {"amx_tile", "amx_int8"} <= set(rows["int8-amx"]["needs"])
+        assert ("int8-amx" in KERNELS) == (set(rows["int8-amx"]["needs"]) <= flags or not flags)
     assert not KERNELS[0].startswith("int8-")
 
 
@@ -222,7 +225,7 @@ print(K.last_kernel())
 """
     if "avx2" in cpu_flags():
         names, ran = fresh_process(code, DOREFA_CPU_FEATURES="avx2,fma")
-        assert not any("avx512" in n or "vnni" in n for n in names.split(",")), names
+        assert not any(f in n for n in names.split(",") for f in ("avx512", "vnni", "amx")), names
         assert names.split(",")[0] == "popcount-avx2/portable"
         assert {"int8-avx2", "wgrad-avx2", "wgrad-scalar", "reference"} <= set(names.split(","))
         assert ran in names.split(",")

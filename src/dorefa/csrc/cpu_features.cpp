@@ -4,6 +4,12 @@
 #include <sstream>
 #include <stdexcept>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace dorefa {
 namespace {
 
@@ -23,7 +29,32 @@ constexpr Feature kFeatures[] = {
     {kGfni, "gfni"},
     {kFma, "fma"},
     {kAvx512Vnni, "avx512_vnni"},
+    {kAmxTile, "amx_tile"},
+    {kAmxInt8, "amx_int8"},
 };
+
+// AMX tiles and int8 products, where the CPU has them (CPUID leaf 7 EDX bits 24, 25), the OS
+// saves the tile state (XCR0 bits 17, 18) and grants this process the tile data (Linux 5.16+:
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); refused, e.g., while a thread has a
+// sigaltstack too small for the larger signal frame).
+uint32_t DetectAmx() {
+#if defined(__x86_64__) && defined(SYS_arch_prctl)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return 0;
+  __cpuid_count(7, 0, a, b, c, d);
+  if (!(d & (1u << 24)) || !(d & (1u << 25))) return 0;
+  __cpuid(1, a, b, c, d);
+  if (!(c & (1u << 27))) return 0;  // OSXSAVE: XGETBV is available
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return 0;
+  constexpr int kReqXcompPerm = 0x1023, kXtileData = 18;
+  if (syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) != 0) return 0;
+  return kAmxTile | kAmxInt8;
+#else
+  return 0;
+#endif
+}
 
 uint32_t Detect() {
   uint32_t mask = 0;
@@ -40,6 +71,7 @@ uint32_t Detect() {
   if (__builtin_cpu_supports("fma")) mask |= kFma;
   if (__builtin_cpu_supports("avx512vnni")) mask |= kAvx512Vnni;
 #endif
+  mask |= DetectAmx();
   return mask;
 }
 

@@ -21,10 +21,14 @@ enum CpuFeature : uint32_t {
   kGfni = 1u << 7,
   kFma = 1u << 8,
   kAvx512Vnni = 1u << 9,  // CPUID leaf 7, ECX bit 11: VPDPBUSD on 128/256/512-bit registers
+  kAmxTile = 1u << 10,    // CPUID leaf 7, EDX bit 24, the OS's XTILEDATA state and permission
+  kAmxInt8 = 1u << 11,    // CPUID leaf 7, EDX bit 25: TDPBUUD and the other byte products
 };
 
 // The features of this CPU, detected once per process. __builtin_cpu_supports also checks
-// that the OS saves the wider register state (XGETBV), so a set bit means "can run".
+// that the OS saves the wider register state (XGETBV), so a set bit means "can run". AMX
+// also needs the process's permission for the tile data (Linux: arch_prctl
+// ARCH_REQ_XCOMP_PERM, asked for here once): without it the AMX bits stay clear.
 // DOREFA_CPU_FEATURES (a comma-separated list of names) keeps only those features, so an
 // AVX-512 machine can run as an AVX2-only one; an unknown name is a std::invalid_argument.
 uint32_t CpuFeatures();

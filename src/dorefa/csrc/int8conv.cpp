@@ -172,7 +172,7 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   // codes are reported.
   if (taps == 1 && g.c % 4 == 0) {  // 1x1: each lane's 4 channels are 4 neighbouring bytes
     for (int64_t o = 0; o < g.o; ++o) {
-      uint8_t* block = bytes + (o / kInt8Lanes) * q.groups * 64 + (o % kInt8Lanes) * 4;
+      uint8_t* block = bytes + (o / kInt8Lanes) * q.gstride * 64 + (o % kInt8Lanes) * 4;
       const uint8_t* row = w + o * g.c;
       uint32_t sum = 0;
       for (int64_t c = 0; c < g.c; c += 4) {
@@ -185,7 +185,7 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
     return ors;
   }
   for (int64_t o = 0; o < g.o; ++o) {
-    uint8_t* block = bytes + (o / kInt8Lanes) * q.groups * 64 + (o % kInt8Lanes) * 4;
+    uint8_t* block = bytes + (o / kInt8Lanes) * q.gstride * 64 + (o % kInt8Lanes) * 4;
     int32_t* ot = tsum + (o / kInt8Lanes) * taps * kInt8Lanes + o % kInt8Lanes;
     uint32_t sum = 0;
     for (int64_t t = 0; t < taps; ++t) {

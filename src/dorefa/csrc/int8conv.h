@@ -24,7 +24,9 @@
 // Packed weights ("wq", uint8), output channels in blocks of 16, groups of 4 channels:
 //   wq[ob][j][lane][i],  o = 16 * ob + lane,  j = (kh * KW + kw) * cp / 4 + c / 4,  i = c % 4,
 // i.e. 64 bytes per (block, group): one zmm for VPDPBUSD (16 lanes x 4 bytes), two ymm for
-// AVX2. Missing channels (c >= C, o >= O) are zero. After the ob16 blocks come Wsum, 16 int32
+// AVX2, and 16 groups one AMX tile (int8conv_amx.cpp). A block holds gstride groups, the
+// field's groups rounded up to 16 (whole AMX tiles). Missing channels (c >= C, o >= O) and
+// the groups past the field are zero. After the ob16 blocks come Wsum, 16 int32
 // per block, then the per-tap sums Tsum[ob][t][lane] = sum_c w (t = kh * KW + kw), 16 int32
 // per block and tap. The whole array is handed around as uint64 words (WeightWords of them).
 //
@@ -51,22 +53,24 @@ constexpr int64_t kInt8Lanes = 16;  // output channels per packed weight block
 
 // Derived sizes of the int8 layouts for a geometry (ConvGeom holds the shape).
 struct Int8Geom {
-  int64_t cp = 0;      // channels padded to a multiple of 4
-  int64_t groups = 0;  // 4-byte groups per receptive field: KH * KW * cp / 4
-  int64_t ob = 0;      // 16-channel blocks
-  int64_t pixel = 0;   // bytes per padded pixel (= cp)
-  int64_t row = 0;     // bytes per padded row
-  int64_t image = 0;   // bytes per padded image
-  int64_t taps = 0;    // KH * KW
+  int64_t cp = 0;       // channels padded to a multiple of 4
+  int64_t groups = 0;   // 4-byte groups per receptive field: KH * KW * cp / 4
+  int64_t gstride = 0;  // groups per packed weight block: groups rounded up to 16
+  int64_t ob = 0;       // 16-channel blocks
+  int64_t pixel = 0;    // bytes per padded pixel (= cp)
+  int64_t row = 0;      // bytes per padded row
+  int64_t image = 0;    // bytes per padded image
+  int64_t taps = 0;     // KH * KW
   explicit Int8Geom(const ConvGeom& g)
       : cp((g.c + 3) / 4 * 4),
         groups(g.kh * g.kw * cp / 4),
+        gstride((groups + 15) / 16 * 16),
         ob((g.o + kInt8Lanes - 1) / kInt8Lanes),
         pixel(cp),
         row(g.wp * cp),
         image(g.hp * g.wp * cp),
         taps(g.kh * g.kw) {}
-  int64_t WeightBytes() const { return ob * groups * 64; }  // then Wsum and Tsum
+  int64_t WeightBytes() const { return ob * gstride * 64; }  // then Wsum and Tsum
   int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4 * (1 + taps)) / 8; }
 };
 
@@ -186,6 +190,7 @@ struct Int8Kernel {
 #ifdef DOREFA_HAVE_X86_KERNELS
 extern const Int8Kernel kInt8Avx2;
 extern const Int8Kernel kInt8Vnni;
+extern const Int8Kernel kInt8Amx;
 #endif
 
 // The whole convolution (packing, tiles, output transform) in one parallel region of up to

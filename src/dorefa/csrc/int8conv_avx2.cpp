@@ -71,7 +71,7 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
     }
   }
   int64_t left = m;  // kMadd16: groups until the int16 sums must be folded into int32
-  const uint8_t* w0 = c.wq + ob * c.q.groups * 64;
+  const uint8_t* w0 = c.wq + ob * c.q.gstride * 64;
   for (int64_t r = t.r0; r < t.r1; ++r) {
     const int8_t* xr[P];
     for (int p = 0; p < P; ++p) xr[p] = xs[p] + r * c.q.row;

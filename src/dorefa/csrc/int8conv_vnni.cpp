@@ -45,7 +45,7 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
   const ConvGeom& g = *c.g;
   const int64_t span = g.kw * c.q.cp / 4;  // groups per kernel row
   const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
-  const int64_t bstride = c.q.groups * 64;
+  const int64_t bstride = c.q.gstride * 64;
   __m512i acc[P][NB];
   DOREFA_UNROLL for (int p = 0; p < P; ++p) {
     DOREFA_UNROLL for (int b = 0; b < NB; ++b) acc[p][b] = _mm512_load_si512(init + b * kInt8Lanes);

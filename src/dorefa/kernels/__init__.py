@@ -5,7 +5,8 @@ Operands are unsigned integer codes; see :mod:`dorefa.kernels.reference` (the sp
 (:func:`kernel_table`, fastest first), e.g. ``popcount-avx512/gfni`` (VPOPCNTQ tile kernel,
 GFNI bit transpose in the packer), ``popcount-avx512/shift``, ``popcount-avx2/portable``
 (nibble-table popcount), ``popcount-scalar/portable`` (portable C++), and the int8
-dot-product kernels ``int8-vnni`` (AVX-512 VPDPBUSD) and ``int8-avx2`` (VPMADDUBSW).
+dot-product kernels ``int8-amx`` (AMX TDPBUUD tiles), ``int8-vnni`` (AVX-512 VPDPBUSD) and
+``int8-avx2`` (VPMADDUBSW).
 
 When no kernel is forced, each bit convolution runs the kernel chosen for its layer shape, bits
 and output mode (:mod:`dorefa.kernels.choose`: a cost model proposes, a short measurement

@@ -42,11 +42,12 @@ CLEAR_WIN = 4.0
 MIN_ROUNDS, MAX_ROUNDS = 2, 5
 BUDGET_S = 0.004  # measurement time per layer, once MIN_ROUNDS are done
 
-# Throughput on one Zen 4 core at batch 1 (docs/kernels.md): popcount kernels in G plane-pair
+# Throughput on one Zen 4 core at batch 1 (int8-amx: on a Sapphire Rapids class core, the CPUs
+# that have AMX; docs/kernels.md): popcount kernels in G plane-pair
 # MAC/s (a W-bit x A-bit MAC is W*A plane pairs), int8 kernels in GMAC/s whatever the bits,
 # lut kernels in G lookup-MAC/s (one weight plane, one activation slice, :func:`lut_lookups`).
 POPCOUNT_RATE = {"popcount-avx512": 900.0, "popcount-avx2": 300.0, "popcount-scalar": 50.0}
-INT8_RATE = {"int8-vnni": 130.0, "int8-avx2": 110.0}
+INT8_RATE = {"int8-amx": 600.0, "int8-vnni": 130.0, "int8-avx2": 110.0}
 LUT_RATE = {"lut-vnni": 430.0, "lut-avx512": 450.0, "lut-avx2": 420.0}
 LUT_DWORD_SUMS = ("lut-vnni",)  # lut kernels that sum in dwords: no byte sums to widen
 INT8_AVX2_W8A8_RATE = 40.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the nibble path
