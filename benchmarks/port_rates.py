@@ -29,7 +29,10 @@ binary MACs, so W1A2 runs at half the binary rate):
   (VPERMB, VPDPBUSD) [16 x 256], whatever the activation bits; ``lut-vnni regs``: the same 32
   operations without the loads;
 - ``float conv zmm`` / ``float conv ymm``: the float first layer, one tap of its 4-pixel run:
-  6 (3) weight loads, 4 broadcasts, 24 (12) VFMADD231PS on zmm (ymm) [24 x 16 / 12 x 8].
+  6 (3) weight loads, 4 broadcasts, 24 (12) VFMADD231PS on zmm (ymm) [24 x 16 / 12 x 8];
+- ``int8-amx``: int8conv_amx.cpp's 2 x 2 tiles, one 64-byte step: 4 TILELOADD (1 KB each,
+  rows 64 bytes apart) and 4 TDPBUUD [4 x 16 x 16 x 64]; ``int8-amx regs``: the 4 TDPBUUD
+  alone. Both ask Linux for the tile data first (arch_prctl) and load a tile configuration.
 
 Register-only dependent chains would measure latency, not throughput: every mix keeps at least
 as many independent accumulators as the kernel does.
@@ -55,7 +58,8 @@ class Mix:
     flags: tuple[str, ...]  # /proc/cpuinfo flags the mix needs
     macs: int  # MACs (binary MACs for popcount mixes) per iteration
     binary: bool  # popcount mix: a W x A MAC is W * A of these
-    body: tuple[str, ...]  # AT&T lines of one iteration; %[b] is the L1 buffer
+    body: tuple[str, ...]  # AT&T lines of one iteration; %[b] is the L1 buffer, %[s] = 64
+    setup: str = ""  # C statements before the timed loop
 
 
 def _popcount_avx512(loads: bool) -> tuple[str, ...]:
@@ -152,6 +156,24 @@ def _lut_vnni(loads: bool = True) -> tuple[str, ...]:
     return tuple(lines)
 
 
+# AMX: the process's permission for the tile data, then every tile 16 rows of 64 bytes.
+AMX_SETUP = """
+  static uint8_t cfg[64] __attribute__((aligned(64)));
+  cfg[0] = 1;
+  for (int t = 0; t < 8; ++t) cfg[16 + 2 * t] = 64, cfg[48 + t] = 16;
+  syscall(158, 0x1023, 18);  /* arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) */
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+"""
+
+
+def _amx(loads: bool) -> tuple[str, ...]:
+    lines = [f"tileloadd {1024 * t}(%[b],%[s],1), %%tmm{4 + t}" for t in range(4)] if loads else []
+    lines += [
+        f"tdpbuud %%tmm{6 + b}, %%tmm{4 + a}, %%tmm{2 * a + b}" for a in (0, 1) for b in (0, 1)
+    ]
+    return tuple(lines)
+
+
 def _fma(reg: str, blocks: int) -> tuple[str, ...]:
     """One tap of the float first layer: 4 pixels x ``blocks`` vectors of channels (zmm: 6
     blocks of 16, conv_float_avx512.cpp; ymm: 3 of 8, conv_float_avx2.cpp)."""
@@ -187,6 +209,8 @@ MIXES = (
     Mix("lut-avx2 W1A2", ("avx2",), 21 * 4 * 128, False, _lut("ymm", 2, 2, 21)),
     Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),
     Mix("float conv ymm", ("avx2", "fma"), 12 * 8, False, _fma("ymm", 3)),
+    Mix("int8-amx", ("amx_tile", "amx_int8"), 4 * 16384, False, _amx(True), AMX_SETUP),
+    Mix("int8-amx regs", ("amx_tile", "amx_int8"), 4 * 16384, False, _amx(False), AMX_SETUP),
 )
 
 
@@ -200,13 +224,14 @@ def _function(index: int, mix: Mix) -> str:
 {target}double mix{index}(int64_t iterations, const void* buf) {{
   struct timespec t0, t1;
   int64_t n = iterations;
+{mix.setup}
   clock_gettime(CLOCK_MONOTONIC, &t0);
   __asm__ volatile(
       "1:\\n\\t"
 {asm}
       "dec %[n]\\n\\tjnz 1b\\n\\t"
       : [n] "+r"(n)
-      : [b] "r"(buf)
+      : [b] "r"(buf), [s] "r"((int64_t)64)
       : "cc", "memory", {clobbers});
   clock_gettime(CLOCK_MONOTONIC, &t1);
   return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
@@ -215,7 +240,7 @@ def _function(index: int, mix: Mix) -> str:
 
 
 def source() -> str:
-    head = "#include <stdint.h>\n#include <time.h>\n"
+    head = "#include <stdint.h>\n#include <time.h>\n#include <unistd.h>\n"
     return head + "".join(_function(i, m) for i, m in enumerate(MIXES))
 
 
