@@ -270,15 +270,16 @@ def cycles_per_iteration(indices: list[int], iterations: int, repeat: int) -> di
     once, each beside its own clock probe, so every mix is sampled across the whole run (on a
     shared host another guest on the core's sibling thread slows the vector pipes for seconds
     at a time, which the integer clock probe does not see)."""
-    buf = (ctypes.c_uint8 * 16384)()  # zeros: no float specials, every load hits L1
+    buf = (ctypes.c_uint8 * (16384 + 64))()  # zeros: no float specials, every load hits L1
+    at = (ctypes.addressof(buf) + 63) // 64 * 64  # 64-byte aligned: no line-split loads
     fns = {i: getattr(_library(), f"mix{i}") for i in indices}
     for fn in fns.values():
-        fn(iterations // 10, ctypes.addressof(buf))  # warm-up (clock ramp, page)
+        fn(iterations // 10, at)  # warm-up (clock ramp, page)
     best = {i: float("inf") for i in indices}
     for _ in range(repeat):
         for i, fn in fns.items():
             hz = clock_hz(probes=5, iterations=100_000)
-            best[i] = min(best[i], fn(iterations, ctypes.addressof(buf)) * hz / iterations)
+            best[i] = min(best[i], fn(iterations, at) * hz / iterations)
     return best
 
 

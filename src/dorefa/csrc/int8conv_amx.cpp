@@ -63,8 +63,8 @@ inline void CopyBytes(uint8_t* dst, const int8_t* src, int64_t n) {
 
 // The fields of pixels [pix0, pix0 + np) into a[p][0 .. kp): per kernel row its KW cp bytes,
 // then zeros up to kp (the weights past the field are zero too; this keeps the bytes defined).
-// Inline vector copies: memcpy's calls cost as much as the copies on svhn's 144-byte rows.
-// (A copy in tile order, each A tile 1 KB of consecutive lines, measured the same.)
+// Inline vector copies (memcpy calls measured the same; so did a second copy into tile order,
+// each A tile 1 KB of consecutive lines).
 void Gather(const Int8Conv& c, int64_t pix0, int np, int64_t kp, uint8_t* a) {
   const ConvGeom& g = *c.g;
   const int8_t* fields[kCallPixels];
