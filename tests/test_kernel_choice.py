@@ -4,6 +4,8 @@ integers whatever is picked, the per-process cache, forcing over choosing, Model
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -256,3 +258,27 @@ def test_dorefa_run_explain_prints_the_plan(tmp_path, capsys):
         if isinstance(layer, BitConv):
             assert layer.name in out
     assert "W1A2" in out and "kernel plan" in out
+
+
+def test_amx_candidates_are_warmed_up_before_timing_unless_just_timed(monkeypatch):
+    """AMX runs slower for a while after idling: an int8-amx candidate is called for
+    WARM_UP_S before its timed rounds, unless its family was timed less than WARM_UP_IDLE_S
+    ago; other kernels get one untimed call."""
+    calls = {"int8-amx": 0, "lut-vnni": 0}
+    monkeypatch.setattr(choose, "_last_timed", {})
+    monkeypatch.setattr(choose, "WARM_UP_S", 0.02)
+
+    def run(kernel):
+        calls[kernel] += 1
+        time.sleep(0.001)
+
+    choose.measure(run, ["int8-amx", "lut-vnni"])
+    timed = calls["lut-vnni"] - 1  # its rounds
+    assert calls["int8-amx"] >= 1 + timed + 10  # ~20 ms of 1 ms calls before the rounds
+    before = dict(calls)
+    choose.measure(run, ["int8-amx", "lut-vnni"])  # just timed: no second warm-up
+    assert calls["int8-amx"] - before["int8-amx"] == calls["lut-vnni"] - before["lut-vnni"]
+    monkeypatch.setattr(choose, "WARM_UP_IDLE_S", 0.0)  # as if idle since
+    before = dict(calls)
+    choose.measure(run, ["int8-amx", "lut-vnni"])
+    assert calls["int8-amx"] - before["int8-amx"] >= calls["lut-vnni"] - before["lut-vnni"] + 10
