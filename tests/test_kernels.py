@@ -612,3 +612,34 @@ def test_transforms_over_long_planes(kernel, out_bits):
     with K.use_kernel(kernel):
         np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, 2, 1, 1), d)
         np.testing.assert_array_equal(K.bitconv2d_requant(x, pw, 2, 1, 1, th, direction), expected)
+
+
+@pytest.mark.skipif(
+    not any(k.startswith("int8-") for k in NATIVE), reason="no int8 kernel in this build"
+)
+def test_int8_weight_layout_pads_each_block_to_whole_amx_tiles():
+    """The int8 layout (csrc/int8conv.h) on every CPU that runs an int8 kernel: per block of 16
+    output channels, gstride = groups rounded up to 16 groups of 4 channels (one AMX B tile
+    each, int8conv_amx.cpp), the codes at [block][group][lane][channel % 4], zeros elsewhere;
+    then Wsum and the per-tap sums. int8-amx reads whole tiles, so its exactness rests on the
+    padding being zero; this pins the layout where no AMX runs too."""
+    kernel = next(k for k in NATIVE if k.startswith("int8-"))
+    rng = np.random.default_rng(3)
+    o, c, kh, kw = 20, 5, 3, 3
+    w = rng.integers(1, 256, (o, c, kh, kw), dtype=np.uint8)  # no zero codes
+    words = K.weight_words(K.pack_weights(w, 8), kernel)
+    cp = 8  # channels padded to a multiple of 4
+    groups, blocks, taps = kh * kw * cp // 4, 2, kh * kw
+    gstride = (groups + 15) // 16 * 16
+    assert (groups, gstride) == (18, 32)
+    body = words.view(np.uint8)[: blocks * gstride * 64].reshape(blocks, gstride, 16, 4)
+    expect = np.zeros_like(body)
+    wp = np.zeros((blocks * 16, cp, kh, kw), np.uint8)
+    wp[:o, :c] = w
+    # group j = tap * cp / 4 + channel / 4, byte i = channel % 4
+    per_tap = wp.transpose(0, 2, 3, 1).reshape(blocks, 16, taps * cp // 4, 4)
+    expect[:, :groups] = per_tap.transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(body, expect)
+    sums = words.view(np.uint8)[blocks * gstride * 64 :].view(np.int32)
+    assert len(sums) == blocks * 16 * (1 + taps)
+    np.testing.assert_array_equal(sums[:o], w.reshape(o, -1).sum(axis=1, dtype=np.int64))
