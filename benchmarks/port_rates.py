@@ -60,6 +60,7 @@ class Mix:
     binary: bool  # popcount mix: a W x A MAC is W * A of these
     body: tuple[str, ...]  # AT&T lines of one iteration; %[b] is the L1 buffer, %[s] = 64
     setup: str = ""  # C statements before the timed loop
+    teardown: str = ""  # C statements after it
 
 
 def _popcount_avx512(loads: bool) -> tuple[str, ...]:
@@ -166,6 +167,10 @@ AMX_SETUP = """
 """
 
 
+AMX_TEARDOWN = '  __asm__ volatile("tilerelease");  /* the tile state back to init */'
+AMX_FLAGS = ("amx_tile", "amx_int8")
+
+
 def _amx(loads: bool) -> tuple[str, ...]:
     lines = [f"tileloadd {1024 * t}(%[b],%[s],1), %%tmm{4 + t}" for t in range(4)] if loads else []
     lines += [
@@ -209,8 +214,8 @@ MIXES = (
     Mix("lut-avx2 W1A2", ("avx2",), 21 * 4 * 128, False, _lut("ymm", 2, 2, 21)),
     Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),
     Mix("float conv ymm", ("avx2", "fma"), 12 * 8, False, _fma("ymm", 3)),
-    Mix("int8-amx", ("amx_tile", "amx_int8"), 4 * 16384, False, _amx(True), AMX_SETUP),
-    Mix("int8-amx regs", ("amx_tile", "amx_int8"), 4 * 16384, False, _amx(False), AMX_SETUP),
+    Mix("int8-amx", AMX_FLAGS, 4 * 16384, False, _amx(True), AMX_SETUP, AMX_TEARDOWN),
+    Mix("int8-amx regs", AMX_FLAGS, 4 * 16384, False, _amx(False), AMX_SETUP, AMX_TEARDOWN),
 )
 
 
@@ -234,14 +239,23 @@ def _function(index: int, mix: Mix) -> str:
       : [b] "r"(buf), [s] "r"((int64_t)64)
       : "cc", "memory", {clobbers});
   clock_gettime(CLOCK_MONOTONIC, &t1);
+{mix.teardown}
   return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
 }}
 """
 
 
 def source() -> str:
+    """Every mix this CPU runs; the others as stubs (an older assembler may not know AMX)."""
     head = "#include <stdint.h>\n#include <time.h>\n#include <unistd.h>\n"
-    return head + "".join(_function(i, m) for i, m in enumerate(MIXES))
+    flags = cpu_flags()
+
+    def stub(i: int) -> str:
+        return f"double mix{i}(int64_t n, const void* b) {{ (void)n; (void)b; return -1.0; }}\n"
+
+    return head + "".join(
+        _function(i, m) if set(m.flags) <= flags else stub(i) for i, m in enumerate(MIXES)
+    )
 
 
 @functools.cache

@@ -4,8 +4,6 @@ integers whatever is picked, the per-process cache, forcing over choosing, Model
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -261,24 +259,29 @@ def test_dorefa_run_explain_prints_the_plan(tmp_path, capsys):
 
 
 def test_amx_candidates_are_warmed_up_before_timing_unless_just_timed(monkeypatch):
-    """AMX runs slower for a while after idling: an int8-amx candidate is called for
-    WARM_UP_S before its timed rounds, unless its family was timed less than WARM_UP_IDLE_S
-    ago; other kernels get one untimed call."""
-    calls = {"int8-amx": 0, "lut-vnni": 0}
+    """AMX runs slower for a while after idling: after every candidate's first call, an
+    int8-amx candidate is called for WARM_UP_S before the timed rounds, unless its family was
+    timed less than WARM_UP_IDLE_S ago. A fake clock (each call 1 ms) keeps it deterministic."""
+    clock = [0.0]
+    calls: list[str] = []
+    monkeypatch.setattr(choose.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(choose, "_last_timed", {})
-    monkeypatch.setattr(choose, "WARM_UP_S", 0.02)
 
     def run(kernel):
-        calls[kernel] += 1
-        time.sleep(0.001)
+        calls.append(kernel)
+        clock[0] += 0.001
 
     choose.measure(run, ["int8-amx", "lut-vnni"])
-    timed = calls["lut-vnni"] - 1  # its rounds
-    assert calls["int8-amx"] >= 1 + timed + 10  # ~20 ms of 1 ms calls before the rounds
-    before = dict(calls)
-    choose.measure(run, ["int8-amx", "lut-vnni"])  # just timed: no second warm-up
-    assert calls["int8-amx"] - before["int8-amx"] == calls["lut-vnni"] - before["lut-vnni"]
-    monkeypatch.setattr(choose, "WARM_UP_IDLE_S", 0.0)  # as if idle since
-    before = dict(calls)
+    warm = round(choose.WARM_UP_S / 0.001)
+    assert calls[:2] == ["int8-amx", "lut-vnni"]  # first calls (they also pack)
+    assert calls[2 : 2 + warm] == ["int8-amx"] * warm  # the warm-up, before any timed round
+    rounds = calls[2 + warm :]
+    assert rounds[:2] == ["int8-amx", "lut-vnni"] and rounds.count("int8-amx") == len(rounds) // 2
+    calls.clear()
+    clock[0] += choose.WARM_UP_IDLE_S / 2  # timed just before: no second warm-up
     choose.measure(run, ["int8-amx", "lut-vnni"])
-    assert calls["int8-amx"] - before["int8-amx"] >= calls["lut-vnni"] - before["lut-vnni"] + 10
+    assert calls.count("int8-amx") == calls.count("lut-vnni")
+    calls.clear()
+    clock[0] += 2 * choose.WARM_UP_IDLE_S  # idle since: warmed up again
+    choose.measure(run, ["lut-vnni", "int8-amx"])
+    assert calls.count("int8-amx") == calls.count("lut-vnni") + warm

@@ -4,7 +4,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -34,11 +34,13 @@ constexpr Feature kFeatures[] = {
 };
 
 // AMX tiles and int8 products, where the CPU has them (CPUID leaf 7 EDX bits 24, 25), the OS
-// saves the tile state (XCR0 bits 17, 18) and grants this process the tile data (Linux 5.16+:
-// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); refused, e.g., while a thread has a
-// sigaltstack too small for the larger signal frame).
+// saves the tile state (XCR0 bits 17, 18) and grants this process the tile data on request
+// (Linux 5.16+: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); refused, e.g., while a
+// thread has a sigaltstack too small for the larger signal frame, or by some sandboxes).
+// Asked only where DOREFA_CPU_FEATURES keeps AMX: the permission enlarges the process's signal
+// frames from then on.
 uint32_t DetectAmx() {
-#if defined(__x86_64__) && defined(SYS_arch_prctl)
+#if defined(__x86_64__) && defined(__linux__) && defined(SYS_arch_prctl)
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return 0;
   __cpuid_count(7, 0, a, b, c, d);
@@ -71,7 +73,6 @@ uint32_t Detect() {
   if (__builtin_cpu_supports("fma")) mask |= kFma;
   if (__builtin_cpu_supports("avx512vnni")) mask |= kAvx512Vnni;
 #endif
-  mask |= DetectAmx();
   return mask;
 }
 
@@ -102,7 +103,11 @@ uint32_t EnvMask() {
 }  // namespace
 
 uint32_t CpuFeatures() {
-  static const uint32_t features = Detect() & EnvMask();  // CPUID once per process
+  static const uint32_t features = [] {  // CPUID once per process
+    const uint32_t keep = EnvMask();
+    const uint32_t amx = kAmxTile | kAmxInt8;
+    return (Detect() | ((keep & amx) == amx ? DetectAmx() : 0)) & keep;
+  }();
   return features;
 }
 

@@ -160,6 +160,11 @@ uint8_t PackInt8Image(const ConvGeom& g, const uint8_t* x, int32_t z, int64_t n,
   return PackBand(one, Int8Geom(one), x + n * g.c * g.h * g.w, z, 0, 0, one.hp, dst, nullptr);
 }
 
+uint8_t* Int8FieldBuffer(size_t bytes) {
+  static thread_local Scratch<uint8_t> buffer;
+  return buffer.Get(bytes);
+}
+
 uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   const Int8Geom q(g);
   auto* bytes = reinterpret_cast<uint8_t*>(wq);

@@ -1,12 +1,14 @@
 // Int8 dot-product convolution of unsigned codes: the layouts, the shared parts (packing, the
-// output transform, the parallel region) and the tile-kernel interface of the AVX2 and
-// AVX-512 VNNI kernels (int8conv_avx2.cpp, int8conv_vnni.cpp), which the table-lookup kernels
-// share too (lut.h: their own weight layout and activation tables on the same packing).
+// output transform, the parallel region) and the tile-kernel interface of the AVX2, AVX-512
+// VNNI and AMX kernels (int8conv_avx2.cpp, int8conv_vnni.cpp, int8conv_amx.cpp), which the
+// table-lookup kernels share too (lut.h: their own weight layout and activation tables on the
+// same packing).
 //
 // The maths. Codes are small unsigned integers, x < 2^x_bits and w < 2^w_bits (bits 1..8),
 // so one output acc = sum_{c,kh,kw} x * w is an exact integer dot product; the callers check
-// that it fits int32. The instructions multiply an UNSIGNED byte by a SIGNED byte (VPMADDUBSW,
-// VPDPBUSD): the weights (<= 255) are the unsigned operand, the activations the signed one.
+// that it fits int32. VPMADDUBSW and VPDPBUSD multiply an UNSIGNED byte by a SIGNED byte:
+// the weights (<= 255) are the unsigned operand, the activations the signed one (AMX's
+// TDPBUUD multiplies unsigned by unsigned: int8-amx stores the codes as they are, z = 0).
 // Activations that do not fit s8 (or, for VPMADDUBSW, whose pair sums would saturate int16)
 // are stored shifted, x' = x - z with z = ActivationShift(kernel, x_bits), and
 //
@@ -30,7 +32,8 @@
 // per block, then the per-tap sums Tsum[ob][t][lane] = sum_c w (t = kh * KW + kw), 16 int32
 // per block and tap. The whole array is handed around as uint64 words (WeightWords of them).
 //
-// Skipping the padding (both int8 kernels: TileClasses, int8conv_store.h): a pixel near the
+// Skipping the padding (int8-vnni and int8-avx2: TileClasses, int8conv_store.h; int8-amx sums
+// every tap): a pixel near the
 // border has taps in the zero padding. A tile leaves them out: its pixels share the taps
 // inside the image, kernel rows [r0, r1) x columns [k0, k1) (FieldTaps), and only those are
 // summed. The padding's codes are 0, so the true sum over the skipped taps is 0, but the
@@ -40,6 +43,7 @@
 #ifndef DOREFA_CSRC_INT8CONV_H_
 #define DOREFA_CSRC_INT8CONV_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -190,8 +194,16 @@ struct Int8Kernel {
 #ifdef DOREFA_HAVE_X86_KERNELS
 extern const Int8Kernel kInt8Avx2;
 extern const Int8Kernel kInt8Vnni;
+#endif
+#ifdef DOREFA_HAVE_AMX
 extern const Int8Kernel kInt8Amx;
 #endif
+
+// A per-thread buffer of at least `bytes` bytes, 64-byte aligned, uninitialised, valid until
+// this thread's next call: int8-amx's gathered fields. Out of line here, not a Scratch in
+// int8conv_amx.cpp, whose inline members would be compiled with that file's AVX-512 and AMX
+// flags and might be the copy the linker keeps for every file.
+uint8_t* Int8FieldBuffer(size_t bytes);
 
 // The whole convolution (packing, tiles, output transform) in one parallel region of up to
 // `threads` threads (a lut kernel: one per chunk of images, lut.h): x (N, C, H, W) codes, wq

@@ -29,7 +29,6 @@
 #include "int8conv.h"
 #include "int8conv_store.h"
 #include "int8conv_store_avx512.h"
-#include "scratch.h"
 
 namespace dorefa {
 namespace {
@@ -83,9 +82,12 @@ void Gather(const Int8Conv& c, int64_t pix0, int np, int64_t kp, uint8_t* a) {
 // S strips (from a, rows kp bytes apart) x B blocks (from w, bstride bytes apart) over `steps`
 // 64-byte steps, to out (int32, row stride `ostride` elements; strip s, block b at
 // out + s 16 ostride + 16 b).
+// GCC's tile intrinsics are asm statements without a memory operand: the barriers keep the
+// gather's stores before the tile loads and the tile stores before the reads of `out`.
 template <int S, int B>
 void Tiles(const uint8_t* a, int64_t kp, const uint8_t* w, int64_t bstride, int64_t steps,
            int32_t* out, int64_t ostride) {
+  asm volatile("" ::: "memory");
   _tile_zero(0);
   if constexpr (B == 2) _tile_zero(1);
   if constexpr (S == 2) _tile_zero(2);
@@ -106,6 +108,7 @@ void Tiles(const uint8_t* a, int64_t kp, const uint8_t* w, int64_t bstride, int6
   if constexpr (B == 2) _tile_stored(1, out + kInt8Lanes, bytes);
   if constexpr (S == 2) _tile_stored(2, out + kStrip * ostride, bytes);
   if constexpr (S == 2 && B == 2) _tile_stored(3, out + kStrip * ostride + kInt8Lanes, bytes);
+  asm volatile("" ::: "memory");
 }
 
 using TilesFn = void (*)(const uint8_t*, int64_t, const uint8_t*, int64_t, int64_t, int32_t*,
@@ -115,13 +118,12 @@ constexpr TilesFn kTiles[2][2] = {{&Tiles<1, 1>, &Tiles<1, 2>}, {&Tiles<2, 1>, &
 // A call: gather the fields once, then per group of up to 4 blocks the sums of every pixel
 // strip pair x block pair, and the store, 8 pixels at a time (as TileClasses).
 void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
-  static thread_local Scratch<uint8_t> abuf;
   alignas(64) int32_t raw[kCallPixels * kGroupBlocks * kInt8Lanes];
   int32_t terms[kCallPixels];
   const int np = static_cast<int>(npix);
   const int strips = (np + kStrip - 1) / kStrip;
   const int64_t kp = c.q.gstride * 4, steps = c.q.gstride / 16;
-  uint8_t* a = abuf.Get(static_cast<size_t>(strips * kStrip * kp));
+  uint8_t* a = Int8FieldBuffer(static_cast<size_t>(strips * kStrip * kp));
   Gather(c, pix0, np, kp, a);
   // Rows past np in the last strip: defined bytes, sums never stored.
   std::memset(a + np * kp, 0, static_cast<size_t>((strips * kStrip - np) * kp));

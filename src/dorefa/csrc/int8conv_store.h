@@ -1,4 +1,4 @@
-// The vector store of the int8 kernels' tiles, shared by the AVX-512 VNNI and AVX2 files: for
+// The vector store of the int8 kernels' tiles, shared by the AMX, AVX-512 VNNI and AVX2 files: for
 // a tile of np <= 8 pixels, split where it crosses into the next image (so each channel's
 // outputs in a segment are a run of neighbours in the NCHW plane), per 16-channel block,
 //   acc = raw + z Wsum,   D = 2 acc - nw S      (modulo 2^32: the true values fit int32)

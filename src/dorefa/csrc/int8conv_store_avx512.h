@@ -1,5 +1,6 @@
 // The int8 tiles' vector store (int8conv_store.h) on zmm, 16 lanes: VnniStore, shared by the
-// AVX-512 int8 and lut kernels (int8conv_vnni.cpp, lut_avx512.cpp; AVX-512 F/BW/VL only).
+// AVX-512 int8 and lut kernels (int8conv_vnni.cpp, int8conv_amx.cpp, lut_avx512.cpp; AVX-512
+// F/BW/VL only).
 // Internal linkage, one copy per ISA file, as int8conv_store.h.
 #ifndef DOREFA_CSRC_INT8CONV_STORE_AVX512_H_
 #define DOREFA_CSRC_INT8CONV_STORE_AVX512_H_

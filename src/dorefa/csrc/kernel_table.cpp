@@ -16,8 +16,10 @@ constexpr uint32_t kGfniVbmi = kGfni | kAvx512Vbmi;
 constexpr unsigned kEpilogue = ModeBit(Epilogue::kSigned) | ModeBit(Epilogue::kRequant);
 // The int8 kernels: AVX-512 F/BW/VL (their file is built with -mavx512dq too) and VNNI; AVX2.
 constexpr uint32_t kVnni = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAvx512Vnni;
+#ifdef DOREFA_HAVE_AMX
 // int8-amx: the tiles, and the zmm store (its file is built with AVX-512 F/BW/VL/DQ).
 constexpr uint32_t kAmx = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAmxTile | kAmxInt8;
+#endif
 // The lut kernels (lut.h): AVX-512 F/BW/VL (their file is built with -mavx512dq too), with
 // VBMI and VNNI for lut-vnni; AVX2.
 constexpr uint32_t kLutZmm = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl;
@@ -61,8 +63,10 @@ const KernelEntry kTable[] = {
    kFloatAvx512},
   {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  nullptr,    kEpilogue,
    kFloatAvx2},
+#ifdef DOREFA_HAVE_AMX
   {"int8-amx",                "avx512", kAmx | kFma,         nullptr,       kNhwc,      &kInt8Amx,  kEpilogue,
    kFloatZmm},
+#endif
   {"int8-vnni",               "avx512", kVnni | kFma,        nullptr,       kNhwc,      &kInt8Vnni, kEpilogue,
    kFloatZmm},
   {"int8-avx2",               "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kInt8Avx2, kEpilogue,

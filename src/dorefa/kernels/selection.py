@@ -2,8 +2,8 @@
 
 Names. A native popcount kernel is ``<family>/<packer>``, e.g. ``popcount-avx512/gfni`` (the
 AVX-512 popcount tile kernel, activations packed with the GFNI bit transpose); an int8
-dot-product kernel is its family, ``int8-vnni`` or ``int8-avx2``, and so is a table-lookup
-kernel, ``lut-avx512`` or ``lut-avx2``. A request may also name a
+dot-product kernel is its family, ``int8-amx``, ``int8-vnni`` or ``int8-avx2``, and so is a
+table-lookup kernel, ``lut-avx512`` or ``lut-avx2``. A request may also name a
 family (``popcount-avx512``) or a backend (``avx512``, ``avx2``, ``scalar``), meaning the first
 kernel of it this CPU runs, or ``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
 The table itself lives in C++ (``csrc/kernel_table.cpp``): popcount kernels fastest first (the
