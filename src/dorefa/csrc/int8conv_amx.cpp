@@ -142,11 +142,7 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
             ostride);
       }
     }
-    for (int p0 = 0; p0 < np; p0 += kMaxStorePixels) {
-      const int n = std::min(kMaxStorePixels, np - p0);
-      StoreTileWith<VnniStore>(c, pix0 + p0, n, ob, nb, raw + p0 * ostride, terms + p0,
-                               pix0 + npix);
-    }
+    StoreCall<VnniStore>(c, pix0, npix, ob, nb, raw, terms);
   }
   _tile_release();
 }

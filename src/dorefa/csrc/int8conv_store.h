@@ -214,6 +214,18 @@ void StoreTileWith(const Int8Conv& c, int64_t pix0, int np, int64_t ob0, int nb,
   }
 }
 
+// Stores a call's pixels [pix0, pix0 + npix), blocks ob .. ob + nb - 1, from raw (each pixel's
+// nb x 16 sums after the previous pixel's) and nws (nw S per pixel), kMaxStorePixels at a time in
+// ascending order (StoreTileWith): the common end of the int8, AMX and lut kernels' calls.
+template <class Isa>
+void StoreCall(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob, int nb,
+               const int32_t* raw, const int32_t* nws) {
+  for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
+    const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
+    StoreTileWith<Isa>(c, pix0 + p0, np, ob, nb, raw + p0 * nb * kInt8Lanes, nws + p0, pix0 + npix);
+  }
+}
+
 // A call of an int8 kernel that leaves the padding out (int8conv.h): per group of up to
 // `group` blocks, the sums of every pixel class (ClassifyPixels: pixels whose fields have the
 // same taps inside the image) in tiles of up to `tile` (<= 8) of its pixels,
@@ -253,11 +265,7 @@ void TileClasses(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int
         block(cls.taps[k], np, nb, xs, ob, start, out);
       }
     }
-    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
-      const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
-      StoreTileWith<Isa>(c, pix0 + p0, np, ob, nb, raw + p0 * nb * kInt8Lanes, terms + p0,
-                         pix0 + npix);
-    }
+    StoreCall<Isa>(c, pix0, npix, ob, nb, raw, terms);
   }
 }
 

@@ -224,11 +224,7 @@ void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
         }
       }
     }
-    const auto* raw = reinterpret_cast<const int32_t*>(m);
-    for (int64_t p0 = 0; p0 < npix; p0 += kMaxStorePixels) {
-      const int np = static_cast<int>(std::min<int64_t>(kMaxStorePixels, npix - p0));
-      StoreTileWith<Store>(c, pix0 + p0, np, ob, nb, raw + p0 * ms, terms + p0, pix0 + npix);
-    }
+    StoreCall<Store>(c, pix0, npix, ob, nb, reinterpret_cast<const int32_t*>(m), terms);
   }
 }
 
