@@ -117,7 +117,10 @@ WGRAD = K._native.wgrad_kernels() if K._native is not None else []
 
 @pytest.mark.parametrize("name", WGRAD)
 @pytest.mark.parametrize(
-    "geometry", GEOMETRIES + [(20, 5, 9, 9, 7, 3, 1, 1), (100, 3, 18, 18, 5, 3, 1, 1)]
+    "geometry",
+    GEOMETRIES
+    + [(20, 5, 9, 9, 7, 3, 1, 1), (100, 3, 18, 18, 5, 3, 1, 1), (2, 36, 6, 5, 18, 2, 1, 1)]
+    + [(3, 17, 9, 9, 20, 3, 1, 0)],
 )
 @pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 8, 7), (1, 1, 1)])
 def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
@@ -128,7 +131,9 @@ def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     every route: the direct kernels (G <= 7; AVX2 only while 2 n_g n_a <= 32767, so (1,8,7)
     goes to its packed path), the packed path (G = 8), AVX2's portable fallback (G = 8 with
     A = 8); 20 samples span several of the direct kernels' batch blocks, 100 samples of an
-    18 x 18 map many more (1 MB of packed gradients)."""
+    18 x 18 map many more (1 MB of packed gradients); `wgrad-amx`'s tiles take 36 channels (a
+    partial group of 16), an even kernel width and 18 output channels (a partial vector), and
+    its small-map strip packer input planes of 30, 49 and 81 bytes."""
     n, c, h, w, o, k, stride, padding = geometry
     g, m, _, a = _operands(geometry, bits, seed=7)
     want = R.conv_weight_grad_codes(g, m, bits[2], a, bits[1], stride, padding, (k, k))
@@ -155,19 +160,11 @@ ONE_PIXEL = [
 ]
 
 
-@pytest.mark.parametrize("name", WGRAD)
-@pytest.mark.parametrize("geometry", ONE_PIXEL)
-@pytest.mark.parametrize(
-    "bits", [(1, 1, 6), (1, 2, 6), (1, 3, 7), (1, 4, 6), (1, 5, 6), (1, 2, 1), (1, 8, 7), (1, 2, 8)]
-)
-@pytest.mark.parametrize("codes", ["random", "extreme"])
-def test_one_pixel_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
-    """One output pixel with training's integer scales (reference_grad.grid_scales), where
-    `wgrad-vnni` sums the batch by the scales' digits in int8 multiply-adds (wgrad_digits.h:
-    A = 1..4 take 3..6 digits, checked by its plan; A >= 5 and G = 8 other routes): equal to
-    the spec's float64 batch-order sum bit for bit at 1-3 threads, with a zero scale (when
-    N > 1) and the largest (Q); "extreme": every gradient code at 0 or n_g, every activation at
-    n_a, and scales whose digits are all beta - 1 (the largest digit products and sums)."""
+def _check_on_scale_grid(name, geometry, bits, codes, plan_check=None):
+    """The weight gradient on training's integer scales equals the spec's float64 batch-order
+    sum bit for bit at 1-3 threads, with a zero scale (when N > 1) and the largest (Q);
+    "extreme": every gradient code at 0 or n_g, every activation at n_a, and scales whose
+    digits are all beta - 1 (the largest digit products and sums)."""
     n, c, h, w, o, k, stride, padding = geometry
     _, ab, gb = bits
     g, m, _, a = _operands(geometry, bits, seed=11 + n)
@@ -184,8 +181,8 @@ def test_one_pixel_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
         top = beta ** int(np.floor(np.log(R.GRID) / np.log(beta))) - 1  # digits beta - 1
         scales = [np.resize([top, R.GRID, 0.0, top], n).astype(np.float64)]
     for scale in scales:
-        digits, _ = K._native.wgrad_digit_plan(gb, ab, scale)
-        assert (digits > 0) == (ab <= 4 and gb <= 7), (digits, bits)
+        if plan_check is not None:
+            plan_check(scale)
         for threads in (1, 2, 3):
             args = (name, g, a, gb, ab, k, k, stride, padding, threads, scale)
             dw = K._native.weight_grad(*args)
@@ -193,6 +190,40 @@ def test_one_pixel_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
             dw32 = K._native.weight_grad(*args, want.divisor)
             want32 = (R.scaled_batch_sum(scale, want.s) / want.divisor).astype(np.float32)
             assert np.array_equal(dw32.reshape(o, c, k, k), want32)
+
+
+@pytest.mark.parametrize("name", WGRAD)
+@pytest.mark.parametrize("geometry", ONE_PIXEL)
+@pytest.mark.parametrize(
+    "bits", [(1, 1, 6), (1, 2, 6), (1, 3, 7), (1, 4, 6), (1, 5, 6), (1, 2, 1), (1, 8, 7), (1, 2, 8)]
+)
+@pytest.mark.parametrize("codes", ["random", "extreme"])
+def test_one_pixel_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
+    """One output pixel, where `wgrad-vnni` (and `wgrad-amx`) sum the batch by the scales'
+    digits in int8 multiply-adds (wgrad_digits.h: A = 1..4 take 3..6 digits, checked by its
+    plan; A >= 5 and G = 8 other routes); see _check_on_scale_grid."""
+    _, ab, gb = bits
+
+    def plan_check(scale):
+        digits, _ = K._native.wgrad_digit_plan(gb, ab, scale)
+        assert (digits > 0) == (ab <= 4 and gb <= 7), (digits, bits)
+
+    _check_on_scale_grid(name, geometry, bits, codes, plan_check)
+
+
+# small maps: (N, C, H, W, O, K, stride, padding) with 4, 16 and 25 output pixels, where
+# `wgrad-amx` sums the batch and the map together by the scales' digits (its tile steps span
+# samples; 2 x 2 maps are below its per-sample route's smallest)
+SMALL_MAPS = [(5, 3, 3, 3, 17, 2, 1, 0), (40, 17, 4, 4, 33, 3, 1, 1), (9, 20, 7, 7, 35, 3, 1, 0)]
+
+
+@pytest.mark.parametrize("name", WGRAD)
+@pytest.mark.parametrize("geometry", SMALL_MAPS)
+@pytest.mark.parametrize("bits", [(1, 1, 6), (1, 2, 6), (1, 3, 7), (1, 4, 6), (1, 2, 1)])
+@pytest.mark.parametrize("codes", ["random", "extreme"])
+def test_small_map_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
+    """Small maps on training's integer scales (see _check_on_scale_grid)."""
+    _check_on_scale_grid(name, geometry, bits, codes)
 
 
 def test_digit_plan():

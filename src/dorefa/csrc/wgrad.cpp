@@ -114,6 +114,9 @@ namespace {
 
 std::vector<const WgradKernel*> Usable() {
   std::vector<const WgradKernel*> out;
+#ifdef DOREFA_HAVE_AMX
+  if ((CpuFeatures() & kWgradAmx.cpu) == kWgradAmx.cpu) out.push_back(&kWgradAmx);
+#endif
 #ifdef DOREFA_HAVE_X86_KERNELS
   for (const WgradKernel* k : {&kWgradVnni, &kWgradAvx2})
     if ((CpuFeatures() & k->cpu) == k->cpu) out.push_back(k);

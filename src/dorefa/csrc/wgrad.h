@@ -140,6 +140,13 @@ uint32_t WeightGradDirectVnni(const WgradGeom& g, const uint8_t* c, const uint8_
 uint32_t WeightGradDirectAvx2(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                               const WgradOutput& out, int threads);
 #endif
+#ifdef DOREFA_HAVE_AMX
+// `wgrad-amx`: wgrad-vnni with the direct route's per-sample sums on AMX tiles
+// (wgrad_amx.cpp; one output pixel and the smallest maps stay on the VNNI code).
+extern const WgradKernel kWgradAmx;
+uint32_t WeightGradDirectAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
+                             const WgradOutput& out, int threads);
+#endif
 extern const WgradKernel kWgradScalar;
 
 }  // namespace dorefa

@@ -48,21 +48,21 @@ struct DigitPlan {
   int64_t base = 0;  // beta: (beta - 1) n_a <= 255
 };
 
-// The plan, or digits = 0 when the route does not apply: P = 1, dW mode, integer scales in
-// [0, 2^24), exact partial sums (N max(q) n_g n_a < 2^53), g an int8 (n_g <= 127), each T_j
-// within int32 (N n_g 255 < 2^31), and D <= kMaxDigits.
-inline DigitPlan PlanDigits(const WgradGeom& g, const WgradOutput& out) {
+// The plan over `terms` products per output (N P: the batch and the map, summed together), or
+// digits = 0 when the route does not apply: dW mode, integer scales in [0, 2^24), exact
+// partial sums (terms max(q) n_g n_a < 2^53), g an int8 (n_g <= 127), each T_j within int32
+// (terms n_g 255 < 2^31), and D <= kMaxDigits.
+inline DigitPlan PlanScaleDigits(const WgradGeom& g, const WgradOutput& out, int64_t terms) {
   DigitPlan plan;
   const int64_t ng = (int64_t{1} << g.g_bits) - 1, na = (int64_t{1} << g.a_bits) - 1;
-  if (g.P() != 1 || out.s != nullptr || g.n == 0 || ng > 127 || g.n * ng * 255 >= (1LL << 31))
-    return plan;
+  if (out.s != nullptr || g.n == 0 || ng > 127 || terms * ng * 255 >= (1LL << 31)) return plan;
   double top = 0.0;
   for (int64_t b = 0; b < g.n; ++b) {
     const double q = out.scale[b];
     if (!(q >= 0.0 && q < 16777216.0) || q != std::floor(q)) return plan;
     top = std::max(top, q);
   }
-  if (static_cast<double>(g.n) * top * static_cast<double>(ng * na) >= 9007199254740992.0)
+  if (static_cast<double>(terms) * top * static_cast<double>(ng * na) >= 9007199254740992.0)
     return plan;
   const int64_t base = 255 / na + 1;
   int digits = 1;
@@ -71,6 +71,11 @@ inline DigitPlan PlanDigits(const WgradGeom& g, const WgradOutput& out) {
   if (digits > kMaxDigits) return plan;
   plan.digits = digits, plan.base = base;
   return plan;
+}
+
+// The one-pixel layer's plan (P = 1: the batch is the sum).
+inline DigitPlan PlanDigits(const WgradGeom& g, const WgradOutput& out) {
+  return g.P() == 1 ? PlanScaleDigits(g, out, g.n) : DigitPlan{};
 }
 
 // The one-pixel layer's windows X (N, K) transposed: xt (K, N) (OnePixelWindow, wgrad.h).

@@ -64,5 +64,12 @@ extern const WgradKernel kWgradVnni = {"wgrad-vnni", kAvx512F | kAvx512Bw | kAvx
                                        &BlockVnni,   &ShiftVnni,
                                        &FinishVnni,  kRows,
                                        kBlocks,      &WeightGradDirectVnni};
+#ifdef DOREFA_HAVE_AMX
+extern const WgradKernel kWgradAmx = {
+    "wgrad-amx", kAvx512F | kAvx512Bw | kAvx512Vl | kAvx512Vnni | kAvx512Vbmi | kAmxTile | kAmxInt8,
+    &BlockVnni,  &ShiftVnni,
+    &FinishVnni, kRows,
+    kBlocks,     &WeightGradDirectAmx};
+#endif
 
 }  // namespace dorefa

@@ -11,60 +11,21 @@
 #include <algorithm>
 #include <cstring>
 
-#include "avx512_transpose.h"
 #include "unroll.h"
 #include "wgrad.h"
 #include "wgrad_digits.h"
 #include "wgrad_direct.h"
+#include "wgrad_direct_avx512.h"
 #include "wgrad_outer.h"
 
 namespace dorefa {
 namespace {
 
-struct VnniDirect {
+struct VnniDirect : Avx512DirectPack {
   static constexpr int kLanes = 16;   // channels per zmm
   static constexpr int kVectors = 2;  // channel vectors per register tile
   static constexpr int kCols = 4;     // columns per register tile
   static constexpr int kChunk = 24;   // columns per work tile (its double sums stay in L1)
-
-  // One strip plane (wgrad_direct.h): rows of ow bytes in 64-byte masked steps, the data
-  // columns loaded under their mask (the rest read as 0), the padding rows stored as zeros.
-  static void StripPlane(const uint8_t* src, int64_t h, int64_t w, int64_t p, int64_t first,
-                         int64_t last, int64_t shift, uint8_t* dst, int64_t ow, int64_t hp) {
-    const __m512i zero = _mm512_setzero_si512();
-    for (int64_t i = 0; i < ow; i += 64) {
-      const __mmask64 row = ByteSpan(i, ow), data = row & ~ByteSpan(i, first) & ByteSpan(i, last);
-      for (int64_t y = 0; y < hp; ++y) {
-        const int64_t iy = y - p;
-        const __m512i v = iy < 0 || iy >= h || data == 0
-                              ? zero
-                              : _mm512_maskz_loadu_epi8(data, src + iy * w + i + shift);
-        _mm512_mask_storeu_epi8(dst + y * ow + i, row, v);
-      }
-    }
-  }
-  // g = 2c - n_g of one sample into 16-channel x 4-pixel vectors: per 16 channels and 16 quads,
-  // 16 rows of 64 code bytes (masked: 0 past P and past O), transformed, then transposed as a
-  // 16 x 16 matrix of 4-byte quads.
-  static void PackGrads(const WgradGeom& g, const DirectLayout& l, const uint8_t* c, int8_t* gq) {
-    const int64_t p_count = g.P();
-    const __m512i ng = _mm512_set1_epi8(static_cast<char>((1 << g.g_bits) - 1));
-    for (int64_t v = 0; v < l.ov; ++v) {
-      for (int64_t q0 = 0; q0 < l.pq; q0 += 16) {
-        const __mmask64 m = ByteSpan(q0 * 4, p_count);
-        __m512i r[16];
-        for (int i = 0; i < 16; ++i) {
-          const int64_t o = v * 16 + i;
-          const __m512i x = o < g.o ? _mm512_maskz_loadu_epi8(m, c + o * p_count + q0 * 4)
-                                    : _mm512_setzero_si512();
-          r[i] = o < g.o ? _mm512_maskz_sub_epi8(m, _mm512_add_epi8(x, x), ng) : x;
-        }
-        Transpose16Dwords(r);
-        const int64_t n = std::min<int64_t>(16, l.pq - q0);
-        for (int64_t j = 0; j < n; ++j) _mm512_storeu_si512(gq + (v * l.pq + q0 + j) * 64, r[j]);
-      }
-    }
-  }
 
   template <int V, int C, DirectMode M>
   static void Run(const DirectTileArgs& a) {
@@ -145,12 +106,6 @@ struct VnniDirect {
 struct VnniDigits {
   static constexpr int kRows = 4, kVecs = 2;
 
-  // a * b per byte, for products below 256 (the low byte of each 16-bit product).
-  static __m512i MulBytes(__m512i a, __m512i b) {
-    const __m512i even = _mm512_mullo_epi16(a, b);
-    const __m512i odd = _mm512_mullo_epi16(_mm512_srli_epi16(a, 8), _mm512_srli_epi16(b, 8));
-    return _mm512_mask_blend_epi8(0xAAAAAAAAAAAAAAAAULL, even, _mm512_slli_epi16(odd, 8));
-  }
   // Vector kv of digit d's operand: 16 columns (rows of xt, 0 past K) x nq quads of samples,
   // d_b X_b[k] as [quad][16 lanes][4 samples] (0 past N), by 16 x 16 transposes of quads.
   static void PackColumns(const uint8_t* xt, int64_t k_count, int64_t n, const uint8_t* d,

@@ -24,7 +24,8 @@ added at the input pixel its tap reaches, so no product has a padding or inserte
 
 Weight gradient (spec: per sample ``S_b = sum_pixels (2c - n_g) q``): both operands change
 with the sample, and the sum runs over the output pixels, so it has its own native kernels
-(``csrc/wgrad*.cpp``: ``wgrad-vnni`` VPDPBUSD, ``wgrad-avx2`` VPMADDUBSW, ``wgrad-scalar``): one
+(``csrc/wgrad*.cpp``: ``wgrad-amx`` AMX tiles, ``wgrad-vnni`` VPDPBUSD, ``wgrad-avx2`` VPMADDUBSW,
+``wgrad-scalar``): one
 call per layer, samples split over threads, ``S_b[o, k] = sum_p (2c - n_g) X_b[p, k]`` with
 ``X_b[p, k]`` sample b's activation window (k = (input channel, tap)); then
 ``dW = (sum_b q_b S_b) / divisor`` with the scales on an integer grid
@@ -224,8 +225,9 @@ def conv_input_grad(
 
 
 def weight_grad_kernel() -> str:
-    """The weight-gradient kernel for the kernel in force: the native one of its ISA (avx512:
-    ``wgrad-vnni`` where the CPU has VNNI; avx2; scalar), the fastest when nothing is forced,
+    """The weight-gradient kernel for the kernel in force: the native one of its ISA
+    (``int8-amx``: ``wgrad-amx``; other avx512 kernels: ``wgrad-vnni`` where the CPU has VNNI;
+    avx2; scalar), the fastest when nothing is forced,
     ``reference`` for the reference kernel or without the extension."""
     from .extension import native
     from .selection import REFERENCE, backend_of, forced_kernel
@@ -236,6 +238,8 @@ def weight_grad_kernel() -> str:
     usable = native.wgrad_kernels()  # fastest first
     if forced is None:
         return usable[0]
+    if forced == "int8-amx" and "wgrad-amx" in usable:
+        return "wgrad-amx"
     order = {"avx512": 0, "avx2": 1, "scalar": 2}[backend_of(forced)]
     ranked = ("wgrad-vnni", "wgrad-avx2", "wgrad-scalar")[order:]
     return next(name for name in ranked if name in usable)

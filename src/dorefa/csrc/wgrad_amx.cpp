@@ -1,0 +1,428 @@
+// AMX weight gradient (`wgrad-amx`): the direct route of wgrad_direct.h (stride 1, n_g <= 127,
+// the activations read in place from their strips) with the per-sample sums on the tile unit.
+//
+//   S_b[o, k] = sum_p (2 c_b[o, p] - n_g) X_b[p, k],   k = (ci, r, t),
+//
+// TDPBUSD C, A, B: C[m][n] += sum_{i<4} u8(A[m][4q + i]) * s8(B[q][4n + i]) over the rows q of
+// B, into int32 (no saturation), so
+//   A (16 x 4 kq bytes): 16 input channels ci0 .. ci0 + 15 at one tap (r, t): rows of the strip
+//      planes X_t[ci] from row r (wgrad_direct.h), `plane` bytes apart, kq pixel quads each;
+//   B (kq x 64 bytes): kq quads of 16 output channels' gradient factors, the direct route's
+//      packed vectors as they are ([quad][16 channels][4 pixels]);
+//   C: S for 16 input channels x 16 output channels at that tap, summed over the map in
+//      `steps` steps of kq quads (kq = ceil(PQ / steps), steps = ceil(PQ / 16): the factors
+//      are padded with zero quads up to steps kq, and a step reads at most 4 kq - 1 bytes past
+//      a plane's pixels, which meet zero factors).
+// Tiles: C in tmm0..3 (taps t, t + 1 x channel vectors v, v + 1), A in tmm4, 5, B in tmm6, 7.
+// Rows of A past the layer's channels read the next planes (or the buffer's zeroed slack):
+// their sums are never used.
+//
+// Per sample the C tiles go to a buffer, and their sums S into the float64 sums
+// acc[t][ci][o] += scale_b * double(S) (one FMA where the product is exact, else a multiply and
+// an add: DirectMode), the batch in order, so the results are the direct route's bit for bit.
+// Work item: 16 input channels x the KW taps of one kernel row x up to 4 channel vectors, the
+// whole batch; its float64 sums (KW x 16 x 64 doubles: 24 KB at KW = 3) stay in L1. (Items of
+// all output channels, their sums in L2, ran at half the speed: the finish's loads and stores
+// of the sums bound them.)
+//
+// Cost per sample and 16 x 16 outputs: `steps` TDPBUSD (16 cycles each at the tile unit's
+// rate) against the finish's 16 rows x (2 int32 -> float64 conversions + 2 FMA) on the two
+// vector ports (~24 cycles): the finish bounds the small maps, as it bounds `wgrad-vnni`, whose
+// ceil(PQ / 4) VPDPBUSD per 16 outputs it replaces. Maps of fewer than kMinQuads quads, one
+// output pixel (the digits) and the packed path's layers run `wgrad-vnni`'s code.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "wgrad.h"
+#include "wgrad_digits.h"
+#include "wgrad_direct.h"
+#include "wgrad_direct_avx512.h"
+
+namespace dorefa {
+namespace {
+
+constexpr int kLanes = 16;         // channels per A row block and per B row
+constexpr int64_t kMinQuads = 2;   // smaller maps: wgrad-vnni's register tiles
+constexpr int64_t kItemTaps = 12;  // taps x channel vectors of a work item's float64 sums
+
+struct AmxLayout {
+  int64_t steps, kq, pq, groups, vectors, plane, strips, xs_size, gq_size;
+  explicit AmxLayout(const WgradGeom& g)
+      : steps((g.PQ() + 15) / 16),
+        kq((g.PQ() + steps - 1) / steps),
+        pq(steps * kq),
+        groups((g.c + kLanes - 1) / kLanes),
+        vectors((g.o + kLanes - 1) / kLanes),
+        plane((g.h + 2 * g.padding) * g.ow),
+        strips(g.kw * g.c * plane),
+        // A rows past the channels (up to 15 planes) and quads past the map read the slack
+        xs_size(strips + (groups * kLanes - g.c) * plane + 4 * pq + 64),
+        gq_size(vectors * pq * 64) {}
+};
+
+// Tile configuration (palette 1): C tiles 16 x 64 bytes, A tiles 16 x 4 kq, B tiles kq x 64.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  explicit TileConfig(int64_t kq) {
+    for (int t = 0; t < 8; ++t) colsb[t] = 64, rows[t] = kLanes;
+    colsb[4] = colsb[5] = static_cast<uint16_t>(4 * kq);
+    rows[6] = rows[7] = static_cast<uint8_t>(kq);
+  }
+};
+
+// NA A tiles (at a, a + a2; rows `stride` bytes apart, 4 kq bytes each) x NB B tiles (at b,
+// b + b2; kq rows of 64 bytes) over `steps` steps of kq quads: C tile (i, j) into
+// buf + (16 i) 32 + 16 j (int32, rows of 32). Compiler barriers: GCC's tile intrinsics have
+// no memory operand.
+template <int NA, int NB>
+void Tiles(const uint8_t* a, int64_t a2, int64_t stride, const int8_t* b, int64_t b2, int64_t steps,
+           int64_t kq, int32_t* buf) {
+  asm volatile("" ::: "memory");
+  _tile_zero(0);
+  if constexpr (NB == 2) _tile_zero(1);
+  if constexpr (NA == 2) _tile_zero(2);
+  if constexpr (NA == 2 && NB == 2) _tile_zero(3);
+  for (int64_t k = 0; k < steps; ++k) {
+    _tile_loadd(4, a + k * 4 * kq, stride);
+    if constexpr (NA == 2) _tile_loadd(5, a + a2 + k * 4 * kq, stride);
+    _tile_loadd(6, b + k * kq * 64, 64);
+    if constexpr (NB == 2) _tile_loadd(7, b + b2 + k * kq * 64, 64);
+    _tile_dpbusd(0, 4, 6);
+    if constexpr (NB == 2) _tile_dpbusd(1, 4, 7);
+    if constexpr (NA == 2) _tile_dpbusd(2, 5, 6);
+    if constexpr (NA == 2 && NB == 2) _tile_dpbusd(3, 5, 7);
+  }
+  constexpr int64_t kRow = 2 * kLanes * 4;
+  _tile_stored(0, buf, kRow);
+  if constexpr (NB == 2) _tile_stored(1, buf + kLanes, kRow);
+  if constexpr (NA == 2) _tile_stored(2, buf + kLanes * 2 * kLanes, kRow);
+  if constexpr (NA == 2 && NB == 2) _tile_stored(3, buf + kLanes * 2 * kLanes + kLanes, kRow);
+  asm volatile("" ::: "memory");
+}
+
+using TilesFn = void (*)(const uint8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t, int64_t,
+                         int32_t*);
+constexpr TilesFn kTiles[2][2] = {{&Tiles<1, 1>, &Tiles<1, 2>}, {&Tiles<2, 1>, &Tiles<2, 2>}};
+
+// acc[i][0 .. 16 nb) += scale * double(buf row i) for the tile rows i < rows (buf as Tiles
+// writes it, one tap: rows of 32 int32; acc rows `stride` doubles apart).
+template <DirectMode M>
+void Finish(const int32_t* buf, int rows, int nb, double scale, double* acc, int64_t stride) {
+  const __m512d s = _mm512_set1_pd(scale);
+  for (int i = 0; i < rows; ++i) {
+    const int32_t* src = buf + i * 2 * kLanes;
+    double* dst = acc + i * stride;
+    for (int h = 0; h < 2 * nb; ++h) {
+      const __m512d v =
+          _mm512_cvtepi32_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(src + 8 * h)));
+      const __m512d old = _mm512_loadu_pd(dst + 8 * h);
+      _mm512_storeu_pd(dst + 8 * h, M == DirectMode::kFma
+                                        ? _mm512_fmadd_pd(s, v, old)
+                                        : _mm512_add_pd(old, _mm512_mul_pd(s, v)));
+    }
+  }
+}
+
+// The strip planes of small maps (input plane <= 128 bytes, strip plane <= 64: svhn's 7 x 7
+// and 9 x 9 layers), one two-source byte permute (VPERMI2B) per tap column and channel where
+// the generic packer stores a masked vector per strip row: idx[t][i] is the input byte of strip
+// byte i = y OW + ox, x[y - padding][ox + t - padding], and bit i of keep[t] says it is inside.
+struct SmallStrips {
+  bool fits;
+  std::vector<__m512i> idx;
+  std::vector<__mmask64> keep;
+  __mmask64 in_mask, out_mask;
+  explicit SmallStrips(const WgradGeom& g) {
+    const int64_t hp = g.h + 2 * g.padding, in = g.h * g.w, plane = hp * g.ow;
+    fits = in <= 128 && plane <= 64;
+    if (!fits) return;
+    in_mask = in >= 64 ? ~0ull : (1ull << in) - 1;  // of the first 64 input bytes
+    out_mask = plane >= 64 ? ~0ull : (1ull << plane) - 1;
+    for (int64_t t = 0; t < g.kw; ++t) {
+      alignas(64) uint8_t index[64] = {};
+      __mmask64 inside = 0;
+      for (int64_t i = 0; i < plane; ++i) {
+        const int64_t iy = i / g.ow - g.padding, ix = i % g.ow + t - g.padding;
+        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+        index[i] = static_cast<uint8_t>(iy * g.w + ix);
+        inside |= 1ull << i;
+      }
+      idx.push_back(_mm512_load_si512(index));
+      keep.push_back(inside);
+    }
+  }
+  // The strips of one sample (wgrad_direct.h's layout).
+  void Pack(const WgradGeom& g, int64_t plane, const uint8_t* x, uint8_t* xs) const {
+    const int64_t in = g.h * g.w;
+    const __mmask64 hi_mask = in > 64 ? (in >= 128 ? ~0ull : (1ull << (in - 64)) - 1) : 0;
+    for (int64_t ci = 0; ci < g.c; ++ci) {
+      const uint8_t* src = x + ci * in;
+      const __m512i lo = _mm512_maskz_loadu_epi8(in_mask, src);
+      const __m512i hi = _mm512_maskz_loadu_epi8(hi_mask, src + 64);
+      for (int64_t t = 0; t < g.kw; ++t)
+        _mm512_mask_storeu_epi8(xs + (t * g.c + ci) * plane, out_mask,
+                                _mm512_maskz_permutex2var_epi8(keep[t], lo, idx[t], hi));
+    }
+  }
+};
+
+struct AmxPacked {
+  AmxLayout l;
+  DirectLayout dl;          // the same strips and vectors for the shared packers
+  PoolScratch<uint8_t> xs;  // [N][KW][C][H + 2 padding][OW] strips, then the slack (zeros)
+  PoolScratch<int8_t> gq;   // [N][vectors][pq][16][4] g = 2c - n_g, zero past P
+  AmxPacked(const WgradGeom& g)
+      : l(g),
+        dl(g, kLanes),
+        xs(static_cast<size_t>(g.n * l.xs_size)),
+        gq(static_cast<size_t>(g.n * l.gq_size)) {
+    dl.pq = l.pq, dl.xs_size = l.xs_size, dl.gq_size = l.gq_size;
+  }
+};
+
+// One work item: channel group `group` (16 input channels), kernel row r, channel vectors
+// [v0, v1), the batch in order. acc: [KW][16][16 (v1 - v0)] doubles (dW mode).
+void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, DirectMode mode,
+             int64_t group, int64_t r, int64_t v0, int64_t v1, std::vector<double>& acc) {
+  const AmxLayout& l = pk.l;
+  const int64_t width = (v1 - v0) * kLanes, tap_stride = kLanes * width, ci0 = group * kLanes;
+  const int rows = static_cast<int>(std::min<int64_t>(kLanes, g.c - ci0));
+  alignas(64) int32_t buf[2 * kLanes * 2 * kLanes];
+  if (mode != DirectMode::kS) std::fill(acc.begin(), acc.end(), 0.0);
+  for (int64_t b = 0; b < g.n; ++b) {
+    const uint8_t* xs = pk.xs.data() + b * l.xs_size;
+    const int8_t* gq = pk.gq.data() + b * l.gq_size;
+    for (int64_t t = 0; t < g.kw; t += 2) {
+      const int na = static_cast<int>(std::min<int64_t>(2, g.kw - t));
+      const uint8_t* a = xs + (t * g.c + ci0) * l.plane + r * g.ow;
+      for (int64_t v = v0; v < v1; v += 2) {
+        const int nb = static_cast<int>(std::min<int64_t>(2, v1 - v));
+        kTiles[na - 1][nb - 1](a, g.c * l.plane, l.plane, gq + v * l.pq * 64, l.pq * 64, l.steps,
+                               l.kq, buf);
+        for (int i = 0; i < na; ++i) {
+          const int32_t* tile = buf + i * kLanes * 2 * kLanes;
+          if (mode == DirectMode::kS) {
+            int32_t* s = out.s + b * g.o * g.K();
+            for (int ci = 0; ci < rows; ++ci)
+              for (int64_t o = v * kLanes; o < std::min(g.o, (v + nb) * kLanes); ++o)
+                s[o * g.K() + ((ci0 + ci) * g.kh + r) * g.kw + t + i] =
+                    tile[ci * 2 * kLanes + o - v * kLanes];
+            continue;
+          }
+          double* dst = acc.data() + (t + i) * tap_stride + (v - v0) * kLanes;
+          if (mode == DirectMode::kFma) {
+            Finish<DirectMode::kFma>(tile, rows, nb, out.scale[b], dst, width);
+          } else {
+            Finish<DirectMode::kMulAdd>(tile, rows, nb, out.scale[b], dst, width);
+          }
+        }
+      }
+    }
+  }
+  if (mode == DirectMode::kS) return;
+  for (int64_t o = v0 * kLanes; o < std::min(g.o, v1 * kLanes); ++o)
+    for (int ci = 0; ci < rows; ++ci)
+      out.Write(o * g.K() + ((ci0 + ci) * g.kh + r) * g.kw,
+                acc.data() + ci * width + o - v0 * kLanes, g.kw, tap_stride);
+}
+
+uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
+                       const WgradOutput& out, int threads) {
+  AmxPacked pk(g);
+  const AmxLayout& l = pk.l;
+  const SmallStrips small(g);
+  struct None {};
+  const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
+    const uint8_t* cb = c + b * g.o * g.P();
+    const uint8_t* xb = x + b * g.c * g.h * g.w;
+    uint8_t* xs = pk.xs.data() + b * l.xs_size;
+    Avx512DirectPack::PackGrads(g, pk.dl, cb, pk.gq.data() + b * l.gq_size);
+    if (small.fits) {
+      small.Pack(g, l.plane, xb, xs);
+    } else {
+      PackDirectInput<Avx512DirectPack>(g, pk.dl, xb, xs);
+    }
+    std::memset(xs + l.strips, 0, static_cast<size_t>(l.xs_size - l.strips));
+    return uint32_t{OrBytes(cb, g.o * g.P())} | uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
+  });
+  const DirectMode mode = out.s != nullptr              ? DirectMode::kS
+                          : DirectExactProducts(g, out) ? DirectMode::kFma
+                                                        : DirectMode::kMulAdd;
+  // Channel vectors per item: its float64 sums, KW x 16 x 16 vb doubles, in L1 (24 KB at KW 3)
+  const int64_t vb = std::clamp<int64_t>(kItemTaps / g.kw, 1, 4);
+  const int64_t blocks = (l.vectors + vb - 1) / vb, per_group = g.kh * blocks;
+  const TileConfig cfg(l.kq);
+  ParallelForOrThrow(threads, l.groups * per_group, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(
+        mode == DirectMode::kS ? 0 : static_cast<size_t>(g.kw * kLanes * vb * kLanes));
+    _tile_loadconfig(&cfg);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t group = i / per_group, r = (i % per_group) / blocks, v0 = (i % blocks) * vb;
+      RunItem(g, pk, out, mode, group, r, v0, std::min(l.vectors, v0 + vb), acc);
+    }
+    _tile_release();
+  });
+  return ors;
+}
+
+// Small maps by the scales' digits (wgrad_digits.h's plan over N P terms): the batch and the
+// map are one sum, e = b P + p, so no sample pads a tile step of its own:
+//
+//   dW[o, k] = sum_j beta^j T_j[o, k],   T_j[o, k] = sum_e g[o, e] (d_{b(e) j} X[e, k]),
+//
+// A_j (16 columns k x 64 e per tile row block): the strips' runs of each sample, one after the
+// other, times the sample's digit j (<= 255: u8); B: g = 2c - n_g as [e quad][16 channels][4]
+// (0 past E = N P). Work item: 32 columns k (A_j of every digit built once, in L2), then per
+// pair of channel vectors and digit, 4 C tiles over all E, and beta^j T_j added to float64 sums
+// exactly (integers below 2^53). A sample costs D P / 64 tile steps instead of
+// ceil(PQ / 16) steps and the per-sample finish (~3 steps' time).
+struct DigitOperands {
+  int64_t e_count, steps, width, vectors;
+  PoolScratch<int8_t> g;     // [vectors][width / 4][16][4]
+  PoolScratch<uint8_t> d;    // [D][width]: digit j of the sample of e, 0 past E
+  PoolScratch<uint8_t> xs;   // strips of every sample (wgrad_direct.h), for the columns' runs
+  std::vector<int64_t> col;  // [K] offset of column k's run in a sample's strips
+  DigitOperands(const WgradGeom& g0, const DirectLayout& l, int digits)
+      : e_count(g0.n * g0.P()),
+        steps((e_count + 63) / 64),
+        width(steps * 64),
+        vectors((g0.o + kLanes - 1) / kLanes),
+        g(static_cast<size_t>(vectors * width * kLanes)),
+        d(static_cast<size_t>(digits * width)),
+        xs(static_cast<size_t>(g0.n * l.xs_size)),
+        col(static_cast<size_t>(g0.K())) {
+    int64_t k = 0;
+    for (int64_t ci = 0; ci < g0.c; ++ci)
+      for (int64_t r = 0; r < g0.kh; ++r)
+        for (int64_t t = 0; t < g0.kw; ++t) col[k++] = (t * g0.c + ci) * l.plane + r * g0.ow;
+  }
+};
+
+// Channel vector v's gradient factors over all e: 16 rows of e bytes (c's rows of every sample,
+// transformed), then 16 x 16 transposes of 4-byte quads.
+void PackDigitGrads(const WgradGeom& g, const uint8_t* c, int64_t v, DigitOperands& op) {
+  const int64_t p_count = g.P();
+  const int8_t ng = static_cast<int8_t>((1 << g.g_bits) - 1);
+  std::vector<int8_t> rows(static_cast<size_t>(kLanes * op.width), int8_t{0});
+  for (int i = 0; i < kLanes && v * kLanes + i < g.o; ++i) {
+    int8_t* row = rows.data() + i * op.width;
+    for (int64_t b = 0; b < g.n; ++b) {
+      const uint8_t* src = c + (b * g.o + v * kLanes + i) * p_count;
+      for (int64_t p = 0; p < p_count; ++p)
+        row[b * p_count + p] = static_cast<int8_t>(2 * src[p] - ng);
+    }
+  }
+  for (int64_t q0 = 0; q0 < op.width / 4; q0 += 16) {
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(rows.data() + i * op.width + q0 * 4);
+    Transpose16Dwords(r);
+    for (int j = 0; j < 16; ++j)
+      _mm512_storeu_si512(op.g.data() + (v * op.width / 4 + q0 + j) * 64, r[j]);
+  }
+}
+
+// A_j of columns [k0, k0 + 32) for every digit: a[j][i][e] (rows `width` bytes), 0 past E and
+// for columns past K.
+void PackDigitColumns(const WgradGeom& g, const DirectLayout& l, const DigitOperands& op,
+                      int digits, int64_t k0, uint8_t* a) {
+  const int64_t p_count = g.P(), rows = 2 * kLanes, plane_bytes = rows * op.width;
+  uint8_t* x = a + digits * plane_bytes;  // the plain runs, after the digits' copies
+  for (int64_t i = 0; i < rows; ++i) {
+    uint8_t* row = x + i * op.width;
+    std::memset(row, 0, static_cast<size_t>(op.width));
+    if (k0 + i >= g.K()) continue;
+    for (int64_t b = 0; b < g.n; ++b)
+      std::memcpy(row + b * p_count, op.xs.data() + b * l.xs_size + op.col[k0 + i],
+                  static_cast<size_t>(p_count));
+  }
+  for (int j = 0; j < digits; ++j)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t e = 0; e < op.width; e += 64) {
+        const __m512i dv = _mm512_loadu_si512(op.d.data() + j * op.width + e);
+        _mm512_storeu_si512(a + j * plane_bytes + i * op.width + e,
+                            MulBytes(_mm512_loadu_si512(x + i * op.width + e), dv));
+      }
+}
+
+uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const uint8_t* c,
+                             const uint8_t* x, const WgradOutput& out, int threads) {
+  const DirectLayout l(g, kLanes);
+  DigitOperands op(g, l, plan.digits);
+  const SmallStrips small(g);
+  struct None {};
+  const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
+    const uint8_t* xb = x + b * g.c * g.h * g.w;
+    if (small.fits) {
+      small.Pack(g, l.plane, xb, op.xs.data() + b * l.xs_size);
+    } else {
+      PackDirectInput<Avx512DirectPack>(g, l, xb, op.xs.data() + b * l.xs_size);
+    }
+    return uint32_t{OrBytes(c + b * g.o * g.P(), g.o * g.P())} |
+           uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
+  });
+  ParallelForOrThrow(threads, op.vectors, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) PackDigitGrads(g, c, v, op);
+  });
+  const std::vector<uint8_t> digit = ScaleDigits(g, plan, out);
+  std::memset(op.d.data(), 0, static_cast<size_t>(plan.digits * op.width));
+  for (int j = 0; j < plan.digits; ++j)
+    for (int64_t b = 0; b < g.n; ++b)
+      std::memset(op.d.data() + j * op.width + b * g.P(), digit[j * g.n + b],
+                  static_cast<size_t>(g.P()));
+  std::vector<double> weight(static_cast<size_t>(plan.digits), 1.0);
+  for (int j = 1; j < plan.digits; ++j) weight[j] = weight[j - 1] * static_cast<double>(plan.base);
+  const int64_t pairs = (g.K() + 2 * kLanes - 1) / (2 * kLanes);
+  const int64_t plane_bytes = 2 * kLanes * op.width;
+  const TileConfig cfg(16);
+  ParallelForOrThrow(threads, pairs, [&](int64_t begin, int64_t end) {
+    PoolScratch<uint8_t> a(static_cast<size_t>((plan.digits + 1) * plane_bytes));
+    alignas(64) int32_t buf[2 * kLanes * 2 * kLanes];
+    std::vector<double> acc(static_cast<size_t>(4 * kLanes * kLanes));
+    _tile_loadconfig(&cfg);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t k0 = pair * 2 * kLanes, nk = std::min<int64_t>(2 * kLanes, g.K() - k0);
+      PackDigitColumns(g, l, op, plan.digits, k0, a.data());
+      const int na = nk > kLanes ? 2 : 1;
+      for (int64_t v = 0; v < op.vectors; v += 2) {
+        const int nb = static_cast<int>(std::min<int64_t>(2, op.vectors - v));
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int j = 0; j < plan.digits; ++j) {
+          kTiles[na - 1][nb - 1](a.data() + j * plane_bytes, kLanes * op.width, op.width,
+                                 op.g.data() + v * op.width * kLanes, op.width * kLanes, op.steps,
+                                 16, buf);
+          for (int i = 0; i < na; ++i)
+            Finish<DirectMode::kFma>(buf + i * kLanes * 2 * kLanes, kLanes, nb, weight[j],
+                                     acc.data() + i * kLanes * 2 * kLanes, 2 * kLanes);
+        }
+        for (int64_t o = v * kLanes; o < std::min(g.o, (v + nb) * kLanes); ++o)
+          out.Write(o * g.K() + k0, acc.data() + o - v * kLanes, nk, 2 * kLanes);
+      }
+    }
+    _tile_release();
+  });
+  return ors;
+}
+
+}  // namespace
+
+uint32_t WeightGradDirectAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
+                             const WgradOutput& out, int threads) {
+  if (g.P() == 1) return WeightGradDirectVnni(g, c, x, out, threads);
+  // The digits where their D P / 64 tile steps a sample cost less than the per-sample route's
+  // ceil(PQ / 16) steps, its tile stores and its finish (together ~1 step more: measured, the
+  // digits were faster at 7 x 7 -> 5 x 5, D P / 64 = 1.6, and slower at 7 x 7, 3.1).
+  const DigitPlan plan = PlanScaleDigits(g, out, g.n * g.P());
+  if (plan.digits > 0 && plan.digits * g.P() < 64 * (AmxLayout(g).steps + 1))
+    return WeightGradDigitsAmx(g, plan, c, x, out, threads);
+  if (g.PQ() < kMinQuads) return WeightGradDirectVnni(g, c, x, out, threads);
+  return WeightGradAmx(g, c, x, out, threads);
+}
+
+}  // namespace dorefa
