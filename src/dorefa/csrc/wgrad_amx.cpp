@@ -286,16 +286,14 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
 struct DigitOperands {
   int64_t e_count, steps, width, vectors;
   PoolScratch<int8_t> g;     // [vectors][width / 4][16][4]
-  PoolScratch<uint8_t> d;    // [D][width]: digit j of the sample of e, 0 past E
   PoolScratch<uint8_t> xs;   // strips of every sample (wgrad_direct.h), for the columns' runs
   std::vector<int64_t> col;  // [K] offset of column k's run in a sample's strips
-  DigitOperands(const WgradGeom& g0, const DirectLayout& l, int digits)
+  DigitOperands(const WgradGeom& g0, const DirectLayout& l)
       : e_count(g0.n * g0.P()),
         steps((e_count + 63) / 64),
         width(steps * 64),
         vectors((g0.o + kLanes - 1) / kLanes),
         g(static_cast<size_t>(vectors * width * kLanes)),
-        d(static_cast<size_t>(digits * width)),
         xs(static_cast<size_t>(g0.n * l.xs_size)),
         col(static_cast<size_t>(g0.K())) {
     int64_t k = 0;
@@ -311,12 +309,17 @@ void PackDigitGrads(const WgradGeom& g, const uint8_t* c, int64_t v, DigitOperan
   const int64_t p_count = g.P();
   const int8_t ng = static_cast<int8_t>((1 << g.g_bits) - 1);
   std::vector<int8_t> rows(static_cast<size_t>(kLanes * op.width), int8_t{0});
+  const __m512i ngv = _mm512_set1_epi8(ng);
   for (int i = 0; i < kLanes && v * kLanes + i < g.o; ++i) {
     int8_t* row = rows.data() + i * op.width;
     for (int64_t b = 0; b < g.n; ++b) {
       const uint8_t* src = c + (b * g.o + v * kLanes + i) * p_count;
-      for (int64_t p = 0; p < p_count; ++p)
-        row[b * p_count + p] = static_cast<int8_t>(2 * src[p] - ng);
+      for (int64_t p0 = 0; p0 < p_count; p0 += 64) {
+        const __mmask64 m = ByteSpan(p0, p_count);
+        const __m512i x = _mm512_maskz_loadu_epi8(m, src + p0);
+        _mm512_mask_storeu_epi8(row + b * p_count + p0, m,
+                                _mm512_sub_epi8(_mm512_add_epi8(x, x), ngv));
+      }
     }
   }
   for (int64_t q0 = 0; q0 < op.width / 4; q0 += 16) {
@@ -329,32 +332,40 @@ void PackDigitGrads(const WgradGeom& g, const uint8_t* c, int64_t v, DigitOperan
 }
 
 // A_j of columns [k0, k0 + 32) for every digit: a[j][i][e] (rows `width` bytes), 0 past E and
-// for columns past K.
+// for columns past K. Per 64 bytes of e: the runs of the samples they span, merged into one
+// vector by masked loads (each from where its run's bytes line up with their lanes: the masked-
+// out bytes around a run lie inside the strips' buffer, which has 64 bytes of slack), times
+// digit j of each byte's sample (dcat[j][e]), then one aligned store per digit. (Stores of each
+// sample's run, unaligned and overlapping, took as long as the tiles.)
 void PackDigitColumns(const WgradGeom& g, const DirectLayout& l, const DigitOperands& op,
-                      int digits, int64_t k0, uint8_t* a) {
+                      int digits, const uint8_t* dcat, int64_t k0, uint8_t* a) {
   const int64_t p_count = g.P(), rows = 2 * kLanes, plane_bytes = rows * op.width;
-  uint8_t* x = a + digits * plane_bytes;  // the plain runs, after the digits' copies
   for (int64_t i = 0; i < rows; ++i) {
-    uint8_t* row = x + i * op.width;
-    std::memset(row, 0, static_cast<size_t>(op.width));
-    if (k0 + i >= g.K()) continue;
-    for (int64_t b = 0; b < g.n; ++b)
-      std::memcpy(row + b * p_count, op.xs.data() + b * l.xs_size + op.col[k0 + i],
-                  static_cast<size_t>(p_count));
-  }
-  for (int j = 0; j < digits; ++j)
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t e = 0; e < op.width; e += 64) {
-        const __m512i dv = _mm512_loadu_si512(op.d.data() + j * op.width + e);
-        _mm512_storeu_si512(a + j * plane_bytes + i * op.width + e,
-                            MulBytes(_mm512_loadu_si512(x + i * op.width + e), dv));
+    const bool inside = k0 + i < g.K();
+    const uint8_t* runs = inside ? op.xs.data() + op.col[k0 + i] : nullptr;
+    int64_t b = 0;  // the sample of e0 (no division: it chained the loads)
+    for (int64_t e0 = 0; e0 < op.width; e0 += 64) {
+      __m512i x = _mm512_setzero_si512();
+      const int64_t e1 = std::min(e0 + 64, op.e_count);
+      for (int64_t e = e0; inside && e < e1;) {
+        const int64_t end = std::min((b + 1) * p_count, e1);
+        const __mmask64 m = ByteSpan(0, end - e0) & ~ByteSpan(0, e - e0);
+        x = _mm512_or_si512(x,
+                            _mm512_maskz_loadu_epi8(m, runs + b * l.xs_size + (e0 - b * p_count)));
+        if (end == (b + 1) * p_count) ++b;
+        e = end;
       }
+      for (int j = 0; j < digits; ++j)
+        _mm512_store_si512(a + j * plane_bytes + i * op.width + e0,
+                           MulBytes(x, _mm512_load_si512(dcat + j * op.width + e0)));
+    }
+  }
 }
 
 uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const uint8_t* c,
                              const uint8_t* x, const WgradOutput& out, int threads) {
   const DirectLayout l(g, kLanes);
-  DigitOperands op(g, l, plan.digits);
+  DigitOperands op(g, l);
   const SmallStrips small(g);
   struct None {};
   const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
@@ -371,10 +382,11 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
     for (int64_t v = begin; v < end; ++v) PackDigitGrads(g, c, v, op);
   });
   const std::vector<uint8_t> digit = ScaleDigits(g, plan, out);
-  std::memset(op.d.data(), 0, static_cast<size_t>(plan.digits * op.width));
+  PoolScratch<uint8_t> dcat(static_cast<size_t>(plan.digits * op.width));  // 64-byte aligned
+  std::memset(dcat.data(), 0, static_cast<size_t>(plan.digits * op.width));
   for (int j = 0; j < plan.digits; ++j)
     for (int64_t b = 0; b < g.n; ++b)
-      std::memset(op.d.data() + j * op.width + b * g.P(), digit[j * g.n + b],
+      std::memset(dcat.data() + j * op.width + b * g.P(), digit[j * g.n + b],
                   static_cast<size_t>(g.P()));
   std::vector<double> weight(static_cast<size_t>(plan.digits), 1.0);
   for (int j = 1; j < plan.digits; ++j) weight[j] = weight[j - 1] * static_cast<double>(plan.base);
@@ -382,13 +394,13 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
   const int64_t plane_bytes = 2 * kLanes * op.width;
   const TileConfig cfg(16);
   ParallelForOrThrow(threads, pairs, [&](int64_t begin, int64_t end) {
-    PoolScratch<uint8_t> a(static_cast<size_t>((plan.digits + 1) * plane_bytes));
+    PoolScratch<uint8_t> a(static_cast<size_t>(plan.digits * plane_bytes));
     alignas(64) int32_t buf[2 * kLanes * 2 * kLanes];
     std::vector<double> acc(static_cast<size_t>(4 * kLanes * kLanes));
     _tile_loadconfig(&cfg);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t k0 = pair * 2 * kLanes, nk = std::min<int64_t>(2 * kLanes, g.K() - k0);
-      PackDigitColumns(g, l, op, plan.digits, k0, a.data());
+      PackDigitColumns(g, l, op, plan.digits, dcat.data(), k0, a.data());
       const int na = nk > kLanes ? 2 : 1;
       for (int64_t v = 0; v < op.vectors; v += 2) {
         const int nb = static_cast<int>(std::min<int64_t>(2, op.vectors - v));
