@@ -44,9 +44,10 @@
 namespace dorefa {
 namespace {
 
-constexpr int kLanes = 16;         // channels per A row block and per B row
-constexpr int64_t kMinQuads = 2;   // smaller maps: wgrad-vnni's register tiles
-constexpr int64_t kItemTaps = 12;  // taps x channel vectors of a work item's float64 sums
+constexpr int kLanes = 16;             // channels per A row block and per B row
+constexpr int64_t kMinQuads = 2;       // smaller maps: wgrad-vnni's register tiles
+constexpr int64_t kItemTaps = 12;      // taps x channel vectors of a work item's float64 sums
+constexpr int64_t kGatherSlack = 128;  // bytes read past the digits' strips (DigitGather)
 
 struct AmxLayout {
   int64_t steps, kq, pq, groups, vectors, plane, strips, xs_size, gq_size;
@@ -158,8 +159,8 @@ struct SmallStrips {
       keep.push_back(inside);
     }
   }
-  // The strips of one sample (wgrad_direct.h's layout).
-  void Pack(const WgradGeom& g, int64_t plane, const uint8_t* x, uint8_t* xs) const {
+  // The strips of one sample (wgrad_direct.h's layout): plane (t, ci) at xs + (t C + ci) stride.
+  void Pack(const WgradGeom& g, int64_t stride, const uint8_t* x, uint8_t* xs) const {
     const int64_t in = g.h * g.w;
     const __mmask64 hi_mask = in > 64 ? (in >= 128 ? ~0ull : (1ull << (in - 64)) - 1) : 0;
     for (int64_t ci = 0; ci < g.c; ++ci) {
@@ -167,7 +168,7 @@ struct SmallStrips {
       const __m512i lo = _mm512_maskz_loadu_epi8(in_mask, src);
       const __m512i hi = _mm512_maskz_loadu_epi8(hi_mask, src + 64);
       for (int64_t t = 0; t < g.kw; ++t)
-        _mm512_mask_storeu_epi8(xs + (t * g.c + ci) * plane, out_mask,
+        _mm512_mask_storeu_epi8(xs + (t * g.c + ci) * stride, out_mask,
                                 _mm512_maskz_permutex2var_epi8(keep[t], lo, idx[t], hi));
     }
   }
@@ -284,22 +285,24 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
 // exactly (integers below 2^53). A sample costs D P / 64 tile steps instead of
 // ceil(PQ / 16) steps and the per-sample finish (~3 steps' time).
 struct DigitOperands {
-  int64_t e_count, steps, width, vectors;
+  int64_t e_count, steps, width, vectors, plane;
   PoolScratch<int8_t> g;     // [vectors][width / 4][16][4]
-  PoolScratch<uint8_t> xs;   // strips of every sample (wgrad_direct.h), for the columns' runs
-  std::vector<int64_t> col;  // [K] offset of column k's run in a sample's strips
+  PoolScratch<uint8_t> xs;   // strips [KW][C][N][plane]: a column's runs of all samples in a row
+  std::vector<int64_t> col;  // [K] offset of column k's run in sample 0's strips
   DigitOperands(const WgradGeom& g0, const DirectLayout& l)
       : e_count(g0.n * g0.P()),
         steps((e_count + 63) / 64),
         width(steps * 64),
         vectors((g0.o + kLanes - 1) / kLanes),
+        plane(l.plane),
         g(static_cast<size_t>(vectors * width * kLanes)),
-        xs(static_cast<size_t>(g0.n * l.xs_size)),
+        xs(static_cast<size_t>(g0.kw * g0.c * g0.n * plane + kGatherSlack)),
         col(static_cast<size_t>(g0.K())) {
     int64_t k = 0;
     for (int64_t ci = 0; ci < g0.c; ++ci)
       for (int64_t r = 0; r < g0.kh; ++r)
-        for (int64_t t = 0; t < g0.kw; ++t) col[k++] = (t * g0.c + ci) * l.plane + r * g0.ow;
+        for (int64_t t = 0; t < g0.kw; ++t) col[k++] = (t * g0.c + ci) * g0.n * plane + r * g0.ow;
+    std::memset(xs.data() + g0.kw * g0.c * g0.n * plane, 0, kGatherSlack);
   }
 };
 
@@ -331,33 +334,78 @@ void PackDigitGrads(const WgradGeom& g, const uint8_t* c, int64_t v, DigitOperan
   }
 }
 
-// A_j of columns [k0, k0 + 32) for every digit: a[j][i][e] (rows `width` bytes), 0 past E and
-// for columns past K. Per 64 bytes of e: the runs of the samples they span, merged into one
-// vector by masked loads (each from where its run's bytes line up with their lanes: the masked-
-// out bytes around a run lie inside the strips' buffer, which has 64 bytes of slack), times
-// digit j of each byte's sample (dcat[j][e]), then one aligned store per digit. (Stores of each
-// sample's run, unaligned and overlapping, took as long as the tiles.)
-void PackDigitColumns(const WgradGeom& g, const DirectLayout& l, const DigitOperands& op,
-                      int digits, const uint8_t* dcat, int64_t k0, uint8_t* a) {
-  const int64_t p_count = g.P(), rows = 2 * kLanes, plane_bytes = rows * op.width;
-  for (int64_t i = 0; i < rows; ++i) {
-    const bool inside = k0 + i < g.K();
-    const uint8_t* runs = inside ? op.xs.data() + op.col[k0 + i] : nullptr;
-    int64_t b = 0;  // the sample of e0 (no division: it chained the loads)
-    for (int64_t e0 = 0; e0 < op.width; e0 += 64) {
-      __m512i x = _mm512_setzero_si512();
-      const int64_t e1 = std::min(e0 + 64, op.e_count);
-      for (int64_t e = e0; inside && e < e1;) {
-        const int64_t end = std::min((b + 1) * p_count, e1);
-        const __mmask64 m = ByteSpan(0, end - e0) & ~ByteSpan(0, e - e0);
-        x = _mm512_or_si512(x,
-                            _mm512_maskz_loadu_epi8(m, runs + b * l.xs_size + (e0 - b * p_count)));
-        if (end == (b + 1) * p_count) ++b;
-        e = end;
+// The samples a 64-byte step of e can touch, and whether the gather below serves the layer:
+// their codes' table slots (n_a + 1 each) within 64 bytes, and their bytes within the 128
+// bytes read from the strips (the runs of consecutive samples are a plane apart).
+bool DigitGatherFits(const WgradGeom& g) {
+  const int64_t p_count = g.P(), span = (63 + p_count - 1) / p_count + 1;
+  const int64_t gap = (g.h + 2 * g.padding) * g.ow - p_count;
+  return span * (int64_t{1} << g.a_bits) <= 64 && 63 + (span - 1) * gap < 128;
+}
+
+// Per 64-byte step v of e, what every column's gather needs (the same for all columns): the
+// window of the strips it reads (off[v] from the column's run of sample 0; 128 bytes), each
+// lane's byte in it (idx), the lane's sample slot times n_a + 1 (slot), the lanes inside E,
+// and per digit j the table of x d_bj for each slot's sample b and code x.
+struct DigitGather {
+  std::vector<int64_t> off;
+  std::vector<__mmask64> inside;
+  PoolScratch<uint8_t> idx, slot, table;  // [steps][64], [steps][64], [D][steps][64]
+  DigitGather(const WgradGeom& g, const DigitOperands& op, int digits,
+              const std::vector<uint8_t>& digit)
+      : off(static_cast<size_t>(op.steps)),
+        inside(static_cast<size_t>(op.steps)),
+        idx(static_cast<size_t>(op.width)),
+        slot(static_cast<size_t>(op.width)),
+        table(static_cast<size_t>(digits * op.width)) {
+    const int64_t p_count = g.P(), codes = int64_t{1} << g.a_bits;
+    std::memset(idx.data(), 0, static_cast<size_t>(op.width));
+    std::memset(slot.data(), 0, static_cast<size_t>(op.width));
+    std::memset(table.data(), 0, static_cast<size_t>(digits * op.width));
+    for (int64_t v = 0; v < op.steps; ++v) {
+      const int64_t e0 = v * 64, b0 = e0 / p_count;
+      off[v] = b0 * op.plane + (e0 - b0 * p_count);
+      inside[v] = ByteSpan(e0, op.e_count);
+      for (int64_t i = 0; i < 64 && e0 + i < op.e_count; ++i) {
+        const int64_t e = e0 + i, b = e / p_count;
+        idx.data()[e] = static_cast<uint8_t>(b * op.plane + (e - b * p_count) - off[v]);
+        slot.data()[e] = static_cast<uint8_t>((b - b0) * codes);
+        for (int j = 0; j < digits; ++j)
+          for (int64_t x = 0; x < codes; ++x)
+            table.data()[j * op.width + e0 + (b - b0) * codes + x] =
+                static_cast<uint8_t>(x * digit[j * g.n + b]);  // <= 255 for codes <= n_a
       }
+    }
+  }
+};
+
+// A_j of columns [k0, k0 + 32) for every digit: a[j][i][e] (rows `width` bytes), 0 past E and
+// for columns past K. Per 64 bytes of e: the 128 bytes of the interleaved strips that hold the
+// runs of the samples they span, one VPERMI2B to the lanes, the slot added, and per digit one
+// VPERMB from its table and an aligned store. (Merging each sample's run by masked loads and
+// multiplying by the digits took 3x longer: instructions; reading each sample's own strip
+// buffer, 13 KB apart, cost more again.)
+void PackDigitColumns(const WgradGeom& g, const DigitOperands& op, const DigitGather& gt,
+                      int digits, int64_t k0, uint8_t* a) {
+  const int64_t rows = 2 * kLanes, plane_bytes = rows * op.width;
+  for (int64_t i = 0; i < rows; ++i) {
+    uint8_t* row = a + i * op.width;
+    if (k0 + i >= g.K()) {
       for (int j = 0; j < digits; ++j)
-        _mm512_store_si512(a + j * plane_bytes + i * op.width + e0,
-                           MulBytes(x, _mm512_load_si512(dcat + j * op.width + e0)));
+        std::memset(row + j * plane_bytes, 0, static_cast<size_t>(op.width));
+      continue;
+    }
+    const uint8_t* runs = op.xs.data() + op.col[k0 + i];
+    for (int64_t v = 0; v < op.steps; ++v) {
+      const uint8_t* w = runs + gt.off[v];
+      const __m512i x = _mm512_maskz_permutex2var_epi8(gt.inside[v], _mm512_loadu_si512(w),
+                                                       _mm512_load_si512(gt.idx.data() + v * 64),
+                                                       _mm512_loadu_si512(w + 64));
+      const __m512i id = _mm512_add_epi8(x, _mm512_load_si512(gt.slot.data() + v * 64));
+      for (int j = 0; j < digits; ++j)
+        _mm512_store_si512(row + j * plane_bytes + v * 64,
+                           _mm512_permutexvar_epi8(
+                               id, _mm512_load_si512(gt.table.data() + j * op.width + v * 64)));
     }
   }
 }
@@ -370,10 +418,11 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
   struct None {};
   const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
     const uint8_t* xb = x + b * g.c * g.h * g.w;
+    const int64_t stride = g.n * op.plane;  // samples interleaved: reads in address order
     if (small.fits) {
-      small.Pack(g, l.plane, xb, op.xs.data() + b * l.xs_size);
+      small.Pack(g, stride, xb, op.xs.data() + b * op.plane);
     } else {
-      PackDirectInput<Avx512DirectPack>(g, l, xb, op.xs.data() + b * l.xs_size);
+      PackDirectInput<Avx512DirectPack>(g, l, xb, op.xs.data() + b * op.plane, stride);
     }
     return uint32_t{OrBytes(c + b * g.o * g.P(), g.o * g.P())} |
            uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
@@ -382,12 +431,7 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
     for (int64_t v = begin; v < end; ++v) PackDigitGrads(g, c, v, op);
   });
   const std::vector<uint8_t> digit = ScaleDigits(g, plan, out);
-  PoolScratch<uint8_t> dcat(static_cast<size_t>(plan.digits * op.width));  // 64-byte aligned
-  std::memset(dcat.data(), 0, static_cast<size_t>(plan.digits * op.width));
-  for (int j = 0; j < plan.digits; ++j)
-    for (int64_t b = 0; b < g.n; ++b)
-      std::memset(dcat.data() + j * op.width + b * g.P(), digit[j * g.n + b],
-                  static_cast<size_t>(g.P()));
+  const DigitGather gather(g, op, plan.digits, digit);
   std::vector<double> weight(static_cast<size_t>(plan.digits), 1.0);
   for (int j = 1; j < plan.digits; ++j) weight[j] = weight[j - 1] * static_cast<double>(plan.base);
   const int64_t pairs = (g.K() + 2 * kLanes - 1) / (2 * kLanes);
@@ -400,7 +444,7 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
     _tile_loadconfig(&cfg);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t k0 = pair * 2 * kLanes, nk = std::min<int64_t>(2 * kLanes, g.K() - k0);
-      PackDigitColumns(g, l, op, plan.digits, dcat.data(), k0, a.data());
+      PackDigitColumns(g, op, gather, plan.digits, k0, a.data());
       const int na = nk > kLanes ? 2 : 1;
       for (int64_t v = 0; v < op.vectors; v += 2) {
         const int nb = static_cast<int>(std::min<int64_t>(2, op.vectors - v));
@@ -431,7 +475,7 @@ uint32_t WeightGradDirectAmx(const WgradGeom& g, const uint8_t* c, const uint8_t
   // ceil(PQ / 16) steps, its tile stores and its finish (together ~1 step more: measured, the
   // digits were faster at 7 x 7 -> 5 x 5, D P / 64 = 1.6, and slower at 7 x 7, 3.1).
   const DigitPlan plan = PlanScaleDigits(g, out, g.n * g.P());
-  if (plan.digits > 0 && plan.digits * g.P() < 64 * (AmxLayout(g).steps + 1))
+  if (plan.digits > 0 && plan.digits * g.P() < 64 * (AmxLayout(g).steps + 1) && DigitGatherFits(g))
     return WeightGradDigitsAmx(g, plan, c, x, out, threads);
   if (g.PQ() < kMinQuads) return WeightGradDirectVnni(g, c, x, out, threads);
   return WeightGradAmx(g, c, x, out, threads);
