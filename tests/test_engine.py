@@ -278,6 +278,20 @@ def test_weight_grad_extreme_codes_on_a_large_map(name, bits, x_code):
         assert np.array_equal(dw.reshape(18, 3, 3, 3), R.scaled_batch_sum(want.scale, want.s))
 
 
+@pytest.mark.parametrize("name", WGRAD)
+def test_weight_grad_over_several_sample_blocks(name):
+    """A layer whose packed operands (111 KB a sample) span two of `wgrad-amx`'s 1 MB blocks of
+    samples (9 + 3): the sums and the scaled batch sum equal the spec at 1 and 2 threads."""
+    geometry, bits = (12, 64, 20, 20, 64, 3, 1, 1), (1, 2, 6)
+    g, m, _, a = _operands(geometry, bits, seed=5)
+    want = R.conv_weight_grad_codes(g, m, 6, a, 2, 1, 1, (3, 3))
+    for threads in (1, 2):
+        s = K._native.weight_grad(name, g, a, 6, 2, 3, 3, 1, 1, threads)
+        assert np.array_equal(s.reshape(want.s.shape), want.s)
+        dw = K._native.weight_grad(name, g, a, 6, 2, 3, 3, 1, 1, threads, want.scale)
+        assert np.array_equal(dw.reshape(64, 64, 3, 3), R.scaled_batch_sum(want.scale, want.s))
+
+
 @pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
 def test_weight_grad_kernel_refuses_bad_input():
     g, _, _, a = _operands((2, 3, 6, 6, 4, 3, 1, 1), (1, 2, 4), 0)

@@ -44,10 +44,12 @@
 namespace dorefa {
 namespace {
 
-constexpr int kLanes = 16;             // channels per A row block and per B row
-constexpr int64_t kMinQuads = 2;       // smaller maps: wgrad-vnni's register tiles
-constexpr int64_t kItemTaps = 12;      // taps x channel vectors of a work item's float64 sums
-constexpr int64_t kGatherSlack = 128;  // bytes read past the digits' strips (DigitGather)
+constexpr int kLanes = 16;         // channels per A row block and per B row
+constexpr int64_t kMinQuads = 2;   // smaller maps: wgrad-vnni's register tiles
+constexpr int64_t kItemTaps = 12;  // taps x channel vectors of a work item's float64 sums
+constexpr int64_t kGatherSlack = 128;
+constexpr int64_t kSampleBlockBytes = 1 << 20;  // packed operands of a block of samples (L2)  //
+                                                // bytes read past the digits' strips (DigitGather)
 
 struct AmxLayout {
   int64_t steps, kq, pq, groups, vectors, plane, strips, xs_size, gq_size;
@@ -174,37 +176,51 @@ struct SmallStrips {
   }
 };
 
+// A block of samples' operands, packed, then read by every work item while they are in L2
+// (items over the whole batch streamed them from memory: 60 MB a call on svhn's 18x18 layers;
+// blocks made one thread 1.2x faster there). With several threads one block holds the batch:
+// each thread packs part of every block and its items read all of it, so blocks crossed
+// between the cores' L2 caches and made two threads slower than one.
 struct AmxPacked {
   AmxLayout l;
   DirectLayout dl;          // the same strips and vectors for the shared packers
-  PoolScratch<uint8_t> xs;  // [N][KW][C][H + 2 padding][OW] strips, then the slack (zeros)
-  PoolScratch<int8_t> gq;   // [N][vectors][pq][16][4] g = 2c - n_g, zero past P
-  AmxPacked(const WgradGeom& g)
+  int64_t samples;          // per block
+  PoolScratch<uint8_t> xs;  // [block][KW][C][H + 2 padding][OW] strips, then the slack (zeros)
+  PoolScratch<int8_t> gq;   // [block][vectors][pq][16][4] g = 2c - n_g, zero past P
+  AmxPacked(const WgradGeom& g, int threads)
       : l(g),
         dl(g, kLanes),
-        xs(static_cast<size_t>(g.n * l.xs_size)),
-        gq(static_cast<size_t>(g.n * l.gq_size)) {
+        samples(threads > 1
+                    ? g.n
+                    : std::clamp<int64_t>(kSampleBlockBytes / (l.xs_size + l.gq_size), 1, g.n)),
+        xs(static_cast<size_t>(samples * l.xs_size)),
+        gq(static_cast<size_t>(samples * l.gq_size)) {
     dl.pq = l.pq, dl.xs_size = l.xs_size, dl.gq_size = l.gq_size;
   }
 };
 
-// One work item: channel group `group` (16 input channels), kernel row r, channel vectors
-// [v0, v1), the batch in order. acc: [KW][16][16 (v1 - v0)] doubles (dW mode).
+// A work item: channel group `group` (16 input channels), kernel row r, channel vectors
+// [v0, v0 + vb) (of which `vectors` exist).
+struct AmxItem {
+  int64_t group, r, v0, v1;
+};
+
+// Item i's samples [b0, b1) (packed in pk from b0 on), in order. acc: [KW][16][16 vb] doubles
+// (dW mode), added to.
 void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, DirectMode mode,
-             int64_t group, int64_t r, int64_t v0, int64_t v1, std::vector<double>& acc) {
+             const AmxItem& it, int64_t b0, int64_t b1, double* acc, int64_t width) {
   const AmxLayout& l = pk.l;
-  const int64_t width = (v1 - v0) * kLanes, tap_stride = kLanes * width, ci0 = group * kLanes;
+  const int64_t tap_stride = kLanes * width, ci0 = it.group * kLanes;
   const int rows = static_cast<int>(std::min<int64_t>(kLanes, g.c - ci0));
   alignas(64) int32_t buf[2 * kLanes * 2 * kLanes];
-  if (mode != DirectMode::kS) std::fill(acc.begin(), acc.end(), 0.0);
-  for (int64_t b = 0; b < g.n; ++b) {
-    const uint8_t* xs = pk.xs.data() + b * l.xs_size;
-    const int8_t* gq = pk.gq.data() + b * l.gq_size;
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* xs = pk.xs.data() + (b - b0) * l.xs_size;
+    const int8_t* gq = pk.gq.data() + (b - b0) * l.gq_size;
     for (int64_t t = 0; t < g.kw; t += 2) {
       const int na = static_cast<int>(std::min<int64_t>(2, g.kw - t));
-      const uint8_t* a = xs + (t * g.c + ci0) * l.plane + r * g.ow;
-      for (int64_t v = v0; v < v1; v += 2) {
-        const int nb = static_cast<int>(std::min<int64_t>(2, v1 - v));
+      const uint8_t* a = xs + (t * g.c + ci0) * l.plane + it.r * g.ow;
+      for (int64_t v = it.v0; v < it.v1; v += 2) {
+        const int nb = static_cast<int>(std::min<int64_t>(2, it.v1 - v));
         kTiles[na - 1][nb - 1](a, g.c * l.plane, l.plane, gq + v * l.pq * 64, l.pq * 64, l.steps,
                                l.kq, buf);
         for (int i = 0; i < na; ++i) {
@@ -213,11 +229,11 @@ void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, Di
             int32_t* s = out.s + b * g.o * g.K();
             for (int ci = 0; ci < rows; ++ci)
               for (int64_t o = v * kLanes; o < std::min(g.o, (v + nb) * kLanes); ++o)
-                s[o * g.K() + ((ci0 + ci) * g.kh + r) * g.kw + t + i] =
+                s[o * g.K() + ((ci0 + ci) * g.kh + it.r) * g.kw + t + i] =
                     tile[ci * 2 * kLanes + o - v * kLanes];
             continue;
           }
-          double* dst = acc.data() + (t + i) * tap_stride + (v - v0) * kLanes;
+          double* dst = acc + (t + i) * tap_stride + (v - it.v0) * kLanes;
           if (mode == DirectMode::kFma) {
             Finish<DirectMode::kFma>(tile, rows, nb, out.scale[b], dst, width);
           } else {
@@ -227,49 +243,70 @@ void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, Di
       }
     }
   }
-  if (mode == DirectMode::kS) return;
-  for (int64_t o = v0 * kLanes; o < std::min(g.o, v1 * kLanes); ++o)
-    for (int ci = 0; ci < rows; ++ci)
-      out.Write(o * g.K() + ((ci0 + ci) * g.kh + r) * g.kw,
-                acc.data() + ci * width + o - v0 * kLanes, g.kw, tap_stride);
+}
+
+// Item i's float64 sums to dW.
+void WriteItem(const WgradGeom& g, const WgradOutput& out, const AmxItem& it, const double* acc,
+               int64_t width) {
+  const int64_t ci0 = it.group * kLanes, rows = std::min<int64_t>(kLanes, g.c - ci0);
+  for (int64_t o = it.v0 * kLanes; o < std::min(g.o, it.v1 * kLanes); ++o)
+    for (int64_t ci = 0; ci < rows; ++ci)
+      out.Write(o * g.K() + ((ci0 + ci) * g.kh + it.r) * g.kw,
+                acc + ci * width + o - it.v0 * kLanes, g.kw, kLanes * width);
 }
 
 uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                        const WgradOutput& out, int threads) {
-  AmxPacked pk(g);
+  AmxPacked pk(g, threads);
   const AmxLayout& l = pk.l;
   const SmallStrips small(g);
-  struct None {};
-  const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
-    const uint8_t* cb = c + b * g.o * g.P();
-    const uint8_t* xb = x + b * g.c * g.h * g.w;
-    uint8_t* xs = pk.xs.data() + b * l.xs_size;
-    Avx512DirectPack::PackGrads(g, pk.dl, cb, pk.gq.data() + b * l.gq_size);
-    if (small.fits) {
-      small.Pack(g, l.plane, xb, xs);
-    } else {
-      PackDirectInput<Avx512DirectPack>(g, pk.dl, xb, xs);
-    }
-    std::memset(xs + l.strips, 0, static_cast<size_t>(l.xs_size - l.strips));
-    return uint32_t{OrBytes(cb, g.o * g.P())} | uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
-  });
   const DirectMode mode = out.s != nullptr              ? DirectMode::kS
                           : DirectExactProducts(g, out) ? DirectMode::kFma
                                                         : DirectMode::kMulAdd;
   // Channel vectors per item: its float64 sums, KW x 16 x 16 vb doubles, in L1 (24 KB at KW 3)
   const int64_t vb = std::clamp<int64_t>(kItemTaps / g.kw, 1, 4);
   const int64_t blocks = (l.vectors + vb - 1) / vb, per_group = g.kh * blocks;
+  std::vector<AmxItem> items;
+  for (int64_t i = 0; i < l.groups * per_group; ++i) {
+    const int64_t v0 = (i % blocks) * vb;
+    items.push_back({i / per_group, (i % per_group) / blocks, v0, std::min(l.vectors, v0 + vb)});
+  }
+  const int64_t width = vb * kLanes, item_size = g.kw * kLanes * width;
+  std::vector<double> acc(
+      mode == DirectMode::kS ? 0 : static_cast<size_t>(item_size) * items.size(), 0.0);
+  const auto count = static_cast<int64_t>(items.size());
   const TileConfig cfg(l.kq);
-  ParallelForOrThrow(threads, l.groups * per_group, [&](int64_t begin, int64_t end) {
-    std::vector<double> acc(
-        mode == DirectMode::kS ? 0 : static_cast<size_t>(g.kw * kLanes * vb * kLanes));
-    _tile_loadconfig(&cfg);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t group = i / per_group, r = (i % per_group) / blocks, v0 = (i % blocks) * vb;
-      RunItem(g, pk, out, mode, group, r, v0, std::min(l.vectors, v0 + vb), acc);
-    }
-    _tile_release();
-  });
+  uint32_t ors = 0;
+  struct None {};
+  for (int64_t b0 = 0; b0 < g.n; b0 += pk.samples) {
+    const int64_t b1 = std::min(g.n, b0 + pk.samples);
+    ors |= PackSamples<None>(threads, b1 - b0, [&](int64_t i, None&) {
+      const int64_t b = b0 + i;
+      const uint8_t* cb = c + b * g.o * g.P();
+      const uint8_t* xb = x + b * g.c * g.h * g.w;
+      uint8_t* xs = pk.xs.data() + i * l.xs_size;
+      Avx512DirectPack::PackGrads(g, pk.dl, cb, pk.gq.data() + i * l.gq_size);
+      if (small.fits) {
+        small.Pack(g, l.plane, xb, xs);
+      } else {
+        PackDirectInput<Avx512DirectPack>(g, pk.dl, xb, xs);
+      }
+      std::memset(xs + l.strips, 0, static_cast<size_t>(l.xs_size - l.strips));
+      return uint32_t{OrBytes(cb, g.o * g.P())} | uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
+    });
+    ParallelForOrThrow(threads, count, [&](int64_t begin, int64_t end) {
+      _tile_loadconfig(&cfg);
+      for (int64_t i = begin; i < end; ++i)
+        RunItem(g, pk, out, mode, items[i], b0, b1, acc.data() + i * item_size, width);
+      _tile_release();
+    });
+  }
+  if (mode != DirectMode::kS) {
+    ParallelForOrThrow(threads, count, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        WriteItem(g, out, items[i], acc.data() + i * item_size, width);
+    });
+  }
   return ors;
 }
 
