@@ -33,6 +33,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -161,11 +162,13 @@ struct SmallStrips {
       keep.push_back(inside);
     }
   }
-  // The strips of one sample (wgrad_direct.h's layout): plane (t, ci) at xs + (t C + ci) stride.
-  void Pack(const WgradGeom& g, int64_t stride, const uint8_t* x, uint8_t* xs) const {
+  // The strips of one sample (wgrad_direct.h's layout): plane (t, ci) at xs + (t C + ci) stride,
+  // channels [c0, c1) when c1 > 0.
+  void Pack(const WgradGeom& g, int64_t stride, const uint8_t* x, uint8_t* xs, int64_t c0 = 0,
+            int64_t c1 = 0) const {
     const int64_t in = g.h * g.w;
     const __mmask64 hi_mask = in > 64 ? (in >= 128 ? ~0ull : (1ull << (in - 64)) - 1) : 0;
-    for (int64_t ci = 0; ci < g.c; ++ci) {
+    for (int64_t ci = c0; ci < (c1 > 0 ? c1 : g.c); ++ci) {
       const uint8_t* src = x + ci * in;
       const __m512i lo = _mm512_maskz_loadu_epi8(in_mask, src);
       const __m512i hi = _mm512_maskz_loadu_epi8(hi_mask, src + 64);
@@ -176,23 +179,21 @@ struct SmallStrips {
   }
 };
 
-// A block of samples' operands, packed, then read by every work item while they are in L2
-// (items over the whole batch streamed them from memory: 60 MB a call on svhn's 18x18 layers;
-// blocks made one thread 1.2x faster there). With several threads one block holds the batch:
-// each thread packs part of every block and its items read all of it, so blocks crossed
-// between the cores' L2 caches and made two threads slower than one.
+// A block of samples' operands, packed, then read by every work item of a thread while they are
+// in its core's L2 (items over the whole batch streamed them from memory: 60 MB a call on svhn's
+// 18x18 layers; blocks made one thread 1.3x faster there). Each thread packs its own: its
+// channel groups' strips and every sample's gradient factors (blocks packed by all threads and
+// read by all crossed between the cores' caches: two threads ran slower than one).
 struct AmxPacked {
   AmxLayout l;
   DirectLayout dl;          // the same strips and vectors for the shared packers
   int64_t samples;          // per block
   PoolScratch<uint8_t> xs;  // [block][KW][C][H + 2 padding][OW] strips, then the slack (zeros)
   PoolScratch<int8_t> gq;   // [block][vectors][pq][16][4] g = 2c - n_g, zero past P
-  AmxPacked(const WgradGeom& g, int threads)
+  explicit AmxPacked(const WgradGeom& g)
       : l(g),
         dl(g, kLanes),
-        samples(threads > 1
-                    ? g.n
-                    : std::clamp<int64_t>(kSampleBlockBytes / (l.xs_size + l.gq_size), 1, g.n)),
+        samples(std::clamp<int64_t>(kSampleBlockBytes / (l.xs_size + l.gq_size), 1, g.n)),
         xs(static_cast<size_t>(samples * l.xs_size)),
         gq(static_cast<size_t>(samples * l.gq_size)) {
     dl.pq = l.pq, dl.xs_size = l.xs_size, dl.gq_size = l.gq_size;
@@ -257,8 +258,7 @@ void WriteItem(const WgradGeom& g, const WgradOutput& out, const AmxItem& it, co
 
 uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                        const WgradOutput& out, int threads) {
-  AmxPacked pk(g, threads);
-  const AmxLayout& l = pk.l;
+  const AmxLayout l(g);
   const SmallStrips small(g);
   const DirectMode mode = out.s != nullptr              ? DirectMode::kS
                           : DirectExactProducts(g, out) ? DirectMode::kFma
@@ -266,48 +266,55 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
   // Channel vectors per item: its float64 sums, KW x 16 x 16 vb doubles, in L1 (24 KB at KW 3)
   const int64_t vb = std::clamp<int64_t>(kItemTaps / g.kw, 1, 4);
   const int64_t blocks = (l.vectors + vb - 1) / vb, per_group = g.kh * blocks;
-  std::vector<AmxItem> items;
-  for (int64_t i = 0; i < l.groups * per_group; ++i) {
-    const int64_t v0 = (i % blocks) * vb;
-    items.push_back({i / per_group, (i % per_group) / blocks, v0, std::min(l.vectors, v0 + vb)});
-  }
   const int64_t width = vb * kLanes, item_size = g.kw * kLanes * width;
-  std::vector<double> acc(
-      mode == DirectMode::kS ? 0 : static_cast<size_t>(item_size) * items.size(), 0.0);
-  const auto count = static_cast<int64_t>(items.size());
+  // Each part (a thread) takes a range of channel groups and runs the batch on its own.
+  const int64_t parts = std::clamp<int64_t>(threads, 1, l.groups);
+  std::atomic<uint32_t> ors{0};
   const TileConfig cfg(l.kq);
-  uint32_t ors = 0;
-  struct None {};
-  for (int64_t b0 = 0; b0 < g.n; b0 += pk.samples) {
-    const int64_t b1 = std::min(g.n, b0 + pk.samples);
-    ors |= PackSamples<None>(threads, b1 - b0, [&](int64_t i, None&) {
-      const int64_t b = b0 + i;
-      const uint8_t* cb = c + b * g.o * g.P();
-      const uint8_t* xb = x + b * g.c * g.h * g.w;
-      uint8_t* xs = pk.xs.data() + i * l.xs_size;
-      Avx512DirectPack::PackGrads(g, pk.dl, cb, pk.gq.data() + i * l.gq_size);
-      if (small.fits) {
-        small.Pack(g, l.plane, xb, xs);
-      } else {
-        PackDirectInput<Avx512DirectPack>(g, pk.dl, xb, xs);
+  ParallelForOrThrow(static_cast<int>(parts), parts, [&](int64_t part_begin, int64_t part_end) {
+    for (int64_t part = part_begin; part < part_end; ++part) {
+      const int64_t g0 = part * l.groups / parts, g1 = (part + 1) * l.groups / parts;
+      const int64_t c0 = g0 * kLanes, c1 = std::min(g.c, g1 * kLanes);
+      std::vector<AmxItem> items;
+      for (int64_t i = g0 * per_group; i < g1 * per_group; ++i) {
+        const int64_t v0 = (i % blocks) * vb;
+        items.push_back(
+            {i / per_group, (i % per_group) / blocks, v0, std::min(l.vectors, v0 + vb)});
       }
-      std::memset(xs + l.strips, 0, static_cast<size_t>(l.xs_size - l.strips));
-      return uint32_t{OrBytes(cb, g.o * g.P())} | uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
-    });
-    ParallelForOrThrow(threads, count, [&](int64_t begin, int64_t end) {
-      _tile_loadconfig(&cfg);
-      for (int64_t i = begin; i < end; ++i)
-        RunItem(g, pk, out, mode, items[i], b0, b1, acc.data() + i * item_size, width);
-      _tile_release();
-    });
-  }
-  if (mode != DirectMode::kS) {
-    ParallelForOrThrow(threads, count, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        WriteItem(g, out, items[i], acc.data() + i * item_size, width);
-    });
-  }
-  return ors;
+      std::vector<double> acc(
+          mode == DirectMode::kS ? 0 : static_cast<size_t>(item_size) * items.size(), 0.0);
+      AmxPacked pk(g);
+      uint32_t mine = 0;
+      for (int64_t b0 = 0; b0 < g.n; b0 += pk.samples) {
+        const int64_t b1 = std::min(g.n, b0 + pk.samples);
+        for (int64_t b = b0; b < b1; ++b) {
+          const uint8_t* cb = c + b * g.o * g.P();
+          const uint8_t* xb = x + b * g.c * g.h * g.w;
+          uint8_t* xs = pk.xs.data() + (b - b0) * l.xs_size;
+          Avx512DirectPack::PackGrads(g, pk.dl, cb, pk.gq.data() + (b - b0) * l.gq_size);
+          if (small.fits) {
+            small.Pack(g, l.plane, xb, xs, c0, c1);
+          } else {
+            PackDirectInput<Avx512DirectPack>(g, pk.dl, xb, xs, l.plane, c0, c1);
+          }
+          std::memset(xs + l.strips, 0, static_cast<size_t>(l.xs_size - l.strips));
+          if (part == 0) {  // the codes' OR (for the callers' range checks), once
+            mine |= uint32_t{OrBytes(cb, g.o * g.P())};
+            mine |= uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
+          }
+        }
+        _tile_loadconfig(&cfg);
+        for (size_t i = 0; i < items.size(); ++i)
+          RunItem(g, pk, out, mode, items[i], b0, b1, acc.data() + i * item_size, width);
+        _tile_release();
+      }
+      if (mode != DirectMode::kS)
+        for (size_t i = 0; i < items.size(); ++i)
+          WriteItem(g, out, items[i], acc.data() + i * item_size, width);
+      ors.fetch_or(mine);
+    }
+  });
+  return ors.load();
 }
 
 // Small maps by the scales' digits (wgrad_digits.h's plan over N P terms): the batch and the

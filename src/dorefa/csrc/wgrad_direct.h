@@ -95,15 +95,16 @@ struct DirectPacked {
 // src + y w + ox + shift), zeros elsewhere. Plane (t, ci) goes to xs + (t C + ci) stride (the
 // sample's own buffer: stride = l.plane, its slack zeroed; wgrad_amx.cpp's digits interleave
 // the samples' planes).
+// Only channels [c0, c1) when c1 > 0 (wgrad_amx.cpp's threads pack their own).
 template <class Isa>
 void PackDirectInput(const WgradGeom& g, const DirectLayout& l, const uint8_t* __restrict x,
-                     uint8_t* __restrict xs, int64_t stride = 0) {
+                     uint8_t* __restrict xs, int64_t stride = 0, int64_t c0 = 0, int64_t c1 = 0) {
   const int64_t h = g.h, w = g.w, p = g.padding, ow = g.ow, hp = h + 2 * p;
   for (int64_t t = 0; t < g.kw; ++t) {
     // output columns whose input column ox + t - p is inside [0, w)
     const int64_t first = std::max<int64_t>(0, p - t),
                   last = std::max(first, std::min(ow, w + p - t));
-    for (int64_t ci = 0; ci < g.c; ++ci)
+    for (int64_t ci = c0; ci < (c1 > 0 ? c1 : g.c); ++ci)
       Isa::StripPlane(x + ci * h * w, h, w, p, first, last, t - p,
                       xs + (t * g.c + ci) * (stride > 0 ? stride : l.plane), ow, hp);
   }
