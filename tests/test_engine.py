@@ -293,6 +293,28 @@ def test_weight_grad_over_several_sample_blocks(name):
 
 
 @pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def test_weight_grad_kernel_follows_the_kernel_in_force():
+    """Unforced: the fastest (the table's first); `int8-amx` forced: `wgrad-amx`; any other
+    kernel: the native weight-gradient kernel of its ISA (wgrad-vnni for the avx512 ones where
+    the CPU has VNNI); `reference`: the spec."""
+    from dorefa.kernels.selection import backend_of
+
+    assert T.weight_grad_kernel() == WGRAD[0]
+    for kernel in K.available_kernels():
+        with K.use_kernel(kernel):
+            name = T.weight_grad_kernel()
+        if kernel == "reference":
+            assert name == "reference"
+        elif kernel == "int8-amx" and "wgrad-amx" in WGRAD:
+            assert name == "wgrad-amx"
+        else:
+            first = {"avx512": "wgrad-vnni", "avx2": "wgrad-avx2", "scalar": "wgrad-scalar"}
+            ranked = ["wgrad-vnni", "wgrad-avx2", "wgrad-scalar"]
+            want = ranked[ranked.index(first[backend_of(kernel)]) :]
+            assert name == next(n for n in want if n in WGRAD), (kernel, name)
+
+
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
 def test_weight_grad_kernel_refuses_bad_input():
     g, _, _, a = _operands((2, 3, 6, 6, 4, 3, 1, 1), (1, 2, 4), 0)
     native = K._native
