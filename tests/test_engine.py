@@ -120,7 +120,8 @@ WGRAD = K._native.wgrad_kernels() if K._native is not None else []
     "geometry",
     GEOMETRIES
     + [(20, 5, 9, 9, 7, 3, 1, 1), (100, 3, 18, 18, 5, 3, 1, 1), (2, 36, 6, 5, 18, 2, 1, 1)]
-    + [(3, 17, 9, 9, 20, 3, 1, 0)],
+    + [(3, 17, 9, 9, 20, 3, 1, 0), (3, 20, 9, 9, 40, 5, 1, 2), (2, 5, 10, 10, 20, 7, 1, 3)]
+    + [(4, 33, 6, 6, 17, 1, 1, 0)],
 )
 @pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 8, 7), (1, 1, 1)])
 def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
@@ -133,7 +134,8 @@ def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     A = 8); 20 samples span several of the direct kernels' batch blocks, 100 samples of an
     18 x 18 map many more (1 MB of packed gradients); `wgrad-amx`'s tiles take 36 channels (a
     partial group of 16), an even kernel width and 18 output channels (a partial vector), and
-    its small-map strip packer input planes of 30, 49 and 81 bytes."""
+    its small-map strip packer input planes of 30, 49 and 81 bytes; 1x1, 5x5 and 7x7 kernels
+    (items of 4, 2 and 1 channel vectors)."""
     n, c, h, w, o, k, stride, padding = geometry
     g, m, _, a = _operands(geometry, bits, seed=7)
     want = R.conv_weight_grad_codes(g, m, bits[2], a, bits[1], stride, padding, (k, k))
@@ -215,6 +217,7 @@ def test_one_pixel_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
 # `wgrad-amx` sums the batch and the map together by the scales' digits (its tile steps span
 # samples; 2 x 2 maps are below its per-sample route's smallest)
 SMALL_MAPS = [(5, 3, 3, 3, 17, 2, 1, 0), (40, 17, 4, 4, 33, 3, 1, 1), (9, 20, 7, 7, 35, 3, 1, 0)]
+SMALL_MAPS += [(9, 16, 7, 7, 20, 3, 1, 0)]  # 144 columns: a last tile pair of one 16-column tile
 
 
 @pytest.mark.parametrize("name", WGRAD)
