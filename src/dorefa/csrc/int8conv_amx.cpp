@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "amx_tiles.h"
 #include "int8conv.h"
 #include "int8conv_store.h"
 #include "int8conv_store_avx512.h"
@@ -39,18 +40,6 @@ constexpr int kGroupBlocks = 4;              // blocks summed before one store p
 constexpr int64_t kTileBytes = kStrip * 64;  // one 16 x 64-byte tile
 
 int32_t Shift(int /*x_bits*/) { return 0; }
-
-// The tile configuration (palette 1): every tile 16 rows of 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-  TileConfig() {
-    for (int t = 0; t < 8; ++t) colsb[t] = 64, rows[t] = kStrip;
-  }
-};
 
 // The first n (0 < n <= 64) bytes of a vector.
 inline __mmask64 FirstBytes(int64_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
@@ -128,7 +117,7 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
   // Rows past np in the last strip: defined bytes, sums never stored.
   std::memset(a + np * kp, 0, static_cast<size_t>((strips * kStrip - np) * kp));
   Int8FieldTerms(c, pix0, npix, terms);
-  const TileConfig cfg;
+  const AmxTileConfig cfg;
   _tile_loadconfig(&cfg);
   const int64_t bstride = c.q.gstride * 64;
   for (int64_t ob = ob0; ob < ob0 + nob; ob += kGroupBlocks) {

@@ -37,6 +37,7 @@
 #include <cstring>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "wgrad.h"
 #include "wgrad_digits.h"
 #include "wgrad_direct.h"
@@ -65,20 +66,6 @@ struct AmxLayout {
         // A rows past the channels (up to 15 planes) and quads past the map read the slack
         xs_size(strips + (groups * kLanes - g.c) * plane + 4 * pq + 64),
         gq_size(vectors * pq * 64) {}
-};
-
-// Tile configuration (palette 1): C tiles 16 x 64 bytes, A tiles 16 x 4 kq, B tiles kq x 64.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-  explicit TileConfig(int64_t kq) {
-    for (int t = 0; t < 8; ++t) colsb[t] = 64, rows[t] = kLanes;
-    colsb[4] = colsb[5] = static_cast<uint16_t>(4 * kq);
-    rows[6] = rows[7] = static_cast<uint8_t>(kq);
-  }
 };
 
 // NA A tiles (at a, a + a2; rows `stride` bytes apart, 4 kq bytes each) x NB B tiles (at b,
@@ -270,7 +257,7 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
   // Each part (a thread) takes a range of channel groups and runs the batch on its own.
   const int64_t parts = std::clamp<int64_t>(threads, 1, l.groups);
   std::atomic<uint32_t> ors{0};
-  const TileConfig cfg(l.kq);
+  const AmxTileConfig cfg(l.kq);
   ParallelForOrThrow(static_cast<int>(parts), parts, [&](int64_t part_begin, int64_t part_end) {
     for (int64_t part = part_begin; part < part_end; ++part) {
       const int64_t g0 = part * l.groups / parts, g1 = (part + 1) * l.groups / parts;
@@ -480,7 +467,7 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
   for (int j = 1; j < plan.digits; ++j) weight[j] = weight[j - 1] * static_cast<double>(plan.base);
   const int64_t pairs = (g.K() + 2 * kLanes - 1) / (2 * kLanes);
   const int64_t plane_bytes = 2 * kLanes * op.width;
-  const TileConfig cfg(16);
+  const AmxTileConfig cfg(16);
   ParallelForOrThrow(threads, pairs, [&](int64_t begin, int64_t end) {
     PoolScratch<uint8_t> a(static_cast<size_t>(plan.digits * plane_bytes));
     alignas(64) int32_t buf[2 * kLanes * 2 * kLanes];
