@@ -19,17 +19,18 @@
 //
 // Per sample the C tiles go to a buffer, and their sums S into the float64 sums
 // acc[t][ci][o] += scale_b * double(S) (one FMA where the product is exact, else a multiply and
-// an add: DirectMode), the batch in order, so the results are the direct route's bit for bit.
-// Work item: 16 input channels x the KW taps of one kernel row x up to 4 channel vectors, the
-// whole batch; its float64 sums (KW x 16 x 64 doubles: 24 KB at KW = 3) stay in L1. (Items of
-// all output channels, their sums in L2, ran at half the speed: the finish's loads and stores
-// of the sums bound them.)
+// an add: DirectMode), each output's samples in batch order, so the results are the direct
+// route's bit for bit whatever the thread count. Work item: 16 input channels x the KW taps of
+// one kernel row x up to 4 channel vectors; its float64 sums (KW x 16 x 64 doubles: 24 KB at
+// KW = 3) stay in L1 while it runs a block of samples (AmxPacked). Each thread owns a range of
+// channel groups and packs its own operands.
 //
-// Cost per sample and 16 x 16 outputs: `steps` TDPBUSD (16 cycles each at the tile unit's
-// rate) against the finish's 16 rows x (2 int32 -> float64 conversions + 2 FMA) on the two
-// vector ports (~24 cycles): the finish bounds the small maps, as it bounds `wgrad-vnni`, whose
-// ceil(PQ / 4) VPDPBUSD per 16 outputs it replaces. Maps of fewer than kMinQuads quads, one
-// output pixel (the digits) and the packed path's layers run `wgrad-vnni`'s code.
+// Cost per sample and 16 x 16 outputs: `steps` TDPBUSD (16 cycles each), a TILESTORED (measured
+// as long as a TDPBUSD), and the finish's 16 rows x (2 int32 -> float64 conversions + 2 FMA):
+// on one-step maps (7x7) the finish is ~40% of a call and the tiles ~30%. Small maps with
+// training's integer scales go to the digits below instead (no per-sample finish); one output
+// pixel, maps of fewer than kMinQuads quads and the packed path's layers run `wgrad-vnni`'s
+// code. Measured figures: docs/training.md.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -46,12 +47,11 @@
 namespace dorefa {
 namespace {
 
-constexpr int kLanes = 16;         // channels per A row block and per B row
-constexpr int64_t kMinQuads = 2;   // smaller maps: wgrad-vnni's register tiles
-constexpr int64_t kItemTaps = 12;  // taps x channel vectors of a work item's float64 sums
-constexpr int64_t kGatherSlack = 128;
-constexpr int64_t kSampleBlockBytes = 1 << 20;  // packed operands of a block of samples (L2)  //
-                                                // bytes read past the digits' strips (DigitGather)
+constexpr int kLanes = 16;             // channels per A row block and per B row
+constexpr int64_t kMinQuads = 2;       // smaller maps: wgrad-vnni's register tiles
+constexpr int64_t kItemTaps = 12;      // taps x channel vectors of a work item's float64 sums
+constexpr int64_t kGatherSlack = 128;  // bytes read past the digits' strips (DigitGather)
+constexpr int64_t kSampleBlockBytes = 1 << 20;  // packed operands of a block of samples (L2)
 
 struct AmxLayout {
   int64_t steps, kq, pq, groups, vectors, plane, strips, xs_size, gq_size;
