@@ -332,6 +332,42 @@ def test_weight_grad_kernel_refuses_bad_input():
 
 
 @pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def _gemm_engines():
+    """The input-gradient GEMM's tile engines this CPU runs ([] without VNNI)."""
+    if K._native is None:
+        return []
+    g, _, wc, _ = _operands((2, 3, 6, 6, 4, 3, 1, 1), (1, 2, 4), 0)
+    fits = {amx: K._native.input_grad_gemm_fits(g, wc, 4, 1, 1, 1, 6, 6, amx=amx) for amx in (0, 1)}
+    return [name for amx, name in ((False, "vnni"), (True, "amx")) if fits[amx]]
+
+
+@pytest.mark.parametrize("engine", _gemm_engines())
+@pytest.mark.parametrize(
+    "geometry",
+    [geo for geo in GEOMETRIES if geo[2] * geo[3] > 1]
+    + [(3, 40, 9, 9, 70, 3, 1, 0), (2, 17, 12, 12, 130, 3, 2, 1), (2, 64, 7, 7, 64, 3, 1, 0)],
+)
+@pytest.mark.parametrize("bits", [(1, 2, 6), (7, 2, 8), (3, 2, 1)])
+def test_input_grad_gemm_equals_the_spec(engine, geometry, bits):
+    """The GEMM on each tile engine (`igrad-vnni`; `igrad-amx`, whose steps are 64 output
+    channels: O of 70 and 130 pad its weight rows; 40 and 17 input channels leave a single
+    16-channel group; 49 pixels a partial strip pair): K1, K2 and the fused finish equal the
+    spec at 1 and 3 threads, valid, padded and strided."""
+    n, c, h, w, o, k, stride, padding = geometry
+    g, m, wc, _ = _operands(geometry, bits, seed=13)
+    want = R.conv_input_grad_codes(g, m, bits[2], wc, 1.0, bits[0], stride, padding, (h, w))
+    ng = (1 << bits[2]) - 1
+    scale = np.linspace(0.5, 2.0, n)
+    for threads in (1, 3):
+        args = (g, wc, bits[2], bits[0], stride, padding, h, w, threads)
+        k1, k2 = K._native.input_grad_gemm(*args, amx=engine == "amx")
+        d = 2 * k1.astype(np.int64) - ng * k2.astype(np.int64)
+        assert np.array_equal(d, want.d)
+        dx = K._native.input_grad_gemm(*args, scale=scale, amx=engine == "amx")
+        want_dx = (scale[:, None, None, None] * d.astype(np.float64)).astype(np.float32)
+        assert np.array_equal(dx, want_dx)
+
+
 def test_input_grad_gemm_refuses_bad_input():
     """The GEMM's checks; where the CPU lacks VNNI (or W = 8) it says so instead of running."""
     g, _, wc, _ = _operands((2, 3, 6, 6, 4, 3, 1, 1), (1, 2, 4), 0)

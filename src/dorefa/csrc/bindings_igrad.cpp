@@ -49,9 +49,11 @@ IgradGeom Geometry(const CodeArray& c, const CodeArray& w, int g_bits, int w_bit
 }
 
 bool InputGradGemmFitsPy(const CodeArray& c, const CodeArray& w, int g_bits, int w_bits,
-                         int64_t stride, int64_t padding, int64_t h, int64_t wd) {
+                         int64_t stride, int64_t padding, int64_t h, int64_t wd, bool amx) {
 #ifdef DOREFA_HAVE_X86_KERNELS
-  return InputGradGemmFits(Geometry(c, w, g_bits, w_bits, stride, padding, h, wd));
+  IgradGeom g = Geometry(c, w, g_bits, w_bits, stride, padding, h, wd);
+  g.amx = amx;
+  return InputGradGemmFits(g);
 #else
   return false;
 #endif
@@ -61,12 +63,13 @@ bool InputGradGemmFitsPy(const CodeArray& c, const CodeArray& w, int g_bits, int
 // `scale` ((N,) float64) dx (N, C, H, W) float32 = float32(scale * double(2 K1 - n_g K2)).
 py::object InputGradGemmPy(const CodeArray& c, const CodeArray& w, int g_bits, int w_bits,
                            int64_t stride, int64_t padding, int64_t h, int64_t wd, int threads,
-                           std::optional<py::array_t<double, py::array::c_style>> scale) {
+                           std::optional<py::array_t<double, py::array::c_style>> scale, bool amx) {
   CheckThreads(threads);
-  const IgradGeom g = Geometry(c, w, g_bits, w_bits, stride, padding, h, wd);
+  IgradGeom g = Geometry(c, w, g_bits, w_bits, stride, padding, h, wd);
+  g.amx = amx;
 #ifdef DOREFA_HAVE_X86_KERNELS
   Require(InputGradGemmFits(g),
-          "the input-gradient GEMM needs AVX-512 VNNI and w_bits <= 7; check "
+          "the input-gradient GEMM needs AVX-512 VNNI (amx=True: and AMX) and w_bits <= 7; check "
           "input_grad_gemm_fits first");
   Require(!scale || (scale->ndim() == 1 && scale->shape(0) == g.n), "scale must be (N,) float64");
   py::array_t<int32_t> k2 = OutputArray<int32_t>({1, g.c, g.h, g.w});
@@ -113,10 +116,10 @@ void BindInputGrad(py::module_& m) {
   m.def("transpose_codes", &TransposeCodesPy, py::arg("a"));
   m.def("input_grad_gemm_fits", &InputGradGemmFitsPy, py::arg("c"), py::arg("w_codes"),
         py::arg("g_bits"), py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("h"),
-        py::arg("w"));
+        py::arg("w"), py::arg("amx") = false);
   m.def("input_grad_gemm", &InputGradGemmPy, py::arg("c"), py::arg("w_codes"), py::arg("g_bits"),
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("h"), py::arg("w"),
-        py::arg("threads"), py::arg("scale") = py::none());
+        py::arg("threads"), py::arg("scale") = py::none(), py::arg("amx") = false);
 }
 
 }  // namespace dorefa

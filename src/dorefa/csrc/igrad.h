@@ -12,7 +12,8 @@
 // construction: a valid 3x3 layer on a 5x5 output map costs 25 instead of 49 pixels' sums, a
 // stride-2 layer a quarter.
 //
-// Layouts (VNNI, VPDPBUSD: u8 codes x s8 weight factors, int32 sums without saturation):
+// Layouts (VNNI, VPDPBUSD, or AMX, TDPBUSD: u8 codes x s8 weight factors, int32 sums without
+// saturation):
 //   wq[r][t][cg][oq][lane][i] = 2 p[4 oq + i, 16 cg + lane, r, t] - n_w   (0 past O and C)
 //   cq[oy][ox][o]             = c[b, o, oy, ox]   (int8conv.h's packed activations, 0 past O)
 //   acc[iy][ix][ci]           int32, per sample, then transposed into K1[b] (C, H, W), or
@@ -28,10 +29,30 @@ struct IgradGeom {
   int64_t n = 0, o = 0, c = 0, h = 0, w = 0;  // codes (N, O, OH, OW); K1 (N, C, H, W)
   int64_t oh = 0, ow = 0, kh = 0, kw = 0, stride = 1, padding = 0;
   int g_bits = 1, w_bits = 1;
+  bool amx = false;  // the GEMM on AMX tiles (`igrad-amx`, igrad_amx.cpp) instead of VNNI
 };
 
-// True when this CPU runs the VNNI kernel and the layer fits it (n_w <= 127).
+// True when this CPU runs the kernel (VNNI; with g.amx also AMX) and the layer fits it
+// (n_w <= 127).
 bool InputGradGemmFits(const IgradGeom& g);
+
+// One sample's GEMM and scatter (igrad_vnni.cpp drives; igrad_amx.cpp's tiles):
+struct IgradPacked {
+  const IgradGeom* g;
+  int64_t cg, oq, op, p;  // channel groups, output-channel quads, code bytes per pixel, pixels
+  int64_t wq_oq;          // output-channel quads per (tap, group) in wq (oq; AMX: a multiple of 16)
+  const int8_t* wq;
+  const int32_t* target;  // [KH KW][P]: the input pixel iy W + ix of tap (r, t) and pixel p, or -1
+  const uint8_t* cq;      // this sample's codes (rows of op bytes, then slack for 32 rows)
+  int32_t* acc;           // this sample's sums, [H][W][cg * 16]
+};
+
+#ifdef DOREFA_HAVE_AMX
+// Every tap of one sample on AMX tiles: per tap, 2 strips of 16 output pixels (A: their codes,
+// 64 output channels a step) x 2 groups of 16 input channels (B: wq as it is, 16 quads of 64
+// bytes a step), TDPBUSD; each output pixel's row of sums added at its input pixel.
+void InputGradSampleAmx(const IgradPacked& k);
+#endif
 
 // Where the sums go: K2 (C, H, W) = sum of 2p - n_w over the (o, r, t) reaching each pixel
 // (always), and either K1 (N, C, H, W) or, with dx set, the input gradient itself,

@@ -25,15 +25,6 @@ namespace {
 constexpr int kVectors = 4;  // 16-channel groups per register tile
 constexpr int kPixels = 4;   // output pixels per register tile (6 measured the same)
 
-struct IgradPacked {
-  const IgradGeom* g;
-  int64_t cg, oq, op, p;  // channel groups, output-channel quads, code bytes per pixel, pixels
-  const int8_t* wq;
-  const int32_t* target;  // [KH KW][P]: the input pixel iy W + ix of tap (r, t) and pixel p, or -1
-  const uint8_t* cq;      // this sample's codes
-  int32_t* acc;           // this sample's sums, [H][W][cg * 16]
-};
-
 // The targets of IgradPacked: where each tap's output pixels land (-1: in the padding).
 std::vector<int32_t> Targets(const IgradGeom& g) {
   std::vector<int32_t> target;
@@ -54,7 +45,7 @@ std::vector<int32_t> Targets(const IgradGeom& g) {
 template <int V, int J>
 void Tile(const IgradPacked& k, int64_t r, int64_t t, int64_t cg0, int64_t p0, int64_t p1) {
   const IgradGeom& g = *k.g;
-  const int8_t* w = k.wq + ((r * g.kw + t) * k.cg + cg0) * k.oq * 64;
+  const int8_t* w = k.wq + ((r * g.kw + t) * k.cg + cg0) * k.wq_oq * 64;
   const int32_t* target = k.target + (r * g.kw + t) * k.p;
   for (; p0 + J <= p1; p0 += J) {
     __m512i s[V][J];
@@ -64,7 +55,8 @@ void Tile(const IgradPacked& k, int64_t r, int64_t t, int64_t cg0, int64_t p0, i
     const uint8_t* cq = k.cq + p0 * k.op;
     for (int64_t q = 0; q < k.oq; ++q) {
       __m512i wv[V];
-      DOREFA_UNROLL for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(w + (v * k.oq + q) * 64);
+      DOREFA_UNROLL for (int v = 0; v < V; ++v) wv[v] =
+          _mm512_loadu_si512(w + (v * k.wq_oq + q) * 64);
       DOREFA_UNROLL for (int j = 0; j < J; ++j) {
         int32_t quad;
         std::memcpy(&quad, cq + j * k.op + 4 * q, 4);
@@ -178,7 +170,15 @@ void StoreTransposed(const IgradGeom& g, int64_t cg, const int32_t* acc, const I
 
 bool InputGradGemmFits(const IgradGeom& g) {
   constexpr uint32_t kNeeds = kAvx512F | kAvx512Bw | kAvx512Vl | kAvx512Dq | kAvx512Vnni;
-  return (CpuFeatures() & kNeeds) == kNeeds && g.w_bits <= 7;
+  uint32_t needs = kNeeds;
+  if (g.amx) {
+#ifdef DOREFA_HAVE_AMX
+    needs |= kAmxTile | kAmxInt8;
+#else
+    return false;
+#endif
+  }
+  return (CpuFeatures() & needs) == needs && g.w_bits <= 7;
 }
 
 uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, const IgradOut& out,
@@ -190,19 +190,29 @@ uint32_t InputGradGemm(const IgradGeom& g, const uint8_t* c, const uint8_t* w, c
   cg_geom.Finalize();
   const Int8Geom q(cg_geom);
   const int64_t cg = (g.c + 15) / 16, oq = q.cp / 4, p = g.oh * g.ow, hw = g.h * g.w;
-  PoolScratch<int8_t> wq(static_cast<size_t>(g.kh * g.kw * cg * oq * 64));
-  const uint8_t w_ors = PackWeights(g, cg, oq, w, wq.data());
+  const int64_t wq_oq = g.amx ? (oq + 15) / 16 * 16 : oq;  // AMX: whole 64-byte steps
+  PoolScratch<int8_t> wq(static_cast<size_t>(g.kh * g.kw * cg * wq_oq * 64));
+  const uint8_t w_ors = PackWeights(g, cg, wq_oq, w, wq.data());
   const std::vector<int32_t> target = Targets(g);
   WeightSums(g, w, target, out.k2);
   std::atomic<uint32_t> ors{0};
   ParallelForOrThrow(threads, g.n, [&](int64_t begin, int64_t end) {
-    PoolScratch<uint8_t> cq(static_cast<size_t>(q.image + 64));
+    // AMX reads 32 rows of 4 wq_oq bytes from the last strip's first pixel
+    PoolScratch<uint8_t> cq(static_cast<size_t>(q.image + 32 * 4 * wq_oq + 64));
     PoolScratch<int32_t> acc(static_cast<size_t>(hw * cg * 16));
     uint32_t mine = 0;
     for (int64_t b = begin; b < end; ++b) {
       mine |= PackInt8Image(cg_geom, c, 0, b, cq.data());
       std::memset(acc.data(), 0, static_cast<size_t>(hw * cg * 16) * sizeof(int32_t));
-      const IgradPacked k{&g, cg, oq, q.cp, p, wq.data(), target.data(), cq.data(), acc.data()};
+      const IgradPacked k{&g,        cg,        oq, q.cp, p, wq_oq, wq.data(), target.data(),
+                          cq.data(), acc.data()};
+#ifdef DOREFA_HAVE_AMX
+      if (g.amx) {
+        InputGradSampleAmx(k);
+        StoreTransposed(g, cg, acc.data(), out, b);
+        continue;
+      }
+#endif
       for (int64_t cg0 = 0; cg0 < cg; cg0 += kVectors) {
         const int nv = static_cast<int>(std::min<int64_t>(kVectors, cg - cg0));
         const int64_t full = p / kPixels * kPixels;

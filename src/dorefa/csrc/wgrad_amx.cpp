@@ -68,40 +68,6 @@ struct AmxLayout {
         gq_size(vectors * pq * 64) {}
 };
 
-// NA A tiles (at a, a + a2; rows `stride` bytes apart, 4 kq bytes each) x NB B tiles (at b,
-// b + b2; kq rows of 64 bytes) over `steps` steps of kq quads: C tile (i, j) into
-// buf + (16 i) 32 + 16 j (int32, rows of 32). Compiler barriers: GCC's tile intrinsics have
-// no memory operand.
-template <int NA, int NB>
-void Tiles(const uint8_t* a, int64_t a2, int64_t stride, const int8_t* b, int64_t b2, int64_t steps,
-           int64_t kq, int32_t* buf) {
-  asm volatile("" ::: "memory");
-  _tile_zero(0);
-  if constexpr (NB == 2) _tile_zero(1);
-  if constexpr (NA == 2) _tile_zero(2);
-  if constexpr (NA == 2 && NB == 2) _tile_zero(3);
-  for (int64_t k = 0; k < steps; ++k) {
-    _tile_loadd(4, a + k * 4 * kq, stride);
-    if constexpr (NA == 2) _tile_loadd(5, a + a2 + k * 4 * kq, stride);
-    _tile_loadd(6, b + k * kq * 64, 64);
-    if constexpr (NB == 2) _tile_loadd(7, b + b2 + k * kq * 64, 64);
-    _tile_dpbusd(0, 4, 6);
-    if constexpr (NB == 2) _tile_dpbusd(1, 4, 7);
-    if constexpr (NA == 2) _tile_dpbusd(2, 5, 6);
-    if constexpr (NA == 2 && NB == 2) _tile_dpbusd(3, 5, 7);
-  }
-  constexpr int64_t kRow = 2 * kLanes * 4;
-  _tile_stored(0, buf, kRow);
-  if constexpr (NB == 2) _tile_stored(1, buf + kLanes, kRow);
-  if constexpr (NA == 2) _tile_stored(2, buf + kLanes * 2 * kLanes, kRow);
-  if constexpr (NA == 2 && NB == 2) _tile_stored(3, buf + kLanes * 2 * kLanes + kLanes, kRow);
-  asm volatile("" ::: "memory");
-}
-
-using TilesFn = void (*)(const uint8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t, int64_t,
-                         int32_t*);
-constexpr TilesFn kTiles[2][2] = {{&Tiles<1, 1>, &Tiles<1, 2>}, {&Tiles<2, 1>, &Tiles<2, 2>}};
-
 // acc[i][0 .. 16 nb) += scale * double(buf row i) for the tile rows i < rows (buf as Tiles
 // writes it, one tap: rows of 32 int32; acc rows `stride` doubles apart).
 template <DirectMode M>
@@ -209,8 +175,8 @@ void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, Di
       const uint8_t* a = xs + (t * g.c + ci0) * l.plane + it.r * g.ow;
       for (int64_t v = it.v0; v < it.v1; v += 2) {
         const int nb = static_cast<int>(std::min<int64_t>(2, it.v1 - v));
-        kTiles[na - 1][nb - 1](a, g.c * l.plane, l.plane, gq + v * l.pq * 64, l.pq * 64, l.steps,
-                               l.kq, buf);
+        kTilesBusd[na - 1][nb - 1](a, g.c * l.plane, l.plane, gq + v * l.pq * 64, l.pq * 64,
+                                   l.steps, l.kq, buf);
         for (int i = 0; i < na; ++i) {
           const int32_t* tile = buf + i * kLanes * 2 * kLanes;
           if (mode == DirectMode::kS) {
@@ -481,9 +447,9 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
         const int nb = static_cast<int>(std::min<int64_t>(2, op.vectors - v));
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int j = 0; j < plan.digits; ++j) {
-          kTiles[na - 1][nb - 1](a.data() + j * plane_bytes, kLanes * op.width, op.width,
-                                 op.g.data() + v * op.width * kLanes, op.width * kLanes, op.steps,
-                                 16, buf);
+          kTilesBusd[na - 1][nb - 1](a.data() + j * plane_bytes, kLanes * op.width, op.width,
+                                     op.g.data() + v * op.width * kLanes, op.width * kLanes,
+                                     op.steps, 16, buf);
           for (int i = 0; i < na; ++i)
             Finish<DirectMode::kFma>(buf + i * kLanes * 2 * kLanes, kLanes, nb, weight[j],
                                      acc.data() + i * kLanes * 2 * kLanes, 2 * kLanes);

@@ -73,10 +73,16 @@ def _scatter(
     return out
 
 
+GEMM_ROUTES = ("igrad-vnni", "igrad-amx")  # the GEMM and scatter of csrc/igrad.h
+GEMM_FORCED = ("int8-vnni", "int8-amx")  # forced kernels whose ISA runs a GEMM route
+
+
 def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> str:
-    """What computes the input gradient's sums: ``'igrad-vnni'`` (the GEMM and scatter of
-    ``csrc/igrad.h``) for layers with more than one output pixel where this CPU has AVX-512
-    VNNI, W <= 7 and no kernel other than ``int8-vnni`` is forced; else ``'conv'``, the
+    """What computes the input gradient's sums: ``'igrad-amx'`` (the GEMM and scatter of
+    ``csrc/igrad.h`` on AMX tiles) for layers with fewer output than input pixels (more than
+    one) where the CPU has AMX, W <= 7 and nothing or ``int8-amx`` is forced; ``'igrad-vnni'``
+    (the same on VNNI) for layers with more than one output pixel where this CPU has AVX-512
+    VNNI, W <= 7 and nothing or ``int8-vnni`` is forced; else ``'conv'``, the
     transposed convolution as a forward convolution on the kernel in force (or the layer's
     choice; one output pixel: a 1x1 convolution over the weights' taps). Where the CPU runs a
     lut kernel that sums in dwords (``choose.LUT_DWORD_SUMS``: ``lut-vnni``) and nothing is
@@ -88,16 +94,25 @@ def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> 
     from .selection import available_kernels, forced_kernel
 
     forced = forced_kernel()
-    if native is None or np.prod(np.shape(c)[2:]) == 1 or forced not in (None, "int8-vnni"):
+    if native is None or np.prod(np.shape(c)[2:]) == 1 or forced not in (None, *GEMM_FORCED):
         return "conv"
+    args = (c, w_codes, g_bits, w_bits, stride, padding, *input_hw)
+    if forced in (None, "int8-amx"):
+        # AMX: the GEMM where the transposed convolution would sum padding or inserted zeros
+        # (fewer output than input pixels); svhn's valid layers' input gradients ran 2.6-3.0x
+        # torch fp32 on int8-amx's convolution route.
+        fewer = np.prod(np.shape(c)[2:]) < np.prod(input_hw)
+        if fewer and native.input_grad_gemm_fits(*args, amx=True):
+            return "igrad-amx"
+        if forced == "int8-amx":
+            return "conv"
     if (
         forced is None
         and any(k in LUT_DWORD_SUMS for k in available_kernels())
         and w_bits * len(lut_slices(g_bits)) <= 2
     ):
         return "conv"
-    fits = native.input_grad_gemm_fits(c, w_codes, g_bits, w_bits, stride, padding, *input_hw)
-    return "igrad-vnni" if fits else "conv"
+    return "igrad-vnni" if native.input_grad_gemm_fits(*args) else "conv"
 
 
 def _input_operands(c, g_bits, w_codes, stride, padding, input_hw):
@@ -111,10 +126,12 @@ def _input_operands(c, g_bits, w_codes, stride, padding, input_hw):
 def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
     """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
     c, w_codes, hw = _input_operands(c, g_bits, w_codes, stride, padding, input_hw)
-    if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
+    route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
+    if route in GEMM_ROUTES:
         from .extension import native
 
-        return native.input_grad_gemm(c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
+        args = (c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
+        return native.input_grad_gemm(*args, amx=route == "igrad-amx")
     return _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads)
 
 
@@ -210,9 +227,11 @@ def conv_input_grad(
     from .selection import current_kernel
 
     c, w_codes, hw = _input_operands(c, g_bits, w_codes, stride, padding, input_hw)
-    if input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw) == "igrad-vnni":
+    route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
+    if route in GEMM_ROUTES:
         args = (c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
-        return native.input_grad_gemm(*args, scale=scale)  # sums and finish in one pass
+        # sums and finish in one pass
+        return native.input_grad_gemm(*args, scale=scale, amx=route == "igrad-amx")
     k1, k2 = _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads)
 
     native_ok = native is not None and current_kernel() != REFERENCE
