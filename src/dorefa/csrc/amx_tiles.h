@@ -1,8 +1,7 @@
 // What the AMX kernels (int8conv_amx.cpp, wgrad_amx.cpp, igrad_amx.cpp) share: the tile
 // configuration (LDTILECFG's 64-byte operand, palette 1: tiles 0-7 of 16 rows x 64 bytes, except
 // the A tiles 4 and 5, 16 rows x 4 kq bytes, and the B tiles 6 and 7, kq rows x 64 bytes, whose
-// sums then run over kq groups of 4 bytes, 1 <= kq <= 16), and the 2 x 2 TDPBUSD step of the
-// weight and input gradients (u8 A x s8 B).
+// sums then run over kq groups of 4 bytes, 1 <= kq <= 16), and their 2 x 2 tile step.
 #ifndef DOREFA_CSRC_AMX_TILES_H_
 #define DOREFA_CSRC_AMX_TILES_H_
 
@@ -29,11 +28,14 @@ namespace {  // NOLINT(build/namespaces): the AMX files' own copies (compiled wi
 
 // NA A tiles (at a, a + a2; rows `stride` bytes apart, 4 kq bytes each) x NB B tiles (at b,
 // b + b2; kq rows of 64 bytes) over `steps` steps of kq quads: C tile (i, j) into
-// buf + (16 i) 32 + 16 j (int32, rows of 32). Compiler barriers: GCC's tile intrinsics have
-// no memory operand.
-template <int NA, int NB>
-void TilesBusd(const uint8_t* a, int64_t a2, int64_t stride, const int8_t* b, int64_t b2,
-               int64_t steps, int64_t kq, int32_t* buf) {
+// out + 16 i ostride + 16 j (int32, rows ostride apart). kSignedB: TDPBUSD (u8 A x s8 B, the
+// gradients' signed factors), else TDPBUUD (u8 x u8, int8-amx's codes). Compiler barriers:
+// GCC's tile intrinsics are asm statements without a memory operand; the barriers keep the
+// operands' stores before the tile loads and the tile stores before the reads of `out`.
+template <bool kSignedB, int NA, int NB>
+void TileSteps(const uint8_t* a, int64_t a2, int64_t stride, const void* bv, int64_t b2,
+               int64_t steps, int64_t kq, int32_t* out, int64_t ostride) {
+  const auto* b = static_cast<const uint8_t*>(bv);
   asm volatile("" ::: "memory");
   _tile_zero(0);
   if constexpr (NB == 2) _tile_zero(1);
@@ -44,23 +46,32 @@ void TilesBusd(const uint8_t* a, int64_t a2, int64_t stride, const int8_t* b, in
     if constexpr (NA == 2) _tile_loadd(5, a + a2 + k * 4 * kq, stride);
     _tile_loadd(6, b + k * kq * 64, 64);
     if constexpr (NB == 2) _tile_loadd(7, b + b2 + k * kq * 64, 64);
-    _tile_dpbusd(0, 4, 6);
-    if constexpr (NB == 2) _tile_dpbusd(1, 4, 7);
-    if constexpr (NA == 2) _tile_dpbusd(2, 5, 6);
-    if constexpr (NA == 2 && NB == 2) _tile_dpbusd(3, 5, 7);
+    if constexpr (kSignedB) {
+      _tile_dpbusd(0, 4, 6);
+      if constexpr (NB == 2) _tile_dpbusd(1, 4, 7);
+      if constexpr (NA == 2) _tile_dpbusd(2, 5, 6);
+      if constexpr (NA == 2 && NB == 2) _tile_dpbusd(3, 5, 7);
+    } else {
+      _tile_dpbuud(0, 4, 6);
+      if constexpr (NB == 2) _tile_dpbuud(1, 4, 7);
+      if constexpr (NA == 2) _tile_dpbuud(2, 5, 6);
+      if constexpr (NA == 2 && NB == 2) _tile_dpbuud(3, 5, 7);
+    }
   }
-  constexpr int64_t kRow = 2 * 16 * 4;
-  _tile_stored(0, buf, kRow);
-  if constexpr (NB == 2) _tile_stored(1, buf + 16, kRow);
-  if constexpr (NA == 2) _tile_stored(2, buf + 16 * 2 * 16, kRow);
-  if constexpr (NA == 2 && NB == 2) _tile_stored(3, buf + 16 * 2 * 16 + 16, kRow);
+  const int64_t bytes = ostride * 4;
+  _tile_stored(0, out, bytes);
+  if constexpr (NB == 2) _tile_stored(1, out + 16, bytes);
+  if constexpr (NA == 2) _tile_stored(2, out + 16 * ostride, bytes);
+  if constexpr (NA == 2 && NB == 2) _tile_stored(3, out + 16 * ostride + 16, bytes);
   asm volatile("" ::: "memory");
 }
 
-using TilesBusdFn = void (*)(const uint8_t*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
-                             int64_t, int32_t*);
-constexpr TilesBusdFn kTilesBusd[2][2] = {{&TilesBusd<1, 1>, &TilesBusd<1, 2>},
-                                          {&TilesBusd<2, 1>, &TilesBusd<2, 2>}};
+using TileStepsFn = void (*)(const uint8_t*, int64_t, int64_t, const void*, int64_t, int64_t,
+                             int64_t, int32_t*, int64_t);
+// kTileSteps<kSignedB>[NA - 1][NB - 1]
+template <bool kSignedB>
+constexpr TileStepsFn kTileSteps[2][2] = {{&TileSteps<kSignedB, 1, 1>, &TileSteps<kSignedB, 1, 2>},
+                                          {&TileSteps<kSignedB, 2, 1>, &TileSteps<kSignedB, 2, 2>}};
 
 }  // namespace
 }  // namespace dorefa

@@ -37,7 +37,6 @@ namespace {
 constexpr int kStrip = 16;                   // pixels per A tile (its rows)
 constexpr int kCallPixels = kMaxCallPixels;  // pixels per call: 4 strips
 constexpr int kGroupBlocks = 4;              // blocks summed before one store pass
-constexpr int64_t kTileBytes = kStrip * 64;  // one 16 x 64-byte tile
 
 int32_t Shift(int /*x_bits*/) { return 0; }
 
@@ -68,42 +67,6 @@ void Gather(const Int8Conv& c, int64_t pix0, int np, int64_t kp, uint8_t* a) {
   }
 }
 
-// S strips (from a, rows kp bytes apart) x B blocks (from w, bstride bytes apart) over `steps`
-// 64-byte steps, to out (int32, row stride `ostride` elements; strip s, block b at
-// out + s 16 ostride + 16 b).
-// GCC's tile intrinsics are asm statements without a memory operand: the barriers keep the
-// gather's stores before the tile loads and the tile stores before the reads of `out`.
-template <int S, int B>
-void Tiles(const uint8_t* a, int64_t kp, const uint8_t* w, int64_t bstride, int64_t steps,
-           int32_t* out, int64_t ostride) {
-  asm volatile("" ::: "memory");
-  _tile_zero(0);
-  if constexpr (B == 2) _tile_zero(1);
-  if constexpr (S == 2) _tile_zero(2);
-  if constexpr (S == 2 && B == 2) _tile_zero(3);
-  const uint8_t* a1 = a + kStrip * kp;
-  for (int64_t k = 0; k < steps; ++k) {
-    _tile_loadd(4, a + k * 64, kp);
-    if constexpr (S == 2) _tile_loadd(5, a1 + k * 64, kp);
-    _tile_loadd(6, w + k * kTileBytes, 64);
-    if constexpr (B == 2) _tile_loadd(7, w + bstride + k * kTileBytes, 64);
-    _tile_dpbuud(0, 4, 6);
-    if constexpr (B == 2) _tile_dpbuud(1, 4, 7);
-    if constexpr (S == 2) _tile_dpbuud(2, 5, 6);
-    if constexpr (S == 2 && B == 2) _tile_dpbuud(3, 5, 7);
-  }
-  const int64_t bytes = ostride * 4;
-  _tile_stored(0, out, bytes);
-  if constexpr (B == 2) _tile_stored(1, out + kInt8Lanes, bytes);
-  if constexpr (S == 2) _tile_stored(2, out + kStrip * ostride, bytes);
-  if constexpr (S == 2 && B == 2) _tile_stored(3, out + kStrip * ostride + kInt8Lanes, bytes);
-  asm volatile("" ::: "memory");
-}
-
-using TilesFn = void (*)(const uint8_t*, int64_t, const uint8_t*, int64_t, int64_t, int32_t*,
-                         int64_t);
-constexpr TilesFn kTiles[2][2] = {{&Tiles<1, 1>, &Tiles<1, 2>}, {&Tiles<2, 1>, &Tiles<2, 2>}};
-
 // A call: gather the fields once, then per group of up to 4 blocks the sums of every pixel
 // strip pair x block pair, and the store, 8 pixels at a time (as TileClasses).
 void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
@@ -126,9 +89,11 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     for (int b = 0; b < nb; b += 2) {
       const uint8_t* w = c.wq + (ob + b) * bstride;
       for (int s = 0; s < strips; s += 2) {
-        kTiles[std::min(2, strips - s) - 1][std::min(2, nb - b) - 1](
-            a + s * kStrip * kp, kp, w, bstride, steps, raw + s * kStrip * ostride + b * kInt8Lanes,
-            ostride);
+        // strips s, s + 1 (rows kp bytes apart) x blocks b, b + 1 over 64-byte steps (kq 16)
+        const TileStepsFn step =
+            kTileSteps<false>[std::min(2, strips - s) - 1][std::min(2, nb - b) - 1];
+        step(a + s * kStrip * kp, kStrip * kp, kp, w, bstride, steps, 16,
+             raw + s * kStrip * ostride + b * kInt8Lanes, ostride);
       }
     }
     StoreCall<VnniStore>(c, pix0, npix, ob, nb, raw, terms);

@@ -68,7 +68,7 @@ struct AmxLayout {
         gq_size(vectors * pq * 64) {}
 };
 
-// acc[i][0 .. 16 nb) += scale * double(buf row i) for the tile rows i < rows (buf as Tiles
+// acc[i][0 .. 16 nb) += scale * double(buf row i) for the tile rows i < rows (buf as TileSteps
 // writes it, one tap: rows of 32 int32; acc rows `stride` doubles apart).
 template <DirectMode M>
 void Finish(const int32_t* buf, int rows, int nb, double scale, double* acc, int64_t stride) {
@@ -175,8 +175,9 @@ void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, Di
       const uint8_t* a = xs + (t * g.c + ci0) * l.plane + it.r * g.ow;
       for (int64_t v = it.v0; v < it.v1; v += 2) {
         const int nb = static_cast<int>(std::min<int64_t>(2, it.v1 - v));
-        kTilesBusd[na - 1][nb - 1](a, g.c * l.plane, l.plane, gq + v * l.pq * 64, l.pq * 64,
-                                   l.steps, l.kq, buf);
+        const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
+        step(a, g.c * l.plane, l.plane, gq + v * l.pq * 64, l.pq * 64, l.steps, l.kq, buf,
+             2 * kLanes);
         for (int i = 0; i < na; ++i) {
           const int32_t* tile = buf + i * kLanes * 2 * kLanes;
           if (mode == DirectMode::kS) {
@@ -280,7 +281,7 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
 // (0 past E = N P). Work item: 32 columns k (A_j of every digit built once, in L2), then per
 // pair of channel vectors and digit, 4 C tiles over all E, and beta^j T_j added to float64 sums
 // exactly (integers below 2^53). A sample costs D P / 64 tile steps instead of
-// ceil(PQ / 16) steps and the per-sample finish (~3 steps' time).
+// ceil(PQ / 16) steps, their tile stores and the per-sample finish.
 struct DigitOperands {
   int64_t e_count, steps, width, vectors, plane;
   PoolScratch<int8_t> g;     // [vectors][width / 4][16][4]
@@ -447,9 +448,10 @@ uint32_t WeightGradDigitsAmx(const WgradGeom& g, const DigitPlan& plan, const ui
         const int nb = static_cast<int>(std::min<int64_t>(2, op.vectors - v));
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int j = 0; j < plan.digits; ++j) {
-          kTilesBusd[na - 1][nb - 1](a.data() + j * plane_bytes, kLanes * op.width, op.width,
-                                     op.g.data() + v * op.width * kLanes, op.width * kLanes,
-                                     op.steps, 16, buf);
+          const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
+          step(a.data() + j * plane_bytes, kLanes * op.width, op.width,
+               op.g.data() + v * op.width * kLanes, op.width * kLanes, op.steps, 16, buf,
+               2 * kLanes);
           for (int i = 0; i < na; ++i)
             Finish<DirectMode::kFma>(buf + i * kLanes * 2 * kLanes, kLanes, nb, weight[j],
                                      acc.data() + i * kLanes * 2 * kLanes, 2 * kLanes);
