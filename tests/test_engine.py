@@ -166,7 +166,7 @@ def _check_on_scale_grid(name, geometry, bits, codes, plan_check=None):
     """The weight gradient on training's integer scales equals the spec's float64 batch-order
     sum bit for bit at 1-3 threads, with a zero scale (when N > 1) and the largest (Q);
     "extreme": every gradient code at 0 or n_g, every activation at n_a, and scales whose
-    digits are all beta - 1 (the largest digit products and sums)."""
+    digits are all beta - 1 (the largest digit products and sums), then every scale Q."""
     n, c, h, w, o, k, stride, padding = geometry
     _, ab, gb = bits
     g, m, _, a = _operands(geometry, bits, seed=11 + n)
@@ -181,7 +181,7 @@ def _check_on_scale_grid(name, geometry, bits, codes, plan_check=None):
         want = R.conv_weight_grad_codes(g, m, gb, a, ab, stride, padding, (k, k))
         beta = 255 // ((1 << ab) - 1) + 1
         top = beta ** int(np.floor(np.log(R.GRID) / np.log(beta))) - 1  # digits beta - 1
-        scales = [np.resize([top, R.GRID, 0.0, top], n).astype(np.float64)]
+        scales = [np.resize([top, R.GRID, 0.0, top], n).astype(np.float64), np.full(n, R.GRID)]
     for scale in scales:
         if plan_check is not None:
             plan_check(scale)
@@ -226,6 +226,19 @@ SMALL_MAPS += [(9, 16, 7, 7, 20, 3, 1, 0)]  # 144 columns: a last tile pair of o
 @pytest.mark.parametrize("codes", ["random", "extreme"])
 def test_small_map_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
     """Small maps on training's integer scales (see _check_on_scale_grid)."""
+    _check_on_scale_grid(name, geometry, bits, codes)
+
+
+# 7 x 7 maps on the scale grid, where `wgrad-amx`'s per-sample route sums two samples at a
+# time in int32 (q = 4096 q_hi + q_lo, |S| < 2^15) and moves the sums to float64 every
+# (2^31 - 1) // (2 * 4095 * P n_g n_a) pairs: at (1, 2, 7), 14 pairs, so 41 samples flush
+# twice within a block and end on an odd sample; the extreme codes put S at its bound.
+@pytest.mark.parametrize("name", WGRAD)
+@pytest.mark.parametrize("geometry", [(41, 16, 7, 7, 32, 3, 1, 1), (30, 20, 9, 9, 18, 3, 1, 0)])
+@pytest.mark.parametrize("bits", [(1, 2, 7), (1, 2, 6), (1, 4, 5)])
+@pytest.mark.parametrize("codes", ["random", "extreme"])
+def test_seven_by_seven_weight_grad_on_the_scale_grid(name, geometry, bits, codes):
+    """See _check_on_scale_grid."""
     _check_on_scale_grid(name, geometry, bits, codes)
 
 
