@@ -88,40 +88,12 @@ void Finish(const int32_t* buf, int rows, int nb, double scale, double* acc, int
   }
 }
 
-// Training's integer scales (the grid of reference_grad.grid_scales, q_b < 2^24) let the
-// per-sample finish stay in integers, two samples at a time: with q = 4096 q_hi + q_lo,
-//
-//   sum_b q_b S_b = 4096 sum_b q_hi,b S_b + sum_b q_lo,b S_b,
-//
-// where |S| <= P n_g n_a < 2^15 is an int16, so one VPDPWSSD adds q_lo,b S_b + q_lo,b+1 S_b+1
-// to 16 int32 sums from the two samples' tile rows packed as int16 pairs (one VPACKSSDW, one
-// VPSHUFB), another the q_hi terms: 2 stores and 4 vector uops for 2 x 16 outputs, against
-// 4 stores and 12 uops (conversions, FMAs) in the float64 finish, which bounds the one-step
-// (7 x 7) maps. The int32 sums go to the float64 sums every `flush` pairs (before they can
-// overflow) and at the end of a block; every partial sum is an integer below 2^53, so the
-// results are the spec's bit for bit (wgrad_digits.h's argument).
-struct PairsPlan {
-  bool fits = false;
-  int64_t flush = 0;  // pairs of samples an int32 sum takes before it could overflow
-};
-
-PairsPlan PlanPairs(const WgradGeom& g, const WgradOutput& out) {
-  PairsPlan plan;
-  const int64_t s_max = g.P() * ((int64_t{1} << g.g_bits) - 1) * ((int64_t{1} << g.a_bits) - 1);
-  if (out.s != nullptr || s_max >= (1 << 15)) return plan;
-  double top = 0.0;
-  for (int64_t b = 0; b < g.n; ++b) {
-    const double q = out.scale[b];
-    if (!(q >= 0.0 && q < 16777216.0) || q != std::floor(q)) return plan;
-    top = std::max(top, q);
-  }
-  if (static_cast<double>(g.n) * top * static_cast<double>(s_max) >= 9007199254740992.0)
-    return plan;
-  plan.fits = true;
-  plan.flush = ((int64_t{1} << 31) - 1) / (2 * s_max * 4095);  // >= 8
-  return plan;
-}
-
+// The per-sample finish on training's integer scales (wgrad_digits.h, IntScalePlan), two
+// samples at a time: one VPDPWSSD adds q_lo,b S_b + q_lo,b+1 S_b+1 to 16 int32 sums from the
+// two samples' tile rows packed as int16 pairs (one VPACKSSDW, one VPSHUFB), another the q_hi
+// terms: 2 stores and 4 vector uops for 2 x 16 outputs, against 4 stores and 12 uops
+// (conversions, FMAs) in the float64 finish, which bounds the one-step (7 x 7) maps. The
+// int32 sums go to the float64 sums every plan.flush / 2 pairs and at the end of a block.
 // lo[0 .. 16) += q_lo,0 s0 + q_lo,1 s1 and hi likewise: one tile row of 16 outputs of two
 // samples (int32 |S| < 2^15); q: (q_1 << 16) | q_0 in every lane.
 inline void PairRow(const int32_t* s0, const int32_t* s1, __m512i q_lo, __m512i q_hi, int32_t* lo,
@@ -273,9 +245,10 @@ void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, Di
 
 // Item it's samples [b0, b1) (packed in pk from b0 on) into its float64 sums acc
 // ([KW][16][width] doubles) by the pairs finish: lo and hi ([KW][16][width] int32, zero) are
-// the pairs' int32 sums, flushed into acc every plan.flush pairs and at the end (zero again).
+// the pairs' int32 sums, flushed into acc every plan.flush / 2 pairs and at the end (zero
+// again).
 void RunItemPairs(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out,
-                  const AmxItem& it, int64_t b0, int64_t b1, const PairsPlan& plan, double* acc,
+                  const AmxItem& it, int64_t b0, int64_t b1, const IntScalePlan& plan, double* acc,
                   int32_t* lo, int32_t* hi, int64_t width) {
   const AmxLayout& l = pk.l;
   const int64_t ci0 = it.group * kLanes, size = g.kw * kLanes * width;
@@ -308,7 +281,7 @@ void RunItemPairs(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& ou
             }
       }
     }
-    if (++pairs == plan.flush) FlushPairs(lo, hi, acc, size), pairs = 0;
+    if (++pairs == plan.flush / 2) FlushPairs(lo, hi, acc, size), pairs = 0;
   }
   FlushPairs(lo, hi, acc, size);
 }
@@ -330,7 +303,7 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
   const DirectMode mode = out.s != nullptr              ? DirectMode::kS
                           : DirectExactProducts(g, out) ? DirectMode::kFma
                                                         : DirectMode::kMulAdd;
-  const PairsPlan pairs = PlanPairs(g, out);
+  const IntScalePlan ints = PlanIntScales(g, out);
   // Channel vectors per item: its float64 sums, KW x 16 x 16 vb doubles, in L1 (24 KB at KW 3)
   const int64_t vb = std::clamp<int64_t>(kItemTaps / g.kw, 1, 4);
   const int64_t blocks = (l.vectors + vb - 1) / vb, per_group = g.kh * blocks;
@@ -352,8 +325,8 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
       std::vector<double> acc(
           mode == DirectMode::kS ? 0 : static_cast<size_t>(item_size) * items.size(), 0.0);
       AmxPacked pk(g);
-      PoolScratch<int32_t> lohi(static_cast<size_t>(pairs.fits ? 2 * item_size : 0));
-      if (pairs.fits) std::fill(lohi.data(), lohi.data() + 2 * item_size, 0);
+      PoolScratch<int32_t> lohi(static_cast<size_t>(ints.flush > 0 ? 2 * item_size : 0));
+      if (ints.flush > 0) std::fill(lohi.data(), lohi.data() + 2 * item_size, 0);
       uint32_t mine = 0;
       for (int64_t b0 = 0; b0 < g.n; b0 += pk.samples) {
         const int64_t b1 = std::min(g.n, b0 + pk.samples);
@@ -376,8 +349,8 @@ uint32_t WeightGradAmx(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
         _tile_loadconfig(&cfg);
         for (size_t i = 0; i < items.size(); ++i) {
           double* sums = acc.data() + i * item_size;
-          if (pairs.fits) {
-            RunItemPairs(g, pk, out, items[i], b0, b1, pairs, sums, lohi.data(),
+          if (ints.flush > 0) {
+            RunItemPairs(g, pk, out, items[i], b0, b1, ints, sums, lohi.data(),
                          lohi.data() + item_size, width);
           } else {
             RunItem(g, pk, out, mode, items[i], b0, b1, sums, width);

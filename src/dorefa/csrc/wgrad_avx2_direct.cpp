@@ -27,10 +27,11 @@ int64_t FoldQuads(int g_bits, int a_bits) {
 }
 
 struct Avx2Direct {
-  static constexpr int kLanes = 8;    // channels per ymm
-  static constexpr int kVectors = 2;  // channel vectors per register tile
-  static constexpr int kCols = 6;     // columns per register tile
-  static constexpr int kChunk = 24;   // columns per work tile
+  static constexpr int kLanes = 8;           // channels per ymm
+  static constexpr int kVectors = 2;         // channel vectors per register tile
+  static constexpr int kCols = 6;            // columns per register tile
+  static constexpr int kChunk = 24;          // columns per work tile
+  static constexpr bool kIntScales = false;  // no int32 finish (DirectMode::kInt)
 
   // One strip plane (wgrad_direct.h): zeroed, then the data columns of each row copied.
   static void StripPlane(const uint8_t* src, int64_t h, int64_t w, int64_t p, int64_t first,
@@ -144,6 +145,7 @@ struct Avx2Direct {
         for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, DirectMode::kFma>(a, b, fold);
         return;
       case DirectMode::kMulAdd:
+      case DirectMode::kInt:  // not planned for this ISA (kIntScales)
         for (int64_t b = a.b0; b < a.b1; ++b) Sample<V, C, DirectMode::kMulAdd>(a, b, fold);
         return;
     }

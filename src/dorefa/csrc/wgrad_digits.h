@@ -48,6 +48,17 @@ struct DigitPlan {
   int64_t base = 0;  // beta: (beta - 1) n_a <= 255
 };
 
+// The largest scale when every scale is an integer in [0, 2^24) (training's grid), else -1.
+inline double IntegerScalesTop(const WgradGeom& g, const WgradOutput& out) {
+  double top = 0.0;
+  for (int64_t b = 0; b < g.n; ++b) {
+    const double q = out.scale[b];
+    if (!(q >= 0.0 && q < 16777216.0) || q != std::floor(q)) return -1.0;
+    top = std::max(top, q);
+  }
+  return top;
+}
+
 // The plan over `terms` products per output (N P: the batch and the map, summed together), or
 // digits = 0 when the route does not apply: dW mode, integer scales in [0, 2^24), exact
 // partial sums (terms max(q) n_g n_a < 2^53), g an int8 (n_g <= 127), each T_j within int32
@@ -56,13 +67,9 @@ inline DigitPlan PlanScaleDigits(const WgradGeom& g, const WgradOutput& out, int
   DigitPlan plan;
   const int64_t ng = (int64_t{1} << g.g_bits) - 1, na = (int64_t{1} << g.a_bits) - 1;
   if (out.s != nullptr || g.n == 0 || ng > 127 || terms * ng * 255 >= (1LL << 31)) return plan;
-  double top = 0.0;
-  for (int64_t b = 0; b < g.n; ++b) {
-    const double q = out.scale[b];
-    if (!(q >= 0.0 && q < 16777216.0) || q != std::floor(q)) return plan;
-    top = std::max(top, q);
-  }
-  if (static_cast<double>(terms) * top * static_cast<double>(ng * na) >= 9007199254740992.0)
+  const double top = IntegerScalesTop(g, out);
+  if (top < 0.0 ||
+      static_cast<double>(terms) * top * static_cast<double>(ng * na) >= 9007199254740992.0)
     return plan;
   const int64_t base = 255 / na + 1;
   int digits = 1;
@@ -70,6 +77,31 @@ inline DigitPlan PlanScaleDigits(const WgradGeom& g, const WgradOutput& out, int
     ++digits;
   if (digits > kMaxDigits) return plan;
   plan.digits = digits, plan.base = base;
+  return plan;
+}
+
+// The per-sample kernels' finish in integers (wgrad_vnni_direct.cpp, wgrad_amx.cpp): with
+// q = 4096 q_hi + q_lo (both < 4096) and |S| <= P n_g n_a < 2^15 (an int16 word),
+//
+//   sum_b q_b S_b = 4096 sum_b q_hi,b S_b + sum_b q_lo,b S_b,
+//
+// each product an exact int32 from one VPDPWSSD / VPMADDWD of int16 words, added in int32 for
+// `flush` samples (flush 4095 max|S| < 2^31), then into the float64 sums. Every partial sum is
+// an integer below 2^53 (N max(q) max|S| < 2^53), so any order gives the spec's sum bit for
+// bit. flush = 0: the route does not apply (S mode, other scales, |S| >= 2^15).
+struct IntScalePlan {
+  int64_t flush = 0;  // samples an int32 sum of q_lo S (or q_hi S) takes without overflow
+};
+
+inline IntScalePlan PlanIntScales(const WgradGeom& g, const WgradOutput& out) {
+  IntScalePlan plan;
+  const int64_t s_max = g.P() * ((int64_t{1} << g.g_bits) - 1) * ((int64_t{1} << g.a_bits) - 1);
+  if (out.s != nullptr || s_max >= (1 << 15)) return plan;
+  const double top = IntegerScalesTop(g, out);
+  if (top < 0.0 ||
+      static_cast<double>(g.n) * top * static_cast<double>(s_max) >= 9007199254740992.0)
+    return plan;
+  plan.flush = ((int64_t{1} << 31) - 1) / (4095 * s_max);  // >= 16
   return plan;
 }
 

@@ -41,6 +41,7 @@
 #include "buffers.h"
 #include "thread_pool.h"
 #include "wgrad.h"
+#include "wgrad_digits.h"
 
 namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA, see above
@@ -74,6 +75,7 @@ inline bool DirectExactProducts(const WgradGeom& g, const WgradOutput& out) {
 struct DirectPacked {
   DirectLayout l;
   bool exact;                // DirectExactProducts
+  int64_t int_flush = 0;     // IntScalePlan's flush where the ISA's tiles take it (kInt)
   PoolScratch<uint8_t> xs;   // [N][KW][C][H + 2 padding][OW] strips of x (padding 0), slack
   PoolScratch<int8_t> gq;    // [N][OV][PQ][L][4] g = 2c - n_g
   std::vector<int64_t> col;  // [K] offset of column k's strip in a sample's xs
@@ -130,8 +132,9 @@ inline uint8_t OrBytes(const uint8_t* p, int64_t n) {
 
 // What a register tile does with a sample's sums S: store them (S mode), or add scale_b * S to
 // the float64 sums by one FMA where that product is exact (DirectExactProducts), else by a
-// multiply, then an add (the spec's steps).
-enum class DirectMode { kS, kMulAdd, kFma };
+// multiply, then an add (the spec's steps); or, on training's integer scales where the ISA's
+// tiles have it, sum q_lo S and q_hi S in int32 (kInt: wgrad_digits.h's IntScalePlan).
+enum class DirectMode { kS, kMulAdd, kFma, kInt };
 
 // One register tile over a block of samples: channel vectors v0 .. v0 + V - 1, columns
 // k0 .. k0 + C - 1, samples b0 .. b1 - 1 in order.
@@ -150,7 +153,9 @@ struct DirectTileArgs {
   }
   const int64_t* Col() const { return pk->col.data() + k0; }
   DirectMode Mode() const {
-    return out->s != nullptr ? DirectMode::kS : pk->exact ? DirectMode::kFma : DirectMode::kMulAdd;
+    if (out->s != nullptr) return DirectMode::kS;
+    if (pk->int_flush > 0) return DirectMode::kInt;
+    return pk->exact ? DirectMode::kFma : DirectMode::kMulAdd;
   }
   // S mode: the L lanes of vector v, column j, of sample b stored into S (N, O, K).
   void StoreS(int64_t b, int v, int j, const int32_t* lanes) const {
@@ -205,6 +210,7 @@ template <class Isa>
 uint32_t WeightGradDirectWith(const WgradGeom& g, const uint8_t* c, const uint8_t* x,
                               const WgradOutput& out, int threads) {
   DirectPacked pk(g, Isa::kLanes, out);
+  if constexpr (Isa::kIntScales) pk.int_flush = PlanIntScales(g, out).flush;
   const DirectLayout& l = pk.l;
   struct None {};
   const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {

@@ -22,10 +22,11 @@ namespace dorefa {
 namespace {
 
 struct VnniDirect : Avx512DirectPack {
-  static constexpr int kLanes = 16;   // channels per zmm
-  static constexpr int kVectors = 2;  // channel vectors per register tile
-  static constexpr int kCols = 4;     // columns per register tile
-  static constexpr int kChunk = 24;   // columns per work tile (its double sums stay in L1)
+  static constexpr int kLanes = 16;         // channels per zmm
+  static constexpr int kVectors = 2;        // channel vectors per register tile
+  static constexpr int kCols = 4;           // columns per register tile
+  static constexpr int kChunk = 24;         // columns per work tile (its double sums stay in L1)
+  static constexpr bool kIntScales = true;  // RunInt on training's integer scales
 
   template <int V, int C, DirectMode M>
   static void Run(const DirectTileArgs& a) {
@@ -86,9 +87,67 @@ struct VnniDirect : Avx512DirectPack {
     }
   }
 
+  // The integer finish (wgrad_digits.h, IntScalePlan): per sample and 16 outputs two
+  // VPDPWSSD of S (|S| < 2^15: its low word is S, its high word the sign, times a 0 word)
+  // and q_lo, q_hi into int32 sums held in registers, against two conversions and two FMAs;
+  // every `flush` samples and at the end of the block they go into the float64 sums in L1.
+  template <int V, int C>
+  static void RunInt(const DirectTileArgs& a) {
+    const int64_t* col = a.Col();
+    const int64_t pq = a.pk->l.pq, flush = a.pk->int_flush;
+    constexpr int64_t kRow = kVectors * kLanes;
+    __m512i lo[V][C], hi[V][C];
+    auto zero = [&] {
+      for (int v = 0; v < V; ++v)
+        for (int j = 0; j < C; ++j) lo[v][j] = hi[v][j] = _mm512_setzero_si512();
+    };
+    auto drain = [&] {  // acc += 4096 hi + lo, exact integers
+      const __m512d base = _mm512_set1_pd(4096.0);
+      for (int v = 0; v < V; ++v)
+        for (int j = 0; j < C; ++j)
+          for (int h = 0; h < 2; ++h) {
+            double* acc = a.acc + j * kRow + v * 16 + h * 8;
+            const __m512d l = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(lo[v][j], h));
+            const __m512d u = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(hi[v][j], h));
+            _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), _mm512_fmadd_pd(base, u, l)));
+          }
+      zero();
+    };
+    zero();
+    int64_t count = 0;
+    for (int64_t b = a.b0; b < a.b1; ++b) {
+      const uint8_t* xs = a.Xs(b);
+      const int8_t* gq = a.Gq(b);
+      __m512i s[V][C];
+      for (int v = 0; v < V; ++v)
+        for (int j = 0; j < C; ++j) s[v][j] = _mm512_setzero_si512();
+      for (int64_t q = 0; q < pq; ++q) {
+        __m512i gv[V];
+        for (int v = 0; v < V; ++v) gv[v] = _mm512_loadu_si512(gq + (v * pq + q) * 64);
+        for (int j = 0; j < C; ++j) {
+          int32_t run;
+          std::memcpy(&run, xs + col[j] + 4 * q, 4);
+          const __m512i xv = _mm512_set1_epi32(run);
+          for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], xv, gv[v]);
+        }
+      }
+      const auto q = static_cast<int32_t>(a.out->scale[b]);
+      const __m512i q_lo = _mm512_set1_epi32(q & 4095), q_hi = _mm512_set1_epi32(q >> 12);
+      for (int v = 0; v < V; ++v)
+        for (int j = 0; j < C; ++j) {
+          lo[v][j] = _mm512_dpwssd_epi32(lo[v][j], s[v][j], q_lo);
+          hi[v][j] = _mm512_dpwssd_epi32(hi[v][j], s[v][j], q_hi);
+        }
+      if (++count == flush) drain(), count = 0;
+    }
+    drain();
+  }
+
   template <int V, int C>
   static void Tile(const DirectTileArgs& a) {
     switch (a.Mode()) {
+      case DirectMode::kInt:
+        return RunInt<V, C>(a);
       case DirectMode::kS:
         return Run<V, C, DirectMode::kS>(a);
       case DirectMode::kFma:
