@@ -28,10 +28,30 @@ struct VnniDirect : Avx512DirectPack {
   static constexpr int kChunk = 24;         // columns per work tile (its double sums stay in L1)
   static constexpr bool kIntScales = true;  // RunInt on training's integer scales
 
-  template <int V, int C, DirectMode M>
-  static void Run(const DirectTileArgs& a) {
+  // Sample b's sums S of the tile: per pixel quad one VPDPBUSD per sum.
+  template <int V, int C>
+  static inline __attribute__((always_inline)) void Sums(const DirectTileArgs& a, int64_t b,
+                                                         __m512i (&s)[V][C]) {
     const int64_t* col = a.Col();
     const int64_t pq = a.pk->l.pq;
+    const uint8_t* xs = a.Xs(b);
+    const int8_t* gq = a.Gq(b);
+    for (int v = 0; v < V; ++v)
+      for (int j = 0; j < C; ++j) s[v][j] = _mm512_setzero_si512();
+    for (int64_t q = 0; q < pq; ++q) {
+      __m512i gv[V];
+      for (int v = 0; v < V; ++v) gv[v] = _mm512_loadu_si512(gq + (v * pq + q) * 64);
+      for (int j = 0; j < C; ++j) {
+        int32_t run;
+        std::memcpy(&run, xs + col[j] + 4 * q, 4);
+        const __m512i xv = _mm512_set1_epi32(run);
+        for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], xv, gv[v]);
+      }
+    }
+  }
+
+  template <int V, int C, DirectMode M>
+  static void Run(const DirectTileArgs& a) {
     constexpr int64_t kRow = kVectors * kLanes;
     __m512d acc[V][C][2];
     for (int v = 0; v < V; ++v)
@@ -40,21 +60,8 @@ struct VnniDirect : Avx512DirectPack {
           acc[v][j][h] = M == DirectMode::kS ? _mm512_setzero_pd()
                                              : _mm512_loadu_pd(a.acc + j * kRow + v * 16 + h * 8);
     for (int64_t b = a.b0; b < a.b1; ++b) {
-      const uint8_t* xs = a.Xs(b);
-      const int8_t* gq = a.Gq(b);
       __m512i s[V][C];
-      for (int v = 0; v < V; ++v)
-        for (int j = 0; j < C; ++j) s[v][j] = _mm512_setzero_si512();
-      for (int64_t q = 0; q < pq; ++q) {
-        __m512i gv[V];
-        for (int v = 0; v < V; ++v) gv[v] = _mm512_loadu_si512(gq + (v * pq + q) * 64);
-        for (int j = 0; j < C; ++j) {
-          int32_t run;
-          std::memcpy(&run, xs + col[j] + 4 * q, 4);
-          const __m512i xv = _mm512_set1_epi32(run);
-          for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], xv, gv[v]);
-        }
-      }
+      Sums<V, C>(a, b, s);
       if constexpr (M == DirectMode::kS) {
         for (int v = 0; v < V; ++v)
           for (int j = 0; j < C; ++j) {
@@ -93,8 +100,7 @@ struct VnniDirect : Avx512DirectPack {
   // every `flush` samples and at the end of the block they go into the float64 sums in L1.
   template <int V, int C>
   static void RunInt(const DirectTileArgs& a) {
-    const int64_t* col = a.Col();
-    const int64_t pq = a.pk->l.pq, flush = a.pk->int_flush;
+    const int64_t flush = a.pk->int_flush;
     constexpr int64_t kRow = kVectors * kLanes;
     __m512i lo[V][C], hi[V][C];
     auto zero = [&] {
@@ -116,21 +122,8 @@ struct VnniDirect : Avx512DirectPack {
     zero();
     int64_t count = 0;
     for (int64_t b = a.b0; b < a.b1; ++b) {
-      const uint8_t* xs = a.Xs(b);
-      const int8_t* gq = a.Gq(b);
       __m512i s[V][C];
-      for (int v = 0; v < V; ++v)
-        for (int j = 0; j < C; ++j) s[v][j] = _mm512_setzero_si512();
-      for (int64_t q = 0; q < pq; ++q) {
-        __m512i gv[V];
-        for (int v = 0; v < V; ++v) gv[v] = _mm512_loadu_si512(gq + (v * pq + q) * 64);
-        for (int j = 0; j < C; ++j) {
-          int32_t run;
-          std::memcpy(&run, xs + col[j] + 4 * q, 4);
-          const __m512i xv = _mm512_set1_epi32(run);
-          for (int v = 0; v < V; ++v) s[v][j] = _mm512_dpbusd_epi32(s[v][j], xv, gv[v]);
-        }
-      }
+      Sums<V, C>(a, b, s);
       const auto q = static_cast<int32_t>(a.out->scale[b]);
       const __m512i q_lo = _mm512_set1_epi32(q & 4095), q_hi = _mm512_set1_epi32(q >> 12);
       for (int v = 0; v < V; ++v)
