@@ -733,6 +733,49 @@ def test_int_engine_switches_plain_max_pools_only():
     assert all(type(m) is torch.nn.MaxPool2d for m in pools)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int_engine_float_conv_on_the_float_kernel(kernel):
+    """A float-weight conv (a first layer) under the int engine: stride 1 runs forward on
+    kernels.conv_float (every kernel, the reference included) within float32 rounding of
+    torch's convolution, and its gradients (weight, bias, input) are torch's own for that
+    output gradient; a strided conv, bf16 autocast and float64 inputs run torch's conv."""
+    from dorefa.kernels import use_kernel
+
+    torch.manual_seed(0)
+    with use_kernel(kernel):
+        for c, o, k, pad, bias in [(1, 6, 5, 0, True), (3, 5, 3, 1, False), (2, 17, 1, 0, True)]:
+            conv = QConv2d(c, o, k, padding=pad, bias=bias, w_bits=32)
+            assert set_engine(torch.nn.Sequential(conv), "int", bits=Bits(32, 2, 6))["0"].endswith(
+                "the forward on the float conv kernel"
+            )
+            x = torch.rand(3, c, 11, 10, requires_grad=True)
+            y = conv(x)
+            assert "FloatConvFn" in type(y.grad_fn).__name__
+            want = F.conv2d(x.detach(), conv.weight.detach(), conv.bias, padding=pad)
+            assert torch.allclose(y, want, rtol=1e-5, atol=1e-5)
+            dy = torch.randn_like(y)
+            y.backward(dy)
+            assert torch.equal(
+                conv.weight.grad, conv2d_weight(x.detach(), conv.weight.shape, dy, padding=pad)
+            )
+            assert torch.equal(x.grad, conv2d_input(x.shape, conv.weight.detach(), dy, padding=pad))
+            if bias:
+                assert torch.equal(conv.bias.grad, dy.sum((0, 2, 3)))
+    strided = QConv2d(1, 4, 3, stride=2, w_bits=32)
+    assert set_engine(torch.nn.Sequential(strided), "int", bits=Bits(32, 2, 6))["0"] == (
+        "torch: W=32, A=2: float weights or inputs"
+    )
+    conv = QConv2d(1, 4, 3, w_bits=32)
+    set_engine(torch.nn.Sequential(conv), "int", bits=Bits(32, 2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (
+            "FloatConvFn"
+            not in type(conv(torch.rand(2, 1, 6, 6, requires_grad=True)).grad_fn).__name__
+        )
+    conv.double()
+    assert conv(torch.rand(2, 1, 6, 6, dtype=torch.float64)).dtype == torch.float64
+
+
 # ------------------------------------------------------------------- f_g's codes, native pass
 _FG_CASE = """
 import numpy as np, torch

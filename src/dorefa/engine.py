@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .bits import FLOAT, Bits
+from .engine_float import FloatConvLayer, float_conv_fits
 from .engine_pool import set_pools
 from .geometry import fits_int32
 from .quantizers import GradQuant, gradient_codes, noise_draws, weight_codes
@@ -262,6 +263,10 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
             report[name] = "torch"
             continue
         why = _refusal(module, gq, bits)
+        if why and float_conv_fits(module):  # a float first layer: its forward on our kernel
+            module.int_engine = FloatConvLayer()
+            report[name] = f"torch: {why}; the forward on the float conv kernel"
+            continue
         if why:
             report[name] = f"torch: {why}"
             continue

@@ -1,0 +1,92 @@
+"""The int engine's float convolution: a network's first layer keeps float weights (W = 32),
+so it is not one of the integer products, yet torch's convolution of one input channel is
+slow: svhn's 1->48 5x5 layer took 15.8 ms forward at batch 128 on one thread (Sapphire Rapids
+class, the int engine's step 210 ms) where the library's float first-layer kernel
+(:func:`dorefa.kernels.conv_float`, ``csrc/conv_float.h``) takes 4.8 ms. Its forward runs on
+that kernel: the same float32 products and sums in another order, so within float32 rounding
+of torch's (the two agreed to the bit on that layer). The backward is torch's own
+(``conv2d_weight``; ``conv2d_input`` where the input needs a gradient; the bias's sum).
+
+Only stride 1, groups 1, dilation 1, zero padding equal on all sides (the kernel's strided
+paths use Winograd transforms, whose rounding differs more); a call runs torch's convolution
+when its input is not a float32 (N, C, H, W) CPU tensor, is empty, or autocast is on.
+:func:`dorefa.engine.set_engine` puts it on the float convs of a model for the int engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+from .bits import FLOAT
+
+
+def float_conv_fits(module: nn.Module) -> bool:
+    """True for a float-weight QConv2d whose geometry the float kernel runs as torch does."""
+
+    def single(v):
+        v = tuple(v) if isinstance(v, tuple | list) else (v, v)
+        return v[0] if all(e == v[0] for e in v) else None
+
+    return (
+        isinstance(module, nn.Conv2d)
+        and getattr(module, "w_bits", None) == FLOAT
+        and module.groups == 1
+        and single(module.stride) == 1
+        and single(module.dilation) == 1
+        and isinstance(module.padding, tuple | list | int)
+        and single(module.padding) is not None
+        and module.padding_mode == "zeros"
+    )
+
+
+class _FloatConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+        from . import kernels
+
+        w = weight.detach().contiguous().numpy()
+        b = bias.detach().numpy() if bias is not None else np.zeros(w.shape[0], np.float32)
+        xn = x.detach().contiguous().numpy()
+        y = kernels.conv_float(xn, w, b, 1, padding, torch.get_num_threads())
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor):
+        x, weight = ctx.saved_tensors
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = conv2d_input(x.shape, weight, dy, padding=ctx.padding)
+        if ctx.needs_input_grad[1]:
+            dw = conv2d_weight(x, weight.shape, dy, padding=ctx.padding)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum((0, 2, 3))
+        return dx, dw, db, None
+
+
+class FloatConvLayer:
+    """``module.int_engine`` of a float conv (:func:`float_conv_fits`): :meth:`run` is its
+    output on the float kernel, or None (then the module runs torch's convolution)."""
+
+    def run(self, module: nn.Module, x: Tensor) -> Tensor | None:
+        from .kernels.extension import native
+
+        usable = (
+            native is not None
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and module.weight.dtype == torch.float32
+            and x.dim() == 4
+            and x.numel() > 0
+            and not torch.is_autocast_enabled("cpu")
+        )
+        if not usable:
+            return None
+        padding = module.padding if isinstance(module.padding, int) else module.padding[0]
+        return _FloatConvFn.apply(x, module.weight, module.bias, padding)
