@@ -776,6 +776,55 @@ def test_int_engine_float_conv_on_the_float_kernel(kernel):
     assert conv(torch.rand(2, 1, 6, 6, dtype=torch.float64)).dtype == torch.float64
 
 
+_FA_CASE = """
+import torch
+from dorefa.engine_act import act_quant_train
+from dorefa.quantizers import quantize_activation
+
+for threads in (1, 3):
+    torch.set_num_threads(threads)
+    for k in range(1, 9):
+        n = (1 << k) - 1
+        ties = torch.arange(2 * n + 1, dtype=torch.float32) / (2 * n)
+        special = torch.tensor([-0.0, 0.0, float("inf"), -float("inf"), 1e-40, -1e-40, 1.0, -1.0])
+        near = torch.cat([ties, torch.nextafter(ties, ties + 1), torch.nextafter(ties, ties - 1)])
+        x = torch.cat([special, near, torch.randn(70000) * 0.7 + 0.5])
+        x = x[: x.numel() // 2 * 2].reshape(2, -1)
+        for with_nan in (False, True):
+            if with_nan:
+                x = x.clone()
+                x[1, 5] = float("nan")
+            xa = x.clone().requires_grad_()
+            y, codes = act_quant_train(xa, k)
+            want_codes = []
+            xb = x.clone().requires_grad_()
+            want = quantize_activation(xb, k, True, want_codes)
+            assert torch.equal(y.view(torch.int32), want.view(torch.int32)), (k, threads)
+            assert codes is None if with_nan else torch.equal(codes, want_codes[0]), k
+            dy = torch.randn_like(x)
+            inf, nan = float("inf"), float("nan")
+            dy[0, :8] = torch.tensor([inf, -inf, nan, -0.0, 0.0, 1, 2, 3])
+            y.backward(dy)
+            want.backward(dy)
+            assert torch.equal(xa.grad.view(torch.int32), xb.grad.view(torch.int32)), k
+torch.set_num_threads(1)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def test_int_engine_f_a_native_pass_equals_torch():
+    """The int engine's f_a (engine_act.py, csrc/act_train.h) against quantize_activation, bit
+    for bit, for A = 1..8 at 1 and 3 threads: outputs (with -0.0, NaN, +-inf, subnormals, every
+    rounding tie k / (2n) and its float32 neighbours, values next to 0 and 1), codes, the NaN
+    flag, and the gradient for finite, infinite and NaN output gradients; 70000 elements
+    (several work items). Here (AVX-512 where the CPU has it), and with the features hidden
+    down to AVX2 and to none (its other two compiled copies)."""
+    exec(_FA_CASE, {})
+    assert fresh_process(_FA_CASE, DOREFA_CPU_FEATURES="avx2,fma") == ["ok"]
+    assert fresh_process(_FA_CASE, DOREFA_CPU_FEATURES="") == ["ok"]
+
+
 # ------------------------------------------------------------------- f_g's codes, native pass
 _FG_CASE = """
 import numpy as np, torch

@@ -115,13 +115,14 @@ class IntLayer:
         return False
 
 
-def tag_codes(y: Tensor, k: int, codes: Tensor) -> Tensor:
+def tag_codes(y: Tensor, k: int, codes: Tensor, nan_free: bool = False) -> Tensor:
     """Mark an ActQuant output ``y = codes / n_k`` with its uint8 codes, so that the integer
     layer it feeds skips the check. Not when y holds a NaN (its uint8 code would be 0: the
-    check path then sends the layer to torch, which propagates it). An in-place change to
-    ``y`` bumps its version, which drops the tag; writes that bypass autograd's version
-    counter (``y.data``, a numpy view) are not seen, as they are not by autograd itself."""
-    if y.numel() == 0 or not torch.isnan(y.max()):  # one reduction; max propagates NaN
+    check path then sends the layer to torch, which propagates it; ``nan_free``: the caller
+    knows there is none). An in-place change to ``y`` bumps its version, which drops the tag;
+    writes that bypass autograd's version counter (``y.data``, a numpy view) are not seen, as
+    they are not by autograd itself."""
+    if nan_free or y.numel() == 0 or not torch.isnan(y.max()):  # max propagates NaN
         y._dorefa_codes = (k, y._version, codes.numpy())
     return y
 

@@ -112,7 +112,12 @@ class ActQuant(nn.Module):
         ):
             return quantize_activation(x, self.k, self.quantize)
         from .engine import tag_codes
+        from .engine_act import act_quant_train
 
+        native = act_quant_train(x, self.k)  # one pass each way, the same bits
+        if native is not None:
+            y, codes = native
+            return y if codes is None else tag_codes(y, self.k, codes, nan_free=True)
         codes: list = []
         return tag_codes(quantize_activation(x, self.k, True, codes), self.k, codes[0])
 

@@ -1,6 +1,7 @@
-// pybind11 glue of the float stream's elementwise operations (stream_float.h): checks the
-// arrays, releases the GIL. The Python face is dorefa.kernels (quantize_float, affine_float,
-// scale_int_float; the average pool's glue sits beside the other pools' in bindings.cpp).
+// pybind11 glue of the float stream's elementwise operations (stream_float.h) and of integer
+// training's f_a (act_train.h): checks the arrays, releases the GIL. The Python face is
+// dorefa.kernels (quantize_float, affine_float, scale_int_float; the average pool's glue sits
+// beside the other pools' in bindings.cpp) and dorefa.engine_act (act_quant_train).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "act_train.h"
 #include "bindings_checks.h"
 #include "buffers.h"
 #include "stream_float.h"
@@ -94,9 +96,39 @@ py::array_t<float> ScaleIntFloatPy(const IntArray& d, const FloatArray& alpha,
   return out;
 }
 
+// f_a of integer training: x -> (y float32, codes uint8, whether some x is NaN).
+py::tuple ActQuantTrainPy(const FloatArray& x, int bits, int threads) {
+  CheckBits("bits", bits);
+  CheckThreads(threads);
+  py::array_t<float> y = OutputArray<float>(ShapeOf(x));
+  py::array_t<uint8_t> codes = OutputArray<uint8_t>(ShapeOf(x));
+  float* yd = y.mutable_data();
+  uint8_t* cd = codes.mutable_data();
+  bool nan = false;
+  {
+    py::gil_scoped_release release;
+    nan = ActQuantTrainForward(x.data(), static_cast<int64_t>(x.size()), bits, yd, cd, threads);
+  }
+  return py::make_tuple(y, codes, nan);
+}
+
+// Its backward: x, dy (the same shape) -> dx.
+py::array_t<float> ActQuantTrainBackwardPy(const FloatArray& x, const FloatArray& dy, int threads) {
+  CheckThreads(threads);
+  Require(ShapeOf(x) == ShapeOf(dy), "x and dy must have the same shape");
+  py::array_t<float> dx = OutputArray<float>(ShapeOf(x));
+  float* dst = dx.mutable_data();
+  py::gil_scoped_release release;
+  ActQuantTrainBackward(x.data(), dy.data(), static_cast<int64_t>(x.size()), dst, threads);
+  return dx;
+}
+
 }  // namespace
 
 void BindStreamOps(py::module_& m) {
+  m.def("act_quant_train", &ActQuantTrainPy, py::arg("x"), py::arg("bits"), py::arg("threads"));
+  m.def("act_quant_train_backward", &ActQuantTrainBackwardPy, py::arg("x"), py::arg("dy"),
+        py::arg("threads"));
   m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"), py::arg("vector"),
         py::arg("threads"));
   m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"),
