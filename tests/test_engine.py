@@ -825,6 +825,62 @@ def test_int_engine_f_a_native_pass_equals_torch():
     assert fresh_process(_FA_CASE, DOREFA_CPU_FEATURES="") == ["ok"]
 
 
+_BN_CASE = """
+import copy, torch
+from dorefa.engine_bn import IntBatchNorm2d
+
+torch.manual_seed(0)
+for threads in (1, 3):
+    torch.set_num_threads(threads)
+    for shape in [(16, 5, 9, 9), (3, 17, 4, 3), (2, 3, 1, 1), (40, 6, 18, 18)]:
+        bn = torch.nn.BatchNorm2d(shape[1], momentum=0.3)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+        ib = copy.deepcopy(bn)
+        ib.__class__ = IntBatchNorm2d
+        for step in range(2):
+            x = (torch.randn(*shape) * 3 + 2 + step).requires_grad_()
+            x2 = x.detach().clone().requires_grad_()
+            y, y2 = bn(x), ib(x2)
+            assert "BatchNormTrain" in type(y2.grad_fn).__name__
+            dy = torch.randn_like(y)
+            y.backward(dy)
+            y2.backward(dy)
+            close = lambda a, b, tol=1e-5: bool((a - b).abs().max() <= tol * b.abs().max() + 1e-6)
+            assert close(y2, y) and close(x2.grad, x.grad), shape
+            assert close(ib.weight.grad, bn.weight.grad) and close(ib.bias.grad, bn.bias.grad)
+            assert close(ib.running_mean, bn.running_mean) and close(ib.running_var, bn.running_var)
+            assert int(ib.num_batches_tracked) == int(bn.num_batches_tracked) == step + 1
+        ib.eval()
+        bn.eval()
+        x = torch.randn(*shape)
+        assert "BatchNormTrain" not in type(ib(x.requires_grad_()).grad_fn).__name__  # eval
+        assert close(ib(x), bn(x))
+torch.set_num_threads(1)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def test_int_engine_batch_norm_within_float32_rounding_of_torch():
+    """The int engine's BatchNorm2d (engine_bn.py, csrc/bn_train.h) against torch's in training:
+    outputs, input, weight and bias gradients within 1e-5 of the largest value (float32
+    rounding of sums taken in another order), the running statistics (momentum 0.3, the
+    unbiased variance) and the batch count, two steps, 1 and 3 threads, planes of 1 to 324
+    values; eval mode runs torch's. Here and with the CPU features hidden down to AVX2 and to
+    none (its three compiled copies). set_engine switches plain BatchNorm2d modules only."""
+    exec(_BN_CASE, {})
+    assert fresh_process(_BN_CASE, DOREFA_CPU_FEATURES="avx2,fma") == ["ok"]
+    assert fresh_process(_BN_CASE, DOREFA_CPU_FEATURES="") == ["ok"]
+    from dorefa.engine_bn import IntBatchNorm2d
+
+    model = create_model("svhn", bits="1,2,6", num_classes=10, in_channels=1, width=0.25)
+    set_engine(model, "int")
+    assert sum(type(m) is IntBatchNorm2d for m in model.modules()) == 6
+    set_engine(model, "torch")
+    assert not any(isinstance(m, IntBatchNorm2d) for m in model.modules())
+
+
 # ------------------------------------------------------------------- f_g's codes, native pass
 _FG_CASE = """
 import numpy as np, torch

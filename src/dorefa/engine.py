@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .bits import FLOAT, Bits
+from .engine_bn import set_batch_norms
 from .engine_float import FloatConvLayer, float_conv_fits
 from .engine_pool import set_pools
 from .geometry import fits_int32
@@ -256,6 +257,7 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
         if isinstance(module, ActQuant):
             module.emit_codes = engine == "int"
     set_pools(model, engine)
+    set_batch_norms(model, engine)
     for name, module, gq, before in _pairs(model):
         module.int_engine = None
         if gq is not None:

@@ -1,7 +1,8 @@
 // pybind11 glue of the float stream's elementwise operations (stream_float.h) and of integer
-// training's f_a (act_train.h): checks the arrays, releases the GIL. The Python face is
-// dorefa.kernels (quantize_float, affine_float, scale_int_float; the average pool's glue sits
-// beside the other pools' in bindings.cpp) and dorefa.engine_act (act_quant_train).
+// training's f_a and BatchNorm (act_train.h, bn_train.h): checks the arrays, releases the GIL.
+// The Python face is dorefa.kernels (quantize_float, affine_float, scale_int_float; the
+// average pool's glue sits beside the other pools' in bindings.cpp), dorefa.engine_act and
+// dorefa.engine_bn.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -13,6 +14,7 @@
 
 #include "act_train.h"
 #include "bindings_checks.h"
+#include "bn_train.h"
 #include "buffers.h"
 #include "stream_float.h"
 
@@ -123,9 +125,59 @@ py::array_t<float> ActQuantTrainBackwardPy(const FloatArray& x, const FloatArray
   return dx;
 }
 
+// (N, C, H, W) of a BatchNorm's input, its (C) weight and bias checked.
+void BnShape(const FloatArray& x, const FloatArray& w, const FloatArray& b, int64_t* n, int64_t* c,
+             int64_t* hw) {
+  Require(x.ndim() == 4, "x must be (N, C, H, W)");
+  ChannelShape(x, w, b, n, c, hw);
+}
+
+// BatchNorm2d forward in training: x, weight, bias -> (y, mean, var, invstd).
+py::tuple BatchNormTrainPy(const FloatArray& x, const FloatArray& w, const FloatArray& b,
+                           double eps, int threads) {
+  CheckThreads(threads);
+  int64_t n, c, hw;
+  BnShape(x, w, b, &n, &c, &hw);
+  py::array_t<float> y = OutputArray<float>(ShapeOf(x));
+  py::array_t<double> mean(c), var(c), invstd(c);
+  float* yd = y.mutable_data();
+  double *md = mean.mutable_data(), *vd = var.mutable_data(), *id = invstd.mutable_data();
+  {
+    py::gil_scoped_release release;
+    BatchNormTrainForward(x.data(), n, c, hw, w.data(), b.data(), eps, yd, md, vd, id, threads);
+  }
+  return py::make_tuple(y, mean, var, invstd);
+}
+
+// Its backward: x, dy, weight, mean, invstd -> (dx, dw, dbias).
+py::tuple BatchNormTrainBackwardPy(const FloatArray& x, const FloatArray& dy, const FloatArray& w,
+                                   const py::array_t<double, py::array::c_style>& mean,
+                                   const py::array_t<double, py::array::c_style>& invstd,
+                                   int threads) {
+  CheckThreads(threads);
+  int64_t n, c, hw;
+  BnShape(x, w, w, &n, &c, &hw);
+  Require(ShapeOf(x) == ShapeOf(dy), "x and dy must have the same shape");
+  Require(mean.ndim() == 1 && mean.shape(0) == c && invstd.ndim() == 1 && invstd.shape(0) == c,
+          "mean and invstd must hold C values");
+  py::array_t<float> dx = OutputArray<float>(ShapeOf(x));
+  py::array_t<float> dw(c), db(c);
+  float *dxd = dx.mutable_data(), *dwd = dw.mutable_data(), *dbd = db.mutable_data();
+  {
+    py::gil_scoped_release release;
+    BatchNormTrainBackward(x.data(), dy.data(), n, c, hw, w.data(), mean.data(), invstd.data(), dxd,
+                           dwd, dbd, threads);
+  }
+  return py::make_tuple(dx, dw, db);
+}
+
 }  // namespace
 
 void BindStreamOps(py::module_& m) {
+  m.def("batch_norm_train", &BatchNormTrainPy, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("eps"), py::arg("threads"));
+  m.def("batch_norm_train_backward", &BatchNormTrainBackwardPy, py::arg("x"), py::arg("dy"),
+        py::arg("weight"), py::arg("mean"), py::arg("invstd"), py::arg("threads"));
   m.def("act_quant_train", &ActQuantTrainPy, py::arg("x"), py::arg("bits"), py::arg("threads"));
   m.def("act_quant_train_backward", &ActQuantTrainBackwardPy, py::arg("x"), py::arg("dy"),
         py::arg("threads"));
