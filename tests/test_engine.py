@@ -735,7 +735,7 @@ def test_int_engine_switches_plain_max_pools_only():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int_engine_float_conv_on_the_float_kernel(kernel):
-    """A float-weight conv (a first layer) under the int engine: stride 1 runs forward on
+    """A float-weight first layer (<= 4 input channels) under the int engine: stride 1 runs on
     kernels.conv_float (every kernel, the reference included) within float32 rounding of
     torch's convolution, and its gradients (weight, bias, input) are torch's own for that
     output gradient; a strided conv, bf16 autocast and float64 inputs run torch's conv."""
@@ -761,10 +761,10 @@ def test_int_engine_float_conv_on_the_float_kernel(kernel):
             assert torch.equal(x.grad, conv2d_input(x.shape, conv.weight.detach(), dy, padding=pad))
             if bias:
                 assert torch.equal(conv.bias.grad, dy.sum((0, 2, 3)))
-    strided = QConv2d(1, 4, 3, stride=2, w_bits=32)
-    assert set_engine(torch.nn.Sequential(strided), "int", bits=Bits(32, 2, 6))["0"] == (
-        "torch: W=32, A=2: float weights or inputs"
-    )
+    for other in (QConv2d(1, 4, 3, stride=2, w_bits=32), QConv2d(8, 4, 3, w_bits=32)):
+        assert set_engine(torch.nn.Sequential(other), "int", bits=Bits(32, 2, 6))["0"] == (
+            "torch: W=32, A=2: float weights or inputs"
+        )
     conv = QConv2d(1, 4, 3, w_bits=32)
     set_engine(torch.nn.Sequential(conv), "int", bits=Bits(32, 2, 6))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -7,8 +7,9 @@ that kernel: the same float32 products and sums in another order, so within floa
 of torch's (the two agreed to the bit on that layer). The backward is torch's own
 (``conv2d_weight``; ``conv2d_input`` where the input needs a gradient; the bias's sum).
 
-Only stride 1, groups 1, dilation 1, zero padding equal on all sides (the kernel's strided
-paths use Winograd transforms, whose rounding differs more); a call runs torch's convolution
+Only first layers (up to 4 input channels), stride 1, groups 1, dilation 1, zero padding equal
+on all sides (the kernel's strided paths use Winograd transforms, whose rounding differs
+more); a call runs torch's convolution
 when its input is not a float32 (N, C, H, W) CPU tensor, is empty, or autocast is on.
 :func:`dorefa.engine.set_engine` puts it on the float convs of a model for the int engine.
 """
@@ -25,7 +26,9 @@ from .bits import FLOAT
 
 
 def float_conv_fits(module: nn.Module) -> bool:
-    """True for a float-weight QConv2d whose geometry the float kernel runs as torch does."""
+    """True for a float-weight QConv2d on an image (at most 4 input channels: the layer the
+    kernel is built for; a float network's inner layers stay on torch's convolution) whose
+    geometry the float kernel runs as torch does."""
 
     def single(v):
         v = tuple(v) if isinstance(v, tuple | list) else (v, v)
@@ -34,6 +37,7 @@ def float_conv_fits(module: nn.Module) -> bool:
     return (
         isinstance(module, nn.Conv2d)
         and getattr(module, "w_bits", None) == FLOAT
+        and module.in_channels <= 4
         and module.groups == 1
         and single(module.stride) == 1
         and single(module.dilation) == 1
