@@ -738,7 +738,8 @@ def test_int_engine_float_conv_on_the_float_kernel(kernel):
     """A float-weight first layer (<= 4 input channels) under the int engine: stride 1 runs on
     kernels.conv_float (every kernel, the reference included) within float32 rounding of
     torch's convolution, and its gradients (weight, bias, input) are torch's own for that
-    output gradient; a strided conv, bf16 autocast and float64 inputs run torch's conv."""
+    output gradient; a strided conv, one of 8 input channels, bf16 autocast and float64 inputs
+    run torch's conv."""
     from dorefa.kernels import use_kernel
 
     torch.manual_seed(0)
