@@ -109,14 +109,18 @@ struct VnniDirect : Avx512DirectPack {
     };
     auto drain = [&] {  // acc += 4096 hi + lo, exact integers
       const __m512d base = _mm512_set1_pd(4096.0);
+      auto add = [&](double* acc, __m256i l, __m256i u) {
+        const __m512d sum = _mm512_fmadd_pd(base, _mm512_cvtepi32_pd(u), _mm512_cvtepi32_pd(l));
+        _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), sum));
+      };
       for (int v = 0; v < V; ++v)
-        for (int j = 0; j < C; ++j)
-          for (int h = 0; h < 2; ++h) {
-            double* acc = a.acc + j * kRow + v * 16 + h * 8;
-            const __m512d l = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(lo[v][j], h));
-            const __m512d u = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(hi[v][j], h));
-            _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), _mm512_fmadd_pd(base, u, l)));
-          }
+        for (int j = 0; j < C; ++j) {
+          double* acc = a.acc + j * kRow + v * 16;
+          // (the extract's immediate written out: unoptimized builds do not unroll a loop)
+          add(acc, _mm512_castsi512_si256(lo[v][j]), _mm512_castsi512_si256(hi[v][j]));
+          add(acc + 8, _mm512_extracti64x4_epi64(lo[v][j], 1),
+              _mm512_extracti64x4_epi64(hi[v][j], 1));
+        }
       zero();
     };
     zero();
