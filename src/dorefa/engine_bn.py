@@ -87,9 +87,6 @@ class IntBatchNorm2d(nn.BatchNorm2d):
 def set_batch_norms(model: nn.Module, engine: str) -> int:
     """Every ``nn.BatchNorm2d`` of ``model`` (not subclasses) to :class:`IntBatchNorm2d` for the
     int engine, and back for the torch engine; returns how many were switched."""
-    count = 0
-    for module in model.modules():
-        if type(module) in (nn.BatchNorm2d, IntBatchNorm2d):
-            module.__class__ = IntBatchNorm2d if engine == "int" else nn.BatchNorm2d
-            count += 1
-    return count
+    from .engine_pool import switch_modules
+
+    return switch_modules(model, nn.BatchNorm2d, IntBatchNorm2d, engine)

@@ -64,12 +64,19 @@ class IntMaxPool2d(nn.MaxPool2d):
         return _MaxPool.apply(x, k)
 
 
+def switch_modules(model: nn.Module, plain: type, native: type, engine: str) -> int:
+    """Every module of ``model`` of exactly class ``plain`` (or ``native``, its int-engine
+    subclass) to ``native`` for the int engine, and back to ``plain`` for the torch engine;
+    returns how many were switched (the state dicts do not change)."""
+    count = 0
+    for module in model.modules():
+        if type(module) in (plain, native):
+            module.__class__ = native if engine == "int" else plain
+            count += 1
+    return count
+
+
 def set_pools(model: nn.Module, engine: str) -> int:
     """Every ``nn.MaxPool2d`` of ``model`` (not subclasses) to :class:`IntMaxPool2d` for the int
     engine, and back for the torch engine; returns how many were switched."""
-    count = 0
-    for module in model.modules():
-        if type(module) in (nn.MaxPool2d, IntMaxPool2d):
-            module.__class__ = IntMaxPool2d if engine == "int" else nn.MaxPool2d
-            count += 1
-    return count
+    return switch_modules(model, nn.MaxPool2d, IntMaxPool2d, engine)

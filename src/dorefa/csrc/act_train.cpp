@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <utility>
 
 #include "cpu_features.h"
 #include "thread_pool.h"
@@ -79,23 +78,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void BackwardAvx512(const f
 }
 #endif
 
-// The CPU's best copies (the baseline without the x86 kernels or their features).
-std::pair<ForwardFn, BackwardFn> Pick() {
-#ifdef DOREFA_HAVE_X86_KERNELS
-  const uint32_t f = CpuFeatures();
-  if ((f & kAvx512F) && (f & kAvx512Bw) && (f & kAvx512Vl))
-    return {&ForwardAvx512, &BackwardAvx512};
-  if (f & kAvx2) return {&ForwardAvx2, &BackwardAvx2};
-#endif
-  return {&ForwardBase, &BackwardBase};
-}
-
 }  // namespace
 
 bool ActQuantTrainForward(const float* x, int64_t count, int bits, float* y, uint8_t* codes,
                           int threads) {
   const auto n = static_cast<float>((1 << bits) - 1);
-  const ForwardFn fn = Pick().first;
+  const ForwardFn fn = DOREFA_PICK_COPY(Forward);
   std::atomic<bool> nan{false};
   ParallelForOrThrow(threads, (count + kChunk - 1) / kChunk, [&](int64_t b, int64_t e) {
     if (fn(x, b * kChunk, std::min(count, e * kChunk), n, y, codes)) nan = true;
@@ -104,7 +92,7 @@ bool ActQuantTrainForward(const float* x, int64_t count, int bits, float* y, uin
 }
 
 void ActQuantTrainBackward(const float* x, const float* dy, int64_t count, float* dx, int threads) {
-  const BackwardFn fn = Pick().second;
+  const BackwardFn fn = DOREFA_PICK_COPY(Backward);
   ParallelForOrThrow(threads, (count + kChunk - 1) / kChunk, [&](int64_t b, int64_t e) {
     fn(x, dy, b * kChunk, std::min(count, e * kChunk), dx);
   });

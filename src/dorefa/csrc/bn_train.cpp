@@ -137,22 +137,12 @@ DOREFA_BN_COPIES(Avx512, __attribute__((target("avx512f,avx512bw,avx512vl,fma"))
 #endif
 #undef DOREFA_BN_COPIES
 
-std::pair<ForwardFn, BackwardFn> Pick() {
-#ifdef DOREFA_HAVE_X86_KERNELS
-  const uint32_t f = CpuFeatures();
-  if ((f & kAvx512F) && (f & kAvx512Bw) && (f & kAvx512Vl))
-    return {&ForwardAvx512, &BackwardAvx512};
-  if (f & kAvx2) return {&ForwardAvx2, &BackwardAvx2};
-#endif
-  return {&ForwardBase, &BackwardBase};
-}
-
 }  // namespace
 
 void BatchNormTrainForward(const float* x, int64_t n, int64_t c, int64_t hw, const float* weight,
                            const float* bias, double eps, float* y, double* mean, double* var,
                            double* invstd, int threads) {
-  const ForwardFn fn = Pick().first;
+  const ForwardFn fn = DOREFA_PICK_COPY(Forward);
   ParallelForOrThrow(threads, c, [&](int64_t c0, int64_t c1) {
     fn(x, Geom{n, c, hw}, weight, bias, eps, y, mean, var, invstd, c0, c1);
   });
@@ -161,7 +151,7 @@ void BatchNormTrainForward(const float* x, int64_t n, int64_t c, int64_t hw, con
 void BatchNormTrainBackward(const float* x, const float* dy, int64_t n, int64_t c, int64_t hw,
                             const float* weight, const double* mean, const double* invstd,
                             float* dx, float* dw, float* dbias, int threads) {
-  const BackwardFn fn = Pick().second;
+  const BackwardFn fn = DOREFA_PICK_COPY(Backward);
   ParallelForOrThrow(threads, c, [&](int64_t c0, int64_t c1) {
     fn(x, dy, Geom{n, c, hw}, weight, mean, invstd, dx, dw, dbias, c0, c1);
   });

@@ -33,6 +33,22 @@ enum CpuFeature : uint32_t {
 // AVX-512 machine can run as an AVX2-only one; an unknown name is a std::invalid_argument.
 uint32_t CpuFeatures();
 
+// The files that compile one loop body for several targets (act_train.cpp, bn_train.cpp):
+// Returns the copy for this CPU of those compiled for the baseline, AVX2 and AVX-512;
+// DOREFA_PICK_COPY(Name) of the functions NameBase, NameAvx2, NameAvx512 (only NameBase
+// without the x86 kernels).
+template <class Copy>
+Copy ForVectorWidth(Copy baseline, Copy avx2, Copy avx512) {
+  const uint32_t f = CpuFeatures();
+  if ((f & kAvx512F) && (f & kAvx512Bw) && (f & kAvx512Vl)) return avx512;
+  return (f & kAvx2) ? avx2 : baseline;
+}
+#ifdef DOREFA_HAVE_X86_KERNELS
+#define DOREFA_PICK_COPY(NAME) ForVectorWidth(&NAME##Base, &NAME##Avx2, &NAME##Avx512)
+#else
+#define DOREFA_PICK_COPY(NAME) (&NAME##Base)
+#endif
+
 // The names of the bits set in `mask`, lowest bit first.
 std::vector<std::string> FeatureNames(uint32_t mask);
 
