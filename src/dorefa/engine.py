@@ -208,7 +208,8 @@ class _IntConvFn(torch.autograd.Function):
 
 
 def _geometry(module: nn.Module) -> tuple[int, int] | str:
-    """(stride, padding) of a conv the integer path runs, or why it cannot."""
+    """(stride, padding) of a conv the integer path (or the float first layer's) runs, or why
+    it cannot."""
     if isinstance(module, nn.Linear):
         return 1, 0
     if module.groups != 1 or tuple(module.dilation) != (1, 1):
@@ -266,8 +267,9 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
             report[name] = "torch"
             continue
         why = _refusal(module, gq, bits)
-        if why and float_conv_fits(module):  # a float first layer: its forward on our kernel
-            module.int_engine = FloatConvLayer()
+        geometry = _geometry(module) if why and float_conv_fits(module) else None
+        if isinstance(geometry, tuple) and geometry[0] == 1:  # a float first layer, stride 1:
+            module.int_engine = FloatConvLayer(geometry[1])  # its forward on our float kernel
             report[name] = f"torch: {why}; the forward on the float conv kernel"
             continue
         if why:

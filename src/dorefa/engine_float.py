@@ -27,23 +27,13 @@ from .bits import FLOAT
 
 def float_conv_fits(module: nn.Module) -> bool:
     """True for a float-weight QConv2d on an image (at most 4 input channels: the layer the
-    kernel is built for; a float network's inner layers stay on torch's convolution) whose
-    geometry the float kernel runs as torch does."""
-
-    def single(v):
-        v = tuple(v) if isinstance(v, tuple | list) else (v, v)
-        return v[0] if all(e == v[0] for e in v) else None
-
+    kernel is built for; a float network's inner layers stay on torch's convolution). Its
+    geometry is checked by :func:`dorefa.engine.set_engine` (stride 1, as the engine's
+    ``_geometry`` reads it)."""
     return (
         isinstance(module, nn.Conv2d)
         and getattr(module, "w_bits", None) == FLOAT
         and module.in_channels <= 4
-        and module.groups == 1
-        and single(module.stride) == 1
-        and single(module.dilation) == 1
-        and isinstance(module.padding, tuple | list | int)
-        and single(module.padding) is not None
-        and module.padding_mode == "zeros"
     )
 
 
@@ -75,8 +65,12 @@ class _FloatConvFn(torch.autograd.Function):
 
 
 class FloatConvLayer:
-    """``module.int_engine`` of a float conv (:func:`float_conv_fits`): :meth:`run` is its
-    output on the float kernel, or None (then the module runs torch's convolution)."""
+    """``module.int_engine`` of a float conv (:func:`float_conv_fits`, stride 1, ``padding`` on
+    every side): :meth:`run` is its output on the float kernel, or None (then the module runs
+    torch's convolution)."""
+
+    def __init__(self, padding: int) -> None:
+        self.padding = padding
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor | None:
         from .kernels.extension import native
@@ -92,5 +86,4 @@ class FloatConvLayer:
         )
         if not usable:
             return None
-        padding = module.padding if isinstance(module.padding, int) else module.padding[0]
-        return _FloatConvFn.apply(x, module.weight, module.bias, padding)
+        return _FloatConvFn.apply(x, module.weight, module.bias, self.padding)
