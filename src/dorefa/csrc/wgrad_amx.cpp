@@ -29,9 +29,9 @@
 // as long as a TDPBUSD), and the finish's 16 rows x (2 int32 -> float64 conversions + 2 FMA):
 // on one-step maps (7x7) the finish is ~40% of a call and the tiles ~30% (on training's integer
 // scales the pairs finish below). Small maps with training's integer scales go to the digits
-// (wgrad_amx_digits.cpp) instead (no per-sample finish); one output
-// pixel, maps of fewer than kMinQuads quads and the packed path's layers run `wgrad-vnni`'s
-// code. Measured figures: docs/training.md.
+// (wgrad_amx_digits.cpp) instead (no per-sample finish); one output pixel, maps of fewer than
+// kMinQuads quads and the packed path's layers run `wgrad-vnni`'s code. Measured figures:
+// docs/training.md.
 #include "wgrad_amx.h"
 
 #include <immintrin.h>
@@ -140,25 +140,31 @@ struct AmxItem {
   int64_t group, r, v0, v1;
 };
 
+// Sample i of the packed block, item it's 16 input channels: taps t, t + 1 (na of them) x
+// channel vectors v, v + 1 (nb) on the tiles, into buf (rows of 32 int32).
+void ItemTiles(const WgradGeom& g, const AmxPacked& pk, const AmxItem& it, int64_t i, int64_t t,
+               int na, int64_t v, int nb, int32_t* buf) {
+  const AmxLayout& l = pk.l;
+  const uint8_t* a =
+      pk.xs.data() + i * l.xs_size + (t * g.c + it.group * kLanes) * l.plane + it.r * g.ow;
+  const int8_t* gq = pk.gq.data() + i * l.gq_size + v * l.pq * 64;
+  const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
+  step(a, g.c * l.plane, l.plane, gq, l.pq * 64, l.steps, l.kq, buf, 2 * kLanes);
+}
+
 // Item i's samples [b0, b1) (packed in pk from b0 on), in order. acc: [KW][16][16 vb] doubles
 // (dW mode), added to.
 void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, DirectMode mode,
              const AmxItem& it, int64_t b0, int64_t b1, double* acc, int64_t width) {
-  const AmxLayout& l = pk.l;
   const int64_t tap_stride = kLanes * width, ci0 = it.group * kLanes;
   const int rows = static_cast<int>(std::min<int64_t>(kLanes, g.c - ci0));
   alignas(64) int32_t buf[2 * kLanes * 2 * kLanes];
   for (int64_t b = b0; b < b1; ++b) {
-    const uint8_t* xs = pk.xs.data() + (b - b0) * l.xs_size;
-    const int8_t* gq = pk.gq.data() + (b - b0) * l.gq_size;
     for (int64_t t = 0; t < g.kw; t += 2) {
       const int na = static_cast<int>(std::min<int64_t>(2, g.kw - t));
-      const uint8_t* a = xs + (t * g.c + ci0) * l.plane + it.r * g.ow;
       for (int64_t v = it.v0; v < it.v1; v += 2) {
         const int nb = static_cast<int>(std::min<int64_t>(2, it.v1 - v));
-        const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
-        step(a, g.c * l.plane, l.plane, gq + v * l.pq * 64, l.pq * 64, l.steps, l.kq, buf,
-             2 * kLanes);
+        ItemTiles(g, pk, it, b - b0, t, na, v, nb, buf);
         for (int i = 0; i < na; ++i) {
           const int32_t* tile = buf + i * kLanes * 2 * kLanes;
           if (mode == DirectMode::kS) {
@@ -188,7 +194,6 @@ void RunItem(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out, Di
 void RunItemPairs(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& out,
                   const AmxItem& it, int64_t b0, int64_t b1, const IntScalePlan& plan, double* acc,
                   int32_t* lo, int32_t* hi, int64_t width) {
-  const AmxLayout& l = pk.l;
   const int64_t ci0 = it.group * kLanes, size = g.kw * kLanes * width;
   const int rows = static_cast<int>(std::min<int64_t>(kLanes, g.c - ci0));
   alignas(64) int32_t buf[2][2 * kLanes * 2 * kLanes] = {};  // sample b's, sample b + 1's
@@ -203,13 +208,7 @@ void RunItemPairs(const WgradGeom& g, const AmxPacked& pk, const WgradOutput& ou
       const int na = static_cast<int>(std::min<int64_t>(2, g.kw - t));
       for (int64_t v = it.v0; v < it.v1; v += 2) {
         const int nb = static_cast<int>(std::min<int64_t>(2, it.v1 - v));
-        for (int64_t s = 0; s <= two; ++s) {
-          const uint8_t* a =
-              pk.xs.data() + (b + s - b0) * l.xs_size + (t * g.c + ci0) * l.plane + it.r * g.ow;
-          const int8_t* gq = pk.gq.data() + (b + s - b0) * l.gq_size + v * l.pq * 64;
-          kTileSteps<true>[na - 1][nb - 1](a, g.c* l.plane, l.plane, gq, l.pq* 64, l.steps, l.kq,
-                                           buf[s], 2 * kLanes);
-        }
+        for (int64_t s = 0; s <= two; ++s) ItemTiles(g, pk, it, b + s - b0, t, na, v, nb, buf[s]);
         for (int i = 0; i < na; ++i)
           for (int ci = 0; ci < rows; ++ci)
             for (int h = 0; h < nb; ++h) {
