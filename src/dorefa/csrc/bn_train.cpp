@@ -5,6 +5,7 @@
 // AVX-512, AVX2 and the baseline, the CPU's best taken at run time.
 #include "bn_train.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 

@@ -33,10 +33,10 @@ enum CpuFeature : uint32_t {
 // AVX-512 machine can run as an AVX2-only one; an unknown name is a std::invalid_argument.
 uint32_t CpuFeatures();
 
-// The files that compile one loop body for several targets (act_train.cpp, bn_train.cpp):
-// Returns the copy for this CPU of those compiled for the baseline, AVX2 and AVX-512;
-// DOREFA_PICK_COPY(Name) of the functions NameBase, NameAvx2, NameAvx512 (only NameBase
-// without the x86 kernels).
+// For the files that compile one loop body for several targets (act_train.cpp, bn_train.cpp):
+// the copy for this CPU of those compiled for the baseline, AVX2 and AVX-512.
+// DOREFA_PICK_COPY(Name) picks among the functions NameBase, NameAvx2, NameAvx512 (NameBase
+// alone without the x86 kernels).
 template <class Copy>
 Copy ForVectorWidth(Copy baseline, Copy avx2, Copy avx512) {
   const uint32_t f = CpuFeatures();
