@@ -35,7 +35,7 @@ void InputGradSampleAmx(const IgradPacked& k) {
         const int64_t np = std::min<int64_t>(32, k.p - p0);
         const int na = np > 16 ? 2 : 1;
         const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
-        step(k.cq + p0 * k.op, 16 * k.op, k.op, w, k.wq_oq * 64, steps, 16, buf, 32);
+        step(k.cq + p0 * k.op, 16 * k.op, k.op, 64, w, k.wq_oq * 64, steps, 16, buf, 32);
         for (int64_t j = 0; j < np; ++j) {
           if (target[p0 + j] < 0) continue;  // the forward's padding
           int32_t* dst = k.acc + (target[p0 + j] * k.cg + cg0) * 16;

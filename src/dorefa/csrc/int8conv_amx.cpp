@@ -92,7 +92,7 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
         // strips s, s + 1 (rows kp bytes apart) x blocks b, b + 1 over 64-byte steps (kq 16)
         const TileStepsFn step =
             kTileSteps<false>[std::min(2, strips - s) - 1][std::min(2, nb - b) - 1];
-        step(a + s * kStrip * kp, kStrip * kp, kp, w, bstride, steps, 16,
+        step(a + s * kStrip * kp, kStrip * kp, kp, 64, w, bstride, steps, 16,
              raw + s * kStrip * ostride + b * kInt8Lanes, ostride);
       }
     }

@@ -70,6 +70,25 @@ struct AmxLayout {
         gq_size(vectors * pq * 64) {}
 };
 
+// acc[i][0 .. 16 nb) += scale * double(buf row i) for the tile rows i < rows (buf as TileSteps
+// writes it, one tap: rows of 32 int32; acc rows `stride` doubles apart).
+template <DirectMode M>
+void Finish(const int32_t* buf, int rows, int nb, double scale, double* acc, int64_t stride) {
+  const __m512d s = _mm512_set1_pd(scale);
+  for (int i = 0; i < rows; ++i) {
+    const int32_t* src = buf + i * 2 * kLanes;
+    double* dst = acc + i * stride;
+    for (int h = 0; h < 2 * nb; ++h) {
+      const __m512d v =
+          _mm512_cvtepi32_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(src + 8 * h)));
+      const __m512d old = _mm512_loadu_pd(dst + 8 * h);
+      _mm512_storeu_pd(dst + 8 * h, M == DirectMode::kFma
+                                        ? _mm512_fmadd_pd(s, v, old)
+                                        : _mm512_add_pd(old, _mm512_mul_pd(s, v)));
+    }
+  }
+}
+
 // The per-sample finish on training's integer scales (wgrad_digits.h, IntScalePlan), two
 // samples at a time: one VPDPWSSD adds q_lo,b S_b + q_lo,b+1 S_b+1 to 16 int32 sums from the
 // two samples' tile rows packed as int16 pairs (one VPACKSSDW, one VPSHUFB), another the q_hi
@@ -149,7 +168,7 @@ void ItemTiles(const WgradGeom& g, const AmxPacked& pk, const AmxItem& it, int64
       pk.xs.data() + i * l.xs_size + (t * g.c + it.group * kLanes) * l.plane + it.r * g.ow;
   const int8_t* gq = pk.gq.data() + i * l.gq_size + v * l.pq * 64;
   const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
-  step(a, g.c * l.plane, l.plane, gq, l.pq * 64, l.steps, l.kq, buf, 2 * kLanes);
+  step(a, g.c * l.plane, l.plane, 4 * l.kq, gq, l.pq * 64, l.steps, l.kq, buf, 2 * kLanes);
 }
 
 // Item i's samples [b0, b1) (packed in pk from b0 on), in order. acc: [KW][16][16 vb] doubles

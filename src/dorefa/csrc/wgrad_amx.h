@@ -1,6 +1,6 @@
 // What the two AMX weight-gradient files share (wgrad_amx.cpp: the per-sample route;
 // wgrad_amx_digits.cpp: small maps by the scales' digits over the batch and the map): the
-// float64 finish of a tile's rows, the small maps' strip packer, and the digits' entry points.
+// small maps' strip packer and the digits' entry points.
 // Both files compile with the same AMX and AVX-512 flags; the helpers have internal linkage
 // (one copy in each).
 #ifndef DOREFA_CSRC_WGRAD_AMX_H_
@@ -12,31 +12,11 @@
 #include <vector>
 
 #include "wgrad.h"
-#include "wgrad_direct.h"
 
 namespace dorefa {
 namespace {  // NOLINT(build/namespaces): compiled with the AMX files' flags only
 
 constexpr int kLanes = 16;  // channels per A row block and per B row
-
-// acc[i][0 .. 16 nb) += scale * double(buf row i) for the tile rows i < rows (buf as TileSteps
-// writes it, one tap: rows of 32 int32; acc rows `stride` doubles apart).
-template <DirectMode M>
-void Finish(const int32_t* buf, int rows, int nb, double scale, double* acc, int64_t stride) {
-  const __m512d s = _mm512_set1_pd(scale);
-  for (int i = 0; i < rows; ++i) {
-    const int32_t* src = buf + i * 2 * kLanes;
-    double* dst = acc + i * stride;
-    for (int h = 0; h < 2 * nb; ++h) {
-      const __m512d v =
-          _mm512_cvtepi32_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(src + 8 * h)));
-      const __m512d old = _mm512_loadu_pd(dst + 8 * h);
-      _mm512_storeu_pd(dst + 8 * h, M == DirectMode::kFma
-                                        ? _mm512_fmadd_pd(s, v, old)
-                                        : _mm512_add_pd(old, _mm512_mul_pd(s, v)));
-    }
-  }
-}
 
 // The strip planes of small maps (input plane <= 128 bytes, strip plane <= 64: svhn's 7 x 7
 // and 9 x 9 layers), one two-source byte permute (VPERMI2B) per tap column and channel where

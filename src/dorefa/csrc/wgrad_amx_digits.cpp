@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "amx_tiles.h"
+#include "avx512_transpose.h"
 #include "byte_transpose.h"
 #include "wgrad.h"
 #include "wgrad_amx.h"
@@ -19,6 +20,7 @@ namespace dorefa {
 namespace {
 
 constexpr int64_t kGatherSlack = 128;  // bytes read past the digits' strips (DigitGather)
+constexpr int64_t kStripChannels = 4;  // channels per pass of the small maps' strip packer
 
 // Small maps by the scales' digits (wgrad_digits.h's plan over N P terms): the batch and the
 // map are one sum, e = b P + p, so no sample pads a tile step of its own:
@@ -28,9 +30,13 @@ constexpr int64_t kGatherSlack = 128;  // bytes read past the digits' strips (Di
 // A_j (16 columns k x 64 e per tile row block): the strips' runs of each sample, one after the
 // other, times the sample's digit j (<= 255: u8); B: g = 2c - n_g as [e quad][16 channels][4]
 // (0 past E = N P). Work item: 32 columns k (A_j of every digit built once, in L2), then per
-// pair of channel vectors and digit, 4 C tiles over all E, and beta^j T_j added to float64 sums
-// exactly (integers below 2^53). A sample costs D P / 64 tile steps instead of
-// ceil(PQ / 16) steps, their tile stores and the per-sample finish.
+// pair of channel vectors, 4 C tiles over all E for each digit, and the D digits' sums combined
+// in float64 (WriteDigitSums). A sample costs D P / 64 tile steps instead of ceil(PQ / 16)
+// steps, their tile stores and the per-sample finish.
+//
+// svhn's conv5 (128 x 128 x 3 x 3 on a 7 x 7 map, batch 128, A = 2: D = 4) spends ~60% of a
+// call in the tile steps (~23 TSC cycles a TDPBUSD: A and B stream from L2), ~25% packing A_j,
+// and the rest packing the strips and B (docs/training.md).
 struct DigitOperands {
   int64_t e_count, steps, width, vectors, plane;
   PoolScratch<int8_t> g;     // [vectors][width / 4][16][4]
@@ -113,48 +119,100 @@ struct DigitGather {
       const int64_t e0 = v * 64, b0 = e0 / p_count;
       off[v] = b0 * op.plane + (e0 - b0 * p_count);
       inside[v] = ByteSpan(e0, op.e_count);
-      for (int64_t i = 0; i < 64 && e0 + i < op.e_count; ++i) {
-        const int64_t e = e0 + i, b = e / p_count;
+      const int64_t e1 = std::min(e0 + 64, op.e_count);
+      for (int64_t e = e0; e < e1; ++e) {
+        const int64_t b = e / p_count;
         idx.data()[e] = static_cast<uint8_t>(b * op.plane + (e - b * p_count) - off[v]);
         slot.data()[e] = static_cast<uint8_t>((b - b0) * codes);
+      }
+      for (int64_t b = b0; b <= (e1 - 1) / p_count; ++b)
         for (int j = 0; j < digits; ++j)
           for (int64_t x = 0; x < codes; ++x)
             table.data()[j * op.width + e0 + (b - b0) * codes + x] =
                 static_cast<uint8_t>(x * digit[j * g.n + b]);  // <= 255 for codes <= n_a
-      }
     }
   }
 };
 
-// A_j of columns [k0, k0 + 32) for every digit: a[j][i][e] (rows `width` bytes), 0 past E and
-// for columns past K. Per 64 bytes of e: the 128 bytes of the interleaved strips that hold the
-// runs of the samples they span, one VPERMI2B to the lanes, the slot added, and per digit one
-// VPERMB from its table and an aligned store. (Merging each sample's run by masked loads and
-// multiplying by the digits took 3x longer: instructions; reading each sample's own strip
-// buffer, 13 KB apart, cost more again.)
+// A_j of columns [k0, k0 + 32) for every digit, in tile order: a[j][step][i][64 bytes of e]
+// (one 2 KB block per step: the two A tiles of a step are 1 KB each, rows 64 bytes apart), 0
+// past E and for columns past K. Per 64 bytes of e and column: the 128 bytes of the
+// interleaved strips that hold the runs of the samples they span, one VPERMI2B to the lanes,
+// the slot added, and per digit one VPERMB from its table and an aligned store. (Merging each
+// sample's run by masked loads and multiplying by the digits took 3x longer: instructions;
+// reading each sample's own strip buffer, 13 KB apart, cost more again. Rows of `width` bytes,
+// the order before this one, packed and ran 1.1x slower.)
 void PackDigitColumns(const WgradGeom& g, const DigitOperands& op, const DigitGather& gt,
                       int digits, int64_t k0, uint8_t* a) {
-  const int64_t rows = 2 * kLanes, plane_bytes = rows * op.width;
-  for (int64_t i = 0; i < rows; ++i) {
-    uint8_t* row = a + i * op.width;
-    if (k0 + i >= g.K()) {
-      for (int j = 0; j < digits; ++j)
-        std::memset(row + j * plane_bytes, 0, static_cast<size_t>(op.width));
-      continue;
-    }
-    const uint8_t* runs = op.xs.data() + op.col[k0 + i];
-    for (int64_t v = 0; v < op.steps; ++v) {
-      const uint8_t* w = runs + gt.off[v];
-      const __m512i x = _mm512_maskz_permutex2var_epi8(gt.inside[v], _mm512_loadu_si512(w),
-                                                       _mm512_load_si512(gt.idx.data() + v * 64),
+  constexpr int kRows = 2 * kLanes;
+  const int64_t plane_bytes = kRows * op.width;
+  const int live = static_cast<int>(std::min<int64_t>(kRows, g.K() - k0));
+  const uint8_t* runs[kRows];
+  for (int i = 0; i < live; ++i) runs[i] = op.xs.data() + op.col[k0 + i];
+  for (int64_t v = 0; v < op.steps; ++v) {
+    const __m512i idx = _mm512_load_si512(gt.idx.data() + v * 64);
+    const __m512i slot = _mm512_load_si512(gt.slot.data() + v * 64);
+    const __mmask64 inside = gt.inside[v];
+    const int64_t off = gt.off[v];
+    __m512i table[kMaxDigits];
+    for (int j = 0; j < digits; ++j)
+      table[j] = _mm512_load_si512(gt.table.data() + j * op.width + v * 64);
+    uint8_t* step = a + v * kRows * 64;
+    for (int i = 0; i < kRows; ++i) {
+      if (i >= live) {
+        for (int j = 0; j < digits; ++j)
+          _mm512_store_si512(step + j * plane_bytes + i * 64, _mm512_setzero_si512());
+        continue;
+      }
+      const uint8_t* w = runs[i] + off;
+      const __m512i x = _mm512_maskz_permutex2var_epi8(inside, _mm512_loadu_si512(w), idx,
                                                        _mm512_loadu_si512(w + 64));
-      const __m512i id = _mm512_add_epi8(x, _mm512_load_si512(gt.slot.data() + v * 64));
+      const __m512i id = _mm512_add_epi8(x, slot);
       for (int j = 0; j < digits; ++j)
-        _mm512_store_si512(row + j * plane_bytes + v * 64,
-                           _mm512_permutexvar_epi8(
-                               id, _mm512_load_si512(gt.table.data() + j * op.width + v * 64)));
+        _mm512_store_si512(step + j * plane_bytes + i * 64, _mm512_permutexvar_epi8(id, table[j]));
     }
   }
+}
+
+// dW[o0 + o, k0 + k] (o < no, k < nk) from the digits' tile sums t[j] (j < D; rows k of 32
+// int32, one per o; na A tiles x nb B tiles of them written), by Horner's rule over the digits
+// in float64,
+//
+//   v = (...(T_{D-1} beta + T_{D-2}) beta + ...) beta + T_0,
+//
+// exact: every partial is an integer below the plan's 2^53 bound. Float32 outputs: v / divisor
+// (VDIVPD, the IEEE quotient as WgradOutput::Write's), rounded to float32, and 16 x 16
+// transposes to dW's rows; float64 outputs go through Write.
+void WriteDigitSums(const WgradGeom& g, const WgradOutput& out, const int32_t* t, int digits,
+                    double base, int na, int nb, int64_t o0, int no, int64_t k0, int nk) {
+  constexpr int kRows = 2 * kLanes;
+  constexpr int64_t kSums = kRows * kRows;  // one digit's sums
+  const __m512d beta = _mm512_set1_pd(base), divisor = _mm512_set1_pd(out.divisor);
+  alignas(64) double v[kRows][kRows];
+  for (int r = 0; r < na * kLanes; ++r)
+    for (int h = 0; h < 2 * nb; ++h) {
+      const auto* src = reinterpret_cast<const __m256i*>(t + r * kRows + 8 * h);
+      __m512d s = _mm512_cvtepi32_pd(_mm256_load_si256(src + (digits - 1) * kSums / 8));
+      for (int j = digits - 2; j >= 0; --j)
+        s = _mm512_fmadd_pd(s, beta, _mm512_cvtepi32_pd(_mm256_load_si256(src + j * kSums / 8)));
+      _mm512_store_pd(v[r] + 8 * h, out.dw32 != nullptr ? _mm512_div_pd(s, divisor) : s);
+    }
+  if (out.dw32 == nullptr) {
+    for (int o = 0; o < no; ++o) out.Write((o0 + o) * g.K() + k0, &v[0][o], nk, kRows);
+    return;
+  }
+  for (int kb = 0; kb < nk; kb += kLanes)
+    for (int ob = 0; ob < no; ob += kLanes) {
+      __m512i rows[kLanes];
+      for (int r = 0; r < kLanes; ++r)
+        rows[r] = _mm512_castps_si512(_mm512_insertf32x8(
+            _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_load_pd(v[kb + r] + ob))),
+            _mm512_cvtpd_ps(_mm512_load_pd(v[kb + r] + ob + 8)), 1));
+      Transpose16Dwords(rows);
+      const auto keep = static_cast<__mmask16>((1u << std::min(kLanes, nk - kb)) - 1);
+      for (int c = 0; c < std::min(kLanes, no - ob); ++c)
+        _mm512_mask_storeu_epi32(out.dw32 + (o0 + ob + c) * g.K() + k0 + kb, keep, rows[c]);
+    }
 }
 
 uint32_t RunDigits(const WgradGeom& g, const DigitPlan& plan, const uint8_t* c, const uint8_t* x,
@@ -162,32 +220,34 @@ uint32_t RunDigits(const WgradGeom& g, const DigitPlan& plan, const uint8_t* c, 
   const DirectLayout l(g, kLanes);
   DigitOperands op(g, l);
   const SmallStrips small(g);
+  const int64_t stride = g.n * op.plane;  // samples interleaved: reads in address order
   struct None {};
   const uint32_t ors = PackSamples<None>(threads, g.n, [&](int64_t b, None&) {
     const uint8_t* xb = x + b * g.c * g.h * g.w;
-    const int64_t stride = g.n * op.plane;  // samples interleaved: reads in address order
-    if (small.fits) {
-      small.Pack(g, stride, xb, op.xs.data() + b * op.plane);
-    } else {
+    if (!small.fits)
       PackDirectInput<Avx512DirectPack>(g, l, xb, op.xs.data() + b * op.plane, stride);
-    }
     return uint32_t{OrBytes(c + b * g.o * g.P(), g.o * g.P())} |
            uint32_t{OrBytes(xb, g.c * g.h * g.w)} << 8;
   });
+  if (small.fits) {  // a few channels of every sample at a time: the strips fill in order
+    const int64_t groups = (g.c + kStripChannels - 1) / kStripChannels;
+    ParallelForOrThrow(threads, groups, [&](int64_t begin, int64_t end) {
+      const int64_t c0 = begin * kStripChannels, c1 = std::min(g.c, end * kStripChannels);
+      for (int64_t b = 0; b < g.n; ++b)
+        small.Pack(g, stride, x + b * g.c * g.h * g.w, op.xs.data() + b * op.plane, c0, c1);
+    });
+  }
   ParallelForOrThrow(threads, op.vectors, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) PackDigitGrads(g, c, v, op);
   });
   const std::vector<uint8_t> digit = ScaleDigits(g, plan, out);
   const DigitGather gather(g, op, plan.digits, digit);
-  std::vector<double> weight(static_cast<size_t>(plan.digits), 1.0);
-  for (int j = 1; j < plan.digits; ++j) weight[j] = weight[j - 1] * static_cast<double>(plan.base);
   const int64_t pairs = (g.K() + 2 * kLanes - 1) / (2 * kLanes);
   const int64_t plane_bytes = 2 * kLanes * op.width;
   const AmxTileConfig cfg(16);
   ParallelForOrThrow(threads, pairs, [&](int64_t begin, int64_t end) {
     PoolScratch<uint8_t> a(static_cast<size_t>(plan.digits * plane_bytes));
-    alignas(64) int32_t buf[2 * kLanes * 2 * kLanes];
-    std::vector<double> acc(static_cast<size_t>(4 * kLanes * kLanes));
+    PoolScratch<int32_t> sums(static_cast<size_t>(plan.digits * 4 * kLanes * kLanes));
     _tile_loadconfig(&cfg);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t k0 = pair * 2 * kLanes, nk = std::min<int64_t>(2 * kLanes, g.K() - k0);
@@ -195,18 +255,15 @@ uint32_t RunDigits(const WgradGeom& g, const DigitPlan& plan, const uint8_t* c, 
       const int na = nk > kLanes ? 2 : 1;
       for (int64_t v = 0; v < op.vectors; v += 2) {
         const int nb = static_cast<int>(std::min<int64_t>(2, op.vectors - v));
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int j = 0; j < plan.digits; ++j) {
-          const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
-          step(a.data() + j * plane_bytes, kLanes * op.width, op.width,
-               op.g.data() + v * op.width * kLanes, op.width * kLanes, op.steps, 16, buf,
-               2 * kLanes);
-          for (int i = 0; i < na; ++i)
-            Finish<DirectMode::kFma>(buf + i * kLanes * 2 * kLanes, kLanes, nb, weight[j],
-                                     acc.data() + i * kLanes * 2 * kLanes, 2 * kLanes);
-        }
-        for (int64_t o = v * kLanes; o < std::min(g.o, (v + nb) * kLanes); ++o)
-          out.Write(o * g.K() + k0, acc.data() + o - v * kLanes, nk, 2 * kLanes);
+        const TileStepsFn step = kTileSteps<true>[na - 1][nb - 1];
+        for (int j = 0; j < plan.digits; ++j)
+          step(a.data() + j * plane_bytes, kLanes * 64, 64, 2 * kLanes * 64,
+               op.g.data() + v * op.width * kLanes, op.width * kLanes, op.steps, 16,
+               sums.data() + j * 4 * kLanes * kLanes, 2 * kLanes);
+        WriteDigitSums(g, out, sums.data(), plan.digits, static_cast<double>(plan.base), na, nb,
+                       v * kLanes,
+                       static_cast<int>(std::min<int64_t>(nb * kLanes, g.o - v * kLanes)), k0,
+                       static_cast<int>(nk));
       }
     }
     _tile_release();
