@@ -833,7 +833,8 @@ from dorefa.engine_bn import IntBatchNorm2d
 torch.manual_seed(0)
 for threads in (1, 3):
     torch.set_num_threads(threads)
-    for shape in [(16, 5, 9, 9), (3, 17, 4, 3), (2, 3, 1, 1), (40, 6, 18, 18)]:
+    for shape in [(16, 5, 9, 9), (3, 17, 4, 3), (2, 3, 1, 1), (40, 6, 18, 18), (70, 7, 7, 7),
+                  (33, 4, 8, 8)]:
         bn = torch.nn.BatchNorm2d(shape[1], momentum=0.3)
         bn.weight.data.uniform_(0.5, 1.5)
         bn.bias.data.uniform_(-0.5, 0.5)
@@ -868,7 +869,8 @@ def test_int_engine_batch_norm_within_float32_rounding_of_torch():
     outputs, input, weight and bias gradients within 1e-5 of the largest value (float32
     rounding of sums taken in another order), the running statistics (momentum 0.3, the
     unbiased variance) and the batch count, two steps, 1 and 3 threads, planes of 1 to 324
-    values; eval mode runs torch's. Here and with the CPU features hidden down to AVX2 and to
+    values (by columns below 64 values, over more than one block of 32 samples; by planes from
+    64); eval mode runs torch's. Here and with the CPU features hidden down to AVX2 and to
     none (its three compiled copies). set_engine switches plain BatchNorm2d modules only."""
     exec(_BN_CASE, {})
     assert fresh_process(_BN_CASE, DOREFA_CPU_FEATURES="avx2,fma") == ["ok"]

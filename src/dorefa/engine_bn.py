@@ -1,7 +1,8 @@
 """The int engine's BatchNorm2d in training mode: torch's CPU kernel took ~28 ms (forward and
 backward) of a 167 ms svhn step at batch 128 on one thread (Sapphire Rapids class), the
-library's (``csrc/bn_train.h``) two passes each way over channels split among the threads.
-The same formulas, the sums in another order (float32 lanes per plane, float64 across them):
+library's (``csrc/bn_train.h``) three passes forward and two backward over channels split
+among the threads. The same formulas, the sums in another order (float32 within a plane or a
+block of 32 samples, float64 across):
 within float32 rounding of torch's, not bit for bit. The running statistics are updated as
 torch does (``momentum``, the unbiased variance). :func:`dorefa.engine.set_engine` switches a
 model's ``nn.BatchNorm2d`` modules to :class:`IntBatchNorm2d` for the int engine and back; in
