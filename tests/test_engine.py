@@ -884,6 +884,45 @@ def test_int_engine_batch_norm_within_float32_rounding_of_torch():
     assert not any(isinstance(m, IntBatchNorm2d) for m in model.modules())
 
 
+# ------------------------------------------- the float finishing passes, every compiled copy
+_FINISH_CASE = """
+import numpy as np
+from dorefa.kernels import reference_grad as R, training as T
+from dorefa.kernels.extension import native
+rng = np.random.default_rng(0)
+for n, c, h, o, k, pad, bits in [(5, 48, 18, 64, 3, 1, (1, 2, 6)), (3, 7, 9, 5, 3, 2, (4, 4, 8))]:
+    wb, ab, gb = bits
+    oh = h + 2 * pad - k + 1
+    g = rng.integers(0, 1 << gb, (n, o, oh, oh), dtype=np.uint8)
+    g[0] = (1 << gb) - 1  # the largest codes: |D| at its bound
+    wc = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
+    m = (rng.random(n) * 10.0 ** rng.integers(-30, 30, n)).astype(np.float32)
+    for threads in (1, 3):
+        dx = T.conv_input_grad(g, m, gb, wc, 0.37, wb, 1, pad, (h, h), threads)
+        want = R.conv_input_grad_codes(g, m, gb, wc, 0.37, wb, 1, pad, (h, h))
+        assert np.array_equal(dx, R.input_grad_float(want).astype(np.float32)), (bits, threads)
+d = rng.integers(-2**31, 2**31 - 1, 70001, dtype=np.int64).astype(np.int32)
+for scale in (0.1, 3.0e-38, 7.5e30):
+    y = native.scale_to_float(d, scale, 3)
+    with np.errstate(over="ignore"):  # 7.5e30 * 2^31 is past float32: inf, as the kernel's
+        want = (scale * d.astype(np.float64)).astype(np.float32)
+    assert np.array_equal(y, want), scale
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not WGRAD, reason="needs the compiled kernels")
+def test_float_finishing_passes_equal_the_spec_on_every_copy():
+    """The input gradient's finish (float32(scale_b * (2 K1 - n_g K2))) and the forward's
+    float32(scale * D), compiled for AVX-512, AVX2 and the baseline: bit for bit the spec's on
+    each (here, and in fresh processes with the CPU features hidden to AVX2 and to none), with
+    per-sample scales from 1e-30 to 1e30 (float32 subnormals and infinities) and the largest
+    codes. (A wrong factor in the baseline copy alone failed the last process.)"""
+    exec(_FINISH_CASE, {})
+    assert fresh_process(_FINISH_CASE, DOREFA_CPU_FEATURES="avx2,fma") == ["ok"]
+    assert fresh_process(_FINISH_CASE, DOREFA_CPU_FEATURES="") == ["ok"]
+
+
 # ------------------------------------------------------------------- f_g's codes, native pass
 _FG_CASE = """
 import numpy as np, torch
