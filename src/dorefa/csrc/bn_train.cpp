@@ -302,11 +302,7 @@ using BackwardFn = void (*)(const float*, const float*, Geom, const float*, cons
     BackwardBody(x, dy, g, w, mean, invstd, dx, dw, dbias, c0, c1);                            \
   }
 
-DOREFA_BN_COPIES(Base, )
-#ifdef DOREFA_HAVE_X86_KERNELS
-DOREFA_BN_COPIES(Avx2, __attribute__((target("avx2,fma"))))
-DOREFA_BN_COPIES(Avx512, __attribute__((target("avx512f,avx512bw,avx512vl,fma"))))
-#endif
+DOREFA_DEFINE_COPIES(DOREFA_BN_COPIES)
 #undef DOREFA_BN_COPIES
 
 }  // namespace

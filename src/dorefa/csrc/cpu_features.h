@@ -43,10 +43,19 @@ Copy ForVectorWidth(Copy baseline, Copy avx2, Copy avx512) {
   if ((f & kAvx512F) && (f & kAvx512Bw) && (f & kAvx512Vl)) return avx512;
   return (f & kAvx2) ? avx2 : baseline;
 }
+// DOREFA_DEFINE_COPIES(COPIES) expands COPIES(SUFFIX, TARGET) for the three copies (the
+// suffixes Base, Avx2, Avx512 and their target attributes, FMA allowed), for a file whose
+// loop bodies may contract multiply-adds (bn_train.cpp, input_grad.cpp; act_train.cpp, bit
+// for bit torch's float steps, names its targets without FMA itself).
 #ifdef DOREFA_HAVE_X86_KERNELS
 #define DOREFA_PICK_COPY(NAME) ForVectorWidth(&NAME##Base, &NAME##Avx2, &NAME##Avx512)
+#define DOREFA_DEFINE_COPIES(COPIES)                \
+  COPIES(Base, )                                    \
+  COPIES(Avx2, __attribute__((target("avx2,fma")))) \
+  COPIES(Avx512, __attribute__((target("avx512f,avx512bw,avx512vl,fma"))))
 #else
 #define DOREFA_PICK_COPY(NAME) (&NAME##Base)
+#define DOREFA_DEFINE_COPIES(COPIES) COPIES(Base, )
 #endif
 
 // The names of the bits set in `mask`, lowest bit first.

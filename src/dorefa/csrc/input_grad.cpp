@@ -41,11 +41,7 @@ using ScaleFn = void (*)(const int32_t*, int64_t, int64_t, double, float*);
     ScaleBody(d, i0, i1, scale, y);                                                             \
   }
 
-DOREFA_FINISH_COPIES(Base, )
-#ifdef DOREFA_HAVE_X86_KERNELS
-DOREFA_FINISH_COPIES(Avx2, __attribute__((target("avx2,fma"))))
-DOREFA_FINISH_COPIES(Avx512, __attribute__((target("avx512f,avx512bw,avx512vl,fma"))))
-#endif
+DOREFA_DEFINE_COPIES(DOREFA_FINISH_COPIES)
 #undef DOREFA_FINISH_COPIES
 
 }  // namespace
