@@ -80,10 +80,11 @@ inline __attribute__((always_inline)) void PrefetchPlane(const float* p, int64_t
   for (int64_t i = 0; i < hw; i += 16) __builtin_prefetch(p + i);
 }
 
-// Columns (small maps): per sample b the channels [c0, c1) are one run of L = (c1 - c0) hw
-// floats, summed column by column (vectorized along the run) in float32 for up to
-// kColumnBlock samples, then per channel into float64. fn(b, x_run, l) adds sample b's run to
-// the column sums; Flush(sum, ch_sum) adds the columns' float32 sums to the channels' float64.
+// Columns (small maps): per sample b the channels [c0, c1) are one run of len = (c1 - c0) hw
+// floats, summed column by column (vectorized along the run) into the float32 column sums s
+// and q for up to kColumnBlock samples, then per channel into float64. Sum(g, ch_s, ch_q, fn)
+// calls fn(b) for every sample (it adds sample b's run to s and/or q) and flushes after each
+// block: s into ch_s, q into ch_q (a null pointer: that sum is not used).
 struct Columns {
   int64_t c0, c1, hw, len;
   std::vector<float> s, q;
@@ -93,10 +94,14 @@ struct Columns {
     return base + (b * g.c + c0) * g.hw;
   }
   void Flush(double* ch_s, double* ch_q) {
+    if (ch_s != nullptr) Add(s, ch_s);
+    if (ch_q != nullptr) Add(q, ch_q);
+  }
+  // The columns' sums into their channels' float64 sums, then cleared.
+  void Add(std::vector<float>& col, double* ch_sum) {
     for (int64_t ch = 0; ch < c1 - c0; ++ch)
-      for (int64_t i = 0; i < hw; ++i) ch_s[ch] += s[ch * hw + i], ch_q[ch] += q[ch * hw + i];
-    std::fill(s.begin(), s.end(), 0.0f);
-    std::fill(q.begin(), q.end(), 0.0f);
+      for (int64_t i = 0; i < hw; ++i) ch_sum[ch] += col[ch * hw + i];
+    std::fill(col.begin(), col.end(), 0.0f);
   }
   // Per column: a value of its channel (v[ch] for every column of ch).
   std::vector<float> Spread(const float* v) const {
@@ -114,7 +119,8 @@ struct Columns {
   }
 };
 
-// Channels [c0, c1) of the forward, from their float64 sums: the statistics, then y.
+// Channel ch's statistics from its mean mu and q = sum (x - float(mu))^2 (float64), and the
+// factors of y = x a + sh.
 inline __attribute__((always_inline)) void Statistics(const Geom& g, const float* w,
                                                       const float* bias, double eps, int64_t ch,
                                                       double mu, double q, double* mean,
@@ -162,9 +168,9 @@ inline __attribute__((always_inline)) void ForwardColumns(const float* x, Geom g
   const double m = static_cast<double>(g.n * g.hw);
   Columns col(g, c0, c1);
   const int64_t len = col.len;
-  std::vector<double> s(c1 - c0), q(c1 - c0), unused(c1 - c0);
+  std::vector<double> s(c1 - c0), q(c1 - c0);
   float* cs = col.s.data();
-  col.Sum(g, s.data(), unused.data(), [&](int64_t b) {
+  col.Sum(g, s.data(), nullptr, [&](int64_t b) {
     const float* p = col.Run(x, g, b);
     for (int64_t i = 0; i < len; ++i) cs[i] += p[i];
   });
@@ -173,7 +179,7 @@ inline __attribute__((always_inline)) void ForwardColumns(const float* x, Geom g
   const std::vector<float> mu = col.Spread(mu32.data());
   float* cq = col.q.data();
   const float* mc = mu.data();
-  col.Sum(g, unused.data(), q.data(), [&](int64_t b) {
+  col.Sum(g, nullptr, q.data(), [&](int64_t b) {
     const float* p = col.Run(x, g, b);
     for (int64_t i = 0; i < len; ++i) {
       const float d = p[i] - mc[i];

@@ -33,7 +33,8 @@ enum CpuFeature : uint32_t {
 // AVX-512 machine can run as an AVX2-only one; an unknown name is a std::invalid_argument.
 uint32_t CpuFeatures();
 
-// For the files that compile one loop body for several targets (act_train.cpp, bn_train.cpp):
+// For the files that compile one loop body for several targets (act_train.cpp, bn_train.cpp,
+// input_grad.cpp):
 // the copy for this CPU of those compiled for the baseline, AVX2 and AVX-512.
 // DOREFA_PICK_COPY(Name) picks among the functions NameBase, NameAvx2, NameAvx512 (NameBase
 // alone without the x86 kernels).
