@@ -168,6 +168,47 @@ def test_padding_summed_or_skipped(kernel, bits, hw):
     assert_every_output(kernel, x, K.pack_weights(wc, wb), xb, rng, thresholds=5)
 
 
+# Stride-1 layers whose kernel rows are whole 64-byte steps (int8-amx reads their fields
+# straight from the packed image, in strips across output rows: int8conv_amx.cpp), beside the
+# packed rows' shared padding (int8conv.h) that every int8 and lut kernel reads: calls that
+# cross into the next image (18x18, 13x11), over three images (7x7), a 1x1 layer whose images
+# follow one another without a gap, a 4-wide kernel with padding 2, a valid layer, and a 1x1
+# kernel with padding 1, whose output rows are wider than the packed rows (no strips there).
+DIRECT_SHAPES = [
+    (2, 64, 3, 3, 8, 1, 1, 1),
+    (3, 64, 18, 18, 20, 3, 1, 1),
+    (2, 64, 13, 11, 16, 3, 1, 1),
+    (4, 128, 7, 7, 33, 3, 1, 1),
+    (5, 64, 9, 7, 17, 1, 1, 0),
+    (2, 16, 12, 12, 8, 4, 1, 2),
+    (1, 64, 30, 30, 16, 3, 1, 0),
+]
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("bits", [(1, 1), (2, 1), (8, 8)], ids=lambda b: f"x{b[0]}w{b[1]}")
+@pytest.mark.parametrize("shape", DIRECT_SHAPES, ids=ids)
+def test_fields_read_from_the_image(kernel, bits, shape):
+    """acc, signed (1 and 2 threads) and requant outputs equal the reference's."""
+    n, c, h, w, o, k, s, p = shape
+    xb, wb = bits
+    rng = np.random.default_rng([xb, wb, *shape])
+    x = rng.integers(0, 1 << xb, (n, c, h, w), dtype=np.uint8)
+    wc = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
+    pw = K.pack_weights(wc, wb)
+    signed = R.bitconv2d_signed(x, pw, xb, s, p)
+    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (o, 3)), axis=1).astype(np.int32)
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    with K.use_kernel(kernel):
+        acc = K.bitconv2d_packed(x, pw, xb, s, p)
+        got = [K.bitconv2d_signed(x, pw, xb, s, p, threads=t) for t in (1, 2)]
+        codes = K.bitconv2d_requant(x, pw, xb, s, p, th, direction)
+    np.testing.assert_array_equal(acc, R.bitconv2d_packed(x, pw, xb, s, p))
+    for g in got:
+        np.testing.assert_array_equal(g, signed)
+    np.testing.assert_array_equal(codes, R.bitconv2d_requant(x, pw, xb, s, p, th, direction))
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bits", FEW_BITS, ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)

@@ -104,9 +104,8 @@ uint8_t PackBand(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t
       std::memset(dst, zero, static_cast<size_t>(q.row));
       continue;
     }
-    std::memset(dst, zero, static_cast<size_t>(g.pad * q.pixel));
-    std::memset(dst + (g.pad + g.w) * q.pixel, zero, static_cast<size_t>(g.pad * q.pixel));
-    for (int64_t xx = 0; xx < g.w && q.cp > g.c; ++xx)  // the channels past C, if any
+    std::memset(dst, zero, static_cast<size_t>(g.pad * q.pixel));  // the right one: next row's
+    for (int64_t xx = 0; xx < g.w && q.cp > g.c; ++xx)             // the channels past C, if any
       std::memset(dst + (g.pad + xx) * q.pixel + g.c, zero, static_cast<size_t>(q.cp - g.c));
   }
   const int64_t y0 = std::max<int64_t>(yp0 - g.pad, 0), y1 = std::min(yp1 - g.pad, g.h);
@@ -401,7 +400,10 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   Int8Conv c;
   c.g = &g;
   c.q = Int8Geom(g);
-  uint8_t* xq = xbuf.Get(static_cast<size_t>(g.n * c.q.image));
+  // After the last image, its rows' right padding and 16 pixels for int8-amx's direct strips.
+  uint8_t* xq = xbuf.Get(static_cast<size_t>(g.n * c.q.image + c.q.slack));
+  std::memset(xq + g.n * c.q.image, static_cast<uint8_t>(-kernel.shift(g.x_bits)),
+              static_cast<size_t>(c.q.slack));
   c.xq = reinterpret_cast<const int8_t*>(xq);
   c.wq = reinterpret_cast<const uint8_t*>(wq);
   c.wsum = reinterpret_cast<const int32_t*>(c.wq + ByteWeightBytes(kernel, g));  // after them
@@ -420,9 +422,9 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
     c.table = &TableOf(out.table, g.o, out.thresholds, out.t, out.direction);
   }
   uint8_t* tq = nullptr;
-  if (kernel.tables != nullptr) {  // lut kernels: each slice's tables, kLutSlack after them
-    const int slices = LutSlices(g.x_bits).count;
-    c.tslice = (4 * g.n * c.q.image + kLutSlack + 63) / 64 * 64;
+  if (kernel.tables != nullptr) {  // lut kernels: each slice's tables, zero tables (code 0)
+    const int slices = LutSlices(g.x_bits).count;  // for the slack, then kLutSlack
+    c.tslice = (4 * (g.n * c.q.image + c.q.slack) + kLutSlack + 63) / 64 * 64;
     tq = tbuf.Get(static_cast<size_t>(slices * c.tslice));
     for (int s = 0; s < slices; ++s)
       std::memset(tq + s * c.tslice + 4 * g.n * c.q.image, 0,
@@ -441,7 +443,7 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   const int64_t band = BandRows(g), bands = (g.hp + band - 1) / band;
   const int64_t pack_items = g.n * bands;
   const int64_t npix = g.OutPixels();
-  const int64_t ptile = kernel.pix_tile;
+  const int64_t ptile = kernel.call_pixels != nullptr ? kernel.call_pixels(g) : kernel.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
   // As bitconv.cpp: with few pixel tiles, also split the output channels (in whole register
   // tiles), about two items per thread; otherwise one item covers all channels of its pixels.

@@ -19,9 +19,14 @@
 // wrap, the correction is added as uint32): the true result fits int32, so it comes out exact.
 //
 // Packed activations ("xq", int8), one image after the other, zero padding materialised:
-//   xq[n][hp][wp][cp],  cp = C rounded up to a multiple of 4 (the extra channels hold -z).
-// The receptive field of output pixel (oy, ox) is, for each kh, the KW * cp contiguous bytes
-// from padded pixel (oy * stride + kh, ox * stride): KW * cp / 4 groups of 4 bytes.
+//   xq[n][hp][w + pad][cp],  cp = C rounded up to a multiple of 4 (the extra channels hold -z).
+// A packed row holds its left padding and its data: the right padding of row y is the left
+// padding of row y + 1 (and the last row's, the next image's top padding or the slack after the
+// last image), so padded column j of row y is at (y (w + pad) + j) cp for every j < wp. The
+// receptive field of output pixel (oy, ox) is, for each kh, the KW * cp contiguous bytes from
+// padded pixel (oy * stride + kh, ox * stride): KW * cp / 4 groups of 4 bytes. Neighbouring
+// output pixels of a row (stride 1) are cp apart, and so are a row's last and the next row's
+// first but for KW - 1 - pad pixels (int8-amx's direct strips, int8conv_amx.cpp).
 //
 // Packed weights ("wq", uint8), output channels in blocks of 16, groups of 4 channels:
 //   wq[ob][j][lane][i],  o = 16 * ob + lane,  j = (kh * KW + kw) * cp / 4 + c / 4,  i = c % 4,
@@ -62,8 +67,9 @@ struct Int8Geom {
   int64_t gstride = 0;  // groups per packed weight block: groups rounded up to 16
   int64_t ob = 0;       // 16-channel blocks
   int64_t pixel = 0;    // bytes per padded pixel (= cp)
-  int64_t row = 0;      // bytes per padded row
-  int64_t image = 0;    // bytes per padded image
+  int64_t row = 0;      // bytes per packed row ((w + pad) pixels, see above)
+  int64_t image = 0;    // bytes per packed image (hp rows)
+  int64_t slack = 0;    // bytes read past the last image: its right padding, 16 more pixels
   int64_t taps = 0;     // KH * KW
   explicit Int8Geom(const ConvGeom& g)
       : cp((g.c + 3) / 4 * 4),
@@ -71,8 +77,9 @@ struct Int8Geom {
         gstride((groups + 15) / 16 * 16),
         ob((g.o + kInt8Lanes - 1) / kInt8Lanes),
         pixel(cp),
-        row(g.wp * cp),
-        image(g.hp * g.wp * cp),
+        row((g.w + g.pad) * cp),
+        image(g.hp * row),
+        slack((g.pad + 16) * cp),
         taps(g.kh * g.kw) {}
   int64_t WeightBytes() const { return ob * gstride * 64; }  // then Wsum and Tsum
   int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4 * (1 + taps)) / 8; }
@@ -186,6 +193,8 @@ struct Int8Kernel {
   int64_t ob_tile;   // 16-channel blocks a call handles best
   LutTablesFn tables = nullptr;  // lut: the activation tables built after packing
   bool dot_lanes = false;        // lut: the "lutdp" weight layout (lut.h), channels in dwords
+  // Output pixels per call for a layer, where not pix_tile (int8-amx's direct strips).
+  int64_t (*call_pixels)(const ConvGeom& g) = nullptr;
   // The packed weights' layout: "int8" (above), or "lut" / "lutdp" (lut.h) for a kernel with
   // tables.
   const char* Layout() const { return tables == nullptr ? "int8" : dot_lanes ? "lutdp" : "lut"; }

@@ -5,8 +5,10 @@
 // k of B, into int32. Both operands are unsigned, so the codes go in as they are: no
 // activation shift (z = 0), every bit pair 1..8 on one path, and every partial sum is at most
 // the final one, which the callers check fits int32.
-//   A: 16 pixels x 64 bytes of their fields (16 groups of 4 channels), from a gathered copy
-//      of the call's fields, a[p][0 .. kp), kp = 4 gstride (zero past the field);
+//   A: 16 pixels x 64 bytes of their fields (16 groups of 4 channels): straight from the
+//      packed image where a kernel row is whole 64-byte steps and the stride 1 (the direct
+//      strips, below), else from a gathered copy of the call's fields, a[p][0 .. kp),
+//      kp = 4 gstride (zero past the field);
 //   B: 16 groups x (16 output channels x 4 bytes): 16 consecutive groups of the packed weight
 //      block, wq[ob][16 s .. 16 s + 15] (the int8 layout, gstride a multiple of 16);
 //   C: the int32 sums of 16 pixels x 16 channels.
@@ -19,8 +21,9 @@
 //
 // Ceiling: one TDPBUUD (16 x 16 x 64 = 16384 MAC) per 16 cycles on Sapphire Rapids, 1024
 // MAC/cycle; the step with its 4 KB of tile loads from L1 measured 966 (docs/kernels.md,
-// Ceilings). With its operands in L2, as here on the larger layers, a standalone loop of the
-// step ran 6-40% slower, and this kernel's tile loop about as fast as such a loop.
+// Ceilings). With its operands in L2 (the gathered fields of the larger layers) a standalone
+// loop of the step ran 6-40% slower; the direct strips keep a call's A operands, a few image
+// rows, in L1.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -50,14 +53,12 @@ inline void CopyBytes(uint8_t* dst, const int8_t* src, int64_t n) {
   _mm512_mask_storeu_epi8(dst, m, _mm512_maskz_loadu_epi8(m, src));
 }
 
-// The fields of pixels [pix0, pix0 + np) into a[p][0 .. kp): per kernel row its KW cp bytes,
+// The fields of the call's np pixels into a[p][0 .. kp): per kernel row its KW cp bytes,
 // then zeros up to kp (the weights past the field are zero too; this keeps the bytes defined).
 // Inline vector copies (memcpy calls measured the same; so did a second copy into tile order,
 // each A tile 1 KB of consecutive lines).
-void Gather(const Int8Conv& c, int64_t pix0, int np, int64_t kp, uint8_t* a) {
+void Gather(const Int8Conv& c, const int8_t* const* fields, int np, int64_t kp, uint8_t* a) {
   const ConvGeom& g = *c.g;
-  const int8_t* fields[kCallPixels];
-  c.Fields(pix0, np, fields);
   const int64_t span = g.kw * c.q.cp, used = g.kh * span;
   for (int p = 0; p < np; ++p) {
     uint8_t* dst = a + p * kp;
@@ -67,18 +68,101 @@ void Gather(const Int8Conv& c, int64_t pix0, int np, int64_t kp, uint8_t* a) {
   }
 }
 
-// A call: gather the fields once, then per group of up to 4 blocks the sums of every pixel
-// strip pair x block pair, and the store, 8 pixels at a time (as TileClasses).
+// The direct path (stride 1, each kernel row of the field a whole number of 64-byte steps):
+// the A tiles are loaded from the packed image itself, no gathered copy, and the call's image
+// rows stay in L1 (svhn's 64->64 at batch 32 1.18x, AlexNet's conv3 1.09x). Strip s's rows are
+// the fields at start[s] + i cp (i < 16), one tile load with rows cp apart per step: along an
+// output row the fields are cp apart, and across the row's end too, after the KW - 1 - pad
+// packed pixels between (int8conv.h), whose rows are summed and not stored. Pixel p of the call
+// is row at[p] = 16 s + i of the strips' sums. Strips are greedy: each starts at the first pixel
+// the strips before do not cover. Calls are sized so that 4 strips cover them (CallPixels),
+// but where one crosses into the next image (two strips more at most).
+struct Strips {
+  static constexpr int kMax = kCallPixels / kStrip + 2;
+  int count = 0;
+  const uint8_t* start[kMax];
+  int16_t at[kCallPixels];
+};
+
+// Packed pixels between an output row's last field and the next row's first (stride 1).
+int64_t RowGap(const ConvGeom& g) { return g.kw - 1 - g.pad; }
+
+// Whether a layer takes the direct path, and the output pixels of its calls: the most, up to
+// 64, whose fields with the row gaps between them fit 4 strips from any first pixel (64 for
+// the gathered path). Direct where that is at least 56 (the gaps' share of the tile work at
+// most 1/8).
+int64_t DirectCallPixels(const ConvGeom& g) {
+  const int64_t gap = RowGap(g);  // < 0: a row's last fields overlap the next row's first
+  if (g.stride != 1 || g.kw * Int8Geom(g).cp % 64 != 0 || gap < 0) return 0;
+  int64_t r = kCallPixels;
+  while (r > 0 && r + gap * ((g.ow - 1 + r - 1) / g.ow) > kCallPixels) --r;
+  return r >= 56 ? r : 0;
+}
+
+int64_t CallPixels(const ConvGeom& g) {
+  const int64_t r = DirectCallPixels(g);
+  return r > 0 ? r : kCallPixels;
+}
+
+// The strips of the call's pixels [pix0, pix0 + np) (Strips), or false past Strips::kMax (a
+// call over more than 3 images: CallPixels leaves none).
+bool DirectStrips(const Int8Conv& c, int64_t pix0, int np, Strips* st) {
+  const ConvGeom& g = *c.g;
+  const int64_t ohw = g.oh * g.ow, row = c.q.row / c.q.pixel, image = c.q.image / c.q.pixel;
+  int64_t n = pix0 / ohw, oy = pix0 % ohw / g.ow, ox = pix0 % g.ow;
+  int64_t first = 0;  // the current strip's first packed pixel
+  st->count = 0;
+  for (int p = 0; p < np; ++p) {
+    const int64_t u = n * image + oy * row + ox;  // the field's first packed pixel
+    if (st->count == 0 || u - first >= kStrip) {
+      if (st->count == Strips::kMax) return false;
+      first = u;
+      st->start[st->count++] = reinterpret_cast<const uint8_t*>(c.xq) + u * c.q.pixel;
+    }
+    st->at[p] = static_cast<int16_t>((st->count - 1) * kStrip + (u - first));
+    if (++ox == g.ow) {
+      ox = 0;
+      if (++oy == g.oh) oy = 0, ++n;
+    }
+  }
+  return true;
+}
+
+// Rows at[p] of sums (ostride int32 each) moved to rows p, in place (at[p] >= p, ascending).
+void CompactRows(const Strips& st, int np, int64_t ostride, int32_t* sums) {
+  for (int p = 0; p < np; ++p) {
+    if (st.at[p] == p) continue;
+    const int32_t* src = sums + st.at[p] * ostride;
+    int32_t* dst = sums + p * ostride;
+    for (int64_t l = 0; l < ostride; l += 16)
+      _mm512_store_si512(dst + l, _mm512_load_si512(src + l));
+  }
+}
+
+// A call: the fields (direct strips, else a gathered copy), then per group of up to 4 blocks
+// the sums of every strip pair x block pair, and the store, 8 pixels at a time (as
+// TileClasses).
 void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
-  alignas(64) int32_t raw[kCallPixels * kGroupBlocks * kInt8Lanes];
+  alignas(64) int32_t raw[Strips::kMax * kStrip * kGroupBlocks * kInt8Lanes];
   int32_t terms[kCallPixels];
+  const ConvGeom& g = *c.g;
   const int np = static_cast<int>(npix);
-  const int strips = (np + kStrip - 1) / kStrip;
-  const int64_t kp = c.q.gstride * 4, steps = c.q.gstride / 16;
-  uint8_t* a = Int8FieldBuffer(static_cast<size_t>(strips * kStrip * kp));
-  Gather(c, pix0, np, kp, a);
-  // Rows past np in the last strip: defined bytes, sums never stored.
-  std::memset(a + np * kp, 0, static_cast<size_t>((strips * kStrip - np) * kp));
+  const int64_t kp = c.q.gstride * 4, steps = c.q.gstride / 16, span = g.kw * c.q.cp;
+  Strips st;
+  const bool direct = DirectCallPixels(g) > 0 && DirectStrips(c, pix0, np, &st);
+  const uint8_t* a = nullptr;
+  int strips = (np + kStrip - 1) / kStrip;
+  if (direct) {
+    strips = st.count;
+  } else {
+    const int8_t* fields[kCallPixels];
+    c.Fields(pix0, np, fields);
+    uint8_t* buf = Int8FieldBuffer(static_cast<size_t>(strips * kStrip * kp));
+    Gather(c, fields, np, kp, buf);
+    // Rows past np in the last strip: defined bytes, sums never stored.
+    std::memset(buf + np * kp, 0, static_cast<size_t>((strips * kStrip - np) * kp));
+    a = buf;
+  }
   Int8FieldTerms(c, pix0, npix, terms);
   const AmxTileConfig cfg;
   _tile_loadconfig(&cfg);
@@ -89,13 +173,19 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     for (int b = 0; b < nb; b += 2) {
       const uint8_t* w = c.wq + (ob + b) * bstride;
       for (int s = 0; s < strips; s += 2) {
-        // strips s, s + 1 (rows kp bytes apart) x blocks b, b + 1 over 64-byte steps (kq 16)
-        const TileStepsFn step =
-            kTileSteps<false>[std::min(2, strips - s) - 1][std::min(2, nb - b) - 1];
-        step(a + s * kStrip * kp, kStrip * kp, kp, 64, w, bstride, steps, 16,
-             raw + s * kStrip * ostride + b * kInt8Lanes, ostride);
+        // strips s, s + 1 x blocks b, b + 1 over 64-byte steps (kq 16)
+        const int na = std::min(2, strips - s);
+        const TileRowStepsFn step = kTileRowSteps<false>[na - 1][std::min(2, nb - b) - 1];
+        int32_t* out = raw + s * kStrip * ostride + b * kInt8Lanes;
+        if (direct) {  // per kernel row, span / 64 steps from the image
+          const int64_t a2 = na == 2 ? st.start[s + 1] - st.start[s] : 0;
+          step(st.start[s], a2, c.q.cp, 64, g.kh, c.q.row, w, bstride, span / 64, 16, out, ostride);
+        } else {  // strips' rows kp bytes apart
+          step(a + s * kStrip * kp, kStrip * kp, kp, 64, 1, 0, w, bstride, steps, 16, out, ostride);
+        }
       }
     }
+    if (direct) CompactRows(st, np, ostride, raw);
     StoreCall<VnniStore>(c, pix0, npix, ob, nb, raw, terms);
   }
   _tile_release();
@@ -103,6 +193,7 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
 
 }  // namespace
 
-extern const Int8Kernel kInt8Amx = {"32x32", &TileAmx, &Shift, kCallPixels, kGroupBlocks};
+extern const Int8Kernel kInt8Amx = {"32x32",      &TileAmx, &Shift, kCallPixels,
+                                    kGroupBlocks, nullptr,  false,  &CallPixels};
 
 }  // namespace dorefa
