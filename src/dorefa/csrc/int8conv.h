@@ -86,8 +86,9 @@ struct Int8Geom {
 };
 
 // Image n of the codes x (N, C, H, W) in the packed activation layout above (Int8Geom(g).image
-// bytes at dst: padding and the channels past C hold code 0, stored as -z); returns the OR of
-// its codes. Also the input gradient's packer (igrad.h).
+// bytes at dst: padding and the channels past C hold code 0, stored as -z; with padding, its
+// last row's right padding lies past them); returns the OR of its codes. Also the input
+// gradient's packer (igrad.h, no padding).
 uint8_t PackInt8Image(const ConvGeom& g, const uint8_t* x, int32_t z, int64_t n, uint8_t* dst);
 
 // Packs weight codes w (O, C, KH, KW) into wq (Int8Geom(g).WeightWords() words); returns the
