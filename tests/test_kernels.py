@@ -171,14 +171,16 @@ def test_padding_summed_or_skipped(kernel, bits, hw):
 # Stride-1 layers whose kernel rows are whole 64-byte steps (int8-amx reads their fields
 # straight from the packed image, in strips across output rows: int8conv_amx.cpp), beside the
 # packed rows' shared padding (int8conv.h) that every int8 and lut kernel reads: calls that
-# cross into the next image (18x18, 13x11), over three images (7x7), a 1x1 layer whose images
-# follow one another without a gap, a 4-wide kernel with padding 2, a valid layer, and a 1x1
-# kernel with padding 1, whose output rows are wider than the packed rows (no strips there).
+# cross into the next image (18x18, 13x11), 7x7 (one image: direct; four: gathered, as calls
+# would span three images), a 1x1 layer whose images follow one another without a gap, a 4-wide
+# kernel with padding 2, a valid layer, and a 1x1 kernel with padding 1, whose output rows are
+# wider than the packed rows (no strips there).
 DIRECT_SHAPES = [
     (2, 64, 3, 3, 8, 1, 1, 1),
     (3, 64, 18, 18, 20, 3, 1, 1),
     (2, 64, 13, 11, 16, 3, 1, 1),
     (4, 128, 7, 7, 33, 3, 1, 1),
+    (1, 128, 7, 7, 33, 3, 1, 1),
     (5, 64, 9, 7, 17, 1, 1, 0),
     (2, 16, 12, 12, 8, 4, 1, 2),
     (1, 64, 30, 30, 16, 3, 1, 0),

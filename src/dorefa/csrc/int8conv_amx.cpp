@@ -76,9 +76,9 @@ void Gather(const Int8Conv& c, const int8_t* const* fields, int np, int64_t kp, 
 // packed pixels between (int8conv.h), whose rows are summed and not stored. Pixel p of the call
 // is row at[p] = 16 s + i of the strips' sums. Strips are greedy: each starts at the first pixel
 // the strips before do not cover. Calls are sized so that 4 strips cover them (CallPixels),
-// but where one crosses into the next image (two strips more at most).
+// but where one crosses into the next image (one strip more).
 struct Strips {
-  static constexpr int kMax = kCallPixels / kStrip + 2;
+  static constexpr int kMax = kCallPixels / kStrip + 1;
   int count = 0;
   const uint8_t* start[kMax];
   int16_t at[kCallPixels];
@@ -107,7 +107,7 @@ int64_t CallPixels(const ConvGeom& g) {
 }
 
 // The strips of the call's pixels [pix0, pix0 + np) (Strips), or false past Strips::kMax (a
-// call over more than 3 images: CallPixels leaves none).
+// call over 3 images: DirectCallPixels leaves none).
 bool DirectStrips(const Int8Conv& c, int64_t pix0, int np, Strips* st) {
   const ConvGeom& g = *c.g;
   const int64_t ohw = g.oh * g.ow, row = c.q.row / c.q.pixel, image = c.q.image / c.q.pixel;
