@@ -168,8 +168,9 @@ def test_padding_summed_or_skipped(kernel, bits, hw):
     assert_every_output(kernel, x, K.pack_weights(wc, wb), xb, rng, thresholds=5)
 
 
-# Stride-1 layers whose kernel rows are whole 64-byte steps (int8-amx reads their fields
-# straight from the packed image, in strips across output rows: int8conv_amx.cpp), beside the
+# Stride-1 layers whose kernel rows are whole 64-byte steps or whose taps are few enough to be
+# one step each (48 and 44 channels; int8-amx reads their fields straight from the packed
+# image, in strips across output rows: int8conv_amx.cpp), beside the
 # packed rows' shared padding (int8conv.h) that every int8 and lut kernel reads: calls that
 # cross into the next image (18x18, 13x11), 7x7 (one image: direct; four: gathered, as calls
 # would span three images), a 1x1 layer whose images follow one another without a gap, a 4-wide
@@ -178,6 +179,8 @@ def test_padding_summed_or_skipped(kernel, bits, hw):
 DIRECT_SHAPES = [
     (2, 64, 3, 3, 8, 1, 1, 1),
     (3, 64, 18, 18, 20, 3, 1, 1),
+    (3, 48, 18, 18, 20, 3, 1, 1),
+    (2, 44, 12, 12, 16, 3, 1, 1),
     (2, 64, 13, 11, 16, 3, 1, 1),
     (4, 128, 7, 7, 33, 3, 1, 1),
     (1, 128, 7, 7, 33, 3, 1, 1),

@@ -5,10 +5,9 @@
 // k of B, into int32. Both operands are unsigned, so the codes go in as they are: no
 // activation shift (z = 0), every bit pair 1..8 on one path, and every partial sum is at most
 // the final one, which the callers check fits int32.
-//   A: 16 pixels x 64 bytes of their fields (16 groups of 4 channels): straight from the
-//      packed image where a kernel row is whole 64-byte steps and the stride 1 (the direct
-//      strips, below), else from a gathered copy of the call's fields, a[p][0 .. kp),
-//      kp = 4 gstride (zero past the field);
+//   A: 16 pixels x 64 bytes of their fields (16 groups of 4 channels): at stride 1 straight
+//      from the packed image (the direct strips, below), else from a gathered copy of the
+//      call's fields, a[p][0 .. kp), kp = 4 gstride (zero past the field);
 //   B: 16 groups x (16 output channels x 4 bytes): 16 consecutive groups of the packed weight
 //      block, wq[ob][16 s .. 16 s + 15] (the int8 layout, gstride a multiple of 16);
 //   C: the int32 sums of 16 pixels x 16 channels.
@@ -68,15 +67,16 @@ void Gather(const Int8Conv& c, const int8_t* const* fields, int np, int64_t kp, 
   }
 }
 
-// The direct path (stride 1, each kernel row of the field a whole number of 64-byte steps):
-// the A tiles are loaded from the packed image itself, no gathered copy, and the call's image
-// rows stay in L1 (svhn's 64->64 at batch 32 1.18x, AlexNet's conv3 1.09x). Strip s's rows are
-// the fields at start[s] + i cp (i < 16), one tile load with rows cp apart per step: along an
-// output row the fields are cp apart, and across the row's end too, after the KW - 1 - pad
-// packed pixels between (int8conv.h), whose rows are summed and not stored. Pixel p of the call
-// is row at[p] = 16 s + i of the strips' sums. Strips are greedy: each starts at the first pixel
-// the strips before do not cover. Calls are sized so that 4 strips cover them (CallPixels),
-// but where one crosses into the next image (one strip more).
+// The direct path (stride 1; steps of 64 bytes where a kernel row is whole ones, else of one
+// tap: DirectKq): the A tiles are loaded from the packed image itself, no gathered copy, and
+// the call's image rows stay in L1 (svhn's 64->64 at batch 32 1.2x, 48->64 1.1-1.2x, AlexNet's
+// conv3 1.06-1.11x). Strip s's rows are the fields at start[s] + i cp (i < 16), one tile load
+// with rows cp apart per step: along an output row the fields are cp apart, and across the
+// row's end too, after the KW - 1 - pad packed pixels between (int8conv.h), whose rows are
+// summed and not stored. Pixel p of the call is row at[p] = 16 s + i of the strips' sums.
+// Strips are greedy: each starts at the first pixel the strips before do not cover. Calls are
+// sized so that 4 strips cover them (CallPixels), but where one crosses into the next image
+// (one strip more).
 struct Strips {
   static constexpr int kMax = kCallPixels / kStrip + 1;
   int count = 0;
@@ -93,9 +93,20 @@ int64_t RowGap(const ConvGeom& g) { return g.kw - 1 - g.pad; }
 // most 1/8) and a call crosses into another image at most once (images of at least that many
 // pixels, or one image): svhn's 7x7 layers at batch 32, 56-pixel calls over 2-3 images, ran
 // 5-8% slower direct, at batch 1 1.1-1.2x faster.
+// The direct path's steps: 64 bytes (kq 16), span / 64 a kernel row, where a kernel row is
+// whole 64-byte steps; else one tap (kq = cp / 4) a step, KW a row, where cp <= 64 and the
+// taps' KH KW steps are at most 1.3x the gathered path's (a TDPBUUD of K = 48 takes as long as
+// one of 64): svhn's 48-channel layer, 9 steps against 7. 0: none.
+int64_t DirectKq(const ConvGeom& g) {
+  const Int8Geom q(g);
+  if (g.kw * q.cp % 64 == 0) return 16;
+  if (q.cp <= 64 && 10 * g.kh * g.kw <= 13 * (q.gstride / 16)) return q.cp / 4;
+  return 0;
+}
+
 int64_t DirectCallPixels(const ConvGeom& g) {
   const int64_t gap = RowGap(g);  // < 0: a row's last fields overlap the next row's first
-  if (g.stride != 1 || g.kw * Int8Geom(g).cp % 64 != 0 || gap < 0) return 0;
+  if (g.stride != 1 || DirectKq(g) == 0 || gap < 0) return 0;
   int64_t r = kCallPixels;
   while (r > 0 && r + gap * ((g.ow - 1 + r - 1) / g.ow) > kCallPixels) --r;
   return r >= 56 && (g.oh * g.ow >= r || g.n == 1) ? r : 0;
@@ -166,7 +177,9 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     a = buf;
   }
   Int8FieldTerms(c, pix0, npix, terms);
-  const AmxTileConfig cfg;
+  const int64_t kq = direct ? DirectKq(g) : 16;  // direct: kq 16 steps span / 64 a row, else KW
+  const int64_t row_steps = kq == 16 ? span / 64 : g.kw;
+  const AmxTileConfig cfg(kq);
   _tile_loadconfig(&cfg);
   const int64_t bstride = c.q.gstride * 64;
   for (int64_t ob = ob0; ob < ob0 + nob; ob += kGroupBlocks) {
@@ -181,7 +194,8 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
         int32_t* out = raw + s * kStrip * ostride + b * kInt8Lanes;
         if (direct) {  // per kernel row, span / 64 steps from the image
           const int64_t a2 = na == 2 ? st.start[s + 1] - st.start[s] : 0;
-          step(st.start[s], a2, c.q.cp, 64, g.kh, c.q.row, w, bstride, span / 64, 16, out, ostride);
+          step(st.start[s], a2, c.q.cp, 4 * kq, g.kh, c.q.row, w, bstride, row_steps, kq, out,
+               ostride);
         } else {  // strips' rows kp bytes apart
           step(a + s * kStrip * kp, kStrip * kp, kp, 64, 1, 0, w, bstride, steps, 16, out, ostride);
         }
