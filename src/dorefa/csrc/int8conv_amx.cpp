@@ -87,12 +87,6 @@ struct Strips {
 // Packed pixels between an output row's last field and the next row's first (stride 1).
 int64_t RowGap(const ConvGeom& g) { return g.kw - 1 - g.pad; }
 
-// Whether a layer takes the direct path, and the output pixels of its calls: the most, up to
-// 64, whose fields with the row gaps between them fit 4 strips from any first pixel (64 for
-// the gathered path). Direct where that is at least 56 (the gaps' share of the tile work at
-// most 1/8) and a call crosses into another image at most once (images of at least that many
-// pixels, or one image): svhn's 7x7 layers at batch 32, 56-pixel calls over 2-3 images, ran
-// 5-8% slower direct, at batch 1 1.1-1.2x faster.
 // The direct path's steps: 64 bytes (kq 16), span / 64 a kernel row, where a kernel row is
 // whole 64-byte steps; else one tap (kq = cp / 4) a step, KW a row, where cp <= 64 and the
 // taps' KH KW steps are at most 1.3x the gathered path's (a TDPBUUD of K = 48 takes as long as
@@ -104,6 +98,12 @@ int64_t DirectKq(const ConvGeom& g) {
   return 0;
 }
 
+// Whether a layer takes the direct path, and the output pixels of its calls: the most, up to
+// 64, whose fields with the row gaps between them fit 4 strips from any first pixel (64 for
+// the gathered path). Direct where that is at least 56 (the gaps' share of the tile work at
+// most 1/8) and a call crosses into another image at most once (images of at least that many
+// pixels, or one image): svhn's 7x7 layers at batch 32, 56-pixel calls over 2-3 images, ran
+// 5-8% slower direct, at batch 1 1.1-1.2x faster.
 int64_t DirectCallPixels(const ConvGeom& g) {
   const int64_t gap = RowGap(g);  // < 0: a row's last fields overlap the next row's first
   if (g.stride != 1 || DirectKq(g) == 0 || gap < 0) return 0;
@@ -188,11 +188,11 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     for (int b = 0; b < nb; b += 2) {
       const uint8_t* w = c.wq + (ob + b) * bstride;
       for (int s = 0; s < strips; s += 2) {
-        // strips s, s + 1 x blocks b, b + 1 over 64-byte steps (kq 16)
+        // strips s, s + 1 x blocks b, b + 1 over the field's steps
         const int na = std::min(2, strips - s);
         const TileRowStepsFn step = kTileRowSteps<false>[na - 1][std::min(2, nb - b) - 1];
         int32_t* out = raw + s * kStrip * ostride + b * kInt8Lanes;
-        if (direct) {  // per kernel row, span / 64 steps from the image
+        if (direct) {  // per kernel row, row_steps steps from the image
           const int64_t a2 = na == 2 ? st.start[s + 1] - st.start[s] : 0;
           step(st.start[s], a2, c.q.cp, 4 * kq, g.kh, c.q.row, w, bstride, row_steps, kq, out,
                ostride);
