@@ -17,6 +17,7 @@ shared machine is not counted; with more, wall time.
 
     .venv/bin/python benchmarks/bench_int8.py                 # batch 1 and 32, 1 thread
     .venv/bin/python benchmarks/bench_int8.py --threads 2 --batches 1 --rounds 3
+    .venv/bin/python benchmarks/bench_int8.py --output requant --batches 32 --layers svhn
 """
 
 from __future__ import annotations
@@ -80,15 +81,33 @@ def torch_contestants(layer, n: int, rng: np.random.Generator) -> dict:
     }
 
 
-def kernel_contestants(layer, n: int, threads: int, rng: np.random.Generator) -> dict:
-    """(kernel, 'W?A?') -> one prepared 'signed' convolution on that kernel."""
+def prepared(pw, xb: int, x: np.ndarray, pad: int, output: str):
+    """A prepared convolution with the output mode: 'signed', or 'requant' to 2-bit codes (a
+    (1,2,6) layer's next activations: uint8 codes, torch int8's quint8 output is their like).
+    Its 3 thresholds per channel are evenly spaced, as a trained layer's (BatchNorm's affine
+    map of the quantizer's even steps), from the median of the signed outputs, half their
+    interquartile range apart."""
+    signed = K.prepare_conv(pw, xb, 1, pad, "signed")
+    if output == "signed":
+        return signed
+    q1, q2, q3 = np.quantile(signed(x, 1), [0.25, 0.5, 0.75])
+    step = max(1, int((q3 - q1) / 2))
+    thresholds = np.tile(int(q2) + step * np.arange(-1, 2, dtype=np.int32), (pw.shape[0], 1))
+    direction = np.ones(pw.shape[0], dtype=np.int8)
+    return K.prepare_conv(pw, xb, 1, pad, "requant", thresholds, direction)
+
+
+def kernel_contestants(
+    layer, n: int, threads: int, rng: np.random.Generator, output: str = "signed"
+) -> dict:
+    """(kernel, 'W?A?') -> one prepared convolution on that kernel (output mode `output`)."""
     out = {}
     available = K.available_kernels()
     for wb, xb in BIT_PAIRS:
         x = rng.integers(0, 1 << xb, (n, layer.c, layer.hw, layer.hw), dtype=np.uint8)
         w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
         pw = K.pack_weights(w, wb)
-        conv = K.prepare_conv(pw, xb, 1, layer.pad, "signed")
+        conv = prepared(pw, xb, x, layer.pad, output)
         for kernel in (*KERNELS, PICK):
             name = K.kernel_name("") if kernel == "popcount" else kernel
             if kernel != PICK and name not in available:
@@ -132,20 +151,29 @@ def main() -> None:
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--layers", default="", help="only the layers whose name contains this")
+    ap.add_argument(
+        "--output",
+        choices=("signed", "requant"),
+        default="signed",
+        help="our output: int32 signed sums, or 2-bit codes (requant, as torch's quint8)",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     torch.set_num_threads(args.threads)
     timer = time.thread_time if args.threads == 1 else time.perf_counter
     cols = ["layer", "N", "GHz", "bits", "kernel", "us", "GMAC/s", "MAC/cyc", "of ceiling"]
     cols += ["vs int8", "vs fp32"]
-    print(f"threads {args.threads}, popcount = {K.kernel_name()}, medians of {args.rounds}")
+    print(
+        f"threads {args.threads}, popcount = {K.kernel_name()}, medians of {args.rounds}, "
+        f"our output {args.output}"
+    )
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
     layers = [la for la in LAYERS if la.k == 3 and args.layers in la.name]
     for layer in layers:
         for n in (int(b) for b in args.batches.split(",")):
             fns = {
                 **torch_contestants(layer, n, rng),
-                **kernel_contestants(layer, n, args.threads, rng),
+                **kernel_contestants(layer, n, args.threads, rng, args.output),
             }
             clock = measure_clock_hz(args.threads)
             samples: dict = {k: [] for k in fns}
