@@ -443,7 +443,7 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   const int64_t band = BandRows(g), bands = (g.hp + band - 1) / band;
   const int64_t pack_items = g.n * bands;
   const int64_t npix = g.OutPixels();
-  const int64_t ptile = kernel.call_pixels != nullptr ? kernel.call_pixels(g) : kernel.pix_tile;
+  const int64_t ptile = kernel.prepare != nullptr ? kernel.prepare(&c) : kernel.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
   // As bitconv.cpp: with few pixel tiles, also split the output channels (in whole register
   // tiles), about two items per thread; otherwise one item covers all channels of its pixels.

@@ -113,6 +113,7 @@ struct Int8Conv {
   const class StartTable* starts = nullptr;  // int8 layout: the tiles' start sums, or null
   const uint8_t* tq = nullptr;               // lut kernels: the activation tables (lut.h)
   int64_t tslice = 0;                        // lut kernels: bytes per slice of tq
+  int64_t direct_kq = 0;  // int8-amx: its direct strips' kq, 0 where it gathers (int8conv_amx.cpp)
 
   // The first byte of the receptive field of output pixels pix0 .. pix0 + np - 1 (flattened
   // n, oy, ox) into xs[0 .. np - 1]: one division, then stepping along the rows.
@@ -194,8 +195,9 @@ struct Int8Kernel {
   int64_t ob_tile;   // 16-channel blocks a call handles best
   LutTablesFn tables = nullptr;  // lut: the activation tables built after packing
   bool dot_lanes = false;        // lut: the "lutdp" weight layout (lut.h), channels in dwords
-  // Output pixels per call for a layer, where not pix_tile (int8-amx's direct strips).
-  int64_t (*call_pixels)(const ConvGeom& g) = nullptr;
+  // Once per convolution, where set: the kernel's own per-layer choices into c (int8-amx's
+  // direct strips), and the output pixels of its calls (else pix_tile).
+  int64_t (*prepare)(Int8Conv* c) = nullptr;
   // The packed weights' layout: "int8" (above), or "lut" / "lutdp" (lut.h) for a kernel with
   // tables.
   const char* Layout() const { return tables == nullptr ? "int8" : dot_lanes ? "lutdp" : "lut"; }

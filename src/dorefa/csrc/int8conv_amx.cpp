@@ -75,7 +75,7 @@ void Gather(const Int8Conv& c, const int8_t* const* fields, int np, int64_t kp, 
 // row's end too, after the KW - 1 - pad packed pixels between (int8conv.h), whose rows are
 // summed and not stored. Pixel p of the call is row at[p] = 16 s + i of the strips' sums.
 // Strips are greedy: each starts at the first pixel the strips before do not cover. Calls are
-// sized so that 4 strips cover them (CallPixels), but where one crosses into the next image
+// sized so that 4 strips cover them (Prepare), but where one crosses into the next image
 // (one strip more).
 struct Strips {
   static constexpr int kMax = kCallPixels / kStrip + 1;
@@ -112,8 +112,10 @@ int64_t DirectCallPixels(const ConvGeom& g) {
   return r >= 56 && (g.oh * g.ow >= r || g.n == 1) ? r : 0;
 }
 
-int64_t CallPixels(const ConvGeom& g) {
-  const int64_t r = DirectCallPixels(g);
+// Int8Kernel::prepare: the layer's direct kq (0: gathered) and its calls' output pixels.
+int64_t Prepare(Int8Conv* c) {
+  const int64_t r = DirectCallPixels(*c->g);
+  c->direct_kq = r > 0 ? DirectKq(*c->g) : 0;
   return r > 0 ? r : kCallPixels;
 }
 
@@ -162,7 +164,7 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
   const int np = static_cast<int>(npix);
   const int64_t kp = c.q.gstride * 4, steps = c.q.gstride / 16, span = g.kw * c.q.cp;
   Strips st;
-  const bool direct = DirectCallPixels(g) > 0 && DirectStrips(c, pix0, np, &st);
+  const bool direct = c.direct_kq > 0 && DirectStrips(c, pix0, np, &st);
   const uint8_t* a = nullptr;
   int strips = (np + kStrip - 1) / kStrip;
   if (direct) {
@@ -177,7 +179,7 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     a = buf;
   }
   Int8FieldTerms(c, pix0, npix, terms);
-  const int64_t kq = direct ? DirectKq(g) : 16;  // direct: kq 16 steps span / 64 a row, else KW
+  const int64_t kq = direct ? c.direct_kq : 16;  // direct: kq 16 steps span / 64 a row, else KW
   const int64_t row_steps = kq == 16 ? span / 64 : g.kw;
   const AmxTileConfig cfg(kq);
   _tile_loadconfig(&cfg);
@@ -210,6 +212,6 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
 }  // namespace
 
 extern const Int8Kernel kInt8Amx = {"32x32",      &TileAmx, &Shift, kCallPixels,
-                                    kGroupBlocks, nullptr,  false,  &CallPixels};
+                                    kGroupBlocks, nullptr,  false,  &Prepare};
 
 }  // namespace dorefa
