@@ -28,6 +28,7 @@ backend avx512 (a name every build knows). Each side packs the weights with its 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import statistics
@@ -67,6 +68,13 @@ def main() -> None:
     ap.add_argument("--macs-per-round", type=float, default=1e8)
     ap.add_argument("--kernel-a", default="avx512", help="kernel, family or backend of A")
     ap.add_argument("--kernel-b", default="avx512", help="kernel, family or backend of B")
+    ap.add_argument(
+        "--mode",
+        default="acc",
+        choices=("acc", "signed", "requant"),
+        help="output: int32 sums, the signed transform, or 2-bit codes on evenly spaced "
+        "thresholds (as a trained layer's)",
+    )
     args = ap.parse_args()
 
     mod_a = load(args.a, "dorefa_ab_a")  # one file given twice is loaded once
@@ -91,11 +99,17 @@ def main() -> None:
         w = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
         words = {name: pack(mods[name], kernels[name], w, wb) for name in mods}
 
-        def call(name, x=x, words=words):
+        def call(name, x=x, words=words, mode=args.mode, t=None, d=None):
             return mods[name].bitconv(
-                kernels[name], x, words[name], o, c, k, k, xb, wb, 1, pad, args.threads, "acc",
-                None, None,
+                kernels[name], x, words[name], o, c, k, k, xb, wb, 1, pad, args.threads, mode,
+                t, d,
             )  # fmt: skip
+
+        if args.mode == "requant":  # 3 thresholds a channel over the middle of the signed sums
+            lo, hi = np.quantile(call("A", mode="signed"), [0.05, 0.95])
+            t = np.tile(np.linspace(lo, hi, 3).astype(np.int32), (o, 1))
+            d = np.ones(o, dtype=np.int8)
+            call = functools.partial(call, t=t, d=d)
 
         if not np.array_equal(call("A"), call("B")):
             raise SystemExit("the two builds disagree")

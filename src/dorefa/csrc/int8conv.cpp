@@ -170,17 +170,23 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   auto* wsum = reinterpret_cast<int32_t*>(bytes + q.WeightBytes());
   auto* tsum = wsum + q.ob * kInt8Lanes;  // Tsum[ob][t][lane]
   std::memset(bytes, 0, static_cast<size_t>(q.WeightWords() * 8));
+  // Weight v at byte i of the blocks, and 2 v - nw at byte i of the signed blocks (w_bits <= 7).
+  const int nw = (1 << g.w_bits) - 1;
+  auto put = [&](int64_t i, uint8_t v) {
+    bytes[i] = v;
+    if (q.has_signed) bytes[q.SignedOffset() + i] = static_cast<uint8_t>(2 * v - nw);
+  };
   uint8_t ors = 0;
   const int64_t taps = q.taps;
   // Sums modulo 2^32: they fit int32 for codes in range (the caller's bound); out-of-range
   // codes are reported.
   if (taps == 1 && g.c % 4 == 0) {  // 1x1: each lane's 4 channels are 4 neighbouring bytes
     for (int64_t o = 0; o < g.o; ++o) {
-      uint8_t* block = bytes + (o / kInt8Lanes) * q.gstride * 64 + (o % kInt8Lanes) * 4;
+      const int64_t at = (o / kInt8Lanes) * q.gstride * 64 + (o % kInt8Lanes) * 4;
       const uint8_t* row = w + o * g.c;
       uint32_t sum = 0;
       for (int64_t c = 0; c < g.c; c += 4) {
-        std::memcpy(block + c / 4 * 64, row + c, 4);
+        for (int i = 0; i < 4; ++i) put(at + c / 4 * 64 + i, row[c + i]);
         sum += uint32_t{row[c]} + row[c + 1] + row[c + 2] + row[c + 3];
         ors |= row[c] | row[c + 1] | row[c + 2] | row[c + 3];
       }
@@ -189,7 +195,7 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
     return ors;
   }
   for (int64_t o = 0; o < g.o; ++o) {
-    uint8_t* block = bytes + (o / kInt8Lanes) * q.gstride * 64 + (o % kInt8Lanes) * 4;
+    const int64_t at = (o / kInt8Lanes) * q.gstride * 64 + (o % kInt8Lanes) * 4;
     int32_t* ot = tsum + (o / kInt8Lanes) * taps * kInt8Lanes + o % kInt8Lanes;
     uint32_t sum = 0;
     for (int64_t t = 0; t < taps; ++t) {
@@ -199,7 +205,7 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
         ors |= v;
         tap += v;
         const int64_t j = t * (q.cp / 4) + c / 4;
-        block[j * 64 + c % 4] = v;
+        put(at + j * 64 + c % 4, v);
       }
       ot[t * kInt8Lanes] = static_cast<int32_t>(tap);
       sum += tap;
@@ -431,8 +437,11 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
                   static_cast<size_t>(c.tslice - 4 * g.n * c.q.image));
     c.tq = tq;
   }
+  if (kernel.tables == nullptr && c.q.has_signed)
+    c.wqs = reinterpret_cast<const int8_t*>(c.wq + c.q.SignedOffset());
+  const int64_t ptile = kernel.prepare != nullptr ? kernel.prepare(&c) : kernel.pix_tile;
   int32_t* pixsum = nullptr;
-  if (out.mode != Epilogue::kAcc) {
+  if (out.mode != Epilogue::kAcc && !c.d_sums) {
     pixsum = sums.Get(static_cast<size_t>(g.n * g.hp * g.wp));
     c.pixsum = pixsum;
   }
@@ -443,7 +452,6 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   const int64_t band = BandRows(g), bands = (g.hp + band - 1) / band;
   const int64_t pack_items = g.n * bands;
   const int64_t npix = g.OutPixels();
-  const int64_t ptile = kernel.prepare != nullptr ? kernel.prepare(&c) : kernel.pix_tile;
   const int64_t ntiles = (npix + ptile - 1) / ptile;
   // As bitconv.cpp: with few pixel tiles, also split the output channels (in whole register
   // tiles), about two items per thread; otherwise one item covers all channels of its pixels.
@@ -478,6 +486,7 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
       const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
       kernel.run(c, pix0, std::min(ptile, npix - pix0), ob0, std::min(ob_per_chunk, c.q.ob - ob0));
     }
+    if (kernel.done != nullptr) kernel.done();
     return ors;
   };
   return ParallelOr(nt, worker);

@@ -35,7 +35,12 @@
 // field's groups rounded up to 16 (whole AMX tiles). Missing channels (c >= C, o >= O) and
 // the groups past the field are zero. After the ob16 blocks come Wsum, 16 int32
 // per block, then the per-tap sums Tsum[ob][t][lane] = sum_c w (t = kh * KW + kw), 16 int32
-// per block and tap. The whole array is handed around as uint64 words (WeightWords of them).
+// per block and tap; then, where w_bits <= 7, the signed blocks: the same blocks of the signed
+// weights 2 w - nw (nw = 2^w_bits - 1; in [-127, 127], int8; zero where w is missing), with which
+//   D = 2 acc - nw S = sum x (2 w - nw)
+// is one dot product of unsigned codes by signed bytes, no field term (int8-amx's TDPBUSD, in
+// the signed and requant modes: Int8Conv::d_sums). The whole array is handed around as uint64
+// words (WeightWords of them).
 //
 // Skipping the padding (int8-vnni and int8-avx2: TileClasses, int8conv_store.h; int8-amx sums
 // every tap): a pixel near the
@@ -62,15 +67,16 @@ constexpr int64_t kInt8Lanes = 16;  // output channels per packed weight block
 
 // Derived sizes of the int8 layouts for a geometry (ConvGeom holds the shape).
 struct Int8Geom {
-  int64_t cp = 0;       // channels padded to a multiple of 4
-  int64_t groups = 0;   // 4-byte groups per receptive field: KH * KW * cp / 4
-  int64_t gstride = 0;  // groups per packed weight block: groups rounded up to 16
-  int64_t ob = 0;       // 16-channel blocks
-  int64_t pixel = 0;    // bytes per padded pixel (= cp)
-  int64_t row = 0;      // bytes per packed row ((w + pad) pixels, see above)
-  int64_t image = 0;    // bytes per packed image (hp rows)
-  int64_t slack = 0;    // bytes read past the last image: its right padding, 16 more pixels
-  int64_t taps = 0;     // KH * KW
+  int64_t cp = 0;           // channels padded to a multiple of 4
+  int64_t groups = 0;       // 4-byte groups per receptive field: KH * KW * cp / 4
+  int64_t gstride = 0;      // groups per packed weight block: groups rounded up to 16
+  int64_t ob = 0;           // 16-channel blocks
+  int64_t pixel = 0;        // bytes per padded pixel (= cp)
+  int64_t row = 0;          // bytes per packed row ((w + pad) pixels, see above)
+  int64_t image = 0;        // bytes per packed image (hp rows)
+  int64_t slack = 0;        // bytes read past the last image: its right padding, 16 more pixels
+  int64_t taps = 0;         // KH * KW
+  bool has_signed = false;  // the signed blocks follow Tsum (w_bits <= 7)
   explicit Int8Geom(const ConvGeom& g)
       : cp((g.c + 3) / 4 * 4),
         groups(g.kh * g.kw * cp / 4),
@@ -80,9 +86,11 @@ struct Int8Geom {
         row((g.w + g.pad) * cp),
         image(g.hp * row),
         slack((g.pad + 16) * cp),
-        taps(g.kh * g.kw) {}
+        taps(g.kh * g.kw),
+        has_signed(g.w_bits <= 7) {}
   int64_t WeightBytes() const { return ob * gstride * 64; }  // then Wsum and Tsum
-  int64_t WeightWords() const { return (WeightBytes() + ob * kInt8Lanes * 4 * (1 + taps)) / 8; }
+  int64_t SignedOffset() const { return WeightBytes() + ob * kInt8Lanes * 4 * (1 + taps); }
+  int64_t WeightWords() const { return (SignedOffset() + (has_signed ? WeightBytes() : 0)) / 8; }
 };
 
 // Image n of the codes x (N, C, H, W) in the packed activation layout above (Int8Geom(g).image
@@ -114,6 +122,10 @@ struct Int8Conv {
   const uint8_t* tq = nullptr;               // lut kernels: the activation tables (lut.h)
   int64_t tslice = 0;                        // lut kernels: bytes per slice of tq
   int64_t direct_kq = 0;  // int8-amx: its direct strips' kq, 0 where it gathers (int8conv_amx.cpp)
+  const int8_t* wqs = nullptr;  // int8 layout: the signed blocks (w_bits <= 7), else null
+  // The tiles sum D = sum x (2 w - nw) on the signed blocks (kSigned, kRequant; set by the
+  // kernel's prepare): the store takes their sums as D, and there is no field term (pixsum null).
+  bool d_sums = false;
 
   // The first byte of the receptive field of output pixels pix0 .. pix0 + np - 1 (flattened
   // n, oy, ox) into xs[0 .. np - 1]: one division, then stepping along the rows.
@@ -198,6 +210,9 @@ struct Int8Kernel {
   // Once per convolution, where set: the kernel's own per-layer choices into c (int8-amx's
   // direct strips), and the output pixels of its calls (else pix_tile).
   int64_t (*prepare)(Int8Conv* c) = nullptr;
+  // Where set: called by each thread after its last call of a convolution (int8-amx releases
+  // the tile configuration its calls loaded once).
+  void (*done)() = nullptr;
   // The packed weights' layout: "int8" (above), or "lut" / "lutdp" (lut.h) for a kernel with
   // tables.
   const char* Layout() const { return tables == nullptr ? "int8" : dot_lanes ? "lutdp" : "lut"; }

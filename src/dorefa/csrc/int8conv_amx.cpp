@@ -112,8 +112,11 @@ int64_t DirectCallPixels(const ConvGeom& g) {
   return r >= 56 && (g.oh * g.ow >= r || g.n == 1) ? r : 0;
 }
 
-// Int8Kernel::prepare: the layer's direct kq (0: gathered) and its calls' output pixels.
+// Int8Kernel::prepare: the layer's direct kq (0: gathered), whether its tiles sum D on the
+// signed blocks (kSigned and kRequant where w_bits <= 7: no field terms, and the store does
+// less: svhn's 64->64 at batch 32 ...), and its calls' output pixels.
 int64_t Prepare(Int8Conv* c) {
+  c->d_sums = c->mode != Epilogue::kAcc && c->wqs != nullptr;
   const int64_t r = DirectCallPixels(*c->g);
   c->direct_kq = r > 0 ? DirectKq(*c->g) : 0;
   return r > 0 ? r : kCallPixels;
@@ -154,6 +157,17 @@ void CompactRows(const Strips& st, int np, int64_t ostride, int32_t* sums) {
   }
 }
 
+// The kq of the tile configuration this thread has loaded in the convolution it runs (0: none).
+// LDTILECFG zeroes the tiles and costs ~2% of a call on svhn's 64->64 at batch 32: it is loaded
+// once a convolution (and again where a call's kq differs), released by ReleaseTiles.
+thread_local int64_t tcfg_kq = 0;
+void LoadTileConfig(int64_t kq) {
+  if (kq == tcfg_kq) return;
+  const AmxTileConfig cfg(kq);
+  _tile_loadconfig(&cfg);
+  tcfg_kq = kq;
+}
+
 // A call: the fields (direct strips, else a gathered copy), then per group of up to 4 blocks
 // the sums of every strip pair x block pair, and the store, 8 pixels at a time (as
 // TileClasses).
@@ -178,21 +192,23 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     std::memset(buf + np * kp, 0, static_cast<size_t>((strips * kStrip - np) * kp));
     a = buf;
   }
-  Int8FieldTerms(c, pix0, npix, terms);
+  if (!c.d_sums) Int8FieldTerms(c, pix0, npix, terms);  // else the store reads none
   const int64_t kq = direct ? c.direct_kq : 16;  // direct: kq 16 steps span / 64 a row, else KW
   const int64_t row_steps = kq == 16 ? span / 64 : g.kw;
-  const AmxTileConfig cfg(kq);
-  _tile_loadconfig(&cfg);
+  LoadTileConfig(kq);
   const int64_t bstride = c.q.gstride * 64;
+  // TDPBUSD on the signed blocks (the sums are D), else TDPBUUD on the codes' blocks.
+  const auto* wbase = c.d_sums ? reinterpret_cast<const uint8_t*>(c.wqs) : c.wq;
+  const auto& steps_fn = c.d_sums ? kTileRowSteps<true> : kTileRowSteps<false>;
   for (int64_t ob = ob0; ob < ob0 + nob; ob += kGroupBlocks) {
     const int nb = static_cast<int>(std::min<int64_t>(kGroupBlocks, ob0 + nob - ob));
     const int64_t ostride = nb * kInt8Lanes;
     for (int b = 0; b < nb; b += 2) {
-      const uint8_t* w = c.wq + (ob + b) * bstride;
+      const uint8_t* w = wbase + (ob + b) * bstride;
       for (int s = 0; s < strips; s += 2) {
         // strips s, s + 1 x blocks b, b + 1 over the field's steps
         const int na = std::min(2, strips - s);
-        const TileRowStepsFn step = kTileRowSteps<false>[na - 1][std::min(2, nb - b) - 1];
+        const TileRowStepsFn step = steps_fn[na - 1][std::min(2, nb - b) - 1];
         int32_t* out = raw + s * kStrip * ostride + b * kInt8Lanes;
         if (direct) {  // per kernel row, row_steps steps from the image
           const int64_t a2 = na == 2 ? st.start[s + 1] - st.start[s] : 0;
@@ -206,12 +222,17 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     if (direct) CompactRows(st, np, ostride, raw);
     StoreCall<VnniStore>(c, pix0, npix, ob, nb, raw, terms);
   }
-  _tile_release();
+}
+
+// Int8Kernel::done: the tile configuration released.
+void ReleaseTiles() {
+  if (tcfg_kq != 0) _tile_release();
+  tcfg_kq = 0;
 }
 
 }  // namespace
 
-extern const Int8Kernel kInt8Amx = {"32x32",      &TileAmx, &Shift, kCallPixels,
-                                    kGroupBlocks, nullptr,  false,  &Prepare};
+extern const Int8Kernel kInt8Amx = {"32x32", &TileAmx, &Shift,   kCallPixels,  kGroupBlocks,
+                                    nullptr, false,    &Prepare, &ReleaseTiles};
 
 }  // namespace dorefa

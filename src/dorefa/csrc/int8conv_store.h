@@ -2,6 +2,7 @@
 // a tile of np <= 8 pixels, split where it crosses into the next image (so each channel's
 // outputs in a segment are a run of neighbours in the NCHW plane), per 16-channel block,
 //   acc = raw + z Wsum,   D = 2 acc - nw S      (modulo 2^32: the true values fit int32)
+// (D = raw where the tiles summed it on the signed weights: Int8Conv::d_sums)
 // and, in kRequant, the codes of D on the rows' lines (requant_table.h) in vectors (a row
 // without a line is searched, lane by lane). The block's np x 16 values then go out channel by
 // channel, each channel's run as a few plain stores, not one strided store per output: int32
@@ -11,7 +12,7 @@
 // Isa provides kLanes (channels per vector: 16 or 8), its vector type Vec of int32 lanes with
 // Zero(), Or(a, b), Shl(a, bits) and Store(uint32_t*, a), StoreInt32 (a block's int32 outputs,
 // as StoreInt32Ymm below), and a type Lanes, made once per block
-// for channels o .. o + kLanes - 1 (Lanes(tab, o, wsum, z): z Wsum, the signs and the lines
+// for channels o .. o + kLanes - 1 (Lanes(c, o): z Wsum, the signs and the lines
 // in registers) with Codes(raw, nws): one pixel's codes of D on the lines (exact where
 // tab.line is set; in [0, T] on every lane).
 // Internal linkage, one copy per ISA file (as wgrad_direct.h); AVX2 instructions only outside
@@ -109,9 +110,10 @@ inline void StoreInt32Ymm(const Int8Conv& c, int64_t o0, const int32_t* raw, int
     for (int h = 0; h < 2; ++h) {
       __m256i d = _mm256_setzero_si256();
       if (p < np) {
-        const __m256i acc = _mm256_add_epi32(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + p * step + 8 * h)), zw[h]);
-        d = _mm256_sub_epi32(_mm256_sll_epi32(acc, one), _mm256_set1_epi32(nws[p]));
+        const __m256i v =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + p * step + 8 * h));
+        const __m256i acc = _mm256_add_epi32(v, zw[h]);
+        d = c.d_sums ? v : _mm256_sub_epi32(_mm256_sll_epi32(acc, one), _mm256_set1_epi32(nws[p]));
       }
       _mm256_store_si256(reinterpret_cast<__m256i*>(v[p] + 8 * h), d);
     }
@@ -131,7 +133,7 @@ void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int run, int nb, int
   const ThresholdTable& tab = *c.table;
   alignas(64) uint32_t word[2][kInt8Lanes];
   for (int h = 0; h < kInt8Lanes; h += Isa::kLanes) {
-    const typename Isa::Lanes line(tab, o0 + h, c.wsum + o0 + h, c.shift);
+    const typename Isa::Lanes line(c, o0 + h);
     const int32_t* in = raw + b * kInt8Lanes + h;
     const int64_t step = nb * kInt8Lanes;
     Vec lo = Isa::Zero(), hi = Isa::Zero();
@@ -149,9 +151,9 @@ void StoreBlockCodes(const Int8Conv& c, int64_t o0, int np, int run, int nb, int
   for (int l = 0; l < kInt8Lanes && !all_lines; ++l) {
     if (tab.line[o0 + l]) continue;
     for (int p = 0; p < np; ++p) {
-      const uint32_t acc = static_cast<uint32_t>(raw[(p * nb + b) * kInt8Lanes + l]) +
-                           z * static_cast<uint32_t>(c.wsum[o0 + l]);
-      const auto d = static_cast<int32_t>(2 * acc - static_cast<uint32_t>(nws[p]));
+      const int32_t v = raw[(p * nb + b) * kInt8Lanes + l];
+      const uint32_t acc = static_cast<uint32_t>(v) + z * static_cast<uint32_t>(c.wsum[o0 + l]);
+      const auto d = c.d_sums ? v : static_cast<int32_t>(2 * acc - static_cast<uint32_t>(nws[p]));
       const int shift = 8 * (p % 4);
       uint32_t& w = word[p / 4][l];
       w = (w & ~(0xFFu << shift)) | uint32_t{RequantCode(tab, o0 + l, d)} << shift;

@@ -34,9 +34,11 @@ struct Avx2Store {
     __m256i zw, neg, lo, hi;
     __m256d mul[2], add[2];
     __m256 fmul, fadd;
-    bool flt;  // every row takes the float line (requant_table.h)
-    Lanes(const ThresholdTable& tab, int64_t o, const int32_t* wsum, int32_t z) {
-      zw = _mm256_mullo_epi32(_mm256_set1_epi32(z), Load(wsum));
+    bool flt;     // every row takes the float line (requant_table.h)
+    bool d_sums;  // the sums are D (Int8Conv::d_sums)
+    Lanes(const Int8Conv& c, int64_t o) : d_sums(c.d_sums) {
+      const ThresholdTable& tab = *c.table;
+      zw = _mm256_mullo_epi32(_mm256_set1_epi32(c.shift), Load(c.wsum + o));
       int64_t neg8;
       std::memcpy(&neg8, tab.neg.data() + o, 8);
       neg =
@@ -56,8 +58,10 @@ struct Avx2Store {
       return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     }
     Vec Codes(const int32_t* raw, int32_t nws) const {
-      const __m256i acc = _mm256_add_epi32(Load(raw), zw);
-      const __m256i dv = _mm256_sub_epi32(_mm256_slli_epi32(acc, 1), _mm256_set1_epi32(nws));
+      const __m256i v = Load(raw);
+      const __m256i dv = d_sums ? v
+                                : _mm256_sub_epi32(_mm256_slli_epi32(_mm256_add_epi32(v, zw), 1),
+                                                   _mm256_set1_epi32(nws));
       const __m256i sd = _mm256_blendv_epi8(dv, _mm256_sub_epi32(_mm256_setzero_si256(), dv), neg);
       const __m256i x = _mm256_min_epi32(_mm256_max_epi32(sd, lo), hi);
       if (flt) {  // the float line (requant_table.h)

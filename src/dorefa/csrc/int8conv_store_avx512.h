@@ -37,7 +37,12 @@ struct VnniStore {
     for (int p = 0; p < kMaxStorePixels; ++p) {
       r[p] = _mm512_setzero_si512();
       if (p >= np) continue;
-      const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw + p * step), zw);
+      const __m512i v = _mm512_loadu_si512(raw + p * step);
+      if (c.d_sums) {  // the sums are D
+        r[p] = v;
+        continue;
+      }
+      const __m512i acc = _mm512_add_epi32(v, zw);
       r[p] =
           signed_d ? _mm512_sub_epi32(_mm512_add_epi32(acc, acc), _mm512_set1_epi32(nws[p])) : acc;
     }
@@ -71,10 +76,12 @@ struct VnniStore {
     __m512d mul[2], add[2];
     __m512 fmul, fadd;
     __mmask16 neg;
-    bool flt;  // every row takes the float line
-    Lanes(const ThresholdTable& t, int64_t o, const int32_t* wsum, int32_t z)
+    bool flt;     // every row takes the float line
+    bool d_sums;  // the sums are D (Int8Conv::d_sums)
+    Lanes(const Int8Conv& c, int64_t o) : Lanes(*c.table, c, o) {}
+    Lanes(const ThresholdTable& t, const Int8Conv& c, int64_t o)
         : tab(&t),
-          zw(_mm512_mullo_epi32(_mm512_set1_epi32(z), _mm512_loadu_si512(wsum))),
+          zw(_mm512_mullo_epi32(_mm512_set1_epi32(c.shift), _mm512_loadu_si512(c.wsum + o))),
           lo(_mm512_loadu_si512(t.lo.data() + o)),
           hi(_mm512_loadu_si512(t.hi.data() + o)),
           mul{_mm512_loadu_pd(t.mul.data() + o), _mm512_loadu_pd(t.mul.data() + o + 8)},
@@ -84,10 +91,13 @@ struct VnniStore {
           neg(_mm_test_epi8_mask(
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(t.neg.data() + o)),
               _mm_set1_epi8(1))),
-          flt(t.FloatRows(o, kLanes)) {}
+          flt(t.FloatRows(o, kLanes)),
+          d_sums(c.d_sums) {}
     Vec Codes(const int32_t* raw, int32_t nws) const {
-      const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(raw), zw);
-      const __m512i dv = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(nws));
+      const __m512i v = _mm512_loadu_si512(raw);
+      const __m512i dv = d_sums ? v
+                                : _mm512_sub_epi32(_mm512_slli_epi32(_mm512_add_epi32(v, zw), 1),
+                                                   _mm512_set1_epi32(nws));
       const __m512i sd = _mm512_mask_sub_epi32(dv, neg, _mm512_setzero_si512(), dv);
       return flt ? RequantOnFloatLines(sd, lo, hi, fmul, fadd)
                  : RequantOnLines(sd, lo, hi, mul, add);
