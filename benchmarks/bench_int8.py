@@ -27,51 +27,16 @@ import statistics
 import time
 
 import bench_kernels
+import ceilings
 import numpy as np
 import torch
 from bench_kernels import LAYERS, SETTLE_SECONDS, measure_clock_hz
 
 import dorefa.kernels as K
-from dorefa.kernels import choose
 
 BIT_PAIRS = ((1, 2), (2, 2), (1, 4), (8, 8))  # (w_bits, x_bits)
 KERNELS = ("popcount", "int8-amx", "int8-vnni", "int8-avx2", "lut-vnni", "lut-avx512", "lut-avx2")
 PICK = "pick"  # the engine's per-layer choice (kernels/choose.py), nothing forced
-
-# MAC/cycle ceilings per core (derivations in docs/kernels.md, "Ceilings"): popcount kernels
-# from bench_kernels.BINARY_CEILING divided by the W * A plane pairs; int8 kernels flat in the
-# bits (one VPDPBUSD zmm per cycle = 64; AVX2 VPMADDUBSW + VPMADDWD: 50, the W8A8 nibble path 15;
-# AMX: one TDPBUUD of 16 x 16 x 64 MACs per 16 cycles = 1024).
-INT8_CEILING = {"int8-amx": 1024.0, "int8-vnni": 64.0, "int8-avx2": 50.0}
-INT8_AVX2_W8A8_CEILING = 15.0
-
-
-# lut kernels (Zen 4 / Zen 2: four 256-bit pipes): per 256 MACs of one weight plane and one
-# activation slice, 2 zmm ops (VPSHUFB, VPADDB) plus the widening, i.e. 2 x lut_lookups ops,
-# 2 zmm ops a cycle; VPSHUFB on two of the pipes caps it at 256. lut-vnni: one VPERMB and one
-# VPDPBUSD, four 256-bit halves on three pipes: 192 per plane and slice.
-LUT_VNNI_CEILING = 192.0
-
-
-def lut_ceiling(wb: int, xb: int, family: str = "lut-avx512") -> float:
-    """MAC/cycle ceiling of a lut kernel family at W = wb, A = xb."""
-    slices = len(choose.lut_slices(xb))
-    if family in choose.LUT_DWORD_SUMS:
-        return LUT_VNNI_CEILING / slices / wb
-    return min(256.0 / choose.lut_lookups(1, xb), 256.0 / slices) / wb
-
-
-def ceiling(kernel: str, wb: int, xb: int) -> float:
-    """MAC/cycle ceiling of a kernel name at W = wb, A = xb (NaN where none is derived)."""
-    family = kernel.split("/")[0]
-    if family.startswith("lut-"):
-        return lut_ceiling(wb, xb, family)
-    if family == "int8-avx2" and wb == xb == 8:
-        return INT8_AVX2_W8A8_CEILING
-    if family in INT8_CEILING:
-        return INT8_CEILING[family]
-    backend = family.removeprefix("popcount-")
-    return bench_kernels.BINARY_CEILING.get(backend, float("nan")) / (wb * xb)
 
 
 def torch_contestants(layer, n: int, rng: np.random.Generator) -> dict:
@@ -131,7 +96,7 @@ def _share(key, per_cycle: float) -> str:
         return "-"
     kernel, bits = key
     wb, xb = (int(v) for v in bits[1:].split("A"))
-    return f"{per_cycle / ceiling(kernel.removeprefix('pick: '), wb, xb):.0%}"
+    return f"{per_cycle / ceilings.ceiling(kernel.removeprefix('pick: '), wb, xb):.0%}"
 
 
 def time_round(fn, min_seconds: float, clock) -> float:

@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import ceilings
 import cpu_clock
 import numpy as np
 import torch
@@ -168,16 +169,10 @@ def time_round(fn, min_seconds: float) -> float:
     return elapsed / reps
 
 
-# Binary MACs per cycle and core of the popcount kernels (docs/kernels.md derives both; W1A2 is
-# half): AVX-512 24 x (AND, VPOPCNTQ, ADD) in 36 cycles (Sapphire Rapids: 2 ports x 512 bits;
-# Zen 4: 4 pipes x 256 bits); AVX2 51 vector ops (3 broadcasts included) per 1536 in 12.75
-# cycles on 4 pipes.
-BINARY_CEILING = {"avx512": 341.33, "avx2": 120.47}
-
-
 def ceiling() -> dict[str, float]:
-    """W1A2 / W1A1 MAC/cycle ceilings of the backend in use (NaN where none is derived)."""
-    binary = BINARY_CEILING.get(K.backend(), float("nan"))
+    """W1A2 / W1A1 MAC/cycle ceilings of the backend in use on this CPU family (ceilings.py;
+    NaN where none is derived)."""
+    binary = ceilings.binary(K.backend())
     return {"W1A2": binary / 2, "W1A1": binary}
 
 

@@ -41,13 +41,17 @@ inline void Finish(const ConvGeom& g, const __m256i (&total)[2], int64_t s, int6
   const int64_t ohw = g.oh * g.ow;
   const int64_t obase = ob * kLanes;
   const int64_t nlanes = std::min<int64_t>(kLanes, g.o - obase);
-  alignas(32) int64_t lanes[kLanes];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total[0]);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 4), total[1]);
-  const int64_t nws = ((int64_t{1} << g.w_bits) - 1) * s;
+  // The 8 counts' low halves in order (each fits int32), then D = 2 acc - nw S modulo 2^32:
+  // it fits int32 (bindings check |D| <= INT32_MAX).
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  __m256i dv = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(total[0], even),
+                                  _mm256_permutevar8x32_epi32(total[1], even), 0xF0);
+  if constexpr (kMode != Epilogue::kAcc) {
+    const auto nws = static_cast<int32_t>(((int64_t{1} << g.w_bits) - 1) * s);
+    dv = _mm256_sub_epi32(_mm256_add_epi32(dv, dv), _mm256_set1_epi32(nws));
+  }
   alignas(32) int32_t d[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l)  // D fits int32 (bindings check |D| <= INT32_MAX)
-    d[l] = static_cast<int32_t>(kMode == Epilogue::kAcc ? lanes[l] : 2 * lanes[l] - nws);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(d), dv);
   if constexpr (kMode != Epilogue::kRequant) {
     for (int64_t l = 0; l < nlanes; ++l) acc[out + (obase + l) * ohw] = d[l];
   } else if (ep.table != nullptr) {
@@ -55,7 +59,6 @@ inline void Finish(const ConvGeom& g, const __m256i (&total)[2], int64_t s, int6
       ep.codes[out + (obase + l) * ohw] = RequantCode(*ep.table, obase + l, d[l]);
   } else {
     const __m256i neg = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.lane_neg + obase));
-    const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d));
     const __m256i sd = _mm256_sub_epi32(_mm256_xor_si256(dv, neg), neg);  // -D where s = -1
     const int32_t* u = ep.lane_u + ob * ep.t * kLanes;
     __m256i code = _mm256_setzero_si256();
