@@ -110,10 +110,11 @@ inline void StoreInt32Ymm(const Int8Conv& c, int64_t o0, const int32_t* raw, int
     for (int h = 0; h < 2; ++h) {
       __m256i d = _mm256_setzero_si256();
       if (p < np) {
-        const __m256i v =
+        const __m256i sums =
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + p * step + 8 * h));
-        const __m256i acc = _mm256_add_epi32(v, zw[h]);
-        d = c.d_sums ? v : _mm256_sub_epi32(_mm256_sll_epi32(acc, one), _mm256_set1_epi32(nws[p]));
+        const __m256i acc = _mm256_add_epi32(sums, zw[h]);
+        d = c.d_sums ? sums
+                     : _mm256_sub_epi32(_mm256_sll_epi32(acc, one), _mm256_set1_epi32(nws[p]));
       }
       _mm256_store_si256(reinterpret_cast<__m256i*>(v[p] + 8 * h), d);
     }
