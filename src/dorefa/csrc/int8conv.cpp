@@ -397,6 +397,16 @@ namespace {
 // fetched ahead (Int8Conv::prefetch): at batch 1 they stay in L2 (~1 MB a core on Zen 4).
 constexpr int64_t kPrefetchOutputBytes = 1 << 20;
 
+// An int8 kernel's batch whose packed images take more bytes than kChunkAbove is run in chunks
+// of kChunkBytes (at least one image), each packed and convolved by one thread: packed all at
+// once, AlexNet conv3's batch of 32 (1.7 MB) had left L2 before the tiles read it. int8-amx,
+// requant, batch 32, one process: 1.09x (medians) and 1.11x (best rounds) at 1 and at 2 threads;
+// int8-vnni 1.04x, int8-avx2 1.01-1.04x. Chunks of 128 KB or more gained less (two images:
+// 1.07x, eight: 0.99x); below 1 MB (svhn's layers, 0.3-0.8 MB at batch 32) 0.97-1.03x, and
+// with both threads inside each chunk (a barrier a chunk) 2 threads ran slower than unchunked.
+constexpr int64_t kChunkAbove = 1 << 20;
+constexpr int64_t kChunkBytes = 64 << 10;
+
 // The whole convolution of the images of g in one parallel region (RunInt8Conv).
 uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wq,
                   const ConvOutput& out, bool prefetch, int threads) {
@@ -492,26 +502,47 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   return ParallelOr(nt, worker);
 }
 
+// Images [n0, n0 + count) of the convolution (RunImages on that part of the batch).
+uint8_t RunPart(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wq,
+                const ConvOutput& out, bool prefetch, int64_t n0, int64_t count, int threads) {
+  ConvGeom part = g;
+  part.n = count;
+  ConvOutput o = out;
+  const int64_t res = g.o * g.oh * g.ow;
+  if (o.acc != nullptr) o.acc += n0 * res;
+  if (o.codes != nullptr) o.codes += n0 * res;
+  return RunImages(kernel, part, x + n0 * g.c * g.h * g.w, wq, o, prefetch, threads);
+}
+
 }  // namespace
 
 uint8_t RunInt8Conv(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
                     const uint64_t* wq, const ConvOutput& out, int threads) {
   const bool prefetch = out.acc != nullptr && 4 * g.OutPixels() * g.o > kPrefetchOutputBytes;
-  if (kernel.tables == nullptr) return RunImages(kernel, g, x, wq, out, prefetch, threads);
+  const int64_t image = Int8Geom(g).image;
+  if (kernel.tables == nullptr) {
+    // A batch whose packed images pass kChunkAbove: chunks of kChunkBytes (at least one
+    // image), each packed and convolved by one thread while its packed rows are in cache.
+    const int64_t chunk = std::clamp<int64_t>(kChunkBytes / image, 1, g.n);
+    const int64_t chunks = (g.n + chunk - 1) / chunk;
+    if (g.n * image <= kChunkAbove || chunks < threads)
+      return RunImages(kernel, g, x, wq, out, prefetch, threads);
+    HomeQueue queue(chunks, threads);
+    return ParallelOr(threads, [&](int tid, auto&& /*barrier*/) -> uint8_t {
+      uint8_t ors = 0;
+      for (int64_t i; queue.Next(tid, &i);)
+        ors |= RunPart(kernel, g, x, wq, out, prefetch, i * chunk, std::min(chunk, g.n - i * chunk),
+                       1);
+      return ors;
+    });
+  }
   // lut kernels: the batch in chunks of images whose tables fit kLutTableBytes (at least one
   // image), packed and then convolved while their tables are still in L2.
-  const int64_t per_image = 4 * Int8Geom(g).image * LutSlices(g.x_bits).count;
+  const int64_t per_image = 4 * image * LutSlices(g.x_bits).count;
   const int64_t chunk = std::clamp<int64_t>(kLutTableBytes / per_image, 1, g.n);
-  const int64_t in = g.c * g.h * g.w, res = g.o * g.oh * g.ow;
   uint8_t ors = 0;
-  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-    ConvGeom part = g;
-    part.n = std::min(chunk, g.n - n0);
-    ConvOutput o = out;
-    if (o.acc != nullptr) o.acc += n0 * res;
-    if (o.codes != nullptr) o.codes += n0 * res;
-    ors |= RunImages(kernel, part, x + n0 * in, wq, o, prefetch, threads);
-  }
+  for (int64_t n0 = 0; n0 < g.n; n0 += chunk)
+    ors |= RunPart(kernel, g, x, wq, out, prefetch, n0, std::min(chunk, g.n - n0), threads);
   return ors;
 }
 
