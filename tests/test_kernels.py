@@ -172,11 +172,14 @@ def test_padding_summed_or_skipped(kernel, bits, hw):
 # one step each (48 and 44 channels; int8-amx reads their fields straight from the packed
 # image, in strips across output rows: int8conv_amx.cpp), beside the
 # packed rows' shared padding (int8conv.h) that every int8 and lut kernel reads: calls that
-# cross into the next image (18x18, 13x11), 7x7 (one image: direct; four: gathered, as calls
-# would span three images), a 1x1 layer whose images follow one another without a gap, a 4-wide
-# kernel with padding 2, a valid layer, and a 1x1 kernel with padding 1, whose output rows are
-# wider than the packed rows (no strips there).
+# cross into the next image (18x18, 13x11), 7x7 outputs (one call an image: padded 7x7 with one
+# and with four images, valid 9x9 with three), 5x5 outputs of a valid 7x7 (gathered: the image
+# fills too little of its strips), a 1x1 layer whose images follow one another without a gap,
+# a 4-wide kernel with padding 2, a valid layer, and a 1x1 kernel with padding 1, whose output
+# rows are wider than the packed rows (no strips there).
 DIRECT_SHAPES = [
+    (3, 64, 9, 9, 16, 3, 1, 0),
+    (3, 32, 7, 7, 16, 3, 1, 0),
     (2, 64, 3, 3, 8, 1, 1, 1),
     (3, 64, 18, 18, 20, 3, 1, 1),
     (3, 48, 18, 18, 20, 3, 1, 1),
