@@ -193,17 +193,14 @@ DIRECT_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", NATIVE)
-@pytest.mark.parametrize("bits", [(1, 1), (2, 1), (8, 8)], ids=lambda b: f"x{b[0]}w{b[1]}")
-@pytest.mark.parametrize("shape", DIRECT_SHAPES, ids=ids)
-def test_fields_read_from_the_image(kernel, bits, shape):
-    """acc, signed (1 and 2 threads) and requant outputs equal the reference's."""
+def assert_layer_outputs(kernel, bits, shape):
+    """acc, signed (1 and 2 threads) and requant outputs of a layer (n, c, h, w, o, k, stride,
+    padding) on random codes equal the reference's; random sorted thresholds and directions."""
     n, c, h, w, o, k, s, p = shape
     xb, wb = bits
     rng = np.random.default_rng([xb, wb, *shape])
     x = rng.integers(0, 1 << xb, (n, c, h, w), dtype=np.uint8)
-    wc = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
-    pw = K.pack_weights(wc, wb)
+    pw = K.pack_weights(rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8), wb)
     signed = R.bitconv2d_signed(x, pw, xb, s, p)
     th = np.sort(rng.integers(signed.min(), signed.max() + 1, (o, 3)), axis=1).astype(np.int32)
     direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
@@ -217,6 +214,13 @@ def test_fields_read_from_the_image(kernel, bits, shape):
     np.testing.assert_array_equal(codes, R.bitconv2d_requant(x, pw, xb, s, p, th, direction))
 
 
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("bits", [(1, 1), (2, 1), (8, 8)], ids=lambda b: f"x{b[0]}w{b[1]}")
+@pytest.mark.parametrize("shape", DIRECT_SHAPES, ids=ids)
+def test_fields_read_from_the_image(kernel, bits, shape):
+    assert_layer_outputs(kernel, bits, shape)
+
+
 # Batches whose packed int8 images pass 1 MB: the int8 kernels run them in chunks of images
 # (int8conv.cpp, RunInt8Conv), one thread a chunk: images of 265 KB one a chunk, of 28 KB two
 # (41 images: the last chunk one).
@@ -227,22 +231,7 @@ CHUNKED_SHAPES = [(5, 4, 256, 256, 8, 3, 1, 1), (41, 16, 40, 40, 8, 3, 1, 1)]
 @pytest.mark.parametrize("bits", [(2, 1), (8, 8)], ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("shape", CHUNKED_SHAPES, ids=ids)
 def test_batch_in_chunks(kernel, bits, shape):
-    """acc on 1 and 2 threads, signed and requant outputs equal the reference's."""
-    n, c, h, w, o, k, s, p = shape
-    xb, wb = bits
-    rng = np.random.default_rng([xb, wb, *shape])
-    x = rng.integers(0, 1 << xb, (n, c, h, w), dtype=np.uint8)
-    pw = K.pack_weights(rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8), wb)
-    signed = R.bitconv2d_signed(x, pw, xb, s, p)
-    th = np.sort(rng.integers(signed.min(), signed.max() + 1, (o, 3)), axis=1).astype(np.int32)
-    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
-    acc = R.bitconv2d_packed(x, pw, xb, s, p)
-    with K.use_kernel(kernel):
-        for t in (1, 2):
-            np.testing.assert_array_equal(K.bitconv2d_packed(x, pw, xb, s, p, threads=t), acc)
-        np.testing.assert_array_equal(K.bitconv2d_signed(x, pw, xb, s, p), signed)
-        codes = K.bitconv2d_requant(x, pw, xb, s, p, th, direction)
-    np.testing.assert_array_equal(codes, R.bitconv2d_requant(x, pw, xb, s, p, th, direction))
+    assert_layer_outputs(kernel, bits, shape)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
