@@ -11,6 +11,9 @@
 //   B: 16 groups x (16 output channels x 4 bytes): 16 consecutive groups of the packed weight
 //      block, wq[ob][16 s .. 16 s + 15] (the int8 layout, gstride a multiple of 16);
 //   C: the int32 sums of 16 pixels x 16 channels.
+// In the signed and requant modes with w_bits <= 7 the B tiles come from the layout's signed
+// blocks (2 w - nw, int8) and TDPBUSD (unsigned A by signed B) sums D = 2 acc - nw S itself:
+// no field terms (Int8Conv::d_sums; its partial sums are bounded by nx nw K as acc's are).
 // Tiles: C in tmm0..3 (pixel strips 0, 1 x blocks 0, 1), A in tmm4, 5, B in tmm6, 7: per
 // 64-byte step 4 tile loads and 4 TDPBUUD.
 //
@@ -100,8 +103,8 @@ int64_t DirectKq(const ConvGeom& g) {
 
 // Whether a layer takes the direct path, and the output pixels of its calls. An image whose
 // pixels with the row gaps between them fit 4 strips is one call, where its pixels fill at least
-// 3/4 of its strips' rows (7x7 outputs, 49 pixels in 55 or 61 rows: at batch 32 1.17x (padded)
-// and 1.06x (valid) against gathered calls of 64 pixels over 2-3 images; 5x5 outputs, 25 in 33
+// 3/4 of its strips' rows (7x7 outputs, 49 pixels in 55 or 61 rows: at batch 32 1.12x (padded)
+// and 1.05x (valid) against gathered calls of 64 pixels over 2-3 images; 5x5 outputs, 25 in 33
 // rows, 0.82x: gathered). Larger images: calls of the most pixels, up to 64, whose fields with
 // the gaps fit 4 strips from any first pixel, where that is at least 56 (the gaps' share of the
 // tile work at most 1/8; a call then crosses into the next image at most once).
