@@ -35,8 +35,9 @@
 // field's groups rounded up to 16 (whole AMX tiles). Missing channels (c >= C, o >= O) and
 // the groups past the field are zero. After the ob16 blocks come Wsum, 16 int32
 // per block, then the per-tap sums Tsum[ob][t][lane] = sum_c w (t = kh * KW + kw), 16 int32
-// per block and tap; then, where w_bits <= 7, the signed blocks: the same blocks of the signed
-// weights 2 w - nw (nw = 2^w_bits - 1; in [-127, 127], int8; zero where w is missing), with which
+// per block and tap; then, where w_bits <= 7 and the blocks are small (Int8Geom::has_signed),
+// the signed blocks: the same blocks of the signed weights 2 w - nw (nw = 2^w_bits - 1; in
+// [-127, 127], int8; zero where w is missing), with which
 //   D = 2 acc - nw S = sum x (2 w - nw)
 // is one dot product of unsigned codes by signed bytes, no field term (int8-amx's TDPBUSD, in
 // the signed and requant modes: Int8Conv::d_sums). The whole array is handed around as uint64
@@ -67,16 +68,21 @@ constexpr int64_t kInt8Lanes = 16;  // output channels per packed weight block
 
 // Derived sizes of the int8 layouts for a geometry (ConvGeom holds the shape).
 struct Int8Geom {
-  int64_t cp = 0;           // channels padded to a multiple of 4
-  int64_t groups = 0;       // 4-byte groups per receptive field: KH * KW * cp / 4
-  int64_t gstride = 0;      // groups per packed weight block: groups rounded up to 16
-  int64_t ob = 0;           // 16-channel blocks
-  int64_t pixel = 0;        // bytes per padded pixel (= cp)
-  int64_t row = 0;          // bytes per packed row ((w + pad) pixels, see above)
-  int64_t image = 0;        // bytes per packed image (hp rows)
-  int64_t slack = 0;        // bytes read past the last image: its right padding, 16 more pixels
-  int64_t taps = 0;         // KH * KW
-  bool has_signed = false;  // the signed blocks follow Tsum (w_bits <= 7)
+  int64_t cp = 0;       // channels padded to a multiple of 4
+  int64_t groups = 0;   // 4-byte groups per receptive field: KH * KW * cp / 4
+  int64_t gstride = 0;  // groups per packed weight block: groups rounded up to 16
+  int64_t ob = 0;       // 16-channel blocks
+  int64_t pixel = 0;    // bytes per padded pixel (= cp)
+  int64_t row = 0;      // bytes per packed row ((w + pad) pixels, see above)
+  int64_t image = 0;    // bytes per packed image (hp rows)
+  int64_t slack = 0;    // bytes read past the last image: its right padding, 16 more pixels
+  int64_t taps = 0;     // KH * KW
+  // The signed blocks follow Tsum: w_bits <= 7 and blocks of at most kSignedBlockBytes. Larger
+  // weights go without: the packing, done every training step, took 1.6x as long with them
+  // (svhn conv6's 512 x 128 x 5 x 5: 2.3 -> 3.7 ms, best rounds; the array twice the bytes),
+  // more than they save there (AlexNet conv3's 864 KB: 1.01-1.04x).
+  bool has_signed = false;
+  static constexpr int64_t kSignedBlockBytes = 256 << 10;
   explicit Int8Geom(const ConvGeom& g)
       : cp((g.c + 3) / 4 * 4),
         groups(g.kh * g.kw * cp / 4),
@@ -87,7 +93,7 @@ struct Int8Geom {
         image(g.hp * row),
         slack((g.pad + 16) * cp),
         taps(g.kh * g.kw),
-        has_signed(g.w_bits <= 7) {}
+        has_signed(g.w_bits <= 7 && WeightBytes() <= kSignedBlockBytes) {}
   int64_t WeightBytes() const { return ob * gstride * 64; }  // then Wsum and Tsum
   int64_t SignedOffset() const { return WeightBytes() + ob * kInt8Lanes * 4 * (1 + taps); }
   int64_t WeightWords() const { return (SignedOffset() + (has_signed ? WeightBytes() : 0)) / 8; }
