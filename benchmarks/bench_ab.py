@@ -40,7 +40,13 @@ import numpy as np
 
 
 def load(path: str, package: str):
-    """The extension at `path` as module `<package>._kernels` (its init symbol stays valid)."""
+    """The extension at `path` as module `<package>._kernels` (its init symbol stays valid), or
+    dorefa's own extension module where `path` is that file (the ceilings import dorefa, and a
+    second initialisation of one loaded file fails: pybind11 registers its types once)."""
+    from dorefa.kernels.extension import native
+
+    if native is not None and os.path.samefile(path, native.__file__):
+        return native
     spec = importlib.util.spec_from_file_location(f"{package}._kernels", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load an extension from {path}")
