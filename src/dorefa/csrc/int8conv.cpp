@@ -166,12 +166,12 @@ uint8_t* Int8FieldBuffer(size_t bytes) {
 
 namespace {
 
-// The signed blocks (int8conv.h; w_bits <= 7) from the packed blocks, 64 bytes a row: 2 v - nw
-// where a weight is (lane o < O, channel c < C, group inside the field), else 0 (the groups past
-// the field stay zero). A loop the compiler vectorises, after the packing loops (a second store
-// per weight inside them made the packing ~1.9x as long).
-// (q by value: a reference to the packer's own would let its byte stores alias q, and the
-// compiler reload q.cp for every weight: 1.4x the packing time.)
+// The signed blocks (int8conv.h; Int8Geom::has_signed) from the packed blocks, 64 bytes a row: 2 v
+// - nw where a weight is (lane o < O, channel c < C, group inside the field), else 0 (the groups
+// past the field stay zero). A loop the compiler vectorises, after the packing loops (a second
+// store per weight inside them made the packing ~1.9x as long). (q by value: a reference to the
+// packer's own would let its byte stores alias q, and the compiler reload q.cp for every
+// weight: 1.4x the packing time.)
 void PackSignedBlocks(const ConvGeom& g, const Int8Geom q, uint8_t* bytes) {
   if (!q.has_signed) return;
   const auto nw = static_cast<uint8_t>((1 << g.w_bits) - 1);
@@ -370,7 +370,7 @@ int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox) {
 
 void Int8FieldTerms(const Int8Conv& c, int64_t pix0, int64_t np, int32_t* terms) {
   const ConvGeom& g = *c.g;
-  if (c.mode == Epilogue::kAcc) {
+  if (c.mode == Epilogue::kAcc || c.d_sums) {
     std::fill(terms, terms + np, 0);
     return;
   }

@@ -128,7 +128,7 @@ struct Int8Conv {
   const uint8_t* tq = nullptr;               // lut kernels: the activation tables (lut.h)
   int64_t tslice = 0;                        // lut kernels: bytes per slice of tq
   int64_t direct_kq = 0;  // int8-amx: its direct strips' kq, 0 where it gathers (int8conv_amx.cpp)
-  const int8_t* wqs = nullptr;  // int8 layout: the signed blocks (w_bits <= 7), else null
+  const int8_t* wqs = nullptr;  // int8 layout: the signed blocks (Int8Geom::has_signed), or null
   // The tiles sum D = sum x (2 w - nw) on the signed blocks (kSigned, kRequant; set by the
   // kernel's prepare): the store takes their sums as D, and there is no field term (pixsum null).
   bool d_sums = false;
@@ -143,7 +143,8 @@ int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox);
 
 // nw S modulo 2^32 (nw = 2^w_bits - 1, S = Int8FieldSum) of output pixels [pix0, pix0 + np),
 // np <= kMaxCallPixels, into terms[0 .. np): a tile call computes them once for all its
-// channel blocks (0 in kAcc mode, which has no such term).
+// channel blocks (0 in kAcc mode, which has no such term, and where the tiles sum D itself:
+// Int8Conv::d_sums).
 constexpr int64_t kMaxCallPixels = 64;
 void Int8FieldTerms(const Int8Conv& c, int64_t pix0, int64_t np, int32_t* terms);
 

@@ -11,9 +11,10 @@
 //   B: 16 groups x (16 output channels x 4 bytes): 16 consecutive groups of the packed weight
 //      block, wq[ob][16 s .. 16 s + 15] (the int8 layout, gstride a multiple of 16);
 //   C: the int32 sums of 16 pixels x 16 channels.
-// In the signed and requant modes with w_bits <= 7 the B tiles come from the layout's signed
-// blocks (2 w - nw, int8) and TDPBUSD (unsigned A by signed B) sums D = 2 acc - nw S itself:
-// no field terms (Int8Conv::d_sums; its partial sums are bounded by nx nw K as acc's are).
+// In the signed and requant modes, where the layout has them (w_bits <= 7, blocks of at most
+// 256 KB), the B tiles come from its signed blocks (2 w - nw, int8) and TDPBUSD (unsigned A by
+// signed B) sums D = 2 acc - nw S itself: no field terms (Int8Conv::d_sums; its partial sums are
+// bounded by nx nw K as acc's are).
 // Tiles: C in tmm0..3 (pixel strips 0, 1 x blocks 0, 1), A in tmm4, 5, B in tmm6, 7: per
 // 64-byte step 4 tile loads and 4 TDPBUUD.
 //
@@ -119,9 +120,9 @@ int64_t DirectCallPixels(const ConvGeom& g) {
 }
 
 // Int8Kernel::prepare: the layer's direct kq (0: gathered), whether its tiles sum D on the
-// signed blocks (kSigned and kRequant where w_bits <= 7: no field terms, no pixel sums, less in
-// the store; requant on svhn's 64->64 1.12x at batch 1, 1.08x at batch 32), and its calls'
-// output pixels.
+// signed blocks (kSigned and kRequant, where the layout has them: no field terms, no pixel sums,
+// less in the store; requant on svhn's 64->64 1.12x at batch 1, 1.08x at batch 32), and its
+// calls' output pixels.
 int64_t Prepare(Int8Conv* c) {
   c->d_sums = c->mode != Epilogue::kAcc && c->wqs != nullptr;
   const int64_t r = DirectCallPixels(*c->g);
@@ -199,11 +200,7 @@ void TileAmx(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
     std::memset(buf + np * kp, 0, static_cast<size_t>((strips * kStrip - np) * kp));
     a = buf;
   }
-  if (c.d_sums) {
-    std::fill_n(terms, np, 0);  // the store takes the sums as D and ignores them
-  } else {
-    Int8FieldTerms(c, pix0, npix, terms);
-  }
+  Int8FieldTerms(c, pix0, npix, terms);          // zeros where the tiles sum D
   const int64_t kq = direct ? c.direct_kq : 16;  // direct: kq 16 steps span / 64 a row, else KW
   const int64_t row_steps = kq == 16 ? span / 64 : g.kw;
   LoadTileConfig(kq);
