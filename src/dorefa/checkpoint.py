@@ -21,6 +21,7 @@ A training checkpoint (``checkpoint.pt`` in a run folder, written after every ep
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,21 +119,34 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 META_KEYS = ("model", "bits", "width", "num_classes", "in_channels", "image_size")
 
 
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in a few words: not its advice to turn weights_only off (dorefa never
+    unpickles code from a file), no terminal escapes, no message cut mid-sentence."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if "Weights only load failed" in text:
+        return "it holds Python objects other than tensors and plain containers"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= 160 else first[:160].rsplit(" ", 1)[0] + " ..."
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a dorefa checkpoint with ``weights_only=True`` (an untrusted file cannot run code).
 
     Raises CheckpointError naming the file for anything that is not a readable dorefa checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'checkpoint.pt'})"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/truncated/hostile files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt, truncated or not made by torch.save "
-            f"of plain tensors): {reason[:200]}"
+            f"of plain tensors): {_load_failure(exc)}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a dorefa checkpoint (no '{FORMAT}' header)")

@@ -28,6 +28,24 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _check_nproc(nproc: int, batch_size: int) -> None:
+    """Before any worker starts: each needs a CPU of its own and a share of the global batch."""
+    from .cpuinfo import usable_cpus
+
+    cpus = len(usable_cpus())
+    if nproc > cpus:
+        raise ValueError(
+            f"--nproc {nproc} is more than the {cpus} CPUs this process may use; each worker "
+            f"needs one: use --nproc {cpus} or fewer (torchrun spreads a run over machines)"
+        )
+    if batch_size % nproc or batch_size < 2 * nproc:
+        raise ValueError(
+            f"--batch-size {batch_size} (the global batch) must be divisible by --nproc {nproc} "
+            f"and give each worker 2 or more images (BatchNorm): use --batch-size "
+            f"{max(2, -(-batch_size // nproc)) * nproc}"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import launched
     from .train import train
@@ -37,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if nproc is not None and not launched():  # a worker already: --nproc does not nest
         if nproc < 1:
             raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        _check_nproc(nproc, cfg.batch_size)
         if nproc > 1:
             from .distributed import launch
 
@@ -73,6 +92,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{data} has {test_set.in_channels} channels but the checkpoint's model "
             f"expects {ckpt['meta']['in_channels']}"
+        )
+    if test_set.num_classes > ckpt["meta"]["num_classes"]:
+        raise ValueError(
+            f"{data} has {test_set.num_classes} classes but the checkpoint's model has "
+            f"{ckpt['meta']['num_classes']}; evaluate it on the data it was trained on"
         )
     ev = evaluate(model, test_set, ckpt["meta"]["image_size"], args.batch_size, device)
     meta = ckpt["meta"]

@@ -27,8 +27,18 @@ _MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp gives 06
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary binary file, fsync it, and rename it to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.exists() and not path.is_file():  # os.replace would put a file in a device's place
+        raise ValueError(
+            f"{path} exists and is not a regular file (a folder, a device or a pipe); give the "
+            "path of a file to write"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(
+            f"cannot write {path}: {exc.strerror or exc}; give a path in a writable folder"
+        ) from exc
     try:
         os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:

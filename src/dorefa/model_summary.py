@@ -164,7 +164,14 @@ def summary(model, input_size: int | tuple[int, ...] | None = None) -> Summary:
     from .summary_torch import torch_rows
 
     shape = _input_shape(model, input_size)
-    rows = torch_rows(model, shape)
+    try:
+        rows = torch_rows(model, shape)
+    except RuntimeError as exc:  # a size the model's layers cannot take
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{type(model).__name__} cannot run on a {shape} input ({first}); give the input "
+            f"size it was built for ({getattr(model, 'input_size', 'see its docstring')})"
+        ) from None
     title = type(model).__name__
     if getattr(model, "bits", None) is not None:
         title += f" bits {model.bits}"

@@ -203,7 +203,10 @@ def resume_or_init(run: Run, log) -> tuple[int, float]:
     checkpoint's weights. Then wrap the model for data-parallel training."""
     cfg, path = run.cfg, run.files.checkpoint
     start_epoch, best_acc = 0, 0.0
+    if cfg.resume and not path.exists():
+        log(f"nothing to resume in {run.files.out} (no checkpoint.pt): starting a new run")
     if cfg.resume and path.exists():
+        run.files.check_resume(run.config)
         ckpt = checkpoint.load(path, map_location=run.device)
         start_epoch, best_acc = checkpoint.restore(
             ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer

@@ -18,6 +18,29 @@ from pathlib import Path
 from .fileio import atomic_savefig, atomic_write_text
 
 NAMES = ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png")
+# The settings that decide the weights a run ends with: ``--resume`` keeps them (config.json's),
+# else its weights would not be those of the uninterrupted run. (bits, width, model and data
+# are the checkpoint's meta, checked by checkpoint.restore; epochs, threads, workers, device and
+# the test subset may change.)
+RESUME_SAME = (
+    "subset",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "weight_decay_on",
+    "seed",
+    "augment",
+    "optimizer",
+    "adam_eps",
+    "momentum",
+    "nesterov",
+    "lr_milestones",
+    "until_flat",
+    "amp",
+    "engine",
+    "sync_bn",
+    "channels_last",
+)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -52,6 +75,27 @@ class RunFiles:
             raise ValueError(
                 f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue "
                 "it or choose another --out"
+            )
+
+    def check_resume(self, config: dict) -> None:
+        """``--resume`` over a run: refuse settings (RESUME_SAME) that differ from its
+        config.json's, before anything is loaded or written."""
+        try:
+            old = json.loads((self.out / "config.json").read_text())
+        except (OSError, ValueError):
+            return  # no readable record: the checkpoint's meta is still checked
+        if not isinstance(old, dict):
+            return
+        changed = [
+            f"--{k.replace('_', '-')} {old[k]!r} then, {config[k]!r} now"
+            for k in RESUME_SAME
+            if k in old and k in config and old[k] != config[k]
+        ]
+        if changed:
+            raise ValueError(
+                f"{self.out} was trained with other settings ({'; '.join(changed)}); resume "
+                "with the run's own settings (its config.json), or choose another --out for a "
+                "new run"
             )
 
     def start(self, config: dict, start_epoch: int) -> None:

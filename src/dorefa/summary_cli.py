@@ -102,14 +102,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind):
+def _positive(kind, most=None):
+    """A number > 0 (and <= ``most``: a summary builds the model and runs it once, so a huge
+    size would allocate that much memory)."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value <= 0:
+        if value is None or not value > 0:
             raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text!r}")
         return value
 
     return parse
@@ -132,7 +137,7 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument(
         "--input-size",
-        type=_positive(int),
+        type=_positive(int, most=4096),
         default=None,
         metavar="N",
         help="square input side (default: the model's, or the checkpoint's)",
@@ -146,14 +151,14 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument(
         "--width",
-        type=_positive(float),
+        type=_positive(float, most=16.0),
         default=None,
         metavar="F",
         help="channel multiplier of a model name (default 1.0)",
     )
     p.add_argument(
         "--num-classes",
-        type=_positive(int),
+        type=_positive(int, most=100_000),
         default=None,
         help="classes of a model name (default 10)",
     )

@@ -8,8 +8,10 @@ itself, :func:`dorefa.runtime.load`, does not); this module only prints its resu
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..argtypes import POSITIVE_INT
+from ..cpuinfo import usable_cpus
 from .compare import compare_logits, run_test_set
 
 __all__ = ["cmd_run", "compare_logits", "register_cli"]
@@ -18,6 +20,14 @@ __all__ = ["cmd_run", "compare_logits", "register_cli"]
 def cmd_run(args: argparse.Namespace) -> int:
     """Print :func:`dorefa.runtime.compare.run_test_set`'s result (``--explain``: the kernel
     plan, :meth:`dorefa.runtime.Model.plan`, and nothing else)."""
+    cpus = len(usable_cpus())
+    if args.threads > cpus:  # more threads than CPUs only adds contention
+        print(
+            f"warning: --threads {args.threads} is more than the {cpus} CPUs this process may "
+            f"use; using {cpus}",
+            file=sys.stderr,
+        )
+        args.threads = cpus
     if args.explain:
         from .. import runtime
 

@@ -106,6 +106,11 @@ class Model:
                 f"input must be (N, {', '.join(map(str, self.input_shape))}) "
                 f"float32 at the model's input size, got shape {x.shape}"
             )
+        if x.dtype.kind != "f":  # cast silently, uint8 pixels would read 255x too bright
+            raise ValueError(
+                f"input is {x.dtype}: the runtime takes float pixels in [0, 1] as the model "
+                "was trained on (divide uint8 images by 255)"
+            )
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):  # NaN propagates
             raise ValueError("input holds NaN or inf values; the runtime needs finite pixels")
@@ -116,6 +121,8 @@ class Model:
         every value by name (the input as ``'input'``), for layer-by-layer comparisons.
         ``watch(layer, output, inputs)`` (optional) sees every node's output as it is made."""
         threads = self.threads if threads is None else threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
         x = self._check_input(x)
         if threads > 1 and len(x) > 1 and not keep and watch is None and self.macs >= SPLIT_MACS:
             return self._run_shares(x, threads)

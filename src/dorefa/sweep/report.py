@@ -250,6 +250,10 @@ def render_report(out: str | Path) -> list[CellResult]:
         rows = read_results(csv_path)
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{csv_path}: not a sweep results file ({exc})") from None
+    if not rows:  # keep the report that is there
+        raise ValueError(
+            f"{csv_path} holds no cells; run `dorefa sweep --out {out}` to record some first"
+        )
     settings_path = out / "sweep.json"
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
     plots = plot_all(rows, out)

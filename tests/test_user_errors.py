@@ -1,0 +1,142 @@
+"""A user's mistakes that once slipped through: each now ends in an error that names what was
+wrong and what to do (exit code 2 from the command line), or in a log line saying what happens.
+
+(The wider hostile-input list, each case in a process of its own: test_hostile.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dorefa import fileio
+from dorefa.checkpoint import CheckpointError, load_checkpoint
+from dorefa.cli import main
+from dorefa.train import TrainConfig, train
+
+TINY = dict(
+    model="svhn",
+    data="fashion-mnist",
+    width=0.125,
+    batch_size=32,
+    subset=64,
+    test_subset=32,
+    threads=1,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, fashion_dir):
+    out = tmp_path_factory.mktemp("runs") / "one"
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(out), **TINY), log=lambda m: None)
+    return out
+
+
+def _resume(out, **changes):
+    return TrainConfig(bits="1,2,6", epochs=2, out=str(out), resume=True, **(TINY | changes))
+
+
+@pytest.mark.parametrize(
+    "changes, flag",
+    [(dict(optimizer="sgd"), "--optimizer"), (dict(lr=0.5), "--lr"), (dict(seed=3), "--seed")],
+)
+def test_resume_refuses_other_training_settings(one_epoch, tmp_path, changes, flag):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch, out)
+    before = (out / "config.json").read_text()
+    with pytest.raises(ValueError, match=f"{flag} .* then, .* now"):
+        train(_resume(out, **changes), log=lambda m: None)
+    assert (out / "config.json").read_text() == before  # the record still says how it was made
+
+
+def test_resume_may_extend_the_epochs(one_epoch, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch, out)
+    logs = []
+    train(_resume(out), log=logs.append)
+    assert any("resuming" in m for m in logs)
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_resume_without_a_checkpoint_says_it_starts_anew(tmp_path, fashion_dir):
+    logs = []
+    cfg = TrainConfig(bits="1,2,6", epochs=1, out=str(tmp_path / "new"), resume=True, **TINY)
+    train(cfg, log=logs.append)
+    assert any("nothing to resume" in m and "starting a new run" in m for m in logs)
+
+
+def test_nproc_is_checked_before_any_worker_starts(capsys):
+    cpus = len(os.sched_getaffinity(0))
+    args = ["train", "--model", "svhn", "--out", "/nonexistent/never-written"]
+    assert main([*args, "--nproc", str(cpus + 1)]) == 2
+    assert "CPUs" in capsys.readouterr().err
+    if cpus >= 2:
+        assert main([*args, "--nproc", "2", "--batch-size", "33"]) == 2
+        err = capsys.readouterr().err
+        assert "divisible by --nproc 2" in err and "--batch-size 34" in err
+
+
+def test_atomic_write_never_replaces_a_special_file(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        fileio.atomic_write_text(fifo, "x")
+    assert fifo.is_fifo()
+    link = tmp_path / "null-link"
+    link.symlink_to(os.devnull)
+    with pytest.raises(ValueError, match="not a regular file"):
+        fileio.atomic_write_text(link, "x")
+
+
+def test_atomic_write_names_the_file_it_cannot_write(tmp_path):
+    (tmp_path / "afile").write_text("")  # a file where the folder should be (even root fails)
+    target = tmp_path / "afile" / "m.dorefa"
+    with pytest.raises(OSError, match=f"cannot write {target}: .*writable folder"):
+        fileio.atomic_write_bytes(target, b"x")
+
+
+def test_checkpoint_errors_say_what_the_file_is(one_epoch, tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder; give the checkpoint file"):
+        load_checkpoint(one_epoch)
+    pickled = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a whole module: unpickling would run code
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(pickled)
+    assert "weights_only" not in str(err.value) and "Python objects" in str(err.value)
+
+
+def test_runtime_refuses_integer_pixels_and_bad_threads(one_epoch, tmp_path):
+    from dorefa import runtime
+
+    path = tmp_path / "m.dorefa"
+    assert main(["export", str(one_epoch / "checkpoint.pt"), "-o", str(path)]) == 0
+    model = runtime.load(path)
+    x = np.zeros((2, *model.input_shape), np.uint8)
+    with pytest.raises(ValueError, match="divide uint8 images by 255"):
+        model.run(x)
+    for threads in (2.5, "2", 0):
+        with pytest.raises(ValueError, match="threads must be an int >= 1"):
+            model.run(x.astype(np.float32), threads=threads)
+
+
+def test_report_keeps_its_page_on_an_empty_results_file(tmp_path, capsys):
+    (tmp_path / "results.csv").write_text("")
+    (tmp_path / "results.md").write_text("the report\n")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no cells" in capsys.readouterr().err
+    assert (tmp_path / "results.md").read_text() == "the report\n"
+
+
+def test_summary_refuses_sizes_the_model_cannot_take(capsys):
+    assert main(["summary", "svhn", "--input-size", "4"]) == 2
+    assert "cannot run on a (3, 4, 4) input" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["summary", "svhn", "--input-size", "100000"])
+    assert "at most 4096" in capsys.readouterr().err
