@@ -65,6 +65,15 @@ def test_resume_may_extend_the_epochs(one_epoch, tmp_path):
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 
 
+def test_resume_of_a_finished_run_says_there_is_nothing_to_train(one_epoch, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch, out)
+    logs = []
+    cfg = TrainConfig(bits="1,2,6", epochs=1, out=str(out), resume=True, **TINY)
+    train(cfg, log=logs.append)
+    assert any("already trained to epoch 1: nothing to train" in m for m in logs)
+
+
 def test_resume_without_a_checkpoint_says_it_starts_anew(tmp_path, fashion_dir):
     logs = []
     cfg = TrainConfig(bits="1,2,6", epochs=1, out=str(tmp_path / "new"), resume=True, **TINY)
@@ -110,6 +119,16 @@ def test_checkpoint_errors_say_what_the_file_is(one_epoch, tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(pickled)
     assert "weights_only" not in str(err.value) and "Python objects" in str(err.value)
+
+
+def test_a_diverged_checkpoint_is_refused_by_name(one_epoch, tmp_path, capsys):
+    ckpt = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name][0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(ckpt, path)
+    assert main(["eval", str(path), "--test-subset", "32", "--threads", "1"]) == 2
+    assert f"{name} holds NaN or inf values" in capsys.readouterr().err
 
 
 def test_runtime_refuses_integer_pixels_and_bad_threads(one_epoch, tmp_path):

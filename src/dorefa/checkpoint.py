@@ -188,6 +188,12 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
             f"{path}: checkpoint metadata is incomplete or invalid: {exc}"
         ) from None
     load_weights(model, ckpt["model"], path)
+    for name, value in model.state_dict().items():  # a diverged run's weights give no model
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"{path}: {name} holds NaN or inf values (the run diverged); use a checkpoint "
+                "from before, or re-train with a lower --lr"
+            )
     return model.eval()
 
 

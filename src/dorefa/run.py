@@ -211,7 +211,13 @@ def resume_or_init(run: Run, log) -> tuple[int, float]:
         start_epoch, best_acc = checkpoint.restore(
             ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
         )
-        log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
+        if start_epoch >= cfg.epochs and cfg.until_flat is None:
+            log(
+                f"{run.files.out} has already trained to epoch {start_epoch}: nothing to train (give "
+                f"--epochs {start_epoch + 1} or more to extend it)"
+            )
+        else:
+            log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
     elif cfg.init_from:
         init = checkpoint.load(cfg.init_from, map_location=run.device)
         checkpoint.load_weights(run.model, init["model"], cfg.init_from)
