@@ -213,8 +213,8 @@ def resume_or_init(run: Run, log) -> tuple[int, float]:
         )
         if start_epoch >= cfg.epochs and cfg.until_flat is None:
             log(
-                f"{run.files.out} has already trained to epoch {start_epoch}: nothing to train (give "
-                f"--epochs {start_epoch + 1} or more to extend it)"
+                f"{run.files.out} has already trained to epoch {start_epoch}: nothing to train "
+                f"(give --epochs {start_epoch + 1} or more to extend it)"
             )
         else:
             log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
