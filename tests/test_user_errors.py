@@ -159,3 +159,16 @@ def test_summary_refuses_sizes_the_model_cannot_take(capsys):
     with pytest.raises(SystemExit):
         main(["summary", "svhn", "--input-size", "100000"])
     assert "at most 4096" in capsys.readouterr().err
+
+
+def test_use_kernel_takes_names_as_the_environment_variable_does():
+    from dorefa import kernels as K
+    from dorefa.kernels.selection import backend_of
+
+    for bad in (None, 3, "", "  "):
+        with pytest.raises(ValueError, match="use_kernel takes a kernel, family or backend"):
+            with K.use_kernel(bad):
+                pass
+    if "avx2" in {backend_of(k) for k in K.available_kernels()}:
+        with K.use_kernel("AVX2") as upper, K.use_kernel("avx2") as lower:
+            assert upper == lower

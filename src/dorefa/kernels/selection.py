@@ -166,7 +166,12 @@ def set_backend(name: str | None) -> str:
 def use_kernel(name: str) -> Iterator[str]:
     """Context manager: the enclosed calls of this thread run kernel (or backend) ``name``;
     yields the kernel's full name."""
-    kernel = resolve(name)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(
+            f"use_kernel takes a kernel, family or backend name such as 'int8-vnni' or 'avx2' "
+            f"(dorefa.kernels.available_kernels()), got {name!r}"
+        )
+    kernel = resolve(name.strip().lower())  # as DOREFA_KERNEL is read
     previous = getattr(_local, "kernel", None)
     _local.kernel = kernel
     try:
