@@ -29,14 +29,21 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _check_nproc(nproc: int, batch_size: int) -> None:
-    """Before any worker starts: each needs a CPU of its own and a share of the global batch."""
+    """Before any worker starts: a share of the global batch each, and not many more workers
+    than CPUs (a few more only share them; hundreds would look like a hang)."""
     from .cpuinfo import usable_cpus
 
     cpus = len(usable_cpus())
-    if nproc > cpus:
+    if nproc > 4 * cpus:
         raise ValueError(
-            f"--nproc {nproc} is more than the {cpus} CPUs this process may use; each worker "
-            f"needs one: use --nproc {cpus} or fewer (torchrun spreads a run over machines)"
+            f"--nproc {nproc} is more than 4 workers a CPU ({cpus} CPUs here); use --nproc "
+            f"{cpus} (torchrun spreads a run over machines)"
+        )
+    if nproc > cpus:
+        print(
+            f"warning: --nproc {nproc} is more than the {cpus} CPUs this process may use; the "
+            f"workers will share them (slower than --nproc {cpus})",
+            file=sys.stderr,
         )
     if batch_size % nproc or batch_size < 2 * nproc:
         raise ValueError(
