@@ -172,3 +172,12 @@ def test_use_kernel_takes_names_as_the_environment_variable_does():
     if "avx2" in {backend_of(k) for k in K.available_kernels()}:
         with K.use_kernel("AVX2") as upper, K.use_kernel("avx2") as lower:
             assert upper == lower
+
+
+def test_a_binary_grid_file_is_named(tmp_path):
+    from dorefa.sweep.grid import load_grid
+
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=f"--grid {path}: not a text file"):
+        load_grid(str(path))

@@ -144,7 +144,10 @@ def parse_grid(obj: object, where: str) -> list[Cell]:
 
 
 def _read_grid_file(spec: str, path: Path) -> object:
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--grid {spec}: not a text file; give a .yaml or .toml grid") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
