@@ -131,6 +131,15 @@ def test_a_diverged_checkpoint_is_refused_by_name(one_epoch, tmp_path, capsys):
     assert f"{name} holds NaN or inf values" in capsys.readouterr().err
 
 
+def test_an_altered_image_size_is_refused(one_epoch, tmp_path, capsys):
+    ckpt = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
+    ckpt["meta"]["image_size"] = 8
+    path = tmp_path / "size8.pt"
+    torch.save(ckpt, path)
+    assert main(["eval", str(path), "--test-subset", "32", "--threads", "1"]) == 2
+    assert "meta image_size 8" in capsys.readouterr().err
+
+
 def test_runtime_refuses_integer_pixels_and_bad_threads(one_epoch, tmp_path):
     from dorefa import runtime
 

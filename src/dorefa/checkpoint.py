@@ -187,6 +187,12 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
         raise CheckpointError(
             f"{path}: checkpoint metadata is incomplete or invalid: {exc}"
         ) from None
+    size = getattr(model, "input_size", None)
+    if size is not None and meta.get("image_size") != size:  # train records model.input_size
+        raise CheckpointError(
+            f"{path}: meta image_size {meta.get('image_size')!r} but {meta['model']} takes "
+            f"{size} x {size} images: the checkpoint was altered; use the file `dorefa train` wrote"
+        )
     load_weights(model, ckpt["model"], path)
     for name, value in model.state_dict().items():  # a diverged run's weights give no model
         if value.is_floating_point() and not torch.isfinite(value).all():
