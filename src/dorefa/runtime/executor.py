@@ -106,7 +106,7 @@ class Model:
                 f"input must be (N, {', '.join(map(str, self.input_shape))}) "
                 f"float32 at the model's input size, got shape {x.shape}"
             )
-        if x.dtype.kind != "f":  # cast silently, uint8 pixels would read 255x too bright
+        if x.dtype.kind != "f":  # a silent cast would feed uint8 pixels 255x too bright
             raise ValueError(
                 f"input is {x.dtype}: the runtime takes float pixels in [0, 1] as the model "
                 "was trained on (divide uint8 images by 255)"
