@@ -190,3 +190,16 @@ def test_a_binary_grid_file_is_named(tmp_path):
     path.write_bytes(bytes(range(128, 256)))
     with pytest.raises(ValueError, match=f"--grid {path}: not a text file"):
         load_grid(str(path))
+
+
+def test_labels_of_one_value_are_one_class(tmp_path):
+    from dorefa.data import DataError, get_dataset, require_classes
+    from test_data import write_idx
+
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (8, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.full(8, 255))
+    data = get_dataset(f"idx:{tmp_path}", "train")
+    with pytest.raises(DataError, match="1 class only"):
+        require_classes(data, f"idx:{tmp_path}")

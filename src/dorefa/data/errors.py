@@ -25,8 +25,10 @@ def require_folder(folder: Path, expected: str) -> None:
 def require_classes(dataset, spec: str) -> None:
     """Training needs at least two classes; a data set of one (an image folder with one class
     folder, IDX labels that are all 0) loads fine but cannot train a classifier."""
-    if dataset.num_classes < 2:
+    labels = getattr(dataset, "labels", None)  # in memory: IDX and the built-in sets
+    seen = len(set(labels.tolist())) if labels is not None else dataset.num_classes
+    if min(dataset.num_classes, seen) < 2:
         raise DataError(
-            f"{spec}: {dataset.num_classes} class only; a classifier needs at least 2 "
-            "(IDX: labels 0..K-1; image folders: one folder per class)"
+            f"{spec}: {min(dataset.num_classes, seen)} class only; a classifier needs at least "
+            "2 (IDX: labels 0..K-1; image folders: one folder per class)"
         )
