@@ -203,3 +203,20 @@ def test_labels_of_one_value_are_one_class(tmp_path):
     data = get_dataset(f"idx:{tmp_path}", "train")
     with pytest.raises(DataError, match="1 class only"):
         require_classes(data, f"idx:{tmp_path}")
+
+
+def test_compare_names_a_checkpoint_that_is_not_the_exported_one(one_epoch, tmp_path, capsys):
+    from dorefa.runtime.compare import run_test_set
+
+    path = tmp_path / "m.dorefa"
+    assert main(["export", str(one_epoch / "checkpoint.pt"), "-o", str(path)]) == 0
+    ckpt = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
+    other_bits = tmp_path / "bits.pt"
+    torch.save(ckpt | {"meta": ckpt["meta"] | {"bits": "2,2,6"}}, other_bits)
+    with pytest.raises(ValueError, match="has bits 2,2,6 but .* was exported with bits 1,2,6"):
+        run_test_set(path, "fashion-mnist", test_subset=8, compare=other_bits)
+    later = tmp_path / "later.pt"
+    torch.save(ckpt | {"epoch": 4}, later)
+    capsys.readouterr()
+    run_test_set(path, "fashion-mnist", test_subset=8, compare=later)
+    assert "exported after epoch 1" in capsys.readouterr().err

@@ -11,6 +11,7 @@ functions: importing :mod:`dorefa.runtime` never maps torch.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -80,6 +81,20 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
             f"inputs and {theirs[2]} classes, but {model.path} takes {c}x{size}x{size} and "
             f"gives {model.num_classes} ({exported}): compare with the checkpoint it was "
             "exported from"
+        )
+    for key in ("bits", "width"):  # the same network with other bits or width: refused
+        if key in model.meta and str(model.meta[key]) != str(meta[key]):
+            raise ValueError(
+                f"--compare {checkpoint} has {key} {meta[key]} but {model.path} was exported "
+                f"with {key} {model.meta[key]}: compare with the checkpoint it was exported from"
+            )
+    epoch = int(ckpt.get("epoch", -1)) + 1
+    if "epoch" in model.meta and model.meta["epoch"] != epoch:  # the same run, another epoch
+        print(
+            f"warning: {model.path} was exported after epoch {model.meta['epoch']} "
+            f"({model.meta.get('checkpoint', 'its checkpoint')}), {checkpoint} holds epoch "
+            f"{epoch}: the agreement below compares two different weights",
+            file=sys.stderr,
         )
     torch.set_num_threads(threads)
     return model_from_checkpoint(ckpt, checkpoint).eval()
