@@ -168,6 +168,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def export_meta(ckpt: dict, path: str | os.PathLike) -> dict:
+    """The header meta of a file exported from checkpoint ``ckpt`` (read from ``path``): its
+    meta, that path, and the epochs it had finished (what `dorefa run --compare` checks)."""
+    return dict(ckpt["meta"]) | {"checkpoint": str(path), "epoch": int(ckpt.get("epoch", -1)) + 1}
+
+
 def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
     """Rebuild the model recorded in ``ckpt['meta']`` and load its weights (eval mode)."""
     from .bits import Bits

@@ -32,6 +32,7 @@ def _check_nproc(nproc: int, batch_size: int) -> None:
     """Before any worker starts: a share of the global batch each, and not many more workers
     than CPUs (a few more only share them; hundreds would look like a hang)."""
     from .cpuinfo import usable_cpus
+    from .run import local_batch
 
     cpus = len(usable_cpus())
     if nproc > 4 * cpus:
@@ -45,12 +46,7 @@ def _check_nproc(nproc: int, batch_size: int) -> None:
             f"workers will share them (slower than --nproc {cpus})",
             file=sys.stderr,
         )
-    if batch_size % nproc or batch_size < 2 * nproc:
-        raise ValueError(
-            f"--batch-size {batch_size} (the global batch) must be divisible by --nproc {nproc} "
-            f"and give each worker 2 or more images (BatchNorm): use --batch-size "
-            f"{max(2, -(-batch_size // nproc)) * nproc}"
-        )
+    local_batch(batch_size, nproc, "--nproc")  # the workers' own check, before they start
 
 
 def cmd_train(args: argparse.Namespace) -> int:

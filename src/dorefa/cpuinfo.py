@@ -61,7 +61,8 @@ def _local_processes() -> int:
 
 
 def pick_threads(requested: int | None) -> tuple[int, str]:
-    """(torch intra-op threads for this training process, a log line saying why)."""
+    """(threads for this process: torch's intra-op threads in training, the kernels' in
+    `dorefa run`; a log line saying why)."""
     cpus = usable_cpus()
     n = len(cpus)
     if requested is not None:

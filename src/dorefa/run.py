@@ -103,19 +103,21 @@ def model_meta(cfg: TrainConfig, num_classes: int, in_channels: int, image_size:
     }
 
 
-def _local_batch(cfg: TrainConfig, world: int) -> int:
-    """Images per step on each of ``world`` ranks (BatchNorm needs at least 2)."""
-    if cfg.batch_size % world:
+def local_batch(batch_size: int, world: int, flag: str = "") -> int:
+    """Images per step on each of ``world`` ranks (BatchNorm needs at least 2); ``flag`` names
+    the option that set ``world`` in the errors (``--nproc``, checked before its workers start)."""
+    if batch_size % world:
+        procs = f"{flag} {world}" if flag else f"the {world} processes"
         raise ValueError(
-            f"--batch-size {cfg.batch_size} (the global batch) must be divisible by "
-            f"the {world} processes"
+            f"--batch-size {batch_size} (the global batch) must be divisible by {procs}: use "
+            f"--batch-size {max(2, -(-batch_size // world)) * world}"
         )
-    if cfg.batch_size < 2 * world:
+    if batch_size < 2 * world:
         raise ValueError(
-            f"--batch-size {cfg.batch_size} leaves fewer than 2 images per step and process; "
+            f"--batch-size {batch_size} leaves fewer than 2 images per step and process; "
             f"BatchNorm needs 2 or more: use --batch-size {2 * world} or more"
         )
-    return cfg.batch_size // world
+    return batch_size // world
 
 
 def _config_record(run: Run) -> dict:
@@ -156,7 +158,7 @@ def prepare_run(cfg: TrainConfig, device: torch.device, info: distributed.DistIn
     """Data, model (seeded from (seed, "init")), optimizer and run folder of ``cfg``."""
     from .data import default_augment
 
-    local_batch = _local_batch(cfg, info.world_size)
+    per_rank = local_batch(cfg.batch_size, info.world_size)
     autocast = amp_dtype(cfg.amp, device)
     files = RunFiles(cfg.out, enabled=info.is_main)
     files.check_fresh(cfg.resume)
@@ -188,7 +190,7 @@ def prepare_run(cfg: TrainConfig, device: torch.device, info: distributed.DistIn
         test_set=test_set,
         augment=cfg.augment or default_augment(train_set.name),
         image_size=model.input_size,
-        local_batch=local_batch,
+        local_batch=per_rank,
         meta=model_meta(cfg, num_classes, in_channels, model.input_size),
         config={},
         files=files,

@@ -119,18 +119,14 @@ def export(
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import export_meta, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint)
     fmt_name = getattr(args, "format", "dorefa")
     suffix = ".onnx" if fmt_name == "qonnx" else ".dorefa"
     out = args.output or str(Path(args.checkpoint).with_suffix(suffix))
-    meta = dict(ckpt["meta"]) | {
-        "checkpoint": str(args.checkpoint),
-        "epoch": int(ckpt.get("epoch", -1)) + 1,
-    }
-    info = export(model, out, meta=meta, format=fmt_name)
+    info = export(model, out, meta=export_meta(ckpt, args.checkpoint), format=fmt_name)
     if fmt_name == "qonnx":
         print(
             f"exported {ckpt['meta']['model']} bits {ckpt['meta']['bits']} width "

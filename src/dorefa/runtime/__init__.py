@@ -18,14 +18,19 @@ if TYPE_CHECKING:
     from .executor import Model
 
 
+def check_threads(threads) -> None:
+    """``threads`` of load() and Model.run: an int >= 1 (the kernels' thread counts)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+
+
 def load(path: str | os.PathLike, threads: int = 1) -> Model:
     """Read, verify (checksum, bounds, shapes) and prepare a ``.dorefa`` file.
 
     Raises :class:`FormatError` (a ValueError) naming the file if it is missing, truncated,
     altered or not runnable.
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    check_threads(threads)
     from .executor import Model
 
     return Model(path, threads=threads)

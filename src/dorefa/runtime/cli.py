@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..argtypes import POSITIVE_INT
-from ..cpuinfo import usable_cpus
+from ..cpuinfo import pick_threads
 from .compare import compare_logits, run_test_set
 
 __all__ = ["cmd_run", "compare_logits", "register_cli"]
@@ -20,14 +20,10 @@ __all__ = ["cmd_run", "compare_logits", "register_cli"]
 def cmd_run(args: argparse.Namespace) -> int:
     """Print :func:`dorefa.runtime.compare.run_test_set`'s result (``--explain``: the kernel
     plan, :meth:`dorefa.runtime.Model.plan`, and nothing else)."""
-    cpus = len(usable_cpus())
-    if args.threads > cpus:  # more threads than CPUs only adds contention
-        print(
-            f"warning: --threads {args.threads} is more than the {cpus} CPUs this process may "
-            f"use; using {cpus}",
-            file=sys.stderr,
-        )
-        args.threads = cpus
+    threads, why = pick_threads(args.threads)  # capped at the CPUs, as `dorefa train` does
+    if threads != args.threads:
+        print(why, file=sys.stderr)
+        args.threads = threads
     if args.explain:
         from .. import runtime
 

@@ -68,7 +68,7 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
     model's input and gives its classes (else the comparison would fail inside torch)."""
     import torch
 
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import export_meta, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
@@ -88,7 +88,7 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
                 f"--compare {checkpoint} has {key} {meta[key]} but {model.path} was exported "
                 f"with {key} {model.meta[key]}: compare with the checkpoint it was exported from"
             )
-    epoch = int(ckpt.get("epoch", -1)) + 1
+    epoch = export_meta(ckpt, checkpoint)["epoch"]
     if "epoch" in model.meta and model.meta["epoch"] != epoch:  # the same run, another epoch
         print(
             f"warning: {model.path} was exported after epoch {model.meta['epoch']} "

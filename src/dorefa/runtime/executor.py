@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from .. import kernels
+from . import check_threads
 from .bitconv import BitConv
 from .format import FORMAT_VERSION_CHAIN, Reader
 from .loader import INPUT, MAX_DIM, GraphBuilder, _is_dims, chain_to_graph
@@ -121,8 +122,7 @@ class Model:
         every value by name (the input as ``'input'``), for layer-by-layer comparisons.
         ``watch(layer, output, inputs)`` (optional) sees every node's output as it is made."""
         threads = self.threads if threads is None else threads
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        check_threads(threads)
         x = self._check_input(x)
         if threads > 1 and len(x) > 1 and not keep and watch is None and self.macs >= SPLIT_MACS:
             return self._run_shares(x, threads)

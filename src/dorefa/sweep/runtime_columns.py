@@ -78,7 +78,7 @@ def runtime_main(argv: list[str] | None = None) -> int:
     ``runtime.json``."""
     import torch
 
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import export_meta, load_checkpoint, model_from_checkpoint
     from ..exporter import export
     from ..runtime.compare import run_test_set
 
@@ -87,12 +87,9 @@ def runtime_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     ckpt_path = cell_dir / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path)
-    meta = dict(ckpt["meta"]) | {
-        "checkpoint": str(ckpt_path),
-        "epoch": int(ckpt.get("epoch", -1)) + 1,
-    }
     dorefa_path = cell_dir / "model.dorefa"
-    export(model_from_checkpoint(ckpt, ckpt_path).eval(), dorefa_path, meta=meta)  # atomic
+    model = model_from_checkpoint(ckpt, ckpt_path).eval()
+    export(model, dorefa_path, meta=export_meta(ckpt, ckpt_path))  # atomic
     res = run_test_set(
         dorefa_path,
         data,
