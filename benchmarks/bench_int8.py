@@ -130,7 +130,7 @@ def main() -> None:
     cols += ["vs int8", "vs fp32"]
     print(
         f"threads {args.threads}, popcount = {K.kernel_name()}, medians of {args.rounds}, "
-        f"our output {args.output}"
+        f"our output {args.output}; {bench_kernels.isa_line()}"
     )
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
     layers = [la for la in LAYERS if la.k == 3 and args.layers in la.name]

@@ -71,6 +71,33 @@ LAYERS = [
 ]
 
 
+# The variables that hold each side to a smaller instruction set (a CPU of the other family
+# simulated on this one): ours, ATen's kernels, oneDNN (torch fp32 and the x86 int8 engine),
+# fbgemm (the other int8 engine; it picks its own code from the CPU otherwise).
+ISA_VARS = (
+    "DOREFA_CPU_FEATURES",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "FBGEMM_ENABLE_INSTRUCTIONS",
+)
+
+
+def isa_line() -> str:
+    """The ISA variables set, for a table's header, and a warning where ours is held but torch's
+    engines are not all (a ratio against torch's wider code is not the other CPU's ratio)."""
+    held = {v: os.environ[v] for v in ISA_VARS if os.environ.get(v)}
+    if not held:
+        return "instruction sets: this CPU's own"
+    line = "instruction sets held: " + ", ".join(f"{k}={v}" for k, v in held.items())
+    if "DOREFA_CPU_FEATURES" in held and len(held) < len(ISA_VARS):
+        line += (
+            " (WARNING: not every torch engine held; set "
+            + ", ".join(v for v in ISA_VARS if v not in held)
+            + ")"
+        )
+    return line
+
+
 def measure_clock_hz(threads: int = 1, probes: int = 40, iterations: int = 250_000) -> float:
     """Core clock while `threads` cores are busy: the fastest of `probes` runs of
     8 * `iterations` dependent adds on each of `threads` threads started together (the probe
@@ -220,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         f"clock measured per row on all its threads (dependent-add chains; /proc/cpuinfo "
         f"nominal {nominal_mhz()} MHz), {rounds} interleaved rounds"
     )
-    print(header, flush=True)
+    print(header + "; " + isa_line(), flush=True)
     cols = [
         "layer", "N", "thr", "MMAC", "GHz",
         "W1A2 us", "W1A2 GMAC/s", "W1A2 MAC/cyc", "W1A2 % ceil/core",

@@ -164,6 +164,7 @@ def make_checkpoints(tmp: Path, good: Path) -> dict[str, Path]:
 
     import torch
 
+    from dorefa import checkpoint
     from dorefa.models import create_model
 
     ckpt = torch.load(good, weights_only=True)
@@ -190,7 +191,7 @@ def make_checkpoints(tmp: Path, good: Path) -> dict[str, Path]:
     }
     for k, obj in variants.items():
         c[k] = tmp / f"{k[2:]}.pt"
-        torch.save(obj, c[k])
+        checkpoint.save_atomic(obj, c[k])  # edits saved with their digest: each check is reached
     for name, source in (("d_resume_alexnet", "c_alexnet"), ("d_resume_cut", "c_truncated")):
         c[name] = tmp / name[2:]  # a run folder holding that checkpoint
         c[name].mkdir()

@@ -370,7 +370,11 @@ def test_checkpoint_keys_and_restore_errors(run_two_epochs, tmp_path):
 
     out, _ = run_two_epochs
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert tuple(ckpt) == KEYS and ckpt["version"] == VERSION and ckpt["epoch"] == 1
+    assert (
+        tuple(ckpt) == (*KEYS, checkpoint.DIGEST)
+        and ckpt["version"] == VERSION
+        and ckpt["epoch"] == 1
+    )
     assert ckpt["config"] == json.loads((out / "config.json").read_text())
     model = checkpoint.model_from_checkpoint(ckpt).train()
     opt = torch.optim.Adam(model.parameters())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dorefa import fileio
+from dorefa import checkpoint, fileio
 from dorefa.checkpoint import CheckpointError, load_checkpoint
 from dorefa.cli import main
 from dorefa.train import TrainConfig, train
@@ -126,16 +126,37 @@ def test_a_diverged_checkpoint_is_refused_by_name(one_epoch, tmp_path, capsys):
     name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
     ckpt["model"][name][0] = float("nan")
     path = tmp_path / "nan.pt"
-    torch.save(ckpt, path)
+    checkpoint.save_atomic(ckpt, path)  # an edit saved as the docs say
     assert main(["eval", str(path), "--test-subset", "32", "--threads", "1"]) == 2
     assert f"{name} holds NaN or inf values" in capsys.readouterr().err
+
+
+def test_a_damaged_or_hand_edited_checkpoint_is_refused(one_epoch, tmp_path, capsys):
+    good = one_epoch / "checkpoint.pt"
+    ckpt = torch.load(good, weights_only=True)
+    weight = next(v for v in ckpt["model"].values() if v.is_floating_point() and v.numel() > 8)
+    raw = bytearray(good.read_bytes())
+    at = bytes(raw).find(weight.numpy().tobytes())  # torch.save stores tensor bytes as they are
+    assert at > 0
+    raw[at + 5] ^= 0x10  # one bit of one weight: still a valid zip, a valid float
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(bytes(raw))
+    assert main(["eval", str(flipped), "--test-subset", "32", "--threads", "1"]) == 2
+    assert "do not match the checksum" in capsys.readouterr().err
+    edited = tmp_path / "edited.pt"
+    torch.save(ckpt | {"epoch": 7}, edited)  # the digest of epoch 0 kept
+    with pytest.raises(CheckpointError, match="edited after it was written"):
+        load_checkpoint(edited)
+    assert load_checkpoint(good)["digest"] == checkpoint.content_digest(
+        {k: v for k, v in ckpt.items() if k != "digest"}
+    )
 
 
 def test_an_altered_image_size_is_refused(one_epoch, tmp_path, capsys):
     ckpt = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
     ckpt["meta"]["image_size"] = 8
     path = tmp_path / "size8.pt"
-    torch.save(ckpt, path)
+    checkpoint.save_atomic(ckpt, path)  # an edit saved as the docs say
     assert main(["eval", str(path), "--test-subset", "32", "--threads", "1"]) == 2
     assert "meta image_size 8" in capsys.readouterr().err
 
@@ -212,11 +233,29 @@ def test_compare_names_a_checkpoint_that_is_not_the_exported_one(one_epoch, tmp_
     assert main(["export", str(one_epoch / "checkpoint.pt"), "-o", str(path)]) == 0
     ckpt = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
     other_bits = tmp_path / "bits.pt"
-    torch.save(ckpt | {"meta": ckpt["meta"] | {"bits": "2,2,6"}}, other_bits)
+    checkpoint.save_atomic(ckpt | {"meta": ckpt["meta"] | {"bits": "2,2,6"}}, other_bits)
     with pytest.raises(ValueError, match="has bits 2,2,6 but .* was exported with bits 1,2,6"):
         run_test_set(path, "fashion-mnist", test_subset=8, compare=other_bits)
     later = tmp_path / "later.pt"
-    torch.save(ckpt | {"epoch": 4}, later)
+    checkpoint.save_atomic(ckpt | {"epoch": 4}, later)
     capsys.readouterr()
     run_test_set(path, "fashion-mnist", test_subset=8, compare=later)
     assert "exported after epoch 1" in capsys.readouterr().err
+
+
+def test_negative_bits_get_the_bits_message_not_argparse_s(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--bits", "-1,2,6", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert "each in 1..8 or 32" in err and "weight bits -1" in err
+
+
+def test_a_subset_larger_than_the_data_says_it_takes_all(fashion_dir, capsys):
+    from dorefa.train import load_data
+
+    cfg = TrainConfig(bits="1,2,6", epochs=1, **(TINY | {"subset": 10**7, "test_subset": 10**6}))
+    train_set, test_set = load_data(cfg, 32)
+    err = capsys.readouterr().err
+    assert len(train_set) == 60000 and len(test_set) == 10000
+    assert "--subset 10000000 is more than the 60000 images" in err
+    assert "--test-subset 1000000 is more than the 10000 images" in err

@@ -14,12 +14,16 @@ A training checkpoint (``checkpoint.pt`` in a run folder, written after every ep
     best_acc   the best test accuracy so far
     rng        torch's global RNG state(s) (recorded only: resume re-derives every stream)
     config     the run's config.json as a dict (recorded only)
+    digest     sha256 of every entry above (content_digest), written by save_atomic and checked
+               on load: a checkpoint damaged on disk, or edited without save_atomic, is refused
+               (files without one, from before it, load unchecked)
 
 ``eval``, ``export`` and ``--init-from`` need only ``meta`` and ``model``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -32,6 +36,7 @@ from .fileio import atomic_write
 FORMAT = "dorefa-checkpoint"
 VERSION = 1
 KEYS = ("format", "version", "meta", "model", "optimizer", "epoch", "best_acc", "rng", "config")
+DIGEST = "digest"  # after KEYS, over all of them
 REQUIRED_KEYS = ("model", "meta")  # what a model can be rebuilt from
 RESUME_KEYS = ("optimizer", "epoch")  # what --resume needs besides
 
@@ -40,10 +45,41 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, truncated or does not fit the model."""
 
 
+def content_digest(obj: Any) -> str:
+    """sha256 of a checkpoint's entries: dict keys and values in order, lists, each tensor's
+    dtype, shape and bytes, other values by repr (what a torch.save / torch.load round trip
+    keeps exactly)."""
+    h = hashlib.sha256()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(v, dict):
+            h.update(f"D{len(v)}".encode())
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            h.update(f"L{len(v)}".encode())
+            for x in v:
+                walk(x)
+        else:
+            h.update(f"V{type(v).__name__}:{v!r};".encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save ``obj`` through dorefa.fileio.atomic_write (temp file in the same folder,
-    fsync, rename): a crash mid-write leaves the previous checkpoint intact."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save ``obj`` with its ``digest`` (content_digest of its other entries) through
+    dorefa.fileio.atomic_write (temp file in the same folder, fsync, rename): a crash mid-write
+    leaves the previous checkpoint intact."""
+    body = {k: v for k, v in obj.items() if k != DIGEST}
+    whole = body | {DIGEST: content_digest(body)}
+    return atomic_write(path, lambda f: torch.save(whole, f))
 
 
 def save(
@@ -155,6 +191,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: checkpoint version {ckpt.get('version')!r} is not supported (expected "
             f"{VERSION}); re-train or export with this dorefa version"
         )
+    _check_digest(ckpt, path)
     for key in REQUIRED_KEYS:
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry")
@@ -166,6 +203,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "`dorefa train`: re-train, or save it with dorefa.checkpoint.save"
         )
     return ckpt
+
+
+def _check_digest(ckpt: dict, path: Path) -> None:
+    """Raise CheckpointError where ``ckpt`` has a digest its entries no longer match."""
+    if DIGEST not in ckpt:
+        return
+    body = {k: v for k, v in ckpt.items() if k != DIGEST}
+    if ckpt[DIGEST] != content_digest(body):
+        raise CheckpointError(
+            f"{path}: its contents do not match the checksum saved with them (damaged on disk, "
+            "or edited after it was written): use another copy or re-train; a deliberate edit "
+            "is saved with dorefa.checkpoint.save_atomic"
+        )
 
 
 def export_meta(ckpt: dict, path: str | os.PathLike) -> dict:

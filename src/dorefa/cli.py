@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from .train_flags import POSITIVE_INT, add_train_args, config_from_args
@@ -83,14 +84,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location=device)
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
-    from .data import get_dataset
+    from .data import first_images, get_dataset
 
     data = args.data or ckpt["meta"].get("data", "fashion-mnist")
     test_set = get_dataset(
         data, "test", data_dir=args.data_dir, image_size=ckpt["meta"]["image_size"]
     )
-    if args.test_subset:
-        test_set = test_set.subset(min(args.test_subset, len(test_set)))
+    test_set = first_images(test_set, args.test_subset, "--test-subset")
     if test_set.in_channels != ckpt["meta"]["in_channels"]:
         raise ValueError(
             f"{data} has {test_set.in_channels} channels but the checkpoint's model "
@@ -159,8 +159,24 @@ def _int_engine_training(argv: list[str]) -> bool:
     )
 
 
+def _joined_negative_lists(argv: list[str]) -> list[str]:
+    """``--bits -1,2,6`` as ``--bits=-1,2,6``: argparse reads a value that starts with "-" and is
+    not one number as an option, and would say only "expected one argument"; joined, the
+    option's own check names what is wrong with the value."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEG_LIST.match(a):
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
+_NEG_LIST = re.compile(r"^-\d[\d.]*(,[-\d.]*)+$")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _joined_negative_lists(list(sys.argv[1:] if argv is None else argv))
     if _int_engine_training(argv):  # its kernels' threads need the cores torch's OpenMP spins on
         from .process import passive_openmp
 

@@ -13,7 +13,6 @@ permutation: the same images as step k of a single process with batch B.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -152,13 +151,11 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
 
 
 def state_hash(model: nn.Module) -> str:
-    """sha256 of every parameter and buffer (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """sha256 of every parameter and buffer (names, dtypes, shapes, bytes: as a checkpoint's
+    digest)."""
+    from .checkpoint import content_digest
+
+    return content_digest(model.state_dict())
 
 
 def check_replicas(model: nn.Module) -> list[str]:

@@ -64,18 +64,13 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(cfg: TrainConfig, image_size: int):
     """(train set, test set) of ``cfg.data``, cut to ``subset`` / ``test_subset`` images."""
-    from .data import get_dataset, require_classes
+    from .data import first_images, get_dataset, require_classes
 
     train_set = get_dataset(cfg.data, "train", data_dir=cfg.data_dir, image_size=image_size)
     require_classes(train_set, cfg.data)
     test_set = get_dataset(cfg.data, "test", data_dir=cfg.data_dir, image_size=image_size)
-    if cfg.subset is not None:
-        if cfg.subset < 1:
-            raise ValueError(f"--subset must be a positive number of images, got {cfg.subset}")
-        train_set = train_set.subset(min(cfg.subset, len(train_set)))
-    if cfg.test_subset is not None:
-        test_set = test_set.subset(min(cfg.test_subset, len(test_set)))
-    return train_set, test_set
+    train_set = first_images(train_set, cfg.subset, "--subset")
+    return train_set, first_images(test_set, cfg.test_subset, "--test-subset")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:

@@ -1,7 +1,7 @@
 """Data loaders: IDX (MNIST, Fashion-MNIST), SVHN, CIFAR-10, image folders; batch transforms."""
 
 from .arrays import ArrayDataset
-from .errors import DataError, require_classes
+from .errors import DataError, first_images, require_classes
 from .imagefolder import ImageFolderDataset
 from .registry import check_spec, get_dataset, list_datasets
 from .transforms import default_augment, to_model_input
@@ -12,6 +12,7 @@ __all__ = [
     "ImageFolderDataset",
     "check_spec",
     "default_augment",
+    "first_images",
     "get_dataset",
     "list_datasets",
     "require_classes",

@@ -3,6 +3,7 @@ and the checks loaders and training share (the folder exists, there are classes 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -32,3 +33,19 @@ def require_classes(dataset, spec: str) -> None:
             f"{spec}: {min(dataset.num_classes, seen)} class only; a classifier needs at least "
             "2 (IDX: labels 0..K-1; image folders: one folder per class)"
         )
+
+
+def first_images(dataset, n: int | None, flag: str):
+    """The first ``n`` items of ``dataset`` (``flag``: the option that asked for them; None:
+    all). Asking for more than there are takes them all and says so on stderr, once."""
+    if n is None:
+        return dataset
+    if n < 1:
+        raise ValueError(f"{flag} must be a positive number of images, got {n}")
+    if n > len(dataset):
+        print(
+            f"warning: {flag} {n} is more than the {len(dataset)} images of "
+            f"{getattr(dataset, 'name', 'the data set')}: using all of them",
+            file=sys.stderr,
+        )
+    return dataset.subset(min(n, len(dataset)))

@@ -48,12 +48,11 @@ def model_input_batches(test_set, batch_size: int, size: int):
 def load_test_set(data: str, data_dir, test_subset: int | None, model):
     """The test split of ``data`` at the model's input size (its first ``test_subset`` images
     if given), checked against the model's channels and classes."""
-    from ..data import get_dataset
+    from ..data import first_images, get_dataset
 
     c, size, _ = model.input_shape
     test_set = get_dataset(data, "test", data_dir=data_dir, image_size=size)
-    if test_subset:
-        test_set = test_set.subset(min(test_subset, len(test_set)))
+    test_set = first_images(test_set, test_subset, "--test-subset")
     if test_set.in_channels != c or test_set.num_classes != model.num_classes:
         raise ValueError(
             f"{data} has {test_set.in_channels} channels and {test_set.num_classes} classes; "
