@@ -47,7 +47,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_kernels import SETTLE_SECONDS  # noqa: E402
+from bench_kernels import SETTLE_SECONDS, isa_line  # noqa: E402
 from float_equivalent import float_equivalent, int8_model  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -322,6 +322,7 @@ def measure(args, name: str, bits: str) -> tuple[str, str]:
         f"kernel backend: {K.backend()} ({K.kernel_name()}); CPU: {cpu_name()}; {thr}; "
         f"torch {torch.__version__}, numpy {np.__version__}; "
         f"{hi if lo == hi else f'{lo}-{hi}'} rounds, medians\n"
+        f"{isa_line()}\n"
         f"kernels: {kernel_summary(runtimes[tc[0]])}\n"
         "torch int8 engine (faster per row): "
         + ", ".join(

@@ -30,15 +30,16 @@ BINARY = {
 }
 # int8 kernels, flat in the bits. vnni: one (zen) or two (golden-cove) VPDPBUSD zmm a cycle.
 # avx2: VPMADDUBSW + VPADDW per 32 MACs (zen measured 50; golden-cove 2 ops on 3 ports, 48);
-# W8A8's nibble path: 2 x VPMADDUBSW, 2 x VPMADDWD, 3 adds (zen measured ~15; golden-cove 7 ops
-# on 3 ports, 13.7).
+# W8A8's nibble path, per 128 MACs (4 pixels x 8 channels x 4 bytes): 8 VPMADDUBSW + 8 VPADDW,
+# the weights' nibble split (3) and the int16 sums' fold every 8 groups (16 / 8): 21 ops (zen's
+# 4 pipes: 24.4; golden-cove's 3 ports: 18.3; derived).
 INT8 = {
-    ZEN: {"int8-vnni": 64.0, "int8-avx2": 50.0, "int8-avx2 W8A8": 15.0},
+    ZEN: {"int8-vnni": 64.0, "int8-avx2": 50.0, "int8-avx2 W8A8": 24.4},
     GOLDEN_COVE: {
         "int8-amx": 1024.0,
         "int8-vnni": 128.0,
         "int8-avx2": 48.0,
-        "int8-avx2 W8A8": 13.7,
+        "int8-avx2 W8A8": 18.3,
     },
 }
 # lut kernels, per weight plane and activation slice. lut-vnni: VPERMB + VPDPBUSD per 256 MACs,

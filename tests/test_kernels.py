@@ -118,13 +118,14 @@ def test_every_bit_pair_at_the_extreme_codes(kernel, bits):
 @pytest.mark.parametrize("bits", [(1, 1), (2, 1), (3, 2), (8, 8)], ids=lambda b: f"x{b[0]}w{b[1]}")
 @pytest.mark.parametrize("field", [(256, 3, 3), (200, 5, 3)], ids=lambda f: "c{}k{}x{}".format(*f))
 def test_long_fields_at_the_extreme_codes(kernel, bits, field):
-    """Receptive fields of 36 and 60 words a bit plane, codes at their maximum in one image:
-    the byte counters' folds (every 31 words on popcount-avx2) fall inside kernel rows and
-    between them, at full counts."""
+    """Receptive fields of 36 and 60 words a bit plane, codes at their maximum in one image and
+    0 in another: the byte counters' folds (every 31 words on popcount-avx2) and the int16
+    sums' (every 8 groups on int8-avx2's W8A8 nibbles, whose shifted zero codes give the most
+    negative pair sums) fall inside kernel rows and between them, at full counts."""
     (xb, wb), (c, kh, kw) = bits, field
     rng = np.random.default_rng([xb, wb, c])
-    x = ((1 << xb) - 1) * rng.integers(0, 2, (2, c, 5, 6), dtype=np.uint8)
-    x[0] = (1 << xb) - 1
+    x = ((1 << xb) - 1) * rng.integers(0, 2, (3, c, 5, 6), dtype=np.uint8)
+    x[0], x[2] = (1 << xb) - 1, 0
     w = ((1 << wb) - 1) * rng.integers(0, 2, (19, c, kh, kw), dtype=np.uint8)
     w[:2] = (1 << wb) - 1
     pw = R.pack_weights(w, wb)

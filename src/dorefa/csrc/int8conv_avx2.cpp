@@ -1,5 +1,5 @@
-// AVX2 int8 kernel: register tile of 4 output pixels (3 for W8A8) x 16 output channels (two
-// ymm of 8 lanes, one packed weight block).
+// AVX2 int8 kernel: register tile of 4 output pixels x 16 output channels (two ymm of 8 lanes,
+// one packed weight block; W8A8: 4 pixels x 8 channels, the block's halves in turn).
 //
 // VPMADDUBSW t, w, x: per 16-bit lane, t = u8(w_a) * s8(x_a) + u8(w_b) * s8(x_b), SATURATED
 // to int16; VPMADDWD t, ones then sums lane pairs into int32 (exact), giving per 32-bit lane
@@ -10,16 +10,18 @@
 // A pair sum is exact while 2 * wmax * a <= 32767 (wmax = 2^w_bits - 1):
 //   x_bits <= 6: 2 * 255 * 63 = 32130, x_bits = 7: 2 * 255 * 64 = 32640: every w_bits;
 //   x_bits = 8: 2 * 127 * 128 = 32512 for w_bits <= 7; 2 * 255 * 128 = 65280 for W8A8: no.
-// W8A8 splits the weights into nibbles, w = 16 * h + l (h, l <= 15: 2 * 15 * 128 = 3840), and
-// sums VPMADDWD(t_l, 1) + VPMADDWD(t_h, 16).
+// W8A8 splits the weights into nibbles, w = 16 * h + l (h, l <= 15: 2 * 15 * 128 = 3840), each
+// summed in int16 for 8 groups and folded as VPMADDWD(t_l, 1) + VPMADDWD(t_h, 16) (NibbleBlock).
 // Low bit counts add several VPMADDUBSW results in int16 before one VPMADDWD: m of them stay
 // exact while m * 2 * wmax * a <= 32767 (W1A2: m = 5461), so most groups cost one multiply
 // and one add per ymm instead of two multiplies and an add.
 //
 // Ceilings (Zen 4, measured with independent register-only chains, 32 MACs per ymm step):
 // VPMADDUBSW + VPADDW 0.64 cycle -> 50 MAC/cycle (int16 accumulation); VPMADDUBSW + VPMADDWD
-// + VPADDD 1.03 cycles -> 31 MAC/cycle; W8A8 (nibbles: 2 x VPMADDUBSW, 2 x VPMADDWD, 3 adds
-// per 32 MACs) ~15 MAC/cycle.
+// + VPADDD 1.03 cycles -> 31 MAC/cycle. W8A8 (derived): per 4 pixels x 8 channels x 4 bytes
+// (128 MACs) 8 VPMADDUBSW + 8 VPADDW, the split's 3 ops and the fold's 16 every 8 groups (2):
+// 21 ops, 7 cycles on Golden Cove's 3 ports (18.3 MAC/cycle), ~5.3 on Zen's 4 pipes (24); it
+// was 7 ops per 32 MACs, folding every group (13.7 / ~15).
 //
 // The padding's taps are left out as on int8-vnni (TileClasses, int8conv_store.h): W8A8 4-5%
 // faster on svhn's 18x18 layers, 14-16% on 128->128 at 7x7 (Zen 4, batch 1 and 32).
@@ -61,8 +63,6 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
   const int64_t span = g.kw * c.q.cp / 4;
   const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
   const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i sixteens = _mm256_set1_epi16(16);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
   __m256i acc[P][2], acc16[P][2];
   for (int p = 0; p < P; ++p) {
     for (int h = 0; h < 2; ++h) {
@@ -80,21 +80,7 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
       __m256i w[2];
       for (int h = 0; h < 2; ++h)
         w[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64 + 32 * h));
-      if constexpr (kPath == kNibble) {
-        __m256i lo[2], hi[2];
-        for (int h = 0; h < 2; ++h) {
-          lo[h] = _mm256_and_si256(w[h], low4);
-          hi[h] = _mm256_and_si256(_mm256_srli_epi16(w[h], 4), low4);
-        }
-        for (int p = 0; p < P; ++p) {
-          const __m256i xv = Bcast(xr[p] + 4 * j);
-          for (int h = 0; h < 2; ++h) {
-            const __m256i tl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[h], xv), ones);
-            const __m256i th = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[h], xv), sixteens);
-            acc[p][h] = _mm256_add_epi32(acc[p][h], _mm256_add_epi32(tl, th));
-          }
-        }
-      } else if constexpr (kPath == kMadd32) {
+      if constexpr (kPath == kMadd32) {
         for (int p = 0; p < P; ++p) {
           const __m256i xv = Bcast(xr[p] + 4 * j);
           for (int h = 0; h < 2; ++h) {
@@ -129,12 +115,71 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
   }
 }
 
+// W8A8 (kNibble): the sums of P pixels of block ob as Block's, the block's two halves of 8
+// channels one after the other, each over every tap: per group the half's weights split into
+// nibbles (l = w & 15, h = w >> 4), then per pixel VPMADDUBSW(l, x) and VPMADDUBSW(h, x) into
+// int16 sums (pair sums within 2 * 15 * 128 = 3840, so 8 groups stay exact: 30720), folded
+// into the int32 sums (in L1) every 8 groups as VPMADDWD(., 1) + VPMADDWD(., 16). 2 P int16
+// sums, the two nibble vectors, a broadcast, a product and the mask in 16 ymm: P = 4 (at 5
+// GCC spilled two sums). Against the earlier 3 x 16 tile that folded every group (2 x
+// VPMADDWD and 3 adds per 32 MACs), on the Sapphire Rapids class's AVX2: conv3 1.25x, svhn's
+// 64->128 valid 1.14x / 1.30x, 128->128 7x7 1.11x, 48->64 1.09x at batch 32 (0.98x at 1).
+template <int P>
+void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob,
+                 int64_t /*m*/, const int32_t* init, int32_t* const* out) {
+  constexpr int kFold = 32767 / (2 * 15 * 128);  // 8
+  const ConvGeom& g = *c.g;
+  const int64_t span = g.kw * c.q.cp / 4;
+  const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const uint8_t* w0 = c.wq + ob * c.q.gstride * 64;
+  for (int h = 0; h < 2; ++h) {
+    alignas(32) int32_t acc[P][8];
+    __m256i lo16[P], hi16[P];
+    for (int p = 0; p < P; ++p) {
+      std::memcpy(acc[p], init + 8 * h, sizeof(acc[p]));
+      lo16[p] = hi16[p] = _mm256_setzero_si256();
+    }
+    auto fold = [&] {
+      for (int p = 0; p < P; ++p) {
+        const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(lo16[p], _mm256_set1_epi16(1)),
+                                             _mm256_madd_epi16(hi16[p], _mm256_set1_epi16(16)));
+        auto* a = reinterpret_cast<__m256i*>(acc[p]);
+        _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), sum));
+        lo16[p] = hi16[p] = _mm256_setzero_si256();
+      }
+    };
+    int left = kFold;
+    for (int64_t r = t.r0; r < t.r1; ++r) {
+      const int8_t* xr[P];
+      for (int p = 0; p < P; ++p) xr[p] = xs[p] + r * c.q.row;
+      const uint8_t* wr = w0 + r * span * 64 + 32 * h;
+      for (int64_t j = j0; j < j1; ++j) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64));
+        const __m256i lo = _mm256_and_si256(w, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+        for (int p = 0; p < P; ++p) {
+          const __m256i xv = Bcast(xr[p] + 4 * j);
+          lo16[p] = _mm256_add_epi16(lo16[p], _mm256_maddubs_epi16(lo, xv));
+          hi16[p] = _mm256_add_epi16(hi16[p], _mm256_maddubs_epi16(hi, xv));
+        }
+        if (--left == 0) fold(), left = kFold;
+      }
+    }
+    fold();
+    for (int p = 0; p < P; ++p) std::memcpy(out[p] + 8 * h, acc[p], sizeof(acc[p]));
+  }
+}
+
 using BlockFn = void (*)(const Int8Conv&, const FieldTaps&, const int8_t* const*, int64_t, int64_t,
                          const int32_t*, int32_t* const*);
 
 template <Path kPath>
 constexpr BlockFn kBlocks[kTileP] = {&Block<1, kPath>, &Block<2, kPath>, &Block<3, kPath>,
                                      &Block<4, kPath>};
+constexpr int kNibbleP = 4;
+constexpr BlockFn kNibbleBlocks[kNibbleP] = {&NibbleBlock<1>, &NibbleBlock<2>, &NibbleBlock<3>,
+                                             &NibbleBlock<4>};
 
 void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
   const ConvGeom& g = *c.g;
@@ -143,9 +188,9 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
   const int64_t m = 32767 / PairBound(g.x_bits, g.w_bits);
   const bool nibble = g.x_bits == 8 && g.w_bits == 8;
   const Path path = nibble ? kNibble : (m >= 2 ? kMadd16 : kMadd32);
-  const int tile = nibble ? 3 : kTileP;  // W8A8: 4 nibble vectors + 2 constants in registers
+  const int tile = nibble ? kNibbleP : kTileP;
   const BlockFn* blocks =
-      path == kNibble ? kBlocks<kNibble> : (path == kMadd16 ? kBlocks<kMadd16> : kBlocks<kMadd32>);
+      path == kNibble ? kNibbleBlocks : (path == kMadd16 ? kBlocks<kMadd16> : kBlocks<kMadd32>);
   TileClasses<Avx2Store>(
       c, pix0, npix, ob0, nob, tile, 1,
       [&](const FieldTaps& t, int np, int, const int8_t* const* xs, int64_t ob, const int32_t* init,

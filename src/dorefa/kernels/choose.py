@@ -50,7 +50,7 @@ POPCOUNT_RATE = {"popcount-avx512": 900.0, "popcount-avx2": 300.0, "popcount-sca
 INT8_RATE = {"int8-amx": 600.0, "int8-vnni": 130.0, "int8-avx2": 110.0}
 LUT_RATE = {"lut-vnni": 430.0, "lut-avx512": 450.0, "lut-avx2": 420.0}
 LUT_DWORD_SUMS = ("lut-vnni",)  # lut kernels that sum in dwords: no byte sums to widen
-INT8_AVX2_W8A8_RATE = 40.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the nibble path
+INT8_AVX2_W8A8_RATE = 50.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the nibble path
 
 
 @dataclass(frozen=True)
