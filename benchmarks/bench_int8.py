@@ -132,6 +132,12 @@ def main() -> None:
         f"threads {args.threads}, popcount = {K.kernel_name()}, medians of {args.rounds}, "
         f"our output {args.output}; {bench_kernels.isa_line()}"
     )
+    lossy = [e for e in ("x86", "fbgemm") if bench_kernels.torch_int8_saturates(e)]
+    if lossy:
+        print(
+            f"torch int8 ({', '.join(lossy)}) saturates 8-bit products on this instruction set "
+            "(no VNNI): its times are not those of an exact W8A8 convolution"
+        )
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
     layers = [la for la in LAYERS if la.k == 3 and args.layers in la.name]
     for layer in layers:

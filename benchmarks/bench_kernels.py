@@ -33,6 +33,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import ceilings
@@ -126,6 +127,27 @@ def nominal_mhz() -> str:
     except OSError:
         pass
     return "?"
+
+
+def torch_int8_saturates(engine: str) -> bool:
+    """Whether torch's int8 convolution on ``engine`` loses the exact 8-bit products here: 64
+    input channels of 255 against weights of 127 (one output, 2 072 640, mapped to code 200).
+    Without VNNI its VPMADDUBSW pairs (2 x 255 x 127 = 64 770) saturate at 32 767 and the code
+    comes out ~101; the exact kernels have no such case (docs/kernels.md)."""
+    old = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = engine
+        c, exact = 64, 255 * 127 * 64
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's deprecation notice of quantized tensors
+            qx = torch.quantize_per_tensor(torch.full((1, c, 2, 2), 255.0), 1.0, 0, torch.quint8)
+            qw = torch.quantize_per_tensor(torch.full((8, c, 1, 1), 127.0), 1.0, 0, torch.qint8)
+            conv = torch.ao.nn.quantized.Conv2d(c, 8, 1)
+            conv.set_weight_bias(qw, None)
+            conv.scale, conv.zero_point = exact / 200, 0
+            return int(conv(qx).int_repr()[0, 0, 0, 0]) != 200
+    finally:
+        torch.backends.quantized.engine = old
 
 
 def torch_contestants(layer: Layer, n: int, rng: np.random.Generator) -> dict:
