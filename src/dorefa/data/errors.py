@@ -37,7 +37,8 @@ def require_classes(dataset, spec: str) -> None:
 
 def first_images(dataset, n: int | None, flag: str):
     """The first ``n`` items of ``dataset`` (``flag``: the option that asked for them; None:
-    all). Asking for more than there are takes them all and says so on stderr, once."""
+    all). Asking for more than there are takes them all and says so on stderr (each
+    data-parallel process says it too)."""
     if n is None:
         return dataset
     if n < 1:
