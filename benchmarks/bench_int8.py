@@ -132,7 +132,8 @@ def main() -> None:
         f"threads {args.threads}, popcount = {K.kernel_name()}, medians of {args.rounds}, "
         f"our output {args.output}; {bench_kernels.isa_line()}"
     )
-    lossy = [e for e in ("x86", "fbgemm") if bench_kernels.torch_int8_saturates(e)]
+    engines = [e for e in ("x86", "fbgemm") if e in torch.backends.quantized.supported_engines]
+    lossy = [e for e in engines if bench_kernels.torch_int8_saturates(e)]
     if lossy:
         print(
             f"torch int8 ({', '.join(lossy)}) saturates 8-bit products on this instruction set "

@@ -131,7 +131,8 @@ def nominal_mhz() -> str:
 
 def torch_int8_saturates(engine: str) -> bool:
     """Whether torch's int8 convolution on ``engine`` loses the exact 8-bit products here: 64
-    input channels of 255 against weights of 127 (one output, 2 072 640, mapped to code 200).
+    input channels of 255 (quint8, full range: no ``reduce_range``) against weights of 127 (one
+    output, 2 072 640, mapped to code 200).
     Without VNNI its VPMADDUBSW pairs (2 x 255 x 127 = 64 770) saturate at 32 767 and the code
     comes out ~101; the exact kernels have no such case (docs/kernels.md)."""
     old = torch.backends.quantized.engine

@@ -150,6 +150,13 @@ def test_a_damaged_or_hand_edited_checkpoint_is_refused(one_epoch, tmp_path, cap
     assert load_checkpoint(good)["digest"] == checkpoint.content_digest(
         {k: v for k, v in ckpt.items() if k != "digest"}
     )
+    older = tmp_path / "older.pt"  # written before digests: loads unchecked
+    torch.save({k: v for k, v in ckpt.items() if k != "digest"}, older)
+    assert load_checkpoint(older)["epoch"] == ckpt["epoch"]
+    odd = tmp_path / "odd.pt"  # a digest that is not a string: refused, not a traceback
+    torch.save(ckpt | {"digest": torch.zeros(3)}, odd)
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        load_checkpoint(odd)
 
 
 def test_an_altered_image_size_is_refused(one_epoch, tmp_path, capsys):

@@ -80,7 +80,7 @@ class Bits:
 
 
 def _is_int(value: object) -> bool:
-    """A digit string or an integer (Python or numpy), not a bool."""
+    """A digit string (a leading "-" allowed) or an integer (Python or numpy), not a bool."""
     if isinstance(value, str):  # a sign allowed: "-1" is an integer, refused as out of range
         return value.removeprefix("-").isdigit()
     if isinstance(value, bool):

@@ -210,7 +210,11 @@ def _check_digest(ckpt: dict, path: Path) -> None:
     if DIGEST not in ckpt:
         return
     body = {k: v for k, v in ckpt.items() if k != DIGEST}
-    if ckpt[DIGEST] != content_digest(body):
+    try:
+        digest = content_digest(body)
+    except (RuntimeError, TypeError, ValueError) as exc:  # tensors of a kind never saved here
+        raise CheckpointError(f"{path}: its entries cannot be checked ({exc})") from None
+    if not isinstance(ckpt[DIGEST], str) or ckpt[DIGEST] != digest:
         raise CheckpointError(
             f"{path}: its contents do not match the checksum saved with them (damaged on disk, "
             "or edited after it was written): use another copy or re-train; a deliberate edit "

@@ -164,9 +164,12 @@ def _joined_negative_lists(argv: list[str]) -> list[str]:
     not one number as an option, and would say only "expected one argument"; joined, the
     option's own check names what is wrong with the value."""
     out: list[str] = []
-    for a in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEG_LIST.match(a):
-            out[-1] = f"{out[-1]}={a}"
+    for i, a in enumerate(argv):
+        if a == "--":  # what follows is positional, as argparse reads it
+            return out + argv[i:]
+        last = out[-1] if out else ""
+        if last.startswith("--") and last != "--" and "=" not in last and _NEG_LIST.match(a):
+            out[-1] = f"{last}={a}"
         else:
             out.append(a)
     return out

@@ -20,8 +20,10 @@
 // VPMADDUBSW + VPADDW 0.64 cycle -> 50 MAC/cycle (int16 accumulation); VPMADDUBSW + VPMADDWD
 // + VPADDD 1.03 cycles -> 31 MAC/cycle. W8A8 (derived): per 4 pixels x 8 channels x 4 bytes
 // (128 MACs) 8 VPMADDUBSW + 8 VPADDW, the split's 3 ops and the fold's 16 every 8 groups (2):
-// 21 ops, 7 cycles on Golden Cove's 3 ports (18.3 MAC/cycle), ~5.3 on Zen's 4 pipes (24); it
-// was 7 ops per 32 MACs, folding every group (13.7 / ~15).
+// 21 ops, 7 cycles on Golden Cove's 3 ports (18.3 MAC/cycle); on Zen the 4 broadcasts take pipe
+// slots too, 25 ops on 4 pipes (20.5), and a Zen 2's one multiply pipe runs the 9 multiplies
+// (8 VPMADDUBSW, the fold's 1) in 9 cycles (14.2). It was 7 ops per 32 MACs, folding every
+// group (13.7 / ~15).
 //
 // The padding's taps are left out as on int8-vnni (TileClasses, int8conv_store.h): W8A8 4-5%
 // faster on svhn's 18x18 layers, 14-16% on 128->128 at 7x7 (Zen 4, batch 1 and 32).
@@ -122,8 +124,9 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
 // into the int32 sums (in L1) every 8 groups as VPMADDWD(., 1) + VPMADDWD(., 16). 2 P int16
 // sums, the two nibble vectors, a broadcast, a product and the mask in 16 ymm: P = 4 (at 5
 // GCC spilled two sums). Against the earlier 3 x 16 tile that folded every group (2 x
-// VPMADDWD and 3 adds per 32 MACs), on the Sapphire Rapids class's AVX2: conv3 1.25x, svhn's
-// 64->128 valid 1.14x / 1.30x, 128->128 7x7 1.11x, 48->64 1.09x at batch 32 (0.98x at 1).
+// VPMADDWD and 3 adds per 32 MACs), on the Sapphire Rapids class's AVX2, batch 1 / 32: conv3
+// 1.25x / 1.27x, svhn's 64->128 valid 1.14x / 1.30x, 128->128 7x7 1.11x / 1.11x, 48->64 0.98x /
+// 1.09x.
 template <int P>
 void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob,
                  int64_t /*m*/, const int32_t* init, int32_t* const* out) {
