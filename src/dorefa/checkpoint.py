@@ -73,12 +73,16 @@ def content_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def entries_digest(ckpt: dict[str, Any]) -> str:
+    """The ``digest`` entry a checkpoint should hold: content_digest of its other entries."""
+    return content_digest({k: v for k, v in ckpt.items() if k != DIGEST})
+
+
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save ``obj`` with its ``digest`` (content_digest of its other entries) through
-    dorefa.fileio.atomic_write (temp file in the same folder, fsync, rename): a crash mid-write
-    leaves the previous checkpoint intact."""
-    body = {k: v for k, v in obj.items() if k != DIGEST}
-    whole = body | {DIGEST: content_digest(body)}
+    """torch.save ``obj`` with its ``digest`` (entries_digest) through dorefa.fileio.atomic_write
+    (temp file in the same folder, fsync, rename): a crash mid-write leaves the previous
+    checkpoint intact."""
+    whole = {k: v for k, v in obj.items() if k != DIGEST} | {DIGEST: entries_digest(obj)}
     return atomic_write(path, lambda f: torch.save(whole, f))
 
 
@@ -209,9 +213,8 @@ def _check_digest(ckpt: dict, path: Path) -> None:
     """Raise CheckpointError where ``ckpt`` has a digest its entries no longer match."""
     if DIGEST not in ckpt:
         return
-    body = {k: v for k, v in ckpt.items() if k != DIGEST}
     try:
-        digest = content_digest(body)
+        digest = entries_digest(ckpt)
     except (RuntimeError, TypeError, ValueError) as exc:  # tensors of a kind never saved here
         raise CheckpointError(f"{path}: its entries cannot be checked ({exc})") from None
     if not isinstance(ckpt[DIGEST], str) or ckpt[DIGEST] != digest:

@@ -242,18 +242,6 @@ uint8_t PackWeightsInt8(const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   return ors;
 }
 
-namespace {
-
-// The taps [t0, t1) of a kernel axis of `taps` taps inside [0, size) for a field starting at
-// padded position `at` (= output position * stride): t in [pad - at, size + pad - at),
-// clipped to [0, taps).
-void TapsInside(int64_t at, int64_t size, int64_t pad, int32_t taps, int32_t* t0, int32_t* t1) {
-  *t0 = static_cast<int32_t>(std::clamp<int64_t>(pad - at, 0, taps));
-  *t1 = static_cast<int32_t>(std::clamp<int64_t>(size + pad - at, *t0, taps));
-}
-
-}  // namespace
-
 void ClassifyPixels(const ConvGeom& g, int64_t pix0, int np, PixelClasses* out) {
   PixelClasses& k = *out;
   const auto kh = static_cast<int32_t>(g.kh), kw = static_cast<int32_t>(g.kw);

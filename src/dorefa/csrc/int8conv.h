@@ -54,6 +54,7 @@
 #ifndef DOREFA_CSRC_INT8CONV_H_
 #define DOREFA_CSRC_INT8CONV_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -147,6 +148,15 @@ int64_t Int8FieldSum(const Int8Conv& c, int64_t n, int64_t oy, int64_t ox);
 // Int8Conv::d_sums).
 constexpr int64_t kMaxCallPixels = 64;
 void Int8FieldTerms(const Int8Conv& c, int64_t pix0, int64_t np, int32_t* terms);
+
+// The taps [t0, t1) of a kernel axis of `taps` taps inside [0, size) for a field starting at
+// padded position `at` (= output position * stride): t in [pad - at, size + pad - at),
+// clipped to [0, taps).
+inline void TapsInside(int64_t at, int64_t size, int64_t pad, int32_t taps, int32_t* t0,
+                       int32_t* t1) {
+  *t0 = static_cast<int32_t>(std::clamp<int64_t>(pad - at, 0, taps));
+  *t1 = static_cast<int32_t>(std::clamp<int64_t>(size + pad - at, *t0, taps));
+}
 
 // The taps of a receptive field inside the image (not in the zero padding): kernel rows
 // [r0, r1) and columns [k0, k1) (empty ranges where the field lies wholly in the padding).

@@ -189,8 +189,9 @@ struct StoresOnePass<Blocks, std::void_t<decltype(Blocks::kStoreTable)>> : std::
 inline int64_t PaddingRows(const ConvGeom& g) {
   int64_t rows = 0;
   for (int64_t oy = 0; oy < g.oh; ++oy) {
-    const int64_t y0 = oy * g.stride - g.pad;
-    rows += g.kh - (std::clamp<int64_t>(g.h - y0, 0, g.kh) - std::clamp<int64_t>(-y0, 0, g.kh));
+    int32_t r0, r1;
+    TapsInside(oy * g.stride, g.h, g.pad, static_cast<int32_t>(g.kh), &r0, &r1);
+    rows += g.kh - (r1 - r0);
   }
   return rows;
 }
@@ -225,24 +226,23 @@ void TileLut(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t
   // (1.24-1.26x on lut-avx2), conv3's 22% (1.17-1.19x). Where under 1/16 of the rows are
   // padding (svhn's 18x18 layers: 3.7%) every tile runs every row: the bounds cost more there
   // (0.97x).
-  int64_t lo[kMaxLutPixels], hi[kMaxLutPixels];
+  int32_t lo[kMaxLutPixels], hi[kMaxLutPixels];
   if (16 * PaddingRows(g) < g.oh * g.kh) {
     std::fill(lo, lo + npix, 0);
-    std::fill(hi, hi + npix, g.kh);
+    std::fill(hi, hi + npix, static_cast<int32_t>(g.kh));
   } else {
     const int64_t ohw = g.oh * g.ow;
     int64_t oy = pix0 % ohw / g.ow, ox = pix0 % g.ow;  // stepped, not divided, per pixel
     for (int64_t i = 0; i < npix; ++i) {
-      const int64_t y0 = oy * g.stride - g.pad;  // the input row of kernel row 0
-      lo[i] = std::clamp<int64_t>(-y0, 0, g.kh);
-      hi[i] = std::clamp<int64_t>(g.h - y0, 0, g.kh);
+      TapsInside(oy * g.stride, g.h, g.pad, static_cast<int32_t>(g.kh), &lo[i], &hi[i]);
       if (++ox == g.ow) ox = 0, oy = oy + 1 == g.oh ? 0 : oy + 1;
     }
   }
   // Kernel rows [r0, r1) of the tile of pixels [p, p + np) that touch the image.
   auto run_rows = [&](int64_t p, int64_t np, int64_t r0, int64_t r1, auto&& block) {
     int64_t a = r1, b = r0;
-    for (int64_t i = p; i < p + np; ++i) a = std::min(a, lo[i]), b = std::max(b, hi[i]);
+    for (int64_t i = p; i < p + np; ++i)
+      a = std::min<int64_t>(a, lo[i]), b = std::max<int64_t>(b, hi[i]);
     a = std::max(a, r0), b = std::min(b, r1);
     if (a < b || one_pass) block(a, std::max(a, b));
   };
