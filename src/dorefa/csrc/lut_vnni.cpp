@@ -12,6 +12,7 @@
 // lut-avx512's. AVX-512 F/BW/VL/DQ + VBMI + VNNI.
 #include <immintrin.h>
 
+#include "dpbusd.h"
 #include "int8conv_store_avx512.h"
 #include "lut_tile.h"
 
@@ -44,8 +45,7 @@ void DotBlock(const Int8Conv& c, const LutGeom& l, const uint8_t* const* tp, int
         const __m512i t = _mm512_loadu_si512(tr[p] + q * 64);
         DOREFA_UNROLL for (int k = 0; k < NB; ++k) {
           const __m512i v = _mm512_permutexvar_epi8(wv[k], t);
-          // in place (GCC's intrinsic copied every sum through another register each step)
-          __asm__("vpdpbusd %2, %1, %0" : "+v"(acc[p][k]) : "v"(v), "v"(ones));
+          DpbusdInPlace(acc[p][k], v, ones);
         }
       }
     }

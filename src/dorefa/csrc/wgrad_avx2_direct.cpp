@@ -32,6 +32,9 @@ struct Avx2Direct {
   static constexpr int kCols = 6;            // columns per register tile
   static constexpr int kChunk = 24;          // columns per work tile
   static constexpr bool kIntScales = false;  // no int32 finish (DirectMode::kInt)
+  // Packed gradient bytes of a batch block (wgrad_direct.h): half of a 32 KiB L1 data cache,
+  // beside the strips and the float64 sums the tile adds to in L1.
+  static constexpr int64_t kBlockBytes = 16384;
 
   // One strip plane (wgrad_direct.h): zeroed, then the data columns of each row copied.
   static void StripPlane(const uint8_t* src, int64_t h, int64_t w, int64_t p, int64_t first,

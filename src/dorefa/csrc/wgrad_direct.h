@@ -17,7 +17,7 @@
 // broadcast 4-byte run of a strip and a vector of L channels' quads.
 //
 // Work: tiles of (Isa::kVectors * L) channels x Isa::kChunk columns; each runs the batch in
-// order, in blocks of samples whose packed gradients stay in L1 (kBlockBytes), calling the
+// order, in blocks of samples whose packed gradients take at most Isa::kBlockBytes, calling the
 // register tiles Isa::Tile<V, C> (up to kVectors vectors x kCols columns) once per block. Per
 // sample a register tile adds its sums S to float64 sums acc[k][o] = acc[k][o] +
 // scale_b * double(S) (multiply, then add: -ffp-contract=off, the spec's float steps; one FMA
@@ -47,9 +47,6 @@ namespace dorefa {
 namespace {  // NOLINT(build/namespaces): one copy per ISA, see above
 
 constexpr int64_t kDirectSlack = 64;
-// Packed gradient bytes of one sample's work-tile vectors that a batch block may hold (half of
-// a 32 KiB L1 data cache, beside the strips and the float64 sums).
-constexpr int64_t kBlockBytes = 16384;
 
 struct DirectLayout {
   int64_t lanes, plane, pq, ov, xs_size, gq_size;  // strips and quads per sample
@@ -185,7 +182,8 @@ void RunDirectWorkTile(const WgradGeom& g, const DirectPacked& pk, const WgradOu
   constexpr int64_t kStride = Isa::kVectors * Isa::kLanes;
   static constexpr auto kTiles = DirectTable<Isa>(std::make_integer_sequence<int, Isa::kVectors>{});
   std::fill(acc.begin(), acc.end(), 0.0);
-  const int64_t block = std::max<int64_t>(1, kBlockBytes / (nv * pk.l.pq * pk.l.VectorBytes()));
+  const int64_t block =
+      std::max<int64_t>(1, Isa::kBlockBytes / (nv * pk.l.pq * pk.l.VectorBytes()));
   for (int64_t b0 = 0; b0 < g.n; b0 += block) {
     for (int j0 = 0; j0 < nk; j0 += Isa::kCols) {
       const DirectTileArgs a{&g,
