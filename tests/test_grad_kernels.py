@@ -104,7 +104,12 @@ WGRAD = K._native.wgrad_kernels() if K._native is not None else []
     GEOMETRIES
     + [(20, 5, 9, 9, 7, 3, 1, 1), (100, 3, 18, 18, 5, 3, 1, 1), (2, 36, 6, 5, 18, 2, 1, 1)]
     + [(3, 17, 9, 9, 20, 3, 1, 0), (3, 20, 9, 9, 40, 5, 1, 2), (2, 5, 10, 10, 20, 7, 1, 3)]
-    + [(4, 33, 6, 6, 17, 1, 1, 0)],
+    + [(4, 33, 6, 6, 17, 1, 1, 0)]
+    # size-keeping padding (input rows as wide as the output's): strip planes of 2 masked steps
+    # with rows across the step boundary, and one past the masked route's 16 steps; unpadded
+    # rows of 8 bytes (8-byte copies) and of 9 (row by row)
+    + [(2, 4, 13, 6, 5, 3, 1, 1), (2, 3, 5, 11, 6, 5, 1, 2), (1, 3, 41, 40, 5, 3, 1, 1)]
+    + [(2, 3, 10, 10, 4, 3, 1, 0), (2, 3, 11, 11, 4, 3, 1, 0)],
 )
 @pytest.mark.parametrize("bits", [(1, 2, 6), (8, 8, 8), (1, 7, 8), (1, 8, 6), (1, 8, 7), (1, 1, 1)])
 def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):

@@ -36,7 +36,15 @@ struct Avx2Direct {
   // beside the strips and the float64 sums the tile adds to in L1.
   static constexpr int64_t kBlockBytes = 16384;
 
-  // One strip plane (wgrad_direct.h): zeroed, then the data columns of each row copied.
+  // The strip planes of n channels of one tap column (wgrad_direct.h), one by one.
+  static void StripPlanes(const uint8_t* src, int64_t n, int64_t h, int64_t w, int64_t p,
+                          int64_t first, int64_t last, int64_t shift, uint8_t* dst, int64_t step,
+                          int64_t ow, int64_t hp) {
+    for (int64_t i = 0; i < n; ++i)
+      StripPlane(src + i * h * w, h, w, p, first, last, shift, dst + i * step, ow, hp);
+  }
+
+  // One strip plane: zeroed, then the data columns of each row copied.
   static void StripPlane(const uint8_t* src, int64_t h, int64_t w, int64_t p, int64_t first,
                          int64_t last, int64_t shift, uint8_t* dst, int64_t ow, int64_t hp) {
     std::memset(dst, 0, static_cast<size_t>(hp * ow));

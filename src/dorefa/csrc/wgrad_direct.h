@@ -89,8 +89,9 @@ struct DirectPacked {
   }
 };
 
-// The strips of one sample: Isa::StripPlane(src, h, w, p, first, last, shift, dst, ow, hp) writes
-// one plane: hp rows of ow bytes, row y + p = x row y at columns [first, last) (read from
+// The strips of one sample: Isa::StripPlanes(src, n, h, w, p, first, last, shift, dst, step,
+// ow, hp) writes the planes of n channels of one tap column, plane i from src + i h w to
+// dst + i step: hp rows of ow bytes, row y + p = x row y at columns [first, last) (read from
 // src + y w + ox + shift), zeros elsewhere. Plane (t, ci) goes to xs + (t C + ci) stride (the
 // sample's own buffer: stride = l.plane, its slack zeroed; wgrad_amx.cpp's digits interleave
 // the samples' planes).
@@ -99,13 +100,13 @@ template <class Isa>
 void PackDirectInput(const WgradGeom& g, const DirectLayout& l, const uint8_t* __restrict x,
                      uint8_t* __restrict xs, int64_t stride = 0, int64_t c0 = 0, int64_t c1 = 0) {
   const int64_t h = g.h, w = g.w, p = g.padding, ow = g.ow, hp = h + 2 * p;
+  const int64_t step = stride > 0 ? stride : l.plane, c_end = c1 > 0 ? c1 : g.c;
   for (int64_t t = 0; t < g.kw; ++t) {
     // output columns whose input column ox + t - p is inside [0, w)
     const int64_t first = std::max<int64_t>(0, p - t),
                   last = std::max(first, std::min(ow, w + p - t));
-    for (int64_t ci = c0; ci < (c1 > 0 ? c1 : g.c); ++ci)
-      Isa::StripPlane(x + ci * h * w, h, w, p, first, last, t - p,
-                      xs + (t * g.c + ci) * (stride > 0 ? stride : l.plane), ow, hp);
+    Isa::StripPlanes(x + c0 * h * w, c_end - c0, h, w, p, first, last, t - p,
+                     xs + (t * g.c + c0) * step, step, ow, hp);
   }
   if (stride == 0) std::memset(xs + l.xs_size - kDirectSlack, 0, kDirectSlack);
 }
