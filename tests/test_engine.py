@@ -342,10 +342,14 @@ def test_int_engine_switches_plain_max_pools_only():
 def test_int_engine_float_conv_on_the_float_kernel(kernel):
     """A float-weight first layer (<= 4 input channels) under the int engine: stride 1 runs on
     kernels.conv_float (every kernel, the reference included) within float32 rounding of
-    torch's convolution, and its gradients (weight, bias, input) are torch's own for that
-    output gradient; a strided conv, one of 8 input channels, bf16 autocast and float64 inputs
-    run torch's conv."""
+    torch's convolution; its weight and bias gradients on the native kernel where the backend
+    in force is AVX-512 and the kernel 3x3 or 5x5 (conv_float_weight_grad: its values, tested
+    against the float64 sums in test_float_layers.py), else torch's own, as the input's
+    gradient; a strided conv, one of 8 input channels, bf16 autocast and float64 inputs run
+    torch's conv."""
     from dorefa.kernels import use_kernel
+    from dorefa.kernels.extension import native
+    from dorefa.kernels.selection import backend_of
 
     torch.manual_seed(0)
     with use_kernel(kernel):
@@ -361,12 +365,18 @@ def test_int_engine_float_conv_on_the_float_kernel(kernel):
             assert torch.allclose(y, want, rtol=1e-5, atol=1e-5)
             dy = torch.randn_like(y)
             y.backward(dy)
-            assert torch.equal(
-                conv.weight.grad, conv2d_weight(x.detach(), conv.weight.shape, dy, padding=pad)
-            )
+            sums = native.conv_float_weight_grad(x.detach().numpy(), dy.numpy(), k, k, pad, bias, 1)
+            if backend_of(kernel) == "avx512" and k in (3, 5):
+                assert sums is not None  # every CPU with an AVX-512 kernel has the native path
+                want_w = torch.from_numpy(sums[0])
+                want_b = None if sums[1] is None else torch.from_numpy(sums[1])
+            else:
+                want_w = conv2d_weight(x.detach(), conv.weight.shape, dy, padding=pad)
+                want_b = dy.sum((0, 2, 3))
+            assert torch.equal(conv.weight.grad, want_w)
             assert torch.equal(x.grad, conv2d_input(x.shape, conv.weight.detach(), dy, padding=pad))
             if bias:
-                assert torch.equal(conv.bias.grad, dy.sum((0, 2, 3)))
+                assert torch.equal(conv.bias.grad, want_b)
     for other in (QConv2d(1, 4, 3, stride=2, w_bits=32), QConv2d(8, 4, 3, w_bits=32)):
         assert set_engine(torch.nn.Sequential(other), "int", bits=Bits(32, 2, 6))["0"] == (
             "torch: W=32, A=2: float weights or inputs"

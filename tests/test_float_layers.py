@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from dorefa import kernels as K
 from dorefa.kernels import reference as R
+from dorefa.kernels.selection import backend_of
 from kernel_cases import (
     KERNELS,
     NATIVE,
@@ -167,6 +168,7 @@ _STEM_POOL_CASE = """
 import numpy as np
 from dorefa import kernels as K
 from dorefa.kernels import reference as R
+from dorefa.kernels.selection import backend_of
 rng = np.random.default_rng(5)
 for w in range(1, 71):
     x = rng.standard_normal((2, 3, 7, w)).astype(np.float32)
@@ -517,3 +519,83 @@ def test_maxpool_codes_split_over_threads(kernel, geom, hw):
     with K.use_kernel(kernel):
         for threads in (1, 2, 3):
             np.testing.assert_array_equal(K.maxpool_codes(x, k, s, p, threads), expected)
+
+
+# The float first layer's weight gradient in training (csrc/conv_float_wgrad.h): (N, C, H, W,
+# O, K, padding): svhn's 1->48 5x5 in small, 3x3 and 5x5 with and without padding, up to 4
+# input channels, maps that end mid-vector, a map smaller than the kernel's reach.
+FLOAT_WGRAD_SHAPES = [
+    (3, 1, 40, 40, 48, 5, 0),
+    (2, 3, 11, 9, 7, 3, 1),
+    (2, 4, 6, 7, 20, 5, 2),
+    (1, 1, 3, 3, 2, 3, 0),
+    (4, 2, 13, 5, 17, 3, 0),
+    (2, 1, 2, 3, 3, 5, 2),
+]
+HAS_AVX512 = any(backend_of(k) == "avx512" for k in NATIVE)
+
+
+def _float_wgrad_spec(x, dy, k, p):
+    """(dW, db) summed in float64, and per output the float32 summation bound: gamma_m times
+    the sum of |terms|, m = the longest chain of float32 adds (N (vectors + K) + 16 lanes)."""
+    n, oh, ow = x.shape[0], dy.shape[2], dy.shape[3]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    d = dy.astype(np.float64)
+    dw = np.empty((dy.shape[1], x.shape[1], k, k))
+    mag = np.empty_like(dw)
+    for ky in range(k):
+        for kx in range(k):
+            win = xp[:, :, ky : ky + oh, kx : kx + ow]
+            dw[:, :, ky, kx] = np.einsum("nohw,nchw->oc", d, win)
+            mag[:, :, ky, kx] = np.einsum("nohw,nchw->oc", np.abs(d), np.abs(win))
+    m = n * ((oh * ow + (k - 1) * ow) // 16 + 2) + 16
+    gamma = m * 2.0**-24 / (1 - m * 2.0**-24)
+    return dw, d.sum((0, 2, 3)), gamma * mag, gamma * np.abs(d).sum((0, 2, 3))
+
+
+@pytest.mark.parametrize("shape", FLOAT_WGRAD_SHAPES)
+def test_conv_float_weight_grad_within_float32_rounding(shape):
+    """The native weight and bias gradients of a float first layer: within the float32
+    summation bound of the float64 sums (no one CPU's rounding assumed), the same floats at 1
+    and 2 threads; where the CPU has no AVX-512 the call declines (None: torch's runs)."""
+    n, c, h, w, o, k, p = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    dy = rng.standard_normal((n, o, h + 2 * p - k + 1, w + 2 * p - k + 1)).astype(np.float32)
+    got = K._native.conv_float_weight_grad(x, dy, k, k, p, True, 1)
+    if not HAS_AVX512:
+        assert got is None
+        return
+    dw, db = got
+    want_w, want_b, bound_w, bound_b = _float_wgrad_spec(x, dy, k, p)
+    assert dw.shape == (o, c, k, k) and db.shape == (o,)
+    assert (np.abs(dw - want_w) <= bound_w).all() and (np.abs(db - want_b) <= bound_b).all()
+    dw2, db2 = K._native.conv_float_weight_grad(x, dy, k, k, p, True, 2)
+    assert np.array_equal(dw, dw2) and np.array_equal(db, db2)
+    dw3, none = K._native.conv_float_weight_grad(x, dy, k, k, p, False, 1)
+    assert none is None and np.array_equal(dw3, dw)
+
+
+_FLOAT_WGRAD_DECLINES = """
+import numpy as np
+from dorefa.kernels.extension import native
+x, dy = np.ones((2, 1, 8, 8), np.float32), np.ones((2, 3, 6, 6), np.float32)
+print(native.conv_float_weight_grad(x, dy, 3, 3, 0, True, 1) is None)
+"""
+
+
+def test_conv_float_weight_grad_declines_what_it_does_not_run():
+    """Kernels other than 3x3 and 5x5, more than 4 input channels, and an AVX2-only CPU: None
+    (the engine keeps torch's); a dy that does not fit the input is an error."""
+    for x, dy, k in [
+        (np.ones((2, 1, 9, 9)), np.ones((2, 3, 3, 3)), 7),
+        (np.ones((2, 5, 8, 8)), np.ones((2, 3, 6, 6)), 3),
+        (np.ones((2, 1, 8, 8)), np.ones((2, 3, 8, 8)), 1),
+    ]:
+        args = (x.astype(np.float32), dy.astype(np.float32), k, k, 0, True, 1)
+        assert K._native.conv_float_weight_grad(*args) is None
+    with pytest.raises(ValueError, match="dy does not fit"):
+        K._native.conv_float_weight_grad(
+            np.ones((2, 1, 8, 8)), np.ones((2, 3, 5, 6)), 3, 3, 0, True, 1
+        )
+    assert fresh_process(_FLOAT_WGRAD_DECLINES, DOREFA_CPU_FEATURES="avx2,fma") == ["True"]

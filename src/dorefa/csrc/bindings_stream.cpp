@@ -16,6 +16,7 @@
 #include "bindings_checks.h"
 #include "bn_train.h"
 #include "buffers.h"
+#include "conv_float_wgrad.h"
 #include "stream_float.h"
 
 namespace py = pybind11;
@@ -125,6 +126,39 @@ py::array_t<float> ActQuantTrainBackwardPy(const FloatArray& x, const FloatArray
   return dx;
 }
 
+// The float first layer's weight gradient (and its bias's where `bias`), conv_float_wgrad.h:
+// (dW (O, C, KH, KW), db (O) or None), or None where the native path does not fit this CPU or
+// shape (the engine then keeps torch's).
+py::object ConvFloatWeightGradPy(const FloatArray& x, const FloatArray& dy, int64_t kh, int64_t kw,
+                                 int64_t padding, bool bias, int threads) {
+  CheckThreads(threads);
+  Require(x.ndim() == 4 && dy.ndim() == 4, "x and dy must be (N, C, H, W) and (N, O, OH, OW)");
+  Require(kh >= 1 && kw >= 1 && padding >= 0, "bad kernel size or padding");
+  FloatWgradGeom g;
+  g.n = x.shape(0);
+  g.c = x.shape(1);
+  g.h = x.shape(2);
+  g.w = x.shape(3);
+  g.o = dy.shape(1);
+  g.kh = kh;
+  g.kw = kw;
+  g.pad = padding;
+  g.oh = g.h + 2 * padding - kh + 1;
+  g.ow = g.w + 2 * padding - kw + 1;
+  Require(dy.shape(0) == g.n && dy.shape(2) == g.oh && dy.shape(3) == g.ow,
+          "dy does not fit x, the kernel size and the padding (stride 1)");
+  if (!ConvFloatWeightGradFits(g)) return py::none();
+  py::array_t<float> dw = OutputArray<float>({g.o, g.c, kh, kw});
+  py::array_t<float> db = OutputArray<float>({bias ? g.o : 0});
+  float* dw_data = dw.mutable_data();
+  float* db_data = bias ? db.mutable_data() : nullptr;
+  {
+    py::gil_scoped_release release;
+    ConvFloatWeightGrad(g, x.data(), dy.data(), dw_data, db_data, threads);
+  }
+  return py::make_tuple(dw, bias ? py::object(db) : py::none());
+}
+
 // (N, C, H, W) of a BatchNorm's input, its (C) weight and bias checked.
 void BnShape(const FloatArray& x, const FloatArray& w, const FloatArray& b, int64_t* n, int64_t* c,
              int64_t* hw) {
@@ -181,6 +215,8 @@ void BindStreamOps(py::module_& m) {
   m.def("act_quant_train", &ActQuantTrainPy, py::arg("x"), py::arg("bits"), py::arg("threads"));
   m.def("act_quant_train_backward", &ActQuantTrainBackwardPy, py::arg("x"), py::arg("dy"),
         py::arg("threads"));
+  m.def("conv_float_weight_grad", &ConvFloatWeightGradPy, py::arg("x"), py::arg("dy"),
+        py::arg("kh"), py::arg("kw"), py::arg("padding"), py::arg("bias"), py::arg("threads"));
   m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"), py::arg("vector"),
         py::arg("threads"));
   m.def("affine_float", &AffineFloatPy, py::arg("x"), py::arg("scale"), py::arg("shift"),
