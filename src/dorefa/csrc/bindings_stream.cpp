@@ -134,15 +134,7 @@ py::object ConvFloatWeightGradPy(const FloatArray& x, const FloatArray& dy, int6
   CheckThreads(threads);
   Require(x.ndim() == 4 && dy.ndim() == 4, "x and dy must be (N, C, H, W) and (N, O, OH, OW)");
   Require(kh >= 1 && kw >= 1 && padding >= 0, "bad kernel size or padding");
-  FloatWgradGeom g;
-  g.n = x.shape(0);
-  g.c = x.shape(1);
-  g.h = x.shape(2);
-  g.w = x.shape(3);
-  g.o = dy.shape(1);
-  g.kh = kh;
-  g.kw = kw;
-  g.pad = padding;
+  FloatWgradGeom g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), dy.shape(1), kh, kw, padding};
   g.oh = g.h + 2 * padding - kh + 1;
   g.ow = g.w + 2 * padding - kw + 1;
   Require(dy.shape(0) == g.n && dy.shape(2) == g.oh && dy.shape(3) == g.ow,
