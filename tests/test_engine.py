@@ -340,13 +340,13 @@ def test_int_engine_switches_plain_max_pools_only():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int_engine_float_conv_on_the_float_kernel(kernel):
-    """A float-weight first layer (<= 4 input channels) under the int engine: stride 1 runs on
-    kernels.conv_float (every kernel, the reference included) within float32 rounding of
-    torch's convolution; its weight and bias gradients on the native kernel where the backend
-    in force is AVX-512 and the kernel 3x3 or 5x5 (conv_float_weight_grad: its values, tested
-    against the float64 sums in test_float_layers.py), else torch's own, as the input's
-    gradient; a strided conv, one of 8 input channels, bf16 autocast and float64 inputs run
-    torch's conv."""
+    """A float-weight first layer (<= 4 input channels) under the int engine, stride 1, within
+    float32 rounding of torch's convolution: where the backend in force is AVX-512 and the
+    kernel 3x3 or 5x5, its forward and its weight and bias gradients on the training kernels
+    (conv_float_train_forward, conv_float_weight_grad: their values, tested against float64
+    sums in test_float_layers.py), else the forward on kernels.conv_float (every other kernel,
+    the reference included) and torch's gradients; the input's gradient torch's own; a strided
+    conv, one of 8 input channels, bf16 autocast and float64 inputs run torch's conv."""
     from dorefa.kernels import use_kernel
     from dorefa.kernels.extension import native
     from dorefa.kernels.selection import backend_of
@@ -363,6 +363,12 @@ def test_int_engine_float_conv_on_the_float_kernel(kernel):
             assert "FloatConvFn" in type(y.grad_fn).__name__
             want = F.conv2d(x.detach(), conv.weight.detach(), conv.bias, padding=pad)
             assert torch.allclose(y, want, rtol=1e-5, atol=1e-5)
+            b = conv.bias.detach().numpy() if bias else np.zeros(o, np.float32)
+            train_y = native.conv_float_train_forward(
+                x.detach().numpy(), conv.weight.detach().numpy(), b, pad, 1
+            )
+            if backend_of(kernel) == "avx512" and k in (3, 5):  # the training kernel's forward
+                assert train_y is not None and torch.equal(y.detach(), torch.from_numpy(train_y))
             dy = torch.randn_like(y)
             y.backward(dy)
             sums = native.conv_float_weight_grad(x.detach().numpy(), dy.numpy(), k, k, pad, bias, 1)

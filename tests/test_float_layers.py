@@ -521,9 +521,9 @@ def test_maxpool_codes_split_over_threads(kernel, geom, hw):
             np.testing.assert_array_equal(K.maxpool_codes(x, k, s, p, threads), expected)
 
 
-# The float first layer's weight gradient in training (csrc/conv_float_wgrad.h): (N, C, H, W,
-# O, K, padding): svhn's 1->48 5x5 in small, 3x3 and 5x5 with and without padding, up to 4
-# input channels, maps that end mid-vector, a map smaller than the kernel's reach.
+# The float first layer's products in training (csrc/conv_float_train.h): (N, C, H, W, O, K,
+# padding): svhn's 1->48 5x5 in small, 3x3 and 5x5 with and without padding, up to 4 input
+# channels, maps that end mid-vector, a map smaller than the kernel's reach.
 FLOAT_WGRAD_SHAPES = [
     (3, 1, 40, 40, 48, 5, 0),
     (2, 3, 11, 9, 7, 3, 1),
@@ -576,17 +576,50 @@ def test_conv_float_weight_grad_within_float32_rounding(shape):
     assert none is None and np.array_equal(dw3, dw)
 
 
+@pytest.mark.parametrize("shape", FLOAT_WGRAD_SHAPES)
+def test_conv_float_train_forward_within_float32_rounding(shape):
+    """The native training forward of a float first layer: within the float32 summation bound
+    of the float64 convolution (C K K + 1 terms an output), the same floats at 1 and 2
+    threads; None where the CPU has no AVX-512."""
+    n, c, h, w, o, k, p = shape
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    got = K._native.conv_float_train_forward(x, wt, b, p, 1)
+    if not HAS_AVX512:
+        assert got is None
+        return
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    oh, ow = h + 2 * p - k + 1, w + 2 * p - k + 1
+    want = np.broadcast_to(b.astype(np.float64)[None, :, None, None], (n, o, oh, ow)).copy()
+    mag = np.broadcast_to(np.abs(b.astype(np.float64))[None, :, None, None], want.shape).copy()
+    for ky in range(k):
+        for kx in range(k):
+            win = xp[:, :, ky : ky + oh, kx : kx + ow]
+            want += np.einsum("oc,nchw->nohw", wt[:, :, ky, kx].astype(np.float64), win)
+            mag += np.einsum(
+                "oc,nchw->nohw", np.abs(wt[:, :, ky, kx]).astype(np.float64), np.abs(win)
+            )
+    terms = c * k * k + 1
+    gamma = terms * 2.0**-24 / (1 - terms * 2.0**-24)
+    assert got.shape == want.shape and (np.abs(got - want) <= gamma * mag).all()
+    assert np.array_equal(got, K._native.conv_float_train_forward(x, wt, b, p, 2))
+
+
 _FLOAT_WGRAD_DECLINES = """
 import numpy as np
 from dorefa.kernels.extension import native
 x, dy = np.ones((2, 1, 8, 8), np.float32), np.ones((2, 3, 6, 6), np.float32)
+w, b = np.ones((3, 1, 3, 3), np.float32), np.ones(3, np.float32)
 print(native.conv_float_weight_grad(x, dy, 3, 3, 0, True, 1) is None)
+print(native.conv_float_train_forward(x, w, b, 0, 1) is None)
 """
 
 
-def test_conv_float_weight_grad_declines_what_it_does_not_run():
+def test_conv_float_training_kernels_decline_what_they_do_not_run():
     """Kernels other than 3x3 and 5x5, more than 4 input channels, and an AVX2-only CPU: None
-    (the engine keeps torch's); a dy that does not fit the input is an error."""
+    (the engine keeps conv_float and torch's gradients); operands that do not fit are errors."""
     for x, dy, k in [
         (np.ones((2, 1, 9, 9)), np.ones((2, 3, 3, 3)), 7),
         (np.ones((2, 5, 8, 8)), np.ones((2, 3, 6, 6)), 3),
@@ -598,4 +631,11 @@ def test_conv_float_weight_grad_declines_what_it_does_not_run():
         K._native.conv_float_weight_grad(
             np.ones((2, 1, 8, 8)), np.ones((2, 3, 5, 6)), 3, 3, 0, True, 1
         )
-    assert fresh_process(_FLOAT_WGRAD_DECLINES, DOREFA_CPU_FEATURES="avx2,fma") == ["True"]
+    for w in (np.ones((3, 1, 7, 7)), np.ones((3, 5, 3, 3))):
+        x = np.ones((2, w.shape[1], 8, 8), np.float32)
+        assert K._native.conv_float_train_forward(x, w.astype(np.float32), np.ones(3), 0, 1) is None
+    with pytest.raises(ValueError, match="weight / bias do not fit"):
+        K._native.conv_float_train_forward(
+            np.ones((2, 2, 8, 8)), np.ones((3, 1, 3, 3)), np.ones(3), 0, 1
+        )
+    assert fresh_process(_FLOAT_WGRAD_DECLINES, DOREFA_CPU_FEATURES="avx2,fma") == ["True", "True"]

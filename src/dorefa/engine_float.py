@@ -1,15 +1,18 @@
 """The int engine's float convolution: a network's first layer keeps float weights (W = 32),
 so it is not one of the integer products, yet torch's convolution of one input channel is
 slow: svhn's 1->48 5x5 layer took 15.8 ms forward at batch 128 on one thread (Sapphire Rapids
-class, the int engine's step 210 ms) where the library's float first-layer kernel
-(:func:`dorefa.kernels.conv_float`, ``csrc/conv_float.h``) takes 4.8 ms. Its forward runs on
-that kernel: the same float32 products and sums in another order, so within float32 rounding
-of torch's (the two agreed to the bit on that layer). The weight and bias gradients run on the
-library's kernel where it has one (``conv_float_weight_grad``, ``csrc/conv_float_wgrad.h``:
-AVX-512, 3x3 and 5x5 kernels, up to 4 input channels; float32 sums in another order than
-torch's, within its rounding): svhn's took 8.3 ms (``conv2d_weight``) and 1.7 ms (the bias's
-``dy.sum``) at batch 128 on one Zen 4 thread; elsewhere, and for the input's gradient where it
-needs one (``conv2d_input``), torch's own.
+class, the int engine's step 210 ms).
+
+Where the backend in force is AVX-512 and the kernel 3x3 or 5x5 (up to 4 input channels), the
+forward and the weight and bias gradients run on the training kernels of
+``csrc/conv_float_train.h`` (``conv_float_train_forward``, ``conv_float_weight_grad``): float32
+sums in another order than torch's, within its rounding. svhn's layer at batch 128 on one Zen 4
+thread: forward 4.6 ms (the runtime's kernel below 9.7), weight and bias gradients 4.85 ms
+(torch's ``conv2d_weight`` 8.3 ms and ``dy.sum`` 1.7 ms). Elsewhere the forward runs on the
+runtime's float first-layer kernel (:func:`dorefa.kernels.conv_float`, ``csrc/conv_float.h``:
+the same products summed in another order, within float32 rounding of torch's; on svhn's layer
+the two agreed to the bit) and the gradients are torch's own, as the input's gradient
+(``conv2d_input``) wherever one is needed.
 
 Only first layers (up to 4 input channels), stride 1, groups 1, dilation 1, zero padding equal
 on all sides (the kernel's strided paths use Winograd transforms, whose rounding differs
@@ -49,7 +52,10 @@ class _FloatConvFn(torch.autograd.Function):
         w = weight.detach().contiguous().numpy()
         b = bias.detach().numpy() if bias is not None else np.zeros(w.shape[0], np.float32)
         xn = x.detach().contiguous().numpy()
-        y = kernels.conv_float(xn, w, b, 1, padding, torch.get_num_threads())
+        threads = torch.get_num_threads()
+        y = _native_forward(xn, w, b, padding, threads)
+        if y is None:
+            y = kernels.conv_float(xn, w, b, 1, padding, threads)
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
@@ -73,15 +79,32 @@ class _FloatConvFn(torch.autograd.Function):
         return dx, dw, db, None
 
 
+def _native_training() -> bool:
+    """True where the training kernels of ``csrc/conv_float_train.h`` may run: the extension
+    is there and the backend in force is AVX-512 (they decline other CPUs and shapes)."""
+    from .kernels.extension import native
+    from .kernels.selection import backend_of, current_kernel
+
+    return native is not None and backend_of(current_kernel()) == "avx512"
+
+
+def _native_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, threads: int):
+    """The forward on ``conv_float_train_forward``, or None where it does not run."""
+    from .kernels.extension import native
+
+    if not _native_training() or w.dtype != np.float32:
+        return None
+    return native.conv_float_train_forward(x, w, np.asarray(b, np.float32), padding, threads)
+
+
 def _native_weight_grad(
     x: Tensor, dy: Tensor, shape: torch.Size, padding: int, bias: bool
 ) -> tuple[Tensor, Tensor | None] | None:
     """(dW, db or None) of a stride-1 float conv on the library's kernel, or None where it has
     none (no extension, a backend in force other than AVX-512, a shape it does not take)."""
     from .kernels.extension import native
-    from .kernels.selection import backend_of, current_kernel
 
-    if native is None or dy.dtype != torch.float32 or backend_of(current_kernel()) != "avx512":
+    if not _native_training() or dy.dtype != torch.float32:
         return None
     sums = native.conv_float_weight_grad(
         x.detach().contiguous().numpy(),

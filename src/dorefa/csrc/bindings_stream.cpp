@@ -16,7 +16,7 @@
 #include "bindings_checks.h"
 #include "bn_train.h"
 #include "buffers.h"
-#include "conv_float_wgrad.h"
+#include "conv_float_train.h"
 #include "stream_float.h"
 
 namespace py = pybind11;
@@ -126,7 +126,7 @@ py::array_t<float> ActQuantTrainBackwardPy(const FloatArray& x, const FloatArray
   return dx;
 }
 
-// The float first layer's weight gradient (and its bias's where `bias`), conv_float_wgrad.h:
+// The float first layer's weight gradient (and its bias's where `bias`), conv_float_train.h:
 // (dW (O, C, KH, KW), db (O) or None), or None where the native path does not fit this CPU or
 // shape (the engine then keeps torch's).
 py::object ConvFloatWeightGradPy(const FloatArray& x, const FloatArray& dy, int64_t kh, int64_t kw,
@@ -149,6 +149,29 @@ py::object ConvFloatWeightGradPy(const FloatArray& x, const FloatArray& dy, int6
     ConvFloatWeightGrad(g, x.data(), dy.data(), dw_data, db_data, threads);
   }
   return py::make_tuple(dw, bias ? py::object(db) : py::none());
+}
+
+// The float first layer's training forward (conv_float_train.h): y (N, O, OH, OW), or None
+// where the native path does not fit this CPU or shape (the engine then runs conv_float).
+py::object ConvFloatTrainForwardPy(const FloatArray& x, const FloatArray& w, const FloatArray& b,
+                                   int64_t padding, int threads) {
+  CheckThreads(threads);
+  Require(x.ndim() == 4 && w.ndim() == 4 && b.ndim() == 1 && padding >= 0,
+          "x (N, C, H, W), weight (O, C, KH, KW), bias (O) and padding >= 0 expected");
+  Require(w.shape(1) == x.shape(1) && b.shape(0) == w.shape(0), "weight / bias do not fit x");
+  FloatWgradGeom g{x.shape(0), x.shape(1), x.shape(2), x.shape(3),
+                   w.shape(0), w.shape(2), w.shape(3), padding};
+  g.oh = g.h + 2 * padding - g.kh + 1;
+  g.ow = g.w + 2 * padding - g.kw + 1;
+  Require(g.oh >= 1 && g.ow >= 1, "kernel larger than the padded input");
+  if (!ConvFloatWeightGradFits(g)) return py::none();
+  py::array_t<float> y = OutputArray<float>({g.n, g.o, g.oh, g.ow});
+  float* dst = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    ConvFloatTrainForward(g, x.data(), w.data(), b.data(), dst, threads);
+  }
+  return std::move(y);
 }
 
 // (N, C, H, W) of a BatchNorm's input, its (C) weight and bias checked.
@@ -207,6 +230,8 @@ void BindStreamOps(py::module_& m) {
   m.def("act_quant_train", &ActQuantTrainPy, py::arg("x"), py::arg("bits"), py::arg("threads"));
   m.def("act_quant_train_backward", &ActQuantTrainBackwardPy, py::arg("x"), py::arg("dy"),
         py::arg("threads"));
+  m.def("conv_float_train_forward", &ConvFloatTrainForwardPy, py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("padding"), py::arg("threads"));
   m.def("conv_float_weight_grad", &ConvFloatWeightGradPy, py::arg("x"), py::arg("dy"),
         py::arg("kh"), py::arg("kw"), py::arg("padding"), py::arg("bias"), py::arg("threads"));
   m.def("quantize_float", &QuantizeFloatPy, py::arg("x"), py::arg("bits"), py::arg("vector"),

@@ -1,4 +1,4 @@
-// The first layer's weight and bias gradients (conv_float_wgrad.h) on AVX-512.
+// The float first layer's training products (conv_float_train.h) on AVX-512.
 //
 // Pixels flat, 16 to a vector. Per sample and input channel, KW shifted copies of the padded
 // input with the output's row pitch, X_kx[r OW + x] = xp[r, x + kx] (r < OH + KH - 1), put
@@ -16,7 +16,7 @@
 // output channels split over the threads, each channel's lane sums kept in L1 between
 // samples; per lane the products are added sample by sample, vector by vector, and at the end
 // the 16 lanes in one fixed order: the same floats for any thread count.
-#include "conv_float_wgrad.h"
+#include "conv_float_train.h"
 
 #include <immintrin.h>
 
@@ -134,6 +134,51 @@ DOREFA_AVX512 float AddLanes(const float* lanes) {
   return _mm512_reduce_add_ps(_mm512_loadu_ps(lanes));
 }
 
+// Forward, one sample's pixels [16 q, 16 q + 16) of channels [o0, o1): the taps' copy vectors
+// of input channel c in registers, then per output channel its KH KW weights broadcast into
+// FMAs, the sum of channels c < this one (or the bias) from y. The copies' slack covers the
+// last vector's lanes past the map; its stores are masked.
+template <int KH, int KW>
+DOREFA_AVX512 void ForwardSample(const FloatWgradGeom& g, const float* xs, int64_t stride,
+                                 const float* w, const float* b, float* y) {
+  constexpr int kTaps = KH * KW;
+  const int64_t ow = g.ow, pixels = g.oh * ow;
+  for (int64_t q = 0; q < pixels; q += kLanes) {
+    const auto m = static_cast<__mmask16>(LaneMask(q, pixels));
+    for (int64_t c = 0; c < g.c; ++c) {
+      __m512 xv[kTaps];
+      DOREFA_UNROLL for (int kx = 0; kx < KW; ++kx) {
+        DOREFA_UNROLL for (int ky = 0; ky < KH; ++ky) xv[ky * KW + kx] =
+            _mm512_loadu_ps(xs + (c * KW + kx) * stride + q + ky * ow);
+      }
+      for (int64_t o = 0; o < g.o; ++o) {
+        float* out = y + o * pixels + q;
+        __m512 acc = c == 0 ? _mm512_set1_ps(b[o]) : _mm512_maskz_loadu_ps(m, out);
+        const float* wo = w + (o * g.c + c) * kTaps;
+        DOREFA_UNROLL for (int t = 0; t < kTaps; ++t) acc =
+            _mm512_fmadd_ps(xv[t], _mm512_set1_ps(wo[t]), acc);
+        _mm512_mask_storeu_ps(out, m, acc);
+      }
+    }
+  }
+}
+
+using ForwardFn = void (*)(const FloatWgradGeom&, const float*, int64_t, const float*, const float*,
+                           float*);
+
+void ForwardAvx512(const FloatWgradGeom& g, const float* x, const float* w, const float* b,
+                   float* y, int threads) {
+  const ForwardFn fn = g.kh == 5 ? &ForwardSample<5, 5> : &ForwardSample<3, 3>;
+  const int64_t stride = (g.oh + g.kh - 1) * g.ow + kLanes, pixels = g.oh * g.ow;
+  ParallelForOrThrow(threads, g.n, [&](int64_t b0, int64_t b1) {
+    std::vector<float> xs(static_cast<size_t>(g.c * g.kw * stride), 0.0f);
+    for (int64_t n = b0; n < b1; ++n) {
+      ShiftedCopies(g, x, n, stride, xs.data());
+      fn(g, xs.data(), stride, w, b, y + n * g.o * pixels);
+    }
+  });
+}
+
 void WeightGradAvx512(const FloatWgradGeom& g, const float* x, const float* dy, float* dw,
                       float* db, int threads) {
   const SampleFn sums = g.kh == 5 ? &SampleSums<5, 5> : &SampleSums<3, 3>;
@@ -175,6 +220,15 @@ bool ConvFloatWeightGradFits(const FloatWgradGeom& g) {
 #else
   (void)g;
   return false;
+#endif
+}
+
+void ConvFloatTrainForward(const FloatWgradGeom& g, const float* x, const float* w, const float* b,
+                           float* y, int threads) {
+#ifdef DOREFA_HAVE_X86_KERNELS
+  ForwardAvx512(g, x, w, b, y, threads);
+#else
+  (void)g, (void)x, (void)w, (void)b, (void)y, (void)threads;
 #endif
 }
 
