@@ -8,7 +8,8 @@ Two tables, on svhn Model A (width 1.0) with 128 real Fashion-MNIST images (40x4
 2. Per quantized conv layer, each product alone: forward ``y = conv(a, w)``, input gradient,
    weight gradient, on the integer kernels (the engine's calls) vs torch fp32 (``conv2d``,
    ``conv2d_input``, ``conv2d_weight``) on the same shapes; GMAC/s and MAC/cycle (the clock
-   measured beside, ``cpu_clock``).
+   measured beside, ``cpu_clock``). First, the float first layer's forward and weight (and
+   bias) gradient as the int engine runs them (``engine_float.py``).
 """
 
 from __future__ import annotations
@@ -136,18 +137,48 @@ def _products(c, o, k, pad, h, n, threads, rng):
     }
 
 
+def _first_layer_products(n, threads, rng):
+    """{product: (int engine's fn, torch fn)} of svhn's float first layer (1->48 5x5 on 40x40,
+    bias): the int engine's forward and its weight and bias gradients (engine_float.py: the
+    training kernels where they run, else conv_float and torch's) vs torch fp32."""
+    from dorefa import engine_float, kernels
+
+    x = rng.random((n, 1, 40, 40), dtype=np.float32)
+    w = rng.standard_normal((48, 1, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    dy = torch.from_numpy(rng.standard_normal((n, 48, 36, 36)).astype(np.float32))
+    xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+
+    def forward():
+        y = engine_float._native_forward(x, w, b, 0, threads)
+        return y if y is not None else kernels.conv_float(x, w, b, 1, 0, threads)
+
+    def weight_grad():
+        sums = engine_float._native_weight_grad(xt, dy, wt.shape, 0, True)
+        return sums if sums is not None else (conv2d_weight(xt, wt.shape, dy), dy.sum((0, 2, 3)))
+
+    return {
+        "forward": (forward, lambda: F.conv2d(xt, wt, bt)),
+        "weight grad": (weight_grad, lambda: (conv2d_weight(xt, wt.shape, dy), dy.sum((0, 2, 3)))),
+    }
+
+
 def product_table(threads: int, batch: int, seconds: float, rounds: int) -> str:
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     clock = cpu_clock.clock_hz()
     rows = []
+    layers = [("conv0 (float)", 1, 48, 5, 0, 40)] + _layers()
     with torch.no_grad():
-        for name, c, o, k, pad, h in _layers():
+        for name, c, o, k, pad, h in layers:
             oh = h + 2 * pad - k + 1
             macs = batch * o * c * k * k * oh * oh
-            for product, (int_fn, torch_fn) in _products(
-                c, o, k, pad, h, batch, threads, rng
-            ).items():
+            products = (
+                _first_layer_products(batch, threads, rng)
+                if name.startswith("conv0")
+                else _products(c, o, k, pad, h, batch, threads, rng)
+            )
+            for product, (int_fn, torch_fn) in products.items():
                 ti, tt = [], []
                 for _ in range(rounds):
                     ti.append(_mean_seconds(int_fn, seconds))
