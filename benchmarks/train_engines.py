@@ -141,25 +141,22 @@ def _first_layer_products(n, threads, rng):
     """{product: (int engine's fn, torch fn)} of svhn's float first layer (1->48 5x5 on 40x40,
     bias): the int engine's forward and its weight and bias gradients (engine_float.py: the
     training kernels where they run, else conv_float and torch's) vs torch fp32."""
-    from dorefa import engine_float, kernels
+    from dorefa import engine_float
 
     x = rng.random((n, 1, 40, 40), dtype=np.float32)
     w = rng.standard_normal((48, 1, 5, 5)).astype(np.float32)
     b = rng.standard_normal(48).astype(np.float32)
     dy = torch.from_numpy(rng.standard_normal((n, 48, 36, 36)).astype(np.float32))
     xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
-
-    def forward():
-        y = engine_float._native_forward(x, w, b, 0, threads)
-        return y if y is not None else kernels.conv_float(x, w, b, 1, 0, threads)
-
-    def weight_grad():
-        sums = engine_float._native_weight_grad(xt, dy, wt.shape, 0, True)
-        return sums if sums is not None else (conv2d_weight(xt, wt.shape, dy), dy.sum((0, 2, 3)))
-
     return {
-        "forward": (forward, lambda: F.conv2d(xt, wt, bt)),
-        "weight grad": (weight_grad, lambda: (conv2d_weight(xt, wt.shape, dy), dy.sum((0, 2, 3)))),
+        "forward": (
+            lambda: engine_float.forward_output(x, w, b, 0, threads),
+            lambda: F.conv2d(xt, wt, bt),
+        ),
+        "weight grad": (
+            lambda: engine_float.param_grads(xt, dy, wt.shape, 0, True),
+            lambda: (conv2d_weight(xt, wt.shape, dy), dy.sum((0, 2, 3))),
+        ),
     }
 
 

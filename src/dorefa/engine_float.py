@@ -47,15 +47,10 @@ def float_conv_fits(module: nn.Module) -> bool:
 class _FloatConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
-        from . import kernels
-
         w = weight.detach().contiguous().numpy()
         b = bias.detach().numpy() if bias is not None else np.zeros(w.shape[0], np.float32)
         xn = x.detach().contiguous().numpy()
-        threads = torch.get_num_threads()
-        y = _native_forward(xn, w, b, padding, threads)
-        if y is None:
-            y = kernels.conv_float(xn, w, b, 1, padding, threads)
+        y = forward_output(xn, w, b, padding, torch.get_num_threads())
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
@@ -69,12 +64,8 @@ class _FloatConvFn(torch.autograd.Function):
             dx = conv2d_input(x.shape, weight, dy, padding=ctx.padding)
         want_db = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1]:
-            sums = _native_weight_grad(x, dy, weight.shape, ctx.padding, want_db)
-            if sums is not None:
-                dw, db = sums
-            else:
-                dw = conv2d_weight(x, weight.shape, dy, padding=ctx.padding)
-        if want_db and db is None:
+            dw, db = param_grads(x, dy, weight.shape, ctx.padding, want_db)
+        elif want_db:
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None
 
@@ -88,34 +79,38 @@ def _native_training() -> bool:
     return native is not None and backend_of(current_kernel()) == "avx512"
 
 
-def _native_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, threads: int):
-    """The forward on ``conv_float_train_forward``, or None where it does not run."""
+def forward_output(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, threads: int
+) -> np.ndarray:
+    """A stride-1 float conv's output (float32 x, w, b) as the int engine computes it: on
+    ``conv_float_train_forward`` where it runs, else on :func:`dorefa.kernels.conv_float`."""
+    from . import kernels
     from .kernels.extension import native
 
-    if not _native_training() or w.dtype != np.float32:
-        return None
-    return native.conv_float_train_forward(x, w, np.asarray(b, np.float32), padding, threads)
+    y = native.conv_float_train_forward(x, w, b, padding, threads) if _native_training() else None
+    return y if y is not None else kernels.conv_float(x, w, b, 1, padding, threads)
 
 
-def _native_weight_grad(
+def param_grads(
     x: Tensor, dy: Tensor, shape: torch.Size, padding: int, bias: bool
-) -> tuple[Tensor, Tensor | None] | None:
-    """(dW, db or None) of a stride-1 float conv on the library's kernel, or None where it has
-    none (no extension, a backend in force other than AVX-512, a shape it does not take)."""
+) -> tuple[Tensor, Tensor | None]:
+    """(dW, db, None without ``bias``) of a stride-1 float conv as the int engine computes
+    them: on ``conv_float_weight_grad`` where it runs, else torch's ``conv2d_weight`` and
+    ``dy.sum``."""
     from .kernels.extension import native
 
-    if not _native_training() or dy.dtype != torch.float32:
-        return None
-    sums = native.conv_float_weight_grad(
-        x.detach().contiguous().numpy(),
-        dy.detach().contiguous().numpy(),
-        *shape[2:],
-        padding,
-        bias,
-        torch.get_num_threads(),
-    )
+    sums = None
+    if _native_training() and dy.dtype == torch.float32:
+        sums = native.conv_float_weight_grad(
+            x.detach().contiguous().numpy(),
+            dy.detach().contiguous().numpy(),
+            *shape[2:],
+            padding,
+            bias,
+            torch.get_num_threads(),
+        )
     if sums is None:
-        return None
+        return conv2d_weight(x, shape, dy, padding=padding), dy.sum((0, 2, 3)) if bias else None
     dw, db = sums
     return torch.from_numpy(dw), None if db is None else torch.from_numpy(db)
 

@@ -134,12 +134,11 @@ py::object ConvFloatWeightGradPy(const FloatArray& x, const FloatArray& dy, int6
   CheckThreads(threads);
   Require(x.ndim() == 4 && dy.ndim() == 4, "x and dy must be (N, C, H, W) and (N, O, OH, OW)");
   Require(kh >= 1 && kw >= 1 && padding >= 0, "bad kernel size or padding");
-  FloatWgradGeom g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), dy.shape(1), kh, kw, padding};
-  g.oh = g.h + 2 * padding - kh + 1;
-  g.ow = g.w + 2 * padding - kw + 1;
+  const FloatTrainGeom g(x.shape(0), x.shape(1), x.shape(2), x.shape(3), dy.shape(1), kh, kw,
+                         padding);
   Require(dy.shape(0) == g.n && dy.shape(2) == g.oh && dy.shape(3) == g.ow,
           "dy does not fit x, the kernel size and the padding (stride 1)");
-  if (!ConvFloatWeightGradFits(g)) return py::none();
+  if (!ConvFloatTrainFits(g)) return py::none();
   py::array_t<float> dw = OutputArray<float>({g.o, g.c, kh, kw});
   py::array_t<float> db = OutputArray<float>({bias ? g.o : 0});
   float* dw_data = dw.mutable_data();
@@ -159,12 +158,10 @@ py::object ConvFloatTrainForwardPy(const FloatArray& x, const FloatArray& w, con
   Require(x.ndim() == 4 && w.ndim() == 4 && b.ndim() == 1 && padding >= 0,
           "x (N, C, H, W), weight (O, C, KH, KW), bias (O) and padding >= 0 expected");
   Require(w.shape(1) == x.shape(1) && b.shape(0) == w.shape(0), "weight / bias do not fit x");
-  FloatWgradGeom g{x.shape(0), x.shape(1), x.shape(2), x.shape(3),
-                   w.shape(0), w.shape(2), w.shape(3), padding};
-  g.oh = g.h + 2 * padding - g.kh + 1;
-  g.ow = g.w + 2 * padding - g.kw + 1;
+  const FloatTrainGeom g(x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2),
+                         w.shape(3), padding);
   Require(g.oh >= 1 && g.ow >= 1, "kernel larger than the padded input");
-  if (!ConvFloatWeightGradFits(g)) return py::none();
+  if (!ConvFloatTrainFits(g)) return py::none();
   py::array_t<float> y = OutputArray<float>({g.n, g.o, g.oh, g.ow});
   float* dst = y.mutable_data();
   {

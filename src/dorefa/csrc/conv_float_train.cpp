@@ -50,10 +50,14 @@ inline uint32_t LaneMask(int64_t p, int64_t n) {
   return lo >= hi ? 0u : ((1u << hi) - 1) & ~((1u << lo) - 1);
 }
 
+// Floats from one shifted copy to the next: the copy (OH + KH - 1 rows of OW) and kLanes
+// zeros, so the last vector of a copy reads up to kLanes - 1 floats past it.
+inline int64_t CopyStride(const FloatTrainGeom& g) { return (g.oh + g.kh - 1) * g.ow + kLanes; }
+
 // The KW shifted copies of sample b's C padded input planes, each followed by kLanes zeros:
 // copy (c, kx) at dst + (c KW + kx) stride holds X[r OW + x] = xp[b, c, r, x + kx] for
 // r < OH + KH - 1, zero outside the input.
-void ShiftedCopies(const FloatWgradGeom& g, const float* x, int64_t b, int64_t stride, float* dst) {
+void ShiftedCopies(const FloatTrainGeom& g, const float* x, int64_t b, int64_t stride, float* dst) {
   const int64_t rows = g.oh + g.kh - 1;
   for (int64_t c = 0; c < g.c; ++c) {
     const float* src = x + (b * g.c + c) * g.h * g.w;
@@ -101,7 +105,7 @@ DOREFA_AVX512 inline __attribute__((always_inline)) void DyRows(const float* d, 
 // copy kx serves the KH rows of taps, one load of dy at p each kx of them. dy is read in
 // place (the vectors whose pixels all exist unmasked, the next lines prefetched).
 template <int KH, int KW>
-DOREFA_AVX512 void SampleSums(const FloatWgradGeom& g, const float* xs, int64_t stride,
+DOREFA_AVX512 void SampleSums(const FloatTrainGeom& g, const float* xs, int64_t stride,
                               const float* d, float* acc, float* bias) {
   constexpr int kTaps = KH * KW;
   const int64_t ow = g.ow, pixels = g.oh * ow, flat = pixels + (KH - 1) * ow;
@@ -134,7 +138,7 @@ DOREFA_AVX512 void SampleSums(const FloatWgradGeom& g, const float* xs, int64_t 
   if (bias != nullptr) _mm512_storeu_ps(bias, s);
 }
 
-using SampleFn = void (*)(const FloatWgradGeom&, const float*, int64_t, const float*, float*,
+using SampleFn = void (*)(const FloatTrainGeom&, const float*, int64_t, const float*, float*,
                           float*);
 
 DOREFA_AVX512 float AddLanes(const float* lanes) {
@@ -146,7 +150,7 @@ DOREFA_AVX512 float AddLanes(const float* lanes) {
 // FMAs, the sum of channels c < this one (or the bias) from y. The copies' slack covers the
 // last vector's lanes past the map; its stores are masked.
 template <int KH, int KW>
-DOREFA_AVX512 void ForwardSample(const FloatWgradGeom& g, const float* xs, int64_t stride,
+DOREFA_AVX512 void ForwardSample(const FloatTrainGeom& g, const float* xs, int64_t stride,
                                  const float* w, const float* b, float* y) {
   constexpr int kTaps = KH * KW;
   const int64_t ow = g.ow, pixels = g.oh * ow;
@@ -170,13 +174,13 @@ DOREFA_AVX512 void ForwardSample(const FloatWgradGeom& g, const float* xs, int64
   }
 }
 
-using ForwardFn = void (*)(const FloatWgradGeom&, const float*, int64_t, const float*, const float*,
+using ForwardFn = void (*)(const FloatTrainGeom&, const float*, int64_t, const float*, const float*,
                            float*);
 
-void ForwardAvx512(const FloatWgradGeom& g, const float* x, const float* w, const float* b,
+void ForwardAvx512(const FloatTrainGeom& g, const float* x, const float* w, const float* b,
                    float* y, int threads) {
   const ForwardFn fn = g.kh == 5 ? &ForwardSample<5, 5> : &ForwardSample<3, 3>;
-  const int64_t stride = (g.oh + g.kh - 1) * g.ow + kLanes, pixels = g.oh * g.ow;
+  const int64_t stride = CopyStride(g), pixels = g.oh * g.ow;
   ParallelForOrThrow(threads, g.n, [&](int64_t b0, int64_t b1) {
     std::vector<float> xs(static_cast<size_t>(g.c * g.kw * stride), 0.0f);
     for (int64_t n = b0; n < b1; ++n) {
@@ -186,12 +190,10 @@ void ForwardAvx512(const FloatWgradGeom& g, const float* x, const float* w, cons
   });
 }
 
-void WeightGradAvx512(const FloatWgradGeom& g, const float* x, const float* dy, float* dw,
+void WeightGradAvx512(const FloatTrainGeom& g, const float* x, const float* dy, float* dw,
                       float* db, int threads) {
   const SampleFn sums = g.kh == 5 ? &SampleSums<5, 5> : &SampleSums<3, 3>;
-  const int64_t taps = g.kh * g.kw, rows = g.oh + g.kh - 1, pixels = g.oh * g.ow;
-  // a copy and its kLanes zeros: the last vector of a copy reads up to kLanes - 1 past it
-  const int64_t stride = rows * g.ow + kLanes;
+  const int64_t taps = g.kh * g.kw, pixels = g.oh * g.ow, stride = CopyStride(g);
   ParallelForOrThrow(threads, g.o, [&](int64_t o0, int64_t o1) {
     std::vector<float> xs(static_cast<size_t>(g.c * g.kw * stride), 0.0f);
     std::vector<float> acc(static_cast<size_t>((o1 - o0) * g.c * taps * kLanes), 0.0f);
@@ -218,7 +220,7 @@ void WeightGradAvx512(const FloatWgradGeom& g, const float* x, const float* dy, 
 
 }  // namespace
 
-bool ConvFloatWeightGradFits(const FloatWgradGeom& g) {
+bool ConvFloatTrainFits(const FloatTrainGeom& g) {
 #ifdef DOREFA_HAVE_X86_KERNELS
   const uint32_t f = CpuFeatures();
   const bool avx512 = (f & kAvx512F) && (f & kAvx512Bw) && (f & kAvx512Vl);
@@ -230,7 +232,7 @@ bool ConvFloatWeightGradFits(const FloatWgradGeom& g) {
 #endif
 }
 
-void ConvFloatTrainForward(const FloatWgradGeom& g, const float* x, const float* w, const float* b,
+void ConvFloatTrainForward(const FloatTrainGeom& g, const float* x, const float* w, const float* b,
                            float* y, int threads) {
 #ifdef DOREFA_HAVE_X86_KERNELS
   ForwardAvx512(g, x, w, b, y, threads);
@@ -239,7 +241,7 @@ void ConvFloatTrainForward(const FloatWgradGeom& g, const float* x, const float*
 #endif
 }
 
-void ConvFloatWeightGrad(const FloatWgradGeom& g, const float* x, const float* dy, float* dw,
+void ConvFloatWeightGrad(const FloatTrainGeom& g, const float* x, const float* dy, float* dw,
                          float* db, int threads) {
 #ifdef DOREFA_HAVE_X86_KERNELS
   WeightGradAvx512(g, x, dy, dw, db, threads);
