@@ -23,8 +23,8 @@ def test_kernel_table_rows():
     names = [row["name"] for row in TABLE]
     assert len(set(names)) == len(names)
     for row in TABLE:
-        if row["weights"] in ("int8", "lut", "lutdp"):  # int8 and lut kernels: by family
-            family = row["weights"].removesuffix("dp")
+        if row["weights"] in ("int8", "int8wino", "lut", "lutdp"):  # int8, lut: by family
+            family = row["weights"].removesuffix("dp").removesuffix("wino")
             assert row["name"] == row["family"] and row["name"].startswith(f"{family}-")
         else:
             assert row["weights"] == "bitplanes" and row["name"].startswith("popcount-")

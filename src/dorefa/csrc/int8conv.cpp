@@ -431,10 +431,14 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   Int8Conv c;
   c.g = &g;
   c.q = Int8Geom(g);
-  // After the last image, its rows' right padding and 16 pixels for int8-amx's direct strips.
-  uint8_t* xq = xbuf.Get(static_cast<size_t>(g.n * c.q.image + c.q.slack));
+  const Int8Winograd* wino =
+      kernel.winograd != nullptr && kernel.winograd_runs(g) ? kernel.winograd : nullptr;
+  // After the last image, its rows' right padding and 16 pixels for int8-amx's direct strips
+  // (and what a Winograd band reads past it).
+  const int64_t slack = c.q.slack + (wino != nullptr ? WinogradExtraBytes(c.q) : 0);
+  uint8_t* xq = xbuf.Get(static_cast<size_t>(g.n * c.q.image + slack));
   std::memset(xq + g.n * c.q.image, static_cast<uint8_t>(-kernel.shift(g.x_bits)),
-              static_cast<size_t>(c.q.slack));
+              static_cast<size_t>(slack));
   c.xq = reinterpret_cast<const int8_t*>(xq);
   c.wq = reinterpret_cast<const uint8_t*>(wq);
   c.wsum = reinterpret_cast<const int32_t*>(c.wq + ByteWeightBytes(kernel, g));  // after them
@@ -442,8 +446,10 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   static thread_local StartTable starts;
   if (kernel.tables == nullptr) {
     c.tsum = c.wsum + c.q.ob * kInt8Lanes;
-    starts.Build(c);
-    c.starts = &starts;
+    if (wino == nullptr) {  // the tiles' start sums (Winograd sums every tap)
+      starts.Build(c);
+      c.starts = &starts;
+    }
   }
   c.mode = out.mode;
   c.acc = out.acc;
@@ -475,6 +481,9 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   threads =
       static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, macs / kMinMacsPerThread)));
   const int64_t band = BandRows(g), bands = (g.hp + band - 1) / band;
+  // Winograd: the transformed weights after the int8 ones ("int8wino").
+  const auto* v =
+      wino != nullptr ? reinterpret_cast<const int16_t*>(wq + c.q.WeightWords()) : nullptr;
   const int64_t pack_items = g.n * bands;
   const int64_t npix = g.OutPixels();
   const int64_t ntiles = (npix + ptile - 1) / ptile;
@@ -487,7 +496,10 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
   const int64_t ob_per_chunk =
       std::max<int64_t>(1, (ob_units + ochunks - 1) / ochunks) * kernel.ob_tile;
   ochunks = (c.q.ob + ob_per_chunk - 1) / ob_per_chunk;
-  const int64_t conv_items = ntiles * ochunks;
+  // Winograd: bands of output tile rows, one an item.
+  const int64_t wrows = wino != nullptr ? wino->band_rows(g, threads) : 1;
+  const int64_t wbands = ((g.oh + 1) / 2 + wrows - 1) / wrows;
+  const int64_t conv_items = wino != nullptr ? g.n * wbands : ntiles * ochunks;
   const int nt = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(threads, std::max(pack_items, conv_items))));
 
@@ -506,7 +518,11 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
       }
     }
     barrier();
-    while (conv_q.Next(tid, &item)) {
+    while (wino != nullptr && conv_q.Next(tid, &item)) {
+      const int64_t n = item / wbands, ty0 = item % wbands * wrows;
+      wino->band(c, v, n, ty0, std::min(ty0 + wrows, (g.oh + 1) / 2));
+    }
+    while (wino == nullptr && conv_q.Next(tid, &item)) {
       const int64_t oc = item / ntiles, t = item % ntiles;
       const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
       kernel.run(c, pix0, std::min(ptile, npix - pix0), ob0, std::min(ob_per_chunk, c.q.ob - ob0));

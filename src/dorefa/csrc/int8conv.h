@@ -232,16 +232,43 @@ struct Int8Kernel {
   void (*done)() = nullptr;
   // The packed weights' layout: "int8" (above), or "lut" / "lutdp" (lut.h) for a kernel with
   // tables.
-  const char* Layout() const { return tables == nullptr ? "int8" : dot_lanes ? "lutdp" : "lut"; }
+  const char* Layout() const {
+    if (tables == nullptr) return winograd != nullptr ? "int8wino" : "int8";
+    return dot_lanes ? "lutdp" : "lut";
+  }
+  // Where set: the layers for which winograd_runs(g) holds run on Winograd F(2x2, 3x3)
+  // (int8conv_winograd_avx2.cpp), the others on the tiles.
+  const struct Int8Winograd* winograd = nullptr;
+  bool (*winograd_runs)(const ConvGeom& g) = nullptr;
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS
 extern const Int8Kernel kInt8Avx2;
+extern const Int8Kernel kInt8WinogradAvx2;
+extern const Int8Winograd kWinogradAvx2;
 extern const Int8Kernel kInt8Vnni;
 #endif
 #ifdef DOREFA_HAVE_AMX
 extern const Int8Kernel kInt8Amx;
 #endif
+
+// Winograd F(2x2, 3x3) over the int8 layout (int8conv_winograd_avx2.cpp): 3x3, stride-1
+// layers in bands of output tile rows, on weights transformed when packed (the "int8wino"
+// layout: the int8 layout, then the transformed weights of 3x3 kernels that fit).
+struct Int8Winograd {
+  // A 3x3 kernel whose sums stay exact (4 |sum| inside int32 at any x_bits): its packed
+  // weights hold the transform.
+  bool (*packs)(const ConvGeom& g);
+  int64_t (*weight_elems)(const ConvGeom& g);  // int16 elements of the transformed weights
+  // The transformed weights of the packed int8 weights wq into v (weight_elems of them).
+  void (*transform)(const ConvGeom& g, const uint8_t* wq, int16_t* v);
+  int64_t (*band_rows)(const ConvGeom& g, int threads);  // output tile rows per band
+  // Output tile rows [ty0, ty1) of image n: their outputs stored as the tiles' (StoreCall).
+  void (*band)(const Int8Conv& c, const int16_t* v, int64_t n, int64_t ty0, int64_t ty1);
+};
+// Bytes a Winograd band may read past the last packed image (its last tile row and column
+// may lie one past the padded image: outputs it drops), beyond Int8Geom::slack.
+inline int64_t WinogradExtraBytes(const Int8Geom& q) { return 2 * q.row + 64; }
 
 // A per-thread buffer of at least `bytes` bytes, 64-byte aligned, uninitialised, valid until
 // this thread's next call: int8-amx's gathered fields. Out of line here, not a Scratch in

@@ -71,6 +71,8 @@ const KernelEntry kTable[] = {
    kFloatZmm},
   {"int8-avx2",               "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kInt8Avx2, kEpilogue,
    kFloatAvx2},
+  {"int8-winograd-avx2",      "avx2",   kAvx2 | kFma,        nullptr,       kNhwc,      &kInt8WinogradAvx2,
+   kEpilogue, kFloatAvx2},
   {"lut-vnni",                "avx512", kLutZmm | kAvx512Vbmi | kAvx512Vnni | kFma, nullptr, kNhwc, &kLutVnni,
    kEpilogue, kFloatZmm},
   {"lut-avx512",              "avx512", kLutZmm | kFma,      nullptr,       kNhwc,      &kLutAvx512, kEpilogue,

@@ -83,7 +83,13 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
 }
 
 uint8_t PackByteWeights(const Int8Kernel& k, const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
-  return k.tables != nullptr ? PackWeightsLut(g, w, wq, k.dot_lanes) : PackWeightsInt8(g, w, wq);
+  if (k.tables != nullptr) return PackWeightsLut(g, w, wq, k.dot_lanes);
+  const uint8_t ors = PackWeightsInt8(g, w, wq);
+  if (k.winograd != nullptr && k.winograd->packs(g)) {
+    k.winograd->transform(g, reinterpret_cast<const uint8_t*>(wq),
+                          reinterpret_cast<int16_t*>(wq + Int8Geom(g).WeightWords()));
+  }
+  return ors;
 }
 
 void BuildTablesScalar(const uint8_t* xq, int64_t bytes, int x_bits, int64_t slice_bytes,

@@ -80,12 +80,15 @@ struct LutGeom {
 };
 
 // The packed weights of an int8 or lut kernel (Int8Kernel::Layout): bytes before Wsum, words
-// in all, and packing (returns the OR of all codes). Both lut layouts have the same size.
+// in all, and packing (returns the OR of all codes). Both lut layouts have the same size;
+// "int8wino" is "int8" and the transformed weights after it (Int8Winograd).
 inline int64_t ByteWeightBytes(const Int8Kernel& k, const ConvGeom& g) {
   return k.tables != nullptr ? LutGeom(g).WeightBytes() : Int8Geom(g).WeightBytes();
 }
 inline int64_t ByteWeightWords(const Int8Kernel& k, const ConvGeom& g) {
-  return k.tables != nullptr ? LutGeom(g).WeightWords() : Int8Geom(g).WeightWords();
+  if (k.tables != nullptr) return LutGeom(g).WeightWords();
+  const bool wino = k.winograd != nullptr && k.winograd->packs(g);  // "int8wino": appended
+  return Int8Geom(g).WeightWords() + (wino ? (2 * k.winograd->weight_elems(g) + 7) / 8 : 0);
 }
 uint8_t PackByteWeights(const Int8Kernel& k, const ConvGeom& g, const uint8_t* w, uint64_t* wq);
 

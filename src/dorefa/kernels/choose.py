@@ -47,10 +47,13 @@ BUDGET_S = 0.004  # measurement time per layer, once MIN_ROUNDS are done
 # MAC/s (a W-bit x A-bit MAC is W*A plane pairs), int8 kernels in GMAC/s whatever the bits,
 # lut kernels in G lookup-MAC/s (one weight plane, one activation slice, :func:`lut_lookups`).
 POPCOUNT_RATE = {"popcount-avx512": 900.0, "popcount-avx2": 300.0, "popcount-scalar": 50.0}
-INT8_RATE = {"int8-amx": 600.0, "int8-vnni": 130.0, "int8-avx2": 110.0}
+INT8_RATE = {"int8-amx": 600.0, "int8-vnni": 130.0, "int8-avx2": 110.0, "int8-winograd-avx2": 110.0}
 LUT_RATE = {"lut-vnni": 430.0, "lut-avx512": 450.0, "lut-avx2": 420.0}
 LUT_DWORD_SUMS = ("lut-vnni",)  # lut kernels that sum in dwords: no byte sums to widen
-INT8_AVX2_W8A8_RATE = 50.0  # W8A8 overflows VPMADDUBSW's int16 pair sums: the nibble path
+# W8A8 overflows VPMADDUBSW's int16 pair sums: int8-avx2's nibble path. int8-winograd-avx2 runs
+# those layers on Winograd where they are 3x3 stride 1 (115-130 GMAC/s at svhn's), elsewhere on
+# the same tiles: priced at its Winograd rate, so that it is the int8 kind's candidate.
+INT8_AVX2_W8A8_RATE = 50.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
     - popcount kernels: ``macs * w_bits * x_bits / rate`` (one AND + popcount per bit-plane
       pair, so the cost grows with W * A);
     - int8 kernels: ``macs / rate``, flat in the bits (one 8-bit multiply-add per MAC), except
-      int8-avx2 at W8A8 (``INT8_AVX2_W8A8_RATE``).
+      int8-avx2 at W8A8 (``INT8_AVX2_W8A8_RATE``; int8-winograd-avx2 is priced as where its
+      Winograd runs).
 
     - lut kernels: ``macs * lut_lookups(w_bits, x_bits) / rate``.
 

@@ -2,8 +2,10 @@
 
 Names. A native popcount kernel is ``<family>/<packer>``, e.g. ``popcount-avx512/gfni`` (the
 AVX-512 popcount tile kernel, activations packed with the GFNI bit transpose); an int8
-dot-product kernel is its family, ``int8-amx``, ``int8-vnni`` or ``int8-avx2``, and so is a
-table-lookup kernel, ``lut-avx512`` or ``lut-avx2``. A request may also name a
+dot-product kernel is its family, ``int8-amx``, ``int8-vnni``, ``int8-avx2`` or
+``int8-winograd-avx2`` (int8-avx2's tiles, and Winograd F(2x2, 3x3) on the 3x3 stride-1
+layers where those tiles are slowest), and so is a table-lookup kernel, ``lut-avx512`` or
+``lut-avx2``. A request may also name a
 family (``popcount-avx512``) or a backend (``avx512``, ``avx2``, ``scalar``), meaning the first
 kernel of it this CPU runs, or ``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
 The table itself lives in C++ (``csrc/kernel_table.cpp``): popcount kernels fastest first (the
@@ -53,8 +55,8 @@ def kernel_table() -> list[dict]:
     ``pixel_tile`` / ``channel_block_tile`` (work-split granularity), ``packer``,
     ``fused_modes`` (output modes finished in the tile kernel, the others in a second pass),
     ``float_conv`` (the path of the float first layer under this kernel: avx512, avx2, scalar) and
-    ``weights`` (the packed-weight layout: ``'bitplanes'``, ``'int8'``, ``'lut'`` or
-    ``'lutdp'``)."""
+    ``weights`` (the packed-weight layout: ``'bitplanes'``, ``'int8'``, ``'int8wino'``,
+    ``'lut'`` or ``'lutdp'``)."""
     return [dict(row) for row in _table()]
 
 
@@ -65,8 +67,9 @@ def _layouts() -> dict[str, str]:
 
 def weight_layout(kernel: str) -> str:
     """The packed-weight layout a native kernel reads: ``'bitplanes'`` (the popcount kernels,
-    :attr:`PackedWeights.words`), ``'int8'`` (the int8 kernels, ``csrc/int8conv.h``), ``'lut'``
-    or ``'lutdp'`` (the table-lookup kernels, ``csrc/lut.h``)."""
+    :attr:`PackedWeights.words`), ``'int8'`` (the int8 kernels, ``csrc/int8conv.h``),
+    ``'int8wino'`` (``'int8'`` and, for 3x3 kernels, their Winograd transform:
+    ``int8-winograd-avx2``), ``'lut'`` or ``'lutdp'`` (the table-lookup kernels, ``csrc/lut.h``)."""
     return _layouts()[kernel]
 
 

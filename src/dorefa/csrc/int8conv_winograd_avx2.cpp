@@ -1,0 +1,254 @@
+// Winograd F(2x2, 3x3) on integers, AVX2: the 3x3, stride-1 layers of `int8-winograd-avx2`
+// (its other layers run int8-avx2's tiles). Exact: every step is an integer sum.
+//
+// The maths (Lavin and Gray's F(2, 3), correlation as in a convolution layer). A 2 x 2 tile of
+// outputs reads a 4 x 4 patch d of the packed activations x' = x - z (int8conv.h) per channel:
+//   U = B^T d B,   V = G' g G'^T,   Y = A^T (sum_c U (.) V) A = 4 sum_c sum_taps x' w,
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G' = 2 G = [2 0 0; 1 1 1; 1 -1 1; 0 0 2],
+//   A^T = [1 1 1 0; 0 1 -1 -1]
+// (G' = 2 G keeps the weights' transform integral; hence the 4, shifted out at the end). 16
+// products per tile and channel pair where the direct sum takes 36: 2.25x fewer multiplies.
+//
+// Ranges: |x'| <= a (a = 63, 64, 128 for x_bits <= 6, 7, 8: Shift) so |U| <= 4a <= 512, and
+// 0 <= w <= 255 so |V| <= 9 * 255 = 2295: both int16. One VPMADDWD multiplies 16 pairs and sums
+// them pairwise into int32 (exact: 2 * 512 * 2295 < 2^31). The sums over channels wrap modulo
+// 2^32 like every int8 kernel's; the outputs are 4 raw, exact where 4 |raw| < 2^31, i.e. while
+// 4 * 9 * cp * a * wmax < 2^31 (Fits: C up to 1827 at W8A8), then raw = Y >> 2 and the store
+// adds z Wsum as for the tiles (int8conv_store.h). The padding and the channels past C hold -z
+// as for the tiles, so the identity of int8conv.h holds with every tap summed.
+//
+// Layouts. Transformed weights v[pos][ob][g][lane][i] (pos = 4 r + c of the 4 x 4 transform,
+// ob a 16-channel block, g a group of 4 channels, lane < 16, i < 4: int16), made at each call
+// from the packed int8 weights, whose groups are the same (the weights change every training
+// step; a 128 x 128 layer's transform is ~4 us). A band's transformed activations
+// u[pos][k][cv] (k = its tile, raster order; cv < cp rounded up to 16, int16) and its products
+// m[k][pos][lane pair] (the VPMADDWD sums before adding a lane's two pairs).
+//
+// The product: per position, 8 output channels (two ymm of 4 lanes x 4 channels) by 6 tiles
+// (each tile's 4 channels broadcast as a qword): 12 VPMADDWD + 12 VPADDD per 4 channels, 12
+// accumulators, 2 weight vectors and a broadcast in 16 ymm. Ceiling: 2 VPMADDWD a cycle (Zen 2
+// has one multiply pipe: 1) = 32 multiplies, 72 convolution MACs a cycle (Zen 2: 36) against
+// the nibble tiles' 20.5 at W8A8 (docs/kernels.md).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "int8conv.h"
+#include "int8conv_store.h"
+#include "int8conv_store_avx2.h"
+#include "unroll.h"
+
+namespace dorefa {
+namespace {
+
+constexpr int kPos = 16;            // positions of the 4 x 4 transform
+constexpr int kTileGroup = 6;       // tiles of a register tile
+constexpr int64_t kBandTiles = 48;  // tiles of a band at most (u, m in L1 and L2)
+
+// A 3x3 kernel whose sums stay exact at any x_bits (a <= 128): 4 * 9 * cp * 128 * wmax < 2^31.
+bool Packs(const ConvGeom& g) {
+  if (g.kh != 3 || g.kw != 3) return false;
+  const int64_t cp = Int8Geom(g).cp, wmax = (int64_t{1} << g.w_bits) - 1;
+  return 4 * 9 * cp * 128 * wmax < (int64_t{1} << 31);
+}
+
+int64_t Groups(const Int8Conv& c) { return c.q.cp / 4; }
+int64_t Cv(const Int8Conv& c) { return (c.q.cp + 15) / 16 * 16; }
+int64_t TilesW(const ConvGeom& g) { return (g.ow + 1) / 2; }
+int64_t TilesH(const ConvGeom& g) { return (g.oh + 1) / 2; }
+
+int64_t WeightElems(const ConvGeom& g) {
+  const Int8Geom q(g);
+  return kPos * q.ob * (q.cp / 4) * 64;
+}
+
+// v = G' g G'^T of one quarter (4 lanes x 4 channels, int16) of a group, t the 9 taps.
+void TransformQuarter(const __m256i* t, int16_t* v, int64_t pos_stride) {
+  __m256i r[3][4], o[4][4];
+  for (int kh = 0; kh < 3; ++kh) {  // along the row: (2 a, a + b + c, a - b + c, 2 c)
+    const __m256i a = t[3 * kh], b = t[3 * kh + 1], cc = t[3 * kh + 2];
+    const __m256i ac = _mm256_add_epi16(a, cc);
+    r[kh][0] = _mm256_add_epi16(a, a);
+    r[kh][1] = _mm256_add_epi16(ac, b);
+    r[kh][2] = _mm256_sub_epi16(ac, b);
+    r[kh][3] = _mm256_add_epi16(cc, cc);
+  }
+  for (int j = 0; j < 4; ++j) {  // down the column
+    const __m256i ac = _mm256_add_epi16(r[0][j], r[2][j]);
+    o[0][j] = _mm256_add_epi16(r[0][j], r[0][j]);
+    o[1][j] = _mm256_add_epi16(ac, r[1][j]);
+    o[2][j] = _mm256_sub_epi16(ac, r[1][j]);
+    o[3][j] = _mm256_add_epi16(r[2][j], r[2][j]);
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + (4 * i + j) * pos_stride), o[i][j]);
+}
+
+void TransformWeights(const ConvGeom& geom, const uint8_t* wq, int16_t* v) {
+  const Int8Geom q(geom);
+  const int64_t groups = q.cp / 4, pos_stride = q.ob * groups * 64;
+  for (int64_t ob = 0; ob < q.ob; ++ob) {
+    const uint8_t* w0 = wq + ob * q.gstride * 64;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int i = 0; i < 4; ++i) {  // lanes 4i .. 4i + 3
+        __m256i t[9];
+        for (int tap = 0; tap < 9; ++tap) {
+          t[tap] = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(w0 + (tap * groups + g) * 64 + 16 * i)));
+        }
+        TransformQuarter(t, v + (ob * groups + g) * 64 + 16 * i, pos_stride);
+      }
+    }
+  }
+}
+
+int64_t BandRows(const ConvGeom& g, int threads) {
+  const int64_t th = TilesH(g), rows = std::max<int64_t>(1, kBandTiles / TilesW(g));
+  // Enough bands for two a thread where the batch is small.
+  const int64_t per_image = threads > 1 ? (2 * threads + g.n - 1) / g.n : 1;
+  return std::max<int64_t>(1, std::min(rows, (th + per_image - 1) / per_image));
+}
+
+// u = B^T d B for the tiles of output tile rows [ty0, ty1) of image n, 16 channels a vector.
+void TransformInput(const Int8Conv& c, int64_t n, int64_t ty0, int64_t ty1, int16_t* u) {
+  const ConvGeom& g = *c.g;
+  const int64_t tw = TilesW(g), cv = Cv(c), k_all = (ty1 - ty0) * tw;
+  const int64_t pos_stride = k_all * cv;
+  const int8_t* image = c.xq + n * c.q.image;
+  for (int64_t ty = ty0; ty < ty1; ++ty) {
+    for (int64_t tx = 0; tx < tw; ++tx) {
+      const int8_t* base = image + 2 * ty * c.q.row + 2 * tx * c.q.pixel;
+      int16_t* uk = u + ((ty - ty0) * tw + tx) * cv;
+      for (int64_t ch = 0; ch < cv; ch += 16) {
+        __m256i d[4][4], e[4][4];
+        for (int r = 0; r < 4; ++r)
+          for (int k = 0; k < 4; ++k)
+            d[r][k] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                reinterpret_cast<const __m128i*>(base + r * c.q.row + k * c.q.pixel + ch)));
+        for (int k = 0; k < 4; ++k) {  // B^T d: down each column
+          e[0][k] = _mm256_sub_epi16(d[0][k], d[2][k]);
+          e[1][k] = _mm256_add_epi16(d[1][k], d[2][k]);
+          e[2][k] = _mm256_sub_epi16(d[2][k], d[1][k]);
+          e[3][k] = _mm256_sub_epi16(d[1][k], d[3][k]);
+        }
+        for (int i = 0; i < 4; ++i) {  // (B^T d) B: along each row
+          const __m256i o[4] = {
+              _mm256_sub_epi16(e[i][0], e[i][2]), _mm256_add_epi16(e[i][1], e[i][2]),
+              _mm256_sub_epi16(e[i][2], e[i][1]), _mm256_sub_epi16(e[i][1], e[i][3])};
+          for (int j = 0; j < 4; ++j)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(uk + (4 * i + j) * pos_stride + ch),
+                                o[j]);
+        }
+      }
+    }
+  }
+}
+
+// NT tiles (u rows ustride apart) x 8 channels (v: 4 channels x 4 lanes a ymm, twice per group)
+// summed over the groups into m[t * kPos * 16 ..] (lane pairs, not yet added).
+template <int NT>
+void Product(const int16_t* v, const int16_t* u, int64_t ustride, int64_t groups, int32_t* m) {
+  __m256i acc[NT][2];
+  DOREFA_UNROLL for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + g * 64));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + g * 64 + 16));
+    DOREFA_UNROLL for (int t = 0; t < NT; ++t) {
+      int64_t q;
+      std::memcpy(&q, u + t * ustride + 4 * g, 8);
+      const __m256i b = _mm256_set1_epi64x(q);
+      acc[t][0] = _mm256_add_epi32(acc[t][0], _mm256_madd_epi16(w0, b));
+      acc[t][1] = _mm256_add_epi32(acc[t][1], _mm256_madd_epi16(w1, b));
+    }
+  }
+  DOREFA_UNROLL for (int t = 0; t < NT; ++t) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(m + t * kPos * 16), acc[t][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(m + t * kPos * 16 + 8), acc[t][1]);
+  }
+}
+
+using ProductFn = void (*)(const int16_t*, const int16_t*, int64_t, int64_t, int32_t*);
+constexpr ProductFn kProducts[kTileGroup] = {&Product<1>, &Product<2>, &Product<3>,
+                                             &Product<4>, &Product<5>, &Product<6>};
+
+// Y = A^T m A of one tile's 16 positions (mk: per position two ymm of lane pairs), the pairs
+// added and shifted out (raw = Y / 4), to raw[(i, j)] for the outputs inside the layer.
+void Inverse(const int32_t* mk, int32_t* const* out) {
+  __m256i y[2][2][2];
+  for (int q = 0; q < 2; ++q) {  // lanes 0-3, then 4-7
+    __m256i s[2][4];
+    for (int j = 0; j < 4; ++j) {
+      const auto at = [&](int i) {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mk + (4 * i + j) * 16 + 8 * q));
+      };
+      const __m256i m0 = at(0), m1 = at(1), m2 = at(2), m3 = at(3);
+      s[0][j] = _mm256_add_epi32(_mm256_add_epi32(m0, m1), m2);
+      s[1][j] = _mm256_sub_epi32(_mm256_sub_epi32(m1, m2), m3);
+    }
+    for (int i = 0; i < 2; ++i) {
+      y[i][0][q] = _mm256_add_epi32(_mm256_add_epi32(s[i][0], s[i][1]), s[i][2]);
+      y[i][1][q] = _mm256_sub_epi32(_mm256_sub_epi32(s[i][1], s[i][2]), s[i][3]);
+    }
+  }
+  for (int p = 0; p < 4; ++p) {
+    if (out[p] == nullptr) continue;
+    const __m256i* yp = y[p / 2][p % 2];
+    // hadd: lanes 0 1 4 5 | 2 3 6 7; the qword permute puts them in order.
+    const __m256i r = _mm256_permute4x64_epi64(_mm256_hadd_epi32(yp[0], yp[1]), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[p]), _mm256_srai_epi32(r, 2));
+  }
+}
+
+void Band(const Int8Conv& c, const int16_t* v, int64_t n, int64_t ty0, int64_t ty1) {
+  const ConvGeom& g = *c.g;
+  const int64_t tw = TilesW(g), cv = Cv(c), groups = Groups(c), k_all = (ty1 - ty0) * tw;
+  const int64_t o16 = c.q.ob * kInt8Lanes;
+  const int64_t oy0 = 2 * ty0, oy1 = std::min(2 * ty1, g.oh);
+  const int64_t u_elems = kPos * k_all * cv, m_elems = k_all * kPos * 16;
+  const int64_t raw_elems = (oy1 - oy0) * g.ow * o16;
+  uint8_t* buf = Int8FieldBuffer(static_cast<size_t>(2 * u_elems + 4 * (m_elems + raw_elems)));
+  auto* u = reinterpret_cast<int16_t*>(buf);
+  auto* m = reinterpret_cast<int32_t*>(buf + 2 * u_elems);
+  int32_t* raw = m + m_elems;
+  TransformInput(c, n, ty0, ty1, u);
+  const int64_t pos_stride = c.q.ob * groups * 64;
+  for (int64_t ob = 0; ob < c.q.ob; ++ob) {
+    for (int h = 0; h < 2; ++h) {
+      for (int pos = 0; pos < kPos; ++pos) {
+        const int16_t* vp = v + pos * pos_stride + ob * groups * 64 + 32 * h;
+        const int16_t* up = u + pos * k_all * cv;
+        for (int64_t k0 = 0; k0 < k_all; k0 += kTileGroup) {
+          const int nt = static_cast<int>(std::min<int64_t>(kTileGroup, k_all - k0));
+          kProducts[nt - 1](vp, up + k0 * cv, cv, groups, m + (k0 * kPos + pos) * 16);
+        }
+      }
+      for (int64_t k = 0; k < k_all; ++k) {
+        const int64_t oy = 2 * (ty0 + k / tw), ox = 2 * (k % tw);
+        int32_t* out[4];
+        for (int p = 0; p < 4; ++p) {
+          const int64_t y = oy + p / 2, x = ox + p % 2;
+          out[p] =
+              y < g.oh && x < g.ow ? raw + ((y - oy0) * g.ow + x) * o16 + ob * 16 + 8 * h : nullptr;
+        }
+        Inverse(m + k * kPos * 16, out);
+      }
+    }
+  }
+  // The band's outputs are one run of pixels of image n: stored as the tiles' calls are.
+  const int64_t pix0 = (n * g.oh + oy0) * g.ow, npix = (oy1 - oy0) * g.ow;
+  int32_t terms[kMaxCallPixels];
+  for (int64_t p0 = 0; p0 < npix; p0 += kMaxCallPixels) {
+    const int64_t np = std::min(kMaxCallPixels, npix - p0);
+    Int8FieldTerms(c, pix0 + p0, np, terms);
+    StoreCall<Avx2Store>(c, pix0 + p0, np, 0, static_cast<int>(c.q.ob), raw + p0 * o16, terms);
+  }
+}
+
+}  // namespace
+
+extern const Int8Winograd kWinogradAvx2 = {&Packs, &WeightElems, &TransformWeights, &BandRows,
+                                           &Band};
+
+}  // namespace dorefa
