@@ -18,6 +18,7 @@ shared machine is not counted; with more, wall time.
     .venv/bin/python benchmarks/bench_int8.py                 # batch 1 and 32, 1 thread
     .venv/bin/python benchmarks/bench_int8.py --threads 2 --batches 1 --rounds 3
     .venv/bin/python benchmarks/bench_int8.py --output requant --batches 32 --layers svhn
+    .venv/bin/python benchmarks/bench_int8.py --bits "8,8" --layers svhn   # W8A8 rows only
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ from bench_kernels import LAYERS, SETTLE_SECONDS, measure_clock_hz
 import dorefa.kernels as K
 
 BIT_PAIRS = ((1, 2), (2, 2), (1, 4), (8, 8))  # (w_bits, x_bits)
-KERNELS = ("popcount", "int8-amx", "int8-vnni", "int8-avx2", "lut-vnni", "lut-avx512", "lut-avx2")
+KERNELS = (
+    "popcount",
+    "int8-amx",
+    "int8-vnni",
+    "int8-avx2",
+    "int8-winograd-avx2",
+    "lut-vnni",
+    "lut-avx512",
+    "lut-avx2",
+)
 PICK = "pick"  # the engine's per-layer choice (kernels/choose.py), nothing forced
 
 
@@ -63,12 +73,13 @@ def prepared(pw, xb: int, x: np.ndarray, pad: int, output: str):
 
 
 def kernel_contestants(
-    layer, n: int, threads: int, rng: np.random.Generator, output: str = "signed"
-) -> dict:
+    layer, n: int, threads: int, rng: np.random.Generator, output: str = "signed",
+    bit_pairs=BIT_PAIRS,
+) -> dict:  # fmt: skip
     """(kernel, 'W?A?') -> one prepared convolution on that kernel (output mode `output`)."""
     out = {}
     available = K.available_kernels()
-    for wb, xb in BIT_PAIRS:
+    for wb, xb in bit_pairs:
         x = rng.integers(0, 1 << xb, (n, layer.c, layer.hw, layer.hw), dtype=np.uint8)
         w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
         pw = K.pack_weights(w, wb)
@@ -122,7 +133,9 @@ def main() -> None:
         default="signed",
         help="our output: int32 signed sums, or 2-bit codes (requant, as torch's quint8)",
     )
+    ap.add_argument("--bits", default="", help="only these W,A pairs, e.g. '8,8 1,2'")
     args = ap.parse_args()
+    pairs = [tuple(int(b) for b in p.split(",")) for p in args.bits.split()] or BIT_PAIRS
     rng = np.random.default_rng(0)
     torch.set_num_threads(args.threads)
     timer = time.thread_time if args.threads == 1 else time.perf_counter
@@ -145,7 +158,7 @@ def main() -> None:
         for n in (int(b) for b in args.batches.split(",")):
             fns = {
                 **torch_contestants(layer, n, rng),
-                **kernel_contestants(layer, n, args.threads, rng, args.output),
+                **kernel_contestants(layer, n, args.threads, rng, args.output, pairs),
             }
             clock = measure_clock_hz(args.threads)
             samples: dict = {k: [] for k in fns}

@@ -34,13 +34,26 @@ BINARY = {
 # the weights' nibble split (3) and the int16 sums' fold every 8 groups (16 / 8): 21 ops on
 # golden-cove's 3 ports (18.3); zen adds its 4 broadcasts, 25 ops on 4 pipes (20.5; a Zen 2's
 # one multiply pipe holds it to 14.2: 9 multiplies). Derived.
+# int8-winograd-avx2 at W8A8 (3x3 stride 1: Winograd F(2x2, 3x3), 16 multiplies for 36 MACs):
+# per 4 channels of 6 tiles x 8 output channels (192 multiplies) 12 VPMADDWD + 12 VPADDD and 8
+# loads; zen: the multiplies on its two multiply pipes, the adds on the other two, 6 cycles:
+# 32 multiplies, 72 MAC/cycle (Zen 2's one multiply pipe: 36); golden-cove: 24 ops on 3 ports,
+# 8 cycles, 54. Its other bit pairs run int8-avx2's tiles. Derived.
 INT8 = {
-    ZEN: {"int8-vnni": 64.0, "int8-avx2": 50.0, "int8-avx2 W8A8": 20.5},
+    ZEN: {
+        "int8-vnni": 64.0,
+        "int8-avx2": 50.0,
+        "int8-avx2 W8A8": 20.5,
+        "int8-winograd-avx2": 50.0,
+        "int8-winograd-avx2 W8A8": 72.0,
+    },
     GOLDEN_COVE: {
         "int8-amx": 1024.0,
         "int8-vnni": 128.0,
         "int8-avx2": 48.0,
         "int8-avx2 W8A8": 18.3,
+        "int8-winograd-avx2": 48.0,
+        "int8-winograd-avx2 W8A8": 54.0,
     },
 }
 # lut kernels, per weight plane and activation slice. lut-vnni: VPERMB + VPDPBUSD per 256 MACs,
@@ -90,6 +103,7 @@ def ceiling(kernel: str, wb: int, xb: int, family: str | None = FAMILY) -> float
         rate = LUT_BYTES.get(family, {}).get(name, float("nan"))
         return min(rate / choose.lut_lookups(1, xb), 256.0 / slices) / wb
     if name.startswith("int8-"):
-        key = f"{name} W8A8" if name == "int8-avx2" and wb == xb == 8 else name
+        w8a8 = name in ("int8-avx2", "int8-winograd-avx2") and wb == xb == 8
+        key = f"{name} W8A8" if w8a8 else name
         return INT8.get(family, {}).get(key, float("nan"))
     return binary(name.removeprefix("popcount-"), family) / (wb * xb)

@@ -28,6 +28,9 @@ binary MACs, so W1A2 runs at half the binary rate):
 - ``lut-vnni``: lut_vnni.cpp's 4 x 4 tile, one step: 4 index loads, 4 table loads, 16 x
   (VPERMB, VPDPBUSD) [16 x 256], whatever the activation bits; ``lut-vnni regs``: the same 32
   operations without the loads;
+- ``int8-winograd-avx2``: int8conv_winograd_avx2.cpp's 6 x 8 product, one group of 4 channels:
+  2 weight loads, 6 qword broadcasts, 12 x (VPMADDWD, VPADDD) [12 x 16 multiplies, 432 MACs of
+  the 3x3 convolution]; ``int8-winograd-avx2 regs``: the 24 operations without the loads;
 - ``float conv zmm`` / ``float conv ymm``: the float first layer, one tap of its 4-pixel run:
   6 (3) weight loads, 4 broadcasts, 24 (12) VFMADD231PS on zmm (ymm) [24 x 16 / 12 x 8];
 - ``int8-amx``: int8conv_amx.cpp's 2 x 2 tiles, one 64-byte step: 4 TILELOADD (1 KB each,
@@ -108,6 +111,22 @@ def _vnni() -> tuple[str, ...]:
             lines.append(
                 f"vpdpbusd {256 + 4 * p}(%[b])%{{1to16%}}, %%zmm{24 + q}, %%zmm{4 * p + q}"
             )
+    return tuple(lines)
+
+
+def _winograd(loads: bool) -> tuple[str, ...]:
+    """int8conv_winograd_avx2.cpp's product, one group of 4 channels: 2 weight loads, 6 tile
+    broadcasts (a qword each), 12 x (VPMADDWD, VPADDD) [12 x 16 multiplies = 432 MACs of the
+    convolution: 2.25 a multiply]. ymm0-11 sums, 12-13 weights, 14 broadcast, 15 product."""
+    lines = ["vmovdqu 0(%[b]), %%ymm12", "vmovdqu 32(%[b]), %%ymm13"] if loads else []
+    for t in range(6):
+        if loads:
+            lines.append(f"vpbroadcastq {256 + 8 * t}(%[b]), %%ymm14")
+        for h in range(2):
+            lines += [
+                f"vpmaddwd %%ymm{12 + h}, %%ymm14, %%ymm15",
+                f"vpaddd %%ymm15, %%ymm{2 * t + h}, %%ymm{2 * t + h}",
+            ]
     return tuple(lines)
 
 
@@ -212,6 +231,8 @@ MIXES = (
     Mix("lut-vnni regs", ("avx512vbmi", "avx512_vnni"), 16 * 256, False, _lut_vnni(False)),
     Mix("lut-avx2 W1A4", ("avx2",), 4 * 4 * 128, False, _lut("ymm", 2, 2, 4)),
     Mix("lut-avx2 W1A2", ("avx2",), 21 * 4 * 128, False, _lut("ymm", 2, 2, 21)),
+    Mix("int8-winograd-avx2", ("avx2",), 12 * 16 * 9 // 4, False, _winograd(True)),
+    Mix("int8-winograd-avx2 regs", ("avx2",), 12 * 16 * 9 // 4, False, _winograd(False)),
     Mix("float conv zmm", ("avx512f", "fma"), 24 * 16, False, _fma("zmm", 6)),
     Mix("float conv ymm", ("avx2", "fma"), 12 * 8, False, _fma("ymm", 3)),
     Mix("int8-amx", AMX_FLAGS, 4 * 16384, False, _amx(True), AMX_SETUP, AMX_TEARDOWN),
