@@ -221,7 +221,7 @@ got = K.bitconv2d_packed(x, K.pack_weights(wc, 1), 2, s, p, threads=2)
 assert np.array_equal(got, R.bitconv2d(x, wc, 2, 1, s, p))
 x8 = rng.integers(0, 256, (2, 53, 6, 7), dtype=np.uint8)  # 3 x 16 channels + a tail of 5
 pw8 = K.pack_weights(rng.integers(0, 256, (20, 53, 3, 3), dtype=np.uint8), 8)
-for kernel in ("int8-avx2", "lut-avx2"):
+for kernel in ("int8-avx2", "int8-winograd-avx2", "lut-avx2"):
     with K.use_kernel(kernel):
         got8 = K.bitconv2d_signed(x8, pw8, 8, 1, 1)
     assert np.array_equal(got8, R.bitconv2d_signed(x8, pw8, 8, 1, 1)), kernel
