@@ -497,9 +497,9 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
       std::max<int64_t>(1, (ob_units + ochunks - 1) / ochunks) * kernel.ob_tile;
   ochunks = (c.q.ob + ob_per_chunk - 1) / ob_per_chunk;
   // Winograd: bands of output tile rows, one an item.
-  const int64_t wrows = wino != nullptr ? wino->band_rows(g, threads) : 1;
-  const int64_t wbands = ((g.oh + 1) / 2 + wrows - 1) / wrows;
-  const int64_t conv_items = wino != nullptr ? g.n * wbands : ntiles * ochunks;
+  const Int8Winograd::Bands wbands =
+      wino != nullptr ? wino->bands(g, threads) : Int8Winograd::Bands{1, 1, 0};
+  const int64_t conv_items = wino != nullptr ? wbands.count : ntiles * ochunks;
   const int nt = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(threads, std::max(pack_items, conv_items))));
 
@@ -519,8 +519,7 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
     }
     barrier();
     while (wino != nullptr && conv_q.Next(tid, &item)) {
-      const int64_t n = item / wbands, ty0 = item % wbands * wrows;
-      wino->band(c, v, n, ty0, std::min(ty0 + wrows, (g.oh + 1) / 2));
+      wino->band(c, v, wbands, item);
     }
     while (wino == nullptr && conv_q.Next(tid, &item)) {
       const int64_t oc = item / ntiles, t = item % ntiles;

@@ -262,9 +262,14 @@ struct Int8Winograd {
   int64_t (*weight_elems)(const ConvGeom& g);  // int16 elements of the transformed weights
   // The transformed weights of the packed int8 weights wq into v (weight_elems of them).
   void (*transform)(const ConvGeom& g, const uint8_t* wq, int16_t* v);
-  int64_t (*band_rows)(const ConvGeom& g, int threads);  // output tile rows per band
-  // Output tile rows [ty0, ty1) of image n: their outputs stored as the tiles' (StoreCall).
-  void (*band)(const Int8Conv& c, const int16_t* v, int64_t n, int64_t ty0, int64_t ty1);
+  // A call's work items: bands of `rows` output tile rows of one image, or of `images` whole
+  // images (small outputs, where a band of one image would hold few tiles).
+  struct Bands {
+    int64_t images, rows, count;
+  };
+  Bands (*bands)(const ConvGeom& g, int threads);
+  // Band `item` of b: its outputs stored as the tiles' (StoreCall).
+  void (*band)(const Int8Conv& c, const int16_t* v, const Bands& b, int64_t item);
 };
 // Bytes a Winograd band may read past the last packed image (its last tile row and column
 // may lie one past the padded image: outputs it drops), beyond Int8Geom::slack.

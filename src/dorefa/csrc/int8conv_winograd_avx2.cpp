@@ -104,46 +104,97 @@ void TransformWeights(const ConvGeom& geom, const uint8_t* wq, int16_t* v) {
   }
 }
 
-int64_t BandRows(const ConvGeom& g, int threads) {
-  const int64_t th = TilesH(g), rows = std::max<int64_t>(1, kBandTiles / TilesW(g));
+Int8Winograd::Bands Bands(const ConvGeom& g, int threads) {
+  const int64_t th = TilesH(g), tiles = th * TilesW(g);
   // Enough bands for two a thread where the batch is small.
-  const int64_t per_image = threads > 1 ? (2 * threads + g.n - 1) / g.n : 1;
-  return std::max<int64_t>(1, std::min(rows, (th + per_image - 1) / per_image));
+  const int64_t items = threads > 1 ? 2 * threads : 1;
+  if (2 * tiles <= kBandTiles && g.n > 1) {  // whole images, as many as fill a band
+    const int64_t images =
+        std::max<int64_t>(1, std::min(kBandTiles / tiles, (g.n + items - 1) / items));
+    return {images, th, (g.n + images - 1) / images};
+  }
+  const int64_t per_image = (items + g.n - 1) / g.n;
+  const int64_t rows = std::max<int64_t>(
+      1, std::min(std::max<int64_t>(1, kBandTiles / TilesW(g)), (th + per_image - 1) / per_image));
+  return {1, rows, g.n * ((th + rows - 1) / rows)};
 }
 
-// u = B^T d B for the tiles of output tile rows [ty0, ty1) of image n, 16 channels a vector.
-void TransformInput(const Int8Conv& c, int64_t n, int64_t ty0, int64_t ty1, int16_t* u) {
-  const ConvGeom& g = *c.g;
-  const int64_t tw = TilesW(g), cv = Cv(c), k_all = (ty1 - ty0) * tw;
-  const int64_t pos_stride = k_all * cv;
-  const int8_t* image = c.xq + n * c.q.image;
-  for (int64_t ty = ty0; ty < ty1; ++ty) {
-    for (int64_t tx = 0; tx < tw; ++tx) {
-      const int8_t* base = image + 2 * ty * c.q.row + 2 * tx * c.q.pixel;
-      int16_t* uk = u + ((ty - ty0) * tw + tx) * cv;
-      for (int64_t ch = 0; ch < cv; ch += 16) {
-        __m256i d[4][4], e[4][4];
-        for (int r = 0; r < 4; ++r)
-          for (int k = 0; k < 4; ++k)
-            d[r][k] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                reinterpret_cast<const __m128i*>(base + r * c.q.row + k * c.q.pixel + ch)));
-        for (int k = 0; k < 4; ++k) {  // B^T d: down each column
-          e[0][k] = _mm256_sub_epi16(d[0][k], d[2][k]);
-          e[1][k] = _mm256_add_epi16(d[1][k], d[2][k]);
-          e[2][k] = _mm256_sub_epi16(d[2][k], d[1][k]);
-          e[3][k] = _mm256_sub_epi16(d[1][k], d[3][k]);
-        }
-        for (int i = 0; i < 4; ++i) {  // (B^T d) B: along each row
-          const __m256i o[4] = {
-              _mm256_sub_epi16(e[i][0], e[i][2]), _mm256_add_epi16(e[i][1], e[i][2]),
-              _mm256_sub_epi16(e[i][2], e[i][1]), _mm256_sub_epi16(e[i][1], e[i][3])};
-          for (int j = 0; j < 4; ++j)
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(uk + (4 * i + j) * pos_stride + ch),
-                                o[j]);
-        }
-      }
+// A band's tiles in four classes, each in (image, row, column) order: 0 inside; 1 the last tile
+// column of an odd-width output (its second output column lies outside, so positions j = 3 are
+// not needed: A^T's first row is 1 1 1 0); 2 the last tile row of an odd-height output
+// (positions i = 3 not needed); 3 both. The product runs each position over the classes that
+// need it (7x7 outputs: 225 of 256 tile positions). With few edge tiles (a band of one image:
+// short calls cost more than the positions save) every tile is class 0, in raster order.
+struct TileSlots {
+  int64_t tw, cols, rows;  // tiles a row; class 0's columns and rows an image
+  bool odd_w, last_row;    // the band has class 1 tiles; class 2 tiles
+  int64_t per_image[4];    // tiles of each class an image
+  int64_t start[5];        // slots of class k: [start[k], start[k + 1])
+  TileSlots(const ConvGeom& g, int64_t images, int64_t ty0, int64_t ty1)
+      : tw(TilesW(g)),
+        cols(tw - g.ow % 2),
+        rows(ty1 - ty0 - (g.oh % 2 == 1 && ty1 == TilesH(g))),
+        odd_w(g.ow % 2 == 1),
+        last_row(rows < ty1 - ty0) {
+    const int64_t edge = (ty1 - ty0) * tw - rows * cols;
+    if (images * edge < 2 * kTileGroup) {  // one class
+      cols = tw;
+      rows = ty1 - ty0;
+      odd_w = last_row = false;
+    }
+    per_image[0] = rows * cols;
+    per_image[1] = odd_w ? rows : 0;
+    per_image[2] = last_row ? cols : 0;
+    per_image[3] = odd_w && last_row ? 1 : 0;
+    start[0] = 0;
+    for (int k = 0; k < 4; ++k) start[k + 1] = start[k] + images * per_image[k];
+  }
+  // f(slot, i, r, tx) for every tile (band image i, band row r, column tx) in slot order.
+  template <class F>
+  void ForEach(int64_t images, F&& f) const {
+    int64_t slot = 0;
+    for (int k = 0; k < 4; ++k) {
+      if (per_image[k] == 0) continue;
+      const int64_t r0 = k & 2 ? rows : 0, r1 = k & 2 ? rows + 1 : rows;
+      const int64_t x0 = k & 1 ? cols : 0, x1 = k & 1 ? cols + 1 : cols;
+      for (int64_t i = 0; i < images; ++i)
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t tx = x0; tx < x1; ++tx) f(slot++, i, r, tx);
     }
   }
+  // Whether class k needs position (i, j).
+  static bool Needs(int k, int i, int j) { return !((k & 1) && j == 3) && !((k & 2) && i == 3); }
+};
+
+// u = B^T d B for the tiles of output tile rows [ty0, ty1) of images [n0, n1), 16 channels a
+// vector, each at its slot.
+void TransformInput(const Int8Conv& c, const TileSlots& slots, int64_t n0, int64_t n1, int64_t ty0,
+                    int16_t* u) {
+  const int64_t cv = Cv(c), pos_stride = slots.start[4] * cv;
+  slots.ForEach(n1 - n0, [&](int64_t slot, int64_t i, int64_t r, int64_t tx) {
+    const int8_t* base = c.xq + (n0 + i) * c.q.image + 2 * (ty0 + r) * c.q.row + 2 * tx * c.q.pixel;
+    int16_t* uk = u + slot * cv;
+    for (int64_t ch = 0; ch < cv; ch += 16) {
+      __m256i d[4][4], e[4][4];
+      for (int y = 0; y < 4; ++y)
+        for (int k = 0; k < 4; ++k)
+          d[y][k] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(base + y * c.q.row + k * c.q.pixel + ch)));
+      for (int k = 0; k < 4; ++k) {  // B^T d: down each column
+        e[0][k] = _mm256_sub_epi16(d[0][k], d[2][k]);
+        e[1][k] = _mm256_add_epi16(d[1][k], d[2][k]);
+        e[2][k] = _mm256_sub_epi16(d[2][k], d[1][k]);
+        e[3][k] = _mm256_sub_epi16(d[1][k], d[3][k]);
+      }
+      for (int i = 0; i < 4; ++i) {  // (B^T d) B: along each row
+        const __m256i o[4] = {
+            _mm256_sub_epi16(e[i][0], e[i][2]), _mm256_add_epi16(e[i][1], e[i][2]),
+            _mm256_sub_epi16(e[i][2], e[i][1]), _mm256_sub_epi16(e[i][1], e[i][3])};
+        for (int j = 0; j < 4; ++j)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(uk + (4 * i + j) * pos_stride + ch), o[j]);
+      }
+    }
+  });
 }
 
 // NT tiles (u rows ustride apart) x 8 channels (v: 4 channels x 4 lanes a ymm, twice per group)
@@ -201,43 +252,52 @@ void Inverse(const int32_t* mk, int32_t* const* out) {
   }
 }
 
-void Band(const Int8Conv& c, const int16_t* v, int64_t n, int64_t ty0, int64_t ty1) {
+void Band(const Int8Conv& c, const int16_t* v, const Int8Winograd::Bands& b, int64_t item) {
   const ConvGeom& g = *c.g;
-  const int64_t tw = TilesW(g), cv = Cv(c), groups = Groups(c), k_all = (ty1 - ty0) * tw;
+  const int64_t th = TilesH(g), row_bands = (th + b.rows - 1) / b.rows;
+  const int64_t n0 = b.images > 1 ? item * b.images : item / row_bands;
+  const int64_t n1 = b.images > 1 ? std::min(g.n, n0 + b.images) : n0 + 1;
+  const int64_t ty0 = b.images > 1 ? 0 : item % row_bands * b.rows;
+  const int64_t ty1 = std::min(th, ty0 + b.rows);
+  const TileSlots slots(g, n1 - n0, ty0, ty1);
+  const int64_t cv = Cv(c), groups = Groups(c), k_all = slots.start[4];
   const int64_t o16 = c.q.ob * kInt8Lanes;
-  const int64_t oy0 = 2 * ty0, oy1 = std::min(2 * ty1, g.oh);
+  const int64_t oy0 = 2 * ty0, oy1 = std::min(2 * ty1, g.oh), band_h = oy1 - oy0;
   const int64_t u_elems = kPos * k_all * cv, m_elems = k_all * kPos * 16;
-  const int64_t raw_elems = (oy1 - oy0) * g.ow * o16;
+  const int64_t raw_elems = (n1 - n0) * band_h * g.ow * o16;
   uint8_t* buf = Int8FieldBuffer(static_cast<size_t>(2 * u_elems + 4 * (m_elems + raw_elems)));
   auto* u = reinterpret_cast<int16_t*>(buf);
   auto* m = reinterpret_cast<int32_t*>(buf + 2 * u_elems);
   int32_t* raw = m + m_elems;
-  TransformInput(c, n, ty0, ty1, u);
+  TransformInput(c, slots, n0, n1, ty0, u);
   const int64_t pos_stride = c.q.ob * groups * 64;
   for (int64_t ob = 0; ob < c.q.ob; ++ob) {
     for (int h = 0; h < 2; ++h) {
       for (int pos = 0; pos < kPos; ++pos) {
         const int16_t* vp = v + pos * pos_stride + ob * groups * 64 + 32 * h;
         const int16_t* up = u + pos * k_all * cv;
-        for (int64_t k0 = 0; k0 < k_all; k0 += kTileGroup) {
-          const int nt = static_cast<int>(std::min<int64_t>(kTileGroup, k_all - k0));
-          kProducts[nt - 1](vp, up + k0 * cv, cv, groups, m + (k0 * kPos + pos) * 16);
+        for (int k = 0; k < 4; ++k) {  // the classes that need the position (m: else unset)
+          if (!TileSlots::Needs(k, pos / 4, pos % 4)) continue;
+          for (int64_t s0 = slots.start[k]; s0 < slots.start[k + 1]; s0 += kTileGroup) {
+            const int nt = static_cast<int>(std::min<int64_t>(kTileGroup, slots.start[k + 1] - s0));
+            kProducts[nt - 1](vp, up + s0 * cv, cv, groups, m + (s0 * kPos + pos) * 16);
+          }
         }
       }
-      for (int64_t k = 0; k < k_all; ++k) {
-        const int64_t oy = 2 * (ty0 + k / tw), ox = 2 * (k % tw);
-        int32_t* out[4];
+      slots.ForEach(n1 - n0, [&](int64_t slot, int64_t i, int64_t r, int64_t tx) {
+        int32_t* out[4];  // the unset positions of a class only reach outputs outside
         for (int p = 0; p < 4; ++p) {
-          const int64_t y = oy + p / 2, x = ox + p % 2;
-          out[p] =
-              y < g.oh && x < g.ow ? raw + ((y - oy0) * g.ow + x) * o16 + ob * 16 + 8 * h : nullptr;
+          const int64_t y = 2 * r + p / 2, x = 2 * tx + p % 2;  // in the band
+          const bool inside = oy0 + y < g.oh && x < g.ow;
+          out[p] = inside ? raw + ((i * band_h + y) * g.ow + x) * o16 + ob * 16 + 8 * h : nullptr;
         }
-        Inverse(m + k * kPos * 16, out);
-      }
+        Inverse(m + slot * kPos * 16, out);
+      });
     }
   }
-  // The band's outputs are one run of pixels of image n: stored as the tiles' calls are.
-  const int64_t pix0 = (n * g.oh + oy0) * g.ow, npix = (oy1 - oy0) * g.ow;
+  // The band's outputs are one run of pixels (whole images, or rows of one): stored as the
+  // tiles' calls are.
+  const int64_t pix0 = (n0 * g.oh + oy0) * g.ow, npix = (n1 - n0) * band_h * g.ow;
   int32_t terms[kMaxCallPixels];
   for (int64_t p0 = 0; p0 < npix; p0 += kMaxCallPixels) {
     const int64_t np = std::min(kMaxCallPixels, npix - p0);
@@ -248,7 +308,6 @@ void Band(const Int8Conv& c, const int16_t* v, int64_t n, int64_t ty0, int64_t t
 
 }  // namespace
 
-extern const Int8Winograd kWinogradAvx2 = {&Packs, &WeightElems, &TransformWeights, &BandRows,
-                                           &Band};
+extern const Int8Winograd kWinogradAvx2 = {&Packs, &WeightElems, &TransformWeights, &Bands, &Band};
 
 }  // namespace dorefa
