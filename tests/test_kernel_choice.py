@@ -149,14 +149,16 @@ def test_calls_of_many_images_are_chosen_at_their_own_batch_class():
 
 @needs_native
 def test_a_clear_win_of_the_cost_model_is_not_timed():
-    """W8A8: popcount runs 64 plane pairs and lut 16 lookups, priced far above int8-vnni
-    (> CLEAR_WIN): only the int8 kernel is measured. W1A2 is close enough to time every kind."""
+    """W8A8: popcount runs 64 plane pairs and lut 16 lookups, priced far above int8-vnni and
+    int8-winograd-avx2 (> CLEAR_WIN): only the int8 kernel is measured. W1A2 is close enough
+    to time every kind."""
     if not any(k.startswith("int8-") for k in K.available_kernels()):
         pytest.skip("no int8 kernel on this CPU: nothing to compare")  # non-x86 builds
     choose.clear_cache()
     lut = {"lut"} if any(k.startswith("lut-") for k in K.available_kernels()) else set()
-    # AVX2-only CPUs: int8-avx2's W8A8 nibble path is slow enough that lut is timed too.
-    w8a8 = {"int8"} | (lut if "int8-vnni" not in K.available_kernels() else set())
+    # Without either, int8-avx2's W8A8 nibble path is slow enough that lut is timed too.
+    fast = {"int8-vnni", "int8-winograd-avx2"} & set(K.available_kernels())
+    w8a8 = {"int8"} | (lut if not fast else set())
     for bits, kinds in ((8, w8a8), (1, {"int8", "popcount"} | lut)):
         w, x = _layer(bits, 2 if bits == 1 else 8)
         choice = K.prepare_conv(K.pack_weights(w, bits), 2 if bits == 1 else 8, 1, 1).choice(

@@ -33,8 +33,8 @@ def _params(model) -> int:
 
 def test_kernel_column_is_the_runtimes_pick():
     """The kernel column: the cost model's pick per layer when nothing is forced (an int8
-    kernel for W8A8 where this CPU has one, popcount for W1A2 unless it has AMX), the forced
-    kernel otherwise."""
+    kernel for W8A8 where this CPU has one, popcount for W1A2 unless it has AMX, or lut where
+    it has AVX2 only), the forced kernel otherwise."""
     rows = summary(create_model("svhn", bits="8,8,8", num_classes=10)).rows
     bit_rows = [r for r in rows if r.w == 8]
     forced = kernels.forced_kernel()
@@ -44,7 +44,12 @@ def test_kernel_column_is_the_runtimes_pick():
     if forced is None and any(k.startswith("int8-") for k in kernels.available_kernels()):
         assert all(r.kernel.startswith("int8-") for r in bit_rows)
     rows = summary(create_model("svhn", bits="1,2,6", num_classes=10)).rows
-    w1 = ("int8-",) if "int8-amx" in kernels.available_kernels() else ("popcount-", "reference")
+    avail = kernels.available_kernels()
+    w1 = ("popcount-", "reference")  # AVX-512: VPOPCNTQ; AMX: int8 for every bit pair
+    if "int8-amx" in avail:
+        w1 = ("int8-",)
+    elif not any(k.startswith("popcount-avx512") for k in avail):
+        w1 += ("lut-",)  # AVX2 only: lut-avx2 is priced below the nibble-table popcount
     assert all(r.kernel.startswith(w1) for r in rows if r.w == 1)
     for kernel in kernels.available_kernels():
         with kernels.use_kernel(kernel):
