@@ -174,6 +174,56 @@ void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs,
   }
 }
 
+// NibbleBlock for one pixel (a one-pixel output such as svhn's conv6, or a class's last pixel):
+// both halves of the block in one pass over the field, the int32 sums in registers, so each
+// 64-byte group of weights is read once (NibbleBlock<1> reads it twice, half a line a pass).
+// Zen 4, AVX2 path, svhn conv6 (128 -> 512, 5x5 on 5x5) at batch 1: 1.6x.
+void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob,
+                    int64_t /*m*/, const int32_t* init, int32_t* const* out) {
+  constexpr int kFold = 32767 / (2 * 15 * 128);  // 8
+  const ConvGeom& g = *c.g;
+  const int64_t span = g.kw * c.q.cp / 4;
+  const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const uint8_t* w0 = c.wq + ob * c.q.gstride * 64;
+  __m256i acc[2], lo16[2], hi16[2];
+  for (int h = 0; h < 2; ++h) {
+    acc[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(init + 8 * h));
+    lo16[h] = hi16[h] = _mm256_setzero_si256();
+  }
+  int left = kFold;
+  for (int64_t r = t.r0; r < t.r1; ++r) {
+    const int8_t* xr = xs[0] + r * c.q.row;
+    const uint8_t* wr = w0 + r * span * 64;
+    for (int64_t j = j0; j < j1; ++j) {
+      const __m256i xv = Bcast(xr + 4 * j);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i w =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64 + 32 * h));
+        const __m256i lo = _mm256_and_si256(w, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+        lo16[h] = _mm256_add_epi16(lo16[h], _mm256_maddubs_epi16(lo, xv));
+        hi16[h] = _mm256_add_epi16(hi16[h], _mm256_maddubs_epi16(hi, xv));
+      }
+      if (--left == 0) {
+        for (int h = 0; h < 2; ++h) {
+          acc[h] = _mm256_add_epi32(
+              acc[h], _mm256_add_epi32(_mm256_madd_epi16(lo16[h], _mm256_set1_epi16(1)),
+                                       _mm256_madd_epi16(hi16[h], _mm256_set1_epi16(16))));
+          lo16[h] = hi16[h] = _mm256_setzero_si256();
+        }
+        left = kFold;
+      }
+    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    acc[h] = _mm256_add_epi32(acc[h],
+                              _mm256_add_epi32(_mm256_madd_epi16(lo16[h], _mm256_set1_epi16(1)),
+                                               _mm256_madd_epi16(hi16[h], _mm256_set1_epi16(16))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[0] + 8 * h), acc[h]);
+  }
+}
+
 using BlockFn = void (*)(const Int8Conv&, const FieldTaps&, const int8_t* const*, int64_t, int64_t,
                          const int32_t*, int32_t* const*);
 
@@ -181,7 +231,7 @@ template <Path kPath>
 constexpr BlockFn kBlocks[kTileP] = {&Block<1, kPath>, &Block<2, kPath>, &Block<3, kPath>,
                                      &Block<4, kPath>};
 constexpr int kNibbleP = 4;
-constexpr BlockFn kNibbleBlocks[kNibbleP] = {&NibbleBlock<1>, &NibbleBlock<2>, &NibbleBlock<3>,
+constexpr BlockFn kNibbleBlocks[kNibbleP] = {&NibbleBlockOne, &NibbleBlock<2>, &NibbleBlock<3>,
                                              &NibbleBlock<4>};
 
 void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
