@@ -253,8 +253,9 @@ extern const Int8Kernel kInt8Amx;
 #endif
 
 // Winograd F(2x2, 3x3) over the int8 layout (int8conv_winograd_avx2.cpp): 3x3, stride-1
-// layers in bands of output tile rows, on weights transformed when packed (the "int8wino"
-// layout: the int8 layout, then the transformed weights of 3x3 kernels that fit).
+// layers in bands of tiles, on weights transformed when packed (the "int8wino" layout: the
+// int8 layout, then the transformed weights of 3x3 kernels that fit). Int8FieldBuffer also
+// holds a band's transforms, products and outputs.
 struct Int8Winograd {
   // A 3x3 kernel whose sums stay exact (4 |sum| inside int32 at any x_bits): its packed
   // weights hold the transform.
@@ -276,9 +277,9 @@ struct Int8Winograd {
 inline int64_t WinogradExtraBytes(const Int8Geom& q) { return 2 * q.row + 64; }
 
 // A per-thread buffer of at least `bytes` bytes, 64-byte aligned, uninitialised, valid until
-// this thread's next call: int8-amx's gathered fields. Out of line here, not a Scratch in
-// int8conv_amx.cpp, whose inline members would be compiled with that file's AVX-512 and AMX
-// flags and might be the copy the linker keeps for every file.
+// this thread's next call: int8-amx's gathered fields, a Winograd band's buffers. Out of line
+// here, not a Scratch in int8conv_amx.cpp, whose inline members would be compiled with that
+// file's AVX-512 and AMX flags and might be the copy the linker keeps for every file.
 uint8_t* Int8FieldBuffer(size_t bytes);
 
 // The whole convolution (packing, tiles, output transform) in one parallel region of up to

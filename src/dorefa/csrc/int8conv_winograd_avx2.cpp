@@ -13,22 +13,24 @@
 // 0 <= w <= 255 so |V| <= 9 * 255 = 2295: both int16. One VPMADDWD multiplies 16 pairs and sums
 // them pairwise into int32 (exact: 2 * 512 * 2295 < 2^31). The sums over channels wrap modulo
 // 2^32 like every int8 kernel's; the outputs are 4 raw, exact where 4 |raw| < 2^31, i.e. while
-// 4 * 9 * cp * a * wmax < 2^31 (Fits: C up to 1827 at W8A8), then raw = Y >> 2 and the store
+// 4 * 9 * cp * a * wmax < 2^31 (Packs, at a = 128: C up to 1824 at W8A8), then raw = Y >> 2 and
+// the store
 // adds z Wsum as for the tiles (int8conv_store.h). The padding and the channels past C hold -z
 // as for the tiles, so the identity of int8conv.h holds with every tap summed.
 //
 // Layouts. Transformed weights v[pos][ob][g][lane][i] (pos = 4 r + c of the 4 x 4 transform,
-// ob a 16-channel block, g a group of 4 channels, lane < 16, i < 4: int16), made at each call
-// from the packed int8 weights, whose groups are the same (the weights change every training
-// step; a 128 x 128 layer's transform is ~4 us). A band's transformed activations
-// u[pos][k][cv] (k = its tile, raster order; cv < cp rounded up to 16, int16) and its products
-// m[k][pos][lane pair] (the VPMADDWD sums before adding a lane's two pairs).
+// ob a 16-channel block, g a group of 4 channels, lane < 16, i < 4: int16), made at packing
+// from the packed int8 weights, whose groups are the same, and kept after them (the "int8wino"
+// layout; at each call a 128 x 128 layer's transform took 31% of its batch-1 time). A band's
+// transformed activations u[pos][k][cv] (k = its tile's slot, TileSlots; cv < cp rounded up to
+// 16, int16) and its products m[k][pos][lane pair] (the VPMADDWD sums before adding a lane's two
+// pairs).
 //
 // The product: per position, 8 output channels (two ymm of 4 lanes x 4 channels) by 6 tiles
 // (each tile's 4 channels broadcast as a qword): 12 VPMADDWD + 12 VPADDD per 4 channels, 12
 // accumulators, 2 weight vectors and a broadcast in 16 ymm. Ceiling: 2 VPMADDWD a cycle (Zen 2
-// has one multiply pipe: 1) = 32 multiplies, 72 convolution MACs a cycle (Zen 2: 36) against
-// the nibble tiles' 20.5 at W8A8 (docs/kernels.md).
+// has one multiply pipe: 1) = 32 multiplies, 72 convolution MACs a cycle (Zen 2: 36; Zen 4's
+// step measured 59.6) against the nibble tiles' 20.5 at W8A8 (docs/kernels.md).
 #include <immintrin.h>
 
 #include <algorithm>
