@@ -56,14 +56,28 @@ inline __m256i Bcast(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
+// Where block ob reads its field in the int8 layout: per kernel row r the weight groups
+// [j0, j1) of the taps t keeps, at w0 + (r span + j) 64.
+struct BlockField {
+  int64_t span, j0, j1;
+  const uint8_t* w0;
+  BlockField(const Int8Conv& c, const FieldTaps& t, int64_t ob)
+      : span(c.g->kw * c.q.cp / 4),
+        j0(t.k0 * c.q.cp / 4),
+        j1(t.k1 * c.q.cp / 4),
+        w0(c.wq + ob * c.q.gstride * 64) {}
+};
+
+// W8A8's nibble sums stay exact in int16 for this many groups (pair sums within
+// 2 * 15 * 128 = 3840: 8 of them 30720).
+constexpr int kNibbleFold = 32767 / (2 * 15 * 128);  // 8
+
 // The sums of P pixels (fields xs) of block ob over taps t (int8conv.h), started at init, to
 // out[p]; m: kMadd16's groups between folds.
 template <int P, Path kPath>
 void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob, int64_t m,
            const int32_t* init, int32_t* const* out) {
-  const ConvGeom& g = *c.g;
-  const int64_t span = g.kw * c.q.cp / 4;
-  const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
+  const BlockField f(c, t, ob);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[P][2], acc16[P][2];
   for (int p = 0; p < P; ++p) {
@@ -73,12 +87,11 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
     }
   }
   int64_t left = m;  // kMadd16: groups until the int16 sums must be folded into int32
-  const uint8_t* w0 = c.wq + ob * c.q.gstride * 64;
   for (int64_t r = t.r0; r < t.r1; ++r) {
     const int8_t* xr[P];
     for (int p = 0; p < P; ++p) xr[p] = xs[p] + r * c.q.row;
-    const uint8_t* wr = w0 + r * span * 64;
-    for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* wr = f.w0 + r * f.span * 64;
+    for (int64_t j = f.j0; j < f.j1; ++j) {
       __m256i w[2];
       for (int h = 0; h < 2; ++h)
         w[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64 + 32 * h));
@@ -130,12 +143,8 @@ void Block(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64
 template <int P>
 void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob,
                  int64_t /*m*/, const int32_t* init, int32_t* const* out) {
-  constexpr int kFold = 32767 / (2 * 15 * 128);  // 8
-  const ConvGeom& g = *c.g;
-  const int64_t span = g.kw * c.q.cp / 4;
-  const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
+  const BlockField f(c, t, ob);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const uint8_t* w0 = c.wq + ob * c.q.gstride * 64;
   for (int h = 0; h < 2; ++h) {
     alignas(32) int32_t acc[P][8];
     __m256i lo16[P], hi16[P];
@@ -152,12 +161,12 @@ void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs,
         lo16[p] = hi16[p] = _mm256_setzero_si256();
       }
     };
-    int left = kFold;
+    int left = kNibbleFold;
     for (int64_t r = t.r0; r < t.r1; ++r) {
       const int8_t* xr[P];
       for (int p = 0; p < P; ++p) xr[p] = xs[p] + r * c.q.row;
-      const uint8_t* wr = w0 + r * span * 64 + 32 * h;
-      for (int64_t j = j0; j < j1; ++j) {
+      const uint8_t* wr = f.w0 + r * f.span * 64 + 32 * h;
+      for (int64_t j = f.j0; j < f.j1; ++j) {
         const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64));
         const __m256i lo = _mm256_and_si256(w, low4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
@@ -166,7 +175,7 @@ void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs,
           lo16[p] = _mm256_add_epi16(lo16[p], _mm256_maddubs_epi16(lo, xv));
           hi16[p] = _mm256_add_epi16(hi16[p], _mm256_maddubs_epi16(hi, xv));
         }
-        if (--left == 0) fold(), left = kFold;
+        if (--left == 0) fold(), left = kNibbleFold;
       }
     }
     fold();
@@ -180,22 +189,18 @@ void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs,
 // Zen 4, AVX2 path, svhn conv6 (128 -> 512, 5x5 on 5x5) at batch 1: 1.6x.
 void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob,
                     int64_t /*m*/, const int32_t* init, int32_t* const* out) {
-  constexpr int kFold = 32767 / (2 * 15 * 128);  // 8
-  const ConvGeom& g = *c.g;
-  const int64_t span = g.kw * c.q.cp / 4;
-  const int64_t j0 = t.k0 * c.q.cp / 4, j1 = t.k1 * c.q.cp / 4;
+  const BlockField f(c, t, ob);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const uint8_t* w0 = c.wq + ob * c.q.gstride * 64;
   __m256i acc[2], lo16[2], hi16[2];
   for (int h = 0; h < 2; ++h) {
     acc[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(init + 8 * h));
     lo16[h] = hi16[h] = _mm256_setzero_si256();
   }
-  int left = kFold;
+  int left = kNibbleFold;
   for (int64_t r = t.r0; r < t.r1; ++r) {
     const int8_t* xr = xs[0] + r * c.q.row;
-    const uint8_t* wr = w0 + r * span * 64;
-    for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* wr = f.w0 + r * f.span * 64;
+    for (int64_t j = f.j0; j < f.j1; ++j) {
       const __m256i xv = Bcast(xr + 4 * j);
       for (int h = 0; h < 2; ++h) {
         const __m256i w =
@@ -212,7 +217,7 @@ void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* const* 
                                        _mm256_madd_epi16(hi16[h], _mm256_set1_epi16(16))));
           lo16[h] = hi16[h] = _mm256_setzero_si256();
         }
-        left = kFold;
+        left = kNibbleFold;
       }
     }
   }
