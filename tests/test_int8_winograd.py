@@ -114,3 +114,15 @@ def test_int8wino_layout_is_the_int8_layout_and_the_transform_for_3x3_kernels():
         extra = 16 * (-(-o // 16) * 16) * (-(-c // 4) * 4) * 2 // 8 if k == 3 else 0
         assert wino.size == int8.size + extra
     assert selection.weight_layout(KERNEL) == "int8wino"
+
+
+@pytest.mark.parametrize("image", [(8, 3, 3, 5, 0), (8, 3, 6, 5, 0), (8, 4, 3, 5, 0)])
+def test_outputs_of_one_tile_row_or_column(image):
+    """1x1, 1x4 and 2x1 outputs over 13 images: bands of 12-48 whole images whose tiles are
+    all edge classes (a band's class 0 empty; the 1x1 outputs' tiles corners only)."""
+    x, pw, _ = _case((13, *image), (8, 8), seed=3)
+    expected = R.bitconv2d_signed(x, pw, 8, 1, 0)
+    with K.use_kernel(KERNEL):
+        for threads in (1, 2):
+            got = K.bitconv2d_signed(x, pw, 8, 1, 0, threads=threads)
+            np.testing.assert_array_equal(got, expected)
