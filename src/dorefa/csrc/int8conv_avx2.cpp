@@ -27,6 +27,10 @@
 //
 // The padding's taps are left out as on int8-vnni (TileClasses, int8conv_store.h): W8A8 4-5%
 // faster on svhn's 18x18 layers, 14-16% on 128->128 at 7x7 (Zen 4, batch 1 and 32).
+//
+// Two kernels of the table use these tiles: int8-avx2, and int8-winograd-avx2, which runs the
+// 3x3 stride-1 layers of the kMadd32 and nibble paths on Winograd instead (WinogradRuns, at
+// the end; int8conv_winograd_avx2.cpp).
 #include <immintrin.h>
 
 #include <algorithm>
