@@ -54,6 +54,17 @@ int64_t PairBound(int x_bits, int w_bits) {
   return 2 * ((int64_t{1} << w_bits) - 1) * a;
 }
 
+// kMadd16's groups between folds for this bit pair: m = 32767 / PairBound (0 or 1: no two
+// products fit int16).
+int64_t GroupsPerFold(const ConvGeom& g) { return 32767 / PairBound(g.x_bits, g.w_bits); }
+
+// The tiles' path for this bit pair: kMadd16 while two products fit int16 (m >= 2; m = 1 would
+// fold after every group: kMadd32 does that in registers), the nibbles at W8A8, else kMadd32.
+Path TilePath(const ConvGeom& g) {
+  if (g.x_bits == 8 && g.w_bits == 8) return kNibble;
+  return GroupsPerFold(g) >= 2 ? kMadd16 : kMadd32;
+}
+
 inline __m256i Bcast(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
@@ -75,6 +86,12 @@ struct BlockField {
 // W8A8's nibble sums stay exact in int16 for this many groups (pair sums within
 // 2 * 15 * 128 = 3840: 8 of them 30720).
 constexpr int kNibbleFold = 32767 / (2 * 15 * 128);  // 8
+
+// A nibble block's int16 sums (of the low and high nibbles) as int32: lo + 16 hi, pairs added.
+inline __m256i FoldNibbles(__m256i lo16, __m256i hi16) {
+  return _mm256_add_epi32(_mm256_madd_epi16(lo16, _mm256_set1_epi16(1)),
+                          _mm256_madd_epi16(hi16, _mm256_set1_epi16(16)));
+}
 
 // The sums of P pixels (fields xs) of block ob over taps t (int8conv.h), started at init, to
 // out[p]; m: kMadd16's groups between folds.
@@ -158,10 +175,9 @@ void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs,
     }
     auto fold = [&] {
       for (int p = 0; p < P; ++p) {
-        const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(lo16[p], _mm256_set1_epi16(1)),
-                                             _mm256_madd_epi16(hi16[p], _mm256_set1_epi16(16)));
         auto* a = reinterpret_cast<__m256i*>(acc[p]);
-        _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), sum));
+        _mm256_store_si256(a,
+                           _mm256_add_epi32(_mm256_load_si256(a), FoldNibbles(lo16[p], hi16[p])));
         lo16[p] = hi16[p] = _mm256_setzero_si256();
       }
     };
@@ -216,9 +232,7 @@ void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* const* 
       }
       if (--left == 0) {
         for (int h = 0; h < 2; ++h) {
-          acc[h] = _mm256_add_epi32(
-              acc[h], _mm256_add_epi32(_mm256_madd_epi16(lo16[h], _mm256_set1_epi16(1)),
-                                       _mm256_madd_epi16(hi16[h], _mm256_set1_epi16(16))));
+          acc[h] = _mm256_add_epi32(acc[h], FoldNibbles(lo16[h], hi16[h]));
           lo16[h] = hi16[h] = _mm256_setzero_si256();
         }
         left = kNibbleFold;
@@ -226,9 +240,7 @@ void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* const* 
     }
   }
   for (int h = 0; h < 2; ++h) {
-    acc[h] = _mm256_add_epi32(acc[h],
-                              _mm256_add_epi32(_mm256_madd_epi16(lo16[h], _mm256_set1_epi16(1)),
-                                               _mm256_madd_epi16(hi16[h], _mm256_set1_epi16(16))));
+    acc[h] = _mm256_add_epi32(acc[h], FoldNibbles(lo16[h], hi16[h]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[0] + 8 * h), acc[h]);
   }
 }
@@ -244,13 +256,9 @@ constexpr BlockFn kNibbleBlocks[kNibbleP] = {&NibbleBlockOne, &NibbleBlock<2>, &
                                              &NibbleBlock<4>};
 
 void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
-  const ConvGeom& g = *c.g;
-  // kMadd16 folds every m groups; m = 1 would fold after every group: kMadd32 does that in
-  // registers.
-  const int64_t m = 32767 / PairBound(g.x_bits, g.w_bits);
-  const bool nibble = g.x_bits == 8 && g.w_bits == 8;
-  const Path path = nibble ? kNibble : (m >= 2 ? kMadd16 : kMadd32);
-  const int tile = nibble ? kNibbleP : kTileP;
+  const int64_t m = GroupsPerFold(*c.g);
+  const Path path = TilePath(*c.g);
+  const int tile = path == kNibble ? kNibbleP : kTileP;
   const BlockFn* blocks =
       path == kNibble ? kNibbleBlocks : (path == kMadd16 ? kBlocks<kMadd16> : kBlocks<kMadd32>);
   TileClasses<Avx2Store>(
@@ -268,7 +276,7 @@ extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1};
 // with w_bits >= 7, x_bits 6-7 with w_bits 8). Zen 4, AVX2, one thread, svhn's 3x3 layers at
 // batch 32: W8A8 1.7-2.2x the nibble tiles; W4A4 on Winograd 0.7-1.0x the kMadd16 tiles.
 static bool WinogradRuns(const ConvGeom& g) {
-  return 32767 / PairBound(g.x_bits, g.w_bits) < 2 && g.stride == 1 && kWinogradAvx2.packs(g);
+  return TilePath(g) != kMadd16 && g.stride == 1 && kWinogradAvx2.packs(g);
 }
 
 extern const Int8Kernel kInt8WinogradAvx2 = {"4x16",  &TileAvx2,      &Shift,       8 * kTileP,
