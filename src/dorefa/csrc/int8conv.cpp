@@ -518,13 +518,15 @@ uint8_t RunImages(const Int8Kernel& kernel, const ConvGeom& g, const uint8_t* x,
       }
     }
     barrier();
-    while (wino != nullptr && conv_q.Next(tid, &item)) {
-      wino->band(c, v, wbands, item);
-    }
-    while (wino == nullptr && conv_q.Next(tid, &item)) {
-      const int64_t oc = item / ntiles, t = item % ntiles;
-      const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
-      kernel.run(c, pix0, std::min(ptile, npix - pix0), ob0, std::min(ob_per_chunk, c.q.ob - ob0));
+    if (wino != nullptr) {
+      while (conv_q.Next(tid, &item)) wino->band(c, v, wbands, item);
+    } else {
+      while (conv_q.Next(tid, &item)) {
+        const int64_t oc = item / ntiles, t = item % ntiles;
+        const int64_t pix0 = t * ptile, ob0 = oc * ob_per_chunk;
+        kernel.run(c, pix0, std::min(ptile, npix - pix0), ob0,
+                   std::min(ob_per_chunk, c.q.ob - ob0));
+      }
     }
     if (kernel.done != nullptr) kernel.done();
     return ors;
