@@ -119,7 +119,7 @@ def test_every_weight_grad_kernel_equals_the_spec(name, geometry, bits):
     then add). The bit triples take
     every route: the direct kernels (G <= 7; AVX2 only while 2 n_g n_a <= 32767, so (1,8,7)
     goes to its packed path), the packed path (G = 8), AVX2's portable fallback (G = 8 with
-    A = 8); 20 samples span several of `wgrad-avx2`'s direct batch blocks (16 KiB), 100
+    A = 8); 20 samples span several of `wgrad-avx2`'s direct batch blocks (4 KiB), 100
     samples of an 18 x 18 map those of every direct kernel (518 KB of packed gradients against
     `wgrad-vnni`'s 256 KiB blocks); `wgrad-amx`'s tiles take 36 channels (a
     partial group of 16), an even kernel width and 18 output channels (a partial vector), and

@@ -32,9 +32,13 @@ struct Avx2Direct {
   static constexpr int kCols = 6;            // columns per register tile
   static constexpr int kChunk = 24;          // columns per work tile
   static constexpr bool kIntScales = false;  // no int32 finish (DirectMode::kInt)
-  // Packed gradient bytes of a batch block (wgrad_direct.h): half of a 32 KiB L1 data cache,
-  // beside the strips and the float64 sums the tile adds to in L1.
-  static constexpr int64_t kBlockBytes = 16384;
+  // Packed gradient bytes of a batch block (wgrad_direct.h): an eighth of a 32 KiB L1 data
+  // cache. The block's gradients are re-read by each register tile of the work tile, while
+  // each sample brings the lines of its strips' runs (6-12 a register tile) through L1: 16
+  // KiB blocks were evicted on the way (Zen 4, AVX2 path, same-process A/B against 16 KiB:
+  // 1.10-1.12x on svhn's 7x7 maps, 1.07x on 9x9, 1.01-1.04x on 18x18; 2 and 8 KiB no faster
+  // than 4; prefetching the next sample's runs 0.93-0.99x).
+  static constexpr int64_t kBlockBytes = 4096;
 
   // The strip planes of n channels of one tap column (wgrad_direct.h), one by one.
   static void StripPlanes(const uint8_t* src, int64_t n, int64_t h, int64_t w, int64_t p,
