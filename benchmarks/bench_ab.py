@@ -109,17 +109,29 @@ def main() -> None:
         w = rng.integers(0, 1 << wb, (o, c, k, k), dtype=np.uint8)
         words = {name: pack(mods[name], kernels[name], w, wb) for name in mods}
 
-        def call(name, x=x, words=words, mode=args.mode, t=None, d=None):
+        def call(name, x=x, words=words, mode=args.mode, t=None, d=None, tables=None):
+            args_tail = (t, d) if tables is None else (None, None, tables[name])
             return mods[name].bitconv(
                 kernels[name], x, words[name], o, c, k, k, xb, wb, 1, pad, args.threads, mode,
-                t, d,
+                *args_tail,
             )  # fmt: skip
 
         if args.mode == "requant":  # 3 thresholds a channel over the middle of the signed sums
             lo, hi = np.quantile(call("A", mode="signed"), [0.05, 0.95])
-            t = np.tile(np.linspace(lo, hi, 3).astype(np.int32), (o, 1))
+            # t_j = ceil(r_0 + j step), the exporter's form, which the requant tables fit
+            # with a line (truncated linspace values could miss it: a search per output)
+            steps = np.ceil(lo + np.arange(3) * (hi - lo) / 2)
+            t = np.tile(steps.astype(np.int32), (o, 1))
             d = np.ones(o, dtype=np.int8)
-            call = functools.partial(call, t=t, d=d)
+            # each build's table built once, as a loaded model's layer keeps it (built per call,
+            # its line fitting weighed on every requant time); older builds take the arrays
+            tables = {
+                n: m.RequantTable(t, d) for n, m in mods.items() if hasattr(m, "RequantTable")
+            }
+            if len(tables) == len(mods):
+                call = functools.partial(call, tables=tables)
+            else:
+                call = functools.partial(call, t=t, d=d)
 
         if not np.array_equal(call("A"), call("B")):
             raise SystemExit("the two builds disagree")
