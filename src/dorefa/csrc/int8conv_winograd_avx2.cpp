@@ -202,7 +202,8 @@ void TransformInput(const Int8Conv& c, const TileSlots& slots, int64_t n0, int64
 // NT tiles (u rows ustride apart) x 8 channels (v: 4 channels x 4 lanes a ymm, twice per group)
 // summed over the groups into m[t * kPos * 16 ..] (lane pairs, not yet added).
 template <int NT>
-void Product(const int16_t* v, const int16_t* u, int64_t ustride, int64_t groups, int32_t* m) {
+inline __attribute__((always_inline)) void Product(const int16_t* v, const int16_t* u,
+                                                   int64_t ustride, int64_t groups, int32_t* m) {
   __m256i acc[NT][2];
   DOREFA_UNROLL for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
   for (int64_t g = 0; g < groups; ++g) {
@@ -222,9 +223,25 @@ void Product(const int16_t* v, const int16_t* u, int64_t ustride, int64_t groups
   }
 }
 
+template <int NT>
+void ProductCall(const int16_t* v, const int16_t* u, int64_t ustride, int64_t groups, int32_t* m) {
+  Product<NT>(v, u, ustride, groups, m);
+}
 using ProductFn = void (*)(const int16_t*, const int16_t*, int64_t, int64_t, int32_t*);
-constexpr ProductFn kProducts[kTileGroup] = {&Product<1>, &Product<2>, &Product<3>,
-                                             &Product<4>, &Product<5>, &Product<6>};
+constexpr ProductFn kProducts[kTileGroup] = {&ProductCall<1>, &ProductCall<2>, &ProductCall<3>,
+                                             &ProductCall<4>, &ProductCall<5>, &ProductCall<6>};
+
+// The products of tiles [t0, t1) (u rows ustride apart) at one position into m (a tile's
+// position sums kPos * 16 apart): whole groups of kTileGroup tiles in one loop, the rest by
+// one call (against a call per group: 0.99-1.07x, mostly 1.01-1.04x, on svhn's layers and
+// conv3 at W8A8, Zen 4 AVX2 path, same-process A/B).
+void Products(const int16_t* v, const int16_t* u, int64_t ustride, int64_t groups, int32_t* m,
+              int64_t t0, int64_t t1) {
+  int64_t s = t0;
+  for (; s + kTileGroup <= t1; s += kTileGroup)
+    Product<kTileGroup>(v, u + s * ustride, ustride, groups, m + s * kPos * 16);
+  if (s < t1) kProducts[t1 - s - 1](v, u + s * ustride, ustride, groups, m + s * kPos * 16);
+}
 
 // Y = A^T m A of one tile's 16 positions (mk: per position two ymm of lane pairs), the pairs
 // added and shifted out (raw = Y / 4), to raw[(i, j)] for the outputs inside the layer.
@@ -279,11 +296,8 @@ void Band(const Int8Conv& c, const int16_t* v, const Int8Winograd::Bands& b, int
         const int16_t* vp = v + pos * pos_stride + ob * groups * 64 + 32 * h;
         const int16_t* up = u + pos * k_all * cv;
         for (int k = 0; k < 4; ++k) {  // the classes that need the position (m: else unset)
-          if (!TileSlots::Needs(k, pos / 4, pos % 4)) continue;
-          for (int64_t s0 = slots.start[k]; s0 < slots.start[k + 1]; s0 += kTileGroup) {
-            const int nt = static_cast<int>(std::min<int64_t>(kTileGroup, slots.start[k + 1] - s0));
-            kProducts[nt - 1](vp, up + s0 * cv, cv, groups, m + (s0 * kPos + pos) * 16);
-          }
+          if (TileSlots::Needs(k, pos / 4, pos % 4))
+            Products(vp, up, cv, groups, m + pos * 16, slots.start[k], slots.start[k + 1]);
         }
       }
       slots.ForEach(n1 - n0, [&](int64_t slot, int64_t i, int64_t r, int64_t tx) {
