@@ -240,6 +240,8 @@ struct Int8Kernel {
   // (int8conv_winograd_avx2.cpp), the others on the tiles.
   const struct Int8Winograd* winograd = nullptr;
   bool (*winograd_runs)(const ConvGeom& g) = nullptr;
+  // The layer's packed weights carry the Winograd transform ("int8wino", Int8Winograd::packs).
+  bool WinogradPacks(const ConvGeom& g) const;
 };
 
 #ifdef DOREFA_HAVE_X86_KERNELS
@@ -275,6 +277,10 @@ struct Int8Winograd {
 // Bytes a Winograd band may read past the last packed image (its last tile row and column
 // may lie one past the padded image: outputs it drops), beyond Int8Geom::slack.
 inline int64_t WinogradExtraBytes(const Int8Geom& q) { return 2 * q.row + 64; }
+
+inline bool Int8Kernel::WinogradPacks(const ConvGeom& g) const {
+  return winograd != nullptr && winograd->packs(g);
+}
 
 // A per-thread buffer of at least `bytes` bytes, 64-byte aligned, uninitialised, valid until
 // this thread's next call: int8-amx's gathered fields, a Winograd band's buffers. Out of line

@@ -228,8 +228,9 @@ void ProductCall(const int16_t* v, const int16_t* u, int64_t ustride, int64_t gr
   Product<NT>(v, u, ustride, groups, m);
 }
 using ProductFn = void (*)(const int16_t*, const int16_t*, int64_t, int64_t, int32_t*);
-constexpr ProductFn kProducts[kTileGroup] = {&ProductCall<1>, &ProductCall<2>, &ProductCall<3>,
-                                             &ProductCall<4>, &ProductCall<5>, &ProductCall<6>};
+// The last, partial group of a position's tiles: 1 .. kTileGroup - 1 of them.
+constexpr ProductFn kPartialProducts[kTileGroup - 1] = {
+    &ProductCall<1>, &ProductCall<2>, &ProductCall<3>, &ProductCall<4>, &ProductCall<5>};
 
 // The products of tiles [t0, t1) (u rows ustride apart) at one position into m (a tile's
 // position sums kPos * 16 apart): whole groups of kTileGroup tiles in one loop, the rest by
@@ -240,7 +241,7 @@ void Products(const int16_t* v, const int16_t* u, int64_t ustride, int64_t group
   int64_t s = t0;
   for (; s + kTileGroup <= t1; s += kTileGroup)
     Product<kTileGroup>(v, u + s * ustride, ustride, groups, m + s * kPos * 16);
-  if (s < t1) kProducts[t1 - s - 1](v, u + s * ustride, ustride, groups, m + s * kPos * 16);
+  if (s < t1) kPartialProducts[t1 - s - 1](v, u + s * ustride, ustride, groups, m + s * kPos * 16);
 }
 
 // Y = A^T m A of one tile's 16 positions (mk: per position two ymm of lane pairs), the pairs

@@ -85,7 +85,7 @@ uint8_t PackWeightsLut(const ConvGeom& g, const uint8_t* w, uint64_t* wl, bool d
 uint8_t PackByteWeights(const Int8Kernel& k, const ConvGeom& g, const uint8_t* w, uint64_t* wq) {
   if (k.tables != nullptr) return PackWeightsLut(g, w, wq, k.dot_lanes);
   const uint8_t ors = PackWeightsInt8(g, w, wq);
-  if (k.winograd != nullptr && k.winograd->packs(g)) {
+  if (k.WinogradPacks(g)) {
     k.winograd->transform(g, reinterpret_cast<const uint8_t*>(wq),
                           reinterpret_cast<int16_t*>(wq + Int8Geom(g).WeightWords()));
   }

@@ -87,7 +87,7 @@ inline int64_t ByteWeightBytes(const Int8Kernel& k, const ConvGeom& g) {
 }
 inline int64_t ByteWeightWords(const Int8Kernel& k, const ConvGeom& g) {
   if (k.tables != nullptr) return LutGeom(g).WeightWords();
-  const bool wino = k.winograd != nullptr && k.winograd->packs(g);  // "int8wino": appended
+  const bool wino = k.WinogradPacks(g);  // "int8wino": the transform appended
   return Int8Geom(g).WeightWords() + (wino ? (2 * k.winograd->weight_elems(g) + 7) / 8 : 0);
 }
 uint8_t PackByteWeights(const Int8Kernel& k, const ConvGeom& g, const uint8_t* w, uint64_t* wq);
