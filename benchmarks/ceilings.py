@@ -38,7 +38,9 @@ BINARY = {
 # per 4 channels of 6 tiles x 8 output channels (192 multiplies) 12 VPMADDWD + 12 VPADDD and 8
 # loads; zen: the multiplies on its two multiply pipes, the adds on the other two, 6 cycles:
 # 32 multiplies, 72 MAC/cycle (Zen 2's one multiply pipe: 36); golden-cove: 24 ops on 3 ports,
-# 8 cycles, 54. Its other bit pairs run int8-avx2's tiles. Derived.
+# 8 cycles, 54. Tiles of 2 x 4 outputs (F(2x4, 3x3), the wide layers: 18, 13, 9 or 7 columns)
+# take 3 MACs a multiply: 4/3 of these (96, 48, 72); the table keeps the 2 x 2 tiles' figure, so
+# the share on those layers reads 4/3 too high. Its other bit pairs run int8-avx2's tiles. Derived.
 INT8 = {
     ZEN: {
         "int8-vnni": 64.0,

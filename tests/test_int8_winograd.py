@@ -1,9 +1,10 @@
-"""int8-winograd-avx2: Winograd F(2x2, 3x3) on integers (csrc/int8conv_winograd_avx2.cpp) on
-the 3x3 stride-1 layers whose int8-avx2 tiles cannot sum two products in int16 (x_bits 8 with
-w_bits >= 7, x_bits 6-7 with w_bits 8), the tiles elsewhere. Every output mode equals the NumPy
-reference bit for bit: odd and even output sizes (a last tile half outside), paddings 0-2,
-channel counts off the 16-channel vectors, output channels off the 16-lane blocks, bands split
-over images and threads, and the sums at the edge of the exactness bound."""
+"""int8-winograd-avx2: Winograd F(2x2, 3x3) and F(2x4, 3x3) on integers
+(csrc/int8conv_winograd_avx2.cpp) on the 3x3 stride-1 layers whose int8-avx2 tiles cannot sum
+two products in int16 (x_bits 8 with w_bits >= 7, x_bits 6-7 with w_bits 8), the tiles
+elsewhere. Every output mode equals the NumPy reference bit for bit: output sizes on and off
+the tiles (a last tile partly outside; widths that take tiles of 2 and of 4 columns), paddings
+0-2, channel counts off the 16-channel vectors, output channels off the 16-lane blocks, bands
+split over images and threads, and the sums at the edge of both exactness bounds."""
 
 from __future__ import annotations
 
@@ -84,12 +85,14 @@ def test_bands_over_images_and_threads(image, n, threads):
 
 
 @pytest.mark.parametrize("code", [0, 255])
-@pytest.mark.parametrize("c", [1824, 1828])
-def test_sums_at_the_exactness_bound(c, code):
-    """4 |sum| < 2^31 holds up to 1824 channels at W8A8 (4 * 9 * cp * 128 * 255): there
-    Winograd runs with every code at an extreme (x' = -128 or 127, w = 255); past it the
-    weights carry no transform and the tiles run."""
-    x = np.full((1, c, 4, 4), code, np.uint8)
+@pytest.mark.parametrize("c, w", [(1824, 4), (1828, 4), (456, 10), (460, 10)])
+def test_sums_at_the_exactness_bound(c, w, code):
+    """Tiles of 2 output columns (a 2-wide output) are exact while 4 |sum| < 2^31: up to 1824
+    channels at W8A8 (4 * 9 * cp * 128 * 255); tiles of 4 (an 8-wide output) while 16 |sum| <
+    2^31: up to 456. There Winograd runs with every code at an extreme (x' = -128 or 127, w =
+    255); past 456 the 8-wide output takes tiles of 2, past 1824 the weights carry no transform
+    and the int8 tiles run."""
+    x = np.full((1, c, 4, w), code, np.uint8)
     wc = np.full((2, c, 3, 3), 255, np.uint8)
     wc[1, ::2] = 0
     pw = R.pack_weights(wc, 8)
@@ -102,7 +105,8 @@ def test_sums_at_the_exactness_bound(c, code):
 
 def test_int8wino_layout_is_the_int8_layout_and_the_transform_for_3x3_kernels():
     """The int8 words come first (what the tiles read on the layers Winograd does not run);
-    3x3 kernels add 16 positions x O (to 16) x C (to 4) int16, other kernels nothing."""
+    3x3 kernels add 16 + 24 positions (tiles of 2 and of 4 output columns) x O (to 16) x C
+    (to 4) int16, other kernels nothing."""
     from dorefa.kernels import _native, selection
 
     rng = np.random.default_rng(0)
@@ -111,7 +115,7 @@ def test_int8wino_layout_is_the_int8_layout_and_the_transform_for_3x3_kernels():
         int8 = _native.pack_weights(w, 8, "int8-avx2")
         wino = _native.pack_weights(w, 8, KERNEL)
         np.testing.assert_array_equal(wino[: int8.size], int8)
-        extra = 16 * (-(-o // 16) * 16) * (-(-c // 4) * 4) * 2 // 8 if k == 3 else 0
+        extra = (16 + 24) * (-(-o // 16) * 16) * (-(-c // 4) * 4) * 2 // 8 if k == 3 else 0
         assert wino.size == int8.size + extra
     assert selection.weight_layout(KERNEL) == "int8wino"
 

@@ -276,7 +276,7 @@ struct Int8Winograd {
 };
 // Bytes a Winograd band may read past the last packed image (its last tile row and column
 // may lie one past the padded image: outputs it drops), beyond Int8Geom::slack.
-inline int64_t WinogradExtraBytes(const Int8Geom& q) { return 2 * q.row + 64; }
+inline int64_t WinogradExtraBytes(const Int8Geom& q) { return 2 * q.row + 4 * q.pixel + 64; }
 
 inline bool Int8Kernel::WinogradPacks(const ConvGeom& g) const {
   return winograd != nullptr && winograd->packs(g);
