@@ -1,6 +1,6 @@
 // Winograd F(2x2, 3x3) and F(2x4, 3x3) on integers, AVX2: the 3x3, stride-1 layers of
-// `int8-winograd-avx2`
-// (its other layers run int8-avx2's tiles). Exact: every step is an integer sum.
+// `int8-winograd-avx2` (its other layers run int8-avx2's tiles). Exact: every step is an
+// integer sum.
 //
 // The maths (Lavin and Gray's F(2, 3), correlation as in a convolution layer). A 2 x 2 tile of
 // outputs reads a 4 x 4 patch d of the packed activations x' = x - z (int8conv.h) per channel:
@@ -24,14 +24,14 @@
 // them pairwise into int32 (exact: 2 * 512 * 2295 < 2^31). The sums over channels wrap modulo
 // 2^32 like every int8 kernel's; the outputs are 4 raw, exact where 4 |raw| < 2^31, i.e. while
 // 4 * 9 * cp * a * wmax < 2^31 (Packs, at a = 128: C up to 1824 at W8A8), then raw = Y >> 2 and
-// the store adds z Wsum as for the tiles (int8conv_store.h). The padding and the channels past C hold -z
-// as for the tiles, so the identity of int8conv.h holds with every tap summed.
+// the store adds z Wsum as for the tiles (int8conv_store.h). The padding and the channels past
+// C hold -z as for the tiles, so the identity of int8conv.h holds with every tap summed.
 //
 // Layouts. Transformed weights v[pos][ob][g][lane][i] (pos = (W + 2) r + c of the 4 x (W + 2)
-// transform; W = 2, then W = 4 where exact,
-// ob a 16-channel block, g a group of 4 channels, lane < 16, i < 4: int16), made at packing
-// from the packed int8 weights, whose groups are the same, and kept after them (the "int8wino"
-// layout; at each call a 128 x 128 layer's transform took 31% of its batch-1 time). A band's
+// transform; W = 2, then W = 4 where exact; ob a 16-channel block, g a group of 4 channels,
+// lane < 16, i < 4: int16), made at packing from the packed int8 weights, whose groups are the
+// same, and kept after them (the "int8wino" layout; at each call a 128 x 128 layer's transform
+// took 31% of its batch-1 time). A band's
 // transformed activations u[pos][k][cv] (k = its tile's slot, TileSlots; cv < cp rounded up to
 // 16, int16) and its products m[k][pos][lane pair] (the VPMADDWD sums before adding a lane's two
 // pairs).
@@ -39,8 +39,9 @@
 // The product: per position, 8 output channels (two ymm of 4 lanes x 4 channels) by 6 tiles
 // (each tile's 4 channels broadcast as a qword): 12 VPMADDWD + 12 VPADDD per 4 channels, 12
 // accumulators, 2 weight vectors and a broadcast in 16 ymm. Ceiling: 2 VPMADDWD a cycle (Zen 2
-// has one multiply pipe: 1) = 32 multiplies, 72 convolution MACs a cycle (Zen 2: 36; Zen 4's
-// step measured 59.6) against the nibble tiles' 20.5 at W8A8 (docs/kernels.md).
+// has one multiply pipe: 1) = 32 multiplies, 72 convolution MACs a cycle on 2 x 2 tiles, 96 on
+// 2 x 4 (Zen 2: 36, 48; Zen 4's step measured 59.6 on 2 x 2) against the nibble tiles' 20.5 at
+// W8A8 (docs/kernels.md).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -176,9 +177,9 @@ Int8Winograd::Bands Bands(const ConvGeom& g, int threads) {
 // column where the output width is not a multiple of W (its last output column lies outside,
 // so the last position j = W + 1 is not needed: only A^T's last row reads it); 2 the last tile
 // row of an odd-height output (positions i = 3 not needed); 3 both. The product runs each position
-// over the classes that need it (7x7 outputs: 225 of 256 tile positions). With few edge tiles (a
-// band of one image: short calls cost more than the positions save) every tile is class 0, in
-// raster order.
+// over the classes that need it (7x7 outputs on 2 x 2 tiles: 225 of 256 tile positions). With few
+// edge tiles (a band of one image: short calls cost more than the positions save) every tile is
+// class 0, in raster order.
 template <int W>
 struct TileSlots {
   int64_t tw, cols, rows;  // tiles a row; class 0's columns and rows an image
@@ -319,11 +320,13 @@ constexpr ProductFn kPartialProducts[kTileGroup - 1] = {&ProductCall<1, W>, &Pro
 template <int W>
 void Products(const int16_t* v, const int16_t* u, int64_t ustride, int64_t groups, int32_t* m,
               int64_t t0, int64_t t1) {
+  constexpr int64_t kTileSums = kPos<W> * 16;  // a tile's sums in m
   int64_t s = t0;
   for (; s + kTileGroup <= t1; s += kTileGroup)
-    Product<kTileGroup, W>(v, u + s * ustride, ustride, groups, m + s * kPos<W> * 16);
-  if (s < t1)
-    kPartialProducts<W>[t1 - s - 1](v, u + s* ustride, ustride, groups, m + s* kPos<W>* 16);
+    Product<kTileGroup, W>(v, u + s * ustride, ustride, groups, m + s * kTileSums);
+  if (s == t1) return;
+  const ProductFn partial = kPartialProducts<W>[t1 - s - 1];
+  partial(v, u + s * ustride, ustride, groups, m + s * kTileSums);
 }
 
 // Y = A^T m A of one tile's 16 positions (W = 2; mk: per position two ymm of lane pairs) = 4
