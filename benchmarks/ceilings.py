@@ -34,7 +34,8 @@ BINARY = {
 # the weights' nibble split (3) and the int16 sums' fold every 8 groups (16 / 8): 21 ops on
 # golden-cove's 3 ports (18.3); zen adds its 4 broadcasts, 25 ops on 4 pipes (20.5; a Zen 2's
 # one multiply pipe holds it to 14.2: 9 multiplies). Derived.
-# int8-winograd-avx2 at W8A8 (3x3 stride 1: Winograd F(2x2, 3x3), 16 multiplies for 36 MACs):
+# int8-winograd-avx2 at W8A8 (3x3 stride 1: Winograd F(2x2, 3x3), 16 multiplies for 36 MACs;
+# F(2x4, 3x3) below):
 # per 4 channels of 6 tiles x 8 output channels (192 multiplies) 12 VPMADDWD + 12 VPADDD and 8
 # loads; zen: the multiplies on its two multiply pipes, the adds on the other two, 6 cycles:
 # 32 multiplies, 72 MAC/cycle (Zen 2's one multiply pipe: 36); golden-cove: 24 ops on 3 ports,

@@ -236,8 +236,8 @@ struct Int8Kernel {
     if (tables == nullptr) return winograd != nullptr ? "int8wino" : "int8";
     return dot_lanes ? "lutdp" : "lut";
   }
-  // Where set: the layers for which winograd_runs(g) holds run on Winograd F(2x2, 3x3)
-  // (int8conv_winograd_avx2.cpp), the others on the tiles.
+  // Where set: the layers for which winograd_runs(g) holds run on Winograd F(2x2, 3x3) or
+  // F(2x4, 3x3) (int8conv_winograd_avx2.cpp), the others on the tiles.
   const struct Int8Winograd* winograd = nullptr;
   bool (*winograd_runs)(const ConvGeom& g) = nullptr;
   // The layer's packed weights carry the Winograd transform ("int8wino", Int8Winograd::packs).
@@ -254,9 +254,9 @@ extern const Int8Kernel kInt8Vnni;
 extern const Int8Kernel kInt8Amx;
 #endif
 
-// Winograd F(2x2, 3x3) over the int8 layout (int8conv_winograd_avx2.cpp): 3x3, stride-1
-// layers in bands of tiles, on weights transformed when packed (the "int8wino" layout: the
-// int8 layout, then the transformed weights of 3x3 kernels that fit). Int8FieldBuffer also
+// Winograd F(2x2, 3x3) and F(2x4, 3x3) over the int8 layout (int8conv_winograd_avx2.cpp): 3x3,
+// stride-1 layers in bands of tiles, on weights transformed when packed (the "int8wino" layout:
+// the int8 layout, then the transformed weights of 3x3 kernels that fit). Int8FieldBuffer also
 // holds a band's transforms, products and outputs.
 struct Int8Winograd {
   // A 3x3 kernel whose sums stay exact (4 |sum| inside int32 at any x_bits): its packed

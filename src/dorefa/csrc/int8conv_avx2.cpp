@@ -271,10 +271,11 @@ void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_
 
 static_assert(8 * kTileP <= kMaxCallPixels, "a call's pixels fit its field terms");
 extern const Int8Kernel kInt8Avx2 = {"4x16", &TileAvx2, &Shift, 8 * kTileP, 1};
-// The same tiles, and Winograd F(2x2, 3x3) (int8conv_winograd_avx2.cpp) on the 3x3, stride-1
-// layers whose tiles cannot sum two products in int16 (the kMadd32 and nibble paths: x_bits 8
-// with w_bits >= 7, x_bits 6-7 with w_bits 8). Zen 4, AVX2, one thread, svhn's 3x3 layers at
-// batch 32: W8A8 1.7-2.2x the nibble tiles; W4A4 on Winograd 0.7-1.0x the kMadd16 tiles.
+// The same tiles, and Winograd F(2x2, 3x3) or F(2x4, 3x3) (int8conv_winograd_avx2.cpp) on the
+// 3x3, stride-1 layers whose tiles cannot sum two products in int16 (the kMadd32 and nibble
+// paths: x_bits 8 with w_bits >= 7, x_bits 6-7 with w_bits 8). Zen 4, AVX2, one thread, svhn's
+// 3x3 layers at batch 32: W8A8 1.7-2.2x the nibble tiles (on F(2x2, 3x3)); W4A4 on Winograd
+// 0.7-1.0x the kMadd16 tiles.
 static bool WinogradRuns(const ConvGeom& g) {
   return TilePath(g) != kMadd16 && g.stride == 1 && kWinogradAvx2.packs(g);
 }

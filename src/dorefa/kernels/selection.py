@@ -3,11 +3,11 @@
 Names. A native popcount kernel is ``<family>/<packer>``, e.g. ``popcount-avx512/gfni`` (the
 AVX-512 popcount tile kernel, activations packed with the GFNI bit transpose); an int8
 dot-product kernel is its family, ``int8-amx``, ``int8-vnni``, ``int8-avx2`` or
-``int8-winograd-avx2`` (int8-avx2's tiles, and Winograd F(2x2, 3x3) on the 3x3 stride-1
-layers where those tiles are slowest), and so is a table-lookup kernel, ``lut-avx512`` or
-``lut-avx2``. A request may also name a
-family (``popcount-avx512``) or a backend (``avx512``, ``avx2``, ``scalar``), meaning the first
-kernel of it this CPU runs, or ``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
+``int8-winograd-avx2`` (int8-avx2's tiles, and Winograd F(2x2, 3x3) or F(2x4, 3x3) on the
+3x3 stride-1 layers where those tiles are slowest), and so is a table-lookup kernel,
+``lut-avx512`` or ``lut-avx2``. A request may also name a family (``popcount-avx512``) or a
+backend (``avx512``, ``avx2``, ``scalar``), meaning the first kernel of it this CPU runs, or
+``reference`` (the NumPy spec, :mod:`dorefa.kernels.reference`).
 The table itself lives in C++ (``csrc/kernel_table.cpp``): popcount kernels fastest first (the
 first one the CPU runs is the default), the int8 and lut kernels after them (forced by name,
 or picked per layer by :mod:`dorefa.kernels.choose`).
