@@ -91,10 +91,13 @@ int64_t TilesH(const ConvGeom& g) { return (g.oh + 1) / 2; }
 
 // The weights are packed before the input size is known: both transforms, 2 then 4 (where
 // exact), the tile width chosen at each call (Wide).
-int64_t WeightElems2(const Int8Geom& q) { return kPos<2> * q.ob * (q.cp / 4) * 64; }
+template <int W>
+int64_t TransformElems(const Int8Geom& q) {  // int16 of one tile width's transformed weights
+  return kPos<W> * q.ob * (q.cp / 4) * 64;
+}
 int64_t WeightElems(const ConvGeom& g) {
   const Int8Geom q(g);
-  return WeightElems2(q) + (Exact(g, 16) ? kPos<4> * q.ob * (q.cp / 4) * 64 : 0);
+  return TransformElems<2>(q) + (Exact(g, 16) ? TransformElems<4>(q) : 0);
 }
 
 // v = G2' g GW'^T of one quarter (4 lanes x 4 channels, int16) of a group, t the 9 taps.
@@ -154,7 +157,7 @@ void TransformWeightsW(const ConvGeom& geom, const uint8_t* wq, int16_t* v) {
 
 void TransformWeights(const ConvGeom& g, const uint8_t* wq, int16_t* v) {
   TransformWeightsW<2>(g, wq, v);
-  if (Exact(g, 16)) TransformWeightsW<4>(g, wq, v + WeightElems2(Int8Geom(g)));
+  if (Exact(g, 16)) TransformWeightsW<4>(g, wq, v + TransformElems<2>(Int8Geom(g)));
 }
 
 Int8Winograd::Bands Bands(const ConvGeom& g, int threads) {
@@ -329,6 +332,12 @@ void Products(const int16_t* v, const int16_t* u, int64_t ustride, int64_t group
   partial(v, u + s * ustride, ustride, groups, m + s * kTileSums);
 }
 
+// A lane's two pair sums added, lanes in order: y0 holds lanes 0-3, y1 lanes 4-7 (VPHADDD gives
+// lanes 0 1 4 5 | 2 3 6 7; the qword permute puts them in order).
+inline __m256i LaneSums(__m256i y0, __m256i y1) {
+  return _mm256_permute4x64_epi64(_mm256_hadd_epi32(y0, y1), 0xD8);
+}
+
 // Y = A^T m A of one tile's 16 positions (W = 2; mk: per position two ymm of lane pairs) = 4
 // raw, the pairs added and shifted out, to raw[p] for the outputs inside the layer (p = 2 i + j:
 // output row i, column j of the tile).
@@ -352,9 +361,8 @@ void Inverse2(const int32_t* mk, int32_t* const* out) {
   for (int p = 0; p < 4; ++p) {
     if (out[p] == nullptr) continue;
     const __m256i* yp = y[p / 2][p % 2];
-    // hadd: lanes 0 1 4 5 | 2 3 6 7; the qword permute puts them in order.
-    const __m256i r = _mm256_permute4x64_epi64(_mm256_hadd_epi32(yp[0], yp[1]), 0xD8);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[p]), _mm256_srai_epi32(r, 2));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[p]),
+                        _mm256_srai_epi32(LaneSums(yp[0], yp[1]), 2));
   }
 }
 
@@ -386,9 +394,8 @@ void Inverse4(const int32_t* mk, int32_t* const* out) {
   for (int p = 0; p < 8; ++p) {
     if (out[p] == nullptr) continue;
     const __m256i* yp = y[p / 4][p % 4];
-    const __m256i r = _mm256_permute4x64_epi64(_mm256_hadd_epi32(yp[0], yp[1]), 0xD8);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[p]),
-                        _mm256_srai_epi32(_mm256_mullo_epi32(r, inv3), 4));
+                        _mm256_srai_epi32(_mm256_mullo_epi32(LaneSums(yp[0], yp[1]), inv3), 4));
   }
 }
 
@@ -449,7 +456,7 @@ void BandW(const Int8Conv& c, const int16_t* v, const Int8Winograd::Bands& b, in
 }
 
 void Band(const Int8Conv& c, const int16_t* v, const Int8Winograd::Bands& b, int64_t item) {
-  if (Wide(*c.g)) return BandW<4>(c, v + WeightElems2(c.q), b, item);
+  if (Wide(*c.g)) return BandW<4>(c, v + TransformElems<2>(c.q), b, item);
   BandW<2>(c, v, b, item);
 }
 
