@@ -136,12 +136,14 @@ constexpr const BlockFn* kModeBlocks[3] = {kBlocks<Epilogue::kAcc>, kBlocks<Epil
 void FusedTileAvx2(const ConvGeom& g, const uint64_t* xpk, const uint64_t* wpk, int64_t pix0,
                    int64_t npix, int64_t ob0, int64_t nob, int32_t* acc, const Epilogue& ep) {
   const BlockFn* blocks = kModeBlocks[ep.mode];
+  if (npix <= 0) return;
+  PixelWalker walk(g, xpk, pix0);
   for (int64_t p0 = pix0; p0 < pix0 + npix; p0 += kTileP) {
     const int np = static_cast<int>(std::min<int64_t>(kTileP, pix0 + npix - p0));
     const uint64_t* xs[kTileP];
     int64_t outs[kTileP], s[kTileP] = {0, 0, 0};
-    for (int p = 0; p < np; ++p) {
-      const PixelRef ref = LocatePixel(g, xpk, p0 + p);
+    for (int p = 0; p < np; ++p, walk.Next()) {
+      const PixelRef& ref = walk.ref();
       xs[p] = ref.x;
       outs[p] = ref.out;
       if (ep.mode != Epilogue::kAcc)

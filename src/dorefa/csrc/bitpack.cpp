@@ -145,7 +145,11 @@ uint8_t PackWeightsByTap(const ConvGeom& g, const uint8_t* w, uint64_t* wpk) {
 
 uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk, PackFn pack) {
   std::fill(wpk, wpk + g.WpkSize(), uint64_t{0});  // lanes past O stay 0
-  if (pack == &PackActivations) return PackWeightsByTap(g, w, wpk);
+  bool by_tap = pack == &PackActivations;  // the packers without a fast 64 x 64 bit transpose
+#ifdef DOREFA_HAVE_X86_KERNELS
+  by_tap = by_tap || pack == &PackActivationsAvx2;
+#endif
+  if (by_tap) return PackWeightsByTap(g, w, wpk);
   // Weights (O, C, KH, KW) are O "images" of C channels and KH x KW pixels; the activation
   // packer gives [o][k][kh][kw][cw] = [o][k][j], which only needs its lanes interleaved.
   ConvGeom as_images;

@@ -26,7 +26,8 @@ inline int64_t Popcount64(uint64_t v) {
 // (a "pixel-major" 64x64 bit matrix, cheap to extract from contiguous bytes), then transpose
 // it (Transpose64x64) so that row p holds bit m of the 64 channels of pixel p.
 // PackActivations is the portable version; PackActivationsAvx512Gfni / ...Shift
-// (bitpack_avx512.cpp) do the same with VPTESTMB and a vectorised transpose. Which packer a
+// (bitpack_avx512.cpp) do the same with VPTESTMB and a vectorised transpose, PackActivationsAvx2
+// (bitpack_avx2.cpp) with byte transposes and VPMOVMSKB. Which packer a
 // kernel uses is part of its entry in the kernel table (kernel_table.h).
 //
 // Work is split into PackItems(g) independent items (image, 64-channel block, 64-pixel block);
@@ -52,6 +53,9 @@ uint8_t PackActivationsAvx512Gfni(const ConvGeom& g, const uint8_t* x, uint64_t*
 // The 64x64 transposes by shifts and masks (AVX-512 F + BW only).
 uint8_t PackActivationsAvx512Shift(const ConvGeom& g, const uint8_t* x, uint64_t* xpk,
                                    int64_t item0, int64_t item1);
+// 16 x 16 byte transposes and VPMOVMSKB per plane (AVX2; bitpack_avx2.cpp).
+uint8_t PackActivationsAvx2(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int64_t item0,
+                            int64_t item1);
 #endif
 
 // Transposes a 64x64 bit matrix in place: afterwards bit j of a[i] is the old bit i of a[j].

@@ -31,6 +31,7 @@ constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr, FloatWeights::kN
 #ifdef DOREFA_HAVE_X86_KERNELS
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni, &BuildFieldRowVbmi};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift, &BuildFieldRow};
+constexpr Packer kMovemaskPack{"movemask", &PackActivationsAvx2, &BuildFieldRow};
 constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512,
                                      FloatWeights::kTapMajor, &ConvFloatWinogradAvx512};
 constexpr FloatConvPath kFloatAvx2{"avx2",
@@ -61,7 +62,7 @@ const KernelEntry kTable[] = {
    kFloatZmm},
   {"popcount-avx512/shift",   "avx512", kAvx512,             &kAvx512Tiles, kShiftPack, nullptr,    kEpilogue,
    kFloatAvx512},
-  {"popcount-avx2/portable",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kPortable,  nullptr,    kEpilogue,
+  {"popcount-avx2/movemask",  "avx2",   kAvx2 | kFma,        &kAvx2Tiles,   kMovemaskPack, nullptr, kEpilogue,
    kFloatAvx2},
 #ifdef DOREFA_HAVE_AMX
   {"int8-amx",                "avx512", kAmx | kFma,         nullptr,       kNhwc,      &kInt8Amx,  kEpilogue,

@@ -3,7 +3,7 @@
 Operands are unsigned integer codes; see :mod:`dorefa.kernels.reference` (the spec, and the
 ``'reference'`` kernel) for the exact semantics. The native kernels form one table
 (:func:`kernel_table`, fastest first), e.g. ``popcount-avx512/gfni`` (VPOPCNTQ tile kernel,
-GFNI bit transpose in the packer), ``popcount-avx512/shift``, ``popcount-avx2/portable``
+GFNI bit transpose in the packer), ``popcount-avx512/shift``, ``popcount-avx2/movemask``
 (nibble-table popcount), ``popcount-scalar/portable`` (portable C++), and the int8
 dot-product kernels ``int8-amx`` (AMX TDPBUUD tiles), ``int8-vnni`` (AVX-512 VPDPBUSD) and
 ``int8-avx2`` (VPMADDUBSW).

@@ -49,7 +49,7 @@ def dense_fields_pay(shape: tuple[int, int, int, int], w_bits: int) -> bool:
     pixel and activation plane (L = KH * KW * ceil(C / 64) words a field, L' = ceil(KH * KW *
     C / 64) dense), against building the fields, ~KH * KW * ceil(C / 64) stores (4x that when
     C % 8 != 0: the taps are then shifted bit by bit). Fitted on Zen 4 to 13 shapes (C 3-130,
-    O 8-256; popcount-avx512/gfni and popcount-avx2/portable): AlexNet conv1's 48-channel
+    O 8-256; popcount-avx512/gfni and popcount-avx2/movemask): AlexNet conv1's 48-channel
     groups 1.2x faster, svhn's 48->64 1.05-1.1x, 16- and 32-channel layers 1.2-1.5x; the
     shapes it rejects were 0.8-1.0x."""
     o, c, kh, kw = shape
