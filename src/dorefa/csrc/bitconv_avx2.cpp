@@ -87,10 +87,10 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
   for (int m = 0; m < g.x_bits; ++m) {
     for (int k = 0; k < g.w_bits; ++k) {
       // The kh x span steps (kernel rows of span words; the weights are one run) in chunks of
-      // at most kMaxByteSteps, each counted in bytes and then folded: the 64-bit counts stay
-      // out of the step loop (folded inside it, GCC kept moving them through the stack).
-      __m256i cnt[P][2];
-      for (int p = 0; p < P; ++p) cnt[p][0] = cnt[p][1] = zero;
+      // at most kMaxByteSteps, each counted in bytes and then folded into the totals, shifted
+      // by the plane pair's weight: the 64-bit counts stay out of the step loop (folded inside
+      // it, GCC kept moving them through the stack).
+      const __m128i shift = _mm_cvtsi32_si128(m + k);
       const uint64_t* w = wpk + (ob * g.w_bits + k) * g.l * kLanes;
       int64_t xoff = m * plane, t = 0;
       for (int64_t left = g.kh * span; left > 0; left -= kMaxByteSteps) {
@@ -115,12 +115,9 @@ void Block(const ConvGeom& g, const uint64_t* const* xs, const int64_t* outs, co
         }
         for (int p = 0; p < P; ++p)
           for (int h = 0; h < 2; ++h)
-            cnt[p][h] = _mm256_add_epi64(cnt[p][h], _mm256_sad_epu8(bytes[p][h], zero));
+            total[p][h] = _mm256_add_epi64(
+                total[p][h], _mm256_sll_epi64(_mm256_sad_epu8(bytes[p][h], zero), shift));
       }
-      const __m128i shift = _mm_cvtsi32_si128(m + k);
-      for (int p = 0; p < P; ++p)
-        for (int h = 0; h < 2; ++h)
-          total[p][h] = _mm256_add_epi64(total[p][h], _mm256_sll_epi64(cnt[p][h], shift));
     }
   }
   for (int p = 0; p < P; ++p) Finish<kMode>(g, total[p], s[p], outs[p], ob, acc, ep);
