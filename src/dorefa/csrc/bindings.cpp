@@ -73,7 +73,8 @@ WordArray PackWeightsPy(const CodeArray& w, int w_bits, const std::string& kerne
   {
     py::gil_scoped_release release;
     all_or = bytes != nullptr ? PackByteWeights(*bytes, g, w.data(), out.mutable_data())
-                              : PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn);
+                              : PackWeights(g, w.data(), out.mutable_data(), kernel.packer.fn,
+                                            kernel.packer.weights_by_tap);
   }
   CheckCodes("w_codes", w, all_or, w_bits);
   return out;

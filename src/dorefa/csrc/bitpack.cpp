@@ -115,7 +115,8 @@ uint8_t PackActivations(const ConvGeom& g, const uint8_t* x, uint64_t* xpk, int6
 
 namespace {
 
-// PackWeights on the portable packer's CPUs: each output channel's (C, taps) codes transposed to
+// PackWeights for the packers without a fast 64 x 64 bit transpose (portable, movemask; Packer
+// in kernel_table.h): each output channel's (C, taps) codes transposed to
 // (taps, C) bytes, so that a word is bit k of 64 consecutive bytes (GatherPlane64) and no 64 x 64
 // bit transpose is needed (svhn conv6's 512 x 128 x 5 x 5 weights: 1.4 ms through the image
 // packer's items of 25 pixels).
@@ -143,12 +144,8 @@ uint8_t PackWeightsByTap(const ConvGeom& g, const uint8_t* w, uint64_t* wpk) {
 
 }  // namespace
 
-uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk, PackFn pack) {
+uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk, PackFn pack, bool by_tap) {
   std::fill(wpk, wpk + g.WpkSize(), uint64_t{0});  // lanes past O stay 0
-  bool by_tap = pack == &PackActivations;  // the packers without a fast 64 x 64 bit transpose
-#ifdef DOREFA_HAVE_X86_KERNELS
-  by_tap = by_tap || pack == &PackActivationsAvx2;
-#endif
   if (by_tap) return PackWeightsByTap(g, w, wpk);
   // Weights (O, C, KH, KW) are O "images" of C channels and KH x KW pixels; the activation
   // packer gives [o][k][kh][kw][cw] = [o][k][j], which only needs its lanes interleaved.

@@ -71,9 +71,10 @@ void Transpose64x64(uint64_t* a);
 // written by the packers).
 void ZeroPaddingBorder(const ConvGeom& g, uint64_t* xpk);
 
-// Packs weight codes w (O, C, KH, KW), uint8, C-contiguous, into wpk (g.WpkSize() words),
-// using the activation packer `pack`. Returns the bitwise OR of all codes.
-uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk, PackFn pack);
+// Packs weight codes w (O, C, KH, KW), uint8, C-contiguous, into wpk (g.WpkSize() words):
+// `by_tap`, each output channel's codes tap by tap from tap-major bytes; else as O images through
+// the activation packer `pack`. Returns the bitwise OR of all codes.
+uint8_t PackWeights(const ConvGeom& g, const uint8_t* w, uint64_t* wpk, PackFn pack, bool by_tap);
 
 }  // namespace dorefa
 

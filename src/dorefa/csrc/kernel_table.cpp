@@ -25,13 +25,13 @@ constexpr uint32_t kAmx = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl | kAmxTil
 constexpr uint32_t kLutZmm = kAvx512F | kAvx512Bw | kAvx512Dq | kAvx512Vl;
 constexpr Packer kNhwc{"nhwc", nullptr, nullptr};  // int8: codes in NHWC bytes (int8conv.h)
 
-constexpr Packer kPortable{"portable", &PackActivations, &BuildFieldRow};
+constexpr Packer kPortable{"portable", &PackActivations, &BuildFieldRow, true};
 // Float first layer paths; the ymm and zmm ones also need FMA (their float32 FMA chains).
 constexpr FloatConvPath kScalarRows{"scalar", nullptr, nullptr, FloatWeights::kNone};
 #ifdef DOREFA_HAVE_X86_KERNELS
 constexpr Packer kGfniPack{"gfni", &PackActivationsAvx512Gfni, &BuildFieldRowVbmi};
 constexpr Packer kShiftPack{"shift", &PackActivationsAvx512Shift, &BuildFieldRow};
-constexpr Packer kMovemaskPack{"movemask", &PackActivationsAvx2, &BuildFieldRow};
+constexpr Packer kMovemaskPack{"movemask", &PackActivationsAvx2, &BuildFieldRow, true};
 constexpr FloatConvPath kFloatAvx512{"avx512", &ConvPoolQuantizeAvx512, &ConvFloatOutAvx512,
                                      FloatWeights::kTapMajor, &ConvFloatWinogradAvx512};
 constexpr FloatConvPath kFloatAvx2{"avx2",

@@ -35,12 +35,15 @@ namespace dorefa {
 // Output modes (Epilogue::Mode) as bits of a mask.
 constexpr unsigned ModeBit(Epilogue::Mode mode) { return 1u << mode; }
 
-// An activation packer (bitpack.h), the name of its 64x64 bit transpose, and the builder of
-// dense receptive fields from what it packed (fields.h; nullptr for the int8 layouts).
+// An activation packer (bitpack.h), the name of its 64x64 bit transpose, the builder of
+// dense receptive fields from what it packed (fields.h; nullptr for the int8 layouts), and
+// how its entry's weights are packed: tap by tap from tap-major bytes (the packers without a
+// fast 64 x 64 bit transpose), else as O images through fn (PackWeights).
 struct Packer {
   const char* name;
   PackFn fn;
   FieldRowFn fields;
+  bool weights_by_tap = false;
 };
 
 // A path of the float first layer (conv_float.h): its name and its per-pooled-pixel vector
