@@ -73,9 +73,9 @@ def test_every_output_mode_equals_the_reference(shape, bits):
 @pytest.mark.parametrize("image", [(24, 17, 15, 40, 1), (20, 7, 5, 24, 1), (33, 9, 8, 17, 0)])
 def test_bands_over_images_and_threads(image, n, threads):
     """Bands of output tile rows of one image (large outputs: several per image at small
-    batches, two a thread), or of whole images (small outputs: 7x5 and 7x6 here, whose last
-    tile column, row and corner, once a band holds enough of them, run only the positions they
-    need); the results do not depend on the split."""
+    batches, two a thread), or of whole images (small outputs: 7x5 and 7x6 here); in every band
+    the last tile column, row and corner run only the positions they need. The results do not
+    depend on the split."""
     x, pw, _ = _case((n, *image), (8, 8), seed=n)
     p = image[-1]
     expected = R.bitconv2d_signed(x, pw, 8, 1, p)

@@ -193,8 +193,8 @@ struct TileSlots {
   // classes that need a position are then neighbours (all of them; 0 and 2 at j = W + 1; 1 and
   // 0 at i = 3; 0 at both), so each position is one product call over one range of slots.
   static constexpr int kOrder[4] = {1, 0, 2, 3};
-  int64_t begin[4], end[4];  // slots of class k: [begin[k], end[k])
-  int64_t total;             // slots in all
+  int64_t first[4], last[4];  // slots of class k: [first[k], last[k])
+  int64_t total;              // slots in all
   TileSlots(const ConvGeom& g, int64_t images, int64_t ty0, int64_t ty1)
       : tw(TilesW<W>(g)),
         cols(tw - (g.ow % W != 0)),
@@ -207,9 +207,9 @@ struct TileSlots {
     per_image[3] = odd_w && last_row ? 1 : 0;
     int64_t at = 0;
     for (int k : kOrder) {
-      begin[k] = at;
+      first[k] = at;
       at += images * per_image[k];
-      end[k] = at;
+      last[k] = at;
     }
     total = at;
   }
@@ -217,11 +217,12 @@ struct TileSlots {
   void Range(int i, int j, int64_t* lo, int64_t* hi) const {
     *lo = total;
     *hi = 0;
-    for (int k = 0; k < 4; ++k)
-      if (end[k] > begin[k] && Needs(k, i, j)) {
-        *lo = std::min(*lo, begin[k]);
-        *hi = std::max(*hi, end[k]);
+    for (int k = 0; k < 4; ++k) {
+      if (last[k] > first[k] && Needs(k, i, j)) {
+        *lo = std::min(*lo, first[k]);
+        *hi = std::max(*hi, last[k]);
       }
+    }
   }
   // f(slot, i, r, tx) for every tile (band image i, band row r, column tx) in slot order.
   template <class F>
@@ -433,15 +434,16 @@ void BandW(const Int8Conv& c, const int16_t* v, const Int8Winograd::Bands& b, in
   auto* m = reinterpret_cast<int32_t*>(buf + 2 * u_elems);
   int32_t* raw = m + m_elems;
   TransformInput<W>(c, slots, n0, n1, ty0, u);
+  int64_t lo[kPos<W>], hi[kPos<W>];  // per position the slots of the classes that need it
+  for (int pos = 0; pos < kPos<W>; ++pos)
+    slots.Range(pos / kPosW<W>, pos % kPosW<W>, &lo[pos], &hi[pos]);
   const int64_t pos_stride = c.q.ob * groups * 64;
   for (int64_t ob = 0; ob < c.q.ob; ++ob) {
     for (int h = 0; h < 2; ++h) {
-      for (int pos = 0; pos < kPos<W>; ++pos) {
+      for (int pos = 0; pos < kPos<W>; ++pos) {  // (m of the other slots: unset)
         const int16_t* vp = v + pos * pos_stride + ob * groups * 64 + 32 * h;
         const int16_t* up = u + pos * k_all * cv;
-        int64_t lo, hi;  // the classes that need the position (m: else unset)
-        slots.Range(pos / kPosW<W>, pos % kPosW<W>, &lo, &hi);
-        if (lo < hi) Products<W>(vp, up, cv, groups, m + pos * 16, lo, hi);
+        if (lo[pos] < hi[pos]) Products<W>(vp, up, cv, groups, m + pos * 16, lo[pos], hi[pos]);
       }
       slots.ForEach(n1 - n0, [&](int64_t slot, int64_t i, int64_t r, int64_t tx) {
         int32_t* out[2 * W];  // the unset positions of a class only reach outputs outside
