@@ -77,6 +77,39 @@ def test_all_bit_pairs(kernel, bits, shape):
 
 EVERY_BIT_PAIR = [(xb, wb) for xb in range(1, 9) for wb in range(1, 9)]
 
+# W8A8 on outputs of few pixels: svhn conv6 (one pixel, 128 -> 512 over a 5x5 field), fields
+# whose rows end in a tail of bytes (50 channels: 52-byte groups), 1x1 fields of 3 channel
+# blocks, and a padded 5x5 map whose border classes leave single pixels (on int8-avx2 these run
+# the activations' nibble split, four channel blocks a call).
+FEW_PIXEL_W8A8 = [
+    (1, 128, 5, 5, 512, 5, 1, 0),
+    (2, 50, 3, 3, 40, 3, 1, 0),
+    (3, 7, 1, 1, 33, 1, 1, 0),
+    (1, 20, 5, 5, 72, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+@pytest.mark.parametrize("shape", FEW_PIXEL_W8A8, ids=ids)
+@pytest.mark.parametrize("codes", ["extreme", "random"])
+def test_w8a8_few_pixels(kernel, shape, codes):
+    n, c, h, w, o, k, stride, pad = shape
+    rng = np.random.default_rng(o)
+    if codes == "extreme":  # every pair sum at its bound: 0 / 255 activations and weights
+        x = (rng.random((n, c, h, w)) < 0.5).astype(np.uint8) * 255
+        wc = (rng.random((o, c, k, k)) < 0.5).astype(np.uint8) * 255
+    else:
+        x = rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
+        wc = rng.integers(0, 256, (o, c, k, k), dtype=np.uint8)
+    pw = K.pack_weights(wc, 8)
+    expected = R.bitconv2d_signed(x, pw, 8, stride, pad)
+    with K.use_kernel(kernel):
+        for threads in (1, 2):
+            got = K.bitconv2d_signed(x, pw, 8, stride, pad, threads=threads)
+            np.testing.assert_array_equal(got, expected)
+        acc = K.bitconv2d_packed(x, pw, 8, stride, pad)
+    np.testing.assert_array_equal(acc, R.bitconv2d_packed(x, pw, 8, stride, pad))
+
 
 def assert_every_output(kernel, x, pw, xb, rng, thresholds, threads=1):
     """The kernel's acc (on `threads` threads), signed and requant outputs of a stride-1,

@@ -39,6 +39,7 @@
 #include "int8conv.h"
 #include "int8conv_store.h"
 #include "int8conv_store_avx2.h"
+#include "scratch.h"
 
 namespace dorefa {
 namespace {
@@ -203,45 +204,84 @@ void NibbleBlock(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs,
   }
 }
 
-// NibbleBlock for one pixel (a one-pixel output such as svhn's conv6, or a class's last pixel):
-// both halves of the block in one pass over the field, the int32 sums in registers, so each
-// 64-byte group of weights is read once (NibbleBlock<1> reads it twice, half a line a pass).
-// Zen 4, AVX2 path, svhn conv6 (128 -> 512, 5x5 on 5x5) at batch 1: 1.6x.
-void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* const* xs, int64_t ob,
-                    int64_t /*m*/, const int32_t* init, int32_t* const* out) {
-  const BlockField f(c, t, ob);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  __m256i acc[2], lo16[2], hi16[2];
-  for (int h = 0; h < 2; ++h) {
-    acc[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(init + 8 * h));
-    lo16[h] = hi16[h] = _mm256_setzero_si256();
-  }
-  int left = kNibbleFold;
+// W8A8 on one pixel (a one-pixel output such as svhn's conv6, or a class's last pixel), nb
+// blocks: the activations split into nibbles instead of the weights, x' = 16 xh + xl (xl in
+// 0..15, xh in -8..7), once for all nb blocks (Int8 call groups of kNibbleGroup blocks), so a
+// weight vector is used as it is loaded: per group two broadcasts and per half VPMADDUBSW(w, xl)
+// and VPMADDUBSW(w, xh) into int16 sums, the pair sums within 2 * 255 * 15 = 7650 and
+// 2 * 255 * 8 = 4080, so 4 groups stay exact (30600), folded as VPMADDWD(., 1) + VPMADDWD(., 16)
+// into the int32 sums in registers. Against the weights' split, the 3 operations a weight vector
+// of its nibbles are gone (each weight is used once on one pixel).
+constexpr int kNibbleGroup = 4;                               // blocks a call group (TileClasses)
+constexpr int kSplitFold = 32767 / (2 * 255 * 15);            // 4
+static_assert(kSplitFold * 2 * 255 * 8 <= 32767, "xh sums");  // (|xh| <= 8)
+
+// The field rows' bytes of taps t split: xl[k], xh[k] for byte k of row r - t.r0 at k = (r -
+// t.r0) seg + 4 (j - j0).
+void SplitField(const Int8Conv& c, const FieldTaps& t, const BlockField& f, const int8_t* x,
+                int64_t seg, int8_t* xl, int8_t* xh) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
+  const int64_t bytes = 4 * (f.j1 - f.j0);
   for (int64_t r = t.r0; r < t.r1; ++r) {
-    const int8_t* xr = xs[0] + r * c.q.row;
-    const uint8_t* wr = f.w0 + r * f.span * 64;
-    for (int64_t j = f.j0; j < f.j1; ++j) {
-      const __m256i xv = Bcast(xr + 4 * j);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i w =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64 + 32 * h));
-        const __m256i lo = _mm256_and_si256(w, low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
-        lo16[h] = _mm256_add_epi16(lo16[h], _mm256_maddubs_epi16(lo, xv));
-        hi16[h] = _mm256_add_epi16(hi16[h], _mm256_maddubs_epi16(hi, xv));
-      }
-      if (--left == 0) {
-        for (int h = 0; h < 2; ++h) {
-          acc[h] = _mm256_add_epi32(acc[h], FoldNibbles(lo16[h], hi16[h]));
-          lo16[h] = hi16[h] = _mm256_setzero_si256();
-        }
-        left = kNibbleFold;
-      }
+    const int8_t* xr = x + r * c.q.row + 4 * f.j0;
+    int8_t* l = xl + (r - t.r0) * seg;
+    int8_t* h = xh + (r - t.r0) * seg;
+    int64_t k = 0;
+    for (; k + 32 <= bytes; k += 32) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + k));
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);  // 0..15
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(l + k), _mm256_and_si256(v, low4));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + k),
+                          _mm256_sub_epi8(_mm256_xor_si256(hi, eight), eight));  // -8..7
+    }
+    for (; k < bytes; ++k) {
+      l[k] = static_cast<int8_t>(xr[k] & 15);
+      h[k] = static_cast<int8_t>(xr[k] >> 4);  // arithmetic: x' = 16 (x' >> 4) + (x' & 15)
     }
   }
-  for (int h = 0; h < 2; ++h) {
-    acc[h] = _mm256_add_epi32(acc[h], FoldNibbles(lo16[h], hi16[h]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[0] + 8 * h), acc[h]);
+}
+
+void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* x, int64_t ob, int nb,
+                    const int32_t* init, int32_t* out) {
+  static thread_local Scratch<int8_t> split;
+  const BlockField f0(c, t, ob);
+  const int64_t seg = 4 * (f0.j1 - f0.j0), rows = t.r1 - t.r0;
+  int8_t* xl = split.Get(static_cast<size_t>(2 * rows * seg));
+  int8_t* xh = xl + rows * seg;
+  SplitField(c, t, f0, x, seg, xl, xh);
+  for (int b = 0; b < nb; ++b) {
+    const BlockField f(c, t, ob + b);
+    __m256i acc[2], lo16[2], hi16[2];
+    for (int h = 0; h < 2; ++h) {
+      acc[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(init + 16 * b + 8 * h));
+      lo16[h] = hi16[h] = _mm256_setzero_si256();
+    }
+    int left = kSplitFold;
+    for (int64_t r = t.r0; r < t.r1; ++r) {
+      const int8_t* l = xl + (r - t.r0) * seg - 4 * f.j0;
+      const int8_t* u = xh + (r - t.r0) * seg - 4 * f.j0;
+      const uint8_t* wr = f.w0 + r * f.span * 64;
+      for (int64_t j = f.j0; j < f.j1; ++j) {
+        const __m256i xlv = Bcast(l + 4 * j), xhv = Bcast(u + 4 * j);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + j * 64 + 32 * h));
+          lo16[h] = _mm256_add_epi16(lo16[h], _mm256_maddubs_epi16(w, xlv));
+          hi16[h] = _mm256_add_epi16(hi16[h], _mm256_maddubs_epi16(w, xhv));
+        }
+        if (--left == 0) {
+          for (int h = 0; h < 2; ++h) {
+            acc[h] = _mm256_add_epi32(acc[h], FoldNibbles(lo16[h], hi16[h]));
+            lo16[h] = hi16[h] = _mm256_setzero_si256();
+          }
+          left = kSplitFold;
+        }
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      acc[h] = _mm256_add_epi32(acc[h], FoldNibbles(lo16[h], hi16[h]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * b + 8 * h), acc[h]);
+    }
   }
 }
 
@@ -252,17 +292,28 @@ template <Path kPath>
 constexpr BlockFn kBlocks[kTileP] = {&Block<1, kPath>, &Block<2, kPath>, &Block<3, kPath>,
                                      &Block<4, kPath>};
 constexpr int kNibbleP = 4;
-constexpr BlockFn kNibbleBlocks[kNibbleP] = {&NibbleBlockOne, &NibbleBlock<2>, &NibbleBlock<3>,
+constexpr BlockFn kNibbleBlocks[kNibbleP] = {&NibbleBlock<1>, &NibbleBlock<2>, &NibbleBlock<3>,
                                              &NibbleBlock<4>};
 
 void TileAvx2(const Int8Conv& c, int64_t pix0, int64_t npix, int64_t ob0, int64_t nob) {
   const int64_t m = GroupsPerFold(*c.g);
   const Path path = TilePath(*c.g);
-  const int tile = path == kNibble ? kNibbleP : kTileP;
-  const BlockFn* blocks =
-      path == kNibble ? kNibbleBlocks : (path == kMadd16 ? kBlocks<kMadd16> : kBlocks<kMadd32>);
+  if (path == kNibble) {  // call groups of kNibbleGroup blocks: one pixel's split serves them
+    TileClasses<Avx2Store>(c, pix0, npix, ob0, nob, kNibbleP, kNibbleGroup,
+                           [&](const FieldTaps& t, int np, int nb, const int8_t* const* xs,
+                               int64_t ob, const int32_t* init, int32_t* const* out) {
+                             if (np == 1) return NibbleBlockOne(c, t, xs[0], ob, nb, init, out[0]);
+                             for (int b = 0; b < nb; ++b) {
+                               int32_t* o[kNibbleP];
+                               for (int p = 0; p < np; ++p) o[p] = out[p] + 16 * b;
+                               kNibbleBlocks[np - 1](c, t, xs, ob + b, m, init + 16 * b, o);
+                             }
+                           });
+    return;
+  }
+  const BlockFn* blocks = path == kMadd16 ? kBlocks<kMadd16> : kBlocks<kMadd32>;
   TileClasses<Avx2Store>(
-      c, pix0, npix, ob0, nob, tile, 1,
+      c, pix0, npix, ob0, nob, kTileP, 1,
       [&](const FieldTaps& t, int np, int, const int8_t* const* xs, int64_t ob, const int32_t* init,
           int32_t* const* out) { blocks[np - 1](c, t, xs, ob, m, init, out); });
 }
