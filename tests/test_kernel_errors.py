@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dorefa import kernels as K
+from dorefa.kernels import reference as R
 from kernel_cases import KERNELS, NATIVE
 
 
@@ -84,3 +85,30 @@ def test_native_rejects_bad_direct_calls():
         K._native.bitconv("neon", x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "acc")
     with pytest.raises(ValueError, match="'reference' is the NumPy kernel"):
         K._native.bitconv("reference", x, words, 2, 4, 3, 3, 1, 1, 1, 0, 1, "acc")
+
+
+def test_prepared_native_call():
+    """native.PreparedBitConv (a prepared layer's bound call): an unknown kernel fails when it is
+    made; it checks each input as bitconv does; it keeps its RequantTable alive; its results are
+    bitconv's."""
+    if not NATIVE:
+        pytest.skip("no native kernel")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, (2, 4, 5, 5), dtype=np.uint8)
+    pw = K.pack_weights(rng.integers(0, 2, (2, 4, 3, 3), dtype=np.uint8), 1)
+    scalar = NATIVE[-1]
+    with pytest.raises(ValueError, match="unknown kernel backend 'neon'"):
+        K._native.PreparedBitConv("neon", pw.words, 2, 4, 3, 3, 2, 1, 1, 0, "acc")
+    call = K._native.PreparedBitConv(scalar, pw.words, 2, 4, 3, 3, 2, 1, 1, 0, "signed")
+    np.testing.assert_array_equal(call(x, 1), K._native.bitconv(
+        scalar, x, pw.words, 2, 4, 3, 3, 2, 1, 1, 0, 1, "signed"))  # fmt: skip
+    with pytest.raises(ValueError, match="channels"):
+        call(np.ones((1, 3, 5, 5), np.uint8), 1)
+    with pytest.raises(ValueError, match="code 4"):
+        call(np.full((1, 4, 5, 5), 4, np.uint8), 1)
+    th = np.array([[-3, 0, 4], [-1, 2, 6]], np.int32)
+    direction = np.array([1, -1], np.int8)
+    table = K._native.RequantTable(th, direction)
+    codes = K._native.PreparedBitConv(scalar, pw.words, 2, 4, 3, 3, 2, 1, 1, 0, "requant", table)
+    del table
+    np.testing.assert_array_equal(codes(x, 2), R.bitconv2d_requant(x, pw, 2, 1, 0, th, direction))

@@ -129,8 +129,8 @@ class PreparedConv:
         self.out, self.thresholds, self.direction = out, thresholds, direction
         # on the popcount kernels: over dense receptive fields (the same integers)
         self.fields = DENSE_FIELDS and dense_fields_pay(pw.shape, pw.bits)
-        # kernel name -> native.bitconv's arguments but the input and threads (its weights)
-        self._calls: dict[str, tuple] = {}
+        # kernel name -> native.PreparedBitConv: native.bitconv bound to all but input, threads
+        self._calls: dict[str, object] = {}
         self._chosen: dict[tuple, choose.Choice] = {}  # ((H, W), batch class) -> its kernel
         self._table = None  # out='requant': the native RequantTable, built at the first call
 
@@ -170,11 +170,13 @@ class PreparedConv:
             words = weight_words(pw, kernel, fields)
             if self.out == "requant" and self._table is None:  # built once, not matched per call
                 self._table = native.RequantTable(self.thresholds, self.direction)
-            head = (words, *pw.shape, self.x_bits, pw.bits, self.stride, self.padding)
-            call = self._calls[kernel] = (head, (self.out, None, None, self._table, fields))
+            # everything but the input bound once: a call converts 2 arguments, not 17 (~1 us)
+            call = self._calls[kernel] = native.PreparedBitConv(
+                kernel, words, *pw.shape, self.x_bits, pw.bits, self.stride, self.padding,
+                self.out, self._table, fields,
+            )  # fmt: skip
         selection._local.ran = "native"  # selection.ran("native"), inlined: ~1 us a call
-        # all positional: a keyword argument cost pybind11 ~1 us a call
-        return native.bitconv(kernel, x_codes, *call[0], threads, *call[1])
+        return call(x_codes, threads)
 
     def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:
         """The kernel of this layer on (``batch``, C, ``hw``) inputs
