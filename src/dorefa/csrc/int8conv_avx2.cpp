@@ -269,11 +269,11 @@ void NibbleBlockOne(const Int8Conv& c, const FieldTaps& t, const int8_t* x, int6
     }
     int left = kSplitFold;
     for (int64_t r = t.r0; r < t.r1; ++r) {
-      const int8_t* l = xl + (r - t.r0) * seg - 4 * f.j0;
-      const int8_t* u = xh + (r - t.r0) * seg - 4 * f.j0;
+      const int8_t* l = xl + (r - t.r0) * seg;  // group j at 4 (j - j0)
+      const int8_t* u = xh + (r - t.r0) * seg;
       const uint8_t* wr = f.w0 + r * f.span * 64;
       for (int64_t j = f.j0; j < f.j1; ++j) {
-        const __m256i xlv = Bcast(l + 4 * j), xhv = Bcast(u + 4 * j);
+        const __m256i xlv = Bcast(l + 4 * (j - f.j0)), xhv = Bcast(u + 4 * (j - f.j0));
         for (int b = 0; b < kPair; ++b) {
           if (b >= bn) break;
           for (int h = 0; h < 2; ++h) {
