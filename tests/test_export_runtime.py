@@ -167,6 +167,65 @@ def test_backends_and_threads_give_identical_logits(small_file):
             assert np.array_equal(got, base), name
 
 
+@pytest.mark.parametrize(
+    ("name", "bits", "width", "in_channels", "size"),
+    [
+        ("svhn", "1,2,6", 0.125, 1, 40),
+        ("svhn", "8,8,8", 0.125, 1, 40),
+        ("svhn", "2,4,32", 0.25, 1, 40),
+        ("alexnet", "1,2,6", 0.0625, 3, 224),
+        ("resnet18", "1,2,6", 0.125, 3, 224),
+    ],
+)
+def test_code_runs_equal_the_nodes_one_by_one(name, bits, width, in_channels, size, tmp_path):
+    """Runs of code-to-code nodes as one native call (runtime/chain.py) give the nodes' own
+    codes bit for bit (the `keep` mode runs them one by one), at batch 1 and 8 (two batch
+    classes), 1 and 2 threads, on the choice and on every forced kernel."""
+    from dorefa.runtime.chain import CodesRun
+
+    export(_calibrated(name, bits, width, in_channels, size), tmp_path / "m.dorefa")
+    model = rt.load(tmp_path / "m.dorefa")
+    runs = [step[0] for step in model._run_steps if isinstance(step[0], CodesRun)]
+    rng = np.random.default_rng(1)
+    if name == "resnet18":  # its residual stream is float: no code runs, the graph unchanged
+        assert not runs and len(model._run_steps) == len(model._steps)
+        x = rng.random((1, in_channels, size, size), dtype=np.float32)
+        assert np.array_equal(model(x), model.run(x, keep=True)[0])
+        return
+    assert runs and all(len(run.layers) >= 2 for run in runs)
+    for n in (1, 8):
+        x = rng.random((n, in_channels, size, size), dtype=np.float32)
+        for threads in (1, 2):
+            got = model(x, threads=threads)
+            expected, _ = model.run(x, threads=threads, keep=True)
+            assert np.array_equal(got, expected), (n, threads)
+    x = rng.random((2, in_channels, size, size), dtype=np.float32)
+    expected, _ = model.run(x, keep=True)
+    for kernel in kernels.available_kernels():
+        if kernel == "reference" and name != "svhn":
+            continue  # slow on the larger models; svhn covers the fallback
+        with kernels.use_kernel(kernel):
+            got = model(x)
+            one_by_one, _ = model.run(x, keep=True)
+        assert np.array_equal(got, one_by_one), kernel
+        if kernel != "reference":
+            assert np.array_equal(got, expected), kernel
+
+
+def test_code_chain_rejects_bad_steps():
+    native = kernels._native
+    with pytest.raises(ValueError, match="at least one step"):
+        native.CodesChain([])
+    with pytest.raises(ValueError, match="PreparedBitConv or a max-pool"):
+        native.CodesChain([(2, 2)])
+    with pytest.raises(ValueError, match="PreparedBitConv or a max-pool"):
+        native.CodesChain([(3, 0, 1)])
+    pooled = native.CodesChain([(2, 2, 0), (3, 1, 1)])
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    expected = kernels.maxpool_codes(kernels.maxpool_codes(x, 2, 2, 0), 3, 1, 1)
+    assert np.array_equal(pooled(x, 1), expected)
+
+
 def test_runtime_imports_no_torch(small_file, tmp_path):
     x = np.random.default_rng(1).random((4, 1, 40, 40), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)

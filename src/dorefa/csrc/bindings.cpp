@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "bindings_checks.h"
+#include "bindings_conv.h"
 #include "bitconv.h"
 #include "bitpack.h"
 #include "buffers.h"
@@ -36,7 +37,6 @@ namespace py = pybind11;
 namespace dorefa {
 namespace {
 
-using WordArray = py::array_t<uint64_t, py::array::c_style>;
 using ThresholdArray = py::array_t<int32_t, py::array::c_style>;
 using DirectionArray = py::array_t<int8_t, py::array::c_style>;
 
@@ -202,47 +202,6 @@ py::array BitConvPy(const std::string& kernel_name, const CodeArray& x, const Wo
   CheckCodes("x_codes", x, all_or, x_bits);
   return result;
 }
-
-// bitconv with everything but the input and the thread count bound once (a prepared layer's
-// call on one kernel, dorefa.kernels.prepared): a call converts two arguments, not seventeen
-// (the trivial convolution 2.3 -> ~1.2 us a call, most of it pybind11's conversions).
-class PreparedBitConvPy {
- public:
-  PreparedBitConvPy(std::string kernel, WordArray wpk, int64_t o, int64_t c, int64_t kh, int64_t kw,
-                    int x_bits, int w_bits, int64_t stride, int64_t padding, std::string mode,
-                    py::object table, bool fields)
-      : kernel_(std::move(kernel)),
-        wpk_(std::move(wpk)),
-        o_(o),
-        c_(c),
-        kh_(kh),
-        kw_(kw),
-        x_bits_(x_bits),
-        w_bits_(w_bits),
-        stride_(stride),
-        padding_(padding),
-        mode_(std::move(mode)),
-        table_obj_(std::move(table)),
-        table_(table_obj_.is_none() ? nullptr : table_obj_.cast<const RequantParams*>()),
-        fields_(fields) {
-    FindKernel(kernel_);  // an unknown name fails here, not at the first call
-  }
-  py::array Call(const CodeArray& x, int threads) const {
-    return BitConvPy(kernel_, x, wpk_, o_, c_, kh_, kw_, x_bits_, w_bits_, stride_, padding_,
-                     threads, mode_, std::nullopt, std::nullopt, table_, fields_);
-  }
-
- private:
-  std::string kernel_;
-  WordArray wpk_;
-  int64_t o_, c_, kh_, kw_;
-  int x_bits_, w_bits_;
-  int64_t stride_, padding_;
-  std::string mode_;
-  py::object table_obj_;  // keeps the RequantTable alive
-  const RequantParams* table_;
-  bool fields_;
-};
 
 // Fused float first layer (conv_float.h); arguments validated by dorefa.kernels.
 FloatConvGeom FloatGeomOf(const FloatArray& x, const FloatArray& weight, const FloatArray& bias,
@@ -497,6 +456,22 @@ py::tuple GradientCodesPy(const py::array_t<float, py::array::c_style>& g,
 
 }  // namespace
 
+// bindings_conv.h: bitconv with a RequantTable (or none) and the codes' max-pool, for the bound
+// calls of bindings_prepared.cpp.
+py::array BitConvBound(const std::string& kernel, const CodeArray& x, const WordArray& wpk,
+                       int64_t o, int64_t c, int64_t kh, int64_t kw, int x_bits, int w_bits,
+                       int64_t stride, int64_t padding, int threads, const std::string& mode,
+                       const RequantParams* table, bool fields) {
+  return BitConvPy(kernel, x, wpk, o, c, kh, kw, x_bits, w_bits, stride, padding, threads, mode,
+                   std::nullopt, std::nullopt, table, fields);
+}
+
+py::array_t<uint8_t> MaxPoolCodesBound(const CodeArray& x, int64_t k, int64_t s, int64_t p,
+                                       int threads) {
+  return MaxPoolCodesPy(x, k, s, p, threads);
+}
+
+void BindPrepared(py::module_& m);    // bindings_prepared.cpp
 void BindStreamOps(py::module_& m);   // bindings_stream.cpp
 void BindInputGrad(py::module_& m);   // bindings_igrad.cpp
 void BindWeightGrad(py::module_& m);  // bindings_wgrad.cpp
@@ -547,14 +522,6 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("w_bits"), py::arg("stride"), py::arg("padding"), py::arg("threads"),
         py::arg("mode"), py::arg("thresholds") = py::none(), py::arg("direction") = py::none(),
         py::arg("table") = nullptr, py::arg("fields") = false);
-  py::class_<dorefa::PreparedBitConvPy>(m, "PreparedBitConv", py::module_local())
-      .def(py::init<std::string, dorefa::WordArray, int64_t, int64_t, int64_t, int64_t, int, int,
-                    int64_t, int64_t, std::string, py::object, bool>(),
-           py::arg("kernel"), py::arg("wpk"), py::arg("o"), py::arg("c"), py::arg("kh"),
-           py::arg("kw"), py::arg("x_bits"), py::arg("w_bits"), py::arg("stride"),
-           py::arg("padding"), py::arg("mode"), py::arg("table") = py::none(),
-           py::arg("fields") = false)
-      .def("__call__", &dorefa::PreparedBitConvPy::Call, py::arg("x_codes"), py::arg("threads"));
   m.def("field_buffer_bytes", &dorefa::FieldBufferBytes, py::arg("bytes") = 0,
         "The largest dense-field buffer a bitconv builds at once (bytes); bytes > 0 sets it "
         "and returns the previous value.");
@@ -578,6 +545,7 @@ PYBIND11_MODULE(_kernels, m) {
         }
         return std::make_pair(lines, floats);
       });
+  dorefa::BindPrepared(m);
   dorefa::BindStreamOps(m);
   dorefa::BindInputGrad(m);
   dorefa::BindWeightGrad(m);

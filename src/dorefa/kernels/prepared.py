@@ -163,6 +163,14 @@ class PreparedConv:
         if kernel == selection.REFERENCE:
             selection.ran(selection.REFERENCE)
             return self._reference(x_codes, threads)
+        call = self._calls.get(kernel) or self.bound_call(kernel)
+        selection._local.ran = "native"  # selection.ran("native"), inlined: ~1 us a call
+        return call(x_codes, threads)
+
+    def bound_call(self, kernel: str):
+        """This convolution on native ``kernel`` bound to everything but the input and the
+        thread count (``native.PreparedBitConv``: a call converts 2 arguments, not 17, ~1 us),
+        made once per kernel; ``call(x_codes, threads)``."""
         call = self._calls.get(kernel)
         if call is None:
             pw = self.weights
@@ -170,13 +178,11 @@ class PreparedConv:
             words = weight_words(pw, kernel, fields)
             if self.out == "requant" and self._table is None:  # built once, not matched per call
                 self._table = native.RequantTable(self.thresholds, self.direction)
-            # everything but the input bound once: a call converts 2 arguments, not 17 (~1 us)
             call = self._calls[kernel] = native.PreparedBitConv(
                 kernel, words, *pw.shape, self.x_bits, pw.bits, self.stride, self.padding,
                 self.out, self._table, fields,
             )  # fmt: skip
-        selection._local.ran = "native"  # selection.ran("native"), inlined: ~1 us a call
-        return call(x_codes, threads)
+        return call
 
     def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:
         """The kernel of this layer on (``batch``, C, ``hw``) inputs

@@ -18,6 +18,7 @@ import numpy as np
 from .. import kernels
 from . import check_threads
 from .bitconv import BitConv
+from .chain import chain_steps
 from .format import FORMAT_VERSION_CHAIN, Reader
 from .loader import INPUT, MAX_DIM, GraphBuilder, _is_dims, chain_to_graph
 from .ops import FloatConv, Layer, Linear, MaxPool, Quantize
@@ -83,6 +84,8 @@ class Model:
             )
             for i, layer in enumerate(self.layers)
         ]
+        # the same steps with runs of code-to-code nodes as one native call each (chain.py)
+        self._run_steps = chain_steps(self._steps, self.output)
         self._choose_kernels()
 
     def _choose_kernels(self) -> None:
@@ -133,7 +136,8 @@ class Model:
     def _forward(self, x: np.ndarray, threads: int, keep: bool = False, watch=None):
         """``run`` on a checked input, node after node."""
         values = {INPUT: x}
-        for layer, names, done in self._steps:
+        steps = self._steps if keep or watch is not None else self._run_steps
+        for layer, names, done in steps:
             if len(names) == 1:
                 y = layer.forward(values[names[0]], threads)
             else:
