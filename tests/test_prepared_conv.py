@@ -36,6 +36,32 @@ def test_prepared_conv_matches_the_reference(kernel, shape):
             assert K.last_kernel() == kernel
 
 
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "reference"])
+def test_codes_chain_equals_its_calls(kernel):
+    """native.CodesChain (the runtime's code runs): two requantizing convolutions around a
+    max-pool in one call equal the three calls one by one; a bad code or a wrong channel count
+    in its input raises as the first call would."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, (2, 6, 11, 11), dtype=np.uint8)
+    layers = []
+    for c, o, pad in ((6, 8, 1), (8, 5, 0)):
+        pw = K.pack_weights(rng.integers(0, 2, (o, c, 3, 3), dtype=np.uint8), 1)
+        th = np.sort(rng.integers(-30, 30, (o, 3)), axis=1).astype(np.int32)
+        direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+        layers.append((K.prepare_conv(pw, 2, 1, pad, "requant", th, direction), pad))
+    (first, _), (second, _) = layers
+    chain = K._native.CodesChain([first.bound_call(kernel), (2, 2, 0), second.bound_call(kernel)])
+    with K.use_kernel(kernel):
+        expected = second(K.maxpool_codes(first(x), 2, 2, 0))
+    for threads in (1, 2):
+        np.testing.assert_array_equal(chain(x, threads), expected)
+    with pytest.raises(ValueError, match="code 4"):
+        chain(np.full_like(x, 4), 1)
+    wide = K._native.CodesChain([first.bound_call(kernel), second.bound_call(kernel)])
+    with pytest.raises(ValueError, match="channels"):
+        wide(x[:, :5].copy(), 1)
+
+
 def test_prepare_conv_checks_everything_but_the_input_once():
     w = np.ones((2, 4, 3, 3), np.uint8)
     pw = K.pack_weights(w, 1)
