@@ -220,6 +220,11 @@ def test_code_chain_rejects_bad_steps():
         native.CodesChain([(2, 2)])
     with pytest.raises(ValueError, match="PreparedBitConv or a max-pool"):
         native.CodesChain([(3, 0, 1)])
+    pw = kernels.pack_weights(np.ones((2, 3, 3, 3), np.uint8), 1)
+    signed = native.PreparedBitConv(kernels.available_kernels()[0], pw.words, 2, 3, 3, 3, 2, 1, 1,
+                                    1, "signed")  # fmt: skip
+    with pytest.raises(ValueError, match="output codes"):
+        native.CodesChain([signed, (2, 2, 0)])
     pooled = native.CodesChain([(2, 2, 0), (3, 1, 1)])
     x = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
     expected = kernels.maxpool_codes(kernels.maxpool_codes(x, 2, 2, 0), 3, 1, 1)

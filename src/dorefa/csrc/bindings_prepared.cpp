@@ -49,6 +49,7 @@ class PreparedBitConvPy {
     return BitConvBound(kernel_, x, wpk_, o_, c_, kh_, kw_, x_bits_, w_bits_, stride_, padding_,
                         threads, mode_, table_, fields_);
   }
+  bool CodesOut() const { return mode_ == "requant"; }  // uint8 codes out, else int32
 
  private:
   std::string kernel_;
@@ -74,8 +75,10 @@ class CodesChainPy {
   explicit CodesChainPy(const py::list& steps) {
     for (const py::handle& step : steps) {
       if (py::isinstance<PreparedBitConvPy>(step)) {
+        const auto* conv = step.cast<const PreparedBitConvPy*>();
+        Require(conv->CodesOut(), "a chain's convolutions output codes (mode 'requant')");
         keep_.push_back(py::reinterpret_borrow<py::object>(step));
-        steps_.emplace_back(step.cast<const PreparedBitConvPy*>());
+        steps_.emplace_back(conv);
         continue;
       }
       const auto t = step.cast<std::vector<int64_t>>();
