@@ -193,6 +193,13 @@ def test_code_runs_equal_the_nodes_one_by_one(name, bits, width, in_channels, si
         assert np.array_equal(model(x), model.run(x, keep=True)[0])
         return
     assert runs and all(len(run.layers) >= 2 for run in runs)
+    # the run binds each convolution to the kernel it runs alone: the last one ran last
+    x1 = rng.random((1, in_channels, size, size), dtype=np.float32)
+    values = model.run(x1, keep=True)[1]
+    last = [la for la in runs[-1].layers if hasattr(la, "convs")][-1]
+    runs[-1].forward(values[runs[-1].inputs[0]], 1)
+    hw = values[last.inputs[0]].shape[2:]
+    assert kernels.last_kernel() == last.convs[0].choice(hw, 1).kernel
     for n in (1, 8):
         x = rng.random((n, in_channels, size, size), dtype=np.float32)
         for threads in (1, 2):
@@ -212,8 +219,50 @@ def test_code_runs_equal_the_nodes_one_by_one(name, bits, width, in_channels, si
             assert np.array_equal(got, expected), kernel
 
 
+def test_chain_steps_join_only_sole_readers():
+    """chain_steps on a branching graph: a node whose output a second node also reads ends the
+    run; the model's output is never inside one (it may end one); a max-pool never starts
+    one."""
+    from dorefa.runtime.bitconv import BitConv
+    from dorefa.runtime.chain import CodesRun, chain_steps
+    from dorefa.runtime.ops import MaxPool
+
+    def conv(name, src):
+        layer = BitConv(
+            np.zeros((2, 2, 1, 1), np.uint8), 1, 1, 1, 0, 1, "codes", 1,
+            np.zeros((2, 1), np.int32), np.ones(2, np.int8),
+        )  # fmt: skip
+        layer.name, layer.inputs = name, (src,)
+        return layer
+
+    pool = MaxPool(2, 2, 0)
+    pool.name, pool.inputs = "p", ("input",)
+    a, b, c, d, e = conv("a", "p"), conv("b", "a"), conv("c", "b"), conv("d", "b"), conv("e", "d")
+    # (layer, inputs, values done after it); b is read by c and d, so it is done after d
+    steps = [
+        (pool, ("input",), ("input",)),
+        (a, ("p",), ("p",)),
+        (b, ("a",), ("a",)),
+        (c, ("b",), ()),
+        (d, ("b",), ("b",)),
+        (e, ("d",), ("d",)),
+    ]
+    got = chain_steps(steps, output="e")
+    kinds = [
+        [la.name for la in s[0].layers] if isinstance(s[0], CodesRun) else s[0].name for s in got
+    ]
+    assert kinds == ["p", ["a", "b"], "c", ["d", "e"]]
+    assert got[1][2] == ("p",)  # the run frees what its first node freed
+    got = chain_steps(steps[:3], output="a")
+    assert [s[0].name for s in got] == ["p", "a", "b"]  # a is the output: no run through it
+
+
 def test_code_chain_rejects_bad_steps():
     native = kernels._native
+    if native is None:
+        pytest.skip("no native extension")
+    with pytest.raises(ValueError, match="PreparedBitConv or a max-pool"):
+        native.CodesChain([5])
     with pytest.raises(ValueError, match="at least one step"):
         native.CodesChain([])
     with pytest.raises(ValueError, match="PreparedBitConv or a max-pool"):

@@ -81,7 +81,12 @@ class CodesChainPy {
         steps_.emplace_back(conv);
         continue;
       }
-      const auto t = step.cast<std::vector<int64_t>>();
+      std::vector<int64_t> t;
+      try {
+        t = step.cast<std::vector<int64_t>>();
+      } catch (const py::cast_error&) {
+        t.clear();  // not a sequence of ints: the message below
+      }
       Require(t.size() == 3 && t[0] >= 1 && t[1] >= 1 && t[2] >= 0 && 2 * t[2] <= t[0],
               "a chain's step is a PreparedBitConv or a max-pool (kernel, stride, padding)");
       steps_.emplace_back(Pool{t[0], t[1], t[2]});
