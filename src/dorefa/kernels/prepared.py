@@ -43,6 +43,19 @@ def batch_class(n: int) -> int:
     return MEASURE_BATCH if n >= BATCHED_FROM else 1
 
 
+def native_ready(x_codes, threads) -> bool:
+    """Whether ``x_codes`` and ``threads`` are what the native kernels take as they are (a
+    C-contiguous uint8 numpy array (N, C, H, W), an int): such calls skip the Python checks, the
+    native code checking shapes and code ranges itself."""
+    return (
+        type(x_codes) is np.ndarray
+        and x_codes.dtype == np.uint8
+        and x_codes.flags.c_contiguous
+        and x_codes.ndim == 4
+        and type(threads) is int
+    )
+
+
 def dense_fields_pay(shape: tuple[int, int, int, int], w_bits: int) -> bool:
     """Whether a popcount layer of weights ``shape`` (O, C, KH, KW) runs faster over dense
     receptive fields (``csrc/fields.h``): the words it saves, (O / 8) * w_bits * (L - L') per
@@ -140,13 +153,7 @@ class PreparedConv:
         if kernel == selection.REFERENCE:
             selection.ran(selection.REFERENCE)
             return self._reference(x_codes, threads)
-        if not (
-            type(x_codes) is np.ndarray
-            and x_codes.dtype == np.uint8
-            and x_codes.flags.c_contiguous
-            and x_codes.ndim == 4
-            and type(threads) is int
-        ):
+        if not native_ready(x_codes, threads):
             x_codes, _, _, _, threads = reference.check_conv(
                 x_codes, self.weights, self.x_bits, self.stride, self.padding, threads,
                 check_values=False,

@@ -14,12 +14,10 @@ executor's ``keep`` / ``watch`` modes run the nodes one by one.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..geometry import conv_out_size
 from ..kernels import selection
 from ..kernels.extension import native
-from ..kernels.prepared import batch_class
+from ..kernels.prepared import batch_class, native_ready
 from .bitconv import BitConv
 from .ops import Layer, MaxPool
 
@@ -54,14 +52,7 @@ class CodesRun(Layer):
 
     def forward(self, x, threads):
         forced = selection.forced_kernel()
-        if (
-            forced == selection.REFERENCE
-            or type(x) is not np.ndarray
-            or x.dtype != np.uint8
-            or not x.flags.c_contiguous
-            or x.ndim != 4
-            or type(threads) is not int
-        ):
+        if forced == selection.REFERENCE or not native_ready(x, threads):
             for layer in self.layers:
                 x = layer.forward(x, threads)
             return x
