@@ -443,6 +443,13 @@ def test_hostile_headers_are_refused(case, small_file, tmp_path):
         rt.load(bad)
 
 
+def test_an_input_past_the_element_bound_is_refused_before_any_allocation(small_file, tmp_path):
+    bad = tmp_path / "h.dorefa"
+    _rewrite(small_file, bad, lambda h: h | {"input_shape": [64, 1025, 1025]})
+    with pytest.raises(FormatError, match=r"'input_shape' \[64, 1025, 1025\] exceeds"):
+        rt.load(bad)
+
+
 def test_hostile_fixed_header_and_json(small_file, tmp_path):
     bad = tmp_path / "h.dorefa"
     data = small_file.read_bytes()

@@ -106,9 +106,45 @@ def test_atomic_write_never_replaces_a_special_file(tmp_path):
 
 def test_atomic_write_names_the_file_it_cannot_write(tmp_path):
     (tmp_path / "afile").write_text("")  # a file where the folder should be (even root fails)
-    target = tmp_path / "afile" / "m.dorefa"
-    with pytest.raises(OSError, match=f"cannot write {target}: .*writable folder"):
-        fileio.atomic_write_bytes(target, b"x")
+    for target in (tmp_path / "afile" / "m.dorefa", tmp_path / "afile" / "sub" / "m.dorefa"):
+        with pytest.raises(fileio.WriteError, match=f"cannot write {target}: .*afile is a file"):
+            fileio.atomic_write_bytes(target, b"x")
+
+
+def test_export_never_writes_over_its_checkpoint(one_epoch, tmp_path, capsys):
+    ckpt = tmp_path / "run.pt"
+    shutil.copy(one_epoch / "checkpoint.pt", ckpt)
+    named = tmp_path / "model.dorefa"  # a checkpoint whose default output is itself
+    shutil.copy(ckpt, named)
+    before = ckpt.read_bytes()
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    for argv in (
+        [str(ckpt), "-o", str(ckpt)],
+        [str(tmp_path / "link.pt"), "-o", str(ckpt)],
+        [str(ckpt), "--format", "qonnx", "-o", str(ckpt)],
+        [str(named)],
+    ):
+        assert main(["export", *argv]) == 2
+        assert "is the checkpoint being exported" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before and named.read_bytes() == before
+    assert main(["export", str(ckpt), "-o", ""]) == 2  # an unset shell variable after -o
+    assert "-o is empty" in capsys.readouterr().err
+    assert not (tmp_path / "run.dorefa").exists()
+
+
+def test_an_exported_model_is_not_taken_for_a_checkpoint(one_epoch, tmp_path, capsys):
+    model = tmp_path / "m.dorefa"
+    assert main(["export", str(one_epoch / "checkpoint.pt"), "-o", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(model), "-o", str(tmp_path / "again.dorefa")]) == 2
+    assert f"{model} is an exported .dorefa model, not a training checkpoint" in (
+        capsys.readouterr().err
+    )
+    folder = tmp_path / "afile"
+    folder.write_text("")
+    assert main(["export", str(one_epoch / "checkpoint.pt"), "-o", str(folder / "m.dorefa")]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} is a file, not a folder" in err and err.count("cannot write") == 1
 
 
 def test_checkpoint_errors_say_what_the_file_is(one_epoch, tmp_path):
@@ -175,9 +211,15 @@ def test_runtime_refuses_integer_pixels_and_bad_threads(one_epoch, tmp_path):
     x = np.zeros((2, *model.input_shape), np.uint8)
     with pytest.raises(ValueError, match="divide uint8 images by 255"):
         model.run(x)
-    for threads in (2.5, "2", 0):
-        with pytest.raises(ValueError, match="threads must be an int >= 1"):
+    for threads in (2.5, "2", 0, runtime.MAX_THREADS + 1):
+        with pytest.raises(ValueError, match=r"threads must be an int in 1\.\.1024"):
             model.run(x.astype(np.float32), threads=threads)
+    with pytest.raises(ValueError, match="threads must be"):  # at load, not at every call
+        runtime.load(path, threads=runtime.MAX_THREADS + 1)
+    from dorefa.kernels.extension import native
+
+    if native is not None:  # the kernels' own bound
+        assert native.MAX_THREADS == runtime.MAX_THREADS
 
 
 def test_report_keeps_its_page_on_an_empty_results_file(tmp_path, capsys):

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .fileio import atomic_write
+from .runtime.format import MAGIC as DOREFA_MAGIC
 
 FORMAT = "dorefa-checkpoint"
 VERSION = 1
@@ -181,6 +182,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         )
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    _refuse_exported_model(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/truncated/hostile files
@@ -207,6 +209,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "`dorefa train`: re-train, or save it with dorefa.checkpoint.save"
         )
     return ckpt
+
+
+def _refuse_exported_model(path: Path) -> None:
+    """A ``.dorefa`` file given where a checkpoint belongs is named as what it is (torch.load
+    would only call it unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(DOREFA_MAGIC))
+    except OSError:
+        return  # torch.load reports it
+    if head == DOREFA_MAGIC:
+        raise CheckpointError(
+            f"{path} is an exported .dorefa model, not a training checkpoint: run it with "
+            f"`dorefa run {path}`; give the checkpoint.pt that `dorefa train` wrote instead"
+        )
 
 
 def _check_digest(ckpt: dict, path: Path) -> None:

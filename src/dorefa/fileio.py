@@ -24,6 +24,11 @@ def _umask() -> int:
 _MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp gives 0600)
 
 
+class WriteError(OSError):
+    """A file :func:`atomic_write` could not create; its message is whole (the file, the reason,
+    what to do), so callers pass it on as it is."""
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary binary file, fsync it, and rename it to ``path``."""
     path = Path(path)
@@ -32,11 +37,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f"{path} exists and is not a regular file (a folder, a device or a pipe); give the "
             "path of a file to write"
         )
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():  # mkdir would say "File exists"
+        raise WriteError(
+            f"cannot write {path}: {folder} is a file, not a folder; give a path in a folder"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # name the file asked for, not the temporary one
-        raise OSError(
+        raise WriteError(
             f"cannot write {path}: {exc.strerror or exc}; give a path in a writable folder"
         ) from exc
     try:

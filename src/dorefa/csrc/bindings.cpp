@@ -487,6 +487,7 @@ PYBIND11_MODULE(_kernels, m) {
       PyErr_SetString(PyExc_ValueError, e.what());
     }
   });
+  m.attr("MAX_THREADS") = dorefa::kMaxThreads;
   m.def("kernel_table", &dorefa::KernelTablePy);
   m.def("cpu_features", [] { return dorefa::FeatureNames(dorefa::CpuFeatures()); });
   m.def("resolve_kernel", &dorefa::ResolveKernel, py::arg("requested"));

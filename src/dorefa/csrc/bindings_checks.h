@@ -31,8 +31,12 @@ inline void CheckBits(const char* name, int bits) {
   });
 }
 
+// The most threads a call takes (the module's MAX_THREADS; dorefa.runtime checks it at load).
+constexpr int kMaxThreads = 1024;
+
 inline void CheckThreads(int threads) {
-  Require(threads >= 1 && threads <= 1024, "threads must be in 1..1024");
+  RequireOr(threads >= 1 && threads <= kMaxThreads,
+            [] { return "threads must be in 1.." + std::to_string(kMaxThreads); });
 }
 
 // Reports the largest code when a packer's OR says some code needs more than `bits` bits.

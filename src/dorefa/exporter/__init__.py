@@ -26,7 +26,7 @@ from torch import nn
 
 from ..runtime import format as fmt
 from .checks import EXPORTABLE_MODELS, check_model, exportable
-from .errors import ExportError
+from .errors import ExportError, write_failure
 from .folding import fold_thresholds, pack_planes, weight_codes
 from .walk import write_graph
 
@@ -101,10 +101,8 @@ def export(
         size = fmt.write(path, header, arrays)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"cannot write {path}: {exc}") from None
-    except OSError as exc:  # a folder in the way, a missing or read-only directory, ...
-        raise ExportError(
-            f"cannot write {path}: {exc.strerror or exc}; give a writable file path with -o"
-        ) from None
+    except OSError as exc:
+        raise write_failure(path, exc) from None
     float_bytes = sum(
         t.numel() * 4
         for t in model.state_dict().values()
@@ -118,14 +116,30 @@ def export(
     }
 
 
+def _output_path(checkpoint: str, output: str | None, suffix: str) -> str:
+    """``-o``, or the checkpoint's path with ``suffix``; never the checkpoint itself (the
+    export would replace the run's only copy of its weights)."""
+    if output is not None and not output.strip():
+        raise ExportError("-o is empty; give the output file's path, or leave -o out")
+    out = output if output is not None else str(Path(checkpoint).with_suffix(suffix))
+    src, dst = Path(checkpoint), Path(out)
+    same = dst.exists() and src.exists() and os.path.samefile(src, dst)
+    if same or dst.resolve() == src.resolve():
+        raise ExportError(
+            f"{out} is the checkpoint being exported; writing it would replace the weights: "
+            f"give another path with -o (e.g. {src.with_name(src.stem + '-export' + suffix)})"
+        )
+    return out
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..checkpoint import export_meta, load_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(ckpt, args.checkpoint)
     fmt_name = getattr(args, "format", "dorefa")
     suffix = ".onnx" if fmt_name == "qonnx" else ".dorefa"
-    out = args.output or str(Path(args.checkpoint).with_suffix(suffix))
+    out = _output_path(args.checkpoint, args.output, suffix)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
     info = export(model, out, meta=export_meta(ckpt, args.checkpoint), format=fmt_name)
     if fmt_name == "qonnx":
         print(

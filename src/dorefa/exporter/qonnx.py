@@ -55,7 +55,7 @@ from ..fileio import atomic_write_bytes
 from ..geometry import conv_out_size
 from ..nn import QLinear
 from .checks import conv_params, pool_params
-from .errors import ExportError
+from .errors import ExportError, write_failure
 from .folding import weight_codes
 from .graph import Value
 
@@ -324,9 +324,7 @@ def export_qonnx(
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
-        raise ExportError(
-            f"cannot write {path}: {exc.strerror or exc}; give a writable file path with -o"
-        ) from None
+        raise write_failure(path, exc) from None
     props = {p.key: p.value for p in proto.metadata_props}
     return {
         "path": str(path),

@@ -18,10 +18,15 @@ if TYPE_CHECKING:
     from .executor import Model
 
 
+# The most threads a native kernel call takes (csrc/bindings_checks.h, CheckThreads).
+MAX_THREADS = 1024
+
+
 def check_threads(threads) -> None:
-    """``threads`` of load() and Model.run: an int >= 1 (the kernels' thread counts)."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    """``threads`` of load() and Model.run: an int in 1..MAX_THREADS (the kernels' thread
+    counts)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an int in 1..{MAX_THREADS}, got {threads!r}")
 
 
 def load(path: str | os.PathLike, threads: int = 1) -> Model:

@@ -10,6 +10,7 @@ Imports numpy and :mod:`dorefa.kernels` only (never torch).
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import nullcontext
 
@@ -20,7 +21,7 @@ from . import check_threads
 from .bitconv import BitConv
 from .chain import chain_steps
 from .format import FORMAT_VERSION_CHAIN, Reader
-from .loader import INPUT, MAX_DIM, GraphBuilder, _is_dims, chain_to_graph
+from .loader import INPUT, MAX_DIM, MAX_ELEMENTS, GraphBuilder, _is_dims, chain_to_graph
 from .ops import FloatConv, Layer, Linear, MaxPool, Quantize
 from .plan import Plan, model_plan
 
@@ -50,6 +51,8 @@ class Model:
         shape = h.get("input_shape")
         if not _is_dims(shape, 3):
             raise reader.error(f"'input_shape' must be 3 ints in 1..{MAX_DIM}, got {shape!r}")
+        if math.prod(shape) > MAX_ELEMENTS:  # as every activation's (loader.py)
+            raise reader.error(f"'input_shape' {shape} exceeds {MAX_ELEMENTS} elements")
         self.path = reader.path
         self.size = reader.size
         self.version = reader.version
