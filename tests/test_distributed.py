@@ -405,7 +405,7 @@ def test_torchrun_group_of_one_equals_a_plain_run(tmp_path, fashion_dir):
     assert config["world_size"] == 1 and config["backend"] == "gloo"
     _run_dorefa(["train", *common, "--out", str(tmp_path / "plain")])
     plain = json.loads((tmp_path / "plain" / "config.json").read_text())
-    assert "world_size" not in plain  # the plain run joined no group
+    assert plain["world_size"] == 1 and "backend" not in plain  # the plain run joined no group
     hashes = [
         distributed.state_hash(
             model_from_checkpoint(load_checkpoint(tmp_path / d / "checkpoint.pt"))

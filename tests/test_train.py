@@ -399,14 +399,24 @@ def test_run_files_drop_rows_after_the_checkpoint_and_stale_temp_files(tmp_path)
     text = "".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 4, "train_lo'
     files.metrics.write_text(text)  # a partial last line, as a kill mid-append leaves
     (tmp_path / ".checkpoint.pt.k2j3.tmp").write_bytes(b"half a checkpoint")
-    files.start({"a": 1}, start_epoch=2)
+    files.read_history(2)
+    assert not (tmp_path / "config.json").exists()  # reading writes nothing
+    files.start({"a": 1})
     assert [h["epoch"] for h in files.history] == [1, 2]
     assert files.metrics.read_text().splitlines() == [json.dumps(r) for r in rows[:2]]
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "config.json", "metrics.jsonl"]
     files.add_epoch({"epoch": 3, "train_loss": 0.5})
     assert len(files.metrics.read_text().splitlines()) == 3
+    with pytest.raises(ValueError, match=rf"being written by another .* \(process {os.getpid()}\)"):
+        RunFiles(tmp_path).start({"b": 2})  # a second run into the folder, while this one trains
+    files.close()
+    again = RunFiles(tmp_path)
+    again.start({"b": 2})  # the lock is free again
+    again.close()
+    assert json.loads((tmp_path / "config.json").read_text()) == {"b": 2}
     silent = RunFiles(tmp_path / "rank1", enabled=False)
-    silent.start({}, 0)
+    silent.read_history(0)
+    silent.start({})
     silent.add_epoch({"epoch": 1})
     assert not (tmp_path / "rank1").exists() and len(silent.history) == 1
 

@@ -55,6 +55,37 @@ def test_resume_refuses_other_training_settings(one_epoch, tmp_path, changes, fl
     assert (out / "config.json").read_text() == before  # the record still says how it was made
 
 
+@pytest.mark.parametrize("record", ["missing", "corrupt"])
+def test_resume_checks_the_settings_the_checkpoint_holds(one_epoch, tmp_path, record):
+    """config.json gone or damaged: the checkpoint's own record still refuses another optimizer
+    (which had crashed in the first step, after config.json was rewritten with it)."""
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch, out)
+    if record == "missing":
+        (out / "config.json").unlink()
+    else:
+        (out / "config.json").write_text('{"lr":')
+    before = sorted(os.listdir(out))
+    with pytest.raises(ValueError, match="--optimizer 'adam' then, 'sgd' now"):
+        train(_resume(out, optimizer="sgd"), log=lambda m: None)
+    assert sorted(os.listdir(out)) == before
+
+
+def test_resume_names_the_flag_or_the_recipe_that_sets_a_setting(tmp_path):
+    from dorefa.run_files import RunFiles
+
+    files = RunFiles(tmp_path)
+    run = {"recipe": "svhn-fashion-mnist", "lr_milestones": [6, 9], "lr": 0.01, "world_size": 2}
+    now = {"recipe": None, "lr_milestones": None, "lr": 0.01, "world_size": 1}
+    with pytest.raises(ValueError) as err:
+        files.check_resume(now, run)
+    msg = str(err.value)
+    assert "lr_milestones (a recipe's setting) [6, 9] then, None now" in msg
+    assert "--nproc (processes) 2 then, 1 now" in msg and "add --recipe svhn-fashion-mnist" in msg
+    assert "--lr-milestones" not in msg and "--lr " not in msg
+    files.check_resume(run, run)  # the same settings: nothing to say
+
+
 def test_resume_may_extend_the_epochs(one_epoch, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(one_epoch, out)
@@ -69,9 +100,41 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_train(one_epoch, tmp_
     out = tmp_path / "run"
     shutil.copytree(one_epoch, out)
     logs = []
-    cfg = TrainConfig(bits="1,2,6", epochs=1, out=str(out), resume=True, **TINY)
+    before = {n: (out / n).read_bytes() for n in ("config.json", "metrics.jsonl")}
+    cfg = TrainConfig(
+        bits="1,2,6", epochs=1, out=str(out), resume=True, **TINY | {"test_subset": 16}
+    )
     train(cfg, log=logs.append)
     assert any("already trained to epoch 1: nothing to train" in m for m in logs)
+    assert not any("resuming" in m for m in logs)
+    assert {n: (out / n).read_bytes() for n in before} == before  # its record is not rewritten
+
+
+def test_a_new_run_keeps_files_it_did_not_write(tmp_path, fashion_dir):
+    out = tmp_path / "notes"
+    out.mkdir()
+    for name, text in (("config.json", '{"important": 1}'), ("metrics.jsonl", "my notes\n")):
+        (out / name).write_text(text)
+        with pytest.raises(ValueError, match=f"{name} was not written by `dorefa train`"):
+            train(TrainConfig(bits="1,2,6", epochs=1, out=str(out), **TINY), log=lambda m: None)
+        assert (out / name).read_text() == text
+        (out / name).unlink()
+    with pytest.raises(ValueError, match="--out is empty"):
+        TrainConfig(bits="1,2,6", out=" ")
+
+
+def test_numbers_a_float32_step_cannot_hold_and_unicode_digits_are_refused():
+    import argparse
+
+    from dorefa.argtypes import NON_NEGATIVE_FLOAT, POSITIVE_FLOAT
+    from dorefa.bits import Bits, BitsError
+
+    for kind in (POSITIVE_FLOAT, NON_NEGATIVE_FLOAT):
+        with pytest.raises(argparse.ArgumentTypeError, match="<= 3.40282e"):
+            kind("1e39")
+        assert kind("1e30") == 1e30
+    with pytest.raises(BitsError, match="three comma-separated integers"):
+        Bits.parse("\u00b9,2,6")
 
 
 def test_resume_without_a_checkpoint_says_it_starts_anew(tmp_path, fashion_dir):

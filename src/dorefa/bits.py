@@ -82,7 +82,8 @@ class Bits:
 def _is_int(value: object) -> bool:
     """A digit string (a leading "-" allowed) or an integer (Python or numpy), not a bool."""
     if isinstance(value, str):  # a sign allowed: "-1" is an integer, refused as out of range
-        return value.removeprefix("-").isdigit()
+        digits = value.removeprefix("-")
+        return digits.isascii() and digits.isdigit()  # not "¹": isdigit takes, int() refuses
     if isinstance(value, bool):
         return False
     try:

@@ -13,7 +13,7 @@ A training checkpoint (``checkpoint.pt`` in a run folder, written after every ep
     epoch      the last finished epoch, 0-based (``--resume`` continues at epoch + 1)
     best_acc   the best test accuracy so far
     rng        torch's global RNG state(s) (recorded only: resume re-derives every stream)
-    config     the run's config.json as a dict (recorded only)
+    config     the run's config.json as a dict (its settings, which --resume keeps)
     digest     sha256 of every entry above (content_digest), written by save_atomic and checked
                on load: a checkpoint damaged on disk, or edited without save_atomic, is refused
                (files without one, from before it, load unchecked)

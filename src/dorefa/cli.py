@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"dorefa {args.command}: interrupted (the last finished epoch is saved; "
-            "--resume continues)",
+            f"dorefa {args.command}: interrupted (a run's finished epochs are in its "
+            "checkpoint.pt, if it got that far: --resume continues)",
             file=sys.stderr,
         )
         return 130

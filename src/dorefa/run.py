@@ -129,9 +129,9 @@ def _config_record(run: Run) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
+    record["world_size"] = info.world_size
     if info.enabled:
         record |= {
-            "world_size": info.world_size,
             "backend": info.backend,
             "batch_size_per_rank": run.local_batch,
         }
@@ -203,18 +203,11 @@ def resume_or_init(run: Run, log) -> tuple[int, float]:
     if cfg.resume and not path.exists():
         log(f"nothing to resume in {run.files.out} (no checkpoint.pt): starting a new run")
     if cfg.resume and path.exists():
-        run.files.check_resume(run.config)
         ckpt = checkpoint.load(path, map_location=run.device)
+        run.files.check_resume(run.config, ckpt.get("config"))
         start_epoch, best_acc = checkpoint.restore(
             ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
         )
-        if start_epoch >= cfg.epochs and cfg.until_flat is None:
-            log(
-                f"{run.files.out} has already trained to epoch {start_epoch}: nothing to train "
-                f"(give --epochs {start_epoch + 1} or more to extend it)"
-            )
-        else:
-            log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
     elif cfg.init_from:
         init = checkpoint.load(cfg.init_from, map_location=run.device)
         checkpoint.load_weights(run.model, init["model"], cfg.init_from)

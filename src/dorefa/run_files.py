@@ -4,6 +4,8 @@
     metrics.jsonl   one JSON row per finished epoch
     checkpoint.pt   the training state after the last finished epoch (dorefa.checkpoint)
     curves.png      loss and accuracy per epoch
+    .lock           locked (flock) by the process writing the folder, while it trains: a second
+                    `dorefa train` into the same folder stops before it writes anything
 
 The checkpoint is what counts: on ``--resume`` the metrics rows of epochs after it are dropped.
 Each epoch writes metrics.jsonl before the checkpoint, so a kill between the two leaves a row
@@ -13,11 +15,13 @@ that the next resume drops and trains again.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .fileio import atomic_savefig, atomic_write_text
 
 NAMES = ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png")
+LOCK = ".lock"
 # The settings that decide the weights a run ends with: ``--resume`` keeps them (config.json's),
 # else its weights would not be those of the uninterrupted run. (bits, width, model and data
 # are the checkpoint's meta, checked by checkpoint.restore; epochs, threads, workers, device and
@@ -40,7 +44,34 @@ RESUME_SAME = (
     "engine",
     "sync_bn",
     "channels_last",
+    "world_size",  # each process's BatchNorm batch and its share of the data
 )
+
+
+def _setting(field: str) -> str:
+    """A TrainConfig field as the user sets it: its flag, else (a recipe's settings) its name."""
+    from .train_flags import FLAGS
+
+    if field == "world_size":
+        return "--nproc (processes)"
+    flag = next((f for f in FLAGS if f.field == field), None)
+    return flag.name if flag is not None else f"{field} (a recipe's setting)"
+
+
+def _run_file(path: Path) -> bool:
+    """Whether ``path`` (config.json or metrics.jsonl) is a run's: a config record with its
+    resolved keys, or metrics rows (an empty file counts)."""
+    if path.name == "config.json":
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and {"model", "bits_tag"} <= record.keys()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return not text.strip() or bool(_read_rows(path))
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -66,9 +97,11 @@ class RunFiles:
         self.checkpoint = self.out / "checkpoint.pt"
         self.metrics = self.out / "metrics.jsonl"
         self.history: list[dict] = []
+        self._lock_fd: int | None = None
 
     def check_fresh(self, resume: bool) -> None:
-        """Refuse an --out that is a file, and a new run over an existing one."""
+        """Refuse an --out that is a file, a new run over an existing one, and a folder whose
+        config.json or metrics.jsonl no run wrote (a new run replaces those two)."""
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file, not a folder; choose another --out")
         if self.checkpoint.exists() and not resume:
@@ -76,41 +109,90 @@ class RunFiles:
                 f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue "
                 "it or choose another --out"
             )
+        if self.checkpoint.exists():
+            return
+        for path in (self.out / "config.json", self.metrics):
+            if path.is_file() and not _run_file(path):
+                raise ValueError(
+                    f"{path} was not written by `dorefa train`, and a new run would replace "
+                    "it; choose another --out (or move the file)"
+                )
 
-    def check_resume(self, config: dict) -> None:
-        """``--resume`` over a run: refuse settings (RESUME_SAME) that differ from its
-        config.json's, before anything is loaded or written."""
+    def check_resume(self, config: dict, saved: object) -> None:
+        """``--resume`` over a run: refuse settings (RESUME_SAME) that differ from the run's,
+        before anything is written. The run's record is ``saved``, the configuration stored in
+        its checkpoint (the one that made those weights), else its config.json; a record
+        without a setting (older versions) leaves that setting unchecked."""
+        old = saved if isinstance(saved, dict) else self._config_json()
+        if old is None:
+            return  # no record: the checkpoint's meta is still checked
+        changed = [k for k in RESUME_SAME if k in old and k in config and old[k] != config[k]]
+        if not changed:
+            return
+        said = "; ".join(f"{_setting(k)} {old[k]!r} then, {config[k]!r} now" for k in changed)
+        recipe = old.get("recipe")
+        how = (
+            f"add --recipe {recipe}"
+            if recipe and recipe != config.get("recipe")
+            else ("give the run's own settings (its config.json)")
+        )
+        raise ValueError(
+            f"{self.out} was trained with other settings ({said}); to resume, {how}, or choose "
+            "another --out for a new run"
+        )
+
+    def _config_json(self) -> dict | None:
         try:
             old = json.loads((self.out / "config.json").read_text())
         except (OSError, ValueError):
-            return  # no readable record: the checkpoint's meta is still checked
-        if not isinstance(old, dict):
-            return
-        changed = [
-            f"--{k.replace('_', '-')} {old[k]!r} then, {config[k]!r} now"
-            for k in RESUME_SAME
-            if k in old and k in config and old[k] != config[k]
-        ]
-        if changed:
-            raise ValueError(
-                f"{self.out} was trained with other settings ({'; '.join(changed)}); resume "
-                "with the run's own settings (its config.json), or choose another --out for a "
-                "new run"
-            )
+            return None
+        return old if isinstance(old, dict) else None
 
-    def start(self, config: dict, start_epoch: int) -> None:
-        """Write config.json; keep the metrics rows of the ``start_epoch`` finished epochs (read
-        on every rank: the flatness rule of ``until_flat`` needs them)."""
+    def read_history(self, start_epoch: int) -> None:
+        """The metrics rows of the ``start_epoch`` finished epochs (read on every rank: the
+        flatness rule of ``until_flat`` needs them)."""
         rows = _read_rows(self.metrics) if self.metrics.exists() else []
         self.history = [h for h in rows if h["epoch"] <= start_epoch]
+
+    def start(self, config: dict) -> None:
+        """Before the first epoch this process trains: write config.json and the rows kept by
+        :meth:`read_history` (a run with nothing left to train writes nothing)."""
         if not self.enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock()
         for name in NAMES:  # temp files of writes that a kill interrupted
             for stale in self.out.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
         self._write_metrics()
+
+    def _lock(self) -> None:
+        """Hold the folder's lock until :meth:`close` (or the process ends); raise ValueError
+        naming the process that holds it."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"{self.out} is being written by another `dorefa train` (process {holder}); "
+                "wait for it to end, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the folder's lock (closing its file releases the flock)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def add_epoch(self, row: dict) -> None:
         """Record a finished epoch (rank 0: metrics.jsonl rewritten whole, atomically)."""

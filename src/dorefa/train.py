@@ -87,7 +87,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
             warning = bf16_warning(native_bf16())
             if warning:
                 log(warning)
-        return fit(prepare_run(cfg, device, info), log)
+        run = prepare_run(cfg, device, info)
+        try:
+            return fit(run, log)
+        finally:
+            run.files.close()
     finally:
         distributed.teardown(info)
 
@@ -100,11 +104,20 @@ def fit(run: Run, log=print) -> dict:
     """The epoch loop: resume, then per epoch re-seed, train, evaluate, record, checkpoint."""
     cfg, info = run.cfg, run.info
     start_epoch, best_acc = resume_or_init(run, log)
+    run.files.read_history(start_epoch)
+    if training_done(cfg.epochs, cfg.until_flat, _test_accs(run, start_epoch)):
+        log(
+            f"{run.files.out} has already trained to epoch {start_epoch}: nothing to train "
+            f"(give --epochs {start_epoch + 1} or more to extend it)"
+        )
+        return _end_of_run(run, {}, best_acc, log)
+    if start_epoch:
+        log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
     if cfg.engine == "int":
         from .engine import use_int_engine
 
         log(use_int_engine(run.model, run.device))
-    run.files.start(run.config, start_epoch)
+    run.files.start(run.config)
     show = (cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and info.is_main
     result: dict = {}
     epoch = start_epoch

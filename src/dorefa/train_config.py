@@ -58,3 +58,8 @@ class TrainConfig:
             self.amp = None  # float32
         if self.out is None:
             self.out = f"runs/{self.model}-{self.bits.tag}"
+        elif not str(self.out).strip():  # an unset shell variable after --out
+            raise ValueError(
+                "--out is empty; give the run folder, or leave --out out for "
+                f"runs/{self.model}-{self.bits.tag}"
+            )
