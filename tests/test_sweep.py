@@ -313,6 +313,12 @@ def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys
         assert main(["sweep", "--grid", "tiny", flag, value, "--out", str(out)]) == 2
         assert match in capsys.readouterr().err
         assert not out.exists()  # no sweep.json, no cell folder
+    records = tmp_path / "afile"
+    records.write_text("")
+    out = tmp_path / "rec"
+    assert main(["sweep", "--grid", "tiny", "--records", str(records), "--out", str(out)]) == 2
+    assert f"--records {records} is a file, not a folder" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def _row(w, a, g, width=1.0, init="", acc=0.5, status="ok", **kw) -> CellResult:

@@ -153,6 +153,9 @@ def test_nproc_is_checked_before_any_worker_starts(capsys):
         assert main([*args, "--nproc", "2", "--batch-size", "33"]) == 2
         err = capsys.readouterr().err
         assert "divisible by --nproc 2" in err and "--batch-size 34" in err
+        assert main([*args, "--nproc", "2", "--subset", "2"]) == 2
+        err = capsys.readouterr().err  # once, from this process: no worker started
+        assert err.count("2 training images for 2 processes") == 1
 
 
 def test_atomic_write_never_replaces_a_special_file(tmp_path):

@@ -29,11 +29,12 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _check_nproc(nproc: int, batch_size: int) -> None:
-    """Before any worker starts: a share of the global batch each, and not many more workers
-    than CPUs (a few more only share them; hundreds would look like a hang)."""
+def _check_nproc(nproc: int, batch_size: int, subset: int | None) -> None:
+    """Before any worker starts: a share of the global batch and of a --subset each, and not
+    many more workers than CPUs (a few more only share them; hundreds would look like a hang).
+    """
     from .cpuinfo import usable_cpus
-    from .run import local_batch
+    from .run import check_images, local_batch
 
     cpus = len(usable_cpus())
     if nproc > 4 * cpus:
@@ -47,7 +48,9 @@ def _check_nproc(nproc: int, batch_size: int) -> None:
             f"workers will share them (slower than --nproc {cpus})",
             file=sys.stderr,
         )
-    local_batch(batch_size, nproc, "--nproc")  # the workers' own check, before they start
+    local_batch(batch_size, nproc, "--nproc")  # the workers' own checks, before they start
+    if subset is not None:
+        check_images(subset, nproc)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -59,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if nproc is not None and not launched():  # a worker already: --nproc does not nest
         if nproc < 1:
             raise ValueError(f"--nproc must be >= 1, got {nproc}")
-        _check_nproc(nproc, cfg.batch_size)
+        _check_nproc(nproc, cfg.batch_size, cfg.subset)
         if nproc > 1:
             from .distributed import launch
 

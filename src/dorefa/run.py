@@ -115,6 +115,16 @@ def local_batch(batch_size: int, world: int, flag: str = "") -> int:
     return batch_size // world
 
 
+def check_images(n: int, world: int) -> None:
+    """Refuse ``n`` training images for ``world`` processes where a process would get fewer
+    than 2 (BatchNorm's batch statistics need 2)."""
+    if n <= world:
+        raise ValueError(
+            f"{n} training images for {world} processes: BatchNorm needs 2 or more per process; "
+            "use a larger --subset"
+        )
+
+
 def _config_record(run: Run) -> dict:
     """config.json: the TrainConfig plus what this run resolved."""
     cfg, info = run.cfg, run.info
@@ -158,11 +168,7 @@ def prepare_run(cfg: TrainConfig, device: torch.device, info: distributed.DistIn
     files = RunFiles(cfg.out, enabled=info.is_main)
     files.check_fresh(cfg.resume)
     train_set, test_set = load_data(cfg, input_size(cfg.model))
-    if len(train_set) <= info.world_size:
-        raise ValueError(
-            f"{len(train_set)} training images for {info.world_size} processes: BatchNorm needs "
-            "2 or more per process; use a larger --subset"
-        )
+    check_images(len(train_set), info.world_size)
     num_classes, in_channels = train_set.num_classes, train_set.in_channels
     if device.type == "cuda" and hasattr(train_set, "images"):
         train_set.images = train_set.images.pin_memory()  # non_blocking copies of batch slices

@@ -95,6 +95,9 @@ def check_settings(cfg: SweepConfig, out: Path) -> None:
     check_spec(cfg.data, cfg.data_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    for folder in filter(None, (cfg.records, *cfg.done_records)):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise ValueError(f"--records {folder} is a file, not a folder; give a folder")
     settings = {k: getattr(cfg, k) for k in SETTING_KEYS}
     path = out / "sweep.json"
     if path.exists():
