@@ -339,6 +339,25 @@ def test_labels_of_one_value_are_one_class(tmp_path):
         require_classes(data, f"idx:{tmp_path}")
 
 
+def test_a_stray_label_that_makes_many_classes_is_reported(tmp_path, capsys, fashion_dir):
+    from dorefa.data import get_dataset, require_classes
+    from test_data import write_idx
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 10
+    labels[7] = 255  # one corrupt byte: 256 classes inferred
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (40, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+    data = get_dataset(f"idx:{tmp_path}", "train")
+    require_classes(data, f"idx:{tmp_path}")
+    err = capsys.readouterr().err
+    assert "labels span 0..255 but only 11 values occur" in err
+    ok = get_dataset("fashion-mnist", "test")
+    require_classes(ok, "fashion-mnist")
+    assert "labels span" not in capsys.readouterr().err
+
+
 def test_compare_names_a_checkpoint_that_is_not_the_exported_one(one_epoch, tmp_path, capsys):
     from dorefa.runtime.compare import run_test_set
 

@@ -33,6 +33,12 @@ def require_classes(dataset, spec: str) -> None:
             f"{spec}: {min(dataset.num_classes, seen)} class only; a classifier needs at least "
             "2 (IDX: labels 0..K-1; image folders: one folder per class)"
         )
+    if dataset.num_classes > max(10, 2 * seen):  # IDX infers K from the largest label
+        print(
+            f"warning: {spec}: labels span 0..{dataset.num_classes - 1} but only {seen} values "
+            f"occur; the model gets {dataset.num_classes} outputs (a stray label in the file?)",
+            file=sys.stderr,
+        )
 
 
 def first_images(dataset, n: int | None, flag: str):
