@@ -284,6 +284,23 @@ def test_codes_behind_a_dropout_carry_its_factor():
     assert model.features.conv5.int_engine.input_factor == 1.0
 
 
+@pytest.mark.parametrize("w_bits", [1, 2, 4])
+def test_a_nan_weight_makes_the_int_engine_output_nan_as_torch(w_bits):
+    """A diverged layer is not hidden: at W >= 2 the NaN weight had become code 0 with the scale
+    1/n, and the int engine's outputs were finite where the torch engine's are all NaN."""
+    outs = {}
+    for engine in ("torch", "int"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            ActQuant(2), QConv2d(3, 4, 3, padding=1, bias=False, w_bits=w_bits), GradQuant(4)
+        )
+        with torch.no_grad():
+            model[1].weight[1, 2, 0, 0] = float("nan")
+        set_engine(model, engine, Bits(w_bits, 2, 4))
+        outs[engine] = model(torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(1)))
+    assert torch.isnan(outs["torch"]).all() and torch.isnan(outs["int"]).all()
+
+
 def test_nan_activations_reach_the_output_and_inference_mode_runs():
     """A NaN input is not tagged with code 0: the layer goes to torch and the NaN propagates;
     inference_mode (tensors without a version counter) runs the model."""

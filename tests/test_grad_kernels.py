@@ -421,3 +421,29 @@ def test_entry_points_refuse_a_wrong_geometry():
         T.input_grad_codes(g, 4, wc, 1, 1, 0, (6, 6))
     with pytest.raises(ValueError, match="pass the forward input's"):
         T.weight_grad_codes(g, 4, a[:, :, :5], 2, 1, 1, (3, 3))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_entry_points_refuse_codes_they_would_cast(kernel):
+    """Codes of another dtype are refused as the spec refuses them (a cast had made code 256
+    into 0, -1 into 255 and activation 1.9 into 1)."""
+    g, m, wc, a = _operands((1, 3, 6, 6, 2, 3, 1, 1), (1, 2, 4), 0)
+    with K.use_kernel(kernel):
+        for bad in (g.astype(np.int64) + 256, g.astype(np.int8) - 1):
+            with pytest.raises(TypeError, match="c must have dtype uint8"):
+                T.input_grad_codes(bad, 4, wc, 1, 1, 1, (6, 6))
+            with pytest.raises(TypeError, match="c must have dtype uint8"):
+                T.weight_grad_codes(bad, 4, a, 2, 1, 1, (3, 3))
+        with pytest.raises(TypeError, match="w_codes must have dtype uint8"):
+            T.input_grad_codes(g, 4, wc.astype(np.int32), 1, 1, 1, (6, 6))
+        with pytest.raises(TypeError, match="a_codes must have dtype uint8"):
+            T.weight_grad_codes(g, 4, a.astype(np.float32) + 0.9, 2, 1, 1, (3, 3))
+
+
+def test_entry_points_refuse_a_zero_stride_and_factor():
+    g, m, wc, a = _operands((1, 3, 6, 6, 2, 3, 1, 1), (1, 2, 4), 0)
+    with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):
+        T.input_grad_codes(g, 4, wc, 1, 0, 1, (6, 6))
+    for factor in (0.0, float("inf"), -1.0):
+        with pytest.raises(ValueError, match="factor must be finite and > 0"):
+            R.grid_scales(m, 15, 3, factor)

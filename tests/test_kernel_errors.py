@@ -112,3 +112,77 @@ def test_prepared_native_call():
     codes = K._native.PreparedBitConv(scalar, pw.words, 2, 4, 3, 3, 2, 1, 1, 0, "requant", table)
     del table
     np.testing.assert_array_equal(codes(x, 2), R.bitconv2d_requant(x, pw, 2, 1, 0, th, direction))
+
+
+# ------------------------------------------------------------ empty inputs, huge paddings
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(1, 3, 8, 0), (1, 3, 0, 8), (0, 3, 8, 8)])
+def test_empty_inputs_give_what_the_reference_gives(kernel, shape):
+    """A map of width or height 0 padded to a real size (the int8 packer divided by the width:
+    SIGFPE), and a batch of 0 images (a thread split clamped to 0 images: undefined)."""
+    x = np.zeros(shape, np.uint8)
+    w = np.random.default_rng(0).integers(0, 4, (4, 3, 3, 3), dtype=np.uint8)
+    pw = K.pack_weights(w, 2)
+    th = np.tile(np.array([[-5, 0, 5]], np.int32), (4, 1))
+    d = np.ones(4, np.int8)
+    want = R.bitconv2d_requant(x, pw, 2, 1, 5, th, d)
+    with K.use_kernel(kernel):
+        for threads in (1, 2):
+            got = K.bitconv2d(x, w, 2, 2, padding=5, threads=threads)
+            assert got.shape == want.shape and not got.any()
+            signed = K.bitconv2d_signed(x, pw, 2, 1, 5, threads)
+            assert np.array_equal(signed, R.bitconv2d_signed(x, pw, 2, 1, 5))
+            assert np.array_equal(K.bitconv2d_requant(x, pw, 2, 1, 5, th, d, threads), want)
+
+
+@pytest.mark.parametrize("kernel", NATIVE)
+def test_a_padding_that_overflows_the_padded_size_is_refused(kernel):
+    """(H + 2p)(W + 2p) at p = 2**31 - 4 is 2**64: it wrapped to 0, and the packing wrote past
+    a buffer of that size (segfault)."""
+    x = np.ones((1, 3, 8, 8), np.uint8)
+    w = np.ones((4, 3, 3, 3), np.uint8)
+    with K.use_kernel(kernel):
+        for pad in (2**31 - 4, 2**61 - 4):
+            with pytest.raises(ValueError, match=r"larger than 2\*\*40 elements"):
+                K.bitconv2d(x, w, 2, 1, stride=2**32, padding=pad)
+        if kernel.startswith("popcount"):  # the float layers run beside the popcount kernels
+            xf = np.ones((1, 3, 8, 8), np.float32)
+            wf, b = np.ones((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)
+            with pytest.raises(ValueError, match=r"larger than 2\*\*40 elements"):
+                K.conv_float(xf, wf, b, 2**32, 2**31 - 4)
+            with pytest.raises(ValueError, match=r"larger than 2\*\*40 elements"):
+                K.conv_float_quantize(xf, wf, b, 2**32, 2**31 - 4, 1, 2)
+
+
+def test_float_helpers_refuse_what_they_would_cast():
+    d = np.zeros((1, 2, 3, 3), np.int64)
+    ones = np.ones(2, np.float32)
+    for kernel in ("reference", *NATIVE[:1]):
+        with K.use_kernel(kernel):
+            for bad in (d + 2**31 + 5, d.astype(np.float32) + 2.7, d.astype(np.uint32)):
+                with pytest.raises(TypeError, match="d must be an int32 array"):
+                    K.scale_int_float(bad, ones, ones, False)
+            x = np.ones((1, 2, 6, 6), np.float32)
+            w, b = np.ones((3, 2, 3, 3), np.float32), np.zeros(3, np.float32)
+            for pool, match in (((0, 1, 0), "pool kernel must be an int >= 1"),
+                                ((2, 0, 0), "pool stride must be an int >= 1"),
+                                ((2, 2, 2), "more than half the pool kernel")):  # fmt: skip
+                with pytest.raises((TypeError, ValueError), match=match):
+                    K.conv_float(x, w, b, 1, 0, pool=pool)
+            with pytest.raises(ValueError, match="pool kernel must be an int >= 1"):
+                K.maxpool_codes(np.zeros((1, 2, 4, 4), np.uint8), 0, 1, 0)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_requant_thresholds_at_the_int32_ends(kernel):
+    """All thresholds INT32_MIN (every code the top) or INT32_MAX (every code 0): the table's
+    line fit added 1 to INT32_MAX in int32 (undefined; the sanitizer build stopped there)."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 4, (2, 5, 6, 6), dtype=np.uint8)
+    pw = K.pack_weights(rng.integers(0, 2, (3, 5, 3, 3), dtype=np.uint8), 1)
+    d = np.array([1, -1, 1], np.int8)
+    for end in (np.iinfo(np.int32).min, np.iinfo(np.int32).max):
+        th = np.full((3, 3), end, np.int32)
+        want = R.bitconv2d_requant(x, pw, 2, 1, 1, th, d)
+        with K.use_kernel(kernel):
+            assert np.array_equal(K.bitconv2d_requant(x, pw, 2, 1, 1, th, d), want)

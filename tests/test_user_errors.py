@@ -315,6 +315,13 @@ def test_use_kernel_takes_names_as_the_environment_variable_does():
     if "avx2" in {backend_of(k) for k in K.available_kernels()}:
         with K.use_kernel("AVX2") as upper, K.use_kernel("avx2") as lower:
             assert upper == lower
+        assert K.kernel_name(" AVX2 ") == K.kernel_name("avx2") == lower  # every name taker
+        previous = K.set_backend("AVX2")
+        try:
+            assert K.backend() == "avx2"
+        finally:
+            K.set_backend(None)
+        assert previous == K.backend()
 
 
 def test_a_binary_grid_file_is_named(tmp_path):

@@ -86,7 +86,8 @@ def weight_codes(w: Tensor, k: int) -> tuple[Tensor, float]:
     ``quantize_weight(w, k) = s (2p - n)``, n = 2^k - 1 (the same float ops decide p in both):
 
     * ``k = 1``:      ``p = [w >= 0]``, ``s = E = mean(|w|)``;
-    * ``1 < k <= 8``: ``p = round(n u)``, ``u = tanh(w) / (2 max|tanh(w)|) + 1/2``, ``s = 1/n``.
+    * ``1 < k <= 8``: ``p = round(n u)``, ``u = tanh(w) / (2 max|tanh(w)|) + 1/2``, ``s = 1/n``
+      (NaN if a weight is NaN).
 
     Computed on ``w.detach()`` in w's dtype and device (export passes float32 on the CPU).
     """
@@ -97,7 +98,10 @@ def weight_codes(w: Tensor, k: int) -> tuple[Tensor, float]:
         p, e = _sign_codes(w)
         return p.to(torch.uint8), float(e)
     n = _levels(k)
-    return _codes(_tanh_unit(w.detach()), n).to(torch.uint8), 1.0 / n
+    # A NaN weight makes every f_w NaN (max|tanh(w)| is NaN), which codes cannot hold: the scale
+    # carries it, as E does for k = 1 (the int engine then outputs NaN, as the torch engine).
+    scale = float("nan") if bool(torch.isnan(w).any()) else 1.0 / n
+    return _codes(_tanh_unit(w.detach()), n).to(torch.uint8), scale
 
 
 class _ActQuantFn(torch.autograd.Function):

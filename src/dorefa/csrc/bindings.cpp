@@ -93,6 +93,7 @@ ConvGeom ConvGeomOf(const CodeArray& x, int64_t o, int64_t c, int64_t kh, int64_
     return "x_codes has " + std::to_string(x.shape(1)) + " channels but the weights expect " +
            std::to_string(c);
   });
+  CheckPaddedSize(x.shape(0), c, x.shape(2), x.shape(3), padding);
   ConvGeom g = WeightGeom(o, c, kh, kw, w_bits);
   g.n = x.shape(0);
   g.h = x.shape(2);
@@ -219,6 +220,7 @@ FloatConvGeom FloatGeomOf(const FloatArray& x, const FloatArray& weight, const F
   g.kw = weight.shape(3);
   Require(weight.shape(1) == g.c && bias.shape(0) == g.o && g.o >= 1 && g.kh >= 1 && g.kw >= 1,
           "weight / bias do not fit the input");
+  CheckPaddedSize(g.n, g.c, g.h, g.w, padding);
   Require(g.h + 2 * padding >= g.kh && g.w + 2 * padding >= g.kw,
           "kernel larger than the padded input");
   g.stride = stride;

@@ -31,6 +31,21 @@ inline void CheckBits(const char* name, int bits) {
   });
 }
 
+// The most elements a padded input may have, N x C x (H + 2p) x (W + 2p) (N taken as at least 1):
+// the kernels' buffer sizes stay far inside int64 (a padding of 2^31 - 4 made (H + 2p)(W + 2p)
+// wrap to 0, and the packing wrote past its buffer).
+constexpr double kMaxPaddedElements = 1099511627776.0;  // 2^40
+
+inline void CheckPaddedSize(int64_t n, int64_t c, int64_t h, int64_t w, int64_t pad) {
+  const double e = static_cast<double>(std::max<int64_t>(n, 1)) * static_cast<double>(c) *
+                   (static_cast<double>(h) + 2.0 * static_cast<double>(pad)) *
+                   (static_cast<double>(w) + 2.0 * static_cast<double>(pad));
+  RequireOr(e <= kMaxPaddedElements, [&] {
+    return "padding " + std::to_string(pad) + " makes the padded input N*C*(H+2p)*(W+2p) " +
+           "larger than 2**40 elements; use a smaller padding";
+  });
+}
+
 // The most threads a call takes (the module's MAX_THREADS; dorefa.runtime checks it at load).
 constexpr int kMaxThreads = 1024;
 

@@ -149,7 +149,9 @@ uint8_t PackBand(const ConvGeom& g, const Int8Geom& q, const uint8_t* x, int32_t
 }
 
 // Padded rows per packing item: about 128 pixels of the plane (8 transposes), at least one row.
-int64_t BandRows(const ConvGeom& g) { return std::max<int64_t>(1, (128 + g.w - 1) / g.w); }
+int64_t BandRows(const ConvGeom& g) {  // (an input of width 0 still has padded rows)
+  return std::max<int64_t>(1, (128 + g.w - 1) / std::max<int64_t>(g.w, 1));
+}
 
 }  // namespace
 

@@ -58,7 +58,7 @@ struct RhoRange {
     for (int64_t j = 0; j < t; ++j) {
       const double jd = static_cast<double>(j) * step;
       if (row[j] - jd > lo) lo = row[j] - jd, ja = j;
-      if (row[j] + 1 - jd < hi) hi = row[j] + 1 - jd, jb = j;
+      if (row[j] + 1.0 - jd < hi) hi = row[j] + 1.0 - jd, jb = j;  // (int32 + 1 overflows)
     }
   }
   bool Fits() const { return lo < hi; }

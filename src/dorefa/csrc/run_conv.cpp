@@ -117,6 +117,7 @@ int64_t FieldBufferBytes(int64_t bytes) {
 
 uint8_t RunConv(const KernelEntry& kernel, const ConvGeom& g, const uint8_t* x, const uint64_t* wpk,
                 const ConvOutput& out, int threads, bool fields) {
+  if (g.n == 0) return 0;  // no image: nothing to read or write (the kernels' splits assume one)
   if (kernel.int8 != nullptr) return RunInt8Conv(*kernel.int8, g, x, wpk, out, threads);
   if (fields) return RunFields(kernel, g, x, wpk, out, threads);
   uint64_t* xpk = packed.Get(static_cast<size_t>(g.XpkSize()));

@@ -248,6 +248,8 @@ def conv_float(
     ``pool = (k, s, p)`` the max-pool that follows it (:func:`maxpool_float`) is fused in: the
     same values as pooling this function's output, without making that output whole."""
     kernel = _current_kernel()
+    if pool is not None:
+        pool = _check_pool(*pool)
     if kernel == _REFERENCE:
         y = reference.conv_float(x, weight, bias, stride, padding)
         return y if pool is None else reference.maxpool_float(y, *pool)
@@ -271,11 +273,23 @@ def linear_float(
     return _native.linear_float(x, weight, bias, vector, threads)
 
 
+def _check_pool(kernel: object, stride: object, padding: object) -> tuple[int, int, int]:
+    """A max-pool's (kernel, stride, padding) as the native pools take them: ints, kernel and
+    stride >= 1, 0 <= padding <= kernel / 2 (each path refuses the rest alike)."""
+    k = reference._check_int("pool kernel", kernel, 1)
+    s = reference._check_int("pool stride", stride, 1)
+    p = reference._check_int("pool padding", padding, 0)
+    if 2 * p > k:
+        raise ValueError(f"pool padding {p} is more than half the pool kernel {k}")
+    return k, s, p
+
+
 def maxpool_float(
     x: np.ndarray, kernel: int, stride: int, padding: int, threads: int = 1
 ) -> np.ndarray:
     """Max-pool of a float32 map (N, C, H, W), padding -inf, NaN propagating (as torch):
     float32 (N, C, H', W'); exact (a max), so every path gives the same array."""
+    kernel, stride, padding = _check_pool(kernel, stride, padding)
     x = np.ascontiguousarray(x, np.float32)
     if _current_kernel() == _REFERENCE:
         return reference.maxpool_float(x, kernel, stride, padding)
@@ -287,6 +301,7 @@ def maxpool_codes(
 ) -> np.ndarray:
     """Max-pool of uint8 codes (N, C, H, W), padding = code 0: uint8 (N, C, H', W')."""
     x = reference.check_code_array("x_codes", x_codes, "(N, C, H, W)")
+    kernel, stride, padding = _check_pool(kernel, stride, padding)
     if _current_kernel() == _REFERENCE:
         return reference.maxpool_codes(x, kernel, stride, padding)
     return _native.maxpool_codes(x, kernel, stride, padding, threads)
@@ -352,13 +367,18 @@ def scale_int_float(
     clipped to [0, 1] when ``clip``), the same bits as :func:`reference.scale_int_float`; with
     ``residual`` (float32, D's shape; not with ``clip``) that output plus it, one pass (a residual
     addition fused in: the same bits as adding afterwards)."""
+    if not isinstance(d, np.ndarray) or d.dtype != np.int32:  # a cast would wrap or truncate
+        raise TypeError(
+            f"d must be an int32 array (a convolution's signed sums D), got "
+            f"{getattr(d, 'dtype', type(d).__name__)}"
+        )
     _check_channels(d, alpha, beta)
     if residual is not None:
         residual = np.ascontiguousarray(residual, np.float32)
     if _current_kernel() == _REFERENCE:
         y = reference.scale_int_float(d, alpha, beta, clip)
         return y if residual is None else y + residual
-    d = np.ascontiguousarray(d, np.int32)
+    d = np.ascontiguousarray(d)
     return _native.scale_int_float(d, alpha, beta, clip, threads, residual)
 
 

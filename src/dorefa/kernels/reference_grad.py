@@ -53,12 +53,13 @@ dW NaN.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..geometry import conv_out_size
-from .reference import check_bits, check_code_array, check_code_range
+from .reference import _check_int, check_bits, check_code_array, check_code_range
 
 __all__ = [
     "InputGrad",
@@ -197,6 +198,7 @@ def check_geometry(
 ) -> tuple[int, int]:
     """The forward input's (H, W); ValueError unless the gradient's spatial shape ``out_hw`` is
     what a ``kernel`` conv with this stride and padding makes of it."""
+    stride, padding = _check_int("stride", stride, 1), _check_int("padding", padding, 0)
     h, w = (int(v) for v in hw)
     want = (
         conv_out_size(h, kernel[0], stride, padding),
@@ -258,6 +260,10 @@ def grid_scales(m: np.ndarray, n_g: int, n_a: int, factor: float = 1.0) -> tuple
     ``rint(float64(m_b) * Q / M)``, ``divisor = ((n_g * n_a / factor) * Q) / M``, float64 steps
     in that order; ``factor`` scales the layer's input (a Dropout's 1 / (1 - p)). ``M = 0``: q = 0
     and divisor ``n_g n_a / factor``; a non-finite ``M``: q = NaN."""
+    if isinstance(factor, bool) or not isinstance(factor, int | float | np.floating | np.integer):
+        raise TypeError(f"factor must be a number (a Dropout's 1 / (1 - p)), got {factor!r}")
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be finite and > 0 (a Dropout's 1 / (1 - p)), got {factor}")
     m64 = np.asarray(m, np.float32).astype(np.float64).reshape(-1)
     base = n_g * n_a / factor
     top = float(m64.max()) if m64.size else 0.0

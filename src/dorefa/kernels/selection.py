@@ -85,7 +85,10 @@ def available_backends() -> list[str]:
 
 
 def resolve(name: str) -> str:
-    """The kernel a request names (``''``: the fastest); ValueError says what is available."""
+    """The kernel a request names (``''``: the fastest; case and surrounding blanks ignored, as
+    everywhere a name is taken); ValueError says what is available."""
+    if isinstance(name, str):
+        name = name.strip().lower()
     if native is not None:
         return native.resolve_kernel(name)
     if name in ("", REFERENCE):
@@ -101,7 +104,7 @@ def _process() -> str:
     """The process-wide kernel (resolving ``DOREFA_KERNEL`` at the first call)."""
     global _process_kernel, _process_forced
     if _process_kernel is None:
-        name = os.environ.get("DOREFA_KERNEL", "").strip().lower()
+        name = os.environ.get("DOREFA_KERNEL", "").strip()
         kernel = resolve(name)
         _process_forced = bool(name) or native is None  # no extension: the reference only
         _process_kernel = kernel
@@ -174,7 +177,7 @@ def use_kernel(name: str) -> Iterator[str]:
             f"use_kernel takes a kernel, family or backend name such as 'int8-vnni' or 'avx2' "
             f"(dorefa.kernels.available_kernels()), got {name!r}"
         )
-    kernel = resolve(name.strip().lower())  # as DOREFA_KERNEL is read
+    kernel = resolve(name)
     previous = getattr(_local, "kernel", None)
     _local.kernel = kernel
     try:

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
-from .reference import check_bits
+from .reference import check_bits, check_code_array
 from .reference_grad import check_geometry, grid_scales, scaled_batch_sum
 from .selection import REFERENCE
 
@@ -118,8 +118,8 @@ def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> 
 def _input_operands(c, g_bits, w_codes, stride, padding, input_hw):
     """(codes uint8, weight codes uint8, the forward input's (H, W)), checked."""
     check_bits("g_bits", g_bits)
-    c = np.ascontiguousarray(c, np.uint8)
-    w_codes = np.ascontiguousarray(w_codes, np.uint8)
+    c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
+    w_codes = check_code_array("w_codes", w_codes, "(O, C, KH, KW)")
     return c, w_codes, check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
 
 
@@ -272,8 +272,9 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     from .extension import native
 
     kh, kw = (int(k) for k in kernel)
-    q = np.asarray(a_codes)
-    check_geometry(np.shape(c)[2:], (kh, kw), stride, padding, q.shape[2:])
+    c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
+    q = check_code_array("a_codes", a_codes, "(N, C, H, W)")
+    check_geometry(c.shape[2:], (kh, kw), stride, padding, q.shape[2:])
     name = weight_grad_kernel()
     pixels = int(np.prod(np.shape(c)[2:]))
     n_g, n_a = (1 << check_bits("g_bits", g_bits)) - 1, (1 << check_bits("a_bits", a_bits)) - 1
@@ -287,8 +288,6 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
             stacklevel=3,
         )
         return None
-    c = np.ascontiguousarray(c, np.uint8)
-    q = np.ascontiguousarray(q, np.uint8)
     out = native.weight_grad(
         name, c, q, g_bits, a_bits, kh, kw, stride, padding, threads, scale, divisor
     )
