@@ -396,7 +396,7 @@ def test_imagefolder_classes_and_shapes(tmp_path):
     train = get_dataset(f"imagefolder:{tmp_path}", "train", image_size=32)
     assert isinstance(train, ImageFolderDataset)
     assert train.classes == ["ant", "zebra"] and train.num_classes == 2 and train.in_channels == 3
-    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert train.labels.tolist() == [0, 1, 0, 1, 0, 1]  # the classes in turn (--subset)
     for i in range(len(train)):
         x, _ = train[i]
         assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
@@ -448,7 +448,7 @@ def test_imagefolder_corrupt_image_names_the_file(tmp_path):
         ds[0]
     (tmp_path / "train" / "ant" / "11.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"ant/11\.png: cannot decode image"):
-        ds[1]
+        ds[2]  # ant's second file (the classes take turns)
 
 
 def test_imagefolder_errors(tmp_path):
@@ -568,3 +568,47 @@ def test_augment_names():
     assert default_augment("imagefolder") == "none"
     with pytest.raises(ValueError, match="known: cifar10"):
         default_augment("imagenet")
+
+
+# ---------------------------------------------------------------- found by a hostile review
+def test_hostile_shapes_and_labels_are_named(tmp_path):
+    """Images of 0 pixels a row, SVHN labels that are text, a CIFAR label past int64: a
+    DataError naming the file (each was a traceback)."""
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    write_idx(idx / "train-images-idx3-ubyte", np.zeros((4, 0, 28), np.uint8))
+    write_idx(idx / "train-labels-idx1-ubyte", np.arange(4, dtype=np.uint8))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: images of 0 x 28 pixels"):
+        get_dataset(f"idx:{idx}", "train")
+    svhn = make_svhn_dir(tmp_path / "svhn", n_test=0)
+    x = np.zeros((32, 32, 3, 2), np.uint8)
+    scipy.io.savemat(svhn / "test_32x32.mat", {"X": x, "y": np.array([["a"], ["b"]])})
+    with pytest.raises(DataError, match=r"test_32x32\.mat: y must hold whole numbers"):
+        get_dataset(f"svhn:{svhn}", "test")
+    cifar = make_cifar_dir(tmp_path / "cifar", sub=False)
+    bad = cifar_batch(4, 0)
+    bad[b"labels"] = [0, 1, 2**70, 3]
+    (cifar / "test_batch").write_bytes(pickle.dumps(bad))
+    with pytest.raises(DataError, match="test_batch: b'labels' must be a list of ints"):
+        get_dataset(f"cifar10:{cifar}", "test")
+
+
+def test_imagefolder_subset_takes_every_class_and_16_bit_grey_is_scaled(tmp_path):
+    from dorefa.data.imagefolder import ImageFolderDataset
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b", "c"):
+        for k in range(4):
+            save_image(
+                tmp_path / "train" / cls / f"{k}.png", rng.integers(0, 256, (8, 8, 3), np.uint8)
+            )
+    data = get_dataset(f"imagefolder:{tmp_path}", "train")
+    assert data.subset(6).labels.tolist() == [0, 1, 2, 0, 1, 2]  # not class a's only
+    assert len(data.subset(12)) == 12 and len(data.subset(100)) == 12
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(grey).save(path)
+    assert Image.open(path).mode.startswith("I")
+    ds = ImageFolderDataset([(path, 0)], ["a"], train=False, image_size=8, name="g")
+    got = np.asarray(ds.load(0))[..., 0]
+    assert np.array_equal(got, (grey.astype(np.int64) // 257).astype(np.uint8))  # not all 255

@@ -345,8 +345,51 @@ def test_result_rows_round_trip_through_the_csv(tmp_path):
     with pytest.raises(ValueError, match="lacks the column"):
         read_results(path)
     path.write_text("cell,model,data,W,A,G,width\nx,m,d,one,1,1,1\n")
-    with pytest.raises(ValueError, match="column W: 'one' is not an integer"):
+    with pytest.raises(ValueError, match="line 2: column W: 'one' is not an integer"):
         read_results(path)
+    write_results(path, rows)
+    path.write_bytes(path.read_bytes()[:-40])  # cut mid-line: its fields past the cut were None
+    with pytest.raises(ValueError, match=rf"{path}: line 3: has \d+ fields, the header \d+"):
+        read_results(path)
+
+
+def test_damaged_sweep_files_are_named_and_another_sweep_is_kept_out(tmp_path, capsys):
+    from dorefa.fileio import FolderLock
+    from dorefa.sweep.records import read_record
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "sweep.json").write_text("[1]")
+    args = ["sweep", "--grid", "tiny", "--epochs", "1", "--out", str(out)]
+    assert main(args) == 2
+    assert f"{out / 'sweep.json'}: holds a JSON list, not the dict" in capsys.readouterr().err
+    (out / "sweep.json").write_text("{x")
+    assert main(args) == 2
+    assert f"{out / 'sweep.json'}: not a JSON file" in capsys.readouterr().err
+    (out / "sweep.json").unlink()
+    lock = FolderLock(out, "`dorefa sweep`")
+    lock.acquire()  # a sweep running into this folder
+    try:
+        assert main(args) == 2
+        assert f"being written by another `dorefa sweep` (process {os.getpid()})" in (
+            capsys.readouterr().err
+        )
+    finally:
+        lock.release()
+    rec = tmp_path / "rec.json"
+    for damaged in ({"row": {}, "config": {}}, {"row": [], "config": {}},
+                    {"row": {}, "config": {}, "metrics": [{}]}):  # fmt: skip
+        rec.write_text(json.dumps(damaged))
+        with pytest.raises(ValueError, match=f"{rec}: a damaged cell record"):
+            read_record(rec)
+    rec.write_bytes(b"\xff\xfe binary")
+    with pytest.raises(ValueError, match=f"{rec}: not a cell record"):
+        read_record(rec)
+    page = tmp_path / "page"
+    page.mkdir()
+    assert main(["report", "--records", str(tmp_path), "--out", str(page)]) == 2
+    assert "is a folder; give the page's file" in capsys.readouterr().err
+    assert not list(page.iterdir())  # nothing written before the refusal
 
 
 def test_claims_are_checked_from_the_rows():

@@ -398,3 +398,16 @@ def test_a_subset_larger_than_the_data_says_it_takes_all(fashion_dir, capsys):
     assert len(train_set) == 60000 and len(test_set) == 10000
     assert "--subset 10000000 is more than the 60000 images" in err
     assert "--test-subset 1000000 is more than the 10000 images" in err
+
+
+def test_a_data_loader_workers_error_is_its_own_line():
+    """torch re-raises a worker's error with the worker's traceback in the message."""
+    from dorefa.cli import _one_line
+
+    exc = ValueError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1, in f\n    raise DataError(m)\n'
+        "dorefa.data.errors.DataError: /d/a/bad.png: cannot decode image (OSError: truncated)\n"
+    )
+    assert _one_line(exc) == "/d/a/bad.png: cannot decode image (OSError: truncated)"
+    assert _one_line(ValueError("two\nlines")) == "two lines"

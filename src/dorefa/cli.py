@@ -209,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if any(ln.startswith("Original Traceback") for ln in lines):
+        # a DataLoader worker's error re-raised with the worker's traceback in the message:
+        # its last line is "module.ErrorType: message"
+        return lines[-1].split(": ", 1)[-1]
     return " ".join(lines) or type(exc).__name__
 
 

@@ -8,6 +8,7 @@ reader sees either the old file or the whole new one. A failed write removes its
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -75,3 +76,57 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
     """``fig.savefig`` through :func:`atomic_write` (the format is taken from ``path``'s suffix)."""
     fmt = kwargs.pop("format", Path(path).suffix.lstrip(".") or "png")
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
+class FolderLock:
+    """An exclusive lock on a folder while one process writes it (``flock`` on ``folder/.lock``,
+    which holds the holder's pid): a second writer stops before it writes anything. Released by
+    :meth:`release` or when the process ends (the kernel drops the lock with the file)."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        self.folder = Path(folder)
+        self.what = what  # the writer, for the message: "`dorefa train`"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create the folder if needed and take the lock; ValueError names the holder."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"{self.folder} is being written by another {self.what} (process {holder}); "
+                "wait for it to end, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the flock
+            self._fd = None
+
+
+def read_json(path: str | os.PathLike, kind: type = dict) -> object:
+    """The JSON value of ``path``, which must be a ``kind``; ValueError names the file."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a JSON file ({exc}); move it away or delete it") from None
+    if not isinstance(value, kind):
+        raise ValueError(
+            f"{path}: holds a JSON {type(value).__name__}, not the {kind.__name__} expected; "
+            "move it away or delete it"
+        )
+    return value

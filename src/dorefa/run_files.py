@@ -15,13 +15,11 @@ that the next resume drops and trains again.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from .fileio import atomic_savefig, atomic_write_text
+from .fileio import FolderLock, atomic_savefig, atomic_write_text
 
 NAMES = ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png")
-LOCK = ".lock"
 # The settings that decide the weights a run ends with: ``--resume`` keeps them (config.json's),
 # else its weights would not be those of the uninterrupted run. (bits, width, model and data
 # are the checkpoint's meta, checked by checkpoint.restore; epochs, threads, workers, device and
@@ -71,10 +69,10 @@ def _run_file(path: Path) -> bool:
         text = path.read_text(errors="replace")
     except OSError:
         return False
-    return not text.strip() or bool(_read_rows(path))
+    return not text.strip() or bool(read_rows(path))
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     """The epoch rows of metrics.jsonl; a line that is not a JSON row with an "epoch" (a
     partial line, from an older version that appended in place) is skipped."""
     rows = []
@@ -97,7 +95,7 @@ class RunFiles:
         self.checkpoint = self.out / "checkpoint.pt"
         self.metrics = self.out / "metrics.jsonl"
         self.history: list[dict] = []
-        self._lock_fd: int | None = None
+        self._lock = FolderLock(self.out, "`dorefa train`")
 
     def check_fresh(self, resume: bool) -> None:
         """Refuse an --out that is a file, a new run over an existing one, and a folder whose
@@ -151,7 +149,7 @@ class RunFiles:
     def read_history(self, start_epoch: int) -> None:
         """The metrics rows of the ``start_epoch`` finished epochs (read on every rank: the
         flatness rule of ``until_flat`` needs them)."""
-        rows = _read_rows(self.metrics) if self.metrics.exists() else []
+        rows = read_rows(self.metrics) if self.metrics.exists() else []
         self.history = [h for h in rows if h["epoch"] <= start_epoch]
 
     def start(self, config: dict) -> None:
@@ -159,40 +157,16 @@ class RunFiles:
         :meth:`read_history` (a run with nothing left to train writes nothing)."""
         if not self.enabled:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self._lock.acquire()  # creates the folder
         for name in NAMES:  # temp files of writes that a kill interrupted
             for stale in self.out.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
         self._write_metrics()
 
-    def _lock(self) -> None:
-        """Hold the folder's lock until :meth:`close` (or the process ends); raise ValueError
-        naming the process that holds it."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return
-        fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ValueError(
-                f"{self.out} is being written by another `dorefa train` (process {holder}); "
-                "wait for it to end, or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
     def close(self) -> None:
-        """Release the folder's lock (closing its file releases the flock)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        """Release the folder's lock."""
+        self._lock.release()
 
     def add_epoch(self, row: dict) -> None:
         """Record a finished epoch (rank 0: metrics.jsonl rewritten whole, atomically)."""

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .argtypes import WIDTH
 from .bits import Bits
 
 __all__ = ["cmd_summary", "load_summary", "register_cli"]
@@ -151,7 +152,7 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument(
         "--width",
-        type=_positive(float, most=16.0),
+        type=WIDTH,  # the models' own range
         default=None,
         metavar="F",
         help="channel multiplier of a model name (default 1.0)",

@@ -29,6 +29,8 @@ class ArrayDataset(Dataset):
             raise ValueError(
                 f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
             )
+        if 0 in images.shape[1:]:
+            raise ValueError(f"images of shape {tuple(images.shape[1:])} hold no pixels")
         if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(
                 f"labels must be integer (N,), got {labels.dtype} {tuple(labels.shape)}"

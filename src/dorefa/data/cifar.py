@@ -110,8 +110,11 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{path}: b'data' must be uint8 (N, 3072), got {got}")
     try:
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
+        raw = np.asarray(labels)
+        if raw.dtype.kind not in "iu" or raw.ndim != 1:  # not floats (1.7 would become 1)
+            raise TypeError(f"got {raw.dtype} {raw.shape}")
+        labels = raw.astype(np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
         raise DataError(f"{path}: b'labels' must be a list of ints ({e})") from None
     if len(labels) != len(data):
         raise DataError(f"{path}: label count {len(labels)} != image count {len(data)}")

@@ -147,6 +147,8 @@ def load_idx(
     labels = read_idx(lab_path, LABELS_MAGIC)  # (N,)
     if len(images) == 0:
         raise DataError(f"{img_path}: no images (the header says 0); the {split} split is empty")
+    if 0 in images.shape[1:]:
+        raise DataError(f"{img_path}: images of {images.shape[1]} x {images.shape[2]} pixels")
     if len(labels) != len(images):
         raise DataError(
             f"{lab_path}: label count {len(labels)} != image count {len(images)} in {img_path.name}"

@@ -16,6 +16,7 @@ call :meth:`ImageFolderDataset.set_epoch` at the start of each epoch.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from pathlib import Path
@@ -43,6 +44,17 @@ def _list_images(folder: Path) -> list[Path]:
         for e in os.scandir(folder)
         if e.is_file() and e.name.lower().endswith(EXTENSIONS) and not e.name.startswith(".")
     )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB. 16- and 32-bit integer grey (PNG's I;16, I) is scaled from 0..65535 to 0..255
+    (``convert`` clips it: every pixel above 255 came out white); float grey (F) is refused."""
+    if img.mode == "F":
+        raise ValueError("32-bit float pixels: save the image with 8 or 16 bits a channel")
+    if img.mode.startswith("I"):
+        grey = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray((np.clip(grey, 0, 65535) // 257).astype(np.uint8), mode="L")
+    return img.convert("RGB")
 
 
 def random_resized_crop_box(
@@ -125,7 +137,7 @@ class ImageFolderDataset(Dataset):
         path = self.samples[i][0]
         try:
             with Image.open(path) as img:
-                return img.convert("RGB")  # convert() forces the full decode inside the try
+                return _to_rgb(img)  # converting forces the full decode inside the try
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
 
@@ -144,7 +156,7 @@ class ImageFolderDataset(Dataset):
         return x, self.samples[i][1]  # (3, S, S) uint8
 
     def subset(self, n: int) -> ImageFolderDataset:
-        """The first n items (in sorted class, then file-name order)."""
+        """The first n items (the classes in turn: load_imagefolder's order)."""
         if n < 0:
             raise ValueError(f"subset size must be >= 0, got {n}")
         ds = ImageFolderDataset(
@@ -173,11 +185,14 @@ def load_imagefolder(
     if not classes:
         raise DataError(f"{class_dir}: no class folders (expected {class_dir}/<class>/*.jpg)")
     index = {c: k for k, c in enumerate(classes)}
-    samples: list[tuple[Path, int]] = []
+    per_class: list[list[tuple[Path, int]]] = []
     for c in _list_classes(split_dir):
         if c not in index:
             raise DataError(f"{split_dir / c}: class {c!r} is not among the classes of {class_dir}")
-        samples += [(p, index[c]) for p in _list_images(split_dir / c)]
+        per_class.append([(p, index[c]) for p in _list_images(split_dir / c)])
+    # The classes in turn (each class's files in name order), so that the first n items, which
+    # --subset takes, hold every class: in class order they would all be the first class's.
+    samples = [s for turn in itertools.zip_longest(*per_class) for s in turn if s is not None]
     if not samples:
         raise DataError(f"{split_dir}: no images ({'/'.join(EXTENSIONS)}) in any class folder")
     return ImageFolderDataset(

@@ -39,8 +39,10 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if key not in mat:
             raise DataError(f"{path}: no variable {key!r} (expected X (32,32,3,N) and y (N,1))")
     x, y = mat["X"], mat["y"]
-    if x.ndim != 4 or x.shape[2] != 3 or x.dtype != np.uint8:
+    if x.ndim != 4 or x.shape[2] != 3 or x.dtype != np.uint8 or 0 in x.shape[:2]:
         raise DataError(f"{path}: X must be uint8 (H, W, 3, N), got {x.dtype} {x.shape}")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise DataError(f"{path}: y must hold whole numbers 1..10, got {y.dtype}")
     y = y.reshape(-1)
     if len(y) != x.shape[3]:
         raise DataError(f"{path}: label count {len(y)} != image count {x.shape[3]}")

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..fileio import FolderLock, atomic_write_text, read_json
 
 # A sweep's settings: every cell gets the same budget; resuming with different ones is refused.
 SETTING_KEYS = (
@@ -84,7 +84,7 @@ def cfg_dict(cfg: SweepConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def check_settings(cfg: SweepConfig, out: Path) -> None:
+def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) -> None:
     """Refuse a model, data spec or --out that cannot work before any cell starts; write
     ``out/sweep.json`` on the first run; refuse a later run with other settings."""
     from ..data import check_spec
@@ -98,10 +98,12 @@ def check_settings(cfg: SweepConfig, out: Path) -> None:
     for folder in filter(None, (cfg.records, *cfg.done_records)):
         if Path(folder).exists() and not Path(folder).is_dir():
             raise ValueError(f"--records {folder} is a file, not a folder; give a folder")
+    if lock is not None:  # before sweep.json is read or written
+        lock.acquire()
     settings = {k: getattr(cfg, k) for k in SETTING_KEYS}
     path = out / "sweep.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())

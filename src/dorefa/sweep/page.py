@@ -72,6 +72,10 @@ def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> li
     """Write ``csv_path``, the plots beside it and ``out_md`` from the records in ``sources``
     (record folders); returns the rows (every cell, every seed)."""
     sources = [sources] if isinstance(sources, str | Path) else list(sources)
+    if Path(out_md).is_dir():  # before the CSV and plots go beside it
+        raise ValueError(
+            f"--out {out_md} is a folder; give the page's file (e.g. {Path(out_md) / 'results.md'})"
+        )
     records = read_records(sources)
     if not records:
         raise FileNotFoundError(

@@ -96,12 +96,30 @@ def read_record(path: Path) -> dict:
     """One record; ValueError naming the file if it is not one."""
     try:
         rec = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         msg = f"{path}: not a cell record ({exc}); delete it to train the cell again"
         raise ValueError(msg) from None
     if not isinstance(rec, dict) or "row" not in rec or "config" not in rec:
         raise ValueError(f"{path}: not a cell record (no 'row'/'config'); delete it or move it")
+    metrics = rec.get("metrics", [])
+    shaped = isinstance(rec["row"], dict) and isinstance(rec["config"], dict)
+    shaped = shaped and isinstance(metrics, list)
+    shaped = shaped and all(isinstance(m, dict) and _number(m.get("test_acc")) for m in metrics)
+    try:
+        if shaped:
+            CellResult.from_dict(rec["row"])
+    except (TypeError, ValueError):
+        shaped = False
+    if not shaped:
+        raise ValueError(
+            f"{path}: a damaged cell record (its row, config or metrics are not as written); "
+            "delete it to train the cell again"
+        )
     return rec
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def read_records(folders) -> list[dict]:

@@ -7,11 +7,10 @@ re-renders the same file at any time; the claims themselves are data in
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json
 from .claims import CLAIMS, TOL, Claim, pair_diff
 from .config import SETTING_KEYS
 from .results import CellResult, read_results
@@ -246,16 +245,13 @@ def render_report(out: str | Path) -> list[CellResult]:
     csv_path = out / "results.csv"
     if not csv_path.exists():
         raise FileNotFoundError(f"{csv_path}: no results yet; run `dorefa sweep --out {out}` first")
-    try:
-        rows = read_results(csv_path)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{csv_path}: not a sweep results file ({exc})") from None
+    rows = read_results(csv_path)  # its errors name the file and the line
     if not rows:  # keep the report that is there
         raise ValueError(
             f"{csv_path} holds no cells; run `dorefa sweep --out {out}` to record some first"
         )
     settings_path = out / "sweep.json"
-    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    settings = read_json(settings_path) if settings_path.exists() else {}
     plots = plot_all(rows, out)
     atomic_write_text(out / "results.md", render_markdown(rows, settings, out, plots))
     return rows

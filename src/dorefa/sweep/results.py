@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from ..run_files import read_rows
 
 
 @dataclass
@@ -115,8 +115,22 @@ def read_results(path: Path) -> list[CellResult]:
     """The rows of ``results.csv`` ([] if it does not exist); ValueError if it is not one."""
     if not Path(path).exists():
         return []
-    with open(path, newline="") as f:
-        return [CellResult.from_csv(row) for row in csv.DictReader(f)]
+    rows = []
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                fields = sum(v is not None for k, v in row.items() if k is not None)
+                if fields != len(reader.fieldnames or ()) or None in row:  # cut short, or extra
+                    raise ValueError(
+                        f"has {fields + len(row.get(None) or ())} fields, the header "
+                        f"{len(reader.fieldnames or ())} (a truncated or edited file: delete the "
+                        "line, or the file to record every cell again)"
+                    )
+                rows.append(CellResult.from_csv(row))
+        except (ValueError, csv.Error) as exc:
+            raise ValueError(f"{path}: line {reader.line_num}: {exc}") from None
+    return rows
 
 
 def write_results(path: Path, rows: list[CellResult]) -> None:
@@ -132,4 +146,4 @@ def read_metrics(path: Path) -> list[dict]:
     """A cell's ``metrics.jsonl`` (one dict per finished epoch, written by ``dorefa train``)."""
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return read_rows(path)  # the training's reader: a line that is not a row is skipped

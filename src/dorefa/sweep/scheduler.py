@@ -27,6 +27,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from ..fileio import FolderLock
 from .children import Children, last_error
 from .config import SweepConfig, cell_done, cfg_dict, check_settings, sweep_seeds
 from .costs import cell_costs
@@ -357,7 +358,16 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
     out = Path(cfg.out)
     for cell in cells:  # a setting out of range is an error now, not a failure of every cell
         train_command(cfg, cell, out / "cells" / cell.name(cfg.model), None)
-    check_settings(cfg, out)
+    lock = FolderLock(out, "`dorefa sweep`")  # two sweeps into one folder lost rows
+    try:
+        check_settings(cfg, out, lock)
+        return _run(cfg, cells, out, log)
+    finally:
+        lock.release()
+
+
+def _run(cfg: SweepConfig, cells: list, out: Path, log) -> list[CellResult]:
+    """run_sweep's work, with the folder's lock held."""
     sweep = _Sweep(cfg, cells, out, log)
     log(
         f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(sweep.pending)} already done"
