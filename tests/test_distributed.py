@@ -413,3 +413,27 @@ def test_torchrun_group_of_one_equals_a_plain_run(tmp_path, fashion_dir):
         for d in ("one", "plain")
     ]
     assert hashes[0] == hashes[1]
+
+
+def test_a_locked_run_folder_stops_every_rank(tmp_path, fashion_dir):
+    """Rank 0 alone takes the folder's lock; had the others not learnt that it failed, they would
+    have waited in their first collective (gloo's 30-minute timeout) and the lock's message
+    would have been lost to the barrier's error."""
+    from dorefa.fileio import FolderLock
+
+    out = tmp_path / "held"
+    lock = FolderLock(out, "`dorefa train`")
+    lock.acquire()  # a run training in the folder
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "dorefa", "train", *TINY, "--nproc", "2", "--out", str(out)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        lock.release()
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"being written by `dorefa train` (process {os.getpid()})" in p.stderr
+    assert sorted(os.listdir(out)) == [".lock"]  # nothing else read or written

@@ -536,3 +536,17 @@ def test_package_exports_the_export_function():
     import dorefa.exporter
 
     assert dorefa.export is dorefa.exporter.export and callable(dorefa.export)
+
+
+@pytest.mark.parametrize("bits", ["1,2,6", "2,2,6", "4,4,32"])
+def test_nan_weights_are_refused_at_export(tmp_path, bits):
+    """A NaN weight gives scale NaN (every W): export refuses it rather than folding it into
+    thresholds that make a layer output one code."""
+    from dorefa.nn import QConv2d
+
+    m = _calibrated("svhn", bits, 0.125, 1, 40)
+    conv = next(mod for mod in m.modules() if isinstance(mod, QConv2d) and mod.w_bits < 32)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ExportError, match="weights are not finite"):
+        export(m, tmp_path / "m.dorefa")

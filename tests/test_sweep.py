@@ -371,7 +371,7 @@ def test_damaged_sweep_files_are_named_and_another_sweep_is_kept_out(tmp_path, c
     lock.acquire()  # a sweep running into this folder
     try:
         assert main(args) == 2
-        assert f"being written by another `dorefa sweep` (process {os.getpid()})" in (
+        assert f"being written by `dorefa sweep` (process {os.getpid()})" in (
             capsys.readouterr().err
         )
     finally:

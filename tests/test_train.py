@@ -394,7 +394,11 @@ def test_checkpoint_keys_and_restore_errors(run_two_epochs, tmp_path):
 def test_run_files_drop_rows_after_the_checkpoint_and_stale_temp_files(tmp_path):
     from dorefa.run_files import RunFiles
 
+    def alone(values):  # one process: the ranks' sum is its own
+        return values
+
     files = RunFiles(tmp_path)
+    files.lock(alone)
     rows = [{"epoch": e, "train_loss": 1.0} for e in (1, 2, 3)]
     text = "".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 4, "train_lo'
     files.metrics.write_text(text)  # a partial last line, as a kill mid-append leaves
@@ -407,14 +411,17 @@ def test_run_files_drop_rows_after_the_checkpoint_and_stale_temp_files(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [".lock", "config.json", "metrics.jsonl"]
     files.add_epoch({"epoch": 3, "train_loss": 0.5})
     assert len(files.metrics.read_text().splitlines()) == 3
-    with pytest.raises(ValueError, match=rf"being written by another .* \(process {os.getpid()}\)"):
-        RunFiles(tmp_path).start({"b": 2})  # a second run into the folder, while this one trains
+    held = rf"{tmp_path} is being written by `dorefa train` \(process {os.getpid()}\)"
+    with pytest.raises(ValueError, match=held):
+        RunFiles(tmp_path).lock(alone)  # a second run into the folder, while this one trains
     files.close()
     again = RunFiles(tmp_path)
-    again.start({"b": 2})  # the lock is free again
+    again.lock(alone)  # the lock is free again
+    again.start({"b": 2})
     again.close()
     assert json.loads((tmp_path / "config.json").read_text()) == {"b": 2}
     silent = RunFiles(tmp_path / "rank1", enabled=False)
+    silent.lock(alone)  # rank 1 takes no lock
     silent.read_history(0)
     silent.start({})
     silent.add_epoch({"epoch": 1})

@@ -110,6 +110,15 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_train(one_epoch, tmp_
     assert {n: (out / n).read_bytes() for n in before} == before  # its record is not rewritten
 
 
+def test_a_run_that_stops_before_writing_leaves_no_folder(tmp_path, fashion_dir):
+    """The lock is taken before the folder is read (it makes the folder); a run refused after
+    that takes the folder away again if it holds nothing else."""
+    out = tmp_path / "new"
+    with pytest.raises(ValueError, match="no such folder"):
+        train(TrainConfig(bits="1,2,6", out=str(out), **TINY | {"data": f"idx:{tmp_path}/none"}))
+    assert not out.exists()
+
+
 def test_a_new_run_keeps_files_it_did_not_write(tmp_path, fashion_dir):
     out = tmp_path / "notes"
     out.mkdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,14 +39,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f"{path} exists and is not a regular file (a folder, a device or a pipe); give the "
             "path of a file to write"
         )
-    folder = next((p for p in path.parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():  # mkdir would say "File exists"
-        raise WriteError(
-            f"cannot write {path}: {folder} is a file, not a folder; give a path in a folder"
-        )
     try:
+        folder = next((p for p in path.parents if p.exists()), None)
+        if folder is not None and not folder.is_dir():  # mkdir would say "File exists"
+            raise WriteError(
+                f"cannot write {path}: {folder} is a file, not a folder; give a path in a folder"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except WriteError:
+        raise
     except OSError as exc:  # name the file asked for, not the temporary one
         raise WriteError(
             f"cannot write {path}: {exc.strerror or exc}; give a path in a writable folder"
@@ -80,8 +83,11 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
 
 class FolderLock:
     """An exclusive lock on a folder while one process writes it (``flock`` on ``folder/.lock``,
-    which holds the holder's pid): a second writer stops before it writes anything. Released by
-    :meth:`release` or when the process ends (the kernel drops the lock with the file)."""
+    which names the holder: its pid and what it is): a second writer stops before it writes
+    anything. Released by :meth:`release` or when the process ends (the kernel drops the lock
+    with the file; forked children, such as DataLoader workers, hold it until they end too).
+    Where the file system cannot lock, or the lock file is not ours to open, the writer warns and
+    goes on unlocked, as it did before there was a lock."""
 
     NAME = ".lock"
 
@@ -89,6 +95,8 @@ class FolderLock:
         self.folder = Path(folder)
         self.what = what  # the writer, for the message: "`dorefa train`"
         self._fd: int | None = None
+        self._made = False  # acquire() made the folder
+        self._made_file = False  # ... and the lock file
 
     def acquire(self) -> None:
         """Create the folder if needed and take the lock; ValueError names the holder."""
@@ -96,25 +104,55 @@ class FolderLock:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return
+        self._made = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        path = self.folder / self.NAME
+        self._made_file = not path.exists()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file: flock works on a read-only open
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                return self._unlocked(exc)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip().split(" ", 1)
             os.close(fd)
+            who = f"{holder[1]} (process {holder[0]})" if len(holder) == 2 else "another process"
             raise ValueError(
-                f"{self.folder} is being written by another {self.what} (process {holder}); "
-                "wait for it to end, or choose another --out"
+                f"{self.folder} is being written by {who}; wait for it to end, or choose "
+                "another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # no flock here (some network file systems)
+            os.close(fd)
+            return self._unlocked(exc)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {self.what}\n".encode())
+        except OSError:
+            pass  # locked all the same; the holder goes unnamed
         self._fd = fd
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the file releases the flock
-            self._fd = None
+    def _unlocked(self, exc: OSError) -> None:
+        print(
+            f"warning: cannot lock {self.folder} ({exc.strerror or exc}): a second writer into "
+            "it would not be stopped",
+            file=sys.stderr,
+        )
+
+    def release(self, tidy: bool = False) -> None:
+        """Let go of the lock; ``tidy`` (the writer stopped before writing anything): also
+        remove the lock file and the folder if acquire() made them and nothing else is there."""
+        if self._fd is None:
+            return
+        if tidy and self._made_file:  # unlinked while held: a newcomer makes a fresh file
+            (self.folder / self.NAME).unlink(missing_ok=True)
+        os.close(self._fd)  # closing the file releases the flock
+        self._fd = None
+        if tidy and self._made and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
 def read_json(path: str | os.PathLike, kind: type = dict) -> object:

@@ -161,11 +161,21 @@ def _wrap(cfg: TrainConfig, model: nn.Module, device: torch.device, info) -> nn.
 
 def prepare_run(cfg: TrainConfig, device: torch.device, info: distributed.DistInfo) -> Run:
     """Data, model (seeded from (seed, "init")), optimizer and run folder of ``cfg``."""
-    from .data import default_augment
-
     per_rank = local_batch(cfg.batch_size, info.world_size)
     autocast = amp_dtype(cfg.amp, device)
     files = RunFiles(cfg.out, enabled=info.is_main)
+    files.lock(lambda values: distributed.all_reduce_sum(values, device))
+    try:
+        return _prepare(cfg, device, info, files, per_rank, autocast)
+    except BaseException:
+        files.close(failed=True)
+        raise
+
+
+def _prepare(cfg, device, info, files, per_rank, autocast) -> Run:
+    """prepare_run's work once the run folder is locked."""
+    from .data import default_augment
+
     files.check_fresh(cfg.resume)
     train_set, test_set = load_data(cfg, input_size(cfg.model))
     check_images(len(train_set), info.world_size)

@@ -4,8 +4,9 @@
     metrics.jsonl   one JSON row per finished epoch
     checkpoint.pt   the training state after the last finished epoch (dorefa.checkpoint)
     curves.png      loss and accuracy per epoch
-    .lock           locked (flock) by the process writing the folder, while it trains: a second
-                    `dorefa train` into the same folder stops before it writes anything
+    .lock           locked (flock) by the process training in the folder, from before it reads the
+                    folder to its end: a second `dorefa train` into it stops before it reads or
+                    writes anything
 
 The checkpoint is what counts: on ``--resume`` the metrics rows of epochs after it are dropped.
 Each epoch writes metrics.jsonl before the checkpoint, so a kill between the two leaves a row
@@ -15,6 +16,7 @@ that the next resume drops and trains again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .fileio import FolderLock, atomic_savefig, atomic_write_text
@@ -97,11 +99,24 @@ class RunFiles:
         self.history: list[dict] = []
         self._lock = FolderLock(self.out, "`dorefa train`")
 
-    def check_fresh(self, resume: bool) -> None:
-        """Refuse an --out that is a file, a new run over an existing one, and a folder whose
-        config.json or metrics.jsonl no run wrote (a new run replaces those two)."""
+    def lock(self, agree: Callable[[list[float]], list[float]]) -> None:
+        """Take the folder's lock (rank 0) before anything in it is read; every rank learns the
+        outcome (``agree``: the ranks' sum of a list of numbers), so all stop together (a rank
+        left behind would wait in its first collective)."""
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file, not a folder; choose another --out")
+        refused = ""
+        if self.enabled:
+            try:
+                self._lock.acquire()
+            except ValueError as exc:
+                refused = str(exc)
+        if agree([1.0 if refused else 0.0])[0] > 0:
+            raise ValueError(refused or f"{self.out} is being written by another run")
+
+    def check_fresh(self, resume: bool) -> None:
+        """Refuse a new run over an existing one, and a folder whose config.json or
+        metrics.jsonl no run wrote (a new run replaces those two)."""
         if self.checkpoint.exists() and not resume:
             raise ValueError(
                 f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue "
@@ -157,16 +172,17 @@ class RunFiles:
         :meth:`read_history` (a run with nothing left to train writes nothing)."""
         if not self.enabled:
             return
-        self._lock.acquire()  # creates the folder
+        self.out.mkdir(parents=True, exist_ok=True)
         for name in NAMES:  # temp files of writes that a kill interrupted
             for stale in self.out.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
         self._write_metrics()
 
-    def close(self) -> None:
-        """Release the folder's lock."""
-        self._lock.release()
+    def close(self, failed: bool = False) -> None:
+        """Release the folder's lock; ``failed`` (the run stopped before its first write): the
+        folder too, if the lock made it and nothing else is in it."""
+        self._lock.release(tidy=failed)
 
     def add_epoch(self, row: dict) -> None:
         """Record a finished epoch (rank 0: metrics.jsonl rewritten whole, atomically)."""

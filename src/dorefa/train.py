@@ -89,11 +89,19 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 log(warning)
         run = prepare_run(cfg, device, info)
         try:
-            return fit(run, log)
-        finally:
-            run.files.close()
-    finally:
-        distributed.teardown(info)
+            result = fit(run, log)
+        except BaseException:
+            run.files.close(failed=True)  # a folder the lock made, still empty, goes too
+            raise
+        run.files.close()
+    except BaseException:
+        try:
+            distributed.teardown(info)
+        except Exception:  # noqa: S110 - the error in flight is the one to report
+            pass
+        raise
+    distributed.teardown(info)
+    return result
 
 
 def _silent(msg: str) -> None:

@@ -51,6 +51,8 @@ alpha, beta (then clip(., 0, 1) for the classifier's input).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from torch import nn
 
@@ -68,6 +70,11 @@ def weight_codes(layer: QConv2d | QLinear) -> tuple[np.ndarray, float]:
     W > 1: weight = 2p/nw - 1, s_w = 1/nw.   W = 1: weight = E (2p - 1), s_w = E = mean|w|.
     """
     codes, scale = quantizers.weight_codes(layer.weight.detach().float().cpu(), layer.w_bits)
+    if not math.isfinite(scale):  # NaN weights: thresholds would fold to nonsense, silently
+        raise ExportError(
+            f"a quantized {type(layer).__name__}'s weights are not finite (the run diverged): "
+            "export a checkpoint from before it did"
+        )
     return codes.numpy(), scale
 
 

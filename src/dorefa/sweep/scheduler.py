@@ -361,9 +361,12 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
     lock = FolderLock(out, "`dorefa sweep`")  # two sweeps into one folder lost rows
     try:
         check_settings(cfg, out, lock)
-        return _run(cfg, cells, out, log)
-    finally:
-        lock.release()
+        rows = _run(cfg, cells, out, log)
+    except BaseException:
+        lock.release(tidy=True)  # a lock file this call made goes, so does a folder left empty
+        raise
+    lock.release()
+    return rows
 
 
 def _run(cfg: SweepConfig, cells: list, out: Path, log) -> list[CellResult]:
