@@ -8,6 +8,8 @@ points' refusals. The int engine that runs on them against the torch engine: tes
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -447,3 +449,16 @@ def test_entry_points_refuse_a_zero_stride_and_factor():
     for factor in (0.0, float("inf"), -1.0):
         with pytest.raises(ValueError, match="factor must be finite and > 0"):
             R.grid_scales(m, 15, 3, factor)
+
+
+@pytest.mark.parametrize("kernel", [None, *KERNELS])
+def test_an_empty_batch_gives_empty_sums_on_every_route(kernel):
+    """N = 0 had raised on the GEMM routes and given empty sums on the convolution route."""
+    g, m, wc, a = _operands((1, 3, 6, 6, 2, 3, 1, 1), (1, 2, 4), 0)
+    g0, a0 = g[:0], a[:0]
+    want_d = R.conv_input_grad_codes(g0, np.ones(0, np.float32), 4, wc, 1.0, 1, 1, 1, (6, 6)).d
+    want_s = R.conv_weight_grad_codes(g0, np.ones(0, np.float32), 4, a0, 2, 1, 1, (3, 3)).s
+    with K.use_kernel(kernel) if kernel else contextlib.nullcontext():
+        d = T.input_grad_codes(g0, 4, wc, 1, 1, 1, (6, 6))
+        s = T.weight_grad_codes(g0, 4, a0, 2, 1, 1, (3, 3))
+    assert d.shape == want_d.shape == (0, 3, 6, 6) and s.shape == want_s.shape

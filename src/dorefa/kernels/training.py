@@ -89,10 +89,12 @@ def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> 
     forced, the convolution route also takes the layers whose lut work is at most two lookups
     a MAC (W x activation slices <= 2): svhn's (1,2,6) input gradients at batch 128 ran
     1.1-1.7x faster on it than on the GEMM (Zen 4: conv2 9.86 -> 6.30 ms, conv4 5.01 -> 2.92
-    ms; the same integers)."""
+    ms; the same integers). An empty batch takes the convolution route (its empty sums)."""
     from .extension import native
     from .selection import available_kernels, forced_kernel
 
+    if not len(c):
+        return "conv"
     forced = forced_kernel()
     if native is None or np.prod(np.shape(c)[2:]) == 1 or forced not in (None, *GEMM_FORCED):
         return "conv"
@@ -278,7 +280,7 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     name = weight_grad_kernel()
     pixels = int(np.prod(np.shape(c)[2:]))
     n_g, n_a = (1 << check_bits("g_bits", g_bits)) - 1, (1 << check_bits("a_bits", a_bits)) - 1
-    if name == REFERENCE:
+    if name == REFERENCE or not len(c):  # an empty batch: the spec's empty sums
         return None
     if pixels * n_g * n_a > 2**31 - 1:  # S could pass int32: the NumPy spec (int64)
         warnings.warn(
