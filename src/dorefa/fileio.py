@@ -142,6 +142,13 @@ class FolderLock:
             file=sys.stderr,
         )
 
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving a ``with`` block releases the lock, tidying after an error (release)."""
+        self.release(tidy=exc_type is not None)
+
     def release(self, tidy: bool = False) -> None:
         """Let go of the lock; ``tidy`` (the writer stopped before writing anything): also
         remove the lock file and the folder if acquire() made them and nothing else is there."""

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .fileio import FolderLock, atomic_savefig, atomic_write_text
+from .fileio import FolderLock, atomic_savefig, atomic_write_text, read_json
 
 NAMES = ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png")
 # The settings that decide the weights a run ends with: ``--resume`` keeps them (config.json's),
@@ -58,20 +58,24 @@ def _setting(field: str) -> str:
     return flag.name if flag is not None else f"{field} (a recipe's setting)"
 
 
+def _config_record(path: Path) -> dict | None:
+    """The JSON object of a config.json, or None where it is missing or not one."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
 def _run_file(path: Path) -> bool:
     """Whether ``path`` (config.json or metrics.jsonl) is a run's: a config record with its
     resolved keys, or metrics rows (an empty file counts)."""
     if path.name == "config.json":
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(record, dict) and {"model", "bits_tag"} <= record.keys()
+        record = _config_record(path)
+        return record is not None and {"model", "bits_tag"} <= record.keys()
     try:
-        text = path.read_text(errors="replace")
+        return bool(read_rows(path)) or not path.read_text(errors="replace").strip()
     except OSError:
         return False
-    return not text.strip() or bool(read_rows(path))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -136,7 +140,7 @@ class RunFiles:
         before anything is written. The run's record is ``saved``, the configuration stored in
         its checkpoint (the one that made those weights), else its config.json; a record
         without a setting (older versions) leaves that setting unchecked."""
-        old = saved if isinstance(saved, dict) else self._config_json()
+        old = saved if isinstance(saved, dict) else _config_record(self.out / "config.json")
         if old is None:
             return  # no record: the checkpoint's meta is still checked
         changed = [k for k in RESUME_SAME if k in old and k in config and old[k] != config[k]]
@@ -144,22 +148,13 @@ class RunFiles:
             return
         said = "; ".join(f"{_setting(k)} {old[k]!r} then, {config[k]!r} now" for k in changed)
         recipe = old.get("recipe")
-        how = (
-            f"add --recipe {recipe}"
-            if recipe and recipe != config.get("recipe")
-            else ("give the run's own settings (its config.json)")
-        )
+        how = "give the run's own settings (its config.json)"
+        if recipe and recipe != config.get("recipe"):
+            how = f"add --recipe {recipe}"
         raise ValueError(
             f"{self.out} was trained with other settings ({said}); to resume, {how}, or choose "
             "another --out for a new run"
         )
-
-    def _config_json(self) -> dict | None:
-        try:
-            old = json.loads((self.out / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return old if isinstance(old, dict) else None
 
     def read_history(self, start_epoch: int) -> None:
         """The metrics rows of the ``start_epoch`` finished epochs (read on every rank: the
@@ -183,6 +178,12 @@ class RunFiles:
         """Release the folder's lock; ``failed`` (the run stopped before its first write): the
         folder too, if the lock made it and nothing else is in it."""
         self._lock.release(tidy=failed)
+
+    def __enter__(self) -> RunFiles:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
 
     def add_epoch(self, row: dict) -> None:
         """Record a finished epoch (rank 0: metrics.jsonl rewritten whole, atomically)."""

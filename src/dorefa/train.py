@@ -88,12 +88,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if warning:
                 log(warning)
         run = prepare_run(cfg, device, info)
-        try:
+        with run.files:  # the folder's lock, released at the end (a failed run tidies)
             result = fit(run, log)
-        except BaseException:
-            run.files.close(failed=True)  # a folder the lock made, still empty, goes too
-            raise
-        run.files.close()
     except BaseException:
         try:
             distributed.teardown(info)

@@ -278,7 +278,7 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     q = check_code_array("a_codes", a_codes, "(N, C, H, W)")
     check_geometry(c.shape[2:], (kh, kw), stride, padding, q.shape[2:])
     name = weight_grad_kernel()
-    pixels = int(np.prod(np.shape(c)[2:]))
+    pixels = int(np.prod(c.shape[2:]))
     n_g, n_a = (1 << check_bits("g_bits", g_bits)) - 1, (1 << check_bits("a_bits", a_bits)) - 1
     if name == REFERENCE or not len(c):  # an empty batch: the spec's empty sums
         return None

@@ -101,21 +101,28 @@ def read_record(path: Path) -> dict:
         raise ValueError(msg) from None
     if not isinstance(rec, dict) or "row" not in rec or "config" not in rec:
         raise ValueError(f"{path}: not a cell record (no 'row'/'config'); delete it or move it")
-    metrics = rec.get("metrics", [])
-    shaped = isinstance(rec["row"], dict) and isinstance(rec["config"], dict)
-    shaped = shaped and isinstance(metrics, list)
-    shaped = shaped and all(isinstance(m, dict) and _number(m.get("test_acc")) for m in metrics)
-    try:
-        if shaped:
-            CellResult.from_dict(rec["row"])
-    except (TypeError, ValueError):
-        shaped = False
-    if not shaped:
+    if not _well_formed(rec):
         raise ValueError(
             f"{path}: a damaged cell record (its row, config or metrics are not as written); "
             "delete it to train the cell again"
         )
     return rec
+
+
+def _well_formed(rec: dict) -> bool:
+    """A record's row is a result row, its config a dict, its metrics rows with a test_acc."""
+    metrics = rec.get("metrics", [])
+    if not (isinstance(rec["row"], dict) and isinstance(rec["config"], dict)):
+        return False
+    if not isinstance(metrics, list) or not all(
+        isinstance(m, dict) and _number(m.get("test_acc")) for m in metrics
+    ):
+        return False
+    try:
+        CellResult.from_dict(rec["row"])
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _number(v: object) -> bool:

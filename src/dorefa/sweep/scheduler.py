@@ -358,15 +358,9 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
     out = Path(cfg.out)
     for cell in cells:  # a setting out of range is an error now, not a failure of every cell
         train_command(cfg, cell, out / "cells" / cell.name(cfg.model), None)
-    lock = FolderLock(out, "`dorefa sweep`")  # two sweeps into one folder lost rows
-    try:
+    with FolderLock(out, "`dorefa sweep`") as lock:  # two sweeps into one folder lost rows
         check_settings(cfg, out, lock)
-        rows = _run(cfg, cells, out, log)
-    except BaseException:
-        lock.release(tidy=True)  # a lock file this call made goes, so does a folder left empty
-        raise
-    lock.release()
-    return rows
+        return _run(cfg, cells, out, log)
 
 
 def _run(cfg: SweepConfig, cells: list, out: Path, log) -> list[CellResult]:
