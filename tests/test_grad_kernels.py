@@ -444,11 +444,25 @@ def test_entry_points_refuse_codes_they_would_cast(kernel):
 
 def test_entry_points_refuse_a_zero_stride_and_factor():
     g, m, wc, a = _operands((1, 3, 6, 6, 2, 3, 1, 1), (1, 2, 4), 0)
-    with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="stride must be an int in 1..[0-9]+, got 0"):
         T.input_grad_codes(g, 4, wc, 1, 0, 1, (6, 6))
     for factor in (0.0, float("inf"), -1.0):
         with pytest.raises(ValueError, match="factor must be finite and > 0"):
             R.grid_scales(m, 15, 3, factor)
+
+
+@pytest.mark.parametrize("kernel", [None, *KERNELS])
+def test_a_scale_per_sample_is_asked_for_by_name(kernel):
+    """m of another length than the batch was reported as the internal 'scale must be (N,)
+    float64'."""
+    g, m, wc, a = _operands((2, 3, 6, 6, 2, 3, 1, 1), (1, 2, 4), 0)
+    want = r"m must hold one gradient scale per sample of c: shape \(2,\), got "
+    with K.use_kernel(kernel) if kernel else contextlib.nullcontext():
+        for bad in (m[:1], np.concatenate([m, m]), 1.0):
+            with pytest.raises(ValueError, match=want):
+                T.conv_input_grad(g, bad, 4, wc, 0.5, 1, 1, 1, (6, 6))
+            with pytest.raises(ValueError, match=want):
+                T.conv_weight_grad(g, bad, 4, a, 2, 1, 1, (3, 3))
 
 
 @pytest.mark.parametrize("kernel", [None, *KERNELS])

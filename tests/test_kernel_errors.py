@@ -45,11 +45,11 @@ def test_errors(kernel):
             K.bitconv2d(x[:, :, :2, :2], w, 2, 1)
         with pytest.raises(ValueError, match="4-D"):
             K.bitconv2d(x[0], w, 2, 1)
-        with pytest.raises(ValueError, match="stride must be an int >= 1"):
+        with pytest.raises(ValueError, match="stride must be an int in 1.."):
             K.bitconv2d(x, w, 2, 1, stride=0)
-        with pytest.raises(ValueError, match="padding must be an int >= 0"):
+        with pytest.raises(ValueError, match="padding must be an int in 0.."):
             K.bitconv2d(x, w, 2, 1, padding=-1)
-        with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        with pytest.raises(ValueError, match="threads must be an int in 1..1024"):
             K.bitconv2d(x, w, 2, 1, threads=0)
         with pytest.raises(ValueError, match="exceeds int32"):
             big = np.zeros((1, 4096, 3, 3), np.uint8)
@@ -154,6 +154,33 @@ def test_a_padding_that_overflows_the_padded_size_is_refused(kernel):
                 K.conv_float_quantize(xf, wf, b, 2**32, 2**31 - 4, 1, 2)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_ints_past_int64_are_refused_by_name(kernel):
+    """Threads, strides and paddings at 2**63 and past reached pybind, whose TypeError listed
+    the binding's signature; every entry point names the argument and its range."""
+    from dorefa.kernels import training as T
+
+    x, w = np.ones((2, 4, 5, 5), np.uint8), np.ones((2, 4, 3, 3), np.uint8)
+    c = np.ones((2, 2, 5, 5), np.uint8)
+    calls = {
+        "bitconv2d": lambda **kw: K.bitconv2d(x, w, 2, 1, **kw),
+        "input_grad_codes": lambda **kw: T.input_grad_codes(c, 6, w, 1, input_hw=(5, 5), **kw),
+        "weight_grad_codes": lambda **kw: T.weight_grad_codes(c, 6, x, 2, kernel=(3, 3), **kw),
+    }
+    with K.use_kernel(kernel):
+        for name, call in calls.items():
+            for arg, value, bound in (
+                ("threads", 2**63, "1..1024"),
+                ("threads", 2**31, "1..1024"),
+                ("stride", 2**63, "1..4611686018427387904"),
+                ("padding", 2**64, "0..4611686018427387904"),
+            ):
+                kw = {"stride": 1, "padding": 1, "threads": 1, arg: value}
+                with pytest.raises(ValueError, match=rf"^{arg} must be an int in {bound}, got"):
+                    call(**kw)
+                assert name
+
+
 def test_float_helpers_refuse_what_they_would_cast():
     d = np.zeros((1, 2, 3, 3), np.int64)
     ones = np.ones(2, np.float32)
@@ -164,12 +191,12 @@ def test_float_helpers_refuse_what_they_would_cast():
                     K.scale_int_float(bad, ones, ones, False)
             x = np.ones((1, 2, 6, 6), np.float32)
             w, b = np.ones((3, 2, 3, 3), np.float32), np.zeros(3, np.float32)
-            for pool, match in (((0, 1, 0), "pool kernel must be an int >= 1"),
-                                ((2, 0, 0), "pool stride must be an int >= 1"),
+            for pool, match in (((0, 1, 0), "pool kernel must be an int in 1.."),
+                                ((2, 0, 0), "pool stride must be an int in 1.."),
                                 ((2, 2, 2), "more than half the pool kernel")):  # fmt: skip
                 with pytest.raises((TypeError, ValueError), match=match):
                     K.conv_float(x, w, b, 1, 0, pool=pool)
-            with pytest.raises(ValueError, match="pool kernel must be an int >= 1"):
+            with pytest.raises(ValueError, match="pool kernel must be an int in 1.."):
                 K.maxpool_codes(np.zeros((1, 2, 4, 4), np.uint8), 0, 1, 0)
 
 

@@ -273,3 +273,58 @@ def test_version_1_chain_file(tmp_path):
     assert [r.name for r in v1.rows][:2] == ["layer0", "layer1"]  # read as a chain
     assert v1.totals == v2.totals
     assert v1.totals["macs"] == summary(model).totals["macs"]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_meta_pass_gives_the_real_pass_rows(name):
+    """The summary's pass runs on the meta device; on a real input it finds the same rows
+    (bits, shapes, MACs, kernels), and the model's own parameters are untouched."""
+    from dorefa.summary_torch import _traced_pass
+
+    model = create_model(name, bits="1,2,6", width=0.25, num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = summary(model).rows
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    model.eval()
+    real = _traced_pass(model, summary(model).input_shape, meta=False).rows
+    assert [vars(r) for r in real] == [vars(r) for r in meta if r.shape is not None]
+
+
+def test_any_input_size_costs_no_memory():
+    """Shapes only: ResNet-18 at 4096 x 4096 (a 0.6 TMAC pass) in about a second; a size the
+    model cannot take is refused as quickly, with one punctuation."""
+    import resource
+    import time
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.monotonic()
+    s = summary(create_model("resnet18", bits="1,2,6", num_classes=10), 4096)
+    assert s.totals["macs"] > 6e11 and time.monotonic() - t < 30
+    with pytest.raises(ValueError, match=r"cannot run on a \(3, 4096, 4096\) input \([^)]*\]\); "):
+        summary(create_model("svhn", bits="1,2,6", width=0.125), 4096)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 2**20  # KiB: < 1 GiB
+
+
+def test_a_layer_without_a_meta_kernel_runs_for_real():
+    class NoMeta(torch.nn.Module):
+        def forward(self, x):
+            if x.is_meta:
+                raise NotImplementedError("no meta kernel")
+            return x * 1.0
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), NoMeta(), torch.nn.Flatten())
+    s = summary(model, (1, 6, 6))
+    assert [r.shape for r in s.rows] == [(4, 4, 4), (4, 4, 4), (64,)]
+    assert s.rows[0].macs == 4 * 4 * 4 * 9
+
+
+def test_output_cut_short_by_its_reader_is_quiet():
+    """`dorefa summary ... | head -1`: the exit status of a SIGPIPE, nothing on stderr."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    code = "import sys; from dorefa.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", code, "summary", "resnet18", "--width", "2"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as p:
+        p.stdout.readline()
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 141 and err == "", err

@@ -428,6 +428,39 @@ def test_run_files_drop_rows_after_the_checkpoint_and_stale_temp_files(tmp_path)
     assert not (tmp_path / "rank1").exists() and len(silent.history) == 1
 
 
+def test_a_killed_writers_forked_children_do_not_hold_its_folder(tmp_path):
+    """A run killed (SIGKILL) with DataLoader workers alive: its folder is free at once, not
+    when the workers notice their parent is gone (the flock was shared with every fork)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from dorefa.fileio import FolderLock
+
+    code = textwrap.dedent(f"""
+        import multiprocessing as mp, os, signal, sys, time
+        from dorefa.fileio import FolderLock
+        lock = FolderLock({str(tmp_path)!r}, "`dorefa train`")
+        lock.acquire()
+        child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        print(child.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "src"))
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env) as p:
+        child = int(p.stdout.readline())  # the child keeps the pipe open: no communicate()
+        status = p.wait(timeout=60)
+    try:
+        assert status == -signal.SIGKILL
+        os.kill(child, 0)  # the child outlives its parent ...
+        with FolderLock(tmp_path, "`dorefa train`") as lock:  # ... and does not hold the folder
+            lock.acquire()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ dorefa train --engine int
 def test_train_engine_int_resumes_bit_identical(tmp_path, fashion_dir):
     """``--engine int`` trains (the log says which layers run where), and a run killed after

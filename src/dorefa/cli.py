@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import stat
 import sys
 
 from .train_flags import POSITIVE_INT, add_train_args, config_from_args
@@ -194,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         args.explicit = explicit_train_options(argv[1:])
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError as exc:
+        if not _stdout_is_pipe():
+            print(f"dorefa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        # the reader of our output stopped early (`| head`): quiet, as a SIGPIPE would be
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as exc:
         # CheckpointError and DataError are ValueErrors; every message becomes one line
         print(f"dorefa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
@@ -205,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _stdout_is_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (OSError, ValueError):  # no stdout, or one without a file descriptor
+        return False
 
 
 def _one_line(exc: BaseException) -> str:

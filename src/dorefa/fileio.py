@@ -81,13 +81,32 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
 
 
+# The lock files this process holds open. A forked child (a DataLoader worker) closes its
+# copies at once: the flock belongs to the open file, so a child keeping one would hold the
+# folder after its parent was killed, until the child noticed and ended (seconds).
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 class FolderLock:
     """An exclusive lock on a folder while one process writes it (``flock`` on ``folder/.lock``,
     which names the holder: its pid and what it is): a second writer stops before it writes
     anything. Released by :meth:`release` or when the process ends (the kernel drops the lock
-    with the file; forked children, such as DataLoader workers, hold it until they end too).
-    Where the file system cannot lock, or the lock file is not ours to open, the writer warns and
-    goes on unlocked, as it did before there was a lock."""
+    with the file; forked children close their copy of it, so they never hold it). Where the
+    file system cannot lock, or the lock file is not ours to open, the writer warns and goes on
+    unlocked, as it did before there was a lock."""
 
     NAME = ".lock"
 
@@ -95,6 +114,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.what = what  # the writer, for the message: "`dorefa train`"
         self._fd: int | None = None
+        self._pid = 0  # the process that took the lock
         self._made = False  # acquire() made the folder
         self._made_file = False  # ... and the lock file
 
@@ -133,7 +153,8 @@ class FolderLock:
             os.write(fd, f"{os.getpid()} {self.what}\n".encode())
         except OSError:
             pass  # locked all the same; the holder goes unnamed
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD_LOCKS.add(fd)
 
     def _unlocked(self, exc: OSError) -> None:
         print(
@@ -152,10 +173,11 @@ class FolderLock:
     def release(self, tidy: bool = False) -> None:
         """Let go of the lock; ``tidy`` (the writer stopped before writing anything): also
         remove the lock file and the folder if acquire() made them and nothing else is there."""
-        if self._fd is None:
+        if self._fd is None or self._pid != os.getpid():  # a forked child has no lock to drop
             return
         if tidy and self._made_file:  # unlinked while held: a newcomer makes a fresh file
             (self.folder / self.NAME).unlink(missing_ok=True)
+        _HELD_LOCKS.discard(self._fd)
         os.close(self._fd)  # closing the file releases the flock
         self._fd = None
         if tidy and self._made and not any(self.folder.iterdir()):

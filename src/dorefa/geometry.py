@@ -12,6 +12,10 @@ must not exceed ``INT32_MAX``.
 from __future__ import annotations
 
 INT32_MAX = 2**31 - 1
+# The most threads a native kernel call takes (csrc/bindings_checks.h, kMaxThreads), and a
+# bound on strides and paddings that the kernels' int64 arithmetic holds with room to spare.
+MAX_THREADS = 1024
+MAX_STEP = 2**62
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -167,7 +167,9 @@ def summary(model, input_size: int | tuple[int, ...] | None = None) -> Summary:
     try:
         rows = torch_rows(model, shape)
     except RuntimeError as exc:  # a size the model's layers cannot take
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (
+            str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        )
         raise ValueError(
             f"{type(model).__name__} cannot run on a {shape} input ({first}); give the input "
             f"size it was built for ({getattr(model, 'input_size', 'see its docstring')})"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -25,12 +27,19 @@ __all__ = [
 # must stay exact, so f_w runs with autocast off on the float32 shadow weight, a QConv2d/QLinear
 # hands its output back in float32 (so f_g sees, and returns, float32 gradients, and BatchNorm
 # normalizes in float32), and f_a casts its input to float32. Outside autocast nothing changes.
+# The meta device (shapes only, dorefa.summary) has no autocast.
+def _autocast_on(t: Tensor) -> bool:
+    return t.device.type != "meta" and torch.is_autocast_enabled(t.device.type)
+
+
 def _float32_region(t: Tensor):
+    if t.device.type == "meta":
+        return contextlib.nullcontext()
     return torch.autocast(t.device.type, enabled=False)
 
 
 def _autocast_output(y: Tensor, like: Tensor) -> Tensor:
-    if y.dtype != like.dtype and torch.is_autocast_enabled(y.device.type):
+    if y.dtype != like.dtype and _autocast_on(y):
         return y.to(like.dtype)
     return y
 
@@ -100,7 +109,7 @@ class ActQuant(nn.Module):
         self.emit_codes = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(x.device.type):
+        if _autocast_on(x):
             with _float32_region(x):
                 return quantize_activation(x.float(), self.k, self.quantize)
         if not (

@@ -1,11 +1,15 @@
 """The rows of :func:`dorefa.summary` for a torch model: one eval forward pass at batch 1
 with a hook on every layer (a module without children, or one with parameters of its own).
+The pass runs on the meta device (shapes only: no memory or time for any input size), through
+``torch.func.functional_call`` with meta copies of the parameters and buffers; a model with an
+operation that has no meta kernel runs on its own device instead.
 
 Bits travel with the tensors: an ``ActQuant`` output carries its k (32 when it only clips),
 max-pool, flatten, dropout, identity and ``GradQuant`` (identity in the forward pass) pass their
-input's bits on, anything else produces float values (32). Tensors are told apart by their
-storage (``data_ptr``), so a ``.view``/``.flatten`` in a ``forward`` keeps the bits; every
-tensor seen stays referenced until the pass ends, so no storage is reused meanwhile.
+input's bits on, anything else produces float values (32). Tensors are told apart by the tensor
+they view (``_base``; a meta tensor has no data pointer), so a ``.view``/``.flatten`` in a
+``forward`` keeps the bits; every tensor seen stays referenced until the pass ends, so no
+identity is reused meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .bits import FLOAT
 from .model_summary import Row, kernel_for
@@ -30,13 +35,13 @@ class _Tracer:
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
-        self.bits: dict[int, int] = {}  # data_ptr -> bits of its values
-        self.producer: dict[int, Row] = {}  # data_ptr -> the conv/linear row that made it
-        self.keep: list[torch.Tensor] = []  # keeps every storage alive (no reuse of data_ptr)
+        self.bits: dict[int, int] = {}  # _key -> bits of its values
+        self.producer: dict[int, Row] = {}  # _key -> the conv/linear row that made it
+        self.keep: list[torch.Tensor] = []  # keeps every tensor alive (no reuse of an id)
         self.counted: set[int] = set()  # modules whose parameters are already in a row
 
     def in_bits(self, x) -> int:
-        return self.bits.get(x.data_ptr(), FLOAT) if torch.is_tensor(x) else FLOAT
+        return self.bits.get(_key(x), FLOAT) if torch.is_tensor(x) else FLOAT
 
     def hook(self, name: str):
         def fn(module, inputs, output):
@@ -52,13 +57,13 @@ class _Tracer:
 
     def row(self, name: str, m: nn.Module, x, y) -> Row | None:
         shape = tuple(y.shape[1:]) if torch.is_tensor(y) else None
-        ptr = y.data_ptr() if torch.is_tensor(y) else None
+        ptr = _key(y) if torch.is_tensor(y) else None
         if isinstance(m, ActQuant) and ptr is not None:
             self.bits[ptr] = m.k if m.quantize else FLOAT
         elif isinstance(m, _PASS_BITS + (GradQuant,)) and ptr is not None:
             self.bits[ptr] = self.in_bits(x)
-        if isinstance(m, GradQuant) and torch.is_tensor(x) and x.data_ptr() in self.producer:
-            self.producer[x.data_ptr()].g = m.k
+        if isinstance(m, GradQuant) and torch.is_tensor(x) and _key(x) in self.producer:
+            self.producer[_key(x)].g = m.k
         params = 0
         if id(m) not in self.counted:  # a module called twice counts its parameters once
             self.counted.add(id(m))
@@ -92,9 +97,14 @@ class _Tracer:
         r.kernel = kernel_for(op, r.w, r.a, r.macs)
 
 
-def torch_rows(model: nn.Module, shape: tuple[int, ...]) -> list[Row]:
-    """Rows in call order; modules with parameters that the pass never called come last (with
-    shape None), so the rows' params add up to ``sum(p.numel() for p in model.parameters())``."""
+def _key(t: torch.Tensor) -> int:
+    """One identity for a tensor and every view of it."""
+    return id(t._base if t._base is not None else t)
+
+
+def _traced_pass(model: nn.Module, shape: tuple[int, ...], meta: bool) -> _Tracer:
+    """One forward pass at batch 1 on zeros with the hooks in place; on the meta device, or on
+    the parameters' own device and dtype."""
     tracer = _Tracer()
     handles = [
         m.register_forward_hook(tracer.hook(name))
@@ -102,18 +112,34 @@ def torch_rows(model: nn.Module, shape: tuple[int, ...]) -> list[Row]:
         if name and (not any(True for _ in m.children()) or any(m.parameters(recurse=False)))
     ]
     p = next(model.parameters(), None)
-    x = torch.zeros(1, *shape, device=p.device if p is not None else "cpu")
+    x = torch.zeros(1, *shape, device="meta" if meta else p.device if p is not None else "cpu")
     if p is not None and p.is_floating_point():
         x = x.to(p.dtype)
+    try:
+        with torch.no_grad():
+            if meta:
+                tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+                on_meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+                functional_call(model, on_meta, (x,))
+            else:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return tracer
+
+
+def torch_rows(model: nn.Module, shape: tuple[int, ...]) -> list[Row]:
+    """Rows in call order; modules with parameters that the pass never called come last (with
+    shape None), so the rows' params add up to ``sum(p.numel() for p in model.parameters())``."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(x)
+        tracer = _traced_pass(model, shape, meta=True)
+    except NotImplementedError:  # an operation without a meta kernel: run it for real
+        tracer = _traced_pass(model, shape, meta=False)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
     for name, m in model.named_modules():
         params = sum(p.numel() for p in m.parameters(recurse=False))
         if params and id(m) not in tracer.counted:

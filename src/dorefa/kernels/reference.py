@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..geometry import INT32_MAX, accumulator_bound, conv_out_size, fits_int32
+from ..geometry import (
+    INT32_MAX,
+    MAX_STEP,
+    MAX_THREADS,
+    accumulator_bound,
+    conv_out_size,
+    fits_int32,
+)
 
 MAX_BITS = 8
 LANES = 8  # output channels per packed weight block (see csrc/bitconv.h)
@@ -65,13 +72,13 @@ def check_bits(name: str, bits: object) -> int:
     return int(bits)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if type(value) is int and value >= minimum:  # the common case, kept cheap
+def _check_int(name: str, value: object, minimum: int, maximum: int = MAX_STEP) -> int:
+    if type(value) is int and minimum <= value <= maximum:  # the common case, kept cheap
         return value
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+        raise TypeError(f"{name} must be an int in {minimum}..{maximum}, got {value!r}")
+    if not minimum <= int(value) <= maximum:
+        raise ValueError(f"{name} must be an int in {minimum}..{maximum}, got {value}")
     return int(value)
 
 
@@ -117,7 +124,7 @@ def check_conv(
     x_bits = check_bits("x_bits", x_bits)
     stride = _check_int("stride", stride, 1)
     padding = _check_int("padding", padding, 0)
-    threads = _check_int("threads", threads, 1)
+    threads = _check_int("threads", threads, 1, MAX_THREADS)
     o, c, kh, kw = pw.shape
     if x.shape[1] != c:
         raise ValueError(f"x_codes has {x.shape[1]} channels but the weights expect {c}")

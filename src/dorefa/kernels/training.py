@@ -40,9 +40,10 @@ import warnings
 
 import numpy as np
 
+from ..geometry import MAX_THREADS
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
-from .reference import check_bits, check_code_array
+from .reference import _check_int, check_bits, check_code_array
 from .reference_grad import check_geometry, grid_scales, scaled_batch_sum
 from .selection import REFERENCE
 
@@ -117,17 +118,30 @@ def input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, input_hw) -> 
     return "igrad-vnni" if native.input_grad_gemm_fits(*args) else "conv"
 
 
-def _input_operands(c, g_bits, w_codes, stride, padding, input_hw):
-    """(codes uint8, weight codes uint8, the forward input's (H, W)), checked."""
+def _per_sample(m, n: int) -> np.ndarray:
+    """The gradient scales ``m`` as float32 (N,)."""
+    m = np.asarray(m, np.float32)
+    if m.shape != (n,):
+        raise ValueError(
+            f"m must hold one gradient scale per sample of c: shape ({n},), got {m.shape}"
+        )
+    return m
+
+
+def _input_operands(c, g_bits, w_codes, stride, padding, input_hw, threads):
+    """(codes uint8, weight codes uint8, the forward input's (H, W), threads), checked."""
     check_bits("g_bits", g_bits)
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     w_codes = check_code_array("w_codes", w_codes, "(O, C, KH, KW)")
-    return c, w_codes, check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
+    hw = check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
+    return c, w_codes, hw, _check_int("threads", threads, 1, MAX_THREADS)
 
 
 def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
     """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
-    c, w_codes, hw = _input_operands(c, g_bits, w_codes, stride, padding, input_hw)
+    c, w_codes, hw, threads = _input_operands(
+        c, g_bits, w_codes, stride, padding, input_hw, threads
+    )
     route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
     if route in GEMM_ROUTES:
         from .extension import native
@@ -224,11 +238,13 @@ def conv_input_grad(
     """dx float32 (N, C, H, W) = ``float32(float64(m_b) * w_scale / n_g * float64(D))``: the
     spec's ``input_grad_float`` rounded once to float32."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
-    scale = np.asarray(m, np.float32).astype(np.float64) * float(w_scale) / ng
     from .extension import native
     from .selection import current_kernel
 
-    c, w_codes, hw = _input_operands(c, g_bits, w_codes, stride, padding, input_hw)
+    c, w_codes, hw, threads = _input_operands(
+        c, g_bits, w_codes, stride, padding, input_hw, threads
+    )
+    scale = _per_sample(m, len(c)).astype(np.float64) * float(w_scale) / ng
     route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
     if route in GEMM_ROUTES:
         args = (c, w_codes, g_bits, w_bits, stride, padding, *hw, threads)
@@ -277,6 +293,7 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     q = check_code_array("a_codes", a_codes, "(N, C, H, W)")
     check_geometry(c.shape[2:], (kh, kw), stride, padding, q.shape[2:])
+    threads = _check_int("threads", threads, 1, MAX_THREADS)
     name = weight_grad_kernel()
     pixels = int(np.prod(c.shape[2:]))
     n_g, n_a = (1 << check_bits("g_bits", g_bits)) - 1, (1 << check_bits("a_bits", a_bits)) - 1
@@ -343,7 +360,8 @@ def conv_weight_grad(
     ``a_codes * factor / n_a`` (a Dropout's 1 / (1 - p))."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
     na = (1 << check_bits("a_bits", a_bits)) - 1
-    scale, divisor = grid_scales(m, ng, na, factor)
+    c = check_code_array("c", c, "(N, O, H', W')")
+    scale, divisor = grid_scales(_per_sample(m, len(c)), ng, na, factor)
     args = (c, g_bits, a_codes, a_bits, stride, padding, kernel)
     dw = _weight_grad(*args, threads, scale, divisor)
     if dw is None:  # _weight_grad said why (and warned once): the spec's sums

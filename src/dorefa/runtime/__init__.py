@@ -12,14 +12,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ..geometry import MAX_THREADS
 from .format import FORMAT_VERSION, FormatError
 
 if TYPE_CHECKING:
     from .executor import Model
-
-
-# The most threads a native kernel call takes (csrc/bindings_checks.h, CheckThreads).
-MAX_THREADS = 1024
 
 
 def check_threads(threads) -> None:
