@@ -58,7 +58,8 @@ format:
 ASAN_DIR := build-asan
 KERNEL_TESTS := tests/test_kernels.py tests/test_kernel_errors.py tests/test_fused_epilogue.py \
   tests/test_float_layers.py tests/test_kernel_selection.py tests/test_prepared_conv.py \
-  tests/test_grad_kernels.py tests/test_engine.py tests/test_stream_ops.py tests/test_requant_search.py \
+  tests/test_grad_kernels.py tests/test_engine.py tests/test_engine_edges.py tests/test_stream_ops.py \
+  tests/test_requant_search.py \
   tests/test_dense_fields.py tests/test_lut.py tests/test_int8_winograd.py
 asan: install
 	cmake -S . -B $(ASAN_DIR) --log-level=WARNING -DDOREFA_SANITIZE=ON \

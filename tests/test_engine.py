@@ -207,37 +207,12 @@ def test_set_engine_reports_and_falls_back():
     assert set_engine(net, "int", bits=Bits(1, 2, 4)) == {"0": "int"}
     x = torch.rand(2, 3, 5, 5)  # not codes
     y = net(x.requires_grad_())
-    assert y.grad_fn is not None and len(gq.fused.untaken) == 0
+    assert "GradQuantFn" in type(y.grad_fn).__name__
     xq = ActQuant(2)(x.detach())
     y = net(xq.requires_grad_())
-    assert "IntConvFn" in type(y.grad_fn).__name__
+    assert "IntConvFn" in type(y.grad_fn.next_functions[0][0]).__name__
     set_engine(net, "torch")
     assert conv.int_engine is None and gq.fused is None
-
-
-def test_int_engine_refuses_what_it_cannot_do_exactly():
-    """A bias (its gradient would need f_g's values), a GradQuant not applied to the conv's
-    output (f_g would run twice: raises), Linear inputs that are not (N, C), empty batches."""
-    import copy
-
-    conv, gq = QConv2d(3, 4, 3, w_bits=1, bias=True), GradQuant(4)
-    assert set_engine(torch.nn.Sequential(conv, gq), "int", bits=Bits(1, 2, 4)) == {
-        "0": "torch: a bias (its gradient would need f_g's values)"
-    }
-    conv, gq, bn = QConv2d(3, 4, 3, w_bits=1), GradQuant(4), torch.nn.BatchNorm2d(4)
-    net = torch.nn.Sequential(conv, gq, bn)
-    assert set_engine(net, "int", bits=Bits(1, 2, 4)) == {"0": "int"}
-    x = ActQuant(2)(torch.rand(2, 3, 6, 6)).requires_grad_()
-    with pytest.raises(RuntimeError, match="needs the GradQuant applied directly"):
-        gq(bn(conv(x)))  # conv -> bn -> gq: the wrong order for the int engine
-    y1, y2 = conv(x), conv(x)  # the same conv twice, then its GradQuant on both: fine
-    (gq(y1).sum() + gq(y2).sum()).backward()
-    copy.deepcopy(net)  # the engine's bookkeeping does not stop a deepcopy
-    lin, gql = QLinear(6, 5, w_bits=1), GradQuant(4)
-    set_engine(torch.nn.Sequential(lin, gql), "int", bits=Bits(1, 2, 4))
-    x3 = ActQuant(2)(torch.rand(2, 3, 6))
-    assert lin(x3).shape == (2, 3, 5)  # (N, T, C): the torch path
-    assert lin(ActQuant(2)(torch.rand(0, 6))).shape == (0, 5)
 
 
 def test_linear_layers_run_as_1x1_convolutions():

@@ -21,20 +21,24 @@ integer layer passes its gradient through untouched.
 A layer runs on the torch path instead (:func:`set_engine` returns why, per layer) when one of
 W, A, G is 32, it has a bias, groups, dilation or asymmetric padding, sums that could pass
 int32, or no GradQuant follows it; a call falls back when its input is not A-bit codes, is on
-CUDA, is not float32, is empty, or (Linear) is not (N, C). The GradQuant must take the conv's
-output directly (``gq(conv(x))``, as every registered model does): it raises otherwise, rather
-than quantize the gradient twice.
+CUDA, is not float32, is empty, or (Linear) is not (N, C), with a RuntimeWarning once per layer
+and reason (an empty batch: silently). The GradQuant must take the conv's
+output directly (``gq(conv(x))``, as every registered model does), and the output's gradient
+must come through it alone: the conv's backward checks that the gradient it got is the one its
+GradQuant passed on, and raises otherwise (no GradQuant on the path, a second use of the raw
+output, a module hook between them) rather than quantize a gradient the torch engine would not.
+A gradient of a gradient (``create_graph=True``) raises too: the integer products are not
+differentiable.
 """
 
 from __future__ import annotations
 
-import weakref
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from .bits import FLOAT, Bits
 from .engine_bn import set_batch_norms
@@ -60,16 +64,12 @@ class IntLayer:
     # the factor of a Dropout right before the layer in training (1 / (1 - p)): its input is
     # then codes * factor / n_a
     input_factor: float = 1.0
-    # integer outputs whose f_g this layer's backward performs, until their GradQuant sees them
-    # (a dict by id: weak sets compare tensors with ==, which is elementwise)
-    untaken: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
+    fell_back: set[str] = field(default_factory=set)  # the reasons calls ran on torch (warned)
 
     def codes(self, x: Tensor) -> tuple[np.ndarray, float] | None:
         """x's A-bit codes q (uint8) and the factor f with ``x == q * f / n_a`` (f = 1, or the
         Dropout factor), or None if x is neither. An ActQuant's tag (:func:`tag_codes`) is
         taken as is; other tensors are checked."""
-        if x.device.type != "cpu" or x.dtype != torch.float32:
-            return None
         tag = getattr(x, "_dorefa_codes", None)
         if tag is not None and tag[0] == self.a_bits and tag[1] == x._version:
             return tag[2], 1.0
@@ -84,36 +84,62 @@ class IntLayer:
     def run(self, module: nn.Module, x: Tensor) -> Tensor | None:
         """The layer's output on the integer path, or None (then the caller runs torch)."""
         conv = isinstance(module, nn.Conv2d)
-        if x.numel() == 0 or x.dim() != (4 if conv else 2):
-            return None  # empty batches and Linear inputs other than (N, C): torch
+        if x.numel() == 0:
+            return None  # an empty batch: torch
+        if x.dim() != (4 if conv else 2):
+            return self._fallback(module, f"an input of shape {tuple(x.shape)}, not (N, C)")
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            return self._fallback(module, f"a {x.dtype} input on {x.device}, not float32 on cpu")
         x4 = x if conv else x.reshape(x.shape[0], -1, 1, 1)
         found = self.codes(x4)
         if found is None:
-            return None
+            return self._fallback(module, f"an input that is not {self.a_bits}-bit codes")
         # The weight input only routes dL/d f_w(W) back to W: for W = 1, f_w's straight-through
         # gradient is the identity, so the weight itself does (no float f_w(W) to compute).
         wq = module.weight if self.w_bits == 1 else module.quantized_weight()
-        y = _IntConvFn.apply(x4, wq, module, self, *found)
-        y = y if conv else y.reshape(y.shape[0], -1)
+        passed = _Passed()
+        y = _IntConvFn.apply(x4, wq, module, self, *found, passed)  # Linear: (N, O)
         if torch.is_grad_enabled() and y.requires_grad:
-            y._dorefa_fg = self  # this layer's backward applies f_g to y's gradient
-            self.untaken[id(y)] = y
+            y._dorefa_fg = (self, passed)  # this layer's backward applies f_g to y's gradient
         return y
 
-    def take(self, x: Tensor) -> bool:
-        """True if ``x`` is this layer's integer output (its f_g runs in the conv's backward);
-        RuntimeError if an integer output of this layer is still waiting and ``x`` is another
-        tensor: the GradQuant would quantize the gradient a second time."""
-        if getattr(x, "_dorefa_fg", None) is self:
-            self.untaken.pop(id(x), None)
-            return True
-        if len(self.untaken):
-            raise RuntimeError(
-                f"{self.grad_quant!r} received a tensor that is not its integer conv's output: "
-                "the int engine needs the GradQuant applied directly to the conv's output "
-                "(gq(conv(x))); use set_engine(model, 'torch') for this model"
-            )
-        return False
+    def _fallback(self, module: nn.Module, why: str) -> None:
+        """None (the call runs on torch), said once per layer and reason."""
+        if why not in self.fell_back:
+            self.fell_back.add(why)
+            warnings.warn(f"int engine: {module!r} ran on torch: {why}", RuntimeWarning, 3)
+
+    def take(self, x: Tensor) -> Tensor | None:
+        """``x`` through an identity that notes the gradient it passes back, if ``x`` is this
+        layer's integer output (its f_g runs in the conv's backward); else None."""
+        tag = getattr(x, "_dorefa_fg", None)
+        if tag is None or tag[0] is not self:
+            return None
+        return _ThroughGradQuant.apply(x, tag[1])
+
+
+class _Passed:
+    """The gradient a GradQuant passed back to its integer conv's output (None: none yet)."""
+
+    __slots__ = ("grad",)
+
+    def __init__(self) -> None:
+        self.grad: Tensor | None = None
+
+
+class _ThroughGradQuant(torch.autograd.Function):
+    """Identity; its backward notes the gradient it hands on (the conv's backward checks that
+    this gradient, and no other, reached it)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, passed: _Passed) -> Tensor:
+        ctx.passed = passed
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        ctx.passed.grad = g
+        return g, None
 
 
 def tag_codes(y: Tensor, k: int, codes: Tensor, nan_free: bool = False) -> Tensor:
@@ -166,7 +192,7 @@ def _scaled(d: np.ndarray, scale: float, threads: int) -> np.ndarray:
 
 class _IntConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, wq, module: nn.Module, layer: IntLayer, q: np.ndarray, factor: float):
+    def forward(ctx, x, wq, module: nn.Module, layer: IntLayer, q, factor: float, passed: _Passed):
         from .kernels import bitconv2d_signed, pack_weights
 
         p, s = _weights(module)
@@ -181,16 +207,18 @@ class _IntConvFn(torch.autograd.Function):
         )
         n_a = (1 << layer.a_bits) - 1
         ctx.layer, ctx.q, ctx.p, ctx.s, ctx.threads = layer, q, p, s, threads
-        ctx.wq_shape, ctx.factor = wq.shape, factor
-        return torch.from_numpy(_scaled(d, s * factor / n_a, threads))
+        ctx.wq_shape, ctx.factor, ctx.passed, ctx.out_shape = wq.shape, factor, passed, d.shape
+        y = torch.from_numpy(_scaled(d, s * factor / n_a, threads))
+        # a Linear's (N, O) made here, so that its GradQuant's gradient reaches backward as is
+        return y if isinstance(module, nn.Conv2d) else y.reshape(len(y), -1)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy: Tensor):
         from .kernels.training import conv_input_grad, conv_weight_grad
 
+        _check_gradient(ctx, dy)
         layer, q, p = ctx.layer, ctx.q, ctx.p
-        c, m = _gradient_codes(dy.contiguous(), layer, ctx.threads)
+        c, m = _gradient_codes(dy.reshape(ctx.out_shape).contiguous(), layer, ctx.threads)
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dx = conv_input_grad(
@@ -204,7 +232,25 @@ class _IntConvFn(torch.autograd.Function):
                 ctx.threads, ctx.factor,
             )  # fmt: skip
             dw = torch.from_numpy(dw).reshape(ctx.wq_shape)
-        return dx, dw, None, None, None, None
+        return dx, dw, None, None, None, None, None
+
+
+def _check_gradient(ctx, dy: Tensor) -> None:
+    """The gradient must be the one the layer's GradQuant passed back (module docstring)."""
+    passed, ctx.passed.grad = ctx.passed.grad, None
+    gq = ctx.layer.grad_quant
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "a gradient of a gradient (create_graph=True) through the int engine's layers: "
+            "their integer products are not differentiable; use set_engine(model, 'torch')"
+        )
+    if passed is not dy:
+        raise RuntimeError(
+            f"the int engine's conv before {gq!r} got a gradient that did not come through that "
+            "GradQuant alone (its output used elsewhere too, a GradQuant not applied to it "
+            "directly as gq(conv(x)), or a module hook between them): f_g would quantize what "
+            "the torch engine does not; use set_engine(model, 'torch') for this model"
+        )
 
 
 def _geometry(module: nn.Module) -> tuple[int, int] | str:
@@ -215,6 +261,10 @@ def _geometry(module: nn.Module) -> tuple[int, int] | str:
     if module.groups != 1 or tuple(module.dilation) != (1, 1):
         return "groups or dilation"
     stride, padding = tuple(module.stride), module.padding
+    if padding == "valid":
+        padding = (0, 0)
+    elif padding == "same" and all(k % 2 for k in module.kernel_size):  # stride 1 (torch's rule)
+        padding = tuple(k // 2 for k in module.kernel_size)
     if isinstance(padding, str) or len(set(stride)) != 1 or len(set(padding)) != 1:
         return "asymmetric stride or padding"
     if module.padding_mode != "zeros":
@@ -250,7 +300,7 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
     activation bits A of the layers' inputs."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    bits = bits if bits is not None else getattr(model, "bits", None)
+    bits = Bits.parse(bits) if bits is not None else getattr(model, "bits", None)
     report = {}
     from .nn import ActQuant
 

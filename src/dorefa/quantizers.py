@@ -87,7 +87,7 @@ def weight_codes(w: Tensor, k: int) -> tuple[Tensor, float]:
 
     * ``k = 1``:      ``p = [w >= 0]``, ``s = E = mean(|w|)``;
     * ``1 < k <= 8``: ``p = round(n u)``, ``u = tanh(w) / (2 max|tanh(w)|) + 1/2``, ``s = 1/n``
-      (NaN if a weight is NaN).
+      (NaN if a weight is NaN, or all are 0: then every f_w(w) is 0 / 0).
 
     Computed on ``w.detach()`` in w's dtype and device (export passes float32 on the CPU).
     """
@@ -98,10 +98,12 @@ def weight_codes(w: Tensor, k: int) -> tuple[Tensor, float]:
         p, e = _sign_codes(w)
         return p.to(torch.uint8), float(e)
     n = _levels(k)
-    # A NaN weight makes every f_w NaN (max|tanh(w)| is NaN), which codes cannot hold: the scale
-    # carries it, as E does for k = 1 (the int engine then outputs NaN, as the torch engine).
-    scale = float("nan") if bool(torch.isnan(w).any()) else 1.0 / n
-    return _codes(_tanh_unit(w.detach()), n).to(torch.uint8), scale
+    u = _tanh_unit(w.detach())
+    # A NaN weight, or weights all 0, make every f_w NaN (max|tanh(w)| is NaN or 0), which codes
+    # cannot hold: the scale carries it, as E does for k = 1 (the int engine then outputs NaN,
+    # as the torch engine does).
+    scale = float("nan") if bool(torch.isnan(u).any()) else 1.0 / n
+    return _codes(u, n).to(torch.uint8), scale
 
 
 class _ActQuantFn(torch.autograd.Function):
@@ -174,7 +176,7 @@ def gradient_codes(
     if g.dim() <= 1:
         m = g.abs()
     else:  # max|g| per sample as max(max g, -min g): two fast reductions, no |g| temporary
-        flat = g.reshape(g.shape[0], -1)
+        flat = g.flatten(1)  # reshape(N, -1) has no size for N = 0
         m = torch.maximum(flat.amax(1), -flat.amin(1)).view((-1,) + (1,) * (g.dim() - 1))
     inv_n = n / (2.0 * torch.where(m > 0, m, torch.ones_like(m)))
     # n * (dr/(2m) + 1/2 + (u - 1/2)/n) == g * n/(2m) + u + (n-1)/2,  u ~ U(0, 1)
@@ -241,8 +243,8 @@ class GradQuant(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.k == FLOAT or not (torch.is_grad_enabled() and x.requires_grad):
             return x
-        if self.fused is not None and self.fused.take(x):
-            return x  # the integer layer that produced x applies f_g in its backward
+        if self.fused is not None and (taken := self.fused.take(x)) is not None:
+            return taken  # the integer layer that produced x applies f_g in its backward
         return _GradQuantFn.apply(x, self.k, self.generator)
 
     def extra_repr(self) -> str:

@@ -129,7 +129,7 @@ inline __attribute__((always_inline)) void Statistics(const Geom& g, const float
   const double m = static_cast<double>(g.n * g.hw);
   // (x - mu32)^2 summed: correct it to the sum about mu itself
   const double d = mu - static_cast<float>(mu);
-  const double v = std::max(0.0, q / m - d * d);
+  const double v = std::max(q / m - d * d, 0.0);  // this order keeps a NaN (as torch's var)
   const double is = 1.0 / std::sqrt(v + eps);
   mean[ch] = mu, var[ch] = v, invstd[ch] = is;
   *a = static_cast<float>(w[ch] * is);
