@@ -389,6 +389,44 @@ def test_compare_names_a_checkpoint_that_is_not_the_exported_one(one_epoch, tmp_
     capsys.readouterr()
     run_test_set(path, "fashion-mnist", test_subset=8, compare=later)
     assert "exported after epoch 1" in capsys.readouterr().err
+    # another run's checkpoint at the same epoch (other weights): named, by its digest
+    other = tmp_path / "other.pt"
+    model = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    checkpoint.save_atomic(ckpt | {"model": model}, other)
+    run_test_set(path, "fashion-mnist", test_subset=8, compare=other)
+    assert "exported from another checkpoint" in capsys.readouterr().err
+    run_test_set(path, "fashion-mnist", test_subset=8, compare=one_epoch / "checkpoint.pt")
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_eval_and_run_take_only_data_of_the_models_classes(one_epoch, tmp_path, capsys):
+    """eval took a dataset of fewer classes than the model's (labels of other classes), run
+    refused it: one rule, refused by both."""
+    from test_data import write_idx
+
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(12) % 3)
+    data = f"idx:{tmp_path}"
+    path = tmp_path / "m.dorefa"
+    assert main(["export", str(one_epoch / "checkpoint.pt"), "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(one_epoch / "checkpoint.pt"), "--data", data]) == 2
+    assert "has 1 channels and 3 classes; the checkpoint's model expects 1 and 10" in (
+        capsys.readouterr().err
+    )
+    assert main(["run", str(path), "--data", data]) == 2
+    assert "has 1 channels and 3 classes" in capsys.readouterr().err
+
+
+def test_eval_takes_a_cpu_index_and_caps_threads_at_the_cpus(one_epoch, capsys):
+    """--device cpu:0 was reported as a corrupt checkpoint (torch.load cannot map to it);
+    --threads 60000 crashed (threads created for each)."""
+    args = ["eval", str(one_epoch / "checkpoint.pt"), "--test-subset", "8"]
+    assert main([*args, "--device", "cpu:0", "--threads", "60000"]) == 0
+    out = capsys.readouterr()
+    assert "accuracy" in out.out and "--threads 60000 is more than the" in out.err
 
 
 def test_negative_bits_get_the_bits_message_not_argparse_s(capsys):
@@ -420,3 +458,27 @@ def test_a_data_loader_workers_error_is_its_own_line():
     )
     assert _one_line(exc) == "/d/a/bad.png: cannot decode image (OSError: truncated)"
     assert _one_line(ValueError("two\nlines")) == "two lines"
+
+
+def test_a_device_file_and_a_negative_variance_are_named(one_epoch, tmp_path, capsys):
+    assert main(["eval", "/dev/zero"]) == 2
+    assert "/dev/zero: is not a regular file" in capsys.readouterr().err
+    ckpt = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
+    key = next(k for k in ckpt["model"] if k.endswith("running_var"))
+    model = dict(ckpt["model"]) | {key: -torch.ones_like(ckpt["model"][key])}
+    checkpoint.save_atomic(ckpt | {"model": model}, tmp_path / "neg.pt")
+    assert main(["export", str(tmp_path / "neg.pt"), "-o", str(tmp_path / "m.dorefa")]) == 2
+    assert "BatchNorm running variance -1.0 is negative" in capsys.readouterr().err
+
+
+def test_a_model_summary_builds_no_weights():
+    """`dorefa summary alexnet --in-channels 100000` had built 5.5 GB of weights (48 GB for
+    svhn at 10**7 channels): the model is made on the meta device."""
+    import resource
+
+    from dorefa.summary_cli import load_summary
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = load_summary("alexnet", in_channels=100000)
+    assert s.totals["params"] > 1.4e9
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 2**20  # KiB: < 1 GiB

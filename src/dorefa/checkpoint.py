@@ -181,7 +181,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'checkpoint.pt'})"
         )
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        what = "is not a regular file" if path.exists() else "checkpoint file not found"
+        raise CheckpointError(f"{path}: {what}")
     _refuse_exported_model(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -244,8 +245,12 @@ def _check_digest(ckpt: dict, path: Path) -> None:
 
 def export_meta(ckpt: dict, path: str | os.PathLike) -> dict:
     """The header meta of a file exported from checkpoint ``ckpt`` (read from ``path``): its
-    meta, that path, and the epochs it had finished (what `dorefa run --compare` checks)."""
-    return dict(ckpt["meta"]) | {"checkpoint": str(path), "epoch": int(ckpt.get("epoch", -1)) + 1}
+    meta, that path, the epochs it had finished and its digest (what `dorefa run --compare`
+    checks)."""
+    source = {"checkpoint": str(path), "epoch": int(ckpt.get("epoch", -1)) + 1}
+    if isinstance(ckpt.get(DIGEST), str):
+        source["checkpoint_digest"] = ckpt[DIGEST]
+    return dict(ckpt["meta"]) | source
 
 
 def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):

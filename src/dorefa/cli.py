@@ -82,32 +82,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .cpuinfo import pick_threads
     from .train import evaluate, resolve_device
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        threads, line = pick_threads(args.threads)
+        if line.startswith("warning"):
+            print(line, file=sys.stderr)
+        torch.set_num_threads(threads)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location=device)
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
-    from .data import first_images, get_dataset
+    from .data import first_images, get_dataset, require_model_shape
 
-    data = args.data or ckpt["meta"].get("data", "fashion-mnist")
-    test_set = get_dataset(
-        data, "test", data_dir=args.data_dir, image_size=ckpt["meta"]["image_size"]
-    )
-    test_set = first_images(test_set, args.test_subset, "--test-subset")
-    if test_set.in_channels != ckpt["meta"]["in_channels"]:
-        raise ValueError(
-            f"{data} has {test_set.in_channels} channels but the checkpoint's model "
-            f"expects {ckpt['meta']['in_channels']}"
-        )
-    if test_set.num_classes > ckpt["meta"]["num_classes"]:
-        raise ValueError(
-            f"{data} has {test_set.num_classes} classes but the checkpoint's model has "
-            f"{ckpt['meta']['num_classes']}; evaluate it on the data it was trained on"
-        )
-    ev = evaluate(model, test_set, ckpt["meta"]["image_size"], args.batch_size, device)
     meta = ckpt["meta"]
+    data = args.data or meta.get("data", "fashion-mnist")
+    test_set = get_dataset(data, "test", data_dir=args.data_dir, image_size=meta["image_size"])
+    test_set = first_images(test_set, args.test_subset, "--test-subset")
+    require_model_shape(
+        test_set, data, meta["in_channels"], meta["num_classes"], "the checkpoint's model"
+    )
+    ev = evaluate(model, test_set, meta["image_size"], args.batch_size, device)
     print(
         f"{meta['model']} bits {meta['bits']} width {meta['width']} on {data} "
         f"(test, {ev['n']} images): accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}"

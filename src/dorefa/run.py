@@ -51,6 +51,8 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cpu":
+        return torch.device("cpu")  # cpu:N is the one CPU device (a checkpoint maps to "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"--device {name}: CUDA is not available on this machine; use --device cpu"

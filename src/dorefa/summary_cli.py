@@ -72,6 +72,8 @@ def _checkpoint_summary(path: Path, input_size: int | None):
 
 
 def _model_summary(name, input_size, bits, width, num_classes, in_channels):
+    import torch
+
     from .model_summary import summary
     from .models import create_model, list_models
 
@@ -82,9 +84,10 @@ def _model_summary(name, input_size, bits, width, num_classes, in_channels):
         )
     b = Bits.parse(bits or DEFAULT_BITS)
     width = 1.0 if width is None else width
-    model = create_model(
-        name, bits=b, width=width, num_classes=num_classes or 10, in_channels=in_channels or 3
-    )
+    with torch.device("meta"):  # shapes only: no memory for the weights, whatever the sizes
+        model = create_model(
+            name, bits=b, width=width, num_classes=num_classes or 10, in_channels=in_channels or 3
+        )
     s = summary(model, input_size)
     s.title = f"{name} bits {b} width {width}"
     return s

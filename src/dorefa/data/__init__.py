@@ -1,7 +1,7 @@
 """Data loaders: IDX (MNIST, Fashion-MNIST), SVHN, CIFAR-10, image folders; batch transforms."""
 
 from .arrays import ArrayDataset
-from .errors import DataError, first_images, require_classes
+from .errors import DataError, first_images, require_classes, require_model_shape
 from .imagefolder import ImageFolderDataset
 from .registry import check_spec, get_dataset, list_datasets
 from .transforms import default_augment, to_model_input
@@ -16,5 +16,6 @@ __all__ = [
     "get_dataset",
     "list_datasets",
     "require_classes",
+    "require_model_shape",
     "to_model_input",
 ]

@@ -56,3 +56,14 @@ def first_images(dataset, n: int | None, flag: str):
             file=sys.stderr,
         )
     return dataset.subset(min(n, len(dataset)))
+
+
+def require_model_shape(dataset, spec: str, channels: int, classes: int, model: str) -> None:
+    """Raise ValueError unless ``dataset`` has the model's input channels and classes (label i
+    of other data means another class, so fewer classes are refused too); ``model`` names it."""
+    if dataset.in_channels != channels or dataset.num_classes != classes:
+        raise ValueError(
+            f"{spec} has {dataset.in_channels} channels and {dataset.num_classes} classes; "
+            f"{model} expects {channels} and {classes}: pick the dataset the model was trained "
+            "on"
+        )

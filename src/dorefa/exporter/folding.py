@@ -112,6 +112,8 @@ def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarr
     var = bn.running_var.detach().double().cpu().numpy()
     g = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else np.ones_like(mean)
     b = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else np.zeros_like(mean)
+    if np.any(var + bn.eps <= 0):  # only an edited checkpoint has one
+        raise ExportError(f"{bn}: BatchNorm running variance {var.min()} is negative")
     inv = g / np.sqrt(var + bn.eps)
     a, c = inv, b - mean * inv
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(c))):

@@ -48,17 +48,12 @@ def model_input_batches(test_set, batch_size: int, size: int):
 def load_test_set(data: str, data_dir, test_subset: int | None, model):
     """The test split of ``data`` at the model's input size (its first ``test_subset`` images
     if given), checked against the model's channels and classes."""
-    from ..data import first_images, get_dataset
+    from ..data import first_images, get_dataset, require_model_shape
 
     c, size, _ = model.input_shape
     test_set = get_dataset(data, "test", data_dir=data_dir, image_size=size)
     test_set = first_images(test_set, test_subset, "--test-subset")
-    if test_set.in_channels != c or test_set.num_classes != model.num_classes:
-        raise ValueError(
-            f"{data} has {test_set.in_channels} channels and {test_set.num_classes} classes; "
-            f"{model.path} expects {c} and {model.num_classes}: pick the dataset the model was "
-            "trained on"
-        )
+    require_model_shape(test_set, data, c, model.num_classes, str(model.path))
     return test_set
 
 
@@ -87,12 +82,21 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
                 f"--compare {checkpoint} has {key} {meta[key]} but {model.path} was exported "
                 f"with {key} {model.meta[key]}: compare with the checkpoint it was exported from"
             )
-    epoch = export_meta(ckpt, checkpoint)["epoch"]
+    source = export_meta(ckpt, checkpoint)
+    epoch, digest = source["epoch"], source.get("checkpoint_digest")
+    exported_from = model.meta.get("checkpoint", "its checkpoint")
     if "epoch" in model.meta and model.meta["epoch"] != epoch:  # the same run, another epoch
         print(
             f"warning: {model.path} was exported after epoch {model.meta['epoch']} "
-            f"({model.meta.get('checkpoint', 'its checkpoint')}), {checkpoint} holds epoch "
-            f"{epoch}: the agreement below compares two different weights",
+            f"({exported_from}), {checkpoint} holds epoch {epoch}: the agreement below "
+            "compares two different weights",
+            file=sys.stderr,
+        )
+    elif digest and model.meta.get("checkpoint_digest", digest) != digest:  # another run
+        print(
+            f"warning: {model.path} was exported from another checkpoint ({exported_from}) "
+            f"than {checkpoint}, of the same epoch: the agreement below compares two "
+            "different weights",
             file=sys.stderr,
         )
     torch.set_num_threads(threads)
