@@ -258,6 +258,10 @@ def test_dorefa_run_explain_prints_the_plan(tmp_path, capsys):
         if isinstance(layer, BitConv):
             assert layer.name in out
     assert "W1A2" in out and "kernel plan" in out
+    assert main(["run", str(path), "--explain", "--compare", "x.pt", "--test-subset", "9"]) == 0
+    assert "--explain runs no test set: --compare, --test-subset not used" in (
+        capsys.readouterr().err
+    )
 
 
 def test_amx_candidates_are_warmed_up_before_timing_unless_just_timed(monkeypatch):

@@ -16,6 +16,8 @@ from .compare import compare_logits, run_test_set
 
 __all__ = ["cmd_run", "compare_logits", "register_cli"]
 
+DEFAULT_DATA = "fashion-mnist"
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Print :func:`dorefa.runtime.compare.run_test_set`'s result (``--explain``: the kernel
@@ -26,6 +28,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.threads = threads
     if args.explain:
         from .. import runtime
+
+        unused = [
+            flag
+            for flag, value, default in (
+                ("--compare", args.compare, None),
+                ("--data", args.data, DEFAULT_DATA),
+                ("--data-dir", args.data_dir, None),
+                ("--test-subset", args.test_subset, None),
+            )
+            if value != default
+        ]
+        if unused:
+            unused_flags = ", ".join(unused)
+            print(f"note: --explain runs no test set: {unused_flags} not used", file=sys.stderr)
 
         model = runtime.load(args.model, threads=args.threads)
         print(f"{model.path}: bits {model.bits}, kernel plan (batch 1, 1 thread)")
@@ -66,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("run", help="test accuracy of a .dorefa file on the bit runtime")
     p.add_argument("model", help=".dorefa file from `dorefa export`")
-    p.add_argument("--data", default="fashion-mnist", help="dataset spec (default fashion-mnist)")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"dataset spec (default {DEFAULT_DATA})")
     p.add_argument("--data-dir", default=None, help="folder overriding the dataset's default")
     p.add_argument(
         "--compare",
