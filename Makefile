@@ -30,7 +30,7 @@ data:
 
 # The demo trains on half the training set (30k images, 3 epochs) in two data-parallel processes
 # of one thread each: ~5 minutes on 2 cores (0.866 test accuracy on an AMD EPYC Zen 4; the
-# full 60k set reaches 0.885 in ~13 minutes, docs/training.md). One thread per process never
+# full 60k set reaches 0.885 in 3 epochs, ~13 minutes on an idle core: docs/training.md). One thread per process never
 # oversubscribes a shared 2-vCPU machine, where two torch threads in one process can collapse.
 demo: install data
 	$(VENV)/bin/dorefa train --model svhn --data fashion-mnist --bits 1,2,6 --epochs 3 --subset 30000 --nproc 2 --out runs/demo-svhn-w1a2g6 --resume
