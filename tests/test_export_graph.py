@@ -262,3 +262,93 @@ def test_batch_shares_give_the_same_logits(tmp_path, monkeypatch):
     fail.append(True)
     with pytest.raises(RuntimeError, match="a share failed"):
         m(x, 2)
+
+
+class _AliasedIadd(nn.Module):
+    """`skip = x; x += f(x)`, then skip read: eager torch changes skip too."""
+
+    def __init__(self, alias: bool):
+        super().__init__()
+        self.alias = alias
+        self.stem, self.bn0, self.r0 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.c1, self.b1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+        self.fc = nn.Linear(2 * 8 * 8 * 8 if alias else 8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.bn0(self.stem(x))
+        skip = x
+        x += self.b1(self.c1(self.r0(x)))
+        if self.alias:
+            x = torch.cat([self.r1(x), self.r2(skip)], 1)
+        else:
+            x = self.r1(x)
+        return self.fc(torch.flatten(x, 1))
+
+
+def _agree(model, tmp_path, size=8, bits="2,2,32"):
+    """Export ``model`` (quantized with ``bits``) and return the largest |logit| difference
+    between the runtime and torch on random images."""
+    model = quantize_model(model, bits).eval()
+    export(model, tmp_path / "m.dorefa", input_size=size)
+    x = torch.rand(16, model.stem.in_channels if hasattr(model, "stem") else 1, size, size)
+    with torch.no_grad():
+        want = model(x).numpy()
+    return float(np.abs(rt.load(tmp_path / "m.dorefa")(x.numpy()) - want).max())
+
+
+def test_an_in_place_add_read_under_another_name_is_refused(tmp_path):
+    """fx records `x += y` as `x + y`: the export gave skip its old value (logits 0.39 apart,
+    no error). An in-place add whose x is read later is refused; one that is not exports."""
+    torch.manual_seed(0)
+    with pytest.raises(ExportError, match=r"`x \+= y` where x is used again after it"):
+        _agree(_AliasedIadd(alias=True), tmp_path)
+    assert _agree(_AliasedIadd(alias=False), tmp_path) < 1e-4
+
+
+def test_weight_norm_weights_are_current_at_export(tmp_path):
+    """weight_norm computes the weight in a forward pre-hook: trained and exported without a
+    forward in between, the runtime ran the weights of the last forward (6% agreement)."""
+    torch.manual_seed(0)
+    model = _seq(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    model(torch.rand(2, 1, 8, 8))  # materialise the lazy classifier
+    model[0] = torch.nn.utils.weight_norm(model[0])
+    model = quantize_model(model, "2,2,32")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.rand(4, 1, 8, 8)), torch.arange(4)).backward()
+        opt.step()
+    model.eval()
+    export(model, tmp_path / "m.dorefa", input_size=8)
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(rt.load(tmp_path / "m.dorefa")(x.numpy()) - want).max() < 1e-4
+
+
+def test_quantize_model_refuses_a_shared_relu_and_names_what_it_leaves_float():
+    class Shared(nn.Module):  # torchvision's BasicBlock calls self.relu twice
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)
+            self.relu, self.fc = nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.relu(self.b(self.relu(self.a(x))))
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    with pytest.raises(ValueError, match="relu .an nn.ReLU. is called 2 times in forward"):
+        quantize_model(Shared(), "1,2,32")
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    net.append(torch.nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 4, 1)))
+    with pytest.warns(UserWarning, match=r"nn.ReLU only; 1, 4 stay float"):
+        quantize_model(net, "1,2,32")
+
+
+def test_export_names_a_bad_input_size(tmp_path):
+    model = quantize_model(_seq(), "1,2,32")
+    model(torch.rand(1, 1, 8, 8))
+    for bad in ((8, 12), 0, 2.5):
+        with pytest.raises(ExportError, match="input_size must be one int >= 1, the side of"):
+            export(model.eval(), tmp_path / "m.dorefa", input_size=bad)

@@ -182,12 +182,63 @@ def _quantized_copy(layer: nn.Module, w_bits: int) -> nn.Module:
     return _copy_params(layer, q)
 
 
+# Activations quantize_model leaves as they are (only nn.ReLU becomes f_a).
+_OTHER_ACTIVATIONS = (
+    nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus,
+)  # fmt: skip
+
+
+def _check_convertible(model: nn.Module) -> None:
+    """ValueError for an nn.ReLU module called more than once in forward (each module becomes
+    one f_a, and the one before the last layer only a clip: every use would follow it); a
+    warning naming the layers quantize_model leaves float (other activations, parametrized
+    convs and linears: ``type`` is not nn.Conv2d / nn.Linear)."""
+    import warnings
+
+    from torch.nn.utils import parametrize
+
+    relus = {name for name, m in model.named_modules() if type(m) is nn.ReLU}
+    if relus:
+        try:
+            graph = torch.fx.symbolic_trace(model).graph
+        except Exception:  # noqa: BLE001 (data-dependent forward: nothing to count)
+            graph = None
+        calls: dict[str, int] = {}
+        for node in graph.nodes if graph is not None else ():
+            if node.op == "call_module" and node.target in relus:
+                calls[node.target] = calls.get(node.target, 0) + 1
+        shared = {name: n for name, n in calls.items() if n > 1}
+        if shared:
+            name, n = next(iter(shared.items()))
+            raise ValueError(
+                f"{name} (an nn.ReLU) is called {n} times in forward: quantize_model makes each "
+                "ReLU module one f_a, so give each use its own nn.ReLU (torchvision's "
+                "BasicBlock shares self.relu)"
+            )
+    left = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, _OTHER_ACTIVATIONS)
+        or (isinstance(m, (nn.Conv2d, nn.Linear)) and parametrize.is_parametrized(m))
+    ]
+    if left:
+        warnings.warn(
+            f"quantize_model converts nn.Conv2d, nn.Linear and nn.ReLU only; {', '.join(left)} "
+            "stay float (use nn.ReLU for f_a; remove a parametrization first with "
+            "torch.nn.utils.parametrize.remove_parametrizations)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = True) -> nn.Module:
     """Turn a float model built from Conv2d/Linear/BatchNorm/ReLU into its DoReFa form, in place.
 
     * every Conv2d/Linear becomes ``Sequential(QConv2d|QLinear, GradQuant(g))`` with the same
       weights (its state-dict keys gain a ``.0``);
-    * every ReLU becomes ``ActQuant(a)``;
+    * every ReLU becomes ``ActQuant(a)`` (a ReLU module called twice in forward is refused;
+      other activations and parametrized layers stay float, with a warning);
     * with ``keep_first_last`` (the default, as in the paper), the first Conv2d/Linear in module
       order keeps float weights and its input, and the last one keeps float weights, no f_g
       after it, and its input is clipped to [0, 1] but not quantized (the ReLU after the last
@@ -201,6 +252,7 @@ def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = T
     layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
     if not layers:
         raise ValueError("quantize_model found no nn.Conv2d or nn.Linear layer to quantize")
+    _check_convertible(model)
     first, last = layers[0], layers[-1]
     order = {id(m): i for i, m in enumerate(model.modules())}
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]

@@ -35,6 +35,10 @@ FORMATS = ("dorefa", "qonnx")  # export(format=...) and `dorefa export --format`
 
 def _input_shape(model: nn.Module, input_size: int | None) -> tuple[int, int, int]:
     size = getattr(model, "input_size", None) if input_size is None else input_size
+    if input_size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ExportError(
+            f"input_size must be one int >= 1, the side of square images, got {input_size!r}"
+        )
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ExportError(
             f"{type(model).__name__} has no integer input_size attribute; pass input_size="
@@ -54,11 +58,28 @@ def _bits_label(model: nn.Module, header_nodes: list[dict]) -> str | None:
     return f"{w.pop()},{a.pop()}" if len(w) == 1 and len(a) == 1 else None
 
 
+def _refresh_hooked_weights(model: nn.Module, shape: tuple[int, int, int]) -> None:
+    """Weights that a forward pre-hook computes (``torch.nn.utils.weight_norm``) are current
+    only after a forward pass: one eval pass on zeros before they are read (the training mode
+    is restored; no BatchNorm statistic moves)."""
+    if not any(m._forward_pre_hooks for m in model.modules()):
+        return
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, dtype=p.dtype, device=p.device))
+    finally:
+        model.train(was_training)
+
+
 def build(model: nn.Module, input_size: int | None = None) -> tuple[dict, dict]:
     """The runtime graph (header dict) and its arrays for ``model`` (see the module doc);
     ``input_size`` (square, pixels) defaults to ``model.input_size``."""
     check_model(model)
     shape = _input_shape(model, input_size)
+    _refresh_hooked_weights(model, shape)
     with torch.no_grad():
         w = write_graph(model, shape)
     header = {

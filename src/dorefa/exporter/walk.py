@@ -28,11 +28,22 @@ _SUPPORTED = (
 )
 
 
+class _InPlaceProxy(fx.Proxy):
+    """Records ``x += y`` as ``operator.iadd`` (fx's Proxy records it as ``x + y``), so that the
+    walk can refuse one whose x is read again later under another name."""
+
+    def __iadd__(self, other):
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (QConv2d, QLinear, ActQuant, GradQuant)):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InPlaceProxy(node, self)
 
 
 def trace(model: nn.Module) -> fx.Graph:
@@ -85,6 +96,12 @@ def _module(w: GraphWriter, name: str, m: nn.Module, x: Value) -> Value:
 def _function(w: GraphWriter, node: fx.Node, args: list, kwargs: dict) -> Value:
     fn = node.target
     what = getattr(fn, "__name__", str(fn))
+    if fn is operator.iadd and _used_after(node.args[0], node):
+        raise ExportError(
+            f"{node.name}: `x += y` where x is used again after it (under another name: torch "
+            "changes that tensor in place, which a graph of values cannot follow); write "
+            "x = x + y"
+        )
     if fn in (operator.add, operator.iadd, torch.add) and len(args) == 2 and not kwargs:
         if all(isinstance(a, Value) for a in args):
             return w.add(node.name, *args)
@@ -103,6 +120,14 @@ def _function(w: GraphWriter, node: fx.Node, args: list, kwargs: dict) -> Value:
         f"{node.name}: function {what}{tuple(type(a).__name__ for a in args)} is not supported "
         f"by the bit runtime (it runs {_SUPPORTED})"
     )
+
+
+def _used_after(value: object, node: fx.Node) -> bool:
+    """Whether graph node ``value`` has a user after ``node``."""
+    if not isinstance(value, fx.Node):
+        return False
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    return any(order[u] > order[node] for u in value.users)
 
 
 def _method(w: GraphWriter, node: fx.Node, args: list, kwargs: dict) -> Value:
