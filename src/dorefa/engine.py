@@ -134,7 +134,9 @@ class _ThroughGradQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: Tensor, passed: _Passed) -> Tensor:
         ctx.passed = passed
-        return y.view_as(y)
+        # an alias, not a view: a view made in a custom Function may not be changed in place
+        # (`gq(conv(x)) += skip` ran before this identity existed)
+        return y.detach()
 
     @staticmethod
     def backward(ctx, g: Tensor):
