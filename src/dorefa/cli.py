@@ -61,21 +61,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     nproc = getattr(args, "nproc", None)
-    if nproc is not None and not launched():  # a worker already: --nproc does not nest
+    if nproc is not None and launched():  # the launcher's workers never see --nproc
+        raise ValueError(
+            f"--nproc {nproc} starts its own workers, but this process is already one of a "
+            f"group (WORLD_SIZE={os.environ['WORLD_SIZE']}, RANK={os.environ['RANK']}: torchrun, "
+            "or variables left in the shell); drop --nproc under torchrun, or unset WORLD_SIZE, "
+            "RANK, MASTER_ADDR and MASTER_PORT"
+        )
+    if nproc is not None:
         if nproc < 1:
             raise ValueError(f"--nproc must be >= 1, got {nproc}")
         _check_nproc(nproc, cfg.batch_size, cfg.subset)
         if nproc > 1:
             from .distributed import launch
 
+            _check_before_launch(cfg, nproc)
             return launch(nproc, _without_nproc(getattr(args, "argv", None) or sys.argv[1:]))
     result = train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if not launched() or int(os.environ["RANK"]) == 0:
         print(
             f"final test accuracy {result['test_acc']:.4f}  (best "
             f"{result['best_test_acc']:.4f})  -> {cfg.out}"
         )
     return 0
+
+
+def _check_before_launch(cfg, nproc: int) -> None:
+    """What every worker would refuse alike, said once before they start (each had printed
+    it), and a warning when the workers' threads outnumber the CPUs."""
+    from .cpuinfo import usable_cpus
+    from .optim import amp_dtype
+    from .train import resolve_device
+
+    amp_dtype(cfg.amp, resolve_device(cfg.device))
+    cpus = len(usable_cpus())
+    if cfg.threads and cfg.threads * nproc > cpus:
+        print(
+            f"warning: --threads {cfg.threads} in each of --nproc {nproc} processes is "
+            f"{cfg.threads * nproc} threads on {cpus} CPUs (more threads than CPUs only adds "
+            "contention; drop --threads to get one per process)",
+            file=sys.stderr,
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -202,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         # CheckpointError and DataError are ValueErrors; every message becomes one line
         print(f"dorefa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if not _lost_group(exc):
+            raise
+        print(
+            f"dorefa {args.command}: error: rank {os.environ['RANK']} lost its process group "
+            f"(another worker stopped first: {_one_line(exc)[:160]})",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(
             f"dorefa {args.command}: interrupted (a run's finished epochs are in its "
@@ -209,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _lost_group(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a data-parallel worker's collective failing because a peer is gone."""
+    from .distributed import launched
+
+    text = str(exc)
+    return launched() and any(s in text for s in ("Connection reset", "Connection closed", "gloo"))
 
 
 def _stdout_is_pipe() -> bool:

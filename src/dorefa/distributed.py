@@ -14,6 +14,7 @@ permutation: the same images as step k of a single process with batch B.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -105,8 +106,12 @@ def setup(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
 
 
-def teardown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def teardown(info: DistInfo, failed: bool = False) -> None:
+    """Leave the process group. ``failed``: this rank stops on an error, so it must not wait
+    in a barrier (the others may be in a collective it will never join: the group hung for
+    gloo's 30 minutes, the error unprinted); it leaves the group as it is, its exit breaks
+    the others' connections, and they stop too."""
+    if info.enabled and dist.is_initialized() and not failed:
         dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
 
@@ -275,7 +280,8 @@ def _free_port() -> int:
 
 def worker_env(rank: int, nproc: int, port: int, **extra: str) -> dict:
     """This process's environment plus torchrun's variables for local worker `rank` of
-    `nproc` (one node), rendezvous on 127.0.0.1:`port` unless MASTER_ADDR is set."""
+    `nproc` (one node), rendezvous on 127.0.0.1:`port` (where the port was found free; a
+    MASTER_ADDR left in the environment had the workers wait on another host)."""
     return dict(
         os.environ,
         RANK=str(rank),
@@ -283,7 +289,7 @@ def worker_env(rank: int, nproc: int, port: int, **extra: str) -> dict:
         WORLD_SIZE=str(nproc),
         LOCAL_WORLD_SIZE=str(nproc),
         GROUP_RANK="0",
-        MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         **extra,
     )
@@ -292,14 +298,24 @@ def worker_env(rank: int, nproc: int, port: int, **extra: str) -> dict:
 def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
     """Start ``nproc`` local workers ``python -m dorefa ARGV`` with torchrun's environment variables
     (a single-node stand-in for ``torchrun --nproc_per_node``). If one worker fails, the others
-    are stopped. Returns the first non-zero exit status, else 0."""
+    are stopped; if the launcher dies, so do they (SIGTERM). Returns the first non-zero exit
+    status (a worker killed by signal S: 128 + S, and a line saying so), else 0."""
+    from .process import die_with_parent
+
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     port = _free_port()
     procs: list[subprocess.Popen] = []
+    posix = os.name == "posix"
     for rank in range(nproc):
         env = worker_env(rank, nproc, port)
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", module, *argv],
+                env=env,
+                preexec_fn=die_with_parent if posix else None,
+            )
+        )
     status = 0
     try:
         pending = list(procs)
@@ -311,7 +327,7 @@ def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
                     continue
                 pending.remove(p)
                 if rc != 0 and status == 0:
-                    status = rc
+                    status = _worker_status(procs.index(p), rc)
                     for q in pending:  # a dead rank would leave the others blocked forever
                         q.terminate()
     finally:
@@ -320,3 +336,18 @@ def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
                 p.kill()
                 p.wait()
     return status
+
+
+def _worker_status(rank: int, rc: int) -> int:
+    """The launcher's exit status for worker ``rank``'s ``rc``: a signal's death (rc = -S) is
+    said on stderr and becomes 128 + S, as a shell reports it."""
+    if rc >= 0:
+        return rc
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    print(
+        f"dorefa: worker rank {rank} was killed by {name}; the others are stopped", file=sys.stderr
+    )
+    return 128 - rc

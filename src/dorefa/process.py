@@ -27,7 +27,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "passive_openmp"]
+__all__ = ["die_with_parent", "keep_freed_memory", "passive_openmp"]
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
@@ -52,3 +52,15 @@ def passive_openmp() -> bool:
     now PASSIVE and torch (whose OpenMP runtime reads it once, on loading) is not loaded yet."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE" and "torch" not in sys.modules
+
+
+def die_with_parent() -> None:
+    """In a child (``preexec_fn``): SIGTERM when the parent dies, however it dies (a killed
+    sweep or ``--nproc`` launcher left its children running, writing and holding a folder's
+    lock). Linux only; elsewhere nothing."""
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -92,7 +92,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             result = fit(run, log)
     except BaseException:
         try:
-            distributed.teardown(info)
+            distributed.teardown(info, failed=True)
         except Exception:  # noqa: S110 - the error in flight is the one to report
             pass
         raise

@@ -5,20 +5,11 @@ writing into a cell's folder."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 from pathlib import Path
 
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the sweep dies, so no orphan keeps writing a cell."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from ..process import die_with_parent
 
 
 def child_env() -> dict:
@@ -50,7 +41,7 @@ class Children:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 env=child_env(),
-                preexec_fn=_die_with_parent if os.name == "posix" else None,
+                preexec_fn=die_with_parent if os.name == "posix" else None,
             )
             self.procs[name] = proc
             return proc

@@ -1,0 +1,119 @@
+"""`dorefa train --nproc`: when one worker fails, is killed or interrupted, or the launcher dies,
+the whole run stops at once with one line saying why (a lone failure had left the group hanging
+for gloo's 30 minutes, a killed launcher its workers training on); variables left in the shell
+neither hang a run nor change it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dorefa
+from dorefa import distributed
+from dorefa.cli import main
+
+SRC = str(Path(dorefa.__file__).resolve().parent.parent)
+TINY = ["--model", "svhn", "--width", "0.25", "--subset", "256", "--test-subset", "64"]
+TINY += ["--batch-size", "8", "--threads", "1", "--epochs", "30"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARS}
+    return env | {
+        "PYTHONPATH": SRC + os.pathsep + env.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _start(out: Path) -> subprocess.Popen:
+    """A 2-process run, returned once it has written its first checkpoint."""
+    cmd = [sys.executable, "-m", "dorefa", "train", *TINY, "--nproc", "2", "--out", str(out)]
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    return p
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _gone(pids: list[int], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_an_error_on_one_rank_stops_the_group_with_its_message(tmp_path):
+    """Rank 0's checkpoint write fails (a folder where the file goes, as a full disk would): it
+    had waited in teardown's barrier while rank 1 waited in the gradients' all-reduce."""
+    out = tmp_path / "run"
+    p = _start(out)
+    for _ in range(200):  # between two of rank 0's atomic writes (a rename may land first)
+        try:
+            (out / "checkpoint.pt").unlink(missing_ok=True)
+            (out / "checkpoint.pt").mkdir()
+            break
+        except FileExistsError:
+            time.sleep(0.01)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err
+    assert "checkpoint.pt exists and is not a regular file" in err
+    assert "rank 1 lost its process group (another worker stopped first" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_a_killed_worker_is_named_and_a_killed_launcher_takes_its_workers(tmp_path):
+    p = _start(tmp_path / "a")
+    workers = _children(p.pid)
+    os.kill(workers[1], signal.SIGKILL)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGKILL, err
+    assert "worker rank 1 was killed by SIGKILL; the others are stopped" in err
+    assert _gone(workers)
+    p = _start(tmp_path / "b")
+    workers = _children(p.pid)
+    os.kill(p.pid, signal.SIGKILL)  # no cleanup runs in the launcher
+    p.communicate(timeout=60)
+    assert _gone(workers), "the workers outlived their launcher"
+
+
+def test_launcher_variables_left_in_the_shell(monkeypatch, capsys):
+    """--nproc inside a group (torchrun, or variables left over) is refused, not ignored (the
+    run then waited for ranks that never came); a stray MASTER_ADDR does not send the workers
+    to another host; a stray RANK alone does not silence a plain run's last line."""
+    for k, v in dict(WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(k, v)
+    assert main(["train", *TINY, "--nproc", "2"]) == 2
+    assert "--nproc 2 starts its own workers, but this process is already one of a group" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("MASTER_ADDR", "192.0.2.1")
+    assert distributed.worker_env(1, 2, 1234)["MASTER_ADDR"] == "127.0.0.1"
+    for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.launched()
+
+
+def test_a_worker_killed_by_a_signal_gets_a_shells_status(capsys):
+    assert distributed._worker_status(1, -signal.SIGTERM) == 143
+    assert "worker rank 1 was killed by SIGTERM" in capsys.readouterr().err
+    assert distributed._worker_status(0, 3) == 3
