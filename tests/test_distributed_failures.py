@@ -117,3 +117,11 @@ def test_a_worker_killed_by_a_signal_gets_a_shells_status(capsys):
     assert distributed._worker_status(1, -signal.SIGTERM) == 143
     assert "worker rank 1 was killed by SIGTERM" in capsys.readouterr().err
     assert distributed._worker_status(0, 3) == 3
+
+
+def test_the_workers_never_see_nproc_even_abbreviated():
+    """argparse takes `--npro 2` for --nproc; the workers got it and refused to start."""
+    from dorefa.cli import _without_nproc
+
+    argv = ["--npro", "2", "--out", "x", "--np=2", "--nproc", "3", "--epochs", "1"]
+    assert _without_nproc(argv) == ["--out", "x", "--epochs", "1"]

@@ -144,6 +144,13 @@ def test_calls_that_run_on_torch_say_so_once_per_reason():
     assert len(said) == 2, said
     assert "ran on torch: an input that is not 2-bit codes" in said[0]
     assert "ran on torch: a torch.float64 input on cpu, not float32 on cpu" in said[1]
+    lin = torch.nn.Sequential(QLinear(6, 5, w_bits=1), GradQuant(4))
+    set_engine(lin, "int", bits=Bits(1, 2, 4))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for t in (3, 4, 5):  # one reason, whatever the shape
+            lin(_codes(2, t, 6))
+    assert ["a 3-D input, not (N, C)" in str(w.message) for w in seen] == [True]
 
 
 def test_batch_norm_keeps_a_nan_batch_in_its_running_variance():

@@ -340,6 +340,17 @@ def test_quantize_model_refuses_a_shared_relu_and_names_what_it_leaves_float():
 
     with pytest.raises(ValueError, match="relu .an nn.ReLU. is called 2 times in forward"):
         quantize_model(Shared(), "1,2,32")
+
+    class Counting(nn.Sequential):  # the check's traced forward leaves no trace on the model
+        calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            self.feat = super().forward(x)
+            return self.feat
+
+    net = quantize_model(Counting(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)), "1,2,32")
+    assert net.calls == 0 and "feat" not in vars(net)
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3), nn.ReLU())
     net.append(torch.nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 4, 1)))
     with pytest.warns(UserWarning, match=r"nn.ReLU only; 1, 4 stay float"):

@@ -329,3 +329,23 @@ def test_output_cut_short_by_its_reader_is_quiet():
         p.stdout.close()
         err = p.stderr.read().decode()
         assert p.wait(timeout=120) == 141 and err == "", err
+
+
+def test_models_the_meta_pass_cannot_run_are_run_for_real():
+    """A plain tensor attribute, a data-dependent branch: the meta pass fails on them, and a
+    small input runs on the model's own device (they had become "cannot run on" errors)."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2)
+            self.scale = torch.ones(1, 4, 1, 1)  # not a buffer
+
+        def forward(self, x):
+            y = self.c(x) * self.scale
+            if y.abs().max() > 100:  # data-dependent
+                y = y / 2
+            return self.fc(y.mean((2, 3)))
+
+    rows = summary(Scaled(), (3, 8, 8)).rows
+    assert [r.shape for r in rows] == [(4, 6, 6), (2,)] and rows[0].macs == 4 * 36 * 27

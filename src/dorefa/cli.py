@@ -19,14 +19,19 @@ from .train_flags import explicit_fields as explicit_train_options
 __all__ = ["main", "build_parser", "add_train_args", "config_from_args", "explicit_train_options"]
 
 
+def _is_nproc(name: str) -> bool:
+    """``--nproc`` or an abbreviation argparse takes for it (``--np``, ``--npro``...)."""
+    return name.startswith("--np") and "--nproc".startswith(name)
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif _is_nproc(a):
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not _is_nproc(a.split("=", 1)[0]):
             out.append(a)
     return out
 
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError as exc:
-        if not _stdout_is_pipe():
+        if not _stdout_reader_gone():
             print(f"dorefa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
         # the reader of our output stopped early (`| head`): quiet, as a SIGPIPE would be
@@ -251,13 +256,21 @@ def _lost_group(exc: RuntimeError) -> bool:
     from .distributed import launched
 
     text = str(exc)
-    return launched() and any(s in text for s in ("Connection reset", "Connection closed", "gloo"))
+    return launched() and any(s in text for s in ("Connection reset", "Connection closed"))
 
 
-def _stdout_is_pipe() -> bool:
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on it)."""
+    import select
+
     try:
-        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
-    except (OSError, ValueError):  # no stdout, or one without a file descriptor
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no stdout, no descriptor, no poll
         return False
 
 

@@ -87,7 +87,8 @@ class IntLayer:
         if x.numel() == 0:
             return None  # an empty batch: torch
         if x.dim() != (4 if conv else 2):
-            return self._fallback(module, f"an input of shape {tuple(x.shape)}, not (N, C)")
+            wanted = "(N, C, H, W)" if conv else "(N, C)"
+            return self._fallback(module, f"a {x.dim()}-D input, not {wanted}")
         if x.device.type != "cpu" or x.dtype != torch.float32:
             return self._fallback(module, f"a {x.dtype} input on {x.device}, not float32 on cpu")
         x4 = x if conv else x.reshape(x.shape[0], -1, 1, 1)

@@ -200,10 +200,15 @@ def _check_convertible(model: nn.Module) -> None:
 
     relus = {name for name, m in model.named_modules() if type(m) is nn.ReLU}
     if relus:
+        saved = [(m, dict(m.__dict__)) for m in model.modules()]
         try:
             graph = torch.fx.symbolic_trace(model).graph
         except Exception:  # noqa: BLE001 (data-dependent forward: nothing to count)
             graph = None
+        finally:  # what the traced forward assigned (a counter, a cached proxy) is undone
+            for m, attrs in saved:
+                m.__dict__.clear()
+                m.__dict__.update(attrs)
         calls: dict[str, int] = {}
         for node in graph.nodes if graph is not None else ():
             if node.op == "call_module" and node.target in relus:

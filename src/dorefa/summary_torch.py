@@ -1,8 +1,9 @@
 """The rows of :func:`dorefa.summary` for a torch model: one eval forward pass at batch 1
 with a hook on every layer (a module without children, or one with parameters of its own).
 The pass runs on the meta device (shapes only: no memory or time for any input size), through
-``torch.func.functional_call`` with meta copies of the parameters and buffers; a model with an
-operation that has no meta kernel runs on its own device instead.
+``torch.func.functional_call`` with meta copies of the parameters and buffers; a model the meta
+pass cannot run (an operation without a meta kernel, a plain tensor attribute, a data-dependent
+branch) runs on its own device instead, for inputs up to ``REAL_PASS_ELEMENTS``.
 
 Bits travel with the tensors: an ``ActQuant`` output carries its k (32 when it only clips),
 max-pool, flatten, dropout, identity and ``GradQuant`` (identity in the forward pass) pass their
@@ -97,6 +98,10 @@ class _Tracer:
         r.kernel = kernel_for(op, r.w, r.a, r.macs)
 
 
+# The largest input (C * H * W) that a model the meta pass cannot run is run on for real.
+REAL_PASS_ELEMENTS = 2**22
+
+
 def _key(t: torch.Tensor) -> int:
     """One identity for a tensor and every view of it."""
     return id(t._base if t._base is not None else t)
@@ -135,9 +140,14 @@ def torch_rows(model: nn.Module, shape: tuple[int, ...]) -> list[Row]:
     was_training = model.training
     model.eval()
     try:
-        tracer = _traced_pass(model, shape, meta=True)
-    except NotImplementedError:  # an operation without a meta kernel: run it for real
-        tracer = _traced_pass(model, shape, meta=False)
+        try:
+            tracer = _traced_pass(model, shape, meta=True)
+        except Exception:
+            # an operation without a meta kernel, a plain tensor attribute, a data-dependent
+            # branch: run it for real, where the input is small enough (else the meta error)
+            if math.prod(shape) > REAL_PASS_ELEMENTS:
+                raise
+            tracer = _traced_pass(model, shape, meta=False)
     finally:
         model.train(was_training)
     for name, m in model.named_modules():
