@@ -117,9 +117,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate, resolve_device
 
     if args.threads:
-        threads, line = pick_threads(args.threads)
-        if line.startswith("warning"):
-            print(line, file=sys.stderr)
+        threads, why = pick_threads(args.threads)  # capped at the CPUs, as `dorefa run` does
+        if threads != args.threads:
+            print(why, file=sys.stderr)
         torch.set_num_threads(threads)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location=device)
