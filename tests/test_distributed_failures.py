@@ -125,3 +125,25 @@ def test_the_workers_never_see_nproc_even_abbreviated():
 
     argv = ["--npro", "2", "--out", "x", "--np=2", "--nproc", "3", "--epochs", "1"]
     assert _without_nproc(argv) == ["--out", "x", "--epochs", "1"]
+
+
+def test_the_cause_outranks_a_rank_that_only_lost_its_group(tmp_path, monkeypatch):
+    """Rank 1 only lost its group and exits first; rank 0, whose failure caused it, exits a
+    moment later: the run's status is rank 0's (it had been rank 1's whenever it came first)."""
+    (tmp_path / "fake_worker.py").write_text(
+        "import os, sys, time\n"
+        "if os.environ['RANK'] == '0':\n"
+        "    time.sleep(0.6)\n"
+        "    sys.exit(2)\n"
+        f"sys.exit({distributed.LOST_GROUP})\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert distributed.launch(2, [], module="fake_worker") == 2
+    monkeypatch.setattr(distributed, "LOST_GROUP_GRACE", 0.5)
+    (tmp_path / "fake_worker.py").write_text(  # nobody else fails: the lost group's status
+        f"import os, sys, time\nif os.environ['RANK'] == '0':\n    time.sleep(60)\n"
+        f"sys.exit({distributed.LOST_GROUP})\n"
+    )
+    start = time.monotonic()
+    assert distributed.launch(2, [], module="fake_worker") == distributed.LOST_GROUP
+    assert time.monotonic() - start < 30, "the launcher did not stop the other worker"

@@ -236,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         if not _lost_group(exc):
             raise
+        from .distributed import LOST_GROUP
+
         print(
             f"dorefa {args.command}: error: rank {os.environ['RANK']} lost its process group "
             f"(another worker stopped first: {_one_line(exc)[:160]})",
             file=sys.stderr,
         )
-        return 1
+        return LOST_GROUP
     except KeyboardInterrupt:
         print(
             f"dorefa {args.command}: interrupted (a run's finished epochs are in its "

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -295,11 +296,25 @@ def worker_env(rank: int, nproc: int, port: int, **extra: str) -> dict:
     )
 
 
+LOST_GROUP = 3
+"""A worker's exit status when its collectives failed because another worker stopped first."""
+
+STOP_GRACE = 2.0
+"""Seconds the launcher gives the other workers, after one fails, to leave on their own (their
+collectives fail at once, and they say so) before it stops them."""
+
+LOST_GROUP_GRACE = 10.0
+"""The same when the first to fail only lost its group: the worker that stopped first may still
+be on its way out, with its own status (the cause)."""
+
+
 def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
     """Start ``nproc`` local workers ``python -m dorefa ARGV`` with torchrun's environment variables
     (a single-node stand-in for ``torchrun --nproc_per_node``). If one worker fails, the others
-    are stopped; if the launcher dies, so do they (SIGTERM). Returns the first non-zero exit
-    status (a worker killed by signal S: 128 + S, and a line saying so), else 0."""
+    are stopped; if the launcher dies, so do they (SIGTERM). Returns the failing worker's exit
+    status (a worker killed by signal S: 128 + S, and a line saying so), else 0. A worker that
+    only lost its group (LOST_GROUP) may exit before the one that caused it: the cause's status
+    wins if it comes within LOST_GROUP_GRACE seconds."""
     from .process import die_with_parent
 
     if nproc < 1:
@@ -316,25 +331,36 @@ def launch(nproc: int, argv: list[str], module: str = "dorefa") -> int:
                 preexec_fn=die_with_parent if posix else None,
             )
         )
-    status = 0
     try:
-        pending = list(procs)
-        while pending:
-            for p in list(pending):
-                try:
-                    rc = p.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
-                    continue
-                pending.remove(p)
-                if rc != 0 and status == 0:
-                    status = _worker_status(procs.index(p), rc)
-                    for q in pending:  # a dead rank would leave the others blocked forever
-                        q.terminate()
+        return _wait_for(procs)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def _wait_for(procs: list[subprocess.Popen]) -> int:
+    """Wait for every worker; once one fails, stop the others after a grace (a dead rank would
+    leave them blocked forever). Returns the exit status `launch` describes."""
+    status, stop_at, stopped = 0, None, False
+    pending = list(procs)
+    while pending:
+        for p in list(pending):
+            try:
+                rc = p.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                continue
+            pending.remove(p)
+            cause_after_lost = status == LOST_GROUP and rc not in (0, LOST_GROUP)
+            if rc != 0 and not stopped and (status == 0 or cause_after_lost):
+                status = _worker_status(procs.index(p), rc)
+                grace = LOST_GROUP_GRACE if status == LOST_GROUP else STOP_GRACE
+                stop_at = time.monotonic() + grace
+        if stop_at is not None and not stopped and time.monotonic() >= stop_at:
+            stopped = True
+            for q in pending:
+                q.terminate()
     return status
 
 
