@@ -45,17 +45,19 @@ def _children(pid: int) -> list[int]:
         return [int(c) for c in f.read().split()]
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie no one reaps, where PID 1 is not an init, has stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def _gone(pids: list[int], seconds: float = 20) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        alive = []
-        for pid in pids:
-            try:
-                os.kill(pid, 0)
-                alive.append(pid)
-            except ProcessLookupError:
-                pass
-        if not alive:
+        if not [pid for pid in pids if _alive(pid)]:
             return True
         time.sleep(0.05)
     return False
@@ -147,3 +149,30 @@ def test_the_cause_outranks_a_rank_that_only_lost_its_group(tmp_path, monkeypatc
     start = time.monotonic()
     assert distributed.launch(2, [], module="fake_worker") == distributed.LOST_GROUP
     assert time.monotonic() - start < 30, "the launcher did not stop the other worker"
+
+
+def test_an_error_every_rank_meets_is_said_once(tmp_path):
+    """A missing data folder (every rank's loading fails alike) had printed its line once per
+    rank; a corrupt checkpoint to resume, the same."""
+    cmd = [sys.executable, "-m", "dorefa", "train", *TINY, "--nproc", "2"]
+    p = subprocess.run(
+        [*cmd, "--data", f"idx:{tmp_path / 'none'}", "--out", str(tmp_path / "a")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("dorefa train: error") == 1 and "no such folder" in p.stderr, p.stderr
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    p = subprocess.run(
+        [*cmd, "--resume", "--out", str(out)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("dorefa train: error") == 1 and "checkpoint.pt" in p.stderr, p.stderr

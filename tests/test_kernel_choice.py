@@ -36,6 +36,7 @@ def unforced(monkeypatch):
     from dorefa.kernels import selection
 
     monkeypatch.delenv("DOREFA_KERNEL", raising=False)
+    monkeypatch.delenv(choose.CHOICE_ENV, raising=False)
     monkeypatch.setattr(selection, "_process_kernel", None)
     monkeypatch.setattr(selection, "_process_forced", False)
     choose.clear_cache()

@@ -179,6 +179,19 @@ def test_atomic_write_never_replaces_a_special_file(tmp_path):
         fileio.atomic_write_text(link, "x")
 
 
+def test_atomic_write_over_a_folder_made_while_it_wrote(tmp_path, monkeypatch):
+    target, replace = tmp_path / "checkpoint.pt", os.replace
+
+    def folder_first(src, dst):  # a folder lands between the check and the rename
+        target.mkdir()
+        replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", folder_first)
+    with pytest.raises(ValueError, match="checkpoint.pt exists and is not a regular file"):
+        fileio.atomic_write_text(target, "x")
+    assert target.is_dir() and os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp file left
+
+
 def test_atomic_write_names_the_file_it_cannot_write(tmp_path):
     (tmp_path / "afile").write_text("")  # a file where the folder should be (even root fails)
     for target in (tmp_path / "afile" / "m.dorefa", tmp_path / "afile" / "sub" / "m.dorefa"):

@@ -234,16 +234,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dorefa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if not _lost_group(exc):
+        group = sys.modules.get("dorefa.distributed")  # not imported: no group to lose
+        if group is None or not group.launched():
             raise
-        from .distributed import LOST_GROUP
-
+        if isinstance(exc, group.PeerFailed):
+            return group.LOST_GROUP  # the rank that failed says why
+        if not any(s in str(exc) for s in ("Connection reset", "Connection closed", "Broken pipe")):
+            raise
         print(
             f"dorefa {args.command}: error: rank {os.environ['RANK']} lost its process group "
             f"(another worker stopped first: {_one_line(exc)[:160]})",
             file=sys.stderr,
         )
-        return LOST_GROUP
+        return group.LOST_GROUP
     except KeyboardInterrupt:
         print(
             f"dorefa {args.command}: interrupted (a run's finished epochs are in its "
@@ -251,14 +254,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-
-
-def _lost_group(exc: RuntimeError) -> bool:
-    """Whether ``exc`` is a data-parallel worker's collective failing because a peer is gone."""
-    from .distributed import launched
-
-    text = str(exc)
-    return launched() and any(s in text for s in ("Connection reset", "Connection closed"))
 
 
 def _stdout_reader_gone() -> bool:

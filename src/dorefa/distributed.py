@@ -19,11 +19,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 __all__ = [
     "DistInfo",
@@ -32,6 +36,8 @@ __all__ = [
     "shard",
     "shard_eval",
     "all_reduce_sum",
+    "together",
+    "PeerFailed",
     "broadcast_buffers",
     "state_hash",
     "check_replicas",
@@ -133,6 +139,32 @@ def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 def shard_eval(n: int, rank: int, world_size: int) -> torch.Tensor:
     """Disjoint evaluation shards covering 0..n-1 exactly once (no padding: metrics stay exact)."""
     return torch.arange(rank, n, world_size)
+
+
+class PeerFailed(RuntimeError):
+    """This rank stops because another rank failed (that rank says why)."""
+
+
+def together(fn: Callable[[], T], info: DistInfo) -> T:
+    """``fn()`` on every rank, with one outcome: if it raises on any rank, it raises on all (a
+    rank left behind would wait in its next collective). Each distinct error is raised by the
+    lowest rank that met it, so its line is printed once, not once per rank (a missing data
+    folder is missing for every rank); the other ranks raise PeerFailed, which the command
+    line leaves unsaid. ``fn`` must make no collective call. Without a process group: ``fn()``."""
+    if not (info.enabled and dist.is_initialized()):
+        return fn()
+    try:
+        result, error = fn(), None
+    except Exception as exc:  # noqa: BLE001 - raised below, on this rank or as PeerFailed
+        result, error = None, exc
+    said: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(said, None if error is None else f"{type(error).__name__}: {error}")
+    if not any(said):
+        return result
+    if error is not None and said[info.rank] not in said[: info.rank]:
+        raise error
+    first = next(r for r, text in enumerate(said) if text)
+    raise PeerFailed(f"rank {info.rank} stops: rank {first} failed ({said[first]})")
 
 
 def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
@@ -299,7 +331,7 @@ def worker_env(rank: int, nproc: int, port: int, **extra: str) -> dict:
 LOST_GROUP = 3
 """A worker's exit status when its collectives failed because another worker stopped first."""
 
-STOP_GRACE = 2.0
+STOP_GRACE = 5.0
 """Seconds the launcher gives the other workers, after one fails, to leave on their own (their
 collectives fail at once, and they say so) before it stops them."""
 

@@ -35,10 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     """Call ``write(f)`` on a temporary binary file, fsync it, and rename it to ``path``."""
     path = Path(path)
     if path.exists() and not path.is_file():  # os.replace would put a file in a device's place
-        raise ValueError(
-            f"{path} exists and is not a regular file (a folder, a device or a pipe); give the "
-            "path of a file to write"
-        )
+        raise _not_a_file(path)
     try:
         folder = next((p for p in path.parents if p.exists()), None)
         if folder is not None and not folder.is_dir():  # mkdir would say "File exists"
@@ -59,12 +56,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError as exc:  # a folder made there since the check above
+            raise _not_a_file(path) from exc
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _not_a_file(path: Path) -> ValueError:
+    return ValueError(
+        f"{path} exists and is not a regular file (a folder, a device or a pipe); give the path "
+        "of a file to write"
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

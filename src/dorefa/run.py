@@ -166,9 +166,11 @@ def prepare_run(cfg: TrainConfig, device: torch.device, info: distributed.DistIn
     per_rank = local_batch(cfg.batch_size, info.world_size)
     autocast = amp_dtype(cfg.amp, device)
     files = RunFiles(cfg.out, enabled=info.is_main)
-    files.lock(lambda values: distributed.all_reduce_sum(values, device))
+    distributed.together(files.lock, info)  # every rank's errors said once, by the lowest rank
     try:
-        return _prepare(cfg, device, info, files, per_rank, autocast)
+        return distributed.together(
+            lambda: _prepare(cfg, device, info, files, per_rank, autocast), info
+        )
     except BaseException:
         files.close(failed=True)
         raise
@@ -216,6 +218,13 @@ def resume_or_init(run: Run, log) -> tuple[int, float]:
     """``--resume``: load the checkpoint of the run folder (every rank reads rank 0's); returns
     (the 0-based epoch to start at, the best test accuracy so far). ``--init-from``: load a
     checkpoint's weights. Then wrap the model for data-parallel training."""
+    start_epoch, best_acc = distributed.together(lambda: _load_state(run, log), run.info)
+    run.net = _wrap(run.cfg, run.model, run.device, run.info)
+    return start_epoch, best_acc
+
+
+def _load_state(run: Run, log) -> tuple[int, float]:
+    """resume_or_init's loading (no collective call: every rank's errors are said once)."""
     cfg, path = run.cfg, run.files.checkpoint
     start_epoch, best_acc = 0, 0.0
     if cfg.resume and not path.exists():
@@ -230,5 +239,4 @@ def resume_or_init(run: Run, log) -> tuple[int, float]:
         init = checkpoint.load(cfg.init_from, map_location=run.device)
         checkpoint.load_weights(run.model, init["model"], cfg.init_from)
         log(f"initialised weights from {cfg.init_from}")
-    run.net = _wrap(cfg, run.model, run.device, run.info)
     return start_epoch, best_acc

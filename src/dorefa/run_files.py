@@ -16,7 +16,6 @@ that the next resume drops and trains again.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from .fileio import FolderLock, atomic_savefig, atomic_write_text, read_json
@@ -103,20 +102,14 @@ class RunFiles:
         self.history: list[dict] = []
         self._lock = FolderLock(self.out, "`dorefa train`")
 
-    def lock(self, agree: Callable[[list[float]], list[float]]) -> None:
-        """Take the folder's lock (rank 0) before anything in it is read; every rank learns the
-        outcome (``agree``: the ranks' sum of a list of numbers), so all stop together (a rank
-        left behind would wait in its first collective)."""
+    def lock(self) -> None:
+        """Take the folder's lock (rank 0) before anything in it is read. Under data-parallel
+        training, call it through :func:`dorefa.distributed.together`, so every rank learns the
+        outcome and all stop together (a rank left behind would wait in its first collective)."""
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file, not a folder; choose another --out")
-        refused = ""
         if self.enabled:
-            try:
-                self._lock.acquire()
-            except ValueError as exc:
-                refused = str(exc)
-        if agree([1.0 if refused else 0.0])[0] > 0:
-            raise ValueError(refused or f"{self.out} is being written by another run")
+            self._lock.acquire()
 
     def check_fresh(self, resume: bool) -> None:
         """Refuse a new run over an existing one, and a folder whose config.json or
