@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from torch.nn.grad import conv2d_weight
 
 from dorefa.bits import Bits
 from dorefa.models import create_model
@@ -166,3 +167,18 @@ def test_batch_norm_keeps_a_nan_batch_in_its_running_variance():
         stats.append(bn.running_var)
     assert stats[0][0].isnan() and stats[1][0].isnan()
     assert torch.allclose(stats[0][1:], stats[1][1:], rtol=1e-5)
+
+
+def test_float_first_layer_weight_gradient_keeps_the_weights_layout():
+    """--channels-last: a 1-channel first conv's weight is (O,1,k,k) with channels_last strides;
+    its gradient had come back contiguous, and DDP warned 'Grad strides do not match bucket
+    view strides' at every step (and copied)."""
+    conv = QConv2d(1, 6, 5, w_bits=32).to(memory_format=torch.channels_last)
+    set_engine(torch.nn.Sequential(conv), "int", bits=Bits(32, 2, 6))
+    x = torch.rand(2, 1, 9, 9).to(memory_format=torch.channels_last).requires_grad_()
+    y = conv(x)
+    assert "FloatConvFn" in type(y.grad_fn).__name__
+    y.sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()
+    want = conv2d_weight(x.detach(), conv.weight.shape, torch.ones_like(y))
+    assert torch.allclose(conv.weight.grad, want, rtol=1e-5, atol=1e-4)

@@ -65,6 +65,8 @@ class _FloatConvFn(torch.autograd.Function):
         want_db = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1]:
             dw, db = param_grads(x, dy, weight.shape, ctx.padding, want_db)
+            if dw.stride() != weight.stride():  # torch's layout contract (DDP's buckets)
+                dw = torch.empty_like(weight).copy_(dw)
         elif want_db:
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None
