@@ -480,8 +480,15 @@ def test_a_device_file_and_a_negative_variance_are_named(one_epoch, tmp_path, ca
     key = next(k for k in ckpt["model"] if k.endswith("running_var"))
     model = dict(ckpt["model"]) | {key: -torch.ones_like(ckpt["model"][key])}
     checkpoint.save_atomic(ckpt | {"model": model}, tmp_path / "neg.pt")
-    assert main(["export", str(tmp_path / "neg.pt"), "-o", str(tmp_path / "m.dorefa")]) == 2
-    assert "BatchNorm running variance -1.0 is negative" in capsys.readouterr().err
+    for cmd in (["export", "-o", str(tmp_path / "m.dorefa")], ["eval", "--test-subset", "8"]):
+        assert main([cmd[0], str(tmp_path / "neg.pt"), *cmd[1:]]) == 2  # eval's logits: NaN
+        assert f"{key} holds a negative BatchNorm variance (-1)" in capsys.readouterr().err
+    from dorefa.exporter.folding import ExportError, bn_affine
+
+    bn = torch.nn.BatchNorm2d(2).eval()
+    bn.running_var[1] = -1.0  # a user's own model, exported from memory
+    with pytest.raises(ExportError, match="BatchNorm running variance -1.0 is negative"):
+        bn_affine(bn)
 
 
 def test_a_model_summary_builds_no_weights():

@@ -285,6 +285,12 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
                 f"{path}: {name} holds NaN or inf values (the run diverged); use a checkpoint "
                 "from before, or re-train with a lower --lr"
             )
+        if name.endswith("running_var") and (value < 0).any():  # every output would be NaN
+            raise CheckpointError(
+                f"{path}: {name} holds a negative BatchNorm variance ({value.min().item():g}), "
+                "which training never writes: the checkpoint was altered; use the file "
+                "`dorefa train` wrote"
+            )
     return model.eval()
 
 
