@@ -11,11 +11,30 @@ must not exceed ``INT32_MAX``.
 
 from __future__ import annotations
 
+import numpy as np
+
 INT32_MAX = 2**31 - 1
 # The most threads a native kernel call takes (csrc/bindings_checks.h, kMaxThreads), and a
 # bound on strides and paddings that the kernels' int64 arithmetic holds with room to spare.
 MAX_THREADS = 1024
 MAX_STEP = 2**62
+
+
+class NotAnInt(TypeError, ValueError):
+    """A value of the wrong type where an int was asked: a TypeError, and a ValueError for the
+    callers that catch every bad argument as one (the runtime's ``threads``)."""
+
+
+def check_int(name: str, value: object, minimum: int, maximum: int = MAX_STEP) -> int:
+    """``value`` as an int if it is an integer (numpy's too, not a bool) in minimum..maximum;
+    else NotAnInt or ValueError, naming ``name`` and the range."""
+    if type(value) is int and minimum <= value <= maximum:  # the common case, kept cheap
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise NotAnInt(f"{name} must be an int in {minimum}..{maximum}, got {value!r}")
+    if not minimum <= int(value) <= maximum:
+        raise ValueError(f"{name} must be an int in {minimum}..{maximum}, got {value}")
+    return int(value)
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:

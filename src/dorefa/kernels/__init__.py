@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..geometry import check_int
 from . import choose, extension, reference, selection
 from .choose import Choice
 from .prepared import PreparedConv, prepare_conv, weight_words
@@ -276,9 +277,9 @@ def linear_float(
 def _check_pool(kernel: object, stride: object, padding: object) -> tuple[int, int, int]:
     """A max-pool's (kernel, stride, padding) as the native pools take them: ints, kernel and
     stride >= 1, 0 <= padding <= kernel / 2 (each path refuses the rest alike)."""
-    k = reference._check_int("pool kernel", kernel, 1)
-    s = reference._check_int("pool stride", stride, 1)
-    p = reference._check_int("pool padding", padding, 0)
+    k = check_int("pool kernel", kernel, 1)
+    s = check_int("pool stride", stride, 1)
+    p = check_int("pool padding", padding, 0)
     if 2 * p > k:
         raise ValueError(f"pool padding {p} is more than half the pool kernel {k}")
     return k, s, p

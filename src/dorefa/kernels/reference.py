@@ -26,9 +26,9 @@ import numpy as np
 
 from ..geometry import (
     INT32_MAX,
-    MAX_STEP,
     MAX_THREADS,
     accumulator_bound,
+    check_int,
     conv_out_size,
     fits_int32,
 )
@@ -63,23 +63,7 @@ class PackedWeights:
 # ----------------------------------------------------------------------------- validation
 def check_bits(name: str, bits: object) -> int:
     """``bits`` must be a Python/NumPy int in 1..8."""
-    if type(bits) is int and 1 <= bits <= MAX_BITS:
-        return bits
-    if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
-        raise TypeError(f"{name} must be an int in 1..{MAX_BITS}, got {bits!r}")
-    if not 1 <= int(bits) <= MAX_BITS:
-        raise ValueError(f"{name} must be an int in 1..{MAX_BITS}, got {bits}")
-    return int(bits)
-
-
-def _check_int(name: str, value: object, minimum: int, maximum: int = MAX_STEP) -> int:
-    if type(value) is int and minimum <= value <= maximum:  # the common case, kept cheap
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int in {minimum}..{maximum}, got {value!r}")
-    if not minimum <= int(value) <= maximum:
-        raise ValueError(f"{name} must be an int in {minimum}..{maximum}, got {value}")
-    return int(value)
+    return check_int(name, bits, 1, MAX_BITS)
 
 
 def check_code_array(name: str, a: object, layout: str) -> np.ndarray:
@@ -122,9 +106,9 @@ def check_conv(
         raise TypeError(f"weights must come from pack_weights(), got {type(pw).__name__}")
     x = check_code_array("x_codes", x_codes, "(N, C, H, W)")
     x_bits = check_bits("x_bits", x_bits)
-    stride = _check_int("stride", stride, 1)
-    padding = _check_int("padding", padding, 0)
-    threads = _check_int("threads", threads, 1, MAX_THREADS)
+    stride = check_int("stride", stride, 1)
+    padding = check_int("padding", padding, 0)
+    threads = check_int("threads", threads, 1, MAX_THREADS)
     o, c, kh, kw = pw.shape
     if x.shape[1] != c:
         raise ValueError(f"x_codes has {x.shape[1]} channels but the weights expect {c}")

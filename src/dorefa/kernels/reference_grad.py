@@ -58,8 +58,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import conv_out_size
-from .reference import _check_int, check_bits, check_code_array, check_code_range
+from ..geometry import check_int, conv_out_size
+from .reference import check_bits, check_code_array, check_code_range
 
 __all__ = [
     "InputGrad",
@@ -198,7 +198,7 @@ def check_geometry(
 ) -> tuple[int, int]:
     """The forward input's (H, W); ValueError unless the gradient's spatial shape ``out_hw`` is
     what a ``kernel`` conv with this stride and padding makes of it."""
-    stride, padding = _check_int("stride", stride, 1), _check_int("padding", padding, 0)
+    stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
     h, w = (int(v) for v in hw)
     want = (
         conv_out_size(h, kernel[0], stride, padding),

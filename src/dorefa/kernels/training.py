@@ -40,10 +40,10 @@ import warnings
 
 import numpy as np
 
-from ..geometry import MAX_THREADS
+from ..geometry import MAX_THREADS, check_int
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
-from .reference import _check_int, check_bits, check_code_array
+from .reference import check_bits, check_code_array
 from .reference_grad import check_geometry, grid_scales, scaled_batch_sum
 from .selection import REFERENCE
 
@@ -134,7 +134,7 @@ def _input_operands(c, g_bits, w_codes, stride, padding, input_hw, threads):
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     w_codes = check_code_array("w_codes", w_codes, "(O, C, KH, KW)")
     hw = check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
-    return c, w_codes, hw, _check_int("threads", threads, 1, MAX_THREADS)
+    return c, w_codes, hw, check_int("threads", threads, 1, MAX_THREADS)
 
 
 def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
@@ -293,7 +293,7 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     q = check_code_array("a_codes", a_codes, "(N, C, H, W)")
     check_geometry(c.shape[2:], (kh, kw), stride, padding, q.shape[2:])
-    threads = _check_int("threads", threads, 1, MAX_THREADS)
+    threads = check_int("threads", threads, 1, MAX_THREADS)
     name = weight_grad_kernel()
     pixels = int(np.prod(c.shape[2:]))
     n_g, n_a = (1 << check_bits("g_bits", g_bits)) - 1, (1 << check_bits("a_bits", a_bits)) - 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ..geometry import MAX_THREADS
+from ..geometry import MAX_THREADS, check_int
 from .format import FORMAT_VERSION, FormatError
 
 if TYPE_CHECKING:
@@ -21,9 +21,8 @@ if TYPE_CHECKING:
 
 def check_threads(threads) -> None:
     """``threads`` of load() and Model.run: an int in 1..MAX_THREADS (the kernels' thread
-    counts)."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"threads must be an int in 1..{MAX_THREADS}, got {threads!r}")
+    counts). A wrong type raises NotAnInt, a ValueError as well as a TypeError."""
+    check_int("threads", threads, 1, MAX_THREADS)
 
 
 def load(path: str | os.PathLike, threads: int = 1) -> Model:
