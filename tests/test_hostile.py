@@ -504,11 +504,12 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> bool:
     return False
 
 
-def _temp_of(folder: Path, name: str) -> bool:
-    """A temp file of ``name`` (``.NAME.*``, ``NAME.*.tmp``) is in folder: a write is under way."""
+def _temp_of(folder: Path, name: str, old: frozenset = frozenset()) -> bool:
+    """A temp file of ``name`` (``.NAME.*``, ``NAME.*.tmp``), not one of ``old`` (a killed
+    run's, left behind), is in folder: a write is under way."""
     return folder.is_dir() and any(
         n.startswith(f".{name}") or (n.startswith(name) and n.endswith(".tmp"))
-        for n in os.listdir(folder)
+        for n in set(os.listdir(folder)) - old
     )
 
 
@@ -526,12 +527,14 @@ def test_kill9_during_training_then_same_command_resumes(world, tmp_path):
     args = ["train", *TINY, "--epochs", "3", "--subset", "256", "--resume", "--out", out]
     hits = []
     timings = [
-        ("mid-save of epoch 1", lambda: _temp_of(out, "checkpoint.pt")),
-        ("right after a checkpoint appears", lambda: (out / "checkpoint.pt").exists()),
-        ("mid-save over an existing checkpoint", lambda: _temp_of(out, "checkpoint.pt")),
+        ("mid-save of epoch 1", lambda old: _temp_of(out, "checkpoint.pt", old)),
+        ("right after a checkpoint appears", lambda old: (out / "checkpoint.pt").exists()),
+        ("mid-save over an existing checkpoint", lambda old: _temp_of(out, "checkpoint.pt", old)),
     ]
     for k, (what, ready) in enumerate(timings):
-        hits.append((what, _kill_when(_start(args, tmp_path, tmp_path / f"log{k}"), ready)))
+        old = frozenset(os.listdir(out)) if out.is_dir() else frozenset()  # an earlier kill's
+        proc = _start(args, tmp_path, tmp_path / f"log{k}")
+        hits.append((what, _kill_when(proc, lambda ready=ready, old=old: ready(old))))
         _check_run_folder(out)
         if k == 1 and (out / "metrics.jsonl").exists():  # as if killed mid-append of a line
             with open(out / "metrics.jsonl", "a") as f:
