@@ -463,6 +463,53 @@ def test_imagefolder_errors(tmp_path):
         get_dataset(f"imagefolder:{tmp_path / 'empty'}", "test")
 
 
+def test_imagefolder_says_what_it_leaves_out(tmp_path, capsys):
+    """Files that are not images and train classes without images are said (they had
+    vanished without a word); TIFF and GIF load; a class name in another Unicode form (NFD,
+    as macOS writes it) is the same class."""
+    make_imagefolder(tmp_path)
+    save_image(tmp_path / "train" / "ant" / "extra.tif", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "caf\u00e9").mkdir()  # NFC 'café', empty in train
+    save_image(tmp_path / "val" / "cafe\u0301" / "c.gif", np.zeros((8, 8), np.uint8))  # NFD
+    train = get_dataset(f"imagefolder:{tmp_path}", "train", image_size=8)
+    err = capsys.readouterr().err
+    assert "skipped 1 files that are not images" in err and "ant/notes.txt" in err
+    assert "no images for class 'caf\u00e9'; the model never learns it" in err
+    assert train.classes == ["ant", "caf\u00e9", "zebra"] and len(train) == 7
+    assert any(p.suffix == ".tif" for p, _ in train.samples)
+    test = get_dataset(f"imagefolder:{tmp_path}", "val", image_size=8)
+    assert capsys.readouterr().err == ""  # an empty test class is no news
+    assert [label for p, label in test.samples if p.suffix == ".gif"] == [1]
+    assert test[len(test) - 1][0].shape == (3, 8, 8)
+
+
+def test_a_spec_folder_and_another_data_dir_are_refused(tmp_path):
+    make_idx_dir(tmp_path / "a")
+    make_idx_dir(tmp_path / "b")
+    with pytest.raises(DataError, match="names a folder and --data-dir .* another; give the"):
+        get_dataset(f"idx:{tmp_path / 'a'}", "train", data_dir=str(tmp_path / "b"))
+    same = get_dataset(f"idx:{tmp_path / 'a'}", "train", data_dir=str(tmp_path / "a" / "."))
+    assert len(same) == 12
+
+
+def test_what_training_cannot_learn_is_said(tmp_path, capsys):
+    from dorefa.data import check_splits
+
+    make_idx_dir(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 11, 12]))
+    train = get_dataset(f"idx:{tmp_path}", "train")
+    test = get_dataset(f"idx:{tmp_path}", "test")
+    assert train.num_classes == 13  # 1 + the largest label of both splits
+    check_splits(train, test, "idx:X")
+    assert "test labels 11, 12 occur in no training image" in capsys.readouterr().err
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.sort(np.arange(12) % 3))  # sorted
+    train = get_dataset(f"idx:{tmp_path}", "train")
+    with pytest.raises(DataError, match=r"first 4 training images \(--subset 4\) hold 1 class"):
+        check_splits(train.subset(4), test, "idx:X", 4)
+    check_splits(train.subset(5), test, "idx:X", 5)  # two classes: trains
+
+
 # ---------------------------------------------------------------- ArrayDataset
 
 

@@ -382,8 +382,11 @@ def test_checkpoint_keys_and_restore_errors(run_two_epochs, tmp_path):
         2,
         ckpt["best_acc"],
     )
-    with pytest.raises(CheckpointError, match="differs from this run"):
+    changed = r"was made with width 0.5; this run has width 1.0; use the same arguments"
+    with pytest.raises(CheckpointError, match=changed):  # the setting that differs, alone
         restore(ckpt, "c.pt", meta=ckpt["meta"] | {"width": 1.0}, model=model, optimizer=opt)
+    moved = ckpt["meta"] | {"data_dir": "/elsewhere", "classes": ["a", "b"]}  # an older ckpt
+    assert restore(ckpt, "c.pt", meta=moved, model=model, optimizer=opt)[0] == 2  # has neither
     no_optimizer = {k: v for k, v in ckpt.items() if k != "optimizer"}
     with pytest.raises(CheckpointError, match="optimizer"):
         restore(no_optimizer, "c.pt", meta=ckpt["meta"], model=model, optimizer=opt)

@@ -502,3 +502,43 @@ def test_a_model_summary_builds_no_weights():
     s = load_summary("alexnet", in_channels=100000)
     assert s.totals["params"] > 1.4e9
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 2**20  # KiB: < 1 GiB
+
+
+def test_eval_and_resume_know_the_data_a_run_learnt(tmp_path, fashion_dir, capsys):
+    """An image folder's class names are recorded: another folder with as many classes but
+    other names (label i another class) is refused by eval and run (it scored 0.33). The folder
+    --data-dir gave is eval's default (eval had read the system's copy), and a resume on
+    another folder says so."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("ant", "bee"):
+            for k in range(4):
+                path = tmp_path / "a" / split / name / f"{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for split in ("train", "val"):
+        (tmp_path / "b" / split / "bee").rename(tmp_path / "b" / split / "cat")  # ant, cat
+    run = tmp_path / "run"
+    cfg = TINY | dict(data=f"imagefolder:{tmp_path / 'a'}", batch_size=4, subset=None)
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
+    assert load_checkpoint(run / "checkpoint.pt")["meta"]["classes"] == ["ant", "bee"]
+    assert main(["eval", str(run / "checkpoint.pt")]) == 0
+    other = ["--data", f"imagefolder:{tmp_path / 'b'}"]
+    assert main(["eval", str(run / "checkpoint.pt"), *other]) == 2
+    assert "class 1 is 'cat' but the checkpoint's model learnt 'bee'" in capsys.readouterr().err
+    assert main(["export", str(run / "checkpoint.pt"), "-o", str(tmp_path / "m.dorefa")]) == 0
+    assert main(["run", str(tmp_path / "m.dorefa"), *other]) == 2
+    assert "learnt 'bee' as class 1" in capsys.readouterr().err
+    shutil.copytree(fashion_dir, tmp_path / "fm")
+    run = tmp_path / "moved"
+    cfg = TINY | dict(data="fashion-mnist", data_dir=str(tmp_path / "fm"))
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
+    capsys.readouterr()
+    assert main(["eval", str(run / "checkpoint.pt"), "--test-subset", "8"]) == 0
+    assert str(tmp_path / "fm") in capsys.readouterr().out  # the folder it trained on
+    lines = []
+    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **TINY), log=lines.append)
+    assert any("resuming on the data in the default folder; the run read" in m for m in lines)

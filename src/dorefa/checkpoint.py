@@ -131,10 +131,15 @@ def restore(
     """Load a training checkpoint into ``model`` and ``optimizer`` for ``--resume``; returns
     (the epoch to start at, 0-based; the best test accuracy so far). Raises CheckpointError if
     the checkpoint was made with another model/bits/width/data (``meta`` differs)."""
-    if ckpt["meta"] != meta:
+    saved = ckpt["meta"]  # a dict holding META_KEYS: load_checkpoint checked
+    changed = [  # a key an older checkpoint lacks is not checked; the data's folder may move
+        k for k in meta if k in saved and k not in LOCAL_META and saved[k] != meta[k]
+    ]
+    if changed:
+        theirs = ", ".join(f"{k} {saved[k]!r}" for k in changed)
+        ours = ", ".join(f"{k} {meta[k]!r}" for k in changed)
         raise CheckpointError(
-            f"{path}: was made with {ckpt['meta']}, which differs from "
-            f"this run's {meta}; use the same arguments to resume"
+            f"{path}: was made with {theirs}; this run has {ours}; use the same arguments to resume"
         )
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
@@ -154,6 +159,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Alias of :func:`load_checkpoint`."""
     return load_checkpoint(path, map_location)
 
+
+# Meta a resume may change: the folder the data was read from (a run moved to another machine).
+LOCAL_META = ("data_dir",)
 
 # What rebuilds the model (written by dorefa.run.model_meta; read by model_from_checkpoint,
 # `dorefa eval` and `dorefa summary`).

@@ -128,15 +128,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     meta = ckpt["meta"]
     data = args.data or meta.get("data", "fashion-mnist")
-    test_set = get_dataset(data, "test", data_dir=args.data_dir, image_size=meta["image_size"])
+    data_dir = args.data_dir or (None if args.data else meta.get("data_dir"))  # as trained
+    test_set = get_dataset(data, "test", data_dir=data_dir, image_size=meta["image_size"])
     test_set = first_images(test_set, args.test_subset, "--test-subset")
     require_model_shape(
-        test_set, data, meta["in_channels"], meta["num_classes"], "the checkpoint's model"
+        test_set,
+        data,
+        meta["in_channels"],
+        meta["num_classes"],
+        "the checkpoint's model",
+        meta.get("classes"),
     )
     ev = evaluate(model, test_set, meta["image_size"], args.batch_size, device)
     print(
-        f"{meta['model']} bits {meta['bits']} width {meta['width']} on {data} "
-        f"(test, {ev['n']} images): accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}"
+        f"{meta['model']} bits {meta['bits']} width {meta['width']} on {data}"
+        f"{f' in {data_dir}' if data_dir else ''} (test, {ev['n']} images): "
+        f"accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}"
     )
     return 0
 

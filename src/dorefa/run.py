@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -66,12 +67,15 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(cfg: TrainConfig, image_size: int):
     """(train set, test set) of ``cfg.data``, cut to ``subset`` / ``test_subset`` images."""
-    from .data import first_images, get_dataset, require_classes
+    from .data import check_splits, first_images, get_dataset, require_classes
 
     train_set = get_dataset(cfg.data, "train", data_dir=cfg.data_dir, image_size=image_size)
     require_classes(train_set, cfg.data)
     test_set = get_dataset(cfg.data, "test", data_dir=cfg.data_dir, image_size=image_size)
-    train_set = first_images(train_set, cfg.subset, "--subset")
+    check_splits(train_set, test_set, cfg.data)
+    if cfg.subset is not None:
+        train_set = first_images(train_set, cfg.subset, "--subset")
+        check_splits(train_set, test_set, cfg.data, cfg.subset)
     return train_set, first_images(test_set, cfg.test_subset, "--test-subset")
 
 
@@ -86,8 +90,15 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
     )
 
 
-def model_meta(cfg: TrainConfig, num_classes: int, in_channels: int, image_size: int) -> dict:
-    """checkpoint["meta"]: what rebuilds the model (dorefa.checkpoint.model_from_checkpoint)."""
+def model_meta(
+    cfg: TrainConfig, num_classes: int, in_channels: int, image_size: int, classes=None
+) -> dict:
+    """checkpoint["meta"]: what rebuilds the model (dorefa.checkpoint.model_from_checkpoint),
+    and the data it learnt: the class names where the data set has them (an image folder's:
+    eval and run refuse other names), the folder --data-dir gave (eval's default)."""
+    extra = {"classes": [str(c) for c in classes]} if classes is not None else {}
+    if cfg.data_dir:
+        extra["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve())
     return {
         "model": cfg.model,
         "bits": str(cfg.bits),
@@ -97,7 +108,7 @@ def model_meta(cfg: TrainConfig, num_classes: int, in_channels: int, image_size:
         "image_size": image_size,
         "keep_first_last": cfg.keep_first_last,
         "data": cfg.data,
-    }
+    } | extra
 
 
 def local_batch(batch_size: int, world: int, flag: str = "") -> int:
@@ -206,7 +217,9 @@ def _prepare(cfg, device, info, files, per_rank, autocast) -> Run:
         augment=cfg.augment or default_augment(train_set.name),
         image_size=model.input_size,
         local_batch=per_rank,
-        meta=model_meta(cfg, num_classes, in_channels, model.input_size),
+        meta=model_meta(
+            cfg, num_classes, in_channels, model.input_size, getattr(train_set, "classes", None)
+        ),
         config={},
         files=files,
     )
@@ -232,6 +245,12 @@ def _load_state(run: Run, log) -> tuple[int, float]:
     if cfg.resume and path.exists():
         ckpt = checkpoint.load(path, map_location=run.device)
         run.files.check_resume(run.config, ckpt.get("config"))
+        before, now = ckpt["meta"].get("data_dir"), run.meta.get("data_dir")
+        if before != now:
+            log(
+                f"warning: resuming on the data in {now or 'the default folder'}; the run "
+                f"read {before or 'the default folder'} until now (the same data, moved?)"
+            )
         start_epoch, best_acc = checkpoint.restore(
             ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
         )

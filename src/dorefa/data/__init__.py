@@ -1,7 +1,13 @@
 """Data loaders: IDX (MNIST, Fashion-MNIST), SVHN, CIFAR-10, image folders; batch transforms."""
 
 from .arrays import ArrayDataset
-from .errors import DataError, first_images, require_classes, require_model_shape
+from .errors import (
+    DataError,
+    check_splits,
+    first_images,
+    require_classes,
+    require_model_shape,
+)
 from .imagefolder import ImageFolderDataset
 from .registry import check_spec, get_dataset, list_datasets
 from .transforms import default_augment, to_model_input
@@ -11,6 +17,7 @@ __all__ = [
     "DataError",
     "ImageFolderDataset",
     "check_spec",
+    "check_splits",
     "default_augment",
     "first_images",
     "get_dataset",

@@ -41,6 +41,34 @@ def require_classes(dataset, spec: str) -> None:
         )
 
 
+def _label_set(dataset) -> set[int] | None:
+    labels = getattr(dataset, "labels", None)
+    return None if labels is None else set(labels.tolist())
+
+
+def check_splits(train, test, spec: str, subset: int | None = None) -> None:
+    """What training on ``train`` (cut to ``subset`` images, if given) cannot learn: a subset
+    of one class is refused (an IDX file sorted by label gives its first images all one
+    label); test labels no training image has are said on stderr (IDX sizes the model by the
+    largest label of both splits, so they load; the model never learns them)."""
+    seen, wanted = _label_set(train), _label_set(test)
+    if seen is None:
+        return
+    if subset is not None and len(train) >= 2 and len(seen) < 2:  # 1 image: check_images
+        raise DataError(
+            f"{spec}: its first {len(train)} training images (--subset {subset}) hold "
+            f"{len(seen)} class only; raise --subset, or order the files so that classes mix"
+        )
+    unseen = sorted((wanted or set()) - seen)
+    if unseen and subset is None:
+        shown = ", ".join(map(str, unseen[:8])) + (", ..." if len(unseen) > 8 else "")
+        print(
+            f"warning: {spec}: test labels {shown} occur in no training image; the model "
+            "never learns them (their test images count as errors)",
+            file=sys.stderr,
+        )
+
+
 def first_images(dataset, n: int | None, flag: str):
     """The first ``n`` items of ``dataset`` (``flag``: the option that asked for them; None:
     all). Asking for more than there are takes them all and says so on stderr (each
@@ -58,12 +86,25 @@ def first_images(dataset, n: int | None, flag: str):
     return dataset.subset(min(n, len(dataset)))
 
 
-def require_model_shape(dataset, spec: str, channels: int, classes: int, model: str) -> None:
+def require_model_shape(
+    dataset, spec: str, channels: int, classes: int, model: str, names: list | None = None
+) -> None:
     """Raise ValueError unless ``dataset`` has the model's input channels and classes (label i
-    of other data means another class, so fewer classes are refused too); ``model`` names it."""
+    of other data means another class, so fewer classes are refused too); ``model`` names it.
+    ``names``: the class names the model was trained on (an image folder's), if recorded:
+    another folder's classes, in another order, would score label i as another class."""
     if dataset.in_channels != channels or dataset.num_classes != classes:
         raise ValueError(
             f"{spec} has {dataset.in_channels} channels and {dataset.num_classes} classes; "
             f"{model} expects {channels} and {classes}: pick the dataset the model was trained "
             "on"
         )
+    theirs = getattr(dataset, "classes", None)
+    if names is None or theirs is None or list(names) == list(theirs):
+        return
+    k = next((i for i, (a, b) in enumerate(zip(names, theirs, strict=False)) if a != b), 0)
+    raise ValueError(
+        f"{spec}'s class {k} is {theirs[k]!r} but {model} learnt {names[k]!r} as class {k} "
+        f"(its classes: {', '.join(map(str, names[:6]))}{', ...' if len(names) > 6 else ''}): "
+        "pick the dataset the model was trained on"
+    )

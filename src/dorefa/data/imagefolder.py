@@ -19,6 +19,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .errors import DataError, require_folder
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 SPLIT_DIRS = {"train": ("train",), "test": ("val", "test")}
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -38,12 +40,34 @@ def _list_classes(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(
-        Path(e.path)
-        for e in os.scandir(folder)
-        if e.is_file() and e.name.lower().endswith(EXTENSIONS) and not e.name.startswith(".")
-    )
+def _same_name(name: str) -> str:
+    """A class name as compared across splits: one Unicode form (macOS writes 'é' decomposed)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _list_images(folder: Path) -> tuple[list[Path], list[str]]:
+    """(the images in folder, sorted; the other files' names, which are skipped)."""
+    files = [e for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")]
+    images = sorted(Path(e.path) for e in files if e.name.lower().endswith(EXTENSIONS))
+    return images, sorted(e.name for e in files if not e.name.lower().endswith(EXTENSIONS))
+
+
+def _say_what_is_left_out(split_dir: Path, skipped: list[str], empty: list[str]) -> None:
+    """Files that are not images, and train classes without images, said on stderr (a .tif
+    class had vanished from training, and a test image of it counted as an error)."""
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(
+            f"warning: {split_dir}: skipped {len(skipped)} files that are not images "
+            f"({'/'.join(EXTENSIONS)}): {shown}",
+            file=sys.stderr,
+        )
+    if empty:
+        print(
+            f"warning: {split_dir}: no images for class {', '.join(map(repr, empty))}; the "
+            "model never learns it",
+            file=sys.stderr,
+        )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -184,12 +208,18 @@ def load_imagefolder(
     classes = _list_classes(class_dir)
     if not classes:
         raise DataError(f"{class_dir}: no class folders (expected {class_dir}/<class>/*.jpg)")
-    index = {c: k for k, c in enumerate(classes)}
+    index = {_same_name(c): k for k, c in enumerate(classes)}
     per_class: list[list[tuple[Path, int]]] = []
+    skipped: list[str] = []
+    empty: list[str] = []
     for c in _list_classes(split_dir):
-        if c not in index:
+        if _same_name(c) not in index:
             raise DataError(f"{split_dir / c}: class {c!r} is not among the classes of {class_dir}")
-        per_class.append([(p, index[c]) for p in _list_images(split_dir / c)])
+        images, others = _list_images(split_dir / c)
+        per_class.append([(p, index[_same_name(c)]) for p in images])
+        skipped += [f"{c}/{name}" for name in others]
+        empty += [c] if not images else []
+    _say_what_is_left_out(split_dir, skipped, empty if split == "train" else [])
     # The classes in turn (each class's files in name order), so that the first n items, which
     # --subset takes, hold every class: in class order they would all be the first class's.
     samples = [s for turn in itertools.zip_longest(*per_class) for s in turn if s is not None]

@@ -94,6 +94,14 @@ def _parse(spec: str, data_dir: str | None) -> tuple[str, _Entry, Path | None]:
         raise DataError(f"unknown data set spec {spec!r}; valid: {_valid_specs()}")
     if sep and not folder:
         raise DataError(f"spec {spec!r} has an empty folder after ':'")
+    if (
+        folder
+        and data_dir
+        and Path(folder).expanduser().resolve() != (Path(data_dir).expanduser().resolve())
+    ):  # the spec's folder had won, silently
+        raise DataError(
+            f"spec {spec!r} names a folder and --data-dir {data_dir} another; give the folder once"
+        )
     path = Path(folder) if folder else Path(data_dir) if data_dir else None
     if path is None and entry.default_dir is None:
         raise DataError(f"data set {name!r} needs a folder: use spec '{name}:DIR' or data_dir")

@@ -53,7 +53,8 @@ def load_test_set(data: str, data_dir, test_subset: int | None, model):
     c, size, _ = model.input_shape
     test_set = get_dataset(data, "test", data_dir=data_dir, image_size=size)
     test_set = first_images(test_set, test_subset, "--test-subset")
-    require_model_shape(test_set, data, c, model.num_classes, str(model.path))
+    names = model.meta.get("classes")
+    require_model_shape(test_set, data, c, model.num_classes, str(model.path), names)
     return test_set
 
 
