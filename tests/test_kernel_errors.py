@@ -213,3 +213,41 @@ def test_requant_thresholds_at_the_int32_ends(kernel):
         want = R.bitconv2d_requant(x, pw, 2, 1, 1, th, d)
         with K.use_kernel(kernel):
             assert np.array_equal(K.bitconv2d_requant(x, pw, 2, 1, 1, th, d), want)
+
+
+def test_found_by_a_hostile_review_of_the_kernel_api():
+    """An empty batch's input gradient when one output pixel sees the whole input (a reshape
+    had nothing to infer -1 from); arguments every path now checks alike (some had met a raw
+    pybind11 TypeError, others garbage under the reference kernel)."""
+    from dorefa.kernels import training as T
+
+    c, w = np.zeros((0, 2, 1, 1), np.uint8), np.ones((2, 3, 3, 3), np.uint8)
+    for kernel in K.available_kernels():
+        with K.use_kernel(kernel):
+            assert T.input_grad_codes(c, 2, w, 1, 1, 0, (3, 3)).shape == (0, 3, 3, 3)
+            m = np.zeros(0, np.float32)
+            assert T.conv_input_grad(c, m, 2, w, 1.0, 1, 1, 0, (3, 3)).shape == (0, 3, 3, 3)
+    codes = np.zeros((1, 2, 3, 3), np.uint8)
+    for bad in (1.0, True, 2**63):
+        with pytest.raises(ValueError, match="w_bits must be an int in 1..8"):
+            T.input_grad_codes(codes, 2, w, bad, 1, 0, (5, 5))
+    with pytest.raises(ValueError, match="threads must be an int in 1..1024"):
+        K.prepare_conv(K.pack_weights(np.ones((2, 2, 3, 3), np.uint8), 1), 2)(
+            np.zeros((1, 2, 5, 5), np.uint8), 2**40
+        )
+    with pytest.raises(ValueError, match="a kernel is named by a string"):
+        K.set_backend(1)
+    x = np.ones((1, 1, 4, 4), np.float32)
+    for kernel in ("reference", K.available_kernels()[0]):
+        with K.use_kernel(kernel):
+            with pytest.raises(ValueError, match="pool kernel must be an int"):
+                K.avgpool_float(x, 0, 1, 0)
+            with pytest.raises(ValueError, match="pool padding 100 is more than half"):
+                K.avgpool_float(x, 3, 1, 100)
+            with pytest.raises(ValueError, match="bits must be an int in 1..8, got 9"):
+                K.conv_float_quantize(x, np.ones((1, 1, 1, 1), np.float32), np.zeros(1), 1, 0, 1, 9)
+            a, g = np.zeros((1, 3, 5, 5), np.uint8), np.zeros((2, 2, 3, 3), np.uint8)
+            with pytest.raises(ValueError, match="same batch size, got 2 and 1"):
+                T.weight_grad_codes(g, 2, a, 2, 1, 0, (3, 3))
+            with pytest.raises(ValueError, match=r"kernel\[0\] must be an int"):
+                T.weight_grad_codes(g[:1], 2, a, 2, 1, 0, (3.9, 3))

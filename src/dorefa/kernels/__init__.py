@@ -227,6 +227,8 @@ def conv_float_quantize(
     """Float first layer fused: conv -> max-pool ``pool`` -> + bias -> ``bits``-bit codes
     (uint8 (N, O, H'/pool, W'/pool)); exact semantics in :func:`reference.conv_float_quantize`.
     """
+    stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
+    pool, bits = check_int("pool", pool, 1), reference.check_bits("bits", bits)
     kernel = _current_kernel()
     if kernel == _REFERENCE:
         return reference.conv_float_quantize(x, weight, bias, stride, padding, pool, bits)
@@ -249,6 +251,7 @@ def conv_float(
     ``pool = (k, s, p)`` the max-pool that follows it (:func:`maxpool_float`) is fused in: the
     same values as pooling this function's output, without making that output whole."""
     kernel = _current_kernel()
+    stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
     if pool is not None:
         pool = _check_pool(*pool)
     if kernel == _REFERENCE:
@@ -275,8 +278,8 @@ def linear_float(
 
 
 def _check_pool(kernel: object, stride: object, padding: object) -> tuple[int, int, int]:
-    """A max-pool's (kernel, stride, padding) as the native pools take them: ints, kernel and
-    stride >= 1, 0 <= padding <= kernel / 2 (each path refuses the rest alike)."""
+    """A max- or average pool's (kernel, stride, padding) as the native pools take them: ints,
+    kernel and stride >= 1, 0 <= padding <= kernel / 2 (each path refuses the rest alike)."""
     k = check_int("pool kernel", kernel, 1)
     s = check_int("pool stride", stride, 1)
     p = check_int("pool padding", padding, 0)
@@ -388,6 +391,7 @@ def avgpool_float(
 ) -> np.ndarray:
     """Average pool of a float32 map (N, C, H, W), zero padding counted (torch's default): the
     same float32 bits as :func:`reference.avgpool_float` (one native pass)."""
+    kernel, stride, padding = _check_pool(kernel, stride, padding)
     x = np.ascontiguousarray(x, np.float32)
     if _current_kernel() == _REFERENCE:
         return reference.avgpool_float(x, kernel, stride, padding)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import conv_out_size
+from ..geometry import MAX_THREADS, conv_out_size
 from . import choose, reference, selection
 from .extension import native
 from .reference import PackedWeights
@@ -53,6 +53,7 @@ def native_ready(x_codes, threads) -> bool:
         and x_codes.flags.c_contiguous
         and x_codes.ndim == 4
         and type(threads) is int
+        and 1 <= threads <= MAX_THREADS
     )
 
 

@@ -193,13 +193,27 @@ def _codes(name: str, a: object, bits: int, layout: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def _int_pair(name: str, pair: object, minimum: int) -> tuple[int, int]:
+    """Two ints >= minimum (a float such as 3.9 had been truncated)."""
+    try:
+        a, b = pair
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of ints, got {pair!r}") from None
+    return check_int(f"{name}[0]", a, minimum), check_int(f"{name}[1]", b, minimum)
+
+
+def check_kernel_size(kernel: object) -> tuple[int, int]:
+    """A convolution's (KH, KW): two ints >= 1."""
+    return _int_pair("kernel", kernel, 1)
+
+
 def check_geometry(
     out_hw: tuple[int, int], kernel: tuple[int, int], stride: int, padding: int, hw: tuple
 ) -> tuple[int, int]:
     """The forward input's (H, W); ValueError unless the gradient's spatial shape ``out_hw`` is
     what a ``kernel`` conv with this stride and padding makes of it."""
     stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
-    h, w = (int(v) for v in hw)
+    h, w = _int_pair("input_hw", hw, 0)
     want = (
         conv_out_size(h, kernel[0], stride, padding),
         conv_out_size(w, kernel[1], stride, padding),
@@ -309,7 +323,9 @@ def conv_weight_grad_codes(
     na = (1 << check_bits("a_bits", a_bits)) - 1
     cc = _codes("c", c, g_bits, "(N, O, H', W')")
     q = _codes("a_codes", a_codes, a_bits, "(N, C, H, W)")
-    kh, kw = (int(k) for k in kernel)
+    kh, kw = check_kernel_size(kernel)
+    if len(cc) != len(q):  # numpy would broadcast a batch of one
+        raise ValueError(f"c and a_codes must have the same batch size, got {len(cc)} and {len(q)}")
     check_geometry(cc.shape[2:], (kh, kw), stride, padding, q.shape[2:])
     qp = np.pad(q, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     win = np.lib.stride_tricks.sliding_window_view(qp, (kh, kw), axis=(2, 3))

@@ -87,8 +87,12 @@ def available_backends() -> list[str]:
 def resolve(name: str) -> str:
     """The kernel a request names (``''``: the fastest; case and surrounding blanks ignored, as
     everywhere a name is taken); ValueError says what is available."""
-    if isinstance(name, str):
-        name = name.strip().lower()
+    if not isinstance(name, str):
+        raise ValueError(
+            f"a kernel is named by a string (dorefa.kernels.available_kernels() lists them), "
+            f"got {name!r}"
+        )
+    name = name.strip().lower()
     if native is not None:
         return native.resolve_kernel(name)
     if name in ("", REFERENCE):

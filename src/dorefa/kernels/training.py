@@ -44,7 +44,7 @@ from ..geometry import MAX_THREADS, check_int
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
 from .reference import check_bits, check_code_array
-from .reference_grad import check_geometry, grid_scales, scaled_batch_sum
+from .reference_grad import check_geometry, check_kernel_size, grid_scales, scaled_batch_sum
 from .selection import REFERENCE
 
 __all__ = [
@@ -128,9 +128,10 @@ def _per_sample(m, n: int) -> np.ndarray:
     return m
 
 
-def _input_operands(c, g_bits, w_codes, stride, padding, input_hw, threads):
+def _input_operands(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
     """(codes uint8, weight codes uint8, the forward input's (H, W), threads), checked."""
     check_bits("g_bits", g_bits)
+    check_bits("w_bits", w_bits)
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     w_codes = check_code_array("w_codes", w_codes, "(O, C, KH, KW)")
     hw = check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
@@ -140,7 +141,7 @@ def _input_operands(c, g_bits, w_codes, stride, padding, input_hw, threads):
 def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
     """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
     c, w_codes, hw, threads = _input_operands(
-        c, g_bits, w_codes, stride, padding, input_hw, threads
+        c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads
     )
     route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
     if route in GEMM_ROUTES:
@@ -161,7 +162,8 @@ def _conv_route_sums(c, g_bits, w_codes, w_bits, stride, padding, hw, threads):
         o = w_codes.shape[0]
         wt = _transposed(w_codes.reshape(o, -1)).reshape(-1, o, 1, 1)
         pw = pack_weights(wt, w_bits, planes=False)
-        k1 = bitconv2d_signed(c, pw, g_bits, 1, 0, threads).reshape((len(c), -1) + hw)
+        k1 = bitconv2d_signed(c, pw, g_bits, 1, 0, threads)
+        k1 = k1.reshape((len(c), w_codes.shape[1]) + hw)  # (an empty batch has no -1 to infer)
         sums = _column_sums(w_codes.reshape(o, -1))
         k2 = (2 * sums - ((1 << w_bits) - 1) * o).astype(np.int32).reshape((1, -1) + hw)
     else:
@@ -242,7 +244,7 @@ def conv_input_grad(
     from .selection import current_kernel
 
     c, w_codes, hw, threads = _input_operands(
-        c, g_bits, w_codes, stride, padding, input_hw, threads
+        c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads
     )
     scale = _per_sample(m, len(c)).astype(np.float64) * float(w_scale) / ng
     route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
@@ -289,9 +291,11 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     pass int32)."""
     from .extension import native
 
-    kh, kw = (int(k) for k in kernel)
+    kh, kw = check_kernel_size(kernel)
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     q = check_code_array("a_codes", a_codes, "(N, C, H, W)")
+    if len(c) != len(q):
+        raise ValueError(f"c and a_codes must have the same batch size, got {len(c)} and {len(q)}")
     check_geometry(c.shape[2:], (kh, kw), stride, padding, q.shape[2:])
     threads = check_int("threads", threads, 1, MAX_THREADS)
     name = weight_grad_kernel()
