@@ -152,8 +152,11 @@ def torch_int8_saturates(engine: str) -> bool:
 
 
 def torch_contestants(layer: Layer, n: int, rng: np.random.Generator) -> dict:
-    """torch's own convolution of the layer: ``fp32`` and ``int8 <engine>`` for each quantized
-    engine this torch has (x86 / fbgemm: the faster one on the day is the competitor)."""
+    """torch's own convolution of the layer at its best: ``fp32 eager`` (oneDNN, weights
+    re-laid out per call), ``fp32 packed`` (TorchScript frozen + optimize_for_inference:
+    packed once) and ``int8 <engine>`` for each quantized engine this torch has (x86 /
+    fbgemm), on channels_last input as inside a quantized network (an NCHW input is
+    transposed on every call). The fastest of each kind is the competitor (:func:`best`)."""
     out = {}
     xf = torch.from_numpy(rng.random((n, layer.c, layer.hw, layer.hw), dtype=np.float32))
     wf = torch.from_numpy(rng.standard_normal((layer.o, layer.c, layer.k, layer.k), np.float32))
@@ -162,8 +165,16 @@ def torch_contestants(layer: Layer, n: int, rng: np.random.Generator) -> dict:
         with torch.no_grad():
             return torch.nn.functional.conv2d(xf, wf, padding=layer.pad)
 
-    out["fp32"] = fp32
+    out["fp32 eager"] = fp32
+    conv = torch.nn.Conv2d(layer.c, layer.o, layer.k, padding=layer.pad, bias=False).eval()
+    with torch.no_grad():
+        conv.weight.copy_(wf)
+        packed_fp32 = torch.jit.optimize_for_inference(
+            torch.jit.freeze(torch.jit.trace(conv, xf[:1], check_trace=False))
+        )
+    out["fp32 packed"] = lambda: packed_fp32(xf)
     qx = torch.quantize_per_tensor(xf, 1 / 255, 0, torch.quint8)
+    qx = qx.contiguous(memory_format=torch.channels_last)
     qw = torch.quantize_per_tensor(wf, 0.02, 0, torch.qint8)
     for engine in ("x86", "fbgemm"):
         if engine not in torch.backends.quantized.supported_engines:
@@ -187,10 +198,10 @@ def contestants(layer: Layer, n: int, threads: int, rng: np.random.Generator) ->
     for xb, wb in ((2, 1), (1, 1)):
         x = rng.integers(0, 1 << xb, (n, layer.c, layer.hw, layer.hw), dtype=np.uint8)
         w = rng.integers(0, 1 << wb, (layer.o, layer.c, layer.k, layer.k), dtype=np.uint8)
-        pw = K.pack_weights(w, wb)
+        conv = K.prepare_conv(K.pack_weights(w, wb), xb, 1, layer.pad)  # once, as a model does
 
-        def bit(x=x, pw=pw, xb=xb):
-            return K.bitconv2d_packed(x, pw, xb, 1, layer.pad, threads)
+        def bit(x=x, conv=conv):
+            return conv(x, threads)
 
         out[f"W{wb}A{xb}"] = bit
     return out | torch_contestants(layer, n, rng)
@@ -219,29 +230,28 @@ def time_round(fn, min_seconds: float) -> float:
     return elapsed / reps
 
 
-def ceiling() -> dict[str, float]:
-    """W1A2 / W1A1 MAC/cycle ceilings of the backend in use on this CPU family (ceilings.py;
-    NaN where none is derived)."""
-    binary = ceilings.binary(K.backend())
-    return {"W1A2": binary / 2, "W1A1": binary}
+def best(t: dict, kind: str) -> float:
+    """The fastest time among the contestants named ``kind ...`` (torch at its best)."""
+    return min(v for k, v in t.items() if isinstance(k, str) and k.startswith(kind))
 
 
-CEILING = ceiling()
-
-
-def table_row(layer: Layer, n: int, threads: int, t: dict[str, float], clock: float) -> str:
-    """One markdown row from seconds per call of each contestant."""
+def table_row(
+    layer: Layer, n: int, threads: int, t: dict[str, float], clock: float, ran: dict[str, str]
+) -> str:
+    """One markdown row from seconds per call of each contestant; ``ran``: the kernel each
+    bit contestant ran (its share is of that kernel's ceiling)."""
     macs = layer.macs(n)
-    int8_best = min(v for k, v in t.items() if k.startswith("int8"))
+    int8_best, fp32_best = best(t, "int8"), best(t, "fp32")
     row = [layer.name, str(n), str(threads), f"{macs / 1e6:.1f}", f"{clock / 1e9:.2f}"]
     for key in ("W1A2", "W1A1"):
         per_cycle = macs / t[key] / clock
-        row += [f"{t[key] * 1e6:.0f}", f"{macs / t[key] / 1e9:.1f}", f"{per_cycle:.1f}"]
-        row += [f"{per_cycle / threads / CEILING[key]:.0%}"]
-    row += [f"{t['fp32'] * 1e6:.0f}"]
+        wb, xb = (int(v) for v in key[1:].split("A"))
+        row += [ran[key], f"{t[key] * 1e6:.0f}", f"{macs / t[key] / 1e9:.1f}", f"{per_cycle:.1f}"]
+        row += [f"{per_cycle / threads / ceilings.ceiling(ran[key], wb, xb):.0%}"]
+    row += [f"{fp32_best * 1e6:.0f}"]
     row += [f"{t[k] * 1e6:.0f}" if k in t else "-" for k in ("int8 x86", "int8 fbgemm")]
     for key in ("W1A2", "W1A1"):
-        row += [f"{t['fp32'] / t[key]:.1f}x", f"{int8_best / t[key]:.1f}x"]
+        row += [f"{fp32_best / t[key]:.1f}x", f"{int8_best / t[key]:.1f}x"]
     return "| " + " | ".join(row) + " |"
 
 
@@ -257,7 +267,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.kernel:
         K.set_backend(args.kernel)
-    CEILING.update(ceiling())
     rounds = args.rounds or (3 if args.quick else 9)
     min_seconds = 0.005 if args.quick else 0.03
     batches = [int(b) for b in args.batches.split(",")]
@@ -273,8 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     print(header + "; " + isa_line(), flush=True)
     cols = [
         "layer", "N", "thr", "MMAC", "GHz",
-        "W1A2 us", "W1A2 GMAC/s", "W1A2 MAC/cyc", "W1A2 % ceil/core",
-        "W1A1 us", "W1A1 GMAC/s", "W1A1 MAC/cyc", "W1A1 % ceil/core",
+        "W1A2 kernel", "W1A2 us", "W1A2 GMAC/s", "W1A2 MAC/cyc", "W1A2 % ceil/core",
+        "W1A1 kernel", "W1A1 us", "W1A1 GMAC/s", "W1A1 MAC/cyc", "W1A1 % ceil/core",
         "fp32 us", "int8 x86 us", "int8 fbgemm us",
         "W1A2 vs fp32", "W1A2 vs int8", "W1A1 vs fp32", "W1A1 vs int8",
     ]  # fmt: skip
@@ -287,8 +296,10 @@ def main(argv: list[str] | None = None) -> None:
                 torch.set_num_threads(threads)
                 fns = contestants(layer, n, threads, rng)
                 clock = measure_clock_hz(threads)
-                for fn in fns.values():  # warm-up (allocations, first touch)
+                ran = {}
+                for name, fn in fns.items():  # warm-up (allocations, first touch)
                     fn()
+                    ran[name] = K.last_kernel()
                 samples: dict[str, list[float]] = {k: [] for k in fns}
                 names = list(fns)
                 for r in range(rounds):  # rotate the order: no contestant always goes first
@@ -297,13 +308,13 @@ def main(argv: list[str] | None = None) -> None:
                 clock = max(clock, measure_clock_hz(threads))
                 for stat, reduce in (("median", statistics.median), ("min", min)):
                     row = table_row(layer, n, threads, {k: reduce(v) for k, v in samples.items()},
-                                    clock)  # fmt: skip
+                                    clock, ran)  # fmt: skip
                     tables[stat].append(row)
                 print(tables["median"][-1], flush=True)
 
     if args.out:
         cmd = "python " + " ".join(["benchmarks/bench_kernels.py", *(argv or sys.argv[1:])])
-        cpu = platform.processor() or platform.machine()
+        cpu = cpu_name()
         block = (
             f"{BEGIN}\n"
             f"Measured {datetime.date.today()} on {cpu} (2 cores, shared), with\n\n"
@@ -313,8 +324,8 @@ def main(argv: list[str] | None = None) -> None:
             "weights are prepacked. Ratios are speed-ups: torch time / bit-kernel time "
             "(int8 = the faster of the two torch int8 engines). MAC/cyc = "
             "(MACs / time) / the row's clock (GHz column: measured on all of the row's "
-            "threads at once); % ceil/core = MAC/cyc / threads / the popcount ceiling "
-            f"({CEILING['W1A2']:.1f} MAC/cycle for W1A2, {CEILING['W1A1']:.1f} for W1A1). "
+            "threads at once); % ceil/core = MAC/cyc / threads / the ceiling of the kernel "
+            "that ran (benchmarks/ceilings.py). "
             "The machine is shared (other jobs run on its "
             "2 cores), so medians include time lost to them; the second table, minimum "
             "over rounds, is the closer estimate of an unloaded core.\n\n"
@@ -322,6 +333,17 @@ def main(argv: list[str] | None = None) -> None:
             "### Minimum over rounds\n\n" + "\n".join(tables["min"]) + f"\n{END}\n"
         )
         write_block(args.out, block)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo; platform.processor() is empty on Linux)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 BEGIN, END = "<!-- bench_kernels:begin -->", "<!-- bench_kernels:end -->"
