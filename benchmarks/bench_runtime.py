@@ -305,6 +305,9 @@ def contestants_for(model: nn.Module, path: Path, args, calib: list[torch.Tensor
         shapes = {tuple(f(x).shape) for f in (fnet, *qnets.values(), model)}
         shapes.add(runtimes[args.thread_counts[0]](x.numpy()).shape)
         assert len(shapes) == 1, f"contestants disagree on the output shape: {shapes}"
+        x = calib[0]  # a timed kernel must also be right: the runtime's classes vs torch's
+        ours = runtimes[args.thread_counts[0]](x.numpy()).argmax(1)
+        agreement = float((torch.from_numpy(ours) == model(x).argmax(1)).float().mean())
     contestants = {"bit runtime": (lambda x, t: runtimes[t](x), "numpy")}
     example = calib[0][:4]
     contestants["torch fp32 eager"] = (lambda x, t: fnet(x), "torch")
@@ -315,7 +318,7 @@ def contestants_for(model: nn.Module, path: Path, args, calib: list[torch.Tensor
         fq = frozen(q, example, fp32=False)
         contestants[f"torch int8 {e} frozen"] = (lambda x, t, q=fq: q(x), "torch")
     contestants["torch DoReFa"] = (lambda x, t: model(x), "torch")
-    return contestants, runtimes, fnet
+    return contestants, runtimes, fnet, agreement
 
 
 def measure(args, name: str, bits: str) -> tuple[str, str]:
@@ -327,7 +330,7 @@ def measure(args, name: str, bits: str) -> tuple[str, str]:
     info = export(model, path, input_size=size)
     gen = torch.Generator().manual_seed(0)
     calib = [torch.rand(32 if size <= 64 else 8, in_ch, size, size, generator=gen) for _ in "abcd"]
-    contestants, runtimes, fnet = contestants_for(model, path, args, calib)
+    contestants, runtimes, fnet, agreement = contestants_for(model, path, args, calib)
     batches = [int(b) for b in (args.batches or ("1,32" if name == "svhn" else "1,8")).split(",")]
     med, rounds = time_contestants(contestants, (in_ch, size, size), batches, args, gen)
     picked = best_torch(med)
@@ -341,7 +344,8 @@ def measure(args, name: str, bits: str) -> tuple[str, str]:
         f"torch {torch.__version__}, numpy {np.__version__}; "
         f"{hi if lo == hi else f'{lo}-{hi}'} rounds, medians\n"
         f"{isa_line()}\n"
-        f"kernels: {kernel_summary(runtimes[tc[0]])}\n"
+        f"kernels: {kernel_summary(runtimes[tc[0]])}; the runtime's class = torch DoReFa's on "
+        f"{agreement:.1%} of {len(calib[0])} inputs\n"
         "torch at its best (fastest variant per row): "
         + ", ".join(
             f"batch {n}{'' if len(tc) == 1 else f' {t} thr'} fp32 {picked[('torch fp32', n, t)]}"
