@@ -177,6 +177,18 @@ def test_kill_and_resume_skips_finished_cells(tmp_path, fashion_dir):
     assert len(run_sweep(cfg, log=lambda m: None)) == 3
     assert first_ckpt.stat().st_mtime_ns == mtime
 
+    # the grid edited: a cell dropped keeps its row (it had vanished from results.csv); the
+    # init cell's source changed is refused while its folder holds the old run
+    grid.write_text(GRID3.rsplit('\n  - {bits: "1,2,6", width: 0.25, init', 1)[0] + "\n")
+    assert len(run_sweep(cfg, log=lambda m: None)) == 2
+    assert len(read_results(out / "results.csv")) == 3
+    grid.write_text(
+        GRID3.replace('init: "32,32,32"', 'init: "8,8,8"') + '  - {bits: "8,8,8", width: 0.25}\n'
+    )
+    with pytest.raises(ValueError, match="was initialised from 32,32,32 but the grid now says"):
+        run_sweep(cfg, log=lambda m: None)
+    grid.write_text(GRID3)
+
     settings = json.loads((out / "sweep.json").read_text())
     assert settings["epochs"] == 1 and settings["subset"] == 2000
     cfg.epochs = 2  # another budget in the same folder is refused
@@ -230,6 +242,18 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
         ("cells = 3\n", ".toml", "non-empty list 'cells'"),
         ("cells:\n  - {bits: '1,2,6', init: '32,32,32'}\n", ".yaml", "not in the grid"),
         ("cells:\n  - {bits: '1,2,6'}\n  - {bits: 'w1a2g6'}\n", ".yaml", "listed twice"),
+        (
+            "cells:\n  - {bits: '1,2,6', init: '32,32,32'}\n  - {bits: '1,2,6', init: '8,8,8'}\n"
+            "  - {bits: '32,32,32'}\n  - {bits: '8,8,8'}\n",
+            ".yaml",
+            r"listed with two init sources \(32,32,32 and 8,8,8\)",
+        ),
+        (
+            "cells:\n  - {bits: '1,2,6', init: '8,8,8'}\n  - {bits: '8,8,8', init: '32,32,32'}\n"
+            "  - {bits: '32,32,32'}\n",
+            ".yaml",
+            "itself initialised from 32,32,32: a source is trained from scratch",
+        ),
         ("cells: []\n", ".json", "unknown grid format"),
     ],
 )
@@ -319,6 +343,8 @@ def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys
     assert main(["sweep", "--grid", "tiny", "--records", str(records), "--out", str(out)]) == 2
     assert f"--records {records} is a file, not a folder" in capsys.readouterr().err
     assert not out.exists()
+    assert main(["sweep", "--grid", "tiny", "--out", ""]) == 2  # had written into the cwd
+    assert "--out is empty; name the sweep's folder" in capsys.readouterr().err
 
 
 def _row(w, a, g, width=1.0, init="", acc=0.5, status="ok", **kw) -> CellResult:
@@ -531,6 +557,15 @@ def test_records_are_written_and_taken_as_done(tmp_path, fashion_dir, capsys):
     for p in PLOTS:
         assert (tmp_path / "docs" / "results" / p).stat().st_size > 1000
         assert f"](results/{p})" in text
+    notes = tmp_path / "docs" / "notes.md"  # a page someone wrote, without the markers
+    notes.write_text("# my notes\n")
+    assert main(["report", "--records", str(rec_dir), "--out", str(notes)]) == 2
+    assert "has no generated-section markers" in capsys.readouterr().err
+    assert notes.read_text() == "# my notes\n"  # it had been replaced whole
+    fresh = tmp_path / "docs" / "fresh.md"
+    assert main(["report", "--records", str(rec_dir), "--out", str(fresh)]) == 0
+    assert fresh.read_text().startswith(PAGE_BEGIN)  # so the next report splices
+    assert main(["report", "--records", str(rec_dir), "--out", str(fresh)]) == 0
 
 
 def _seed_rows(accs: dict) -> list[CellResult]:

@@ -93,6 +93,8 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
     if cfg.model not in list_models():
         raise ValueError(f"--model {cfg.model!r} is not one of {', '.join(list_models())}")
     check_spec(cfg.data, cfg.data_dir)
+    if not str(cfg.out).strip():  # Path("") is the working folder: its files had been written
+        raise ValueError("--out is empty; name the sweep's folder")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     for folder in filter(None, (cfg.records, *cfg.done_records)):

@@ -118,13 +118,27 @@ def _check_cells(cells: list[Cell], where: str) -> None:
     """No cell twice; every ``init`` source is in the grid."""
     names = [c.name("m") for c in cells]
     dup = sorted({n for n in names if names.count(n) > 1})
+    for name in dup:
+        inits = sorted({str(c.init) for c in cells if c.name("m") == name and c.init})
+        if len(inits) > 1:  # one folder per (bits, width, seed) started from a checkpoint
+            raise ValueError(
+                f"{where}: cell {name[2:].removesuffix('-init')} is listed with two init "
+                f"sources ({' and '.join(inits)}); a grid holds one of them"
+            )
     if dup:
         raise ValueError(f"{where}: cells listed twice: {', '.join(d[2:] for d in dup)}")
     for c in cells:
         if c.init and c.source() not in cells:
+            started = [d for d in cells if d.bits == c.init and d.width == c.width and d.init]
+            why = (
+                f"which is itself initialised from {started[0].init}: a source is trained "
+                "from scratch"
+                if started
+                else "which is not in the grid; add it"
+            )
             raise ValueError(
                 f"{where}: cell {c.bits} width {c.width} is initialised from "
-                f"{c.init} width {c.width}, which is not in the grid; add it"
+                f"{c.init} width {c.width}, {why}"
             )
 
 

@@ -4,7 +4,8 @@ From the records of :mod:`.records` (every cell, every seed): ``results.csv`` (o
 and seed), the plots (curves = mean over seeds) and the markdown: the table of mean and spread
 over seeds per cell and the paper's claims judged with that spread. If ``PAGE.md`` holds the
 markers :data:`BEGIN` and :data:`END`, only the text between them is replaced (the page's own
-prose stays); otherwise the whole file is written.
+prose stays); a new or empty page is written whole (with the markers); a page without them is
+refused, not overwritten.
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ def _splice(page: Path, generated: str) -> str:
         head, rest = text.split(BEGIN, 1)
         tail = rest.split(END, 1)[1]
         return f"{head}{BEGIN}\n{generated}{END}{tail}"
-    return generated
+    if text.strip():  # a page someone wrote: it had been replaced whole
+        raise ValueError(
+            f"--out {page} exists and has no generated-section markers; put the lines {BEGIN} "
+            f"and {END} where the tables go (the rest of the page is kept), or give a new file"
+        )
+    return f"{BEGIN}\n{generated}{END}\n"  # the markers too: the next report splices
 
 
 def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> list[CellResult]:

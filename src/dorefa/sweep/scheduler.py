@@ -163,7 +163,10 @@ class _Sweep:
         self.cells = {c.name(cfg.model): c for c in cells}
         self.names = list(self.cells)
         self.csv_path = out / "results.csv"
-        self.done = {r.cell: r for r in read_results(self.csv_path) if r.cell in self.names}
+        recorded = read_results(self.csv_path)
+        self.done = {r.cell: r for r in recorded if r.cell in self.names}
+        self.others = [r for r in recorded if r.cell not in self.names]  # kept in results.csv
+        self._check_init_sources()
         self.by_record: set[str] = set()  # cells done by a record, not by this folder
         if cfg.records:
             self._read_records()
@@ -180,6 +183,22 @@ class _Sweep:
         self.show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         self.total = len(cells)
         self.bar = None  # the progress bar, while run() runs
+
+    def _check_init_sources(self) -> None:
+        """A recorded cell started from another source than the grid now names is refused
+        while its folder holds that run (its name does not say the source); without the
+        folder it is trained again."""
+        for name, cell in self.cells.items():
+            row, want = self.done.get(name), str(cell.init) if cell.init else ""
+            if row is None or not row.ok or row.init == want:
+                continue
+            if (self.out / "cells" / name).exists():
+                raise ValueError(
+                    f"{self.out / 'cells' / name} was initialised from {row.init or 'scratch'} "
+                    f"but the grid now says {want or 'scratch'}: restore the grid, or delete "
+                    "that folder to train the cell again"
+                )
+            del self.done[name]
 
     def _ok(self, cell: Cell) -> bool:
         row = self.done.get(cell.name(self.cfg.model))
@@ -268,7 +287,7 @@ class _Sweep:
         with self.lock:
             if row is not None:
                 self.done[row.cell] = row
-            rows = self.rows()
+            rows = self.rows() + self.others  # rows of cells no longer in the grid stay
             write_results(self.csv_path, rows)
             md = render_markdown(rows, cfg_dict(self.cfg), self.out)
             atomic_write_text(self.out / "results.md", md)
