@@ -542,3 +542,52 @@ def test_eval_and_resume_know_the_data_a_run_learnt(tmp_path, fashion_dir, capsy
     lines = []
     train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **TINY), log=lines.append)
     assert any("resuming on the data in the default folder; the run read" in m for m in lines)
+
+
+def test_found_by_a_hostile_review_of_train_options(one_epoch, tmp_path, monkeypatch, capsys):
+    """The accuracy printed under --amp bf16 is the checkpoint's (evaluation had run under
+    autocast: 0.566 printed, 0.556 by eval); a run diverging with a finite loss stops (it had
+    'succeeded' with an unusable checkpoint); a resume with nothing to train and no
+    metrics.jsonl prints its accuracy (KeyError); a full disk under torch.save is one line; an
+    lr Adam overflows on is refused."""
+    from dorefa.train import _check_finite
+
+    run = tmp_path / "bf16"
+    cfg = TrainConfig(bits="1,2,6", epochs=1, out=str(run), amp="bf16", **TINY)
+    printed = train(cfg, log=lambda m: None)["test_acc"]
+    assert main(["eval", str(run / "checkpoint.pt"), "--test-subset", "32", "--threads", "1"]) == 0
+    assert f"accuracy {printed:.4f}" in capsys.readouterr().out
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+    model[0].running_var[1] = float("inf")
+    with pytest.raises(FloatingPointError, match="0.running_var became NaN or inf in epoch 3"):
+        _check_finite(model, 2)
+    out = tmp_path / "nohistory"
+    shutil.copytree(one_epoch, out)
+    (out / "metrics.jsonl").unlink()
+    argv = ["train", "--width", "0.125", "--batch-size", "32", "--subset", "64"]
+    argv += [
+        "--test-subset",
+        "32",
+        "--threads",
+        "1",
+        "--epochs",
+        "1",
+        "--resume",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "final test accuracy 0." in capsys.readouterr().out
+
+    def full_disk(obj, f):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos") from None
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(fileio.WriteError, match="cannot write .*c.pt: No space left on device"):
+        checkpoint.save_atomic({"model": {}}, tmp_path / "c.pt")
+    monkeypatch.undo()
+    assert main(["train", "--lr", "4e37", "--out", str(tmp_path / "x")]) == 2
+    assert "--lr" in capsys.readouterr().err

@@ -60,5 +60,7 @@ NON_NEGATIVE_INT = Number(int, 0)
 # The largest float32: an optimizer's float32 update overflows (a traceback in torch) past it.
 FLOAT32_MAX = 3.4028234663852886e38
 POSITIVE_FLOAT = Number(float, 0, low_open=True, high=FLOAT32_MAX, say_high=False)
+# Adam's first step divides the rate by 1 - beta1 (0.1): past ~3.4e37 its float32 overflows.
+LEARNING_RATE = Number(float, 0, low_open=True, high=1e37)
 WIDTH = Number(float, 0, low_open=True, high=4)  # dorefa.models.create_model's range
 NON_NEGATIVE_FLOAT = Number(float, 0, high=FLOAT32_MAX, say_high=False)

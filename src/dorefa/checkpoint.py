@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_write
+from .fileio import WriteError, atomic_write
 from .runtime.format import MAGIC as DOREFA_MAGIC
 
 FORMAT = "dorefa-checkpoint"
@@ -84,7 +84,17 @@ def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     (temp file in the same folder, fsync, rename): a crash mid-write leaves the previous
     checkpoint intact."""
     whole = {k: v for k, v in obj.items() if k != DIGEST} | {DIGEST: entries_digest(obj)}
-    return atomic_write(path, lambda f: torch.save(whole, f))
+
+    def write(f) -> None:
+        try:
+            torch.save(whole, f)
+        except RuntimeError as exc:  # torch's zip writer wraps the OSError (a full disk)
+            if isinstance(exc.__context__, OSError):
+                cause = exc.__context__
+                raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from exc
+            raise
+
+    return atomic_write(path, write)
 
 
 def save(

@@ -84,10 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             return launch(nproc, _without_nproc(getattr(args, "argv", None) or sys.argv[1:]))
     result = train(cfg)
     if not launched() or int(os.environ["RANK"]) == 0:
-        print(
-            f"final test accuracy {result['test_acc']:.4f}  (best "
-            f"{result['best_test_acc']:.4f})  -> {cfg.out}"
-        )
+        final = f"{result['test_acc']:.4f}" if "test_acc" in result else "not recorded"
+        print(f"final test accuracy {final}  (best {result['best_test_acc']:.4f})  -> {cfg.out}")
     return 0
 
 

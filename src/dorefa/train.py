@@ -134,6 +134,7 @@ def fit(run: Run, log=print) -> dict:
         set_lr(run.optimizer, lr_at(cfg, epoch))
         t0 = time.perf_counter()
         loss_sum, correct, seen = train_one_epoch(run, epoch, streams, show)
+        _check_finite(run.model, epoch)
         train_seconds = time.perf_counter() - t0
         ev = evaluate_run(run)
         best_acc = max(best_acc, ev["acc"])
@@ -155,6 +156,18 @@ def fit(run: Run, log=print) -> dict:
         run.files.plot(title=f"{cfg.model} {cfg.bits.tag}")
         epoch += 1
     return _end_of_run(run, result, best_acc, log)
+
+
+def _check_finite(model: nn.Module, epoch: int) -> None:
+    """FloatingPointError when a weight or statistic is NaN or inf after an epoch: the run
+    diverged with a finite loss (lr 1e30: loss 8e31, BN variance inf), and its checkpoint,
+    reported as a success, could not be evaluated. The last epoch's checkpoint is kept."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise FloatingPointError(
+                f"{name} became NaN or inf in epoch {epoch + 1}: the run diverged; lower --lr "
+                "(the checkpoint of the epoch before, if any, is kept)"
+            )
 
 
 def _test_accs(run: Run, epochs_run: int) -> list[float]:
@@ -187,6 +200,9 @@ def _end_of_run(run: Run, result: dict, best_acc: float, log) -> dict:
         result["replica_hashes"] = hashes
     if not result and run.files.history:
         result = dict(run.files.history[-1])
+    if "test_acc" not in result and not run.info.enabled:  # nothing trained, no metrics.jsonl
+        ev = evaluate_run(run)
+        result |= {"test_acc": ev["acc"], "test_loss": ev["loss"]}
     result["best_test_acc"] = best_acc
     return result
 
@@ -285,7 +301,7 @@ def evaluate_run(run: Run) -> dict:
         run.cfg.workers,
         rank=run.info.rank,
         world_size=run.info.world_size,
-        autocast=run.autocast,
+        autocast=None,  # float32: the checkpoint's accuracy, as `dorefa eval` and export see it
         channels_last=run.cfg.channels_last,
     )
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .argtypes import (
+    LEARNING_RATE,
     NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
-    POSITIVE_FLOAT,
     POSITIVE_INT,
     WIDTH,
     Number,
@@ -89,7 +89,7 @@ FLAGS: tuple[Flag, ...] = (
         "--lr",
         "lr",
         1e-3,
-        POSITIVE_FLOAT,
+        LEARNING_RATE,
         "learning rate (default schedule: halved at 50%% of the epochs)",
     ),
     Flag(
