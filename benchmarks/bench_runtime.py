@@ -23,7 +23,7 @@ the .dorefa file vs torch.save of the float state_dict. Rounds are time-boxed: a
 ``--rounds``, at least 3, fewer when a round takes long (``--budget`` seconds per row).
 
     .venv/bin/python benchmarks/bench_runtime.py --out docs/runtime.md   # svhn, writes docs
-    .venv/bin/python benchmarks/bench_runtime.py --quick --checkpoint runs/X/checkpoint.pt
+    .venv/bin/python benchmarks/bench_runtime.py --quick --checkpoint runs/X/checkpoint.pt ...
     .venv/bin/python benchmarks/bench_runtime.py --model resnet18 alexnet \\
         --bits resnet18:1,2,6 resnet18:1,4,32 alexnet:1,2,6 --batches 1,8 --threads 1,2
 """
@@ -115,7 +115,9 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=None, help="trained checkpoint (default: untrained)")
+    ap.add_argument(
+        "--checkpoint", nargs="+", default=None, help="trained checkpoints (default: untrained)"
+    )
     ap.add_argument("--model", nargs="+", default=["svhn"], choices=list_models())
     ap.add_argument(
         "--bits",
@@ -158,12 +160,13 @@ def cases(args) -> list[tuple[str, str]]:
 
 
 def load_model(args, name: str, bits: str) -> tuple[nn.Module, str, int]:
-    """The DoReFa model to time, a description of it and its input size."""
+    """The DoReFa model to time, a description of it and its input size; with --checkpoint,
+    ``bits`` is the checkpoint's path."""
     if args.checkpoint:
         from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 
-        model = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)
-        return model, f"trained checkpoint {args.checkpoint}", args.input_size or model.input_size
+        model = model_from_checkpoint(load_checkpoint(bits), bits)
+        return model, f"trained checkpoint {bits}", args.input_size or model.input_size
     size = args.input_size or input_size(name)
     model = calibrated_model(name, bits, args, size)
     return model, f"untrained {name} width {args.width} (BN calibrated on random inputs)", size
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     # Denormal floats flushed to zero, for every contestant (the thread's FTZ/DAZ): a trained
     # model's float32 network met denormals and ran 1.7x slower than an untrained one.
     torch.set_flush_denormal(True)
-    todo = [(None, None)] if args.checkpoint else cases(args)
+    todo = [(None, path) for path in args.checkpoint] if args.checkpoint else cases(args)
     if not todo:
         sys.exit(f"no bits for {args.model}: give --bits W,A,G or MODEL:W,A,G")
     reports: dict[str, list[str]] = {}

@@ -382,7 +382,7 @@ def test_checkpoint_keys_and_restore_errors(run_two_epochs, tmp_path):
         2,
         ckpt["best_acc"],
     )
-    changed = r"was made with width 0.5; this run has width 1.0; use the same arguments"
+    changed = r"was made with --width 0.5; this run has --width 1.0; use the same arguments"
     with pytest.raises(CheckpointError, match=changed):  # the setting that differs, alone
         restore(ckpt, "c.pt", meta=ckpt["meta"] | {"width": 1.0}, model=model, optimizer=opt)
     moved = ckpt["meta"] | {"data_dir": "/elsewhere", "classes": ["a", "b"]}  # an older ckpt

@@ -146,8 +146,8 @@ def restore(
         k for k in meta if k in saved and k not in LOCAL_META and saved[k] != meta[k]
     ]
     if changed:
-        theirs = ", ".join(f"{k} {saved[k]!r}" for k in changed)
-        ours = ", ".join(f"{k} {meta[k]!r}" for k in changed)
+        theirs = ", ".join(f"{META_SETTINGS.get(k, k)} {saved[k]!r}" for k in changed)
+        ours = ", ".join(f"{META_SETTINGS.get(k, k)} {meta[k]!r}" for k in changed)
         raise CheckpointError(
             f"{path}: was made with {theirs}; this run has {ours}; use the same arguments to resume"
         )
@@ -169,6 +169,18 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Alias of :func:`load_checkpoint`."""
     return load_checkpoint(path, map_location)
 
+
+# How a user sets each meta entry (a resume refused names it so).
+META_SETTINGS = {
+    "model": "--model",
+    "bits": "--bits",
+    "width": "--width",
+    "data": "--data",
+    "keep_first_last": "keep_first_last (--quantize-first-last: False)",
+    "num_classes": "the data's number of classes",
+    "in_channels": "the data's channels",
+    "classes": "the data's class names",
+}
 
 # Meta a resume may change: the folder the data was read from (a run moved to another machine).
 LOCAL_META = ("data_dir",)

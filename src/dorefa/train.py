@@ -87,6 +87,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
             warning = bf16_warning(native_bf16())
             if warning:
                 log(warning)
+        late = sorted(int(e) for e, _ in cfg.lr_milestones or () if int(e) >= cfg.epochs)
+        if late and len(late) == len(cfg.lr_milestones):
+            log(
+                f"note: --epochs {cfg.epochs} ends before every step of the learning-rate "
+                f"schedule (from epoch {', '.join(str(e + 1) for e in late)}): the rate stays "
+                f"{cfg.lr:g} unless until-flat epochs reach them"
+            )
         run = prepare_run(cfg, device, info)
         with run.files:  # the folder's lock, released at the end (a failed run tidies)
             result = fit(run, log)
