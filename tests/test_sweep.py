@@ -330,7 +330,7 @@ def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys
     for flag, value, match in [
         ("--batch-size", "0", "--batch-size must be an integer >= 1, got 0"),
         ("--subset", "0", "--subset must be an integer >= 1, got 0"),
-        ("--lr", "-1", "--lr must be a number > 0, got -1.0"),
+        ("--lr", "-1", "--lr must be a number > 0 and <= 1e+37, got -1.0"),
         ("--epochs", "0", "--epochs must be >= 1, got 0"),
     ]:
         out = tmp_path / flag.strip("-")
