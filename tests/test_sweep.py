@@ -653,3 +653,9 @@ def test_the_sweeps_engine_trains_every_cell_and_is_not_part_of_the_budget(tmp_p
     )
     torch_record = {"config": cell_settings(SweepConfig(recipe="svhn-fashion-mnist"), cell)}
     assert settings_diff(torch_record, cfg, cell) == {}
+
+
+def test_a_killed_cell_says_so():
+    from dorefa.sweep.scheduler import _exit_text
+
+    assert _exit_text(-9) == "killed by SIGKILL" and _exit_text(2) == "exit 2"

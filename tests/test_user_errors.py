@@ -592,3 +592,16 @@ def test_found_by_a_hostile_review_of_train_options(one_epoch, tmp_path, monkeyp
     with pytest.raises(SystemExit):
         main(["train", "--lr", "4e37", "--out", str(tmp_path / "x")])
     assert "--lr: must be a number > 0 and <= 1e+37, got '4e37'" in capsys.readouterr().err
+
+
+def test_a_json_file_given_as_a_checkpoint_and_a_resume_on_other_threads(one_epoch, tmp_path):
+    with pytest.raises(CheckpointError, match="config.json is a JSON file, not a training"):
+        load_checkpoint(one_epoch / "config.json")  # it had said 'Python objects'
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch, out)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["torch_threads"] = 7  # as if trained on 7 threads
+    checkpoint.save_atomic(ckpt, out / "checkpoint.pt")
+    lines = []
+    train(_resume(out), log=lines.append)
+    assert any("resuming on 1 torch threads where the run used 7" in m for m in lines), lines

@@ -243,13 +243,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _refuse_exported_model(path: Path) -> None:
-    """A ``.dorefa`` file given where a checkpoint belongs is named as what it is (torch.load
-    would only call it unreadable)."""
+    """A ``.dorefa`` file or a JSON file (a run's config.json) given where a checkpoint belongs
+    is named as what it is (torch.load would only call it unreadable, or full of objects)."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(DOREFA_MAGIC))
     except OSError:
         return  # torch.load reports it
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise CheckpointError(
+            f"{path} is a JSON file, not a training checkpoint: give the checkpoint.pt that "
+            "`dorefa train` wrote"
+        )
     if head == DOREFA_MAGIC:
         raise CheckpointError(
             f"{path} is an exported .dorefa model, not a training checkpoint: run it with "
@@ -341,6 +346,7 @@ def load_weights(
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise CheckpointError(
                 f"{path}: weights do not fit this model ({key}: checkpoint {shape} vs model "
-                f"{tuple(own[key].shape)}); check --model, --width and the data's channels"
+                f"{tuple(own[key].shape)}); check --model, --width and the data's channels and "
+                "classes"
             )
     model.load_state_dict(state, strict=strict)

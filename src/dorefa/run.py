@@ -245,6 +245,13 @@ def _load_state(run: Run, log) -> tuple[int, float]:
     if cfg.resume and path.exists():
         ckpt = checkpoint.load(path, map_location=run.device)
         run.files.check_resume(run.config, ckpt.get("config"))
+        saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        threads = saved.get("torch_threads"), run.config.get("torch_threads")
+        if None not in threads and threads[0] != threads[1]:  # float sums split otherwise
+            log(
+                f"note: resuming on {threads[1]} torch threads where the run used {threads[0]}: "
+                "its weights will differ from an uninterrupted run's (float rounding)"
+            )
         before, now = ckpt["meta"].get("data_dir"), run.meta.get("data_dir")
         if before != now:
             log(

@@ -21,6 +21,7 @@ records count as done too; new records go to ``cfg.records`` only.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -107,6 +108,16 @@ def _train(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from, children: Ch
     return rc, history, complete
 
 
+def _exit_text(rc: int) -> str:
+    """A cell process's end in words: 'exit 2', or 'killed by SIGKILL' (-9: out of memory?)."""
+    if rc >= 0:
+        return f"exit {rc}"
+    try:
+        return f"killed by {signal.Signals(-rc).name}"
+    except ValueError:
+        return f"killed by signal {-rc}"
+
+
 def run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: Children) -> CellResult:
     """Train one cell in a subprocess; return its result row (status ok or failed)."""
     cell_dir = out / "cells" / cell.name(cfg.model)
@@ -120,7 +131,7 @@ def run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: Children) -> Cel
         err = last_error(cell_dir / "train.log")
         return row.replace(
             status="failed",
-            error=f"exit {rc}: {err[:300]}",
+            error=f"{_exit_text(rc)}: {err[:300]}",
             wall_s=round(time.perf_counter() - t0, 1),
         )
     # Every epoch and the checkpoint are on disk: the run is complete even if the process
