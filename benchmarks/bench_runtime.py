@@ -201,9 +201,10 @@ def time_contestants(contestants: dict, shape: tuple, batches: list[int], args, 
                     round_s += reps[name] * s
                 rounds = max(3, min(args.rounds, int(args.budget / max(round_s, 1e-6))))
                 rounds_run[(n, t)] = rounds
-                for _ in range(rounds):
-                    for name, fn in fns.items():
-                        results.setdefault((name, n, t), []).append(timed(fn, reps[name]))
+                names = list(fns)
+                for r in range(rounds):  # the order rotates: no contestant always goes first
+                    for name in names[r % len(names) :] + names[: r % len(names)]:
+                        results.setdefault((name, n, t), []).append(timed(fns[name], reps[name]))
     return {k: statistics.median(v) for k, v in results.items()}, rounds_run
 
 

@@ -255,6 +255,8 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
             "itself initialised from 32,32,32: a source is trained from scratch",
         ),
         ("cells: []\n", ".json", "unknown grid format"),
+        ("cells:\n  - {bits: '1,2,6'}\ncell:\n  - {bits: '1,1,6'}\n", ".yaml", "top-level"),
+        ("cells:\n  - {bits: 1,2,32, widths: [0.5]}\n", ".yaml", "quote the bits"),
     ],
 )
 def test_bad_grid_file_is_a_clear_error(tmp_path, text, suffix, match, capsys):

@@ -98,6 +98,8 @@ def _parse_entry(entry: object, at: str) -> list[Cell]:
     if not isinstance(entry, dict) or "bits" not in entry:
         raise ValueError(f"{at}: each cell needs 'bits' (\"W,A,G\"), got {entry!r}")
     unknown = set(entry) - GRID_KEYS
+    if unknown and all(isinstance(k, int) for k in unknown):  # YAML read {bits: 1,2,6} so
+        raise ValueError(f"{at}: quote the bits, e.g. bits: \"1,2,6\" (got {entry!r})")
     if unknown:
         raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(GRID_KEYS)}")
     try:
@@ -150,6 +152,9 @@ def parse_grid(obj: object, where: str) -> list[Cell]:
             "cells: [{bits: '1,2,6', widths: [1.0, 0.5]}, "
             "{bits: '1,2,6', width: 1.0, init: '32,32,32'}]"
         )
+    if set(obj) != {"cells"}:  # a misspelled 'cell:' list had been skipped without a word
+        others = sorted(map(str, set(obj) - {"cells"}))
+        raise ValueError(f"{where}: unknown top-level key(s) {others}; a grid holds 'cells' only")
     cells: list[Cell] = []
     for i, entry in enumerate(obj["cells"]):
         cells += _parse_entry(entry, f"{where}: cells[{i}]")
