@@ -58,7 +58,12 @@ class Layer:
         return self.hw + 2 * self.pad - self.k + 1
 
     def macs(self, n: int) -> int:
-        return n * self.o * self.out_hw**2 * self.c * self.k * self.k
+        """Multiply-adds of the taps inside the image (a padding tap multiplies a zero: the
+        kernels that skip it do less work, and counting it would inflate their share)."""
+        inside = sum(  # taps of one output row/column position that fall inside the image
+            min(p + self.k - self.pad, self.hw) - max(p - self.pad, 0) for p in range(self.out_hw)
+        )
+        return n * self.o * inside**2 * self.c
 
 
 LAYERS = [
@@ -322,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
             "Times are per call (microseconds). The bit kernels' times include packing "
             "the activations into bit planes; weights are packed once, as torch's int8 "
             "weights are prepacked. Ratios are speed-ups: torch time / bit-kernel time "
-            "(int8 = the faster of the two torch int8 engines). MAC/cyc = "
+            "(int8 = the faster of the two torch int8 engines). MACs count the taps inside the "
+            "image (padding taps excluded). MAC/cyc = "
             "(MACs / time) / the row's clock (GHz column: measured on all of the row's "
             "threads at once); % ceil/core = MAC/cyc / threads / the ceiling of the kernel "
             "that ran (benchmarks/ceilings.py). "
