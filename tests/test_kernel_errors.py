@@ -251,3 +251,21 @@ def test_found_by_a_hostile_review_of_the_kernel_api():
                 T.weight_grad_codes(g, 2, a, 2, 1, 0, (3, 3))
             with pytest.raises(ValueError, match=r"kernel\[0\] must be an int"):
                 T.weight_grad_codes(g[:1], 2, a, 2, 1, 0, (3.9, 3))
+
+
+def test_an_empty_batch_on_two_threads():
+    """Batch 0 with threads >= 2: the float first layer's band split divided by the batch
+    size (SIGFPE killed the interpreter on AlexNet's and ResNet-18's stems)."""
+    x, b = np.zeros((0, 3, 50, 50), np.float32), np.zeros(8, np.float32)
+    for kernel in K.available_kernels():
+        with K.use_kernel(kernel):
+            w = np.ones((8, 3, 12, 12), np.float32)
+            assert K.conv_float_quantize(x, w, b, 4, 0, 2, 2, 2).shape == (0, 8, 5, 5)
+            w = np.ones((8, 3, 7, 7), np.float32)
+            assert K.conv_float(x, w, b, 2, 3, 2).shape == (0, 8, 25, 25)
+            w = np.ones((8, 3, 11, 11), np.float32)
+            assert K.conv_float(x, w, b, 4, 0, 2).shape == (0, 8, 10, 10)
+            codes = np.zeros((0, 16, 9, 9), np.uint8)
+            assert K.bitconv2d(codes, np.ones((8, 16, 3, 3), np.uint8), 8, 8, 1, 1, 2).shape == (
+                0, 8, 9, 9,
+            )  # fmt: skip

@@ -299,6 +299,8 @@ def test_runtime_refuses_integer_pixels_and_bad_threads(one_epoch, tmp_path):
     x = np.zeros((2, *model.input_shape), np.uint8)
     with pytest.raises(ValueError, match="divide uint8 images by 255"):
         model.run(x)
+    with pytest.raises(ValueError, match="beyond float32's range"):  # not 'NaN or inf'
+        model.run(np.full(x.shape, 1e300))
     for threads in (2.5, "2", 0, runtime.MAX_THREADS + 1):
         with pytest.raises(ValueError, match=r"threads must be an int in 1\.\.1024"):
             model.run(x.astype(np.float32), threads=threads)

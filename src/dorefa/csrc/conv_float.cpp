@@ -175,7 +175,8 @@ inline Run RunAt(int64_t it, int64_t rows, int64_t cols) {
 // Bands of rows per image a call splits into: one on one thread (no row computed twice), else
 // about two per thread.
 int64_t Bands(int64_t rows, int64_t n, int threads) {
-  return threads > 1 ? std::min(rows, (2 * threads + n - 1) / n) : 1;
+  // (an empty batch has no rows to split: n = 0 had divided by zero)
+  return threads > 1 && n > 0 ? std::min(rows, (2 * threads + n - 1) / n) : 1;
 }
 
 // ConvFloatOutMaxPool on Winograd rows: per band of pooled rows, the tile rows its windows

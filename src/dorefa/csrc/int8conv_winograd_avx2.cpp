@@ -170,7 +170,8 @@ Int8Winograd::Bands Bands(const ConvGeom& g, int threads) {
         std::max<int64_t>(1, std::min(kBandTiles / tiles, (g.n + items - 1) / items));
     return {images, th, (g.n + images - 1) / images};
   }
-  const int64_t per_image = (items + g.n - 1) / g.n;
+  const int64_t n = std::max<int64_t>(g.n, 1);  // an empty batch: no divide by zero
+  const int64_t per_image = (items + n - 1) / n;
   const int64_t rows = std::max<int64_t>(
       1, std::min(std::max<int64_t>(1, kBandTiles / tw), (th + per_image - 1) / per_image));
   return {1, rows, g.n * ((th + rows - 1) / rows)};
