@@ -99,7 +99,7 @@ def _parse_entry(entry: object, at: str) -> list[Cell]:
         raise ValueError(f"{at}: each cell needs 'bits' (\"W,A,G\"), got {entry!r}")
     unknown = set(entry) - GRID_KEYS
     if unknown and all(isinstance(k, int) for k in unknown):  # YAML read {bits: 1,2,6} so
-        raise ValueError(f"{at}: quote the bits, e.g. bits: \"1,2,6\" (got {entry!r})")
+        raise ValueError(f'{at}: quote the bits, e.g. bits: "1,2,6" (got {entry!r})')
     if unknown:
         raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(GRID_KEYS)}")
     try:
