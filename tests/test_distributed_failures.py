@@ -154,25 +154,13 @@ def test_the_cause_outranks_a_rank_that_only_lost_its_group(tmp_path, monkeypatc
 def test_an_error_every_rank_meets_is_said_once(tmp_path):
     """A missing data folder (every rank's loading fails alike) had printed its line once per
     rank; a corrupt checkpoint to resume, the same."""
-    cmd = [sys.executable, "-m", "dorefa", "train", *TINY, "--nproc", "2"]
-    p = subprocess.run(
-        [*cmd, "--data", f"idx:{tmp_path / 'none'}", "--out", str(tmp_path / "a")],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 2, p.stderr
-    assert p.stderr.count("dorefa train: error") == 1 and "no such folder" in p.stderr, p.stderr
-    out = tmp_path / "b"
-    out.mkdir()
-    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    p = subprocess.run(
-        [*cmd, "--resume", "--out", str(out)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 2, p.stderr
-    assert p.stderr.count("dorefa train: error") == 1 and "checkpoint.pt" in p.stderr, p.stderr
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    for extra, said in [
+        (["--data", f"idx:{tmp_path / 'none'}", "--out", str(tmp_path / "a")], "no such folder"),
+        (["--resume", "--out", str(tmp_path / "b")], "checkpoint.pt"),
+    ]:
+        cmd = [sys.executable, "-m", "dorefa", "train", *TINY, "--nproc", "2", *extra]
+        p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("dorefa train: error") == 1 and said in p.stderr, p.stderr
