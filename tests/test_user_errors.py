@@ -541,9 +541,21 @@ def test_eval_and_resume_know_the_data_a_run_learnt(tmp_path, fashion_dir, capsy
     capsys.readouterr()
     assert main(["eval", str(run / "checkpoint.pt"), "--test-subset", "8"]) == 0
     assert str(tmp_path / "fm") in capsys.readouterr().out  # the folder it trained on
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    del ckpt["meta"]["data_dir"]  # as the version before wrote it: its config has the folder
+    checkpoint.save_atomic(ckpt, run / "checkpoint.pt")
     lines = []
-    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **TINY), log=lines.append)
+    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg), log=lines.append)
+    assert not any("resuming on the data in" in m for m in lines), lines  # the same folder
+    lines = []
+    train(TrainConfig(bits="1,2,6", epochs=3, out=str(run), resume=True, **TINY), log=lines.append)
     assert any("resuming on the data in the default folder; the run read" in m for m in lines)
+    from dorefa.data import require_model_shape
+    from dorefa.data.imagefolder import ImageFolderDataset
+
+    nfd = ImageFolderDataset([], ["cafe\u0301"], train=False)  # a folder copied through macOS
+    nfd.in_channels = 3
+    require_model_shape(nfd, "x", 3, 1, "m", ["caf\u00e9"])  # the same class: no refusal
 
 
 def test_found_by_a_hostile_review_of_train_options(one_epoch, tmp_path, monkeypatch, capsys):

@@ -127,7 +127,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = ckpt["meta"]
     data = args.data or meta.get("data", "fashion-mnist")
     data_dir = args.data_dir or (None if args.data else meta.get("data_dir"))  # as trained
-    test_set = get_dataset(data, "test", data_dir=data_dir, image_size=meta["image_size"])
+    try:
+        test_set = get_dataset(data, "test", data_dir=data_dir, image_size=meta["image_size"])
+    except ValueError as exc:
+        if data_dir is None or args.data_dir:
+            raise
+        raise ValueError(  # a checkpoint moved to another machine: its folder is not here
+            f"{exc} (the folder the checkpoint was trained on; give --data-dir where the data "
+            "is on this machine)"
+        ) from None
     test_set = first_images(test_set, args.test_subset, "--test-subset")
     require_model_shape(
         test_set,

@@ -253,6 +253,9 @@ def _load_state(run: Run, log) -> tuple[int, float]:
                 "its weights will differ from an uninterrupted run's (float rounding)"
             )
         before, now = ckpt["meta"].get("data_dir"), run.meta.get("data_dir")
+        if "data_dir" not in ckpt["meta"]:  # an older checkpoint: its config says
+            given = saved.get("data_dir")
+            before = str(Path(given).expanduser().resolve()) if given else None
         if before != now:
             log(
                 f"warning: resuming on the data in {now or 'the default folder'}; the run "

@@ -4,6 +4,7 @@ and the checks loaders and training share (the folder exists, there are classes 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from pathlib import Path
 
 
@@ -100,7 +101,10 @@ def require_model_shape(
             "on"
         )
     theirs = getattr(dataset, "classes", None)
-    if names is None or theirs is None or list(names) == list(theirs):
+    if names is None or theirs is None:
+        return
+    names, theirs = ([unicodedata.normalize("NFC", str(c)) for c in x] for x in (names, theirs))
+    if names == theirs:
         return
     k = next((i for i, (a, b) in enumerate(zip(names, theirs, strict=False)) if a != b), 0)
     raise ValueError(

@@ -205,10 +205,10 @@ def load_imagefolder(
         raise DataError(f"{root}: no {split} folder (expected {names})")
     # Class indices always come from train/, so that train and val labels agree.
     class_dir = root / "train" if (root / "train").is_dir() else split_dir
-    classes = _list_classes(class_dir)
+    classes = sorted(_same_name(c) for c in _list_classes(class_dir))  # as checkpoints record
     if not classes:
         raise DataError(f"{class_dir}: no class folders (expected {class_dir}/<class>/*.jpg)")
-    index = {_same_name(c): k for k, c in enumerate(classes)}
+    index = {c: k for k, c in enumerate(classes)}
     per_class: list[list[tuple[Path, int]]] = []
     skipped: list[str] = []
     empty: list[str] = []
