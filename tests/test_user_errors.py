@@ -306,6 +306,10 @@ def test_runtime_refuses_integer_pixels_and_bad_threads(one_epoch, tmp_path):
             model.run(x.astype(np.float32), threads=threads)
     with pytest.raises(ValueError, match="threads must be"):  # at load, not at every call
         runtime.load(path, threads=runtime.MAX_THREADS + 1)
+    x = np.zeros((2, *model.input_shape), np.float32)
+    with pytest.warns(RuntimeWarning, match="threads=1024 is more than this process's"):
+        capped = model.run(x, threads=1024)  # had started 1024 pool threads on 2 CPUs
+    assert np.array_equal(capped, model.run(x, threads=1))
     from dorefa.kernels.extension import native
 
     if native is not None:  # the kernels' own bound

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from .. import kernels
-from . import check_threads
+from . import check_threads, usable_threads
 from .bitconv import BitConv
 from .chain import chain_steps
 from .format import FORMAT_VERSION_CHAIN, Reader
@@ -138,6 +138,7 @@ class Model:
         ``watch(layer, output, inputs)`` (optional) sees every node's output as it is made."""
         threads = self.threads if threads is None else threads
         check_threads(threads)
+        threads = usable_threads(threads)
         x = self._check_input(x)
         if threads > 1 and len(x) > 1 and not keep and watch is None and self.macs >= SPLIT_MACS:
             return self._run_shares(x, threads)
