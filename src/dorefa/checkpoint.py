@@ -314,12 +314,13 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
             f"{size} x {size} images: the checkpoint was altered; use the file `dorefa train` wrote"
         )
     load_weights(model, ckpt["model"], path)
-    for name, value in model.state_dict().items():  # a diverged run's weights give no model
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(
-                f"{path}: {name} holds NaN or inf values (the run diverged); use a checkpoint "
-                "from before, or re-train with a lower --lr"
-            )
+    diverged = nonfinite_entry(model)
+    if diverged is not None:  # a diverged run's weights give no model
+        raise CheckpointError(
+            f"{path}: {diverged} holds NaN or inf values (the run diverged); use a checkpoint "
+            "from before, or re-train with a lower --lr"
+        )
+    for name, value in model.state_dict().items():
         if name.endswith("running_var") and (value < 0).any():  # every output would be NaN
             raise CheckpointError(
                 f"{path}: {name} holds a negative BatchNorm variance ({value.min().item():g}), "
@@ -327,6 +328,14 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
                 "`dorefa train` wrote"
             )
     return model.eval()
+
+
+def nonfinite_entry(model: torch.nn.Module) -> str | None:
+    """The first state-dict entry of ``model`` holding NaN or inf (a diverged run), else None."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
 
 
 def load_weights(

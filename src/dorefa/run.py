@@ -98,7 +98,7 @@ def model_meta(
     eval and run refuse other names), the folder --data-dir gave (eval's default)."""
     extra = {"classes": [str(c) for c in classes]} if classes is not None else {}
     if cfg.data_dir:
-        extra["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve())
+        extra["data_dir"] = _folder(cfg.data_dir)
     return {
         "model": cfg.model,
         "bits": str(cfg.bits),
@@ -109,6 +109,11 @@ def model_meta(
         "keep_first_last": cfg.keep_first_last,
         "data": cfg.data,
     } | extra
+
+
+def _folder(given: str | None) -> str | None:
+    """A --data-dir as a checkpoint records it: absolute, resolved (None: the default folder)."""
+    return str(Path(given).expanduser().resolve()) if given else None
 
 
 def local_batch(batch_size: int, world: int, flag: str = "") -> int:
@@ -254,8 +259,7 @@ def _load_state(run: Run, log) -> tuple[int, float]:
             )
         before, now = ckpt["meta"].get("data_dir"), run.meta.get("data_dir")
         if "data_dir" not in ckpt["meta"]:  # an older checkpoint: its config says
-            given = saved.get("data_dir")
-            before = str(Path(given).expanduser().resolve()) if given else None
+            before = _folder(saved.get("data_dir"))
         if before != now:
             log(
                 f"warning: resuming on the data in {now or 'the default folder'}; the run "

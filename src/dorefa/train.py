@@ -141,8 +141,8 @@ def fit(run: Run, log=print) -> dict:
         set_lr(run.optimizer, lr_at(cfg, epoch))
         t0 = time.perf_counter()
         loss_sum, correct, seen = train_one_epoch(run, epoch, streams, show)
-        _check_finite(run.model, epoch)
         train_seconds = time.perf_counter() - t0
+        _check_finite(run.model, epoch)
         ev = evaluate_run(run)
         best_acc = max(best_acc, ev["acc"])
         result = {
@@ -169,12 +169,12 @@ def _check_finite(model: nn.Module, epoch: int) -> None:
     """FloatingPointError when a weight or statistic is NaN or inf after an epoch: the run
     diverged with a finite loss (lr 1e30: loss 8e31, BN variance inf), and its checkpoint,
     reported as a success, could not be evaluated. The last epoch's checkpoint is kept."""
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise FloatingPointError(
-                f"{name} became NaN or inf in epoch {epoch + 1}: the run diverged; lower --lr "
-                "(the checkpoint of the epoch before, if any, is kept)"
-            )
+    name = checkpoint.nonfinite_entry(model)
+    if name is not None:
+        raise FloatingPointError(
+            f"{name} became NaN or inf in epoch {epoch + 1}: the run diverged; lower --lr "
+            "(the checkpoint of the epoch before, if any, is kept)"
+        )
 
 
 def _test_accs(run: Run, epochs_run: int) -> list[float]:

@@ -42,6 +42,12 @@ def require_classes(dataset, spec: str) -> None:
         )
 
 
+def same_name(name: object) -> str:
+    """A class name as compared across splits and with a checkpoint's: one Unicode form (macOS
+    writes 'é' decomposed)."""
+    return unicodedata.normalize("NFC", str(name))
+
+
 def _label_set(dataset) -> set[int] | None:
     labels = getattr(dataset, "labels", None)
     return None if labels is None else set(labels.tolist())
@@ -103,7 +109,7 @@ def require_model_shape(
     theirs = getattr(dataset, "classes", None)
     if names is None or theirs is None:
         return
-    names, theirs = ([unicodedata.normalize("NFC", str(c)) for c in x] for x in (names, theirs))
+    names, theirs = ([same_name(c) for c in x] for x in (names, theirs))
     if names == theirs:
         return
     k = next((i for i, (a, b) in enumerate(zip(names, theirs, strict=False)) if a != b), 0)

@@ -20,7 +20,6 @@ import itertools
 import math
 import os
 import sys
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DataError, require_folder
+from .errors import DataError, require_folder, same_name
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 SPLIT_DIRS = {"train": ("train",), "test": ("val", "test")}
@@ -38,11 +37,6 @@ RATIO = (3 / 4, 4 / 3)
 
 def _list_classes(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-def _same_name(name: str) -> str:
-    """A class name as compared across splits: one Unicode form (macOS writes 'é' decomposed)."""
-    return unicodedata.normalize("NFC", name)
 
 
 def _list_images(folder: Path) -> tuple[list[Path], list[str]]:
@@ -205,7 +199,7 @@ def load_imagefolder(
         raise DataError(f"{root}: no {split} folder (expected {names})")
     # Class indices always come from train/, so that train and val labels agree.
     class_dir = root / "train" if (root / "train").is_dir() else split_dir
-    classes = sorted(_same_name(c) for c in _list_classes(class_dir))  # as checkpoints record
+    classes = sorted(same_name(c) for c in _list_classes(class_dir))  # as checkpoints record
     if not classes:
         raise DataError(f"{class_dir}: no class folders (expected {class_dir}/<class>/*.jpg)")
     index = {c: k for k, c in enumerate(classes)}
@@ -213,10 +207,11 @@ def load_imagefolder(
     skipped: list[str] = []
     empty: list[str] = []
     for c in _list_classes(split_dir):
-        if _same_name(c) not in index:
+        label = index.get(same_name(c))
+        if label is None:
             raise DataError(f"{split_dir / c}: class {c!r} is not among the classes of {class_dir}")
         images, others = _list_images(split_dir / c)
-        per_class.append([(p, index[_same_name(c)]) for p in images])
+        per_class.append([(p, label) for p in images])
         skipped += [f"{c}/{name}" for name in others]
         empty += [c] if not images else []
     _say_what_is_left_out(split_dir, skipped, empty if split == "train" else [])

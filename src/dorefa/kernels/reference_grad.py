@@ -207,6 +207,15 @@ def check_kernel_size(kernel: object) -> tuple[int, int]:
     return _int_pair("kernel", kernel, 1)
 
 
+def check_same_batch(c: np.ndarray, a_codes: np.ndarray) -> None:
+    """The gradient codes and the activation codes of a weight gradient come from one batch
+    (numpy would broadcast a batch of one)."""
+    if len(c) != len(a_codes):
+        raise ValueError(
+            f"c and a_codes must have the same batch size, got {len(c)} and {len(a_codes)}"
+        )
+
+
 def check_geometry(
     out_hw: tuple[int, int], kernel: tuple[int, int], stride: int, padding: int, hw: tuple
 ) -> tuple[int, int]:
@@ -324,8 +333,7 @@ def conv_weight_grad_codes(
     cc = _codes("c", c, g_bits, "(N, O, H', W')")
     q = _codes("a_codes", a_codes, a_bits, "(N, C, H, W)")
     kh, kw = check_kernel_size(kernel)
-    if len(cc) != len(q):  # numpy would broadcast a batch of one
-        raise ValueError(f"c and a_codes must have the same batch size, got {len(cc)} and {len(q)}")
+    check_same_batch(cc, q)
     check_geometry(cc.shape[2:], (kh, kw), stride, padding, q.shape[2:])
     qp = np.pad(q, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     win = np.lib.stride_tricks.sliding_window_view(qp, (kh, kw), axis=(2, 3))

@@ -44,7 +44,13 @@ from ..geometry import MAX_THREADS, check_int
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
 from .reference import check_bits, check_code_array
-from .reference_grad import check_geometry, check_kernel_size, grid_scales, scaled_batch_sum
+from .reference_grad import (
+    check_geometry,
+    check_kernel_size,
+    check_same_batch,
+    grid_scales,
+    scaled_batch_sum,
+)
 from .selection import REFERENCE
 
 __all__ = [
@@ -294,8 +300,7 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     kh, kw = check_kernel_size(kernel)
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     q = check_code_array("a_codes", a_codes, "(N, C, H, W)")
-    if len(c) != len(q):
-        raise ValueError(f"c and a_codes must have the same batch size, got {len(c)} and {len(q)}")
+    check_same_batch(c, q)
     check_geometry(c.shape[2:], (kh, kw), stride, padding, q.shape[2:])
     threads = check_int("threads", threads, 1, MAX_THREADS)
     name = weight_grad_kernel()

@@ -60,31 +60,38 @@ def _trained_on(train_config: dict) -> str:
     return " ".join(x for x in (train_config.get("engine", ""), device) if x)
 
 
-def _splice(page: Path, generated: str) -> str:
-    """The page with the generated text between the markers (the whole page without them)."""
+def _page_text(page: Path) -> str:
+    """The page's text, if it is one the report may write: new, empty, with the markers, or
+    written whole by an earlier report; ValueError for someone's page without the markers."""
     text = page.read_text() if page.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        return f"{head}{BEGIN}\n{generated}{END}{tail}"
-    if text.strip() and not text.lstrip().startswith(GENERATED):  # someone's page
+    marked = BEGIN in text and END in text
+    if not marked and text.strip() and not text.lstrip().startswith(GENERATED):
         raise ValueError(
             f"--out {page} exists and has no generated-section markers; put the lines {BEGIN} "
             f"and {END} where the tables go (the rest of the page is kept), or give a new file"
         )
-    return f"{BEGIN}\n{generated}{END}\n"  # the markers too: the next report splices
+    return text
+
+
+def _splice(text: str, generated: str) -> str:
+    """The page with the generated text between the markers (a new page: the markers too, so
+    that the next report splices)."""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        return f"{head}{BEGIN}\n{generated}{END}{tail}"
+    return f"{BEGIN}\n{generated}{END}\n"
 
 
 def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> list[CellResult]:
     """Write ``csv_path``, the plots beside it and ``out_md`` from the records in ``sources``
     (record folders); returns the rows (every cell, every seed)."""
     sources = [sources] if isinstance(sources, str | Path) else list(sources)
-    if not Path(out_md).is_dir():
-        _splice(Path(out_md), "")  # a page it would refuse: refused before anything is written
     if Path(out_md).is_dir():  # before the CSV and plots go beside it
         raise ValueError(
             f"--out {out_md} is a folder; give the page's file (e.g. {Path(out_md) / 'results.md'})"
         )
+    text = _page_text(Path(out_md))  # a page it refuses: refused before anything is written
     records = read_records(sources)
     if not records:
         raise FileNotFoundError(
@@ -103,5 +110,5 @@ def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> li
     md = records_markdown(
         rows, histories, sources, (rel / csv_path.name).as_posix(), plots, trained_on
     )
-    atomic_write_text(out_md, _splice(out_md, md))
+    atomic_write_text(out_md, _splice(text, md))
     return rows
