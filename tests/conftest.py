@@ -9,7 +9,7 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 def pytest_configure(config):
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from dorefa.distributed import LAUNCHER_VARS
+    from dorefa.say import LAUNCHER_VARS
 
     for name in LAUNCHER_VARS:  # left in a torchrun shell, they made every train() join a group
         os.environ.pop(name, None)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import dorefa
-from dorefa import distributed
+from dorefa import distributed, say
 from dorefa.bits import Bits
 from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 from dorefa.cli import build_parser, config_from_args, explicit_train_options, main
@@ -50,7 +50,7 @@ def _env(**extra):
         PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
         OMP_NUM_THREADS="1",
     )
-    for k in distributed.LAUNCHER_VARS:
+    for k in say.LAUNCHER_VARS:
         env.pop(k, None)
     env.update(extra)
     return env
@@ -370,7 +370,7 @@ def test_only_a_launched_worker_joins_a_process_group(monkeypatch):
     a plain run, and a sweep's cells do not inherit a launcher's variables."""
     from dorefa.sweep.children import child_env
 
-    for k in distributed.LAUNCHER_VARS:
+    for k in say.LAUNCHER_VARS:
         monkeypatch.delenv(k, raising=False)
     partial = [
         {"MASTER_PORT": "29500"},
@@ -387,7 +387,7 @@ def test_only_a_launched_worker_joins_a_process_group(monkeypatch):
     for k, v in full.items():
         monkeypatch.setenv(k, v)
     assert distributed.launched()
-    assert not set(distributed.LAUNCHER_VARS) & set(child_env())
+    assert not set(say.LAUNCHER_VARS) & set(child_env())
 
 
 def test_torchrun_group_of_one_equals_a_plain_run(tmp_path, fashion_dir):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import dorefa
-from dorefa import distributed
+from dorefa import distributed, say
 from dorefa.cli import main
 
 SRC = str(Path(dorefa.__file__).resolve().parent.parent)
@@ -22,7 +22,7 @@ TINY += ["--batch-size", "8", "--threads", "1", "--epochs", "30"]
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in say.LAUNCHER_VARS}
     return env | {
         "PYTHONPATH": SRC + os.pathsep + env.get("PYTHONPATH", ""),
         "OMP_NUM_THREADS": "1",
@@ -153,14 +153,32 @@ def test_the_cause_outranks_a_rank_that_only_lost_its_group(tmp_path, monkeypatc
 
 def test_an_error_every_rank_meets_is_said_once(tmp_path):
     """A missing data folder (every rank's loading fails alike) had printed its line once per
-    rank; a corrupt checkpoint to resume, the same."""
+    rank; a corrupt checkpoint to resume, a run diverging (its loss, summed over the ranks,
+    NaN) and a warning on the data (every rank loads it), the same."""
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    diverge = ["--lr", "1e30", "--test-subset", "99999", "--out", str(tmp_path / "c")]
     for extra, said in [
         (["--data", f"idx:{tmp_path / 'none'}", "--out", str(tmp_path / "a")], "no such folder"),
         (["--resume", "--out", str(tmp_path / "b")], "checkpoint.pt"),
+        (diverge, "lower --lr"),
     ]:
         cmd = [sys.executable, "-m", "dorefa", "train", *TINY, "--nproc", "2", *extra]
         p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, p.stderr
         assert p.stderr.count("dorefa train: error") == 1 and said in p.stderr, p.stderr
+    assert p.stderr.count("warning: --test-subset 99999 is more than") == 1, p.stderr
+
+
+def test_a_warning_is_said_by_rank_0_alone(monkeypatch, capsys):
+    """say.warning: quiet in a launched worker of rank > 0, said by rank 0 and outside a
+    launcher (RANK alone, without the launcher's other variables, is not a worker)."""
+    monkeypatch.setenv("RANK", "1")
+    say.warning("alone")  # not launched: said
+    launcher = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for k, v in launcher.items():
+        monkeypatch.setenv(k, v)
+    say.warning("rank 1")  # a worker of rank 1: quiet
+    monkeypatch.setenv("RANK", "0")
+    say.warning("rank 0")
+    assert capsys.readouterr().err == "warning: alone\nwarning: rank 0\n"

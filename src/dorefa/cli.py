@@ -61,7 +61,7 @@ def _check_nproc(nproc: int, batch_size: int, subset: int | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import launched
+    from .say import launched
     from .train import train
 
     cfg = config_from_args(args)

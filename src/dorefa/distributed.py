@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .say import launched
+
 T = TypeVar("T")
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "shard_eval",
     "all_reduce_sum",
     "together",
+    "raised_once",
     "PeerFailed",
     "broadcast_buffers",
     "state_hash",
@@ -72,25 +75,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
-
-
-# What torchrun (and ``launch``) set in each worker's environment; a subprocess that is not a
-# worker (a sweep's cells) must not inherit them.
-LAUNCHER_VARS = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
-
-
-def launched() -> bool:
-    """Whether a launcher started this process as a worker: WORLD_SIZE, RANK, MASTER_ADDR and
-    MASTER_PORT all set (torchrun sets them even with one process)."""
-    return all(os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def setup(device_type: str) -> DistInfo:
@@ -165,6 +149,15 @@ def together(fn: Callable[[], T], info: DistInfo) -> T:
         raise error
     first = next(r for r, text in enumerate(said) if text)
     raise PeerFailed(f"rank {info.rank} stops: rank {first} failed ({said[first]})")
+
+
+def raised_once(error: Exception, info: DistInfo) -> Exception:
+    """What this rank raises for an error that every rank meets at the same point, deciding alike
+    on all-reduced values: ``error`` on rank 0, PeerFailed on the others, so that its line is
+    printed once."""
+    if info.rank == 0:
+        return error
+    return PeerFailed(f"rank {info.rank} stops: rank 0 failed ({type(error).__name__}: {error})")
 
 
 def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:

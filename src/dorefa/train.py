@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from functools import partial
 
 import torch
 from torch import nn
@@ -142,7 +143,7 @@ def fit(run: Run, log=print) -> dict:
         t0 = time.perf_counter()
         loss_sum, correct, seen = train_one_epoch(run, epoch, streams, show)
         train_seconds = time.perf_counter() - t0
-        _check_finite(run.model, epoch)
+        distributed.together(partial(_check_finite, run.model, epoch), run.info)  # said once
         ev = evaluate_run(run)
         best_acc = max(best_acc, ev["acc"])
         result = {
@@ -163,6 +164,21 @@ def fit(run: Run, log=print) -> dict:
         run.files.plot(title=f"{cfg.model} {cfg.bits.tag}")
         epoch += 1
     return _end_of_run(run, result, best_acc, log)
+
+
+def _check_loss(run: Run, loss_value: float, epoch: int) -> None:
+    """FloatingPointError when the loss is NaN or inf. With several ranks, on the sum of their
+    losses (one scalar all-reduce a step, beside DDP's gradients): every rank stops at the same
+    step, rank 0 saying why (a NaN in one rank's batch had stopped that rank alone, and the
+    others had waited for it in their backward)."""
+    world = run.info.world_size
+    if run.info.enabled:
+        loss_value = distributed.all_reduce_sum([loss_value], run.device)[0] / world
+    if not math.isfinite(loss_value):
+        error = FloatingPointError(
+            f"loss became {loss_value} at epoch {epoch + 1}; lower --lr or check the data"
+        )
+        raise distributed.raised_once(error, run.info)
 
 
 def _check_finite(model: nn.Module, epoch: int) -> None:
@@ -272,10 +288,7 @@ def train_step(run: Run, x: torch.Tensor, labels: torch.Tensor, epoch: int):
             logits = run.net(x)
         loss = F.cross_entropy(logits.float(), labels)
     loss_value = loss.item()  # one device sync per step, used by the caller too
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(
-            f"loss became {loss_value} at epoch {epoch + 1}; lower --lr or check the data"
-        )
+    _check_loss(run, loss_value, epoch)
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is None:
         loss.backward()

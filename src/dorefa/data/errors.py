@@ -3,9 +3,10 @@ and the checks loaders and training share (the folder exists, there are classes 
 
 from __future__ import annotations
 
-import sys
 import unicodedata
 from pathlib import Path
+
+from ..say import warning
 
 
 class DataError(ValueError):
@@ -35,10 +36,9 @@ def require_classes(dataset, spec: str) -> None:
             "2 (IDX: labels 0..K-1; image folders: one folder per class)"
         )
     if dataset.num_classes > max(10, 2 * seen):  # IDX infers K from the largest label
-        print(
-            f"warning: {spec}: labels span 0..{dataset.num_classes - 1} but only {seen} values "
-            f"occur; the model gets {dataset.num_classes} outputs (a stray label in the file?)",
-            file=sys.stderr,
+        warning(
+            f"{spec}: labels span 0..{dataset.num_classes - 1} but only {seen} values occur; "
+            f"the model gets {dataset.num_classes} outputs (a stray label in the file?)"
         )
 
 
@@ -69,26 +69,23 @@ def check_splits(train, test, spec: str, subset: int | None = None) -> None:
     unseen = sorted((wanted or set()) - seen)
     if unseen and subset is None:
         shown = ", ".join(map(str, unseen[:8])) + (", ..." if len(unseen) > 8 else "")
-        print(
-            f"warning: {spec}: test labels {shown} occur in no training image; the model "
-            "never learns them (their test images count as errors)",
-            file=sys.stderr,
+        warning(
+            f"{spec}: test labels {shown} occur in no training image; the model never learns "
+            "them (their test images count as errors)"
         )
 
 
 def first_images(dataset, n: int | None, flag: str):
     """The first ``n`` items of ``dataset`` (``flag``: the option that asked for them; None:
-    all). Asking for more than there are takes them all and says so on stderr (each
-    data-parallel process says it too)."""
+    all). Asking for more than there are takes them all and says so on stderr."""
     if n is None:
         return dataset
     if n < 1:
         raise ValueError(f"{flag} must be a positive number of images, got {n}")
     if n > len(dataset):
-        print(
-            f"warning: {flag} {n} is more than the {len(dataset)} images of "
-            f"{getattr(dataset, 'name', 'the data set')}: using all of them",
-            file=sys.stderr,
+        warning(
+            f"{flag} {n} is more than the {len(dataset)} images of "
+            f"{getattr(dataset, 'name', 'the data set')}: using all of them"
         )
     return dataset.subset(min(n, len(dataset)))
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..say import warning
 from .errors import DataError, require_folder, same_name
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -51,16 +51,14 @@ def _say_what_is_left_out(split_dir: Path, skipped: list[str], empty: list[str])
     class had vanished from training, and a test image of it counted as an error)."""
     if skipped:
         shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        print(
-            f"warning: {split_dir}: skipped {len(skipped)} files that are not images "
-            f"({'/'.join(EXTENSIONS)}): {shown}",
-            file=sys.stderr,
+        warning(
+            f"{split_dir}: skipped {len(skipped)} files that are not images "
+            f"({'/'.join(EXTENSIONS)}): {shown}"
         )
     if empty:
-        print(
-            f"warning: {split_dir}: no images for class {', '.join(map(repr, empty))}; the "
-            "model never learns it",
-            file=sys.stderr,
+        warning(
+            f"{split_dir}: no images for class {', '.join(map(repr, empty))}; the model "
+            "never learns it"
         )
 
 

@@ -15,7 +15,7 @@ from ..process import die_with_parent
 def child_env() -> dict:
     """This environment, with this dorefa package first on PYTHONPATH and one thread; without a
     launcher's variables (a sweep run under torchrun: each cell is its own single run)."""
-    from ..distributed import LAUNCHER_VARS
+    from ..say import LAUNCHER_VARS
 
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     src = str(Path(__file__).resolve().parents[2])  # the folder holding this dorefa package
