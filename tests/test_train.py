@@ -1,5 +1,6 @@
 """Training on real Fashion-MNIST subsets: outputs, learning, resume, init, eval, bad files."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -129,6 +130,18 @@ def test_init_from_float_checkpoint(tmp_path, fashion_dir):
     )
     train(cfg, log=msgs.append)
     assert any("initialised weights from" in m for m in msgs)
+    # resumed: the run's weights are its checkpoint's; another --init-from is said to go unused
+    # and config.json keeps the source the run started from (it had recorded the unused one)
+    config = tmp_path / "q" / "config.json"
+    again = dataclasses.replace(cfg, resume=True, epochs=2)
+    msgs.clear()
+    train(again, log=msgs.append)  # the same source: nothing said
+    assert not [m for m in msgs if "is not used" in m]
+    other = str(tmp_path / "q" / "checkpoint.pt")
+    msgs.clear()
+    train(dataclasses.replace(again, epochs=3, init_from=other), log=msgs.append)
+    assert [m for m in msgs if f"--init-from {other} is not used" in m], msgs
+    assert json.loads(config.read_text())["init_from"] == cfg.init_from
     wrong = TrainConfig(
         bits="1,2,6",
         epochs=1,

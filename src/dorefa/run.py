@@ -232,6 +232,24 @@ def _prepare(cfg, device, info, files, per_rank, autocast) -> Run:
     return run
 
 
+def _keep_init_source(run: Run, saved: dict, log) -> None:
+    """A resumed run's weights are its checkpoint's: an --init-from that is not the run's own
+    is said to be left unused, and config.json keeps the source the run started from (it had
+    recorded the unused one)."""
+    given, before = run.cfg.init_from, saved.get("init_from")
+    if given is None or "init_from" not in saved or _same_path(given, before):
+        return
+    log(
+        f"note: --init-from {given} is not used: resuming {run.files.out}, whose weights "
+        f"started from {before or 'random initialisation'}"
+    )
+    run.config["init_from"] = before
+
+
+def _same_path(a: str, b: str | None) -> bool:
+    return b is not None and (a == b or Path(a).resolve() == Path(b).resolve())
+
+
 def resume_or_init(run: Run, log) -> tuple[int, float]:
     """``--resume``: load the checkpoint of the run folder (every rank reads rank 0's); returns
     (the 0-based epoch to start at, the best test accuracy so far). ``--init-from``: load a
@@ -268,6 +286,7 @@ def _load_state(run: Run, log) -> tuple[int, float]:
         start_epoch, best_acc = checkpoint.restore(
             ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
         )
+        _keep_init_source(run, saved, log)
     elif cfg.init_from:
         init = checkpoint.load(cfg.init_from, map_location=run.device)
         checkpoint.load_weights(run.model, init["model"], cfg.init_from)
