@@ -14,27 +14,22 @@ from dorefa.bits import Bits
 from dorefa.cli import main
 from dorefa.models import create_model
 from dorefa.sweep import (
-    FAILS,
-    HOLDS,
     RUNTIME_KEYS,
-    SAME,
     Cell,
     CellResult,
-    Diff,
     SweepConfig,
     layer_costs,
     load_grid,
     parse_seeds,
     read_records,
     read_results,
-    render_markdown,
     run_sweep,
     with_seeds,
     write_results,
 )
-from dorefa.sweep.claims import directed, non_increasing
 from dorefa.sweep.page import BEGIN as PAGE_BEGIN
 from dorefa.sweep.page import END as PAGE_END
+from sweep_rows import make_row
 
 TINY = dict(
     model="svhn",
@@ -349,16 +344,39 @@ def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys
     assert "--out is empty; name the sweep's folder" in capsys.readouterr().err
 
 
-def _row(w, a, g, width=1.0, init="", acc=0.5, status="ok", **kw) -> CellResult:
-    seed = kw.get("seed") or 0
-    name = f"svhn-w{w}a{a}g{g}-x{width}" + ("-init" if init else "") + (f"-s{seed}" if seed else "")
-    return CellResult(name, "svhn", "fashion-mnist", w, a, g, width, init, status, acc, acc, **kw)
+def test_a_folder_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch):
+    """sweep.json's folders and grid file are compared by where they are: a second run with
+    ``--data-dir ./d/`` where the first gave ``d`` had been refused as another budget."""
+    from dorefa.sweep.config import check_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "g.yaml").write_text(GRID3)
+    out = tmp_path / "s"
+    check_settings(SweepConfig(data_dir="d", grid="g.yaml", out=str(out)), out)
+    same = SweepConfig(data_dir=f"{tmp_path}/./d/", grid=str(tmp_path / "g.yaml"), out=str(out))
+    check_settings(same, out)
+    check_settings(SweepConfig(data="fashion-mnist:d", grid="g.yaml", out=str(out)), out)
+    (tmp_path / "e").mkdir()
+    with pytest.raises(ValueError, match="data_dir: 'd' then, 'e' now"):
+        check_settings(SweepConfig(data_dir="e", grid="g.yaml", out=str(out)), out)
+
+
+def test_a_cells_test_n_is_the_images_it_was_scored_on():
+    """A --test-subset past the test set's end takes them all: the row says the whole test set
+    (its page had said "first 99999 test images"); a config.json of an older run: as asked."""
+    from dorefa.sweep.scheduler import _test_n
+
+    assert _test_n(SweepConfig(test_subset=99999), {"test_images": 10000}) is None
+    assert _test_n(SweepConfig(test_subset=500), {"test_images": 500}) == 500
+    assert _test_n(SweepConfig(test_subset=500), {}) == 500
+    assert _test_n(SweepConfig(), {"test_images": 10000}) is None
 
 
 def test_result_rows_round_trip_through_the_csv(tmp_path):
     rows = [
-        _row(1, 2, 6, 0.25, epochs=2, macs=10**10, weight_bytes=284.5, runtime_acc=0.75),
-        _row(32, 32, 32, init="", status="failed", error='exit 1: boom, "quoted"\nnext'),
+        make_row(1, 2, 6, 0.25, epochs=2, macs=10**10, weight_bytes=284.5, runtime_acc=0.75),
+        make_row(32, 32, 32, init="", status="failed", error='exit 1: boom, "quoted"\nnext'),
     ]
     path = tmp_path / "results.csv"
     write_results(path, rows)
@@ -418,38 +436,6 @@ def test_damaged_sweep_files_are_named_and_another_sweep_is_kept_out(tmp_path, c
     assert main(["report", "--records", str(tmp_path), "--out", str(page)]) == 2
     assert "is a folder; give the page's file" in capsys.readouterr().err
     assert not list(page.iterdir())  # nothing written before the refusal
-
-
-def test_claims_are_checked_from_the_rows():
-    """Verdicts of the claims table on made-up accuracies (docs/method.md section 4)."""
-    acc = {
-        (32, 32, 32): 0.90,
-        (1, 32, 32): 0.895,
-        (1, 1, 32): 0.80,
-        (1, 2, 32): 0.85,
-        (1, 2, 6): 0.845,
-        (1, 2, 4): 0.70,
-        (1, 2, 8): 0.95,
-    }
-    rows = [_row(*bits, acc=a) for bits, a in acc.items()]
-    rows += [_row(1, 2, 6, 1.0, init="32,32,32", acc=0.90)]
-    rows += [_row(32, 32, 32, 0.5, acc=0.88), _row(1, 2, 6, 0.5, acc=0.80)]
-    md = render_markdown(rows, None)
-    lines = md[md.index("## The paper's claims") :].splitlines()
-    verdicts = {ln.split("**")[1]: ln.rsplit(": ", 1)[1] for ln in lines if ln.startswith("- **")}
-    assert verdicts == {
-        "G=6 is about as good as G=32": "**holds**",  # -0.005: within TOL
-        "G=4 and G=2 are clearly worse than G=6": "**holds**",
-        "G=8 adds nothing over G=6": "**does not hold**",  # +0.105
-        "More activation bits help: A=1 < A=2 < A=4 at W=1": "**holds**",
-        "1-bit weights alone cost little; activations cost more": "**holds**",
-        "More weight bits help: (2,2,6) >= (1,2,6); (8,8,8) ~ float": "not measured",
-        "Initialising from a trained float model helps": "**holds**",
-        "Thinner models lose more from quantization": "**holds**",  # -0.055 then -0.08
-    }
-    assert "  - (1,2,6) init 0.9000 vs (1,2,6) 0.8450: +0.0550" in lines
-    assert "  - width 0.5: (1,2,6) x0.5 0.8000 vs (32,32,32) x0.5 0.8800: -0.0800" in lines
-    assert "target" not in md.lower()
 
 
 # --- seeds, committed cell records, the page from records (the converged study's machinery) ---
@@ -574,51 +560,6 @@ def test_records_are_written_and_taken_as_done(tmp_path, fashion_dir, capsys):
     assert main(["report", "--records", str(rec_dir), "--out", str(fresh)]) == 0
     assert fresh.read_text().startswith(PAGE_BEGIN)  # so the next report splices
     assert main(["report", "--records", str(rec_dir), "--out", str(fresh)]) == 0
-
-
-def _seed_rows(accs: dict) -> list[CellResult]:
-    """Rows of made-up accuracies: bits -> one accuracy per seed."""
-    return [
-        _row(*bits, acc=a, seed=s) for bits, values in accs.items() for s, a in enumerate(values)
-    ]
-
-
-def _verdicts(rows) -> dict[str, str]:
-    md = render_markdown(rows, None)
-    lines = md[md.index("## The paper's claims") :].splitlines()
-    return {ln.split("**")[1]: ln.rsplit(": ", 1)[1] for ln in lines if ln.startswith("- **")}
-
-
-def test_a_difference_inside_the_seeds_spread_is_no_difference():
-    g4_worse = "G=4 and G=2 are clearly worse than G=6"
-    more_a = "More activation bits help: A=1 < A=2 < A=4 at W=1"
-    # (1,2,4) is 0.015 below (1,2,6) on average, but the seeds spread over 0.04
-    accs = {(1, 2, 4): [0.80, 0.84], (1, 2, 6): [0.82, 0.85], (1, 1, 6): [0.70, 0.71]}
-    v = _verdicts(_seed_rows(accs))
-    assert v[g4_worse] == "**no difference**"
-    assert v[more_a] == "**holds**"  # (1,2,6) - (1,1,6) = +0.13, far outside the spread
-    # the same means with one seed each: no spread measured, TOL (0.01) stands in for it
-    means = {k: [sum(x) / len(x)] for k, x in accs.items()}
-    assert _verdicts(_seed_rows(means))[g4_worse] == "**holds**"
-    # beyond the spread the other way: does not hold
-    accs[(1, 2, 4)] = [0.90, 0.91]
-    assert _verdicts(_seed_rows(accs))[g4_worse] == "**does not hold**"
-    # each claim shows the paper's number beside ours; the pair lines show mean and spread
-    md = render_markdown(_seed_rows(accs), None)
-    head = next(ln for ln in md.splitlines() if ln.startswith(f"- **{g4_worse}"))
-    assert "AlexNet (1,2,4) 54.0% vs (1,2,6) 46.8% error | ours: +0.0700;" in head
-    assert "(1,2,4) 0.9050 [0.9000-0.9100, n=2] vs (1,2,6) 0.8350 [0.8200-0.8500, n=2]" in md
-    assert "## Mean and spread over seeds" in md
-
-
-def test_claim_tests_on_diffs():
-    assert directed(1)([Diff(0.02, 0.01), None]) == HOLDS
-    assert directed(1)([Diff(0.02, 0.01), Diff(0.005, 0.01)]) == SAME
-    assert directed(1)([Diff(0.02, 0.01), Diff(-0.02, 0.01)]) == FAILS
-    assert directed(1)([None]) is None
-    assert non_increasing([Diff(-0.01, 0.01), Diff(-0.015, 0.01)]) == SAME
-    assert non_increasing([Diff(-0.01, 0.01), Diff(-0.03, 0.01)]) == HOLDS
-    assert non_increasing([Diff(-0.03, 0.01), Diff(-0.01, 0.01)]) == FAILS
 
 
 def test_a_recipe_sets_every_cells_knobs_and_is_part_of_the_budget(tmp_path):

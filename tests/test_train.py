@@ -142,6 +142,7 @@ def test_init_from_float_checkpoint(tmp_path, fashion_dir):
     train(dataclasses.replace(again, epochs=3, init_from=other), log=msgs.append)
     assert [m for m in msgs if f"--init-from {other} is not used" in m], msgs
     assert json.loads(config.read_text())["init_from"] == cfg.init_from
+    assert json.loads(config.read_text())["test_images"] == 500  # after --test-subset
     wrong = TrainConfig(
         bits="1,2,6",
         epochs=1,

@@ -106,7 +106,8 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
     path = out / "sweep.json"
     if path.exists():
         old = read_json(path)
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        then, now = _places(old), _places(settings)
+        diff = {k: (old.get(k), v) for k, v in settings.items() if then.get(k) != now[k]}
         if diff:
             what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(
@@ -116,3 +117,24 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _places(settings: dict) -> dict:
+    """Settings with the data's folder and a grid file in one spelling, to compare sweep.json
+    with a later run: ``--data-dir d`` and ``--data-dir ./d/`` (or ``--data NAME:d``) had been
+    refused as another budget. The folder (the spec's, else data_dir) absolute and resolved."""
+    out = dict(settings)
+    data, data_dir = settings.get("data"), settings.get("data_dir")
+    if isinstance(data, str):
+        name, _, folder = data.partition(":")
+        where = folder or data_dir
+        out["data"] = name.strip().lower()
+        out["data_dir"] = _resolved(where) if isinstance(where, str) else where
+    grid = settings.get("grid")
+    if isinstance(grid, str) and Path(grid).expanduser().is_file():
+        out["grid"] = _resolved(grid)
+    return out
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
