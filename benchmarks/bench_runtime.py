@@ -159,14 +159,14 @@ def cases(args) -> list[tuple[str, str]]:
     return out
 
 
-def load_model(args, name: str, bits: str) -> tuple[nn.Module, str, int]:
-    """The DoReFa model to time, a description of it and its input size; with --checkpoint,
-    ``bits`` is the checkpoint's path."""
-    if args.checkpoint:
+def load_model(args, name: str, bits: str | None, checkpoint: str | None = None) -> tuple:
+    """(the DoReFa model to time, a description of it, its input size): the trained model of
+    ``checkpoint`` when given (its own model and bits), else an untrained ``name`` at ``bits``."""
+    if checkpoint is not None:
         from dorefa.checkpoint import load_checkpoint, model_from_checkpoint
 
-        model = model_from_checkpoint(load_checkpoint(bits), bits)
-        return model, f"trained checkpoint {bits}", args.input_size or model.input_size
+        model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+        return model, f"trained checkpoint {checkpoint}", args.input_size or model.input_size
     size = args.input_size or input_size(name)
     model = calibrated_model(name, bits, args, size)
     return model, f"untrained {name} width {args.width} (BN calibrated on random inputs)", size
@@ -325,9 +325,10 @@ def contestants_for(model: nn.Module, path: Path, args, calib: list[torch.Tensor
     return contestants, runtimes, fnet, agreement
 
 
-def measure(args, name: str, bits: str) -> tuple[str, str]:
-    """One (model, bits) case: export, time, and its report; returns (model name, report)."""
-    model, what, size = load_model(args, name, bits)
+def measure(args, name: str, bits: str | None, checkpoint: str | None = None) -> tuple[str, str]:
+    """One case, (model, bits) or a checkpoint: export, time, and its report; returns (model
+    name, report)."""
+    model, what, size = load_model(args, name, bits, checkpoint)
     name = MODEL_NAMES.get(type(model).__name__, name)
     in_ch = first_conv(model).in_channels
     path = Path(tempfile.mkdtemp()) / "model.dorefa"
@@ -367,12 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     # Denormal floats flushed to zero, for every contestant (the thread's FTZ/DAZ): a trained
     # model's float32 network met denormals and ran 1.7x slower than an untrained one.
     torch.set_flush_denormal(True)
-    todo = [(None, path) for path in args.checkpoint] if args.checkpoint else cases(args)
+    todo = [("svhn", None, path) for path in args.checkpoint or []] or [
+        (name, bits, None) for name, bits in cases(args)
+    ]
     if not todo:
         sys.exit(f"no bits for {args.model}: give --bits W,A,G or MODEL:W,A,G")
     reports: dict[str, list[str]] = {}
-    for name, bits in todo:
-        name, report = measure(args, name or "svhn", bits)
+    for name, bits, checkpoint in todo:
+        name, report = measure(args, name, bits, checkpoint)
         print(report + "\n", flush=True)
         reports.setdefault(name, []).append(report)
     if args.out:
