@@ -9,7 +9,7 @@ too). Torch runs one conv of the same shape: its time does not depend on the bit
 
 Rows: each kernel forced, and "pick: <kernel>", the engine's own per-layer choice
 (kernels/choose.py) with nothing forced. MAC/cyc is per core: it divides by the clock measured
-on the row's threads (dependent-add chains, bench_kernels.measure_clock_hz) and by the thread
+on the row's threads (dependent-add chains, cpu_clock.clock_hz) and by the thread
 count; "of ceiling" is its share of the kernel's derived ceiling at that bit pair. With 1
 thread (the default) times are the calling thread's CPU time (time.thread_time: every
 contestant, torch included, runs on the calling thread), so time lost to other processes on a
@@ -29,9 +29,10 @@ import time
 
 import bench_kernels
 import ceilings
+import cpu_clock
 import numpy as np
 import torch
-from bench_kernels import LAYERS, SETTLE_SECONDS, measure_clock_hz
+from bench_kernels import LAYERS, SETTLE_SECONDS
 
 import dorefa.kernels as K
 
@@ -161,13 +162,13 @@ def main() -> None:
                 **torch_contestants(layer, n, rng),
                 **kernel_contestants(layer, n, args.threads, rng, args.output, pairs),
             }
-            clock = measure_clock_hz(args.threads)
+            clock = cpu_clock.clock_hz(args.threads)
             samples: dict = {k: [] for k in fns}
             names = list(fns)
             for r in range(args.rounds):
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     samples[name].append(time_round(fns[name], 0.02, timer))
-            clock = max(clock, measure_clock_hz(args.threads))
+            clock = max(clock, cpu_clock.clock_hz(args.threads))
             t = {k: statistics.median(v) for k, v in samples.items()}
             macs = layer.macs(n)
             int8, fp32 = bench_kernels.best(t, "torch int8"), bench_kernels.best(t, "torch fp32")

@@ -31,7 +31,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -102,25 +101,6 @@ def isa_line() -> str:
             + ")"
         )
     return line
-
-
-def measure_clock_hz(threads: int = 1, probes: int = 40, iterations: int = 250_000) -> float:
-    """Core clock while `threads` cores are busy: the fastest of `probes` runs of
-    8 * `iterations` dependent adds on each of `threads` threads started together (the probe
-    releases the GIL)."""
-    best = [float("inf")] * threads
-    start = threading.Barrier(threads)
-
-    def probe(k: int) -> None:
-        start.wait()
-        best[k] = min(cpu_clock.dependent_add_seconds(iterations) for _ in range(probes))
-
-    workers = [threading.Thread(target=probe, args=(k,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return 8 * iterations / min(best)
 
 
 def nominal_mhz() -> str:
@@ -300,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
             for threads in thread_counts:
                 torch.set_num_threads(threads)
                 fns = contestants(layer, n, threads, rng)
-                clock = measure_clock_hz(threads)
+                clock = cpu_clock.clock_hz(threads)
                 ran = {}
                 for name, fn in fns.items():  # warm-up (allocations, first touch)
                     fn()
@@ -310,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                 for r in range(rounds):  # rotate the order: no contestant always goes first
                     for name in names[r % len(names) :] + names[: r % len(names)]:
                         samples[name].append(time_round(fns[name], min_seconds))
-                clock = max(clock, measure_clock_hz(threads))
+                clock = max(clock, cpu_clock.clock_hz(threads))
                 for stat, reduce in (("median", statistics.median), ("min", min)):
                     row = table_row(layer, n, threads, {k: reduce(v) for k, v in samples.items()},
                                     clock, ran)  # fmt: skip
