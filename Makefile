@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install data demo test test-fast lint format asan tsan bench clean
+.PHONY: install data demo test lint format asan tsan clean
 
-# Python environment: torch pinned to the CPU wheel on this machine's disk (an unpinned torch
-# pulls a multi-GB CUDA build), then the package with its compiled extension (editable).
+# Python environment: torch pinned to 2.13.0 (this project's machines' pip index serves its CPU
+# wheel; an index that serves the CUDA build installs that, a multi-GB download), then the
+# package with its compiled extension (editable).
 $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard src/dorefa/csrc/*)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -539,6 +539,8 @@ def test_records_are_written_and_taken_as_done(tmp_path, fashion_dir, capsys):
     assert text.startswith("# Study\n\nprose before") and text.endswith("prose after\n")
     assert "\nold\n" not in text and "| 1 | 2 | 6 | 0.125 |  | 2 |" in text
     assert "| 1 | torch cpu |" in text  # epochs, then where the seeds trained
+    said = "svhn on fashion-mnist, the first 256 training images, the first 256 test images."
+    assert f"Trained and tested: {said}" in text  # it had printed Python's None for "all"
     assert "## The paper's claims, checked" in text and "(paper: " in text
     csv_rows = _rows(tmp_path / "docs" / "results")
     assert sorted((r["cell"], r["seed"]) for r in csv_rows) == [(names[0], "0"), (names[1], "1")]
