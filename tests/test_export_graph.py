@@ -307,6 +307,27 @@ def test_an_in_place_add_read_under_another_name_is_refused(tmp_path):
     assert _agree(_AliasedIadd(alias=False), tmp_path) < 1e-4
 
 
+class _OneInputCat(nn.Module):
+    """``torch.cat([x], 1)``: a list of branches of length one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.r0 = nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()
+        self.c1, self.b1, self.r1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.cat([self.r0(self.stem(x))], 1)
+        return self.fc(torch.flatten(self.r1(self.b1(self.c1(x))), 1))
+
+
+def test_a_one_input_concat_runs(tmp_path):
+    """The exporter wrote it and the loader took it, but the runtime raised NotImplementedError
+    (a one-input node runs ``forward``; concat had only ``run``)."""
+    torch.manual_seed(0)
+    assert _agree(_OneInputCat(), tmp_path) < 1e-4
+
+
 def test_weight_norm_weights_are_current_at_export(tmp_path):
     """weight_norm computes the weight in a forward pre-hook: trained and exported without a
     forward in between, the runtime ran the weights of the last forward (6% agreement)."""

@@ -180,6 +180,9 @@ class Concat(Layer):
 
     op = "concat"
 
+    def forward(self, x, threads):  # one input (``torch.cat([x], 1)``): a copy
+        return self.run([x], threads)
+
     def run(self, xs, threads):
         return np.concatenate(xs, axis=1)
 
