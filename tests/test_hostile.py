@@ -188,6 +188,11 @@ def make_checkpoints(tmp: Path, good: Path) -> dict[str, Path]:
         "c_huge_width": dict(ckpt, meta=dict(ckpt["meta"], width=1e6)),
         "c_strings": dict(ckpt, model={k: "w" for k in ckpt["model"]}),
         "c_alexnet": dict(ckpt, model=alex.state_dict(), meta=dict(ckpt["meta"], model="alexnet")),
+        # metas that had made a 1.6 KB file allocate 3.8 GB, or ask for 256 GB, before the
+        # weights were checked against them
+        "c_wide_meta": dict(ckpt, model={}, meta=dict(ckpt["meta"], model="alexnet", width=4.0)),
+        "c_many_classes": dict(ckpt, model={}, meta=dict(ckpt["meta"], num_classes=10**9)),
+        "c_keep_words": dict(ckpt, meta=dict(ckpt["meta"], keep_first_last="false")),
     }
     for k, obj in variants.items():
         c[k] = tmp / f"{k[2:]}.pt"
@@ -314,6 +319,9 @@ CASES = {  # id: (argv, expected, words the error line must hold)
     "export-pickle-runs-code": (["export", "{c_evil}", *O], ERR, []),
     "export-future-version": (["export", "{c_future}", *O], ERR, []),
     "export-meta-huge-width": (["export", "{c_huge_width}", *O], ERR, []),
+    "export-meta-wide-alexnet": (["export", "{c_wide_meta}", *O], ERR, ["do not fit"]),
+    "export-meta-1e9-classes": (["export", "{c_many_classes}", *O], ERR, ["do not fit"]),
+    "export-meta-keep-as-words": (["export", "{c_keep_words}", *O], ERR, ["keep_first_last"]),
     "export-out-is-a-folder": (["export", "{ckpt}", "-o", "{d_empty}"], ERR, ["d_empty"]),
     "export-out-under-a-file": (["export", "{ckpt}", "-o", "{file}/m.dorefa"], ERR, ["a-file"]),
     # run

@@ -294,16 +294,27 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
     from .models import create_model
 
     meta = ckpt["meta"]
-    try:
-        model = create_model(
+
+    def build():
+        return create_model(
             meta["model"],
             bits=Bits.parse(meta["bits"]),
-            num_classes=int(meta["num_classes"]),
-            in_channels=int(meta["in_channels"]),
+            num_classes=_meta_int(meta, "num_classes"),
+            in_channels=_meta_int(meta, "in_channels"),
             width=float(meta["width"]),
-            keep_first_last=bool(meta.get("keep_first_last", True)),
+            keep_first_last=_meta_bool(meta, "keep_first_last"),
         )
+
+    try:
+        # first without memory (torch's meta device): the weights must fit the meta before the
+        # model is made (a 1.6 KB file whose meta said alexnet at width 4 took 3.8 GB, one with
+        # 10**9 classes asked for 256 GB)
+        with torch.device("meta"):
+            check_fit(build().state_dict(), ckpt["model"], path)
+        model = build()
     except (KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(
             f"{path}: checkpoint metadata is incomplete or invalid: {exc}"
         ) from None
@@ -338,11 +349,30 @@ def nonfinite_entry(model: torch.nn.Module) -> str | None:
     return None
 
 
+def _meta_int(meta: dict, key: str) -> int:
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int):  # 10.7 classes had become 10
+        raise ValueError(f"meta {key} must be an int, got {value!r}")
+    return value
+
+
+def _meta_bool(meta: dict, key: str) -> bool:
+    value = meta.get(key, True)
+    if not isinstance(value, bool):  # "false" had been read as True
+        raise ValueError(f"meta {key} must be true or false, got {value!r}")
+    return value
+
+
 def load_weights(
     model: torch.nn.Module, state: dict, path: str | os.PathLike = "checkpoint", strict: bool = True
 ) -> None:
     """load_state_dict with a one-line error naming the file and the first mismatch."""
-    own = model.state_dict()
+    check_fit(model.state_dict(), state, path, strict)
+    model.load_state_dict(state, strict=strict)
+
+
+def check_fit(own: dict, state: dict, path: str | os.PathLike, strict: bool = True) -> None:
+    """CheckpointError unless ``state`` has the keys (``strict``) and shapes of ``own``."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: model weights are not a state dict")
     missing = [k for k in own if k not in state]
@@ -358,4 +388,3 @@ def load_weights(
                 f"{tuple(own[key].shape)}); check --model, --width and the data's channels and "
                 "classes"
             )
-    model.load_state_dict(state, strict=strict)
