@@ -509,6 +509,30 @@ def test_cli_export_and_run_compare(trained, tmp_path, capsys):
     assert "m.dorefa" in capsys.readouterr().err
 
 
+def test_run_scores_the_models_own_data_and_compare_reads_header_bits(trained, tmp_path, capsys):
+    """`dorefa run` without --data had scored any model on Fashion-MNIST (a model that learnt
+    MNIST got a meaningless accuracy); --compare with a file exported by the Python API (no
+    meta) had accepted a checkpoint of other bits (10% agreement, no word)."""
+    from dorefa.checkpoint import load_checkpoint, save_atomic
+
+    model, ckpt = trained("1,2,6")
+    state = load_checkpoint(ckpt)
+    mnist = tmp_path / "mnist.pt"
+    save_atomic(dict(state, meta=dict(state["meta"], data="mnist")), mnist)
+    assert main(["export", str(mnist), "-o", str(tmp_path / "mnist.dorefa")]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "mnist.dorefa"), "--test-subset", "8"]) == 2
+    assert "mnist: " in capsys.readouterr().err  # MNIST's folder is not known here
+    api = tmp_path / "api.dorefa"
+    export(model, api)  # meta: none
+    other = tmp_path / "other.pt"
+    save_atomic(dict(state, meta=dict(state["meta"], bits="2,2,6")), other)
+    assert main(["run", str(api), "--compare", str(other), "--test-subset", "8"]) == 2
+    assert "has bits 2,2,6 but" in capsys.readouterr().err
+    assert main(["run", str(api), "--compare", str(ckpt), "--test-subset", "8"]) == 0
+    assert "8 images of fashion-mnist" in capsys.readouterr().out
+
+
 def test_version_1_chain_files_still_load_and_give_the_same_logits(small_file, tmp_path):
     """A version-1 file (a chain of "layers", each feeding the next) is converted to a graph at
     load: same logits, bit for bit, as the version-2 file of the same model."""

@@ -12,11 +12,9 @@ import sys
 
 from ..argtypes import POSITIVE_INT
 from ..cpuinfo import pick_threads
-from .compare import compare_logits, run_test_set
+from .compare import DEFAULT_DATA, compare_logits, run_test_set
 
 __all__ = ["cmd_run", "compare_logits", "register_cli"]
-
-DEFAULT_DATA = "fashion-mnist"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -33,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             flag
             for flag, value, default in (
                 ("--compare", args.compare, None),
-                ("--data", args.data, DEFAULT_DATA),
+                ("--data", args.data, None),
                 ("--data-dir", args.data_dir, None),
                 ("--test-subset", args.test_subset, None),
             )
@@ -49,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     r = run_test_set(
         args.model,
-        args.data,
+        args.data,  # None: the model's own
         data_dir=args.data_dir,
         test_subset=args.test_subset,
         compare=args.compare,
@@ -62,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{r['kernel_backend']}, threads {r['threads']}"
     )
     print(
-        f"test accuracy: {100 * r['accuracy']:.2f}%  ({n} images of {args.data}, "
+        f"test accuracy: {100 * r['accuracy']:.2f}%  ({n} images of {r['data']}, "
         f"{r['images_per_s']:.0f} img/s at batch {args.batch_size})"
     )
     if args.compare:
@@ -82,8 +80,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("run", help="test accuracy of a .dorefa file on the bit runtime")
     p.add_argument("model", help=".dorefa file from `dorefa export`")
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"dataset spec (default {DEFAULT_DATA})")
-    p.add_argument("--data-dir", default=None, help="folder overriding the dataset's default")
+    p.add_argument(
+        "--data",
+        default=None,
+        help=f"dataset spec (default: the one the model was trained on, else {DEFAULT_DATA})",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder overriding the dataset's default (and the one the model was trained on)",
+    )
     p.add_argument(
         "--compare",
         default=None,

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+DEFAULT_DATA = "fashion-mnist"  # a model whose file records no data (the Python API's export)
+
 
 def compare_logits(rt_logits: np.ndarray, torch_logits: np.ndarray) -> dict:
     """Agreement of the argmax and the largest logit difference.
@@ -58,6 +60,19 @@ def load_test_set(data: str, data_dir, test_subset: int | None, model):
     return test_set
 
 
+def _data_of(model, data: str | None, data_dir) -> tuple[str, object]:
+    """(data spec, folder) to score ``model`` on: ``data`` as given (with ``data_dir``), else
+    the model's recorded data and folder (scoring a model trained on MNIST on Fashion-MNIST by
+    default had printed a meaningless accuracy)."""
+    if data is not None:
+        return data, data_dir
+    recorded = model.meta.get("data")
+    if not isinstance(recorded, str):  # a file exported by the Python API records no data
+        return DEFAULT_DATA, data_dir
+    folder = model.meta.get("data_dir")
+    return recorded, data_dir or (folder if isinstance(folder, str) else None)
+
+
 def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
     """The checkpoint's torch model (eval mode), after checking that it takes the runtime
     model's input and gives its classes (else the comparison would fail inside torch)."""
@@ -77,11 +92,15 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
             f"gives {model.num_classes} ({exported}): compare with the checkpoint it was "
             "exported from"
         )
-    for key in ("bits", "width"):  # the same network with other bits or width: refused
-        if key in model.meta and str(model.meta[key]) != str(meta[key]):
+    # the same network with other bits or width: refused (the header's own bits where the
+    # meta has none: a file exported by the Python API)
+    header = {"bits": model.bits} if model.bits != "?" else {}
+    for key in ("bits", "width"):
+        ours = model.meta.get(key, header.get(key))
+        if ours is not None and str(ours) != str(meta[key]):
             raise ValueError(
                 f"--compare {checkpoint} has {key} {meta[key]} but {model.path} was exported "
-                f"with {key} {model.meta[key]}: compare with the checkpoint it was exported from"
+                f"with {key} {ours}: compare with the checkpoint it was exported from"
             )
     source = export_meta(ckpt, checkpoint)
     epoch, digest = source["epoch"], source.get("checkpoint_digest")
@@ -106,7 +125,7 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
 
 def run_test_set(
     model_path: str | os.PathLike,
-    data: str,
+    data: str | None = None,
     data_dir: str | os.PathLike | None = None,
     test_subset: int | None = None,
     compare: str | os.PathLike | None = None,
@@ -114,7 +133,9 @@ def run_test_set(
     batch_size: int = 256,
 ) -> dict:
     """Run the ``.dorefa`` file on the test set of ``data`` (and, with ``compare`` = a checkpoint
-    path, that torch model in eval mode on the same inputs).
+    path, that torch model in eval mode on the same inputs). ``data`` None: the data the model
+    was trained on, as its file records it (and its folder, unless ``data_dir`` is given), else
+    Fashion-MNIST.
 
     Returns ``n``, ``accuracy``, ``seconds`` (the runtime calls only), ``images_per_s``,
     ``model_bytes``, ``bits``, ``path``, ``kernel_backend``, ``threads``, ``batch_size``, ``data``,
@@ -127,7 +148,17 @@ def run_test_set(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     model = runtime.load(model_path, threads=threads)
-    test_set = load_test_set(data, data_dir, test_subset, model)
+    data, data_dir = _data_of(model, data, data_dir)
+    try:
+        test_set = load_test_set(data, data_dir, test_subset, model)
+    except ValueError as exc:
+        recorded = model.meta.get("data_dir")
+        if data_dir is None or data_dir != recorded:
+            raise
+        raise ValueError(  # a model moved to another machine: its folder is not here
+            f"{exc} (the folder the model was trained on; give --data-dir where the data is "
+            "on this machine)"
+        ) from None
     torch_model = _torch_model(compare, threads, model) if compare else None
     rt_all, torch_all, labels_all, seconds = [], [], [], 0.0
     for x, labels in model_input_batches(test_set, batch_size, model.input_shape[1]):
