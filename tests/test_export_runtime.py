@@ -572,5 +572,26 @@ def test_nan_weights_are_refused_at_export(tmp_path, bits):
     conv = next(mod for mod in m.modules() if isinstance(mod, QConv2d) and mod.w_bits < 32)
     with torch.no_grad():
         conv.weight[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ExportError, match="weights are not finite"):
+    with pytest.raises(ExportError, match=r"conv1 \(QConv2d\): its weights are not finite"):
         export(m, tmp_path / "m.dorefa")
+    if conv.w_bits > 1:  # all zero: f_w is 0 / 0 (had been said to be "not finite")
+        with torch.no_grad():
+            conv.weight.zero_()
+        with pytest.raises(ExportError, match=r"features.conv1 \(QConv2d\): .* all zero"):
+            export(m, tmp_path / "m.dorefa")
+
+
+def test_a_file_larger_than_the_float_weights_is_said_to_be_larger():
+    from dorefa.exporter import size_ratio
+
+    assert size_ratio(8_328_104, 2_627_784) == "3.2x smaller"
+    assert size_ratio(488, 5092) == "10.4x larger"  # it had said "0.1x smaller"
+
+
+def test_an_export_past_the_readers_header_limit_is_refused(tmp_path, capsys):
+    """A meta the reader would refuse (a header over 4 MiB) had been written: export said it
+    was done, `dorefa run` refused the file."""
+    m = _calibrated("svhn", "1,2,6", 0.125, 1, 40)
+    with pytest.raises(ExportError, match="past the format's 4194304-byte limit"):
+        export(m, tmp_path / "m.dorefa", meta={"classes": ["x" * 100] * 50_000})
+    assert not (tmp_path / "m.dorefa").exists()

@@ -193,6 +193,7 @@ def make_checkpoints(tmp: Path, good: Path) -> dict[str, Path]:
         "c_wide_meta": dict(ckpt, model={}, meta=dict(ckpt["meta"], model="alexnet", width=4.0)),
         "c_many_classes": dict(ckpt, model={}, meta=dict(ckpt["meta"], num_classes=10**9)),
         "c_keep_words": dict(ckpt, meta=dict(ckpt["meta"], keep_first_last="false")),
+        "c_epoch_word": dict(ckpt, epoch="x"),
     }
     for k, obj in variants.items():
         c[k] = tmp / f"{k[2:]}.pt"
@@ -322,6 +323,7 @@ CASES = {  # id: (argv, expected, words the error line must hold)
     "export-meta-wide-alexnet": (["export", "{c_wide_meta}", *O], ERR, ["do not fit"]),
     "export-meta-1e9-classes": (["export", "{c_many_classes}", *O], ERR, ["do not fit"]),
     "export-meta-keep-as-words": (["export", "{c_keep_words}", *O], ERR, ["keep_first_last"]),
+    "export-epoch-a-word": (["export", "{c_epoch_word}", *O], ERR, ["epoch_word.pt", "epoch 'x'"]),
     "export-out-is-a-folder": (["export", "{ckpt}", "-o", "{d_empty}"], ERR, ["d_empty"]),
     "export-out-under-a-file": (["export", "{ckpt}", "-o", "{file}/m.dorefa"], ERR, ["a-file"]),
     # run

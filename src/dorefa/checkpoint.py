@@ -282,7 +282,13 @@ def export_meta(ckpt: dict, path: str | os.PathLike) -> dict:
     """The header meta of a file exported from checkpoint ``ckpt`` (read from ``path``): its
     meta, that path, the epochs it had finished and its digest (what `dorefa run --compare`
     checks)."""
-    source = {"checkpoint": str(path), "epoch": int(ckpt.get("epoch", -1)) + 1}
+    epoch = ckpt.get("epoch", -1)
+    if isinstance(epoch, bool) or not isinstance(epoch, int):  # 'x' had ended in int()'s words
+        raise CheckpointError(
+            f"{path}: its epoch {epoch!r} is not a whole number (the checkpoint was altered); "
+            "use the file `dorefa train` wrote"
+        )
+    source = {"checkpoint": str(path), "epoch": epoch + 1}
     if isinstance(ckpt.get(DIGEST), str):
         source["checkpoint_digest"] = ckpt[DIGEST]
     return dict(ckpt["meta"]) | source

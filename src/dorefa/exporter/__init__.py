@@ -170,13 +170,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return 0
     ckpt_float = Path(args.checkpoint)
+    than = size_ratio(info["float_bytes"], info["size"])
     print(
         f"exported {ckpt['meta']['model']} bits {ckpt['meta']['bits']} width "
         f"{ckpt['meta']['width']} -> {out}: {info['layers']} layers, {info['size']} bytes "
-        f"({info['float_bytes'] / info['size']:.1f}x smaller than the float32 weights, "
-        f"{info['float_bytes']} bytes; checkpoint file {ckpt_float.stat().st_size} bytes)"
+        f"({than} than the float32 weights, {info['float_bytes']} bytes; checkpoint file "
+        f"{ckpt_float.stat().st_size} bytes)"
     )
     return 0
+
+
+def size_ratio(float_bytes: int, size: int) -> str:
+    """'3.2x smaller' or, where the file is the larger (tiny widths: the header outweighs the
+    weights; it had said '0.1x smaller'), '9.8x larger'."""
+    ratio = float_bytes / size
+    return f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
 
 
 def register_cli(subparsers) -> None:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import nn
 
 from .. import quantizers
@@ -63,17 +64,25 @@ from .errors import ExportError
 
 
 # ----------------------------------------------------------------------------- weight codes
-def weight_codes(layer: QConv2d | QLinear) -> tuple[np.ndarray, float]:
+def weight_codes(layer: QConv2d | QLinear, name: str = "") -> tuple[np.ndarray, float]:
     """Unsigned weight codes p (uint8) of the layer's f_w and the scale s_w
-    (:func:`dorefa.quantizers.weight_codes` on the float32 weight):
+    (:func:`dorefa.quantizers.weight_codes` on the float32 weight); ``name`` names the layer in
+    the errors:
 
     W > 1: weight = 2p/nw - 1, s_w = 1/nw.   W = 1: weight = E (2p - 1), s_w = E = mean|w|.
     """
-    codes, scale = quantizers.weight_codes(layer.weight.detach().float().cpu(), layer.w_bits)
-    if not math.isfinite(scale):  # NaN weights: thresholds would fold to nonsense, silently
+    weight = layer.weight.detach().float().cpu()
+    codes, scale = quantizers.weight_codes(weight, layer.w_bits)
+    if not math.isfinite(scale):  # thresholds would fold to nonsense, silently
+        what = f"{name or 'a quantized layer'} ({type(layer).__name__})"
+        if bool(torch.isfinite(weight).all()):  # all zero: tanh(w) / max|tanh(w)| is 0 / 0
+            raise ExportError(
+                f"{what}: its weights are all zero, where f_w (tanh(w) / max|tanh(w)|) is "
+                "undefined, in torch too: train it, or remove the layer"
+            )
         raise ExportError(
-            f"a quantized {type(layer).__name__}'s weights are not finite (the run diverged): "
-            "export a checkpoint from before it did"
+            f"{what}: its weights are not finite (the run diverged): export a checkpoint from "
+            "before it did"
         )
     return codes.numpy(), scale
 

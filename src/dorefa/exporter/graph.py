@@ -158,7 +158,7 @@ class GraphWriter:
                 f"{name}: a quantized {type(m).__name__} on a float input cannot run on "
                 "popcount kernels; put an f_a (ActQuant, A in 1..8) before it"
             )
-        codes, s_w = weight_codes(m)
+        codes, s_w = weight_codes(m, name)
         if isinstance(m, QLinear):
             c, h, w = x.shape if len(x.shape) == 3 else (x.shape[0], 1, 1)
             if len(x.shape) == 2 or m.in_features != c * h * w:

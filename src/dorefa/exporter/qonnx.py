@@ -170,7 +170,7 @@ class QonnxWriter:
         """The layer's weight as integer levels behind a QONNX quantizer, and the scale that
         turns them into f_w's values (module doc): W = 1 -> (sign(w), E) through BipolarQuant;
         W > 1 -> (2p - n, 1/n) through a (W+1)-bit narrow signed Quant."""
-        codes, s = weight_codes(m)
+        codes, s = weight_codes(m, name)
         k = int(m.w_bits)
         ints = 2.0 * codes.astype(np.float32) - float((1 << k) - 1)
         if isinstance(m, QLinear):

@@ -102,6 +102,11 @@ def write(
         resolve(header), sort_keys=True, allow_nan=False, separators=(",", ":")
     ).encode()
     text += b" " * (_align(_FIXED.size + len(text)) - _FIXED.size - len(text))
+    if len(text) > MAX_HEADER_BYTES:  # the reader refuses it: never write it
+        raise ValueError(
+            f"the header would take {len(text)} bytes, past the format's {MAX_HEADER_BYTES}-byte "
+            "limit (a very large meta, or class-name list?)"
+        )
     body = _FIXED.pack(MAGIC, version, len(text), len(blob)) + text + bytes(blob)
     payload = body + hashlib.sha256(body).digest()
     atomic_write_bytes(path, bytes(payload))
