@@ -24,6 +24,12 @@ from .bitconv import BitConv
 from .format import FormatError, Reader
 
 MAX_ELEMENTS = 1 << 26  # per image, per value: refuse headers describing absurd activations
+# Per image, over the whole graph: the values alive at once (float32 4 bytes an element, codes 1)
+# and the multiply-accumulates. A 60 KB file of 40 float convs, each output kept for a final
+# chain of adds, took 4.9 GB to load; one of 100 convs sharing one weight, 849 GMAC, 17 s
+# (ResNet-18 and AlexNet: 1.8-1.9 GMAC, a few MB alive).
+MAX_LIVE_BYTES = 1 << 30
+MAX_MACS = 1 << 37
 MAX_DIM = 1 << 16
 MAX_NODES = 2000
 MAX_INPUTS = 64
@@ -71,6 +77,12 @@ def chain_to_graph(layers: object) -> tuple[object, object]:
         nodes.append(node)
         prev = node["name"]
     return nodes, prev
+
+
+def _bytes(value: tuple[str, tuple]) -> int:
+    """Bytes per image of a value (kind, shape): float32, or one byte a code."""
+    kind, shape = value
+    return math.prod(shape) * (4 if kind == "float" else 1)
 
 
 class GraphBuilder:
@@ -138,6 +150,9 @@ class GraphBuilder:
         self.fused_src = None  # the input whose producer a fused node joined, if not the first
         self.layers: list[ops.Layer] = []
         self.macs = 0  # multiply-accumulates per image (convolutions and linear layers)
+        last = {name: i for i, spec in enumerate(specs) for name in spec["inputs"]}
+        last[output] = len(specs)
+        live = _bytes(self.values[INPUT])  # of the values made and still to be read
         for i, spec in enumerate(specs):
             op = spec.get("op")
             if not isinstance(op, str) or op not in OPS:
@@ -151,6 +166,14 @@ class GraphBuilder:
                 raise self.err(i, f"activation shape {shape} exceeds {MAX_ELEMENTS} elements")
             self.values[spec["name"]] = (kind, shape)
             self.macs += math.prod(shape) * getattr(layer, "fan_in", 0)
+            live += _bytes((kind, shape))
+            if live > MAX_LIVE_BYTES or self.macs > MAX_MACS:
+                raise self.err(
+                    i,
+                    f"the network would hold {live} bytes of values at once and run {self.macs} "
+                    f"MACs per image by here (at most {MAX_LIVE_BYTES} and {MAX_MACS})",
+                )
+            live -= sum(_bytes(self.values[n]) for n in set(spec["inputs"]) if last[n] == i)
             if layer is None:  # fused into the node producing its input: that node renamed
                 layer = self.producer.pop(self.fused_src or spec["inputs"][0])
                 self.fused_src = None
