@@ -329,6 +329,7 @@ CASES = {  # id: (argv, expected, words the error line must hold)
     # run
     "run-missing": (["run", "{tmp}/no-such.dorefa"], ERR, ["no-such.dorefa"]),
     "run-garbage": (["run", "{c_garbage}"], ERR, ["garbage.pt"]),
+    "run-compare-empty": ([*RUN, "--compare", ""], ERR, ["--compare is empty"]),
     "run-checkpoint-as-model": (["run", "{ckpt}"], ERR, ["checkpoint.pt"]),
     "run-model-truncated": (["run", "{m_cut}"], ERR, ["cut.dorefa", "truncated"]),
     "run-model-future-version": (["run", "{m_future}"], ERR, ["future.dorefa", "version"]),

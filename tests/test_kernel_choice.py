@@ -263,6 +263,8 @@ def test_dorefa_run_explain_prints_the_plan(tmp_path, capsys):
     assert "--explain runs no test set: --compare, --test-subset not used" in (
         capsys.readouterr().err
     )
+    assert main(["run", str(path), "--explain", "--batch-size", "8"]) == 0
+    assert "--explain runs no test set: --batch-size not used" in capsys.readouterr().err
 
 
 def test_amx_candidates_are_warmed_up_before_timing_unless_just_timed(monkeypatch):

@@ -16,10 +16,14 @@ from .compare import DEFAULT_DATA, compare_logits, run_test_set
 
 __all__ = ["cmd_run", "compare_logits", "register_cli"]
 
+BATCH_SIZE = 256  # --batch-size's default
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Print :func:`dorefa.runtime.compare.run_test_set`'s result (``--explain``: the kernel
     plan, :meth:`dorefa.runtime.Model.plan`, and nothing else)."""
+    if args.compare is not None and not args.compare.strip():  # an empty $CKPT in a script
+        raise ValueError("--compare is empty: give the checkpoint to compare with, or leave it out")
     threads, why = pick_threads(args.threads)  # capped at the CPUs, as `dorefa train` does
     if threads != args.threads:
         print(why, file=sys.stderr)
@@ -34,6 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 ("--data", args.data, None),
                 ("--data-dir", args.data_dir, None),
                 ("--test-subset", args.test_subset, None),
+                ("--batch-size", args.batch_size, BATCH_SIZE),
+                ("--threads", args.threads, 1),  # the plan times each layer at 1 thread
             )
             if value != default
         ]
@@ -102,7 +108,7 @@ def register_cli(subparsers) -> None:
         help="print the kernel each layer runs and its time, then exit (no test set)",
     )
     p.add_argument("--threads", type=POSITIVE_INT, default=1, help="kernel threads (and torch's)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=256)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=BATCH_SIZE)
     p.add_argument(
         "--test-subset", type=POSITIVE_INT, default=None, help="first N test images only"
     )
