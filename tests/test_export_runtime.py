@@ -364,12 +364,15 @@ def test_cli_export_and_run_compare(trained, tmp_path, capsys):
     assert "m.dorefa" in capsys.readouterr().err
 
 
-def test_run_scores_the_models_own_data_and_compare_reads_header_bits(trained, tmp_path, capsys):
+def test_run_scores_the_models_own_data_and_compare_reads_header_bits(
+    trained, tmp_path, capsys, monkeypatch, fashion_dir
+):
     """`dorefa run` without --data had scored any model on Fashion-MNIST (a model that learnt
     MNIST got a meaningless accuracy); --compare with a file exported by the Python API (no
     meta) had accepted a checkpoint of other bits (10% agreement, no word)."""
     from dorefa.checkpoint import load_checkpoint, save_atomic
 
+    monkeypatch.chdir(tmp_path)  # where the registry looks for MNIST: nothing there
     model, ckpt = trained("1,2,6")
     state = load_checkpoint(ckpt)
     mnist = tmp_path / "mnist.pt"
@@ -377,7 +380,14 @@ def test_run_scores_the_models_own_data_and_compare_reads_header_bits(trained, t
     assert main(["export", str(mnist), "-o", str(tmp_path / "mnist.dorefa")]) == 0
     capsys.readouterr()
     assert main(["run", str(tmp_path / "mnist.dorefa"), "--test-subset", "8"]) == 2
-    assert "mnist: " in capsys.readouterr().err  # MNIST's folder is not known here
+    assert "as its file records it" in capsys.readouterr().err  # MNIST is not here
+    # a recorded folder that is not here: --data-dir gives another (the spec's name is kept)
+    moved = tmp_path / "moved.pt"
+    save_atomic(dict(state, meta=dict(state["meta"], data=f"fashion-mnist:{tmp_path}/x")), moved)
+    assert main(["export", str(moved), "-o", str(tmp_path / "moved.dorefa")]) == 0
+    argv = ["run", str(tmp_path / "moved.dorefa"), "--test-subset", "8"]
+    assert main(argv) == 2 and "give --data or --data-dir" in capsys.readouterr().err
+    assert main([*argv, "--data-dir", fashion_dir]) == 0, capsys.readouterr().err
     api = tmp_path / "api.dorefa"
     export(model, api)  # meta: none
     other = tmp_path / "other.pt"
@@ -433,6 +443,11 @@ def test_nan_weights_are_refused_at_export(tmp_path, bits):
         with torch.no_grad():
             conv.weight.zero_()
         with pytest.raises(ExportError, match=r"features.conv1 \(QConv2d\): .* all zero"):
+            export(m, tmp_path / "m.dorefa")
+    if conv.w_bits == 1:  # finite, but mean|w| overflows (it had been said to be all zero)
+        with torch.no_grad():
+            conv.weight.fill_(3e38)
+        with pytest.raises(ExportError, match=r"scale overflows float32 \(max \|w\| = 3e\+38"):
             export(m, tmp_path / "m.dorefa")
 
 

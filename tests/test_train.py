@@ -137,9 +137,11 @@ def test_init_from_float_checkpoint(tmp_path, fashion_dir):
     msgs.clear()
     train(again, log=msgs.append)  # the same source: nothing said
     assert not [m for m in msgs if "is not used" in m]
+    train(dataclasses.replace(again, epochs=3, init_from=None), log=lambda m: None)  # plain
+    assert json.loads(config.read_text())["init_from"] == cfg.init_from  # it had become None
     other = str(tmp_path / "q" / "checkpoint.pt")
     msgs.clear()
-    train(dataclasses.replace(again, epochs=3, init_from=other), log=msgs.append)
+    train(dataclasses.replace(again, epochs=4, init_from=other), log=msgs.append)
     assert [m for m in msgs if f"--init-from {other} is not used" in m], msgs
     assert json.loads(config.read_text())["init_from"] == cfg.init_from
     assert json.loads(config.read_text())["test_images"] == 500  # after --test-subset

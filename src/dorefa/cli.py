@@ -122,15 +122,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location=device)
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
-    from .data import first_images, get_dataset, require_model_shape
+    from .data import first_images, get_dataset, learnt_data, require_model_shape
+    from .runtime.compare import DEFAULT_DATA
 
     meta = ckpt["meta"]
-    data = args.data or meta.get("data", "fashion-mnist")
-    data_dir = args.data_dir or (None if args.data else meta.get("data_dir"))  # as trained
+    data, data_dir = learnt_data(meta, args.data, args.data_dir, DEFAULT_DATA)  # as trained
     try:
         test_set = get_dataset(data, "test", data_dir=data_dir, image_size=meta["image_size"])
     except ValueError as exc:
-        if data_dir is None or args.data_dir:
+        if data_dir is None or args.data_dir or args.data:
             raise
         raise ValueError(  # a checkpoint moved to another machine: its folder is not here
             f"{exc} (the folder the checkpoint was trained on; give --data-dir where the data "

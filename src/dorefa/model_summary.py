@@ -19,7 +19,7 @@ One row per layer (in the order the forward pass calls them), with per-image fig
                 weights
     kernel      what the bit runtime runs: for a layer with W and A in 1..8 the forced kernel,
                 else the kernel cost model's pick for its bits and MACs on this CPU (the
-                runtime times the best two when it loads: ``dorefa run --explain``);
+                runtime times the cheapest of each kind when it loads: ``dorefa run --explain``);
                 ``conv_float`` / ``linear`` for a float-weight conv / linear, ``-`` otherwise
 
 Totals add the rows. ``weight_bytes`` is the bytes of the conv/linear rows only (BatchNorm
@@ -138,7 +138,7 @@ def _ratio(num: float, den: float) -> float | None:
 def kernel_for(op: str, w: int | None, a: int | None, macs: int = 0) -> str:
     """The runtime's kernel for a ``"conv"`` or ``"linear"`` layer with these bits and MACs:
     the forced kernel if one is, else the cost model's pick among this CPU's kernel families
-    (:func:`dorefa.kernels.choose.model_pick`; the runtime then times the best two, and
+    (:func:`dorefa.kernels.choose.model_pick`; the runtime then times the cheapest of each kind, and
     ``dorefa run --explain`` shows what it measured)."""
     if w == FLOAT:
         return "conv_float" if op == "conv" else "linear"

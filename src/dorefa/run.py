@@ -234,17 +234,18 @@ def _prepare(cfg, device, info, files, per_rank, autocast) -> Run:
 
 
 def _keep_init_source(run: Run, saved: dict, log) -> None:
-    """A resumed run's weights are its checkpoint's: an --init-from that is not the run's own
-    is said to be left unused, and config.json keeps the source the run started from (it had
-    recorded the unused one)."""
-    given, before = run.cfg.init_from, saved.get("init_from")
-    if given is None or "init_from" not in saved or _same_path(given, before):
+    """A resumed run's weights are its checkpoint's, whatever --init-from says now: config.json
+    keeps the source the run started from (it had recorded the one given now, None on a plain
+    --resume), and another source given is said to be left unused."""
+    if "init_from" not in saved:  # an older record: nothing to keep
         return
-    log(
-        f"note: --init-from {given} is not used: resuming {run.files.out}, whose weights "
-        f"started from {before or 'random initialisation'}"
-    )
+    given, before = run.cfg.init_from, saved["init_from"]
     run.config["init_from"] = before
+    if given is not None and not _same_path(given, before):
+        log(
+            f"note: --init-from {given} is not used: resuming {run.files.out}, whose weights "
+            f"started from {before or 'random initialisation'}"
+        )
 
 
 def _same_path(a: str, b: str | None) -> bool:

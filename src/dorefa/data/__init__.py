@@ -9,7 +9,7 @@ from .errors import (
     require_model_shape,
 )
 from .imagefolder import ImageFolderDataset
-from .registry import check_spec, get_dataset, list_datasets
+from .registry import check_spec, get_dataset, learnt_data, list_datasets
 from .transforms import default_augment, to_model_input
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "default_augment",
     "first_images",
     "get_dataset",
+    "learnt_data",
     "list_datasets",
     "require_classes",
     "require_model_shape",

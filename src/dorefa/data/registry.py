@@ -108,6 +108,24 @@ def _parse(spec: str, data_dir: str | None) -> tuple[str, _Entry, Path | None]:
     return name, entry, path
 
 
+def learnt_data(
+    meta: dict, data: str | None, data_dir: str | None, default: str
+) -> tuple[str, str | None]:
+    """(spec, folder) to test a trained model on (``dorefa eval``, ``dorefa run``): ``data`` as
+    given, with ``data_dir``; else the spec the model's ``meta`` records (``default`` where it
+    records none), in ``data_dir`` if given (the spec's name alone: a recorded folder and
+    another one were refused as two), else in the folder it records."""
+    if data is not None:
+        return data, data_dir
+    spec = meta.get("data")
+    if not isinstance(spec, str):
+        return default, data_dir
+    if data_dir is not None:
+        return spec.partition(":")[0], data_dir
+    folder = meta.get("data_dir")
+    return spec, folder if isinstance(folder, str) else None
+
+
 def check_spec(spec: str, data_dir: str | None = None) -> str:
     """Check a spec without reading any file (a known name, a folder where one is needed), so
     that a command can refuse it before starting work; returns the data set's name."""

@@ -75,10 +75,15 @@ def weight_codes(layer: QConv2d | QLinear, name: str = "") -> tuple[np.ndarray, 
     codes, scale = quantizers.weight_codes(weight, layer.w_bits)
     if not math.isfinite(scale):  # thresholds would fold to nonsense, silently
         what = f"{name or 'a quantized layer'} ({type(layer).__name__})"
-        if bool(torch.isfinite(weight).all()):  # all zero: tanh(w) / max|tanh(w)| is 0 / 0
+        if not bool(weight.any()):  # all zero: tanh(w) / max|tanh(w)| is 0 / 0
             raise ExportError(
                 f"{what}: its weights are all zero, where f_w (tanh(w) / max|tanh(w)|) is "
                 "undefined, in torch too: train it, or remove the layer"
+            )
+        if bool(torch.isfinite(weight).all()):  # W = 1: mean|w| past float32's range
+            raise ExportError(
+                f"{what}: its weights' scale overflows float32 (max |w| = "
+                f"{weight.abs().max().item():.3g}): export a checkpoint from before they grew"
             )
         raise ExportError(
             f"{what}: its weights are not finite (the run diverged): export a checkpoint from "

@@ -47,30 +47,26 @@ def model_input_batches(test_set, batch_size: int, size: int):
         yield x, labels.numpy()
 
 
-def load_test_set(data: str, data_dir, test_subset: int | None, model):
+def load_test_set(data: str, data_dir, test_subset: int | None, model, recorded: bool = False):
     """The test split of ``data`` at the model's input size (its first ``test_subset`` images
-    if given), checked against the model's channels and classes."""
+    if given), checked against the model's channels and classes. ``recorded``: ``data`` and
+    ``data_dir`` are the ones the model's file records (a failure to load says so)."""
     from ..data import first_images, get_dataset, require_model_shape
 
     c, size, _ = model.input_shape
-    test_set = get_dataset(data, "test", data_dir=data_dir, image_size=size)
+    try:
+        test_set = get_dataset(data, "test", data_dir=data_dir, image_size=size)
+    except ValueError as exc:
+        if not recorded:
+            raise
+        raise ValueError(  # a model moved to another machine: its data is not here
+            f"{exc} (the data the model was trained on, as its file records it; give --data "
+            "or --data-dir for this machine)"
+        ) from None
     test_set = first_images(test_set, test_subset, "--test-subset")
     names = model.meta.get("classes")
     require_model_shape(test_set, data, c, model.num_classes, str(model.path), names)
     return test_set
-
-
-def _data_of(model, data: str | None, data_dir) -> tuple[str, object]:
-    """(data spec, folder) to score ``model`` on: ``data`` as given (with ``data_dir``), else
-    the model's recorded data and folder (scoring a model trained on MNIST on Fashion-MNIST by
-    default had printed a meaningless accuracy)."""
-    if data is not None:
-        return data, data_dir
-    recorded = model.meta.get("data")
-    if not isinstance(recorded, str):  # a file exported by the Python API records no data
-        return DEFAULT_DATA, data_dir
-    folder = model.meta.get("data_dir")
-    return recorded, data_dir or (folder if isinstance(folder, str) else None)
 
 
 def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
@@ -148,17 +144,11 @@ def run_test_set(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     model = runtime.load(model_path, threads=threads)
-    data, data_dir = _data_of(model, data, data_dir)
-    try:
-        test_set = load_test_set(data, data_dir, test_subset, model)
-    except ValueError as exc:
-        recorded = model.meta.get("data_dir")
-        if data_dir is None or data_dir != recorded:
-            raise
-        raise ValueError(  # a model moved to another machine: its folder is not here
-            f"{exc} (the folder the model was trained on; give --data-dir where the data is "
-            "on this machine)"
-        ) from None
+    from ..data import learnt_data
+
+    recorded = data is None and data_dir is None
+    data, data_dir = learnt_data(model.meta, data, data_dir, DEFAULT_DATA)
+    test_set = load_test_set(data, data_dir, test_subset, model, recorded)
     torch_model = _torch_model(compare, threads, model) if compare else None
     rt_all, torch_all, labels_all, seconds = [], [], [], 0.0
     for x, labels in model_input_batches(test_set, batch_size, model.input_shape[1]):
