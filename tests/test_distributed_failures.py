@@ -161,7 +161,7 @@ def test_an_error_every_rank_meets_is_said_once(tmp_path):
     for extra, said in [
         (["--data", f"idx:{tmp_path / 'none'}", "--out", str(tmp_path / "a")], "no such folder"),
         (["--resume", "--out", str(tmp_path / "b")], "checkpoint.pt"),
-        (diverge, "lower --lr"),
+        (diverge, "loss became nan at epoch 1"),
     ]:
         cmd = [sys.executable, "-m", "dorefa", "train", *TINY, "--nproc", "2", *extra]
         p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
@@ -182,3 +182,47 @@ def test_a_warning_is_said_by_rank_0_alone(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     say.warning("rank 0")
     assert capsys.readouterr().err == "warning: alone\nwarning: rank 0\n"
+
+
+_ONE_NAN_RANK = """
+import torch.distributed as dist
+from types import SimpleNamespace
+from dorefa import distributed
+from dorefa.train import _check_loss
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+info = distributed.DistInfo(rank=rank, world_size=2, backend="gloo")
+run = SimpleNamespace(info=info, device="cpu")
+_check_loss(run, 1.5, 0)  # finite on both: nothing raised
+try:
+    _check_loss(run, float("nan") if rank == 1 else 2.0, 0)
+    print(f"rank {rank}: went on")
+except Exception as e:
+    print(f"rank {rank}: {type(e).__name__}: {e}")
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """The loss is checked as the sum over the ranks: a NaN in rank 1's batch alone stops both
+    (rank 0 says why, rank 1 stops quietly); a rank checking only its own loss had stopped
+    alone while the other waited for it in its backward."""
+    script = tmp_path / "one_nan.py"
+    script.write_text(_ONE_NAN_RANK)
+    port = str(distributed._free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env()
+            | dict(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert "rank 0: FloatingPointError: loss became nan at epoch 1" in outs[0], outs
+    assert "rank 1: PeerFailed: rank 1 stops: rank 0 failed" in outs[1], outs

@@ -358,19 +358,36 @@ def test_a_folder_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch)
     check_settings(same, out)
     check_settings(SweepConfig(data="fashion-mnist:d", grid="g.yaml", out=str(out)), out)
     (tmp_path / "e").mkdir()
-    with pytest.raises(ValueError, match="data_dir: 'd' then, 'e' now"):
+    with pytest.raises(ValueError, match=f"data_dir: '{tmp_path}/d' then, 'e' now"):
         check_settings(SweepConfig(data_dir="e", grid="g.yaml", out=str(out)), out)
+    (tmp_path / "elsewhere" / "d").mkdir(parents=True)  # kept as an absolute path: not this d
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="same budget"):
+        check_settings(SweepConfig(data_dir="d", grid=str(tmp_path / "g.yaml"), out=str(out)), out)
 
 
-def test_a_cells_test_n_is_the_images_it_was_scored_on():
-    """A --test-subset past the test set's end takes them all: the row says the whole test set
-    (its page had said "first 99999 test images"); a config.json of an older run: as asked."""
-    from dorefa.sweep.scheduler import _test_n
+def test_a_record_names_its_data_without_this_machines_folder():
+    """Records travel between machines: a data spec's folder is not a setting (as data_dir is
+    not); its name is."""
+    from dorefa.sweep.records import cell_settings, settings_diff
 
-    assert _test_n(SweepConfig(test_subset=99999), {"test_images": 10000}) is None
-    assert _test_n(SweepConfig(test_subset=500), {"test_images": 500}) == 500
-    assert _test_n(SweepConfig(test_subset=500), {}) == 500
-    assert _test_n(SweepConfig(), {"test_images": 10000}) is None
+    cell = load_grid("paper")[0]
+    here = SweepConfig(data="fashion-mnist:/data/fm")
+    record = {"config": cell_settings(SweepConfig(data="fashion-mnist:/elsewhere"), cell)}
+    assert settings_diff(record, here, cell) == {}
+    assert "data" in settings_diff(record, SweepConfig(data="mnist:/data/fm"), cell)
+
+
+def test_a_cells_subsets_are_the_images_it_used():
+    """A --subset or --test-subset past the split's end takes them all: the row says the whole
+    split (its page had said "first 99999 test images"); a config.json of an older run: as
+    asked."""
+    from dorefa.sweep.scheduler import _first_n
+
+    assert _first_n(99999, 10000) is None
+    assert _first_n(500, 500) == 500
+    assert _first_n(500, None) == 500
+    assert _first_n(None, 10000) is None
 
 
 def test_result_rows_round_trip_through_the_csv(tmp_path):

@@ -145,6 +145,7 @@ def test_init_from_float_checkpoint(tmp_path, fashion_dir):
     assert [m for m in msgs if f"--init-from {other} is not used" in m], msgs
     assert json.loads(config.read_text())["init_from"] == cfg.init_from
     assert json.loads(config.read_text())["test_images"] == 500  # after --test-subset
+    assert json.loads(config.read_text())["train_images"] == 1024  # after --subset
     wrong = TrainConfig(
         bits="1,2,6",
         epochs=1,

@@ -153,6 +153,7 @@ def _config_record(run: Run) -> dict:
         "image_size": run.image_size,
         "num_classes": run.meta["num_classes"],
         "in_channels": run.meta["in_channels"],
+        "train_images": len(run.train_set),  # after --subset
         "test_images": len(run.test_set),  # after --test-subset
         "device": str(run.device),
         "torch_threads": torch.get_num_threads(),

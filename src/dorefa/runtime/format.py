@@ -105,7 +105,7 @@ def write(
     if len(text) > MAX_HEADER_BYTES:  # the reader refuses it: never write it
         raise ValueError(
             f"the header would take {len(text)} bytes, past the format's {MAX_HEADER_BYTES}-byte "
-            "limit (a very large meta, or class-name list?)"
+            "limit: shorten the meta given to export (a very long class-name list?)"
         )
     body = _FIXED.pack(MAGIC, version, len(text), len(blob)) + text + bytes(blob)
     payload = body + hashlib.sha256(body).digest()

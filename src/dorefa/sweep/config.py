@@ -114,23 +114,32 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
                 f"{out} holds a sweep with other settings ({what}); every cell must "
                 "get the same budget: use the same arguments or another --out"
             )
-    else:
+    else:  # folders as absolute paths: a later run from another folder means the same ones
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(_stored(settings), indent=2) + "\n")
 
 
 def _places(settings: dict) -> dict:
-    """Settings with the data's folder and a grid file in one spelling, to compare sweep.json
-    with a later run: ``--data-dir d`` and ``--data-dir ./d/`` (or ``--data NAME:d``) had been
-    refused as another budget. The folder (the spec's, else data_dir) absolute and resolved."""
+    """Settings in one spelling, to compare sweep.json with a later run (``--data-dir d`` and
+    ``--data-dir ./d/``, or ``--data NAME:d``, had been refused as another budget): the data's
+    name, its folder (the spec's, else data_dir) and a grid file as absolute paths."""
+    out = _stored(settings)
+    if isinstance(out.get("data"), str):
+        name, _, folder = out["data"].partition(":")
+        out["data"], out["data_dir"] = name.strip().lower(), folder or out.get("data_dir")
+    return out
+
+
+def _stored(settings: dict) -> dict:
+    """Settings as sweep.json keeps them: the data's folder (the spec's or data_dir) and a grid
+    file as absolute paths, so that a relative one is not read against a later run's folder."""
     out = dict(settings)
-    data, data_dir = settings.get("data"), settings.get("data_dir")
-    if isinstance(data, str):
+    data, data_dir, grid = (settings.get(k) for k in ("data", "data_dir", "grid"))
+    if isinstance(data, str) and ":" in data:
         name, _, folder = data.partition(":")
-        where = folder or data_dir
-        out["data"] = name.strip().lower()
-        out["data_dir"] = _resolved(where) if isinstance(where, str) else where
-    grid = settings.get("grid")
+        out["data"] = f"{name}:{_resolved(folder)}"
+    if isinstance(data_dir, str) and data_dir:
+        out["data_dir"] = _resolved(data_dir)
     if isinstance(grid, str) and Path(grid).expanduser().is_file():
         out["grid"] = _resolved(grid)
     return out

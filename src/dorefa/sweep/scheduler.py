@@ -146,18 +146,19 @@ def run_cell(cfg: SweepConfig, cell: Cell, out: Path, children: Children) -> Cel
         best_test_acc=max(h["test_acc"] for h in history),
         final_test_acc=history[-1]["test_acc"],
         wall_s=round(sum(h["seconds"] for h in history), 1),  # train + test, resumed pieces
-        test_n=_test_n(cfg, conf),
+        subset=_first_n(cfg.subset, conf.get("train_images")),
+        test_n=_first_n(cfg.test_subset, conf.get("test_images")),
     )
     return runtime_columns(cfg, row, out, children)
 
 
-def _test_n(cfg: SweepConfig, conf: dict) -> int | None:
-    """The test images a cell was scored on, None for the whole test set (a --test-subset past
-    its end takes them all: the page had said "first 99999 test images")."""
-    if cfg.test_subset is None:
+def _first_n(asked: int | None, had: int | None) -> int | None:
+    """The first ``asked`` images of a split as a cell used them, None for the whole split: a
+    --subset or --test-subset past its end takes them all (the page had said "the first 99999
+    test images"). ``had``: the images the run used (its config.json; older ones lack it)."""
+    if asked is None:
         return None
-    n = conf.get("test_images")  # not in older runs' config.json: as asked
-    return None if n is not None and n < cfg.test_subset else cfg.test_subset
+    return None if had is not None and had < asked else asked
 
 
 def _runtime_msg(row: CellResult) -> str:
