@@ -199,12 +199,31 @@ def test_bad_bitwidths_raise_with_name_and_value(fn, bad):
         fn(torch.zeros(2, 2), bad)
 
 
+def test_quantizers_name_an_integer_tensor_and_f_g_takes_a_1d_gradient_as_one_sample():
+    """Found by a hostile review: integer tensors failed inside torch, or passed, by bit width;
+    a 1-D gradient (an unbatched QLinear input) had each element as its own sample, so f_g
+    returned it unchanged; a zero-width batch raised IndexError."""
+    for f in (
+        lambda: quantize_weight(torch.tensor([1, -2, 3]), 2),
+        lambda: quantize_activation(torch.tensor([0, 1, 2]), 2),
+        lambda: quantize_gradient(torch.tensor([[1, -2]]), 4),
+    ):
+        with pytest.raises(TypeError, match="takes a floating-point tensor"):
+            f()
+    g = torch.tensor([1.0, 0.3, -0.2, 0.05, -0.7, 0.45])
+    q = quantize_gradient(g, 2, torch.Generator().manual_seed(0))
+    levels = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])  # 4 levels in [-max|g|, max|g|]
+    assert torch.allclose((q[:, None] - levels).abs().amin(1), torch.zeros(6), atol=1e-6)
+    assert torch.equal(q, quantize_gradient(g[None], 2, torch.Generator().manual_seed(0))[0])
+    assert quantize_gradient(torch.zeros(3, 0), 4).shape == (3, 0)
+
+
 def test_bits_parse_and_errors():
     assert dorefa.Bits.parse("1,2,6") == dorefa.Bits(1, 2, 6)
     assert dorefa.Bits.parse("w1a2g6") == dorefa.Bits(1, 2, 6)
     assert dorefa.Bits.parse((32, 32, 32)).is_float
     assert dorefa.Bits(1, 2, 6).tag == "w1a2g6"
-    for bad in ["1,2", "1,2,x", "0,2,6", "1,2,9", ""]:
+    for bad in ["1,2", "1,2,x", "0,2,6", "1,2,9", "", "w1g6a2"]:  # w1g6a2 had read as 1,6,2
         with pytest.raises(ValueError):
             dorefa.Bits.parse(bad)
     with pytest.raises(ValueError, match="activation bits"):

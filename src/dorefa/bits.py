@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import operator
+import re
 from dataclasses import dataclass
 
 FLOAT = 32
@@ -50,9 +51,8 @@ class Bits:
             values = list(spec)
         else:
             text = str(spec).strip().lower()
-            if text.startswith("w") and "a" in text and "g" in text:
-                text = text[1:].replace("a", ",").replace("g", ",")
-            values = [p.strip() for p in text.split(",")]
+            tag = re.fullmatch(r"w(\d+)a(\d+)g(\d+)", text)  # the letters in this order only
+            values = list(tag.groups()) if tag else [p.strip() for p in text.split(",")]
         if len(values) != 3 or not all(_is_int(v) for v in values):
             raise BitsError(
                 f"bits must be three comma-separated integers W,A,G such as '1,2,6', got {spec!r}"

@@ -154,11 +154,18 @@ def set_grad_generator(model: nn.Module, generator: torch.Generator | None) -> i
 
 
 def _copy_params(src: nn.Module, dst: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        dst.weight.copy_(src.weight)
-        if src.bias is not None and dst.bias is not None:
-            dst.bias.copy_(src.bias)
-    return dst.to(device=src.weight.device, dtype=src.weight.dtype)
+    """``dst`` holding ``src``'s own Parameters (new copies had untied tied weights, made frozen
+    layers trainable again and left an optimizer built before on the old tensors); values
+    copied where src computes its weight (legacy weight_norm)."""
+    dst = dst.to(device=src.weight.device, dtype=src.weight.dtype)
+    for name in ("weight", "bias"):
+        value = getattr(src, name)
+        if isinstance(value, nn.Parameter):
+            setattr(dst, name, value)
+        elif value is not None:
+            with torch.no_grad():
+                getattr(dst, name).copy_(value)
+    return dst
 
 
 def _quantized_copy(layer: nn.Module, w_bits: int) -> nn.Module:
@@ -182,6 +189,7 @@ def _quantized_copy(layer: nn.Module, w_bits: int) -> nn.Module:
     return _copy_params(layer, q)
 
 
+_CONVERTED = (nn.Conv2d, nn.Linear)  # exactly these types: a subclass's forward is not ours
 # Activations quantize_model leaves as they are (only nn.ReLU becomes f_a).
 _OTHER_ACTIVATIONS = (
     nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -203,8 +211,16 @@ def _check_convertible(model: nn.Module) -> None:
         saved = [(m, dict(m.__dict__)) for m in model.modules()]
         try:
             graph = torch.fx.symbolic_trace(model).graph
-        except Exception:  # noqa: BLE001 (data-dependent forward: nothing to count)
+        except Exception as exc:  # noqa: BLE001 (a data-dependent forward: nothing to count)
             graph = None
+            warnings.warn(
+                f"quantize_model cannot trace this model's forward ({type(exc).__name__}), so it "
+                "cannot check that no nn.ReLU module is called twice: give each use its own "
+                "nn.ReLU (a shared one becomes one f_a, and the one before the last layer only "
+                "clips)",
+                UserWarning,
+                stacklevel=3,
+            )
         finally:  # what the traced forward assigned (a counter, a cached proxy) is undone
             for m, attrs in saved:
                 m.__dict__.clear()
@@ -226,12 +242,26 @@ def _check_convertible(model: nn.Module) -> None:
         for name, m in model.named_modules()
         if isinstance(m, _OTHER_ACTIVATIONS)
         or (isinstance(m, (nn.Conv2d, nn.Linear)) and parametrize.is_parametrized(m))
-    ]
+        or (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and type(m) not in _CONVERTED)
+    ]  # other convs (Conv1d, ConvTranspose2d, ...) and subclasses: their forward is not ours
     if left:
         warnings.warn(
             f"quantize_model converts nn.Conv2d, nn.Linear and nn.ReLU only; {', '.join(left)} "
-            "stay float (use nn.ReLU for f_a; remove a parametrization first with "
+            "stay float (use nn.ReLU for f_a, plain nn.Conv2d / nn.Linear for quantized "
+            "weights; remove a parametrization first with "
             "torch.nn.utils.parametrize.remove_parametrizations)",
+            UserWarning,
+            stacklevel=3,
+        )
+    hooked = [
+        name
+        for name, m in model.named_modules()
+        if type(m) in _CONVERTED and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+    ]
+    if hooked:
+        warnings.warn(
+            f"quantize_model replaces {', '.join(hooked)}, whose hooks (or legacy weight_norm) "
+            "stay on the float module: register them on the quantized one",
             UserWarning,
             stacklevel=3,
         )
@@ -244,6 +274,10 @@ def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = T
       weights (its state-dict keys gain a ``.0``);
     * every ReLU becomes ``ActQuant(a)`` (a ReLU module called twice in forward is refused;
       other activations and parametrized layers stay float, with a warning);
+    * a module registered under several names stays one module (its uses share the quantized
+      layer, and its Parameters: the converted layers hold the float ones, so tied weights,
+      ``requires_grad`` and an optimizer's references carry over); a ReLU after the last
+      Conv2d/Linear acts on the outputs and stays a ReLU; a model already quantized is refused;
     * with ``keep_first_last`` (the default, as in the paper), the first Conv2d/Linear in module
       order keeps float weights and its input, and the last one keeps float weights, no f_g
       after it, and its input is clipped to [0, 1] but not quantized (the ReLU after the last
@@ -254,7 +288,12 @@ def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = T
     those layers yourself. Returns the model.
     """
     bits = Bits.parse(bits)
-    layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    if any(isinstance(m, (QConv2d, QLinear, ActQuant, GradQuant)) for m in model.modules()):
+        raise ValueError(
+            "the model is already quantized (it holds dorefa modules): quantize the float model "
+            "it came from, with the bits you want"
+        )  # a second call with other bits had kept the first call's silently
+    layers = [m for m in model.modules() if type(m) in _CONVERTED]
     if not layers:
         raise ValueError("quantize_model found no nn.Conv2d or nn.Linear layer to quantize")
     _check_convertible(model)
@@ -265,20 +304,27 @@ def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = T
     if keep_first_last and bits.a != FLOAT:
         before_last = [r for r in relus if order[id(r)] < order[id(last)]]
         last_relu = before_last[-1] if before_last else None
+    made: dict[int, nn.Module] = {}  # a module registered under several names: one conversion
+
+    def converted(child: nn.Module) -> nn.Module | None:
+        if type(child) in _CONVERTED:
+            if keep_first_last and child in (first, last):
+                return None
+            return nn.Sequential(_quantized_copy(child, bits.w), GradQuant(bits.g))
+        if isinstance(child, nn.ReLU) and order[id(child)] < order[id(last)]:
+            return ActQuant(bits.a, quantize=child is not last_relu)
+        return None  # a ReLU after the last layer acts on the outputs: it stays
 
     def convert(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            if type(child) in (nn.Conv2d, nn.Linear):
-                float_layer = keep_first_last and child in (first, last)
-                if float_layer:
-                    continue
-                new: nn.Module = nn.Sequential(_quantized_copy(child, bits.w), GradQuant(bits.g))
-            elif isinstance(child, nn.ReLU):
-                new = ActQuant(bits.a, quantize=child is not last_relu)
-            else:
-                convert(child)
+        for name, child in list(parent._modules.items()):  # every name, shared or not
+            if child is None:
                 continue
-            setattr(parent, name, new)
+            if id(child) not in made:
+                new = converted(child)
+                if new is None:
+                    convert(child)
+                made[id(child)] = new if new is not None else child
+            setattr(parent, name, made[id(child)])
 
     convert(model)
     return model

@@ -39,6 +39,13 @@ def quantize_k(x: Tensor, k: int) -> Tensor:
     return x + (_codes(x, n) / n - x).detach()
 
 
+def _check_float(t: Tensor, what: str) -> None:
+    """TypeError for a tensor that is not floating point (the quantizers' arithmetic is float;
+    an integer tensor had failed inside torch, or not, by bit width)."""
+    if not t.is_floating_point():
+        raise TypeError(f"{what} takes a floating-point tensor, got {t.dtype}: use .float()")
+
+
 def _codes(x: Tensor, n: int) -> Tensor:
     """``round(n x)``: the integer code (as a float) of x in [0, 1] on n + 1 levels."""
     return torch.round(x * n)
@@ -72,6 +79,7 @@ def quantize_weight(w: Tensor, k: int) -> Tensor:
     used for the backward convolution.
     """
     k = check_bits(k, "weight bits")
+    _check_float(w, "f_w")
     if k == FLOAT:
         return w
     if k == 1:
@@ -92,6 +100,7 @@ def weight_codes(w: Tensor, k: int) -> tuple[Tensor, float]:
     Computed on ``w.detach()`` in w's dtype and device (export passes float32 on the CPU).
     """
     k = check_bits(k, "weight bits")
+    _check_float(w, "f_w")
     if not 1 <= k <= 8:
         raise ValueError(f"weight codes exist for 1..8 weight bits (uint8), got {k}")
     if k == 1:
@@ -140,6 +149,7 @@ def quantize_activation(
     A list ``codes`` receives the uint8 codes ``round(n clip(x))`` (k < 32 and quantize only).
     """
     k = check_bits(k, "activation bits")
+    _check_float(x, "f_a")
     if k == FLOAT:
         return torch.relu(x)
     return _ActQuantFn.apply(x, k, quantize, codes)
@@ -157,6 +167,7 @@ def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = Non
     (tensorpack divides by zero there). ``k = 32`` is the identity.
     """
     k = check_bits(k, "gradient bits")
+    _check_float(g, "f_g")
     if k == FLOAT:
         return g
     n = _levels(k)
@@ -173,8 +184,11 @@ def gradient_codes(
     to broadcast against ``g``. The same noise draws as :func:`quantize_gradient` (which is
     this, then the affine map)."""
     n = _levels(check_bits(k, "gradient bits"))
-    if g.dim() <= 1:
+    _check_float(g, "f_g")
+    if g.dim() == 0 or g.numel() == 0:
         m = g.abs()
+    elif g.dim() == 1:  # one sample (an unbatched input); each element its own had made f_g 1
+        m = g.abs().amax(0, keepdim=True)
     else:  # max|g| per sample as max(max g, -min g): two fast reductions, no |g| temporary
         flat = g.flatten(1)  # reshape(N, -1) has no size for N = 0
         m = torch.maximum(flat.amax(1), -flat.amin(1)).view((-1,) + (1,) * (g.dim() - 1))
