@@ -199,10 +199,11 @@ def test_bad_bitwidths_raise_with_name_and_value(fn, bad):
         fn(torch.zeros(2, 2), bad)
 
 
-def test_quantizers_name_an_integer_tensor_and_f_g_takes_a_1d_gradient_as_one_sample():
+def test_quantizers_name_an_integer_tensor_and_grad_quant_takes_an_unbatched_output():
     """Found by a hostile review: integer tensors failed inside torch, or passed, by bit width;
-    a 1-D gradient (an unbatched QLinear input) had each element as its own sample, so f_g
-    returned it unchanged; a zero-width batch raised IndexError."""
+    GradQuant after a layer given an unbatched input passed f_g a 1-D gradient, N samples of
+    one element each (the first axis is the batch), so it returned it unchanged: it is one
+    sample; a zero-width batch raised IndexError."""
     for f in (
         lambda: quantize_weight(torch.tensor([1, -2, 3]), 2),
         lambda: quantize_activation(torch.tensor([0, 1, 2]), 2),
@@ -211,7 +212,9 @@ def test_quantizers_name_an_integer_tensor_and_f_g_takes_a_1d_gradient_as_one_sa
         with pytest.raises(TypeError, match="takes a floating-point tensor"):
             f()
     g = torch.tensor([1.0, 0.3, -0.2, 0.05, -0.7, 0.45])
-    q = quantize_gradient(g, 2, torch.Generator().manual_seed(0))
+    x = torch.zeros(6, requires_grad=True)
+    GradQuant(2, torch.Generator().manual_seed(0))(x).backward(g)
+    q = x.grad
     levels = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])  # 4 levels in [-max|g|, max|g|]
     assert torch.allclose((q[:, None] - levels).abs().amin(1), torch.zeros(6), atol=1e-6)
     assert torch.equal(q, quantize_gradient(g[None], 2, torch.Generator().manual_seed(0))[0])

@@ -185,10 +185,8 @@ def gradient_codes(
     this, then the affine map)."""
     n = _levels(check_bits(k, "gradient bits"))
     _check_float(g, "f_g")
-    if g.dim() == 0 or g.numel() == 0:
+    if g.dim() <= 1 or g.numel() == 0:  # the first axis is the batch: a 1-D g is N samples
         m = g.abs()
-    elif g.dim() == 1:  # one sample (an unbatched input); each element its own had made f_g 1
-        m = g.abs().amax(0, keepdim=True)
     else:  # max|g| per sample as max(max g, -min g): two fast reductions, no |g| temporary
         flat = g.flatten(1)  # reshape(N, -1) has no size for N = 0
         m = torch.maximum(flat.amax(1), -flat.amin(1)).view((-1,) + (1,) * (g.dim() - 1))
@@ -235,6 +233,9 @@ class _GradQuantFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        if grad.dim() == 1:  # a layer's output for an unbatched input: one sample (as N
+            # samples of one element, f_g had returned it unchanged)
+            return quantize_gradient(grad[None], ctx.k, ctx.generator)[0], None, None
         return quantize_gradient(grad, ctx.k, ctx.generator), None, None
 
 
