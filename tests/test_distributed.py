@@ -23,6 +23,7 @@ from dorefa.nn import ActQuant, GradQuant, QConv2d, QLinear
 from dorefa.quantizers import quantize_activation, quantize_weight
 from dorefa.recipes import apply_recipe, config_with_recipe, list_recipes
 from dorefa.train import TrainConfig, derive_seed, grad_seed, lr_at, train
+from two_ranks import run_two_ranks
 
 SRC = str(Path(dorefa.__file__).resolve().parent.parent)
 # 512 real Fashion-MNIST images, width 0.25 (the paper's model C), one thread per process
@@ -282,20 +283,7 @@ def test_cpu_sync_batchnorm_equals_full_batch(tmp_path):
     BatchNorm over all 8 samples (to float32 rounding)."""
     script = tmp_path / "sync_bn.py"
     script.write_text(_SYNC_BN_SCRIPT)
-    port = str(distributed._free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-        )
-        for r in range(2)
-    ]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    for text in outs:
+    for text in run_two_ranks(script, _env()):
         m = re.search(r"dx (\S+) dweight (\S+) stats (\S+)", text)
         assert m, text
         assert max(float(v) for v in m.groups()) < 1e-5, text

@@ -15,6 +15,7 @@ import pytest
 import dorefa
 from dorefa import distributed, say
 from dorefa.cli import main
+from two_ranks import run_two_ranks
 
 SRC = str(Path(dorefa.__file__).resolve().parent.parent)
 TINY = ["--model", "svhn", "--width", "0.25", "--subset", "256", "--test-subset", "64"]
@@ -210,19 +211,6 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
     alone while the other waited for it in its backward."""
     script = tmp_path / "one_nan.py"
     script.write_text(_ONE_NAN_RANK)
-    port = str(distributed._free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env()
-            | dict(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-        )
-        for r in range(2)
-    ]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    outs = run_two_ranks(script, _env())
     assert "rank 0: FloatingPointError: loss became nan at epoch 1" in outs[0], outs
     assert "rank 1: PeerFailed: rank 1 stops: rank 0 failed" in outs[1], outs
