@@ -14,7 +14,7 @@ from dorefa import quantize_model
 from dorefa.data import get_dataset, to_model_input
 from dorefa.exporter import ExportError, export, exportable
 from dorefa.models import create_model
-from dorefa.nn import QConv2d
+from dorefa.nn import ActQuant, QConv2d
 from dorefa.runtime.loader import GraphBuilder
 from runtime_promise import check_runtime_matches_torch
 
@@ -384,20 +384,21 @@ def test_quantize_model_keeps_shared_modules_and_the_models_parameters():
     """Found by a hostile review: a conv registered under two names had been split (one name
     quantized, the other float); the converted layers had new Parameters (tied weights untied,
     frozen layers trainable, a meta model refused); a second call with other bits kept the
-    first's silently; a ReLU after the last layer clipped the outputs to [0, 1]."""
+    first's silently; a ReLU after the last layer clipped the outputs to [0, 1] unsaid."""
     shared = nn.Conv2d(4, 4, 3, padding=1)
     m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), shared, nn.ReLU(), shared)
     m.append(nn.ReLU())
     m.extend([nn.Flatten(), nn.Linear(4 * 8 * 8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU()])
     m.extend([nn.Linear(8, 8), nn.ReLU()])
     m[9].weight.requires_grad_(False)  # frozen
-    m[11].weight = m[9].weight  # tied (the last layer stays float: a quantized one is tied too)
+    m[11].weight = m[9].weight  # tied (both quantized: keep_first_last is False)
     tied, params = m[9].weight, sum(p.numel() for p in m.parameters())
-    quantize_model(m, "1,2,6", keep_first_last=False)
+    with pytest.warns(UserWarning, match=r"12 \(nn.ReLU\) acts on the model's outputs"):
+        quantize_model(m, "1,2,6", keep_first_last=False)
     assert m[2] is m[4] and isinstance(m[2][0], QConv2d)
     assert m[9][0].weight is tied and m[11][0].weight is tied and not tied.requires_grad
     assert sum(p.numel() for p in m.parameters()) == params
-    assert type(m[12]) is nn.ReLU  # after the last layer: the outputs stay as they are
+    assert isinstance(m[12], ActQuant)  # on the outputs: f_a as before, and said (above)
     assert m(torch.rand(2, 1, 8, 8)).shape == (2, 8)
     with pytest.raises(ValueError, match="already quantized"):
         quantize_model(m, "4,4,8")
@@ -424,6 +425,13 @@ def test_quantize_model_says_what_it_cannot_check_or_convert():
     conv1d = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(24, 2))
     with pytest.warns(UserWarning, match=r"nn.ReLU only; 0 stay float"):  # it had said nothing
         quantize_model(conv1d, "1,2,6")
+    hooked = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    hooked.append(nn.Flatten())
+    hooked.append(nn.Linear(4 * 4 * 4, 2))
+    for layer in (hooked[0], hooked[2]):  # the first stays float: its hook stays with it
+        layer.register_forward_hook(lambda *args: None)
+    with pytest.warns(UserWarning, match=r"replaces 2, whose hooks"):
+        quantize_model(hooked, "1,2,6")
 
 
 def test_export_names_a_bad_input_size(tmp_path):

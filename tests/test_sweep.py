@@ -366,18 +366,6 @@ def test_a_folder_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch)
         check_settings(SweepConfig(data_dir="d", grid=str(tmp_path / "g.yaml"), out=str(out)), out)
 
 
-def test_a_record_names_its_data_without_this_machines_folder():
-    """Records travel between machines: a data spec's folder is not a setting (as data_dir is
-    not); its name is."""
-    from dorefa.sweep.records import cell_settings, settings_diff
-
-    cell = load_grid("paper")[0]
-    here = SweepConfig(data="fashion-mnist:/data/fm")
-    record = {"config": cell_settings(SweepConfig(data="fashion-mnist:/elsewhere"), cell)}
-    assert settings_diff(record, here, cell) == {}
-    assert "data" in settings_diff(record, SweepConfig(data="mnist:/data/fm"), cell)
-
-
 def test_a_cells_subsets_are_the_images_it_used():
     """A --subset or --test-subset past the split's end takes them all: the row says the whole
     split (its page had said "first 99999 test images"); a config.json of an older run: as

@@ -51,11 +51,12 @@ class Bits:
             values = list(spec)
         else:
             text = str(spec).strip().lower()
-            tag = re.fullmatch(r"w(\d+)a(\d+)g(\d+)", text)  # the letters in this order only
+            tag = re.fullmatch(r"w(\d+)a(\d+)g(\d+)", "".join(text.split()))  # in this order
             values = list(tag.groups()) if tag else [p.strip() for p in text.split(",")]
         if len(values) != 3 or not all(_is_int(v) for v in values):
             raise BitsError(
-                f"bits must be three comma-separated integers W,A,G such as '1,2,6', got {spec!r}"
+                f"bits must be three comma-separated integers W,A,G such as '1,2,6' (or a tag "
+                f"such as 'w1a2g6'), got {spec!r}"
             )
         ints = [int(v) for v in values]
         for part, value in zip(("weight", "activation", "gradient"), ints, strict=True):

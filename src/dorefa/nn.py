@@ -197,11 +197,12 @@ _OTHER_ACTIVATIONS = (
 )  # fmt: skip
 
 
-def _check_convertible(model: nn.Module) -> None:
+def _check_convertible(model: nn.Module, kept: tuple = ()) -> None:
     """ValueError for an nn.ReLU module called more than once in forward (each module becomes
-    one f_a, and the one before the last layer only a clip: every use would follow it); a
-    warning naming the layers quantize_model leaves float (other activations, parametrized
-    convs and linears: ``type`` is not nn.Conv2d / nn.Linear)."""
+    one f_a, and the one before the last layer only a clip: every use would follow it); warnings
+    naming the layers quantize_model leaves float (other activations, parametrized convs and
+    linears: ``type`` is not nn.Conv2d / nn.Linear), a ReLU on the outputs, the hooks of the
+    layers it replaces (all but ``kept``), or that it cannot trace the forward."""
     import warnings
 
     from torch.nn.utils import parametrize
@@ -226,9 +227,27 @@ def _check_convertible(model: nn.Module) -> None:
                 m.__dict__.clear()
                 m.__dict__.update(attrs)
         calls: dict[str, int] = {}
+        after_last: list[str] = []  # ReLUs called after the last conv/linear: on the outputs
+        modules = dict(model.named_modules())
+        layer_fns = (F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv2d, torch.matmul)
         for node in graph.nodes if graph is not None else ():
-            if node.op == "call_module" and node.target in relus:
+            if node.op == "call_function" and node.target in layer_fns:
+                after_last = []  # a layer traced into (a parametrized conv)
+            if node.op != "call_module":
+                continue
+            if isinstance(modules.get(node.target), (nn.modules.conv._ConvNd, nn.Linear)):
+                after_last = []
+            elif node.target in relus:
                 calls[node.target] = calls.get(node.target, 0) + 1
+                after_last.append(node.target)
+        if after_last:
+            warnings.warn(
+                f"{', '.join(after_last)} (nn.ReLU) acts on the model's outputs, after its last "
+                "conv/linear: quantize_model makes it f_a (clipped to [0, 1] and rounded); "
+                "remove it if the outputs are logits",
+                UserWarning,
+                stacklevel=3,
+            )
         shared = {name: n for name, n in calls.items() if n > 1}
         if shared:
             name, n = next(iter(shared.items()))
@@ -256,7 +275,9 @@ def _check_convertible(model: nn.Module) -> None:
     hooked = [
         name
         for name, m in model.named_modules()
-        if type(m) in _CONVERTED and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+        if type(m) in _CONVERTED
+        and not any(m is k for k in kept)
+        and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
     ]
     if hooked:
         warnings.warn(
@@ -276,8 +297,9 @@ def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = T
       other activations and parametrized layers stay float, with a warning);
     * a module registered under several names stays one module (its uses share the quantized
       layer, and its Parameters: the converted layers hold the float ones, so tied weights,
-      ``requires_grad`` and an optimizer's references carry over); a ReLU after the last
-      Conv2d/Linear acts on the outputs and stays a ReLU; a model already quantized is refused;
+      ``requires_grad`` and an optimizer's references carry over); a model already quantized
+      is refused; a ReLU the traced forward calls after the last Conv2d/Linear (on the
+      outputs) is warned about;
     * with ``keep_first_last`` (the default, as in the paper), the first Conv2d/Linear in module
       order keeps float weights and its input, and the last one keeps float weights, no f_g
       after it, and its input is clipped to [0, 1] but not quantized (the ReLU after the last
@@ -296,8 +318,8 @@ def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = T
     layers = [m for m in model.modules() if type(m) in _CONVERTED]
     if not layers:
         raise ValueError("quantize_model found no nn.Conv2d or nn.Linear layer to quantize")
-    _check_convertible(model)
     first, last = layers[0], layers[-1]
+    _check_convertible(model, (first, last) if keep_first_last else ())
     order = {id(m): i for i, m in enumerate(model.modules())}
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     last_relu = None
@@ -311,9 +333,9 @@ def quantize_model(model: nn.Module, bits: Bits | str, keep_first_last: bool = T
             if keep_first_last and child in (first, last):
                 return None
             return nn.Sequential(_quantized_copy(child, bits.w), GradQuant(bits.g))
-        if isinstance(child, nn.ReLU) and order[id(child)] < order[id(last)]:
+        if isinstance(child, nn.ReLU):
             return ActQuant(bits.a, quantize=child is not last_relu)
-        return None  # a ReLU after the last layer acts on the outputs: it stays
+        return None
 
     def convert(parent: nn.Module) -> None:
         for name, child in list(parent._modules.items()):  # every name, shared or not

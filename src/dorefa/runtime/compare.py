@@ -146,7 +146,7 @@ def run_test_set(
     model = runtime.load(model_path, threads=threads)
     from ..data import learnt_data
 
-    recorded = data is None and data_dir is None
+    recorded = data is None and data_dir is None and isinstance(model.meta.get("data"), str)
     data, data_dir = learnt_data(model.meta, data, data_dir, DEFAULT_DATA)
     test_set = load_test_set(data, data_dir, test_subset, model, recorded)
     torch_model = _torch_model(compare, threads, model) if compare else None

@@ -43,15 +43,7 @@ def settings_diff(record: dict, cfg, cell) -> dict:
     """``{key: (recorded, wanted)}`` for every setting where ``record`` differs from the sweep."""
     got = record.get("config", {})
     want = cell_settings(cfg, cell)
-    return {k: (got.get(k), v) for k, v in want.items() if _key(k, got.get(k)) != _key(k, v)}
-
-
-def _key(setting: str, value: object) -> object:
-    """A setting as records compare it: a data spec by its name (its folder is this machine's,
-    as data_dir is)."""
-    if setting == "data" and isinstance(value, str):
-        return value.partition(":")[0].strip().lower()
-    return value
+    return {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
 
 
 def git_commit() -> str:
