@@ -26,6 +26,12 @@ def _umask() -> int:
 _MODE = 0o666 & ~_umask()  # what open() would give a new file (mkstemp gives 0600)
 
 
+def resolved_path(path: str | os.PathLike) -> str:
+    """``path`` as one spelling of its place: ``~`` expanded, absolute, links resolved (how a
+    run records a folder, and how two spellings are compared)."""
+    return str(Path(path).expanduser().resolve())
+
+
 class WriteError(OSError):
     """A file :func:`atomic_write` could not create; its message is whole (the file, the reason,
     what to do), so callers pass it on as it is."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import checkpoint, distributed
+from .fileio import resolved_path
 from .models import create_model, input_size
 from .optim import amp_dtype, build_optimizer
 from .run_files import RunFiles
@@ -113,7 +113,7 @@ def model_meta(
 
 def _folder(given: str | None) -> str | None:
     """A --data-dir as a checkpoint records it: absolute, resolved (None: the default folder)."""
-    return str(Path(given).expanduser().resolve()) if given else None
+    return resolved_path(given) if given else None
 
 
 def local_batch(batch_size: int, world: int, flag: str = "") -> int:
@@ -250,7 +250,7 @@ def _keep_init_source(run: Run, saved: dict, log) -> None:
 
 
 def _same_path(a: str, b: str | None) -> bool:
-    return b is not None and (a == b or Path(a).resolve() == Path(b).resolve())
+    return b is not None and (a == b or resolved_path(a) == resolved_path(b))
 
 
 def resume_or_init(run: Run, log) -> tuple[int, float]:

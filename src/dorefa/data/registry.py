@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from ..fileio import resolved_path
 from .cifar import load_cifar10
 from .errors import DataError
 from .idx import load_idx
@@ -95,9 +96,7 @@ def _parse(spec: str, data_dir: str | None) -> tuple[str, _Entry, Path | None]:
     if sep and not folder:
         raise DataError(f"spec {spec!r} has an empty folder after ':'")
     if (
-        folder
-        and data_dir
-        and Path(folder).expanduser().resolve() != (Path(data_dir).expanduser().resolve())
+        folder and data_dir and resolved_path(folder) != resolved_path(data_dir)
     ):  # the spec's folder had won, silently
         raise DataError(
             f"spec {spec!r} names a folder and --data-dir {data_dir} another; give the folder once"

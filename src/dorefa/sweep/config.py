@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import FolderLock, atomic_write_text, read_json
+from ..fileio import FolderLock, atomic_write_text, read_json, resolved_path
 
 # A sweep's settings: every cell gets the same budget; resuming with different ones is refused.
 SETTING_KEYS = (
@@ -137,13 +137,9 @@ def _stored(settings: dict) -> dict:
     data, data_dir, grid = (settings.get(k) for k in ("data", "data_dir", "grid"))
     if isinstance(data, str) and ":" in data:
         name, _, folder = data.partition(":")
-        out["data"] = f"{name}:{_resolved(folder)}"
+        out["data"] = f"{name}:{resolved_path(folder)}"
     if isinstance(data_dir, str) and data_dir:
-        out["data_dir"] = _resolved(data_dir)
+        out["data_dir"] = resolved_path(data_dir)
     if isinstance(grid, str) and Path(grid).expanduser().is_file():
-        out["grid"] = _resolved(grid)
+        out["grid"] = resolved_path(grid)
     return out
-
-
-def _resolved(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
