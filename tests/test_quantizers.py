@@ -167,6 +167,25 @@ def test_gradient_quantizer_zero_sample_is_zero_not_nan():
     assert torch.equal(q[0], torch.zeros(3, 4))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gradient_quantizer_on_16_bit_gradients_is_float32_f_g(dtype):
+    """Found by a review: f_g in bfloat16 rounded its noise to eighths of a step at 6 bits
+    (biased), and a float16 gradient over 32752 overflowed 2m and came out wrong (40000 gave
+    -13328 at 2 bits). A 16-bit gradient is quantized in float32, then rounded to its dtype."""
+    g = (torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    if dtype == torch.float16:
+        g[0, 0, 0, 0] = 40000.0
+        g[1, 1, 1, 1] = -65504.0
+    for k in (1, 2, 6, 8):
+        q = quantize_gradient(g, k, torch.Generator().manual_seed(k))
+        want = quantize_gradient(g.float(), k, torch.Generator().manual_seed(k)).to(dtype)
+        assert q.dtype == dtype and torch.equal(q, want)
+    if dtype == torch.float16:
+        assert q[0, 0, 0, 0] == 40000.0 and q[1, 1, 1, 1] == -65504.0  # the extremes keep m
+    codes, m = dorefa.quantizers.gradient_codes(g, 6, torch.Generator().manual_seed(1))
+    assert codes.dtype == torch.float32 and m.dtype == torch.float32
+
+
 def test_gradient_quantizer_seeding_and_off():
     g = torch.randn(4, 8)
     a = quantize_gradient(g, 3, generator=torch.Generator().manual_seed(7))

@@ -164,7 +164,8 @@ def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = Non
     and ``N(k) = sigma / (2^k - 1)``, ``sigma ~ Uniform(-1/2, 1/2)`` drawn per element from
     ``generator``. This is unbiased stochastic rounding onto 2^k levels in [-m, m] (the clip,
     as in tensorpack, only acts at the extremes). A sample whose gradient is all zero gives zero
-    (tensorpack divides by zero there). ``k = 32`` is the identity.
+    (tensorpack divides by zero there). ``k = 32`` is the identity. A float16 or bfloat16
+    ``g`` (autocast) is quantized in float32 and the result rounded back to its dtype.
     """
     k = check_bits(k, "gradient bits")
     _check_float(g, "f_g")
@@ -173,7 +174,7 @@ def quantize_gradient(g: Tensor, k: int, generator: torch.Generator | None = Non
     n = _levels(k)
     x, m = gradient_codes(g, k, generator)
     # 2m (x/n - 1/2) == x * (2m/n) - m ; an all-zero sample has m = 0 and gives exactly 0.
-    return x.mul_(m * (2.0 / n)).sub_(m)
+    return x.mul_(m * (2.0 / n)).sub_(m).to(g.dtype)
 
 
 def gradient_codes(
@@ -182,9 +183,15 @@ def gradient_codes(
     """f_g's unsigned codes and scales in one pass: ``(c, m)``, ``c`` float with integer values
     in 0..n shaped like ``g`` (``f_g(g) = (2m/n)(c - n/2)``), ``m = max|g|`` per sample shaped
     to broadcast against ``g``. The same noise draws as :func:`quantize_gradient` (which is
-    this, then the affine map)."""
+    this, then the affine map). A float16 or bfloat16 ``g`` (autocast) is quantized in float32:
+    ``c`` and ``m`` are float32, and the codes are those of ``g.float()``."""
     n = _levels(check_bits(k, "gradient bits"))
     _check_float(g, "f_g")
+    if g.dtype in _NARROW:
+        # In 16-bit floats the noise is rounded away: bfloat16 keeps 8 significant bits, so
+        # at 6 bits 31 + u holds u in eighths and the rounding is biased; float16 overflows
+        # 2m for m > 32752 and gave wrong values, not inf.
+        g = g.float()
     if g.dim() <= 1 or g.numel() == 0:  # the first axis is the batch: a 1-D g is N samples
         m = g.abs()
     else:  # max|g| per sample as max(max g, -min g): two fast reductions, no |g| temporary
@@ -194,6 +201,9 @@ def gradient_codes(
     # n * (dr/(2m) + 1/2 + (u - 1/2)/n) == g * n/(2m) + u + (n-1)/2,  u ~ U(0, 1)
     x = _uniform16(g, generator, offset=(n - 1) / 2).addcmul_(g, inv_n)  # in place: one buffer
     return x.clamp_(0, n).round_(), m
+
+
+_NARROW = (torch.float16, torch.bfloat16)  # f_g computes in float32 for these (gradient_codes)
 
 
 def _uniform16(like: Tensor, generator: torch.Generator | None, offset: float = 0.0) -> Tensor:
