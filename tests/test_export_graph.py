@@ -329,6 +329,27 @@ def test_a_one_input_concat_runs(tmp_path):
     assert _agree(_OneInputCat(), tmp_path) < 1e-4
 
 
+class _StemPool(nn.Module):
+    """A float stem, then a 2x2 max-pool the loader fuses into it, its output float."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.pool = nn.Conv2d(1, 8, 3, padding=1), nn.MaxPool2d(2)
+        self.bn, self.fc = nn.BatchNorm2d(8), nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.bn(self.pool(self.stem(x))), 1))
+
+
+def test_a_float_stem_with_a_pool_takes_an_empty_batch(tmp_path):
+    """Found by a hostile review: the fused stem + pool reshaped its output to (0, -1, 4, 4)
+    for no images, which numpy cannot size (ValueError); every other op takes N = 0."""
+    torch.manual_seed(0)
+    assert _agree(_StemPool(), tmp_path) < 1e-4
+    model = rt.load(tmp_path / "m.dorefa")
+    assert model(np.zeros((0, 1, 8, 8), np.float32)).shape == (0, 10)
+
+
 def test_weight_norm_weights_are_current_at_export(tmp_path):
     """weight_norm computes the weight in a forward pre-hook: trained and exported without a
     forward in between, the runtime ran the weights of the last forward (6% agreement)."""

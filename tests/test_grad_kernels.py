@@ -476,3 +476,22 @@ def test_an_empty_batch_gives_empty_sums_on_every_route(kernel):
         d = T.input_grad_codes(g0, 4, wc, 1, 1, 1, (6, 6))
         s = T.weight_grad_codes(g0, 4, a0, 2, 1, 1, (3, 3))
     assert d.shape == want_d.shape == (0, 3, 6, 6) and s.shape == want_s.shape
+
+
+@pytest.mark.parametrize("kernel", [None, *KERNELS])
+def test_input_grad_past_int32_takes_the_spec_with_a_warning(kernel):
+    """Found by a hostile review: 4096 output channels of 3x3 at G = W = 8 were refused
+    ("may pass int32; use the reference kernel"), and the reference kernel refused them too.
+    The spec (int64) computes them, with a warning, as the weight gradient does."""
+    g = np.full((1, 4096, 3, 3), 255, np.uint8)
+    wc = np.full((4096, 1, 3, 3), 255, np.uint8)
+    m = np.array([0.5], np.float32)
+    want = R.conv_input_grad_codes(g, m, 8, wc, 0.01, 8, 1, 1, (3, 3))
+    assert want.d.max() > 2**31  # past int32 indeed
+    with K.use_kernel(kernel) if kernel else contextlib.nullcontext():
+        with pytest.warns(RuntimeWarning, match="sums may pass int32, computed by the NumPy"):
+            d = T.input_grad_codes(g, 8, wc, 8, 1, 1, (3, 3))
+        with pytest.warns(RuntimeWarning, match="sums may pass int32"):
+            dx = T.conv_input_grad(g, m, 8, wc, 0.01, 8, 1, 1, (3, 3))
+    assert np.array_equal(d, want.d)
+    assert np.array_equal(dx, R.input_grad_float(want).astype(np.float32))

@@ -269,3 +269,39 @@ def test_an_empty_batch_on_two_threads():
             assert K.bitconv2d(codes, np.ones((8, 16, 3, 3), np.uint8), 8, 8, 1, 1, 2).shape == (
                 0, 8, 9, 9,
             )  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_float_entry_points_refuse_what_does_not_fit_on_every_kernel(kernel):
+    """Found by a hostile review: the reference kernel (what runs when the extension cannot
+    load) computed a conv whose weight had more channels than x, took a bias of the wrong
+    length, a pool wider than its input and 0 threads, where the native kernels refuse them;
+    every path took string arrays and bool threads."""
+    x = np.random.default_rng(0).random((1, 2, 5, 5), np.float32)
+    w, b = np.ones((4, 2, 3, 3), np.float32), np.zeros(4, np.float32)
+    bad = [
+        (lambda: K.conv_float(x, np.ones((4, 3, 3, 3), np.float32), b, 1, 1), "3 input channels"),
+        (lambda: K.conv_float(x, w, b[:1], 1, 1), r"one value per output channel \(4,\)"),
+        (lambda: K.conv_float(x, np.ones((4, 2, 9, 9), np.float32), b, 1, 1), "kernel 9x9 is"),
+        (lambda: K.conv_float(x, w, b, 1, 1, pool=(7, 7, 0)), "pool 7x7 is larger"),
+        (lambda: K.conv_float_quantize(x, w, b, 1, 1, 9, 4), "pool 9 is larger than"),
+        (lambda: K.maxpool_codes(np.ones((1, 1, 1, 1), np.uint8), 2, 2, 0), "larger than its"),
+        (lambda: K.maxpool_float(x, 8, 1, 1), "pool 8x8 is larger than its input 5x5"),
+        (lambda: K.avgpool_float(x, 8, 1, 1), "pool 8x8 is larger than its input 5x5"),
+        (lambda: K.linear_float(x[0, 0], w[:, 0, 0], b[:1]), r"must agree"),
+        (lambda: K.quantize_float(x, 2, threads=0), "threads must be an int in 1"),
+        (lambda: K.maxpool_float(x, 2, 2, 0, threads=True), "threads must be an int in 1"),
+    ]
+    with K.use_kernel(kernel):
+        for call, message in bad:
+            with pytest.raises(ValueError, match=message):
+                call()
+        for call in (
+            lambda: K.quantize_float(x.astype(str), 2),
+            lambda: K.affine_float(x.astype(complex), np.ones(2), np.zeros(2)),
+            lambda: K.conv_float(x > 0.5, w, b, 1, 1),
+        ):
+            with pytest.raises(TypeError, match="must hold real numbers"):
+                call()
+        y = K.conv_float(x.astype(np.float64), w, b, 1, 1)  # numbers of another type: cast
+        assert y.shape == (1, 4, 5, 5) and y.dtype == np.float32

@@ -30,6 +30,15 @@ import numpy as np
 from ..geometry import check_int
 from . import choose, extension, reference, selection
 from .choose import Choice
+from .float_checks import (
+    check_threads,
+    check_window,
+    conv_operands,
+    conv_output_hw,
+    conv_pool_fits,
+    float_array,
+    linear_operands,
+)
 from .prepared import PreparedConv, prepare_conv, weight_words
 from .reference import PackedWeights
 from .selection import REFERENCE as _REFERENCE
@@ -229,6 +238,9 @@ def conv_float_quantize(
     """
     stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
     pool, bits = check_int("pool", pool, 1), reference.check_bits("bits", bits)
+    x, weight, bias = conv_operands(x, weight, bias, padding)
+    conv_pool_fits(x, weight, stride, padding, pool)
+    threads = check_threads(threads)
     kernel = _current_kernel()
     if kernel == _REFERENCE:
         return reference.conv_float_quantize(x, weight, bias, stride, padding, pool, bits)
@@ -252,8 +264,11 @@ def conv_float(
     same values as pooling this function's output, without making that output whole."""
     kernel = _current_kernel()
     stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
+    x, weight, bias = conv_operands(x, weight, bias, padding)
+    threads = check_threads(threads)
     if pool is not None:
         pool = _check_pool(*pool)
+        check_window("pool", conv_output_hw(x, weight, stride, padding), pool[:1] * 2, pool[2])
     if kernel == _REFERENCE:
         y = reference.conv_float(x, weight, bias, stride, padding)
         return y if pool is None else reference.maxpool_float(y, *pool)
@@ -270,6 +285,8 @@ def linear_float(
     pool would spin beside the kernels' own): one fixed summation order on every native path
     (8 partial FMA sums, csrc/linear_float.h; the scalar backend runs the portable rows), so
     they give the same bits; :func:`reference.linear_float` sums in float64."""
+    x, weight, bias = linear_operands(x, weight, bias)
+    threads = check_threads(threads)
     kernel = _current_kernel()
     if kernel == _REFERENCE:
         return reference.linear_float(x, weight, bias)
@@ -294,7 +311,9 @@ def maxpool_float(
     """Max-pool of a float32 map (N, C, H, W), padding -inf, NaN propagating (as torch):
     float32 (N, C, H', W'); exact (a max), so every path gives the same array."""
     kernel, stride, padding = _check_pool(kernel, stride, padding)
-    x = np.ascontiguousarray(x, np.float32)
+    x = float_array("x", x, 4, "(N, C, H, W)")
+    check_window("pool", x.shape[2:], (kernel, kernel), padding)
+    threads = check_threads(threads)
     if _current_kernel() == _REFERENCE:
         return reference.maxpool_float(x, kernel, stride, padding)
     return _native.maxpool_float(x, kernel, stride, padding, threads)
@@ -306,6 +325,8 @@ def maxpool_codes(
     """Max-pool of uint8 codes (N, C, H, W), padding = code 0: uint8 (N, C, H', W')."""
     x = reference.check_code_array("x_codes", x_codes, "(N, C, H, W)")
     kernel, stride, padding = _check_pool(kernel, stride, padding)
+    check_window("pool", x.shape[2:], (kernel, kernel), padding)
+    threads = check_threads(threads)
     if _current_kernel() == _REFERENCE:
         return reference.maxpool_codes(x, kernel, stride, padding)
     return _native.maxpool_codes(x, kernel, stride, padding, threads)
@@ -315,7 +336,7 @@ def quantize_float(x: np.ndarray, bits: int, threads: int = 1) -> np.ndarray:
     """f_a's uint8 codes of a float32 map, ``rint(clip(x, 0, 1) * (2^bits - 1))`` in float32
     (:func:`reference.quantize_float` is the spec; one native pass gives the same codes)."""
     bits = reference.check_bits("bits", bits)
-    x = np.ascontiguousarray(x, np.float32)
+    x, threads = float_array("x", x), check_threads(threads)
     kernel = _current_kernel()
     if kernel == _REFERENCE:
         return reference.quantize_float(x, bits)
@@ -337,7 +358,7 @@ def affine_float(
 ) -> np.ndarray:
     """Per-channel ``x * scale + shift`` of an (N, C, ...) float32 map, the same float32 bits
     as :func:`reference.affine_float` (one native pass)."""
-    x = np.ascontiguousarray(x, np.float32)
+    x, threads = float_array("x", x), check_threads(threads)
     _check_channels(x, scale, shift)
     if _current_kernel() == _REFERENCE:
         return reference.affine_float(x, scale, shift)
@@ -350,7 +371,7 @@ def affine_quantize_float(
     """:func:`quantize_float` of :func:`affine_float` (a BatchNorm, then f_a) in one native
     pass: the same codes as the two calls."""
     bits = reference.check_bits("bits", bits)
-    x = np.ascontiguousarray(x, np.float32)
+    x, threads = float_array("x", x), check_threads(threads)
     _check_channels(x, scale, shift)
     kernel = _current_kernel()
     if kernel == _REFERENCE:
@@ -377,8 +398,9 @@ def scale_int_float(
             f"{getattr(d, 'dtype', type(d).__name__)}"
         )
     _check_channels(d, alpha, beta)
+    threads = check_threads(threads)
     if residual is not None:
-        residual = np.ascontiguousarray(residual, np.float32)
+        residual = float_array("residual", residual)
     if _current_kernel() == _REFERENCE:
         y = reference.scale_int_float(d, alpha, beta, clip)
         return y if residual is None else y + residual
@@ -392,7 +414,9 @@ def avgpool_float(
     """Average pool of a float32 map (N, C, H, W), zero padding counted (torch's default): the
     same float32 bits as :func:`reference.avgpool_float` (one native pass)."""
     kernel, stride, padding = _check_pool(kernel, stride, padding)
-    x = np.ascontiguousarray(x, np.float32)
+    x = float_array("x", x, 4, "(N, C, H, W)")
+    check_window("pool", x.shape[2:], (kernel, kernel), padding)
+    threads = check_threads(threads)
     if _current_kernel() == _REFERENCE:
         return reference.avgpool_float(x, kernel, stride, padding)
     return _native.avgpool_float(x, kernel, stride, padding, threads)

@@ -40,7 +40,7 @@ import warnings
 
 import numpy as np
 
-from ..geometry import MAX_THREADS, check_int
+from ..geometry import MAX_THREADS, check_int, fits_int32
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
 from .reference import check_bits, check_code_array
@@ -48,7 +48,9 @@ from .reference_grad import (
     check_geometry,
     check_kernel_size,
     check_same_batch,
+    conv_input_grad_codes,
     grid_scales,
+    input_grad_float,
     scaled_batch_sum,
 )
 from .selection import REFERENCE
@@ -144,11 +146,32 @@ def _input_operands(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threa
     return c, w_codes, hw, check_int("threads", threads, 1, MAX_THREADS)
 
 
+def _past_int32(w_codes: np.ndarray, g_bits: int, w_bits: int, stacklevel: int) -> bool:
+    """Whether the transposed convolution's sums (O KH KW terms of codes) could pass int32:
+    then the NumPy spec (int64) computes the input gradient, with a warning, as the weight
+    gradient does (the kernels had refused such layers and advised the reference kernel,
+    which refused them too)."""
+    o, _, kh, kw = w_codes.shape
+    if fits_int32(o * kh * kw, g_bits, w_bits):
+        return False
+    warnings.warn(
+        f"input gradient of {o} x {kh}x{kw} terms at G={g_bits}, W={w_bits}: sums may pass "
+        "int32, computed by the NumPy reference (slow)",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
+
+
 def _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads):
-    """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring."""
+    """(K1 int32 (N, C, H, W), K2 int32 (1, C, H, W)) of the module docstring, or D int64 of
+    the spec where the sums could pass int32."""
     c, w_codes, hw, threads = _input_operands(
         c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads
     )
+    if _past_int32(w_codes, g_bits, w_bits, stacklevel=3):
+        m = np.ones(len(c), np.float32)  # the scales do not enter D
+        return conv_input_grad_codes(c, m, g_bits, w_codes, 1.0, w_bits, stride, padding, hw).d
     route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
     if route in GEMM_ROUTES:
         from .extension import native
@@ -220,8 +243,8 @@ def input_grad_codes(
     """``D`` int64 (N, C, H, W) of the spec (``reference_grad.conv_input_grad_codes(...).d``)
     for gradient codes ``c`` uint8 (N, O, H', W') and weight codes (O, C, KH, KW)."""
     ng = (1 << check_bits("g_bits", g_bits)) - 1
-    k1, k2 = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
-    return _signed_sum(k1, k2, ng)
+    sums = _input_grad_sums(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads)
+    return sums if isinstance(sums, np.ndarray) else _signed_sum(*sums, ng)
 
 
 def _signed_sum(k1: np.ndarray, k2: np.ndarray, ng: int) -> np.ndarray:
@@ -252,6 +275,9 @@ def conv_input_grad(
     c, w_codes, hw, threads = _input_operands(
         c, g_bits, w_codes, w_bits, stride, padding, input_hw, threads
     )
+    if _past_int32(w_codes, g_bits, w_bits, stacklevel=2):
+        spec = conv_input_grad_codes(c, m, g_bits, w_codes, w_scale, w_bits, stride, padding, hw)
+        return input_grad_float(spec).astype(np.float32)
     scale = _per_sample(m, len(c)).astype(np.float64) * float(w_scale) / ng
     route = input_grad_kernel(c, g_bits, w_codes, w_bits, stride, padding, hw)
     if route in GEMM_ROUTES:

@@ -89,7 +89,7 @@ class FloatConv(Layer):
         for t in range(1, k * k):
             np.maximum(out, y[:, t], out=out)
         out += self.bias_col  # max(y + b) = max(y) + b per channel
-        return out.reshape(n, -1, ho, wo)
+        return out.reshape(n, self.wmat.shape[0], ho, wo)  # no -1: N may be 0
 
     def describe(self):
         o, c, kh, kw = self.weight.shape
