@@ -202,6 +202,25 @@ def test_code_runs_equal_the_nodes_one_by_one(name, bits, width, in_channels, si
             assert np.array_equal(got, expected), kernel
 
 
+def test_a_grouped_bitconv_refuses_channels_that_do_not_fit():
+    """Found by a hostile review: BitConv (public in runtime.executor) with groups > 1 sliced
+    each group's channels from x and dropped the rest (9 channels for 2 x 3 gave the 6-channel
+    result), and 5 output channels in 2 groups lost the fifth."""
+    from dorefa.runtime.bitconv import BitConv
+
+    def grouped(o):
+        ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
+        codes = np.ones((o, 3, 3, 3), np.uint8)
+        return BitConv(codes, 2, 1, 1, 1, 2, "float", alpha=ones, beta=zeros, clip=False)
+
+    layer = grouped(4)
+    assert layer.forward(np.ones((1, 6, 5, 5), np.uint8), 1).shape == (1, 4, 5, 5)
+    with pytest.raises(ValueError, match="x has 9 channels but this convolution takes 3 x 2"):
+        layer.forward(np.ones((1, 9, 5, 5), np.uint8), 1)
+    with pytest.raises(ValueError, match="5 output channels do not split into 2 groups"):
+        grouped(5)
+
+
 def test_chain_steps_join_only_sole_readers():
     """chain_steps on a branching graph: a node whose output a second node also reads ends the
     run; the model's output is never inside one (it may end one); a max-pool never starts

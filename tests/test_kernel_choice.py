@@ -149,6 +149,27 @@ def test_calls_of_many_images_are_chosen_at_their_own_batch_class():
 
 
 @needs_native
+def test_a_batched_choice_is_timed_on_no_more_images_than_the_call(monkeypatch):
+    """Found by a hostile review: 8 images of 256x256 were chosen on 32 (4x the call's
+    memory, +211 MB); a batched call is timed on its own batch, up to MEASURE_BATCH."""
+    from dorefa.kernels.prepared import PreparedConv
+
+    w, _ = _layer(1, 2)
+    pw = K.pack_weights(w, 1)
+    seen = []
+    run_on = PreparedConv.run_on
+    monkeypatch.setattr(
+        PreparedConv, "run_on", lambda self, k, x, t: seen.append(len(x)) or run_on(self, k, x, t)
+    )
+    for batch, timed in ((9, 9), (100, 32)):
+        choose.clear_cache()
+        seen.clear()
+        conv = K.prepare_conv(pw, 2, 1, 1, "signed")
+        assert conv.choice((6, 6), batch).how == "measured"
+        assert seen and set(seen) == {timed}
+
+
+@needs_native
 def test_a_clear_win_of_the_cost_model_is_not_timed():
     """W8A8: popcount runs 64 plane pairs and lut 16 lookups, priced far above int8-vnni and
     int8-winograd-avx2 (> CLEAR_WIN): only the int8 kernel is measured. W1A2 is close enough
@@ -198,6 +219,9 @@ def test_forcing_overrides_the_choice(monkeypatch, kernel):
         assert K.last_kernel() == kernel
     finally:
         K.set_backend(None)
+    assert K.forced_kernel() is None
+    K.set_backend(kernel)
+    K.set_backend(" ")  # blank, as an empty DOREFA_KERNEL: nothing forced (it had forced one)
     assert K.forced_kernel() is None
 
 

@@ -10,9 +10,9 @@ part of it):
    most :data:`CANDIDATES`; two families of a kind differ by a known factor, not worth timing), less
    any priced at more than :data:`CLEAR_WIN` times the cheapest;
 2. a short measurement decides: each candidate runs the layer on a zero input at the batch
-   class's batch, one thread, in interleaved rounds (at least :data:`MIN_ROUNDS`, at most
-   :data:`MAX_ROUNDS`, stopping after :data:`BUDGET_S` seconds), best time of each; the fastest
-   wins;
+   class's batch (1, or the first batched call's own batch up to 32), one thread, in
+   interleaved rounds (at least :data:`MIN_ROUNDS`, at most :data:`MAX_ROUNDS`, stopping after
+   :data:`BUDGET_S` seconds), best time of each; the fastest wins;
 3. the result is cached for the process (:func:`cache_info`, :func:`clear_cache`).
 
 ``DOREFA_KERNEL_CHOICE`` selects the method: ``measure`` (default, 1-3), ``model`` (the cost

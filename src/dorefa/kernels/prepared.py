@@ -6,14 +6,14 @@ A network runs the same layers on every batch, so its runtime prepares each laye
                                        thresholds=t, direction=d)
     codes = conv(x_codes, threads=2)
 
-A call runs on the kernel forced at call time (:mod:`dorefa.kernels.selection`), else on the
-kernel chosen for this layer and input size (:mod:`dorefa.kernels.choose`: cost model, then a
-short measurement, cached per process; looked up per call in a dict by (H, W) and batch class:
-calls of :data:`BATCHED_FROM` images or more are chosen by a measurement at
-:data:`MEASURE_BATCH`, since the fastest kernel at batch 1 is not always the fastest on many
-images: the 1x1 convolution of 6-bit gradient codes to 3200 channels in the training's input
-gradient of svhn conv6 is 1.7x faster on popcount than on int8-vnni at batch 1, 1.2x slower at
-batch 32 and 1.13x slower at batch 128, Zen 4).
+A call runs on the kernel forced at call time (:mod:`dorefa.kernels.selection`), else on the kernel
+chosen for this layer and input size (:mod:`dorefa.kernels.choose`: cost model, then a short
+measurement, cached per process; looked up per call in a dict by (H, W) and batch class: calls of
+:data:`BATCHED_FROM` images or more are chosen by a measurement at the first such call's batch, at
+most :data:`MEASURE_BATCH` (never more memory than that call), since the fastest kernel at batch 1
+is not always the fastest on many images: the 1x1 convolution of 6-bit gradient codes to 3200
+channels in the training's input gradient of svhn conv6 is 1.7x faster on popcount than on int8-vnni
+at batch 1, 1.2x slower at batch 32 and 1.13x slower at batch 128, Zen 4).
 Inputs that are already what the native kernels take (a C-contiguous uint8 numpy array, an int
 thread count) go straight to them, which re-check shapes and code ranges themselves; anything
 else is validated and converted first, as by :func:`dorefa.kernels.bitconv2d_packed`.
@@ -194,8 +194,10 @@ class PreparedConv:
 
     def choice(self, hw: tuple[int, int], batch: int = 1) -> choose.Choice:
         """The kernel of this layer on (``batch``, C, ``hw``) inputs
-        (:func:`dorefa.kernels.choose.choose`, timed at :func:`batch_class` of ``batch``): the
-        one forced in this thread (timed alone), else the per-layer choice (cached)."""
+        (:func:`dorefa.kernels.choose.choose`, cached by :func:`batch_class` of ``batch`` and
+        timed on ``min(batch, MEASURE_BATCH)`` images: a hostile review found 8 images of
+        256x256 chosen on 32, 4x the call's memory): the one forced in this thread (timed
+        alone), else the per-layer choice (cached)."""
         hw, b = (int(hw[0]), int(hw[1])), batch_class(batch)
         forced = selection.forced_kernel()
         if forced is None and (hw, b) in self._chosen:
@@ -203,10 +205,11 @@ class PreparedConv:
         o, c, kh, kw = self.weights.shape
         key = (self.weights.shape, hw, b, self.weights.bits, self.x_bits, self.stride,
                self.padding, self.out)  # fmt: skip
-        zeros = np.zeros((b, c, *hw), np.uint8)
+        timed = min(max(int(batch), 1), b)
+        zeros = np.zeros((timed, c, *hw), np.uint8)
         ho = conv_out_size(hw[0], kh, self.stride, self.padding)
         wo = conv_out_size(hw[1], kw, self.stride, self.padding)
-        macs = b * o * c * kh * kw * max(ho, 0) * max(wo, 0)
+        macs = timed * o * c * kh * kw * max(ho, 0) * max(wo, 0)
         got = choose.choose(
             key, self.weights.bits, self.x_bits, macs, lambda k: self.run_on(k, zeros, 1), forced
         )

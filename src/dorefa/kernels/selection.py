@@ -160,12 +160,12 @@ def kernel_name(name: str | None = None) -> str:
 
 
 def set_backend(name: str | None) -> str:
-    """Selects a kernel or backend for the whole process (``None``: back to ``DOREFA_KERNEL`` /
-    the per-layer choice); returns the previous backend. A thread inside :func:`use_kernel`
-    keeps its own choice until the block ends."""
+    """Selects a kernel or backend for the whole process (``None`` or ``''``, as an empty
+    ``DOREFA_KERNEL``: back to ``DOREFA_KERNEL`` / the per-layer choice); returns the previous
+    backend. A thread inside :func:`use_kernel` keeps its own choice until the block ends."""
     global _process_kernel, _process_forced
     previous = backend()
-    if name is None:
+    if name is None or (isinstance(name, str) and not name.strip()):  # '' had forced one
         _process_kernel = None  # DOREFA_KERNEL / the per-layer choice, resolved again
     else:
         _process_kernel, _process_forced = resolve(name), True

@@ -51,6 +51,8 @@ class BitConv(Layer):
         beta: np.ndarray | None = None,
         clip: bool = True,
     ):
+        if codes.shape[0] % groups:  # the loader checks it too; BitConv is public
+            raise ValueError(f"{codes.shape[0]} output channels do not split into {groups} groups")
         self.shape = codes.shape  # (O, C/groups, KH, KW)
         self.fan_in = codes[0].size  # MACs per output value
         self.x_bits, self.w_bits, self.stride, self.padding = x_bits, w_bits, stride, padding
@@ -82,6 +84,11 @@ class BitConv(Layer):
             y = self.convs[0](x, threads)
         else:
             cg = self.shape[1]
+            if x.shape[1] != cg * self.groups:  # a slice per group would drop the rest
+                raise ValueError(
+                    f"x has {x.shape[1]} channels but this convolution takes {cg} x "
+                    f"{self.groups} groups = {cg * self.groups}"
+                )
             outs = [
                 conv(np.ascontiguousarray(x[:, g * cg : (g + 1) * cg]), threads)
                 for g, conv in enumerate(self.convs)
