@@ -1,0 +1,82 @@
+"""What a checkpoint records of the data it learnt, and how eval, run and resume use it."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+
+from dorefa import checkpoint
+from dorefa.checkpoint import load_checkpoint
+from dorefa.cli import main
+from dorefa.train import TrainConfig, train
+from tiny_run import TINY
+
+
+def test_eval_and_resume_know_the_data_a_run_learnt(tmp_path, fashion_dir, capsys):
+    """An image folder's class names are recorded: another folder with as many classes but
+    other names (label i another class) is refused by eval and run (it scored 0.33). The folder
+    --data-dir gave is eval's default (eval had read the system's copy), and a resume on
+    another folder says so."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("ant", "bee"):
+            for k in range(4):
+                path = tmp_path / "a" / split / name / f"{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for split in ("train", "val"):
+        (tmp_path / "b" / split / "bee").rename(tmp_path / "b" / split / "cat")  # ant, cat
+    run = tmp_path / "run"
+    cfg = TINY | dict(data=f"imagefolder:{tmp_path / 'a'}", batch_size=4, subset=None)
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
+    assert load_checkpoint(run / "checkpoint.pt")["meta"]["classes"] == ["ant", "bee"]
+    assert main(["eval", str(run / "checkpoint.pt")]) == 0
+    other = ["--data", f"imagefolder:{tmp_path / 'b'}"]
+    assert main(["eval", str(run / "checkpoint.pt"), *other]) == 2
+    assert "class 1 is 'cat' but the checkpoint's model learnt 'bee'" in capsys.readouterr().err
+    assert main(["export", str(run / "checkpoint.pt"), "-o", str(tmp_path / "m.dorefa")]) == 0
+    assert main(["run", str(tmp_path / "m.dorefa"), *other]) == 2
+    assert "learnt 'bee' as class 1" in capsys.readouterr().err
+    shutil.copytree(fashion_dir, tmp_path / "fm")
+    run = tmp_path / "moved"
+    cfg = TINY | dict(data="fashion-mnist", data_dir=str(tmp_path / "fm"))
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
+    capsys.readouterr()
+    assert main(["eval", str(run / "checkpoint.pt"), "--test-subset", "8"]) == 0
+    assert str(tmp_path / "fm") in capsys.readouterr().out  # the folder it trained on
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    del ckpt["meta"]["data_dir"]  # as the version before wrote it: its config has the folder
+    checkpoint.save_atomic(ckpt, run / "checkpoint.pt")
+    lines = []
+    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg), log=lines.append)
+    assert not any("resuming on the data in" in m for m in lines), lines  # the same folder
+    lines = []
+    train(TrainConfig(bits="1,2,6", epochs=3, out=str(run), resume=True, **TINY), log=lines.append)
+    assert any("resuming on the data in the default folder; the run read" in m for m in lines)
+    from dorefa.data import require_model_shape
+    from dorefa.data.imagefolder import ImageFolderDataset
+
+    nfd = ImageFolderDataset([], ["cafe\u0301"], train=False)  # a folder copied through macOS
+    nfd.in_channels = 3
+    require_model_shape(nfd, "x", 3, 1, "m", ["caf\u00e9"])  # the same class: no refusal
+
+
+def test_a_folder_in_the_spec_is_recorded_where_it_is(tmp_path, fashion_dir, monkeypatch, capsys):
+    """Found by a hostile review: `--data idx:fm` was recorded as typed, so eval and run from
+    another working folder read whatever `fm` was there (other data, no warning)."""
+    shutil.copytree(fashion_dir, tmp_path / "fm")
+    monkeypatch.chdir(tmp_path)
+    cfg = TINY | dict(data="fashion-mnist:fm")
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(tmp_path / "run"), **cfg), log=print)
+    meta = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["meta"]
+    assert meta["data"] == f"fashion-mnist:{(tmp_path / 'fm').resolve()}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no fm here
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run" / "checkpoint.pt"), "--test-subset", "8"]) == 0
+    assert str((tmp_path / "fm").resolve()) in capsys.readouterr().out
