@@ -13,7 +13,7 @@ import numpy as np
 
 
 def _write_idx_dir(root: Path, n=40, size=28, labels=None, test_n=20, gz=False) -> Path:
-    from test_data import write_idx
+    from data_files import write_idx
 
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
@@ -30,7 +30,7 @@ def _edit(path: Path, fn) -> None:
 
 def make_data(tmp: Path) -> dict[str, Path]:
     """Folders of broken IDX files and image folders, each named after what is wrong."""
-    from test_data import save_image
+    from data_files import save_image
 
     d = {k: tmp / k for k in ("d_empty", "d_trunc", "d_trunc_gz", "d_count", "d_label10")}
     d["d_empty"].mkdir(parents=True)

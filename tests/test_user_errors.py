@@ -18,17 +18,7 @@ from dorefa import checkpoint, fileio
 from dorefa.checkpoint import CheckpointError, load_checkpoint
 from dorefa.cli import main
 from dorefa.train import TrainConfig, train
-
-TINY = dict(
-    model="svhn",
-    data="fashion-mnist",
-    width=0.125,
-    batch_size=32,
-    subset=64,
-    test_subset=32,
-    threads=1,
-    progress=False,
-)
+from tiny_run import TINY
 
 
 @pytest.fixture(scope="module")
@@ -362,8 +352,8 @@ def test_a_binary_grid_file_is_named(tmp_path):
 
 
 def test_labels_of_one_value_are_one_class(tmp_path):
+    from data_files import write_idx
     from dorefa.data import DataError, get_dataset, require_classes
-    from test_data import write_idx
 
     rng = np.random.default_rng(0)
     for prefix in ("train", "t10k"):
@@ -375,8 +365,8 @@ def test_labels_of_one_value_are_one_class(tmp_path):
 
 
 def test_a_stray_label_that_makes_many_classes_is_reported(tmp_path, capsys, fashion_dir):
+    from data_files import write_idx
     from dorefa.data import get_dataset, require_classes
-    from test_data import write_idx
 
     rng = np.random.default_rng(0)
     labels = np.arange(40) % 10
@@ -421,7 +411,7 @@ def test_compare_names_a_checkpoint_that_is_not_the_exported_one(one_epoch, tmp_
 def test_eval_and_run_take_only_data_of_the_models_classes(one_epoch, tmp_path, capsys):
     """eval took a dataset of fewer classes than the model's (labels of other classes), run
     refused it: one rule, refused by both."""
-    from test_data import write_idx
+    from data_files import write_idx
 
     rng = np.random.default_rng(0)
     for prefix in ("train", "t10k"):
@@ -508,58 +498,6 @@ def test_a_model_summary_builds_no_weights():
     s = load_summary("alexnet", in_channels=100000)
     assert s.totals["params"] > 1.4e9
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 2**20  # KiB: < 1 GiB
-
-
-def test_eval_and_resume_know_the_data_a_run_learnt(tmp_path, fashion_dir, capsys):
-    """An image folder's class names are recorded: another folder with as many classes but
-    other names (label i another class) is refused by eval and run (it scored 0.33). The folder
-    --data-dir gave is eval's default (eval had read the system's copy), and a resume on
-    another folder says so."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for name in ("ant", "bee"):
-            for k in range(4):
-                path = tmp_path / "a" / split / name / f"{k}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    for split in ("train", "val"):
-        (tmp_path / "b" / split / "bee").rename(tmp_path / "b" / split / "cat")  # ant, cat
-    run = tmp_path / "run"
-    cfg = TINY | dict(data=f"imagefolder:{tmp_path / 'a'}", batch_size=4, subset=None)
-    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
-    assert load_checkpoint(run / "checkpoint.pt")["meta"]["classes"] == ["ant", "bee"]
-    assert main(["eval", str(run / "checkpoint.pt")]) == 0
-    other = ["--data", f"imagefolder:{tmp_path / 'b'}"]
-    assert main(["eval", str(run / "checkpoint.pt"), *other]) == 2
-    assert "class 1 is 'cat' but the checkpoint's model learnt 'bee'" in capsys.readouterr().err
-    assert main(["export", str(run / "checkpoint.pt"), "-o", str(tmp_path / "m.dorefa")]) == 0
-    assert main(["run", str(tmp_path / "m.dorefa"), *other]) == 2
-    assert "learnt 'bee' as class 1" in capsys.readouterr().err
-    shutil.copytree(fashion_dir, tmp_path / "fm")
-    run = tmp_path / "moved"
-    cfg = TINY | dict(data="fashion-mnist", data_dir=str(tmp_path / "fm"))
-    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
-    capsys.readouterr()
-    assert main(["eval", str(run / "checkpoint.pt"), "--test-subset", "8"]) == 0
-    assert str(tmp_path / "fm") in capsys.readouterr().out  # the folder it trained on
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    del ckpt["meta"]["data_dir"]  # as the version before wrote it: its config has the folder
-    checkpoint.save_atomic(ckpt, run / "checkpoint.pt")
-    lines = []
-    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg), log=lines.append)
-    assert not any("resuming on the data in" in m for m in lines), lines  # the same folder
-    lines = []
-    train(TrainConfig(bits="1,2,6", epochs=3, out=str(run), resume=True, **TINY), log=lines.append)
-    assert any("resuming on the data in the default folder; the run read" in m for m in lines)
-    from dorefa.data import require_model_shape
-    from dorefa.data.imagefolder import ImageFolderDataset
-
-    nfd = ImageFolderDataset([], ["cafe\u0301"], train=False)  # a folder copied through macOS
-    nfd.in_channels = 3
-    require_model_shape(nfd, "x", 3, 1, "m", ["caf\u00e9"])  # the same class: no refusal
 
 
 def test_found_by_a_hostile_review_of_train_options(one_epoch, tmp_path, monkeypatch, capsys):
