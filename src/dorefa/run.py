@@ -95,8 +95,11 @@ def model_meta(
 ) -> dict:
     """checkpoint["meta"]: what rebuilds the model (dorefa.checkpoint.model_from_checkpoint),
     and the data it learnt: the class names where the data set has them (an image folder's:
-    eval and run refuse other names), the folder --data-dir gave (eval's default)."""
+    eval and run refuse other names), the folder --data-dir gave (eval's default); a folder
+    named in the spec is recorded resolved too (as given, eval from another folder had read
+    other data under the same relative name)."""
     extra = {"classes": [str(c) for c in classes]} if classes is not None else {}
+    name, sep, folder = cfg.data.partition(":")
     if cfg.data_dir:
         extra["data_dir"] = _folder(cfg.data_dir)
     return {
@@ -107,7 +110,7 @@ def model_meta(
         "in_channels": in_channels,
         "image_size": image_size,
         "keep_first_last": cfg.keep_first_last,
-        "data": cfg.data,
+        "data": f"{name}:{_folder(folder)}" if sep and folder else cfg.data,
     } | extra
 
 
