@@ -101,15 +101,23 @@ def random_resized_crop_box(
 
 
 def center_resize_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to round(size * 256 / 224), then crop the central size x size."""
+    """Resize the shorter side to round(size * 256 / 224), then crop the central size x size.
+
+    An image more than 4x as long as wide is resized within the crop only (PIL's ``box``: the
+    same sampling up to a rounding step of 1): resized whole, a 114-byte 1 x 8000 PNG had taken
+    2.4 GB at size 224."""
     short = round(size * 256 / 224)
     w, h = img.size
     if w <= h:
         nw, nh = short, max(short, round(h * short / w))
     else:
         nw, nh = max(short, round(w * short / h)), short
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
+    if max(nw, nh) > 4 * short:
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     return img.crop((left, top, left + size, top + size))
 
 

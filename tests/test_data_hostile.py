@@ -1,0 +1,70 @@
+"""Data files built to hurt: what a hostile review found the loaders doing with them."""
+
+from __future__ import annotations
+
+import codecs
+import pickle
+import resource
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_files import make_imagefolder, save_image
+from dorefa.data import DataError, get_dataset
+from dorefa.data.cifar import _reconstruct
+
+
+class _Call:
+    """Pickles as ``fn(*args)``."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@pytest.mark.parametrize(
+    "data, refused",
+    [
+        (_Call(np.ndarray, (400000, 3072), np.dtype("u1")), "numpy.ndarray called directly"),
+        (_Call(_reconstruct, np.ndarray, (400000, 3072), b"B"), "not pickled as numpy pickles"),
+        (_Call(bytes, 10**9), r"bytes\(n\)"),
+        (_Call(codecs.encode, "abc", "rot13"), "other than of a str to latin1"),
+    ],
+    ids=["ndarray", "reconstruct", "bytes", "encode"],
+)
+def test_a_small_cifar_pickle_makes_nothing_larger_than_itself(tmp_path, data, refused):
+    """A 240-byte test_batch had called numpy.ndarray((400000, 3072)): 1.2 GB of uninitialised
+    memory read as images. Only numpy's own way of pickling an array is taken."""
+    labels = np.zeros(3, np.int64)
+    raw = pickle.dumps({b"data": data, b"labels": labels}, protocol=2)
+    assert len(raw) < 400
+    (tmp_path / "test_batch").write_bytes(raw)
+    rss = _rss_kib()
+    with pytest.raises(DataError, match=f"refused pickle .*{refused}"):
+        get_dataset(f"cifar10:{tmp_path}", "test")
+    assert _rss_kib() - rss < 100 * 1024
+
+
+def test_a_long_thin_image_is_cropped_in_bounded_memory(tmp_path):
+    """A 114-byte 1 x 8000 PNG had been resized whole, to 256 x 2048000 (2.4 GB, 4.4 s an
+    item); an image more than 4x as long as wide is resized within its crop. Other images keep
+    the resize-then-crop pixels."""
+    make_imagefolder(tmp_path)
+    save_image(tmp_path / "val" / "ant" / "long.png", np.zeros((8000, 1), np.uint8))
+    assert (tmp_path / "val" / "ant" / "long.png").stat().st_size < 1000
+    data = get_dataset(f"imagefolder:{tmp_path}", "test", image_size=224)
+    rss = _rss_kib()
+    images = {data.samples[i][0].name: data[i][0] for i in range(len(data))}
+    assert _rss_kib() - rss < 200 * 1024
+    assert images["long.png"].shape == (3, 224, 224) and not images["long.png"].any()
+    path = tmp_path / "val" / "zebra" / "01.png"  # 48 x 64: resized whole, then cropped
+    img = Image.open(path).convert("RGB").resize((256, 341), Image.Resampling.BILINEAR)
+    want = np.asarray(img.crop((16, 58, 240, 282))).transpose(2, 0, 1)
+    assert np.array_equal(images["01.png"].numpy(), want)
