@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_files import make_imagefolder, save_image
+from data_files import make_imagefolder, save_image, write_idx
 from dorefa.data import DataError, get_dataset
 from dorefa.data.cifar import _reconstruct
 
@@ -68,3 +68,20 @@ def test_a_long_thin_image_is_cropped_in_bounded_memory(tmp_path):
     img = Image.open(path).convert("RGB").resize((256, 341), Image.Resampling.BILINEAR)
     want = np.asarray(img.crop((16, 58, 240, 282))).transpose(2, 0, 1)
     assert np.array_equal(images["01.png"].numpy(), want)
+
+
+def test_an_idx_gzip_bomb_is_refused_before_it_is_inflated(tmp_path):
+    """A 1 MB gzip of zeros whose header claimed 1 GiB had been inflated (2.3 GB at the peak:
+    the data held three times over); the limit was 16 GiB. A gzip claiming more than 100x its
+    size is refused from its header, and the data is held once."""
+    import gzip
+
+    head = bytes([0, 0, 8, 3]) + np.array([50, 1000, 1000], ">u4").tobytes()
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(head + bytes(50 * 10**6), compresslevel=9))
+    assert path.stat().st_size < 100_000
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(50, np.uint8))
+    rss = _rss_kib()
+    with pytest.raises(DataError, match="more than 100x: refused as a gzip bomb"):
+        get_dataset(f"idx:{tmp_path}", "train")
+    assert _rss_kib() - rss < 20 * 1024

@@ -29,13 +29,22 @@ _PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 _KINDS = {"images": ("images", "idx3", IMAGES_MAGIC), "labels": ("labels", "idx1", LABELS_MAGIC)}
 
 
-MAX_DATA_BYTES = 1 << 34  # 16 GiB: a header claiming more is corrupt (or a gzip bomb)
+MAX_DATA_BYTES = 1 << 34  # 16 GiB: a header claiming more is corrupt
+# A gzip file may claim at most this many times its own size (plus 1 MiB): real IDX files
+# compress 2-5x, and a 1 MB bomb of zeros had claimed (and taken) 1 GiB, 2.3 GB at its peak.
+MAX_GZIP_RATIO = 100
 _CHUNK = 1 << 24
 
 
 def _read_up_to(f: BinaryIO, n: int) -> bytes:
-    """At most n bytes of f, read in chunks: memory follows what is there, not what a hostile
-    header claims (one big read would allocate n bytes up front)."""
+    """At most n bytes of f (a header's few), read in chunks (see :func:`_read_array`)."""
+    return _read_array(f, n).tobytes()
+
+
+def _read_array(f: BinaryIO, n: int) -> np.ndarray:
+    """At most n bytes of f as a writable uint8 array, read in chunks: memory follows what is
+    there, not what a hostile header claims (one big read would allocate n bytes up front), and
+    each chunk is freed as it is copied (a join and a copy had held the data three times)."""
     parts = []
     while n > 0:
         part = f.read(min(n, _CHUNK))
@@ -43,11 +52,21 @@ def _read_up_to(f: BinaryIO, n: int) -> bytes:
             break
         parts.append(part)
         n -= len(part)
-    return b"".join(parts)
+    out = np.empty(sum(map(len, parts)), np.uint8)
+    at = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        out[at : at + len(part)] = np.frombuffer(part, np.uint8)
+        at += len(part)
+    return out
 
 
-def _parse(f: BinaryIO, path: Path, magic: int, file_size: int | None) -> np.ndarray:
-    """Header, checks and data of one IDX stream (file_size: None when decompressing)."""
+def _parse(
+    f: BinaryIO, path: Path, magic: int, file_size: int | None, gzip_size: int | None = None
+) -> np.ndarray:
+    """Header, checks and data of one IDX stream (file_size: None when decompressing, then
+    gzip_size is the compressed file's)."""
     what = "images" if magic == IMAGES_MAGIC else "labels"
     head = _read_up_to(f, 4)
     if len(head) < 4:
@@ -73,7 +92,13 @@ def _parse(f: BinaryIO, path: Path, magic: int, file_size: int | None) -> np.nda
             f"{path}: header says {dims} ({n} bytes of data), more than the "
             f"{MAX_DATA_BYTES}-byte limit: the file is corrupt"
         )
-    data = _read_up_to(f, n + 1)
+    if gzip_size is not None and n > MAX_GZIP_RATIO * gzip_size + (1 << 20):
+        raise DataError(
+            f"{path}: header says {dims} ({n} bytes of data) from {gzip_size} bytes of gzip, "
+            f"more than {MAX_GZIP_RATIO}x: refused as a gzip bomb (real IDX files compress "
+            f"2-5x; gunzip it yourself if it is genuine)"
+        )
+    data = _read_array(f, n + 1)
     if len(data) < n:
         raise DataError(
             f"{path}: truncated: header says {dims} but file has {header + len(data)} bytes "
@@ -82,12 +107,12 @@ def _parse(f: BinaryIO, path: Path, magic: int, file_size: int | None) -> np.nda
     if len(data) > n:
         size = file_size if file_size is not None else f"more than {expected}"
         raise DataError(f"{path}: header says {dims} ({expected} bytes) but file has {size} bytes")
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    return data.reshape(shape)
 
 
 def read_idx(path: str | Path, magic: int) -> np.ndarray:
     """Read one uint8 IDX file (raw, or gzip whatever its name says) and check its magic and
-    size; returns a read-only array of its shape."""
+    size; returns a writable array of its shape."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:
@@ -97,7 +122,7 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
                 return _parse(raw, path, magic, os.fstat(raw.fileno()).st_size)
             try:
                 with gzip.GzipFile(fileobj=raw) as f:
-                    return _parse(f, path, magic, None)
+                    return _parse(f, path, magic, None, os.fstat(raw.fileno()).st_size)
             except (OSError, EOFError, zlib.error) as e:
                 raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except OSError as e:  # DataError is a ValueError: only the open/read failures land here
@@ -163,9 +188,8 @@ def load_idx(
         num_classes = top + 1
     elif top >= num_classes:
         raise DataError(f"{lab_path}: label {top} out of range 0..{num_classes - 1}")
-    # np.frombuffer views are read-only; copy once so torch owns writable memory.
     return ArrayDataset(
-        images[:, None].copy(),
+        images[:, None],  # writable (read_idx): torch takes it without a copy
         labels.astype(np.int64),
         num_classes=max(num_classes, 1),
         name=name,
