@@ -85,3 +85,22 @@ def test_an_idx_gzip_bomb_is_refused_before_it_is_inflated(tmp_path):
     with pytest.raises(DataError, match="more than 100x: refused as a gzip bomb"):
         get_dataset(f"idx:{tmp_path}", "train")
     assert _rss_kib() - rss < 20 * 1024
+
+
+def test_a_test_only_idx_folder_without_the_last_class_fits_a_model(tmp_path):
+    """`dorefa eval --data idx:DIR` on test files whose labels stop at 8 had been refused as
+    "9 classes; the model expects 10": an idx folder's count is its largest label + 1, so
+    fewer is not other data. A fixed count (fashion-mnist) and more classes are refused."""
+    from dorefa.data import require_model_shape
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (9, 28, 28)))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(9))
+    data = get_dataset(f"idx:{tmp_path}", "test")
+    assert data.num_classes == 9 and data.classes_from_labels
+    require_model_shape(data, "idx", 1, 10, "the model")
+    with pytest.raises(ValueError, match="9 classes; the model expects 1 and 8"):
+        require_model_shape(data, "idx", 1, 8, "the model")
+    data.classes_from_labels = False  # as a registered set with its own count
+    with pytest.raises(ValueError, match="9 classes; the model expects 1 and 10"):
+        require_model_shape(data, "idx", 1, 10, "the model")

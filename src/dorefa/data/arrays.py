@@ -15,6 +15,10 @@ class ArrayDataset(Dataset):
     :func:`dorefa.data.transforms.to_model_input`, which is far faster than per item.
     """
 
+    # num_classes is 1 + the largest label seen (an idx folder), not the data set's own count:
+    # a test set may then have fewer (data.require_model_shape)
+    classes_from_labels = False
+
     def __init__(
         self,
         images: torch.Tensor | np.ndarray,

@@ -96,8 +96,11 @@ def require_model_shape(
     """Raise ValueError unless ``dataset`` has the model's input channels and classes (label i
     of other data means another class, so fewer classes are refused too); ``model`` names it.
     ``names``: the class names the model was trained on (an image folder's), if recorded:
-    another folder's classes, in another order, would score label i as another class."""
-    if dataset.in_channels != channels or dataset.num_classes != classes:
+    another folder's classes, in another order, would score label i as another class. A
+    class count inferred from the labels (an idx folder) may be smaller: a test split without
+    the last class had been refused."""
+    fewer = getattr(dataset, "classes_from_labels", False) and dataset.num_classes <= classes
+    if dataset.in_channels != channels or (dataset.num_classes != classes and not fewer):
         raise ValueError(
             f"{spec} has {dataset.in_channels} channels and {dataset.num_classes} classes; "
             f"{model} expects {channels} and {classes}: pick the dataset the model was trained "

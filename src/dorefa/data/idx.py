@@ -179,7 +179,8 @@ def load_idx(
             f"{lab_path}: label count {len(labels)} != image count {len(images)} in {img_path.name}"
         )
     top = int(labels.max()) if len(labels) else -1
-    if num_classes is None:
+    inferred = num_classes is None
+    if inferred:
         other = find_idx_file(folder, "test" if split == "train" else "train", "labels")
         if other is not None:
             other_labels = read_idx(other, LABELS_MAGIC)
@@ -188,9 +189,11 @@ def load_idx(
         num_classes = top + 1
     elif top >= num_classes:
         raise DataError(f"{lab_path}: label {top} out of range 0..{num_classes - 1}")
-    return ArrayDataset(
+    dataset = ArrayDataset(
         images[:, None],  # writable (read_idx): torch takes it without a copy
         labels.astype(np.int64),
         num_classes=max(num_classes, 1),
         name=name,
     )
+    dataset.classes_from_labels = inferred
+    return dataset
