@@ -400,7 +400,7 @@ def test_imagefolder_says_what_it_leaves_out(tmp_path, capsys):
     save_image(tmp_path / "val" / "cafe\u0301" / "c.gif", np.zeros((8, 8), np.uint8))  # NFD
     train = get_dataset(f"imagefolder:{tmp_path}", "train", image_size=8)
     err = capsys.readouterr().err
-    assert "skipped 1 files that are not images" in err and "ant/notes.txt" in err
+    assert "skipped 1 entries that are not image files" in err and "ant/notes.txt" in err
     assert "no images for class 'caf\u00e9'; the model never learns it" in err
     assert train.classes == ["ant", "caf\u00e9", "zebra"] and len(train) == 7
     assert any(p.suffix == ".tif" for p, _ in train.samples)

@@ -87,10 +87,10 @@ def test_an_idx_gzip_bomb_is_refused_before_it_is_inflated(tmp_path):
     assert _rss_kib() - rss < 20 * 1024
 
 
-def test_a_test_only_idx_folder_without_the_last_class_fits_a_model(tmp_path):
-    """`dorefa eval --data idx:DIR` on test files whose labels stop at 8 had been refused as
-    "9 classes; the model expects 10": an idx folder's count is its largest label + 1, so
-    fewer is not other data. A fixed count (fashion-mnist) and more classes are refused."""
+def test_a_test_only_idx_folder_without_the_last_class_says_how_to_name_it(tmp_path):
+    """`dorefa eval --data idx:DIR` on test files whose labels stop at 8 is refused as "9
+    classes; the model expects 10" (fewer classes may be other data); the error now says that
+    idx counts the largest label + 1 and that the data set's own name takes such files."""
     from dorefa.data import require_model_shape
 
     rng = np.random.default_rng(0)
@@ -98,9 +98,83 @@ def test_a_test_only_idx_folder_without_the_last_class_fits_a_model(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(9))
     data = get_dataset(f"idx:{tmp_path}", "test")
     assert data.num_classes == 9 and data.classes_from_labels
-    require_model_shape(data, "idx", 1, 10, "the model")
-    with pytest.raises(ValueError, match="9 classes; the model expects 1 and 8"):
-        require_model_shape(data, "idx", 1, 8, "the model")
-    data.classes_from_labels = False  # as a registered set with its own count
-    with pytest.raises(ValueError, match="9 classes; the model expects 1 and 10"):
+    with pytest.raises(ValueError, match="largest label . 1; for 10-class data .*mnist:DIR"):
         require_model_shape(data, "idx", 1, 10, "the model")
+    with pytest.raises(ValueError, match="9 classes; the model expects 1 and 8: pick the [a-z ]*$"):
+        require_model_shape(data, "idx", 1, 8, "the model")
+    named = get_dataset(f"fashion-mnist:{tmp_path}", "test")
+    require_model_shape(named, "fashion-mnist", 1, 10, "the model")
+
+
+def test_an_empty_data_dir_is_refused(capsys):
+    """`--data-dir "$DIR"` with DIR unset had trained and tested on the default data."""
+    from dorefa.cli import main
+
+    with pytest.raises(DataError, match="--data-dir is empty: give a folder"):
+        get_dataset("fashion-mnist", "test", data_dir=" ")
+    assert main(["train", "--data-dir", "", "--epochs", "1", "--subset", "64"]) == 2
+    assert "--data-dir is empty" in capsys.readouterr().err
+
+
+def test_image_folder_names_unreadable_twin_and_odd_entries(tmp_path, monkeypatch, capsys):
+    """Found by a hostile review: class folders 'é' composed and decomposed had both taken one
+    label (and a class with no images was made); a broken link and a folder named like an
+    image were skipped unsaid; an unreadable folder raised PermissionError raw; image_size 0
+    gave 224 and 2.5 gave 2 x 2 images."""
+    import os
+
+    make_imagefolder(tmp_path / "a")
+    for name in ("\u00e9", "e\u0301"):
+        save_image(tmp_path / "b" / "train" / name / "0.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="the same name in two Unicode forms"):
+        get_dataset(f"imagefolder:{tmp_path / 'b'}", "train")
+    ant = tmp_path / "a" / "train" / "ant"
+    (ant / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (ant / "dir.jpg").mkdir()
+    capsys.readouterr()
+    get_dataset(f"imagefolder:{tmp_path / 'a'}", "train")
+    err = capsys.readouterr().err
+    assert "skipped 2 entries that are not image files" in err and "ant/dir.jpg" in err
+    for size, error in ((0, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="image_size must be an int in 1"):
+            get_dataset(f"imagefolder:{tmp_path / 'a'}", "train", image_size=size)
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(DataError, match="cannot read the folder .Permission denied"):
+        get_dataset(f"imagefolder:{tmp_path / 'a'}", "train")
+
+
+def test_idx_svhn_and_cifar_say_what_they_cannot_read(tmp_path, monkeypatch):
+    """An IDX name that is a folder was 'no train images file'; an SVHN y saved sparse raised
+    a bare ValueError; unreadable CIFAR and SVHN files were called corrupt."""
+    import pathlib
+
+    import scipy.io
+    import scipy.sparse
+
+    (tmp_path / "i" / "train-images-idx3-ubyte").mkdir(parents=True)
+    write_idx(tmp_path / "i" / "train-labels-idx1-ubyte", np.zeros(2, np.uint8))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: cannot read .Is a directory"):
+        get_dataset(f"idx:{tmp_path / 'i'}", "train")
+    (tmp_path / "s").mkdir()
+    y = scipy.sparse.csr_matrix(np.ones((4, 1)))
+    scipy.io.savemat(
+        tmp_path / "s" / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 4), "u1"), "y": y}
+    )
+    with pytest.raises(DataError, match="X and y must be dense arrays, got ndarray and csc"):
+        get_dataset(f"svhn:{tmp_path / 's'}", "test")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "test_batch").write_bytes(b"x")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
+    with pytest.raises(DataError, match=r"test_batch: cannot read \(Permission denied\)"):
+        get_dataset(f"cifar10:{tmp_path / 'c'}", "test")
+    monkeypatch.setattr(scipy.io, "loadmat", denied)
+    with pytest.raises(DataError, match=r"test_32x32.mat: cannot read \(Permission denied\)"):
+        get_dataset(f"svhn:{tmp_path / 's'}", "test")

@@ -122,7 +122,11 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: file not found{HINT}")
     try:
-        obj = safe_load(path.read_bytes())
+        raw = path.read_bytes()
+    except OSError as e:  # not "corrupt"
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        obj = safe_load(raw)
     except ForbiddenGlobal as e:
         raise DataError(
             f"{path}: refused pickle ({e}; only builtin containers and numpy arrays are allowed)"

@@ -96,15 +96,24 @@ def require_model_shape(
     """Raise ValueError unless ``dataset`` has the model's input channels and classes (label i
     of other data means another class, so fewer classes are refused too); ``model`` names it.
     ``names``: the class names the model was trained on (an image folder's), if recorded:
-    another folder's classes, in another order, would score label i as another class. A
-    class count inferred from the labels (an idx folder) may be smaller: a test split without
-    the last class had been refused."""
-    fewer = getattr(dataset, "classes_from_labels", False) and dataset.num_classes <= classes
-    if dataset.in_channels != channels or (dataset.num_classes != classes and not fewer):
+    another folder's classes, in another order, would score label i as another class. Where
+    the count is inferred from the labels (an idx folder) and smaller, the error says so: a
+    test split without the last class is refused too, and its fixed-count name takes it."""
+    if dataset.in_channels != channels or dataset.num_classes != classes:
+        inferred = getattr(dataset, "classes_from_labels", False) and (
+            dataset.num_classes < classes and dataset.in_channels == channels
+        )
         raise ValueError(
             f"{spec} has {dataset.in_channels} channels and {dataset.num_classes} classes; "
             f"{model} expects {channels} and {classes}: pick the dataset the model was trained "
             "on"
+            + (
+                f" (idx counts the classes as its largest label + 1; for {classes}-class data "
+                "whose files lack the last labels, name it by its data set, e.g. "
+                "fashion-mnist:DIR or mnist:DIR)"
+                if inferred
+                else ""
+            )
         )
     theirs = getattr(dataset, "classes", None)
     if names is None or theirs is None:

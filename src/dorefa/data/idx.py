@@ -136,8 +136,13 @@ def find_idx_file(folder: Path, split: str, kind: str) -> Path | None:
         for stem in (f"{prefix}-{word}-{idx}-ubyte", f"{prefix}-{word}.{idx}-ubyte"):
             for suffix in (".gz", ""):
                 p = folder / (stem + suffix)
-                if p.is_file():
-                    return p
+                try:  # a name that is there but not a file (a folder, a link loop) is returned:
+                    # read_idx then says what it is (it had been "no such file")
+                    if p.is_symlink() or p.exists():
+                        return p
+                except OSError as e:  # a folder that cannot be searched
+                    why = e.strerror or e
+                    raise DataError(f"{folder}: cannot read the folder ({why})") from None
     return None
 
 

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..geometry import check_int
 from ..say import warning
 from .errors import DataError, require_folder, same_name
 
@@ -35,15 +36,39 @@ SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 
 
+def _scan(folder: Path) -> list[os.DirEntry]:
+    """The entries of folder but the hidden ones; DataError where it cannot be read (a
+    PermissionError had come out of the loader raw)."""
+    try:
+        return [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    except OSError as e:
+        raise DataError(f"{folder}: cannot read the folder ({e.strerror or e})") from None
+
+
 def _list_classes(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    names = sorted(e.name for e in _scan(folder) if e.is_dir())
+    by_name: dict[str, list[str]] = {}
+    for name in names:  # one class per name as checkpoints record it (same_name)
+        by_name.setdefault(same_name(name), []).append(name)
+    twins = [spellings for spellings in by_name.values() if len(spellings) > 1]
+    if twins:  # both had taken one label, and a class with no images had been made
+        raise DataError(
+            f"{folder}: class folders {' and '.join(map(ascii, twins[0]))} are the same name "
+            "in two Unicode forms (composed and decomposed accents); merge them into one"
+        )
+    return names
+
+
+def _is_image(entry: os.DirEntry) -> bool:
+    return entry.is_file() and entry.name.lower().endswith(EXTENSIONS)
 
 
 def _list_images(folder: Path) -> tuple[list[Path], list[str]]:
-    """(the images in folder, sorted; the other files' names, which are skipped)."""
-    files = [e for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")]
-    images = sorted(Path(e.path) for e in files if e.name.lower().endswith(EXTENSIONS))
-    return images, sorted(e.name for e in files if not e.name.lower().endswith(EXTENSIONS))
+    """(the images in folder, sorted; the names of the other entries, which are skipped: other
+    files, folders, broken links)."""
+    entries = _scan(folder)
+    images = sorted(Path(e.path) for e in entries if _is_image(e))
+    return images, sorted(e.name for e in entries if not _is_image(e))
 
 
 def _say_what_is_left_out(split_dir: Path, skipped: list[str], empty: list[str]) -> None:
@@ -52,7 +77,7 @@ def _say_what_is_left_out(split_dir: Path, skipped: list[str], empty: list[str])
     if skipped:
         shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         warning(
-            f"{split_dir}: skipped {len(skipped)} files that are not images "
+            f"{split_dir}: skipped {len(skipped)} entries that are not image files "
             f"({'/'.join(EXTENSIONS)}): {shown}"
         )
     if empty:
@@ -133,8 +158,7 @@ class ImageFolderDataset(Dataset):
         image_size: int = 224,
         name: str = "imagefolder",
     ) -> None:
-        if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        image_size = check_int("image_size", image_size, 1)  # 2.5 had made 2 x 2 images
         self.samples = samples
         self.classes = classes
         self.num_classes = len(classes)
@@ -226,6 +250,5 @@ def load_imagefolder(
     samples = [s for turn in itertools.zip_longest(*per_class) for s in turn if s is not None]
     if not samples:
         raise DataError(f"{split_dir}: no images ({'/'.join(EXTENSIONS)}) in any class folder")
-    return ImageFolderDataset(
-        samples, classes, train=split == "train", image_size=image_size or 224
-    )
+    size = 224 if image_size is None else image_size  # 0 had given 224
+    return ImageFolderDataset(samples, classes, train=split == "train", image_size=size)

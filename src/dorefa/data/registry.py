@@ -95,6 +95,9 @@ def _parse(spec: str, data_dir: str | None) -> tuple[str, _Entry, Path | None]:
         raise DataError(f"unknown data set spec {spec!r}; valid: {_valid_specs()}")
     if sep and not folder:
         raise DataError(f"spec {spec!r} has an empty folder after ':'")
+    if data_dir is not None and not str(data_dir).strip():  # an unset shell variable, say:
+        # it had been read as no folder, and the default data used
+        raise DataError("--data-dir is empty: give a folder, or leave the option out")
     if (
         folder and data_dir and resolved_path(folder) != resolved_path(data_dir)
     ):  # the spec's folder had won, silently

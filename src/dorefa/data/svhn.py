@@ -31,6 +31,8 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         mat = scipy.io.loadmat(str(path), variable_names=("X", "y"))
     except NotImplementedError as e:  # MATLAB v7.3 (HDF5) files
         raise DataError(f"{path}: unsupported MATLAB file version ({e}); expected v5") from None
+    except PermissionError as e:  # not "corrupt"
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     except Exception as e:  # scipy raises many types (ValueError, TypeError, OSError, ...)
         raise DataError(
             f"{path}: corrupt or not a MATLAB .mat file ({type(e).__name__}: {e})"
@@ -39,6 +41,9 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if key not in mat:
             raise DataError(f"{path}: no variable {key!r} (expected X (32,32,3,N) and y (N,1))")
     x, y = mat["X"], mat["y"]
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):  # a sparse matrix, say
+        raise DataError(f"{path}: X and y must be dense arrays, got {type(x).__name__} and "
+                        f"{type(y).__name__}")  # fmt: skip
     if x.ndim != 4 or x.shape[2] != 3 or x.dtype != np.uint8 or 0 in x.shape[:2]:
         raise DataError(f"{path}: X must be uint8 (H, W, 3, N), got {x.dtype} {x.shape}")
     if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
