@@ -1,4 +1,4 @@
-"""What a checkpoint records of the data it learnt, and how eval, run and resume use it."""
+"""What a run records (the data it learnt, its learning rates) and how eval, run and resume use it."""
 
 from __future__ import annotations
 
@@ -80,3 +80,17 @@ def test_a_folder_in_the_spec_is_recorded_where_it_is(tmp_path, fashion_dir, mon
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run" / "checkpoint.pt"), "--test-subset", "8"]) == 0
     assert str((tmp_path / "fm").resolve()) in capsys.readouterr().out
+
+
+def test_a_run_extended_on_resume_keeps_its_halved_rate(tmp_path, fashion_dir):
+    """Found by a review: 2 epochs (1e-3, 5e-4) resumed with --epochs 6 put the halving at
+    epoch 4, so epoch 3 trained at 1e-3 again, unsaid. The rate stays halved, with a note."""
+    import json
+
+    run = tmp_path / "run"
+    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), **TINY), log=lambda m: None)
+    lines: list[str] = []
+    train(TrainConfig(bits="1,2,6", epochs=6, out=str(run), resume=True, **TINY), log=lines.append)
+    rates = [json.loads(row)["lr"] for row in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rates == [1e-3] + [5e-4] * 5
+    assert any("trained at 0.0005 already: it stays there" in m for m in lines), lines

@@ -125,6 +125,12 @@ def fit(run: Run, log=print) -> dict:
         return _end_of_run(run, {}, best_acc, log)
     if start_epoch:
         log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
+        if _epoch_lr(run, start_epoch) < lr_at(cfg, start_epoch):
+            log(
+                f"note: --epochs {cfg.epochs} puts the halving of the learning rate at epoch "
+                f"{max(1, cfg.epochs // 2) + 1}, but this run has trained at "
+                f"{_epoch_lr(run, start_epoch):g} already: it stays there"
+            )
     if cfg.engine == "int":
         from .engine import use_int_engine
 
@@ -139,7 +145,7 @@ def fit(run: Run, log=print) -> dict:
         set_grad_generator(run.model, streams.grad)
         if hasattr(run.train_set, "set_epoch"):
             run.train_set.set_epoch(epoch, cfg.seed)
-        set_lr(run.optimizer, lr_at(cfg, epoch))
+        set_lr(run.optimizer, _epoch_lr(run, epoch))
         t0 = time.perf_counter()
         loss_sum, correct, seen = train_one_epoch(run, epoch, streams, show)
         train_seconds = time.perf_counter() - t0
@@ -153,7 +159,7 @@ def fit(run: Run, log=print) -> dict:
             "test_loss": ev["loss"],
             "test_acc": ev["acc"],
             "best_test_acc": best_acc,
-            "lr": lr_at(cfg, epoch),
+            "lr": _epoch_lr(run, epoch),
             "seconds": time.perf_counter() - t0,
             "train_seconds": train_seconds,
             "images_per_s": seen / train_seconds,
@@ -191,6 +197,17 @@ def _check_finite(model: nn.Module, epoch: int) -> None:
             f"{name} became NaN or inf in epoch {epoch + 1}: the run diverged; lower --lr "
             "(the checkpoint of the epoch before, if any, is kept)"
         )
+
+
+def _epoch_lr(run: Run, epoch: int) -> float:
+    """``lr_at``, except that the paper's schedule (lr halved from half of the epochs on) stays
+    halved once the run has trained at half: an --epochs extended on --resume moves the halving
+    later, and the rate had gone back up, unsaid. Milestones do not depend on --epochs."""
+    cfg = run.cfg
+    if cfg.lr_milestones:
+        return lr_at(cfg, epoch)
+    halved = any(float(h.get("lr", cfg.lr)) < cfg.lr for h in run.files.history[:epoch])
+    return cfg.lr * 0.5 if halved else lr_at(cfg, epoch)
 
 
 def _test_accs(run: Run, epochs_run: int) -> list[float]:
