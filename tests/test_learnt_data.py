@@ -1,4 +1,5 @@
-"""What a run records (the data it learnt, its learning rates) and how eval, run and resume use it."""
+"""What a run records (the data it learnt, its learning rates) and how eval, run and resume
+use it."""
 
 from __future__ import annotations
 
@@ -94,3 +95,33 @@ def test_a_run_extended_on_resume_keeps_its_halved_rate(tmp_path, fashion_dir):
     rates = [json.loads(row)["lr"] for row in (run / "metrics.jsonl").read_text().splitlines()]
     assert rates == [1e-3] + [5e-4] * 5
     assert any("trained at 0.0005 already: it stays there" in m for m in lines), lines
+
+
+def test_resume_compares_the_data_spec_by_place(tmp_path, fashion_dir, monkeypatch):
+    """A checkpoint of an older version recorded `fashion-mnist:fm` as typed; this one records
+    the folder resolved, and a resume from the same working folder compares them by place."""
+    shutil.copytree(fashion_dir, tmp_path / "fm")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    cfg = TINY | dict(data="fashion-mnist:fm")
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["meta"]["data"] = "fashion-mnist:fm"  # as the older version wrote it
+    checkpoint.save_atomic(ckpt, run / "checkpoint.pt")
+    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg), log=lambda m: None)
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1  # 0-based: the second
+
+
+def test_init_from_refuses_weights_that_are_not_finite(tmp_path, fashion_dir, capsys):
+    """--init-from had taken a checkpoint holding a NaN, then stopped with "loss became nan;
+    lower --lr"; it is refused up front, naming the tensor, as eval refuses it."""
+    run = tmp_path / "run"
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **TINY), log=lambda m: None)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    name = next(k for k in ckpt["model"] if k.endswith("weight"))
+    ckpt["model"][name].view(-1)[0] = float("nan")
+    checkpoint.save_atomic(ckpt, tmp_path / "nan.pt")
+    args = ["train", "--model", "svhn", "--width", "0.125", "--subset", "64", "--epochs", "1"]
+    out = ["--out", str(tmp_path / "new"), "--init-from", str(tmp_path / "nan.pt")]
+    assert main([*args, *out]) == 2
+    assert f"{name} holds NaN or inf values" in capsys.readouterr().err

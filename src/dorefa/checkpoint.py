@@ -143,7 +143,7 @@ def restore(
     the checkpoint was made with another model/bits/width/data (``meta`` differs)."""
     saved = ckpt["meta"]  # a dict holding META_KEYS: load_checkpoint checked
     changed = [  # a key an older checkpoint lacks is not checked; the data's folder may move
-        k for k in meta if k in saved and k not in LOCAL_META and saved[k] != meta[k]
+        k for k in meta if k in saved and k not in LOCAL_META and not _same_meta(k, saved, meta)
     ]
     if changed:
         theirs = ", ".join(f"{META_SETTINGS.get(k, k)} {saved[k]!r}" for k in changed)
@@ -168,6 +168,16 @@ def restore(
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Alias of :func:`load_checkpoint`."""
     return load_checkpoint(path, map_location)
+
+
+def _same_meta(key: str, saved: dict, meta: dict) -> bool:
+    """Whether a meta entry is unchanged; the data spec by place (an older checkpoint recorded
+    a spec's folder as given: relative to the working folder, as this run's is)."""
+    if key == "data" and isinstance(saved[key], str) and isinstance(meta[key], str):
+        from .data.registry import spec_place
+
+        return spec_place(saved[key]) == spec_place(meta[key])
+    return saved[key] == meta[key]
 
 
 # How a user sets each meta entry (a resume refused names it so).
@@ -331,12 +341,7 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
             f"{size} x {size} images: the checkpoint was altered; use the file `dorefa train` wrote"
         )
     load_weights(model, ckpt["model"], path)
-    diverged = nonfinite_entry(model)
-    if diverged is not None:  # a diverged run's weights give no model
-        raise CheckpointError(
-            f"{path}: {diverged} holds NaN or inf values (the run diverged); use a checkpoint "
-            "from before, or re-train with a lower --lr"
-        )
+    require_finite(model, path)
     for name, value in model.state_dict().items():
         if name.endswith("running_var") and (value < 0).any():  # every output would be NaN
             raise CheckpointError(
@@ -345,6 +350,18 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint"):
                 "`dorefa train` wrote"
             )
     return model.eval()
+
+
+def require_finite(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """CheckpointError naming the first entry of the weights loaded from ``path`` that holds
+    NaN or inf: a diverged run's weights give no model, and start no run (--init-from had
+    taken them, then blamed the learning rate)."""
+    diverged = nonfinite_entry(model)
+    if diverged is not None:
+        raise CheckpointError(
+            f"{path}: {diverged} holds NaN or inf values (the run diverged); use a checkpoint "
+            "from before, or re-train with a lower --lr"
+        )
 
 
 def nonfinite_entry(model: torch.nn.Module) -> str | None:

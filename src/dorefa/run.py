@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import checkpoint, distributed
+from .data.registry import spec_place
 from .fileio import resolved_path
 from .models import create_model, input_size
 from .optim import amp_dtype, build_optimizer
@@ -99,7 +100,6 @@ def model_meta(
     named in the spec is recorded resolved too (as given, eval from another folder had read
     other data under the same relative name)."""
     extra = {"classes": [str(c) for c in classes]} if classes is not None else {}
-    name, sep, folder = cfg.data.partition(":")
     if cfg.data_dir:
         extra["data_dir"] = _folder(cfg.data_dir)
     return {
@@ -110,7 +110,7 @@ def model_meta(
         "in_channels": in_channels,
         "image_size": image_size,
         "keep_first_last": cfg.keep_first_last,
-        "data": f"{name}:{_folder(folder)}" if sep and folder else cfg.data,
+        "data": spec_place(cfg.data),
     } | extra
 
 
@@ -296,5 +296,6 @@ def _load_state(run: Run, log) -> tuple[int, float]:
     elif cfg.init_from:
         init = checkpoint.load(cfg.init_from, map_location=run.device)
         checkpoint.load_weights(run.model, init["model"], cfg.init_from)
+        checkpoint.require_finite(run.model, cfg.init_from)
         log(f"initialised weights from {cfg.init_from}")
     return start_epoch, best_acc

@@ -128,6 +128,14 @@ def learnt_data(
     return spec, folder if isinstance(folder, str) else None
 
 
+def spec_place(spec: str) -> str:
+    """A data spec in one spelling: a folder named in it (NAME:DIR) absolute and resolved, as
+    checkpoints and sweep.json record it and as two specs are compared; a relative one had been
+    read against a later command's working folder."""
+    name, sep, folder = spec.partition(":")
+    return f"{name}:{resolved_path(folder)}" if sep and folder else spec
+
+
 def check_spec(spec: str, data_dir: str | None = None) -> str:
     """Check a spec without reading any file (a known name, a folder where one is needed), so
     that a command can refuse it before starting work; returns the data set's name."""

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.registry import spec_place
 from ..fileio import FolderLock, atomic_write_text, read_json, resolved_path
 
 # A sweep's settings: every cell gets the same budget; resuming with different ones is refused.
@@ -135,9 +136,8 @@ def _stored(settings: dict) -> dict:
     file as absolute paths, so that a relative one is not read against a later run's folder."""
     out = dict(settings)
     data, data_dir, grid = (settings.get(k) for k in ("data", "data_dir", "grid"))
-    if isinstance(data, str) and ":" in data:
-        name, _, folder = data.partition(":")
-        out["data"] = f"{name}:{resolved_path(folder)}"
+    if isinstance(data, str):
+        out["data"] = spec_place(data)
     if isinstance(data_dir, str) and data_dir:
         out["data_dir"] = resolved_path(data_dir)
     if isinstance(grid, str) and Path(grid).expanduser().is_file():
