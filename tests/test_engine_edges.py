@@ -182,3 +182,31 @@ def test_float_first_layer_weight_gradient_keeps_the_weights_layout():
     assert conv.weight.grad.stride() == conv.weight.stride()
     want = conv2d_weight(x.detach(), conv.weight.shape, torch.ones_like(y))
     assert torch.allclose(conv.weight.grad, want, rtol=1e-5, atol=1e-4)
+
+
+def test_set_engine_takes_a_quantize_model_network_by_its_activation_bits():
+    """Found by a review: a quantize_model network has no .bits, so set_engine(net, "int")
+    left every layer on torch, said only in the returned report. The bits of its ActQuant
+    modules (one width) give A; several widths still ask for bits=."""
+    from torch import nn
+
+    from dorefa import quantize_model
+
+    torch.manual_seed(0)
+    float_net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 6 * 6, 3),
+    )  # fmt: skip
+    net = quantize_model(float_net, "1,2,6")
+    report = set_engine(net, "int")
+    assert list(report.values()).count("int") == 2, report  # the two quantized convs
+    x = torch.rand(2, 1, 6, 6)
+    y = net(x)
+    assert y.shape == (2, 3)
+    set_engine(net, "torch")
+    assert torch.allclose(net(x), y, atol=1e-5)
+    [m for m in net.modules() if isinstance(m, ActQuant) and m.quantize][-1].k = 4
+    report = set_engine(net, "int")
+    assert all("pass set_engine(model, 'int', bits=...)" in v for v in report.values()), report

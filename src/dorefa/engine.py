@@ -299,13 +299,16 @@ def _dropout_factor(module: nn.Module | None) -> float:
 
 def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[str, str]:
     """Run ``model``'s quantized layers on ``engine`` ("int" or "torch"); returns, per
-    QConv2d/QLinear, "int" or "torch: <why>". ``bits`` (default: ``model.bits``) gives the
-    activation bits A of the layers' inputs."""
+    QConv2d/QLinear, "int" or "torch: <why>". ``bits`` (default: ``model.bits``, else the bits
+    of the model's ActQuant modules where they all have the same) gives the activation bits A
+    of the layers' inputs."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    bits = Bits.parse(bits) if bits is not None else getattr(model, "bits", None)
-    report = {}
     from .nn import ActQuant
+
+    bits = Bits.parse(bits) if bits is not None else getattr(model, "bits", None)
+    a_bits = bits.a if bits is not None else _activation_bits(model)
+    report = {}
 
     for module in model.modules():
         if isinstance(module, ActQuant):
@@ -319,7 +322,7 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
         if engine == "torch":
             report[name] = "torch"
             continue
-        why = _refusal(module, gq, bits)
+        why = _refusal(module, gq, a_bits)
         geometry = _geometry(module) if why and float_conv_fits(module) else None
         if isinstance(geometry, tuple) and geometry[0] == 1:  # a float first layer, stride 1:
             module.int_engine = FloatConvLayer(geometry[1])  # its forward on our float kernel
@@ -329,17 +332,30 @@ def set_engine(model: nn.Module, engine: str, bits: Bits | None = None) -> dict[
             report[name] = f"torch: {why}"
             continue
         stride, padding = _geometry(module)
-        layer = IntLayer(bits.a, module.w_bits, gq.k, stride, padding, gq, _dropout_factor(before))
+        layer = IntLayer(a_bits, module.w_bits, gq.k, stride, padding, gq, _dropout_factor(before))
         module.int_engine, gq.fused = layer, layer
         report[name] = "int"
     return report
 
 
-def _refusal(module: nn.Module, gq: GradQuant | None, bits: Bits | None) -> str:
-    if bits is None:
-        return "the model has no .bits; pass set_engine(model, 'int', bits=...)"
-    if FLOAT in (module.w_bits, bits.a) or not 1 <= module.w_bits <= 8 or bits.a > 8:
-        return f"W={module.w_bits}, A={bits.a}: float weights or inputs"
+def _activation_bits(model: nn.Module) -> int | None:
+    """The bits of the model's rounding ActQuant modules where they all have the same (a
+    quantize_model network has no .bits: every layer had stayed on torch, said only in the
+    returned report); None where there are none, or several."""
+    from .nn import ActQuant
+
+    ks = {m.k for m in model.modules() if isinstance(m, ActQuant) and m.quantize}
+    return ks.pop() if len(ks) == 1 else None
+
+
+def _refusal(module: nn.Module, gq: GradQuant | None, a_bits: int | None) -> str:
+    if a_bits is None:
+        return (
+            "the model has no .bits and its ActQuant modules do not have one bit width; pass "
+            "set_engine(model, 'int', bits=...)"
+        )
+    if FLOAT in (module.w_bits, a_bits) or not 1 <= module.w_bits <= 8 or a_bits > 8:
+        return f"W={module.w_bits}, A={a_bits}: float weights or inputs"
     if gq is None:
         return "no GradQuant follows it"
     if gq.k == FLOAT or gq.k > 8:
@@ -351,7 +367,7 @@ def _refusal(module: nn.Module, gq: GradQuant | None, bits: Bits | None) -> str:
         return geometry
     o, c = module.weight.shape[:2]
     taps = int(np.prod(module.weight.shape[2:]))
-    if not fits_int32(c * taps, bits.a, module.w_bits) or not fits_int32(
+    if not fits_int32(c * taps, a_bits, module.w_bits) or not fits_int32(
         o * taps, gq.k, module.w_bits
     ):
         return "fan-in too large for int32 sums"
