@@ -454,6 +454,19 @@ def test_quantize_model_says_what_it_cannot_check_or_convert():
     with pytest.warns(UserWarning, match=r"replaces 2, whose hooks"):
         quantize_model(hooked, "1,2,6")
 
+    class Functional(nn.Module):  # F.relu, x.relu(): no module to convert (it said nothing)
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1, self.c2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.c1(F.relu(self.c0(x))).relu()
+            return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
+
+    with pytest.warns(UserWarning, match=r"calls ReLU as a function \(relu, relu_1, relu_2\)"):
+        quantize_model(Functional(), "1,2,6")
+
 
 def test_export_names_a_bad_input_size(tmp_path):
     model = quantize_model(_seq(), "1,2,32")

@@ -197,65 +197,101 @@ _OTHER_ACTIVATIONS = (
 )  # fmt: skip
 
 
-def _check_convertible(model: nn.Module, kept: tuple = ()) -> None:
-    """ValueError for an nn.ReLU module called more than once in forward (each module becomes
-    one f_a, and the one before the last layer only a clip: every use would follow it); warnings
-    naming the layers quantize_model leaves float (other activations, parametrized convs and
-    linears: ``type`` is not nn.Conv2d / nn.Linear), a ReLU on the outputs, the hooks of the
-    layers it replaces (all but ``kept``), or that it cannot trace the forward."""
+def _traced_graph(model: nn.Module, relus: set[str]):
+    """The fx graph of ``model``'s forward, or None where it cannot be traced (a warning where
+    it has nn.ReLU modules, whose calls then go unchecked). What tracing assigned to the
+    modules (a counter, a cached proxy) is undone."""
     import warnings
 
-    from torch.nn.utils import parametrize
-
-    relus = {name for name, m in model.named_modules() if type(m) is nn.ReLU}
-    if relus:
-        saved = [(m, dict(m.__dict__)) for m in model.modules()]
-        try:
-            graph = torch.fx.symbolic_trace(model).graph
-        except Exception as exc:  # noqa: BLE001 (a data-dependent forward: nothing to count)
-            graph = None
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]
+    try:
+        return torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 (a data-dependent forward: nothing to count)
+        if relus:
             warnings.warn(
                 f"quantize_model cannot trace this model's forward ({type(exc).__name__}), so it "
                 "cannot check that no nn.ReLU module is called twice: give each use its own "
                 "nn.ReLU (a shared one becomes one f_a, and the one before the last layer only "
                 "clips)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        finally:  # what the traced forward assigned (a counter, a cached proxy) is undone
-            for m, attrs in saved:
-                m.__dict__.clear()
-                m.__dict__.update(attrs)
-        calls: dict[str, int] = {}
-        after_last: list[str] = []  # ReLUs called after the last conv/linear: on the outputs
-        modules = dict(model.named_modules())
-        layer_fns = (F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv2d, torch.matmul)
-        for node in graph.nodes if graph is not None else ():
-            if node.op == "call_function" and node.target in layer_fns:
-                after_last = []  # a layer traced into (a parametrized conv)
-            if node.op != "call_module":
-                continue
-            if isinstance(modules.get(node.target), (nn.modules.conv._ConvNd, nn.Linear)):
-                after_last = []
-            elif node.target in relus:
-                calls[node.target] = calls.get(node.target, 0) + 1
-                after_last.append(node.target)
-        if after_last:
-            warnings.warn(
-                f"{', '.join(after_last)} (nn.ReLU) acts on the model's outputs, after its last "
-                "conv/linear: quantize_model makes it f_a (clipped to [0, 1] and rounded); "
-                "remove it if the outputs are logits",
-                UserWarning,
-                stacklevel=3,
-            )
-        shared = {name: n for name, n in calls.items() if n > 1}
-        if shared:
-            name, n = next(iter(shared.items()))
-            raise ValueError(
-                f"{name} (an nn.ReLU) is called {n} times in forward: quantize_model makes each "
-                "ReLU module one f_a, so give each use its own nn.ReLU (torchvision's "
-                "BasicBlock shares self.relu)"
-            )
+        return None
+    finally:
+        for m, attrs in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+
+
+_LAYER_FNS = (F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv2d, torch.matmul)
+_RELU_FNS = (F.relu, torch.relu, torch.relu_, F.relu_)
+
+
+def _check_relu_calls(model: nn.Module, graph, relus: set[str]) -> None:
+    """ValueError for an nn.ReLU module called twice; warnings for ReLUs on the outputs (after
+    the last conv/linear) and for functional ReLUs (F.relu, torch.relu, x.relu()), which stay
+    float: a hostile review found a model of F.relu calls trained with no f_a, unsaid."""
+    import warnings
+
+    calls: dict[str, int] = {}
+    after_last: list[str] = []  # ReLUs called after the last conv/linear: on the outputs
+    functional: list[str] = []
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _LAYER_FNS:
+            after_last = []  # a layer traced into (a parametrized conv)
+        if (node.op == "call_function" and node.target in _RELU_FNS) or (
+            node.op == "call_method" and node.target in ("relu", "relu_")
+        ):
+            functional.append(node.name)
+        if node.op != "call_module":
+            continue
+        if isinstance(modules.get(node.target), (nn.modules.conv._ConvNd, nn.Linear)):
+            after_last = []
+        elif node.target in relus:
+            calls[node.target] = calls.get(node.target, 0) + 1
+            after_last.append(node.target)
+    if functional:
+        warnings.warn(
+            f"the forward calls ReLU as a function ({', '.join(functional[:4])}): "
+            "quantize_model converts nn.ReLU modules only, so these stay float ReLUs and "
+            "their outputs are not quantized by f_a; use one nn.ReLU module per use",
+            UserWarning,
+            stacklevel=4,
+        )
+    if after_last:
+        warnings.warn(
+            f"{', '.join(after_last)} (nn.ReLU) acts on the model's outputs, after its last "
+            "conv/linear: quantize_model makes it f_a (clipped to [0, 1] and rounded); "
+            "remove it if the outputs are logits",
+            UserWarning,
+            stacklevel=4,
+        )
+    shared = {name: n for name, n in calls.items() if n > 1}
+    if shared:
+        name, n = next(iter(shared.items()))
+        raise ValueError(
+            f"{name} (an nn.ReLU) is called {n} times in forward: quantize_model makes each "
+            "ReLU module one f_a, so give each use its own nn.ReLU (torchvision's "
+            "BasicBlock shares self.relu)"
+        )
+
+
+def _check_convertible(model: nn.Module, kept: tuple = ()) -> None:
+    """ValueError for an nn.ReLU module called more than once in forward (each module becomes
+    one f_a, and the one before the last layer only a clip: every use would follow it); warnings
+    naming the layers quantize_model leaves float (other activations, functional ReLUs,
+    parametrized convs and linears: ``type`` is not nn.Conv2d / nn.Linear), a ReLU on the
+    outputs, the hooks of the layers it replaces (all but ``kept``), or that it cannot trace the
+    forward."""
+    import warnings
+
+    from torch.nn.utils import parametrize
+
+    relus = {name for name, m in model.named_modules() if type(m) is nn.ReLU}
+    graph = _traced_graph(model, relus)
+    if graph is not None:
+        _check_relu_calls(model, graph, relus)
     left = [
         name
         for name, m in model.named_modules()
