@@ -14,6 +14,7 @@ the type that parses it from text (and checks its range), and its help text. Der
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -290,3 +291,54 @@ def check_config(cfg) -> None:
                 raise ValueError(f"must be one of {', '.join(flag.choices)}, got {value!r}")
         except ValueError as exc:
             raise ValueError(f"{flag.name} {exc}") from None
+    _check_flagless(cfg)
+
+
+def _check_flagless(cfg) -> None:
+    """The TrainConfig fields without a flag (set from Python and by recipes): a review found
+    eval_batch_size 0 failing after a whole epoch, -5 recording accuracy 0 on no images, and
+    until_flat=(0.1,) an IndexError."""
+    bounds = {
+        "eval_batch_size": Number(int, 1),
+        "adam_eps": Number(float, 0, low_open=True),
+        "momentum": Number(float, 0),
+    }
+    for name, kind in bounds.items():
+        try:
+            kind.check(getattr(cfg, name))
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig.{name} {exc}") from None
+    for name in ("nesterov", "progress"):
+        value = getattr(cfg, name)
+        if not isinstance(value, bool) and not (name == "progress" and value is None):
+            raise ValueError(f"TrainConfig.{name} must be True or False, got {value!r}")
+    if cfg.lr_milestones is not None and not _pairs_of(
+        cfg.lr_milestones, lambda e, f: _whole(e, 0) and _real(f, 0)
+    ):
+        raise ValueError(
+            "TrainConfig.lr_milestones must be ((epoch, factor), ...) with 0-based epochs >= 0 "
+            f"and factors > 0, got {cfg.lr_milestones!r}"
+        )
+    if cfg.until_flat is not None and not _pairs_of(
+        [cfg.until_flat], lambda tol, extra: _real(tol, -math.inf) and _whole(extra, 0)
+    ):
+        raise ValueError(  # a negative tolerance extends every time
+            "TrainConfig.until_flat must be (a finite tolerance, extra epochs >= 0), got "
+            f"{cfg.until_flat!r}"
+        )
+
+
+def _pairs_of(items, ok) -> bool:
+    try:
+        return all(len(pair) == 2 and ok(*pair) for pair in items)
+    except TypeError:  # not a sequence of pairs
+        return False
+
+
+def _whole(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _real(v, low: float) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and v > low

@@ -1,5 +1,5 @@
-"""What a run records (the data it learnt, its learning rates) and how eval, run and resume
-use it."""
+"""What a training run records (the data it learnt, its learning rates) and refuses (weights
+that are not finite, bad TrainConfig fields), and how eval, run and resume use its records."""
 
 from __future__ import annotations
 
@@ -125,3 +125,23 @@ def test_init_from_refuses_weights_that_are_not_finite(tmp_path, fashion_dir, ca
     out = ["--out", str(tmp_path / "new"), "--init-from", str(tmp_path / "nan.pt")]
     assert main([*args, *out]) == 2
     assert f"{name} holds NaN or inf values" in capsys.readouterr().err
+
+
+def test_train_config_fields_without_a_flag_are_checked_up_front(tmp_path):
+    """eval_batch_size 0 had failed after a whole epoch, -5 recorded accuracy 0 on no images,
+    until_flat=(0.1,) raised IndexError at the end of the schedule."""
+    import pytest
+
+    bad = {
+        "eval_batch_size": (0, "TrainConfig.eval_batch_size must be an integer >= 1"),
+        "until_flat": ((0.1,), "TrainConfig.until_flat must be"),
+        "lr_milestones": (((3, -0.1),), "TrainConfig.lr_milestones must be"),
+        "momentum": (-1.0, "TrainConfig.momentum must be a number >= 0"),
+        "nesterov": ("yes", "TrainConfig.nesterov must be True or False"),
+    }
+    for field, (value, message) in bad.items():
+        cfg = TrainConfig(bits="1,2,6", epochs=1, out=str(tmp_path / field), **TINY)
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match=message):
+            train(cfg, log=lambda m: None)
+        assert not (tmp_path / field).exists()  # refused before the run began
