@@ -553,6 +553,9 @@ def test_found_by_a_hostile_review_of_train_options(one_epoch, tmp_path, monkeyp
 def test_a_json_file_given_as_a_checkpoint_and_a_resume_on_other_threads(one_epoch, tmp_path):
     with pytest.raises(CheckpointError, match="config.json is a JSON file, not a training"):
         load_checkpoint(one_epoch / "config.json")  # it had said 'Python objects'
+    (tmp_path / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))  # said so too
+    with pytest.raises(CheckpointError, match=r"not a file torch.save wrote \(Unsupported op"):
+        load_checkpoint(tmp_path / "curves.png")
     out = tmp_path / "run"
     shutil.copytree(one_epoch, out)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)

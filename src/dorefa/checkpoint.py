@@ -205,7 +205,14 @@ def _load_failure(exc: Exception) -> str:
     unpickles code from a file), no terminal escapes, no message cut mid-sentence."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     if "Weights only load failed" in text:
-        return "it holds Python objects other than tensors and plain containers"
+        found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        why = found.group(1).strip() if found else ""
+        if why.startswith("Unsupported operand"):  # a PNG, say: not a pickle of torch's
+            return f"not a file torch.save wrote ({why})"
+        why = why.split(" was not an allowed global")[0][:120]  # not torch's advice
+        return "it holds Python objects other than tensors and plain containers" + (
+            f" ({why})" if why else ""
+        )
     first = text.splitlines()[0] if text else type(exc).__name__
     return first if len(first) <= 160 else first[:160].rsplit(" ", 1)[0] + " ..."
 
