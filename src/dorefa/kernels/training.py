@@ -43,7 +43,7 @@ import numpy as np
 from ..geometry import MAX_THREADS, check_int, fits_int32
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
-from .reference import check_bits, check_code_array
+from .reference import check_bits, check_code_array, check_code_range
 from .reference_grad import (
     check_geometry,
     check_kernel_size,
@@ -142,6 +142,9 @@ def _input_operands(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threa
     check_bits("w_bits", w_bits)
     c = check_code_array("c", c, "(N, O, H', W')")  # the spec's checks: no silent casts
     w_codes = check_code_array("w_codes", w_codes, "(O, C, KH, KW)")
+    if c.shape[1] != w_codes.shape[0]:  # the kernels had named c "x_codes" (0.04 ms a check)
+        raise ValueError(f"c has {c.shape[1]} channels but w_codes {w_codes.shape[0]} outputs")
+    check_code_range("c", c, g_bits)
     hw = check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
     return c, w_codes, hw, check_int("threads", threads, 1, MAX_THREADS)
 
