@@ -6,10 +6,11 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from dorefa import checkpoint
-from dorefa.checkpoint import load_checkpoint
+from dorefa.checkpoint import CheckpointError, load_checkpoint
 from dorefa.cli import main
 from dorefa.train import TrainConfig, train
 from tiny_run import TINY
@@ -99,7 +100,8 @@ def test_a_run_extended_on_resume_keeps_its_halved_rate(tmp_path, fashion_dir):
 
 def test_resume_compares_the_data_spec_by_place(tmp_path, fashion_dir, monkeypatch):
     """A checkpoint of an older version recorded `fashion-mnist:fm` as typed; this one records
-    the folder resolved, and a resume from the same working folder compares them by place."""
+    the folder resolved. A resume compares the data set's name, and says where the folder
+    moved, as for --data-dir."""
     shutil.copytree(fashion_dir, tmp_path / "fm")
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
@@ -108,8 +110,19 @@ def test_resume_compares_the_data_spec_by_place(tmp_path, fashion_dir, monkeypat
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     ckpt["meta"]["data"] = "fashion-mnist:fm"  # as the older version wrote it
     checkpoint.save_atomic(ckpt, run / "checkpoint.pt")
-    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg), log=lambda m: None)
+    lines: list[str] = []
+    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg), log=lines.append)
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1  # 0-based: the second
+    assert not any("resuming on the data in" in m for m in lines), lines  # the same place
+    shutil.move(tmp_path / "fm", tmp_path / "moved")  # a copy elsewhere: warned, not refused
+    # (a review found the first version refusing it, with no argument to get past)
+    cfg = TINY | dict(data=f"fashion-mnist:{tmp_path / 'moved'}")
+    train(TrainConfig(bits="1,2,6", epochs=3, out=str(run), resume=True, **cfg), log=lines.append)
+    want = f"resuming on the data in {(tmp_path / 'moved').resolve()}; the run read"
+    assert any(want in m for m in lines), lines
+    cfg = TINY | dict(data=f"mnist:{tmp_path / 'moved'}", augment="flip")  # other data: refused
+    with pytest.raises(CheckpointError, match="was made with --data 'fashion-mnist:"):
+        train(TrainConfig(bits="1,2,6", epochs=4, out=str(run), resume=True, **cfg))
 
 
 def test_init_from_refuses_weights_that_are_not_finite(tmp_path, fashion_dir, capsys):

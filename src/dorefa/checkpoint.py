@@ -171,13 +171,16 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 
 
 def _same_meta(key: str, saved: dict, meta: dict) -> bool:
-    """Whether a meta entry is unchanged; the data spec by place (an older checkpoint recorded
-    a spec's folder as given: relative to the working folder, as this run's is)."""
+    """Whether a meta entry is unchanged; the data spec by its data set's name: its folder may
+    move, as --data-dir's may (dorefa.run warns where it has; the first version of this check
+    refused a resume on a copy of the data elsewhere, with no argument to get past it)."""
     if key == "data" and isinstance(saved[key], str) and isinstance(meta[key], str):
-        from .data.registry import spec_place
-
-        return spec_place(saved[key]) == spec_place(meta[key])
+        return _data_name(saved[key]) == _data_name(meta[key])
     return saved[key] == meta[key]
+
+
+def _data_name(spec: str) -> str:
+    return spec.partition(":")[0].strip().lower()
 
 
 # How a user sets each meta entry (a resume refused names it so).

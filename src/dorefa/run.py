@@ -114,6 +114,16 @@ def model_meta(
     } | extra
 
 
+def _read_folder(meta: dict, older: str | None) -> str | None:
+    """The folder a run read its data from, as ``meta`` records it: the one its spec names
+    (resolved), else its --data-dir (``older`` where the meta predates data_dir); None: the
+    data set's default."""
+    spec = meta.get("data")
+    if isinstance(spec, str) and spec.partition(":")[2]:
+        return spec_place(spec).partition(":")[2]
+    return meta["data_dir"] if "data_dir" in meta else older
+
+
 def _folder(given: str | None) -> str | None:
     """A --data-dir as a checkpoint records it: absolute, resolved (None: the default folder)."""
     return resolved_path(given) if given else None
@@ -281,10 +291,9 @@ def _load_state(run: Run, log) -> tuple[int, float]:
                 f"note: resuming on {threads[1]} torch threads where the run used {threads[0]}: "
                 "its weights will differ from an uninterrupted run's (float rounding)"
             )
-        before, now = ckpt["meta"].get("data_dir"), run.meta.get("data_dir")
-        if "data_dir" not in ckpt["meta"]:  # an older checkpoint: its config says
-            before = _folder(saved.get("data_dir"))
-        if before != now:
+        older = _folder(saved.get("data_dir"))  # an older checkpoint's meta lacks it: its config
+        before, now = _read_folder(ckpt["meta"], older), _read_folder(run.meta, None)
+        if before != now:  # the spec's folder or --data-dir: the data set is checked the same
             log(
                 f"warning: resuming on the data in {now or 'the default folder'}; the run "
                 f"read {before or 'the default folder'} until now (the same data, moved?)"

@@ -15,10 +15,6 @@ class ArrayDataset(Dataset):
     :func:`dorefa.data.transforms.to_model_input`, which is far faster than per item.
     """
 
-    # num_classes is 1 + the largest label seen (an idx folder), not the data set's own count:
-    # a test set may then have fewer (data.require_model_shape)
-    classes_from_labels = False
-
     def __init__(
         self,
         images: torch.Tensor | np.ndarray,
@@ -26,6 +22,7 @@ class ArrayDataset(Dataset):
         *,
         num_classes: int,
         name: str,
+        classes_from_labels: bool = False,
     ) -> None:
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
@@ -52,6 +49,9 @@ class ArrayDataset(Dataset):
         self.num_classes = int(num_classes)
         self.in_channels = int(images.shape[1])
         self.name = name
+        # num_classes is 1 + the largest label seen (an idx folder), not the data set's own
+        # count (data.require_model_shape says so where it refuses fewer)
+        self.classes_from_labels = classes_from_labels
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,7 +64,11 @@ class ArrayDataset(Dataset):
         if n < 0:
             raise ValueError(f"subset size must be >= 0, got {n}")
         return ArrayDataset(
-            self.images[:n], self.labels[:n], num_classes=self.num_classes, name=self.name
+            self.images[:n],
+            self.labels[:n],
+            num_classes=self.num_classes,
+            name=self.name,
+            classes_from_labels=self.classes_from_labels,
         )
 
     def __repr__(self) -> str:

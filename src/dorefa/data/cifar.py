@@ -5,22 +5,19 @@ its ``cifar-10-batches-py`` subfolder. Each is a pickled dict with ``b'data'``: 
 (N, 3072) laid out as 3 planes of 32x32 (R, G, B) in row-major order, and ``b'labels'``:
 a list of N ints in 0..9.
 
-The pickles are read with :class:`SafeUnpickler`: unpickling can call any importable
-function, so a downloaded batch file must not be trusted with plain ``pickle.load``.
+The pickles are read with :func:`dorefa.data.safe_pickle.safe_load`: unpickling can call any
+importable function, so a downloaded batch file must not be trusted with plain ``pickle.load``.
 """
 
 from __future__ import annotations
 
-import builtins
-import codecs
-import io
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from .arrays import ArrayDataset
 from .errors import DataError, require_folder
+from .safe_pickle import ForbiddenGlobal, safe_load
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
@@ -28,93 +25,6 @@ SUBDIR = "cifar-10-batches-py"
 HINT = (
     "; download and unpack cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
 )
-
-
-def _numpy_reconstruct():
-    # numpy >= 2 moved the implementation to numpy._core; pickles name either module.
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-        from numpy._core.numeric import _frombuffer
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-        from numpy.core.numeric import _frombuffer
-    return _reconstruct, scalar, _frombuffer
-
-
-_reconstruct, _scalar, _frombuffer = _numpy_reconstruct()
-
-
-class ForbiddenGlobal(pickle.UnpicklingError):
-    """The pickle names a global outside the allow-list, or calls one as numpy's pickles do
-    not (possibly malicious)."""
-
-
-# The callables a pickle may reach make nothing larger than the pickle itself. A hostile review
-# made a 240-byte test_batch call numpy.ndarray((400000, 3072)) and get 1.2 GB of uninitialised
-# memory as "images"; bytes(10**10) is the same trick.
-class _NdarrayName:
-    """What a pickle's ``numpy.ndarray`` resolves to: an argument of ``_reconstruct`` only (as
-    numpy pickles arrays), not a constructor."""
-
-    def __new__(cls, *args, **kwargs):
-        raise ForbiddenGlobal("numpy.ndarray called directly (an array of memory the file lacks)")
-
-
-def _array_from_pickle(subtype, shape, dtype):
-    """numpy's ``_reconstruct(ndarray, (0,), b'b')``: an empty array that the pickle's state
-    then fills from its own bytes (numpy checks their length against the shape)."""
-    if subtype is not _NdarrayName or tuple(shape) != (0,):
-        raise ForbiddenGlobal("an array not pickled as numpy pickles one")
-    return _reconstruct(np.ndarray, shape, dtype)
-
-
-def _bytes_from_pickle(*args):
-    """``bytes()`` as protocol 2 writes b'', or of a str and an encoding; not ``bytes(n)``."""
-    if args and isinstance(args[0], int):
-        raise ForbiddenGlobal("bytes(n), n bytes the file does not hold")
-    return bytes(*args)
-
-
-def _latin1_from_pickle(text, encoding="utf-8"):
-    """Protocol < 3 pickles of Python 3 bytes: ``_codecs.encode(str, 'latin1')``."""
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise ForbiddenGlobal(f"_codecs.encode other than of a str to latin1 ({encoding})")
-    return codecs.encode(text, encoding)
-
-
-_ALLOWED = {
-    **{
-        (mod, name): getattr(builtins, name)
-        for mod in ("builtins", "__builtin__")
-        for name in ("dict", "list", "str", "int")
-    },
-    **{(mod, "bytes"): _bytes_from_pickle for mod in ("builtins", "__builtin__")},
-    ("_codecs", "encode"): _latin1_from_pickle,
-    ("numpy", "ndarray"): _NdarrayName,
-    ("numpy", "dtype"): np.dtype,
-    **{
-        (mod, name): obj
-        for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
-        for name, obj in (("_reconstruct", _array_from_pickle), ("scalar", _scalar))
-    },
-    # Protocol 5 pickles arrays as numpy.core.numeric._frombuffer(buffer, dtype, shape, order).
-    **{(mod, "_frombuffer"): _frombuffer for mod in ("numpy.core.numeric", "numpy._core.numeric")},
-}
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only builtin containers and numpy array reconstruction."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise ForbiddenGlobal(f"forbidden global {module}.{name}") from None
-
-
-def safe_load(data: bytes):
-    # encoding='bytes': the official batches were pickled by Python 2 (str keys become bytes).
-    return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -100,7 +100,7 @@ def require_model_shape(
     the count is inferred from the labels (an idx folder) and smaller, the error says so: a
     test split without the last class is refused too, and its fixed-count name takes it."""
     if dataset.in_channels != channels or dataset.num_classes != classes:
-        inferred = getattr(dataset, "classes_from_labels", False) and (
+        inferred = getattr(dataset, "classes_from_labels", False) and (  # not image folders
             dataset.num_classes < classes and dataset.in_channels == channels
         )
         raise ValueError(

@@ -62,11 +62,8 @@ def _read_array(f: BinaryIO, n: int) -> np.ndarray:
     return out
 
 
-def _parse(
-    f: BinaryIO, path: Path, magic: int, file_size: int | None, gzip_size: int | None = None
-) -> np.ndarray:
-    """Header, checks and data of one IDX stream (file_size: None when decompressing, then
-    gzip_size is the compressed file's)."""
+def _header(f: BinaryIO, path: Path, magic: int) -> tuple[int, ...]:
+    """The shape an IDX stream's header gives, its magic checked."""
     what = "images" if magic == IMAGES_MAGIC else "labels"
     head = _read_up_to(f, 4)
     if len(head) < 4:
@@ -75,14 +72,24 @@ def _parse(
     if got != magic:
         raise DataError(f"{path}: bad IDX magic 0x{got:08x}, expected 0x{magic:08x} for {what}")
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
     dims_raw = _read_up_to(f, 4 * ndim)
     if len(dims_raw) < 4 * ndim:
-        raise DataError(f"{path}: truncated: {4 + len(dims_raw)} bytes, header needs {header}")
-    shape = tuple(int.from_bytes(dims_raw[k : k + 4], "big") for k in range(0, 4 * ndim, 4))
+        raise DataError(
+            f"{path}: truncated: {4 + len(dims_raw)} bytes, header needs {4 + 4 * ndim}"
+        )
+    return tuple(int.from_bytes(dims_raw[k : k + 4], "big") for k in range(0, 4 * ndim, 4))
+
+
+def _parse(f: BinaryIO, path: Path, magic: int, size: tuple[int, bool], count: int | None):
+    """Header, checks and data of one IDX stream; ``size``: (the file's bytes, whether it is
+    gzip); ``count``: the items the header must claim (a labels file: its images' count)."""
+    shape = _header(f, path, magic)
+    header, (file_size, gz) = 4 + 4 * len(shape), size
     n = math.prod(shape)  # Python ints: no overflow for hostile dims
     expected, dims = header + n, "x".join(map(str, shape))
-    if file_size is not None and file_size < expected:
+    if count is not None and shape[0] != count:  # before reading what it claims
+        raise DataError(f"{path}: label count {shape[0]} != image count {count}")
+    if not gz and file_size < expected:
         raise DataError(
             f"{path}: truncated: header says {dims} but file has {file_size} bytes "
             f"(expected {expected})"
@@ -92,11 +99,11 @@ def _parse(
             f"{path}: header says {dims} ({n} bytes of data), more than the "
             f"{MAX_DATA_BYTES}-byte limit: the file is corrupt"
         )
-    if gzip_size is not None and n > MAX_GZIP_RATIO * gzip_size + (1 << 20):
+    if gz and count is None and n > MAX_GZIP_RATIO * file_size + (1 << 20):
         raise DataError(
-            f"{path}: header says {dims} ({n} bytes of data) from {gzip_size} bytes of gzip, "
-            f"more than {MAX_GZIP_RATIO}x: refused as a gzip bomb (real IDX files compress "
-            f"2-5x; gunzip it yourself if it is genuine)"
+            f"{path}: header says {dims} ({n} bytes of data) from {file_size} bytes of gzip, "
+            f"more than {MAX_GZIP_RATIO}x: refused as a gzip bomb (image files compress 2-5x; "
+            "gunzip it yourself if it is genuine)"
         )
     data = _read_array(f, n + 1)
     if len(data) < n:
@@ -105,45 +112,63 @@ def _parse(
             f"(expected {expected})"
         )
     if len(data) > n:
-        size = file_size if file_size is not None else f"more than {expected}"
-        raise DataError(f"{path}: header says {dims} ({expected} bytes) but file has {size} bytes")
+        actual = f"more than {expected}" if gz else file_size
+        raise DataError(
+            f"{path}: header says {dims} ({expected} bytes) but file has {actual} bytes"
+        )
     return data.reshape(shape)
 
 
-def read_idx(path: str | Path, magic: int) -> np.ndarray:
-    """Read one uint8 IDX file (raw, or gzip whatever its name says) and check its magic and
-    size; returns a writable array of its shape."""
-    path = Path(path)
+def _open_idx(path: Path, read):
+    """``read(stream, (file bytes, gzip?))`` on the IDX file at path, raw or gzip whatever its
+    name says; its failures to read as DataError."""
     try:
         with open(path, "rb") as raw:
             gz = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
+            size = (os.fstat(raw.fileno()).st_size, gz)
             if not gz:
-                return _parse(raw, path, magic, os.fstat(raw.fileno()).st_size)
+                return read(raw, size)
             try:
                 with gzip.GzipFile(fileobj=raw) as f:
-                    return _parse(f, path, magic, None, os.fstat(raw.fileno()).st_size)
+                    return read(f, size)
             except (OSError, EOFError, zlib.error) as e:
                 raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except OSError as e:  # DataError is a ValueError: only the open/read failures land here
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
+def read_idx(path: str | Path, magic: int, count: int | None = None) -> np.ndarray:
+    """Read one uint8 IDX file (raw, or gzip whatever its name says) and check its magic and
+    size; returns a writable array of its shape. ``count``: the items its header must claim (a
+    labels file: its images' count, checked before its data is read; a gzip file without it
+    may claim at most :data:`MAX_GZIP_RATIO` times its size)."""
+    path = Path(path)
+    return _open_idx(path, lambda f, size: _parse(f, path, magic, size, count))
+
+
+def idx_shape(path: str | Path, magic: int) -> tuple[int, ...]:
+    """The shape an IDX file's header gives (only the header is read)."""
+    path = Path(path)
+    return _open_idx(path, lambda f, size: _header(f, path, magic))
+
+
 def find_idx_file(folder: Path, split: str, kind: str) -> Path | None:
     """The IDX file for (split, kind) in folder, or None. kind: 'images' or 'labels'."""
     word, idx, _ = _KINDS[kind]
-    for prefix in _PREFIXES[split]:
-        for stem in (f"{prefix}-{word}-{idx}-ubyte", f"{prefix}-{word}.{idx}-ubyte"):
-            for suffix in (".gz", ""):
-                p = folder / (stem + suffix)
-                try:  # a name that is there but not a file (a folder, a link loop) is returned:
-                    # read_idx then says what it is (it had been "no such file")
-                    if p.is_symlink() or p.exists():
-                        return p
-                except OSError as e:  # a folder that cannot be searched
-                    why = e.strerror or e
-                    raise DataError(f"{folder}: cannot read the folder ({why})") from None
-    return None
+    names = [
+        folder / f"{stem}{suffix}"
+        for prefix in _PREFIXES[split]
+        for stem in (f"{prefix}-{word}-{idx}-ubyte", f"{prefix}-{word}.{idx}-ubyte")
+        for suffix in (".gz", "")
+    ]
+    try:  # the first file; else a name that is there but is not one (a folder, a broken link):
+        # read_idx then says what it is (it had been "no such file"). A file wins over a folder
+        # of another spelling (Kaggle's MNIST has both).
+        there = [p for p in names if p.is_symlink() or p.exists()]
+        return next((p for p in there if p.is_file()), there[0] if there else None)
+    except OSError as e:  # a folder that cannot be searched
+        raise DataError(f"{folder}: cannot read the folder ({e.strerror or e})") from None
 
 
 def _require(folder: Path, split: str, kind: str, hint: str) -> Path:
@@ -174,7 +199,7 @@ def load_idx(
     img_path = _require(folder, split, "images", hint)
     lab_path = _require(folder, split, "labels", hint)
     images = read_idx(img_path, IMAGES_MAGIC)  # (N, H, W)
-    labels = read_idx(lab_path, LABELS_MAGIC)  # (N,)
+    labels = read_idx(lab_path, LABELS_MAGIC, count=len(images))  # (N,)
     if len(images) == 0:
         raise DataError(f"{img_path}: no images (the header says 0); the {split} split is empty")
     if 0 in images.shape[1:]:
@@ -186,19 +211,22 @@ def load_idx(
     top = int(labels.max()) if len(labels) else -1
     inferred = num_classes is None
     if inferred:
-        other = find_idx_file(folder, "test" if split == "train" else "train", "labels")
-        if other is not None:
-            other_labels = read_idx(other, LABELS_MAGIC)
+        split2 = "test" if split == "train" else "train"
+        other = find_idx_file(folder, split2, "labels")
+        if other is not None:  # as many labels as its images (a gzip of sorted labels
+            # compresses ~1000x: no ratio bounds it), else the gzip ratio does
+            other_images = find_idx_file(folder, split2, "images")
+            count = idx_shape(other_images, IMAGES_MAGIC)[0] if other_images else None
+            other_labels = read_idx(other, LABELS_MAGIC, count)
             if len(other_labels):
                 top = max(top, int(other_labels.max()))
         num_classes = top + 1
     elif top >= num_classes:
         raise DataError(f"{lab_path}: label {top} out of range 0..{num_classes - 1}")
-    dataset = ArrayDataset(
+    return ArrayDataset(
         images[:, None],  # writable (read_idx): torch takes it without a copy
         labels.astype(np.int64),
         num_classes=max(num_classes, 1),
         name=name,
+        classes_from_labels=inferred,
     )
-    dataset.classes_from_labels = inferred
-    return dataset
