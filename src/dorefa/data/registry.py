@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..fileio import resolved_path
 from .cifar import load_cifar10
-from .errors import DataError
+from .errors import DataError, require_folder
 from .idx import load_idx
 from .imagefolder import load_imagefolder
 from .svhn import load_svhn
@@ -136,10 +136,16 @@ def spec_place(spec: str) -> str:
     return f"{name}:{resolved_path(folder)}" if sep and folder else spec
 
 
-def check_spec(spec: str, data_dir: str | None = None) -> str:
+def check_spec(spec: str, data_dir: str | None = None, folder_exists: bool = False) -> str:
     """Check a spec without reading any file (a known name, a folder where one is needed), so
-    that a command can refuse it before starting work; returns the data set's name."""
-    return _parse(spec, data_dir)[0]
+    that a command can refuse it before starting work; returns the data set's name. With
+    ``folder_exists``, its folder (given, or the default) must be there too (a sweep had
+    started every cell on a missing --data-dir, each failing, and kept it as a setting)."""
+    name, entry, path = _parse(spec, data_dir)
+    if folder_exists:
+        folder = path.expanduser() if path is not None else entry.default_dir()
+        require_folder(folder, f"the {name} data")
+    return name
 
 
 def get_dataset(

@@ -15,8 +15,15 @@ from .scheduler import run_sweep
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..recipes import get_recipe
+
+    if args.seed is not None and args.seeds is not None:  # --seed had gone unused, unsaid
+        raise ValueError("give --seed (one seed) or --seeds (several), not both")
+    model = args.model  # a recipe's own model where none is given (svhn had counted as given)
+    if model is None:
+        model = get_recipe(args.recipe).model if args.recipe else SweepConfig.model
     cfg = SweepConfig(
-        model=args.model,
+        model=model,
         data=args.data,
         data_dir=args.data_dir,
         grid=args.grid,
@@ -25,7 +32,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         subset=args.subset,
         test_subset=args.test_subset,
         jobs=args.jobs,
-        seed=args.seed,
+        seed=args.seed if args.seed is not None else SweepConfig.seed,
         seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
         records=args.records[0] if args.records else None,
         done_records=tuple(args.records[1:]) if args.records else (),
@@ -58,7 +65,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("sweep", help="train every (W,A,G,width) cell of a grid (resumable)")
-    p.add_argument("--model", default="svhn")
+    p.add_argument("--model", default=None, help="default: the recipe's, else svhn")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument(
@@ -71,7 +78,9 @@ def register_cli(sub) -> None:
     p.add_argument("--subset", type=int, default=None, help="first N training images, every cell")
     p.add_argument("--test-subset", type=int, default=None, help="first N test images")
     p.add_argument("--jobs", type=int, default=1, help="cells side by side, one thread each")
-    p.add_argument("--seed", type=int, default=0, help="the seed (one seed; see --seeds)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="the seed (one seed; default 0; see --seeds)"
+    )
     p.add_argument(
         "--seeds",
         default=None,

@@ -93,7 +93,7 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
 
     if cfg.model not in list_models():
         raise ValueError(f"--model {cfg.model!r} is not one of {', '.join(list_models())}")
-    check_spec(cfg.data, cfg.data_dir)
+    check_spec(cfg.data, cfg.data_dir, folder_exists=True)
     if not str(cfg.out).strip():  # Path("") is the working folder: its files had been written
         raise ValueError("--out is empty; name the sweep's folder")
     if out.exists() and not out.is_dir():
@@ -116,6 +116,13 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
                 "get the same budget: use the same arguments or another --out"
             )
     else:  # folders as absolute paths: a later run from another folder means the same ones
+        left = [p.name for p in (out / "results.csv", out / "cells") if p.exists()]
+        if left:  # cells of unknown settings had counted as done under any budget
+            raise ValueError(
+                f"{out} holds {' and '.join(left)} but no sweep.json, which says the settings "
+                "its cells were trained with: restore it, or move the folder away and choose "
+                "another --out"
+            )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(_stored(settings), indent=2) + "\n")
 

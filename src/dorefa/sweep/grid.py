@@ -102,9 +102,15 @@ def _parse_entry(entry: object, at: str) -> list[Cell]:
         raise ValueError(f'{at}: quote the bits, e.g. bits: "1,2,6" (got {entry!r})')
     if unknown:
         raise ValueError(f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(GRID_KEYS)}")
+    if "width" in entry and "widths" in entry:  # 'width' had been dropped, unsaid
+        raise ValueError(f"{at}: give 'width' or 'widths', not both (got {entry!r})")
+    init = entry.get("init")
+    if init is not None and not isinstance(init, str):  # false or 0 had meant "from scratch"
+        raise ValueError(f'{at}: init names the source cell\'s bits, e.g. init: "32,32,32"; '
+                         f"leave it out to train from scratch (got {init!r})")  # fmt: skip
     try:
         bits = Bits.parse(entry["bits"])
-        init = Bits.parse(entry["init"]) if entry.get("init") else None
+        init = Bits.parse(init) if init else None
     except ValueError as exc:
         raise ValueError(f"{at}: {exc}") from None
     widths = entry.get("widths", [entry.get("width", 1.0)])

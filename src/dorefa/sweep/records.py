@@ -18,7 +18,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, resolved_path
 from .results import CellResult, read_metrics
 
 FORMAT = 1
@@ -29,9 +29,28 @@ BUDGET_KEYS = ("model", "data", "epochs", "subset", "test_subset", "batch_size",
 LOCAL_KEYS = ("out", "data_dir", "init_from", "progress", "resume", "threads", "workers")
 
 
+# Data specs whose name does not name the data (any IDX pair, any image folder): their folder
+# does. The other names are data sets: the same name is the same data on any machine.
+GENERIC_DATA = ("idx", "imagefolder")
+
+
+def data_identity(data: object, data_dir: str | None = None) -> object:
+    """The data a record was trained on, as records compare it: the data set's name (any
+    spelling of its folder, or none, is the same data: a review found records of
+    'idx:/a' and of a link to /a, or of 'FASHION-MNIST', counted as other settings); for
+    :data:`GENERIC_DATA`, the name and the resolved folder (an older record's 'idx' alone
+    matches no folder: its cell is trained again)."""
+    if not isinstance(data, str):
+        return data
+    name, _, folder = data.partition(":")
+    name, folder = name.strip().lower(), folder or data_dir
+    return f"{name}:{resolved_path(folder)}" if name in GENERIC_DATA and folder else name
+
+
 def cell_settings(cfg, cell) -> dict:
     """What a cell's record must match to count as done: the sweep's budget and the cell."""
     return {k: getattr(cfg, k) for k in BUDGET_KEYS} | {
+        "data": data_identity(cfg.data, cfg.data_dir),
         "bits": str(cell.bits),
         "width": cell.width,
         "init": str(cell.init) if cell.init else "",
@@ -41,7 +60,8 @@ def cell_settings(cfg, cell) -> dict:
 
 def settings_diff(record: dict, cfg, cell) -> dict:
     """``{key: (recorded, wanted)}`` for every setting where ``record`` differs from the sweep."""
-    got = record.get("config", {})
+    got = dict(record.get("config", {}))
+    got["data"] = data_identity(got.get("data"))
     want = cell_settings(cfg, cell)
     return {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
 
@@ -118,11 +138,12 @@ def _well_formed(rec: dict) -> bool:
         isinstance(m, dict) and _number(m.get("test_acc")) for m in metrics
     ):
         return False
-    try:
-        CellResult.from_dict(rec["row"])
+    try:  # each field of its type: as results.csv would read it back (a text accuracy, a
+        # null W had been taken, then broken the page or the sweep's results.csv)
+        row = CellResult.from_dict(rec["row"])
+        return CellResult.from_csv(row.to_csv()) == row
     except (TypeError, ValueError):
         return False
-    return True
 
 
 def _number(v: object) -> bool:
@@ -131,11 +152,38 @@ def _number(v: object) -> bool:
 
 def read_records(folders) -> list[dict]:
     """Every record (``*.json``) of the folders, in file-name order per folder."""
-    out = []
+    out, where = [], []
     for folder in [folders] if isinstance(folders, str | Path) else folders:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--records {folder}: no such folder")
-        out += [read_record(p) for p in sorted(Path(folder).glob("*.json"))]
+        paths = sorted(Path(folder).glob("*.json"))
+        out += [read_record(p) for p in paths]
+        where += paths
+    return one_per_cell(out, where)
+
+
+def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
+    """The records with each cell (and seed) once: copies of one record are one; records of
+    one cell with other settings are refused, naming both (a report had counted a stale record
+    beside the new one as a second seed, its budget mixed into the mean)."""
+    seen: dict[str, tuple[dict, Path]] = {}
+    out = []
+    for rec, path in zip(records, where, strict=True):
+        first = seen.get(rec["cell"])
+        if first is None:
+            seen[rec["cell"]] = (rec, path)
+            out.append(rec)
+            continue
+        if first[0]["config"] != rec["config"]:
+            diff = ", ".join(
+                f"{k}: {first[0]['config'].get(k)!r} there, {v!r} here"
+                for k, v in rec["config"].items()
+                if first[0]["config"].get(k) != v
+            )
+            raise ValueError(
+                f"{first[1]} and {path} are records of one cell with other settings ({diff}): "
+                "remove the stale one, or report the folders one at a time"
+            )
     return out
 
 

@@ -77,8 +77,12 @@ def render_table(rows: list[CellResult]) -> str:
     return "\n".join(lines)
 
 
-def _verdict(v: str | None) -> str:
-    return "not measured" if v is None else f"**{v}**"
+def _verdict(v: str | None, measured: bool = False) -> str:
+    """The verdict in bold; without one, whether nothing was measured or too little to judge
+    (a page had shown a pair's figure beside "not measured")."""
+    if v is not None:
+        return f"**{v}**"
+    return "not judged: too few of its cells measured" if measured else "not measured"
 
 
 def _stat(s: Spread) -> str:
@@ -107,7 +111,7 @@ def check_claim(claim: Claim, acc) -> list[str]:
     paper = f"{claim.paper}; {figure}"
     verdict = claim.test(diffs) if texts else None
     head = f"- **{claim.claim}** (paper: {paper} | ours: {ours}; holds when {claim.holds_when}): "
-    return [head + _verdict(verdict)] + [f"  - {t}" for t in texts]
+    return [head + _verdict(verdict, bool(texts))] + [f"  - {t}" for t in texts]
 
 
 def claims(rows: list[CellResult]) -> list[str]:

@@ -56,7 +56,7 @@ def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path |
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         seed=cell.seed,
-        engine=cfg.engine,
+        engine=_started_engine(cell_dir, cfg.engine),
         threads=1,
         subset=cfg.subset,
         test_subset=cfg.test_subset,
@@ -65,6 +65,19 @@ def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path |
         init_from=str(init_from) if init_from is not None else None,
     )
     return TrainConfig(**apply_recipe(values, set(values), cfg.recipe))
+
+
+def _started_engine(cell_dir: Path, engine: str) -> str:
+    """The engine a cell's run began on (its config.json), else ``engine``: a resume keeps its
+    engine (dorefa train refuses another, and the sweep had failed the cell on every rerun with
+    another --engine); the sweep's --engine applies to the cells it starts."""
+    try:
+        started = json.loads((cell_dir / "config.json").read_text()).get("engine")
+    except (OSError, ValueError, AttributeError):  # none yet, or not ours: train says so
+        return engine
+    from ..engine import ENGINES
+
+    return started if started in ENGINES else engine
 
 
 def train_command(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path | None):
