@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,24 @@ WRITERS = {
     "cifar10": make_cifar_dir,
     "imagefolder": make_imagefolder,
 }
+
+
+def py2_cifar_batch(data: np.ndarray, labels: list[int], names: list[bytes]) -> bytes:
+    """A CIFAR batch pickled as the official files are: by Python 2 and numpy 1.x, protocol 2
+    (its strings, the dtype's name and byte order included, are Python 2 str: SHORT_BINSTRING,
+    which Python 3 reads as bytes). Written opcode by opcode: Python 3 cannot pickle so."""
+
+    def text(b: bytes) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(b)]) + b
+
+    n = len(data)
+    p = b"\x80\x02}q\x01(" + text(b"data")
+    p += b"cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04K\x00\x85"
+    p += text(b"b") + b"\x87Rq\x05(K\x01M" + struct.pack("<H", n) + b"M\x00\x0c\x86"
+    p += b"cnumpy\ndtype\nq\x06" + text(b"u1") + b"K\x00K\x01\x87Rq\x07(K\x03" + text(b"|")
+    p += b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    p += b"\x89T" + struct.pack("<I", data.nbytes) + data.tobytes() + b"tb"
+    p += text(b"labels") + b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    p += text(b"batch_label") + text(b"testing batch 1 of 1")
+    p += text(b"filenames") + b"](" + b"".join(text(f) for f in names) + b"e"
+    return p + b"u."

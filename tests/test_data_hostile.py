@@ -143,6 +143,17 @@ def test_an_idx_gzip_bomb_is_refused_and_real_files_are_held_once(tmp_path):
     noise = np.random.default_rng(1).integers(0, 256, (1_500_000, 1, 2))
     write_idx(sorted_labels / "train-images-idx3-ubyte", noise, gz=True)
     assert get_dataset(f"idx:{sorted_labels}", "train").num_classes == 2
+    other = tmp_path / "other"  # the test split's labels, read to count the classes: their
+    # count from a bare images header (no data behind it) had let a gzip bomb through
+    other.mkdir()
+    write_idx(other / "train-images-idx3-ubyte", np.zeros((2, 2, 2)))
+    write_idx(other / "train-labels-idx1-ubyte", np.arange(2))
+    claim = bytes([0, 0, 8, 3]) + np.array([5 * 10**7, 1, 1], ">u4").tobytes()
+    (other / "t10k-images-idx3-ubyte").write_bytes(claim)
+    labels = bytes([0, 0, 8, 1]) + np.array([5 * 10**7], ">u4").tobytes() + bytes(5 * 10**7)
+    (other / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: .* refused as a gzip bomb"):
+        get_dataset(f"idx:{other}", "train")
     liar = tmp_path / "liar"  # a labels header claiming more than its images
     liar.mkdir()
     write_idx(liar / "train-images-idx3-ubyte", np.zeros((3, 2, 2)))
@@ -268,3 +279,20 @@ def test_idx_svhn_and_cifar_say_what_they_cannot_read(tmp_path, monkeypatch):
     monkeypatch.setattr(scipy.io, "loadmat", denied)
     with pytest.raises(DataError, match=r"test_32x32.mat: cannot read \(Permission denied\)"):
         get_dataset(f"svhn:{tmp_path / 's'}", "test")
+
+
+def test_the_official_python_2_cifar_batches_load(tmp_path):
+    """The official batches were pickled by Python 2: the dtype's name and byte order come as
+    bytes, which the first version of the safe reader refused (every real download failed).
+    Text arrays load too (a filenames array, never read)."""
+    from data_files import py2_cifar_batch
+    from dorefa.data.safe_pickle import safe_load
+
+    data = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    (tmp_path / "test_batch").write_bytes(py2_cifar_batch(data, [1, 2, 3], [b"a.png"] * 3))
+    test = get_dataset(f"cifar10:{tmp_path}", "test")
+    assert np.array_equal(test.images.numpy().reshape(3, -1), data)
+    assert test.labels.tolist() == [1, 2, 3]
+    names = np.array([b"a.png", b"bb.png"]), np.array(["x", "yz"])
+    got = safe_load(pickle.dumps({b"names": names[0], b"text": names[1]}, protocol=2))
+    assert np.array_equal(got[b"names"], names[0]) and np.array_equal(got[b"text"], names[1])

@@ -123,6 +123,13 @@ def test_resume_compares_the_data_spec_by_place(tmp_path, fashion_dir, monkeypat
     cfg = TINY | dict(data=f"mnist:{tmp_path / 'moved'}", augment="flip")  # other data: refused
     with pytest.raises(CheckpointError, match="was made with --data 'fashion-mnist:"):
         train(TrainConfig(bits="1,2,6", epochs=4, out=str(run), resume=True, **cfg))
+    run = tmp_path / "idx-run"  # an idx folder is its data: another folder is refused
+    cfg = TINY | dict(data=f"idx:{tmp_path / 'moved'}")
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    cfg = TINY | dict(data=f"idx:{tmp_path / 'copy'}")
+    with pytest.raises(CheckpointError, match="an idx or image folder is its data"):
+        train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg))
 
 
 def test_init_from_refuses_weights_that_are_not_finite(tmp_path, fashion_dir, capsys):

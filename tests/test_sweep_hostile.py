@@ -49,8 +49,16 @@ def test_records_of_one_cell_with_other_settings_are_refused_together(tmp_path):
         rec = _record(SweepConfig(epochs=epochs))
         (tmp_path / folder / f"{rec['cell']}.json").write_text(json.dumps(rec))
     assert len(read_records([tmp_path / "a", tmp_path / "b"])) == 1
-    with pytest.raises(ValueError, match="records of one cell with other settings .epochs: 1"):
+    with pytest.raises(ValueError, match="records of one cell .epochs: 1 there, 2 here"):
         read_records([tmp_path / "a", tmp_path / "c"])
+    rec = _record(SweepConfig(epochs=1))
+    rec["config"]["data"] = "fashion-mnist:/usr/share/datasets/fashion-mnist"  # older spelling
+    (tmp_path / "b" / f"{rec['cell']}.json").write_text(json.dumps(rec))
+    assert len(read_records([tmp_path / "a", tmp_path / "b"])) == 1  # the same data
+    rec["metrics"] = rec["metrics"] * 3  # the same settings, another run of the cell
+    (tmp_path / "b" / f"{rec['cell']}.json").write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="the same settings, other results"):
+        read_records([tmp_path / "a", tmp_path / "b"])
 
 
 def test_a_cell_resumes_on_the_engine_it_began_on(tmp_path):
@@ -60,6 +68,8 @@ def test_a_cell_resumes_on_the_engine_it_began_on(tmp_path):
     assert train_config(cfg, CELL, tmp_path / "new", None).engine == "int"
     (tmp_path / "begun").mkdir()
     (tmp_path / "begun" / "config.json").write_text(json.dumps({"engine": "torch"}))
+    assert train_config(cfg, CELL, tmp_path / "begun", None).engine == "int"  # no checkpoint:
+    (tmp_path / "begun" / "checkpoint.pt").write_bytes(b"")  # nothing to resume, a new start
     assert train_config(cfg, CELL, tmp_path / "begun", None).engine == "torch"
 
 
@@ -173,3 +183,25 @@ def test_damaged_sweep_files_are_named_and_another_sweep_is_kept_out(tmp_path, c
     assert main(["report", "--records", str(tmp_path), "--out", str(page)]) == 2
     assert "is a folder; give the page's file" in capsys.readouterr().err
     assert not list(page.iterdir())  # nothing written before the refusal
+
+
+def test_a_sweep_done_by_records_needs_no_data(tmp_path, capsys):
+    """The study's command on a machine without the data, every cell done by committed
+    records: the data folder is checked only where a cell is to train (the first version of
+    the check refused it); a refused first run leaves no settings behind."""
+    from dorefa.sweep.grid import load_grid, with_seeds
+    from dorefa.sweep.records import write_record
+
+    cfg = SweepConfig(epochs=1, data_dir=str(tmp_path / "none"))
+    for cell in with_seeds(load_grid("tiny"), (0,)):
+        name = cell.name("svhn")
+        init = str(cell.init) if cell.init else ""
+        b = cell.bits
+        row = CellResult(name, "svhn", "fashion-mnist", b.w, b.a, b.g, cell.width, init, "ok",
+                         0.5, 0.5, epochs=1)  # fmt: skip
+        write_record(tmp_path / "rec", _record(cfg, cell, row))
+    out = tmp_path / "sw"
+    args = ["sweep", "--grid", "tiny", "--epochs", "1", "--out", str(out)]
+    args += ["--data-dir", str(tmp_path / "none"), "--records", str(tmp_path / "rec")]
+    assert main(args) == 0
+    assert "already done" in capsys.readouterr().out

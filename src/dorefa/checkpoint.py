@@ -148,8 +148,10 @@ def restore(
     if changed:
         theirs = ", ".join(f"{META_SETTINGS.get(k, k)} {saved[k]!r}" for k in changed)
         ours = ", ".join(f"{META_SETTINGS.get(k, k)} {meta[k]!r}" for k in changed)
+        folder = " (an idx or image folder is its data: the folder it was trained on)"
         raise CheckpointError(
-            f"{path}: was made with {theirs}; this run has {ours}; use the same arguments to resume"
+            f"{path}: was made with {theirs}; this run has {ours}; use the same arguments to "
+            f"resume{folder if 'data' in changed else ''}"
         )
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
@@ -171,16 +173,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 
 
 def _same_meta(key: str, saved: dict, meta: dict) -> bool:
-    """Whether a meta entry is unchanged; the data spec by its data set's name: its folder may
-    move, as --data-dir's may (dorefa.run warns where it has; the first version of this check
-    refused a resume on a copy of the data elsewhere, with no argument to get past it)."""
+    """Whether a meta entry is unchanged; the data by ``data.registry.data_identity``: a data
+    set's folder may move, as --data-dir's may (dorefa.run warns where it has; the first
+    version of this check refused a resume on a copy of Fashion-MNIST elsewhere), but an idx
+    or image folder is its folder."""
     if key == "data" and isinstance(saved[key], str) and isinstance(meta[key], str):
-        return _data_name(saved[key]) == _data_name(meta[key])
+        from .data.registry import data_identity
+
+        return data_identity(saved[key], saved.get("data_dir")) == data_identity(
+            meta[key], meta.get("data_dir")
+        )
     return saved[key] == meta[key]
-
-
-def _data_name(spec: str) -> str:
-    return spec.partition(":")[0].strip().lower()
 
 
 # How a user sets each meta entry (a resume refused names it so).

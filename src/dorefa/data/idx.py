@@ -80,10 +80,11 @@ def _header(f: BinaryIO, path: Path, magic: int) -> tuple[int, ...]:
     return tuple(int.from_bytes(dims_raw[k : k + 4], "big") for k in range(0, 4 * ndim, 4))
 
 
-def _parse(f: BinaryIO, path: Path, magic: int, size: tuple[int, bool], count: int | None):
-    """Header, checks and data of one IDX stream; ``size``: (the file's bytes, whether it is
-    gzip); ``count``: the items the header must claim (a labels file: its images' count)."""
-    shape = _header(f, path, magic)
+def _check_claim(
+    path: Path, shape: tuple[int, ...], size: tuple[int, bool], count: int | None
+) -> None:
+    """Refuse a header whose claim the file cannot back, before its data is read: ``size`` is
+    (the file's bytes, whether it is gzip); ``count``: the items the header must claim."""
     header, (file_size, gz) = 4 + 4 * len(shape), size
     n = math.prod(shape)  # Python ints: no overflow for hostile dims
     expected, dims = header + n, "x".join(map(str, shape))
@@ -105,6 +106,15 @@ def _parse(f: BinaryIO, path: Path, magic: int, size: tuple[int, bool], count: i
             f"more than {MAX_GZIP_RATIO}x: refused as a gzip bomb (image files compress 2-5x; "
             "gunzip it yourself if it is genuine)"
         )
+
+
+def _parse(f: BinaryIO, path: Path, magic: int, size: tuple[int, bool], count: int | None):
+    """Header, checks and data of one IDX stream (:func:`_check_claim`)."""
+    shape = _header(f, path, magic)
+    _check_claim(path, shape, size, count)
+    header, (file_size, gz) = 4 + 4 * len(shape), size
+    n = math.prod(shape)
+    expected, dims = header + n, "x".join(map(str, shape))
     data = _read_array(f, n + 1)
     if len(data) < n:
         raise DataError(
@@ -148,9 +158,16 @@ def read_idx(path: str | Path, magic: int, count: int | None = None) -> np.ndarr
 
 
 def idx_shape(path: str | Path, magic: int) -> tuple[int, ...]:
-    """The shape an IDX file's header gives (only the header is read)."""
+    """The shape an IDX file's header gives, checked as :func:`read_idx` checks it before
+    reading the data (only the header is read)."""
     path = Path(path)
-    return _open_idx(path, lambda f, size: _header(f, path, magic))
+
+    def shape(f, size):
+        dims = _header(f, path, magic)
+        _check_claim(path, dims, size, None)
+        return dims
+
+    return _open_idx(path, shape)
 
 
 def find_idx_file(folder: Path, split: str, kind: str) -> Path | None:
@@ -216,7 +233,10 @@ def load_idx(
         if other is not None:  # as many labels as its images (a gzip of sorted labels
             # compresses ~1000x: no ratio bounds it), else the gzip ratio does
             other_images = find_idx_file(folder, split2, "images")
-            count = idx_shape(other_images, IMAGES_MAGIC)[0] if other_images else None
+            try:  # a count its images file backs (a bare header could claim any)
+                count = idx_shape(other_images, IMAGES_MAGIC)[0] if other_images else None
+            except DataError:  # that split's own load says what is wrong with it
+                count = None
             other_labels = read_idx(other, LABELS_MAGIC, count)
             if len(other_labels):
                 top = max(top, int(other_labels.max()))

@@ -136,6 +136,24 @@ def spec_place(spec: str) -> str:
     return f"{name}:{resolved_path(folder)}" if sep and folder else spec
 
 
+# Data specs whose name does not name the data (any IDX pair, any image folder): their folder
+# does. The other names are data sets: the same name is the same data on any machine.
+GENERIC_DATA = ("idx", "imagefolder")
+
+
+def data_identity(data: object, data_dir: str | None = None) -> object:
+    """The data a run was trained on, as sweep records and a resume compare it: the data set's
+    name (any spelling of its folder, or none, is the same data: a review found records of
+    'idx:/a' and of a link to /a, or of 'FASHION-MNIST', counted as other settings); for
+    :data:`GENERIC_DATA`, the name and the resolved folder (an older record's 'idx' alone
+    matches no folder: its cell is trained again)."""
+    if not isinstance(data, str):
+        return data
+    name, _, folder = data.partition(":")
+    name, folder = name.strip().lower(), folder or data_dir
+    return f"{name}:{resolved_path(folder)}" if name in GENERIC_DATA and folder else name
+
+
 def check_spec(spec: str, data_dir: str | None = None, folder_exists: bool = False) -> str:
     """Check a spec without reading any file (a known name, a folder where one is needed), so
     that a command can refuse it before starting work; returns the data set's name. With

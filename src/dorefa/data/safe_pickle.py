@@ -16,13 +16,15 @@ import codecs
 import io
 import math
 import pickle
+import re
 
 import numpy as np
 
-# The dtypes an image or label array may have: plain numbers (no objects, no structures).
+# The dtypes an array may have: plain numbers and fixed-width text (no objects, no structures).
 _DTYPES = frozenset(
     f"{kind}{size}" for kind, sizes in (("u", "1248"), ("i", "1248"), ("f", "48")) for size in sizes
 ) | {"b1"}
+_TEXT = re.compile(r"[SU][0-9]{1,9}")  # its size bounded by the bytes the file holds
 
 
 class ForbiddenGlobal(pickle.UnpicklingError):
@@ -35,16 +37,23 @@ class _Dtype:
     number type of :data:`_DTYPES` and a byte order, nothing else."""
 
     def __init__(self, name=None, align=False, copy=True):
-        if not isinstance(name, str) or name not in _DTYPES:
-            raise ForbiddenGlobal(f"dtype {name!r} (only plain number types are read)")
+        name = _text(name)  # Python 2's pickles (the official batches): bytes, read as such
+        if not isinstance(name, str) or not (name in _DTYPES or _TEXT.fullmatch(name)):
+            raise ForbiddenGlobal(f"dtype {name!r} (only plain number and text types are read)")
         self.dtype = np.dtype(name)
 
     def __setstate__(self, state):
-        plain = isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+        order = _text(state[1]) if isinstance(state, tuple) and len(state) >= 5 else None
+        plain = order in ("<", ">", "|", "=")
         if not plain or any(part is not None for part in state[2:5]):  # subarray, names, fields
-            raise ForbiddenGlobal("a dtype state other than a plain number type's")
-        if state[1] in "<>":
-            self.dtype = self.dtype.newbyteorder(state[1])
+            raise ForbiddenGlobal("a dtype state other than a plain type's")
+        if order in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+def _text(value):
+    """A Python 2 str, which ``encoding='bytes'`` reads as bytes, as text."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
 
 def _from_bytes(raw, dtype, shape, fortran: bool) -> np.ndarray:

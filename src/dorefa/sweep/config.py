@@ -85,15 +85,16 @@ def cfg_dict(cfg: SweepConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) -> None:
+def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) -> bool:
     """Refuse a model, data spec or --out that cannot work before any cell starts; write
-    ``out/sweep.json`` on the first run; refuse a later run with other settings."""
+    ``out/sweep.json`` on the first run (returns True then); refuse a later run with other
+    settings."""
     from ..data import check_spec
     from ..models import list_models
 
     if cfg.model not in list_models():
         raise ValueError(f"--model {cfg.model!r} is not one of {', '.join(list_models())}")
-    check_spec(cfg.data, cfg.data_dir, folder_exists=True)
+    check_spec(cfg.data, cfg.data_dir)  # its folder: once cells are to train (scheduler)
     if not str(cfg.out).strip():  # Path("") is the working folder: its files had been written
         raise ValueError("--out is empty; name the sweep's folder")
     if out.exists() and not out.is_dir():
@@ -115,6 +116,7 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
                 f"{out} holds a sweep with other settings ({what}); every cell must "
                 "get the same budget: use the same arguments or another --out"
             )
+        return False
     else:  # folders as absolute paths: a later run from another folder means the same ones
         left = [p.name for p in (out / "results.csv", out / "cells") if p.exists()]
         if left:  # cells of unknown settings had counted as done under any budget
@@ -125,6 +127,7 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
             )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(_stored(settings), indent=2) + "\n")
+        return True
 
 
 def _places(settings: dict) -> dict:

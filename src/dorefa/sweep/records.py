@@ -18,7 +18,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from ..fileio import atomic_write_text, resolved_path
+from ..data.registry import data_identity
+from ..fileio import atomic_write_text
 from .results import CellResult, read_metrics
 
 FORMAT = 1
@@ -27,24 +28,6 @@ FORMAT = 1
 BUDGET_KEYS = ("model", "data", "epochs", "subset", "test_subset", "batch_size", "lr", "recipe")
 # Keys of the training run's config.json that name this machine's files, left out of a record.
 LOCAL_KEYS = ("out", "data_dir", "init_from", "progress", "resume", "threads", "workers")
-
-
-# Data specs whose name does not name the data (any IDX pair, any image folder): their folder
-# does. The other names are data sets: the same name is the same data on any machine.
-GENERIC_DATA = ("idx", "imagefolder")
-
-
-def data_identity(data: object, data_dir: str | None = None) -> object:
-    """The data a record was trained on, as records compare it: the data set's name (any
-    spelling of its folder, or none, is the same data: a review found records of
-    'idx:/a' and of a link to /a, or of 'FASHION-MNIST', counted as other settings); for
-    :data:`GENERIC_DATA`, the name and the resolved folder (an older record's 'idx' alone
-    matches no folder: its cell is trained again)."""
-    if not isinstance(data, str):
-        return data
-    name, _, folder = data.partition(":")
-    name, folder = name.strip().lower(), folder or data_dir
-    return f"{name}:{resolved_path(folder)}" if name in GENERIC_DATA and folder else name
 
 
 def cell_settings(cfg, cell) -> dict:
@@ -164,8 +147,9 @@ def read_records(folders) -> list[dict]:
 
 def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
     """The records with each cell (and seed) once: copies of one record are one; records of
-    one cell with other settings are refused, naming both (a report had counted a stale record
-    beside the new one as a second seed, its budget mixed into the mean)."""
+    one cell that differ, in settings (the data compared by ``data_identity``) or in results,
+    are refused, naming both (a report had counted a stale record beside the new one as a
+    second seed, its budget mixed into the mean)."""
     seen: dict[str, tuple[dict, Path]] = {}
     out = []
     for rec, path in zip(records, where, strict=True):
@@ -174,17 +158,27 @@ def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
             seen[rec["cell"]] = (rec, path)
             out.append(rec)
             continue
-        if first[0]["config"] != rec["config"]:
-            diff = ", ".join(
-                f"{k}: {first[0]['config'].get(k)!r} there, {v!r} here"
-                for k, v in rec["config"].items()
-                if first[0]["config"].get(k) != v
-            )
+        a, b = _settings(first[0]), _settings(rec)
+        diff = ", ".join(
+            f"{k}: {a.get(k)!r} there, {v!r} here" for k, v in b.items() if a.get(k) != v
+        )
+        if not diff and (first[0]["row"], first[0].get("metrics")) != (
+            rec["row"],
+            rec.get("metrics"),
+        ):
+            diff = "the same settings, other results"
+        if diff:
             raise ValueError(
-                f"{first[1]} and {path} are records of one cell with other settings ({diff}): "
-                "remove the stale one, or report the folders one at a time"
+                f"{first[1]} and {path} are records of one cell ({diff}): remove the stale "
+                "one, or report the folders one at a time"
             )
     return out
+
+
+def _settings(record: dict) -> dict:
+    config = dict(record["config"])
+    config["data"] = data_identity(config.get("data"))
+    return config
 
 
 def record_row(record: dict) -> CellResult:

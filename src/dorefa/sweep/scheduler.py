@@ -68,9 +68,12 @@ def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path |
 
 
 def _started_engine(cell_dir: Path, engine: str) -> str:
-    """The engine a cell's run began on (its config.json), else ``engine``: a resume keeps its
-    engine (dorefa train refuses another, and the sweep had failed the cell on every rerun with
-    another --engine); the sweep's --engine applies to the cells it starts."""
+    """The engine of a cell's run that has a checkpoint to resume (its config.json), else
+    ``engine``: a resume keeps its engine (dorefa train refuses another, and the sweep had
+    failed the cell on every rerun with another --engine); the sweep's --engine applies to the
+    cells it starts, and to one that stopped before its first checkpoint."""
+    if not (cell_dir / "checkpoint.pt").exists():
+        return engine
     try:
         started = json.loads((cell_dir / "config.json").read_text()).get("engine")
     except (OSError, ValueError, AttributeError):  # none yet, or not ours: train says so
@@ -412,13 +415,23 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
     for cell in cells:  # a setting out of range is an error now, not a failure of every cell
         train_command(cfg, cell, out / "cells" / cell.name(cfg.model), None)
     with FolderLock(out, "`dorefa sweep`") as lock:  # two sweeps into one folder lost rows
-        check_settings(cfg, out, lock)
-        return _run(cfg, cells, out, log)
+        first = check_settings(cfg, out, lock)
+        return _run(cfg, cells, out, log, first)
 
 
-def _run(cfg: SweepConfig, cells: list, out: Path, log) -> list[CellResult]:
-    """run_sweep's work, with the folder's lock held."""
+def _run(cfg: SweepConfig, cells: list, out: Path, log, first: bool) -> list[CellResult]:
+    """run_sweep's work, with the folder's lock held (``first``: this run wrote sweep.json)."""
+    from ..data import check_spec
+
     sweep = _Sweep(cfg, cells, out, log)
+    if sweep.pending or sweep.fills:  # cells to train or run: their data must be there (a
+        # missing --data-dir had failed every cell, and stayed the folder's setting)
+        try:
+            check_spec(cfg.data, cfg.data_dir, folder_exists=True)
+        except ValueError:
+            if first:  # settings no cell used: a run with the right folder is not refused
+                (out / "sweep.json").unlink()
+            raise
     log(
         f"sweep {cfg.grid}: {len(cells)} cells, {len(cells) - len(sweep.pending)} already done"
         + (
