@@ -121,7 +121,8 @@ def test_resume_compares_the_data_spec_by_place(tmp_path, fashion_dir, monkeypat
     want = f"resuming on the data in {(tmp_path / 'moved').resolve()}; the run read"
     assert any(want in m for m in lines), lines
     cfg = TINY | dict(data=f"mnist:{tmp_path / 'moved'}", augment="flip")  # other data: refused
-    with pytest.raises(CheckpointError, match="was made with --data 'fashion-mnist:"):
+    other = "made with --data 'fashion-mnist'; this run has --data 'mnist'; use the same "
+    with pytest.raises(CheckpointError, match=other + "arguments to resume$"):  # no idx hint
         train(TrainConfig(bits="1,2,6", epochs=4, out=str(run), resume=True, **cfg))
     run = tmp_path / "idx-run"  # an idx folder is its data: another folder is refused
     cfg = TINY | dict(data=f"idx:{tmp_path / 'moved'}")
@@ -130,6 +131,16 @@ def test_resume_compares_the_data_spec_by_place(tmp_path, fashion_dir, monkeypat
     cfg = TINY | dict(data=f"idx:{tmp_path / 'copy'}")
     with pytest.raises(CheckpointError, match="an idx or image folder is its data"):
         train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg))
+    run = tmp_path / "idx-dir"  # --data idx --data-dir D, meta as the previous version wrote it
+    cfg = TINY | dict(data="idx", data_dir=str(tmp_path / "moved"))
+    train(TrainConfig(bits="1,2,6", epochs=1, out=str(run), **cfg), log=lambda m: None)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    del ckpt["meta"]["data_dir"]
+    checkpoint.save_atomic(ckpt, run / "checkpoint.pt")
+    train(TrainConfig(bits="1,2,6", epochs=2, out=str(run), resume=True, **cfg), log=print)
+    cfg = TINY | dict(data="idx", data_dir=str(tmp_path / "copy"))  # shown as its folders
+    with pytest.raises(CheckpointError, match=r"--data 'idx:.*moved'; this run has --data 'idx:"):
+        train(TrainConfig(bits="1,2,6", epochs=3, out=str(run), resume=True, **cfg))
 
 
 def test_init_from_refuses_weights_that_are_not_finite(tmp_path, fashion_dir, capsys):

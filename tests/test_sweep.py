@@ -347,24 +347,32 @@ def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys
 
 def test_a_folder_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch):
     """sweep.json's folders and grid file are compared by where they are: a second run with
-    ``--data-dir ./d/`` where the first gave ``d`` had been refused as another budget."""
+    ``--data-dir ./d/`` where the first gave ``d`` had been refused as another budget. The
+    data is compared as data_identity: an idx folder is its data; a data set's folder is not
+    a setting (a first run with a wrong --data-dir, its cells done by records, had kept it)."""
     from dorefa.sweep.config import check_settings
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()
     (tmp_path / "g.yaml").write_text(GRID3)
     out = tmp_path / "s"
-    check_settings(SweepConfig(data_dir="d", grid="g.yaml", out=str(out)), out)
-    same = SweepConfig(data_dir=f"{tmp_path}/./d/", grid=str(tmp_path / "g.yaml"), out=str(out))
+    check_settings(SweepConfig(data="idx", data_dir="d", grid="g.yaml", out=str(out)), out)
+    same = SweepConfig(
+        data="idx", data_dir=f"{tmp_path}/./d/", grid=str(tmp_path / "g.yaml"), out=str(out)
+    )
     check_settings(same, out)
-    check_settings(SweepConfig(data="fashion-mnist:d", grid="g.yaml", out=str(out)), out)
+    check_settings(SweepConfig(data="idx:d", grid="g.yaml", out=str(out)), out)
     (tmp_path / "e").mkdir()
-    with pytest.raises(ValueError, match=f"data_dir: '{tmp_path}/d' then, 'e' now"):
-        check_settings(SweepConfig(data_dir="e", grid="g.yaml", out=str(out)), out)
+    with pytest.raises(ValueError, match=f"data: 'idx:{tmp_path}/d' then, 'idx:{tmp_path}/e'"):
+        check_settings(SweepConfig(data="idx", data_dir="e", grid="g.yaml", out=str(out)), out)
     (tmp_path / "elsewhere" / "d").mkdir(parents=True)  # kept as an absolute path: not this d
     monkeypatch.chdir(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="same budget"):
-        check_settings(SweepConfig(data_dir="d", grid=str(tmp_path / "g.yaml"), out=str(out)), out)
+        grid = str(tmp_path / "g.yaml")
+        check_settings(SweepConfig(data="idx", data_dir="d", grid=grid, out=str(out)), out)
+    named = tmp_path / "named"  # fashion-mnist in one folder, then another: the same data
+    check_settings(SweepConfig(data_dir=str(tmp_path / "d"), grid=grid, out=str(named)), named)
+    check_settings(SweepConfig(data_dir=str(tmp_path / "e"), grid=grid, out=str(named)), named)
 
 
 def test_a_cells_subsets_are_the_images_it_used():

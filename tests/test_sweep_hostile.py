@@ -41,7 +41,7 @@ def test_a_folder_of_cells_without_sweep_json_is_refused(tmp_path):
     check_settings(SweepConfig(out=str(tmp_path / "new")), tmp_path / "new")  # a new folder
 
 
-def test_records_of_one_cell_with_other_settings_are_refused_together(tmp_path):
+def test_records_of_one_cell_with_other_settings_are_refused_together(tmp_path, capsys):
     """`dorefa report --records A --records B` had counted a stale record of a cell beside the
     new one as a second seed, its budget mixed into the mean; copies are one record."""
     for folder, epochs in (("a", 1), ("b", 1), ("c", 2)):
@@ -49,28 +49,40 @@ def test_records_of_one_cell_with_other_settings_are_refused_together(tmp_path):
         rec = _record(SweepConfig(epochs=epochs))
         (tmp_path / folder / f"{rec['cell']}.json").write_text(json.dumps(rec))
     assert len(read_records([tmp_path / "a", tmp_path / "b"])) == 1
-    with pytest.raises(ValueError, match="records of one cell .epochs: 1 there, 2 here"):
+    with pytest.raises(ValueError, match="records of one cell with other settings .epochs: 1"):
         read_records([tmp_path / "a", tmp_path / "c"])
     rec = _record(SweepConfig(epochs=1))
     rec["config"]["data"] = "fashion-mnist:/usr/share/datasets/fashion-mnist"  # older spelling
     (tmp_path / "b" / f"{rec['cell']}.json").write_text(json.dumps(rec))
     assert len(read_records([tmp_path / "a", tmp_path / "b"])) == 1  # the same data
-    rec["metrics"] = rec["metrics"] * 3  # the same settings, another run of the cell
+    rec["metrics"] = rec["metrics"] * 3  # the same settings, another run of the cell: the
+    (tmp_path / "b" / f"{rec['cell']}.json").write_text(json.dumps(rec))  # first folder's
+    capsys.readouterr()
+    assert len(got := read_records([tmp_path / "a", tmp_path / "b"])) == 1
+    assert len(got[0]["metrics"]) == 1
+    assert "another run of the cell of" in capsys.readouterr().err
+    del rec["config"]["recipe"]  # a key one record lacks is a difference too
     (tmp_path / "b" / f"{rec['cell']}.json").write_text(json.dumps(rec))
-    with pytest.raises(ValueError, match="the same settings, other results"):
-        read_records([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="other settings .recipe: absent there, None here"):
+        read_records([tmp_path / "b", tmp_path / "a"])
 
 
-def test_a_cell_resumes_on_the_engine_it_began_on(tmp_path):
+def test_a_cell_resumes_on_the_engine_it_began_on(tmp_path, monkeypatch):
     """A sweep interrupted mid-cell and rerun with --engine int failed the cell on every rerun
-    (dorefa train refuses another engine on resume); the engine is not a sweep setting."""
+    (dorefa train refuses another engine on resume); the engine is not a sweep setting. A cell
+    without a checkpoint starts on the sweep's engine; one with a checkpoint keeps the engine
+    its checkpoint's config records (what train compares)."""
+    import dorefa.checkpoint
+
     cfg = SweepConfig(engine="int")
     assert train_config(cfg, CELL, tmp_path / "new", None).engine == "int"
-    (tmp_path / "begun").mkdir()
-    (tmp_path / "begun" / "config.json").write_text(json.dumps({"engine": "torch"}))
-    assert train_config(cfg, CELL, tmp_path / "begun", None).engine == "int"  # no checkpoint:
-    (tmp_path / "begun" / "checkpoint.pt").write_bytes(b"")  # nothing to resume, a new start
-    assert train_config(cfg, CELL, tmp_path / "begun", None).engine == "torch"
+    begun = tmp_path / "begun"
+    begun.mkdir()
+    (begun / "checkpoint.pt").write_bytes(b"not a checkpoint")  # unreadable: train says so
+    assert train_config(cfg, CELL, begun, None).engine == "int"
+    saved = {begun / "checkpoint.pt": {"config": {"engine": "torch"}}}
+    monkeypatch.setattr(dorefa.checkpoint, "load_checkpoint", lambda path: saved[path])
+    assert train_config(cfg, CELL, begun, None).engine == "torch"
 
 
 def test_records_compare_the_data_set_not_its_spelling(tmp_path):

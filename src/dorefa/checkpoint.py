@@ -141,17 +141,22 @@ def restore(
     """Load a training checkpoint into ``model`` and ``optimizer`` for ``--resume``; returns
     (the epoch to start at, 0-based; the best test accuracy so far). Raises CheckpointError if
     the checkpoint was made with another model/bits/width/data (``meta`` differs)."""
-    saved = ckpt["meta"]  # a dict holding META_KEYS: load_checkpoint checked
+    saved = dict(ckpt["meta"])  # a dict holding META_KEYS: load_checkpoint checked
+    if "data_dir" not in saved and isinstance(ckpt.get("config"), dict):  # an older meta: its
+        saved["data_dir"] = ckpt["config"].get("data_dir")  # config has the folder
     changed = [  # a key an older checkpoint lacks is not checked; the data's folder may move
         k for k in meta if k in saved and k not in LOCAL_META and not _same_meta(k, saved, meta)
     ]
     if changed:
-        theirs = ", ".join(f"{META_SETTINGS.get(k, k)} {saved[k]!r}" for k in changed)
-        ours = ", ".join(f"{META_SETTINGS.get(k, k)} {meta[k]!r}" for k in changed)
-        folder = " (an idx or image folder is its data: the folder it was trained on)"
+        theirs = ", ".join(f"{META_SETTINGS.get(k, k)} {_shown(k, saved)!r}" for k in changed)
+        ours = ", ".join(f"{META_SETTINGS.get(k, k)} {_shown(k, meta)!r}" for k in changed)
+        from .data.registry import GENERIC_DATA
+
+        generic = "data" in changed and _shown("data", meta).partition(":")[0] in GENERIC_DATA
+        hint = " (an idx or image folder is its data: give the folder it was trained on)"
         raise CheckpointError(
             f"{path}: was made with {theirs}; this run has {ours}; use the same arguments to "
-            f"resume{folder if 'data' in changed else ''}"
+            f"resume{hint if generic else ''}"
         )
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
@@ -176,14 +181,20 @@ def _same_meta(key: str, saved: dict, meta: dict) -> bool:
     """Whether a meta entry is unchanged; the data by ``data.registry.data_identity``: a data
     set's folder may move, as --data-dir's may (dorefa.run warns where it has; the first
     version of this check refused a resume on a copy of Fashion-MNIST elsewhere), but an idx
-    or image folder is its folder."""
+    or image folder is its folder (where the checkpoint records none, the name alone)."""
     if key == "data" and isinstance(saved[key], str) and isinstance(meta[key], str):
+        then, now = _shown(key, saved), _shown(key, meta)
+        return then == now or (":" not in then and then == now.partition(":")[0])
+    return saved[key] == meta[key]
+
+
+def _shown(key: str, meta: dict):
+    """A meta entry as compared and shown: the data as its ``data_identity``."""
+    if key == "data" and isinstance(meta.get(key), str):
         from .data.registry import data_identity
 
-        return data_identity(saved[key], saved.get("data_dir")) == data_identity(
-            meta[key], meta.get("data_dir")
-        )
-    return saved[key] == meta[key]
+        return data_identity(meta[key], meta.get("data_dir"))
+    return meta[key]
 
 
 # How a user sets each meta entry (a resume refused names it so).

@@ -291,16 +291,16 @@ def _load_state(run: Run, log) -> tuple[int, float]:
                 f"note: resuming on {threads[1]} torch threads where the run used {threads[0]}: "
                 "its weights will differ from an uninterrupted run's (float rounding)"
             )
+        start_epoch, best_acc = checkpoint.restore(  # it refuses other data (data_identity)
+            ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
+        )
         older = _folder(saved.get("data_dir"))  # an older checkpoint's meta lacks it: its config
         before, now = _read_folder(ckpt["meta"], older), _read_folder(run.meta, None)
-        if before != now:  # the spec's folder or --data-dir: the data set is checked the same
+        if before != now:  # a data set's folder moved (restore took it as the same data)
             log(
                 f"warning: resuming on the data in {now or 'the default folder'}; the run "
                 f"read {before or 'the default folder'} until now (the same data, moved?)"
             )
-        start_epoch, best_acc = checkpoint.restore(
-            ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
-        )
         _keep_init_source(run, saved, log)
     elif cfg.init_from:
         init = checkpoint.load(cfg.init_from, map_location=run.device)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.registry import spec_place
+from ..data.registry import data_identity, spec_place
 from ..fileio import FolderLock, atomic_write_text, read_json, resolved_path
 
 # A sweep's settings: every cell gets the same budget; resuming with different ones is refused.
@@ -109,7 +109,7 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
     if path.exists():
         old = read_json(path)
         then, now = _places(old), _places(settings)
-        diff = {k: (old.get(k), v) for k, v in settings.items() if then.get(k) != now[k]}
+        diff = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(
@@ -132,12 +132,12 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
 
 def _places(settings: dict) -> dict:
     """Settings in one spelling, to compare sweep.json with a later run (``--data-dir d`` and
-    ``--data-dir ./d/``, or ``--data NAME:d``, had been refused as another budget): the data's
-    name, its folder (the spec's, else data_dir) and a grid file as absolute paths."""
+    ``--data-dir ./d/``, or ``--data NAME:d``, had been refused as another budget): the data
+    as ``data.registry.data_identity`` (a data set's folder is not a setting: a sweep run with
+    a wrong --data-dir, its cells all done by records, had kept it as one) and a grid file as
+    an absolute path."""
     out = _stored(settings)
-    if isinstance(out.get("data"), str):
-        name, _, folder = out["data"].partition(":")
-        out["data"], out["data_dir"] = name.strip().lower(), folder or out.get("data_dir")
+    out["data"] = data_identity(out.get("data"), out.pop("data_dir", None))
     return out
 
 

@@ -146,10 +146,14 @@ def read_records(folders) -> list[dict]:
 
 
 def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
-    """The records with each cell (and seed) once: copies of one record are one; records of
-    one cell that differ, in settings (the data compared by ``data_identity``) or in results,
-    are refused, naming both (a report had counted a stale record beside the new one as a
-    second seed, its budget mixed into the mean)."""
+    """The records with each cell (and seed) once, the first folder's first: records of one
+    cell with other settings (the data compared by ``data_identity``) are refused, naming both
+    (a report had counted a stale record beside the new one as a second seed, its budget mixed
+    into the mean); with the same settings, another run of the cell (a sweep retrains a source
+    cell whose checkpoint is elsewhere, writing its record to the first folder) is left out,
+    with a warning."""
+    from ..say import warning
+
     seen: dict[str, tuple[dict, Path]] = {}
     out = []
     for rec, path in zip(records, where, strict=True):
@@ -160,19 +164,26 @@ def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
             continue
         a, b = _settings(first[0]), _settings(rec)
         diff = ", ".join(
-            f"{k}: {a.get(k)!r} there, {v!r} here" for k, v in b.items() if a.get(k) != v
+            f"{k}: {a.get(k, _ABSENT)!r} there, {b.get(k, _ABSENT)!r} here"
+            for k in sorted(a.keys() | b.keys())
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT)
         )
-        if not diff and (first[0]["row"], first[0].get("metrics")) != (
-            rec["row"],
-            rec.get("metrics"),
-        ):
-            diff = "the same settings, other results"
         if diff:
             raise ValueError(
-                f"{first[1]} and {path} are records of one cell ({diff}): remove the stale "
-                "one, or report the folders one at a time"
+                f"{first[1]} and {path} are records of one cell with other settings ({diff}): "
+                "remove the stale one, or report the folders one at a time"
             )
+        if (first[0]["row"], first[0].get("metrics")) != (rec["row"], rec.get("metrics")):
+            warning(f"{path}: another run of the cell of {first[1]}, whose record is taken")
     return out
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_ABSENT = _Absent()  # a setting one record lacks (an older one)
 
 
 def _settings(record: dict) -> dict:

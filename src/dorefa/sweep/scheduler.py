@@ -68,17 +68,21 @@ def train_config(cfg: SweepConfig, cell: Cell, cell_dir: Path, init_from: Path |
 
 
 def _started_engine(cell_dir: Path, engine: str) -> str:
-    """The engine of a cell's run that has a checkpoint to resume (its config.json), else
-    ``engine``: a resume keeps its engine (dorefa train refuses another, and the sweep had
-    failed the cell on every rerun with another --engine); the sweep's --engine applies to the
-    cells it starts, and to one that stopped before its first checkpoint."""
-    if not (cell_dir / "checkpoint.pt").exists():
+    """The engine of a cell's run that has a checkpoint to resume (the checkpoint's config, as
+    dorefa train compares it), else ``engine``: a resume keeps its engine (train refuses
+    another, and the sweep had failed the cell on every rerun with another --engine); the
+    sweep's --engine applies to the cells it starts, and to one that stopped before its first
+    checkpoint."""
+    from ..checkpoint import load_checkpoint
+    from ..engine import ENGINES
+
+    path = cell_dir / "checkpoint.pt"
+    if not path.exists():
         return engine
     try:
-        started = json.loads((cell_dir / "config.json").read_text()).get("engine")
-    except (OSError, ValueError, AttributeError):  # none yet, or not ours: train says so
+        started = load_checkpoint(path)["config"]["engine"]
+    except (ValueError, KeyError, TypeError):  # not readable, or older: train says what
         return engine
-    from ..engine import ENGINES
 
     return started if started in ENGINES else engine
 
