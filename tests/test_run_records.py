@@ -176,3 +176,27 @@ def test_train_config_fields_without_a_flag_are_checked_up_front(tmp_path):
         with pytest.raises(ValueError, match=message):
             train(cfg, log=lambda m: None)
         assert not (tmp_path / field).exists()  # refused before the run began
+
+
+def test_resume_compares_older_records_of_the_data_without_guessing(tmp_path, monkeypatch):
+    """An older checkpoint's config stores --data-dir as typed: a relative one is not read
+    against the resuming folder (the right data had been refused, other data taken), and an
+    idx spec with no folder recorded compares by name. The idx hint is shown only where both
+    runs name idx or an image folder."""
+    from dorefa.checkpoint import absolute_or_none, restore
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_or_none("d") is None and absolute_or_none("/x/d") == "/x/d"
+    refused = {"meta": {"data": "fashion-mnist"}, "config": {}}
+    with pytest.raises(CheckpointError) as err:
+        restore(refused, "c.pt", meta={"data": "idx:/x/d"}, model=None, optimizer=None)
+    assert "'fashion-mnist'; this run has --data 'idx:/x/d'" in str(err.value)
+    assert "an idx or image folder" not in str(err.value)
+    older = {"meta": {"data": "idx"}, "config": {"data_dir": "d"}}  # no epoch: refused later
+    with pytest.raises(CheckpointError, match="checkpoint has no .*entries"):  # the data passed
+        restore(older, "c.pt", meta={"data": "idx", "data_dir": "/x/d"}, model=None,
+                optimizer=None)  # fmt: skip
+    older["config"]["data_dir"] = "/y/d"
+    with pytest.raises(CheckpointError, match="an idx or image folder is its data"):
+        restore(older, "c.pt", meta={"data": "idx", "data_dir": "/x/d"}, model=None,
+                optimizer=None)  # fmt: skip

@@ -61,18 +61,18 @@ def test_records_of_one_cell_with_other_settings_are_refused_together(tmp_path, 
     assert len(got := read_records([tmp_path / "a", tmp_path / "b"])) == 1
     assert len(got[0]["metrics"]) == 1
     assert "another run of the cell of" in capsys.readouterr().err
-    del rec["config"]["recipe"]  # a key one record lacks is a difference too
+    rec["metrics"] = rec["metrics"][:1]
+    del rec["config"]["recipe"]  # an older record without the key: None, as the sweep reads it
     (tmp_path / "b" / f"{rec['cell']}.json").write_text(json.dumps(rec))
-    with pytest.raises(ValueError, match="other settings .recipe: absent there, None here"):
-        read_records([tmp_path / "b", tmp_path / "a"])
+    assert len(read_records([tmp_path / "b", tmp_path / "a"])) == 1
 
 
-def test_a_cell_resumes_on_the_engine_it_began_on(tmp_path, monkeypatch):
+def test_a_cell_resumes_on_the_engine_it_began_on(tmp_path):
     """A sweep interrupted mid-cell and rerun with --engine int failed the cell on every rerun
     (dorefa train refuses another engine on resume); the engine is not a sweep setting. A cell
     without a checkpoint starts on the sweep's engine; one with a checkpoint keeps the engine
     its checkpoint's config records (what train compares)."""
-    import dorefa.checkpoint
+    import torch
 
     cfg = SweepConfig(engine="int")
     assert train_config(cfg, CELL, tmp_path / "new", None).engine == "int"
@@ -80,8 +80,7 @@ def test_a_cell_resumes_on_the_engine_it_began_on(tmp_path, monkeypatch):
     begun.mkdir()
     (begun / "checkpoint.pt").write_bytes(b"not a checkpoint")  # unreadable: train says so
     assert train_config(cfg, CELL, begun, None).engine == "int"
-    saved = {begun / "checkpoint.pt": {"config": {"engine": "torch"}}}
-    monkeypatch.setattr(dorefa.checkpoint, "load_checkpoint", lambda path: saved[path])
+    torch.save({"config": {"engine": "torch"}}, begun / "checkpoint.pt")  # its config only
     assert train_config(cfg, CELL, begun, None).engine == "torch"
 
 

@@ -143,7 +143,7 @@ def restore(
     the checkpoint was made with another model/bits/width/data (``meta`` differs)."""
     saved = dict(ckpt["meta"])  # a dict holding META_KEYS: load_checkpoint checked
     if "data_dir" not in saved and isinstance(ckpt.get("config"), dict):  # an older meta: its
-        saved["data_dir"] = ckpt["config"].get("data_dir")  # config has the folder
+        saved["data_dir"] = absolute_or_none(ckpt["config"].get("data_dir"))  # config's folder
     changed = [  # a key an older checkpoint lacks is not checked; the data's folder may move
         k for k in meta if k in saved and k not in LOCAL_META and not _same_meta(k, saved, meta)
     ]
@@ -152,7 +152,8 @@ def restore(
         ours = ", ".join(f"{META_SETTINGS.get(k, k)} {_shown(k, meta)!r}" for k in changed)
         from .data.registry import GENERIC_DATA
 
-        generic = "data" in changed and _shown("data", meta).partition(":")[0] in GENERIC_DATA
+        names = {str(_shown("data", m)).partition(":")[0] for m in (saved, meta)}
+        generic = "data" in changed and len(names) == 1 and names <= set(GENERIC_DATA)
         hint = " (an idx or image folder is its data: give the folder it was trained on)"
         raise CheckpointError(
             f"{path}: was made with {theirs}; this run has {ours}; use the same arguments to "
@@ -175,6 +176,12 @@ def restore(
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Alias of :func:`load_checkpoint`."""
     return load_checkpoint(path, map_location)
+
+
+def absolute_or_none(folder: object) -> str | None:
+    """An older run's config.json folder where it is absolute: it was stored as typed, so a
+    relative one would be read against the resuming command's working folder."""
+    return folder if isinstance(folder, str) and os.path.isabs(os.path.expanduser(folder)) else None
 
 
 def _same_meta(key: str, saved: dict, meta: dict) -> bool:

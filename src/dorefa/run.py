@@ -294,7 +294,8 @@ def _load_state(run: Run, log) -> tuple[int, float]:
         start_epoch, best_acc = checkpoint.restore(  # it refuses other data (data_identity)
             ckpt, path, meta=run.meta, model=run.model, optimizer=run.optimizer
         )
-        older = _folder(saved.get("data_dir"))  # an older checkpoint's meta lacks it: its config
+        older = _folder(checkpoint.absolute_or_none(saved.get("data_dir")))  # an older meta
+        # lacks it: its config's, where absolute
         before, now = _read_folder(ckpt["meta"], older), _read_folder(run.meta, None)
         if before != now:  # a data set's folder moved (restore took it as the same data)
             log(

@@ -163,10 +163,10 @@ def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
             out.append(rec)
             continue
         a, b = _settings(first[0]), _settings(rec)
-        diff = ", ".join(
-            f"{k}: {a.get(k, _ABSENT)!r} there, {b.get(k, _ABSENT)!r} here"
+        diff = ", ".join(  # a setting one record lacks is None, as settings_diff reads it
+            f"{k}: {a.get(k)!r} there, {b.get(k)!r} here"
             for k in sorted(a.keys() | b.keys())
-            if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+            if a.get(k) != b.get(k)
         )
         if diff:
             raise ValueError(
@@ -176,14 +176,6 @@ def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
         if (first[0]["row"], first[0].get("metrics")) != (rec["row"], rec.get("metrics")):
             warning(f"{path}: another run of the cell of {first[1]}, whose record is taken")
     return out
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "absent"
-
-
-_ABSENT = _Absent()  # a setting one record lacks (an older one)
 
 
 def _settings(record: dict) -> dict:
