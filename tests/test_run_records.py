@@ -196,6 +196,10 @@ def test_resume_compares_older_records_of_the_data_without_guessing(tmp_path, mo
     with pytest.raises(CheckpointError, match="checkpoint has no .*entries"):  # the data passed
         restore(older, "c.pt", meta={"data": "idx", "data_dir": "/x/d"}, model=None,
                 optimizer=None)  # fmt: skip
+    bits_only = {"meta": {"bits": "1,2,6"}, "config": {}}  # an older meta without data: the
+    with pytest.raises(CheckpointError, match="made with --bits '1,2,6'"):  # bits, no KeyError
+        restore(bits_only, "c.pt", meta={"bits": "1,1,4", "data": "idx:/x/d"}, model=None,
+                optimizer=None)  # fmt: skip
     older["config"]["data_dir"] = "/y/d"
     with pytest.raises(CheckpointError, match="an idx or image folder is its data"):
         restore(older, "c.pt", meta={"data": "idx", "data_dir": "/x/d"}, model=None,

@@ -152,8 +152,10 @@ def restore(
         ours = ", ".join(f"{META_SETTINGS.get(k, k)} {_shown(k, meta)!r}" for k in changed)
         from .data.registry import GENERIC_DATA
 
-        names = {str(_shown("data", m)).partition(":")[0] for m in (saved, meta)}
-        generic = "data" in changed and len(names) == 1 and names <= set(GENERIC_DATA)
+        generic = False
+        if "data" in changed:  # (only then: an older meta may have no data entry at all)
+            names = {str(_shown("data", m)).partition(":")[0] for m in (saved, meta)}
+            generic = len(names) == 1 and names <= set(GENERIC_DATA)
         hint = " (an idx or image folder is its data: give the folder it was trained on)"
         raise CheckpointError(
             f"{path}: was made with {theirs}; this run has {ours}; use the same arguments to "
