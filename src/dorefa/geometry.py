@@ -37,6 +37,12 @@ def check_int(name: str, value: object, minimum: int, maximum: int = MAX_STEP) -
     return int(value)
 
 
+def check_threads(threads: object) -> int:
+    """A thread count of the kernels and the runtime: an int in 1..MAX_THREADS (a wrong type
+    raises NotAnInt, a ValueError as well as a TypeError)."""
+    return check_int("threads", threads, 1, MAX_THREADS)
+
+
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution or pooling window along one axis (floor mode)."""
     return (size + 2 * padding - kernel) // stride + 1

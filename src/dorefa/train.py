@@ -125,11 +125,12 @@ def fit(run: Run, log=print) -> dict:
         return _end_of_run(run, {}, best_acc, log)
     if start_epoch:
         log(f"resuming {run.files.out} from epoch {start_epoch + 1}/{cfg.epochs}")
-        if _epoch_lr(run, start_epoch) < lr_at(cfg, start_epoch):
+        kept = _epoch_lr(run, start_epoch)
+        if kept < lr_at(cfg, start_epoch):
             log(
                 f"note: --epochs {cfg.epochs} puts the halving of the learning rate at epoch "
-                f"{max(1, cfg.epochs // 2) + 1}, but this run has trained at "
-                f"{_epoch_lr(run, start_epoch):g} already: it stays there"
+                f"{max(1, cfg.epochs // 2) + 1}, but this run has trained at {kept:g} already: "
+                "it stays there"
             )
     if cfg.engine == "int":
         from .engine import use_int_engine

@@ -216,15 +216,11 @@ def load_idx(
     img_path = _require(folder, split, "images", hint)
     lab_path = _require(folder, split, "labels", hint)
     images = read_idx(img_path, IMAGES_MAGIC)  # (N, H, W)
-    labels = read_idx(lab_path, LABELS_MAGIC, count=len(images))  # (N,)
+    labels = read_idx(lab_path, LABELS_MAGIC, count=len(images))  # (N,): as many, or refused
     if len(images) == 0:
         raise DataError(f"{img_path}: no images (the header says 0); the {split} split is empty")
     if 0 in images.shape[1:]:
         raise DataError(f"{img_path}: images of {images.shape[1]} x {images.shape[2]} pixels")
-    if len(labels) != len(images):
-        raise DataError(
-            f"{lab_path}: label count {len(labels)} != image count {len(images)} in {img_path.name}"
-        )
     top = int(labels.max()) if len(labels) else -1
     inferred = num_classes is None
     if inferred:

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import check_int
+from ..geometry import check_int, check_threads
 from . import choose, extension, reference, selection
 from .choose import Choice
 from .float_checks import (
-    check_threads,
     check_window,
     conv_operands,
     conv_output_hw,

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import MAX_THREADS, check_int, conv_out_size
-
-
-def check_threads(threads: object) -> int:
-    return check_int("threads", threads, 1, MAX_THREADS)
+from ..geometry import conv_out_size
 
 
 def float_array(name: str, a: object, ndim: int | None = None, layout: str = "") -> np.ndarray:

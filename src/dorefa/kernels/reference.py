@@ -26,9 +26,9 @@ import numpy as np
 
 from ..geometry import (
     INT32_MAX,
-    MAX_THREADS,
     accumulator_bound,
     check_int,
+    check_threads,
     conv_out_size,
     fits_int32,
 )
@@ -108,7 +108,7 @@ def check_conv(
     x_bits = check_bits("x_bits", x_bits)
     stride = check_int("stride", stride, 1)
     padding = check_int("padding", padding, 0)
-    threads = check_int("threads", threads, 1, MAX_THREADS)
+    threads = check_threads(threads)
     o, c, kh, kw = pw.shape
     if x.shape[1] != c:
         raise ValueError(f"x_codes has {x.shape[1]} channels but the weights expect {c}")

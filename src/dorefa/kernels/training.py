@@ -40,7 +40,7 @@ import warnings
 
 import numpy as np
 
-from ..geometry import MAX_THREADS, check_int, fits_int32
+from ..geometry import check_threads, fits_int32
 from . import bitconv2d_signed, pack_weights
 from .choose import LUT_DWORD_SUMS, lut_slices
 from .reference import check_bits, check_code_array, check_code_range
@@ -146,7 +146,7 @@ def _input_operands(c, g_bits, w_codes, w_bits, stride, padding, input_hw, threa
         raise ValueError(f"c has {c.shape[1]} channels but w_codes {w_codes.shape[0]} outputs")
     check_code_range("c", c, g_bits)
     hw = check_geometry(c.shape[2:], w_codes.shape[2:], stride, padding, input_hw)
-    return c, w_codes, hw, check_int("threads", threads, 1, MAX_THREADS)
+    return c, w_codes, hw, check_threads(threads)
 
 
 def _past_int32(w_codes: np.ndarray, g_bits: int, w_bits: int, stacklevel: int) -> bool:
@@ -331,7 +331,7 @@ def _weight_grad(c, g_bits, a_codes, a_bits, stride, padding, kernel, threads, s
     q = check_code_array("a_codes", a_codes, "(N, C, H, W)")
     check_same_batch(c, q)
     check_geometry(c.shape[2:], (kh, kw), stride, padding, q.shape[2:])
-    threads = check_int("threads", threads, 1, MAX_THREADS)
+    threads = check_threads(threads)
     name = weight_grad_kernel()
     pixels = int(np.prod(c.shape[2:]))
     n_g, n_a = (1 << check_bits("g_bits", g_bits)) - 1, (1 << check_bits("a_bits", a_bits)) - 1

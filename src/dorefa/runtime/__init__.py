@@ -13,17 +13,12 @@ import os
 import warnings
 from typing import TYPE_CHECKING
 
-from ..geometry import MAX_THREADS, check_int
+from ..geometry import MAX_THREADS as MAX_THREADS  # the runtime's bound, as before
+from ..geometry import check_threads
 from .format import FORMAT_VERSION, FormatError
 
 if TYPE_CHECKING:
     from .executor import Model
-
-
-def check_threads(threads) -> None:
-    """``threads`` of load() and Model.run: an int in 1..MAX_THREADS (the kernels' thread
-    counts). A wrong type raises NotAnInt, a ValueError as well as a TypeError."""
-    check_int("threads", threads, 1, MAX_THREADS)
 
 
 _SAID_CAPPED: set[int] = set()

@@ -43,8 +43,7 @@ def cell_settings(cfg, cell) -> dict:
 
 def settings_diff(record: dict, cfg, cell) -> dict:
     """``{key: (recorded, wanted)}`` for every setting where ``record`` differs from the sweep."""
-    got = dict(record.get("config", {}))
-    got["data"] = data_identity(got.get("data"))
+    got = _settings(record)
     want = cell_settings(cfg, cell)
     return {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
 
@@ -179,7 +178,8 @@ def one_per_cell(records: list[dict], where: list[Path]) -> list[dict]:
 
 
 def _settings(record: dict) -> dict:
-    config = dict(record["config"])
+    """A record's settings as compared: the data as ``data_identity``."""
+    config = dict(record.get("config", {}))
     config["data"] = data_identity(config.get("data"))
     return config
 

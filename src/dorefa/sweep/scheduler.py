@@ -86,7 +86,6 @@ def _started_engine(cell_dir: Path, engine: str) -> str:
         started = ckpt["config"]["engine"]
     except Exception:  # noqa: BLE001 - not readable, or older: train says what is wrong
         return engine
-
     return started if started in ENGINES else engine
 
 
