@@ -238,6 +238,29 @@ def test_cost_model_grows_with_the_planes_only_for_popcount():
     assert choose.model_cost("int8-vnni", 1, 1, macs) == choose.model_cost("int8-vnni", 8, 8, macs)
 
 
+def test_amx_is_priced_by_the_tile_rows_a_call_fills():
+    """int8-amx's 16-row tiles: a one-pixel layer at batch 1 fills one row (svhn's conv6 ran
+    on it at 41.8 us where int8-vnni takes 27.5, chosen by the flat rate)."""
+    assert choose.amx_rows_used(1) == 1 / 16 and choose.amx_rows_used(16) == 1
+    assert choose.amx_rows_used(25) == 25 / 32 and choose.amx_rows_used(0) == 1 / 16
+    macs = 10**6
+    one, full = (choose.model_cost("int8-amx", 8, 8, macs, rows) for rows in (1, 32))
+    assert one == pytest.approx(16 * full)
+    vnni = choose.model_cost("int8-vnni", 8, 8, macs, 1)
+    assert vnni == choose.model_cost("int8-vnni", 8, 8, macs)
+
+
+@needs_native
+@pytest.mark.skipif(
+    not {"int8-amx", "int8-vnni"} <= set(K.available_kernels()), reason="no AMX and VNNI here"
+)
+def test_a_one_pixel_layer_at_batch_1_leaves_amx(model_only):
+    w, _ = _layer(8, 8, c=32, o=64, k=5)
+    conv = K.prepare_conv(K.pack_weights(w, 8), 8, 1, 0, "signed")
+    assert conv.choice((5, 5), 1).kernel == "int8-vnni"
+    assert conv.choice((5, 5), 32).kernel == "int8-amx"  # 32 images: 32 rows
+
+
 def _export(tmp_path, bits):
     torch.manual_seed(0)
     m = create_model("svhn", bits=bits, num_classes=10, in_channels=1, width=0.25)

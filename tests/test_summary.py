@@ -3,6 +3,7 @@ hand formulas (svhn Model A), the parameter count, the sweep's cost columns, the
 of input (model name, checkpoint, .dorefa file) and every registered model."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +32,11 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _pixels(row) -> int:
+    """Output pixels of a row at batch 1 (a linear layer's: 1)."""
+    return math.prod(row.shape[1:])
+
+
 def test_kernel_column_is_the_runtimes_pick():
     """The kernel column: the cost model's pick per layer when nothing is forced (an int8
     kernel for W8A8 where this CPU has one, popcount for W1A2 unless it has AMX, or lut where
@@ -39,18 +45,17 @@ def test_kernel_column_is_the_runtimes_pick():
     bit_rows = [r for r in rows if r.w == 8]
     forced = kernels.forced_kernel()
     assert bit_rows and all(
-        r.kernel == (forced or choose.model_pick(8, 8, r.macs)) for r in bit_rows
+        r.kernel == (forced or choose.model_pick(8, 8, r.macs, _pixels(r))) for r in bit_rows
     )
     if forced is None and any(k.startswith("int8-") for k in kernels.available_kernels()):
         assert all(r.kernel.startswith("int8-") for r in bit_rows)
     rows = summary(create_model("svhn", bits="1,2,6", num_classes=10)).rows
     avail = kernels.available_kernels()
     w1 = ("popcount-", "reference")  # AVX-512: VPOPCNTQ; AMX: int8 for every bit pair
-    if "int8-amx" in avail:
-        w1 = ("int8-",)
-    elif not any(k.startswith("popcount-avx512") for k in avail):
+    if not any(k.startswith("popcount-avx512") for k in avail):
         w1 += ("lut-",)  # AVX2 only: lut-avx2 is priced below the nibble-table popcount
-    assert all(r.kernel.startswith(w1) for r in rows if r.w == 1)
+    for r in (r for r in rows if r.w == 1):  # AMX: but a one-pixel layer (one tile row of 16)
+        assert r.kernel.startswith(("int8-",) if "int8-amx" in avail and _pixels(r) > 1 else w1)
     for kernel in kernels.available_kernels():
         with kernels.use_kernel(kernel):
             rows = summary(create_model("svhn", bits="8,8,8", num_classes=10)).rows
@@ -75,7 +80,8 @@ def test_svhn_model_a_by_hand():
     assert conv1.bytes == 64 * 48 * 9 * 1 / 8  # 1 bit per weight, no bias
     assert conv4.bitops == conv4.macs * 1 * 2
     assert conv4.train_bitops == conv4.macs * (1 * 2 + 1 * 6 + 2 * 6)
-    assert conv1.kernel == (kernels.forced_kernel() or choose.model_pick(1, 2, conv1.macs))
+    picked = choose.model_pick(1, 2, conv1.macs, _pixels(conv1))
+    assert conv1.kernel == (kernels.forced_kernel() or picked)
     assert rows["features.bn1"].params == 128 and rows["features.bn1"].bytes == 128 * 4
     assert rows["features.act1"].a == 2 and rows["features.act6"].a == 32  # clip only
     fc = rows["fc"]
@@ -122,7 +128,8 @@ def test_every_registered_model(name):
     weights = [r for r in s.rows if r.is_weight]
     assert weights[0].kernel == "conv_float" and weights[-1].kernel == "linear"
     forced = kernels.forced_kernel()
-    assert all(r.kernel == (forced or choose.model_pick(1, 2, r.macs)) for r in weights[1:-1])
+    picks = [forced or choose.model_pick(1, 2, r.macs, _pixels(r)) for r in weights[1:-1]]
+    assert [r.kernel for r in weights[1:-1]] == picks
     assert s.totals["bitop_ratio"] > 1 and s.totals["memory_ratio"] > 1
     json.dumps(s.to_dict())
 

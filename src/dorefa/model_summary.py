@@ -135,8 +135,9 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def kernel_for(op: str, w: int | None, a: int | None, macs: int = 0) -> str:
-    """The runtime's kernel for a ``"conv"`` or ``"linear"`` layer with these bits and MACs:
+def kernel_for(op: str, w: int | None, a: int | None, macs: int = 0, rows: int = 16) -> str:
+    """The runtime's kernel for a ``"conv"`` or ``"linear"`` layer with these bits, MACs and
+    output pixels (``rows``, at batch 1):
     the forced kernel if one is, else the cost model's pick among this CPU's kernel families
     (:func:`dorefa.kernels.choose.model_pick`; the runtime then times the cheapest of each kind, and
     ``dorefa run --explain`` shows what it measured)."""
@@ -150,7 +151,7 @@ def kernel_for(op: str, w: int | None, a: int | None, macs: int = 0) -> str:
         forced = forced_kernel()
     except ValueError:  # DOREFA_KERNEL names a backend this machine lacks
         return "unavailable"
-    return forced or choose.model_pick(w, a, max(macs, 1))
+    return forced or choose.model_pick(w, a, max(macs, 1), rows)
 
 
 # ----------------------------------------------------------------------------- torch models
@@ -340,7 +341,7 @@ def _file_conv(row: Row, op: str, spec: dict, arr, shape: tuple, g: int) -> tupl
     s, p = int(spec["stride"]), int(spec["padding"])
     out = (o, conv_out_size(h, kh, s, p), conv_out_size(w, kw, s, p))
     row.macs, row.is_weight = math.prod(out) * cg * kh * kw, True
-    row.kernel = kernel_for("conv", row.w, row.a, row.macs)
+    row.kernel = kernel_for("conv", row.w, row.a, row.macs, out[1] * out[2])
     return out
 
 

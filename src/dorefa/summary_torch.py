@@ -95,7 +95,8 @@ class _Tracer:
             r.macs, op = out * m.in_features, "linear"
         else:
             r.macs, op = out * (m.in_channels // m.groups) * math.prod(m.kernel_size), "conv"
-        r.kernel = kernel_for(op, r.w, r.a, r.macs)
+        pixels = math.prod(y[0].shape[1:]) if torch.is_tensor(y) and y.dim() == 4 else 1
+        r.kernel = kernel_for(op, r.w, r.a, r.macs, pixels)
 
 
 # The largest input (C * H * W) that a model the meta pass cannot run is run on for real.

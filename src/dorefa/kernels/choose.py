@@ -54,6 +54,7 @@ LUT_DWORD_SUMS = ("lut-vnni",)  # lut kernels that sum in dwords: no byte sums t
 # those layers on Winograd where they are 3x3 stride 1 (115-130 GMAC/s at svhn's), elsewhere on
 # the same tiles: priced at its Winograd rate, so that it is the int8 kind's candidate.
 INT8_AVX2_W8A8_RATE = 50.0
+AMX_ROWS = 16  # output pixels of one int8-amx tile (a TDPBUUD's 16 rows)
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,16 @@ class Choice:
     candidates: tuple[tuple[str, float, float | None], ...]
 
 
-def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
-    """Predicted microseconds of ``macs`` multiply-adds on one core:
+def model_cost(family: str, w_bits: int, x_bits: int, macs: int, rows: int = AMX_ROWS) -> float:
+    """Predicted microseconds of ``macs`` multiply-adds on one core, ``rows`` output pixels a
+    call (batch x output H x W):
 
     - popcount kernels: ``macs * w_bits * x_bits / rate`` (one AND + popcount per bit-plane
       pair, so the cost grows with W * A);
     - int8 kernels: ``macs / rate``, flat in the bits (one 8-bit multiply-add per MAC), except
       int8-avx2 at W8A8 (``INT8_AVX2_W8A8_RATE``; int8-winograd-avx2 is priced as where its
-      Winograd runs).
+      Winograd runs); int8-amx's ``macs / (rate * used)``, ``used`` the share of its tiles'
+      16 rows that ``rows`` fill (``amx_rows_used``: a one-pixel layer at batch 1 fills one);
 
     - lut kernels: ``macs * lut_lookups(w_bits, x_bits) / rate``.
 
@@ -90,9 +93,20 @@ def model_cost(family: str, w_bits: int, x_bits: int, macs: int) -> float:
         rate = INT8_RATE.get(family, min(INT8_RATE.values()))
         if family == "int8-avx2" and w_bits == x_bits == 8:
             rate = INT8_AVX2_W8A8_RATE
+        if family == "int8-amx":
+            rate *= amx_rows_used(rows)
         return macs / rate / 1e3
     rate = POPCOUNT_RATE.get(family, min(POPCOUNT_RATE.values()))
     return macs * w_bits * x_bits / rate / 1e3
+
+
+def amx_rows_used(rows: int) -> float:
+    """The share of ``int8-amx``'s tile rows (``AMX_ROWS`` output pixels a tile) that a call of
+    ``rows`` output pixels fills: ``rows / (16 ceil(rows / 16))``. svhn's one-pixel conv6 at
+    batch 1 fills 1 of 16: 41.8 us on ``int8-amx``, 27.5 on ``int8-vnni`` (Sapphire Rapids
+    class, one thread), which the flat rate had not seen."""
+    rows = max(int(rows), 1)
+    return rows / (AMX_ROWS * -(-rows // AMX_ROWS))
 
 
 def lut_lookups(w_bits: int, x_bits: int, widen: bool = True) -> float:
@@ -109,10 +123,10 @@ def lut_slices(x_bits: int) -> list[int]:
     return [x_bits] if x_bits <= 6 else [(x_bits + 1) // 2, x_bits - (x_bits + 1) // 2]
 
 
-def model_pick(w_bits: int, x_bits: int, macs: int) -> str:
-    """The kernel the cost model alone picks for these bits and MACs (method ``model``): the
-    first kernel of the cheapest family this CPU runs."""
-    return min(families(), key=lambda k: model_cost(_family(k), w_bits, x_bits, macs))
+def model_pick(w_bits: int, x_bits: int, macs: int, rows: int = AMX_ROWS) -> str:
+    """The kernel the cost model alone picks for these bits, MACs and output pixels (method
+    ``model``): the first kernel of the cheapest family this CPU runs."""
+    return min(families(), key=lambda k: model_cost(_family(k), w_bits, x_bits, macs, rows))
 
 
 def method() -> str:
@@ -198,12 +212,12 @@ def clear_cache() -> None:
 
 def choose(
     key: tuple, w_bits: int, x_bits: int, macs: int, run: Callable[[str], object],
-    forced: str | None = None,
+    forced: str | None = None, rows: int = AMX_ROWS,
 ) -> Choice:  # fmt: skip
     """The :class:`Choice` for the layer ``key`` (hashable: shape, batch class, bits, stride,
     padding, mode), cached; ``run(kernel)`` runs the layer once on zeros at the key's batch
-    class. With ``forced`` the choice is that kernel, measured alone (for
-    :meth:`dorefa.runtime.Model.plan`)."""
+    class, ``macs`` and ``rows`` (output pixels) being that call's. With ``forced`` the choice
+    is that kernel, measured alone (for :meth:`dorefa.runtime.Model.plan`)."""
     how = "forced" if forced else method()
     full_key = (key, how, forced)
     with _lock:
@@ -212,15 +226,18 @@ def choose(
             _stats["hits"] += 1
             return choice
         _stats["misses"] += 1
-        choice = _cache[full_key] = _decide(how, w_bits, x_bits, macs, run, forced)
+        choice = _cache[full_key] = _decide(how, w_bits, x_bits, macs, rows, run, forced)
     return choice
 
 
-def _decide(how, w_bits, x_bits, macs, run, forced) -> Choice:
+def _decide(how, w_bits, x_bits, macs, rows, run, forced) -> Choice:
+    def cost(kernel: str) -> float:
+        return model_cost(_family(kernel), w_bits, x_bits, macs, rows)
+
     if forced:
-        ranked = [(forced, model_cost(_family(forced), w_bits, x_bits, macs))]
+        ranked = [(forced, cost(forced))]
     else:
-        costs = [(k, model_cost(_family(k), w_bits, x_bits, macs)) for k in families()]
+        costs = [(k, cost(k)) for k in families()]
         ranked = costs[:1] if how == "first" else sorted(costs, key=lambda kc: kc[1])
         kinds: dict[str, tuple[str, float]] = {}
         for kernel, cost in ranked:

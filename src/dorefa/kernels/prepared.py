@@ -209,10 +209,11 @@ class PreparedConv:
         zeros = np.zeros((timed, c, *hw), np.uint8)
         ho = conv_out_size(hw[0], kh, self.stride, self.padding)
         wo = conv_out_size(hw[1], kw, self.stride, self.padding)
-        macs = timed * o * c * kh * kw * max(ho, 0) * max(wo, 0)
+        rows = timed * max(ho, 0) * max(wo, 0)
         got = choose.choose(
-            key, self.weights.bits, self.x_bits, macs, lambda k: self.run_on(k, zeros, 1), forced
-        )
+            key, self.weights.bits, self.x_bits, rows * o * c * kh * kw,
+            lambda k: self.run_on(k, zeros, 1), forced, rows,
+        )  # fmt: skip
         if forced is None:
             self._chosen[(hw, b)] = got
         return got
