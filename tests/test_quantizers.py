@@ -240,6 +240,29 @@ def test_quantizers_name_an_integer_tensor_and_grad_quant_takes_an_unbatched_out
     assert quantize_gradient(torch.zeros(3, 0), 4).shape == (3, 0)
 
 
+def test_grad_quant_after_an_unbatched_conv_takes_one_scale_for_the_image():
+    """A QConv2d given one (C, H, W) image passed GradQuant a 3-D gradient, whose first axis
+    (the channels) f_g read as the batch: one scale per channel. It is one sample."""
+    from dorefa.nn import QConv2d
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(QConv2d(3, 4, 3, w_bits=2), GradQuant(2))
+    x = torch.rand(3, 6, 6)
+    grads = []
+    for inp in (x, x[None]):
+        net[1].generator = torch.Generator().manual_seed(1)
+        seen = []  # the gradient that reaches the conv's output
+        hook = net[0].register_forward_hook(lambda m, i, out: out.register_hook(seen.append) and None)
+        y = net(inp)
+        hook.remove()
+        ((y * torch.linspace(-3, 1, y.numel()).view(y.shape)) ** 2).sum().backward()
+        grads.append(seen[0])
+    single, batched = grads
+    assert single.shape == (4, 4, 4) and torch.equal(single, batched[0])
+    levels = torch.unique((single.abs() / single.abs().max()).round(decimals=5))
+    assert levels.tolist() == pytest.approx([1 / 3, 1.0], abs=1e-5)  # 2 bits: +-m/3 and +-m for one m
+
+
 def test_bits_parse_and_errors():
     assert dorefa.Bits.parse("1,2,6") == dorefa.Bits(1, 2, 6)
     assert dorefa.Bits.parse("w1a2g6") == dorefa.Bits(1, 2, 6)

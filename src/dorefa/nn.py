@@ -62,9 +62,10 @@ class QConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.int_engine is not None and (y := self.int_engine.run(self, x)) is not None:
             return y
-        return _autocast_output(
-            self._conv_forward(x, self.quantized_weight(), self.bias), self.weight
-        )
+        y = _autocast_output(self._conv_forward(x, self.quantized_weight(), self.bias), self.weight)
+        if x.dim() == 3 and y.requires_grad:  # one (C, H, W) image: f_g takes one scale for
+            y._dorefa_unbatched = True  # it, not one per channel (GradQuant reads this)
+        return y
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w_bits={self.w_bits}"

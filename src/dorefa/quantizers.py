@@ -270,6 +270,9 @@ class GradQuant(nn.Module):
             return x
         if self.fused is not None and (taken := self.fused.take(x)) is not None:
             return taken  # the integer layer that produced x applies f_g in its backward
+        if getattr(x, "_dorefa_unbatched", False):  # a QConv2d's output for one (C, H, W)
+            # image: one sample (as (C, H, W) its channels had each been a sample, a scale each)
+            return _GradQuantFn.apply(x[None], self.k, self.generator)[0]
         return _GradQuantFn.apply(x, self.k, self.generator)
 
     def extra_repr(self) -> str:
