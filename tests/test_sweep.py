@@ -371,8 +371,14 @@ def test_a_folder_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch)
         grid = str(tmp_path / "g.yaml")
         check_settings(SweepConfig(data="idx", data_dir="d", grid=grid, out=str(out)), out)
     named = tmp_path / "named"  # fashion-mnist in one folder, then another: the same data
-    check_settings(SweepConfig(data_dir=str(tmp_path / "d"), grid=grid, out=str(named)), named)
-    check_settings(SweepConfig(data_dir=str(tmp_path / "e"), grid=grid, out=str(named)), named)
+    said: list[str] = []
+    for folder in ("d", "d", "e"):  # the move is said (it had been accepted silently)
+        cfg = SweepConfig(data_dir=str(tmp_path / folder), grid=grid, out=str(named))
+        check_settings(cfg, named, log=said.append)
+    assert said == [
+        f"warning: this run reads the data in {tmp_path}/e; {named}/sweep.json records "
+        f"{tmp_path}/d (the same data set, moved?): cells trained from now on read this run's"
+    ]
 
 
 def test_a_cells_subsets_are_the_images_it_used():

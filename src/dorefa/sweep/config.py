@@ -85,10 +85,13 @@ def cfg_dict(cfg: SweepConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) -> bool:
+def check_settings(
+    cfg: SweepConfig, out: Path, lock: FolderLock | None = None, log=None
+) -> bool:  # fmt: skip
     """Refuse a model, data spec or --out that cannot work before any cell starts; write
     ``out/sweep.json`` on the first run (returns True then); refuse a later run with other
-    settings."""
+    settings; ``log`` a warning where a later run reads the same data set from another
+    folder."""
     from ..data import check_spec
     from ..models import list_models
 
@@ -116,6 +119,13 @@ def check_settings(cfg: SweepConfig, out: Path, lock: FolderLock | None = None) 
                 f"{out} holds a sweep with other settings ({what}); every cell must "
                 "get the same budget: use the same arguments or another --out"
             )
+        then, now = (_data_folder(_stored(s)) for s in (old, settings))
+        if then != now and log is not None:  # the same data set (else refused above)
+            log(
+                f"warning: this run reads the data in {now or 'the default folder'}; "
+                f"{path} records {then or 'the default folder'} (the same data set, moved?): "
+                "cells trained from now on read this run's"
+            )
         return False
     else:  # folders as absolute paths: a later run from another folder means the same ones
         left = [p.name for p in (out / "results.csv", out / "cells") if p.exists()]
@@ -139,6 +149,13 @@ def _places(settings: dict) -> dict:
     out = _stored(settings)
     out["data"] = data_identity(out.get("data"), out.pop("data_dir", None))
     return out
+
+
+def _data_folder(stored: dict) -> str | None:
+    """The folder a stored spec (``NAME:DIR``) or its data_dir names; None: the default."""
+    data = stored.get("data")
+    folder = data.partition(":")[2] if isinstance(data, str) else ""
+    return folder or stored.get("data_dir") or None
 
 
 def _stored(settings: dict) -> dict:

@@ -421,7 +421,7 @@ def run_sweep(cfg: SweepConfig, log=print) -> list[CellResult]:
     for cell in cells:  # a setting out of range is an error now, not a failure of every cell
         train_command(cfg, cell, out / "cells" / cell.name(cfg.model), None)
     with FolderLock(out, "`dorefa sweep`") as lock:  # two sweeps into one folder lost rows
-        first = check_settings(cfg, out, lock)
+        first = check_settings(cfg, out, lock, log)
         return _run(cfg, cells, out, log, first)
 
 
