@@ -250,15 +250,24 @@ def test_amx_is_priced_by_the_tile_rows_a_call_fills():
     assert vnni == choose.model_cost("int8-vnni", 8, 8, macs)
 
 
-@needs_native
-@pytest.mark.skipif(
-    not {"int8-amx", "int8-vnni"} <= set(K.available_kernels()), reason="no AMX and VNNI here"
-)
-def test_a_one_pixel_layer_at_batch_1_leaves_amx(model_only):
+def test_layers_that_fill_few_amx_rows_leave_it(model_only, monkeypatch):
+    """The rows reach the price from a layer's call and from the summaries, on any CPU: the
+    cost model alone, over a CPU's families as an AMX one lists them (nothing runs)."""
+    from dorefa.model_summary import summary
+
+    monkeypatch.setattr(choose, "families", lambda: ["int8-amx", "int8-vnni"])
     w, _ = _layer(8, 8, c=32, o=64, k=5)
     conv = K.prepare_conv(K.pack_weights(w, 8), 8, 1, 0, "signed")
-    assert conv.choice((5, 5), 1).kernel == "int8-vnni"
+    assert conv.choice((5, 5), 1).kernel == "int8-vnni"  # one pixel: one row in 16
     assert conv.choice((5, 5), 32).kernel == "int8-amx"  # 32 images: 32 rows
+    w, _ = _layer(8, 8, c=32, o=64, k=1)
+    strided = K.prepare_conv(K.pack_weights(w, 8), 8, 2, 0, "signed")
+    assert strided.choice((2, 2), 1).kernel == "int8-vnni"  # one pixel of a 2 x 2 input
+    assert strided.choice((7, 7), 1).kernel == "int8-amx"  # 4 x 4: 16 rows
+    rows = summary(create_model("svhn", bits="8,8,8", num_classes=10)).rows
+    picks = {r.name: r.kernel for r in rows if r.w == 8}
+    assert picks.pop("features.conv6") == "int8-vnni"  # 512 x 5x5 to one pixel
+    assert set(picks.values()) == {"int8-amx"}
 
 
 def _export(tmp_path, bits):

@@ -12,6 +12,7 @@ import torch
 from dorefa import checkpoint
 from dorefa.checkpoint import CheckpointError, load_checkpoint
 from dorefa.cli import main
+from dorefa.data.registry import folder_read
 from dorefa.train import TrainConfig, train
 from tiny_run import TINY
 
@@ -59,7 +60,13 @@ def test_eval_and_resume_know_the_data_a_run_learnt(tmp_path, fashion_dir, capsy
     assert not any("resuming on the data in" in m for m in lines), lines  # the same folder
     lines = []
     train(TrainConfig(bits="1,2,6", epochs=3, out=str(run), resume=True, **TINY), log=lines.append)
-    assert any("resuming on the data in the default folder; the run read" in m for m in lines)
+    default = folder_read("fashion-mnist")  # named, not "the default folder"
+    want = f"resuming on the data in {default}; the run read {(tmp_path / 'fm').resolve()}"
+    assert any(want in m for m in lines), lines
+    lines = []  # the default folder named is the default folder: no warning (it had warned)
+    cfg = TINY | dict(data_dir=default)
+    train(TrainConfig(bits="1,2,6", epochs=4, out=str(run), resume=True, **cfg), log=lines.append)
+    assert not any("resuming on the data in" in m for m in lines), lines
     from dorefa.data import require_model_shape
     from dorefa.data.imagefolder import ImageFolderDataset
 

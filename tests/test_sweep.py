@@ -12,6 +12,7 @@ import pytest
 
 from dorefa.bits import Bits
 from dorefa.cli import main
+from dorefa.data.registry import folder_read
 from dorefa.models import create_model
 from dorefa.sweep import (
     RUNTIME_KEYS,
@@ -372,13 +373,19 @@ def test_a_folder_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch)
         check_settings(SweepConfig(data="idx", data_dir="d", grid=grid, out=str(out)), out)
     named = tmp_path / "named"  # fashion-mnist in one folder, then another: the same data
     said: list[str] = []
-    for folder in ("d", "d", "e"):  # the move is said (it had been accepted silently)
+    for folder in ("d", "d", "e", "e"):  # the move is said once (it had been silent)
         cfg = SweepConfig(data_dir=str(tmp_path / folder), grid=grid, out=str(named))
         check_settings(cfg, named, log=said.append)
     assert said == [
-        f"warning: this run reads the data in {tmp_path}/e; {named}/sweep.json records "
+        f"warning: this run reads the data in {tmp_path}/e; {named}/sweep.json recorded "
         f"{tmp_path}/d (the same data set, moved?): cells trained from now on read this run's"
     ]
+    said.clear()  # the default folder, left out or named, is one folder (it had warned)
+    default = tmp_path / "default"
+    for data_dir in (None, folder_read("fashion-mnist")):
+        cfg = SweepConfig(data_dir=data_dir, grid=grid, out=str(default))
+        check_settings(cfg, default, log=said.append)
+    assert said == []
 
 
 def test_a_cells_subsets_are_the_images_it_used():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import checkpoint, distributed
-from .data.registry import spec_place
+from .data.registry import folder_read, spec_place
 from .fileio import resolved_path
 from .models import create_model, input_size
 from .optim import amp_dtype, build_optimizer
@@ -296,11 +296,14 @@ def _load_state(run: Run, log) -> tuple[int, float]:
         )
         older = _folder(checkpoint.absolute_or_none(saved.get("data_dir")))  # an older meta
         # lacks it: its config's, where absolute
-        before, now = _read_folder(ckpt["meta"], older), _read_folder(run.meta, None)
+        before, now = (  # None: the default folder, as it resolves now
+            _read_folder(meta, old) or folder_read(meta.get("data"))
+            for meta, old in ((ckpt["meta"], older), (run.meta, None))
+        )
         if before != now:  # a data set's folder moved (restore took it as the same data)
             log(
-                f"warning: resuming on the data in {now or 'the default folder'}; the run "
-                f"read {before or 'the default folder'} until now (the same data, moved?)"
+                f"warning: resuming on the data in {now}; the run read {before} until now "
+                "(the same data, moved?)"
             )
         _keep_init_source(run, saved, log)
     elif cfg.init_from:

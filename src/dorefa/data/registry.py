@@ -154,6 +154,17 @@ def data_identity(data: object, data_dir: str | None = None) -> object:
     return f"{name}:{resolved_path(folder)}" if name in GENERIC_DATA and folder else name
 
 
+def folder_read(spec: object, data_dir: str | None = None) -> str | None:
+    """The resolved folder a spec reads: its own, ``data_dir``, else the data set's default
+    (None where it has none, or the spec is not valid), so that two runs' folders compare
+    whether one named the default folder or left it out."""
+    try:
+        _, entry, path = _parse(spec, data_dir)  # type: ignore[arg-type]
+        return resolved_path(path if path is not None else entry.default_dir())
+    except DataError:
+        return None
+
+
 def check_spec(spec: str, data_dir: str | None = None, folder_exists: bool = False) -> str:
     """Check a spec without reading any file (a known name, a folder where one is needed), so
     that a command can refuse it before starting work; returns the data set's name. With

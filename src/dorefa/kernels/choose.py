@@ -231,13 +231,13 @@ def choose(
 
 
 def _decide(how, w_bits, x_bits, macs, rows, run, forced) -> Choice:
-    def cost(kernel: str) -> float:
+    def price(kernel: str) -> float:
         return model_cost(_family(kernel), w_bits, x_bits, macs, rows)
 
     if forced:
-        ranked = [(forced, cost(forced))]
+        ranked = [(forced, price(forced))]
     else:
-        costs = [(k, cost(k)) for k in families()]
+        costs = [(k, price(k)) for k in families()]
         ranked = costs[:1] if how == "first" else sorted(costs, key=lambda kc: kc[1])
         kinds: dict[str, tuple[str, float]] = {}
         for kernel, cost in ranked:
@@ -254,5 +254,5 @@ def _decide(how, w_bits, x_bits, macs, rows, run, forced) -> Choice:
     finally:
         selection.ran(last)  # the measurement is not a call of this thread: keep its answer
     kernel = min(times, key=times.__getitem__)
-    rows = tuple((k, c, times[k]) for k, c in ranked)
-    return Choice(kernel, "forced" if forced else "measured", times[kernel], rows)
+    seen = tuple((k, c, times[k]) for k, c in ranked)
+    return Choice(kernel, "forced" if forced else "measured", times[kernel], seen)

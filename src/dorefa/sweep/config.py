@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.registry import data_identity, spec_place
+from ..data.registry import data_identity, folder_read, spec_place
 from ..fileio import FolderLock, atomic_write_text, read_json, resolved_path
 
 # A sweep's settings: every cell gets the same budget; resuming with different ones is refused.
@@ -91,7 +91,7 @@ def check_settings(
     """Refuse a model, data spec or --out that cannot work before any cell starts; write
     ``out/sweep.json`` on the first run (returns True then); refuse a later run with other
     settings; ``log`` a warning where a later run reads the same data set from another
-    folder."""
+    folder (the default one included), which sweep.json then records."""
     from ..data import check_spec
     from ..models import list_models
 
@@ -119,13 +119,14 @@ def check_settings(
                 f"{out} holds a sweep with other settings ({what}); every cell must "
                 "get the same budget: use the same arguments or another --out"
             )
-        then, now = (_data_folder(_stored(s)) for s in (old, settings))
-        if then != now and log is not None:  # the same data set (else refused above)
-            log(
-                f"warning: this run reads the data in {now or 'the default folder'}; "
-                f"{path} records {then or 'the default folder'} (the same data set, moved?): "
-                "cells trained from now on read this run's"
-            )
+        then, now = (folder_read(s.get("data"), s.get("data_dir")) for s in (old, settings))
+        if then != now:  # the same data set (else refused above) from another folder
+            if log is not None:
+                log(
+                    f"warning: this run reads the data in {now}; {path} recorded {then} (the "
+                    "same data set, moved?): cells trained from now on read this run's"
+                )
+            atomic_write_text(path, json.dumps(_stored(settings), indent=2) + "\n")
         return False
     else:  # folders as absolute paths: a later run from another folder means the same ones
         left = [p.name for p in (out / "results.csv", out / "cells") if p.exists()]
@@ -149,13 +150,6 @@ def _places(settings: dict) -> dict:
     out = _stored(settings)
     out["data"] = data_identity(out.get("data"), out.pop("data_dir", None))
     return out
-
-
-def _data_folder(stored: dict) -> str | None:
-    """The folder a stored spec (``NAME:DIR``) or its data_dir names; None: the default."""
-    data = stored.get("data")
-    folder = data.partition(":")[2] if isinstance(data, str) else ""
-    return folder or stored.get("data_dir") or None
 
 
 def _stored(settings: dict) -> dict:
