@@ -300,7 +300,8 @@ class GraphBuilder:
             prev is not None
             and prev.pool == 1
             and prev.bits is None
-            and p == 0
+            and prev.maxpool is None  # a second pool after one fused: its own node (it had
+            and p == 0  # replaced the first, silently: wrong logits)
             and k == s
             and shape[1] % k == 0
             and shape[2] % k == 0
