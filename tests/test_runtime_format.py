@@ -40,8 +40,24 @@ def test_truncated_files_are_refused(small_file, tmp_path):
         with pytest.raises(FormatError, match="t.dorefa"):
             rt.load(bad)
     bad.write_bytes(data + b"\0")
-    with pytest.raises(FormatError):
+    with pytest.raises(FormatError, match="truncated or altered.*copy it again, or make it"):
         rt.load(bad)
+
+
+def test_a_large_file_that_is_not_a_model_is_refused_before_it_is_read(tmp_path):
+    """A hostile review: a 1 GB file given by mistake was read whole (1 GB, 5 s) before its
+    first 8 bytes said it is not a model."""
+    import tracemalloc
+
+    big = tmp_path / "big.dorefa"
+    with open(big, "wb") as f:
+        f.truncate(256 << 20)  # sparse: no disk used
+    tracemalloc.start()
+    with pytest.raises(FormatError, match="bad magic bytes"):
+        rt.load(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, peak
 
 
 def test_bit_flips_are_refused(small_file, tmp_path):

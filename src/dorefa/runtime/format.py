@@ -47,6 +47,9 @@ MAX_HEADER_BYTES = 1 << 22  # 4 MiB of JSON
 DTYPES = {"<f4": np.float32, "<i4": np.int32, "|u1": np.uint8, "|i1": np.int8}
 
 
+AGAIN = "copy it again, or make it again with `dorefa export`"  # what a damaged file needs
+
+
 class FormatError(ValueError):
     """A ``.dorefa`` file is missing, truncated, altered, or not one this runtime can run."""
 
@@ -146,6 +149,8 @@ class Reader:
             )
         try:
             with open(self.path, "rb") as f:
+                self._check_fixed(f.read(_FIXED.size), size)  # before the rest is read: a
+                f.seek(0)  # 1 GB file that is not a model had been read whole first
                 raw = f.read(size + 1)  # +1: notice a file that grew since stat
         except OSError as exc:
             raise self.error(f"cannot read model file ({exc.strerror or exc})") from None
@@ -153,10 +158,12 @@ class Reader:
             raise self.error("file changed while it was being read")
         return raw
 
-    def _read(self) -> None:
-        raw = self._read_bytes()
-        size = len(raw)
-        magic, version, hlen, dlen = _FIXED.unpack_from(raw)
+    def _check_fixed(self, head: bytes, size: int) -> tuple[int, int, int]:
+        """(version, header_len, data_len) of the fixed header, checked against the file's
+        ``size``."""
+        if len(head) < _FIXED.size:
+            raise self.error("file changed while it was being read")
+        magic, version, hlen, dlen = _FIXED.unpack_from(head)
         if magic != MAGIC:
             raise self.error(
                 "not a .dorefa model (bad magic bytes); make one with "
@@ -173,11 +180,18 @@ class Reader:
         expected = _FIXED.size + hlen + dlen + _DIGEST
         if expected != size:
             raise self.error(
-                f"file is {size} bytes but its header describes {expected} (truncated or altered)"
+                f"file is {size} bytes but its header describes {expected} (truncated or "
+                f"altered): {AGAIN}"
             )
+        return version, hlen, dlen
+
+    def _read(self) -> None:
+        raw = self._read_bytes()
+        size = len(raw)
+        version, hlen, _ = self._check_fixed(raw[: _FIXED.size], size)
         body = memoryview(raw)[: size - _DIGEST]
         if hashlib.sha256(body).digest() != raw[size - _DIGEST :]:
-            raise self.error("checksum mismatch: the file is corrupt or was altered")
+            raise self.error(f"checksum mismatch: the file is corrupt or was altered: {AGAIN}")
         try:
             header = json.loads(bytes(body[_FIXED.size : _FIXED.size + hlen]).decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
