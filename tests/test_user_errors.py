@@ -406,6 +406,15 @@ def test_compare_names_a_checkpoint_that_is_not_the_exported_one(one_epoch, tmp_
     assert "exported from another checkpoint" in capsys.readouterr().err
     run_test_set(path, "fashion-mnist", test_subset=8, compare=one_epoch / "checkpoint.pt")
     assert "warning" not in capsys.readouterr().err
+    # a file of the Python API (no width in its meta) from a wider network: refused (a hostile
+    # review found it compared, 0% agreement, no word why)
+    from dorefa.exporter import export
+    from dorefa.models import create_model
+
+    wide = create_model("svhn", bits="1,2,6", num_classes=10, in_channels=1, width=0.25)
+    export(wide.eval(), tmp_path / "wide.dorefa", input_size=40)
+    with pytest.raises(ValueError, match="other layer sizes .another --width"):
+        run_test_set(tmp_path / "wide.dorefa", "fashion-mnist", test_subset=8, compare=later)
 
 
 def test_eval_and_run_take_only_data_of_the_models_classes(one_epoch, tmp_path, capsys):

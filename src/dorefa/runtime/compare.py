@@ -75,6 +75,7 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
     import torch
 
     from ..checkpoint import export_meta, load_checkpoint, model_from_checkpoint
+    from ..model_summary import summary
 
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
@@ -116,7 +117,15 @@ def _torch_model(checkpoint: str | os.PathLike, threads: int, model):
             file=sys.stderr,
         )
     torch.set_num_threads(threads)
-    return model_from_checkpoint(ckpt, checkpoint).eval()
+    net = model_from_checkpoint(ckpt, checkpoint).eval()
+    macs = summary(net, size).totals["macs"]  # a file of the Python API names no width
+    if macs != model.macs:
+        raise ValueError(
+            f"--compare {checkpoint}'s network makes {macs:,} multiply-adds an image, "
+            f"{model.path}'s {model.macs:,}: other layer sizes (another --width?); compare with "
+            "the checkpoint it was exported from"
+        )
+    return net
 
 
 def run_test_set(
