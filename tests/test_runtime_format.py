@@ -183,8 +183,30 @@ def test_a_graph_past_the_memory_or_work_bounds_is_refused_before_it_runs(tmp_pa
     _float_graph(tmp_path / "mem3.dorefa", [(16, 1, 0)] * 3, keep_all=True)  # small: it runs
     assert rt.load(tmp_path / "mem3.dorefa")(np.zeros((1, 1, 40, 40), np.float32)).shape == (1, 10)
     _float_graph(tmp_path / "work.dorefa", [(64, 1, 60)] + [(64, 9, 4)] * 20, keep_all=False)
-    with pytest.raises(FormatError, match=r"MACs per image by here \(at most"):
+    with pytest.raises(FormatError, match=r"MACs and 0 other operations per image by here"):
         rt.load(tmp_path / "work.dorefa")
+
+
+def test_pools_past_the_work_bound_are_refused_before_they_run(tmp_path):
+    """A hostile review: a 544-byte file of three 64 x 64 average pools on 2048 x 2048 (0 MACs)
+    took 17 s to load; its pools' windows are now counted (2049^2 x 64^2 > 2^32)."""
+    pools = [
+        {"name": f"p{i}", "op": "avgpool", "inputs": [f"p{i - 1}" if i else "input"],
+         "kernel": 64, "stride": 1, "padding": 32}
+        for i in range(3)
+    ]  # fmt: skip
+    nodes = pools + [
+        {"name": "g", "op": "global_avgpool", "inputs": ["p2"]},
+        {"name": "f", "op": "flatten", "inputs": ["g"]},
+        {"name": "fc", "op": "linear_float", "inputs": ["f"], "weight": {"array": "w"},
+         "bias": {"array": "b"}},
+    ]  # fmt: skip
+    header = {"format": fmt.FORMAT_NAME, "input_shape": [1, 2048, 2048], "num_classes": 2}
+    header |= {"bits": "32,32,32", "nodes": nodes, "output": "fc", "meta": {}}
+    arrays = {"w": np.zeros((2, 1), np.float32), "b": np.zeros(2, np.float32)}
+    fmt.write(tmp_path / "pools.dorefa", header, arrays)
+    with pytest.raises(FormatError, match=r"node 0: .* 0 MACs and 17196650496 other operations"):
+        rt.load(tmp_path / "pools.dorefa")
 
 
 def test_hostile_fixed_header_and_json(small_file, tmp_path):

@@ -30,6 +30,10 @@ MAX_ELEMENTS = 1 << 26  # per image, per value: refuse headers describing absurd
 # (ResNet-18 and AlexNet: 1.8-1.9 GMAC, a few MB alive).
 MAX_LIVE_BYTES = 1 << 30
 MAX_MACS = 1 << 37
+# Per image: the elements the other nodes read, a pool's k x k per output (they run at a few
+# G/s, not as kernels): a 544-byte file of three 64 x 64 average pools on 2048 x 2048 had taken
+# 17 s to load (0 MACs). ResNet-18 at 224: ~0.1 G.
+MAX_OTHER_WORK = 1 << 32
 MAX_DIM = 1 << 16
 MAX_NODES = 2000
 MAX_INPUTS = 64
@@ -150,6 +154,7 @@ class GraphBuilder:
         self.fused_src = None  # the input whose producer a fused node joined, if not the first
         self.layers: list[ops.Layer] = []
         self.macs = 0  # multiply-accumulates per image (convolutions and linear layers)
+        other = 0  # per image, the other nodes' work (MAX_OTHER_WORK)
         last = {name: i for i, spec in enumerate(specs) for name in spec["inputs"]}
         last[output] = len(specs)
         live = _bytes(self.values[INPUT])  # of the values made and still to be read
@@ -166,12 +171,16 @@ class GraphBuilder:
                 raise self.err(i, f"activation shape {shape} exceeds {MAX_ELEMENTS} elements")
             self.values[spec["name"]] = (kind, shape)
             self.macs += math.prod(shape) * getattr(layer, "fan_in", 0)
+            if not getattr(layer, "fan_in", 0):  # pools: their window per output; else elements
+                window = spec["kernel"] ** 2 if op in ("maxpool", "avgpool") else 1
+                other += max(math.prod(shape) * window, sum(math.prod(v[1]) for v in ins))
             live += _bytes((kind, shape))
-            if live > MAX_LIVE_BYTES or self.macs > MAX_MACS:
+            if live > MAX_LIVE_BYTES or self.macs > MAX_MACS or other > MAX_OTHER_WORK:
                 raise self.err(
                     i,
                     f"the network would hold {live} bytes of values at once and run {self.macs} "
-                    f"MACs per image by here (at most {MAX_LIVE_BYTES} and {MAX_MACS})",
+                    f"MACs and {other} other operations per image by here (at most "
+                    f"{MAX_LIVE_BYTES}, {MAX_MACS} and {MAX_OTHER_WORK})",
                 )
             live -= sum(_bytes(self.values[n]) for n in set(spec["inputs"]) if last[n] == i)
             if layer is None:  # fused into the node producing its input: that node renamed
