@@ -32,7 +32,7 @@ MAX_LIVE_BYTES = 1 << 30
 MAX_MACS = 1 << 37
 # Per image: the elements the other nodes read, a pool's k x k per output (they run at a few
 # G/s, not as kernels): a 544-byte file of three 64 x 64 average pools on 2048 x 2048 had taken
-# 17 s to load (0 MACs). ResNet-18 at 224: ~0.1 G.
+# 17 s to load (0 MACs).
 MAX_OTHER_WORK = 1 << 32
 MAX_DIM = 1 << 16
 MAX_NODES = 2000
