@@ -244,6 +244,32 @@ def test_two_max_pools_after_a_float_conv_are_both_applied(tmp_path, monkeypatch
         np.testing.assert_allclose(fused(x.numpy()), q(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_pooled_float_conv_takes_its_batch_in_parts(monkeypatch):
+    """A hostile review: the GEMM path of a float conv + k x k / k max-pool with a float output
+    held every image's im2col columns at once (979 MB for 12 MB of input); it takes images in
+    parts of at most COLS_BYTES, with the same values."""
+    import tracemalloc
+
+    from dorefa.runtime import ops
+
+    rng = np.random.default_rng(0)
+    conv = ops.FloatConv(
+        rng.standard_normal((8, 3, 7, 7)).astype(np.float32), np.ones(8, np.float32), 1, 3
+    )
+    conv.pool = 2
+    x = rng.random((16, 3, 32, 32), dtype=np.float32)
+    tracemalloc.start()
+    whole = conv.forward(x, 1)
+    peak_whole = tracemalloc.get_traced_memory()[1]
+    monkeypatch.setattr(ops, "COLS_BYTES", 1 << 20)  # one image a part here
+    tracemalloc.reset_peak()
+    parts = conv.forward(x, 1)
+    peak_parts = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(parts, whole)
+    assert parts.shape == (16, 8, 16, 16) and peak_parts * 4 < peak_whole, (peak_parts, peak_whole)
+
+
 def test_batch_shares_give_the_same_logits(tmp_path, monkeypatch):
     """A batch on several threads as shares of images, one thread each (executor.SPLIT_MACS,
     here lowered so that a small ResNet-18 takes that path): the same logits as one thread, a
