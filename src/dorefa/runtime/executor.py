@@ -134,7 +134,10 @@ class Model:
 
     def run(self, x: np.ndarray, threads: int | None = None, keep: bool = False, watch=None):
         """Every node in order on ``x``; returns the logits, and with ``keep`` also a dict of
-        every value by name (the input as ``'input'``), for layer-by-layer comparisons.
+        every value by name (the input as ``'input'``), for layer-by-layer comparisons. A node
+        fused into the one before it (``summary()`` says "fused") has no value of its own: the
+        fused node's value carries the later name (a conv with its pool and quantize fused in
+        appears as the quantize's output).
         ``watch(layer, output, inputs)`` (optional) sees every node's output as it is made."""
         threads = self.threads if threads is None else threads
         check_threads(threads)

@@ -189,6 +189,7 @@ class GraphBuilder:
             else:
                 self.layers.append(layer)
                 layer.inputs = tuple(spec["inputs"])
+                layer.node = spec["name"]  # its own node's name, kept where others fuse in
             layer.name = spec["name"]
             source = spec.get("source")
             layer.source = source if isinstance(source, str) else layer.source

@@ -56,6 +56,13 @@ class Plan(list):
         )
 
 
+def _node_name(layer) -> str:
+    """The convolution's own node, and the node whose output it makes where later nodes were
+    fused into it (ResNet's residual add: the plan had named the row ``add_1`` alone)."""
+    own = getattr(layer, "node", layer.name)
+    return own if own == layer.name else f"{own} (+ {layer.name})"
+
+
 def model_plan(model) -> Plan:
     """The :class:`Plan` of a loaded :class:`dorefa.runtime.Model` (module doc)."""
     plan = Plan()
@@ -70,7 +77,7 @@ def model_plan(model) -> Plan:
         times = [ch.us for ch in choices]
         plan.append(
             PlanRow(
-                node=layer.name,
+                node=_node_name(layer),
                 shape=f"{c * layer.groups}->{o} {kh}x{kw} /{layer.stride} pad {layer.padding} "
                 f"on {hw[0]}x{hw[1]}",
                 bits=f"W{layer.w_bits}A{layer.x_bits}",
