@@ -217,6 +217,8 @@ def test_fused_nodes_give_the_same_logits(tmp_path, monkeypatch):
     for what in ("maxpool 3x3 /2 pad 1 (fused)", "quantize -> 2-bit codes (fused)", "residual"):
         assert what in text, what
     assert len(fused.layers) < len(alone.layers)
+    with pytest.raises(TypeError, match="cannot be pickled: pass the file's path"):
+        __import__("pickle").dumps(fused)  # it had raised about PreparedBitConv
     nodes = [row.node for row in fused.plan()]  # a conv with the add fused in named as itself
     assert "blocks.0.conv_b (+ add)" in nodes and "blocks.0.conv_a" in nodes, nodes
     x = np.random.default_rng(0).random((3, 1, SIZE, SIZE), dtype=np.float32)

@@ -193,6 +193,12 @@ class Model:
             raise errors[0]
         return np.concatenate(outs)
 
+    def __reduce__(self):
+        raise TypeError(
+            f"a loaded model ({self.path}) holds native kernels and cannot be pickled: pass the "
+            "file's path to each process and call dorefa.runtime.load there"
+        )
+
     def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         return self.run(x, threads)
 
