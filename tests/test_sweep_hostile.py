@@ -106,17 +106,51 @@ def test_records_compare_the_data_set_not_its_spelling(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "field, value", [("best_test_acc", "0.9"), ("W", None), ("W", "abc"), ("seed", "zero")]
-)
+    "field, value",
+    [("best_test_acc", "0.9"), ("W", None), ("W", "abc"), ("seed", "zero"),
+     # values no run writes (a hostile review: averaged into the page, or OverflowError)
+     ("best_test_acc", float("inf")), ("best_test_acc", -5.0), ("best_test_acc", 1e308),
+     ("W", 0), ("W", 99), ("width", 0.0), ("width", -1.0), ("seed", -3), ("status", "weird"),
+     ("metrics", [{"test_acc": float("nan")}]), ("cell", None), ("train_config", [])],
+)  # fmt: skip
 def test_a_record_with_a_field_of_another_type_is_damaged(tmp_path, field, value):
-    """Such records had counted as done, then broken the page (TypeError) or written a row
-    that made the sweep's results.csv unreadable."""
+    """Such records had counted as done, then broken the page (TypeError, KeyError,
+    AttributeError) or written a row that made the sweep's results.csv unreadable."""
     rec = _record(SweepConfig())
-    rec["row"][field] = value
+    if field in ("metrics", "cell", "train_config"):
+        rec[field] = value
+    else:
+        rec["row"][field] = value
     path = tmp_path / "r.json"
     path.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="a damaged cell record"):
         read_record(path)
+
+
+def test_a_page_refuses_records_of_other_models_or_of_one_cell_with_other_budgets(tmp_path):
+    """A hostile review: an AlexNet record beside svhn's of the same bits had been averaged in
+    as a seed of their cell (a claim's verdict changed)."""
+    from dorefa.sweep.page import render_records_page
+
+    def folder(name, recs):
+        (tmp_path / name).mkdir()
+        for i, rec in enumerate(recs):
+            (tmp_path / name / f"{i}.json").write_text(json.dumps(rec))
+        return tmp_path / name
+
+    svhn = _record(SweepConfig())
+    alex = _record(SweepConfig(model="alexnet"), row=make_row(1, 2, 6, 0.125, acc=0.3, seed=1))
+    alex["row"]["cell"] = alex["cell"] = "alexnet-" + alex["cell"]
+    longer = _record(SweepConfig(epochs=9), row=make_row(1, 2, 6, 0.125, acc=0.6, seed=2))
+    page = tmp_path / "page.md"
+    cases = [
+        ([svhn, alex], "have other models .'svhn', 'alexnet'.: report one study's"),
+        ([svhn, longer], "are seeds of one cell with other epochs: report them apart"),
+    ]
+    for i, (recs, match) in enumerate(cases):
+        with pytest.raises(ValueError, match=match):
+            render_records_page(folder(f"f{i}", recs), page, tmp_path / "r.csv")
+    assert not page.exists() and not (tmp_path / "r.csv").exists()
 
 
 def test_sweep_refuses_before_any_cell_what_cannot_work(tmp_path, capsys):

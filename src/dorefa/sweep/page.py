@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_text
 from .plots import plot_all
-from .records import read_records, record_row
+from .records import one_study, read_records, record_row
 from .report import claims_section, render_seed_table
 from .results import CellResult, write_results
 
@@ -104,6 +104,7 @@ def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> li
             f"--records {', '.join(map(str, sources))}: no cell records (*.json) yet; "
             "run `dorefa sweep --records DIR` first"
         )
+    one_study(records)
     rows = [record_row(r) for r in records]
     histories = {r["cell"]: r.get("metrics", []) for r in records}
     trained_on = {r["cell"]: _trained_on(r.get("train_config", {})) for r in records}

@@ -15,6 +15,7 @@ finished cells: a record counts as done only when its settings are the sweep's
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -112,24 +113,72 @@ def read_record(path: Path) -> dict:
 
 
 def _well_formed(rec: dict) -> bool:
-    """A record's row is a result row, its config a dict, its metrics rows with a test_acc."""
+    """A record's cell is named, its row a result row of possible values, its config and
+    train_config dicts, its metrics rows with a test_acc in [0, 1]."""
     metrics = rec.get("metrics", [])
     if not (isinstance(rec["row"], dict) and isinstance(rec["config"], dict)):
         return False
+    if not isinstance(rec.get("cell"), str) or not isinstance(rec.get("train_config", {}), dict):
+        return False  # a missing cell, a list for train_config had raised deep in the page
     if not isinstance(metrics, list) or not all(
-        isinstance(m, dict) and _number(m.get("test_acc")) for m in metrics
+        isinstance(m, dict) and _accuracy(m.get("test_acc")) for m in metrics
     ):
         return False
     try:  # each field of its type: as results.csv would read it back (a text accuracy, a
         # null W had been taken, then broken the page or the sweep's results.csv)
         row = CellResult.from_dict(rec["row"])
-        return CellResult.from_csv(row.to_csv()) == row
+        if CellResult.from_csv(row.to_csv()) != row:
+            return False
     except (TypeError, ValueError):
         return False
+    return _possible(row)
+
+
+def _possible(row: CellResult) -> bool:
+    """Values a run can have written (an inf or -5 accuracy, W = 99 or a width of 0 had been
+    averaged into the page)."""
+    accs = (row.best_test_acc, row.final_test_acc, row.runtime_acc, row.agreement)
+    return (
+        all(v is None or _accuracy(v) for v in accs)
+        and all(b in (*range(1, 9), 32) for b in (row.W, row.A, row.G))
+        and math.isfinite(row.width)
+        and row.width > 0
+        and (row.seed is None or row.seed >= 0)
+        and row.status in ("ok", "failed", "")
+    )
+
+
+def _accuracy(v: object) -> bool:
+    return _number(v) and 0.0 <= v <= 1.0  # NaN fails both
 
 
 def _number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def one_study(records: list[dict]) -> None:
+    """Refuse records that one page would mix: other models or data sets (their cells had been
+    grouped with the same bits' as seeds, and a claim's verdict changed), or seeds of one cell
+    with other budgets (a budget setting of :data:`BUDGET_KEYS`)."""
+    seen: dict[tuple, dict] = {}
+    first = records[0] if records else None
+    for rec in records:
+        row, mine = record_row(rec), _settings(rec)
+        for key in ("model", "data"):
+            if first is not None and mine.get(key) != _settings(first).get(key):
+                raise ValueError(
+                    f"records {first['cell']} and {rec['cell']} have other {key}s "
+                    f"({_settings(first).get(key)!r}, {mine.get(key)!r}): report one study's "
+                    "records at a time"
+                )
+        cell = (row.W, row.A, row.G, row.width, bool(row.init))
+        other = seen.setdefault(cell, rec)
+        diff = [k for k in BUDGET_KEYS if _settings(other).get(k) != mine.get(k)]
+        if diff:
+            raise ValueError(
+                f"records {other['cell']} and {rec['cell']} are seeds of one cell with other "
+                f"{', '.join(diff)}: report them apart"
+            )
 
 
 def read_records(folders) -> list[dict]:
