@@ -208,6 +208,16 @@ def test_export_never_writes_over_its_checkpoint(one_epoch, tmp_path, capsys):
     assert main(["export", str(ckpt), "-o", ""]) == 2  # an unset shell variable after -o
     assert "-o is empty" in capsys.readouterr().err
     assert not (tmp_path / "run.dorefa").exists()
+    # another file that is not an export: kept (another run's checkpoint had been replaced)
+    other = tmp_path / "other.pt"
+    shutil.copy(ckpt, other)
+    for argv in ([str(ckpt), "-o", str(other)], [str(ckpt), "--format", "qonnx", "-o", str(other)]):
+        assert main(["export", *argv]) == 2
+        assert "exists and is not a" in capsys.readouterr().err
+    assert other.read_bytes() == before
+    out = tmp_path / "again.dorefa"  # an earlier export is replaced, as before
+    assert main(["export", str(ckpt), "-o", str(out)]) == 0
+    assert main(["export", str(ckpt), "-o", str(out)]) == 0
 
 
 def test_an_exported_model_is_not_taken_for_a_checkpoint(one_epoch, tmp_path, capsys):

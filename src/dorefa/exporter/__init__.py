@@ -150,7 +150,24 @@ def _output_path(checkpoint: str, output: str | None, suffix: str) -> str:
             f"{out} is the checkpoint being exported; writing it would replace the weights: "
             f"give another path with -o (e.g. {src.with_name(src.stem + '-export' + suffix)})"
         )
+    if dst.is_file() and not _an_export(dst, suffix):  # another run's checkpoint, a config
+        raise ExportError(  # file: had been replaced, silently
+            f"{out} exists and is not a {suffix} file an export wrote: it would be replaced; "
+            "remove it first, or give another path with -o"
+        )
     return out
+
+
+def _an_export(path: Path, suffix: str) -> bool:
+    """Whether an existing file may be replaced by an export: a .dorefa model (its magic
+    bytes), or for QONNX a file named .onnx."""
+    if suffix != ".dorefa":
+        return path.suffix.lower() == suffix
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(fmt.MAGIC)) == fmt.MAGIC
+    except OSError:
+        return True  # unreadable: the write says why
 
 
 def cmd_export(args: argparse.Namespace) -> int:
