@@ -26,7 +26,7 @@ CELL = Cell(Bits.parse("1,2,6"), 0.125)
 
 def _record(cfg: SweepConfig, cell: Cell = CELL, row: CellResult | None = None) -> dict:
     row = row or make_row(1, 2, 6, 0.125, acc=0.5, epochs=1)
-    metrics = [{"epoch": 1, "test_acc": 0.5}]
+    metrics = [{"epoch": 1, "test_acc": 0.5, "train_loss": 1.0}]
     return {"cell": row.cell, "config": cell_settings(cfg, cell), "metrics": metrics,
             "row": row.to_dict()}  # fmt: skip
 
@@ -111,7 +111,8 @@ def test_records_compare_the_data_set_not_its_spelling(tmp_path):
      # values no run writes (a hostile review: averaged into the page, or OverflowError)
      ("best_test_acc", float("inf")), ("best_test_acc", -5.0), ("best_test_acc", 1e308),
      ("W", 0), ("W", 99), ("width", 0.0), ("width", -1.0), ("seed", -3), ("status", "weird"),
-     ("metrics", [{"test_acc": float("nan")}]), ("cell", None), ("train_config", [])],
+     ("metrics", [{"test_acc": float("nan"), "train_loss": 1.0}]), ("metrics", [{"test_acc": 0.5}]),
+     ("cell", None), ("train_config", [])],
 )  # fmt: skip
 def test_a_record_with_a_field_of_another_type_is_damaged(tmp_path, field, value):
     """Such records had counted as done, then broken the page (TypeError, KeyError,
@@ -151,6 +152,19 @@ def test_a_page_refuses_records_of_other_models_or_of_one_cell_with_other_budget
         with pytest.raises(ValueError, match=match):
             render_records_page(folder(f"f{i}", recs), page, tmp_path / "r.csv")
     assert not page.exists() and not (tmp_path / "r.csv").exists()
+    good = folder("good", [svhn])  # --csv and --out that would replace other files: refused
+    record = good / "0.json"
+    before = record.read_text()
+    for out, csv, match in [
+        (page, record, "is not a .csv file's path"),
+        (page, tmp_path / "ckpt.pt", "is not a .csv file's path"),
+        (tmp_path / "o" / "page", tmp_path / "o" / "page" / "results.csv", "would be the CSV's"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            render_records_page(good, out, csv)
+    assert record.read_text() == before and not (tmp_path / "o").exists()
+    render_records_page(good, page, tmp_path / "r.csv")
+    assert page.exists() and (tmp_path / "r.csv").exists()
 
 
 def test_sweep_refuses_before_any_cell_what_cannot_work(tmp_path, capsys):

@@ -89,6 +89,19 @@ def _splice(text: str, generated: str) -> str:
     return f"{BEGIN}\n{generated}{END}\n"
 
 
+def _check_csv(out_md: Path, csv_path: Path) -> None:
+    """Refuse a --csv that is not a .csv file apart from the page (a hostile review had it
+    replace a cell record, a checkpoint and the page itself), or a page whose CSV folder is
+    the page's own path (--out without a suffix: a folder of plots, then a refusal)."""
+    if csv_path.suffix.lower() != ".csv" or csv_path.is_dir():
+        raise ValueError(f"--csv {csv_path} is not a .csv file's path; give one (results.csv)")
+    if csv_path.parent.resolve() == out_md.resolve() or csv_path.resolve() == out_md.resolve():
+        raise ValueError(
+            f"--out {out_md} would be the CSV's folder: give the page's file name with its "
+            f"suffix (e.g. {out_md.with_suffix('.md')})"
+        )
+
+
 def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> list[CellResult]:
     """Write ``csv_path``, the plots beside it and ``out_md`` from the records in ``sources``
     (record folders); returns the rows (every cell, every seed)."""
@@ -97,6 +110,7 @@ def render_records_page(sources, out_md: str | Path, csv_path: str | Path) -> li
         raise ValueError(
             f"--out {out_md} is a folder; give the page's file (e.g. {Path(out_md) / 'results.md'})"
         )
+    _check_csv(Path(out_md), Path(csv_path))
     text = _page_text(Path(out_md))  # a page it refuses: refused before anything is written
     records = read_records(sources)
     if not records:

@@ -114,15 +114,16 @@ def read_record(path: Path) -> dict:
 
 def _well_formed(rec: dict) -> bool:
     """A record's cell is named, its row a result row of possible values, its config and
-    train_config dicts, its metrics rows with a test_acc in [0, 1]."""
+    train_config dicts, its metrics rows with a test_acc in [0, 1] and a train_loss."""
     metrics = rec.get("metrics", [])
     if not (isinstance(rec["row"], dict) and isinstance(rec["config"], dict)):
         return False
     if not isinstance(rec.get("cell"), str) or not isinstance(rec.get("train_config", {}), dict):
         return False  # a missing cell, a list for train_config had raised deep in the page
     if not isinstance(metrics, list) or not all(
-        isinstance(m, dict) and _accuracy(m.get("test_acc")) for m in metrics
-    ):
+        isinstance(m, dict) and _accuracy(m.get("test_acc")) and _loss(m.get("train_loss"))
+        for m in metrics
+    ):  # the page plots both (a row without train_loss had raised KeyError there)
         return False
     try:  # each field of its type: as results.csv would read it back (a text accuracy, a
         # null W had been taken, then broken the page or the sweep's results.csv)
@@ -150,6 +151,10 @@ def _possible(row: CellResult) -> bool:
 
 def _accuracy(v: object) -> bool:
     return _number(v) and 0.0 <= v <= 1.0  # NaN fails both
+
+
+def _loss(v: object) -> bool:
+    return _number(v) and math.isfinite(v) and v >= 0
 
 
 def _number(v: object) -> bool:
