@@ -517,6 +517,8 @@ def test_a_model_summary_builds_no_weights():
     s = load_summary("alexnet", in_channels=100000)
     assert s.totals["params"] > 1.4e9
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 2**20  # KiB: < 1 GiB
+    with pytest.raises(SystemExit):  # 10**20 had crashed in torch (storage size overflowed)
+        main(["summary", "resnet18", "--in-channels", str(10**20)])
 
 
 def test_found_by_a_hostile_review_of_train_options(one_epoch, tmp_path, monkeypatch, capsys):

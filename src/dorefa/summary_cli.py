@@ -168,7 +168,7 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument(
         "--in-channels",
-        type=_positive(int),
+        type=_positive(int, most=1_000_000),  # 10^20 had crashed in torch (storage overflow)
         default=None,
         help="input channels of a model name (default 3)",
     )
