@@ -136,6 +136,18 @@ def test_every_registered_model(name):
     json.dumps(s.to_dict())
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_the_runtime_counts_the_summarys_macs(name, tmp_path):
+    """`dorefa run --compare` refuses a checkpoint by its MACs per image against the file's:
+    the two counts must agree on every model."""
+    import dorefa.runtime as rt
+
+    model = create_model(name, bits="1,2,6", width=0.125, in_channels=1).eval()
+    size = {"svhn": 40, "alexnet": 224}.get(name, 32)  # the sizes their heads take
+    export(model, tmp_path / "m.dorefa", input_size=size)
+    assert rt.load(tmp_path / "m.dorefa").macs == summary(model, size).totals["macs"]
+
+
 def test_resnet18_full_width():
     """tensorpack's ResNet-18 at 224: 7x7/2 float conv, 16 3x3 + 4 projection 1x1 bit convs."""
     model = create_model("resnet18", bits="1,4,32", num_classes=1000)

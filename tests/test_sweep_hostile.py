@@ -112,7 +112,7 @@ def test_records_compare_the_data_set_not_its_spelling(tmp_path):
      ("best_test_acc", float("inf")), ("best_test_acc", -5.0), ("best_test_acc", 1e308),
      ("W", 0), ("W", 99), ("width", 0.0), ("width", -1.0), ("seed", -3), ("status", "weird"),
      ("metrics", [{"test_acc": float("nan"), "train_loss": 1.0}]), ("metrics", [{"test_acc": 0.5}]),
-     ("cell", None), ("train_config", [])],
+     ("cell", None), ("cell", "svhn-w8a8g8-x1.0"), ("train_config", [])],
 )  # fmt: skip
 def test_a_record_with_a_field_of_another_type_is_damaged(tmp_path, field, value):
     """Such records had counted as done, then broken the page (TypeError, KeyError,
@@ -144,9 +144,15 @@ def test_a_page_refuses_records_of_other_models_or_of_one_cell_with_other_budget
     alex["row"]["cell"] = alex["cell"] = "alexnet-" + alex["cell"]
     longer = _record(SweepConfig(epochs=9), row=make_row(1, 2, 6, 0.125, acc=0.6, seed=2))
     page = tmp_path / "page.md"
+    inits = []  # seeds of an -init cell started from other cells: not one cell's seeds
+    for seed, source in ((0, "32,32,32"), (1, "8,8,8")):
+        cell = Cell(Bits.parse("1,2,6"), 0.125, Bits.parse(source), seed)
+        row = make_row(1, 2, 6, 0.125, init=source, acc=0.5, epochs=1, seed=seed)
+        inits.append(_record(SweepConfig(), cell, row))
     cases = [
         ([svhn, alex], "have other models .'svhn', 'alexnet'.: report one study's"),
         ([svhn, longer], "are seeds of one cell with other epochs: report them apart"),
+        (inits, "are seeds of one cell with other init: report them apart"),
     ]
     for i, (recs, match) in enumerate(cases):
         with pytest.raises(ValueError, match=match):

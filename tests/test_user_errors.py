@@ -218,6 +218,8 @@ def test_export_never_writes_over_its_checkpoint(one_epoch, tmp_path, capsys):
     out = tmp_path / "again.dorefa"  # an earlier export is replaced, as before
     assert main(["export", str(ckpt), "-o", str(out)]) == 0
     assert main(["export", str(ckpt), "-o", str(out)]) == 0
+    (tmp_path / "empty.dorefa").touch()  # a name made for it (mktemp): written
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "empty.dorefa")]) == 0
 
 
 def test_an_exported_model_is_not_taken_for_a_checkpoint(one_epoch, tmp_path, capsys):
@@ -506,7 +508,7 @@ def test_a_device_file_and_a_negative_variance_are_named(one_epoch, tmp_path, ca
         bn_affine(bn)
 
 
-def test_a_model_summary_builds_no_weights():
+def test_a_model_summary_builds_no_weights(capsys):
     """`dorefa summary alexnet --in-channels 100000` had built 5.5 GB of weights (48 GB for
     svhn at 10**7 channels): the model is made on the meta device."""
     import resource
@@ -519,6 +521,7 @@ def test_a_model_summary_builds_no_weights():
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 2**20  # KiB: < 1 GiB
     with pytest.raises(SystemExit):  # 10**20 had crashed in torch (storage size overflowed)
         main(["summary", "resnet18", "--in-channels", str(10**20)])
+    assert "--in-channels: must be at most 1000000" in capsys.readouterr().err
 
 
 def test_found_by_a_hostile_review_of_train_options(one_epoch, tmp_path, monkeypatch, capsys):

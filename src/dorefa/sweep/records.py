@@ -120,6 +120,8 @@ def _well_formed(rec: dict) -> bool:
         return False
     if not isinstance(rec.get("cell"), str) or not isinstance(rec.get("train_config", {}), dict):
         return False  # a missing cell, a list for train_config had raised deep in the page
+    if rec["cell"] != rec["row"].get("cell"):  # the page keys curves by one, rows by the other
+        return False
     if not isinstance(metrics, list) or not all(
         isinstance(m, dict) and _accuracy(m.get("test_acc")) and _loss(m.get("train_loss"))
         for m in metrics
@@ -178,7 +180,7 @@ def one_study(records: list[dict]) -> None:
                 )
         cell = (row.W, row.A, row.G, row.width, bool(row.init))
         other = seen.setdefault(cell, rec)
-        diff = [k for k in BUDGET_KEYS if _settings(other).get(k) != mine.get(k)]
+        diff = [k for k in (*BUDGET_KEYS, "init") if _settings(other).get(k) != mine.get(k)]
         if diff:
             raise ValueError(
                 f"records {other['cell']} and {rec['cell']} are seeds of one cell with other "
