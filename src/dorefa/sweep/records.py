@@ -104,51 +104,57 @@ def read_record(path: Path) -> dict:
         raise ValueError(msg) from None
     if not isinstance(rec, dict) or "row" not in rec or "config" not in rec:
         raise ValueError(f"{path}: not a cell record (no 'row'/'config'); delete it or move it")
-    if not _well_formed(rec):
+    damage = _damage(rec)
+    if damage:
         raise ValueError(
-            f"{path}: a damaged cell record (its row, config or metrics are not as written); "
-            "delete it to train the cell again"
+            f"{path}: a damaged cell record ({damage}); delete it to train the cell again"
         )
     return rec
 
 
-def _well_formed(rec: dict) -> bool:
-    """A record's cell is named, its row a result row of possible values, its config and
-    train_config dicts, its metrics rows with a test_acc in [0, 1] and a train_loss."""
+def _damage(rec: dict) -> str:
+    """What makes a record not one a run wrote ("" if nothing): its cell named, as its row's;
+    its row a result row of possible values; its config and train_config dicts; its metrics
+    rows with a test_acc in [0, 1] and a train_loss (the page plots both)."""
     metrics = rec.get("metrics", [])
     if not (isinstance(rec["row"], dict) and isinstance(rec["config"], dict)):
-        return False
-    if not isinstance(rec.get("cell"), str) or not isinstance(rec.get("train_config", {}), dict):
-        return False  # a missing cell, a list for train_config had raised deep in the page
-    if rec["cell"] != rec["row"].get("cell"):  # the page keys curves by one, rows by the other
-        return False
+        return "its row or config is not an object"
+    if not isinstance(rec.get("cell"), str) or rec["cell"] != rec["row"].get("cell"):
+        return "its cell is missing or not its row's"  # the page keys curves by one
+    if not isinstance(rec.get("train_config", {}), dict):
+        return "its train_config is not an object"  # a list had raised deep in the page
     if not isinstance(metrics, list) or not all(
         isinstance(m, dict) and _accuracy(m.get("test_acc")) and _loss(m.get("train_loss"))
         for m in metrics
-    ):  # the page plots both (a row without train_loss had raised KeyError there)
-        return False
+    ):
+        return "its metrics are not epochs with a test_acc in [0, 1] and a train_loss"
     try:  # each field of its type: as results.csv would read it back (a text accuracy, a
         # null W had been taken, then broken the page or the sweep's results.csv)
         row = CellResult.from_dict(rec["row"])
         if CellResult.from_csv(row.to_csv()) != row:
-            return False
+            raise ValueError
     except (TypeError, ValueError):
-        return False
-    return _possible(row)
+        return "a field of its row is not of its type"
+    return _impossible(row)
 
 
-def _possible(row: CellResult) -> bool:
-    """Values a run can have written (an inf or -5 accuracy, W = 99 or a width of 0 had been
-    averaged into the page)."""
-    accs = (row.best_test_acc, row.final_test_acc, row.runtime_acc, row.agreement)
-    return (
-        all(v is None or _accuracy(v) for v in accs)
-        and all(b in (*range(1, 9), 32) for b in (row.W, row.A, row.G))
-        and math.isfinite(row.width)
-        and row.width > 0
-        and (row.seed is None or row.seed >= 0)
-        and row.status in ("ok", "failed", "")
-    )
+def _impossible(row: CellResult) -> str:
+    """The first value no run writes ("" if none): an inf or -5 accuracy, W = 99 or a width of
+    0 had been averaged into the page."""
+    for name in ("best_test_acc", "final_test_acc", "runtime_acc", "agreement"):
+        v = getattr(row, name)
+        if v is not None and not _accuracy(v):
+            return f"its {name} is {v}, not in [0, 1]"
+    for name in ("W", "A", "G"):
+        if getattr(row, name) not in (*range(1, 9), 32):
+            return f"its {name} is {getattr(row, name)}, not 1-8 or 32"
+    if not (math.isfinite(row.width) and row.width > 0):
+        return f"its width is {row.width}"
+    if row.seed is not None and row.seed < 0:
+        return f"its seed is {row.seed}"
+    if row.status not in ("ok", "failed", ""):
+        return f"its status is {row.status!r}"
+    return ""
 
 
 def _accuracy(v: object) -> bool:
