@@ -135,9 +135,11 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def kernel_for(op: str, w: int | None, a: int | None, macs: int = 0, rows: int = 16) -> str:
+def kernel_for(
+    op: str, w: int | None, a: int | None, macs: int = 0, rows: int | None = None
+) -> str:
     """The runtime's kernel for a ``"conv"`` or ``"linear"`` layer with these bits, MACs and
-    output pixels (``rows``, at batch 1):
+    output pixels (``rows``, at batch 1; None: a full int8-amx tile):
     the forced kernel if one is, else the cost model's pick among this CPU's kernel families
     (:func:`dorefa.kernels.choose.model_pick`; the runtime then times the cheapest of each kind, and
     ``dorefa run --explain`` shows what it measured)."""
@@ -151,7 +153,9 @@ def kernel_for(op: str, w: int | None, a: int | None, macs: int = 0, rows: int =
         forced = forced_kernel()
     except ValueError:  # DOREFA_KERNEL names a backend this machine lacks
         return "unavailable"
-    return forced or choose.model_pick(w, a, max(macs, 1), rows)
+    return forced or choose.model_pick(
+        w, a, max(macs, 1), choose.AMX_ROWS if rows is None else rows
+    )
 
 
 # ----------------------------------------------------------------------------- torch models

@@ -150,9 +150,10 @@ def _output_path(checkpoint: str, output: str | None, suffix: str) -> str:
             f"{out} is the checkpoint being exported; writing it would replace the weights: "
             f"give another path with -o (e.g. {src.with_name(src.stem + '-export' + suffix)})"
         )
-    if dst.is_file() and dst.stat().st_size and not _an_export(dst, suffix):  # (an empty one:
-        # a name made for it, by mktemp or touch)  # another run's checkpoint, a config
-        raise ExportError(  # file: had been replaced, silently
+    # another run's checkpoint or a config file had been replaced, silently; an empty file is a
+    # name made for the export (mktemp, touch)
+    if dst.is_file() and dst.stat().st_size and not _an_export(dst, suffix):
+        raise ExportError(
             f"{out} exists and is not a {suffix} file an export wrote: it would be replaced; "
             "remove it first, or give another path with -o"
         )

@@ -170,8 +170,9 @@ class GraphBuilder:
             if math.prod(shape) > MAX_ELEMENTS:
                 raise self.err(i, f"activation shape {shape} exceeds {MAX_ELEMENTS} elements")
             self.values[spec["name"]] = (kind, shape)
-            self.macs += math.prod(shape) * getattr(layer, "fan_in", 0)
-            if not getattr(layer, "fan_in", 0):  # pools: their window per output; else elements
+            fan_in = getattr(layer, "fan_in", 0)
+            self.macs += math.prod(shape) * fan_in
+            if not fan_in:  # pools: their window per output; else elements
                 window = spec["kernel"] ** 2 if op in ("maxpool", "avgpool") else 1
                 other += max(math.prod(shape) * window, sum(math.prod(v[1]) for v in ins))
             live += _bytes((kind, shape))

@@ -19,6 +19,7 @@ import math
 import subprocess
 from pathlib import Path
 
+from ..bits import VALID_BITS
 from ..data.registry import data_identity
 from ..fileio import atomic_write_text
 from .results import CellResult, read_metrics
@@ -146,7 +147,7 @@ def _impossible(row: CellResult) -> str:
         if v is not None and not _accuracy(v):
             return f"its {name} is {v}, not in [0, 1]"
     for name in ("W", "A", "G"):
-        if getattr(row, name) not in (*range(1, 9), 32):
+        if getattr(row, name) not in VALID_BITS:
             return f"its {name} is {getattr(row, name)}, not 1-8 or 32"
     if not (math.isfinite(row.width) and row.width > 0):
         return f"its width is {row.width}"
@@ -173,24 +174,23 @@ def one_study(records: list[dict]) -> None:
     """Refuse records that one page would mix: other models or data sets (their cells had been
     grouped with the same bits' as seeds, and a claim's verdict changed), or seeds of one cell
     with other budgets (a budget setting of :data:`BUDGET_KEYS`)."""
-    seen: dict[tuple, dict] = {}
-    first = records[0] if records else None
-    for rec in records:
-        row, mine = record_row(rec), _settings(rec)
+    settings = [_settings(rec) for rec in records]
+    seen: dict[tuple, int] = {}  # cell -> the index of its first record
+    for i, (rec, mine) in enumerate(zip(records, settings, strict=True)):
         for key in ("model", "data"):
-            if first is not None and mine.get(key) != _settings(first).get(key):
+            if mine.get(key) != settings[0].get(key):
                 raise ValueError(
-                    f"records {first['cell']} and {rec['cell']} have other {key}s "
-                    f"({_settings(first).get(key)!r}, {mine.get(key)!r}): report one study's "
+                    f"records {records[0]['cell']} and {rec['cell']} have other {key}s "
+                    f"({settings[0].get(key)!r}, {mine.get(key)!r}): report one study's "
                     "records at a time"
                 )
-        cell = (row.W, row.A, row.G, row.width, bool(row.init))
-        other = seen.setdefault(cell, rec)
-        diff = [k for k in (*BUDGET_KEYS, "init") if _settings(other).get(k) != mine.get(k)]
+        row = record_row(rec)
+        j = seen.setdefault((row.W, row.A, row.G, row.width, bool(row.init)), i)
+        diff = [k for k in (*BUDGET_KEYS, "init") if settings[j].get(k) != mine.get(k)]
         if diff:
             raise ValueError(
-                f"records {other['cell']} and {rec['cell']} are seeds of one cell with other "
-                f"{', '.join(diff)}: report them apart"
+                f"records {records[j]['cell']} and {rec['cell']} are seeds of one cell with "
+                f"other {', '.join(diff)}: report them apart"
             )
 
 
